@@ -1,0 +1,61 @@
+"""The `hd` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine_host.local import LocalConfig, default_state_dir, run_local
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("port must be between 0 and 65535 (0 picks a free port)")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hd", description="Hardened Duck: a governed SQL warehouse.")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True)
+    dev = commands.add_parser("dev", help="run the engine host locally on embedded defaults")
+    dev.add_argument("--state-dir", type=Path, default=None,
+                     help="where control state, keys, TLS files and data live (default $HD_STATE_DIR or ~/.hd)")
+    dev.add_argument("--port", type=_port, default=5439, help="port to listen on (default 5439; 0 = any free)")
+    dev.add_argument("--demo", action="store_true", help="load the demo dataset (two organisations, PII columns)")
+    dev.add_argument("--insecure-plaintext", action="store_true",
+                     help="also accept unencrypted connections from loopback (TLS stays available)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if args.command == "dev":
+        config = LocalConfig(
+            state_dir=args.state_dir or default_state_dir(),
+            port=args.port,
+            demo=args.demo,
+            insecure_plaintext=args.insecure_plaintext,
+        )
+
+        def announce(text: str) -> None:
+            print(text, flush=True)
+
+        try:
+            asyncio.run(run_local(config, announce))
+        except OSError as exc:
+            print(f"hd dev: cannot start: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

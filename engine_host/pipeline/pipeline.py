@@ -1,0 +1,566 @@
+"""The statement pipeline: the one path every statement takes from the wire to DuckDB and back.
+
+Every statement - user SQL, catalog probes from drivers, SET/SHOW, transaction control - enters
+through `StatementPipeline.prepare` and leaves through `execute`, so the governance stages
+(guard, table extraction, policy, masking, quotas, audit) have exactly one place to sit. Stages
+run in order on a `StatementContext`; each one may rewrite the engine SQL or raise a QueryError.
+
+All methods block (they call DuckDB); the wire layer runs them on worker threads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+import duckdb
+
+from engine_host.engine.duckdb_engine import Database, StatementShape
+from engine_host.engine.pgtypes import (
+    ParameterFormatError,
+    PgType,
+    decode_parameter,
+    pg_type_by_oid,
+    pg_type_for_arrow,
+    pg_type_for_duckdb,
+)
+from engine_host.pipeline import errors
+from engine_host.pipeline.errors import QueryError
+from engine_host.pipeline.results import Column, Outcome, RowSource, SqlCursor
+from engine_host.pipeline.session import FAILED_TRANSACTION, IDLE, IN_TRANSACTION, Session
+from engine_host.pipeline.settings import (
+    SessionSettings,
+    SettingCommand,
+    check_transaction_mode,
+    parse_setting_command,
+)
+from hd_core.models import Principal
+
+TEXT = 25
+
+
+class CatalogAnswers(Protocol):
+    """Rewrites driver catalog probes (pg_catalog, information_schema) into SQL DuckDB can answer."""
+
+    def rewrite(self, sql: str) -> str | None: ...
+
+
+class Kind(Enum):
+    SETTING = "setting"
+    TRANSACTION = "transaction"
+    CURSOR = "cursor"
+    DISCARD = "discard"
+    ENGINE = "engine"
+
+
+@dataclass
+class StatementContext:
+    """A statement on its way through the stages."""
+
+    session: Session
+    text: str
+    engine_sql: str = ""
+    kind: Kind = Kind.ENGINE
+    statement_type: str = ""
+    is_catalog: bool = False
+
+
+Stage = Callable[[StatementContext], None]
+
+
+@dataclass
+class PreparedStatement:
+    """A statement that passed the pipeline's preparation stages and can be described and executed."""
+
+    text: str
+    kind: Kind
+    engine_sql: str
+    statement_type: str
+    declared_oids: tuple[int, ...] = ()
+    setting: SettingCommand | None = None
+    shape: StatementShape | None = field(default=None, repr=False)
+
+
+_COMMENTS = re.compile(r"\s*(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*", re.DOTALL)
+
+
+def leading_words(sql: str, count: int = 3) -> list[str]:
+    """The first keywords of a statement, upper-cased, skipping comments."""
+    text = sql.lstrip()
+    while text.startswith(("--", "/*")):
+        m = _COMMENTS.match(text)
+        if not m:
+            break
+        text = text[m.end():]
+    return [word.upper() for word in re.findall(r"[A-Za-z_]+", text[:200])[:count]]
+
+
+_TX_BEGIN = ("BEGIN", "START")
+_TX_END = ("COMMIT", "END", "ROLLBACK", "ABORT")
+_ROWS_TAGS = {"INSERT": "INSERT 0", "UPDATE": "UPDATE", "DELETE": "DELETE", "MERGE": "MERGE"}
+
+
+class StatementPipeline:
+    """Prepares and executes statements for sessions on one locked-down DuckDB database."""
+
+    def __init__(self, database: Database, catalog: CatalogAnswers | None = None,
+                 stages: Sequence[Stage] | None = None):
+        self._database = database
+        self._catalog = catalog
+        self.stages: list[Stage] = list(stages) if stages is not None else [self.classify, self.answer_catalog]
+
+    # --- sessions ------------------------------------------------------------------------
+
+    def open_session(self, principal: Principal, client_address: str, startup: dict[str, str]) -> Session:
+        """A new session with its own DuckDB connection."""
+        settings = SessionSettings(_startup_settings(startup), principal.user_id)
+        return Session(principal, client_address, startup, settings, self._database.session())
+
+    # --- stages ---------------------------------------------------------------------------
+
+    def classify(self, ctx: StatementContext) -> None:
+        """Decide which part of the server answers the statement."""
+        words = leading_words(ctx.text)
+        first = words[0] if words else ""
+        if first in ("SET", "SHOW", "RESET"):
+            ctx.kind = Kind.SETTING
+        elif first in _TX_BEGIN + _TX_END:
+            ctx.kind = Kind.TRANSACTION
+        elif first in ("SAVEPOINT", "RELEASE") or (first == "ROLLBACK" and "TO" in words[1:3]):
+            raise errors.unsupported("savepoints are not supported", hint="Use a single transaction per unit of work.")
+        elif first in ("DECLARE", "FETCH", "MOVE", "CLOSE"):
+            ctx.kind = Kind.CURSOR
+        elif first == "DISCARD":
+            ctx.kind = Kind.DISCARD
+        else:
+            ctx.kind = Kind.ENGINE
+            ctx.engine_sql = ctx.text
+
+    def answer_catalog(self, ctx: StatementContext) -> None:
+        """Route driver catalog probes to the catalog answers (the one place that knows them)."""
+        if ctx.kind is not Kind.ENGINE or self._catalog is None:
+            return
+        rewritten = self._catalog.rewrite(ctx.text)
+        if rewritten is not None:
+            ctx.engine_sql = rewritten
+            ctx.is_catalog = True
+
+    # --- preparation -----------------------------------------------------------------------
+
+    def split(self, session: Session, sql: str) -> list[str]:
+        """Split a simple-query string into statements; PG-only syntax DuckDB cannot parse stays whole."""
+        if not sql.strip(" \t\r\n;"):
+            return []
+        try:
+            parts = [text for _, text in session.engine.statement_kinds(sql)]
+        except duckdb.Error:
+            return [sql]
+        return parts
+
+    def prepare(self, session: Session, sql: str, declared_oids: Sequence[int] = ()) -> PreparedStatement:
+        """Run the preparation stages; raises QueryError if the statement may not or cannot run."""
+        ctx = StatementContext(session=session, text=sql)
+        for stage in self.stages:
+            stage(ctx)
+        prepared = PreparedStatement(
+            text=sql, kind=ctx.kind, engine_sql=ctx.engine_sql, statement_type="",
+            declared_oids=tuple(declared_oids),
+        )
+        if ctx.kind is Kind.SETTING:
+            prepared.setting = parse_setting_command(sql)
+            if prepared.setting is None:
+                raise errors.syntax_error("could not parse this SET/SHOW/RESET statement")
+        elif ctx.kind is Kind.ENGINE:
+            prepared.statement_type = self._statement_type(session, ctx.engine_sql)
+        return prepared
+
+    def _statement_type(self, session: Session, sql: str) -> str:
+        try:
+            kinds = session.engine.statement_kinds(sql)
+        except duckdb.Error as exc:
+            raise errors.from_engine_error(exc) from None
+        if len(kinds) != 1:
+            raise errors.syntax_error("cannot insert multiple commands into a prepared statement")
+        return kinds[0][0]
+
+    def _shape(self, session: Session, prepared: PreparedStatement) -> StatementShape:
+        if prepared.shape is None:
+            try:
+                prepared.shape = session.engine.describe(prepared.engine_sql)
+            except duckdb.Error as exc:
+                raise errors.from_engine_error(exc) from None
+        return prepared.shape
+
+    def parameter_types(self, session: Session, prepared: PreparedStatement) -> list[PgType]:
+        """Declared parameter types where given, DuckDB's inferred ones elsewhere (text when unknown)."""
+        count = len(prepared.declared_oids)
+        inferred: tuple[str, ...] = ()
+        if prepared.kind is Kind.ENGINE:
+            inferred = self._shape(session, prepared).parameter_types
+            count = max(count, len(inferred))
+        types = []
+        for i in range(count):
+            oid = prepared.declared_oids[i] if i < len(prepared.declared_oids) else 0
+            declared = pg_type_by_oid(oid) if oid else None
+            if declared is not None:
+                types.append(declared)
+            elif i < len(inferred):
+                types.append(pg_type_for_duckdb(inferred[i]))
+            else:
+                types.append(_text())
+        return types
+
+    def result_columns(self, session: Session, prepared: PreparedStatement) -> list[Column] | None:
+        """The columns the statement will return, or None if it returns no rows. Never executes it."""
+        if prepared.kind is Kind.SETTING:
+            setting = prepared.setting
+            if setting is not None and setting.verb == "SHOW":
+                return _show_columns(setting.name)
+            return None
+        if prepared.kind is Kind.CURSOR:
+            return self._cursor_fetch_columns(session, prepared.text)
+        if prepared.kind is not Kind.ENGINE:
+            return None
+        shape = self._shape(session, prepared)
+        if not shape.returns_rows:
+            return None
+        return [Column(name, pg_type_for_duckdb(t)) for name, t in zip(shape.column_names, shape.column_types,
+                                                                       strict=True)]
+
+    # --- execution --------------------------------------------------------------------------
+
+    def execute(self, session: Session, prepared: PreparedStatement,
+                params: Sequence[bytes | None] = (), param_formats: Sequence[int] = ()) -> Outcome:
+        """Execute a prepared statement; blocking. Raises QueryError; the session state stays consistent."""
+        if session.transaction_status == FAILED_TRANSACTION and not _ends_transaction(prepared):
+            raise errors.transaction_aborted()
+        try:
+            if prepared.kind is Kind.SETTING:
+                return self._run_setting(session, prepared)
+            if prepared.kind is Kind.TRANSACTION:
+                return self._run_transaction(session, prepared.text)
+            if prepared.kind is Kind.CURSOR:
+                return self._run_cursor(session, prepared.text)
+            if prepared.kind is Kind.DISCARD:
+                return self._run_discard(session)
+            values = self._decode_parameters(session, prepared, params, param_formats)
+            return self._run_engine(session, prepared, values)
+        except QueryError:
+            session.statement_failed()
+            raise
+        except duckdb.Error as exc:
+            session.statement_failed()
+            raise errors.from_engine_error(exc) from None
+
+    def _decode_parameters(self, session: Session, prepared: PreparedStatement,
+                           params: Sequence[bytes | None], formats: Sequence[int]) -> list[object]:
+        if not params:
+            if prepared.kind is Kind.ENGINE and prepared.declared_oids:
+                raise QueryError("08P01", "HD_ERR_PROTOCOL", "bind message supplies 0 parameters")
+            return []
+        types = self.parameter_types(session, prepared)
+        if len(params) != len(types):
+            raise QueryError(
+                "08P01", "HD_ERR_PROTOCOL",
+                f"bind message supplies {len(params)} parameters, but prepared statement requires {len(types)}",
+            )
+        values: list[object] = []
+        for i, raw in enumerate(params):
+            binary = _format_for(formats, i) == 1
+            try:
+                values.append(decode_parameter(raw, types[i].oid, binary))
+            except ParameterFormatError as exc:
+                raise QueryError("22P02", "HD_ERR_INVALID_PARAMETER", f"parameter ${i + 1}: {exc}") from None
+        return values
+
+    def _run_engine(self, session: Session, prepared: PreparedStatement, values: list[object]) -> Outcome:
+        stype = prepared.statement_type
+        # INSERT/UPDATE/DELETE return rows only with RETURNING; ask the binder before the statement runs.
+        returning = stype in _ROWS_TAGS and self._shape(session, prepared).returns_rows
+        stream = session.engine.run(prepared.engine_sql, values)
+        rows = RowSource(stream)
+        if stype in ("SELECT", "EXPLAIN") or returning:
+            columns = [Column(f.name, pg_type_for_arrow(f.type)) for f in stream.schema]
+            return Outcome(tag="", columns=columns, rows=rows, row_tag=_ROWS_TAGS.get(stype, "SELECT"))
+        if stype not in _ROWS_TAGS and _has_result_rows(stream.schema):
+            columns = [Column(f.name, pg_type_for_arrow(f.type)) for f in stream.schema]
+            return Outcome(tag="", columns=columns, rows=rows, row_tag="SELECT")
+        count = _read_count(rows)
+        if stype in _ROWS_TAGS:
+            return Outcome(tag=f"{_ROWS_TAGS[stype]} {count}")
+        return Outcome(tag=_ddl_tag(prepared.engine_sql, count))
+
+    def _run_setting(self, session: Session, prepared: PreparedStatement) -> Outcome:
+        cmd = prepared.setting
+        assert cmd is not None
+        settings = session.settings
+        if cmd.verb == "SHOW":
+            if cmd.name.strip().upper() == "ALL":
+                return _static_rows(_show_columns("ALL"), [[n, v, ""] for n, v in settings.all()], "SHOW")
+            return _static_rows(_show_columns(cmd.name), [[settings.get(cmd.name)]], "SHOW")
+        if cmd.verb == "SET TRANSACTION":
+            check_transaction_mode(cmd.value)
+            return Outcome(tag="SET")
+        if cmd.verb == "RESET":
+            if cmd.name.strip().upper() == "ALL":
+                changed = settings.reset_all()
+            else:
+                one = settings.reset(cmd.name)
+                changed = [one] if one else []
+            return Outcome(tag="RESET", parameter_status=[(n, settings.get(n)) for n in changed])
+        reported = settings.set(cmd.name, cmd.value)
+        status = [(reported, settings.get(reported))] if reported else []
+        return Outcome(tag="SET", parameter_status=status)
+
+    def _run_transaction(self, session: Session, text: str) -> Outcome:
+        words = leading_words(text, 4)
+        verb = words[0]
+        if verb in _TX_BEGIN:
+            check_transaction_mode(text)
+            if session.in_transaction:
+                return Outcome(tag="BEGIN" if verb == "BEGIN" else "START TRANSACTION",
+                               notices=["there is already a transaction in progress"])
+            self._engine_command(session, "BEGIN TRANSACTION")
+            session.transaction_status = IN_TRANSACTION
+            return Outcome(tag="BEGIN" if verb == "BEGIN" else "START TRANSACTION")
+        if not session.in_transaction:
+            tag = "COMMIT" if verb in ("COMMIT", "END") else "ROLLBACK"
+            return Outcome(tag=tag, notices=["there is no transaction in progress"])
+        failed = session.transaction_status == FAILED_TRANSACTION
+        commit = verb in ("COMMIT", "END") and not failed
+        session.transaction_status = IDLE
+        self._engine_command(session, "COMMIT" if commit else "ROLLBACK")
+        return Outcome(tag="COMMIT" if commit else "ROLLBACK")
+
+    def _engine_command(self, session: Session, sql: str) -> None:
+        try:
+            session.engine.run(sql).close()
+        except duckdb.TransactionException:
+            if sql == "ROLLBACK":  # DuckDB already rolled the failed transaction back
+                return
+            raise
+
+    def _run_discard(self, session: Session) -> Outcome:
+        for cursor in session.cursors.values():
+            cursor.close()
+        session.cursors.clear()
+        changed = session.settings.reset_all()
+        return Outcome(tag="DISCARD ALL", parameter_status=[(n, session.settings.get(n)) for n in changed])
+
+    # --- SQL cursors (DECLARE / FETCH / MOVE / CLOSE) -------------------------------------------
+
+    def _run_cursor(self, session: Session, text: str) -> Outcome:
+        verb = leading_words(text, 1)[0]
+        if verb == "DECLARE":
+            return self._declare(session, text)
+        if verb == "CLOSE":
+            name = _cursor_name(_CLOSE.match(text), text)
+            if name.upper() == "ALL":
+                for cursor in session.cursors.values():
+                    cursor.close()
+                session.cursors.clear()
+            else:
+                self._cursor(session, name).close()
+                session.cursors.pop(name, None)
+            return Outcome(tag="CLOSE CURSOR")
+        m = _FETCH.match(text)
+        if not m:
+            raise errors.syntax_error("could not parse this FETCH/MOVE statement")
+        cursor = self._cursor(session, _cursor_name(m, text))
+        count = _fetch_count(m)
+        if verb == "MOVE":
+            moved = _skip_rows(cursor.rows, count)
+            return Outcome(tag=f"MOVE {moved}")
+        return Outcome(tag="", columns=cursor.columns, rows=_LimitedRows(cursor.rows, count), row_tag="FETCH")
+
+    def _declare(self, session: Session, text: str) -> Outcome:
+        m = _DECLARE.match(text)
+        if not m:
+            raise errors.syntax_error("could not parse this DECLARE statement")
+        name = _cursor_name(m, text)
+        if name in session.cursors:
+            raise QueryError("42P03", "HD_ERR_DUPLICATE_CURSOR", f'cursor "{name}" already exists')
+        if m.group("scroll") and "NO" not in m.group("scroll").upper():
+            raise errors.unsupported("scrollable cursors are not supported", hint="Declare the cursor NO SCROLL.")
+        query = self.prepare(session, m.group("query"))
+        if query.kind is not Kind.ENGINE or query.statement_type != "SELECT":
+            raise QueryError("42601", "HD_ERR_SYNTAX", "DECLARE CURSOR can only be used with a SELECT query")
+        # A cursor reads on a connection of its own so the session can run statements between FETCHes.
+        engine = self._database.session()
+        try:
+            stream = engine.run(query.engine_sql)
+        except duckdb.Error:
+            engine.close()
+            raise
+        columns = [Column(f.name, pg_type_for_arrow(f.type)) for f in stream.schema]
+        session.cursors[name] = SqlCursor(name, columns, RowSource(stream), engine, bool(m.group("binary")))
+        return Outcome(tag="DECLARE CURSOR")
+
+    def _cursor(self, session: Session, name: str) -> SqlCursor:
+        cursor = session.cursors.get(name)
+        if cursor is None:
+            raise QueryError("34000", "HD_ERR_NO_SUCH_CURSOR", f'cursor "{name}" does not exist')
+        return cursor
+
+    def _cursor_fetch_columns(self, session: Session, text: str) -> list[Column] | None:
+        m = _FETCH.match(text)
+        if m and leading_words(text, 1)[0] == "FETCH":
+            return self._cursor(session, _cursor_name(m, text)).columns
+        return None
+
+    def describe_cursor(self, session: Session, name: str) -> list[Column] | None:
+        """Columns of a DECLAREd cursor (drivers Describe it as a portal), or None if there is none."""
+        cursor = session.cursors.get(name)
+        return cursor.columns if cursor is not None else None
+
+
+# --- module helpers ------------------------------------------------------------------------------
+
+_IDENT = r'(?:"(?P<qname>(?:[^"]|"")+)"|(?P<name>[A-Za-z_][\w$]*))'
+_DECLARE = re.compile(
+    r"^\s*DECLARE\s+" + _IDENT + r"\s+(?P<binary>BINARY\s+)?(?:(?:ASENSITIVE|INSENSITIVE)\s+)?"
+    r"(?P<scroll>(?:NO\s+)?SCROLL\s+)?CURSOR\s+(?:(?:WITH|WITHOUT)\s+HOLD\s+)?FOR\s+(?P<query>.+?)\s*;?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+_FETCH = re.compile(
+    r"^\s*(?:FETCH|MOVE)\s+(?:(?P<dir>NEXT|FORWARD\s+ALL|FORWARD\s+\d+|FORWARD|ALL|\d+)\s+)?(?:FROM\s+|IN\s+)?"
+    + _IDENT + r"\s*;?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+_CLOSE = re.compile(r"^\s*CLOSE\s+" + _IDENT + r"\s*;?\s*$", re.IGNORECASE | re.DOTALL)
+
+
+def _cursor_name(m: re.Match[str] | None, text: str) -> str:
+    if m is None:
+        raise errors.syntax_error(f"could not parse cursor statement: {text[:60]!r}")
+    return m.group("qname").replace('""', '"') if m.group("qname") else m.group("name").lower()
+
+
+def _fetch_count(m: re.Match[str]) -> int | None:
+    direction = " ".join((m.group("dir") or "NEXT").upper().split())
+    if direction in ("ALL", "FORWARD ALL"):
+        return None
+    if direction in ("NEXT", "FORWARD"):
+        return 1
+    return int(direction.split()[-1])
+
+
+class _LimitedRows(RowSource):
+    """At most `limit` rows of a cursor's rows, leaving the cursor open for the next FETCH."""
+
+    def __init__(self, inner: RowSource, limit: int | None):  # noqa: D107 - no parent init: wraps, not owns
+        self._inner = inner
+        self._left = limit
+
+    @property
+    def exhausted(self) -> bool:
+        return self._left == 0 or self._inner.exhausted
+
+    def read(self, limit: int | None = None) -> object:  # type: ignore[override]
+        if self._left == 0:
+            return None
+        want = limit if self._left is None else (self._left if limit is None else min(limit, self._left))
+        batch = self._inner.read(want)
+        if batch is not None and self._left is not None:
+            self._left -= batch.num_rows
+        return batch
+
+    def close(self) -> None:
+        # Closing a FETCH result leaves the cursor itself open; CLOSE or the session end closes it.
+        self._left = 0
+
+
+def _skip_rows(rows: RowSource, count: int | None) -> int:
+    moved = 0
+    while count is None or moved < count:
+        batch = rows.read(None if count is None else count - moved)
+        if batch is None:
+            break
+        moved += batch.num_rows
+    return moved
+
+
+def _ends_transaction(prepared: PreparedStatement) -> bool:
+    return prepared.kind is Kind.TRANSACTION and leading_words(prepared.text, 1)[0] in _TX_END
+
+
+def _format_for(formats: Sequence[int], index: int) -> int:
+    if not formats:
+        return 0
+    if len(formats) == 1:
+        return formats[0]
+    return formats[index] if index < len(formats) else 0
+
+
+def _text() -> PgType:
+    pgtype = pg_type_by_oid(TEXT)
+    assert pgtype is not None
+    return pgtype
+
+
+def _show_columns(name: str) -> list[Column]:
+    if name.strip().upper() == "ALL":
+        return [Column("name", _text()), Column("setting", _text()), Column("description", _text())]
+    label = "_".join(name.lower().split())
+    if label == "transaction_isolation_level":
+        label = "transaction_isolation"
+    return [Column(label, _text())]
+
+
+class _StaticStream:
+    """A tiny in-memory result (SHOW) presented through the same interface as DuckDB streams."""
+
+    def __init__(self, columns: list[Column], rows: list[list[str]]):
+        import pyarrow as pa
+
+        arrays = [pa.array([row[i] for row in rows], pa.string()) for i in range(len(columns))]
+        self._batches = [pa.RecordBatch.from_arrays(arrays, names=[c.name for c in columns])]
+
+    def next_batch(self) -> object:
+        return self._batches.pop(0) if self._batches else None
+
+    def close(self) -> None:
+        self._batches = []
+
+
+def _static_rows(columns: list[Column], rows: list[list[str]], row_tag: str) -> Outcome:
+    source = RowSource(_StaticStream(columns, rows))  # type: ignore[arg-type]
+    return Outcome(tag="", columns=columns, rows=source, row_tag=row_tag)
+
+
+def _has_result_rows(schema: object) -> bool:
+    names = list(getattr(schema, "names", []))
+    return names not in (["Count"], ["Success"], [])
+
+
+def _read_count(rows: RowSource) -> int:
+    total = 0
+    while True:
+        batch = rows.read()
+        if batch is None:
+            return total
+        if batch.num_columns and batch.schema.names[0] == "Count":
+            total += sum(v or 0 for v in batch.column(0).to_pylist())
+
+
+def _ddl_tag(sql: str, count: int) -> str:
+    words = [w for w in leading_words(sql, 6) if w not in ("OR", "REPLACE", "TEMP", "TEMPORARY", "IF", "NOT",
+                                                             "EXISTS", "UNIQUE", "PERSISTENT")]
+    if not words:
+        return "OK"
+    if words[0] in ("CREATE", "DROP", "ALTER") and len(words) > 1:
+        if words[0] == "CREATE" and words[1] == "TABLE" and " AS " in f" {sql.upper()} ":
+            return f"SELECT {count}"
+        return f"{words[0]} {words[1]}"
+    return words[0]
+
+
+def _startup_settings(startup: dict[str, str]) -> dict[str, str]:
+    """Startup packet keys that are settings (not user/database/options), plus `-c name=value` options."""
+    values = {k: v for k, v in startup.items() if k not in ("user", "database", "options", "replication")}
+    for m in re.finditer(r"(?:-c\s*|--)([\w.]+)=((?:\\ |\S)+)", startup.get("options", "")):
+        values[m.group(1)] = m.group(2).replace("\\ ", " ")
+    return values

@@ -1,0 +1,43 @@
+"""A client session as the pipeline sees it: who is connected and the state their statements share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from engine_host.engine.duckdb_engine import EngineSession
+from engine_host.pipeline.settings import SessionSettings
+from hd_core.models import Principal
+
+if TYPE_CHECKING:
+    from engine_host.pipeline.results import SqlCursor
+
+IDLE, IN_TRANSACTION, FAILED_TRANSACTION = "I", "T", "E"
+
+
+@dataclass
+class Session:
+    """One authenticated connection's identity, settings, transaction state and open SQL cursors."""
+
+    principal: Principal
+    client_address: str
+    startup: dict[str, str]
+    settings: SessionSettings
+    engine: EngineSession
+    transaction_status: str = IDLE
+    cursors: dict[str, SqlCursor] = field(default_factory=dict)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.transaction_status != IDLE
+
+    def statement_failed(self) -> None:
+        """A failed statement poisons an explicit transaction until ROLLBACK, as in Postgres."""
+        if self.transaction_status == IN_TRANSACTION:
+            self.transaction_status = FAILED_TRANSACTION
+
+    def close(self) -> None:
+        for cursor in self.cursors.values():
+            cursor.close()
+        self.cursors.clear()
+        self.engine.close()

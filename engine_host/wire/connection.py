@@ -1,0 +1,511 @@
+"""One client connection: startup, TLS, authentication and the simple and extended query protocols.
+
+The connection translates protocol messages into calls on the statement pipeline and the
+pipeline's outcomes back into messages. It never interprets SQL itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import logging
+import secrets
+import ssl
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from engine_host.engine.pgtypes import encode_column
+from engine_host.pipeline.errors import QueryError
+from engine_host.pipeline.pipeline import Kind, PreparedStatement
+from engine_host.pipeline.results import Column, Outcome, RowSource
+from engine_host.pipeline.session import IDLE, Session
+from engine_host.wire import messages as m
+from engine_host.wire.datarow import frame_data_rows
+from hd_core.errors import AuthenticationFailed
+
+if TYPE_CHECKING:
+    from engine_host.wire.server import PgServer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STARTUP_TIMEOUT_SECONDS = 15.0
+# Buffered output is written once it passes this size, so a large result streams instead of piling up.
+FLUSH_THRESHOLD = 256 * 1024
+
+
+class ConnectionClosing(Exception):
+    """The connection must end now (client gone, fatal error or server shutdown)."""
+
+
+@dataclass
+class Portal:
+    """A bound statement: parameters fixed, optionally partly executed (suspended)."""
+
+    statement: PreparedStatement
+    params: tuple[bytes | None, ...]
+    param_formats: tuple[int, ...]
+    result_formats: tuple[int, ...]
+    described: list[Column] | None = None
+    outcome: Outcome | None = None
+    rows_sent: int = 0
+    done: bool = False
+    complete_tag: str | None = None
+
+    def close(self) -> None:
+        if self.outcome is not None and self.outcome.rows is not None:
+            self.outcome.rows.close()
+
+
+@dataclass
+class ConnectionState:
+    statements: dict[str, PreparedStatement] = field(default_factory=dict)
+    portals: dict[str, Portal] = field(default_factory=dict)
+    skipping_to_sync: bool = False
+
+
+class PgConnection:
+    """Serves one client socket until it disconnects, terminates or the server shuts down."""
+
+    def __init__(self, server: PgServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.process_id = server.next_process_id()
+        self.secret_key = secrets.randbits(31)
+        self.session: Session | None = None
+        self.busy = False
+        self.closing = False
+        self._out = bytearray()
+        self._state = ConnectionState()
+        peer = writer.get_extra_info("peername")
+        self.peer_host = str(peer[0]) if peer else "unknown"
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            ready = await asyncio.wait_for(self._startup(), STARTUP_TIMEOUT_SECONDS)
+            if ready:
+                await self._serve()
+        except m.ProtocolViolation as exc:
+            await self._fatal(exc.sqlstate, "HD_ERR_PROTOCOL", f"protocol violation: {exc}")
+        except TimeoutError:
+            await self._fatal("08P01", "HD_ERR_STARTUP_TIMEOUT", "startup did not complete in time")
+        except (ConnectionError, asyncio.IncompleteReadError, ConnectionClosing, ssl.SSLError):
+            pass
+        except Exception:  # a bug must end this connection only, never the server
+            log.exception("connection %s failed", self.process_id)
+            await self._fatal("XX000", "HD_ERR_INTERNAL", "internal error; the connection was closed")
+        finally:
+            await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        self.server.forget(self)
+        for portal in self._state.portals.values():
+            portal.close()
+        self._state.portals.clear()
+        if self.session is not None:
+            session, self.session = self.session, None
+            await self._blocking(session.close)
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, ssl.SSLError, OSError):
+            pass
+
+    def cancel(self) -> None:
+        """Interrupt the statement this connection is running, if any (CancelRequest)."""
+        if self.busy and self.session is not None:
+            self.session.engine.interrupt()
+
+    async def terminate_idle(self) -> None:
+        """Server shutdown: tell an idle client why it is disconnected and close."""
+        self.closing = True
+        if not self.busy:
+            await self._fatal("57P01", "HD_ERR_SHUTDOWN", "terminating connection due to administrator command")
+            self.writer.close()
+
+    # --- I/O helpers -------------------------------------------------------------------------
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run DuckDB (or Argon2) work on the worker pool so the event loop keeps serving others."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.server.executor, functools.partial(fn, *args))
+
+    def _send(self, data: bytes) -> None:
+        self._out += data
+
+    async def _flush(self) -> None:
+        if self._out:
+            self.writer.write(bytes(self._out))
+            self._out.clear()
+        await self.writer.drain()
+
+    async def _fatal(self, sqlstate: str, code: str, message: str) -> None:
+        try:
+            self._send(m.error_response(sqlstate, message, detail=code, severity="FATAL"))
+            await self._flush()
+        except (ConnectionError, RuntimeError, ssl.SSLError, OSError):
+            pass
+
+    async def _read_initial(self) -> m.InitialMessage:
+        length = int.from_bytes(await self.reader.readexactly(4), "big", signed=True)
+        if length < 8 or length > m.MAX_STARTUP_LENGTH:
+            raise m.ProtocolViolation("invalid startup packet length")
+        return m.parse_initial(await self.reader.readexactly(length - 4))
+
+    async def _read_message(self) -> tuple[bytes, bytes]:
+        header = await self.reader.readexactly(5)
+        kind = header[:1]
+        length = int.from_bytes(header[1:], "big", signed=True)
+        if length < 4:
+            raise m.ProtocolViolation("invalid message length")
+        if length > m.MAX_MESSAGE_LENGTH:
+            raise m.ProtocolViolation(f"message of {length} bytes exceeds the {m.MAX_MESSAGE_LENGTH}-byte limit")
+        return kind, await self.reader.readexactly(length - 4)
+
+    # --- startup and authentication ---------------------------------------------------------
+
+    async def _startup(self) -> bool:
+        tls = False
+        while True:
+            message = await self._read_initial()
+            if isinstance(message, m.SslRequest):
+                if tls:
+                    raise m.ProtocolViolation("duplicate SSLRequest")
+                if self.server.ssl_context is None:
+                    self.writer.write(b"N")
+                    continue
+                self.writer.write(b"S")
+                await self.writer.drain()
+                await self.writer.start_tls(self.server.ssl_context)
+                tls = True
+                continue
+            if isinstance(message, m.GssEncRequest):
+                self.writer.write(b"N")  # no GSSAPI: the client falls back to TLS or plaintext
+                continue
+            if isinstance(message, m.CancelRequest):
+                self.server.cancel(message.process_id, message.secret_key)
+                return False
+            return await self._authenticate(message, tls)
+
+    def _plaintext_allowed(self) -> bool:
+        if not self.server.allow_plaintext:
+            return False
+        try:
+            return ipaddress.ip_address(self.peer_host.split("%")[0]).is_loopback
+        except ValueError:
+            return False
+
+    async def _authenticate(self, startup: m.StartupMessage, tls: bool) -> bool:
+        if not tls and not self._plaintext_allowed():
+            await self._fatal(
+                "28000", "HD_ERR_TLS_REQUIRED",
+                "TLS is required: connect with sslmode=require (plaintext is refused)",
+            )
+            return False
+        user = startup.params.get("user", "")
+        unknown = [k for k in startup.params if k.startswith("_pq_.")]
+        if startup.protocol & 0xFFFF or unknown:
+            self._send(_negotiate_protocol_version(unknown))
+        self._send(m.authentication_cleartext_password())
+        await self._flush()
+        kind, body = await self._read_message()
+        if kind != b"p":
+            raise m.ProtocolViolation("expected a password message")
+        password = m.parse_frontend(kind, body)
+        assert isinstance(password, m.PasswordMessage)
+        try:
+            principal = await self._blocking(self.server.authenticate, user, password.password)
+        except AuthenticationFailed:
+            await self._fatal("28P01", "HD_ERR_AUTH_FAILED", f'password authentication failed for user "{user}"')
+            return False
+        self.session = await self._blocking(
+            self.server.pipeline.open_session, principal, self.peer_host, dict(startup.params)
+        )
+        self._send(m.authentication_ok())
+        for name, value in self.session.settings.reported():
+            self._send(m.parameter_status(name, value))
+        self._send(m.backend_key_data(self.process_id, self.secret_key))
+        self._send(m.ready_for_query(IDLE))
+        await self._flush()
+        self.server.register(self)
+        return True
+
+    # --- message loop -------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        while not self.closing:
+            kind, body = await self._read_message()
+            message = m.parse_frontend(kind, body)
+            if isinstance(message, m.Terminate):
+                return
+            if self._state.skipping_to_sync and not isinstance(message, m.Sync):
+                continue
+            self.busy = True
+            try:
+                await self._dispatch(message)
+            finally:
+                self.busy = False
+        await self._fatal("57P01", "HD_ERR_SHUTDOWN", "terminating connection due to administrator command")
+
+    async def _dispatch(self, message: m.FrontendMessage) -> None:
+        if isinstance(message, m.Query):
+            await self._simple_query(message.sql)
+        elif isinstance(message, m.Sync):
+            self._sync()
+            await self._flush()
+        elif isinstance(message, m.Flush):
+            await self._flush()
+        elif isinstance(message, m.PasswordMessage):
+            raise m.ProtocolViolation("unexpected password message")
+        else:
+            try:
+                await self._extended(message)
+            except QueryError as exc:
+                self._send_error(exc)
+                self._state.skipping_to_sync = True
+
+    def _session(self) -> Session:
+        if self.session is None:
+            raise ConnectionClosing()
+        return self.session
+
+    def _send_error(self, exc: QueryError) -> None:
+        self._send(m.error_response(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint))
+
+    def _send_outcome_notes(self, outcome: Outcome) -> None:
+        for note in outcome.notices:
+            self._send(m.notice_response(note, severity="WARNING", sqlstate="25001"))
+        for name, value in outcome.parameter_status:
+            self._send(m.parameter_status(name, value))
+
+    # --- simple query ---------------------------------------------------------------------------
+
+    async def _simple_query(self, sql: str) -> None:
+        session = self._session()
+        pipeline = self.server.pipeline
+        try:
+            statements = await self._blocking(pipeline.split, session, sql)
+        except QueryError as exc:
+            statements = []
+            self._send_error(exc)
+        else:
+            if not statements:
+                self._send(m.empty_query_response())
+        for text in statements:
+            try:
+                prepared = await self._blocking(pipeline.prepare, session, text)
+                outcome = await self._blocking(pipeline.execute, session, prepared)
+                self._send_outcome_notes(outcome)
+                if outcome.rows is not None and outcome.columns is not None:
+                    self._send(m.row_description(_fields(outcome.columns, ())))
+                    sent, _ = await self._stream_rows(outcome.rows, outcome.columns, (), None)
+                    self._send(m.command_complete(outcome.command_tag(sent)))
+                else:
+                    self._send(m.command_complete(outcome.tag))
+            except QueryError as exc:
+                session.statement_failed()
+                self._send_error(exc)
+                break
+        self._send(m.ready_for_query(session.transaction_status))
+        await self._flush()
+
+    async def _stream_rows(self, rows: RowSource, columns: list[Column], formats: Sequence[int],
+                           limit: int | None) -> tuple[int, bool]:
+        """Send up to `limit` rows as DataRows with backpressure; returns (rows sent, result exhausted)."""
+        binary = [_format_for(formats, i) == 1 for i in range(len(columns))]
+        sent = 0
+        while limit is None or sent < limit:
+            want = None if limit is None else limit - sent
+            chunk, count = await self._blocking(_encode_next, rows, columns, binary, want)
+            if chunk is None:
+                return sent, True
+            self._out += chunk
+            sent += count
+            if len(self._out) >= FLUSH_THRESHOLD:
+                await self._flush()  # drain() waits while the client is slower than the engine
+        return sent, rows.exhausted
+
+    # --- extended query -------------------------------------------------------------------------
+
+    async def _extended(self, message: m.FrontendMessage) -> None:
+        state = self._state
+        session = self._session()
+        pipeline = self.server.pipeline
+        if isinstance(message, m.Parse):
+            if message.name and message.name in state.statements:
+                raise QueryError("42P05", "HD_ERR_DUPLICATE_STATEMENT",
+                                 f'prepared statement "{message.name}" already exists')
+            prepared = await self._blocking(self._parse, session, message.sql, message.param_oids)
+            state.statements[message.name] = prepared
+            self._send(m.parse_complete())
+        elif isinstance(message, m.Bind):
+            statement = state.statements.get(message.statement)
+            if statement is None:
+                raise QueryError("26000", "HD_ERR_NO_SUCH_STATEMENT",
+                                 f'prepared statement "{message.statement}" does not exist')
+            if message.portal and message.portal in state.portals:
+                raise QueryError("42P03", "HD_ERR_DUPLICATE_CURSOR", f'portal "{message.portal}" already exists')
+            old = state.portals.pop(message.portal, None)
+            if old is not None:
+                old.close()
+            state.portals[message.portal] = Portal(statement, message.params, message.param_formats,
+                                                   message.result_formats)
+            self._send(m.bind_complete())
+        elif isinstance(message, m.Describe):
+            await self._describe(session, message)
+        elif isinstance(message, m.Execute):
+            await self._execute(session, message)
+        elif isinstance(message, m.Close):
+            if message.kind == "S":
+                state.statements.pop(message.name, None)
+            else:
+                portal = state.portals.pop(message.name, None)
+                if portal is not None:
+                    portal.close()
+            self._send(m.close_complete())
+        del pipeline
+
+    def _parse(self, session: Session, sql: str, oids: Sequence[int]) -> PreparedStatement:
+        if not sql.strip(" \t\r\n;"):
+            return PreparedStatement(text="", kind=Kind.ENGINE, engine_sql="", statement_type="EMPTY")
+        pipeline = self.server.pipeline
+        prepared = pipeline.prepare(session, sql, oids)
+        pipeline.parameter_types(session, prepared)  # binds now so errors surface at Parse, as in Postgres
+        return prepared
+
+    async def _describe(self, session: Session, message: m.Describe) -> None:
+        pipeline = self.server.pipeline
+        if message.kind == "S":
+            prepared = self._state.statements.get(message.name)
+            if prepared is None:
+                raise QueryError("26000", "HD_ERR_NO_SUCH_STATEMENT",
+                                 f'prepared statement "{message.name}" does not exist')
+            if prepared.statement_type == "EMPTY":
+                self._send(m.parameter_description([]))
+                self._send(m.no_data())
+                return
+            types = await self._blocking(pipeline.parameter_types, session, prepared)
+            columns = await self._blocking(pipeline.result_columns, session, prepared)
+            self._send(m.parameter_description([t.oid for t in types]))
+            self._send(m.row_description(_fields(columns, ())) if columns else m.no_data())
+            return
+        portal = self._state.portals.get(message.name)
+        if portal is None:
+            cursor_columns = pipeline.describe_cursor(session, message.name)
+            if cursor_columns is None:
+                raise QueryError("34000", "HD_ERR_NO_SUCH_CURSOR", f'portal "{message.name}" does not exist')
+            self._send(m.row_description(_fields(cursor_columns, ())))
+            return
+        if portal.statement.statement_type == "EMPTY":
+            self._send(m.no_data())
+            return
+        columns = await self._blocking(pipeline.result_columns, session, portal.statement)
+        portal.described = columns
+        self._send(m.row_description(_fields(columns, portal.result_formats)) if columns else m.no_data())
+
+    async def _execute(self, session: Session, message: m.Execute) -> None:
+        portal = self._state.portals.get(message.portal)
+        if portal is None:
+            raise QueryError("34000", "HD_ERR_NO_SUCH_CURSOR", f'portal "{message.portal}" does not exist')
+        if portal.statement.statement_type == "EMPTY":
+            self._send(m.empty_query_response())
+            return
+        if portal.done:
+            # Executing a completed portal again returns no more rows, as Postgres does.
+            self._send(m.command_complete(portal.complete_tag or ""))
+            return
+        if portal.outcome is None:
+            portal.outcome = await self._blocking(
+                self.server.pipeline.execute, session, portal.statement, portal.params, portal.param_formats
+            )
+            self._send_outcome_notes(portal.outcome)
+        outcome = portal.outcome
+        if outcome.rows is None or outcome.columns is None:
+            portal.done, portal.complete_tag = True, outcome.tag
+            self._send(m.command_complete(outcome.tag))
+            return
+        columns = _consistent_columns(portal.described, outcome.columns)
+        limit = message.max_rows if message.max_rows > 0 else None
+        try:
+            sent, exhausted = await self._stream_rows(outcome.rows, columns, portal.result_formats, limit)
+        except QueryError:
+            session.statement_failed()
+            raise
+        portal.rows_sent += sent
+        if exhausted:
+            portal.done = True
+            portal.complete_tag = outcome.command_tag(portal.rows_sent)
+            self._send(m.command_complete(portal.complete_tag))
+        else:
+            self._send(m.portal_suspended())
+
+    def _sync(self) -> None:
+        state = self._state
+        state.skipping_to_sync = False
+        session = self._session()
+        if not session.in_transaction:
+            # Outside a transaction block portals live until Sync, as in Postgres.
+            for portal in state.portals.values():
+                portal.close()
+            state.portals.clear()
+        self._send(m.ready_for_query(session.transaction_status))
+
+
+def _format_for(formats: Sequence[int], index: int) -> int:
+    if not formats:
+        return 0
+    if len(formats) == 1:
+        return formats[0]
+    return formats[index] if index < len(formats) else 0
+
+
+def _fields(columns: list[Column] | None, formats: Sequence[int]) -> list[m.FieldDescription]:
+    return [
+        m.FieldDescription(c.name, c.pgtype.oid, c.pgtype.size, c.pgtype.modifier, _format_for(formats, i))
+        for i, c in enumerate(columns or [])
+    ]
+
+
+def _consistent_columns(described: list[Column] | None, produced: list[Column]) -> list[Column]:
+    """Encode with the types the client was told at Describe, when it was told."""
+    if described is not None and len(described) == len(produced):
+        return described
+    return produced
+
+
+def _encode_next(rows: RowSource, columns: list[Column], binary: list[bool],
+                 limit: int | None) -> tuple[bytes | None, int]:
+    """Pull the next batch and encode it to DataRow messages (runs on a worker thread)."""
+    try:
+        batch = rows.read(limit)
+    except Exception as exc:
+        raise _engine_error(exc) from None
+    if batch is None:
+        return None, 0
+    encoded = [encode_column(batch.column(i), col.pgtype, binary[i]) for i, col in enumerate(columns)]
+    return frame_data_rows(encoded), batch.num_rows
+
+
+def _engine_error(exc: Exception) -> QueryError:
+    from engine_host.pipeline.errors import from_engine_error
+
+    if isinstance(exc, QueryError):
+        return exc
+    error = from_engine_error(exc)
+    if error.code == "HD_ERR_ENGINE":
+        correlation = uuid.uuid4().hex[:12]
+        log.error("engine failure while streaming rows [%s]: %s", correlation, exc)
+        return QueryError("XX000", "HD_ERR_ENGINE", f"query failed (correlation id {correlation})")
+    return error
+
+
+def _negotiate_protocol_version(unknown: list[str]) -> bytes:
+    body = (0).to_bytes(4, "big") + len(unknown).to_bytes(4, "big")
+    body += b"".join(name.encode() + b"\x00" for name in unknown)
+    return b"v" + (len(body) + 4).to_bytes(4, "big") + body
