@@ -155,7 +155,7 @@ class EngineSession:
         """Start a statement and return its result stream (DDL and DML stream a single Count/Success row)."""
         self._make_room()
         params = list(values) if values else None
-        result = self._cursor._submit(sql, params, "stream", STREAM_BATCH_ROWS)  # type: ignore[arg-type]
+        result = self._cursor._submit(sql, params, "stream", STREAM_BATCH_ROWS)
         with self._lock:
             self._open = ResultStream(result.arrow_reader(), self)
             return self._open

@@ -73,6 +73,8 @@ def from_engine_error(exc: Exception) -> QueryError:
         return query_canceled()
     sqlstate, code = DUCKDB_SQLSTATES.get(name, ("XX000", "HD_ERR_ENGINE"))
     message = str(exc).strip()
+    if "Division by zero" in message:
+        sqlstate, code = "22012", "HD_ERR_DIVISION_BY_ZERO"
     # DuckDB prefixes messages with "<Kind> Error: "; Postgres clients show the message alone.
     head, sep, rest = message.partition(" Error: ")
     if sep and " " not in head.strip():

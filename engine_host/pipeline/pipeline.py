@@ -451,7 +451,7 @@ def _fetch_count(m: re.Match[str]) -> int | None:
 class _LimitedRows(RowSource):
     """At most `limit` rows of a cursor's rows, leaving the cursor open for the next FETCH."""
 
-    def __init__(self, inner: RowSource, limit: int | None):  # noqa: D107 - no parent init: wraps, not owns
+    def __init__(self, inner: RowSource, limit: int | None):
         self._inner = inner
         self._left = limit
 

@@ -17,8 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import duckdb
+import pyarrow as pa
+
 from engine_host.engine.pgtypes import encode_column
-from engine_host.pipeline.errors import QueryError
+from engine_host.pipeline.errors import QueryError, from_engine_error
 from engine_host.pipeline.pipeline import Kind, PreparedStatement
 from engine_host.pipeline.results import Column, Outcome, RowSource
 from engine_host.pipeline.session import IDLE, Session
@@ -484,7 +487,7 @@ def _encode_next(rows: RowSource, columns: list[Column], binary: list[bool],
     """Pull the next batch and encode it to DataRow messages (runs on a worker thread)."""
     try:
         batch = rows.read(limit)
-    except Exception as exc:
+    except (duckdb.Error, pa.ArrowException) as exc:  # a statement can fail mid-stream (e.g. a cast)
         raise _engine_error(exc) from None
     if batch is None:
         return None, 0
@@ -493,10 +496,6 @@ def _encode_next(rows: RowSource, columns: list[Column], binary: list[bool],
 
 
 def _engine_error(exc: Exception) -> QueryError:
-    from engine_host.pipeline.errors import from_engine_error
-
-    if isinstance(exc, QueryError):
-        return exc
     error = from_engine_error(exc)
     if error.code == "HD_ERR_ENGINE":
         correlation = uuid.uuid4().hex[:12]

@@ -9,6 +9,7 @@ import secrets
 import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from engine_host.pipeline.pipeline import StatementPipeline
 from engine_host.wire.connection import PgConnection
@@ -55,7 +56,7 @@ class PgServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.host, self.port, reuse_address=True)
-        sockets = self._server.sockets or []
+        sockets: tuple[Any, ...] = tuple(self._server.sockets or ())
         if sockets:
             self.port = sockets[0].getsockname()[1]
         log.info("listening on %s:%s (%s)", self.host, self.port,

@@ -1,0 +1,264 @@
+"""TLS for the engine host: a self-signed certificate for local mode and the TLS 1.3-only server context.
+
+Key type: ECDSA P-256. RFC 8446 section 9.1 makes ecdsa_secp256r1_sha256 mandatory to implement for
+every TLS 1.3 client, so every client that can reach us at all (libpq, JDBC, psycopg, asyncpg,
+pg8000) can verify it. It gives the same ~128-bit security level as RSA 3072 with a key generated
+in milliseconds instead of up to a second, and a smaller handshake.
+
+Cipher suites: Python's ``ssl`` module (3.11 here, OpenSSL 3.0) has no binding for
+``SSL_CTX_set_ciphersuites``; ``set_ciphers`` only touches the TLS 1.2-and-older list. The TLS 1.3
+suites a context offers are OpenSSL's defaults as adjusted by the OpenSSL configuration file
+(``Ciphersuites =`` in the ``system_default`` section, or whatever ``OPENSSL_CONF`` points at). The
+OpenSSL defaults are exactly the three suites we want (TLS_AES_256_GCM_SHA384,
+TLS_CHACHA20_POLY1305_SHA256, TLS_AES_128_GCM_SHA256), and we checked that an ``OPENSSL_CONF``
+overriding ``Ciphersuites`` really changes what ``SSLContext.get_ciphers()`` reports. So
+`server_ssl_context` cannot set the suites; it reads them back with ``get_ciphers()`` and refuses
+to build a context (`TlsConfigurationError`) when they are not exactly those three. Failing closed
+at startup beats serving a suite the security review never approved.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+log = logging.getLogger(__name__)
+
+CERT_FILENAME = "server.crt"
+KEY_FILENAME = "server.key"
+
+DEFAULT_HOSTNAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+
+# About a year: long enough that a laptop setup is not re-trusted every week, short enough that a
+# forgotten dev certificate does not live forever.
+CERT_LIFETIME = dt.timedelta(days=365)
+# Regenerate this long before expiry so a running `hd dev` does not cross the expiry date mid-session.
+RENEW_BEFORE = dt.timedelta(days=7)
+# Backdate notBefore a little: a client whose clock runs slightly behind would otherwise reject a
+# certificate generated a second ago.
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+TLS13_CIPHER_SUITES: frozenset[str] = frozenset(
+    {"TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"}
+)
+
+# Only consulted if someone lowers the minimum version below 1.3 (which this module never does):
+# then at least only forward-secret AEAD suites are possible. Also keeps get_ciphers() short.
+_LEGACY_CIPHER_STRING = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+# PostgreSQL 17 clients using `sslnegotiation=direct` start TLS without SSLRequest and insist that
+# the server selects this ALPN protocol; clients that send no ALPN are unaffected.
+POSTGRES_ALPN = "postgresql"
+
+
+class TlsConfigurationError(RuntimeError):
+    """The TLS library on this host cannot be made to offer exactly the approved TLS 1.3 suites."""
+
+
+def ensure_self_signed_certificate(tls_dir: Path, hostnames: Sequence[str] = DEFAULT_HOSTNAMES) -> tuple[Path, Path]:
+    """Return (certificate, private key) paths in `tls_dir`, generating a self-signed pair when needed.
+
+    An existing pair is reused unless it is unreadable, expired or within seven days of expiry, does
+    not cover every name in `hostnames`, or the key does not belong to the certificate.
+    """
+    if not hostnames:
+        raise ValueError("at least one hostname is required")
+    tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _restrict_mode(tls_dir, 0o700)
+    cert_path = tls_dir / CERT_FILENAME
+    key_path = tls_dir / KEY_FILENAME
+
+    reason = _reason_to_regenerate(cert_path, key_path, hostnames)
+    if reason is None:
+        _restrict_mode(key_path, 0o600)
+        log.debug("reusing TLS certificate %s", cert_path)
+        return cert_path, key_path
+
+    log.info("generating self-signed TLS certificate in %s (%s)", tls_dir, reason)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _build_certificate(key, hostnames)
+    # Key first: if we are interrupted between the two writes, the next call sees a key that does
+    # not match the certificate and regenerates, rather than serving a stale pair.
+    _write_atomically(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        mode=0o600,
+    )
+    _write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    log.info(
+        "TLS certificate %s valid until %s, SHA-256 fingerprint %s",
+        cert_path,
+        cert.not_valid_after_utc.isoformat(),
+        cert.fingerprint(hashes.SHA256()).hex(":"),
+    )
+    return cert_path, key_path
+
+
+def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server context that speaks TLS 1.3 only, with exactly the three approved cipher suites."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.set_ciphers(_LEGACY_CIPHER_STRING)
+    # TLS 1.3 has no renegotiation and no compression; the flags make that explicit should the
+    # version floor ever move. Session tickets are off: Postgres clients hold long connections and
+    # do not resume, and tickets sealed under a process-lifetime key would weaken forward secrecy.
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_TICKET
+    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.num_tickets = 0
+    ctx.verify_mode = ssl.CERT_NONE  # clients authenticate with an API key or JWT, not a certificate
+    ctx.set_alpn_protocols([POSTGRES_ALPN])
+    ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
+
+    offered = offered_tls13_cipher_suites(ctx)
+    if offered != TLS13_CIPHER_SUITES:
+        raise TlsConfigurationError(
+            f"this OpenSSL ({ssl.OPENSSL_VERSION}) offers TLS 1.3 suites {sorted(offered)}, expected exactly "
+            f"{sorted(TLS13_CIPHER_SUITES)}; Python cannot set TLS 1.3 suites, so remove the `Ciphersuites` "
+            "override from the OpenSSL configuration (see OPENSSL_CONF)"
+        )
+    return ctx
+
+
+def offered_tls13_cipher_suites(ctx: ssl.SSLContext) -> frozenset[str]:
+    """The TLS 1.3 cipher suites `ctx` would negotiate, as OpenSSL reports them."""
+    return frozenset(c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3")
+
+
+def _reason_to_regenerate(cert_path: Path, key_path: Path, hostnames: Sequence[str]) -> str | None:
+    """Why the existing pair cannot be reused, or None when it can."""
+    if not cert_path.exists() or not key_path.exists():
+        return "no certificate yet"
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("existing TLS certificate or key in %s is unreadable (%s); regenerating", cert_path.parent, exc)
+        return "existing files unreadable"
+
+    now = dt.datetime.now(dt.UTC)
+    expires = cert.not_valid_after_utc
+    if expires <= now:
+        log.warning("TLS certificate %s expired at %s; regenerating", cert_path, expires.isoformat())
+        return "expired"
+    if expires - now <= RENEW_BEFORE:
+        log.warning("TLS certificate %s expires at %s (within %s); regenerating", cert_path, expires, RENEW_BEFORE)
+        return "about to expire"
+    if cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) != key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+        log.warning("TLS key %s does not match certificate %s; regenerating", key_path, cert_path)
+        return "key does not match certificate"
+    missing = _uncovered_names(cert, hostnames)
+    if missing:
+        log.warning("TLS certificate %s does not cover %s; regenerating", cert_path, ", ".join(missing))
+        return "hostnames changed"
+    return None
+
+
+def _uncovered_names(cert: x509.Certificate, hostnames: Sequence[str]) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return list(hostnames)
+    dns = set(san.get_values_for_type(x509.DNSName))
+    ips = set(san.get_values_for_type(x509.IPAddress))
+    missing = []
+    for name in hostnames:
+        ip = _as_ip(name)
+        if (ip is not None and ip not in ips) or (ip is None and name.lower() not in dns):
+            missing.append(name)
+    return missing
+
+
+def _as_ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+def _build_certificate(key: ec.EllipticCurvePrivateKey, hostnames: Sequence[str]) -> x509.Certificate:
+    names: list[x509.GeneralName] = []
+    for name in hostnames:
+        ip = _as_ip(name)
+        names.append(x509.IPAddress(ip) if ip is not None else x509.DNSName(name.lower()))
+    common_name = next((n for n in hostnames if _as_ip(n) is None), hostnames[0])
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Hardened Duck local development"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    now = dt.datetime.now(dt.UTC)
+    public_key = key.public_key()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + CERT_LIFETIME)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        # A leaf, not a CA: strict verifiers (rustls, webpki) refuse a CA certificate as the server's.
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        # Key identifiers: OpenSSL 3.x strict mode (Python 3.13's default client context) wants the AKI.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _write_atomically(path: Path, data: bytes, *, mode: int) -> None:
+    """Write `data` to `path` via a same-directory temporary file, never exposing a partial or wide-open file."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            # mkstemp creates the file 0600, so the key is never readable by others, even briefly.
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _restrict_mode(path: Path, mode: int) -> None:
+    current = path.stat().st_mode & 0o777
+    if current & ~mode:
+        log.warning("tightening permissions of %s from %o to %o", path, current, mode)
+        path.chmod(mode)

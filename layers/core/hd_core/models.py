@@ -1,0 +1,161 @@
+"""Control-plane entities: organisations, users, API key records and the authenticated principal.
+
+All timestamps are timezone-aware UTC datetimes. Entities are frozen: a change is a new value
+written through the `ControlStore`, which keeps the audit trail of administrative changes honest.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+BASE62_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+# 20 base62 characters carry ~119 bits: ids never collide in practice and cannot be guessed.
+_ID_RANDOM_CHARS = 20
+
+
+class Role(StrEnum):
+    """The six roles of the security whitepaper, most to least privileged."""
+
+    OWNER = "Owner"
+    ADMIN = "Admin"
+    ANALYST = "Analyst"
+    AUDITOR = "Auditor"
+    DEVELOPER = "Developer"
+    SERVICE_ACCOUNT = "ServiceAccount"
+
+
+class OrgStatus(StrEnum):
+    """Whether an organisation may use the warehouse at all."""
+
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+class UserStatus(StrEnum):
+    """Whether a user may authenticate; `removed` users are kept for the audit trail."""
+
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    REMOVED = "removed"
+
+
+class KeyEnv(StrEnum):
+    """The environment an API key belongs to: `hd_live_` (production) or `hd_test_` (staging)."""
+
+    LIVE = "live"
+    TEST = "test"
+
+
+class ApiScope(StrEnum):
+    """What an API key may be used for; a key carries a subset chosen when it is issued."""
+
+    QUERY_READ = "query:read"
+    QUERY_WRITE = "query:write"
+    CATALOG_READ = "catalog:read"
+    ORG_READ = "org:read"
+    ORG_WRITE = "org:write"
+    USERS_READ = "users:read"
+    USERS_WRITE = "users:write"
+    API_KEYS_READ = "api_keys:read"
+    API_KEYS_WRITE = "api_keys:write"
+    POLICIES_READ = "policies:read"
+    POLICIES_WRITE = "policies:write"
+    JIT_REQUEST = "jit:request"
+    JIT_APPROVE = "jit:approve"
+    QUOTAS_READ = "quotas:read"
+    QUOTAS_WRITE = "quotas:write"
+    AUDIT_QUERIES_READ = "audit:queries:read"
+    AUDIT_ADMIN_READ = "audit:admin:read"
+    SHADOW_READ = "shadow:read"
+    SHADOW_RUN = "shadow:run"
+    KEYS_ROTATE = "keys:rotate"
+    BILLING_READ = "billing:read"
+    ERASURE_REQUEST = "erasure:request"
+
+
+ALL_SCOPES: tuple[str, ...] = tuple(scope.value for scope in ApiScope)
+
+
+def utc_now() -> datetime:
+    """The current time as a timezone-aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def random_base62(length: int) -> str:
+    """`length` characters drawn uniformly from [0-9A-Za-z] by the `secrets` CSPRNG."""
+    return "".join(secrets.choice(BASE62_ALPHABET) for _ in range(length))
+
+
+def new_id(prefix: str) -> str:
+    """A fresh random identifier such as `new_id("org") -> "org_3kT9..."`."""
+    if not prefix or not prefix.isalnum():
+        raise ValueError(f"id prefix must be alphanumeric, got {prefix!r}")
+    return f"{prefix}_{random_base62(_ID_RANDOM_CHARS)}"
+
+
+@dataclass(frozen=True)
+class Organization:
+    """A tenant: every user, key, policy and table belongs to exactly one."""
+
+    org_id: str
+    name: str
+    status: OrgStatus
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class User:
+    """A person or service identity inside an organisation; department and region feed ABAC policies."""
+
+    user_id: str
+    org_id: str
+    email: str
+    role: Role
+    status: UserStatus
+    department: str | None
+    region: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """What is stored about an API key: its Argon2id hash, never the plaintext."""
+
+    key_id: str
+    org_id: str
+    user_id: str
+    env: KeyEnv
+    key_hash: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    name: str
+
+    def is_usable_at(self, at: datetime) -> bool:
+        """True unless the key is revoked or has expired by `at`."""
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or at < self.expires_at
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated identity a connection acts as, handed to the engine session."""
+
+    user_id: str
+    org_id: str
+    role: Role
+    key_id: str
+    env: KeyEnv
+    scopes: tuple[str, ...]
+    department: str | None
+    region: str | None
+
+    def has_scope(self, scope: str) -> bool:
+        """Whether the credential this principal authenticated with grants `scope`."""
+        return scope in self.scopes

@@ -1,0 +1,101 @@
+"""Starting a real `hd dev` engine host process, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+READY_TIMEOUT_SECONDS = 90
+
+
+@dataclass
+class EngineHostProcess:
+    """A running `hd dev` subprocess and what clients need to reach it."""
+
+    process: subprocess.Popen[str]
+    state_dir: Path
+    port: int
+    user: str
+    password: str
+    output: list[str]
+
+    @property
+    def cert(self) -> Path:
+        return self.state_dir / "tls" / "server.crt"
+
+    def dsn(self, **overrides: str) -> str:
+        params = {"host": "127.0.0.1", "port": str(self.port), "dbname": "hd", "user": self.user,
+                  "password": self.password, "sslmode": "require", "connect_timeout": "10"}
+        params.update(overrides)
+        return " ".join(f"{k}={v}" for k, v in params.items())
+
+    def url(self, driver: str = "postgresql+psycopg") -> str:
+        return f"{driver}://{self.user}:{self.password}@127.0.0.1:{self.port}/hd"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_engine_host(state_dir: Path, *extra: str) -> EngineHostProcess:
+    """Start `hd dev` on a free port and wait until it says it is ready."""
+    cmd = [sys.executable, "-m", "engine_host.cli", "--log-level", "WARNING", "dev",
+           "--state-dir", str(state_dir), "--port", "0", *extra]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: queue.Queue[str] = queue.Queue()
+    output: list[str] = []
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    port = None
+    while port is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or process.poll() is not None:
+            process.kill()
+            raise RuntimeError("hd dev did not become ready:\n" + "".join(output))
+        try:
+            line = lines.get(timeout=min(remaining, 1.0))
+        except queue.Empty:
+            continue
+        if line.startswith("HD_READY port="):
+            port = int(line.split("=", 1)[1])
+    key = (state_dir / "owner.key").read_text().strip()
+    user = next(part.split("=", 1)[1] for line in output for part in line.split()
+                if part.startswith("user="))
+    return EngineHostProcess(process, state_dir, port, user, key, output)
+
+
+DEFAULT_PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=5"
+
+
+def reference_postgres_dsn() -> str | None:
+    """DSN of a real PostgreSQL to compare against ($HD_TEST_PG_DSN or the local default), if reachable."""
+    import psycopg
+
+    dsn = os.environ.get("HD_TEST_PG_DSN", DEFAULT_PG_DSN)
+    try:
+        with psycopg.connect(dsn) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error:
+        return None
+    return dsn
