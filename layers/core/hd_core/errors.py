@@ -41,6 +41,6 @@ class NotFound(HdError):
 
 
 class Conflict(HdError):
-    """A write would overwrite an entity that must be unique (for example an existing key id)."""
+    """A write conflicts with current state: an id that already exists, or an entity not in the state required."""
 
     code = "HD_ERR_CONFLICT"

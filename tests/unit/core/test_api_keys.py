@@ -1,0 +1,489 @@
+"""API keys: format and checksum, Argon2id parameters, issuing, revoking and the authenticator's contract."""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+import hd_core.api_keys as api_keys_module
+from hd_core.adapters.sqlite_store import SqliteControlStore
+from hd_core.api_keys import (
+    ApiKeyAuthenticator,
+    ApiKeyHasher,
+    checksum_valid,
+    generate_api_key,
+    issue_api_key,
+    key_id_of,
+    revoke_api_key,
+)
+from hd_core.errors import AuthenticationFailed, Conflict, InvalidApiKeyFormat, NotFound
+from hd_core.models import (
+    BASE62_ALPHABET,
+    ApiScope,
+    KeyEnv,
+    Organization,
+    OrgStatus,
+    Principal,
+    Role,
+    User,
+    UserStatus,
+    new_id,
+)
+
+PEPPER = b"p" * 32
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class CountingHasher(ApiKeyHasher):
+    """Argon2id with the smallest legal cost (tests stay fast), counting every verify."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=8, parallelism=1)
+        self.verify_calls = 0
+        self._count_lock = threading.Lock()
+
+    def verify(self, key_hash: str, plaintext: str) -> bool:
+        with self._count_lock:
+            self.verify_calls += 1
+        return super().verify(key_hash, plaintext)
+
+
+class ManualClock:
+    """Monotonic seconds and wall-clock time that move only when a test says so."""
+
+    def __init__(self) -> None:
+        self.seconds = 1000.0
+        self.wall = T0
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def now(self) -> datetime:
+        return self.wall
+
+    def advance(self, seconds: float) -> None:
+        self.seconds += seconds
+        self.wall += timedelta(seconds=seconds)
+
+
+@dataclass
+class World:
+    store: SqliteControlStore
+    hasher: CountingHasher
+    clock: ManualClock
+    authenticator: ApiKeyAuthenticator
+    org: Organization
+    user: User
+    key: str
+    key_id: str
+
+    def verifies_during(self, username: str, password: str) -> int:
+        """How many Argon2 verifies one login attempt costs (whether it succeeds or not)."""
+        before = self.hasher.verify_calls
+        try:
+            self.authenticator.authenticate(username, password)
+        except AuthenticationFailed:
+            pass
+        return self.hasher.verify_calls - before
+
+
+def _add_org_and_user(store: SqliteControlStore, *, role: Role = Role.ANALYST) -> tuple[Organization, User]:
+    org = Organization(new_id("org"), "Acme", OrgStatus.ACTIVE, T0)
+    user = User(new_id("usr"), org.org_id, "ana@acme.test", role, UserStatus.ACTIVE, "finance", "eu", T0)
+    store.put_org(org)
+    store.put_user(user)
+    return org, user
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    store = SqliteControlStore(":memory:")
+    hasher = CountingHasher()
+    clock = ManualClock()
+    org, user = _add_org_and_user(store)
+    key, record = issue_api_key(
+        store, hasher, org_id=org.org_id, user_id=user.user_id, scopes=[ApiScope.QUERY_READ], name="ci", now=clock.now
+    )
+    authenticator = ApiKeyAuthenticator(
+        store, PEPPER, hasher=hasher, ttl_seconds=60, clock=clock.monotonic, now=clock.now
+    )
+    hasher.verify_calls = 0
+    yield World(store, hasher, clock, authenticator, org, user, key, record.key_id)
+    store.close()
+
+
+def _reject(world: World, username: str, password: str) -> AuthenticationFailed:
+    with pytest.raises(AuthenticationFailed) as caught:
+        world.authenticator.authenticate(username, password)
+    assert str(caught.value) == "authentication failed"  # never says which check failed
+    return caught.value
+
+
+def _with_other_secret(key: str) -> str:
+    """A well-formed key (valid checksum) with the same key id as `key` but a different secret."""
+    body = key[:-6]
+    last = body[-1]
+    body = body[:-1] + ("A" if last != "A" else "B")
+    return body + api_keys_module._checksum(body)
+
+
+# --- format -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ["live", "test"])
+def test_generated_key_is_prefix_then_32_base62_characters(env: str) -> None:
+    plaintext, key_id = generate_api_key(env)
+    assert plaintext.startswith(f"hd_{env}_")
+    tail = plaintext[len(f"hd_{env}_"):]
+    assert len(tail) == 32
+    assert set(tail) <= set(BASE62_ALPHABET)
+    assert key_id == key_id_of(plaintext)
+
+
+def test_last_six_characters_are_base62_crc32_of_everything_before() -> None:
+    plaintext, _ = generate_api_key("live")
+    crc = zlib.crc32(plaintext[:-6].encode())
+    encoded = ""
+    for _ in range(6):
+        crc, digit = divmod(crc, 62)
+        encoded = BASE62_ALPHABET[digit] + encoded
+    assert plaintext[-6:] == encoded
+    assert checksum_valid(plaintext)
+
+
+def test_checksum_detects_any_single_changed_character() -> None:
+    plaintext, _ = generate_api_key("live")
+    for position in range(len("hd_live_"), len(plaintext)):
+        original = plaintext[position]
+        replacement = "0" if original != "0" else "1"
+        mutated = plaintext[:position] + replacement + plaintext[position + 1:]
+        assert not checksum_valid(mutated), f"change at {position} went unnoticed"
+
+
+def test_checksum_covers_the_environment_prefix() -> None:
+    plaintext, _ = generate_api_key("live")
+    assert not checksum_valid(plaintext.replace("hd_live_", "hd_test_", 1))
+
+
+@pytest.mark.parametrize(
+    "candidate",
+    [
+        "",
+        "hd_prod_" + "a" * 32,
+        "hd_live_" + "a" * 31,
+        "hd_live_" + "a" * 33,
+        "hd_live_" + "a" * 31 + "-",
+        "hd_live_" + "é" * 32,
+        "eyJhbGciOiJSUzI1NiJ9.e30.sig",
+    ],
+)
+def test_malformed_keys_fail_the_checksum_and_have_no_key_id(candidate: str) -> None:
+    assert not checksum_valid(candidate)
+    with pytest.raises(InvalidApiKeyFormat) as caught:
+        key_id_of(candidate)
+    assert isinstance(caught.value, AuthenticationFailed)
+
+
+def test_a_trailing_newline_is_not_part_of_a_valid_key() -> None:
+    plaintext, _ = generate_api_key("test")
+    assert not checksum_valid(plaintext + "\n")
+
+
+def test_key_id_is_prefix_plus_first_eight_random_characters() -> None:
+    plaintext, key_id = generate_api_key("live")
+    assert key_id == plaintext[:16]
+    assert len(key_id) == len("hd_live_") + 8
+
+
+def test_generated_keys_differ() -> None:
+    assert len({generate_api_key("live")[0] for _ in range(200)}) == 200
+
+
+# --- hashing ----------------------------------------------------------------------------------
+
+
+def test_default_hasher_uses_owasp_argon2id_parameters() -> None:
+    hasher = ApiKeyHasher()
+    plaintext, _ = generate_api_key("live")
+    encoded = hasher.hash(plaintext)
+    assert encoded.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert hasher.verify(encoded, plaintext)
+    assert not hasher.verify(encoded, _with_other_secret(plaintext))
+
+
+def test_each_hash_has_its_own_salt() -> None:
+    hasher = CountingHasher()
+    assert hasher.hash("same") != hasher.hash("same")
+
+
+def test_verify_returns_false_for_an_unreadable_hash() -> None:
+    assert CountingHasher().verify("not-a-hash", "anything") is False
+
+
+# --- issuing and revoking ---------------------------------------------------------------------
+
+
+def test_issued_key_is_stored_as_a_hash_with_normalised_scopes() -> None:
+    store = SqliteControlStore(":memory:")
+    hasher = CountingHasher()
+    org, user = _add_org_and_user(store)
+    plaintext, record = issue_api_key(
+        store,
+        hasher,
+        org_id=org.org_id,
+        user_id=user.user_id,
+        env="test",
+        scopes=["query:write", ApiScope.QUERY_READ, "query:write"],
+        name="etl",
+    )
+    stored = store.get_api_key(record.key_id)
+    assert stored == record
+    assert record.env is KeyEnv.TEST
+    assert record.key_id == key_id_of(plaintext)
+    assert record.scopes == ("query:read", "query:write")
+    assert plaintext not in repr(record)
+    assert record.key_hash not in repr(record)  # nor the hash, so logging a record leaks nothing
+    assert hasher.verify(record.key_hash, plaintext)
+
+
+def test_issue_refuses_unknown_scopes_no_scopes_and_past_expiry() -> None:
+    store = SqliteControlStore(":memory:")
+    org, user = _add_org_and_user(store)
+    hasher = CountingHasher()
+    with pytest.raises(ValueError, match="unknown api scope"):
+        issue_api_key(store, hasher, org_id=org.org_id, user_id=user.user_id, scopes=["root"])
+    with pytest.raises(ValueError, match="at least one scope"):
+        issue_api_key(store, hasher, org_id=org.org_id, user_id=user.user_id, scopes=[])
+    with pytest.raises(ValueError, match="future"):
+        past = datetime(2000, 1, 1, tzinfo=UTC)
+        issue_api_key(store, hasher, org_id=org.org_id, user_id=user.user_id, expires_at=past)
+    assert store.list_api_keys(org.org_id) == []
+
+
+def test_issue_requires_the_user_to_be_active_and_in_the_organisation() -> None:
+    store = SqliteControlStore(":memory:")
+    org, user = _add_org_and_user(store)
+    other_org, _ = _add_org_and_user(store)
+    with pytest.raises(NotFound):
+        issue_api_key(store, CountingHasher(), org_id=org.org_id, user_id="usr_missing")
+    with pytest.raises(NotFound):
+        issue_api_key(store, CountingHasher(), org_id=other_org.org_id, user_id=user.user_id)
+    store.put_user(replace(user, status=UserStatus.SUSPENDED))
+    with pytest.raises(Conflict):
+        issue_api_key(store, CountingHasher(), org_id=org.org_id, user_id=user.user_id)
+
+
+def test_issue_retries_when_a_key_id_is_already_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SqliteControlStore(":memory:")
+    org, user = _add_org_and_user(store)
+    taken_key, taken = issue_api_key(store, CountingHasher(), org_id=org.org_id, user_id=user.user_id)
+    fresh = generate_api_key("live")
+    candidates = iter([(taken_key, taken.key_id), fresh])
+    monkeypatch.setattr(api_keys_module, "generate_api_key", lambda env: next(candidates))
+    plaintext, record = issue_api_key(store, CountingHasher(), org_id=org.org_id, user_id=user.user_id)
+    assert (plaintext, record.key_id) == fresh
+    assert store.get_api_key(taken.key_id) == taken
+
+
+def test_revoke_unknown_key_is_not_found(world: World) -> None:
+    with pytest.raises(NotFound):
+        revoke_api_key(world.store, world.authenticator, "hd_live_nothere0")
+
+
+def test_revoking_twice_keeps_the_first_revocation_time(world: World) -> None:
+    first = revoke_api_key(world.store, None, world.key_id, now=lambda: T0)
+    second = revoke_api_key(world.store, None, world.key_id, now=lambda: T0 + timedelta(days=1))
+    assert first.revoked_at == second.revoked_at == T0
+
+
+# --- authenticating ---------------------------------------------------------------------------
+
+
+def test_valid_key_authenticates_as_its_user(world: World) -> None:
+    principal = world.authenticator.authenticate(world.user.user_id, world.key)
+    assert principal == Principal(
+        user_id=world.user.user_id,
+        org_id=world.org.org_id,
+        role=Role.ANALYST,
+        key_id=world.key_id,
+        env=KeyEnv.LIVE,
+        scopes=("query:read",),
+        department="finance",
+        region="eu",
+    )
+    assert principal.has_scope("query:read")
+    assert not principal.has_scope("query:write")
+
+
+def test_user_name_may_be_the_user_id_or_the_key_id_and_nothing_else(world: World) -> None:
+    assert world.authenticator.authenticate(world.key_id, world.key).user_id == world.user.user_id
+    assert world.authenticator.authenticate(world.user.user_id, world.key).user_id == world.user.user_id
+    _, other = issue_api_key(world.store, world.hasher, org_id=world.org.org_id, user_id=world.user.user_id)
+    for username in ["", "owner", world.user.email, other.key_id, world.user.user_id.upper(), world.key]:
+        _reject(world, username, world.key)
+
+
+def test_wrong_secret_for_a_known_key_id_fails(world: World) -> None:
+    _reject(world, world.user.user_id, _with_other_secret(world.key))
+
+
+def test_unknown_key_id_fails(world: World) -> None:
+    stranger, _ = generate_api_key("live")
+    assert _reject(world, world.user.user_id, stranger).reason == "unknown key id"
+
+
+def test_bad_checksum_fails(world: World) -> None:
+    mangled = world.key[:-1] + ("0" if world.key[-1] != "0" else "1")
+    assert _reject(world, world.user.user_id, mangled).reason == "malformed api key or bad checksum"
+
+
+def test_a_jwt_or_empty_password_fails_like_any_bad_key(world: World) -> None:
+    _reject(world, world.user.user_id, "")
+    _reject(world, world.user.user_id, "eyJhbGciOiJSUzI1NiJ9.e30.c2ln")
+
+
+def test_every_failure_costs_exactly_one_argon2_verify(world: World) -> None:
+    stranger, _ = generate_api_key("live")
+    mangled = world.key[:-1] + ("0" if world.key[-1] != "0" else "1")
+    assert world.verifies_during(world.user.user_id, stranger) == 1  # unknown key id: dummy hash
+    assert world.verifies_during(world.user.user_id, mangled) == 1  # bad checksum: dummy hash
+    assert world.verifies_during(world.user.user_id, "not a key") == 1
+    assert world.verifies_during(world.user.user_id, _with_other_secret(world.key)) == 1
+
+
+def test_a_cache_hit_skips_argon2(world: World) -> None:
+    assert world.verifies_during(world.user.user_id, world.key) == 1
+    assert world.verifies_during(world.user.user_id, world.key) == 0
+    assert world.verifies_during(world.key_id, world.key) == 0
+
+
+def test_the_cache_holds_a_digest_never_the_plaintext(world: World) -> None:
+    world.authenticator.authenticate(world.user.user_id, world.key)
+    assert world.key not in repr(vars(world.authenticator))
+    assert world.key.encode() not in repr(vars(world.authenticator)).encode()
+
+
+def test_a_failed_attempt_is_not_cached(world: World) -> None:
+    assert world.verifies_during("someone-else", world.key) == 1  # right key, wrong user name
+    assert world.verifies_during(world.user.user_id, world.key) == 1
+    assert world.verifies_during(world.user.user_id, world.key) == 0
+
+
+def test_the_cache_expires_after_its_ttl(world: World) -> None:
+    assert world.verifies_during(world.user.user_id, world.key) == 1
+    world.clock.advance(59)
+    assert world.verifies_during(world.user.user_id, world.key) == 0
+    world.clock.advance(1)
+    assert world.verifies_during(world.user.user_id, world.key) == 1
+
+
+def test_a_zero_ttl_disables_the_cache(world: World) -> None:
+    authenticator = ApiKeyAuthenticator(world.store, PEPPER, hasher=world.hasher, ttl_seconds=0)
+    before = world.hasher.verify_calls
+    authenticator.authenticate(world.user.user_id, world.key)
+    authenticator.authenticate(world.user.user_id, world.key)
+    assert world.hasher.verify_calls - before == 2
+
+
+def test_revocation_after_a_cache_hit_fails_at_once_even_without_forget(world: World) -> None:
+    world.authenticator.authenticate(world.user.user_id, world.key)
+    world.authenticator.authenticate(world.user.user_id, world.key)
+    world.store.revoke_api_key(world.key_id, world.clock.now())  # as another host would: no forget()
+    assert _reject(world, world.user.user_id, world.key).reason == "api key revoked"
+
+
+def test_forget_makes_the_next_login_verify_again(world: World) -> None:
+    assert world.verifies_during(world.user.user_id, world.key) == 1
+    world.authenticator.forget(world.key_id)
+    assert world.verifies_during(world.user.user_id, world.key) == 1
+
+
+def test_revoke_api_key_forgets_and_blocks_the_key(world: World) -> None:
+    world.authenticator.authenticate(world.user.user_id, world.key)
+    revoke_api_key(world.store, world.authenticator, world.key_id, now=world.clock.now)
+    _reject(world, world.user.user_id, world.key)
+    _reject(world, world.key_id, world.key)
+
+
+def test_a_suspended_or_removed_user_fails_even_when_cached(world: World) -> None:
+    world.authenticator.authenticate(world.user.user_id, world.key)
+    for status in (UserStatus.SUSPENDED, UserStatus.REMOVED):
+        world.store.put_user(replace(world.user, status=status))
+        _reject(world, world.user.user_id, world.key)
+    world.store.put_user(world.user)
+    assert world.authenticator.authenticate(world.user.user_id, world.key).user_id == world.user.user_id
+
+
+def test_a_suspended_organisation_fails(world: World) -> None:
+    world.authenticator.authenticate(world.user.user_id, world.key)
+    world.store.put_org(replace(world.org, status=OrgStatus.SUSPENDED))
+    _reject(world, world.user.user_id, world.key)
+
+
+def test_an_expired_key_fails_even_when_cached(world: World) -> None:
+    key, record = issue_api_key(
+        world.store,
+        world.hasher,
+        org_id=world.org.org_id,
+        user_id=world.user.user_id,
+        expires_at=world.clock.now() + timedelta(seconds=30),
+        now=world.clock.now,
+    )
+    world.authenticator.authenticate(record.key_id, key)
+    world.clock.advance(29)
+    world.authenticator.authenticate(record.key_id, key)
+    world.clock.advance(1)
+    assert _reject(world, record.key_id, key).reason == "api key expired"
+
+
+def test_role_changes_apply_to_the_next_login_even_when_cached(world: World) -> None:
+    world.authenticator.authenticate(world.user.user_id, world.key)
+    world.store.put_user(replace(world.user, role=Role.AUDITOR))
+    assert world.authenticator.authenticate(world.user.user_id, world.key).role is Role.AUDITOR
+
+
+def test_a_short_pepper_is_refused(world: World) -> None:
+    with pytest.raises(ValueError, match="pepper"):
+        ApiKeyAuthenticator(world.store, b"short", hasher=world.hasher)
+
+
+def test_the_cache_stays_within_its_size_bound(world: World) -> None:
+    authenticator = ApiKeyAuthenticator(
+        world.store, PEPPER, hasher=world.hasher, clock=world.clock.monotonic, now=world.clock.now, max_cached_keys=2
+    )
+    keys = [world.key] + [
+        issue_api_key(world.store, world.hasher, org_id=world.org.org_id, user_id=world.user.user_id)[0]
+        for _ in range(2)
+    ]
+    for key in keys:
+        authenticator.authenticate(world.user.user_id, key)
+    before = world.hasher.verify_calls
+    authenticator.authenticate(world.user.user_id, keys[-1])  # newest: still remembered
+    authenticator.authenticate(world.user.user_id, keys[0])  # oldest: evicted
+    assert world.hasher.verify_calls - before == 1
+
+
+def test_concurrent_logins_from_many_threads_all_succeed(world: World) -> None:
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def login() -> None:
+        try:
+            for _ in range(20):
+                results.append(world.authenticator.authenticate(world.user.user_id, world.key).user_id)
+        except BaseException as error:  # collected and asserted on the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=login) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert results == [world.user.user_id] * 160
+    assert 1 <= world.hasher.verify_calls <= 8  # Argon2 ran only until the first verification was cached

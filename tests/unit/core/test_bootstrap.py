@@ -1,0 +1,130 @@
+"""Local bootstrap: one Owner, once; a pepper, once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hd_core.adapters.sqlite_store import SqliteControlStore
+from hd_core.api_keys import ApiKeyAuthenticator, ApiKeyHasher, key_id_of
+from hd_core.bootstrap import (
+    DEFAULT_ORG_SETTING,
+    LOCAL_OWNER_USER_SETTING,
+    PEPPER_SETTING,
+    bootstrap_local_owner,
+    ensure_pepper,
+)
+from hd_core.errors import NotFound
+from hd_core.models import ALL_SCOPES, KeyEnv, OrgStatus, Role, UserStatus
+
+
+def _fast_hasher() -> ApiKeyHasher:
+    return ApiKeyHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteControlStore]:
+    store = SqliteControlStore(tmp_path / "control.sqlite3")
+    yield store
+    store.close()
+
+
+def test_first_call_creates_an_active_org_owner_and_all_scopes_test_key(store: SqliteControlStore) -> None:
+    owner = bootstrap_local_owner(store, _fast_hasher(), org_name="Acme Dev", email="me@acme.test")
+    assert owner.created
+    assert owner.org.name == "Acme Dev" and owner.org.status == OrgStatus.ACTIVE
+    assert owner.org.org_id.startswith("org_")
+    assert owner.user.user_id.startswith("usr_")
+    assert (owner.user.email, owner.user.role, owner.user.status) == ("me@acme.test", Role.OWNER, UserStatus.ACTIVE)
+    assert owner.api_key_plaintext is not None and owner.api_key_plaintext.startswith("hd_test_")
+    record = store.get_api_key(key_id_of(owner.api_key_plaintext))
+    assert record is not None
+    assert (record.org_id, record.user_id, record.env) == (owner.org.org_id, owner.user.user_id, KeyEnv.TEST)
+    assert record.scopes == ALL_SCOPES
+    assert store.get_setting(DEFAULT_ORG_SETTING) == owner.org.org_id
+    assert store.get_setting(LOCAL_OWNER_USER_SETTING) == owner.user.user_id
+
+
+def test_the_bootstrap_key_logs_in_as_the_owner(store: SqliteControlStore) -> None:
+    hasher = _fast_hasher()
+    owner = bootstrap_local_owner(store, hasher)
+    assert owner.api_key_plaintext is not None
+    principal = ApiKeyAuthenticator(store, ensure_pepper(store), hasher=hasher).authenticate(
+        owner.user.user_id, owner.api_key_plaintext
+    )
+    assert (principal.user_id, principal.role, principal.org_id) == (owner.user.user_id, Role.OWNER, owner.org.org_id)
+
+
+def test_second_call_returns_the_same_owner_and_creates_nothing(store: SqliteControlStore) -> None:
+    first = bootstrap_local_owner(store, _fast_hasher())
+    second = bootstrap_local_owner(store, _fast_hasher(), org_name="Ignored", email="ignored@localhost")
+    assert not second.created
+    assert second.api_key_plaintext is None
+    assert (second.org, second.user) == (first.org, first.user)
+    assert store.list_orgs() == [first.org]
+    assert store.list_users(first.org.org_id) == [first.user]
+    assert len(store.list_api_keys(first.org.org_id)) == 1
+
+
+def test_bootstrap_is_idempotent_across_reopening_the_store(tmp_path: Path) -> None:
+    with SqliteControlStore(tmp_path / "control.sqlite3") as store:
+        first = bootstrap_local_owner(store, _fast_hasher())
+    with SqliteControlStore(tmp_path / "control.sqlite3") as store:
+        again = bootstrap_local_owner(store, _fast_hasher())
+    assert not again.created and again.user == first.user
+
+
+class FirstOwnerLookupIsStale:
+    """A store as seen by a second process that looked for the owner just before the first one claimed it."""
+
+    def __init__(self, store: SqliteControlStore) -> None:
+        self._store = store
+        self._stale_reads_left = 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def get_setting(self, name: str) -> str | None:
+        if name == LOCAL_OWNER_USER_SETTING and self._stale_reads_left:
+            self._stale_reads_left -= 1
+            return None
+        return self._store.get_setting(name)
+
+
+def test_a_concurrent_loser_retires_what_it_made_and_adopts_the_winner(store: SqliteControlStore) -> None:
+    winner = bootstrap_local_owner(store, _fast_hasher())
+    loser = bootstrap_local_owner(FirstOwnerLookupIsStale(store), _fast_hasher())
+    assert not loser.created and loser.api_key_plaintext is None
+    assert (loser.org, loser.user) == (winner.org, winner.user)
+    assert store.get_setting(DEFAULT_ORG_SETTING) == winner.org.org_id
+    stray_orgs = [org for org in store.list_orgs() if org.org_id != winner.org.org_id]
+    assert [org.status for org in stray_orgs] == [OrgStatus.SUSPENDED]
+    assert [user.status for user in store.list_users(stray_orgs[0].org_id)] == [UserStatus.REMOVED]
+    stray_keys = store.list_api_keys(stray_orgs[0].org_id)
+    assert len(stray_keys) == 1 and stray_keys[0].revoked_at is not None
+
+
+def test_a_recorded_owner_missing_from_the_store_is_reported(store: SqliteControlStore) -> None:
+    store.put_setting(LOCAL_OWNER_USER_SETTING, "usr_gone")
+    with pytest.raises(NotFound, match="usr_gone"):
+        bootstrap_local_owner(store, _fast_hasher())
+
+
+def test_pepper_is_32_random_bytes_generated_once(store: SqliteControlStore, tmp_path: Path) -> None:
+    pepper = ensure_pepper(store)
+    assert len(pepper) == 32
+    assert ensure_pepper(store) == pepper
+    with SqliteControlStore(tmp_path / "control.sqlite3") as reopened:
+        assert ensure_pepper(reopened) == pepper
+    other_store = SqliteControlStore(tmp_path / "other.sqlite3")
+    assert ensure_pepper(other_store) != pepper
+    other_store.close()
+
+
+def test_a_corrupted_pepper_setting_is_refused(store: SqliteControlStore) -> None:
+    store.put_setting(PEPPER_SETTING, "c2hvcnQ=")
+    with pytest.raises(ValueError, match="pepper"):
+        ensure_pepper(store)
