@@ -50,7 +50,12 @@ class Database:
 
     def open(self, setup: Sequence[SetupStep] = ()) -> None:
         """Connect, run the setup steps (table registration, catalog objects), then lock the configuration."""
-        config: dict[str, Any] = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+        config: dict[str, Any] = {
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            # UUID, JSON and HUGEINT keep their identity in Arrow results, so clients see uuid/json/numeric.
+            "arrow_lossless_conversion": True,
+        }
         if self._threads:
             config["threads"] = self._threads
         con = duckdb.connect(str(self._path) if self._path else ":memory:", config=config)

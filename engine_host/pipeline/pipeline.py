@@ -30,7 +30,7 @@ from engine_host.engine.pgtypes import (
 from engine_host.pipeline import errors
 from engine_host.pipeline.errors import QueryError
 from engine_host.pipeline.results import Column, Outcome, RowSource, SqlCursor
-from engine_host.pipeline.session import FAILED_TRANSACTION, IDLE, IN_TRANSACTION, Session
+from engine_host.pipeline.session import FAILED_TRANSACTION, IN_TRANSACTION, Session
 from engine_host.pipeline.settings import (
     SessionSettings,
     SettingCommand,
@@ -127,10 +127,8 @@ class StatementPipeline:
         first = words[0] if words else ""
         if first in ("SET", "SHOW", "RESET"):
             ctx.kind = Kind.SETTING
-        elif first in _TX_BEGIN + _TX_END:
+        elif first in _TX_BEGIN + _TX_END + ("SAVEPOINT", "RELEASE"):
             ctx.kind = Kind.TRANSACTION
-        elif first in ("SAVEPOINT", "RELEASE") or (first == "ROLLBACK" and "TO" in words[1:3]):
-            raise errors.unsupported("savepoints are not supported", hint="Use a single transaction per unit of work.")
         elif first in ("DECLARE", "FETCH", "MOVE", "CLOSE"):
             ctx.kind = Kind.CURSOR
         elif first == "DISCARD":
@@ -213,8 +211,13 @@ class StatementPipeline:
                 types.append(_text())
         return types
 
-    def result_columns(self, session: Session, prepared: PreparedStatement) -> list[Column] | None:
-        """The columns the statement will return, or None if it returns no rows. Never executes it."""
+    def result_columns(self, session: Session, prepared: PreparedStatement,
+                       params: Sequence[bytes | None] | None = None,
+                       param_formats: Sequence[int] = ()) -> list[Column] | None:
+        """The columns the statement will return, or None if it returns no rows. Never executes it.
+
+        With `params` (Describe of a bound portal) the types are those of the statement as it will run.
+        """
         if prepared.kind is Kind.SETTING:
             setting = prepared.setting
             if setting is not None and setting.verb == "SHOW":
@@ -225,6 +228,17 @@ class StatementPipeline:
         if prepared.kind is not Kind.ENGINE:
             return None
         shape = self._shape(session, prepared)
+        if shape.parameter_types:
+            # DuckDB cannot type a result whose parameters are untyped; bind again with the portal's
+            # values, or with NULL stand-ins for a statement Describe (bare `$n` then reads as text).
+            if params is not None:
+                values = self._decode_parameters(session, prepared, params, param_formats)
+            else:
+                values = [None] * len(shape.parameter_types)
+            try:
+                shape = session.engine.describe(prepared.engine_sql, values)
+            except duckdb.Error as exc:
+                raise errors.from_engine_error(exc) from None
         if not shape.returns_rows:
             return None
         return [Column(name, pg_type_for_duckdb(t)) for name, t in zip(shape.column_names, shape.column_types,
@@ -247,6 +261,8 @@ class StatementPipeline:
             if prepared.kind is Kind.DISCARD:
                 return self._run_discard(session)
             values = self._decode_parameters(session, prepared, params, param_formats)
+            if session.in_transaction:
+                session.transaction_statements += 1
             return self._run_engine(session, prepared, values)
         except QueryError:
             session.statement_failed()
@@ -318,6 +334,8 @@ class StatementPipeline:
     def _run_transaction(self, session: Session, text: str) -> Outcome:
         words = leading_words(text, 4)
         verb = words[0]
+        if verb in ("SAVEPOINT", "RELEASE") or (verb in ("ROLLBACK", "ABORT") and "TO" in words[1:3]):
+            return self._run_savepoint(session, text, verb)
         if verb in _TX_BEGIN:
             check_transaction_mode(text)
             if session.in_transaction:
@@ -331,9 +349,49 @@ class StatementPipeline:
             return Outcome(tag=tag, notices=["there is no transaction in progress"])
         failed = session.transaction_status == FAILED_TRANSACTION
         commit = verb in ("COMMIT", "END") and not failed
-        session.transaction_status = IDLE
+        session.transaction_ended()
         self._engine_command(session, "COMMIT" if commit else "ROLLBACK")
         return Outcome(tag="COMMIT" if commit else "ROLLBACK")
+
+    def _run_savepoint(self, session: Session, text: str, verb: str) -> Outcome:
+        """Savepoints, emulated where the result is exactly what Postgres would do.
+
+        DuckDB has no savepoints. Rolling back to a savepoint is exact when nothing ran since it, or
+        when it was taken before the transaction's first statement (then it is ROLLBACK + BEGIN);
+        anything else is refused rather than silently undoing too much or too little.
+        """
+        m = _SAVEPOINT.match(text)
+        if m is None:
+            raise errors.syntax_error("could not parse this savepoint statement")
+        name = _cursor_name(m, text)
+        if not session.in_transaction:
+            raise QueryError("25P01", "HD_ERR_NO_TRANSACTION",
+                             f"{verb} can only be used in transaction blocks")
+        if verb == "SAVEPOINT":
+            session.savepoints.append((name, session.transaction_statements))
+            return Outcome(tag="SAVEPOINT")
+        index = next((i for i in range(len(session.savepoints) - 1, -1, -1) if session.savepoints[i][0] == name),
+                     None)
+        if index is None:
+            raise QueryError("3B001", "HD_ERR_NO_SUCH_SAVEPOINT", f'savepoint "{name}" does not exist')
+        if verb == "RELEASE":
+            del session.savepoints[index:]
+            return Outcome(tag="RELEASE")
+        taken_at = session.savepoints[index][1]
+        del session.savepoints[index + 1:]
+        failed = session.transaction_status == FAILED_TRANSACTION
+        if taken_at == 0 and (failed or session.transaction_statements > 0):
+            self._engine_command(session, "ROLLBACK")
+            self._engine_command(session, "BEGIN TRANSACTION")
+        elif failed or session.transaction_statements != taken_at:
+            session.transaction_status = FAILED_TRANSACTION
+            raise errors.unsupported(
+                "rolling back to a savepoint taken after other statements is not supported",
+                hint="Roll back the whole transaction, or take the savepoint before the transaction's first statement.",
+            )
+        session.transaction_status = IN_TRANSACTION
+        session.transaction_statements = taken_at
+        return Outcome(tag="ROLLBACK")
 
     def _engine_command(self, session: Session, sql: str) -> None:
         try:
@@ -427,6 +485,11 @@ _DECLARE = re.compile(
 )
 _FETCH = re.compile(
     r"^\s*(?:FETCH|MOVE)\s+(?:(?P<dir>NEXT|FORWARD\s+ALL|FORWARD\s+\d+|FORWARD|ALL|\d+)\s+)?(?:FROM\s+|IN\s+)?"
+    + _IDENT + r"\s*;?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+_SAVEPOINT = re.compile(
+    r"^\s*(?:SAVEPOINT|RELEASE(?:\s+SAVEPOINT)?|(?:ROLLBACK|ABORT)(?:\s+(?:WORK|TRANSACTION))?\s+TO(?:\s+SAVEPOINT)?)\s+"
     + _IDENT + r"\s*;?\s*$",
     re.IGNORECASE | re.DOTALL,
 )

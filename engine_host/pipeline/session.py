@@ -26,10 +26,19 @@ class Session:
     engine: EngineSession
     transaction_status: str = IDLE
     cursors: dict[str, SqlCursor] = field(default_factory=dict)
+    # Statements run in the current transaction, and (name, statements before it) per savepoint:
+    # enough to emulate the savepoint patterns drivers use without DuckDB having savepoints.
+    transaction_statements: int = 0
+    savepoints: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def in_transaction(self) -> bool:
         return self.transaction_status != IDLE
+
+    def transaction_ended(self) -> None:
+        self.transaction_status = IDLE
+        self.transaction_statements = 0
+        self.savepoints.clear()
 
     def statement_failed(self) -> None:
         """A failed statement poisons an explicit transaction until ROLLBACK, as in Postgres."""

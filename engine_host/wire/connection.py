@@ -247,7 +247,7 @@ class PgConnection:
             message = m.parse_frontend(kind, body)
             if isinstance(message, m.Terminate):
                 return
-            if self._state.skipping_to_sync and not isinstance(message, m.Sync):
+            if self._state.skipping_to_sync and not isinstance(message, m.Sync | m.Flush):
                 continue
             self.busy = True
             try:
@@ -272,6 +272,8 @@ class PgConnection:
             except QueryError as exc:
                 self._send_error(exc)
                 self._state.skipping_to_sync = True
+                # Postgres flushes an error at once; drivers that sent Flush (not Sync) wait for it.
+                await self._flush()
 
     def _session(self) -> Session:
         if self.session is None:
@@ -408,7 +410,8 @@ class PgConnection:
         if portal.statement.statement_type == "EMPTY":
             self._send(m.no_data())
             return
-        columns = await self._blocking(pipeline.result_columns, session, portal.statement)
+        columns = await self._blocking(pipeline.result_columns, session, portal.statement, portal.params,
+                                       portal.param_formats)
         portal.described = columns
         self._send(m.row_description(_fields(columns, portal.result_formats)) if columns else m.no_data())
 

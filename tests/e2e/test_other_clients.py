@@ -36,7 +36,7 @@ async def _asyncpg_session(engine_host):
 
 ASYNCPG_VALUES = [
     ("$1::int2", 12), ("$1::int4", -5), ("$1::int8", 2**50), ("$1::float4", 0.5), ("$1::float8", 1e300),
-    ("$1::numeric", decimal.Decimal("3.14159")), ("$1::bool", False), ("$1::text", "ok"), ("$1::varchar", "v"),
+    ("$1::numeric(10,5)", decimal.Decimal("3.14159")), ("$1::bool", False), ("$1::text", "ok"), ("$1::varchar", "v"),
     ("$1::bytea", b"\x00\xff"), ("$1::date", dt.date(2020, 2, 29)), ("$1::time", dt.time(1, 2, 3, 4)),
     ("$1::timestamp", dt.datetime(2021, 1, 1, 0, 0, 1)),
     ("$1::timestamptz", dt.datetime(2021, 1, 1, 12, tzinfo=dt.UTC)),
@@ -145,7 +145,8 @@ def test_sqlalchemy_core_query_and_transactions(sa_engine):
                              {"o": "org_globex"}).scalar_one()
         assert total > 0
     meta = sa.MetaData()
-    probe = sa.Table("sa_probe", meta, sa.Column("id", sa.Integer, primary_key=True),
+    # autoincrement=False: SQLAlchemy would emit SERIAL, a Postgres-only type DuckDB does not have.
+    probe = sa.Table("sa_probe", meta, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
                      sa.Column("name", sa.String(50)), schema="main")
     meta.create_all(sa_engine)
     with sa_engine.begin() as conn:
