@@ -522,6 +522,9 @@ class _LimitedRows(RowSource):
     def exhausted(self) -> bool:
         return self._left == 0 or self._inner.exhausted
 
+    def at_end(self) -> bool:
+        return self._left == 0 or self._inner.at_end()
+
     def read(self, limit: int | None = None) -> object:  # type: ignore[override]
         if self._left == 0:
             return None

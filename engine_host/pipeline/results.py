@@ -48,6 +48,17 @@ class RowSource:
             batch = batch.slice(0, limit)
         return batch
 
+    def at_end(self) -> bool:
+        """Whether no rows remain, reading one batch ahead if needed. Blocking."""
+        if self._done:
+            return True
+        while self._pending is None or self._pending.num_rows == 0:
+            self._pending = self._stream.next_batch()
+            if self._pending is None:
+                self.close()
+                return True
+        return False
+
     def close(self) -> None:
         if not self._done:
             self._done = True

@@ -13,7 +13,8 @@ import logging
 import secrets
 import ssl
 import uuid
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,7 +27,7 @@ from engine_host.pipeline.pipeline import Kind, PreparedStatement
 from engine_host.pipeline.results import Column, Outcome, RowSource
 from engine_host.pipeline.session import IDLE, Session
 from engine_host.wire import messages as m
-from engine_host.wire.datarow import frame_data_rows
+from engine_host.wire.datarow import frame_data_rows, frame_data_rows_small
 from hd_core.errors import AuthenticationFailed
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ T = TypeVar("T")
 STARTUP_TIMEOUT_SECONDS = 15.0
 # Buffered output is written once it passes this size, so a large result streams instead of piling up.
 FLUSH_THRESHOLD = 256 * 1024
+READ_CHUNK = 256 * 1024
 
 
 class ConnectionClosing(Exception):
@@ -83,6 +85,8 @@ class PgConnection:
         self.busy = False
         self.closing = False
         self._out = bytearray()
+        self._inbox = bytearray()
+        self._terminated = False
         self._state = ConnectionState()
         peer = writer.get_extra_info("peername")
         self.peer_host = str(peer[0]) if peer else "unknown"
@@ -240,40 +244,79 @@ class PgConnection:
         return True
 
     # --- message loop -------------------------------------------------------------------------
+    #
+    # Messages already received are handled together in one hop to a worker thread: a driver's
+    # Parse/Bind/Describe/Execute/Sync costs one thread switch, not five. The handlers are
+    # generators that yield whenever the output buffer is full, so the event loop can write and
+    # drain() before they go on: a slow client holds up only its own result, with bounded memory.
 
     async def _serve(self) -> None:
         while not self.closing:
-            kind, body = await self._read_message()
-            message = m.parse_frontend(kind, body)
-            if isinstance(message, m.Terminate):
-                return
-            if self._state.skipping_to_sync and not isinstance(message, m.Sync | m.Flush):
-                continue
+            messages = await self._read_batch()
             self.busy = True
             try:
-                await self._dispatch(message)
+                work = self._handle(messages)
+                while await self._blocking(_advance, work):
+                    await self._flush()
+                await self._flush()
             finally:
                 self.busy = False
+            if self._terminated:
+                return
         await self._fatal("57P01", "HD_ERR_SHUTDOWN", "terminating connection due to administrator command")
 
-    async def _dispatch(self, message: m.FrontendMessage) -> None:
-        if isinstance(message, m.Query):
-            await self._simple_query(message.sql)
-        elif isinstance(message, m.Sync):
-            self._sync()
-            await self._flush()
-        elif isinstance(message, m.Flush):
-            await self._flush()
-        elif isinstance(message, m.PasswordMessage):
-            raise m.ProtocolViolation("unexpected password message")
-        else:
-            try:
-                await self._extended(message)
-            except QueryError as exc:
-                self._send_error(exc)
-                self._state.skipping_to_sync = True
-                # Postgres flushes an error at once; drivers that sent Flush (not Sync) wait for it.
-                await self._flush()
+    async def _read_batch(self) -> deque[tuple[bytes, bytes]]:
+        """Every complete message received so far (at least one), as (type, body) pairs."""
+        while True:
+            messages = self._take_complete_messages()
+            if messages:
+                return messages
+            chunk = await self.reader.read(READ_CHUNK)
+            if not chunk:
+                raise ConnectionClosing()
+            self._inbox += chunk
+
+    def _take_complete_messages(self) -> deque[tuple[bytes, bytes]]:
+        buf, pos = self._inbox, 0
+        found: deque[tuple[bytes, bytes]] = deque()
+        while len(buf) - pos >= 5:
+            length = int.from_bytes(buf[pos + 1 : pos + 5], "big", signed=True)
+            if length < 4:
+                raise m.ProtocolViolation("invalid message length")
+            if length > m.MAX_MESSAGE_LENGTH:
+                raise m.ProtocolViolation(f"message of {length} bytes exceeds the {m.MAX_MESSAGE_LENGTH}-byte limit")
+            if len(buf) - pos - 1 < length:
+                break
+            found.append((bytes(buf[pos : pos + 1]), bytes(buf[pos + 5 : pos + 1 + length])))
+            pos += 1 + length
+        del buf[:pos]
+        return found
+
+    def _handle(self, messages: deque[tuple[bytes, bytes]]) -> Iterator[None]:
+        """Handle a batch of messages (runs on a worker thread); yields when output should be written."""
+        while messages:
+            kind, body = messages.popleft()
+            message = m.parse_frontend(kind, body)
+            if isinstance(message, m.Terminate):
+                self._terminated = True
+                return
+            if isinstance(message, m.PasswordMessage):
+                raise m.ProtocolViolation("unexpected password message")
+            if self._state.skipping_to_sync and not isinstance(message, m.Sync | m.Flush):
+                continue
+            if isinstance(message, m.Query):
+                yield from self._simple_query(message.sql)
+            elif isinstance(message, m.Sync):
+                self._sync()
+            elif isinstance(message, m.Flush):
+                yield
+            else:
+                try:
+                    yield from self._extended(message)
+                except QueryError as exc:
+                    self._send_error(exc)
+                    self._state.skipping_to_sync = True
+                    yield  # Postgres sends an error at once; drivers that sent Flush (not Sync) wait for it
 
     def _session(self) -> Session:
         if self.session is None:
@@ -289,13 +332,38 @@ class PgConnection:
         for name, value in outcome.parameter_status:
             self._send(m.parameter_status(name, value))
 
+    def _send_rows(self, rows: RowSource, columns: list[Column], formats: Sequence[int],
+                   limit: int | None) -> Generator[None, None, tuple[int, bool]]:
+        """Send up to `limit` rows as DataRows, yielding whenever the buffer is full.
+
+        Returns (via StopIteration) the number of rows sent and whether the result is used up.
+        """
+        binary = [_format_for(formats, i) == 1 for i in range(len(columns))]
+        sent = 0
+        try:
+            while limit is None or sent < limit:
+                batch = rows.read(None if limit is None else limit - sent)
+                if batch is None:
+                    return sent, True
+                self._out += _encode(batch, columns, binary)
+                sent += batch.num_rows
+                if len(self._out) >= FLUSH_THRESHOLD:
+                    yield
+            return sent, rows.at_end()
+        except (duckdb.Error, pa.ArrowException) as exc:  # a statement can fail mid-stream (e.g. a cast)
+            raise _engine_error(exc) from None
+
     # --- simple query ---------------------------------------------------------------------------
 
-    async def _simple_query(self, sql: str) -> None:
+    def _simple_query(self, sql: str) -> Iterator[None]:
         session = self._session()
         pipeline = self.server.pipeline
         try:
-            statements = await self._blocking(pipeline.split, session, sql)
+            # Splitting costs a parse; a string without an inner ';' is one statement (or none).
+            if ";" in sql.strip().rstrip(";"):
+                statements = pipeline.split(session, sql)
+            else:
+                statements = [sql] if sql.strip(" \t\r\n;") else []
         except QueryError as exc:
             statements = []
             self._send_error(exc)
@@ -304,12 +372,12 @@ class PgConnection:
                 self._send(m.empty_query_response())
         for text in statements:
             try:
-                prepared = await self._blocking(pipeline.prepare, session, text)
-                outcome = await self._blocking(pipeline.execute, session, prepared)
+                prepared = pipeline.prepare(session, text)
+                outcome = pipeline.execute(session, prepared)
                 self._send_outcome_notes(outcome)
                 if outcome.rows is not None and outcome.columns is not None:
                     self._send(m.row_description(_fields(outcome.columns, ())))
-                    sent, _ = await self._stream_rows(outcome.rows, outcome.columns, (), None)
+                    sent, _ = yield from self._send_rows(outcome.rows, outcome.columns, (), None)
                     self._send(m.command_complete(outcome.command_tag(sent)))
                 else:
                     self._send(m.command_complete(outcome.tag))
@@ -318,54 +386,25 @@ class PgConnection:
                 self._send_error(exc)
                 break
         self._send(m.ready_for_query(session.transaction_status))
-        await self._flush()
-
-    async def _stream_rows(self, rows: RowSource, columns: list[Column], formats: Sequence[int],
-                           limit: int | None) -> tuple[int, bool]:
-        """Send up to `limit` rows as DataRows with backpressure; returns (rows sent, result exhausted)."""
-        binary = [_format_for(formats, i) == 1 for i in range(len(columns))]
-        sent = 0
-        while limit is None or sent < limit:
-            want = None if limit is None else limit - sent
-            chunk, count = await self._blocking(_encode_next, rows, columns, binary, want)
-            if chunk is None:
-                return sent, True
-            self._out += chunk
-            sent += count
-            if len(self._out) >= FLUSH_THRESHOLD:
-                await self._flush()  # drain() waits while the client is slower than the engine
-        return sent, rows.exhausted
+        yield
 
     # --- extended query -------------------------------------------------------------------------
 
-    async def _extended(self, message: m.FrontendMessage) -> None:
+    def _extended(self, message: m.FrontendMessage) -> Iterator[None]:
         state = self._state
         session = self._session()
-        pipeline = self.server.pipeline
         if isinstance(message, m.Parse):
             if message.name and message.name in state.statements:
                 raise QueryError("42P05", "HD_ERR_DUPLICATE_STATEMENT",
                                  f'prepared statement "{message.name}" already exists')
-            prepared = await self._blocking(self._parse, session, message.sql, message.param_oids)
-            state.statements[message.name] = prepared
+            state.statements[message.name] = self._parse(session, message.sql, message.param_oids)
             self._send(m.parse_complete())
         elif isinstance(message, m.Bind):
-            statement = state.statements.get(message.statement)
-            if statement is None:
-                raise QueryError("26000", "HD_ERR_NO_SUCH_STATEMENT",
-                                 f'prepared statement "{message.statement}" does not exist')
-            if message.portal and message.portal in state.portals:
-                raise QueryError("42P03", "HD_ERR_DUPLICATE_CURSOR", f'portal "{message.portal}" already exists')
-            old = state.portals.pop(message.portal, None)
-            if old is not None:
-                old.close()
-            state.portals[message.portal] = Portal(statement, message.params, message.param_formats,
-                                                   message.result_formats)
-            self._send(m.bind_complete())
+            self._bind(message)
         elif isinstance(message, m.Describe):
-            await self._describe(session, message)
+            self._describe(session, message)
         elif isinstance(message, m.Execute):
-            await self._execute(session, message)
+            yield from self._execute(session, message)
         elif isinstance(message, m.Close):
             if message.kind == "S":
                 state.statements.pop(message.name, None)
@@ -374,7 +413,6 @@ class PgConnection:
                 if portal is not None:
                     portal.close()
             self._send(m.close_complete())
-        del pipeline
 
     def _parse(self, session: Session, sql: str, oids: Sequence[int]) -> PreparedStatement:
         if not sql.strip(" \t\r\n;"):
@@ -384,7 +422,22 @@ class PgConnection:
         pipeline.parameter_types(session, prepared)  # binds now so errors surface at Parse, as in Postgres
         return prepared
 
-    async def _describe(self, session: Session, message: m.Describe) -> None:
+    def _bind(self, message: m.Bind) -> None:
+        state = self._state
+        statement = state.statements.get(message.statement)
+        if statement is None:
+            raise QueryError("26000", "HD_ERR_NO_SUCH_STATEMENT",
+                             f'prepared statement "{message.statement}" does not exist')
+        if message.portal and message.portal in state.portals:
+            raise QueryError("42P03", "HD_ERR_DUPLICATE_CURSOR", f'portal "{message.portal}" already exists')
+        old = state.portals.pop(message.portal, None)
+        if old is not None:
+            old.close()
+        state.portals[message.portal] = Portal(statement, message.params, message.param_formats,
+                                               message.result_formats)
+        self._send(m.bind_complete())
+
+    def _describe(self, session: Session, message: m.Describe) -> None:
         pipeline = self.server.pipeline
         if message.kind == "S":
             prepared = self._state.statements.get(message.name)
@@ -395,8 +448,8 @@ class PgConnection:
                 self._send(m.parameter_description([]))
                 self._send(m.no_data())
                 return
-            types = await self._blocking(pipeline.parameter_types, session, prepared)
-            columns = await self._blocking(pipeline.result_columns, session, prepared)
+            types = pipeline.parameter_types(session, prepared)
+            columns = pipeline.result_columns(session, prepared)
             self._send(m.parameter_description([t.oid for t in types]))
             self._send(m.row_description(_fields(columns, ())) if columns else m.no_data())
             return
@@ -410,12 +463,11 @@ class PgConnection:
         if portal.statement.statement_type == "EMPTY":
             self._send(m.no_data())
             return
-        columns = await self._blocking(pipeline.result_columns, session, portal.statement, portal.params,
-                                       portal.param_formats)
+        columns = pipeline.result_columns(session, portal.statement, portal.params, portal.param_formats)
         portal.described = columns
         self._send(m.row_description(_fields(columns, portal.result_formats)) if columns else m.no_data())
 
-    async def _execute(self, session: Session, message: m.Execute) -> None:
+    def _execute(self, session: Session, message: m.Execute) -> Iterator[None]:
         portal = self._state.portals.get(message.portal)
         if portal is None:
             raise QueryError("34000", "HD_ERR_NO_SUCH_CURSOR", f'portal "{message.portal}" does not exist')
@@ -427,9 +479,8 @@ class PgConnection:
             self._send(m.command_complete(portal.complete_tag or ""))
             return
         if portal.outcome is None:
-            portal.outcome = await self._blocking(
-                self.server.pipeline.execute, session, portal.statement, portal.params, portal.param_formats
-            )
+            portal.outcome = self.server.pipeline.execute(session, portal.statement, portal.params,
+                                                          portal.param_formats)
             self._send_outcome_notes(portal.outcome)
         outcome = portal.outcome
         if outcome.rows is None or outcome.columns is None:
@@ -439,7 +490,7 @@ class PgConnection:
         columns = _consistent_columns(portal.described, outcome.columns)
         limit = message.max_rows if message.max_rows > 0 else None
         try:
-            sent, exhausted = await self._stream_rows(outcome.rows, columns, portal.result_formats, limit)
+            sent, exhausted = yield from self._send_rows(outcome.rows, columns, portal.result_formats, limit)
         except QueryError:
             session.statement_failed()
             raise
@@ -463,6 +514,13 @@ class PgConnection:
         self._send(m.ready_for_query(session.transaction_status))
 
 
+def _advance(work: Iterator[None]) -> bool:
+    """Run a handler generator to its next yield; False once it has finished."""
+    return next(work, _DONE) is not _DONE
+
+
+_DONE = object()
+
 def _format_for(formats: Sequence[int], index: int) -> int:
     if not formats:
         return 0
@@ -485,17 +543,17 @@ def _consistent_columns(described: list[Column] | None, produced: list[Column]) 
     return produced
 
 
-def _encode_next(rows: RowSource, columns: list[Column], binary: list[bool],
-                 limit: int | None) -> tuple[bytes | None, int]:
-    """Pull the next batch and encode it to DataRow messages (runs on a worker thread)."""
-    try:
-        batch = rows.read(limit)
-    except (duckdb.Error, pa.ArrowException) as exc:  # a statement can fail mid-stream (e.g. a cast)
-        raise _engine_error(exc) from None
-    if batch is None:
-        return None, 0
+# Below this many rows, framing in Python beats the fixed cost of the vectorised path.
+SMALL_BATCH_ROWS = 16
+
+
+def _encode(batch: pa.RecordBatch, columns: list[Column], binary: list[bool]) -> bytes:
+    """Encode one batch to DataRow messages."""
     encoded = [encode_column(batch.column(i), col.pgtype, binary[i]) for i, col in enumerate(columns)]
-    return frame_data_rows(encoded), batch.num_rows
+    if batch.num_rows <= SMALL_BATCH_ROWS:
+        cells = [array.to_pylist() for array in encoded]
+        return frame_data_rows_small([[cells[c][r] for c in range(len(cells))] for r in range(batch.num_rows)])
+    return frame_data_rows(encoded)
 
 
 def _engine_error(exc: Exception) -> QueryError:
