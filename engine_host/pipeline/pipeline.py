@@ -228,7 +228,7 @@ class StatementPipeline:
         if prepared.kind is not Kind.ENGINE:
             return None
         shape = self._shape(session, prepared)
-        if shape.parameter_types:
+        if shape.column_types and all(str(t) == "UNKNOWN" for t in shape.column_types):
             # DuckDB cannot type a result whose parameters are untyped; bind again with the portal's
             # values, or with NULL stand-ins for a statement Describe (bare `$n` then reads as text).
             if params is not None:
