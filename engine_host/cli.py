@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where control state, keys, TLS files and data live (default $HD_STATE_DIR or ~/.hd)")
     dev.add_argument("--port", type=_port, default=5439, help="port to listen on (default 5439; 0 = any free)")
     dev.add_argument("--demo", action="store_true", help="load the demo dataset (two organisations, PII columns)")
+    dev.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
+                     help="on Ctrl-C/SIGTERM, how long running statements may finish before being cancelled")
     dev.add_argument("--insecure-plaintext", action="store_true",
                      help="also accept unencrypted connections from loopback (TLS stays available)")
     return parser
@@ -43,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=args.port,
             demo=args.demo,
             insecure_plaintext=args.insecure_plaintext,
+            shutdown_grace_seconds=args.shutdown_grace,
         )
 
         def announce(text: str) -> None:

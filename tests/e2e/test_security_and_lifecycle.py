@@ -209,3 +209,24 @@ def test_sigterm_stops_cleanly_and_keeps_committed_writes(tmp_path):
         assert again.password == host.password
     finally:
         again.stop()
+
+
+def test_sigterm_cancels_a_statement_still_running_after_the_grace_period(tmp_path):
+    host = start_engine_host(tmp_path / "state", "--shutdown-grace", "1")
+    errors: list[BaseException] = []
+
+    def long_query() -> None:
+        try:
+            with psycopg.connect(host.dsn(), autocommit=True) as conn:
+                conn.execute("SELECT count(*) FROM range(100000000000) a")
+        except psycopg.Error as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=long_query)
+    worker.start()
+    time.sleep(1.0)
+    start = time.monotonic()
+    assert host.stop(timeout=30) == 0
+    worker.join(30)
+    assert time.monotonic() - start < 15
+    assert errors and isinstance(errors[0], psycopg.errors.QueryCanceled | psycopg.OperationalError)
