@@ -61,8 +61,13 @@ Known limits
   accepts settings with no effect (jit); use SET.
 - `'name'::regclass` for an unknown name yields NULL rather than raising an error.
 - Catalog relations not in `_CATALOG_COLUMNS` (e.g. pg_stat_statements) answer with an error.
-- Result columns typed "char", name, oid, regproc... are plain VARCHAR/UINTEGER in DuckDB; the wire
-  layer decides the PostgreSQL type it reports for them.
+- Result columns typed "char", name, regproc... are VARCHAR in DuckDB, and every OID column (and
+  only those) is UINTEGER / UINTEGER[]; the wire layer decides the PostgreSQL type it reports.
+  asyncpg needs two things from it to introspect types it has no builtin codec for (int4[] and
+  most other arrays): `$1` of its introspection query described as oid[] (`parameter_types()`
+  returns it) and UINTEGER/UINTEGER[] result columns of catalog answers described and encoded as
+  oid/oid[]; otherwise asyncpg recurses on its own introspection query.
+- View definitions are DuckDB's SQL text; for views over files (read_parquet) they show paths.
 """
 
 from __future__ import annotations

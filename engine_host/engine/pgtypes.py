@@ -1220,7 +1220,8 @@ def _json_fragments(arr: pa.Array) -> pa.Array:
         if not pa.types.is_map(t) and not pa.types.is_list(t) and not pa.types.is_large_list(t):
             plain = plain.cast(pa.large_list(t.value_type))
         offsets = _list_offsets(plain)
-        items = plain.flatten()
+        # The child array of the whole (unsliced) list, cut to this slice's rows.
+        items = plain.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])) if len(plain) else plain.values
         if pa.types.is_map(t):
             keys, values = items.field(0), items.field(1)
             key_text = _json_fragments(pc.cast(encode_column(keys, pg_type_for_arrow(keys.type), False), pa.string()))

@@ -550,10 +550,10 @@ SMALL_BATCH_ROWS = 16
 def _encode(batch: pa.RecordBatch, columns: list[Column], binary: list[bool]) -> bytes:
     """Encode one batch to DataRow messages."""
     encoded = [encode_column(batch.column(i), col.pgtype, binary[i]) for i, col in enumerate(columns)]
-    if batch.num_rows <= SMALL_BATCH_ROWS:
+    if batch.num_rows <= SMALL_BATCH_ROWS and encoded:
         cells = [array.to_pylist() for array in encoded]
         return frame_data_rows_small([[cells[c][r] for c in range(len(cells))] for r in range(batch.num_rows)])
-    return frame_data_rows(encoded)
+    return frame_data_rows(encoded, batch.num_rows)
 
 
 def _engine_error(exc: Exception) -> QueryError:

@@ -406,6 +406,15 @@ def test_parameters_survive_the_rewrite(catalog: Catalog) -> None:
     assert fks is not None and "$1" in fks
 
 
+def test_parameter_types_follow_the_casts_of_the_original_statement(catalog: Catalog) -> None:
+    asyncpg_introspection = _query("asyncpg asyncpg tags #2").sql
+    assert catalog.responder.parameter_types(asyncpg_introspection) == {1: 1028}  # oid[]
+    assert catalog.responder.parameter_types(
+        "SELECT relname FROM pg_class WHERE relname = $1::VARCHAR AND relnamespace = $2::oid "
+        "AND oid = $3::regclass") == {1: 1043, 2: 26}
+    assert catalog.responder.parameter_types("SELECT * FROM sales.orders WHERE id = $1::INTEGER") == {}
+
+
 def test_unsupported_catalog_relation_fails_with_a_clear_error(catalog: Catalog) -> None:
     rewritten = catalog.responder.rewrite("SELECT * FROM pg_catalog.pg_stat_statements")
     assert rewritten is not None

@@ -371,6 +371,28 @@ def test_struct_map_and_union_are_sent_as_json() -> None:
     assert encode_column(column, pgtype, False).to_pylist() == [b"1"]
 
 
+def test_nested_json_uses_exact_leaf_values_from_the_lossless_export() -> None:
+    column, pgtype = duck_column(
+        "SELECT {'h': -5::HUGEINT, 'u': '00000000-0000-0000-0000-000000000001'::UUID, 'b': true, "
+        "'j': '{\"x\": 1}'::JSON, 'tz': TIMETZ '01:02:03+05', 'bit': '101'::BIT, 'l': [2::UHUGEINT, NULL], "
+        "'m': MAP {DATE '2024-01-02': 1}, 'dt': DATE '0044-01-01 (BC)', 's': 'a' || chr(1), 'f': 'inf'::DOUBLE, "
+        "'u2': 'x'::UNION(a INT, b VARCHAR)} AS s", lossless=True)
+    assert encode_column(column, pgtype, False).to_pylist() == [
+        b'{"h":-5,"u":"00000000-0000-0000-0000-000000000001","b":true,"j":{"x": 1},"tz":"01:02:03+05",'
+        b'"bit":"101","l":[2,null],"m":{"2024-01-02":1},"dt":"0044-01-01 BC","s":"a\\u0001",'
+        b'"f":"Infinity","u2":"x"}']
+
+
+def test_json_of_sliced_nested_columns_covers_only_the_slice() -> None:
+    column, pgtype = duck_column("SELECT [{'a': range}, NULL] AS l FROM range(5)")
+    encoded = encode_column(column.combine_chunks().slice(2, 2), pgtype, False).to_pylist()
+    assert encoded == [b'{"{\\"a\\":2}",NULL}', b'{"{\\"a\\":3}",NULL}']
+    column, pgtype = duck_column("SELECT CASE WHEN range = 1 THEN NULL ELSE MAP {range: [range]} END AS m "
+                                 "FROM range(4)")
+    assert encode_column(column.combine_chunks().slice(1, 3), pgtype, False).to_pylist() == [
+        None, b'{"2":[2]}', b'{"3":[3]}']
+
+
 def test_bit_strings_are_varbit() -> None:
     column, pgtype = duck_column("SELECT '10110'::BIT AS b")
     assert encode_column(column, pgtype, False).to_pylist() == [b"10110"]
