@@ -87,6 +87,8 @@ from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.scope import traverse_scope
 from sqlglot.tokens import TokenType
 
+from engine_host.engine.tables import VIEW_MARKER
+
 SCHEMA = "hd_pg"
 PG_CATALOG_OID = 11
 INFORMATION_SCHEMA_OID = 13207
@@ -839,6 +841,9 @@ class _CatalogBuilder:
     def _base_views(self) -> list[str]:
         v = f"CREATE OR REPLACE VIEW {SCHEMA}."
         s = SCHEMA
+        # Parquet tables are DuckDB views over the data folder; to clients they are tables, and the
+        # marker comment (not a path-revealing view definition) is how they are recognised.
+        parquet_marker = "'" + VIEW_MARKER.replace("'", "''") + "'"
         return [
             v + f"""hd_ns AS
             SELECT CAST({PG_CATALOG_OID} AS UINTEGER) AS oid, 'pg_catalog' AS nspname
@@ -919,9 +924,11 @@ class _CatalogBuilder:
                 t.schema_name AS hd_schema, t.table_name AS hd_table
             FROM duckdb_tables() AS t WHERE {_user_scope('t')} AND NOT t.temporary
             UNION ALL
-            SELECT CAST(view_oid AS UINTEGER), view_name, CAST(schema_oid AS UINTEGER), 'v', CAST(0 AS UINTEGER),
-                CAST(column_count AS SMALLINT), CAST(0 AS SMALLINT), false, CAST(0 AS FLOAT), comment,
-                schema_name, view_name
+            SELECT CAST(view_oid AS UINTEGER), view_name, CAST(schema_oid AS UINTEGER),
+                CASE WHEN comment = {parquet_marker} THEN 'r' ELSE 'v' END,
+                CAST(CASE WHEN comment = {parquet_marker} THEN {HEAP_AM_OID} ELSE 0 END AS UINTEGER),
+                CAST(column_count AS SMALLINT), CAST(0 AS SMALLINT), false, CAST(0 AS FLOAT),
+                CASE WHEN comment = {parquet_marker} THEN NULL ELSE comment END, schema_name, view_name
             FROM duckdb_views() WHERE NOT internal AND {_USER_SCOPE}
             UNION ALL
             SELECT CAST(sequence_oid AS UINTEGER), sequence_name, CAST(schema_oid AS UINTEGER), 'S',

@@ -527,6 +527,14 @@ def _enc_int(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
     return _from_fixed(_primitive(plain, f"<i{pgtype.size}").astype(f">i{pgtype.size}"), _validity(plain))
 
 
+def _enc_oid(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
+    """oid is an unsigned 32-bit integer on the wire (catalog answers carry it as DuckDB UINTEGER)."""
+    plain = _cast(_unwrap(arr), pa.uint32(), "oid")
+    if not binary:
+        return _as_plain_binary(plain.cast(pa.string()))
+    return _from_fixed(_primitive(plain, "<u4").astype(">u4"), _validity(plain))
+
+
 def _enc_float(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
     single = pgtype.size == 4
     plain = _cast(_unwrap(arr), pa.float32() if single else pa.float64(), pgtype.name)
@@ -1322,7 +1330,7 @@ def _varbit_bytes(bits: str, binary: bool) -> bytes:
 
 _ENCODERS: dict[str, Callable[[pa.Array, bool, PgType], pa.Array]] = {
     "bool": _enc_bool,
-    "int2": _enc_int, "int4": _enc_int, "int8": _enc_int,
+    "int2": _enc_int, "int4": _enc_int, "int8": _enc_int, "oid": _enc_oid,
     "float4": _enc_float, "float8": _enc_float,
     "numeric": _enc_numeric,
     "text": _enc_text, "varchar": _enc_text, "bpchar": _enc_text, "name": _enc_text, "char": _enc_text,

@@ -11,12 +11,13 @@ All methods block (they call DuckDB); the wire layer runs them on worker threads
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
 import duckdb
+import pyarrow as pa
 
 from engine_host.engine.duckdb_engine import Database, StatementShape
 from engine_host.engine.pgtypes import (
@@ -40,12 +41,17 @@ from engine_host.pipeline.settings import (
 from hd_core.models import Principal
 
 TEXT = 25
+OID = 26
+OID_ARRAY = 1028
 
 
 class CatalogAnswers(Protocol):
     """Rewrites driver catalog probes (pg_catalog, information_schema) into SQL DuckDB can answer."""
 
-    def rewrite(self, sql: str) -> str | None: ...
+    def rewrite(self, sql: str, *, user: str | None = None, settings: Mapping[str, str] | None = None,
+                backend_pid: int | None = None) -> str | None: ...
+
+    def parameter_types(self, sql: str) -> dict[int, int]: ...
 
 
 class Kind(Enum):
@@ -53,6 +59,7 @@ class Kind(Enum):
     TRANSACTION = "transaction"
     CURSOR = "cursor"
     DISCARD = "discard"
+    DEALLOCATE = "deallocate"
     ENGINE = "engine"
 
 
@@ -80,6 +87,7 @@ class PreparedStatement:
     engine_sql: str
     statement_type: str
     declared_oids: tuple[int, ...] = ()
+    is_catalog: bool = False
     setting: SettingCommand | None = None
     shape: StatementShape | None = field(default=None, repr=False)
 
@@ -114,10 +122,12 @@ class StatementPipeline:
 
     # --- sessions ------------------------------------------------------------------------
 
-    def open_session(self, principal: Principal, client_address: str, startup: dict[str, str]) -> Session:
+    def open_session(self, principal: Principal, client_address: str, startup: dict[str, str],
+                     backend_pid: int = 0) -> Session:
         """A new session with its own DuckDB connection."""
         settings = SessionSettings(_startup_settings(startup), principal.user_id)
-        return Session(principal, client_address, startup, settings, self._database.session())
+        return Session(principal, client_address, startup, settings, self._database.session(),
+                       backend_pid=backend_pid)
 
     # --- stages ---------------------------------------------------------------------------
 
@@ -133,6 +143,8 @@ class StatementPipeline:
             ctx.kind = Kind.CURSOR
         elif first == "DISCARD":
             ctx.kind = Kind.DISCARD
+        elif first == "DEALLOCATE":
+            ctx.kind = Kind.DEALLOCATE
         else:
             ctx.kind = Kind.ENGINE
             ctx.engine_sql = ctx.text
@@ -141,7 +153,10 @@ class StatementPipeline:
         """Route driver catalog probes to the catalog answers (the one place that knows them)."""
         if ctx.kind is not Kind.ENGINE or self._catalog is None:
             return
-        rewritten = self._catalog.rewrite(ctx.text)
+        session = ctx.session
+        rewritten = self._catalog.rewrite(ctx.text, user=session.principal.user_id,
+                                          settings=dict(session.settings.all()),
+                                          backend_pid=session.backend_pid)
         if rewritten is not None:
             ctx.engine_sql = rewritten
             ctx.is_catalog = True
@@ -165,7 +180,7 @@ class StatementPipeline:
             stage(ctx)
         prepared = PreparedStatement(
             text=sql, kind=ctx.kind, engine_sql=ctx.engine_sql, statement_type="",
-            declared_oids=tuple(declared_oids),
+            declared_oids=tuple(declared_oids), is_catalog=ctx.is_catalog,
         )
         if ctx.kind is Kind.SETTING:
             prepared.setting = parse_setting_command(sql)
@@ -199,9 +214,11 @@ class StatementPipeline:
         if prepared.kind is Kind.ENGINE:
             inferred = self._shape(session, prepared).parameter_types
             count = max(count, len(inferred))
+        catalog_casts = self._catalog.parameter_types(prepared.text) if prepared.is_catalog and self._catalog else {}
         types = []
         for i in range(count):
             oid = prepared.declared_oids[i] if i < len(prepared.declared_oids) else 0
+            oid = oid or catalog_casts.get(i + 1, 0)
             declared = pg_type_by_oid(oid) if oid else None
             if declared is not None:
                 types.append(declared)
@@ -241,8 +258,8 @@ class StatementPipeline:
                 raise errors.from_engine_error(exc) from None
         if not shape.returns_rows:
             return None
-        return [Column(name, pg_type_for_duckdb(t)) for name, t in zip(shape.column_names, shape.column_types,
-                                                                       strict=True)]
+        to_pg = _catalog_type if prepared.is_catalog else pg_type_for_duckdb
+        return [Column(name, to_pg(t)) for name, t in zip(shape.column_names, shape.column_types, strict=True)]
 
     # --- execution --------------------------------------------------------------------------
 
@@ -260,6 +277,8 @@ class StatementPipeline:
                 return self._run_cursor(session, prepared.text)
             if prepared.kind is Kind.DISCARD:
                 return self._run_discard(session)
+            if prepared.kind is Kind.DEALLOCATE:
+                return _deallocate(prepared.text)
             values = self._decode_parameters(session, prepared, params, param_formats)
             if session.in_transaction:
                 session.transaction_statements += 1
@@ -299,7 +318,8 @@ class StatementPipeline:
         stream = session.engine.run(prepared.engine_sql, values)
         rows = RowSource(stream)
         if stype in ("SELECT", "EXPLAIN") or returning:
-            columns = [Column(f.name, pg_type_for_arrow(f.type)) for f in stream.schema]
+            to_pg = _catalog_type if prepared.is_catalog else pg_type_for_arrow
+            columns = [Column(f.name, to_pg(f.type)) for f in stream.schema]
             return Outcome(tag="", columns=columns, rows=rows, row_tag=_ROWS_TAGS.get(stype, "SELECT"))
         if stype not in _ROWS_TAGS and _has_result_rows(stream.schema):
             columns = [Column(f.name, pg_type_for_arrow(f.type)) for f in stream.schema]
@@ -539,6 +559,20 @@ class _LimitedRows(RowSource):
         self._left = 0
 
 
+_DEALLOCATE = re.compile(r"^\s*DEALLOCATE\s+(?:PREPARE\s+)?(?:(?P<all>ALL)|" + _IDENT + r")\s*;?\s*$",
+                         re.IGNORECASE | re.DOTALL)
+
+
+def _deallocate(text: str) -> Outcome:
+    """DEALLOCATE drops protocol-level prepared statements, which the connection holds."""
+    m = _DEALLOCATE.match(text)
+    if m is None:
+        raise errors.syntax_error("could not parse this DEALLOCATE statement")
+    if m.group("all"):
+        return Outcome(tag="DEALLOCATE ALL", deallocate="*")
+    return Outcome(tag="DEALLOCATE", deallocate=_cursor_name(m, text))
+
+
 def _skip_rows(rows: RowSource, count: int | None) -> int:
     moved = 0
     while count is None or moved < count:
@@ -559,6 +593,23 @@ def _format_for(formats: Sequence[int], index: int) -> int:
     if len(formats) == 1:
         return formats[0]
     return formats[index] if index < len(formats) else 0
+
+
+def _catalog_type(source: object) -> PgType:
+    """Catalog answers carry oid columns as DuckDB UINTEGER; drivers (asyncpg) need them typed oid."""
+    if isinstance(source, pa.DataType):
+        element = source.value_type if pa.types.is_list(source) else None
+        oid_like = source == pa.uint32() or element == pa.uint32()
+        base = pg_type_for_arrow(source)
+    else:
+        name = str(source)
+        oid_like = name in ("UINTEGER", "UINTEGER[]")
+        base = pg_type_for_duckdb(source)
+    if not oid_like:
+        return base
+    found = pg_type_by_oid(OID_ARRAY if base.element is not None else OID)
+    assert found is not None
+    return found
 
 
 def _text() -> PgType:

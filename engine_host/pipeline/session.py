@@ -24,6 +24,7 @@ class Session:
     startup: dict[str, str]
     settings: SessionSettings
     engine: EngineSession
+    backend_pid: int = 0
     transaction_status: str = IDLE
     cursors: dict[str, SqlCursor] = field(default_factory=dict)
     # Statements run in the current transaction, and (name, statements before it) per savepoint:

@@ -232,7 +232,7 @@ class PgConnection:
             await self._fatal("28P01", "HD_ERR_AUTH_FAILED", f'password authentication failed for user "{user}"')
             return False
         self.session = await self._blocking(
-            self.server.pipeline.open_session, principal, self.peer_host, dict(startup.params)
+            self.server.pipeline.open_session, principal, self.peer_host, dict(startup.params), self.process_id
         )
         self._send(m.authentication_ok())
         for name, value in self.session.settings.reported():
@@ -326,7 +326,14 @@ class PgConnection:
     def _send_error(self, exc: QueryError) -> None:
         self._send(m.error_response(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint))
 
-    def _send_outcome_notes(self, outcome: Outcome) -> None:
+    def _apply_outcome(self, outcome: Outcome) -> None:
+        """Send an outcome's notices and setting changes, and drop what DEALLOCATE names."""
+        if outcome.deallocate == "*":
+            self._state.statements.clear()
+        elif outcome.deallocate is not None:
+            if self._state.statements.pop(outcome.deallocate, None) is None:
+                raise QueryError("26000", "HD_ERR_NO_SUCH_STATEMENT",
+                                 f'prepared statement "{outcome.deallocate}" does not exist')
         for note in outcome.notices:
             self._send(m.notice_response(note, severity="WARNING", sqlstate="25001"))
         for name, value in outcome.parameter_status:
@@ -374,7 +381,7 @@ class PgConnection:
             try:
                 prepared = pipeline.prepare(session, text)
                 outcome = pipeline.execute(session, prepared)
-                self._send_outcome_notes(outcome)
+                self._apply_outcome(outcome)
                 if outcome.rows is not None and outcome.columns is not None:
                     self._send(m.row_description(_fields(outcome.columns, ())))
                     sent, _ = yield from self._send_rows(outcome.rows, outcome.columns, (), None)
@@ -481,7 +488,7 @@ class PgConnection:
         if portal.outcome is None:
             portal.outcome = self.server.pipeline.execute(session, portal.statement, portal.params,
                                                           portal.param_formats)
-            self._send_outcome_notes(portal.outcome)
+            self._apply_outcome(portal.outcome)
         outcome = portal.outcome
         if outcome.rows is None or outcome.columns is None:
             portal.done, portal.complete_tag = True, outcome.tag

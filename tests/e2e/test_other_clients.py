@@ -196,7 +196,7 @@ def test_psql_runs_queries_and_reports_errors(engine_host):
         ("\\dn", "sales"),
         ("\\d crm.customers", "card_number"),
         ("\\l", "hd"),
-        ("\\d", "customers"),
+        ("\\dt *.*", "customers"),
     ],
 )
 def test_psql_meta_commands(engine_host, meta, expected):
