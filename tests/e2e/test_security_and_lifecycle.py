@@ -230,3 +230,42 @@ def test_sigterm_cancels_a_statement_still_running_after_the_grace_period(tmp_pa
     worker.join(30)
     assert time.monotonic() - start < 15
     assert errors and isinstance(errors[0], psycopg.errors.QueryCanceled | psycopg.OperationalError)
+
+
+def test_gssenc_request_is_declined_and_tls_follows(strict_host):
+    sock = socket.create_connection(("127.0.0.1", strict_host.port), timeout=10)
+    try:
+        sock.sendall(struct.pack("!ii", 8, 80877104))
+        assert sock.recv(1) == b"N"
+        sock.sendall(struct.pack("!ii", 8, 80877103))
+        assert sock.recv(1) == b"S"
+        with _tls_client(ssl.TLSVersion.TLSv1_3).wrap_socket(sock) as tls:
+            assert tls.version() == "TLSv1.3"
+    finally:
+        sock.close()
+
+
+def test_owner_key_file_is_private_and_reused(strict_host):
+    key_file = strict_host.state_dir / "owner.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert strict_host.password.startswith(("hd_live_", "hd_test_"))
+
+
+def test_describe_never_executes_the_statement(engine_host):
+    client = RawClient(engine_host.port)
+    client.login(engine_host.user, engine_host.password)
+    try:
+        client.query("CREATE TABLE IF NOT EXISTS main.describe_probe (id INTEGER)")
+        client.send(
+            message(b"P", b"ins\x00INSERT INTO main.describe_probe VALUES (1)\x00\x00\x00")
+            + message(b"D", b"Sins\x00")
+            + message(b"B", b"\x00ins\x00\x00\x00\x00\x00\x00\x00")
+            + message(b"D", b"P\x00")
+            + message(b"S")
+        )
+        kinds = [m.kind for m in client.read_until(b"Z")]
+        assert kinds == [b"1", b"t", b"n", b"2", b"n", b"Z"]
+        rows = [m for m in client.query("SELECT count(*) FROM main.describe_probe") if m.kind == b"D"]
+        assert rows[0].body.endswith(b"0")
+    finally:
+        client.close()
