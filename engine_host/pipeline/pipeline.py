@@ -30,7 +30,7 @@ from engine_host.engine.pgtypes import (
 )
 from engine_host.pipeline import errors
 from engine_host.pipeline.errors import QueryError
-from engine_host.pipeline.results import Column, Outcome, RowSource, SqlCursor
+from engine_host.pipeline.results import Column, Outcome, RowSource, SqlCursor, format_code
 from engine_host.pipeline.session import FAILED_TRANSACTION, IN_TRANSACTION, Session
 from engine_host.pipeline.settings import (
     SessionSettings,
@@ -304,7 +304,7 @@ class StatementPipeline:
             )
         values: list[object] = []
         for i, raw in enumerate(params):
-            binary = _format_for(formats, i) == 1
+            binary = format_code(formats, i) == 1
             try:
                 values.append(decode_parameter(raw, types[i].oid, binary))
             except ParameterFormatError as exc:
@@ -587,14 +587,6 @@ def _ends_transaction(prepared: PreparedStatement) -> bool:
     return prepared.kind is Kind.TRANSACTION and leading_words(prepared.text, 1)[0] in _TX_END
 
 
-def _format_for(formats: Sequence[int], index: int) -> int:
-    if not formats:
-        return 0
-    if len(formats) == 1:
-        return formats[0]
-    return formats[index] if index < len(formats) else 0
-
-
 def _catalog_type(source: object) -> PgType:
     """Catalog answers carry oid columns as DuckDB UINTEGER; drivers (asyncpg) need them typed oid."""
     if isinstance(source, pa.DataType):
@@ -631,8 +623,6 @@ class _StaticStream:
     """A tiny in-memory result (SHOW) presented through the same interface as DuckDB streams."""
 
     def __init__(self, columns: list[Column], rows: list[list[str]]):
-        import pyarrow as pa
-
         arrays = [pa.array([row[i] for row in rows], pa.string()) for i in range(len(columns))]
         self._batches = [pa.RecordBatch.from_arrays(arrays, names=[c.name for c in columns])]
 

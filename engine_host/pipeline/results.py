@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from engine_host.engine.duckdb_engine import EngineSession, ResultStream
 from engine_host.engine.pgtypes import PgType
+
+
+def format_code(formats: Sequence[int], index: int) -> int:
+    """The format (0 text, 1 binary) of value `index`: none listed means text, one applies to all."""
+    if not formats:
+        return 0
+    if len(formats) == 1:
+        return formats[0]
+    return formats[index] if index < len(formats) else 0
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import pyarrow as pa
 from engine_host.engine.pgtypes import encode_column
 from engine_host.pipeline.errors import QueryError, from_engine_error
 from engine_host.pipeline.pipeline import Kind, PreparedStatement
-from engine_host.pipeline.results import Column, Outcome, RowSource
+from engine_host.pipeline.results import Column, Outcome, RowSource, format_code
 from engine_host.pipeline.session import IDLE, Session
 from engine_host.wire import messages as m
 from engine_host.wire.datarow import frame_data_rows, frame_data_rows_small
@@ -345,7 +345,7 @@ class PgConnection:
 
         Returns (via StopIteration) the number of rows sent and whether the result is used up.
         """
-        binary = [_format_for(formats, i) == 1 for i in range(len(columns))]
+        binary = [format_code(formats, i) == 1 for i in range(len(columns))]
         sent = 0
         try:
             while limit is None or sent < limit:
@@ -528,17 +528,9 @@ def _advance(work: Iterator[None]) -> bool:
 
 _DONE = object()
 
-def _format_for(formats: Sequence[int], index: int) -> int:
-    if not formats:
-        return 0
-    if len(formats) == 1:
-        return formats[0]
-    return formats[index] if index < len(formats) else 0
-
-
 def _fields(columns: list[Column] | None, formats: Sequence[int]) -> list[m.FieldDescription]:
     return [
-        m.FieldDescription(c.name, c.pgtype.oid, c.pgtype.size, c.pgtype.modifier, _format_for(formats, i))
+        m.FieldDescription(c.name, c.pgtype.oid, c.pgtype.size, c.pgtype.modifier, format_code(formats, i))
         for i, c in enumerate(columns or [])
     ]
 
