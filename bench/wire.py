@@ -21,6 +21,7 @@ from pathlib import Path
 import duckdb
 import psycopg
 
+from engine_host.engine.tables import register_parquet_tables
 from tests.harness import start_engine_host
 
 BIG_QUERY = "SELECT range AS i, range*2 AS j, 'x'||range::VARCHAR AS s FROM range({rows})"
@@ -62,22 +63,31 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.99) - 1] * 1000
 
 
-def small_queries(dsn: str, count: int) -> None:
+def _latencies(run, count: int) -> tuple[float, float]:
+    for _ in range(50):
+        run()
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - start)
+    return _percentiles(samples)
+
+
+def small_queries(dsn: str, data_dir: Path, count: int) -> None:
+    local = duckdb.connect()
+    register_parquet_tables(local, data_dir)
     with psycopg.connect(dsn, autocommit=True) as conn:
         key = conn.execute("SELECT customer_id FROM crm.customers LIMIT 1").fetchone()[0]
         for label, sql, params in (
-            ("SELECT 1 (simple protocol)", "SELECT 1", None),
-            ("point lookup (extended, param)", "SELECT * FROM crm.customers WHERE customer_id = %s", [key]),
+            ("SELECT 1", "SELECT 1", None),
+            ("point lookup on crm.customers", "SELECT * FROM crm.customers WHERE customer_id = %s", [key]),
         ):
-            for _ in range(50):
-                conn.execute(sql, params).fetchall()
-            samples = []
-            for _ in range(count):
-                start = time.perf_counter()
-                conn.execute(sql, params).fetchall()
-                samples.append(time.perf_counter() - start)
-            p50, p99 = _percentiles(samples)
-            print(f"[small] {label:34s} n={count}  p50 {p50:6.3f} ms  p99 {p99:6.3f} ms")
+            wire_p50, wire_p99 = _latencies(lambda sql=sql, params=params: conn.execute(sql, params).fetchall(), count)
+            local_sql = sql.replace("%s", "$1")
+            local_p50, local_p99 = _latencies(lambda s=local_sql, p=params: local.execute(s, p).fetchall(), count)
+            print(f"[small] {label:30s} n={count}  over TLS p50 {wire_p50:6.3f} ms p99 {wire_p99:6.3f} ms"
+                  f"  | in-process DuckDB p50 {local_p50:6.3f} ms p99 {local_p99:6.3f} ms")
 
 
 def concurrent_clients(dsn: str, clients: int, per_client: int) -> None:
@@ -128,7 +138,7 @@ def main() -> None:
         try:
             dsn = host.dsn()
             bulk_fetch(dsn, args.rows, args.runs)
-            small_queries(dsn, args.small)
+            small_queries(dsn, host.state_dir / "data", args.small)
             concurrent_clients(dsn, args.clients, args.per_client)
         finally:
             host.stop()
