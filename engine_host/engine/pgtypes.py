@@ -4,7 +4,9 @@ Results arrive as Arrow arrays from DuckDB and leave as per-column arrays of enc
 binary format, exactly as PostgreSQL 15 prints or `*_send`s them with DateStyle=ISO, TimeZone=UTC,
 IntervalStyle=postgres, extra_float_digits=1). The common scalar types are encoded with Arrow compute
 kernels and NumPy over whole batches; only arrays of rare element types, intervals in text, JSON built
-from nested values and a few DuckDB-only types fall back to a per-row Python loop.
+from nested values and a few DuckDB-only types fall back to a per-row Python loop. Batches of at most
+SMALL_BATCH_ROWS rows (point lookups, `SELECT 1`) are encoded value by value instead, where the kernels'
+fixed cost per call would dominate; both paths give the same bytes (tests/unit/engine/test_pgtypes.py).
 
 Mapping choices (DuckDB -> PostgreSQL):
 
@@ -33,6 +35,7 @@ two.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 import re
@@ -436,7 +439,11 @@ def _replace_rows(encoded: pa.Array, rows: np.ndarray, values: list[bytes]) -> p
 
 def _per_row(arr: pa.Array, fn: Callable[[Any], bytes]) -> pa.Array:
     """Python fallback: fn applied to every non-null value."""
-    return pa.array([None if v is None else fn(v) for v in arr.to_pylist()], pa.binary())
+    return pa.array(_per_value(arr, fn), pa.binary())
+
+
+def _per_value(arr: pa.Array, fn: Callable[[Any], bytes]) -> list[bytes | None]:
+    return [None if v is None else fn(v) for v in arr.to_pylist()]
 
 
 # --- result encoding -----------------------------------------------------------------------------
@@ -444,12 +451,16 @@ def _per_row(arr: pa.Array, fn: Callable[[Any], bytes]) -> pa.Array:
 def encode_column(array: pa.Array | pa.ChunkedArray, pgtype: PgType, binary: bool) -> pa.Array:
     """Encode one result column to PostgreSQL text or binary values (a BinaryArray, nulls kept)."""
     arr = _single_array(array)
+    if len(arr) <= SMALL_BATCH_ROWS:
+        small = _encode_small(arr, pgtype, binary)
+        if small is not None:
+            return small
     if pgtype.element is not None:
         return _encode_array(arr, pgtype, binary)
-    encoder = _ENCODERS.get(pgtype.name)
-    if encoder is None:  # a type we announce but have no encoder for is sent as its text form
+    encoders = _ENCODERS.get(pgtype.name)
+    if encoders is None:  # a type we announce but have no encoder for is sent as its text form
         return _encode_as_text(arr)
-    return encoder(arr, binary, pgtype)
+    return encoders[0](arr, binary, pgtype)
 
 
 def _single_array(array: pa.Array | pa.ChunkedArray) -> Any:
@@ -680,6 +691,10 @@ def _to_decimal(value: object) -> Decimal:
         raise pa.ArrowInvalid(f"{value!r} is not a numeric value") from None
 
 
+def _hugeint_value(raw: bytes) -> int:
+    return int.from_bytes(raw, "little", signed=True)
+
+
 def _uhugeint_value(raw: bytes) -> int:
     return int.from_bytes(raw, "little", signed=False)
 
@@ -812,6 +827,11 @@ def numeric_send(value: Decimal, dscale: int | None = None) -> bytes:
     assert isinstance(exponent, int)
     scale = max(0, -exponent) if dscale is None else dscale
     magnitude = int(value.copy_abs().scaleb(scale, Context(prec=_MAX_NUMERIC_PRECISION * 2)))
+    return _numeric_send_scaled(magnitude, sign == 1, scale)
+
+
+def _numeric_send_scaled(magnitude: int, negative: bool, scale: int) -> bytes:
+    """numeric_send of the finite value (-1 if negative else 1) * magnitude / 10**scale, with dscale `scale`."""
     frac_groups = -(-scale // 4)
     pad = 4 * frac_groups - scale
     magnitude *= 10**pad
@@ -828,8 +848,15 @@ def numeric_send(value: Decimal, dscale: int | None = None) -> bytes:
         weight -= 1
     if not groups:
         return struct.pack("!hhHh", 0, 0, 0, scale)
-    header = struct.pack("!hhHh", len(groups), weight, 0x4000 if sign else 0, scale)
+    header = struct.pack("!hhHh", len(groups), weight, 0x4000 if negative else 0, scale)
     return header + struct.pack(f"!{len(groups)}H", *groups)
+
+
+def _scaled_text(unscaled: int, scale: int) -> str:
+    """numeric_out of unscaled / 10**scale: every digit of the scale, never exponent notation."""
+    digits = str(abs(unscaled)).rjust(scale + 1, "0")
+    sign = "-" if unscaled < 0 else ""
+    return f"{sign}{digits[:-scale]}.{digits[-scale:]}" if scale else sign + digits
 
 
 # text-like types
@@ -885,16 +912,19 @@ def _bytea_hex(arr: pa.Array) -> pa.Array:
 
 # dates and times
 
-def _civil(days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(year, month, day) of days since 1970-01-01 in the proleptic Gregorian calendar (year 0 = 1 BC)."""
-    z = days.astype(np.int64) + 719_468
-    era = np.floor_divide(z, 146_097)
+def _civil(days: Any) -> tuple[Any, Any, Any]:
+    """(year, month, day) of days since 1970-01-01 in the proleptic Gregorian calendar (year 0 = 1 BC).
+
+    Works alike on one Python int and on an int64 NumPy array (element-wise).
+    """
+    z = days + 719_468
+    era = z // 146_097
     doe = z - era * 146_097
     yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
     doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
     mp = (5 * doy + 2) // 153
     day = doy - (153 * mp + 2) // 5 + 1
-    month = np.where(mp < 10, mp + 3, mp - 9)
+    month = mp + 3 - 12 * (mp >= 10)
     year = yoe + era * 400 + (month <= 2)
     return year, month, day
 
@@ -949,7 +979,7 @@ def _enc_date(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
     mat, ordinary = _date_matrix(days)
     encoded = _from_matrix(mat, np.full(len(days), 10, dtype=np.int64), valid)
     rare = _rare_rows(~ordinary, valid)
-    return _replace_rows(encoded, rare, [_date_text_slow(int(days[i])) for i in rare])
+    return _replace_rows(encoded, rare, [_date_text(int(days[i])) for i in rare])
 
 
 def _rare_rows(mask: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
@@ -960,12 +990,13 @@ def _rare_rows(mask: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
 
 def _date_parts_text(days: int) -> tuple[str, bool]:
     """'YYYY-MM-DD' (at least four year digits) and whether the date is BC, for any day number."""
-    year, month, day = (int(x[0]) for x in _civil(np.array([days], dtype=np.int64)))
+    year, month, day = _civil(days)
     bc = year <= 0
-    return f"{(1 - year) if bc else year:04d}-{month:02d}-{day:02d}", bc
+    # % formats these several times faster than an f-string with format specs (a per-value hot path).
+    return "%04d-%02d-%02d" % ((1 - year) if bc else year, month, day), bc  # noqa: UP031 - speed
 
 
-def _date_text_slow(days: int) -> bytes:
+def _date_text(days: int) -> bytes:
     if days >= _DATE_INFINITY:
         return b"infinity"
     if days <= _DATE_NINFINITY_DUCKDB:
@@ -977,11 +1008,33 @@ def _date_text_slow(days: int) -> bytes:
 _TIME_UNITS = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 1}
 
 
+def _to_us(raw: Any, unit: str) -> Any:
+    """Microseconds of a time, timestamp or duration count in `unit` (an int or an int64 array; ns floored)."""
+    return raw // 1000 if unit == "ns" else raw * _TIME_UNITS[unit]
+
+
 def _time_us(plain: pa.Array) -> np.ndarray:
     """Microseconds since midnight of a time32/time64 array (nanoseconds truncated)."""
-    unit = plain.type.unit
     raw = _primitive(plain, "<i4" if pa.types.is_time32(plain.type) else "<i8").astype(np.int64)
-    return raw // 1000 if unit == "ns" else raw * _TIME_UNITS[unit]
+    return _to_us(raw, plain.type.unit)
+
+
+def _time_us_values(plain: pa.Array) -> list[int | None]:
+    """Microseconds since midnight of each value of a time32/time64 array, as Python ints (None for nulls)."""
+    t: Any = plain.type
+    raw = plain.view(pa.int32() if pa.types.is_time32(t) else pa.int64()).to_pylist()
+    return [None if r is None else _to_us(r, t.unit) for r in raw]
+
+
+def _clock_text(us: int) -> str:
+    """'HH:MM:SS[.ffffff]' of non-negative microseconds, trailing fractional zeros dropped (as PostgreSQL prints)."""
+    seconds, fraction = divmod(us, 1_000_000)
+    minutes, second = divmod(seconds, 60)
+    hours, minute = divmod(minutes, 60)
+    # % formats these several times faster than an f-string with format specs (a per-value hot path).
+    if fraction:
+        return ("%02d:%02d:%02d.%06d" % (hours, minute, second, fraction)).rstrip("0")  # noqa: UP031 - speed
+    return "%02d:%02d:%02d" % (hours, minute, second)  # noqa: UP031 - speed
 
 
 def _enc_time(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
@@ -996,21 +1049,12 @@ def _enc_time(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
     return _from_matrix(mat, lengths, valid)
 
 
-def _timestamp_us(plain: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Microseconds since the Unix epoch, plus masks of DuckDB's +infinity and -infinity."""
-    raw = _primitive(plain, "<i8").astype(np.int64)
-    pos_inf = raw == _INT64_MAX
-    neg_inf = raw <= _INT64_MIN + 1
-    unit = plain.type.unit
-    if unit == "ns":
-        us = np.floor_divide(raw, 1000)
-    elif unit == "ms":
-        us = raw * 1000
-    elif unit == "s":
-        us = raw * 1_000_000
-    else:
-        us = raw
-    return us, pos_inf, neg_inf
+def _timestamp_us(raw: Any, unit: str) -> tuple[Any, Any, Any]:
+    """Microseconds since the Unix epoch of raw timestamp counts, and whether each is DuckDB's +/-infinity.
+
+    `raw` is one Python int or an int64 NumPy array (then the three results are arrays).
+    """
+    return _to_us(raw, unit), raw == _INT64_MAX, raw <= _INT64_MIN + 1
 
 
 def _enc_timestamp(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
@@ -1019,7 +1063,7 @@ def _enc_timestamp(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
     if not pa.types.is_timestamp(plain.type):
         plain = _cast(plain, pa.timestamp("us", "UTC" if with_tz else None), pgtype.name)
     valid = _validity(plain)
-    us, pos_inf, neg_inf = _timestamp_us(plain)
+    us, pos_inf, neg_inf = _timestamp_us(_primitive(plain, "<i8").astype(np.int64), plain.type.unit)
     if binary:
         pg = np.where(pos_inf, _INT64_MAX, np.where(neg_inf, _INT64_MIN, us - _PG_EPOCH_US))
         return _from_fixed(pg.astype(">i8"), valid)
@@ -1040,23 +1084,26 @@ def _enc_timestamp(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
         lengths = lengths + 3
     encoded = _from_matrix(mat, lengths, valid)
     rare = _rare_rows(~(ordinary & finite), valid)
-    return _replace_rows(encoded, rare, [_timestamp_text_slow(int(us[i]), bool(pos_inf[i]), bool(neg_inf[i]),
-                                                               with_tz) for i in rare])
+    return _replace_rows(encoded, rare, [_timestamp_text(int(us[i]), bool(pos_inf[i]), bool(neg_inf[i]), with_tz)
+                                         for i in rare])
 
 
-def _timestamp_text_slow(us: int, pos_inf: bool, neg_inf: bool, with_tz: bool) -> bytes:
+def _timestamp_text(us: int, pos_inf: bool, neg_inf: bool, with_tz: bool) -> bytes:
     if pos_inf:
         return b"infinity"
     if neg_inf:
         return b"-infinity"
     days, tod = divmod(us, _US_PER_DAY)
     date_text, bc = _date_parts_text(days)
-    mat, lengths = _time_of_day_matrix(np.array([tod], dtype=np.int64))
-    time_text = mat[0, : lengths[0]].tobytes().decode()
-    return f"{date_text} {time_text}{'+00' if with_tz else ''}{' BC' if bc else ''}".encode()
+    return f"{date_text} {_clock_text(tod)}{'+00' if with_tz else ''}{' BC' if bc else ''}".encode()
 
 
 def _enc_timetz(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
+    return pa.array(_timetz_values(arr, binary, pgtype), pa.binary())
+
+
+def _timetz_values(arr: pa.Array, binary: bool, pgtype: PgType) -> list[bytes | None]:
+    """timetz is encoded value by value whatever the batch size (DuckDB's packed layout has no Arrow kernel)."""
     opaque = _opaque_name(arr)
     plain = _unwrap(arr)
     if opaque == "time_tz" or pa.types.is_fixed_size_binary(plain.type):
@@ -1066,10 +1113,8 @@ def _enc_timetz(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
         # is all there is, sent with offset +00.
         if not pa.types.is_time(plain.type):
             plain = _cast(plain, pa.time64("us"), "time with time zone")
-        valid = _validity(plain)
-        us = _time_us(plain)
-        values = [None if valid is not None and not valid[i] else (int(us[i]), 0) for i in range(len(us))]
-    return pa.array([None if v is None else _timetz_bytes(v[0], v[1], binary) for v in values], pa.binary())
+        values = [None if us is None else (us, 0) for us in _time_us_values(plain)]
+    return [None if v is None else _timetz_bytes(v[0], v[1], binary) for v in values]
 
 
 _TIMETZ_MAX_OFFSET = 16 * 60 * 60 - 1
@@ -1084,7 +1129,6 @@ def _duckdb_timetz(raw: bytes) -> tuple[int, int]:
 def _timetz_bytes(us: int, offset: int, binary: bool) -> bytes:
     if binary:
         return struct.pack("!qi", us, -offset)
-    mat, lengths = _time_of_day_matrix(np.array([us], dtype=np.int64))
     sign = "-" if offset < 0 else "+"
     hours, rest = divmod(abs(offset), 3600)
     minutes, seconds = divmod(rest, 60)
@@ -1093,7 +1137,7 @@ def _timetz_bytes(us: int, offset: int, binary: bool) -> bytes:
         zone += f":{minutes:02d}"
     if seconds:
         zone += f":{seconds:02d}"
-    return mat[0, : lengths[0]].tobytes() + zone.encode()
+    return (_clock_text(us) + zone).encode()
 
 
 def _enc_interval(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
@@ -1102,8 +1146,7 @@ def _enc_interval(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
     n = len(plain)
     if pa.types.is_duration(plain.type):
         raw = _primitive(plain, "<i8").astype(np.int64)
-        unit = plain.type.unit
-        us = raw // 1000 if unit == "ns" else raw * _TIME_UNITS[unit]
+        us = _to_us(raw, plain.type.unit)
         months = np.zeros(n, dtype=np.int64)
         days = np.zeros(n, dtype=np.int64)
     elif plain.type == pa.month_day_nano_interval():
@@ -1113,8 +1156,7 @@ def _enc_interval(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
         months = parts["months"].astype(np.int64)
         days = parts["days"].astype(np.int64)
         # DuckDB stores microseconds; PostgreSQL keeps no finer unit, so truncate toward zero.
-        ns = parts["ns"].astype(np.int64)
-        us = np.where(ns < 0, -((-ns) // 1000), ns // 1000)
+        us = _ns_to_us_toward_zero(parts["ns"].astype(np.int64))
     else:
         raise pa.ArrowInvalid(f"cannot send {arr.type} values as interval")
     if binary:
@@ -1123,6 +1165,11 @@ def _enc_interval(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
         return _from_fixed(record, valid)
     return pa.array([None if valid is not None and not valid[i] else
                      interval_text(int(months[i]), int(days[i]), int(us[i])).encode() for i in range(n)], pa.binary())
+
+
+def _ns_to_us_toward_zero(ns: Any) -> Any:
+    """Nanoseconds (an int or an int64 array) to microseconds, truncated toward zero."""
+    return ns // 1000 + ((ns % 1000 != 0) & (ns < 0))
 
 
 def interval_text(months: int, days: int, us: int) -> str:
@@ -1138,14 +1185,7 @@ def interval_text(months: int, days: int, us: int) -> str:
         before = value < 0
     if not parts or us != 0:
         sign = "-" if us < 0 else ("+" if before else "")
-        magnitude = abs(us)
-        seconds, fraction = divmod(magnitude, 1_000_000)
-        minutes, second = divmod(seconds, 60)
-        hours, minute = divmod(minutes, 60)
-        text = f"{sign}{hours:02d}:{minute:02d}:{second:02d}"
-        if fraction:
-            text += f".{fraction:06d}".rstrip("0")
-        parts.append(text)
+        parts.append(sign + _clock_text(abs(us)))
     return " ".join(parts)
 
 
@@ -1306,10 +1346,15 @@ def _json_key(key: object) -> str:
 
 
 def _enc_varbit(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
+    return pa.array(_varbit_values(arr, binary, pgtype), pa.binary())
+
+
+def _varbit_values(arr: pa.Array, binary: bool, pgtype: PgType) -> list[bytes | None]:
+    """varbit is encoded value by value whatever the batch size."""
     plain = _unwrap(arr)
     if _is_string(plain.type):
-        return _per_row(plain, lambda v: _varbit_bytes(v, binary))
-    return _per_row(_as_plain_binary(plain), lambda v: _varbit_bytes(_duckdb_bits(v), binary))
+        return _per_value(plain, lambda v: _varbit_bytes(v, binary))
+    return _per_value(_as_plain_binary(plain), lambda v: _varbit_bytes(_duckdb_bits(v), binary))
 
 
 def _duckdb_bits(raw: bytes) -> str:
@@ -1326,24 +1371,6 @@ def _varbit_bytes(bits: str, binary: bool) -> bytes:
     padded = bits + "0" * (-len(bits) % 8)
     data = int(padded, 2).to_bytes(len(padded) // 8, "big") if padded else b""
     return struct.pack("!i", len(bits)) + data
-
-
-_ENCODERS: dict[str, Callable[[pa.Array, bool, PgType], pa.Array]] = {
-    "bool": _enc_bool,
-    "int2": _enc_int, "int4": _enc_int, "int8": _enc_int, "oid": _enc_oid,
-    "float4": _enc_float, "float8": _enc_float,
-    "numeric": _enc_numeric,
-    "text": _enc_text, "varchar": _enc_text, "bpchar": _enc_text, "name": _enc_text, "char": _enc_text,
-    "bytea": _enc_bytea,
-    "date": _enc_date,
-    "time": _enc_time,
-    "timestamp": _enc_timestamp, "timestamptz": _enc_timestamp,
-    "timetz": _enc_timetz,
-    "interval": _enc_interval,
-    "uuid": _enc_uuid,
-    "json": _enc_json, "jsonb": _enc_json,
-    "varbit": _enc_varbit, "bit": _enc_varbit,
-}
 
 
 # arrays
@@ -1515,6 +1542,372 @@ def _nested_binary(tree: object, element: PgType, depth: int) -> bytes:
     parts += [struct.pack("!ii", d, 1) for d in dims]
     parts += [struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v for v in flat]
     return b"".join(parts)
+
+
+# --- small batches -------------------------------------------------------------------------------
+#
+# The kernels above pay a fixed cost per call (Arrow casts, NumPy temporaries) that dwarfs the work for
+# the handful of rows a point lookup or `SELECT 1` returns. Up to SMALL_BATCH_ROWS rows, encode_column
+# therefore encodes value by value with the per-value helpers the kernels use for their rare rows. Each
+# small encoder returns None for a layout it does not handle, or for a value the general path reports
+# as an error (out of range, malformed), so that the general path gives the same bytes or the same
+# error; test_pgtypes checks both paths against each other for every type and format.
+
+SMALL_BATCH_ROWS = 16
+# Arrays are assembled row by row in Python: past this many elements in all the kernels are cheaper.
+_SMALL_ARRAY_ELEMENTS = 128
+
+_PACK_I8 = struct.Struct(">q").pack
+_INT_WIRE: dict[str, tuple[str, int, int]] = {
+    "int2": (">h", -(2**15), 2**15 - 1), "int4": (">i", -(2**31), _INT32_MAX), "int8": (">q", _INT64_MIN, _INT64_MAX),
+    "oid": (">I", 0, 2**32 - 1),
+}
+
+
+def _encode_small(arr: pa.Array, pgtype: PgType, binary: bool) -> pa.Array | None:
+    """The encoded column built value by value, or None when the general path must encode it."""
+    if pgtype.element is not None:
+        values = _small_array(arr, pgtype, binary)
+    else:
+        small = _ENCODERS.get(pgtype.name, (None, None))[1]
+        values = None if small is None else small(arr, binary, pgtype)
+    return None if values is None else _binary_from_values(values)
+
+
+def _binary_from_values(values: list[bytes | None]) -> pa.Array:
+    """A BinaryArray of per-row values (None for NULL), built from its buffers (pa.array costs more for a few)."""
+    n = len(values)
+    present = [v for v in values if v is not None]
+    data = b"".join(present)
+    if len(data) > _INT32_MAX:
+        return pa.array(values, pa.large_binary())
+    pack = _OFFSET_STRUCTS.get(n)
+    if pack is None:
+        pack = _OFFSET_STRUCTS[n] = struct.Struct(f"<{n + 1}i").pack
+    if len(present) == n:  # (an explicit null count, even 0, costs Arrow more than none)
+        offsets = pack(0, *itertools.accumulate(map(len, present)))
+        return pa.Array.from_buffers(pa.binary(), n, [None, _py_buffer(offsets), _py_buffer(data)])
+    offsets = pack(0, *itertools.accumulate([0 if v is None else len(v) for v in values]))
+    bitmap = sum([1 << i for i, v in enumerate(values) if v is not None]).to_bytes((n + 7) // 8, "little")
+    return pa.Array.from_buffers(pa.binary(), n, [_py_buffer(bitmap), _py_buffer(offsets), _py_buffer(data)],
+                                 n - len(present))
+
+
+_OFFSET_STRUCTS: dict[int, Callable[..., bytes]] = {}
+
+
+def _packed(values: list[int | None], fmt: str, low: int, high: int) -> list[bytes | None] | None:
+    """Each integer packed with `fmt`; None when one is outside [low, high] (the general path's error)."""
+    if any(v is not None and not low <= v <= high for v in values):
+        return None
+    pack = struct.Struct(fmt).pack
+    return [None if v is None else pack(v) for v in values]
+
+
+def _small_bool(arr: pa.Array, binary: bool, pgtype: PgType) -> list[bytes | None] | None:
+    plain = _unwrap(arr)
+    # Integers are what DuckDB's lossless export sends (arrow.bool8); any non-zero value is true.
+    if not (pa.types.is_boolean(plain.type) or pa.types.is_integer(plain.type)):
+        return None
+    true, false = (b"\x01", b"\x00") if binary else (b"t", b"f")
+    return [None if v is None else true if v else false for v in plain.to_pylist()]
+
+
+def _small_int(arr: pa.Array, binary: bool, pgtype: PgType) -> list[bytes | None] | None:
+    plain = _unwrap(arr)
+    if not pa.types.is_integer(plain.type):
+        return None
+    values = plain.to_pylist()
+    fmt, low, high = _INT_WIRE[pgtype.name]
+    if binary:
+        return _packed(values, fmt, low, high)
+    # Integer text is printed without a range check, except for oid, which is cast to uint32 first.
+    if pgtype.name == "oid" and _packed(values, fmt, low, high) is None:
+        return None
+    return [None if v is None else b"%d" % v for v in values]
+
+
+def _small_float(arr: pa.Array, binary: bool, pgtype: PgType) -> list[bytes | None] | None:
+    plain = _unwrap(arr)
+    single = pgtype.size == 4
+    if plain.type != (pa.float32() if single else pa.float64()):
+        return None
+    values = plain.to_pylist()
+    if not binary:
+        return [None if v is None else float_text(v, single).encode() for v in values]
+    # The stored bytes reversed: exactly the big-endian IEEE value, NaN payloads included.
+    raw = memoryview(_buffer(plain, 1)) if values else memoryview(b"")
+    width = pgtype.size
+    start = plain.offset * width
+    return [None if v is None else raw[start + i * width: start + (i + 1) * width].tobytes()[::-1]
+            for i, v in enumerate(values)]
+
+
+def _small_numeric(arr: pa.Array, binary: bool, pgtype: PgType) -> list[bytes | None] | None:
+    opaque = _opaque_name(arr)
+    plain = _unwrap(arr)
+    t = plain.type
+    unscaled: list[int | None]
+    if opaque == "hugeint" and pa.types.is_fixed_size_binary(t):
+        unscaled, scale = _little_endian_ints(plain, 16), 0  # DuckDB's HUGEINT: a little-endian int128
+    elif opaque in ("uhugeint", "bignum", "varint") or pa.types.is_fixed_size_binary(t):
+        decode = _bignum_value if opaque in ("bignum", "varint") else _uhugeint_value
+        return _per_value(plain, lambda v: _numeric_bytes(decode(v), binary, None))
+    elif pa.types.is_decimal(t):
+        if t.scale < 0:
+            return None
+        unscaled, scale = _little_endian_ints(plain, t.bit_width // 8), t.scale
+    elif pa.types.is_integer(t):
+        unscaled, scale = plain.to_pylist(), 0
+    elif pa.types.is_floating(t) or _is_string(t) or pa.types.is_null(t):
+        return _per_value(plain, lambda v: _numeric_bytes(_to_decimal(v), binary, None))
+    else:
+        return None
+    if binary:
+        return [None if u is None else _numeric_send_scaled(abs(u), u < 0, scale) for u in unscaled]
+    return [None if u is None else _scaled_text(u, scale).encode() for u in unscaled]
+
+
+def _little_endian_ints(arr: pa.Array, width: int) -> list[int | None]:
+    """The signed little-endian integers of a fixed-width array's values buffer (decimals, HUGEINT), None for nulls."""
+    raw = memoryview(_buffer(arr, 1)) if len(arr) else memoryview(b"")
+    start = arr.offset * width
+    return [int.from_bytes(raw[start + i * width: start + (i + 1) * width], "little", signed=True) if valid else None
+            for i, valid in enumerate(_small_validity(arr))]
+
+
+def _small_bytea(arr: pa.Array, binary: bool, pgtype: PgType) -> list[bytes | None] | None:
+    plain = _unwrap(arr)
+    if binary or not _is_binary(plain.type):  # binary bytea is the stored bytes already
+        return None
+    return [None if v is None else b"\\x" + v.hex().encode() for v in plain.to_pylist()]
+
+
+def _small_date(arr: pa.Array, binary: bool, pgtype: PgType) -> list[bytes | None] | None:
+    plain = _unwrap(arr)
+    if not pa.types.is_date32(plain.type):
+        return None
+    days: list[int | None] = plain.view(pa.int32()).to_pylist()
+    if not binary:
+        return [None if d is None else _date_text(d) for d in days]
+    return _packed([None if d is None else _INT32_MAX if d == _DATE_INFINITY else
+                    _DATE_NINFINITY_PG if d <= _DATE_NINFINITY_DUCKDB else d - _PG_EPOCH_DAYS for d in days],
+                   ">i", -(2**31), _INT32_MAX)
+
+
+def _small_time(arr: pa.Array, binary: bool, pgtype: PgType) -> list[bytes | None] | None:
+    plain = _unwrap(arr)
+    if not pa.types.is_time(plain.type):
+        return None
+    values = _time_us_values(plain)
+    if binary:
+        return _packed(values, ">q", _INT64_MIN, _INT64_MAX)
+    if any(us is not None and not 0 <= us <= _US_PER_DAY for us in values):
+        return None
+    return [None if us is None else _clock_text(us).encode() for us in values]
+
+
+def _small_timestamp(arr: pa.Array, binary: bool, pgtype: PgType) -> list[bytes | None] | None:
+    plain = _unwrap(arr)
+    if not pa.types.is_timestamp(plain.type):
+        return None
+    with_tz = pgtype.name == "timestamptz"
+    unit = plain.type.unit
+    out: list[bytes | None] = []
+    for raw in plain.view(pa.int64()).to_pylist():
+        if raw is None:
+            out.append(None)
+            continue
+        us, pos_inf, neg_inf = _timestamp_us(raw, unit)
+        pg = _INT64_MAX if pos_inf else _INT64_MIN if neg_inf else us - _PG_EPOCH_US
+        if not (_INT64_MIN <= us <= _INT64_MAX and _INT64_MIN <= pg <= _INT64_MAX):
+            return None  # wraps around in the kernel's int64 arithmetic; leave that to it
+        out.append(_PACK_I8(pg) if binary else _timestamp_text(us, pos_inf, neg_inf, with_tz))
+    return out
+
+
+def _small_interval(arr: pa.Array, binary: bool, pgtype: PgType) -> list[bytes | None] | None:
+    plain = _unwrap(arr)
+    t = plain.type
+    parts: list[tuple[int, int, int] | None]
+    if pa.types.is_duration(t):
+        parts = [None if r is None else (0, 0, _to_us(r, t.unit)) for r in plain.view(pa.int64()).to_pylist()]
+    elif t == pa.month_day_nano_interval():
+        parts = [None if v is None else (v.months, v.days, _ns_to_us_toward_zero(v.nanoseconds))
+                 for v in plain.to_pylist()]
+    else:
+        return None
+    if any(p is not None and not _INT64_MIN <= p[2] <= _INT64_MAX for p in parts):
+        return None
+    if binary:
+        return [None if p is None else struct.pack(">qii", p[2], p[1], p[0]) for p in parts]
+    return [None if p is None else interval_text(*p).encode() for p in parts]
+
+
+def _small_uuid(arr: pa.Array, binary: bool, pgtype: PgType) -> list[bytes | None] | None:
+    plain = _unwrap(arr)
+    t = plain.type
+    if pa.types.is_fixed_size_binary(t) and t.byte_width == 16:
+        values: list[bytes | None] = plain.to_pylist()
+        return values if binary else [None if v is None else _uuid_text(v) for v in values]
+    if not binary or not _is_string(t):  # uuid text from a string is the string itself
+        return None
+    out: list[bytes | None] = []
+    for text in plain.to_pylist():
+        digits = None if text is None else text.replace("-", "").lower().encode()
+        if digits is not None and (len(digits) != 32 or not _HEX_DIGITS.issuperset(digits)):
+            return None  # malformed: the general path raises
+        out.append(None if digits is None else bytes.fromhex(digits.decode()))
+    return out
+
+
+def _uuid_text(raw: bytes) -> bytes:
+    """uuid_out: lower-case hex in groups of 8-4-4-4-12."""
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+
+
+_NESTED_TYPES = (pa.StructType, pa.MapType, pa.UnionType, pa.ListType, pa.LargeListType, pa.FixedSizeListType,
+                 pa.ListViewType, pa.LargeListViewType)
+
+
+def _small_json(arr: pa.Array, binary: bool, pgtype: PgType) -> list[bytes | None] | None:
+    prefix = b"\x01" if binary and pgtype.name == "jsonb" else b""  # jsonb's binary form: a version byte
+    if not prefix and not isinstance(arr.type, _NESTED_TYPES):  # json text: the stored string itself
+        return None
+    plain = _unwrap(arr)
+    if _is_string(plain.type):
+        return [None if v is None else prefix + v for v in _as_plain_binary(plain).to_pylist()]
+    fragments = _json_values(arr)
+    if fragments is None:
+        return None
+    return [prefix + f.encode() if valid else None for f, valid in zip(fragments, _small_validity(plain), strict=True)]
+
+
+def _json_values(arr: pa.Array) -> list[str] | None:
+    """_json_fragments row by row: compact JSON per row ('null' for nulls); None past the element limit."""
+    plain: Any = _unwrap(arr)
+    t = plain.type
+    valid = _small_validity(plain)
+    if pa.types.is_struct(t):
+        members: list[tuple[str, list[str]]] = []
+        for index in range(t.num_fields):
+            values = _json_values(plain.field(index))
+            if values is None:
+                return None
+            members.append((json.dumps(t.field(index).name, ensure_ascii=False) + ":", values))
+        return ["{" + ",".join(key + values[row] for key, values in members) + "}" if ok else "null"
+                for row, ok in enumerate(valid)]
+    if pa.types.is_map(t) or _is_list(t):
+        if not pa.types.is_map(t) and not pa.types.is_list(t) and not pa.types.is_large_list(t):
+            plain = plain.cast(pa.large_list(t.value_type))
+        offsets = _list_offsets(plain).tolist()
+        first, count = offsets[0], offsets[-1] - offsets[0]
+        if count > _SMALL_ARRAY_ELEMENTS:
+            return None
+        items = plain.values.slice(first, count)
+        if pa.types.is_map(t):
+            keys, values = items.field(0), items.field(1)
+            key_text = _json_values(encode_column(keys, pg_type_for_arrow(keys.type), False).cast(pa.string()))
+            value_text = _json_values(values)
+            if key_text is None or value_text is None:
+                return None
+            elements = [f"{k}:{v}" for k, v in zip(key_text, value_text, strict=True)]
+            opening, closing = "{", "}"
+        else:
+            elements_or_none = _json_values(items)
+            if elements_or_none is None:
+                return None
+            elements, opening, closing = elements_or_none, "[", "]"
+        return [opening + ",".join(elements[offsets[row] - first: offsets[row + 1] - first]) + closing if ok
+                else "null" for row, ok in enumerate(valid)]
+    if pa.types.is_union(t):
+        return ["null" if v is None else _json_text(v) for v in plain.to_pylist()]
+    pgtype = pg_type_for_arrow(arr.type)
+    texts: list[bytes | None] = encode_column(arr, pgtype, False).to_pylist()
+    return [_json_leaf(text, pgtype.name) for text in texts]
+
+
+def _json_leaf(text: bytes | None, type_name: str) -> str:
+    """One leaf of _json_fragments from its PostgreSQL text."""
+    if text is None:
+        return "null"
+    if type_name in ("json", "jsonb"):
+        return text.decode()
+    if type_name == "bool":
+        return "true" if text == b"t" else "false"
+    if type_name in _JSON_NUMBERS:
+        return f'"{text.decode()}"' if b"N" in text or b"I" in text else text.decode()
+    # The kernel's escapes (quote, backslash, \n, \r, \t, and json.dumps for other control characters)
+    # are json.dumps's.
+    return json.dumps(text.decode(), ensure_ascii=False)
+
+
+def _small_array(arr: pa.Array, pgtype: PgType, binary: bool) -> list[bytes | None] | None:
+    """One-dimensional arrays: elements through encode_column, each row assembled as array_out/array_send."""
+    element = pgtype.element
+    assert element is not None
+    plain: Any = _unwrap(arr)
+    t = plain.type
+    if not _is_list(t) or _is_list(t.value_type):  # array literals in strings, multi-dimensional arrays
+        return None
+    if pa.types.is_fixed_size_list(t) and plain.null_count == 0:
+        # DuckDB's ARRAY: every row holds list_size values (the cast to a list costs more than all the rest).
+        offsets = [(plain.offset + i) * t.list_size for i in range(len(plain) + 1)]
+    else:
+        if not pa.types.is_list(t) and not pa.types.is_large_list(t):
+            plain = plain.cast(pa.large_list(t.value_type))
+        offsets = _list_offsets(plain).tolist()
+    first, count = offsets[0], offsets[-1] - offsets[0]
+    if count > _SMALL_ARRAY_ELEMENTS:
+        return None
+    items = encode_column(plain.values.slice(first, count), element, binary).to_pylist()
+    quote = element.name not in _UNQUOTED_ELEMENTS
+    out: list[bytes | None] = []
+    for i, valid in enumerate(_small_validity(plain)):
+        row = items[offsets[i] - first: offsets[i + 1] - first]
+        out.append(None if not valid else _nested_binary(row, element, 1) if binary else
+                   _nested_text(row, quote).encode())
+    return out
+
+
+def _small_validity(arr: pa.Array) -> list[bool]:
+    """Whether each row is non-null, read from the validity bitmap (a union's nulls are its members')."""
+    n = len(arr)
+    if pa.types.is_union(arr.type):
+        return [v is not None for v in arr.to_pylist()]
+    if arr.null_count == 0:
+        return [True] * n
+    bitmap = _buffer(arr, 0)
+    if bitmap is None:
+        return [False] * n
+    bits = int.from_bytes(memoryview(bitmap).tobytes(), "little") >> arr.offset
+    return [bool(bits >> i & 1) for i in range(n)]
+
+
+_Kernel = Callable[[pa.Array, bool, PgType], pa.Array]
+_Small = Callable[[pa.Array, bool, PgType], list[bytes | None] | None]
+
+# Per type name: the column kernel, and the value-by-value encoder for small batches (None where the
+# kernel passes the stored strings or bytes through and nothing is cheaper).
+_ENCODERS: dict[str, tuple[_Kernel, _Small | None]] = {
+    "bool": (_enc_bool, _small_bool),
+    "int2": (_enc_int, _small_int), "int4": (_enc_int, _small_int), "int8": (_enc_int, _small_int),
+    "oid": (_enc_oid, _small_int),
+    "float4": (_enc_float, _small_float), "float8": (_enc_float, _small_float),
+    "numeric": (_enc_numeric, _small_numeric),
+    "text": (_enc_text, None), "varchar": (_enc_text, None), "bpchar": (_enc_text, None), "name": (_enc_text, None),
+    "char": (_enc_text, None),
+    "bytea": (_enc_bytea, _small_bytea),
+    "date": (_enc_date, _small_date),
+    "time": (_enc_time, _small_time),
+    "timestamp": (_enc_timestamp, _small_timestamp), "timestamptz": (_enc_timestamp, _small_timestamp),
+    "timetz": (_enc_timetz, _timetz_values),
+    "interval": (_enc_interval, _small_interval),
+    "uuid": (_enc_uuid, _small_uuid),
+    "json": (_enc_json, _small_json), "jsonb": (_enc_json, _small_json),
+    "varbit": (_enc_varbit, _varbit_values), "bit": (_enc_varbit, _varbit_values),
+}
 
 
 # --- parameter decoding ----------------------------------------------------------------------------
@@ -1753,9 +2146,7 @@ def _duckdb_date_literal(days: int) -> str:
 def _duckdb_timestamp_literal(us: int, with_tz: bool) -> str:
     """A timestamp DuckDB parses for instants beyond Python's datetime (DuckDB puts '(BC)' after the date)."""
     days, tod = divmod(us, _US_PER_DAY)
-    mat, lengths = _time_of_day_matrix(np.array([tod], dtype=np.int64))
-    time_text = mat[0, : lengths[0]].tobytes().decode()
-    return f"{_duckdb_date_literal(days)} {time_text}{'+00' if with_tz else ''}"
+    return f"{_duckdb_date_literal(days)} {_clock_text(tod)}{'+00' if with_tz else ''}"
 
 
 def _is_leap(year: int) -> bool:

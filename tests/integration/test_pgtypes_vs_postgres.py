@@ -265,6 +265,19 @@ def test_encoding_with_the_arrow_derived_type_matches_postgres_text(
     assert _mismatches(case, ours, reference) == []
 
 
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_one_row_batches_match_postgres(pg: PgConnection, duck: duckdb.DuckDBPyConnection, case: Case,
+                                        binary: bool) -> None:
+    """Point lookups send one-row batches, which take the value-by-value path: every value must still match."""
+    column, duck_type = _duck_column(duck, case)
+    reference = _pg_reference(pg, case, binary)
+    whole = column.combine_chunks()
+    pgtype = pg_type_for_duckdb(duck_type)
+    ours = [encode_column(whole.slice(i, 1), pgtype, binary).to_pylist()[0] for i in range(len(whole))]
+    assert _mismatches(case, ours, reference) == []
+
+
 # --- parameters: PostgreSQL's own bytes decode to the value psycopg loads --------------------------
 
 _DECODE_CASES = [c for c in CASES if c.name in (

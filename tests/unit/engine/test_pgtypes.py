@@ -8,6 +8,7 @@ encoders against a live server.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 import re
 import struct
@@ -21,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from engine_host.engine import pgtypes
 from engine_host.engine.pgtypes import (
     ParameterFormatError,
     PgType,
@@ -855,3 +857,306 @@ def test_encoded_duckdb_batch_frames_like_the_reference() -> None:
         columns = [encode_column(table.column(i), pg_type_for_arrow(table.schema[i].type), binary)
                    for i in range(table.num_columns)]
         assert frame_data_rows(columns) == frame_data_rows_small(_reference_rows(columns))
+
+
+# --- the small-batch path ---------------------------------------------------------------------------
+#
+# Up to pgtypes.SMALL_BATCH_ROWS rows, encode_column encodes value by value in Python instead of with the
+# column kernels. The two must never differ: every pool below (per type and Arrow layout, with edge values
+# and NULLs) is encoded whole with the small path switched off, then in many small selections (taken,
+# sliced, chunked) with it on, and each value must come out byte for byte the same in both formats.
+
+def _random_floats64(rng: random.Random, count: int) -> list[float]:
+    """Doubles from uniformly random bit patterns (every exponent, subnormals, NaN payloads) and decimals."""
+    values = [struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(count)]
+    values += [rng.uniform(-1, 1) * 10.0 ** rng.randint(-20, 20) for _ in range(count)]
+    return values + [rng.randint(-(10**6), 10**6) / 100 for _ in range(count // 4)]
+
+
+def _random_floats32(rng: random.Random, count: int) -> np.ndarray:
+    bits = np.array([rng.getrandbits(32) for _ in range(count)], dtype=np.uint32).view(np.float32)
+    decimals = np.array([rng.uniform(-1, 1) * 10.0 ** rng.randint(-12, 12) for _ in range(count)], dtype=np.float32)
+    return np.concatenate([bits, decimals])
+
+
+FLOAT_EDGES = [0.0, -0.0, 1.0, -1.5, 0.1, 1e-4, math.nextafter(1e-4, 0), math.nextafter(1e-4, 1),
+               1e15, math.nextafter(1e15, 0), 1e6, math.nextafter(1e6, 0), 1e16, 2.0**24, 2.0**24 + 2, 2.0**53,
+               2.0**53 + 2, 2.0**63, 1e300, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308,
+               float("inf"), float("-inf"), float("nan"), -float("nan"), 123456789012345.0, 1.5e-5]
+
+
+def _decimals(rng: random.Random, precision: int, scale: int, count: int) -> list[Decimal | None]:
+    top = 10**precision - 1
+    values: list[Decimal | None] = [Decimal(f"{v}e-{scale}") for v in (0, 1, -1, top, -top, 10**scale, 5)
+                                    if abs(v) <= top]
+    for _ in range(count):
+        digits = rng.randint(1, precision)
+        values.append(Decimal(f"{rng.randint(-(10**digits) + 1, 10**digits - 1)}e-{scale}"))
+    return [*values, None]
+
+
+def _duck_pool(sql: str, lossless: bool = True) -> tuple[pa.Array, PgType]:
+    """A DuckDB column as the engine streams it (lossless export), with the type the binder reports."""
+    column, pgtype = duck_column(sql, lossless=lossless)
+    return column.combine_chunks(), pgtype
+
+
+def _small_path_pools() -> dict[str, list[tuple[pa.Array, PgType]]]:
+    rng = random.Random(20240611)
+    int_edges: dict[pa.DataType, list[int]] = {}
+    for arrow_type, low, high in [(pa.int8(), -(2**7), 2**7 - 1), (pa.int16(), -(2**15), 2**15 - 1),
+                                  (pa.int32(), -(2**31), 2**31 - 1), (pa.int64(), -(2**63), 2**63 - 1),
+                                  (pa.uint8(), 0, 2**8 - 1), (pa.uint16(), 0, 2**16 - 1),
+                                  (pa.uint32(), 0, 2**32 - 1), (pa.uint64(), 0, 2**64 - 1)]:
+        edges = [low, high, 0, 1, low + 1, high - 1, *(v for v in (-1, 10, -10, 100, 9999, 10000) if low <= v <= high)]
+        int_edges[arrow_type] = edges + [rng.randint(low, high) for _ in range(60)]
+
+    def ints(arrow_type: pa.DataType) -> pa.Array:
+        return pa.array([*int_edges[arrow_type], None], arrow_type)
+
+    # Signalling and negative NaNs with payloads: binary must send their exact bits.
+    nans64 = [struct.unpack("<d", struct.pack("<Q", bits))[0]
+              for bits in (0x7FF0000000000001, 0xFFF8000000000001, 0x7FF4000000000000)]
+    nans32 = np.array([0x7F800001, 0xFFC00001, 0x7FA00000], dtype=np.uint32).view(np.float32)
+    floats64 = pa.array([*FLOAT_EDGES, *nans64, *_random_floats64(rng, 400), None], pa.float64())
+    with np.errstate(over="ignore"):  # edges beyond float4 become infinities
+        edges32 = np.array(FLOAT_EDGES, dtype=np.float32)
+    floats32 = pa.array(np.concatenate([edges32, nans32, _random_floats32(rng, 400),
+                                        np.array([16777217, 3.4028235e38, 1e-45, 0.3], dtype=np.float32)]),
+                        pa.float32())
+    floats32 = pa.concat_arrays([floats32, pa.array([None], pa.float32())])
+    day_edges = [0, -1, 10_957, -719_162, -719_163, 2_932_896, 2_932_897, -10**6, 10**6, -50_000_000,
+                 2**31 - 1, -(2**31 - 1), 11_016, -25_567]
+    days = [*day_edges, *(rng.randint(-800_000, 3_000_000) for _ in range(150)), None]
+    day_us = 86_400_000_000
+    instants = [0, -1, 1, 946_684_800_000_000, -62_135_596_800_000_000, -62_135_596_800_000_001,
+                253_402_300_799_999_999, 253_402_300_800_000_000, -100_000_000_000_000_000, 2**62,
+                *(rng.randint(-80_000_000_000_000_000, 260_000_000_000_000_000) for _ in range(150)),
+                *(rng.randint(-(10**12), 10**12) * 1_000_000 for _ in range(20))]
+    timestamp_pools = []
+    for unit, per_us in (("s", 1_000_000), ("ms", 1_000), ("us", 1), ("ns", 0.001)):
+        raw = [int(v // per_us) if per_us >= 1 else v * 1000 + rng.randint(-999, 999)
+               for v in instants if -(2**63) < (v // per_us if per_us >= 1 else v * 1000) < 2**63 - 2000]
+        raw += [2**63 - 1, -(2**63) + 1, -(2**63), 2**63 - 2, None]
+        if unit == "s":
+            raw += [2**62, -(2**62)]  # microseconds beyond int64: the kernel's arithmetic wraps around
+        for tz in (None, "UTC"):
+            array = pa.array(raw, pa.int64()).cast(pa.timestamp(unit, tz))
+            timestamp_pools += [(array, _type(1114)), (array, _type(1184))]
+    times = [0, 1, day_us, day_us - 1, 12 * 3_600_000_000 + 500_000, 1_000_000, 999_999, 10_000,
+             *(rng.randint(0, day_us) for _ in range(100)), None]
+    decimal_pools = [(pa.array(_decimals(rng, p, s, 60), pa.decimal128(p, s)), None)
+                     for p, s in [(12, 2), (10, 0), (4, 1), (5, 5), (18, 3), (18, 0), (19, 5), (38, 10), (38, 0),
+                                  (38, 38), (12, 7), (9, 8)]]
+    decimal_pools += [(pa.array(_decimals(rng, p, s, 60), arrow_type(p, s)), None)
+                      for arrow_type, p, s in [(pa.decimal256, 76, 20), (pa.decimal256, 50, 0),
+                                               (pa.decimal64, 18, 4), (pa.decimal32, 9, 2)]]
+    strings = ["", "a b", 'x"y', "back\\slash", "NULL", "null", "{}", "a,b", "tab\t", "line\n", "é ✓ 😀",
+               "\x01", *("".join(rng.choice("ab, {}\"\\\n") for _ in range(rng.randint(0, 6))) for _ in range(40)),
+               None]
+    blobs = [b"", b"\x00", b"\xff\x00\x10", *(rng.randbytes(rng.randint(0, 40)) for _ in range(60)), None]
+    uuids = [uuid.UUID(int=0), uuid.UUID(int=2**128 - 1), *(uuid.UUID(int=rng.getrandbits(128)) for _ in range(40))]
+    uuid_texts = [str(u) for u in uuids] + [u.hex.upper() for u in uuids[:10]] + [None]
+    intervals = [pa.MonthDayNano([0, 0, 0]), pa.MonthDayNano([-1, 1, -1]), pa.MonthDayNano([14, 3, 14_706_500_001_999]),
+                 pa.MonthDayNano([2**31 - 1, -(2**31), 2**63 - 1]), pa.MonthDayNano([0, 0, -(2**63)]),
+                 *(pa.MonthDayNano([rng.randint(-(2**31), 2**31 - 1), rng.randint(-(2**31), 2**31 - 1),
+                                    rng.randint(-(2**63), 2**63 - 1)]) for _ in range(60)),
+                 *(pa.MonthDayNano([rng.randint(-30, 30), rng.randint(-40, 40), rng.randint(-(10**15), 10**15)])
+                   for _ in range(60)), None]
+    durations = [0, 1, -1, 999, -999, 1000, -1001, 2**63 - 1, -(2**63) + 1,
+                 *(rng.randint(-(2**62), 2**62) for _ in range(60)), None]
+    int_lists = [[], [1], [None], [1, None, -3], None, *([rng.randint(-(2**31), 2**31 - 1)
+                                                          for _ in range(rng.randint(0, 5))] for _ in range(30))]
+    text_lists = [[], [""], ["NULL", None, "a b"], None, *([rng.choice(strings) for _ in range(rng.randint(0, 4))]
+                                                            for _ in range(30))]
+    json_texts = ['{"a":1}', "[]", '"x"', "null", "3", '{"é": [1, 2.5, null]}', None]
+
+    return {
+        "bool": [(pa.array([True, False, None, True]), _type(16)),
+                 (pa.array([0, 1, -1, 2, None], pa.int8()), _type(16)),
+                 _duck_pool("SELECT v FROM (VALUES (true), (false), (NULL)) t(v)")],
+        "int2": [(ints(t), _type(21)) for t in (pa.int8(), pa.int16(), pa.uint8())],
+        "int4": [(ints(t), _type(23)) for t in (pa.int16(), pa.int32(), pa.uint16())],
+        "int8": [(ints(t), _type(20)) for t in (pa.int32(), pa.int64(), pa.uint32())],
+        "int_text_without_range_check": [(ints(pa.int64()), _type(21)), (ints(pa.uint64()), _type(23))],
+        "oid": [(ints(pa.uint32()), _type(26)), (pa.array([0, 7, 2**32 - 1, None], pa.int64()), _type(26))],
+        "float4": [(floats32, _type(700)), (floats64, _type(700)), (pa.array([1.5, None], pa.float16()), _type(700))],
+        "float8": [(floats64, _type(701)), (floats32, _type(701))],
+        "numeric_decimal": [(array, pg_type_for_arrow(array.type)) for array, _ in decimal_pools],
+        "numeric_decimal_negative_scale": [(pa.array([Decimal("1.2E+4"), None], pa.decimal128(5, -3)), _type(1700))],
+        "numeric_integer": [(ints(t), _type(1700)) for t in (pa.int8(), pa.int64(), pa.uint64())],
+        "numeric_float_and_string": [(floats64, _type(1700)),
+                                     (pa.array(["1.5", "-0.000", "NaN", "-Infinity", "1e5", None]), _type(1700)),
+                                     (pa.nulls(3), _type(1700))],
+        "numeric_hugeint": [_duck_pool(
+            "SELECT v::HUGEINT FROM (VALUES ('0'), ('170141183460469231731687303715884105727'), "
+            "('-170141183460469231731687303715884105728'), ('18446744073709551616'), ('-1'), ('10000'), (NULL)) t(v)"),
+            _duck_pool("SELECT (range * 7919 - 5000)::HUGEINT * 1000000007 FROM range(40)")],
+        "numeric_ubigint_uhugeint_bignum": [
+            _duck_pool("SELECT v::UBIGINT FROM (VALUES ('0'), ('18446744073709551615'), (NULL)) t(v)"),
+            _duck_pool("SELECT v::UHUGEINT FROM (VALUES ('0'), ('340282366920938463463374607431768211455'), "
+                       "(NULL)) t(v)"),
+            _duck_pool(f"SELECT v::BIGNUM FROM (VALUES ('{2**200}'), ('-{2**70}'), ('0'), ('-1'), (NULL)) t(v)")],
+        "text": [(pa.array(strings, t), _type(25)) for t in (pa.string(), pa.large_string(), pa.string_view())]
+        + [(pa.array(strings).dictionary_encode(), _type(25)), (ints(pa.int32()), _type(25)),
+           (pa.array(days, pa.date32()), _type(25)), (pa.nulls(2), _type(25))],
+        "bytea": [(pa.array(blobs, t), _type(17)) for t in (pa.binary(), pa.large_binary(), pa.binary_view())]
+        + [(pa.array([b"abcd", b"\x00\x01\x02\x03", None], pa.binary(4)), _type(17)),
+           (pa.array(strings), _type(17))],
+        "date": [(pa.array(days, pa.date32()), _type(1082)),
+                 (pa.array([0, 86_400_000 * 19_000, None], pa.int64()).cast(pa.date64()), _type(1082)),
+                 _duck_pool("SELECT v::DATE FROM (VALUES ('2024-01-02'), ('0044-03-15 (BC)'), ('10000-01-01'), "
+                            "('infinity'), ('-infinity'), (NULL)) t(v)")],
+        "time": [(pa.array(times, pa.time64("us")), _type(1083)),
+                 (pa.array([None if t is None else t * 1000 + 999 for t in times], pa.time64("ns")), _type(1083)),
+                 (pa.array([None if t is None else t // 1000 for t in times], pa.time32("ms")), _type(1083)),
+                 (pa.array([None if t is None else t // 1_000_000 for t in times], pa.time32("s")), _type(1083)),
+                 (pa.array([-1, day_us + 1, 400 * 3_600_000_000, None], pa.time64("us")), _type(1083))],
+        "timestamp": timestamp_pools,
+        "timestamp_from_duckdb": [
+            _duck_pool("SELECT v::TIMESTAMP FROM (VALUES ('2024-01-02 03:04:05.123456'), ('0044-03-15 (BC) 12:00:00'), "
+                       "('infinity'), ('-infinity'), ('294247-01-10 04:00:54.775806'), (NULL)) t(v)"),
+            _duck_pool("SELECT v::TIMESTAMPTZ FROM (VALUES ('2024-01-02 03:04:05.1+05:30'), ('infinity'), "
+                       "(NULL)) t(v)"),
+            _duck_pool("SELECT v::TIMESTAMP_NS FROM (VALUES ('1969-12-31 23:59:59.999999999'), (NULL)) t(v)")],
+        "timetz": [_duck_pool("SELECT v::TIMETZ FROM (VALUES ('01:02:03+05:30'), ('23:59:59.999999-15:59:59'), "
+                              "('00:00:00+00'), ('12:00:00.5-08'), ('24:00:00+00'), (NULL)) t(v)"),
+                   (pa.array(times, pa.time64("us")), _type(1266))],
+        "interval": [(pa.array(intervals, pa.month_day_nano_interval()), _type(1186))]
+        + [(pa.array(durations, pa.duration(unit)), _type(1186)) for unit in ("s", "ms", "us", "ns")],
+        "uuid": [_duck_pool("SELECT gen_random_uuid() FROM range(30) UNION ALL SELECT NULL UNION ALL "
+                            "SELECT 'ffffffff-ffff-ffff-ffff-ffffffffffff'::UUID"),
+                 (pa.array([u.bytes for u in uuids] + [None], pa.binary(16)), _type(2950)),
+                 (pa.array(uuid_texts), _type(2950))],
+        "json": [(pa.array(json_texts), _type(114)), (pa.array(json_texts), _type(3802)),
+                 _duck_pool("SELECT v::JSON FROM (VALUES ('{\"a\": 1}'), ('[1, 2]'), (NULL)) t(v)"),
+                 _duck_pool("SELECT {'a': range, 'b': 'x' || range, 'c': [range, NULL]} FROM range(20)"),
+                 _duck_pool("SELECT CASE WHEN range % 4 = 0 THEN NULL ELSE {'i': range::INTEGER, "
+                            "'s': ['q\"u', 'b\\s', chr(1), 'n\nl', NULL][range % 5 + 1], "
+                            "'f': [1.5, 'nan'::DOUBLE, '-inf'::DOUBLE, NULL][range % 4 + 1], "
+                            "'d': DATE '2024-01-02' + range::INTEGER, "
+                            "'bc': DATE '0044-03-15 (BC)', 't': TIMESTAMPTZ '2024-01-02 03:04:05.5+00', "
+                            "'b': range % 2 = 0, 'n': (range / 7)::DECIMAL(10,3), 'h': range::HUGEINT, "
+                            "'u': 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::UUID, 'x': '\\xAB'::BLOB, "
+                            "'j': '{\"k\": [1]}'::JSON, 'iv': INTERVAL (range) DAY, 'e': NULL::INTEGER, "
+                            "'bits': '101'::BIT} END FROM range(20)"),
+                 _duck_pool("SELECT MAP {range: 'v' || range, -range - 1: NULL} FROM range(20)"),
+                 _duck_pool("SELECT MAP {'k\"' || range: [range], E'\\t': []} FROM range(20)"),
+                 _duck_pool("SELECT CASE range % 3 WHEN 0 THEN range::INTEGER::UNION(a INTEGER, b VARCHAR) "
+                            "WHEN 1 THEN ('x' || range)::UNION(a INTEGER, b VARCHAR) END FROM range(20)"),
+                 _duck_pool("SELECT [{'a': range, 'b': [range, NULL]}, NULL] FROM range(20)"),
+                 _duck_pool("SELECT {'m': MAP {1: {'deep': [[range]]}}} FROM range(20)"),
+                 _duck_pool("SELECT {'big': range(300)} FROM range(3)"),
+                 (pa.array([{}, None, {}], pa.struct([])), _type(114)),
+                 (pa.array([{"a": 1}, None], pa.struct([("a", pa.int8())])), _type(3802))],
+        "varbit": [_duck_pool("SELECT v::BIT FROM (VALUES ('101'), ('0'), ('1111000011110'), (NULL)) t(v)")],
+        "arrays": [(pa.array(int_lists, pa.list_(pa.int32())), _type(1007)),
+                   (pa.array(int_lists, pa.large_list(pa.int64())), _type(1016)),
+                   (pa.array(text_lists, pa.list_(pa.string())), _type(1009)),
+                   (pa.array([[d, None] for d in days[:40]], pa.list_(pa.date32())), _type(1182)),
+                   (pa.array([[i] for i in instants[:40]], pa.list_(pa.timestamp("us", "UTC"))), _type(1185)),
+                   (pa.array([[Decimal("1.50"), None], [], None, [Decimal("-0.05")]], pa.list_(pa.decimal128(10, 2))),
+                    pg_type_for_arrow(pa.list_(pa.decimal128(10, 2)))),
+                   (pa.array([[b"\x00", None, b""], None], pa.list_(pa.binary())), _type(1001)),
+                   (pa.array([[1.5, float("nan"), None]] * 3, pa.list_(pa.float64())), _type(1022)),
+                   (pa.array([[u.bytes] for u in uuids[:5]], pa.list_(pa.binary(16))), _type(1001)),
+                   (pa.array([[1, 2], [3, None], None], pa.list_(pa.int16(), 2)), _type(1005)),
+                   (pa.array([list(range(300)), [1]], pa.list_(pa.int32())), _type(1007)),
+                   (pa.array([[[1, 2], [3, 4]], [[5]], [], None], pa.list_(pa.list_(pa.int32()))), _type(1007)),
+                   (pa.array(["{1,2}", None]), _type(1007)),
+                   _duck_pool("SELECT [range, NULL]::INTEGER[2] FROM range(20)"),
+                   _duck_pool("SELECT [{'a': range}] FROM range(20)")],
+    }
+
+
+SMALL_PATH_POOLS = _small_path_pools()
+
+
+def _encoded_or_error(array: pa.Array | pa.ChunkedArray, pgtype: PgType, binary: bool) -> object:
+    try:
+        encoded = encode_column(array, pgtype, binary)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        return (type(exc), str(exc))
+    assert pa.types.is_binary(encoded.type) or pa.types.is_large_binary(encoded.type)
+    return encoded.to_pylist()
+
+
+def _select(array: pa.Array, rows: list[int]) -> pa.Array:
+    """The given rows of `array` as a new array (Arrow's take has no kernel for the view layouts)."""
+    if pa.types.is_string_view(array.type) or pa.types.is_binary_view(array.type):
+        return pa.concat_arrays([array.slice(i, 1) for i in rows])
+    return array.take(pa.array(rows, pa.int64()))
+
+
+def _vectorised(array: pa.Array, pgtype: PgType, binary: bool, monkeypatch: pytest.MonkeyPatch) -> object:
+    with monkeypatch.context() as patch:
+        patch.setattr(pgtypes, "SMALL_BATCH_ROWS", -1)
+        return _encoded_or_error(array, pgtype, binary)
+
+
+@pytest.mark.parametrize("pool", sorted(SMALL_PATH_POOLS))
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_small_batches_encode_exactly_like_the_column_kernels(pool: str, binary: bool,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(pool)
+    limit = pgtypes.SMALL_BATCH_ROWS
+    for array, pgtype in SMALL_PATH_POOLS[pool]:
+        n = len(array)
+        whole = _vectorised(array, pgtype, binary, monkeypatch)
+        if not isinstance(whole, list):  # the pool has values the type cannot send: errors must agree
+            selections = [[i] for i in range(n)]
+        else:
+            selections = [[i] for i in range(n)]
+            selections += [[rng.randrange(n) for _ in range(rng.randint(2, limit))] for _ in range(40)]
+        for rows in selections:
+            small = _select(array, rows)
+            expected = _vectorised(small, pgtype, binary, monkeypatch)
+            if isinstance(whole, list):
+                assert expected == [whole[i] for i in rows]
+            assert _encoded_or_error(small, pgtype, binary) == expected, (pool, array.type, rows)
+        # Slices (a buffer offset, a validity bitmap not starting at bit 0) and chunked columns.
+        for start in range(0, n, 7):
+            count = rng.randint(1, limit)
+            piece = array.slice(start, count)
+            expected = _vectorised(piece, pgtype, binary, monkeypatch)
+            assert _encoded_or_error(piece, pgtype, binary) == expected, (pool, array.type, start, count)
+            chunked = pa.chunked_array([piece.slice(0, 1), piece.slice(1)], piece.type)
+            assert _encoded_or_error(chunked, pgtype, binary) == expected, (pool, array.type, start, count)
+
+
+def test_small_path_threshold_is_a_small_batch() -> None:
+    assert 1 <= pgtypes.SMALL_BATCH_ROWS <= 64
+
+
+POINT_LOOKUP_SQL = (
+    "SELECT true AS b, 7::SMALLINT AS i2, 42 AS i4, 1234567890123 AS i8, 1.5::FLOAT AS f4, 3.25::DOUBLE AS f8, "
+    "1234.50::DECIMAL(12,2) AS n, 12::HUGEINT AS h, '\\xDEAD'::BLOB AS by, DATE '2024-01-02' AS d, "
+    "TIME '12:34:56.5' AS t, TIMESTAMP '2024-01-02 03:04:05' AS ts, TIMESTAMPTZ '2024-01-02 03:04:05+00' AS tz, "
+    "INTERVAL 1 DAY AS iv, gen_random_uuid() AS u, TIMETZ '01:02:03+05:30' AS ttz, [1, NULL] AS a, "
+    "[1, 2]::INTEGER[2] AS fa, {'k': 1} AS s, MAP {'k': 1} AS m"
+)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_one_row_results_of_common_types_are_encoded_value_by_value(binary: bool) -> None:
+    """The point of the small path: a point lookup's columns must not reach the column kernels' fixed cost."""
+    con = duckdb.connect()
+    con.execute("SET arrow_lossless_conversion = true")
+    batch = con.sql(POINT_LOOKUP_SQL).to_arrow_table().to_batches()[0]
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        pgtype = pg_type_for_arrow(column.type)
+        if name in ("by",) and binary:  # binary bytea is the stored bytes, passed through as they are
+            continue
+        assert pgtypes._encode_small(column, pgtype, binary) is not None, name
+
+
+@pytest.mark.parametrize(("array", "oid", "binary", "message"), [
+    (pa.array([70000], pa.int32()), 21, True, "smallint"),
+    (pa.array([-1], pa.int64()), 26, False, "oid"),
+    (pa.array(["not-a-uuid"]), 2950, True, "malformed uuid"),
+    (pa.array(["abc"]), 1700, False, "not a numeric value"),
+])
+def test_small_batches_report_the_errors_the_column_kernels_report(array: pa.Array, oid: int, binary: bool,
+                                                                    message: str) -> None:
+    with pytest.raises(pa.ArrowInvalid, match=message):
+        encode_column(array, _type(oid), binary)
