@@ -27,13 +27,19 @@ from tests.harness import start_engine_host
 BIG_QUERY = "SELECT range AS i, range*2 AS j, 'x'||range::VARCHAR AS s FROM range({rows})"
 
 
-def _best_of(runs: int, fn) -> float:
+def _timings(fn, count: int, warmup: int = 0) -> list[float]:
+    for _ in range(warmup):
+        fn()
     timings = []
-    for _ in range(runs):
+    for _ in range(count):
         start = time.perf_counter()
         fn()
         timings.append(time.perf_counter() - start)
-    return min(timings)
+    return timings
+
+
+def _best_of(runs: int, fn) -> float:
+    return min(_timings(fn, runs))
 
 
 def bulk_fetch(dsn: str, rows: int, runs: int) -> None:
@@ -64,14 +70,7 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def _latencies(run, count: int) -> tuple[float, float]:
-    for _ in range(50):
-        run()
-    samples = []
-    for _ in range(count):
-        start = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - start)
-    return _percentiles(samples)
+    return _percentiles(_timings(run, count, warmup=50))
 
 
 def small_queries(dsn: str, data_dir: Path, count: int) -> None:

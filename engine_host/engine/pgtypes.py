@@ -391,7 +391,7 @@ def _digits(values: np.ndarray, width: int) -> np.ndarray:
 
 def _string_matrix(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """A (string or binary) array as a zero-padded (n, max length) byte matrix and its row lengths."""
-    arr = _as_plain_binary(arr)
+    arr = as_plain_binary(arr)
     n = len(arr)
     offsets = _offsets(arr)
     lengths = np.diff(offsets)
@@ -416,7 +416,7 @@ def _offsets(arr: pa.Array) -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype, count=len(arr) + 1, offset=arr.offset * itemsize).astype(np.int64)
 
 
-def _as_plain_binary(arr: pa.Array) -> pa.Array:
+def as_plain_binary(arr: pa.Array) -> pa.Array:
     """String/binary of any layout as binary or large_binary (zero-copy where Arrow allows)."""
     t = arr.type
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
@@ -494,7 +494,7 @@ def _encode_as_text(arr: pa.Array) -> pa.Array:
     if natural is TEXT:
         plain = _unwrap(arr)
         if _is_string(plain.type) or _is_binary(plain.type):
-            return _as_plain_binary(plain)
+            return as_plain_binary(plain)
         if pa.types.is_null(plain.type):
             return pa.nulls(len(plain), pa.binary())
         return _per_row(plain, lambda v: str(v).encode())
@@ -530,11 +530,11 @@ _INT_NAMES = {2: "smallint", 4: "integer", 8: "bigint"}
 def _enc_int(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
     plain = _unwrap(arr)
     if not binary and (pa.types.is_integer(plain.type) or pa.types.is_decimal(plain.type)):
-        return _as_plain_binary(plain.cast(pa.string()))
+        return as_plain_binary(plain.cast(pa.string()))
     target = _INT_ARROW[pgtype.size]
     plain = _cast(plain, target, _INT_NAMES[pgtype.size])
     if not binary:
-        return _as_plain_binary(plain.cast(pa.string()))
+        return as_plain_binary(plain.cast(pa.string()))
     return _from_fixed(_primitive(plain, f"<i{pgtype.size}").astype(f">i{pgtype.size}"), _validity(plain))
 
 
@@ -542,7 +542,7 @@ def _enc_oid(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
     """oid is an unsigned 32-bit integer on the wire (catalog answers carry it as DuckDB UINTEGER)."""
     plain = _cast(_unwrap(arr), pa.uint32(), "oid")
     if not binary:
-        return _as_plain_binary(plain.cast(pa.string()))
+        return as_plain_binary(plain.cast(pa.string()))
     return _from_fixed(_primitive(plain, "<u4").astype(">u4"), _validity(plain))
 
 
@@ -575,7 +575,7 @@ def _float_text(arr: pa.Array, single: bool, valid: np.ndarray | None) -> pa.Arr
         pg_fixed = ((magnitude >= low) & (magnitude < high)) | (magnitude == 0)
     arrow_fixed = ~np.asarray(pc.match_substring(text, "e").fill_null(False).to_numpy(zero_copy_only=False),
                               dtype=bool)
-    encoded = _as_plain_binary(text)
+    encoded = as_plain_binary(text)
     rows = _rare_rows(~(pg_fixed & arrow_fixed), valid) if n else np.zeros(0, dtype=np.int64)
     if len(rows) == 0:
         return encoded
@@ -674,7 +674,7 @@ def _enc_numeric(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
 def _numeric_text(arr: pa.Array) -> pa.Array:
     """numeric_out for decimal or integer arrays: all digits of the scale, never exponent notation."""
     strings = pc.cast(arr, pa.string())
-    text = _as_plain_binary(strings)
+    text = as_plain_binary(strings)
     if not pa.types.is_decimal(arr.type) or arr.type.scale <= 6:
         return text
     # Arrow switches to exponent notation ('0E-10', '1.5E-8') when a value is small for its scale.
@@ -864,7 +864,7 @@ def _scaled_text(unscaled: int, scale: int) -> str:
 def _enc_text(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
     plain = _unwrap(arr)
     if _is_string(plain.type):
-        return _as_plain_binary(plain)
+        return as_plain_binary(plain)
     # Text of a non-string value (a column described as text but produced as something else): its
     # natural text form, which is also text's binary form.
     return _encode_as_text(arr)
@@ -874,7 +874,7 @@ def _enc_bytea(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
     plain = _unwrap(arr)
     if not _is_binary(plain.type):
         plain = _cast(plain, pa.binary(), "bytea")
-    plain = _as_plain_binary(plain)
+    plain = as_plain_binary(plain)
     if binary:
         return plain
     return _bytea_hex(plain)
@@ -1209,7 +1209,7 @@ def _enc_uuid(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
     if not _is_string(plain.type):
         plain = _cast(plain, pa.string(), "uuid")
     if not binary:
-        return _as_plain_binary(plain)
+        return as_plain_binary(plain)
     mat, lengths = _string_matrix(pc.utf8_lower(pc.replace_substring(plain, "-", "")).fill_null("0" * 32))
     if n and (mat.shape[1] != 32 or int(lengths.min()) != 32):
         raise pa.ArrowInvalid("malformed uuid value")
@@ -1227,10 +1227,10 @@ def _enc_uuid(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
 def _enc_json(arr: pa.Array, binary: bool, pgtype: PgType) -> pa.Array:
     plain = _unwrap(arr)
     if _is_string(plain.type):
-        text = _as_plain_binary(plain)
+        text = as_plain_binary(plain)
     else:
         fragments = _json_fragments(arr)
-        text = _as_plain_binary(pc.if_else(pc.is_valid(arr), fragments, pa.scalar(None, pa.string())))
+        text = as_plain_binary(pc.if_else(pc.is_valid(arr), fragments, pa.scalar(None, pa.string())))
     if binary and pgtype.name == "jsonb":
         # jsonb's binary form is a version byte (1) followed by the text.
         return pc.binary_join_element_wise(pa.scalar(b"\x01", pa.binary()), text.cast(pa.binary()), b"")
@@ -1354,7 +1354,7 @@ def _varbit_values(arr: pa.Array, binary: bool, pgtype: PgType) -> list[bytes | 
     plain = _unwrap(arr)
     if _is_string(plain.type):
         return _per_value(plain, lambda v: _varbit_bytes(v, binary))
-    return _per_value(_as_plain_binary(plain), lambda v: _varbit_bytes(_duckdb_bits(v), binary))
+    return _per_value(as_plain_binary(plain), lambda v: _varbit_bytes(_duckdb_bits(v), binary))
 
 
 def _duckdb_bits(raw: bytes) -> str:
@@ -1386,7 +1386,7 @@ def _encode_array(arr: pa.Array, pgtype: PgType, binary: bool) -> pa.Array:
     plain: Any = _unwrap(arr)
     if not _is_list(plain.type):
         if _is_string(plain.type) and not binary:  # already an array literal
-            return _as_plain_binary(plain)
+            return as_plain_binary(plain)
         raise pa.ArrowInvalid(f"cannot send {arr.type} values as {pgtype.name}")
     if pa.types.is_fixed_size_list(plain.type) or pa.types.is_list_view(plain.type) \
             or pa.types.is_large_list_view(plain.type):
@@ -1431,7 +1431,7 @@ def _array_text(encoded: pa.Array, offsets: np.ndarray, element: PgType, valid: 
     result = pc.binary_join_element_wise("{", joined, "}", "")
     if valid is not None:
         result = pc.if_else(pa.array(valid), result, pa.scalar(None, pa.string()))
-    return _as_plain_binary(result)
+    return as_plain_binary(result)
 
 
 def _array_binary(encoded: pa.Array, offsets: np.ndarray, element: PgType, valid: np.ndarray | None) -> pa.Array:
@@ -1777,7 +1777,7 @@ def _small_json(arr: pa.Array, binary: bool, pgtype: PgType) -> list[bytes | Non
         return None
     plain = _unwrap(arr)
     if _is_string(plain.type):
-        return [None if v is None else prefix + v for v in _as_plain_binary(plain).to_pylist()]
+        return [None if v is None else prefix + v for v in as_plain_binary(plain).to_pylist()]
     fragments = _json_values(arr)
     if fragments is None:
         return None

@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as _typed_pc
 
+from engine_host.engine.pgtypes import as_plain_binary
+
 # pyarrow-stubs' overloads reject binary_join_element_wise over mixed binary layouts; used untyped.
 pc: Any = _typed_pc
 
@@ -84,14 +86,7 @@ def frame_data_rows(columns: Sequence[pa.Array], num_rows: int | None = None) ->
 def _as_binary(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    t = column.type
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        return column
-    if pa.types.is_string(t):
-        return column.view(pa.binary())
-    if pa.types.is_large_string(t):
-        return column.view(pa.large_binary())
-    return column.cast(pa.binary())
+    return as_plain_binary(column)
 
 
 def _buffer(array: pa.Array, index: int) -> Any:
