@@ -34,6 +34,7 @@ from hd_core.models import (
     random_base62,
     utc_now,
 )
+from hd_core.permissions import effective_scopes, expand_scopes, narrow_scopes
 from hd_core.ports import ControlStore
 
 _RANDOM_CHARS = 26
@@ -211,7 +212,8 @@ class ApiKeyAuthenticator:
             role=user.role,
             key_id=record.key_id,
             env=record.env,
-            scopes=record.scopes,
+            # Narrowed to the user's current role: a demotion also demotes keys issued before it.
+            scopes=effective_scopes(record.scopes, user.role),
             department=user.department,
             region=user.region,
         )
@@ -261,9 +263,11 @@ def issue_api_key(
 ) -> tuple[str, ApiKeyRecord]:
     """Create and store a key for an active user of an active organisation; returns (plaintext, record).
 
-    The plaintext exists only in the return value: the store keeps the Argon2id hash. Raises
+    `scopes` may name scope bundles (`read_only`, `agent`, ...) and must all belong to the user's
+    role. The plaintext exists only in the return value: the store keeps the Argon2id hash. Raises
     `NotFound` if the organisation or user does not exist (or the user is in another organisation),
-    `Conflict` if either is not active, and `ValueError` for unknown scopes or a past expiry.
+    `Conflict` if either is not active, `ScopeNotAllowed` for a scope the user's role lacks, and
+    `ValueError` (`UnknownScope`) for unknown scopes or a past expiry.
     """
     normalised_scopes = _normalise_scopes(scopes)
     created_at = now()
@@ -279,6 +283,7 @@ def issue_api_key(
         raise NotFound("organization or user not found")
     if org.status != OrgStatus.ACTIVE or user.status != UserStatus.ACTIVE:
         raise Conflict("keys can only be issued to active users of active organizations")
+    normalised_scopes = narrow_scopes(user.role, normalised_scopes)
     key_env = KeyEnv(env)
     for _ in range(_ISSUE_ATTEMPTS):
         plaintext, key_id = generate_api_key(key_env)
@@ -321,13 +326,8 @@ def revoke_api_key(
 
 
 def _normalise_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
-    requested = set()
-    for scope in scopes:
-        try:
-            requested.add(ApiScope(scope))
-        except ValueError:
-            raise ValueError(f"unknown api scope {scope!r}") from None
+    # Declaration order, so equal scope sets are stored identically.
+    requested = expand_scopes(scopes)
     if not requested:
         raise ValueError("an api key needs at least one scope")
-    # Declaration order, so equal scope sets are stored identically.
-    return tuple(scope.value for scope in ApiScope if scope in requested)
+    return requested

@@ -44,3 +44,62 @@ class Conflict(HdError):
     """A write conflicts with current state: an id that already exists, or an entity not in the state required."""
 
     code = "HD_ERR_CONFLICT"
+
+
+class UnknownScope(HdError, ValueError):
+    """A scope or scope-bundle name that does not exist (still a `ValueError` for older callers)."""
+
+    code = "HD_ERR_UNKNOWN_SCOPE"
+
+
+class ScopeNotAllowed(HdError):
+    """A key was asked for scopes its user's role does not have; `missing` names them."""
+
+    code = "HD_ERR_SCOPE_NOT_ALLOWED"
+
+    def __init__(self, role: str, missing: tuple[str, ...]) -> None:
+        super().__init__(
+            f"the {role} role does not include {', '.join(missing)}; an API key can only narrow its user's role"
+        )
+        self.role = role
+        self.missing = missing
+
+
+class PolicyInvalid(HdError):
+    """A policy object or policy document is malformed or unsafe; the message says what to fix.
+
+    `field` names the offending field when there is one (for the API's error body).
+    """
+
+    code = "HD_ERR_POLICY_INVALID"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class RowFilterInvalid(PolicyInvalid):
+    """A row filter's SQL is not a single, self-contained condition over the table's own columns."""
+
+    code = "HD_ERR_ROW_FILTER_INVALID"
+
+
+# --- audit and metering -------------------------------------------------------------------------
+
+
+class AuditWriteFailed(HdError):
+    """The query audit record could not be stored; the statement it describes must fail (fail closed)."""
+
+    code = "HD_ERR_AUDIT_UNAVAILABLE"
+
+
+class QuotaExceeded(HdError):
+    """The organisation's monthly credit limit would be exceeded by this statement."""
+
+    code = "HD_ERR_QUOTA_EXCEEDED"
+
+    def __init__(self, message: str, *, used: float, limit: float, estimate: float) -> None:
+        super().__init__(message)
+        self.used = used
+        self.limit = limit
+        self.estimate = estimate

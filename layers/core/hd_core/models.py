@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 
 BASE62_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -154,3 +154,17 @@ class Principal:
     def has_scope(self, scope: str) -> bool:
         """Whether the credential this principal authenticated with grants `scope`."""
         return scope in self.scopes
+
+
+@dataclass(frozen=True)
+class UsageDelta:
+    """Metered consumption to add to one (organisation, day, user, agent) bucket."""
+
+    org_id: str
+    day: date
+    user_id: str
+    agent_id: str | None
+    statements: int
+    credits: float
+    rows: int
+    bytes: int

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
 from typing import Protocol
 
-from hd_core.models import ApiKeyRecord, Organization, User
+from hd_core.models import ApiKeyRecord, Organization, UsageDelta, User
+from hd_core.policies import PolicyKind, PolicyObject, PolicySnapshot
 
 
 class ControlStore(Protocol):
@@ -65,4 +67,52 @@ class ControlStore(Protocol):
 
     def put_setting_if_absent(self, name: str, value: str) -> str:
         """Set a bootstrap fact only if unset, atomically; returns the value now stored (first writer wins)."""
+        ...
+
+    # --- governance policies ------------------------------------------------------------------
+
+    def put_policy(self, obj: PolicyObject) -> int:
+        """Create or replace a policy object (same kind and id); returns the new store-wide policy version."""
+        ...
+
+    def delete_policy(self, kind: PolicyKind, object_id: str) -> int:
+        """Delete a policy object; raises `NotFound`; returns the new store-wide policy version."""
+        ...
+
+    def get_policy(self, kind: PolicyKind, object_id: str) -> PolicyObject | None:
+        """One policy object, or None."""
+        ...
+
+    def list_policies(self, org_id: str | None = None, kind: PolicyKind | None = None) -> list[PolicyObject]:
+        """Policy objects, optionally of one organisation and/or kind, ordered by kind then id."""
+        ...
+
+    def policy_version(self) -> int:
+        """The store-wide policy version: 0 before any change, +1 on every put or delete."""
+        ...
+
+    def policy_snapshot(self) -> PolicySnapshot:
+        """Every policy object and the version they make up, read consistently."""
+        ...
+
+    # --- metering -------------------------------------------------------------------------------
+
+    def add_usage(self, deltas: Sequence[UsageDelta]) -> None:
+        """Add metered consumption, summing into existing (org, day, user, agent) buckets, atomically."""
+        ...
+
+    def usage(self, org_id: str, start: date, end: date) -> list[UsageDelta]:
+        """The usage buckets of one organisation for days in [start, end], ordered by day, user, agent."""
+        ...
+
+
+class AuditSink(Protocol):
+    """Where query audit records go (a local folder or the Object Lock bucket), one JSONL line each.
+
+    `write` returns only once the record is stored; it raises if it cannot store it, and the
+    statement it describes then fails without returning rows (fail closed).
+    """
+
+    def write(self, record: Mapping[str, object]) -> None:
+        """Append one record; `record["ts"]` (ISO-8601 UTC) decides its `audit/queries/YYYY/MM/DD/` partition."""
         ...

@@ -21,8 +21,9 @@ from hd_core.api_keys import (
     key_id_of,
     revoke_api_key,
 )
-from hd_core.errors import AuthenticationFailed, Conflict, InvalidApiKeyFormat, NotFound
+from hd_core.errors import AuthenticationFailed, Conflict, InvalidApiKeyFormat, NotFound, ScopeNotAllowed
 from hd_core.models import (
+    ALL_SCOPES,
     BASE62_ALPHABET,
     ApiScope,
     KeyEnv,
@@ -34,6 +35,7 @@ from hd_core.models import (
     UserStatus,
     new_id,
 )
+from hd_core.permissions import SCOPE_BUNDLES
 
 PEPPER = b"p" * 32
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -487,3 +489,75 @@ def test_concurrent_logins_from_many_threads_all_succeed(world: World) -> None:
     assert errors == []
     assert results == [world.user.user_id] * 160
     assert 1 <= world.hasher.verify_calls <= 8  # Argon2 ran only until the first verification was cached
+
+
+# --- scopes and roles -------------------------------------------------------------------------
+
+
+def test_key_cannot_hold_scope_its_role_lacks() -> None:
+    store = SqliteControlStore(":memory:")
+    org, user = _add_org_and_user(store, role=Role.ANALYST)
+    with pytest.raises(ScopeNotAllowed) as caught:
+        issue_api_key(
+            store, CountingHasher(), org_id=org.org_id, user_id=user.user_id, scopes=["query:read", "policies:manage"]
+        )
+    assert caught.value.missing == ("policies:manage",)
+    assert caught.value.code == "HD_ERR_SCOPE_NOT_ALLOWED"
+    assert store.list_api_keys(org.org_id) == []
+
+
+def test_an_auditor_key_cannot_query() -> None:
+    store = SqliteControlStore(":memory:")
+    org, user = _add_org_and_user(store, role=Role.AUDITOR)
+    with pytest.raises(ScopeNotAllowed, match="query:read"):
+        issue_api_key(store, CountingHasher(), org_id=org.org_id, user_id=user.user_id)
+    _, record = issue_api_key(store, CountingHasher(), org_id=org.org_id, user_id=user.user_id, scopes=["audit:read"])
+    assert record.scopes == ("audit:read",)
+
+
+def test_issue_accepts_scope_bundles_within_the_role() -> None:
+    store = SqliteControlStore(":memory:")
+    org, user = _add_org_and_user(store, role=Role.SERVICE_ACCOUNT)
+    _, record = issue_api_key(store, CountingHasher(), org_id=org.org_id, user_id=user.user_id, scopes=["agent"])
+    assert record.scopes == SCOPE_BUNDLES["agent"]
+
+
+def test_an_owner_may_hold_every_scope() -> None:
+    store = SqliteControlStore(":memory:")
+    org, user = _add_org_and_user(store, role=Role.OWNER)
+    _, record = issue_api_key(store, CountingHasher(), org_id=org.org_id, user_id=user.user_id, scopes=ALL_SCOPES)
+    assert record.scopes == ALL_SCOPES
+
+
+def test_issue_for_a_missing_user_is_not_found_before_any_scope_check() -> None:
+    store = SqliteControlStore(":memory:")
+    org, _ = _add_org_and_user(store)
+    with pytest.raises(NotFound):
+        issue_api_key(store, CountingHasher(), org_id=org.org_id, user_id="usr_missing", scopes=["billing:manage"])
+
+
+def test_a_demoted_users_key_loses_the_scopes_of_the_old_role_at_the_next_login() -> None:
+    store = SqliteControlStore(":memory:")
+    hasher = CountingHasher()
+    org, user = _add_org_and_user(store, role=Role.ADMIN)
+    key, record = issue_api_key(
+        store, hasher, org_id=org.org_id, user_id=user.user_id, scopes=["query:read", "policies:manage", "audit:read"]
+    )
+    authenticator = ApiKeyAuthenticator(store, PEPPER, hasher=hasher)
+    assert authenticator.authenticate(record.key_id, key).scopes == ("query:read", "audit:read", "policies:manage")
+    store.put_user(replace(user, role=Role.ANALYST))
+    principal = authenticator.authenticate(record.key_id, key)
+    assert principal.scopes == ("query:read",)
+    assert not principal.has_scope("policies:manage")
+    store.put_user(replace(user, role=Role.AUDITOR))
+    assert authenticator.authenticate(record.key_id, key).scopes == ("audit:read",)
+
+
+def test_a_promotion_does_not_widen_an_existing_key() -> None:
+    store = SqliteControlStore(":memory:")
+    hasher = CountingHasher()
+    org, user = _add_org_and_user(store, role=Role.ANALYST)
+    key, record = issue_api_key(store, hasher, org_id=org.org_id, user_id=user.user_id, scopes=["query:read"])
+    store.put_user(replace(user, role=Role.OWNER))
+    authenticator = ApiKeyAuthenticator(store, PEPPER, hasher=hasher)
+    assert authenticator.authenticate(record.key_id, key).scopes == ("query:read",)

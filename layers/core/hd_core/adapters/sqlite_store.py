@@ -3,8 +3,10 @@
 One connection in WAL mode, shared by every thread behind a lock: control-state reads are
 single-row lookups, so serialising them costs microseconds, and WAL lets another process (the
 local control API) read while this one writes. Timestamps are ISO-8601 UTC strings with a fixed
-width, so they sort as text; scopes are a JSON array. Like the DynamoDB adapter, this store does not
-enforce references between entities (a user's org may be absent): the domain checks them.
+width, so they sort as text; scopes are a JSON array; a policy object is its `policy_codec`
+document, and every policy write bumps the single-row policy version in the same transaction.
+Like the DynamoDB adapter, this store does not enforce references between entities (a user's org
+may be absent): the domain checks them.
 """
 
 from __future__ import annotations
@@ -13,14 +15,26 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
 
 from hd_core.errors import Conflict, NotFound
-from hd_core.models import ApiKeyRecord, KeyEnv, Organization, OrgStatus, Role, User, UserStatus
+from hd_core.models import (
+    ApiKeyRecord,
+    KeyEnv,
+    Organization,
+    OrgStatus,
+    Role,
+    UsageDelta,
+    User,
+    UserStatus,
+    utc_now,
+)
+from hd_core.policies import PolicyKind, PolicyObject, PolicySnapshot
+from hd_core.policy_codec import from_document, kind_of, object_id, to_document
 
 # MIGRATIONS[n] takes a database from schema version n to n + 1; never edit one that has shipped.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -58,6 +72,36 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE settings (
             name TEXT PRIMARY KEY,
             value TEXT NOT NULL
+        )""",
+    ),
+    (
+        # One row per policy object; `document` is its policy_codec JSON. org_id is NULL only for a
+        # shared table's binding.
+        """CREATE TABLE policy_objects (
+            kind TEXT NOT NULL,
+            object_id TEXT NOT NULL,
+            org_id TEXT,
+            document TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (kind, object_id)
+        )""",
+        "CREATE INDEX policy_objects_by_org ON policy_objects (org_id, kind)",
+        """CREATE TABLE policy_version (
+            singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+            version INTEGER NOT NULL
+        )""",
+        "INSERT INTO policy_version (singleton, version) VALUES (1, 0)",
+        # agent_id is '' for usage without an agent: NULLs would never collide in the primary key.
+        """CREATE TABLE usage (
+            org_id TEXT NOT NULL,
+            day TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            agent_id TEXT NOT NULL,
+            statements INTEGER NOT NULL,
+            credits REAL NOT NULL,
+            rows INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            PRIMARY KEY (org_id, day, user_id, agent_id)
         )""",
     ),
 )
@@ -215,6 +259,97 @@ class SqliteControlStore:
             row = db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
         return str(row["value"])
 
+    # --- governance policies ----------------------------------------------------------------
+
+    def put_policy(self, obj: PolicyObject) -> int:
+        """Create or replace a policy object (same kind and id); returns the new policy version."""
+        document = json.dumps(to_document(obj), ensure_ascii=False)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO policy_objects (kind, object_id, org_id, document, updated_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (kind_of(obj).value, object_id(obj), getattr(obj, "org_id", None), document, _encode_time(utc_now())),
+            )
+            return _bump_policy_version(db)
+
+    def delete_policy(self, kind: PolicyKind, object_id: str) -> int:
+        """Delete a policy object; raises `NotFound`; returns the new policy version."""
+        with self._transaction() as db:
+            deleted = db.execute(
+                "DELETE FROM policy_objects WHERE kind = ? AND object_id = ?", (PolicyKind(kind).value, object_id)
+            )
+            if deleted.rowcount == 0:
+                raise NotFound(f"{PolicyKind(kind).value} policy {object_id} not found")
+            return _bump_policy_version(db)
+
+    def get_policy(self, kind: PolicyKind, object_id: str) -> PolicyObject | None:
+        """One policy object, or None."""
+        row = self._fetch_one(
+            "SELECT document FROM policy_objects WHERE kind = ? AND object_id = ?", (PolicyKind(kind).value, object_id)
+        )
+        return None if row is None else _policy_from_row(row)
+
+    def list_policies(self, org_id: str | None = None, kind: PolicyKind | None = None) -> list[PolicyObject]:
+        """Policy objects, optionally of one organisation and/or kind, ordered by kind then id."""
+        conditions: list[str] = []
+        params: list[str] = []
+        if org_id is not None:
+            conditions.append("org_id = ?")
+            params.append(org_id)
+        if kind is not None:
+            conditions.append("kind = ?")
+            params.append(PolicyKind(kind).value)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = self._fetch_all(f"SELECT document FROM policy_objects{where} ORDER BY kind, object_id", tuple(params))
+        return [_policy_from_row(row) for row in rows]
+
+    def policy_version(self) -> int:
+        """The store-wide policy version: 0 before any change, +1 on every put or delete."""
+        row = self._fetch_one("SELECT version FROM policy_version WHERE singleton = 1", ())
+        assert row is not None  # inserted by the migration that created the table
+        return int(row["version"])
+
+    def policy_snapshot(self) -> PolicySnapshot:
+        """Every policy object and the version they make up, read in one transaction."""
+        with self._read_transaction() as db:
+            version = int(db.execute("SELECT version FROM policy_version WHERE singleton = 1").fetchone()[0])
+            rows = db.execute("SELECT document FROM policy_objects ORDER BY kind, object_id").fetchall()
+        return PolicySnapshot.of(version, (_policy_from_row(row) for row in rows))
+
+    # --- metering ---------------------------------------------------------------------------
+
+    def add_usage(self, deltas: Sequence[UsageDelta]) -> None:
+        """Add metered consumption into (org, day, user, agent) buckets, all deltas in one transaction."""
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO usage (org_id, day, user_id, agent_id, statements, credits, rows, bytes)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (org_id, day, user_id, agent_id) DO UPDATE SET"
+                " statements = statements + excluded.statements, credits = credits + excluded.credits,"
+                " rows = rows + excluded.rows, bytes = bytes + excluded.bytes",
+                [
+                    (
+                        delta.org_id,
+                        delta.day.isoformat(),
+                        delta.user_id,
+                        delta.agent_id or "",
+                        delta.statements,
+                        delta.credits,
+                        delta.rows,
+                        delta.bytes,
+                    )
+                    for delta in deltas
+                ],
+            )
+
+    def usage(self, org_id: str, start: date, end: date) -> list[UsageDelta]:
+        """The usage buckets of one organisation for days in [start, end], ordered by day, user, agent."""
+        rows = self._fetch_all(
+            "SELECT * FROM usage WHERE org_id = ? AND day BETWEEN ? AND ? ORDER BY day, user_id, agent_id",
+            (org_id, start.isoformat(), end.isoformat()),
+        )
+        return [_usage_from_row(row) for row in rows]
+
     # --- plumbing ---------------------------------------------------------------------------
 
     @contextmanager
@@ -230,6 +365,17 @@ class SqliteControlStore:
                     self._connection.execute("ROLLBACK")
                 raise
             self._connection.execute("COMMIT")
+
+    @contextmanager
+    def _read_transaction(self) -> Iterator[sqlite3.Connection]:
+        """Hold the lock and a read transaction: every SELECT in it sees the same committed state."""
+        with self._lock:
+            self._connection.execute("BEGIN DEFERRED")
+            try:
+                yield self._connection
+            finally:
+                if self._connection.in_transaction:
+                    self._connection.execute("COMMIT")
 
     def _fetch_one(self, sql: str, params: tuple[object, ...]) -> sqlite3.Row | None:
         with self._lock:
@@ -274,6 +420,29 @@ def _encode_optional_time(value: datetime | None) -> str | None:
 
 def _decode_optional_time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
+
+
+def _bump_policy_version(db: sqlite3.Connection) -> int:
+    """Increment the policy version inside the caller's write transaction, so it never disagrees with content."""
+    db.execute("UPDATE policy_version SET version = version + 1 WHERE singleton = 1")
+    return int(db.execute("SELECT version FROM policy_version WHERE singleton = 1").fetchone()[0])
+
+
+def _policy_from_row(row: sqlite3.Row) -> PolicyObject:
+    return from_document(json.loads(row["document"]))
+
+
+def _usage_from_row(row: sqlite3.Row) -> UsageDelta:
+    return UsageDelta(
+        org_id=row["org_id"],
+        day=date.fromisoformat(row["day"]),
+        user_id=row["user_id"],
+        agent_id=row["agent_id"] or None,
+        statements=int(row["statements"]),
+        credits=float(row["credits"]),
+        rows=int(row["rows"]),
+        bytes=int(row["bytes"]),
+    )
 
 
 def _org_from_row(row: sqlite3.Row) -> Organization:
