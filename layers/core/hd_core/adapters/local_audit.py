@@ -1,0 +1,162 @@
+"""`AuditSink` on a local folder: `root/audit/queries/YYYY/MM/DD/<host_id>.jsonl`, one line per record.
+
+Each host appends to its own file, so one in-process lock is enough to keep lines whole. A write
+that cannot be stored raises `AuditWriteFailed` and leaves no partial line behind.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from hd_core.audit import audit_partition, to_json_line
+from hd_core.errors import AuditWriteFailed
+
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+# The current day and the one before stay open: statements that started before midnight finish after it.
+_OPEN_DAYS = 2
+
+
+class _DayFile:
+    """An open append handle on one day's file, with the identity of the inode it was opened on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+        try:
+            _drop_partial_last_line(self.fd)
+            info = os.fstat(self.fd)
+        except OSError:
+            os.close(self.fd)
+            raise
+        self.identity = (info.st_dev, info.st_ino)
+
+    def still_linked(self) -> bool:
+        """Whether the path still names the file we hold (not deleted, renamed or replaced)."""
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) == self.identity
+
+    def append(self, data: bytes, fsync: bool) -> None:
+        size = os.fstat(self.fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+            if fsync:
+                os.fsync(self.fd)
+        except OSError:
+            # Best effort: cut a half-written line now; reopening repairs it otherwise.
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError:
+                pass
+            raise
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _drop_partial_last_line(fd: int) -> None:
+    """Truncate after the last newline, so a line cut by a crash or a full disk never gets glued to the next."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        chunk = os.pread(fd, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            os.ftruncate(fd, start + newline + 1)
+            return
+        end = start
+    os.ftruncate(fd, 0)
+
+
+def _ensure_private_dirs(root: Path, relative: str) -> Path:
+    """Create `root/relative` level by level with mode 0700 (existing levels are left as they are)."""
+    levels = [root]
+    for part in relative.strip("/").split("/"):
+        levels.append(levels[-1] / part)
+    for current in levels:
+        try:
+            os.mkdir(current, _DIR_MODE)
+        except FileExistsError:
+            if not current.is_dir():
+                raise NotADirectoryError(f"{current} exists and is not a directory") from None
+    return levels[-1]
+
+
+class LocalFolderAuditSink:
+    """Appends query audit records to date-partitioned JSONL files under a local folder."""
+
+    def __init__(self, root: Path, *, host_id: str, fsync: bool = False) -> None:
+        if not host_id or "/" in host_id or host_id in (".", ".."):
+            raise ValueError(f"host_id must be a plain file name, got {host_id!r}")
+        self._root = Path(root)
+        self._host_id = host_id
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        self._open: dict[date, _DayFile] = {}
+        self._closed = False
+
+    def write(self, record: Mapping[str, object]) -> None:
+        """Append one record to the file of its `ts` day; raises `AuditWriteFailed` if it is not stored."""
+        ts = record.get("ts")
+        if not isinstance(ts, str):
+            raise ValueError("audit record has no 'ts' string")
+        day = datetime.fromisoformat(ts)
+        if day.tzinfo is None:
+            raise ValueError(f"audit record ts must carry a UTC offset, got {ts!r}")
+        data = (to_json_line(dict(record)) + "\n").encode()
+        with self._lock:
+            if self._closed:
+                raise AuditWriteFailed("query audit sink is closed")
+            try:
+                self._day_file(day).append(data, self._fsync)
+            except OSError as exc:
+                self._forget(day.astimezone(UTC).date())
+                raise AuditWriteFailed(f"query audit record could not be stored: {exc.strerror or exc}") from exc
+
+    def close(self) -> None:
+        """Close the open day files; later writes raise `AuditWriteFailed`."""
+        with self._lock:
+            self._closed = True
+            for day in list(self._open):
+                self._forget(day)
+
+    def __enter__(self) -> LocalFolderAuditSink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _day_file(self, ts: datetime) -> _DayFile:
+        day = ts.astimezone(UTC).date()
+        handle = self._open.get(day)
+        if handle is not None and handle.still_linked():
+            return handle
+        self._forget(day)
+        folder = _ensure_private_dirs(self._root, audit_partition(ts))
+        handle = _DayFile(folder / f"{self._host_id}.jsonl")
+        others = sorted(open_day for open_day in self._open if open_day != day)
+        for stale in others[: max(0, len(others) + 1 - _OPEN_DAYS)]:
+            self._forget(stale)
+        self._open[day] = handle
+        return handle
+
+    def _forget(self, day: date) -> None:
+        handle = self._open.pop(day, None)
+        if handle is not None:
+            try:
+                handle.close()
+            except OSError:
+                pass

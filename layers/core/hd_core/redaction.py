@@ -1,0 +1,236 @@
+"""PII redaction for the query audit trail: literals out of SQL by AST, then a regex scrub of PII patterns.
+
+`redact_sql` is what the audit record stores instead of the statement text; `scrub_pii` is the
+second pass (and the only pass for free text such as engine error messages). Neither touches
+query results. Both never raise and never hand back a literal they could not classify.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.tokens import Token, TokenType
+
+PLACEHOLDER = "?"
+
+# --- PII patterns ------------------------------------------------------------------------------
+# Every repetition is bounded or made of disjoint pieces, so pathological input costs linear time
+# (no catastrophic backtracking). Speed comes from cheap anchors: e-mails are found from their
+# `@` (a literal sre scans for in C) and the digit patterns only run inside short "digit-ish" runs.
+
+_EMAIL_DOMAIN_RE = re.compile(r"@[\w-]{1,63}(?:\.[\w-]{1,63}){0,8}\.[^\W\d_]{2,24}(?![\w-])")
+# Matched on the reversed 64 characters before the `@`: the local part, read right to left.
+_EMAIL_LOCAL_REVERSED_RE = re.compile(r"[\w.%+-]{1,64}")
+
+# A digit-ish run long enough to hold any numeric PII below (7+ characters after the first).
+_DIGIT_RUN_RE = re.compile(r"[\d(+][\d ().+-]{7,}")
+_SSN = r"(?P<ssn>(?<!\d)\d{3}-\d{2}-\d{4}(?![\d-]))"
+_NINE_DIGITS = r"(?P<nine>(?<!\d)\d{9}(?!\d))"
+# NANP needs a separator, parentheses or a +1/1- prefix: ten bare digits are too often an id.
+_PHONE_NANP = r"(?P<phone>(?<![\w+])(?:\+?1[ .-]?)?(?:\([2-9]\d{2}\)[ .-]?|[2-9]\d{2}[ .-])[2-9]\d{2}[ .-]\d{4}(?!\d))"
+_PHONE_E164 = r"(?P<e164>(?<![\w)\]+])\+[1-9](?:[ -]?\d){7,14}(?![\d-]))"
+# 13-19 digits with optional single space/dash separators; replaced only if the Luhn check passes.
+_CARD = r"(?P<card>(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-]))"
+# NANP before E.164: at a shared `+1` start the stricter shape wins and stops at the number's end.
+_DIGIT_PII_RE = re.compile("|".join((_SSN, _PHONE_NANP, _PHONE_E164, _CARD, _NINE_DIGITS)))
+# Nine bare digits are only an SSN when a field name right before says so, e.g. `ssn=123456789`.
+_SSN_LABEL_RE = re.compile(r"(?i:(?<![a-z])(?:ssn|social[ _-]?security|soc[ _-]?sec)[a-z_]{0,12})[^\w\n]{0,20}\Z")
+_SSN_LABEL_REACH = 48
+
+
+def luhn_valid(digits: str) -> bool:
+    """Whether a string of decimal digits passes the Luhn (mod 10) check used by payment cards."""
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if position % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def _scrub_emails(text: str) -> str:
+    pieces: list[str] = []
+    last = 0
+    for domain in _EMAIL_DOMAIN_RE.finditer(text):
+        at = domain.start()
+        local = _EMAIL_LOCAL_REVERSED_RE.match(text[max(last, at - 64) : at][::-1])
+        if local is None:
+            continue
+        pieces += (text[last : at - local.end()], "[EMAIL]")
+        last = domain.end()
+    return "".join(pieces) + text[last:] if pieces else text
+
+
+def _digit_marker(text: str, match: re.Match[str]) -> str | None:
+    kind = match.lastgroup
+    if kind == "card":
+        return "[CARD]" if luhn_valid(match.group().replace(" ", "").replace("-", "")) else None
+    if kind == "nine":
+        start = match.start()
+        labelled = _SSN_LABEL_RE.search(text, max(0, start - _SSN_LABEL_REACH), start)
+        return "[SSN]" if labelled else None
+    return "[SSN]" if kind == "ssn" else "[PHONE]"
+
+
+def _scrub_digit_pii(text: str) -> str:
+    pieces: list[str] = []
+    last = 0
+    for run in _DIGIT_RUN_RE.finditer(text):
+        # Searching the whole string between pos/endpos keeps lookbehinds seeing the real context.
+        for match in _DIGIT_PII_RE.finditer(text, run.start(), run.end()):
+            marker = _digit_marker(text, match)
+            if marker is not None:
+                pieces += (text[last : match.start()], marker)
+                last = match.end()
+    return "".join(pieces) + text[last:] if pieces else text
+
+
+def scrub_pii(text: str) -> str:
+    """`text` with e-mail addresses, SSNs, Luhn-valid card numbers and phone numbers replaced by typed markers."""
+    if "@" in text:
+        text = _scrub_emails(text)
+    return _scrub_digit_pii(text)
+
+
+# --- SQL literal redaction ---------------------------------------------------------------------
+
+_LITERAL_NODES: tuple[type[exp.Expr], ...] = (
+    exp.Literal,
+    exp.HexString,
+    exp.BitString,
+    exp.ByteString,
+    exp.RawString,
+    exp.National,
+    exp.UnicodeString,
+)
+
+# Literals that are structure, not data: `$1`, `VARCHAR(255)`, and a Command's raw text
+# (redacted lexically instead, see `_redact_node`).
+_STRUCTURAL_PARENTS: tuple[type[exp.Expr], ...] = (exp.Parameter, exp.DataTypeParam, exp.DataType, exp.Command)
+
+_LITERAL_TOKENS = frozenset(
+    {
+        TokenType.STRING,
+        TokenType.NUMBER,
+        TokenType.BIT_STRING,
+        TokenType.HEX_STRING,
+        TokenType.BYTE_STRING,
+        TokenType.NATIONAL_STRING,
+        TokenType.NATIONAL_RAW_STRING,
+        TokenType.RAW_STRING,
+        TokenType.HEREDOC_STRING,
+        TokenType.UNICODE_STRING,
+    }
+)
+
+# Last resort when even the tokenizer gives up. Leftmost alternative wins, so a quote inside a
+# comment or a `--` inside a string is handled; an unterminated string, identifier or comment is
+# blanked up to the end.
+_FALLBACK_RE = re.compile(
+    r"""(?P<comment>--[^\n]*|/\*(?:[^*]|\*(?!/))*(?:\*/|\Z))"""
+    r"""|(?P<ident>"(?:[^"]|"")*")"""
+    r"""|(?P<string>"[^\0]*\Z|(?:(?<!\w)(?:[EeBbXxNn]|[Uu]&))?'(?:[^'\\]|\\.|'')*(?:'|\Z)"""
+    r"""|\$(?P<tag>(?:[A-Za-z_]\w*)?)\$(?:.*?\$(?P=tag)\$|.*\Z))"""
+    r"""|(?P<number>(?<![\w$])\.?\d(?:[eE][+-]\d|[\w.])*)""",
+    re.DOTALL,
+)
+
+
+# A quoted identifier may legally contain `'...'`; such text looks like a literal to a reader, so it goes.
+_QUOTED_IN_IDENTIFIER_RE = re.compile(r"'[^']*(?:'|\Z)")
+
+
+def _scrub_identifier(name: str) -> str:
+    return _QUOTED_IN_IDENTIFIER_RE.sub(PLACEHOLDER, name) if "'" in name else name
+
+
+class _SuppressWhileRedacting(logging.Filter):
+    """Drops sqlglot's own log records (they quote the raw statement) while this thread redacts."""
+
+    active = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.active, "on", False)
+
+
+_QUIET = _SuppressWhileRedacting()
+logging.getLogger("sqlglot").addFilter(_QUIET)
+
+
+def _fallback_marker(match: re.Match[str]) -> str:
+    if match.lastgroup == "ident":
+        return _scrub_identifier(match.group())
+    if match.lastgroup == "comment":
+        return " "
+    return PLACEHOLDER
+
+
+def _redact_by_regex(sql: str) -> str:
+    return _FALLBACK_RE.sub(_fallback_marker, sql)
+
+
+def _token_text(sql: str, token: Token) -> str:
+    if token.token_type in _LITERAL_TOKENS:
+        return PLACEHOLDER
+    text = sql[token.start : token.end + 1]
+    return _scrub_identifier(text) if token.token_type == TokenType.IDENTIFIER else text
+
+
+def _redact_by_tokens(sql: str, dialect: str) -> str:
+    """Literal tokens become placeholders; comments and original whitespace are dropped."""
+    try:
+        tokens = sqlglot.tokenize(sql, read=dialect)
+    except Exception:  # noqa: BLE001 - any tokenizer failure means: fall back to the regex lexer
+        return _redact_by_regex(sql)
+    return " ".join(_token_text(sql, token) for token in tokens)
+
+
+def _redact_node(node: exp.Expr, dialect: str) -> exp.Expr:
+    if isinstance(node, exp.Command):
+        raw = node.args.get("expression")
+        if isinstance(raw, exp.Literal):
+            node.set("expression", exp.Literal.string(_redact_by_tokens(raw.name, dialect)))
+        elif raw is not None:
+            node.set("expression", exp.Var(this=PLACEHOLDER))
+        return node
+    if isinstance(node, _LITERAL_NODES) and not isinstance(node.parent, _STRUCTURAL_PARENTS):
+        return exp.Var(this=PLACEHOLDER)
+    if isinstance(node, exp.Identifier) and "'" in node.name:
+        node.set("this", _scrub_identifier(node.name))
+    return node
+
+
+def _redact_by_ast(sql: str, dialect: str) -> str:
+    statements = sqlglot.parse(sql, read=dialect)
+    rendered = []
+    for statement in statements:
+        if statement is None:
+            continue
+        redacted = statement.transform(_redact_node, dialect, copy=False)
+        # Comments are free text: they can carry anything, so they never reach the audit trail.
+        rendered.append(redacted.sql(dialect=dialect, comments=False))
+    return "; ".join(rendered)
+
+
+def redact_sql(sql: str, dialect: str = "postgres") -> str:
+    """The statement(s) with every literal replaced by `?` and comments dropped, then PII-scrubbed.
+
+    Parsed with sqlglot and regenerated in `dialect`; if parsing fails, a lexical pass (sqlglot's
+    tokenizer, else a regex) blanks strings and numbers instead. Never raises.
+    """
+    _QUIET.active.on = True
+    try:
+        try:
+            redacted = _redact_by_ast(sql, dialect)
+        except Exception:  # noqa: BLE001 - unparsable or unsupported SQL is still audited, lexically
+            redacted = _redact_by_tokens(sql, dialect)
+        return scrub_pii(redacted)
+    except Exception:  # noqa: BLE001 - never raise on the audit path; this form keeps no literal at all
+        return scrub_pii(_redact_by_regex(sql))
+    finally:
+        _QUIET.active.on = False
