@@ -1,0 +1,353 @@
+"""Parse and guard: exactly one statement, of an allowed kind, with nothing that escapes the policies.
+
+The guard works on sqlglot's tree of the client's text, read in the session dialect. Everything that
+reaches DuckDB is generated from that tree (see `transpile`), so what is checked here is what runs.
+The rules follow DESIGN.md: an allowlist of statement kinds, no `exp.Command` anywhere, and a
+denylist of DuckDB functions and relations that read files, settings, secrets, variables or the
+catalog behind the policies' back.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from engine_host.pipeline.errors import QueryError
+
+# Relations in these schemas are machinery (our macros, DuckDB's and Postgres' catalogs, temp objects).
+DENIED_SCHEMAS = frozenset({"hd_pg", "pg_catalog", "information_schema", "system", "temp"})
+CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+# Schemas a function may be qualified with (DuckDB built-ins live in both).
+FUNCTION_SCHEMAS = frozenset({"main", "pg_catalog"})
+# Table functions a FROM clause may call; everything else (read_*, *_scan, query_table, ...) is refused.
+ALLOWED_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
+
+_DENIED_FUNCTIONS = frozenset({
+    "query", "query_table", "glob", "sniff_csv", "getvariable", "getenv", "stats", "which_secret",
+    "checkpoint", "force_checkpoint", "json_execute_serialized_sql", "sql_auto_complete", "test_all_types",
+    "test_vector_types", "load_extension", "install_extension", "write_log", "summary", "dbgen", "dsdgen",
+    "tpch", "tpcds", "tpch_queries", "tpcds_queries", "tpch_answers", "tpcds_answers",
+})
+_DENIED_PREFIXES = ("read_", "duckdb_", "pragma_", "parquet_", "enable_", "disable_", "hd_", "iceberg_",
+                    "delta_", "sqlite_", "postgres_", "mysql_")
+_DENIED_SUFFIXES = ("_scan",)
+_DENIED_INFIXES = ("substrait",)
+# Functions the catalog layer answers for driver catalog queries; refused in ordinary statements.
+_CATALOG_FUNCTIONS = frozenset({
+    "current_setting", "set_config", "version", "format_type", "obj_description", "col_description",
+    "shobj_description", "to_regclass", "to_regtype", "to_regproc",
+})
+
+_EXPLAIN = re.compile(r"explain(?![\w$])", re.IGNORECASE)
+_EXPLAIN_OPTIONS = re.compile(r"(analy[sz]e|verbose|costs|format|using|query\s+plan|plan)(?![\w$])|\(",
+                              re.IGNORECASE)
+
+_SYNTAX_HINT = "Check the statement's syntax; send one statement per query."
+
+
+@dataclass(frozen=True)
+class ParsedStatement:
+    """One parsed client statement: the tree, the dialect it was read in, and whether it was EXPLAINed.
+
+    `text` is the exact text sqlglot parsed (after a stripped EXPLAIN); node positions refer to it.
+    """
+
+    tree: exp.Expr
+    dialect: str
+    explain: bool = False
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class StatementInfo:
+    """What the guard found: the statement kind, and for EXPLAIN the kind of the explained statement."""
+
+    kind: str
+    explained: str | None = None
+
+
+# Statements of DuckDB (and Postgres) that sqlglot may read as a bare expression: refused by name.
+_STATEMENT_WORDS = frozenset({"CHECKPOINT", "FORCE", "SUMMARIZE", "PRAGMA", "ATTACH", "DETACH", "INSTALL", "LOAD",
+                              "EXPORT", "IMPORT", "VACUUM", "ANALYZE", "CALL", "USE", "DESCRIBE", "SHOW", "RESET",
+                              "SET", "COPY", "UNLISTEN", "LISTEN", "NOTIFY", "REINDEX", "CLUSTER", "LOCK"})
+
+
+def _first_word(node: exp.Expr) -> str:
+    column = node.find(exp.Column, exp.Identifier)
+    return (column.name if column is not None else "").upper()
+
+
+def not_allowed(what: str, hint: str | None = None) -> QueryError:
+    return QueryError("42501", "HD_ERR_STATEMENT_NOT_ALLOWED", f"{what} statements are not allowed",
+                      hint=hint or "Use SELECT, INSERT, UPDATE, DELETE, CREATE/DROP/ALTER TABLE or EXPLAIN.")
+
+
+def function_not_allowed(name: str) -> QueryError:
+    return QueryError("42501", "HD_ERR_FUNCTION_NOT_ALLOWED", f"function {name} is not allowed",
+                      hint="Query tables through SQL; file, catalog, setting and engine functions are refused.")
+
+
+def unsupported(message: str, hint: str | None = None) -> QueryError:
+    return QueryError("0A000", "HD_ERR_UNSUPPORTED", message, hint=hint)
+
+
+# --- parsing ------------------------------------------------------------------------------------------
+
+
+def _skip_comments(sql: str, pos: int = 0) -> int:
+    """Index of the first character at or after `pos` that is not whitespace or a comment."""
+    n = len(sql)
+    while pos < n:
+        if sql[pos].isspace():
+            pos += 1
+        elif sql.startswith("--", pos):
+            end = sql.find("\n", pos)
+            pos = n if end < 0 else end + 1
+        elif sql.startswith("/*", pos):
+            depth, pos = 1, pos + 2
+            while pos < n and depth:
+                if sql.startswith("/*", pos):
+                    depth, pos = depth + 1, pos + 2
+                elif sql.startswith("*/", pos):
+                    depth, pos = depth - 1, pos + 2
+                else:
+                    pos += 1
+        else:
+            break
+    return pos
+
+
+def parse_statement(sql: str, dialect: str = "postgres") -> ParsedStatement:
+    """Parse exactly one statement in `dialect`; a plain leading EXPLAIN is stripped and remembered."""
+    start = _skip_comments(sql)
+    explain = False
+    match = _EXPLAIN.match(sql, start)
+    if match:
+        after = _skip_comments(sql, match.end())
+        if _EXPLAIN_OPTIONS.match(sql, after):
+            raise not_allowed("EXPLAIN with options (ANALYZE, VERBOSE, FORMAT, ...)",
+                              hint="Use plain EXPLAIN <statement>; EXPLAIN ANALYZE runs the statement.")
+        explain, sql = True, sql[after:]
+    try:
+        statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
+    except (ParseError, TokenError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "syntax error"
+        raise QueryError("42601", "HD_ERR_SYNTAX", f"syntax error: {first}", hint=_SYNTAX_HINT) from None
+    if not statements:
+        raise QueryError("42601", "HD_ERR_SYNTAX", "empty statement", hint="Send one SQL statement.")
+    if len(statements) > 1:
+        raise QueryError("42601", "HD_ERR_MULTIPLE_STATEMENTS",
+                         f"one statement per query is allowed, got {len(statements)}",
+                         hint="Send the statements one at a time.")
+    return ParsedStatement(tree=statements[0], dialect=dialect, explain=explain, text=sql)
+
+
+# --- statement kinds ------------------------------------------------------------------------------------
+
+
+def _kind_name(node: exp.Expr) -> str:
+    """How a refused statement is named in the error: CREATE VIEW, LOAD, PRAGMA, ..."""
+    if isinstance(node, exp.Command):
+        return str(node.name or node.this).upper()
+    if isinstance(node, (exp.Create, exp.Drop)):
+        verb = "CREATE" if isinstance(node, exp.Create) else "DROP"
+        return f"{verb} {str(node.args.get('kind') or '').upper()}".strip()
+    if isinstance(node, (exp.Column, exp.Identifier, exp.Var)):
+        return node.name.upper()
+    return type(node).__name__.upper()
+
+
+def _is_temporary(node: exp.Create) -> bool:
+    props = node.args.get("properties")
+    return props is not None and any(isinstance(p, exp.TemporaryProperty) for p in props.expressions)
+
+
+def _statement_kind(node: exp.Expr) -> str:
+    if isinstance(node, (exp.Query, exp.Values)) or (
+            isinstance(node, exp.Subquery) and isinstance(node.unnest(), (exp.Query, exp.Values))):
+        return "select"
+    if isinstance(node, exp.Insert):
+        return _insert_kind(node)
+    if isinstance(node, exp.Update):
+        return "update"
+    if isinstance(node, exp.Delete):
+        return "delete"
+    if isinstance(node, exp.Create):
+        return _create_kind(node)
+    if isinstance(node, exp.Drop):
+        if str(node.args.get("kind") or "").upper() != "TABLE" or node.args.get("temporary"):
+            raise not_allowed(_kind_name(node), hint="Only DROP TABLE is allowed.")
+        return "drop_table"
+    if isinstance(node, exp.Alter):
+        return _alter_kind(node)
+    if isinstance(node, exp.Pivot):
+        raise not_allowed("PIVOT", hint="Write it as SELECT ... FROM t PIVOT (...).")
+    if isinstance(node, exp.Condition | exp.Alias) and _first_word(node) not in _STATEMENT_WORDS:
+        # sqlglot reads some garbage as a bare expression (`SELEC x` is a column aliased x):
+        # to a client that is a syntax error, as Postgres reports it.
+        raise QueryError("42601", "HD_ERR_SYNTAX", "syntax error: the text is not a SQL statement",
+                         hint=_SYNTAX_HINT)
+    raise not_allowed(_kind_name(node))
+
+
+def _insert_kind(node: exp.Insert) -> str:
+    conflict = node.args.get("conflict")
+    action = str(conflict.args.get("action") or "").upper() if conflict is not None else ""
+    alternative = str(node.args.get("alternative") or "").upper()
+    if (conflict is not None and (conflict.args.get("duplicate") or "UPDATE" in action)) or alternative == "REPLACE":
+        raise unsupported("INSERT ... ON CONFLICT DO UPDATE (upsert) is not supported",
+                          hint="Insert the new rows and UPDATE the existing ones in two statements.")
+    if alternative and alternative != "IGNORE":
+        raise unsupported(f"INSERT OR {alternative} is not supported", hint="Use a plain INSERT.")
+    if node.args.get("overwrite") or node.args.get("is_function") or node.args.get("partition"):
+        raise unsupported("this form of INSERT is not supported", hint="Use INSERT INTO table [(columns)] ...")
+    return "insert"
+
+
+def _create_kind(node: exp.Create) -> str:
+    kind = str(node.args.get("kind") or "").upper()
+    if _is_temporary(node):
+        raise not_allowed(f"CREATE TEMPORARY {kind}".strip(), hint="Create a regular table instead.")
+    if kind == "SCHEMA":
+        target = node.this
+        name = (target.db if isinstance(target, exp.Table) else target.name) or ""
+        if name.lower() in DENIED_SCHEMAS | {"main"}:
+            raise not_allowed(f"CREATE SCHEMA {name}", hint="Choose another schema name.")
+        return "create_schema"
+    if kind != "TABLE":
+        raise not_allowed(_kind_name(node), hint="Only CREATE TABLE [AS] and CREATE SCHEMA are allowed.")
+    return "create_table_as" if node.args.get("expression") is not None else "create_table"
+
+
+_ALTER_ACTIONS = (exp.ColumnDef, exp.AlterColumn, exp.RenameColumn)
+
+
+def _alter_kind(node: exp.Alter) -> str:
+    if str(node.args.get("kind") or "").upper() != "TABLE":
+        raise not_allowed(f"ALTER {str(node.args.get('kind') or '').upper()}".strip(),
+                          hint="Only ALTER TABLE is allowed.")
+    for action in node.args.get("actions") or []:
+        if isinstance(action, exp.AlterRename):
+            raise not_allowed("ALTER TABLE ... RENAME TO",
+                              hint="Policies follow table names: create the new table and copy the rows instead.")
+        if isinstance(action, exp.Drop) and str(action.args.get("kind") or "").upper() == "COLUMN":
+            continue
+        if not isinstance(action, _ALTER_ACTIONS):
+            raise unsupported("this ALTER TABLE action is not supported",
+                              hint="ALTER TABLE may add, drop, alter or rename columns.")
+    return "alter_table"
+
+
+# --- functions and relations ----------------------------------------------------------------------------
+
+
+def written_name(node: exp.Func, text: str) -> str:
+    """The function name as the client wrote it (sqlglot keeps its position), else sqlglot's name."""
+    if isinstance(node, exp.Anonymous):
+        return str(node.name).lower()
+    meta = node.meta
+    start, end = meta.get("start"), meta.get("end")
+    if isinstance(start, int) and isinstance(end, int) and 0 <= start <= end < len(text):
+        written = text[start:end + 1].strip('"`[] ').lower()
+        if re.fullmatch(r"[\w$]+", written):
+            return written
+    return node.sql_name().lower()
+
+
+def _function_names(node: exp.Func, text: str) -> set[str]:
+    names = {written_name(node, text)}
+    if not isinstance(node, exp.Anonymous):
+        names.add(node.sql_name().lower())
+        names.update(n.lower() for n in getattr(type(node), "_sql_names", ()) or ())
+    return names
+
+
+def is_denied_function(name: str, *, catalog: bool = False) -> bool:
+    """Whether a function of this (lower-case) name may not be called."""
+    if catalog and (name in _CATALOG_FUNCTIONS or name.startswith("pg_")
+                    or (name.startswith("has_") and name.endswith("_privilege"))):
+        return False
+    return (name in _DENIED_FUNCTIONS or name in _CATALOG_FUNCTIONS or name.startswith(_DENIED_PREFIXES)
+            or name.startswith("pg_") or (name.startswith("has_") and name.endswith("_privilege"))
+            or name.endswith(_DENIED_SUFFIXES) or any(part in name for part in _DENIED_INFIXES))
+
+
+def check_functions(tree: exp.Expr, text: str, *, catalog: bool = False,
+                    allowed: frozenset[str] = frozenset()) -> None:
+    """Refuse denied functions and functions qualified with a schema other than main/pg_catalog."""
+    for node in tree.find_all(exp.Func):
+        if isinstance(node, exp.Command):
+            continue
+        names = _function_names(node, text)
+        parent = node.parent
+        if isinstance(parent, exp.Dot) and parent.expression is node:
+            qualifier = parent.this
+            schema = qualifier.name.lower() if isinstance(qualifier, (exp.Identifier, exp.Column)) else ""
+            if not (isinstance(qualifier, exp.Identifier) and schema in FUNCTION_SCHEMAS):
+                if f"{schema}.{written_name(node, text)}" in allowed:
+                    continue
+                raise function_not_allowed(f"{qualifier.sql()}.{written_name(node, text)}")
+        for name in names:
+            if is_denied_function(name, catalog=catalog):
+                raise function_not_allowed(written_name(node, text))
+
+
+def _check_relation(table: exp.Table, text: str, catalog: bool) -> None:
+    target = table.this
+    if isinstance(target, exp.Func):
+        names = _function_names(target, text)
+        name = written_name(target, text)
+        is_allowed = bool(names & ALLOWED_TABLE_FUNCTIONS) or isinstance(
+            target, (exp.GenerateSeries, exp.ExplodingGenerateSeries, exp.Unnest))
+        if catalog and name.startswith("pg_"):
+            is_allowed = True
+        if not is_allowed or (table.args.get("db") is not None and table.db.lower() not in FUNCTION_SCHEMAS):
+            raise function_not_allowed(name)
+        return
+    if target is None:
+        return  # CREATE SCHEMA's name, checked with the statement
+    if not isinstance(target, exp.Identifier):
+        raise unsupported(f"{table.sql()} cannot be used as a table", hint="Name a table.")
+    if target.quoted and re.search(r"[./\\:*?]", target.name):
+        raise QueryError("42501", "HD_ERR_FUNCTION_NOT_ALLOWED",
+                         f"reading files ({target.name!r}) is not allowed",
+                         hint="Query the warehouse's tables by name.")
+    schema = table.db.lower()
+    if table.catalog.lower() in DENIED_SCHEMAS:  # DuckDB's `system` and `temp` databases
+        schema = table.catalog.lower()
+    if schema in DENIED_SCHEMAS and not (catalog and schema in CATALOG_SCHEMAS):
+        raise QueryError("42501", "HD_ERR_STATEMENT_NOT_ALLOWED",
+                         f"relations in schema {schema} are not accessible",
+                         hint="Use the Postgres catalog through your client's metadata calls, or query user tables.")
+
+
+_NESTED_STATEMENTS = (exp.Insert, exp.Update, exp.Delete, exp.Create, exp.Drop, exp.Alter, exp.Merge,
+                      exp.Command, exp.Pragma, exp.Set, exp.Copy, exp.Use, exp.Describe, exp.Show)
+
+
+def check_statement(parsed: ParsedStatement, *, catalog: bool = False) -> StatementInfo:
+    """Refuse any statement kind, function or relation that could escape the policies."""
+    tree = parsed.tree
+    kind = _statement_kind(tree)
+    for node in tree.walk():
+        if node is tree:
+            continue
+        if isinstance(node, exp.Command):
+            raise not_allowed(_kind_name(node))
+        if isinstance(node, _NESTED_STATEMENTS) and not _is_ddl_part(node, tree):
+            raise not_allowed(f"nested {_kind_name(node)}", hint="Send data-changing statements on their own.")
+        if isinstance(node, exp.Table):
+            _check_relation(node, parsed.text, catalog)
+    check_functions(tree, parsed.text, catalog=catalog)
+    if parsed.explain:
+        return StatementInfo(kind="explain", explained=kind)
+    return StatementInfo(kind=kind)
+
+
+def _is_ddl_part(node: exp.Expr, root: exp.Expr) -> bool:
+    """ALTER TABLE ... DROP COLUMN is an exp.Drop inside the Alter; it is part of the statement, not nested."""
+    return isinstance(root, exp.Alter) and isinstance(node, exp.Drop) and node.parent is root

@@ -1,0 +1,122 @@
+"""Table extract: every relation a statement names, resolved to its canonical `schema.table` with an action.
+
+sqlglot's `traverse_scope` misses DML targets, `DELETE ... USING` and `UPDATE ... FROM` tables, so
+this module classifies every `exp.Table` node itself: a reference to a visible CTE, an allowed
+table function, or a base table (which must exist). A CTE is visible from the statement body, from
+later sibling CTEs, and (WITH RECURSIVE only) from itself and earlier siblings; a schema-qualified
+name is never a CTE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlglot import exp
+
+from engine_host.pipeline.errors import QueryError
+from engine_host.pipeline.governance.guard import ParsedStatement, unsupported
+from hd_core.policies import Action
+
+Resolver = Callable[[str | None, str | None, str], str | None]
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """One base-table reference of a statement: canonical name, the node in the parsed tree, and what is done."""
+
+    name: str
+    node: exp.Table = field(compare=False, repr=False)
+    action: Action
+
+
+def find_cte(table: exp.Table) -> exp.CTE | None:
+    """The CTE an unqualified table name refers to, honouring WITH visibility rules, or None."""
+    if table.args.get("db") is not None or table.args.get("catalog") is not None:
+        return None
+    name = table.name.lower()
+    grandchild: exp.Expr | None = None
+    child: exp.Expr = table
+    node = table.parent
+    while node is not None:
+        with_ = node.args.get("with_")
+        if isinstance(with_, exp.With):
+            ctes = list(with_.expressions)
+            recursive = bool(with_.args.get("recursive"))
+            # Inside the i-th CTE's body only earlier siblings are visible, unless WITH RECURSIVE.
+            inside = next((i for i, cte in enumerate(ctes) if cte is grandchild), None) if child is with_ else None
+            visible = ctes if inside is None or recursive else ctes[:inside]
+            for cte in visible:
+                if cte.alias_or_name.lower() == name:
+                    return cte
+        grandchild, child, node = child, node, node.parent
+    return None
+
+
+def _spelled(table: exp.Table) -> str:
+    return ".".join(part.name for part in table.parts)
+
+
+def unknown_table(table: exp.Table) -> QueryError:
+    return QueryError("42P01", "HD_ERR_UNKNOWN_TABLE", f'relation "{_spelled(table)}" does not exist',
+                      hint="Check the table name and schema; list the tables you can see with \\dt.")
+
+
+def _target(tree: exp.Expr) -> exp.Table | None:
+    if isinstance(tree, (exp.Insert, exp.Update, exp.Delete, exp.Create, exp.Alter)):
+        target = tree.this
+        if isinstance(target, exp.Schema):
+            target = target.this
+        return target if isinstance(target, exp.Table) else None
+    return None
+
+
+def _target_action(tree: exp.Expr) -> Action:
+    if isinstance(tree, exp.Insert):
+        return Action.INSERT
+    if isinstance(tree, exp.Update):
+        return Action.UPDATE
+    if isinstance(tree, exp.Delete):
+        return Action.DELETE
+    if isinstance(tree, exp.Create):
+        return Action.CREATE
+    if isinstance(tree, exp.Alter):
+        return Action.ALTER
+    return Action.DROP
+
+
+def _is_drop_target(tree: exp.Expr, table: exp.Table) -> bool:
+    if not isinstance(tree, exp.Drop):
+        return False
+    return table is tree.this or any(table is t for t in tree.args.get("tables") or [])
+
+
+def extract_tables(parsed: ParsedStatement, resolve: Resolver) -> list[TableRef]:
+    """Every base-table reference with its action; unknown tables raise 42P01 HD_ERR_UNKNOWN_TABLE."""
+    tree = parsed.tree
+    target = _target(tree)
+    refs: list[TableRef] = []
+    for table in tree.find_all(exp.Table):
+        if not isinstance(table.this, exp.Identifier):
+            if table.this is None and isinstance(tree, exp.Create):
+                continue  # CREATE SCHEMA names a schema, not a table
+            if isinstance(table.this, exp.Func):
+                continue  # an allowed table function (the guard refused the others)
+            raise unsupported(f"{table.sql()} cannot be used as a table", hint="Name a table.")
+        is_target = table is target or _is_drop_target(tree, table)
+        if not is_target and find_cte(table) is not None:
+            continue
+        parts = [p.lower() if p else None for p in (table.catalog, table.db)]
+        name = resolve(parts[0], parts[1], table.name.lower())
+        action = _target_action(tree) if is_target else Action.SELECT
+        if name is None:
+            if is_target and isinstance(tree, exp.Create):
+                continue  # a new table: the statement creates it
+            if is_target and isinstance(tree, exp.Drop) and tree.args.get("exists"):
+                continue  # DROP TABLE IF EXISTS of a table that is not there is a no-op
+            raise unknown_table(table)
+        if is_target and isinstance(tree, exp.Create) and tree.args.get("replace"):
+            raise unsupported(f"CREATE OR REPLACE TABLE {name} would drop an existing table",
+                              hint="DROP TABLE it first, then CREATE TABLE.")
+        refs.append(TableRef(name=name, node=table, action=action))
+    return refs
