@@ -10,6 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engine_host.local import LocalConfig, default_state_dir, run_local
+from engine_host.pipeline.governor import HostLimits
+from engine_host.policy_cli import add_policy_commands, run_policy_command
+
+STATE_DIR_HELP = "where control state, keys, TLS files and data live (default $HD_STATE_DIR or ~/.hd)"
 
 
 def _port(text: str) -> int:
@@ -24,14 +28,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", required=True)
     dev = commands.add_parser("dev", help="run the engine host locally on embedded defaults")
-    dev.add_argument("--state-dir", type=Path, default=None,
-                     help="where control state, keys, TLS files and data live (default $HD_STATE_DIR or ~/.hd)")
+    dev.add_argument("--state-dir", type=Path, default=None, help=STATE_DIR_HELP)
     dev.add_argument("--port", type=_port, default=5439, help="port to listen on (default 5439; 0 = any free)")
     dev.add_argument("--demo", action="store_true", help="load the demo dataset (two organisations, PII columns)")
     dev.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
                      help="on Ctrl-C/SIGTERM, how long running statements may finish before being cancelled")
     dev.add_argument("--insecure-plaintext", action="store_true",
                      help="also accept unencrypted connections from loopback (TLS stays available)")
+    dev.add_argument("--max-concurrent-statements", type=int, default=100, metavar="N",
+                     help="statements running at once on this host before new ones queue (default 100)")
+    dev.add_argument("--max-queued-statements", type=int, default=200, metavar="N",
+                     help="statements that may wait for a slot; beyond that clients get 'server busy' (default 200)")
+    dev.add_argument("--statement-timeout", type=float, default=300.0, metavar="SECONDS",
+                     help="longest a statement may run; a session's statement_timeout can only lower it")
+    add_policy_commands(commands, STATE_DIR_HELP)
     return parser
 
 
@@ -46,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             demo=args.demo,
             insecure_plaintext=args.insecure_plaintext,
             shutdown_grace_seconds=args.shutdown_grace,
+            limits=HostLimits(max_concurrent_statements=args.max_concurrent_statements,
+                              max_queued_statements=args.max_queued_statements,
+                              statement_timeout_seconds=args.statement_timeout),
         )
 
         def announce(text: str) -> None:
@@ -57,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"hd dev: cannot start: {exc}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "policy":
+        return run_policy_command(args, args.state_dir or default_state_dir())
     return 2
 
 

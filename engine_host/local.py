@@ -6,6 +6,12 @@ State directory layout (default `~/.hd`, or `HD_STATE_DIR`):
     tls/server.crt, .key     self-signed certificate generated on first start
     data/<schema>/<table>/   Parquet files; each folder is a table `<schema>.<table>`
     engine.duckdb            DuckDB database file for writable tables
+    audit/queries/YYYY/MM/DD/<host>.jsonl   one query audit record per statement
+    demo-keys/<name>.key     with --demo: API keys of the demo people (see engine_host/demo_policies.py)
+    policies.json            optional: policies loaded at every start (format: hd_core/policy_codec.py)
+
+Policies live in the control store; `hd policy add/list/remove` edits them, and a running host
+picks up every change within about a second.
 """
 
 from __future__ import annotations
@@ -14,22 +20,32 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
 from engine_host.demo import write_demo_dataset
+from engine_host.demo_policies import ACME, install_demo
 from engine_host.engine.catalog import CatalogResponder
 from engine_host.engine.duckdb_engine import Database
+from engine_host.engine.masking import ensure_mask_keys, install_mask_macros
+from engine_host.engine.table_catalog import TableCatalog
 from engine_host.engine.tables import register_parquet_tables
+from engine_host.pipeline.governor import AuditWriter, Governor, HostLimits
 from engine_host.pipeline.pipeline import StatementPipeline
+from engine_host.pipeline.policy_state import PolicyState
 from engine_host.tls import ensure_self_signed_certificate, server_ssl_context
 from engine_host.wire.server import PgServer
+from hd_core.adapters.local_audit import LocalFolderAuditSink
 from hd_core.adapters.sqlite_store import SqliteControlStore
 from hd_core.api_keys import ApiKeyAuthenticator, ApiKeyHasher
 from hd_core.bootstrap import bootstrap_local_owner, ensure_pepper
+from hd_core.metering import UsageMeter
+from hd_core.policy_codec import load_policy_file
+from hd_core.ports import AuditSink
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +64,9 @@ class LocalConfig:
     demo: bool = False
     insecure_plaintext: bool = False
     shutdown_grace_seconds: float = 10.0
+    limits: HostLimits = field(default_factory=HostLimits)
+    policy_poll_seconds: float = 1.0
+    usage_flush_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,7 @@ class Banner:
     key_file: Path
     new_key: bool
     plaintext_allowed: bool
+    demo_keys: dict[str, Path] | None = None
 
     def render(self) -> str:
         psql = (f'PGPASSWORD="$(cat {self.key_file})" psql '
@@ -70,41 +90,67 @@ class Banner:
             "Connect with:",
             f"  {psql}",
         ]
+        if self.demo_keys:
+            lines.append("Demo people (each sees what the demo policies allow; keys in "
+                         f"{next(iter(self.demo_keys.values())).parent}):")
+            lines += [f"  {name}" for name in self.demo_keys]
         return "\n".join(lines)
 
 
 class LocalEngineHost:
     """Builds and runs every part of the engine host from a state directory."""
 
-    def __init__(self, config: LocalConfig):
+    def __init__(self, config: LocalConfig, *, audit_sink: AuditSink | None = None):
+        """`audit_sink` replaces the local audit folder (tests use it to make the sink fail)."""
         self.config = config
+        self._audit_override = audit_sink
         self.state_dir = config.state_dir.expanduser().resolve()
         self.data_dir = self.state_dir / "data"
         self.store: SqliteControlStore | None = None
         self.database: Database | None = None
         self.server: PgServer | None = None
         self.banner: Banner | None = None
+        self.policies: PolicyState | None = None
+        self.audit_sink: AuditSink | None = None
+        self.meter: UsageMeter | None = None
+        self._stopping = threading.Event()
+        self._flusher: threading.Thread | None = None
 
     async def start(self) -> Banner:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data_dir.mkdir(exist_ok=True)
         store = SqliteControlStore(self.state_dir / "control.sqlite3")
         self.store = store
-        owner = bootstrap_local_owner(store, ApiKeyHasher())
+        hasher = ApiKeyHasher()
+        owner = bootstrap_local_owner(store, hasher, org_id=ACME if self.config.demo else None,
+                                      org_name="Acme Corp (demo)" if self.config.demo else "Local Dev Org")
         key_file = self.state_dir / "owner.key"
         if owner.api_key_plaintext is not None:
             _write_secret(key_file, owner.api_key_plaintext + "\n")
+        demo_keys = None
         if self.config.demo:
-            tables = write_demo_dataset(self.data_dir)
-            log.info("demo dataset ready: %s", ", ".join(f"{s}.{t}" for s, t in tables))
+            written = write_demo_dataset(self.data_dir)
+            log.info("demo dataset ready: %s", ", ".join(f"{s}.{t}" for s, t in written))
+            demo_keys = install_demo(store, hasher, self.state_dir)
+        policy_file = self.state_dir / "policies.json"
+        if policy_file.exists():
+            for obj in load_policy_file(policy_file):
+                store.put_policy(obj)
         authenticator = ApiKeyAuthenticator(store, ensure_pepper(store))
         catalog = CatalogResponder()
         database = Database(self.state_dir / "engine.duckdb", allowed_directories=[self.data_dir])
-        database.open(setup=[self._register_tables, catalog.install])
+        database.open(setup=[self._register_tables, catalog.install, install_mask_macros])
         self.database = database
+        tables = TableCatalog(database.connection)
+        self.policies = PolicyState(store, interval_seconds=self.config.policy_poll_seconds)
+        self.audit_sink = self._audit_override or LocalFolderAuditSink(self.state_dir, host_id=f"local-{os.getpid()}")
+        self.meter = UsageMeter(store)
+        governor = Governor(policies=self.policies, tables=tables, store=store, audit=AuditWriter(self.audit_sink),
+                            meter=self.meter, default_org_id=owner.org.org_id, limits=self.config.limits)
+        pipeline = StatementPipeline(database, governor, ensure_mask_keys(store), catalog)
         cert, key = ensure_self_signed_certificate(self.state_dir / "tls")
         self.server = PgServer(
-            StatementPipeline(database, catalog),
+            pipeline,
             authenticator.authenticate,
             ssl_context=server_ssl_context(cert, key),
             host=self.config.host,
@@ -112,9 +158,25 @@ class LocalEngineHost:
             allow_plaintext=self.config.insecure_plaintext,
         )
         await self.server.start()
+        # Listening before the snapshot is in: early connections get 57P03 (the startup gate), not a hang.
+        await asyncio.get_running_loop().run_in_executor(None, self.policies.load)
+        self.policies.start()
+        self._flusher = threading.Thread(target=self._flush_usage, name="hd-usage-flush", daemon=True)
+        self._flusher.start()
         self.banner = Banner(self.server.port, owner.user.user_id, key_file, owner.api_key_plaintext is not None,
-                             self.config.insecure_plaintext)
+                             self.config.insecure_plaintext, demo_keys)
         return self.banner
+
+    def _flush_usage(self) -> None:
+        while not self._stopping.wait(self.config.usage_flush_seconds):
+            self._flush_meter()
+
+    def _flush_meter(self) -> None:
+        if self.meter is not None and self.store is not None:
+            try:
+                self.meter.flush()
+            except Exception:  # kept pending and retried on the next tick
+                log.exception("usage flush failed")
 
     def _register_tables(self, con: duckdb.DuckDBPyConnection) -> None:
         tables = register_parquet_tables(con, self.data_dir)
@@ -125,6 +187,14 @@ class LocalEngineHost:
         if self.server is not None:
             await self.server.shutdown(self.config.shutdown_grace_seconds)
             self.server = None
+        self._stopping.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=5)
+        self._flush_meter()
+        if self.policies is not None:
+            self.policies.stop()
+        if isinstance(self.audit_sink, LocalFolderAuditSink):
+            self.audit_sink.close()
         if self.database is not None:
             self.database.checkpoint()
             self.database.close()

@@ -34,7 +34,12 @@ class EngineHostProcess:
         params = {"host": "127.0.0.1", "port": str(self.port), "dbname": "hd", "user": self.user,
                   "password": self.password, "sslmode": "require", "connect_timeout": "10"}
         params.update(overrides)
-        return " ".join(f"{k}={v}" for k, v in params.items())
+        return " ".join(f"{k}={_quote(v)}" for k, v in params.items())
+
+    def demo_dsn(self, person: str, **overrides: str) -> str:
+        """DSN for one of the demo people of `hd dev --demo` (e.g. "acme-analyst")."""
+        key = (self.state_dir / "demo-keys" / f"{person}.key").read_text().strip()
+        return self.dsn(user=f"usr_demo_{person.replace('-', '_')}", password=key, **overrides)
 
     def url(self, driver: str = "postgresql+psycopg") -> str:
         return f"{driver}://{self.user}:{self.password}@127.0.0.1:{self.port}/hd"
@@ -48,6 +53,13 @@ class EngineHostProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def _quote(value: str) -> str:
+    """A libpq conninfo value: quoted when it has spaces or quotes."""
+    if value and not any(c in value for c in " '\\"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def start_engine_host(state_dir: Path, *extra: str) -> EngineHostProcess:

@@ -2127,6 +2127,11 @@ def _literal_int(node: exp.Expr) -> int | None:
     return None
 
 
+def parseable_catalog_text(sql: str) -> str:
+    """The text of a catalog query as this module parses it (see `_patch_array_casts`)."""
+    return _patch_array_casts(sql)
+
+
 def _patch_array_casts(sql: str) -> str:
     """Rename `oid[]`, `regtype[]`... in casts so sqlglot parses them (it reads `oid[` as a subscript).
 

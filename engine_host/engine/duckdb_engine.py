@@ -138,6 +138,10 @@ class EngineSession:
         self._open: ResultStream | None = None
         self._lock = threading.Lock()
 
+    def apply(self, step: SetupStep) -> None:
+        """Run a configuration step (e.g. setting session variables) on this connection."""
+        step(self._cursor)
+
     def statement_kinds(self, sql: str) -> list[tuple[str, str]]:
         """Split a query string into (DuckDB statement type, text) pairs using DuckDB's own parser."""
         return [(stmt.type.name, stmt.query) for stmt in self._cursor.extract_statements(sql)]

@@ -80,3 +80,27 @@ def from_engine_error(exc: Exception) -> QueryError:
     if sep and " " not in head.strip():
         message = rest
     return QueryError(sqlstate, code, message.splitlines()[0] if message else name)
+
+
+# Engine errors whose text can quote data values (a failed cast prints the value it could not
+# convert, a unique violation prints the key). DuckDB may evaluate a user's expression on rows a
+# row filter is about to drop, so such text can hold another tenant's data: clients get a generic
+# message with a reference, and the full text goes to the audit record only.
+_VALUE_BEARING = frozenset({
+    "ConversionException", "InvalidInputException", "OutOfRangeException", "ConstraintException",
+    "TypeMismatchException", "InternalException", "FatalException", "SerializationException",
+    "InvalidTypeException", "SequenceException", "DependencyException", "HTTPException", "IOException",
+    "Error", "ArrowInvalid", "ArrowException", "ArrowTypeError",
+})
+
+
+def from_engine_error_redacted(exc: Exception, reference: str) -> tuple[QueryError, str]:
+    """A client-safe QueryError for an engine failure, and the full text for the audit record."""
+    error = from_engine_error(exc)
+    full = f"{type(exc).__name__}: {exc}"
+    if type(exc).__name__ in _VALUE_BEARING or error.code == "HD_ERR_ENGINE":
+        message = (f"the statement failed while processing a value (reference {reference}); "
+                   "the details are in the audit record")
+        hint = "Check casts and input values, or ask an auditor for the record with this reference."
+        return QueryError(error.sqlstate, error.code, message, hint=hint), full
+    return error, full

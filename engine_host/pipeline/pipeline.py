@@ -19,7 +19,8 @@ from typing import Protocol
 import duckdb
 import pyarrow as pa
 
-from engine_host.engine.duckdb_engine import Database, StatementShape
+from engine_host.engine.duckdb_engine import Database, EngineSession, StatementShape
+from engine_host.engine.masking import set_session_mask_key
 from engine_host.engine.pgtypes import (
     ParameterFormatError,
     PgType,
@@ -30,6 +31,8 @@ from engine_host.engine.pgtypes import (
 )
 from engine_host.pipeline import errors
 from engine_host.pipeline.errors import QueryError
+from engine_host.pipeline.execution import Execution, GovernedRows
+from engine_host.pipeline.governor import SUPPORTED_DIALECTS, GovernedPlan, Governor, StatementAudit
 from engine_host.pipeline.results import Column, Outcome, RowSource, SqlCursor, format_code
 from engine_host.pipeline.session import FAILED_TRANSACTION, IN_TRANSACTION, Session
 from engine_host.pipeline.settings import (
@@ -39,6 +42,7 @@ from engine_host.pipeline.settings import (
     parse_setting_command,
 )
 from hd_core.models import Principal
+from hd_core.policy_eval import Subject
 
 TEXT = 25
 OID = 26
@@ -48,8 +52,8 @@ OID_ARRAY = 1028
 class CatalogAnswers(Protocol):
     """Rewrites driver catalog probes (pg_catalog, information_schema) into SQL DuckDB can answer."""
 
-    def rewrite(self, sql: str, *, user: str | None = None, settings: Mapping[str, str] | None = None,
-                backend_pid: int | None = None) -> str | None: ...
+    def rewrite(self, sql: str, *, visible: Callable[[str, str], bool] | None = None, user: str | None = None,
+                settings: Mapping[str, str] | None = None, backend_pid: int | None = None) -> str | None: ...
 
     def parameter_types(self, sql: str) -> dict[int, int]: ...
 
@@ -73,6 +77,7 @@ class StatementContext:
     kind: Kind = Kind.ENGINE
     statement_type: str = ""
     is_catalog: bool = False
+    plan: GovernedPlan | None = None
 
 
 Stage = Callable[[StatementContext], None]
@@ -90,6 +95,7 @@ class PreparedStatement:
     is_catalog: bool = False
     setting: SettingCommand | None = None
     shape: StatementShape | None = field(default=None, repr=False)
+    plan: GovernedPlan | None = field(default=None, repr=False)
 
 
 _COMMENTS = re.compile(r"\s*(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*", re.DOTALL)
@@ -114,11 +120,19 @@ _ROWS_TAGS = {"INSERT": "INSERT 0", "UPDATE": "UPDATE", "DELETE": "DELETE", "MER
 class StatementPipeline:
     """Prepares and executes statements for sessions on one locked-down DuckDB database."""
 
-    def __init__(self, database: Database, catalog: CatalogAnswers | None = None,
-                 stages: Sequence[Stage] | None = None):
+    def __init__(self, database: Database, governor: Governor, mask_keys: Mapping[str, bytes],
+                 catalog: CatalogAnswers | None = None, stages: Sequence[Stage] | None = None):
         self._database = database
         self._catalog = catalog
-        self.stages: list[Stage] = list(stages) if stages is not None else [self.classify, self.answer_catalog]
+        self.governor = governor
+        self._mask_keys = dict(mask_keys)
+        self.stages: list[Stage] = (list(stages) if stages is not None
+                                    else [self.classify, self.answer_catalog, self.govern])
+
+    @property
+    def ready(self) -> bool:
+        """Whether the policy snapshot is loaded (until then connections are refused with 57P03)."""
+        return self.governor.policies.ready
 
     # --- sessions ------------------------------------------------------------------------
 
@@ -126,8 +140,22 @@ class StatementPipeline:
                      backend_pid: int = 0) -> Session:
         """A new session with its own DuckDB connection."""
         settings = SessionSettings(_startup_settings(startup), principal.user_id)
-        return Session(principal, client_address, startup, settings, self._database.session(),
-                       backend_pid=backend_pid)
+        dialect = settings.get("hd.dialect") if _has_setting(settings, "hd.dialect") else "postgres"
+        if dialect.lower() not in SUPPORTED_DIALECTS:
+            raise _bad_dialect(dialect)
+        engine = self._engine_session(principal)
+        return Session(principal, client_address, startup, settings, engine, backend_pid=backend_pid)
+
+    def _engine_session(self, principal: Principal) -> EngineSession:
+        """A DuckDB connection carrying this credential's environment masking key."""
+        engine = self._database.session()
+        key = self._mask_keys.get(str(principal.env))
+        if key is not None:
+            engine.apply(lambda cursor: set_session_mask_key(cursor, key))
+        return engine
+
+    def subject(self, session: Session) -> Subject:
+        return self.governor.subject(session.principal, _settings_map(session), _peer_ip(session.client_address))
 
     # --- stages ---------------------------------------------------------------------------
 
@@ -154,12 +182,32 @@ class StatementPipeline:
         if ctx.kind is not Kind.ENGINE or self._catalog is None:
             return
         session = ctx.session
-        rewritten = self._catalog.rewrite(ctx.text, user=session.principal.user_id,
+        scopes = self.governor.current_scopes(session.principal)
+        visible = self.governor.visible(self.subject(session), scopes)
+        rewritten = self._catalog.rewrite(ctx.text, visible=visible, user=session.principal.user_id,
                                           settings=dict(session.settings.all()),
                                           backend_pid=session.backend_pid)
         if rewritten is not None:
             ctx.engine_sql = rewritten
             ctx.is_catalog = True
+
+    def govern(self, ctx: StatementContext) -> None:
+        """Parse, guard, check policies and rewrite the statement; what runs is the governed SQL."""
+        if ctx.kind is not Kind.ENGINE:
+            return
+        session = ctx.session
+        audit = self.governor.new_audit(ctx.text, _dialect(session))
+        try:
+            ctx.plan = self._plan(session, ctx.text, audit, ctx.engine_sql if ctx.is_catalog else None)
+        except QueryError:
+            self.governor.record_denial(self.subject(session), _settings_map(session), audit)
+            raise
+        ctx.engine_sql = ctx.plan.engine_sql
+
+    def _plan(self, session: Session, text: str, audit: StatementAudit, catalog_sql: str | None) -> GovernedPlan:
+        scopes = self.governor.current_scopes(session.principal)
+        return self.governor.plan(self.subject(session), scopes, text, audit.dialect, audit,
+                                  catalog_sql=catalog_sql, overlay=session.local_tables)
 
     # --- preparation -----------------------------------------------------------------------
 
@@ -171,6 +219,10 @@ class StatementPipeline:
             parts = [text for _, text in session.engine.statement_kinds(sql)]
         except duckdb.Error:
             return [sql]
+        if len(parts) > 1:
+            raise QueryError("42601", "HD_ERR_MULTIPLE_STATEMENTS",
+                             f"a query string may hold one statement; this one holds {len(parts)}",
+                             hint="Send each statement in a query of its own.")
         return parts
 
     def prepare(self, session: Session, sql: str, declared_oids: Sequence[int] = ()) -> PreparedStatement:
@@ -180,7 +232,7 @@ class StatementPipeline:
             stage(ctx)
         prepared = PreparedStatement(
             text=sql, kind=ctx.kind, engine_sql=ctx.engine_sql, statement_type="",
-            declared_oids=tuple(declared_oids), is_catalog=ctx.is_catalog,
+            declared_oids=tuple(declared_oids), is_catalog=ctx.is_catalog, plan=ctx.plan,
         )
         if ctx.kind is Kind.SETTING:
             prepared.setting = parse_setting_command(sql)
@@ -311,23 +363,104 @@ class StatementPipeline:
                 raise QueryError("22P02", "HD_ERR_INVALID_PARAMETER", f"parameter ${i + 1}: {exc}") from None
         return values
 
+    def _admit(self, session: Session, prepared: PreparedStatement, *, take_slot: bool,
+               engine: EngineSession | None = None) -> Execution:
+        """Re-check the statement against current policy and admit it; the Execution tracks it from here."""
+        subject = self.subject(session)
+        settings = _settings_map(session)
+        audit = self.governor.new_audit(prepared.text, _dialect(session))
+        try:
+            plan = self._plan(session, prepared.text, audit, prepared.engine_sql if prepared.is_catalog else None)
+            if plan.engine_sql != prepared.engine_sql:  # the policy changed since Parse
+                prepared.engine_sql, prepared.shape = plan.engine_sql, None
+            prepared.plan = audit.plan = plan
+            self.governor.admit(subject, plan, audit, take_slot=take_slot)
+        except QueryError:
+            self.governor.record_denial(subject, settings, audit)
+            raise
+        return Execution(self.governor, subject, settings, audit, holds_slot=take_slot,
+                         on_timeout=(engine or session.engine).interrupt, timeout_seconds=self._timeout(session))
+
+    def _timeout(self, session: Session) -> float:
+        """The session's statement_timeout (ms, 0 = none), capped by the host's limit."""
+        host = self.governor.limits.statement_timeout_seconds
+        try:
+            own = int(session.settings.get("statement_timeout")) / 1000
+        except (QueryError, ValueError):
+            own = 0
+        return min(own, host) if own > 0 else host
+
     def _run_engine(self, session: Session, prepared: PreparedStatement, values: list[object]) -> Outcome:
-        stype = prepared.statement_type
-        # INSERT/UPDATE/DELETE return rows only with RETURNING; ask the binder before the statement runs.
-        returning = stype in _ROWS_TAGS and self._shape(session, prepared).returns_rows
-        stream = session.engine.run(prepared.engine_sql, values)
-        rows = RowSource(stream)
-        if stype in ("SELECT", "EXPLAIN") or returning:
-            to_pg = _catalog_type if prepared.is_catalog else pg_type_for_arrow
-            columns = [Column(f.name, to_pg(f.type)) for f in stream.schema]
-            return Outcome(tag="", columns=columns, rows=rows, row_tag=_ROWS_TAGS.get(stype, "SELECT"))
-        if stype not in _ROWS_TAGS and _has_result_rows(stream.schema):
-            columns = [Column(f.name, pg_type_for_arrow(f.type)) for f in stream.schema]
-            return Outcome(tag="", columns=columns, rows=rows, row_tag="SELECT")
-        count = _read_count(rows)
+        execution = self._admit(session, prepared, take_slot=True)
+        plan = prepared.plan
+        assert plan is not None
+        # A write outside a transaction block runs in one of its own, committed only once its audit
+        # record is stored: a write whose record cannot be written is rolled back (fail closed).
+        own_transaction = plan.kind not in ("select", "explain", "catalog") and not session.in_transaction
+        try:
+            if own_transaction:
+                self._engine_command(session, "BEGIN TRANSACTION")
+            stype = prepared.statement_type
+            # INSERT/UPDATE/DELETE return rows only with RETURNING; ask the binder before the statement runs.
+            returning = stype in _ROWS_TAGS and self._shape(session, prepared).returns_rows
+            stream = session.engine.run(prepared.engine_sql, values)
+            rows: RowSource = RowSource(stream)
+            columns = None
+            if stype in ("SELECT", "EXPLAIN") or returning or (stype not in _ROWS_TAGS
+                                                                and _has_result_rows(stream.schema)):
+                to_pg = _catalog_type if prepared.is_catalog else pg_type_for_arrow
+                columns = [Column(f.name, to_pg(f.type)) for f in stream.schema]
+            if columns is not None and not own_transaction:
+                max_rows = self.governor.max_rows(session.principal.org_id)
+                governed = GovernedRows(rows, execution, max_rows=max_rows)
+                return Outcome(tag="", columns=columns, rows=governed,
+                               row_tag=_ROWS_TAGS.get(stype, "SELECT") if stype in _ROWS_TAGS else "SELECT")
+            if columns is not None:  # RETURNING rows of a write: held until the record is stored
+                batches = _read_all(rows)
+                execution.audit.rows = sum(b.num_rows for b in batches)
+                count = execution.audit.rows
+            else:
+                count = _read_count(rows)
+                execution.audit.rows = 0
+            execution.finish()
+        except duckdb.Error as exc:
+            error = execution.engine_error(exc)
+            self._abandon(session, own_transaction, execution, error)
+            raise error from None
+        except QueryError as exc:
+            self._abandon(session, own_transaction, execution, exc)
+            raise
+        if own_transaction:
+            self._engine_command(session, "COMMIT")
+        if plan.schema_changed:
+            self._schema_changed(session, plan)
+        if columns is not None:
+            return Outcome(tag="", columns=columns, rows=RowSource(_BatchStream(batches)),  # type: ignore[arg-type]
+                           row_tag=_ROWS_TAGS.get(stype, "SELECT"))
         if stype in _ROWS_TAGS:
             return Outcome(tag=f"{_ROWS_TAGS[stype]} {count}")
         return Outcome(tag=_ddl_tag(prepared.engine_sql, count))
+
+    def _schema_changed(self, session: Session, plan: GovernedPlan) -> None:
+        """After DDL: inside a transaction only this session sees it until COMMIT; outside, everyone does."""
+        if session.in_transaction:
+            tables = self.governor.tables
+            session.engine.apply(lambda cursor: setattr(session, "local_tables", tables.session_view(cursor)))
+            session.pending_ddl.append(plan)
+        else:
+            self.governor.schema_changed(self.subject(session), plan)
+
+    def _abandon(self, session: Session, own_transaction: bool, execution: Execution, error: QueryError) -> None:
+        """Undo a failed statement's own transaction and finish its execution with the error."""
+        if own_transaction:
+            try:
+                self._engine_command(session, "ROLLBACK")
+            except duckdb.Error:
+                pass  # DuckDB already rolled the failed transaction back
+        try:
+            execution.finish(error)
+        except QueryError:
+            pass  # the statement fails with `error` either way; the sink's failure is logged
 
     def _run_setting(self, session: Session, prepared: PreparedStatement) -> Outcome:
         cmd = prepared.setting
@@ -344,9 +477,11 @@ class StatementPipeline:
             if cmd.name.strip().upper() == "ALL":
                 changed = settings.reset_all()
             else:
+                _check_session_setting(cmd.name, None)
                 one = settings.reset(cmd.name)
                 changed = [one] if one else []
             return Outcome(tag="RESET", parameter_status=[(n, settings.get(n)) for n in changed])
+        _check_session_setting(cmd.name, cmd.value)
         reported = settings.set(cmd.name, cmd.value)
         status = [(reported, settings.get(reported))] if reported else []
         return Outcome(tag="SET", parameter_status=status)
@@ -370,7 +505,11 @@ class StatementPipeline:
         failed = session.transaction_status == FAILED_TRANSACTION
         commit = verb in ("COMMIT", "END") and not failed
         session.transaction_ended()
+        pending, session.pending_ddl = session.pending_ddl, []
         self._engine_command(session, "COMMIT" if commit else "ROLLBACK")
+        if commit:
+            for plan in pending:
+                self.governor.schema_changed(self.subject(session), plan)
         return Outcome(tag="COMMIT" if commit else "ROLLBACK")
 
     def _run_savepoint(self, session: Session, text: str, verb: str) -> Outcome:
@@ -403,6 +542,7 @@ class StatementPipeline:
         if taken_at == 0 and (failed or session.transaction_statements > 0):
             self._engine_command(session, "ROLLBACK")
             self._engine_command(session, "BEGIN TRANSACTION")
+            session.local_tables, session.pending_ddl = None, []
         elif failed or session.transaction_statements != taken_at:
             session.transaction_status = FAILED_TRANSACTION
             raise errors.unsupported(
@@ -466,15 +606,24 @@ class StatementPipeline:
         query = self.prepare(session, m.group("query"))
         if query.kind is not Kind.ENGINE or query.statement_type != "SELECT":
             raise QueryError("42601", "HD_ERR_SYNTAX", "DECLARE CURSOR can only be used with a SELECT query")
-        # A cursor reads on a connection of its own so the session can run statements between FETCHes.
-        engine = self._database.session()
+        # A cursor reads on a connection of its own so the session can run statements between FETCHes;
+        # it takes no concurrency slot, since a client may keep it open between FETCHes indefinitely.
+        engine = self._engine_session(session.principal)
         try:
-            stream = engine.run(query.engine_sql)
-        except duckdb.Error:
+            execution = self._admit(session, query, take_slot=False, engine=engine)
+        except QueryError:
             engine.close()
             raise
+        try:
+            stream = engine.run(query.engine_sql)
+        except duckdb.Error as exc:
+            engine.close()
+            error = execution.engine_error(exc)
+            self._abandon(session, False, execution, error)
+            raise error from None
         columns = [Column(f.name, pg_type_for_arrow(f.type)) for f in stream.schema]
-        session.cursors[name] = SqlCursor(name, columns, RowSource(stream), engine, bool(m.group("binary")))
+        rows = GovernedRows(RowSource(stream), execution, max_rows=self.governor.max_rows(session.principal.org_id))
+        session.cursors[name] = SqlCursor(name, columns, rows, engine, bool(m.group("binary")))
         return Outcome(tag="DECLARE CURSOR")
 
     def _cursor(self, session: Session, name: str) -> SqlCursor:
@@ -665,9 +814,75 @@ def _ddl_tag(sql: str, count: int) -> str:
     return words[0]
 
 
+# Agent identity may arrive as plain startup parameters; they are kept as `hd.*` settings.
+_AGENT_STARTUP_NAMES = {"agent_id": "hd.agent_id", "agent_framework": "hd.agent_framework",
+                        "framework": "hd.agent_framework", "request_id": "hd.request_id", "priority": "hd.priority"}
+# Who the agent is feeds row filters, masks and ABAC: fixed for the connection's life.
+_FIXED_SETTINGS = ("hd.agent_id", "hd.agent_framework")
+
+
 def _startup_settings(startup: dict[str, str]) -> dict[str, str]:
     """Startup packet keys that are settings (not user/database/options), plus `-c name=value` options."""
-    values = {k: v for k, v in startup.items() if k not in ("user", "database", "options", "replication")}
+    values = {_AGENT_STARTUP_NAMES.get(k, k): v for k, v in startup.items()
+              if k not in ("user", "database", "options", "replication")}
     for m in re.finditer(r"(?:-c\s*|--)([\w.]+)=((?:\\ |\S)+)", startup.get("options", "")):
-        values[m.group(1)] = m.group(2).replace("\\ ", " ")
+        values[_AGENT_STARTUP_NAMES.get(m.group(1), m.group(1))] = m.group(2).replace("\\ ", " ")
     return values
+
+
+def _check_session_setting(name: str, value: str | None) -> None:
+    key = " ".join(name.lower().split())
+    if key in _FIXED_SETTINGS:
+        raise QueryError("55P02", "HD_ERR_READ_ONLY_SETTING",
+                         f'parameter "{key}" can only be set when connecting',
+                         hint="Reconnect with the startup parameter (or options='-c hd.agent_id=...').")
+    if key == "hd.dialect" and value is not None and value.strip("'\" ").lower() not in SUPPORTED_DIALECTS:
+        raise _bad_dialect(value)
+
+
+def _bad_dialect(value: str) -> QueryError:
+    return QueryError("22023", "HD_ERR_UNKNOWN_DIALECT", f"unknown SQL dialect {value!r}",
+                      hint=f"Use one of: {', '.join(SUPPORTED_DIALECTS)}.")
+
+
+def _has_setting(settings: SessionSettings, name: str) -> bool:
+    try:
+        settings.get(name)
+    except QueryError:
+        return False
+    return True
+
+
+def _settings_map(session: Session) -> dict[str, str]:
+    return {name: value for name, value in session.settings.all() if name.startswith("hd.")}
+
+
+def _dialect(session: Session) -> str:
+    settings = session.settings
+    return settings.get("hd.dialect").strip().lower() if _has_setting(settings, "hd.dialect") else "postgres"
+
+
+def _peer_ip(client_address: str) -> str | None:
+    """The client's IP address (the wire layer passes the peer host; IPv6 may carry a zone)."""
+    host = client_address.rsplit("%", 1)[0].strip("[]")
+    return host or None
+
+
+def _read_all(rows: RowSource) -> list[pa.RecordBatch]:
+    batches = []
+    while (batch := rows.read()) is not None:
+        batches.append(batch)
+    return batches
+
+
+class _BatchStream:
+    """Batches already in memory, presented like a DuckDB result stream."""
+
+    def __init__(self, batches: list[pa.RecordBatch]):
+        self._batches = list(batches)
+
+    def next_batch(self) -> pa.RecordBatch | None:
+        return self._batches.pop(0) if self._batches else None
+
+    def close(self) -> None:
+        self._batches = []

@@ -10,6 +10,8 @@ from engine_host.pipeline.settings import SessionSettings
 from hd_core.models import Principal
 
 if TYPE_CHECKING:
+    from engine_host.engine.table_catalog import TableInfo
+    from engine_host.pipeline.governor import GovernedPlan
     from engine_host.pipeline.results import SqlCursor
 
 IDLE, IN_TRANSACTION, FAILED_TRANSACTION = "I", "T", "E"
@@ -31,6 +33,10 @@ class Session:
     # enough to emulate the savepoint patterns drivers use without DuckDB having savepoints.
     transaction_statements: int = 0
     savepoints: list[tuple[str, int]] = field(default_factory=list)
+    # While the open transaction holds DDL: the tables as this session sees them, and the DDL
+    # whose ownership bookkeeping waits for COMMIT.
+    local_tables: dict[str, TableInfo] | None = None
+    pending_ddl: list[GovernedPlan] = field(default_factory=list)
 
     @property
     def in_transaction(self) -> bool:
@@ -40,6 +46,7 @@ class Session:
         self.transaction_status = IDLE
         self.transaction_statements = 0
         self.savepoints.clear()
+        self.local_tables = None
 
     def statement_failed(self) -> None:
         """A failed statement poisons an explicit transaction until ROLLBACK, as in Postgres."""

@@ -209,6 +209,10 @@ class PgConnection:
             return False
 
     async def _authenticate(self, startup: m.StartupMessage, tls: bool) -> bool:
+        if not self.server.pipeline.ready:
+            await self._fatal("57P03", "HD_ERR_STARTING_UP",
+                              "the database system is starting up (policies are still loading)")
+            return False
         if not tls and not self._plaintext_allowed():
             await self._fatal(
                 "28000", "HD_ERR_TLS_REQUIRED",
@@ -231,9 +235,13 @@ class PgConnection:
         except AuthenticationFailed:
             await self._fatal("28P01", "HD_ERR_AUTH_FAILED", f'password authentication failed for user "{user}"')
             return False
-        self.session = await self._blocking(
-            self.server.pipeline.open_session, principal, self.peer_host, dict(startup.params), self.process_id
-        )
+        try:
+            self.session = await self._blocking(
+                self.server.pipeline.open_session, principal, self.peer_host, dict(startup.params), self.process_id
+            )
+        except QueryError as exc:
+            await self._fatal(exc.sqlstate, exc.code, exc.message)
+            return False
         self._send(m.authentication_ok())
         for name, value in self.session.settings.reported():
             self._send(m.parameter_status(name, value))

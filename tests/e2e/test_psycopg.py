@@ -151,8 +151,10 @@ def test_error_in_transaction_requires_rollback(engine_host):
 
 def test_errors_carry_sqlstate_and_hd_code(engine_host):
     with psycopg.connect(engine_host.dsn(), autocommit=True) as conn:
+        conn.execute("SET hd.dialect = 'duckdb'")  # `//` is DuckDB's integer division
         with pytest.raises(psycopg.errors.DivisionByZero) as err:
             conn.execute("SELECT 1 // 0")
+        conn.execute("RESET hd.dialect")
         assert err.value.diag.message_detail.startswith("HD_ERR_")
         with pytest.raises(psycopg.errors.SyntaxError):
             conn.execute("SELEKT 1")

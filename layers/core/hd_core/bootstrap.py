@@ -39,10 +39,14 @@ def bootstrap_local_owner(
     hasher: ApiKeyHasher,
     *,
     org_name: str = "Local Dev Org",
+    org_id: str | None = None,
     email: str = "owner@localhost",
     now: Callable[[], datetime] = utc_now,
 ) -> LocalOwner:
     """Create, once, an active organisation with an Owner user and an all-scopes `hd_test_` key for them.
+
+    `org_id` picks the organisation's id (the demo puts the Owner in `org_acme`); an existing
+    organisation with that id is reused.
 
     Later calls return the recorded organisation and user with no key (the plaintext is never
     stored, so the caller must keep the first one) and `created=False`.
@@ -51,7 +55,9 @@ def bootstrap_local_owner(
     if existing is not None:
         return existing
     created_at = now()
-    org = Organization(org_id=new_id("org"), name=org_name, status=OrgStatus.ACTIVE, created_at=created_at)
+    existing_org = store.get_org(org_id) if org_id else None
+    org = existing_org or Organization(
+        org_id=org_id or new_id("org"), name=org_name, status=OrgStatus.ACTIVE, created_at=created_at)
     user = User(
         user_id=new_id("usr"),
         org_id=org.org_id,
@@ -80,7 +86,8 @@ def bootstrap_local_owner(
         # second Owner credential is left behind, then adopt the winner's owner.
         revoke_api_key(store, None, record.key_id, now=now)
         store.put_user(replace(user, status=UserStatus.REMOVED))
-        store.put_org(replace(org, status=OrgStatus.SUSPENDED))
+        if existing_org is None:
+            store.put_org(replace(org, status=OrgStatus.SUSPENDED))
         winner = _recorded_local_owner(store)
         assert winner is not None  # the claim we lost names it
         return winner

@@ -1,0 +1,497 @@
+"""The governance stages of the statement pipeline, in DESIGN.md's order, for one engine host.
+
+`plan` (at Parse / simple-query time) runs the stages that depend only on the statement, the
+policy snapshot and the session's attributes: parse and guard, table extract, tenancy and policy
+check (role, scopes, PHI), row filters and masks rewritten into the plan, transpile to DuckDB.
+Its result is cached per (statement text, policy version, catalog version, session attributes).
+
+`admit` (at every execution) re-checks what can change between executions of one prepared
+statement: organisation/user/key status, the rate limit, ABAC deny rules (time windows, source
+address), the quota, then takes a concurrency slot and arms the statement timeout.
+
+`finish` (when the last row has gone, or the statement failed) meters the statement and writes
+its audit record. A record that cannot be written fails the statement: rows are held back until
+the record is stored (see `GovernedRows`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from typing import TypeVar
+
+from sqlglot import exp
+
+from engine_host.engine.catalog import parseable_catalog_text
+from engine_host.engine.table_catalog import TableCatalog, TableInfo
+from engine_host.pipeline.errors import QueryError
+from engine_host.pipeline.gates import ConcurrencyGate, RateLimiter, Watchdog
+from engine_host.pipeline.governance.columns import referenced_columns
+from engine_host.pipeline.governance.guard import ParsedStatement, check_statement, parse_statement
+from engine_host.pipeline.governance.rewrite import MaskSpec, TablePolicy, apply_policies
+from engine_host.pipeline.governance.tables import TableRef, extract_tables
+from engine_host.pipeline.governance.transpile import to_duckdb
+from engine_host.pipeline.policy_state import PolicyState
+from hd_core import policy_eval
+from hd_core.audit import QueryAuditRecord, format_audit_ts
+from hd_core.errors import HdError
+from hd_core.metering import UsageMeter, check_quota, estimate_credits
+from hd_core.models import OrgStatus, Principal, Role, UserStatus, new_id, utc_now
+from hd_core.permissions import ROLE_SCOPES, effective_scopes, scopes_for_action
+from hd_core.policies import Action, PiiType, PolicyKind, PolicySnapshot, TableBinding
+from hd_core.ports import AuditSink, ControlStore
+from hd_core.redaction import redact_sql
+from hd_core.row_filters import parse_row_filter, resolve_row_filter
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+# sqlglot warns with the statement's full text when it falls back to parsing a Command; statement
+# text can hold personal data, which must reach only the redacted audit record, never the logs.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
+
+SUPPORTED_DIALECTS = ("postgres", "duckdb", "snowflake", "bigquery", "redshift")
+_STATUS_TTL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class HostLimits:
+    """Per-host limits; every one has a default that suits a laptop and a fleet member alike."""
+
+    max_concurrent_statements: int = 100
+    max_queued_statements: int = 200
+    queue_wait_seconds: float = 5.0
+    statements_per_second: float = 500.0
+    statement_timeout_seconds: float = 300.0
+    plan_cache_entries: int = 4096
+
+
+@dataclass(frozen=True)
+class GovernedPlan:
+    """A statement that passed the plan-time stages: what to run and what the audit record needs."""
+
+    engine_sql: str
+    kind: str
+    tables: tuple[tuple[str, Action], ...]
+    masked_columns: tuple[str, ...]
+    filtered_tables: tuple[str, ...]
+    scan_estimate: int
+    created_table: str | None = None
+    dropped_table: str | None = None
+    schema_changed: bool = False
+
+
+@dataclass
+class StatementAudit:
+    """What is known about one statement on its way through; becomes its audit record."""
+
+    query_id: str
+    sql: str
+    dialect: str
+    started: float
+    verdicts: list[dict[str, str]] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    plan: GovernedPlan | None = None
+    credits: float = 0.0
+    rows: int = 0
+    bytes: int = 0
+    error: dict[str, str] | None = None
+    engine_error_detail: str | None = None
+    statement_kind: str = ""
+
+    def allow(self, stage: str, reason: str = "") -> None:
+        self.verdicts.append({"stage": stage, "decision": "allow", "reason": reason})
+
+    def deny(self, stage: str, error: QueryError) -> None:
+        self.verdicts.append({"stage": stage, "decision": "deny", "reason": f"{error.code}: {error.message}"})
+        self.error = {"sqlstate": error.sqlstate, "code": error.code, "message": error.message}
+
+
+class Governor:
+    """Holds the host's governance state: policy snapshot, table catalog, gates, meter and audit sink."""
+
+    def __init__(self, *, policies: PolicyState, tables: TableCatalog, store: ControlStore, audit: AuditWriter,
+                 meter: UsageMeter, default_org_id: str, limits: HostLimits | None = None,
+                 on_schema_change: Callable[[], None] | None = None, now: Callable[[], datetime] = utc_now):
+        self.policies = policies
+        self.tables = tables
+        self.store = store
+        self.audit = audit
+        self.meter = meter
+        self.default_org_id = default_org_id
+        self.limits = limits or HostLimits()
+        self.gate = ConcurrencyGate(self.limits.max_concurrent_statements, self.limits.max_queued_statements,
+                                    self.limits.queue_wait_seconds)
+        self.rates = RateLimiter()
+        self.watchdog = Watchdog()
+        self._on_schema_change = on_schema_change
+        self._now = now
+        self._plans: OrderedDict[tuple[object, ...], GovernedPlan] = OrderedDict()
+        self._plans_lock = threading.Lock()
+        self._filters: dict[tuple[int, str], object] = {}
+        self._status: dict[str, tuple[float, tuple[str, ...] | QueryError]] = {}
+
+    # --- who is asking ------------------------------------------------------------------------
+
+    def subject(self, principal: Principal, settings: Mapping[str, str], source_ip: str | None) -> policy_eval.Subject:
+        return policy_eval.Subject(
+            user_id=principal.user_id, org_id=principal.org_id, role=principal.role, scopes=principal.scopes,
+            key_id=principal.key_id, env=str(principal.env), department=principal.department,
+            region=principal.region, agent_id=settings.get("hd.agent_id") or None,
+            agent_framework=settings.get("hd.agent_framework") or None, source_ip=source_ip,
+        )
+
+    def current_scopes(self, principal: Principal) -> tuple[str, ...]:
+        """The credential's scopes narrowed by the user's current role; raises if it may no longer be used.
+
+        Re-read at most once a second per key, so a suspended user, a suspended organisation or a
+        revoked key stops working within about a second on every open session.
+        """
+        now = time.monotonic()
+        cached = self._status.get(principal.key_id)
+        if cached is None or now - cached[0] > _STATUS_TTL_SECONDS:
+            cached = (now, self._read_status(principal))
+            self._status[principal.key_id] = cached
+        if isinstance(cached[1], QueryError):
+            raise cached[1]
+        return cached[1]
+
+    def _read_status(self, principal: Principal) -> tuple[str, ...] | QueryError:
+        org = self.store.get_org(principal.org_id)
+        if org is None or org.status != OrgStatus.ACTIVE:
+            return QueryError("42501", "HD_ERR_ORG_INACTIVE", "this organisation is suspended",
+                              hint="Ask the organisation's owner or Hardened Duck support to reactivate it.")
+        user = self.store.get_user(principal.user_id)
+        key = self.store.get_api_key(principal.key_id) if principal.key_id else None
+        now = self._now()
+        if user is None or user.status != UserStatus.ACTIVE or (
+                key is not None and ((key.revoked_at is not None and key.revoked_at <= now)
+                                     or (key.expires_at is not None and key.expires_at <= now))):
+            return QueryError("28000", "HD_ERR_CREDENTIAL_REVOKED",
+                              "this credential is no longer valid (revoked, expired, or the user was removed)",
+                              hint="Reconnect with a current API key.")
+        return effective_scopes(principal.scopes, user.role)
+
+    # --- plan-time stages ---------------------------------------------------------------------
+
+    def plan(self, subject: policy_eval.Subject, scopes: tuple[str, ...], sql: str, dialect: str,
+             audit: StatementAudit, *, catalog_sql: str | None = None,
+             overlay: Mapping[str, TableInfo] | None = None) -> GovernedPlan:
+        """Run parse/guard, table extract, policy check, rewrite and transpile (cached).
+
+        `overlay` is the session's own table list while its transaction holds uncommitted DDL.
+        """
+        snapshot = self.policies.snapshot
+        now = self._now()
+        role = policy_eval.effective_role(snapshot, subject, now)
+        phi = policy_eval.phi_access(snapshot, subject, now)
+        key = (sql, dialect, catalog_sql is not None, snapshot.version, self.tables.version, subject.org_id,
+               subject.user_id, role, subject.agent_id, subject.agent_framework, subject.department,
+               subject.region, subject.env, scopes, phi,
+               None if overlay is None else tuple(sorted((k, v.columns) for k, v in overlay.items())))
+        with self._plans_lock:
+            cached = self._plans.get(key)
+            if cached is not None:
+                self._plans.move_to_end(key)
+        if cached is not None:
+            audit.allow("plan", "rewrite cache hit")
+            return cached
+        started = time.perf_counter()
+        parsed = self._stage(audit, "guard", lambda: _parse(sql, dialect, catalog=catalog_sql is not None))
+        info = self._stage(audit, "guard", lambda: check_statement(parsed, catalog=catalog_sql is not None))
+        audit.statement_kind = info.kind
+        if catalog_sql is not None:
+            plan = GovernedPlan(engine_sql=catalog_sql, kind="catalog", tables=(), masked_columns=(),
+                                filtered_tables=(), scan_estimate=0)
+        else:
+            def resolve(catalog: str | None, schema: str | None, table: str) -> str | None:
+                return self.tables.resolve(catalog, schema, table, overlay)
+
+            refs = self._stage(audit, "tables", lambda: extract_tables(parsed, resolve))
+            plan = self._stage(audit, "policy", lambda: self._policy_plan(
+                snapshot, subject, role, scopes, phi, parsed, info.kind, refs, overlay))
+        audit.timings_ms["plan"] = round((time.perf_counter() - started) * 1000, 3)
+        with self._plans_lock:
+            self._plans[key] = plan
+            if len(self._plans) > self.limits.plan_cache_entries:
+                self._plans.popitem(last=False)
+        return plan
+
+    @staticmethod
+    def _stage(audit: StatementAudit, name: str, run: Callable[[], _T]) -> _T:
+        try:
+            result = run()
+        except QueryError as exc:
+            audit.deny(name, exc)
+            raise
+        audit.allow(name)
+        return result
+
+    def _policy_plan(self, snapshot: PolicySnapshot, subject: policy_eval.Subject, role: Role,
+                     scopes: tuple[str, ...], phi: bool, parsed: ParsedStatement, kind: str,
+                     refs: list[TableRef], overlay: Mapping[str, TableInfo] | None) -> GovernedPlan:
+        self._check_role_and_scopes(role, scopes, kind, refs)
+        policies: dict[str, TablePolicy] = {}
+        filtered: list[str] = []
+        for ref in refs:
+            if ref.name in policies:
+                continue
+            tenant_column = self._check_tenancy(snapshot, subject.org_id, ref.name)
+            policy = self._table_policy(snapshot, subject, role, ref.name, tenant_column, overlay)
+            policies[ref.name] = policy
+            if policy.row_filter is not None:
+                filtered.append(ref.name)
+        columns = {name: [c for c, _ in info.columns] for name in policies
+                   if (info := self.tables.get(name, overlay)) is not None}
+        read = referenced_columns(parsed, refs, columns)
+        masked = sorted(f"{t}.{c}" for t, cols in read.items() for c in cols if c in policies[t].masks)
+        if not phi:
+            self._check_phi(snapshot, subject.org_id, read, policies)
+        tree = apply_policies(parsed, refs, policies)
+        engine_sql = to_duckdb(tree, parsed)
+        created = next((r.name for r in refs if r.action is Action.CREATE), None)
+        if created is None and kind in ("create_table", "create_table_as"):
+            created = _created_name(parsed)
+        dropped = next((r.name for r in refs if r.action is Action.DROP), None)
+        estimate = sum(info.estimated_rows for r in refs if (info := self.tables.get(r.name, overlay)) is not None)
+        return GovernedPlan(
+            engine_sql=engine_sql, kind=kind, tables=tuple((r.name, r.action) for r in refs),
+            masked_columns=tuple(masked), filtered_tables=tuple(filtered), scan_estimate=estimate,
+            created_table=created, dropped_table=dropped,
+            schema_changed=kind in ("create_table", "create_table_as", "create_schema", "drop_table", "alter_table"),
+        )
+
+    @staticmethod
+    def _check_role_and_scopes(role: Role, scopes: tuple[str, ...], kind: str, refs: list[TableRef]) -> None:
+        actions = {r.action for r in refs} or {Action.SELECT}
+        if kind in ("create_table", "create_table_as", "create_schema"):
+            actions.add(Action.CREATE)
+        for action in sorted(actions):
+            needed = scopes_for_action(action)
+            if needed not in ROLE_SCOPES[role]:
+                raise QueryError("42501", "HD_ERR_ROLE_NOT_PERMITTED",
+                                 f"the {role.value} role may not {action.value} ({needed} is not part of the role)",
+                                 hint="Ask an admin for a role that includes it, or a just-in-time grant.")
+            if needed not in scopes:
+                raise QueryError("42501", "HD_ERR_SCOPE_MISSING",
+                                 f"this API key lacks the {needed} scope needed to {action.value}",
+                                 hint=f"Use a key issued with {needed}.")
+
+    def _check_tenancy(self, snapshot: PolicySnapshot, org_id: str, table: str) -> str | None:
+        """The tenant column to filter on for a shared table; raises if the table is another org's."""
+        binding = policy_eval.binding_for(snapshot, table)
+        if binding is not None and binding.tenant_column:
+            return binding.tenant_column
+        owner = binding.org_id if binding is not None and binding.org_id else self.default_org_id
+        if owner != org_id:
+            raise QueryError("42501", "HD_ERR_CROSS_TENANT",
+                             f"{table} belongs to another organisation; queries cannot cross organisations",
+                             hint="Query only your organisation's tables.")
+        return None
+
+    def _table_policy(self, snapshot: PolicySnapshot, subject: policy_eval.Subject, role: Role, table: str,
+                      tenant_column: str | None, overlay: Mapping[str, TableInfo] | None) -> TablePolicy:
+        info = self.tables.get(table, overlay)
+        columns = info.columns if info is not None else ()
+        masks = {column: MaskSpec(rule.function, rule.visible_chars)
+                 for column, rule in policy_eval.masks_for(snapshot, subject, role, table).items()}
+        conditions: list[exp.Expr] = []
+        if tenant_column:
+            conditions.append(exp.EQ(this=exp.column(tenant_column), expression=exp.Literal.string(subject.org_id)))
+        values = {"user_id": subject.user_id, "org_id": subject.org_id, "agent_id": subject.agent_id,
+                  "agent_framework": subject.agent_framework, "department": subject.department,
+                  "region": subject.region}
+        for rule in policy_eval.row_filters_for(snapshot, subject, role, table):
+            cache_key = (snapshot.version, rule.rule_id)
+            parsed = self._filters.get(cache_key)
+            if parsed is None:
+                parsed = self._filters[cache_key] = parse_row_filter(rule.filter)
+            conditions.append(exp.Paren(this=resolve_row_filter(parsed, values)))  # type: ignore[arg-type]
+        row_filter = exp.and_(*conditions) if conditions else None
+        return TablePolicy(table=table, columns=columns, masks=masks, row_filter=row_filter)
+
+    @staticmethod
+    def _check_phi(snapshot: PolicySnapshot, org_id: str, read: Mapping[str, set[str]],
+                   policies: Mapping[str, TablePolicy]) -> None:
+        for table, cols in read.items():
+            tags = policy_eval.column_tags_for(snapshot, org_id, table)
+            exposed = sorted(c for c in cols if tags.get(c) == PiiType.PHI and c not in policies[table].masks)
+            if exposed:
+                raise QueryError(
+                    "42501", "HD_ERR_PHI_ACCESS_REQUIRED",
+                    f"reading unmasked PHI ({', '.join(f'{table}.{c}' for c in exposed)}) needs a phi_access grant",
+                    hint="Leave these columns out, or ask an admin for a phi_access grant.",
+                )
+
+    # --- execution-time stages ------------------------------------------------------------------
+
+    def admit(self, subject: policy_eval.Subject, plan: GovernedPlan, audit: StatementAudit, *,
+              take_slot: bool = True) -> None:
+        """Rate limit, ABAC, quota; then (with `take_slot`) a concurrency slot, released with `release`."""
+        snapshot = self.policies.snapshot
+        now = self._now()
+        role = policy_eval.effective_role(snapshot, subject, now)
+        quota = policy_eval.quota_for(snapshot, subject.org_id)
+        rate = (quota.statements_per_second if quota and quota.statements_per_second
+                else self.limits.statements_per_second)
+        self._stage(audit, "rate_limit", lambda: self.rates.take(subject.key_id or subject.user_id, rate))
+        if plan.kind != "catalog":
+            self._stage(audit, "abac", lambda: self._check_abac(snapshot, subject, role, plan, now))
+            estimate = estimate_credits(plan.scan_estimate)
+            audit.credits = estimate
+
+            def quota_check() -> None:
+                if quota is None or quota.monthly_credits is None:
+                    return
+                used = self.meter.month_to_date_credits(subject.org_id, now)
+                try:
+                    check_quota(quota.monthly_credits, used, estimate)
+                except HdError as exc:
+                    raise QueryError("53400", exc.code, str(exc),
+                                     hint="Ask an admin to raise the monthly credit limit.") from None
+
+            self._stage(audit, "quota", quota_check)
+        if take_slot:
+            self._stage(audit, "concurrency", self.gate.acquire)
+
+    @staticmethod
+    def _check_abac(snapshot: PolicySnapshot, subject: policy_eval.Subject, role: Role, plan: GovernedPlan,
+                    now: datetime) -> None:
+        checks: list[tuple[str | None, Action]] = list(plan.tables) or [(None, Action.SELECT)]
+        for table, action in checks:
+            denial = policy_eval.abac_denial(snapshot, subject, role, action, table, now)
+            if denial is not None:
+                reason = f" ({denial.reason})" if denial.reason else ""
+                raise QueryError("42501", "HD_ERR_ABAC_DENIED",
+                                 f"denied by policy {denial.name!r}{reason}",
+                                 hint="Ask an admin which conditions the policy sets.")
+
+    def release(self) -> None:
+        self.gate.release()
+
+    def max_rows(self, org_id: str) -> int | None:
+        quota = policy_eval.quota_for(self.policies.snapshot, org_id)
+        return quota.max_rows_per_query if quota is not None else None
+
+    def schema_changed(self, subject: policy_eval.Subject, plan: GovernedPlan) -> None:
+        """After successful DDL: refresh the table list, and record who owns a new table."""
+        self.tables.refresh()
+        if self._on_schema_change is not None:
+            self._on_schema_change()
+        changed = False
+        if plan.created_table and policy_eval.binding_for(self.policies.snapshot, plan.created_table) is None \
+                and subject.org_id != self.default_org_id:
+            self.store.put_policy(TableBinding(binding_id=new_id("tbl"), table=plan.created_table,
+                                               org_id=subject.org_id))
+            changed = True
+        if plan.dropped_table:
+            binding = policy_eval.binding_for(self.policies.snapshot, plan.dropped_table)
+            if binding is not None and binding.org_id == subject.org_id and not binding.tenant_column:
+                self.store.delete_policy(PolicyKind.TABLE_BINDING, binding.binding_id)
+                changed = True
+        if changed:
+            self.policies.load()
+
+    # --- catalog visibility -----------------------------------------------------------------------
+
+    def visible(self, subject: policy_eval.Subject, scopes: tuple[str, ...]) -> Callable[[str, str], bool]:
+        """Which relations the catalog may list for this session: its org's tables, if it may list tables."""
+        snapshot = self.policies.snapshot
+        if "tables:list" not in scopes:
+            return lambda schema, table: False
+
+        def visible(schema: str, table: str) -> bool:
+            name = f"{schema}.{table}".lower()
+            binding = policy_eval.binding_for(snapshot, name)
+            if binding is not None and binding.tenant_column:
+                return True
+            owner = binding.org_id if binding is not None and binding.org_id else self.default_org_id
+            return owner == subject.org_id
+
+        return visible
+
+    # --- audit and metering -------------------------------------------------------------------------
+
+    def new_audit(self, sql: str, dialect: str) -> StatementAudit:
+        return StatementAudit(query_id=new_id("q"), sql=sql, dialect=dialect, started=time.perf_counter())
+
+    def record(self, subject: policy_eval.Subject, settings: Mapping[str, str], audit: StatementAudit) -> None:
+        """Meter the statement and write its audit record; raises QueryError if the record cannot be stored."""
+        audit.timings_ms["total"] = round((time.perf_counter() - audit.started) * 1000, 3)
+        if audit.plan is not None and audit.error is None:
+            self.meter.record(subject.org_id, subject.user_id, subject.agent_id, audit.credits, audit.rows,
+                              audit.bytes, self._now())
+        self.audit.write(subject, settings, audit)
+
+
+    def record_denial(self, subject: policy_eval.Subject, settings: Mapping[str, str], audit: StatementAudit) -> None:
+        """Audit a refused statement; the refusal stands even if the record cannot be written."""
+        try:
+            self.record(subject, settings, audit)
+        except QueryError:
+            pass  # already logged by the writer; the statement is refused either way
+
+
+class AuditWriter:
+    """Turns a StatementAudit into the query audit record and stores it through the AuditSink (fail closed)."""
+
+    def __init__(self, sink: AuditSink, now: Callable[[], datetime] = utc_now):
+        self._sink = sink
+        self._now = now
+
+    def write(self, subject: policy_eval.Subject, settings: Mapping[str, str], audit: StatementAudit) -> None:
+        plan = audit.plan
+        record = QueryAuditRecord(
+            ts=format_audit_ts(self._now()), query_id=audit.query_id, org_id=subject.org_id,
+            user_id=subject.user_id, key_id=subject.key_id, role=str(subject.role), source_ip=subject.source_ip,
+            agent_id=subject.agent_id, agent_framework=subject.agent_framework,
+            request_id=settings.get("hd.request_id") or None, priority=settings.get("hd.priority") or None,
+            dialect=audit.dialect, sql_redacted=_redacted(audit.sql, audit.dialect),
+            statement_kind=audit.statement_kind or (plan.kind if plan else None),
+            tables=sorted({t for t, _ in plan.tables}) if plan else [], rows_returned=audit.rows,
+            bytes_returned=audit.bytes, masked_columns=list(plan.masked_columns) if plan else [],
+            row_filters_applied=list(plan.filtered_tables) if plan else [], timings_ms=dict(audit.timings_ms),
+            credits=audit.credits,
+        )
+        for verdict in audit.verdicts:
+            record.add_verdict(verdict["stage"], verdict["decision"], verdict["reason"])  # type: ignore[arg-type]
+        if audit.error is not None:
+            record.fail(sqlstate=audit.error["sqlstate"], code=audit.error["code"],
+                        message=audit.error["message"], engine_error_detail=audit.engine_error_detail)
+        try:
+            self._sink.write(record.to_dict())
+        except HdError as exc:
+            log.error("audit record %s could not be written: %s", audit.query_id, exc)
+            raise QueryError("58030", "HD_ERR_AUDIT_UNAVAILABLE",
+                             "the audit record could not be written, so the statement was not run to completion "
+                             f"and no rows were returned (reference {audit.query_id})",
+                             hint="Ask an operator to check the audit storage; retry once it is writable.") from None
+
+
+def _parse(sql: str, dialect: str, *, catalog: bool) -> ParsedStatement:
+    try:
+        return parse_statement(sql, dialect)
+    except QueryError:
+        if not catalog:
+            raise
+        # Driver catalog queries use casts such as `$1::oid[]` that sqlglot reads only once patched,
+        # exactly as the catalog layer itself parses them.
+        return parse_statement(parseable_catalog_text(sql), dialect)
+
+
+@lru_cache(maxsize=4096)
+def _redacted(sql: str, dialect: str) -> str:
+    """Redaction depends only on the text, and drivers repeat the same statements: parse each once."""
+    return redact_sql(sql, dialect)
+
+
+def _created_name(parsed: ParsedStatement) -> str | None:
+    table = parsed.tree.find(exp.Table)
+    if table is None:
+        return None
+    return f"{(table.db or 'main').lower()}.{table.name.lower()}"
