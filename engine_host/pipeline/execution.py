@@ -64,7 +64,7 @@ class Execution:
 
     def record_now(self) -> None:
         """Write the audit record now (rows so far) without finishing; raises QueryError on failure."""
-        self.governor.record(self.subject, self.settings, self.audit)
+        self.governor.record(self.subject, self.settings, self.audit, final=False)
 
     def finish(self, error: QueryError | None = None, *, write: bool = True) -> None:
         """End the execution once: release its resources, meter it and (if `write`) store its record."""

@@ -41,7 +41,7 @@ from engine_host.pipeline.policy_state import PolicyState
 from hd_core import policy_eval
 from hd_core.audit import QueryAuditRecord, format_audit_ts
 from hd_core.errors import HdError
-from hd_core.metering import UsageMeter, check_quota, estimate_credits
+from hd_core.metering import UsageMeter, check_quota, credits_for, estimate_credits
 from hd_core.models import OrgStatus, Principal, Role, UserStatus, new_id, utc_now
 from hd_core.permissions import ROLE_SCOPES, effective_scopes, scopes_for_action
 from hd_core.policies import Action, PiiType, PolicyKind, PolicySnapshot, TableBinding
@@ -420,10 +420,14 @@ class Governor:
     def new_audit(self, sql: str, dialect: str) -> StatementAudit:
         return StatementAudit(query_id=new_id("q"), sql=sql, dialect=dialect, started=time.perf_counter())
 
-    def record(self, subject: policy_eval.Subject, settings: Mapping[str, str], audit: StatementAudit) -> None:
-        """Meter the statement and write its audit record; raises QueryError if the record cannot be stored."""
-        audit.timings_ms["total"] = round((time.perf_counter() - audit.started) * 1000, 3)
-        if audit.plan is not None and audit.error is None:
+    def record(self, subject: policy_eval.Subject, settings: Mapping[str, str], audit: StatementAudit, *,
+               final: bool = True) -> None:
+        """Write the statement's audit record and (when `final`) meter it; raises QueryError if not stored."""
+        elapsed_ms = (time.perf_counter() - audit.started) * 1000
+        audit.timings_ms["total"] = round(elapsed_ms, 3)
+        if audit.plan is not None:
+            audit.credits = credits_for(audit.plan.scan_estimate, audit.rows, audit.bytes, elapsed_ms)
+        if final and audit.plan is not None and audit.error is None:
             self.meter.record(subject.org_id, subject.user_id, subject.agent_id, audit.credits, audit.rows,
                               audit.bytes, self._now())
         self.audit.write(subject, settings, audit)

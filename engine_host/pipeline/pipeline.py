@@ -768,14 +768,13 @@ def _show_columns(name: str) -> list[Column]:
     return [Column(label, _text())]
 
 
-class _StaticStream:
-    """A tiny in-memory result (SHOW) presented through the same interface as DuckDB streams."""
+class _BatchStream:
+    """Batches already in memory (SHOW answers, held RETURNING rows) presented like a DuckDB stream."""
 
-    def __init__(self, columns: list[Column], rows: list[list[str]]):
-        arrays = [pa.array([row[i] for row in rows], pa.string()) for i in range(len(columns))]
-        self._batches = [pa.RecordBatch.from_arrays(arrays, names=[c.name for c in columns])]
+    def __init__(self, batches: list[pa.RecordBatch]):
+        self._batches = list(batches)
 
-    def next_batch(self) -> object:
+    def next_batch(self) -> pa.RecordBatch | None:
         return self._batches.pop(0) if self._batches else None
 
     def close(self) -> None:
@@ -783,7 +782,9 @@ class _StaticStream:
 
 
 def _static_rows(columns: list[Column], rows: list[list[str]], row_tag: str) -> Outcome:
-    source = RowSource(_StaticStream(columns, rows))  # type: ignore[arg-type]
+    arrays = [pa.array([row[i] for row in rows], pa.string()) for i in range(len(columns))]
+    batch = pa.RecordBatch.from_arrays(arrays, names=[c.name for c in columns])
+    source = RowSource(_BatchStream([batch]))  # type: ignore[arg-type]
     return Outcome(tag="", columns=columns, rows=source, row_tag=row_tag)
 
 
@@ -874,15 +875,3 @@ def _read_all(rows: RowSource) -> list[pa.RecordBatch]:
         batches.append(batch)
     return batches
 
-
-class _BatchStream:
-    """Batches already in memory, presented like a DuckDB result stream."""
-
-    def __init__(self, batches: list[pa.RecordBatch]):
-        self._batches = list(batches)
-
-    def next_batch(self) -> pa.RecordBatch | None:
-        return self._batches.pop(0) if self._batches else None
-
-    def close(self) -> None:
-        self._batches = []

@@ -12,6 +12,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -198,3 +200,63 @@ def test_rate_limit_and_monthly_credit_quota(host: EngineHostProcess) -> None:
             return False
 
         eventually(over_quota)
+
+
+def remove_policy(host: EngineHostProcess, kind: str, policy_id: str) -> None:
+    done = hd_policy(host, "remove", kind, policy_id)
+    assert done.returncode == 0, done.stderr
+
+
+def ssn_sample(conn: psycopg.Connection) -> str:
+    return conn.execute("SELECT ssn FROM crm.customers ORDER BY customer_id LIMIT 1").fetchone()[0]
+
+
+def test_jit_grant_elevates_for_its_window_then_expires_by_itself(host: EngineHostProcess) -> None:
+    now = datetime.now(UTC)
+    with connect(host, "acme-analyst") as conn:
+        assert ssn_sample(conn) == "***"
+        add_policy(host, {"kind": "jit_grant", "grant_id": "jit_analyst", "org_id": "org_acme",
+                          "user_id": "usr_demo_acme_analyst", "role": "Admin", "reason": "incident 42",
+                          "starts_at": (now - timedelta(minutes=1)).isoformat(),
+                          "expires_at": (now + timedelta(seconds=6)).isoformat()})
+        eventually(lambda: ssn_sample(conn) != "***")  # Admins are exempt from the demo masks
+        eventually(lambda: ssn_sample(conn) == "***", seconds=15)  # no policy change: the grant ran out
+
+
+def test_abac_denies_outside_the_allowed_network(host: EngineHostProcess) -> None:
+    add_policy(host, {"kind": "abac", "policy_id": "abac_corp_net", "org_id": "org_acme", "name": "corp network",
+                      "effect": "deny", "actions": ["*"], "resources": ["sales.orders"],
+                      "conditions": {"not_source_cidrs": ["10.0.0.0/8"]}, "reason": "orders only from the VPN"})
+    try:
+        with connect(host, "acme-analyst") as conn:
+            def denied() -> bool:
+                try:
+                    conn.execute("SELECT count(*) FROM sales.orders")
+                except psycopg.Error as exc:
+                    return exc.diag.message_detail == "HD_ERR_ABAC_DENIED" and "orders only from the VPN" in str(exc)
+                return False
+
+            eventually(denied)
+            assert conn.execute("SELECT count(*) FROM crm.customers").fetchone() == (500,)
+    finally:
+        remove_policy(host, "abac", "abac_corp_net")
+
+
+def test_abac_time_window_in_a_timezone(host: EngineHostProcess) -> None:
+    local = datetime.now(ZoneInfo("Asia/Singapore"))
+    start, end = (local - timedelta(hours=1)).strftime("%H:%M"), (local + timedelta(hours=1)).strftime("%H:%M")
+    add_policy(host, {"kind": "abac", "policy_id": "abac_maintenance", "org_id": "org_acme", "name": "maintenance",
+                      "effect": "deny", "actions": ["select"], "resources": ["hr.*"],
+                      "conditions": {"time_window": {"start": start, "end": end, "timezone": "Asia/Singapore"}}})
+    try:
+        with connect(host, "acme-analyst") as conn:
+            def denied() -> bool:
+                try:
+                    conn.execute("SELECT count(*) FROM hr.employees")
+                except psycopg.Error as exc:
+                    return exc.diag.message_detail == "HD_ERR_ABAC_DENIED"
+                return False
+
+            eventually(denied)
+    finally:
+        remove_policy(host, "abac", "abac_maintenance")
