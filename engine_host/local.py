@@ -111,6 +111,8 @@ class LocalEngineHost:
         self.server: PgServer | None = None
         self.banner: Banner | None = None
         self.policies: PolicyState | None = None
+        self.tables: TableCatalog | None = None
+        self.server_pipeline: StatementPipeline | None = None
         self.audit_sink: AuditSink | None = None
         self.meter: UsageMeter | None = None
         self._stopping = threading.Event()
@@ -139,15 +141,18 @@ class LocalEngineHost:
         authenticator = ApiKeyAuthenticator(store, ensure_pepper(store))
         catalog = CatalogResponder()
         database = Database(self.state_dir / "engine.duckdb", allowed_directories=[self.data_dir])
-        database.open(setup=[self._register_tables, catalog.install, install_mask_macros])
+        mask_keys = ensure_mask_keys(store)
+        database.open(setup=[self._register_tables, catalog.install,
+                             lambda con: install_mask_macros(con, mask_keys)])
         self.database = database
-        tables = TableCatalog(database.connection)
+        self.tables = tables = TableCatalog(database.connection)
         self.policies = PolicyState(store, interval_seconds=self.config.policy_poll_seconds)
         self.audit_sink = self._audit_override or LocalFolderAuditSink(self.state_dir, host_id=f"local-{os.getpid()}")
         self.meter = UsageMeter(store)
         governor = Governor(policies=self.policies, tables=tables, store=store, audit=AuditWriter(self.audit_sink),
                             meter=self.meter, default_org_id=owner.org.org_id, limits=self.config.limits)
-        pipeline = StatementPipeline(database, governor, ensure_mask_keys(store), catalog)
+        pipeline = StatementPipeline(database, governor, catalog)
+        self.server_pipeline = pipeline
         cert, key = ensure_self_signed_certificate(self.state_dir / "tls")
         self.server = PgServer(
             pipeline,
@@ -193,8 +198,13 @@ class LocalEngineHost:
         self._flush_meter()
         if self.policies is not None:
             self.policies.stop()
+        if self.server_pipeline is not None:
+            self.server_pipeline.governor.watchdog.stop()
         if isinstance(self.audit_sink, LocalFolderAuditSink):
             self.audit_sink.close()
+        if self.tables is not None:
+            self.tables.close()
+            self.tables = None
         if self.database is not None:
             self.database.checkpoint()
             self.database.close()

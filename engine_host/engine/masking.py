@@ -5,13 +5,15 @@ Plain SHA-256 of an SSN is reversed by brute force in minutes (there are only 10
 input always gives the same output (joins on masked columns keep working), and without the key
 nobody can test a guess.
 
-The macro `hd_pg.hd_mask_hash(v)` is the textbook HMAC construction over DuckDB's `sha256`:
+`hd_keys.hd_mask_hash_<env>(v)` is the textbook HMAC construction over DuckDB's `sha256`:
     sha256(opad_key || unhex(sha256(ipad_key || v)))
-with the two padded keys held in per-connection DuckDB variables, set when a session opens. The
-guard refuses user calls to `getvariable`, `duckdb_variables()` and anything in `hd_pg`, so the
-key and the macro are out of reach of SQL. DuckDB folds variables into plans as constants, so
-EXPLAIN would print the key: EXPLAIN statements use `hd_mask_hash_redacted`, the same construction
-over an all-zero key, whose plan shows nothing secret.
+with the padded keys written into the macro body. The macros live in `hd_keys`, an in-memory
+database attached at startup, so the keys are never written to `engine.duckdb`; the guard refuses
+every user reference to `hd_keys`, `duckdb_*()` functions and ATTACH, so SQL cannot call the
+macros (which would let it test guesses) or read their definitions. Constant keys keep filters
+pushed down into scans (a `getvariable()` key blocked that and tripled the cost of a point lookup).
+EXPLAIN prints plan constants, so EXPLAIN statements use `hd_mask_hash_redacted`, the same
+construction over an all-zero key.
 """
 
 from __future__ import annotations
@@ -20,53 +22,56 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Mapping
 
 import duckdb
 
 from hd_core.ports import ControlStore
 
-SCHEMA = "hd_pg"
+CATALOG = "hd_keys"
+MACRO = "hd_mask_hash"
 _BLOCK = 64  # SHA-256 block size in bytes
 _KEY_BYTES = 32
-_IPAD_VARIABLE = "hd_mask_ipad"
-_OPAD_VARIABLE = "hd_mask_opad"
-_ZERO_IPAD = bytes([0x36]) * _BLOCK
-_ZERO_OPAD = bytes([0x5C]) * _BLOCK
+ENVIRONMENTS = ("live", "test")
 
 
-def _hmac_sql(ipad: str, opad: str) -> str:
-    return (f"CASE WHEN v IS NULL THEN NULL ELSE sha256({opad} || unhex(sha256({ipad} || encode(CAST(v AS VARCHAR)))))"
-            " END")
+def macro_name(env: str) -> str:
+    """The hash macro of one environment (what the rewrite calls for sessions of that environment)."""
+    if env not in ENVIRONMENTS:
+        raise ValueError(f"unknown environment {env!r}")
+    return f"{MACRO}_{env}"
 
 
-def install_mask_macros(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the masking macros in `hd_pg` (run once at startup, before the lockdown)."""
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-    con.execute(f"CREATE OR REPLACE MACRO {SCHEMA}.hd_mask_hash(v) AS "
-                + _hmac_sql(f"getvariable('{_IPAD_VARIABLE}')", f"getvariable('{_OPAD_VARIABLE}')"))
-    con.execute(f"CREATE OR REPLACE MACRO {SCHEMA}.hd_mask_hash_redacted(v) AS "
-                + _hmac_sql(f"from_hex('{_ZERO_IPAD.hex()}')", f"from_hex('{_ZERO_OPAD.hex()}')"))
-
-
-def set_session_mask_key(cursor: duckdb.DuckDBPyConnection, key: bytes) -> None:
-    """Give one DuckDB connection the padded HMAC keys its `hd_mask_hash` calls use."""
+def _hmac_sql(key: bytes) -> str:
     padded = key.ljust(_BLOCK, b"\0") if len(key) <= _BLOCK else hashlib.sha256(key).digest().ljust(_BLOCK, b"\0")
-    cursor.execute(f"SET VARIABLE {_IPAD_VARIABLE} = $1::BLOB", [bytes(b ^ 0x36 for b in padded)])
-    cursor.execute(f"SET VARIABLE {_OPAD_VARIABLE} = $1::BLOB", [bytes(b ^ 0x5C for b in padded)])
+    ipad = bytes(b ^ 0x36 for b in padded).hex()
+    opad = bytes(b ^ 0x5C for b in padded).hex()
+    return (f"CASE WHEN v IS NULL THEN NULL ELSE sha256(from_hex('{opad}') || unhex(sha256(from_hex('{ipad}') "
+            "|| encode(CAST(v AS VARCHAR))))) END")
+
+
+def install_mask_macros(con: duckdb.DuckDBPyConnection, keys: Mapping[str, bytes]) -> None:
+    """Attach the in-memory `hd_keys` catalog and create the hash macros (at startup, before the lockdown)."""
+    attached = {row[0] for row in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
+    if CATALOG not in attached:
+        con.execute(f"ATTACH ':memory:' AS {CATALOG}")
+    for env, key in keys.items():
+        con.execute(f"CREATE OR REPLACE MACRO {CATALOG}.main.{macro_name(env)}(v) AS {_hmac_sql(key)}")
+    con.execute(f"CREATE OR REPLACE MACRO {CATALOG}.main.{MACRO}_redacted(v) AS {_hmac_sql(b'')}")
 
 
 def mask_hash(key: bytes, value: str) -> str:
-    """What `hd_pg.hd_mask_hash` returns for `value` under `key` (for tests and offline joins)."""
+    """What the hash macro returns for `value` under `key` (for tests and offline joins)."""
     return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
 
 
-def ensure_mask_keys(store: ControlStore, environments: tuple[str, ...] = ("live", "test")) -> dict[str, bytes]:
+def ensure_mask_keys(store: ControlStore) -> dict[str, bytes]:
     """The per-environment masking keys of a local install: generated on first use, then reused.
 
     Local mode only keeps them in the control store; a deployment takes them from KMS.
     """
     keys = {}
-    for env in environments:
+    for env in ENVIRONMENTS:
         candidate = base64.b64encode(secrets.token_bytes(_KEY_BYTES)).decode("ascii")
         stored = store.put_setting_if_absent(f"mask_hash_key.{env}", candidate)
         keys[env] = base64.b64decode(stored, validate=True)

@@ -113,6 +113,10 @@ class _Deadline:
     cancelled: bool = field(default=False, compare=False)
 
 
+def _nothing() -> None:
+    return None
+
+
 class Watchdog:
     """One thread that fires callbacks at deadlines (statement timeouts) without a thread per statement."""
 
@@ -138,6 +142,9 @@ class Watchdog:
     @staticmethod
     def cancel(deadline: _Deadline) -> None:
         deadline.cancelled = True
+        # The entry waits in the heap until its time; drop the callback now so it pins nothing
+        # (it closes over a session's DuckDB connection).
+        deadline.callback = _nothing
 
     def stop(self) -> None:
         with self._cond:

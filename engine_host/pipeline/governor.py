@@ -17,6 +17,7 @@ the record is stored (see `GovernedRows`).
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -29,6 +30,7 @@ from typing import TypeVar
 from sqlglot import exp
 
 from engine_host.engine.catalog import parseable_catalog_text
+from engine_host.engine.masking import ENVIRONMENTS, macro_name
 from engine_host.engine.table_catalog import TableCatalog, TableInfo
 from engine_host.pipeline.errors import QueryError
 from engine_host.pipeline.gates import ConcurrencyGate, RateLimiter, Watchdog
@@ -84,6 +86,18 @@ class GovernedPlan:
     created_table: str | None = None
     dropped_table: str | None = None
     schema_changed: bool = False
+
+    @property
+    def statement_type(self) -> str:
+        """DuckDB's statement type for the governed SQL (known from the guard; no second parse)."""
+        return _DUCKDB_STATEMENT_TYPES.get(self.kind, "SELECT")
+
+
+_DUCKDB_STATEMENT_TYPES = {
+    "select": "SELECT", "catalog": "SELECT", "explain": "EXPLAIN", "insert": "INSERT", "update": "UPDATE",
+    "delete": "DELETE", "create_table": "CREATE", "create_table_as": "CREATE", "create_schema": "CREATE",
+    "drop_table": "DROP", "alter_table": "ALTER",
+}
 
 
 @dataclass
@@ -298,7 +312,8 @@ class Governor:
                       tenant_column: str | None, overlay: Mapping[str, TableInfo] | None) -> TablePolicy:
         info = self.tables.get(table, overlay)
         columns = info.columns if info is not None else ()
-        masks = {column: MaskSpec(rule.function, rule.visible_chars)
+        hash_macro = macro_name(subject.env if subject.env in ENVIRONMENTS else "live")
+        masks = {column: MaskSpec(rule.function, rule.visible_chars, hash_macro)
                  for column, rule in policy_eval.masks_for(snapshot, subject, role, table).items()}
         conditions: list[exp.Expr] = []
         if tenant_column:
@@ -418,7 +433,9 @@ class Governor:
     # --- audit and metering -------------------------------------------------------------------------
 
     def new_audit(self, sql: str, dialect: str) -> StatementAudit:
-        return StatementAudit(query_id=new_id("q"), sql=sql, dialect=dialect, started=time.perf_counter())
+        # A query id is a correlation reference, not a credential: 80 random bits, cheaply made.
+        return StatementAudit(query_id=f"q_{secrets.token_hex(10)}", sql=sql, dialect=dialect,
+                              started=time.perf_counter())
 
     def record(self, subject: policy_eval.Subject, settings: Mapping[str, str], audit: StatementAudit, *,
                final: bool = True) -> None:

@@ -20,7 +20,6 @@ import duckdb
 import pyarrow as pa
 
 from engine_host.engine.duckdb_engine import Database, EngineSession, StatementShape
-from engine_host.engine.masking import set_session_mask_key
 from engine_host.engine.pgtypes import (
     ParameterFormatError,
     PgType,
@@ -120,12 +119,11 @@ _ROWS_TAGS = {"INSERT": "INSERT 0", "UPDATE": "UPDATE", "DELETE": "DELETE", "MER
 class StatementPipeline:
     """Prepares and executes statements for sessions on one locked-down DuckDB database."""
 
-    def __init__(self, database: Database, governor: Governor, mask_keys: Mapping[str, bytes],
-                 catalog: CatalogAnswers | None = None, stages: Sequence[Stage] | None = None):
+    def __init__(self, database: Database, governor: Governor, catalog: CatalogAnswers | None = None,
+                 stages: Sequence[Stage] | None = None):
         self._database = database
         self._catalog = catalog
         self.governor = governor
-        self._mask_keys = dict(mask_keys)
         self.stages: list[Stage] = (list(stages) if stages is not None
                                     else [self.classify, self.answer_catalog, self.govern])
 
@@ -147,12 +145,7 @@ class StatementPipeline:
         return Session(principal, client_address, startup, settings, engine, backend_pid=backend_pid)
 
     def _engine_session(self, principal: Principal) -> EngineSession:
-        """A DuckDB connection carrying this credential's environment masking key."""
-        engine = self._database.session()
-        key = self._mask_keys.get(str(principal.env))
-        if key is not None:
-            engine.apply(lambda cursor: set_session_mask_key(cursor, key))
-        return engine
+        return self._database.session()
 
     def subject(self, session: Session) -> Subject:
         return self.governor.subject(session.principal, _settings_map(session), _peer_ip(session.client_address))
@@ -182,8 +175,15 @@ class StatementPipeline:
         if ctx.kind is not Kind.ENGINE or self._catalog is None:
             return
         session = ctx.session
-        scopes = self.governor.current_scopes(session.principal)
-        visible = self.governor.visible(self.subject(session), scopes)
+        decided: list[Callable[[str, str], bool]] = []
+
+        def visible(schema: str, table: str) -> bool:
+            # Built on first use: most statements are not catalog queries and never ask.
+            if not decided:
+                scopes = self.governor.current_scopes(session.principal)
+                decided.append(self.governor.visible(self.subject(session), scopes))
+            return decided[0](schema, table)
+
         rewritten = self._catalog.rewrite(ctx.text, visible=visible, user=session.principal.user_id,
                                           settings=dict(session.settings.all()),
                                           backend_pid=session.backend_pid)
@@ -239,7 +239,8 @@ class StatementPipeline:
             if prepared.setting is None:
                 raise errors.syntax_error("could not parse this SET/SHOW/RESET statement")
         elif ctx.kind is Kind.ENGINE:
-            prepared.statement_type = self._statement_type(session, ctx.engine_sql)
+            prepared.statement_type = (ctx.plan.statement_type if ctx.plan is not None
+                                       else self._statement_type(session, ctx.engine_sql))
         return prepared
 
     def _statement_type(self, session: Session, sql: str) -> str:
@@ -855,12 +856,11 @@ def _has_setting(settings: SessionSettings, name: str) -> bool:
 
 
 def _settings_map(session: Session) -> dict[str, str]:
-    return {name: value for name, value in session.settings.all() if name.startswith("hd.")}
+    return session.settings.with_prefix("hd.")
 
 
 def _dialect(session: Session) -> str:
-    settings = session.settings
-    return settings.get("hd.dialect").strip().lower() if _has_setting(settings, "hd.dialect") else "postgres"
+    return session.settings.with_prefix("hd.dialect").get("hd.dialect", "postgres").strip().lower()
 
 
 def _peer_ip(client_address: str) -> str | None:

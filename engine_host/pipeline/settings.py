@@ -194,6 +194,10 @@ class SessionSettings:
     def all(self) -> list[tuple[str, str]]:
         return sorted(self._values.items(), key=lambda item: item[0].lower())
 
+    def with_prefix(self, prefix: str) -> dict[str, str]:
+        """Custom settings under one prefix (e.g. `hd.`), cheaply: read for every statement."""
+        return {name: value for name, value in self._values.items() if name.startswith(prefix)}
+
 
 # --- recognising SET / SHOW / RESET --------------------------------------------------------
 

@@ -1,0 +1,257 @@
+"""Governance pipeline benchmark, in process: what the statement pipeline costs on top of DuckDB itself.
+
+Run from the repository root:  .venv/bin/python -m bench.pipeline [--samples 300] [--rows 1000000]
+
+Builds the real engine host pieces (`LocalEngineHost` with the demo data and policies) in a temporary
+directory, then times synchronously, with no wire protocol in the way. Prints, side by side from one run:
+  1. per statement, p50 of `StatementPipeline.prepare` + `execute` + draining the rows, as the demo
+     analyst (masks + tenant row filter), versus running the same SQL text straight on the session's
+     DuckDB connection (drained the same way): (a) uncached, a literal differs every time so the
+     rewrite cache misses, and (b) cached, the same text again. `rewritten` is the governed SQL the
+     pipeline runs, executed directly: the part of the overhead that is DuckDB evaluating masks/filters.
+  2. draining a --rows table through the pipeline with two masked columns (partial + hash) versus the
+     same statement as the Owner (exempt from the masks): the cost of masking itself (best of --runs)
+  3. `scrub_pii` throughput on ~N MB of the mixed text bench/redaction.py uses (best of --runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.redaction import best_of, mixed_text
+from engine_host.demo_policies import ACME
+from engine_host.engine.duckdb_engine import EngineSession
+from engine_host.local import LocalConfig, LocalEngineHost
+from engine_host.pipeline.governor import HostLimits
+from engine_host.pipeline.pipeline import StatementPipeline
+from engine_host.pipeline.results import RowSource
+from engine_host.pipeline.session import Session
+from hd_core.api_keys import ApiKeyAuthenticator
+from hd_core.bootstrap import ensure_pepper
+from hd_core.models import Role
+from hd_core.policies import MaskFunction, MaskRule
+from hd_core.redaction import scrub_pii
+
+GOVERNED_PERSON = "acme-analyst"
+MASKED_TABLE = "main.bench_pii"
+# Unique literals across the whole run, so no "uncached" statement text was ever planned before.
+_FRESH = itertools.count(1_000_000)
+
+
+@dataclass
+class Bench:
+    host: LocalEngineHost
+    pipeline: StatementPipeline
+    analyst: Session
+    owner: Session
+
+
+def drain(rows: RowSource | None) -> int:
+    count = 0
+    if rows is not None:
+        while (batch := rows.read()) is not None:
+            count += batch.num_rows
+    return count
+
+
+def through_pipeline(pipeline: StatementPipeline, session: Session, sql: str) -> int:
+    prepared = pipeline.prepare(session, sql)
+    return drain(pipeline.execute(session, prepared).rows)
+
+
+def direct(engine: EngineSession, sql: str) -> int:
+    return drain(RowSource(engine.run(sql)))
+
+
+# --- setup ------------------------------------------------------------------------------------------------------
+
+
+async def _start(state_dir: Path) -> LocalEngineHost:
+    # The per-key rate limit (500 statements/s by default) would throttle a tight in-process loop.
+    config = LocalConfig(state_dir=state_dir, port=0, demo=True, insecure_plaintext=True,
+                         limits=HostLimits(statements_per_second=1e9))
+    host = LocalEngineHost(config)
+    await host.start()
+    return host
+
+
+def _open(host: LocalEngineHost, user_id: str, key_file: Path) -> Session:
+    assert host.store is not None and host.server is not None
+    principal = ApiKeyAuthenticator(host.store, ensure_pepper(host.store)).authenticate(
+        user_id, key_file.read_text().strip())
+    return host.server.pipeline.open_session(principal, "127.0.0.1", {}, 1)
+
+
+def build(host: LocalEngineHost) -> Bench:
+    assert host.server is not None and host.banner is not None
+    analyst = _open(host, f"usr_demo_{GOVERNED_PERSON.replace('-', '_')}",
+                    host.state_dir / "demo-keys" / f"{GOVERNED_PERSON}.key")
+    owner = _open(host, host.banner.user, host.banner.key_file)
+    return Bench(host, host.server.pipeline, analyst, owner)
+
+
+# --- 1. per-statement overhead ------------------------------------------------------------------------------------
+
+
+def _p50_us(samples: list[float]) -> float:
+    return statistics.median(samples) * 1e6
+
+
+def _time(fn: Callable[..., object], *args: object) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def statement_overhead(bench: Bench, samples: int, warmup: int) -> None:
+    pipeline, session = bench.pipeline, bench.analyst
+    engine = session.engine  # the same DuckDB connection (with the session's masking key) the pipeline uses
+    ids = [r for b in _batches(pipeline, bench.owner, "SELECT customer_id FROM crm.customers "
+                               f"WHERE org_id = '{ACME}' ORDER BY customer_id")
+           for r in b.column(0).to_pylist()]
+
+    def point(k: int) -> str:  # a real customer while ids last, then a LIMIT keeps the text unique
+        return (f"SELECT * FROM crm.customers WHERE customer_id = {ids[k % len(ids)]}"
+                + ("" if k < len(ids) else f" LIMIT {k}"))
+
+    point_counter = itertools.count()
+    cases: list[tuple[str, Callable[[], str]]] = [
+        ("SELECT 1", lambda: f"SELECT {next(_FRESH)}"),
+        ("point lookup crm.customers", lambda: point(next(point_counter))),
+        ("orders JOIN customers GROUP BY", lambda: (
+            "SELECT c.region, count(*) AS orders, sum(o.amount) AS revenue FROM sales.orders o "
+            f"JOIN crm.customers c ON c.customer_id = o.customer_id WHERE o.order_id <> {next(_FRESH)} "
+            "GROUP BY c.region ORDER BY c.region")),
+    ]
+    print(f"[statements] as {GOVERNED_PERSON} (masks + tenant row filter), in process, p50 of {samples} "
+          f"(+{warmup} warm-up), us; ratio = pipeline / direct")
+    print(f"  {'statement':32s} {'direct':>8s} {'rewritten':>10s}   {'uncached':>9s} {'ratio':>7s}   "
+          f"{'cached':>8s} {'ratio':>7s}")
+    for label, fresh_sql in cases:
+        # (a) uncached: a new text each time, run directly and through the pipeline, interleaved.
+        raw_a, uncached = [], []
+        for i in range(warmup + samples):
+            sql = fresh_sql()
+            d = _time(direct, engine, sql)
+            p = _time(through_pipeline, pipeline, session, sql)
+            if i >= warmup:
+                raw_a.append(d)
+                uncached.append(p)
+        # (b) cached: one text over and over; also the governed SQL the pipeline runs, executed directly.
+        sql = fresh_sql()
+        rewritten_sql = pipeline.prepare(session, sql).engine_sql
+        raw_b, rewritten, cached = [], [], []
+        for i in range(warmup + samples):
+            d = _time(direct, engine, sql)
+            r = _time(direct, engine, rewritten_sql)
+            p = _time(through_pipeline, pipeline, session, sql)
+            if i >= warmup:
+                raw_b.append(d)
+                rewritten.append(r)
+                cached.append(p)
+        base_a, base_b = _p50_us(raw_a), _p50_us(raw_b)
+        print(f"  {label:32s} {base_b:8.1f} {_p50_us(rewritten):10.1f}   {_p50_us(uncached):9.1f} "
+              f"{_p50_us(uncached) / base_a:6.2f}x   {_p50_us(cached):8.1f} {_p50_us(cached) / base_b:6.2f}x")
+
+
+def _batches(pipeline: StatementPipeline, session: Session, sql: str) -> list:
+    rows = pipeline.execute(session, pipeline.prepare(session, sql)).rows
+    out = []
+    while rows is not None and (batch := rows.read()) is not None:
+        out.append(batch)
+    return out
+
+
+# --- 2. masking a large result --------------------------------------------------------------------------------------
+
+
+def masked_result(bench: Bench, rows: int, runs: int) -> None:
+    pipeline, analyst, owner = bench.pipeline, bench.analyst, bench.owner
+    host = bench.host
+    assert host.store is not None and host.policies is not None
+    through_pipeline(pipeline, owner, (
+        f"CREATE OR REPLACE TABLE {MASKED_TABLE} AS SELECT range AS id, "
+        "'user' || range::VARCHAR || '@example.com' AS email, "
+        "printf('%03d-%02d-%04d', 900 + range % 100, 1 + range % 49, range % 10000) AS ssn "
+        f"FROM range({rows})"))
+    org = analyst.principal.org_id
+    for rule in (
+        MaskRule("msk_bench_pii_email", org, MASKED_TABLE, "email", MaskFunction.PARTIAL, 4,
+                 exempt_roles=(Role.OWNER,)),
+        MaskRule("msk_bench_pii_ssn", org, MASKED_TABLE, "ssn", MaskFunction.HASH, exempt_roles=(Role.OWNER,)),
+    ):
+        host.store.put_policy(rule)
+    host.policies.load()
+    sql = f"SELECT * FROM {MASKED_TABLE}"
+    plan = pipeline.prepare(analyst, sql).plan
+    assert plan is not None and set(plan.masked_columns) == {f"{MASKED_TABLE}.email", f"{MASKED_TABLE}.ssn"}, plan
+    first = _batches(pipeline, analyst, f"{sql} LIMIT 1")[0].to_pylist()[0]
+    assert first["email"].startswith("*") and len(first["ssn"]) == 64, first
+    assert through_pipeline(pipeline, owner, sql) == rows
+
+    engine = owner.engine
+    timings: dict[str, list[float]] = {"direct": [], "unmasked": [], "masked": []}
+    for _ in range(runs):  # interleaved, so drift hits all three alike
+        timings["direct"].append(_time(direct, engine, sql))
+        timings["unmasked"].append(_time(through_pipeline, pipeline, owner, sql))
+        timings["masked"].append(_time(through_pipeline, pipeline, analyst, sql))
+    best = {k: min(v) for k, v in timings.items()}
+    print(f"[masking] {rows:,} rows (id, email, ssn), SELECT * drained through the pipeline, best of {runs}")
+    for label, key, ratio in (
+        ("direct DuckDB, no pipeline", "direct", ""),
+        ("pipeline as Owner (exempt: unmasked)", "unmasked",
+         f"ratio {best['unmasked'] / best['direct']:5.2f}x vs direct"),
+        (f"pipeline as {GOVERNED_PERSON} (partial + hash)", "masked",
+         f"ratio {best['masked'] / best['unmasked']:5.2f}x vs unmasked"),
+    ):
+        print(f"  {label:42s} {best[key] * 1000:8.1f} ms   {ratio}".rstrip())
+    through_pipeline(pipeline, owner, f"DROP TABLE {MASKED_TABLE}")  # keeps the shutdown checkpoint small
+
+
+# --- 3. PII redaction -------------------------------------------------------------------------------------------------
+
+
+def redaction(megabytes: float, runs: int) -> None:
+    text = mixed_text(megabytes)
+    seconds = best_of(runs, lambda: scrub_pii(text))
+    mb = len(text.encode()) / 1_000_000
+    print(f"[scrub_pii] {mb:.1f} MB mixed text (bench.redaction), best of {runs}: {seconds * 1000:7.1f} ms  "
+          f"{mb / seconds:6.1f} MB/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=300, help="timed statements per case (p50)")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the masked table")
+    parser.add_argument("--runs", type=int, default=3, help="best of N for the masking and scrub_pii timings")
+    parser.add_argument("--megabytes", type=float, default=4.0, help="text for scrub_pii")
+    args = parser.parse_args()
+    loop = asyncio.new_event_loop()  # start and stop on one loop; the timing in between is synchronous
+    with tempfile.TemporaryDirectory() as state:
+        host = loop.run_until_complete(_start(Path(state)))
+        bench = None
+        try:
+            bench = build(host)
+            try:
+                statement_overhead(bench, args.samples, args.warmup)
+                masked_result(bench, args.rows, args.runs)
+            finally:
+                bench.analyst.close()
+                bench.owner.close()
+            redaction(args.megabytes, args.runs)
+        finally:
+            loop.run_until_complete(host.stop())
+            loop.close()
+
+
+if __name__ == "__main__":
+    main()
