@@ -93,7 +93,8 @@ class Banner:
         if self.demo_keys:
             lines.append("Demo people (each sees what the demo policies allow; keys in "
                          f"{next(iter(self.demo_keys.values())).parent}):")
-            lines += [f"  {name}" for name in self.demo_keys]
+            lines += [f"  {name:15s} user usr_demo_{name.replace('-', '_')}, key {path.name}"
+                      for name, path in self.demo_keys.items()]
         return "\n".join(lines)
 
 

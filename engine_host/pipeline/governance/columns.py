@@ -4,8 +4,10 @@ The precise path qualifies a copy of the query with sqlglot's optimizer (stars e
 known table columns) and maps each scope's column references to base tables. Whenever that is not
 possible (DML, unknown columns, constructs the optimizer does not follow) the answer is
 conservative: any column of a read table whose name appears anywhere as an identifier, and all of
-a table's columns when it is read through a star, a whole-row reference or COLUMNS(...). The
-answer may over-report; it never under-reports.
+a table's columns when it is read through a star, a whole-row reference, COLUMNS(...) or a
+positional reference (DuckDB's `#n`). Column names a table alias gives (`FROM t AS x(a, b)`) are
+mapped back, by position, to the table's own columns. The answer may over-report; it never
+under-reports.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ def referenced_columns(parsed: ParsedStatement, refs: Sequence[TableRef],
             or (r.action is Action.INSERT and parsed.tree.args.get("returning") is not None)]
     if not read:
         return {}
+    if any(_is_positional(n) for n in parsed.tree.walk()):
+        # `SELECT #4 FROM t` names no column: any column of any table may be the one it reads.
+        return {r.name: {c.lower() for c in table_columns.get(r.name, ())} for r in read}
     query = _query_part(parsed.tree)
     if query is not None and all(r.action is Action.SELECT for r in read):
         with contextlib.suppress(Exception):  # the optimizer gave up: answer conservatively instead
@@ -59,14 +64,18 @@ def _qualified_columns(parsed: ParsedStatement, query: exp.Expr, refs: Sequence[
     names: dict[str, str] = {}
     schema: dict[str, object] = {}
     known: dict[str, set[str]] = {}
+    renamed: dict[str, dict[str, str]] = {}
     for i, ref in enumerate(refs):
         node = copies[id(ref.node)]
         unique = f"{_ALIAS_PREFIX}{i}"
         names[unique] = ref.name
-        known[unique] = {c.lower() for c in table_columns.get(ref.name, ())}
-        schema[unique] = dict.fromkeys(known[unique], "VARCHAR")
+        ordered = [c.lower() for c in table_columns.get(ref.name, ())]
+        known[unique] = set(ordered)
+        # In the table's own column order: alias column lists (`AS x(a, b)`) rename by position.
+        schema[unique] = dict.fromkeys(ordered, "VARCHAR")
         if not known[unique]:
             raise ValueError(f"columns of {ref.name} unknown")
+        renamed[unique] = _alias_renames(node, ordered)
         alias = node.args.get("alias")
         if alias is None or not alias.this:
             new_alias = exp.TableAlias(this=exp.to_identifier(node.name.lower()),
@@ -88,11 +97,29 @@ def _qualified_columns(parsed: ParsedStatement, query: exp.Expr, refs: Sequence[
         for column in scope.columns:
             source = scope.sources.get(column.table)
             if isinstance(source, exp.Table) and source.name in names:
-                result[names[source.name]].add(column.name.lower())
+                name = column.name.lower()
+                result[names[source.name]].add(renamed[source.name].get(name, name))
+                if name in known[source.name]:
+                    result[names[source.name]].add(name)  # over-report rather than guess which one binds
         for source_name, (selected, _) in scope.selected_sources.items():
             if isinstance(selected, exp.Table) and selected.name in names and _whole_row(scope.expression, source_name):
                 result[names[selected.name]].update(known[selected.name])
     return result
+
+
+def _alias_renames(table: exp.Expr, ordered: Sequence[str]) -> dict[str, str]:
+    """alias column name -> the table column it renames, for `FROM t AS x(a, b)` (a is t's 1st column, ...)."""
+    alias = table.args.get("alias")
+    columns = alias.args.get("columns") if isinstance(alias, exp.TableAlias) else None
+    if not columns:
+        return {}
+    if len(columns) > len(ordered):
+        raise ValueError("more alias columns than table columns")
+    return {c.name.lower(): ordered[i] for i, c in enumerate(columns)}
+
+
+def _is_positional(node: exp.Expr) -> bool:
+    return type(node).__name__ == "PositionalColumn"
 
 
 def _whole_row(select: exp.Expr, alias: str) -> bool:
@@ -122,4 +149,9 @@ def _conservative_columns(tree: exp.Expr, refs: Sequence[TableRef],
             result.setdefault(ref.name, set()).update(columns)
         else:
             result.setdefault(ref.name, set()).update(columns & identifiers)
+            ordered = [c.lower() for c in table_columns.get(ref.name, ())]
+            alias = ref.node.args.get("alias")
+            aliased = alias.args.get("columns") if isinstance(alias, exp.TableAlias) else None
+            # Columns renamed by an alias column list are read under names that are not theirs.
+            result[ref.name].update(ordered[:len(aliased or ())])
     return result

@@ -19,7 +19,7 @@ from sqlglot.errors import ParseError, TokenError
 from engine_host.pipeline.errors import QueryError
 
 # Relations in these schemas are machinery (our macros, DuckDB's and Postgres' catalogs, temp objects).
-DENIED_SCHEMAS = frozenset({"hd_pg", "pg_catalog", "information_schema", "system", "temp"})
+DENIED_SCHEMAS = frozenset({"hd_pg", "hd_keys", "pg_catalog", "information_schema", "system", "temp"})
 CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 # Schemas a function may be qualified with (DuckDB built-ins live in both).
 FUNCTION_SCHEMAS = frozenset({"main", "pg_catalog"})

@@ -24,7 +24,9 @@ from hd_core.policies import Action, MaskFunction
 ROW_FILTER_CHECK = "HD_ERR_ROW_FILTER_CHECK"
 SOURCE_ALIAS = "__hd_src"
 NEW_ROW_ALIAS = "__hd_new"
-HASH_SCHEMA = "hd_pg"
+# The keyed-hash macros live in an in-memory catalog attached at startup (engine/masking.py), so
+# the per-environment keys they embed are never written to the database file.
+HASH_SCHEMA = "hd_keys"
 HASH_MACRO = "hd_mask_hash"
 HASH_MACRO_REDACTED = "hd_mask_hash_redacted"
 # Table arguments a masked subquery cannot carry over (time travel, hints, ...): refused for governed tables.
@@ -41,6 +43,8 @@ class MaskSpec:
 
     function: MaskFunction
     visible_chars: int = 4
+    # The keyed-hash macro of the session's environment (`hd_mask_hash_live`, `hd_mask_hash_test`).
+    hash_macro: str = HASH_MACRO
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ def mask_expression(column: exp.Expr, spec: MaskSpec, data_type: str, *, explain
         right = exp.Right(this=as_text, expression=exp.Literal.number(max(int(spec.visible_chars), 0)))
         return exp.Paren(this=exp.DPipe(this=exp.Literal.string("***"), expression=right))
     if spec.function is MaskFunction.HASH:
-        macro = HASH_MACRO_REDACTED if explain else HASH_MACRO
+        macro = HASH_MACRO_REDACTED if explain else spec.hash_macro
         return exp.Dot(this=exp.to_identifier(HASH_SCHEMA), expression=exp.Anonymous(this=macro, expressions=[as_text]))
     return exp.cast(exp.null(), _data_type(data_type))
 
@@ -252,6 +256,8 @@ class _DmlRewrite:
         if condition is not None:
             conditions.append(exp.Paren(this=condition))
         if isinstance(statement, exp.Update):
+            if self.policy.row_filter is not None:
+                statement.set("expressions", _single_column_assignments(statement.expressions, self.policy.table))
             assigned: dict[str, exp.Expr] = {}
             for assignment in statement.expressions:
                 if isinstance(assignment, exp.EQ):
@@ -337,6 +343,37 @@ class _DmlRewrite:
             else:
                 masked.append(self._masked(projection))
         returning.set("expressions", masked)
+
+
+def _single_column_assignments(assignments: Sequence[exp.Expr], table: str) -> list[exp.Expr]:
+    """`SET (a, b) = (x, y)` and `SET (a) = (x)` as `SET a = x, b = y`, so the row-filter check sees every column.
+
+    A multi-column assignment from anything but a list of values (`= (SELECT ...)`, `= ROW(...)`)
+    cannot be checked column by column, so on a row-filtered table it is refused.
+    """
+    split: list[exp.Expr] = []
+    for assignment in assignments:
+        if not isinstance(assignment, exp.EQ):
+            split.append(assignment)
+            continue
+        target, value = assignment.this, assignment.expression
+        if not isinstance(target, (exp.Paren, exp.Tuple)):
+            split.append(assignment)
+            continue
+        targets = target.expressions if isinstance(target, exp.Tuple) else [target.this]
+        values = (value.expressions if isinstance(value, exp.Tuple)
+                  else [value.this] if isinstance(value, exp.Paren) and not isinstance(value.this, exp.Query)
+                  else [])
+        if len(targets) != len(values):
+            raise unsupported(f"this form of UPDATE ... SET is not supported on {table} (it has a row filter)",
+                              hint="Assign each column on its own: SET a = x, b = y.")
+        pairs = list(zip(targets, values, strict=True))
+        for column, expression in pairs:
+            if not isinstance(column, exp.Column):
+                raise unsupported(f"this form of UPDATE ... SET is not supported on {table} (it has a row filter)",
+                                  hint="Assign each column on its own: SET a = x, b = y.")
+            split.append(exp.EQ(this=column, expression=expression))
+    return split
 
 
 def _scope_sources(select: exp.Select, columns_of: ColumnsOf) -> list[tuple[str, set[str] | None]]:

@@ -14,7 +14,8 @@ from sqlglot.errors import ParseError, TokenError
 from engine_host.pipeline.governance.guard import ParsedStatement, check_functions, unsupported, written_name
 from engine_host.pipeline.governance.rewrite import HASH_MACRO, HASH_MACRO_REDACTED, HASH_SCHEMA
 
-_OUR_MACROS = frozenset({f"{HASH_SCHEMA}.{HASH_MACRO}", f"{HASH_SCHEMA}.{HASH_MACRO_REDACTED}"})
+_OUR_MACROS = frozenset({f"{HASH_SCHEMA}.{HASH_MACRO}", f"{HASH_SCHEMA}.{HASH_MACRO_REDACTED}",
+                         f"{HASH_SCHEMA}.{HASH_MACRO}_live", f"{HASH_SCHEMA}.{HASH_MACRO}_test"})
 UNKNOWN_COLUMN_NAME = "?column?"
 
 

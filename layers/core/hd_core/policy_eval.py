@@ -176,7 +176,7 @@ def _mask_specificity(rule: MaskRule, subject: Subject) -> int | None:
         return 0
     if subject.agent_id is not None and subject.agent_id in rule.agent_ids:
         return 2
-    if subject.agent_framework is not None and subject.agent_framework in rule.agent_frameworks:
+    if subject.agent_framework is not None and _folded(subject.agent_framework) in _fold_all(rule.agent_frameworks):
         return 1
     return None
 
@@ -212,7 +212,8 @@ def _conditions_hold(
         return False
     if conditions.tables and (table is None or table not in {t.lower() for t in conditions.tables}):
         return False
-    if conditions.agent_frameworks and subject.agent_framework not in conditions.agent_frameworks:
+    if conditions.agent_frameworks and (subject.agent_framework is None or _folded(subject.agent_framework)
+                                        not in _fold_all(conditions.agent_frameworks)):
         return False
     if conditions.agent_ids and subject.agent_id not in conditions.agent_ids:
         return False
@@ -299,3 +300,12 @@ def _strictest(values: Iterable[float | None]) -> float | None:
 def _strictest_int(values: Iterable[int | None]) -> int | None:
     present = [value for value in values if value is not None]
     return min(present) if present else None
+
+
+def _folded(name: str) -> str:
+    """Framework names are matched case-insensitively: `UNTRUSTED` must not slip past `untrusted`."""
+    return name.strip().casefold()
+
+
+def _fold_all(names: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(_folded(n) for n in names)

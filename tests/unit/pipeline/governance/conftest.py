@@ -57,9 +57,9 @@ def governed_sql(sql: str, dialect: str = "postgres") -> str:
 @pytest.fixture
 def db() -> Iterator[duckdb.DuckDBPyConnection]:
     con = duckdb.connect(":memory:")
-    con.execute("CREATE SCHEMA crm; CREATE SCHEMA sales; CREATE SCHEMA hd_pg")
-    con.execute("CREATE MACRO hd_pg.hd_mask_hash(v) AS md5('key' || v)")
-    con.execute("CREATE MACRO hd_pg.hd_mask_hash_redacted(v) AS md5(v)")
+    con.execute("CREATE SCHEMA crm; CREATE SCHEMA sales; ATTACH ':memory:' AS hd_keys")
+    con.execute("CREATE MACRO hd_keys.hd_mask_hash(v) AS md5('key' || v)")
+    con.execute("CREATE MACRO hd_keys.hd_mask_hash_redacted(v) AS md5(v)")
     con.execute("CREATE TABLE crm.customers (customer_id INTEGER, org_id VARCHAR, full_name VARCHAR, "
                 "email VARCHAR, ssn VARCHAR, score INTEGER)")
     con.execute("""INSERT INTO crm.customers VALUES
