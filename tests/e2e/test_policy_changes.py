@@ -53,6 +53,15 @@ def eventually(check: Callable[[], bool], seconds: float = 10) -> None:
         time.sleep(0.2)
 
 
+def refused_with(conn: psycopg.Connection, sql: str, code: str) -> bool:
+    """Whether running `sql` now fails with HD_ERR `code` (for polling until a policy change lands)."""
+    try:
+        conn.execute(sql)
+    except psycopg.Error as exc:
+        return exc.diag.message_detail == code
+    return False
+
+
 def test_new_mask_applies_to_open_sessions_within_seconds(host: EngineHostProcess) -> None:
     with connect(host, "acme-analyst") as conn:
         assert conn.execute("SELECT min(status) FROM sales.orders").fetchone()[0] != "***"
@@ -192,14 +201,7 @@ def test_rate_limit_and_monthly_credit_quota(host: EngineHostProcess) -> None:
     add_policy(host, {"kind": "quota", "quota_id": "quota_org_globex", "org_id": "org_globex",
                       "monthly_credits": 0.0})
     with connect(host, "globex-analyst") as conn:
-        def over_quota() -> bool:
-            try:
-                conn.execute("SELECT count(*) FROM sales.orders")
-            except psycopg.Error as exc:
-                return exc.diag.message_detail == "HD_ERR_QUOTA_EXCEEDED"
-            return False
-
-        eventually(over_quota)
+        eventually(lambda: refused_with(conn, "SELECT count(*) FROM sales.orders", "HD_ERR_QUOTA_EXCEEDED"))
 
 
 def remove_policy(host: EngineHostProcess, kind: str, policy_id: str) -> None:
@@ -250,13 +252,6 @@ def test_abac_time_window_in_a_timezone(host: EngineHostProcess) -> None:
                       "conditions": {"time_window": {"start": start, "end": end, "timezone": "Asia/Singapore"}}})
     try:
         with connect(host, "acme-analyst") as conn:
-            def denied() -> bool:
-                try:
-                    conn.execute("SELECT count(*) FROM hr.employees")
-                except psycopg.Error as exc:
-                    return exc.diag.message_detail == "HD_ERR_ABAC_DENIED"
-                return False
-
-            eventually(denied)
+            eventually(lambda: refused_with(conn, "SELECT count(*) FROM hr.employees", "HD_ERR_ABAC_DENIED"))
     finally:
         remove_policy(host, "abac", "abac_maintenance")
