@@ -138,14 +138,11 @@ class StatementPipeline:
                      backend_pid: int = 0) -> Session:
         """A new session with its own DuckDB connection."""
         settings = SessionSettings(_startup_settings(startup), principal.user_id)
-        dialect = settings.get("hd.dialect") if _has_setting(settings, "hd.dialect") else "postgres"
-        if dialect.lower() not in SUPPORTED_DIALECTS:
+        dialect = _dialect_of(settings)
+        if dialect not in SUPPORTED_DIALECTS:
             raise _bad_dialect(dialect)
-        engine = self._engine_session(principal)
+        engine = self._database.session()
         return Session(principal, client_address, startup, settings, engine, backend_pid=backend_pid)
-
-    def _engine_session(self, principal: Principal) -> EngineSession:
-        return self._database.session()
 
     def subject(self, session: Session) -> Subject:
         return self.governor.subject(session.principal, _settings_map(session), _peer_ip(session.client_address))
@@ -609,7 +606,7 @@ class StatementPipeline:
             raise QueryError("42601", "HD_ERR_SYNTAX", "DECLARE CURSOR can only be used with a SELECT query")
         # A cursor reads on a connection of its own so the session can run statements between FETCHes;
         # it takes no concurrency slot, since a client may keep it open between FETCHes indefinitely.
-        engine = self._engine_session(session.principal)
+        engine = self._database.session()
         try:
             execution = self._admit(session, query, take_slot=False, engine=engine)
         except QueryError:
@@ -847,20 +844,16 @@ def _bad_dialect(value: str) -> QueryError:
                       hint=f"Use one of: {', '.join(SUPPORTED_DIALECTS)}.")
 
 
-def _has_setting(settings: SessionSettings, name: str) -> bool:
-    try:
-        settings.get(name)
-    except QueryError:
-        return False
-    return True
-
-
 def _settings_map(session: Session) -> dict[str, str]:
     return session.settings.with_prefix("hd.")
 
 
 def _dialect(session: Session) -> str:
-    return session.settings.with_prefix("hd.dialect").get("hd.dialect", "postgres").strip().lower()
+    return _dialect_of(session.settings)
+
+
+def _dialect_of(settings: SessionSettings) -> str:
+    return settings.with_prefix("hd.dialect").get("hd.dialect", "postgres").strip().lower()
 
 
 def _peer_ip(client_address: str) -> str | None:
