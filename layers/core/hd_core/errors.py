@@ -103,3 +103,52 @@ class QuotaExceeded(HdError):
         self.used = used
         self.limit = limit
         self.estimate = estimate
+
+
+# --- control plane --------------------------------------------------------------------------------
+
+
+class InvalidRequest(HdError, ValueError):
+    """A request is well-formed JSON but asks for something impossible (a past expiry, a bad CIDR...)."""
+
+    code = "HD_ERR_INVALID_REQUEST"
+
+
+class Forbidden(HdError):
+    """The caller is authenticated but its role or scopes do not allow this action."""
+
+    code = "HD_ERR_FORBIDDEN"
+
+
+class SourceAddressNotAllowed(AuthenticationFailed):
+    """The API key is valid but the caller's address is outside the key's IP allowlist."""
+
+    code = "HD_ERR_SOURCE_IP_NOT_ALLOWED"
+
+    def __init__(self, reason: str = "source address outside the key's allowlist") -> None:
+        super().__init__(reason)
+
+
+class MfaRequired(AuthenticationFailed):
+    """The organisation requires a TOTP code and none (or a wrong one) came with the login."""
+
+    code = "HD_ERR_MFA_REQUIRED"
+    generic_message = "a valid TOTP code is required"
+
+    def __init__(self, reason: str = "totp code missing or wrong") -> None:
+        super().__init__(reason)
+
+
+class RefreshTokenReused(AuthenticationFailed):
+    """A refresh token was presented twice: it leaked, so its whole family was revoked."""
+
+    code = "HD_ERR_REFRESH_TOKEN_REUSED"
+
+    def __init__(self, reason: str = "refresh token reused; its family is revoked") -> None:
+        super().__init__(reason)
+
+
+class KeyUnavailable(HdError):
+    """Key material could not be used (a disabled or revoked KMS key, an unreadable key file)."""
+
+    code = "HD_ERR_KEY_UNAVAILABLE"

@@ -106,6 +106,7 @@ class Organization:
     name: str
     status: OrgStatus
     created_at: datetime
+    mfa_required: bool = False  # every user of the organisation must present a TOTP code to log in
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,25 @@ class User:
     status: UserStatus
     department: str | None
     region: str | None
+    created_at: datetime
+    name: str = ""
+    # Credentials stay out of repr (and so out of logs); the API never returns them.
+    password_hash: str | None = field(default=None, repr=False)  # Argon2id; None: cannot log in with a password
+    mfa_secret: str | None = field(default=None, repr=False)  # base32 TOTP secret, once enrolled
+    mfa_enabled: bool = False  # True once a first TOTP code confirmed the enrolment
+    # Federated identities as "<issuer>#<subject>": an OIDC token from that issuer about that subject
+    # signs in as this user.
+    external_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A deployment environment of an organisation; its key environment decides `hd_live_` or `hd_test_` keys."""
+
+    env_id: str
+    org_id: str
+    name: str
+    key_env: KeyEnv
     created_at: datetime
 
 
@@ -136,6 +156,87 @@ class ApiKeyRecord:
     expires_at: datetime | None
     revoked_at: datetime | None
     name: str
+    allowed_cidrs: tuple[str, ...] = ()  # empty: any source address; else the caller's address must be inside one
+    rotated_to: str | None = None  # the key id that replaced this one; this key stops at `expires_at` (grace)
+    expiry_recorded_at: datetime | None = None  # when the `api_key.expired` IAM event was written
+
+
+@dataclass(frozen=True)
+class RefreshToken:
+    """A single-use refresh token; every refresh issues the next token of the same family.
+
+    Presenting a token that was already used means it leaked: the whole family is revoked.
+    """
+
+    token_id: str
+    family_id: str
+    user_id: str
+    org_id: str
+    token_hash: str = field(repr=False)  # SHA-256 of the secret part; the secret itself is never stored
+    issued_at: datetime
+    expires_at: datetime
+    used_at: datetime | None = None
+
+
+class JitStatus(StrEnum):
+    """Where a just-in-time elevation request stands."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+
+
+@dataclass(frozen=True)
+class JitRequest:
+    """A user's request to act with a higher role for a bounded time; approval creates a `JitGrant`."""
+
+    request_id: str
+    org_id: str
+    user_id: str
+    role: Role
+    reason: str
+    duration_seconds: int
+    status: JitStatus
+    requested_at: datetime
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    decision_reason: str = ""
+    grant_id: str | None = None
+
+
+@dataclass(frozen=True)
+class IamEvent:
+    """One administrative change in an organisation's hash-chained IAM audit trail.
+
+    `seq` is the 1-based position in the chain; `hash` is SHA-256 over the canonical JSON of every
+    other field except `seq` (order is carried by `prev_hash`), so an edit, a deletion or a swap
+    shows up as a broken link.
+    """
+
+    chain_id: str
+    seq: int
+    event_id: str
+    event_type: str
+    actor: str
+    target: str
+    before: dict[str, object] | None
+    after: dict[str, object] | None
+    at: datetime
+    request_id: str
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class ChainCheckpoint:
+    """A signed statement that a chain had `size` events ending in `head_hash` at `time`."""
+
+    chain_id: str
+    size: int
+    head_hash: str
+    time: datetime
+    key_id: str
+    signature: str  # base64 DER ECDSA P-256 / SHA-256 over `checkpoint_message(...)`
 
 
 @dataclass(frozen=True)
@@ -150,10 +251,20 @@ class Principal:
     scopes: tuple[str, ...]
     department: str | None
     region: str | None
+    auth_method: str = "api_key"  # "api_key", "jwt" or "federated"
 
     def has_scope(self, scope: str) -> bool:
         """Whether the credential this principal authenticated with grants `scope`."""
         return scope in self.scopes
+
+
+@dataclass(frozen=True)
+class ChangeContext:
+    """Who makes an administrative change and under which API request: the actor of its IAM audit event."""
+
+    actor: Principal
+    request_id: str
+    source_ip: str | None = None
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Protocol
 
-from hd_core.models import ApiKeyRecord, Organization, UsageDelta, User
+from hd_core.models import (
+    ApiKeyRecord,
+    ChainCheckpoint,
+    Environment,
+    IamEvent,
+    JitRequest,
+    JitStatus,
+    Organization,
+    RefreshToken,
+    UsageDelta,
+    User,
+)
 from hd_core.policies import PolicyKind, PolicyObject, PolicySnapshot
 
 
@@ -29,12 +41,36 @@ class ControlStore(Protocol):
         """Every organisation."""
         ...
 
+    def put_environment(self, env: Environment) -> None:
+        """Create or replace an environment."""
+        ...
+
+    def get_environment(self, env_id: str) -> Environment | None:
+        """The environment with this id, or None."""
+        ...
+
+    def list_environments(self, org_id: str) -> list[Environment]:
+        """The environments of one organisation."""
+        ...
+
     def put_user(self, user: User) -> None:
-        """Create or replace a user."""
+        """Create or replace a user.
+
+        Emails (compared case-insensitively) and external ids are unique across the store: raises
+        `Conflict` if another user already holds one of them, and then stores nothing.
+        """
         ...
 
     def get_user(self, user_id: str) -> User | None:
         """The user with this id, or None."""
+        ...
+
+    def get_user_by_email(self, email: str) -> User | None:
+        """The user with this email (case-insensitive), or None; a key lookup, never a scan."""
+        ...
+
+    def get_user_by_external_id(self, external_id: str) -> User | None:
+        """The user linked to this federated identity (`<issuer>#<subject>`), or None."""
         ...
 
     def list_users(self, org_id: str) -> list[User]:
@@ -55,6 +91,68 @@ class ControlStore(Protocol):
 
     def revoke_api_key(self, key_id: str, at: datetime) -> ApiKeyRecord:
         """Mark a key revoked at `at` (an earlier revocation time is kept); raises `NotFound`; returns the record."""
+        ...
+
+    def update_api_key(self, record: ApiKeyRecord) -> None:
+        """Replace an existing key record (rotation, expiry bookkeeping); raises `NotFound` if absent."""
+        ...
+
+    # --- refresh tokens -------------------------------------------------------------------------
+
+    def put_refresh_token(self, token: RefreshToken) -> None:
+        """Store a new refresh token; raises `Conflict` if its id exists."""
+        ...
+
+    def get_refresh_token(self, token_id: str) -> RefreshToken | None:
+        """The refresh token with this id, or None."""
+        ...
+
+    def use_refresh_token(self, token_id: str, at: datetime) -> RefreshToken:
+        """Mark an unused token used, atomically; raises `Conflict` if it was already used, `NotFound` if absent."""
+        ...
+
+    def revoke_refresh_family(self, family_id: str, at: datetime) -> None:
+        """Revoke every token of a family, present and future (reuse detected or logout)."""
+        ...
+
+    def refresh_family_revoked(self, family_id: str) -> bool:
+        """Whether the family was revoked."""
+        ...
+
+    # --- just-in-time elevation -----------------------------------------------------------------
+
+    def put_jit_request(self, request: JitRequest) -> None:
+        """Store a new JIT request; raises `Conflict` if its id exists."""
+        ...
+
+    def get_jit_request(self, request_id: str) -> JitRequest | None:
+        """The JIT request with this id, or None."""
+        ...
+
+    def list_jit_requests(self, org_id: str, status: JitStatus | None = None) -> list[JitRequest]:
+        """The JIT requests of one organisation, optionally of one status, oldest first."""
+        ...
+
+    def decide_jit_request(self, request: JitRequest) -> None:
+        """Replace a request that is still pending with its decided form; raises `Conflict` if no longer pending."""
+        ...
+
+    # --- IAM audit chain ------------------------------------------------------------------------
+
+    def append_iam_event(self, event: IamEvent) -> None:
+        """Store `event` at position `event.seq` of its chain only if that position is free (a conditional write).
+
+        Raises `Conflict` when another writer took the position first: the caller re-reads the head
+        and retries, so two writers can never fork the chain.
+        """
+        ...
+
+    def iam_chain_head(self, chain_id: str) -> IamEvent | None:
+        """The event with the highest position in the chain, or None for an empty chain."""
+        ...
+
+    def list_iam_events(self, chain_id: str, after_seq: int = 0, limit: int | None = None) -> list[IamEvent]:
+        """Events with position > `after_seq`, in position order, at most `limit`."""
         ...
 
     def get_setting(self, name: str) -> str | None:
@@ -115,4 +213,79 @@ class AuditSink(Protocol):
 
     def write(self, record: Mapping[str, object]) -> None:
         """Append one record; `record["ts"]` (ISO-8601 UTC) decides its `audit/queries/YYYY/MM/DD/` partition."""
+        ...
+
+
+class QueryAuditArchive(Protocol):
+    """Read access to stored query audit records, for audit search."""
+
+    def records(self, day: date) -> Iterator[dict[str, object]]:
+        """Every record stored in the `audit/queries/YYYY/MM/DD/` partition of `day`, in no particular order."""
+        ...
+
+
+class CheckpointStore(Protocol):
+    """Where signed IAM chain checkpoints go: the Object Lock audit bucket, or a local folder in `hd dev`."""
+
+    def put_checkpoint(self, checkpoint: ChainCheckpoint) -> None:
+        """Store a checkpoint; never overwrites an earlier one."""
+        ...
+
+    def latest_checkpoint(self, chain_id: str) -> ChainCheckpoint | None:
+        """The checkpoint with the largest size (then latest time) for the chain, or None."""
+        ...
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A fresh data key: the plaintext to use now and forget, and the ciphertext to keep."""
+
+    plaintext: bytes = field(repr=False)
+    ciphertext: bytes
+
+
+@dataclass(frozen=True)
+class JwtPublicKey:
+    """One RS256 verification key as it appears in the JWKS document."""
+
+    kid: str
+    public_pem: bytes
+
+
+class KeyProvider(Protocol):
+    """Key material: KMS in AWS, a local key file in `hd dev` (dev only, loudly labelled).
+
+    Private keys never leave the provider: callers hand it bytes to sign.
+    """
+
+    def jwt_signing_kid(self) -> str:
+        """The key id (`kid`) new JWTs are signed with."""
+        ...
+
+    def sign_jwt(self, signing_input: bytes) -> bytes:
+        """RSASSA-PKCS1-v1_5 / SHA-256 (RS256) signature over a JWS signing input, with the current key."""
+        ...
+
+    def jwt_public_keys(self) -> list[JwtPublicKey]:
+        """The current and previous RS256 verification keys, current first."""
+        ...
+
+    def checkpoint_key_id(self) -> str:
+        """The id of the key checkpoints are signed with."""
+        ...
+
+    def sign_checkpoint(self, message: bytes) -> bytes:
+        """ECDSA P-256 / SHA-256 DER signature over `message`."""
+        ...
+
+    def verify_checkpoint(self, key_id: str, message: bytes, signature: bytes) -> bool:
+        """Whether `signature` over `message` was made by the checkpoint key `key_id`; never raises."""
+        ...
+
+    def generate_data_key(self, context: Mapping[str, str]) -> DataKey:
+        """A new 256-bit data key bound to the encryption context `context`."""
+        ...
+
+    def decrypt_data_key(self, ciphertext: bytes, context: Mapping[str, str]) -> bytes:
+        """The plaintext of a data key made by `generate_data_key` with the same context."""
         ...

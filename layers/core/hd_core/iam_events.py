@@ -1,0 +1,53 @@
+"""The 27 kinds of administrative change recorded in the hash-chained IAM audit trail.
+
+Every event carries the actor (a user id, or `system` for scheduled work), the target it changed,
+before and after values (None where the target did not exist or no longer exists), the time and
+the request id of the API call that caused it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class IamEventType(StrEnum):
+    """What kind of administrative change an IAM audit event records."""
+
+    # Organisations and environments
+    ORG_CREATED = "org.created"
+    ORG_SUSPENDED = "org.suspended"
+    ORG_REACTIVATED = "org.reactivated"
+    ORG_MFA_POLICY_CHANGED = "org.mfa_policy_changed"
+    ENVIRONMENT_CREATED = "environment.created"
+    # Users and roles
+    USER_INVITED = "user.invited"
+    USER_SUSPENDED = "user.suspended"
+    USER_REACTIVATED = "user.reactivated"
+    USER_REMOVED = "user.removed"
+    USER_ROLE_CHANGED = "user.role_changed"
+    USER_PASSWORD_SET = "user.password_set"
+    # SSO, MFA and federation
+    USER_MFA_ENROLLED = "user.mfa_enrolled"
+    USER_MFA_RESET = "user.mfa_reset"
+    FEDERATED_IDENTITY_LINKED = "federation.identity_linked"
+    FEDERATED_IDENTITY_UNLINKED = "federation.identity_unlinked"
+    # API keys
+    API_KEY_CREATED = "api_key.created"
+    API_KEY_ROTATED = "api_key.rotated"
+    API_KEY_REVOKED = "api_key.revoked"
+    API_KEY_EXPIRED = "api_key.expired"
+    # Governance policies (masks, row filters, ABAC, column tags, PHI grants, bindings)
+    POLICY_CREATED = "policy.created"
+    POLICY_UPDATED = "policy.updated"
+    POLICY_DELETED = "policy.deleted"
+    # Just-in-time elevation
+    JIT_REQUESTED = "jit.requested"
+    JIT_APPROVED = "jit.approved"
+    JIT_DENIED = "jit.denied"
+    # Quotas
+    QUOTA_CHANGED = "quota.changed"
+    # Security signals
+    REFRESH_TOKEN_REUSED = "auth.refresh_token_reused"
+
+
+SYSTEM_ACTOR = "system"
