@@ -8,13 +8,25 @@ from __future__ import annotations
 
 import base64
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from hd_core.api_keys import ApiKeyHasher, issue_api_key, revoke_api_key
-from hd_core.errors import NotFound
-from hd_core.models import ALL_SCOPES, KeyEnv, Organization, OrgStatus, Role, User, UserStatus, new_id, utc_now
+from hd_core.errors import Conflict, NotFound
+from hd_core.models import (
+    ALL_SCOPES,
+    Environment,
+    KeyEnv,
+    Organization,
+    OrgStatus,
+    Role,
+    User,
+    UserStatus,
+    new_id,
+    utc_now,
+)
 from hd_core.ports import ControlStore
 
 LOCAL_OWNER_USER_SETTING = "local_owner.user_id"
@@ -69,7 +81,14 @@ def bootstrap_local_owner(
         created_at=created_at,
     )
     store.put_org(org)
-    store.put_user(user)
+    try:
+        store.put_user(user)
+    except Conflict:
+        # Emails are unique: another process is bootstrapping the same owner right now and got
+        # there first. Retire the organisation we made and adopt theirs once they record it.
+        if existing_org is None:
+            store.put_org(replace(org, status=OrgStatus.SUSPENDED))
+        return _await_recorded_owner(store)
     plaintext, record = issue_api_key(
         store,
         hasher,
@@ -95,6 +114,16 @@ def bootstrap_local_owner(
     return LocalOwner(org=org, user=user, api_key_plaintext=plaintext, created=True)
 
 
+def _await_recorded_owner(store: ControlStore, timeout_seconds: float = 10.0) -> LocalOwner:
+    """The owner another process is recording; it writes its key and claim right after its user."""
+    deadline = time.monotonic() + timeout_seconds
+    while (winner := _recorded_local_owner(store)) is None:
+        if time.monotonic() > deadline:
+            raise Conflict("another process holds the local owner's email but never recorded the owner")
+        time.sleep(0.05)
+    return winner
+
+
 def ensure_pepper(store: ControlStore) -> bytes:
     """The local API-key cache pepper: 32 random bytes, generated on first call and reused afterwards."""
     candidate = base64.b64encode(secrets.token_bytes(PEPPER_BYTES)).decode("ascii")
@@ -117,3 +146,20 @@ def _recorded_local_owner(store: ControlStore) -> LocalOwner | None:
     if store.get_setting(DEFAULT_ORG_SETTING) is None:
         store.put_setting_if_absent(DEFAULT_ORG_SETTING, org.org_id)
     return LocalOwner(org=org, user=user, api_key_plaintext=None, created=False)
+
+
+DEFAULT_ENVIRONMENTS: tuple[tuple[str, KeyEnv], ...] = (("production", KeyEnv.LIVE), ("staging", KeyEnv.TEST))
+
+
+def ensure_environments(
+    store: ControlStore, org_id: str, *, now: Callable[[], datetime] = utc_now
+) -> list[Environment]:
+    """Give an organisation its `production` (hd_live_) and `staging` (hd_test_) environments once."""
+    existing = store.list_environments(org_id)
+    if existing:
+        return existing
+    for name, key_env in DEFAULT_ENVIRONMENTS:
+        store.put_environment(
+            Environment(env_id=new_id("env"), org_id=org_id, name=name, key_env=key_env, created_at=now())
+        )
+    return store.list_environments(org_id)

@@ -5,6 +5,10 @@ single-row lookups, so serialising them costs microseconds, and WAL lets another
 local control API) read while this one writes. Timestamps are ISO-8601 UTC strings with a fixed
 width, so they sort as text; scopes are a JSON array; a policy object is its `policy_codec`
 document, and every policy write bumps the single-row policy version in the same transaction.
+Uniqueness the port promises is enforced by the schema, so no check-then-write race exists: emails
+through a UNIQUE index on their lower-cased form, external ids through a side table rewritten in the
+user's transaction, IAM chain positions through the (chain_id, seq) primary key. Single-use state
+changes (refresh token use, JIT decisions) are one conditional UPDATE each.
 Like the DynamoDB adapter, this store does not enforce references between entities (a user's org
 may be absent): the domain checks them.
 """
@@ -24,9 +28,14 @@ from types import TracebackType
 from hd_core.errors import Conflict, NotFound
 from hd_core.models import (
     ApiKeyRecord,
+    Environment,
+    IamEvent,
+    JitRequest,
+    JitStatus,
     KeyEnv,
     Organization,
     OrgStatus,
+    RefreshToken,
     Role,
     UsageDelta,
     User,
@@ -104,12 +113,99 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (org_id, day, user_id, agent_id)
         )""",
     ),
+    (
+        "ALTER TABLE orgs ADD COLUMN mfa_required INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE users ADD COLUMN name TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE users ADD COLUMN password_hash TEXT",
+        "ALTER TABLE users ADD COLUMN mfa_secret TEXT",
+        "ALTER TABLE users ADD COLUMN mfa_enabled INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE users ADD COLUMN external_ids TEXT NOT NULL DEFAULT '[]'",
+        # The lookup and uniqueness key of an email; hd_email_key is `email_key`, registered on the
+        # connection, so old rows are normalised exactly as new ones (SQLite's lower() is ASCII-only).
+        "ALTER TABLE users ADD COLUMN email_key TEXT",
+        "UPDATE users SET email_key = hd_email_key(email)",
+        "CREATE UNIQUE INDEX users_by_email_key ON users (email_key)",
+        # The users.external_ids JSON keeps the user's order; this table makes each id unique and findable.
+        """CREATE TABLE user_external_ids (
+            external_id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL
+        )""",
+        "CREATE INDEX user_external_ids_by_user ON user_external_ids (user_id)",
+        "ALTER TABLE api_keys ADD COLUMN allowed_cidrs TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE api_keys ADD COLUMN rotated_to TEXT",
+        "ALTER TABLE api_keys ADD COLUMN expiry_recorded_at TEXT",
+        """CREATE TABLE environments (
+            env_id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            key_env TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX environments_by_org ON environments (org_id, created_at)",
+        """CREATE TABLE refresh_tokens (
+            token_id TEXT PRIMARY KEY,
+            family_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            org_id TEXT NOT NULL,
+            token_hash TEXT NOT NULL,
+            issued_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            used_at TEXT
+        )""",
+        """CREATE TABLE revoked_refresh_families (
+            family_id TEXT PRIMARY KEY,
+            revoked_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE jit_requests (
+            request_id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            role TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            duration_seconds INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            requested_at TEXT NOT NULL,
+            decided_by TEXT,
+            decided_at TEXT,
+            decision_reason TEXT NOT NULL,
+            grant_id TEXT
+        )""",
+        "CREATE INDEX jit_requests_by_org ON jit_requests (org_id, requested_at)",
+        # The primary key is the chain's fork guard: a position can be written once.
+        """CREATE TABLE iam_events (
+            chain_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            event_id TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            target TEXT NOT NULL,
+            before TEXT,
+            after TEXT,
+            at TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            PRIMARY KEY (chain_id, seq)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class SchemaTooNew(RuntimeError):
     """The database file was written by a newer Hardened Duck; opening it could corrupt it."""
+
+
+class MigrationFailed(RuntimeError):
+    """An upgrade step could not apply to the data in the file (for example two users sharing an email).
+
+    The file is left at its previous schema version, untouched.
+    """
+
+
+def email_key(email: str) -> str:
+    """The form under which emails are compared and looked up: lower case, so `A@x.io` and `a@x.io` clash."""
+    return email.lower()
 
 
 class SqliteControlStore:
@@ -124,6 +220,7 @@ class SqliteControlStore:
             self.path, timeout=busy_timeout_seconds, isolation_level=None, check_same_thread=False
         )
         self._connection.row_factory = sqlite3.Row
+        self._connection.create_function("hd_email_key", 1, email_key, deterministic=True)
         self._lock = threading.Lock()
         with self._lock:
             self._connection.execute("PRAGMA journal_mode=WAL")
@@ -150,8 +247,8 @@ class SqliteControlStore:
         """Create or replace an organisation."""
         with self._transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO orgs (org_id, name, status, created_at) VALUES (?, ?, ?, ?)",
-                (org.org_id, org.name, OrgStatus(org.status).value, _encode_time(org.created_at)),
+                "INSERT OR REPLACE INTO orgs (org_id, name, status, created_at, mfa_required) VALUES (?, ?, ?, ?, ?)",
+                (org.org_id, org.name, OrgStatus(org.status).value, _encode_time(org.created_at), org.mfa_required),
             )
 
     def get_org(self, org_id: str) -> Organization | None:
@@ -163,29 +260,75 @@ class SqliteControlStore:
         """Every organisation, oldest first."""
         return [_org_from_row(row) for row in self._fetch_all("SELECT * FROM orgs ORDER BY created_at, org_id", ())]
 
+    # --- environments -----------------------------------------------------------------------
+
+    def put_environment(self, env: Environment) -> None:
+        """Create or replace an environment."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO environments (env_id, org_id, name, key_env, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (env.env_id, env.org_id, env.name, KeyEnv(env.key_env).value, _encode_time(env.created_at)),
+            )
+
+    def get_environment(self, env_id: str) -> Environment | None:
+        """The environment with this id, or None."""
+        row = self._fetch_one("SELECT * FROM environments WHERE env_id = ?", (env_id,))
+        return None if row is None else _environment_from_row(row)
+
+    def list_environments(self, org_id: str) -> list[Environment]:
+        """The environments of one organisation, oldest first."""
+        rows = self._fetch_all(
+            "SELECT * FROM environments WHERE org_id = ? ORDER BY created_at, env_id", (org_id,)
+        )
+        return [_environment_from_row(row) for row in rows]
+
     # --- users ------------------------------------------------------------------------------
 
     def put_user(self, user: User) -> None:
-        """Create or replace a user."""
-        with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO users (user_id, org_id, email, role, status, department, region, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    user.user_id,
-                    user.org_id,
-                    user.email,
-                    Role(user.role).value,
-                    UserStatus(user.status).value,
-                    user.department,
-                    user.region,
-                    _encode_time(user.created_at),
-                ),
-            )
+        """Create or replace a user.
+
+        Raises `Conflict`, storing nothing, if another user holds its email (compared case-insensitively)
+        or one of its external ids.
+        """
+        try:
+            with self._transaction() as db:
+                # An upsert, not INSERT OR REPLACE: REPLACE would silently delete *another* user holding the email.
+                db.execute(
+                    "INSERT INTO users (user_id, org_id, email, email_key, role, status, department, region,"
+                    " created_at, name, password_hash, mfa_secret, mfa_enabled, external_ids)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (user_id) DO UPDATE SET org_id = excluded.org_id, email = excluded.email,"
+                    " email_key = excluded.email_key, role = excluded.role, status = excluded.status,"
+                    " department = excluded.department, region = excluded.region, created_at = excluded.created_at,"
+                    " name = excluded.name, password_hash = excluded.password_hash,"
+                    " mfa_secret = excluded.mfa_secret, mfa_enabled = excluded.mfa_enabled,"
+                    " external_ids = excluded.external_ids",
+                    _user_params(user),
+                )
+                db.execute("DELETE FROM user_external_ids WHERE user_id = ?", (user.user_id,))
+                db.executemany(
+                    "INSERT INTO user_external_ids (external_id, user_id) VALUES (?, ?)",
+                    [(external_id, user.user_id) for external_id in dict.fromkeys(user.external_ids)],
+                )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"another user already holds the email or an external id of user {user.user_id}") from None
 
     def get_user(self, user_id: str) -> User | None:
         """The user with this id, or None."""
         row = self._fetch_one("SELECT * FROM users WHERE user_id = ?", (user_id,))
+        return None if row is None else _user_from_row(row)
+
+    def get_user_by_email(self, email: str) -> User | None:
+        """The user with this email (case-insensitive), or None; an index lookup."""
+        row = self._fetch_one("SELECT * FROM users WHERE email_key = ?", (email_key(email),))
+        return None if row is None else _user_from_row(row)
+
+    def get_user_by_external_id(self, external_id: str) -> User | None:
+        """The user linked to this federated identity (`<issuer>#<subject>`), or None."""
+        row = self._fetch_one(
+            "SELECT users.* FROM user_external_ids JOIN users USING (user_id) WHERE external_id = ?", (external_id,)
+        )
         return None if row is None else _user_from_row(row)
 
     def list_users(self, org_id: str) -> list[User]:
@@ -200,20 +343,8 @@ class SqliteControlStore:
         try:
             with self._transaction() as db:
                 db.execute(
-                    "INSERT INTO api_keys (key_id, org_id, user_id, env, key_hash, scopes, created_at, expires_at,"
-                    " revoked_at, name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        record.key_id,
-                        record.org_id,
-                        record.user_id,
-                        KeyEnv(record.env).value,
-                        record.key_hash,
-                        json.dumps(list(record.scopes)),
-                        _encode_time(record.created_at),
-                        _encode_optional_time(record.expires_at),
-                        _encode_optional_time(record.revoked_at),
-                        record.name,
-                    ),
+                    f"INSERT INTO api_keys ({_API_KEY_COLUMNS}) VALUES ({_placeholders(_API_KEY_COLUMNS)})",
+                    _api_key_params(record),
                 )
         except sqlite3.IntegrityError:
             raise Conflict(f"api key {record.key_id} already exists") from None
@@ -239,6 +370,141 @@ class SqliteControlStore:
                 raise NotFound(f"api key {key_id} not found")
             row = db.execute("SELECT * FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
         return _api_key_from_row(row)
+
+    def update_api_key(self, record: ApiKeyRecord) -> None:
+        """Replace an existing key record (rotation, expiry bookkeeping); raises `NotFound` if absent."""
+        assignments = ", ".join(f"{column} = ?" for column in _API_KEY_COLUMNS.split(", ")[1:])
+        params = _api_key_params(record)
+        with self._transaction() as db:
+            updated = db.execute(f"UPDATE api_keys SET {assignments} WHERE key_id = ?", (*params[1:], params[0]))
+            if updated.rowcount == 0:
+                raise NotFound(f"api key {record.key_id} not found")
+
+    # --- refresh tokens ---------------------------------------------------------------------
+
+    def put_refresh_token(self, token: RefreshToken) -> None:
+        """Store a new refresh token; raises `Conflict` if its id exists."""
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO refresh_tokens (token_id, family_id, user_id, org_id, token_hash, issued_at,"
+                    " expires_at, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        token.token_id,
+                        token.family_id,
+                        token.user_id,
+                        token.org_id,
+                        token.token_hash,
+                        _encode_time(token.issued_at),
+                        _encode_time(token.expires_at),
+                        _encode_optional_time(token.used_at),
+                    ),
+                )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"refresh token {token.token_id} already exists") from None
+
+    def get_refresh_token(self, token_id: str) -> RefreshToken | None:
+        """The refresh token with this id, or None."""
+        row = self._fetch_one("SELECT * FROM refresh_tokens WHERE token_id = ?", (token_id,))
+        return None if row is None else _refresh_token_from_row(row)
+
+    def use_refresh_token(self, token_id: str, at: datetime) -> RefreshToken:
+        """Mark an unused token used, atomically; raises `Conflict` if it was already used, `NotFound` if absent."""
+        with self._transaction() as db:
+            updated = db.execute(
+                "UPDATE refresh_tokens SET used_at = ? WHERE token_id = ? AND used_at IS NULL",
+                (_encode_time(at), token_id),
+            )
+            row = db.execute("SELECT * FROM refresh_tokens WHERE token_id = ?", (token_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"refresh token {token_id} not found")
+        if updated.rowcount == 0:
+            raise Conflict(f"refresh token {token_id} was already used")
+        return _refresh_token_from_row(row)
+
+    def revoke_refresh_family(self, family_id: str, at: datetime) -> None:
+        """Revoke every token of a family, present and future; the first revocation time is kept."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO revoked_refresh_families (family_id, revoked_at) VALUES (?, ?)",
+                (family_id, _encode_time(at)),
+            )
+
+    def refresh_family_revoked(self, family_id: str) -> bool:
+        """Whether the family was revoked."""
+        return self._fetch_one("SELECT 1 FROM revoked_refresh_families WHERE family_id = ?", (family_id,)) is not None
+
+    # --- just-in-time elevation -------------------------------------------------------------
+
+    def put_jit_request(self, request: JitRequest) -> None:
+        """Store a new JIT request; raises `Conflict` if its id exists."""
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    f"INSERT INTO jit_requests ({_JIT_COLUMNS}) VALUES ({_placeholders(_JIT_COLUMNS)})",
+                    _jit_params(request),
+                )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"jit request {request.request_id} already exists") from None
+
+    def get_jit_request(self, request_id: str) -> JitRequest | None:
+        """The JIT request with this id, or None."""
+        row = self._fetch_one("SELECT * FROM jit_requests WHERE request_id = ?", (request_id,))
+        return None if row is None else _jit_from_row(row)
+
+    def list_jit_requests(self, org_id: str, status: JitStatus | None = None) -> list[JitRequest]:
+        """The JIT requests of one organisation, optionally of one status, oldest first."""
+        if status is None:
+            rows = self._fetch_all(
+                "SELECT * FROM jit_requests WHERE org_id = ? ORDER BY requested_at, request_id", (org_id,)
+            )
+        else:
+            rows = self._fetch_all(
+                "SELECT * FROM jit_requests WHERE org_id = ? AND status = ? ORDER BY requested_at, request_id",
+                (org_id, JitStatus(status).value),
+            )
+        return [_jit_from_row(row) for row in rows]
+
+    def decide_jit_request(self, request: JitRequest) -> None:
+        """Replace a still-pending request with its decided form; raises `Conflict` if decided, `NotFound` if absent."""
+        assignments = ", ".join(f"{column} = ?" for column in _JIT_COLUMNS.split(", ")[1:])
+        params = _jit_params(request)
+        with self._transaction() as db:
+            updated = db.execute(
+                f"UPDATE jit_requests SET {assignments} WHERE request_id = ? AND status = ?",
+                (*params[1:], params[0], JitStatus.PENDING.value),
+            )
+            if updated.rowcount == 0:
+                exists = db.execute("SELECT 1 FROM jit_requests WHERE request_id = ?", (request.request_id,))
+                if exists.fetchone() is None:
+                    raise NotFound(f"jit request {request.request_id} not found")
+                raise Conflict(f"jit request {request.request_id} is no longer pending")
+
+    # --- IAM audit chain --------------------------------------------------------------------
+
+    def append_iam_event(self, event: IamEvent) -> None:
+        """Store `event` at its position only if that position is free; raises `Conflict` otherwise."""
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    f"INSERT INTO iam_events ({_IAM_EVENT_COLUMNS}) VALUES ({_placeholders(_IAM_EVENT_COLUMNS)})",
+                    _iam_event_params(event),
+                )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"position {event.seq} of chain {event.chain_id} is taken") from None
+
+    def iam_chain_head(self, chain_id: str) -> IamEvent | None:
+        """The event with the highest position in the chain, or None for an empty chain."""
+        row = self._fetch_one("SELECT * FROM iam_events WHERE chain_id = ? ORDER BY seq DESC LIMIT 1", (chain_id,))
+        return None if row is None else _iam_event_from_row(row)
+
+    def list_iam_events(self, chain_id: str, after_seq: int = 0, limit: int | None = None) -> list[IamEvent]:
+        """Events with position > `after_seq`, in position order, at most `limit`."""
+        rows = self._fetch_all(
+            "SELECT * FROM iam_events WHERE chain_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (chain_id, after_seq, -1 if limit is None else max(limit, 0)),  # SQLite reads LIMIT -1 as "no limit"
+        )
+        return [_iam_event_from_row(row) for row in rows]
 
     # --- settings ---------------------------------------------------------------------------
 
@@ -393,9 +659,15 @@ class SqliteControlStore:
                 raise SchemaTooNew(
                     f"{self.path} has control schema version {version}; this build knows up to {SCHEMA_VERSION}"
                 )
-            for step in MIGRATIONS[version:]:
-                for statement in step:
-                    db.execute(statement)
+            for number, step in enumerate(MIGRATIONS[version:], start=version):
+                try:
+                    for statement in step:
+                        db.execute(statement)
+                except sqlite3.IntegrityError as error:
+                    # The whole upgrade rolls back with the transaction: the file stays at `version`.
+                    raise MigrationFailed(
+                        f"{self.path}: upgrading the control schema to version {number + 1} failed: {error}"
+                    ) from error
             # PRAGMA takes no bound parameters; the value is our own integer constant.
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
 
@@ -445,12 +717,59 @@ def _usage_from_row(row: sqlite3.Row) -> UsageDelta:
     )
 
 
+def _placeholders(columns: str) -> str:
+    return ", ".join("?" for _ in columns.split(", "))
+
+
+def _encode_json_list(values: tuple[str, ...]) -> str:
+    return json.dumps(list(values))
+
+
+def _encode_json_object(value: dict[str, object] | None) -> str | None:
+    # Canonical (sorted keys), so the stored text is stable whatever order the dict was built in.
+    return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _decode_json_object(text: str | None) -> dict[str, object] | None:
+    return None if text is None else dict(json.loads(text))
+
+
 def _org_from_row(row: sqlite3.Row) -> Organization:
     return Organization(
         org_id=row["org_id"],
         name=row["name"],
         status=OrgStatus(row["status"]),
         created_at=datetime.fromisoformat(row["created_at"]),
+        mfa_required=bool(row["mfa_required"]),
+    )
+
+
+def _environment_from_row(row: sqlite3.Row) -> Environment:
+    return Environment(
+        env_id=row["env_id"],
+        org_id=row["org_id"],
+        name=row["name"],
+        key_env=KeyEnv(row["key_env"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+    )
+
+
+def _user_params(user: User) -> tuple[object, ...]:
+    return (
+        user.user_id,
+        user.org_id,
+        user.email,
+        email_key(user.email),
+        Role(user.role).value,
+        UserStatus(user.status).value,
+        user.department,
+        user.region,
+        _encode_time(user.created_at),
+        user.name,
+        user.password_hash,
+        user.mfa_secret,
+        user.mfa_enabled,
+        _encode_json_list(user.external_ids),
     )
 
 
@@ -464,6 +783,36 @@ def _user_from_row(row: sqlite3.Row) -> User:
         department=row["department"],
         region=row["region"],
         created_at=datetime.fromisoformat(row["created_at"]),
+        name=row["name"],
+        password_hash=row["password_hash"],
+        mfa_secret=row["mfa_secret"],
+        mfa_enabled=bool(row["mfa_enabled"]),
+        external_ids=tuple(json.loads(row["external_ids"])),
+    )
+
+
+# The key id first: update_api_key assigns every other column and matches on it.
+_API_KEY_COLUMNS = (
+    "key_id, org_id, user_id, env, key_hash, scopes, created_at, expires_at, revoked_at, name, allowed_cidrs,"
+    " rotated_to, expiry_recorded_at"
+)
+
+
+def _api_key_params(record: ApiKeyRecord) -> tuple[object, ...]:
+    return (
+        record.key_id,
+        record.org_id,
+        record.user_id,
+        KeyEnv(record.env).value,
+        record.key_hash,
+        _encode_json_list(record.scopes),
+        _encode_time(record.created_at),
+        _encode_optional_time(record.expires_at),
+        _encode_optional_time(record.revoked_at),
+        record.name,
+        _encode_json_list(record.allowed_cidrs),
+        record.rotated_to,
+        _encode_optional_time(record.expiry_recorded_at),
     )
 
 
@@ -479,4 +828,100 @@ def _api_key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
         expires_at=_decode_optional_time(row["expires_at"]),
         revoked_at=_decode_optional_time(row["revoked_at"]),
         name=row["name"],
+        allowed_cidrs=tuple(json.loads(row["allowed_cidrs"])),
+        rotated_to=row["rotated_to"],
+        expiry_recorded_at=_decode_optional_time(row["expiry_recorded_at"]),
+    )
+
+
+def _refresh_token_from_row(row: sqlite3.Row) -> RefreshToken:
+    return RefreshToken(
+        token_id=row["token_id"],
+        family_id=row["family_id"],
+        user_id=row["user_id"],
+        org_id=row["org_id"],
+        token_hash=row["token_hash"],
+        issued_at=datetime.fromisoformat(row["issued_at"]),
+        expires_at=datetime.fromisoformat(row["expires_at"]),
+        used_at=_decode_optional_time(row["used_at"]),
+    )
+
+
+# The request id first: decide_jit_request assigns every other column and matches on it.
+_JIT_COLUMNS = (
+    "request_id, org_id, user_id, role, reason, duration_seconds, status, requested_at, decided_by, decided_at,"
+    " decision_reason, grant_id"
+)
+
+
+def _jit_params(request: JitRequest) -> tuple[object, ...]:
+    return (
+        request.request_id,
+        request.org_id,
+        request.user_id,
+        Role(request.role).value,
+        request.reason,
+        request.duration_seconds,
+        JitStatus(request.status).value,
+        _encode_time(request.requested_at),
+        request.decided_by,
+        _encode_optional_time(request.decided_at),
+        request.decision_reason,
+        request.grant_id,
+    )
+
+
+def _jit_from_row(row: sqlite3.Row) -> JitRequest:
+    return JitRequest(
+        request_id=row["request_id"],
+        org_id=row["org_id"],
+        user_id=row["user_id"],
+        role=Role(row["role"]),
+        reason=row["reason"],
+        duration_seconds=int(row["duration_seconds"]),
+        status=JitStatus(row["status"]),
+        requested_at=datetime.fromisoformat(row["requested_at"]),
+        decided_by=row["decided_by"],
+        decided_at=_decode_optional_time(row["decided_at"]),
+        decision_reason=row["decision_reason"],
+        grant_id=row["grant_id"],
+    )
+
+
+_IAM_EVENT_COLUMNS = (
+    "chain_id, seq, event_id, event_type, actor, target, before, after, at, request_id, prev_hash, hash"
+)
+
+
+def _iam_event_params(event: IamEvent) -> tuple[object, ...]:
+    return (
+        event.chain_id,
+        event.seq,
+        event.event_id,
+        event.event_type,
+        event.actor,
+        event.target,
+        _encode_json_object(event.before),
+        _encode_json_object(event.after),
+        _encode_time(event.at),
+        event.request_id,
+        event.prev_hash,
+        event.hash,
+    )
+
+
+def _iam_event_from_row(row: sqlite3.Row) -> IamEvent:
+    return IamEvent(
+        chain_id=row["chain_id"],
+        seq=int(row["seq"]),
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        actor=row["actor"],
+        target=row["target"],
+        before=_decode_json_object(row["before"]),
+        after=_decode_json_object(row["after"]),
+        at=datetime.fromisoformat(row["at"]),
+        request_id=row["request_id"],
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
     )

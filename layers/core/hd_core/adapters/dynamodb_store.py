@@ -1,0 +1,1014 @@
+"""`ControlStore` on one DynamoDB table: the control plane's store in AWS.
+
+Single-table design; the key schema and the one index live in `dynamodb_schema`. Every item has
+string keys `PK`/`SK`; items that appear in a list also carry `GSI1PK`/`GSI1SK`:
+
+    item                  PK                   SK                          GSI1PK             GSI1SK
+    organisation          ORG#<org_id>         ORG                         ORGS               <created_at>#<org_id>
+    environment           ENV#<env_id>         ENV                         ENVS#<org_id>      <created_at>#<env_id>
+    user                  USER#<user_id>       USER                        USERS#<org_id>     <created_at>#<user_id>
+    email claim           EMAIL#<email key>    EMAIL                       -                  -
+    external id claim     EXTID#<external id>  EXTID                       -                  -
+    API key               APIKEY#<key_id>      APIKEY                      APIKEYS#<org_id>   <created_at>#<key_id>
+    refresh token         REFRESH#<token_id>   REFRESH                     -                  -
+    revoked token family  FAMILY#<family_id>   REVOKED                     -                  -
+    JIT request           JIT#<request_id>     JIT                         JITS#<org_id>      <requested_at>#<id>
+    IAM event             CHAIN#<chain_id>     EVT#<seq, 12 digits>        -                  -
+    setting               SETTING#<name>       SETTING                     -                  -
+    policy object         POLICIES             <kind>#<object_id>          POLICIES#<org_id>  <kind>#<object_id>
+    policy version        POLICY_VERSION       POLICY_VERSION              -                  -
+    usage bucket          USAGE#<org_id>       <day>#<JSON [user, agent]>  -                  -
+
+Other attributes are the entity's fields under their model names: datetimes as fixed-width ISO-8601
+UTC strings (so GSI1SK sorts by time), tuples as lists, enums as their values, and a None field is
+left out (so `if_not_exists` sees it as unset). A user also carries `revision`, the counter its
+optimistic writes are conditioned on; a claim item carries the owning `user_id`; IAM `before`/`after`
+are canonical JSON strings (the chain hash covers them, so they must come back exactly); a policy
+object is its `policy_codec` JSON document in `document`, plus `kind`, `object_id` and `org_id`
+(a shared table's binding has no org and so no GSI1 keys); the policy version item holds `version`;
+a usage bucket holds `org_id`, `day`, `user_id`, `agent_id` (absent for no agent) and the counters
+`statements`, `credits`, `rows`, `bytes`, summed by `ADD`. DynamoDB numbers are Decimals: credits
+are converted at this boundary.
+
+Uniqueness is a claim item written in the same TransactWriteItems as the entity (emails, external
+ids), or a conditional write on the entity's own key (API keys, refresh tokens, JIT requests, IAM
+chain positions). Reads by id use strongly consistent GetItem; lists Query the table or GSI1 (GSI
+reads are eventually consistent: an entity written a moment ago may be missing from a list).
+Like the SQLite adapter, this store does not enforce references between entities.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import boto3
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from hd_core.adapters.dynamodb_schema import (
+    GSI1_NAME,
+    GSI1_PARTITION_KEY,
+    GSI1_SORT_KEY,
+    PARTITION_KEY,
+    SORT_KEY,
+)
+from hd_core.errors import Conflict, InvalidRequest, NotFound
+from hd_core.models import (
+    ApiKeyRecord,
+    Environment,
+    IamEvent,
+    JitRequest,
+    JitStatus,
+    KeyEnv,
+    Organization,
+    OrgStatus,
+    RefreshToken,
+    Role,
+    UsageDelta,
+    User,
+    UserStatus,
+    utc_now,
+)
+from hd_core.policies import PolicyKind, PolicyObject, PolicySnapshot
+from hd_core.policy_codec import from_document, kind_of, object_id, to_document
+
+Item = dict[str, Any]  # an item in plain Python values (keys included)
+Key = tuple[str, str]  # (PK, SK)
+
+# Optimistic writes (policy version bumps, user claims) retry when another writer moved first;
+# every lost round means someone else committed, so the store as a whole always progresses.
+_MAX_OPTIMISTIC_ATTEMPTS = 64
+_MAX_TRANSACTION_ITEMS = 100
+_SEQ_DIGITS = 12
+_POLICY_PARTITION = "POLICIES"
+_POLICY_VERSION_KEY: Key = ("POLICY_VERSION", "POLICY_VERSION")
+
+_SERIALIZER = TypeSerializer()
+_DESERIALIZER = TypeDeserializer()
+
+
+def email_key(email: str) -> str:
+    """The form under which emails are compared and looked up (the SQLite adapter uses the same rule)."""
+    return email.lower()
+
+
+class DynamoDbControlStore:
+    """A `ControlStore` in one DynamoDB table shaped by `dynamodb_schema.create_table_kwargs`."""
+
+    def __init__(self, table_name: str, *, client: Any | None = None) -> None:
+        self.table_name = table_name
+        # A low-level client: transactions exist only there, and one client is safe to share across threads.
+        self._client = client if client is not None else boto3.client("dynamodb")
+
+    # --- organisations ----------------------------------------------------------------------
+
+    def put_org(self, org: Organization) -> None:
+        """Create or replace an organisation."""
+        self._put(_org_item(org))
+
+    def get_org(self, org_id: str) -> Organization | None:
+        """The organisation with this id, or None."""
+        item = self._get(_org_key(org_id))
+        return None if item is None else _org_from_item(item)
+
+    def list_orgs(self) -> list[Organization]:
+        """Every organisation, oldest first (one Query of the fixed `ORGS` index partition)."""
+        return [_org_from_item(item) for item in self._query_index("ORGS")]
+
+    # --- environments -----------------------------------------------------------------------
+
+    def put_environment(self, env: Environment) -> None:
+        """Create or replace an environment."""
+        self._put(_environment_item(env))
+
+    def get_environment(self, env_id: str) -> Environment | None:
+        """The environment with this id, or None."""
+        item = self._get(("ENV#" + env_id, "ENV"))
+        return None if item is None else _environment_from_item(item)
+
+    def list_environments(self, org_id: str) -> list[Environment]:
+        """The environments of one organisation, oldest first."""
+        return [_environment_from_item(item) for item in self._query_index("ENVS#" + org_id)]
+
+    # --- users ------------------------------------------------------------------------------
+
+    def put_user(self, user: User) -> None:
+        """Create or replace a user, claiming its email and external ids in the same transaction.
+
+        Raises `Conflict`, storing nothing, if another user holds the email (case-insensitively) or
+        one of the external ids.
+        """
+        for _ in range(_MAX_OPTIMISTIC_ATTEMPTS):
+            current = self._get(_user_key(user.user_id))
+            try:
+                self._transact(_user_writes(self.table_name, user, current))
+                return
+            except ClientError as error:
+                reasons = _cancellation_reasons(error)
+                if any(reason == "ConditionalCheckFailed" for reason in reasons[1:]):
+                    raise Conflict(
+                        f"another user already holds the email or an external id of user {user.user_id}"
+                    ) from None
+                if not _lost_a_race(reasons, guard=0):
+                    raise
+                # The user item changed between our read and our write: recompute the claims.
+        raise Conflict(f"user {user.user_id} is being changed concurrently; try again")
+
+    def get_user(self, user_id: str) -> User | None:
+        """The user with this id, or None."""
+        item = self._get(_user_key(user_id))
+        return None if item is None else _user_from_item(item)
+
+    def get_user_by_email(self, email: str) -> User | None:
+        """The user with this email (case-insensitive), or None: the claim item, then the user."""
+        wanted = email_key(email)
+        user = self._user_of_claim(("EMAIL#" + wanted, "EMAIL"))
+        # The user may have changed email between the two reads; the claim then no longer speaks for it.
+        return user if user is not None and email_key(user.email) == wanted else None
+
+    def get_user_by_external_id(self, external_id: str) -> User | None:
+        """The user linked to this federated identity (`<issuer>#<subject>`), or None."""
+        user = self._user_of_claim(("EXTID#" + external_id, "EXTID"))
+        return user if user is not None and external_id in user.external_ids else None
+
+    def list_users(self, org_id: str) -> list[User]:
+        """The users of one organisation, oldest first, whatever their status."""
+        return [_user_from_item(item) for item in self._query_index("USERS#" + org_id)]
+
+    def _user_of_claim(self, claim_key: Key) -> User | None:
+        claim = self._get(claim_key)
+        return None if claim is None else self.get_user(str(claim["user_id"]))
+
+    # --- API keys ---------------------------------------------------------------------------
+
+    def put_api_key(self, record: ApiKeyRecord) -> None:
+        """Store a new key record; raises `Conflict` if the key id exists, so a key is never overwritten."""
+        if not self._put(_api_key_item(record), condition="attribute_not_exists(PK)"):
+            raise Conflict(f"api key {record.key_id} already exists")
+
+    def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        """The key record with this key id, or None."""
+        item = self._get(_api_key_key(key_id))
+        return None if item is None else _api_key_from_item(item)
+
+    def list_api_keys(self, org_id: str) -> list[ApiKeyRecord]:
+        """The key records of one organisation, revoked ones included, oldest first."""
+        return [_api_key_from_item(item) for item in self._query_index("APIKEYS#" + org_id)]
+
+    def revoke_api_key(self, key_id: str, at: datetime) -> ApiKeyRecord:
+        """Mark a key revoked at `at`, keeping an earlier revocation time; raises `NotFound`."""
+        attributes = self._update(
+            _api_key_key(key_id),
+            "SET revoked_at = if_not_exists(revoked_at, :at)",
+            {":at": _encode_time(at)},
+            condition="attribute_exists(PK)",
+        )
+        if attributes is None:
+            raise NotFound(f"api key {key_id} not found")
+        return _api_key_from_item(attributes)
+
+    def update_api_key(self, record: ApiKeyRecord) -> None:
+        """Replace an existing key record (rotation, expiry bookkeeping); raises `NotFound` if absent."""
+        if not self._put(_api_key_item(record), condition="attribute_exists(PK)"):
+            raise NotFound(f"api key {record.key_id} not found")
+
+    # --- refresh tokens ---------------------------------------------------------------------
+
+    def put_refresh_token(self, token: RefreshToken) -> None:
+        """Store a new refresh token; raises `Conflict` if its id exists."""
+        if not self._put(_refresh_token_item(token), condition="attribute_not_exists(PK)"):
+            raise Conflict(f"refresh token {token.token_id} already exists")
+
+    def get_refresh_token(self, token_id: str) -> RefreshToken | None:
+        """The refresh token with this id, or None."""
+        item = self._get(_refresh_token_key(token_id))
+        return None if item is None else _refresh_token_from_item(item)
+
+    def use_refresh_token(self, token_id: str, at: datetime) -> RefreshToken:
+        """Mark an unused token used, atomically; raises `Conflict` if it was already used, `NotFound` if absent."""
+        attributes = self._update(
+            _refresh_token_key(token_id),
+            "SET used_at = :at",
+            {":at": _encode_time(at)},
+            condition="attribute_exists(PK) AND attribute_not_exists(used_at)",
+        )
+        if attributes is not None:
+            return _refresh_token_from_item(attributes)
+        # Tokens are never deleted, so a failed condition on an existing item means "already used".
+        if self._get(_refresh_token_key(token_id)) is None:
+            raise NotFound(f"refresh token {token_id} not found")
+        raise Conflict(f"refresh token {token_id} was already used")
+
+    def revoke_refresh_family(self, family_id: str, at: datetime) -> None:
+        """Revoke every token of a family, present and future; the first revocation time is kept."""
+        self._update(
+            _family_key(family_id),
+            "SET family_id = :family, revoked_at = if_not_exists(revoked_at, :at)",
+            {":family": family_id, ":at": _encode_time(at)},
+            return_values="NONE",
+        )
+
+    def refresh_family_revoked(self, family_id: str) -> bool:
+        """Whether the family was revoked."""
+        return self._get(_family_key(family_id)) is not None
+
+    # --- just-in-time elevation -------------------------------------------------------------
+
+    def put_jit_request(self, request: JitRequest) -> None:
+        """Store a new JIT request; raises `Conflict` if its id exists."""
+        if not self._put(_jit_item(request), condition="attribute_not_exists(PK)"):
+            raise Conflict(f"jit request {request.request_id} already exists")
+
+    def get_jit_request(self, request_id: str) -> JitRequest | None:
+        """The JIT request with this id, or None."""
+        item = self._get(_jit_key(request_id))
+        return None if item is None else _jit_from_item(item)
+
+    def list_jit_requests(self, org_id: str, status: JitStatus | None = None) -> list[JitRequest]:
+        """The JIT requests of one organisation, optionally of one status, oldest first."""
+        requests = [_jit_from_item(item) for item in self._query_index("JITS#" + org_id)]
+        return requests if status is None else [request for request in requests if request.status == status]
+
+    def decide_jit_request(self, request: JitRequest) -> None:
+        """Replace a still-pending request with its decided form; raises `Conflict` if decided, `NotFound` if absent."""
+        stored = self._put(
+            _jit_item(request),
+            condition="attribute_exists(PK) AND #status = :pending",
+            names={"#status": "status"},
+            values={":pending": JitStatus.PENDING.value},
+        )
+        if stored:
+            return
+        if self._get(_jit_key(request.request_id)) is None:
+            raise NotFound(f"jit request {request.request_id} not found")
+        raise Conflict(f"jit request {request.request_id} is no longer pending")
+
+    # --- IAM audit chain --------------------------------------------------------------------
+
+    def append_iam_event(self, event: IamEvent) -> None:
+        """Store `event` at its position only if that position is free; raises `Conflict` otherwise."""
+        if not self._put(_iam_event_item(event), condition="attribute_not_exists(PK)"):
+            raise Conflict(f"position {event.seq} of chain {event.chain_id} is taken")
+
+    def iam_chain_head(self, chain_id: str) -> IamEvent | None:
+        """The event with the highest position in the chain, or None for an empty chain."""
+        items = self._query_table("PK = :pk", {":pk": "CHAIN#" + chain_id}, forward=False, limit=1)
+        return next((_iam_event_from_item(item) for item in items), None)
+
+    def list_iam_events(self, chain_id: str, after_seq: int = 0, limit: int | None = None) -> list[IamEvent]:
+        """Events with position > `after_seq`, in position order, at most `limit`."""
+        if limit is not None and limit <= 0:
+            return []
+        # Zero-padded positions sort as numbers; every event sorts above position 0.
+        after = _event_sort_key(max(after_seq, 0))
+        items = self._query_table(
+            "PK = :pk AND SK > :after", {":pk": "CHAIN#" + chain_id, ":after": after}, limit=limit
+        )
+        return [_iam_event_from_item(item) for item in items]
+
+    # --- settings ---------------------------------------------------------------------------
+
+    def get_setting(self, name: str) -> str | None:
+        """A bootstrap fact, or None if never set."""
+        item = self._get(_setting_key(name))
+        return None if item is None else str(item["value"])
+
+    def put_setting(self, name: str, value: str) -> None:
+        """Set a bootstrap fact, replacing any previous value."""
+        self._put(_setting_item(name, value))
+
+    def put_setting_if_absent(self, name: str, value: str) -> str:
+        """Set a bootstrap fact only if unset; returns the value now stored (first writer wins)."""
+        if self._put(_setting_item(name, value), condition="attribute_not_exists(PK)"):
+            return value
+        stored = self.get_setting(name)
+        assert stored is not None  # the failed condition says it exists, and settings are never deleted
+        return stored
+
+    # --- governance policies ----------------------------------------------------------------
+
+    def put_policy(self, obj: PolicyObject) -> int:
+        """Create or replace a policy object (same kind and id); returns the new policy version."""
+        item = _policy_item(obj)
+        return self._write_policy(lambda: {"Put": {"TableName": self.table_name, "Item": _serialize(item)}})
+
+    def delete_policy(self, kind: PolicyKind, object_id: str) -> int:
+        """Delete a policy object; raises `NotFound`; returns the new policy version."""
+        key = _policy_key(PolicyKind(kind), object_id)
+        try:
+            return self._write_policy(
+                lambda: {
+                    "Delete": {
+                        "TableName": self.table_name,
+                        "Key": _serialize_key(key),
+                        "ConditionExpression": "attribute_exists(PK)",
+                    }
+                }
+            )
+        except _PolicyWriteRefused:
+            raise NotFound(f"{PolicyKind(kind).value} policy {object_id} not found") from None
+
+    def get_policy(self, kind: PolicyKind, object_id: str) -> PolicyObject | None:
+        """One policy object, or None."""
+        item = self._get(_policy_key(PolicyKind(kind), object_id))
+        return None if item is None else _policy_from_item(item)
+
+    def list_policies(self, org_id: str | None = None, kind: PolicyKind | None = None) -> list[PolicyObject]:
+        """Policy objects, optionally of one organisation and/or kind, ordered by kind then id."""
+        # "<kind>#<id>" sorts as (kind, id): no kind is a prefix of another and "#" comes before every id.
+        prefix = "" if kind is None else PolicyKind(kind).value + "#"
+        if org_id is None and kind is None:
+            items = self._query_table("PK = :pk", {":pk": _POLICY_PARTITION})
+        elif org_id is None:
+            items = self._query_table(
+                "PK = :pk AND begins_with(SK, :prefix)", {":pk": _POLICY_PARTITION, ":prefix": prefix}
+            )
+        else:
+            items = self._query_index(f"{_POLICY_PARTITION}#{org_id}", sort_prefix=prefix)
+        return [_policy_from_item(item) for item in items]
+
+    def policy_version(self) -> int:
+        """The store-wide policy version: 0 before any change, +1 on every put or delete."""
+        item = self._get(_POLICY_VERSION_KEY)
+        return 0 if item is None else int(item["version"])
+
+    def policy_snapshot(self) -> PolicySnapshot:
+        """Every policy object and the version they make up: the version read before and after the objects agrees."""
+        for _ in range(_MAX_OPTIMISTIC_ATTEMPTS):
+            before = self.policy_version()
+            items = list(self._query_table("PK = :pk", {":pk": _POLICY_PARTITION}))
+            # Objects and version commit together, so an unmoved version proves no write landed mid-read.
+            if self.policy_version() == before:
+                return PolicySnapshot.of(before, (_policy_from_item(item) for item in items))
+        raise Conflict("policies are changing too fast to read a consistent snapshot; try again")
+
+    def _write_policy(self, policy_write: Callable[[], dict[str, Any]]) -> int:
+        """Commit one policy write together with version + 1, retrying when another writer bumped it first."""
+        for _ in range(_MAX_OPTIMISTIC_ATTEMPTS):
+            version = self.policy_version()
+            try:
+                self._transact([policy_write(), _version_bump(self.table_name, version)])
+                return version + 1
+            except ClientError as error:
+                reasons = _cancellation_reasons(error)
+                if reasons and reasons[0] == "ConditionalCheckFailed":
+                    raise _PolicyWriteRefused from None
+                if not _lost_a_race(reasons, guard=1):
+                    raise
+        raise Conflict("the policy version is contended; try again")
+
+    # --- metering ---------------------------------------------------------------------------
+
+    def add_usage(self, deltas: Sequence[UsageDelta]) -> None:
+        """Add metered consumption: deltas are merged per (org, day, user, agent) bucket, then one ADD per bucket.
+
+        Each bucket's ADD is atomic, so concurrent meters never lose counts; buckets are separate
+        writes (a transaction would fail under that very concurrency).
+        """
+        for bucket in _merge_usage(deltas):
+            self._update(
+                _usage_key(bucket),
+                "SET org_id = :org, #day = :day, user_id = :user"
+                + ("" if bucket.agent_id is None else ", agent_id = :agent")
+                + " ADD statements :statements, credits :credits, #rows :rows, #bytes :bytes",
+                {
+                    ":org": bucket.org_id,
+                    ":day": bucket.day.isoformat(),
+                    ":user": bucket.user_id,
+                    ":statements": bucket.statements,
+                    ":credits": _to_decimal(bucket.credits),
+                    ":rows": bucket.rows,
+                    ":bytes": bucket.bytes,
+                }
+                | ({} if bucket.agent_id is None else {":agent": bucket.agent_id}),
+                names={"#day": "day", "#rows": "rows", "#bytes": "bytes"},
+                return_values="NONE",
+            )
+
+    def usage(self, org_id: str, start: date, end: date) -> list[UsageDelta]:
+        """The usage buckets of one organisation for days in [start, end], ordered by day, user, agent."""
+        items = self._query_table(
+            "PK = :pk AND SK BETWEEN :start AND :end",
+            # "$" sorts just above the "#" after the day, so every bucket of `end` is inside the range.
+            {":pk": "USAGE#" + org_id, ":start": start.isoformat(), ":end": end.isoformat() + "$"},
+        )
+        buckets = [_usage_from_item(item) for item in items]
+        return sorted(buckets, key=lambda bucket: (bucket.day, bucket.user_id, bucket.agent_id or ""))
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _get(self, key: Key) -> Item | None:
+        response = self._client.get_item(TableName=self.table_name, Key=_serialize_key(key), ConsistentRead=True)
+        item = response.get("Item")
+        return None if item is None else _deserialize(item)
+
+    def _put(
+        self,
+        item: Item,
+        *,
+        condition: str | None = None,
+        names: Mapping[str, str] | None = None,
+        values: Mapping[str, object] | None = None,
+    ) -> bool:
+        """Write an item; False when `condition` did not hold (and nothing was written)."""
+        request: dict[str, Any] = {"TableName": self.table_name, "Item": _serialize(item)}
+        request |= _condition_arguments(condition, names, values)
+        try:
+            self._client.put_item(**request)
+        except ClientError as error:
+            if _error_code(error) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def _update(
+        self,
+        key: Key,
+        expression: str,
+        values: Mapping[str, object],
+        *,
+        condition: str | None = None,
+        names: Mapping[str, str] | None = None,
+        return_values: str = "ALL_NEW",
+    ) -> Item | None:
+        """Apply an update expression; the item after it, or None when `condition` did not hold."""
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": _serialize_key(key),
+            "UpdateExpression": expression,
+            "ReturnValues": return_values,
+        }
+        request |= _condition_arguments(condition, names, values)
+        try:
+            response = self._client.update_item(**request)
+        except ClientError as error:
+            if _error_code(error) == "ConditionalCheckFailedException":
+                return None
+            raise
+        return _deserialize(response.get("Attributes", {}))
+
+    def _transact(self, writes: list[dict[str, Any]]) -> None:
+        if len(writes) > _MAX_TRANSACTION_ITEMS:
+            raise InvalidRequest(f"a change may touch at most {_MAX_TRANSACTION_ITEMS} items, this one {len(writes)}")
+        self._client.transact_write_items(TransactItems=writes)
+
+    def _query_table(
+        self, key_condition: str, values: Mapping[str, object], *, forward: bool = True, limit: int | None = None
+    ) -> Iterator[Item]:
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": key_condition,
+            "ExpressionAttributeValues": _serialize(dict(values)),
+            "ScanIndexForward": forward,
+            "ConsistentRead": True,
+        }
+        return self._paginate(request, limit)
+
+    def _query_index(self, partition: str, *, sort_prefix: str = "") -> Iterator[Item]:
+        # DynamoDB refuses an empty key value, even as a begins_with operand.
+        condition, names, values = "#pk = :pk", {"#pk": GSI1_PARTITION_KEY}, {":pk": partition}
+        if sort_prefix:
+            condition += " AND begins_with(#sk, :prefix)"
+            names["#sk"] = GSI1_SORT_KEY
+            values[":prefix"] = sort_prefix
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": GSI1_NAME,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": _serialize(values),
+        }
+        return self._paginate(request, None)
+
+    def _paginate(self, request: dict[str, Any], limit: int | None) -> Iterator[Item]:
+        """Yield the items of a Query page by page, stopping after `limit` items."""
+        remaining = limit
+        while True:
+            if remaining is not None:
+                request["Limit"] = remaining
+            response = self._client.query(**request)
+            for raw in response.get("Items", []):
+                yield _deserialize(raw)
+            if remaining is not None:
+                remaining -= len(response.get("Items", []))
+                if remaining <= 0:
+                    return
+            last_key = response.get("LastEvaluatedKey")
+            if not last_key:
+                return
+            request["ExclusiveStartKey"] = last_key
+
+
+class _PolicyWriteRefused(Exception):
+    """The policy write's own condition failed (deleting an object that does not exist)."""
+
+
+# --- keys and items ---------------------------------------------------------------------------
+
+
+def _org_key(org_id: str) -> Key:
+    return ("ORG#" + org_id, "ORG")
+
+
+def _user_key(user_id: str) -> Key:
+    return ("USER#" + user_id, "USER")
+
+
+def _api_key_key(key_id: str) -> Key:
+    return ("APIKEY#" + key_id, "APIKEY")
+
+
+def _refresh_token_key(token_id: str) -> Key:
+    return ("REFRESH#" + token_id, "REFRESH")
+
+
+def _family_key(family_id: str) -> Key:
+    return ("FAMILY#" + family_id, "REVOKED")
+
+
+def _jit_key(request_id: str) -> Key:
+    return ("JIT#" + request_id, "JIT")
+
+
+def _setting_key(name: str) -> Key:
+    return ("SETTING#" + name, "SETTING")
+
+
+def _policy_key(kind: PolicyKind, object_id: str) -> Key:
+    return (_POLICY_PARTITION, f"{kind.value}#{object_id}")
+
+
+def _event_sort_key(seq: int) -> str:
+    if not 0 <= seq < 10**_SEQ_DIGITS:
+        raise InvalidRequest(f"an IAM chain position must be in [0, 10**{_SEQ_DIGITS}), got {seq}")
+    return f"EVT#{seq:0{_SEQ_DIGITS}d}"
+
+
+def _usage_key(bucket: UsageDelta) -> Key:
+    # JSON keeps (user, agent) unambiguous whatever characters the ids hold.
+    return ("USAGE#" + bucket.org_id, f"{bucket.day.isoformat()}#{json.dumps([bucket.user_id, bucket.agent_id or ''])}")
+
+
+def _keyed(key: Key, fields: Item, listed_under: str | None = None, listed_at: str | None = None) -> Item:
+    item: Item = {PARTITION_KEY: key[0], SORT_KEY: key[1]}
+    if listed_under is not None:
+        item[GSI1_PARTITION_KEY] = listed_under
+        item[GSI1_SORT_KEY] = listed_at
+    return item | fields
+
+
+def _org_item(org: Organization) -> Item:
+    created_at = _encode_time(org.created_at)
+    fields = {
+        "org_id": org.org_id,
+        "name": org.name,
+        "status": OrgStatus(org.status).value,
+        "created_at": created_at,
+        "mfa_required": org.mfa_required,
+    }
+    return _keyed(_org_key(org.org_id), fields, "ORGS", f"{created_at}#{org.org_id}")
+
+
+def _org_from_item(item: Item) -> Organization:
+    return Organization(
+        org_id=item["org_id"],
+        name=item["name"],
+        status=OrgStatus(item["status"]),
+        created_at=_decode_time(item["created_at"]),
+        mfa_required=bool(item.get("mfa_required", False)),
+    )
+
+
+def _environment_item(env: Environment) -> Item:
+    created_at = _encode_time(env.created_at)
+    fields = {
+        "env_id": env.env_id,
+        "org_id": env.org_id,
+        "name": env.name,
+        "key_env": KeyEnv(env.key_env).value,
+        "created_at": created_at,
+    }
+    return _keyed(("ENV#" + env.env_id, "ENV"), fields, "ENVS#" + env.org_id, f"{created_at}#{env.env_id}")
+
+
+def _environment_from_item(item: Item) -> Environment:
+    return Environment(
+        env_id=item["env_id"],
+        org_id=item["org_id"],
+        name=item["name"],
+        key_env=KeyEnv(item["key_env"]),
+        created_at=_decode_time(item["created_at"]),
+    )
+
+
+def _user_item(user: User, revision: int) -> Item:
+    created_at = _encode_time(user.created_at)
+    fields = {
+        "user_id": user.user_id,
+        "org_id": user.org_id,
+        "email": user.email,
+        "role": Role(user.role).value,
+        "status": UserStatus(user.status).value,
+        "department": user.department,
+        "region": user.region,
+        "created_at": created_at,
+        "name": user.name,
+        "password_hash": user.password_hash,
+        "mfa_secret": user.mfa_secret,
+        "mfa_enabled": user.mfa_enabled,
+        "external_ids": list(user.external_ids),
+        "revision": revision,
+    }
+    return _keyed(_user_key(user.user_id), fields, "USERS#" + user.org_id, f"{created_at}#{user.user_id}")
+
+
+def _user_from_item(item: Item) -> User:
+    return User(
+        user_id=item["user_id"],
+        org_id=item["org_id"],
+        email=item["email"],
+        role=Role(item["role"]),
+        status=UserStatus(item["status"]),
+        department=item.get("department"),
+        region=item.get("region"),
+        created_at=_decode_time(item["created_at"]),
+        name=item.get("name", ""),
+        password_hash=item.get("password_hash"),
+        mfa_secret=item.get("mfa_secret"),
+        mfa_enabled=bool(item.get("mfa_enabled", False)),
+        external_ids=tuple(item.get("external_ids", ())),
+    )
+
+
+def _user_writes(table_name: str, user: User, current: Item | None) -> list[dict[str, Any]]:
+    """The transaction that writes `user`: the user item first, then its claims taken and released.
+
+    The user item is conditioned on the revision we read, so claims computed from a stale read
+    never commit; each claim may be taken only if free or already ours.
+    """
+    revision = 0 if current is None else int(current["revision"])
+    user_put: dict[str, Any] = {"TableName": table_name, "Item": _serialize(_user_item(user, revision + 1))}
+    if current is None:
+        user_put["ConditionExpression"] = "attribute_not_exists(PK)"
+    else:
+        user_put |= {
+            "ConditionExpression": "revision = :revision",
+            "ExpressionAttributeValues": _serialize({":revision": revision}),
+        }
+    held = _claim_keys(current["email"], current.get("external_ids", ())) if current is not None else []
+    wanted = _claim_keys(user.email, user.external_ids)
+    ours = {
+        "ConditionExpression": "attribute_not_exists(PK) OR user_id = :user",
+        "ExpressionAttributeValues": _serialize({":user": user.user_id}),
+    }
+    writes: list[dict[str, Any]] = [{"Put": user_put}]
+    for key in wanted:
+        claim = _keyed(key, {"user_id": user.user_id})
+        writes.append({"Put": {"TableName": table_name, "Item": _serialize(claim)} | ours})
+    for key in held:
+        if key not in wanted:
+            writes.append({"Delete": {"TableName": table_name, "Key": _serialize_key(key)} | ours})
+    return writes
+
+
+def _claim_keys(email: str, external_ids: Sequence[str]) -> list[Key]:
+    """The claim items a user with this email and these external ids holds, without duplicates."""
+    keys = [("EMAIL#" + email_key(email), "EMAIL")]
+    keys.extend(("EXTID#" + external_id, "EXTID") for external_id in dict.fromkeys(external_ids))
+    return keys
+
+
+def _api_key_item(record: ApiKeyRecord) -> Item:
+    created_at = _encode_time(record.created_at)
+    fields = {
+        "key_id": record.key_id,
+        "org_id": record.org_id,
+        "user_id": record.user_id,
+        "env": KeyEnv(record.env).value,
+        "key_hash": record.key_hash,
+        "scopes": list(record.scopes),
+        "created_at": created_at,
+        "expires_at": _encode_optional_time(record.expires_at),
+        "revoked_at": _encode_optional_time(record.revoked_at),
+        "name": record.name,
+        "allowed_cidrs": list(record.allowed_cidrs),
+        "rotated_to": record.rotated_to,
+        "expiry_recorded_at": _encode_optional_time(record.expiry_recorded_at),
+    }
+    return _keyed(_api_key_key(record.key_id), fields, "APIKEYS#" + record.org_id, f"{created_at}#{record.key_id}")
+
+
+def _api_key_from_item(item: Item) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        key_id=item["key_id"],
+        org_id=item["org_id"],
+        user_id=item["user_id"],
+        env=KeyEnv(item["env"]),
+        key_hash=item["key_hash"],
+        scopes=tuple(item.get("scopes", ())),
+        created_at=_decode_time(item["created_at"]),
+        expires_at=_decode_optional_time(item.get("expires_at")),
+        revoked_at=_decode_optional_time(item.get("revoked_at")),
+        name=item["name"],
+        allowed_cidrs=tuple(item.get("allowed_cidrs", ())),
+        rotated_to=item.get("rotated_to"),
+        expiry_recorded_at=_decode_optional_time(item.get("expiry_recorded_at")),
+    )
+
+
+def _refresh_token_item(token: RefreshToken) -> Item:
+    fields = {
+        "token_id": token.token_id,
+        "family_id": token.family_id,
+        "user_id": token.user_id,
+        "org_id": token.org_id,
+        "token_hash": token.token_hash,
+        "issued_at": _encode_time(token.issued_at),
+        "expires_at": _encode_time(token.expires_at),
+        "used_at": _encode_optional_time(token.used_at),
+    }
+    return _keyed(_refresh_token_key(token.token_id), fields)
+
+
+def _refresh_token_from_item(item: Item) -> RefreshToken:
+    return RefreshToken(
+        token_id=item["token_id"],
+        family_id=item["family_id"],
+        user_id=item["user_id"],
+        org_id=item["org_id"],
+        token_hash=item["token_hash"],
+        issued_at=_decode_time(item["issued_at"]),
+        expires_at=_decode_time(item["expires_at"]),
+        used_at=_decode_optional_time(item.get("used_at")),
+    )
+
+
+def _jit_item(request: JitRequest) -> Item:
+    requested_at = _encode_time(request.requested_at)
+    fields = {
+        "request_id": request.request_id,
+        "org_id": request.org_id,
+        "user_id": request.user_id,
+        "role": Role(request.role).value,
+        "reason": request.reason,
+        "duration_seconds": request.duration_seconds,
+        "status": JitStatus(request.status).value,
+        "requested_at": requested_at,
+        "decided_by": request.decided_by,
+        "decided_at": _encode_optional_time(request.decided_at),
+        "decision_reason": request.decision_reason,
+        "grant_id": request.grant_id,
+    }
+    return _keyed(
+        _jit_key(request.request_id), fields, "JITS#" + request.org_id, f"{requested_at}#{request.request_id}"
+    )
+
+
+def _jit_from_item(item: Item) -> JitRequest:
+    return JitRequest(
+        request_id=item["request_id"],
+        org_id=item["org_id"],
+        user_id=item["user_id"],
+        role=Role(item["role"]),
+        reason=item["reason"],
+        duration_seconds=int(item["duration_seconds"]),
+        status=JitStatus(item["status"]),
+        requested_at=_decode_time(item["requested_at"]),
+        decided_by=item.get("decided_by"),
+        decided_at=_decode_optional_time(item.get("decided_at")),
+        decision_reason=item.get("decision_reason", ""),
+        grant_id=item.get("grant_id"),
+    )
+
+
+def _iam_event_item(event: IamEvent) -> Item:
+    fields = {
+        "chain_id": event.chain_id,
+        "seq": event.seq,
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "actor": event.actor,
+        "target": event.target,
+        "before": _encode_json_object(event.before),
+        "after": _encode_json_object(event.after),
+        "at": _encode_time(event.at),
+        "request_id": event.request_id,
+        "prev_hash": event.prev_hash,
+        "hash": event.hash,
+    }
+    return _keyed(("CHAIN#" + event.chain_id, _event_sort_key(event.seq)), fields)
+
+
+def _iam_event_from_item(item: Item) -> IamEvent:
+    return IamEvent(
+        chain_id=item["chain_id"],
+        seq=int(item["seq"]),
+        event_id=item["event_id"],
+        event_type=item["event_type"],
+        actor=item["actor"],
+        target=item["target"],
+        before=_decode_json_object(item.get("before")),
+        after=_decode_json_object(item.get("after")),
+        at=_decode_time(item["at"]),
+        request_id=item["request_id"],
+        prev_hash=item["prev_hash"],
+        hash=item["hash"],
+    )
+
+
+def _setting_item(name: str, value: str) -> Item:
+    return _keyed(_setting_key(name), {"name": name, "value": value})
+
+
+def _policy_item(obj: PolicyObject) -> Item:
+    kind = kind_of(obj)
+    key = _policy_key(kind, object_id(obj))
+    org_id: str | None = getattr(obj, "org_id", None)
+    fields = {
+        "kind": kind.value,
+        "object_id": object_id(obj),
+        "org_id": org_id,
+        "document": json.dumps(to_document(obj), ensure_ascii=False),
+        "updated_at": _encode_time(utc_now()),
+    }
+    if org_id is None:
+        return _keyed(key, fields)  # a shared table's binding: in no organisation's listing
+    return _keyed(key, fields, f"{_POLICY_PARTITION}#{org_id}", key[1])
+
+
+def _policy_from_item(item: Item) -> PolicyObject:
+    return from_document(json.loads(item["document"]))
+
+
+def _version_bump(table_name: str, version: int) -> dict[str, Any]:
+    """Set the policy version to `version + 1`, only if it is still `version` (0: the item does not exist yet)."""
+    expected = "attribute_not_exists(PK)" if version == 0 else "version = :expected"
+    values: dict[str, object] = {":next": version + 1}
+    if version:
+        values[":expected"] = version
+    return {
+        "Update": {
+            "TableName": table_name,
+            "Key": _serialize_key(_POLICY_VERSION_KEY),
+            "UpdateExpression": "SET version = :next",
+            "ConditionExpression": expected,
+            "ExpressionAttributeValues": _serialize(values),
+        }
+    }
+
+
+def _merge_usage(deltas: Sequence[UsageDelta]) -> list[UsageDelta]:
+    """Sum deltas that land in the same bucket, so each bucket costs one write."""
+    merged: dict[tuple[str, date, str, str | None], UsageDelta] = {}
+    for delta in deltas:
+        bucket = (delta.org_id, delta.day, delta.user_id, delta.agent_id or None)
+        previous = merged.get(bucket)
+        merged[bucket] = (
+            UsageDelta(*bucket, delta.statements, delta.credits, delta.rows, delta.bytes)
+            if previous is None
+            else UsageDelta(
+                *bucket,
+                previous.statements + delta.statements,
+                previous.credits + delta.credits,
+                previous.rows + delta.rows,
+                previous.bytes + delta.bytes,
+            )
+        )
+    return list(merged.values())
+
+
+def _usage_from_item(item: Item) -> UsageDelta:
+    return UsageDelta(
+        org_id=item["org_id"],
+        day=date.fromisoformat(item["day"]),
+        user_id=item["user_id"],
+        agent_id=item.get("agent_id"),
+        statements=int(item["statements"]),
+        credits=float(item["credits"]),
+        rows=int(item["rows"]),
+        bytes=int(item["bytes"]),
+    )
+
+
+# --- values at the boundary -------------------------------------------------------------------
+
+
+def _encode_time(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _encode_optional_time(value: datetime | None) -> str | None:
+    return None if value is None else _encode_time(value)
+
+
+def _decode_time(value: str) -> datetime:
+    return datetime.fromisoformat(value).astimezone(UTC)
+
+
+def _decode_optional_time(value: str | None) -> datetime | None:
+    return None if value is None else _decode_time(value)
+
+
+def _encode_json_object(value: dict[str, object] | None) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _decode_json_object(text: str | None) -> dict[str, object] | None:
+    return None if text is None else dict(json.loads(text))
+
+
+def _to_decimal(value: float) -> Decimal:
+    # Via the shortest repr, so 0.1 is stored as 0.1 and not as its 55-digit binary expansion.
+    return Decimal(repr(value))
+
+
+def _serialize(item: Mapping[str, object]) -> dict[str, Any]:
+    """Plain values to DynamoDB attribute values; None fields are left out of the item."""
+    return {name: _SERIALIZER.serialize(value) for name, value in item.items() if value is not None}
+
+
+def _serialize_key(key: Key) -> dict[str, Any]:
+    return _serialize({PARTITION_KEY: key[0], SORT_KEY: key[1]})
+
+
+def _deserialize(item: Mapping[str, Any]) -> Item:
+    return {name: _DESERIALIZER.deserialize(value) for name, value in item.items()}
+
+
+def _condition_arguments(
+    condition: str | None, names: Mapping[str, str] | None, values: Mapping[str, object] | None
+) -> dict[str, Any]:
+    arguments: dict[str, Any] = {}
+    if condition is not None:
+        arguments["ConditionExpression"] = condition
+    if names:
+        arguments["ExpressionAttributeNames"] = dict(names)
+    if values:
+        arguments["ExpressionAttributeValues"] = _serialize(values)
+    return arguments
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _cancellation_reasons(error: ClientError) -> list[str]:
+    """The per-item reason codes of a cancelled transaction; re-raises any other error."""
+    if _error_code(error) != "TransactionCanceledException":
+        raise error
+    return [str(reason.get("Code", "None")) for reason in error.response.get("CancellationReasons", [])]
+
+
+def _lost_a_race(reasons: list[str], *, guard: int) -> bool:
+    """Whether a cancelled transaction failed because another writer got there first, so a retry may pass.
+
+    `guard` is the index of the write conditioned on what we read (a revision, the policy version).
+    """
+    guard_moved = len(reasons) > guard and reasons[guard] == "ConditionalCheckFailed"
+    return guard_moved or "TransactionConflict" in reasons
