@@ -11,18 +11,26 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from hd_core.errors import AuthenticationFailed, Conflict, InvalidApiKeyFormat, NotFound
+from hd_core.errors import (
+    AuthenticationFailed,
+    Conflict,
+    InvalidApiKeyFormat,
+    InvalidRequest,
+    NotFound,
+    SourceAddressNotAllowed,
+)
 from hd_core.models import (
     BASE62_ALPHABET,
     ApiKeyRecord,
@@ -44,6 +52,7 @@ _API_KEY_PATTERN = re.compile(r"hd_(live|test)_[0-9A-Za-z]{32}")
 _PREFIX_LENGTH = len("hd_live_")
 # A key id collides with an existing one with probability ~n / 62**8; a few retries make issuing certain.
 _ISSUE_ATTEMPTS = 5
+DEFAULT_ROTATION_GRACE = timedelta(hours=72)
 
 
 def _base62_fixed(value: int, width: int) -> str:
@@ -162,8 +171,12 @@ class ApiKeyAuthenticator:
         self._verified: dict[bytes, _VerifiedKey] = {}
         self._lock = threading.Lock()
 
-    def authenticate(self, username: str, password: str) -> Principal:
-        """The principal `password` (an API key) authenticates as; raises `AuthenticationFailed`."""
+    def authenticate(self, username: str, password: str, source_ip: str | None = None) -> Principal:
+        """The principal `password` (an API key) authenticates as; raises `AuthenticationFailed`.
+
+        A key with an IP allowlist is accepted only from `source_ip` inside it: an unknown source
+        address is refused too (`SourceAddressNotAllowed`), so a caller that forgets to pass it fails closed.
+        """
         if not checksum_valid(password):
             self._hasher.verify(self._dummy_hash, password)
             raise AuthenticationFailed("malformed api key or bad checksum")
@@ -177,11 +190,11 @@ class ApiKeyAuthenticator:
         if not self._recently_verified(digest, record):
             if not self._hasher.verify(record.key_hash, password):
                 raise AuthenticationFailed("wrong secret")
-            principal = self._admit(record, username)
+            principal = self._admit(record, username, source_ip)
             self._remember(digest, record)
             return principal
         try:
-            return self._admit(record, username)
+            return self._admit(record, username, source_ip)
         except AuthenticationFailed:
             self._drop(digest)
             raise
@@ -192,7 +205,7 @@ class ApiKeyAuthenticator:
             for digest in [d for d, entry in self._verified.items() if entry.key_id == key_id]:
                 del self._verified[digest]
 
-    def _admit(self, record: ApiKeyRecord, username: str) -> Principal:
+    def _admit(self, record: ApiKeyRecord, username: str, source_ip: str | None) -> Principal:
         """The principal for a proven key, if the key, its user and its organisation are all in good standing."""
         if record.revoked_at is not None:
             raise AuthenticationFailed("api key revoked")
@@ -200,6 +213,7 @@ class ApiKeyAuthenticator:
             raise AuthenticationFailed("api key expired")
         if username not in (record.user_id, record.key_id):
             raise AuthenticationFailed("user name is neither the key's user id nor its key id")
+        check_source_address(record.allowed_cidrs, source_ip)
         user = self._store.get_user(record.user_id)
         if user is None or user.org_id != record.org_id or user.status != UserStatus.ACTIVE:
             raise AuthenticationFailed("user missing or not active")
@@ -259,24 +273,23 @@ def issue_api_key(
     scopes: Iterable[str] = (ApiScope.QUERY_READ,),
     name: str = "",
     expires_at: datetime | None = None,
+    allowed_cidrs: Iterable[str] = (),
     now: Callable[[], datetime] = utc_now,
 ) -> tuple[str, ApiKeyRecord]:
     """Create and store a key for an active user of an active organisation; returns (plaintext, record).
 
     `scopes` may name scope bundles (`read_only`, `agent`, ...) and must all belong to the user's
-    role. The plaintext exists only in the return value: the store keeps the Argon2id hash. Raises
-    `NotFound` if the organisation or user does not exist (or the user is in another organisation),
-    `Conflict` if either is not active, `ScopeNotAllowed` for a scope the user's role lacks, and
-    `ValueError` (`UnknownScope`) for unknown scopes or a past expiry.
+    role. `allowed_cidrs` (IPv4/IPv6 networks or single addresses) restricts where the key may be
+    used from; empty means anywhere. The plaintext exists only in the return value: the store keeps
+    the Argon2id hash. Raises `NotFound` if the organisation or user does not exist (or the user is
+    in another organisation), `Conflict` if either is not active, `ScopeNotAllowed` for a scope the
+    user's role lacks, `UnknownScope` for unknown scopes and `InvalidRequest` for a past expiry or a
+    malformed network (both are `ValueError`s).
     """
     normalised_scopes = _normalise_scopes(scopes)
+    networks = normalise_cidrs(allowed_cidrs)
     created_at = now()
-    if expires_at is not None:
-        if expires_at.tzinfo is None:
-            raise ValueError("expires_at must be timezone-aware")
-        expires_at = expires_at.astimezone(UTC)
-        if expires_at <= created_at:
-            raise ValueError("expires_at must be in the future")
+    expires_at = _future_expiry(expires_at, created_at)
     org = store.get_org(org_id)
     user = store.get_user(user_id)
     if org is None or user is None or user.org_id != org_id:
@@ -298,6 +311,7 @@ def issue_api_key(
             expires_at=expires_at,
             revoked_at=None,
             name=name,
+            allowed_cidrs=networks,
         )
         try:
             store.put_api_key(record)
@@ -305,6 +319,66 @@ def issue_api_key(
             continue
         return plaintext, record
     raise Conflict("could not allocate an unused api key id")
+
+
+def rotate_api_key(
+    store: ControlStore,
+    hasher: ApiKeyHasher,
+    key_id: str,
+    *,
+    grace: timedelta = DEFAULT_ROTATION_GRACE,
+    now: Callable[[], datetime] = utc_now,
+) -> tuple[str, ApiKeyRecord, ApiKeyRecord]:
+    """Replace a key with a new one; the old key keeps working for `grace` so clients can switch over.
+
+    The new key has the old one's user, organisation, environment, name, allowlist and expiry, and
+    its scopes as the user's current role still allows them (what the old key could do today). The
+    old key then expires at the earlier of its own expiry and now + `grace`, and records the new key
+    id in `rotated_to`. Returns (new plaintext, new record, old record after rotation). Raises
+    `NotFound` for an unknown key and `Conflict` for a revoked, expired or already rotated one.
+    """
+    if grace < timedelta(0):
+        raise InvalidRequest("the rotation grace period must not be negative")
+    old = store.get_api_key(key_id)
+    if old is None:
+        raise NotFound(f"api key {key_id} not found")
+    rotated_at = now()
+    _require_rotatable(old, rotated_at)
+    user = store.get_user(old.user_id)
+    if user is None:
+        raise NotFound("organization or user not found")
+    scopes = effective_scopes(old.scopes, user.role)
+    if not scopes:
+        raise Conflict("the user's current role keeps none of this key's scopes; issue a new key instead")
+    plaintext, new = issue_api_key(
+        store,
+        hasher,
+        org_id=old.org_id,
+        user_id=old.user_id,
+        env=old.env,
+        scopes=scopes,
+        name=old.name,
+        expires_at=old.expires_at,
+        allowed_cidrs=old.allowed_cidrs,
+        now=lambda: rotated_at,
+    )
+    grace_end = rotated_at + grace
+    retired = replace(
+        old,
+        expires_at=grace_end if old.expires_at is None else min(old.expires_at, grace_end),
+        rotated_to=new.key_id,
+    )
+    store.update_api_key(retired)
+    return plaintext, new, retired
+
+
+def _require_rotatable(record: ApiKeyRecord, at: datetime) -> None:
+    if record.revoked_at is not None:
+        raise Conflict("a revoked api key cannot be rotated")
+    if record.rotated_to is not None:
+        raise Conflict(f"api key {record.key_id} was already rotated to {record.rotated_to}")
+    if record.expires_at is not None and record.expires_at <= at:
+        raise Conflict("an expired api key cannot be rotated")
 
 
 def revoke_api_key(
@@ -325,9 +399,57 @@ def revoke_api_key(
     return record
 
 
+def normalise_cidrs(cidrs: Iterable[str]) -> tuple[str, ...]:
+    """Networks in canonical form (`10.1.2.3/8` -> `10.0.0.0/8`, an address -> a /32 or /128), each once.
+
+    Raises `InvalidRequest` for anything that is not an IPv4 or IPv6 network or address.
+    """
+    if isinstance(cidrs, str):
+        # A lone string would otherwise be iterated character by character.
+        raise InvalidRequest("allowed_cidrs must be a list of networks, not a single string")
+    normalised: list[str] = []
+    for cidr in cidrs:
+        try:
+            network = str(ipaddress.ip_network(str(cidr).strip(), strict=False))
+        except ValueError:
+            raise InvalidRequest(f"{cidr!r} is not an IPv4 or IPv6 network (such as 203.0.113.0/24)") from None
+        if network not in normalised:
+            normalised.append(network)
+    return tuple(normalised)
+
+
+def check_source_address(allowed_cidrs: Iterable[str], source_ip: str | None) -> None:
+    """Raise `SourceAddressNotAllowed` unless the allowlist is empty or `source_ip` lies inside it."""
+    networks = tuple(allowed_cidrs)
+    if not networks:
+        return
+    if source_ip is None:
+        raise SourceAddressNotAllowed("the key has an ip allowlist but the source address is unknown")
+    try:
+        address = ipaddress.ip_address(source_ip.strip())
+    except ValueError:
+        raise SourceAddressNotAllowed("the source address is not an ip address") from None
+    # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; the allowlist names them as IPv4.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if not any(address in ipaddress.ip_network(network, strict=False) for network in networks):
+        raise SourceAddressNotAllowed()
+
+
+def _future_expiry(expires_at: datetime | None, created_at: datetime) -> datetime | None:
+    if expires_at is None:
+        return None
+    if expires_at.tzinfo is None:
+        raise InvalidRequest("expires_at must be timezone-aware")
+    expires_at = expires_at.astimezone(UTC)
+    if expires_at <= created_at:
+        raise InvalidRequest("expires_at must be in the future")
+    return expires_at
+
+
 def _normalise_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
     # Declaration order, so equal scope sets are stored identically.
     requested = expand_scopes(scopes)
     if not requested:
-        raise ValueError("an api key needs at least one scope")
+        raise InvalidRequest("an api key needs at least one scope")
     return requested

@@ -20,8 +20,17 @@ from hd_core.api_keys import (
     issue_api_key,
     key_id_of,
     revoke_api_key,
+    rotate_api_key,
 )
-from hd_core.errors import AuthenticationFailed, Conflict, InvalidApiKeyFormat, NotFound, ScopeNotAllowed
+from hd_core.errors import (
+    AuthenticationFailed,
+    Conflict,
+    InvalidApiKeyFormat,
+    InvalidRequest,
+    NotFound,
+    ScopeNotAllowed,
+    SourceAddressNotAllowed,
+)
 from hd_core.models import (
     ALL_SCOPES,
     BASE62_ALPHABET,
@@ -96,7 +105,9 @@ class World:
 
 def _add_org_and_user(store: SqliteControlStore, *, role: Role = Role.ANALYST) -> tuple[Organization, User]:
     org = Organization(new_id("org"), "Acme", OrgStatus.ACTIVE, T0)
-    user = User(new_id("usr"), org.org_id, "ana@acme.test", role, UserStatus.ACTIVE, "finance", "eu", T0)
+    user_id = new_id("usr")
+    # Emails are unique across the store: one per user.
+    user = User(user_id, org.org_id, f"ana.{user_id}@acme.test", role, UserStatus.ACTIVE, "finance", "eu", T0)
     store.put_org(org)
     store.put_user(user)
     return org, user
@@ -561,3 +572,171 @@ def test_a_promotion_does_not_widen_an_existing_key() -> None:
     store.put_user(replace(user, role=Role.OWNER))
     authenticator = ApiKeyAuthenticator(store, PEPPER, hasher=hasher)
     assert authenticator.authenticate(record.key_id, key).scopes == ("query:read",)
+
+
+# --- IP allowlists ------------------------------------------------------------------------------
+
+
+def _key_with_allowlist(world: World, cidrs: list[str]) -> tuple[str, str]:
+    key, record = issue_api_key(
+        world.store,
+        world.hasher,
+        org_id=world.org.org_id,
+        user_id=world.user.user_id,
+        allowed_cidrs=cidrs,
+        now=world.clock.now,
+    )
+    return key, record.key_id
+
+
+def test_issue_stores_the_allowlist_in_canonical_form_each_network_once(world: World) -> None:
+    _, key_id = _key_with_allowlist(world, ["10.1.2.3/8", " 192.168.0.7 ", "2001:DB8::1/32", "10.0.0.0/8"])
+    stored = world.store.get_api_key(key_id)
+    assert stored is not None
+    assert stored.allowed_cidrs == ("10.0.0.0/8", "192.168.0.7/32", "2001:db8::/32")
+
+
+def test_issue_refuses_a_malformed_network_and_stores_nothing(world: World) -> None:
+    before = world.store.list_api_keys(world.org.org_id)
+    for junk in (["10.0.0.0/33"], ["not-an-address"], [""], ["10.0.0.0/8", "300.1.1.1"]):
+        with pytest.raises(InvalidRequest, match="network"):
+            _key_with_allowlist(world, junk)
+    with pytest.raises(InvalidRequest, match="list"):
+        issue_api_key(
+            world.store, world.hasher, org_id=world.org.org_id, user_id=world.user.user_id, allowed_cidrs="10.0.0.0/8"
+        )
+    assert world.store.list_api_keys(world.org.org_id) == before
+
+
+def test_a_key_with_an_allowlist_works_from_inside_it(world: World) -> None:
+    key, key_id = _key_with_allowlist(world, ["10.0.0.0/8", "2001:db8::/32"])
+    for address in ("10.200.3.4", "2001:db8:1::5", "::ffff:10.0.0.9"):
+        assert world.authenticator.authenticate(key_id, key, address).key_id == key_id
+
+
+def test_a_key_with_an_allowlist_is_refused_from_outside_it(world: World) -> None:
+    key, key_id = _key_with_allowlist(world, ["10.0.0.0/8"])
+    for address in ("11.0.0.1", "2001:db8::1", "::ffff:11.0.0.1"):
+        with pytest.raises(SourceAddressNotAllowed) as caught:
+            world.authenticator.authenticate(key_id, key, address)
+        assert caught.value.code == "HD_ERR_SOURCE_IP_NOT_ALLOWED"
+        assert isinstance(caught.value, AuthenticationFailed)
+
+
+def test_a_key_with_an_allowlist_fails_closed_without_a_usable_source_address(world: World) -> None:
+    key, key_id = _key_with_allowlist(world, ["10.0.0.0/8"])
+    with pytest.raises(SourceAddressNotAllowed, match="authentication failed"):
+        world.authenticator.authenticate(key_id, key)
+    with pytest.raises(SourceAddressNotAllowed):
+        world.authenticator.authenticate(key_id, key, "10.0.0.1:5432")
+
+
+def test_a_key_without_an_allowlist_works_from_anywhere_or_an_unknown_address(world: World) -> None:
+    assert world.authenticator.authenticate(world.key_id, world.key, "198.51.100.7").key_id == world.key_id
+    assert world.authenticator.authenticate(world.key_id, world.key, None).key_id == world.key_id
+
+
+def test_the_allowlist_is_checked_on_every_login_even_when_the_key_is_cached(world: World) -> None:
+    key, key_id = _key_with_allowlist(world, ["10.0.0.0/8"])
+    world.authenticator.authenticate(key_id, key, "10.0.0.1")
+    with pytest.raises(SourceAddressNotAllowed):
+        world.authenticator.authenticate(key_id, key, "192.0.2.1")
+
+
+def test_a_wrong_secret_from_outside_the_allowlist_says_only_authentication_failed(world: World) -> None:
+    key, key_id = _key_with_allowlist(world, ["10.0.0.0/8"])
+    with pytest.raises(AuthenticationFailed) as caught:
+        world.authenticator.authenticate(key_id, _with_other_secret(key), "192.0.2.1")
+    assert not isinstance(caught.value, SourceAddressNotAllowed)  # the allowlist is not revealed without the key
+
+
+# --- rotation -----------------------------------------------------------------------------------
+
+
+def test_rotation_issues_a_twin_key_and_the_old_one_keeps_working_for_the_grace_period(world: World) -> None:
+    key, key_id = _key_with_allowlist(world, ["10.0.0.0/8"])
+    plaintext, new, old = rotate_api_key(world.store, world.hasher, key_id, now=world.clock.now)
+    assert new.key_id != key_id and new.key_id == key_id_of(plaintext)
+    assert (new.org_id, new.user_id, new.env, new.scopes, new.allowed_cidrs, new.name, new.expires_at) == (
+        old.org_id,
+        old.user_id,
+        old.env,
+        old.scopes,
+        old.allowed_cidrs,
+        old.name,
+        None,
+    )
+    assert old.rotated_to == new.key_id
+    assert old.expires_at == T0 + timedelta(hours=72)
+    assert world.store.get_api_key(key_id) == old
+    assert world.store.get_api_key(new.key_id) == new
+    world.clock.advance(72 * 3600 - 1)
+    assert world.authenticator.authenticate(key_id, key, "10.0.0.1").key_id == key_id
+    world.clock.advance(1)
+    with pytest.raises(AuthenticationFailed) as caught:
+        world.authenticator.authenticate(key_id, key, "10.0.0.1")
+    assert caught.value.reason == "api key expired"
+    assert world.authenticator.authenticate(new.key_id, plaintext, "10.0.0.1").key_id == new.key_id
+
+
+def test_rotation_never_extends_the_old_keys_life_nor_the_new_keys_beyond_the_original_expiry(world: World) -> None:
+    soon = T0 + timedelta(hours=1)
+    _, record = issue_api_key(
+        world.store,
+        world.hasher,
+        org_id=world.org.org_id,
+        user_id=world.user.user_id,
+        expires_at=soon,
+        now=world.clock.now,
+    )
+    _, new, old = rotate_api_key(world.store, world.hasher, record.key_id, now=world.clock.now)
+    assert old.expires_at == soon
+    assert new.expires_at == soon
+
+
+def test_rotation_honours_a_custom_grace_period(world: World) -> None:
+    _, new, old = rotate_api_key(world.store, world.hasher, world.key_id, grace=timedelta(0), now=world.clock.now)
+    assert old.expires_at == T0
+    with pytest.raises(AuthenticationFailed):
+        world.authenticator.authenticate(world.key_id, world.key)
+    with pytest.raises(InvalidRequest):
+        rotate_api_key(world.store, world.hasher, new.key_id, grace=timedelta(hours=-1))
+
+
+def test_rotating_a_revoked_an_already_rotated_or_an_expired_key_conflicts(world: World) -> None:
+    _, rotated_away, _ = rotate_api_key(world.store, world.hasher, world.key_id, now=world.clock.now)
+    with pytest.raises(Conflict, match="already rotated"):
+        rotate_api_key(world.store, world.hasher, world.key_id, now=world.clock.now)
+    revoke_api_key(world.store, None, rotated_away.key_id, now=world.clock.now)
+    with pytest.raises(Conflict, match="revoked"):
+        rotate_api_key(world.store, world.hasher, rotated_away.key_id, now=world.clock.now)
+    _, expiring = issue_api_key(
+        world.store,
+        world.hasher,
+        org_id=world.org.org_id,
+        user_id=world.user.user_id,
+        expires_at=T0 + timedelta(seconds=10),
+        now=world.clock.now,
+    )
+    world.clock.advance(10)
+    with pytest.raises(Conflict, match="expired"):
+        rotate_api_key(world.store, world.hasher, expiring.key_id, now=world.clock.now)
+    with pytest.raises(NotFound):
+        rotate_api_key(world.store, world.hasher, "hd_live_nothere0", now=world.clock.now)
+
+
+def test_rotating_a_demoted_users_key_keeps_only_the_scopes_the_role_still_has() -> None:
+    store = SqliteControlStore(":memory:")
+    hasher = CountingHasher()
+    org, user = _add_org_and_user(store, role=Role.ADMIN)
+    _, record = issue_api_key(
+        store, hasher, org_id=org.org_id, user_id=user.user_id, scopes=["query:read", "policies:manage"]
+    )
+    store.put_user(replace(user, role=Role.ANALYST))
+    _, new, _ = rotate_api_key(store, hasher, record.key_id)
+    assert new.scopes == ("query:read",)
+    store.put_user(replace(user, role=Role.AUDITOR))
+    with pytest.raises(Conflict, match="none of this key's scopes"):
+        rotate_api_key(store, hasher, new.key_id)
+    still = store.get_api_key(new.key_id)
+    assert still is not None and still.rotated_to is None

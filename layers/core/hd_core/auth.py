@@ -1,0 +1,327 @@
+"""Signing in to the control API: password + TOTP login, rotating refresh tokens and MFA enrolment.
+
+A login returns a short-lived RS256 access token and a single-use refresh token
+`hdr_<token id>.<secret>`. Only the SHA-256 of the secret is stored (it is 256 random bits, so a
+slow hash adds nothing). Each refresh spends its token and returns the next one of the same
+family; a spent token presented again means it was copied, so the whole family is revoked.
+Every refused login raises the same generic `AuthenticationFailed`; `reason` is for our logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, NoReturn
+
+import pyotp
+
+from hd_core.api_keys import ApiKeyHasher
+from hd_core.errors import AuthenticationFailed, Conflict, MfaRequired, NotFound, RefreshTokenReused
+from hd_core.models import (
+    BASE62_ALPHABET,
+    KeyEnv,
+    Organization,
+    OrgStatus,
+    RefreshToken,
+    User,
+    UserStatus,
+    new_id,
+    random_base62,
+    utc_now,
+)
+from hd_core.passwords import MAX_PASSWORD_LENGTH, verify_password
+from hd_core.ports import ControlStore
+from hd_core.tokens import JwtIssuer
+
+if TYPE_CHECKING:
+    from hd_core.federation import OidcFederation
+
+REFRESH_TOKEN_PREFIX = "hdr_"  # noqa: S105 - a public marker, not a secret
+REFRESH_TOKEN_TTL = timedelta(days=7)
+_REFRESH_ID_CHARS = 20
+_REFRESH_SECRET_BYTES = 32
+# token_urlsafe(32) is 43 characters; anything much longer is not one of ours.
+_MAX_REFRESH_SECRET_CHARS = 64
+# One 30-second step either side: tolerates clock drift and a code typed just as it rolled over.
+TOTP_VALID_WINDOW = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenPair:
+    """What a successful login or refresh returns (an OAuth 2.0 token response)."""
+
+    # Bearer credentials stay out of repr, so logging a pair by accident leaks nothing.
+    access_token: str = field(repr=False)
+    token_type: str = "Bearer"  # noqa: S105 - the OAuth token type, not a secret
+    expires_in: int
+    refresh_token: str = field(repr=False)
+    refresh_expires_in: int
+
+
+class MfaEnrolmentRequired(MfaRequired):
+    """The organisation requires MFA but the user has no confirmed TOTP authenticator yet."""
+
+    generic_message = (
+        "your organization requires multi-factor authentication: enrol a TOTP authenticator for this "
+        "account before logging in with a password"
+    )
+
+    def __init__(self, reason: str = "org requires mfa; user not enrolled") -> None:
+        super().__init__(reason)
+
+
+# --- login ---------------------------------------------------------------------------------------
+
+
+def login(
+    store: ControlStore,
+    hasher: ApiKeyHasher,
+    issuer: JwtIssuer,
+    *,
+    email: str,
+    password: str,
+    totp_code: str | None = None,
+    env: KeyEnv | str = KeyEnv.LIVE,
+    now: Callable[[], datetime] = utc_now,
+) -> TokenPair:
+    """Tokens for an active user of an active organisation whose password (and TOTP code, if needed) is right.
+
+    Raises `AuthenticationFailed` for any wrong credential, `MfaRequired` when a TOTP code is needed
+    and missing or wrong (`MfaEnrolmentRequired` when the organisation requires MFA and the user has
+    not enrolled). Every attempt costs exactly one Argon2 verify, known email or not.
+    """
+    user = _user_with_password(store, hasher, email, password)
+    org = _active_org_of(store, user)
+    _check_mfa(user, org, totp_code, now())
+    return issue_token_pair(store, issuer, user, env=env, now=now)
+
+
+def _user_with_password(store: ControlStore, hasher: ApiKeyHasher, email: str, password: str) -> User:
+    # Cut absurd input before Argon2 sees it, but after nothing else: the cost stays one verify.
+    password = password[: MAX_PASSWORD_LENGTH + 1]
+    user = store.get_user_by_email(email.strip()) if email.strip() else None
+    if not verify_password(hasher, None if user is None else user.password_hash, password):
+        raise AuthenticationFailed("unknown email or wrong password" if user is None else "wrong password")
+    assert user is not None  # verify_password never accepts a missing hash
+    if user.status != UserStatus.ACTIVE:
+        raise AuthenticationFailed("user not active")
+    return user
+
+
+def _active_org_of(store: ControlStore, user: User) -> Organization:
+    org = store.get_org(user.org_id)
+    if org is None or org.status != OrgStatus.ACTIVE:
+        raise AuthenticationFailed("organization missing or not active")
+    return org
+
+
+def _check_mfa(user: User, org: Organization, totp_code: str | None, at: datetime) -> None:
+    if user.mfa_enabled:
+        # Enabled without a stored secret cannot be satisfied: refuse rather than skip the factor.
+        if not user.mfa_secret or totp_code is None or not totp_matches(user.mfa_secret, totp_code, at):
+            raise MfaRequired()
+        return
+    if org.mfa_required:
+        raise MfaEnrolmentRequired()
+
+
+def totp_matches(secret: str, code: str, at: datetime) -> bool:
+    """Whether `code` is the TOTP code of `secret` at `at`, one 30-second step either side allowed."""
+    code = code.replace(" ", "").strip()
+    if not code.isdigit():
+        return False
+    # pyotp compares in constant time.
+    return pyotp.TOTP(secret).verify(code, for_time=at, valid_window=TOTP_VALID_WINDOW)
+
+
+# --- refresh tokens ------------------------------------------------------------------------------
+
+
+def issue_token_pair(
+    store: ControlStore,
+    issuer: JwtIssuer,
+    user: User,
+    *,
+    env: KeyEnv | str = KeyEnv.LIVE,
+    family_id: str | None = None,
+    now: Callable[[], datetime] = utc_now,
+) -> TokenPair:
+    """An access token for `user` and a new refresh token (of `family_id`, or of a new family)."""
+    issued_at = now()
+    token_id = random_base62(_REFRESH_ID_CHARS)
+    secret = secrets.token_urlsafe(_REFRESH_SECRET_BYTES)
+    store.put_refresh_token(
+        RefreshToken(
+            token_id=token_id,
+            family_id=family_id or new_id("rtf"),
+            user_id=user.user_id,
+            org_id=user.org_id,
+            token_hash=_secret_hash(secret),
+            issued_at=issued_at,
+            expires_at=issued_at + REFRESH_TOKEN_TTL,
+        )
+    )
+    return TokenPair(
+        access_token=issuer.issue(user, env),
+        expires_in=issuer.ttl_seconds,
+        refresh_token=f"{REFRESH_TOKEN_PREFIX}{token_id}.{secret}",
+        refresh_expires_in=int(REFRESH_TOKEN_TTL.total_seconds()),
+    )
+
+
+def refresh(
+    store: ControlStore,
+    issuer: JwtIssuer,
+    token: str,
+    *,
+    on_reuse: Callable[[RefreshToken], None] | None = None,
+    env: KeyEnv | str = KeyEnv.LIVE,
+    now: Callable[[], datetime] = utc_now,
+) -> TokenPair:
+    """Spend a refresh token: the next token of its family and a fresh access token from the user's current state.
+
+    Raises `AuthenticationFailed` for an unknown, wrong, expired or revoked token or an inactive
+    user or organisation, and `RefreshTokenReused` for a token already spent: its family is then
+    revoked and `on_reuse` is called with the token (to record the security event) before raising.
+    """
+    at = now()
+    record = _stored_token(store, token)
+    if store.refresh_family_revoked(record.family_id):
+        raise AuthenticationFailed("refresh token family revoked")
+    if record.used_at is not None:
+        _reject_reuse(store, record, at, on_reuse)
+    if at >= record.expires_at:
+        raise AuthenticationFailed("refresh token expired")
+    user = store.get_user(record.user_id)
+    if user is None or user.org_id != record.org_id or user.status != UserStatus.ACTIVE:
+        raise AuthenticationFailed("user missing or not active")
+    _active_org_of(store, user)
+    try:
+        store.use_refresh_token(record.token_id, at)
+    except Conflict:
+        # Another request spent it between our read and our write: two holders of one token.
+        _reject_reuse(store, record, at, on_reuse)
+    except NotFound:
+        raise AuthenticationFailed("refresh token vanished") from None
+    return issue_token_pair(store, issuer, user, env=env, family_id=record.family_id, now=lambda: at)
+
+
+def revoke_refresh_token(store: ControlStore, token: str, *, now: Callable[[], datetime] = utc_now) -> None:
+    """Log out: revoke the family of a genuine refresh token; raises `AuthenticationFailed` for anything else."""
+    record = _stored_token(store, token)
+    store.revoke_refresh_family(record.family_id, now())
+
+
+def _stored_token(store: ControlStore, token: str) -> RefreshToken:
+    """The stored record of a well-formed token whose secret matches; raises `AuthenticationFailed`."""
+    token_id, secret = _parse_refresh_token(token)
+    record = store.get_refresh_token(token_id)
+    presented = _secret_hash(secret)
+    if record is None:
+        raise AuthenticationFailed("unknown refresh token")
+    if not hmac.compare_digest(presented, record.token_hash):
+        # A wrong secret is not reuse: whoever knows only the token id must not revoke the family.
+        raise AuthenticationFailed("wrong refresh token secret")
+    return record
+
+
+def _reject_reuse(
+    store: ControlStore, record: RefreshToken, at: datetime, on_reuse: Callable[[RefreshToken], None] | None
+) -> NoReturn:
+    store.revoke_refresh_family(record.family_id, at)
+    if on_reuse is not None:
+        on_reuse(record)
+    raise RefreshTokenReused()
+
+
+def _parse_refresh_token(token: str) -> tuple[str, str]:
+    if not token.startswith(REFRESH_TOKEN_PREFIX) or "." not in token:
+        raise AuthenticationFailed("malformed refresh token")
+    token_id, secret = token[len(REFRESH_TOKEN_PREFIX) :].split(".", 1)
+    if (
+        len(token_id) != _REFRESH_ID_CHARS
+        or any(char not in BASE62_ALPHABET for char in token_id)
+        or not secret
+        or len(secret) > _MAX_REFRESH_SECRET_CHARS
+    ):
+        raise AuthenticationFailed("malformed refresh token")
+    return token_id, secret
+
+
+def _secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def federated_login(
+    store: ControlStore,
+    federation: OidcFederation,
+    issuer: JwtIssuer,
+    token: str,
+    *,
+    env: KeyEnv | str = KeyEnv.LIVE,
+    now: Callable[[], datetime] = utc_now,
+) -> TokenPair:
+    """Tokens for the user linked to a federated OIDC token; see `hd_core.federation.federated_login`."""
+    # Imported here: federation builds on this module's token issuing, so it cannot be imported at the top.
+    from hd_core.federation import federated_login as login_with_federated_token
+
+    return login_with_federated_token(store, federation, issuer, token, env=env, now=now)
+
+
+# --- MFA enrolment -------------------------------------------------------------------------------
+
+
+def begin_mfa_enrolment(store: ControlStore, user_id: str, *, issuer_name: str = "Hardened Duck") -> tuple[str, str]:
+    """Start TOTP enrolment: a new secret and its `otpauth://` provisioning URI (for a QR code).
+
+    The secret is stored unconfirmed (`mfa_enabled` stays False) until `confirm_mfa_enrolment`.
+    Raises `NotFound` for an unknown user and `Conflict` for an inactive user or one already
+    enrolled: replacing a confirmed authenticator goes through `reset_mfa`, an administrator's act,
+    so a stolen session cannot swap the second factor for its own.
+    """
+    user = _existing_user(store, user_id)
+    if user.status != UserStatus.ACTIVE:
+        raise Conflict("only an active user can enrol in MFA")
+    if user.mfa_enabled:
+        raise Conflict("MFA is already enrolled; an administrator must reset it before a new enrolment")
+    secret = pyotp.random_base32()
+    store.put_user(replace(user, mfa_secret=secret, mfa_enabled=False))
+    uri = pyotp.TOTP(secret).provisioning_uri(name=user.email, issuer_name=issuer_name)
+    return secret, uri
+
+
+def confirm_mfa_enrolment(
+    store: ControlStore, user_id: str, code: str, *, now: Callable[[], datetime] = utc_now
+) -> User:
+    """Turn MFA on once the user proves their authenticator with a current code; returns the user.
+
+    Raises `AuthenticationFailed` for a wrong code, `NotFound` for an unknown user and `Conflict`
+    when no enrolment is pending.
+    """
+    user = _existing_user(store, user_id)
+    if user.mfa_enabled or not user.mfa_secret:
+        raise Conflict("no MFA enrolment is pending for this user")
+    if not totp_matches(user.mfa_secret, code, now()):
+        raise AuthenticationFailed("wrong totp code while confirming enrolment")
+    enrolled = replace(user, mfa_enabled=True)
+    store.put_user(enrolled)
+    return enrolled
+
+
+def reset_mfa(store: ControlStore, user_id: str) -> User:
+    """Forget a user's TOTP secret (a lost phone); they enrol again. Raises `NotFound`."""
+    user = _existing_user(store, user_id)
+    cleared = replace(user, mfa_secret=None, mfa_enabled=False)
+    store.put_user(cleared)
+    return cleared
+
+
+def _existing_user(store: ControlStore, user_id: str) -> User:
+    user = store.get_user(user_id)
+    if user is None:
+        raise NotFound("user not found")
+    return user
