@@ -1,0 +1,203 @@
+"""API key administration: create, list, rotate and revoke keys, and record expiries for the audit trail.
+
+Anyone may manage their own keys; someone else's keys take the `keys:manage` scope, and the keys
+of an Admin or Owner take an Owner (a key is a way to act as its user). A new key never carries a
+scope the credential creating it lacks, so a narrow key (an agent's read-only key) cannot mint a
+broader one. As everywhere in the control plane, the change is stored first and its IAM audit
+event recorded second, and a key of another organisation is reported as `NotFound`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from hd_core.api_keys import (
+    DEFAULT_ROTATION_GRACE,
+    ApiKeyAuthenticator,
+    ApiKeyHasher,
+    issue_api_key,
+    revoke_api_key,
+    rotate_api_key,
+)
+from hd_core.directory import get_member, require_may_manage, require_own_org
+from hd_core.errors import Forbidden, InvalidRequest, NotFound
+from hd_core.iam_audit import IamAuditTrail
+from hd_core.iam_events import SYSTEM_ACTOR, IamEventType
+from hd_core.models import ApiKeyRecord, ApiScope, ChangeContext, KeyEnv, utc_now
+from hd_core.permissions import effective_scopes, expand_scopes
+from hd_core.ports import ControlStore
+
+
+def _may_manage_others(ctx: ChangeContext) -> bool:
+    return ctx.actor.has_scope(ApiScope.KEYS_MANAGE.value)
+
+
+def _require_key_owner_access(store: ControlStore, ctx: ChangeContext, org_id: str, user_id: str) -> None:
+    """Raise unless the actor may manage keys of `user_id`: themselves, or with keys:manage over that user."""
+    if user_id == ctx.actor.user_id:
+        return
+    if not _may_manage_others(ctx):
+        raise Forbidden("managing another user's API keys needs the keys:manage scope")
+    require_may_manage(ctx.actor, get_member(store, org_id, user_id))
+
+
+def _key_in_org(store: ControlStore, ctx: ChangeContext, org_id: str, key_id: str) -> ApiKeyRecord:
+    require_own_org(ctx, org_id)
+    record = store.get_api_key(key_id)
+    if record is None or record.org_id != org_id:
+        raise NotFound(f"api key {key_id} not found")
+    return record
+
+
+def _record(
+    trail: IamAuditTrail, ctx: ChangeContext, org_id: str, event: IamEventType, key_id: str, before: object,
+    after: object,
+) -> None:
+    trail.record(
+        org_id, event, actor=ctx.actor.user_id, target=key_id, before=before, after=after,
+        request_id=ctx.request_id,
+    )
+
+
+def _requested_scopes(ctx: ChangeContext, scopes: Iterable[str]) -> tuple[str, ...]:
+    """The requested scopes, bundles expanded, if the actor's own credential holds every one; else `Forbidden`."""
+    requested = expand_scopes(scopes)
+    missing = [scope for scope in requested if not ctx.actor.has_scope(scope)]
+    if missing:
+        raise Forbidden(f"a key cannot grant scopes your own credential lacks: {', '.join(missing)}")
+    return requested
+
+
+def create_key(
+    store: ControlStore,
+    trail: IamAuditTrail,
+    ctx: ChangeContext,
+    hasher: ApiKeyHasher,
+    *,
+    org_id: str,
+    user_id: str,
+    env: KeyEnv | str,
+    scopes: Iterable[str],
+    name: str = "",
+    allowed_cidrs: Iterable[str] = (),
+    expires_at: datetime | None = None,
+    now: Callable[[], datetime] = utc_now,
+) -> tuple[str, ApiKeyRecord]:
+    """Issue a key for an active user of the actor's organisation: API_KEY_CREATED; returns (plaintext, record).
+
+    The plaintext exists only in the return value. The scopes must belong to the user's role
+    (`ScopeNotAllowed`) and to the actor's own credential (`Forbidden`).
+    """
+    require_own_org(ctx, org_id)
+    get_member(store, org_id, user_id)
+    _require_key_owner_access(store, ctx, org_id, user_id)
+    granted = _requested_scopes(ctx, scopes)
+    try:
+        key_env = KeyEnv(env)
+    except ValueError:
+        raise InvalidRequest(f"unknown key environment {env!r}; use live or test") from None
+    plaintext, record = issue_api_key(
+        store, hasher, org_id=org_id, user_id=user_id, env=key_env, scopes=granted, name=name,
+        allowed_cidrs=allowed_cidrs, expires_at=expires_at, now=now,
+    )
+    _record(trail, ctx, org_id, IamEventType.API_KEY_CREATED, record.key_id, None, record)
+    return plaintext, record
+
+
+def list_keys(
+    store: ControlStore,
+    ctx: ChangeContext,
+    org_id: str,
+    *,
+    user_id: str | None = None,
+    include_revoked: bool = True,
+) -> list[ApiKeyRecord]:
+    """Key records of the actor's organisation, oldest first; without keys:manage only the actor's own."""
+    require_own_org(ctx, org_id)
+    if user_id is not None and user_id != ctx.actor.user_id and not _may_manage_others(ctx):
+        raise Forbidden("listing another user's API keys needs the keys:manage scope")
+    if user_id is None and not _may_manage_others(ctx):
+        user_id = ctx.actor.user_id
+    return [
+        record
+        for record in store.list_api_keys(org_id)
+        if (user_id is None or record.user_id == user_id) and (include_revoked or record.revoked_at is None)
+    ]
+
+
+def get_key(store: ControlStore, ctx: ChangeContext, org_id: str, key_id: str) -> ApiKeyRecord:
+    """One key record of the actor's organisation; another user's needs keys:manage."""
+    record = _key_in_org(store, ctx, org_id, key_id)
+    if record.user_id != ctx.actor.user_id and not _may_manage_others(ctx):
+        raise Forbidden("reading another user's API key needs the keys:manage scope")
+    return record
+
+
+def rotate_key(
+    store: ControlStore,
+    trail: IamAuditTrail,
+    ctx: ChangeContext,
+    hasher: ApiKeyHasher,
+    org_id: str,
+    key_id: str,
+    *,
+    grace: timedelta = DEFAULT_ROTATION_GRACE,
+    now: Callable[[], datetime] = utc_now,
+) -> tuple[str, ApiKeyRecord]:
+    """Replace a key with a new one of the same scopes; the old one works for `grace` more: API_KEY_ROTATED.
+
+    Returns (plaintext, new record). The event's `after` holds both the old key as it now is and the new one.
+    """
+    old = _key_in_org(store, ctx, org_id, key_id)
+    _require_key_owner_access(store, ctx, org_id, old.user_id)
+    # The new key carries what the old one can do today: the actor must hold all of that too.
+    _requested_scopes(ctx, effective_scopes(old.scopes, get_member(store, org_id, old.user_id).role))
+    plaintext, new, old_after = rotate_api_key(store, hasher, key_id, grace=grace, now=now)
+    _record(trail, ctx, org_id, IamEventType.API_KEY_ROTATED, key_id, old, {"old": old_after, "new": new})
+    return plaintext, new
+
+
+def revoke_key(
+    store: ControlStore,
+    trail: IamAuditTrail,
+    ctx: ChangeContext,
+    org_id: str,
+    key_id: str,
+    *,
+    authenticator: ApiKeyAuthenticator | None = None,
+    now: Callable[[], datetime] = utc_now,
+) -> ApiKeyRecord:
+    """Revoke a key at once and forget any cached verification of it: API_KEY_REVOKED (none if already revoked)."""
+    old = _key_in_org(store, ctx, org_id, key_id)
+    _require_key_owner_access(store, ctx, org_id, old.user_id)
+    revoked = revoke_api_key(store, authenticator, key_id, now=now)
+    if old.revoked_at is None:
+        _record(trail, ctx, org_id, IamEventType.API_KEY_REVOKED, key_id, old, revoked)
+    return revoked
+
+
+def record_expired_keys(store: ControlStore, trail: IamAuditTrail, *, now: datetime) -> list[ApiKeyRecord]:
+    """Write one API_KEY_EXPIRED event per key whose expiry passed unrecorded, in every org; returns them updated.
+
+    Run by a schedule. Each key is marked (`expiry_recorded_at`) before its event is written, so
+    a rerun never records the same expiry twice.
+    """
+    if now.tzinfo is None:
+        raise InvalidRequest("now must be timezone-aware")
+    at = now.astimezone(UTC)
+    request_id = f"sweep-{at:%Y%m%dT%H%M%SZ}"
+    recorded: list[ApiKeyRecord] = []
+    for org in store.list_orgs():
+        for record in store.list_api_keys(org.org_id):
+            if record.expires_at is None or record.expires_at > at or record.expiry_recorded_at is not None:
+                continue
+            marked = replace(record, expiry_recorded_at=at)
+            store.update_api_key(marked)
+            trail.record(
+                org.org_id, IamEventType.API_KEY_EXPIRED, actor=SYSTEM_ACTOR, target=record.key_id, before=record,
+                after=marked, request_id=request_id,
+            )
+            recorded.append(marked)
+    return recorded

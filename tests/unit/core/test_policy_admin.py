@@ -1,0 +1,243 @@
+"""Policy administration: creating, replacing and deleting governance policies of one's own organisation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hd_core import policy_admin
+from hd_core.errors import Conflict, Forbidden, InvalidRequest, NotFound, PolicyInvalid
+from hd_core.iam_events import IamEventType
+from hd_core.models import Role
+from hd_core.policies import ColumnTag, MaskFunction, MaskRule, PiiType, PolicyKind, TableBinding
+from hd_core.policy_codec import to_document
+from tests.unit.core.test_directory import ControlPlane, control_plane, only_event
+
+
+@pytest.fixture
+def plane(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    yield from control_plane(tmp_path, tmp_path_factory)
+
+
+def mask_document(org_id: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "kind": "mask", "rule_id": "mask_ssn", "org_id": org_id, "table": "crm.customers", "column": "ssn",
+        "function": "partial", "visible_chars": 4, **fields,
+    }
+
+
+def create(plane: ControlPlane, document: dict[str, Any]) -> Any:
+    return policy_admin.create_policy(plane.store, plane.trail, plane.ctx(plane.owner), document, now=plane.clock)
+
+
+# --- creating ---------------------------------------------------------------------------------------
+
+
+def test_create_policy_stores_it_bumps_the_policy_version_and_records_the_document(plane: ControlPlane) -> None:
+    version = plane.store.policy_version()
+
+    rule = create(plane, mask_document(plane.org.org_id, table="CRM.Customers"))
+
+    assert isinstance(rule, MaskRule) and rule.table == "crm.customers"
+    assert plane.store.get_policy(PolicyKind.MASK, "mask_ssn") == rule
+    assert plane.store.policy_version() == version + 1
+    event = only_event(plane)
+    assert (event.event_type, event.target, event.before) == (IamEventType.POLICY_CREATED, "mask/mask_ssn", None)
+    assert event.after == to_document(rule)
+
+
+def test_a_policy_without_an_id_gets_one(plane: ControlPlane) -> None:
+    document = mask_document(plane.org.org_id)
+    del document["rule_id"]
+    rule = create(plane, document)
+    assert rule.rule_id.startswith("mask_") and len(rule.rule_id) > len("mask_")
+
+
+def test_a_document_naming_another_organisation_is_forbidden(plane: ControlPlane) -> None:
+    other = plane.add_org()
+    with pytest.raises(Forbidden):
+        create(plane, mask_document(other.org_id))
+    assert plane.store.list_policies() == []
+
+
+def test_an_unsafe_policy_is_refused_with_the_field_to_fix(plane: ControlPlane) -> None:
+    create(plane, {"kind": "column_tag", "org_id": plane.org.org_id, "table": "crm.customers", "column": "ssn",
+                   "pii_type": "ssn"})
+    with pytest.raises(PolicyInvalid) as refused:
+        create(plane, mask_document(plane.org.org_id, function="hash"))
+    assert refused.value.field == "function"
+    assert plane.event_types() == [IamEventType.POLICY_CREATED]
+
+
+def test_a_malformed_document_is_refused(plane: ControlPlane) -> None:
+    with pytest.raises(PolicyInvalid):
+        create(plane, mask_document(plane.org.org_id, colour="blue"))
+
+
+def test_creating_an_existing_kind_and_id_is_a_conflict(plane: ControlPlane) -> None:
+    create(plane, mask_document(plane.org.org_id))
+    with pytest.raises(Conflict):
+        create(plane, mask_document(plane.org.org_id, function="full"))
+    assert plane.store.get_policy(PolicyKind.MASK, "mask_ssn").function == MaskFunction.PARTIAL  # type: ignore[union-attr]
+
+
+def test_an_id_taken_in_another_organisation_is_never_overwritten(plane: ControlPlane) -> None:
+    other = plane.add_org()
+    theirs = MaskRule("mask_ssn", other.org_id, "crm.customers", "ssn", MaskFunction.FULL)
+    plane.store.put_policy(theirs)
+    with pytest.raises(Conflict):
+        create(plane, mask_document(plane.org.org_id))
+    assert plane.store.get_policy(PolicyKind.MASK, "mask_ssn") == theirs
+
+
+@pytest.mark.parametrize(
+    ("document", "route"),
+    [
+        ({"kind": "jit_grant", "user_id": "usr_x", "role": "Admin", "reason": "r",
+          "starts_at": "2026-03-02T09:00:00Z", "expires_at": "2026-03-02T10:00:00Z"}, "JIT"),
+        ({"kind": "quota", "monthly_credits": 5}, "quota"),
+    ],
+)
+def test_jit_grants_and_quotas_are_refused_with_a_pointer_to_their_routes(
+    plane: ControlPlane, document: dict[str, Any], route: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=route):
+        create(plane, {**document, "org_id": plane.org.org_id})
+    assert plane.store.list_policies() == []
+
+
+def test_shared_table_bindings_are_deployment_level(plane: ControlPlane) -> None:
+    with pytest.raises(Forbidden, match="deployment"):
+        create(plane, {"kind": "table_binding", "table": "shared.events", "tenant_column": "org_id"})
+    shared = TableBinding("tbl_shared", "shared.events", None, "org_id")
+    plane.store.put_policy(shared)
+    ctx = plane.ctx(plane.owner)
+    with pytest.raises(Forbidden):
+        policy_admin.delete_policy(plane.store, plane.trail, ctx, PolicyKind.TABLE_BINDING, "tbl_shared")
+    with pytest.raises(Forbidden):
+        policy_admin.replace_policy(
+            plane.store, plane.trail, ctx, "table_binding", "tbl_shared",
+            {"kind": "table_binding", "org_id": plane.org.org_id, "table": "shared.events"},
+        )
+    assert plane.store.get_policy(PolicyKind.TABLE_BINDING, "tbl_shared") == shared
+
+
+def test_a_table_bound_elsewhere_cannot_be_bound_again(plane: ControlPlane) -> None:
+    other = plane.add_org()
+    plane.store.put_policy(TableBinding("tbl_theirs", "sales.orders", other.org_id))
+    with pytest.raises(Conflict):
+        create(plane, {"kind": "table_binding", "org_id": plane.org.org_id, "table": "sales.orders"})
+    binding = create(plane, {"kind": "table_binding", "org_id": plane.org.org_id, "table": "sales.leads"})
+    assert binding.org_id == plane.org.org_id
+
+
+# --- replacing and deleting --------------------------------------------------------------------------
+
+
+def test_replace_policy_records_policy_updated_with_before_and_after(plane: ControlPlane) -> None:
+    old = create(plane, mask_document(plane.org.org_id))
+    version = plane.store.policy_version()
+    document = mask_document(plane.org.org_id, function="full", exempt_roles=["Auditor"])
+    del document["rule_id"]  # an omitted id means the id addressed
+
+    new = policy_admin.replace_policy(
+        plane.store, plane.trail, plane.ctx(plane.owner), "mask", "mask_ssn", document, now=plane.clock
+    )
+
+    assert new.function == MaskFunction.FULL and new.exempt_roles == (Role.AUDITOR,)  # type: ignore[union-attr]
+    assert plane.store.get_policy(PolicyKind.MASK, "mask_ssn") == new
+    assert plane.store.policy_version() == version + 1
+    _, event = plane.events()
+    assert (event.event_type, event.target) == (IamEventType.POLICY_UPDATED, "mask/mask_ssn")
+    assert (event.before, event.after) == (to_document(old), to_document(new))
+
+
+@pytest.mark.parametrize("fields", [{"rule_id": "mask_other"}, {"kind": "row_filter"}])
+def test_replace_policy_refuses_a_document_for_another_kind_or_id(plane: ControlPlane, fields: dict[str, Any]) -> None:
+    create(plane, mask_document(plane.org.org_id))
+    with pytest.raises(InvalidRequest):
+        policy_admin.replace_policy(
+            plane.store, plane.trail, plane.ctx(plane.owner), "mask", "mask_ssn",
+            mask_document(plane.org.org_id, **fields),
+        )
+    assert plane.event_types() == [IamEventType.POLICY_CREATED]
+
+
+def test_replacing_an_absent_policy_is_not_found(plane: ControlPlane) -> None:
+    with pytest.raises(NotFound):
+        policy_admin.replace_policy(
+            plane.store, plane.trail, plane.ctx(plane.owner), "mask", "mask_ssn", mask_document(plane.org.org_id)
+        )
+
+
+def test_a_replacement_is_validated_against_the_policy_set(plane: ControlPlane) -> None:
+    create(plane, mask_document(plane.org.org_id))
+    create(plane, {"kind": "column_tag", "tag_id": "tag_ssn", "org_id": plane.org.org_id, "table": "crm.customers",
+                   "column": "ssn", "pii_type": "ssn"})
+    with pytest.raises(PolicyInvalid):
+        policy_admin.replace_policy(
+            plane.store, plane.trail, plane.ctx(plane.owner), "mask", "mask_ssn",
+            mask_document(plane.org.org_id, function="hash"),
+        )
+
+
+def test_delete_policy_records_policy_deleted_with_what_was_deleted(plane: ControlPlane) -> None:
+    tag = create(plane, {"kind": "column_tag", "tag_id": "tag_email", "org_id": plane.org.org_id,
+                         "table": "crm.customers", "column": "email", "pii_type": "email"})
+
+    deleted = policy_admin.delete_policy(plane.store, plane.trail, plane.ctx(plane.owner), "column_tag", "tag_email")
+
+    assert deleted == tag == ColumnTag("tag_email", plane.org.org_id, "crm.customers", "email", PiiType.EMAIL)
+    assert plane.store.get_policy(PolicyKind.COLUMN_TAG, "tag_email") is None
+    _, event = plane.events()
+    assert (event.event_type, event.target) == (IamEventType.POLICY_DELETED, "column_tag/tag_email")
+    assert (event.before, event.after) == (to_document(tag), None)
+    with pytest.raises(NotFound):
+        policy_admin.delete_policy(plane.store, plane.trail, plane.ctx(plane.owner), "column_tag", "tag_email")
+
+
+def test_jit_grants_and_quotas_are_not_deleted_here(plane: ControlPlane) -> None:
+    with pytest.raises(InvalidRequest):
+        policy_admin.delete_policy(plane.store, plane.trail, plane.ctx(plane.owner), PolicyKind.QUOTA, "quota_x")
+    with pytest.raises(InvalidRequest):
+        policy_admin.delete_policy(plane.store, plane.trail, plane.ctx(plane.owner), "policy", "x")
+
+
+# --- tenant isolation and reading ----------------------------------------------------------------------
+
+
+def test_another_tenants_policies_are_not_found(plane: ControlPlane) -> None:
+    other = plane.add_org()
+    theirs = MaskRule("mask_theirs", other.org_id, "crm.customers", "ssn", MaskFunction.FULL)
+    plane.store.put_policy(theirs)
+    ctx = plane.ctx(plane.owner)
+    with pytest.raises(NotFound):
+        policy_admin.get_policy(plane.store, ctx, plane.org.org_id, "mask", "mask_theirs")
+    with pytest.raises(NotFound):
+        policy_admin.delete_policy(plane.store, plane.trail, ctx, "mask", "mask_theirs")
+    with pytest.raises(NotFound):
+        policy_admin.replace_policy(
+            plane.store, plane.trail, ctx, "mask", "mask_theirs",
+            mask_document(plane.org.org_id, rule_id="mask_theirs"),
+        )
+    with pytest.raises(NotFound):
+        policy_admin.list_policies(plane.store, ctx, other.org_id)
+    assert plane.store.get_policy(PolicyKind.MASK, "mask_theirs") == theirs
+    assert plane.events(other.org_id) == []
+
+
+def test_list_and_get_policies_of_ones_own_organisation(plane: ControlPlane) -> None:
+    rule = create(plane, mask_document(plane.org.org_id))
+    tag = create(plane, {"kind": "column_tag", "tag_id": "tag_email", "org_id": plane.org.org_id,
+                         "table": "crm.customers", "column": "email", "pii_type": "email"})
+    plane.store.put_policy(MaskRule("mask_theirs", plane.add_org().org_id, "crm.customers", "ssn", MaskFunction.FULL))
+    ctx = plane.ctx(plane.add_user(Role.AUDITOR))
+
+    assert policy_admin.list_policies(plane.store, ctx, plane.org.org_id) == [tag, rule]
+    assert policy_admin.list_policies(plane.store, ctx, plane.org.org_id, kind="mask") == [rule]
+    assert policy_admin.get_policy(plane.store, ctx, plane.org.org_id, PolicyKind.MASK, "mask_ssn") == rule
+    with pytest.raises(InvalidRequest):
+        policy_admin.list_policies(plane.store, ctx, plane.org.org_id, kind="firewall")
