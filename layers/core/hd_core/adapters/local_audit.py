@@ -2,18 +2,20 @@
 
 Each host appends to its own file, so one in-process lock is enough to keep lines whole. A write
 that cannot be stored raises `AuditWriteFailed` and leaves no partial line behind.
+`LocalFolderAuditArchive` reads the same folders back for audit search.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
-from datetime import UTC, date, datetime
+from collections.abc import Iterator, Mapping
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 from hd_core.audit import audit_partition, to_json_line
-from hd_core.errors import AuditWriteFailed
+from hd_core.audit_search import records_from_jsonl
+from hd_core.errors import AuditWriteFailed, HdError
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
@@ -160,3 +162,31 @@ class LocalFolderAuditSink:
                 handle.close()
             except OSError:
                 pass
+
+
+class LocalFolderAuditArchive:
+    """`QueryAuditArchive` over the folders `LocalFolderAuditSink` writes (every host's file of a day)."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = Path(root)
+
+    def records(self, day: date) -> Iterator[dict[str, object]]:
+        """Every record of `day`'s partition; a missing day is empty, and a line still being appended is skipped."""
+        folder = self._root / audit_partition(datetime.combine(day, time(), UTC))
+        try:
+            files = sorted(path for path in folder.iterdir() if path.suffix == ".jsonl" and path.is_file())
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise HdError(f"query audit folder {folder} could not be read: {exc.strerror or exc}") from exc
+        for path in files:
+            yield from records_from_jsonl(_read_day_file(path), source=str(path))
+
+
+def _read_day_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""  # removed between listing and reading (retention clean-up): nothing left to read
+    except OSError as exc:
+        raise HdError(f"query audit file {path} could not be read: {exc.strerror or exc}") from exc
