@@ -25,7 +25,7 @@ class IamEventType(StrEnum):
     USER_REACTIVATED = "user.reactivated"
     USER_REMOVED = "user.removed"
     USER_ROLE_CHANGED = "user.role_changed"
-    USER_PASSWORD_SET = "user.password_set"
+    USER_PASSWORD_SET = "user.password_set"  # noqa: S105 (an event name, not a password)
     # SSO, MFA and federation
     USER_MFA_ENROLLED = "user.mfa_enrolled"
     USER_MFA_RESET = "user.mfa_reset"
@@ -47,7 +47,7 @@ class IamEventType(StrEnum):
     # Quotas
     QUOTA_CHANGED = "quota.changed"
     # Security signals
-    REFRESH_TOKEN_REUSED = "auth.refresh_token_reused"
+    REFRESH_TOKEN_REUSED = "auth.refresh_token_reused"  # noqa: S105 (an event name, not a token)
 
 
 SYSTEM_ACTOR = "system"

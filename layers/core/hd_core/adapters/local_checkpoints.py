@@ -1,0 +1,93 @@
+"""`CheckpointStore` on a local folder, for `hd dev`: `<root>/audit/iam-checkpoints/<chain_id>/<size>-<ms>.json`.
+
+A checkpoint file is written whole under a temporary name and then linked to its final name,
+which fails if that name exists: a checkpoint is never overwritten and never seen half written.
+Files are 0600 and folders 0700. Unlike the Object Lock bucket, a local folder cannot stop its
+owner from deleting files; it is for development only.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import suppress
+from pathlib import Path
+
+from hd_core.errors import AuditWriteFailed, Conflict, HdError
+from hd_core.iam_audit import (
+    checkpoint_from_json,
+    checkpoint_name_order,
+    checkpoint_object_name,
+    checkpoint_to_json,
+    validate_chain_id,
+)
+from hd_core.models import ChainCheckpoint
+
+CHECKPOINTS_FOLDER = ("audit", "iam-checkpoints")
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+
+
+class LocalFolderCheckpointStore:
+    """Signed IAM chain checkpoints as JSON files under a local folder."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = Path(root)
+
+    def put_checkpoint(self, checkpoint: ChainCheckpoint) -> None:
+        """Store a checkpoint; raises `Conflict` if one with the same name exists, `AuditWriteFailed` on I/O errors."""
+        folder = self._chain_folder(checkpoint.chain_id)
+        final = folder / checkpoint_object_name(checkpoint)
+        temporary = folder / f".{final.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
+        try:
+            _ensure_private_dirs(self._root, (*CHECKPOINTS_FOLDER, checkpoint.chain_id))
+            _write_new_file(temporary, checkpoint_to_json(checkpoint))
+            os.link(temporary, final)
+        except FileExistsError:
+            raise Conflict(f"IAM checkpoint {final} already exists; checkpoints are never overwritten") from None
+        except OSError as exc:
+            raise AuditWriteFailed(f"IAM checkpoint {final} could not be stored: {exc.strerror or exc}") from exc
+        finally:
+            with suppress(OSError):  # the temporary may never have been created
+                temporary.unlink()
+
+    def latest_checkpoint(self, chain_id: str) -> ChainCheckpoint | None:
+        """The checkpoint with the largest size (then latest time) for the chain, or None."""
+        folder = self._chain_folder(chain_id)
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise HdError(f"IAM checkpoints in {folder} cannot be listed: {exc.strerror or exc}") from exc
+        ordered = [(order, name) for name in names if (order := checkpoint_name_order(name)) is not None]
+        if not ordered:
+            return None
+        latest = folder / max(ordered)[1]
+        try:
+            data = latest.read_bytes()
+        except OSError as exc:
+            raise HdError(f"IAM checkpoint {latest} cannot be read: {exc.strerror or exc}") from exc
+        return checkpoint_from_json(data, str(latest))
+
+    def _chain_folder(self, chain_id: str) -> Path:
+        return self._root.joinpath(*CHECKPOINTS_FOLDER, validate_chain_id(chain_id))
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    """Create `path` (owner-only, failing if it exists) with `data`, synced to disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _ensure_private_dirs(root: Path, parts: tuple[str, ...]) -> None:
+    """Create `root/parts...` level by level with mode 0700; existing levels are left as they are."""
+    for depth in range(len(parts) + 1):
+        level = root.joinpath(*parts[:depth])
+        try:
+            os.mkdir(level, _DIR_MODE)
+        except FileExistsError:
+            if not level.is_dir():
+                raise NotADirectoryError(f"{level} exists and is not a directory") from None

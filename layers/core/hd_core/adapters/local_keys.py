@@ -1,0 +1,344 @@
+"""`KeyProvider` on a local JSON key file, for `hd dev` only: the private keys sit on disk, not in KMS.
+
+The file (mode 0600) is created on first use and holds the RS256 JWT signing keys (current first,
+at most current and previous), the ECDSA P-256 checkpoint key and a 256-bit master key that wraps
+data keys with AES-256-GCM. A data key's ciphertext is a version byte, a 96-bit nonce and the
+GCM output; the encryption context, as canonical JSON, is the GCM associated data, so a data
+key only unwraps under the context it was made for.
+
+Several processes may share the file (the engine host and the local control API): it is created
+by linking a complete temporary file into place, so racing creators end with one file, and it
+is re-read whenever it changes on disk, so a rotation in one process reaches the others.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from hd_core.errors import KeyUnavailable
+from hd_core.iam_audit import canonical_json
+from hd_core.ports import DataKey, JwtPublicKey
+
+log = logging.getLogger(__name__)
+
+_FORMAT = 1
+_FILE_MODE = 0o600
+_RSA_BITS = 2048
+_RSA_PUBLIC_EXPONENT = 65537
+_MASTER_KEY_BYTES = 32
+_DATA_KEY_BYTES = 32
+_NONCE_BYTES = 12
+_CIPHERTEXT_VERSION = b"\x01"
+_JWT_KEYS_KEPT = 2  # the current key signs; the previous one still verifies tokens issued before a rotation
+_DEV_WARNING = (
+    "DEV ONLY: signing and data-key master keys are in the local file %s, not in KMS; "
+    "never use this key file for a shared or production deployment"
+)
+
+_warned_paths: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class _JwtKey:
+    kid: str
+    private_key: rsa.RSAPrivateKey
+    public_pem: bytes
+
+
+@dataclass(frozen=True)
+class _KeyMaterial:
+    """The parsed contents of the key file."""
+
+    jwt_keys: tuple[_JwtKey, ...]  # current first
+    checkpoint_kid: str
+    checkpoint_key: ec.EllipticCurvePrivateKey
+    master_key: bytes
+
+
+class LocalKeyFile:
+    """Key material in a local file; creates the file with fresh keys on first use."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = Path(path)
+        self._lock = threading.Lock()
+        self._material: _KeyMaterial | None = None
+        self._file_identity: tuple[int, int, int] | None = None
+
+    @property
+    def path(self) -> Path:
+        """Where the key file lives."""
+        return self._path
+
+    # --- JWT signing --------------------------------------------------------------------------------
+
+    def jwt_signing_kid(self) -> str:
+        """The key id new JWTs are signed with."""
+        return self._keys().jwt_keys[0].kid
+
+    def sign_jwt(self, signing_input: bytes) -> bytes:
+        """RS256 signature over a JWS signing input, with the current key."""
+        return self._keys().jwt_keys[0].private_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+
+    def jwt_public_keys(self) -> list[JwtPublicKey]:
+        """The current and previous verification keys, current first."""
+        return [JwtPublicKey(kid=key.kid, public_pem=key.public_pem) for key in self._keys().jwt_keys]
+
+    def rotate_jwt_key(self) -> str:
+        """Make a new current JWT key, keep the previous one for verification, drop older ones; returns the new kid."""
+        with self._lock, self._exclusive_file() as document:
+            new_key = _new_jwt_key_entry()
+            previous = document["jwt_keys"]
+            assert isinstance(previous, list)  # checked by `_exclusive_file`
+            document["jwt_keys"] = [new_key, *previous][:_JWT_KEYS_KEPT]
+            self._replace_file(document)
+            self._material = None
+        log.info("local JWT signing key rotated; new kid %s", new_key["kid"])
+        return str(new_key["kid"])
+
+    # --- checkpoints --------------------------------------------------------------------------------
+
+    def checkpoint_key_id(self) -> str:
+        """The id of the checkpoint signing key."""
+        return self._keys().checkpoint_kid
+
+    def sign_checkpoint(self, message: bytes) -> bytes:
+        """ECDSA P-256 / SHA-256 DER signature over `message`."""
+        return self._keys().checkpoint_key.sign(message, ec.ECDSA(hashes.SHA256()))
+
+    def verify_checkpoint(self, key_id: str, message: bytes, signature: bytes) -> bool:
+        """Whether `signature` is this file's checkpoint key's over `message`; never raises."""
+        try:
+            keys = self._keys()
+            if key_id != keys.checkpoint_kid:
+                return False
+            keys.checkpoint_key.public_key().verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        except (InvalidSignature, ValueError, TypeError):
+            return False
+        except KeyUnavailable:
+            log.warning("checkpoint signature not verified: the local key file is unavailable", exc_info=True)
+            return False
+        return True
+
+    # --- data keys ----------------------------------------------------------------------------------
+
+    def generate_data_key(self, context: Mapping[str, str]) -> DataKey:
+        """A fresh 256-bit data key, wrapped under the master key and bound to `context`."""
+        plaintext = os.urandom(_DATA_KEY_BYTES)
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = AESGCM(self._keys().master_key).encrypt(nonce, plaintext, _context_aad(context))
+        return DataKey(plaintext=plaintext, ciphertext=_CIPHERTEXT_VERSION + nonce + sealed)
+
+    def decrypt_data_key(self, ciphertext: bytes, context: Mapping[str, str]) -> bytes:
+        """Unwrap a data key made by `generate_data_key` with the same context; raises `KeyUnavailable`."""
+        if len(ciphertext) <= 1 + _NONCE_BYTES or ciphertext[:1] != _CIPHERTEXT_VERSION:
+            raise KeyUnavailable("data key ciphertext is not one made by a local key file (unknown format)")
+        nonce, sealed = ciphertext[1 : 1 + _NONCE_BYTES], ciphertext[1 + _NONCE_BYTES :]
+        try:
+            return AESGCM(self._keys().master_key).decrypt(nonce, sealed, _context_aad(context))
+        except InvalidTag:
+            raise KeyUnavailable(
+                f"data key could not be unwrapped with {self._path}: check that the encryption context matches "
+                "the one it was made with and that it was made by this key file"
+            ) from None
+
+    # --- the file -----------------------------------------------------------------------------------
+
+    def _keys(self) -> _KeyMaterial:
+        """The key material, created on first use and re-read when the file changed on disk."""
+        with self._lock:
+            identity = self._current_identity()
+            if self._material is None or identity is None or identity != self._file_identity:
+                if identity is None:
+                    self._create_file()
+                self._load()
+            assert self._material is not None
+            return self._material
+
+    def _current_identity(self) -> tuple[int, int, int] | None:
+        try:
+            info = os.stat(self._path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise KeyUnavailable(f"local key file {self._path} cannot be read: {exc.strerror}") from exc
+        return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+    def _load(self) -> None:
+        try:
+            with open(self._path, "rb") as handle:
+                info = os.fstat(handle.fileno())
+                data = handle.read()
+        except OSError as exc:
+            raise KeyUnavailable(f"local key file {self._path} cannot be read: {exc.strerror}") from exc
+        if info.st_mode & 0o077:
+            log.warning("local key file %s is readable by other users; run: chmod 600 %s", self._path, self._path)
+        self._material = _parse_material(data, self._path)
+        self._file_identity = (info.st_ino, info.st_mtime_ns, info.st_size)
+        _warn_dev_only(self._path)
+
+    def _create_file(self) -> None:
+        """Publish a complete new key file, unless another process got there first (then theirs is used)."""
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KeyUnavailable(f"folder of local key file {self._path} cannot be created: {exc.strerror}") from exc
+        temporary = self._write_temporary(_new_document())
+        try:
+            os.link(temporary, self._path)  # atomic, and fails if the name exists: one creator wins
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise KeyUnavailable(f"local key file {self._path} cannot be created: {exc.strerror}") from exc
+        finally:
+            with suppress(OSError):
+                temporary.unlink()
+
+    def _replace_file(self, document: dict[str, object]) -> None:
+        temporary = self._write_temporary(document)
+        try:
+            os.replace(temporary, self._path)
+        except OSError as exc:
+            with suppress(OSError):
+                temporary.unlink()
+            raise KeyUnavailable(f"local key file {self._path} cannot be replaced: {exc.strerror}") from exc
+
+    def _write_temporary(self, document: dict[str, object]) -> Path:
+        """A complete, synced, owner-only copy of `document` next to the key file."""
+        temporary = self._path.with_name(f".{self._path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(json.dumps(document, indent=2).encode())
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            with suppress(OSError):
+                temporary.unlink()
+            raise KeyUnavailable(f"local key file {self._path} cannot be written: {exc.strerror}") from exc
+        return temporary
+
+    @contextmanager
+    def _exclusive_file(self) -> Iterator[dict[str, object]]:
+        """The key file's document, under an exclusive lock so two processes never rotate over each other."""
+        if self._current_identity() is None:
+            self._create_file()
+        # A separate lock file: the key file itself is replaced on every rotation, and a lock on a
+        # replaced inode would let the next rotator in early.
+        lock_path = self._path.with_name(f".{self._path.name}.lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+        except OSError as exc:
+            raise KeyUnavailable(f"key file lock {lock_path} cannot be opened: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                data = self._path.read_bytes()
+            except OSError as exc:
+                raise KeyUnavailable(f"local key file {self._path} cannot be read: {exc.strerror}") from exc
+            _parse_material(data, self._path)
+            yield json.loads(data)
+        finally:
+            os.close(fd)
+
+
+def _warn_dev_only(path: Path) -> None:
+    """Say once per process and file that these keys are not protected by KMS."""
+    key = str(path.resolve())
+    with _warned_lock:
+        if key in _warned_paths:
+            return
+        _warned_paths.add(key)
+    log.warning(_DEV_WARNING, path)
+
+
+def _context_aad(context: Mapping[str, str]) -> bytes:
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in context.items()):
+        raise TypeError("an encryption context maps strings to strings")
+    return canonical_json(dict(context)).encode()
+
+
+def _key_id(prefix: str, public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> str:
+    """A key id derived from the public key, so two key files never share one."""
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return f"{prefix}-{hashlib.sha256(der).hexdigest()[:24]}"
+
+
+def _private_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode("ascii")
+
+
+def _new_jwt_key_entry() -> dict[str, object]:
+    key = rsa.generate_private_key(public_exponent=_RSA_PUBLIC_EXPONENT, key_size=_RSA_BITS)
+    return {"kid": _key_id("local-jwt", key.public_key()), "private_pem": _private_pem(key)}
+
+
+def _new_document() -> dict[str, object]:
+    checkpoint_key = ec.generate_private_key(ec.SECP256R1())
+    return {
+        "format": _FORMAT,
+        "warning": "DEV ONLY: these keys are not protected by KMS. Do not copy this file anywhere.",
+        "jwt_keys": [_new_jwt_key_entry()],
+        "checkpoint_key": {
+            "kid": _key_id("local-checkpoint", checkpoint_key.public_key()),
+            "private_pem": _private_pem(checkpoint_key),
+        },
+        "master_key": base64.b64encode(os.urandom(_MASTER_KEY_BYTES)).decode("ascii"),
+    }
+
+
+def _parse_material(data: bytes, path: Path) -> _KeyMaterial:
+    """The key material in a key file; raises `KeyUnavailable` saying what is wrong with it."""
+    try:
+        document = json.loads(data)
+        if document.get("format") != _FORMAT:
+            raise ValueError(f"unsupported format {document.get('format')!r}")
+        jwt_keys = tuple(_parse_jwt_key(entry) for entry in document["jwt_keys"])
+        if not jwt_keys:
+            raise ValueError("no JWT signing key")
+        checkpoint_key = _load_private_key(document["checkpoint_key"]["private_pem"])
+        if not isinstance(checkpoint_key, ec.EllipticCurvePrivateKey) or checkpoint_key.curve.name != "secp256r1":
+            raise ValueError("the checkpoint key is not an ECDSA P-256 key")
+        master_key = base64.b64decode(document["master_key"], validate=True)
+        if len(master_key) != _MASTER_KEY_BYTES:
+            raise ValueError("the master key is not 256 bits")
+        return _KeyMaterial(jwt_keys, str(document["checkpoint_key"]["kid"]), checkpoint_key, master_key)
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        raise KeyUnavailable(
+            f"local key file {path} is damaged ({exc}); move it away to start with new dev keys "
+            "(tokens and data keys made with the old file stop working)"
+        ) from None
+
+
+def _parse_jwt_key(entry: dict[str, object]) -> _JwtKey:
+    key = _load_private_key(entry["private_pem"])
+    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < _RSA_BITS:
+        raise ValueError("a JWT signing key is not an RSA-2048 key")
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return _JwtKey(kid=str(entry["kid"]), private_key=key, public_pem=public_pem)
+
+
+def _load_private_key(pem: object) -> object:
+    if not isinstance(pem, str):
+        raise TypeError("a private key must be a PEM string")
+    return serialization.load_pem_private_key(pem.encode("ascii"), password=None)
