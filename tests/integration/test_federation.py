@@ -287,10 +287,3 @@ def test_an_issuer_from_json_settings_is_normalised_and_validated() -> None:
             FederatedIssuer(**{**settings, "jwks_uri": uri})
     with pytest.raises(ValueError, match="twice"):
         OidcFederation([FederatedIssuer(**settings), FederatedIssuer(**settings)])
-
-
-def test_the_auth_module_signs_in_with_a_federated_token_the_same_way(world: World) -> None:
-    from hd_core import auth
-
-    pair = auth.federated_login(world.store, world.federation, world.jwt_issuer, world.token(), now=lambda: T0)
-    assert world.jwt_verifier.verify(pair.access_token)["sub"] == world.user.user_id

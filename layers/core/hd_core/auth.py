@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import pyotp
 
@@ -36,9 +36,6 @@ from hd_core.models import (
 from hd_core.passwords import MAX_PASSWORD_LENGTH, verify_password
 from hd_core.ports import ControlStore
 from hd_core.tokens import JwtIssuer
-
-if TYPE_CHECKING:
-    from hd_core.federation import OidcFederation
 
 REFRESH_TOKEN_PREFIX = "hdr_"  # noqa: S105 - a public marker, not a secret
 REFRESH_TOKEN_TTL = timedelta(days=7)
@@ -254,22 +251,6 @@ def _parse_refresh_token(token: str) -> tuple[str, str]:
 
 def _secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
-
-
-def federated_login(
-    store: ControlStore,
-    federation: OidcFederation,
-    issuer: JwtIssuer,
-    token: str,
-    *,
-    env: KeyEnv | str = KeyEnv.LIVE,
-    now: Callable[[], datetime] = utc_now,
-) -> TokenPair:
-    """Tokens for the user linked to a federated OIDC token; see `hd_core.federation.federated_login`."""
-    # Imported here: federation builds on this module's token issuing, so it cannot be imported at the top.
-    from hd_core.federation import federated_login as login_with_federated_token
-
-    return login_with_federated_token(store, federation, issuer, token, env=env, now=now)
 
 
 # --- MFA enrolment -------------------------------------------------------------------------------
