@@ -7,11 +7,14 @@ State directory layout (default `~/.hd`, or `HD_STATE_DIR`):
     data/<schema>/<table>/   Parquet files; each folder is a table `<schema>.<table>`
     engine.duckdb            DuckDB database file for writable tables
     audit/queries/YYYY/MM/DD/<host>.jsonl   one query audit record per statement
+    audit/iam-checkpoints/<org>/             signed checkpoints of each organisation's IAM audit chain
+    keys/local-keys.json     DEV ONLY stand-in for KMS: JWT signing keys, checkpoint key, data-key wrap key
     demo-keys/<name>.key     with --demo: API keys of the demo people (see engine_host/demo_policies.py)
     policies.json            optional: policies loaded at every start (format: hd_core/policy_codec.py)
 
 Policies live in the control store; `hd policy add/list/remove` edits them, and a running host
-picks up every change within about a second.
+picks up every change within about a second. The control API (the same Lambda handlers as in AWS)
+listens on 127.0.0.1:8080 and shares the control store with the engine host.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from pathlib import Path
 
 import duckdb
 
+from engine_host.control_server import ControlApiServer
+from engine_host.credentials import EngineCredentials
 from engine_host.demo import write_demo_dataset
 from engine_host.demo_policies import ACME, install_demo
 from engine_host.engine.catalog import CatalogResponder
@@ -39,10 +44,14 @@ from engine_host.pipeline.pipeline import StatementPipeline
 from engine_host.pipeline.policy_state import PolicyState
 from engine_host.tls import ensure_self_signed_certificate, server_ssl_context
 from engine_host.wire.server import PgServer
-from hd_core.adapters.local_audit import LocalFolderAuditSink
+from functions.shared.settings import ControlApiSettings
+from functions.shared.wiring import ControlServices, assemble_services, install_services
+from hd_core.adapters.local_audit import LocalFolderAuditArchive, LocalFolderAuditSink
+from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
+from hd_core.adapters.local_keys import LocalKeyFile
 from hd_core.adapters.sqlite_store import SqliteControlStore
 from hd_core.api_keys import ApiKeyAuthenticator, ApiKeyHasher
-from hd_core.bootstrap import bootstrap_local_owner, ensure_pepper
+from hd_core.bootstrap import bootstrap_local_owner, ensure_environments, ensure_pepper
 from hd_core.metering import UsageMeter
 from hd_core.policy_codec import load_policy_file
 from hd_core.ports import AuditSink
@@ -67,6 +76,7 @@ class LocalConfig:
     limits: HostLimits = field(default_factory=HostLimits)
     policy_poll_seconds: float = 1.0
     usage_flush_seconds: float = 5.0
+    api_port: int | None = None  # the local control API (`hd dev` asks for 8080); None: do not serve it
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,9 @@ class Banner:
     new_key: bool
     plaintext_allowed: bool
     demo_keys: dict[str, Path] | None = None
+    api_port: int | None = None
+    org_id: str = ""
+    environments: tuple[tuple[str, str], ...] = ()  # (name, env id) of the Owner's organisation
 
     def render(self) -> str:
         psql = (f'PGPASSWORD="$(cat {self.key_file})" psql '
@@ -90,6 +103,13 @@ class Banner:
             "Connect with:",
             f"  {psql}",
         ]
+        if self.api_port is not None:
+            lines += [
+                f"Control API on http://127.0.0.1:{self.api_port} (OpenAPI: /v1/openapi.json), for example:",
+                f'  curl -H "X-API-Key: $(cat {self.key_file})" '
+                f"http://127.0.0.1:{self.api_port}/v1/organizations/{self.org_id}/users",
+                "  environments: " + ", ".join(f"{name} {env_id}" for name, env_id in self.environments),
+            ]
         if self.demo_keys:
             lines.append("Demo people (each sees what the demo policies allow; keys in "
                          f"{next(iter(self.demo_keys.values())).parent}):")
@@ -116,6 +136,7 @@ class LocalEngineHost:
         self.server_pipeline: StatementPipeline | None = None
         self.audit_sink: AuditSink | None = None
         self.meter: UsageMeter | None = None
+        self.control_api: ControlApiServer | None = None
         self._stopping = threading.Event()
         self._flusher: threading.Thread | None = None
 
@@ -155,9 +176,12 @@ class LocalEngineHost:
         pipeline = StatementPipeline(database, governor, catalog)
         self.server_pipeline = pipeline
         cert, key = ensure_self_signed_certificate(self.state_dir / "tls")
+        # The engine accepts API keys, and JWTs from the control API (verified with the same key file).
+        control = self._control_services(store, authenticator)
+        credentials = EngineCredentials(authenticator, control.requests)
         self.server = PgServer(
             pipeline,
-            authenticator.authenticate,
+            credentials.authenticate,
             ssl_context=server_ssl_context(cert, key),
             host=self.config.host,
             port=self.config.port,
@@ -169,9 +193,36 @@ class LocalEngineHost:
         self.policies.start()
         self._flusher = threading.Thread(target=self._flush_usage, name="hd-usage-flush", daemon=True)
         self._flusher.start()
+        environments = tuple((env.name, env.env_id) for env in ensure_environments(store, owner.org.org_id))
+        for org in store.list_orgs():
+            ensure_environments(store, org.org_id)
+        if self.config.api_port is not None:
+            self._start_control_api(control, self.config.api_port)
         self.banner = Banner(self.server.port, owner.user.user_id, key_file, owner.api_key_plaintext is not None,
-                             self.config.insecure_plaintext, demo_keys)
+                             self.config.insecure_plaintext, demo_keys,
+                             api_port=self.control_api.port if self.control_api else None,
+                             org_id=owner.org.org_id, environments=environments)
         return self.banner
+
+    def _start_control_api(self, control: ControlServices, port: int) -> None:
+        """Serve the control-plane Lambdas over HTTP, around this host's own store and key cache."""
+        # EMF metrics go to stdout inside Lambda; locally they would only clutter the terminal.
+        os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+        server = ControlApiServer(self.config.host, port)
+        install_services(control)
+        server.start()
+        self.control_api = server
+
+    def _control_services(self, store: SqliteControlStore, authenticator: ApiKeyAuthenticator) -> ControlServices:
+        """The control plane's services on this host's store, key cache and state directory."""
+        return assemble_services(
+            ControlApiSettings(),
+            store=store,
+            keys=LocalKeyFile(self.state_dir / "keys" / "local-keys.json"),
+            checkpoints=LocalFolderCheckpointStore(self.state_dir),
+            query_audit=LocalFolderAuditArchive(self.state_dir),
+            api_keys=authenticator,
+        )
 
     def _flush_usage(self) -> None:
         while not self._stopping.wait(self.config.usage_flush_seconds):
@@ -190,6 +241,10 @@ class LocalEngineHost:
 
     async def stop(self) -> None:
         """Finish or cancel in-flight statements, then make everything written durable."""
+        if self.control_api is not None:
+            self.control_api.stop()
+            install_services(None)
+            self.control_api = None
         if self.server is not None:
             await self.server.shutdown(self.config.shutdown_grace_seconds)
             self.server = None
@@ -232,6 +287,8 @@ async def run_local(config: LocalConfig, announce: Callable[[str], None] = print
     try:
         banner = await host.start()
         announce(banner.render())
+        if banner.api_port is not None:
+            announce(f"HD_API_READY port={banner.api_port}")
         announce(f"HD_READY port={banner.port}")
         await stop.wait()
         announce("shutting down: finishing in-flight statements")

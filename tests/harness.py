@@ -25,6 +25,13 @@ class EngineHostProcess:
     user: str
     password: str
     output: list[str]
+    api_port: int | None = None
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of the local control API."""
+        assert self.api_port is not None, "this host was started without the control API"
+        return f"http://127.0.0.1:{self.api_port}"
 
     @property
     def cert(self) -> Path:
@@ -65,7 +72,7 @@ def _quote(value: str) -> str:
 def start_engine_host(state_dir: Path, *extra: str) -> EngineHostProcess:
     """Start `hd dev` on a free port and wait until it says it is ready."""
     cmd = [sys.executable, "-m", "engine_host.cli", "--log-level", "WARNING", "dev",
-           "--state-dir", str(state_dir), "--port", "0", *extra]
+           "--state-dir", str(state_dir), "--port", "0", "--api-port", "0", *extra]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines: queue.Queue[str] = queue.Queue()
@@ -79,7 +86,7 @@ def start_engine_host(state_dir: Path, *extra: str) -> EngineHostProcess:
 
     threading.Thread(target=pump, daemon=True).start()
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    port = None
+    port = api_port = None
     while port is None:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or process.poll() is not None:
@@ -89,12 +96,14 @@ def start_engine_host(state_dir: Path, *extra: str) -> EngineHostProcess:
             line = lines.get(timeout=min(remaining, 1.0))
         except queue.Empty:
             continue
+        if line.startswith("HD_API_READY port="):
+            api_port = int(line.split("=", 1)[1])
         if line.startswith("HD_READY port="):
             port = int(line.split("=", 1)[1])
     key = (state_dir / "owner.key").read_text().strip()
     user = next(part.split("=", 1)[1] for line in output for part in line.split()
                 if part.startswith("user="))
-    return EngineHostProcess(process, state_dir, port, user, key, output)
+    return EngineHostProcess(process, state_dir, port, user, key, output, api_port)
 
 
 DEFAULT_PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=5"

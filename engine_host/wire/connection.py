@@ -231,7 +231,7 @@ class PgConnection:
         password = m.parse_frontend(kind, body)
         assert isinstance(password, m.PasswordMessage)
         try:
-            principal = await self._blocking(self.server.authenticate, user, password.password)
+            principal = await self._blocking(self.server.authenticate, user, password.password, self.peer_host)
         except AuthenticationFailed:
             await self._fatal("28P01", "HD_ERR_AUTH_FAILED", f'password authentication failed for user "{user}"')
             return False

@@ -17,7 +17,8 @@ from hd_core.models import Principal
 
 log = logging.getLogger(__name__)
 
-Authenticate = Callable[[str, str], Principal]
+# (user name, password, client address) -> the principal, or AuthenticationFailed
+Authenticate = Callable[[str, str, str | None], Principal]
 
 
 class PgServer:

@@ -1,0 +1,123 @@
+"""Audit Lambda: query audit search, the IAM audit trail, and verification of its hash chain."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from pydantic import BaseModel, Field
+
+from functions.shared.http import authorize, build_app, documented, environment_of
+from functions.shared.lambda_entry import lambda_entry
+from functions.shared.wiring import services
+from hd_core.audit_search import QueryAuditFilter, search_query_audit
+from hd_core.models import ApiScope, ChangeContext, IamEvent
+
+router = Router()
+_AUDIT = ApiScope.AUDIT_READ.value
+
+
+class QueryAuditPageOut(BaseModel):
+    records: list[dict[str, Any]]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page")
+
+
+class IamEventOut(BaseModel):
+    seq: int
+    event_id: str
+    event_type: str
+    actor: str
+    target: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    at: datetime
+    request_id: str
+    prev_hash: str
+    hash: str
+
+
+class ChainBreakOut(BaseModel):
+    position: int
+    kind: str
+    detail: str
+
+
+class ChainVerificationOut(BaseModel):
+    entry_count: int
+    chain_valid: bool
+    first_entry_hash: str | None
+    last_entry_hash: str | None
+    verified_at: datetime
+    checkpoint_size: int | None
+    first_break: ChainBreakOut | None
+
+
+def event_out(event: IamEvent) -> IamEventOut:
+    return IamEventOut(
+        seq=event.seq,
+        event_id=event.event_id,
+        event_type=event.event_type,
+        actor=event.actor,
+        target=event.target,
+        before=event.before,
+        after=event.after,
+        at=event.at,
+        request_id=event.request_id,
+        prev_hash=event.prev_hash,
+        hash=event.hash,
+    )
+
+
+def _auditor_of(env_id: str) -> ChangeContext:
+    return authorize(router, org_id=environment_of(env_id).org_id, scope=_AUDIT)
+
+
+@router.get("/v1/environments/<env_id>/audit/queries", responses=documented(200, QueryAuditPageOut, "A page"))
+def search_queries(
+    env_id: str,
+    start: Annotated[date, Query()],
+    end: Annotated[date, Query()],
+    user_id: Annotated[str | None, Query(max_length=64)] = None,
+    agent_id: Annotated[str | None, Query(max_length=128)] = None,
+    table: Annotated[str | None, Query(max_length=256)] = None,
+    min_duration_ms: Annotated[float | None, Query(ge=0)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> QueryAuditPageOut:
+    ctx = _auditor_of(env_id)
+    query = QueryAuditFilter(
+        org_id=ctx.actor.org_id,
+        start=start,
+        end=end,
+        user_id=user_id,
+        agent_id=agent_id,
+        table=table,
+        min_duration_ms=min_duration_ms,
+    )
+    page = search_query_audit(services().query_audit, query, limit=limit, cursor=cursor)
+    return QueryAuditPageOut(records=page.records, next_cursor=page.next_cursor)
+
+
+@router.get("/v1/environments/<env_id>/audit/admin", responses=documented(200, list[IamEventOut], "IAM events"))
+def list_iam_events(
+    env_id: str,
+    after_seq: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[IamEventOut]:
+    ctx = _auditor_of(env_id)
+    return [event_out(event) for event in services().trail.events(ctx.actor.org_id, after_seq=after_seq, limit=limit)]
+
+
+@router.get(
+    "/v1/environments/<env_id>/audit/admin/verify-chain",
+    responses=documented(200, ChainVerificationOut, "The verification report"),
+)
+def verify_chain(env_id: str) -> ChainVerificationOut:
+    ctx = _auditor_of(env_id)
+    return ChainVerificationOut.model_validate(services().trail.verify_chain(ctx.actor.org_id).to_dict())
+
+
+app = build_app(router)
+lambda_handler = lambda_entry(app, "hd-audit")

@@ -1,0 +1,223 @@
+"""Auth Lambda: password + TOTP login, rotating refresh tokens, OIDC federation, JWKS, MFA and passwords.
+
+Login, refresh, federation, JWKS and the OpenAPI document are the only routes that take no credential.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from pydantic import BaseModel, Field
+
+from functions.shared.http import authorize, build_app, documented, request_id
+from functions.shared.lambda_entry import lambda_entry
+from functions.shared.wiring import services
+from hd_core import auth, directory
+from hd_core.errors import NotFound
+from hd_core.federation import federated_login
+from hd_core.iam_events import IamEventType
+from hd_core.models import ApiScope, KeyEnv, RefreshToken, Role, User
+from hd_core.passwords import set_password
+from hd_core.tokens import jwks_document
+
+router = Router()
+OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
+
+
+class LoginIn(BaseModel):
+    email: str = Field(min_length=3, max_length=254)
+    password: str = Field(min_length=1, max_length=1024)
+    totp_code: str | None = Field(default=None, pattern=r"^[0-9]{6,8}$")
+    env: KeyEnv = KeyEnv.LIVE
+
+
+class RefreshIn(BaseModel):
+    refresh_token: str = Field(min_length=1, max_length=512)
+
+
+class FederateIn(BaseModel):
+    token: str = Field(min_length=1, max_length=16384, description="An OIDC ID token from a configured issuer")
+    env: KeyEnv = KeyEnv.LIVE
+
+
+class TokenPairOut(BaseModel):
+    access_token: str
+    token_type: str
+    expires_in: int
+    refresh_token: str
+    refresh_expires_in: int
+
+
+class MfaEnrolmentOut(BaseModel):
+    secret: str = Field(description="Base32 TOTP secret: shown once, for authenticator apps")
+    provisioning_uri: str
+
+
+class MfaCodeIn(BaseModel):
+    code: str = Field(pattern=r"^[0-9]{6,8}$")
+
+
+class CredentialStateOut(BaseModel):
+    user_id: str
+    mfa_enabled: bool
+
+
+class PasswordIn(BaseModel):
+    password: str = Field(min_length=12, max_length=1024)
+
+
+class WhoAmIOut(BaseModel):
+    user_id: str
+    org_id: str
+    role: Role
+    auth_method: str
+    key_id: str
+    env: KeyEnv
+    scopes: list[str]
+
+
+class Jwk(BaseModel):
+    kty: str
+    use: str
+    alg: str
+    kid: str
+    n: str
+    e: str
+
+
+class JwksOut(BaseModel):
+    keys: list[Jwk]
+
+
+def pair_out(pair: auth.TokenPair) -> TokenPairOut:
+    return TokenPairOut(
+        access_token=pair.access_token,
+        token_type=pair.token_type,
+        expires_in=pair.expires_in,
+        refresh_token=pair.refresh_token,
+        refresh_expires_in=pair.refresh_expires_in,
+    )
+
+
+@router.post("/v1/auth/login", responses=documented(200, TokenPairOut, "Tokens"))
+def login(body: LoginIn) -> TokenPairOut:
+    svc = services()
+    pair = auth.login(
+        svc.store,
+        svc.hasher,
+        svc.jwt_issuer,
+        email=body.email,
+        password=body.password,
+        totp_code=body.totp_code,
+        env=body.env,
+    )
+    return pair_out(pair)
+
+
+@router.post("/v1/auth/refresh", responses=documented(200, TokenPairOut, "The next tokens"))
+def refresh(body: RefreshIn) -> TokenPairOut:
+    svc = services()
+    req_id = request_id(router)
+
+    def record_reuse(token: RefreshToken) -> None:
+        svc.trail.record(
+            token.org_id,
+            IamEventType.REFRESH_TOKEN_REUSED,
+            actor=token.user_id,
+            target=f"refresh_family:{token.family_id}",
+            before=None,
+            after={"family_id": token.family_id, "token_id": token.token_id},
+            request_id=req_id,
+        )
+
+    return pair_out(auth.refresh(svc.store, svc.jwt_issuer, body.refresh_token, on_reuse=record_reuse))
+
+
+@router.post("/v1/auth/federate", responses=documented(200, TokenPairOut, "Tokens for the linked user"))
+def federate(body: FederateIn) -> TokenPairOut:
+    svc = services()
+    return pair_out(federated_login(svc.store, svc.federation, svc.jwt_issuer, body.token, env=body.env))
+
+
+@router.get("/.well-known/jwks.json", responses=documented(200, JwksOut, "Current and previous signing keys"))
+def jwks() -> JwksOut:
+    return JwksOut.model_validate(jwks_document(services().keys))
+
+
+@router.get("/v1/openapi.json", responses=documented(200, dict[str, Any], "This API's OpenAPI document"))
+def openapi_document() -> dict[str, Any]:
+    return _openapi()
+
+
+@router.get("/v1/auth/whoami", responses=documented(200, WhoAmIOut, "The caller's identity"))
+def whoami() -> WhoAmIOut:
+    principal = authorize(router, org_id=None).actor
+    return WhoAmIOut(
+        user_id=principal.user_id,
+        org_id=principal.org_id,
+        role=principal.role,
+        auth_method=principal.auth_method,
+        key_id=principal.key_id,
+        env=principal.env,
+        scopes=list(principal.scopes),
+    )
+
+
+@router.post("/v1/auth/mfa/enroll", responses=documented(200, MfaEnrolmentOut, "A TOTP secret to confirm"))
+def begin_mfa() -> MfaEnrolmentOut:
+    ctx = authorize(router, org_id=None)
+    secret, uri = auth.begin_mfa_enrolment(services().store, ctx.actor.user_id)
+    return MfaEnrolmentOut(secret=secret, provisioning_uri=uri)
+
+
+@router.post("/v1/auth/mfa/confirm", responses=documented(200, CredentialStateOut, "MFA is now required at login"))
+def confirm_mfa(body: MfaCodeIn) -> CredentialStateOut:
+    ctx = authorize(router, org_id=None)
+    svc = services()
+    before = _user(ctx.actor.user_id)
+    after = auth.confirm_mfa_enrolment(svc.store, ctx.actor.user_id, body.code)
+    directory.record_user_change(svc.store, svc.trail, ctx, IamEventType.USER_MFA_ENROLLED, before, after)
+    return CredentialStateOut(user_id=after.user_id, mfa_enabled=after.mfa_enabled)
+
+
+@router.delete(
+    "/v1/organizations/<org_id>/users/<user_id>/mfa", responses=documented(200, CredentialStateOut, "MFA was reset")
+)
+def reset_mfa(org_id: str, user_id: str) -> CredentialStateOut:
+    ctx = authorize(router, org_id=org_id, scope=ApiScope.USERS_MANAGE.value)
+    svc = services()
+    before = _user(user_id, org_id)
+    after = auth.reset_mfa(svc.store, user_id)
+    directory.record_user_change(svc.store, svc.trail, ctx, IamEventType.USER_MFA_RESET, before, after)
+    return CredentialStateOut(user_id=after.user_id, mfa_enabled=after.mfa_enabled)
+
+
+@router.put("/v1/auth/password", responses=documented(200, CredentialStateOut, "The caller's password was set"))
+def change_password(body: PasswordIn) -> CredentialStateOut:
+    ctx = authorize(router, org_id=None)
+    svc = services()
+    before = _user(ctx.actor.user_id)
+    after = set_password(svc.store, svc.hasher, ctx.actor.user_id, body.password)
+    directory.record_user_change(svc.store, svc.trail, ctx, IamEventType.USER_PASSWORD_SET, before, after)
+    return CredentialStateOut(user_id=after.user_id, mfa_enabled=after.mfa_enabled)
+
+
+def _user(user_id: str, org_id: str | None = None) -> User:
+    user = services().store.get_user(user_id)
+    if user is None or (org_id is not None and user.org_id != org_id):
+        raise NotFound("user not found")
+    return user
+
+
+@lru_cache(maxsize=1)
+def _openapi() -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
+    return document
+
+
+app = build_app(router)
+lambda_handler = lambda_entry(app, "hd-auth")

@@ -1,0 +1,91 @@
+"""Policies Lambda: CRUD for masking rules, row filters, ABAC policies, column tags, PHI grants and bindings.
+
+Documents are the `hd_core.policy_codec` JSON form (the same as `hd policy add --json`) and pass the
+validator the engine uses; every change bumps the policy version the engine hosts watch.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Body, Query
+from pydantic import BaseModel
+
+from functions.shared.http import authorize, build_app, documented
+from functions.shared.lambda_entry import lambda_entry
+from functions.shared.wiring import services
+from hd_core import policy_admin
+from hd_core.models import ApiScope
+from hd_core.policies import PolicyKind, PolicyObject
+from hd_core.policy_codec import kind_of, object_id, to_document
+
+router = Router()
+_MANAGE = ApiScope.POLICIES_MANAGE.value
+_DOCUMENT_HELP = "A policy document: `kind` plus the fields of that kind (see README, Governance)"
+
+
+class PolicyOut(BaseModel):
+    kind: PolicyKind
+    id: str
+    document: dict[str, Any]
+    policy_version: int
+
+
+class DeletedPolicyOut(BaseModel):
+    kind: PolicyKind
+    id: str
+    policy_version: int
+
+
+def policy_out(obj: PolicyObject) -> PolicyOut:
+    version = services().store.policy_version()
+    return PolicyOut(kind=kind_of(obj), id=object_id(obj), document=to_document(obj), policy_version=version)
+
+
+@router.get("/v1/organizations/<org_id>/policies", responses=documented(200, list[PolicyOut], "Policies"))
+def list_policies(org_id: str, kind: Annotated[PolicyKind | None, Query()] = None) -> list[PolicyOut]:
+    ctx = authorize(router, org_id=org_id, scope=_MANAGE)
+    return [policy_out(obj) for obj in policy_admin.list_policies(services().store, ctx, org_id, kind=kind)]
+
+
+@router.post("/v1/organizations/<org_id>/policies", responses=documented(201, PolicyOut, "The new policy"))
+def create_policy(
+    org_id: str, document: Annotated[dict[str, Any], Body(description=_DOCUMENT_HELP)]
+) -> tuple[PolicyOut, int]:
+    ctx = authorize(router, org_id=org_id, scope=_MANAGE)
+    svc = services()
+    return policy_out(policy_admin.create_policy(svc.store, svc.trail, ctx, {**document, "org_id": org_id})), 201
+
+
+@router.get("/v1/organizations/<org_id>/policies/<kind>/<object_id>", responses=documented(200, PolicyOut, "Policy"))
+def get_policy(org_id: str, kind: PolicyKind, object_id: str) -> PolicyOut:
+    ctx = authorize(router, org_id=org_id, scope=_MANAGE)
+    return policy_out(policy_admin.get_policy(services().store, ctx, org_id, kind, object_id))
+
+
+@router.put("/v1/organizations/<org_id>/policies/<kind>/<object_id>", responses=documented(200, PolicyOut, "Policy"))
+def replace_policy(
+    org_id: str,
+    kind: PolicyKind,
+    object_id: str,
+    document: Annotated[dict[str, Any], Body(description=_DOCUMENT_HELP)],
+) -> PolicyOut:
+    ctx = authorize(router, org_id=org_id, scope=_MANAGE)
+    svc = services()
+    replaced = policy_admin.replace_policy(svc.store, svc.trail, ctx, kind, object_id, {**document, "org_id": org_id})
+    return policy_out(replaced)
+
+
+@router.delete(
+    "/v1/organizations/<org_id>/policies/<kind>/<object_id>", responses=documented(200, DeletedPolicyOut, "Deleted")
+)
+def delete_policy(org_id: str, kind: PolicyKind, object_id: str) -> DeletedPolicyOut:
+    ctx = authorize(router, org_id=org_id, scope=_MANAGE)
+    svc = services()
+    policy_admin.delete_policy(svc.store, svc.trail, ctx, kind, object_id)
+    return DeletedPolicyOut(kind=kind, id=object_id, policy_version=svc.store.policy_version())
+
+
+app = build_app(router)
+lambda_handler = lambda_entry(app, "hd-policies")

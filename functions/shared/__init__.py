@@ -1,0 +1,1 @@
+"""What every control-plane Lambda shares: settings, adapter wiring, the error contract and caller checks."""

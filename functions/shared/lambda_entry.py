@@ -1,0 +1,52 @@
+"""The Lambda entry point every control-plane function uses: Powertools logger, tracer and metrics around `resolve`."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+METRICS_NAMESPACE = "HardenedDuck"
+_JSON_MEDIA_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json\s*(?:;.*)?$", re.IGNORECASE)
+
+LambdaHandler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
+
+
+def lambda_entry(app: APIGatewayRestResolver, service: str) -> LambdaHandler:
+    """`lambda_handler` for one function: structured logs keyed by request id, X-Ray traces, EMF metrics."""
+    logger = Logger(service=service)
+    tracer = Tracer(service=service)
+    metrics = Metrics(namespace=METRICS_NAMESPACE, service=service)
+
+    @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+    @tracer.capture_lambda_handler
+    @metrics.log_metrics
+    def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
+        response = refuse_non_json_body(event) or app.resolve(event, context)
+        if response.get("statusCode", 500) >= 500:
+            metrics.add_metric(name="ServerErrors", unit=MetricUnit.Count, value=1)
+        return response
+
+    return lambda_handler
+
+
+def refuse_non_json_body(event: dict[str, Any]) -> dict[str, Any] | None:
+    """A 415 response for a request whose body is not declared as JSON, before anything parses it."""
+    if not event.get("body"):
+        return None
+    headers = {name.lower(): value for name, value in (event.get("headers") or {}).items()}
+    if _JSON_MEDIA_TYPE.match(headers.get("content-type", "")):
+        return None
+    request_id = (event.get("requestContext") or {}).get("requestId") or "-"
+    body = {"error": {"code": "HD_ERR_UNSUPPORTED_MEDIA_TYPE", "request_id": request_id,
+                      "message": "request bodies must be JSON: send Content-Type: application/json"}}
+    return {"statusCode": 415, "headers": {"Content-Type": "application/json"}, "body": json.dumps(body),
+            "isBase64Encoded": False}

@@ -1,0 +1,44 @@
+"""The control API's configuration, read once from `HD_*` environment variables into a Pydantic model."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ControlApiSettings(BaseSettings):
+    """Which adapters to use and how tokens are named. Defaults are the local `hd dev` ones."""
+
+    model_config = SettingsConfigDict(env_prefix="HD_", extra="ignore")
+
+    store: Literal["sqlite", "dynamodb"] = "sqlite"
+    sqlite_path: Path = Path(".hd/control.db")
+    dynamodb_table: str = "hardened-duck-control"
+
+    keys: Literal["local", "kms"] = "local"
+    local_key_file: Path = Path(".hd/keys/local-keys.json")
+    kms_jwt_key_ids: str = ""  # comma-separated, current first: the JWKS serves all of them
+    kms_checkpoint_key_id: str = ""
+    kms_data_key_id: str = ""
+
+    audit: Literal["local", "s3"] = "local"
+    audit_dir: Path = Path(".hd")
+    audit_bucket: str = ""
+
+    jwt_issuer: str = "https://hardened-duck.local"
+    jwt_audience: str = "hardened-duck"
+    # JSON list of {"name", "issuer", "audience", "jwks_uri"} objects trusted for federated sign-in.
+    federation_issuers: str = "[]"
+
+    checkpoint_every: int = Field(default=100, ge=1)
+    checkpoint_interval_minutes: float = Field(default=15.0, gt=0)
+
+
+@lru_cache(maxsize=1)
+def settings() -> ControlApiSettings:
+    """The settings of this process, read from the environment on first use."""
+    return ControlApiSettings()

@@ -1,0 +1,141 @@
+"""The one place that chooses adapters: DynamoDB, KMS and S3 in AWS; SQLite and local files in `hd dev`.
+
+A Lambda container builds its `ControlServices` on first use and keeps them for every later
+invocation (clients and key caches survive warm starts). `hd dev` builds them itself, around the
+store its engine host already uses, and installs them with `install_services`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+from functions.shared.settings import ControlApiSettings, settings
+from hd_core.api_keys import ApiKeyAuthenticator, ApiKeyHasher
+from hd_core.bootstrap import ensure_pepper
+from hd_core.federation import FederatedIssuer, OidcFederation
+from hd_core.iam_audit import IamAuditTrail
+from hd_core.ports import CheckpointStore, ControlStore, KeyProvider, QueryAuditArchive
+from hd_core.request_auth import RequestAuthenticator
+from hd_core.tokens import JwtIssuer, JwtVerifier
+
+
+@dataclass(frozen=True)
+class ControlServices:
+    """Everything a control-plane route may need, built once per process."""
+
+    store: ControlStore
+    keys: KeyProvider
+    trail: IamAuditTrail
+    hasher: ApiKeyHasher
+    api_keys: ApiKeyAuthenticator
+    jwt_issuer: JwtIssuer
+    jwt_verifier: JwtVerifier
+    requests: RequestAuthenticator
+    query_audit: QueryAuditArchive
+    federation: OidcFederation
+
+
+def assemble_services(
+    config: ControlApiSettings,
+    *,
+    store: ControlStore,
+    keys: KeyProvider,
+    checkpoints: CheckpointStore,
+    query_audit: QueryAuditArchive,
+    api_keys: ApiKeyAuthenticator | None = None,
+) -> ControlServices:
+    """Wire the domain objects around already-chosen adapters (shared by Lambda and `hd dev`)."""
+    hasher = ApiKeyHasher()
+    authenticator = api_keys or ApiKeyAuthenticator(store, ensure_pepper(store), hasher=hasher)
+    verifier = JwtVerifier(keys, issuer=config.jwt_issuer, audience=config.jwt_audience)
+    trail = IamAuditTrail(
+        store,
+        checkpoints,
+        keys,
+        checkpoint_every=config.checkpoint_every,
+        checkpoint_interval=timedelta(minutes=config.checkpoint_interval_minutes),
+    )
+    issuers = [FederatedIssuer(**item) for item in json.loads(config.federation_issuers)]
+    return ControlServices(
+        store=store,
+        keys=keys,
+        trail=trail,
+        hasher=hasher,
+        api_keys=authenticator,
+        jwt_issuer=JwtIssuer(keys, issuer=config.jwt_issuer, audience=config.jwt_audience),
+        jwt_verifier=verifier,
+        requests=RequestAuthenticator(store, authenticator, verifier),
+        query_audit=query_audit,
+        federation=OidcFederation(issuers),
+    )
+
+
+def build_services(config: ControlApiSettings) -> ControlServices:
+    """Choose the adapters the settings name and wire them."""
+    if config.store == "dynamodb" or config.keys == "kms" or config.audit == "s3":
+        return _build_aws_services(config)
+    return _build_local_services(config)
+
+
+def _build_local_services(config: ControlApiSettings) -> ControlServices:
+    from hd_core.adapters.local_audit import LocalFolderAuditArchive
+    from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
+    from hd_core.adapters.local_keys import LocalKeyFile
+    from hd_core.adapters.sqlite_store import SqliteControlStore
+
+    return assemble_services(
+        config,
+        store=SqliteControlStore(config.sqlite_path),
+        keys=LocalKeyFile(config.local_key_file),
+        checkpoints=LocalFolderCheckpointStore(config.audit_dir),
+        query_audit=LocalFolderAuditArchive(config.audit_dir),
+    )
+
+
+def _build_aws_services(config: ControlApiSettings) -> ControlServices:
+    # boto3 is imported only here: the local path never pays for it at cold start.
+    import boto3
+
+    from hd_core.adapters.dynamodb_store import DynamoDbControlStore
+    from hd_core.adapters.kms_keys import KmsKeyProvider
+    from hd_core.adapters.s3_audit import S3AuditArchive
+    from hd_core.adapters.s3_checkpoints import S3CheckpointStore
+
+    if config.store != "dynamodb" or config.keys != "kms" or config.audit != "s3":
+        raise ValueError("in AWS the control API needs HD_STORE=dynamodb, HD_KEYS=kms and HD_AUDIT=s3 together")
+    s3 = boto3.client("s3")
+    return assemble_services(
+        config,
+        store=DynamoDbControlStore(config.dynamodb_table),
+        keys=KmsKeyProvider(
+            boto3.client("kms"),
+            jwt_key_ids=[key.strip() for key in config.kms_jwt_key_ids.split(",") if key.strip()],
+            checkpoint_key_id=config.kms_checkpoint_key_id,
+            data_key_id=config.kms_data_key_id,
+        ),
+        checkpoints=S3CheckpointStore(s3, config.audit_bucket),
+        query_audit=S3AuditArchive(s3, config.audit_bucket),
+    )
+
+
+_lock = threading.Lock()
+_services: ControlServices | None = None
+
+
+def services() -> ControlServices:
+    """This process's services, built from the environment on first use."""
+    global _services
+    with _lock:
+        if _services is None:
+            _services = build_services(settings())
+        return _services
+
+
+def install_services(value: ControlServices | None) -> None:
+    """Use `value` for every later request in this process (`hd dev`, tests); None forgets them."""
+    global _services
+    with _lock:
+        _services = value

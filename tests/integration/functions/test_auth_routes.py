@@ -1,0 +1,111 @@
+"""Auth routes: password login, JWT use, rotating refresh tokens with reuse detection, JWKS, MFA."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pyotp
+
+from tests.integration.functions.conftest import ControlApi
+
+PASSWORD = "correct horse battery staple"
+
+
+def _invite(control: ControlApi, email: str, role: str = "Analyst", password: str | None = PASSWORD) -> dict:
+    body = {"email": email, "role": role, "password": password}
+    return control.ok("POST", f"/v1/organizations/{control.org_id}/users", body)
+
+
+def _login(control: ControlApi, email: str, **extra: str) -> dict:
+    return control.ok("POST", "/v1/auth/login", {"email": email, "password": PASSWORD, **extra}, anonymous=True)
+
+
+def _claims(token: str) -> dict:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def test_login_returns_an_rs256_jwt_with_the_required_claims_and_a_refresh_token(control: ControlApi) -> None:
+    user = _invite(control, "ana@example.com")
+    tokens = _login(control, "ana@example.com")
+    claims = _claims(tokens["access_token"])
+    assert {"sub", "org_id", "role", "env", "iat", "exp", "iss", "aud"} <= claims.keys()
+    assert claims["sub"] == user["user_id"] and claims["role"] == "Analyst"
+    assert claims["exp"] - claims["iat"] == 3600
+    assert tokens["refresh_token"] and tokens["refresh_expires_in"] == 7 * 24 * 3600
+    me = control.ok("GET", "/v1/auth/whoami", bearer=tokens["access_token"])
+    assert me["user_id"] == user["user_id"] and me["auth_method"] == "jwt"
+
+
+def test_jwks_serves_the_key_that_signed_the_token(control: ControlApi) -> None:
+    _invite(control, "ana@example.com")
+    token = _login(control, "ana@example.com")["access_token"]
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    jwks = control.ok("GET", "/.well-known/jwks.json", anonymous=True)
+    assert header["alg"] == "RS256"
+    assert header["kid"] in {key["kid"] for key in jwks["keys"]}
+
+
+def test_wrong_password_and_unknown_email_get_the_same_generic_401(control: ControlApi) -> None:
+    _invite(control, "ana@example.com")
+    wrong = control.call("POST", "/v1/auth/login", {"email": "ana@example.com", "password": "x" * 12}, anonymous=True)
+    unknown = control.call("POST", "/v1/auth/login", {"email": "nobody@example.com", "password": PASSWORD},
+                           anonymous=True)
+    assert wrong.status == unknown.status == 401
+    assert wrong.json()["error"]["message"] == unknown.json()["error"]["message"]
+    assert wrong.json()["error"]["code"] == "HD_ERR_AUTH_FAILED"
+
+
+def test_refresh_rotates_and_a_reused_refresh_token_revokes_the_family(control: ControlApi) -> None:
+    _invite(control, "ana@example.com")
+    first = _login(control, "ana@example.com")
+    second = control.ok("POST", "/v1/auth/refresh", {"refresh_token": first["refresh_token"]}, anonymous=True)
+    assert second["refresh_token"] != first["refresh_token"]
+    replay = control.call("POST", "/v1/auth/refresh", {"refresh_token": first["refresh_token"]}, anonymous=True)
+    assert replay.status == 401 and replay.json()["error"]["code"] == "HD_ERR_REFRESH_TOKEN_REUSED"
+    # The thief's copy and the owner's newer token both die with the family.
+    after = control.call("POST", "/v1/auth/refresh", {"refresh_token": second["refresh_token"]}, anonymous=True)
+    assert after.status == 401
+    events = control.ok("GET", f"/v1/environments/{control.env_id}/audit/admin?limit=1000")
+    assert "auth.refresh_token_reused" in {event["event_type"] for event in events}
+
+
+def test_a_suspended_users_jwt_stops_working_at_once(control: ControlApi) -> None:
+    user = _invite(control, "ana@example.com")
+    token = _login(control, "ana@example.com")["access_token"]
+    control.ok("POST", f"/v1/organizations/{control.org_id}/users/{user['user_id']}/suspend")
+    assert control.call("GET", "/v1/auth/whoami", bearer=token).status == 401
+
+
+def test_a_tampered_or_unsigned_token_is_refused(control: ControlApi) -> None:
+    _invite(control, "ana@example.com")
+    token = _login(control, "ana@example.com")["access_token"]
+    header, payload, signature = token.split(".")
+    claims = _claims(token)
+    claims["role"] = "Owner"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    assert control.call("GET", "/v1/auth/whoami", bearer=f"{header}.{forged}.{signature}").status == 401
+    none_header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    assert control.call("GET", "/v1/auth/whoami", bearer=f"{none_header}.{payload}.").status == 401
+
+
+def test_mfa_enrolment_then_login_needs_the_totp_code(control: ControlApi) -> None:
+    _invite(control, "ana@example.com")
+    token = _login(control, "ana@example.com")["access_token"]
+    enrolment = control.ok("POST", "/v1/auth/mfa/enroll", bearer=token)
+    totp = pyotp.TOTP(enrolment["secret"])
+    confirmed = control.ok("POST", "/v1/auth/mfa/confirm", {"code": totp.now()}, bearer=token)
+    assert confirmed["mfa_enabled"] is True
+    without = control.call("POST", "/v1/auth/login", {"email": "ana@example.com", "password": PASSWORD},
+                           anonymous=True)
+    assert without.status == 401 and without.json()["error"]["code"] == "HD_ERR_MFA_REQUIRED"
+    assert _login(control, "ana@example.com", totp_code=totp.now())["access_token"]
+
+
+def test_organisation_mfa_enforcement_refuses_users_without_mfa(control: ControlApi) -> None:
+    _invite(control, "ana@example.com")
+    control.ok("PATCH", f"/v1/organizations/{control.org_id}", {"mfa_required": True})
+    refused = control.call("POST", "/v1/auth/login", {"email": "ana@example.com", "password": PASSWORD},
+                           anonymous=True)
+    assert refused.status == 401 and refused.json()["error"]["code"] == "HD_ERR_MFA_REQUIRED"

@@ -1,0 +1,47 @@
+"""Every error has the same shape, the right status, and never a stack trace."""
+
+from __future__ import annotations
+
+import pytest
+
+from functions.users import handler as users_handler
+from tests.integration.functions.conftest import ControlApi
+
+
+def _assert_error(reply, status: int, code: str) -> None:
+    assert reply.status == status, reply.body
+    error = reply.json()["error"]
+    assert error["code"] == code and error["message"] and error["request_id"]
+
+
+def test_no_credentials_is_401(control: ControlApi) -> None:
+    _assert_error(control.call("GET", f"/v1/organizations/{control.org_id}/users", anonymous=True), 401,
+                  "HD_ERR_AUTH_FAILED")
+
+
+def test_a_malformed_key_is_401(control: ControlApi) -> None:
+    reply = control.call("GET", "/v1/auth/whoami", headers={"Authorization": "ApiKey hd_live_nonsense"},
+                         anonymous=True)
+    assert reply.status == 401
+
+
+def test_an_unknown_route_is_404_in_the_error_shape(control: ControlApi) -> None:
+    _assert_error(control.call("GET", "/v1/nothing-here"), 404, "HD_ERR_NO_ROUTE")
+
+
+def test_a_body_that_breaks_the_schema_is_422(control: ControlApi) -> None:
+    reply = control.call("POST", f"/v1/organizations/{control.org_id}/users", {"email": "a@x.com", "role": "King"})
+    _assert_error(reply, 422, "HD_ERR_VALIDATION")
+    assert "role" in reply.json()["error"]["message"]
+
+
+def test_an_unexpected_failure_is_a_generic_500_without_internals(
+    control: ControlApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(users_handler.directory, "list_users", explode)
+    reply = control.call("GET", f"/v1/organizations/{control.org_id}/users")
+    _assert_error(reply, 500, "HD_ERR_INTERNAL")
+    assert b"secret internal detail" not in reply.body and b"Traceback" not in reply.body
