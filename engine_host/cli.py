@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from engine_host.api_cli import API_COMMANDS, add_api_commands, run_api_command
 from engine_host.local import LocalConfig, default_state_dir, run_local
 from engine_host.pipeline.governor import HostLimits
 from engine_host.policy_cli import add_policy_commands, run_policy_command
@@ -41,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="statements that may wait for a slot; beyond that clients get 'server busy' (default 200)")
     dev.add_argument("--statement-timeout", type=float, default=300.0, metavar="SECONDS",
                      help="longest a statement may run; a session's statement_timeout can only lower it")
+    dev.add_argument("--api-port", type=_port, default=8080,
+                     help="port of the local control API on 127.0.0.1 (default 8080; 0 = any free)")
+    dev.add_argument("--no-api", action="store_true", help="do not serve the control API")
     add_policy_commands(commands, STATE_DIR_HELP)
+    add_api_commands(commands)
     return parser
 
 
@@ -59,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             limits=HostLimits(max_concurrent_statements=args.max_concurrent_statements,
                               max_queued_statements=args.max_queued_statements,
                               statement_timeout_seconds=args.statement_timeout),
+            api_port=None if args.no_api else args.api_port,
         )
 
         def announce(text: str) -> None:
@@ -72,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "policy":
         return run_policy_command(args, args.state_dir or default_state_dir())
+    if args.command in API_COMMANDS:
+        return run_api_command(args)
     return 2
 
 

@@ -1,0 +1,841 @@
+"""`hd keys|users|policies|audit`: administer an installation through its control API.
+
+Unlike `hd policy`, which edits a local state directory offline, these commands speak HTTP to the
+control API (locally the one `hd dev` serves on 127.0.0.1:8080), so every change passes the same
+authentication, authorisation and IAM audit trail as any other client's. Output is a readable
+table, or with `--json` the API's JSON as it came, for scripts.
+
+Exit status: 0 on success, 1 on an error (one line on stderr), 2 on a usage error, 3 when
+`hd audit verify-chain` finds the IAM audit chain broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from engine_host.local import default_state_dir
+from hd_core.errors import HdError, InvalidRequest, NotFound, PolicyInvalid
+from hd_core.models import KeyEnv, Role, UserStatus, utc_now
+from hd_core.policies import PolicyKind
+
+API_COMMANDS = frozenset({"keys", "users", "policies", "audit"})
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+REQUEST_TIMEOUT_SECONDS = 30.0
+CHAIN_BROKEN_EXIT_STATUS = 3
+ELLIPSIS = "…"
+POLICY_FILE_VERSION = 1
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+class ControlApiError(HdError):
+    """The control API refused a request; `code` and `request_id` come from its error body."""
+
+    def __init__(self, message: str, *, code: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+class ControlApiUnreachable(HdError):
+    """No HTTP answer came from the control API (nothing listening, a timeout, a bad host name)."""
+
+    code = "HD_ERR_API_UNREACHABLE"
+
+
+class NoApiKey(HdError):
+    """No credential was given and none could be read from the state directory."""
+
+    code = "HD_ERR_NO_API_KEY"
+
+
+def error_line(error: HdError) -> str:
+    """The one line an error is reported as: `hd: <message> (<code>, request <request_id>)`."""
+    request_id = getattr(error, "request_id", None)
+    where = f"{error.code}, request {request_id}" if request_id else error.code
+    return f"hd: {_printable(str(error))} ({where})"
+
+
+# --- HTTP -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ControlApiClient:
+    """JSON over HTTP to the control API, authenticated with one API key or JWT access token."""
+
+    base_url: str
+    credential: str = field(repr=False)
+    timeout_seconds: float = REQUEST_TIMEOUT_SECONDS
+
+    def call(self, method: str, path: str, *, query: Mapping[str, object] | None = None, body: object = None) -> Any:
+        """The decoded JSON answer to one request; raises `ControlApiError` or `ControlApiUnreachable`."""
+        request = self._request(method, path, query, body)
+        try:
+            # The scheme was checked to be http(s) when the client was built (see `api_base_url`).
+            with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:  # noqa: S310
+                payload = response.read()
+        except urllib.error.HTTPError as error:
+            raise _refusal(error) from None
+        except (urllib.error.URLError, OSError) as error:
+            raise ControlApiUnreachable(self._unreachable(error)) from None
+        return _decode(payload)
+
+    def _request(
+        self, method: str, path: str, query: Mapping[str, object] | None, body: object
+    ) -> urllib.request.Request:
+        url = self.base_url + path + _query_string(query or {})
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 (scheme checked)
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        for name, value in authorization_headers(self.credential).items():
+            request.add_header(name, value)
+        return request
+
+    def _unreachable(self, error: OSError) -> str:
+        reason = error.reason if isinstance(error, urllib.error.URLError) else error
+        if isinstance(reason, ConnectionRefusedError):
+            return f"cannot reach the control API at {self.base_url}: is `hd dev` running?"
+        if isinstance(reason, TimeoutError):
+            return f"the control API at {self.base_url} did not answer within {self.timeout_seconds:g} s"
+        return f"cannot reach the control API at {self.base_url}: {reason}"
+
+
+def authorization_headers(credential: str) -> dict[str, str]:
+    """`Authorization: Bearer` for a JWT access token, `X-API-Key` for an API key."""
+    if credential.count(".") == 2 and not credential.startswith("hd_"):
+        return {"Authorization": f"Bearer {credential}"}
+    return {"X-API-Key": credential}
+
+
+def api_path(*segments: str) -> str:
+    """`/v1/<segments>`, each segment percent-encoded so an id can never reach another route."""
+    return "/v1/" + "/".join(urllib.parse.quote(segment, safe="") for segment in segments)
+
+
+def _query_string(query: Mapping[str, object]) -> str:
+    pairs = [(name, _query_value(value)) for name, value in query.items() if value is not None]
+    return "?" + urllib.parse.urlencode(pairs) if pairs else ""
+
+
+def _query_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def _refusal(error: urllib.error.HTTPError) -> ControlApiError:
+    try:
+        detail = json.loads(error.read())["error"]
+        return ControlApiError(str(detail["message"]), code=str(detail["code"]), request_id=str(detail["request_id"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        # Not our error shape: a proxy or another program answered on that port.
+        return ControlApiError(f"the control API answered HTTP {error.code} {error.reason}",
+                               code=f"HD_ERR_HTTP_{error.code}")
+
+
+def _decode(payload: bytes) -> Any:
+    if not payload:
+        return None
+    try:
+        return json.loads(payload)
+    except ValueError:
+        raise ControlApiError("the control API answered with something that is not JSON",
+                              code="HD_ERR_BAD_RESPONSE") from None
+
+
+def _text_field(document: object, name: str) -> str:
+    """A string field of an API answer, or `ControlApiError` if the answer lacks it."""
+    value = document.get(name) if isinstance(document, dict) else None
+    if not isinstance(value, str):
+        raise ControlApiError(f"the control API's answer has no {name!r}", code="HD_ERR_BAD_RESPONSE")
+    return value
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: its header, the row field it shows and the width beyond which values are cut."""
+
+    header: str
+    key: str
+    max_width: int = 32
+
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+_ISO_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
+
+
+def render_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> str:
+    """Fixed-width columns under a header row; values longer than their column's width end in `…`."""
+    cells = [[fit(cell_text(row.get(column.key)), column.max_width) for column in columns] for row in rows]
+    widths = [max([len(column.header), *(len(row[i]) for row in cells)]) for i, column in enumerate(columns)]
+    lines = [[column.header for column in columns], *cells]
+    return "\n".join("  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()
+                     for line in lines)
+
+
+def render_record(fields: Sequence[tuple[str, str]], record: Mapping[str, Any]) -> str:
+    """One entity as `label  value` lines, values in full (ids and hashes are copied from here)."""
+    width = max(len(label) for label, _ in fields)
+    return "\n".join(f"{label.ljust(width)}  {cell_text(record.get(key))}" for label, key in fields)
+
+
+def fit(text: str, width: int) -> str:
+    """`text` cut to `width` characters, the last one `…` when something was cut."""
+    return text if len(text) <= width else text[: width - 1] + ELLIPSIS
+
+
+def cell_text(value: object) -> str:
+    """How a JSON value reads in a table: `-` for null, lists comma-separated, timestamps to the second."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(cell_text(item) for item in value) or "-"
+    if isinstance(value, dict):
+        return _printable(json.dumps(value, sort_keys=True))
+    if isinstance(value, str) and _ISO_TIMESTAMP.match(value):
+        return _short_time(value)
+    return _printable(str(value))
+
+
+def _short_time(value: str) -> str:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return _printable(value)
+    if moment.tzinfo is None:
+        return f"{moment:%Y-%m-%d %H:%M:%S}"
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"
+
+
+def _printable(text: str) -> str:
+    # Values come from other users (names, SQL text): a newline would break the table and an escape
+    # sequence could rewrite the operator's terminal.
+    return _CONTROL_CHARACTERS.sub(" ", text)
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# --- session --------------------------------------------------------------------------------------
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command produced: the API's JSON (for `--json`), its readable form and an exit status."""
+
+    data: Any
+    text: str
+    warning: str | None = None
+    status: int = 0
+
+
+@dataclass
+class ApiSession:
+    """One command's connection to the control API, and the organisation and environment it acts on."""
+
+    client: ControlApiClient
+    org: str | None = None
+    now: Callable[[], datetime] = utc_now
+    progress: Callable[[str], None] = _to_stderr
+
+    def org_id(self) -> str:
+        """`--org`, or else the caller's own organisation (from `whoami`)."""
+        if self.org is None:
+            self.org = _text_field(self.client.call("GET", api_path("auth", "whoami")), "org_id")
+        return self.org
+
+    def env_id(self, requested: str | None) -> str:
+        """`--env`, or else the organisation's first environment."""
+        if requested:
+            return requested
+        org_id = self.org_id()
+        environments = self.client.call("GET", api_path("organizations", org_id, "environments"))
+        if not environments:
+            raise NotFound(f"organization {org_id} has no environments; pass --env")
+        return _text_field(environments[0], "env_id")
+
+    def org_call(self, method: str, *segments: str, query: Mapping[str, object] | None = None,
+                 body: object = None) -> Any:
+        """A request to `/v1/organizations/<org>/<segments>`."""
+        return self.client.call(method, api_path("organizations", self.org_id(), *segments), query=query, body=body)
+
+
+def api_base_url(explicit: str | None) -> str:
+    """`--api-url`, else $HD_API_URL, else the local `hd dev` address; only http(s) URLs are accepted."""
+    url = (explicit or os.environ.get("HD_API_URL") or DEFAULT_API_URL).rstrip("/")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidRequest(f"--api-url must be an http:// or https:// URL, got {url!r}")
+    return url
+
+
+def resolve_credential(explicit: str | None, state_dir: Path | None) -> str:
+    """`--api-key`, else $HD_API_KEY, else the local owner key in `<state dir>/owner.key`."""
+    given = explicit or os.environ.get("HD_API_KEY")
+    if given:
+        return _checked_credential(given.strip(), "the API key given")
+    path = (state_dir or default_state_dir()).expanduser() / "owner.key"
+    try:
+        stored = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise NoApiKey(
+            f"no API key: pass --api-key, set HD_API_KEY, or point --state-dir (or HD_STATE_DIR) at the state "
+            f"directory of `hd dev` (there is no {path})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise NoApiKey(f"cannot read the API key file {path}: {error}") from None
+    return _checked_credential(stored, str(path))
+
+
+def _checked_credential(credential: str, source: str) -> str:
+    if not credential:
+        raise NoApiKey(f"no API key: {source} is empty")
+    # A line break in a header value would let the credential smuggle in other headers.
+    if any(character.isspace() or not character.isprintable() for character in credential):
+        raise InvalidRequest(f"{source} contains spaces or control characters; it is not an API key")
+    return credential
+
+
+def open_session(args: argparse.Namespace, now: Callable[[], datetime] = utc_now) -> ApiSession:
+    """The session the connection options of `args` describe."""
+    client = ControlApiClient(
+        api_base_url(getattr(args, "api_url", None)),
+        resolve_credential(getattr(args, "api_key", None), getattr(args, "state_dir", None)),
+    )
+    return ApiSession(client, org=getattr(args, "org", None), now=now)
+
+
+Command = Callable[[ApiSession, argparse.Namespace], Outcome]
+
+# --- hd keys --------------------------------------------------------------------------------------
+
+KEY_COLUMNS = (
+    Column("KEY_ID", "key_id", 30),
+    Column("USER_ID", "user_id", 30),
+    Column("ENV", "env", 4),
+    Column("NAME", "name", 20),
+    Column("SCOPES", "scopes", 36),
+    Column("STATUS", "status", 8),
+    Column("CREATED", "created_at", 20),
+    Column("EXPIRES", "expires_at", 20),
+)
+KEY_FIELDS = (
+    ("key id", "key_id"), ("organization", "org_id"), ("user", "user_id"), ("env", "env"), ("name", "name"),
+    ("scopes", "scopes"), ("allowed cidrs", "allowed_cidrs"), ("created", "created_at"),
+    ("expires", "expires_at"), ("revoked", "revoked_at"), ("rotated to", "rotated_to"),
+)
+SHOWN_ONCE = "hd: this is the only time the API key is shown (only its hash is kept): store it now"
+
+
+def key_status(key: Mapping[str, Any], now: datetime) -> str:
+    """`revoked`, `expired`, `rotated` (still valid during its grace period) or `active`."""
+    if key.get("revoked_at"):
+        return "revoked"
+    expires_at = _parse_time(key.get("expires_at"))
+    if expires_at is not None and expires_at <= now:
+        return "expired"
+    return "rotated" if key.get("rotated_to") else "active"
+
+
+def keys_list(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd keys list`."""
+    keys = session.org_call("GET", "api-keys", query={"user_id": args.user, "include_revoked": not args.active})
+    rows = [{**key, "status": key_status(key, session.now())} for key in keys]
+    return Outcome(keys, render_table(KEY_COLUMNS, rows) if rows else "no API keys")
+
+
+def keys_create(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd keys create`: the plaintext key is printed this once."""
+    body: dict[str, object] = {"env": args.env, "name": args.name, "allowed_cidrs": args.cidrs or []}
+    if args.user:
+        body["user_id"] = args.user
+    if args.scopes:
+        body["scopes"] = [scope for value in args.scopes for scope in value.split(",") if scope]
+    if args.expires_in_days is not None:
+        body["expires_at"] = (session.now() + timedelta(days=args.expires_in_days)).isoformat()
+    created = session.org_call("POST", "api-keys", body=body)
+    text = f"{render_record(KEY_FIELDS, created['key'])}\n\napi key     {created['api_key']}"
+    return Outcome(created, text, warning=SHOWN_ONCE)
+
+
+def keys_get(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd keys get KEY_ID`."""
+    key = session.org_call("GET", "api-keys", args.key_id)
+    shown = {**key, "status": key_status(key, session.now())}
+    return Outcome(key, render_record((*KEY_FIELDS, ("status", "status")), shown))
+
+
+def keys_rotate(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd keys rotate KEY_ID`: a new key now; the old one keeps working until its grace period ends."""
+    rotated = session.org_call("POST", "api-keys", args.key_id, "rotate")
+    previous = rotated["previous"]
+    text = (
+        f"{render_record(KEY_FIELDS, rotated['key'])}\n\napi key     {rotated['api_key']}\n\n"
+        f"the previous key {previous['key_id']} keeps working until {cell_text(previous['expires_at'])}"
+    )
+    return Outcome(rotated, text, warning=SHOWN_ONCE)
+
+
+def keys_revoke(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd keys revoke KEY_ID`: refused from now on, by the API and the engine."""
+    key = session.org_call("DELETE", "api-keys", args.key_id)
+    return Outcome(key, f"revoked {key['key_id']}\n\n{render_record(KEY_FIELDS, key)}")
+
+
+# --- hd users -------------------------------------------------------------------------------------
+
+USER_COLUMNS = (
+    Column("USER_ID", "user_id", 30),
+    Column("EMAIL", "email", 32),
+    Column("NAME", "name", 20),
+    Column("ROLE", "role", 14),
+    Column("STATUS", "status", 9),
+    Column("DEPARTMENT", "department", 16),
+    Column("REGION", "region", 12),
+    Column("MFA", "mfa_enabled", 3),
+)
+USER_FIELDS = (
+    ("user id", "user_id"), ("organization", "org_id"), ("email", "email"), ("name", "name"), ("role", "role"),
+    ("status", "status"), ("department", "department"), ("region", "region"), ("mfa", "mfa_enabled"),
+    ("identities", "external_ids"), ("created", "created_at"),
+)
+
+
+def users_list(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd users list`."""
+    query = {"role": args.role, "status": args.status, "email_contains": args.email_contains,
+             "department": args.department}
+    users = session.org_call("GET", "users", query=query)
+    return Outcome(users, render_table(USER_COLUMNS, users) if users else "no matching users")
+
+
+def users_invite(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd users invite`."""
+    body = {"email": args.email, "role": args.role, "name": args.name, "department": args.department,
+            "region": args.region}
+    user = session.org_call("POST", "users", body=body)
+    return Outcome(user, f"invited {user['email']}\n\n{render_record(USER_FIELDS, user)}")
+
+
+def _user_outcome(verb: str, user: Mapping[str, Any]) -> Outcome:
+    return Outcome(user, f"{verb} {user['email']}\n\n{render_record(USER_FIELDS, user)}")
+
+
+def users_suspend(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd users suspend USER_ID`: their keys and sessions stop working."""
+    return _user_outcome("suspended", session.org_call("POST", "users", args.user_id, "suspend"))
+
+
+def users_reactivate(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd users reactivate USER_ID`."""
+    return _user_outcome("reactivated", session.org_call("POST", "users", args.user_id, "reactivate"))
+
+
+def users_remove(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd users remove USER_ID`: the user is kept, as removed, for the audit trail."""
+    return _user_outcome("removed", session.org_call("DELETE", "users", args.user_id))
+
+
+def users_role(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd users role USER_ID ROLE`."""
+    user = session.org_call("PUT", "users", args.user_id, "role", body={"role": args.role})
+    return _user_outcome(f"{user['role']} is now the role of", user)
+
+# --- hd policies ----------------------------------------------------------------------------------
+
+POLICY_COLUMNS = (
+    Column("KIND", "kind", 13),
+    Column("ID", "id", 30),
+    Column("TARGET", "target", 36),
+    Column("DOCUMENT", "details", 60),
+)
+
+
+def policy_documents(text: str, source: str) -> list[dict[str, Any]]:
+    """The documents of one policy document or a policy file (`{"version": 1, "policies": [...]}`)."""
+    try:
+        content = json.loads(text)
+    except ValueError as error:
+        raise PolicyInvalid(f"{source} is not valid JSON: {error}") from None
+    if isinstance(content, dict) and "policies" in content:
+        if content.get("version") != POLICY_FILE_VERSION:
+            raise PolicyInvalid(f"{source}: unsupported policy file version {content.get('version')!r}; "
+                                f"expected {POLICY_FILE_VERSION}")
+        documents = content["policies"]
+    else:
+        documents = [content]
+    if not isinstance(documents, list) or not all(isinstance(document, dict) for document in documents):
+        raise PolicyInvalid(f"{source}: expected a policy document (a JSON object with a kind) or "
+                            '{"version": 1, "policies": [...]}')
+    return documents
+
+
+def _policy_row(policy: Mapping[str, Any]) -> dict[str, Any]:
+    document = policy.get("document") or {}
+    table, column = document.get("table"), document.get("column")
+    target = f"{table}.{column}" if table and column else table or document.get("name") or document.get("resources")
+    # Kind, organisation and id have their own columns (or are implied): the rest says what the policy does.
+    details = {name: value for name, value in document.items()
+               if name not in ("kind", "org_id") and value != policy.get("id")}
+    return {**policy, "target": target, "details": details}
+
+
+def policies_list(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd policies list`."""
+    policies = session.org_call("GET", "policies", query={"kind": args.kind})
+    rows = [_policy_row(policy) for policy in policies]
+    return Outcome(policies, render_table(POLICY_COLUMNS, rows) if rows else "no policies")
+
+
+def policies_add(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd policies add`: POST each document in order, stopping at the first one refused."""
+    if args.file is not None:
+        try:
+            text, source = args.file.read_text(encoding="utf-8"), str(args.file)
+        except (OSError, UnicodeDecodeError) as error:
+            raise PolicyInvalid(f"cannot read {args.file}: {error}") from None
+    else:
+        text, source = args.document, "--json"
+    documents = policy_documents(text, source)
+    org_id = session.org_id()
+    added: list[Any] = []
+    for number, document in enumerate(documents, start=1):
+        _require_same_org(document, org_id, number)
+        try:
+            added.append(session.org_call("POST", "policies", body=document))
+        except ControlApiError as error:
+            message = f"policy {number} of {len(documents)} refused ({len(added)} added before it): {error}"
+            raise ControlApiError(message, code=error.code, request_id=error.request_id) from None
+    lines = [f"added {policy['kind']} {policy['id']} (policy version {policy['policy_version']})" for policy in added]
+    return Outcome(added, "\n".join(lines) or "the document holds no policies")
+
+
+def _require_same_org(document: Mapping[str, Any], org_id: str, number: int) -> None:
+    # The API files every document under the organisation in the URL: a document written for another
+    # organisation would silently change this one's governance.
+    named = document.get("org_id")
+    if named is not None and named != org_id:
+        raise PolicyInvalid(f"policy {number} is for organization {named}, not {org_id}; pass --org {named}")
+
+
+def policies_get(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd policies get KIND ID`."""
+    policy = session.org_call("GET", "policies", args.kind, args.policy_id)
+    heading = f"{policy['kind']} {policy['id']} (policy version {policy['policy_version']})"
+    return Outcome(policy, f"{heading}\n{json.dumps(policy['document'], indent=2, sort_keys=True)}")
+
+
+def policies_remove(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd policies remove KIND ID`."""
+    removed = session.org_call("DELETE", "policies", args.kind, args.policy_id)
+    return Outcome(removed, f"removed {removed['kind']} {removed['id']} (policy version {removed['policy_version']})")
+
+
+# --- hd audit -------------------------------------------------------------------------------------
+
+QUERY_COLUMNS = (
+    Column("TIME", "ts", 20),
+    Column("USER_ID", "user_id", 26),
+    Column("AGENT", "agent_id", 16),
+    Column("KIND", "statement_kind", 8),
+    Column("TABLES", "tables", 28),
+    Column("ROWS", "rows_returned", 8),
+    Column("MS", "total_ms", 9),
+    Column("OUTCOME", "outcome", 24),
+    Column("SQL", "sql_redacted", 60),
+)
+IAM_COLUMNS = (
+    Column("SEQ", "seq", 6),
+    Column("TIME", "at", 20),
+    Column("EVENT", "event_type", 26),
+    Column("ACTOR", "actor", 28),
+    Column("TARGET", "target", 32),
+    Column("REQUEST_ID", "request_id", 40),
+)
+CHAIN_FIELDS = (
+    ("chain valid", "chain_valid"), ("entries", "entry_count"), ("first entry hash", "first_entry_hash"),
+    ("last entry hash", "last_entry_hash"), ("checkpoint size", "checkpoint_size"), ("verified at", "verified_at"),
+)
+
+
+def _query_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    timings, error = record.get("timings_ms"), record.get("error")
+    total = timings.get("total") if isinstance(timings, dict) else None
+    outcome = error.get("code", "error") if isinstance(error, dict) else "ok"
+    return {**record, "total_ms": None if total is None else f"{total:.1f}", "outcome": outcome}
+
+
+def audit_queries(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd audit queries`: one page, or with `--all` every page, following `next_cursor`."""
+    env_id = session.env_id(args.env)
+    query: dict[str, object] = {"start": args.start, "end": args.end, "user_id": args.user, "agent_id": args.agent,
+                                "table": args.table, "min_duration_ms": args.min_duration_ms, "limit": args.limit}
+    records: list[Any] = []
+    cursor, page = args.cursor, None
+    while True:
+        page = session.client.call("GET", api_path("environments", env_id, "audit", "queries"),
+                                   query={**query, "cursor": cursor})
+        records.extend(page["records"])
+        next_cursor = page.get("next_cursor")
+        if not args.all or not next_cursor:
+            break
+        if next_cursor == cursor:
+            raise ControlApiError("the control API handed back the cursor it was given; stopping",
+                                  code="HD_ERR_BAD_RESPONSE")
+        session.progress(f"hd: {len(records)} records so far, fetching the next page…")
+        cursor = next_cursor
+    data = {"records": records, "next_cursor": None} if args.all else page
+    rows = [_query_row(record) for record in records]
+    text = render_table(QUERY_COLUMNS, rows) if rows else "no matching query audit records"
+    warning = f"hd: more records match: add --all, or --cursor {next_cursor}" if next_cursor else None
+    return Outcome(data, text, warning=warning)
+
+
+def audit_iam(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd audit iam`: the IAM audit trail in chain order; `--all` reads on to its head."""
+    env_id = session.env_id(args.env)
+    events: list[Any] = []
+    after_seq = args.after_seq
+    while True:
+        page = session.client.call("GET", api_path("environments", env_id, "audit", "admin"),
+                                   query={"after_seq": after_seq, "limit": args.limit})
+        events.extend(page)
+        more = len(page) == args.limit
+        if not args.all or not more:
+            break
+        after_seq = int(page[-1]["seq"])
+        session.progress(f"hd: {len(events)} events so far, fetching the next page…")
+    text = render_table(IAM_COLUMNS, events) if events else "no IAM audit events"
+    warning = f"hd: more events may follow: add --all, or --after-seq {events[-1]['seq']}" if more else None
+    return Outcome(events, text, warning=warning)
+
+
+def audit_verify_chain(session: ApiSession, args: argparse.Namespace) -> Outcome:
+    """`hd audit verify-chain`: re-hash the IAM audit chain; exit status 3 when it is broken."""
+    env_id = session.env_id(args.env)
+    report = session.client.call("GET", api_path("environments", env_id, "audit", "admin", "verify-chain"))
+    text = render_record(CHAIN_FIELDS, report)
+    if report.get("chain_valid") is True:
+        return Outcome(report, text)
+    broken = report.get("first_break") or {}
+    where = (f"the IAM audit chain is broken at position {broken.get('position')} ({broken.get('kind')}): "
+             f"{_printable(str(broken.get('detail')))}")
+    return Outcome(report, f"{text}\nfirst break       {where}", warning=f"hd: {where}",
+                   status=CHAIN_BROKEN_EXIT_STATUS)
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError("must be zero or more")
+    return value
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
+
+
+def _connection_options(parser: argparse.ArgumentParser, *, output_flag: bool = True) -> None:
+    # SUPPRESS: an option given before the action (`hd keys --json list`) is not reset by the action's
+    # parser, and `getattr(args, name, None)` tells "not given" apart.
+    group = parser.add_argument_group("control API")
+    group.add_argument("--api-url", default=argparse.SUPPRESS,
+                       help=f"control API base URL (default $HD_API_URL or {DEFAULT_API_URL})")
+    group.add_argument("--api-key", default=argparse.SUPPRESS,
+                       help="API key or JWT access token (default $HD_API_KEY, else <state dir>/owner.key)")
+    group.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS,
+                       help="where `hd dev` keeps owner.key (default $HD_STATE_DIR or ~/.hd)")
+    group.add_argument("--org", default=argparse.SUPPRESS, help="organization id (default: the caller's own)")
+    if output_flag:
+        group.add_argument("--json", dest="raw_json", action="store_true", default=argparse.SUPPRESS,
+                           help="print the API's JSON answer instead of a table")
+
+
+def _group(commands: argparse._SubParsersAction, name: str, help_text: str) -> argparse._SubParsersAction:
+    parser = commands.add_parser(name, help=help_text, description=help_text)
+    _connection_options(parser)
+    return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="ACTION")
+
+
+def _action(actions: argparse._SubParsersAction, name: str, command: Command, help_text: str,
+            *, output_flag: bool = True) -> argparse.ArgumentParser:
+    parser = actions.add_parser(name, help=help_text, description=help_text)
+    _connection_options(parser, output_flag=output_flag)
+    parser.set_defaults(api_command=command)
+    return parser
+
+
+def _add_keys(commands: argparse._SubParsersAction) -> None:
+    actions = _group(commands, "keys", "list, create, rotate and revoke API keys through the control API")
+    listing = _action(actions, "list", keys_list, "list the organization's API keys")
+    listing.add_argument("--user", help="only this user's keys")
+    listing.add_argument("--active", action="store_true", help="leave out revoked keys")
+    create = _action(actions, "create", keys_create, "create a key; its plaintext is shown this once")
+    create.add_argument("--user", help="whose key (default: your own)")
+    create.add_argument("--env", choices=[env.value for env in KeyEnv], default=KeyEnv.LIVE.value,
+                        help="hd_live_ or hd_test_ key (default live)")
+    create.add_argument("--scope", dest="scopes", action="append", metavar="SCOPE",
+                        help="a scope (query:read) or bundle (read_only, agent, developer, admin); repeatable "
+                             "or comma-separated; default read_only")
+    create.add_argument("--name", default="", help="a label for the key")
+    create.add_argument("--cidr", dest="cidrs", action="append", metavar="CIDR",
+                        help="only accept the key from this network; repeatable (default: any address)")
+    create.add_argument("--expires-in-days", type=_positive_int, metavar="DAYS", help="default: never")
+    for name, command, help_text in (
+        ("get", keys_get, "show one key"),
+        ("rotate", keys_rotate, "issue a replacement; the old key keeps working for its grace period"),
+        ("revoke", keys_revoke, "revoke a key at once"),
+    ):
+        _action(actions, name, command, help_text).add_argument("key_id")
+
+
+def _add_users(commands: argparse._SubParsersAction) -> None:
+    roles = [role.value for role in Role]
+    actions = _group(commands, "users", "invite, list, suspend and remove users through the control API")
+    listing = _action(actions, "list", users_list, "list the organization's users")
+    listing.add_argument("--role", choices=roles)
+    listing.add_argument("--status", choices=[status.value for status in UserStatus])
+    listing.add_argument("--email-contains", metavar="TEXT")
+    listing.add_argument("--department")
+    invite = _action(actions, "invite", users_invite, "invite a user")
+    invite.add_argument("--email", required=True)
+    invite.add_argument("--role", required=True, choices=roles)
+    invite.add_argument("--name", default="")
+    invite.add_argument("--department", help="feeds ABAC policies and row filters")
+    invite.add_argument("--region", help="feeds ABAC policies and row filters")
+    for name, command, help_text in (
+        ("suspend", users_suspend, "suspend a user: their keys and sessions stop working"),
+        ("reactivate", users_reactivate, "reactivate a suspended user"),
+        ("remove", users_remove, "remove a user (kept for the audit trail)"),
+    ):
+        _action(actions, name, command, help_text).add_argument("user_id")
+    role = _action(actions, "role", users_role, "change a user's role")
+    role.add_argument("user_id")
+    role.add_argument("role", choices=roles)
+
+
+def _add_policies(commands: argparse._SubParsersAction) -> None:
+    kinds = [kind.value for kind in PolicyKind]
+    actions = _group(commands, "policies", "add, list and remove governance policies through the control API")
+    listing = _action(actions, "list", policies_list, "list the organization's policies")
+    listing.add_argument("--kind", choices=kinds)
+    # Here --json takes the document, so the raw-output flag goes before the action: `hd policies --json add`.
+    add = _action(actions, "add", policies_add, "add policies from one document or a policy file",
+                  output_flag=False)
+    source = add.add_mutually_exclusive_group(required=True)
+    source.add_argument("--json", dest="document", metavar="DOCUMENT", help="one policy document as JSON")
+    source.add_argument("--file", type=Path, help='one document, or a policy file {"version": 1, "policies": [...]}')
+    for name, command, help_text in (
+        ("get", policies_get, "show one policy document"),
+        ("remove", policies_remove, "remove one policy"),
+    ):
+        parser = _action(actions, name, command, help_text)
+        parser.add_argument("kind", choices=kinds)
+        parser.add_argument("policy_id")
+
+
+def _add_audit(commands: argparse._SubParsersAction) -> None:
+    actions = _group(commands, "audit", "search query audit records and the IAM audit trail")
+    env_help = "environment id (default: the organization's first environment)"
+    queries = _action(actions, "queries", audit_queries, "search query audit records of a date range")
+    queries.add_argument("--env", help=env_help)
+    queries.add_argument("--start", type=_day, required=True, metavar="YYYY-MM-DD")
+    queries.add_argument("--end", type=_day, required=True, metavar="YYYY-MM-DD", help="inclusive")
+    queries.add_argument("--user", help="only this user's statements")
+    queries.add_argument("--agent", help="only this agent's statements")
+    queries.add_argument("--table", help="only statements that read or wrote this table")
+    queries.add_argument("--min-duration-ms", type=_non_negative_float, metavar="MS")
+    queries.add_argument("--limit", type=_positive_int, default=100, help="records per page (default 100)")
+    queries.add_argument("--cursor", help="continue after an earlier page")
+    queries.add_argument("--all", action="store_true", help="follow next_cursor to the last page")
+    iam = _action(actions, "iam", audit_iam, "list IAM audit events (administrative changes)")
+    iam.add_argument("--env", help=env_help)
+    iam.add_argument("--after-seq", type=int, default=0, metavar="SEQ", help="start after this position")
+    iam.add_argument("--limit", type=_positive_int, default=100, help="events per page (default 100)")
+    iam.add_argument("--all", action="store_true", help="read on to the head of the chain")
+    verify = _action(actions, "verify-chain", audit_verify_chain,
+                     "re-hash the IAM audit chain against its signed checkpoint (exit status 3 if broken)")
+    verify.add_argument("--env", help=env_help)
+
+
+def add_api_commands(commands: argparse._SubParsersAction) -> None:
+    """Register `hd keys`, `hd users`, `hd policies` and `hd audit` on the top-level parser."""
+    _add_keys(commands)
+    _add_users(commands)
+    _add_policies(commands)
+    _add_audit(commands)
+
+
+def run_api_command(args: argparse.Namespace, *, now: Callable[[], datetime] = utc_now) -> int:
+    """Run one parsed API command; returns its exit status. Errors are one line on stderr, never a traceback."""
+    try:
+        outcome: Outcome = args.api_command(open_session(args, now), args)
+    except HdError as error:
+        print(error_line(error), file=sys.stderr)
+        return 1
+    except (KeyError, TypeError, IndexError) as error:
+        # An answer without the fields this version of hd reads: another API version, or not our API.
+        unexpected = ControlApiError(f"the control API's answer is not what this hd expects ({error!r})",
+                                     code="HD_ERR_BAD_RESPONSE")
+        print(error_line(unexpected), file=sys.stderr)
+        return 1
+    try:
+        print(json.dumps(outcome.data, indent=2) if getattr(args, "raw_json", False) else outcome.text, flush=True)
+    except BrokenPipeError:
+        # `hd ... | head` closed the pipe early: not an error worth a traceback. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again (the Python docs' recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if outcome.warning:
+        print(outcome.warning, file=sys.stderr)
+    return outcome.status
