@@ -44,6 +44,7 @@ from engine_host.pipeline.pipeline import StatementPipeline
 from engine_host.pipeline.policy_state import PolicyState
 from engine_host.tls import ensure_self_signed_certificate, server_ssl_context
 from engine_host.wire.server import PgServer
+from functions.audit.handler import write_due_checkpoints
 from functions.shared.settings import ControlApiSettings
 from functions.shared.wiring import ControlServices, assemble_services, install_services
 from hd_core.adapters.local_audit import LocalFolderAuditArchive, LocalFolderAuditSink
@@ -137,6 +138,7 @@ class LocalEngineHost:
         self.audit_sink: AuditSink | None = None
         self.meter: UsageMeter | None = None
         self.control_api: ControlApiServer | None = None
+        self._checkpointer: threading.Thread | None = None
         self._stopping = threading.Event()
         self._flusher: threading.Thread | None = None
 
@@ -212,6 +214,20 @@ class LocalEngineHost:
         install_services(control)
         server.start()
         self.control_api = server
+        self._checkpointer = threading.Thread(target=self._checkpoint_chains, name="hd-iam-checkpoints", daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoint_chains(self) -> None:
+        """What the EventBridge schedule does in AWS: sign every IAM chain that grew, every interval."""
+        interval = ControlApiSettings().checkpoint_interval_minutes * 60
+        while not self._stopping.wait(interval):
+            self._write_due_checkpoints()
+
+    def _write_due_checkpoints(self) -> None:
+        try:
+            write_due_checkpoints()
+        except Exception:  # the next tick (or the next append) retries
+            log.exception("IAM chain checkpoint failed")
 
     def _control_services(self, store: SqliteControlStore, authenticator: ApiKeyAuthenticator) -> ControlServices:
         """The control plane's services on this host's store, key cache and state directory."""
@@ -243,6 +259,10 @@ class LocalEngineHost:
         """Finish or cancel in-flight statements, then make everything written durable."""
         if self.control_api is not None:
             self.control_api.stop()
+            self._stopping.set()
+            if self._checkpointer is not None:
+                self._checkpointer.join(timeout=5)
+            self._write_due_checkpoints()  # seal the tail: nothing appended today goes unsigned
             install_services(None)
             self.control_api = None
         if self.server is not None:

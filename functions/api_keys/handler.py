@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
@@ -134,10 +134,10 @@ app = build_app(router)
 _api_handler = lambda_entry(app, "hd-api-keys")
 
 
-def lambda_handler(event: dict, context: object) -> dict:
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """API Gateway requests, or the EventBridge schedule that records expired keys in the IAM trail."""
     if event.get("source") == "aws.events":
         svc = services()
         expired = key_admin.record_expired_keys(svc.store, svc.trail, now=utc_now())
         return {"expired_keys_recorded": len(expired)}
-    return _api_handler(event, context)  # type: ignore[arg-type]
+    return _api_handler(event, context)

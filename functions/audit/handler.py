@@ -120,4 +120,17 @@ def verify_chain(env_id: str) -> ChainVerificationOut:
 
 
 app = build_app(router)
-lambda_handler = lambda_entry(app, "hd-audit")
+_api_handler = lambda_entry(app, "hd-audit")
+
+
+def write_due_checkpoints() -> int:
+    """Checkpoint every organisation's chain that grew since its last checkpoint; returns how many."""
+    svc = services()
+    return sum(svc.trail.checkpoint_if_behind(org.org_id) is not None for org in svc.store.list_orgs())
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """API Gateway requests, or the EventBridge schedule that checkpoints grown IAM chains."""
+    if event.get("source") == "aws.events":
+        return {"checkpoints_written": write_due_checkpoints()}
+    return _api_handler(event, context)

@@ -160,6 +160,7 @@ def issue_token_pair(
             token_hash=_secret_hash(secret),
             issued_at=issued_at,
             expires_at=issued_at + REFRESH_TOKEN_TTL,
+            env=KeyEnv(env),
         )
     )
     return TokenPair(
@@ -176,7 +177,6 @@ def refresh(
     token: str,
     *,
     on_reuse: Callable[[RefreshToken], None] | None = None,
-    env: KeyEnv | str = KeyEnv.LIVE,
     now: Callable[[], datetime] = utc_now,
 ) -> TokenPair:
     """Spend a refresh token: the next token of its family and a fresh access token from the user's current state.
@@ -204,7 +204,8 @@ def refresh(
         _reject_reuse(store, record, at, on_reuse)
     except NotFound:
         raise AuthenticationFailed("refresh token vanished") from None
-    return issue_token_pair(store, issuer, user, env=env, family_id=record.family_id, now=lambda: at)
+    # The family keeps the environment it was logged in to.
+    return issue_token_pair(store, issuer, user, env=record.env, family_id=record.family_id, now=lambda: at)
 
 
 def revoke_refresh_token(store: ControlStore, token: str, *, now: Callable[[], datetime] = utc_now) -> None:

@@ -372,6 +372,19 @@ class IamAuditTrail:
             self._checkpoint_owed.discard(chain_id)
         return checkpoint
 
+    def checkpoint_if_behind(self, chain_id: str) -> ChainCheckpoint | None:
+        """Sign the head if events were appended since the latest checkpoint (the scheduled "every M minutes").
+
+        Without it, events appended after the last checkpoint could be cut off the tail unseen until
+        the next append; a schedule bounds that window to its period.
+        """
+        validate_chain_id(chain_id)
+        head = self._store.iam_chain_head(chain_id)
+        latest = self._checkpoints.latest_checkpoint(chain_id)
+        if head is None or (latest is not None and latest.size >= head.seq):
+            return None
+        return self.write_checkpoint(chain_id)
+
     def events(self, chain_id: str, *, after_seq: int = 0, limit: int = 100) -> list[IamEvent]:
         """One page of the chain in position order, starting after `after_seq`."""
         validate_chain_id(chain_id)

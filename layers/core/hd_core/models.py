@@ -176,6 +176,7 @@ class RefreshToken:
     issued_at: datetime
     expires_at: datetime
     used_at: datetime | None = None
+    env: KeyEnv = KeyEnv.LIVE  # the environment the family's access tokens are for, kept across refreshes
 
 
 class JitStatus(StrEnum):

@@ -67,3 +67,16 @@ def test_an_analyst_cannot_read_the_audit_trail(control: ControlApi) -> None:
     key = control.ok("POST", f"{org}/api-keys", {"user_id": user["user_id"], "scopes": ["read_only"]})
     reply = control.call("GET", f"/v1/environments/{control.env_id}/audit/admin/verify-chain", key=key["api_key"])
     assert reply.status == 403
+
+
+def test_the_checkpoint_schedule_signs_a_chain_that_grew_and_only_then(control: ControlApi) -> None:
+    from functions.audit.handler import lambda_handler
+
+    schedule = {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}
+    org = f"/v1/organizations/{control.org_id}"
+    control.ok("POST", f"{org}/users", {"email": "a@x.com", "role": "Analyst"})  # event 1: checkpointed at once
+    control.ok("POST", f"{org}/users", {"email": "b@x.com", "role": "Analyst"})  # event 2: not yet
+    assert lambda_handler(schedule, None) == {"checkpoints_written": 1}
+    assert lambda_handler(schedule, None) == {"checkpoints_written": 0}
+    report = control.ok("GET", f"/v1/environments/{control.env_id}/audit/admin/verify-chain")
+    assert report["checkpoint_size"] == 2 and report["chain_valid"] is True

@@ -109,3 +109,11 @@ def test_organisation_mfa_enforcement_refuses_users_without_mfa(control: Control
     refused = control.call("POST", "/v1/auth/login", {"email": "ana@example.com", "password": PASSWORD},
                            anonymous=True)
     assert refused.status == 401 and refused.json()["error"]["code"] == "HD_ERR_MFA_REQUIRED"
+
+
+def test_a_refreshed_token_keeps_the_environment_it_logged_in_to(control: ControlApi) -> None:
+    _invite(control, "ana@example.com")
+    first = _login(control, "ana@example.com", env="test")
+    assert _claims(first["access_token"])["env"] == "test"
+    second = control.ok("POST", "/v1/auth/refresh", {"refresh_token": first["refresh_token"]}, anonymous=True)
+    assert _claims(second["access_token"])["env"] == "test"

@@ -770,6 +770,7 @@ def _refresh_token_item(token: RefreshToken) -> Item:
         "issued_at": _encode_time(token.issued_at),
         "expires_at": _encode_time(token.expires_at),
         "used_at": _encode_optional_time(token.used_at),
+        "env": token.env.value,
     }
     return _keyed(_refresh_token_key(token.token_id), fields)
 
@@ -784,6 +785,7 @@ def _refresh_token_from_item(item: Item) -> RefreshToken:
         issued_at=_decode_time(item["issued_at"]),
         expires_at=_decode_time(item["expires_at"]),
         used_at=_decode_optional_time(item.get("used_at")),
+        env=KeyEnv(item.get("env", KeyEnv.LIVE.value)),
     )
 
 

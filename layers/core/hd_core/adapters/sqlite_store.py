@@ -150,7 +150,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             token_hash TEXT NOT NULL,
             issued_at TEXT NOT NULL,
             expires_at TEXT NOT NULL,
-            used_at TEXT
+            used_at TEXT,
+            env TEXT NOT NULL DEFAULT 'live'
         )""",
         """CREATE TABLE revoked_refresh_families (
             family_id TEXT PRIMARY KEY,
@@ -388,7 +389,7 @@ class SqliteControlStore:
             with self._transaction() as db:
                 db.execute(
                     "INSERT INTO refresh_tokens (token_id, family_id, user_id, org_id, token_hash, issued_at,"
-                    " expires_at, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " expires_at, used_at, env) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         token.token_id,
                         token.family_id,
@@ -398,6 +399,7 @@ class SqliteControlStore:
                         _encode_time(token.issued_at),
                         _encode_time(token.expires_at),
                         _encode_optional_time(token.used_at),
+                        token.env.value,
                     ),
                 )
         except sqlite3.IntegrityError:
@@ -844,6 +846,7 @@ def _refresh_token_from_row(row: sqlite3.Row) -> RefreshToken:
         issued_at=datetime.fromisoformat(row["issued_at"]),
         expires_at=datetime.fromisoformat(row["expires_at"]),
         used_at=_decode_optional_time(row["used_at"]),
+        env=KeyEnv(row["env"]),
     )
 
 
