@@ -159,11 +159,19 @@ def build_app(*routers: Router) -> APIGatewayRestResolver:
     def _unexpected(error: Exception) -> Response:
         req_id = request_id(app)
         logger.exception("unexpected error", extra={"request_id": req_id})
-        if type(error).__name__ in ("ClientError", "EndpointConnectionError", "ConnectTimeoutError"):
+        if _is_aws_failure(error):
             return error_response(503, "HD_ERR_BACKEND_UNAVAILABLE", "a backing AWS service failed; retry", req_id)
         return error_response(500, "HD_ERR_INTERNAL", f"internal error; quote request id {req_id}", req_id)
 
     return app
+
+
+def _is_aws_failure(error: Exception) -> bool:
+    """Whether an AWS call failed (throttling, an outage): worth a retry, not a bug of ours."""
+    # Imported here: the local adapters never load botocore, and this only runs on a failure path.
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return isinstance(error, BotoCoreError | ClientError)
 
 
 def _describe(item: Mapping[str, Any]) -> str:

@@ -45,3 +45,15 @@ def test_an_unexpected_failure_is_a_generic_500_without_internals(
     reply = control.call("GET", f"/v1/organizations/{control.org_id}/users")
     _assert_error(reply, 500, "HD_ERR_INTERNAL")
     assert b"secret internal detail" not in reply.body and b"Traceback" not in reply.body
+
+
+def test_a_failing_aws_backend_is_a_503_to_retry(control: ControlApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.exceptions import ClientError
+
+    def throttled(*args: object, **kwargs: object) -> None:
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "Query")
+
+    monkeypatch.setattr(users_handler.directory, "list_users", throttled)
+    reply = control.call("GET", f"/v1/organizations/{control.org_id}/users")
+    _assert_error(reply, 503, "HD_ERR_BACKEND_UNAVAILABLE")
+    assert b"slow down" not in reply.body
