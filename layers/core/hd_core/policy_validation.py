@@ -38,7 +38,6 @@ from hd_core.policies import (
 )
 from hd_core.policy_codec import kind_of, object_id
 from hd_core.policy_eval import WEEKDAYS, parse_hhmm
-from hd_core.row_filters import parse_row_filter
 
 _E = TypeVar("_E", bound=Enum)
 
@@ -131,6 +130,10 @@ def _validate_row_filter(rule: RowFilter) -> None:
     _require_org(rule.org_id)
     _check_table(rule.table)
     _check_roles(rule.exempt_roles, "exempt_roles")
+    # Imported on first use: parsing needs sqlglot (~100 ms to import), which the JIT and quota
+    # Lambdas, validating only their own kinds, would otherwise pay at every cold start.
+    from hd_core.row_filters import parse_row_filter
+
     try:
         parse_row_filter(rule.filter)
     except RowFilterInvalid as error:
