@@ -29,9 +29,12 @@ class OrganizationOut(BaseModel):
 
 
 class OrganizationPatch(BaseModel):
-    """Fields to change; absent fields stay as they are."""
+    """Fields to change; absent fields stay as they are.
 
-    status: OrgStatus | None = None
+    Suspending an organisation is not offered here: a suspended organisation's own members could
+    never authenticate again to lift it, so it is a deployment operator's action.
+    """
+
     mfa_required: bool | None = None
 
 
@@ -125,8 +128,6 @@ def patch_organization(org_id: str, body: OrganizationPatch) -> OrganizationOut:
     org = svc.store.get_org(org_id)
     if body.mfa_required is not None:
         org = directory.set_mfa_required(svc.store, svc.trail, ctx, org_id, body.mfa_required)
-    if body.status is not None:
-        org = directory.set_org_status(svc.store, svc.trail, ctx, org_id, body.status)
     if org is None:
         raise errors.NotFound("organization not found")
     return org_out(org)
