@@ -9,239 +9,44 @@ Exit status: 0 on success, 1 on an error (one line on stderr), 2 on a usage erro
 `hd audit verify-chain` finds the IAM audit chain broken.
 """
 
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import re
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from engine_host.local import default_state_dir
-from hd_core.errors import HdError, InvalidRequest, NotFound, PolicyInvalid
+from engine_host.api_client import (
+    DEFAULT_API_URL,
+    ControlApiClient,
+    ControlApiError,
+    api_base_url,
+    api_path,
+    bad_response,
+    resolve_credential,
+    text_field,
+)
+from engine_host.cli_tables import Column, cell_text, printable, render_listing, render_record
+from hd_core.errors import HdError, NotFound, PolicyInvalid
 from hd_core.models import KeyEnv, Role, UserStatus, utc_now
 from hd_core.policies import PolicyKind
 
 API_COMMANDS = frozenset({"keys", "users", "policies", "audit"})
-DEFAULT_API_URL = "http://127.0.0.1:8080"
-REQUEST_TIMEOUT_SECONDS = 30.0
 CHAIN_BROKEN_EXIT_STATUS = 3
-ELLIPSIS = "…"
 POLICY_FILE_VERSION = 1
-
-# --- errors ---------------------------------------------------------------------------------------
-
-
-class ControlApiError(HdError):
-    """The control API refused a request; `code` and `request_id` come from its error body."""
-
-    def __init__(self, message: str, *, code: str, request_id: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.request_id = request_id
-
-
-class ControlApiUnreachable(HdError):
-    """No HTTP answer came from the control API (nothing listening, a timeout, a bad host name)."""
-
-    code = "HD_ERR_API_UNREACHABLE"
-
-
-class NoApiKey(HdError):
-    """No credential was given and none could be read from the state directory."""
-
-    code = "HD_ERR_NO_API_KEY"
 
 
 def error_line(error: HdError) -> str:
     """The one line an error is reported as: `hd: <message> (<code>, request <request_id>)`."""
     request_id = getattr(error, "request_id", None)
     where = f"{error.code}, request {request_id}" if request_id else error.code
-    return f"hd: {_printable(str(error))} ({where})"
-
-
-# --- HTTP -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ControlApiClient:
-    """JSON over HTTP to the control API, authenticated with one API key or JWT access token."""
-
-    base_url: str
-    credential: str = field(repr=False)
-    timeout_seconds: float = REQUEST_TIMEOUT_SECONDS
-
-    def call(self, method: str, path: str, *, query: Mapping[str, object] | None = None, body: object = None) -> Any:
-        """The decoded JSON answer to one request; raises `ControlApiError` or `ControlApiUnreachable`."""
-        request = self._request(method, path, query, body)
-        try:
-            # The scheme was checked to be http(s) when the client was built (see `api_base_url`).
-            with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:  # noqa: S310
-                payload = response.read()
-        except urllib.error.HTTPError as error:
-            raise _refusal(error) from None
-        except (urllib.error.URLError, OSError) as error:
-            raise ControlApiUnreachable(self._unreachable(error)) from None
-        return _decode(payload)
-
-    def _request(
-        self, method: str, path: str, query: Mapping[str, object] | None, body: object
-    ) -> urllib.request.Request:
-        url = self.base_url + path + _query_string(query or {})
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 (scheme checked)
-        request.add_header("Accept", "application/json")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        for name, value in authorization_headers(self.credential).items():
-            request.add_header(name, value)
-        return request
-
-    def _unreachable(self, error: OSError) -> str:
-        reason = error.reason if isinstance(error, urllib.error.URLError) else error
-        if isinstance(reason, ConnectionRefusedError):
-            return f"cannot reach the control API at {self.base_url}: is `hd dev` running?"
-        if isinstance(reason, TimeoutError):
-            return f"the control API at {self.base_url} did not answer within {self.timeout_seconds:g} s"
-        return f"cannot reach the control API at {self.base_url}: {reason}"
-
-
-def authorization_headers(credential: str) -> dict[str, str]:
-    """`Authorization: Bearer` for a JWT access token, `X-API-Key` for an API key."""
-    if credential.count(".") == 2 and not credential.startswith("hd_"):
-        return {"Authorization": f"Bearer {credential}"}
-    return {"X-API-Key": credential}
-
-
-def api_path(*segments: str) -> str:
-    """`/v1/<segments>`, each segment percent-encoded so an id can never reach another route."""
-    return "/v1/" + "/".join(urllib.parse.quote(segment, safe="") for segment in segments)
-
-
-def _query_string(query: Mapping[str, object]) -> str:
-    pairs = [(name, _query_value(value)) for name, value in query.items() if value is not None]
-    return "?" + urllib.parse.urlencode(pairs) if pairs else ""
-
-
-def _query_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, date):
-        return value.isoformat()
-    return str(value)
-
-
-def _refusal(error: urllib.error.HTTPError) -> ControlApiError:
-    try:
-        detail = json.loads(error.read())["error"]
-        return ControlApiError(str(detail["message"]), code=str(detail["code"]), request_id=str(detail["request_id"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        # Not our error shape: a proxy or another program answered on that port.
-        return ControlApiError(f"the control API answered HTTP {error.code} {error.reason}",
-                               code=f"HD_ERR_HTTP_{error.code}")
-
-
-def _decode(payload: bytes) -> Any:
-    if not payload:
-        return None
-    try:
-        return json.loads(payload)
-    except ValueError:
-        raise ControlApiError("the control API answered with something that is not JSON",
-                              code="HD_ERR_BAD_RESPONSE") from None
-
-
-def _text_field(document: object, name: str) -> str:
-    """A string field of an API answer, or `ControlApiError` if the answer lacks it."""
-    value = document.get(name) if isinstance(document, dict) else None
-    if not isinstance(value, str):
-        raise ControlApiError(f"the control API's answer has no {name!r}", code="HD_ERR_BAD_RESPONSE")
-    return value
-
-
-# --- tables ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Column:
-    """One table column: its header, the row field it shows and the width beyond which values are cut."""
-
-    header: str
-    key: str
-    max_width: int = 32
-
-
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
-_ISO_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
-
-
-def render_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> str:
-    """Fixed-width columns under a header row; values longer than their column's width end in `…`."""
-    cells = [[fit(cell_text(row.get(column.key)), column.max_width) for column in columns] for row in rows]
-    widths = [max([len(column.header), *(len(row[i]) for row in cells)]) for i, column in enumerate(columns)]
-    lines = [[column.header for column in columns], *cells]
-    return "\n".join("  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()
-                     for line in lines)
-
-
-def render_record(fields: Sequence[tuple[str, str]], record: Mapping[str, Any]) -> str:
-    """One entity as `label  value` lines, values in full (ids and hashes are copied from here)."""
-    width = max(len(label) for label, _ in fields)
-    return "\n".join(f"{label.ljust(width)}  {cell_text(record.get(key))}" for label, key in fields)
-
-
-def fit(text: str, width: int) -> str:
-    """`text` cut to `width` characters, the last one `…` when something was cut."""
-    return text if len(text) <= width else text[: width - 1] + ELLIPSIS
-
-
-def cell_text(value: object) -> str:
-    """How a JSON value reads in a table: `-` for null, lists comma-separated, timestamps to the second."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, list | tuple):
-        return ", ".join(cell_text(item) for item in value) or "-"
-    if isinstance(value, dict):
-        return _printable(json.dumps(value, sort_keys=True))
-    if isinstance(value, str) and _ISO_TIMESTAMP.match(value):
-        return _short_time(value)
-    return _printable(str(value))
-
-
-def _short_time(value: str) -> str:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return _printable(value)
-    if moment.tzinfo is None:
-        return f"{moment:%Y-%m-%d %H:%M:%S}"
-    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"
-
-
-def _printable(text: str) -> str:
-    # Values come from other users (names, SQL text): a newline would break the table and an escape
-    # sequence could rewrite the operator's terminal.
-    return _CONTROL_CHARACTERS.sub(" ", text)
-
-
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return f"hd: {printable(str(error))} ({where})"
 
 
 # --- session --------------------------------------------------------------------------------------
@@ -273,7 +78,7 @@ class ApiSession:
     def org_id(self) -> str:
         """`--org`, or else the caller's own organisation (from `whoami`)."""
         if self.org is None:
-            self.org = _text_field(self.client.call("GET", api_path("auth", "whoami")), "org_id")
+            self.org = text_field(self.client.call("GET", api_path("auth", "whoami")), "org_id")
         return self.org
 
     def env_id(self, requested: str | None) -> str:
@@ -284,48 +89,12 @@ class ApiSession:
         environments = self.client.call("GET", api_path("organizations", org_id, "environments"))
         if not environments:
             raise NotFound(f"organization {org_id} has no environments; pass --env")
-        return _text_field(environments[0], "env_id")
+        return text_field(environments[0], "env_id")
 
     def org_call(self, method: str, *segments: str, query: Mapping[str, object] | None = None,
                  body: object = None) -> Any:
         """A request to `/v1/organizations/<org>/<segments>`."""
         return self.client.call(method, api_path("organizations", self.org_id(), *segments), query=query, body=body)
-
-
-def api_base_url(explicit: str | None) -> str:
-    """`--api-url`, else $HD_API_URL, else the local `hd dev` address; only http(s) URLs are accepted."""
-    url = (explicit or os.environ.get("HD_API_URL") or DEFAULT_API_URL).rstrip("/")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise InvalidRequest(f"--api-url must be an http:// or https:// URL, got {url!r}")
-    return url
-
-
-def resolve_credential(explicit: str | None, state_dir: Path | None) -> str:
-    """`--api-key`, else $HD_API_KEY, else the local owner key in `<state dir>/owner.key`."""
-    given = explicit or os.environ.get("HD_API_KEY")
-    if given:
-        return _checked_credential(given.strip(), "the API key given")
-    path = (state_dir or default_state_dir()).expanduser() / "owner.key"
-    try:
-        stored = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise NoApiKey(
-            f"no API key: pass --api-key, set HD_API_KEY, or point --state-dir (or HD_STATE_DIR) at the state "
-            f"directory of `hd dev` (there is no {path})"
-        ) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise NoApiKey(f"cannot read the API key file {path}: {error}") from None
-    return _checked_credential(stored, str(path))
-
-
-def _checked_credential(credential: str, source: str) -> str:
-    if not credential:
-        raise NoApiKey(f"no API key: {source} is empty")
-    # A line break in a header value would let the credential smuggle in other headers.
-    if any(character.isspace() or not character.isprintable() for character in credential):
-        raise InvalidRequest(f"{source} contains spaces or control characters; it is not an API key")
-    return credential
 
 
 def open_session(args: argparse.Namespace, now: Callable[[], datetime] = utc_now) -> ApiSession:
@@ -359,6 +128,16 @@ KEY_FIELDS = (
 SHOWN_ONCE = "hd: this is the only time the API key is shown (only its hash is kept): store it now"
 
 
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def key_status(key: Mapping[str, Any], now: datetime) -> str:
     """`revoked`, `expired`, `rotated` (still valid during its grace period) or `active`."""
     if key.get("revoked_at"):
@@ -369,11 +148,20 @@ def key_status(key: Mapping[str, Any], now: datetime) -> str:
     return "rotated" if key.get("rotated_to") else "active"
 
 
+def _with_status(key: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    return {**key, "status": key_status(key, now)}
+
+
+def _issued_key_text(issued: Mapping[str, Any]) -> str:
+    """A newly issued key: its record, then its plaintext."""
+    return f"{render_record(KEY_FIELDS, issued['key'])}\n\napi key     {issued['api_key']}"
+
+
 def keys_list(session: ApiSession, args: argparse.Namespace) -> Outcome:
     """`hd keys list`."""
     keys = session.org_call("GET", "api-keys", query={"user_id": args.user, "include_revoked": not args.active})
-    rows = [{**key, "status": key_status(key, session.now())} for key in keys]
-    return Outcome(keys, render_table(KEY_COLUMNS, rows) if rows else "no API keys")
+    rows = [_with_status(key, session.now()) for key in keys]
+    return Outcome(keys, render_listing(KEY_COLUMNS, rows, empty="no API keys"))
 
 
 def keys_create(session: ApiSession, args: argparse.Namespace) -> Outcome:
@@ -386,15 +174,13 @@ def keys_create(session: ApiSession, args: argparse.Namespace) -> Outcome:
     if args.expires_in_days is not None:
         body["expires_at"] = (session.now() + timedelta(days=args.expires_in_days)).isoformat()
     created = session.org_call("POST", "api-keys", body=body)
-    text = f"{render_record(KEY_FIELDS, created['key'])}\n\napi key     {created['api_key']}"
-    return Outcome(created, text, warning=SHOWN_ONCE)
+    return Outcome(created, _issued_key_text(created), warning=SHOWN_ONCE)
 
 
 def keys_get(session: ApiSession, args: argparse.Namespace) -> Outcome:
     """`hd keys get KEY_ID`."""
     key = session.org_call("GET", "api-keys", args.key_id)
-    shown = {**key, "status": key_status(key, session.now())}
-    return Outcome(key, render_record((*KEY_FIELDS, ("status", "status")), shown))
+    return Outcome(key, render_record((*KEY_FIELDS, ("status", "status")), _with_status(key, session.now())))
 
 
 def keys_rotate(session: ApiSession, args: argparse.Namespace) -> Outcome:
@@ -402,7 +188,7 @@ def keys_rotate(session: ApiSession, args: argparse.Namespace) -> Outcome:
     rotated = session.org_call("POST", "api-keys", args.key_id, "rotate")
     previous = rotated["previous"]
     text = (
-        f"{render_record(KEY_FIELDS, rotated['key'])}\n\napi key     {rotated['api_key']}\n\n"
+        f"{_issued_key_text(rotated)}\n\n"
         f"the previous key {previous['key_id']} keeps working until {cell_text(previous['expires_at'])}"
     )
     return Outcome(rotated, text, warning=SHOWN_ONCE)
@@ -438,15 +224,14 @@ def users_list(session: ApiSession, args: argparse.Namespace) -> Outcome:
     query = {"role": args.role, "status": args.status, "email_contains": args.email_contains,
              "department": args.department}
     users = session.org_call("GET", "users", query=query)
-    return Outcome(users, render_table(USER_COLUMNS, users) if users else "no matching users")
+    return Outcome(users, render_listing(USER_COLUMNS, users, empty="no matching users"))
 
 
 def users_invite(session: ApiSession, args: argparse.Namespace) -> Outcome:
     """`hd users invite`."""
     body = {"email": args.email, "role": args.role, "name": args.name, "department": args.department,
             "region": args.region}
-    user = session.org_call("POST", "users", body=body)
-    return Outcome(user, f"invited {user['email']}\n\n{render_record(USER_FIELDS, user)}")
+    return _user_outcome("invited", session.org_call("POST", "users", body=body))
 
 
 def _user_outcome(verb: str, user: Mapping[str, Any]) -> Outcome:
@@ -472,6 +257,7 @@ def users_role(session: ApiSession, args: argparse.Namespace) -> Outcome:
     """`hd users role USER_ID ROLE`."""
     user = session.org_call("PUT", "users", args.user_id, "role", body={"role": args.role})
     return _user_outcome(f"{user['role']} is now the role of", user)
+
 
 # --- hd policies ----------------------------------------------------------------------------------
 
@@ -516,7 +302,7 @@ def policies_list(session: ApiSession, args: argparse.Namespace) -> Outcome:
     """`hd policies list`."""
     policies = session.org_call("GET", "policies", query={"kind": args.kind})
     rows = [_policy_row(policy) for policy in policies]
-    return Outcome(policies, render_table(POLICY_COLUMNS, rows) if rows else "no policies")
+    return Outcome(policies, render_listing(POLICY_COLUMNS, rows, empty="no policies"))
 
 
 def policies_add(session: ApiSession, args: argparse.Namespace) -> Outcome:
@@ -538,7 +324,7 @@ def policies_add(session: ApiSession, args: argparse.Namespace) -> Outcome:
         except ControlApiError as error:
             message = f"policy {number} of {len(documents)} refused ({len(added)} added before it): {error}"
             raise ControlApiError(message, code=error.code, request_id=error.request_id) from None
-    lines = [f"added {policy['kind']} {policy['id']} (policy version {policy['policy_version']})" for policy in added]
+    lines = [f"added {_policy_heading(policy)}" for policy in added]
     return Outcome(added, "\n".join(lines) or "the document holds no policies")
 
 
@@ -553,14 +339,17 @@ def _require_same_org(document: Mapping[str, Any], org_id: str, number: int) -> 
 def policies_get(session: ApiSession, args: argparse.Namespace) -> Outcome:
     """`hd policies get KIND ID`."""
     policy = session.org_call("GET", "policies", args.kind, args.policy_id)
-    heading = f"{policy['kind']} {policy['id']} (policy version {policy['policy_version']})"
-    return Outcome(policy, f"{heading}\n{json.dumps(policy['document'], indent=2, sort_keys=True)}")
+    return Outcome(policy, f"{_policy_heading(policy)}\n{json.dumps(policy['document'], indent=2, sort_keys=True)}")
 
 
 def policies_remove(session: ApiSession, args: argparse.Namespace) -> Outcome:
     """`hd policies remove KIND ID`."""
     removed = session.org_call("DELETE", "policies", args.kind, args.policy_id)
-    return Outcome(removed, f"removed {removed['kind']} {removed['id']} (policy version {removed['policy_version']})")
+    return Outcome(removed, f"removed {_policy_heading(removed)}")
+
+
+def _policy_heading(policy: Mapping[str, Any]) -> str:
+    return f"{policy['kind']} {policy['id']} (policy version {policy['policy_version']})"
 
 
 # --- hd audit -------------------------------------------------------------------------------------
@@ -612,13 +401,12 @@ def audit_queries(session: ApiSession, args: argparse.Namespace) -> Outcome:
         if not args.all or not next_cursor:
             break
         if next_cursor == cursor:
-            raise ControlApiError("the control API handed back the cursor it was given; stopping",
-                                  code="HD_ERR_BAD_RESPONSE")
+            raise bad_response("the control API handed back the cursor it was given; stopping")
         session.progress(f"hd: {len(records)} records so far, fetching the next page…")
         cursor = next_cursor
     data = {"records": records, "next_cursor": None} if args.all else page
     rows = [_query_row(record) for record in records]
-    text = render_table(QUERY_COLUMNS, rows) if rows else "no matching query audit records"
+    text = render_listing(QUERY_COLUMNS, rows, empty="no matching query audit records")
     warning = f"hd: more records match: add --all, or --cursor {next_cursor}" if next_cursor else None
     return Outcome(data, text, warning=warning)
 
@@ -637,7 +425,7 @@ def audit_iam(session: ApiSession, args: argparse.Namespace) -> Outcome:
             break
         after_seq = int(page[-1]["seq"])
         session.progress(f"hd: {len(events)} events so far, fetching the next page…")
-    text = render_table(IAM_COLUMNS, events) if events else "no IAM audit events"
+    text = render_listing(IAM_COLUMNS, events, empty="no IAM audit events")
     warning = f"hd: more events may follow: add --all, or --after-seq {events[-1]['seq']}" if more else None
     return Outcome(events, text, warning=warning)
 
@@ -651,7 +439,7 @@ def audit_verify_chain(session: ApiSession, args: argparse.Namespace) -> Outcome
         return Outcome(report, text)
     broken = report.get("first_break") or {}
     where = (f"the IAM audit chain is broken at position {broken.get('position')} ({broken.get('kind')}): "
-             f"{_printable(str(broken.get('detail')))}")
+             f"{printable(str(broken.get('detail')))}")
     return Outcome(report, f"{text}\nfirst break       {where}", warning=f"hd: {where}",
                    status=CHAIN_BROKEN_EXIT_STATUS)
 
@@ -822,14 +610,10 @@ def run_api_command(args: argparse.Namespace, *, now: Callable[[], datetime] = u
     try:
         outcome: Outcome = args.api_command(open_session(args, now), args)
     except HdError as error:
-        print(error_line(error), file=sys.stderr)
-        return 1
+        return _report_failure(error)
     except (KeyError, TypeError, IndexError) as error:
         # An answer without the fields this version of hd reads: another API version, or not our API.
-        unexpected = ControlApiError(f"the control API's answer is not what this hd expects ({error!r})",
-                                     code="HD_ERR_BAD_RESPONSE")
-        print(error_line(unexpected), file=sys.stderr)
-        return 1
+        return _report_failure(bad_response(f"the control API's answer is not what this hd expects ({error!r})"))
     try:
         print(json.dumps(outcome.data, indent=2) if getattr(args, "raw_json", False) else outcome.text, flush=True)
     except BrokenPipeError:
@@ -839,3 +623,8 @@ def run_api_command(args: argparse.Namespace, *, now: Callable[[], datetime] = u
     if outcome.warning:
         print(outcome.warning, file=sys.stderr)
     return outcome.status
+
+
+def _report_failure(error: HdError) -> int:
+    print(error_line(error), file=sys.stderr)
+    return 1
