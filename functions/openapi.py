@@ -30,7 +30,7 @@ DOCUMENT_PATH = Path(__file__).resolve().parent / "openapi.json"
 TITLE = "Hardened Duck control API"
 VERSION = "1.0.0"
 _PUBLIC_OPERATIONS = {"/v1/auth/login", "/v1/auth/refresh", "/v1/auth/federate", "/.well-known/jwks.json",
-                      "/v1/openapi.json"}
+                      "/v1/openapi.json", "/v1/auth/mfa/enroll-with-password", "/v1/auth/mfa/confirm-with-password"}
 
 
 def function_app(name: str) -> APIGatewayRestResolver:

@@ -1,6 +1,8 @@
 """Auth Lambda: password + TOTP login, rotating refresh tokens, OIDC federation, JWKS, MFA and passwords.
 
-Login, refresh, federation, JWKS and the OpenAPI document are the only routes that take no credential.
+Login, refresh, federation, JWKS and the OpenAPI document are the only routes that take no credential,
+besides MFA enrolment and confirmation, which also accept email and password in the body instead: a
+user whose organisation requires MFA cannot log in before enrolling, so the password proves who enrols.
 """
 
 from __future__ import annotations
@@ -57,7 +59,22 @@ class MfaEnrolmentOut(BaseModel):
     provisioning_uri: str
 
 
+class MfaPasswordProofIn(BaseModel):
+    """Email and password, sent with no credential header: they prove who enrols (a first enrolment, no session)."""
+
+    email: str = Field(min_length=3, max_length=254)
+    password: str = Field(min_length=1, max_length=1024)
+
+
 class MfaCodeIn(BaseModel):
+    """The code from the authenticator, for a caller with a session."""
+
+    code: str = Field(pattern=r"^[0-9]{6,8}$")
+
+
+class MfaPasswordCodeIn(MfaPasswordProofIn):
+    """The code from the authenticator with email and password: confirms a first enrolment and logs in."""
+
     code: str = Field(pattern=r"^[0-9]{6,8}$")
 
 
@@ -169,8 +186,22 @@ def whoami() -> WhoAmIOut:
 
 @router.post("/v1/auth/mfa/enroll", responses=documented(200, MfaEnrolmentOut, "A TOTP secret to confirm"))
 def begin_mfa() -> MfaEnrolmentOut:
-    ctx = authorize(router, org_id=None)
-    secret, uri = auth.begin_mfa_enrolment(services().store, ctx.actor.user_id)
+    """Start TOTP enrolment for the caller; each call replaces a pending secret (409 once enrolled)."""
+    secret, uri = auth.begin_mfa_enrolment(services().store, authorize(router, org_id=None).actor.user_id)
+    return MfaEnrolmentOut(secret=secret, provisioning_uri=uri)
+
+
+@router.post(
+    "/v1/auth/mfa/enroll-with-password",
+    responses=documented(200, MfaEnrolmentOut, "A TOTP secret to confirm"),
+    description="First enrolment without a session (the organisation requires MFA, so the user cannot log in yet): "
+    "email and password prove who enrols; 409 once enrolled.",
+)
+def begin_mfa_with_password(body: MfaPasswordProofIn) -> MfaEnrolmentOut:
+    svc = services()
+    secret, uri = auth.begin_mfa_enrolment_with_password(
+        svc.store, svc.hasher, email=body.email, password=body.password
+    )
     return MfaEnrolmentOut(secret=secret, provisioning_uri=uri)
 
 
@@ -182,6 +213,30 @@ def confirm_mfa(body: MfaCodeIn) -> CredentialStateOut:
     after = auth.confirm_mfa_enrolment(svc.store, ctx.actor.user_id, body.code)
     directory.record_user_change(svc.store, svc.trail, ctx, IamEventType.USER_MFA_ENROLLED, before, after)
     return CredentialStateOut(user_id=after.user_id, mfa_enabled=after.mfa_enabled)
+
+
+@router.post(
+    "/v1/auth/mfa/confirm-with-password",
+    responses=documented(200, TokenPairOut, "MFA is confirmed and the user is logged in"),
+    description="Confirm a first enrolment started with enroll-with-password, and log in.",
+)
+def confirm_mfa_with_password(body: MfaPasswordCodeIn) -> TokenPairOut:
+    svc = services()
+    result = auth.confirm_mfa_enrolment_with_password(
+        svc.store, svc.hasher, svc.jwt_issuer, email=body.email, password=body.password, code=body.code
+    )
+    user = result.enrolled
+    # No session means no ChangeContext: the user acts on themselves, as directory.record_user_change records it.
+    svc.trail.record(
+        user.org_id,
+        IamEventType.USER_MFA_ENROLLED,
+        actor=user.user_id,
+        target=user.user_id,
+        before=result.before,
+        after=user,
+        request_id=request_id(router),
+    )
+    return pair_out(result.tokens)
 
 
 @router.delete(

@@ -209,6 +209,7 @@ def test_users_round_trip_with_every_field_and_list_by_org(store: ControlStore) 
         password_hash="$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA",
         mfa_secret="JBSWY3DPEHPK3PXP",
         mfa_enabled=True,
+        mfa_last_step=59_078_880,
         external_ids=("https://idp.example#alice", "https://other.example#a-1"),
     )
     bob = _user(acme, T0 + timedelta(minutes=1), status=UserStatus.SUSPENDED)
@@ -222,9 +223,13 @@ def test_users_round_trip_with_every_field_and_list_by_org(store: ControlStore) 
 
 
 def test_put_user_replaces_including_removing_credentials(store: ControlStore) -> None:
-    user = _user(_org(), password_hash="$argon2id$old", mfa_secret="JBSWY3DPEHPK3PXP", mfa_enabled=True)
+    user = _user(
+        _org(), password_hash="$argon2id$old", mfa_secret="JBSWY3DPEHPK3PXP", mfa_enabled=True, mfa_last_step=7
+    )
     store.put_user(user)
-    reset = replace(user, status=UserStatus.REMOVED, password_hash=None, mfa_secret=None, mfa_enabled=False)
+    reset = replace(
+        user, status=UserStatus.REMOVED, password_hash=None, mfa_secret=None, mfa_enabled=False, mfa_last_step=0
+    )
     store.put_user(reset)
     assert store.get_user(user.user_id) == reset
 

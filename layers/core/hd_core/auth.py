@@ -1,5 +1,8 @@
 """Signing in to the control API: password + TOTP login, rotating refresh tokens and MFA enrolment.
 
+A TOTP code is accepted once: each accepted code records its time step on the user
+(`mfa_last_step`), and only a later step is accepted after it (RFC 6238 section 5.2).
+
 A login returns a short-lived RS256 access token and a single-use refresh token
 `hdr_<token id>.<secret>`. Only the SHA-256 of the secret is stored (it is 256 random bits, so a
 slow hash adds nothing). Each refresh spends its token and returns the next one of the same
@@ -45,6 +48,7 @@ _REFRESH_SECRET_BYTES = 32
 _MAX_REFRESH_SECRET_CHARS = 64
 # One 30-second step either side: tolerates clock drift and a code typed just as it rolled over.
 TOTP_VALID_WINDOW = 1
+DEFAULT_TOTP_ISSUER = "Hardened Duck"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +75,15 @@ class MfaEnrolmentRequired(MfaRequired):
         super().__init__(reason)
 
 
+@dataclass(frozen=True, kw_only=True)
+class PasswordProvenEnrolment:
+    """A first MFA enrolment confirmed with a password instead of a session: the user then, now, and their tokens."""
+
+    before: User
+    enrolled: User
+    tokens: TokenPair
+
+
 # --- login ---------------------------------------------------------------------------------------
 
 
@@ -93,7 +106,7 @@ def login(
     """
     user = _user_with_password(store, hasher, email, password)
     org = _active_org_of(store, user)
-    _check_mfa(user, org, totp_code, now())
+    user = _check_mfa(store, user, org, totp_code, now())
     return issue_token_pair(store, issuer, user, env=env, now=now)
 
 
@@ -116,23 +129,71 @@ def _active_org_of(store: ControlStore, user: User) -> Organization:
     return org
 
 
-def _check_mfa(user: User, org: Organization, totp_code: str | None, at: datetime) -> None:
+def _check_mfa(store: ControlStore, user: User, org: Organization, totp_code: str | None, at: datetime) -> User:
+    """The user after a TOTP check: with the code's step spent if MFA is on; raises `MfaRequired`."""
     if user.mfa_enabled:
-        # Enabled without a stored secret cannot be satisfied: refuse rather than skip the factor.
-        if not user.mfa_secret or totp_code is None or not totp_matches(user.mfa_secret, totp_code, at):
+        step = None if totp_code is None else _fresh_totp_step(user, totp_code, at)
+        if step is None:
             raise MfaRequired()
-        return
+        return _spend_totp_step(store, user, step)
     if org.mfa_required:
         raise MfaEnrolmentRequired()
+    return user
 
 
-def totp_matches(secret: str, code: str, at: datetime) -> bool:
-    """Whether `code` is the TOTP code of `secret` at `at`, one 30-second step either side allowed."""
+def totp_step(secret: str, code: str, at: datetime, *, after_step: int = 0) -> int | None:
+    """The time step (epoch seconds // 30) at which `code` is the TOTP code of `secret`, or None.
+
+    Only steps within one step of `at` and later than `after_step` count; if the code matches
+    several (a 1-in-a-million collision), the latest wins, so it too is spent.
+    """
     code = code.replace(" ", "").strip()
     if not code.isdigit():
-        return False
-    # pyotp compares in constant time.
-    return pyotp.TOTP(secret).verify(code, for_time=at, valid_window=TOTP_VALID_WINDOW)
+        return None
+    totp = pyotp.TOTP(secret)
+    current = totp.timecode(at)
+    matched: int | None = None
+    for step in range(current - TOTP_VALID_WINDOW, current + TOTP_VALID_WINDOW + 1):
+        # Every candidate is compared in constant time, so timing does not tell which step matched.
+        if hmac.compare_digest(totp.generate_otp(step), code) and step > after_step:
+            matched = step
+    return matched
+
+
+def _fresh_totp_step(user: User, code: str, at: datetime) -> int | None:
+    """The step of `code` if it is the user's current code and later than the last one accepted."""
+    if not user.mfa_secret:
+        # MFA on without a stored secret cannot be satisfied: refuse rather than skip the factor.
+        return None
+    return totp_step(user.mfa_secret, code, at, after_step=user.mfa_last_step)
+
+
+def _spend_totp_step(store: ControlStore, checked: User, step: int, *, enable: bool = False) -> User:
+    """Record `step` as the last TOTP step `checked` accepted (and turn MFA on if `enable`); returns the stored user.
+
+    Raises `MfaRequired` if the step was spent, or the user's MFA or status changed, since `checked` was read.
+    """
+    # `checked` was read before the Argon2 verify, tens of ms ago: re-read so that a step spent or a
+    # change made meanwhile (a suspension, an MFA reset) is seen, and not overwritten with old values.
+    current = store.get_user(checked.user_id)
+    if (
+        current is None
+        or current.status != UserStatus.ACTIVE
+        or (current.mfa_secret, current.mfa_enabled) != (checked.mfa_secret, checked.mfa_enabled)
+        or current.mfa_last_step >= step
+    ):
+        raise MfaRequired("totp step already spent, or the user changed during the check")
+    # Still check-then-write: ControlStore has no compare-and-set on a user, so two requests whose
+    # re-reads both precede the other's write (one store round trip apart) can both accept the
+    # same code, and a change written in that gap is overwritten. Closing it needs a conditional
+    # write in the port, e.g. `advance_mfa_step(user_id, step) -> bool` (... WHERE mfa_last_step < step).
+    spent = replace(current, mfa_last_step=step, mfa_enabled=current.mfa_enabled or enable)
+    try:
+        store.put_user(spent)
+    except Conflict:
+        # DynamoDB gives up when the user keeps changing under us: refuse rather than accept a code unrecorded.
+        raise MfaRequired("totp step could not be recorded") from None
+    return spent
 
 
 # --- refresh tokens ------------------------------------------------------------------------------
@@ -257,7 +318,9 @@ def _secret_hash(secret: str) -> str:
 # --- MFA enrolment -------------------------------------------------------------------------------
 
 
-def begin_mfa_enrolment(store: ControlStore, user_id: str, *, issuer_name: str = "Hardened Duck") -> tuple[str, str]:
+def begin_mfa_enrolment(
+    store: ControlStore, user_id: str, *, issuer_name: str = DEFAULT_TOTP_ISSUER
+) -> tuple[str, str]:
     """Start TOTP enrolment: a new secret and its `otpauth://` provisioning URI (for a QR code).
 
     The secret is stored unconfirmed (`mfa_enabled` stays False) until `confirm_mfa_enrolment`.
@@ -265,13 +328,36 @@ def begin_mfa_enrolment(store: ControlStore, user_id: str, *, issuer_name: str =
     enrolled: replacing a confirmed authenticator goes through `reset_mfa`, an administrator's act,
     so a stolen session cannot swap the second factor for its own.
     """
-    user = _existing_user(store, user_id)
+    return _start_enrolment(store, _existing_user(store, user_id), issuer_name)
+
+
+def begin_mfa_enrolment_with_password(
+    store: ControlStore,
+    hasher: ApiKeyHasher,
+    *,
+    email: str,
+    password: str,
+    issuer_name: str = DEFAULT_TOTP_ISSUER,
+) -> tuple[str, str]:
+    """Start a first enrolment proven by password, for a user who has no session (their org requires MFA).
+
+    Each call replaces a pending secret with a fresh one. Raises the generic `AuthenticationFailed`
+    (after exactly one Argon2 verify) for a wrong email or password or an inactive user or
+    organisation, and `Conflict` only to the holder of the password of a user already enrolled.
+    """
+    user = _user_with_password(store, hasher, email, password)
+    _active_org_of(store, user)
+    return _start_enrolment(store, user, issuer_name)
+
+
+def _start_enrolment(store: ControlStore, user: User, issuer_name: str) -> tuple[str, str]:
     if user.status != UserStatus.ACTIVE:
         raise Conflict("only an active user can enrol in MFA")
     if user.mfa_enabled:
         raise Conflict("MFA is already enrolled; an administrator must reset it before a new enrolment")
     secret = pyotp.random_base32()
-    store.put_user(replace(user, mfa_secret=secret, mfa_enabled=False))
+    # Steps spent belong to the old secret; the new one starts with none.
+    store.put_user(replace(user, mfa_secret=secret, mfa_enabled=False, mfa_last_step=0))
     uri = pyotp.TOTP(secret).provisioning_uri(name=user.email, issuer_name=issuer_name)
     return secret, uri
 
@@ -281,23 +367,49 @@ def confirm_mfa_enrolment(
 ) -> User:
     """Turn MFA on once the user proves their authenticator with a current code; returns the user.
 
-    Raises `AuthenticationFailed` for a wrong code, `NotFound` for an unknown user and `Conflict`
-    when no enrolment is pending.
+    The code's step is spent: it cannot log in afterwards. Raises `AuthenticationFailed` for a
+    wrong or reused code, `NotFound` for an unknown user and `Conflict` when no enrolment is pending.
     """
-    user = _existing_user(store, user_id)
+    return _confirm_enrolment(store, _existing_user(store, user_id), code, now())
+
+
+def confirm_mfa_enrolment_with_password(
+    store: ControlStore,
+    hasher: ApiKeyHasher,
+    issuer: JwtIssuer,
+    *,
+    email: str,
+    password: str,
+    code: str,
+    env: KeyEnv | str = KeyEnv.LIVE,
+    now: Callable[[], datetime] = utc_now,
+) -> PasswordProvenEnrolment:
+    """Confirm a first enrolment proven by password and log the user in (the code is their second factor).
+
+    Raises the generic `AuthenticationFailed` (after exactly one Argon2 verify) for a wrong email,
+    password or code or an inactive user or organisation, and `Conflict` when no enrolment is pending.
+    """
+    user = _user_with_password(store, hasher, email, password)
+    _active_org_of(store, user)
+    at = now()
+    enrolled = _confirm_enrolment(store, user, code, at)
+    tokens = issue_token_pair(store, issuer, enrolled, env=env, now=lambda: at)
+    return PasswordProvenEnrolment(before=user, enrolled=enrolled, tokens=tokens)
+
+
+def _confirm_enrolment(store: ControlStore, user: User, code: str, at: datetime) -> User:
     if user.mfa_enabled or not user.mfa_secret:
         raise Conflict("no MFA enrolment is pending for this user")
-    if not totp_matches(user.mfa_secret, code, now()):
-        raise AuthenticationFailed("wrong totp code while confirming enrolment")
-    enrolled = replace(user, mfa_enabled=True)
-    store.put_user(enrolled)
-    return enrolled
+    step = _fresh_totp_step(user, code, at)
+    if step is None:
+        raise AuthenticationFailed("wrong or reused totp code while confirming enrolment")
+    return _spend_totp_step(store, user, step, enable=True)
 
 
 def reset_mfa(store: ControlStore, user_id: str) -> User:
     """Forget a user's TOTP secret (a lost phone); they enrol again. Raises `NotFound`."""
     user = _existing_user(store, user_id)
-    cleared = replace(user, mfa_secret=None, mfa_enabled=False)
+    cleared = replace(user, mfa_secret=None, mfa_enabled=False, mfa_last_step=0)
     store.put_user(cleared)
     return cleared
 

@@ -126,6 +126,9 @@ class User:
     password_hash: str | None = field(default=None, repr=False)  # Argon2id; None: cannot log in with a password
     mfa_secret: str | None = field(default=None, repr=False)  # base32 TOTP secret, once enrolled
     mfa_enabled: bool = False  # True once a first TOTP code confirmed the enrolment
+    # The last accepted TOTP time step (epoch seconds // 30) of `mfa_secret`: a code is accepted only for a
+    # later step, so one code cannot be used twice (RFC 6238 section 5.2). 0 until a code is accepted.
+    mfa_last_step: int = 0
     # Federated identities as "<issuer>#<subject>": an OIDC token from that issuer about that subject
     # signs in as this user.
     external_ids: tuple[str, ...] = ()

@@ -1,9 +1,11 @@
-"""Auth routes: password login, JWT use, rotating refresh tokens with reuse detection, JWKS, MFA."""
+"""Auth routes: password login, JWT use, rotating refresh tokens with reuse detection, JWKS, MFA (with first
+enrolment proven by password, and each TOTP code accepted once)."""
 
 from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pyotp
 
@@ -19,6 +21,11 @@ def _invite(control: ControlApi, email: str, role: str = "Analyst", password: st
 
 def _login(control: ControlApi, email: str, **extra: str) -> dict:
     return control.ok("POST", "/v1/auth/login", {"email": email, "password": PASSWORD, **extra}, anonymous=True)
+
+
+def _next_code(totp: pyotp.TOTP) -> str:
+    """The code of the next 30 s step: accepted (one step of drift) where the current one was already spent."""
+    return totp.at(time.time() + 30)
 
 
 def _claims(token: str) -> dict:
@@ -100,7 +107,72 @@ def test_mfa_enrolment_then_login_needs_the_totp_code(control: ControlApi) -> No
     without = control.call("POST", "/v1/auth/login", {"email": "ana@example.com", "password": PASSWORD},
                            anonymous=True)
     assert without.status == 401 and without.json()["error"]["code"] == "HD_ERR_MFA_REQUIRED"
-    assert _login(control, "ana@example.com", totp_code=totp.now())["access_token"]
+    assert _login(control, "ana@example.com", totp_code=_next_code(totp))["access_token"]
+
+
+def test_a_totp_code_logs_in_once(control: ControlApi) -> None:
+    _invite(control, "ana@example.com")
+    token = _login(control, "ana@example.com")["access_token"]
+    totp = pyotp.TOTP(control.ok("POST", "/v1/auth/mfa/enroll", bearer=token)["secret"])
+    control.ok("POST", "/v1/auth/mfa/confirm", {"code": totp.now()}, bearer=token)
+    code = _next_code(totp)
+    assert _login(control, "ana@example.com", totp_code=code)["access_token"]
+    replay = control.call("POST", "/v1/auth/login", {"email": "ana@example.com", "password": PASSWORD,
+                                                     "totp_code": code}, anonymous=True)
+    assert replay.status == 401 and replay.json()["error"]["code"] == "HD_ERR_MFA_REQUIRED"
+
+
+def test_a_new_user_of_an_mfa_org_enrols_with_the_password_then_logs_in_with_a_code(control: ControlApi) -> None:
+    user = _invite(control, "ana@example.com")
+    control.ok("PATCH", f"/v1/organizations/{control.org_id}", {"mfa_required": True})
+    proof = {"email": "ana@example.com", "password": PASSWORD}
+    enrolment = control.ok("POST", "/v1/auth/mfa/enroll-with-password", proof, anonymous=True)
+    assert enrolment["provisioning_uri"].startswith("otpauth://totp/")
+    totp = pyotp.TOTP(enrolment["secret"])
+    tokens = control.ok("POST", "/v1/auth/mfa/confirm-with-password", {**proof, "code": totp.now()}, anonymous=True)
+    assert tokens["token_type"] == "Bearer" and tokens["refresh_token"]
+    assert control.ok("GET", "/v1/auth/whoami", bearer=tokens["access_token"])["user_id"] == user["user_id"]
+    events = control.ok("GET", f"/v1/environments/{control.env_id}/audit/admin?limit=1000")
+    enrolled = [event for event in events if event["event_type"] == "user.mfa_enrolled"]
+    assert [(event["actor"], event["target"]) for event in enrolled] == [(user["user_id"], user["user_id"])]
+    assert (enrolled[0]["before"]["mfa_enabled"], enrolled[0]["after"]["mfa_enabled"]) == (False, True)
+    without = control.call("POST", "/v1/auth/login", proof, anonymous=True)
+    assert without.status == 401 and without.json()["error"]["code"] == "HD_ERR_MFA_REQUIRED"
+    assert _login(control, "ana@example.com", totp_code=_next_code(totp))["access_token"]
+
+
+def test_password_proven_enrolment_refuses_a_wrong_password_like_login(control: ControlApi) -> None:
+    _invite(control, "ana@example.com")
+    control.ok("PATCH", f"/v1/organizations/{control.org_id}", {"mfa_required": True})
+    login = control.call("POST", "/v1/auth/login", {"email": "ana@example.com", "password": "x" * 12}, anonymous=True)
+    refusals = [
+        control.call("POST", "/v1/auth/mfa/enroll-with-password", {"email": "ana@example.com", "password": "x" * 12},
+                     anonymous=True),
+        control.call("POST", "/v1/auth/mfa/enroll-with-password", {"email": "bo@example.com", "password": PASSWORD},
+                     anonymous=True),
+        control.call("POST", "/v1/auth/mfa/confirm-with-password",
+                     {"email": "ana@example.com", "password": "x" * 12, "code": "123456"}, anonymous=True),
+    ]
+    for refused in refusals:
+        assert refused.status == 401
+        assert refused.json()["error"] == {**login.json()["error"], "request_id": refused.json()["error"]["request_id"]}
+
+
+def test_password_proven_enrolment_of_an_enrolled_user_is_a_conflict(control: ControlApi) -> None:
+    _invite(control, "ana@example.com")
+    proof = {"email": "ana@example.com", "password": PASSWORD}
+    totp = pyotp.TOTP(control.ok("POST", "/v1/auth/mfa/enroll-with-password", proof, anonymous=True)["secret"])
+    control.ok("POST", "/v1/auth/mfa/confirm-with-password", {**proof, "code": totp.now()}, anonymous=True)
+    again = control.call("POST", "/v1/auth/mfa/enroll-with-password", proof, anonymous=True)
+    assert again.status == 409 and again.json()["error"]["code"] == "HD_ERR_CONFLICT"
+
+
+def test_mfa_enrolment_without_a_credential_or_with_half_a_password_proof_is_refused(control: ControlApi) -> None:
+    _invite(control, "ana@example.com")
+    assert control.call("POST", "/v1/auth/mfa/enroll", anonymous=True).status == 401
+    assert control.call("POST", "/v1/auth/mfa/confirm", {"code": "123456"}, anonymous=True).status == 401
+    half = control.call("POST", "/v1/auth/mfa/enroll-with-password", {"email": "ana@example.com"}, anonymous=True)
+    assert half.status == 422 and half.json()["error"]["code"] == "HD_ERR_VALIDATION"
 
 
 def test_organisation_mfa_enforcement_refuses_users_without_mfa(control: ControlApi) -> None:

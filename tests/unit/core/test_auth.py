@@ -1,10 +1,10 @@
-"""Passwords, login with TOTP, rotating refresh tokens and MFA enrolment, on the real SQLite store and key file."""
+"""Passwords, login with TOTP (each code once), rotating refresh tokens and MFA enrolment, on the real SQLite store."""
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, unquote, urlparse
@@ -17,20 +17,27 @@ from hd_core.adapters.sqlite_store import SqliteControlStore
 from hd_core.api_keys import ApiKeyHasher
 from hd_core.auth import (
     MfaEnrolmentRequired,
+    PasswordProvenEnrolment,
     TokenPair,
     begin_mfa_enrolment,
+    begin_mfa_enrolment_with_password,
     confirm_mfa_enrolment,
+    confirm_mfa_enrolment_with_password,
     login,
     refresh,
     reset_mfa,
     revoke_refresh_token,
+    totp_step,
 )
 from hd_core.errors import AuthenticationFailed, Conflict, InvalidRequest, MfaRequired, NotFound, RefreshTokenReused
 from hd_core.models import Organization, OrgStatus, RefreshToken, Role, User, UserStatus, new_id
 from hd_core.passwords import set_password, verify_password
+from hd_core.ports import ControlStore
 from hd_core.tokens import JwtIssuer, JwtVerifier
 
 T0 = datetime(2026, 3, 1, 12, 0, 10, tzinfo=UTC)  # 10 s into a 30 s TOTP step
+STEP = timedelta(seconds=30)
+ENROLLED_AT = T0 - timedelta(minutes=5)  # `World.enrol` spends a step well before T0, so codes at T0 are fresh
 PASSWORD = "correct horse battery"
 EMAIL = "ana@acme.test"
 
@@ -97,7 +104,8 @@ class World:
 
     def enrol(self) -> str:
         secret, _ = begin_mfa_enrolment(self.store, self.user.user_id)
-        confirm_mfa_enrolment(self.store, self.user.user_id, pyotp.TOTP(secret).at(T0), now=self.clock.now)
+        code = pyotp.TOTP(secret).at(ENROLLED_AT)
+        confirm_mfa_enrolment(self.store, self.user.user_id, code, now=lambda: ENROLLED_AT)
         return secret
 
 
@@ -222,14 +230,12 @@ def test_a_user_of_a_suspended_organisation_cannot_log_in(world: World) -> None:
 def test_an_enrolled_user_needs_a_current_totp_code(world: World) -> None:
     secret = world.enrol()
     totp = pyotp.TOTP(secret)
-    for code in (None, "", "abcdef", _other_code(totp.at(T0))):
+    for code in (None, "", "abcdef", _other_code(totp.at(T0)), totp.at(T0 - 2 * STEP)):
         with pytest.raises(MfaRequired) as caught:
             world.login(totp_code=code)
         assert caught.value.code == "HD_ERR_MFA_REQUIRED"
+    assert world.login(totp_code=totp.at(T0 - STEP)).access_token  # one step of drift
     assert world.login(totp_code=totp.at(T0)).access_token
-    assert world.login(totp_code=totp.at(T0 - timedelta(seconds=30))).access_token  # one step of drift
-    with pytest.raises(MfaRequired):
-        world.login(totp_code=totp.at(T0 - timedelta(seconds=60)))
 
 
 def test_a_wrong_password_is_refused_before_mfa_is_mentioned(world: World) -> None:
@@ -261,6 +267,106 @@ def test_mfa_flagged_on_without_a_stored_secret_fails_closed(world: World) -> No
     world.store.put_user(replace(world.current_user(), mfa_enabled=True, mfa_secret=None))
     with pytest.raises(MfaRequired):
         world.login(totp_code="123456")
+
+
+# --- TOTP replay (RFC 6238 section 5.2) -----------------------------------------------------------
+
+
+def _step(at: datetime) -> int:
+    return int(at.timestamp()) // 30
+
+
+def test_totp_step_names_the_step_of_a_code_within_one_step_of_now_and_skips_spent_steps() -> None:
+    secret = pyotp.random_base32()
+    totp = pyotp.TOTP(secret)
+    now = _step(T0)
+    assert [totp_step(secret, totp.at(T0 + offset * STEP), T0) for offset in (-2, -1, 0, 1, 2)] == [
+        None, now - 1, now, now + 1, None,
+    ]
+    assert totp_step(secret, " ".join([totp.at(T0)[:3], totp.at(T0)[3:]]), T0) == now  # as an app displays it
+    assert totp_step(secret, totp.at(T0), T0, after_step=now - 1) == now
+    assert totp_step(secret, totp.at(T0), T0, after_step=now) is None
+    assert totp_step(secret, "abcdef", T0) is None
+
+
+def test_the_same_totp_code_is_accepted_only_once_and_the_next_steps_code_works(world: World) -> None:
+    totp = pyotp.TOTP(world.enrol())
+    code = totp.at(T0)
+    assert world.login(totp_code=code).access_token
+    assert world.current_user().mfa_last_step == _step(T0)
+    with pytest.raises(MfaRequired) as caught:
+        world.login(totp_code=code)
+    assert caught.value.code == "HD_ERR_MFA_REQUIRED"
+    world.clock.advance(STEP)
+    with pytest.raises(MfaRequired):
+        world.login(totp_code=code)  # still inside the drift window, but spent
+    assert world.login(totp_code=totp.at(world.clock.at)).access_token
+    assert world.current_user().mfa_last_step == _step(T0) + 1
+
+
+def test_after_a_code_from_a_fast_clock_the_current_steps_code_is_refused(world: World) -> None:
+    totp = pyotp.TOTP(world.enrol())
+    assert world.login(totp_code=totp.at(T0 + STEP)).access_token
+    with pytest.raises(MfaRequired):
+        world.login(totp_code=totp.at(T0))  # an earlier step than one already accepted
+
+
+def test_the_code_that_confirmed_enrolment_cannot_log_in(world: World) -> None:
+    secret, _ = begin_mfa_enrolment(world.store, world.user.user_id)
+    totp = pyotp.TOTP(secret)
+    confirmed = confirm_mfa_enrolment(world.store, world.user.user_id, totp.at(T0), now=world.clock.now)
+    assert confirmed.mfa_last_step == _step(T0) == world.current_user().mfa_last_step
+    with pytest.raises(MfaRequired):
+        world.login(totp_code=totp.at(T0))
+    assert world.login(totp_code=totp.at(T0 + STEP)).access_token
+
+
+class StaleReadStore:
+    """The store as a login sees it when another request writes the user during its password check."""
+
+    def __init__(self, store: SqliteControlStore, stale: User) -> None:
+        self._store = store
+        self._stale = stale
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    def get_user_by_email(self, email: str) -> User | None:
+        return self._stale
+
+
+def _stale_login(world: World, stale: User, code: str) -> TokenPair:
+    store: ControlStore = StaleReadStore(world.store, stale)  # type: ignore[assignment]  # a proxy, duck-typed
+    return login(store, world.hasher, world.issuer, email=EMAIL, password=PASSWORD, totp_code=code, now=world.clock.now)
+
+
+def test_a_code_spent_by_another_login_during_the_password_check_is_refused(world: World) -> None:
+    totp = pyotp.TOTP(world.enrol())
+    before = world.current_user()
+    assert world.login(totp_code=totp.at(T0)).access_token  # the other login, between read and write
+    with pytest.raises(MfaRequired):
+        _stale_login(world, before, totp.at(T0))
+    assert world.current_user().mfa_last_step == _step(T0)
+
+
+def test_spending_a_code_does_not_undo_a_suspension_made_during_the_password_check(world: World) -> None:
+    totp = pyotp.TOTP(world.enrol())
+    before = world.current_user()
+    world.store.put_user(replace(before, status=UserStatus.SUSPENDED))
+    with pytest.raises(MfaRequired):
+        _stale_login(world, before, totp.at(T0))
+    assert world.current_user().status == UserStatus.SUSPENDED
+
+
+def test_a_new_secret_starts_with_no_spent_step(world: World) -> None:
+    world.enrol()
+    assert world.current_user().mfa_last_step == _step(ENROLLED_AT)
+    assert reset_mfa(world.store, world.user.user_id).mfa_last_step == 0
+    world.store.put_user(replace(world.current_user(), mfa_last_step=_step(T0) + 1))
+    secret, _ = begin_mfa_enrolment(world.store, world.user.user_id)
+    assert world.current_user().mfa_last_step == 0
+    # A code of the new secret is not refused for a step the old secret spent.
+    assert confirm_mfa_enrolment(world.store, world.user.user_id, pyotp.TOTP(secret).at(T0), now=world.clock.now)
 
 
 # --- refresh tokens -------------------------------------------------------------------------------
@@ -428,3 +534,101 @@ def test_mfa_operations_on_an_unknown_user_are_not_found(world: World) -> None:
     with pytest.raises(Conflict):
         confirm_mfa_enrolment(world.store, world.user.user_id, "123456")  # nothing pending
 
+
+
+# --- first enrolment proven by password -----------------------------------------------------------
+
+
+def _begin_by_password(world: World, *, email: str = EMAIL, password: str = PASSWORD) -> tuple[str, str]:
+    return begin_mfa_enrolment_with_password(world.store, world.hasher, email=email, password=password)
+
+
+def _confirm_by_password(
+    world: World, code: str, *, email: str = EMAIL, password: str = PASSWORD
+) -> PasswordProvenEnrolment:
+    return confirm_mfa_enrolment_with_password(
+        world.store, world.hasher, world.issuer, email=email, password=password, code=code, now=world.clock.now
+    )
+
+
+def test_a_user_whose_org_requires_mfa_enrols_with_the_password_and_is_logged_in(world: World) -> None:
+    world.store.put_org(replace(world.org, mfa_required=True))
+    secret, uri = _begin_by_password(world, email="  ANA@acme.test")
+    assert uri.startswith("otpauth://totp/") and world.current_user().mfa_secret == secret
+    totp = pyotp.TOTP(secret)
+    result = _confirm_by_password(world, totp.at(T0))
+    assert (result.before.mfa_enabled, result.enrolled.mfa_enabled) == (False, True)
+    assert result.enrolled == world.current_user() and result.enrolled.mfa_last_step == _step(T0)
+    assert world.verifier.verify(result.tokens.access_token)["sub"] == world.user.user_id
+    assert world.refresh(result.tokens.refresh_token).access_token
+    with pytest.raises(MfaRequired) as caught:
+        world.login()
+    assert not isinstance(caught.value, MfaEnrolmentRequired)  # enrolled now: a code, not an enrolment, is missing
+    with pytest.raises(MfaRequired):
+        world.login(totp_code=totp.at(T0))  # the confirmation code is spent
+    assert world.login(totp_code=totp.at(T0 + STEP)).access_token
+
+
+def test_each_password_proven_enrolment_replaces_the_pending_secret(world: World) -> None:
+    first, _ = _begin_by_password(world)
+    second, _ = _begin_by_password(world)
+    assert first != second and world.current_user().mfa_secret == second
+    with pytest.raises(AuthenticationFailed):
+        _confirm_by_password(world, pyotp.TOTP(first).at(T0))
+    assert not world.current_user().mfa_enabled
+    assert _confirm_by_password(world, pyotp.TOTP(second).at(T0)).enrolled.mfa_enabled
+
+
+def _suspend_user(world: World) -> None:
+    world.store.put_user(replace(world.current_user(), status=UserStatus.SUSPENDED))
+
+
+def _suspend_org(world: World) -> None:
+    world.store.put_org(replace(world.org, status=OrgStatus.SUSPENDED))
+
+
+@pytest.mark.parametrize("operation", ["begin", "confirm"])
+@pytest.mark.parametrize(
+    ("credentials", "before_attempt"),
+    [
+        ({"password": "wrong password!"}, None),
+        ({"email": "nobody@acme.test"}, None),
+        ({"email": ""}, None),
+        ({"password": "x" * 100_000}, None),
+        ({}, _suspend_user),
+        ({}, _suspend_org),
+    ],
+    ids=["wrong-password", "unknown-email", "no-email", "huge-password", "suspended-user", "suspended-org"],
+)
+def test_every_password_proven_enrolment_failure_is_generic_and_costs_one_argon2_verify(
+    world: World, operation: str, credentials: dict[str, str], before_attempt: Callable[[World], None] | None
+) -> None:
+    secret, _ = _begin_by_password(world)
+    if before_attempt is not None:
+        before_attempt(world)
+    verifies = world.hasher.verify_calls
+    with pytest.raises(AuthenticationFailed) as caught:
+        if operation == "begin":
+            _begin_by_password(world, **credentials)
+        else:
+            _confirm_by_password(world, pyotp.TOTP(secret).at(T0), **credentials)
+    assert type(caught.value) is AuthenticationFailed and str(caught.value) == "authentication failed"
+    assert world.hasher.verify_calls - verifies == 1
+    assert (world.current_user().mfa_secret, world.current_user().mfa_enabled) == (secret, False)
+
+
+def test_a_wrong_code_with_the_right_password_confirms_nothing(world: World) -> None:
+    secret, _ = _begin_by_password(world)
+    with pytest.raises(AuthenticationFailed) as caught:
+        _confirm_by_password(world, _other_code(pyotp.TOTP(secret).at(T0)))
+    assert str(caught.value) == "authentication failed"
+    assert not world.current_user().mfa_enabled
+
+
+def test_an_enrolled_user_cannot_enrol_again_with_the_password(world: World) -> None:
+    secret = world.enrol()
+    with pytest.raises(Conflict, match="reset"):
+        _begin_by_password(world)
+    with pytest.raises(Conflict):
+        _confirm_by_password(world, pyotp.TOTP(secret).at(T0))
+    assert world.current_user().mfa_secret == secret  # the enrolled authenticator was not replaced

@@ -660,6 +660,7 @@ def _user_item(user: User, revision: int) -> Item:
         "password_hash": user.password_hash,
         "mfa_secret": user.mfa_secret,
         "mfa_enabled": user.mfa_enabled,
+        "mfa_last_step": user.mfa_last_step,
         "external_ids": list(user.external_ids),
         "revision": revision,
     }
@@ -680,6 +681,8 @@ def _user_from_item(item: Item) -> User:
         password_hash=item.get("password_hash"),
         mfa_secret=item.get("mfa_secret"),
         mfa_enabled=bool(item.get("mfa_enabled", False)),
+        # Absent on users written before the replay guard existed: no step accepted yet.
+        mfa_last_step=int(item.get("mfa_last_step", 0)),
         external_ids=tuple(item.get("external_ids", ())),
     )
 

@@ -119,6 +119,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE users ADD COLUMN password_hash TEXT",
         "ALTER TABLE users ADD COLUMN mfa_secret TEXT",
         "ALTER TABLE users ADD COLUMN mfa_enabled INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE users ADD COLUMN mfa_last_step INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE users ADD COLUMN external_ids TEXT NOT NULL DEFAULT '[]'",
         # The lookup and uniqueness key of an email; hd_email_key is `email_key`, registered on the
         # connection, so old rows are normalised exactly as new ones (SQLite's lower() is ASCII-only).
@@ -297,13 +298,14 @@ class SqliteControlStore:
                 # An upsert, not INSERT OR REPLACE: REPLACE would silently delete *another* user holding the email.
                 db.execute(
                     "INSERT INTO users (user_id, org_id, email, email_key, role, status, department, region,"
-                    " created_at, name, password_hash, mfa_secret, mfa_enabled, external_ids)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " created_at, name, password_hash, mfa_secret, mfa_enabled, mfa_last_step, external_ids)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (user_id) DO UPDATE SET org_id = excluded.org_id, email = excluded.email,"
                     " email_key = excluded.email_key, role = excluded.role, status = excluded.status,"
                     " department = excluded.department, region = excluded.region, created_at = excluded.created_at,"
                     " name = excluded.name, password_hash = excluded.password_hash,"
                     " mfa_secret = excluded.mfa_secret, mfa_enabled = excluded.mfa_enabled,"
+                    " mfa_last_step = excluded.mfa_last_step,"
                     " external_ids = excluded.external_ids",
                     _user_params(user),
                 )
@@ -771,6 +773,7 @@ def _user_params(user: User) -> tuple[object, ...]:
         user.password_hash,
         user.mfa_secret,
         user.mfa_enabled,
+        user.mfa_last_step,
         _encode_json_list(user.external_ids),
     )
 
@@ -789,6 +792,7 @@ def _user_from_row(row: sqlite3.Row) -> User:
         password_hash=row["password_hash"],
         mfa_secret=row["mfa_secret"],
         mfa_enabled=bool(row["mfa_enabled"]),
+        mfa_last_step=int(row["mfa_last_step"]),
         external_ids=tuple(json.loads(row["external_ids"])),
     )
 
