@@ -351,6 +351,26 @@ def test_concurrent_users_claiming_one_email_exactly_one_wins(store: ControlStor
     assert winner is not None and winner.user_id not in conflicts
 
 
+def test_advance_mfa_step_only_moves_forward(store: ControlStore) -> None:
+    user = _user(_org())
+    store.put_user(user)
+    assert store.advance_mfa_step(user.user_id, 100) is True
+    assert store.advance_mfa_step(user.user_id, 100) is False  # the same code again
+    assert store.advance_mfa_step(user.user_id, 99) is False
+    assert store.advance_mfa_step(user.user_id, 101) is True
+    stored = store.get_user(user.user_id)
+    assert stored is not None and stored.mfa_last_step == 101
+    assert store.advance_mfa_step("usr_absent", 5) is False
+
+
+def test_two_logins_racing_with_one_totp_step_exactly_one_spends_it(store: ControlStore) -> None:
+    user = _user(_org())
+    store.put_user(user)
+    results: list[bool] = []
+    assert _run_threads(6, lambda worker: results.append(store.advance_mfa_step(user.user_id, 500))) == []
+    assert sorted(results) == [False] * 5 + [True]
+
+
 # --- API keys ------------------------------------------------------------------------------------
 
 

@@ -183,16 +183,18 @@ def _spend_totp_step(store: ControlStore, checked: User, step: int, *, enable: b
         or current.mfa_last_step >= step
     ):
         raise MfaRequired("totp step already spent, or the user changed during the check")
-    # Still check-then-write: ControlStore has no compare-and-set on a user, so two requests whose
-    # re-reads both precede the other's write (one store round trip apart) can both accept the
-    # same code, and a change written in that gap is overwritten. Closing it needs a conditional
-    # write in the port, e.g. `advance_mfa_step(user_id, step) -> bool` (... WHERE mfa_last_step < step).
-    spent = replace(current, mfa_last_step=step, mfa_enabled=current.mfa_enabled or enable)
-    try:
-        store.put_user(spent)
-    except Conflict:
-        # DynamoDB gives up when the user keeps changing under us: refuse rather than accept a code unrecorded.
-        raise MfaRequired("totp step could not be recorded") from None
+    # The conditional write is what makes the code single-use: of two requests racing with it, one
+    # advances the step and the other is refused.
+    if not store.advance_mfa_step(current.user_id, step):
+        raise MfaRequired("totp step already spent")
+    spent = replace(current, mfa_last_step=step)
+    if enable and not current.mfa_enabled:
+        spent = replace(spent, mfa_enabled=True)
+        try:
+            store.put_user(spent)
+        except Conflict:
+            # DynamoDB gives up when the user keeps changing under us: refuse rather than enable MFA unrecorded.
+            raise MfaRequired("mfa enrolment could not be recorded") from None
     return spent
 
 

@@ -73,6 +73,14 @@ class ControlStore(Protocol):
         """The user linked to this federated identity (`<issuer>#<subject>`), or None."""
         ...
 
+    def advance_mfa_step(self, user_id: str, step: int) -> bool:
+        """Set the user's last accepted TOTP step to `step` only if it is lower, atomically.
+
+        True if it advanced; False if that step (or a later one) was already spent or the user is
+        absent. This is what makes a TOTP code single-use when two logins race with it.
+        """
+        ...
+
     def list_users(self, org_id: str) -> list[User]:
         """The users of one organisation, whatever their status."""
         ...

@@ -170,6 +170,17 @@ class DynamoDbControlStore:
         # The user may have changed email between the two reads; the claim then no longer speaks for it.
         return user if user is not None and email_key(user.email) == wanted else None
 
+    def advance_mfa_step(self, user_id: str, step: int) -> bool:
+        """Set the user's last accepted TOTP step to `step` only if it is lower: one conditional update."""
+        advanced = self._update(
+            _user_key(user_id),
+            "SET mfa_last_step = :step",
+            {":step": step},
+            condition="attribute_exists(PK) AND (attribute_not_exists(mfa_last_step) OR mfa_last_step < :step)",
+            return_values="NONE",
+        )
+        return advanced is not None
+
     def get_user_by_external_id(self, external_id: str) -> User | None:
         """The user linked to this federated identity (`<issuer>#<subject>`), or None."""
         user = self._user_of_claim(("EXTID#" + external_id, "EXTID"))

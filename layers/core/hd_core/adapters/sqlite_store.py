@@ -327,6 +327,14 @@ class SqliteControlStore:
         row = self._fetch_one("SELECT * FROM users WHERE email_key = ?", (email_key(email),))
         return None if row is None else _user_from_row(row)
 
+    def advance_mfa_step(self, user_id: str, step: int) -> bool:
+        """Set the user's last accepted TOTP step to `step` only if it is lower, atomically."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE users SET mfa_last_step = ? WHERE user_id = ? AND mfa_last_step < ?", (step, user_id, step)
+            )
+            return cursor.rowcount == 1
+
     def get_user_by_external_id(self, external_id: str) -> User | None:
         """The user linked to this federated identity (`<issuer>#<subject>`), or None."""
         row = self._fetch_one(
