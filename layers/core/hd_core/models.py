@@ -91,6 +91,11 @@ def random_base62(length: int) -> str:
     return "".join(secrets.choice(BASE62_ALPHABET) for _ in range(length))
 
 
+def email_key(email: str) -> str:
+    """The form under which emails are compared and looked up: lower case, so `A@x.io` and `a@x.io` clash."""
+    return email.lower()
+
+
 def new_id(prefix: str) -> str:
     """A fresh random identifier such as `new_id("org") -> "org_3kT9..."`."""
     if not prefix or not prefix.isalnum():

@@ -71,6 +71,7 @@ from hd_core.models import (
     UsageDelta,
     User,
     UserStatus,
+    email_key,
     utc_now,
 )
 from hd_core.policies import PolicyKind, PolicyObject, PolicySnapshot
@@ -89,11 +90,6 @@ _POLICY_VERSION_KEY: Key = ("POLICY_VERSION", "POLICY_VERSION")
 
 _SERIALIZER = TypeSerializer()
 _DESERIALIZER = TypeDeserializer()
-
-
-def email_key(email: str) -> str:
-    """The form under which emails are compared and looked up (the SQLite adapter uses the same rule)."""
-    return email.lower()
 
 
 class DynamoDbControlStore:

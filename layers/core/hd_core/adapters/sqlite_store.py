@@ -40,6 +40,7 @@ from hd_core.models import (
     UsageDelta,
     User,
     UserStatus,
+    email_key,
     utc_now,
 )
 from hd_core.policies import PolicyKind, PolicyObject, PolicySnapshot
@@ -203,11 +204,6 @@ class MigrationFailed(RuntimeError):
 
     The file is left at its previous schema version, untouched.
     """
-
-
-def email_key(email: str) -> str:
-    """The form under which emails are compared and looked up: lower case, so `A@x.io` and `a@x.io` clash."""
-    return email.lower()
 
 
 class SqliteControlStore:
