@@ -208,8 +208,10 @@ class LocalEngineHost:
 
     def _start_control_api(self, control: ControlServices, port: int) -> None:
         """Serve the control-plane Lambdas over HTTP, around this host's own store and key cache."""
-        # EMF metrics go to stdout inside Lambda; locally they would only clutter the terminal.
+        # EMF metrics go to stdout inside Lambda and traces to an X-Ray daemon; locally there is
+        # neither, and they would only clutter the terminal and slow the start.
         os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+        os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
         server = ControlApiServer(self.config.host, port)
         install_services(control)
         server.start()

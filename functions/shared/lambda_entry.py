@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -22,11 +23,9 @@ LambdaHandler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
 def lambda_entry(app: APIGatewayRestResolver, service: str) -> LambdaHandler:
     """`lambda_handler` for one function: structured logs keyed by request id, X-Ray traces, EMF metrics."""
     logger = Logger(service=service)
-    tracer = Tracer(service=service)
     metrics = Metrics(namespace=METRICS_NAMESPACE, service=service)
 
     @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
-    @tracer.capture_lambda_handler
     @metrics.log_metrics
     def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
@@ -35,7 +34,18 @@ def lambda_entry(app: APIGatewayRestResolver, service: str) -> LambdaHandler:
             metrics.add_metric(name="ServerErrors", unit=MetricUnit.Count, value=1)
         return response
 
-    return lambda_handler
+    if not tracing_enabled():
+        return lambda_handler
+    return Tracer(service=service).capture_lambda_handler(lambda_handler)
+
+
+def tracing_enabled() -> bool:
+    """False when Powertools' own `POWERTOOLS_TRACE_DISABLED` says so.
+
+    Checked before building a `Tracer`: its constructor imports the X-Ray SDK, which builds a botocore
+    client for its sampler (~300 ms of cold start) even when tracing is disabled.
+    """
+    return os.environ.get("POWERTOOLS_TRACE_DISABLED", "").strip().lower() not in ("1", "true")
 
 
 def refuse_non_json_body(event: dict[str, Any]) -> dict[str, Any] | None:
