@@ -131,6 +131,7 @@ def login(body: LoginIn) -> TokenPairOut:
         password=body.password,
         totp_code=body.totp_code,
         env=body.env,
+        sealer=svc.secrets,
     )
     return pair_out(pair)
 
@@ -187,7 +188,9 @@ def whoami() -> WhoAmIOut:
 @router.post("/v1/auth/mfa/enroll", responses=documented(200, MfaEnrolmentOut, "A TOTP secret to confirm"))
 def begin_mfa() -> MfaEnrolmentOut:
     """Start TOTP enrolment for the caller; each call replaces a pending secret (409 once enrolled)."""
-    secret, uri = auth.begin_mfa_enrolment(services().store, authorize(router, org_id=None).actor.user_id)
+    secret, uri = auth.begin_mfa_enrolment(
+        services().store, authorize(router, org_id=None).actor.user_id, sealer=services().secrets
+    )
     return MfaEnrolmentOut(secret=secret, provisioning_uri=uri)
 
 
@@ -200,7 +203,7 @@ def begin_mfa() -> MfaEnrolmentOut:
 def begin_mfa_with_password(body: MfaPasswordProofIn) -> MfaEnrolmentOut:
     svc = services()
     secret, uri = auth.begin_mfa_enrolment_with_password(
-        svc.store, svc.hasher, email=body.email, password=body.password
+        svc.store, svc.hasher, email=body.email, password=body.password, sealer=svc.secrets
     )
     return MfaEnrolmentOut(secret=secret, provisioning_uri=uri)
 
@@ -210,7 +213,7 @@ def confirm_mfa(body: MfaCodeIn) -> CredentialStateOut:
     ctx = authorize(router, org_id=None)
     svc = services()
     before = _user(ctx.actor.user_id)
-    after = auth.confirm_mfa_enrolment(svc.store, ctx.actor.user_id, body.code)
+    after = auth.confirm_mfa_enrolment(svc.store, ctx.actor.user_id, body.code, sealer=svc.secrets)
     directory.record_user_change(svc.store, svc.trail, ctx, IamEventType.USER_MFA_ENROLLED, before, after)
     return CredentialStateOut(user_id=after.user_id, mfa_enabled=after.mfa_enabled)
 
@@ -223,7 +226,13 @@ def confirm_mfa(body: MfaCodeIn) -> CredentialStateOut:
 def confirm_mfa_with_password(body: MfaPasswordCodeIn) -> TokenPairOut:
     svc = services()
     result = auth.confirm_mfa_enrolment_with_password(
-        svc.store, svc.hasher, svc.jwt_issuer, email=body.email, password=body.password, code=body.code
+        svc.store,
+        svc.hasher,
+        svc.jwt_issuer,
+        email=body.email,
+        password=body.password,
+        code=body.code,
+        sealer=svc.secrets,
     )
     user = result.enrolled
     # No session means no ChangeContext: the user acts on themselves, as directory.record_user_change records it.

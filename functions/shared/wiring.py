@@ -19,6 +19,7 @@ from hd_core.federation import FederatedIssuer, OidcFederation
 from hd_core.iam_audit import IamAuditTrail
 from hd_core.ports import CheckpointStore, ControlStore, KeyProvider, QueryAuditArchive
 from hd_core.request_auth import RequestAuthenticator
+from hd_core.sealed_secrets import SecretSealer
 from hd_core.tokens import JwtIssuer, JwtVerifier
 
 
@@ -36,6 +37,7 @@ class ControlServices:
     requests: RequestAuthenticator
     query_audit: QueryAuditArchive
     federation: OidcFederation
+    secrets: SecretSealer  # TOTP seeds are stored sealed with a data key of `keys`
 
 
 def assemble_services(
@@ -70,6 +72,7 @@ def assemble_services(
         requests=RequestAuthenticator(store, authenticator, verifier),
         query_audit=query_audit,
         federation=OidcFederation(issuers),
+        secrets=SecretSealer(keys),
     )
 
 

@@ -38,6 +38,7 @@ from hd_core.models import (
 )
 from hd_core.passwords import MAX_PASSWORD_LENGTH, verify_password
 from hd_core.ports import ControlStore
+from hd_core.sealed_secrets import SecretSealer, is_sealed
 from hd_core.tokens import JwtIssuer
 
 REFRESH_TOKEN_PREFIX = "hdr_"  # noqa: S105 - a public marker, not a secret
@@ -96,6 +97,7 @@ def login(
     password: str,
     totp_code: str | None = None,
     env: KeyEnv | str = KeyEnv.LIVE,
+    sealer: SecretSealer | None = None,
     now: Callable[[], datetime] = utc_now,
 ) -> TokenPair:
     """Tokens for an active user of an active organisation whose password (and TOTP code, if needed) is right.
@@ -106,7 +108,7 @@ def login(
     """
     user = _user_with_password(store, hasher, email, password)
     org = _active_org_of(store, user)
-    user = _check_mfa(store, user, org, totp_code, now())
+    user = _check_mfa(store, user, org, totp_code, now(), sealer)
     return issue_token_pair(store, issuer, user, env=env, now=now)
 
 
@@ -129,10 +131,12 @@ def _active_org_of(store: ControlStore, user: User) -> Organization:
     return org
 
 
-def _check_mfa(store: ControlStore, user: User, org: Organization, totp_code: str | None, at: datetime) -> User:
+def _check_mfa(
+    store: ControlStore, user: User, org: Organization, totp_code: str | None, at: datetime, sealer: SecretSealer | None
+) -> User:
     """The user after a TOTP check: with the code's step spent if MFA is on; raises `MfaRequired`."""
     if user.mfa_enabled:
-        step = None if totp_code is None else _fresh_totp_step(user, totp_code, at)
+        step = None if totp_code is None else _fresh_totp_step(user, totp_code, at, sealer)
         if step is None:
             raise MfaRequired()
         return _spend_totp_step(store, user, step)
@@ -160,12 +164,18 @@ def totp_step(secret: str, code: str, at: datetime, *, after_step: int = 0) -> i
     return matched
 
 
-def _fresh_totp_step(user: User, code: str, at: datetime) -> int | None:
+def _fresh_totp_step(user: User, code: str, at: datetime, sealer: SecretSealer | None) -> int | None:
     """The step of `code` if it is the user's current code and later than the last one accepted."""
     if not user.mfa_secret:
         # MFA on without a stored secret cannot be satisfied: refuse rather than skip the factor.
         return None
-    return totp_step(user.mfa_secret, code, at, after_step=user.mfa_last_step)
+    if is_sealed(user.mfa_secret):
+        if sealer is None:
+            return None  # a sealed secret and no key to open it: refuse, never skip the factor
+        secret = sealer.unseal(user.user_id, user.mfa_secret)
+    else:
+        secret = user.mfa_secret  # stored before sealing was configured (local tools, older records)
+    return totp_step(secret, code, at, after_step=user.mfa_last_step)
 
 
 def _spend_totp_step(store: ControlStore, checked: User, step: int, *, enable: bool = False) -> User:
@@ -321,7 +331,11 @@ def _secret_hash(secret: str) -> str:
 
 
 def begin_mfa_enrolment(
-    store: ControlStore, user_id: str, *, issuer_name: str = DEFAULT_TOTP_ISSUER
+    store: ControlStore,
+    user_id: str,
+    *,
+    issuer_name: str = DEFAULT_TOTP_ISSUER,
+    sealer: SecretSealer | None = None,
 ) -> tuple[str, str]:
     """Start TOTP enrolment: a new secret and its `otpauth://` provisioning URI (for a QR code).
 
@@ -330,7 +344,7 @@ def begin_mfa_enrolment(
     enrolled: replacing a confirmed authenticator goes through `reset_mfa`, an administrator's act,
     so a stolen session cannot swap the second factor for its own.
     """
-    return _start_enrolment(store, _existing_user(store, user_id), issuer_name)
+    return _start_enrolment(store, _existing_user(store, user_id), issuer_name, sealer)
 
 
 def begin_mfa_enrolment_with_password(
@@ -340,6 +354,7 @@ def begin_mfa_enrolment_with_password(
     email: str,
     password: str,
     issuer_name: str = DEFAULT_TOTP_ISSUER,
+    sealer: SecretSealer | None = None,
 ) -> tuple[str, str]:
     """Start a first enrolment proven by password, for a user who has no session (their org requires MFA).
 
@@ -349,30 +364,38 @@ def begin_mfa_enrolment_with_password(
     """
     user = _user_with_password(store, hasher, email, password)
     _active_org_of(store, user)
-    return _start_enrolment(store, user, issuer_name)
+    return _start_enrolment(store, user, issuer_name, sealer)
 
 
-def _start_enrolment(store: ControlStore, user: User, issuer_name: str) -> tuple[str, str]:
+def _start_enrolment(
+    store: ControlStore, user: User, issuer_name: str, sealer: SecretSealer | None
+) -> tuple[str, str]:
     if user.status != UserStatus.ACTIVE:
         raise Conflict("only an active user can enrol in MFA")
     if user.mfa_enabled:
         raise Conflict("MFA is already enrolled; an administrator must reset it before a new enrolment")
     secret = pyotp.random_base32()
     # Steps spent belong to the old secret; the new one starts with none.
-    store.put_user(replace(user, mfa_secret=secret, mfa_enabled=False, mfa_last_step=0))
+    stored = secret if sealer is None else sealer.seal(user.user_id, secret)
+    store.put_user(replace(user, mfa_secret=stored, mfa_enabled=False, mfa_last_step=0))
     uri = pyotp.TOTP(secret).provisioning_uri(name=user.email, issuer_name=issuer_name)
     return secret, uri
 
 
 def confirm_mfa_enrolment(
-    store: ControlStore, user_id: str, code: str, *, now: Callable[[], datetime] = utc_now
+    store: ControlStore,
+    user_id: str,
+    code: str,
+    *,
+    sealer: SecretSealer | None = None,
+    now: Callable[[], datetime] = utc_now,
 ) -> User:
     """Turn MFA on once the user proves their authenticator with a current code; returns the user.
 
     The code's step is spent: it cannot log in afterwards. Raises `AuthenticationFailed` for a
     wrong or reused code, `NotFound` for an unknown user and `Conflict` when no enrolment is pending.
     """
-    return _confirm_enrolment(store, _existing_user(store, user_id), code, now())
+    return _confirm_enrolment(store, _existing_user(store, user_id), code, now(), sealer)
 
 
 def confirm_mfa_enrolment_with_password(
@@ -384,6 +407,7 @@ def confirm_mfa_enrolment_with_password(
     password: str,
     code: str,
     env: KeyEnv | str = KeyEnv.LIVE,
+    sealer: SecretSealer | None = None,
     now: Callable[[], datetime] = utc_now,
 ) -> PasswordProvenEnrolment:
     """Confirm a first enrolment proven by password and log the user in (the code is their second factor).
@@ -394,15 +418,17 @@ def confirm_mfa_enrolment_with_password(
     user = _user_with_password(store, hasher, email, password)
     _active_org_of(store, user)
     at = now()
-    enrolled = _confirm_enrolment(store, user, code, at)
+    enrolled = _confirm_enrolment(store, user, code, at, sealer)
     tokens = issue_token_pair(store, issuer, enrolled, env=env, now=lambda: at)
     return PasswordProvenEnrolment(before=user, enrolled=enrolled, tokens=tokens)
 
 
-def _confirm_enrolment(store: ControlStore, user: User, code: str, at: datetime) -> User:
+def _confirm_enrolment(
+    store: ControlStore, user: User, code: str, at: datetime, sealer: SecretSealer | None
+) -> User:
     if user.mfa_enabled or not user.mfa_secret:
         raise Conflict("no MFA enrolment is pending for this user")
-    step = _fresh_totp_step(user, code, at)
+    step = _fresh_totp_step(user, code, at, sealer)
     if step is None:
         raise AuthenticationFailed("wrong or reused totp code while confirming enrolment")
     return _spend_totp_step(store, user, step, enable=True)

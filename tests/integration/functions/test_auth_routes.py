@@ -189,3 +189,14 @@ def test_a_refreshed_token_keeps_the_environment_it_logged_in_to(control: Contro
     assert _claims(first["access_token"])["env"] == "test"
     second = control.ok("POST", "/v1/auth/refresh", {"refresh_token": first["refresh_token"]}, anonymous=True)
     assert _claims(second["access_token"])["env"] == "test"
+
+
+def test_the_totp_secret_is_stored_sealed_not_in_clear(control: ControlApi) -> None:
+    user = _invite(control, "ana@example.com")
+    token = _login(control, "ana@example.com")["access_token"]
+    secret = control.ok("POST", "/v1/auth/mfa/enroll", bearer=token)["secret"]
+    stored = control.services.store.get_user(user["user_id"])
+    assert stored is not None and stored.mfa_secret is not None
+    assert stored.mfa_secret.startswith("hdsealed:v1:") and secret not in stored.mfa_secret
+    control.ok("POST", "/v1/auth/mfa/confirm", {"code": pyotp.TOTP(secret).now()}, bearer=token)
+    assert _login(control, "ana@example.com", totp_code=_next_code(pyotp.TOTP(secret)))["access_token"]
