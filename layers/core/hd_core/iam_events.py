@@ -1,4 +1,7 @@
-"""The 27 kinds of administrative change recorded in the hash-chained IAM audit trail.
+"""The kinds of change recorded in the hash-chained IAM audit trail: the seeds' 27 plus the two instance events.
+
+The two instance events (`instance.wiped`, `instance.wipe_failed`) record the termination wipe hook's
+cryptographic erase of an engine host's cache.
 
 Every event carries the actor (a user id, or `system` for scheduled work), the target it changed,
 before and after values (None where the target did not exist or no longer exists), the time and
@@ -48,6 +51,9 @@ class IamEventType(StrEnum):
     QUOTA_CHANGED = "quota.changed"
     # Security signals
     REFRESH_TOKEN_REUSED = "auth.refresh_token_reused"  # noqa: S105 (an event name, not a token)
+    # Engine host lifecycle (the termination wipe hook)
+    INSTANCE_WIPED = "instance.wiped"
+    INSTANCE_WIPE_FAILED = "instance.wipe_failed"
 
 
 SYSTEM_ACTOR = "system"

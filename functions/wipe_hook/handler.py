@@ -1,0 +1,92 @@
+"""Termination wipe hook Lambda: erase an engine host's NVMe cache when its Auto Scaling lifecycle hook fires.
+
+EventBridge delivers the "EC2 Instance-terminate Lifecycle Action" event; the wipe itself is
+`hd_core.wipe.wipe_instance`. A failed wipe raises, so the asynchronous invocation is retried and the
+WipeFailed metric (alarmed on) fires; the lifecycle hook is then left pending, never continued.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from functions.shared.lambda_entry import METRICS_NAMESPACE, tracing_enabled
+from functions.shared.wiring import services
+from hd_core.errors import HdError
+from hd_core.wipe import (
+    DEFAULT_COMMAND_TIMEOUT_SECONDS,
+    DEFAULT_DEVICE,
+    LifecycleActions,
+    RemoteCommands,
+    wipe_instance,
+)
+
+SERVICE = "hd-wipe-hook"
+
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE)
+
+
+class WipeHookSettings(BaseSettings):
+    """The wipe hook's configuration, from `HD_WIPE_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="HD_WIPE_", extra="ignore")
+
+    device: str = DEFAULT_DEVICE
+    command_timeout_seconds: int = Field(default=DEFAULT_COMMAND_TIMEOUT_SECONDS, ge=30, le=600)
+    # None: take it from the hook's notification metadata, else the wipe's default.
+    heartbeat_timeout_seconds: int | None = Field(default=None, ge=30, le=7200)
+
+
+@lru_cache(maxsize=1)
+def wipe_settings() -> WipeHookSettings:
+    """The settings, read once per container."""
+    return WipeHookSettings()
+
+
+@lru_cache(maxsize=1)
+def instance_control() -> tuple[RemoteCommands, LifecycleActions]:
+    """SSM Run Command and Auto Scaling lifecycle adapters, built once per container."""
+    # boto3 is imported only here, on first use, like the rest of the AWS wiring.
+    import boto3
+
+    from hd_core.adapters.aws_lifecycle import AutoScalingLifecycle, SsmRunCommand
+
+    return SsmRunCommand(boto3.client("ssm")), AutoScalingLifecycle(boto3.client("autoscaling"))
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    config = wipe_settings()
+    svc = services()
+    commands, lifecycle = instance_control()
+    try:
+        outcome = wipe_instance(
+            event, commands=commands, lifecycle=lifecycle, trail=svc.trail, store=svc.store, device=config.device,
+            request_id=getattr(context, "aws_request_id", None),
+            heartbeat_timeout_seconds=config.heartbeat_timeout_seconds,
+            command_timeout_seconds=config.command_timeout_seconds,
+        )
+    except HdError as error:
+        metrics.add_metric(name="WipeFailed", unit=MetricUnit.Count, value=1)
+        logger.error("cache wipe failed", extra={"code": error.code, "error": str(error)})
+        raise
+    if outcome.status == "wiped":
+        metrics.add_metric(name="WipeSucceeded", unit=MetricUnit.Count, value=1)
+    logger.info("cache wipe handled", extra={"status": outcome.status, "instance_id": outcome.instance_id,
+                                             "command_id": outcome.command_id})
+    return {"status": outcome.status, "instance_id": outcome.instance_id, "command_id": outcome.command_id}
+
+
+_entry = Tracer(service=SERVICE).capture_lambda_handler(_handle) if tracing_enabled() else _handle
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """An EventBridge termination lifecycle event: wipe the instance's cache, then let the termination continue."""
+    return _entry(event, context)
