@@ -1,0 +1,219 @@
+"""Local copies of table data objects, so DuckDB reads only the cache directory, never the object store.
+
+Layout under `cache_dir`: `objects/<key>` holds current copies, `incoming/` holds downloads in
+progress (renamed into place atomically, so a reader never sees a half-written file). Both are
+emptied at start: the cache is disposable and its size accounting starts from zero.
+
+Freshness: an entry is revalidated against the source (head: ETag and version) at most every
+`max_staleness_seconds`, which is therefore the bound on how long a replaced object can still be
+served. A changed object is fetched again and renamed over the old copy; a reader that already has
+the old file open keeps reading the old bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from hd_core.errors import HdError
+from hd_core.object_source import ObjectChanged, ObjectInfo, ObjectMissing, ObjectSource, safe_relative_path
+
+logger = logging.getLogger(__name__)
+
+# A download that races with a replacement of the same object is retried this many times.
+_FETCH_ATTEMPTS = 3
+
+
+class CacheWriteFailed(HdError):
+    """The cache directory could not hold a fetched object (disk full, a key that clashes with a folder)."""
+
+    code = "HD_ERR_CACHE_WRITE_FAILED"
+
+
+@dataclass
+class _Entry:
+    info: ObjectInfo
+    path: Path
+    validated_at: float
+    pins: int = 0
+
+
+class CacheManager:
+    """A size-bounded, LRU, thread-safe local cache of one `ObjectSource`."""
+
+    def __init__(self, source: ObjectSource, cache_dir: Path, capacity_bytes: int, *, high_water: float = 0.80,
+                 low_water: float = 0.70, max_staleness_seconds: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if capacity_bytes <= 0 or not 0 < low_water < high_water <= 1:
+            raise ValueError("need capacity_bytes > 0 and 0 < low_water < high_water <= 1")
+        self._source = source
+        self._objects_dir = Path(cache_dir) / "objects"
+        self._incoming_dir = Path(cache_dir) / "incoming"
+        self._capacity = capacity_bytes
+        self._high_bytes = high_water * capacity_bytes
+        self._low_bytes = low_water * capacity_bytes
+        self._max_staleness = max_staleness_seconds
+        self._clock = clock
+        self._lock = threading.Lock()  # guards everything below
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
+        self._key_locks: dict[str, threading.Lock] = {}
+        self._busy: dict[str, int] = {}  # keys being resolved: never evicted under a resolver
+        self._usage = 0
+        self._counters = {"hits": 0, "misses": 0, "bytes_fetched": 0, "evictions": 0, "refetches": 0}
+        for folder in (self._objects_dir, self._incoming_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+
+    def path_for(self, key: str) -> Path:
+        """A local path holding the object's current bytes (at most `max_staleness_seconds` old), fetched if needed.
+
+        The file may be evicted once this returns; hold `pin(key)` while reading it.
+        """
+        return self._resolve(key, pin=False)
+
+    @contextmanager
+    def pin(self, key: str) -> Iterator[Path]:
+        """Like `path_for`, and the file is not evicted until the block ends."""
+        path = self._resolve(key, pin=True)
+        try:
+            yield path
+        finally:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None and entry.pins > 0:
+                    entry.pins -= 1
+
+    def stats(self) -> dict[str, float]:
+        """Counters since start, plus current usage in bytes and saturation (usage / capacity)."""
+        with self._lock:
+            return {**self._counters, "usage_bytes": self._usage, "saturation": self._usage / self._capacity}
+
+    # --- resolution: one resolver per key at a time, other keys in parallel --------------------------
+
+    def _resolve(self, key: str, *, pin: bool) -> Path:
+        relative = safe_relative_path(key)
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+            self._busy[key] = self._busy.get(key, 0) + 1
+        try:
+            with key_lock:
+                return self._resolve_locked(key, self._objects_dir / relative, pin)
+        finally:
+            with self._lock:
+                self._busy[key] -= 1
+                if not self._busy[key]:
+                    del self._busy[key]
+
+    def _resolve_locked(self, key: str, path: Path, pin: bool) -> Path:
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and not entry.path.exists():
+            logger.info("cache file for %s vanished; fetching it again", key)
+            self._forget(key)
+            entry = None
+        if entry is None:
+            self._fetch(key, path, pin, refetch=False)
+        elif self._clock() - entry.validated_at >= self._max_staleness:
+            self._revalidate(key, entry, pin)
+        else:
+            self._record_hit(key, entry, pin)
+        return path
+
+    def _revalidate(self, key: str, entry: _Entry, pin: bool) -> None:
+        try:
+            current = self._source.head(key)
+        except ObjectMissing:
+            # Deleted at the source: stop serving the copy rather than answer from a table that is gone.
+            self._forget(key)
+            entry.path.unlink(missing_ok=True)
+            raise
+        if (current.etag, current.version_id) == (entry.info.etag, entry.info.version_id):
+            with self._lock:
+                entry.validated_at = self._clock()
+            self._record_hit(key, entry, pin)
+            return
+        logger.info("object %s changed (etag %s -> %s); fetching it again", key, entry.info.etag, current.etag)
+        self._fetch(key, entry.path, pin, refetch=True, known=current)
+
+    def _record_hit(self, key: str, entry: _Entry, pin: bool) -> None:
+        with self._lock:
+            self._entries.move_to_end(key)
+            self._counters["hits"] += 1
+            if pin:
+                entry.pins += 1
+
+    def _fetch(self, key: str, path: Path, pin: bool, *, refetch: bool, known: ObjectInfo | None = None) -> None:
+        validated_at = self._clock()
+        info = self._download(key, path, known)
+        with self._lock:
+            previous = self._entries.pop(key, None)
+            pins = previous.pins if previous is not None else 0
+            self._usage += info.size - (previous.info.size if previous is not None else 0)
+            self._entries[key] = _Entry(info=info, path=path, validated_at=validated_at, pins=pins + int(pin))
+            self._counters["refetches" if refetch else "misses"] += 1
+            self._counters["bytes_fetched"] += info.size
+            self._evict_over_high_water()
+        if not refetch:
+            logger.info("cache miss for %s: fetched %d bytes", key, info.size)
+
+    def _download(self, key: str, path: Path, known: ObjectInfo | None) -> ObjectInfo:
+        """Fetch into `incoming/`, then rename into place; retries when the object is replaced mid-fetch."""
+        for attempt in range(1, _FETCH_ATTEMPTS + 1):
+            expected = known if known is not None else self._source.head(key)
+            known = None
+            temp = self._temp_file()
+            try:
+                info = self._source.download(key, temp, if_match=expected.etag)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                temp.replace(path)
+                return info
+            except ObjectChanged:
+                if attempt == _FETCH_ATTEMPTS:
+                    raise
+            except OSError as exc:
+                raise CacheWriteFailed(f"cannot store {key!r} in the cache: {exc.strerror}") from exc
+            finally:
+                temp.unlink(missing_ok=True)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _temp_file(self) -> Path:
+        try:
+            handle, name = tempfile.mkstemp(dir=self._incoming_dir, suffix=".part")
+        except OSError as exc:
+            raise CacheWriteFailed(f"cannot create a download file in {self._incoming_dir}: {exc.strerror}") from exc
+        os.close(handle)  # only the name is needed: the source opens the path itself
+        return Path(name)
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            entry = self._entries.pop(key, None)
+            if entry is not None:
+                self._usage -= entry.info.size
+
+    # --- eviction ---------------------------------------------------------------------------------------
+
+    def _evict_over_high_water(self) -> None:
+        """Drop least recently used, unpinned, idle entries until usage is below low water. Caller holds the lock."""
+        if self._usage <= self._high_bytes:
+            return
+        for key in list(self._entries):
+            if self._usage < self._low_bytes:
+                break
+            entry = self._entries[key]
+            if entry.pins or key in self._busy:
+                continue
+            del self._entries[key]
+            entry.path.unlink(missing_ok=True)
+            self._usage -= entry.info.size
+            self._counters["evictions"] += 1
+            logger.info("evicted %s (%d bytes); cache usage now %d of %d", key, entry.info.size, self._usage,
+                        self._capacity)
