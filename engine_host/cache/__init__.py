@@ -1,5 +1,5 @@
 """The engine host's local object cache: table data fetched from an `ObjectSource` onto the encrypted NVMe mount."""
 
-from engine_host.cache.manager import CacheManager, CacheWriteFailed
+from engine_host.cache.object_cache import CacheWriteFailed, ObjectCache
 
-__all__ = ["CacheManager", "CacheWriteFailed"]
+__all__ = ["CacheWriteFailed", "ObjectCache"]

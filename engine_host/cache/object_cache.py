@@ -47,7 +47,7 @@ class _Entry:
     pins: int = 0
 
 
-class CacheManager:
+class ObjectCache:
     """A size-bounded, LRU, thread-safe local cache of one `ObjectSource`."""
 
     def __init__(self, source: ObjectSource, cache_dir: Path, capacity_bytes: int, *, high_water: float = 0.80,

@@ -1,4 +1,4 @@
-"""CacheManager: local copies of source objects, fetched once, kept fresh within a bound, evicted LRU."""
+"""ObjectCache: local copies of source objects, fetched once, kept fresh within a bound, evicted LRU."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_host.cache import CacheManager
+from engine_host.cache import ObjectCache
 from hd_core.adapters.local_objects import LocalFolderObjectSource
 from hd_core.object_source import ObjectInfo, ObjectMissing, UnsafeObjectKey
 
@@ -76,8 +76,8 @@ def _put(bucket: Path, key: str, body: bytes) -> None:
     (bucket / key).write_bytes(body)
 
 
-def _cache(source: RecordingSource, tmp_path: Path, clock: FakeClock, capacity: int = 10_000) -> CacheManager:
-    return CacheManager(source, tmp_path / "nvme", capacity, clock=clock, max_staleness_seconds=60.0)
+def _cache(source: RecordingSource, tmp_path: Path, clock: FakeClock, capacity: int = 10_000) -> ObjectCache:
+    return ObjectCache(source, tmp_path / "nvme", capacity, clock=clock, max_staleness_seconds=60.0)
 
 
 def test_first_access_fetches_and_second_is_a_hit(source: RecordingSource, bucket: Path, tmp_path: Path,
@@ -269,7 +269,7 @@ def test_a_restart_starts_from_an_empty_cache(source: RecordingSource, bucket: P
 
 def test_invalid_water_marks_are_refused(source: RecordingSource, tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        CacheManager(source, tmp_path, 1000, high_water=0.5, low_water=0.7)
+        ObjectCache(source, tmp_path, 1000, high_water=0.5, low_water=0.7)
 
 
 def test_an_object_replaced_during_the_download_is_fetched_again_at_its_new_etag(
@@ -297,7 +297,7 @@ def test_misses_and_evictions_are_logged_without_object_contents(source: Recordi
         _put(bucket, f"t/{name}.parquet", b"SECRET-ROW-" + name.encode() * 239)
     cache = _cache(source, tmp_path, clock, capacity=1000)
 
-    with caplog.at_level("INFO", logger="engine_host.cache.manager"):
+    with caplog.at_level("INFO", logger="engine_host.cache.object_cache"):
         for name in "abcd":
             cache.path_for(f"t/{name}.parquet")
 
