@@ -8,6 +8,22 @@ import pytest
 
 from tests.harness import EngineHostProcess, start_engine_host
 
+# Credentials for moto: never real ones, and set so boto3 never looks for a profile or IMDS.
+FAKE_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SECURITY_TOKEN": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake AWS credentials and region in the environment, for tests under moto's `mock_aws`."""
+    for name, value in FAKE_AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+
 
 @pytest.fixture(scope="session")
 def engine_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineHostProcess]:

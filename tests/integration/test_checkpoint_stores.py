@@ -30,13 +30,6 @@ def _checkpoint(size: int = 10, at: datetime = T0, chain_id: str = CHAIN) -> Cha
                            key_id="local-checkpoint-abc", signature="MEUCIQ==")
 
 
-@pytest.fixture
-def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_SECURITY_TOKEN": "testing", "AWS_SESSION_TOKEN": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-
 
 @pytest.fixture
 def s3(aws_credentials: None) -> Iterator[Any]:

@@ -24,13 +24,6 @@ PREFIX = "org_acme/"
 Writer = Callable[[str, bytes], None]
 
 
-@pytest.fixture
-def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_SECURITY_TOKEN": "testing", "AWS_SESSION_TOKEN": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-
 
 @pytest.fixture
 def s3(aws_credentials: None) -> Iterator[Any]:

@@ -42,11 +42,7 @@ HOOK = {"LifecycleHookName": "hd-wipe-cache", "AutoScalingGroupName": "hd-engine
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_SECURITY_TOKEN": "testing", "AWS_SESSION_TOKEN": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
+def aws(aws_credentials: None) -> Iterator[None]:
     with mock_aws():
         yield
 

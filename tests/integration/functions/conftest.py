@@ -117,9 +117,7 @@ def _aws_adapters() -> dict[str, Any]:
 def control(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ControlApi]:
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     if request.param == "aws":
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(name, value)
+        request.getfixturevalue("aws_credentials")
         with mock_aws():
             yield from _control(request.param, _aws_adapters())
     else:
