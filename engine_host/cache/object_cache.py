@@ -73,6 +73,10 @@ class ObjectCache:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
 
+    def local_path(self, key: str) -> Path:
+        """Where the object's copy lives when it is cached (nothing is fetched or checked)."""
+        return self._objects_dir / safe_relative_path(key)
+
     def path_for(self, key: str) -> Path:
         """A local path holding the object's current bytes (at most `max_staleness_seconds` old), fetched if needed.
 
@@ -80,17 +84,25 @@ class ObjectCache:
         """
         return self._resolve(key, pin=False)
 
+    def acquire(self, key: str) -> Path:
+        """Like `path_for`, and the file is not evicted until a matching `release(key)`."""
+        return self._resolve(key, pin=True)
+
+    def release(self, key: str) -> None:
+        """Undo one `acquire(key)`."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.pins > 0:
+                entry.pins -= 1
+
     @contextmanager
     def pin(self, key: str) -> Iterator[Path]:
-        """Like `path_for`, and the file is not evicted until the block ends."""
-        path = self._resolve(key, pin=True)
+        """`acquire` for the duration of a block."""
+        path = self.acquire(key)
         try:
             yield path
         finally:
-            with self._lock:
-                entry = self._entries.get(key)
-                if entry is not None and entry.pins > 0:
-                    entry.pins -= 1
+            self.release(key)
 
     def stats(self) -> dict[str, float]:
         """Counters since start, plus current usage in bytes and saturation (usage / capacity)."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from engine_host.engine.tables import VIEW_MARKER
+from engine_host.engine.tables import PARQUET_VIEW_MARKERS
 
 # Schemas that hold machinery, never user tables.
 _INTERNAL_SCHEMAS = ("hd_pg", "pg_catalog", "information_schema")
@@ -97,7 +97,7 @@ def read_tables(con: duckdb.DuckDBPyConnection,
         ).fetchall()
     }
     views = {
-        f"{schema}.{view}".lower(): comment == VIEW_MARKER
+        f"{schema}.{view}".lower(): comment in PARQUET_VIEW_MARKERS
         for schema, view, comment in con.execute(
             "SELECT schema_name, view_name, comment FROM duckdb_views() "
             "WHERE database_name = $1 AND NOT internal AND schema_name NOT IN $2",

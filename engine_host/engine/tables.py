@@ -49,13 +49,17 @@ PARQUET_GLOB = "*.parquet"
 
 # Comment placed on every view this module creates; re-scans only ever replace or drop views with it.
 VIEW_MARKER = "hardened-duck:parquet-table"
+# The same for tables served from an object store through the cache (engine_host/cache/cached_tables.py).
+CACHED_VIEW_MARKER = "hardened-duck:cached-table"
+# Every marker of a read-only, Parquet-backed view.
+PARQUET_VIEW_MARKERS = frozenset({VIEW_MARKER, CACHED_VIEW_MARKER})
 
 # DuckDB refuses to create objects in the first two; `temp` and `system` are catalog names that make
 # `temp.x` / `system.x` ambiguous for every client that would query them.
 RESERVED_SCHEMAS = frozenset({"information_schema", "pg_catalog", "temp", "system"})
 
 # The data directory ends up inside a glob pattern; these would change what the pattern matches.
-_GLOB_METACHARACTERS = frozenset("*?[]{}")
+GLOB_METACHARACTERS = frozenset("*?[]{}")
 
 
 @dataclass(frozen=True)
@@ -80,15 +84,15 @@ def register_parquet_tables(con: duckdb.DuckDBPyConnection, data_dir: Path) -> l
     made in one transaction, so other sessions see the old catalog or the new one.
     """
     root = data_dir.resolve(strict=True)
-    if _GLOB_METACHARACTERS & set(str(root)):
-        bad = "".join(sorted(_GLOB_METACHARACTERS))
+    if GLOB_METACHARACTERS & set(str(root)):
+        bad = "".join(sorted(GLOB_METACHARACTERS))
         raise ValueError(f"data directory {root} contains a glob metacharacter (one of {bad})")
     found = discover_parquet_tables(root)
 
-    catalog = _current_catalog(con)
+    catalog = current_catalog(con)
     con.execute("BEGIN TRANSACTION")
     try:
-        existing = _existing_objects(con, catalog)
+        existing = existing_objects(con, catalog, VIEW_MARKER)
         registered = []
         for ref in found:
             if ref.schema == catalog:
@@ -98,16 +102,17 @@ def register_parquet_tables(con: duckdb.DuckDBPyConnection, data_dir: Path) -> l
             if kind is not None and kind != "ours":
                 log.warning("skipping %s: %s.%s already exists as a %s", ref.path, ref.schema, ref.table, kind)
                 continue
-            _create_view(con, catalog, ref)
+            create_marked_view(con, catalog, ref.schema, ref.table,
+                               f"read_parquet({sql_string(f'{ref.path}/{PARQUET_GLOB}')})", VIEW_MARKER)
             registered.append(ref)
         current = {(ref.schema, ref.table) for ref in registered}
         for (schema, table), kind in existing.items():
             if kind == "ours" and (schema, table) not in current:
                 log.info("dropping view %s.%s: no longer a usable Parquet table under %s", schema, table, root)
-                con.execute(f"DROP VIEW IF EXISTS {_qualified(catalog, schema, table)}")
+                con.execute(f"DROP VIEW IF EXISTS {qualified(catalog, schema, table)}")
         con.execute("COMMIT")
     except BaseException:
-        _rollback(con)
+        rollback(con)
         raise
     log.info("registered %d Parquet table(s) from %s", len(registered), root)
     return registered
@@ -168,21 +173,21 @@ def _resolves_inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root)
 
 
-def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+def rollback(con: duckdb.DuckDBPyConnection) -> None:
     try:
         con.execute("ROLLBACK")
     except duckdb.Error as exc:  # the error that made us roll back is the one worth reporting
         log.debug("rollback after failed registration failed too: %s", exc)
 
 
-def _current_catalog(con: duckdb.DuckDBPyConnection) -> str:
+def current_catalog(con: duckdb.DuckDBPyConnection) -> str:
     row = con.execute("SELECT current_database()").fetchone()
     assert row is not None
     return str(row[0])
 
 
-def _existing_objects(con: duckdb.DuckDBPyConnection, catalog: str) -> dict[tuple[str, str], str]:
-    """(schema, name) -> "ours" for views this module made, else the object's kind."""
+def existing_objects(con: duckdb.DuckDBPyConnection, catalog: str, marker: str) -> dict[tuple[str, str], str]:
+    """(schema, name) -> "ours" for views carrying `marker`, else the object's kind."""
     rows = con.execute(
         """
         SELECT schema_name, view_name, CASE WHEN comment = $2 THEN 'ours' ELSE 'view' END
@@ -190,27 +195,28 @@ def _existing_objects(con: duckdb.DuckDBPyConnection, catalog: str) -> dict[tupl
         UNION ALL
         SELECT schema_name, table_name, 'table' FROM duckdb_tables() WHERE database_name = $1
         """,
-        [catalog, VIEW_MARKER],
+        [catalog, marker],
     ).fetchall()
     return {(schema, name): kind for schema, name, kind in rows}
 
 
-def _create_view(con: duckdb.DuckDBPyConnection, catalog: str, ref: TableRef) -> None:
-    pattern = _sql_string(f"{ref.path}/{PARQUET_GLOB}")
-    view = _qualified(catalog, ref.schema, ref.table)
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(catalog)}.{_quote(ref.schema)}")
-    con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet({pattern})")
-    con.execute(f"COMMENT ON VIEW {view} IS {_sql_string(VIEW_MARKER)}")
+def create_marked_view(con: duckdb.DuckDBPyConnection, catalog: str, schema: str, table: str, source_sql: str,
+                       marker: str) -> None:
+    """`CREATE OR REPLACE VIEW catalog.schema.table AS SELECT * FROM <source_sql>`, commented with `marker`."""
+    view = qualified(catalog, schema, table)
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(catalog)}.{quote_identifier(schema)}")
+    con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {source_sql}")
+    con.execute(f"COMMENT ON VIEW {view} IS {sql_string(marker)}")
 
 
-def _qualified(catalog: str, schema: str, name: str) -> str:
-    return f"{_quote(catalog)}.{_quote(schema)}.{_quote(name)}"
+def qualified(catalog: str, schema: str, name: str) -> str:
+    return f"{quote_identifier(catalog)}.{quote_identifier(schema)}.{quote_identifier(name)}"
 
 
-def _quote(identifier: str) -> str:
+def quote_identifier(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def _sql_string(value: str) -> str:
+def sql_string(value: str) -> str:
     # Standard SQL literal: DuckDB does not treat backslashes specially outside E'' strings.
     return "'" + value.replace("'", "''") + "'"

@@ -42,6 +42,7 @@ class Execution:
         self._lock = threading.Lock()
         self.timed_out = False
         self._deadline = None
+        self._cleanups: list[Callable[[], None]] = []
         if on_timeout is not None and timeout_seconds > 0:
             def fire() -> None:
                 self.timed_out = True
@@ -62,6 +63,10 @@ class Execution:
         self.audit.engine_error_detail = full
         return error
 
+    def on_finish(self, cleanup: Callable[[], None]) -> None:
+        """Run `cleanup` when the execution finishes (releasing what the statement held)."""
+        self._cleanups.append(cleanup)
+
     def record_now(self) -> None:
         """Write the audit record now (rows so far) without finishing; raises QueryError on failure."""
         self.governor.record(self.subject, self.settings, self.audit, final=False)
@@ -76,6 +81,8 @@ class Execution:
             self.governor.watchdog.cancel(self._deadline)
         if self._holds_slot:
             self.governor.release()
+        for cleanup in self._cleanups:
+            cleanup()
         if error is not None and self.audit.error is None:
             self.audit.error = {"sqlstate": error.sqlstate, "code": error.code, "message": error.message}
         if write:

@@ -11,7 +11,8 @@ All methods block (they call DuckDB); the wire layer runs them on worker threads
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -40,6 +41,7 @@ from engine_host.pipeline.settings import (
     check_transaction_mode,
     parse_setting_command,
 )
+from hd_core.errors import HdError
 from hd_core.models import Principal
 from hd_core.policy_eval import Subject
 
@@ -55,6 +57,20 @@ class CatalogAnswers(Protocol):
                 settings: Mapping[str, str] | None = None, backend_pid: int | None = None) -> str | None: ...
 
     def parameter_types(self, sql: str) -> dict[int, int]: ...
+
+
+class DataLease(AbstractContextManager["DataLease"], Protocol):
+    """What a statement holds on the table files it reads; released when it ends."""
+
+    def release(self) -> None: ...
+
+
+class TableData(Protocol):
+    """Tables whose files must be brought into place before DuckDB binds or runs a statement over them."""
+
+    def hold(self, names: Iterable[str]) -> DataLease:
+        """Make the files of these tables (canonical `schema.table`) readable until the lease is released."""
+        ...
 
 
 class Kind(Enum):
@@ -120,9 +136,11 @@ class StatementPipeline:
     """Prepares and executes statements for sessions on one locked-down DuckDB database."""
 
     def __init__(self, database: Database, governor: Governor, catalog: CatalogAnswers | None = None,
-                 stages: Sequence[Stage] | None = None):
+                 stages: Sequence[Stage] | None = None, table_data: TableData | None = None):
+        """`table_data` serves tables from the object store cache; without it every table is local."""
         self._database = database
         self._catalog = catalog
+        self._table_data = table_data
         self.governor = governor
         self.stages: list[Stage] = (list(stages) if stages is not None
                                     else [self.classify, self.answer_catalog, self.govern])
@@ -252,10 +270,22 @@ class StatementPipeline:
     def _shape(self, session: Session, prepared: PreparedStatement) -> StatementShape:
         if prepared.shape is None:
             try:
-                prepared.shape = session.engine.describe(prepared.engine_sql)
+                with self._hold_data(prepared.plan):
+                    prepared.shape = session.engine.describe(prepared.engine_sql)
             except duckdb.Error as exc:
                 raise errors.from_engine_error(exc) from None
         return prepared.shape
+
+    def _hold_data(self, plan: GovernedPlan | None) -> DataLease:
+        """Bring the files of the tables `plan` reads into place (binding a view reads their metadata too)."""
+        if self._table_data is None or plan is None or not plan.tables:
+            return _NOTHING_HELD
+        try:
+            return self._table_data.hold(name for name, _ in plan.tables)
+        except HdError as exc:
+            raise QueryError("58030", exc.code, str(exc),
+                             hint="The table's files could not be read from the object store; "
+                                  "retry, and ask an operator to check the data bucket if it persists.") from None
 
     def parameter_types(self, session: Session, prepared: PreparedStatement) -> list[PgType]:
         """Declared parameter types where given, DuckDB's inferred ones elsewhere (text when unknown)."""
@@ -303,7 +333,8 @@ class StatementPipeline:
             else:
                 values = [None] * len(shape.parameter_types)
             try:
-                shape = session.engine.describe(prepared.engine_sql, values)
+                with self._hold_data(prepared.plan):
+                    shape = session.engine.describe(prepared.engine_sql, values)
             except duckdb.Error as exc:
                 raise errors.from_engine_error(exc) from None
         if not shape.returns_rows:
@@ -396,6 +427,7 @@ class StatementPipeline:
         # record is stored: a write whose record cannot be written is rolled back (fail closed).
         own_transaction = plan.kind not in ("select", "explain", "catalog") and not session.in_transaction
         try:
+            execution.on_finish(self._hold_data(plan).release)  # the lease lasts until the rows are sent
             if own_transaction:
                 self._engine_command(session, "BEGIN TRANSACTION")
             stype = prepared.statement_type
@@ -613,6 +645,12 @@ class StatementPipeline:
             engine.close()
             raise
         try:
+            execution.on_finish(self._hold_data(query.plan).release)
+        except QueryError as exc:
+            engine.close()
+            self._abandon(session, False, execution, exc)
+            raise
+        try:
             stream = engine.run(query.engine_sql)
         except duckdb.Error as exc:
             engine.close()
@@ -661,6 +699,17 @@ _SAVEPOINT = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _CLOSE = re.compile(r"^\s*CLOSE\s+" + _IDENT + r"\s*;?\s*$", re.IGNORECASE | re.DOTALL)
+
+
+class _NothingHeld(AbstractContextManager["_NothingHeld"]):
+    def release(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+_NOTHING_HELD = _NothingHeld()
 
 
 def _cursor_name(m: re.Match[str] | None, text: str) -> str:

@@ -171,14 +171,14 @@ def test_registering_twice_is_idempotent_and_marks_each_view(con: duckdb.DuckDBP
 def test_a_registration_that_fails_midway_changes_nothing(
     con: duckdb.DuckDBPyConnection, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_create_view = tables._create_view
+    real_create_view = tables.create_marked_view
 
-    def fail_on_sales(con: duckdb.DuckDBPyConnection, catalog: str, ref: TableRef) -> None:
-        if ref.schema == "sales":
+    def fail_on_sales(con: duckdb.DuckDBPyConnection, catalog: str, schema: str, *args: str) -> None:
+        if schema == "sales":
             raise duckdb.IOException("disk on fire")
-        real_create_view(con, catalog, ref)
+        real_create_view(con, catalog, schema, *args)
 
-    monkeypatch.setattr(tables, "_create_view", fail_on_sales)
+    monkeypatch.setattr(tables, "create_marked_view", fail_on_sales)
 
     with pytest.raises(duckdb.IOException, match="disk on fire"):
         register_parquet_tables(con, data_dir)

@@ -1,0 +1,268 @@
+"""Tables whose Parquet files live in an object store (S3), served to DuckDB from the local cache.
+
+Layout in the source: `<schema>/<table>/<file>.parquet` becomes the view `<schema>.<table>` over
+`read_parquet([<cache copy of each file>, ...])`. The list is explicit, not a glob, so a copy that is
+missing when a statement binds or runs is an error, never a silently shorter table.
+
+Life of a statement over such a table (engine_host/pipeline/pipeline.py calls `hold`):
+- `hold(tables)` pins every file of the tables it reads: a file not in the cache is fetched (in
+  parallel, one download per object however many statements want it), a cached one is revalidated
+  against the source when its last check is older than the cache's staleness bound (60 s by default),
+  and none is evicted until the statement finishes and the lease is released.
+- A file deleted at the source makes the lease re-list the source once and try again, so a table
+  that was rewritten (new file names) is served from its new files.
+
+New, changed and removed tables appear through `sync`, which re-lists the source: at start, then every
+`listing_interval_seconds` from a background thread. So the bounds a reader can rely on are: a
+replaced object is never served more than the cache's staleness bound after the change, and a new
+or removed file or table shows within one listing interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Collection, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import duckdb
+
+from engine_host.cache.object_cache import ObjectCache
+from engine_host.engine.tables import (
+    CACHED_VIEW_MARKER,
+    GLOB_METACHARACTERS,
+    IDENTIFIER,
+    RESERVED_SCHEMAS,
+    create_marked_view,
+    current_catalog,
+    existing_objects,
+    qualified,
+    rollback,
+    sql_string,
+)
+from hd_core.errors import HdError
+from hd_core.object_source import ObjectMissing, ObjectSource
+
+log = logging.getLogger(__name__)
+
+PARQUET_SUFFIX = ".parquet"
+
+
+class TableDataUnavailable(HdError):
+    """The files of a table could not be brought into the cache, so the statement cannot read it."""
+
+    code = "HD_ERR_TABLE_DATA_UNAVAILABLE"
+
+
+@dataclass(frozen=True)
+class CachedTable:
+    """One table of the source: its SQL name and the object keys of its files, sorted."""
+
+    schema: str
+    table: str
+    keys: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+class DataLease:
+    """Pins on the cached files of the tables one statement reads; `release` exactly once when it ends."""
+
+    def __init__(self, cache: ObjectCache | None, keys: tuple[str, ...]) -> None:
+        self._cache = cache
+        self._keys = keys
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            keys, self._keys = self._keys, ()
+        for key in keys:
+            self._cache.release(key)  # type: ignore[union-attr]
+
+    def __enter__(self) -> DataLease:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+NO_DATA = DataLease(None, ())
+
+
+class CachedTables:
+    """The source's tables, registered as views over cache files, and the leases statements take on them."""
+
+    def __init__(self, source: ObjectSource, cache: ObjectCache, *, fetch_threads: int = 8,
+                 listing_interval_seconds: float = 60.0) -> None:
+        cache_root = str(cache.local_path("x").parent)
+        if GLOB_METACHARACTERS & set(cache_root):
+            # DuckDB glob-expands every entry of a read_parquet list, even an explicit file name.
+            raise ValueError(f"cache directory {cache_root} contains a glob metacharacter")
+        self._source = source
+        self._cache = cache
+        self._interval = listing_interval_seconds
+        self._pool = ThreadPoolExecutor(max_workers=fetch_threads, thread_name_prefix="hd-fetch")
+        self._lock = threading.Lock()  # guards _tables; sync runs one at a time under _sync_lock
+        self._sync_lock = threading.Lock()
+        self._tables: dict[str, CachedTable] = {}
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._on_change: Callable[[], None] = lambda: None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- catalog ----------------------------------------------------------------------------------
+
+    def sync(self, con: duckdb.DuckDBPyConnection, on_change: Callable[[], None] = lambda: None) -> list[CachedTable]:
+        """Re-list the source and bring the views in line: register new or changed tables, drop vanished ones.
+
+        Each new or changed table is registered with its files pinned (DuckDB reads their metadata to
+        bind the view), then `on_change` runs while they are still pinned so catalog readers such as
+        TableCatalog can count rows. Raises the source's error when it cannot be listed.
+        """
+        with self._sync_lock:
+            self._con, self._on_change = con, on_change
+            found = discover_cached_tables(self._source.list())
+            catalog = current_catalog(con)
+            existing = existing_objects(con, catalog, CACHED_VIEW_MARKER)
+            with self._lock:
+                current = dict(self._tables)
+            registered: dict[str, CachedTable] = {}
+            for table in found:
+                kind = existing.get((table.schema, table.table))
+                if table.schema == catalog or (kind is not None and kind != "ours"):
+                    log.warning("skipping cached table %s: the name is taken by a %s", table.name, kind or "catalog")
+                    continue
+                if current.get(table.name) == table and kind == "ours":
+                    registered[table.name] = table
+                    continue
+                try:
+                    self._register(con, catalog, table, on_change)
+                except (HdError, duckdb.Error) as exc:
+                    log.error("cannot register cached table %s: %s", table.name, exc)
+                    continue
+                registered[table.name] = table
+            vanished = [(schema, name) for (schema, name), kind in existing.items()
+                        if kind == "ours" and f"{schema}.{name}" not in registered]
+            for schema, name in vanished:
+                log.info("dropping cached table %s.%s: it is no longer in the source", schema, name)
+                con.execute(f"DROP VIEW IF EXISTS {qualified(catalog, schema, name)}")
+            with self._lock:
+                self._tables = registered
+            if vanished:
+                on_change()
+            return sorted(registered.values(), key=lambda t: t.name)
+
+    def _register(self, con: duckdb.DuckDBPyConnection, catalog: str, table: CachedTable,
+                  on_change: Callable[[], None]) -> None:
+        with self._lease(table.keys):
+            files = ", ".join(sql_string(str(self._cache.local_path(key))) for key in table.keys)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                create_marked_view(con, catalog, table.schema, table.table, f"read_parquet([{files}])",
+                                   CACHED_VIEW_MARKER)
+                con.execute("COMMIT")
+            except BaseException:
+                rollback(con)
+                raise
+            on_change()
+        log.info("registered cached table %s (%d file(s))", table.name, len(table.keys))
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._tables)
+
+    # --- leases -----------------------------------------------------------------------------------
+
+    def hold(self, names: Iterable[str]) -> DataLease:
+        """Pin the cached files of the named tables (others are ignored); raises `TableDataUnavailable`."""
+        wanted = set(names)
+        try:
+            return self._lease(self._keys_of(wanted))
+        except ObjectMissing:
+            # A file went away at the source: the table was probably rewritten under new file names.
+            log.info("a file of %s is gone from the source; re-listing", ", ".join(sorted(wanted)))
+            self._resync()
+            try:
+                return self._lease(self._keys_of(wanted))
+            except ObjectMissing as exc:
+                raise TableDataUnavailable(f"a file of {', '.join(sorted(wanted))} vanished from the object store "
+                                           "while it was being read; retry the statement") from exc
+
+    def _keys_of(self, names: Collection[str]) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(key for name in sorted(names) if (t := self._tables.get(name)) for key in t.keys)
+
+    def _lease(self, keys: tuple[str, ...]) -> DataLease:
+        if not keys:
+            return NO_DATA
+        futures = [self._pool.submit(self._cache.acquire, key) for key in keys]
+        acquired: list[str] = []
+        failure: Exception | None = None
+        for key, future in zip(keys, futures, strict=True):
+            try:
+                future.result()
+                acquired.append(key)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, once every pin taken is released
+                failure = failure or exc
+        lease = DataLease(self._cache, tuple(acquired))
+        if failure is None:
+            return lease
+        lease.release()
+        if isinstance(failure, ObjectMissing):
+            raise failure
+        if isinstance(failure, HdError):
+            raise TableDataUnavailable(f"table data could not be fetched from the object store: {failure}") from failure
+        raise failure
+
+    # --- background re-listing --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Re-list the source every listing interval until `stop` (after a first `sync`)."""
+        self._thread = threading.Thread(target=self._run, name="hd-table-listing", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            self._resync()
+
+    def _resync(self) -> None:
+        if self._con is None:
+            return
+        try:
+            self.sync(self._con, self._on_change)
+        except (HdError, duckdb.Error) as exc:  # keep serving what is registered; the next tick retries
+            log.error("re-listing the table source failed: %s", exc)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def discover_cached_tables(objects: Iterable[object]) -> list[CachedTable]:
+    """Group listed objects (`ObjectInfo`) into `<schema>/<table>/<file>.parquet` tables; others are skipped."""
+    files: dict[tuple[str, str], list[str]] = {}
+    for info in objects:
+        key: str = info.key  # type: ignore[attr-defined]
+        parts = PurePosixPath(key).parts
+        if not key.endswith(PARQUET_SUFFIX) or any(part.startswith(".") for part in parts):
+            continue
+        if len(parts) != 3:
+            log.warning("skipping object %s: table files are <schema>/<table>/<file>.parquet", key)
+            continue
+        schema, table, name = parts
+        if not (IDENTIFIER.fullmatch(schema) and IDENTIFIER.fullmatch(table)) or schema in RESERVED_SCHEMAS:
+            log.warning("skipping object %s: schema and table must match %s and not be reserved", key,
+                        IDENTIFIER.pattern)
+            continue
+        if GLOB_METACHARACTERS & set(name):
+            log.warning("skipping object %s: glob characters in a file name", key)
+            continue
+        files.setdefault((schema, table), []).append(key)
+    return [CachedTable(schema, table, tuple(sorted(keys))) for (schema, table), keys in sorted(files.items())]
+
