@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from engine_host.api_cli import API_COMMANDS, add_api_commands, run_api_command
 from engine_host.local import LocalConfig, default_state_dir, run_local
 from engine_host.pipeline.governor import HostLimits
 from engine_host.policy_cli import add_policy_commands, run_policy_command
+from hd_core.errors import HdError
 
 STATE_DIR_HELP = "where control state, keys, TLS files and data live (default $HD_STATE_DIR or ~/.hd)"
 
@@ -22,6 +24,17 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError("port must be between 0 and 65535 (0 picks a free port)")
     return port
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """`500M`, `2GiB`, `1g` or a byte count."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if match is None or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size such as 500MiB or 20GiB, got {text!r}")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--api-port", type=_port, default=8080,
                      help="port of the local control API on 127.0.0.1 (default 8080; 0 = any free)")
     dev.add_argument("--no-api", action="store_true", help="do not serve the control API")
+    dev.add_argument("--data-source", metavar="s3://BUCKET/PREFIX/",
+                     help="serve the Parquet tables under this S3 prefix (<schema>/<table>/*.parquet) through a "
+                          "local cache instead of STATE_DIR/data; AWS credentials come from the usual places")
+    dev.add_argument("--cache-capacity", type=_size, default=None, metavar="SIZE",
+                     help="with --data-source: the cache's size, e.g. 20GiB (default: half the free disk space)")
     add_policy_commands(commands, STATE_DIR_HELP)
     add_api_commands(commands)
     return parser
@@ -65,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               max_queued_statements=args.max_queued_statements,
                               statement_timeout_seconds=args.statement_timeout),
             api_port=None if args.no_api else args.api_port,
+            data_source=args.data_source,
+            cache_capacity_bytes=args.cache_capacity,
         )
 
         def announce(text: str) -> None:
@@ -74,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_local(config, announce))
         except OSError as exc:
             print(f"hd dev: cannot start: {exc}", file=sys.stderr)
+            return 1
+        except HdError as exc:
+            print(f"hd dev: cannot start: {exc} ({exc.code})", file=sys.stderr)
             return 1
         return 0
     if args.command == "policy":

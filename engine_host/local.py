@@ -22,26 +22,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import duckdb
-
+from engine_host.cache.cached_tables import CachedTables
+from engine_host.cache.object_cache import ObjectCache
 from engine_host.control_server import ControlApiServer
 from engine_host.credentials import EngineCredentials
 from engine_host.demo import write_demo_dataset
 from engine_host.demo_policies import ACME, install_demo
-from engine_host.engine.catalog import CatalogResponder
-from engine_host.engine.duckdb_engine import Database
-from engine_host.engine.masking import ensure_mask_keys, install_mask_macros
-from engine_host.engine.table_catalog import TableCatalog
-from engine_host.engine.tables import register_parquet_tables
-from engine_host.pipeline.governor import AuditWriter, Governor, HostLimits
-from engine_host.pipeline.pipeline import StatementPipeline
-from engine_host.pipeline.policy_state import PolicyState
+from engine_host.host import EngineHost, HostSettings, LocalFolderTables, ObjectStoreTables, TableSource
+from engine_host.pipeline.governor import HostLimits
 from engine_host.tls import ensure_self_signed_certificate, server_ssl_context
 from engine_host.wire.server import PgServer
 from functions.audit.handler import write_due_checkpoints
@@ -50,10 +45,10 @@ from functions.shared.wiring import ControlServices, assemble_services, install_
 from hd_core.adapters.local_audit import LocalFolderAuditArchive, LocalFolderAuditSink
 from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile
+from hd_core.adapters.s3_objects import s3_source_from_url
 from hd_core.adapters.sqlite_store import SqliteControlStore
 from hd_core.api_keys import ApiKeyAuthenticator, ApiKeyHasher
 from hd_core.bootstrap import bootstrap_local_owner, ensure_environments, ensure_pepper
-from hd_core.metering import UsageMeter
 from hd_core.policy_codec import load_policy_file
 from hd_core.ports import AuditSink
 
@@ -78,6 +73,8 @@ class LocalConfig:
     policy_poll_seconds: float = 1.0
     usage_flush_seconds: float = 5.0
     api_port: int | None = None  # the local control API (`hd dev` asks for 8080); None: do not serve it
+    data_source: str | None = None  # s3://bucket/prefix/: serve that bucket's tables through a local cache
+    cache_capacity_bytes: int | None = None  # None: half the free space of the state directory's disk
 
 
 @dataclass(frozen=True)
@@ -129,18 +126,15 @@ class LocalEngineHost:
         self.state_dir = config.state_dir.expanduser().resolve()
         self.data_dir = self.state_dir / "data"
         self.store: SqliteControlStore | None = None
-        self.database: Database | None = None
-        self.server: PgServer | None = None
+        self.engine: EngineHost | None = None
         self.banner: Banner | None = None
-        self.policies: PolicyState | None = None
-        self.tables: TableCatalog | None = None
-        self.server_pipeline: StatementPipeline | None = None
-        self.audit_sink: AuditSink | None = None
-        self.meter: UsageMeter | None = None
         self.control_api: ControlApiServer | None = None
         self._checkpointer: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._flusher: threading.Thread | None = None
+
+    @property
+    def server(self) -> PgServer | None:
+        return self.engine.server if self.engine is not None else None
 
     async def start(self) -> Banner:
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -163,48 +157,44 @@ class LocalEngineHost:
             for obj in load_policy_file(policy_file):
                 store.put_policy(obj)
         authenticator = ApiKeyAuthenticator(store, ensure_pepper(store))
-        catalog = CatalogResponder()
-        database = Database(self.state_dir / "engine.duckdb", allowed_directories=[self.data_dir])
-        mask_keys = ensure_mask_keys(store)
-        database.open(setup=[self._register_tables, catalog.install,
-                             lambda con: install_mask_macros(con, mask_keys)])
-        self.database = database
-        self.tables = tables = TableCatalog(database.connection)
-        self.policies = PolicyState(store, interval_seconds=self.config.policy_poll_seconds)
-        self.audit_sink = self._audit_override or LocalFolderAuditSink(self.state_dir, host_id=f"local-{os.getpid()}")
-        self.meter = UsageMeter(store)
-        governor = Governor(policies=self.policies, tables=tables, store=store, audit=AuditWriter(self.audit_sink),
-                            meter=self.meter, default_org_id=owner.org.org_id, limits=self.config.limits)
-        pipeline = StatementPipeline(database, governor, catalog)
-        self.server_pipeline = pipeline
         cert, key = ensure_self_signed_certificate(self.state_dir / "tls")
         # The engine accepts API keys, and JWTs from the control API (verified with the same key file).
         control = self._control_services(store, authenticator)
         credentials = EngineCredentials(authenticator, control.requests)
-        self.server = PgServer(
-            pipeline,
-            credentials.authenticate,
-            ssl_context=server_ssl_context(cert, key),
-            host=self.config.host,
-            port=self.config.port,
-            allow_plaintext=self.config.insecure_plaintext,
+        settings = HostSettings(
+            host=self.config.host, port=self.config.port, allow_plaintext=self.config.insecure_plaintext,
+            shutdown_grace_seconds=self.config.shutdown_grace_seconds, limits=self.config.limits,
+            policy_poll_seconds=self.config.policy_poll_seconds, usage_flush_seconds=self.config.usage_flush_seconds,
         )
-        await self.server.start()
-        # Listening before the snapshot is in: early connections get 57P03 (the startup gate), not a hang.
-        await asyncio.get_running_loop().run_in_executor(None, self.policies.load)
-        self.policies.start()
-        self._flusher = threading.Thread(target=self._flush_usage, name="hd-usage-flush", daemon=True)
-        self._flusher.start()
+        self.engine = EngineHost(
+            settings, store=store, authenticate=credentials.authenticate,
+            audit_sink=self._audit_override or LocalFolderAuditSink(self.state_dir, host_id=f"local-{os.getpid()}"),
+            tables=self._table_source(), database_path=self.state_dir / "engine.duckdb",
+            ssl_context=server_ssl_context(cert, key), default_org_id=owner.org.org_id,
+        )
+        await self.engine.start()
         environments = tuple((env.name, env.env_id) for env in ensure_environments(store, owner.org.org_id))
         for org in store.list_orgs():
             ensure_environments(store, org.org_id)
         if self.config.api_port is not None:
             self._start_control_api(control, self.config.api_port)
-        self.banner = Banner(self.server.port, owner.user.user_id, key_file, owner.api_key_plaintext is not None,
-                             self.config.insecure_plaintext, demo_keys,
+        assert self.engine.server is not None
+        self.banner = Banner(self.engine.server.port, owner.user.user_id, key_file,
+                             owner.api_key_plaintext is not None, self.config.insecure_plaintext, demo_keys,
                              api_port=self.control_api.port if self.control_api else None,
                              org_id=owner.org.org_id, environments=environments)
         return self.banner
+
+    def _table_source(self) -> TableSource:
+        """The data folder, or with `--data-source s3://...` the bucket through a cache in the state directory."""
+        if self.config.data_source is None:
+            return LocalFolderTables(self.data_dir)
+        source = s3_source_from_url(self.config.data_source)
+        cache_dir = self.state_dir / "cache"
+        cache_dir.mkdir(mode=0o700, exist_ok=True)
+        capacity = self.config.cache_capacity_bytes or shutil.disk_usage(cache_dir).free // 2
+        cache = ObjectCache(source, cache_dir, capacity)
+        return ObjectStoreTables(CachedTables(source, cache), cache.objects_dir)
 
     def _start_control_api(self, control: ControlServices, port: int) -> None:
         """Serve the control-plane Lambdas over HTTP, around this host's own store and key cache."""
@@ -242,51 +232,21 @@ class LocalEngineHost:
             api_keys=authenticator,
         )
 
-    def _flush_usage(self) -> None:
-        while not self._stopping.wait(self.config.usage_flush_seconds):
-            self._flush_meter()
-
-    def _flush_meter(self) -> None:
-        if self.meter is not None and self.store is not None:
-            try:
-                self.meter.flush()
-            except Exception:  # kept pending and retried on the next tick
-                log.exception("usage flush failed")
-
-    def _register_tables(self, con: duckdb.DuckDBPyConnection) -> None:
-        tables = register_parquet_tables(con, self.data_dir)
-        log.info("registered %d Parquet tables from %s", len(tables), self.data_dir)
-
     async def stop(self) -> None:
         """Finish or cancel in-flight statements, then make everything written durable."""
+        self._stopping.set()
         if self.control_api is not None:
             self.control_api.stop()
-            self._stopping.set()
             if self._checkpointer is not None:
                 self._checkpointer.join(timeout=5)
             self._write_due_checkpoints()  # seal the tail: nothing appended today goes unsigned
             install_services(None)
             self.control_api = None
-        if self.server is not None:
-            await self.server.shutdown(self.config.shutdown_grace_seconds)
-            self.server = None
-        self._stopping.set()
-        if self._flusher is not None:
-            self._flusher.join(timeout=5)
-        self._flush_meter()
-        if self.policies is not None:
-            self.policies.stop()
-        if self.server_pipeline is not None:
-            self.server_pipeline.governor.watchdog.stop()
-        if isinstance(self.audit_sink, LocalFolderAuditSink):
-            self.audit_sink.close()
-        if self.tables is not None:
-            self.tables.close()
-            self.tables = None
-        if self.database is not None:
-            self.database.checkpoint()
-            self.database.close()
-            self.database = None
+        if self.engine is not None:
+            await self.engine.stop()
+            if isinstance(self.engine.audit_sink, LocalFolderAuditSink):
+                self.engine.audit_sink.close()
+            self.engine = None
         if self.store is not None:
             self.store.close()
             self.store = None

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,12 +70,12 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def start_engine_host(state_dir: Path, *extra: str) -> EngineHostProcess:
-    """Start `hd dev` on a free port and wait until it says it is ready."""
+def start_engine_host(state_dir: Path, *extra: str, env: Mapping[str, str] | None = None) -> EngineHostProcess:
+    """Start `hd dev` on a free port and wait until it says it is ready; `env` adds environment variables."""
     cmd = [sys.executable, "-m", "engine_host.cli", "--log-level", "WARNING", "dev",
            "--state-dir", str(state_dir), "--port", "0", "--api-port", "0", *extra]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     lines: queue.Queue[str] = queue.Queue()
     output: list[str] = []
 

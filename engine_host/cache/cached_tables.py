@@ -98,7 +98,7 @@ class CachedTables:
 
     def __init__(self, source: ObjectSource, cache: ObjectCache, *, fetch_threads: int = 8,
                  listing_interval_seconds: float = 60.0) -> None:
-        cache_root = str(cache.local_path("x").parent)
+        cache_root = str(cache.objects_dir)
         if GLOB_METACHARACTERS & set(cache_root):
             # DuckDB glob-expands every entry of a read_parquet list, even an explicit file name.
             raise ValueError(f"cache directory {cache_root} contains a glob metacharacter")

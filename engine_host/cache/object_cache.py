@@ -73,6 +73,11 @@ class ObjectCache:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
 
+    @property
+    def objects_dir(self) -> Path:
+        """The directory holding every cached copy (what DuckDB is allowed to read)."""
+        return self._objects_dir
+
     def local_path(self, key: str) -> Path:
         """Where the object's copy lives when it is cached (nothing is fetched or checked)."""
         return self._objects_dir / safe_relative_path(key)

@@ -28,7 +28,7 @@ from engine_host.pipeline.results import Column, Outcome, RowSource, format_code
 from engine_host.pipeline.session import IDLE, Session
 from engine_host.wire import messages as m
 from engine_host.wire.datarow import frame_data_rows, frame_data_rows_small
-from hd_core.errors import AuthenticationFailed
+from hd_core.errors import AuthenticationFailed, HdError
 
 if TYPE_CHECKING:
     from engine_host.wire.server import PgServer
@@ -213,6 +213,12 @@ class PgConnection:
             await self._fatal("57P03", "HD_ERR_STARTING_UP",
                               "the database system is starting up (policies are still loading)")
             return False
+        if self.server.admission is not None:
+            try:
+                self.server.admission()
+            except HdError as exc:
+                await self._fatal(getattr(exc, "sqlstate", "08004"), exc.code, str(exc))
+                return False
         if not tls and not self._plaintext_allowed():
             await self._fatal(
                 "28000", "HD_ERR_TLS_REQUIRED",

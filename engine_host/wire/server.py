@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 # (user name, password, client address) -> the principal, or AuthenticationFailed
 Authenticate = Callable[[str, str, str | None], Principal]
+# Called for each new connection before authentication; raises an HdError with a `sqlstate` to refuse it
+# (the heartbeat's ServiceGate.check_new_connection once the grace period has run out).
+Admission = Callable[[], None]
 
 
 class PgServer:
@@ -34,6 +37,7 @@ class PgServer:
         port: int = 5439,
         allow_plaintext: bool = False,
         worker_threads: int = 64,
+        admission: Admission | None = None,
     ):
         if ssl_context is None and not allow_plaintext:
             raise ValueError("a TLS context is required unless plaintext is explicitly allowed")
@@ -41,6 +45,7 @@ class PgServer:
         self.authenticate = authenticate
         self.ssl_context = ssl_context
         self.allow_plaintext = allow_plaintext
+        self.admission = admission
         self.host = host
         self.port = port
         # DuckDB and Argon2 release the GIL; a pool wide enough for many concurrent sessions keeps one

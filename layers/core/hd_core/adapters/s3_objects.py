@@ -8,12 +8,14 @@ against the ETag (the MD5 of the content). A failed check leaves no file at `des
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from hd_core.errors import InvalidRequest
 from hd_core.object_source import (
     ObjectChanged,
     ObjectInfo,
@@ -27,6 +29,8 @@ from hd_core.object_source import (
 _CHUNK_BYTES = 1024 * 1024
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 _CHANGED_CODES = {"412", "PreconditionFailed"}
+# Bucket names as S3 allows them (3-63 of lower-case letters, digits, dots and hyphens).
+_S3_URL = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>[^\x00]*))?")
 
 
 class S3ObjectUnavailable(ObjectSourceUnavailable):
@@ -136,3 +140,18 @@ def _verify(info: ObjectInfo, written: int, md5: str) -> None:
 
 def _unquoted(etag: str) -> str:
     return etag.strip('"')
+
+
+def s3_source_from_url(url: str, s3_client: Any = None) -> S3ObjectSource:
+    """The source for `s3://bucket/prefix/` (prefix optional); raises `InvalidRequest` for anything else."""
+    match = _S3_URL.fullmatch(url)
+    if match is None:
+        raise InvalidRequest(f"expected s3://<bucket>/<prefix>/ as the table data source, got {url!r}")
+    prefix = match.group("prefix") or ""
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    if s3_client is None:
+        import boto3  # only here: Lambdas that never read table data skip its import
+
+        s3_client = boto3.client("s3")
+    return S3ObjectSource(s3_client, match.group("bucket"), prefix)

@@ -1,0 +1,230 @@
+"""The engine host's moving parts, composed once for both local mode and a fleet instance.
+
+What differs between `hd dev` (engine_host/local.py) and `hd engine serve` (engine_host/fleet.py) is
+handed in: the control store, how credentials are checked, where audit records go, where table data
+comes from (a local folder, or the object store through the encrypted cache), and the TLS context.
+Everything else (the locked-down DuckDB, the governance pipeline, the wire server, the policy
+watcher and the usage flush) is built here, in one order:
+
+1. DuckDB is opened, set up (tables, catalog objects, masking macros) and locked down.
+2. The wire server starts listening: until the policy snapshot is in, clients get 57P03, not a hang.
+3. The policy snapshot is loaded and watched; usage is flushed every few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import duckdb
+
+from engine_host.cache.cached_tables import CachedTables
+from engine_host.engine.catalog import CatalogResponder
+from engine_host.engine.duckdb_engine import Database
+from engine_host.engine.masking import ensure_mask_keys, install_mask_macros
+from engine_host.engine.table_catalog import TableCatalog
+from engine_host.engine.tables import register_parquet_tables
+from engine_host.pipeline.governor import AuditWriter, Governor, HostLimits
+from engine_host.pipeline.pipeline import StatementPipeline, TableData
+from engine_host.pipeline.policy_state import PolicyState
+from engine_host.wire.server import Admission, Authenticate, PgServer
+from hd_core.metering import UsageMeter
+from hd_core.ports import AuditSink, ControlStore
+
+log = logging.getLogger(__name__)
+
+
+class TableSource(Protocol):
+    """Where the served tables come from."""
+
+    @property
+    def allowed_directories(self) -> list[Path]:
+        """The only directories DuckDB may read (its `allowed_directories`)."""
+        ...
+
+    @property
+    def table_data(self) -> TableData | None:
+        """What statements must hold while they read (None: files are always in place)."""
+        ...
+
+    def register(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Set-up step run before the lockdown."""
+        ...
+
+    def attach(self, con: duckdb.DuckDBPyConnection, catalog: TableCatalog) -> None:
+        """Run once the database is locked down and its catalog is read."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalFolderTables:
+    """`<data_dir>/<schema>/<table>/*.parquet`, read in place (local mode)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    @property
+    def allowed_directories(self) -> list[Path]:
+        return [self.data_dir]
+
+    @property
+    def table_data(self) -> TableData | None:
+        return None
+
+    def register(self, con: duckdb.DuckDBPyConnection) -> None:
+        tables = register_parquet_tables(con, self.data_dir)
+        log.info("registered %d Parquet tables from %s", len(tables), self.data_dir)
+
+    def attach(self, con: duckdb.DuckDBPyConnection, catalog: TableCatalog) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class ObjectStoreTables:
+    """Tables in an object store, read through the local cache; DuckDB sees only the cache's copies."""
+
+    def __init__(self, tables: CachedTables, objects_dir: Path) -> None:
+        self.tables = tables
+        self._objects_dir = objects_dir
+
+    @property
+    def allowed_directories(self) -> list[Path]:
+        return [self._objects_dir]
+
+    @property
+    def table_data(self) -> TableData | None:
+        return self.tables
+
+    def register(self, con: duckdb.DuckDBPyConnection) -> None:
+        return None  # views over cache files are created after the lockdown, which DDL is allowed to do
+
+    def attach(self, con: duckdb.DuckDBPyConnection, catalog: TableCatalog) -> None:
+        registered = self.tables.sync(con.cursor(), catalog.refresh)
+        log.info("serving %d table(s) from the object store", len(registered))
+        self.tables.start()
+
+    def close(self) -> None:
+        self.tables.stop()
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """Listening, limits and timings of one engine host."""
+
+    host: str = "127.0.0.1"
+    port: int = 5439
+    allow_plaintext: bool = False
+    shutdown_grace_seconds: float = 10.0
+    limits: HostLimits = field(default_factory=HostLimits)
+    policy_poll_seconds: float = 1.0
+    usage_flush_seconds: float = 5.0
+
+
+@dataclass
+class HostHooks:
+    """Optional observers: metrics and the heartbeat gate."""
+
+    admission: Admission | None = None
+
+
+class EngineHost:
+    """The database, the pipeline and the wire server around one control store."""
+
+    def __init__(self, settings: HostSettings, *, store: ControlStore, authenticate: Authenticate,
+                 audit_sink: AuditSink, tables: TableSource, database_path: Path | None,
+                 ssl_context: ssl.SSLContext | None, default_org_id: str, hooks: HostHooks | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self._authenticate = authenticate
+        self.audit_sink = audit_sink
+        self.table_source = tables
+        self._database_path = database_path
+        self._ssl_context = ssl_context
+        self._default_org_id = default_org_id
+        self._hooks = hooks or HostHooks()
+        self.database: Database | None = None
+        self.tables: TableCatalog | None = None
+        self.policies: PolicyState | None = None
+        self.meter: UsageMeter | None = None
+        self.pipeline: StatementPipeline | None = None
+        self.server: PgServer | None = None
+        self._stopping = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether the policy snapshot is loaded (the host answers statements)."""
+        return self.policies is not None and self.policies.ready
+
+    async def start(self) -> None:
+        catalog = CatalogResponder()
+        database = Database(self._database_path, allowed_directories=self.table_source.allowed_directories)
+        mask_keys = ensure_mask_keys(self.store)
+        database.open(setup=[self.table_source.register, catalog.install,
+                             lambda con: install_mask_macros(con, mask_keys)])
+        self.database = database
+        self.tables = TableCatalog(database.connection)
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.table_source.attach, database.connection, self.tables)
+        self.policies = PolicyState(self.store, interval_seconds=self.settings.policy_poll_seconds)
+        self.meter = UsageMeter(self.store)
+        writer = AuditWriter(self.audit_sink)
+        governor = Governor(policies=self.policies, tables=self.tables, store=self.store, audit=writer,
+                            meter=self.meter, default_org_id=self._default_org_id, limits=self.settings.limits)
+        self.pipeline = StatementPipeline(database, governor, catalog, table_data=self.table_source.table_data)
+        self.server = PgServer(
+            self.pipeline,
+            self._authenticate,
+            ssl_context=self._ssl_context,
+            host=self.settings.host,
+            port=self.settings.port,
+            allow_plaintext=self.settings.allow_plaintext,
+            admission=self._hooks.admission,
+        )
+        await self.server.start()
+        # Listening before the snapshot is in: early connections get 57P03 (the startup gate), not a hang.
+        await asyncio.get_running_loop().run_in_executor(None, self.policies.load)
+        self.policies.start()
+        self._flusher = threading.Thread(target=self._flush_usage, name="hd-usage-flush", daemon=True)
+        self._flusher.start()
+
+    def _flush_usage(self) -> None:
+        while not self._stopping.wait(self.settings.usage_flush_seconds):
+            self._flush_meter()
+
+    def _flush_meter(self) -> None:
+        if self.meter is not None:
+            try:
+                self.meter.flush()
+            except Exception:  # kept pending and retried on the next tick
+                log.exception("usage flush failed")
+
+    async def stop(self) -> None:
+        """Finish or cancel in-flight statements, then make everything written durable."""
+        if self.server is not None:
+            await self.server.shutdown(self.settings.shutdown_grace_seconds)
+            self.server = None
+        self._stopping.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=5)
+        self._flush_meter()
+        if self.policies is not None:
+            self.policies.stop()
+        if self.pipeline is not None:
+            self.pipeline.governor.watchdog.stop()
+        self.table_source.close()
+        if self.tables is not None:
+            self.tables.close()
+            self.tables = None
+        if self.database is not None:
+            self.database.checkpoint()
+            self.database.close()
+            self.database = None
