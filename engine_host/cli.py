@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--api-port", type=_port, default=8080,
                      help="port of the local control API on 127.0.0.1 (default 8080; 0 = any free)")
     dev.add_argument("--no-api", action="store_true", help="do not serve the control API")
+    dev.add_argument("--metrics-port", type=_port, default=None,
+                     help="serve Prometheus /metrics, /healthz and /readyz on 127.0.0.1 at this port (0 = any free)")
     dev.add_argument("--data-source", metavar="s3://BUCKET/PREFIX/",
                      help="serve the Parquet tables under this S3 prefix (<schema>/<table>/*.parquet) through a "
                           "local cache instead of STATE_DIR/data; AWS credentials come from the usual places")
@@ -85,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             api_port=None if args.no_api else args.api_port,
             data_source=args.data_source,
             cache_capacity_bytes=args.cache_capacity,
+            metrics_port=args.metrics_port,
         )
 
         def announce(text: str) -> None:

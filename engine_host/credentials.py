@@ -7,12 +7,16 @@ against our own keys, and the user and organisation re-read from the store.
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable
 
 from hd_core.api_keys import ApiKeyAuthenticator
 from hd_core.errors import AuthenticationFailed
 from hd_core.models import Principal
 from hd_core.request_auth import RequestAuthenticator
+
+log = logging.getLogger(__name__)
 
 # A compact JWS: three base64url parts, the header starting with `{"` (base64url "eyJ").
 _JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
@@ -21,12 +25,30 @@ _JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 class EngineCredentials:
     """Turns (user name, password, client address) into a principal, or raises `AuthenticationFailed`."""
 
-    def __init__(self, api_keys: ApiKeyAuthenticator, tokens: RequestAuthenticator | None = None) -> None:
+    def __init__(self, api_keys: ApiKeyAuthenticator, tokens: RequestAuthenticator | None = None, *,
+                 on_failure: Callable[[str], None] | None = None) -> None:
+        """`on_failure` is told the HD_ERR_* code of every failed authentication (the auth failure metric)."""
         self._api_keys = api_keys
         self._tokens = tokens
+        self._on_failure = on_failure
 
     def authenticate(self, username: str, password: str, source_ip: str | None = None) -> Principal:
         """The principal this password proves; an API key unless it is shaped like a JWT."""
+        try:
+            return self._authenticate(username, password, source_ip)
+        except AuthenticationFailed as exc:
+            self._report_failure(exc.code)
+            raise
+
+    def _report_failure(self, code: str) -> None:
+        if self._on_failure is None:
+            return
+        try:
+            self._on_failure(code)
+        except Exception:  # counting a failure must never turn it into a different error
+            log.exception("authentication failure observer failed")
+
+    def _authenticate(self, username: str, password: str, source_ip: str | None) -> Principal:
         if _JWT_SHAPE.fullmatch(password) is None:
             return self._api_keys.authenticate(username, password, source_ip)
         if self._tokens is None:

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import ssl
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -24,14 +25,17 @@ from typing import Protocol
 import duckdb
 
 from engine_host.cache.cached_tables import CachedTables
+from engine_host.cache.object_cache import ObjectCache
 from engine_host.engine.catalog import CatalogResponder
 from engine_host.engine.duckdb_engine import Database
 from engine_host.engine.masking import ensure_mask_keys, install_mask_macros
 from engine_host.engine.table_catalog import TableCatalog
 from engine_host.engine.tables import register_parquet_tables
+from engine_host.metrics import HostMetrics, gate_reading
 from engine_host.pipeline.governor import AuditWriter, Governor, HostLimits
 from engine_host.pipeline.pipeline import StatementPipeline, TableData
 from engine_host.pipeline.policy_state import PolicyState
+from engine_host.quota_utilisation import quota_reader
 from engine_host.wire.server import Admission, Authenticate, PgServer
 from hd_core.metering import UsageMeter
 from hd_core.ports import AuditSink, ControlStore
@@ -50,6 +54,11 @@ class TableSource(Protocol):
     @property
     def table_data(self) -> TableData | None:
         """What statements must hold while they read (None: files are always in place)."""
+        ...
+
+    @property
+    def cache_stats(self) -> Callable[[], Mapping[str, float]] | None:
+        """The cache's counters for metrics (None: no cache)."""
         ...
 
     def register(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -77,6 +86,10 @@ class LocalFolderTables:
     def table_data(self) -> TableData | None:
         return None
 
+    @property
+    def cache_stats(self) -> Callable[[], Mapping[str, float]] | None:
+        return None
+
     def register(self, con: duckdb.DuckDBPyConnection) -> None:
         tables = register_parquet_tables(con, self.data_dir)
         log.info("registered %d Parquet tables from %s", len(tables), self.data_dir)
@@ -91,17 +104,21 @@ class LocalFolderTables:
 class ObjectStoreTables:
     """Tables in an object store, read through the local cache; DuckDB sees only the cache's copies."""
 
-    def __init__(self, tables: CachedTables, objects_dir: Path) -> None:
+    def __init__(self, tables: CachedTables, cache: ObjectCache) -> None:
         self.tables = tables
-        self._objects_dir = objects_dir
+        self.cache = cache
 
     @property
     def allowed_directories(self) -> list[Path]:
-        return [self._objects_dir]
+        return [self.cache.objects_dir]
 
     @property
     def table_data(self) -> TableData | None:
         return self.tables
+
+    @property
+    def cache_stats(self) -> Callable[[], Mapping[str, float]] | None:
+        return self.cache.stats
 
     def register(self, con: duckdb.DuckDBPyConnection) -> None:
         return None  # views over cache files are created after the lockdown, which DDL is allowed to do
@@ -130,9 +147,10 @@ class HostSettings:
 
 @dataclass
 class HostHooks:
-    """Optional observers: metrics and the heartbeat gate."""
+    """Optional parts around the host: the heartbeat gate's admission check, and metrics."""
 
     admission: Admission | None = None
+    metrics: HostMetrics | None = None
 
 
 class EngineHost:
@@ -176,7 +194,9 @@ class EngineHost:
             None, self.table_source.attach, database.connection, self.tables)
         self.policies = PolicyState(self.store, interval_seconds=self.settings.policy_poll_seconds)
         self.meter = UsageMeter(self.store)
-        writer = AuditWriter(self.audit_sink)
+        metrics = self._hooks.metrics
+        writer = AuditWriter(self.audit_sink, on_record=metrics.observe_statement if metrics else None,
+                             on_write_failure=metrics.audit_write_failed if metrics else None)
         governor = Governor(policies=self.policies, tables=self.tables, store=self.store, audit=writer,
                             meter=self.meter, default_org_id=self._default_org_id, limits=self.settings.limits)
         self.pipeline = StatementPipeline(database, governor, catalog, table_data=self.table_source.table_data)
@@ -189,12 +209,24 @@ class EngineHost:
             allow_plaintext=self.settings.allow_plaintext,
             admission=self._hooks.admission,
         )
+        if metrics is not None:
+            self._bind_metrics(metrics, self.server, governor)
         await self.server.start()
         # Listening before the snapshot is in: early connections get 57P03 (the startup gate), not a hang.
         await asyncio.get_running_loop().run_in_executor(None, self.policies.load)
         self.policies.start()
         self._flusher = threading.Thread(target=self._flush_usage, name="hd-usage-flush", daemon=True)
         self._flusher.start()
+
+    def _bind_metrics(self, metrics: HostMetrics, server: PgServer, governor: Governor) -> None:
+        """Gauges read at scrape time: sessions, the concurrency gate, quotas, and the cache if there is one."""
+        metrics.bind_sessions(lambda: server.connection_count)
+        metrics.bind_gate(gate_reading(governor.gate))
+        assert self.policies is not None and self.meter is not None
+        metrics.bind_quota(quota_reader(self.policies, self.meter))
+        cache_stats = self.table_source.cache_stats
+        if cache_stats is not None:
+            metrics.bind_cache(cache_stats)
 
     def _flush_usage(self) -> None:
         while not self._stopping.wait(self.settings.usage_flush_seconds):

@@ -35,7 +35,9 @@ from engine_host.control_server import ControlApiServer
 from engine_host.credentials import EngineCredentials
 from engine_host.demo import write_demo_dataset
 from engine_host.demo_policies import ACME, install_demo
-from engine_host.host import EngineHost, HostSettings, LocalFolderTables, ObjectStoreTables, TableSource
+from engine_host.health_server import HealthServer
+from engine_host.host import EngineHost, HostHooks, HostSettings, LocalFolderTables, ObjectStoreTables, TableSource
+from engine_host.metrics import HostMetrics
 from engine_host.pipeline.governor import HostLimits
 from engine_host.tls import ensure_self_signed_certificate, server_ssl_context
 from engine_host.wire.server import PgServer
@@ -75,6 +77,7 @@ class LocalConfig:
     api_port: int | None = None  # the local control API (`hd dev` asks for 8080); None: do not serve it
     data_source: str | None = None  # s3://bucket/prefix/: serve that bucket's tables through a local cache
     cache_capacity_bytes: int | None = None  # None: half the free space of the state directory's disk
+    metrics_port: int | None = None  # Prometheus /metrics, /healthz and /readyz; None: not served
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class Banner:
     api_port: int | None = None
     org_id: str = ""
     environments: tuple[tuple[str, str], ...] = ()  # (name, env id) of the Owner's organisation
+    metrics_port: int | None = None
 
     def render(self) -> str:
         psql = (f'PGPASSWORD="$(cat {self.key_file})" psql '
@@ -108,6 +112,8 @@ class Banner:
                 f"http://127.0.0.1:{self.api_port}/v1/organizations/{self.org_id}/users",
                 "  environments: " + ", ".join(f"{name} {env_id}" for name, env_id in self.environments),
             ]
+        if self.metrics_port is not None:
+            lines.append(f"Prometheus metrics on http://127.0.0.1:{self.metrics_port}/metrics (also /healthz, /readyz)")
         if self.demo_keys:
             lines.append("Demo people (each sees what the demo policies allow; keys in "
                          f"{next(iter(self.demo_keys.values())).parent}):")
@@ -129,6 +135,8 @@ class LocalEngineHost:
         self.engine: EngineHost | None = None
         self.banner: Banner | None = None
         self.control_api: ControlApiServer | None = None
+        self.metrics: HostMetrics | None = None
+        self.health: HealthServer | None = None
         self._checkpointer: threading.Thread | None = None
         self._stopping = threading.Event()
 
@@ -160,7 +168,9 @@ class LocalEngineHost:
         cert, key = ensure_self_signed_certificate(self.state_dir / "tls")
         # The engine accepts API keys, and JWTs from the control API (verified with the same key file).
         control = self._control_services(store, authenticator)
-        credentials = EngineCredentials(authenticator, control.requests)
+        self.metrics = HostMetrics() if self.config.metrics_port is not None else None
+        credentials = EngineCredentials(authenticator, control.requests,
+                                        on_failure=self.metrics.auth_failed if self.metrics else None)
         settings = HostSettings(
             host=self.config.host, port=self.config.port, allow_plaintext=self.config.insecure_plaintext,
             shutdown_grace_seconds=self.config.shutdown_grace_seconds, limits=self.config.limits,
@@ -171,7 +181,13 @@ class LocalEngineHost:
             audit_sink=self._audit_override or LocalFolderAuditSink(self.state_dir, host_id=f"local-{os.getpid()}"),
             tables=self._table_source(), database_path=self.state_dir / "engine.duckdb",
             ssl_context=server_ssl_context(cert, key), default_org_id=owner.org.org_id,
+            hooks=HostHooks(metrics=self.metrics),
         )
+        engine = self.engine
+        if self.metrics is not None and self.config.metrics_port is not None:
+            self.health = HealthServer(self.metrics, self.config.host, self.config.metrics_port,
+                                       readiness={"policy_snapshot": lambda: engine.ready})
+            self.health.start()
         await self.engine.start()
         environments = tuple((env.name, env.env_id) for env in ensure_environments(store, owner.org.org_id))
         for org in store.list_orgs():
@@ -182,7 +198,8 @@ class LocalEngineHost:
         self.banner = Banner(self.engine.server.port, owner.user.user_id, key_file,
                              owner.api_key_plaintext is not None, self.config.insecure_plaintext, demo_keys,
                              api_port=self.control_api.port if self.control_api else None,
-                             org_id=owner.org.org_id, environments=environments)
+                             org_id=owner.org.org_id, environments=environments,
+                             metrics_port=self.health.port if self.health else None)
         return self.banner
 
     def _table_source(self) -> TableSource:
@@ -194,7 +211,7 @@ class LocalEngineHost:
         cache_dir.mkdir(mode=0o700, exist_ok=True)
         capacity = self.config.cache_capacity_bytes or shutil.disk_usage(cache_dir).free // 2
         cache = ObjectCache(source, cache_dir, capacity)
-        return ObjectStoreTables(CachedTables(source, cache), cache.objects_dir)
+        return ObjectStoreTables(CachedTables(source, cache), cache)
 
     def _start_control_api(self, control: ControlServices, port: int) -> None:
         """Serve the control-plane Lambdas over HTTP, around this host's own store and key cache."""
@@ -247,6 +264,9 @@ class LocalEngineHost:
             if isinstance(self.engine.audit_sink, LocalFolderAuditSink):
                 self.engine.audit_sink.close()
             self.engine = None
+        if self.health is not None:
+            self.health.stop()
+            self.health = None
         if self.store is not None:
             self.store.close()
             self.store = None

@@ -34,6 +34,11 @@ class ConcurrencyGate:
     def running(self) -> int:
         return self._running
 
+    @property
+    def queued(self) -> int:
+        """Statements waiting for a slot right now."""
+        return self._waiting
+
     def acquire(self) -> None:
         """Take a slot or raise 53300 when the queue is full or the wait ran out."""
         with self._cond:

@@ -459,11 +459,19 @@ class Governor:
 
 
 class AuditWriter:
-    """Turns a StatementAudit into the query audit record and stores it through the AuditSink (fail closed)."""
+    """Turns a StatementAudit into the query audit record and stores it through the AuditSink (fail closed).
 
-    def __init__(self, sink: AuditSink, now: Callable[[], datetime] = utc_now):
+    `on_record` sees each record once it is stored, `on_write_failure` each record that was not (the
+    host's metrics); an observer that raises is logged and never changes the statement's outcome.
+    """
+
+    def __init__(self, sink: AuditSink, now: Callable[[], datetime] = utc_now, *,
+                 on_record: Callable[[Mapping[str, object]], None] | None = None,
+                 on_write_failure: Callable[[], None] | None = None):
         self._sink = sink
         self._now = now
+        self._on_record = on_record
+        self._on_write_failure = on_write_failure
 
     def write(self, subject: policy_eval.Subject, settings: Mapping[str, str], audit: StatementAudit) -> None:
         plan = audit.plan
@@ -484,14 +492,31 @@ class AuditWriter:
         if audit.error is not None:
             record.fail(sqlstate=audit.error["sqlstate"], code=audit.error["code"],
                         message=audit.error["message"], engine_error_detail=audit.engine_error_detail)
+        document = record.to_dict()
         try:
-            self._sink.write(record.to_dict())
+            self._sink.write(document)
         except HdError as exc:
             log.error("audit record %s could not be written: %s", audit.query_id, exc)
+            self._observe(self._on_write_failure)
             raise QueryError("58030", "HD_ERR_AUDIT_UNAVAILABLE",
                              "the audit record could not be written, so the statement was not run to completion "
                              f"and no rows were returned (reference {audit.query_id})",
                              hint="Ask an operator to check the audit storage; retry once it is writable.") from None
+        except Exception:
+            self._observe(self._on_write_failure)
+            raise
+        if self._on_record is not None:
+            on_record = self._on_record
+            self._observe(lambda: on_record(document))
+
+    @staticmethod
+    def _observe(observer: Callable[[], None] | None) -> None:
+        if observer is None:
+            return
+        try:
+            observer()
+        except Exception:  # observers only watch: a broken one must not fail or alter the statement
+            log.exception("audit record observer failed")
 
 
 def _parse(sql: str, dialect: str, *, catalog: bool) -> ParsedStatement:

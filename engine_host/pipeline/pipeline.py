@@ -220,7 +220,11 @@ class StatementPipeline:
         ctx.engine_sql = ctx.plan.engine_sql
 
     def _plan(self, session: Session, text: str, audit: StatementAudit, catalog_sql: str | None) -> GovernedPlan:
-        scopes = self.governor.current_scopes(session.principal)
+        try:
+            scopes = self.governor.current_scopes(session.principal)
+        except QueryError as exc:  # revoked key, suspended user or organisation: a denial the record must show
+            audit.deny("credential", exc)
+            raise
         return self.governor.plan(self.subject(session), scopes, text, audit.dialect, audit,
                                   catalog_sql=catalog_sql, overlay=session.local_tables)
 

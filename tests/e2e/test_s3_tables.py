@@ -6,6 +6,7 @@ The engine host runs as a real process and reaches S3 at moto's endpoint; client
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -49,7 +50,7 @@ def host(bucket: tuple[str, Any], tmp_path_factory: pytest.TempPathFactory) -> I
     env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1"}
     process = start_engine_host(tmp_path_factory.mktemp("hd"), "--demo", "--insecure-plaintext",
-                                "--data-source", f"s3://{BUCKET}/{PREFIX}", "--cache-capacity", "64MiB", env=env)
+                                "--data-source", f"s3://{BUCKET}/{PREFIX}", "--cache-capacity", "64MiB", "--metrics-port", "0", env=env)
     try:
         yield process
     finally:
@@ -114,3 +115,17 @@ def test_the_local_data_folder_is_not_readable_when_serving_a_bucket(host: Engin
         pytest.skip("the demo wrote no local files")
     with _connect(host) as conn, pytest.raises(psycopg.Error):
         conn.execute(f"SELECT * FROM read_parquet('{Path(data_file)}')")
+
+
+def test_cache_metrics_are_scraped_without_table_names(host: EngineHostProcess) -> None:
+    with _connect(host) as conn:
+        conn.execute("SELECT count(*) FROM sales.orders").fetchone()
+    port = next(int(m.group(1)) for line in host.output
+                if (m := re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", line)))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    hits = re.search(r"^hd_cache_hits(?:_total)? (\S+)$", text, re.MULTILINE)
+    assert hits is not None and float(hits.group(1)) >= 1
+    assert "orders" not in text and "sales" not in text
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as response:
+        assert response.status == 200
