@@ -1,0 +1,213 @@
+"""`hd engine serve`'s host (engine_host/fleet.py) on moto: DynamoDB, KMS and S3, a real TLS socket and psycopg.
+
+The instance identity is given (IMDS is tested with the boot sequence), the cache mount check is
+replaced (a test directory is not a LUKS mount), and the heartbeat goes through the in-process
+channel, which judges the organisation's status in the same DynamoDB store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from moto import mock_aws
+
+from engine_host.boot.config import EngineConfig, parse_config
+from engine_host.boot.imds import InstanceIdentity
+from engine_host.fleet import AwsClients, CacheNotMounted, FleetEngineHost, HeartbeatNotConfigured
+from engine_host.heartbeat_loop import InProcessHeartbeat, host_report
+from hd_core.adapters.dynamodb_schema import create_table_kwargs
+from hd_core.adapters.dynamodb_store import DynamoDbControlStore
+from hd_core.api_keys import ApiKeyHasher
+from hd_core.bootstrap import bootstrap_local_owner
+from hd_core.models import OrgStatus
+
+REGION = "us-east-1"
+ORG = "org_fleet"
+IDENTITY = InstanceIdentity(
+    instance_id="i-0123456789abcdef0", account_id="123456789012", region=REGION, availability_zone="us-east-1a",
+    instance_type="r6id.large", launch_time=datetime(2026, 11, 23, 8, 0, tzinfo=UTC), vpc_id="vpc-0123456789abcdef0",
+    subnet_ids=("subnet-0123456789abcdef0",), security_group_ids=("sg-0123456789abcdef0",),
+)
+
+
+class _Loop:
+    """An event loop on its own thread, so blocking clients can talk to the host from the test."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class Account:
+    """One customer account on moto, provisioned the way the CDK app does it (issue 6)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        session = boto3.session.Session(region_name=REGION)
+        self.clients = AwsClients(s3=session.client("s3"), kms=session.client("kms"),
+                                  dynamodb=session.client("dynamodb"))
+        self.clients.dynamodb.create_table(**create_table_kwargs("hd-control"))
+        kms = self.clients.kms
+        signing = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
+        checkpoint = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
+        data_key = kms.create_key()["KeyMetadata"]["Arn"]
+        s3 = self.clients.s3
+        s3.create_bucket(Bucket="hd-data-fleet")
+        s3.create_bucket(Bucket="hd-audit-fleet", ObjectLockEnabledForBucket=True)
+        buffer = io.BytesIO()
+        pq.write_table(pa.table({"id": list(range(40)), "region": ["eu", "us"] * 20}), buffer)
+        s3.put_object(Bucket="hd-data-fleet", Key="tables/sales/orders/part-0.parquet", Body=buffer.getvalue())
+        self.store = DynamoDbControlStore("hd-control", client=self.clients.dynamodb)
+        owner = bootstrap_local_owner(self.store, ApiKeyHasher(), org_id=ORG, org_name="Fleet Org")
+        assert owner.api_key_plaintext is not None
+        self.user, self.key = owner.user.user_id, owner.api_key_plaintext
+        self.cache_mount = tmp_path / "cache"
+        self.cache_mount.mkdir()
+        self.config_document: dict[str, Any] = {
+            "org_id": ORG, "account_id": IDENTITY.account_id, "region": REGION, "vpc_id": IDENTITY.vpc_id,
+            "security_group_ids": list(IDENTITY.security_group_ids), "kms_key_arn": data_key,
+            "cache_mount": str(self.cache_mount), "cache_key_file": str(tmp_path / "cache-key.json"),
+            "state_dir": str(tmp_path / "state"), "data_bucket": "hd-data-fleet", "data_prefix": "tables/",
+            "audit_bucket": "hd-audit-fleet", "control_table": "hd-control", "signing_key_arn": signing,
+            "checkpoint_key_arn": checkpoint, "listen_host": "127.0.0.1",
+            "metrics_host": "127.0.0.1", "tls_cert_file": str(tmp_path / "none.crt"),
+            "tls_key_file": str(tmp_path / "none.key"), "cache_capacity_bytes": 64 << 20,
+        }
+
+    @property
+    def config(self) -> EngineConfig:
+        # Ports 0 (any free one) are not valid provisioned values; tests need them to run side by side.
+        return parse_config(self.config_document, "test").model_copy(update={"listen_port": 0, "metrics_port": 0})
+
+    def in_process_heartbeat(self) -> InProcessHeartbeat:
+        expected = host_report(ORG, instance_id=IDENTITY.instance_id, account_id=IDENTITY.account_id,
+                               region=REGION, launch_time=IDENTITY.launch_time)()
+        return InProcessHeartbeat(self.store, expected)
+
+    def host(self, **overrides: Any) -> FleetEngineHost:
+        options: dict[str, Any] = {"heartbeat": self.in_process_heartbeat(), "cache_mounted": lambda path: True}
+        options.update(overrides)
+        return FleetEngineHost(self.config, IDENTITY, self.clients, **options)
+
+
+@pytest.fixture
+def account(aws_credentials: None, tmp_path: Path) -> Iterator[Account]:
+    with mock_aws():
+        yield Account(tmp_path)
+
+
+@pytest.fixture
+def loop() -> Iterator[_Loop]:
+    runner = _Loop()
+    yield runner
+    runner.close()
+
+
+def _dsn(host: FleetEngineHost, account: Account) -> str:
+    assert host.engine is not None and host.engine.server is not None
+    return (f"host=127.0.0.1 port={host.engine.server.port} dbname=hd user={account.user} "
+            f"password={account.key} sslmode=require connect_timeout=10")
+
+
+def _get(host: FleetEngineHost, path: str) -> tuple[int, str]:
+    assert host.health is not None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{host.health.port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_a_fleet_host_serves_bucket_tables_over_tls_and_audits_to_the_audit_bucket(account: Account,
+                                                                                  loop: _Loop) -> None:
+    host = account.host()
+    loop.run(host.start())
+    try:
+        with psycopg.connect(_dsn(host, account), autocommit=True) as conn:
+            rows = conn.execute("SELECT region, count(*) FROM sales.orders GROUP BY region ORDER BY region").fetchall()
+            assert conn.info.pgconn.ssl_in_use
+        assert rows == [("eu", 20), ("us", 20)]
+        assert (account.cache_mount / "tables" / "objects" / "sales" / "orders" / "part-0.parquet").exists()
+        assert _get(host, "/healthz")[0] == 200
+        status, body = _get(host, "/readyz")
+        assert status == 200, body
+        metrics = _get(host, "/metrics")[1]
+        assert "hd_statements_total" in metrics and "hd_cache_misses" in metrics
+    finally:
+        loop.run(host.stop())
+    listed = account.clients.s3.list_objects_v2(Bucket="hd-audit-fleet", Prefix="audit/queries/")
+    records = [json.loads(line) for item in listed.get("Contents", [])
+               for line in account.clients.s3.get_object(Bucket="hd-audit-fleet", Key=item["Key"])["Body"]
+               .read().decode().splitlines()]
+    assert any(record["tables"] == ["sales.orders"] and record["org_id"] == ORG for record in records)
+
+
+def test_after_the_grace_period_new_connections_are_refused_with_08004(account: Account, loop: _Loop) -> None:
+    state = Path(account.config_document["state_dir"])
+    state.mkdir(parents=True)
+    started = datetime.now(UTC) - timedelta(hours=5)
+    (state / "heartbeat-gate.json").write_text(json.dumps({"grace_started_at": started.isoformat()}))
+    org = account.store.get_org(ORG)
+    assert org is not None
+    account.store.put_org(replace(org, status=OrgStatus.SUSPENDED))  # the control plane keeps answering "no"
+    host = account.host()
+    loop.run(host.start())
+    try:
+        with pytest.raises(psycopg.OperationalError) as refused:
+            psycopg.connect(_dsn(host, account))
+        assert "refusing new connections" in str(refused.value)
+        assert "HD_ERR_LICENSE_GRACE_EXPIRED" in str(refused.value)
+        status, body = _get(host, "/readyz")
+        assert status == 503 and "heartbeat" in body
+    finally:
+        loop.run(host.stop())
+
+
+def test_a_positive_answer_restores_a_host_whose_grace_had_run_out(account: Account, loop: _Loop) -> None:
+    state = Path(account.config_document["state_dir"])
+    state.mkdir(parents=True)
+    started = datetime.now(UTC) - timedelta(hours=5)
+    (state / "heartbeat-gate.json").write_text(json.dumps({"grace_started_at": started.isoformat()}))
+    host = account.host()
+    loop.run(host.start())
+    try:
+        assert host.heartbeat is not None
+        host.heartbeat.beat_once()  # the organisation is active: the answer is positive
+        with psycopg.connect(_dsn(host, account)) as conn:
+            assert conn.execute("SELECT count(*) FROM sales.orders").fetchone() == (40,)
+    finally:
+        loop.run(host.stop())
+
+
+def test_without_the_cache_mount_the_host_refuses_to_start(account: Account, loop: _Loop) -> None:
+    host = account.host(cache_mounted=lambda path: False)
+    with pytest.raises(CacheNotMounted, match="hd engine boot"):
+        loop.run(host.start())
+
+
+def test_without_a_control_plane_to_report_to_the_host_refuses_to_start(account: Account, loop: _Loop) -> None:
+    host = account.host(heartbeat=None)
+    with pytest.raises(HeartbeatNotConfigured, match="control_api_url"):
+        loop.run(host.start())
