@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engine_host.api_cli import API_COMMANDS, add_api_commands, run_api_command
+from engine_host.boot.cli import add_boot_arguments, run_boot
 from engine_host.local import LocalConfig, default_state_dir, run_local
 from engine_host.pipeline.governor import HostLimits
 from engine_host.policy_cli import add_policy_commands, run_policy_command
@@ -67,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --data-source: the cache's size, e.g. 20GiB (default: half the free disk space)")
     add_policy_commands(commands, STATE_DIR_HELP)
     add_api_commands(commands)
+    engine = commands.add_parser("engine", help="run as an engine fleet member on EC2 (boot, then serve)")
+    engine_commands = engine.add_subparsers(dest="engine_command", required=True)
+    add_boot_arguments(engine_commands.add_parser(
+        "boot", help="check this instance against its provisioned environment and unlock the encrypted NVMe cache"))
+    add_boot_arguments(engine_commands.add_parser(
+        "serve", help="serve governed SQL on 5439 and metrics on 9090 (after `hd engine boot`)"))
     return parser
 
 
@@ -106,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_policy_command(args, args.state_dir or default_state_dir())
     if args.command in API_COMMANDS:
         return run_api_command(args)
+    if args.command == "engine":
+        from engine_host.fleet import run_serve  # boto3 and the AWS adapters load only on a fleet host
+
+        return run_boot(args) if args.engine_command == "boot" else run_serve(args)
     return 2
 
 

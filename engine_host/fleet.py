@@ -14,6 +14,7 @@ account, VPC or security group refuses to serve even if its disk came along:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
@@ -24,8 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine_host.boot.binding import check_binding
+from engine_host.boot.cache_volume import describe_cache_key, require_usable_key
+from engine_host.boot.cli import KnownIdentity, load_engine_config, run_engine_command
 from engine_host.boot.config import EngineConfig
-from engine_host.boot.imds import InstanceIdentity
+from engine_host.boot.imds import ImdsClient, InstanceIdentity
 from engine_host.cache.cached_tables import CachedTables
 from engine_host.cache.object_cache import ObjectCache
 from engine_host.credentials import EngineCredentials
@@ -188,3 +192,23 @@ async def serve_until_signalled(host: FleetEngineHost, announce: Callable[[str],
         announce("shutting down: finishing in-flight statements")
     finally:
         await host.stop()
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """`hd engine serve`: check the binding again (every restart), then serve until signalled."""
+    def steps() -> None:
+        imds = KnownIdentity(ImdsClient(args.imds_url))
+        config = load_engine_config(args, imds)
+        identity = imds.identity()
+        clients = AwsClients.for_region(config.region)
+        key_metadata = describe_cache_key(clients.kms, config.kms_key_arn)
+        check_binding(config, identity, key_metadata)
+        # A key disabled or scheduled for deletion since boot stops the host at its next start (seed 002).
+        require_usable_key(key_metadata)
+        asyncio.run(serve_until_signalled(FleetEngineHost(config, identity, clients), _announce))
+
+    return run_engine_command("hd engine serve", steps)
+
+
+def _announce(text: str) -> None:
+    print(text, flush=True)

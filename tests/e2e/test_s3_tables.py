@@ -50,7 +50,8 @@ def host(bucket: tuple[str, Any], tmp_path_factory: pytest.TempPathFactory) -> I
     env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1"}
     process = start_engine_host(tmp_path_factory.mktemp("hd"), "--demo", "--insecure-plaintext",
-                                "--data-source", f"s3://{BUCKET}/{PREFIX}", "--cache-capacity", "64MiB", "--metrics-port", "0", env=env)
+                                "--data-source", f"s3://{BUCKET}/{PREFIX}", "--cache-capacity", "64MiB",
+                                "--metrics-port", "0", env=env)
     try:
         yield process
     finally:

@@ -27,7 +27,7 @@ _CHECKPOINT_ALGORITHM = "ECDSA_SHA_256"
 _MAX_RAW_MESSAGE_BYTES = 4096  # KMS signs at most this much with MessageType RAW
 
 # What an operator should look at, per KMS error code.
-_WHAT_TO_CHECK = {
+KMS_ERROR_ADVICE = {
     "DisabledException": "the key is disabled: enable it, or configure the key that replaced it",
     "KMSInvalidStateException": "the key is not usable in its current state (pending deletion or import?): "
     "check its key state and cancel a scheduled deletion",
@@ -164,7 +164,7 @@ class KmsKeyProvider:
             return request()
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
-            advice = _WHAT_TO_CHECK.get(code, "check the key's state, its key policy and this role's permissions")
+            advice = KMS_ERROR_ADVICE.get(code, "check the key's state, its key policy and this role's permissions")
             raise KeyUnavailable(f"KMS {operation} with key {key_id} failed ({code}): {advice}") from exc
         except BotoCoreError as exc:
             raise KeyUnavailable(
