@@ -108,8 +108,7 @@ class EngineConfig(BaseModel):
 
     data_bucket: Bucket
     data_prefix: KeyPrefix = ""
-    audit_bucket: Bucket
-    audit_prefix: KeyPrefix = "audit/"
+    audit_bucket: Bucket  # query audit under audit/queries/, IAM checkpoints under audit/iam-checkpoints/
     control_table: Annotated[str, _matching(_TABLE, "a DynamoDB table name")]
     signing_key_arn: KmsKeyArn
     checkpoint_key_arn: KmsKeyArn

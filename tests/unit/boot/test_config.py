@@ -32,7 +32,7 @@ def test_a_minimal_file_loads_with_the_documented_defaults(tmp_path: Path) -> No
     assert config.cache_mount == Path("/var/lib/hd/cache")
     assert config.cache_key_file == Path("/var/lib/hd/cache-key.json")
     assert config.state_dir == Path("/var/lib/hd/state")
-    assert (config.data_prefix, config.audit_prefix) == ("", "audit/")
+    assert config.data_prefix == ""
     assert config.control_api_url is None
     assert config.heartbeat_interval_seconds == 900
     assert (config.listen_host, config.listen_port, config.metrics_host, config.metrics_port) == (
@@ -46,7 +46,7 @@ def test_every_field_can_be_set(tmp_path: Path) -> None:
     data = config_data(
         cache_device="/dev/nvme2n1", cache_mapper_name="cache_2", cache_mount="/srv/cache",
         cache_key_file="/etc/hd/cache-key.json", state_dir="/srv/state", data_prefix="tables/",
-        audit_prefix="logs/audit/", control_api_url="https://abc.execute-api.eu-west-1.amazonaws.com/prod",
+        control_api_url="https://abc.execute-api.eu-west-1.amazonaws.com/prod",
         heartbeat_interval_seconds=60, listen_host="10.0.0.5", listen_port=15432, metrics_host="127.0.0.1",
         metrics_port=19090, tls_cert_file="/etc/tls/a.crt", tls_key_file="/etc/tls/a.key",
         cache_capacity_bytes=500 * 2**30,
@@ -72,7 +72,7 @@ def test_a_govcloud_key_arn_and_region_are_accepted(tmp_path: Path) -> None:
     ("checkpoint_key_arn", ""),
     ("data_bucket", "Bad_Bucket"),
     ("data_prefix", "tables"),
-    ("audit_prefix", "/audit/"),
+    ("data_prefix", "/tables/"),
     ("control_table", "x"),
     ("cache_device", "/dev/../etc/passwd"),
     ("cache_mapper_name", "hd/cache"),
