@@ -1,4 +1,4 @@
-"""The control API's OpenAPI document, generated from the seven functions' resolvers.
+"""The control API's OpenAPI document, generated from the resolvers of every function in `FUNCTION_MODULES`.
 
 `python -m functions.openapi --write` regenerates `functions/openapi.json` (checked in; the auth
 function serves it at `/v1/openapi.json`); `--check` fails when the checked-in file has drifted from
@@ -25,12 +25,15 @@ FUNCTION_MODULES: dict[str, str] = {
     "jit": "functions.jit.handler",
     "quotas": "functions.quotas.handler",
     "audit": "functions.audit.handler",
+    "fleet": "functions.fleet.handler",
 }
 DOCUMENT_PATH = Path(__file__).resolve().parent / "openapi.json"
 TITLE = "Hardened Duck control API"
 VERSION = "1.0.0"
 _PUBLIC_OPERATIONS = {"/v1/auth/login", "/v1/auth/refresh", "/v1/auth/federate", "/.well-known/jwks.json",
                       "/v1/openapi.json", "/v1/auth/mfa/enroll-with-password", "/v1/auth/mfa/confirm-with-password"}
+# Called by engine hosts with their instance role: API Gateway verifies the SigV4 signature (AWS_IAM).
+_IAM_OPERATIONS = {"/v1/fleet/heartbeat"}
 
 
 def function_app(name: str) -> APIGatewayRestResolver:
@@ -53,7 +56,10 @@ def openapi_document() -> dict[str, Any]:
                 if method in paths.get(path, {}):
                     raise ValueError(f"{method.upper()} {path} is served by two functions")
                 operation["x-hd-function"] = name
-                if path not in _PUBLIC_OPERATIONS:
+                if path in _IAM_OPERATIONS:
+                    operation["security"] = [{"sigv4": []}]
+                    operation["x-hd-auth"] = "aws_iam"
+                elif path not in _PUBLIC_OPERATIONS:
                     operation["security"] = [{"bearer": []}, {"apiKey": []}, {"xApiKey": []}]
                 paths.setdefault(path, {})[method] = operation
         for schema_name, schema in part.get("components", {}).get("schemas", {}).items():
@@ -65,8 +71,8 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": TITLE,
             "version": VERSION,
-            "description": "Users, API keys, policies, JIT elevation, quotas and audit for Hardened Duck. Errors are "
-            '`{"error": {"code": "HD_ERR_…", "message": …, "request_id": …}}`.',
+            "description": "Users, API keys, policies, JIT elevation, quotas, audit and engine-host heartbeats for "
+            'Hardened Duck. Errors are `{"error": {"code": "HD_ERR_…", "message": …, "request_id": …}}`.',
         },
         "paths": dict(sorted(paths.items())),
         "components": {
@@ -76,6 +82,10 @@ def openapi_document() -> dict[str, Any]:
                 "apiKey": {"type": "apiKey", "in": "header", "name": "Authorization",
                            "description": "`ApiKey hd_live_…`"},
                 "xApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                # API Gateway's own marking of IAM authorisation: a SigV4-signed Authorization header.
+                "sigv4": {"type": "apiKey", "in": "header", "name": "Authorization",
+                          "x-amazon-apigateway-authtype": "awsSigv4",
+                          "description": "AWS SigV4 (service `execute-api`) with the engine hosts' instance role"},
             },
         },
     }

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from functions.shared.wiring import services
 from hd_core import errors
+from hd_core.fleet import FleetLookupUnavailable
 from hd_core.models import ChangeContext, Environment, Principal
 
 logger = Logger(service="hardened-duck-control")
@@ -42,6 +43,7 @@ STATUS_OF: tuple[tuple[type[errors.HdError], int], ...] = (
     (errors.UnknownScope, 400),
     (errors.QuotaExceeded, 429),
     (errors.AuditWriteFailed, 503),
+    (FleetLookupUnavailable, 503),
     (errors.KeyUnavailable, 503),
 )
 

@@ -37,6 +37,13 @@ class ControlApiSettings(BaseSettings):
     checkpoint_every: int = Field(default=100, ge=1)
     checkpoint_interval_minutes: float = Field(default=15.0, gt=0)
 
+    # Engine-host heartbeat (functions/fleet). Empty values admit no host at all: the check fails closed.
+    fleet_role_arn: str = ""  # the engine hosts' IAM role, arn:aws:iam::<account>:role/<name>
+    fleet_asg_name: str = ""  # the Auto Scaling group every engine host must belong to
+    fleet_org_id: str = ""  # the organisation the fleet serves; hosts reporting another one are not allowed
+    allowed_code_hashes: str = ""  # comma-separated SHA-256 hex of the approved engine code packages
+    heartbeat_interval_seconds: int = Field(default=900, ge=60, le=86_400)
+
 
 @lru_cache(maxsize=1)
 def settings() -> ControlApiSettings:
