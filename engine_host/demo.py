@@ -18,9 +18,7 @@ halves every count.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -28,6 +26,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from hd_core.files import write_file_atomically
 
 
 @dataclass(frozen=True)
@@ -382,12 +382,5 @@ def _write_parquet_if_changed(path: Path, table: pa.Table) -> None:
     data = sink.getvalue().to_pybytes()
     if path.exists() and path.read_bytes() == data:
         return
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        # A reader (a running engine's glob) sees either the old file or the new one, never half.
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    # A reader (a running engine's glob) sees either the old file or the new one, never half.
+    write_file_atomically(path, data, durable=False)

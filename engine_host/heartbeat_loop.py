@@ -15,8 +15,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
-import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -28,6 +26,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from hd_core.errors import HdError, InvalidRequest
+from hd_core.files import write_file_atomically
 from hd_core.heartbeat import (
     GateState,
     HeartbeatReport,
@@ -387,7 +386,8 @@ class HeartbeatLoop:
             return
         document = {"grace_started_at": None if started is None else started.isoformat()}
         try:
-            _write_atomically(self._gate_file, json.dumps(document).encode("utf-8"))
+            self._gate_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_file_atomically(self._gate_file, json.dumps(document).encode("utf-8"), mode=_GATE_FILE_MODE)
         except OSError as error:
             # The gate in memory is still right; the next beat tries to persist again.
             log.error("cannot persist the heartbeat gate to %s: %s", self._gate_file, error)
@@ -413,27 +413,6 @@ def _grace_start(text: str) -> datetime | None:
     if started.utcoffset() is None:
         raise ValueError("holds a grace start without a time zone")
     return started
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` via a synced, owner-only temporary file in the same directory."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), _GATE_FILE_MODE)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a crash only once the directory is synced
-    finally:
-        os.close(directory)
 
 
 if __name__ == "__main__":

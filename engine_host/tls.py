@@ -22,9 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import logging
-import os
 import ssl
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from hd_core.files import write_file_atomically
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def ensure_self_signed_certificate(tls_dir: Path, hostnames: Sequence[str] = DEF
     cert = _build_certificate(key, hostnames)
     # Key first: if we are interrupted between the two writes, the next call sees a key that does
     # not match the certificate and regenerates, rather than serving a stale pair.
-    _write_atomically(
+    write_file_atomically(
         key_path,
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -99,7 +99,7 @@ def ensure_self_signed_certificate(tls_dir: Path, hostnames: Sequence[str] = DEF
         ),
         mode=0o600,
     )
-    _write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    write_file_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     log.info(
         "TLS certificate %s valid until %s, SHA-256 fingerprint %s",
         cert_path,
@@ -238,23 +238,6 @@ def _build_certificate(key: ec.EllipticCurvePrivateKey, hostnames: Sequence[str]
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), critical=False)
         .sign(key, hashes.SHA256())
     )
-
-
-def _write_atomically(path: Path, data: bytes, *, mode: int) -> None:
-    """Write `data` to `path` via a same-directory temporary file, never exposing a partial or wide-open file."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            # mkstemp creates the file 0600, so the key is never readable by others, even briefly.
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _restrict_mode(path: Path, mode: int) -> None:

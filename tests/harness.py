@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import signal
@@ -9,9 +10,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+
+from hd_core.errors import HdError
 
 READY_TIMEOUT_SECONDS = 90
 
@@ -121,3 +125,39 @@ def reference_postgres_dsn() -> str | None:
     except psycopg.Error:
         return None
     return dsn
+
+
+_T = TypeVar("_T")
+
+
+class BackgroundLoop:
+    """An event loop on a thread of its own, so blocking clients can talk to an in-process host from a test."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, _T], timeout: float = 60) -> _T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class AuditStorageDown(HdError):
+    code = "HD_ERR_AUDIT_UNAVAILABLE"
+
+
+class SwitchableAuditSink:
+    """An in-memory audit sink that can be made to fail, as audit storage that has gone away."""
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.records: list[Mapping[str, object]] = []
+
+    def write(self, record: Mapping[str, object]) -> None:
+        if self.failing:
+            raise AuditStorageDown("audit storage unavailable")
+        self.records.append(record)

@@ -17,8 +17,6 @@ import base64
 import binascii
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -32,6 +30,7 @@ from engine_host.boot.imds import InstanceIdentity
 from engine_host.boot.runner import CommandRunner
 from hd_core.adapters.kms_keys import KMS_ERROR_ADVICE
 from hd_core.errors import HdError, KeyUnavailable
+from hd_core.files import write_file_atomically
 
 KEY_FILE_FORMAT_VERSION = 1
 DATA_KEY_BYTES = 64  # 512 bits of passphrase for a 512-bit aes-xts volume key
@@ -335,28 +334,12 @@ def _usable_stored_key(config: EngineConfig, context: Mapping[str, str], log: lo
 
 
 def write_key_file(path: Path, stored: StoredDataKey) -> None:
-    """Write the key file atomically with mode 0600; raises `CacheVolumeFailed`."""
-    temporary: str | None = None
+    """Write the key file atomically and durably with mode 0600; raises `CacheVolumeFailed`."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(stored.to_json())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        temporary = None
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself must survive a power cut
-        finally:
-            os.close(directory)
+        write_file_atomically(path, stored.to_json().encode("utf-8"), mode=0o600)
     except OSError as exc:
         raise CacheVolumeFailed(f"cannot write the cache key file {path}: {exc.strerror or exc}") from None
-    finally:
-        if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
 
 
 def _mounted_source(runner: CommandRunner, mount: Path) -> str | None:

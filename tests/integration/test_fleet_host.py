@@ -7,10 +7,8 @@ channel, which judges the organisation's status in the same DynamoDB store.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -35,6 +33,7 @@ from hd_core.adapters.dynamodb_store import DynamoDbControlStore
 from hd_core.api_keys import ApiKeyHasher
 from hd_core.bootstrap import bootstrap_local_owner
 from hd_core.models import OrgStatus
+from tests.harness import BackgroundLoop
 
 REGION = "us-east-1"
 ORG = "org_fleet"
@@ -43,22 +42,6 @@ IDENTITY = InstanceIdentity(
     instance_type="r6id.large", launch_time=datetime(2026, 11, 23, 8, 0, tzinfo=UTC), vpc_id="vpc-0123456789abcdef0",
     subnet_ids=("subnet-0123456789abcdef0",), security_group_ids=("sg-0123456789abcdef0",),
 )
-
-
-class _Loop:
-    """An event loop on its own thread, so blocking clients can talk to the host from the test."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any, timeout: float = 60) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 class Account:
@@ -119,8 +102,8 @@ def account(aws_credentials: None, tmp_path: Path) -> Iterator[Account]:
 
 
 @pytest.fixture
-def loop() -> Iterator[_Loop]:
-    runner = _Loop()
+def loop() -> Iterator[BackgroundLoop]:
+    runner = BackgroundLoop()
     yield runner
     runner.close()
 
@@ -141,7 +124,7 @@ def _get(host: FleetEngineHost, path: str) -> tuple[int, str]:
 
 
 def test_a_fleet_host_serves_bucket_tables_over_tls_and_audits_to_the_audit_bucket(account: Account,
-                                                                                  loop: _Loop) -> None:
+                                                                                  loop: BackgroundLoop) -> None:
     host = account.host()
     loop.run(host.start())
     try:
@@ -164,7 +147,7 @@ def test_a_fleet_host_serves_bucket_tables_over_tls_and_audits_to_the_audit_buck
     assert any(record["tables"] == ["sales.orders"] and record["org_id"] == ORG for record in records)
 
 
-def test_after_the_grace_period_new_connections_are_refused_with_08004(account: Account, loop: _Loop) -> None:
+def test_after_the_grace_period_new_connections_are_refused_with_08004(account: Account, loop: BackgroundLoop) -> None:
     state = Path(account.config_document["state_dir"])
     state.mkdir(parents=True)
     started = datetime.now(UTC) - timedelta(hours=5)
@@ -185,7 +168,7 @@ def test_after_the_grace_period_new_connections_are_refused_with_08004(account: 
         loop.run(host.stop())
 
 
-def test_a_positive_answer_restores_a_host_whose_grace_had_run_out(account: Account, loop: _Loop) -> None:
+def test_a_positive_answer_restores_a_host_whose_grace_had_run_out(account: Account, loop: BackgroundLoop) -> None:
     state = Path(account.config_document["state_dir"])
     state.mkdir(parents=True)
     started = datetime.now(UTC) - timedelta(hours=5)
@@ -201,13 +184,13 @@ def test_a_positive_answer_restores_a_host_whose_grace_had_run_out(account: Acco
         loop.run(host.stop())
 
 
-def test_without_the_cache_mount_the_host_refuses_to_start(account: Account, loop: _Loop) -> None:
+def test_without_the_cache_mount_the_host_refuses_to_start(account: Account, loop: BackgroundLoop) -> None:
     host = account.host(cache_mounted=lambda path: False)
     with pytest.raises(CacheNotMounted, match="hd engine boot"):
         loop.run(host.start())
 
 
-def test_without_a_control_plane_to_report_to_the_host_refuses_to_start(account: Account, loop: _Loop) -> None:
+def test_without_a_control_plane_to_report_to_the_host_refuses_to_start(account: Account, loop: BackgroundLoop) -> None:
     host = account.host(heartbeat=None)
     with pytest.raises(HeartbeatNotConfigured, match="control_api_url"):
         loop.run(host.start())

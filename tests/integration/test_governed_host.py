@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -12,28 +12,12 @@ import pytest
 
 from engine_host.local import LocalConfig, LocalEngineHost
 from hd_core.adapters.sqlite_store import SqliteControlStore
-from hd_core.errors import HdError
-
-
-class _Loop:
-    """An event loop on a thread of its own, so blocking clients can talk to the host from the test."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float = 60):  # type: ignore[no-untyped-def]
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+from tests.harness import BackgroundLoop, SwitchableAuditSink
 
 
 @pytest.fixture
-def loop() -> Iterator[_Loop]:
-    runner = _Loop()
+def loop() -> Iterator[BackgroundLoop]:
+    runner = BackgroundLoop()
     yield runner
     runner.close()
 
@@ -45,7 +29,7 @@ def _dsn(host: LocalEngineHost, state_dir: Path) -> str:
             "sslmode=disable connect_timeout=10")
 
 
-def test_connections_get_57p03_until_the_policy_snapshot_is_loaded(tmp_path: Path, loop: _Loop,
+def test_connections_get_57p03_until_the_policy_snapshot_is_loaded(tmp_path: Path, loop: BackgroundLoop,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
     original = SqliteControlStore.policy_snapshot
@@ -74,25 +58,9 @@ def test_connections_get_57p03_until_the_policy_snapshot_is_loaded(tmp_path: Pat
         loop.run(host.stop())
 
 
-class _FailingSink:
-    """An audit sink whose storage is gone (disk full, bucket unreachable)."""
-
-    def __init__(self) -> None:
-        self.failing = False
-        self.records: list[Mapping[str, object]] = []
-
-    def write(self, record: Mapping[str, object]) -> None:
-        if self.failing:
-            raise _SinkDown("audit storage unavailable")
-        self.records.append(record)
-
-
-class _SinkDown(HdError):
-    code = "HD_ERR_AUDIT_UNAVAILABLE"
-
-
-def test_statement_fails_with_no_rows_and_no_write_when_audit_cannot_be_stored(tmp_path: Path, loop: _Loop) -> None:
-    sink = _FailingSink()
+def test_statement_fails_with_no_rows_and_no_write_when_audit_cannot_be_stored(tmp_path: Path,
+                                                                               loop: BackgroundLoop) -> None:
+    sink = SwitchableAuditSink()
     host = LocalEngineHost(LocalConfig(state_dir=tmp_path, port=0, insecure_plaintext=True), audit_sink=sink)
     loop.run(host.start())
     try:

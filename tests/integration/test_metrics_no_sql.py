@@ -8,10 +8,8 @@ over the wire; /metrics is scraped over HTTP from a HealthServer on an ephemeral
 
 from __future__ import annotations
 
-import asyncio
 import http.client
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,51 +25,18 @@ from engine_host.pipeline.governor import AuditWriter
 from engine_host.quota_utilisation import quota_reader
 from hd_core.api_keys import ApiKeyAuthenticator
 from hd_core.bootstrap import ensure_pepper
-from hd_core.errors import HdError
 from hd_core.policies import QuotaLimit
 from hd_core.quotas import quota_id_for
+from tests.harness import BackgroundLoop, SwitchableAuditSink
 
 SECRET = "hdsecret7f3a9c1e5b"  # a literal that must appear in no metric: looks like a token, appears nowhere else
 TABLE = "patients_q7"
 
 
-class _Loop:
-    """An event loop on a thread of its own, so blocking clients can talk to the host from the test."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any, timeout: float = 60) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
-class _SwitchableSink:
-    """A real in-memory audit sink that can be made to fail, as storage that has gone away."""
-
-    def __init__(self) -> None:
-        self.failing = False
-        self.records: list[Mapping[str, object]] = []
-
-    def write(self, record: Mapping[str, object]) -> None:
-        if self.failing:
-            raise _SinkDown("audit storage unavailable")
-        self.records.append(record)
-
-
-class _SinkDown(HdError):
-    code = "HD_ERR_AUDIT_UNAVAILABLE"
-
-
 class _Wired:
     """The started host, its metrics and the health endpoint."""
 
-    def __init__(self, host: LocalEngineHost, metrics: HostMetrics, health: HealthServer, sink: _SwitchableSink,
+    def __init__(self, host: LocalEngineHost, metrics: HostMetrics, health: HealthServer, sink: SwitchableAuditSink,
                  state_dir: Path) -> None:
         self.host, self.metrics, self.health, self.sink, self.state_dir = host, metrics, health, sink, state_dir
         assert host.banner is not None and host.server is not None
@@ -109,8 +74,8 @@ def _sum(text: str, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def wired(tmp_path: Path) -> Iterator[_Wired]:
-    loop = _Loop()
-    sink = _SwitchableSink()
+    loop = BackgroundLoop()
+    sink = SwitchableAuditSink()
     host = LocalEngineHost(LocalConfig(state_dir=tmp_path, port=0, insecure_plaintext=True), audit_sink=sink)
     loop.run(host.start())
     health: HealthServer | None = None

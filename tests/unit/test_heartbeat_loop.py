@@ -210,13 +210,13 @@ def test_the_gate_file_is_written_only_when_the_grace_start_changes(
     gate_file: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes: list[bytes] = []
-    write = heartbeat_loop._write_atomically
+    write = heartbeat_loop.write_file_atomically
 
-    def recording_write(path: Path, data: bytes) -> None:
+    def recording_write(path: Path, data: bytes, **options: Any) -> None:
         writes.append(data)
-        write(path, data)
+        write(path, data, **options)
 
-    monkeypatch.setattr(heartbeat_loop, "_write_atomically", recording_write)
+    monkeypatch.setattr(heartbeat_loop, "write_file_atomically", recording_write)
     loop = new_loop(ScriptedChannel(OK, BAD_BUILD, BAD_BUILD, TimeoutError("x"), OK, OK), gate_file, clock)
 
     for _ in range(6):

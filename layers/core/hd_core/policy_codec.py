@@ -33,9 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import re
-import tempfile
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -45,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from hd_core.errors import PolicyInvalid
+from hd_core.files import write_file_atomically
 from hd_core.models import new_id
 from hd_core.policies import (
     AbacPolicy,
@@ -175,14 +174,7 @@ def dump_policy_file(objs: Iterable[PolicyObject], path: str | Path) -> None:
     text = json.dumps(
         {"version": POLICY_FILE_VERSION, "policies": [to_document(obj) for obj in objs]}, indent=2, ensure_ascii=False
     )
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_file_atomically(path, (text + "\n").encode("utf-8"), durable=False)
 
 
 # --- encoding ---------------------------------------------------------------------------------
