@@ -39,6 +39,7 @@ from hd_core.adapters.sqlite_store import SqliteControlStore
 from hd_core.errors import InvalidRequest
 from hd_core.heartbeat import GRACE_PERIOD, GateState, HeartbeatReport, HeartbeatVerdict, environment_fingerprint
 from hd_core.models import Organization, OrgStatus
+from tests.clocks import HandWoundClock
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 LAUNCH = datetime(2026, 11, 1, 8, 30, 15, tzinfo=UTC)
@@ -49,19 +50,6 @@ OK = HeartbeatVerdict(allowed=True, org_active=True, reason="ok")
 BAD_BUILD = HeartbeatVerdict(allowed=False, org_active=True, reason="engine code package is not an approved build")
 CREDENTIALS = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "session-token-example")
 REPORT = HeartbeatReport(org_id=ORG, host_id=HOST, fingerprint="f" * 64, code_hash="c" * 64, sent_at=T0)
-
-
-class Clock:
-    """A hand-wound clock."""
-
-    def __init__(self, at: datetime = T0) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
-
-    def advance(self, **delta: float) -> None:
-        self.at += timedelta(**delta)
 
 
 class ScriptedChannel:
@@ -82,8 +70,8 @@ class ScriptedChannel:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> HandWoundClock:
+    return HandWoundClock(T0)
 
 
 @pytest.fixture
@@ -91,7 +79,7 @@ def gate_file(tmp_path: Path) -> Path:
     return tmp_path / "state" / "heartbeat-gate.json"
 
 
-def new_loop(channel: ScriptedChannel, gate_file: Path, clock: Clock, interval: float = 900) -> HeartbeatLoop:
+def new_loop(channel: ScriptedChannel, gate_file: Path, clock: HandWoundClock, interval: float = 900) -> HeartbeatLoop:
     return HeartbeatLoop(channel, gate_file, lambda: replace(REPORT, sent_at=clock()), interval, now=clock)
 
 
@@ -102,7 +90,7 @@ def persisted(gate_file: Path) -> Any:
 # --- grace ----------------------------------------------------------------------------------------
 
 
-def test_a_positive_answer_keeps_the_host_serving(gate_file: Path, clock: Clock) -> None:
+def test_a_positive_answer_keeps_the_host_serving(gate_file: Path, clock: HandWoundClock) -> None:
     loop = new_loop(ScriptedChannel(OK), gate_file, clock)
 
     assert loop.beat_once() is GateState.SERVING
@@ -110,7 +98,8 @@ def test_a_positive_answer_keeps_the_host_serving(gate_file: Path, clock: Clock)
     assert not gate_file.exists()  # nothing to persist while no grace has ever run
 
 
-def test_a_negative_answer_degrades_and_the_host_refuses_at_exactly_four_hours(gate_file: Path, clock: Clock) -> None:
+def test_a_negative_answer_degrades_and_the_host_refuses_at_exactly_four_hours(gate_file: Path,
+                                                                               clock: HandWoundClock) -> None:
     loop = new_loop(ScriptedChannel(BAD_BUILD), gate_file, clock)
 
     assert loop.beat_once() is GateState.DEGRADED
@@ -125,7 +114,8 @@ def test_a_negative_answer_degrades_and_the_host_refuses_at_exactly_four_hours(g
     assert persisted(gate_file) == T0.isoformat()  # later bad answers never move the grace start
 
 
-def test_a_positive_answer_restores_service_and_clears_the_persisted_grace(gate_file: Path, clock: Clock) -> None:
+def test_a_positive_answer_restores_service_and_clears_the_persisted_grace(gate_file: Path,
+                                                                           clock: HandWoundClock) -> None:
     channel = ScriptedChannel(BAD_BUILD, OK)
     loop = new_loop(channel, gate_file, clock)
     loop.beat_once()
@@ -148,7 +138,7 @@ def test_a_positive_answer_restores_service_and_clears_the_persisted_grace(gate_
     ],
 )
 def test_a_channel_failure_is_a_missing_answer_recorded_with_its_reason(
-    gate_file: Path, clock: Clock, failure: Exception, reason: str
+    gate_file: Path, clock: HandWoundClock, failure: Exception, reason: str
 ) -> None:
     loop = new_loop(ScriptedChannel(failure), gate_file, clock)
 
@@ -159,7 +149,7 @@ def test_a_channel_failure_is_a_missing_answer_recorded_with_its_reason(
     assert persisted(gate_file) == T0.isoformat()
 
 
-def test_a_report_that_cannot_be_built_is_a_missing_answer_too(gate_file: Path, clock: Clock) -> None:
+def test_a_report_that_cannot_be_built_is_a_missing_answer_too(gate_file: Path, clock: HandWoundClock) -> None:
     def broken() -> HeartbeatReport:
         raise OSError("engine code vanished")
 
@@ -171,7 +161,7 @@ def test_a_report_that_cannot_be_built_is_a_missing_answer_too(gate_file: Path, 
     assert channel.reports == []
 
 
-def test_missed_answers_count_until_an_answer_arrives(gate_file: Path, clock: Clock) -> None:
+def test_missed_answers_count_until_an_answer_arrives(gate_file: Path, clock: HandWoundClock) -> None:
     loop = new_loop(ScriptedChannel(TimeoutError("slow"), TimeoutError("slow"), BAD_BUILD), gate_file, clock)
     loop.beat_once()
     loop.beat_once()
@@ -186,7 +176,7 @@ def test_missed_answers_count_until_an_answer_arrives(gate_file: Path, clock: Cl
 # --- persistence ----------------------------------------------------------------------------------
 
 
-def test_a_restart_cannot_reset_a_running_grace(gate_file: Path, clock: Clock) -> None:
+def test_a_restart_cannot_reset_a_running_grace(gate_file: Path, clock: HandWoundClock) -> None:
     new_loop(ScriptedChannel(BAD_BUILD), gate_file, clock).beat_once()
     clock.advance(hours=3)
 
@@ -199,7 +189,7 @@ def test_a_restart_cannot_reset_a_running_grace(gate_file: Path, clock: Clock) -
     assert restarted.beat_once() is GateState.REFUSING
 
 
-def test_the_gate_file_is_owner_only_and_written_without_leftovers(gate_file: Path, clock: Clock) -> None:
+def test_the_gate_file_is_owner_only_and_written_without_leftovers(gate_file: Path, clock: HandWoundClock) -> None:
     new_loop(ScriptedChannel(BAD_BUILD), gate_file, clock).beat_once()
 
     assert gate_file.stat().st_mode & 0o777 == 0o600
@@ -207,7 +197,7 @@ def test_the_gate_file_is_owner_only_and_written_without_leftovers(gate_file: Pa
 
 
 def test_the_gate_file_is_written_only_when_the_grace_start_changes(
-    gate_file: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    gate_file: Path, clock: HandWoundClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes: list[bytes] = []
     write = heartbeat_loop.write_file_atomically
@@ -239,7 +229,7 @@ def test_the_gate_file_is_written_only_when_the_grace_start_changes(
     ],
 )
 def test_a_corrupt_gate_file_fails_closed_to_a_grace_started_now(
-    gate_file: Path, clock: Clock, content: bytes
+    gate_file: Path, clock: HandWoundClock, content: bytes
 ) -> None:
     gate_file.parent.mkdir(parents=True)
     gate_file.write_bytes(content)
@@ -253,7 +243,7 @@ def test_a_corrupt_gate_file_fails_closed_to_a_grace_started_now(
     assert loop.beat_once() is GateState.SERVING  # the first answer settles it
 
 
-def test_a_grace_start_in_the_future_is_clamped_to_now(gate_file: Path, clock: Clock) -> None:
+def test_a_grace_start_in_the_future_is_clamped_to_now(gate_file: Path, clock: HandWoundClock) -> None:
     gate_file.parent.mkdir(parents=True)
     gate_file.write_text(json.dumps({"grace_started_at": (T0 + timedelta(days=30)).isoformat()}))
 
@@ -263,7 +253,7 @@ def test_a_grace_start_in_the_future_is_clamped_to_now(gate_file: Path, clock: C
     assert persisted(gate_file) == T0.isoformat()
 
 
-def test_an_unwritable_gate_file_never_stops_the_beat(tmp_path: Path, clock: Clock) -> None:
+def test_an_unwritable_gate_file_never_stops_the_beat(tmp_path: Path, clock: HandWoundClock) -> None:
     (tmp_path / "not-a-directory").write_text("")
     gate_file = tmp_path / "not-a-directory" / "gate.json"
     loop = new_loop(ScriptedChannel(BAD_BUILD), gate_file, clock)
@@ -273,7 +263,7 @@ def test_an_unwritable_gate_file_never_stops_the_beat(tmp_path: Path, clock: Clo
     assert loop.beat_once() is GateState.REFUSING
 
 
-def test_the_interval_must_be_positive(gate_file: Path, clock: Clock) -> None:
+def test_the_interval_must_be_positive(gate_file: Path, clock: HandWoundClock) -> None:
     with pytest.raises(InvalidRequest):
         new_loop(ScriptedChannel(OK), gate_file, clock, interval=0)
 
@@ -281,7 +271,7 @@ def test_the_interval_must_be_positive(gate_file: Path, clock: Clock) -> None:
 # --- the thread -----------------------------------------------------------------------------------
 
 
-def test_start_beats_at_once_and_stop_wakes_the_thread_at_once(gate_file: Path, clock: Clock) -> None:
+def test_start_beats_at_once_and_stop_wakes_the_thread_at_once(gate_file: Path, clock: HandWoundClock) -> None:
     channel = ScriptedChannel(OK)
     loop = new_loop(channel, gate_file, clock, interval=3600)
 
@@ -296,7 +286,7 @@ def test_start_beats_at_once_and_stop_wakes_the_thread_at_once(gate_file: Path, 
     assert len(channel.reports) == 1
 
 
-def test_the_thread_beats_every_interval(gate_file: Path, clock: Clock) -> None:
+def test_the_thread_beats_every_interval(gate_file: Path, clock: HandWoundClock) -> None:
     channel = ScriptedChannel(OK)
     loop = new_loop(channel, gate_file, clock, interval=0.01)
 
@@ -322,7 +312,7 @@ def release(tmp_path: Path) -> Path:
     return root
 
 
-def test_host_report_fingerprints_this_instance_and_hashes_the_code_once(release: Path, clock: Clock) -> None:
+def test_host_report_fingerprints_this_instance_and_hashes_the_code_once(release: Path, clock: HandWoundClock) -> None:
     report = host_report(ORG, instance_id=HOST, account_id="123456789012", region=REGION,
                          launch_time=LAUNCH.replace(microsecond=123), code_root=release, now=clock)
     first = report()
@@ -615,7 +605,7 @@ def test_without_credentials_the_beat_is_a_missing_answer(
 
 
 def test_the_loop_over_the_control_plane_channel_serves_on_a_positive_answer(
-    servers: Callable[..., FakeControlPlane], gate_file: Path, clock: Clock
+    servers: Callable[..., FakeControlPlane], gate_file: Path, clock: HandWoundClock
 ) -> None:
     plane = servers()
     loop = HeartbeatLoop(channel_to(plane), gate_file, lambda: REPORT, 900, now=clock)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -34,21 +34,9 @@ from hd_core.models import (
     new_id,
 )
 from hd_core.permissions import ROLE_SCOPES
+from tests.clocks import HandWoundClock
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-class Clock:
-    """Wall-clock time that moves only when a test says so."""
-
-    def __init__(self) -> None:
-        self.at = T0
-
-    def __call__(self) -> datetime:
-        return self.at
-
-    def advance(self, **delta: float) -> None:
-        self.at += timedelta(**delta)
 
 
 @dataclass
@@ -57,7 +45,7 @@ class ControlPlane:
 
     store: SqliteControlStore
     trail: IamAuditTrail
-    clock: Clock
+    clock: HandWoundClock
     hasher: ApiKeyHasher
     org: Organization
     owner: User
@@ -113,7 +101,7 @@ class ControlPlane:
 
 def make_control_plane(tmp_path: Path, key_file: LocalKeyFile) -> ControlPlane:
     """A fresh control plane in `tmp_path`."""
-    clock = Clock()
+    clock = HandWoundClock(T0)
     store = SqliteControlStore(tmp_path / "control.db")
     trail = IamAuditTrail(store, LocalFolderCheckpointStore(tmp_path / "checkpoints"), key_file, now=clock)
     org = Organization(org_id=new_id("org"), name="Acme", status=OrgStatus.ACTIVE, created_at=clock())

@@ -23,6 +23,7 @@ from hd_core.heartbeat import (
     environment_fingerprint,
     evaluate_report,
 )
+from tests.clocks import HandWoundClock
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 LAUNCH = datetime(2026, 11, 1, 8, 30, tzinfo=UTC)
@@ -32,26 +33,13 @@ HOST_UNKNOWN = HeartbeatVerdict(allowed=False, org_active=True, reason="unknown 
 ORG_INACTIVE = HeartbeatVerdict(allowed=True, org_active=False, reason="organisation org_1 is not active")
 
 
-class Clock:
-    """A hand-wound clock for the gate."""
-
-    def __init__(self, at: datetime = T0) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
-
-    def advance(self, **delta: float) -> None:
-        self.at += timedelta(**delta)
+@pytest.fixture
+def clock() -> HandWoundClock:
+    return HandWoundClock(T0)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def gate(clock: Clock) -> ServiceGate:
+def gate(clock: HandWoundClock) -> ServiceGate:
     return ServiceGate(now=clock)
 
 
@@ -231,7 +219,7 @@ def test_a_new_gate_serves(gate: ServiceGate) -> None:
     }
 
 
-def test_grace_starts_at_the_first_failure_and_keeps_serving(gate: ServiceGate, clock: Clock) -> None:
+def test_grace_starts_at_the_first_failure_and_keeps_serving(gate: ServiceGate, clock: HandWoundClock) -> None:
     clock.advance(minutes=15)
     assert gate.record(None, error="connect timeout") is GateState.DEGRADED
 
@@ -245,7 +233,7 @@ def test_grace_starts_at_the_first_failure_and_keeps_serving(gate: ServiceGate, 
     }
 
 
-def test_further_failures_do_not_extend_the_grace(gate: ServiceGate, clock: Clock) -> None:
+def test_further_failures_do_not_extend_the_grace(gate: ServiceGate, clock: HandWoundClock) -> None:
     gate.record(HOST_UNKNOWN)
     for _ in range(15):
         clock.advance(minutes=15)
@@ -255,7 +243,7 @@ def test_further_failures_do_not_extend_the_grace(gate: ServiceGate, clock: Cloc
     assert gate.status()["since"] == T0.isoformat()
 
 
-def test_refuses_exactly_when_the_grace_ends(gate: ServiceGate, clock: Clock) -> None:
+def test_refuses_exactly_when_the_grace_ends(gate: ServiceGate, clock: HandWoundClock) -> None:
     gate.record(HOST_UNKNOWN)
 
     clock.advance(hours=4, microseconds=-1)
@@ -266,14 +254,14 @@ def test_refuses_exactly_when_the_grace_ends(gate: ServiceGate, clock: Clock) ->
     assert gate.status()["since"] == (T0 + GRACE_PERIOD).isoformat()
 
 
-def test_gate_refuses_on_time_even_when_no_further_answer_is_recorded(gate: ServiceGate, clock: Clock) -> None:
+def test_gate_refuses_on_time_even_when_no_further_answer_is_recorded(gate: ServiceGate, clock: HandWoundClock) -> None:
     gate.record(None)
     clock.advance(days=2)
 
     assert gate.state() is GateState.REFUSING
 
 
-def test_refusal_raises_a_clear_coded_error(gate: ServiceGate, clock: Clock) -> None:
+def test_refusal_raises_a_clear_coded_error(gate: ServiceGate, clock: HandWoundClock) -> None:
     gate.record(None)
     clock.advance(hours=4)
 
@@ -284,14 +272,14 @@ def test_refusal_raises_a_clear_coded_error(gate: ServiceGate, clock: Clock) -> 
     assert "refusing new connections" in str(refused.value)
 
 
-def test_check_new_connection_passes_while_degraded(gate: ServiceGate, clock: Clock) -> None:
+def test_check_new_connection_passes_while_degraded(gate: ServiceGate, clock: HandWoundClock) -> None:
     gate.record(None)
     clock.advance(hours=3, minutes=59)
 
     gate.check_new_connection()
 
 
-def test_org_inactive_counts_as_a_negative_answer(gate: ServiceGate, clock: Clock) -> None:
+def test_org_inactive_counts_as_a_negative_answer(gate: ServiceGate, clock: HandWoundClock) -> None:
     assert gate.record(ORG_INACTIVE) is GateState.DEGRADED
     clock.advance(hours=4)
 
@@ -299,7 +287,7 @@ def test_org_inactive_counts_as_a_negative_answer(gate: ServiceGate, clock: Cloc
     assert gate.status()["last_reason"] == "organisation org_1 is not active"
 
 
-def test_a_positive_answer_restores_service_after_refusal(gate: ServiceGate, clock: Clock) -> None:
+def test_a_positive_answer_restores_service_after_refusal(gate: ServiceGate, clock: HandWoundClock) -> None:
     gate.record(None)
     clock.advance(hours=5)
     assert not gate.accepts_new_connections()
@@ -315,7 +303,7 @@ def test_a_positive_answer_restores_service_after_refusal(gate: ServiceGate, clo
     }
 
 
-def test_a_positive_answer_during_grace_resets_it(gate: ServiceGate, clock: Clock) -> None:
+def test_a_positive_answer_during_grace_resets_it(gate: ServiceGate, clock: HandWoundClock) -> None:
     gate.record(None)
     clock.advance(hours=3)
     gate.record(OK)
@@ -327,7 +315,7 @@ def test_a_positive_answer_during_grace_resets_it(gate: ServiceGate, clock: Cloc
     assert gate.status()["grace_ends_at"] == (T0 + timedelta(hours=8)).isoformat()
 
 
-def test_positive_answers_while_serving_keep_the_serving_since(gate: ServiceGate, clock: Clock) -> None:
+def test_positive_answers_while_serving_keep_the_serving_since(gate: ServiceGate, clock: HandWoundClock) -> None:
     clock.advance(minutes=15)
     gate.record(OK)
 
@@ -335,7 +323,7 @@ def test_positive_answers_while_serving_keep_the_serving_since(gate: ServiceGate
     assert gate.status()["last_ok_at"] == (T0 + timedelta(minutes=15)).isoformat()
 
 
-def test_grace_period_is_configurable_and_must_be_positive(clock: Clock) -> None:
+def test_grace_period_is_configurable_and_must_be_positive(clock: HandWoundClock) -> None:
     short = ServiceGate(grace=timedelta(minutes=30), now=clock)
     short.record(None)
     clock.advance(minutes=30)
@@ -347,7 +335,7 @@ def test_grace_period_is_configurable_and_must_be_positive(clock: Clock) -> None
         ServiceGate(grace_started_at=T0.replace(tzinfo=None), now=clock)
 
 
-def test_a_restarted_gate_resumes_a_persisted_grace_period(gate: ServiceGate, clock: Clock) -> None:
+def test_a_restarted_gate_resumes_a_persisted_grace_period(gate: ServiceGate, clock: HandWoundClock) -> None:
     gate.record(None)
     clock.advance(hours=3)
 
