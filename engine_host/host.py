@@ -124,6 +124,7 @@ class ObjectStoreTables:
         return None  # views over cache files are created after the lockdown, which DDL is allowed to do
 
     def attach(self, con: duckdb.DuckDBPyConnection, catalog: TableCatalog) -> None:
+        catalog.row_estimates = self.tables.estimated_rows  # counting would need every file in the cache
         registered = self.tables.sync(con.cursor(), catalog.refresh)
         log.info("serving %d table(s) from the object store", len(registered))
         self.tables.start()

@@ -13,9 +13,12 @@ Life of a statement over such a table (engine_host/pipeline/pipeline.py calls `h
   that was rewritten (new file names) is served from its new files.
 
 New, changed and removed tables appear through `sync`, which re-lists the source: at start, then every
-`listing_interval_seconds` from a background thread. So the bounds a reader can rely on are: a
-replaced object is never served more than the cache's staleness bound after the change, and a new
-or removed file or table shows within one listing interval.
+`listing_interval_seconds` from a background thread. Registering a table fetches only its first
+file; the others are fetched by the first statement that reads the table (see `_register`).
+
+So the bounds a reader can rely on are: a replaced object is never served more than the cache's
+staleness bound after the change, and a new or removed file or table shows within one listing
+interval.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ import logging
 import threading
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 import duckdb
+import pyarrow.parquet as pq
 
 from engine_host.cache.object_cache import ObjectCache
 from engine_host.engine.tables import (
@@ -43,7 +47,7 @@ from engine_host.engine.tables import (
     sql_string,
 )
 from hd_core.errors import HdError
-from hd_core.object_source import ObjectMissing, ObjectSource
+from hd_core.object_source import ObjectInfo, ObjectMissing, ObjectSource
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +62,12 @@ class TableDataUnavailable(HdError):
 
 @dataclass(frozen=True)
 class CachedTable:
-    """One table of the source: its SQL name and the object keys of its files, sorted."""
+    """One table of the source: its SQL name and the object keys of its files (sorted), with their sizes."""
 
     schema: str
     table: str
     keys: tuple[str, ...]
+    sizes: tuple[int, ...] = field(default=(), compare=False)
 
     @property
     def name(self) -> str:
@@ -109,6 +114,7 @@ class CachedTables:
         self._lock = threading.Lock()  # guards _tables; sync runs one at a time under _sync_lock
         self._sync_lock = threading.Lock()
         self._tables: dict[str, CachedTable] = {}
+        self._estimates: dict[str, int] = {}
         self._con: duckdb.DuckDBPyConnection | None = None
         self._on_change: Callable[[], None] = lambda: None
         self._stopping = threading.Event()
@@ -119,9 +125,10 @@ class CachedTables:
     def sync(self, con: duckdb.DuckDBPyConnection, on_change: Callable[[], None] = lambda: None) -> list[CachedTable]:
         """Re-list the source and bring the views in line: register new or changed tables, drop vanished ones.
 
-        Each new or changed table is registered with its files pinned (DuckDB reads their metadata to
-        bind the view), then `on_change` runs while they are still pinned so catalog readers such as
-        TableCatalog can count rows. Raises the source's error when it cannot be listed.
+        A new or changed table is registered from its first file alone (fetched and pinned; DuckDB
+        binds the view from it), the others get placeholders until a statement needs them, and
+        `on_change` runs while the first file is pinned. Its row estimate is the first file's rows
+        scaled by the table's bytes. Raises the source's error when it cannot be listed.
         """
         with self._sync_lock:
             self._con, self._on_change = con, on_change
@@ -152,13 +159,19 @@ class CachedTables:
                 con.execute(f"DROP VIEW IF EXISTS {qualified(catalog, schema, name)}")
             with self._lock:
                 self._tables = registered
+                self._estimates = {name: rows for name, rows in self._estimates.items() if name in registered}
             if vanished:
                 on_change()
             return sorted(registered.values(), key=lambda t: t.name)
 
     def _register(self, con: duckdb.DuckDBPyConnection, catalog: str, table: CachedTable,
                   on_change: Callable[[], None]) -> None:
-        with self._lease(table.keys):
+        """Create the table's view having fetched only its first file (what DuckDB binds the view from)."""
+        first, rest = table.keys[0], table.keys[1:]
+        with self._lease((first,)):
+            for key in rest:
+                self._cache.reserve(key)
+            self._estimates[table.name] = self._estimate_rows(table)
             files = ", ".join(sql_string(str(self._cache.local_path(key))) for key in table.keys)
             con.execute("BEGIN TRANSACTION")
             try:
@@ -170,6 +183,18 @@ class CachedTables:
                 raise
             on_change()
         log.info("registered cached table %s (%d file(s))", table.name, len(table.keys))
+
+    def _estimate_rows(self, table: CachedTable) -> int:
+        """Rows of the first file scaled by the table's bytes: an estimate that needs no other file."""
+        first = table.keys[0]
+        rows = pq.read_metadata(self._cache.local_path(first)).num_rows
+        first_size = table.sizes[0]
+        return round(rows * sum(table.sizes) / first_size) if first_size else rows
+
+    def estimated_rows(self, name: str) -> int | None:
+        """The row estimate made when the table was registered (None: not a cached table)."""
+        with self._lock:
+            return self._estimates.get(name)
 
     def names(self) -> list[str]:
         with self._lock:
@@ -244,11 +269,11 @@ class CachedTables:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def discover_cached_tables(objects: Iterable[object]) -> list[CachedTable]:
+def discover_cached_tables(objects: Iterable[ObjectInfo]) -> list[CachedTable]:
     """Group listed objects (`ObjectInfo`) into `<schema>/<table>/<file>.parquet` tables; others are skipped."""
-    files: dict[tuple[str, str], list[str]] = {}
+    files: dict[tuple[str, str], list[tuple[str, int]]] = {}
     for info in objects:
-        key: str = info.key  # type: ignore[attr-defined]
+        key = info.key
         parts = PurePosixPath(key).parts
         if not key.endswith(PARQUET_SUFFIX) or any(part.startswith(".") for part in parts):
             continue
@@ -263,6 +288,10 @@ def discover_cached_tables(objects: Iterable[object]) -> list[CachedTable]:
         if GLOB_METACHARACTERS & set(name):
             log.warning("skipping object %s: glob characters in a file name", key)
             continue
-        files.setdefault((schema, table), []).append(key)
-    return [CachedTable(schema, table, tuple(sorted(keys))) for (schema, table), keys in sorted(files.items())]
+        files.setdefault((schema, table), []).append((key, info.size))
+    tables = []
+    for (schema, table), entries in sorted(files.items()):
+        entries.sort()
+        tables.append(CachedTable(schema, table, tuple(k for k, _ in entries), tuple(n for _, n in entries)))
+    return tables
 

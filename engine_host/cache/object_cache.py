@@ -82,6 +82,22 @@ class ObjectCache:
         """Where the object's copy lives when it is cached (nothing is fetched or checked)."""
         return self._objects_dir / safe_relative_path(key)
 
+    def reserve(self, key: str) -> Path:
+        """An empty placeholder at the key's path unless a copy is already there; nothing is fetched.
+
+        DuckDB binds a view over a list of files from the first file alone but wants every other
+        one to exist, so placeholders let a table be registered before its files are fetched.
+        Reading a placeholder fails ("too small to be a Parquet file"), so a statement must `acquire`
+        the real file first, and a placeholder is never mistaken for data.
+        """
+        path = self.local_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass  # the real copy (or an earlier placeholder) is already there
+        return path
+
     def path_for(self, key: str) -> Path:
         """A local path holding the object's current bytes (at most `max_staleness_seconds` old), fetched if needed.
 

@@ -10,12 +10,15 @@ correct.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import duckdb
 
 from engine_host.engine.tables import PARQUET_VIEW_MARKERS
+
+# A table's row estimate by canonical name, or None when the catalog should count the rows itself.
+RowEstimates = Callable[[str], int | None]
 
 # Schemas that hold machinery, never user tables.
 _INTERNAL_SCHEMAS = ("hd_pg", "pg_catalog", "information_schema")
@@ -36,6 +39,8 @@ class TableCatalog:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, database_aliases: Sequence[str] = ("hd",)):
         self._cursor = con.cursor()
+        # Row estimates of tables whose files are not all local (cached tables); consulted before counting.
+        self.row_estimates: RowEstimates | None = None
         self._lock = threading.Lock()
         self._aliases = {a.lower() for a in database_aliases}
         self._tables: dict[str, TableInfo] = {}
@@ -46,7 +51,7 @@ class TableCatalog:
     def refresh(self) -> None:
         """Re-read the catalog (after DDL, or when Parquet tables were registered)."""
         with self._lock:
-            database, tables = read_tables(self._cursor, self._tables)
+            database, tables = read_tables(self._cursor, self._tables, self.row_estimates)
             self._aliases.add(database)
             if tables != self._tables:
                 self._tables = tables
@@ -68,7 +73,7 @@ class TableCatalog:
 
     def session_view(self, con: duckdb.DuckDBPyConnection) -> dict[str, TableInfo]:
         """The tables as one connection sees them (its own uncommitted DDL included)."""
-        return read_tables(con, self._tables)[1]
+        return read_tables(con, self._tables, self.row_estimates)[1]
 
     def names(self) -> list[str]:
         return sorted(self._tables)
@@ -78,9 +83,13 @@ class TableCatalog:
             self._cursor.close()
 
 
-def read_tables(con: duckdb.DuckDBPyConnection,
-                previous: Mapping[str, TableInfo]) -> tuple[str, dict[str, TableInfo]]:
-    """The database name and user tables as `con` sees them; Parquet row counts are reused from `previous`."""
+def read_tables(con: duckdb.DuckDBPyConnection, previous: Mapping[str, TableInfo],
+                estimates: RowEstimates | None = None) -> tuple[str, dict[str, TableInfo]]:
+    """The database name and user tables as `con` sees them.
+
+    A Parquet view's row count comes from `estimates` when it has one, else from `previous`, else
+    from counting (which reads every file's metadata).
+    """
     database = str(con.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
     columns: dict[str, list[tuple[str, str]]] = {}
     for schema, table, column, data_type in con.execute(
@@ -108,7 +117,11 @@ def read_tables(con: duckdb.DuckDBPyConnection,
     for name, cols in columns.items():
         if name in views:
             known = previous.get(name)
-            rows = known.estimated_rows if known is not None else (_count_rows(con, name) if views[name] else 0)
+            estimate = estimates(name) if estimates is not None else None
+            if estimate is not None:
+                rows = estimate
+            else:
+                rows = known.estimated_rows if known is not None else (_count_rows(con, name) if views[name] else 0)
             tables[name] = TableInfo(name, tuple(cols), rows, writable=False)
         else:
             tables[name] = TableInfo(name, tuple(cols), sizes.get(name, 0), writable=True)
