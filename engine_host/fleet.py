@@ -108,7 +108,7 @@ class FleetEngineHost:
         keys = KmsKeyProvider(self.clients.kms, jwt_key_ids=[config.signing_key_arn],
                               checkpoint_key_id=config.checkpoint_key_arn, data_key_id=config.kms_key_arn)
         control = assemble_services(
-            ControlApiSettings(), store=store, keys=keys,
+            ControlApiSettings(jwt_issuer=config.jwt_issuer, jwt_audience=config.jwt_audience), store=store, keys=keys,
             checkpoints=S3CheckpointStore(self.clients.s3, config.audit_bucket),
             query_audit=S3AuditArchive(self.clients.s3, config.audit_bucket),
         )

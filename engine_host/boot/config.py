@@ -114,6 +114,10 @@ class EngineConfig(BaseModel):
     checkpoint_key_arn: KmsKeyArn
 
     control_api_url: Annotated[str | None, AfterValidator(_https_url)] = None
+    # The control API's JWT issuer and audience (its HD_JWT_ISSUER / HD_JWT_AUDIENCE): the host
+    # accepts a control-API JWT as a Postgres password only if both match.
+    jwt_issuer: str = "https://hardened-duck.local"
+    jwt_audience: str = "hardened-duck"
     # Shorter than the four-hour grace period, or one missed answer would already end service.
     heartbeat_interval_seconds: Annotated[int, Field(ge=1, lt=4 * 3600)] = 900
 

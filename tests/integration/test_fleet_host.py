@@ -30,9 +30,11 @@ from engine_host.fleet import AwsClients, CacheNotMounted, FleetEngineHost, Hear
 from engine_host.heartbeat_loop import InProcessHeartbeat, host_report
 from hd_core.adapters.dynamodb_schema import create_table_kwargs
 from hd_core.adapters.dynamodb_store import DynamoDbControlStore
+from hd_core.adapters.kms_keys import KmsKeyProvider
 from hd_core.api_keys import ApiKeyHasher
 from hd_core.bootstrap import bootstrap_local_owner
 from hd_core.models import OrgStatus
+from hd_core.tokens import JwtIssuer
 from tests.harness import BackgroundLoop
 
 REGION = "us-east-1"
@@ -77,7 +79,9 @@ class Account:
             "checkpoint_key_arn": checkpoint, "listen_host": "127.0.0.1",
             "metrics_host": "127.0.0.1", "tls_cert_file": str(tmp_path / "none.crt"),
             "tls_key_file": str(tmp_path / "none.key"), "cache_capacity_bytes": 64 << 20,
+            "jwt_issuer": "https://control.example.com", "jwt_audience": "hd-fleet-test",
         }
+        self.signing_key = signing
 
     @property
     def config(self) -> EngineConfig:
@@ -194,3 +198,23 @@ def test_without_a_control_plane_to_report_to_the_host_refuses_to_start(account:
     host = account.host(heartbeat=None)
     with pytest.raises(HeartbeatNotConfigured, match="control_api_url"):
         loop.run(host.start())
+
+
+def test_a_jwt_from_the_control_plane_is_a_password_on_the_fleet_host(account: Account, loop: BackgroundLoop) -> None:
+    """The control API (same KMS key, same issuer and audience) issues it; the host verifies it."""
+    keys = KmsKeyProvider(account.clients.kms, jwt_key_ids=[account.signing_key],
+                          checkpoint_key_id=account.config.checkpoint_key_arn, data_key_id=account.config.kms_key_arn)
+    user = account.store.get_user(account.user)
+    assert user is not None
+    token = JwtIssuer(keys, issuer="https://control.example.com", audience="hd-fleet-test").issue(user, "live")
+    host = account.host()
+    loop.run(host.start())
+    try:
+        dsn = _dsn(host, account).replace(f"password={account.key}", f"password={token}")
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM sales.orders").fetchone() == (40,)
+        foreign = JwtIssuer(keys, issuer="https://elsewhere.example.com", audience="hd-fleet-test").issue(user, "live")
+        with pytest.raises(psycopg.OperationalError, match="authentication failed"):
+            psycopg.connect(_dsn(host, account).replace(f"password={account.key}", f"password={foreign}"))
+    finally:
+        loop.run(host.stop())
