@@ -50,7 +50,8 @@ def run_boot(args: argparse.Namespace, *, runner: CommandRunner | None = None) -
         imds = KnownIdentity(ImdsClient(args.imds_url))
         config = load_engine_config(args, imds)
         result = boot(config, imds=imds, kms=boto3.client("kms", region_name=config.region),
-                      runner=runner or SubprocessRunner(), log=log)
+                      runner=runner or SubprocessRunner(), log=log,
+                      secrets=boto3.client("secretsmanager", region_name=config.region))
         log.info("hd engine boot done: instance %s, cache %s at %s", result.identity.instance_id,
                  result.cache_state.value, result.mount_path)
 

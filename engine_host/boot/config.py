@@ -24,6 +24,8 @@ _VPC = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 _SECURITY_GROUP = re.compile(r"^sg-[0-9a-f]{8,17}$")
 # Key ARNs only: an alias can be moved to another key, which would silently rebind the cache.
 _KMS_KEY_ARN = re.compile(r"^arn:aws[-a-z]*:kms:[a-z]{2}(-[a-z]+)+-\d{1,2}:\d{12}:key/[A-Za-z0-9-]{1,128}$")
+_SECRET_ARN = re.compile(
+    r"^arn:aws[-a-z]*:secretsmanager:[a-z]{2}(-[a-z]+)+-\d{1,2}:\d{12}:secret:[A-Za-z0-9/_+=.@-]{1,512}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _TABLE = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 # Device-mapper names become /dev/mapper/<name>: no slashes, nothing a path or a shell could misread.
@@ -80,6 +82,7 @@ def _https_url(value: str | None) -> str | None:
 
 Region = Annotated[str, _matching(_REGION, "eu-west-1")]
 KmsKeyArn = Annotated[str, _matching(_KMS_KEY_ARN, "arn:aws:kms:<region>:<account>:key/<key id>")]
+SecretArn = Annotated[str, _matching(_SECRET_ARN, "arn:aws:secretsmanager:<region>:<account>:secret:<name>")]
 Bucket = Annotated[str, _matching(_BUCKET, "an S3 bucket name")]
 AbsolutePath = Annotated[Path, AfterValidator(_absolute_path)]
 KeyPrefix = Annotated[str, AfterValidator(_prefix)]
@@ -127,6 +130,9 @@ class EngineConfig(BaseModel):
     metrics_port: Port = 9090
     tls_cert_file: AbsolutePath = Path("/etc/hardened-duck/tls/server.crt")
     tls_key_file: AbsolutePath = Path("/etc/hardened-duck/tls/server.key")
+    # Secrets Manager secret {"certificate", "private_key"} that boot installs at the two paths above
+    # (see engine_host/boot/tls_material.py); None: a self-signed certificate.
+    tls_secret_arn: SecretArn | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> EngineConfig:

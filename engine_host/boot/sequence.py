@@ -18,6 +18,7 @@ from engine_host.boot.cache_volume import (
 from engine_host.boot.config import EngineConfig
 from engine_host.boot.imds import InstanceIdentity
 from engine_host.boot.runner import CommandRunner
+from engine_host.boot.tls_material import install_tls_material
 
 
 class IdentitySource(Protocol):
@@ -43,7 +44,8 @@ class BootResult:
 
 
 def boot(
-    config: EngineConfig, *, imds: IdentitySource, kms: Any, runner: CommandRunner, log: logging.Logger
+    config: EngineConfig, *, imds: IdentitySource, kms: Any, runner: CommandRunner, log: logging.Logger,
+    secrets: Any = None,
 ) -> BootResult:
     """Boot the engine host; raises the first step's `HdError` (nothing after it runs)."""
     identity = imds.identity()
@@ -59,4 +61,6 @@ def boot(
     log.info("environment binding holds: region, account, VPC, security groups and KMS key are as provisioned")
     require_usable_key(key_metadata)
     state = prepare_cache_volume(config, identity, kms=kms, runner=runner, log=log)
+    if config.tls_secret_arn is not None:
+        install_tls_material(config, secrets, log)
     return BootResult(identity=identity, cache_state=state, mount_path=config.cache_mount)

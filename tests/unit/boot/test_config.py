@@ -47,7 +47,7 @@ def test_every_field_can_be_set(tmp_path: Path) -> None:
         cache_device="/dev/nvme2n1", cache_mapper_name="cache_2", cache_mount="/srv/cache",
         cache_key_file="/etc/hd/cache-key.json", state_dir="/srv/state", data_prefix="tables/",
         control_api_url="https://abc.execute-api.eu-west-1.amazonaws.com/prod", jwt_issuer="https://api.example.com",
-        jwt_audience="warehouse",
+        jwt_audience="warehouse", tls_secret_arn="arn:aws:secretsmanager:eu-west-1:123456789012:secret:hd/tls-AbCdEf",
         heartbeat_interval_seconds=60, listen_host="10.0.0.5", listen_port=15432, metrics_host="127.0.0.1",
         metrics_port=19090, tls_cert_file="/etc/tls/a.crt", tls_key_file="/etc/tls/a.key",
         cache_capacity_bytes=500 * 2**30,
