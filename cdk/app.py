@@ -1,0 +1,74 @@
+"""Build the Hardened Duck CDK app offline: context from cdk.json, a fixed account and Region, cdk-nag on every synth.
+
+`python cdk/app.py` and `npx cdk synth` (which runs this file with the same cdk.json) give the same templates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# Node 20 is what we have; jsii prints an end-of-life banner on every run without this.
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+CDK_DIR = Path(__file__).resolve().parent
+if str(CDK_DIR) not in sys.path:  # `hd_cdk` lives next to this file
+    sys.path.insert(0, str(CDK_DIR))
+
+from aws_cdk import App, Environment  # noqa: E402
+
+from hd_cdk import constants  # noqa: E402
+from hd_cdk.nag import apply_packs  # noqa: E402
+from hd_cdk.stack import HardenedDuckStack  # noqa: E402
+
+CDK_JSON = CDK_DIR.parent / "cdk.json"
+
+
+def cdk_json_context(path: Path = CDK_JSON) -> dict[str, Any]:
+    """The `context` of cdk.json (feature flags and hd:* settings); the CLI is not there to read it for us."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    context = document.get("context", {})
+    if not isinstance(context, dict):
+        raise ValueError(f"{path}: 'context' must be an object, got {type(context).__name__}")
+    return context
+
+
+def _prefix_list_id(app: App, key: str, known: dict[str, str], region: str, service: str) -> str:
+    """A gateway endpoint's prefix list ID for `region`: from context, else the known table, else a clear error."""
+    value = app.node.try_get_context(key) or known.get(region)
+    if not value:
+        raise ValueError(
+            f"no {service} prefix list ID known for Region {region}: set context {key!r} from `aws ec2 "
+            f"describe-managed-prefix-lists --filters Name=prefix-list-name,Values=com.amazonaws.{region}.{service}`"
+        )
+    return str(value)
+
+
+def build_app(context: dict[str, Any] | None = None, outdir: str | None = None) -> App:
+    """The app with its one stack; `context` overrides cdk.json (e.g. {"hd:bundling": False} in tests)."""
+    merged = {**cdk_json_context(), **(context or {})}
+    app = App(context=merged, outdir=outdir or os.environ.get("CDK_OUTDIR"))
+    account = str(app.node.try_get_context(constants.CONTEXT_ACCOUNT) or constants.DEFAULT_ACCOUNT)
+    region = str(app.node.try_get_context(constants.CONTEXT_REGION) or constants.DEFAULT_REGION)
+    approved_cidrs = app.node.try_get_context(constants.CONTEXT_APPROVED_CIDRS) or []
+    if isinstance(approved_cidrs, str):  # `-c hd:approvedCidrs=10.0.0.0/8,192.168.0.0/16` arrives as one string
+        approved_cidrs = [cidr for cidr in approved_cidrs.split(",") if cidr.strip()]
+    HardenedDuckStack(
+        app,
+        constants.STACK_NAME,
+        env=Environment(account=account, region=region),
+        description="Hardened Duck: governed SQL warehouse (DuckDB behind pgwire) in the customer's account",
+        approved_cidrs=list(approved_cidrs),
+        s3_prefix_list_id=_prefix_list_id(app, constants.CONTEXT_S3_PREFIX_LIST, constants.S3_PREFIX_LISTS,
+                                          region, "s3"),
+        dynamodb_prefix_list_id=_prefix_list_id(app, constants.CONTEXT_DYNAMODB_PREFIX_LIST,
+                                                constants.DYNAMODB_PREFIX_LISTS, region, "dynamodb"),
+    )
+    apply_packs(app)
+    return app
+
+
+if __name__ == "__main__":
+    build_app().synth()

@@ -1,0 +1,75 @@
+"""Names and numbers of the deployment, in one place: ports, compute tiers, retention, prefixes, context keys."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- ports -------------------------------------------------------------------------------------------
+PGWIRE_PORT: Final = 5439  # PostgreSQL wire protocol (TLS), the only port agents reach
+METRICS_PORT: Final = 9090  # Prometheus scrape, monitoring security group only
+HTTPS_PORT: Final = 443  # AWS APIs through the VPC endpoints
+
+# --- compute tiers (seed 003 "Compute Tiers": r6id, local NVMe for the DuckDB cache) --------------------
+TIER_INSTANCE_TYPES: Final[dict[str, str]] = {
+    "starter": "r6id.xlarge",
+    "standard": "r6id.2xlarge",
+    "performance": "r6id.4xlarge",
+    "high_memory": "r6id.8xlarge",
+}
+DEFAULT_TIER: Final = "standard"
+FLEET_MIN_DEFAULT: Final = 2  # two hosts: one per AZ
+FLEET_MAX_DEFAULT: Final = 4
+FLEET_SIZE_LIMIT: Final = 50
+
+# --- audit retention ------------------------------------------------------------------------------------
+AUDIT_RETENTION_YEARS: Final = 7  # Object Lock default retention on the audit bucket
+AUDIT_GLACIER_AFTER_DAYS: Final = 90
+AUDIT_DEEP_ARCHIVE_AFTER_DAYS: Final = 365
+AUDIT_QUERIES_PREFIX: Final = "audit/queries/"
+AUDIT_IAM_CHECKPOINTS_PREFIX: Final = "audit/iam-checkpoints/"
+
+# --- network --------------------------------------------------------------------------------------------
+VPC_CIDR: Final = "10.42.0.0/16"
+# Fixed AZ suffixes, so synth never asks EC2 which zones exist (offline, deterministic).
+AZ_SUFFIXES: Final[tuple[str, ...]] = ("a", "b")
+# AWS-managed prefix lists of the S3 / DynamoDB gateway endpoints (IDs differ per region; CloudFormation cannot
+# look them up). Other regions: set the context keys below from
+# `aws ec2 describe-managed-prefix-lists --filters Name=prefix-list-name,Values=com.amazonaws.<region>.s3`.
+S3_PREFIX_LISTS: Final[dict[str, str]] = {"eu-west-1": "pl-6da54004"}
+DYNAMODB_PREFIX_LISTS: Final[dict[str, str]] = {"eu-west-1": "pl-6fa54006"}
+
+# --- app context keys (cdk.json / build_app(context=...)) ---------------------------------------------
+CONTEXT_ACCOUNT: Final = "hd:account"
+CONTEXT_REGION: Final = "hd:region"
+CONTEXT_BUNDLING: Final = "hd:bundling"
+CONTEXT_APPROVED_CIDRS: Final = "hd:approvedCidrs"
+CONTEXT_S3_PREFIX_LIST: Final = "hd:s3PrefixListId"
+CONTEXT_DYNAMODB_PREFIX_LIST: Final = "hd:dynamodbPrefixListId"
+DEFAULT_ACCOUNT: Final = "123456789012"
+DEFAULT_REGION: Final = "eu-west-1"
+STACK_NAME: Final = "HardenedDuck"
+
+# --- engine fleet, wipe hook, monitoring (fleet helper's section) ----------------------------------------
+ENGINE_CONFIG_PARAMETER_PREFIX: Final = "/hardened-duck"  # <prefix>/<stack name>/engine-config (README)
+CACHE_DEVICE: Final = "/dev/nvme1n1"  # the r6id NVMe instance store: encrypted by boot, erased by the wipe hook
+ROOT_VOLUME_GIB: Final = 30
+ENGINE_INSTALL_DIR: Final = "/opt/hardened-duck"
+WIPE_LIFECYCLE_HOOK_NAME: Final = "hd-cache-wipe"
+# Long enough for one SSM erase (120 s command timeout + polling); the wipe Lambda heartbeats it meanwhile.
+WIPE_HEARTBEAT_TIMEOUT_SECONDS: Final = 300
+WIPE_COMMAND_TIMEOUT_SECONDS: Final = 120
+WIPE_RETRY_ATTEMPTS: Final = 2
+METRICS_NAMESPACE: Final = "HardenedDuck"  # functions/shared/lambda_entry.py METRICS_NAMESPACE
+ALARM_PERIOD_MINUTES: Final = 5
+
+# --- control API and Lambda packaging (control-API helper's section) -------------------------------------
+CONTROL_API_STAGE: Final = "prod"
+# Enhanced API Gateway security policy: TLS 1.3 only (legacy policies stop at a TLS 1.2 minimum).
+CONTROL_API_TLS_POLICY: Final = "SecurityPolicy_TLS13_1_3_2025_09"
+CONTROL_API_RATE_PER_SECOND: Final = 100  # stage-wide throttling
+CONTROL_API_BURST: Final = 200
+SIGN_IN_RATE_PER_SECOND: Final = 10  # password, refresh and federation routes: slows guessing
+SIGN_IN_BURST: Final = 20
+EXPIRED_KEY_SWEEP_MINUTES: Final = 60  # api_keys: records expired keys in the IAM trail
+IAM_CHECKPOINT_MINUTES: Final = 15  # audit: signs every IAM chain's head (HD_CHECKPOINT_INTERVAL_MINUTES)
+DEAD_LETTER_RETENTION_DAYS: Final = 14  # SQS maximum
