@@ -1,12 +1,16 @@
-"""The engine fleet: r6id hosts behind an internal TLS 1.3 NLB, published to agents over PrivateLink.
+"""The engine fleet: r6id hosts behind an internal NLB, published to agents over PrivateLink.
 
 Security decisions, all visible here:
 - IMDSv2 only (hop limit 1, so a container on the host cannot reach the metadata service), no public
   IP, root volume encrypted with the customer's data key, detailed monitoring.
 - The instance role holds exactly seed 000 section 6.2's permissions plus what boot, serve, heartbeat
   and Run Command need (`ENGINE_ROLE_ACTIONS`), each on its resource ARN, none destructive.
-- The NLB terminates TLS 1.3 only (`TLS13_13`) and re-encrypts to the hosts; the endpoint service
-  requires acceptance and admits only the allowed principals.
+- TLS 1.3 end to end, terminated by the engine itself: Postgres clients send a plaintext SSLRequest
+  before the handshake, which a TLS listener cannot answer (and PG17's direct TLS needs the ALPN
+  `postgresql`, which an NLB cannot select), so the NLB passes TCP through. The engine offers TLS 1.3
+  only (engine_host/tls.py) with the certificate boot installs from the `tls_secret_arn` secret, so
+  `sslmode=verify-full` works against the name agents use. The endpoint service requires acceptance
+  and admits only the allowed principals.
 - A termination lifecycle hook holds every instance until the wipe hook has erased its NVMe cache.
 """
 
@@ -56,6 +60,7 @@ ENGINE_ROLE_ACTIONS: Final[frozenset[str]] = frozenset({
     "kms:GetPublicKey",  # signing key: verify control-API JWTs presented as Postgres passwords
     "dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem",  # control state, usage
     "ssm:GetParameter",  # its own configuration parameter
+    "secretsmanager:GetSecretValue",  # its TLS certificate and key (the one secret named in the config)
     "execute-api:Invoke",  # POST /v1/fleet/heartbeat, nothing else
 })
 # AWS's managed policy for Run Command, which the wipe hook uses to erase the cache at termination.
@@ -89,7 +94,7 @@ class EngineFleet(Construct):
         tier: str,
         min_capacity: int | float,
         max_capacity: int | float,
-        certificate_arn: str,
+        tls_secret_arn: str,
         allowed_principals: Sequence[str],
         control_api_url: str,
         heartbeat_path_arn: str,
@@ -119,12 +124,14 @@ class EngineFleet(Construct):
                 org_id=org_id, vpc=vpc, engine_sg=engine_sg, data_key=data_key, data_bucket=data_bucket,
                 audit_bucket=audit_bucket, table=table, signing_key=signing_key, checkpoint_key=checkpoint_key,
                 control_api_url=control_api_url, jwt_issuer=jwt_issuer, jwt_audience=jwt_audience,
+                tls_secret_arn=tls_secret_arn,
             )),
             tier=ssm.ParameterTier.STANDARD,
         )
         self.role = self._instance_role(
             data_bucket=data_bucket, audit_bucket=audit_bucket, table=table, data_key=data_key,
             signing_key=signing_key, audit_key=audit_key, heartbeat_path_arn=heartbeat_path_arn, package=package,
+            tls_secret_arn=tls_secret_arn,
         )
         volume_key = data_key_policy or (data_key if isinstance(data_key, kms.Key) else None)
         if volume_key is None:
@@ -178,7 +185,7 @@ class EngineFleet(Construct):
             notification_metadata=stack.to_json_string(
                 {"heartbeat_timeout_seconds": c.WIPE_HEARTBEAT_TIMEOUT_SECONDS}),
         )
-        self._load_balancer(vpc, subnets, engine_sg, client_peers, certificate_arn, access_logs_bucket)
+        self._load_balancer(vpc, subnets, engine_sg, client_peers, access_logs_bucket)
         self.endpoint_service = ec2.CfnVPCEndpointService(
             self, "EndpointService",
             network_load_balancer_arns=[self.nlb.load_balancer_arn],
@@ -194,6 +201,7 @@ class EngineFleet(Construct):
     def _instance_role(
         self, *, data_bucket: s3.IBucket, audit_bucket: s3.IBucket, table: dynamodb.ITable, data_key: kms.IKey,
         signing_key: kms.IKey, audit_key: kms.IKey, heartbeat_path_arn: str, package: s3_assets.Asset,
+        tls_secret_arn: str,
     ) -> iam.Role:
         role = iam.Role(
             self, "InstanceRole",
@@ -218,6 +226,8 @@ class EngineFleet(Construct):
                    [table.table_arn]),
             _allow(["dynamodb:Query"], [table_indexes]),  # GSI1 lists (organisations, policies)
             _allow(["ssm:GetParameter"], [self.config_parameter.parameter_arn]),
+            # The secret must be encrypted with the data key (README), which this role may already decrypt.
+            _allow(["secretsmanager:GetSecretValue"], [tls_secret_arn]),
             _allow(["execute-api:Invoke"], [heartbeat_path_arn]),
         ]
         # A customer-managed policy rather than inline: reviewable as one document, and HIPAA/NIST packs ask for it.
@@ -227,7 +237,7 @@ class EngineFleet(Construct):
         return role
 
     def _load_balancer(self, vpc: ec2.IVpc, subnets: ec2.SubnetSelection, engine_sg: ec2.ISecurityGroup,
-                       client_peers: Sequence[ec2.IPeer], certificate_arn: str, access_logs_bucket: s3.IBucket) -> None:
+                       client_peers: Sequence[ec2.IPeer], access_logs_bucket: s3.IBucket) -> None:
         self.nlb_security_group = ec2.SecurityGroup(
             self, "NlbSecurityGroup", vpc=vpc, allow_all_outbound=False,
             description="Engine NLB: 5439 from agents and approved CIDRs; to the engine hosts on 5439, 9090 (health)",
@@ -254,7 +264,7 @@ class EngineFleet(Construct):
             self, "Targets",
             vpc=vpc,
             port=c.PGWIRE_PORT,
-            protocol=elbv2.Protocol.TLS,  # re-encrypted to the host, which serves TLS 1.3 itself
+            protocol=elbv2.Protocol.TCP,  # the host terminates TLS 1.3 itself (module docstring)
             target_type=elbv2.TargetType.INSTANCE,
             targets=[self.asg],
             deregistration_delay=Duration.seconds(60),
@@ -266,11 +276,14 @@ class EngineFleet(Construct):
         self.listener = self.nlb.add_listener(
             "Pgwire",
             port=c.PGWIRE_PORT,
-            protocol=elbv2.Protocol.TLS,
-            certificates=[elbv2.ListenerCertificate.from_arn(certificate_arn)],
-            ssl_policy=elbv2.SslPolicy.TLS13_13,
+            protocol=elbv2.Protocol.TCP,  # SSLRequest then TLS 1.3, both answered by the engine
             default_target_groups=[self.target_group],
         )
+        for pack in ("HIPAA.Security", "NIST.800.53.R5", "PCI.DSS.321"):
+            acknowledge(self.listener, f"{pack}-ELBv2ACMCertificateRequired",
+                        "pgwire is encrypted end to end, but by the engine: Postgres clients send a plaintext "
+                        "SSLRequest before TLS, which a TLS listener cannot answer, so the listener is TCP and each "
+                        "host terminates TLS 1.3 with the certificate boot installs from the configured secret")
 
     def _acknowledge_findings(self, wildcard_resources: Sequence[str]) -> None:
         managed = f"arn:<AWS::Partition>:iam::aws:policy/{SSM_MANAGED_INSTANCE_CORE}"
@@ -337,7 +350,7 @@ def _allow(actions: list[str], resources: list[str]) -> iam.PolicyStatement:
 def _engine_config(
     *, org_id: str, vpc: ec2.IVpc, engine_sg: ec2.ISecurityGroup, data_key: kms.IKey, data_bucket: s3.IBucket,
     audit_bucket: s3.IBucket, table: dynamodb.ITable, signing_key: kms.IKey, checkpoint_key: kms.IKey,
-    control_api_url: str, jwt_issuer: str | None, jwt_audience: str | None,
+    control_api_url: str, jwt_issuer: str | None, jwt_audience: str | None, tls_secret_arn: str,
 ) -> dict[str, Any]:
     """The `EngineConfig` (engine_host/boot/config.py) of every host, as CloudFormation tokens."""
     config: dict[str, Any] = {
@@ -356,6 +369,7 @@ def _engine_config(
         "control_api_url": control_api_url,
         "listen_port": c.PGWIRE_PORT,
         "metrics_port": c.METRICS_PORT,
+        "tls_secret_arn": tls_secret_arn,
     }
     if jwt_issuer is not None:
         config["jwt_issuer"] = jwt_issuer

@@ -85,12 +85,12 @@ def fleet_synth() -> FleetSynth:
     audit_key = kms.Key.from_key_arn(stack, "AuditKey", key_arn("audit"))
     tier = CfnParameter(stack, "Tier", default=constants.DEFAULT_TIER)
     principals = CfnParameter(stack, "AllowedPrincipals", type="CommaDelimitedList")
-    certificate = CfnParameter(stack, "CertificateArn")
+    tls_secret = CfnParameter(stack, "TlsCertificateBundleArn")
     fleet = EngineFleet(
         stack, "Engine", vpc=vpc, subnets=isolated, engine_sg=engine_sg, data_bucket=data_bucket,
         audit_bucket=audit_bucket, table=table, data_key=data_key, signing_key=signing_key,
         checkpoint_key=checkpoint_key, audit_key=audit_key, tier=tier.value_as_string, min_capacity=1, max_capacity=4,
-        certificate_arn=certificate.value_as_string, allowed_principals=principals.value_as_list,
+        tls_secret_arn=tls_secret.value_as_string, allowed_principals=principals.value_as_list,
         control_api_url=CONTROL_API_URL, heartbeat_path_arn=HEARTBEAT_ARN, org_id="acme",
         access_logs_bucket=s3.Bucket.from_bucket_name(stack, "AccessLogs", "hd-access-logs"),
         client_peers=[ec2.SecurityGroup.from_security_group_id(stack, "AgentSg", "sg-0fedcba9876543210")],
@@ -163,12 +163,16 @@ def render(value: Any, values: dict[str, str], *, strict: bool = True) -> str:
     raise AssertionError(f"unexpected intrinsic {function}")
 
 
+TLS_BUNDLE_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:hd/engine-tls-AbCdEf"
+
+
 def engine_config(synth: FleetSynth) -> dict[str, Any]:
     """The SSM parameter's JSON as a deployed host would read it."""
     _, parameter = synth.one("AWS::SSM::Parameter", "EngineConfig")
     data_key_name, _ = synth.one("AWS::KMS::Key", "DataKey")
     text = render(parameter["Properties"]["Value"], {
         "AWS::AccountId": ACCOUNT, "AWS::Region": REGION, f"{data_key_name}.Arn": key_arn("data"),
+        "TlsCertificateBundleArn": TLS_BUNDLE_ARN,
     })
     config: dict[str, Any] = json.loads(text)
     return config
@@ -265,6 +269,7 @@ def test_config_parameter_is_a_valid_engine_config_built_from_the_resources(synt
     assert parsed.security_group_ids == ["sg-0123456789abcdef0"] and parsed.vpc_id == "vpc-0123456789abcdef0"
     assert (parsed.account_id, parsed.region, parsed.org_id) == (ACCOUNT, REGION, "acme")
     assert parsed.control_api_url == CONTROL_API_URL
+    assert parsed.tls_secret_arn == TLS_BUNDLE_ARN
     assert parsed.cache_device == constants.CACHE_DEVICE == DEFAULT_DEVICE
 
 
@@ -373,20 +378,29 @@ def test_nlb_is_internal_in_the_isolated_subnets_and_logs_access(synth: FleetSyn
     assert attributes["deletion_protection.enabled"] == "true"
 
 
-def test_listener_is_tls_13_only_on_5439_with_the_certificate_parameter(synth: FleetSynth) -> None:
+def test_the_listener_passes_pgwire_through_so_the_engine_answers_sslrequest_and_tls_13(synth: FleetSynth) -> None:
+    """A TLS listener cannot answer Postgres' plaintext SSLRequest; the engine offers TLS 1.3 only itself."""
     _, listener = synth.one("AWS::ElasticLoadBalancingV2::Listener")
     props = listener["Properties"]
-    assert (props["Port"], props["Protocol"]) == (constants.PGWIRE_PORT, "TLS")
-    assert props["SslPolicy"] == "ELBSecurityPolicy-TLS13-1-3-2021-06"
-    assert props["Certificates"] == [{"CertificateArn": ref("CertificateArn")}]
+    assert (props["Port"], props["Protocol"]) == (constants.PGWIRE_PORT, "TCP")
+    assert "Certificates" not in props and "SslPolicy" not in props
 
 
-def test_target_group_reencrypts_to_5439_and_checks_readiness_on_the_metrics_port(synth: FleetSynth) -> None:
+def test_target_group_forwards_5439_and_checks_readiness_on_the_metrics_port(synth: FleetSynth) -> None:
     _, group = synth.one("AWS::ElasticLoadBalancingV2::TargetGroup")
     props = group["Properties"]
-    assert (props["Port"], props["Protocol"], props["TargetType"]) == (constants.PGWIRE_PORT, "TLS", "instance")
+    assert (props["Port"], props["Protocol"], props["TargetType"]) == (constants.PGWIRE_PORT, "TCP", "instance")
     assert (props["HealthCheckProtocol"], props["HealthCheckPort"], props["HealthCheckPath"]) == (
         "HTTP", str(constants.METRICS_PORT), "/readyz")
+
+
+def test_the_hosts_read_their_certificate_from_the_one_secret_named_in_their_config(synth: FleetSynth) -> None:
+    statements = [st for _, policy in synth.resources("AWS::IAM::ManagedPolicy").items()
+                  for st in policy["Properties"]["PolicyDocument"]["Statement"]
+                  if "secretsmanager:GetSecretValue" in (st["Action"] if isinstance(st["Action"], list)
+                                                         else [st["Action"]])]
+    assert [st["Resource"] for st in statements] == [ref("TlsCertificateBundleArn")]
+    assert engine_config(synth)["tls_secret_arn"] == TLS_BUNDLE_ARN
 
 
 def test_only_the_nlb_reaches_the_engine_and_only_on_5439_and_9090(synth: FleetSynth) -> None:
@@ -441,7 +455,8 @@ def test_each_acknowledgment_sits_on_the_resource_it_covers(synth: FleetSynth) -
 def test_instance_role_wildcards_are_acknowledged_one_by_one(synth: FleetSynth) -> None:
     engine_findings = {f["ruleName"] for f in suppressed(synth) if f["acknowledgedAt"].startswith(f"{STACK}/Engine/")}
     assert {re.sub(r"\[.*", "", name) for name in engine_findings} == {
-        "AwsSolutions-IAM4", "AwsSolutions-IAM5", "AwsSolutions-AS3"}
+        "AwsSolutions-IAM4", "AwsSolutions-IAM5", "AwsSolutions-AS3", "HIPAA.Security-ELBv2ACMCertificateRequired",
+        "NIST.800.53.R5-ELBv2ACMCertificateRequired", "PCI.DSS.321-ELBv2ACMCertificateRequired"}
     assert "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::hd-data-bucket/*]" in engine_findings
 
 
