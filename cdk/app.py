@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from aws_cdk import App, Environment  # noqa: E402
 
 from hd_cdk import constants  # noqa: E402
 from hd_cdk.nag import apply_packs  # noqa: E402
+from hd_cdk.packaging import bundling_enabled  # noqa: E402
 from hd_cdk.stack import HardenedDuckStack  # noqa: E402
 
 CDK_JSON = CDK_DIR.parent / "cdk.json"
@@ -46,6 +48,23 @@ def _prefix_list_id(app: App, key: str, known: dict[str, str], region: str, serv
     return str(value)
 
 
+def _engine_code_hash(app: App) -> str:
+    """The hash engine hosts will report for the code this app packages: context `hd:engineCodeHash`, else
+    computed by the engine's own code (`python -m engine_host.heartbeat_loop`) when bundling, else empty."""
+    value = app.node.try_get_context(constants.CONTEXT_ENGINE_CODE_HASH)
+    if value:
+        return str(value)
+    if not bundling_enabled(app):
+        return ""
+    repo = CDK_DIR.parent
+    python_path = os.pathsep.join([str(repo), str(repo / "layers" / "core")])
+    result = subprocess.run(
+        [sys.executable, "-m", "engine_host.heartbeat_loop"], cwd=repo, capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": python_path},
+    )
+    return result.stdout.strip()
+
+
 def build_app(context: dict[str, Any] | None = None, outdir: str | None = None) -> App:
     """The app with its one stack; `context` overrides cdk.json (e.g. {"hd:bundling": False} in tests)."""
     merged = {**cdk_json_context(), **(context or {})}
@@ -65,6 +84,7 @@ def build_app(context: dict[str, Any] | None = None, outdir: str | None = None) 
                                           region, "s3"),
         dynamodb_prefix_list_id=_prefix_list_id(app, constants.CONTEXT_DYNAMODB_PREFIX_LIST,
                                                 constants.DYNAMODB_PREFIX_LISTS, region, "dynamodb"),
+        engine_code_hash=_engine_code_hash(app),
     )
     apply_packs(app)
     return app

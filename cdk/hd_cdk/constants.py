@@ -73,3 +73,11 @@ SIGN_IN_BURST: Final = 20
 EXPIRED_KEY_SWEEP_MINUTES: Final = 60  # api_keys: records expired keys in the IAM trail
 IAM_CHECKPOINT_MINUTES: Final = 15  # audit: signs every IAM chain's head (HD_CHECKPOINT_INTERVAL_MINUTES)
 DEAD_LETTER_RETENTION_DAYS: Final = 14  # SQS maximum
+
+
+# --- the composed stack (stack.py) ----------------------------------------------------------------------
+# The control API's JWT issuer and audience, given to the control-plane Lambdas and to the engine hosts alike.
+JWT_ISSUER: Final = "urn:hardened-duck:control-api"
+JWT_AUDIENCE: Final = "hardened-duck"
+# Context key overriding the engine code hash the control plane allows (default: computed when bundling).
+CONTEXT_ENGINE_CODE_HASH: Final = "hd:engineCodeHash"

@@ -183,6 +183,7 @@ class ControlApi(Construct):
         audit_key: kms.IKey | None = None,
         reserved_concurrency: Mapping[str, int] | None = None,
         openapi_document: Mapping[str, Any] | None = None,
+        execute_api_endpoint: ec2.InterfaceVpcEndpoint | None = None,
     ) -> None:
         """Build it; `table_key`/`audit_key` default to the table's and bucket's own encryption keys.
 
@@ -225,9 +226,6 @@ class ControlApi(Construct):
             enforce_ssl=True,
             retention_period=Duration.days(constants.DEAD_LETTER_RETENTION_DAYS),  # time to look at a failed sweep
         )
-        acknowledge(self.dead_letter_queue, "AwsSolutions-SQS3",
-                    "This queue is itself the dead-letter queue of the control-plane Lambdas' asynchronous "
-                    "invocations; a dead-letter queue of a dead-letter queue would only move the same messages.")
 
         environment = {
             "HD_STORE": "dynamodb",
@@ -258,7 +256,7 @@ class ControlApi(Construct):
                 name, access, concurrency[name], vpc, lambda_sg, code, layers, {**environment, **extra}
             )
 
-        self.api_endpoint = self._execute_api_endpoint(vpc, endpoint_sg, private_api)
+        self.api_endpoint = self._execute_api_endpoint(vpc, endpoint_sg, private_api, execute_api_endpoint)
         self.api = self._rest_api(private_api, fleet_role_arn)
         self._routes(operations, document)
         # Built from the API id alone, not the stage resource: the engine fleet's configuration holds this URL,
@@ -407,11 +405,14 @@ class ControlApi(Construct):
     # --- API ------------------------------------------------------------------------------------------
 
     def _execute_api_endpoint(
-        self, vpc: ec2.IVpc, endpoint_sg: ec2.ISecurityGroup, private_api: bool | CfnCondition
+        self, vpc: ec2.IVpc, endpoint_sg: ec2.ISecurityGroup, private_api: bool | CfnCondition,
+        existing: ec2.InterfaceVpcEndpoint | None,
     ) -> ec2.InterfaceVpcEndpoint | None:
+        """The VPC's execute-api endpoint (`existing`, when the network already has one: a second endpoint with
+        private DNS for the same service cannot be created), limited to this account's APIs."""
         if private_api is False:
             return None
-        endpoint = ec2.InterfaceVpcEndpoint(
+        endpoint = existing or ec2.InterfaceVpcEndpoint(
             self,
             "ExecuteApiEndpoint",
             vpc=vpc,
@@ -429,7 +430,7 @@ class ControlApi(Construct):
             actions=["execute-api:Invoke"],
             resources=[f"arn:{stack.partition}:execute-api:{stack.region}:{stack.account}:*"],
         ))
-        if isinstance(private_api, CfnCondition):
+        if isinstance(private_api, CfnCondition) and existing is None:
             endpoint.node.default_child.cfn_options.condition = private_api  # type: ignore[union-attr]
         return endpoint
 

@@ -105,11 +105,15 @@ class EngineFleet(Construct):
         data_key_policy: kms.Key | None = None,
         jwt_issuer: str | None = None,
         jwt_audience: str | None = None,
+        auto_scaling_group_name: str | None = None,
+        role_name: str | None = None,
     ) -> None:
         """`tier` is a key of `TIER_INSTANCE_TYPES` or a CfnParameter token holding one; `allowed_principals`
         may be a CommaDelimitedList token; `heartbeat_path_arn` is the execute-api ARN of the heartbeat route;
         `client_peers` may reach the NLB on 5439 (or pass none and give `nlb_security_group` to
         `Network.allow_pgwire_clients`); `engine_package` defaults to `engine_wheelhouse`.
+        `auto_scaling_group_name` fixes the group's name, so the control API can be told it as a plain string
+        (a reference would close a cycle through the fleet's configuration, which holds the API's URL).
         `data_key_policy` is the key whose policy lets Auto Scaling encrypt the root volumes: by default
         `data_key` itself when we own it; pass `Keys.created_data_key` when `data_key` is its deploy-time
         import; a customer's own key needs the statement added by its owner."""
@@ -131,7 +135,7 @@ class EngineFleet(Construct):
         self.role = self._instance_role(
             data_bucket=data_bucket, audit_bucket=audit_bucket, table=table, data_key=data_key,
             signing_key=signing_key, audit_key=audit_key, heartbeat_path_arn=heartbeat_path_arn, package=package,
-            tls_secret_arn=tls_secret_arn,
+            tls_secret_arn=tls_secret_arn, role_name=role_name,
         )
         volume_key = data_key_policy or (data_key if isinstance(data_key, kms.Key) else None)
         if volume_key is None:
@@ -166,6 +170,7 @@ class EngineFleet(Construct):
             vpc=vpc,
             vpc_subnets=subnets,
             launch_template=self.launch_template,
+            auto_scaling_group_name=auto_scaling_group_name,
             min_capacity=min_capacity,
             max_capacity=max_capacity,
             group_metrics=[autoscaling.GroupMetrics.all()],  # in-service and pending counts on the dashboard
@@ -201,10 +206,11 @@ class EngineFleet(Construct):
     def _instance_role(
         self, *, data_bucket: s3.IBucket, audit_bucket: s3.IBucket, table: dynamodb.ITable, data_key: kms.IKey,
         signing_key: kms.IKey, audit_key: kms.IKey, heartbeat_path_arn: str, package: s3_assets.Asset,
-        tls_secret_arn: str,
+        tls_secret_arn: str, role_name: str | None,
     ) -> iam.Role:
         role = iam.Role(
             self, "InstanceRole",
+            role_name=role_name,
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description="Hardened Duck engine host: seed 6.2 least privilege, no destructive action",
             managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(SSM_MANAGED_INSTANCE_CORE)],

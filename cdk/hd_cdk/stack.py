@@ -6,20 +6,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aws_cdk import CfnParameter, Stack
+from aws_cdk import CfnCondition, CfnParameter, Fn, Stack
 from constructs import Construct
 
-from hd_cdk import constants
+from hd_cdk import constants, packaging
+from hd_cdk.control_api import ControlApi
+from hd_cdk.engine_fleet import EngineFleet
 from hd_cdk.keys import KEY_ARN_PATTERN, Keys
+from hd_cdk.monitoring import Monitoring
 from hd_cdk.network import Network
 from hd_cdk.storage import Storage
+from hd_cdk.wipe_hook import WipeHook
 
 
 @dataclass(frozen=True)
 class DeploymentParameters:
     """The CloudFormation parameters a platform engineer sets at `cdk deploy --parameters ...` (tokens)."""
 
-    certificate_arn: str
+    tls_bundle_arn: str
+    org_id: str
     allowed_principals: list[str]
     approved_prefix_list_id: str
     tier: str  # a key of constants.TIER_INSTANCE_TYPES; EngineFleet resolves the instance type
@@ -45,8 +50,11 @@ class HardenedDuckStack(Stack):
         approved_cidrs: Sequence[str] = (),
         s3_prefix_list_id: str,
         dynamodb_prefix_list_id: str,
+        engine_code_hash: str = "",
         **kwargs: Any,
     ) -> None:
+        """`engine_code_hash` is the SHA-256 the engine hosts report (`python -m engine_host.heartbeat_loop`);
+        the control plane allows only that build (empty: none, so heartbeats are negative)."""
         super().__init__(scope, id, **kwargs)
         self.parameters = self._parameters()
         self.keys = Keys(self, "Keys", data_key_arn=self.parameters.data_key_arn)
@@ -62,23 +70,73 @@ class HardenedDuckStack(Stack):
         self.storage = Storage(
             self, "Storage", data_key=self.keys.data, audit_key=self.keys.audit, table_key=self.keys.control
         )
-        # Wiring point for the rest of the system (the lead adds these constructs here, in this order):
-        #   EngineFleet: network.vpc/subnets/engine_sg, storage buckets and table, keys.data/signing/checkpoint/
-        #     audit, parameters.tier/fleet_min/fleet_max/certificate_arn/allowed_principals; its NLB security
-        #     group gets the pgwire clients through network.allow_pgwire_clients(nlb_sg).
-        #   ControlApi: network.vpc/subnets/lambda_sg/endpoint_sg, storage.table/audit_bucket, keys.signing/
-        #     checkpoint/data/logs, keys.notifications as the dead-letter key, and a CfnCondition on
-        #     parameters.private_api == "true".
-        #   WipeHook and Monitoring: the fleet's ASG / NLB and the API's functions, keys.notifications, keys.logs.
+        self._compose_services(engine_code_hash)
+
+    def _compose_services(self, engine_code_hash: str) -> None:
+        """The control API, the engine fleet, the wipe hook and monitoring, around network, keys and storage."""
+        p, n, k, s = self.parameters, self.network, self.keys, self.storage
+        # Fixed names, passed as plain strings: the fleet's configuration holds the API's URL, so the API's
+        # fleet settings must not reference the fleet's resources back (that would be a dependency cycle).
+        fleet_name = f"{self.stack_name}-engine-fleet"
+        fleet_role_name = f"{self.stack_name}-engine-host"
+        private_api = CfnCondition(self, "PrivateApiOn", expression=Fn.condition_equals(p.private_api, "true"))
+        code = packaging.function_code(self)
+        layers = [packaging.core_layer(self, "CoreLayer"), packaging.dependency_layer(self, "DependencyLayer")]
+        self.control_api = ControlApi(
+            self, "ControlApi", vpc=n.vpc, subnets=n.subnets, lambda_sg=n.lambda_sg, endpoint_sg=n.endpoint_sg,
+            table=s.table, signing_key=k.signing, checkpoint_key=k.checkpoint, data_key=k.data,
+            audit_bucket=s.audit_bucket, logs_key=k.logs, dead_letter_key=k.notifications, code=code, layers=layers,
+            fleet_role_arn=f"arn:{self.partition}:iam::{self.account}:role/{fleet_role_name}",
+            fleet_asg_name=fleet_name, org_id=p.org_id, private_api=private_api,
+            allowed_code_hashes=engine_code_hash, jwt_issuer=constants.JWT_ISSUER, jwt_audience=constants.JWT_AUDIENCE,
+            table_key=k.control, audit_key=k.audit,
+            execute_api_endpoint=n.interface_endpoints["ExecuteApi"],
+        )
+        self.fleet = EngineFleet(
+            self, "EngineFleet", vpc=n.vpc, subnets=n.subnets, engine_sg=n.engine_sg, data_bucket=s.data_bucket,
+            audit_bucket=s.audit_bucket, table=s.table, data_key=k.data, signing_key=k.signing,
+            checkpoint_key=k.checkpoint, audit_key=k.audit, tier=p.tier, min_capacity=p.fleet_min,
+            max_capacity=p.fleet_max, tls_secret_arn=p.tls_bundle_arn, allowed_principals=p.allowed_principals,
+            control_api_url=self.control_api.url.rstrip("/"), heartbeat_path_arn=self.control_api.heartbeat_path_arn,
+            org_id=p.org_id, access_logs_bucket=s.access_log_bucket, data_key_policy=k.created_data_key,
+            jwt_issuer=constants.JWT_ISSUER, jwt_audience=constants.JWT_AUDIENCE,
+            auto_scaling_group_name=fleet_name, role_name=fleet_role_name,
+        )
+        n.allow_pgwire_clients(self.fleet.nlb_security_group)
+        self.wipe_hook = WipeHook(
+            self, "WipeHook", asg_name=fleet_name, lifecycle_hook_name=self.fleet.lifecycle_hook_name,
+            device=constants.CACHE_DEVICE, table=s.table, audit_bucket=s.audit_bucket, data_key=k.data,
+            signing_key=k.signing, checkpoint_key=k.checkpoint, audit_key=k.audit, logs_key=k.logs,
+            notification_key=k.notifications, vpc=n.vpc, subnets=n.subnets, security_group=n.lambda_sg,
+            code=code, layers=layers,
+        )
+        self.monitoring = Monitoring(
+            self, "Monitoring", nlb=self.fleet.nlb, target_group=self.fleet.target_group, asg=self.fleet.asg,
+            functions={**self.control_api.functions, "wipe_hook": self.wipe_hook.function},
+            api=self.control_api.api, api_stage_name=constants.CONTROL_API_STAGE, notification_key=k.notifications,
+            alarm_topic=self.wipe_hook.alarm_topic,
+            extra_metrics={"WipeFailed": self.wipe_hook.wipe_failed_alarm.metric},
+        )
 
     def _parameters(self) -> DeploymentParameters:
-        certificate_arn = CfnParameter(
+        tls_bundle_arn = CfnParameter(
             self,
-            "CertificateArn",
+            "TlsCertificateBundleArn",
             type="String",
-            description="ACM certificate ARN for the TLS 1.3 listener on port 5439",
-            allowed_pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[a-zA-Z0-9-]+$",
-            constraint_description="an ACM certificate ARN",
+            description=(
+                "Secrets Manager secret holding the engine's TLS certificate for the name agents connect to, as "
+                'JSON {"certificate": "<PEM chain>", "private_key": "<PEM>"}, encrypted with the data key'
+            ),
+            allowed_pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+$",
+            constraint_description="a Secrets Manager secret ARN",
+        )
+        org_id = CfnParameter(
+            self,
+            "OrganizationId",
+            type="String",
+            description="The organisation this deployment serves (its engine hosts report for it and no other)",
+            allowed_pattern=r"^[A-Za-z0-9_-]{1,64}$",
+            constraint_description="letters, digits, '-' and '_' (at most 64)",
         )
         allowed_principals = CfnParameter(
             self,
@@ -127,12 +185,16 @@ class HardenedDuckStack(Stack):
             self,
             "PrivateApi",
             type="String",
-            default="false",
+            default="true",
             allowed_values=["true", "false"],
-            description="true: the control API is a private REST API reachable only through the VPC endpoint",
+            description=(
+                "true (default): the control API is a private REST API reachable only through the VPC endpoint; "
+                "engine hosts in the isolated subnets reach their heartbeat route only this way"
+            ),
         )
         return DeploymentParameters(
-            certificate_arn=certificate_arn.value_as_string,
+            tls_bundle_arn=tls_bundle_arn.value_as_string,
+            org_id=org_id.value_as_string,
             allowed_principals=allowed_principals.value_as_list,
             approved_prefix_list_id=approved_prefix_list_id.value_as_string,
             tier=tier.value_as_string,

@@ -14,6 +14,7 @@ Security decisions, all visible here:
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -88,10 +89,14 @@ class WipeHook(Construct):
         subnets: ec2.SubnetSelection,
         security_group: ec2.ISecurityGroup,
         alarm_topic: sns.ITopic | None = None,
+        code: lambda_.Code | None = None,
+        layers: Sequence[lambda_.ILayerVersion] = (),
     ) -> None:
-        """`device` is the engine's cache device (EngineConfig.cache_device); `notification_key` encrypts the
-        dead-letter queue and the alarm topic (this construct lets EventBridge and CloudWatch use it);
-        `alarm_topic` is shared with Monitoring when given, else created here."""
+        """`code` and `layers` are the control plane's packaged function code and layers (hd_core + dependencies);
+        without them the source folders are used as they are (tests). `device` is the engine's cache device
+        (EngineConfig.cache_device); `notification_key` encrypts the dead-letter queue and the alarm topic (this
+        construct lets EventBridge and CloudWatch use it); `alarm_topic` is shared with Monitoring when given, else
+        created here."""
         super().__init__(scope, construct_id)
         _allow_service_use(notification_key, "events.amazonaws.com", "EventBridgeDeadLetters")
         _allow_service_use(notification_key, "cloudwatch.amazonaws.com", "CloudWatchAlarmNotifications")
@@ -110,14 +115,15 @@ class WipeHook(Construct):
                              description="Hardened Duck wipe hook: erase a terminating engine host's cache")
         wildcards = self._grant(asg_name=asg_name, table=table, audit_bucket=audit_bucket,
                                 checkpoint_key=checkpoint_key, audit_key=audit_key, notification_key=notification_key)
-        code, layers = _wipe_hook_code(self)
+        if code is None:
+            code, layers = _wipe_hook_code(self)
         self.function = lambda_.Function(
             self, "Function",
             runtime=lambda_.Runtime.PYTHON_3_12,
             architecture=lambda_.Architecture.ARM_64,
             handler=WIPE_HANDLER,
             code=code,
-            layers=layers,
+            layers=list(layers),
             role=self.role,
             vpc=vpc,
             vpc_subnets=subnets,

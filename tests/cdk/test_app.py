@@ -51,7 +51,8 @@ def test_stack_has_a_fixed_account_and_region_so_synth_is_offline(synthesized_ap
 
 def test_deployment_parameters(synthesized_app: Any) -> None:
     parameters = synthesized_app.template()["Parameters"]
-    assert parameters["CertificateArn"]["Type"] == "String"
+    assert parameters["TlsCertificateBundleArn"]["AllowedPattern"].startswith("^arn:aws[a-z-]*:secretsmanager:")
+    assert parameters["OrganizationId"]["Type"] == "String"
     assert parameters["AllowedPrincipals"]["Type"] == "CommaDelimitedList"
     assert parameters["ApprovedCidrs"]["Default"] == ""
     assert parameters["Tier"]["AllowedValues"] == ["starter", "standard", "performance", "high_memory"]
@@ -59,6 +60,7 @@ def test_deployment_parameters(synthesized_app: Any) -> None:
     assert (parameters["FleetMin"]["Type"], parameters["FleetMax"]["Type"]) == ("Number", "Number")
     assert parameters["DataKeyArn"]["Default"] == ""
     assert parameters["PrivateApi"]["AllowedValues"] == ["true", "false"]
+    assert parameters["PrivateApi"]["Default"] == "true"  # the hosts' heartbeat reaches the API only privately
 
 
 def test_region_without_a_known_prefix_list_is_refused_with_the_fix() -> None:
