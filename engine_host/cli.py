@@ -13,6 +13,7 @@ from pathlib import Path
 from engine_host.api_cli import API_COMMANDS, add_api_commands, run_api_command
 from engine_host.boot.cli import add_boot_arguments, run_boot
 from engine_host.local import LocalConfig, default_state_dir, run_local
+from engine_host.owner_bootstrap import add_bootstrap_arguments, run_bootstrap
 from engine_host.pipeline.governor import HostLimits
 from engine_host.policy_cli import add_policy_commands, run_policy_command
 from hd_core.errors import HdError
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "boot", help="check this instance against its provisioned environment and unlock the encrypted NVMe cache"))
     add_boot_arguments(engine_commands.add_parser(
         "serve", help="serve governed SQL on 5439 and metrics on 9090 (after `hd engine boot`)"))
+    add_bootstrap_arguments(engine_commands.add_parser(
+        "bootstrap-owner", help="create a fresh deployment's first organisation, Owner and API key (once)"))
     return parser
 
 
@@ -116,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "engine":
         from engine_host.fleet import run_serve  # boto3 and the AWS adapters load only on a fleet host
 
+        if args.engine_command == "bootstrap-owner":
+            return run_bootstrap(args)
         return run_boot(args) if args.engine_command == "boot" else run_serve(args)
     return 2
 
