@@ -67,7 +67,10 @@ def _engine_code_hash(app: App) -> str:
 
 def build_app(context: dict[str, Any] | None = None, outdir: str | None = None) -> App:
     """The app with its one stack; `context` overrides cdk.json (e.g. {"hd:bundling": False} in tests)."""
-    merged = {**cdk_json_context(), **(context or {})}
+    # What the CDK CLI passes an app by default, so `python cdk/app.py` and `npx cdk synth` write the same
+    # templates (cdk.json turns version reporting off: no CDKMetadata resource, nothing reported to AWS).
+    cli_defaults = {"aws:cdk:enable-path-metadata": True, "aws:cdk:enable-asset-metadata": True}
+    merged = {**cli_defaults, **cdk_json_context(), **(context or {})}
     app = App(context=merged, outdir=outdir or os.environ.get("CDK_OUTDIR"))
     account = str(app.node.try_get_context(constants.CONTEXT_ACCOUNT) or constants.DEFAULT_ACCOUNT)
     region = str(app.node.try_get_context(constants.CONTEXT_REGION) or constants.DEFAULT_REGION)

@@ -448,6 +448,12 @@ def engine_user_data(config_parameter: str, package_url: str, region: str) -> ec
     return user_data
 
 
+# Amazon Linux 2023 has glibc 2.34, so wheels for any manylinux up to 2_34 run there (DuckDB 2.x ships
+# manylinux_2_27/2_28 wheels only, which a manylinux2014-only download would not find).
+_HOST_PLATFORMS: Final = ("--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64",
+                          "--platform", "manylinux_2_34_x86_64")
+
+
 @jsii.implements(ILocalBundling)
 class _Wheelhouse:
     """Local bundling (no Docker): the project's wheel plus x86_64 CPython 3.11 wheels of its dependencies."""
@@ -462,7 +468,7 @@ class _Wheelhouse:
         wheel = next(Path(output_dir).glob("hardened_duck-*.whl"))
         with tempfile.TemporaryDirectory() as scratch:
             subprocess.run(  # noqa: S603
-                [*pip, "download", "--dest", output_dir, "--only-binary=:all:", "--platform", "manylinux2014_x86_64",
+                [*pip, "download", "--dest", output_dir, "--only-binary=:all:", *_HOST_PLATFORMS,
                  "--python-version", "3.11", "--implementation", "cp", str(wheel)],
                 check=True, cwd=scratch,
             )

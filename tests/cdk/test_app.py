@@ -30,8 +30,13 @@ def test_cdk_json_runs_the_app_and_carries_the_recommended_feature_flags() -> No
     document = json.loads((CDK_DIR.parent / "cdk.json").read_text(encoding="utf-8"))
     assert document["app"] == "python3 cdk/app.py"
     recommended = _recommended_feature_flags()
-    assert {k: v for k, v in document["context"].items() if not k.startswith("hd:")} == recommended
+    flags = {k: v for k, v in document["context"].items() if not k.startswith(("hd:", "availability-zones:"))}
+    assert flags == recommended
     assert document["context"]["hd:bundling"] is True
+    # The default (offline) account's zones, so the CLI never looks them up with credentials it lacks.
+    assert document["context"]["availability-zones:account=123456789012:region=eu-west-1"] == [
+        "eu-west-1a", "eu-west-1b", "eu-west-1c"]
+    assert document["versionReporting"] is False
 
 
 def test_build_app_reads_cdk_json_and_lets_the_caller_override(synthesized_app: Any) -> None:
