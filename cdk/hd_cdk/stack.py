@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aws_cdk import CfnCondition, CfnParameter, Fn, Stack
+from aws_cdk import CfnCondition, CfnOutput, CfnParameter, Fn, Stack
 from constructs import Construct
 
 from hd_cdk import constants, packaging
@@ -117,6 +117,22 @@ class HardenedDuckStack(Stack):
             alarm_topic=self.wipe_hook.alarm_topic,
             extra_metrics={"WipeFailed": self.wipe_hook.wipe_failed_alarm.metric},
         )
+        self._outputs()
+
+    def _outputs(self) -> None:
+        """What the README's next steps need: bootstrap the Owner, load data, connect agents."""
+        outputs = {
+            "ControlTableName": (self.storage.table.table_name, "hd engine bootstrap-owner --table <this>"),
+            "ControlApiUrl": (self.control_api.url, "the control API (private: reachable through the VPC endpoint)"),
+            "DataBucketName": (self.storage.data_bucket.bucket_name, "Parquet tables: <schema>/<table>/*.parquet"),
+            "AuditBucketName": (self.storage.audit_bucket.bucket_name, "query audit and IAM checkpoints (Object Lock)"),
+            "EndpointServiceName": (
+                f"com.amazonaws.vpce.{self.region}.{self.fleet.endpoint_service.ref}",
+                "PrivateLink service agents create their interface endpoint for (port 5439)"),
+            "EngineConfigParameter": (self.fleet.config_parameter.parameter_name, "the hosts' EngineConfig (SSM)"),
+        }
+        for name, (value, description) in outputs.items():
+            CfnOutput(self, name, value=value, description=description)
 
     def _parameters(self) -> DeploymentParameters:
         tls_bundle_arn = CfnParameter(

@@ -114,3 +114,11 @@ def test_no_role_may_use_wildcard_actions_delete_objects_or_schedule_key_deletio
             assert "*" not in action, (logical_id, action)
             assert not action.startswith("s3:DeleteObject"), (logical_id, action)
             assert action != "kms:ScheduleKeyDeletion", (logical_id, action)
+
+
+def test_outputs_name_what_the_next_steps_need(synthesized_app: Any) -> None:
+    outputs = synthesized_app.template()["Outputs"]
+    assert {"ControlTableName", "ControlApiUrl", "DataBucketName", "AuditBucketName", "EndpointServiceName",
+            "EngineConfigParameter"} <= set(outputs)
+    service = outputs["EndpointServiceName"]["Value"]["Fn::Join"][1]
+    assert service[0] == "com.amazonaws.vpce.eu-west-1." and "Ref" in service[1]
