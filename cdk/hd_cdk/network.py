@@ -35,6 +35,7 @@ INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
     "Ec2": ec2.InterfaceVpcEndpointAwsService.EC2,  # the heartbeat Lambda's DescribeInstances
     "ExecuteApi": ec2.InterfaceVpcEndpointAwsService.APIGATEWAY,  # private REST API / heartbeat
     "AutoScaling": ec2.InterfaceVpcEndpointAwsService.AUTOSCALING,  # the wipe hook completes lifecycle actions
+    "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,  # boot reads the engine's TLS bundle
 }
 
 
