@@ -1,10 +1,12 @@
 """The termination wipe: EventBridge hands each terminating engine host to a Lambda that erases its NVMe cache.
 
 Security decisions, all visible here:
-- The erase runs through SSM Run Command with AWS's `AWS-RunShellScript` document, because that is what
-  `hd_core.adapters.aws_lifecycle.SsmRunCommand` sends (the command is `cryptsetup luksErase --batch-mode
-  <device>`, built by `hd_core.wipe.luks_erase_commands`). The role may send it only to instances that
-  carry the fleet's `aws:autoscaling:groupName` tag, and complete lifecycle actions only of that group.
+- The erase runs through SSM Run Command with a dedicated Command document whose one step is
+  `cryptsetup luksErase --batch-mode {{ device }}`; its one parameter, `device`, must match the same pattern
+  as `hd_core.wipe.DEVICE_PATTERN` (a /dev path of letters, digits, `/`, `_`, `-`), so the value SSM
+  interpolates into the shell line cannot add shell syntax. The role may send THAT document (never
+  `AWS-RunShellScript`) and only to instances that carry the fleet's `aws:autoscaling:groupName` tag, and
+  complete lifecycle actions only of that group. The Lambda learns the document's name from HD_WIPE_DOCUMENT.
 - The IAM audit write needs only its own slice: the control table (items), `audit/iam-checkpoints/` in the
   audit bucket, Sign with the checkpoint key and the audit key for SSE-KMS. No delete, no `*` action.
 - Failed invocations are retried, then kept in a KMS-encrypted dead-letter queue; WipeFailed >= 1 in five
@@ -33,14 +35,17 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from hd_cdk import constants as c
 from hd_cdk.engine_fleet import nag_resource
 from hd_cdk.nag import acknowledge
 
-# The document `SsmRunCommand` sends (hd_core/adapters/aws_lifecycle.py SHELL_DOCUMENT).
-RUN_SHELL_DOCUMENT: Final = "AWS-RunShellScript"
+# hd_core.wipe.DEVICE_PATTERN, spelled here because cdk/ does not import the runtime (a test keeps them equal).
+ERASE_DEVICE_PATTERN: Final = r"^/dev/[A-Za-z0-9/_-]+$"
+# hd_core.adapters.aws_lifecycle.ERASE_DOCUMENT_DEVICE_PARAMETER: the one parameter SsmRunCommand sends.
+ERASE_DEVICE_PARAMETER: Final = "device"
 LIFECYCLE_DETAIL_TYPE: Final = "EC2 Instance-terminate Lifecycle Action"
 WIPE_SERVICE: Final = "hd-wipe-hook"  # functions/wipe_hook/handler.py SERVICE: the metrics' `service` dimension
 WIPE_HANDLER: Final = "functions.wipe_hook.handler.lambda_handler"
@@ -65,8 +70,8 @@ _ALARM_PERIOD: Final = Duration.minutes(c.ALARM_PERIOD_MINUTES)
 class WipeHook(Construct):
     """SSM erase on termination: EventBridge rule -> wipe Lambda (retries, DLQ) and the WipeFailed alarm.
 
-    Attributes: `function`, `role`, `rule`, `dead_letter_queue`, `alarm_topic`, `wipe_failed_alarm`,
-    `dead_letter_alarm`, `log_group`.
+    Attributes: `function`, `role`, `erase_document`, `rule`, `dead_letter_queue`, `alarm_topic`,
+    `wipe_failed_alarm`, `dead_letter_alarm`, `log_group`.
     """
 
     def __init__(
@@ -111,6 +116,7 @@ class WipeHook(Construct):
             self, "Alarms", master_key=notification_key, enforce_ssl=True,
             display_name="Hardened Duck cache wipe alarms")
         self.log_group = logs.LogGroup(self, "Logs", encryption_key=logs_key, retention=_LOG_RETENTION)
+        self.erase_document = _erase_document(self)
         self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                              description="Hardened Duck wipe hook: erase a terminating engine host's cache")
         wildcards = self._grant(asg_name=asg_name, table=table, audit_bucket=audit_bucket,
@@ -138,7 +144,7 @@ class WipeHook(Construct):
             log_group=self.log_group,
             environment=_environment(
                 table=table, audit_bucket=audit_bucket, data_key=data_key, signing_key=signing_key,
-                checkpoint_key=checkpoint_key, device=device),
+                checkpoint_key=checkpoint_key, device=device, erase_document=self.erase_document.ref),
             description="Erases an engine host's LUKS cache (cryptsetup luksErase) before its termination continues",
         )
         # The DLQ through the L1 property: the L2's grant would add `kms:GenerateDataKey*` in an inline policy.
@@ -168,12 +174,12 @@ class WipeHook(Construct):
                audit_key: kms.IKey, notification_key: kms.IKey) -> list[str]:
         """The role's one customer-managed policy; returns the wildcard resources (acknowledged with reasons)."""
         region, account, partition = Aws.REGION, Aws.ACCOUNT_ID, Aws.PARTITION
-        document = f"arn:{partition}:ssm:{region}::document/{RUN_SHELL_DOCUMENT}"
+        document = f"arn:{partition}:ssm:{region}:{account}:document/{self.erase_document.ref}"
         instances = f"arn:{partition}:ec2:{region}:{account}:instance/*"
         group = f"arn:{partition}:autoscaling:{region}:{account}:autoScalingGroup:*:autoScalingGroupName/{asg_name}"
         checkpoints = audit_bucket.arn_for_objects(f"{c.AUDIT_IAM_CHECKPOINTS_PREFIX}*")
         statements = [
-            _allow(["ssm:SendCommand"], [document]),
+            _allow(["ssm:SendCommand"], [document]),  # the erase document only: no AWS-RunShellScript
             iam.PolicyStatement(
                 actions=["ssm:SendCommand"], resources=[instances],
                 # Only this fleet's instances: Auto Scaling tags each with its group's name.
@@ -243,6 +249,38 @@ class WipeHook(Construct):
                     "layers are built for that runtime, and the wipe hook must match them")
 
 
+def _erase_document(scope: Construct) -> ssm.CfnDocument:
+    """The Command document that can do one thing: `cryptsetup luksErase` of a device path."""
+    return ssm.CfnDocument(
+        scope, "EraseDocument",
+        document_type="Command",
+        target_type="/AWS::EC2::Instance",
+        # No fixed name: a content change replaces the document, and the policy and environment follow its Ref.
+        content={
+            "schemaVersion": "2.2",
+            "description": "Hardened Duck: erase every LUKS key slot of an engine host's cache device",
+            "parameters": {
+                ERASE_DEVICE_PARAMETER: {
+                    "type": "String",
+                    "description": "The LUKS cache device to erase, a /dev path",
+                    # SSM interpolates the value into the shell line as text: the pattern is what keeps
+                    # `;`, spaces, quotes, `$` and `..` out of it.
+                    "allowedPattern": ERASE_DEVICE_PATTERN,
+                },
+            },
+            "mainSteps": [{
+                "action": "aws:runShellScript",
+                "name": "luksErase",
+                "inputs": {
+                    "runCommand": [f"cryptsetup luksErase --batch-mode {{{{ {ERASE_DEVICE_PARAMETER} }}}}"],
+                    # The wipe's own command timeout (HD_WIPE_COMMAND_TIMEOUT_SECONDS) bounds the step.
+                    "timeoutSeconds": c.WIPE_COMMAND_TIMEOUT_SECONDS,
+                },
+            }],
+        },
+    )
+
+
 def _allow(actions: list[str], resources: list[str]) -> iam.PolicyStatement:
     return iam.PolicyStatement(effect=iam.Effect.ALLOW, actions=actions, resources=resources)
 
@@ -259,7 +297,7 @@ def _allow_service_use(key: kms.IKey, service: str, sid: str) -> None:
 
 
 def _environment(*, table: dynamodb.ITable, audit_bucket: s3.IBucket, data_key: kms.IKey, signing_key: kms.IKey,
-                 checkpoint_key: kms.IKey, device: str) -> dict[str, str]:
+                 checkpoint_key: kms.IKey, device: str, erase_document: str) -> dict[str, str]:
     """`ControlApiSettings` (HD_*) and `WipeHookSettings` (HD_WIPE_*) of functions/wipe_hook/handler.py."""
     return {
         "HD_STORE": "dynamodb",
@@ -272,6 +310,7 @@ def _environment(*, table: dynamodb.ITable, audit_bucket: s3.IBucket, data_key: 
         "HD_KMS_CHECKPOINT_KEY_ID": checkpoint_key.key_arn,
         "HD_KMS_DATA_KEY_ID": data_key.key_arn,  # likewise named only: no grant on the data key
         "HD_WIPE_DEVICE": device,
+        "HD_WIPE_DOCUMENT": erase_document,
         "HD_WIPE_COMMAND_TIMEOUT_SECONDS": str(c.WIPE_COMMAND_TIMEOUT_SECONDS),
         "HD_WIPE_HEARTBEAT_TIMEOUT_SECONDS": str(c.WIPE_HEARTBEAT_TIMEOUT_SECONDS),
         "POWERTOOLS_SERVICE_NAME": WIPE_SERVICE,

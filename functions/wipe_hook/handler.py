@@ -38,6 +38,8 @@ class WipeHookSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HD_WIPE_", extra="ignore")
 
     device: str = DEFAULT_DEVICE
+    # The deployed erase document (cdk/hd_cdk/wipe_hook.py); None: AWS-RunShellScript, for local runs only.
+    document: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:/-]{3,128}$")
     command_timeout_seconds: int = Field(default=DEFAULT_COMMAND_TIMEOUT_SECONDS, ge=30, le=600)
     # None: take it from the hook's notification metadata, else the wipe's default.
     heartbeat_timeout_seconds: int | None = Field(default=None, ge=30, le=7200)
@@ -51,13 +53,14 @@ def wipe_settings() -> WipeHookSettings:
 
 @lru_cache(maxsize=1)
 def instance_control() -> tuple[RemoteCommands, LifecycleActions]:
-    """SSM Run Command and Auto Scaling lifecycle adapters, built once per container."""
+    """SSM Run Command (through the configured erase document) and Auto Scaling lifecycle adapters, built once."""
     # boto3 is imported only here, on first use, like the rest of the AWS wiring.
     import boto3
 
     from hd_core.adapters.aws_lifecycle import AutoScalingLifecycle, SsmRunCommand
 
-    return SsmRunCommand(boto3.client("ssm")), AutoScalingLifecycle(boto3.client("autoscaling"))
+    commands = SsmRunCommand(boto3.client("ssm"), erase_document=wipe_settings().document)
+    return commands, AutoScalingLifecycle(boto3.client("autoscaling"))
 
 
 @logger.inject_lambda_context

@@ -6,6 +6,7 @@ Uses the session's one synthesized fleet stack (tests/cdk/test_engine_fleet.py `
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ from functions.shared.lambda_entry import METRICS_NAMESPACE
 from functions.shared.settings import ControlApiSettings
 from hd_cdk import constants
 from hd_cdk.wipe_hook import LIFECYCLE_DETAIL_TYPE, WIPE_ROLE_ACTIONS, _wipe_hook_code
-from hd_core.adapters.aws_lifecycle import SHELL_DOCUMENT
-from hd_core.wipe import TERMINATING_TRANSITION, parse_lifecycle_event
+from hd_core.adapters.aws_lifecycle import ERASE_DOCUMENT_DEVICE_PARAMETER, SHELL_DOCUMENT
+from hd_core.wipe import DEVICE_PATTERN, TERMINATING_TRANSITION, parse_lifecycle_event
 from tests.cdk.test_engine_fleet import (
     ACCOUNT,
     REGION,
@@ -31,6 +32,7 @@ from tests.cdk.test_engine_fleet import (
     resources_for,
     role_statements,
 )
+from tests.integration.test_wipe_hook import ERASE_DOCUMENT, ERASE_DOCUMENT_NAME
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,6 +40,12 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def synth() -> FleetSynth:
     return fleet_synth()
+
+
+def erase_document(synth: FleetSynth) -> tuple[str, dict[str, Any]]:
+    name, resource = synth.one("AWS::SSM::Document", "WipeEraseDocument")
+    props: dict[str, Any] = resource["Properties"]
+    return name, props
 
 
 def function(synth: FleetSynth) -> dict[str, Any]:
@@ -161,7 +169,8 @@ def test_code_asset_is_the_functions_package_and_the_layer_puts_hd_core_on_the_l
 
 def test_environment_configures_the_aws_adapters_and_the_engines_cache_device(synth: FleetSynth) -> None:
     data_key_name, _ = synth.one("AWS::KMS::Key", "DataKey")
-    environment = {name: render(value, {f"{data_key_name}.Arn": key_arn("data")})
+    document_name, _ = erase_document(synth)
+    environment = {name: render(value, {f"{data_key_name}.Arn": key_arn("data"), document_name: ERASE_DOCUMENT_NAME})
                    for name, value in function(synth)["Environment"]["Variables"].items()}
     settings = ControlApiSettings.model_validate(
         {name.removeprefix("HD_").lower(): value for name, value in environment.items()
@@ -174,16 +183,65 @@ def test_environment_configures_the_aws_adapters_and_the_engines_cache_device(sy
     assert environment["HD_WIPE_DEVICE"] == engine_config(synth)["cache_device"] == constants.CACHE_DEVICE
 
 
+def test_environment_names_the_erase_document_for_the_handler(synth: FleetSynth) -> None:
+    document_name, _ = erase_document(synth)
+    assert function(synth)["Environment"]["Variables"]["HD_WIPE_DOCUMENT"] == ref(document_name)
+
+
 def test_wipe_settings_in_the_environment_are_accepted_by_the_handler(
         synth: FleetSynth, monkeypatch: pytest.MonkeyPatch) -> None:
     from functions.wipe_hook.handler import WipeHookSettings
 
+    document_name, _ = erase_document(synth)
     for name, value in function(synth)["Environment"]["Variables"].items():
         if name.startswith("HD_WIPE_"):
-            monkeypatch.setenv(name, value)
+            monkeypatch.setenv(name, render(value, {document_name: ERASE_DOCUMENT_NAME}))
     settings = WipeHookSettings()
     assert (settings.device, settings.command_timeout_seconds, settings.heartbeat_timeout_seconds) == (
         constants.CACHE_DEVICE, constants.WIPE_COMMAND_TIMEOUT_SECONDS, constants.WIPE_HEARTBEAT_TIMEOUT_SECONDS)
+    assert settings.document == ERASE_DOCUMENT_NAME
+
+
+# --- the erase document ----------------------------------------------------------------------------------
+
+
+def test_erase_document_is_a_command_document_for_ec2_instances_with_the_content_the_runtime_is_tested_with(
+        synth: FleetSynth) -> None:
+    _, props = erase_document(synth)
+    assert (props["DocumentType"], props["TargetType"]) == ("Command", "/AWS::EC2::Instance")
+    # tests/integration/test_wipe_hook.py creates exactly this document in moto and sends the erase through it.
+    assert props["Content"] == ERASE_DOCUMENT
+
+
+def test_erase_document_runs_only_lukserase_on_its_one_device_parameter(synth: FleetSynth) -> None:
+    _, props = erase_document(synth)
+    content = props["Content"]
+    assert content["schemaVersion"] == "2.2"
+    assert list(content["parameters"]) == [ERASE_DOCUMENT_DEVICE_PARAMETER]
+    (step,) = content["mainSteps"]
+    assert step["action"] == "aws:runShellScript"
+    assert step["inputs"]["runCommand"] == ["cryptsetup luksErase --batch-mode {{ device }}"]
+    # The step's execution timeout is the one the wipe waits for (its polling gives up after it).
+    timeout = function(synth)["Environment"]["Variables"]["HD_WIPE_COMMAND_TIMEOUT_SECONDS"]
+    assert step["inputs"]["timeoutSeconds"] == int(timeout)
+
+
+def test_erase_document_device_pattern_is_the_domains_device_pattern(synth: FleetSynth) -> None:
+    _, props = erase_document(synth)
+    device = props["Content"]["parameters"][ERASE_DOCUMENT_DEVICE_PARAMETER]
+    assert (device["type"], device["allowedPattern"]) == ("String", DEVICE_PATTERN)
+    assert "default" not in device  # the caller always names the device
+
+
+@pytest.mark.parametrize(
+    "value", ["/dev/nvme1n1; reboot", "/dev/nvme1n1 --force", "/dev/$(curl x)", "/dev/`id`", "/dev/a|b", "/dev/a&b",
+              "/dev/../etc/shadow", "/dev/'a'", '/dev/"a"', "/dev/a>b", "/dev/{{x}}", "nvme1n1", "/dev/"])
+def test_erase_document_pattern_lets_no_shell_syntax_into_the_interpolated_line(synth: FleetSynth, value: str) -> None:
+    _, props = erase_document(synth)
+    pattern = props["Content"]["parameters"][ERASE_DOCUMENT_DEVICE_PARAMETER]["allowedPattern"]
+    assert pattern.startswith("^") and pattern.endswith("$")  # anchored: the whole value must match
+    assert re.search(pattern, value) is None
+    assert re.search(pattern, constants.CACHE_DEVICE) is not None
 
 
 # --- the role --------------------------------------------------------------------------------------------
@@ -196,14 +254,18 @@ def test_role_holds_exactly_the_wipe_actions(synth: FleetSynth) -> None:
     assert "ManagedPolicyArns" not in role["Properties"]  # no AWS-managed policy
 
 
-def test_send_command_is_limited_to_the_shell_document_and_the_fleets_instances(synth: FleetSynth) -> None:
+def test_send_command_is_limited_to_the_erase_document_and_the_fleets_instances(synth: FleetSynth) -> None:
     group_name, _ = synth.one("AWS::AutoScaling::AutoScalingGroup")
+    document_name, _ = erase_document(synth)
     statements = [s for s in role_statements(synth, "WipeRole") if actions_of(s) == ["ssm:SendCommand"]]
     document = [s for s in statements if "Condition" not in s]
     instances = [s for s in statements if "Condition" in s]
-    # What hd_core.adapters.aws_lifecycle.SsmRunCommand actually sends.
+    # The erase document only: the role cannot run any other shell on an engine host.
     assert resources_for(document, "ssm:SendCommand") == [
-        f"arn:aws:ssm:<AWS::Region>::document/{SHELL_DOCUMENT}"]
+        f"arn:aws:ssm:<AWS::Region>:<AWS::AccountId>:document/<{document_name}>"]
+    every_resource = {r for s in role_statements(synth, "WipeRole")
+                      for a in actions_of(s) for r in resources_for([s], a)}
+    assert not [r for r in every_resource if SHELL_DOCUMENT in r or r.endswith(":document/*")]
     assert resources_for(instances, "ssm:SendCommand") == [
         "arn:aws:ec2:<AWS::Region>:<AWS::AccountId>:instance/*"]
     assert instances[0]["Condition"] == {

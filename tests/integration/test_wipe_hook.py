@@ -1,7 +1,10 @@
 """The wipe hook's AWS adapters and Lambda, against moto and botocore's request validation.
 
 moto 5.2 implements SSM `send_command` / `get_command_invocation` (it reports Success and runs nothing,
-so these tests prove the calls and their translation, not that cryptsetup ran). It implements neither
+so these tests prove the calls and their translation, not that cryptsetup ran) and `create_document`: the
+erase document is created in moto with the content the CDK deploys (`ERASE_DOCUMENT`, which
+tests/cdk/test_wipe_hook.py compares with the synthesized template). moto does not check parameters against
+a document's allowedPattern, so the device check tested here is our own, before anything is sent. It implements neither
 `complete_lifecycle_action` nor `record_lifecycle_action_heartbeat` (both raise NotImplementedError),
 so `AutoScalingLifecycle` is tested against a real boto3 Auto Scaling client wrapped in botocore's
 `Stubber`: a recording fake that still validates every request against the service model.
@@ -26,19 +29,33 @@ from hd_core.adapters.local_audit import LocalFolderAuditArchive
 from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile
 from hd_core.adapters.sqlite_store import SqliteControlStore
+from hd_core.errors import InvalidRequest
 from hd_core.wipe import (
     DEPLOYMENT_CHAIN_ID,
     CommandState,
     InstanceControlFailed,
     LifecycleResult,
     WipeFailed,
-    luks_erase_commands,
 )
 
 INSTANCE = "i-0123456789abcdef0"
 TOKEN = "c613620e-07e2-4ed2-a9e2-ef8258911ade"
 HOOK = {"LifecycleHookName": "hd-wipe-cache", "AutoScalingGroupName": "hd-engine-fleet",
         "LifecycleActionToken": TOKEN, "InstanceId": INSTANCE}
+ERASE_DOCUMENT_NAME = "HardenedDuck-WipeEraseDocument-Ab12Cd34"
+# The erase document as cdk/hd_cdk/wipe_hook.py deploys it (asserted there against the synthesized template).
+ERASE_DOCUMENT: dict[str, Any] = {
+    "schemaVersion": "2.2",
+    "description": "Hardened Duck: erase every LUKS key slot of an engine host's cache device",
+    "parameters": {
+        "device": {"type": "String", "description": "The LUKS cache device to erase, a /dev path",
+                   "allowedPattern": "^/dev/[A-Za-z0-9/_-]+$"},
+    },
+    "mainSteps": [{
+        "action": "aws:runShellScript", "name": "luksErase",
+        "inputs": {"runCommand": ["cryptsetup luksErase --batch-mode {{ device }}"], "timeoutSeconds": 120},
+    }],
+}
 
 
 @pytest.fixture
@@ -47,36 +64,63 @@ def aws(aws_credentials: None) -> Iterator[None]:
         yield
 
 
+def create_erase_document(ssm: Any) -> str:
+    ssm.create_document(Content=json.dumps(ERASE_DOCUMENT), Name=ERASE_DOCUMENT_NAME, DocumentType="Command",
+                        DocumentFormat="JSON", TargetType="/AWS::EC2::Instance")
+    return ERASE_DOCUMENT_NAME
+
+
 # --- SsmRunCommand (moto) -------------------------------------------------------------------------
 
 
-def test_send_runs_the_shell_document_with_the_exact_commands_and_timeout(aws: None) -> None:
+def test_with_the_erase_document_only_the_device_is_sent(aws: None) -> None:
     ssm = boto3.client("ssm")
-    command_id = SsmRunCommand(ssm).send(INSTANCE, luks_erase_commands("/dev/nvme1n1"), 120)
-    sent = ssm.list_commands(CommandId=command_id)["Commands"][0]
-    assert sent["DocumentName"] == SHELL_DOCUMENT
-    assert sent["InstanceIds"] == [INSTANCE]
+    document = create_erase_document(ssm)
+    command_id = SsmRunCommand(ssm, erase_document=document).send_erase(INSTANCE, "/dev/nvme1n1", 120)
+    (sent,) = ssm.list_commands(CommandId=command_id)["Commands"]
+    assert (sent["DocumentName"], sent["InstanceIds"]) == (document, [INSTANCE])
+    assert sent["Parameters"] == {"device": ["/dev/nvme1n1"]}
+    assert sent["TimeoutSeconds"] == 120
+
+
+def test_without_an_erase_document_the_shell_document_runs_exactly_the_lukserase_line(aws: None) -> None:
+    ssm = boto3.client("ssm")
+    command_id = SsmRunCommand(ssm).send_erase(INSTANCE, "/dev/nvme1n1", 120)
+    (sent,) = ssm.list_commands(CommandId=command_id)["Commands"]
+    assert (sent["DocumentName"], sent["InstanceIds"]) == (SHELL_DOCUMENT, [INSTANCE])
     assert sent["Parameters"] == {"commands": ["cryptsetup luksErase --batch-mode /dev/nvme1n1"],
                                   "executionTimeout": ["120"]}
 
 
+@pytest.mark.parametrize("document", [ERASE_DOCUMENT_NAME, None])
+@pytest.mark.parametrize("device", ["/dev/nvme1n1; reboot", "/dev/../etc/passwd", "/dev/nvme1n1\n"])
+def test_a_bad_device_is_refused_before_anything_is_sent(aws: None, document: str | None, device: str) -> None:
+    ssm = boto3.client("ssm")
+    create_erase_document(ssm)
+    with pytest.raises(InvalidRequest):
+        SsmRunCommand(ssm, erase_document=document).send_erase(INSTANCE, device, 120)
+    assert ssm.list_commands()["Commands"] == []
+
+
 def test_status_reads_the_invocation_of_the_command_on_that_instance(aws: None) -> None:
-    commands = SsmRunCommand(boto3.client("ssm"))
-    command_id = commands.send(INSTANCE, ["true"], 60)
+    ssm = boto3.client("ssm")
+    commands = SsmRunCommand(ssm, erase_document=create_erase_document(ssm))
+    command_id = commands.send_erase(INSTANCE, "/dev/nvme1n1", 60)
     assert commands.status(command_id, INSTANCE).state is CommandState.SUCCESS  # moto: Success, nothing ran
 
 
 def test_status_of_an_invocation_not_registered_yet_is_pending(aws: None) -> None:
-    commands = SsmRunCommand(boto3.client("ssm"))
-    command_id = commands.send(INSTANCE, ["true"], 60)
+    ssm = boto3.client("ssm")
+    commands = SsmRunCommand(ssm, erase_document=create_erase_document(ssm))
+    command_id = commands.send_erase(INSTANCE, "/dev/nvme1n1", 60)
     assert commands.status(command_id, "i-00000000000000000").state is CommandState.PENDING
 
 
 def test_a_refused_send_is_an_instance_control_failure(aws: None) -> None:
     ssm = boto3.client("ssm")
     with Stubber(ssm) as stub, pytest.raises(InstanceControlFailed, match="send_command"):
-        stub.add_client_error("send_command", service_error_code="InvalidInstanceId")
-        SsmRunCommand(ssm).send(INSTANCE, ["true"], 60)
+        stub.add_client_error("send_command", service_error_code="AccessDeniedException")
+        SsmRunCommand(ssm, erase_document=ERASE_DOCUMENT_NAME).send_erase(INSTANCE, "/dev/nvme1n1", 60)
 
 
 @pytest.mark.parametrize(
@@ -184,14 +228,17 @@ def test_the_lambda_wipes_continues_and_counts_success(
     from functions.wipe_hook import handler
 
     autoscaling = boto3.client("autoscaling")
-    monkeypatch.setattr(handler, "instance_control",
-                        lambda: (SsmRunCommand(boto3.client("ssm")), AutoScalingLifecycle(autoscaling)))
+    ssm = boto3.client("ssm")
+    commands = SsmRunCommand(ssm, erase_document=create_erase_document(ssm))
+    monkeypatch.setattr(handler, "instance_control", lambda: (commands, AutoScalingLifecycle(autoscaling)))
     with Stubber(autoscaling) as stub:
         stub.add_response("record_lifecycle_action_heartbeat", {}, HOOK)  # the event is minutes old by now
         stub.add_response("complete_lifecycle_action", {}, {**HOOK, "LifecycleActionResult": "CONTINUE"})
         result = handler.lambda_handler(lifecycle_event(), FakeContext())
         stub.assert_no_pending_responses()
     assert result["status"] == "wiped"
+    (sent,) = ssm.list_commands(CommandId=result["command_id"])["Commands"]
+    assert (sent["DocumentName"], sent["Parameters"]) == (ERASE_DOCUMENT_NAME, {"device": ["/dev/nvme1n1"]})
     [event] = control.store.list_iam_events(DEPLOYMENT_CHAIN_ID)
     assert (event.event_type, event.target, event.request_id) == ("instance.wiped", INSTANCE, "req-wipe-1")
     assert "WipeSucceeded" in emitted_metrics(capsys.readouterr().out)
@@ -212,3 +259,40 @@ def test_the_lambda_raises_and_counts_a_failure_without_continuing(
     [event] = control.store.list_iam_events(DEPLOYMENT_CHAIN_ID)
     assert event.event_type == "instance.wipe_failed"
     assert "WipeFailed" in emitted_metrics(capsys.readouterr().out)
+
+
+@pytest.fixture
+def fresh_wiring(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """The handler's once-per-container settings and adapters, rebuilt from this test's environment."""
+    from functions.wipe_hook import handler
+
+    handler.wipe_settings.cache_clear()
+    handler.instance_control.cache_clear()
+    yield monkeypatch
+    handler.wipe_settings.cache_clear()
+    handler.instance_control.cache_clear()
+
+
+def test_the_lambda_sends_the_erase_through_the_document_named_in_hd_wipe_document(
+    aws: None, fresh_wiring: pytest.MonkeyPatch
+) -> None:
+    from functions.wipe_hook import handler
+
+    ssm = boto3.client("ssm")
+    fresh_wiring.setenv("HD_WIPE_DOCUMENT", create_erase_document(ssm))
+    fresh_wiring.setenv("HD_WIPE_DEVICE", "/dev/nvme2n1")
+    commands, _ = handler.instance_control()
+    command_id = commands.send_erase(INSTANCE, handler.wipe_settings().device, 120)
+    (sent,) = ssm.list_commands(CommandId=command_id)["Commands"]
+    assert (sent["DocumentName"], sent["Parameters"]) == (ERASE_DOCUMENT_NAME, {"device": ["/dev/nvme2n1"]})
+
+
+@pytest.mark.parametrize("name", ["", "x", "AWS-RunShellScript; reboot"])
+def test_a_malformed_hd_wipe_document_is_refused_by_the_settings(fresh_wiring: pytest.MonkeyPatch, name: str) -> None:
+    from pydantic import ValidationError
+
+    from functions.wipe_hook.handler import WipeHookSettings
+
+    fresh_wiring.setenv("HD_WIPE_DOCUMENT", name)
+    with pytest.raises(ValidationError, match="document"):
+        WipeHookSettings()

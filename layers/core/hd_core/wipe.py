@@ -1,8 +1,9 @@
 """Cryptographic erase of an engine host's NVMe cache before the Auto Scaling Group terminates it.
 
 A termination lifecycle hook pauses the instance; EventBridge hands its event to the wipe hook Lambda,
-which runs `cryptsetup luksErase` on the instance through a remote command. Erasing the LUKS key slots
-makes the cache unreadable even if the volume's blocks survive.
+which runs `cryptsetup luksErase` on the instance through a remote command (in AWS, a dedicated SSM
+document that can run nothing else). Erasing the LUKS key slots makes the cache unreadable even if the
+volume's blocks survive.
 
 Failure policy: a failed wipe never completes the hook with CONTINUE. The hook stays pending (kept
 alive by heartbeats while we poll) so that the Lambda's retry can run the wipe again; if every retry
@@ -36,8 +37,10 @@ DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 300
 DEFAULT_COMMAND_TIMEOUT_SECONDS = 120
 TERMINATING_TRANSITION = "autoscaling:EC2_INSTANCE_TERMINATING"
 
-# Dots are excluded, so `..` can never walk out of /dev; no shell metacharacter can pass either.
-_DEVICE_PATH = re.compile(r"^/dev/[A-Za-z0-9/_-]+$")
+# Dots are excluded, so `..` can never walk out of /dev; no shell metacharacter can pass either. The CDK's
+# erase document repeats this pattern as its `device` parameter's allowedPattern (a test keeps them equal).
+DEVICE_PATTERN = r"^/dev/[A-Za-z0-9/_-]+$"
+_DEVICE_PATH = re.compile(DEVICE_PATTERN)
 # A claim older than the longest a Lambda can run belongs to an invocation that died mid-wipe.
 _CLAIM_LEASE = timedelta(minutes=15)
 _FIRST_POLL_DELAY_SECONDS = 1.0
@@ -103,10 +106,10 @@ class LifecycleActions(Protocol):
 
 
 class RemoteCommands(Protocol):
-    """Shell commands run on an instance (SSM Run Command in AWS)."""
+    """The cache erase run on an instance (SSM Run Command in AWS)."""
 
-    def send(self, instance_id: str, commands: list[str], timeout_seconds: int) -> str:
-        """Start `commands` on the instance; returns the command id."""
+    def send_erase(self, instance_id: str, device: str, timeout_seconds: int) -> str:
+        """Start `cryptsetup luksErase` of `device` (already validated) on the instance; returns the command id."""
         ...
 
     def status(self, command_id: str, instance_id: str) -> CommandStatus:
@@ -182,11 +185,16 @@ def _metadata_heartbeat_timeout(metadata: object) -> int | None:
     return None
 
 
+def erase_device(device: str) -> str:
+    """`device` if it is a path the erase may name; raises `InvalidRequest` otherwise."""
+    if not isinstance(device, str) or not _DEVICE_PATH.fullmatch(device):
+        raise InvalidRequest(f"device must be a path matching {DEVICE_PATTERN}, got {device!r}")
+    return device
+
+
 def luks_erase_commands(device: str) -> list[str]:
     """The one shell command that erases every LUKS key slot of `device`; raises `InvalidRequest` for a bad path."""
-    if not isinstance(device, str) or not _DEVICE_PATH.fullmatch(device):
-        raise InvalidRequest(f"device must be a path matching {_DEVICE_PATH.pattern}, got {device!r}")
-    return [shlex.join(["cryptsetup", "luksErase", "--batch-mode", device])]
+    return [shlex.join(["cryptsetup", "luksErase", "--batch-mode", erase_device(device)])]
 
 
 def wipe_instance(
@@ -207,7 +215,7 @@ def wipe_instance(
 
     Idempotent per lifecycle action token: a duplicate delivery of a finished wipe does nothing.
     """
-    erase = luks_erase_commands(device)
+    erase_device(device)  # a bad path is refused before any claim or send
     action = parse_lifecycle_event(event)
     timeout = heartbeat_timeout_seconds or action.heartbeat_timeout_seconds or DEFAULT_HEARTBEAT_TIMEOUT_SECONDS
     audit_request_id = request_id or str(event.get("id") or action.token)
@@ -217,7 +225,7 @@ def wipe_instance(
         return WipeOutcome(status, action.instance_id, claim.command_id())
     try:
         command_id, result = _run_erase(
-            commands, lifecycle, action, erase, timeout, command_timeout_seconds, now=now, sleep=sleep
+            commands, lifecycle, action, device, timeout, command_timeout_seconds, now=now, sleep=sleep
         )
         if result.state is CommandState.SUCCESS:
             trail.record(
@@ -241,7 +249,7 @@ def _run_erase(
     commands: RemoteCommands,
     lifecycle: LifecycleActions,
     action: LifecycleAction,
-    erase: list[str],
+    device: str,
     heartbeat_timeout_seconds: int,
     command_timeout_seconds: int,
     *,
@@ -251,7 +259,7 @@ def _run_erase(
     """Send the erase and wait for it; an AWS failure on the way is a Failed command, not an exception."""
     command_id: str | None = None
     try:
-        command_id = commands.send(action.instance_id, erase, command_timeout_seconds)
+        command_id = commands.send_erase(action.instance_id, device, command_timeout_seconds)
         status = _await_command(
             commands, lifecycle, action, command_id, heartbeat_timeout_seconds, command_timeout_seconds,
             now=now, sleep=sleep,

@@ -24,6 +24,7 @@ from hd_core.wipe import (
     InstanceControlFailed,
     LifecycleResult,
     WipeFailed,
+    erase_device,
     luks_erase_commands,
     parse_lifecycle_event,
     wipe_instance,
@@ -68,11 +69,11 @@ class RecordingCommands:
 
     states: list[CommandState]
     output: str = ""
-    sent: list[tuple[str, list[str], int]] = field(default_factory=list)
+    sent: list[tuple[str, str, int]] = field(default_factory=list)
     polls: int = 0
 
-    def send(self, instance_id: str, commands: list[str], timeout_seconds: int) -> str:
-        self.sent.append((instance_id, list(commands), timeout_seconds))
+    def send_erase(self, instance_id: str, device: str, timeout_seconds: int) -> str:
+        self.sent.append((instance_id, device, timeout_seconds))
         return f"cmd-{len(self.sent)}"
 
     def status(self, command_id: str, instance_id: str) -> CommandStatus:
@@ -126,14 +127,32 @@ def world(tmp_path: Path, keys: LocalKeyFile) -> Iterator[WipeWorld]:
     yield WipeWorld(store, trail, clock, RecordingLifecycle(clock))
 
 
-def test_the_erase_is_exactly_cryptsetup_lukserase_in_batch_mode_on_the_configured_device(world: WipeWorld) -> None:
+def test_the_erase_is_sent_for_the_configured_device_with_the_command_timeout(world: WipeWorld) -> None:
     commands = RecordingCommands([CommandState.SUCCESS])
     world.wipe(commands, device="/dev/nvme2n1", command_timeout_seconds=90)
-    assert commands.sent == [(INSTANCE, ["cryptsetup luksErase --batch-mode /dev/nvme2n1"], 90)]
+    assert commands.sent == [(INSTANCE, "/dev/nvme2n1", 90)]
 
 
-def test_default_device_is_the_first_instance_store_volume() -> None:
+def test_the_default_device_is_the_first_instance_store_volume(world: WipeWorld) -> None:
+    commands = RecordingCommands([CommandState.SUCCESS])
+    world.wipe(commands)
+    assert [device for _, device, _ in commands.sent] == ["/dev/nvme1n1"]
+
+
+def test_the_shell_erase_is_exactly_cryptsetup_lukserase_in_batch_mode() -> None:
     assert luks_erase_commands("/dev/nvme1n1") == ["cryptsetup luksErase --batch-mode /dev/nvme1n1"]
+
+
+@pytest.mark.parametrize("device", ["/dev/nvme1n1", "/dev/disk/by-id/nvme-Amazon_EC2_NVMe_1", "/dev/xvd_b-1"])
+def test_a_dev_path_of_letters_digits_slashes_underscores_and_dashes_may_be_erased(device: str) -> None:
+    assert erase_device(device) == device
+
+
+@pytest.mark.parametrize("device", ["/dev/nvme1n1\n", "/dev/nvme1n1\nreboot", "/dev/nvme1n1|x", "/dev/a`b`", 7])
+def test_erase_device_refuses_newlines_pipes_backquotes_and_non_strings(device: Any) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        erase_device(device)
+    assert raised.value.code == "HD_ERR_INVALID_REQUEST"
 
 
 @pytest.mark.parametrize(
@@ -217,7 +236,7 @@ def test_a_command_that_never_finishes_is_a_timed_out_failure(world: WipeWorld) 
 
 def test_an_aws_failure_while_sending_is_a_recorded_wipe_failure(world: WipeWorld) -> None:
     class RefusingCommands(RecordingCommands):
-        def send(self, instance_id: str, commands: list[str], timeout_seconds: int) -> str:
+        def send_erase(self, instance_id: str, device: str, timeout_seconds: int) -> str:
             raise InstanceControlFailed("send_command failed: InvalidInstanceId")
 
     with pytest.raises(WipeFailed):

@@ -8,9 +8,19 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from hd_core.wipe import CommandState, CommandStatus, InstanceControlFailed, LifecycleResult
+from hd_core.wipe import (
+    CommandState,
+    CommandStatus,
+    InstanceControlFailed,
+    LifecycleResult,
+    erase_device,
+    luks_erase_commands,
+)
 
+# Without a dedicated erase document (local runs, tests) the erase goes through AWS's any-shell document.
 SHELL_DOCUMENT = "AWS-RunShellScript"
+# The one parameter of the erase document the CDK deploys (cdk/hd_cdk/wipe_hook.py).
+ERASE_DOCUMENT_DEVICE_PARAMETER = "device"
 # SSM refuses execution timeouts outside this range.
 _MIN_TIMEOUT_SECONDS = 30
 _MAX_TIMEOUT_SECONDS = 2_592_000
@@ -44,19 +54,34 @@ class AutoScalingLifecycle:
 
 
 class SsmRunCommand:
-    """`RemoteCommands` over an SSM client, running shell through the `AWS-RunShellScript` document."""
+    """`RemoteCommands` over an SSM client.
 
-    def __init__(self, ssm_client: Any) -> None:
+    With `erase_document` (the deployed erase document's name) the erase is that document with only the
+    device as parameter, so the caller's role needs no right to run arbitrary shell; without it, the
+    `cryptsetup luksErase` command line goes through `AWS-RunShellScript`.
+    """
+
+    def __init__(self, ssm_client: Any, erase_document: str | None = None) -> None:
         self._client = ssm_client
+        self._erase_document = erase_document
 
-    def send(self, instance_id: str, commands: list[str], timeout_seconds: int) -> str:
-        """Start `commands` on one instance; returns the command id; raises `InstanceControlFailed`."""
+    def send_erase(self, instance_id: str, device: str, timeout_seconds: int) -> str:
+        """Start the erase of `device` on one instance; returns the command id.
+
+        Raises `InvalidRequest` for a bad device path (nothing is sent) and `InstanceControlFailed` if SSM refuses.
+        """
         timeout = max(_MIN_TIMEOUT_SECONDS, min(int(timeout_seconds), _MAX_TIMEOUT_SECONDS))
+        if self._erase_document:
+            # The document's allowedPattern checks the path again on the SSM side; its step sets its own
+            # execution timeout, so `timeout` here only bounds how long SSM may wait to deliver the command.
+            document = self._erase_document
+            parameters = {ERASE_DOCUMENT_DEVICE_PARAMETER: [erase_device(device)]}
+        else:
+            document = SHELL_DOCUMENT
+            parameters = {"commands": luks_erase_commands(device), "executionTimeout": [str(timeout)]}
         with _translated("send_command"):
             response = self._client.send_command(
-                InstanceIds=[instance_id], DocumentName=SHELL_DOCUMENT,
-                Parameters={"commands": list(commands), "executionTimeout": [str(timeout)]},
-                TimeoutSeconds=timeout,
+                InstanceIds=[instance_id], DocumentName=document, Parameters=parameters, TimeoutSeconds=timeout,
             )
         return str(response["Command"]["CommandId"])
 
