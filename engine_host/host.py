@@ -91,8 +91,7 @@ class LocalFolderTables:
         return None
 
     def register(self, con: duckdb.DuckDBPyConnection) -> None:
-        tables = register_parquet_tables(con, self.data_dir)
-        log.info("registered %d Parquet tables from %s", len(tables), self.data_dir)
+        register_parquet_tables(con, self.data_dir)  # logs what it registered
 
     def attach(self, con: duckdb.DuckDBPyConnection, catalog: TableCatalog) -> None:
         return None
