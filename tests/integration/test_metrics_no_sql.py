@@ -9,6 +9,7 @@ over the wire; /metrics is scraped over HTTP from a HealthServer on an ephemeral
 from __future__ import annotations
 
 import http.client
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,12 @@ def test_statements_move_the_counters_and_no_literal_table_or_user_reaches_the_m
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(wired.dsn.replace(f"password={wired.key}", f"password=hd_live_{SECRET}"))
         during = wired.scrape()
+    # The server notices the client's Terminate on its own task: wait for it rather than race it.
+    deadline = time.monotonic() + 10
     after = wired.scrape()
+    while _value(after, "hd_sessions_active") != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = wired.scrape()
 
     kinds = {"statement_kind": "create_table"}
     assert _value(during, "hd_statements_total", outcome="ok", stage="none", **kinds) == 1
