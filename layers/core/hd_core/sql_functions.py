@@ -150,11 +150,9 @@ _CONDITIONAL_TYPES = _words("""
 
 # Operators DuckDB registers as function rows (arithmetic, comparison, bitwise, ||, LIKE's ~~, GLOB's
 # ~~~ on strings, ->> for JSON, list containment and distances): the same value functions as above.
-_OPERATORS = frozenset({
-    "!=", "!__postfix", "!~~", "!~~*", "%", "&", "*", "**", "+", "-", "->>", "/", "//", "<", "<->",
-    "<<", "<=", "<=>", "<@", "=", ">", ">=", ">>", "@", "@>", "^", "^@", "|", "||", "~", "~~", "~~*",
-    "~~~", "is distinct from", "is not distinct from",
-})
+_OPERATORS = _words("""
+    != !__postfix !~~ !~~* % & * ** + - ->> / // < <-> << <= <=> <@ = > >= >> @ @> ^ ^@ | || ~ ~~ ~~* ~~~
+""") | {"is distinct from", "is not distinct from"}
 
 # Aggregates over the rows a session may see (the rewrite filters and masks before they aggregate),
 # including DuckDB's aggregate macros and GROUPING (syntax).
@@ -337,8 +335,15 @@ _COLLATIONS = frozenset(
 )
 
 REFUSED: frozenset[str] = frozenset().union(
-    _READS_FILES, _RUNS_SQL_TEXT, _CATALOG, _ENGINE_STATE, _ERRORS_AND_SLEEP, _INTERNAL,
-    _TEST_AND_EXTENSIONS, _IN_DOUBT, _COLLATIONS,
+    _READS_FILES,
+    _RUNS_SQL_TEXT,
+    _CATALOG,
+    _ENGINE_STATE,
+    _ERRORS_AND_SLEEP,
+    _INTERNAL,
+    _TEST_AND_EXTENSIONS,
+    _IN_DOUBT,
+    _COLLATIONS,
 )
 
 
