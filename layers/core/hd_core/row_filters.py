@@ -11,6 +11,10 @@ The condition must stand alone: no subqueries, no table references, no aggregate
 `*`, nothing sqlglot could only keep as an opaque `Command`. Those would let a filter read other
 tables (DuckDB may evaluate a throwing expression before the filter, leaking values in errors) or
 change meaning under the rewrite that wraps each table in `(SELECT ... FROM t WHERE <filter>)`.
+
+Every function it calls must be in `POLICY_EXPRESSION_FUNCTIONS` (an allow list in DuckDB names),
+and its text and nesting are bounded: the engine evaluates it for every row of every query on the
+table, and parses every stored filter when it loads policies.
 """
 
 from __future__ import annotations
@@ -22,9 +26,14 @@ from dataclasses import dataclass
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel, SqlglotError
+from sqlglot.tokens import Token, TokenType
 
 from hd_core.errors import RowFilterInvalid
 from hd_core.policies import ROW_FILTER_PLACEHOLDERS
+from hd_core.sql_functions import POLICY_EXPRESSION_FUNCTIONS
+
+MAX_ROW_FILTER_LENGTH = 4096
+MAX_ROW_FILTER_DEPTH = 32
 
 SENTINEL_PREFIX = "__hd_ph_"
 _BRACED = re.compile(r"\{([^{}]*)\}")
@@ -38,6 +47,7 @@ _FORBIDDEN: tuple[tuple[type[exp.Expr], str], ...] = (
     (exp.Command, "it contains SQL that is not a plain expression"),
     (exp.Query, "subqueries are not allowed; compare columns with placeholders or constants"),
     (exp.Subquery, "subqueries are not allowed; compare columns with placeholders or constants"),
+    (exp.Exists, "subqueries are not allowed; compare columns with placeholders or constants"),
     (exp.Table, "a row filter may not reference tables; use only the filtered table's columns"),
     (exp.Star, "`*` is not allowed in a row filter"),
     (exp.Window, "window functions are not allowed in a row filter"),
@@ -45,6 +55,22 @@ _FORBIDDEN: tuple[tuple[type[exp.Expr], str], ...] = (
     (exp.Placeholder, "bind parameters are not allowed; use {placeholders} for session values"),
     (exp.Parameter, "bind parameters are not allowed; use {placeholders} for session values"),
     (exp.SessionParameter, "session parameters are not allowed; use {placeholders} for session values"),
+    (exp.Lambda, "lambdas are not allowed in a row filter"),
+)
+
+_DUCKDB = sqlglot.Dialect.get_or_raise("duckdb")
+_KEYWORDS = _DUCKDB.tokenizer_class.KEYWORDS
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+# Reserved words DuckDB reads as syntax: before "(" they open a group, they never call a function.
+_SYNTAX_WORDS = frozenset(
+    "all and any between case else escape for from ilike in interval is like not or placing similar some then to "
+    "when zone".split()
+)
+# Functions DuckDB calls when written bare, without parentheses; it binds the first seven even when
+# quoted, whenever the table has no column of that name ("user" is the user, not a column).
+_BARE_FUNCTIONS = frozenset(
+    "current_catalog current_date current_role current_schema current_user session_user user "
+    "current_time current_timestamp localtime localtimestamp".split()
 )
 
 
@@ -63,6 +89,11 @@ class ParsedRowFilter:
 
 def parse_row_filter(text: str) -> ParsedRowFilter:
     """Check and parse a row filter; raises `RowFilterInvalid` saying what to change."""
+    if len(text) > MAX_ROW_FILTER_LENGTH:
+        raise RowFilterInvalid(
+            f"row filter is {len(text)} characters long; the limit is {MAX_ROW_FILTER_LENGTH}: simplify it "
+            "(a long list of values usually belongs in a column the filter compares with)"
+        )
     if SENTINEL_PREFIX in text.lower():
         raise RowFilterInvalid(f"row filters may not use names starting with {SENTINEL_PREFIX!r}")
     substituted = _BRACED.sub(_sentinel_for, text)
@@ -72,13 +103,17 @@ def parse_row_filter(text: str) -> ParsedRowFilter:
         statements = sqlglot.parse(substituted, read="postgres")
     except SqlglotError as error:
         raise RowFilterInvalid(f"row filter is not valid SQL: {_first_line(error)}") from None
+    except RecursionError:
+        raise RowFilterInvalid(_too_deep()) from None
     conditions = [statement for statement in statements if statement is not None]
     if len(conditions) != 1:
         raise RowFilterInvalid(f"a row filter must be exactly one condition, found {len(conditions)}")
     condition = conditions[0]
+    _check_depth(condition)
     _check_nodes(condition)
     _check_boolean(condition, text)
     _check_generates(condition)
+    _check_functions(condition)
     columns: set[str] = set()
     used: set[str] = set()
     for column in condition.find_all(exp.Column):
@@ -126,6 +161,23 @@ def _sentinel_for(match: re.Match[str]) -> str:
     return SENTINEL_PREFIX + name
 
 
+def _too_deep() -> str:
+    return (
+        f"row filter is nested more than {MAX_ROW_FILTER_DEPTH} levels deep: simplify it (list alternatives "
+        "as `column IN (a, b, ...)`, not as a chain of ORs)"
+    )
+
+
+def _check_depth(condition: exp.Expr) -> None:
+    """Bound nesting before anything recurses over the tree (sqlglot's generator does)."""
+    pending = [(condition, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if depth > MAX_ROW_FILTER_DEPTH:
+            raise RowFilterInvalid(_too_deep())
+        pending.extend((child, depth + 1) for child in node.iter_expressions())
+
+
 def _check_nodes(condition: exp.Expr) -> None:
     for node in condition.walk():
         node.comments = None  # comments carry nothing a filter needs into the engine's SQL
@@ -136,6 +188,63 @@ def _check_nodes(condition: exp.Expr) -> None:
             _check_column(node)
         elif not isinstance(node, exp.Identifier) or not isinstance(node.parent, exp.Column):
             _check_no_sentinel(node)
+        if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Func):
+            raise RowFilterInvalid(
+                f"write function calls unqualified, as name(arguments): {node.sql(dialect='postgres')!r}"
+            )
+
+
+def _check_functions(condition: exp.Expr) -> None:
+    """Every function DuckDB will call for the condition must be one a policy expression may use.
+
+    Reads the DuckDB SQL the engine will run, not the parsed tree: a name sqlglot does not know goes
+    through as written, and one it knows becomes what its generator writes, which may be several
+    calls (`current_date(tz)` is written `CAST(CURRENT_TIMESTAMP AT TIME ZONE tz AS DATE)`).
+    """
+    tokens = _DUCKDB.tokenize(condition.sql(dialect="duckdb", unsupported_level=ErrorLevel.IGNORE))
+    index = 0
+    while index < len(tokens):
+        if tokens[index].token_type == TokenType.ALIAS:
+            index = _end_of_cast_type(tokens, index + 1)  # CAST(x AS DECIMAL(10, 2)): a type, not a call
+            continue
+        name = _called_function(tokens, index)
+        if name is not None and name not in POLICY_EXPRESSION_FUNCTIONS:
+            raise RowFilterInvalid(
+                f"function {name}() is not allowed in a row filter; use deterministic value functions on the "
+                "table's columns (lower, upper, substring, coalesce, date_trunc, CAST, CASE, ...), not ones "
+                "that read files, settings or the catalog, run SQL text, depend on the clock or randomness, "
+                "or build values from a count"
+            )
+        index += 1
+
+
+def _called_function(tokens: list[Token], index: int) -> str | None:
+    """The function DuckDB calls at `tokens[index]`, or None when that token calls nothing."""
+    token = tokens[index]
+    name = token.text.lower()
+    before_paren = index + 1 < len(tokens) and tokens[index + 1].token_type == TokenType.L_PAREN
+    if token.token_type == TokenType.IDENTIFIER:  # quoting a name changes neither case for DuckDB
+        return name if before_paren or name in _BARE_FUNCTIONS else None
+    # A bare word's token type is VAR or its keyword's type; a string or number holding one is not.
+    is_word = token.token_type in (TokenType.VAR, _KEYWORDS.get(token.text.upper())) and _WORD.fullmatch(token.text)
+    if is_word and (name in _BARE_FUNCTIONS or (before_paren and name not in _SYNTAX_WORDS)):
+        return name
+    return None
+
+
+def _end_of_cast_type(tokens: list[Token], index: int) -> int:
+    """Index of the `)` closing the CAST whose type starts at `index` (types take parentheses too)."""
+    depth = 0
+    while index < len(tokens):
+        kind = tokens[index].token_type
+        if kind == TokenType.L_PAREN:
+            depth += 1
+        elif kind == TokenType.R_PAREN:
+            if depth == 0:
+                return index
+            depth -= 1
+        index += 1
+    return index
 
 
 def _check_column(column: exp.Column) -> None:

@@ -161,6 +161,15 @@ def test_a_row_filter_that_does_not_parse_is_refused_with_the_parsers_reason() -
     _refused(replace(ROW_FILTER, filter="owner IN (SELECT 1)"), "subqueries")
 
 
+@pytest.mark.parametrize(
+    ("text", "function"),
+    [("read_csv('x') IS NOT NULL", "read_csv"), ("json_serialize_plan('select 1') IS NOT NULL", "json_serialize_plan")],
+)
+def test_a_row_filter_calling_a_function_outside_the_allow_list_is_not_stored(text: str, function: str) -> None:
+    error = _refused(replace(ROW_FILTER, filter=text), rf"row filter on crm\.customers: function {function}\(\)")
+    assert error.field == "filter"
+
+
 # --- ABAC ---------------------------------------------------------------------------------------------
 
 

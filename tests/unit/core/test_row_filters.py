@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import duckdb
@@ -9,7 +10,16 @@ import pytest
 from sqlglot import exp
 
 from hd_core.errors import PolicyInvalid, RowFilterInvalid
-from hd_core.row_filters import ParsedRowFilter, parse_row_filter, placeholders, referenced_columns, resolve_row_filter
+from hd_core.row_filters import (
+    MAX_ROW_FILTER_DEPTH,
+    MAX_ROW_FILTER_LENGTH,
+    ParsedRowFilter,
+    parse_row_filter,
+    placeholders,
+    referenced_columns,
+    resolve_row_filter,
+)
+from hd_core.sql_functions import ALLOWED_FUNCTIONS, POLICY_EXPRESSION_FUNCTIONS, REFUSED
 
 HOSTILE_VALUES = [
     "O'Brien",
@@ -71,6 +81,20 @@ def test_a_filter_reports_its_columns_and_placeholders() -> None:
         "note LIKE '%' || {department} || '%'",
         "CAST(flag AS BOOLEAN)",
         "TRUE",
+        "region = {region} AND upper(department) = upper({department})",
+        "lower(email) LIKE '%@acme.com'",
+        "org_id = {org_id} OR coalesce(owner_id, '') = {user_id}",
+        "CASE WHEN is_public THEN TRUE ELSE owner = {user_id} END",
+        "date_trunc('month', created_at) = DATE '2024-01-01'",
+        "extract(year FROM created_at) >= 2024",
+        "amount::numeric(10, 2) > 5",
+        "char_length(owner) > 3",
+        "substring(owner FROM 1 FOR 2) = 'ab'",
+        "data->>'region' = {region}",
+        "owner = ANY(ARRAY['a', 'b'])",
+        "md5(owner) <> ''",
+        "owner ~ '^a' AND owner IS DISTINCT FROM {user_id}",
+        "owner IN ('user', 'current_date', 'read_csv(''x'')')",  # function names inside strings are values
     ],
 )
 def test_ordinary_conditions_are_accepted(text: str) -> None:
@@ -129,6 +153,130 @@ def test_a_placeholder_inside_quotes_explains_how_to_write_it() -> None:
 def test_star_is_refused() -> None:
     with pytest.raises(RowFilterInvalid):
         parse_row_filter("t.* IS NOT NULL")
+
+
+# --- functions ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "function"),
+    [
+        ("read_csv('x')", "read_csv"),
+        ("json_serialize_plan('select 1')", "json_serialize_plan"),
+        ("len(range(100000000)) > 0", "range"),
+        ("getenv('HOME') = 'x'", "getenv"),
+        ("current_setting('x') = 'y'", "current_setting"),
+        ("query('select 1') is not null", "query"),
+        ("\"READ_TEXT\"('/etc/passwd') IS NOT NULL", "read_text"),
+        ("generate_series(1, 3) IS NOT NULL", "unnest"),
+        ("repeat(owner, 100000000) = 'x'", "repeat"),
+        ("random() < 0.5", "random"),
+        ("created_at > now() - INTERVAL '1 day'", "current_timestamp"),
+        ("created_at::date = current_date", "current_date"),
+        ("owner = current_user", "current_user"),
+        ("sleep_ms(1000) IS NULL", "sleep_ms"),
+        ("error('x') IS NULL", "error"),
+        ("txid_current() > 0", "txid_current"),
+        ("frobnicate(owner)", "frobnicate"),
+    ],
+)
+def test_a_function_outside_the_policy_list_is_refused_by_name(text: str, function: str) -> None:
+    with pytest.raises(RowFilterInvalid, match=rf"function {function}\(\) is not allowed in a row filter") as caught:
+        parse_row_filter(text)
+    assert "deterministic value functions" in str(caught.value)
+
+
+def test_functions_are_checked_as_duckdb_will_call_them_not_as_written() -> None:
+    # sqlglot writes Postgres' current_date(tz) as CAST(CURRENT_TIMESTAMP AT TIME ZONE tz AS DATE):
+    # the written name is harmless-looking, the call DuckDB makes reads the clock.
+    with pytest.raises(RowFilterInvalid, match=r"function current_timestamp\(\)"):
+        parse_row_filter("current_date('UTC') = created_at")
+
+
+def test_quoted_bare_function_names_are_refused_because_duckdb_calls_them(db: duckdb.DuckDBPyConnection) -> None:
+    # With no column of that name, DuckDB binds a quoted "user" to the function: engine state, not data.
+    assert db.execute('SELECT DISTINCT "user" FROM t').fetchall() == [("duckdb",)]
+    with pytest.raises(RowFilterInvalid, match=r"function user\(\)"):
+        parse_row_filter('"user" = {user_id}')
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["main.read_csv('x') IS NOT NULL", "pg_catalog.lower(owner) = 'x'", "owner.upper() = 'X'"],
+)
+def test_qualified_and_method_style_calls_are_refused(text: str) -> None:
+    with pytest.raises(RowFilterInvalid, match="unqualified"):
+        parse_row_filter(text)
+
+
+def test_lambdas_are_refused() -> None:
+    with pytest.raises(RowFilterInvalid, match="lambdas"):
+        parse_row_filter("list_has_any(tags, list_filter(tags, x -> x = {user_id}))")
+
+
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+# Postgres reads uuid(x) as a cast to UUID, which calls no function.
+_CASTS_IN_POSTGRES = {"uuid"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        name
+        for name in (REFUSED | ALLOWED_FUNCTIONS) - POLICY_EXPRESSION_FUNCTIONS - _CASTS_IN_POSTGRES
+        if _IDENTIFIER.fullmatch(name)
+    ),
+)
+def test_no_function_outside_the_policy_list_gets_into_a_filter(name: str) -> None:
+    with pytest.raises(RowFilterInvalid):
+        parse_row_filter(f"{name}(owner) IS NULL")
+
+
+@pytest.mark.parametrize("name", sorted(name for name in POLICY_EXPRESSION_FUNCTIONS if _IDENTIFIER.fullmatch(name)))
+def test_no_policy_function_is_refused_by_name(name: str) -> None:
+    try:
+        parse_row_filter(f"{name}(owner) IS NULL")
+    except RowFilterInvalid as error:  # wrong arity or syntax may still refuse it, for another reason
+        assert "not allowed" not in str(error)
+
+
+# --- size ---------------------------------------------------------------------------------------
+
+
+def test_a_filter_at_the_length_limit_is_accepted_and_one_longer_is_refused() -> None:
+    at_limit = "owner = '" + "x" * (MAX_ROW_FILTER_LENGTH - len("owner = ''")) + "'"
+    assert len(at_limit) == MAX_ROW_FILTER_LENGTH
+    parse_row_filter(at_limit)
+    with pytest.raises(RowFilterInvalid, match=f"{MAX_ROW_FILTER_LENGTH + 1} characters long; the limit is 4096"):
+        parse_row_filter(at_limit + " ")
+
+
+def _parenthesised(levels: int) -> str:
+    # EQ, then `levels` Parens, then Column and its Identifier: levels + 3 nodes deep.
+    return "(" * levels + "owner" + ")" * levels + " = 'x'"
+
+
+def test_nesting_up_to_the_limit_is_accepted_and_one_level_more_is_refused() -> None:
+    parse_row_filter(_parenthesised(MAX_ROW_FILTER_DEPTH - 3))
+    with pytest.raises(RowFilterInvalid, match="nested more than 32 levels"):
+        parse_row_filter(_parenthesised(MAX_ROW_FILTER_DEPTH - 2))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(" * 40 + "owner" + ")" * 40 + " = 'x'",
+        "(" * 1500 + "owner" + ")" * 1500 + " = 'x'",  # deep enough to exhaust the parser's recursion
+        "NOT " * 1000 + "is_public",
+        "amount" + " + 1" * 1000 + " > 0",
+        " OR ".join(f"owner = 'u{index}'" for index in range(40)),
+    ],
+    ids=["parentheses", "recursion", "not-chain", "arithmetic-chain", "or-chain"],
+)
+def test_deeply_nested_filters_are_refused(text: str) -> None:
+    assert len(text) <= MAX_ROW_FILTER_LENGTH
+    with pytest.raises(RowFilterInvalid, match="nested more than 32 levels"):
+        parse_row_filter(text)
 
 
 # --- resolving ----------------------------------------------------------------------------------
