@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel, SqlglotError
-from sqlglot.tokens import Token, TokenType
 
 from hd_core.errors import RowFilterInvalid
 from hd_core.policies import ROW_FILTER_PLACEHOLDERS
+from hd_core.sql_calls import called_functions
 from hd_core.sql_functions import POLICY_EXPRESSION_FUNCTIONS
 
 MAX_ROW_FILTER_LENGTH = 4096
@@ -57,22 +57,6 @@ _FORBIDDEN: tuple[tuple[type[exp.Expr], str], ...] = (
     (exp.SessionParameter, "session parameters are not allowed; use {placeholders} for session values"),
     (exp.Lambda, "lambdas are not allowed in a row filter"),
 )
-
-_DUCKDB = sqlglot.Dialect.get_or_raise("duckdb")
-_KEYWORDS = _DUCKDB.tokenizer_class.KEYWORDS
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
-# Reserved words DuckDB reads as syntax: before "(" they open a group, they never call a function.
-_SYNTAX_WORDS = frozenset(
-    "all and any between case else escape for from ilike in interval is like not or placing similar some then to "
-    "when zone".split()
-)
-# Functions DuckDB calls when written bare, without parentheses; it binds the first seven even when
-# quoted, whenever the table has no column of that name ("user" is the user, not a column).
-_BARE_FUNCTIONS = frozenset(
-    "current_catalog current_date current_role current_schema current_user session_user user "
-    "current_time current_timestamp localtime localtimestamp".split()
-)
-
 
 @dataclass(frozen=True)
 class ParsedRowFilter:
@@ -197,54 +181,16 @@ def _check_nodes(condition: exp.Expr) -> None:
 def _check_functions(condition: exp.Expr) -> None:
     """Every function DuckDB will call for the condition must be one a policy expression may use.
 
-    Reads the DuckDB SQL the engine will run, not the parsed tree: a name sqlglot does not know goes
-    through as written, and one it knows becomes what its generator writes, which may be several
-    calls (`current_date(tz)` is written `CAST(CURRENT_TIMESTAMP AT TIME ZONE tz AS DATE)`).
+    Reads the DuckDB SQL the engine will run, not the parsed tree (see `hd_core.sql_calls`).
     """
-    tokens = _DUCKDB.tokenize(condition.sql(dialect="duckdb", unsupported_level=ErrorLevel.IGNORE))
-    index = 0
-    while index < len(tokens):
-        if tokens[index].token_type == TokenType.ALIAS:
-            index = _end_of_cast_type(tokens, index + 1)  # CAST(x AS DECIMAL(10, 2)): a type, not a call
-            continue
-        name = _called_function(tokens, index)
-        if name is not None and name not in POLICY_EXPRESSION_FUNCTIONS:
+    for name in called_functions(condition.sql(dialect="duckdb", unsupported_level=ErrorLevel.IGNORE)):
+        if name not in POLICY_EXPRESSION_FUNCTIONS:
             raise RowFilterInvalid(
                 f"function {name}() is not allowed in a row filter; use deterministic value functions on the "
                 "table's columns (lower, upper, substring, coalesce, date_trunc, CAST, CASE, ...), not ones "
                 "that read files, settings or the catalog, run SQL text, depend on the clock or randomness, "
                 "or build values from a count"
             )
-        index += 1
-
-
-def _called_function(tokens: list[Token], index: int) -> str | None:
-    """The function DuckDB calls at `tokens[index]`, or None when that token calls nothing."""
-    token = tokens[index]
-    name = token.text.lower()
-    before_paren = index + 1 < len(tokens) and tokens[index + 1].token_type == TokenType.L_PAREN
-    if token.token_type == TokenType.IDENTIFIER:  # quoting a name changes neither case for DuckDB
-        return name if before_paren or name in _BARE_FUNCTIONS else None
-    # A bare word's token type is VAR or its keyword's type; a string or number holding one is not.
-    is_word = token.token_type in (TokenType.VAR, _KEYWORDS.get(token.text.upper())) and _WORD.fullmatch(token.text)
-    if is_word and (name in _BARE_FUNCTIONS or (before_paren and name not in _SYNTAX_WORDS)):
-        return name
-    return None
-
-
-def _end_of_cast_type(tokens: list[Token], index: int) -> int:
-    """Index of the `)` closing the CAST whose type starts at `index` (types take parentheses too)."""
-    depth = 0
-    while index < len(tokens):
-        kind = tokens[index].token_type
-        if kind == TokenType.L_PAREN:
-            depth += 1
-        elif kind == TokenType.R_PAREN:
-            if depth == 0:
-                return index
-            depth -= 1
-        index += 1
-    return index
 
 
 def _check_column(column: exp.Column) -> None:
