@@ -27,7 +27,7 @@ import duckdb
 from engine_host.cache.cached_tables import CachedTables
 from engine_host.cache.object_cache import ObjectCache
 from engine_host.engine.catalog import CatalogResponder
-from engine_host.engine.duckdb_engine import Database
+from engine_host.engine.duckdb_engine import DATA_CATALOG, Database
 from engine_host.engine.masking import ensure_mask_keys, install_mask_macros
 from engine_host.engine.table_catalog import TableCatalog
 from engine_host.engine.tables import register_parquet_tables
@@ -91,7 +91,7 @@ class LocalFolderTables:
         return None
 
     def register(self, con: duckdb.DuckDBPyConnection) -> None:
-        register_parquet_tables(con, self.data_dir)  # logs what it registered
+        register_parquet_tables(con, self.data_dir, DATA_CATALOG)  # logs what it registered
 
     def attach(self, con: duckdb.DuckDBPyConnection, catalog: TableCatalog) -> None:
         return None

@@ -34,13 +34,13 @@ import duckdb
 import pyarrow.parquet as pq
 
 from engine_host.cache.object_cache import ObjectCache
+from engine_host.engine.duckdb_engine import DATA_CATALOG
 from engine_host.engine.tables import (
     CACHED_VIEW_MARKER,
     GLOB_METACHARACTERS,
     IDENTIFIER,
     RESERVED_SCHEMAS,
     create_marked_view,
-    current_catalog,
     existing_objects,
     qualified,
     rollback,
@@ -133,7 +133,7 @@ class CachedTables:
         with self._sync_lock:
             self._con, self._on_change = con, on_change
             found = discover_cached_tables(self._source.list())
-            catalog = current_catalog(con)
+            catalog = DATA_CATALOG
             existing = existing_objects(con, catalog, CACHED_VIEW_MARKER)
             with self._lock:
                 current = dict(self._tables)

@@ -9,7 +9,7 @@ stage filters every answer by what the session may see, and that filter must cov
 
 How it works
 ------------
-`CatalogResponder.install(con)` creates a schema `hd_pg` in the served database, before it is locked
+`CatalogResponder.install(con)` creates a schema `hd_pg` in DuckDB's default catalog, before it is locked
 down: a PostgreSQL-shaped view for every catalog relation listed in `_CATALOG_COLUMNS` (same column
 names, order and equivalent types as PostgreSQL 15), built from `duckdb_tables()`,
 `duckdb_columns()`, `duckdb_constraints()`, `duckdb_indexes()`... plus static data for what DuckDB
@@ -48,7 +48,8 @@ Supported clients (each covered by tests/integration/test_catalog.py)
   pg_postmaster_start_time(), obj_description().
 
 Known limits
-- The served database is DuckDB's default database; other attached databases are not listed.
+- The served database is the data catalog (`hd_data`, engine/duckdb_engine.py), reported under the
+  name clients connected to; other attached databases are not listed.
   Schemas keep their DuckDB names (`main` is not renamed `public`); the search path used for
   "visible" objects is the constructor's `search_path` (default `main`).
 - Types: DuckDB types map to the nearest PostgreSQL type (VARCHAR -> character varying, HUGEINT
@@ -87,7 +88,8 @@ from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.scope import traverse_scope
 from sqlglot.tokens import TokenType
 
-from engine_host.engine.tables import VIEW_MARKER
+from engine_host.engine.duckdb_engine import DATA_CATALOG
+from engine_host.engine.tables import PARQUET_VIEW_MARKERS
 
 SCHEMA = "hd_pg"
 PG_CATALOG_OID = 11
@@ -108,10 +110,10 @@ _INTERNAL_SCHEMAS = (SCHEMA, "pg_catalog", "information_schema")
 
 
 def _user_scope(alias: str = "") -> str:
-    """SQL condition selecting user objects of the served database from a duckdb_*() function."""
+    """SQL condition selecting user objects of the served (data) catalog from a duckdb_*() function."""
     q = f"{alias}." if alias else ""
     internal = ", ".join(f"'{s}'" for s in _INTERNAL_SCHEMAS)
-    return f"{q}database_name = current_database() AND {q}schema_name NOT IN ({internal})"
+    return f"{q}database_name = '{DATA_CATALOG}' AND {q}schema_name NOT IN ({internal})"
 
 
 _USER_SCOPE = _user_scope()
@@ -843,7 +845,8 @@ class _CatalogBuilder:
         s = SCHEMA
         # Parquet tables are DuckDB views over the data folder; to clients they are tables, and the
         # marker comment (not a path-revealing view definition) is how they are recognised.
-        parquet_marker = "'" + VIEW_MARKER.replace("'", "''") + "'"
+        # Both kinds (local folder, object-store cache) are tables whose definitions show file paths.
+        parquet_marker = "(" + ", ".join("'" + m.replace("'", "''") + "'" for m in sorted(PARQUET_VIEW_MARKERS)) + ")"
         return [
             v + f"""hd_ns AS
             SELECT CAST({PG_CATALOG_OID} AS UINTEGER) AS oid, 'pg_catalog' AS nspname
@@ -920,15 +923,18 @@ class _CatalogBuilder:
                 CAST(t.check_constraint_count AS SMALLINT) AS relchecks,
                 t.index_count > 0 OR t.has_primary_key OR t.table_oid IN (
                     SELECT table_oid FROM duckdb_constraints() WHERE constraint_type = 'UNIQUE') AS relhasindex,
-                CAST(t.estimated_size AS FLOAT) AS reltuples, t.comment AS description,
+                -- Never a count: a table's rows belong to every tenant of it, and a session may see
+                -- only some (row filters). -1 is PostgreSQL's "no statistics yet".
+                CAST(-1 AS FLOAT) AS reltuples, t.comment AS description,
                 t.schema_name AS hd_schema, t.table_name AS hd_table
             FROM duckdb_tables() AS t WHERE {_user_scope('t')} AND NOT t.temporary
             UNION ALL
             SELECT CAST(view_oid AS UINTEGER), view_name, CAST(schema_oid AS UINTEGER),
-                CASE WHEN comment = {parquet_marker} THEN 'r' ELSE 'v' END,
-                CAST(CASE WHEN comment = {parquet_marker} THEN {HEAP_AM_OID} ELSE 0 END AS UINTEGER),
-                CAST(column_count AS SMALLINT), CAST(0 AS SMALLINT), false, CAST(0 AS FLOAT),
-                CASE WHEN comment = {parquet_marker} THEN NULL ELSE comment END, schema_name, view_name
+                CASE WHEN comment IN {parquet_marker} THEN 'r' ELSE 'v' END,
+                CAST(CASE WHEN comment IN {parquet_marker} THEN {HEAP_AM_OID} ELSE 0 END AS UINTEGER),
+                CAST(column_count AS SMALLINT), CAST(0 AS SMALLINT), false,
+                CAST(CASE WHEN comment IN {parquet_marker} THEN -1 ELSE 0 END AS FLOAT),
+                CASE WHEN comment IN {parquet_marker} THEN NULL ELSE comment END, schema_name, view_name
             FROM duckdb_views() WHERE NOT internal AND {_USER_SCOPE}
             UNION ALL
             SELECT CAST(sequence_oid AS UINTEGER), sequence_name, CAST(schema_oid AS UINTEGER), 'S',
@@ -973,7 +979,9 @@ class _CatalogBuilder:
             v + f"""hd_viewdef AS
             SELECT CAST(view_oid AS UINTEGER) AS oid, schema_name, view_name, {s}.view_body(sql) AS definition,
                 schema_name AS hd_schema, view_name AS hd_table
-            FROM duckdb_views() WHERE NOT internal AND {_USER_SCOPE}""",
+            FROM duckdb_views() WHERE NOT internal AND {_USER_SCOPE}
+                -- A Parquet table is a table to clients; its view text (file paths) is machinery.
+                AND coalesce(comment NOT IN {parquet_marker}, true)""",
             v + f"""hd_seq AS
             SELECT CAST(sequence_oid AS UINTEGER) AS oid, schema_name, sequence_name, start_value, min_value,
                 max_value, increment_by, cycle, last_value, schema_name AS hd_schema, sequence_name AS hd_table

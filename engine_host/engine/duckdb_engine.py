@@ -9,6 +9,7 @@ and tests/integration/engine covers both.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -22,6 +23,12 @@ import pyarrow as pa
 log = logging.getLogger(__name__)
 
 SetupStep = Callable[[duckdb.DuckDBPyConnection], None]
+
+# The attached catalog that holds every relation with data (writable tables, Parquet views). Client
+# names resolve against DuckDB's default catalog, which holds no data at all, so a table reference
+# the governance rewrite did not turn into `hd_data.<schema>.<table>` fails to bind instead of
+# reading raw rows. The guard refuses every client-written name under this catalog.
+DATA_CATALOG = "hd_data"
 
 # Rows per Arrow batch pulled from DuckDB: large enough to amortise per-batch encoding, small enough
 # that a slow client holds at most a few MB per connection.
@@ -40,7 +47,12 @@ class StatementShape:
 
 
 class Database:
-    """One DuckDB database (file-backed or in memory), set up once and then locked down."""
+    """One DuckDB database (file-backed or in memory), set up once and then locked down.
+
+    DuckDB's default catalog is an empty in-memory one; the data (the file at `path`, or memory)
+    is attached as `DATA_CATALOG`. The file's own layout is unchanged, so an existing state folder
+    opens as it is.
+    """
 
     def __init__(self, path: Path | None, *, allowed_directories: Sequence[Path], threads: int | None = None):
         self._path = path
@@ -58,7 +70,12 @@ class Database:
         }
         if self._threads:
             config["threads"] = self._threads
-        con = duckdb.connect(str(self._path) if self._path else ":memory:", config=config)
+        con = duckdb.connect(":memory:", config=config)
+        source = str(self._path) if self._path else ":memory:"
+        con.execute(f"ATTACH {_sql_string(source)} AS {DATA_CATALOG}")
+        # EXPLAIN returns the binder's unoptimised plan too: the bound-plan check reads it, before any
+        # optimisation could fold a scan away (clients' EXPLAIN shows the physical plan only).
+        con.execute("SET GLOBAL explain_output = 'all'")
         for step in setup:
             step(con)
         self._lock_down(con)
@@ -84,12 +101,16 @@ class Database:
     def checkpoint(self) -> None:
         """Flush the write-ahead log into the database file (used on shutdown)."""
         if self._con is not None and self._path is not None:
-            self._con.execute("CHECKPOINT")
+            self._con.execute(f"CHECKPOINT {DATA_CATALOG}")
 
     def close(self) -> None:
         if self._con is not None:
             self._con.close()
             self._con = None
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 class ResultStream:
@@ -159,6 +180,16 @@ class EngineSession:
             returns_rows=return_type == "query_result",
             writes=bool(writes),
         )
+
+    def bound_plan(self, sql: str, values: Sequence[object] | None = None) -> list[dict[str, Any]]:
+        """The binder's (unoptimised) logical plan of a statement, as DuckDB's JSON EXPLAIN gives it."""
+        self._make_room()
+        rows = self._cursor.execute(f"EXPLAIN (FORMAT json) {sql}", list(values) if values else None).fetchall()
+        for key, value in rows:
+            if key == "logical_plan":
+                plan = json.loads(value)
+                return plan if isinstance(plan, list) else [plan]
+        raise RuntimeError("DuckDB returned no logical plan (explain_output must be 'all')")
 
     def run(self, sql: str, values: Sequence[object] | None = None) -> ResultStream:
         """Start a statement and return its result stream (DDL and DML stream a single Count/Success row)."""

@@ -1,7 +1,9 @@
 """The user tables of the served database as the governance stages see them: names, columns, sizes.
 
 Statements name tables many ways (`ORDERS`, `main.orders`, `hd.main.orders`); `resolve` turns any
-spelling into the canonical `schema.table`, or None when no such table exists. The listing comes
+spelling into the canonical `schema.table`, or None when no such table exists. The tables live in
+DuckDB's data catalog (`hd_data`), whose name is not one clients may use: the only catalog name a
+client may write is the database name it connected to (`hd`). The listing comes
 from DuckDB's own catalog, is cached, and is refreshed after DDL and whenever `refresh()` is
 called; `version` changes with every refresh that found a difference, so caches keyed on it stay
 correct.
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 
 import duckdb
 
-from engine_host.engine.tables import PARQUET_VIEW_MARKERS
+from engine_host.engine.duckdb_engine import DATA_CATALOG
+from engine_host.engine.tables import PARQUET_VIEW_MARKERS, quote_identifier
 
 # A table's row estimate by canonical name, or None when the catalog should count the rows itself.
 RowEstimates = Callable[[str], int | None]
@@ -37,8 +40,10 @@ class TableInfo:
 class TableCatalog:
     """A cached listing of the user tables of one DuckDB database."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, database_aliases: Sequence[str] = ("hd",)):
+    def __init__(self, con: duckdb.DuckDBPyConnection, database_aliases: Sequence[str] = ("hd",),
+                 data_catalog: str = DATA_CATALOG):
         self._cursor = con.cursor()
+        self.data_catalog = data_catalog
         # Row estimates of tables whose files are not all local (cached tables); consulted before counting.
         self.row_estimates: RowEstimates | None = None
         self._lock = threading.Lock()
@@ -51,8 +56,7 @@ class TableCatalog:
     def refresh(self) -> None:
         """Re-read the catalog (after DDL, or when Parquet tables were registered)."""
         with self._lock:
-            database, tables = read_tables(self._cursor, self._tables, self.row_estimates)
-            self._aliases.add(database)
+            tables = read_tables(self._cursor, self._tables, self.row_estimates, self.data_catalog)
             if tables != self._tables:
                 self._tables = tables
                 self.version += 1
@@ -73,7 +77,7 @@ class TableCatalog:
 
     def session_view(self, con: duckdb.DuckDBPyConnection) -> dict[str, TableInfo]:
         """The tables as one connection sees them (its own uncommitted DDL included)."""
-        return read_tables(con, self._tables, self.row_estimates)[1]
+        return read_tables(con, self._tables, self.row_estimates, self.data_catalog)
 
     def names(self) -> list[str]:
         return sorted(self._tables)
@@ -84,13 +88,12 @@ class TableCatalog:
 
 
 def read_tables(con: duckdb.DuckDBPyConnection, previous: Mapping[str, TableInfo],
-                estimates: RowEstimates | None = None) -> tuple[str, dict[str, TableInfo]]:
-    """The database name and user tables as `con` sees them.
+                estimates: RowEstimates | None = None, database: str = DATA_CATALOG) -> dict[str, TableInfo]:
+    """The user tables of catalog `database` as `con` sees them.
 
     A Parquet view's row count comes from `estimates` when it has one, else from `previous`, else
     from counting (which reads every file's metadata).
     """
-    database = str(con.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
     columns: dict[str, list[tuple[str, str]]] = {}
     for schema, table, column, data_type in con.execute(
         "SELECT schema_name, table_name, column_name, data_type FROM duckdb_columns() "
@@ -121,18 +124,20 @@ def read_tables(con: duckdb.DuckDBPyConnection, previous: Mapping[str, TableInfo
             if estimate is not None:
                 rows = estimate
             else:
-                rows = known.estimated_rows if known is not None else (_count_rows(con, name) if views[name] else 0)
+                rows = known.estimated_rows if known is not None else (
+                    _count_rows(con, database, name) if views[name] else 0)
             tables[name] = TableInfo(name, tuple(cols), rows, writable=False)
         else:
             tables[name] = TableInfo(name, tuple(cols), sizes.get(name, 0), writable=True)
-    return database.lower(), tables
+    return tables
 
 
-def _count_rows(con: duckdb.DuckDBPyConnection, name: str) -> int:
+def _count_rows(con: duckdb.DuckDBPyConnection, database: str, name: str) -> int:
     """Rows of a Parquet-backed table, from the files' metadata (cheap: no data is read)."""
     schema, table = name.split(".", 1)
+    qualified = ".".join(quote_identifier(part) for part in (database, schema, table))
     try:
-        row = con.execute(f'SELECT count(*) FROM "{schema}"."{table}"').fetchone()
+        row = con.execute(f"SELECT count(*) FROM {qualified}").fetchone()
     except duckdb.Error:
         return 0
     return int(row[0]) if row else 0

@@ -76,9 +76,11 @@ class TableRef:
         return f"{self.schema}.{self.table}"
 
 
-def register_parquet_tables(con: duckdb.DuckDBPyConnection, data_dir: Path) -> list[TableRef]:
+def register_parquet_tables(con: duckdb.DuckDBPyConnection, data_dir: Path,
+                            catalog: str | None = None) -> list[TableRef]:
     """Create or refresh one view per Parquet table under `data_dir`; return the tables now registered.
 
+    The views go into `catalog` (the engine passes its data catalog; default: the current database).
     Idempotent, and safe to call again after the lockdown to pick up new tables. Views this module
     registered earlier whose directory no longer holds Parquet files are dropped. All changes are
     made in one transaction, so other sessions see the old catalog or the new one.
@@ -89,7 +91,7 @@ def register_parquet_tables(con: duckdb.DuckDBPyConnection, data_dir: Path) -> l
         raise ValueError(f"data directory {root} contains a glob metacharacter (one of {bad})")
     found = discover_parquet_tables(root)
 
-    catalog = current_catalog(con)
+    catalog = catalog or current_catalog(con)
     con.execute("BEGIN TRANSACTION")
     try:
         existing = existing_objects(con, catalog, VIEW_MARKER)

@@ -35,7 +35,13 @@ from engine_host.engine.table_catalog import TableCatalog, TableInfo
 from engine_host.pipeline.errors import QueryError
 from engine_host.pipeline.gates import ConcurrencyGate, RateLimiter, Watchdog
 from engine_host.pipeline.governance.columns import referenced_columns
-from engine_host.pipeline.governance.guard import ParsedStatement, check_statement, parse_statement
+from engine_host.pipeline.governance.guard import (
+    ParsedStatement,
+    StatementInfo,
+    check_statement,
+    parse_statement,
+    unknown_table,
+)
 from engine_host.pipeline.governance.rewrite import MaskSpec, TablePolicy, apply_policies
 from engine_host.pipeline.governance.tables import TableRef, extract_tables
 from engine_host.pipeline.governance.transpile import to_duckdb
@@ -86,12 +92,19 @@ class GovernedPlan:
     created_table: str | None = None
     dropped_table: str | None = None
     schema_changed: bool = False
+    # The statement DuckDB binds for the bound-plan check (engine_sql without a leading EXPLAIN).
+    bound_sql: str = ""
+    # Each table the plan reads, and whether it is Parquet-backed (for the bound-plan check).
+    table_sources: tuple[tuple[str, bool], ...] = ()
 
     @property
     def statement_type(self) -> str:
         """DuckDB's statement type for the governed SQL (known from the guard; no second parse)."""
         return _DUCKDB_STATEMENT_TYPES.get(self.kind, "SELECT")
 
+
+# Statement kinds whose bound plan is checked: those that read or write rows (DDL without a query reads none).
+_BOUND_KINDS = frozenset({"select", "insert", "update", "delete", "create_table_as", "catalog"})
 
 _DUCKDB_STATEMENT_TYPES = {
     "select": "SELECT", "catalog": "SELECT", "explain": "EXPLAIN", "insert": "INSERT", "update": "UPDATE",
@@ -122,8 +135,21 @@ class StatementAudit:
         self.verdicts.append({"stage": stage, "decision": "allow", "reason": reason})
 
     def deny(self, stage: str, error: QueryError) -> None:
-        self.verdicts.append({"stage": stage, "decision": "deny", "reason": f"{error.code}: {error.message}"})
-        self.error = {"sqlstate": error.sqlstate, "code": error.code, "message": error.message}
+        if isinstance(error, HiddenRefusal):
+            reason, code = f"{error.audit_code}: {error.audit_reason}", error.audit_code
+        else:
+            reason, code = f"{error.code}: {error.message}", error.code
+        self.verdicts.append({"stage": stage, "decision": "deny", "reason": reason})
+        self.error = {"sqlstate": error.sqlstate, "code": code, "message": error.message}
+
+
+class HiddenRefusal(QueryError):
+    """A refusal the client sees as `shown` while the audit record keeps the real reason."""
+
+    def __init__(self, shown: QueryError, audit_code: str, audit_reason: str):
+        super().__init__(shown.sqlstate, shown.code, shown.message, hint=shown.hint)
+        self.audit_code = audit_code
+        self.audit_reason = audit_reason
 
 
 class Governor:
@@ -195,10 +221,12 @@ class Governor:
 
     def plan(self, subject: policy_eval.Subject, scopes: tuple[str, ...], sql: str, dialect: str,
              audit: StatementAudit, *, catalog_sql: str | None = None,
-             overlay: Mapping[str, TableInfo] | None = None) -> GovernedPlan:
-        """Run parse/guard, table extract, policy check, rewrite and transpile (cached).
+             overlay: Mapping[str, TableInfo] | None = None,
+             verify: Callable[[GovernedPlan], None] | None = None) -> GovernedPlan:
+        """Run parse/guard, table extract, policy check, rewrite, transpile and `verify` (cached).
 
         `overlay` is the session's own table list while its transaction holds uncommitted DDL.
+        `verify` is the bound-plan check; a plan is cached only once it passed.
         """
         snapshot = self.policies.snapshot
         now = self._now()
@@ -221,15 +249,19 @@ class Governor:
         audit.statement_kind = info.kind
         if catalog_sql is not None:
             plan = GovernedPlan(engine_sql=catalog_sql, kind="catalog", tables=(), masked_columns=(),
-                                filtered_tables=(), scan_estimate=0)
+                                filtered_tables=(), scan_estimate=0, bound_sql=catalog_sql)
         else:
             def resolve(catalog: str | None, schema: str | None, table: str) -> str | None:
                 return self.tables.resolve(catalog, schema, table, overlay)
 
             refs = self._stage(audit, "tables", lambda: extract_tables(parsed, resolve))
             plan = self._stage(audit, "policy", lambda: self._policy_plan(
-                snapshot, subject, role, scopes, phi, parsed, info.kind, refs, overlay))
+                snapshot, subject, role, scopes, phi, parsed, info, refs, overlay))
         audit.timings_ms["plan"] = round((time.perf_counter() - started) * 1000, 3)
+        if verify is not None:
+            checked = time.perf_counter()
+            self._stage(audit, "plan_check", lambda: verify(plan))
+            audit.timings_ms["plan_check"] = round((time.perf_counter() - checked) * 1000, 3)
         with self._plans_lock:
             self._plans[key] = plan
             if len(self._plans) > self.limits.plan_cache_entries:
@@ -247,38 +279,51 @@ class Governor:
         return result
 
     def _policy_plan(self, snapshot: PolicySnapshot, subject: policy_eval.Subject, role: Role,
-                     scopes: tuple[str, ...], phi: bool, parsed: ParsedStatement, kind: str,
+                     scopes: tuple[str, ...], phi: bool, parsed: ParsedStatement, info: StatementInfo,
                      refs: list[TableRef], overlay: Mapping[str, TableInfo] | None) -> GovernedPlan:
+        kind = info.kind
+        # Tenancy first: another organisation's table must answer exactly like a missing one, before
+        # any other check could answer differently for it.
+        tenant_columns = {ref.name: self._check_tenancy(snapshot, subject.org_id, ref) for ref in refs}
         self._check_role_and_scopes(role, scopes, kind, refs)
         policies: dict[str, TablePolicy] = {}
         filtered: list[str] = []
-        for ref in refs:
-            if ref.name in policies:
-                continue
-            tenant_column = self._check_tenancy(snapshot, subject.org_id, ref.name)
-            policy = self._table_policy(snapshot, subject, role, ref.name, tenant_column, overlay)
-            policies[ref.name] = policy
+        for name, tenant_column in tenant_columns.items():
+            policy = self._table_policy(snapshot, subject, role, name, tenant_column, overlay)
+            policies[name] = policy
             if policy.row_filter is not None:
-                filtered.append(ref.name)
-        columns = {name: [c for c, _ in info.columns] for name in policies
-                   if (info := self.tables.get(name, overlay)) is not None}
+                filtered.append(name)
+        columns = {name: [c for c, _ in table.columns] for name in policies
+                   if (table := self.tables.get(name, overlay)) is not None}
         read = referenced_columns(parsed, refs, columns)
         masked = sorted(f"{t}.{c}" for t, cols in read.items() for c in cols if c in policies[t].masks)
         if not phi:
             self._check_phi(snapshot, subject.org_id, read, policies)
         tree = apply_policies(parsed, refs, policies)
-        engine_sql = to_duckdb(tree, parsed)
+        bound_sql = to_duckdb(tree, parsed)
+        engine_sql = f"EXPLAIN {bound_sql}" if parsed.explain else bound_sql
         created = next((r.name for r in refs if r.action is Action.CREATE), None)
         if created is None and kind in ("create_table", "create_table_as"):
             created = _created_name(parsed)
         dropped = next((r.name for r in refs if r.action is Action.DROP), None)
-        estimate = sum(info.estimated_rows for r in refs if (info := self.tables.get(r.name, overlay)) is not None)
+        estimate = sum(table.estimated_rows for r in refs if (table := self.tables.get(r.name, overlay)) is not None)
         return GovernedPlan(
             engine_sql=engine_sql, kind=kind, tables=tuple((r.name, r.action) for r in refs),
             masked_columns=tuple(masked), filtered_tables=tuple(filtered), scan_estimate=estimate,
             created_table=created, dropped_table=dropped,
             schema_changed=kind in ("create_table", "create_table_as", "create_schema", "drop_table", "alter_table"),
+            bound_sql=bound_sql if (info.explained or kind) in _BOUND_KINDS else "",
+            table_sources=self._table_sources(refs, overlay),
         )
+
+    def _table_sources(self, refs: list[TableRef], overlay: Mapping[str, TableInfo] | None) -> tuple[
+            tuple[str, bool], ...]:
+        """(table, is Parquet-backed) for each table a plan reads."""
+        sources = set()
+        for ref in refs:
+            info = self.tables.get(ref.name, overlay)
+            sources.add((ref.name, info is not None and not info.writable))
+        return tuple(sorted(sources))
 
     @staticmethod
     def _check_role_and_scopes(role: Role, scopes: tuple[str, ...], kind: str, refs: list[TableRef]) -> None:
@@ -296,16 +341,19 @@ class Governor:
                                  f"this API key lacks the {needed} scope needed to {action.value}",
                                  hint=f"Use a key issued with {needed}.")
 
-    def _check_tenancy(self, snapshot: PolicySnapshot, org_id: str, table: str) -> str | None:
-        """The tenant column to filter on for a shared table; raises if the table is another org's."""
-        binding = policy_eval.binding_for(snapshot, table)
+    def _check_tenancy(self, snapshot: PolicySnapshot, org_id: str, ref: TableRef) -> str | None:
+        """The tenant column to filter on for a shared table; another org's table is refused as missing.
+
+        The client gets exactly the answer a missing table gives (42P01, same message shape); only
+        the audit record says why.
+        """
+        binding = policy_eval.binding_for(snapshot, ref.name)
         if binding is not None and binding.tenant_column:
             return binding.tenant_column
         owner = binding.org_id if binding is not None and binding.org_id else self.default_org_id
         if owner != org_id:
-            raise QueryError("42501", "HD_ERR_CROSS_TENANT",
-                             f"{table} belongs to another organisation; queries cannot cross organisations",
-                             hint="Query only your organisation's tables.")
+            raise HiddenRefusal(unknown_table(ref.node), "HD_ERR_CROSS_TENANT",
+                                f"cross_tenant: {ref.name} belongs to another organisation")
         return None
 
     def _table_policy(self, snapshot: PolicySnapshot, subject: policy_eval.Subject, role: Role, table: str,

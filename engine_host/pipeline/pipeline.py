@@ -20,7 +20,7 @@ from typing import Protocol
 import duckdb
 import pyarrow as pa
 
-from engine_host.engine.duckdb_engine import Database, EngineSession, StatementShape
+from engine_host.engine.duckdb_engine import Database, EngineSession, ResultStream, StatementShape
 from engine_host.engine.pgtypes import (
     ParameterFormatError,
     PgType,
@@ -32,6 +32,7 @@ from engine_host.engine.pgtypes import (
 from engine_host.pipeline import errors
 from engine_host.pipeline.errors import QueryError
 from engine_host.pipeline.execution import Execution, GovernedRows
+from engine_host.pipeline.governance.plan_check import check_bound_plan
 from engine_host.pipeline.governor import SUPPORTED_DIALECTS, GovernedPlan, Governor, StatementAudit
 from engine_host.pipeline.results import Column, Outcome, RowSource, SqlCursor, format_code
 from engine_host.pipeline.session import FAILED_TRANSACTION, IN_TRANSACTION, Session
@@ -226,7 +227,25 @@ class StatementPipeline:
             audit.deny("credential", exc)
             raise
         return self.governor.plan(self.subject(session), scopes, text, audit.dialect, audit,
-                                  catalog_sql=catalog_sql, overlay=session.local_tables)
+                                  catalog_sql=catalog_sql, overlay=session.local_tables,
+                                  verify=lambda plan: self.verify_plan(session, plan))
+
+    def verify_plan(self, session: Session, plan: GovernedPlan) -> None:
+        """Bind the governed SQL in DuckDB and check every scan against the plan (governance/plan_check.py).
+
+        A reference the rewrite missed fails here, at bind time (42P01), before anything runs.
+        """
+        if not plan.bound_sql:
+            return
+        if session.transaction_status == FAILED_TRANSACTION:
+            raise errors.transaction_aborted()
+        try:
+            with self._hold_data(plan):
+                shape = session.engine.describe(plan.bound_sql)
+                bound = session.engine.bound_plan(plan.bound_sql, [None] * len(shape.parameter_types))
+        except duckdb.Error as exc:
+            raise errors.from_engine_error(exc) from None
+        check_bound_plan(bound, dict(plan.table_sources), catalog=plan.kind == "catalog")
 
     # --- preparation -----------------------------------------------------------------------
 
@@ -439,6 +458,8 @@ class StatementPipeline:
             returning = stype in _ROWS_TAGS and self._shape(session, prepared).returns_rows
             stream = session.engine.run(prepared.engine_sql, values)
             rows: RowSource = RowSource(stream)
+            if plan.kind == "explain":
+                rows = RowSource(_client_explain(stream, hide_estimates=bool(plan.filtered_tables)))  # type: ignore[arg-type]
             columns = None
             if stype in ("SELECT", "EXPLAIN") or returning or (stype not in _ROWS_TAGS
                                                                 and _has_result_rows(stream.schema)):
@@ -822,14 +843,39 @@ def _show_columns(name: str) -> list[Column]:
 class _BatchStream:
     """Batches already in memory (SHOW answers, held RETURNING rows) presented like a DuckDB stream."""
 
-    def __init__(self, batches: list[pa.RecordBatch]):
+    def __init__(self, batches: list[pa.RecordBatch], schema: pa.Schema | None = None):
         self._batches = list(batches)
+        self.schema = schema if schema is not None else (batches[0].schema if batches else pa.schema([]))
 
     def next_batch(self) -> pa.RecordBatch | None:
         return self._batches.pop(0) if self._batches else None
 
     def close(self) -> None:
         self._batches = []
+
+
+# DuckDB's row estimates in an EXPLAIN box ("~1,234 rows") and in JSON ("Estimated Cardinality").
+_ESTIMATE = re.compile(r"~[\d,.]+(?= rows?\b)|(?<=Estimated Cardinality: )[\d,.]+|(?<=EC: )[\d,.]+")
+
+
+def _client_explain(stream: ResultStream, *, hide_estimates: bool) -> _BatchStream:
+    """The physical plan only (the engine also returns the logical plans the bound-plan check reads).
+
+    Row estimates count every tenant's rows of a table, so a session that sees only some rows
+    (a row filter applies) gets the plan without them.
+    """
+    try:
+        batches = list(iter(stream.next_batch, None))
+    finally:
+        stream.close()
+    table = pa.Table.from_batches(batches, stream.schema)
+    keys, values = table.column(0).to_pylist(), table.column(1).to_pylist()
+    kept = [(k, v) for k, v in zip(keys, values, strict=True) if k == "physical_plan"]
+    if hide_estimates:
+        kept = [(k, _ESTIMATE.sub(lambda m: "?".ljust(len(m.group(0))), v or "")) for k, v in kept]
+    batch = pa.RecordBatch.from_arrays([pa.array([k for k, _ in kept], pa.string()),
+                                        pa.array([v for _, v in kept], pa.string())], schema=stream.schema)
+    return _BatchStream([batch], stream.schema)
 
 
 def _static_rows(columns: list[Column], rows: list[list[str]], row_tag: str) -> Outcome:

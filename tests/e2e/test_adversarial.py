@@ -699,7 +699,7 @@ def test_merge_and_agent_writes_are_refused(people: EngineHostProcess) -> None:
     pytest.param("SELECT CAST(ssn AS INTEGER) FROM crm.customers", id="cast-masked"),
     pytest.param("SELECT CAST(full_name AS INTEGER) FROM crm.customers", id="cast-name"),
     pytest.param("SELECT CAST(email AS DATE) FROM crm.customers", id="cast-email-date"),
-    pytest.param("SELECT error(ssn || card_number || phone) FROM crm.customers", id="error-function"),
+    pytest.param("SELECT CAST(ssn || card_number || phone AS DOUBLE) FROM crm.customers", id="cast-concatenation"),
     pytest.param("SELECT CAST(c AS INTEGER) FROM crm.customers c", id="cast-whole-row"),
     pytest.param("SELECT CAST(full_name || ssn AS INTEGER) FROM hr.employees", id="cast-employee"),
     pytest.param("SELECT CAST(mrn AS INTEGER) FROM clinical.encounters", id="cast-mrn"),
@@ -715,12 +715,19 @@ def test_failing_expressions_leak_nothing(engine_host: EngineHostProcess, truth:
     assert not any(r["mrn"] in text for r in truth.encounters)
 
 
+@pytest.mark.parametrize("sql", [
+    "SELECT error(ssn || card_number || phone) FROM crm.customers",
+    "SELECT count(*) FROM crm.customers WHERE customer_id = 2000001 AND error('boom') IS NULL",
+])
+def test_error_function_is_not_callable(engine_host: EngineHostProcess, sql: str) -> None:
+    """error() would turn any row, filtered or not, into an error message: only the rewrite may call it."""
+    assert_refused(refused(engine_host, ANALYST, sql), "42501", "HD_ERR_FUNCTION_NOT_ALLOWED")
+
+
 @pytest.mark.parametrize(("sql", "expected"), [
     pytest.param("SELECT full_name::DATE FROM crm.customers WHERE customer_id > 2000000", [], id="cast-globex-rows"),
     pytest.param("SELECT count(*) FROM crm.customers WHERE CASE WHEN customer_id = 2000001 "
                  "THEN CAST('x' AS INTEGER) ELSE 1 END = 1", [(500,)], id="case-error-oracle"),
-    pytest.param("SELECT count(*) FROM crm.customers WHERE customer_id = 2000001 AND error('boom') IS NULL",
-                 [(0,)], id="error-oracle"),
     pytest.param("SELECT count(*) FROM crm.customers WHERE ln(abs(customer_id - 2000001)) > 0", [(500,)],
                  id="log-of-zero-oracle"),
     pytest.param("SELECT count(*) FROM hr.employees WHERE CASE WHEN department = 'Engineering' "
@@ -798,7 +805,10 @@ def test_pg_stats_and_cross_tenant_reads_are_refused(write_host: EngineHostProce
     assert error.sqlstate in ("42P01", "0A000", "42501", "22023") and "999-49-9999" not in str(error)
     assert (error.diag.message_detail or "").startswith("HD_ERR_")
     error = refused(write_host, GLOBEX_ANALYST, "SELECT secret_note, ssn FROM main.acme_private")
-    assert (error.sqlstate, error.diag.message_detail) == ("42501", "HD_ERR_CROSS_TENANT")
+    missing = refused(write_host, GLOBEX_ANALYST, "SELECT secret_note, ssn FROM main.acme_nothing")
+    assert (error.sqlstate, error.diag.message_detail) == (missing.sqlstate, missing.diag.message_detail) \
+        == ("42P01", "HD_ERR_UNKNOWN_TABLE")
+    assert str(error).replace("acme_private", "acme_nothing") == str(missing)
     assert "acme only" not in str(error) and "999-49-9999" not in str(error)
 
 

@@ -103,7 +103,18 @@ def test_another_organisations_table_is_blocked(host: EngineHostProcess) -> None
     with connect(host, "globex-analyst") as globex:
         with pytest.raises(psycopg.Error) as caught:
             globex.execute("SELECT o.amount FROM sales.orders o JOIN main.acme_private p ON p.id = o.order_id")
-        assert caught.value.diag.message_detail == "HD_ERR_CROSS_TENANT"
+        # Exactly what a table that does not exist gets: no oracle for another organisation's names.
+        assert (caught.value.sqlstate, caught.value.diag.message_detail) == ("42P01", "HD_ERR_UNKNOWN_TABLE")
+        assert str(caught.value).splitlines()[0].endswith('relation "main.acme_private" does not exist')
+        globex.execute("SET hd.request_id = 'cross-tenant-1'")
+        with pytest.raises(psycopg.Error):
+            globex.execute("SELECT note FROM acme_private")
+        # The audit record keeps the real reason.
+        records = [json.loads(line) for path in (host.state_dir / "audit" / "queries").rglob("*.jsonl")
+                   for line in path.read_text().splitlines()]
+        record = next(r for r in records if r.get("request_id") == "cross-tenant-1")
+        assert record["error"]["code"] == "HD_ERR_CROSS_TENANT"
+        assert any(v["decision"] == "deny" and "cross_tenant" in v["reason"] for v in record["verdicts"])
         listed = globex.execute("SELECT table_name FROM information_schema.tables").fetchall()
         assert ("acme_private",) not in listed
 

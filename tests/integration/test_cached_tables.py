@@ -93,7 +93,7 @@ def served(s3: Any, tmp_path: Path) -> Iterator[Served]:
 def test_tables_in_the_bucket_appear_to_sql_without_naming_files(served: Served) -> None:
     assert served.sync() == ["crm.customers", "sales.orders"]
 
-    assert served.query("SELECT count(*), max(id) FROM sales.orders", ["sales.orders"]) == [(25, 24)]
+    assert served.query("SELECT count(*), max(id) FROM hd_data.sales.orders", ["sales.orders"]) == [(25, 24)]
     info = served.catalog.get("sales.orders")
     assert info is not None and not info.writable
     assert [c for c, _ in info.columns] == ["id", "label"]
@@ -108,8 +108,8 @@ def test_registering_a_table_fetches_only_its_first_file(served: Served) -> None
     placeholder = served.cache.local_path("sales/orders/part-1.parquet")
     assert placeholder.stat().st_size == 0
     with pytest.raises(duckdb.InvalidInputException, match="too small to be a Parquet file"):
-        served.database.connection.cursor().execute("SELECT count(*) FROM sales.orders").fetchall()
-    assert served.query("SELECT count(*) FROM sales.orders", ["sales.orders"]) == [(25,)]
+        served.database.connection.cursor().execute("SELECT count(*) FROM hd_data.sales.orders").fetchall()
+    assert served.query("SELECT count(*) FROM hd_data.sales.orders", ["sales.orders"]) == [(25,)]
     assert placeholder.stat().st_size > 0
 
 
@@ -127,17 +127,17 @@ def test_an_evicted_file_is_fetched_again_when_a_statement_holds_its_table(serve
     path = served.cache.local_path("sales/orders/part-1.parquet")
     path.unlink()  # as if evicted, or the disk was replaced
 
-    assert served.query("SELECT count(*) FROM sales.orders", ["sales.orders"]) == [(25,)]
+    assert served.query("SELECT count(*) FROM hd_data.sales.orders", ["sales.orders"]) == [(25,)]
     assert path.exists()
 
 
 def test_without_a_lease_a_missing_file_is_an_error_never_a_shorter_table(served: Served) -> None:
     served.sync()
-    served.query("SELECT count(*) FROM sales.orders", ["sales.orders"])
+    served.query("SELECT count(*) FROM hd_data.sales.orders", ["sales.orders"])
     served.cache.local_path("sales/orders/part-1.parquet").unlink()  # evicted
 
     with pytest.raises(duckdb.IOException, match="No files found"):
-        served.database.connection.cursor().execute("SELECT count(*) FROM sales.orders").fetchall()
+        served.database.connection.cursor().execute("SELECT count(*) FROM hd_data.sales.orders").fetchall()
 
 
 def test_files_held_by_a_running_statement_are_not_evicted(s3: Any, tmp_path: Path) -> None:
@@ -148,7 +148,7 @@ def test_files_held_by_a_running_statement_are_not_evicted(s3: Any, tmp_path: Pa
         assert small.sync() == ["s.t0", "s.t1", "s.t2", "s.t3"]
         lease = small.tables.hold(["s.t0"])
         for n in (1, 2, 3):
-            small.query(f"SELECT count(*) FROM s.t{n}", [f"s.t{n}"])
+            small.query(f"SELECT count(*) FROM hd_data.s.t{n}", [f"s.t{n}"])
         assert small.cache.local_path("s/t0/f.parquet").exists()
         assert small.cache.stats()["evictions"] > 0
         lease.release()
@@ -158,12 +158,12 @@ def test_files_held_by_a_running_statement_are_not_evicted(s3: Any, tmp_path: Pa
 
 def test_a_replaced_object_is_served_new_once_the_staleness_bound_passes(served: Served) -> None:
     served.sync()
-    assert served.query("SELECT max(id) FROM sales.orders", ["sales.orders"]) == [(24,)]
+    assert served.query("SELECT max(id) FROM hd_data.sales.orders", ["sales.orders"]) == [(24,)]
     served.put("sales/orders/part-1.parquet", parquet_bytes(range(10, 100)))
 
-    assert served.query("SELECT max(id) FROM sales.orders", ["sales.orders"]) == [(24,)]  # within the bound
+    assert served.query("SELECT max(id) FROM hd_data.sales.orders", ["sales.orders"]) == [(24,)]  # within the bound
     served.clock.now += 61
-    assert served.query("SELECT max(id) FROM sales.orders", ["sales.orders"]) == [(99,)]
+    assert served.query("SELECT max(id) FROM hd_data.sales.orders", ["sales.orders"]) == [(99,)]
     assert served.cache.stats()["refetches"] == 1
 
 
@@ -173,7 +173,7 @@ def test_a_new_file_and_a_new_table_show_after_the_next_listing(served: Served) 
     served.put("sales/returns/r.parquet", parquet_bytes(range(2)))
 
     assert served.sync() == ["crm.customers", "sales.orders", "sales.returns"]
-    assert served.query("SELECT count(*) FROM sales.orders", ["sales.orders"]) == [(30,)]
+    assert served.query("SELECT count(*) FROM hd_data.sales.orders", ["sales.orders"]) == [(30,)]
     assert served.catalog.get("sales.returns") is not None
 
 
@@ -192,7 +192,7 @@ def test_a_table_rewritten_under_new_file_names_is_read_from_its_new_files(serve
     served.cache.local_path("crm/customers/all.parquet").unlink()  # not cached any more
     served.clock.now += 61
 
-    assert served.query("SELECT count(*) FROM crm.customers", ["crm.customers"]) == [(7,)]
+    assert served.query("SELECT count(*) FROM hd_data.crm.customers", ["crm.customers"]) == [(7,)]
 
 
 def test_an_unreadable_bucket_fails_the_statement_closed(served: Served) -> None:
@@ -215,7 +215,7 @@ def test_concurrent_cold_statements_download_each_file_once(served: Served) -> N
     before = served.cache.stats()["misses"]
     results: list[list[tuple[Any, ...]]] = []
     threads = [threading.Thread(target=lambda: results.append(
-        served.query("SELECT count(*) FROM sales.orders", ["sales.orders"]))) for _ in range(8)]
+        served.query("SELECT count(*) FROM hd_data.sales.orders", ["sales.orders"]))) for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:

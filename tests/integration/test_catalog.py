@@ -20,6 +20,7 @@ import duckdb
 import pytest
 
 from engine_host.engine.catalog import _SPECS, CatalogResponder
+from engine_host.engine.duckdb_engine import DATA_CATALOG
 
 QUERIES = Path(__file__).parent / "catalog_queries"
 
@@ -68,8 +69,8 @@ class Catalog:
 
     def schema_oid(self, name: str) -> int:
         row = self.con.execute(
-            "SELECT oid FROM duckdb_schemas() WHERE schema_name = ? AND database_name = current_database()",
-            [name]).fetchone()
+            "SELECT oid FROM duckdb_schemas() WHERE schema_name = ? AND database_name = ?",
+            [name, DATA_CATALOG]).fetchone()
         assert row is not None
         return int(row[0])
 
@@ -92,7 +93,11 @@ class Catalog:
 @pytest.fixture(scope="module")
 def catalog() -> Catalog:
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    # As in the engine (engine/duckdb_engine.py): user objects in the attached data catalog, the
+    # catalog machinery and sessions in the default one.
+    con.execute(f"ATTACH ':memory:' AS {DATA_CATALOG}; USE {DATA_CATALOG}")
     con.execute(FIXTURE)
+    con.execute("USE memory")
     responder = CatalogResponder(server_version="15.8", database_name="hd", owner="hd")
     responder.install(con)
     responder.install(con)  # idempotent: a restart re-runs it on the same database file

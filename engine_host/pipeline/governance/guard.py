@@ -17,30 +17,38 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from engine_host.pipeline.errors import QueryError
+from hd_core.sql_functions import ALLOWED_FUNCTIONS, ALLOWED_TABLE_FUNCTIONS, REFUSED, SYNTAX_FORMS
 
 # Relations in these schemas are machinery (our macros, DuckDB's and Postgres' catalogs, temp objects).
 DENIED_SCHEMAS = frozenset({"hd_pg", "hd_keys", "pg_catalog", "information_schema", "system", "temp"})
 CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+# The engine's catalogs (hd_data holds the data, hd_keys the mask keys) and any schema named like them
+# are never client names: DuckDB would resolve `hd_data.t` to the raw table `hd_data.main.t`.
+INTERNAL_PREFIX = "hd_"
+_DUCKDB_CATALOGS = frozenset({"memory", "system", "temp"})
 # Schemas a function may be qualified with (DuckDB built-ins live in both).
 FUNCTION_SCHEMAS = frozenset({"main", "pg_catalog"})
-# Table functions a FROM clause may call; everything else (read_*, *_scan, query_table, ...) is refused.
-ALLOWED_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
-
-_DENIED_FUNCTIONS = frozenset({
-    "query", "query_table", "glob", "sniff_csv", "getvariable", "getenv", "stats", "which_secret",
-    "checkpoint", "force_checkpoint", "json_execute_serialized_sql", "sql_auto_complete", "test_all_types",
-    "test_vector_types", "load_extension", "install_extension", "write_log", "summary", "dbgen", "dsdgen",
-    "tpch", "tpcds", "tpch_queries", "tpcds_queries", "tpch_answers", "tpcds_answers",
-})
-_DENIED_PREFIXES = ("read_", "duckdb_", "pragma_", "parquet_", "enable_", "disable_", "hd_", "iceberg_",
-                    "delta_", "sqlite_", "postgres_", "mysql_")
-_DENIED_SUFFIXES = ("_scan",)
-_DENIED_INFIXES = ("substrait",)
-# Functions the catalog layer answers for driver catalog queries; refused in ordinary statements.
+# Functions the catalog layer answers for driver catalog queries (engine/catalog.py), besides any
+# pg_* or has_*_privilege name: allowed in catalog statements only, which run our SQL, not DuckDB's.
 _CATALOG_FUNCTIONS = frozenset({
     "current_setting", "set_config", "version", "format_type", "obj_description", "col_description",
-    "shobj_description", "to_regclass", "to_regtype", "to_regproc",
+    "shobj_description", "to_regclass", "to_regtype", "to_regproc", "to_regnamespace", "to_regrole",
+    "current_database", "current_catalog", "current_schema", "current_schemas", "current_user", "session_user",
+    "current_role", "user", "txid_current", "inet_server_addr", "inet_server_port", "inet_client_addr",
+    "inet_client_port", "getdatabaseencoding", "generate_subscripts", "getpgusername", "quote_ident",
+    "json_build_object", "jsonb_build_object", "array_upper", "array_lower", "array_length", "array_ndims",
+    "cardinality",
 })
+# sqlglot function classes that DuckDB reads as syntax, not as a call of that name.
+_SYNTAX_NODES: tuple[type[exp.Expr], ...] = (
+    exp.Cast, exp.TryCast, exp.Case, exp.And, exp.Or, exp.Xor, exp.Not, exp.Exists, exp.Extract, exp.Struct,
+    exp.Array, exp.Collate, exp.Interval, exp.Paren)
+# Functions DuckDB calls when they are written bare (a column of that name, if the table has one,
+# wins; without one, `user` is the user): an unqualified column with one of these names is a call.
+_BARE_FUNCTIONS = frozenset({"current_catalog", "current_date", "current_role", "current_schema", "current_user",
+                             "session_user", "user", "current_time", "current_timestamp", "localtime",
+                             "localtimestamp"})
+_CALL = re.compile(r'\s*"?([A-Za-z_][\w$]*)"?\s*(\(|$)')
 
 _EXPLAIN = re.compile(r"explain(?![\w$])", re.IGNORECASE)
 _EXPLAIN_OPTIONS = re.compile(r"(analy[sz]e|verbose|costs|format|using|query\s+plan|plan)(?![\w$])|\(",
@@ -215,7 +223,7 @@ def _create_kind(node: exp.Create) -> str:
     if kind == "SCHEMA":
         target = node.this
         name = (target.db if isinstance(target, exp.Table) else target.name) or ""
-        if name.lower() in DENIED_SCHEMAS | {"main"}:
+        if name.lower() in DENIED_SCHEMAS | {"main"} or is_internal_name(name):
             raise not_allowed(f"CREATE SCHEMA {name}", hint="Choose another schema name.")
         return "create_schema"
     if kind != "TABLE":
@@ -266,34 +274,70 @@ def _function_names(node: exp.Func, text: str) -> set[str]:
     return names
 
 
-def is_denied_function(name: str, *, catalog: bool = False) -> bool:
-    """Whether a function of this (lower-case) name may not be called."""
-    if catalog and (name in _CATALOG_FUNCTIONS or name.startswith("pg_")
-                    or (name.startswith("has_") and name.endswith("_privilege"))):
-        return False
-    return (name in _DENIED_FUNCTIONS or name in _CATALOG_FUNCTIONS or name.startswith(_DENIED_PREFIXES)
-            or name.startswith("pg_") or (name.startswith("has_") and name.endswith("_privilege"))
-            or name.endswith(_DENIED_SUFFIXES) or any(part in name for part in _DENIED_INFIXES))
+def _catalog_answered(name: str) -> bool:
+    return (name in _CATALOG_FUNCTIONS or name.startswith("pg_")
+            or (name.startswith("has_") and name.endswith("_privilege")))
 
 
-def check_functions(tree: exp.Expr, text: str, *, catalog: bool = False,
-                    allowed: frozenset[str] = frozenset()) -> None:
-    """Refuse denied functions and functions qualified with a schema other than main/pg_catalog."""
+def may_call(name: str, *, catalog: bool = False) -> bool:
+    """Whether a client statement may call the (lower-case) function `name`: the allow list of
+    hd_core.sql_functions, plus in catalog statements the functions the catalog layer answers."""
+    return (name in ALLOWED_FUNCTIONS or name in ALLOWED_TABLE_FUNCTIONS or name in SYNTAX_FORMS
+            or (catalog and _catalog_answered(name)))
+
+
+def duckdb_call_name(node: exp.Func, text: str) -> str | None:
+    """The function DuckDB calls for `node` of a tree parsed from `text` (DuckDB SQL), or None if it is syntax.
+
+    The name as written in `text` where sqlglot kept its position, else the leading word of the node's
+    DuckDB SQL: for a tree parsed from DuckDB SQL that is the text DuckDB runs.
+    """
+    if isinstance(node, _SYNTAX_NODES):
+        return None
+    if isinstance(node, exp.Anonymous) or node.meta.get("start") is not None:
+        return written_name(node, text)
+    match = _CALL.match(node.sql(dialect="duckdb"))
+    return match.group(1).lower() if match else None
+
+
+def check_functions(tree: exp.Expr, text: str, *, catalog: bool = False, generated: bool = False,
+                    internal: frozenset[str] = frozenset()) -> None:
+    """Refuse calls of functions not on the allow list, and functions qualified with a schema other than
+    main/pg_catalog.
+
+    On a client's tree (`generated` False) names sqlglot does not know, which reach DuckDB as written,
+    must be allowed and known ones must not be refused by name; on the DuckDB SQL we generate
+    (`generated` True) every call DuckDB will make must be allowed, or be one of `internal` (the
+    rewrite's own `schema.name` macros and plain names).
+    """
     for node in tree.find_all(exp.Func):
         if isinstance(node, exp.Command):
             continue
-        names = _function_names(node, text)
+        called = duckdb_call_name(node, text) if generated else written_name(node, text)
+        if called is None:
+            continue  # syntax (CAST, CASE, AND, ...), not a call
+        name = called
         parent = node.parent
         if isinstance(parent, exp.Dot) and parent.expression is node:
             qualifier = parent.this
             schema = qualifier.name.lower() if isinstance(qualifier, (exp.Identifier, exp.Column)) else ""
             if not (isinstance(qualifier, exp.Identifier) and schema in FUNCTION_SCHEMAS):
-                if f"{schema}.{written_name(node, text)}" in allowed:
+                if f"{schema}.{name}" in internal:
                     continue
                 raise function_not_allowed(f"{qualifier.sql()}.{written_name(node, text)}")
-        for name in names:
-            if is_denied_function(name, catalog=catalog):
-                raise function_not_allowed(written_name(node, text))
+        if generated:
+            if not may_call(name) and name not in internal:
+                raise function_not_allowed(name)
+        elif isinstance(node, exp.Anonymous):
+            if not may_call(name, catalog=catalog):
+                raise function_not_allowed(name)
+        elif any(not (catalog and _catalog_answered(n)) for n in _function_names(node, text) & REFUSED):
+            raise function_not_allowed(name)
+    if generated:
+        for column in tree.find_all(exp.Column):
+            bare = column.name.lower()
+            if not column.table and bare in _BARE_FUNCTIONS and not may_call(bare):
+                raise function_not_allowed(bare)
 
 
 def _check_relation(table: exp.Table, text: str, catalog: bool) -> None:
@@ -323,6 +367,21 @@ def _check_relation(table: exp.Table, text: str, catalog: bool) -> None:
         raise QueryError("42501", "HD_ERR_STATEMENT_NOT_ALLOWED",
                          f"relations in schema {schema} are not accessible",
                          hint="Use the Postgres catalog through your client's metadata calls, or query user tables.")
+    if is_internal_name(schema) or is_internal_name(table.catalog):
+        raise unknown_table(table)  # other catalog names resolve to nothing (TableCatalog.resolve)
+
+
+def is_internal_name(name: str) -> bool:
+    """Whether a schema or catalog name is the engine's own (`hd_data`, `hd_keys`, `hd_pg`, DuckDB's `memory`)."""
+    name = name.lower()
+    return name.startswith(INTERNAL_PREFIX) or name in _DUCKDB_CATALOGS
+
+
+def unknown_table(table: exp.Table) -> QueryError:
+    """What every name that does not resolve for this client gets, whatever the reason."""
+    spelled = ".".join(part.name for part in table.parts)
+    return QueryError("42P01", "HD_ERR_UNKNOWN_TABLE", f'relation "{spelled}" does not exist',
+                      hint="Check the table name and schema; list the tables you can see with \\dt.")
 
 
 _NESTED_STATEMENTS = (exp.Insert, exp.Update, exp.Delete, exp.Create, exp.Drop, exp.Alter, exp.Merge,
@@ -330,7 +389,7 @@ _NESTED_STATEMENTS = (exp.Insert, exp.Update, exp.Delete, exp.Create, exp.Drop, 
 
 
 def check_statement(parsed: ParsedStatement, *, catalog: bool = False) -> StatementInfo:
-    """Refuse any statement kind, function or relation that could escape the policies."""
+    """Refuse any statement kind, function or relation that could escape the policies (allow lists)."""
     tree = parsed.tree
     kind = _statement_kind(tree)
     for node in tree.walk():

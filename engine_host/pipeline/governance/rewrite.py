@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 
+from engine_host.engine.duckdb_engine import DATA_CATALOG
 from engine_host.pipeline.governance.guard import ParsedStatement, unsupported
 from engine_host.pipeline.governance.tables import TableRef, find_cte
 from hd_core.policies import Action, MaskFunction
@@ -119,7 +120,8 @@ def governed_select(policy: TablePolicy, *, explain: bool = False) -> exp.Select
             projections.append(column if spec is None else
                                exp.alias_(mask_expression(column, spec, data_type, explain=explain), _ident(name)))
     select = exp.Select(expressions=projections).from_(
-        exp.Table(this=_ident(table), db=_ident(schema), alias=exp.TableAlias(this=_ident(SOURCE_ALIAS))))
+        exp.Table(this=_ident(table), db=_ident(schema), catalog=_ident(DATA_CATALOG),
+                  alias=exp.TableAlias(this=_ident(SOURCE_ALIAS))))
     if policy.row_filter is not None:
         select = select.where(_qualify(policy.row_filter, SOURCE_ALIAS))
     return select
@@ -140,11 +142,12 @@ def _governed_subquery(node: exp.Table, policy: TablePolicy, explain: bool) -> e
     return subquery
 
 
-def _canonical_table(node: exp.Table, name: str) -> None:
+def canonical_table(node: exp.Table, name: str) -> None:
+    """Point a reference at the relation itself: `hd_data.<schema>.<table>`, the one name that binds."""
     schema, table = name.split(".", 1)
     node.set("this", _ident(table))
     node.set("db", _ident(schema))
-    node.set("catalog", None)
+    node.set("catalog", _ident(DATA_CATALOG))
 
 
 def _strip_schema_qualifiers(tree: exp.Expr, refs: Sequence[TableRef]) -> None:
@@ -171,17 +174,40 @@ def apply_policies(parsed: ParsedStatement, refs: list[TableRef], policies: Mapp
     for ref, node in nodes:
         policy = policies.get(ref.name)
         if ref.action is not Action.SELECT:
-            _canonical_table(node, ref.name)
+            canonical_table(node, ref.name)
             target = (ref, node)
         elif policy is not None and policy.governed:
             node.replace(_governed_subquery(node, policy, parsed.explain))
         else:
-            _canonical_table(node, ref.name)
+            canonical_table(node, ref.name)
+    _canonical_new_names(tree)
     if target is not None and isinstance(tree, (exp.Insert, exp.Update, exp.Delete)):
         policy = policies.get(target[0].name)
         if policy is not None and policy.governed:
             _DmlRewrite(tree, target[1], policy, policies, parsed.explain).apply()
     return tree
+
+
+def _canonical_new_names(tree: exp.Expr) -> None:
+    """Names a statement creates or drops that no table holds yet (CREATE TABLE/SCHEMA, DROP ... IF EXISTS).
+
+    They are not table references, so the table extract left them alone; they still go under the
+    data catalog, never into the default one.
+    """
+    if isinstance(tree, exp.Create):
+        target = tree.this.this if isinstance(tree.this, exp.Schema) else tree.this
+        targets = [target] if isinstance(target, exp.Table) else []
+    elif isinstance(tree, exp.Drop):
+        targets = [t for t in (tree.this, *(tree.args.get("tables") or [])) if isinstance(t, exp.Table)]
+    else:
+        return
+    for table in targets:
+        if table.catalog == DATA_CATALOG:
+            continue
+        if table.this is None:  # CREATE SCHEMA: the name is the `db` part
+            table.set("catalog", _ident(DATA_CATALOG))
+        else:
+            canonical_table(table, f"{(table.db or 'main').lower()}.{table.name.lower()}")
 
 
 # --- data-changing statements -------------------------------------------------------------------------

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 
-from engine_host.pipeline.errors import QueryError
-from engine_host.pipeline.governance.guard import ParsedStatement, unsupported
+from engine_host.pipeline.governance.guard import ParsedStatement, unknown_table, unsupported
 from hd_core.policies import Action
 
 Resolver = Callable[[str | None, str | None, str], str | None]
@@ -53,13 +52,6 @@ def find_cte(table: exp.Table) -> exp.CTE | None:
     return None
 
 
-def _spelled(table: exp.Table) -> str:
-    return ".".join(part.name for part in table.parts)
-
-
-def unknown_table(table: exp.Table) -> QueryError:
-    return QueryError("42P01", "HD_ERR_UNKNOWN_TABLE", f'relation "{_spelled(table)}" does not exist',
-                      hint="Check the table name and schema; list the tables you can see with \\dt.")
 
 
 def _target(tree: exp.Expr) -> exp.Table | None:

@@ -14,19 +14,21 @@ from sqlglot.errors import ParseError, TokenError
 from engine_host.pipeline.governance.guard import ParsedStatement, check_functions, unsupported, written_name
 from engine_host.pipeline.governance.rewrite import HASH_MACRO, HASH_MACRO_REDACTED, HASH_SCHEMA
 
+# What the rewrite itself calls: the keyed-hash macros, and `error()` for the row-filter check of writes
+# (clients may call neither: the guard refused them on the client's own tree).
 _OUR_MACROS = frozenset({f"{HASH_SCHEMA}.{HASH_MACRO}", f"{HASH_SCHEMA}.{HASH_MACRO_REDACTED}",
-                         f"{HASH_SCHEMA}.{HASH_MACRO}_live", f"{HASH_SCHEMA}.{HASH_MACRO}_test"})
+                         f"{HASH_SCHEMA}.{HASH_MACRO}_live", f"{HASH_SCHEMA}.{HASH_MACRO}_test", "error"})
 UNKNOWN_COLUMN_NAME = "?column?"
 
 
 def to_duckdb(tree: exp.Expr, parsed: ParsedStatement) -> str:
-    """DuckDB SQL for `tree` (read in `parsed.dialect`); EXPLAIN is put back in front when it was stripped."""
+    """DuckDB SQL for `tree` (read in `parsed.dialect`), without the EXPLAIN the guard may have stripped."""
     if parsed.dialect == "postgres" and isinstance(tree, exp.Query):
         tree = tree.copy()
         _postgres_output_names(tree, parsed.text)
     sql = tree.sql(dialect="duckdb", comments=False)
     _recheck(sql)
-    return f"EXPLAIN {sql}" if parsed.explain else sql
+    return sql
 
 
 def _recheck(sql: str) -> None:
@@ -38,7 +40,7 @@ def _recheck(sql: str) -> None:
     if len(generated) != 1:
         raise unsupported("this statement cannot be translated to the engine's SQL",
                           hint="Rewrite it with standard SQL constructs.")
-    check_functions(generated[0], sql, allowed=_OUR_MACROS)
+    check_functions(generated[0], sql, generated=True, internal=_OUR_MACROS)
 
 
 def _postgres_output_names(tree: exp.Query, text: str) -> None:

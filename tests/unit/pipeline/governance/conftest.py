@@ -51,13 +51,16 @@ def governed_sql(sql: str, dialect: str = "postgres") -> str:
     parsed = parse_statement(sql, dialect)
     check_statement(parsed)
     refs = extract_tables(parsed, resolve)
-    return to_duckdb(apply_policies(parsed, refs, policies()), parsed)
+    sql = to_duckdb(apply_policies(parsed, refs, policies()), parsed)
+    return f"EXPLAIN {sql}" if parsed.explain else sql
 
 
 @pytest.fixture
 def db() -> Iterator[duckdb.DuckDBPyConnection]:
     con = duckdb.connect(":memory:")
-    con.execute("CREATE SCHEMA crm; CREATE SCHEMA sales; ATTACH ':memory:' AS hd_keys")
+    # As in the engine: the data in the `hd_data` catalog, client names resolving in the empty default one.
+    con.execute("ATTACH ':memory:' AS hd_keys; ATTACH ':memory:' AS hd_data; USE hd_data")
+    con.execute("CREATE SCHEMA crm; CREATE SCHEMA sales")
     con.execute("CREATE MACRO hd_keys.hd_mask_hash(v) AS md5('key' || v)")
     con.execute("CREATE MACRO hd_keys.hd_mask_hash_redacted(v) AS md5(v)")
     con.execute("CREATE TABLE crm.customers (customer_id INTEGER, org_id VARCHAR, full_name VARCHAR, "
@@ -76,6 +79,7 @@ def db() -> Iterator[duckdb.DuckDBPyConnection]:
         (2, 'org_other', 'Grace Hopper')""")
     con.execute("CREATE TABLE main.notes (note_id INTEGER, body VARCHAR)")
     con.execute("INSERT INTO main.notes VALUES (1, 'hello')")
+    con.execute("USE memory")
     yield con
     con.close()
 

@@ -9,7 +9,7 @@ from engine_host.pipeline.governance.rewrite import is_row_filter_violation
 from tests.unit.pipeline.governance.conftest import Run, governed_sql
 
 
-def _all(db: duckdb.DuckDBPyConnection, sql: str = "SELECT * FROM crm.customers ORDER BY customer_id") -> list:
+def _all(db: duckdb.DuckDBPyConnection, sql: str = "SELECT * FROM hd_data.crm.customers ORDER BY customer_id") -> list:
     return db.execute(sql).fetchall()
 
 
@@ -32,7 +32,7 @@ def test_delete_using_another_table(db: duckdb.DuckDBPyConnection, run: Run) -> 
 
 def test_delete_subquery_gets_the_table_rewrite(db: duckdb.DuckDBPyConnection, run: Run) -> None:
     run("DELETE FROM sales.orders WHERE customer_id IN (SELECT customer_id FROM crm.customers WHERE ssn LIKE '9%')")
-    assert len(_all(db, "SELECT * FROM sales.orders")) == 4
+    assert len(_all(db, "SELECT * FROM hd_data.sales.orders")) == 4
 
 
 def test_update_touches_only_filtered_rows(db: duckdb.DuckDBPyConnection, run: Run) -> None:
@@ -99,7 +99,7 @@ def test_insert_outside_the_filter_aborts_and_changes_nothing(db: duckdb.DuckDBP
 def test_insert_select_from_masked_table_stores_masked_values(db: duckdb.DuckDBPyConnection, run: Run) -> None:
     run("INSERT INTO crm.customers SELECT customer_id + 100, org_id, full_name, email, ssn, score "
         "FROM crm.customers")
-    copied = _all(db, "SELECT ssn, email, org_id FROM crm.customers WHERE customer_id > 100")
+    copied = _all(db, "SELECT ssn, email, org_id FROM hd_data.crm.customers WHERE customer_id > 100")
     assert len(copied) == 3 and {r[0] for r in copied} == {"***"} and {r[2] for r in copied} == {"org_acme"}
 
 
@@ -111,14 +111,14 @@ def test_insert_returning_is_masked(run: Run) -> None:
 
 def test_insert_with_cte_source(db: duckdb.DuckDBPyConnection, run: Run) -> None:
     run("WITH n AS (SELECT 9 AS id) INSERT INTO sales.orders (order_id, org_id) SELECT id, 'org_acme' FROM n")
-    assert len(_all(db, "SELECT * FROM sales.orders")) == 5
+    assert len(_all(db, "SELECT * FROM hd_data.sales.orders")) == 5
 
 
 def test_insert_into_ungoverned_table_is_plain(db: duckdb.DuckDBPyConnection) -> None:
     sql = governed_sql("INSERT INTO notes VALUES (2, 'x')")
     assert "__hd_new" not in sql
     db.execute(sql)
-    assert len(_all(db, "SELECT * FROM main.notes")) == 2
+    assert len(_all(db, "SELECT * FROM hd_data.main.notes")) == 2
 
 
 def test_placeholders_survive_in_dml(db: duckdb.DuckDBPyConnection) -> None:

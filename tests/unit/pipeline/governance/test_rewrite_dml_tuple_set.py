@@ -13,7 +13,7 @@ from engine_host.pipeline.errors import QueryError
 from engine_host.pipeline.governance.rewrite import is_row_filter_violation
 from tests.unit.pipeline.governance.conftest import Run
 
-ORDERED = "SELECT customer_id, org_id, full_name, score FROM crm.customers ORDER BY customer_id"
+ORDERED = "SELECT customer_id, org_id, full_name, score FROM hd_data.crm.customers ORDER BY customer_id"
 
 
 @pytest.mark.parametrize("sql", [

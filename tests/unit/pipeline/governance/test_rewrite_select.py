@@ -134,7 +134,7 @@ def test_ungoverned_table_is_named_canonically() -> None:
 
 def test_governed_table_is_not_rewritten_twice() -> None:
     sql = governed_sql("SELECT * FROM crm.customers a, crm.customers b")
-    assert sql.count('FROM "crm"."customers" AS "__hd_src"') == 2
+    assert sql.count('FROM "hd_data"."crm"."customers" AS "__hd_src"') == 2
 
 
 def test_placeholders_survive(db: duckdb.DuckDBPyConnection) -> None:
@@ -156,7 +156,7 @@ def test_explain_runs(db: duckdb.DuckDBPyConnection) -> None:
 
 def test_create_table_as_materialises_masked_rows(db: duckdb.DuckDBPyConnection) -> None:
     db.execute(governed_sql("CREATE TABLE main.copy AS SELECT * FROM crm.customers"))
-    rows = db.execute("SELECT org_id, ssn FROM main.copy").fetchall()
+    rows = db.execute("SELECT org_id, ssn FROM hd_data.main.copy").fetchall()
     assert set(rows) == {("org_acme", "***"), ("org_acme", "***")} and len(rows) == 3
 
 

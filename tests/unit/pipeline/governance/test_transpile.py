@@ -51,4 +51,4 @@ def test_dialects_transpile_and_run_governed(run: Run, sql: str, dialect: str, e
 
 def test_dialect_dml_runs_governed(db: duckdb.DuckDBPyConnection, run: Run) -> None:
     run("DELETE FROM sales.orders WHERE order_id = 12", "snowflake")
-    assert db.execute("SELECT count(*) FROM sales.orders").fetchone() == (4,)
+    assert db.execute("SELECT count(*) FROM hd_data.sales.orders").fetchone() == (4,)
