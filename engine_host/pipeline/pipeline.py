@@ -11,7 +11,9 @@ All methods block (they call DuckDB); the wire layer runs them on worker threads
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -32,7 +34,7 @@ from engine_host.engine.pgtypes import (
 from engine_host.pipeline import errors
 from engine_host.pipeline.errors import QueryError
 from engine_host.pipeline.execution import Execution, GovernedRows
-from engine_host.pipeline.governance.plan_check import check_bound_plan
+from engine_host.pipeline.governance.plan_check import check_bound_plan, statement_shape
 from engine_host.pipeline.governor import SUPPORTED_DIALECTS, GovernedPlan, Governor, StatementAudit
 from engine_host.pipeline.results import Column, Outcome, RowSource, SqlCursor, format_code
 from engine_host.pipeline.session import FAILED_TRANSACTION, IN_TRANSACTION, Session
@@ -143,6 +145,8 @@ class StatementPipeline:
         self._catalog = catalog
         self._table_data = table_data
         self.governor = governor
+        # Statement shapes whose bound plan passed the check (see `verify_plan`).
+        self._verified = _BoundedSet(governor.limits.plan_cache_entries)
         self.stages: list[Stage] = (list(stages) if stages is not None
                                     else [self.classify, self.answer_catalog, self.govern])
 
@@ -239,10 +243,21 @@ class StatementPipeline:
             return
         if session.transaction_status == FAILED_TRANSACTION:
             raise errors.transaction_aborted()
+        shape, parameters = statement_shape(plan.bound_sql)
+        # A session with uncommitted DDL binds against its own tables: its verdicts are its own.
+        key = None if session.local_tables is not None else (
+            shape, plan.table_sources, plan.kind == "catalog", self.governor.tables.version)
+        if key is not None and self._verified.seen(key):
+            return
+        self.bind_and_check(session, plan, parameters)
+        if key is not None:
+            self._verified.add(key)
+
+    def bind_and_check(self, session: Session, plan: GovernedPlan, parameters: int) -> None:
+        """The check itself, uncached: bind in DuckDB (NULL for each parameter), walk the plan."""
         try:
             with self._hold_data(plan):
-                shape = session.engine.describe(plan.bound_sql)
-                bound = session.engine.bound_plan(plan.bound_sql, [None] * len(shape.parameter_types))
+                bound = session.engine.bound_plan(plan.bound_sql, [None] * parameters)
         except duckdb.Error as exc:
             raise errors.from_engine_error(exc) from None
         check_bound_plan(bound, dict(plan.table_sources), catalog=plan.kind == "catalog")
@@ -724,6 +739,29 @@ _SAVEPOINT = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _CLOSE = re.compile(r"^\s*CLOSE\s+" + _IDENT + r"\s*;?\s*$", re.IGNORECASE | re.DOTALL)
+
+
+class _BoundedSet:
+    """A thread-safe set that forgets its least recently used members beyond `capacity`."""
+
+    def __init__(self, capacity: int):
+        self._capacity = capacity
+        self._members: OrderedDict[Hashable, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def seen(self, member: Hashable) -> bool:
+        with self._lock:
+            if member in self._members:
+                self._members.move_to_end(member)
+                return True
+            return False
+
+    def add(self, member: Hashable) -> None:
+        with self._lock:
+            self._members[member] = None
+            self._members.move_to_end(member)
+            while len(self._members) > self._capacity:
+                self._members.popitem(last=False)
 
 
 class _NothingHeld(AbstractContextManager["_NothingHeld"]):

@@ -18,6 +18,7 @@ future DuckDB adds - refuses the statement with 42501 HD_ERR_PLAN_REJECTED. Cata
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -35,6 +36,38 @@ _PARQUET_SCANS = frozenset({"READ_PARQUET", "PARQUET_SCAN"})
 _TABLE_SCANS = frozenset({"SEQ_SCAN", "TABLE_SCAN", "INDEX_SCAN"})
 # What a catalog answer reads: our hd_pg tables in the default catalog and DuckDB's catalog functions.
 _CATALOG_SOURCE_PREFIXES = ("DUCKDB_", "PRAGMA_")
+
+
+# Quoted identifiers (kept), string literals, numbers and parameters, in generated DuckDB SQL.
+_TOKENS = re.compile(r"""("(?:[^"]|"")*")|('(?:[^']|'')*')|\$(\d+)|(\?)|\b\d+(?:\.\d*)?(?:[eE][-+]?\d+)?\b""")
+
+
+def statement_shape(sql: str) -> tuple[str, int]:
+    """`sql` with its literals blanked out, and how many parameters it takes.
+
+    Which relations a statement binds does not depend on its literal values (a string is never a
+    table name once the guard refused string-as-table and the functions that take one), so the
+    bound-plan verdict of one shape holds for every statement of that shape: a point lookup is
+    checked once, not once per key.
+    """
+    count = 0
+
+    def blank(match: re.Match[str]) -> str:
+        nonlocal count
+        identifier, string, numbered, anonymous = match.groups()
+        if identifier is not None:
+            return identifier
+        if string is not None:
+            return "''"
+        if numbered is not None:
+            count = max(count, int(numbered))
+            return match.group(0)
+        if anonymous is not None:
+            count += 1
+            return "?"
+        return "0"
+
+    return _TOKENS.sub(blank, sql), count
 
 
 def plan_rejected(reason: str) -> QueryError:

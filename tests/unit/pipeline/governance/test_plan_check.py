@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from engine_host.pipeline.errors import QueryError
-from engine_host.pipeline.governance.plan_check import check_bound_plan
+from engine_host.pipeline.governance.plan_check import check_bound_plan, statement_shape
 from tests.unit.pipeline.governance.conftest import governed_sql
 
 
@@ -130,3 +130,12 @@ def test_client_names_do_not_resolve_to_the_data_catalog(db: duckdb.DuckDBPyConn
     for sql in ("SELECT * FROM crm.customers", "SELECT * FROM customers", "SELECT * FROM notes"):
         with pytest.raises(duckdb.CatalogException):
             db.execute(sql)
+
+
+def test_statement_shape_blanks_literals_and_counts_parameters() -> None:
+    one, count = statement_shape("""SELECT "t 1"."a2", 'it''s $3 ?' FROM "hd_data"."main"."t 1" WHERE x = 42 AND y = $2""")
+    other, _ = statement_shape("""SELECT "t 1"."a2", 'other' FROM "hd_data"."main"."t 1" WHERE x = 7.5e3 AND y = $2""")
+    assert one == other and count == 2
+    assert statement_shape('SELECT * FROM "hd_data"."main"."t 2"')[0] != statement_shape(
+        'SELECT * FROM "hd_data"."main"."t 1"')[0]
+    assert statement_shape("SELECT ?, ? FROM t")[1] == 2
