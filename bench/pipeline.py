@@ -9,9 +9,11 @@ directory, then times synchronously, with no wire protocol in the way. Prints, s
      DuckDB connection (drained the same way): (a) uncached, a literal differs every time so the
      rewrite cache misses, and (b) cached, the same text again. `rewritten` is the governed SQL the
      pipeline runs, executed directly: the part of the overhead that is DuckDB evaluating masks/filters.
-  2. draining a --rows table through the pipeline with two masked columns (partial + hash) versus the
+  2. the bound-plan check alone (bind + walk of DuckDB's logical plan) next to the uncached and the
+     cached statement it belongs to: what verifying every new statement's plan costs
+  3. draining a --rows table through the pipeline with two masked columns (partial + hash) versus the
      same statement as the Owner (exempt from the masks): the cost of masking itself (best of --runs)
-  3. `scrub_pii` throughput on ~N MB of the mixed text bench/redaction.py uses (best of --runs)
+  4. `scrub_pii` throughput on ~N MB of the mixed text bench/redaction.py uses (best of --runs)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import re
 import statistics
 import tempfile
 import time
@@ -28,8 +31,9 @@ from pathlib import Path
 
 from bench.redaction import best_of, mixed_text
 from engine_host.demo_policies import ACME
-from engine_host.engine.duckdb_engine import EngineSession
+from engine_host.engine.duckdb_engine import DATA_CATALOG, EngineSession
 from engine_host.local import LocalConfig, LocalEngineHost
+from engine_host.pipeline.governance.plan_check import statement_shape
 from engine_host.pipeline.governor import HostLimits
 from engine_host.pipeline.pipeline import StatementPipeline
 from engine_host.pipeline.results import RowSource
@@ -69,6 +73,14 @@ def through_pipeline(pipeline: StatementPipeline, session: Session, sql: str) ->
 
 def direct(engine: EngineSession, sql: str) -> int:
     return drain(RowSource(engine.run(sql)))
+
+
+def raw(sql: str) -> str:
+    """A client statement as DuckDB alone would run it: table names in the data catalog, no governance."""
+    return _TABLE_NAME.sub(rf"{DATA_CATALOG}.\1.", sql)
+
+
+_TABLE_NAME = re.compile(r"\b(crm|sales|hr|clinical|main)\.(?=[a-z_]+\b)")
 
 
 # --- setup ------------------------------------------------------------------------------------------------------
@@ -140,7 +152,7 @@ def statement_overhead(bench: Bench, samples: int, warmup: int) -> None:
         raw_a, uncached = [], []
         for i in range(warmup + samples):
             sql = fresh_sql()
-            d = _time(direct, engine, sql)
+            d = _time(direct, engine, raw(sql))
             p = _time(through_pipeline, pipeline, session, sql)
             if i >= warmup:
                 raw_a.append(d)
@@ -150,7 +162,7 @@ def statement_overhead(bench: Bench, samples: int, warmup: int) -> None:
         rewritten_sql = pipeline.prepare(session, sql).engine_sql
         raw_b, rewritten, cached = [], [], []
         for i in range(warmup + samples):
-            d = _time(direct, engine, sql)
+            d = _time(direct, engine, raw(sql))
             r = _time(direct, engine, rewritten_sql)
             p = _time(through_pipeline, pipeline, session, sql)
             if i >= warmup:
@@ -160,6 +172,46 @@ def statement_overhead(bench: Bench, samples: int, warmup: int) -> None:
         base_a, base_b = _p50_us(raw_a), _p50_us(raw_b)
         print(f"  {label:32s} {base_b:8.1f} {_p50_us(rewritten):10.1f}   {_p50_us(uncached):9.1f} "
               f"{_p50_us(uncached) / base_a:6.2f}x   {_p50_us(cached):8.1f} {_p50_us(cached) / base_b:6.2f}x")
+
+
+def plan_check_overhead(bench: Bench, samples: int, warmup: int) -> None:
+    """The bound-plan check (bind in DuckDB, walk the binder's plan) next to the statements it guards.
+
+    Its verdict is cached per statement shape (literals blanked), so it is paid once per new shape:
+    `check` is that cold cost; `new text` is a statement whose text is new but whose shape is known
+    (a point lookup with another key); `cached` repeats one text (rewrite cache hit)."""
+    pipeline, session = bench.pipeline, bench.analyst
+    cases = [
+        ("point lookup crm.customers", lambda: f"SELECT * FROM crm.customers WHERE customer_id = {next(_FRESH)}"),
+        ("orders JOIN customers GROUP BY", lambda: (
+            "SELECT c.region, count(*) AS orders, sum(o.amount) AS revenue FROM sales.orders o "
+            f"JOIN crm.customers c ON c.customer_id = o.customer_id WHERE o.order_id <> {next(_FRESH)} "
+            "GROUP BY c.region ORDER BY c.region")),
+        ("CTE + window over two tables", lambda: (
+            f"WITH big AS (SELECT customer_id, amount FROM sales.orders WHERE amount > {next(_FRESH) % 97}) "
+            "SELECT c.full_name, b.amount, rank() OVER (PARTITION BY c.region ORDER BY b.amount DESC) "
+            "FROM big b JOIN crm.customers c USING (customer_id) ORDER BY 3 LIMIT 20")),
+    ]
+    print(f"[plan check] as {GOVERNED_PERSON}, p50 of {samples} (+{warmup} warm-up), us; share = cold check / "
+          "a new statement that also pays it")
+    print(f"  {'statement':32s} {'check':>8s} {'new text':>9s} {'+check':>9s} {'share':>7s}   {'cached':>8s}")
+    for label, fresh_sql in cases:
+        checks, known_shape, cached = [], [], []
+        repeated = fresh_sql()
+        for i in range(warmup + samples):
+            sql = fresh_sql()
+            u = _time(through_pipeline, pipeline, session, sql)
+            plan = pipeline.prepare(session, sql).plan  # cached now: the plan the statement ran with
+            assert plan is not None
+            c = _time(pipeline.bind_and_check, session, plan, statement_shape(plan.bound_sql)[1])
+            h = _time(through_pipeline, pipeline, session, repeated)
+            if i >= warmup:
+                checks.append(c)
+                known_shape.append(u)
+                cached.append(h)
+        check, whole = _p50_us(checks), _p50_us(known_shape)
+        print(f"  {label:32s} {check:8.1f} {whole:9.1f} {whole + check:9.1f} {check / (whole + check):6.1%}   "
+              f"{_p50_us(cached):8.1f}")
 
 
 def _batches(pipeline: StatementPipeline, session: Session, sql: str) -> list:
@@ -175,10 +227,10 @@ def _batches(pipeline: StatementPipeline, session: Session, sql: str) -> list:
 
 def masked_result(bench: Bench, rows: int, runs: int) -> None:
     pipeline, analyst, owner = bench.pipeline, bench.analyst, bench.owner
-    host = bench.host
-    assert host.store is not None and host.policies is not None
+    host = bench.host.engine
+    assert host is not None and host.policies is not None
     through_pipeline(pipeline, owner, (
-        f"CREATE OR REPLACE TABLE {MASKED_TABLE} AS SELECT range AS id, "
+        f"CREATE TABLE {MASKED_TABLE} AS SELECT range AS id, "
         "'user' || range::VARCHAR || '@example.com' AS email, "
         "printf('%03d-%02d-%04d', 900 + range % 100, 1 + range % 49, range % 10000) AS ssn "
         f"FROM range({rows})"))
@@ -200,7 +252,7 @@ def masked_result(bench: Bench, rows: int, runs: int) -> None:
     engine = owner.engine
     timings: dict[str, list[float]] = {"direct": [], "unmasked": [], "masked": []}
     for _ in range(runs):  # interleaved, so drift hits all three alike
-        timings["direct"].append(_time(direct, engine, sql))
+        timings["direct"].append(_time(direct, engine, raw(sql)))
         timings["unmasked"].append(_time(through_pipeline, pipeline, owner, sql))
         timings["masked"].append(_time(through_pipeline, pipeline, analyst, sql))
     best = {k: min(v) for k, v in timings.items()}
@@ -243,6 +295,7 @@ def main() -> None:
             bench = build(host)
             try:
                 statement_overhead(bench, args.samples, args.warmup)
+                plan_check_overhead(bench, args.samples, args.warmup)
                 masked_result(bench, args.rows, args.runs)
             finally:
                 bench.analyst.close()
