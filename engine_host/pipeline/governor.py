@@ -48,7 +48,7 @@ from engine_host.pipeline.governance.transpile import to_duckdb
 from engine_host.pipeline.policy_state import PolicyState
 from hd_core import policy_eval
 from hd_core.audit import QueryAuditRecord, format_audit_ts
-from hd_core.errors import HdError
+from hd_core.errors import HdError, RowFilterInvalid
 from hd_core.metering import UsageMeter, check_quota, credits_for, estimate_credits
 from hd_core.models import OrgStatus, Principal, Role, UserStatus, new_id, utc_now
 from hd_core.permissions import ROLE_SCOPES, effective_scopes, scopes_for_action
@@ -373,7 +373,15 @@ class Governor:
             cache_key = (snapshot.version, rule.rule_id)
             parsed = self._filters.get(cache_key)
             if parsed is None:
-                parsed = self._filters[cache_key] = parse_row_filter(rule.filter)
+                try:
+                    parsed = self._filters[cache_key] = parse_row_filter(rule.filter)
+                except RowFilterInvalid as exc:
+                    # A stored filter today's rules refuse (written before they existed, or edited in
+                    # the store): the table is closed to those it applies to until an admin fixes it.
+                    log.error("row filter %s on %s cannot be applied: %s", rule.rule_id, table, exc)
+                    raise QueryError("55000", exc.code,
+                                     f"a row filter on {table} is invalid, so the table cannot be read",
+                                     hint="Ask an admin to fix or replace the row filter (hd policy list).") from None
             conditions.append(exp.Paren(this=resolve_row_filter(parsed, values)))  # type: ignore[arg-type]
         row_filter = exp.and_(*conditions) if conditions else None
         return TablePolicy(table=table, columns=columns, masks=masks, row_filter=row_filter)

@@ -12,6 +12,7 @@ import pytest
 
 from engine_host.local import LocalConfig, LocalEngineHost
 from hd_core.adapters.sqlite_store import SqliteControlStore
+from hd_core.policies import RowFilter
 from tests.harness import BackgroundLoop, SwitchableAuditSink
 
 
@@ -77,5 +78,28 @@ def test_statement_fails_with_no_rows_and_no_write_when_audit_cannot_be_stored(t
                 conn.execute("INSERT INTO notes VALUES (2)")
             sink.failing = False
             assert conn.execute("SELECT id FROM notes").fetchall() == [(1,)]  # the unaudited insert was undone
+    finally:
+        loop.run(host.stop())
+
+
+def test_a_stored_row_filter_that_todays_rules_refuse_closes_the_table(tmp_path: Path, loop: BackgroundLoop) -> None:
+    """Fail closed: a filter written before the function allow list (or straight into the store) is not skipped."""
+    host = LocalEngineHost(LocalConfig(state_dir=tmp_path, port=0, insecure_plaintext=True))
+    loop.run(host.start())
+    try:
+        with psycopg.connect(_dsn(host, tmp_path), autocommit=True) as conn:
+            conn.execute("CREATE TABLE notes (id INTEGER, owner VARCHAR)")
+            conn.execute("INSERT INTO notes VALUES (1, 'a')")
+            assert host.store is not None and host.engine is not None and host.engine.policies is not None
+            assert host.banner is not None
+            user = host.store.get_user(host.banner.user)
+            assert user is not None
+            host.store.put_policy(RowFilter("rls_stale", user.org_id, "main.notes",
+                                            "owner = current_setting('application_name')"))
+            host.engine.policies.load()
+            with pytest.raises(psycopg.Error) as caught:
+                conn.execute("SELECT id FROM notes")
+            assert (caught.value.sqlstate, caught.value.diag.message_detail) == ("55000", "HD_ERR_ROW_FILTER_INVALID")
+            assert conn.execute("SELECT 1").fetchone() == (1,)  # the session goes on
     finally:
         loop.run(host.stop())
