@@ -104,13 +104,18 @@ def check_bound_plan(plan: list[dict[str, Any]], tables: Mapping[str, bool], *, 
 
 
 def _check_table(table: str, tables: Mapping[str, bool], catalog: bool) -> None:
-    catalog_name, _, name = table.partition(".")
-    if catalog_name == DATA_CATALOG:
-        if catalog or name.lower() not in tables:
+    parts = [p[1:-1].replace('""', '"') if p.startswith('"') else p for p in _NAME_PART.findall(table)]
+    if len(parts) == 3 and parts[0] == DATA_CATALOG:
+        name = f"{parts[1]}.{parts[2]}".lower()
+        if catalog or name not in tables:
             raise plan_rejected(f"a table the statement does not name: {name}")
         return
     if not catalog:
         raise plan_rejected(f"a relation outside the warehouse's tables: {table}")
+
+
+# One part of a qualified name as DuckDB prints it: "quoted" (doubled quotes inside) or bare.
+_NAME_PART = re.compile(r'"(?:[^"]|"")*"|[^."]+')
 
 
 def _operators(plan: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], bool]]:

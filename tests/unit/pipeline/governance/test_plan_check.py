@@ -139,3 +139,11 @@ def test_statement_shape_blanks_literals_and_counts_parameters() -> None:
     assert statement_shape('SELECT * FROM "hd_data"."main"."t 2"')[0] != statement_shape(
         'SELECT * FROM "hd_data"."main"."t 1"')[0]
     assert statement_shape("SELECT ?, ? FROM t")[1] == 2
+
+
+def test_quoted_table_names_are_matched_as_duckdb_prints_them(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute('CREATE TABLE hd_data.main."copy" (a INTEGER); CREATE TABLE hd_data.main."odd.Name" (a INTEGER)')
+    check_bound_plan(logical_plan(con, 'SELECT * FROM hd_data.main."copy"'), {"main.copy": False})
+    check_bound_plan(logical_plan(con, 'SELECT * FROM hd_data.main."odd.Name"'), {"main.odd.name": False})
+    with pytest.raises(QueryError):
+        check_bound_plan(logical_plan(con, 'SELECT * FROM hd_data.main."odd.Name"'), {"main.odd": False})
