@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
+from hd_core.redaction import redact_error_detail
+
+log = logging.getLogger(__name__)
+
 
 class QueryError(Exception):
     """A statement failed; the wire layer turns this into an ErrorResponse.
@@ -45,6 +52,46 @@ def query_canceled() -> QueryError:
 
 def shutting_down() -> QueryError:
     return QueryError("57P01", "HD_ERR_SHUTDOWN", "terminating connection due to administrator command")
+
+
+def statement_too_complex(message: str) -> QueryError:
+    """A statement over a size or nesting limit (54001, Postgres' statement_too_complex)."""
+    return QueryError("54001", "HD_ERR_STATEMENT_TOO_COMPLEX", message,
+                      hint="Simplify the statement or split it into several smaller ones.")
+
+
+def internal_error(reference: str) -> QueryError:
+    """What the client gets for a bug: a reference that finds the audit record and the log line."""
+    return QueryError("XX000", "HD_ERR_INTERNAL", f"internal error (reference {reference})",
+                      hint="Retry the statement; if it fails again, give an operator this reference.")
+
+
+def unexpected_failure(exc: Exception, reference: str) -> QueryError:
+    """The refusal for an exception no stage expected, logged on one line (the traceback only at debug).
+
+    A RecursionError is sqlglot (or a stage walking its tree) giving up on a deeply nested
+    expression that the guard's pre-parse limits do not count, such as a long chain of casts:
+    the statement is too complex, not the server broken. Only the exception's type and place are
+    logged; its text may quote the statement.
+    """
+    if isinstance(exc, RecursionError):
+        log.warning("statement %s refused: too deeply nested to plan (RecursionError at %s)", reference, _where(exc))
+        return statement_too_complex(
+            "statement too complex: its expressions nest too deeply to be planned "
+            "(long chains of casts, subscripts or unary operators count as nesting)")
+    log.error("statement %s failed with an internal error: %s at %s", reference, type(exc).__name__, _where(exc))
+    log.debug("traceback of internal error %s", reference, exc_info=exc)
+    return internal_error(reference)
+
+
+def _where(exc: BaseException) -> str:
+    """file:line of the innermost frame that raised `exc`."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "unknown"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
 
 
 # DuckDB exception class name -> SQLSTATE, so clients see the class of error they expect from Postgres.
@@ -95,12 +142,16 @@ _VALUE_BEARING = frozenset({
 
 
 def from_engine_error_redacted(exc: Exception, reference: str) -> tuple[QueryError, str]:
-    """A client-safe QueryError for an engine failure, and the full text for the audit record."""
+    """A client-safe QueryError for an engine failure, and the redacted detail for the audit record.
+
+    The detail keeps the DuckDB error class and the first line's shape, never the values it quoted
+    (see `redact_error_detail`): audit records are read by auditors, who may not see the data.
+    """
     error = from_engine_error(exc)
-    full = f"{type(exc).__name__}: {exc}"
+    detail = redact_error_detail(f"{type(exc).__name__}: {exc}")
     if type(exc).__name__ in _VALUE_BEARING or error.code == "HD_ERR_ENGINE":
         message = (f"the statement failed while processing a value (reference {reference}); "
                    "the details are in the audit record")
         hint = "Check casts and input values, or ask an auditor for the record with this reference."
-        return QueryError(error.sqlstate, error.code, message, hint=hint), full
-    return error, full
+        return QueryError(error.sqlstate, error.code, message, hint=hint), detail
+    return error, detail

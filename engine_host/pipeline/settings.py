@@ -3,7 +3,9 @@
 DuckDB's own settings are locked (`lock_configuration`), and Postgres clients expect Postgres
 names and values: drivers `SET extra_float_digits`, `SET application_name`, `SHOW transaction
 isolation level` and read ParameterStatus. This module keeps each session's values, accepts the
-values we really honour, and refuses the rest with a clear error instead of pretending.
+values we really honour, and refuses the rest with a clear error instead of pretending. Our own
+`hd.*` namespace holds only the settings the engine reads; none of them can change who the session
+is (that comes from the credential), so `SET hd.role = 'Owner'` is refused, not stored.
 """
 
 from __future__ import annotations
@@ -122,6 +124,19 @@ _ALIASES = {"time zone": "TimeZone", "transaction isolation level": "transaction
             "session authorization": "session_authorization", "names": "client_encoding"}
 
 
+# The hd.* settings the engine reads. Who a session is (organisation, user, role, key, scopes and
+# attributes) comes from its credential alone: policies, row filters and masks are decided by it, so
+# no setting may claim it. An agent declares its own identity once, when it connects.
+HD_SETTINGS = frozenset({"hd.dialect", "hd.request_id", "hd.priority"})
+STARTUP_ONLY_SETTINGS = frozenset({"hd.agent_id", "hd.agent_framework"})
+IDENTITY_SETTINGS = STARTUP_ONLY_SETTINGS | frozenset({
+    "hd.org_id", "hd.org", "hd.organisation", "hd.organization", "hd.tenant", "hd.tenant_id",
+    "hd.user_id", "hd.user", "hd.role", "hd.key_id", "hd.api_key", "hd.scopes", "hd.scope",
+    "hd.env", "hd.environment", "hd.department", "hd.region", "hd.source_ip",
+    "hd.agent", "hd.framework",
+})
+
+
 def canonical_name(name: str) -> str:
     """The setting's Postgres spelling, or raise 42704 for names we do not know."""
     key = " ".join(name.lower().split())
@@ -129,11 +144,31 @@ def canonical_name(name: str) -> str:
         return _ALIASES[key]
     if key in _CANONICAL:
         return _CANONICAL[key]
-    if "." in key:  # custom placeholder variables (e.g. hd.request_id), as Postgres allows
+    if key.startswith("hd."):  # our own namespace: only the names the engine reads
+        if key in HD_SETTINGS or key in IDENTITY_SETTINGS:
+            return key
+        raise QueryError(
+            "42704", "HD_ERR_UNKNOWN_SETTING", f'unrecognized configuration parameter "{name}"',
+            hint=f"The hd.* settings a session may set are {', '.join(sorted(HD_SETTINGS))}.",
+        )
+    if "." in key:  # custom placeholder variables of other prefixes, as Postgres allows
         return key
     raise QueryError(
         "42704", "HD_ERR_UNKNOWN_SETTING", f'unrecognized configuration parameter "{name}"',
     )
+
+
+def identity_immutable(name: str) -> QueryError:
+    """The refusal for a statement or startup parameter that tries to set who the session is."""
+    if name in STARTUP_ONLY_SETTINGS:
+        hint = ("The agent's identity is declared when connecting: reconnect with "
+                f"options='-c {name}=...' (or the agent_id / agent_framework startup parameter).")
+    else:
+        hint = ("To act as another user, organisation or role, connect with that user's API key or token; "
+                "an admin can change roles in the control API.")
+    return QueryError("42501", "HD_ERR_IDENTITY_IMMUTABLE",
+                      f'parameter "{name}" cannot be changed: the session\'s identity comes from its credential',
+                      hint=hint)
 
 
 class SessionSettings:
@@ -145,9 +180,15 @@ class SessionSettings:
         for name, value in startup.items():
             # Startup options that we cannot honour are ignored, not fatal: drivers send what they
             # prefer (e.g. a local TimeZone) and then read the real value from ParameterStatus.
+            # A claimed identity is refused outright: ignoring it would let the client believe it holds.
             try:
-                self.set(name, value)
-            except QueryError:
+                canon = canonical_name(name)
+                if canon in IDENTITY_SETTINGS and canon not in STARTUP_ONLY_SETTINGS:
+                    raise identity_immutable(canon)
+                self._assign(canon, value)
+            except QueryError as exc:
+                if exc.code == "HD_ERR_IDENTITY_IMMUTABLE":
+                    raise
                 continue
 
     def get(self, name: str) -> str:
@@ -159,6 +200,11 @@ class SessionSettings:
     def set(self, name: str, value: str) -> str | None:
         """Set a value; returns the canonical name when clients must be told (ParameterStatus)."""
         canon = canonical_name(name)
+        if canon in IDENTITY_SETTINGS:
+            raise identity_immutable(canon)
+        return self._assign(canon, value)
+
+    def _assign(self, canon: str, value: str) -> str | None:
         spec = SPECS.get(canon)
         if spec is None:
             self._values[canon] = value
@@ -170,6 +216,8 @@ class SessionSettings:
 
     def reset(self, name: str) -> str | None:
         canon = canonical_name(name)
+        if canon in IDENTITY_SETTINGS:
+            raise identity_immutable(canon)
         spec = SPECS.get(canon)
         if spec is None:
             self._values.pop(canon, None)
@@ -180,6 +228,7 @@ class SessionSettings:
         return canon if canon in REPORTED else None
 
     def reset_all(self) -> list[str]:
+        """RESET ALL / DISCARD ALL: Postgres settings back to their defaults; hd.* settings are kept."""
         changed = []
         for name, spec in SPECS.items():
             if not spec.read_only and self._values.get(name) != spec.default:

@@ -5,6 +5,9 @@ partition per call, so a search costs one listing per day it reads). Both sinks 
 under the UTC day of its `ts`, so reading partitions in date order and sorting each by
 (`ts`, `query_id`) yields one global order, and a cursor naming the last record returned lets the
 next page resume exactly after it.
+
+Records go out with their error texts redacted again (`for_auditors`): records written before the
+engine redacted error details may still quote values, and auditors may not see the data.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from hd_core.errors import InvalidRequest
 from hd_core.ports import QueryAuditArchive
+from hd_core.redaction import redact_error_detail, redact_error_message
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +148,26 @@ def _matching(
         if after is not None and position <= after:
             continue
         if _matches(record, query):
-            yield position, record
+            yield position, for_auditors(record)
+
+
+def for_auditors(record: dict[str, object]) -> dict[str, object]:
+    """The record with its engine error detail, error message and verdict reasons redacted (a copy)."""
+    shown = dict(record)
+    detail = record.get("engine_error_detail")
+    if isinstance(detail, str):
+        shown["engine_error_detail"] = redact_error_detail(detail)
+    error = record.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        shown["error"] = {**error, "message": redact_error_message(error["message"])}
+    verdicts = record.get("verdicts")
+    if isinstance(verdicts, list):
+        shown["verdicts"] = [
+            {**verdict, "reason": redact_error_message(verdict["reason"])}
+            if isinstance(verdict, dict) and isinstance(verdict.get("reason"), str) else verdict
+            for verdict in verdicts
+        ]
+    return shown
 
 
 def _matches(record: dict[str, object], query: QueryAuditFilter) -> bool:

@@ -205,27 +205,63 @@ def _redact_node(node: exp.Expr, dialect: str) -> exp.Expr:
     return node
 
 
+def _redact_tree(root: exp.Expr, dialect: str) -> exp.Expr:
+    """`_redact_node` applied to every node of `root`, replacing nodes in place, in linear time.
+
+    sqlglot's `transform` re-parents a node's whole argument list for each replacement in it, so a
+    statement with n literals in one list (`VALUES (...), (...)`, a long IN list) costs O(n^2):
+    40,000 literals took minutes. Here each replacement costs O(1).
+    """
+    for node in list(root.walk()):
+        new = _redact_node(node, dialect)
+        if new is node:
+            continue
+        parent, key, index = node.parent, node.arg_key, node.index
+        if parent is None or key is None:
+            root = new
+        elif index is None:
+            parent.set(key, new)
+        else:
+            parent.args[key][index] = new
+            new.parent, new.arg_key, new.index = parent, key, index
+    return root
+
+
 def _redact_by_ast(sql: str, dialect: str) -> str:
     statements = sqlglot.parse(sql, read=dialect)
     rendered = []
     for statement in statements:
         if statement is None:
             continue
-        redacted = statement.transform(_redact_node, dialect, copy=False)
+        redacted = _redact_tree(statement, dialect)
         # Comments are free text: they can carry anything, so they never reach the audit trail.
         rendered.append(redacted.sql(dialect=dialect, comments=False))
     return "; ".join(rendered)
+
+
+# A statement longer than the engine accepts (1 MiB) is refused unparsed, and its audit record keeps
+# only its start, redacted lexically: parsing it would cost seconds and its record megabytes.
+MAX_PARSED_STATEMENT_CHARS = 1024 * 1024
+OVERSIZED_STATEMENT_KEPT_CHARS = 4096
+
+
+def _redact_oversized(sql: str) -> str:
+    kept = _redact_by_regex(sql[:OVERSIZED_STATEMENT_KEPT_CHARS])
+    return f"{kept} ... [statement of {len(sql)} characters, truncated]"
 
 
 def redact_sql(sql: str, dialect: str = "postgres") -> str:
     """The statement(s) with every literal replaced by `?` and comments dropped, then PII-scrubbed.
 
     Parsed with sqlglot and regenerated in `dialect`; if parsing fails, a lexical pass (sqlglot's
-    tokenizer, else a regex) blanks strings and numbers instead. Never raises.
+    tokenizer, else a regex) blanks strings and numbers instead. A statement over
+    `MAX_PARSED_STATEMENT_CHARS` keeps only its start. Never raises.
     """
     _QUIET.active.on = True
     try:
         try:
+            if len(sql) > MAX_PARSED_STATEMENT_CHARS:
+                return scrub_pii(_redact_oversized(sql))
             redacted = _redact_by_ast(sql, dialect)
         except Exception:  # noqa: BLE001 - unparsable or unsupported SQL is still audited, lexically
             redacted = _redact_by_tokens(sql, dialect)
@@ -234,3 +270,68 @@ def redact_sql(sql: str, dialect: str = "postgres") -> str:
         return scrub_pii(_redact_by_regex(sql))
     finally:
         _QUIET.active.on = False
+
+
+# --- engine error text -----------------------------------------------------------------------------
+# DuckDB's messages quote the values they choke on ("Could not convert string 'alice@acme.com' to
+# INT32", 'Duplicate key "id: 5"') and echo the statement ("LINE 1: SELECT ... 'secret'"). Audit
+# records keep the error's class and the shape of its first line, never those values.
+
+MAX_ERROR_DETAIL_CHARS = 500
+
+# A quoted fragment: '...' or "..." (doubled quotes inside), or a dollar-quoted string; unterminated
+# ones run to the end. An apostrophe between two letters (can't, O'Brien) neither opens nor closes a
+# string, so prose after a quoted value survives and a value holding one is still taken out whole.
+_QUOTED_RE = re.compile(
+    r"""(?:(?<![A-Za-z])'|(?<=[A-Za-z])'(?![A-Za-z]))(?:[^']|''|(?<=[A-Za-z])'(?=[A-Za-z]))*(?:'|\Z)"""
+    r"""|"(?:[^"]|"")*(?:"|\Z)"""
+    r"""|\$(?P<tag>(?:[A-Za-z_]\w*)?)\$(?:.*?\$(?P=tag)\$|.*\Z)""",
+    re.DOTALL,
+)
+# A number standing on its own (not the 32 of INT32 nor the 8 of UTF8).
+_NUMBER_RE = re.compile(r"(?<![\w$.])[-+]?\.?\d(?:[eE][-+]?\d|[\w.])*")
+# A double-quoted name as our own messages write it (relation "crm.customers"): kept in messages.
+_QUOTED_NAME_RE = re.compile(r'"[A-Za-z_][\w$]*(?:\.[A-Za-z_][\w$]*)*"')
+
+
+def _first_line(text: str) -> str:
+    """The first non-empty line: what follows (LINE n: excerpts, carets, candidates) echoes the statement."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def _cap(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_DETAIL_CHARS else text[: MAX_ERROR_DETAIL_CHARS - 3] + "..."
+
+
+def redact_error_detail(text: str) -> str:
+    """An engine error as audit records keep it: first line only, quoted fragments and numbers as `?`.
+
+    `ConversionException: Conversion Error: Could not convert string 'zz-77' to INT32` becomes
+    `ConversionException: Conversion Error: Could not convert string ? to INT32`. PII-scrubbed,
+    capped at `MAX_ERROR_DETAIL_CHARS`; idempotent, so records redacted once may be redacted again.
+    Never raises.
+    """
+    try:
+        line = _QUOTED_RE.sub(PLACEHOLDER, _first_line(text))
+        return _cap(scrub_pii(_NUMBER_RE.sub(PLACEHOLDER, line)))
+    except Exception:  # noqa: BLE001 - never raise on the audit path; keep nothing rather than too much
+        return PLACEHOLDER
+
+
+def _redact_quoted_in_message(match: re.Match[str]) -> str:
+    fragment = match.group()
+    return fragment if _QUOTED_NAME_RE.fullmatch(fragment) else PLACEHOLDER
+
+
+def redact_error_message(text: str) -> str:
+    """An error message or verdict reason as audit records keep it: first line, quoted values as `?`.
+
+    Unlike `redact_error_detail`, numbers stay (our messages state limits and counts) and so do
+    double-quoted names (`relation "crm.customers" does not exist`); single-quoted fragments and
+    any other double-quoted text go, since engine messages quote literals that way. PII-scrubbed,
+    capped, idempotent. Never raises.
+    """
+    try:
+        return _cap(scrub_pii(_QUOTED_RE.sub(_redact_quoted_in_message, _first_line(text))))
+    except Exception:  # noqa: BLE001 - never raise on the audit path; keep nothing rather than too much
+        return PLACEHOLDER

@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hd_core.redaction import luhn_valid, redact_sql, scrub_pii
+from hd_core.redaction import (
+    MAX_ERROR_DETAIL_CHARS,
+    MAX_PARSED_STATEMENT_CHARS,
+    luhn_valid,
+    redact_error_detail,
+    redact_error_message,
+    redact_sql,
+    scrub_pii,
+)
 
 SECRET = "SECRETzz"
 
@@ -201,3 +209,124 @@ def test_pathological_input_is_scanned_in_linear_time(text: str) -> None:
     start = time.perf_counter()
     scrub_pii(text)
     assert time.perf_counter() - start < 2.0
+
+
+# --- statements too large for quadratic work -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT " + ", ".join(f"'v{i}'" for i in range(40_000)),
+        "INSERT INTO t VALUES " + ", ".join(f"({i}, 'v{i}')" for i in range(20_000)),
+        "SELECT * FROM t WHERE id IN (" + ", ".join(str(i) for i in range(40_000)) + ")",
+    ],
+)
+def test_many_literals_are_redacted_in_linear_time(sql: str) -> None:
+    import time
+
+    start = time.perf_counter()
+    redacted = redact_sql(sql)
+    assert time.perf_counter() - start < 10.0  # took minutes when each literal re-parented its list
+    assert "v39999" not in redacted and "39999" not in redacted and "?" in redacted
+
+
+def test_a_statement_over_the_parse_limit_keeps_only_its_redacted_start() -> None:
+    sql = "SELECT '" + "SECRETzz" * (MAX_PARSED_STATEMENT_CHARS // 8) + "', 1"
+    redacted = redact_sql(sql)
+    assert SECRET not in redacted
+    assert len(redacted) < 5000
+    assert redacted.startswith("SELECT ?")
+    assert f"statement of {len(sql)} characters, truncated" in redacted
+
+
+def test_deep_nesting_is_redacted_lexically() -> None:
+    redacted = redact_sql("SELECT " + "(" * 3000 + "'SECRETzz'" + ")" * 3000)
+    assert SECRET not in redacted and "?" in redacted
+
+
+# --- engine error text ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("detail", "expected"),
+    [
+        (
+            "ConversionException: Conversion Error: Could not convert string 'alice@acme.com' to INT32\n\n"
+            "LINE 1: SELECT CAST('alice@acme.com' AS INTEGER)\n                    ^",
+            "ConversionException: Conversion Error: Could not convert string ? to INT32",
+        ),
+        (
+            'ConstraintException: Constraint Error: Duplicate key "id: 987654" violates primary key constraint.',
+            "ConstraintException: Constraint Error: Duplicate key ? violates primary key constraint.",
+        ),
+        (
+            "ConversionException: Conversion Error: Type VARCHAR with value 'SECRETzz' can't be cast to the "
+            "destination type INT32",
+            "ConversionException: Conversion Error: Type VARCHAR with value ? can't be cast to the destination "
+            "type INT32",
+        ),
+        (
+            "OutOfRangeException: Out of Range Error: Overflow in multiplication of INT32 (987654 * 987654)!",
+            "OutOfRangeException: Out of Range Error: Overflow in multiplication of INT32 (? * ?)!",
+        ),
+        (
+            'InvalidInputException: Invalid Input Error: Malformed JSON at byte 0 of input: unexpected character.'
+            '  Input: "SECRETzz"',
+            "InvalidInputException: Invalid Input Error: Malformed JSON at byte ? of input: unexpected character."
+            "  Input: ?",
+        ),
+        ("ConversionException: Could not convert string 'O'SECRETzz' to INT32",
+         "ConversionException: Could not convert string ? to INT32"),
+        ("Error: value $$SECRETzz$$ or $t$SECRETzz$t$", "Error: value ? or ?"),
+        ("ConversionException: Could not convert string 'SECRETzz", "ConversionException: Could not convert string ?"),
+        ("\n\nBinderException: Binder Error: 3.5e10 and -42 but not INT64 or UTF8", "BinderException: Binder Error: "
+         "? and ? but not INT64 or UTF8"),
+    ],
+)
+def test_engine_error_details_keep_their_shape_and_lose_their_values(detail: str, expected: str) -> None:
+    assert redact_error_detail(detail) == expected
+
+
+def test_engine_error_details_are_scrubbed_capped_and_idempotent() -> None:
+    detail = "IOException: SECRETzz " + "alice@acme.com " + "x" * 2000
+    redacted = redact_error_detail(detail)
+    assert "alice@acme.com" not in redacted and "[EMAIL]" in redacted
+    assert len(redacted) <= MAX_ERROR_DETAIL_CHARS
+    assert redact_error_detail(redacted) == redacted
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_error_redaction_never_raises(text: str) -> None:
+    assert isinstance(redact_error_detail(text), str)
+    assert isinstance(redact_error_message(text), str)
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=st.text(alphabet=st.characters(blacklist_characters="'\n\r", blacklist_categories=["Cs"]),
+                     min_size=1).map(lambda v: f"SECRETzz{v}"))
+def test_a_single_quoted_value_never_survives(value: str) -> None:
+    detail = f"ConversionException: Conversion Error: Could not convert string '{value}' to INT32"
+    assert "SECRETzz" not in redact_error_detail(detail)
+    assert "SECRETzz" not in redact_error_message(detail)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ('HD_ERR_UNKNOWN_TABLE: relation "crm.customers" does not exist',
+         'HD_ERR_UNKNOWN_TABLE: relation "crm.customers" does not exist'),
+        ("HD_ERR_MAX_ROWS_EXCEEDED: the result has more than the 1000 rows a query may return",
+         "HD_ERR_MAX_ROWS_EXCEEDED: the result has more than the 1000 rows a query may return"),
+        ("HD_ERR_SYNTAX: syntax error at or near \"'SECRETzz'\"", "HD_ERR_SYNTAX: syntax error at or near ?"),
+        ("HD_ERR_INVALID_VALUE: Could not convert string 'SECRETzz' to INT32\nLINE 1: SELECT 'SECRETzz'",
+         "HD_ERR_INVALID_VALUE: Could not convert string ? to INT32"),
+        ('HD_ERR_CONSTRAINT: Duplicate key "id: 5" violates unique constraint',
+         "HD_ERR_CONSTRAINT: Duplicate key ? violates unique constraint"),
+        ("HD_ERR_X: ssn 123-45-6789", "HD_ERR_X: ssn [SSN]"),
+    ],
+)
+def test_error_messages_keep_names_and_numbers_but_lose_quoted_values(message: str, expected: str) -> None:
+    assert redact_error_message(message) == expected
+    assert redact_error_message(expected) == expected
