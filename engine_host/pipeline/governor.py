@@ -54,7 +54,7 @@ from hd_core.models import OrgStatus, Principal, Role, UserStatus, new_id, utc_n
 from hd_core.permissions import ROLE_SCOPES, effective_scopes, scopes_for_action
 from hd_core.policies import Action, PiiType, PolicyKind, PolicySnapshot, TableBinding
 from hd_core.ports import AuditSink, ControlStore
-from hd_core.redaction import redact_sql
+from hd_core.redaction import redact_error_detail, redact_error_message, redact_sql
 from hd_core.row_filters import parse_row_filter, resolve_row_filter
 
 log = logging.getLogger(__name__)
@@ -543,11 +543,15 @@ class AuditWriter:
             row_filters_applied=list(plan.filtered_tables) if plan else [], timings_ms=dict(audit.timings_ms),
             credits=audit.credits,
         )
+        # Reasons, messages and engine details can quote literals and row values: the record keeps their shape only.
         for verdict in audit.verdicts:
-            record.add_verdict(verdict["stage"], verdict["decision"], verdict["reason"])  # type: ignore[arg-type]
+            record.add_verdict(verdict["stage"], verdict["decision"],  # type: ignore[arg-type]
+                               redact_error_message(verdict["reason"]))
         if audit.error is not None:
+            detail = audit.engine_error_detail
             record.fail(sqlstate=audit.error["sqlstate"], code=audit.error["code"],
-                        message=audit.error["message"], engine_error_detail=audit.engine_error_detail)
+                        message=redact_error_message(audit.error["message"]),
+                        engine_error_detail=redact_error_detail(detail) if detail is not None else None)
         document = record.to_dict()
         try:
             self._sink.write(document)

@@ -222,7 +222,16 @@ class StatementPipeline:
         except QueryError:
             self.governor.record_denial(self.subject(session), _settings_map(session), audit)
             raise
+        except Exception as exc:  # noqa: BLE001 - a bug, or nesting sqlglot cannot follow: an audited refusal
+            raise self._refuse_unexpected(session, audit, exc) from None
         ctx.engine_sql = ctx.plan.engine_sql
+
+    def _refuse_unexpected(self, session: Session, audit: StatementAudit, exc: Exception) -> QueryError:
+        """An exception no stage expected, as an audited refusal whose reference is the audit record's id."""
+        error = errors.unexpected_failure(exc, audit.query_id)
+        audit.deny("internal" if error.code == "HD_ERR_INTERNAL" else "guard", error)
+        self.governor.record_denial(self.subject(session), _settings_map(session), audit)
+        return error
 
     def _plan(self, session: Session, text: str, audit: StatementAudit, catalog_sql: str | None) -> GovernedPlan:
         try:
@@ -281,8 +290,13 @@ class StatementPipeline:
     def prepare(self, session: Session, sql: str, declared_oids: Sequence[int] = ()) -> PreparedStatement:
         """Run the preparation stages; raises QueryError if the statement may not or cannot run."""
         ctx = StatementContext(session=session, text=sql)
-        for stage in self.stages:
-            stage(ctx)
+        try:
+            for stage in self.stages:
+                stage(ctx)
+        except QueryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - raised before `govern` opened the audit (catalog stage)
+            raise self._refuse_unexpected(session, self.governor.new_audit(sql, _dialect(session)), exc) from None
         prepared = PreparedStatement(
             text=sql, kind=ctx.kind, engine_sql=ctx.engine_sql, statement_type="",
             declared_oids=tuple(declared_oids), is_catalog=ctx.is_catalog, plan=ctx.plan,
@@ -408,6 +422,10 @@ class StatementPipeline:
         except duckdb.Error as exc:
             session.statement_failed()
             raise errors.from_engine_error(exc) from None
+        except Exception as exc:  # noqa: BLE001 - a bug outside a governed execution (settings, cursors)
+            session.statement_failed()
+            audit = self.governor.new_audit(prepared.text, _dialect(session))
+            raise self._refuse_unexpected(session, audit, exc) from None
 
     def _decode_parameters(self, session: Session, prepared: PreparedStatement,
                            params: Sequence[bytes | None], formats: Sequence[int]) -> list[object]:
@@ -445,6 +463,8 @@ class StatementPipeline:
         except QueryError:
             self.governor.record_denial(subject, settings, audit)
             raise
+        except Exception as exc:  # noqa: BLE001 - a bug, or nesting sqlglot cannot follow (a re-plan)
+            raise self._refuse_unexpected(session, audit, exc) from None
         return Execution(self.governor, subject, settings, audit, holds_slot=take_slot,
                          on_timeout=(engine or session.engine).interrupt, timeout_seconds=self._timeout(session))
 
@@ -500,6 +520,10 @@ class StatementPipeline:
         except QueryError as exc:
             self._abandon(session, own_transaction, execution, exc)
             raise
+        except Exception as exc:  # noqa: BLE001 - a bug: release the slot, write the record, as any failure
+            error = errors.unexpected_failure(exc, execution.audit.query_id)
+            self._abandon(session, own_transaction, execution, error)
+            raise error from None
         if own_transaction:
             self._engine_command(session, "COMMIT")
         if plan.schema_changed:
@@ -950,11 +974,11 @@ def _ddl_tag(sql: str, count: int) -> str:
     return words[0]
 
 
-# Agent identity may arrive as plain startup parameters; they are kept as `hd.*` settings.
+# Agent identity may arrive as plain startup parameters; they are kept as `hd.*` settings. Who the
+# agent is feeds row filters, masks and ABAC: only the startup packet may say it, and no statement
+# may change it (SessionSettings refuses every identity setting, 42501).
 _AGENT_STARTUP_NAMES = {"agent_id": "hd.agent_id", "agent_framework": "hd.agent_framework",
                         "framework": "hd.agent_framework", "request_id": "hd.request_id", "priority": "hd.priority"}
-# Who the agent is feeds row filters, masks and ABAC: fixed for the connection's life.
-_FIXED_SETTINGS = ("hd.agent_id", "hd.agent_framework")
 
 
 def _startup_settings(startup: dict[str, str]) -> dict[str, str]:
@@ -967,11 +991,8 @@ def _startup_settings(startup: dict[str, str]) -> dict[str, str]:
 
 
 def _check_session_setting(name: str, value: str | None) -> None:
+    """What SET/RESET may not do beyond what SessionSettings refuses (identity, unknown hd.* names)."""
     key = " ".join(name.lower().split())
-    if key in _FIXED_SETTINGS:
-        raise QueryError("55P02", "HD_ERR_READ_ONLY_SETTING",
-                         f'parameter "{key}" can only be set when connecting',
-                         hint="Reconnect with the startup parameter (or options='-c hd.agent_id=...').")
     if key == "hd.dialect" and value is not None and value.strip("'\" ").lower() not in SUPPORTED_DIALECTS:
         raise _bad_dialect(value)
 

@@ -830,7 +830,7 @@ def test_agent_identity_is_fixed_for_the_connection(engine_host: EngineHostProce
     with connect(engine_host, AGENT, **LANGCHAIN) as conn:
         with pytest.raises(psycopg.Error) as caught:
             conn.execute(statement)
-        assert caught.value.sqlstate == "55P02" and caught.value.diag.message_detail == "HD_ERR_READ_ONLY_SETTING"
+        assert caught.value.sqlstate == "42501" and caught.value.diag.message_detail == "HD_ERR_IDENTITY_IMMUTABLE"
         assert conn.execute("SHOW hd.agent_framework").fetchone() == ("langchain",)
         assert {r[0] for r in conn.execute("SELECT email FROM crm.customers").fetchall()} == {"***"}
 
@@ -905,5 +905,5 @@ def test_asyncpg_startup_framework_cannot_be_changed_later(engine_host: EngineHo
         finally:
             await conn.close()
 
-    assert asyncio.run(attack()) == ("55P02", "42501")
+    assert asyncio.run(attack()) == ("42501", "42501")
 

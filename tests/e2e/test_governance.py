@@ -210,7 +210,7 @@ def test_agent_identity_cannot_change_after_connecting(engine_host: EngineHostPr
         assert conn.execute("SHOW hd.agent_id").fetchone() == ("bot-1",)
         with pytest.raises(psycopg.Error) as caught:
             conn.execute("SET hd.agent_id = 'someone-else'")
-        assert caught.value.sqlstate == "55P02"
+        assert caught.value.sqlstate == "42501"
         conn.execute("SET hd.request_id = 'req-42'")
 
 

@@ -9,14 +9,17 @@ catalog behind the policies' back.
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokens import Token, TokenType
 
-from engine_host.pipeline.errors import QueryError
+from engine_host.pipeline.errors import QueryError, statement_too_complex
 from hd_core.sql_functions import ALLOWED_FUNCTIONS, ALLOWED_TABLE_FUNCTIONS, REFUSED, SYNTAX_FORMS
 
 # Relations in these schemas are machinery (our macros, DuckDB's and Postgres' catalogs, temp objects).
@@ -129,8 +132,70 @@ def _skip_comments(sql: str, pos: int = 0) -> int:
     return pos
 
 
+# Limits checked before sqlglot parses, since its parser (and the generator, the rewrite and the
+# audit's redaction after it) recurse at least once per nesting level: at about 400 nested brackets
+# Python's recursion limit is reached, and a RecursionError used to end the connection. 128 levels
+# are far deeper than hand-written or BI-generated SQL nests and leave the later stages room to
+# recurse. 1 MiB of text is far above real statements (a 10,000-value IN list is ~100 KiB), keeps a
+# parse to about a second and bounds what the plan cache and the audit record hold per statement.
+MAX_STATEMENT_CHARS = 1024 * 1024
+MAX_NESTING_DEPTH = 128
+
+log = logging.getLogger(__name__)
+
+_OPENERS = frozenset({TokenType.L_PAREN, TokenType.L_BRACKET, TokenType.L_BRACE, TokenType.CASE})
+_CLOSERS = frozenset({TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.R_BRACE, TokenType.END})
+
+
+def nesting_depth(tokens: Sequence[Token]) -> int:
+    """How deep ( [ { and CASE ... END nest in `tokens` (strings, quoted names and comments are single tokens).
+
+    Chained subscripts count as nesting, since `a[1][2]` is `(a[1])[2]` in the tree and sqlglot
+    re-types the whole chain at every subscript (5,000 of them took minutes to parse).
+    """
+    chains = [0]  # per open level: the subscripts chained so far at that level
+    chained = deepest = 0  # chained: sum(chains)
+    previous: TokenType | None = None
+    for token in tokens:
+        kind = token.token_type
+        if previous is TokenType.R_BRACKET and kind is not TokenType.L_BRACKET:
+            chained -= chains[-1]
+            chains[-1] = 0
+        if kind in _OPENERS:
+            if kind is TokenType.L_BRACKET and previous is TokenType.R_BRACKET:
+                chains[-1] += 1
+                chained += 1
+            chains.append(0)
+            deepest = max(deepest, len(chains) - 1 + chained)
+        elif kind in _CLOSERS and len(chains) > 1:
+            chained -= chains.pop()
+        previous = kind
+    return deepest
+
+
+def _check_size(sql: str) -> None:
+    if len(sql) > MAX_STATEMENT_CHARS:
+        log.warning("statement refused: %d characters, over the limit of %d", len(sql), MAX_STATEMENT_CHARS)
+        raise statement_too_complex(
+            f"statement too long: {len(sql)} characters, over the limit of {MAX_STATEMENT_CHARS} characters")
+
+
+def _check_nesting(tokens: Sequence[Token]) -> None:
+    depth = nesting_depth(tokens)
+    if depth > MAX_NESTING_DEPTH:
+        log.warning("statement refused: nested %d levels deep, over the limit of %d", depth, MAX_NESTING_DEPTH)
+        raise statement_too_complex(
+            f"statement too deeply nested: brackets, subscripts and CASE expressions nest {depth} levels deep, "
+            f"over the limit of {MAX_NESTING_DEPTH} levels")
+
+
 def parse_statement(sql: str, dialect: str = "postgres") -> ParsedStatement:
-    """Parse exactly one statement in `dialect`; a plain leading EXPLAIN is stripped and remembered."""
+    """Parse exactly one statement in `dialect`; a plain leading EXPLAIN is stripped and remembered.
+
+    Statements over `MAX_STATEMENT_CHARS` or nested deeper than `MAX_NESTING_DEPTH` are refused
+    (54001) before the parser sees them.
+    """
+    _check_size(sql)
     start = _skip_comments(sql)
     explain = False
     match = _EXPLAIN.match(sql, start)
@@ -140,11 +205,20 @@ def parse_statement(sql: str, dialect: str = "postgres") -> ParsedStatement:
             raise not_allowed("EXPLAIN with options (ANALYZE, VERBOSE, FORMAT, ...)",
                               hint="Use plain EXPLAIN <statement>; EXPLAIN ANALYZE runs the statement.")
         explain, sql = True, sql[after:]
+    reader = sqlglot.Dialect.get_or_raise(dialect)
     try:
-        statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
+        # Tokenized once: the nesting check reads the tokens the parser then parses (as sqlglot.parse does).
+        tokens = reader.tokenize(sql)
+        _check_nesting(tokens)
+        statements = [s for s in reader.parser().parse(tokens, sql) if s is not None]
     except (ParseError, TokenError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "syntax error"
         raise QueryError("42601", "HD_ERR_SYNTAX", f"syntax error: {first}", hint=_SYNTAX_HINT) from None
+    except RecursionError:  # a nesting the check does not count (a chain of NOT or unary minus)
+        log.warning("statement refused: too deeply nested to parse (RecursionError)")
+        raise statement_too_complex(
+            f"statement too deeply nested to parse (the limit is {MAX_NESTING_DEPTH} levels; "
+            "chains of NOT or unary operators count as nesting)") from None
     if not statements:
         raise QueryError("42601", "HD_ERR_SYNTAX", "empty statement", hint="Send one SQL statement.")
     if len(statements) > 1:
