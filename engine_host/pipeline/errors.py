@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 from hd_core.redaction import redact_error_detail
 
@@ -126,7 +127,26 @@ def from_engine_error(exc: Exception) -> QueryError:
     head, sep, rest = message.partition(" Error: ")
     if sep and " " not in head.strip():
         message = rest
-    return QueryError(sqlstate, code, message.splitlines()[0] if message else name)
+    # Only the first line: DuckDB's next ones suggest similar names ("Did you mean ...?"), which
+    # would name relations the client cannot see.
+    first = message.splitlines()[0] if message else name
+    missing = _MISSING_TABLE.match(first) if name == "CatalogException" else None
+    if missing is not None:  # a name that did not bind: answered as the guard answers a missing table
+        table = _internal_names(missing.group(1) or missing.group(2))
+        return QueryError("42P01", "HD_ERR_UNKNOWN_TABLE", f'relation "{table}" does not exist',
+                          hint="Check the table name and schema; list the tables you can see with \\dt.")
+    return QueryError(sqlstate, code, _internal_names(first))
+
+
+# DuckDB's "Table with name x does not exist!" / "... \"s.x\" does not exist because schema ..." first lines.
+_MISSING_TABLE = re.compile(r'Table with name (?:"([^"]+)"|(\S+?)) does not exist')
+# The engine's own catalog and alias names, as DuckDB may print them in a message.
+_INTERNAL_NAME = re.compile(r'"?(?:hd_data|hd_keys|memory)"?\.|"?__hd_src"?\.?')
+
+
+def _internal_names(text: str) -> str:
+    """`text` without the engine's catalog names and aliases: clients never wrote them and cannot use them."""
+    return _INTERNAL_NAME.sub("", text)
 
 
 # Engine errors whose text can quote data values (a failed cast prints the value it could not
