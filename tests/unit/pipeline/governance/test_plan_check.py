@@ -133,7 +133,8 @@ def test_client_names_do_not_resolve_to_the_data_catalog(db: duckdb.DuckDBPyConn
 
 
 def test_statement_shape_blanks_literals_and_counts_parameters() -> None:
-    one, count = statement_shape("""SELECT "t 1"."a2", 'it''s $3 ?' FROM "hd_data"."main"."t 1" WHERE x = 42 AND y = $2""")
+    one, count = statement_shape(
+        """SELECT "t 1"."a2", 'it''s $3 ?' FROM "hd_data"."main"."t 1" WHERE x = 42 AND y = $2""")
     other, _ = statement_shape("""SELECT "t 1"."a2", 'other' FROM "hd_data"."main"."t 1" WHERE x = 7.5e3 AND y = $2""")
     assert one == other and count == 2
     assert statement_shape('SELECT * FROM "hd_data"."main"."t 2"')[0] != statement_shape(
