@@ -34,6 +34,7 @@ from engine_host.engine.pgtypes import (
 from engine_host.pipeline import errors
 from engine_host.pipeline.errors import QueryError
 from engine_host.pipeline.execution import Execution, GovernedRows
+from engine_host.pipeline.governance.guard import MAX_STATEMENT_CHARS
 from engine_host.pipeline.governance.plan_check import check_bound_plan, statement_shape
 from engine_host.pipeline.governor import SUPPORTED_DIALECTS, GovernedPlan, Governor, StatementAudit
 from engine_host.pipeline.results import Column, Outcome, RowSource, SqlCursor, format_code
@@ -277,6 +278,8 @@ class StatementPipeline:
         """Split a simple-query string into statements; PG-only syntax DuckDB cannot parse stays whole."""
         if not sql.strip(" \t\r\n;"):
             return []
+        if len(sql) > MAX_STATEMENT_CHARS:
+            return [sql]  # the guard refuses it, audited, without DuckDB's parser spending seconds on it
         try:
             parts = [text for _, text in session.engine.statement_kinds(sql)]
         except duckdb.Error:

@@ -101,6 +101,17 @@ def test_a_two_mib_statement_is_refused_and_audited_briefly(engine_host: EngineH
     assert "zz-secret" not in record["sql_redacted"] and len(record["sql_redacted"]) < 10_000
 
 
+def test_many_statements_over_the_limit_are_refused_before_any_parser_runs(engine_host: EngineHostProcess) -> None:
+    # DuckDB's own statement splitter took ~16 s on 2 MiB of `SELECT 1;`: the size limit comes first.
+    conn, tag = tagged(engine_host)
+    with conn:
+        started = time.monotonic()
+        error = refused(conn, "SELECT 1;" * (2 * 1024 * 1024 // 9), "simple")
+        assert (error.sqlstate, error.diag.message_detail) == ("54001", "HD_ERR_STATEMENT_TOO_COMPLEX")
+        assert time.monotonic() - started < 10
+    assert len([r for r in records_of(engine_host, tag) if r["error"] is not None]) == 1
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_nesting_inside_strings_and_comments_does_not_count(engine_host: EngineHostProcess, protocol: str) -> None:
     deep = "(" * 3000
