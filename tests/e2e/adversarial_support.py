@@ -27,6 +27,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.e2e.protocols import cursor
 from tests.e2e.test_adversarial import (
     ACME,
     ANALYST,
@@ -44,7 +45,6 @@ from tests.harness import EngineHostProcess, start_engine_host
 __all__ = ["ACME", "ANALYST", "GLOBEX", "GLOBEX_ANALYST", "Truth", "cells", "parquet_rows"]  # re-exported
 
 ADMIN, GLOBEX_ADMIN, OWNER = "acme-admin", "globex-admin", None
-PROTOCOLS = ("simple", "extended")
 STATEMENT_TIMEOUT_MS = 20_000
 
 # --- the writable tables (created by the Owner of org_acme; `globex_notes` by an Admin of org_globex) ---------
@@ -282,12 +282,7 @@ class Outcome:
 def execute(conn: psycopg.Connection, sql: str, protocol: str, params: tuple | None = None) -> Outcome:
     """Run `sql` over the simple query protocol (client-side parameters) or the extended one (Parse/Bind/Execute)."""
     try:
-        if protocol == "simple":
-            cur: psycopg.Cursor = psycopg.ClientCursor(conn)
-            cur.execute(sql, params, prepare=False)
-        else:
-            cur = conn.cursor()
-            cur.execute(sql, params, prepare=True)
+        cur = cursor(conn, sql, protocol, params)
         rows = cur.fetchall() if cur.description else []
         return Outcome(sql, rows, [c.name for c in cur.description or []], cur.statusmessage)
     except psycopg.Error as exc:

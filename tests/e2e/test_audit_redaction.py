@@ -18,16 +18,8 @@ import pytest
 
 from hd_core.adapters.local_audit import LocalFolderAuditArchive
 from hd_core.audit_search import QueryAuditFilter, search_query_audit
+from tests.e2e.protocols import PROTOCOLS, cursor
 from tests.harness import EngineHostProcess
-
-PROTOCOLS = ["simple", "extended"]
-
-
-def run(conn: psycopg.Connection, sql: str, protocol: str, params: tuple | None = None) -> None:
-    if protocol == "simple":
-        psycopg.ClientCursor(conn).execute(sql, params, prepare=False)
-    else:
-        conn.cursor().execute(sql, params, prepare=True)
 
 
 def audit_text(state_dir: Path) -> str:
@@ -49,7 +41,7 @@ def test_a_failed_cast_is_audited_without_the_value(engine_host: EngineHostProce
     secret = f"zz-secret-{uuid.uuid4().hex[:8]}"
     with psycopg.connect(engine_host.dsn(), autocommit=True) as conn:
         with pytest.raises(psycopg.Error) as caught:
-            run(conn, f"SELECT CAST('{secret}' AS INTEGER)", protocol)
+            cursor(conn, f"SELECT CAST('{secret}' AS INTEGER)", protocol)
         error = caught.value
         assert (error.sqlstate, error.diag.message_detail) == ("22P02", "HD_ERR_INVALID_VALUE")
         assert secret not in str(error)
@@ -65,7 +57,7 @@ def test_a_parameter_that_fails_to_cast_is_audited_without_the_value(engine_host
                                                                      protocol: str) -> None:
     secret = f"zz-secret-{uuid.uuid4().hex[:8]}"
     with psycopg.connect(engine_host.dsn(), autocommit=True) as conn, pytest.raises(psycopg.Error) as caught:
-        run(conn, "SELECT CAST(%s AS INTEGER)", protocol, (secret,))
+        cursor(conn, "SELECT CAST(%s AS INTEGER)", protocol, (secret,))
     assert caught.value.sqlstate == "22P02"
     assert secret not in audit_text(engine_host.state_dir)
 
@@ -75,14 +67,14 @@ def test_a_unique_violation_is_audited_without_the_key(engine_host: EngineHostPr
     secret = f"zz-secret-{uuid.uuid4().hex[:8]}"
     table = f"audit_redaction_{protocol}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(engine_host.dsn(), autocommit=True) as conn:
-        run(conn, f"CREATE TABLE {table} (email VARCHAR PRIMARY KEY, n INTEGER)", protocol)
+        cursor(conn, f"CREATE TABLE {table} (email VARCHAR PRIMARY KEY, n INTEGER)", protocol)
         try:
-            run(conn, f"INSERT INTO {table} VALUES ('{secret}', 987654321)", protocol)
+            cursor(conn, f"INSERT INTO {table} VALUES ('{secret}', 987654321)", protocol)
             with pytest.raises(psycopg.Error) as caught:
-                run(conn, f"INSERT INTO {table} VALUES ('{secret}', 987654321)", protocol)
+                cursor(conn, f"INSERT INTO {table} VALUES ('{secret}', 987654321)", protocol)
             error = caught.value
             assert error.sqlstate == "23505" and secret not in str(error)
-            run(conn, "SELECT 1", protocol)  # the connection goes on
+            cursor(conn, "SELECT 1", protocol)  # the connection goes on
         finally:
             conn.execute(f"DROP TABLE {table}")
     record = record_for(engine_host.state_dir, reference(error))

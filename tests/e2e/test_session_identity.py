@@ -12,9 +12,9 @@ import asyncio
 import psycopg
 import pytest
 
+from tests.e2e.protocols import PROTOCOLS, refused, run
 from tests.harness import EngineHostProcess
 
-PROTOCOLS = ["simple", "extended"]
 ANALYST, AGENT = "acme-analyst", "acme-agent"
 LANGCHAIN = "-c hd.agent_framework=langchain"
 
@@ -43,23 +43,6 @@ IDENTITY_STATEMENTS = [
 
 def connect(host: EngineHostProcess, person: str, **params: str) -> psycopg.Connection:
     return psycopg.connect(host.demo_dsn(person, **params), autocommit=True)
-
-
-def run(conn: psycopg.Connection, sql: str, protocol: str, params: tuple | None = None) -> list[tuple]:
-    """Run `sql` over the simple query protocol or the extended one (Parse/Bind/Execute)."""
-    if protocol == "simple":
-        cur: psycopg.Cursor = psycopg.ClientCursor(conn)
-        cur.execute(sql, params, prepare=False)
-    else:
-        cur = conn.cursor()
-        cur.execute(sql, params, prepare=True)
-    return cur.fetchall() if cur.description else []
-
-
-def refused(conn: psycopg.Connection, sql: str, protocol: str, params: tuple | None = None) -> psycopg.Error:
-    with pytest.raises(psycopg.Error) as caught:
-        run(conn, sql, protocol, params)
-    return caught.value
 
 
 def assert_still_an_acme_analyst(conn: psycopg.Connection) -> None:

@@ -16,29 +16,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.e2e.protocols import PROTOCOLS, refused, run
 from tests.harness import EngineHostProcess
 
-PROTOCOLS = ["simple", "extended"]
 NESTING_LIMIT = 128  # engine_host.pipeline.governance.guard.MAX_NESTING_DEPTH
 SIZE_LIMIT = 1024 * 1024  # engine_host.pipeline.governance.guard.MAX_STATEMENT_CHARS
 DEEP = "SELECT " + "(" * 3000 + "1" + ")" * 3000
-
-
-def run(conn: psycopg.Connection, sql: str, protocol: str) -> list[tuple]:
-    """Run `sql` over the simple query protocol or the extended one (Parse/Bind/Execute)."""
-    if protocol == "simple":
-        cur: psycopg.Cursor = psycopg.ClientCursor(conn)
-        cur.execute(sql, prepare=False)
-    else:
-        cur = conn.cursor()
-        cur.execute(sql, prepare=True)
-    return cur.fetchall() if cur.description else []
-
-
-def refused(conn: psycopg.Connection, sql: str, protocol: str) -> psycopg.Error:
-    with pytest.raises(psycopg.Error) as caught:
-        run(conn, sql, protocol)
-    return caught.value
 
 
 def audit_records(state_dir: Path) -> Iterator[dict]:
