@@ -42,7 +42,7 @@ from hd_core.api_keys import ApiKeyAuthenticator
 from hd_core.bootstrap import ensure_pepper
 from hd_core.models import Role
 from hd_core.policies import MaskFunction, MaskRule
-from hd_core.redaction import scrub_pii
+from hd_core.text_redaction import scrub_pii
 
 GOVERNED_PERSON = "acme-analyst"
 MASKED_TABLE = "main.bench_pii"

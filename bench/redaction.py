@@ -13,7 +13,8 @@ import argparse
 import random
 import time
 
-from hd_core.redaction import redact_sql, scrub_pii
+from hd_core.redaction import redact_sql
+from hd_core.text_redaction import scrub_pii
 
 LINES = (
     "SELECT id, name, email FROM crm.customers WHERE region = 'EMEA' AND created_at > '2024-01-01' LIMIT 100;\n",

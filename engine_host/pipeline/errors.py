@@ -6,7 +6,7 @@ import logging
 import os
 import re
 
-from hd_core.redaction import redact_error_detail
+from hd_core.text_redaction import redact_error_detail
 
 log = logging.getLogger(__name__)
 

@@ -54,8 +54,9 @@ from hd_core.models import OrgStatus, Principal, Role, UserStatus, new_id, utc_n
 from hd_core.permissions import ROLE_SCOPES, effective_scopes, scopes_for_action
 from hd_core.policies import Action, PiiType, PolicyKind, PolicySnapshot, TableBinding
 from hd_core.ports import AuditSink, ControlStore
-from hd_core.redaction import redact_error_detail, redact_error_message, redact_sql
+from hd_core.redaction import redact_sql
 from hd_core.row_filters import parse_row_filter, resolve_row_filter
+from hd_core.text_redaction import redact_error_detail, redact_error_message
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

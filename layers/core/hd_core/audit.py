@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from hd_core.models import new_id, utc_now
-from hd_core.redaction import redact_sql, scrub_pii
+from hd_core.redaction import redact_sql
+from hd_core.text_redaction import scrub_pii
 
 Decision = Literal["allow", "deny"]
 

@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from hd_core.errors import InvalidRequest
 from hd_core.ports import QueryAuditArchive
-from hd_core.redaction import redact_error_detail, redact_error_message
+from hd_core.text_redaction import redact_error_detail, redact_error_message
 
 log = logging.getLogger(__name__)
 

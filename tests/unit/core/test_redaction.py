@@ -6,13 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hd_core.redaction import (
+from hd_core.redaction import MAX_PARSED_STATEMENT_CHARS, redact_sql
+from hd_core.text_redaction import (
     MAX_ERROR_DETAIL_CHARS,
-    MAX_PARSED_STATEMENT_CHARS,
     luhn_valid,
     redact_error_detail,
     redact_error_message,
-    redact_sql,
     scrub_pii,
 )
 
