@@ -50,7 +50,7 @@ class Execution:
             self._deadline = governor.watchdog.arm(timeout_seconds, fire)
 
     def engine_error(self, exc: Exception) -> QueryError:
-        """The client-facing error for an engine failure (the full text is kept for the audit record)."""
+        """The client-facing error for an engine failure (the audit keeps its class and a redacted first line)."""
         message = str(exc)
         if is_row_filter_violation(message):
             return QueryError("42501", "HD_ERR_ROW_FILTER_CHECK",
