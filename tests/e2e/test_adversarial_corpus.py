@@ -50,7 +50,6 @@ from tests.e2e.adversarial_support import (
     GLOBEX_ANALYST,
     GLOBEX_NOTES,
     GLOBEX_ONLY_NAMES,
-    PROTOCOLS,
     WPEOPLE,
     WSINK,
     KeyMaterial,
@@ -74,6 +73,7 @@ from tests.e2e.adversarial_support import (
     visible_ids_of,
     writable_target,
 )
+from tests.e2e.protocols import PROTOCOLS
 from tests.harness import EngineHostProcess
 
 __all__ = ["sessions"]  # the fixture, imported so pytest finds it in this module

@@ -31,7 +31,6 @@ from tests.e2e.adversarial_support import (
     ANALYST,
     ANALYST_DEPARTMENT,
     GLOBEX,
-    PROTOCOLS,
     WPEOPLE,
     Leaks,
     Sessions,
@@ -43,6 +42,7 @@ from tests.e2e.adversarial_support import (
     shared_writable_host,
     truth_of,
 )
+from tests.e2e.protocols import PROTOCOLS
 from tests.harness import EngineHostProcess
 
 __all__ = ["sessions"]  # the fixture, imported so pytest finds it in this module
