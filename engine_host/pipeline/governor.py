@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,6 +44,7 @@ from engine_host.pipeline.governance.rewrite import MaskSpec, TablePolicy, apply
 from engine_host.pipeline.governance.tables import TableRef, extract_tables
 from engine_host.pipeline.governance.transpile import to_duckdb
 from engine_host.pipeline.policy_state import PolicyState
+from engine_host.pipeline.recently_used import RecentlyUsed
 from hd_core import policy_eval
 from hd_core.audit import QueryAuditRecord, format_audit_ts
 from hd_core.errors import HdError, RowFilterInvalid
@@ -172,8 +171,7 @@ class Governor:
         self.watchdog = Watchdog()
         self._on_schema_change = on_schema_change
         self._now = now
-        self._plans: OrderedDict[tuple[object, ...], GovernedPlan] = OrderedDict()
-        self._plans_lock = threading.Lock()
+        self._plans: RecentlyUsed[tuple[object, ...], GovernedPlan] = RecentlyUsed(self.limits.plan_cache_entries)
         self._filters: dict[tuple[int, str], object] = {}
         self._status: dict[str, tuple[float, tuple[str, ...] | QueryError]] = {}
 
@@ -237,10 +235,7 @@ class Governor:
                subject.user_id, role, subject.agent_id, subject.agent_framework, subject.department,
                subject.region, subject.env, scopes, phi,
                None if overlay is None else tuple(sorted((k, v.columns) for k, v in overlay.items())))
-        with self._plans_lock:
-            cached = self._plans.get(key)
-            if cached is not None:
-                self._plans.move_to_end(key)
+        cached = self._plans.get(key)
         if cached is not None:
             audit.allow("plan", "rewrite cache hit")
             return cached
@@ -263,10 +258,7 @@ class Governor:
             checked = time.perf_counter()
             self._stage(audit, "plan_check", lambda: verify(plan))
             audit.timings_ms["plan_check"] = round((time.perf_counter() - checked) * 1000, 3)
-        with self._plans_lock:
-            self._plans[key] = plan
-            if len(self._plans) > self.limits.plan_cache_entries:
-                self._plans.popitem(last=False)
+        self._plans.put(key, plan)
         return plan
 
     @staticmethod

@@ -11,8 +11,6 @@ All methods block (they call DuckDB); the wire layer runs them on worker threads
 from __future__ import annotations
 
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from engine_host.pipeline.execution import Execution, GovernedRows
 from engine_host.pipeline.governance.guard import MAX_STATEMENT_CHARS
 from engine_host.pipeline.governance.plan_check import check_bound_plan, statement_shape
 from engine_host.pipeline.governor import SUPPORTED_DIALECTS, GovernedPlan, Governor, StatementAudit
+from engine_host.pipeline.recently_used import RecentlyUsed
 from engine_host.pipeline.results import Column, Outcome, RowSource, SqlCursor, format_code
 from engine_host.pipeline.session import FAILED_TRANSACTION, IN_TRANSACTION, Session
 from engine_host.pipeline.settings import (
@@ -147,7 +146,7 @@ class StatementPipeline:
         self._table_data = table_data
         self.governor = governor
         # Statement shapes whose bound plan passed the check (see `verify_plan`).
-        self._verified = _BoundedSet(governor.limits.plan_cache_entries)
+        self._verified: RecentlyUsed[Hashable, bool] = RecentlyUsed(governor.limits.plan_cache_entries)
         self.stages: list[Stage] = (list(stages) if stages is not None
                                     else [self.classify, self.answer_catalog, self.govern])
 
@@ -257,11 +256,11 @@ class StatementPipeline:
         # A session with uncommitted DDL binds against its own tables: its verdicts are its own.
         key = None if session.local_tables is not None else (
             shape, plan.table_sources, plan.kind == "catalog", self.governor.tables.version)
-        if key is not None and self._verified.seen(key):
+        if key is not None and self._verified.get(key):
             return
         self.bind_and_check(session, plan, parameters)
         if key is not None:
-            self._verified.add(key)
+            self._verified.put(key, True)
 
     def bind_and_check(self, session: Session, plan: GovernedPlan, parameters: int) -> None:
         """The check itself, uncached: bind in DuckDB (NULL for each parameter), walk the plan."""
@@ -766,29 +765,6 @@ _SAVEPOINT = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _CLOSE = re.compile(r"^\s*CLOSE\s+" + _IDENT + r"\s*;?\s*$", re.IGNORECASE | re.DOTALL)
-
-
-class _BoundedSet:
-    """A thread-safe set that forgets its least recently used members beyond `capacity`."""
-
-    def __init__(self, capacity: int):
-        self._capacity = capacity
-        self._members: OrderedDict[Hashable, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def seen(self, member: Hashable) -> bool:
-        with self._lock:
-            if member in self._members:
-                self._members.move_to_end(member)
-                return True
-            return False
-
-    def add(self, member: Hashable) -> None:
-        with self._lock:
-            self._members[member] = None
-            self._members.move_to_end(member)
-            while len(self._members) > self._capacity:
-                self._members.popitem(last=False)
 
 
 class _NothingHeld(AbstractContextManager["_NothingHeld"]):
