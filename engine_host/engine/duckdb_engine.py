@@ -20,6 +20,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from engine_host.engine.tables import sql_string
+
 log = logging.getLogger(__name__)
 
 SetupStep = Callable[[duckdb.DuckDBPyConnection], None]
@@ -72,7 +74,7 @@ class Database:
             config["threads"] = self._threads
         con = duckdb.connect(":memory:", config=config)
         source = str(self._path) if self._path else ":memory:"
-        con.execute(f"ATTACH {_sql_string(source)} AS {DATA_CATALOG}")
+        con.execute(f"ATTACH {sql_string(source)} AS {DATA_CATALOG}")
         # EXPLAIN returns the binder's unoptimised plan too: the bound-plan check reads it, before any
         # optimisation could fold a scan away (clients' EXPLAIN shows the physical plan only).
         con.execute("SET GLOBAL explain_output = 'all'")
@@ -107,10 +109,6 @@ class Database:
         if self._con is not None:
             self._con.close()
             self._con = None
-
-
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 class ResultStream:

@@ -55,6 +55,12 @@ def shutting_down() -> QueryError:
     return QueryError("57P01", "HD_ERR_SHUTDOWN", "terminating connection due to administrator command")
 
 
+def unknown_relation(name: str) -> QueryError:
+    """What every relation name that does not resolve for the client gets, whatever the reason."""
+    return QueryError("42P01", "HD_ERR_UNKNOWN_TABLE", f'relation "{name}" does not exist',
+                      hint="Check the table name and schema; list the tables you can see with \\dt.")
+
+
 def statement_too_complex(message: str) -> QueryError:
     """A statement over a size or nesting limit (54001, Postgres' statement_too_complex)."""
     return QueryError("54001", "HD_ERR_STATEMENT_TOO_COMPLEX", message,
@@ -132,9 +138,7 @@ def from_engine_error(exc: Exception) -> QueryError:
     first = message.splitlines()[0] if message else name
     missing = _MISSING_TABLE.match(first) if name == "CatalogException" else None
     if missing is not None:  # a name that did not bind: answered as the guard answers a missing table
-        table = _internal_names(missing.group(1) or missing.group(2))
-        return QueryError("42P01", "HD_ERR_UNKNOWN_TABLE", f'relation "{table}" does not exist',
-                          hint="Check the table name and schema; list the tables you can see with \\dt.")
+        return unknown_relation(_internal_names(missing.group(1) or missing.group(2)))
     return QueryError(sqlstate, code, _internal_names(first))
 
 

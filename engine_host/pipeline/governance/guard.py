@@ -19,7 +19,8 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
-from engine_host.pipeline.errors import QueryError, statement_too_complex
+from engine_host.pipeline.errors import QueryError, statement_too_complex, unknown_relation
+from hd_core.sql_calls import BARE_FUNCTIONS
 from hd_core.sql_functions import ALLOWED_FUNCTIONS, ALLOWED_TABLE_FUNCTIONS, REFUSED, SYNTAX_FORMS
 
 # Relations in these schemas are machinery (our macros, DuckDB's and Postgres' catalogs, temp objects).
@@ -46,11 +47,6 @@ _CATALOG_FUNCTIONS = frozenset({
 _SYNTAX_NODES: tuple[type[exp.Expr], ...] = (
     exp.Cast, exp.TryCast, exp.Case, exp.And, exp.Or, exp.Xor, exp.Not, exp.Exists, exp.Extract, exp.Struct,
     exp.Array, exp.Collate, exp.Interval, exp.Paren)
-# Functions DuckDB calls when they are written bare (a column of that name, if the table has one,
-# wins; without one, `user` is the user): an unqualified column with one of these names is a call.
-_BARE_FUNCTIONS = frozenset({"current_catalog", "current_date", "current_role", "current_schema", "current_user",
-                             "session_user", "user", "current_time", "current_timestamp", "localtime",
-                             "localtimestamp"})
 _CALL = re.compile(r'\s*"?([A-Za-z_][\w$]*)"?\s*(\(|$)')
 
 _EXPLAIN = re.compile(r"explain(?![\w$])", re.IGNORECASE)
@@ -387,10 +383,9 @@ def check_functions(tree: exp.Expr, text: str, *, catalog: bool = False, generat
     for node in tree.find_all(exp.Func):
         if isinstance(node, exp.Command):
             continue
-        called = duckdb_call_name(node, text) if generated else written_name(node, text)
-        if called is None:
+        name = duckdb_call_name(node, text) if generated else written_name(node, text)
+        if name is None:
             continue  # syntax (CAST, CASE, AND, ...), not a call
-        name = called
         parent = node.parent
         if isinstance(parent, exp.Dot) and parent.expression is node:
             qualifier = parent.this
@@ -410,7 +405,8 @@ def check_functions(tree: exp.Expr, text: str, *, catalog: bool = False, generat
     if generated:
         for column in tree.find_all(exp.Column):
             bare = column.name.lower()
-            if not column.table and bare in _BARE_FUNCTIONS and not may_call(bare):
+            # A bare function name DuckDB calls unless the table has such a column (`user` is the user).
+            if not column.table and bare in BARE_FUNCTIONS and not may_call(bare):
                 raise function_not_allowed(bare)
 
 
@@ -452,10 +448,8 @@ def is_internal_name(name: str) -> bool:
 
 
 def unknown_table(table: exp.Table) -> QueryError:
-    """What every name that does not resolve for this client gets, whatever the reason."""
-    spelled = ".".join(part.name for part in table.parts)
-    return QueryError("42P01", "HD_ERR_UNKNOWN_TABLE", f'relation "{spelled}" does not exist',
-                      hint="Check the table name and schema; list the tables you can see with \\dt.")
+    """`errors.unknown_relation` for a table reference, named as the client spelled it."""
+    return unknown_relation(".".join(part.name for part in table.parts))
 
 
 _NESTED_STATEMENTS = (exp.Insert, exp.Update, exp.Delete, exp.Create, exp.Drop, exp.Alter, exp.Merge,

@@ -25,7 +25,7 @@ _SYNTAX_WORDS = frozenset(
 )
 # Functions DuckDB calls when written bare, without parentheses; it binds the first seven even when
 # quoted, whenever the table has no column of that name ("user" is the user, not a column).
-_BARE_FUNCTIONS = frozenset(
+BARE_FUNCTIONS = frozenset(
     "current_catalog current_date current_role current_schema current_user session_user user "
     "current_time current_timestamp localtime localtimestamp".split()
 )
@@ -51,10 +51,10 @@ def _called_function(tokens: list[Token], index: int) -> str | None:
     name = token.text.lower()
     before_paren = index + 1 < len(tokens) and tokens[index + 1].token_type == TokenType.L_PAREN
     if token.token_type == TokenType.IDENTIFIER:  # quoting a name changes neither case for DuckDB
-        return name if before_paren or name in _BARE_FUNCTIONS else None
+        return name if before_paren or name in BARE_FUNCTIONS else None
     # A bare word's token type is VAR or its keyword's type; a string or number holding one is not.
     is_word = token.token_type in (TokenType.VAR, _KEYWORDS.get(token.text.upper())) and _WORD.fullmatch(token.text)
-    if is_word and (name in _BARE_FUNCTIONS or (before_paren and name not in _SYNTAX_WORDS)):
+    if is_word and (name in BARE_FUNCTIONS or (before_paren and name not in _SYNTAX_WORDS)):
         return name
     return None
 
