@@ -183,12 +183,13 @@ class SessionSettings:
             # A claimed identity is refused outright: ignoring it would let the client believe it holds.
             try:
                 canon = canonical_name(name)
-                if canon in IDENTITY_SETTINGS and canon not in STARTUP_ONLY_SETTINGS:
-                    raise identity_immutable(canon)
+            except QueryError:
+                continue
+            if canon in IDENTITY_SETTINGS and canon not in STARTUP_ONLY_SETTINGS:
+                raise identity_immutable(canon)
+            try:
                 self._assign(canon, value)
-            except QueryError as exc:
-                if exc.code == "HD_ERR_IDENTITY_IMMUTABLE":
-                    raise
+            except QueryError:
                 continue
 
     def get(self, name: str) -> str:
