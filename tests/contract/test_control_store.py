@@ -211,6 +211,8 @@ def test_users_round_trip_with_every_field_and_list_by_org(store: ControlStore) 
         mfa_enabled=True,
         mfa_last_step=59_078_880,
         external_ids=("https://idp.example#alice", "https://other.example#a-1"),
+        tokens_valid_after=T0 + timedelta(seconds=1, microseconds=250),
+        password_must_change=True,
     )
     bob = _user(acme, T0 + timedelta(minutes=1), status=UserStatus.SUSPENDED)
     outsider = _user(other)
@@ -361,6 +363,56 @@ def test_advance_mfa_step_only_moves_forward(store: ControlStore) -> None:
     stored = store.get_user(user.user_id)
     assert stored is not None and stored.mfa_last_step == 101
     assert store.advance_mfa_step("usr_absent", 5) is False
+
+
+def test_end_user_sessions_moves_tokens_valid_after_forward_only(store: ControlStore) -> None:
+    user = _user(_org())
+    store.put_user(user)
+    store.end_user_sessions(user.user_id, T0 + timedelta(minutes=5))
+    store.end_user_sessions(user.user_id, T0 + timedelta(minutes=1))  # an earlier time keeps the later one
+    stored = store.get_user(user.user_id)
+    assert stored is not None and stored.tokens_valid_after == T0 + timedelta(minutes=5)
+    store.end_user_sessions(user.user_id, (T0 + timedelta(minutes=9)).astimezone(EASTERN))
+    stored = store.get_user(user.user_id)
+    assert stored is not None and stored.tokens_valid_after == T0 + timedelta(minutes=9)
+    assert stored.tokens_valid_after.tzinfo is not None
+    with pytest.raises(NotFound):
+        store.end_user_sessions("usr_absent", T0)
+
+
+def test_put_user_from_a_copy_read_before_sessions_ended_keeps_them_ended(store: ControlStore) -> None:
+    user = _user(_org())
+    store.put_user(user)
+    stale = store.get_user(user.user_id)
+    assert stale is not None and stale.tokens_valid_after is None
+    store.end_user_sessions(user.user_id, T0 + timedelta(minutes=5))
+    store.put_user(replace(stale, name="renamed from an old copy"))
+    stored = store.get_user(user.user_id)
+    assert stored is not None and stored.name == "renamed from an old copy"
+    assert stored.tokens_valid_after == T0 + timedelta(minutes=5)
+    # An explicit later time still moves it forward, and an earlier one does not move it back.
+    store.put_user(replace(stored, tokens_valid_after=T0 + timedelta(minutes=7)))
+    store.put_user(replace(stored, tokens_valid_after=T0 + timedelta(minutes=6)))
+    again = store.get_user(user.user_id)
+    assert again is not None and again.tokens_valid_after == T0 + timedelta(minutes=7)
+
+
+def test_concurrent_session_ends_and_user_writes_keep_the_latest_time(store: ControlStore) -> None:
+    user = _user(_org())
+    store.put_user(user)
+    stale = store.get_user(user.user_id)
+    assert stale is not None
+
+    def work(worker: int) -> None:
+        if worker % 2:
+            store.end_user_sessions(user.user_id, T0 + timedelta(minutes=worker))
+        else:
+            store.put_user(replace(stale, name=f"writer {worker}"))
+
+    assert _run_threads(9, work) == []
+    stored = store.get_user(user.user_id)
+    # Odd workers end sessions at minutes 1, 3, 5 and 7; no stale write takes the latest back.
+    assert stored is not None and stored.tokens_valid_after == T0 + timedelta(minutes=7)
 
 
 def test_two_logins_racing_with_one_totp_step_exactly_one_spends_it(store: ControlStore) -> None:

@@ -137,6 +137,11 @@ class User:
     # Federated identities as "<issuer>#<subject>": an OIDC token from that issuer about that subject
     # signs in as this user.
     external_ids: tuple[str, ...] = ()
+    # Access and refresh tokens issued before this time are refused: a password or MFA change, a
+    # suspension or a revoked session family moves it forward (never back), ending every session at once.
+    tokens_valid_after: datetime | None = None
+    # Set by an administrator's password reset: the password only serves to choose a new one, never to log in.
+    password_must_change: bool = False
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,15 @@ class ControlStore(Protocol):
 
         Emails (compared case-insensitively) and external ids are unique across the store: raises
         `Conflict` if another user already holds one of them, and then stores nothing.
+        `tokens_valid_after` never moves back: the stored value is the later of the stored one and
+        `user`'s, so a write from a copy read before `end_user_sessions` cannot revive sessions.
+        """
+        ...
+
+    def end_user_sessions(self, user_id: str, at: datetime) -> None:
+        """Refuse every token of the user issued before `at`: move `tokens_valid_after` forward to `at`, atomically.
+
+        A later time already stored is kept. Raises `NotFound` for an absent user.
         """
         ...
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -176,6 +177,22 @@ class DynamoDbControlStore:
             return_values="NONE",
         )
         return advanced is not None
+
+    def end_user_sessions(self, user_id: str, at: datetime) -> None:
+        """Move the user's `tokens_valid_after` forward to `at`: one conditional update; raises `NotFound`.
+
+        The revision moves too, so a `put_user` computed from an earlier read retries and keeps the new time.
+        """
+        encoded = _encode_time(at)
+        moved = self._update(
+            _user_key(user_id),
+            "SET tokens_valid_after = :at, revision = revision + :one",
+            {":at": encoded, ":one": 1},
+            condition="attribute_exists(PK) AND (attribute_not_exists(tokens_valid_after) OR tokens_valid_after < :at)",
+            return_values="NONE",
+        )
+        if moved is None and self._get(_user_key(user_id)) is None:
+            raise NotFound(f"user {user_id} not found")
 
     def get_user_by_external_id(self, external_id: str) -> User | None:
         """The user linked to this federated identity (`<issuer>#<subject>`), or None."""
@@ -669,6 +686,8 @@ def _user_item(user: User, revision: int) -> Item:
         "mfa_enabled": user.mfa_enabled,
         "mfa_last_step": user.mfa_last_step,
         "external_ids": list(user.external_ids),
+        "tokens_valid_after": _encode_optional_time(user.tokens_valid_after),
+        "password_must_change": user.password_must_change,
         "revision": revision,
     }
     return _keyed(_user_key(user.user_id), fields, "USERS#" + user.org_id, f"{created_at}#{user.user_id}")
@@ -691,6 +710,8 @@ def _user_from_item(item: Item) -> User:
         # Absent on users written before the replay guard existed: no step accepted yet.
         mfa_last_step=int(item.get("mfa_last_step", 0)),
         external_ids=tuple(item.get("external_ids", ())),
+        tokens_valid_after=_decode_optional_time(item.get("tokens_valid_after")),
+        password_must_change=bool(item.get("password_must_change", False)),
     )
 
 
@@ -701,6 +722,12 @@ def _user_writes(table_name: str, user: User, current: Item | None) -> list[dict
     never commit; each claim may be taken only if free or already ours.
     """
     revision = 0 if current is None else int(current["revision"])
+    stored_after = None if current is None else current.get("tokens_valid_after")
+    if stored_after is not None and (
+        user.tokens_valid_after is None or _decode_time(stored_after) > user.tokens_valid_after
+    ):
+        # Never back: a copy read before end_user_sessions must not revive the sessions it ended.
+        user = replace(user, tokens_valid_after=_decode_time(stored_after))
     user_put: dict[str, Any] = {"TableName": table_name, "Item": _serialize(_user_item(user, revision + 1))}
     if current is None:
         user_put["ConditionExpression"] = "attribute_not_exists(PK)"

@@ -191,6 +191,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (chain_id, seq)
         )""",
     ),
+    (
+        # Issue 13: sessions end when what ended them happened (password, MFA, suspension, revocation),
+        # and an administrator's password reset must be replaced before it logs anyone in.
+        "ALTER TABLE users ADD COLUMN tokens_valid_after TEXT",
+        "ALTER TABLE users ADD COLUMN password_must_change INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -294,15 +300,19 @@ class SqliteControlStore:
                 # An upsert, not INSERT OR REPLACE: REPLACE would silently delete *another* user holding the email.
                 db.execute(
                     "INSERT INTO users (user_id, org_id, email, email_key, role, status, department, region,"
-                    " created_at, name, password_hash, mfa_secret, mfa_enabled, mfa_last_step, external_ids)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " created_at, name, password_hash, mfa_secret, mfa_enabled, mfa_last_step, external_ids,"
+                    " tokens_valid_after, password_must_change)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (user_id) DO UPDATE SET org_id = excluded.org_id, email = excluded.email,"
                     " email_key = excluded.email_key, role = excluded.role, status = excluded.status,"
                     " department = excluded.department, region = excluded.region, created_at = excluded.created_at,"
                     " name = excluded.name, password_hash = excluded.password_hash,"
                     " mfa_secret = excluded.mfa_secret, mfa_enabled = excluded.mfa_enabled,"
                     " mfa_last_step = excluded.mfa_last_step,"
-                    " external_ids = excluded.external_ids",
+                    " external_ids = excluded.external_ids, password_must_change = excluded.password_must_change,"
+                    # Never back: fixed-width ISO text compares as time, and NULL (never ended) is earliest.
+                    " tokens_valid_after = nullif(max(coalesce(users.tokens_valid_after, ''),"
+                    " coalesce(excluded.tokens_valid_after, '')), '')",
                     _user_params(user),
                 )
                 db.execute("DELETE FROM user_external_ids WHERE user_id = ?", (user.user_id,))
@@ -330,6 +340,16 @@ class SqliteControlStore:
                 "UPDATE users SET mfa_last_step = ? WHERE user_id = ? AND mfa_last_step < ?", (step, user_id, step)
             )
             return cursor.rowcount == 1
+
+    def end_user_sessions(self, user_id: str, at: datetime) -> None:
+        """Move the user's `tokens_valid_after` forward to `at` (a later stored time is kept); raises `NotFound`."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE users SET tokens_valid_after = max(coalesce(tokens_valid_after, ''), ?) WHERE user_id = ?",
+                (_encode_time(at), user_id),
+            )
+            if cursor.rowcount != 1:
+                raise NotFound(f"user {user_id} not found")
 
     def get_user_by_external_id(self, external_id: str) -> User | None:
         """The user linked to this federated identity (`<issuer>#<subject>`), or None."""
@@ -779,6 +799,8 @@ def _user_params(user: User) -> tuple[object, ...]:
         user.mfa_enabled,
         user.mfa_last_step,
         _encode_json_list(user.external_ids),
+        _encode_optional_time(user.tokens_valid_after),
+        user.password_must_change,
     )
 
 
@@ -798,6 +820,8 @@ def _user_from_row(row: sqlite3.Row) -> User:
         mfa_enabled=bool(row["mfa_enabled"]),
         mfa_last_step=int(row["mfa_last_step"]),
         external_ids=tuple(json.loads(row["external_ids"])),
+        tokens_valid_after=_decode_optional_time(row["tokens_valid_after"]),
+        password_must_change=bool(row["password_must_change"]),
     )
 
 
