@@ -73,9 +73,16 @@ class LocalLambdaContext:
 
 
 class ControlApiDispatcher:
-    """Routes an HTTP request to the control-plane Lambda that owns it, as an API Gateway proxy event."""
+    """Routes an HTTP request to the control-plane Lambda that owns it, as an API Gateway proxy event.
+
+    One event is resolved at a time, as in one Lambda execution environment. That is not caution
+    but a requirement: Powertools keeps the event being resolved on a class attribute
+    (`BaseRouter.current_event`), shared by every resolver in the process, so two requests resolved
+    at once could each read the other's headers and be answered under the other's identity.
+    """
 
     def __init__(self) -> None:
+        self._resolving = threading.Lock()
         self._routes = load_routes()
         self._handlers: dict[str, Callable[[dict[str, Any], Any], dict[str, Any]]] = {
             name: import_module(module).lambda_handler for name, module in FUNCTION_MODULES.items()
@@ -109,7 +116,9 @@ class ControlApiDispatcher:
             method.upper(), route.template, parts.path, parts.query, params, pairs, body, source_ip, request_id
         )
         context = LocalLambdaContext(function_name=f"hd-{function}", aws_request_id=request_id)
-        return _reply_of(self._handlers[function](event, context))
+        with self._resolving:
+            response = self._handlers[function](event, context)
+        return _reply_of(response)
 
     def _match(self, path: str) -> tuple[Route, dict[str, str]] | None:
         for route in self._routes:

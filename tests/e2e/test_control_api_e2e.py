@@ -6,7 +6,9 @@ applies to the next statement; a user suspended through the API loses an open en
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -162,3 +164,33 @@ def test_a_jwt_from_the_control_api_is_an_engine_password(host: EngineHostProces
         assert conn.execute("SELECT current_user").fetchone() == (user["user_id"],)
     with pytest.raises(psycopg.OperationalError, match="authentication failed"):
         _connect(host, ANALYST, token)
+
+
+def test_concurrent_http_requests_are_each_answered_as_their_sender(host: EngineHostProcess) -> None:
+    """The threaded HTTP server in front of the dispatcher (which alone is tested with 20,000 requests in
+    tests/integration/functions/test_concurrent_identity.py) keeps each connection's caller its own."""
+    assert host.api_port is not None
+    callers: list[tuple[str | None, str | None]] = [(host.password, host.user), (None, None)]
+    for person in ("acme-analyst", "acme-admin", "globex-analyst"):
+        key = (host.state_dir / "demo-keys" / f"{person}.key").read_text().strip()
+        callers.append((key, f"usr_demo_{person.replace('-', '_')}"))
+    wrong: list[str] = []
+
+    def drive(worker: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", host.api_port, timeout=60)
+        for n in range(worker, 2000, 16):
+            key, user_id = callers[n % len(callers)]
+            connection.request("GET", "/v1/auth/whoami", headers={"X-API-Key": key} if key else {})
+            response = connection.getresponse()
+            body = response.read()
+            expected = 401 if key is None else 200
+            if response.status != expected or (key and json.loads(body)["user_id"] != user_id):
+                wrong.append(f"{user_id}: {response.status} {body[:80]!r}")
+        connection.close()
+
+    threads = [threading.Thread(target=drive, args=(worker,)) for worker in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
