@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -36,7 +37,33 @@ def lambda_entry(app: APIGatewayRestResolver, service: str) -> LambdaHandler:
 
     if not tracing_enabled():
         return lambda_handler
-    return Tracer(service=service).capture_lambda_handler(lambda_handler)
+    return traced(lambda_handler, service)
+
+
+class UnhandledFailure(RuntimeError):
+    """What X-Ray sees of an exception that left a handler: its type, never its message."""
+
+
+def traced(handler: Callable[[Any, Any], Any], service: str) -> Callable[[Any, Any], Any]:
+    """`handler` in an X-Ray subsegment that records neither its response nor an exception's message.
+
+    Powertools captures both by default as segment metadata, and the X-Ray SDK records the message
+    of any exception leaving the subsegment. Our responses carry API keys, JWTs and TOTP secrets,
+    and an exception message can quote what a caller sent: X-Ray is no place for either. So the
+    response is not captured, and an escaping exception is logged whole and re-raised as its type
+    alone. The subsegment still records timing, cold start and the fault.
+    """
+    logger = Logger(service=service)
+
+    @functools.wraps(handler)
+    def handle(event: Any, context: Any) -> Any:
+        try:
+            return handler(event, context)
+        except Exception as error:
+            logger.exception("unhandled error")
+            raise UnhandledFailure(f"unhandled {type(error).__name__}; the function's log has the details") from None
+
+    return Tracer(service=service).capture_lambda_handler(handle, capture_response=False, capture_error=False)
 
 
 def tracing_enabled() -> bool:

@@ -10,12 +10,12 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from functions.shared.lambda_entry import METRICS_NAMESPACE, tracing_enabled
+from functions.shared.lambda_entry import METRICS_NAMESPACE, traced, tracing_enabled
 from functions.shared.wiring import services
 from hd_core.errors import HdError
 from hd_core.wipe import (
@@ -87,7 +87,7 @@ def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return {"status": outcome.status, "instance_id": outcome.instance_id, "command_id": outcome.command_id}
 
 
-_entry = Tracer(service=SERVICE).capture_lambda_handler(_handle) if tracing_enabled() else _handle
+_entry = traced(_handle, SERVICE) if tracing_enabled() else _handle
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
