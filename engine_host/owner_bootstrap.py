@@ -14,6 +14,7 @@ from hd_core.adapters.dynamodb_store import DynamoDbControlStore
 from hd_core.api_keys import ApiKeyHasher
 from hd_core.bootstrap import bootstrap_local_owner, ensure_environments
 from hd_core.errors import HdError
+from hd_core.models import KeyEnv
 
 
 def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +32,7 @@ def run_bootstrap(args: argparse.Namespace) -> int:
     store = DynamoDbControlStore(args.table, client=boto3.client("dynamodb", region_name=args.region))
     try:
         owner = bootstrap_local_owner(store, ApiKeyHasher(), org_id=args.org_id, org_name=args.org_name or args.org_id,
-                                      email=args.email)
+                                      email=args.email, key_env=KeyEnv.LIVE)
         ensure_environments(store, owner.org.org_id)
     except HdError as exc:
         print(f"hd engine bootstrap-owner: {exc} ({exc.code})", file=sys.stderr)

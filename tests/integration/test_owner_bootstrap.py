@@ -35,6 +35,7 @@ def test_the_first_owner_gets_a_working_key_printed_once(store: DynamoDbControlS
     out = capsys.readouterr().out
     key = out.strip().splitlines()[-1]
     user_id = out.split("Owner ", 1)[1].split(" ", 1)[0]
+    assert key.startswith("hd_live_"), "a deployment's keys are live keys"
 
     principal = ApiKeyAuthenticator(store, ensure_pepper(store)).authenticate(user_id, key)
     assert (principal.org_id, principal.role) == ("org_fleet", Role.OWNER)

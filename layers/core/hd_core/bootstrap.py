@@ -53,9 +53,13 @@ def bootstrap_local_owner(
     org_name: str = "Local Dev Org",
     org_id: str | None = None,
     email: str = "owner@localhost",
+    key_env: KeyEnv = KeyEnv.TEST,
     now: Callable[[], datetime] = utc_now,
 ) -> LocalOwner:
-    """Create, once, an active organisation with an Owner user and an all-scopes `hd_test_` key for them.
+    """Create, once, an active organisation with an Owner user and an all-scopes key for them.
+
+    The key is `hd_test_` for local mode and `hd_live_` (`key_env=KeyEnv.LIVE`) for a deployment,
+    whose keys are live keys: a test prefix there would be a key the environment checks misfile.
 
     `org_id` picks the organisation's id (the demo puts the Owner in `org_acme`); an existing
     organisation with that id is reused.
@@ -94,7 +98,7 @@ def bootstrap_local_owner(
         hasher,
         org_id=org.org_id,
         user_id=user.user_id,
-        env=KeyEnv.TEST,
+        env=key_env,
         scopes=ALL_SCOPES,
         name=LOCAL_OWNER_KEY_NAME,
         now=now,
