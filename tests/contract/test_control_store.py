@@ -1040,3 +1040,62 @@ def test_concurrent_add_usage_from_threads_sums_correctly(store: ControlStore) -
     assert buckets[None].rows == 800
     assert buckets["agent-0"].statements == buckets["agent-1"].statements == 40
     assert buckets["agent-0"].bytes == 4_000
+
+
+# --- authentication throttling -------------------------------------------------------------------
+
+FORGET = timedelta(hours=1)
+
+
+def _fail(store: ControlStore, subject: str, at: datetime) -> Any:
+    return store.record_auth_failure(subject, at, forget_before=at - FORGET, expires_at=at + FORGET)
+
+
+def test_a_subject_without_failures_has_no_record(store: ControlStore) -> None:
+    assert store.get_auth_failures("login:nobody") is None
+
+
+def test_failures_count_up_and_remember_the_one_before_the_last(store: ControlStore) -> None:
+    first = _fail(store, "api_key:hd_live_AbCdEfGh", T0)
+    second = _fail(store, "api_key:hd_live_AbCdEfGh", T0 + timedelta(seconds=5))
+    assert (first.count, first.last_failure_at, first.previous_failure_at) == (1, T0, None)
+    assert (second.count, second.last_failure_at, second.previous_failure_at) == (2, T0 + timedelta(seconds=5), T0)
+    assert second.expires_at == T0 + timedelta(seconds=5) + FORGET
+    assert store.get_auth_failures("api_key:hd_live_AbCdEfGh") == second
+
+
+def test_a_failure_after_the_forget_time_starts_the_count_again(store: ControlStore) -> None:
+    for seconds in range(3):
+        _fail(store, "login:a", T0 + timedelta(seconds=seconds))
+    later = T0 + FORGET + timedelta(minutes=1)
+    restarted = _fail(store, "login:a", later)
+    assert (restarted.count, restarted.last_failure_at, restarted.previous_failure_at) == (1, later, None)
+
+
+def test_subjects_are_counted_apart_and_cleared_one_at_a_time(store: ControlStore) -> None:
+    _fail(store, "login:a", T0)
+    _fail(store, "login:a", T0)
+    _fail(store, "login:b", T0)
+    store.clear_auth_failures("login:a")
+    store.clear_auth_failures("login:never-failed")  # a no-op, not an error
+    assert store.get_auth_failures("login:a") is None
+    assert store.get_auth_failures("login:b") is not None
+    assert _fail(store, "login:a", T0).count == 1
+
+
+def test_auth_failures_come_back_as_utc_and_survive_reopening(store_factory: StoreFactory) -> None:
+    _fail(store_factory(), "login:a", T0.astimezone(EASTERN))
+    record = store_factory().get_auth_failures("login:a")
+    assert record is not None and record.last_failure_at == T0 and record.last_failure_at.tzinfo == UTC
+
+
+def test_concurrent_failures_each_see_their_own_count(store: ControlStore) -> None:
+    seen: list[int] = []
+
+    def fail(worker: int) -> None:
+        for _ in range(5):
+            seen.append(_fail(store, "api_key:hd_live_Race0001", T0 + timedelta(milliseconds=worker)).count)
+
+    assert _run_threads(8, fail) == []
+    # Exactly one writer sees each count: that is what lets a lockout be recorded once.
+    assert sorted(seen) == list(range(1, 41))

@@ -293,3 +293,17 @@ class UsageDelta:
     credits: float
     rows: int
     bytes: int
+
+
+@dataclass(frozen=True)
+class AuthFailures:
+    """The recent failed credential checks of one throttled subject (see `hd_core.auth_throttle`)."""
+
+    subject: str
+    count: int
+    last_failure_at: datetime
+    # The failure before the last one; None when the count (re)started at 1. It tells which failure
+    # began a lockout, so that a lockout is recorded once however many hosts race.
+    previous_failure_at: datetime | None
+    # After this the record means nothing: stores may delete it (DynamoDB TTL, SQLite on write).
+    expires_at: datetime

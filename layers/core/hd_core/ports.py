@@ -9,6 +9,7 @@ from typing import Protocol
 
 from hd_core.models import (
     ApiKeyRecord,
+    AuthFailures,
     ChainCheckpoint,
     Environment,
     IamEvent,
@@ -134,6 +135,28 @@ class ControlStore(Protocol):
 
     def refresh_family_revoked(self, family_id: str) -> bool:
         """Whether the family was revoked."""
+        ...
+
+    # --- authentication throttling --------------------------------------------------------------
+
+    def get_auth_failures(self, subject: str) -> AuthFailures | None:
+        """The failure record of a throttled subject, or None; it may have expired (deletion can lag)."""
+        ...
+
+    def record_auth_failure(
+        self, subject: str, at: datetime, *, forget_before: datetime, expires_at: datetime
+    ) -> AuthFailures:
+        """Count one failed credential check at `at`, atomically; returns the record as this write left it.
+
+        The count goes up by one if the last failure was at or after `forget_before`, else starts
+        again at 1 (without a previous failure). Of concurrent writers each sees a different count,
+        so exactly one sees any given number. The record is kept until `expires_at`, then deleted
+        (DynamoDB TTL; the SQLite adapter deletes expired records as it writes).
+        """
+        ...
+
+    def clear_auth_failures(self, subject: str) -> None:
+        """Forget a subject's failures (its secret was just proven); nothing happens if it has none."""
         ...
 
     # --- just-in-time elevation -----------------------------------------------------------------

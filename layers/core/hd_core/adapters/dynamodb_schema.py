@@ -43,6 +43,11 @@ GLOBAL_SECONDARY_INDEXES: tuple[dict[str, Any], ...] = (
 
 BILLING_MODE = "PAY_PER_REQUEST"
 
+# Items carrying this attribute (epoch seconds) are deleted by DynamoDB some time after it passes:
+# brute-force failure records of names nobody holds must not pile up. Readers still check expiry,
+# since the deletion can lag by days. TTL is a table setting, not part of `create_table`.
+TTL_ATTRIBUTE = "ttl_epoch"
+
 
 def create_table_kwargs(table_name: str) -> dict[str, Any]:
     """Keyword arguments for `dynamodb_client.create_table(**...)` that build the control table (on-demand)."""

@@ -12,6 +12,7 @@ string keys `PK`/`SK`; items that appear in a list also carry `GSI1PK`/`GSI1SK`:
     API key               APIKEY#<key_id>      APIKEY                      APIKEYS#<org_id>   <created_at>#<key_id>
     refresh token         REFRESH#<token_id>   REFRESH                     -                  -
     revoked token family  FAMILY#<family_id>   REVOKED                     -                  -
+    auth failures         AUTHFAIL#<subject>   AUTHFAIL                    -                  -
     JIT request           JIT#<request_id>     JIT                         JITS#<org_id>      <requested_at>#<id>
     IAM event             CHAIN#<chain_id>     EVT#<seq, 12 digits>        -                  -
     setting               SETTING#<name>       SETTING                     -                  -
@@ -29,6 +30,8 @@ object is its `policy_codec` JSON document in `document`, plus `kind`, `object_i
 a usage bucket holds `org_id`, `day`, `user_id`, `agent_id` (absent for no agent) and the counters
 `statements`, `credits`, `rows`, `bytes`, summed by `ADD`. DynamoDB numbers are Decimals: credits
 are converted at this boundary.
+An auth failure record also carries the table's TTL attribute (`dynamodb_schema.TTL_ATTRIBUTE`,
+epoch seconds of its `expires_at`), so DynamoDB deletes it once it no longer matters.
 
 Uniqueness is a claim item written in the same TransactWriteItems as the entity (emails, external
 ids), or a conditional write on the entity's own key (API keys, refresh tokens, JIT requests, IAM
@@ -40,6 +43,7 @@ Like the SQLite adapter, this store does not enforce references between entities
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
@@ -56,10 +60,12 @@ from hd_core.adapters.dynamodb_schema import (
     GSI1_SORT_KEY,
     PARTITION_KEY,
     SORT_KEY,
+    TTL_ATTRIBUTE,
 )
 from hd_core.errors import Conflict, InvalidRequest, NotFound
 from hd_core.models import (
     ApiKeyRecord,
+    AuthFailures,
     Environment,
     IamEvent,
     JitRequest,
@@ -279,6 +285,48 @@ class DynamoDbControlStore:
     def refresh_family_revoked(self, family_id: str) -> bool:
         """Whether the family was revoked."""
         return self._get(_family_key(family_id)) is not None
+
+    # --- authentication throttling ----------------------------------------------------------
+
+    def get_auth_failures(self, subject: str) -> AuthFailures | None:
+        """The failure record of a throttled subject, or None; it may have expired (TTL deletion lags)."""
+        item = self._get(_auth_failures_key(subject))
+        return None if item is None else _auth_failures_from_item(item)
+
+    def record_auth_failure(
+        self, subject: str, at: datetime, *, forget_before: datetime, expires_at: datetime
+    ) -> AuthFailures:
+        """Count one failure: an atomic ADD to a current record, else a conditional put of a fresh one.
+
+        Either write is conditioned on what it assumes (a current record; no record or a stale one),
+        so two hosts racing never both restart the count: the loser retries the other write.
+        """
+        key = _auth_failures_key(subject)
+        forget = {":forget": _encode_time(forget_before)}
+        fresh = AuthFailures(subject, 1, at, None, expires_at)
+        for _ in range(_MAX_OPTIMISTIC_ATTEMPTS):
+            # Every operand reads the item as it was before the update: the previous failure is the old last one.
+            updated = self._update(
+                key,
+                "SET previous_failure_at = last_failure_at, last_failure_at = :at, expires_at = :expires,"
+                " #ttl = :ttl ADD #count :one",
+                {":at": _encode_time(at), ":expires": _encode_time(expires_at), ":ttl": _epoch(expires_at), ":one": 1}
+                | forget,
+                condition="last_failure_at >= :forget",
+                names={"#count": "count", "#ttl": TTL_ATTRIBUTE},
+            )
+            if updated is not None:
+                return _auth_failures_from_item(updated)
+            if self._put(
+                _auth_failures_item(fresh), condition="attribute_not_exists(PK) OR last_failure_at < :forget",
+                values=forget,
+            ):
+                return fresh
+        raise Conflict(f"the failures of {subject} kept changing; the failure could not be counted")
+
+    def clear_auth_failures(self, subject: str) -> None:
+        """Forget a subject's failures: one DeleteItem, a no-op when there is no record."""
+        self._client.delete_item(TableName=self.table_name, Key=_serialize_key(_auth_failures_key(subject)))
 
     # --- just-in-time elevation -------------------------------------------------------------
 
@@ -592,6 +640,10 @@ def _refresh_token_key(token_id: str) -> Key:
 
 def _family_key(family_id: str) -> Key:
     return ("FAMILY#" + family_id, "REVOKED")
+
+
+def _auth_failures_key(subject: str) -> Key:
+    return ("AUTHFAIL#" + subject, "AUTHFAIL")
 
 
 def _jit_key(request_id: str) -> Key:
@@ -973,6 +1025,28 @@ def _usage_from_item(item: Item) -> UsageDelta:
     )
 
 
+def _auth_failures_item(failures: AuthFailures) -> Item:
+    fields = {
+        "subject": failures.subject,
+        "count": failures.count,
+        "last_failure_at": _encode_time(failures.last_failure_at),
+        "previous_failure_at": _encode_optional_time(failures.previous_failure_at),
+        "expires_at": _encode_time(failures.expires_at),
+        TTL_ATTRIBUTE: _epoch(failures.expires_at),
+    }
+    return _keyed(_auth_failures_key(failures.subject), fields)
+
+
+def _auth_failures_from_item(item: Item) -> AuthFailures:
+    return AuthFailures(
+        subject=item["subject"],
+        count=int(item["count"]),
+        last_failure_at=_decode_time(item["last_failure_at"]),
+        previous_failure_at=_decode_optional_time(item.get("previous_failure_at")),
+        expires_at=_decode_time(item["expires_at"]),
+    )
+
+
 # --- values at the boundary -------------------------------------------------------------------
 
 
@@ -980,6 +1054,11 @@ def _encode_time(value: datetime) -> str:
     if value.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
     return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _epoch(value: datetime) -> int:
+    """Whole epoch seconds, rounded up: the TTL attribute's format, never earlier than `value`."""
+    return math.ceil(value.timestamp())
 
 
 def _encode_optional_time(value: datetime | None) -> str | None:

@@ -28,6 +28,7 @@ from types import TracebackType
 from hd_core.errors import Conflict, NotFound
 from hd_core.models import (
     ApiKeyRecord,
+    AuthFailures,
     Environment,
     IamEvent,
     JitRequest,
@@ -196,6 +197,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # and an administrator's password reset must be replaced before it logs anyone in.
         "ALTER TABLE users ADD COLUMN tokens_valid_after TEXT",
         "ALTER TABLE users ADD COLUMN password_must_change INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        # Brute-force throttling: one row per subject (a hashed email, an API key id), deleted once
+        # expired by the next failure written, through the expiry index.
+        """CREATE TABLE auth_failures (
+            subject TEXT PRIMARY KEY,
+            count INTEGER NOT NULL,
+            last_failure_at TEXT NOT NULL,
+            previous_failure_at TEXT,
+            expires_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX auth_failures_by_expiry ON auth_failures (expires_at)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -461,6 +474,39 @@ class SqliteControlStore:
     def refresh_family_revoked(self, family_id: str) -> bool:
         """Whether the family was revoked."""
         return self._fetch_one("SELECT 1 FROM revoked_refresh_families WHERE family_id = ?", (family_id,)) is not None
+
+    # --- authentication throttling ----------------------------------------------------------
+
+    def get_auth_failures(self, subject: str) -> AuthFailures | None:
+        """The failure record of a throttled subject, or None; it may have expired."""
+        row = self._fetch_one("SELECT * FROM auth_failures WHERE subject = ?", (subject,))
+        return None if row is None else _auth_failures_from_row(row)
+
+    def record_auth_failure(
+        self, subject: str, at: datetime, *, forget_before: datetime, expires_at: datetime
+    ) -> AuthFailures:
+        """Count one failure in one transaction (count + 1, or 1 after `forget_before`); deletes expired records."""
+        with self._transaction() as db:
+            # Expired records of every subject go here, so names tried once cannot pile up.
+            db.execute("DELETE FROM auth_failures WHERE expires_at <= ?", (_encode_time(at),))
+            # SET expressions read the row as it was before the update, so the previous failure is the old last one.
+            db.execute(
+                "INSERT INTO auth_failures (subject, count, last_failure_at, previous_failure_at, expires_at)"
+                " VALUES (?, 1, ?, NULL, ?)"
+                " ON CONFLICT (subject) DO UPDATE SET"
+                " count = CASE WHEN last_failure_at >= ? THEN count + 1 ELSE 1 END,"
+                " previous_failure_at = CASE WHEN last_failure_at >= ? THEN last_failure_at END,"
+                " last_failure_at = excluded.last_failure_at, expires_at = excluded.expires_at",
+                (subject, _encode_time(at), _encode_time(expires_at), _encode_time(forget_before),
+                 _encode_time(forget_before)),
+            )
+            row = db.execute("SELECT * FROM auth_failures WHERE subject = ?", (subject,)).fetchone()
+        return _auth_failures_from_row(row)
+
+    def clear_auth_failures(self, subject: str) -> None:
+        """Forget a subject's failures; nothing happens if it has none."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM auth_failures WHERE subject = ?", (subject,))
 
     # --- just-in-time elevation -------------------------------------------------------------
 
@@ -959,4 +1005,14 @@ def _iam_event_from_row(row: sqlite3.Row) -> IamEvent:
         request_id=row["request_id"],
         prev_hash=row["prev_hash"],
         hash=row["hash"],
+    )
+
+
+def _auth_failures_from_row(row: sqlite3.Row) -> AuthFailures:
+    return AuthFailures(
+        subject=row["subject"],
+        count=int(row["count"]),
+        last_failure_at=datetime.fromisoformat(row["last_failure_at"]),
+        previous_failure_at=_decode_optional_time(row["previous_failure_at"]),
+        expires_at=datetime.fromisoformat(row["expires_at"]),
     )
