@@ -366,7 +366,8 @@ class ControlApi(Construct):
                        *(["kms:GetPublicKey"] if access.verifies_checkpoints else [])]
             statements.append(_allow(actions, [self._checkpoint_key.key_arn]))
             statements.extend(self._audit_prefix(constants.AUDIT_IAM_CHECKPOINTS_PREFIX,
-                                                 write=access.records_iam_events))
+                                                 write=access.records_iam_events,
+                                                 versions=access.verifies_checkpoints))
         if access.reads_query_audit:
             statements.extend(self._audit_prefix(constants.AUDIT_QUERIES_PREFIX, write=False))
         if access.seals_secrets:
@@ -390,14 +391,20 @@ class ControlApi(Construct):
             findings[f"{bucket}/{prefix}*"] = _PREFIX_REASONS[prefix]
         return findings
 
-    def _audit_prefix(self, prefix: str, *, write: bool) -> list[iam.PolicyStatement]:
-        """List and read (and, for writers, put) objects under one audit-bucket prefix, and its key via S3."""
+    def _audit_prefix(self, prefix: str, *, write: bool, versions: bool = False) -> list[iam.PolicyStatement]:
+        """List and read (and, for writers, put) objects under one audit-bucket prefix, and its key via S3.
+
+        `versions` adds listing and reading object versions: checkpoint verification reads every
+        version, since a delete marker or a newer version would otherwise hide a locked checkpoint.
+        """
         stack = Stack.of(self)
         objects = self._audit_bucket.arn_for_objects(f"{prefix}*")
         key_actions = ["kms:Decrypt", *(["kms:GenerateDataKey"] if write else [])]
+        lists = ["s3:ListBucket", *(["s3:ListBucketVersions"] if versions else [])]
+        reads = ["s3:GetObject", *(["s3:GetObjectVersion"] if versions else [])]
         return [
-            _allow(["s3:ListBucket"], [self._audit_bucket.bucket_arn], {"StringLike": {"s3:prefix": [f"{prefix}*"]}}),
-            _allow(["s3:GetObject", *(["s3:PutObject"] if write else [])], [objects]),
+            _allow(lists, [self._audit_bucket.bucket_arn], {"StringLike": {"s3:prefix": [f"{prefix}*"]}}),
+            _allow([*reads, *(["s3:PutObject"] if write else [])], [objects]),
             _allow(key_actions, [self._audit_key.key_arn],
                    {"StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"}}),
         ]

@@ -372,7 +372,7 @@ def test_audit_bucket_access_is_scoped_to_prefixes_and_only_trail_writers_put(
         s3_statements = [s for s in statements if any(a.startswith("s3:") for a in actions_of([s]))]
         object_prefixes = set()
         for statement in s3_statements:
-            if statement["Action"] == "s3:ListBucket":
+            if "s3:ListBucket" in actions_of([statement]):
                 assert statement["Resource"] == {"Fn::GetAtt": [bucket_id, "Arn"]}
                 assert set(statement["Condition"]["StringLike"]["s3:prefix"]) <= {
                     "audit/iam-checkpoints/*", "audit/queries/*"}
@@ -386,6 +386,12 @@ def test_audit_bucket_access_is_scoped_to_prefixes_and_only_trail_writers_put(
         elif name == "audit":
             assert object_prefixes == {"/audit/iam-checkpoints/*", "/audit/queries/*"}
             assert writes == {"/audit/iam-checkpoints/*"}
+            # verify-chain reads every version of every checkpoint: a delete marker must not hide one
+            versioned = {join["Resource"]["Fn::Join"][1][1]
+                         for join in statements_with(statements, "s3:GetObjectVersion")}
+            assert versioned == {"/audit/iam-checkpoints/*"}
+            (listing,) = statements_with(statements, "s3:ListBucketVersions")
+            assert listing["Condition"]["StringLike"]["s3:prefix"] == ["audit/iam-checkpoints/*"]
         else:
             assert object_prefixes == writes == {"/audit/iam-checkpoints/*"}, name
 
