@@ -1,17 +1,21 @@
 """Tampering with a stored IAM chain is found by `verify_chain`: one test per kind of break, SQLite and DynamoDB.
 
-Each test writes a real chain through `IamAuditTrail` into a real control store (the SQLite file,
-or DynamoDB under moto), with checkpoints signed by a local key file into a local folder, then
-tampers with the stored rows directly, as someone with database access would.
+Each test writes a real chain through `IamAuditTrail` (with its default, a checkpoint after every
+event) into a real control store (the SQLite file, or DynamoDB under moto), with checkpoints
+signed by a local key file into a local folder, then tampers with the stored rows directly, as
+someone with database access would. The last part attacks the checkpoints themselves, in the
+local folder and in the S3 Object Lock bucket under moto: someone who can write (or, locally,
+rename and delete) checkpoint objects but cannot sign.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,18 +29,19 @@ from hd_core.adapters.dynamodb_schema import PARTITION_KEY, SORT_KEY, create_tab
 from hd_core.adapters.dynamodb_store import DynamoDbControlStore
 from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile
+from hd_core.adapters.s3_checkpoints import S3CheckpointStore
 from hd_core.adapters.sqlite_store import SqliteControlStore
-from hd_core.errors import Conflict
-from hd_core.iam_audit import GENESIS_HASH, IamAuditTrail, checkpoint_message, event_hash
+from hd_core.errors import Conflict, HdError
+from hd_core.iam_audit import GENESIS_HASH, IamAuditTrail, checkpoint_message, checkpoint_to_json, event_hash
 from hd_core.iam_events import IamEventType
 from hd_core.models import ChainCheckpoint, IamEvent
-from hd_core.ports import ControlStore
+from hd_core.ports import CheckpointStore, ControlStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 CHAIN = "org_acme"
 EVENTS = 12
-CHECKPOINT_EVERY = 5  # with 12 events: checkpoints at sizes 1 (new chain), 5 and 10
 TABLE = "hd-control"
+BUCKET = "hd-audit-123456789012"
 
 
 class SteppingClock:
@@ -62,8 +67,8 @@ def checkpoints(tmp_path: Path) -> LocalFolderCheckpointStore:
     return LocalFolderCheckpointStore(tmp_path / "state")
 
 
-def _trail(store: ControlStore, checkpoints: LocalFolderCheckpointStore, keys: LocalKeyFile) -> IamAuditTrail:
-    return IamAuditTrail(store, checkpoints, keys, checkpoint_every=CHECKPOINT_EVERY, now=SteppingClock())
+def _trail(store: ControlStore, checkpoints: CheckpointStore, keys: LocalKeyFile) -> IamAuditTrail:
+    return IamAuditTrail(store, checkpoints, keys, now=SteppingClock())
 
 
 def _record_chain(trail: IamAuditTrail, count: int = EVENTS, chain_id: str = CHAIN) -> list[IamEvent]:
@@ -161,19 +166,18 @@ def test_an_untouched_chain_verifies(trail: IamAuditTrail) -> None:
     events = _record_chain(trail)
     result = trail.verify_chain(CHAIN)
     assert result.chain_valid and result.first_break is None
-    assert (result.entry_count, result.checkpoint_size) == (EVENTS, 10)
+    assert (result.entry_count, result.checkpoint_size) == (EVENTS, EVENTS)
     assert (result.first_entry_hash, result.last_entry_hash) == (events[0].hash, events[-1].hash)
     assert result.to_dict()["first_break"] is None
 
 
-def test_checkpoints_are_written_for_a_new_chain_and_every_n_events(
+def test_every_event_is_checkpointed(
     trail: IamAuditTrail, checkpoints: LocalFolderCheckpointStore, tmp_path: Path
 ) -> None:
     events = _record_chain(trail)
     folder = tmp_path / "state" / "audit" / "iam-checkpoints" / CHAIN
-    assert sorted(int(p.name.split("-")[0]) for p in folder.iterdir()) == [1, 5, 10]
-    latest = checkpoints.latest_checkpoint(CHAIN)
-    assert latest is not None and latest.head_hash == events[9].hash
+    assert sorted(int(p.name.split("-")[0]) for p in folder.iterdir()) == list(range(1, EVENTS + 1))
+    assert {(c.size, c.head_hash) for c in checkpoints.list_checkpoints(CHAIN)} == {(e.seq, e.hash) for e in events}
 
 
 def test_an_edited_event_is_reported_as_edited(trail: IamAuditTrail, tamper: SqliteTamperer) -> None:
@@ -205,11 +209,17 @@ def test_swapped_events_are_reported_as_reordered(trail: IamAuditTrail, tamper: 
 
 def test_a_cut_tail_is_reported_as_truncated(trail: IamAuditTrail, tamper: SqliteTamperer) -> None:
     _record_chain(trail)
-    tamper.delete("seq > ?", 7)  # below the checkpoint at 10: the remaining links are all fine
+    tamper.delete("seq > ?", 7)  # the remaining links are all fine
     result = trail.verify_chain(CHAIN)
     assert result.first_break is not None
     assert (result.first_break.position, result.first_break.kind) == (8, "truncated")
-    assert (result.entry_count, result.checkpoint_size) == (7, 10)
+    assert (result.entry_count, result.checkpoint_size) == (7, EVENTS)
+
+
+def test_cutting_only_the_last_event_is_reported_as_truncated(trail: IamAuditTrail, tamper: SqliteTamperer) -> None:
+    _record_chain(trail)
+    tamper.delete("seq = ?", EVENTS)
+    assert _break(trail) == (EVENTS, "truncated")
 
 
 def test_a_fully_recomputed_chain_is_reported_as_a_checkpoint_mismatch(
@@ -219,7 +229,7 @@ def test_a_fully_recomputed_chain_is_reported_as_a_checkpoint_mismatch(
     events = sqlite_store.list_iam_events(CHAIN)
     events[3] = replace(events[3], after={"role": "Owner", "n": 4})
     tamper.rewrite_links(_rehash_from(events))
-    assert _break(trail) == (10, "checkpoint_mismatch")
+    assert _break(trail) == (4, "checkpoint_mismatch")
 
 
 @pytest.mark.parametrize("claimed_key", ["forger's own key id", "our key id"])
@@ -361,7 +371,7 @@ def dynamo_trail(dynamo: Any, checkpoints: LocalFolderCheckpointStore, keys: Loc
 def test_an_untouched_dynamodb_chain_verifies(dynamo_trail: IamAuditTrail) -> None:
     _record_chain(dynamo_trail)
     result = dynamo_trail.verify_chain(CHAIN)
-    assert result.chain_valid and (result.entry_count, result.checkpoint_size) == (EVENTS, 10)
+    assert result.chain_valid and (result.entry_count, result.checkpoint_size) == (EVENTS, EVENTS)
 
 
 def test_an_edited_dynamodb_event_is_reported_as_edited(dynamo_trail: IamAuditTrail, dynamo: Any) -> None:
@@ -407,3 +417,173 @@ def test_a_dynamodb_writer_that_read_a_stale_head_retries_at_the_real_one(
     assert (late.seq, late.prev_hash) == (4, events[2].hash)
     result = trail.verify_chain(CHAIN)
     assert result.chain_valid and result.entry_count == 4
+
+
+# --- attacks on the checkpoints: the local folder and the S3 Object Lock bucket --------------------
+#
+# Someone who can write checkpoint objects but cannot sign. Locally they can also rename and delete
+# files; in S3 a DELETE only adds a delete marker and an unconditional PUT only a newer version, and
+# the store reads every version. (Locally, deleting the newest events *and* their checkpoint files
+# leaves no trace: the folder is for development, the Object Lock bucket is the evidence in AWS.)
+
+TOP_NAME = "999999999999-9999999999999.json"  # sorts after every name the store itself would choose
+
+
+class CheckpointVault:
+    """A chain's checkpoint objects, handled by name behind the store's back."""
+
+    def __init__(self, store: CheckpointStore, read: Callable[[str], bytes], write: Callable[[str, bytes], None],
+                 delete: Callable[[str], None], names: Callable[[], list[str]]) -> None:
+        self.store, self.read, self.write, self.delete, self.names = store, read, write, delete, names
+
+    def name_of_size(self, size: int) -> str:
+        (name,) = [name for name in self.names() if name.startswith(f"{size:012d}-")]
+        return name
+
+    def copy(self, source: str, target: str) -> None:
+        self.write(target, self.read(source))
+
+    def rename(self, source: str, target: str) -> None:
+        self.copy(source, target)
+        self.delete(source)
+
+
+def _audit_bucket() -> Any:
+    """The audit bucket as the storage construct makes it: Object Lock (so versioned) with default retention."""
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
+    s3.put_object_lock_configuration(Bucket=BUCKET, ObjectLockConfiguration={
+        "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}},
+    })
+    return s3
+
+
+def _s3_vault(s3: Any) -> CheckpointVault:
+    prefix = f"audit/iam-checkpoints/{CHAIN}/"
+    return CheckpointVault(
+        S3CheckpointStore(s3, BUCKET),
+        read=lambda name: s3.get_object(Bucket=BUCKET, Key=prefix + name)["Body"].read(),
+        write=lambda name, data: s3.put_object(Bucket=BUCKET, Key=prefix + name, Body=data),
+        delete=lambda name: s3.delete_object(Bucket=BUCKET, Key=prefix + name),
+        names=lambda: [o["Key"][len(prefix):] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get(
+            "Contents", [])],
+    )
+
+
+def _local_vault(root: Path) -> CheckpointVault:
+    folder = root / "audit" / "iam-checkpoints" / CHAIN
+    return CheckpointVault(
+        LocalFolderCheckpointStore(root),
+        read=lambda name: (folder / name).read_bytes(),
+        write=lambda name, data: (folder / name).write_bytes(data),
+        delete=lambda name: (folder / name).unlink(),
+        names=lambda: sorted(os.listdir(folder)),
+    )
+
+
+@pytest.fixture(params=["local_folder", "s3"])
+def vault(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CheckpointVault]:
+    if request.param == "local_folder":
+        yield _local_vault(tmp_path / "state")
+        return
+    request.getfixturevalue("aws_credentials")
+    with mock_aws():
+        yield _s3_vault(_audit_bucket())
+
+
+@pytest.fixture
+def guarded(sqlite_store: SqliteControlStore, vault: CheckpointVault, keys: LocalKeyFile) -> IamAuditTrail:
+    return _trail(sqlite_store, vault.store, keys)
+
+
+def test_an_old_checkpoint_copied_under_the_newest_name_does_not_hide_a_cut_tail(
+    guarded: IamAuditTrail, vault: CheckpointVault, tamper: SqliteTamperer
+) -> None:
+    _record_chain(guarded)
+    vault.copy(vault.name_of_size(5), TOP_NAME)
+    tamper.delete("seq > ?", 5)
+    result = guarded.verify_chain(CHAIN)
+    assert result.first_break is not None and (result.first_break.position, result.first_break.kind) == (
+        6, "truncated")
+    assert result.checkpoint_size == EVENTS
+
+
+def test_an_old_checkpoint_copied_under_the_newest_name_does_not_hide_a_rewrite(
+    guarded: IamAuditTrail, vault: CheckpointVault, sqlite_store: SqliteControlStore, tamper: SqliteTamperer
+) -> None:
+    _record_chain(guarded)
+    vault.copy(vault.name_of_size(3), TOP_NAME)
+    events = sqlite_store.list_iam_events(CHAIN)
+    events[7] = replace(events[7], after={"role": "Owner", "n": 8})
+    tamper.rewrite_links(_rehash_from(events))
+    assert _break(guarded) == (8, "checkpoint_mismatch")
+
+
+def test_an_edited_event_is_reported_whatever_the_checkpoints_are_called(
+    guarded: IamAuditTrail, vault: CheckpointVault, tamper: SqliteTamperer
+) -> None:
+    _record_chain(guarded)
+    vault.copy(vault.name_of_size(1), TOP_NAME)
+    tamper.set_after(EVENTS, {"role": "Owner", "n": EVENTS})
+    assert _break(guarded) == (EVENTS, "edited")
+
+
+def test_renamed_and_reordered_checkpoints_vouch_for_what_they_signed_and_nothing_else(
+    guarded: IamAuditTrail, vault: CheckpointVault, tamper: SqliteTamperer
+) -> None:
+    _record_chain(guarded)
+    for size in range(1, EVENTS + 1):  # reverse the order their names sort in: size n is now filed as 13 - n
+        vault.rename(vault.name_of_size(size), f"swap-{size}.json")
+    for size in range(1, EVENTS + 1):
+        vault.rename(f"swap-{size}.json", f"{EVENTS + 1 - size:012d}-{size}.json")
+    result = guarded.verify_chain(CHAIN)
+    assert result.chain_valid and result.checkpoint_size == EVENTS
+    tamper.delete("seq = ?", EVENTS)
+    assert _break(guarded) == (EVENTS, "truncated")
+
+
+@pytest.mark.parametrize("signer", ["a forger's key", "no key at all"])
+def test_a_forged_checkpoint_planted_under_a_low_name_is_reported(
+    guarded: IamAuditTrail, vault: CheckpointVault, sqlite_store: SqliteControlStore, tmp_path: Path, signer: str
+) -> None:
+    _record_chain(guarded)
+    head = sqlite_store.list_iam_events(CHAIN)[-1]
+    forged = _forged_checkpoint(LocalKeyFile(tmp_path / "forger-keys.json"), head)
+    if signer == "no key at all":
+        forged = replace(forged, signature=base64.b64encode(b"\x30" * 70).decode())
+    vault.write("000000000001-0.json", checkpoint_to_json(replace(forged, size=EVENTS + 5)))
+    result = guarded.verify_chain(CHAIN)
+    assert result.first_break is not None
+    assert (result.first_break.position, result.first_break.kind) == (EVENTS + 5, "checkpoint_signature_invalid")
+    assert result.checkpoint_size == EVENTS  # the forged size is never believed
+
+
+def test_a_planted_object_that_is_not_a_checkpoint_fails_verification(
+    guarded: IamAuditTrail, vault: CheckpointVault
+) -> None:
+    _record_chain(guarded, 2)
+    vault.write(TOP_NAME, b'{"size": 999999}')
+    with pytest.raises(HdError, match="unreadable"):
+        guarded.verify_chain(CHAIN)
+
+
+def test_delete_markers_over_the_newest_s3_checkpoints_do_not_hide_a_cut_tail(
+    aws_credentials: None, sqlite_store: SqliteControlStore, keys: LocalKeyFile, tamper: SqliteTamperer
+) -> None:
+    with mock_aws():
+        vault = _s3_vault(_audit_bucket())
+        trail = _trail(sqlite_store, vault.store, keys)
+        _record_chain(trail)
+        for size in (EVENTS - 1, EVENTS):
+            vault.delete(vault.name_of_size(size))
+        tamper.delete("seq > ?", EVENTS - 2)
+        assert _break(trail) == (EVENTS - 1, "truncated")
+
+
+def test_a_cut_dynamodb_tail_is_found_despite_a_rollback_copy_in_the_s3_bucket(dynamo: Any, keys: LocalKeyFile) -> None:
+    vault = _s3_vault(_audit_bucket())  # inside the `dynamo` fixture's mock_aws
+    trail = _trail(DynamoDbControlStore(TABLE, client=dynamo), vault.store, keys)
+    _record_chain(trail)
+    vault.copy(vault.name_of_size(EVENTS - 1), TOP_NAME)
+    DynamoTamperer(dynamo).delete(EVENTS)
+    assert _break(trail) == (EVENTS, "truncated")

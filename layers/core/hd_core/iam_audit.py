@@ -3,9 +3,16 @@
 Each event's `hash` is SHA-256 over the canonical JSON of its content and the previous event's
 hash (the first event links to `GENESIS_HASH`). Editing an event breaks its own hash; deleting or
 swapping events breaks a link. Rewriting every hash after an edit makes the chain consistent
-again, which is why the head is regularly signed into a checkpoint kept outside the control
-store (the Object Lock audit bucket): a recomputed chain no longer matches its checkpoint, and a
-forged checkpoint fails its signature.
+again, and cutting events off the tail leaves no broken link at all, which is why the head is
+signed into a checkpoint kept outside the control store (the Object Lock audit bucket) after
+every event by default: an event is only safe from silent removal or rewriting once a signature
+covers it, and admin changes are rare enough that one signature each costs little.
+
+Verification trusts a checkpoint's signed content only, never its object name: someone who can
+write to the bucket but cannot sign can copy an old checkpoint under any name, or add garbage,
+so the chain is held against every stored checkpoint. Any checkpoint that fails its signature
+is reported (it is evidence of tampering, not noise), every signed one must agree with the
+chain, and the largest signed size says how long the chain must at least be.
 """
 
 from __future__ import annotations
@@ -163,20 +170,16 @@ def checkpoint_message(chain_id: str, size: int, head_hash: str, time: datetime)
 
 
 def checkpoint_object_name(checkpoint: ChainCheckpoint) -> str:
-    """`<size:012d>-<unix_ms>.json`: names sort by size, then time, as text."""
-    if not 1 <= checkpoint.size < 10**12:
-        raise ValueError(f"a checkpoint size must be between 1 and 10**12 - 1, got {checkpoint.size}")
+    """`<size:012d>-<unix_ms>.json`: an index for finding a size's checkpoints, never evidence of what they say."""
     unix_ms = (checkpoint.time - _EPOCH) // timedelta(milliseconds=1)
-    return f"{checkpoint.size:012d}-{unix_ms}.json"
+    return f"{checkpoint_name_prefix(checkpoint.size)}{unix_ms}.json"
 
 
-_CHECKPOINT_OBJECT_NAME = re.compile(r"(\d{12})-(\d+)\.json")
-
-
-def checkpoint_name_order(name: str) -> tuple[int, int] | None:
-    """(size, unix_ms) of a checkpoint object name, or None for a name that is not one."""
-    match = _CHECKPOINT_OBJECT_NAME.fullmatch(name)
-    return None if match is None else (int(match.group(1)), int(match.group(2)))
+def checkpoint_name_prefix(size: int) -> str:
+    """The start of the object names of the checkpoints filed under `size`."""
+    if not 1 <= size < 10**12:
+        raise ValueError(f"a checkpoint size must be between 1 and 10**12 - 1, got {size}")
+    return f"{size:012d}-"
 
 
 def checkpoint_to_json(checkpoint: ChainCheckpoint) -> bytes:
@@ -223,7 +226,8 @@ class ChainBreak:
     """Where and how a chain stops being trustworthy.
 
     `kind` is one of "edited", "deleted", "reordered", "truncated", "checkpoint_mismatch",
-    "checkpoint_signature_invalid"; `position` is the 1-based seq where it shows.
+    "checkpoint_signature_invalid"; `position` is the 1-based seq where it shows (for a forged
+    checkpoint, the size it claims).
     """
 
     position: int
@@ -237,7 +241,10 @@ class ChainBreak:
 
 @dataclass(frozen=True)
 class ChainVerification:
-    """The outcome of re-reading and re-hashing a whole chain against its latest signed checkpoint."""
+    """The outcome of re-reading and re-hashing a whole chain against every stored checkpoint.
+
+    `checkpoint_size` is the largest size a validly signed checkpoint covers (None without one).
+    """
 
     chain_id: str
     entry_count: int
@@ -265,11 +272,11 @@ class ChainVerification:
 class _ChainWalk:
     """What verification has learnt so far while reading a chain in position order."""
 
-    checkpoint_size: int | None
+    checkpointed: frozenset[int]  # the sizes signed checkpoints cover
     entry_count: int = 0
     first_hash: str | None = None
     last_hash: str | None = None
-    hash_at_checkpoint: str | None = None
+    hashes_at_checkpoints: dict[int, str] = field(default_factory=dict)
     first_break: ChainBreak | None = None
     # (position, hash) of a link to a hash not seen yet: "deleted", unless a later event carries that hash.
     pending_link: tuple[int, str] | None = None
@@ -282,7 +289,12 @@ class _ChainWalk:
 
 
 class IamAuditTrail:
-    """Records IAM events into per-organisation hash chains, checkpoints them and verifies them."""
+    """Records IAM events into per-organisation hash chains, checkpoints them and verifies them.
+
+    `checkpoint_every` defaults to 1, a checkpoint after every event: events after the latest
+    checkpoint can be cut off the tail without any trace, so a larger value (or a time interval)
+    only trades that exposure for fewer signatures, and admin events are too rare for it to pay.
+    """
 
     def __init__(
         self,
@@ -290,7 +302,7 @@ class IamAuditTrail:
         checkpoints: CheckpointStore,
         keys: KeyProvider,
         *,
-        checkpoint_every: int = 100,
+        checkpoint_every: int = 1,
         checkpoint_interval: timedelta = timedelta(minutes=15),
         now: Callable[[], datetime] = utc_now,
         max_append_attempts: int = 20,
@@ -373,15 +385,15 @@ class IamAuditTrail:
         return checkpoint
 
     def checkpoint_if_behind(self, chain_id: str) -> ChainCheckpoint | None:
-        """Sign the head if events were appended since the latest checkpoint (the scheduled "every M minutes").
+        """Sign the head unless a validly signed checkpoint already covers it (the scheduled "every M minutes").
 
-        Without it, events appended after the last checkpoint could be cut off the tail unseen until
-        the next append; a schedule bounds that window to its period.
+        Every event is normally signed as it is recorded; this catches the heads whose checkpoint
+        could not be written then (an unreachable bucket or key), bounding their exposure to the
+        schedule's period. Only the head's own checkpoints are read, so the schedule stays cheap.
         """
         validate_chain_id(chain_id)
         head = self._store.iam_chain_head(chain_id)
-        latest = self._checkpoints.latest_checkpoint(chain_id)
-        if head is None or (latest is not None and latest.size >= head.seq):
+        if head is None or self._head_is_signed(chain_id, head):
             return None
         return self.write_checkpoint(chain_id)
 
@@ -395,11 +407,15 @@ class IamAuditTrail:
         return self._store.list_iam_events(chain_id, after_seq, limit)
 
     def verify_chain(self, chain_id: str) -> ChainVerification:
-        """Re-read and re-hash the whole chain, then hold it against its latest checkpoint; reports the first break."""
+        """Re-read and re-hash the whole chain, then hold it against every stored checkpoint; reports the first break.
+
+        Breaks in the chain itself come first, then checkpoints that fail their signature, then
+        the earliest place where the chain disagrees with a signed checkpoint (or is shorter).
+        """
         validate_chain_id(chain_id)
-        # The checkpoint is read first: events appended meanwhile only make the chain longer than it.
-        checkpoint = self._checkpoints.latest_checkpoint(chain_id)
-        walk = _ChainWalk(checkpoint_size=None if checkpoint is None else checkpoint.size)
+        # Checkpoints are read first: events appended meanwhile only make the chain longer than they say.
+        signed, forged = self._sort_checkpoints(chain_id)
+        walk = _ChainWalk(checkpointed=frozenset(checkpoint.size for checkpoint in signed))
         after_seq = 0
         while True:
             page = self._store.list_iam_events(chain_id, after_seq, _VERIFY_PAGE_SIZE)
@@ -409,8 +425,8 @@ class IamAuditTrail:
                 break
             after_seq = page[-1].seq
         _settle_pending_link(walk)
-        if walk.first_break is None and checkpoint is not None:
-            walk.first_break = self._checkpoint_break(chain_id, checkpoint, walk)
+        if walk.first_break is None:
+            walk.first_break = _forgery_break(forged) or _checkpoint_disagreement(signed, walk)
         return ChainVerification(
             chain_id=chain_id,
             entry_count=walk.entry_count,
@@ -418,7 +434,7 @@ class IamAuditTrail:
             first_entry_hash=walk.first_hash,
             last_entry_hash=walk.last_hash,
             verified_at=self._now(),
-            checkpoint_size=walk.checkpoint_size,
+            checkpoint_size=max((checkpoint.size for checkpoint in signed), default=None),
             first_break=walk.first_break,
         )
 
@@ -446,44 +462,69 @@ class IamAuditTrail:
             if event.chain_id in self._checkpoint_owed:
                 return True
             last = self._checkpointed_at.get(event.chain_id)
-        if last is None:
-            try:
-                latest = self._checkpoints.latest_checkpoint(event.chain_id)
-            # An unreadable checkpoint store makes a checkpoint due; it must not fail the recorded event.
-            except Exception:
-                log.warning("latest IAM checkpoint of chain %s could not be read", event.chain_id, exc_info=True)
-                return True
-            if latest is None:
-                return True  # a chain without any checkpoint could be deleted whole without trace
-            last = latest.time
-            with self._lock:
-                self._checkpointed_at[event.chain_id] = max(last, self._checkpointed_at.get(event.chain_id, last))
-        return self._now() - last >= self._checkpoint_interval
+        # A process that has not signed this chain yet signs at once: cheaper than reading every
+        # stored checkpoint to learn when the last one was made, and a new chain is never unsigned.
+        return last is None or self._now() - last >= self._checkpoint_interval
 
-    def _checkpoint_break(self, chain_id: str, checkpoint: ChainCheckpoint, walk: _ChainWalk) -> ChainBreak | None:
-        """How the (link-consistent) chain disagrees with its latest checkpoint, if it does."""
+    def _sort_checkpoints(self, chain_id: str) -> tuple[list[ChainCheckpoint], list[ChainCheckpoint]]:
+        """Every stored checkpoint of the chain, as (validly signed, not validly signed)."""
+        signed: list[ChainCheckpoint] = []
+        forged: list[ChainCheckpoint] = []
+        for checkpoint in self._checkpoints.list_checkpoints(chain_id):
+            (signed if self._is_signed(chain_id, checkpoint) else forged).append(checkpoint)
+        return signed, forged
+
+    def _head_is_signed(self, chain_id: str, head: IamEvent) -> bool:
+        """Whether a validly signed checkpoint vouches for exactly this head (its name only helps find it)."""
+        return any(
+            checkpoint.size == head.seq and checkpoint.head_hash == head.hash and self._is_signed(chain_id, checkpoint)
+            for checkpoint in self._checkpoints.list_checkpoints(chain_id, size=head.seq)
+        )
+
+    def _is_signed(self, chain_id: str, checkpoint: ChainCheckpoint) -> bool:
+        """Whether the checkpoint key signed this checkpoint's content for this chain (a copy from another fails)."""
         message = checkpoint_message(chain_id, checkpoint.size, checkpoint.head_hash, checkpoint.time)
         try:
             signature = base64.b64decode(checkpoint.signature, validate=True)
         except (binascii.Error, ValueError):
-            signature = b""
-        if not signature or not self._keys.verify_checkpoint(checkpoint.key_id, message, signature):
-            return ChainBreak(
-                checkpoint.size, "checkpoint_signature_invalid",
-                f"the checkpoint of size {checkpoint.size} is not signed by checkpoint key {checkpoint.key_id!r}",
-            )
-        if walk.entry_count < checkpoint.size:
-            return ChainBreak(
-                walk.entry_count + 1, "truncated",
-                f"the chain has {walk.entry_count} events but was checkpointed at {checkpoint.size}",
-            )
-        if walk.hash_at_checkpoint != checkpoint.head_hash:
-            return ChainBreak(
-                checkpoint.size, "checkpoint_mismatch",
-                f"event {checkpoint.size} hashes to {walk.hash_at_checkpoint} but the signed checkpoint says "
-                f"{checkpoint.head_hash}: the chain was rewritten",
-            )
+            return False
+        return bool(signature) and self._keys.verify_checkpoint(checkpoint.key_id, message, signature)
+
+
+def _forgery_break(forged: list[ChainCheckpoint]) -> ChainBreak | None:
+    """A stored checkpoint that fails its signature: someone wrote evidence they could not sign."""
+    if not forged:
         return None
+    checkpoint = min(forged, key=lambda c: (c.size, c.time))
+    return ChainBreak(
+        checkpoint.size, "checkpoint_signature_invalid",
+        f"a stored checkpoint claiming size {checkpoint.size} is not signed by checkpoint key {checkpoint.key_id!r} "
+        f"for this chain ({len(forged)} such checkpoint(s) in all)",
+    )
+
+
+def _checkpoint_disagreement(signed: list[ChainCheckpoint], walk: _ChainWalk) -> ChainBreak | None:
+    """The earliest place where the (link-consistent) chain disagrees with a signed checkpoint, if any."""
+    breaks = [found for checkpoint in signed if (found := _mismatch(checkpoint, walk)) is not None]
+    largest = max((checkpoint.size for checkpoint in signed), default=0)
+    if walk.entry_count < largest:
+        breaks.append(ChainBreak(
+            walk.entry_count + 1, "truncated",
+            f"the chain has {walk.entry_count} events but a signed checkpoint covers {largest}",
+        ))
+    return min(breaks, key=lambda found: found.position, default=None)
+
+
+def _mismatch(checkpoint: ChainCheckpoint, walk: _ChainWalk) -> ChainBreak | None:
+    """The break if the event at the checkpoint's size hashes to something else than it signed."""
+    actual = walk.hashes_at_checkpoints.get(checkpoint.size)
+    if actual is None or actual == checkpoint.head_hash:
+        return None  # None: beyond the chain's end, which the truncation check reports
+    return ChainBreak(
+        checkpoint.size, "checkpoint_mismatch",
+        f"event {checkpoint.size} hashes to {actual} but a signed checkpoint says {checkpoint.head_hash}: "
+        "the chain was rewritten",
+    )
 
 
 def _walk_event(walk: _ChainWalk, chain_id: str, event: IamEvent) -> None:
@@ -492,8 +533,8 @@ def _walk_event(walk: _ChainWalk, chain_id: str, event: IamEvent) -> None:
     if walk.first_hash is None:
         walk.first_hash = event.hash
     walk.last_hash = event.hash
-    if event.seq == walk.checkpoint_size:
-        walk.hash_at_checkpoint = event.hash
+    if event.seq in walk.checkpointed:
+        walk.hashes_at_checkpoints[event.seq] = event.hash
     if walk.first_break is None:
         if walk.pending_link is None:
             walk.first_break, walk.pending_link = _link_break(walk, chain_id, event)

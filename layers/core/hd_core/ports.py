@@ -271,8 +271,13 @@ class CheckpointStore(Protocol):
         """Store a checkpoint; never overwrites an earlier one."""
         ...
 
-    def latest_checkpoint(self, chain_id: str) -> ChainCheckpoint | None:
-        """The checkpoint with the largest size (then latest time) for the chain, or None."""
+    def list_checkpoints(self, chain_id: str, *, size: int | None = None) -> list[ChainCheckpoint]:
+        """Every checkpoint stored for the chain, in no meaningful order; with `size`, those filed under it.
+
+        Object names are an index, not evidence: anyone able to write to the store can name an
+        object anything, so callers judge each checkpoint by its signed content alone. A stored
+        object that is not a checkpoint raises `HdError` rather than being skipped.
+        """
         ...
 
 

@@ -99,12 +99,14 @@ class MemoryCheckpoints:
             raise AuditWriteFailed("bucket unreachable")
         self.stored.append(checkpoint)
 
-    def latest_checkpoint(self, chain_id: str) -> ChainCheckpoint | None:
-        mine = [c for c in self.stored if c.chain_id == chain_id]
-        return max(mine, key=lambda c: (c.size, c.time)) if mine else None
+    def list_checkpoints(self, chain_id: str, *, size: int | None = None) -> list[ChainCheckpoint]:
+        return [c for c in self.stored if c.chain_id == chain_id and size in (None, c.size)]
 
     def sizes(self, chain_id: str = CHAIN) -> list[int]:
         return [c.size for c in self.stored if c.chain_id == chain_id]
+
+    def last(self, chain_id: str = CHAIN) -> ChainCheckpoint:
+        return [c for c in self.stored if c.chain_id == chain_id][-1]
 
 
 def _as_store(store: MemoryChainStore) -> ControlStore:
@@ -305,8 +307,15 @@ def test_a_checkpoint_is_written_for_a_new_chain_and_then_every_n_events(
 ) -> None:
     events = _record(trail, 12)
     assert checkpoints.sizes() == [1, 5, 10]
-    latest = checkpoints.latest_checkpoint(CHAIN)
-    assert latest is not None and latest.head_hash == events[9].hash
+    assert checkpoints.last().head_hash == events[9].hash
+
+
+def test_by_default_every_event_is_checkpointed(
+    store: MemoryChainStore, checkpoints: MemoryCheckpoints, keys: LocalKeyFile, clock: SteppingClock
+) -> None:
+    events = _record(IamAuditTrail(_as_store(store), checkpoints, keys, now=clock), 4)
+    assert checkpoints.sizes() == [1, 2, 3, 4]
+    assert [c.head_hash for c in checkpoints.stored] == [e.hash for e in events]
 
 
 def test_a_checkpoint_is_written_when_the_latest_is_older_than_the_interval(
@@ -321,12 +330,13 @@ def test_a_checkpoint_is_written_when_the_latest_is_older_than_the_interval(
     assert checkpoints.sizes() == [1, 4]
 
 
-def test_a_new_trail_instance_learns_the_last_checkpoint_time_from_the_store(
+def test_a_new_trail_instance_signs_its_first_event_of_a_chain_without_reading_old_checkpoints(
     store: MemoryChainStore, checkpoints: MemoryCheckpoints, keys: LocalKeyFile, clock: SteppingClock
 ) -> None:
     _record(IamAuditTrail(_as_store(store), checkpoints, keys, checkpoint_every=100, now=clock), 2)
+    checkpoints.list_checkpoints = None  # type: ignore[assignment,method-assign]  # reading them would fail
     _record(IamAuditTrail(_as_store(store), checkpoints, keys, checkpoint_every=100, now=clock), 2)
-    assert checkpoints.sizes() == [1]
+    assert checkpoints.sizes() == [1, 3]
 
 
 def test_a_failed_checkpoint_keeps_the_event_and_the_next_append_retries(
@@ -350,7 +360,7 @@ def test_write_checkpoint_signs_the_current_head(
     assert trail.write_checkpoint(CHAIN) is None  # nothing to sign yet
     events = _record(trail, 3)
     checkpoint = trail.write_checkpoint(CHAIN)
-    assert checkpoint is not None and checkpoints.latest_checkpoint(CHAIN) == checkpoint
+    assert checkpoint is not None and checkpoints.last() == checkpoint
     assert (checkpoint.size, checkpoint.head_hash, checkpoint.key_id) == (3, events[-1].hash, keys.checkpoint_key_id())
     message = checkpoint_message(CHAIN, 3, events[-1].hash, checkpoint.time)
     assert keys.verify_checkpoint(checkpoint.key_id, message, base64.b64decode(checkpoint.signature))
@@ -417,11 +427,87 @@ def test_a_checkpoint_of_another_chain_does_not_vouch_for_this_one(
 ) -> None:
     _record(trail, 2, chain="org_a")
     _record(trail, 2, chain="org_b")
-    genuine = checkpoints.latest_checkpoint("org_a")
-    assert genuine is not None
+    genuine = checkpoints.last("org_a")
     checkpoints.stored.append(replace(genuine, chain_id="org_b", size=2, time=genuine.time + timedelta(hours=1)))
     result = trail.verify_chain("org_b")
     assert result.first_break is not None and result.first_break.kind == "checkpoint_signature_invalid"
+
+
+@pytest.fixture
+def every_event(store: MemoryChainStore, checkpoints: MemoryCheckpoints, keys: LocalKeyFile,
+                clock: SteppingClock) -> IamAuditTrail:
+    return IamAuditTrail(_as_store(store), checkpoints, keys, now=clock)
+
+
+def _rehash(store: MemoryChainStore, first_seq: int, after: dict[str, object]) -> None:
+    """Edit event `first_seq` and recompute every hash from there on, as a careful forger would."""
+    rows = sorted((e for (c, _), e in store.rows.items() if c == CHAIN), key=lambda e: e.seq)
+    prev = rows[first_seq - 2].hash if first_seq > 1 else GENESIS_HASH
+    for event in rows[first_seq - 1:]:
+        edited = replace(event, after=after) if event.seq == first_seq else event
+        digest = event_hash(prev, edited.event_id, CHAIN, edited.event_type, edited.actor, edited.target,
+                            edited.before, edited.after, edited.at, edited.request_id)
+        store.rows[(CHAIN, event.seq)] = replace(edited, prev_hash=prev, hash=digest)
+        prev = digest
+
+
+def test_the_largest_signed_size_counts_whatever_order_the_checkpoints_come_in(
+    every_event: IamAuditTrail, store: MemoryChainStore, checkpoints: MemoryCheckpoints
+) -> None:
+    _record(every_event, 6)
+    checkpoints.stored.reverse()
+    checkpoints.stored.append(checkpoints.stored[-1])  # a copy of the oldest, listed last
+    del store.rows[(CHAIN, 6)], store.rows[(CHAIN, 5)]
+    result = every_event.verify_chain(CHAIN)
+    assert result.first_break is not None and (result.first_break.position, result.first_break.kind) == (
+        5, "truncated")
+    assert (result.entry_count, result.checkpoint_size) == (4, 6)
+
+
+def test_copies_of_genuine_checkpoints_do_not_break_an_untouched_chain(
+    every_event: IamAuditTrail, checkpoints: MemoryCheckpoints
+) -> None:
+    _record(every_event, 4)
+    checkpoints.stored += checkpoints.stored[:2]
+    result = every_event.verify_chain(CHAIN)
+    assert result.chain_valid and result.checkpoint_size == 4
+
+
+@pytest.mark.parametrize("signature", [base64.b64encode(b"0" * 70).decode(), "not base64!", ""])
+def test_a_checkpoint_failing_its_signature_is_a_break_even_below_the_largest_signed_one(
+    every_event: IamAuditTrail, checkpoints: MemoryCheckpoints, signature: str
+) -> None:
+    _record(every_event, 6)
+    checkpoints.stored.append(replace(checkpoints.stored[1], signature=signature))
+    result = every_event.verify_chain(CHAIN)
+    assert result.first_break is not None
+    assert (result.first_break.position, result.first_break.kind) == (2, "checkpoint_signature_invalid")
+    assert result.checkpoint_size == 6
+
+
+def test_a_rewrite_is_found_even_after_a_later_event_signed_the_rewritten_head(
+    every_event: IamAuditTrail, store: MemoryChainStore
+) -> None:
+    _record(every_event, 6)
+    _rehash(store, 3, {"role": "Owner"})
+    _record(every_event, 1)  # the trail itself signs the forged head at 7: the latest checkpoint agrees
+    result = every_event.verify_chain(CHAIN)
+    assert result.first_break is not None
+    assert (result.first_break.position, result.first_break.kind) == (3, "checkpoint_mismatch")
+
+
+def test_the_schedule_signs_a_head_whose_only_checkpoint_is_forged_or_for_another_head(
+    store: MemoryChainStore, checkpoints: MemoryCheckpoints, keys: LocalKeyFile, clock: SteppingClock
+) -> None:
+    trail = IamAuditTrail(_as_store(store), checkpoints, keys, checkpoint_every=100, now=clock)
+    events = _record(trail, 3)
+    genuine_first = checkpoints.last()
+    checkpoints.stored.append(replace(genuine_first, size=3, head_hash=events[2].hash))  # signature now fails
+    written = trail.checkpoint_if_behind(CHAIN)
+    assert written is not None and (written.size, written.head_hash) == (3, events[2].hash)
+    assert trail.checkpoint_if_behind(CHAIN) is None
+    _rehash(store, 3, {"role": "Owner"})
+    assert trail.checkpoint_if_behind(CHAIN) is not None  # a checkpoint of the old head does not cover the new
 
 
 def test_verification_to_dict_has_the_api_shape() -> None:

@@ -2,8 +2,11 @@
 
 A checkpoint file is written whole under a temporary name and then linked to its final name,
 which fails if that name exists: a checkpoint is never overwritten and never seen half written.
-Files are 0600 and folders 0700. Unlike the Object Lock bucket, a local folder cannot stop its
-owner from deleting files; it is for development only.
+Files are 0600 and folders 0700. Every other file in a chain's folder is read back as a
+checkpoint (only this adapter's own in-flight temporaries, dot-named, are skipped): a name proves
+nothing, and something that is not a checkpoint where checkpoints live is an error to inspect.
+Unlike the Object Lock bucket, a local folder cannot stop its owner from deleting files; it is
+for development only.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 from hd_core.errors import AuditWriteFailed, Conflict, HdError
 from hd_core.iam_audit import (
     checkpoint_from_json,
-    checkpoint_name_order,
+    checkpoint_name_prefix,
     checkpoint_object_name,
     checkpoint_to_json,
     validate_chain_id,
@@ -50,27 +53,29 @@ class LocalFolderCheckpointStore:
             with suppress(OSError):  # the temporary may never have been created
                 temporary.unlink()
 
-    def latest_checkpoint(self, chain_id: str) -> ChainCheckpoint | None:
-        """The checkpoint with the largest size (then latest time) for the chain, or None."""
+    def list_checkpoints(self, chain_id: str, *, size: int | None = None) -> list[ChainCheckpoint]:
+        """Every checkpoint file of the chain (with `size`, those named for it); raises `HdError` on unreadable ones."""
         folder = self._chain_folder(chain_id)
+        prefix = "" if size is None else checkpoint_name_prefix(size)
         try:
             names = os.listdir(folder)
         except FileNotFoundError:
-            return None
+            return []
         except OSError as exc:
             raise HdError(f"IAM checkpoints in {folder} cannot be listed: {exc.strerror or exc}") from exc
-        ordered = [(order, name) for name in names if (order := checkpoint_name_order(name)) is not None]
-        if not ordered:
-            return None
-        latest = folder / max(ordered)[1]
-        try:
-            data = latest.read_bytes()
-        except OSError as exc:
-            raise HdError(f"IAM checkpoint {latest} cannot be read: {exc.strerror or exc}") from exc
-        return checkpoint_from_json(data, str(latest))
+        return [_read_checkpoint(folder / name) for name in sorted(names)
+                if name.startswith(prefix) and not name.startswith(".")]
 
     def _chain_folder(self, chain_id: str) -> Path:
         return self._root.joinpath(*CHECKPOINTS_FOLDER, validate_chain_id(chain_id))
+
+
+def _read_checkpoint(path: Path) -> ChainCheckpoint:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise HdError(f"IAM checkpoint {path} cannot be read: {exc.strerror or exc}") from exc
+    return checkpoint_from_json(data, str(path))
 
 
 def _write_new_file(path: Path, data: bytes) -> None:

@@ -2,12 +2,18 @@
 
 A checkpoint is put with `If-None-Match: *`, so S3 itself refuses to replace an existing object.
 Retention comes from the bucket's default Object Lock rule; nothing here sets retention, so a
-writer cannot shorten it. Object names sort by zero-padded size and then time, so the latest
-checkpoint is the last key listed under the chain's prefix.
+writer cannot shorten it.
+
+Reading lists every object *version* under the chain's prefix, not just the current objects:
+Object Lock keeps versions, but a plain DELETE still hides an object behind a delete marker and
+a PUT without the condition hides it behind a newer version. Reading versions means nothing
+once written can be made to disappear from verification. Names are only used to narrow a
+listing to one size; what a checkpoint says is judged from its signed content by the caller.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -15,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from hd_core.errors import AuditWriteFailed, Conflict, HdError
 from hd_core.iam_audit import (
     checkpoint_from_json,
-    checkpoint_name_order,
+    checkpoint_name_prefix,
     checkpoint_object_name,
     checkpoint_to_json,
     validate_chain_id,
@@ -25,6 +31,8 @@ from hd_core.models import ChainCheckpoint
 DEFAULT_PREFIX = "audit/iam-checkpoints/"
 # 412: the object exists. 409: a concurrent conditional write to the same key is in flight.
 _ALREADY_WRITTEN = {"PreconditionFailed", "ConditionalRequestConflict"}
+# Verification reads one object per IAM event; a few concurrent GETs keep a long chain within the Lambda timeout.
+_READ_CONCURRENCY = 16
 
 
 class S3CheckpointStore:
@@ -59,25 +67,33 @@ class S3CheckpointStore:
         except BotoCoreError as exc:
             raise AuditWriteFailed(f"IAM checkpoint s3://{self._bucket}/{key} could not be sent: {exc}") from exc
 
-    def latest_checkpoint(self, chain_id: str) -> ChainCheckpoint | None:
-        """The checkpoint with the largest size (then latest time) for the chain, or None."""
-        chain_prefix = self._chain_prefix(chain_id)
-        latest: tuple[tuple[int, int], str] | None = None
+    def list_checkpoints(self, chain_id: str, *, size: int | None = None) -> list[ChainCheckpoint]:
+        """Every stored version of every checkpoint object of the chain (with `size`, those named for it)."""
+        prefix = self._chain_prefix(chain_id) + ("" if size is None else checkpoint_name_prefix(size))
         try:
-            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=chain_prefix):
-                for item in page.get("Contents", []):
-                    order = checkpoint_name_order(item["Key"][len(chain_prefix) :])
-                    if order is not None and (latest is None or order > latest[0]):
-                        latest = (order, item["Key"])
-            if latest is None:
-                return None
-            body = self._s3.get_object(Bucket=self._bucket, Key=latest[1])["Body"].read()
+            versions = self._versions_under(prefix)
+            if len(versions) <= 1:
+                return [self._read(*version) for version in versions]
+            with ThreadPoolExecutor(max_workers=min(_READ_CONCURRENCY, len(versions))) as pool:
+                return list(pool.map(lambda version: self._read(*version), versions))
         except (ClientError, BotoCoreError) as exc:
             raise HdError(
-                f"IAM checkpoints under s3://{self._bucket}/{chain_prefix} cannot be read ({exc}): check this "
-                "role's s3:ListBucket and s3:GetObject permissions"
+                f"IAM checkpoints under s3://{self._bucket}/{prefix} cannot be read ({exc}): check this role's "
+                "s3:ListBucketVersions and s3:GetObjectVersion permissions"
             ) from exc
-        return checkpoint_from_json(body, f"s3://{self._bucket}/{latest[1]}")
+
+    def _versions_under(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, version id) of every object version under `prefix`; delete markers hide nothing."""
+        paginator = self._s3.get_paginator("list_object_versions")
+        return [
+            (version["Key"], version["VersionId"])
+            for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix)
+            for version in page.get("Versions", [])
+        ]
+
+    def _read(self, key: str, version_id: str) -> ChainCheckpoint:
+        body = self._s3.get_object(Bucket=self._bucket, Key=key, VersionId=version_id)["Body"].read()
+        return checkpoint_from_json(body, f"s3://{self._bucket}/{key}?versionId={version_id}")
 
     def _chain_prefix(self, chain_id: str) -> str:
         return f"{self._prefix}{validate_chain_id(chain_id)}/"
