@@ -34,7 +34,13 @@ class ControlApiSettings(BaseSettings):
     # JSON list of {"name", "issuer", "audience", "jwks_uri"} objects trusted for federated sign-in.
     federation_issuers: str = "[]"
 
-    checkpoint_every: int = Field(default=100, ge=1)
+    # IAM chain checkpoints. Every event is signed as it is recorded (1): events after the latest
+    # checkpoint can be cut off the chain's tail without a trace, and admin changes are rare enough
+    # that a signature each costs little (bench/iam_checkpoints.py). A larger value trades that
+    # exposure for fewer signatures. The interval is then the longest an unsigned head waits for
+    # the next append to sign it, and always the period of the schedule that signs heads whose
+    # checkpoint could not be written when their event was.
+    checkpoint_every: int = Field(default=1, ge=1)
     checkpoint_interval_minutes: float = Field(default=15.0, gt=0)
 
     # Engine-host heartbeat (functions/fleet). Empty values admit no host at all: the check fails closed.
