@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from tests.integration.functions.conftest import ControlApi
+import boto3
+
+from functions.shared.wiring import install_services
+from hd_core.adapters.dynamodb_schema import PARTITION_KEY, SORT_KEY
+from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
+from hd_core.adapters.s3_checkpoints import S3CheckpointStore
+from hd_core.iam_audit import IamAuditTrail, checkpoint_to_json
+from hd_core.models import ChainCheckpoint
+from hd_core.ports import CheckpointStore
+from tests.integration.functions.conftest import AUDIT_BUCKET, ControlApi
+
+TOP_NAME = "999999999999-9999999999999.json"  # sorts after every checkpoint name the store chooses
 
 
 def _record(control: ControlApi, n: int, *, user: str, org: str | None = None, table: str = "main.patients") -> None:
@@ -80,3 +95,95 @@ def test_the_checkpoint_schedule_signs_a_chain_that_grew_and_only_then(control: 
     assert lambda_handler(schedule, None) == {"checkpoints_written": 0}
     report = control.ok("GET", f"/v1/environments/{control.env_id}/audit/admin/verify-chain")
     assert report["checkpoint_size"] == 2 and report["chain_valid"] is True
+
+
+# --- verify-chain against tampering, with the default checkpoint after every event -----------------
+
+
+class Evidence:
+    """The organisation's checkpoint objects and IAM event rows, reached behind the API's back."""
+
+    def __init__(self, control: ControlApi, tmp_path: Path) -> None:
+        self._control, self._tmp_path = control, tmp_path
+        self._s3 = boto3.client("s3") if control.backend == "aws" else None
+        self._prefix = f"audit/iam-checkpoints/{control.org_id}/"
+
+    def checkpoint_store(self) -> CheckpointStore:
+        if self._s3 is None:
+            return LocalFolderCheckpointStore(self._tmp_path)
+        return S3CheckpointStore(self._s3, AUDIT_BUCKET)
+
+    def copy_checkpoint(self, size: int, target: str) -> None:
+        (source,) = self.store_checkpoints(size)
+        self.plant(target, checkpoint_to_json(source))
+
+    def store_checkpoints(self, size: int) -> list[ChainCheckpoint]:
+        return self.checkpoint_store().list_checkpoints(self._control.org_id, size=size)
+
+    def plant(self, name: str, data: bytes) -> None:
+        if self._s3 is None:
+            (self._tmp_path / self._prefix / name).write_bytes(data)
+        else:
+            self._s3.put_object(Bucket=AUDIT_BUCKET, Key=self._prefix + name, Body=data)
+
+    def cut_events_after(self, seq: int) -> None:
+        if self._s3 is None:
+            with sqlite3.connect(self._tmp_path / "control.sqlite3") as db:
+                db.execute("DELETE FROM iam_events WHERE chain_id = ? AND seq > ?", (self._control.org_id, seq))
+            return
+        dynamodb = boto3.client("dynamodb")
+        items = dynamodb.query(
+            TableName="hd-control-test", KeyConditionExpression="#pk = :pk",
+            ExpressionAttributeNames={"#pk": PARTITION_KEY},
+            ExpressionAttributeValues={":pk": {"S": "CHAIN#" + self._control.org_id}},
+        )["Items"]
+        for item in items:
+            if int(item["seq"]["N"]) > seq:
+                dynamodb.delete_item(TableName="hd-control-test",
+                                     Key={PARTITION_KEY: item[PARTITION_KEY], SORT_KEY: item[SORT_KEY]})
+
+
+def _guarded(control: ControlApi, tmp_path: Path) -> Evidence:
+    """Serve the API with the product's default trail (a checkpoint after every event) over the same stores."""
+    evidence = Evidence(control, tmp_path)
+    services = control.services
+    install_services(replace(services, trail=IamAuditTrail(services.store, evidence.checkpoint_store(), services.keys)))
+    return evidence
+
+
+def _invite(control: ControlApi, count: int) -> None:
+    for n in range(count):
+        control.ok("POST", f"/v1/organizations/{control.org_id}/users", {"email": f"u{n}@x.com", "role": "Analyst"})
+
+
+def test_verify_chain_finds_a_cut_tail_despite_an_old_checkpoint_copied_under_the_newest_name(
+    control: ControlApi, tmp_path: Path
+) -> None:
+    evidence = _guarded(control, tmp_path)
+    _invite(control, 4)
+    assert control.ok("GET", f"/v1/environments/{control.env_id}/audit/admin/verify-chain")["chain_valid"] is True
+    evidence.copy_checkpoint(2, TOP_NAME)
+    evidence.cut_events_after(2)
+    report = control.ok("GET", f"/v1/environments/{control.env_id}/audit/admin/verify-chain")
+    assert (report["chain_valid"], report["entry_count"], report["checkpoint_size"]) == (False, 2, 4)
+    assert (report["first_break"]["position"], report["first_break"]["kind"]) == (3, "truncated")
+
+
+def test_verify_chain_finds_the_last_event_cut_off(control: ControlApi, tmp_path: Path) -> None:
+    evidence = _guarded(control, tmp_path)
+    _invite(control, 3)
+    evidence.cut_events_after(2)
+    report = control.ok("GET", f"/v1/environments/{control.env_id}/audit/admin/verify-chain")
+    assert report["chain_valid"] is False
+    assert (report["first_break"]["position"], report["first_break"]["kind"]) == (3, "truncated")
+
+
+def test_verify_chain_reports_a_planted_checkpoint_that_is_not_signed(control: ControlApi, tmp_path: Path) -> None:
+    evidence = _guarded(control, tmp_path)
+    _invite(control, 2)
+    (genuine,) = evidence.store_checkpoints(2)
+    forged = replace(genuine, size=9, signature=base64.b64encode(b"\x30" * 70).decode())
+    evidence.plant(TOP_NAME, checkpoint_to_json(forged))
+    report = control.ok("GET", f"/v1/environments/{control.env_id}/audit/admin/verify-chain")
+    assert (report["chain_valid"], report["checkpoint_size"]) == (False, 2)
+    assert (report["first_break"]["position"], report["first_break"]["kind"]) == (9, "checkpoint_signature_invalid")
