@@ -49,8 +49,8 @@ from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile
 from hd_core.adapters.s3_objects import s3_source_from_url
 from hd_core.adapters.sqlite_store import SqliteControlStore
-from hd_core.api_keys import ApiKeyAuthenticator, ApiKeyHasher
-from hd_core.bootstrap import bootstrap_local_owner, ensure_environments, ensure_pepper
+from hd_core.api_keys import ApiKeyHasher
+from hd_core.bootstrap import bootstrap_local_owner, ensure_environments
 from hd_core.policy_codec import load_policy_file
 from hd_core.ports import AuditSink
 
@@ -164,10 +164,11 @@ class LocalEngineHost:
         if policy_file.exists():
             for obj in load_policy_file(policy_file):
                 store.put_policy(obj)
-        authenticator = ApiKeyAuthenticator(store, ensure_pepper(store))
         cert, key = ensure_self_signed_certificate(self.state_dir / "tls")
-        # The engine accepts API keys, and JWTs from the control API (verified with the same key file).
-        control = self._control_services(store, authenticator)
+        # The engine accepts API keys, and JWTs from the control API (verified with the same key file);
+        # it shares the control API's key cache and brute-force throttle (HD_AUTH_* settings).
+        control = self._control_services(store)
+        authenticator = control.api_keys
         self.metrics = HostMetrics() if self.config.metrics_port is not None else None
         credentials = EngineCredentials(authenticator, control.requests,
                                         on_failure=self.metrics.auth_failed if self.metrics else None)
@@ -238,15 +239,14 @@ class LocalEngineHost:
         except Exception:  # the next tick (or the next append) retries
             log.exception("IAM chain checkpoint failed")
 
-    def _control_services(self, store: SqliteControlStore, authenticator: ApiKeyAuthenticator) -> ControlServices:
-        """The control plane's services on this host's store, key cache and state directory."""
+    def _control_services(self, store: SqliteControlStore) -> ControlServices:
+        """The control plane's services on this host's store and state directory, configured by `HD_*` variables."""
         return assemble_services(
             ControlApiSettings(),
             store=store,
             keys=LocalKeyFile(self.state_dir / "keys" / "local-keys.json"),
             checkpoints=LocalFolderCheckpointStore(self.state_dir),
             query_audit=LocalFolderAuditArchive(self.state_dir),
-            api_keys=authenticator,
         )
 
     async def stop(self) -> None:

@@ -132,6 +132,7 @@ def login(body: LoginIn) -> TokenPairOut:
         totp_code=body.totp_code,
         env=body.env,
         sealer=svc.secrets,
+        throttle=svc.auth_throttle,
     )
     return pair_out(pair)
 
@@ -203,7 +204,8 @@ def begin_mfa() -> MfaEnrolmentOut:
 def begin_mfa_with_password(body: MfaPasswordProofIn) -> MfaEnrolmentOut:
     svc = services()
     secret, uri = auth.begin_mfa_enrolment_with_password(
-        svc.store, svc.hasher, email=body.email, password=body.password, sealer=svc.secrets
+        svc.store, svc.hasher, email=body.email, password=body.password, sealer=svc.secrets,
+        throttle=svc.auth_throttle,
     )
     return MfaEnrolmentOut(secret=secret, provisioning_uri=uri)
 
@@ -233,6 +235,7 @@ def confirm_mfa_with_password(body: MfaPasswordCodeIn) -> TokenPairOut:
         password=body.password,
         code=body.code,
         sealer=svc.secrets,
+        throttle=svc.auth_throttle,
     )
     user = result.enrolled
     # No session means no ChangeContext: the user acts on themselves, as directory.record_user_change records it.

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hd_core.auth_throttle import ThrottlePolicy
+
+_THROTTLE = ThrottlePolicy()
 
 
 class ControlApiSettings(BaseSettings):
@@ -49,6 +54,27 @@ class ControlApiSettings(BaseSettings):
     fleet_org_id: str = ""  # the organisation the fleet serves; hosts reporting another one are not allowed
     allowed_code_hashes: str = ""  # comma-separated SHA-256 hex of the approved engine code packages
     heartbeat_interval_seconds: int = Field(default=900, ge=60, le=86_400)
+
+    # Brute-force limits per email tried and per API key id, on the API and on the wire (the engine
+    # hosts read the same HD_AUTH_* variables). Defaults, explained in hd_core.auth_throttle: 5 free
+    # failures, then 1-2-4-8 s backoff, locked 15 min at the 10th, forgotten after 1 h without one.
+    auth_free_failures: int = Field(default=_THROTTLE.free_failures, ge=0)
+    auth_backoff_base_seconds: float = Field(default=_THROTTLE.base_delay.total_seconds(), gt=0)
+    auth_backoff_max_seconds: float = Field(default=_THROTTLE.max_delay.total_seconds(), gt=0)
+    auth_lockout_after: int = Field(default=_THROTTLE.lockout_after, ge=1)
+    auth_lockout_seconds: float = Field(default=_THROTTLE.lockout.total_seconds(), gt=0)
+    auth_forget_after_seconds: float = Field(default=_THROTTLE.forget_after.total_seconds(), gt=0)
+
+    def throttle_policy(self) -> ThrottlePolicy:
+        """The brute-force policy these settings describe; raises `ValueError` for an inconsistent one."""
+        return ThrottlePolicy(
+            free_failures=self.auth_free_failures,
+            base_delay=timedelta(seconds=self.auth_backoff_base_seconds),
+            max_delay=timedelta(seconds=self.auth_backoff_max_seconds),
+            lockout_after=self.auth_lockout_after,
+            lockout=timedelta(seconds=self.auth_lockout_seconds),
+            forget_after=timedelta(seconds=self.auth_forget_after_seconds),
+        )
 
 
 @lru_cache(maxsize=1)

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from functions.shared.settings import ControlApiSettings, settings
 from hd_core.api_keys import ApiKeyAuthenticator, ApiKeyHasher
+from hd_core.auth_throttle import AuthThrottle
 from hd_core.bootstrap import ensure_pepper
 from hd_core.federation import FederatedIssuer, OidcFederation
 from hd_core.iam_audit import IamAuditTrail
+from hd_core.lockout_audit import record_lockout
+from hd_core.models import utc_now
 from hd_core.ports import CheckpointStore, ControlStore, KeyProvider, QueryAuditArchive
 from hd_core.request_auth import RequestAuthenticator
 from hd_core.sealed_secrets import SecretSealer
@@ -38,6 +42,7 @@ class ControlServices:
     query_audit: QueryAuditArchive
     federation: OidcFederation
     secrets: SecretSealer  # TOTP seeds are stored sealed with a data key of `keys`
+    auth_throttle: AuthThrottle  # brute-force limits of logins; the API key authenticator holds the same one
 
 
 def assemble_services(
@@ -48,11 +53,13 @@ def assemble_services(
     checkpoints: CheckpointStore,
     query_audit: QueryAuditArchive,
     api_keys: ApiKeyAuthenticator | None = None,
+    now: Callable[[], datetime] = utc_now,
 ) -> ControlServices:
-    """Wire the domain objects around already-chosen adapters (shared by Lambda and `hd dev`)."""
+    """Wire the domain objects around already-chosen adapters (shared by Lambda and `hd dev`).
+
+    `now` is the clock credential checks and their throttle read (tests wind it by hand).
+    """
     hasher = ApiKeyHasher()
-    authenticator = api_keys or ApiKeyAuthenticator(store, ensure_pepper(store), hasher=hasher)
-    verifier = JwtVerifier(keys, issuer=config.jwt_issuer, audience=config.jwt_audience)
     trail = IamAuditTrail(
         store,
         checkpoints,
@@ -60,6 +67,13 @@ def assemble_services(
         checkpoint_every=config.checkpoint_every,
         checkpoint_interval=timedelta(minutes=config.checkpoint_interval_minutes),
     )
+    throttle = AuthThrottle(
+        store, config.throttle_policy(), now=now, on_lockout=lambda lockout: record_lockout(store, trail, lockout)
+    )
+    authenticator = api_keys or ApiKeyAuthenticator(
+        store, ensure_pepper(store), hasher=hasher, now=now, throttle=throttle
+    )
+    verifier = JwtVerifier(keys, issuer=config.jwt_issuer, audience=config.jwt_audience)
     issuers = [FederatedIssuer(**item) for item in json.loads(config.federation_issuers)]
     return ControlServices(
         store=store,
@@ -73,6 +87,7 @@ def assemble_services(
         query_audit=query_audit,
         federation=OidcFederation(issuers),
         secrets=SecretSealer(keys),
+        auth_throttle=throttle,
     )
 
 

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from hd_core.auth_throttle import AuthThrottle, ThrottleSubject
 from hd_core.errors import (
     AuthenticationFailed,
     Conflict,
@@ -142,6 +143,11 @@ class ApiKeyAuthenticator:
     does not pay for Argon2 on every connection; the plaintext itself is never held. A remembered key
     still has its record, user and organisation re-read from the store on every login, so revocation
     and suspension take effect at once, on every host. Safe to call from several threads.
+
+    Secret checks are throttled per key id (`hd_core.auth_throttle`), before the cache is consulted:
+    a locked key id is refused even with the right key. An unknown key id and a wrong secret count
+    as failures; a fresh Argon2 proof forgets them, a cache hit does not (else a busy client would
+    wipe an attacker's count between guesses). Without `throttle` the default policy applies, unaudited.
     """
 
     def __init__(
@@ -154,6 +160,7 @@ class ApiKeyAuthenticator:
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utc_now,
         max_cached_keys: int = 10_000,
+        throttle: AuthThrottle | None = None,
     ) -> None:
         if len(pepper) < 16:
             raise ValueError("the pepper must be at least 16 bytes")
@@ -166,6 +173,7 @@ class ApiKeyAuthenticator:
         self._clock = clock
         self._now = now
         self._max_cached = max_cached_keys
+        self._throttle = throttle if throttle is not None else AuthThrottle(store, now=now)
         # Verified against when there is no real hash to verify, so a miss costs what a hit costs.
         self._dummy_hash = self._hasher.hash(random_base62(_RANDOM_CHARS + _CHECKSUM_CHARS))
         self._verified: dict[bytes, _VerifiedKey] = {}
@@ -181,15 +189,20 @@ class ApiKeyAuthenticator:
             self._hasher.verify(self._dummy_hash, password)
             raise AuthenticationFailed("malformed api key or bad checksum")
         key_id = key_id_of(password)
+        # A malformed key above can never be accepted, so it needs no throttle; a well-formed one can.
+        attempt = self._throttle.admit(ThrottleSubject.api_key(key_id), source_ip=source_ip)
         digest = hmac.new(self._pepper, password.encode("ascii"), hashlib.sha256).digest()
         record = self._store.get_api_key(key_id)
         if record is None:
             self._hasher.verify(self._dummy_hash, password)
             self._drop(digest)
+            attempt.failed()
             raise AuthenticationFailed("unknown key id")
         if not self._recently_verified(digest, record):
             if not self._hasher.verify(record.key_hash, password):
+                attempt.failed()
                 raise AuthenticationFailed("wrong secret")
+            attempt.succeeded()
             principal = self._admit(record, username, source_ip)
             self._remember(digest, record)
             return principal

@@ -8,6 +8,10 @@ A login returns a short-lived RS256 access token and a single-use refresh token
 slow hash adds nothing). Each refresh spends its token and returns the next one of the same
 family; a spent token presented again means it was copied, so the whole family is revoked.
 Every refused login raises the same generic `AuthenticationFailed`; `reason` is for our logs.
+
+Password and TOTP checks are throttled per email tried (`hd_core.auth_throttle`): a blocked email
+is refused before its password is verified. A login that omits the TOTP code is not counted, since
+clients ask for the code only once the password is accepted.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import pyotp
 
 from hd_core.api_keys import ApiKeyHasher
+from hd_core.auth_throttle import AuthThrottle, ThrottleSubject
 from hd_core.errors import AuthenticationFailed, Conflict, MfaRequired, NotFound, RefreshTokenReused
 from hd_core.models import (
     BASE62_ALPHABET,
@@ -50,6 +55,7 @@ _MAX_REFRESH_SECRET_CHARS = 64
 # One 30-second step either side: tolerates clock drift and a code typed just as it rolled over.
 TOTP_VALID_WINDOW = 1
 DEFAULT_TOTP_ISSUER = "Hardened Duck"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,17 +105,45 @@ def login(
     env: KeyEnv | str = KeyEnv.LIVE,
     sealer: SecretSealer | None = None,
     now: Callable[[], datetime] = utc_now,
+    throttle: AuthThrottle | None = None,
 ) -> TokenPair:
     """Tokens for an active user of an active organisation whose password (and TOTP code, if needed) is right.
 
-    Raises `AuthenticationFailed` for any wrong credential, `MfaRequired` when a TOTP code is needed
-    and missing or wrong (`MfaEnrolmentRequired` when the organisation requires MFA and the user has
-    not enrolled). Every attempt costs exactly one Argon2 verify, known email or not.
+    Raises `AuthenticationFailed` for any wrong credential or a throttled email, `MfaRequired` when a
+    TOTP code is needed and missing or wrong (`MfaEnrolmentRequired` when the organisation requires
+    MFA and the user has not enrolled). Every attempt the throttle admits costs exactly one Argon2
+    verify, known email or not; one it refuses costs none.
     """
-    user = _user_with_password(store, hasher, email, password)
-    org = _active_org_of(store, user)
-    user = _check_mfa(store, user, org, totp_code, now(), sealer)
+
+    def checked() -> User:
+        user = _user_with_password(store, hasher, email, password)
+        org = _active_org_of(store, user)
+        return _check_mfa(store, user, org, totp_code, now(), sealer)
+
+    def counts(refused: AuthenticationFailed) -> bool:
+        return totp_code is not None or not isinstance(refused, MfaRequired)
+
+    user = _throttled(throttle or AuthThrottle(store, now=now), email, checked, counts=counts)
     return issue_token_pair(store, issuer, user, env=env, now=now)
+
+
+def _throttled(
+    throttle: AuthThrottle,
+    email: str,
+    check: Callable[[], _T],
+    *,
+    counts: Callable[[AuthenticationFailed], bool] = lambda refused: True,
+) -> _T:
+    """`check()` if `email` is not blocked; its refusals are counted against the email unless `counts` says not."""
+    attempt = throttle.admit(ThrottleSubject.login(email))
+    try:
+        result = check()
+    except AuthenticationFailed as refused:
+        if counts(refused):
+            attempt.failed()
+        raise
+    attempt.succeeded()
+    return result
 
 
 def _user_with_password(store: ControlStore, hasher: ApiKeyHasher, email: str, password: str) -> User:
@@ -355,15 +389,22 @@ def begin_mfa_enrolment_with_password(
     password: str,
     issuer_name: str = DEFAULT_TOTP_ISSUER,
     sealer: SecretSealer | None = None,
+    throttle: AuthThrottle | None = None,
 ) -> tuple[str, str]:
     """Start a first enrolment proven by password, for a user who has no session (their org requires MFA).
 
     Each call replaces a pending secret with a fresh one. Raises the generic `AuthenticationFailed`
     (after exactly one Argon2 verify) for a wrong email or password or an inactive user or
-    organisation, and `Conflict` only to the holder of the password of a user already enrolled.
+    organisation, or (after none) for a throttled email, and `Conflict` only to the holder of the
+    password of a user already enrolled.
     """
-    user = _user_with_password(store, hasher, email, password)
-    _active_org_of(store, user)
+
+    def checked() -> User:
+        user = _user_with_password(store, hasher, email, password)
+        _active_org_of(store, user)
+        return user
+
+    user = _throttled(throttle or AuthThrottle(store), email, checked)
     return _start_enrolment(store, user, issuer_name, sealer)
 
 
@@ -409,16 +450,22 @@ def confirm_mfa_enrolment_with_password(
     env: KeyEnv | str = KeyEnv.LIVE,
     sealer: SecretSealer | None = None,
     now: Callable[[], datetime] = utc_now,
+    throttle: AuthThrottle | None = None,
 ) -> PasswordProvenEnrolment:
     """Confirm a first enrolment proven by password and log the user in (the code is their second factor).
 
     Raises the generic `AuthenticationFailed` (after exactly one Argon2 verify) for a wrong email,
-    password or code or an inactive user or organisation, and `Conflict` when no enrolment is pending.
+    password or code or an inactive user or organisation, or (after none) for a throttled email,
+    and `Conflict` when no enrolment is pending.
     """
-    user = _user_with_password(store, hasher, email, password)
-    _active_org_of(store, user)
     at = now()
-    enrolled = _confirm_enrolment(store, user, code, at, sealer)
+
+    def checked() -> tuple[User, User]:
+        user = _user_with_password(store, hasher, email, password)
+        _active_org_of(store, user)
+        return user, _confirm_enrolment(store, user, code, at, sealer)
+
+    user, enrolled = _throttled(throttle or AuthThrottle(store, now=now), email, checked)
     tokens = issue_token_pair(store, issuer, enrolled, env=env, now=lambda: at)
     return PasswordProvenEnrolment(before=user, enrolled=enrolled, tokens=tokens)
 

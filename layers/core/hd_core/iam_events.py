@@ -51,6 +51,8 @@ class IamEventType(StrEnum):
     QUOTA_CHANGED = "quota.changed"
     # Security signals
     REFRESH_TOKEN_REUSED = "auth.refresh_token_reused"  # noqa: S105 (an event name, not a token)
+    # Brute-force throttling locked an account's sign-in or an API key id (once per lockout, not per attempt)
+    AUTH_LOCKOUT = "auth.lockout"
     # Engine host lifecycle (the termination wipe hook)
     INSTANCE_WIPED = "instance.wiped"
     INSTANCE_WIPE_FAILED = "instance.wipe_failed"
