@@ -50,7 +50,8 @@ def _refusal(host: EngineHostProcess, user: str, password: str) -> dict[str, str
     client = RawClient(host.port)
     try:
         client.send(startup_packet({"user": user, "database": "hd"}))
-        assert client.read().kind == b"R"
+        challenge = client.read()
+        assert challenge is not None and challenge.kind == b"R"
         client.send(message(b"p", cstr(password)))
         reply = client.read()
         assert reply is not None and reply.kind == b"E"
