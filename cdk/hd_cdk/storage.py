@@ -22,7 +22,7 @@ from constructs import Construct
 
 from hd_cdk import constants
 from hd_cdk.nag import acknowledge
-from hd_core.adapters.dynamodb_schema import create_table_kwargs
+from hd_core.adapters.dynamodb_schema import TTL_ATTRIBUTE, create_table_kwargs
 
 _ATTRIBUTE_TYPES = {
     "S": dynamodb.AttributeType.STRING,
@@ -182,6 +182,8 @@ class Storage(Construct):
             ),
             deletion_protection=True,
             removal_policy=RemovalPolicy.RETAIN,
+            # Brute-force failure records (of names nobody holds too) are deleted once they expire.
+            time_to_live_attribute=TTL_ATTRIBUTE,
         )
         backup_reason = (
             "Point-in-time recovery is on (continuous backups, any second of the last 35 days) and deletion "

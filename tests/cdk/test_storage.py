@@ -7,7 +7,7 @@ from typing import Any
 from aws_cdk.assertions import Match
 
 from hd_cdk import constants
-from hd_core.adapters.dynamodb_schema import create_table_kwargs
+from hd_core.adapters.dynamodb_schema import TTL_ATTRIBUTE, create_table_kwargs
 
 
 def _resource(template: dict[str, Any], prefix: str, type_: str) -> tuple[str, dict[str, Any]]:
@@ -142,6 +142,12 @@ def test_control_table_schema_equals_the_adapters_create_table_kwargs(synthesize
         expected["GlobalSecondaryIndexes"], "IndexName"
     )
     assert deployed["BillingMode"] == expected["BillingMode"]
+
+
+def test_control_table_expires_items_by_the_adapters_ttl_attribute(synthesized_app: Any) -> None:
+    """Auth failure records carry it; without the table setting they would pile up forever."""
+    _, table = _resource(synthesized_app.template(), "StorageControl", "AWS::DynamoDB::Table")
+    assert table["Properties"]["TimeToLiveSpecification"] == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
 
 
 def test_audit_prefixes_are_the_documented_ones() -> None:
