@@ -205,3 +205,16 @@ def test_processes_sharing_the_file_never_fork_the_iam_chain(tmp_path: Path) -> 
         events = store.list_iam_events("org_1")
     assert [event.seq for event in events] == list(range(1, 46))
     assert len({event.event_id for event in events}) == 45
+
+
+def test_writing_a_failure_deletes_every_expired_failure_record(tmp_path: Path) -> None:
+    """SQLite has no TTL: records of names tried once (unknown emails, made-up key ids) go at the next failure."""
+    hour = timedelta(hours=1)
+    with SqliteControlStore(tmp_path / "control.sqlite3") as store:
+        for number in range(50):
+            store.record_auth_failure(f"login:{number}", T0, forget_before=T0 - hour, expires_at=T0 + hour)
+        store.record_auth_failure("api_key:late", T0 + hour, forget_before=T0, expires_at=T0 + 2 * hour)
+        assert store.get_auth_failures("login:0") is None
+        assert store.get_auth_failures("api_key:late") is not None
+        count = store._connection.execute("SELECT count(*) FROM auth_failures").fetchone()[0]
+    assert count == 1
