@@ -8,6 +8,7 @@ with a generic 500, so a stack trace never reaches a caller.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -48,6 +49,11 @@ STATUS_OF: tuple[tuple[type[errors.HdError], int], ...] = (
 )
 
 ERROR_STATUSES = (400, 401, 403, 404, 409, 415, 422, 500, 503)
+
+# No request of this API nests anywhere near this deep; Python's parser recurses once per level and
+# fails near 1,000 (a RecursionError, which would be a 500).
+MAX_JSON_DEPTH = 64
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 
 
 class ErrorDetail(BaseModel):
@@ -125,9 +131,30 @@ def error_response(status: int, code: str, message: str, req_id: str) -> Respons
     return Response(status_code=status, content_type="application/json", body=json.dumps(body))
 
 
+def json_depth(text: str) -> int:
+    """How deep arrays and objects nest in a JSON text, counted without recursing (brackets in strings skipped)."""
+    depth = deepest = 0
+    for token in _JSON_TOKEN.finditer(text):
+        bracket = token.group()
+        if bracket in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif bracket in "]}":
+            depth -= 1
+    return deepest
+
+
+def read_json_body(text: str) -> Any:
+    """The parsed request body; a body nested deeper than `MAX_JSON_DEPTH` is `InvalidRequest` (400), never parsed."""
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and json_depth(text) > MAX_JSON_DEPTH:
+        raise errors.InvalidRequest(f"the request body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels")
+    return json.loads(text)
+
+
 def build_app(*routers: Router) -> APIGatewayRestResolver:
     """A validating resolver with the given routers and the shared error handlers."""
-    app = APIGatewayRestResolver(enable_validation=True)
+    # Every route parses its body with `read_json_body`: the depth limit holds for all of them at once.
+    app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=read_json_body)
     for router in routers:
         app.include_router(router)
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
+from functions.shared.http import json_depth
 from functions.users import handler as users_handler
 from tests.integration.functions.conftest import ControlApi
 
@@ -57,3 +61,35 @@ def test_a_failing_aws_backend_is_a_503_to_retry(control: ControlApi, monkeypatc
     reply = control.call("GET", f"/v1/organizations/{control.org_id}/users")
     _assert_error(reply, 503, "HD_ERR_BACKEND_UNAVAILABLE")
     assert b"slow down" not in reply.body
+
+
+def _body_operations() -> list[tuple[str, str]]:
+    from functions.openapi import DOCUMENT_PATH
+
+    document = json.loads(DOCUMENT_PATH.read_text(encoding="utf-8"))
+    return [(method.upper(), path) for path, operations in document["paths"].items()
+            for method, operation in operations.items() if "requestBody" in operation]
+
+
+@pytest.mark.parametrize("opening", ["[", '{"a":'])
+def test_a_deeply_nested_body_is_a_400_on_every_route_that_takes_one(control: ControlApi, opening: str) -> None:
+    closing = "]" if opening == "[" else "}"
+    nested = (opening * 1000 + "1" + closing * 1000).encode()
+    operations = _body_operations()
+    assert len(operations) >= 15
+    for method, template in operations:
+        url = template.replace("{org_id}", control.org_id).replace("{kind}", "mask")
+        url = re.sub(r"\{\w+\}", "x_1", url)
+        reply = control.dispatcher.invoke(method, url, body=nested, headers={
+            "X-API-Key": control.owner_key, "Content-Type": "application/json"})
+        _assert_error(reply, 400, "HD_ERR_INVALID_REQUEST")
+        assert b"deeper than 64" in reply.body, (method, template)
+
+
+def test_nesting_within_the_limit_is_parsed_as_usual(control: ControlApi) -> None:
+    # 60 levels inside a policy document: parsed, then refused by the policy validator, not by the depth limit.
+    document = {"kind": "abac", "name": "deep", "effect": "deny", "actions": ["*"], "resources": ["*"],
+                "reason": "r", "conditions": json.loads("[" * 60 + "]" * 60)}
+    reply = control.call("POST", f"/v1/organizations/{control.org_id}/policies", document)
+    assert reply.status == 400 and reply.json()["error"]["code"] == "HD_ERR_POLICY_INVALID"
+    assert json_depth(json.dumps(document)) == 61
