@@ -9,8 +9,9 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from pydantic import BaseModel, Field
 
-from functions.shared.http import authorize, build_app, documented, environment_of
+from functions.shared.http import authorize_environment, build_app, documented
 from functions.shared.lambda_entry import lambda_entry
+from functions.shared.request_fields import PathId
 from functions.shared.wiring import services
 from hd_core.audit_search import QueryAuditFilter, search_query_audit
 from hd_core.models import ApiScope, ChangeContext, IamEvent
@@ -71,12 +72,12 @@ def event_out(event: IamEvent) -> IamEventOut:
 
 
 def _auditor_of(env_id: str) -> ChangeContext:
-    return authorize(router, org_id=environment_of(env_id).org_id, scope=_AUDIT)
+    return authorize_environment(router, env_id, scope=_AUDIT)[1]
 
 
 @router.get("/v1/environments/<env_id>/audit/queries", responses=documented(200, QueryAuditPageOut, "A page"))
 def search_queries(
-    env_id: str,
+    env_id: PathId,
     start: Annotated[date, Query()],
     end: Annotated[date, Query()],
     user_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -102,7 +103,7 @@ def search_queries(
 
 @router.get("/v1/environments/<env_id>/audit/admin", responses=documented(200, list[IamEventOut], "IAM events"))
 def list_iam_events(
-    env_id: str,
+    env_id: PathId,
     after_seq: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[IamEventOut]:
@@ -114,7 +115,7 @@ def list_iam_events(
     "/v1/environments/<env_id>/audit/admin/verify-chain",
     responses=documented(200, ChainVerificationOut, "The verification report"),
 )
-def verify_chain(env_id: str) -> ChainVerificationOut:
+def verify_chain(env_id: PathId) -> ChainVerificationOut:
     ctx = _auditor_of(env_id)
     return ChainVerificationOut.model_validate(services().trail.verify_chain(ctx.actor.org_id).to_dict())
 

@@ -1,4 +1,4 @@
-"""JIT Lambda: request, approve, deny and list time-bounded role elevations; grants expire by themselves."""
+"""JIT Lambda: request, approve, deny, revoke and list time-bounded role elevations; grants expire by themselves."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from functions.shared.http import authorize, build_app, documented
 from functions.shared.lambda_entry import lambda_entry
+from functions.shared.request_fields import MultilineText, PathId
 from functions.shared.wiring import services
 from hd_core import jit
 from hd_core.models import ApiScope, JitRequest, JitStatus, Role
@@ -21,12 +22,12 @@ _MANAGE = ApiScope.USERS_MANAGE.value
 
 class ElevationIn(BaseModel):
     role: Role
-    reason: str = Field(min_length=1, max_length=1000)
+    reason: MultilineText = Field(min_length=1, max_length=1000)
     duration_seconds: int = Field(ge=60, le=8 * 3600)
 
 
 class DecisionIn(BaseModel):
-    reason: str = Field(default="", max_length=1000)
+    reason: MultilineText = Field(default="", max_length=1000)
 
 
 class JitRequestOut(BaseModel):
@@ -62,7 +63,7 @@ def request_out(request: JitRequest) -> JitRequestOut:
 
 
 @router.post("/v1/organizations/<org_id>/jit-requests", responses=documented(201, JitRequestOut, "The request"))
-def request_elevation(org_id: str, body: ElevationIn) -> tuple[JitRequestOut, int]:
+def request_elevation(org_id: PathId, body: ElevationIn) -> tuple[JitRequestOut, int]:
     ctx = authorize(router, org_id=org_id)
     svc = services()
     request = jit.request_elevation(
@@ -78,7 +79,7 @@ def request_elevation(org_id: str, body: ElevationIn) -> tuple[JitRequestOut, in
 
 
 @router.get("/v1/organizations/<org_id>/jit-requests", responses=documented(200, list[JitRequestOut], "Requests"))
-def list_requests(org_id: str, status: Annotated[JitStatus | None, Query()] = None) -> list[JitRequestOut]:
+def list_requests(org_id: PathId, status: Annotated[JitStatus | None, Query()] = None) -> list[JitRequestOut]:
     ctx = authorize(router, org_id=org_id)
     return [request_out(item) for item in jit.list_requests(services().store, ctx, org_id, status=status)]
 
@@ -87,7 +88,7 @@ def list_requests(org_id: str, status: Annotated[JitStatus | None, Query()] = No
     "/v1/organizations/<org_id>/jit-requests/<request_id>/approve",
     responses=documented(200, JitRequestOut, "The approved request"),
 )
-def approve(org_id: str, request_id: str, body: DecisionIn) -> JitRequestOut:
+def approve(org_id: PathId, request_id: PathId, body: DecisionIn) -> JitRequestOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()
     return request_out(jit.approve(svc.store, svc.trail, ctx, org_id=org_id, request_id=request_id, reason=body.reason))
@@ -97,10 +98,22 @@ def approve(org_id: str, request_id: str, body: DecisionIn) -> JitRequestOut:
     "/v1/organizations/<org_id>/jit-requests/<request_id>/deny",
     responses=documented(200, JitRequestOut, "The denied request"),
 )
-def deny(org_id: str, request_id: str, body: DecisionIn) -> JitRequestOut:
+def deny(org_id: PathId, request_id: PathId, body: DecisionIn) -> JitRequestOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()
     return request_out(jit.deny(svc.store, svc.trail, ctx, org_id=org_id, request_id=request_id, reason=body.reason))
+
+
+@router.post(
+    "/v1/organizations/<org_id>/jit-requests/<request_id>/revoke",
+    responses=documented(200, JitRequestOut, "The revoked request"),
+    description="End an approved elevation before its expiry; engine hosts stop honouring it within about a "
+    "second. The grantee may revoke their own; others need users:manage (and an Owner for Admin grants).",
+)
+def revoke(org_id: PathId, request_id: PathId, body: DecisionIn) -> JitRequestOut:
+    ctx = authorize(router, org_id=org_id)
+    svc = services()
+    return request_out(jit.revoke(svc.store, svc.trail, ctx, org_id=org_id, request_id=request_id, reason=body.reason))
 
 
 app = build_app(router)

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from functions.shared.http import authorize, build_app, documented
 from functions.shared.lambda_entry import lambda_entry
+from functions.shared.request_fields import PathId
 from functions.shared.wiring import services
 from hd_core import policy_admin
 from hd_core.models import ApiScope
@@ -44,14 +45,14 @@ def policy_out(obj: PolicyObject) -> PolicyOut:
 
 
 @router.get("/v1/organizations/<org_id>/policies", responses=documented(200, list[PolicyOut], "Policies"))
-def list_policies(org_id: str, kind: Annotated[PolicyKind | None, Query()] = None) -> list[PolicyOut]:
+def list_policies(org_id: PathId, kind: Annotated[PolicyKind | None, Query()] = None) -> list[PolicyOut]:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     return [policy_out(obj) for obj in policy_admin.list_policies(services().store, ctx, org_id, kind=kind)]
 
 
 @router.post("/v1/organizations/<org_id>/policies", responses=documented(201, PolicyOut, "The new policy"))
 def create_policy(
-    org_id: str, document: Annotated[dict[str, Any], Body(description=_DOCUMENT_HELP)]
+    org_id: PathId, document: Annotated[dict[str, Any], Body(description=_DOCUMENT_HELP)]
 ) -> tuple[PolicyOut, int]:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()
@@ -59,16 +60,16 @@ def create_policy(
 
 
 @router.get("/v1/organizations/<org_id>/policies/<kind>/<object_id>", responses=documented(200, PolicyOut, "Policy"))
-def get_policy(org_id: str, kind: PolicyKind, object_id: str) -> PolicyOut:
+def get_policy(org_id: PathId, kind: PolicyKind, object_id: PathId) -> PolicyOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     return policy_out(policy_admin.get_policy(services().store, ctx, org_id, kind, object_id))
 
 
 @router.put("/v1/organizations/<org_id>/policies/<kind>/<object_id>", responses=documented(200, PolicyOut, "Policy"))
 def replace_policy(
-    org_id: str,
+    org_id: PathId,
     kind: PolicyKind,
-    object_id: str,
+    object_id: PathId,
     document: Annotated[dict[str, Any], Body(description=_DOCUMENT_HELP)],
 ) -> PolicyOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
@@ -80,7 +81,7 @@ def replace_policy(
 @router.delete(
     "/v1/organizations/<org_id>/policies/<kind>/<object_id>", responses=documented(200, DeletedPolicyOut, "Deleted")
 )
-def delete_policy(org_id: str, kind: PolicyKind, object_id: str) -> DeletedPolicyOut:
+def delete_policy(org_id: PathId, kind: PolicyKind, object_id: PathId) -> DeletedPolicyOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()
     policy_admin.delete_policy(svc.store, svc.trail, ctx, kind, object_id)

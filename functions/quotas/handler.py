@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from functions.shared.http import authorize, build_app, documented
 from functions.shared.lambda_entry import lambda_entry
+from functions.shared.request_fields import PathId
 from functions.shared.wiring import services
 from hd_core import quotas
 from hd_core.models import ApiScope, utc_now
@@ -55,13 +56,13 @@ def quota_out(org_id: str, quota: QuotaLimit | None) -> QuotaOut:
 
 
 @router.get("/v1/organizations/<org_id>/quota", responses=documented(200, QuotaOut, "The quota and its use"))
-def get_quota(org_id: str) -> QuotaOut:
+def get_quota(org_id: PathId) -> QuotaOut:
     ctx = authorize(router, org_id=org_id)
     return quota_out(org_id, quotas.get_quota(services().store, ctx, org_id))
 
 
 @router.put("/v1/organizations/<org_id>/quota", responses=documented(200, QuotaOut, "The new quota"))
-def set_quota(org_id: str, body: QuotaIn) -> QuotaOut:
+def set_quota(org_id: PathId, body: QuotaIn) -> QuotaOut:
     ctx = authorize(router, org_id=org_id, scope=_BILLING)
     svc = services()
     quota = quotas.set_quota(
@@ -78,7 +79,7 @@ def set_quota(org_id: str, body: QuotaIn) -> QuotaOut:
 
 @router.get("/v1/organizations/<org_id>/usage", responses=documented(200, list[UsageRow], "Usage"))
 def usage(
-    org_id: str,
+    org_id: PathId,
     start: Annotated[date, Query()],
     end: Annotated[date, Query()],
     group_by: Annotated[Literal["user", "agent", "day"], Query()] = "day",

@@ -112,17 +112,28 @@ def authorize(
     principal = caller(router)
     if org_id is not None and principal.org_id != org_id:
         raise errors.NotFound("organization not found")
+    return _context(router, principal, scope)
+
+
+def authorize_environment(
+    router: Router | APIGatewayRestResolver, env_id: str, *, scope: str | None = None
+) -> tuple[Environment, ChangeContext]:
+    """The caller's own environment `env_id`, and the change context to act on it with `scope`.
+
+    The caller is authenticated before the lookup, so another organisation's environment answers
+    exactly like a made-up id (404 "environment not found"), never with a hint that it exists.
+    """
+    principal = caller(router)
+    env = services().store.get_environment(env_id)
+    if env is None or env.org_id != principal.org_id:
+        raise errors.NotFound("environment not found")
+    return env, _context(router, principal, scope)
+
+
+def _context(router: Router | APIGatewayRestResolver, principal: Principal, scope: str | None) -> ChangeContext:
     if scope is not None and not principal.has_scope(scope):
         raise errors.Forbidden(f"this action needs the {scope} scope, which this credential does not carry")
     return ChangeContext(actor=principal, request_id=request_id(router), source_ip=source_ip(router))
-
-
-def environment_of(env_id: str) -> Environment:
-    """The environment with this id, or `NotFound`; callers then check it belongs to the caller's organisation."""
-    env = services().store.get_environment(env_id)
-    if env is None:
-        raise errors.NotFound("environment not found")
-    return env
 
 
 def error_response(status: int, code: str, message: str, req_id: str) -> Response:

@@ -9,8 +9,9 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from pydantic import BaseModel, Field
 
-from functions.shared.http import authorize, build_app, documented, environment_of
+from functions.shared.http import authorize, authorize_environment, build_app, documented
 from functions.shared.lambda_entry import lambda_entry
+from functions.shared.request_fields import PathId, PlainText
 from functions.shared.wiring import services
 from hd_core import directory, errors
 from hd_core.models import ApiScope, Environment, KeyEnv, Organization, OrgStatus, Role, User, UserStatus
@@ -52,11 +53,11 @@ class EnvironmentOut(BaseModel):
 
 
 class InviteIn(BaseModel):
-    email: str = Field(min_length=3, max_length=254)
+    email: PlainText = Field(min_length=3, max_length=254)
     role: Role
-    name: str = Field(default="", max_length=128)
-    department: str | None = Field(default=None, max_length=128)
-    region: str | None = Field(default=None, max_length=64)
+    name: PlainText = Field(default="", max_length=128)
+    department: PlainText | None = Field(default=None, max_length=128)
+    region: PlainText | None = Field(default=None, max_length=64)
     password: str | None = Field(default=None, min_length=12, max_length=1024)
 
 
@@ -113,7 +114,7 @@ def user_out(user: User) -> UserOut:
 
 
 @router.get("/v1/organizations/<org_id>", responses=documented(200, OrganizationOut, "The organisation"))
-def get_organization(org_id: str) -> OrganizationOut:
+def get_organization(org_id: PathId) -> OrganizationOut:
     authorize(router, org_id=org_id)
     org = services().store.get_org(org_id)
     if org is None:
@@ -122,7 +123,7 @@ def get_organization(org_id: str) -> OrganizationOut:
 
 
 @router.patch("/v1/organizations/<org_id>", responses=documented(200, OrganizationOut, "The changed organisation"))
-def patch_organization(org_id: str, body: OrganizationPatch) -> OrganizationOut:
+def patch_organization(org_id: PathId, body: OrganizationPatch) -> OrganizationOut:
     ctx = authorize(router, org_id=org_id, scope=_ORGS)
     svc = services()
     org = svc.store.get_org(org_id)
@@ -136,7 +137,7 @@ def patch_organization(org_id: str, body: OrganizationPatch) -> OrganizationOut:
 @router.get(
     "/v1/organizations/<org_id>/environments", responses=documented(200, list[EnvironmentOut], "Environments")
 )
-def list_environments(org_id: str) -> list[EnvironmentOut]:
+def list_environments(org_id: PathId) -> list[EnvironmentOut]:
     ctx = authorize(router, org_id=org_id)
     return [env_out(env) for env in directory.list_environments(services().store, ctx, org_id)]
 
@@ -144,7 +145,7 @@ def list_environments(org_id: str) -> list[EnvironmentOut]:
 @router.post(
     "/v1/organizations/<org_id>/environments", responses=documented(201, EnvironmentOut, "The new environment")
 )
-def create_environment(org_id: str, body: EnvironmentIn) -> tuple[EnvironmentOut, int]:
+def create_environment(org_id: PathId, body: EnvironmentIn) -> tuple[EnvironmentOut, int]:
     ctx = authorize(router, org_id=org_id, scope=_ORGS)
     svc = services()
     env = directory.create_environment(svc.store, svc.trail, ctx, org_id, body.name, body.key_env)
@@ -152,14 +153,13 @@ def create_environment(org_id: str, body: EnvironmentIn) -> tuple[EnvironmentOut
 
 
 @router.get("/v1/environments/<env_id>", responses=documented(200, EnvironmentOut, "The environment"))
-def get_environment(env_id: str) -> EnvironmentOut:
-    env = environment_of(env_id)
-    authorize(router, org_id=env.org_id)
+def get_environment(env_id: PathId) -> EnvironmentOut:
+    env, _ = authorize_environment(router, env_id)
     return env_out(env)
 
 
 @router.post("/v1/organizations/<org_id>/users", responses=documented(201, UserOut, "The invited user"))
-def invite_user(org_id: str, body: InviteIn) -> tuple[UserOut, int]:
+def invite_user(org_id: PathId, body: InviteIn) -> tuple[UserOut, int]:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()
     user = directory.invite_user(
@@ -180,7 +180,7 @@ def invite_user(org_id: str, body: InviteIn) -> tuple[UserOut, int]:
 
 @router.get("/v1/organizations/<org_id>/users", responses=documented(200, list[UserOut], "Matching users"))
 def list_users(
-    org_id: str,
+    org_id: PathId,
     role: Annotated[Role | None, Query()] = None,
     status: Annotated[UserStatus | None, Query()] = None,
     email_contains: Annotated[str | None, Query(max_length=254)] = None,
@@ -194,7 +194,7 @@ def list_users(
 
 
 @router.get("/v1/organizations/<org_id>/users/<user_id>", responses=documented(200, UserOut, "The user"))
-def get_user(org_id: str, user_id: str) -> UserOut:
+def get_user(org_id: PathId, user_id: PathId) -> UserOut:
     ctx = authorize(router, org_id=org_id)
     if ctx.actor.user_id != user_id and not ctx.actor.has_scope(_MANAGE):
         raise errors.Forbidden(f"reading another user needs the {_MANAGE} scope")
@@ -204,7 +204,7 @@ def get_user(org_id: str, user_id: str) -> UserOut:
 @router.post(
     "/v1/organizations/<org_id>/users/<user_id>/suspend", responses=documented(200, UserOut, "The suspended user")
 )
-def suspend_user(org_id: str, user_id: str) -> UserOut:
+def suspend_user(org_id: PathId, user_id: PathId) -> UserOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()
     return user_out(directory.suspend_user(svc.store, svc.trail, ctx, org_id, user_id))
@@ -213,21 +213,21 @@ def suspend_user(org_id: str, user_id: str) -> UserOut:
 @router.post(
     "/v1/organizations/<org_id>/users/<user_id>/reactivate", responses=documented(200, UserOut, "The active user")
 )
-def reactivate_user(org_id: str, user_id: str) -> UserOut:
+def reactivate_user(org_id: PathId, user_id: PathId) -> UserOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()
     return user_out(directory.reactivate_user(svc.store, svc.trail, ctx, org_id, user_id))
 
 
 @router.delete("/v1/organizations/<org_id>/users/<user_id>", responses=documented(200, UserOut, "The removed user"))
-def remove_user(org_id: str, user_id: str) -> UserOut:
+def remove_user(org_id: PathId, user_id: PathId) -> UserOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()
     return user_out(directory.remove_user(svc.store, svc.trail, ctx, org_id, user_id))
 
 
 @router.put("/v1/organizations/<org_id>/users/<user_id>/role", responses=documented(200, UserOut, "The user"))
-def change_role(org_id: str, user_id: str, body: RoleIn) -> UserOut:
+def change_role(org_id: PathId, user_id: PathId, body: RoleIn) -> UserOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()
     return user_out(directory.change_role(svc.store, svc.trail, ctx, org_id, user_id, body.role))
@@ -236,7 +236,7 @@ def change_role(org_id: str, user_id: str, body: RoleIn) -> UserOut:
 @router.post(
     "/v1/organizations/<org_id>/users/<user_id>/identities", responses=documented(200, UserOut, "The linked user")
 )
-def link_identity(org_id: str, user_id: str, body: IdentityIn) -> UserOut:
+def link_identity(org_id: PathId, user_id: PathId, body: IdentityIn) -> UserOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()
     return user_out(directory.link_external_identity(svc.store, svc.trail, ctx, org_id, user_id, body.external_id))
@@ -246,7 +246,7 @@ def link_identity(org_id: str, user_id: str, body: IdentityIn) -> UserOut:
     "/v1/organizations/<org_id>/users/<user_id>/identities", responses=documented(200, UserOut, "The user")
 )
 def unlink_identity(
-    org_id: str, user_id: str, external_id: Annotated[str, Query(min_length=3, max_length=512)]
+    org_id: PathId, user_id: PathId, external_id: Annotated[str, Query(min_length=3, max_length=512)]
 ) -> UserOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()

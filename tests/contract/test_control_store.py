@@ -609,6 +609,23 @@ def test_a_jit_request_is_decided_only_once(store: ControlStore) -> None:
     assert store.get_jit_request(request.request_id) == _approved(request)
 
 
+def test_only_an_approved_jit_request_moves_on_to_revoked(store: ControlStore) -> None:
+    request = _jit()
+    store.put_jit_request(request)
+    revoked = replace(_approved(request), status=JitStatus.REVOKED)
+    with pytest.raises(Conflict):
+        store.decide_jit_request(revoked, from_status=JitStatus.APPROVED)  # still pending
+    assert store.get_jit_request(request.request_id) == request
+    store.decide_jit_request(_approved(request))
+    store.decide_jit_request(revoked, from_status=JitStatus.APPROVED)
+    assert store.get_jit_request(request.request_id) == revoked
+    assert store.list_jit_requests("org_1", JitStatus.REVOKED) == [revoked]
+    with pytest.raises(Conflict):
+        store.decide_jit_request(revoked, from_status=JitStatus.APPROVED)  # a second revocation lost the race
+    with pytest.raises(NotFound):
+        store.decide_jit_request(replace(revoked, request_id="jitr_missing"), from_status=JitStatus.APPROVED)
+
+
 def test_deciding_an_unknown_jit_request_is_not_found_and_creates_nothing(store: ControlStore) -> None:
     with pytest.raises(NotFound):
         store.decide_jit_request(_approved(_jit("jitr_missing")))

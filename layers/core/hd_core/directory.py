@@ -17,6 +17,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from hd_core.api_keys import ApiKeyHasher, revoke_api_key
+from hd_core.client_values import check_plain_text
 from hd_core.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from hd_core.iam_audit import IamAuditTrail
 from hd_core.iam_events import IamEventType
@@ -59,7 +60,7 @@ _EMAIL = re.compile(rf"[^@\s]{{1,64}}@{_HOST_LABEL}(?:\.{_HOST_LABEL})*")
 def require_own_org(ctx: ChangeContext, org_id: str) -> None:
     """Raise `NotFound` unless `org_id` is the actor's organisation (another tenant's org does not exist)."""
     if org_id != ctx.actor.org_id:
-        raise NotFound(f"organization {org_id} not found")
+        raise NotFound("organization not found")
 
 
 def get_org_in_scope(store: ControlStore, ctx: ChangeContext, org_id: str) -> Organization:
@@ -67,15 +68,18 @@ def get_org_in_scope(store: ControlStore, ctx: ChangeContext, org_id: str) -> Or
     require_own_org(ctx, org_id)
     org = store.get_org(org_id)
     if org is None:
-        raise NotFound(f"organization {org_id} not found")
+        raise NotFound("organization not found")
     return org
 
 
 def get_member(store: ControlStore, org_id: str, user_id: str) -> User:
-    """The user `user_id` of organisation `org_id`; a user of another organisation is `NotFound`."""
+    """The user `user_id` of organisation `org_id`; a user of another organisation is `NotFound`.
+
+    The message never echoes the id: a probe with another tenant's id reads byte for byte like one with a made-up id.
+    """
     user = store.get_user(user_id)
     if user is None or user.org_id != org_id:
-        raise NotFound(f"user {user_id} not found")
+        raise NotFound("user not found")
     return user
 
 
@@ -90,6 +94,15 @@ def _require_owner(actor: Principal, action: str) -> None:
         raise Forbidden(f"only an Owner may {action}")
 
 
+def require_may_grant(actor: Principal, role: Role) -> None:
+    """Raise `Forbidden` if `role` is privileged (Admin, Owner) and the actor is not an Owner.
+
+    The one rule for every way of handing out a role: invitation, role change and JIT approval.
+    """
+    if role in PRIVILEGED_ROLES:
+        _require_owner(actor, f"grant the {role.value} role")
+
+
 def _require_not_self(ctx: ChangeContext, user_id: str, action: str) -> None:
     if user_id == ctx.actor.user_id:
         raise Forbidden(f"nobody may {action} themselves; ask another administrator")
@@ -99,7 +112,7 @@ def _require_name(name: str, what: str) -> str:
     cleaned = name.strip() if isinstance(name, str) else ""
     if not cleaned or len(cleaned) > MAX_NAME_LENGTH:
         raise InvalidRequest(f"{what} must be 1 to {MAX_NAME_LENGTH} characters")
-    return cleaned
+    return check_plain_text(cleaned, what)
 
 
 def parse_role(value: Role | str) -> Role:
@@ -233,7 +246,7 @@ def get_environment(store: ControlStore, ctx: ChangeContext, org_id: str, env_id
     require_own_org(ctx, org_id)
     env = store.get_environment(env_id)
     if env is None or env.org_id != org_id:
-        raise NotFound(f"environment {env_id} not found")
+        raise NotFound("environment not found")
     return env
 
 
@@ -244,7 +257,7 @@ def _check_email(email: str) -> str:
     cleaned = email.strip() if isinstance(email, str) else ""
     if len(cleaned) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(cleaned):
         raise InvalidRequest(f"{email!r} is not an email address (name@example.com)")
-    return cleaned
+    return check_plain_text(cleaned, "an email address")
 
 
 def invite_user(
@@ -270,8 +283,10 @@ def invite_user(
     get_org_in_scope(store, ctx, org_id)
     cleaned_email = _check_email(email)
     wanted_role = parse_role(role)
-    if wanted_role in PRIVILEGED_ROLES:
-        _require_owner(ctx.actor, f"invite a user with the {wanted_role.value} role")
+    require_may_grant(ctx.actor, wanted_role)
+    for value, what in ((name, "a name"), (department, "a department"), (region, "a region")):
+        if value is not None:
+            check_plain_text(value, what)
     password_hash = None if password is None else hash_password(hasher or ApiKeyHasher(), password)
     if store.get_user_by_email(cleaned_email) is not None:
         raise Conflict("a user with this email already exists")
@@ -433,8 +448,7 @@ def change_role(
     wanted = parse_role(role)
     user = _target_for_change(store, ctx, org_id, user_id, "change the role of")
     _require_not_removed(user)
-    if wanted in PRIVILEGED_ROLES:
-        _require_owner(ctx.actor, f"grant the {wanted.value} role")
+    require_may_grant(ctx.actor, wanted)
     if user.role == wanted:
         return user
     _ensure_not_last_owner(store, user, "demote")

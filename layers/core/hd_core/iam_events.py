@@ -1,7 +1,7 @@
-"""The kinds of change recorded in the hash-chained IAM audit trail: the seeds' 27 plus the two instance events.
+"""The kinds of change recorded in the hash-chained IAM audit trail: the seeds' 27, two instance events, JIT revocation.
 
 The two instance events (`instance.wiped`, `instance.wipe_failed`) record the termination wipe hook's
-cryptographic erase of an engine host's cache.
+cryptographic erase of an engine host's cache; `jit.revoked` ends an approved elevation before its expiry.
 
 Every event carries the actor (a user id, or `system` for scheduled work), the target it changed,
 before and after values (None where the target did not exist or no longer exists), the time and
@@ -47,6 +47,7 @@ class IamEventType(StrEnum):
     JIT_REQUESTED = "jit.requested"
     JIT_APPROVED = "jit.approved"
     JIT_DENIED = "jit.denied"
+    JIT_REVOKED = "jit.revoked"
     # Quotas
     QUOTA_CHANGED = "quota.changed"
     # Security signals

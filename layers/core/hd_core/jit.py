@@ -2,8 +2,12 @@
 
 Approval writes a `JitGrant` policy object (starting now, ending after the requested duration),
 which bumps the policy version the engine hosts watch; the grant stops applying at its expiry by
-itself, so nothing sweeps. Each step is stored first and then recorded in the organisation's IAM
-audit chain.
+itself, so nothing sweeps. Revocation ends it early: the grant is rewritten with `revoked_at`, which
+bumps the version again, and the engine hosts stop honouring it on their next poll (about a
+second). Each step is stored first and then recorded in the organisation's IAM audit chain.
+
+Granting a privileged role (Admin) this way takes an Owner, exactly as a role change does
+(`directory.require_may_grant`): otherwise an Admin could make a peer Admin for a while.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from hd_core.directory import get_member, parse_role, require_own_org
+from hd_core.directory import PRIVILEGED_ROLES, get_member, parse_role, require_may_grant, require_own_org
 from hd_core.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from hd_core.iam_audit import IamAuditTrail
 from hd_core.iam_events import IamEventType
@@ -27,7 +31,7 @@ from hd_core.models import (
     utc_now,
 )
 from hd_core.permissions import role_rank
-from hd_core.policies import JitGrant
+from hd_core.policies import JitGrant, PolicyKind
 from hd_core.policy_validation import validate_policy
 from hd_core.ports import ControlStore
 
@@ -106,12 +110,18 @@ def request_elevation(
     return request
 
 
-def _pending_request(store: ControlStore, ctx: ChangeContext, org_id: str, request_id: str) -> JitRequest:
-    """A pending request of the actor's organisation that the actor may decide (users:manage)."""
+def _request_in_org(store: ControlStore, ctx: ChangeContext, org_id: str, request_id: str) -> JitRequest:
+    """A request of the actor's organisation; another tenant's reads exactly like a made-up id (no id echoed)."""
     require_own_org(ctx, org_id)
     request = store.get_jit_request(request_id)
     if request is None or request.org_id != org_id:
-        raise NotFound(f"JIT request {request_id} not found")
+        raise NotFound("JIT request not found")
+    return request
+
+
+def _pending_request(store: ControlStore, ctx: ChangeContext, org_id: str, request_id: str) -> JitRequest:
+    """A pending request of the actor's organisation that the actor may decide (users:manage)."""
+    request = _request_in_org(store, ctx, org_id, request_id)
     if not ctx.actor.has_scope(ApiScope.USERS_MANAGE.value):
         raise Forbidden("deciding a JIT request needs the users:manage scope")
     if request.status != JitStatus.PENDING:
@@ -131,14 +141,15 @@ def approve(
 ) -> JitRequest:
     """Approve a pending request and grant the role from now for its duration: JIT_APPROVED.
 
-    The approver needs users:manage, may not approve their own request, and may not grant a role
-    above their own.
+    The approver needs users:manage, may not approve their own request, may not grant a role above
+    their own, and must be an Owner to grant a privileged role (Admin), as for a role change.
     """
     request = _pending_request(store, ctx, org_id, request_id)
     if request.user_id == ctx.actor.user_id:
         raise Forbidden("nobody may approve their own JIT request")
     if role_rank(request.role) > role_rank(ctx.actor.role):
         raise Forbidden(f"approving {Role(request.role).value} needs an approver holding at least that role")
+    require_may_grant(ctx.actor, Role(request.role))
     requester = get_member(store, org_id, request.user_id)
     if requester.status != UserStatus.ACTIVE:
         raise Conflict("the requesting user is no longer active")
@@ -185,6 +196,49 @@ def deny(
     store.decide_jit_request(decided)
     _record(trail, ctx, IamEventType.JIT_DENIED, request, decided)
     return decided
+
+
+def revoke(
+    store: ControlStore,
+    trail: IamAuditTrail,
+    ctx: ChangeContext,
+    org_id: str,
+    request_id: str,
+    reason: str = "",
+    *,
+    now: Callable[[], datetime] = utc_now,
+) -> JitRequest:
+    """End an approved elevation before its expiry: JIT_REVOKED; the grant stops applying on the engines at once.
+
+    The grantee may give up their own elevation; anyone else needs users:manage, and an Owner
+    (as for granting it) when the role is privileged. Revoking a revoked request changes nothing;
+    a pending or denied one, or a grant already expired, is a `Conflict`.
+    """
+    request = _request_in_org(store, ctx, org_id, request_id)
+    if request.user_id != ctx.actor.user_id:
+        if not ctx.actor.has_scope(ApiScope.USERS_MANAGE.value):
+            raise Forbidden("revoking another user's JIT elevation needs the users:manage scope")
+        if Role(request.role) in PRIVILEGED_ROLES:
+            require_may_grant(ctx.actor, Role(request.role))
+    if request.status == JitStatus.REVOKED:
+        return request
+    if request.status != JitStatus.APPROVED:
+        raise Conflict(f"only an approved JIT request can be revoked; this one is {JitStatus(request.status).value}")
+    at = now()
+    grant = None if request.grant_id is None else store.get_policy(PolicyKind.JIT_GRANT, request.grant_id)
+    if isinstance(grant, JitGrant) and at >= grant.expires_at:
+        raise Conflict("this JIT grant already expired; there is nothing left to revoke")
+    if isinstance(grant, JitGrant) and grant.revoked_at is None:
+        # The grant first: if marking the request fails after this, the elevation has still ended
+        # (fail closed), and a retry finds the request approved and completes it.
+        store.put_policy(replace(grant, revoked_at=at))
+    revoked = replace(request, status=JitStatus.REVOKED)
+    store.decide_jit_request(revoked, from_status=JitStatus.APPROVED)
+    trail.record(
+        org_id, IamEventType.JIT_REVOKED, actor=ctx.actor.user_id, target=request.request_id, before=request,
+        after={"request": revoked, "revoked_at": at, "reason": reason.strip()}, request_id=ctx.request_id,
+    )
+    return revoked
 
 
 def list_requests(

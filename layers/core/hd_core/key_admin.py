@@ -47,7 +47,7 @@ def _key_in_org(store: ControlStore, ctx: ChangeContext, org_id: str, key_id: st
     require_own_org(ctx, org_id)
     record = store.get_api_key(key_id)
     if record is None or record.org_id != org_id:
-        raise NotFound(f"api key {key_id} not found")
+        raise NotFound("api key not found")  # no id echoed: another tenant's key reads like a made-up one
     return record
 
 

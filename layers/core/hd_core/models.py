@@ -198,6 +198,7 @@ class JitStatus(StrEnum):
     PENDING = "pending"
     APPROVED = "approved"
     DENIED = "denied"
+    REVOKED = "revoked"  # approved, then ended before its expiry; the grant no longer applies
 
 
 @dataclass(frozen=True)

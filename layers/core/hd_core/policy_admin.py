@@ -84,13 +84,13 @@ def _require_own_object(ctx: ChangeContext, obj: PolicyObject, *, written_by_act
     if org_id != ctx.actor.org_id:
         if written_by_actor:
             raise Forbidden("a policy document must name your own organisation in org_id")
-        raise NotFound(f"{_target(kind_of(obj), id_of(obj))} not found")
+        raise NotFound(f"{kind_of(obj).value} policy not found")  # the words of a made-up id, no id echoed
 
 
 def _existing(store: ControlStore, ctx: ChangeContext, kind: PolicyKind, oid: str) -> PolicyObject:
     obj = store.get_policy(kind, oid)
     if obj is None:
-        raise NotFound(f"{_target(kind, oid)} not found")
+        raise NotFound(f"{kind.value} policy not found")
     _require_own_object(ctx, obj, written_by_actor=False)
     return obj
 
@@ -141,7 +141,10 @@ def create_policy(
     _validate(store, obj, now())
     kind, oid = kind_of(obj), id_of(obj)
     if store.get_policy(kind, oid) is not None:
-        raise Conflict(f"{_target(kind, oid)} already exists; replace it instead")
+        # Ids are unique across the deployment (the store and the engines key policies by kind and id),
+        # so the clash may be another tenant's: the answer reads the same whoever holds the id.
+        raise Conflict(f"{_target(kind, oid)} is already taken (policy ids are unique across organisations); "
+                       "choose another id, or replace the policy if it is yours")
     store.put_policy(obj)
     _record(trail, ctx, IamEventType.POLICY_CREATED, kind, oid, None, obj)
     return obj
@@ -205,5 +208,5 @@ def get_policy(
     require_own_org(ctx, org_id)
     obj = store.get_policy(_kind(kind), object_id)
     if obj is None or getattr(obj, "org_id", None) != org_id:
-        raise NotFound(f"{_target(_kind(kind), object_id)} not found")
+        raise NotFound(f"{_kind(kind).value} policy not found")
     return obj

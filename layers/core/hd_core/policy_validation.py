@@ -7,6 +7,7 @@ problem of a whole set, as loaded from a policy file.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import re
@@ -17,6 +18,7 @@ from enum import Enum
 from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from hd_core.client_values import ID_PATTERN, is_client_id
 from hd_core.errors import PolicyInvalid, RowFilterInvalid
 from hd_core.models import Role, utc_now
 from hd_core.policies import (
@@ -52,6 +54,11 @@ def validate_policy(obj: PolicyObject, snapshot: PolicySnapshot, *, now: datetim
     """Raise `PolicyInvalid` if `obj` is malformed or conflicts with `snapshot`; `now` defaults to the clock."""
     if not object_id(obj):
         raise PolicyInvalid(f"a {kind_of(obj).value} needs an id")
+    if not is_client_id(object_id(obj)):
+        id_field = dataclasses.fields(obj)[0].name
+        raise PolicyInvalid(
+            f"{kind_of(obj).value}.{id_field} must match {ID_PATTERN} (an id is addressed in URL paths)", field=id_field
+        )
     if isinstance(obj, MaskRule):
         _validate_mask(obj, snapshot)
     elif isinstance(obj, RowFilter):

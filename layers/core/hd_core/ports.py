@@ -173,8 +173,12 @@ class ControlStore(Protocol):
         """The JIT requests of one organisation, optionally of one status, oldest first."""
         ...
 
-    def decide_jit_request(self, request: JitRequest) -> None:
-        """Replace a request that is still pending with its decided form; raises `Conflict` if no longer pending."""
+    def decide_jit_request(self, request: JitRequest, *, from_status: JitStatus = JitStatus.PENDING) -> None:
+        """Replace a request whose stored status is `from_status` with `request`, atomically.
+
+        Pending by default (a decision); approved for a revocation. Raises `Conflict` if the stored
+        request is in another status (someone else moved first), `NotFound` if absent.
+        """
         ...
 
     # --- IAM audit chain ------------------------------------------------------------------------

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from datetime import date
 
+import pytest
+
+from hd_core.models import Role, utc_now
+from hd_core.policy_eval import Subject, effective_role
 from tests.integration.functions.conftest import ControlApi
 
 MASK = {"kind": "mask", "rule_id": "mask_ssn", "table": "main.patients", "column": "ssn", "function": "partial",
@@ -65,3 +69,87 @@ def test_an_admin_cannot_change_the_quota(control: ControlApi) -> None:
     key = control.ok("POST", f"{_org(control)}/api-keys", {"user_id": admin["user_id"], "scopes": ["admin"]})
     reply = control.call("PUT", f"{_org(control)}/quota", {"monthly_credits": 1}, key=key["api_key"])
     assert reply.status == 403
+
+
+def _member(control: ControlApi, email: str, role: str, scopes: list[str]) -> tuple[str, str]:
+    user = control.ok("POST", f"{_org(control)}/users", {"email": email, "role": role})
+    key = control.ok("POST", f"{_org(control)}/api-keys", {"user_id": user["user_id"], "scopes": scopes})
+    return user["user_id"], key["api_key"]
+
+
+def _effective_role(control: ControlApi, user_id: str) -> Role:
+    """The role an engine host would give the user now, from the policy snapshot it loads."""
+    user = control.services.store.get_user(user_id)
+    assert user is not None
+    subject = Subject(user_id=user_id, org_id=control.org_id, role=user.role, scopes=(), key_id="k", env="live")
+    return effective_role(control.services.store.policy_snapshot(), subject, utc_now())
+
+
+def test_an_admin_cannot_approve_an_elevation_to_admin_only_an_owner_can(control: ControlApi) -> None:
+    analyst_id, analyst_key = _member(control, "a@x.com", "Analyst", ["read_only"])
+    _, admin_key = _member(control, "ad@x.com", "Admin", ["admin"])
+    request = control.ok("POST", f"{_org(control)}/jit-requests",
+                         {"role": "Admin", "reason": "incident 7", "duration_seconds": 900}, key=analyst_key)
+    approve = f"{_org(control)}/jit-requests/{request['request_id']}/approve"
+    refused = control.call("POST", approve, {}, key=admin_key)
+    assert refused.status == 403 and refused.json()["error"]["code"] == "HD_ERR_FORBIDDEN"
+    assert _effective_role(control, analyst_id) == Role.ANALYST
+    assert control.ok("POST", approve, {})["status"] == "approved"
+    assert _effective_role(control, analyst_id) == Role.ADMIN
+
+
+def test_revoking_an_approved_elevation_ends_it_on_the_engine_and_is_audited(control: ControlApi) -> None:
+    analyst_id, analyst_key = _member(control, "a@x.com", "Analyst", ["read_only"])
+    request = control.ok("POST", f"{_org(control)}/jit-requests",
+                         {"role": "Developer", "reason": "deploy", "duration_seconds": 3600}, key=analyst_key)
+    jit_path = f"{_org(control)}/jit-requests/{request['request_id']}"
+    control.ok("POST", f"{jit_path}/approve", {})
+    assert _effective_role(control, analyst_id) == Role.DEVELOPER
+
+    revoked = control.ok("POST", f"{jit_path}/revoke", {"reason": "deploy finished early"})
+
+    assert revoked["status"] == "revoked"
+    assert _effective_role(control, analyst_id) == Role.ANALYST
+    events = control.ok("GET", f"/v1/environments/{control.env_id}/audit/admin?limit=1000")
+    last = events[-1]
+    assert (last["event_type"], last["actor"], last["target"]) == ("jit.revoked", control.owner_id,
+                                                                  request["request_id"])
+    assert last["after"]["reason"] == "deploy finished early"
+    assert control.ok("POST", f"{jit_path}/revoke", {})["status"] == "revoked"  # a retry changes nothing
+    assert control.ok("GET", f"/v1/environments/{control.env_id}/audit/admin?limit=1000")[-1] == last
+    pending = control.ok("POST", f"{_org(control)}/jit-requests",
+                         {"role": "Developer", "reason": "again", "duration_seconds": 600}, key=analyst_key)
+    not_approved = control.call("POST", f"{_org(control)}/jit-requests/{pending['request_id']}/revoke", {})
+    assert not_approved.status == 409 and not_approved.json()["error"]["code"] == "HD_ERR_CONFLICT"
+
+
+def test_someone_without_users_manage_cannot_revoke_anothers_elevation(control: ControlApi) -> None:
+    _, analyst_key = _member(control, "a@x.com", "Analyst", ["read_only"])
+    _, other_key = _member(control, "b@x.com", "Analyst", ["read_only"])
+    request = control.ok("POST", f"{_org(control)}/jit-requests",
+                         {"role": "Developer", "reason": "deploy", "duration_seconds": 600}, key=analyst_key)
+    jit_path = f"{_org(control)}/jit-requests/{request['request_id']}"
+    control.ok("POST", f"{jit_path}/approve", {})
+    assert control.call("POST", f"{jit_path}/revoke", {}, key=other_key).status == 403
+    assert control.ok("POST", f"{jit_path}/revoke", {}, key=analyst_key)["status"] == "revoked"  # their own
+
+
+@pytest.mark.parametrize("rule_id", ["a/b", "a\u0000b", "a#b", "../x", "a b", "x" * 129])
+def test_a_policy_id_a_url_path_could_not_carry_is_refused(control: ControlApi, rule_id: str) -> None:
+    reply = control.call("POST", f"{_org(control)}/policies", {**MASK, "rule_id": rule_id})
+    assert reply.status == 400 and reply.json()["error"]["code"] == "HD_ERR_POLICY_INVALID"
+    assert control.services.store.list_policies(control.org_id) == []
+
+
+@pytest.mark.parametrize("path_id", ["a%00b", "a%2Fb", "%E2%80%AEx"])
+def test_an_id_in_a_path_outside_the_id_pattern_is_a_422(control: ControlApi, path_id: str) -> None:
+    reply = control.call("GET", f"{_org(control)}/policies/mask/{path_id}")
+    assert reply.status == 422 and reply.json()["error"]["code"] == "HD_ERR_VALIDATION"
+    reply = control.call("POST", f"{_org(control)}/jit-requests/{path_id}/revoke", {})
+    assert reply.status == 422 and reply.json()["error"]["code"] == "HD_ERR_VALIDATION"
+
+
+def test_a_reason_with_a_bidi_override_is_refused(control: ControlApi) -> None:
+    reply = control.call("POST", f"{_org(control)}/jit-requests",
+                         {"role": "Admin", "reason": "routine \u202ekcatta", "duration_seconds": 600})
+    assert reply.status == 422 and "U+202E" in reply.json()["error"]["message"]

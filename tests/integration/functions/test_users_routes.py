@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.integration.functions.conftest import ControlApi
 
 
@@ -76,3 +78,19 @@ def test_the_owner_cannot_demote_themselves(control: ControlApi) -> None:
 def test_another_organisation_looks_like_it_does_not_exist(control: ControlApi) -> None:
     reply = control.call("GET", "/v1/organizations/org_someoneelse/users")
     assert reply.status == 404 and reply.json()["error"]["code"] == "HD_ERR_NOT_FOUND"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "hidden"),
+    [("email", "ann\u202e@example.com", "U+202E"), ("email", "ann\u0000@example.com", "U+0000"),
+     ("name", "Ann\u2067Smith", "U+2067"), ("name", "Ann\u200f", "U+200F"), ("department", "fin\u0000", "U+0000"),
+     ("region", "eu\u2069", "U+2069")],
+)
+def test_names_and_emails_with_control_or_bidi_characters_are_refused(
+    control: ControlApi, field: str, value: str, hidden: str
+) -> None:
+    body = {"email": "ann@example.com", "role": "Analyst", field: value}
+    reply = control.call("POST", _users(control), body)
+    assert reply.status == 422 and reply.json()["error"]["code"] == "HD_ERR_VALIDATION"
+    assert hidden in reply.json()["error"]["message"]
+    assert [user["email"] for user in control.ok("GET", _users(control))] == ["owner@example.com"]

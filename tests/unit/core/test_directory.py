@@ -318,6 +318,32 @@ def test_an_email_of_the_wrong_shape_is_refused(plane: ControlPlane, email: str)
         directory.invite_user(plane.store, plane.trail, plane.ctx(plane.owner), plane.org.org_id, email, "Analyst")
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("email", "ann\u202e@acme.example"), ("email", "ann\x00@acme.example"), ("name", "Ann\u2066Smith"),
+     ("name", "Ann\x00"), ("department", "fin\u200eance"), ("region", "eu\x1b[31m")],
+)
+def test_hidden_characters_are_refused_in_every_invited_text(plane: ControlPlane, field: str, value: str) -> None:
+    # A bidi override or NUL makes the name or e-mail an administrator reads differ from the stored one.
+    texts: dict[str, str] = {"email": "ann@acme.example", field: value}
+    email = texts.pop("email")
+    with pytest.raises(InvalidRequest, match="control or formatting"):
+        directory.invite_user(
+            plane.store, plane.trail, plane.ctx(plane.owner), plane.org.org_id, email, Role.ANALYST,
+            **texts,  # type: ignore[arg-type]
+        )
+    assert plane.events() == []
+
+
+def test_hidden_characters_are_refused_in_organisation_and_environment_names(plane: ControlPlane) -> None:
+    ctx = plane.ctx(plane.owner)
+    with pytest.raises(InvalidRequest, match="U\\+202E"):
+        directory.create_org(plane.store, plane.trail, ctx, "Acme\u202eevil")
+    with pytest.raises(InvalidRequest, match="U\\+0000"):
+        directory.create_environment(plane.store, plane.trail, ctx, plane.org.org_id, "prod\x00", KeyEnv.LIVE)
+    assert plane.events() == []
+
+
 def test_an_email_already_in_use_is_a_conflict_whatever_its_case(plane: ControlPlane) -> None:
     with pytest.raises(Conflict):
         directory.invite_user(

@@ -240,3 +240,119 @@ def test_list_requests_shows_everyone_to_managers_and_only_their_own_to_others(p
     assert jit.list_requests(plane.store, plane.ctx(analyst), plane.org.org_id) == [mine]
     with pytest.raises(InvalidRequest):
         jit.list_requests(plane.store, admin_ctx, plane.org.org_id, "expired")
+
+
+# --- privileged approvals and revocation -----------------------------------------------------------
+
+
+def test_an_admin_cannot_approve_an_elevation_to_admin(plane: ControlPlane) -> None:
+    # Like a role change: handing out Admin, even for a while, takes an Owner.
+    request = ask(plane, plane.add_user(Role.ANALYST), Role.ADMIN)
+    with pytest.raises(Forbidden, match="Owner"):
+        jit.approve(plane.store, plane.trail, plane.ctx(plane.add_user(Role.ADMIN)), plane.org.org_id,
+                    request.request_id)
+    assert plane.store.get_jit_request(request.request_id) == request
+    assert plane.store.list_policies(kind=PolicyKind.JIT_GRANT) == []
+    approved = jit.approve(plane.store, plane.trail, plane.ctx(plane.owner), plane.org.org_id, request.request_id)
+    assert approved.status == JitStatus.APPROVED
+
+
+def _approved(plane: ControlPlane, user: User, role: Role = Role.DEVELOPER) -> JitRequest:
+    request = ask(plane, user, role)
+    return jit.approve(plane.store, plane.trail, plane.ctx(plane.owner), plane.org.org_id, request.request_id,
+                       now=plane.clock)
+
+
+def _grant(plane: ControlPlane, request: JitRequest) -> JitGrant:
+    grant = plane.store.get_policy(PolicyKind.JIT_GRANT, request.grant_id or "")
+    assert isinstance(grant, JitGrant)
+    return grant
+
+
+def test_revoke_ends_the_grant_at_once_and_records_jit_revoked(plane: ControlPlane) -> None:
+    analyst, admin = plane.add_user(Role.ANALYST), plane.add_user(Role.ADMIN)
+    approved = _approved(plane, analyst)
+    plane.clock.advance(minutes=5)
+    version = plane.store.policy_version()
+
+    revoked = jit.revoke(plane.store, plane.trail, plane.ctx(admin), plane.org.org_id, approved.request_id,
+                         "incident closed", now=plane.clock)
+
+    assert revoked == replace(approved, status=JitStatus.REVOKED)
+    assert plane.store.get_jit_request(approved.request_id) == revoked
+    grant = _grant(plane, approved)
+    assert grant.revoked_at == plane.clock() and not grant.active(plane.clock())
+    assert plane.store.policy_version() == version + 1  # the engine hosts reload and stop honouring it
+    event = plane.events()[-1]
+    assert (event.event_type, event.actor, event.target) == (IamEventType.JIT_REVOKED, admin.user_id,
+                                                             approved.request_id)
+    assert event.before is not None and event.before["status"] == "approved"
+    assert event.after is not None and event.after["request"]["status"] == "revoked"  # type: ignore[index]
+    assert event.after["reason"] == "incident closed"
+
+
+def test_revoking_twice_changes_nothing_the_second_time(plane: ControlPlane) -> None:
+    approved = _approved(plane, plane.add_user(Role.ANALYST))
+    ctx = plane.ctx(plane.owner)
+    first = jit.revoke(plane.store, plane.trail, ctx, plane.org.org_id, approved.request_id, now=plane.clock)
+    events, version = len(plane.events()), plane.store.policy_version()
+    assert jit.revoke(plane.store, plane.trail, ctx, plane.org.org_id, approved.request_id, now=plane.clock) == first
+    assert (len(plane.events()), plane.store.policy_version()) == (events, version)
+
+
+def test_the_grantee_may_give_up_their_own_elevation(plane: ControlPlane) -> None:
+    analyst = plane.add_user(Role.ANALYST)
+    approved = _approved(plane, analyst)
+    revoked = jit.revoke(plane.store, plane.trail, plane.ctx(analyst), plane.org.org_id, approved.request_id,
+                         now=plane.clock)
+    assert revoked.status == JitStatus.REVOKED and _grant(plane, approved).revoked_at is not None
+
+
+def test_revoking_someone_elses_elevation_needs_users_manage(plane: ControlPlane) -> None:
+    approved = _approved(plane, plane.add_user(Role.ANALYST))
+    with pytest.raises(Forbidden):
+        jit.revoke(plane.store, plane.trail, plane.ctx(plane.add_user(Role.DEVELOPER)), plane.org.org_id,
+                   approved.request_id)
+    assert _grant(plane, approved).revoked_at is None
+
+
+def test_only_an_owner_revokes_another_users_admin_elevation(plane: ControlPlane) -> None:
+    approved = _approved(plane, plane.add_user(Role.ANALYST), Role.ADMIN)
+    with pytest.raises(Forbidden):
+        jit.revoke(plane.store, plane.trail, plane.ctx(plane.add_user(Role.ADMIN)), plane.org.org_id,
+                   approved.request_id)
+    assert _grant(plane, approved).revoked_at is None
+    jit.revoke(plane.store, plane.trail, plane.ctx(plane.owner), plane.org.org_id, approved.request_id,
+               now=plane.clock)
+    assert _grant(plane, approved).revoked_at is not None
+
+
+def test_only_an_approved_unexpired_grant_can_be_revoked(plane: ControlPlane) -> None:
+    ctx = plane.ctx(plane.owner)
+    pending = ask(plane, plane.add_user(Role.ANALYST))
+    with pytest.raises(Conflict):
+        jit.revoke(plane.store, plane.trail, ctx, plane.org.org_id, pending.request_id)
+    to_deny = ask(plane, plane.add_user(Role.ANALYST))
+    denied = jit.deny(plane.store, plane.trail, ctx, plane.org.org_id, to_deny.request_id)
+    with pytest.raises(Conflict):
+        jit.revoke(plane.store, plane.trail, ctx, plane.org.org_id, denied.request_id)
+    approved = _approved(plane, plane.add_user(Role.ANALYST))
+    plane.clock.advance(hours=2)
+    with pytest.raises(Conflict, match="expired"):
+        jit.revoke(plane.store, plane.trail, ctx, plane.org.org_id, approved.request_id, now=plane.clock)
+    assert plane.store.get_jit_request(approved.request_id) == approved
+
+
+def test_another_tenants_request_cannot_be_revoked_and_reads_like_a_made_up_id(plane: ControlPlane) -> None:
+    other = plane.add_org()
+    stranger = plane.add_user(Role.ANALYST, org=other)
+    request = jit.request_elevation(
+        plane.store, plane.trail, plane.ctx(stranger), org_id=other.org_id, role=Role.DEVELOPER, reason="r",
+        duration_seconds=600,
+    )
+    ctx = plane.ctx(plane.owner)
+    with pytest.raises(NotFound) as theirs:
+        jit.revoke(plane.store, plane.trail, ctx, plane.org.org_id, request.request_id)
+    with pytest.raises(NotFound) as made_up:
+        jit.revoke(plane.store, plane.trail, ctx, plane.org.org_id, "jitreq_madeup")
+    assert str(theirs.value) == str(made_up.value)

@@ -345,19 +345,19 @@ class DynamoDbControlStore:
         requests = [_jit_from_item(item) for item in self._query_index("JITS#" + org_id)]
         return requests if status is None else [request for request in requests if request.status == status]
 
-    def decide_jit_request(self, request: JitRequest) -> None:
-        """Replace a still-pending request with its decided form; raises `Conflict` if decided, `NotFound` if absent."""
+    def decide_jit_request(self, request: JitRequest, *, from_status: JitStatus = JitStatus.PENDING) -> None:
+        """Replace a request still in `from_status` with `request`; `Conflict` if it moved on, `NotFound` if absent."""
         stored = self._put(
             _jit_item(request),
-            condition="attribute_exists(PK) AND #status = :pending",
+            condition="attribute_exists(PK) AND #status = :from",
             names={"#status": "status"},
-            values={":pending": JitStatus.PENDING.value},
+            values={":from": JitStatus(from_status).value},
         )
         if stored:
             return
         if self._get(_jit_key(request.request_id)) is None:
             raise NotFound(f"jit request {request.request_id} not found")
-        raise Conflict(f"jit request {request.request_id} is no longer pending")
+        raise Conflict(f"jit request {request.request_id} is no longer {JitStatus(from_status).value}")
 
     # --- IAM audit chain --------------------------------------------------------------------
 

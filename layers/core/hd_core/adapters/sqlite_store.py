@@ -539,20 +539,20 @@ class SqliteControlStore:
             )
         return [_jit_from_row(row) for row in rows]
 
-    def decide_jit_request(self, request: JitRequest) -> None:
-        """Replace a still-pending request with its decided form; raises `Conflict` if decided, `NotFound` if absent."""
+    def decide_jit_request(self, request: JitRequest, *, from_status: JitStatus = JitStatus.PENDING) -> None:
+        """Replace a request still in `from_status` with `request`; `Conflict` if it moved on, `NotFound` if absent."""
         assignments = ", ".join(f"{column} = ?" for column in _JIT_COLUMNS.split(", ")[1:])
         params = _jit_params(request)
         with self._transaction() as db:
             updated = db.execute(
                 f"UPDATE jit_requests SET {assignments} WHERE request_id = ? AND status = ?",
-                (*params[1:], params[0], JitStatus.PENDING.value),
+                (*params[1:], params[0], JitStatus(from_status).value),
             )
             if updated.rowcount == 0:
                 exists = db.execute("SELECT 1 FROM jit_requests WHERE request_id = ?", (request.request_id,))
                 if exists.fetchone() is None:
                     raise NotFound(f"jit request {request.request_id} not found")
-                raise Conflict(f"jit request {request.request_id} is no longer pending")
+                raise Conflict(f"jit request {request.request_id} is no longer {JitStatus(from_status).value}")
 
     # --- IAM audit chain --------------------------------------------------------------------
 
