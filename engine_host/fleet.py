@@ -33,6 +33,7 @@ from engine_host.boot.imds import ImdsClient, InstanceIdentity
 from engine_host.cache.cached_tables import CachedTables
 from engine_host.cache.object_cache import ObjectCache
 from engine_host.credentials import EngineCredentials
+from engine_host.engine.masking import ensure_mask_keys
 from engine_host.health_server import HealthServer, heartbeat_check
 from engine_host.heartbeat_loop import ControlPlaneHeartbeat, HeartbeatChannel, HeartbeatLoop, host_report
 from engine_host.host import EngineHost, HostHooks, HostSettings, ObjectStoreTables
@@ -120,6 +121,7 @@ class FleetEngineHost:
             audit_sink=S3AuditSink(self.clients.s3, config.audit_bucket, host_id=identity.instance_id),
             tables=self._table_source(), database_path=Path(config.cache_mount) / "engine.duckdb",
             ssl_context=server_ssl_context(*self._tls_files(state_dir)), default_org_id=config.org_id,
+            mask_keys=lambda: ensure_mask_keys(store, keys),
             hooks=HostHooks(admission=self.heartbeat.gate.check_new_connection, metrics=self.metrics),
         )
         self.metrics.bind_heartbeat(self.heartbeat.status)

@@ -28,7 +28,7 @@ from engine_host.cache.cached_tables import CachedTables
 from engine_host.cache.object_cache import ObjectCache
 from engine_host.engine.catalog import CatalogResponder
 from engine_host.engine.duckdb_engine import DATA_CATALOG, Database
-from engine_host.engine.masking import ensure_mask_keys, install_mask_macros
+from engine_host.engine.masking import install_mask_macros
 from engine_host.engine.table_catalog import TableCatalog
 from engine_host.engine.tables import register_parquet_tables
 from engine_host.metrics import HostMetrics, gate_reading
@@ -158,7 +158,9 @@ class EngineHost:
 
     def __init__(self, settings: HostSettings, *, store: ControlStore, authenticate: Authenticate,
                  audit_sink: AuditSink, tables: TableSource, database_path: Path | None,
-                 ssl_context: ssl.SSLContext | None, default_org_id: str, hooks: HostHooks | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None, default_org_id: str,
+                 mask_keys: Callable[[], Mapping[str, bytes]], hooks: HostHooks | None = None) -> None:
+        """`mask_keys` gives the hash-mask keys at start (see `engine.masking.ensure_mask_keys`)."""
         self.settings = settings
         self.store = store
         self._authenticate = authenticate
@@ -167,6 +169,7 @@ class EngineHost:
         self._database_path = database_path
         self._ssl_context = ssl_context
         self._default_org_id = default_org_id
+        self._mask_keys = mask_keys
         self._hooks = hooks or HostHooks()
         self.database: Database | None = None
         self.tables: TableCatalog | None = None
@@ -185,7 +188,7 @@ class EngineHost:
     async def start(self) -> None:
         catalog = CatalogResponder()
         database = Database(self._database_path, allowed_directories=self.table_source.allowed_directories)
-        mask_keys = ensure_mask_keys(self.store)
+        mask_keys = self._mask_keys()
         database.open(setup=[self.table_source.register, catalog.install,
                              lambda con: install_mask_macros(con, mask_keys)])
         self.database = database

@@ -35,6 +35,7 @@ from engine_host.control_server import ControlApiServer
 from engine_host.credentials import EngineCredentials
 from engine_host.demo import write_demo_dataset
 from engine_host.demo_policies import ACME, install_demo
+from engine_host.engine.masking import ensure_mask_keys
 from engine_host.health_server import HealthServer
 from engine_host.host import EngineHost, HostHooks, HostSettings, LocalFolderTables, ObjectStoreTables, TableSource
 from engine_host.metrics import HostMetrics
@@ -182,6 +183,7 @@ class LocalEngineHost:
             audit_sink=self._audit_override or LocalFolderAuditSink(self.state_dir, host_id=f"local-{os.getpid()}"),
             tables=self._table_source(), database_path=self.state_dir / "engine.duckdb",
             ssl_context=server_ssl_context(cert, key), default_org_id=owner.org.org_id,
+            mask_keys=lambda: ensure_mask_keys(store, control.keys, keep_legacy_plaintext=True),
             hooks=HostHooks(metrics=self.metrics),
         )
         engine = self.engine

@@ -53,6 +53,15 @@ class EngineHostProcess:
         key = (self.state_dir / "demo-keys" / f"{person}.key").read_text().strip()
         return self.dsn(user=f"usr_demo_{person.replace('-', '_')}", password=key, **overrides)
 
+    def mask_keys(self) -> dict[str, bytes]:
+        """The host's hash-mask keys per environment, unwrapped with its local key file (as a test may)."""
+        from engine_host.engine.masking import stored_mask_keys
+        from hd_core.adapters.local_keys import LocalKeyFile
+        from hd_core.adapters.sqlite_store import SqliteControlStore
+
+        store = SqliteControlStore(self.state_dir / "control.sqlite3")
+        return stored_mask_keys(store, LocalKeyFile(self.state_dir / "keys" / "local-keys.json"))
+
     def url(self, driver: str = "postgresql+psycopg") -> str:
         return f"{driver}://{self.user}:{self.password}@127.0.0.1:{self.port}/hd"
 

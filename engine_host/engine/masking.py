@@ -21,12 +21,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import secrets
 from collections.abc import Mapping
 
 import duckdb
 
-from hd_core.ports import ControlStore
+from hd_core.ports import ControlStore, KeyProvider
 
 CATALOG = "hd_keys"
 MACRO = "hd_mask_hash"
@@ -65,14 +64,54 @@ def mask_hash(key: bytes, value: str) -> str:
     return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
 
 
-def ensure_mask_keys(store: ControlStore) -> dict[str, bytes]:
-    """The per-environment masking keys of a local install: generated on first use, then reused.
+def _wrapped_setting(env: str) -> str:
+    return f"mask_hash_key_wrapped.{env}"
 
-    Local mode only keeps them in the control store; a deployment takes them from KMS.
+
+def _legacy_setting(env: str) -> str:
+    return f"mask_hash_key.{env}"
+
+
+def _context(env: str) -> dict[str, str]:
+    # KMS binds the wrapped key to this context: a ciphertext copied to another purpose won't unwrap.
+    return {"purpose": "hd-mask-hash", "env": env}
+
+
+def ensure_mask_keys(
+    store: ControlStore, keys: KeyProvider, *, keep_legacy_plaintext: bool = False
+) -> dict[str, bytes]:
+    """The per-environment masking keys: made on first use by the key provider (KMS), then reused.
+
+    The control store holds only each key wrapped by the provider; every host unwraps it at start and
+    keeps the plaintext in memory (in the `hd_keys` macros), so a copy of the control table alone
+    tests no guess. Concurrent first starts agree: the first wrapped key stored wins and is the one
+    every host unwraps. `keep_legacy_plaintext` (local mode only) keeps using a key an earlier
+    version stored in plaintext, so existing hashed values stay joinable; a deployment never reads
+    a plaintext key from its table.
     """
-    keys = {}
+    result = {}
     for env in ENVIRONMENTS:
-        candidate = base64.b64encode(secrets.token_bytes(_KEY_BYTES)).decode("ascii")
-        stored = store.put_setting_if_absent(f"mask_hash_key.{env}", candidate)
-        keys[env] = base64.b64decode(stored, validate=True)
-    return keys
+        legacy = store.get_setting(_legacy_setting(env)) if keep_legacy_plaintext else None
+        if legacy is not None:
+            result[env] = base64.b64decode(legacy, validate=True)
+            continue
+        wrapped = store.get_setting(_wrapped_setting(env))
+        if wrapped is None:
+            fresh = keys.generate_data_key(_context(env))
+            wrapped = store.put_setting_if_absent(
+                _wrapped_setting(env), base64.b64encode(fresh.ciphertext).decode("ascii"))
+        result[env] = keys.decrypt_data_key(base64.b64decode(wrapped, validate=True), _context(env))
+    return result
+
+
+def stored_mask_keys(store: ControlStore, keys: KeyProvider) -> dict[str, bytes]:
+    """The masking keys already made, unwrapped (for offline joins and tests); creates none."""
+    found = {}
+    for env in ENVIRONMENTS:
+        legacy = store.get_setting(_legacy_setting(env))
+        wrapped = store.get_setting(_wrapped_setting(env))
+        if legacy is not None:
+            found[env] = base64.b64decode(legacy, validate=True)
+        elif wrapped is not None:
+            found[env] = keys.decrypt_data_key(base64.b64decode(wrapped, validate=True), _context(env))
+    return found

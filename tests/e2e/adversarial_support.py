@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,9 +93,7 @@ class KeyMaterial:
 
     @classmethod
     def of(cls, host: EngineHostProcess) -> KeyMaterial:
-        with sqlite3.connect(host.state_dir / "control.sqlite3") as db:
-            stored = [r[0] for r in db.execute("SELECT value FROM settings WHERE name LIKE 'mask_hash_key.%'")]
-        keys = tuple(base64.b64decode(s) for s in stored)
+        keys = tuple(host.mask_keys().values())
         forms: list[str] = []
         for key in keys:
             padded = key.ljust(64, b"\0")

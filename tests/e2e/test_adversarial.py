@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -752,9 +751,7 @@ def test_min_max_and_statistics_of_masked_columns(engine_host: EngineHostProcess
 
 
 def mask_key(host: EngineHostProcess) -> bytes:
-    with sqlite3.connect(host.state_dir / "control.sqlite3") as db:
-        stored = db.execute("SELECT value FROM settings WHERE name = 'mask_hash_key.test'").fetchone()[0]
-    return base64.b64decode(stored)
+    return host.mask_keys()["test"]
 
 
 @pytest.mark.parametrize("sql", [

@@ -7,11 +7,9 @@ on clinical.encounters, ABAC denies for agents, and quotas for org_globex.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,9 +80,7 @@ def test_masks_apply_per_function(engine_host: EngineHostProcess, owner_customer
 
 def test_hash_mask_is_keyed_hmac_of_the_value(engine_host: EngineHostProcess,
                                               owner_customers: dict[int, tuple]) -> None:
-    with sqlite3.connect(engine_host.state_dir / "control.sqlite3") as db:
-        stored = db.execute("SELECT value FROM settings WHERE name = 'mask_hash_key.test'").fetchone()[0]
-    key = base64.b64decode(stored)
+    key = engine_host.mask_keys()["test"]
     found = rows(engine_host, "acme-analyst", "SELECT customer_id, phone FROM crm.customers LIMIT 10")
     for customer_id, phone in found:
         real_phone = owner_customers[customer_id][3]

@@ -7,6 +7,7 @@ channel, which judges the organisation's status in the same DynamoDB store.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import urllib.error
@@ -26,6 +27,7 @@ from moto import mock_aws
 
 from engine_host.boot.config import EngineConfig, parse_config
 from engine_host.boot.imds import InstanceIdentity
+from engine_host.engine.masking import mask_hash
 from engine_host.fleet import AwsClients, CacheNotMounted, FleetEngineHost, HeartbeatNotConfigured
 from engine_host.heartbeat_loop import InProcessHeartbeat, host_report
 from hd_core.adapters.dynamodb_schema import create_table_kwargs
@@ -34,6 +36,7 @@ from hd_core.adapters.kms_keys import KmsKeyProvider
 from hd_core.api_keys import ApiKeyHasher
 from hd_core.bootstrap import bootstrap_local_owner
 from hd_core.models import OrgStatus
+from hd_core.policies import MaskFunction, MaskRule
 from hd_core.tokens import JwtIssuer
 from tests.harness import BackgroundLoop
 
@@ -218,3 +221,26 @@ def test_a_jwt_from_the_control_plane_is_a_password_on_the_fleet_host(account: A
             psycopg.connect(_dsn(host, account).replace(f"password={account.key}", f"password={foreign}"))
     finally:
         loop.run(host.stop())
+
+
+def test_the_hash_mask_key_comes_from_kms_and_the_table_holds_it_only_wrapped(account: Account,
+                                                                             loop: BackgroundLoop) -> None:
+    # A plaintext key an earlier version kept in the table is never used by a deployment.
+    planted = base64.b64encode(b"k" * 32).decode()
+    account.store.put_setting("mask_hash_key.test", planted)
+    account.store.put_policy(MaskRule("mask_region", ORG, "sales.orders", "region", MaskFunction.HASH))
+    host = account.host()
+    loop.run(host.start())
+    try:
+        with psycopg.connect(_dsn(host, account), autocommit=True) as conn:
+            seen = {row[0] for row in conn.execute("SELECT region FROM sales.orders").fetchall()}
+    finally:
+        loop.run(host.stop())
+    wrapped = account.store.get_setting("mask_hash_key_wrapped.test")
+    assert wrapped is not None and b"k" * 32 not in base64.b64decode(wrapped)
+    key = account.clients.kms.decrypt(
+        CiphertextBlob=base64.b64decode(wrapped),
+        EncryptionContext={"purpose": "hd-mask-hash", "env": "test"},
+    )["Plaintext"]
+    assert seen == {mask_hash(key, "eu"), mask_hash(key, "us")}
+    assert mask_hash(b"k" * 32, "eu") not in seen
