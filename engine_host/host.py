@@ -39,6 +39,7 @@ from engine_host.quota_utilisation import quota_reader
 from engine_host.wire.server import Admission, Authenticate, PgServer
 from hd_core.metering import UsageMeter
 from hd_core.ports import AuditSink, ControlStore
+from hd_core.table_owners import record_registered_owners
 
 log = logging.getLogger(__name__)
 
@@ -216,10 +217,19 @@ class EngineHost:
             self._bind_metrics(metrics, self.server, governor)
         await self.server.start()
         # Listening before the snapshot is in: early connections get 57P03 (the startup gate), not a hang.
+        tables = self.tables
+        tables.on_change.append(self._record_registered_owners)  # tables an S3 prefix gains later
+        await asyncio.get_running_loop().run_in_executor(None, self._record_registered_owners, tables.names())
         await asyncio.get_running_loop().run_in_executor(None, self.policies.load)
         self.policies.start()
         self._flusher = threading.Thread(target=self._flush_usage, name="hd-usage-flush", daemon=True)
         self._flusher.start()
+
+    def _record_registered_owners(self, names: list[str]) -> None:
+        """Tables registered from Parquet or an S3 prefix belong to the deployment's organisation (see README)."""
+        recorded = record_registered_owners(self.store, names, self._default_org_id)
+        if recorded:
+            log.info("recorded the deployment's organisation as owner of %d table(s)", len(recorded))
 
     def _bind_metrics(self, metrics: HostMetrics, server: PgServer, governor: Governor) -> None:
         """Gauges read at scrape time: sessions, the concurrency gate, quotas, and the cache if there is one."""

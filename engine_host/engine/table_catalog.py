@@ -51,15 +51,22 @@ class TableCatalog:
         self._tables: dict[str, TableInfo] = {}
         self._default_schema = "main"
         self.version = 0
+        # Called with the table names after every refresh that changed them (the host records owners).
+        self.on_change: list[Callable[[list[str]], None]] = []
         self.refresh()
 
     def refresh(self) -> None:
         """Re-read the catalog (after DDL, or when Parquet tables were registered)."""
         with self._lock:
             tables = read_tables(self._cursor, self._tables, self.row_estimates, self.data_catalog)
-            if tables != self._tables:
+            changed = tables != self._tables
+            if changed:
                 self._tables = tables
                 self.version += 1
+        if changed:
+            names = self.names()
+            for listener in self.on_change:
+                listener(names)
 
     def resolve(self, catalog: str | None, schema: str | None, table: str,
                 overlay: Mapping[str, TableInfo] | None = None) -> str | None:

@@ -30,7 +30,7 @@ from sqlglot import exp
 from engine_host.engine.catalog import parseable_catalog_text
 from engine_host.engine.masking import ENVIRONMENTS, macro_name
 from engine_host.engine.table_catalog import TableCatalog, TableInfo
-from engine_host.pipeline.errors import QueryError
+from engine_host.pipeline.errors import QueryError, unknown_relation
 from engine_host.pipeline.gates import ConcurrencyGate, RateLimiter, Watchdog
 from engine_host.pipeline.governance.columns import referenced_columns
 from engine_host.pipeline.governance.guard import (
@@ -49,12 +49,13 @@ from hd_core import policy_eval
 from hd_core.audit import QueryAuditRecord, format_audit_ts
 from hd_core.errors import HdError, RowFilterInvalid
 from hd_core.metering import UsageMeter, check_quota, credits_for, estimate_credits
-from hd_core.models import OrgStatus, Principal, Role, UserStatus, new_id, utc_now
+from hd_core.models import OrgStatus, Principal, Role, UserStatus, utc_now
 from hd_core.permissions import ROLE_SCOPES, effective_scopes, scopes_for_action
-from hd_core.policies import Action, PiiType, PolicyKind, PolicySnapshot, TableBinding
+from hd_core.policies import Action, PiiType, PolicyKind, PolicySnapshot
 from hd_core.ports import AuditSink, ControlStore
 from hd_core.redaction import redact_sql
 from hd_core.row_filters import parse_row_filter, resolve_row_filter
+from hd_core.table_owners import record_owner
 from hd_core.text_redaction import redact_error_detail, redact_error_message
 
 log = logging.getLogger(__name__)
@@ -298,6 +299,8 @@ class Governor:
         created = next((r.name for r in refs if r.action is Action.CREATE), None)
         if created is None and kind in ("create_table", "create_table_as"):
             created = _created_name(parsed)
+        if created is not None:
+            self._claim(subject.org_id, created)
         dropped = next((r.name for r in refs if r.action is Action.DROP), None)
         estimate = sum(table.estimated_rows for r in refs if (table := self.tables.get(r.name, overlay)) is not None)
         return GovernedPlan(
@@ -348,6 +351,17 @@ class Governor:
             raise HiddenRefusal(unknown_table(ref.node), "HD_ERR_CROSS_TENANT",
                                 f"cross_tenant: {ref.name} belongs to another organisation")
         return None
+
+    def _claim(self, org_id: str, table: str) -> None:
+        """Record `org_id` as the owner of a table it is about to create, before the CREATE runs.
+
+        Claimed first so that two organisations creating one name (on two hosts) cannot both end up
+        owning it; a name another organisation owns is refused exactly like a missing table.
+        """
+        binding = record_owner(self.store, table, org_id)
+        if binding.tenant_column or binding.org_id != org_id:
+            raise HiddenRefusal(unknown_relation(table), "HD_ERR_CROSS_TENANT",
+                                f"cross_tenant: {table} belongs to another organisation")
 
     def _table_policy(self, snapshot: PolicySnapshot, subject: policy_eval.Subject, role: Role, table: str,
                       tenant_column: str | None, overlay: Mapping[str, TableInfo] | None) -> TablePolicy:
@@ -447,12 +461,7 @@ class Governor:
         self.tables.refresh()
         if self._on_schema_change is not None:
             self._on_schema_change()
-        changed = False
-        if plan.created_table and policy_eval.binding_for(self.policies.snapshot, plan.created_table) is None \
-                and subject.org_id != self.default_org_id:
-            self.store.put_policy(TableBinding(binding_id=new_id("tbl"), table=plan.created_table,
-                                               org_id=subject.org_id))
-            changed = True
+        changed = plan.created_table is not None  # its owner was recorded when it was planned
         if plan.dropped_table:
             binding = policy_eval.binding_for(self.policies.snapshot, plan.dropped_table)
             if binding is not None and binding.org_id == subject.org_id and not binding.tenant_column:

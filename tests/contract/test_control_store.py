@@ -909,6 +909,17 @@ def test_version_bumps_on_every_write_and_is_returned_by_it(store: ControlStore)
     assert store.policy_snapshot().version == 4
 
 
+def test_a_put_if_version_commits_only_on_the_version_it_was_decided_on(store: ControlStore) -> None:
+    first = TableBinding("tbl_a", "crm.notes", org_id="org_a")
+    second = TableBinding("tbl_b", "crm.notes", org_id="org_b")
+    assert store.put_policy(first, if_version=0) == 1
+    with pytest.raises(Conflict):
+        store.put_policy(second, if_version=0)  # decided on a snapshot that no longer holds
+    assert store.list_policies(kind=PolicyKind.TABLE_BINDING) == [first]
+    assert store.policy_version() == 1
+    assert store.put_policy(replace(first, org_id="org_c"), if_version=1) == 2
+
+
 def test_put_replaces_an_object_of_the_same_kind_and_id(store: ControlStore) -> None:
     rule = MaskRule("mask_1", "org_a", "crm.customers", "ssn", MaskFunction.PARTIAL)
     store.put_policy(rule)

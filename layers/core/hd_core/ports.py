@@ -213,8 +213,13 @@ class ControlStore(Protocol):
 
     # --- governance policies ------------------------------------------------------------------
 
-    def put_policy(self, obj: PolicyObject) -> int:
-        """Create or replace a policy object (same kind and id); returns the new store-wide policy version."""
+    def put_policy(self, obj: PolicyObject, *, if_version: int | None = None) -> int:
+        """Create or replace a policy object (same kind and id); returns the new store-wide policy version.
+
+        With `if_version`, the write commits only while the policy version is still that one and
+        raises `Conflict` otherwise: a compare-and-set on the whole policy set, for a write that is
+        valid only against the snapshot it was decided on (who owns a table).
+        """
         ...
 
     def delete_policy(self, kind: PolicyKind, object_id: str) -> int:

@@ -403,10 +403,22 @@ class DynamoDbControlStore:
 
     # --- governance policies ----------------------------------------------------------------
 
-    def put_policy(self, obj: PolicyObject) -> int:
-        """Create or replace a policy object (same kind and id); returns the new policy version."""
+    def put_policy(self, obj: PolicyObject, *, if_version: int | None = None) -> int:
+        """Create or replace a policy object (same kind and id); returns the new policy version.
+
+        With `if_version`, only while the policy version is still that one (else `Conflict`).
+        """
         item = _policy_item(obj)
-        return self._write_policy(lambda: {"Put": {"TableName": self.table_name, "Item": _serialize(item)}})
+        put = {"Put": {"TableName": self.table_name, "Item": _serialize(item)}}
+        if if_version is None:
+            return self._write_policy(lambda: put)
+        try:
+            self._transact([put, _version_bump(self.table_name, if_version)])
+        except ClientError as error:
+            if _lost_a_race(_cancellation_reasons(error), guard=1):
+                raise Conflict(f"the policy version moved from {if_version}; decide again") from None
+            raise
+        return if_version + 1
 
     def delete_policy(self, kind: PolicyKind, object_id: str) -> int:
         """Delete a policy object; raises `NotFound`; returns the new policy version."""

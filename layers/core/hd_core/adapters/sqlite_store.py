@@ -601,10 +601,17 @@ class SqliteControlStore:
 
     # --- governance policies ----------------------------------------------------------------
 
-    def put_policy(self, obj: PolicyObject) -> int:
-        """Create or replace a policy object (same kind and id); returns the new policy version."""
+    def put_policy(self, obj: PolicyObject, *, if_version: int | None = None) -> int:
+        """Create or replace a policy object (same kind and id); returns the new policy version.
+
+        With `if_version`, only while the policy version is still that one (else `Conflict`).
+        """
         document = json.dumps(to_document(obj), ensure_ascii=False)
         with self._transaction() as db:
+            if if_version is not None:
+                current = int(db.execute("SELECT version FROM policy_version WHERE singleton = 1").fetchone()[0])
+                if current != if_version:
+                    raise Conflict(f"the policy version moved from {if_version} to {current}; decide again")
             db.execute(
                 "INSERT OR REPLACE INTO policy_objects (kind, object_id, org_id, document, updated_at)"
                 " VALUES (?, ?, ?, ?, ?)",
