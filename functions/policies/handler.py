@@ -74,7 +74,9 @@ def replace_policy(
 ) -> PolicyOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()
-    replaced = policy_admin.replace_policy(svc.store, svc.trail, ctx, kind, object_id, {**document, "org_id": org_id})
+    # A table binding's org_id says who is to own the table (null: shared), so the path does not set it.
+    pinned = {"org_id": org_id, **document} if kind is PolicyKind.TABLE_BINDING else {**document, "org_id": org_id}
+    replaced = policy_admin.replace_policy(svc.store, svc.trail, ctx, kind, object_id, pinned)
     return policy_out(replaced)
 
 

@@ -1,9 +1,9 @@
 """Governance policy administration: masks, row filters, ABAC rules, column tags, PHI grants, table bindings.
 
 JIT grants and quotas are policy objects too, but they have their own services (`hd_core.jit`,
-`hd_core.quotas`) with their own rules, so they are refused here. Shared-table bindings
-(`org_id` null) span organisations: they are deployment configuration, never an organisation's to
-change. Each change is validated against the current policy set, stored (bumping the policy
+`hd_core.quotas`) with their own rules, so they are refused here. Table bindings record who owns
+a table; they come into being with their tables and are changed only by their owner
+(`hd_core.binding_admin`). Each change is validated against the current policy set, stored (bumping the policy
 version the engine hosts watch) and then recorded in the organisation's IAM audit chain, with the
 policy documents as before/after values.
 """
@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from hd_core import binding_admin
 from hd_core.directory import require_own_org
 from hd_core.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from hd_core.iam_audit import IamAuditTrail
@@ -137,6 +138,8 @@ def create_policy(
     Raises `PolicyInvalid` (with the field) for a bad or unsafe policy, `Forbidden` for a document
     naming another organisation or none, and `Conflict` if the kind and id already exist.
     """
+    if isinstance(document, Mapping) and document.get("kind") == PolicyKind.TABLE_BINDING.value:
+        binding_admin.refuse_new_binding(store, ctx, document)  # tables are bound when they are created
     obj = _decode(ctx, document)
     _validate(store, obj, now())
     kind, oid = kind_of(obj), id_of(obj)
@@ -166,9 +169,11 @@ def replace_policy(
     """
     wanted = _kind(kind)
     _require_managed(wanted)
-    old = _existing(store, ctx, wanted, object_id)
     if not isinstance(document, Mapping):
         raise InvalidRequest("a policy document must be a JSON object")
+    if wanted is PolicyKind.TABLE_BINDING:
+        return binding_admin.rebind(store, trail, ctx, object_id, document, now=now())[1]
+    old = _existing(store, ctx, wanted, object_id)
     id_field = dataclasses.fields(KIND_CLASSES[wanted])[0].name
     if document.get("kind") != wanted.value:
         raise InvalidRequest(f"the document's kind must be {wanted.value!r}, the kind being replaced")
@@ -187,6 +192,8 @@ def delete_policy(
     """Delete a policy object of the actor's organisation: POLICY_DELETED; returns what was deleted."""
     wanted = _kind(kind)
     _require_managed(wanted)
+    if wanted is PolicyKind.TABLE_BINDING:
+        binding_admin.refuse_unbinding(store, ctx, object_id)
     old = _existing(store, ctx, wanted, object_id)
     store.delete_policy(wanted, object_id)
     _record(trail, ctx, IamEventType.POLICY_DELETED, wanted, object_id, old, None)
@@ -198,7 +205,12 @@ def list_policies(
 ) -> list[PolicyObject]:
     """The policy objects of the actor's organisation (every kind, read-only ones too), by kind then id."""
     require_own_org(ctx, org_id)
-    return store.list_policies(org_id=org_id, kind=None if kind is None else _kind(kind))
+    wanted = None if kind is None else _kind(kind)
+    found = store.list_policies(org_id=org_id, kind=wanted)
+    if wanted in (None, PolicyKind.TABLE_BINDING):
+        shared: list[PolicyObject] = list(binding_admin.shared_bindings(store, ctx))
+        found = sorted(found + shared, key=lambda obj: (kind_of(obj).value, id_of(obj)))
+    return found
 
 
 def get_policy(
@@ -206,6 +218,8 @@ def get_policy(
 ) -> PolicyObject:
     """One policy object of the actor's organisation; raises `NotFound`."""
     require_own_org(ctx, org_id)
+    if _kind(kind) is PolicyKind.TABLE_BINDING:
+        return binding_admin.existing_binding(store, ctx, object_id)
     obj = store.get_policy(_kind(kind), object_id)
     if obj is None or getattr(obj, "org_id", None) != org_id:
         raise NotFound(f"{_kind(kind).value} policy not found")

@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 
 from hd_core import policy_admin
+from hd_core.bootstrap import DEFAULT_ORG_SETTING
 from hd_core.errors import Conflict, Forbidden, InvalidRequest, NotFound, PolicyInvalid
 from hd_core.iam_events import IamEventType
-from hd_core.models import Role
+from hd_core.models import ChangeContext, Role
 from hd_core.policies import ColumnTag, MaskFunction, MaskRule, PiiType, PolicyKind, TableBinding
 from hd_core.policy_codec import to_document
+from hd_core.table_owners import record_owner
 from tests.unit.core.test_directory import ControlPlane, control_plane, only_event
 
 
@@ -109,29 +111,103 @@ def test_jit_grants_and_quotas_are_refused_with_a_pointer_to_their_routes(
     assert plane.store.list_policies() == []
 
 
-def test_shared_table_bindings_are_deployment_level(plane: ControlPlane) -> None:
-    with pytest.raises(Forbidden, match="deployment"):
-        create(plane, {"kind": "table_binding", "table": "shared.events", "tenant_column": "org_id"})
-    shared = TableBinding("tbl_shared", "shared.events", None, "org_id")
-    plane.store.put_policy(shared)
-    ctx = plane.ctx(plane.owner)
-    with pytest.raises(Forbidden):
-        policy_admin.delete_policy(plane.store, plane.trail, ctx, PolicyKind.TABLE_BINDING, "tbl_shared")
-    with pytest.raises(Forbidden):
-        policy_admin.replace_policy(
-            plane.store, plane.trail, ctx, "table_binding", "tbl_shared",
-            {"kind": "table_binding", "org_id": plane.org.org_id, "table": "shared.events"},
-        )
-    assert plane.store.get_policy(PolicyKind.TABLE_BINDING, "tbl_shared") == shared
+# --- table bindings: who owns a table ------------------------------------------------------------
 
 
-def test_a_table_bound_elsewhere_cannot_be_bound_again(plane: ControlPlane) -> None:
+def _deployment(plane: ControlPlane) -> None:
+    """Make `plane.org` the deployment's own organisation (as bootstrap does)."""
+    plane.store.put_setting(DEFAULT_ORG_SETTING, plane.org.org_id)
+
+
+def _rebind(plane: ControlPlane, ctx: ChangeContext, binding_id: str, **fields: Any) -> Any:
+    return policy_admin.replace_policy(plane.store, plane.trail, ctx, "table_binding", binding_id,
+                                       {"kind": "table_binding", **fields}, now=plane.clock)
+
+
+def test_no_binding_is_created_through_the_api_whether_or_not_the_table_exists(plane: ControlPlane) -> None:
     other = plane.add_org()
-    plane.store.put_policy(TableBinding("tbl_theirs", "sales.orders", other.org_id))
+    record_owner(plane.store, "sales.orders", other.org_id)
+    record_owner(plane.store, "sales.leads", plane.org.org_id)
+    squat = {"kind": "table_binding", "org_id": plane.org.org_id}
+    with pytest.raises(NotFound) as theirs:
+        create(plane, {**squat, "table": "sales.orders"})  # another organisation's table
+    with pytest.raises(NotFound) as missing:
+        create(plane, {**squat, "table": "sales.unknown"})  # a name nobody created (squatting)
+    assert str(theirs.value).replace("orders", "X") == str(missing.value).replace("unknown", "X")
+    with pytest.raises(Conflict, match="already has its binding"):
+        create(plane, {**squat, "table": "sales.leads"})  # our own: already bound, since it was created
+    assert sorted(b.table for b in plane.store.policy_snapshot().table_bindings) == ["sales.leads", "sales.orders"]
+
+
+def test_another_organisations_binding_answers_like_a_made_up_id(plane: ControlPlane) -> None:
+    other = plane.add_org()
+    theirs = record_owner(plane.store, "sales.orders", other.org_id)
+    ctx = plane.ctx(plane.owner)
+    answers = []
+    for binding_id in (theirs.binding_id, "tbl_made_up"):
+        with pytest.raises(NotFound) as rebound:
+            _rebind(plane, ctx, binding_id, org_id=plane.org.org_id, table="sales.orders")
+        with pytest.raises(NotFound) as deleted:
+            policy_admin.delete_policy(plane.store, plane.trail, ctx, "table_binding", binding_id)
+        with pytest.raises(NotFound) as read:
+            policy_admin.get_policy(plane.store, ctx, plane.org.org_id, "table_binding", binding_id)
+        answers += [str(rebound.value), str(deleted.value), str(read.value)]
+    assert answers[:3] == answers[3:]
+    assert plane.store.get_policy(PolicyKind.TABLE_BINDING, theirs.binding_id) == theirs
+
+
+def test_the_owners_admin_may_hand_a_table_to_another_organisation(plane: ControlPlane) -> None:
+    other = plane.add_org()
+    ours = record_owner(plane.store, "sales.leads", plane.org.org_id)
+    analyst = plane.ctx(plane.add_user(Role.ANALYST))
+    with pytest.raises(Forbidden):
+        _rebind(plane, analyst, ours.binding_id, org_id=other.org_id, table="sales.leads")
+    admin = plane.ctx(plane.add_user(Role.ADMIN))
+    with pytest.raises(PolicyInvalid, match="table"):
+        _rebind(plane, admin, ours.binding_id, org_id=other.org_id, table="sales.orders")
+    with pytest.raises(PolicyInvalid, match="no active organisation"):
+        _rebind(plane, admin, ours.binding_id, org_id="org_nobody", table="sales.leads")
+    moved = _rebind(plane, admin, ours.binding_id, org_id=other.org_id, table="sales.leads")
+    assert moved == TableBinding(ours.binding_id, "sales.leads", other.org_id)
+    assert plane.event_types()[-1] == plane.event_types(other.org_id)[-1] == IamEventType.POLICY_UPDATED.value
+    with pytest.raises(NotFound):  # now it is theirs: we cannot take it back
+        _rebind(plane, admin, ours.binding_id, org_id=plane.org.org_id, table="sales.leads")
+
+
+def test_only_the_deployments_owner_shares_a_table_or_stops_sharing_it(plane: ControlPlane) -> None:
+    _deployment(plane)
+    other = plane.add_org()
+    registered = record_owner(plane.store, "shared.events", plane.org.org_id)
+    theirs = record_owner(plane.store, "sales.orders", other.org_id)
+    shared = {"org_id": None, "tenant_column": "org_id", "table": "shared.events"}
+    admin = plane.ctx(plane.add_user(Role.ADMIN))
+    with pytest.raises(Forbidden, match="deployment"):
+        _rebind(plane, admin, registered.binding_id, **shared)
+    with pytest.raises(Forbidden, match="deployment"):  # a tenant column shares the table, whatever org_id says
+        _rebind(plane, admin, registered.binding_id, **{**shared, "org_id": plane.org.org_id})
+    other_owner = plane.ctx(plane.add_user(Role.OWNER, org=other))
+    with pytest.raises(Forbidden, match="deployment"):
+        _rebind(plane, other_owner, theirs.binding_id, org_id=None, tenant_column="org_id", table="sales.orders")
+    owner = plane.ctx(plane.owner)
+    now_shared = _rebind(plane, owner, registered.binding_id, **shared)
+    assert now_shared == TableBinding(registered.binding_id, "shared.events", None, "org_id")
+    listed = policy_admin.list_policies(plane.store, owner, plane.org.org_id, "table_binding")
+    assert now_shared in listed
+    assert now_shared not in policy_admin.list_policies(plane.store, other_owner, other.org_id, "table_binding")
+    with pytest.raises(Conflict, match="exactly one owner"):
+        policy_admin.delete_policy(plane.store, plane.trail, owner, "table_binding", registered.binding_id)
+    back = _rebind(plane, owner, registered.binding_id, org_id=plane.org.org_id, table="shared.events")
+    assert back.org_id == plane.org.org_id and back.tenant_column is None
+
+
+def test_a_rebind_decided_on_a_stale_snapshot_is_refused(plane: ControlPlane, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = plane.add_org()
+    ours = record_owner(plane.store, "sales.leads", plane.org.org_id)
+    stale = plane.store.policy_snapshot()
+    plane.store.put_policy(MaskRule("mask_x", plane.org.org_id, "sales.leads", "email", MaskFunction.FULL))
+    monkeypatch.setattr(plane.store, "policy_snapshot", lambda: stale)
     with pytest.raises(Conflict):
-        create(plane, {"kind": "table_binding", "org_id": plane.org.org_id, "table": "sales.orders"})
-    binding = create(plane, {"kind": "table_binding", "org_id": plane.org.org_id, "table": "sales.leads"})
-    assert binding.org_id == plane.org.org_id
+        _rebind(plane, plane.ctx(plane.owner), ours.binding_id, org_id=other.org_id, table="sales.leads")
 
 
 # --- replacing and deleting --------------------------------------------------------------------------
