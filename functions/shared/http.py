@@ -32,8 +32,9 @@ from hd_core.models import ChangeContext, Environment, Principal
 logger = Logger(service="hardened-duck-control")
 
 # Most specific first: the first class an exception is an instance of decides its status.
+# A key refused for its source address is an AuthenticationFailed like any other (401, same code and
+# message): a distinct answer would tell the holder of a stolen key that the key itself is genuine.
 STATUS_OF: tuple[tuple[type[errors.HdError], int], ...] = (
-    (errors.SourceAddressNotAllowed, 403),
     (errors.AuthenticationFailed, 401),
     (errors.Forbidden, 403),
     (errors.ScopeNotAllowed, 403),

@@ -121,9 +121,13 @@ class Forbidden(HdError):
 
 
 class SourceAddressNotAllowed(AuthenticationFailed):
-    """The API key is valid but the caller's address is outside the key's IP allowlist."""
+    """The API key is valid but the caller's address is outside the key's IP allowlist.
 
-    code = "HD_ERR_SOURCE_IP_NOT_ALLOWED"
+    It answers exactly like a wrong secret (same code, status and message): telling the caller
+    would confirm that a stolen key is genuine. Only `reason` (logs, audit) tells them apart.
+    """
+
+    code = AuthenticationFailed.code
 
     def __init__(self, reason: str = "source address outside the key's allowlist") -> None:
         super().__init__(reason)
@@ -137,6 +141,21 @@ class MfaRequired(AuthenticationFailed):
 
     def __init__(self, reason: str = "totp code missing or wrong") -> None:
         super().__init__(reason)
+
+
+class PasswordChangeRequired(Forbidden):
+    """The password was set by an administrator: it only serves to choose a new one, never to log in.
+
+    Told only to a caller who proved that password, so it reveals nothing to a guesser.
+    """
+
+    code = "HD_ERR_PASSWORD_CHANGE_REQUIRED"
+    generic_message = (
+        "an administrator set this password: choose a new one (POST /v1/auth/password/change) before logging in"
+    )
+
+    def __init__(self) -> None:
+        super().__init__(self.generic_message)
 
 
 class RefreshTokenReused(AuthenticationFailed):
