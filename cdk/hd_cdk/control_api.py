@@ -62,6 +62,7 @@ SIGN_IN_ROUTES: Final[tuple[str, ...]] = (
     "/v1/auth/federate/POST",
     "/v1/auth/mfa/enroll-with-password/POST",
     "/v1/auth/mfa/confirm-with-password/POST",
+    "/v1/auth/password/change/POST",  # no session: email and password prove the change
 )
 SWEEP_EXPIRED_KEYS_EVERY: Final = Duration.minutes(constants.EXPIRED_KEY_SWEEP_MINUTES)
 CHECKPOINT_EVERY: Final = Duration.minutes(constants.IAM_CHECKPOINT_MINUTES)

@@ -18,12 +18,11 @@ from pydantic import BaseModel, Field
 from functions.shared.http import authorize, build_app, documented, request_id
 from functions.shared.lambda_entry import lambda_entry
 from functions.shared.wiring import services
-from hd_core import auth, directory
+from hd_core import auth, credential_admin, directory
 from hd_core.errors import NotFound
 from hd_core.federation import federated_login
 from hd_core.iam_events import IamEventType
 from hd_core.models import ApiScope, KeyEnv, RefreshToken, Role, User
-from hd_core.passwords import set_password
 from hd_core.tokens import jwks_document
 
 router = Router()
@@ -83,7 +82,23 @@ class CredentialStateOut(BaseModel):
     mfa_enabled: bool
 
 
-class PasswordIn(BaseModel):
+class PasswordChangeIn(BaseModel):
+    """The caller's current password proves the change: a session or API key alone never sets one."""
+
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=12, max_length=1024)
+
+
+class PasswordChangeWithPasswordIn(PasswordChangeIn):
+    """Email, current password and (if enrolled) a TOTP code, sent with no credential header."""
+
+    email: str = Field(min_length=3, max_length=254)
+    totp_code: str | None = Field(default=None, pattern=r"^[0-9]{6,8}$")
+
+
+class PasswordResetIn(BaseModel):
+    """A password an administrator sets; the user must replace it before it logs them in."""
+
     password: str = Field(min_length=12, max_length=1024)
 
 
@@ -252,25 +267,79 @@ def confirm_mfa_with_password(body: MfaPasswordCodeIn) -> TokenPairOut:
 
 
 @router.delete(
-    "/v1/organizations/<org_id>/users/<user_id>/mfa", responses=documented(200, CredentialStateOut, "MFA was reset")
+    "/v1/organizations/<org_id>/users/<user_id>/mfa",
+    responses=documented(200, CredentialStateOut, "MFA was reset and the user's sessions ended"),
+    description="Another user's MFA (only an Owner resets an Owner's or Admin's); your own goes through "
+    "POST /v1/auth/mfa/reset with a current code.",
 )
 def reset_mfa(org_id: str, user_id: str) -> CredentialStateOut:
     ctx = authorize(router, org_id=org_id, scope=ApiScope.USERS_MANAGE.value)
     svc = services()
-    before = _user(user_id, org_id)
-    after = auth.reset_mfa(svc.store, user_id)
-    directory.record_user_change(svc.store, svc.trail, ctx, IamEventType.USER_MFA_RESET, before, after)
-    return CredentialStateOut(user_id=after.user_id, mfa_enabled=after.mfa_enabled)
+    return _credential_state(credential_admin.reset_user_mfa(svc.store, svc.trail, ctx, org_id, user_id))
 
 
-@router.put("/v1/auth/password", responses=documented(200, CredentialStateOut, "The caller's password was set"))
-def change_password(body: PasswordIn) -> CredentialStateOut:
+@router.post(
+    "/v1/auth/mfa/reset",
+    responses=documented(200, CredentialStateOut, "MFA was removed and every session ended"),
+    description="Remove your own TOTP factor, re-proven by a current code from it.",
+)
+def reset_own_mfa(body: MfaCodeIn) -> CredentialStateOut:
     ctx = authorize(router, org_id=None)
     svc = services()
-    before = _user(ctx.actor.user_id)
-    after = set_password(svc.store, svc.hasher, ctx.actor.user_id, body.password)
-    directory.record_user_change(svc.store, svc.trail, ctx, IamEventType.USER_PASSWORD_SET, before, after)
-    return CredentialStateOut(user_id=after.user_id, mfa_enabled=after.mfa_enabled)
+    return _credential_state(credential_admin.reset_own_mfa(svc.store, svc.trail, ctx, body.code, sealer=svc.secrets))
+
+
+@router.put(
+    "/v1/auth/password",
+    responses=documented(200, CredentialStateOut, "The caller's password was changed and every session ended"),
+    description="Needs the current password: a session or API key alone never sets a password.",
+)
+def change_password(body: PasswordChangeIn) -> CredentialStateOut:
+    ctx = authorize(router, org_id=None)
+    svc = services()
+    after = credential_admin.change_own_password(
+        svc.store, svc.trail, ctx, svc.hasher, current_password=body.current_password, new_password=body.new_password
+    )
+    return _credential_state(after)
+
+
+@router.post(
+    "/v1/auth/password/change",
+    responses=documented(200, CredentialStateOut, "The password was changed and every session ended"),
+    description="No session needed: email, current password and TOTP code (if enrolled) prove the change. "
+    "The way to replace a password an administrator reset, which cannot log in.",
+)
+def change_password_with_password(body: PasswordChangeWithPasswordIn) -> CredentialStateOut:
+    svc = services()
+    after = credential_admin.change_password_with_password(
+        svc.store,
+        svc.trail,
+        svc.hasher,
+        email=body.email,
+        current_password=body.current_password,
+        new_password=body.new_password,
+        totp_code=body.totp_code,
+        request_id=request_id(router),
+        sealer=svc.secrets,
+    )
+    return _credential_state(after)
+
+
+@router.put(
+    "/v1/organizations/<org_id>/users/<user_id>/password",
+    responses=documented(200, CredentialStateOut, "The password was reset and the user's sessions ended"),
+    description="An Owner's or Admin's reset (an Admin's or Owner's password takes an Owner): the user must "
+    "change it (POST /v1/auth/password/change) before it logs them in.",
+)
+def reset_password(org_id: str, user_id: str, body: PasswordResetIn) -> CredentialStateOut:
+    ctx = authorize(router, org_id=org_id, scope=ApiScope.USERS_MANAGE.value)
+    svc = services()
+    after = credential_admin.reset_password(svc.store, svc.trail, ctx, svc.hasher, org_id, user_id, body.password)
+    return _credential_state(after)
+
+
+def _credential_state(user: User) -> CredentialStateOut:
+    return CredentialStateOut(user_id=user.user_id, mfa_enabled=user.mfa_enabled)
 
 
 def _user(user_id: str, org_id: str | None = None) -> User:

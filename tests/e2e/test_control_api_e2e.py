@@ -194,3 +194,56 @@ def test_concurrent_http_requests_are_each_answered_as_their_sender(host: Engine
     for thread in threads:
         thread.join()
     assert wrong == []
+
+
+def _auth_call(host: EngineHostProcess, method: str, path: str, body: Any, *, bearer: str | None = None) -> Any:
+    """One JSON request to the control API with a bearer token or no credential at all."""
+    request = urllib.request.Request(host.api_url + path, data=json.dumps(body).encode(), method=method,
+                                     headers={"Content-Type": "application/json"})
+    if bearer is not None:
+        request.add_header("Authorization", f"Bearer {bearer}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _engine_refuses(host: EngineHostProcess, user_id: str, token: str) -> bool:
+    try:
+        _connect(host, user_id, token).close()
+    except psycopg.OperationalError as error:
+        return "authentication failed" in str(error)
+    return False
+
+
+def test_a_jwt_ends_on_the_engine_with_what_ended_its_session(host: EngineHostProcess) -> None:
+    """Issue 13 item 5: a password change, a suspension (then reactivation) and a revoked refresh family
+    each refuse, as a Postgres password, every access token issued before them."""
+    first_password, second_password = "a long enough password", "another long passphrase"
+    user = api(host, "POST", "/v1/organizations/org_acme/users",
+               {"email": "ended@example.com", "role": "Analyst", "password": first_password})
+    user_id = user["user_id"]
+
+    def login(password: str) -> dict[str, Any]:
+        tokens: dict[str, Any] = _auth_call(host, "POST", "/v1/auth/login",
+                                            {"email": "ended@example.com", "password": password})
+        with _connect(host, user_id, tokens["access_token"]) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (user_id,)
+        return tokens
+
+    before_change = login(first_password)
+    _auth_call(host, "PUT", "/v1/auth/password",
+               {"current_password": first_password, "new_password": second_password},
+               bearer=before_change["access_token"])
+    assert _engine_refuses(host, user_id, before_change["access_token"])
+
+    before_suspension = login(second_password)
+    api(host, "POST", f"/v1/organizations/org_acme/users/{user_id}/suspend")
+    api(host, "POST", f"/v1/organizations/org_acme/users/{user_id}/reactivate")
+    assert _engine_refuses(host, user_id, before_suspension["access_token"])
+
+    family = login(second_password)
+    _auth_call(host, "POST", "/v1/auth/refresh", {"refresh_token": family["refresh_token"]})
+    with pytest.raises(urllib.error.HTTPError) as reused:
+        _auth_call(host, "POST", "/v1/auth/refresh", {"refresh_token": family["refresh_token"]})
+    assert reused.value.code == 401
+    assert _engine_refuses(host, user_id, family["access_token"])
+    login(second_password)  # a session opened after all of it works

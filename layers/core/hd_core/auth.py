@@ -21,7 +21,7 @@ import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import NoReturn, TypeVar
 
 import pyotp
@@ -41,7 +41,7 @@ from hd_core.models import (
     random_base62,
     utc_now,
 )
-from hd_core.passwords import MAX_PASSWORD_LENGTH, verify_password
+from hd_core.passwords import MAX_PASSWORD_LENGTH, require_password_current, verify_password
 from hd_core.ports import ControlStore
 from hd_core.sealed_secrets import SecretSealer, is_sealed
 from hd_core.tokens import JwtIssuer
@@ -118,6 +118,7 @@ def login(
     def checked() -> User:
         user = _user_with_password(store, hasher, email, password)
         org = _active_org_of(store, user)
+        require_password_current(user)  # before the TOTP check, which would spend the code for nothing
         return _check_mfa(store, user, org, totp_code, now(), sealer)
 
     def counts(refused: AuthenticationFailed) -> bool:
@@ -144,6 +145,40 @@ def _throttled(
         raise
     attempt.succeeded()
     return result
+
+
+def prove_password(
+    store: ControlStore,
+    hasher: ApiKeyHasher,
+    *,
+    email: str,
+    password: str,
+    totp_code: str | None,
+    at: datetime,
+    sealer: SecretSealer | None = None,
+    throttle: AuthThrottle | None = None,
+) -> User:
+    """The active user whose password, and current TOTP code if enrolled, are right: proof without a session.
+
+    Unlike `login` it issues nothing and accepts a password an administrator set (the way to replace
+    it). Raises `AuthenticationFailed` or `MfaRequired` as `login` does, after exactly one Argon2 verify;
+    throttled like `login` (same subject), so it is no way around login's brute-force limits.
+    """
+
+    def checked() -> User:
+        user = _user_with_password(store, hasher, email, password)
+        _active_org_of(store, user)
+        return prove_totp(store, user, totp_code, at, sealer) if user.mfa_enabled else user
+
+    return _throttled(throttle or AuthThrottle(store), email, checked)
+
+
+def prove_totp(store: ControlStore, user: User, code: str | None, at: datetime, sealer: SecretSealer | None) -> User:
+    """The user with `code`'s step spent, if it is their current unspent TOTP code; else `MfaRequired`."""
+    step = None if code is None else _fresh_totp_step(user, code, at, sealer)
+    if step is None:
+        raise MfaRequired("totp code missing, wrong or reused while re-proving the factor")
+    return _spend_totp_step(store, user, step)
 
 
 def _user_with_password(store: ControlStore, hasher: ApiKeyHasher, email: str, password: str) -> User:
@@ -255,7 +290,8 @@ def issue_token_pair(
     now: Callable[[], datetime] = utc_now,
 ) -> TokenPair:
     """An access token for `user` and a new refresh token (of `family_id`, or of a new family)."""
-    issued_at = now()
+    # Never dated before the user's sessions were ended (another host's clock may lag): it would be born refused.
+    issued_at = max(now(), user.tokens_valid_after or datetime.min.replace(tzinfo=UTC))
     token_id = random_base62(_REFRESH_ID_CHARS)
     secret = secrets.token_urlsafe(_REFRESH_SECRET_BYTES)
     store.put_refresh_token(
@@ -303,6 +339,8 @@ def refresh(
     user = store.get_user(record.user_id)
     if user is None or user.org_id != record.org_id or user.status != UserStatus.ACTIVE:
         raise AuthenticationFailed("user missing or not active")
+    if user.tokens_valid_after is not None and record.issued_at < user.tokens_valid_after:
+        raise AuthenticationFailed("refresh token issued before the user's sessions were ended")
     _active_org_of(store, user)
     try:
         store.use_refresh_token(record.token_id, at)
@@ -316,9 +354,14 @@ def refresh(
 
 
 def revoke_refresh_token(store: ControlStore, token: str, *, now: Callable[[], datetime] = utc_now) -> None:
-    """Log out: revoke the family of a genuine refresh token; raises `AuthenticationFailed` for anything else."""
+    """Log out: revoke the family of a genuine refresh token; raises `AuthenticationFailed` for anything else.
+
+    The user's access tokens end too: they do not say which family minted them, so all of them do.
+    """
     record = _stored_token(store, token)
-    store.revoke_refresh_family(record.family_id, now())
+    at = now()
+    store.revoke_refresh_family(record.family_id, at)
+    _end_sessions(store, record.user_id, at)
 
 
 def _stored_token(store: ControlStore, token: str) -> RefreshToken:
@@ -338,9 +381,19 @@ def _reject_reuse(
     store: ControlStore, record: RefreshToken, at: datetime, on_reuse: Callable[[RefreshToken], None] | None
 ) -> NoReturn:
     store.revoke_refresh_family(record.family_id, at)
+    # A copied token may already have minted access tokens: end every session of the user, not just the family.
+    _end_sessions(store, record.user_id, at)
     if on_reuse is not None:
         on_reuse(record)
     raise RefreshTokenReused()
+
+
+def _end_sessions(store: ControlStore, user_id: str, at: datetime) -> None:
+    """Refuse the user's tokens issued before `at`; a user deleted meanwhile has no sessions left to end."""
+    try:
+        store.end_user_sessions(user_id, at)
+    except NotFound:
+        pass
 
 
 def _parse_refresh_token(token: str) -> tuple[str, str]:
@@ -463,6 +516,7 @@ def confirm_mfa_enrolment_with_password(
     def checked() -> tuple[User, User]:
         user = _user_with_password(store, hasher, email, password)
         _active_org_of(store, user)
+        require_password_current(user)
         return user, _confirm_enrolment(store, user, code, at, sealer)
 
     user, enrolled = _throttled(throttle or AuthThrottle(store, now=now), email, checked)
@@ -478,15 +532,28 @@ def _confirm_enrolment(
     step = _fresh_totp_step(user, code, at, sealer)
     if step is None:
         raise AuthenticationFailed("wrong or reused totp code while confirming enrolment")
-    return _spend_totp_step(store, user, step, enable=True)
+    enrolled = _spend_totp_step(store, user, step, enable=True)
+    # Sessions opened without the second factor end with its arrival; tokens issued from here on are kept.
+    return ended_sessions(store, enrolled, at)
 
 
-def reset_mfa(store: ControlStore, user_id: str) -> User:
-    """Forget a user's TOTP secret (a lost phone); they enrol again. Raises `NotFound`."""
+def ended_sessions(store: ControlStore, user: User, at: datetime) -> User:
+    """End every session of `user` opened before `at`; returns `user` as tokens for it must now be issued."""
+    store.end_user_sessions(user.user_id, at)
+    if user.tokens_valid_after is not None and user.tokens_valid_after >= at:
+        return user
+    return replace(user, tokens_valid_after=at)
+
+
+def reset_mfa(store: ControlStore, user_id: str, *, now: Callable[[], datetime] = utc_now) -> User:
+    """Forget a user's TOTP secret (a lost phone) and end their sessions; they enrol again. Raises `NotFound`.
+
+    Who may ask is decided by `hd_core.credential_admin`; this is the change itself.
+    """
     user = _existing_user(store, user_id)
     cleared = replace(user, mfa_secret=None, mfa_enabled=False, mfa_last_step=0)
     store.put_user(cleared)
-    return cleared
+    return ended_sessions(store, cleared, now())
 
 
 def _existing_user(store: ControlStore, user_id: str) -> User:

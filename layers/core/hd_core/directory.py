@@ -370,6 +370,9 @@ def _set_user_status(
     event: IamEventType,
 ) -> User:
     changed = replace(user, status=status)
+    if status != UserStatus.ACTIVE:
+        # Sessions end with the suspension: reactivating the user must not revive tokens issued before it.
+        changed = replace(changed, tokens_valid_after=utc_now())
     store.put_user(changed)
     _record(trail, ctx, user.org_id, event, user.user_id, user, changed)
     return changed

@@ -29,6 +29,7 @@ class IamEventType(StrEnum):
     USER_REMOVED = "user.removed"
     USER_ROLE_CHANGED = "user.role_changed"
     USER_PASSWORD_SET = "user.password_set"  # noqa: S105 (an event name, not a password)
+    USER_PASSWORD_RESET = "user.password_reset"  # noqa: S105 - an administrator set it; must change at login
     # SSO, MFA and federation
     USER_MFA_ENROLLED = "user.mfa_enrolled"
     USER_MFA_RESET = "user.mfa_reset"

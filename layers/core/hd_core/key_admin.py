@@ -9,6 +9,7 @@ event recorded second, and a key of another organisation is reported as `NotFoun
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from hd_core.api_keys import (
     ApiKeyAuthenticator,
     ApiKeyHasher,
     issue_api_key,
+    normalise_cidrs,
     revoke_api_key,
     rotate_api_key,
 )
@@ -70,6 +72,47 @@ def _requested_scopes(ctx: ChangeContext, scopes: Iterable[str]) -> tuple[str, .
     return requested
 
 
+def _actor_key(store: ControlStore, ctx: ChangeContext) -> ApiKeyRecord | None:
+    """The API key the actor authenticated with, or None for a session (JWT, federation)."""
+    if ctx.actor.auth_method != "api_key":
+        return None
+    record = store.get_api_key(ctx.actor.key_id)
+    if record is None:
+        # Authenticated with a key that is gone: refuse rather than treat the actor as unbounded.
+        raise Forbidden("the API key this request authenticated with no longer exists")
+    return record
+
+
+def _bounded_by_actor_key(
+    store: ControlStore, ctx: ChangeContext, expires_at: datetime | None, allowed_cidrs: Iterable[str]
+) -> tuple[datetime | None, tuple[str, ...]]:
+    """The expiry and allow list of a key made by the actor: never later, never wider than the actor's own key.
+
+    Unset, they are the actor key's; set, they must lie within it (`Forbidden`). A session actor is unbounded.
+    """
+    cidrs = normalise_cidrs(allowed_cidrs)
+    parent = _actor_key(store, ctx)
+    if parent is None:
+        return expires_at, cidrs
+    if expires_at is None:
+        expires_at = parent.expires_at
+    elif parent.expires_at is not None and expires_at > parent.expires_at:
+        raise Forbidden("a key cannot outlive the API key creating it; choose an earlier expires_at")
+    if not cidrs:
+        cidrs = parent.allowed_cidrs
+    elif parent.allowed_cidrs and not all(_within(cidr, parent.allowed_cidrs) for cidr in cidrs):
+        raise Forbidden("a key's allowed_cidrs must lie inside those of the API key creating it")
+    return expires_at, cidrs
+
+
+def _within(cidr: str, networks: Iterable[str]) -> bool:
+    inner = ipaddress.ip_network(cidr)
+    return any(
+        inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
+        for outer in (ipaddress.ip_network(network) for network in networks)
+    )
+
+
 def create_key(
     store: ControlStore,
     trail: IamAuditTrail,
@@ -88,7 +131,8 @@ def create_key(
     """Issue a key for an active user of the actor's organisation: API_KEY_CREATED; returns (plaintext, record).
 
     The plaintext exists only in the return value. The scopes must belong to the user's role
-    (`ScopeNotAllowed`) and to the actor's own credential (`Forbidden`).
+    (`ScopeNotAllowed`) and to the actor's own credential (`Forbidden`); a key made with a key also
+    inherits that key's expiry (no later) and allow list (a subset), so it cannot outlast or outreach it.
     """
     require_own_org(ctx, org_id)
     get_member(store, org_id, user_id)
@@ -98,9 +142,10 @@ def create_key(
         key_env = KeyEnv(env)
     except ValueError:
         raise InvalidRequest(f"unknown key environment {env!r}; use live or test") from None
+    expires_at, bounded_cidrs = _bounded_by_actor_key(store, ctx, expires_at, allowed_cidrs)
     plaintext, record = issue_api_key(
         store, hasher, org_id=org_id, user_id=user_id, env=key_env, scopes=granted, name=name,
-        allowed_cidrs=allowed_cidrs, expires_at=expires_at, now=now,
+        allowed_cidrs=bounded_cidrs, expires_at=expires_at, now=now,
     )
     _record(trail, ctx, org_id, IamEventType.API_KEY_CREATED, record.key_id, None, record)
     return plaintext, record
@@ -152,8 +197,12 @@ def rotate_key(
     """
     old = _key_in_org(store, ctx, org_id, key_id)
     _require_key_owner_access(store, ctx, org_id, old.user_id)
-    # The new key carries what the old one can do today: the actor must hold all of that too.
+    # The new key carries what the old one can do today: the actor must hold all of that too,
+    # and a key rotating a key must not hand out a longer life or a wider allow list than its own.
     _requested_scopes(ctx, effective_scopes(old.scopes, get_member(store, org_id, old.user_id).role))
+    expires_at, cidrs = _bounded_by_actor_key(store, ctx, old.expires_at, old.allowed_cidrs)
+    if (expires_at, cidrs) != (old.expires_at, normalise_cidrs(old.allowed_cidrs)):
+        raise Forbidden("this key outlives or outreaches the API key rotating it; rotate it with a session")
     plaintext, new, old_after = rotate_api_key(store, hasher, key_id, grace=grace, now=now)
     _record(trail, ctx, org_id, IamEventType.API_KEY_ROTATED, key_id, old, {"old": old_after, "new": new})
     return plaintext, new

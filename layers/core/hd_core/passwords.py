@@ -11,7 +11,7 @@ import weakref
 from dataclasses import replace
 
 from hd_core.api_keys import ApiKeyHasher
-from hd_core.errors import Conflict, InvalidRequest, NotFound
+from hd_core.errors import Conflict, InvalidRequest, NotFound, PasswordChangeRequired
 from hd_core.models import User, UserStatus, random_base62
 from hd_core.ports import ControlStore
 
@@ -62,11 +62,15 @@ def dummy_password_hash(hasher: ApiKeyHasher) -> str:
         return dummy
 
 
-def set_password(store: ControlStore, hasher: ApiKeyHasher, user_id: str, plaintext: str) -> User:
+def set_password(
+    store: ControlStore, hasher: ApiKeyHasher, user_id: str, plaintext: str, *, must_change: bool = False
+) -> User:
     """Hash and store a new password for a user that is not removed; returns the updated user.
 
-    Raises `InvalidRequest` for a password that breaks the length rule, `NotFound` for an unknown
-    user and `Conflict` for a removed one.
+    `must_change` marks an administrator's reset: the password then only serves to choose a new
+    one (`require_password_current`). Who may set whose password, and with what proof, is decided
+    by `hd_core.credential_admin`. Raises `InvalidRequest` for a password that breaks the length
+    rule, `NotFound` for an unknown user and `Conflict` for a removed one.
     """
     password_hash = hash_password(hasher, plaintext)
     user = store.get_user(user_id)
@@ -74,6 +78,12 @@ def set_password(store: ControlStore, hasher: ApiKeyHasher, user_id: str, plaint
         raise NotFound("user not found")
     if user.status == UserStatus.REMOVED:
         raise Conflict("a removed user cannot be given a password")
-    updated = replace(user, password_hash=password_hash)
+    updated = replace(user, password_hash=password_hash, password_must_change=must_change)
     store.put_user(updated)
     return updated
+
+
+def require_password_current(user: User) -> None:
+    """Raise `PasswordChangeRequired` if the user's password was set by an administrator and not yet replaced."""
+    if user.password_must_change:
+        raise PasswordChangeRequired()

@@ -16,7 +16,7 @@ from hd_core.errors import AuthenticationFailed
 from hd_core.models import ALL_SCOPES, KeyEnv, OrgStatus, Principal, UserStatus
 from hd_core.permissions import effective_scopes
 from hd_core.ports import ControlStore
-from hd_core.tokens import JwtVerifier
+from hd_core.tokens import JwtVerifier, check_session_current
 
 _AUTHORIZATION = "authorization"
 _X_API_KEY = "x-api-key"
@@ -42,6 +42,8 @@ class RequestAuthenticator:
         user = self._store.get_user(_claim(claims, "sub"))
         if user is None or user.status != UserStatus.ACTIVE:
             raise AuthenticationFailed("token user missing or not active")
+        # Read with the user on every request (and every engine login): an ended session ends at once.
+        check_session_current(claims, user.tokens_valid_after)
         if user.org_id != _claim(claims, "org_id"):
             raise AuthenticationFailed("token organization does not match the user's")
         org = self._store.get_org(user.org_id)

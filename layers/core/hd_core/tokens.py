@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
@@ -27,6 +27,9 @@ REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub")
 # Headers that tell a verifier where to fetch a key: honouring one lets the token vouch for itself.
 KEY_LOCATION_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c"})
 DEFAULT_ACCESS_TTL = timedelta(hours=1)
+# Issue time in whole microseconds since the epoch: orders a token against the user's `tokens_valid_after`.
+ISSUED_MICROS_CLAIM = "hd_iat_us"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def b64url(data: bytes) -> str:
@@ -65,7 +68,8 @@ class JwtIssuer:
 
     def issue(self, user: User, env: KeyEnv | str) -> str:
         """A compact JWS for `user` in environment `env`, valid for `ttl` from now."""
-        issued_at = int(self._now().timestamp())
+        moment = self._now()
+        issued_at = int(moment.timestamp())
         header = {"alg": ALGORITHM, "typ": "JWT", "kid": self._keys.jwt_signing_kid()}
         claims = {
             "sub": user.user_id,
@@ -77,6 +81,9 @@ class JwtIssuer:
             "iss": self.issuer,
             "aud": self.audience,
             "jti": new_id("jwt"),
+            # `iat` has whole seconds, too coarse to order a token against an end of sessions in the
+            # same second; never before the user's last end, or a host whose clock lags mints dead tokens.
+            ISSUED_MICROS_CLAIM: max(_micros(moment), _micros(user.tokens_valid_after)),
         }
         signing_input = f"{_json_segment(header)}.{_json_segment(claims)}"
         signature = self._keys.sign_jwt(signing_input.encode("ascii"))
@@ -165,6 +172,21 @@ def check_token_times(claims: Mapping[str, Any], now: datetime, leeway_seconds: 
     not_before = _numeric_date(claims, "nbf")
     if not_before is not None and not_before > moment + leeway_seconds:
         raise AuthenticationFailed("jwt not yet valid")
+
+
+def _micros(moment: datetime | None) -> int:
+    """Microseconds since the epoch, exactly (no float rounding); 0 for None."""
+    return 0 if moment is None else (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def check_session_current(claims: Mapping[str, Any], tokens_valid_after: datetime | None) -> None:
+    """Refuse a token issued before its user's sessions were ended (password, MFA, suspension, revocation)."""
+    if tokens_valid_after is None:
+        return
+    issued = claims.get(ISSUED_MICROS_CLAIM)
+    # A token without the claim predates it: its age cannot be proven, so an ended session ends it too.
+    if isinstance(issued, bool) or not isinstance(issued, int) or issued < _micros(tokens_valid_after):
+        raise AuthenticationFailed("jwt issued before the user's sessions were ended")
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:

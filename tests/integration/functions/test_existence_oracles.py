@@ -46,6 +46,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/organizations/{org_id}/users"): {"email": "probe@example.com", "role": "Analyst"},
     ("POST", "/v1/organizations/{org_id}/users/{user_id}/identities"): {"external_id": "https://idp.example#probe"},
     ("PUT", "/v1/organizations/{org_id}/users/{user_id}/role"): {"role": "Developer"},
+    ("PUT", "/v1/organizations/{org_id}/users/{user_id}/password"): {"password": "a probe reset passphrase"},
 }
 QUERIES: dict[tuple[str, str], str] = {
     ("GET", "/v1/environments/{env_id}/audit/queries"): f"start={TODAY}&end={TODAY}",

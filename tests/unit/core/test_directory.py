@@ -82,11 +82,13 @@ class ControlPlane:
                 user_id=user.user_id,
                 org_id=user.org_id,
                 role=acting_role,
-                key_id="hd_test_ctxkey00",
+                key_id="jwt:ctx",
                 env=KeyEnv.TEST,
                 scopes=scopes if scopes is not None else tuple(sorted(ROLE_SCOPES[acting_role])),
                 department=user.department,
                 region=user.region,
+                # A session: an actor claiming an API key must name a stored one (key_admin bounds keys by it).
+                auth_method="jwt",
             ),
             request_id=f"req-{new_id('r')}",
         )
