@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from hd_core.errors import HdError
 from hd_core.files import write_file_atomically
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ DEFAULT_HOSTNAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 # About a year: long enough that a laptop setup is not re-trusted every week, short enough that a
 # forgotten dev certificate does not live forever.
 CERT_LIFETIME = dt.timedelta(days=365)
-# Regenerate this long before expiry so a running `hd dev` does not cross the expiry date mid-session.
+# Warn this long before expiry, so the operator replaces the certificate before clients start refusing it.
 RENEW_BEFORE = dt.timedelta(days=7)
 # Backdate notBefore a little: a client whose clock runs slightly behind would otherwise reject a
 # certificate generated a second ago.
@@ -66,11 +67,21 @@ class TlsConfigurationError(RuntimeError):
     """The TLS library on this host cannot be made to offer exactly the approved TLS 1.3 suites."""
 
 
-def ensure_self_signed_certificate(tls_dir: Path, hostnames: Sequence[str] = DEFAULT_HOSTNAMES) -> tuple[Path, Path]:
-    """Return (certificate, private key) paths in `tls_dir`, generating a self-signed pair when needed.
+class TlsFilesUnusable(HdError):
+    """A certificate or key file is present but cannot be served; it is the operator's, so it is never replaced."""
 
-    An existing pair is reused unless it is unreadable, expired or within seven days of expiry, does
-    not cover every name in `hostnames`, or the key does not belong to the certificate.
+    code = "HD_ERR_TLS_FILES_UNUSABLE"
+    exit_code = 4
+
+
+def ensure_self_signed_certificate(tls_dir: Path, hostnames: Sequence[str] = DEFAULT_HOSTNAMES) -> tuple[Path, Path]:
+    """Return (certificate, private key) paths in `tls_dir`, generating a self-signed pair only when neither exists.
+
+    A pair that is present is the operator's and is never replaced: one file without the other, an
+    unreadable file, a key that does not belong to the certificate, or a certificate outside its
+    validity period raises `TlsFilesUnusable` saying what to do. A certificate close to expiry, or
+    one that does not name every entry of `hostnames`, is served with a warning (a certificate made
+    for the operator's own host name need not cover localhost).
     """
     if not hostnames:
         raise ValueError("at least one hostname is required")
@@ -79,17 +90,17 @@ def ensure_self_signed_certificate(tls_dir: Path, hostnames: Sequence[str] = DEF
     cert_path = tls_dir / CERT_FILENAME
     key_path = tls_dir / KEY_FILENAME
 
-    reason = _reason_to_regenerate(cert_path, key_path, hostnames)
-    if reason is None:
+    if cert_path.exists() or key_path.exists():
+        _check_existing_pair(cert_path, key_path, hostnames)
         _restrict_mode(key_path, 0o600)
         log.debug("reusing TLS certificate %s", cert_path)
         return cert_path, key_path
 
-    log.info("generating self-signed TLS certificate in %s (%s)", tls_dir, reason)
+    log.info("generating self-signed TLS certificate in %s", tls_dir)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _build_certificate(key, hostnames)
-    # Key first: if we are interrupted between the two writes, the next call sees a key that does
-    # not match the certificate and regenerates, rather than serving a stale pair.
+    # Key first: if we are interrupted between the two writes, the next start finds a key without a
+    # certificate and refuses with instructions, rather than serving a stale pair.
     write_file_atomically(
         key_path,
         key.private_bytes(
@@ -140,35 +151,49 @@ def offered_tls13_cipher_suites(ctx: ssl.SSLContext) -> frozenset[str]:
     return frozenset(c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3")
 
 
-def _reason_to_regenerate(cert_path: Path, key_path: Path, hostnames: Sequence[str]) -> str | None:
-    """Why the existing pair cannot be reused, or None when it can."""
-    if not cert_path.exists() or not key_path.exists():
-        return "no certificate yet"
+def _check_existing_pair(cert_path: Path, key_path: Path, hostnames: Sequence[str]) -> None:
+    """Raise `TlsFilesUnusable` unless the pair can be served; warn about what does not stop serving."""
+    recovery = (f"hd never replaces a certificate: put a valid certificate and its key there, or delete both "
+                f"{cert_path} and {key_path} to have a new self-signed pair made at the next start")
+    missing = [path for path in (cert_path, key_path) if not path.exists()]
+    if missing:
+        raise TlsFilesUnusable(f"TLS file {missing[0]} is missing but {cert_path.parent} holds the other half of "
+                               f"the pair; {recovery}")
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        raise TlsFilesUnusable(f"TLS certificate {cert_path} cannot be read ({_reason(exc)}); {recovery}") from None
+    try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
-        log.warning("existing TLS certificate or key in %s is unreadable (%s); regenerating", cert_path.parent, exc)
-        return "existing files unreadable"
-
+        raise TlsFilesUnusable(f"TLS private key {key_path} cannot be read ({_reason(exc)}); {recovery}") from None
+    if _public_der(cert.public_key()) != _public_der(key.public_key()):
+        raise TlsFilesUnusable(f"TLS private key {key_path} does not belong to certificate {cert_path}; {recovery}")
     now = dt.datetime.now(dt.UTC)
-    expires = cert.not_valid_after_utc
-    if expires <= now:
-        log.warning("TLS certificate %s expired at %s; regenerating", cert_path, expires.isoformat())
-        return "expired"
-    if expires - now <= RENEW_BEFORE:
-        log.warning("TLS certificate %s expires at %s (within %s); regenerating", cert_path, expires, RENEW_BEFORE)
-        return "about to expire"
-    if cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ) != key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
-        log.warning("TLS key %s does not match certificate %s; regenerating", key_path, cert_path)
-        return "key does not match certificate"
-    missing = _uncovered_names(cert, hostnames)
-    if missing:
-        log.warning("TLS certificate %s does not cover %s; regenerating", cert_path, ", ".join(missing))
-        return "hostnames changed"
-    return None
+    if cert.not_valid_after_utc <= now or cert.not_valid_before_utc > now:
+        raise TlsFilesUnusable(
+            f"TLS certificate {cert_path} is valid only from {cert.not_valid_before_utc.isoformat()} to "
+            f"{cert.not_valid_after_utc.isoformat()}, not now; {recovery}")
+    if cert.not_valid_after_utc - now <= RENEW_BEFORE:
+        log.warning("TLS certificate %s expires at %s; replace it (or delete both files for a new self-signed pair) "
+                    "before then", cert_path, cert.not_valid_after_utc.isoformat())
+    uncovered = _uncovered_names(cert, hostnames)
+    if uncovered:
+        log.warning("TLS certificate %s does not name %s: clients verifying the host name there will refuse it",
+                    cert_path, ", ".join(uncovered))
+
+
+def _public_der(public_key: object) -> bytes:
+    if not hasattr(public_key, "public_bytes"):
+        return b""
+    der: bytes = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return der
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's message on one line (OpenSSL's can span several)."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return " ".join(text.split())[:200] or type(exc).__name__
 
 
 def _uncovered_names(cert: x509.Certificate, hostnames: Sequence[str]) -> list[str]:

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from engine_host import tls
 from engine_host.tls import (
     TLS13_CIPHER_SUITES,
+    TlsFilesUnusable,
     ensure_self_signed_certificate,
     offered_tls13_cipher_suites,
     server_ssl_context,
@@ -73,25 +74,47 @@ def test_second_call_reuses_the_existing_files(tmp_path: Path) -> None:
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (cert, key)} == before
 
 
-def test_certificate_within_seven_days_of_expiry_is_regenerated_with_a_warning(
+def _contents(tls_dir: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(tls_dir.iterdir())}
+
+
+def _expect_refusal(tls_dir: Path, *words: str) -> None:
+    before = _contents(tls_dir)
+    with pytest.raises(TlsFilesUnusable) as refused:
+        ensure_self_signed_certificate(tls_dir)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert all(word in message for word in words), message
+    assert "delete both" in message  # what to do
+    assert _contents(tls_dir) == before  # never replaced
+
+
+def test_certificate_within_seven_days_of_expiry_is_kept_with_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(tls, "CERT_LIFETIME", dt.timedelta(days=3))
     cert, _ = ensure_self_signed_certificate(tmp_path / "tls")
-    old_serial = _load(cert).serial_number
+    before = cert.read_bytes()
     monkeypatch.undo()
 
     with caplog.at_level(logging.WARNING, logger="engine_host.tls"):
         ensure_self_signed_certificate(tmp_path / "tls")
 
-    assert _load(cert).serial_number != old_serial
-    assert _load(cert).not_valid_after_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=300)
-    assert "regenerating" in caplog.text
+    assert cert.read_bytes() == before
+    assert "expires at" in caplog.text
 
 
-def test_a_key_that_does_not_match_the_certificate_is_replaced(tmp_path: Path) -> None:
-    cert, key = ensure_self_signed_certificate(tmp_path / "tls")
-    old_serial = _load(cert).serial_number
+def test_an_expired_certificate_is_refused_and_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tls, "CERT_LIFETIME", dt.timedelta(seconds=-1))
+    monkeypatch.setattr(tls, "CLOCK_SKEW", dt.timedelta(hours=1))
+    cert, _ = ensure_self_signed_certificate(tmp_path / "tls")
+    monkeypatch.undo()
+
+    _expect_refusal(tmp_path / "tls", str(cert), "not now")
+
+
+def test_a_key_that_does_not_match_the_certificate_is_refused_and_kept(tmp_path: Path) -> None:
+    _, key = ensure_self_signed_certificate(tmp_path / "tls")
     stranger = ec.generate_private_key(ec.SECP256R1())
     key.write_bytes(
         stranger.private_bytes(
@@ -99,29 +122,39 @@ def test_a_key_that_does_not_match_the_certificate_is_replaced(tmp_path: Path) -
         )
     )
 
-    ensure_self_signed_certificate(tmp_path / "tls")
-
-    assert _load(cert).serial_number != old_serial
-    server_ssl_context(cert, key)  # load_cert_chain would fail on a mismatched pair
+    _expect_refusal(tmp_path / "tls", str(key), "does not belong")
 
 
-def test_unreadable_files_are_regenerated(tmp_path: Path) -> None:
+def test_an_unreadable_certificate_or_key_is_refused_and_kept(tmp_path: Path) -> None:
     cert, _ = ensure_self_signed_certificate(tmp_path / "tls")
     cert.write_text("not a certificate")
+    _expect_refusal(tmp_path / "tls", str(cert), "cannot be read")
 
-    ensure_self_signed_certificate(tmp_path / "tls")
+    ensure_self_signed_certificate(tmp_path / "other")
+    (tmp_path / "other" / "server.key").write_text("-----BEGIN PRIVATE KEY-----\ngarbage\n")
+    _expect_refusal(tmp_path / "other", "server.key", "cannot be read")
 
-    _load(cert)
+
+def test_half_a_pair_is_refused_and_nothing_is_made(tmp_path: Path) -> None:
+    _, key = ensure_self_signed_certificate(tmp_path / "tls")
+    key.unlink()
+
+    _expect_refusal(tmp_path / "tls", str(key), "missing")
 
 
-def test_a_new_hostname_triggers_a_certificate_that_covers_it(tmp_path: Path) -> None:
-    cert, _ = ensure_self_signed_certificate(tmp_path / "tls")
+def test_a_certificate_without_the_local_names_is_served_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, _ = ensure_self_signed_certificate(tmp_path / "tls", hostnames=("engine.internal",))
+    before = cert.read_bytes()
 
-    ensure_self_signed_certificate(tmp_path / "tls", hostnames=("localhost", "engine.internal", "10.0.0.5"))
+    with caplog.at_level(logging.WARNING, logger="engine_host.tls"):
+        ensure_self_signed_certificate(tmp_path / "tls")
 
+    assert cert.read_bytes() == before
+    assert "does not name localhost, 127.0.0.1, ::1" in caplog.text
     san = _load(cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "engine.internal"}
-    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.5")]
+    assert san.get_values_for_type(x509.DNSName) == ["engine.internal"]
 
 
 def test_loosened_permissions_are_tightened_again(tmp_path: Path) -> None:
