@@ -38,7 +38,7 @@ from engine_host.health_server import HealthServer, heartbeat_check
 from engine_host.heartbeat_loop import ControlPlaneHeartbeat, HeartbeatChannel, HeartbeatLoop, host_report
 from engine_host.host import EngineHost, HostHooks, HostSettings, ObjectStoreTables
 from engine_host.metrics import HostMetrics
-from engine_host.tls import ensure_self_signed_certificate, server_ssl_context
+from engine_host.tls import TlsFilesUnusable, ensure_self_signed_certificate, server_ssl_context
 from functions.shared.settings import ControlApiSettings
 from functions.shared.wiring import assemble_services
 from hd_core.adapters.dynamodb_store import DynamoDbControlStore
@@ -163,6 +163,14 @@ class FleetEngineHost:
         cert, key = Path(self.config.tls_cert_file), Path(self.config.tls_key_file)
         if cert.exists() and key.exists():
             return cert, key
+        if cert.exists() or key.exists() or self.config.tls_secret_arn is not None:
+            # Half a pair, or a configured secret boot did not install: serving a self-signed certificate
+            # instead would silently break every client that verifies the provisioned one.
+            secret = self.config.tls_secret_arn
+            raise TlsFilesUnusable(
+                f"the provisioned TLS pair {cert} and {key} is incomplete; "
+                + (f"run `hd engine boot` again to install it from {secret}" if secret else
+                   "install both files, or remove the one present to serve a self-signed certificate"))
         log.warning("no certificate at %s; using a self-signed one for the load balancer's hop", cert)
         return ensure_self_signed_certificate(state_dir / "tls")
 

@@ -30,6 +30,7 @@ from engine_host.boot.imds import InstanceIdentity
 from engine_host.engine.masking import mask_hash
 from engine_host.fleet import AwsClients, CacheNotMounted, FleetEngineHost, HeartbeatNotConfigured
 from engine_host.heartbeat_loop import InProcessHeartbeat, host_report
+from engine_host.tls import TlsFilesUnusable
 from hd_core.adapters.dynamodb_schema import create_table_kwargs
 from hd_core.adapters.dynamodb_store import DynamoDbControlStore
 from hd_core.adapters.kms_keys import KmsKeyProvider
@@ -201,6 +202,27 @@ def test_without_a_control_plane_to_report_to_the_host_refuses_to_start(account:
     host = account.host(heartbeat=None)
     with pytest.raises(HeartbeatNotConfigured, match="control_api_url"):
         loop.run(host.start())
+
+
+def test_half_a_provisioned_tls_pair_is_refused_not_replaced(account: Account, loop: BackgroundLoop,
+                                                             tmp_path: Path) -> None:
+    cert = tmp_path / "none.crt"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nprovisioned\n-----END CERTIFICATE-----\n")
+    host = account.host()
+    with pytest.raises(TlsFilesUnusable, match="incomplete; install both files"):
+        loop.run(host.start())
+    assert cert.read_text().startswith("-----BEGIN CERTIFICATE-----\nprovisioned")
+    assert not (tmp_path / "state" / "tls").exists()  # no self-signed pair was made instead
+
+
+def test_a_configured_tls_secret_that_boot_did_not_install_is_refused(account: Account, loop: BackgroundLoop,
+                                                                     tmp_path: Path) -> None:
+    arn = f"arn:aws:secretsmanager:{REGION}:{IDENTITY.account_id}:secret:engine-tls-AbCdEf"
+    account.config_document["tls_secret_arn"] = arn
+    host = account.host()
+    with pytest.raises(TlsFilesUnusable, match="run `hd engine boot` again"):
+        loop.run(host.start())
+    assert not (tmp_path / "state" / "tls").exists()
 
 
 def test_a_jwt_from_the_control_plane_is_a_password_on_the_fleet_host(account: Account, loop: BackgroundLoop) -> None:
