@@ -8,6 +8,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import stat
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -17,6 +18,8 @@ import pytest
 from hd_core.adapters.sqlite_store import (
     MIGRATIONS,
     SCHEMA_VERSION,
+    ControlStoreDamaged,
+    ControlStoreUnusable,
     MigrationFailed,
     SchemaTooNew,
     SqliteControlStore,
@@ -218,3 +221,41 @@ def test_writing_a_failure_deletes_every_expired_failure_record(tmp_path: Path) 
         assert store.get_auth_failures("api_key:late") is not None
         count = store._connection.execute("SELECT count(*) FROM auth_failures").fetchone()[0]
     assert count == 1
+
+
+def _filled_store(path: Path) -> bytes:
+    with SqliteControlStore(path) as store:
+        for number in range(200):
+            store.put_setting(f"setting_{number}", "x" * 500)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("damage", "finding"),
+    [
+        pytest.param(lambda data: b"\x13" * 100 + data[100:], "not a database", id="garbage-header"),
+        pytest.param(lambda data: data[: len(data) // 2], "malformed", id="truncated"),
+        pytest.param(lambda data: data[: len(data) // 2] + b"\x5a" * 4096 + data[len(data) // 2 + 4096 :],
+                     "quick_check", id="corrupt-middle-page"),
+    ],
+)
+def test_a_damaged_file_is_refused_on_open_and_left_as_found(
+    tmp_path: Path, damage: Callable[[bytes], bytes], finding: str
+) -> None:
+    path = tmp_path / "control.sqlite3"
+    damaged = damage(_filled_store(path))
+    path.write_bytes(damaged)
+
+    with pytest.raises(ControlStoreDamaged) as refused:
+        SqliteControlStore(path)
+
+    assert finding in str(refused.value) and str(path) in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert path.read_bytes() == damaged
+    assert not (tmp_path / "control.sqlite3-wal").exists()
+
+
+def test_without_create_a_missing_file_is_refused_and_not_made(tmp_path: Path) -> None:
+    with pytest.raises(ControlStoreUnusable, match="does not exist"):
+        SqliteControlStore(tmp_path / "control.sqlite3", create=False)
+    assert not (tmp_path / "control.sqlite3").exists()

@@ -25,7 +25,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
 
-from hd_core.errors import Conflict, NotFound
+from hd_core.errors import Conflict, HdError, NotFound
 from hd_core.models import (
     ApiKeyRecord,
     AuthFailures,
@@ -214,11 +214,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SchemaTooNew(RuntimeError):
+class ControlStoreUnusable(HdError, RuntimeError):
+    """The control store file cannot be opened as it is; it is left exactly as found."""
+
+    code = "HD_ERR_CONTROL_STORE_UNUSABLE"
+    exit_code = 3
+
+
+class ControlStoreDamaged(ControlStoreUnusable):
+    """The file is not an SQLite database, or SQLite's `quick_check` found damage in it."""
+
+    code = "HD_ERR_CONTROL_STORE_DAMAGED"
+
+
+class SchemaTooNew(ControlStoreUnusable):
     """The database file was written by a newer Hardened Duck; opening it could corrupt it."""
 
 
-class MigrationFailed(RuntimeError):
+class MigrationFailed(ControlStoreUnusable):
     """An upgrade step could not apply to the data in the file (for example two users sharing an email).
 
     The file is left at its previous schema version, untouched.
@@ -228,10 +241,18 @@ class MigrationFailed(RuntimeError):
 class SqliteControlStore:
     """A `ControlStore` in one SQLite file (or `":memory:"`), created with its schema on first open."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_seconds: float = 30.0) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_seconds: float = 30.0, create: bool = True) -> None:
+        """Open (with `create`, first make) the store; raises `ControlStoreUnusable`, writing nothing, if it is damaged.
+
+        SQLite's `quick_check` runs before anything is written, so a damaged file is refused as found
+        instead of being half-migrated, or answering every later read with an error.
+        """
         self.path = str(path)
         if self.path != ":memory:":
-            _create_private_file(Path(self.path))
+            if create:
+                _create_private_file(Path(self.path))
+            elif not Path(self.path).is_file():
+                raise ControlStoreUnusable(f"control store {self.path} does not exist")
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each write's extent is explicit.
         self._connection = sqlite3.connect(
             self.path, timeout=busy_timeout_seconds, isolation_level=None, check_same_thread=False
@@ -239,11 +260,19 @@ class SqliteControlStore:
         self._connection.row_factory = sqlite3.Row
         self._connection.create_function("hd_email_key", 1, email_key, deterministic=True)
         self._lock = threading.Lock()
-        with self._lock:
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            # FULL: a committed key revocation or user suspension must survive a power cut.
-            self._connection.execute("PRAGMA synchronous=FULL")
-        self._migrate()
+        try:
+            with self._lock:
+                self._check_integrity()
+                self._connection.execute("PRAGMA journal_mode=WAL")
+                # FULL: a committed key revocation or user suspension must survive a power cut.
+                self._connection.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.DatabaseError as error:
+            self._connection.close()
+            raise ControlStoreDamaged(f"control store {self.path} is damaged ({error})") from None
+        except BaseException:
+            self._connection.close()
+            raise
 
     def close(self) -> None:
         """Close the connection; the store must not be used afterwards."""
@@ -732,6 +761,14 @@ class SqliteControlStore:
     def _fetch_all(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
         with self._lock:
             return list(self._connection.execute(sql, params).fetchall())
+
+    def _check_integrity(self) -> None:
+        """Raise `ControlStoreDamaged` with SQLite's first findings unless `quick_check` says ok."""
+        # quick_check reads every page (O(N), milliseconds for a control store) but skips index-content
+        # cross-checks; it finds torn, overwritten and truncated pages, which is what start-up must catch.
+        findings = [" ".join(str(row[0]).split()) for row in self._connection.execute("PRAGMA quick_check(3)")]
+        if findings != ["ok"]:
+            raise ControlStoreDamaged(f"control store {self.path} is damaged (quick_check: {'; '.join(findings)})")
 
     def _migrate(self) -> None:
         with self._transaction() as db:
