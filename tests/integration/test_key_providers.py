@@ -267,9 +267,19 @@ def test_a_damaged_key_file_says_what_to_do(tmp_path: Path) -> None:
     path = tmp_path / "dev-keys.json"
     path.write_text("not json")
     keys = LocalKeyFile(path)
-    with pytest.raises(KeyUnavailable, match=r"damaged.*move it away"):
+    with pytest.raises(KeyUnavailable, match=r"damaged.*restore it from a backup"):
         keys.jwt_signing_kid()
     assert not keys.verify_checkpoint("any", b"m", b"s")
+    assert path.read_text() == "not json"
+
+
+def test_a_key_file_that_must_exist_is_never_made_anew(tmp_path: Path) -> None:
+    keys = LocalKeyFile(tmp_path / "keys" / "dev-keys.json", create_missing=False)
+    with pytest.raises(KeyUnavailable, match=r"missing; restore it from a backup"):
+        keys.check()
+    with pytest.raises(KeyUnavailable, match="missing"):
+        keys.rotate_jwt_key()
+    assert not (tmp_path / "keys").exists()
 
 
 def test_foreign_data_key_ciphertext_is_refused(tmp_path: Path) -> None:

@@ -73,10 +73,13 @@ class _KeyMaterial:
 
 
 class LocalKeyFile:
-    """Key material in a local file; creates the file with fresh keys on first use."""
+    """Key material in a local file; creates the file with fresh keys on first use unless told not to."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, create_missing: bool = True) -> None:
+        """`create_missing=False` for a state folder that already has keys: a missing file is then an error,
+        never silently replaced by new keys that cannot open what the old ones sealed or signed."""
         self._path = Path(path)
+        self._create_missing = create_missing
         self._lock = threading.Lock()
         self._material: _KeyMaterial | None = None
         self._file_identity: tuple[int, int, int] | None = None
@@ -160,13 +163,17 @@ class LocalKeyFile:
 
     # --- the file -----------------------------------------------------------------------------------
 
+    def check(self) -> None:
+        """Load the key file now (creating it only if allowed); raises `KeyUnavailable` saying what is wrong."""
+        self._keys()
+
     def _keys(self) -> _KeyMaterial:
         """The key material, created on first use and re-read when the file changed on disk."""
         with self._lock:
             identity = self._current_identity()
             if self._material is None or identity is None or identity != self._file_identity:
                 if identity is None:
-                    self._create_file()
+                    self._create_or_refuse()
                 self._load()
             assert self._material is not None
             return self._material
@@ -192,6 +199,14 @@ class LocalKeyFile:
         self._material = _parse_material(data, self._path)
         self._file_identity = (info.st_ino, info.st_mtime_ns, info.st_size)
         _warn_dev_only(self._path)
+
+    def _create_or_refuse(self) -> None:
+        if not self._create_missing:
+            raise KeyUnavailable(
+                f"local key file {self._path} is missing; restore it from a backup (hd never makes new keys "
+                "over existing state: sealed MFA secrets, wrapped mask keys and signed IAM checkpoints need it)"
+            )
+        self._create_file()
 
     def _create_file(self) -> None:
         """Publish a complete new key file, unless another process got there first (then theirs is used)."""
@@ -238,7 +253,7 @@ class LocalKeyFile:
     def _exclusive_file(self) -> Iterator[dict[str, object]]:
         """The key file's document, under an exclusive lock so two processes never rotate over each other."""
         if self._current_identity() is None:
-            self._create_file()
+            self._create_or_refuse()
         # A separate lock file: the key file itself is replaced on every rotation, and a lock on a
         # replaced inode would let the next rotator in early.
         lock_path = self._path.with_name(f".{self._path.name}.lock")
@@ -323,8 +338,8 @@ def _parse_material(data: bytes, path: Path) -> _KeyMaterial:
         return _KeyMaterial(jwt_keys, str(document["checkpoint_key"]["kid"]), checkpoint_key, master_key)
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
         raise KeyUnavailable(
-            f"local key file {path} is damaged ({exc}); move it away to start with new dev keys "
-            "(tokens and data keys made with the old file stop working)"
+            f"local key file {path} is damaged ({' '.join(str(exc).split())}); restore it from a backup (new keys "
+            "cannot open MFA secrets or mask keys sealed with it, nor sign on from its IAM checkpoints)"
         ) from None
 
 
