@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from functions.shared.http import authorize, build_app, documented
 from functions.shared.lambda_entry import lambda_entry
+from functions.shared.request_fields import PathId, PlainText
 from functions.shared.wiring import services
 from hd_core import key_admin
 from hd_core.models import ApiKeyRecord, KeyEnv, utc_now
@@ -22,7 +23,7 @@ class KeyIn(BaseModel):
     user_id: str | None = Field(default=None, description="Whose key; default: the caller's own")
     env: KeyEnv = KeyEnv.LIVE
     scopes: list[str] = Field(default_factory=lambda: ["read_only"], min_length=1, max_length=40)
-    name: str = Field(default="", max_length=128)
+    name: PlainText = Field(default="", max_length=128)
     allowed_cidrs: list[str] = Field(default_factory=list, max_length=50)
     expires_at: datetime | None = None
 
@@ -75,7 +76,7 @@ def key_out(record: ApiKeyRecord) -> KeyOut:
 
 
 @router.post("/v1/organizations/<org_id>/api-keys", responses=documented(201, NewKeyOut, "The new key"))
-def create_key(org_id: str, body: KeyIn) -> tuple[NewKeyOut, int]:
+def create_key(org_id: PathId, body: KeyIn) -> tuple[NewKeyOut, int]:
     ctx = authorize(router, org_id=org_id)
     svc = services()
     plaintext, record = key_admin.create_key(
@@ -96,7 +97,7 @@ def create_key(org_id: str, body: KeyIn) -> tuple[NewKeyOut, int]:
 
 @router.get("/v1/organizations/<org_id>/api-keys", responses=documented(200, list[KeyOut], "Keys"))
 def list_keys(
-    org_id: str,
+    org_id: PathId,
     user_id: Annotated[str | None, Query(max_length=64)] = None,
     include_revoked: Annotated[bool, Query()] = True,
 ) -> list[KeyOut]:
@@ -106,7 +107,7 @@ def list_keys(
 
 
 @router.get("/v1/organizations/<org_id>/api-keys/<key_id>", responses=documented(200, KeyOut, "The key"))
-def get_key(org_id: str, key_id: str) -> KeyOut:
+def get_key(org_id: PathId, key_id: PathId) -> KeyOut:
     ctx = authorize(router, org_id=org_id)
     return key_out(key_admin.get_key(services().store, ctx, org_id, key_id))
 
@@ -114,7 +115,7 @@ def get_key(org_id: str, key_id: str) -> KeyOut:
 @router.post(
     "/v1/organizations/<org_id>/api-keys/<key_id>/rotate", responses=documented(201, RotatedKeyOut, "Rotated")
 )
-def rotate_key(org_id: str, key_id: str) -> tuple[RotatedKeyOut, int]:
+def rotate_key(org_id: PathId, key_id: PathId) -> tuple[RotatedKeyOut, int]:
     ctx = authorize(router, org_id=org_id)
     svc = services()
     plaintext, new = key_admin.rotate_key(svc.store, svc.trail, ctx, svc.hasher, org_id, key_id)
@@ -123,7 +124,7 @@ def rotate_key(org_id: str, key_id: str) -> tuple[RotatedKeyOut, int]:
 
 
 @router.delete("/v1/organizations/<org_id>/api-keys/<key_id>", responses=documented(200, KeyOut, "The revoked key"))
-def revoke_key(org_id: str, key_id: str) -> KeyOut:
+def revoke_key(org_id: PathId, key_id: PathId) -> KeyOut:
     ctx = authorize(router, org_id=org_id)
     svc = services()
     record = key_admin.revoke_key(svc.store, svc.trail, ctx, org_id=org_id, key_id=key_id, authenticator=svc.api_keys)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from functions.shared.http import authorize, build_app, documented, request_id
 from functions.shared.lambda_entry import lambda_entry
+from functions.shared.request_fields import PathId, PlainText
 from functions.shared.wiring import services
 from hd_core import auth, credential_admin, directory
 from hd_core.errors import NotFound
@@ -30,7 +31,7 @@ OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
 
 
 class LoginIn(BaseModel):
-    email: str = Field(min_length=3, max_length=254)
+    email: PlainText = Field(min_length=3, max_length=254)
     password: str = Field(min_length=1, max_length=1024)
     totp_code: str | None = Field(default=None, pattern=r"^[0-9]{6,8}$")
     env: KeyEnv = KeyEnv.LIVE
@@ -61,7 +62,7 @@ class MfaEnrolmentOut(BaseModel):
 class MfaPasswordProofIn(BaseModel):
     """Email and password, sent with no credential header: they prove who enrols (a first enrolment, no session)."""
 
-    email: str = Field(min_length=3, max_length=254)
+    email: PlainText = Field(min_length=3, max_length=254)
     password: str = Field(min_length=1, max_length=1024)
 
 
@@ -92,7 +93,7 @@ class PasswordChangeIn(BaseModel):
 class PasswordChangeWithPasswordIn(PasswordChangeIn):
     """Email, current password and (if enrolled) a TOTP code, sent with no credential header."""
 
-    email: str = Field(min_length=3, max_length=254)
+    email: PlainText = Field(min_length=3, max_length=254)
     totp_code: str | None = Field(default=None, pattern=r"^[0-9]{6,8}$")
 
 
@@ -272,7 +273,7 @@ def confirm_mfa_with_password(body: MfaPasswordCodeIn) -> TokenPairOut:
     description="Another user's MFA (only an Owner resets an Owner's or Admin's); your own goes through "
     "POST /v1/auth/mfa/reset with a current code.",
 )
-def reset_mfa(org_id: str, user_id: str) -> CredentialStateOut:
+def reset_mfa(org_id: PathId, user_id: PathId) -> CredentialStateOut:
     ctx = authorize(router, org_id=org_id, scope=ApiScope.USERS_MANAGE.value)
     svc = services()
     return _credential_state(credential_admin.reset_user_mfa(svc.store, svc.trail, ctx, org_id, user_id))
@@ -286,7 +287,8 @@ def reset_mfa(org_id: str, user_id: str) -> CredentialStateOut:
 def reset_own_mfa(body: MfaCodeIn) -> CredentialStateOut:
     ctx = authorize(router, org_id=None)
     svc = services()
-    return _credential_state(credential_admin.reset_own_mfa(svc.store, svc.trail, ctx, body.code, sealer=svc.secrets))
+    return _credential_state(credential_admin.reset_own_mfa(
+        svc.store, svc.trail, ctx, body.code, sealer=svc.secrets, throttle=svc.auth_throttle))
 
 
 @router.put(
@@ -298,7 +300,8 @@ def change_password(body: PasswordChangeIn) -> CredentialStateOut:
     ctx = authorize(router, org_id=None)
     svc = services()
     after = credential_admin.change_own_password(
-        svc.store, svc.trail, ctx, svc.hasher, current_password=body.current_password, new_password=body.new_password
+        svc.store, svc.trail, ctx, svc.hasher, current_password=body.current_password, new_password=body.new_password,
+        throttle=svc.auth_throttle,
     )
     return _credential_state(after)
 
@@ -331,7 +334,7 @@ def change_password_with_password(body: PasswordChangeWithPasswordIn) -> Credent
     description="An Owner's or Admin's reset (an Admin's or Owner's password takes an Owner): the user must "
     "change it (POST /v1/auth/password/change) before it logs them in.",
 )
-def reset_password(org_id: str, user_id: str, body: PasswordResetIn) -> CredentialStateOut:
+def reset_password(org_id: PathId, user_id: PathId, body: PasswordResetIn) -> CredentialStateOut:
     ctx = authorize(router, org_id=org_id, scope=ApiScope.USERS_MANAGE.value)
     svc = services()
     after = credential_admin.reset_password(svc.store, svc.trail, ctx, svc.hasher, org_id, user_id, body.password)

@@ -124,11 +124,11 @@ def login(
     def counts(refused: AuthenticationFailed) -> bool:
         return totp_code is not None or not isinstance(refused, MfaRequired)
 
-    user = _throttled(throttle or AuthThrottle(store, now=now), email, checked, counts=counts)
+    user = throttled(throttle or AuthThrottle(store, now=now), email, checked, counts=counts)
     return issue_token_pair(store, issuer, user, env=env, now=now)
 
 
-def _throttled(
+def throttled(
     throttle: AuthThrottle,
     email: str,
     check: Callable[[], _T],
@@ -170,7 +170,7 @@ def prove_password(
         _active_org_of(store, user)
         return prove_totp(store, user, totp_code, at, sealer) if user.mfa_enabled else user
 
-    return _throttled(throttle or AuthThrottle(store), email, checked)
+    return throttled(throttle or AuthThrottle(store), email, checked)
 
 
 def prove_totp(store: ControlStore, user: User, code: str | None, at: datetime, sealer: SecretSealer | None) -> User:
@@ -457,7 +457,7 @@ def begin_mfa_enrolment_with_password(
         _active_org_of(store, user)
         return user
 
-    user = _throttled(throttle or AuthThrottle(store), email, checked)
+    user = throttled(throttle or AuthThrottle(store), email, checked)
     return _start_enrolment(store, user, issuer_name, sealer)
 
 
@@ -519,7 +519,7 @@ def confirm_mfa_enrolment_with_password(
         require_password_current(user)
         return user, _confirm_enrolment(store, user, code, at, sealer)
 
-    user, enrolled = _throttled(throttle or AuthThrottle(store, now=now), email, checked)
+    user, enrolled = throttled(throttle or AuthThrottle(store, now=now), email, checked)
     tokens = issue_token_pair(store, issuer, enrolled, env=env, now=lambda: at)
     return PasswordProvenEnrolment(before=user, enrolled=enrolled, tokens=tokens)
 

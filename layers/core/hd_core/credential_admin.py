@@ -19,6 +19,7 @@ from datetime import datetime
 
 from hd_core import auth
 from hd_core.api_keys import ApiKeyHasher
+from hd_core.auth_throttle import AuthThrottle
 from hd_core.directory import PRIVILEGED_ROLES, get_member, require_may_manage, require_own_org
 from hd_core.errors import AuthenticationFailed, Conflict, Forbidden, InvalidRequest
 from hd_core.iam_audit import IamAuditTrail
@@ -53,16 +54,22 @@ def change_own_password(
     current_password: str,
     new_password: str,
     now: Callable[[], datetime] = utc_now,
+    throttle: AuthThrottle | None = None,
 ) -> User:
     """Replace the caller's password, proven by the current one: USER_PASSWORD_SET; every session ends.
 
     Raises `AuthenticationFailed` for a wrong current password (after one Argon2 verify) and for a
     user without a password: their first one comes from an administrator's reset, never from a
-    session or key alone.
+    session or key alone. Wrong guesses count against the user's login throttle, so a stolen key
+    or session is no way around the brute-force limits on the password.
     """
     user = get_member(store, ctx.actor.org_id, ctx.actor.user_id)
-    if not verify_password(hasher, user.password_hash, current_password[: MAX_PASSWORD_LENGTH + 1]):
-        raise AuthenticationFailed("current password wrong or never set, while changing the password")
+
+    def proven() -> None:
+        if not verify_password(hasher, user.password_hash, current_password[: MAX_PASSWORD_LENGTH + 1]):
+            raise AuthenticationFailed("current password wrong or never set, while changing the password")
+
+    auth.throttled(throttle or AuthThrottle(store, now=now), user.email, proven)
     _require_different(current_password, new_password)
     changed = auth.ended_sessions(store, set_password(store, hasher, user.user_id, new_password), now())
     _record(trail, ctx.actor.user_id, ctx.request_id, IamEventType.USER_PASSWORD_SET, user, changed)
@@ -169,16 +176,19 @@ def reset_own_mfa(
     *,
     sealer: SecretSealer | None = None,
     now: Callable[[], datetime] = utc_now,
+    throttle: AuthThrottle | None = None,
 ) -> User:
     """Remove the caller's own TOTP factor, re-proven by a current code: USER_MFA_RESET; every session ends.
 
-    Raises `Conflict` when no factor is enrolled and `MfaRequired` for a wrong or spent code.
+    Raises `Conflict` when no factor is enrolled and `MfaRequired` for a wrong or spent code; wrong
+    codes count against the user's login throttle (a session must not be a way to guess codes).
     """
     user = get_member(store, ctx.actor.org_id, ctx.actor.user_id)
     if not user.mfa_enabled:
         raise Conflict("no MFA factor is enrolled for this user")
     at = now()
-    auth.prove_totp(store, user, code, at, sealer)
+    auth.throttled(throttle or AuthThrottle(store, now=now), user.email,
+                   lambda: auth.prove_totp(store, user, code, at, sealer))
     changed = auth.reset_mfa(store, user.user_id, now=lambda: at)
     _record(trail, ctx.actor.user_id, ctx.request_id, IamEventType.USER_MFA_RESET, user, changed)
     return changed

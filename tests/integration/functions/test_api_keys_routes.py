@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tests.integration.functions.conftest import ControlApi
 
 
@@ -76,3 +78,15 @@ def test_the_expiry_schedule_records_each_expired_key_once(control: ControlApi) 
     events = control.ok("GET", f"/v1/environments/{control.env_id}/audit/admin?limit=1000")
     assert [e["target"] for e in events if e["event_type"] == "api_key.expired"] == [record.key_id]
     assert control.call("GET", "/v1/auth/whoami", key=created["api_key"]).status == 401
+
+
+@pytest.mark.parametrize("name", ["build\u202ekey", "nul\x00key", "zero\u200bwidth"])
+def test_a_key_name_with_control_or_format_characters_is_refused(control: ControlApi, name: str) -> None:
+    body = {"scopes": ["read_only"], "name": name}
+    reply = control.call("POST", f"/v1/organizations/{control.org_id}/api-keys", body)
+    assert reply.status == 422 and reply.json()["error"]["code"] == "HD_ERR_VALIDATION"
+
+
+def test_a_key_id_outside_the_id_pattern_is_refused_before_any_lookup(control: ControlApi) -> None:
+    reply = control.call("GET", f"/v1/organizations/{control.org_id}/api-keys/hd_live_x%00y")
+    assert reply.status == 422 and reply.json()["error"]["code"] == "HD_ERR_VALIDATION"

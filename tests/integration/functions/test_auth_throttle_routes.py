@@ -184,3 +184,35 @@ def test_an_unknown_email_is_locked_like_a_real_one_and_audited_without_the_name
     assert event.target == ThrottleSubject.login("nobody@example.com").key
     assert "nobody" not in str(event.after)
     assert throttled.admin_events("auth.lockout") == []  # nothing in the organisation's own trail
+
+
+def test_guessing_the_current_password_through_a_session_counts_against_the_login_limits(
+    throttled: Throttled,
+) -> None:
+    control = throttled.control
+    token = throttled.login().json()["access_token"]
+
+    def guess() -> HttpReply:
+        return control.call("PUT", "/v1/auth/password",
+                            {"current_password": "wrong password!", "new_password": "another long password"},
+                            bearer=token)
+
+    _fail_until_locked(throttled, guess)
+    right = {"current_password": PASSWORD, "new_password": "another long password"}
+    assert control.call("PUT", "/v1/auth/password", right, bearer=token).status == 401  # locked: even the right one
+    assert throttled.login().status == 401  # the same subject as login
+    assert len(throttled.admin_events("auth.lockout")) == 1
+
+
+def test_guessing_totp_codes_to_remove_ones_own_mfa_counts_against_the_login_limits(throttled: Throttled) -> None:
+    control = throttled.control
+    token = throttled.login().json()["access_token"]
+    totp = pyotp.TOTP(control.ok("POST", "/v1/auth/mfa/enroll", bearer=token)["secret"])
+    control.ok("POST", "/v1/auth/mfa/confirm", {"code": totp.now()}, bearer=token)
+    token = throttled.login(totp_code=totp.at(time.time() + 30)).json()["access_token"]  # enrolling ended sessions
+    right = totp.at(time.time() + 60)
+    wrong = "000000" if right != "000000" else "111111"
+    _fail_until_locked(throttled, lambda: control.call("POST", "/v1/auth/mfa/reset", {"code": wrong}, bearer=token))
+    assert control.call("POST", "/v1/auth/mfa/reset", {"code": right}, bearer=token).status == 401
+    user = control.services.store.get_user_by_email(EMAIL)
+    assert user is not None and user.mfa_enabled
