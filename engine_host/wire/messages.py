@@ -22,6 +22,9 @@ MAX_STARTUP_LENGTH = 10_000
 MAX_MESSAGE_LENGTH = 64 * 1024 * 1024
 
 _INT16 = struct.Struct("!h")
+# Counts (parameters, format codes, parameter types) are unsigned: PostgreSQL reads them with
+# pq_getmsgint(msg, 2) and accepts up to 65,535 bind parameters.
+_UINT16 = struct.Struct("!H")
 _INT32 = struct.Struct("!i")
 _UINT32 = struct.Struct("!I")
 _HEADER = struct.Struct("!ci")
@@ -135,6 +138,9 @@ class _Reader:
     def int16(self) -> int:
         return int(self._unpack(_INT16, 2))
 
+    def uint16(self) -> int:
+        return int(self._unpack(_UINT16, 2))
+
     def int32(self) -> int:
         return int(self._unpack(_INT32, 4))
 
@@ -205,7 +211,7 @@ def parse_initial(body: bytes) -> InitialMessage:
 
 
 def _format_codes(reader: _Reader) -> tuple[int, ...]:
-    codes = tuple(reader.int16() for _ in range(reader.int16()))
+    codes = tuple(reader.int16() for _ in range(reader.uint16()))
     if any(code not in (0, 1) for code in codes):
         raise ProtocolViolation("format codes must be 0 (text) or 1 (binary)")
     return codes
@@ -215,9 +221,7 @@ def _parse_bind(reader: _Reader) -> Bind:
     portal = reader.cstring()
     statement = reader.cstring()
     param_formats = _format_codes(reader)
-    count = reader.int16()
-    if count < 0:
-        raise ProtocolViolation("negative parameter count")
+    count = reader.uint16()
     params: list[bytes | None] = []
     for _ in range(count):
         size = reader.int32()
@@ -233,9 +237,7 @@ def parse_frontend(kind: bytes, body: bytes) -> FrontendMessage:
         message = Query(reader.cstring())
     elif kind == b"P":
         name, sql = reader.cstring(), reader.cstring()
-        count = reader.int16()
-        if count < 0:
-            raise ProtocolViolation("negative parameter type count")
+        count = reader.uint16()
         message = Parse(name, sql, tuple(reader.uint32() for _ in range(count)))
     elif kind == b"B":
         message = _parse_bind(reader)
@@ -326,7 +328,7 @@ def command_complete(tag: str) -> bytes:
 
 
 def parameter_description(oids: Sequence[int]) -> bytes:
-    return _message(b"t", _INT16.pack(len(oids)) + b"".join(_UINT32.pack(oid) for oid in oids))
+    return _message(b"t", _UINT16.pack(len(oids)) + b"".join(_UINT32.pack(oid) for oid in oids))
 
 
 @dataclass(frozen=True)

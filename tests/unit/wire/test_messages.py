@@ -53,6 +53,25 @@ def test_parse_reads_parameter_oids_as_unsigned():
     assert m.parse_frontend(b"P", body) == m.Parse("", "SELECT $1", (4_000_000_000,))
 
 
+def test_bind_reads_counts_as_unsigned_up_to_65535_parameters():
+    # PostgreSQL reads the counts with pq_getmsgint(msg, 2): 65,535 parameters are valid, not "negative".
+    count = 65_535
+    body = (b"\x00\x00" + struct.pack("!HH", 1, 0) + struct.pack("!H", count)
+            + (struct.pack("!i", 1) + b"7") * count + struct.pack("!HH", 1, 1))
+    parsed = m.parse_frontend(b"B", body)
+    assert isinstance(parsed, m.Bind)
+    assert len(parsed.params) == count and parsed.params[-1] == b"7" and parsed.result_formats == (1,)
+
+
+def test_parse_reads_65535_parameter_types_and_describes_them_back():
+    count = 65_535
+    body = b"\x00SELECT 1\x00" + struct.pack("!H", count) + struct.pack("!I", 23) * count
+    parsed = m.parse_frontend(b"P", body)
+    assert isinstance(parsed, m.Parse) and len(parsed.param_oids) == count
+    described = m.parameter_description(parsed.param_oids)
+    assert described[:7] == b"t" + struct.pack("!iH", 4 + 2 + 4 * count, count)
+
+
 @pytest.mark.parametrize(
     ("kind", "body"),
     [
