@@ -185,6 +185,56 @@ def _check_nesting(tokens: Sequence[Token]) -> None:
             f"over the limit of {MAX_NESTING_DEPTH} levels")
 
 
+# What `space_parameters` must step over: comments, strings, quoted names, dollar quotes, words
+# (a `$` inside a word is part of the name), and the parameters themselves.
+_LEXEME = re.compile(r"""--|/\*|[Ee]'|'|"|\$(?:[^\W\d][\w]*)?\$|\$\d+|\w[\w$]*""")
+_STRING_BODY = re.compile(r"(?:[^']++|'')*+")
+_ESCAPE_STRING_BODY = re.compile(r"(?:[^'\\]++|\\.|'')*+", re.DOTALL)
+_IDENTIFIER_BODY = re.compile(r'(?:[^"]++|"")*+')
+_BLOCK_COMMENT_EDGE = re.compile(r"/\*|\*/")
+
+
+def space_parameters(sql: str) -> str:
+    """`sql` with a space after every `$n` placeholder that a character other than whitespace follows.
+
+    sqlglot's tokenizer reads `$1,$2` as the start of a dollar-quoted string tagged `1,` and fails
+    ("Error tokenizing"), though PostgreSQL and DuckDB read two parameters, and psycopg turns
+    `%s,%s` into exactly that. A `$` followed by a digit never opens a dollar quote in PostgreSQL,
+    so the space changes nothing but sqlglot's reading. Text inside strings, quoted names, comments
+    and dollar quotes is left as it is. One pass, linear in the length of `sql`.
+    """
+    pieces: list[str] = []
+    last = pos = 0
+    n = len(sql)
+    while (match := _LEXEME.search(sql, pos)) is not None:
+        lexeme, pos = match.group(), match.end()
+        if lexeme == "--":
+            end = sql.find("\n", pos)
+            pos = n if end < 0 else end + 1
+        elif lexeme == "/*":
+            depth = 1
+            for edge in _BLOCK_COMMENT_EDGE.finditer(sql, pos):
+                depth += 1 if edge.group() == "/*" else -1
+                pos = edge.end()
+                if depth == 0:
+                    break
+            else:
+                pos = n
+        elif lexeme in ("'", "E'", "e'"):
+            body = (_STRING_BODY if lexeme == "'" else _ESCAPE_STRING_BODY).match(sql, pos)
+            pos = (body.end() if body else pos) + 1
+        elif lexeme == '"':
+            body = _IDENTIFIER_BODY.match(sql, pos)
+            pos = (body.end() if body else pos) + 1
+        elif lexeme[0] == "$" and lexeme[-1] == "$" and len(lexeme) > 1:
+            end = sql.find(lexeme, pos)
+            pos = n if end < 0 else end + len(lexeme)
+        elif lexeme[0] == "$" and pos < n and not sql[pos].isspace():
+            pieces += (sql[last:pos], " ")
+            last = pos
+    return "".join(pieces) + sql[last:] if pieces else sql
+
+
 def parse_statement(sql: str, dialect: str = "postgres") -> ParsedStatement:
     """Parse exactly one statement in `dialect`; a plain leading EXPLAIN is stripped and remembered.
 
@@ -204,7 +254,13 @@ def parse_statement(sql: str, dialect: str = "postgres") -> ParsedStatement:
     reader = sqlglot.Dialect.get_or_raise(dialect)
     try:
         # Tokenized once: the nesting check reads the tokens the parser then parses (as sqlglot.parse does).
-        tokens = reader.tokenize(sql)
+        try:
+            tokens = reader.tokenize(sql)
+        except TokenError:
+            spaced = space_parameters(sql)
+            if spaced == sql:
+                raise
+            sql, tokens = spaced, reader.tokenize(spaced)
         _check_nesting(tokens)
         statements = [s for s in reader.parser().parse(tokens, sql) if s is not None]
     except (ParseError, TokenError) as exc:

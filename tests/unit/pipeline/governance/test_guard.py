@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from sqlglot import exp
 
 from engine_host.pipeline.errors import QueryError
-from engine_host.pipeline.governance.guard import check_statement, parse_statement
+from engine_host.pipeline.governance.guard import check_statement, parse_statement, space_parameters
 
 
 def _refused(sql: str, dialect: str = "postgres", *, catalog: bool = False) -> QueryError:
@@ -162,3 +163,25 @@ def test_catalog_queries_are_otherwise_checked_the_same() -> None:
 ])
 def test_other_dialects_parse_and_pass_the_guard(sql: str, dialect: str) -> None:
     assert _kind(sql, dialect) == "select"
+
+
+@pytest.mark.parametrize(("sql", "spaced"), [
+    ("SELECT $1,$2", "SELECT $1 ,$2"),
+    ("SELECT ($1,$2)", "SELECT ($1 ,$2 )"),
+    ("SELECT $1::int+$2", "SELECT $1 ::int+$2"),
+    # Inside strings, quoted names, comments and dollar quotes nothing changes.
+    ("SELECT '$1,$2', E'\\',$3', \"$1,$2\" FROM t -- $1,$2\n",
+     "SELECT '$1,$2', E'\\',$3', \"$1,$2\" FROM t -- $1,$2\n"),
+    ("SELECT $$ $1,$2 $$, $q$ $1,$2 $q$,$1", "SELECT $$ $1,$2 $$, $q$ $1,$2 $q$,$1"),
+    ("SELECT 1 /* /* $1,$2 */ $1,$2 */,$1)", "SELECT 1 /* /* $1,$2 */ $1,$2 */,$1 )"),
+    ("SELECT a$1,$2 FROM t", "SELECT a$1,$2 FROM t"),  # `a$1` is one name
+])
+def test_space_parameters_separates_placeholders_outside_literals_only(sql: str, spaced: str) -> None:
+    assert space_parameters(sql) == spaced
+
+
+def test_parameters_without_spaces_parse_as_postgres_reads_them() -> None:
+    # sqlglot reads `$1,$2` as a dollar-quoted string tagged `1,`; psycopg sends `%s,%s` exactly so.
+    parsed = parse_statement("SELECT a FROM t WHERE a IN ($1,$2,$3) AND b = '$1,$2'")
+    assert len(list(parsed.tree.find_all(exp.Parameter, exp.Placeholder))) == 3
+    assert "'$1,$2'" in parsed.tree.sql(dialect="duckdb")
