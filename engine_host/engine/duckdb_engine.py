@@ -156,6 +156,7 @@ class EngineSession:
         self._cursor = cursor
         self._open: ResultStream | None = None
         self._lock = threading.Lock()
+        self._interrupts = 0
 
     def apply(self, step: SetupStep) -> None:
         """Run a configuration step (e.g. setting session variables) on this connection."""
@@ -211,8 +212,18 @@ class EngineSession:
                 self._open = None
 
     def interrupt(self) -> None:
-        """Interrupt the running statement (safe from any thread)."""
+        """Interrupt the running statement (safe from any thread).
+
+        DuckDB stops the query it is running; the stages that run in Python before it (parse, guard,
+        rewrite) see the request through `interrupts` at their next checkpoint.
+        """
+        self._interrupts += 1
         self._cursor.interrupt()
+
+    @property
+    def interrupts(self) -> int:
+        """How many interrupts were requested so far: a statement notes it at its start and compares."""
+        return self._interrupts
 
     def close(self) -> None:
         with self._lock:

@@ -65,6 +65,10 @@ _T = TypeVar("_T")
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 SUPPORTED_DIALECTS = ("postgres", "duckdb", "snowflake", "bigquery", "redshift")
+# Characters of SQL (client text + governed text) the plan cache may hold in all.
+PLAN_CACHE_MAX_CHARS = 64 * 1024 * 1024
+# Statements longer than this are redacted for their audit record each time, not cached.
+_REDACTION_CACHED_CHARS = 16 * 1024
 _STATUS_TTL_SECONDS = 1.0
 
 
@@ -131,6 +135,24 @@ class StatementAudit:
     error: dict[str, str] | None = None
     engine_error_detail: str | None = None
     statement_kind: str = ""
+    # When the statement must have finished (time.perf_counter()), and whether its client (or the
+    # host's shutdown) asked to cancel it: checked between the stages that run in Python.
+    deadline: float | None = None
+    interrupted: Callable[[], bool] | None = field(default=None, repr=False)
+
+    def checkpoint(self) -> None:
+        """Raise 57014 if the statement was cancelled or its statement_timeout has passed."""
+        if self.interrupted is not None and self.interrupted():
+            raise QueryError("57014", "HD_ERR_CANCELED", "canceling statement due to user request")
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise QueryError("57014", "HD_ERR_STATEMENT_TIMEOUT", "canceling statement due to statement timeout",
+                             hint="Narrow the query, or raise statement_timeout for this session.")
+
+    def remaining_seconds(self, timeout_seconds: float) -> float:
+        """What is left of `timeout_seconds` for the engine after the stages before it (at least 1 ms)."""
+        if self.deadline is None or timeout_seconds <= 0:
+            return timeout_seconds
+        return max(0.001, self.deadline - time.perf_counter())
 
     def allow(self, stage: str, reason: str = "") -> None:
         self.verdicts.append({"stage": stage, "decision": "allow", "reason": reason})
@@ -172,7 +194,10 @@ class Governor:
         self.watchdog = Watchdog()
         self._on_schema_change = on_schema_change
         self._now = now
-        self._plans: RecentlyUsed[tuple[object, ...], GovernedPlan] = RecentlyUsed(self.limits.plan_cache_entries)
+        # Weighed by the SQL text each plan holds: 4,096 statements of 1 MiB would otherwise pin 8 GiB.
+        self._plans: RecentlyUsed[tuple[object, ...], GovernedPlan] = RecentlyUsed(
+            self.limits.plan_cache_entries, max_weight=PLAN_CACHE_MAX_CHARS,
+            weight=lambda key, plan: len(str(key[0])) + len(plan.engine_sql))
         self._filters: dict[tuple[int, str], object] = {}
         self._status: dict[str, tuple[float, tuple[str, ...] | QueryError]] = {}
 
@@ -265,6 +290,9 @@ class Governor:
     @staticmethod
     def _stage(audit: StatementAudit, name: str, run: Callable[[], _T]) -> _T:
         try:
+            # Each stage is linear in the statement's size (and the size is capped), so a check
+            # before each one bounds how long a timed-out or cancelled statement keeps its thread.
+            audit.checkpoint()
             result = run()
         except QueryError as exc:
             audit.deny(name, exc)
@@ -490,10 +518,14 @@ class Governor:
 
     # --- audit and metering -------------------------------------------------------------------------
 
-    def new_audit(self, sql: str, dialect: str) -> StatementAudit:
+    def new_audit(self, sql: str, dialect: str, *, timeout_seconds: float = 0,
+                  interrupted: Callable[[], bool] | None = None) -> StatementAudit:
+        """The audit of a statement starting now; `timeout_seconds` (0: none) counts from now."""
+        started = time.perf_counter()
         # A query id is a correlation reference, not a credential: 80 random bits, cheaply made.
-        return StatementAudit(query_id=f"q_{secrets.token_hex(10)}", sql=sql, dialect=dialect,
-                              started=time.perf_counter())
+        return StatementAudit(query_id=f"q_{secrets.token_hex(10)}", sql=sql, dialect=dialect, started=started,
+                              deadline=started + timeout_seconds if timeout_seconds > 0 else None,
+                              interrupted=interrupted)
 
     def record(self, subject: policy_eval.Subject, settings: Mapping[str, str], audit: StatementAudit, *,
                final: bool = True) -> None:
@@ -592,9 +624,16 @@ def _parse(sql: str, dialect: str, *, catalog: bool) -> ParsedStatement:
         return parse_statement(parseable_catalog_text(sql), dialect)
 
 
-@lru_cache(maxsize=4096)
 def _redacted(sql: str, dialect: str) -> str:
-    """Redaction depends only on the text, and drivers repeat the same statements: parse each once."""
+    """Redaction depends only on the text, and drivers repeat the same statements: parse each once.
+
+    Long statements are not cached: 4,096 of them could pin gigabytes, and they are rarely repeated.
+    """
+    return _redacted_cached(sql, dialect) if len(sql) <= _REDACTION_CACHED_CHARS else redact_sql(sql, dialect)
+
+
+@lru_cache(maxsize=4096)
+def _redacted_cached(sql: str, dialect: str) -> str:
     return redact_sql(sql, dialect)
 
 

@@ -216,7 +216,7 @@ class StatementPipeline:
         if ctx.kind is not Kind.ENGINE:
             return
         session = ctx.session
-        audit = self.governor.new_audit(ctx.text, _dialect(session))
+        audit = self._statement_audit(session, ctx.text)
         try:
             ctx.plan = self._plan(session, ctx.text, audit, ctx.engine_sql if ctx.is_catalog else None)
         except QueryError:
@@ -455,7 +455,7 @@ class StatementPipeline:
         """Re-check the statement against current policy and admit it; the Execution tracks it from here."""
         subject = self.subject(session)
         settings = _settings_map(session)
-        audit = self.governor.new_audit(prepared.text, _dialect(session))
+        audit = self._statement_audit(session, prepared.text, engine)
         try:
             plan = self._plan(session, prepared.text, audit, prepared.engine_sql if prepared.is_catalog else None)
             if plan.engine_sql != prepared.engine_sql:  # the policy changed since Parse
@@ -468,7 +468,15 @@ class StatementPipeline:
         except Exception as exc:  # noqa: BLE001 - a bug, or nesting sqlglot cannot follow (a re-plan)
             raise self._refuse_unexpected(session, audit, exc) from None
         return Execution(self.governor, subject, settings, audit, holds_slot=take_slot,
-                         on_timeout=(engine or session.engine).interrupt, timeout_seconds=self._timeout(session))
+                         on_timeout=(engine or session.engine).interrupt,
+                         timeout_seconds=audit.remaining_seconds(self._timeout(session)))
+
+    def _statement_audit(self, session: Session, text: str, engine: EngineSession | None = None) -> StatementAudit:
+        """A statement's audit, with its timeout counting from now and cancels of `engine` noticed between stages."""
+        engine = engine or session.engine
+        mark = engine.interrupts
+        return self.governor.new_audit(text, _dialect(session), timeout_seconds=self._timeout(session),
+                                       interrupted=lambda: engine.interrupts != mark)
 
     def _timeout(self, session: Session) -> float:
         """The session's statement_timeout (ms, 0 = none), capped by the host's limit."""
