@@ -1,0 +1,40 @@
+"""`bench.load --smoke` runs end to end so the load benchmark cannot rot: the engine half always, PostgreSQL too
+when one is reachable."""
+
+from __future__ import annotations
+
+import os
+
+import psycopg
+import pytest
+
+from bench import load
+from tests.harness import DEFAULT_PG_DSN
+
+
+@pytest.fixture(scope="module")
+def smoke() -> list[tuple[load.LevelResult, load.LevelResult | None]]:
+    """One smoke run (5 clients, 2 s); the bench itself finds out whether PostgreSQL is reachable."""
+    return load.main(["--smoke"])
+
+
+def test_every_statement_of_the_smoke_run_is_answered_and_audited_once(smoke) -> None:
+    [(engine, _)] = smoke
+    assert engine.ok > 0
+    assert not engine.errors and not engine.lost and not engine.connect_errors
+    assert engine.audit_records == engine.answered
+    assert set(engine.by_kind) == set(load.KINDS)  # lookups, aggregates, the join and the writes all ran
+    assert engine.rss_peak_kb and engine.rss_peak_kb > 0
+
+
+def test_postgresql_replays_the_same_workload_and_its_scratch_schema_is_dropped(smoke) -> None:
+    [(engine, pg)] = smoke
+    dsn = os.environ.get("HD_TEST_PG_DSN", DEFAULT_PG_DSN)
+    if pg is None:
+        pytest.skip(f"no PostgreSQL reachable at {dsn!r} (set HD_TEST_PG_DSN): only the engine half ran")
+    assert pg.ok > 0 and not pg.errors and not pg.lost
+    assert set(pg.by_kind) == set(engine.by_kind)
+    with psycopg.connect(dsn) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s",
+                            [f"hd_load_{os.getpid()}"]).fetchone()
+    assert left == (0,)
