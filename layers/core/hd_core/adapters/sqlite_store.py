@@ -786,6 +786,8 @@ class SqliteControlStore:
                     raise MigrationFailed(
                         f"{self.path}: upgrading the control schema to version {number + 1} failed: {error}"
                     ) from error
+            if version == SCHEMA_VERSION:
+                return  # nothing written: opening a current store leaves its file byte for byte as it was
             # PRAGMA takes no bound parameters; the value is our own integer constant.
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
 
