@@ -2,6 +2,10 @@
 
 Both functions are idempotent and safe when two processes start on the same store at once: the
 first writer of a setting wins (`put_setting_if_absent`) and the loser adopts the winner's state.
+A first Owner is never made over earlier state (a lost or emptied control store next to old keys,
+audit and tables): the caller names that state and bootstrap refuses. A lost Owner key file is
+replaced by `reissue_local_owner_key`, which revokes the old key and records both changes in the
+IAM audit trail.
 """
 
 from __future__ import annotations
@@ -9,14 +13,17 @@ from __future__ import annotations
 import base64
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from hd_core.api_keys import ApiKeyHasher, issue_api_key, revoke_api_key
-from hd_core.errors import Conflict, NotFound
+from hd_core.errors import Conflict, HdError, NotFound
+from hd_core.iam_audit import IamAuditTrail
+from hd_core.iam_events import IamEventType
 from hd_core.models import (
     ALL_SCOPES,
+    ApiKeyRecord,
     Environment,
     KeyEnv,
     Organization,
@@ -34,6 +41,23 @@ DEFAULT_ORG_SETTING = "default_org_id"
 PEPPER_SETTING = "api_key_cache_pepper"
 PEPPER_BYTES = 32
 LOCAL_OWNER_KEY_NAME = "local owner (created by bootstrap)"
+LOCAL_OWNER_REISSUED_KEY_NAME = "local owner (reissued from the state folder)"
+
+
+class BootstrapRefused(HdError):
+    """No Owner is recorded, but earlier state exists: making a new Owner would hand it the old state."""
+
+    code = "HD_ERR_BOOTSTRAP_REFUSED"
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class ReissuedOwnerKey:
+    """A new Owner key (plaintext shown once) and the earlier local Owner keys it revoked."""
+
+    api_key_plaintext: str
+    record: ApiKeyRecord
+    revoked_key_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -55,6 +79,7 @@ def bootstrap_local_owner(
     email: str = "owner@localhost",
     key_env: KeyEnv = KeyEnv.TEST,
     now: Callable[[], datetime] = utc_now,
+    earlier_state: Sequence[str] = (),
 ) -> LocalOwner:
     """Create, once, an active organisation with an Owner user and an all-scopes key for them.
 
@@ -66,10 +91,18 @@ def bootstrap_local_owner(
 
     Later calls return the recorded organisation and user with no key (the plaintext is never
     stored, so the caller must keep the first one) and `created=False`.
+
+    `earlier_state` names what the caller found of an earlier install (key files, audit records,
+    tables); with no Owner recorded and any of it present, `BootstrapRefused` is raised and nothing
+    is written, because a new Owner would take over state that belonged to another.
     """
     existing = _recorded_local_owner(store)
     if existing is not None:
         return existing
+    if earlier_state:
+        raise BootstrapRefused(
+            f"no Owner is recorded in the control store but earlier state is present ({', '.join(earlier_state)}); "
+            "refusing to create a new Owner over it")
     created_at = now()
     existing_org = store.get_org(org_id) if org_id else None
     org = existing_org or Organization(
@@ -116,6 +149,41 @@ def bootstrap_local_owner(
         return winner
     store.put_setting(DEFAULT_ORG_SETTING, org.org_id)
     return LocalOwner(org=org, user=user, api_key_plaintext=plaintext, created=True)
+
+
+def reissue_local_owner_key(
+    store: ControlStore,
+    trail: IamAuditTrail,
+    hasher: ApiKeyHasher,
+    *,
+    actor: str,
+    request_id: str,
+    key_env: KeyEnv = KeyEnv.TEST,
+    now: Callable[[], datetime] = utc_now,
+) -> ReissuedOwnerKey:
+    """A new all-scopes key for the recorded local Owner, whose earlier local Owner keys are revoked.
+
+    For an Owner key file that was lost (or may have leaked): whoever holds the state folder can run
+    it, so it is recorded in the Owner organisation's IAM chain (`api_key.revoked` for each old key,
+    then `api_key.created`) with `actor` saying who ran it. Raises `NotFound` if no Owner is recorded.
+    """
+    owner = _recorded_local_owner(store)
+    if owner is None:
+        raise NotFound("no local Owner is recorded in the control store; start `hd dev` once to create it")
+    org_id, user_id = owner.org.org_id, owner.user.user_id
+    revoked: list[str] = []
+    for old in store.list_api_keys(org_id):
+        if (old.user_id == user_id and old.revoked_at is None
+                and old.name in (LOCAL_OWNER_KEY_NAME, LOCAL_OWNER_REISSUED_KEY_NAME)):
+            after = revoke_api_key(store, None, old.key_id, now=now)
+            trail.record(org_id, IamEventType.API_KEY_REVOKED, actor=actor, target=old.key_id, before=old,
+                         after=after, request_id=request_id)
+            revoked.append(old.key_id)
+    plaintext, record = issue_api_key(store, hasher, org_id=org_id, user_id=user_id, env=key_env, scopes=ALL_SCOPES,
+                                      name=LOCAL_OWNER_REISSUED_KEY_NAME, now=now)
+    trail.record(org_id, IamEventType.API_KEY_CREATED, actor=actor, target=record.key_id, before=None, after=record,
+                 request_id=request_id)
+    return ReissuedOwnerKey(api_key_plaintext=plaintext, record=record, revoked_key_ids=tuple(revoked))
 
 
 def _await_recorded_owner(store: ControlStore, timeout_seconds: float = 10.0) -> LocalOwner:

@@ -14,8 +14,10 @@ from hd_core.bootstrap import (
     DEFAULT_ORG_SETTING,
     LOCAL_OWNER_USER_SETTING,
     PEPPER_SETTING,
+    BootstrapRefused,
     bootstrap_local_owner,
     ensure_pepper,
+    reissue_local_owner_key,
 )
 from hd_core.errors import NotFound
 from hd_core.models import ALL_SCOPES, KeyEnv, OrgStatus, Role, UserStatus
@@ -128,3 +130,53 @@ def test_a_corrupted_pepper_setting_is_refused(store: SqliteControlStore) -> Non
     store.put_setting(PEPPER_SETTING, "c2hvcnQ=")
     with pytest.raises(ValueError, match="pepper"):
         ensure_pepper(store)
+
+
+def test_no_owner_is_made_over_earlier_state(store: SqliteControlStore) -> None:
+    with pytest.raises(BootstrapRefused, match=r"earlier state is present \(owner.key, audit/\)"):
+        bootstrap_local_owner(store, _fast_hasher(), earlier_state=["owner.key", "audit/"])
+    assert store.list_orgs() == [] and store.get_setting(LOCAL_OWNER_USER_SETTING) is None
+
+
+def test_a_recorded_owner_is_returned_whatever_state_lies_next_to_it(store: SqliteControlStore) -> None:
+    first = bootstrap_local_owner(store, _fast_hasher())
+    again = bootstrap_local_owner(store, _fast_hasher(), earlier_state=["owner.key"])
+    assert (again.user, again.created, again.api_key_plaintext) == (first.user, False, None)
+
+
+def test_reissuing_revokes_the_earlier_owner_keys_and_records_both_changes(
+    store: SqliteControlStore, tmp_path: Path
+) -> None:
+    from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
+    from hd_core.adapters.local_keys import LocalKeyFile
+    from hd_core.iam_audit import IamAuditTrail
+
+    owner = bootstrap_local_owner(store, _fast_hasher())
+    assert owner.api_key_plaintext is not None
+    trail = IamAuditTrail(store, LocalFolderCheckpointStore(tmp_path), LocalKeyFile(tmp_path / "keys.json"))
+    first = reissue_local_owner_key(store, trail, _fast_hasher(), actor="local:ops", request_id="req_1")
+    second = reissue_local_owner_key(store, trail, _fast_hasher(), actor="local:ops", request_id="req_2")
+
+    assert first.revoked_key_ids == (key_id_of(owner.api_key_plaintext),)
+    assert second.revoked_key_ids == (first.record.key_id,)
+    active = [k.key_id for k in store.list_api_keys(owner.org.org_id) if k.revoked_at is None]
+    assert active == [second.record.key_id] and set(second.record.scopes) == set(ALL_SCOPES)
+    events = store.list_iam_events(owner.org.org_id)
+    assert [(e.event_type, e.target, e.actor) for e in events] == [
+        ("api_key.revoked", key_id_of(owner.api_key_plaintext), "local:ops"),
+        ("api_key.created", first.record.key_id, "local:ops"),
+        ("api_key.revoked", first.record.key_id, "local:ops"),
+        ("api_key.created", second.record.key_id, "local:ops"),
+    ]
+    verification = trail.verify_chain(owner.org.org_id)
+    assert verification.chain_valid and verification.checkpoint_size == 4
+
+
+def test_reissuing_without_a_recorded_owner_is_not_found(store: SqliteControlStore, tmp_path: Path) -> None:
+    from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
+    from hd_core.adapters.local_keys import LocalKeyFile
+    from hd_core.iam_audit import IamAuditTrail
+
+    trail = IamAuditTrail(store, LocalFolderCheckpointStore(tmp_path), LocalKeyFile(tmp_path / "keys.json"))
+    with pytest.raises(NotFound, match="start `hd dev` once"):
+        reissue_local_owner_key(store, trail, _fast_hasher(), actor="local:ops", request_id="req_1")
