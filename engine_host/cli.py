@@ -7,13 +7,14 @@ import asyncio
 import logging
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from engine_host.api_cli import API_COMMANDS, add_api_commands, run_api_command
 from engine_host.boot.cli import add_boot_arguments, run_boot
 from engine_host.local import LocalConfig, default_state_dir, run_local
 from engine_host.owner_bootstrap import add_bootstrap_arguments, run_bootstrap
+from engine_host.owner_key_cli import add_reissue_owner_key_command, run_reissue_owner_key
 from engine_host.pipeline.governor import HostLimits
 from engine_host.policy_cli import add_policy_commands, run_policy_command
 from hd_core.errors import HdError
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--cache-capacity", type=_size, default=None, metavar="SIZE",
                      help="with --data-source: the cache's size, e.g. 20GiB (default: half the free disk space)")
     add_policy_commands(commands, STATE_DIR_HELP)
+    add_reissue_owner_key_command(commands, STATE_DIR_HELP)
     add_api_commands(commands)
     engine = commands.add_parser("engine", help="run as an engine fleet member on EC2 (boot, then serve)")
     engine_commands = engine.add_subparsers(dest="engine_command", required=True)
@@ -78,6 +80,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_bootstrap_arguments(engine_commands.add_parser(
         "bootstrap-owner", help="create a fresh deployment's first organisation, Owner and API key (once)"))
     return parser
+
+
+def _run_dev(config: LocalConfig, announce: Callable[[str], None]) -> int:
+    """Run `hd dev`; a failure is one line on stderr (what failed and what to do) and an exit code, no traceback."""
+    try:
+        asyncio.run(run_local(config, announce))
+    except HdError as exc:
+        # 3: the state folder is refused as it is; 4: its TLS files are; 1: anything else.
+        print(f"hd dev: cannot start: {_one_line(exc)} ({exc.code})", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 1))
+    except OSError as exc:
+        print(f"hd dev: cannot start: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # Unforeseen: still one line, with the traceback for whoever asks for it.
+        logging.getLogger("engine_host.cli").debug("hd dev failed", exc_info=True)
+        print(f"hd dev: stopped by an unexpected {type(exc).__name__}: {_one_line(exc)} (run with --log-level DEBUG "
+              "for the traceback, and report it)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,15 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         def announce(text: str) -> None:
             print(text, flush=True)
 
-        try:
-            asyncio.run(run_local(config, announce))
-        except OSError as exc:
-            print(f"hd dev: cannot start: {exc}", file=sys.stderr)
-            return 1
-        except HdError as exc:
-            print(f"hd dev: cannot start: {exc} ({exc.code})", file=sys.stderr)
-            return 1
-        return 0
+        return _run_dev(config, announce)
+    if args.command == "reissue-owner-key":
+        return run_reissue_owner_key(args.state_dir or default_state_dir())
     if args.command == "policy":
         return run_policy_command(args, args.state_dir or default_state_dir())
     if args.command in API_COMMANDS:

@@ -38,6 +38,14 @@ from engine_host.demo_policies import ACME, install_demo
 from engine_host.engine.masking import ensure_mask_keys
 from engine_host.health_server import HealthServer
 from engine_host.host import EngineHost, HostHooks, HostSettings, LocalFolderTables, ObjectStoreTables, TableSource
+from engine_host.local_state import (
+    StateRefused,
+    check_engine_database,
+    damaged_store_advice,
+    earlier_state,
+    refuse_missing_store,
+    start_afresh,
+)
 from engine_host.metrics import HostMetrics
 from engine_host.pipeline.governor import HostLimits
 from engine_host.tls import ensure_self_signed_certificate, server_ssl_context
@@ -49,9 +57,10 @@ from hd_core.adapters.local_audit import LocalFolderAuditArchive, LocalFolderAud
 from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile
 from hd_core.adapters.s3_objects import s3_source_from_url
-from hd_core.adapters.sqlite_store import SqliteControlStore
+from hd_core.adapters.sqlite_store import ControlStoreUnusable, SqliteControlStore
 from hd_core.api_keys import ApiKeyHasher
-from hd_core.bootstrap import bootstrap_local_owner, ensure_environments
+from hd_core.bootstrap import BootstrapRefused, bootstrap_local_owner, ensure_environments
+from hd_core.errors import KeyUnavailable
 from hd_core.policy_codec import load_policy_file
 from hd_core.ports import AuditSink
 
@@ -95,6 +104,7 @@ class Banner:
     org_id: str = ""
     environments: tuple[tuple[str, str], ...] = ()  # (name, env id) of the Owner's organisation
     metrics_port: int | None = None
+    key_file_missing: bool = False  # the Owner is recorded but its key file was deleted
 
     def render(self) -> str:
         psql = (f'PGPASSWORD="$(cat {self.key_file})" psql '
@@ -102,7 +112,7 @@ class Banner:
         lines = [
             f"Hardened Duck engine host listening on 127.0.0.1:{self.port} (TLS 1.3 only"
             + (", plaintext allowed on loopback)" if self.plaintext_allowed else ")"),
-            f"Owner API key {'created and ' if self.new_key else ''}stored in {self.key_file} (mode 0600)",
+            self._key_line(),
             "Connect with:",
             f"  {psql}",
         ]
@@ -121,6 +131,13 @@ class Banner:
             lines += [f"  {name:15s} user usr_demo_{name.replace('-', '_')}, key {path.name}"
                       for name, path in self.demo_keys.items()]
         return "\n".join(lines)
+
+    def _key_line(self) -> str:
+        if self.key_file_missing:
+            return (f"Owner API key file {self.key_file} is missing: run `hd reissue-owner-key --state-dir "
+                    f"{self.key_file.parent}` to revoke the lost key and write a new one (recorded in the IAM audit "
+                    "trail)")
+        return f"Owner API key {'created and ' if self.new_key else ''}stored in {self.key_file} (mode 0600)"
 
 
 class LocalEngineHost:
@@ -146,16 +163,35 @@ class LocalEngineHost:
         return self.engine.server if self.engine is not None else None
 
     async def start(self) -> Banner:
+        """Check the state folder (refusing, with what to do, anything damaged or inconsistent), then serve."""
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.data_dir.mkdir(exist_ok=True)
-        store = SqliteControlStore(self.state_dir / "control.sqlite3")
+        found = earlier_state(self.state_dir)
+        store_path = self.state_dir / "control.sqlite3"
+        refuse_missing_store(store_path, found)
+        try:
+            store = SqliteControlStore(store_path)
+        except ControlStoreUnusable as exc:
+            raise StateRefused(f"{exc}: {damaged_store_advice(store_path)}") from None
         self.store = store
+        check_engine_database(self.state_dir / "engine.duckdb")
+        cert, key = ensure_self_signed_certificate(self.state_dir / "tls")
+        self.data_dir.mkdir(exist_ok=True)
         hasher = ApiKeyHasher()
-        owner = bootstrap_local_owner(store, hasher, org_id=ACME if self.config.demo else None,
-                                      org_name="Acme Corp (demo)" if self.config.demo else "Local Dev Org")
+        try:
+            owner = bootstrap_local_owner(store, hasher, org_id=ACME if self.config.demo else None,
+                                          org_name="Acme Corp (demo)" if self.config.demo else "Local Dev Org",
+                                          earlier_state=found)
+        except BootstrapRefused as exc:
+            raise StateRefused(f"control store {store_path}: {exc}: restore control.sqlite3 from a backup, or "
+                               f"{start_afresh(self.state_dir)}") from None
         key_file = self.state_dir / "owner.key"
         if owner.api_key_plaintext is not None:
             _write_secret(key_file, owner.api_key_plaintext + "\n")
+        keys = LocalKeyFile(self.state_dir / "keys" / "local-keys.json", create_missing=owner.created)
+        try:
+            keys.check()
+        except KeyUnavailable as exc:
+            raise StateRefused(str(exc)) from None
         demo_keys = None
         if self.config.demo:
             written = write_demo_dataset(self.data_dir)
@@ -165,10 +201,9 @@ class LocalEngineHost:
         if policy_file.exists():
             for obj in load_policy_file(policy_file):
                 store.put_policy(obj)
-        cert, key = ensure_self_signed_certificate(self.state_dir / "tls")
         # The engine accepts API keys, and JWTs from the control API (verified with the same key file);
         # it shares the control API's key cache and brute-force throttle (HD_AUTH_* settings).
-        control = self._control_services(store)
+        control = self._control_services(store, keys)
         authenticator = control.api_keys
         self.metrics = HostMetrics() if self.config.metrics_port is not None else None
         credentials = EngineCredentials(authenticator, control.requests,
@@ -202,7 +237,8 @@ class LocalEngineHost:
                              owner.api_key_plaintext is not None, self.config.insecure_plaintext, demo_keys,
                              api_port=self.control_api.port if self.control_api else None,
                              org_id=owner.org.org_id, environments=environments,
-                             metrics_port=self.health.port if self.health else None)
+                             metrics_port=self.health.port if self.health else None,
+                             key_file_missing=not key_file.exists())
         return self.banner
 
     def _table_source(self) -> TableSource:
@@ -241,12 +277,12 @@ class LocalEngineHost:
         except Exception:  # the next tick (or the next append) retries
             log.exception("IAM chain checkpoint failed")
 
-    def _control_services(self, store: SqliteControlStore) -> ControlServices:
+    def _control_services(self, store: SqliteControlStore, keys: LocalKeyFile) -> ControlServices:
         """The control plane's services on this host's store and state directory, configured by `HD_*` variables."""
         return assemble_services(
             ControlApiSettings(),
             store=store,
-            keys=LocalKeyFile(self.state_dir / "keys" / "local-keys.json"),
+            keys=keys,
             checkpoints=LocalFolderCheckpointStore(self.state_dir),
             query_audit=LocalFolderAuditArchive(self.state_dir),
         )
@@ -275,10 +311,14 @@ class LocalEngineHost:
 
 
 def _write_secret(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write a new secret file, owner-only; an existing file is never overwritten (it may hold the only copy)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise StateRefused(f"{path} appeared while a new Owner was being made; it was left as it is: move it away "
+                           "and start again") from None
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
-    os.chmod(path, 0o600)  # O_CREAT's mode does not apply to a file that already existed
 
 
 async def run_local(config: LocalConfig, announce: Callable[[str], None] = print) -> None:
