@@ -17,6 +17,7 @@ from engine_host.owner_bootstrap import add_bootstrap_arguments, run_bootstrap
 from engine_host.owner_key_cli import add_reissue_owner_key_command, run_reissue_owner_key
 from engine_host.pipeline.governor import HostLimits
 from engine_host.policy_cli import add_policy_commands, run_policy_command
+from engine_host.wire.admission import ConnectionLimits
 from hd_core.errors import HdError
 
 STATE_DIR_HELP = "where control state, keys, TLS files and data live (default $HD_STATE_DIR or ~/.hd)"
@@ -27,6 +28,28 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError("port must be between 0 and 65535 (0 picks a free port)")
     return port
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number of at least {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds (0 or more), got {text!r}")
+    return value
 
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -56,6 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="statements running at once on this host before new ones queue (default 100)")
     dev.add_argument("--max-queued-statements", type=int, default=200, metavar="N",
                      help="statements that may wait for a slot; beyond that clients get 'server busy' (default 200)")
+    dev.add_argument("--queue-wait", type=_seconds, default=5.0, metavar="SECONDS",
+                     help="longest a queued statement waits for a slot before 'server busy' (default 5)")
+    dev.add_argument("--max-connections", type=_count(1), default=500, metavar="N",
+                     help="connections open at once; beyond it 'sorry, too many clients already' (default 500)")
+    dev.add_argument("--max-connections-per-org", type=_count(1), default=None, metavar="N",
+                     help="connections one organisation may hold at once (default: --max-connections)")
+    dev.add_argument("--idle-session-timeout", type=_seconds, default=3600.0, metavar="SECONDS",
+                     help="end a session idle this long outside a transaction, FATAL 57P05 (default 3600; 0 = never)")
+    dev.add_argument("--auth-threads", type=_count(1), default=ConnectionLimits.auth_threads, metavar="N",
+                     help="threads checking passwords (Argon2, JWT), apart from statements' (default min(4, cores))")
+    dev.add_argument("--auth-queue", type=_count(0), default=64, metavar="N",
+                     help="logins that may wait for a check; beyond it they get 53300 at once (default 64)")
+    dev.add_argument("--max-startups-per-address", type=_count(1), default=128, metavar="N",
+                     help="connections from one address still authenticating (default 128)")
+    dev.add_argument("--auth-failures-per-address", type=_count(0), default=100, metavar="N",
+                     help="failed logins from one address per minute before it is refused (default 100; 0 = no limit)")
     dev.add_argument("--statement-timeout", type=float, default=300.0, metavar="SECONDS",
                      help="longest a statement may run; a session's statement_timeout can only lower it")
     dev.add_argument("--api-port", type=_port, default=8080,
@@ -119,7 +158,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutdown_grace_seconds=args.shutdown_grace,
             limits=HostLimits(max_concurrent_statements=args.max_concurrent_statements,
                               max_queued_statements=args.max_queued_statements,
+                              queue_wait_seconds=args.queue_wait,
                               statement_timeout_seconds=args.statement_timeout),
+            connections=ConnectionLimits(
+                max_connections=args.max_connections, max_connections_per_org=args.max_connections_per_org,
+                idle_session_timeout_seconds=args.idle_session_timeout, auth_threads=args.auth_threads,
+                auth_queue=args.auth_queue, max_startups_per_address=args.max_startups_per_address,
+                auth_failures_per_address=args.auth_failures_per_address),
             api_port=None if args.no_api else args.api_port,
             data_source=args.data_source,
             cache_capacity_bytes=args.cache_capacity,

@@ -36,6 +36,7 @@ from engine_host.pipeline.governor import AuditWriter, Governor, HostLimits
 from engine_host.pipeline.pipeline import StatementPipeline, TableData
 from engine_host.pipeline.policy_state import PolicyState
 from engine_host.quota_utilisation import quota_reader
+from engine_host.wire.admission import ConnectionLimits
 from engine_host.wire.server import Admission, Authenticate, PgServer
 from hd_core.metering import UsageMeter
 from hd_core.ports import AuditSink, ControlStore
@@ -142,6 +143,7 @@ class HostSettings:
     allow_plaintext: bool = False
     shutdown_grace_seconds: float = 10.0
     limits: HostLimits = field(default_factory=HostLimits)
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     policy_poll_seconds: float = 1.0
     usage_flush_seconds: float = 5.0
 
@@ -212,6 +214,7 @@ class EngineHost:
             port=self.settings.port,
             allow_plaintext=self.settings.allow_plaintext,
             admission=self._hooks.admission,
+            limits=self.settings.connections,
         )
         if metrics is not None:
             self._bind_metrics(metrics, self.server, governor)

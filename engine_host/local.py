@@ -49,6 +49,7 @@ from engine_host.local_state import (
 from engine_host.metrics import HostMetrics
 from engine_host.pipeline.governor import HostLimits
 from engine_host.tls import ensure_self_signed_certificate, server_ssl_context
+from engine_host.wire.admission import ConnectionLimits
 from engine_host.wire.server import PgServer
 from functions.audit.handler import write_due_checkpoints
 from functions.shared.settings import ControlApiSettings
@@ -88,6 +89,7 @@ class LocalConfig:
     data_source: str | None = None  # s3://bucket/prefix/: serve that bucket's tables through a local cache
     cache_capacity_bytes: int | None = None  # None: half the free space of the state directory's disk
     metrics_port: int | None = None  # Prometheus /metrics, /healthz and /readyz; None: not served
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,7 @@ class LocalEngineHost:
         settings = HostSettings(
             host=self.config.host, port=self.config.port, allow_plaintext=self.config.insecure_plaintext,
             shutdown_grace_seconds=self.config.shutdown_grace_seconds, limits=self.config.limits,
+            connections=self.config.connections,
             policy_poll_seconds=self.config.policy_poll_seconds, usage_flush_seconds=self.config.usage_flush_seconds,
         )
         self.engine = EngineHost(

@@ -1,16 +1,18 @@
 """Admission control for statements: the concurrency gate, per-key rate limits and statement timeouts.
 
 Each refuses with a clear error instead of letting work pile up: a host that is full says so
-(53300 "server busy") after a bounded wait, a key over its rate gets 53400 with how long to wait,
-and a statement past its timeout is interrupted (57014).
+(53300 "server busy", with how full it is) after a bounded wait on the event loop, a key over its
+rate gets 53400 with how long to wait, and a statement past its timeout is interrupted (57014).
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +20,12 @@ from engine_host.pipeline.errors import QueryError
 
 
 class ConcurrencyGate:
-    """At most `limit` statements run at once; up to `queue` more wait at most `wait_seconds` for a slot."""
+    """At most `limit` statements run at once; up to `queue` more wait at most `wait_seconds` for a slot.
+
+    Waiting happens on the event loop (`enter`), never on a worker thread: a refusal needs no thread,
+    so a full host answers 53300 at once however busy its workers are. `acquire` (for a caller not on
+    the loop) takes a free slot or refuses at once. A released slot goes straight to the first waiter.
+    """
 
     def __init__(self, limit: int = 100, queue: int = 200, wait_seconds: float = 5.0):
         if limit < 1 or queue < 0:
@@ -26,9 +33,9 @@ class ConcurrencyGate:
         self.limit = limit
         self.queue = queue
         self.wait_seconds = wait_seconds
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._running = 0
-        self._waiting = 0
+        self._waiters: deque[_Waiter] = deque()
 
     @property
     def running(self) -> int:
@@ -37,42 +44,81 @@ class ConcurrencyGate:
     @property
     def queued(self) -> int:
         """Statements waiting for a slot right now."""
-        return self._waiting
+        return len(self._waiters)
 
     def acquire(self) -> None:
-        """Take a slot or raise 53300 when the queue is full or the wait ran out."""
-        with self._cond:
+        """Take a free slot, or raise 53300 at once (a thread never waits here)."""
+        with self._lock:
             if self._running < self.limit:
                 self._running += 1
                 return
-            if self._waiting >= self.queue:
-                raise _busy(self)
-            self._waiting += 1
-            try:
-                deadline = time.monotonic() + self.wait_seconds
-                while self._running >= self.limit:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not self._cond.wait(left):
-                        if self._running >= self.limit:
-                            raise _busy(self)
+            raise self._busy()
+
+    async def enter(self) -> None:
+        """Take a slot, waiting on the event loop at most `wait_seconds`; 53300 at once if the queue is full."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._running < self.limit:
                 self._running += 1
-            finally:
-                self._waiting -= 1
+                return
+            if len(self._waiters) >= self.queue:
+                raise self._busy()
+            waiter = _Waiter(loop, loop.create_future())
+            self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter.future), self.wait_seconds)
+        except TimeoutError:
+            with self._lock:
+                if waiter.granted:
+                    return  # the slot came just as the wait ran out: keep it
+                self._waiters.remove(waiter)
+                raise self._busy(waited=True) from None
+        except asyncio.CancelledError:
+            with self._lock:
+                if not waiter.granted:
+                    self._waiters.remove(waiter)
+                    raise
+            self.release()  # granted while being cancelled: pass the slot on
+            raise
 
     def release(self) -> None:
-        with self._cond:
+        with self._lock:
             if self._running <= 0:
                 raise RuntimeError("ConcurrencyGate.release() without acquire()")
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.granted = True  # the slot passes to the waiter: `running` is unchanged
+                try:
+                    waiter.loop.call_soon_threadsafe(_wake, waiter.future)
+                    return
+                except RuntimeError:  # its loop has closed (shutdown): nobody is waiting there any more
+                    continue
             self._running -= 1
-            self._cond.notify()
+
+    def _busy(self, *, waited: bool = False) -> QueryError:
+        state = f"{self._running} statements are running and {len(self._waiters)} are queued"
+        limits = f"(limits: {self.limit} running, {self.queue} queued)"
+        if waited:
+            message = f"server busy: no slot came free within {self.wait_seconds:g} s; {state} {limits}"
+        else:
+            message = f"server busy: {state} on this host {limits}"
+        return QueryError(
+            "53300", "HD_ERR_SERVER_BUSY", message,
+            hint="Retry after a short backoff, run fewer statements at once, or spread the load over more "
+                 "engine hosts (or raise --max-concurrent-statements / --max-queued-statements).",
+        )
 
 
-def _busy(gate: ConcurrencyGate) -> QueryError:
-    return QueryError(
-        "53300", "HD_ERR_SERVER_BUSY",
-        f"server busy: {gate.limit} statements are running and {gate.queue} are queued on this host",
-        hint="Retry shortly with backoff, or spread the load over more engine hosts.",
-    )
+@dataclass(eq=False)
+class _Waiter:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+    granted: bool = False
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 @dataclass

@@ -437,8 +437,11 @@ class Governor:
     # --- execution-time stages ------------------------------------------------------------------
 
     def admit(self, subject: policy_eval.Subject, plan: GovernedPlan, audit: StatementAudit, *,
-              take_slot: bool = True) -> None:
-        """Rate limit, ABAC, quota; then (with `take_slot`) a concurrency slot, released with `release`."""
+              take_slot: bool = True, slot_held: bool = False) -> None:
+        """Rate limit, ABAC, quota; then (with `take_slot`) a concurrency slot, released with `release`.
+
+        `slot_held`: the connection took the slot on the event loop already (`ConcurrencyGate.enter`).
+        """
         snapshot = self.policies.snapshot
         now = self._now()
         role = policy_eval.effective_role(snapshot, subject, now)
@@ -464,6 +467,8 @@ class Governor:
             self._stage(audit, "quota", quota_check)
         if take_slot:
             self._stage(audit, "concurrency", self.gate.acquire)
+        elif slot_held:
+            audit.allow("concurrency")
 
     @staticmethod
     def _check_abac(snapshot: PolicySnapshot, subject: policy_eval.Subject, role: Role, plan: GovernedPlan,

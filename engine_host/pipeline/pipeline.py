@@ -135,6 +135,23 @@ _TX_END = ("COMMIT", "END", "ROLLBACK", "ABORT")
 _ROWS_TAGS = {"INSERT": "INSERT 0", "UPDATE": "UPDATE", "DELETE": "DELETE", "MERGE": "MERGE"}
 
 
+def statement_kind(sql: str) -> Kind:
+    """Which part of the server answers `sql`, from its first keyword (cheap enough for the event loop)."""
+    words = leading_words(sql, 1)
+    first = words[0] if words else ""
+    if first in ("SET", "SHOW", "RESET"):
+        return Kind.SETTING
+    if first in _TX_BEGIN + _TX_END + ("SAVEPOINT", "RELEASE"):
+        return Kind.TRANSACTION
+    if first in ("DECLARE", "FETCH", "MOVE", "CLOSE"):
+        return Kind.CURSOR
+    if first == "DISCARD":
+        return Kind.DISCARD
+    if first == "DEALLOCATE":
+        return Kind.DEALLOCATE
+    return Kind.ENGINE
+
+
 class StatementPipeline:
     """Prepares and executes statements for sessions on one locked-down DuckDB database."""
 
@@ -170,24 +187,36 @@ class StatementPipeline:
     def subject(self, session: Session) -> Subject:
         return self.governor.subject(session.principal, _settings_map(session), _peer_ip(session.client_address))
 
+    # --- concurrency admission (decided by the wire on the event loop, before a thread is taken) ----
+
+    @staticmethod
+    def takes_slot(sql: str) -> bool:
+        """Whether running `sql` takes a concurrency slot: what DuckDB runs does; SET, BEGIN, FETCH... do not."""
+        return bool(sql.strip(" \t\r\n;")) and statement_kind(sql) is Kind.ENGINE
+
+    async def enter_gate(self, session: Session) -> None:
+        """Take a slot for the statements `session` is about to run, waiting on the event loop; raises 53300."""
+        await self.governor.gate.enter()
+        session.slot_held = True
+
+    def leave_gate(self, session: Session) -> None:
+        """Give back the slot `enter_gate` took (once; the session's statements took none of their own)."""
+        if session.slot_held:
+            session.slot_held = False
+            self.governor.gate.release()
+
+    def record_refusal(self, session: Session, sql: str, error: QueryError) -> None:
+        """Audit a statement the gate refused before it was prepared; the refusal stands either way."""
+        audit = self.governor.new_audit(sql, _dialect(session))
+        audit.deny("concurrency", error)
+        self.governor.record_denial(self.subject(session), _settings_map(session), audit)
+
     # --- stages ---------------------------------------------------------------------------
 
     def classify(self, ctx: StatementContext) -> None:
         """Decide which part of the server answers the statement."""
-        words = leading_words(ctx.text)
-        first = words[0] if words else ""
-        if first in ("SET", "SHOW", "RESET"):
-            ctx.kind = Kind.SETTING
-        elif first in _TX_BEGIN + _TX_END + ("SAVEPOINT", "RELEASE"):
-            ctx.kind = Kind.TRANSACTION
-        elif first in ("DECLARE", "FETCH", "MOVE", "CLOSE"):
-            ctx.kind = Kind.CURSOR
-        elif first == "DISCARD":
-            ctx.kind = Kind.DISCARD
-        elif first == "DEALLOCATE":
-            ctx.kind = Kind.DEALLOCATE
-        else:
-            ctx.kind = Kind.ENGINE
+        ctx.kind = statement_kind(ctx.text)
+        if ctx.kind is Kind.ENGINE:
             ctx.engine_sql = ctx.text
 
     def answer_catalog(self, ctx: StatementContext) -> None:
@@ -453,6 +482,8 @@ class StatementPipeline:
     def _admit(self, session: Session, prepared: PreparedStatement, *, take_slot: bool,
                engine: EngineSession | None = None) -> Execution:
         """Re-check the statement against current policy and admit it; the Execution tracks it from here."""
+        slot_held = take_slot and session.slot_held  # taken by `enter_gate` for this statement: not again
+        take_slot = take_slot and not slot_held
         subject = self.subject(session)
         settings = _settings_map(session)
         audit = self._statement_audit(session, prepared.text, engine)
@@ -461,17 +492,15 @@ class StatementPipeline:
             if plan.engine_sql != prepared.engine_sql:  # the policy changed since Parse
                 prepared.engine_sql, prepared.shape = plan.engine_sql, None
             prepared.plan = audit.plan = plan
-            self.governor.admit(subject, plan, audit, take_slot=take_slot)
+            self.governor.admit(subject, plan, audit, take_slot=take_slot, slot_held=slot_held)
         except QueryError:
             self.governor.record_denial(subject, settings, audit)
             raise
         except Exception as exc:  # noqa: BLE001 - a bug, or nesting sqlglot cannot follow (a re-plan)
             raise self._refuse_unexpected(session, audit, exc) from None
-        execution = Execution(self.governor, subject, settings, audit, holds_slot=take_slot,
-                              on_timeout=(engine or session.engine).interrupt,
-                              timeout_seconds=audit.remaining_seconds(self._timeout(session)))
-        session.track(execution)
-        return execution
+        return Execution(self.governor, subject, settings, audit, holds_slot=take_slot,
+                         on_timeout=(engine or session.engine).interrupt,
+                         timeout_seconds=audit.remaining_seconds(self._timeout(session)))
 
     def _statement_audit(self, session: Session, text: str, engine: EngineSession | None = None) -> StatementAudit:
         """A statement's audit, with its timeout counting from now and cancels of `engine` noticed between stages."""
@@ -504,7 +533,6 @@ class StatementPipeline:
             # INSERT/UPDATE/DELETE return rows only with RETURNING; ask the binder before the statement runs.
             returning = stype in _ROWS_TAGS and self._shape(session, prepared).returns_rows
             stream = session.engine.run(prepared.engine_sql, values)
-            execution.on_finish(stream.close)  # closed before the lease is released
             rows: RowSource = RowSource(stream)
             if plan.kind == "explain":
                 rows = RowSource(_client_explain(stream, hide_estimates=bool(plan.filtered_tables)))  # type: ignore[arg-type]
@@ -734,7 +762,6 @@ class StatementPipeline:
             error = execution.engine_error(exc)
             self._abandon(session, False, execution, error)
             raise error from None
-        execution.on_finish(stream.close)
         columns = [Column(f.name, pg_type_for_arrow(f.type)) for f in stream.schema]
         rows = GovernedRows(RowSource(stream), execution, max_rows=self.governor.max_rows(session.principal.org_id))
         session.cursors[name] = SqlCursor(name, columns, rows, engine, bool(m.group("binary")))

@@ -12,7 +12,6 @@ import ipaddress
 import logging
 import secrets
 import ssl
-import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -32,12 +31,18 @@ from engine_host.wire.datarow import frame_data_rows, frame_data_rows_small
 from hd_core.errors import AuthenticationFailed, HdError
 
 if TYPE_CHECKING:
+    from engine_host.wire.admission import ConnectionRefused, ConnectionTicket
     from engine_host.wire.server import PgServer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STARTUP_TIMEOUT_SECONDS = 15.0
+# A refused connection gets this long to send its startup packet and read why it is refused.
+REFUSAL_TIMEOUT_SECONDS = 3.0
+# Largest password message read before authentication (Postgres: 10,000 bytes for a startup packet);
+# an API key is ~60 bytes and a JWT ~1-2 KB. A larger one is refused from its length, unread.
+MAX_PASSWORD_MESSAGE_LENGTH = 10_000
 # Buffered output is written once it passes this size, so a large result streams instead of piling up.
 FLUSH_THRESHOLD = 256 * 1024
 READ_CHUNK = 256 * 1024
@@ -89,11 +94,9 @@ class PgConnection:
         self._inbox = bytearray()
         self._terminated = False
         self._state = ConnectionState()
-        # The handler running (or suspended mid-result) on a worker thread, and the lock it runs under.
-        self._work: Generator[None, None, None] | None = None
-        self._handling = threading.Lock()
         peer = writer.get_extra_info("peername")
         self.peer_host = str(peer[0]) if peer else "unknown"
+        self.ticket: ConnectionTicket | None = None  # this connection's place in the connection limits
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -116,36 +119,17 @@ class PgConnection:
 
     async def _cleanup(self) -> None:
         self.server.forget(self)
-        try:
-            await self._blocking(self._release)
-        except RuntimeError:  # the worker pool has already stopped (server shutdown): release here
-            self._release()
+        for portal in self._state.portals.values():
+            portal.close()
+        self._state.portals.clear()
+        if self.session is not None:
+            session, self.session = self.session, None
+            await self._blocking(session.close)
         self.writer.close()
         try:
             await self.writer.wait_closed()
         except (ConnectionError, ssl.SSLError, OSError):
             pass
-
-    def _release(self) -> None:
-        """Release everything the connection holds, however it ended (worker thread; idempotent).
-
-        The session goes first: it finishes every statement still running (slot, lease, stream,
-        timeout, completion record), so a result abandoned at any byte, in either protocol, is
-        ended here. Waits for a handler still running on a worker thread.
-        """
-        with self._handling:
-            session, self.session = self.session, None
-            work, self._work = self._work, None
-            portals = list(self._state.portals.values())
-            self._state.portals.clear()
-            try:
-                if session is not None:
-                    session.close()
-            finally:
-                if work is not None:
-                    work.close()  # its own `finally` blocks find their statements already finished
-                for portal in portals:
-                    portal.close()
 
     def cancel(self) -> None:
         """Interrupt the statement this connection is running, if any (CancelRequest)."""
@@ -175,9 +159,9 @@ class PgConnection:
             self._out.clear()
         await self.writer.drain()
 
-    async def _fatal(self, sqlstate: str, code: str, message: str) -> None:
+    async def _fatal(self, sqlstate: str, code: str, message: str, hint: str | None = None) -> None:
         try:
-            self._send(m.error_response(sqlstate, message, detail=code, severity="FATAL"))
+            self._send(m.error_response(sqlstate, message, detail=code, hint=hint, severity="FATAL"))
             await self._flush()
         except (ConnectionError, RuntimeError, ssl.SSLError, OSError):
             pass
@@ -188,19 +172,36 @@ class PgConnection:
             raise m.ProtocolViolation("invalid startup packet length")
         return m.parse_initial(await self.reader.readexactly(length - 4))
 
-    async def _read_message(self) -> tuple[bytes, bytes]:
+    async def _read_message(self, limit: int = m.MAX_MESSAGE_LENGTH) -> tuple[bytes, bytes]:
         header = await self.reader.readexactly(5)
         kind = header[:1]
         length = int.from_bytes(header[1:], "big", signed=True)
         if length < 4:
             raise m.ProtocolViolation("invalid message length")
-        if length > m.MAX_MESSAGE_LENGTH:
-            raise m.ProtocolViolation(f"message of {length} bytes exceeds the {m.MAX_MESSAGE_LENGTH}-byte limit")
+        if length > limit:  # refused from the header: the body is never read
+            raise m.ProtocolViolation(f"message of {length} bytes exceeds the {limit}-byte limit")
         return kind, await self.reader.readexactly(length - 4)
 
     # --- startup and authentication ---------------------------------------------------------
 
-    async def _startup(self) -> bool:
+    async def refuse(self, refusal: ConnectionRefused, *, at_once: bool) -> None:
+        """Refuse the connection: after its startup packet, as Postgres does, or `at_once` (nothing read).
+
+        A refused client still gets its CancelRequest served (Postgres handles those whatever the load).
+        """
+        try:
+            if not at_once:
+                async with asyncio.timeout(REFUSAL_TIMEOUT_SECONDS):
+                    await self._startup(refusal)
+            else:
+                await self._fatal(refusal.sqlstate, refusal.code, refusal.message, refusal.hint)
+        except (m.ProtocolViolation, TimeoutError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError,
+                OSError):
+            pass
+        finally:
+            self.writer.close()
+
+    async def _startup(self, refusal: ConnectionRefused | None = None) -> bool:
         tls = False
         while True:
             message = await self._read_initial()
@@ -220,6 +221,9 @@ class PgConnection:
                 continue
             if isinstance(message, m.CancelRequest):
                 self.server.cancel(message.process_id, message.secret_key)
+                return False
+            if refusal is not None:
+                await self._fatal(refusal.sqlstate, refusal.code, refusal.message, refusal.hint)
                 return False
             return await self._authenticate(message, tls)
 
@@ -254,15 +258,21 @@ class PgConnection:
             self._send(_negotiate_protocol_version(unknown))
         self._send(m.authentication_cleartext_password())
         await self._flush()
-        kind, body = await self._read_message()
+        kind, body = await self._read_message(MAX_PASSWORD_MESSAGE_LENGTH)
         if kind != b"p":
             raise m.ProtocolViolation("expected a password message")
         password = m.parse_frontend(kind, body)
         assert isinstance(password, m.PasswordMessage)
         try:
-            principal = await self._blocking(self.server.authenticate, user, password.password, self.peer_host)
+            principal = await self.server.verifier.verify(user, password.password, self.peer_host)
+            if self.ticket is not None:
+                self.ticket.authenticated(principal.org_id)  # the organisation's connection cap
         except AuthenticationFailed:
+            self.server.connections.failed(self.peer_host)
             await self._fatal("28P01", "HD_ERR_AUTH_FAILED", f'password authentication failed for user "{user}"')
+            return False
+        except QueryError as exc:  # too many checks pending, or the organisation's cap
+            await self._fatal(exc.sqlstate, exc.code, exc.message, exc.hint)
             return False
         try:
             self.session = await self._blocking(
@@ -290,15 +300,19 @@ class PgConnection:
     async def _serve(self) -> None:
         while not self.closing:
             messages = await self._read_batch()
+            if not await self._enter_gate(messages):  # refused at once: answered, its statements dropped
+                if self._terminated:
+                    return
+                continue
             self.busy = True
             try:
-                self._work = work = self._handle(messages)
-                while await self._blocking(self._advance, work):
+                work = self._handle(messages)
+                while await self._blocking(_advance, work):
                     await self._flush()
-                self._work = None
                 await self._flush()
             finally:
                 self.busy = False
+                self._leave_gate()
             if self._terminated:
                 return
         await self._fatal("57P01", "HD_ERR_SHUTDOWN", "terminating connection due to administrator command")
@@ -309,10 +323,104 @@ class PgConnection:
             messages = self._take_complete_messages()
             if messages:
                 return messages
-            chunk = await self.reader.read(READ_CHUNK)
+            chunk = await self._read_while_idle()
             if not chunk:
                 raise ConnectionClosing()
             self._inbox += chunk
+
+    async def _read_while_idle(self) -> bytes:
+        """Read what the client sends next; a session idle outside a transaction ends at the idle timeout.
+
+        As Postgres's idle_session_timeout: FATAL 57P05, and a session in a transaction is never ended here.
+        """
+        timeout = self.server.limits.idle_session_timeout_seconds
+        if not timeout or self.session is None or self.session.in_transaction:
+            return await self.reader.read(READ_CHUNK)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.reader.read(READ_CHUNK)
+        except TimeoutError:
+            await self._fatal("57P05", "HD_ERR_IDLE_SESSION_TIMEOUT",
+                              "terminating connection due to idle-session timeout",
+                              f"Sessions idle for {timeout:g} s are closed (--idle-session-timeout); reconnect.")
+            raise ConnectionClosing() from None
+
+    # --- concurrency admission: decided here, on the event loop, before a worker thread is taken ---
+
+    async def _enter_gate(self, messages: deque[tuple[bytes, bytes]]) -> bool:
+        """Take a concurrency slot if the batch runs a statement in the engine; False if refused (answered)."""
+        session = self.session
+        if session is None:
+            return True
+        texts = self._statements_run_by(messages)
+        if not texts:
+            return True
+        try:
+            await self.server.pipeline.enter_gate(session)
+        except QueryError as exc:
+            await self._refuse_batch(session, messages, texts, exc)
+            return False
+        return True
+
+    def _leave_gate(self) -> None:
+        if self.session is not None:
+            self.server.pipeline.leave_gate(self.session)
+
+    def _statements_run_by(self, messages: deque[tuple[bytes, bytes]]) -> list[bytes]:
+        """The SQL (raw) of each statement the batch runs in the engine: a Query, or an Execute of one."""
+        takes_slot = self.server.pipeline.takes_slot
+        parsed: dict[bytes, bytes] = {}
+        bound: dict[bytes, bytes | None] = {}
+        texts: list[bytes] = []
+        for kind, body in messages:
+            if kind == b"Q":
+                sql = _cstrings(body, 1)[0]
+                if takes_slot(_prefix(sql)):
+                    texts.append(sql)
+            elif kind == b"P":
+                name, sql = _cstrings(body, 2)
+                parsed[name] = sql
+            elif kind == b"B":
+                portal, name = _cstrings(body, 2)
+                known = self._state.statements.get(name.decode("utf-8", "replace"))
+                bound[portal] = parsed.get(name, known.text.encode() if known is not None else None)
+            elif kind == b"E":
+                portal = _cstrings(body, 1)[0]
+                target: bytes | None
+                if portal in bound:
+                    target = bound[portal]
+                else:
+                    existing = self._state.portals.get(portal.decode("utf-8", "replace"))
+                    if existing is not None and existing.done:
+                        continue
+                    target = existing.statement.text.encode() if existing is not None else None
+                if target is None or takes_slot(_prefix(target)):  # unknown: counted; the thread refuses it
+                    texts.append(target or b"")
+        return texts
+
+    async def _refuse_batch(self, session: Session, messages: deque[tuple[bytes, bytes]], texts: list[bytes],
+                            error: QueryError) -> None:
+        """Answer a refused batch as Postgres answers a failed statement, without a worker thread."""
+        session.statement_failed()
+        loop = asyncio.get_running_loop()
+        for raw in texts:  # audited off the worker pool, so a refusal never waits behind statements
+            await loop.run_in_executor(self.server.side_executor, self.server.pipeline.record_refusal,
+                                       session, raw.decode("utf-8", "replace"), error)
+        state = self._state
+        for kind, _ in messages:
+            if kind == b"X":
+                self._terminated = True
+                break
+            if kind == b"Q":
+                self._send_error(error)
+                self._send(m.ready_for_query(session.transaction_status))
+            elif kind == b"S":
+                state.skipping_to_sync = False
+                self._send(m.ready_for_query(session.transaction_status))
+            elif kind != b"H" and not state.skipping_to_sync:
+                self._send_error(error)
+                state.skipping_to_sync = True
+        await self._flush()
 
     def _take_complete_messages(self) -> deque[tuple[bytes, bytes]]:
         buf, pos = self._inbox, 0
@@ -330,7 +438,7 @@ class PgConnection:
         del buf[:pos]
         return found
 
-    def _handle(self, messages: deque[tuple[bytes, bytes]]) -> Generator[None, None, None]:
+    def _handle(self, messages: deque[tuple[bytes, bytes]]) -> Iterator[None]:
         """Handle a batch of messages (runs on a worker thread); yields when output should be written."""
         while messages:
             kind, body = messages.popleft()
@@ -355,11 +463,6 @@ class PgConnection:
                     self._send_error(exc)
                     self._state.skipping_to_sync = True
                     yield  # Postgres sends an error at once; drivers that sent Flush (not Sync) wait for it
-
-    def _advance(self, work: Generator[None, None, None]) -> bool:
-        """Run the handler to its next yield (worker thread); False once it has finished."""
-        with self._handling:
-            return next(work, _DONE) is not _DONE
 
     def _session(self) -> Session:
         if self.session is None:
@@ -421,7 +524,6 @@ class PgConnection:
             if not statements:
                 self._send(m.empty_query_response())
         for text in statements:
-            outcome: Outcome | None = None
             try:
                 prepared = pipeline.prepare(session, text)
                 outcome = pipeline.execute(session, prepared)
@@ -436,11 +538,6 @@ class PgConnection:
                 session.statement_failed()
                 self._send_error(exc)
                 break
-            finally:
-                # However the result ends (sent, failed, or this handler closed with the connection),
-                # nothing it holds outlives it; a finished result closes as a no-op.
-                if outcome is not None and outcome.rows is not None:
-                    outcome.rows.close()
         self._send(m.ready_for_query(session.transaction_status))
         yield
 
@@ -570,7 +667,23 @@ class PgConnection:
         self._send(m.ready_for_query(session.transaction_status))
 
 
+def _advance(work: Iterator[None]) -> bool:
+    """Run a handler generator to its next yield; False once it has finished."""
+    return next(work, _DONE) is not _DONE
+
+
 _DONE = object()
+
+
+def _cstrings(body: bytes, count: int) -> list[bytes]:
+    """The first `count` NUL-terminated strings of a message body (missing ones empty)."""
+    parts = body.split(b"\x00", count)[:count]
+    return parts + [b""] * (count - len(parts))
+
+
+def _prefix(sql: bytes) -> str:
+    """Enough of a statement to tell what kind it is (its first keyword, after comments)."""
+    return sql[:4096].decode("utf-8", "replace")
 
 def _fields(columns: list[Column] | None, formats: Sequence[int]) -> list[m.FieldDescription]:
     return [

@@ -12,16 +12,23 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from engine_host.pipeline.pipeline import StatementPipeline
+from engine_host.wire.admission import ConnectionAdmission, ConnectionLimits, ConnectionRefused, RateLimitedLog
 from engine_host.wire.connection import PgConnection
-from hd_core.models import Principal
+from engine_host.wire.verifier import Authenticate, CredentialVerifier
+
+__all__ = ["Admission", "Authenticate", "PgServer"]
 
 log = logging.getLogger(__name__)
 
-# (user name, password, client address) -> the principal, or AuthenticationFailed
-Authenticate = Callable[[str, str, str | None], Principal]
 # Called for each new connection before authentication; raises an HdError with a `sqlstate` to refuse it
 # (the heartbeat's ServiceGate.check_new_connection once the grace period has run out).
 Admission = Callable[[], None]
+
+# Refusals answered after the client's startup packet (as Postgres does, so the client sees why);
+# beyond this many at once, further ones are closed without a word rather than hold descriptors.
+MAX_REFUSALS_IN_FLIGHT = 64
+# Threads beyond the concurrency limit, for work that takes no slot (Parse, Describe, opening sessions).
+SPARE_WORKER_THREADS = 16
 
 
 class PgServer:
@@ -36,8 +43,9 @@ class PgServer:
         host: str = "127.0.0.1",
         port: int = 5439,
         allow_plaintext: bool = False,
-        worker_threads: int = 64,
+        worker_threads: int | None = None,
         admission: Admission | None = None,
+        limits: ConnectionLimits | None = None,
     ):
         if ssl_context is None and not allow_plaintext:
             raise ValueError("a TLS context is required unless plaintext is explicitly allowed")
@@ -48,9 +56,21 @@ class PgServer:
         self.admission = admission
         self.host = host
         self.port = port
-        # DuckDB and Argon2 release the GIL; a pool wide enough for many concurrent sessions keeps one
-        # slow statement from holding up the others.
+        self.limits = limits or ConnectionLimits()
+        self.connections = ConnectionAdmission(self.limits)
+        # Argon2 and JWT checks never share the statement pool (see verifier.py).
+        self.verifier = CredentialVerifier(authenticate, threads=self.limits.auth_threads,
+                                           queue=self.limits.auth_queue)
+        # DuckDB releases the GIL; every admitted statement gets a thread at once (the concurrency gate
+        # decides on the event loop who runs), with spare threads for work that takes no slot.
+        if worker_threads is None:
+            worker_threads = pipeline.governor.gate.limit + SPARE_WORKER_THREADS
         self.executor = ThreadPoolExecutor(max_workers=worker_threads, thread_name_prefix="hd-worker")
+        # Refusals' audit records are written here, not behind running statements on the worker pool.
+        self.side_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hd-refusal-audit")
+        self._refusing = 0
+        self._accept_log = RateLimitedLog()
+        self._previous_exception_handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None
         self._server: asyncio.base_events.Server | None = None
         self._connections: dict[int, PgConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -61,6 +81,10 @@ class PgServer:
         return self._next_pid
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._previous_exception_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._loop_exception)
+        self.connections.measure_file_descriptors()
         self._server = await asyncio.start_server(self._accept, self.host, self.port, reuse_address=True)
         sockets: tuple[Any, ...] = tuple(self._server.sockets or ())
         if sockets:
@@ -70,14 +94,41 @@ class PgServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = PgConnection(self, reader, writer)
+        try:
+            ticket = self.connections.admit(connection.peer_host)
+        except ConnectionRefused as refusal:
+            await self._refuse(connection, refusal)
+            return
+        connection.ticket = ticket
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
         try:
             await connection.run()
         finally:
+            ticket.release()
             if task is not None:
                 self._tasks.discard(task)
+
+    async def _refuse(self, connection: PgConnection, refusal: ConnectionRefused) -> None:
+        at_once = refusal.at_once or self._refusing >= MAX_REFUSALS_IN_FLIGHT
+        self._refusing += 1
+        try:
+            await connection.refuse(refusal, at_once=at_once)
+        finally:
+            self._refusing -= 1
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # Out of descriptors, asyncio pauses accepting for a second and reports it with a traceback each
+        # time; one line a second says the same. Established sessions are untouched either way.
+        if context.get("message") == "socket.accept() out of system resource":
+            self._accept_log.warning("cannot accept connections (%s); established sessions go on",
+                                     context.get("exception"))
+            return
+        if self._previous_exception_handler is not None:
+            self._previous_exception_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
 
     def register(self, connection: PgConnection) -> None:
         self._connections[connection.process_id] = connection
@@ -115,3 +166,5 @@ class PgServer:
         if self._server is not None:
             await self._server.wait_closed()
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self.verifier.shutdown()
+        self.side_executor.shutdown(wait=True)

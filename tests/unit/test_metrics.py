@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -174,24 +174,22 @@ def test_sessions_and_gate_are_read_at_scrape_time() -> None:
     metrics.bind_sessions(lambda: sessions[0])
     metrics.bind_gate(gate_reading(gate))
     gate.acquire()
-    def wait_for_a_slot() -> None:
-        gate.acquire()
-        gate.release()
 
-    waiter = threading.Thread(target=wait_for_a_slot)
-    waiter.start()
-    deadline = time.monotonic() + 5
-    while gate.queued == 0 and time.monotonic() < deadline:
-        time.sleep(0.001)
-    try:
-        assert _value(metrics, "hd_sessions_active") == 3
-        assert _value(metrics, "hd_statements_in_flight") == 1
-        assert _value(metrics, "hd_statements_queued") == 1
-        assert _value(metrics, "hd_statements_in_flight_limit") == 1
-        assert _value(metrics, "hd_statements_queue_limit") == 1
-    finally:
-        gate.release()
-        waiter.join(5)
+    async def scrape_while_one_waits() -> None:  # statements queue on the event loop
+        waiter = asyncio.create_task(gate.enter())
+        await asyncio.sleep(0.01)
+        try:
+            assert _value(metrics, "hd_sessions_active") == 3
+            assert _value(metrics, "hd_statements_in_flight") == 1
+            assert _value(metrics, "hd_statements_queued") == 1
+            assert _value(metrics, "hd_statements_in_flight_limit") == 1
+            assert _value(metrics, "hd_statements_queue_limit") == 1
+        finally:
+            gate.release()
+            await waiter
+            gate.release()
+
+    asyncio.run(scrape_while_one_waits())
     sessions[0] = 0
     assert _value(metrics, "hd_sessions_active") == 0
     assert _value(metrics, "hd_statements_queued") == 0
