@@ -195,6 +195,7 @@ class LevelResult:
     latencies: list[float] = field(default_factory=list)
     by_kind: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)  # SQLSTATE -> count, of answered statements
+    error_latencies: list[float] = field(default_factory=list)  # how long a refusal took to arrive
     lost: Counter = field(default_factory=Counter)  # client-side failures: the statement's fate is unknown
     connect_errors: Counter = field(default_factory=Counter)
     connect_seconds: list[float] = field(default_factory=list)
@@ -297,6 +298,7 @@ async def client_loop(index: int, conn_for: Acquire, target: Target, keys: DemoK
                     await conn.fetch(target.statements[kind], *params)
         except asyncpg.PostgresError as exc:
             result.errors[_sqlstate(exc) or "?????"] += 1
+            result.error_latencies.append(time.perf_counter() - start)
             continue
         except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             result.lost[type(exc).__name__] += 1
@@ -516,7 +518,9 @@ def print_result(r: LevelResult) -> None:
                f"max {max(r.connect_seconds) * 1000:.0f} ms" if r.connect_seconds else "no connection opened")
     print(f"  {r.target:8s} {r.qps:8.1f} q/s  p50 {r.percentile_ms(0.5):8.2f} ms  p99 {r.percentile_ms(0.99):8.2f} ms"
           f"  ok {r.ok}  errors {sum(r.errors.values())}  ({r.clients} clients{via}, {r.seconds:.1f} s)")
-    print(f"           errors by SQLSTATE: {_counts(r.errors)}; lost (client side): {_counts(r.lost)}; "
+    refusals = (f" (answered in p50 {statistics.median(r.error_latencies) * 1000:.0f} ms, "
+                f"max {max(r.error_latencies) * 1000:.0f} ms)" if r.error_latencies else "")
+    print(f"           errors by SQLSTATE: {_counts(r.errors)}{refusals}; lost (client side): {_counts(r.lost)}; "
           f"connect errors: {_counts(r.connect_errors)}; {connect}")
     engine = (f"engine RSS peak {r.rss_peak_kb / 1024:.0f} MB (VmHWM {r.hwm_kb / 1024:.0f} MB), "
               f"engine CPU {r.engine_cpu:.2f} cores, " if r.rss_peak_kb is not None and r.hwm_kb is not None
