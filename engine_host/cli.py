@@ -12,6 +12,7 @@ from pathlib import Path
 
 from engine_host.api_cli import API_COMMANDS, add_api_commands, run_api_command
 from engine_host.boot.cli import add_boot_arguments, run_boot
+from engine_host.engine.duckdb_engine import DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_VALUE_BYTES, EngineMemory
 from engine_host.local import LocalConfig, default_state_dir, run_local
 from engine_host.owner_bootstrap import add_bootstrap_arguments, run_bootstrap
 from engine_host.owner_key_cli import add_reissue_owner_key_command, run_reissue_owner_key
@@ -63,6 +64,11 @@ def _size(text: str) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
+def _cap(text: str) -> int:
+    """A size as `_size` reads it, or 0 for no cap."""
+    return 0 if text.strip() == "0" else _size(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hd", description="Hardened Duck: a governed SQL warehouse.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -107,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "local cache instead of STATE_DIR/data; AWS credentials come from the usual places")
     dev.add_argument("--cache-capacity", type=_size, default=None, metavar="SIZE",
                      help="with --data-source: the cache's size, e.g. 20GiB (default: half the free disk space)")
+    dev.add_argument("--memory-limit", type=_size, default=None, metavar="SIZE",
+                     help="memory DuckDB may use; a statement needing more spills, then gets 53200 "
+                          "(default: half the machine's memory)")
+    dev.add_argument("--temp-directory", type=Path, default=None, metavar="DIR",
+                     help="where DuckDB spills what does not fit its memory limit (default STATE_DIR/duckdb-tmp)")
+    dev.add_argument("--max-result-size", type=_cap, default=DEFAULT_MAX_RESULT_BYTES, metavar="SIZE",
+                     help="largest result one statement may return, 54000 beyond it (default 1GiB; 0 = no cap)")
+    dev.add_argument("--max-value-size", type=_cap, default=DEFAULT_MAX_VALUE_BYTES, metavar="SIZE",
+                     help="largest single value a result may hold, 54000 beyond it (default 256MiB; 0 = no cap)")
     add_policy_commands(commands, STATE_DIR_HELP)
     add_reissue_owner_key_command(commands, STATE_DIR_HELP)
     add_api_commands(commands)
@@ -168,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             api_port=None if args.no_api else args.api_port,
             data_source=args.data_source,
             cache_capacity_bytes=args.cache_capacity,
+            memory=EngineMemory(memory_limit_bytes=args.memory_limit, temp_directory=args.temp_directory,
+                                max_result_bytes=args.max_result_size, max_value_bytes=args.max_value_size),
             metrics_port=args.metrics_port,
         )
 

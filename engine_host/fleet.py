@@ -33,6 +33,7 @@ from engine_host.boot.imds import ImdsClient, InstanceIdentity
 from engine_host.cache.cached_tables import CachedTables
 from engine_host.cache.object_cache import ObjectCache
 from engine_host.credentials import EngineCredentials
+from engine_host.engine.duckdb_engine import EngineMemory
 from engine_host.engine.masking import ensure_mask_keys
 from engine_host.health_server import HealthServer, heartbeat_check
 from engine_host.heartbeat_loop import ControlPlaneHeartbeat, HeartbeatChannel, HeartbeatLoop, host_report
@@ -116,7 +117,9 @@ class FleetEngineHost:
         credentials = EngineCredentials(control.api_keys, control.requests, on_failure=self.metrics.auth_failed)
         self.heartbeat = self._heartbeat_loop(store, state_dir)
         self.engine = EngineHost(
-            HostSettings(host=config.listen_host, port=config.listen_port),
+            HostSettings(host=config.listen_host, port=config.listen_port, memory=EngineMemory(
+                memory_limit_bytes=config.memory_limit_bytes, temp_directory=config.temp_directory,
+                max_result_bytes=config.max_result_bytes, max_value_bytes=config.max_value_bytes)),
             store=store, authenticate=credentials.authenticate,
             audit_sink=S3AuditSink(self.clients.s3, config.audit_bucket, host_id=identity.instance_id),
             tables=self._table_source(), database_path=Path(config.cache_mount) / "engine.duckdb",

@@ -27,7 +27,7 @@ import duckdb
 from engine_host.cache.cached_tables import CachedTables
 from engine_host.cache.object_cache import ObjectCache
 from engine_host.engine.catalog import CatalogResponder
-from engine_host.engine.duckdb_engine import DATA_CATALOG, Database
+from engine_host.engine.duckdb_engine import DATA_CATALOG, Database, EngineMemory
 from engine_host.engine.masking import install_mask_macros
 from engine_host.engine.table_catalog import TableCatalog
 from engine_host.engine.tables import register_parquet_tables
@@ -144,6 +144,7 @@ class HostSettings:
     shutdown_grace_seconds: float = 10.0
     limits: HostLimits = field(default_factory=HostLimits)
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    memory: EngineMemory = field(default_factory=EngineMemory)
     policy_poll_seconds: float = 1.0
     usage_flush_seconds: float = 5.0
 
@@ -190,7 +191,8 @@ class EngineHost:
 
     async def start(self) -> None:
         catalog = CatalogResponder()
-        database = Database(self._database_path, allowed_directories=self.table_source.allowed_directories)
+        database = Database(self._database_path, allowed_directories=self.table_source.allowed_directories,
+                            memory=self.settings.memory)
         mask_keys = self._mask_keys()
         database.open(setup=[self.table_source.register, catalog.install,
                              lambda con: install_mask_macros(con, mask_keys)])

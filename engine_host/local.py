@@ -35,6 +35,7 @@ from engine_host.control_server import ControlApiServer
 from engine_host.credentials import EngineCredentials
 from engine_host.demo import write_demo_dataset
 from engine_host.demo_policies import ACME, install_demo
+from engine_host.engine.duckdb_engine import EngineMemory
 from engine_host.engine.masking import ensure_mask_keys
 from engine_host.health_server import HealthServer
 from engine_host.host import EngineHost, HostHooks, HostSettings, LocalFolderTables, ObjectStoreTables, TableSource
@@ -90,6 +91,7 @@ class LocalConfig:
     cache_capacity_bytes: int | None = None  # None: half the free space of the state directory's disk
     metrics_port: int | None = None  # Prometheus /metrics, /healthz and /readyz; None: not served
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    memory: EngineMemory = field(default_factory=EngineMemory)  # DuckDB's memory limit, spill folder, result caps
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,7 @@ class LocalEngineHost:
         settings = HostSettings(
             host=self.config.host, port=self.config.port, allow_plaintext=self.config.insecure_plaintext,
             shutdown_grace_seconds=self.config.shutdown_grace_seconds, limits=self.config.limits,
-            connections=self.config.connections,
+            connections=self.config.connections, memory=self.config.memory,
             policy_poll_seconds=self.config.policy_poll_seconds, usage_flush_seconds=self.config.usage_flush_seconds,
         )
         self.engine = EngineHost(

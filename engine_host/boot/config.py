@@ -108,6 +108,12 @@ class EngineConfig(BaseModel):
     cache_key_file: AbsolutePath = Path("/var/lib/hd/cache-key.json")
     state_dir: AbsolutePath = Path("/var/lib/hd/state")
     cache_capacity_bytes: Annotated[int, Field(gt=0)] | None = None  # None: the mounted filesystem's size
+    # DuckDB's memory limit (None: half the instance's memory), where it spills (None: the cache
+    # volume's duckdb-tmp), and the largest result and single value a statement may return (0: no cap).
+    memory_limit_bytes: Annotated[int, Field(gt=0)] | None = None
+    temp_directory: AbsolutePath | None = None
+    max_result_bytes: Annotated[int, Field(ge=0)] = 1 << 30
+    max_value_bytes: Annotated[int, Field(ge=0)] = 256 << 20
 
     data_bucket: Bucket
     data_prefix: KeyPrefix = ""

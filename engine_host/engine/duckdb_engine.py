@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,10 +21,13 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as _typed_pc
 
 from engine_host.engine.tables import sql_string
 
 log = logging.getLogger(__name__)
+# pyarrow-stubs' overloads of binary_length do not cover every string layout; used untyped.
+pc: Any = _typed_pc
 
 SetupStep = Callable[[duckdb.DuckDBPyConnection], None]
 
@@ -35,6 +40,85 @@ DATA_CATALOG = "hd_data"
 # Rows per Arrow batch pulled from DuckDB: large enough to amortise per-batch encoding, small enough
 # that a slow client holds at most a few MB per connection.
 STREAM_BATCH_ROWS = 65_536
+
+
+# Share of the machine's memory DuckDB may use by default. DuckDB's own default (80%) leaves too
+# little for the host around it: Arrow batches in flight, their wire encoding, sqlglot trees,
+# the authentication pool, the OS page cache that Parquet scans lean on.
+DEFAULT_MEMORY_FRACTION = 0.5
+DEFAULT_MAX_RESULT_BYTES = 1 << 30
+DEFAULT_MAX_VALUE_BYTES = 256 << 20
+
+
+def physical_memory_bytes() -> int:
+    """The machine's (or the container's, where cgroup v2 sets a lower limit) physical memory."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        cgroup = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(cgroup)) if cgroup.isdigit() else total
+
+
+@dataclass(frozen=True)
+class EngineMemory:
+    """What DuckDB and each statement's result may hold in memory, and where DuckDB spills.
+
+    `memory_limit_bytes` None: `DEFAULT_MEMORY_FRACTION` of physical memory. `temp_directory`
+    None: `duckdb-tmp` next to the database file (the state folder, the cache volume on a fleet
+    host). `max_result_bytes` / `max_value_bytes` 0: no cap.
+    """
+
+    memory_limit_bytes: int | None = None
+    temp_directory: Path | None = None
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+
+    def memory_limit(self) -> int:
+        if self.memory_limit_bytes is not None:
+            return self.memory_limit_bytes
+        return int(physical_memory_bytes() * DEFAULT_MEMORY_FRACTION)
+
+
+class ResultLimitExceeded(duckdb.Error):
+    """A result (or one value in it) is larger than the host lets a statement return (54000).
+
+    A DuckDB error class so it takes the path every engine failure of a running result takes
+    (the execution finishes with it, its record says so); `sqlstate`/`code` say which limit.
+    """
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.sqlstate = "54000"
+        self.code = code
+
+
+def _size_text(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} bytes"
+
+
+def _check_batch(batch: pa.RecordBatch, memory: EngineMemory, total: int) -> int:
+    """`total` + this batch's bytes; raises ResultLimitExceeded before a value or result over its cap is sent."""
+    if memory.max_value_bytes:
+        for index, column in enumerate(batch.columns):
+            kind = column.type
+            if not (pa.types.is_string(kind) or pa.types.is_binary(kind) or pa.types.is_large_string(kind)
+                    or pa.types.is_large_binary(kind)):
+                continue
+            longest = pc.max(pc.binary_length(column)).as_py()
+            if longest is not None and longest > memory.max_value_bytes:
+                raise ResultLimitExceeded(
+                    f"a value in column {batch.schema.names[index]!r} is {_size_text(longest)}, over the "
+                    f"{_size_text(memory.max_value_bytes)} one value may be", "HD_ERR_VALUE_TOO_LARGE")
+    total += batch.nbytes
+    if memory.max_result_bytes and total > memory.max_result_bytes:
+        raise ResultLimitExceeded(
+            f"the result is larger than the {_size_text(memory.max_result_bytes)} one statement may return",
+            "HD_ERR_RESULT_TOO_LARGE")
+    return total
 
 
 @dataclass(frozen=True)
@@ -56,11 +140,21 @@ class Database:
     opens as it is.
     """
 
-    def __init__(self, path: Path | None, *, allowed_directories: Sequence[Path], threads: int | None = None):
+    def __init__(self, path: Path | None, *, allowed_directories: Sequence[Path], threads: int | None = None,
+                 memory: EngineMemory | None = None):
         self._path = path
         self._allowed = [str(p.resolve()) for p in allowed_directories]
         self._threads = threads
+        self.memory = memory or EngineMemory()
         self._con: duckdb.DuckDBPyConnection | None = None
+
+    def _temp_directory(self) -> Path:
+        if self.memory.temp_directory is not None:
+            return self.memory.temp_directory
+        if self._path is not None:
+            return self._path.parent / "duckdb-tmp"
+        # An in-memory database would spill into `.tmp` under the working directory.
+        return Path(tempfile.gettempdir()) / f"hd-duckdb-tmp-{os.getpid()}"
 
     def open(self, setup: Sequence[SetupStep] = ()) -> None:
         """Connect, run the setup steps (table registration, catalog objects), then lock the configuration."""
@@ -69,6 +163,10 @@ class Database:
             "autoload_known_extensions": False,
             # UUID, JSON and HUGEINT keep their identity in Arrow results, so clients see uuid/json/numeric.
             "arrow_lossless_conversion": True,
+            # Set here, before lock_configuration: a statement that needs more gets 53200 (out of
+            # memory) once spilling cannot help, and no session can raise the limit.
+            "memory_limit": f"{max(1, self.memory.memory_limit() >> 20)}MiB",
+            "temp_directory": str(self._temp_directory()),
         }
         if self._threads:
             config["threads"] = self._threads
@@ -98,7 +196,7 @@ class Database:
 
     def session(self) -> EngineSession:
         """A new connection to the database with its own transaction state."""
-        return EngineSession(self.connection.cursor())
+        return EngineSession(self.connection.cursor(), self.memory)
 
     def checkpoint(self) -> None:
         """Flush the write-ahead log into the database file (used on shutdown)."""
@@ -114,14 +212,24 @@ class Database:
 class ResultStream:
     """Batches of one running statement, pulled on demand so memory stays bounded."""
 
-    def __init__(self, reader: Any, session: EngineSession):
+    def __init__(self, reader: Any, session: EngineSession, memory: EngineMemory | None = None):
         self._reader = reader
         self._session = session
+        self._memory = memory or EngineMemory()
+        self._bytes = 0
         self._held: list[pa.RecordBatch] | None = None
+        self._failure: ResultLimitExceeded | None = None
         self.schema: pa.Schema = reader.schema
 
     def next_batch(self) -> pa.RecordBatch | None:
-        """The next batch, or None when the statement has no more rows. Blocking: call off the event loop."""
+        """The next batch, or None when the statement has no more rows. Blocking: call off the event loop.
+
+        Raises ResultLimitExceeded (and closes the stream) at the first batch that holds a value over
+        `max_value_bytes` or takes the result over `max_result_bytes`; that batch is never handed on.
+        """
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
         if self._held is not None:
             return self._held.pop(0) if self._held else None
         try:
@@ -129,12 +237,30 @@ class ResultStream:
         except StopIteration:
             self.close()
             return None
+        self._checked(batch)
         return batch
 
+    def _checked(self, batch: pa.RecordBatch) -> None:
+        try:
+            self._bytes = _check_batch(batch, self._memory, self._bytes)
+        except ResultLimitExceeded:
+            self.close()
+            raise
+
     def detach(self) -> None:
-        """Read the rest into memory so the session's connection can run another statement."""
+        """Read the rest into memory so the session's connection can run another statement.
+
+        Held at most `max_result_bytes`: a larger rest fails the suspended statement instead.
+        """
         if self._held is None:
-            self._held = list(self._reader)
+            held: list[pa.RecordBatch] = []
+            try:
+                for batch in self._reader:
+                    self._checked(batch)
+                    held.append(batch)
+            except ResultLimitExceeded as exc:  # the suspended statement fails at its next read, not the new one
+                held, self._failure = [], exc
+            self._held = held
             self._release()
 
     def close(self) -> None:
@@ -152,8 +278,9 @@ class ResultStream:
 class EngineSession:
     """One client's DuckDB connection: transactions, statements and interruption."""
 
-    def __init__(self, cursor: duckdb.DuckDBPyConnection):
+    def __init__(self, cursor: duckdb.DuckDBPyConnection, memory: EngineMemory | None = None):
         self._cursor = cursor
+        self._memory = memory or EngineMemory()
         self._open: ResultStream | None = None
         self._lock = threading.Lock()
         self._interrupts = 0
@@ -196,7 +323,7 @@ class EngineSession:
         params = list(values) if values else None
         result = self._cursor._submit(sql, params, "stream", STREAM_BATCH_ROWS)
         with self._lock:
-            self._open = ResultStream(result.arrow_reader(), self)
+            self._open = ResultStream(result.arrow_reader(), self, self._memory)
             return self._open
 
     def _make_room(self) -> None:

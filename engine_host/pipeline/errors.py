@@ -6,6 +6,7 @@ import logging
 import os
 import re
 
+from engine_host.engine.duckdb_engine import ResultLimitExceeded
 from hd_core.text_redaction import redact_error_detail
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,9 @@ def from_engine_error(exc: Exception) -> QueryError:
     name = type(exc).__name__
     if name == "InterruptException":
         return query_canceled()
+    if isinstance(exc, ResultLimitExceeded):
+        return QueryError(exc.sqlstate, exc.code, str(exc),
+                          hint="Add a LIMIT or a narrower WHERE clause, or select fewer or shorter columns.")
     sqlstate, code = DUCKDB_SQLSTATES.get(name, ("XX000", "HD_ERR_ENGINE"))
     message = str(exc).strip()
     if "Division by zero" in message:

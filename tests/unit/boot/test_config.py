@@ -50,7 +50,8 @@ def test_every_field_can_be_set(tmp_path: Path) -> None:
         jwt_audience="warehouse", tls_secret_arn="arn:aws:secretsmanager:eu-west-1:123456789012:secret:hd/tls-AbCdEf",
         heartbeat_interval_seconds=60, listen_host="10.0.0.5", listen_port=15432, metrics_host="127.0.0.1",
         metrics_port=19090, tls_cert_file="/etc/tls/a.crt", tls_key_file="/etc/tls/a.key",
-        cache_capacity_bytes=500 * 2**30,
+        cache_capacity_bytes=500 * 2**30, memory_limit_bytes=8 * 2**30, temp_directory="/srv/cache/spill",
+        max_result_bytes=2**30, max_value_bytes=0,
     )
     config = load_config_file(write_json(tmp_path / "engine.json", data))
     assert config.model_dump(mode="json") == data
