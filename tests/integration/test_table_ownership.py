@@ -76,7 +76,11 @@ def _globex_admin(store: SqliteControlStore) -> tuple[str, str]:
 
 
 @pytest.fixture
-def tenants(tmp_path: Path) -> Iterator[Tenants]:
+def tenants(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tenants]:
+    # Serving the control API in-process turns Powertools' metrics and tracing off for the process
+    # (as `hd dev` wants); set here, the test's end restores them for the tests that follow.
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     clicks = tmp_path / "data" / "events" / "clicks"
     clicks.mkdir(parents=True)
     pq.write_table(pa.table({"id": [1, 2, 3], "org_id": ["org_x", GLOBEX, GLOBEX]}), clicks / "part-0.parquet")
