@@ -11,20 +11,21 @@ from pydantic import BaseModel, Field
 
 from functions.shared.http import authorize, build_app, documented
 from functions.shared.lambda_entry import lambda_entry
-from functions.shared.request_fields import PathId, PlainText
+from functions.shared.request_fields import Cidr, PathId, PlainText, ScopeName
 from functions.shared.wiring import services
 from hd_core import key_admin
+from hd_core.client_values import ID_PATTERN
 from hd_core.models import ApiKeyRecord, KeyEnv, utc_now
 
 router = Router()
 
 
 class KeyIn(BaseModel):
-    user_id: str | None = Field(default=None, description="Whose key; default: the caller's own")
+    user_id: str | None = Field(default=None, pattern=ID_PATTERN, description="Whose key; default: the caller's own")
     env: KeyEnv = KeyEnv.LIVE
-    scopes: list[str] = Field(default_factory=lambda: ["read_only"], min_length=1, max_length=40)
+    scopes: list[ScopeName] = Field(default_factory=lambda: ["read_only"], min_length=1, max_length=40)
     name: PlainText = Field(default="", max_length=128)
-    allowed_cidrs: list[str] = Field(default_factory=list, max_length=50)
+    allowed_cidrs: list[Cidr] = Field(default_factory=list, max_length=50)
     expires_at: datetime | None = None
 
 
@@ -98,7 +99,7 @@ def create_key(org_id: PathId, body: KeyIn) -> tuple[NewKeyOut, int]:
 @router.get("/v1/organizations/<org_id>/api-keys", responses=documented(200, list[KeyOut], "Keys"))
 def list_keys(
     org_id: PathId,
-    user_id: Annotated[str | None, Query(max_length=64)] = None,
+    user_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     include_revoked: Annotated[bool, Query()] = True,
 ) -> list[KeyOut]:
     ctx = authorize(router, org_id=org_id)

@@ -14,10 +14,15 @@ from functions.shared.lambda_entry import lambda_entry
 from functions.shared.request_fields import PathId
 from functions.shared.wiring import services
 from hd_core.audit_search import QueryAuditFilter, search_query_audit
+from hd_core.client_values import ID_PATTERN, NON_BLANK_PATTERN
 from hd_core.models import ApiScope, ChangeContext, IamEvent
 
 router = Router()
 _AUDIT = ApiScope.AUDIT_READ.value
+# The largest event number any store holds (DynamoDB keys carry 12 digits; SQLite's INTEGER more).
+MAX_SEQ = 10**12 - 1
+# A week, in milliseconds: no statement runs longer (and 1e400 would read as infinity).
+MAX_DURATION_MS = 7 * 24 * 3600 * 1000
 
 
 class QueryAuditPageOut(BaseModel):
@@ -80,10 +85,10 @@ def search_queries(
     env_id: PathId,
     start: Annotated[date, Query()],
     end: Annotated[date, Query()],
-    user_id: Annotated[str | None, Query(max_length=64)] = None,
+    user_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     agent_id: Annotated[str | None, Query(max_length=128)] = None,
-    table: Annotated[str | None, Query(max_length=256)] = None,
-    min_duration_ms: Annotated[float | None, Query(ge=0)] = None,
+    table: Annotated[str | None, Query(max_length=256, pattern=NON_BLANK_PATTERN)] = None,
+    min_duration_ms: Annotated[float | None, Query(ge=0, le=MAX_DURATION_MS)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> QueryAuditPageOut:
@@ -104,7 +109,7 @@ def search_queries(
 @router.get("/v1/environments/<env_id>/audit/admin", responses=documented(200, list[IamEventOut], "IAM events"))
 def list_iam_events(
     env_id: PathId,
-    after_seq: Annotated[int, Query(ge=0)] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[IamEventOut]:
     ctx = _auditor_of(env_id)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from functions.shared.http import authorize, build_app, documented, request_id
 from functions.shared.lambda_entry import lambda_entry
-from functions.shared.request_fields import PathId, PlainText
+from functions.shared.request_fields import EmailAddress, PathId
 from functions.shared.wiring import services
 from hd_core import auth, credential_admin, directory
 from hd_core.errors import NotFound
@@ -31,7 +31,7 @@ OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
 
 
 class LoginIn(BaseModel):
-    email: PlainText = Field(min_length=3, max_length=254)
+    email: EmailAddress
     password: str = Field(min_length=1, max_length=1024)
     totp_code: str | None = Field(default=None, pattern=r"^[0-9]{6,8}$")
     env: KeyEnv = KeyEnv.LIVE
@@ -62,7 +62,7 @@ class MfaEnrolmentOut(BaseModel):
 class MfaPasswordProofIn(BaseModel):
     """Email and password, sent with no credential header: they prove who enrols (a first enrolment, no session)."""
 
-    email: PlainText = Field(min_length=3, max_length=254)
+    email: EmailAddress
     password: str = Field(min_length=1, max_length=1024)
 
 
@@ -93,7 +93,7 @@ class PasswordChangeIn(BaseModel):
 class PasswordChangeWithPasswordIn(PasswordChangeIn):
     """Email, current password and (if enrolled) a TOTP code, sent with no credential header."""
 
-    email: PlainText = Field(min_length=3, max_length=254)
+    email: EmailAddress
     totp_code: str | None = Field(default=None, pattern=r"^[0-9]{6,8}$")
 
 

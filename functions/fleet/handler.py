@@ -22,6 +22,7 @@ from functions.shared.lambda_entry import lambda_entry
 from functions.shared.settings import settings
 from functions.shared.wiring import services
 from hd_core import fleet
+from hd_core.client_values import ID_PATTERN
 from hd_core.heartbeat import HeartbeatReport
 from hd_core.models import utc_now
 
@@ -34,7 +35,7 @@ logger = Logger(service=SERVICE)
 class HeartbeatIn(BaseModel):
     """One heartbeat report, as an engine host sends it."""
 
-    org_id: str = Field(min_length=1, max_length=128)
+    org_id: str = Field(pattern=ID_PATTERN)
     host_id: str = Field(pattern=fleet.INSTANCE_ID_PATTERN, description="The reporting host's EC2 instance id")
     fingerprint: str = Field(pattern=fleet.SHA256_HEX_PATTERN, description="SHA-256 hex of the environment")
     code_hash: str = Field(pattern=fleet.SHA256_HEX_PATTERN, description="SHA-256 hex of the engine code package")

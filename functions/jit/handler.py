@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
@@ -20,8 +20,12 @@ router = Router()
 _MANAGE = ApiScope.USERS_MANAGE.value
 
 
+# Elevation goes up to Admin at most (`hd_core.jit`): Owner is never offered.
+ElevatableRole = Literal["Admin", "Developer", "Analyst", "ServiceAccount", "Auditor"]
+
+
 class ElevationIn(BaseModel):
-    role: Role
+    role: ElevatableRole
     reason: MultilineText = Field(min_length=1, max_length=1000)
     duration_seconds: int = Field(ge=60, le=8 * 3600)
 
@@ -71,7 +75,7 @@ def request_elevation(org_id: PathId, body: ElevationIn) -> tuple[JitRequestOut,
         svc.trail,
         ctx,
         org_id=org_id,
-        role=body.role,
+        role=Role(body.role),
         reason=body.reason,
         duration_seconds=body.duration_seconds,
     )

@@ -6,12 +6,13 @@ validator the engine uses; every change bumps the policy version the engine host
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from pydantic import BaseModel
 
+from functions.policies.documents import PolicyDocument, as_document
 from functions.shared.http import authorize, build_app, documented
 from functions.shared.lambda_entry import lambda_entry
 from functions.shared.request_fields import PathId
@@ -23,6 +24,8 @@ from hd_core.policy_codec import kind_of, object_id, to_document
 
 router = Router()
 _MANAGE = ApiScope.POLICIES_MANAGE.value
+# The kinds these routes manage (`hd_core.policy_admin.MANAGED_KINDS`): JIT grants and quotas have routes of their own.
+ManagedKind = Literal["mask", "row_filter", "abac", "column_tag", "phi_grant", "table_binding"]
 _DOCUMENT_HELP = "A policy document: `kind` plus the fields of that kind (see README, Governance)"
 
 
@@ -52,42 +55,47 @@ def list_policies(org_id: PathId, kind: Annotated[PolicyKind | None, Query()] = 
 
 @router.post("/v1/organizations/<org_id>/policies", responses=documented(201, PolicyOut, "The new policy"))
 def create_policy(
-    org_id: PathId, document: Annotated[dict[str, Any], Body(description=_DOCUMENT_HELP)]
+    org_id: PathId, body: Annotated[PolicyDocument, Body(description=_DOCUMENT_HELP)]
 ) -> tuple[PolicyOut, int]:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()
+    document = as_document(body)
     return policy_out(policy_admin.create_policy(svc.store, svc.trail, ctx, {**document, "org_id": org_id})), 201
 
 
 @router.get("/v1/organizations/<org_id>/policies/<kind>/<object_id>", responses=documented(200, PolicyOut, "Policy"))
-def get_policy(org_id: PathId, kind: PolicyKind, object_id: PathId) -> PolicyOut:
+def get_policy(org_id: PathId, kind: ManagedKind, object_id: PathId) -> PolicyOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
-    return policy_out(policy_admin.get_policy(services().store, ctx, org_id, kind, object_id))
+    return policy_out(policy_admin.get_policy(services().store, ctx, org_id, PolicyKind(kind), object_id))
 
 
 @router.put("/v1/organizations/<org_id>/policies/<kind>/<object_id>", responses=documented(200, PolicyOut, "Policy"))
 def replace_policy(
     org_id: PathId,
-    kind: PolicyKind,
+    kind: ManagedKind,
     object_id: PathId,
-    document: Annotated[dict[str, Any], Body(description=_DOCUMENT_HELP)],
+    body: Annotated[PolicyDocument, Body(description=_DOCUMENT_HELP)],
 ) -> PolicyOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()
+    document = as_document(body)
+    policy_kind = PolicyKind(kind)
     # A table binding's org_id says who is to own the table (null: shared), so the path does not set it.
-    pinned = {"org_id": org_id, **document} if kind is PolicyKind.TABLE_BINDING else {**document, "org_id": org_id}
-    replaced = policy_admin.replace_policy(svc.store, svc.trail, ctx, kind, object_id, pinned)
+    pinned = {**document, "org_id": org_id}
+    if policy_kind is PolicyKind.TABLE_BINDING:
+        pinned = {"org_id": org_id, **document}
+    replaced = policy_admin.replace_policy(svc.store, svc.trail, ctx, policy_kind, object_id, pinned)
     return policy_out(replaced)
 
 
 @router.delete(
     "/v1/organizations/<org_id>/policies/<kind>/<object_id>", responses=documented(200, DeletedPolicyOut, "Deleted")
 )
-def delete_policy(org_id: PathId, kind: PolicyKind, object_id: PathId) -> DeletedPolicyOut:
+def delete_policy(org_id: PathId, kind: ManagedKind, object_id: PathId) -> DeletedPolicyOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()
-    policy_admin.delete_policy(svc.store, svc.trail, ctx, kind, object_id)
-    return DeletedPolicyOut(kind=kind, id=object_id, policy_version=svc.store.policy_version())
+    policy_admin.delete_policy(svc.store, svc.trail, ctx, PolicyKind(kind), object_id)
+    return DeletedPolicyOut(kind=PolicyKind(kind), id=object_id, policy_version=svc.store.policy_version())
 
 
 app = build_app(router)

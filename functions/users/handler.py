@@ -11,9 +11,10 @@ from pydantic import BaseModel, Field
 
 from functions.shared.http import authorize, authorize_environment, build_app, documented
 from functions.shared.lambda_entry import lambda_entry
-from functions.shared.request_fields import PathId, PlainText
+from functions.shared.request_fields import EmailAddress, ExternalId, PathId, PlainText
 from functions.shared.wiring import services
 from hd_core import directory, errors
+from hd_core.client_values import EXTERNAL_ID_PATTERN
 from hd_core.models import ApiScope, Environment, KeyEnv, Organization, OrgStatus, Role, User, UserStatus
 
 router = Router()
@@ -53,7 +54,7 @@ class EnvironmentOut(BaseModel):
 
 
 class InviteIn(BaseModel):
-    email: PlainText = Field(min_length=3, max_length=254)
+    email: EmailAddress
     role: Role
     name: PlainText = Field(default="", max_length=128)
     department: PlainText | None = Field(default=None, max_length=128)
@@ -82,7 +83,7 @@ class RoleIn(BaseModel):
 
 
 class IdentityIn(BaseModel):
-    external_id: str = Field(min_length=3, max_length=512, description="`<issuer>#<subject>` of an OIDC identity")
+    external_id: ExternalId = Field(description="`<issuer>#<subject>` of an OIDC identity")
 
 
 def org_out(org: Organization) -> OrganizationOut:
@@ -246,7 +247,9 @@ def link_identity(org_id: PathId, user_id: PathId, body: IdentityIn) -> UserOut:
     "/v1/organizations/<org_id>/users/<user_id>/identities", responses=documented(200, UserOut, "The user")
 )
 def unlink_identity(
-    org_id: PathId, user_id: PathId, external_id: Annotated[str, Query(min_length=3, max_length=512)]
+    org_id: PathId,
+    user_id: PathId,
+    external_id: Annotated[str, Query(min_length=3, max_length=512, pattern=EXTERNAL_ID_PATTERN)],
 ) -> UserOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()

@@ -23,6 +23,33 @@ from hd_core.errors import InvalidRequest
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _ID = re.compile(ID_PATTERN)
 
+# An e-mail address, deliberately plain (something@host): deliverability is proven by the invitation itself.
+MAX_EMAIL_LENGTH = 254
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_EMAIL = re.compile(rf"[^@\s]{{1,64}}@{_HOST_LABEL}(?:\.{_HOST_LABEL})*")
+
+# At least one character `str.strip` keeps: the whitespace of Python's `str.isspace`, spelled out so
+# that ECMA-262 (whose `\s` differs) reads the same set.
+NON_BLANK_PATTERN = "[^\\t-\\r \\x1c-\\x1f\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+
+# `<issuer>#<subject>` of an OIDC identity: an issuer URL and a subject are printable ASCII (OIDC
+# Core 5.7), the issuer holds no `#`.
+EXTERNAL_ID_PATTERN = r"^[!-\"$-~]+#[!-~]+$"
+
+# An IPv4 or IPv6 network or lone address, as `ipaddress.ip_network(strict=False)` reads it: no
+# leading zeros, no zone ids, no IPv4-in-IPv6 tails. ASCII classes only, so ECMA-262 and Python agree.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+_H = r"[0-9A-Fa-f]{1,4}"
+_IPV6 = (
+    rf"(?:(?:{_H}:){{7}}{_H}|(?:{_H}:){{1,7}}:|(?:{_H}:){{1,6}}:{_H}|(?:{_H}:){{1,5}}(?::{_H}){{1,2}}"
+    rf"|(?:{_H}:){{1,4}}(?::{_H}){{1,3}}|(?:{_H}:){{1,3}}(?::{_H}){{1,4}}|(?:{_H}:){{1,2}}(?::{_H}){{1,5}}"
+    rf"|{_H}:(?::{_H}){{1,6}}|:(?:(?::{_H}){{1,7}}|:))"
+)
+CIDR_PATTERN = (
+    rf"^(?:{_IPV4}(?:/(?:3[0-2]|[12]?[0-9]))?|{_IPV6}(?:/(?:12[0-8]|1[01][0-9]|[1-9]?[0-9]))?)$"
+)
+
 # Cc: C0/C1 controls (NUL, ESC, newline...); Cf: format characters (bidi embeddings, overrides and
 # isolates, LRM/RLM, zero-width joiners, BOM); Cs: lone surrogates, which cannot even be encoded as
 # UTF-8; Zl/Zp: the Unicode line and paragraph separators.
@@ -51,6 +78,21 @@ def plain_text_pattern(*, multiline: bool = False) -> str:
                 ranges.append([point, point])
     excluded = "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in ranges)
     return f"^[^{excluded}]*$"
+
+
+@functools.cache
+def email_pattern() -> str:
+    """The e-mail shape for the API document: `_EMAIL` without hidden characters (see `plain_text_pattern`)."""
+    hidden = plain_text_pattern()[3:-3]  # the excluded ranges of `^[^...]*$`
+    return rf"^[^@\s{hidden}]{{1,64}}@{_HOST_LABEL}(?:\.{_HOST_LABEL})*$"
+
+
+def email_problem(email: str) -> str | None:
+    """Why `email` (surrounding blanks ignored) is not an e-mail address a user may have, or None when it is."""
+    cleaned = email.strip()
+    if len(cleaned) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(cleaned):
+        return f"{email!r} is not an email address (name@example.com)"
+    return plain_text_problem(cleaned, "an email address")
 
 
 def is_client_id(value: object) -> bool:

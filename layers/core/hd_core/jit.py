@@ -94,7 +94,7 @@ def request_elevation(
     if user.status != UserStatus.ACTIVE:
         raise Conflict("only an active user can request elevation")
     if role_rank(wanted) <= role_rank(user.role):
-        raise InvalidRequest(f"{wanted.value} does not rank above your current role {Role(user.role).value}")
+        raise Conflict(f"{wanted.value} does not rank above your current role {Role(user.role).value}")
     request = JitRequest(
         request_id=new_id("jitreq"),
         org_id=org_id,

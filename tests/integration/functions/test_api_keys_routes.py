@@ -31,9 +31,9 @@ def test_a_key_outside_its_ip_allowlist_is_refused(control: ControlApi) -> None:
     assert refused.status == 401 and refused.json()["error"]["code"] == "HD_ERR_AUTH_FAILED"
 
 
-def test_a_bad_cidr_is_a_400(control: ControlApi) -> None:
+def test_a_bad_cidr_is_refused_by_the_schema(control: ControlApi) -> None:
     reply = control.call("POST", _keys(control), {"scopes": ["read_only"], "allowed_cidrs": ["not-a-network"]})
-    assert reply.status == 400
+    assert reply.status == 422 and reply.json()["error"]["code"] == "HD_ERR_VALIDATION"
 
 
 def test_rotation_keeps_both_keys_valid_for_72_hours(control: ControlApi) -> None:

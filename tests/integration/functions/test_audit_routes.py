@@ -59,6 +59,21 @@ def test_min_duration_and_table_filters(control: ControlApi) -> None:
     assert len(visits["records"]) == 5
 
 
+def test_an_event_number_beyond_64_bits_is_refused_not_a_500(control: ControlApi) -> None:
+    # Found by the stateful schemathesis run: SQLite cannot bind it, which was an OverflowError (500).
+    for after_seq in (10**12, 2**63, 15073642035178985488384):
+        reply = control.call("GET", f"/v1/environments/{control.env_id}/audit/admin?after_seq={after_seq}")
+        assert reply.status == 422 and reply.json()["error"]["code"] == "HD_ERR_VALIDATION"
+    assert control.ok("GET", f"/v1/environments/{control.env_id}/audit/admin?after_seq={10**12 - 1}") == []
+
+
+def test_a_blank_table_filter_or_an_endless_duration_is_refused_by_the_schema(control: ControlApi) -> None:
+    base = f"/v1/environments/{control.env_id}/audit/queries?start=2026-01-01&end=2026-01-02"
+    for query in ("table=%20%09", "min_duration_ms=1e400"):
+        reply = control.call("GET", f"{base}&{query}")
+        assert reply.status == 422 and reply.json()["error"]["code"] == "HD_ERR_VALIDATION", query
+
+
 def test_every_admin_change_is_in_the_iam_trail_and_the_chain_verifies(control: ControlApi) -> None:
     org = f"/v1/organizations/{control.org_id}"
     user = control.ok("POST", f"{org}/users", {"email": "a@x.com", "role": "Analyst"})

@@ -87,9 +87,9 @@ def test_a_deeply_nested_body_is_a_400_on_every_route_that_takes_one(control: Co
 
 
 def test_nesting_within_the_limit_is_parsed_as_usual(control: ControlApi) -> None:
-    # 60 levels inside a policy document: parsed, then refused by the policy validator, not by the depth limit.
+    # 60 levels inside a policy document: parsed, then refused by the document's schema, not by the depth limit.
     document = {"kind": "abac", "name": "deep", "effect": "deny", "actions": ["*"], "resources": ["*"],
                 "reason": "r", "conditions": json.loads("[" * 60 + "]" * 60)}
     reply = control.call("POST", f"/v1/organizations/{control.org_id}/policies", document)
-    assert reply.status == 400 and reply.json()["error"]["code"] == "HD_ERR_POLICY_INVALID"
+    assert reply.status == 422 and reply.json()["error"]["code"] == "HD_ERR_VALIDATION"
     assert json_depth(json.dumps(document)) == 61

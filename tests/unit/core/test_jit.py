@@ -51,7 +51,7 @@ def test_request_elevation_records_jit_requested_for_the_actor(plane: ControlPla
 @pytest.mark.parametrize(("current", "wanted"), [(Role.ANALYST, Role.ANALYST), (Role.DEVELOPER, Role.ANALYST),
                                                  (Role.ANALYST, Role.AUDITOR)])
 def test_the_requested_role_must_rank_above_the_current_one(plane: ControlPlane, current: Role, wanted: Role) -> None:
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(Conflict):
         ask(plane, plane.add_user(current), wanted)
     assert plane.events() == []
 
