@@ -52,6 +52,12 @@ def query_canceled() -> QueryError:
     return QueryError("57014", "HD_ERR_CANCELED", "canceling statement due to user request")
 
 
+def connection_ended() -> QueryError:
+    """How a statement ends when its connection ends first (client gone, Terminate, shutdown)."""
+    return QueryError("08006", "HD_ERR_CONNECTION_ENDED",
+                      "the connection ended before the statement finished; its result was not fully sent")
+
+
 def shutting_down() -> QueryError:
     return QueryError("57P01", "HD_ERR_SHUTDOWN", "terminating connection due to administrator command")
 

@@ -6,12 +6,18 @@ first row goes to the client; a result that ends within the read-ahead - the usu
 its one complete record (rows and bytes included) before anything is sent, so a record that
 cannot be written fails the statement with no rows returned. A result larger than the
 read-ahead gets its record (marked `streamed`) before its first row and a completion record when
-it ends. Every path out - last row, client close, error, session end - finishes the execution
-exactly once: the slot is released, the timeout disarmed, the usage metered.
+it ends.
+
+An Execution is the one owner of what a running statement holds: its concurrency slot, its
+timeout, its data lease and its engine stream (registered with `on_finish`). Every path out - last
+row, client close, error, cancel, timeout, session end - goes through `finish`, which releases all
+of them and writes the completion record exactly once. The session keeps its unfinished executions
+(`Session.running`), so a connection that ends at any byte finishes every one of them.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping
 
@@ -23,6 +29,8 @@ from engine_host.pipeline.governance.rewrite import is_row_filter_violation
 from engine_host.pipeline.governor import Governor, StatementAudit
 from engine_host.pipeline.results import RowSource
 from hd_core.policy_eval import Subject
+
+log = logging.getLogger(__name__)
 
 READ_AHEAD_ROWS = 65_536
 READ_AHEAD_BYTES = 64 * 1024 * 1024
@@ -45,6 +53,8 @@ class Execution:
         self._cleanups: list[Callable[[], None]] = []
         if on_timeout is not None and timeout_seconds > 0:
             def fire() -> None:
+                if self._finished:
+                    return  # ended as the deadline came: its connection may already be closed
                 self.timed_out = True
                 on_timeout()
             self._deadline = governor.watchdog.arm(timeout_seconds, fire)
@@ -64,7 +74,7 @@ class Execution:
         return error
 
     def on_finish(self, cleanup: Callable[[], None]) -> None:
-        """Run `cleanup` when the execution finishes (releasing what the statement held)."""
+        """Run `cleanup` when the execution finishes (releasing what the statement held), last added first."""
         self._cleanups.append(cleanup)
 
     def record_now(self) -> None:
@@ -72,17 +82,28 @@ class Execution:
         self.governor.record(self.subject, self.settings, self.audit, final=False)
 
     def finish(self, error: QueryError | None = None, *, write: bool = True) -> None:
-        """End the execution once: release its resources, meter it and (if `write`) store its record."""
+        """End the execution once: release its resources, meter it and (if `write`) store its record.
+
+        Everything is released even if a release step fails (each failure is logged); the record is
+        written last, so a sink that fails (QueryError) leaves nothing held.
+        """
         with self._lock:
             if self._finished:
                 return
             self._finished = True
-        if self._deadline is not None:
-            self.governor.watchdog.cancel(self._deadline)
-        if self._holds_slot:
-            self.governor.release()
-        for cleanup in self._cleanups:
-            cleanup()
+        try:
+            if self._deadline is not None:
+                self.governor.watchdog.cancel(self._deadline)
+            while self._cleanups:
+                cleanup = self._cleanups.pop()
+                try:
+                    cleanup()
+                except Exception as exc:  # noqa: BLE001 - by type only: engine texts can quote row values
+                    log.error("releasing statement %s: %s failed (%s)", self.audit.query_id,
+                              getattr(cleanup, "__qualname__", "a cleanup"), type(exc).__name__)
+        finally:
+            if self._holds_slot:
+                self.governor.release()
         if error is not None and self.audit.error is None:
             self.audit.error = {"sqlstate": error.sqlstate, "code": error.code, "message": error.message}
         if write:

@@ -498,9 +498,11 @@ class StatementPipeline:
             raise
         except Exception as exc:  # noqa: BLE001 - a bug, or nesting sqlglot cannot follow (a re-plan)
             raise self._refuse_unexpected(session, audit, exc) from None
-        return Execution(self.governor, subject, settings, audit, holds_slot=take_slot,
-                         on_timeout=(engine or session.engine).interrupt,
-                         timeout_seconds=audit.remaining_seconds(self._timeout(session)))
+        execution = Execution(self.governor, subject, settings, audit, holds_slot=take_slot,
+                              on_timeout=(engine or session.engine).interrupt,
+                              timeout_seconds=audit.remaining_seconds(self._timeout(session)))
+        session.track(execution)
+        return execution
 
     def _statement_audit(self, session: Session, text: str, engine: EngineSession | None = None) -> StatementAudit:
         """A statement's audit, with its timeout counting from now and cancels of `engine` noticed between stages."""
@@ -533,6 +535,7 @@ class StatementPipeline:
             # INSERT/UPDATE/DELETE return rows only with RETURNING; ask the binder before the statement runs.
             returning = stype in _ROWS_TAGS and self._shape(session, prepared).returns_rows
             stream = session.engine.run(prepared.engine_sql, values)
+            execution.on_finish(stream.close)  # closed before the lease is released
             rows: RowSource = RowSource(stream)
             if plan.kind == "explain":
                 rows = RowSource(_client_explain(stream, hide_estimates=bool(plan.filtered_tables)))  # type: ignore[arg-type]
@@ -762,6 +765,7 @@ class StatementPipeline:
             error = execution.engine_error(exc)
             self._abandon(session, False, execution, error)
             raise error from None
+        execution.on_finish(stream.close)
         columns = [Column(f.name, pg_type_for_arrow(f.type)) for f in stream.schema]
         rows = GovernedRows(RowSource(stream), execution, max_rows=self.governor.max_rows(session.principal.org_id))
         session.cursors[name] = SqlCursor(name, columns, rows, engine, bool(m.group("binary")))

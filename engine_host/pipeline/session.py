@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from engine_host.engine.duckdb_engine import EngineSession
+from engine_host.pipeline import errors
 from engine_host.pipeline.settings import SessionSettings
 from hd_core.models import Principal
 
 if TYPE_CHECKING:
     from engine_host.engine.table_catalog import TableInfo
+    from engine_host.pipeline.execution import Execution
     from engine_host.pipeline.governor import GovernedPlan
     from engine_host.pipeline.results import SqlCursor
 
@@ -39,6 +41,9 @@ class Session:
     # whose ownership bookkeeping waits for COMMIT.
     local_tables: dict[str, TableInfo] | None = None
     pending_ddl: list[GovernedPlan] = field(default_factory=list)
+    # Statements admitted and not yet finished (a result still being sent, an open cursor). Each
+    # leaves when it finishes; whatever is left when the session closes is finished then.
+    running: set[Execution] = field(default_factory=set)
 
     @property
     def in_transaction(self) -> bool:
@@ -55,8 +60,27 @@ class Session:
         if self.transaction_status == IN_TRANSACTION:
             self.transaction_status = FAILED_TRANSACTION
 
+    def track(self, execution: Execution) -> None:
+        """Hold `execution` until it finishes, so the session's end finishes it if nothing else did."""
+        self.running.add(execution)
+        execution.on_finish(lambda: self.running.discard(execution))
+
     def close(self) -> None:
-        for cursor in self.cursors.values():
-            cursor.close()
-        self.cursors.clear()
-        self.engine.close()
+        """End the session, whichever way its connection ended.
+
+        Every statement still running is finished first (slot, timeout, lease and stream released,
+        completion record written), then the cursors and the DuckDB connection are closed.
+        """
+        try:
+            for execution in list(self.running):
+                try:
+                    execution.finish(errors.connection_ended())
+                except errors.QueryError:
+                    pass  # the record could not be stored: the writer logged it, and nothing is held
+        finally:
+            cursors, self.cursors = list(self.cursors.values()), {}
+            try:
+                for cursor in cursors:
+                    cursor.close()
+            finally:
+                self.engine.close()

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import secrets
 import ssl
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -94,6 +95,9 @@ class PgConnection:
         self._inbox = bytearray()
         self._terminated = False
         self._state = ConnectionState()
+        # The handler running (or suspended mid-result) on a worker thread, and the lock it runs under.
+        self._work: Generator[None, None, None] | None = None
+        self._handling = threading.Lock()
         peer = writer.get_extra_info("peername")
         self.peer_host = str(peer[0]) if peer else "unknown"
         self.ticket: ConnectionTicket | None = None  # this connection's place in the connection limits
@@ -119,17 +123,36 @@ class PgConnection:
 
     async def _cleanup(self) -> None:
         self.server.forget(self)
-        for portal in self._state.portals.values():
-            portal.close()
-        self._state.portals.clear()
-        if self.session is not None:
-            session, self.session = self.session, None
-            await self._blocking(session.close)
+        try:
+            await self._blocking(self._release)
+        except RuntimeError:  # the worker pool has already stopped (server shutdown): release here
+            self._release()
         self.writer.close()
         try:
             await self.writer.wait_closed()
         except (ConnectionError, ssl.SSLError, OSError):
             pass
+
+    def _release(self) -> None:
+        """Release everything the connection holds, however it ended (worker thread; idempotent).
+
+        The session goes first: it finishes every statement still running (slot, lease, stream,
+        timeout, completion record), so a result abandoned at any byte, in either protocol, is
+        ended here. Waits for a handler still running on a worker thread.
+        """
+        with self._handling:
+            session, self.session = self.session, None
+            work, self._work = self._work, None
+            portals = list(self._state.portals.values())
+            self._state.portals.clear()
+            try:
+                if session is not None:
+                    session.close()
+            finally:
+                if work is not None:
+                    work.close()  # its own `finally` blocks find their statements already finished
+                for portal in portals:
+                    portal.close()
 
     def cancel(self) -> None:
         """Interrupt the statement this connection is running, if any (CancelRequest)."""
@@ -306,9 +329,10 @@ class PgConnection:
                 continue
             self.busy = True
             try:
-                work = self._handle(messages)
-                while await self._blocking(_advance, work):
+                self._work = work = self._handle(messages)
+                while await self._blocking(self._advance, work):
                     await self._flush()
+                self._work = None
                 await self._flush()
             finally:
                 self.busy = False
@@ -438,7 +462,7 @@ class PgConnection:
         del buf[:pos]
         return found
 
-    def _handle(self, messages: deque[tuple[bytes, bytes]]) -> Iterator[None]:
+    def _handle(self, messages: deque[tuple[bytes, bytes]]) -> Generator[None, None, None]:
         """Handle a batch of messages (runs on a worker thread); yields when output should be written."""
         while messages:
             kind, body = messages.popleft()
@@ -463,6 +487,11 @@ class PgConnection:
                     self._send_error(exc)
                     self._state.skipping_to_sync = True
                     yield  # Postgres sends an error at once; drivers that sent Flush (not Sync) wait for it
+
+    def _advance(self, work: Generator[None, None, None]) -> bool:
+        """Run the handler to its next yield (worker thread); False once it has finished."""
+        with self._handling:
+            return next(work, _DONE) is not _DONE
 
     def _session(self) -> Session:
         if self.session is None:
@@ -524,6 +553,7 @@ class PgConnection:
             if not statements:
                 self._send(m.empty_query_response())
         for text in statements:
+            outcome: Outcome | None = None
             try:
                 prepared = pipeline.prepare(session, text)
                 outcome = pipeline.execute(session, prepared)
@@ -538,6 +568,11 @@ class PgConnection:
                 session.statement_failed()
                 self._send_error(exc)
                 break
+            finally:
+                # However the result ends (sent, failed, or this handler closed with the connection),
+                # nothing it holds outlives it; a finished result closes as a no-op.
+                if outcome is not None and outcome.rows is not None:
+                    outcome.rows.close()
         self._send(m.ready_for_query(session.transaction_status))
         yield
 
@@ -667,11 +702,6 @@ class PgConnection:
         self._send(m.ready_for_query(session.transaction_status))
 
 
-def _advance(work: Iterator[None]) -> bool:
-    """Run a handler generator to its next yield; False once it has finished."""
-    return next(work, _DONE) is not _DONE
-
-
 _DONE = object()
 
 
@@ -684,6 +714,7 @@ def _cstrings(body: bytes, count: int) -> list[bytes]:
 def _prefix(sql: bytes) -> str:
     """Enough of a statement to tell what kind it is (its first keyword, after comments)."""
     return sql[:4096].decode("utf-8", "replace")
+
 
 def _fields(columns: list[Column] | None, formats: Sequence[int]) -> list[m.FieldDescription]:
     return [
