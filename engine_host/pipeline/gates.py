@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -17,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine_host.pipeline.errors import QueryError
+
+log = logging.getLogger(__name__)
 
 
 class ConcurrencyGate:
@@ -183,7 +186,10 @@ class Watchdog:
         """Call `callback` (on the watchdog thread) after `seconds`, unless cancelled first."""
         deadline = _Deadline(self._clock() + seconds, next(self._seq), callback)
         with self._cond:
-            if self._thread is None:
+            if self._stopped:
+                return deadline  # the host is stopping: its statements are being interrupted anyway
+            # A thread that ended anyway is replaced: no statement may go unwatched.
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="hd-statement-watchdog", daemon=True)
                 self._thread.start()
             heapq.heappush(self._heap, deadline)
@@ -212,4 +218,16 @@ class Watchdog:
                     return
                 due = heapq.heappop(self._heap)
             if not due.cancelled:
-                due.callback()
+                _fire(due.callback)
+
+
+def _fire(callback: Callable[[], None]) -> None:
+    """Run one deadline's callback; its failure is that statement's alone and never stops the thread.
+
+    A target can be gone by the time its deadline comes (a DuckDB connection closed with its
+    session raises "Connection already closed!"); every later statement's timeout still fires.
+    """
+    try:
+        callback()
+    except Exception as exc:  # noqa: BLE001 - logged by type only: the text can quote the statement
+        log.warning("a statement timeout callback failed (%s); the watchdog goes on", type(exc).__name__)
