@@ -19,11 +19,9 @@ from functions.shared.http import authorize, build_app, documented, request_id
 from functions.shared.lambda_entry import lambda_entry
 from functions.shared.request_fields import EmailAddress, PathId
 from functions.shared.wiring import services
-from hd_core import auth, credential_admin, directory
-from hd_core.errors import NotFound
+from hd_core import auth, credential_admin
 from hd_core.federation import federated_login
-from hd_core.iam_events import IamEventType
-from hd_core.models import ApiScope, KeyEnv, RefreshToken, Role, User
+from hd_core.models import ApiScope, KeyEnv, Role, User
 from hd_core.tokens import jwks_document
 
 router = Router()
@@ -156,20 +154,8 @@ def login(body: LoginIn) -> TokenPairOut:
 @router.post("/v1/auth/refresh", responses=documented(200, TokenPairOut, "The next tokens"))
 def refresh(body: RefreshIn) -> TokenPairOut:
     svc = services()
-    req_id = request_id(router)
-
-    def record_reuse(token: RefreshToken) -> None:
-        svc.trail.record(
-            token.org_id,
-            IamEventType.REFRESH_TOKEN_REUSED,
-            actor=token.user_id,
-            target=f"refresh_family:{token.family_id}",
-            before=None,
-            after={"family_id": token.family_id, "token_id": token.token_id},
-            request_id=req_id,
-        )
-
-    return pair_out(auth.refresh(svc.store, svc.jwt_issuer, body.refresh_token, on_reuse=record_reuse))
+    return pair_out(auth.refresh(svc.store, svc.jwt_issuer, body.refresh_token, trail=svc.trail,
+                                 request_id=request_id(router)))
 
 
 @router.post("/v1/auth/federate", responses=documented(200, TokenPairOut, "Tokens for the linked user"))
@@ -230,9 +216,7 @@ def begin_mfa_with_password(body: MfaPasswordProofIn) -> MfaEnrolmentOut:
 def confirm_mfa(body: MfaCodeIn) -> CredentialStateOut:
     ctx = authorize(router, org_id=None)
     svc = services()
-    before = _user(ctx.actor.user_id)
-    after = auth.confirm_mfa_enrolment(svc.store, ctx.actor.user_id, body.code, sealer=svc.secrets)
-    directory.record_user_change(svc.store, svc.trail, ctx, IamEventType.USER_MFA_ENROLLED, before, after)
+    after = auth.confirm_own_mfa_enrolment(svc.store, svc.trail, ctx, body.code, sealer=svc.secrets)
     return CredentialStateOut(user_id=after.user_id, mfa_enabled=after.mfa_enabled)
 
 
@@ -252,16 +236,7 @@ def confirm_mfa_with_password(body: MfaPasswordCodeIn) -> TokenPairOut:
         code=body.code,
         sealer=svc.secrets,
         throttle=svc.auth_throttle,
-    )
-    user = result.enrolled
-    # No session means no ChangeContext: the user acts on themselves, as directory.record_user_change records it.
-    svc.trail.record(
-        user.org_id,
-        IamEventType.USER_MFA_ENROLLED,
-        actor=user.user_id,
-        target=user.user_id,
-        before=result.before,
-        after=user,
+        trail=svc.trail,
         request_id=request_id(router),
     )
     return pair_out(result.tokens)
@@ -343,13 +318,6 @@ def reset_password(org_id: PathId, user_id: PathId, body: PasswordResetIn) -> Cr
 
 def _credential_state(user: User) -> CredentialStateOut:
     return CredentialStateOut(user_id=user.user_id, mfa_enabled=user.mfa_enabled)
-
-
-def _user(user_id: str, org_id: str | None = None) -> User:
-    user = services().store.get_user(user_id)
-    if user is None or (org_id is not None and user.org_id != org_id):
-        raise NotFound("user not found")
-    return user
 
 
 @lru_cache(maxsize=1)

@@ -28,9 +28,13 @@ import pyotp
 
 from hd_core.api_keys import ApiKeyHasher
 from hd_core.auth_throttle import AuthThrottle, ThrottleSubject
+from hd_core.directory import record_user_change
 from hd_core.errors import AuthenticationFailed, Conflict, MfaRequired, NotFound, RefreshTokenReused
+from hd_core.iam_audit import IamAuditTrail
+from hd_core.iam_events import IamEventType
 from hd_core.models import (
     BASE62_ALPHABET,
+    ChangeContext,
     KeyEnv,
     Organization,
     OrgStatus,
@@ -319,6 +323,8 @@ def refresh(
     issuer: JwtIssuer,
     token: str,
     *,
+    trail: IamAuditTrail | None = None,
+    request_id: str = "",
     on_reuse: Callable[[RefreshToken], None] | None = None,
     now: Callable[[], datetime] = utc_now,
 ) -> TokenPair:
@@ -326,8 +332,11 @@ def refresh(
 
     Raises `AuthenticationFailed` for an unknown, wrong, expired or revoked token or an inactive
     user or organisation, and `RefreshTokenReused` for a token already spent: its family is then
-    revoked and `on_reuse` is called with the token (to record the security event) before raising.
+    revoked, REFRESH_TOKEN_REUSED recorded in `trail` (the token's holder as actor) and `on_reuse`
+    called with the token, before raising.
     """
+    if trail is not None:
+        on_reuse = _recording_reuse(trail, request_id, on_reuse)
     at = now()
     record = _stored_token(store, token)
     if store.refresh_family_revoked(record.family_id):
@@ -351,6 +360,26 @@ def refresh(
         raise AuthenticationFailed("refresh token vanished") from None
     # The family keeps the environment it was logged in to.
     return issue_token_pair(store, issuer, user, env=record.env, family_id=record.family_id, now=lambda: at)
+
+
+def _recording_reuse(
+    trail: IamAuditTrail, request_id: str, then: Callable[[RefreshToken], None] | None
+) -> Callable[[RefreshToken], None]:
+    def record(token: RefreshToken) -> None:
+        # The family is revoked (stored) before this runs: stored first, audited second.
+        trail.record(
+            token.org_id,
+            IamEventType.REFRESH_TOKEN_REUSED,
+            actor=token.user_id,
+            target=f"refresh_family:{token.family_id}",
+            before=None,
+            after={"family_id": token.family_id, "token_id": token.token_id},
+            request_id=request_id,
+        )
+        if then is not None:
+            then(token)
+
+    return record
 
 
 def revoke_refresh_token(store: ControlStore, token: str, *, now: Callable[[], datetime] = utc_now) -> None:
@@ -492,6 +521,22 @@ def confirm_mfa_enrolment(
     return _confirm_enrolment(store, _existing_user(store, user_id), code, now(), sealer)
 
 
+def confirm_own_mfa_enrolment(
+    store: ControlStore,
+    trail: IamAuditTrail,
+    ctx: ChangeContext,
+    code: str,
+    *,
+    sealer: SecretSealer | None = None,
+    now: Callable[[], datetime] = utc_now,
+) -> User:
+    """The caller confirms their own pending enrolment (`confirm_mfa_enrolment`): USER_MFA_ENROLLED."""
+    before = _existing_user(store, ctx.actor.user_id)
+    enrolled = _confirm_enrolment(store, before, code, now(), sealer)
+    record_user_change(store, trail, ctx, IamEventType.USER_MFA_ENROLLED, before, enrolled)
+    return enrolled
+
+
 def confirm_mfa_enrolment_with_password(
     store: ControlStore,
     hasher: ApiKeyHasher,
@@ -504,9 +549,12 @@ def confirm_mfa_enrolment_with_password(
     sealer: SecretSealer | None = None,
     now: Callable[[], datetime] = utc_now,
     throttle: AuthThrottle | None = None,
+    trail: IamAuditTrail | None = None,
+    request_id: str = "",
 ) -> PasswordProvenEnrolment:
     """Confirm a first enrolment proven by password and log the user in (the code is their second factor).
 
+    USER_MFA_ENROLLED is recorded in `trail` with the user as actor (no session, so no ChangeContext).
     Raises the generic `AuthenticationFailed` (after exactly one Argon2 verify) for a wrong email,
     password or code or an inactive user or organisation, or (after none) for a throttled email,
     and `Conflict` when no enrolment is pending.
@@ -520,6 +568,9 @@ def confirm_mfa_enrolment_with_password(
         return user, _confirm_enrolment(store, user, code, at, sealer)
 
     user, enrolled = throttled(throttle or AuthThrottle(store, now=now), email, checked)
+    if trail is not None:
+        trail.record(enrolled.org_id, IamEventType.USER_MFA_ENROLLED, actor=enrolled.user_id, target=enrolled.user_id,
+                     before=user, after=enrolled, request_id=request_id)
     tokens = issue_token_pair(store, issuer, enrolled, env=env, now=lambda: at)
     return PasswordProvenEnrolment(before=user, enrolled=enrolled, tokens=tokens)
 

@@ -7,11 +7,13 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 import pyotp
 import pytest
 
+from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile
 from hd_core.adapters.sqlite_store import SqliteControlStore
 from hd_core.api_keys import ApiKeyHasher
@@ -23,6 +25,7 @@ from hd_core.auth import (
     begin_mfa_enrolment_with_password,
     confirm_mfa_enrolment,
     confirm_mfa_enrolment_with_password,
+    confirm_own_mfa_enrolment,
     login,
     refresh,
     reset_mfa,
@@ -30,7 +33,19 @@ from hd_core.auth import (
     totp_step,
 )
 from hd_core.errors import AuthenticationFailed, Conflict, InvalidRequest, MfaRequired, NotFound, RefreshTokenReused
-from hd_core.models import Organization, OrgStatus, RefreshToken, Role, User, UserStatus, new_id
+from hd_core.iam_audit import IamAuditTrail
+from hd_core.models import (
+    ChangeContext,
+    KeyEnv,
+    Organization,
+    OrgStatus,
+    Principal,
+    RefreshToken,
+    Role,
+    User,
+    UserStatus,
+    new_id,
+)
 from hd_core.passwords import set_password, verify_password
 from hd_core.ports import ControlStore
 from hd_core.tokens import JwtIssuer, JwtVerifier
@@ -632,3 +647,52 @@ def test_an_enrolled_user_cannot_enrol_again_with_the_password(world: World) -> 
     with pytest.raises(Conflict):
         _confirm_by_password(world, pyotp.TOTP(secret).at(T0))
     assert world.current_user().mfa_secret == secret  # the enrolled authenticator was not replaced
+
+
+# --- IAM audit: the auth module records what it changes ------------------------------------------
+
+
+def _trail(world: World, key_file: LocalKeyFile, tmp_path: Path) -> IamAuditTrail:
+    return IamAuditTrail(world.store, LocalFolderCheckpointStore(tmp_path / "checkpoints"), key_file,
+                         now=world.clock.now)
+
+
+def test_a_reused_refresh_token_is_recorded_in_the_users_chain_after_the_family_is_revoked(
+    world: World, key_file: LocalKeyFile, tmp_path: Path
+) -> None:
+    trail = _trail(world, key_file, tmp_path)
+    first = world.login()
+    refresh(world.store, world.issuer, first.refresh_token, trail=trail, request_id="req_1", now=world.clock.now)
+    with pytest.raises(RefreshTokenReused):
+        refresh(world.store, world.issuer, first.refresh_token, trail=trail, request_id="req_2", now=world.clock.now)
+    [event] = trail.events(world.org.org_id)
+    assert (event.event_type, event.actor, event.request_id) == ("auth.refresh_token_reused", world.user.user_id,
+                                                                 "req_2")
+    assert world.store.refresh_family_revoked(event.target.removeprefix("refresh_family:"))
+
+
+def test_confirming_ones_own_enrolment_records_it_with_the_caller_as_actor(
+    world: World, key_file: LocalKeyFile, tmp_path: Path
+) -> None:
+    trail = _trail(world, key_file, tmp_path)
+    secret, _ = begin_mfa_enrolment(world.store, world.user.user_id)
+    principal = Principal(world.user.user_id, world.org.org_id, Role.ANALYST, "key_1", KeyEnv.LIVE, (), None, None)
+    ctx = ChangeContext(actor=principal, request_id="req_mfa", source_ip=None)
+    enrolled = confirm_own_mfa_enrolment(world.store, trail, ctx, pyotp.TOTP(secret).at(T0), now=world.clock.now)
+    [event] = trail.events(world.org.org_id)
+    assert enrolled.mfa_enabled and (event.event_type, event.actor, event.target, event.request_id) == (
+        "user.mfa_enrolled", world.user.user_id, world.user.user_id, "req_mfa")
+
+
+def test_a_password_proven_enrolment_is_recorded_with_the_user_as_actor(
+    world: World, key_file: LocalKeyFile, tmp_path: Path
+) -> None:
+    trail = _trail(world, key_file, tmp_path)
+    secret, _ = _begin_by_password(world)
+    confirm_mfa_enrolment_with_password(
+        world.store, world.hasher, world.issuer, email=EMAIL, password=PASSWORD, code=pyotp.TOTP(secret).at(T0),
+        now=world.clock.now, trail=trail, request_id="req_pw",
+    )
+    [event] = trail.events(world.org.org_id)
+    assert (event.event_type, event.actor, event.request_id) == ("user.mfa_enrolled", world.user.user_id, "req_pw")
+    assert (event.before["mfa_enabled"], event.after["mfa_enabled"]) == (False, True)  # type: ignore[index]
