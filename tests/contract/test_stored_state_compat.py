@@ -1,0 +1,135 @@
+"""Stores written by earlier releases read back identically, and today's adapters still write the same shape.
+
+The fixtures are the rows and items control schema 5 stored for `stored_state` (see
+`fixtures/write_stored_state.py`). Each adapter must read them back as the same entities, and
+must write those same entities as the same rows and items, so a file or table can move between
+releases in either direction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hd_core.adapters.dynamodb_schema import create_table_kwargs
+from hd_core.adapters.dynamodb_store import DynamoDbControlStore
+from hd_core.adapters.sqlite_store import MIGRATIONS, SqliteControlStore
+from hd_core.models import JitStatus, email_key
+from hd_core.policy_codec import kind_of, object_id
+from hd_core.ports import ControlStore
+from tests.contract import stored_state
+from tests.contract.fixtures.write_stored_state import dynamodb_items, sqlite_rows, write_everything
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SQLITE_ROWS: dict[str, Any] = json.loads((FIXTURES / "schema5_sqlite_rows.json").read_text(encoding="utf-8"))
+DYNAMODB_ITEMS: list[dict[str, Any]] = json.loads(
+    (FIXTURES / "schema5_dynamodb_items.json").read_text(encoding="utf-8")
+)
+SCHEMA = 5
+
+
+def assert_reads_everything(store: ControlStore) -> None:
+    """Every entity of `stored_state` comes back from `store` as it was written, by id and in its listings."""
+    assert store.list_orgs() == list(stored_state.ORGS)
+    assert store.list_environments("org_compatA") == list(stored_state.ENVIRONMENTS)
+    full, bare = stored_state.USERS
+    assert store.get_user(full.user_id) == full
+    assert store.get_user_by_email("ada@example.test") == full
+    assert store.get_user_by_external_id("https://other.test#a-1") == full
+    assert store.list_users("org_compatA") == [bare, full]  # created together: by id
+    assert store.list_api_keys("org_compatA") == list(stored_state.API_KEYS)
+    for token in stored_state.REFRESH_TOKENS:
+        assert store.get_refresh_token(token.token_id) == token
+    assert store.refresh_family_revoked(stored_state.REVOKED_FAMILY[0])
+    assert not store.refresh_family_revoked("fam_compat")
+    assert store.list_jit_requests("org_compatA") == list(stored_state.JIT_REQUESTS)
+    assert store.list_jit_requests("org_compatA", JitStatus.APPROVED) == [stored_state.JIT_REQUESTS[1]]
+    assert store.list_iam_events("org_compatA") == list(stored_state.IAM_EVENTS)
+    assert store.iam_chain_head("org_compatA") == stored_state.IAM_EVENTS[-1]
+    for name, value in stored_state.SETTINGS:
+        assert store.get_setting(name) == value
+    snapshot = store.policy_snapshot()
+    assert snapshot.version == len(stored_state.POLICIES)
+    for obj in stored_state.POLICIES:
+        assert store.get_policy(kind_of(obj), object_id(obj)) == obj
+    start = stored_state.USAGE[0].day
+    assert store.usage("org_compatA", start, start) == list(stored_state.USAGE)
+    for failures in stored_state.AUTH_FAILURES:
+        assert store.get_auth_failures(failures.subject) == failures
+
+
+# --- SQLite ----------------------------------------------------------------------------------------
+
+
+def _schema5_file(path: Path, rows: dict[str, list[dict[str, Any]]]) -> None:
+    """A file as a schema 5 release left it: that schema, made by hand, holding `rows`."""
+    with sqlite3.connect(path) as raw:
+        raw.create_function("hd_email_key", 1, email_key, deterministic=True)
+        for step in MIGRATIONS[:SCHEMA]:
+            for statement in step:
+                raw.execute(statement)
+        raw.execute("DELETE FROM policy_version")  # the fixture holds the version row as it was
+        for table, table_rows in rows.items():
+            for row in table_rows:
+                columns = ", ".join(row)
+                placeholders = ", ".join(f":{column}" for column in row)
+                raw.execute(f"INSERT INTO {table} ({columns}) VALUES ({placeholders})", row)
+        raw.execute(f"PRAGMA user_version = {SCHEMA:d}")
+
+
+def test_the_fixture_is_schema_5_sqlite() -> None:
+    assert SQLITE_ROWS["user_version"] == SCHEMA
+
+
+def test_a_schema_5_sqlite_file_reads_back_every_entity(tmp_path: Path) -> None:
+    _schema5_file(tmp_path / "control.sqlite3", SQLITE_ROWS["tables"])
+    with SqliteControlStore(tmp_path / "control.sqlite3") as store:
+        assert_reads_everything(store)
+
+
+def test_sqlite_writes_every_entity_as_schema_5_rows(tmp_path: Path) -> None:
+    with SqliteControlStore(tmp_path / "control.sqlite3") as store:
+        write_everything(store)
+    written = sqlite_rows(tmp_path / "control.sqlite3")
+    assert _without_write_times(written["tables"]) == _without_write_times(SQLITE_ROWS["tables"])
+
+
+def _without_write_times(tables: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    # A policy row's updated_at is the wall-clock time of its write, not part of the entity.
+    return {
+        table: [{name: value for name, value in row.items() if name != "updated_at"} for row in rows]
+        for table, rows in tables.items()
+    }
+
+
+# --- DynamoDB --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def table(dynamodb_client: Any) -> Iterator[str]:
+    name = f"hd-control-{uuid.uuid4().hex}"
+    dynamodb_client.create_table(**create_table_kwargs(name))
+    yield name
+    dynamodb_client.delete_table(TableName=name)
+
+
+def test_a_schema_5_dynamodb_table_reads_back_every_entity(dynamodb_client: Any, table: str) -> None:
+    for item in DYNAMODB_ITEMS:
+        dynamodb_client.put_item(TableName=table, Item=item)
+    assert_reads_everything(DynamoDbControlStore(table, client=dynamodb_client))
+
+
+def test_dynamodb_writes_every_entity_as_schema_5_items(dynamodb_client: Any, table: str) -> None:
+    write_everything(DynamoDbControlStore(table, client=dynamodb_client))
+    written = dynamodb_items(dynamodb_client, table)
+    assert [_without_write_time(item) for item in written] == [_without_write_time(item) for item in DYNAMODB_ITEMS]
+
+
+def _without_write_time(item: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in item.items() if name != "updated_at"}
