@@ -42,15 +42,18 @@ class DeletedPolicyOut(BaseModel):
     policy_version: int
 
 
-def policy_out(obj: PolicyObject) -> PolicyOut:
-    version = services().store.policy_version()
+def policy_out(obj: PolicyObject, version: int | None = None) -> PolicyOut:
+    """The response for `obj`; `version` None reads the current one (a single object's route)."""
+    if version is None:
+        version = services().store.policy_version()
     return PolicyOut(kind=kind_of(obj), id=object_id(obj), document=to_document(obj), policy_version=version)
 
 
 @router.get("/v1/organizations/<org_id>/policies", responses=documented(200, list[PolicyOut], "Policies"))
 def list_policies(org_id: PathId, kind: Annotated[PolicyKind | None, Query()] = None) -> list[PolicyOut]:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
-    return [policy_out(obj) for obj in policy_admin.list_policies(services().store, ctx, org_id, kind=kind)]
+    listing = policy_admin.policy_listing(services().store, ctx, org_id, kind=kind)
+    return [policy_out(obj, listing.version) for obj in listing.objects]
 
 
 @router.post("/v1/organizations/<org_id>/policies", responses=documented(201, PolicyOut, "The new policy"))

@@ -8,7 +8,7 @@ lower case too. Objects are frozen values: a change is a new version written thr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -227,6 +227,17 @@ class PolicySnapshot:
     phi_grants: tuple[PhiGrant, ...] = ()
     table_bindings: tuple[TableBinding, ...] = ()
     quotas: tuple[QuotaLimit, ...] = ()
+
+    def objects(self) -> Iterator[PolicyObject]:
+        """Every policy object of the snapshot, kind by kind."""
+        yield from self.masks
+        yield from self.row_filters
+        yield from self.abac
+        yield from self.jit_grants
+        yield from self.column_tags
+        yield from self.phi_grants
+        yield from self.table_bindings
+        yield from self.quotas
 
     @classmethod
     def of(cls, version: int, objects: Iterable[PolicyObject]) -> PolicySnapshot:

@@ -200,17 +200,40 @@ def delete_policy(
     return old
 
 
+@dataclasses.dataclass(frozen=True)
+class PolicyListing:
+    """The policy objects an organisation sees, and the store-wide policy version they were read at."""
+
+    objects: list[PolicyObject]
+    version: int
+
+
+def policy_listing(
+    store: ControlStore, ctx: ChangeContext, org_id: str, kind: PolicyKind | str | None = None
+) -> PolicyListing:
+    """The policy objects of the actor's organisation (every kind, read-only ones too), by kind then id.
+
+    One consistent snapshot gives the objects and their version: never one store read per object.
+    """
+    require_own_org(ctx, org_id)
+    wanted = None if kind is None else _kind(kind)
+    snapshot = store.policy_snapshot()
+    owner = wanted in (None, PolicyKind.TABLE_BINDING) and binding_admin.is_deployment_owner(store, ctx)
+    found = [
+        obj for obj in snapshot.objects()
+        if (wanted is None or kind_of(obj) is wanted)
+        and (getattr(obj, "org_id", None) == org_id
+             or (owner and isinstance(obj, TableBinding) and binding_admin.shared(obj)))
+    ]
+    found.sort(key=lambda obj: (kind_of(obj).value, id_of(obj)))
+    return PolicyListing(found, snapshot.version)
+
+
 def list_policies(
     store: ControlStore, ctx: ChangeContext, org_id: str, kind: PolicyKind | str | None = None
 ) -> list[PolicyObject]:
     """The policy objects of the actor's organisation (every kind, read-only ones too), by kind then id."""
-    require_own_org(ctx, org_id)
-    wanted = None if kind is None else _kind(kind)
-    found = store.list_policies(org_id=org_id, kind=wanted)
-    if wanted in (None, PolicyKind.TABLE_BINDING):
-        shared: list[PolicyObject] = list(binding_admin.shared_bindings(store, ctx))
-        found = sorted(found + shared, key=lambda obj: (kind_of(obj).value, id_of(obj)))
-    return found
+    return policy_listing(store, ctx, org_id, kind).objects
 
 
 def get_policy(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import replace
 from datetime import date
+from typing import Any
 
 import pytest
 
+from functions.shared.wiring import install_services
 from hd_core.models import Role, utc_now
 from hd_core.policy_eval import Subject, effective_role
 from tests.integration.functions.conftest import ControlApi
@@ -29,6 +33,44 @@ def test_policy_crud_bumps_the_policy_version(control: ControlApi) -> None:
     deleted = control.ok("DELETE", f"{_org(control)}/policies/mask/mask_ssn")
     assert deleted["policy_version"] > replaced["policy_version"]
     assert control.call("GET", f"{_org(control)}/policies/mask/mask_ssn").status == 404
+
+
+class CountingStore:
+    """The control store, counting the calls made to each of its methods."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._store, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return method(*args, **kwargs)
+
+        return counted
+
+
+def _store_calls_to_list_policies(control: ControlApi) -> Counter[str]:
+    counting = CountingStore(control.services.store)
+    install_services(replace(control.services, store=counting))
+    try:
+        listed = control.ok("GET", f"{_org(control)}/policies")
+    finally:
+        install_services(control.services)
+    assert len({item["policy_version"] for item in listed}) == 1
+    return counting.calls
+
+
+def test_listing_policies_reads_the_store_the_same_number_of_times_however_many_there_are(control: ControlApi) -> None:
+    control.ok("POST", f"{_org(control)}/policies", MASK)
+    with_one = _store_calls_to_list_policies(control)
+    for number in range(5):
+        control.ok("POST", f"{_org(control)}/policies", {**MASK, "rule_id": f"mask_{number}", "column": f"c{number}"})
+    with_six = _store_calls_to_list_policies(control)
+    assert with_six == with_one
+    assert with_six["policy_snapshot"] == 1 and with_six["policy_version"] == with_six["get_policy"] == 0
 
 
 def test_an_unsafe_policy_is_refused_by_the_engines_validator(control: ControlApi) -> None:
