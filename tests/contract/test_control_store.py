@@ -759,10 +759,23 @@ def test_every_entity_returns_timezone_aware_utc_datetimes(store: ControlStore) 
     store.put_refresh_token(replace(_token(), issued_at=local, expires_at=local, used_at=local))
     store.put_jit_request(_jit(requested_at=local, decided_at=local))
     store.append_iam_event(_event(1, at=local))
+    store.put_org(org)
+    store.end_user_sessions(user.user_id, local)
+    store.record_auth_failure("login:a", local, forget_before=local, expires_at=local + timedelta(hours=1))
+    failures = store.record_auth_failure("login:a", local, forget_before=local, expires_at=local)
     key = store.list_api_keys(org.org_id)[0]
     token, request = store.get_refresh_token("rt_1"), store.get_jit_request("jitr_1")
-    assert token is not None and request is not None
+    stored_org, stored_user = store.get_org(org.org_id), store.get_user(user.user_id)
+    stored_failures = store.get_auth_failures("login:a")
+    assert token is not None and request is not None and stored_org is not None and stored_user is not None
+    assert stored_failures is not None and stored_failures.previous_failure_at is not None
     stamps = [
+        stored_org.created_at,
+        stored_user.tokens_valid_after,
+        failures.last_failure_at,
+        stored_failures.last_failure_at,
+        stored_failures.previous_failure_at,
+        stored_failures.expires_at,
         store.list_users(org.org_id)[0].created_at,
         store.list_environments(org.org_id)[0].created_at,
         key.created_at,
@@ -775,7 +788,7 @@ def test_every_entity_returns_timezone_aware_utc_datetimes(store: ControlStore) 
         request.decided_at,
         store.list_iam_events("org_1")[0].at,
     ]
-    assert all(stamp == local and stamp.utcoffset() == timedelta(0) for stamp in stamps), stamps
+    assert all(stamp == local and stamp.tzinfo is UTC for stamp in stamps), stamps
 
 
 def test_naive_timestamps_are_refused(store: ControlStore) -> None:

@@ -12,6 +12,7 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,18 @@ def _schema5_file(path: Path, rows: dict[str, list[dict[str, Any]]]) -> None:
         raw.execute(f"PRAGMA user_version = {SCHEMA:d}")
 
 
+# A time stored with another offset (by a hand edit, a restore tool, an older writer): the same instant.
+ELSEWHERE = "2026-03-01T13:00:00.123456+01:00"
+_FULL_USER = stored_state.USERS[0]
+
+
+def _assert_read_at_utc(store: ControlStore) -> None:
+    org, user = store.get_org("org_compatA"), store.get_user(_FULL_USER.user_id)
+    assert org is not None and user is not None
+    for stamp in (org.created_at, user.created_at):
+        assert stamp == stored_state.T0 and stamp.tzinfo is UTC, stamp
+
+
 def test_the_fixture_is_schema_5_sqlite() -> None:
     assert SQLITE_ROWS["user_version"] == SCHEMA
 
@@ -98,6 +111,18 @@ def test_sqlite_writes_every_entity_as_schema_5_rows(tmp_path: Path) -> None:
         write_everything(store)
     written = sqlite_rows(tmp_path / "control.sqlite3")
     assert _without_write_times(written["tables"]) == _without_write_times(SQLITE_ROWS["tables"])
+
+
+def test_sqlite_reads_a_time_stored_at_another_offset_as_the_same_instant_at_utc(tmp_path: Path) -> None:
+    tables = SQLITE_ROWS["tables"]
+    shifted = {
+        "orgs": [row | {"created_at": ELSEWHERE} if row["org_id"] == "org_compatA" else row for row in tables["orgs"]],
+        "users": [row | {"created_at": ELSEWHERE} if row["user_id"] == _FULL_USER.user_id else row
+                  for row in tables["users"]],
+    }
+    _schema5_file(tmp_path / "control.sqlite3", tables | shifted)
+    with SqliteControlStore(tmp_path / "control.sqlite3") as store:
+        _assert_read_at_utc(store)
 
 
 def _without_write_times(tables: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
@@ -129,6 +154,16 @@ def test_dynamodb_writes_every_entity_as_schema_5_items(dynamodb_client: Any, ta
     write_everything(DynamoDbControlStore(table, client=dynamodb_client))
     written = dynamodb_items(dynamodb_client, table)
     assert [_without_write_time(item) for item in written] == [_without_write_time(item) for item in DYNAMODB_ITEMS]
+
+
+def test_dynamodb_reads_a_time_stored_at_another_offset_as_the_same_instant_at_utc(
+    dynamodb_client: Any, table: str
+) -> None:
+    for item in DYNAMODB_ITEMS:
+        if item["PK"]["S"] in ("ORG#org_compatA", "USER#" + _FULL_USER.user_id):
+            item = item | {"created_at": {"S": ELSEWHERE}}
+        dynamodb_client.put_item(TableName=table, Item=item)
+    _assert_read_at_utc(DynamoDbControlStore(table, client=dynamodb_client))
 
 
 def _without_write_time(item: dict[str, Any]) -> dict[str, Any]:

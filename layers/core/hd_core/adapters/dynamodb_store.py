@@ -20,11 +20,11 @@ string keys `PK`/`SK`; items that appear in a list also carry `GSI1PK`/`GSI1SK`:
     policy version        POLICY_VERSION       POLICY_VERSION              -                  -
     usage bucket          USAGE#<org_id>       <day>#<JSON [user, agent]>  -                  -
 
-Other attributes are the entity's fields under their model names: datetimes as fixed-width ISO-8601
-UTC strings (so GSI1SK sorts by time), tuples as lists, enums as their values, and a None field is
-left out (so `if_not_exists` sees it as unset). A user also carries `revision`, the counter its
-optimistic writes are conditioned on; a claim item carries the owning `user_id`; IAM `before`/`after`
-are canonical JSON strings (the chain hash covers them, so they must come back exactly); a policy
+Other attributes are the entity's `hd_core.records` record (the same record the SQLite adapter
+stores): datetimes as fixed-width ISO-8601 UTC strings (so GSI1SK sorts by time), tuples as lists,
+enums as their values, IAM `before`/`after` as canonical JSON strings, and a None field is left out
+(so `if_not_exists` sees it as unset). A user also carries `revision`, the counter its optimistic
+writes are conditioned on; a claim item carries the owning `user_id`; a policy
 object is its `policy_codec` JSON document in `document`, plus `kind`, `object_id` and `org_id`
 (a shared table's binding has no org and so no GSI1 keys); the policy version item holds `version`;
 a usage bucket holds `org_id`, `day`, `user_id`, `agent_id` (absent for no agent) and the counters
@@ -46,7 +46,7 @@ import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -70,19 +70,28 @@ from hd_core.models import (
     IamEvent,
     JitRequest,
     JitStatus,
-    KeyEnv,
     Organization,
-    OrgStatus,
     RefreshToken,
-    Role,
     UsageDelta,
     User,
-    UserStatus,
     email_key,
     utc_now,
 )
 from hd_core.policies import PolicyKind, PolicyObject, PolicySnapshot
 from hd_core.policy_codec import from_document, kind_of, object_id, to_document
+from hd_core.records import (
+    API_KEYS,
+    AUTH_FAILURES,
+    ENVIRONMENTS,
+    IAM_EVENTS,
+    JIT_REQUESTS,
+    ORGANIZATIONS,
+    REFRESH_TOKENS,
+    USAGE,
+    USERS,
+    decode_time,
+    encode_time,
+)
 
 Item = dict[str, Any]  # an item in plain Python values (keys included)
 Key = tuple[str, str]  # (PK, SK)
@@ -116,11 +125,11 @@ class DynamoDbControlStore:
     def get_org(self, org_id: str) -> Organization | None:
         """The organisation with this id, or None."""
         item = self._get(_org_key(org_id))
-        return None if item is None else _org_from_item(item)
+        return None if item is None else ORGANIZATIONS.decode(item)
 
     def list_orgs(self) -> list[Organization]:
         """Every organisation, oldest first (one Query of the fixed `ORGS` index partition)."""
-        return [_org_from_item(item) for item in self._query_index("ORGS")]
+        return [ORGANIZATIONS.decode(item) for item in self._query_index("ORGS")]
 
     # --- environments -----------------------------------------------------------------------
 
@@ -131,11 +140,11 @@ class DynamoDbControlStore:
     def get_environment(self, env_id: str) -> Environment | None:
         """The environment with this id, or None."""
         item = self._get(("ENV#" + env_id, "ENV"))
-        return None if item is None else _environment_from_item(item)
+        return None if item is None else ENVIRONMENTS.decode(item)
 
     def list_environments(self, org_id: str) -> list[Environment]:
         """The environments of one organisation, oldest first."""
-        return [_environment_from_item(item) for item in self._query_index("ENVS#" + org_id)]
+        return [ENVIRONMENTS.decode(item) for item in self._query_index("ENVS#" + org_id)]
 
     # --- users ------------------------------------------------------------------------------
 
@@ -164,7 +173,7 @@ class DynamoDbControlStore:
     def get_user(self, user_id: str) -> User | None:
         """The user with this id, or None."""
         item = self._get(_user_key(user_id))
-        return None if item is None else _user_from_item(item)
+        return None if item is None else USERS.decode(item)
 
     def get_user_by_email(self, email: str) -> User | None:
         """The user with this email (case-insensitive), or None: the claim item, then the user."""
@@ -189,7 +198,7 @@ class DynamoDbControlStore:
 
         The revision moves too, so a `put_user` computed from an earlier read retries and keeps the new time.
         """
-        encoded = _encode_time(at)
+        encoded = encode_time(at)
         moved = self._update(
             _user_key(user_id),
             "SET tokens_valid_after = :at, revision = revision + :one",
@@ -207,7 +216,7 @@ class DynamoDbControlStore:
 
     def list_users(self, org_id: str) -> list[User]:
         """The users of one organisation, oldest first, whatever their status."""
-        return [_user_from_item(item) for item in self._query_index("USERS#" + org_id)]
+        return [USERS.decode(item) for item in self._query_index("USERS#" + org_id)]
 
     def _user_of_claim(self, claim_key: Key) -> User | None:
         claim = self._get(claim_key)
@@ -223,23 +232,23 @@ class DynamoDbControlStore:
     def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
         """The key record with this key id, or None."""
         item = self._get(_api_key_key(key_id))
-        return None if item is None else _api_key_from_item(item)
+        return None if item is None else API_KEYS.decode(item)
 
     def list_api_keys(self, org_id: str) -> list[ApiKeyRecord]:
         """The key records of one organisation, revoked ones included, oldest first."""
-        return [_api_key_from_item(item) for item in self._query_index("APIKEYS#" + org_id)]
+        return [API_KEYS.decode(item) for item in self._query_index("APIKEYS#" + org_id)]
 
     def revoke_api_key(self, key_id: str, at: datetime) -> ApiKeyRecord:
         """Mark a key revoked at `at`, keeping an earlier revocation time; raises `NotFound`."""
         attributes = self._update(
             _api_key_key(key_id),
             "SET revoked_at = if_not_exists(revoked_at, :at)",
-            {":at": _encode_time(at)},
+            {":at": encode_time(at)},
             condition="attribute_exists(PK)",
         )
         if attributes is None:
             raise NotFound(f"api key {key_id} not found")
-        return _api_key_from_item(attributes)
+        return API_KEYS.decode(attributes)
 
     def update_api_key(self, record: ApiKeyRecord) -> None:
         """Replace an existing key record (rotation, expiry bookkeeping); raises `NotFound` if absent."""
@@ -256,18 +265,18 @@ class DynamoDbControlStore:
     def get_refresh_token(self, token_id: str) -> RefreshToken | None:
         """The refresh token with this id, or None."""
         item = self._get(_refresh_token_key(token_id))
-        return None if item is None else _refresh_token_from_item(item)
+        return None if item is None else REFRESH_TOKENS.decode(item)
 
     def use_refresh_token(self, token_id: str, at: datetime) -> RefreshToken:
         """Mark an unused token used, atomically; raises `Conflict` if it was already used, `NotFound` if absent."""
         attributes = self._update(
             _refresh_token_key(token_id),
             "SET used_at = :at",
-            {":at": _encode_time(at)},
+            {":at": encode_time(at)},
             condition="attribute_exists(PK) AND attribute_not_exists(used_at)",
         )
         if attributes is not None:
-            return _refresh_token_from_item(attributes)
+            return REFRESH_TOKENS.decode(attributes)
         # Tokens are never deleted, so a failed condition on an existing item means "already used".
         if self._get(_refresh_token_key(token_id)) is None:
             raise NotFound(f"refresh token {token_id} not found")
@@ -278,7 +287,7 @@ class DynamoDbControlStore:
         self._update(
             _family_key(family_id),
             "SET family_id = :family, revoked_at = if_not_exists(revoked_at, :at)",
-            {":family": family_id, ":at": _encode_time(at)},
+            {":family": family_id, ":at": encode_time(at)},
             return_values="NONE",
         )
 
@@ -291,7 +300,7 @@ class DynamoDbControlStore:
     def get_auth_failures(self, subject: str) -> AuthFailures | None:
         """The failure record of a throttled subject, or None; it may have expired (TTL deletion lags)."""
         item = self._get(_auth_failures_key(subject))
-        return None if item is None else _auth_failures_from_item(item)
+        return None if item is None else AUTH_FAILURES.decode(item)
 
     def record_auth_failure(
         self, subject: str, at: datetime, *, forget_before: datetime, expires_at: datetime
@@ -302,7 +311,7 @@ class DynamoDbControlStore:
         so two hosts racing never both restart the count: the loser retries the other write.
         """
         key = _auth_failures_key(subject)
-        forget = {":forget": _encode_time(forget_before)}
+        forget = {":forget": encode_time(forget_before)}
         fresh = AuthFailures(subject, 1, at, None, expires_at)
         for _ in range(_MAX_OPTIMISTIC_ATTEMPTS):
             # Every operand reads the item as it was before the update: the previous failure is the old last one.
@@ -310,13 +319,13 @@ class DynamoDbControlStore:
                 key,
                 "SET previous_failure_at = last_failure_at, last_failure_at = :at, expires_at = :expires,"
                 " #ttl = :ttl ADD #count :one",
-                {":at": _encode_time(at), ":expires": _encode_time(expires_at), ":ttl": _epoch(expires_at), ":one": 1}
+                {":at": encode_time(at), ":expires": encode_time(expires_at), ":ttl": _epoch(expires_at), ":one": 1}
                 | forget,
                 condition="last_failure_at >= :forget",
                 names={"#count": "count", "#ttl": TTL_ATTRIBUTE},
             )
             if updated is not None:
-                return _auth_failures_from_item(updated)
+                return AUTH_FAILURES.decode(updated)
             if self._put(
                 _auth_failures_item(fresh), condition="attribute_not_exists(PK) OR last_failure_at < :forget",
                 values=forget,
@@ -338,11 +347,11 @@ class DynamoDbControlStore:
     def get_jit_request(self, request_id: str) -> JitRequest | None:
         """The JIT request with this id, or None."""
         item = self._get(_jit_key(request_id))
-        return None if item is None else _jit_from_item(item)
+        return None if item is None else JIT_REQUESTS.decode(item)
 
     def list_jit_requests(self, org_id: str, status: JitStatus | None = None) -> list[JitRequest]:
         """The JIT requests of one organisation, optionally of one status, oldest first."""
-        requests = [_jit_from_item(item) for item in self._query_index("JITS#" + org_id)]
+        requests = [JIT_REQUESTS.decode(item) for item in self._query_index("JITS#" + org_id)]
         return requests if status is None else [request for request in requests if request.status == status]
 
     def decide_jit_request(self, request: JitRequest, *, from_status: JitStatus = JitStatus.PENDING) -> None:
@@ -369,7 +378,7 @@ class DynamoDbControlStore:
     def iam_chain_head(self, chain_id: str) -> IamEvent | None:
         """The event with the highest position in the chain, or None for an empty chain."""
         items = self._query_table("PK = :pk", {":pk": "CHAIN#" + chain_id}, forward=False, limit=1)
-        return next((_iam_event_from_item(item) for item in items), None)
+        return next((IAM_EVENTS.decode(item) for item in items), None)
 
     def list_iam_events(self, chain_id: str, after_seq: int = 0, limit: int | None = None) -> list[IamEvent]:
         """Events with position > `after_seq`, in position order, at most `limit`."""
@@ -380,7 +389,7 @@ class DynamoDbControlStore:
         items = self._query_table(
             "PK = :pk AND SK > :after", {":pk": "CHAIN#" + chain_id, ":after": after}, limit=limit
         )
-        return [_iam_event_from_item(item) for item in items]
+        return [IAM_EVENTS.decode(item) for item in items]
 
     # --- settings ---------------------------------------------------------------------------
 
@@ -520,7 +529,7 @@ class DynamoDbControlStore:
             # "$" sorts just above the "#" after the day, so every bucket of `end` is inside the range.
             {":pk": "USAGE#" + org_id, ":start": start.isoformat(), ":end": end.isoformat() + "$"},
         )
-        buckets = [_usage_from_item(item) for item in items]
+        buckets = [USAGE.decode(item) for item in items]
         return sorted(buckets, key=lambda bucket: (bucket.day, bucket.user_id, bucket.agent_id or ""))
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -690,93 +699,18 @@ def _keyed(key: Key, fields: Item, listed_under: str | None = None, listed_at: s
 
 
 def _org_item(org: Organization) -> Item:
-    created_at = _encode_time(org.created_at)
-    fields = {
-        "org_id": org.org_id,
-        "name": org.name,
-        "status": OrgStatus(org.status).value,
-        "created_at": created_at,
-        "mfa_required": org.mfa_required,
-    }
-    return _keyed(_org_key(org.org_id), fields, "ORGS", f"{created_at}#{org.org_id}")
-
-
-def _org_from_item(item: Item) -> Organization:
-    return Organization(
-        org_id=item["org_id"],
-        name=item["name"],
-        status=OrgStatus(item["status"]),
-        created_at=_decode_time(item["created_at"]),
-        mfa_required=bool(item.get("mfa_required", False)),
-    )
+    record = ORGANIZATIONS.encode(org)
+    return _keyed(_org_key(org.org_id), record, "ORGS", f"{record['created_at']}#{org.org_id}")
 
 
 def _environment_item(env: Environment) -> Item:
-    created_at = _encode_time(env.created_at)
-    fields = {
-        "env_id": env.env_id,
-        "org_id": env.org_id,
-        "name": env.name,
-        "key_env": KeyEnv(env.key_env).value,
-        "created_at": created_at,
-    }
-    return _keyed(("ENV#" + env.env_id, "ENV"), fields, "ENVS#" + env.org_id, f"{created_at}#{env.env_id}")
-
-
-def _environment_from_item(item: Item) -> Environment:
-    return Environment(
-        env_id=item["env_id"],
-        org_id=item["org_id"],
-        name=item["name"],
-        key_env=KeyEnv(item["key_env"]),
-        created_at=_decode_time(item["created_at"]),
-    )
+    record = ENVIRONMENTS.encode(env)
+    return _keyed(("ENV#" + env.env_id, "ENV"), record, "ENVS#" + env.org_id, f"{record['created_at']}#{env.env_id}")
 
 
 def _user_item(user: User, revision: int) -> Item:
-    created_at = _encode_time(user.created_at)
-    fields = {
-        "user_id": user.user_id,
-        "org_id": user.org_id,
-        "email": user.email,
-        "role": Role(user.role).value,
-        "status": UserStatus(user.status).value,
-        "department": user.department,
-        "region": user.region,
-        "created_at": created_at,
-        "name": user.name,
-        "password_hash": user.password_hash,
-        "mfa_secret": user.mfa_secret,
-        "mfa_enabled": user.mfa_enabled,
-        "mfa_last_step": user.mfa_last_step,
-        "external_ids": list(user.external_ids),
-        "tokens_valid_after": _encode_optional_time(user.tokens_valid_after),
-        "password_must_change": user.password_must_change,
-        "revision": revision,
-    }
-    return _keyed(_user_key(user.user_id), fields, "USERS#" + user.org_id, f"{created_at}#{user.user_id}")
-
-
-def _user_from_item(item: Item) -> User:
-    return User(
-        user_id=item["user_id"],
-        org_id=item["org_id"],
-        email=item["email"],
-        role=Role(item["role"]),
-        status=UserStatus(item["status"]),
-        department=item.get("department"),
-        region=item.get("region"),
-        created_at=_decode_time(item["created_at"]),
-        name=item.get("name", ""),
-        password_hash=item.get("password_hash"),
-        mfa_secret=item.get("mfa_secret"),
-        mfa_enabled=bool(item.get("mfa_enabled", False)),
-        # Absent on users written before the replay guard existed: no step accepted yet.
-        mfa_last_step=int(item.get("mfa_last_step", 0)),
-        external_ids=tuple(item.get("external_ids", ())),
-        tokens_valid_after=_decode_optional_time(item.get("tokens_valid_after")),
-        password_must_change=bool(item.get("password_must_change", False)),
-    )
+    record = USERS.encode(user) | {"revision": revision}
+    return _keyed(_user_key(user.user_id), record, "USERS#" + user.org_id, f"{record['created_at']}#{user.user_id}")
 
 
 def _user_writes(table_name: str, user: User, current: Item | None) -> list[dict[str, Any]]:
@@ -788,10 +722,10 @@ def _user_writes(table_name: str, user: User, current: Item | None) -> list[dict
     revision = 0 if current is None else int(current["revision"])
     stored_after = None if current is None else current.get("tokens_valid_after")
     if stored_after is not None and (
-        user.tokens_valid_after is None or _decode_time(stored_after) > user.tokens_valid_after
+        user.tokens_valid_after is None or decode_time(stored_after) > user.tokens_valid_after
     ):
         # Never back: a copy read before end_user_sessions must not revive the sessions it ended.
-        user = replace(user, tokens_valid_after=_decode_time(stored_after))
+        user = replace(user, tokens_valid_after=decode_time(stored_after))
     user_put: dict[str, Any] = {"TableName": table_name, "Item": _serialize(_user_item(user, revision + 1))}
     if current is None:
         user_put["ConditionExpression"] = "attribute_not_exists(PK)"
@@ -824,143 +758,25 @@ def _claim_keys(email: str, external_ids: Sequence[str]) -> list[Key]:
 
 
 def _api_key_item(record: ApiKeyRecord) -> Item:
-    created_at = _encode_time(record.created_at)
-    fields = {
-        "key_id": record.key_id,
-        "org_id": record.org_id,
-        "user_id": record.user_id,
-        "env": KeyEnv(record.env).value,
-        "key_hash": record.key_hash,
-        "scopes": list(record.scopes),
-        "created_at": created_at,
-        "expires_at": _encode_optional_time(record.expires_at),
-        "revoked_at": _encode_optional_time(record.revoked_at),
-        "name": record.name,
-        "allowed_cidrs": list(record.allowed_cidrs),
-        "rotated_to": record.rotated_to,
-        "expiry_recorded_at": _encode_optional_time(record.expiry_recorded_at),
-    }
-    return _keyed(_api_key_key(record.key_id), fields, "APIKEYS#" + record.org_id, f"{created_at}#{record.key_id}")
-
-
-def _api_key_from_item(item: Item) -> ApiKeyRecord:
-    return ApiKeyRecord(
-        key_id=item["key_id"],
-        org_id=item["org_id"],
-        user_id=item["user_id"],
-        env=KeyEnv(item["env"]),
-        key_hash=item["key_hash"],
-        scopes=tuple(item.get("scopes", ())),
-        created_at=_decode_time(item["created_at"]),
-        expires_at=_decode_optional_time(item.get("expires_at")),
-        revoked_at=_decode_optional_time(item.get("revoked_at")),
-        name=item["name"],
-        allowed_cidrs=tuple(item.get("allowed_cidrs", ())),
-        rotated_to=item.get("rotated_to"),
-        expiry_recorded_at=_decode_optional_time(item.get("expiry_recorded_at")),
+    fields = API_KEYS.encode(record)
+    return _keyed(
+        _api_key_key(record.key_id), fields, "APIKEYS#" + record.org_id, f"{fields['created_at']}#{record.key_id}"
     )
 
 
 def _refresh_token_item(token: RefreshToken) -> Item:
-    fields = {
-        "token_id": token.token_id,
-        "family_id": token.family_id,
-        "user_id": token.user_id,
-        "org_id": token.org_id,
-        "token_hash": token.token_hash,
-        "issued_at": _encode_time(token.issued_at),
-        "expires_at": _encode_time(token.expires_at),
-        "used_at": _encode_optional_time(token.used_at),
-        "env": token.env.value,
-    }
-    return _keyed(_refresh_token_key(token.token_id), fields)
-
-
-def _refresh_token_from_item(item: Item) -> RefreshToken:
-    return RefreshToken(
-        token_id=item["token_id"],
-        family_id=item["family_id"],
-        user_id=item["user_id"],
-        org_id=item["org_id"],
-        token_hash=item["token_hash"],
-        issued_at=_decode_time(item["issued_at"]),
-        expires_at=_decode_time(item["expires_at"]),
-        used_at=_decode_optional_time(item.get("used_at")),
-        env=KeyEnv(item.get("env", KeyEnv.LIVE.value)),
-    )
+    return _keyed(_refresh_token_key(token.token_id), REFRESH_TOKENS.encode(token))
 
 
 def _jit_item(request: JitRequest) -> Item:
-    requested_at = _encode_time(request.requested_at)
-    fields = {
-        "request_id": request.request_id,
-        "org_id": request.org_id,
-        "user_id": request.user_id,
-        "role": Role(request.role).value,
-        "reason": request.reason,
-        "duration_seconds": request.duration_seconds,
-        "status": JitStatus(request.status).value,
-        "requested_at": requested_at,
-        "decided_by": request.decided_by,
-        "decided_at": _encode_optional_time(request.decided_at),
-        "decision_reason": request.decision_reason,
-        "grant_id": request.grant_id,
-    }
+    record = JIT_REQUESTS.encode(request)
     return _keyed(
-        _jit_key(request.request_id), fields, "JITS#" + request.org_id, f"{requested_at}#{request.request_id}"
-    )
-
-
-def _jit_from_item(item: Item) -> JitRequest:
-    return JitRequest(
-        request_id=item["request_id"],
-        org_id=item["org_id"],
-        user_id=item["user_id"],
-        role=Role(item["role"]),
-        reason=item["reason"],
-        duration_seconds=int(item["duration_seconds"]),
-        status=JitStatus(item["status"]),
-        requested_at=_decode_time(item["requested_at"]),
-        decided_by=item.get("decided_by"),
-        decided_at=_decode_optional_time(item.get("decided_at")),
-        decision_reason=item.get("decision_reason", ""),
-        grant_id=item.get("grant_id"),
+        _jit_key(request.request_id), record, "JITS#" + request.org_id, f"{record['requested_at']}#{request.request_id}"
     )
 
 
 def _iam_event_item(event: IamEvent) -> Item:
-    fields = {
-        "chain_id": event.chain_id,
-        "seq": event.seq,
-        "event_id": event.event_id,
-        "event_type": event.event_type,
-        "actor": event.actor,
-        "target": event.target,
-        "before": _encode_json_object(event.before),
-        "after": _encode_json_object(event.after),
-        "at": _encode_time(event.at),
-        "request_id": event.request_id,
-        "prev_hash": event.prev_hash,
-        "hash": event.hash,
-    }
-    return _keyed(("CHAIN#" + event.chain_id, _event_sort_key(event.seq)), fields)
-
-
-def _iam_event_from_item(item: Item) -> IamEvent:
-    return IamEvent(
-        chain_id=item["chain_id"],
-        seq=int(item["seq"]),
-        event_id=item["event_id"],
-        event_type=item["event_type"],
-        actor=item["actor"],
-        target=item["target"],
-        before=_decode_json_object(item.get("before")),
-        after=_decode_json_object(item.get("after")),
-        at=_decode_time(item["at"]),
-        request_id=item["request_id"],
-        prev_hash=item["prev_hash"],
-        hash=item["hash"],
-    )
+    return _keyed(("CHAIN#" + event.chain_id, _event_sort_key(event.seq)), IAM_EVENTS.encode(event))
 
 
 def _setting_item(name: str, value: str) -> Item:
@@ -976,7 +792,7 @@ def _policy_item(obj: PolicyObject) -> Item:
         "object_id": object_id(obj),
         "org_id": org_id,
         "document": json.dumps(to_document(obj), ensure_ascii=False),
-        "updated_at": _encode_time(utc_now()),
+        "updated_at": encode_time(utc_now()),
     }
     if org_id is None:
         return _keyed(key, fields)  # a shared table's binding: in no organisation's listing
@@ -1024,73 +840,17 @@ def _merge_usage(deltas: Sequence[UsageDelta]) -> list[UsageDelta]:
     return list(merged.values())
 
 
-def _usage_from_item(item: Item) -> UsageDelta:
-    return UsageDelta(
-        org_id=item["org_id"],
-        day=date.fromisoformat(item["day"]),
-        user_id=item["user_id"],
-        agent_id=item.get("agent_id"),
-        statements=int(item["statements"]),
-        credits=float(item["credits"]),
-        rows=int(item["rows"]),
-        bytes=int(item["bytes"]),
-    )
-
-
 def _auth_failures_item(failures: AuthFailures) -> Item:
-    fields = {
-        "subject": failures.subject,
-        "count": failures.count,
-        "last_failure_at": _encode_time(failures.last_failure_at),
-        "previous_failure_at": _encode_optional_time(failures.previous_failure_at),
-        "expires_at": _encode_time(failures.expires_at),
-        TTL_ATTRIBUTE: _epoch(failures.expires_at),
-    }
-    return _keyed(_auth_failures_key(failures.subject), fields)
-
-
-def _auth_failures_from_item(item: Item) -> AuthFailures:
-    return AuthFailures(
-        subject=item["subject"],
-        count=int(item["count"]),
-        last_failure_at=_decode_time(item["last_failure_at"]),
-        previous_failure_at=_decode_optional_time(item.get("previous_failure_at")),
-        expires_at=_decode_time(item["expires_at"]),
-    )
+    record = AUTH_FAILURES.encode(failures) | {TTL_ATTRIBUTE: _epoch(failures.expires_at)}
+    return _keyed(_auth_failures_key(failures.subject), record)
 
 
 # --- values at the boundary -------------------------------------------------------------------
 
 
-def _encode_time(value: datetime) -> str:
-    if value.tzinfo is None:
-        raise ValueError("timestamps must be timezone-aware")
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
 def _epoch(value: datetime) -> int:
     """Whole epoch seconds, rounded up: the TTL attribute's format, never earlier than `value`."""
     return math.ceil(value.timestamp())
-
-
-def _encode_optional_time(value: datetime | None) -> str | None:
-    return None if value is None else _encode_time(value)
-
-
-def _decode_time(value: str) -> datetime:
-    return datetime.fromisoformat(value).astimezone(UTC)
-
-
-def _decode_optional_time(value: str | None) -> datetime | None:
-    return None if value is None else _decode_time(value)
-
-
-def _encode_json_object(value: dict[str, object] | None) -> str | None:
-    return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
-
-
-def _decode_json_object(text: str | None) -> dict[str, object] | None:
-    return None if text is None else dict(json.loads(text))
 
 
 def _to_decimal(value: float) -> Decimal:

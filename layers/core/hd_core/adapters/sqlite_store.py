@@ -2,9 +2,11 @@
 
 One connection in WAL mode, shared by every thread behind a lock: control-state reads are
 single-row lookups, so serialising them costs microseconds, and WAL lets another process (the
-local control API) read while this one writes. Timestamps are ISO-8601 UTC strings with a fixed
-width, so they sort as text; scopes are a JSON array; a policy object is its `policy_codec`
-document, and every policy write bumps the single-row policy version in the same transaction.
+local control API) read while this one writes. An entity's row is its `hd_core.records` record,
+one column per field (the same record the DynamoDB adapter stores): timestamps are fixed-width
+ISO-8601 UTC text, so they sort and compare as text; list fields are JSON arrays. A policy object
+is its `policy_codec` document, and every policy write bumps the single-row policy version in the
+same transaction.
 Uniqueness the port promises is enforced by the schema, so no check-then-write race exists: emails
 through a UNIQUE index on their lower-cased form, external ids through a side table rewritten in the
 user's transaction, IAM chain positions through the (chain_id, seq) primary key. Single-use state
@@ -21,9 +23,10 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
 
 from hd_core.errors import Conflict, HdError, NotFound
 from hd_core.models import (
@@ -33,19 +36,28 @@ from hd_core.models import (
     IamEvent,
     JitRequest,
     JitStatus,
-    KeyEnv,
     Organization,
-    OrgStatus,
     RefreshToken,
-    Role,
     UsageDelta,
     User,
-    UserStatus,
     email_key,
     utc_now,
 )
 from hd_core.policies import PolicyKind, PolicyObject, PolicySnapshot
 from hd_core.policy_codec import from_document, kind_of, object_id, to_document
+from hd_core.records import (
+    API_KEYS,
+    AUTH_FAILURES,
+    ENVIRONMENTS,
+    IAM_EVENTS,
+    JIT_REQUESTS,
+    ORGANIZATIONS,
+    REFRESH_TOKENS,
+    USAGE,
+    USERS,
+    RecordCodec,
+    encode_time,
+)
 
 # MIGRATIONS[n] takes a database from schema version n to n + 1; never edit one that has shipped.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -292,42 +304,36 @@ class SqliteControlStore:
     def put_org(self, org: Organization) -> None:
         """Create or replace an organisation."""
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO orgs (org_id, name, status, created_at, mfa_required) VALUES (?, ?, ?, ?, ?)",
-                (org.org_id, org.name, OrgStatus(org.status).value, _encode_time(org.created_at), org.mfa_required),
-            )
+            db.execute(_insert_sql("orgs", ORGANIZATIONS, replace=True), _row(ORGANIZATIONS, org))
 
     def get_org(self, org_id: str) -> Organization | None:
         """The organisation with this id, or None."""
         row = self._fetch_one("SELECT * FROM orgs WHERE org_id = ?", (org_id,))
-        return None if row is None else _org_from_row(row)
+        return None if row is None else _entity(ORGANIZATIONS, row)
 
     def list_orgs(self) -> list[Organization]:
         """Every organisation, oldest first."""
-        return [_org_from_row(row) for row in self._fetch_all("SELECT * FROM orgs ORDER BY created_at, org_id", ())]
+        rows = self._fetch_all("SELECT * FROM orgs ORDER BY created_at, org_id", ())
+        return [_entity(ORGANIZATIONS, row) for row in rows]
 
     # --- environments -----------------------------------------------------------------------
 
     def put_environment(self, env: Environment) -> None:
         """Create or replace an environment."""
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO environments (env_id, org_id, name, key_env, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (env.env_id, env.org_id, env.name, KeyEnv(env.key_env).value, _encode_time(env.created_at)),
-            )
+            db.execute(_insert_sql("environments", ENVIRONMENTS, replace=True), _row(ENVIRONMENTS, env))
 
     def get_environment(self, env_id: str) -> Environment | None:
         """The environment with this id, or None."""
         row = self._fetch_one("SELECT * FROM environments WHERE env_id = ?", (env_id,))
-        return None if row is None else _environment_from_row(row)
+        return None if row is None else _entity(ENVIRONMENTS, row)
 
     def list_environments(self, org_id: str) -> list[Environment]:
         """The environments of one organisation, oldest first."""
         rows = self._fetch_all(
             "SELECT * FROM environments WHERE org_id = ? ORDER BY created_at, env_id", (org_id,)
         )
-        return [_environment_from_row(row) for row in rows]
+        return [_entity(ENVIRONMENTS, row) for row in rows]
 
     # --- users ------------------------------------------------------------------------------
 
@@ -340,23 +346,7 @@ class SqliteControlStore:
         try:
             with self._transaction() as db:
                 # An upsert, not INSERT OR REPLACE: REPLACE would silently delete *another* user holding the email.
-                db.execute(
-                    "INSERT INTO users (user_id, org_id, email, email_key, role, status, department, region,"
-                    " created_at, name, password_hash, mfa_secret, mfa_enabled, mfa_last_step, external_ids,"
-                    " tokens_valid_after, password_must_change)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (user_id) DO UPDATE SET org_id = excluded.org_id, email = excluded.email,"
-                    " email_key = excluded.email_key, role = excluded.role, status = excluded.status,"
-                    " department = excluded.department, region = excluded.region, created_at = excluded.created_at,"
-                    " name = excluded.name, password_hash = excluded.password_hash,"
-                    " mfa_secret = excluded.mfa_secret, mfa_enabled = excluded.mfa_enabled,"
-                    " mfa_last_step = excluded.mfa_last_step,"
-                    " external_ids = excluded.external_ids, password_must_change = excluded.password_must_change,"
-                    # Never back: fixed-width ISO text compares as time, and NULL (never ended) is earliest.
-                    " tokens_valid_after = nullif(max(coalesce(users.tokens_valid_after, ''),"
-                    " coalesce(excluded.tokens_valid_after, '')), '')",
-                    _user_params(user),
-                )
+                db.execute(_PUT_USER_SQL, _row(USERS, user) | {"email_key": email_key(user.email)})
                 db.execute("DELETE FROM user_external_ids WHERE user_id = ?", (user.user_id,))
                 db.executemany(
                     "INSERT INTO user_external_ids (external_id, user_id) VALUES (?, ?)",
@@ -368,12 +358,12 @@ class SqliteControlStore:
     def get_user(self, user_id: str) -> User | None:
         """The user with this id, or None."""
         row = self._fetch_one("SELECT * FROM users WHERE user_id = ?", (user_id,))
-        return None if row is None else _user_from_row(row)
+        return None if row is None else _entity(USERS, row)
 
     def get_user_by_email(self, email: str) -> User | None:
         """The user with this email (case-insensitive), or None; an index lookup."""
         row = self._fetch_one("SELECT * FROM users WHERE email_key = ?", (email_key(email),))
-        return None if row is None else _user_from_row(row)
+        return None if row is None else _entity(USERS, row)
 
     def advance_mfa_step(self, user_id: str, step: int) -> bool:
         """Set the user's last accepted TOTP step to `step` only if it is lower, atomically."""
@@ -388,7 +378,7 @@ class SqliteControlStore:
         with self._transaction() as db:
             cursor = db.execute(
                 "UPDATE users SET tokens_valid_after = max(coalesce(tokens_valid_after, ''), ?) WHERE user_id = ?",
-                (_encode_time(at), user_id),
+                (encode_time(at), user_id),
             )
             if cursor.rowcount != 1:
                 raise NotFound(f"user {user_id} not found")
@@ -398,12 +388,12 @@ class SqliteControlStore:
         row = self._fetch_one(
             "SELECT users.* FROM user_external_ids JOIN users USING (user_id) WHERE external_id = ?", (external_id,)
         )
-        return None if row is None else _user_from_row(row)
+        return None if row is None else _entity(USERS, row)
 
     def list_users(self, org_id: str) -> list[User]:
         """The users of one organisation, oldest first."""
         rows = self._fetch_all("SELECT * FROM users WHERE org_id = ? ORDER BY created_at, user_id", (org_id,))
-        return [_user_from_row(row) for row in rows]
+        return [_entity(USERS, row) for row in rows]
 
     # --- API keys ---------------------------------------------------------------------------
 
@@ -411,41 +401,38 @@ class SqliteControlStore:
         """Store a new key record; raises `Conflict` if the key id exists, so a key is never overwritten."""
         try:
             with self._transaction() as db:
-                db.execute(
-                    f"INSERT INTO api_keys ({_API_KEY_COLUMNS}) VALUES ({_placeholders(_API_KEY_COLUMNS)})",
-                    _api_key_params(record),
-                )
+                db.execute(_insert_sql("api_keys", API_KEYS), _row(API_KEYS, record))
         except sqlite3.IntegrityError:
             raise Conflict(f"api key {record.key_id} already exists") from None
 
     def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
         """The key record with this key id, or None."""
         row = self._fetch_one("SELECT * FROM api_keys WHERE key_id = ?", (key_id,))
-        return None if row is None else _api_key_from_row(row)
+        return None if row is None else _entity(API_KEYS, row)
 
     def list_api_keys(self, org_id: str) -> list[ApiKeyRecord]:
         """The key records of one organisation, revoked ones included, oldest first."""
         rows = self._fetch_all("SELECT * FROM api_keys WHERE org_id = ? ORDER BY created_at, key_id", (org_id,))
-        return [_api_key_from_row(row) for row in rows]
+        return [_entity(API_KEYS, row) for row in rows]
 
     def revoke_api_key(self, key_id: str, at: datetime) -> ApiKeyRecord:
         """Mark a key revoked at `at`, keeping an earlier revocation time; raises `NotFound`."""
         with self._transaction() as db:
             updated = db.execute(
                 "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?",
-                (_encode_time(at), key_id),
+                (encode_time(at), key_id),
             )
             if updated.rowcount == 0:
                 raise NotFound(f"api key {key_id} not found")
             row = db.execute("SELECT * FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
-        return _api_key_from_row(row)
+        return _entity(API_KEYS, row)
 
     def update_api_key(self, record: ApiKeyRecord) -> None:
         """Replace an existing key record (rotation, expiry bookkeeping); raises `NotFound` if absent."""
-        assignments = ", ".join(f"{column} = ?" for column in _API_KEY_COLUMNS.split(", ")[1:])
-        params = _api_key_params(record)
         with self._transaction() as db:
-            updated = db.execute(f"UPDATE api_keys SET {assignments} WHERE key_id = ?", (*params[1:], params[0]))
+            updated = db.execute(
+                f"UPDATE api_keys SET {_assignments(API_KEYS, 'key_id')} WHERE key_id = :key_id", _row(API_KEYS, record)
+            )
             if updated.rowcount == 0:
                 raise NotFound(f"api key {record.key_id} not found")
 
@@ -455,49 +442,35 @@ class SqliteControlStore:
         """Store a new refresh token; raises `Conflict` if its id exists."""
         try:
             with self._transaction() as db:
-                db.execute(
-                    "INSERT INTO refresh_tokens (token_id, family_id, user_id, org_id, token_hash, issued_at,"
-                    " expires_at, used_at, env) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        token.token_id,
-                        token.family_id,
-                        token.user_id,
-                        token.org_id,
-                        token.token_hash,
-                        _encode_time(token.issued_at),
-                        _encode_time(token.expires_at),
-                        _encode_optional_time(token.used_at),
-                        token.env.value,
-                    ),
-                )
+                db.execute(_insert_sql("refresh_tokens", REFRESH_TOKENS), _row(REFRESH_TOKENS, token))
         except sqlite3.IntegrityError:
             raise Conflict(f"refresh token {token.token_id} already exists") from None
 
     def get_refresh_token(self, token_id: str) -> RefreshToken | None:
         """The refresh token with this id, or None."""
         row = self._fetch_one("SELECT * FROM refresh_tokens WHERE token_id = ?", (token_id,))
-        return None if row is None else _refresh_token_from_row(row)
+        return None if row is None else _entity(REFRESH_TOKENS, row)
 
     def use_refresh_token(self, token_id: str, at: datetime) -> RefreshToken:
         """Mark an unused token used, atomically; raises `Conflict` if it was already used, `NotFound` if absent."""
         with self._transaction() as db:
             updated = db.execute(
                 "UPDATE refresh_tokens SET used_at = ? WHERE token_id = ? AND used_at IS NULL",
-                (_encode_time(at), token_id),
+                (encode_time(at), token_id),
             )
             row = db.execute("SELECT * FROM refresh_tokens WHERE token_id = ?", (token_id,)).fetchone()
         if row is None:
             raise NotFound(f"refresh token {token_id} not found")
         if updated.rowcount == 0:
             raise Conflict(f"refresh token {token_id} was already used")
-        return _refresh_token_from_row(row)
+        return _entity(REFRESH_TOKENS, row)
 
     def revoke_refresh_family(self, family_id: str, at: datetime) -> None:
         """Revoke every token of a family, present and future; the first revocation time is kept."""
         with self._transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO revoked_refresh_families (family_id, revoked_at) VALUES (?, ?)",
-                (family_id, _encode_time(at)),
+                (family_id, encode_time(at)),
             )
 
     def refresh_family_revoked(self, family_id: str) -> bool:
@@ -509,7 +482,7 @@ class SqliteControlStore:
     def get_auth_failures(self, subject: str) -> AuthFailures | None:
         """The failure record of a throttled subject, or None; it may have expired."""
         row = self._fetch_one("SELECT * FROM auth_failures WHERE subject = ?", (subject,))
-        return None if row is None else _auth_failures_from_row(row)
+        return None if row is None else _entity(AUTH_FAILURES, row)
 
     def record_auth_failure(
         self, subject: str, at: datetime, *, forget_before: datetime, expires_at: datetime
@@ -517,7 +490,7 @@ class SqliteControlStore:
         """Count one failure in one transaction (count + 1, or 1 after `forget_before`); deletes expired records."""
         with self._transaction() as db:
             # Expired records of every subject go here, so names tried once cannot pile up.
-            db.execute("DELETE FROM auth_failures WHERE expires_at <= ?", (_encode_time(at),))
+            db.execute("DELETE FROM auth_failures WHERE expires_at <= ?", (encode_time(at),))
             # SET expressions read the row as it was before the update, so the previous failure is the old last one.
             db.execute(
                 "INSERT INTO auth_failures (subject, count, last_failure_at, previous_failure_at, expires_at)"
@@ -526,11 +499,11 @@ class SqliteControlStore:
                 " count = CASE WHEN last_failure_at >= ? THEN count + 1 ELSE 1 END,"
                 " previous_failure_at = CASE WHEN last_failure_at >= ? THEN last_failure_at END,"
                 " last_failure_at = excluded.last_failure_at, expires_at = excluded.expires_at",
-                (subject, _encode_time(at), _encode_time(expires_at), _encode_time(forget_before),
-                 _encode_time(forget_before)),
+                (subject, encode_time(at), encode_time(expires_at), encode_time(forget_before),
+                 encode_time(forget_before)),
             )
             row = db.execute("SELECT * FROM auth_failures WHERE subject = ?", (subject,)).fetchone()
-        return _auth_failures_from_row(row)
+        return _entity(AUTH_FAILURES, row)
 
     def clear_auth_failures(self, subject: str) -> None:
         """Forget a subject's failures; nothing happens if it has none."""
@@ -543,17 +516,14 @@ class SqliteControlStore:
         """Store a new JIT request; raises `Conflict` if its id exists."""
         try:
             with self._transaction() as db:
-                db.execute(
-                    f"INSERT INTO jit_requests ({_JIT_COLUMNS}) VALUES ({_placeholders(_JIT_COLUMNS)})",
-                    _jit_params(request),
-                )
+                db.execute(_insert_sql("jit_requests", JIT_REQUESTS), _row(JIT_REQUESTS, request))
         except sqlite3.IntegrityError:
             raise Conflict(f"jit request {request.request_id} already exists") from None
 
     def get_jit_request(self, request_id: str) -> JitRequest | None:
         """The JIT request with this id, or None."""
         row = self._fetch_one("SELECT * FROM jit_requests WHERE request_id = ?", (request_id,))
-        return None if row is None else _jit_from_row(row)
+        return None if row is None else _entity(JIT_REQUESTS, row)
 
     def list_jit_requests(self, org_id: str, status: JitStatus | None = None) -> list[JitRequest]:
         """The JIT requests of one organisation, optionally of one status, oldest first."""
@@ -566,16 +536,15 @@ class SqliteControlStore:
                 "SELECT * FROM jit_requests WHERE org_id = ? AND status = ? ORDER BY requested_at, request_id",
                 (org_id, JitStatus(status).value),
             )
-        return [_jit_from_row(row) for row in rows]
+        return [_entity(JIT_REQUESTS, row) for row in rows]
 
     def decide_jit_request(self, request: JitRequest, *, from_status: JitStatus = JitStatus.PENDING) -> None:
         """Replace a request still in `from_status` with `request`; `Conflict` if it moved on, `NotFound` if absent."""
-        assignments = ", ".join(f"{column} = ?" for column in _JIT_COLUMNS.split(", ")[1:])
-        params = _jit_params(request)
         with self._transaction() as db:
             updated = db.execute(
-                f"UPDATE jit_requests SET {assignments} WHERE request_id = ? AND status = ?",
-                (*params[1:], params[0], JitStatus(from_status).value),
+                f"UPDATE jit_requests SET {_assignments(JIT_REQUESTS, 'request_id')}"
+                " WHERE request_id = :request_id AND status = :from_status",
+                _row(JIT_REQUESTS, request) | {"from_status": JitStatus(from_status).value},
             )
             if updated.rowcount == 0:
                 exists = db.execute("SELECT 1 FROM jit_requests WHERE request_id = ?", (request.request_id,))
@@ -589,17 +558,14 @@ class SqliteControlStore:
         """Store `event` at its position only if that position is free; raises `Conflict` otherwise."""
         try:
             with self._transaction() as db:
-                db.execute(
-                    f"INSERT INTO iam_events ({_IAM_EVENT_COLUMNS}) VALUES ({_placeholders(_IAM_EVENT_COLUMNS)})",
-                    _iam_event_params(event),
-                )
+                db.execute(_insert_sql("iam_events", IAM_EVENTS), _row(IAM_EVENTS, event))
         except sqlite3.IntegrityError:
             raise Conflict(f"position {event.seq} of chain {event.chain_id} is taken") from None
 
     def iam_chain_head(self, chain_id: str) -> IamEvent | None:
         """The event with the highest position in the chain, or None for an empty chain."""
         row = self._fetch_one("SELECT * FROM iam_events WHERE chain_id = ? ORDER BY seq DESC LIMIT 1", (chain_id,))
-        return None if row is None else _iam_event_from_row(row)
+        return None if row is None else _entity(IAM_EVENTS, row)
 
     def list_iam_events(self, chain_id: str, after_seq: int = 0, limit: int | None = None) -> list[IamEvent]:
         """Events with position > `after_seq`, in position order, at most `limit`."""
@@ -607,7 +573,7 @@ class SqliteControlStore:
             "SELECT * FROM iam_events WHERE chain_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             (chain_id, after_seq, -1 if limit is None else max(limit, 0)),  # SQLite reads LIMIT -1 as "no limit"
         )
-        return [_iam_event_from_row(row) for row in rows]
+        return [_entity(IAM_EVENTS, row) for row in rows]
 
     # --- settings ---------------------------------------------------------------------------
 
@@ -644,7 +610,7 @@ class SqliteControlStore:
             db.execute(
                 "INSERT OR REPLACE INTO policy_objects (kind, object_id, org_id, document, updated_at)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (kind_of(obj).value, object_id(obj), getattr(obj, "org_id", None), document, _encode_time(utc_now())),
+                (kind_of(obj).value, object_id(obj), getattr(obj, "org_id", None), document, encode_time(utc_now())),
             )
             return _bump_policy_version(db)
 
@@ -698,24 +664,11 @@ class SqliteControlStore:
         """Add metered consumption into (org, day, user, agent) buckets, all deltas in one transaction."""
         with self._transaction() as db:
             db.executemany(
-                "INSERT INTO usage (org_id, day, user_id, agent_id, statements, credits, rows, bytes)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (org_id, day, user_id, agent_id) DO UPDATE SET"
+                _insert_sql("usage", USAGE) + " ON CONFLICT (org_id, day, user_id, agent_id) DO UPDATE SET"
                 " statements = statements + excluded.statements, credits = credits + excluded.credits,"
                 " rows = rows + excluded.rows, bytes = bytes + excluded.bytes",
-                [
-                    (
-                        delta.org_id,
-                        delta.day.isoformat(),
-                        delta.user_id,
-                        delta.agent_id or "",
-                        delta.statements,
-                        delta.credits,
-                        delta.rows,
-                        delta.bytes,
-                    )
-                    for delta in deltas
-                ],
+                # agent_id is '' for no agent: NULL would never collide in the primary key.
+                [_row(USAGE, delta) | {"agent_id": delta.agent_id or ""} for delta in deltas],
             )
 
     def usage(self, org_id: str, start: date, end: date) -> list[UsageDelta]:
@@ -724,7 +677,7 @@ class SqliteControlStore:
             "SELECT * FROM usage WHERE org_id = ? AND day BETWEEN ? AND ? ORDER BY day, user_id, agent_id",
             (org_id, start.isoformat(), end.isoformat()),
         )
-        return [_usage_from_row(row) for row in rows]
+        return [_entity(USAGE, row, agent_id=row["agent_id"] or None) for row in rows]
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -800,20 +753,6 @@ def _create_private_file(path: Path) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
-def _encode_time(value: datetime) -> str:
-    if value.tzinfo is None:
-        raise ValueError("timestamps must be timezone-aware")
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _encode_optional_time(value: datetime | None) -> str | None:
-    return None if value is None else _encode_time(value)
-
-
-def _decode_optional_time(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
-
-
 def _bump_policy_version(db: sqlite3.Connection) -> int:
     """Increment the policy version inside the caller's write transaction, so it never disagrees with content."""
     db.execute("UPDATE policy_version SET version = version + 1 WHERE singleton = 1")
@@ -824,241 +763,46 @@ def _policy_from_row(row: sqlite3.Row) -> PolicyObject:
     return from_document(json.loads(row["document"]))
 
 
-def _usage_from_row(row: sqlite3.Row) -> UsageDelta:
-    return UsageDelta(
-        org_id=row["org_id"],
-        day=date.fromisoformat(row["day"]),
-        user_id=row["user_id"],
-        agent_id=row["agent_id"] or None,
-        statements=int(row["statements"]),
-        credits=float(row["credits"]),
-        rows=int(row["rows"]),
-        bytes=int(row["bytes"]),
+_Entity = TypeVar("_Entity")
+
+
+def _row(codec: RecordCodec[Any], entity: object) -> dict[str, object]:
+    """An entity's record as column values by name: lists as JSON arrays (SQLite stores bools as 0/1 itself)."""
+    record: dict[str, object] = dict(codec.encode(entity))
+    for name in codec.list_names:
+        record[name] = json.dumps(record[name])
+    return record
+
+
+def _entity(codec: RecordCodec[_Entity], row: sqlite3.Row, **overrides: object) -> _Entity:
+    """The entity a row holds (extra columns such as `email_key` are ignored)."""
+    record: dict[str, object] = {name: row[name] for name in row.keys()}
+    for name in codec.list_names:
+        if isinstance(record.get(name), str):
+            record[name] = json.loads(str(record[name]))
+    return codec.decode(record | overrides)
+
+
+def _insert_sql(table: str, codec: RecordCodec[Any], *, replace: bool = False) -> str:
+    """INSERT (OR REPLACE) of one row with every field of the codec's entity, as named parameters."""
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
+    return f"{verb} INTO {table} ({', '.join(codec.names)}) VALUES ({', '.join(':' + name for name in codec.names)})"
+
+
+def _assignments(codec: RecordCodec[Any], key: str) -> str:
+    """`column = :column` for every field but the key: an UPDATE that replaces the whole entity."""
+    return ", ".join(f"{name} = :{name}" for name in codec.names if name != key)
+
+
+# A user's row and its email_key, upserted on the user id (see `put_user` for why not INSERT OR REPLACE).
+_USER_COLUMNS = (*USERS.names, "email_key")
+_PUT_USER_SQL = (
+    f"INSERT INTO users ({', '.join(_USER_COLUMNS)}) VALUES ({', '.join(':' + name for name in _USER_COLUMNS)})"
+    " ON CONFLICT (user_id) DO UPDATE SET "
+    + ", ".join(
+        f"{name} = excluded.{name}" for name in _USER_COLUMNS if name not in ("user_id", "tokens_valid_after")
     )
-
-
-def _placeholders(columns: str) -> str:
-    return ", ".join("?" for _ in columns.split(", "))
-
-
-def _encode_json_list(values: tuple[str, ...]) -> str:
-    return json.dumps(list(values))
-
-
-def _encode_json_object(value: dict[str, object] | None) -> str | None:
-    # Canonical (sorted keys), so the stored text is stable whatever order the dict was built in.
-    return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
-
-
-def _decode_json_object(text: str | None) -> dict[str, object] | None:
-    return None if text is None else dict(json.loads(text))
-
-
-def _org_from_row(row: sqlite3.Row) -> Organization:
-    return Organization(
-        org_id=row["org_id"],
-        name=row["name"],
-        status=OrgStatus(row["status"]),
-        created_at=datetime.fromisoformat(row["created_at"]),
-        mfa_required=bool(row["mfa_required"]),
-    )
-
-
-def _environment_from_row(row: sqlite3.Row) -> Environment:
-    return Environment(
-        env_id=row["env_id"],
-        org_id=row["org_id"],
-        name=row["name"],
-        key_env=KeyEnv(row["key_env"]),
-        created_at=datetime.fromisoformat(row["created_at"]),
-    )
-
-
-def _user_params(user: User) -> tuple[object, ...]:
-    return (
-        user.user_id,
-        user.org_id,
-        user.email,
-        email_key(user.email),
-        Role(user.role).value,
-        UserStatus(user.status).value,
-        user.department,
-        user.region,
-        _encode_time(user.created_at),
-        user.name,
-        user.password_hash,
-        user.mfa_secret,
-        user.mfa_enabled,
-        user.mfa_last_step,
-        _encode_json_list(user.external_ids),
-        _encode_optional_time(user.tokens_valid_after),
-        user.password_must_change,
-    )
-
-
-def _user_from_row(row: sqlite3.Row) -> User:
-    return User(
-        user_id=row["user_id"],
-        org_id=row["org_id"],
-        email=row["email"],
-        role=Role(row["role"]),
-        status=UserStatus(row["status"]),
-        department=row["department"],
-        region=row["region"],
-        created_at=datetime.fromisoformat(row["created_at"]),
-        name=row["name"],
-        password_hash=row["password_hash"],
-        mfa_secret=row["mfa_secret"],
-        mfa_enabled=bool(row["mfa_enabled"]),
-        mfa_last_step=int(row["mfa_last_step"]),
-        external_ids=tuple(json.loads(row["external_ids"])),
-        tokens_valid_after=_decode_optional_time(row["tokens_valid_after"]),
-        password_must_change=bool(row["password_must_change"]),
-    )
-
-
-# The key id first: update_api_key assigns every other column and matches on it.
-_API_KEY_COLUMNS = (
-    "key_id, org_id, user_id, env, key_hash, scopes, created_at, expires_at, revoked_at, name, allowed_cidrs,"
-    " rotated_to, expiry_recorded_at"
+    # Never back: fixed-width ISO text compares as time, and NULL (never ended) is earliest.
+    + ", tokens_valid_after = nullif(max(coalesce(users.tokens_valid_after, ''),"
+    " coalesce(excluded.tokens_valid_after, '')), '')"
 )
-
-
-def _api_key_params(record: ApiKeyRecord) -> tuple[object, ...]:
-    return (
-        record.key_id,
-        record.org_id,
-        record.user_id,
-        KeyEnv(record.env).value,
-        record.key_hash,
-        _encode_json_list(record.scopes),
-        _encode_time(record.created_at),
-        _encode_optional_time(record.expires_at),
-        _encode_optional_time(record.revoked_at),
-        record.name,
-        _encode_json_list(record.allowed_cidrs),
-        record.rotated_to,
-        _encode_optional_time(record.expiry_recorded_at),
-    )
-
-
-def _api_key_from_row(row: sqlite3.Row) -> ApiKeyRecord:
-    return ApiKeyRecord(
-        key_id=row["key_id"],
-        org_id=row["org_id"],
-        user_id=row["user_id"],
-        env=KeyEnv(row["env"]),
-        key_hash=row["key_hash"],
-        scopes=tuple(json.loads(row["scopes"])),
-        created_at=datetime.fromisoformat(row["created_at"]),
-        expires_at=_decode_optional_time(row["expires_at"]),
-        revoked_at=_decode_optional_time(row["revoked_at"]),
-        name=row["name"],
-        allowed_cidrs=tuple(json.loads(row["allowed_cidrs"])),
-        rotated_to=row["rotated_to"],
-        expiry_recorded_at=_decode_optional_time(row["expiry_recorded_at"]),
-    )
-
-
-def _refresh_token_from_row(row: sqlite3.Row) -> RefreshToken:
-    return RefreshToken(
-        token_id=row["token_id"],
-        family_id=row["family_id"],
-        user_id=row["user_id"],
-        org_id=row["org_id"],
-        token_hash=row["token_hash"],
-        issued_at=datetime.fromisoformat(row["issued_at"]),
-        expires_at=datetime.fromisoformat(row["expires_at"]),
-        used_at=_decode_optional_time(row["used_at"]),
-        env=KeyEnv(row["env"]),
-    )
-
-
-# The request id first: decide_jit_request assigns every other column and matches on it.
-_JIT_COLUMNS = (
-    "request_id, org_id, user_id, role, reason, duration_seconds, status, requested_at, decided_by, decided_at,"
-    " decision_reason, grant_id"
-)
-
-
-def _jit_params(request: JitRequest) -> tuple[object, ...]:
-    return (
-        request.request_id,
-        request.org_id,
-        request.user_id,
-        Role(request.role).value,
-        request.reason,
-        request.duration_seconds,
-        JitStatus(request.status).value,
-        _encode_time(request.requested_at),
-        request.decided_by,
-        _encode_optional_time(request.decided_at),
-        request.decision_reason,
-        request.grant_id,
-    )
-
-
-def _jit_from_row(row: sqlite3.Row) -> JitRequest:
-    return JitRequest(
-        request_id=row["request_id"],
-        org_id=row["org_id"],
-        user_id=row["user_id"],
-        role=Role(row["role"]),
-        reason=row["reason"],
-        duration_seconds=int(row["duration_seconds"]),
-        status=JitStatus(row["status"]),
-        requested_at=datetime.fromisoformat(row["requested_at"]),
-        decided_by=row["decided_by"],
-        decided_at=_decode_optional_time(row["decided_at"]),
-        decision_reason=row["decision_reason"],
-        grant_id=row["grant_id"],
-    )
-
-
-_IAM_EVENT_COLUMNS = (
-    "chain_id, seq, event_id, event_type, actor, target, before, after, at, request_id, prev_hash, hash"
-)
-
-
-def _iam_event_params(event: IamEvent) -> tuple[object, ...]:
-    return (
-        event.chain_id,
-        event.seq,
-        event.event_id,
-        event.event_type,
-        event.actor,
-        event.target,
-        _encode_json_object(event.before),
-        _encode_json_object(event.after),
-        _encode_time(event.at),
-        event.request_id,
-        event.prev_hash,
-        event.hash,
-    )
-
-
-def _iam_event_from_row(row: sqlite3.Row) -> IamEvent:
-    return IamEvent(
-        chain_id=row["chain_id"],
-        seq=int(row["seq"]),
-        event_id=row["event_id"],
-        event_type=row["event_type"],
-        actor=row["actor"],
-        target=row["target"],
-        before=_decode_json_object(row["before"]),
-        after=_decode_json_object(row["after"]),
-        at=datetime.fromisoformat(row["at"]),
-        request_id=row["request_id"],
-        prev_hash=row["prev_hash"],
-        hash=row["hash"],
-    )
-
-
-def _auth_failures_from_row(row: sqlite3.Row) -> AuthFailures:
-    return AuthFailures(
-        subject=row["subject"],
-        count=int(row["count"]),
-        last_failure_at=datetime.fromisoformat(row["last_failure_at"]),
-        previous_failure_at=_decode_optional_time(row["previous_failure_at"]),
-        expires_at=datetime.fromisoformat(row["expires_at"]),
-    )
