@@ -333,6 +333,7 @@ class PgConnection:
                 while await self._blocking(self._advance, work):
                     await self._flush()
                 self._work = None
+                self._leave_gate()  # before the last ReadyForQuery goes out: a client told "done" holds no slot
                 await self._flush()
             finally:
                 self.busy = False
@@ -475,7 +476,7 @@ class PgConnection:
             if self._state.skipping_to_sync and not isinstance(message, m.Sync | m.Flush):
                 continue
             if isinstance(message, m.Query):
-                yield from self._simple_query(message.sql)
+                yield from self._simple_query(message.sql, last=not messages)
             elif isinstance(message, m.Sync):
                 self._sync()
             elif isinstance(message, m.Flush):
@@ -537,7 +538,7 @@ class PgConnection:
 
     # --- simple query ---------------------------------------------------------------------------
 
-    def _simple_query(self, sql: str) -> Iterator[None]:
+    def _simple_query(self, sql: str, *, last: bool = True) -> Iterator[None]:
         session = self._session()
         pipeline = self.server.pipeline
         try:
@@ -574,7 +575,8 @@ class PgConnection:
                 if outcome is not None and outcome.rows is not None:
                     outcome.rows.close()
         self._send(m.ready_for_query(session.transaction_status))
-        yield
+        if not last:
+            yield  # the batch's last ReadyForQuery is written once the batch has let go of its slot
 
     # --- extended query -------------------------------------------------------------------------
 
