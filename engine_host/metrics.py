@@ -36,15 +36,17 @@ LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 RESULT_ROW_BUCKETS = (0, 1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000)
 RESULT_BYTE_BUCKETS = tuple(float(1024 * 4**n) for n in range(11))  # 1 KiB .. 1 GiB, x4 apart
 
-# Statement kinds the guard can produce (engine_host/pipeline/governance/guard.py) and "catalog".
+# Statement kinds the guard can produce (engine_host/pipeline/governance/guard.py), "catalog", and the
+# statements the pipeline answers itself (pipeline.Kind: SET/SHOW, BEGIN/COMMIT, FETCH, DISCARD, DEALLOCATE).
 STATEMENT_KINDS = frozenset({
     "select", "insert", "update", "delete", "create_table", "create_table_as", "create_schema", "drop_table",
-    "alter_table", "explain", "catalog",
+    "alter_table", "explain", "catalog", "setting", "transaction", "cursor", "discard", "deallocate",
 })
 # Stages that write a deny verdict (Governor._stage), and the stages derived here from error codes.
 STAGES = frozenset({
     "guard", "tables", "policy", "rate_limit", "abac", "quota", "concurrency",
     "none", "syntax", "credential", "max_rows", "row_filter", "timeout", "canceled", "shutdown", "audit", "engine",
+    "connection",
 })
 # Failures that carry no deny verdict, classified by their code: (outcome, stage).
 _CODE_STAGES = {
@@ -55,6 +57,7 @@ _CODE_STAGES = {
     "HD_ERR_STATEMENT_TIMEOUT": ("error", "timeout"),
     "HD_ERR_CANCELED": ("error", "canceled"),
     "HD_ERR_SHUTDOWN": ("error", "shutdown"),
+    "HD_ERR_CONNECTION_ENDED": ("error", "connection"),
     "HD_ERR_AUDIT_UNAVAILABLE": ("error", "audit"),
 }
 _SYNTAX_SQLSTATE = "42601"

@@ -313,9 +313,13 @@ class StatementPipeline:
         except duckdb.Error:
             return [sql]
         if len(parts) > 1:
-            raise QueryError("42601", "HD_ERR_MULTIPLE_STATEMENTS",
-                             f"a query string may hold one statement; this one holds {len(parts)}",
-                             hint="Send each statement in a query of its own.")
+            error = QueryError("42601", "HD_ERR_MULTIPLE_STATEMENTS",
+                               f"a query string may hold one statement; this one holds {len(parts)}",
+                               hint="Send each statement in a query of its own.")
+            audit = self.governor.new_audit(sql, _dialect(session))
+            audit.deny("guard", error)
+            self.governor.record_denial(self.subject(session), _settings_map(session), audit)
+            raise error
         return parts
 
     def prepare(self, session: Session, sql: str, declared_oids: Sequence[int] = ()) -> PreparedStatement:
@@ -335,7 +339,11 @@ class StatementPipeline:
         if ctx.kind is Kind.SETTING:
             prepared.setting = parse_setting_command(sql)
             if prepared.setting is None:
-                raise errors.syntax_error("could not parse this SET/SHOW/RESET statement")
+                error = errors.syntax_error("could not parse this SET/SHOW/RESET statement")
+                audit = self.governor.new_audit(sql, _dialect(session))
+                audit.statement_kind = ctx.kind.value
+                self._record_control(session, audit, error)
+                raise error
         elif ctx.kind is Kind.ENGINE:
             prepared.statement_type = (ctx.plan.statement_type if ctx.plan is not None
                                        else self._statement_type(session, ctx.engine_sql))
@@ -429,21 +437,21 @@ class StatementPipeline:
 
     def execute(self, session: Session, prepared: PreparedStatement,
                 params: Sequence[bytes | None] = (), param_formats: Sequence[int] = ()) -> Outcome:
-        """Execute a prepared statement; blocking. Raises QueryError; the session state stays consistent."""
-        if session.transaction_status == FAILED_TRANSACTION and not _ends_transaction(prepared):
-            raise errors.transaction_aborted()
+        """Execute a prepared statement; blocking. Raises QueryError; the session state stays consistent.
+
+        Every statement gets exactly one audit record: an engine statement from its Execution (or its
+        refusal before one), every other kind (SET, SHOW, BEGIN, COMMIT, FETCH...) from `_run_control`.
+        """
+        if prepared.kind is not Kind.ENGINE:
+            return self._run_control(session, prepared)
         try:
-            if prepared.kind is Kind.SETTING:
-                return self._run_setting(session, prepared)
-            if prepared.kind is Kind.TRANSACTION:
-                return self._run_transaction(session, prepared.text)
-            if prepared.kind is Kind.CURSOR:
-                return self._run_cursor(session, prepared.text)
-            if prepared.kind is Kind.DISCARD:
-                return self._run_discard(session)
-            if prepared.kind is Kind.DEALLOCATE:
-                return _deallocate(prepared.text)
-            values = self._decode_parameters(session, prepared, params, param_formats)
+            try:
+                if session.transaction_status == FAILED_TRANSACTION:
+                    raise errors.transaction_aborted()
+                values = self._decode_parameters(session, prepared, params, param_formats)
+            except QueryError as exc:  # refused before admission: no Execution records it
+                self._record_control(session, self.governor.new_audit(prepared.text, _dialect(session)), exc)
+                raise
             if session.in_transaction:
                 session.transaction_statements += 1
             return self._run_engine(session, prepared, values)
@@ -453,10 +461,61 @@ class StatementPipeline:
         except duckdb.Error as exc:
             session.statement_failed()
             raise errors.from_engine_error(exc) from None
-        except Exception as exc:  # noqa: BLE001 - a bug outside a governed execution (settings, cursors)
+        except Exception as exc:  # noqa: BLE001 - a bug outside a governed execution
             session.statement_failed()
             audit = self.governor.new_audit(prepared.text, _dialect(session))
             raise self._refuse_unexpected(session, audit, exc) from None
+
+    def _run_control(self, session: Session, prepared: PreparedStatement) -> Outcome:
+        """Run a statement DuckDB does not answer (SET, SHOW, BEGIN, COMMIT, FETCH...) and audit it once.
+
+        Its record is written after it ran, with its outcome. These statements read no table data
+        (a cursor's rows are audited by its DECLARE's own record), so a record that cannot be stored
+        is logged and counted but does not undo them: a ROLLBACK must work with the audit store down.
+        """
+        audit = self.governor.new_audit(prepared.text, _dialect(session))
+        audit.statement_kind = prepared.kind.value
+        # Recorded as the session was when the statement came: a SET of hd.request_id belongs to the request before.
+        subject, settings = self.subject(session), _settings_map(session)
+        try:
+            if session.transaction_status == FAILED_TRANSACTION and not _ends_transaction(prepared):
+                raise errors.transaction_aborted()
+            if prepared.kind is Kind.SETTING:
+                outcome = self._run_setting(session, prepared)
+            elif prepared.kind is Kind.TRANSACTION:
+                outcome = self._run_transaction(session, prepared.text)
+            elif prepared.kind is Kind.CURSOR:
+                outcome = self._run_cursor(session, prepared.text)
+            elif prepared.kind is Kind.DISCARD:
+                outcome = self._run_discard(session)
+            else:
+                outcome = _deallocate(prepared.text)
+        except _Audited as done:  # a DECLARE whose query was refused or failed: that record stands for it
+            session.statement_failed()
+            raise done.error from None
+        except QueryError as exc:
+            session.statement_failed()
+            self._record_control(session, audit, exc, as_of=(subject, settings))
+            raise
+        except duckdb.Error as exc:
+            session.statement_failed()
+            error = errors.from_engine_error(exc)
+            self._record_control(session, audit, error, as_of=(subject, settings))
+            raise error from None
+        except Exception as exc:  # noqa: BLE001 - a bug in a settings, transaction or cursor statement
+            session.statement_failed()
+            raise self._refuse_unexpected(session, audit, exc) from None
+        if not _declares_cursor(prepared):  # a DECLARE's record is its query's, written by its Execution
+            self._record_control(session, audit, as_of=(subject, settings))
+        return outcome
+
+    def _record_control(self, session: Session, audit: StatementAudit, error: QueryError | None = None, *,
+                        as_of: tuple[Subject, dict[str, str]] | None = None) -> None:
+        """Store the record of a statement no Execution records; the statement's outcome stands either way."""
+        if error is not None and audit.error is None:
+            audit.error = {"sqlstate": error.sqlstate, "code": error.code, "message": error.message}
+        subject, settings = as_of if as_of is not None else (self.subject(session), _settings_map(session))
+        self.governor.record_denial(subject, settings, audit)
 
     def _decode_parameters(self, session: Session, prepared: PreparedStatement,
                            params: Sequence[bytes | None], formats: Sequence[int]) -> list[object]:
@@ -741,30 +800,36 @@ class StatementPipeline:
             raise QueryError("42P03", "HD_ERR_DUPLICATE_CURSOR", f'cursor "{name}" already exists')
         if m.group("scroll") and "NO" not in m.group("scroll").upper():
             raise errors.unsupported("scrollable cursors are not supported", hint="Declare the cursor NO SCROLL.")
-        query = self.prepare(session, m.group("query"))
-        if query.kind is not Kind.ENGINE or query.statement_type != "SELECT":
-            raise QueryError("42601", "HD_ERR_SYNTAX", "DECLARE CURSOR can only be used with a SELECT query")
+        not_a_select = QueryError("42601", "HD_ERR_SYNTAX", "DECLARE CURSOR can only be used with a SELECT query")
+        if statement_kind(m.group("query")) is not Kind.ENGINE:
+            raise not_a_select
+        try:
+            query = self.prepare(session, m.group("query"))  # refusals are audited by its `govern` stage
+        except QueryError as exc:
+            raise _Audited(exc) from None
+        if query.statement_type != "SELECT":
+            raise not_a_select
         # A cursor reads on a connection of its own so the session can run statements between FETCHes;
         # it takes no concurrency slot, since a client may keep it open between FETCHes indefinitely.
         engine = self._database.session()
         try:
             execution = self._admit(session, query, take_slot=False, engine=engine)
-        except QueryError:
+        except QueryError as exc:
             engine.close()
-            raise
+            raise _Audited(exc) from None
         try:
             execution.on_finish(self._hold_data(query.plan).release)
         except QueryError as exc:
             engine.close()
             self._abandon(session, False, execution, exc)
-            raise
+            raise _Audited(exc) from None
         try:
             stream = engine.run(query.engine_sql)
         except duckdb.Error as exc:
             engine.close()
             error = execution.engine_error(exc)
             self._abandon(session, False, execution, error)
-            raise error from None
+            raise _Audited(error) from None
         execution.on_finish(stream.close)
         columns = [Column(f.name, pg_type_for_arrow(f.type)) for f in stream.schema]
         rows = GovernedRows(RowSource(stream), execution, max_rows=self.governor.max_rows(session.principal.org_id))
@@ -886,6 +951,18 @@ def _skip_rows(rows: RowSource, count: int | None) -> int:
             break
         moved += batch.num_rows
     return moved
+
+
+class _Audited(Exception):
+    """A statement's error whose audit record is already written (by the Execution of a DECLARE's query)."""
+
+    def __init__(self, error: QueryError):
+        super().__init__(error.message)
+        self.error = error
+
+
+def _declares_cursor(prepared: PreparedStatement) -> bool:
+    return prepared.kind is Kind.CURSOR and leading_words(prepared.text, 1)[0] == "DECLARE"
 
 
 def _ends_transaction(prepared: PreparedStatement) -> bool:
