@@ -10,12 +10,14 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from pydantic import BaseModel, Field
 
 from functions.shared.http import authorize, build_app, documented
-from functions.shared.lambda_entry import lambda_entry
+from functions.shared.lambda_entry import lambda_entry, scheduled_entry
 from functions.shared.request_fields import Cidr, PathId, PlainText, ScopeName
 from functions.shared.wiring import services
 from hd_core import key_admin
 from hd_core.client_values import ID_PATTERN
 from hd_core.models import ApiKeyRecord, KeyEnv, utc_now
+
+SERVICE = "hd-api-keys"
 
 router = Router()
 
@@ -132,14 +134,21 @@ def revoke_key(org_id: PathId, key_id: PathId) -> KeyOut:
     return key_out(record)
 
 
-app = build_app(router)
-_api_handler = lambda_entry(app, "hd-api-keys")
+app = build_app(router, service=SERVICE)
+_api_handler = lambda_entry(app, SERVICE)
+
+
+def sweep_expired_keys(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The EventBridge schedule: record keys that expired since the last sweep in the IAM trail."""
+    svc = services()
+    return {"expired_keys_recorded": len(key_admin.record_expired_keys(svc.store, svc.trail, now=utc_now()))}
+
+
+_scheduled_handler = scheduled_entry(sweep_expired_keys, SERVICE)
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """API Gateway requests, or the EventBridge schedule that records expired keys in the IAM trail."""
     if event.get("source") == "aws.events":
-        svc = services()
-        expired = key_admin.record_expired_keys(svc.store, svc.trail, now=utc_now())
-        return {"expired_keys_recorded": len(expired)}
+        return _scheduled_handler(event, context)
     return _api_handler(event, context)

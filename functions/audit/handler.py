@@ -10,12 +10,14 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from pydantic import BaseModel, Field
 
 from functions.shared.http import authorize_environment, build_app, documented
-from functions.shared.lambda_entry import lambda_entry
+from functions.shared.lambda_entry import lambda_entry, scheduled_entry
 from functions.shared.request_fields import PathId
 from functions.shared.wiring import services
 from hd_core.audit_search import QueryAuditFilter, search_query_audit
 from hd_core.client_values import ID_PATTERN, NON_BLANK_PATTERN
 from hd_core.models import ApiScope, ChangeContext, IamEvent
+
+SERVICE = "hd-audit"
 
 router = Router()
 _AUDIT = ApiScope.AUDIT_READ.value
@@ -125,8 +127,8 @@ def verify_chain(env_id: PathId) -> ChainVerificationOut:
     return ChainVerificationOut.model_validate(services().trail.verify_chain(ctx.actor.org_id).to_dict())
 
 
-app = build_app(router)
-_api_handler = lambda_entry(app, "hd-audit")
+app = build_app(router, service=SERVICE)
+_api_handler = lambda_entry(app, SERVICE)
 
 
 def write_due_checkpoints() -> int:
@@ -135,8 +137,11 @@ def write_due_checkpoints() -> int:
     return sum(svc.trail.checkpoint_if_behind(org.org_id) is not None for org in svc.store.list_orgs())
 
 
+_scheduled_handler = scheduled_entry(lambda event, context: {"checkpoints_written": write_due_checkpoints()}, SERVICE)
+
+
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """API Gateway requests, or the EventBridge schedule that checkpoints grown IAM chains."""
     if event.get("source") == "aws.events":
-        return {"checkpoints_written": write_due_checkpoints()}
+        return _scheduled_handler(event, context)
     return _api_handler(event, context)

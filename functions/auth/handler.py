@@ -24,6 +24,8 @@ from hd_core.federation import federated_login
 from hd_core.models import ApiScope, KeyEnv, Role, User
 from hd_core.tokens import jwks_document
 
+SERVICE = "hd-auth"
+
 router = Router()
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
 
@@ -326,5 +328,5 @@ def _openapi() -> dict[str, Any]:
     return document
 
 
-app = build_app(router)
-lambda_handler = lambda_entry(app, "hd-auth")
+app = build_app(router, service=SERVICE)
+lambda_handler = lambda_entry(app, SERVICE)

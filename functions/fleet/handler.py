@@ -11,14 +11,13 @@ from __future__ import annotations
 from datetime import datetime
 from functools import lru_cache
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 from pydantic import AwareDatetime, BaseModel, Field
 
 from functions.shared.http import build_app, documented, error_response, request_id
-from functions.shared.lambda_entry import lambda_entry
+from functions.shared.lambda_entry import function_logger, lambda_entry
 from functions.shared.settings import settings
 from functions.shared.wiring import services
 from hd_core import fleet
@@ -29,7 +28,7 @@ from hd_core.models import utc_now
 SERVICE = "hd-fleet"
 
 router = Router()
-logger = Logger(service=SERVICE)
+logger = function_logger(SERVICE)
 
 
 class HeartbeatIn(BaseModel):
@@ -107,7 +106,7 @@ def heartbeat(body: HeartbeatIn) -> VerdictOut:
     )
 
 
-app = build_app(router)
+app = build_app(router, service=SERVICE)
 
 
 @app.exception_handler(fleet.FleetCallerRejected)

@@ -16,6 +16,8 @@ from functions.shared.wiring import services
 from hd_core import jit
 from hd_core.models import ApiScope, JitRequest, JitStatus, Role
 
+SERVICE = "hd-jit"
+
 router = Router()
 _MANAGE = ApiScope.USERS_MANAGE.value
 
@@ -120,5 +122,5 @@ def revoke(org_id: PathId, request_id: PathId, body: DecisionIn) -> JitRequestOu
     return request_out(jit.revoke(svc.store, svc.trail, ctx, org_id=org_id, request_id=request_id, reason=body.reason))
 
 
-app = build_app(router)
-lambda_handler = lambda_entry(app, "hd-jit")
+app = build_app(router, service=SERVICE)
+lambda_handler = lambda_entry(app, SERVICE)

@@ -22,6 +22,8 @@ from hd_core.models import ApiScope
 from hd_core.policies import PolicyKind, PolicyObject
 from hd_core.policy_codec import kind_of, object_id, to_document
 
+SERVICE = "hd-policies"
+
 router = Router()
 _MANAGE = ApiScope.POLICIES_MANAGE.value
 # The kinds these routes manage (`hd_core.policy_admin.MANAGED_KINDS`): JIT grants and quotas have routes of their own.
@@ -101,5 +103,5 @@ def delete_policy(org_id: PathId, kind: ManagedKind, object_id: PathId) -> Delet
     return DeletedPolicyOut(kind=PolicyKind(kind), id=object_id, policy_version=svc.store.policy_version())
 
 
-app = build_app(router)
-lambda_handler = lambda_entry(app, "hd-policies")
+app = build_app(router, service=SERVICE)
+lambda_handler = lambda_entry(app, SERVICE)

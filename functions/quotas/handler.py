@@ -17,6 +17,8 @@ from hd_core import quotas
 from hd_core.models import ApiScope, utc_now
 from hd_core.policies import QuotaLimit
 
+SERVICE = "hd-quotas"
+
 router = Router()
 _BILLING = ApiScope.BILLING_MANAGE.value
 _AUDIT = ApiScope.AUDIT_READ.value
@@ -90,5 +92,5 @@ def usage(
     return [UsageRow.model_validate({**row, "key": row[field]}) for row in rows]
 
 
-app = build_app(router)
-lambda_handler = lambda_entry(app, "hd-quotas")
+app = build_app(router, service=SERVICE)
+lambda_handler = lambda_entry(app, SERVICE)

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.exceptions import (
@@ -24,12 +23,11 @@ from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEvent
 from pydantic import BaseModel
 
+from functions.shared.lambda_entry import function_logger
 from functions.shared.wiring import services
 from hd_core import errors
 from hd_core.fleet import FleetLookupUnavailable
 from hd_core.models import ChangeContext, Environment, Principal
-
-logger = Logger(service="hardened-duck-control")
 
 # Most specific first: the first class an exception is an instance of decides its status.
 # A key refused for its source address is an AuthenticationFailed like any other (401, same code and
@@ -163,10 +161,15 @@ def read_json_body(text: str) -> Any:
     return json.loads(text)
 
 
-def build_app(*routers: Router) -> APIGatewayRestResolver:
-    """A validating resolver with the given routers and the shared error handlers."""
+def build_app(*routers: Router, service: str) -> APIGatewayRestResolver:
+    """A validating resolver with the given routers and the shared error handlers, logging as `service`.
+
+    `service` is the function's (the one `lambda_entry` gets), so error lines carry its request and
+    correlation ids.
+    """
     # Every route parses its body with `read_json_body`: the depth limit holds for all of them at once.
     app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=read_json_body)
+    logger = function_logger(service)
     for router in routers:
         app.include_router(router)
 

@@ -6,7 +6,9 @@ import functools
 import json
 import os
 import re
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -21,12 +23,22 @@ _JSON_MEDIA_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json\s*(?:;.*)?$", r
 LambdaHandler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
 
 
+def function_logger(service: str) -> Logger:
+    """The function's one logger: Powertools Loggers of one service share their handler and keys.
+
+    So a line logged anywhere in the function (the shared error handlers too) carries the keys the
+    entry point sets per invocation: `function_request_id`, `correlation_id`, cold start.
+    """
+    return Logger(service=service)
+
+
 def lambda_entry(app: APIGatewayRestResolver, service: str) -> LambdaHandler:
     """`lambda_handler` for one function: structured logs keyed by request id, X-Ray traces, EMF metrics."""
-    logger = Logger(service=service)
+    logger = function_logger(service)
     metrics = Metrics(namespace=METRICS_NAMESPACE, service=service)
 
-    @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+    # clear_state: one invocation's keys never show up on the next one's lines.
+    @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
     @metrics.log_metrics
     def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
@@ -40,27 +52,74 @@ def lambda_entry(app: APIGatewayRestResolver, service: str) -> LambdaHandler:
     return traced(lambda_handler, service)
 
 
+def scheduled_entry(run: Callable[[dict[str, Any], LambdaContext], dict[str, Any]], service: str) -> LambdaHandler:
+    """The same wrapper for a non-HTTP entry point (an EventBridge schedule or event): logger, metrics, tracer.
+
+    Its lines carry the function's request id and the EventBridge event id as `correlation_id`; a
+    failure is logged here, with both, and re-raised so the asynchronous invocation is retried.
+    """
+    logger = function_logger(service)
+    metrics = Metrics(namespace=METRICS_NAMESPACE, service=service)
+
+    @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
+    @metrics.log_metrics
+    def handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        metrics.add_metric(name="ScheduledRuns", unit=MetricUnit.Count, value=1)
+        try:
+            result = run(event, context)
+        except Exception as error:
+            metrics.add_metric(name="ScheduledFailures", unit=MetricUnit.Count, value=1)
+            logger.exception("scheduled run failed", extra={"error_type": type(error).__name__,
+                                                            "code": getattr(error, "code", None)})
+            raise
+        logger.info("scheduled run done", extra={"result": result})
+        return result
+
+    def entry(event: dict[str, Any], context: LambdaContext | None) -> dict[str, Any]:
+        # Invoked outside Lambda (tests, local tools) there is no context: Powertools needs one to log.
+        return handle(event, context or OutsideLambdaContext(function_name=service))
+
+    if not tracing_enabled():
+        return entry
+    return traced(entry, service, log_failures=False)
+
+
+@dataclass(frozen=True)
+class OutsideLambdaContext:
+    """The attributes Powertools reads from a Lambda context, for an invocation from outside Lambda."""
+
+    function_name: str
+    aws_request_id: str = field(default_factory=lambda: f"local-{uuid.uuid4().hex}")
+    memory_limit_in_mb: int = 0
+    invoked_function_arn: str = ""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
 class UnhandledFailure(RuntimeError):
     """What X-Ray sees of an exception that left a handler: its type, never its message."""
 
 
-def traced(handler: Callable[[Any, Any], Any], service: str) -> Callable[[Any, Any], Any]:
+def traced(handler: Callable[[Any, Any], Any], service: str, *, log_failures: bool = True) -> Callable[[Any, Any], Any]:
     """`handler` in an X-Ray subsegment that records neither its response nor an exception's message.
 
     Powertools captures both by default as segment metadata, and the X-Ray SDK records the message
     of any exception leaving the subsegment. Our responses carry API keys, JWTs and TOTP secrets,
     and an exception message can quote what a caller sent: X-Ray is no place for either. So the
     response is not captured, and an escaping exception is logged whole and re-raised as its type
-    alone. The subsegment still records timing, cold start and the fault.
+    alone (`log_failures=False`: `handler` has logged it already). The subsegment still records
+    timing, cold start and the fault.
     """
-    logger = Logger(service=service)
+    logger = function_logger(service)
 
     @functools.wraps(handler)
     def handle(event: Any, context: Any) -> Any:
         try:
             return handler(event, context)
         except Exception as error:
-            logger.exception("unhandled error")
+            if log_failures:
+                logger.exception("unhandled error")
             raise UnhandledFailure(f"unhandled {type(error).__name__}; the function's log has the details") from None
 
     return Tracer(service=service).capture_lambda_handler(handle, capture_response=False, capture_error=False)

@@ -17,6 +17,8 @@ from hd_core import directory, errors
 from hd_core.client_values import EXTERNAL_ID_PATTERN
 from hd_core.models import ApiScope, Environment, KeyEnv, Organization, OrgStatus, Role, User, UserStatus
 
+SERVICE = "hd-users"
+
 router = Router()
 _MANAGE = ApiScope.USERS_MANAGE.value
 _ORGS = ApiScope.ORGS_MANAGE.value
@@ -256,5 +258,5 @@ def unlink_identity(
     return user_out(directory.unlink_external_identity(svc.store, svc.trail, ctx, org_id, user_id, external_id))
 
 
-app = build_app(router)
-lambda_handler = lambda_entry(app, "hd-users")
+app = build_app(router, service=SERVICE)
+lambda_handler = lambda_entry(app, SERVICE)

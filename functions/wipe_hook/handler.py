@@ -10,12 +10,12 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from functions.shared.lambda_entry import METRICS_NAMESPACE, traced, tracing_enabled
+from functions.shared.lambda_entry import METRICS_NAMESPACE, function_logger, scheduled_entry
 from functions.shared.wiring import services
 from hd_core.errors import HdError
 from hd_core.wipe import (
@@ -28,7 +28,8 @@ from hd_core.wipe import (
 
 SERVICE = "hd-wipe-hook"
 
-logger = Logger(service=SERVICE)
+logger = function_logger(SERVICE)
+# Metrics of one namespace and service share their set: `scheduled_entry`'s flush publishes these too.
 metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE)
 
 
@@ -63,9 +64,8 @@ def instance_control() -> tuple[RemoteCommands, LifecycleActions]:
     return commands, AutoScalingLifecycle(boto3.client("autoscaling"))
 
 
-@logger.inject_lambda_context
-@metrics.log_metrics
-def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def wipe(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """An EventBridge termination lifecycle event: wipe the instance's cache, then let the termination continue."""
     config = wipe_settings()
     svc = services()
     commands, lifecycle = instance_control()
@@ -76,10 +76,9 @@ def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
             heartbeat_timeout_seconds=config.heartbeat_timeout_seconds,
             command_timeout_seconds=config.command_timeout_seconds,
         )
-    except HdError as error:
+    except HdError:
         metrics.add_metric(name="WipeFailed", unit=MetricUnit.Count, value=1)
-        logger.error("cache wipe failed", extra={"code": error.code, "error": str(error)})
-        raise
+        raise  # logged, with the request and event ids, by scheduled_entry
     if outcome.status == "wiped":
         metrics.add_metric(name="WipeSucceeded", unit=MetricUnit.Count, value=1)
     logger.info("cache wipe handled", extra={"status": outcome.status, "instance_id": outcome.instance_id,
@@ -87,9 +86,4 @@ def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return {"status": outcome.status, "instance_id": outcome.instance_id, "command_id": outcome.command_id}
 
 
-_entry = traced(_handle, SERVICE) if tracing_enabled() else _handle
-
-
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """An EventBridge termination lifecycle event: wipe the instance's cache, then let the termination continue."""
-    return _entry(event, context)
+lambda_handler = scheduled_entry(wipe, SERVICE)
