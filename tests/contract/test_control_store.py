@@ -933,6 +933,63 @@ def test_a_put_if_version_commits_only_on_the_version_it_was_decided_on(store: C
     assert store.put_policy(replace(first, org_id="org_c"), if_version=1) == 2
 
 
+def test_create_policy_stores_a_new_object_and_bumps_the_version(store: ControlStore) -> None:
+    rule = MaskRule("mask_1", "org_a", "crm.customers", "ssn", MaskFunction.PARTIAL)
+    assert store.create_policy(rule) == 1
+    assert store.get_policy(PolicyKind.MASK, "mask_1") == rule
+    assert store.policy_snapshot() == PolicySnapshot.of(1, [rule])
+
+
+def test_creating_an_existing_kind_and_id_is_a_conflict_and_changes_nothing(store: ControlStore) -> None:
+    rule = MaskRule("mask_1", "org_a", "crm.customers", "ssn", MaskFunction.PARTIAL)
+    store.put_policy(rule)
+    with pytest.raises(Conflict):
+        store.create_policy(replace(rule, org_id="org_b", function=MaskFunction.FULL))
+    assert store.get_policy(PolicyKind.MASK, "mask_1") == rule
+    assert store.policy_version() == 1
+
+
+def test_create_policy_keys_on_kind_and_id_together(store: ControlStore) -> None:
+    store.create_policy(ColumnTag("x_1", "org_a", "crm.customers", "email", PiiType.EMAIL))
+    assert store.create_policy(MaskRule("x_1", "org_a", "crm.customers", "ssn", MaskFunction.PARTIAL)) == 2
+
+
+def test_a_shared_table_binding_can_be_created(store: ControlStore) -> None:
+    binding = TableBinding("tbl_shared", "shared.events", org_id=None, tenant_column="org_id")
+    assert store.create_policy(binding) == 1
+    assert store.list_policies(kind=PolicyKind.TABLE_BINDING) == [binding]
+
+
+def test_concurrent_creators_of_one_id_exactly_one_wins(store: ControlStore) -> None:
+    store.put_policy(QuotaLimit("quota_other", "org_a"))  # the version item exists: the race is on the object alone
+    won: list[str] = []
+
+    def create(worker: int) -> None:
+        try:
+            store.create_policy(MaskRule("mask_race", f"org_{worker}", "crm.customers", "ssn", MaskFunction.FULL))
+            won.append(f"org_{worker}")
+        except Conflict:
+            pass
+
+    assert _run_threads(8, create) == []
+    assert len(won) == 1
+    stored = store.get_policy(PolicyKind.MASK, "mask_race")
+    assert isinstance(stored, MaskRule) and stored.org_id == won[0]
+    assert store.policy_version() == 2  # one creation, one bump
+
+
+def test_concurrent_creators_of_distinct_ids_all_win_with_their_own_versions(store: ControlStore) -> None:
+    versions: list[int] = []
+
+    def create(worker: int) -> None:
+        for n in range(5):
+            versions.append(store.create_policy(MaskRule(f"mask_{worker}_{n}", "org_a", "t", "c", MaskFunction.FULL)))
+
+    assert _run_threads(4, create) == []
+    assert sorted(versions) == list(range(1, 21))
+    assert len(store.policy_snapshot().masks) == 20
+
+
 def test_put_replaces_an_object_of_the_same_kind_and_id(store: ControlStore) -> None:
     rule = MaskRule("mask_1", "org_a", "crm.customers", "ssn", MaskFunction.PARTIAL)
     store.put_policy(rule)

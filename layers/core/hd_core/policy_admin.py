@@ -143,12 +143,13 @@ def create_policy(
     obj = _decode(ctx, document)
     _validate(store, obj, now())
     kind, oid = kind_of(obj), id_of(obj)
-    if store.get_policy(kind, oid) is not None:
+    try:
+        store.create_policy(obj)  # atomic: of two creators of one id, exactly one gets here
+    except Conflict:
         # Ids are unique across the deployment (the store and the engines key policies by kind and id),
         # so the clash may be another tenant's: the answer reads the same whoever holds the id.
         raise Conflict(f"{_target(kind, oid)} is already taken (policy ids are unique across organisations); "
-                       "choose another id, or replace the policy if it is yours")
-    store.put_policy(obj)
+                       "choose another id, or replace the policy if it is yours") from None
     _record(trail, ctx, IamEventType.POLICY_CREATED, kind, oid, None, obj)
     return obj
 

@@ -222,6 +222,15 @@ class ControlStore(Protocol):
         """
         ...
 
+    def create_policy(self, obj: PolicyObject) -> int:
+        """Store a new policy object; returns the new store-wide policy version.
+
+        Raises `Conflict` if an object of the same kind and id exists, and then changes nothing (the
+        version included): the check and the write are one atomic step, so of two creators of one id
+        exactly one succeeds.
+        """
+        ...
+
     def delete_policy(self, kind: PolicyKind, object_id: str) -> int:
         """Delete a policy object; raises `NotFound`; returns the new store-wide policy version."""
         ...

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,41 @@ def test_an_id_taken_in_another_organisation_is_never_overwritten(plane: Control
     with pytest.raises(Conflict):
         create(plane, mask_document(plane.org.org_id))
     assert plane.store.get_policy(PolicyKind.MASK, "mask_ssn") == theirs
+
+
+def test_of_concurrent_creators_of_one_id_exactly_one_creates_it_and_the_others_get_a_conflict(
+    plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every creator finishes each read before any goes on, so all of them read the id as free.
+    gate, outcomes = threading.Barrier(8), list[str]()
+    for read in ("policy_snapshot", "get_policy"):
+        monkeypatch.setattr(plane.store, read, _then_wait(getattr(plane.store, read), gate))
+
+    def create_racing(worker: int) -> None:
+        try:
+            create(plane, mask_document(plane.org.org_id, visible_chars=worker))
+            outcomes.append("created")
+        except Conflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=create_racing, args=(worker,)) for worker in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["conflict"] * 7 + ["created"]
+    monkeypatch.undo()
+    created = only_event(plane)
+    assert created.after == to_document(plane.store.get_policy(PolicyKind.MASK, "mask_ssn"))  # type: ignore[arg-type]
+
+
+def _then_wait(read: Callable[..., Any], gate: threading.Barrier) -> Callable[..., Any]:
+    def read_then_wait(*args: Any, **kwargs: Any) -> Any:
+        result = read(*args, **kwargs)
+        gate.wait(timeout=10)
+        return result
+
+    return read_then_wait
 
 
 @pytest.mark.parametrize(

@@ -429,6 +429,20 @@ class DynamoDbControlStore:
             raise
         return if_version + 1
 
+    def create_policy(self, obj: PolicyObject) -> int:
+        """Store a new policy object: its put, conditioned on no item at its key, commits with version + 1."""
+        put = {
+            "Put": {
+                "TableName": self.table_name,
+                "Item": _serialize(_policy_item(obj)),
+                "ConditionExpression": "attribute_not_exists(PK)",
+            }
+        }
+        try:
+            return self._write_policy(lambda: put)
+        except _PolicyWriteRefused:
+            raise Conflict(f"{kind_of(obj).value} policy {object_id(obj)} already exists") from None
+
     def delete_policy(self, kind: PolicyKind, object_id: str) -> int:
         """Delete a policy object; raises `NotFound`; returns the new policy version."""
         key = _policy_key(PolicyKind(kind), object_id)
@@ -637,7 +651,7 @@ class DynamoDbControlStore:
 
 
 class _PolicyWriteRefused(Exception):
-    """The policy write's own condition failed (deleting an object that does not exist)."""
+    """The policy write's own condition failed (creating an object that exists, deleting one that does not)."""
 
 
 # --- keys and items ---------------------------------------------------------------------------

@@ -601,7 +601,6 @@ class SqliteControlStore:
 
         With `if_version`, only while the policy version is still that one (else `Conflict`).
         """
-        document = json.dumps(to_document(obj), ensure_ascii=False)
         with self._transaction() as db:
             if if_version is not None:
                 current = int(db.execute("SELECT version FROM policy_version WHERE singleton = 1").fetchone()[0])
@@ -610,9 +609,22 @@ class SqliteControlStore:
             db.execute(
                 "INSERT OR REPLACE INTO policy_objects (kind, object_id, org_id, document, updated_at)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (kind_of(obj).value, object_id(obj), getattr(obj, "org_id", None), document, encode_time(utc_now())),
+                _policy_row(obj),
             )
             return _bump_policy_version(db)
+
+    def create_policy(self, obj: PolicyObject) -> int:
+        """Store a new policy object and bump the version in one transaction; `Conflict` if its kind and id exist."""
+        try:
+            with self._transaction() as db:
+                # A plain INSERT: the (kind, object_id) primary key refuses a second object, atomically.
+                db.execute(
+                    "INSERT INTO policy_objects (kind, object_id, org_id, document, updated_at) VALUES (?, ?, ?, ?, ?)",
+                    _policy_row(obj),
+                )
+                return _bump_policy_version(db)
+        except sqlite3.IntegrityError:
+            raise Conflict(f"{kind_of(obj).value} policy {object_id(obj)} already exists") from None
 
     def delete_policy(self, kind: PolicyKind, object_id: str) -> int:
         """Delete a policy object; raises `NotFound`; returns the new policy version."""
@@ -757,6 +769,12 @@ def _bump_policy_version(db: sqlite3.Connection) -> int:
     """Increment the policy version inside the caller's write transaction, so it never disagrees with content."""
     db.execute("UPDATE policy_version SET version = version + 1 WHERE singleton = 1")
     return int(db.execute("SELECT version FROM policy_version WHERE singleton = 1").fetchone()[0])
+
+
+def _policy_row(obj: PolicyObject) -> tuple[object, ...]:
+    """(kind, object_id, org_id, document, updated_at) of a policy object's row; org_id is None for a shared binding."""
+    document = json.dumps(to_document(obj), ensure_ascii=False)
+    return (kind_of(obj).value, object_id(obj), getattr(obj, "org_id", None), document, encode_time(utc_now()))
 
 
 def _policy_from_row(row: sqlite3.Row) -> PolicyObject:
