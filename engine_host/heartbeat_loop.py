@@ -37,7 +37,7 @@ from hd_core.heartbeat import (
     evaluate_report,
 )
 from hd_core.models import OrgStatus, utc_now
-from hd_core.ports import ControlStore
+from hd_core.ports import OrgStore
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class InProcessHeartbeat:
     verdict negative. That is enough for a laptop; a fleet member uses `ControlPlaneHeartbeat`.
     """
 
-    def __init__(self, store: ControlStore, expected: HeartbeatReport) -> None:
+    def __init__(self, store: OrgStore, expected: HeartbeatReport) -> None:
         self._store = store
         self._expected = expected
 

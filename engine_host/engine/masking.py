@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 import duckdb
 
-from hd_core.ports import ControlStore, KeyProvider
+from hd_core.ports import KeyProvider, SettingsStore
 
 CATALOG = "hd_keys"
 MACRO = "hd_mask_hash"
@@ -78,7 +78,7 @@ def _context(env: str) -> dict[str, str]:
 
 
 def ensure_mask_keys(
-    store: ControlStore, keys: KeyProvider, *, keep_legacy_plaintext: bool = False
+    store: SettingsStore, keys: KeyProvider, *, keep_legacy_plaintext: bool = False
 ) -> dict[str, bytes]:
     """The per-environment masking keys: made on first use by the key provider (KMS), then reused.
 
@@ -104,7 +104,7 @@ def ensure_mask_keys(
     return result
 
 
-def stored_mask_keys(store: ControlStore, keys: KeyProvider) -> dict[str, bytes]:
+def stored_mask_keys(store: SettingsStore, keys: KeyProvider) -> dict[str, bytes]:
     """The masking keys already made, unwrapped (for offline joins and tests); creates none."""
     found = {}
     for env in ENVIRONMENTS:

@@ -14,7 +14,7 @@ import logging
 import threading
 
 from hd_core.policies import PolicySnapshot
-from hd_core.ports import ControlStore
+from hd_core.ports import PolicySource
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class PolicyState:
     """Holds the current PolicySnapshot of one engine host."""
 
-    def __init__(self, store: ControlStore, *, interval_seconds: float = 1.0):
+    def __init__(self, store: PolicySource, *, interval_seconds: float = 1.0):
         self._store = store
         self._interval = interval_seconds
         self._snapshot: PolicySnapshot | None = None

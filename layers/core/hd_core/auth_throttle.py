@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 
 from hd_core.errors import AuthenticationFailed
 from hd_core.models import AuthFailures, email_key, utc_now
-from hd_core.ports import ControlStore
+from hd_core.ports import AuthFailureStore
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class AuthThrottle:
 
     def __init__(
         self,
-        store: ControlStore,
+        store: AuthFailureStore,
         policy: ThrottlePolicy | None = None,
         *,
         now: Callable[[], datetime] = utc_now,

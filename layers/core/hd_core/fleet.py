@@ -21,7 +21,7 @@ from typing import Protocol
 from hd_core.errors import AuthenticationFailed, Forbidden, HdError
 from hd_core.heartbeat import HeartbeatReport, HeartbeatVerdict, environment_fingerprint, evaluate_report
 from hd_core.models import OrgStatus
-from hd_core.ports import ControlStore
+from hd_core.ports import OrgStore
 
 INSTANCE_ID_PATTERN = r"^i-[0-9a-f]{8,17}$"
 SHA256_HEX_PATTERN = r"^[0-9a-f]{64}$"
@@ -139,7 +139,7 @@ def judge_heartbeat(
     caller_arn: str | None,
     fleet: FleetConfig,
     membership: FleetMembership,
-    store: ControlStore,
+    store: OrgStore,
 ) -> HeartbeatVerdict:
     """The verdict on one heartbeat; a wrong caller raises (see `verify_caller`) before anything is looked up."""
     verify_caller(caller_arn, fleet_role_arn=fleet.role_arn, host_id=report.host_id)

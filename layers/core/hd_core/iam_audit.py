@@ -35,7 +35,7 @@ from typing import TypeVar
 from hd_core.errors import AuditWriteFailed, Conflict, HdError, InvalidRequest
 from hd_core.iam_events import IamEventType
 from hd_core.models import ChainCheckpoint, IamEvent, new_id, utc_now
-from hd_core.ports import CheckpointStore, ControlStore, KeyProvider
+from hd_core.ports import CheckpointStore, IamChainStore, KeyProvider
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ class IamAuditTrail:
 
     def __init__(
         self,
-        store: ControlStore,
+        store: IamChainStore,
         checkpoints: CheckpointStore,
         keys: KeyProvider,
         *,

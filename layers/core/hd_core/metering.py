@@ -17,13 +17,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Protocol
 
 from hd_core.errors import QuotaExceeded
 from hd_core.models import UsageDelta
+from hd_core.ports import UsageStore
 
 CREDITS_PER_STATEMENT = 0.001
 ROWS_SCANNED_PER_CREDIT = 10_000_000
@@ -64,14 +64,6 @@ def check_quota(limit_credits: float | None, used: float, estimate: float) -> No
         limit=limit_credits,
         estimate=estimate,
     )
-
-
-class UsageStore(Protocol):
-    """The part of `ControlStore` the meter needs."""
-
-    def add_usage(self, deltas: Sequence[UsageDelta]) -> None: ...
-
-    def usage(self, org_id: str, start: date, end: date) -> list[UsageDelta]: ...
 
 
 _BucketKey = tuple[str, date, str, str | None]

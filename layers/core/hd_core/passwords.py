@@ -13,7 +13,7 @@ from dataclasses import replace
 from hd_core.api_keys import ApiKeyHasher
 from hd_core.errors import Conflict, InvalidRequest, NotFound, PasswordChangeRequired
 from hd_core.models import User, UserStatus, random_base62
-from hd_core.ports import ControlStore
+from hd_core.ports import UserStore
 
 MIN_PASSWORD_LENGTH = 12
 # Argon2 hashes any length, but a megabyte-long "password" per login attempt is a cheap DoS lever.
@@ -63,7 +63,7 @@ def dummy_password_hash(hasher: ApiKeyHasher) -> str:
 
 
 def set_password(
-    store: ControlStore, hasher: ApiKeyHasher, user_id: str, plaintext: str, *, must_change: bool = False
+    store: UserStore, hasher: ApiKeyHasher, user_id: str, plaintext: str, *, must_change: bool = False
 ) -> User:
     """Hash and store a new password for a user that is not removed; returns the updated user.
 

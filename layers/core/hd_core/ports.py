@@ -22,13 +22,14 @@ from hd_core.models import (
 )
 from hd_core.policies import PolicyKind, PolicyObject, PolicySnapshot
 
+# The control store as one protocol per kind of state: a consumer is typed against the narrowest it
+# needs (the throttle against `AuthFailureStore`, an engine host's policy watcher against
+# `PolicySource`), so its signature says what it may touch. Adapters implement the union,
+# `ControlStore`, and one contract suite (tests/contract) holds every adapter to all of it.
 
-class ControlStore(Protocol):
-    """Durable control state: organisations, users, API keys and a few bootstrap settings.
 
-    Implementations are safe to call from several threads at once. Getters return None for an
-    absent entity; lists are ordered by creation time. Datetimes are timezone-aware UTC.
-    """
+class OrgStore(Protocol):
+    """Organisations."""
 
     def put_org(self, org: Organization) -> None:
         """Create or replace an organisation."""
@@ -42,6 +43,10 @@ class ControlStore(Protocol):
         """Every organisation."""
         ...
 
+
+class EnvironmentStore(Protocol):
+    """Deployment environments of organisations."""
+
     def put_environment(self, env: Environment) -> None:
         """Create or replace an environment."""
         ...
@@ -53,6 +58,10 @@ class ControlStore(Protocol):
     def list_environments(self, org_id: str) -> list[Environment]:
         """The environments of one organisation."""
         ...
+
+
+class UserStore(Protocol):
+    """Users: unique emails and external ids, session ends, the TOTP replay guard."""
 
     def put_user(self, user: User) -> None:
         """Create or replace a user.
@@ -95,6 +104,10 @@ class ControlStore(Protocol):
         """The users of one organisation, whatever their status."""
         ...
 
+
+class ApiKeyStore(Protocol):
+    """API key records (their hashes, never a plaintext)."""
+
     def put_api_key(self, record: ApiKeyRecord) -> None:
         """Store a new API key record; raises `Conflict` if its key id already exists (never overwrites)."""
         ...
@@ -115,7 +128,9 @@ class ControlStore(Protocol):
         """Replace an existing key record (rotation, expiry bookkeeping); raises `NotFound` if absent."""
         ...
 
-    # --- refresh tokens -------------------------------------------------------------------------
+
+class RefreshTokenStore(Protocol):
+    """Single-use refresh tokens and their revocable families."""
 
     def put_refresh_token(self, token: RefreshToken) -> None:
         """Store a new refresh token; raises `Conflict` if its id exists."""
@@ -137,7 +152,9 @@ class ControlStore(Protocol):
         """Whether the family was revoked."""
         ...
 
-    # --- authentication throttling --------------------------------------------------------------
+
+class AuthFailureStore(Protocol):
+    """Failed credential checks of throttled subjects (`hd_core.auth_throttle`)."""
 
     def get_auth_failures(self, subject: str) -> AuthFailures | None:
         """The failure record of a throttled subject, or None; it may have expired (deletion can lag)."""
@@ -159,7 +176,9 @@ class ControlStore(Protocol):
         """Forget a subject's failures (its secret was just proven); nothing happens if it has none."""
         ...
 
-    # --- just-in-time elevation -----------------------------------------------------------------
+
+class JitRequestStore(Protocol):
+    """Just-in-time elevation requests and their one-step decisions."""
 
     def put_jit_request(self, request: JitRequest) -> None:
         """Store a new JIT request; raises `Conflict` if its id exists."""
@@ -181,7 +200,9 @@ class ControlStore(Protocol):
         """
         ...
 
-    # --- IAM audit chain ------------------------------------------------------------------------
+
+class IamChainStore(Protocol):
+    """The hash-chained IAM audit trails: append-only chains of positioned events."""
 
     def append_iam_event(self, event: IamEvent) -> None:
         """Store `event` at position `event.seq` of its chain only if that position is free (a conditional write).
@@ -199,6 +220,10 @@ class ControlStore(Protocol):
         """Events with position > `after_seq`, in position order, at most `limit`."""
         ...
 
+
+class SettingsStore(Protocol):
+    """Bootstrap facts by name (the default org id, the local pepper, wipe tokens)."""
+
     def get_setting(self, name: str) -> str | None:
         """A local bootstrap fact (for example the default org id), or None if never set."""
         ...
@@ -211,7 +236,29 @@ class ControlStore(Protocol):
         """Set a bootstrap fact only if unset, atomically; returns the value now stored (first writer wins)."""
         ...
 
-    # --- governance policies ------------------------------------------------------------------
+
+class PolicySource(Protocol):
+    """Governance policies read, with the store-wide version that tells when they changed."""
+
+    def get_policy(self, kind: PolicyKind, object_id: str) -> PolicyObject | None:
+        """One policy object, or None."""
+        ...
+
+    def list_policies(self, org_id: str | None = None, kind: PolicyKind | None = None) -> list[PolicyObject]:
+        """Policy objects, optionally of one organisation and/or kind, ordered by kind then id."""
+        ...
+
+    def policy_version(self) -> int:
+        """The store-wide policy version: 0 before any change, +1 on every put or delete."""
+        ...
+
+    def policy_snapshot(self) -> PolicySnapshot:
+        """Every policy object and the version they make up, read consistently."""
+        ...
+
+
+class PolicyStore(PolicySource, Protocol):
+    """Governance policies read and written; every write bumps the store-wide policy version."""
 
     def put_policy(self, obj: PolicyObject, *, if_version: int | None = None) -> int:
         """Create or replace a policy object (same kind and id); returns the new store-wide policy version.
@@ -235,23 +282,9 @@ class ControlStore(Protocol):
         """Delete a policy object; raises `NotFound`; returns the new store-wide policy version."""
         ...
 
-    def get_policy(self, kind: PolicyKind, object_id: str) -> PolicyObject | None:
-        """One policy object, or None."""
-        ...
 
-    def list_policies(self, org_id: str | None = None, kind: PolicyKind | None = None) -> list[PolicyObject]:
-        """Policy objects, optionally of one organisation and/or kind, ordered by kind then id."""
-        ...
-
-    def policy_version(self) -> int:
-        """The store-wide policy version: 0 before any change, +1 on every put or delete."""
-        ...
-
-    def policy_snapshot(self) -> PolicySnapshot:
-        """Every policy object and the version they make up, read consistently."""
-        ...
-
-    # --- metering -------------------------------------------------------------------------------
+class UsageStore(Protocol):
+    """Metered consumption in (organisation, day, user, agent) buckets."""
 
     def add_usage(self, deltas: Sequence[UsageDelta]) -> None:
         """Add metered consumption, summing into existing (org, day, user, agent) buckets, atomically."""
@@ -260,6 +293,27 @@ class ControlStore(Protocol):
     def usage(self, org_id: str, start: date, end: date) -> list[UsageDelta]:
         """The usage buckets of one organisation for days in [start, end], ordered by day, user, agent."""
         ...
+
+
+class ControlStore(
+    OrgStore,
+    EnvironmentStore,
+    UserStore,
+    ApiKeyStore,
+    RefreshTokenStore,
+    AuthFailureStore,
+    JitRequestStore,
+    IamChainStore,
+    SettingsStore,
+    PolicyStore,
+    UsageStore,
+    Protocol,
+):
+    """Durable control state, all of it: what a store adapter implements (SQLite, DynamoDB).
+
+    Implementations are safe to call from several threads at once. Getters return None for an
+    absent entity; lists are ordered by creation time. Datetimes are timezone-aware UTC.
+    """
 
 
 class AuditSink(Protocol):

@@ -18,13 +18,13 @@ from hd_core.errors import Conflict
 from hd_core.models import new_id
 from hd_core.policies import TableBinding
 from hd_core.policy_eval import binding_for
-from hd_core.ports import ControlStore
+from hd_core.ports import PolicyStore
 
 # Each attempt loses only to another policy write landing in between; a few always suffice.
 _ATTEMPTS = 8
 
 
-def record_owner(store: ControlStore, table: str, org_id: str) -> TableBinding:
+def record_owner(store: PolicyStore, table: str, org_id: str) -> TableBinding:
     """The binding `table` has: an existing one, or one made now for `org_id` if it had none."""
     for _ in range(_ATTEMPTS):
         snapshot = store.policy_snapshot()
@@ -40,7 +40,7 @@ def record_owner(store: ControlStore, table: str, org_id: str) -> TableBinding:
     raise Conflict(f"policies changed too often to record the owner of {table}; try again")
 
 
-def record_registered_owners(store: ControlStore, tables: Iterable[str], deployment_org_id: str) -> list[str]:
+def record_registered_owners(store: PolicyStore, tables: Iterable[str], deployment_org_id: str) -> list[str]:
     """Give every registered table that has no owner yet the deployment's organisation; returns those tables."""
     bound = {binding.table for binding in store.policy_snapshot().table_bindings}
     recorded = []

@@ -29,7 +29,7 @@ from hd_core.errors import HdError, InvalidRequest
 from hd_core.iam_audit import IamAuditTrail, format_audit_time, parse_audit_time
 from hd_core.iam_events import SYSTEM_ACTOR, IamEventType
 from hd_core.models import utc_now
-from hd_core.ports import ControlStore
+from hd_core.ports import SettingsStore
 
 DEPLOYMENT_CHAIN_ID = "deployment"
 DEFAULT_DEVICE = "/dev/nvme1n1"
@@ -203,7 +203,7 @@ def wipe_instance(
     commands: RemoteCommands,
     lifecycle: LifecycleActions,
     trail: IamAuditTrail,
-    store: ControlStore,
+    store: SettingsStore,
     device: str = DEFAULT_DEVICE,
     request_id: str | None = None,
     heartbeat_timeout_seconds: int | None = None,
@@ -329,7 +329,7 @@ class WipeClaim:
     in that window could both erase, which is harmless (erasing twice leaves the cache erased).
     """
 
-    def __init__(self, store: ControlStore, token: str, now: Callable[[], datetime]) -> None:
+    def __init__(self, store: SettingsStore, token: str, now: Callable[[], datetime]) -> None:
         self._store = store
         self._name = f"wipe.{token}"
         self._now = now
