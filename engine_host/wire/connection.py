@@ -44,6 +44,8 @@ REFUSAL_TIMEOUT_SECONDS = 3.0
 # Largest password message read before authentication (Postgres: 10,000 bytes for a startup packet);
 # an API key is ~60 bytes and a JWT ~1-2 KB. A larger one is refused from its length, unread.
 MAX_PASSWORD_MESSAGE_LENGTH = 10_000
+# How long a closing connection's unsent output may wait for a client that is not reading.
+CLOSE_TIMEOUT_SECONDS = 5.0
 # Buffered output is written once it passes this size, so a large result streams instead of piling up.
 FLUSH_THRESHOLD = 256 * 1024
 READ_CHUNK = 256 * 1024
@@ -129,7 +131,11 @@ class PgConnection:
             self._release()
         self.writer.close()
         try:
-            await self.writer.wait_closed()
+            # A client that reads nothing would keep buffered output (and this task) forever: drop it.
+            async with asyncio.timeout(0 if self.server.stopping else CLOSE_TIMEOUT_SECONDS):
+                await self.writer.wait_closed()
+        except TimeoutError:
+            self.writer.transport.abort()
         except (ConnectionError, ssl.SSLError, OSError):
             pass
 
@@ -286,6 +292,9 @@ class PgConnection:
             raise m.ProtocolViolation("expected a password message")
         password = m.parse_frontend(kind, body)
         assert isinstance(password, m.PasswordMessage)
+        if self.server.stopping:  # the host is shutting down: no new session, and no new work on its pools
+            await self._fatal("57P03", "HD_ERR_SHUTDOWN", "the database system is shutting down")
+            return False
         try:
             principal = await self.server.verifier.verify(user, password.password, self.peer_host)
             if self.ticket is not None:

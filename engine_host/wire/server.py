@@ -74,6 +74,8 @@ class PgServer:
         self._server: asyncio.base_events.Server | None = None
         self._connections: dict[int, PgConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Set when shutdown begins: a login that completes after it is refused (57P03), not started.
+        self.stopping = False
         self._next_pid = secrets.randbelow(1 << 20) + 1000
 
     def next_process_id(self) -> int:
@@ -105,6 +107,11 @@ class PgServer:
             self._tasks.add(task)
         try:
             await connection.run()
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise
+            # Cancelled by `shutdown` once its cleanup has run; asyncio would report a cancelled
+            # connection task as an unhandled exception.
         finally:
             ticket.release()
             if task is not None:
@@ -150,19 +157,33 @@ class PgServer:
         return len(self._connections)
 
     async def shutdown(self, grace_seconds: float = 10.0) -> None:
-        """Stop accepting, let running statements finish for `grace_seconds`, then interrupt the rest."""
+        """Stop accepting, let running statements finish for `grace_seconds`, then interrupt the rest.
+
+        The worker pools stop only once every connection task has ended and released what it held:
+        a task still open after the interrupt (a login half done, a client that does not read) is
+        cancelled and its cleanup awaited, so nothing is scheduled on a pool that has shut down.
+        """
+        self.stopping = True
         if self._server is not None:
             self._server.close()
-        for connection in list(self._connections.values()):
-            await connection.terminate_idle()
+        await asyncio.gather(*(c.terminate_idle() for c in list(self._connections.values())),
+                             return_exceptions=True)
         pending = {t for t in self._tasks if not t.done()}
         if pending:
             _, pending = await asyncio.wait(pending, timeout=grace_seconds)
         if pending:
-            log.warning("interrupting %d statements still running after %.0fs", len(pending), grace_seconds)
+            log.warning("interrupting the statements of %d connections still open after %.0fs",
+                        len(pending), grace_seconds)
             for connection in list(self._connections.values()):
                 connection.cancel()
-            await asyncio.wait(pending, timeout=grace_seconds)
+            _, pending = await asyncio.wait(pending, timeout=grace_seconds)
+        if pending:
+            log.warning("closing %d connections still open after the interrupt", len(pending))
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=grace_seconds)
+            if pending:
+                log.error("%d connections did not close; their statements may still hold threads", len(pending))
         if self._server is not None:
             await self._server.wait_closed()
         self.executor.shutdown(wait=True, cancel_futures=True)
