@@ -50,7 +50,6 @@ class PgServer:
         if ssl_context is None and not allow_plaintext:
             raise ValueError("a TLS context is required unless plaintext is explicitly allowed")
         self.pipeline = pipeline
-        self.authenticate = authenticate
         self.ssl_context = ssl_context
         self.allow_plaintext = allow_plaintext
         self.admission = admission

@@ -24,7 +24,7 @@ class CredentialVerifier:
     """Runs `authenticate` on `threads` threads with at most `queue` attempts waiting."""
 
     def __init__(self, authenticate: Authenticate, *, threads: int, queue: int):
-        self._authenticate = authenticate
+        self.authenticate = authenticate  # the check itself (API key or JWT): any callable of this shape
         self._threads = threads
         self._capacity = threads + queue
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hd-auth")
@@ -47,7 +47,7 @@ class CredentialVerifier:
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
-                self._executor, functools.partial(self._authenticate, user, password, address))
+                self._executor, functools.partial(self.authenticate, user, password, address))
         finally:
             self._pending -= 1
 

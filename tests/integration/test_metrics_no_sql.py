@@ -91,7 +91,7 @@ def wired(tmp_path: Path) -> Iterator[_Wired]:
         server = engine.server
         credentials = EngineCredentials(ApiKeyAuthenticator(store, ensure_pepper(store)),
                                         on_failure=metrics.auth_failed)
-        server.authenticate = credentials.authenticate
+        server.verifier.authenticate = credentials.authenticate
         metrics.bind_sessions(lambda: server.connection_count)
         metrics.bind_gate(gate_reading(governor.gate))
         metrics.bind_quota(quota_reader(engine.policies, engine.meter))
