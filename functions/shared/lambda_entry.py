@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -126,12 +127,16 @@ def traced(handler: Callable[[Any, Any], Any], service: str, *, log_failures: bo
 
 
 def tracing_enabled() -> bool:
-    """False when Powertools' own `POWERTOOLS_TRACE_DISABLED` says so.
+    """False when Powertools' own `POWERTOOLS_TRACE_DISABLED` says so, or when the X-Ray SDK is not installed.
 
     Checked before building a `Tracer`: its constructor imports the X-Ray SDK, which builds a botocore
-    client for its sampler (~300 ms of cold start) even when tracing is disabled.
+    client for its sampler (~300 ms of cold start) even when tracing is disabled. The SDK comes with
+    the `[aws]` extra and the Lambda layer (`aws-lambda-powertools[tracer]`); a base install running
+    `hd dev` has neither the SDK nor an X-Ray daemon to send to, and must still import the handlers.
     """
-    return os.environ.get("POWERTOOLS_TRACE_DISABLED", "").strip().lower() not in ("1", "true")
+    if os.environ.get("POWERTOOLS_TRACE_DISABLED", "").strip().lower() in ("1", "true"):
+        return False
+    return importlib.util.find_spec("aws_xray_sdk") is not None
 
 
 def refuse_non_json_body(event: dict[str, Any]) -> dict[str, Any] | None:
