@@ -10,6 +10,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from pydantic import BaseModel, Field
 
 from functions.shared.http import authorize, build_app, documented
+from functions.shared.idempotency import RETRY_HELP, idempotent_create
 from functions.shared.lambda_entry import lambda_entry
 from functions.shared.request_fields import MultilineText, PathId
 from functions.shared.wiring import services
@@ -68,7 +69,9 @@ def request_out(request: JitRequest) -> JitRequestOut:
     )
 
 
-@router.post("/v1/organizations/<org_id>/jit-requests", responses=documented(201, JitRequestOut, "The request"))
+@router.post("/v1/organizations/<org_id>/jit-requests", responses=documented(201, JitRequestOut, "The request"),
+             description=RETRY_HELP)
+@idempotent_create(router)
 def request_elevation(org_id: PathId, body: ElevationIn) -> tuple[JitRequestOut, int]:
     ctx = authorize(router, org_id=org_id)
     svc = services()

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from functions.policies.documents import PolicyDocument, as_document
 from functions.shared.http import authorize, build_app, documented
+from functions.shared.idempotency import RETRY_HELP, idempotent_create
 from functions.shared.lambda_entry import lambda_entry
 from functions.shared.request_fields import PathId
 from functions.shared.wiring import services
@@ -58,7 +59,9 @@ def list_policies(org_id: PathId, kind: Annotated[PolicyKind | None, Query()] = 
     return [policy_out(obj, listing.version) for obj in listing.objects]
 
 
-@router.post("/v1/organizations/<org_id>/policies", responses=documented(201, PolicyOut, "The new policy"))
+@router.post("/v1/organizations/<org_id>/policies", responses=documented(201, PolicyOut, "The new policy"),
+             description=RETRY_HELP)
+@idempotent_create(router)
 def create_policy(
     org_id: PathId, body: Annotated[PolicyDocument, Body(description=_DOCUMENT_HELP)]
 ) -> tuple[PolicyOut, int]:

@@ -38,6 +38,7 @@ STATUS_OF: tuple[tuple[type[errors.HdError], int], ...] = (
     (errors.ScopeNotAllowed, 403),
     (errors.NotFound, 404),
     (errors.Conflict, 409),
+    (errors.IdempotencyKeyReused, 422),
     (errors.InvalidRequest, 400),
     (errors.PolicyInvalid, 400),
     (errors.UnknownScope, 400),

@@ -7,11 +7,13 @@ store its engine host already uses, and installs them with `install_services`.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from functions.shared.settings import ControlApiSettings, settings
 from hd_core.api_keys import ApiKeyAuthenticator, ApiKeyHasher
@@ -25,6 +27,12 @@ from hd_core.ports import CheckpointStore, ControlStore, KeyProvider, QueryAudit
 from hd_core.request_auth import RequestAuthenticator
 from hd_core.sealed_secrets import SecretSealer
 from hd_core.tokens import JwtIssuer, JwtVerifier
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer
+
+# Idempotency records share the control table under a partition of their own (functions/shared/idempotency).
+IDEMPOTENCY_PARTITION = "IDEMPOTENCY#control-api"
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class ControlServices:
     federation: OidcFederation
     secrets: SecretSealer  # TOTP seeds are stored sealed with a data key of `keys`
     auth_throttle: AuthThrottle  # brute-force limits of logins; the API key authenticator holds the same one
+    # The first answers of retried creates, opened on first use: engine hosts assemble these services too.
+    idempotency: Callable[[], BasePersistenceLayer]
 
 
 def assemble_services(
@@ -53,10 +63,12 @@ def assemble_services(
     checkpoints: CheckpointStore,
     query_audit: QueryAuditArchive,
     api_keys: ApiKeyAuthenticator | None = None,
+    idempotency: BasePersistenceLayer | None = None,
     now: Callable[[], datetime] = utc_now,
 ) -> ControlServices:
     """Wire the domain objects around already-chosen adapters (shared by Lambda and `hd dev`).
 
+    `idempotency` defaults to the records' place that goes with `store` (`idempotency_records_for`).
     `now` is the clock credential checks and their throttle read (tests wind it by hand).
     """
     hasher = ApiKeyHasher()
@@ -88,7 +100,27 @@ def assemble_services(
         federation=OidcFederation(issuers),
         secrets=SecretSealer(keys),
         auth_throttle=throttle,
+        idempotency=(lambda: idempotency) if idempotency is not None else functools.cache(
+            functools.partial(idempotency_records_for, store)),
     )
+
+
+def idempotency_records_for(store: ControlStore) -> BasePersistenceLayer:
+    """Where retried creates keep their first answers: the DynamoDB control table, or a file beside SQLite's."""
+    table_name = getattr(store, "table_name", None)
+    if table_name is not None:
+        from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+        from hd_core.adapters.dynamodb_schema import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
+
+        # The table's own TTL deletes expired records; the functions that create already write to the table.
+        return DynamoDBPersistenceLayer(
+            table_name=table_name, key_attr=PARTITION_KEY, sort_key_attr=SORT_KEY,
+            static_pk_value=IDEMPOTENCY_PARTITION, expiry_attr=TTL_ATTRIBUTE,
+        )
+    from hd_core.adapters.sqlite_idempotency import SqliteIdempotencyStore, idempotency_path_for
+
+    return SqliteIdempotencyStore(idempotency_path_for(getattr(store, "path", ":memory:")))
 
 
 def build_services(config: ControlApiSettings) -> ControlServices:

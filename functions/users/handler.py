@@ -10,6 +10,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from pydantic import BaseModel, Field
 
 from functions.shared.http import authorize, authorize_environment, build_app, documented
+from functions.shared.idempotency import RETRY_HELP, idempotent_create
 from functions.shared.lambda_entry import lambda_entry
 from functions.shared.request_fields import EmailAddress, ExternalId, PathId, PlainText
 from functions.shared.wiring import services
@@ -146,8 +147,10 @@ def list_environments(org_id: PathId) -> list[EnvironmentOut]:
 
 
 @router.post(
-    "/v1/organizations/<org_id>/environments", responses=documented(201, EnvironmentOut, "The new environment")
+    "/v1/organizations/<org_id>/environments", responses=documented(201, EnvironmentOut, "The new environment"),
+    description=RETRY_HELP,
 )
+@idempotent_create(router)
 def create_environment(org_id: PathId, body: EnvironmentIn) -> tuple[EnvironmentOut, int]:
     ctx = authorize(router, org_id=org_id, scope=_ORGS)
     svc = services()
@@ -161,7 +164,9 @@ def get_environment(env_id: PathId) -> EnvironmentOut:
     return env_out(env)
 
 
-@router.post("/v1/organizations/<org_id>/users", responses=documented(201, UserOut, "The invited user"))
+@router.post("/v1/organizations/<org_id>/users", responses=documented(201, UserOut, "The invited user"),
+             description=RETRY_HELP)
+@idempotent_create(router, secret_fields=frozenset({"password"}))
 def invite_user(org_id: PathId, body: InviteIn) -> tuple[UserOut, int]:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()

@@ -171,3 +171,15 @@ class KeyUnavailable(HdError):
     """Key material could not be used (a disabled or revoked KMS key, an unreadable key file)."""
 
     code = "HD_ERR_KEY_UNAVAILABLE"
+
+
+class IdempotencyKeyReused(HdError):
+    """An `Idempotency-Key` sent again with a different request: the first request's answer stands."""
+
+    code = "HD_ERR_IDEMPOTENCY_KEY_REUSED"
+
+
+class IdempotentRequestInProgress(Conflict):
+    """An `Idempotency-Key` whose first request is still running: retry once it has answered."""
+
+    code = "HD_ERR_IDEMPOTENCY_IN_PROGRESS"
