@@ -85,16 +85,10 @@ class RecordCodec(Generic[Entity]):
         self.entity = entity
         hints = get_type_hints(entity)
         self._rules = tuple(_rule_for(field, hints[field.name]) for field in dataclasses.fields(entity))  # type: ignore[arg-type]
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The record's keys, in the dataclass's field order."""
-        return tuple(rule.name for rule in self._rules)
-
-    @property
-    def list_names(self) -> frozenset[str]:
-        """The keys whose values are lists (a store without list values keeps them as JSON text)."""
-        return frozenset(rule.name for rule in self._rules if rule.is_list)
+        # The record's keys, in the dataclass's field order.
+        self.names: tuple[str, ...] = tuple(rule.name for rule in self._rules)
+        # The keys whose values are lists (a store without list values keeps them as JSON text).
+        self.list_names: frozenset[str] = frozenset(rule.name for rule in self._rules if rule.is_list)
 
     def encode(self, entity: Entity) -> Record:
         """The entity's fields as primitives, under their field names."""

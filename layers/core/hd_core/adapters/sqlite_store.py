@@ -794,11 +794,12 @@ def _row(codec: RecordCodec[Any], entity: object) -> dict[str, object]:
 
 def _entity(codec: RecordCodec[_Entity], row: sqlite3.Row, **overrides: object) -> _Entity:
     """The entity a row holds (extra columns such as `email_key` are ignored)."""
-    record: dict[str, object] = {name: row[name] for name in row.keys()}
+    record: dict[str, object] = dict(zip(row.keys(), row, strict=True))
     for name in codec.list_names:
         if isinstance(record.get(name), str):
             record[name] = json.loads(str(record[name]))
-    return codec.decode(record | overrides)
+    record.update(overrides)
+    return codec.decode(record)
 
 
 def _insert_sql(table: str, codec: RecordCodec[Any], *, replace: bool = False) -> str:
