@@ -32,12 +32,12 @@ from pathlib import Path
 from bench.redaction import best_of, mixed_text
 from engine_host.demo_policies import ACME
 from engine_host.engine.duckdb_engine import DATA_CATALOG, EngineSession
-from engine_host.local import LocalConfig, LocalEngineHost
 from engine_host.pipeline.governance.plan_check import statement_shape
 from engine_host.pipeline.governor import HostLimits
 from engine_host.pipeline.pipeline import StatementPipeline
 from engine_host.pipeline.results import RowSource
 from engine_host.pipeline.session import Session
+from engine_host.runtime.local import LocalConfig, LocalEngineHost
 from hd_core.api_keys import ApiKeyAuthenticator
 from hd_core.bootstrap import ensure_pepper
 from hd_core.models import Role

@@ -50,7 +50,7 @@ def _prefix_list_id(app: App, key: str, known: dict[str, str], region: str, serv
 
 def _engine_code_hash(app: App) -> str:
     """The hash engine hosts will report for the code this app packages: context `hd:engineCodeHash`, else
-    computed by the engine's own code (`python -m engine_host.heartbeat_loop`) when bundling, else empty."""
+    computed by the engine's own code (`python -m engine_host.runtime.heartbeat_loop`) when bundling, else empty."""
     value = app.node.try_get_context(constants.CONTEXT_ENGINE_CODE_HASH)
     if value:
         return str(value)
@@ -59,7 +59,8 @@ def _engine_code_hash(app: App) -> str:
     repo = CDK_DIR.parent
     python_path = os.pathsep.join([str(repo), str(repo / "layers" / "core")])
     result = subprocess.run(
-        [sys.executable, "-m", "engine_host.heartbeat_loop"], cwd=repo, capture_output=True, text=True, check=True,
+        [sys.executable, "-m", "engine_host.runtime.heartbeat_loop"],
+        cwd=repo, capture_output=True, text=True, check=True,
         env={**os.environ, "PYTHONPATH": python_path},
     )
     return result.stdout.strip()

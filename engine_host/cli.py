@@ -13,11 +13,11 @@ from pathlib import Path
 from engine_host.api_cli import API_COMMANDS, add_api_commands, run_api_command
 from engine_host.boot.cli import add_boot_arguments, run_boot
 from engine_host.engine.duckdb_engine import DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_VALUE_BYTES, EngineMemory
-from engine_host.local import LocalConfig, default_state_dir, run_local
 from engine_host.owner_bootstrap import add_bootstrap_arguments, run_bootstrap
 from engine_host.owner_key_cli import add_reissue_owner_key_command, run_reissue_owner_key
 from engine_host.pipeline.governor import HostLimits
 from engine_host.policy_cli import add_policy_commands, run_policy_command
+from engine_host.runtime.local import LocalConfig, default_state_dir, run_local
 from engine_host.wire.admission import ConnectionLimits
 from hd_core.errors import HdError
 
@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in API_COMMANDS:
         return run_api_command(args)
     if args.command == "engine":
-        from engine_host.fleet import run_serve  # boto3 and the AWS adapters load only on a fleet host
+        from engine_host.runtime.fleet import run_serve  # boto3 and the AWS adapters load only on a fleet host
 
         if args.engine_command == "bootstrap-owner":
             return run_bootstrap(args)

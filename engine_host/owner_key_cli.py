@@ -16,7 +16,7 @@ import sys
 from contextlib import suppress
 from pathlib import Path
 
-from engine_host.local_state import damaged_store_advice
+from engine_host.runtime.local_state import damaged_store_advice
 from functions.shared.settings import ControlApiSettings
 from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile

@@ -53,7 +53,7 @@ class HardenedDuckStack(Stack):
         engine_code_hash: str = "",
         **kwargs: Any,
     ) -> None:
-        """`engine_code_hash` is the SHA-256 the engine hosts report (`python -m engine_host.heartbeat_loop`);
+        """`engine_code_hash` is the SHA-256 the engine hosts report (`python -m engine_host.runtime.heartbeat_loop`);
         the control plane allows only that build (empty: none, so heartbeats are negative)."""
         super().__init__(scope, id, **kwargs)
         self.parameters = self._parameters()

@@ -28,7 +28,7 @@ from engine_host.boot.cli import add_boot_arguments, run_boot
 from engine_host.boot.config import EngineConfig
 from engine_host.boot.imds import ImdsClient, ImdsUnavailable
 from engine_host.boot.sequence import boot
-from engine_host.fleet import run_serve
+from engine_host.runtime.fleet import run_serve
 from tests.unit.boot.fakes import (
     INSTANCE_ID,
     MAC_A,

@@ -1,4 +1,4 @@
-"""`hd engine serve`'s host (engine_host/fleet.py) on moto: DynamoDB, KMS and S3, a real TLS socket and psycopg.
+"""`hd engine serve`'s host (engine_host/runtime/fleet.py) on moto: DynamoDB, KMS and S3, a real TLS socket and psycopg.
 
 The instance identity is given (IMDS is tested with the boot sequence), the cache mount check is
 replaced (a test directory is not a LUKS mount), and the heartbeat goes through the in-process
@@ -28,8 +28,8 @@ from moto import mock_aws
 from engine_host.boot.config import EngineConfig, parse_config
 from engine_host.boot.imds import InstanceIdentity
 from engine_host.engine.masking import mask_hash
-from engine_host.fleet import AwsClients, CacheNotMounted, FleetEngineHost, HeartbeatNotConfigured
-from engine_host.heartbeat_loop import InProcessHeartbeat, host_report
+from engine_host.runtime.fleet import AwsClients, CacheNotMounted, FleetEngineHost, HeartbeatNotConfigured
+from engine_host.runtime.heartbeat_loop import InProcessHeartbeat, host_report
 from engine_host.tls import TlsFilesUnusable
 from hd_core.adapters.dynamodb_schema import create_table_kwargs
 from hd_core.adapters.dynamodb_store import DynamoDbControlStore

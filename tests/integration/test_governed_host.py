@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from engine_host.local import LocalConfig, LocalEngineHost
+from engine_host.runtime.local import LocalConfig, LocalEngineHost
 from hd_core.adapters.sqlite_store import SqliteControlStore
 from hd_core.policies import RowFilter
 from tests.harness import BackgroundLoop, SwitchableAuditSink

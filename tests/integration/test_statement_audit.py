@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from engine_host.local import LocalConfig, LocalEngineHost
+from engine_host.runtime.local import LocalConfig, LocalEngineHost
 from tests.e2e.rawpg import RawClient, cstr, message, startup_packet
 from tests.harness import BackgroundLoop, SwitchableAuditSink
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from engine_host.local import LocalConfig, LocalEngineHost
 from engine_host.pipeline.governor import Governor
+from engine_host.runtime.local import LocalConfig, LocalEngineHost
 from tests.e2e.rawpg import RawClient, cstr, message
 from tests.harness import BackgroundLoop, SwitchableAuditSink
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine_host.local import LocalConfig, LocalEngineHost
+from engine_host.runtime.local import LocalConfig, LocalEngineHost
 from hd_core.adapters.sqlite_store import SqliteControlStore
 from hd_core.api_keys import ApiKeyHasher, issue_api_key
 from hd_core.models import KeyEnv, Organization, OrgStatus, Role, User, UserStatus, utc_now

@@ -15,11 +15,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from engine_host.local import LocalConfig, LocalEngineHost
 from engine_host.pipeline import pipeline as pipeline_module
 from engine_host.pipeline.governor import Governor
 from engine_host.pipeline.pipeline import StatementContext
 from engine_host.pipeline.settings import SessionSettings
+from engine_host.runtime.local import LocalConfig, LocalEngineHost
 from tests.harness import BackgroundLoop, SwitchableAuditSink
 
 SECRET = "zz-secret-42"

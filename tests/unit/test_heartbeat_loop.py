@@ -23,8 +23,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from engine_host import heartbeat_loop
-from engine_host.heartbeat_loop import (
+from engine_host.runtime import heartbeat_loop
+from engine_host.runtime.heartbeat_loop import (
     HEARTBEAT_PATH,
     ControlPlaneHeartbeat,
     HeartbeatLoop,
@@ -339,7 +339,7 @@ def test_the_installed_packages_are_found_where_python_imports_them() -> None:
     roots = installed_code_roots()
 
     assert sorted(roots) == ["engine_host", "functions", "hd_core"]
-    assert (roots["engine_host"] / "heartbeat_loop.py").is_file()
+    assert (roots["engine_host"] / "runtime" / "heartbeat_loop.py").is_file()
     assert (roots["hd_core"] / "heartbeat.py").is_file()
 
 

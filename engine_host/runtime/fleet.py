@@ -36,9 +36,9 @@ from engine_host.credentials import EngineCredentials
 from engine_host.engine.duckdb_engine import EngineMemory
 from engine_host.engine.masking import ensure_mask_keys
 from engine_host.health_server import HealthServer, heartbeat_check
-from engine_host.heartbeat_loop import ControlPlaneHeartbeat, HeartbeatChannel, HeartbeatLoop, host_report
-from engine_host.host import EngineHost, HostHooks, HostSettings, ObjectStoreTables
 from engine_host.metrics import HostMetrics
+from engine_host.runtime.heartbeat_loop import ControlPlaneHeartbeat, HeartbeatChannel, HeartbeatLoop, host_report
+from engine_host.runtime.host import EngineHost, HostHooks, HostSettings, ObjectStoreTables
 from engine_host.tls import TlsFilesUnusable, ensure_self_signed_certificate, server_ssl_context
 from functions.shared.settings import ControlApiSettings
 from functions.shared.wiring import assemble_services

@@ -1,6 +1,6 @@
 """The engine host's moving parts, composed once for both local mode and a fleet instance.
 
-What differs between `hd dev` (engine_host/local.py) and `hd engine serve` (engine_host/fleet.py) is
+What differs between `hd dev` (engine_host/runtime/local.py) and `hd engine serve` (engine_host/runtime/fleet.py) is
 handed in: the control store, how credentials are checked, where audit records go, where table data
 comes from (a local folder, or the object store through the encrypted cache), and the TLS context.
 Everything else (the locked-down DuckDB, the governance pipeline, the wire server, the policy

@@ -38,8 +38,17 @@ from engine_host.demo_policies import ACME, install_demo
 from engine_host.engine.duckdb_engine import EngineMemory
 from engine_host.engine.masking import ensure_mask_keys
 from engine_host.health_server import HealthServer
-from engine_host.host import EngineHost, HostHooks, HostSettings, LocalFolderTables, ObjectStoreTables, TableSource
-from engine_host.local_state import (
+from engine_host.metrics import HostMetrics
+from engine_host.pipeline.governor import HostLimits
+from engine_host.runtime.host import (
+    EngineHost,
+    HostHooks,
+    HostSettings,
+    LocalFolderTables,
+    ObjectStoreTables,
+    TableSource,
+)
+from engine_host.runtime.local_state import (
     StateRefused,
     check_engine_database,
     damaged_store_advice,
@@ -47,8 +56,6 @@ from engine_host.local_state import (
     refuse_missing_store,
     start_afresh,
 )
-from engine_host.metrics import HostMetrics
-from engine_host.pipeline.governor import HostLimits
 from engine_host.tls import ensure_self_signed_certificate, server_ssl_context
 from engine_host.wire.admission import ConnectionLimits
 from engine_host.wire.server import PgServer
