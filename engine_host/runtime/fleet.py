@@ -35,8 +35,8 @@ from engine_host.cache.object_cache import ObjectCache
 from engine_host.credentials import EngineCredentials
 from engine_host.engine.duckdb_engine import EngineMemory
 from engine_host.engine.masking import ensure_mask_keys
-from engine_host.health_server import HealthServer, heartbeat_check
-from engine_host.metrics import HostMetrics
+from engine_host.ops.health_server import HealthServer, heartbeat_check
+from engine_host.ops.metrics import HostMetrics
 from engine_host.runtime.heartbeat_loop import ControlPlaneHeartbeat, HeartbeatChannel, HeartbeatLoop, host_report
 from engine_host.runtime.host import EngineHost, HostHooks, HostSettings, ObjectStoreTables
 from engine_host.tls import TlsFilesUnusable, ensure_self_signed_certificate, server_ssl_context

@@ -31,11 +31,11 @@ from engine_host.engine.duckdb_engine import DATA_CATALOG, Database, EngineMemor
 from engine_host.engine.masking import install_mask_macros
 from engine_host.engine.table_catalog import TableCatalog
 from engine_host.engine.tables import register_parquet_tables
-from engine_host.metrics import HostMetrics, gate_reading
+from engine_host.ops.metrics import HostMetrics, gate_reading
+from engine_host.ops.quota_utilisation import quota_reader
 from engine_host.pipeline.governor import AuditWriter, Governor, HostLimits
 from engine_host.pipeline.pipeline import StatementPipeline, TableData
 from engine_host.pipeline.policy_state import PolicyState
-from engine_host.quota_utilisation import quota_reader
 from engine_host.wire.admission import ConnectionLimits
 from engine_host.wire.server import Admission, Authenticate, PgServer
 from hd_core.metering import UsageMeter

@@ -37,8 +37,8 @@ from engine_host.demo import write_demo_dataset
 from engine_host.demo_policies import ACME, install_demo
 from engine_host.engine.duckdb_engine import EngineMemory
 from engine_host.engine.masking import ensure_mask_keys
-from engine_host.health_server import HealthServer
-from engine_host.metrics import HostMetrics
+from engine_host.ops.health_server import HealthServer
+from engine_host.ops.metrics import HostMetrics
 from engine_host.pipeline.governor import HostLimits
 from engine_host.runtime.host import (
     EngineHost,

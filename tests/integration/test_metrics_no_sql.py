@@ -19,10 +19,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine_host.credentials import EngineCredentials
-from engine_host.health_server import HealthServer
-from engine_host.metrics import HostMetrics, gate_reading
+from engine_host.ops.health_server import HealthServer
+from engine_host.ops.metrics import HostMetrics, gate_reading
+from engine_host.ops.quota_utilisation import quota_reader
 from engine_host.pipeline.governor import AuditWriter
-from engine_host.quota_utilisation import quota_reader
 from engine_host.runtime.local import LocalConfig, LocalEngineHost
 from hd_core.api_keys import ApiKeyAuthenticator
 from hd_core.bootstrap import ensure_pepper

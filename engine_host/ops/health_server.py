@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client.exposition import choose_encoder
 
-from engine_host.metrics import HostMetrics
+from engine_host.ops.metrics import HostMetrics
 from hd_core.heartbeat import GateState
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine_host.health_server import HealthServer, ReadinessCheck, heartbeat_check
-from engine_host.metrics import HostMetrics
+from engine_host.ops.health_server import HealthServer, ReadinessCheck, heartbeat_check
+from engine_host.ops.metrics import HostMetrics
 from hd_core.heartbeat import ServiceGate
 
 Serve = Callable[[Mapping[str, ReadinessCheck]], HealthServer]

@@ -25,8 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from engine_host.ops.quota_utilisation import OrgQuotaUse
 from engine_host.pipeline.gates import ConcurrencyGate
-from engine_host.quota_utilisation import OrgQuotaUse
 from hd_core.heartbeat import GateState
 from hd_core.models import utc_now
 

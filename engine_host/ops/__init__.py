@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics, health endpoints and quota utilisation."""
