@@ -5,7 +5,7 @@ first writer of a setting wins (`put_setting_if_absent`) and the loser adopts th
 A first Owner is never made over earlier state (a lost or emptied control store next to old keys,
 audit and tables): the caller names that state and bootstrap refuses. A lost Owner key file is
 replaced by `reissue_local_owner_key`, which revokes the old key and records both changes in the
-IAM audit trail.
+IAM audit trail; `set_local_owner_password` gives the Owner, made without one, a password.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from hd_core import auth
 from hd_core.api_keys import ApiKeyHasher, issue_api_key, revoke_api_key
-from hd_core.errors import Conflict, HdError, NotFound
+from hd_core.auth_throttle import AuthThrottle
+from hd_core.errors import AuthenticationFailed, Conflict, HdError, InvalidRequest, NotFound
 from hd_core.iam_audit import IamAuditTrail
 from hd_core.iam_events import IamEventType
 from hd_core.models import (
@@ -34,6 +36,7 @@ from hd_core.models import (
     new_id,
     utc_now,
 )
+from hd_core.passwords import MAX_PASSWORD_LENGTH, set_password, verify_password
 from hd_core.ports import ControlStore
 
 LOCAL_OWNER_USER_SETTING = "local_owner.user_id"
@@ -184,6 +187,48 @@ def reissue_local_owner_key(
     trail.record(org_id, IamEventType.API_KEY_CREATED, actor=actor, target=record.key_id, before=None, after=record,
                  request_id=request_id)
     return ReissuedOwnerKey(api_key_plaintext=plaintext, record=record, revoked_key_ids=tuple(revoked))
+
+
+def set_local_owner_password(
+    store: ControlStore,
+    trail: IamAuditTrail,
+    hasher: ApiKeyHasher,
+    *,
+    new_password: str,
+    current_password: str | None,
+    actor: str,
+    request_id: str,
+    now: Callable[[], datetime] = utc_now,
+) -> User:
+    """Set the recorded local Owner's password from the state folder: `user.password_set`; sessions end.
+
+    The local Owner starts without one, and no API route gives users a first password of their own
+    (an Owner's or Admin's reset needs a second person). Whoever holds the state folder holds the
+    Owner key already, so a first password needs nothing more; one already set is replaced only with
+    the current one, checked under the login throttle as `PUT /v1/auth/password` checks it. Recorded
+    in the Owner organisation's IAM chain with `actor` saying who ran it. Raises `NotFound` (no
+    Owner recorded), `Conflict` (a password is set and no current one was given),
+    `AuthenticationFailed` (a wrong current one) and `InvalidRequest` (the length rule, or no change).
+    """
+    owner = _recorded_local_owner(store)
+    if owner is None:
+        raise NotFound("no local Owner is recorded in the control store; start `hd dev` once to create it")
+    user, at = owner.user, now()
+    if user.password_hash is not None:
+        if current_password is None:
+            raise Conflict("the local Owner already has a password; give the current one to replace it")
+
+        def proven() -> None:
+            if not verify_password(hasher, user.password_hash, current_password[: MAX_PASSWORD_LENGTH + 1]):
+                raise AuthenticationFailed("current password wrong, while setting the local Owner's password")
+
+        auth.throttled(AuthThrottle(store, now=now), user.email, proven)
+        if current_password == new_password:
+            raise InvalidRequest("the new password must differ from the current one")
+    changed = auth.ended_sessions(store, set_password(store, hasher, user.user_id, new_password), at)
+    trail.record(user.org_id, IamEventType.USER_PASSWORD_SET, actor=actor, target=user.user_id, before=user,
+                 after=changed, request_id=request_id)
+    return changed
 
 
 def _await_recorded_owner(store: ControlStore, timeout_seconds: float = 10.0) -> LocalOwner:

@@ -180,3 +180,70 @@ def test_reissuing_without_a_recorded_owner_is_not_found(store: SqliteControlSto
     trail = IamAuditTrail(store, LocalFolderCheckpointStore(tmp_path), LocalKeyFile(tmp_path / "keys.json"))
     with pytest.raises(NotFound, match="start `hd dev` once"):
         reissue_local_owner_key(store, trail, _fast_hasher(), actor="local:ops", request_id="req_1")
+
+
+def _trail(store: SqliteControlStore, tmp_path: Path) -> Any:
+    from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
+    from hd_core.adapters.local_keys import LocalKeyFile
+    from hd_core.iam_audit import IamAuditTrail
+
+    return IamAuditTrail(store, LocalFolderCheckpointStore(tmp_path), LocalKeyFile(tmp_path / "keys.json"))
+
+
+def test_the_local_owner_is_made_without_a_password_and_gets_a_first_one_from_the_state_folder(
+    store: SqliteControlStore, tmp_path: Path
+) -> None:
+    from hd_core.auth import prove_password
+    from hd_core.bootstrap import set_local_owner_password
+
+    hasher = _fast_hasher()
+    owner = bootstrap_local_owner(store, hasher)
+    assert owner.user.email == "owner@localhost" and owner.user.password_hash is None
+    trail = _trail(store, tmp_path)
+
+    changed = set_local_owner_password(store, trail, hasher, new_password="correct horse battery",
+                                       current_password=None, actor="local:ops", request_id="req_1")
+
+    assert changed.password_hash is not None and not changed.password_must_change
+    proven = prove_password(store, hasher, email="owner@localhost", password="correct horse battery", totp_code=None,
+                            at=changed.tokens_valid_after or changed.created_at)
+    assert proven.user_id == owner.user.user_id
+    events = store.list_iam_events(owner.org.org_id)
+    assert [(e.event_type, e.target, e.actor, e.request_id) for e in events] == [
+        ("user.password_set", owner.user.user_id, "local:ops", "req_1")]
+    assert "correct horse" not in repr(events[0].after) and trail.verify_chain(owner.org.org_id).chain_valid
+
+
+def test_setting_the_local_owner_password_again_needs_the_current_one(
+    store: SqliteControlStore, tmp_path: Path
+) -> None:
+    from functools import partial
+
+    from hd_core.bootstrap import set_local_owner_password
+    from hd_core.errors import AuthenticationFailed, Conflict, InvalidRequest
+
+    hasher = _fast_hasher()
+    owner = bootstrap_local_owner(store, hasher)
+    trail = _trail(store, tmp_path)
+    set_password = partial(set_local_owner_password, store, trail, hasher, actor="local:ops", request_id="req_1")
+    set_password(new_password="first password 1", current_password=None)
+
+    with pytest.raises(Conflict, match="already has a password"):
+        set_password(new_password="second password 2", current_password=None)
+    with pytest.raises(AuthenticationFailed):
+        set_password(new_password="second password 2", current_password="a wrong guess")
+    with pytest.raises(InvalidRequest, match="differ"):
+        set_password(new_password="first password 1", current_password="first password 1")
+    with pytest.raises(InvalidRequest, match="12 characters"):
+        set_password(new_password="short", current_password="first password 1")
+    set_password(new_password="second password 2", current_password="first password 1")
+
+    assert [e.event_type for e in store.list_iam_events(owner.org.org_id)] == ["user.password_set"] * 2
+
+
+def test_setting_a_password_without_a_recorded_owner_is_not_found(store: SqliteControlStore, tmp_path: Path) -> None:
+    from hd_core.bootstrap import set_local_owner_password
+
+    with pytest.raises(NotFound, match="start `hd dev` once"):
+        set_local_owner_password(store, _trail(store, tmp_path), _fast_hasher(), new_password="a long password",
+                                 current_password=None, actor="local:ops", request_id="req_1")
