@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.redaction import best_of, mixed_text
-from engine_host.demo_policies import ACME
+from engine_host.devmode.demo_policies import ACME
 from engine_host.engine.duckdb_engine import DATA_CATALOG, EngineSession
 from engine_host.pipeline.governance.plan_check import statement_shape
 from engine_host.pipeline.governor import HostLimits

@@ -9,7 +9,7 @@ State directory layout (default `~/.hd`, or `HD_STATE_DIR`):
     audit/queries/YYYY/MM/DD/<host>.jsonl   one query audit record per statement
     audit/iam-checkpoints/<org>/             signed checkpoints of each organisation's IAM audit chain
     keys/local-keys.json     DEV ONLY stand-in for KMS: JWT signing keys, checkpoint key, data-key wrap key
-    demo-keys/<name>.key     with --demo: API keys of the demo people (see engine_host/demo_policies.py)
+    demo-keys/<name>.key     with --demo: API keys of the demo people (see engine_host/devmode/demo_policies.py)
     policies.json            optional: policies loaded at every start (format: hd_core/policy_codec.py)
 
 Policies live in the control store; `hd policy add/list/remove` edits them, and a running host
@@ -31,10 +31,10 @@ from pathlib import Path
 
 from engine_host.cache.cached_tables import CachedTables
 from engine_host.cache.object_cache import ObjectCache
-from engine_host.control_server import ControlApiServer
 from engine_host.credentials import EngineCredentials
-from engine_host.demo import write_demo_dataset
-from engine_host.demo_policies import ACME, install_demo
+from engine_host.devmode.control_server import ControlApiServer
+from engine_host.devmode.demo import write_demo_dataset
+from engine_host.devmode.demo_policies import ACME, install_demo
 from engine_host.engine.duckdb_engine import EngineMemory
 from engine_host.engine.masking import ensure_mask_keys
 from engine_host.ops.health_server import HealthServer

@@ -1,6 +1,6 @@
 """Each governance feature through a real Postgres client (psycopg) against `hd dev --demo`.
 
-The demo policies (engine_host/demo_policies.py) are the ground truth: two tenants sharing the demo
+The demo policies (engine_host/devmode/demo_policies.py) are the ground truth: two tenants sharing the demo
 tables by `org_id`, masks on crm.customers and hr.employees, a department row filter, PHI tags
 on clinical.encounters, ABAC denies for agents, and quotas for org_globex.
 """

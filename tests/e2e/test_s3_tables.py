@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from moto.server import ThreadedMotoServer
 
-from engine_host.demo import write_demo_dataset
+from engine_host.devmode.demo import write_demo_dataset
 from tests.harness import EngineHostProcess, start_engine_host
 
 BUCKET = "hd-e2e-tables"

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine_host.demo import DEMO_ORGS, luhn_check_digit, write_demo_dataset
+from engine_host.devmode.demo import DEMO_ORGS, luhn_check_digit, write_demo_dataset
 from engine_host.engine import tables
 from engine_host.engine.tables import VIEW_MARKER, TableRef, register_parquet_tables
 

@@ -16,7 +16,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from engine_host.control_server import ControlApiDispatcher, HttpReply
+from engine_host.devmode.control_server import ControlApiDispatcher, HttpReply
 from functions.shared.settings import ControlApiSettings
 from functions.shared.wiring import ControlServices, assemble_services, install_services
 from hd_core.bootstrap import bootstrap_local_owner, ensure_environments

@@ -16,7 +16,7 @@ import pyotp
 import pytest
 
 import hd_core.api_keys as api_keys_module
-from engine_host.control_server import HttpReply
+from engine_host.devmode.control_server import HttpReply
 from functions.shared.settings import ControlApiSettings
 from functions.shared.wiring import assemble_services, install_services
 from hd_core.auth_throttle import ThrottleSubject

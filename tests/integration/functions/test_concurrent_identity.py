@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_host.demo_policies import DEMO_PEOPLE, install_demo
+from engine_host.devmode.demo_policies import DEMO_PEOPLE, install_demo
 from tests.integration.functions.conftest import ControlApi, _control, _local_adapters
 
 REQUESTS = 20_000

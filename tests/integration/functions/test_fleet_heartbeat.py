@@ -23,7 +23,7 @@ from botocore.config import Config
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from engine_host.control_server import LocalLambdaContext, proxy_event
+from engine_host.devmode.control_server import LocalLambdaContext, proxy_event
 from functions.fleet import handler
 from functions.shared.settings import settings
 from hd_core.adapters.ec2_fleet import Ec2FleetMembership

@@ -28,7 +28,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import positive_data_acceptance, response_schema_conformance
 
-from engine_host.control_server import ControlApiServer
+from engine_host.devmode.control_server import ControlApiServer
 from functions.jit.handler import ElevatableRole
 from functions.openapi import DOCUMENT_PATH, openapi_document, render
 from functions.policies.handler import ManagedKind
