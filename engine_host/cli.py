@@ -15,6 +15,7 @@ from engine_host.boot.cli import add_boot_arguments, run_boot
 from engine_host.engine.duckdb_engine import DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_VALUE_BYTES, EngineMemory
 from engine_host.owner_bootstrap import add_bootstrap_arguments, run_bootstrap
 from engine_host.owner_key_cli import add_reissue_owner_key_command, run_reissue_owner_key
+from engine_host.owner_password_cli import add_set_owner_password_command, run_set_owner_password
 from engine_host.pipeline.governor import HostLimits
 from engine_host.policy_cli import add_policy_commands, run_policy_command
 from engine_host.runtime.local import LocalConfig, default_state_dir, run_local
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="largest single value a result may hold, 54000 beyond it (default 256MiB; 0 = no cap)")
     add_policy_commands(commands, STATE_DIR_HELP)
     add_reissue_owner_key_command(commands, STATE_DIR_HELP)
+    add_set_owner_password_command(commands, STATE_DIR_HELP)
     add_api_commands(commands)
     engine = commands.add_parser("engine", help="run as an engine fleet member on EC2 (boot, then serve)")
     engine_commands = engine.add_subparsers(dest="engine_command", required=True)
@@ -194,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_dev(config, announce)
     if args.command == "reissue-owner-key":
         return run_reissue_owner_key(args.state_dir or default_state_dir())
+    if args.command == "set-owner-password":
+        return run_set_owner_password(args.state_dir or default_state_dir(), replace=args.replace)
     if args.command == "policy":
         return run_policy_command(args, args.state_dir or default_state_dir())
     if args.command in API_COMMANDS:
