@@ -8,7 +8,7 @@ Security decisions, all visible here:
 - TLS 1.3 end to end, terminated by the engine itself: Postgres clients send a plaintext SSLRequest
   before the handshake, which a TLS listener cannot answer (and PG17's direct TLS needs the ALPN
   `postgresql`, which an NLB cannot select), so the NLB passes TCP through. The engine offers TLS 1.3
-  only (engine_host/tls.py) with the certificate boot installs from the `tls_secret_arn` secret, so
+  only (engine_host/wire/tls.py) with the certificate boot installs from the `tls_secret_arn` secret, so
   `sslmode=verify-full` works against the name agents use. The endpoint service requires acceptance
   and admits only the allowed principals.
 - A termination lifecycle hook holds every instance until the wipe hook has erased its NVMe cache.

@@ -19,7 +19,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from engine_host.boot.config import EngineConfig
-from engine_host.tls import server_ssl_context
+from engine_host.wire.tls import server_ssl_context
 from hd_core.errors import HdError
 from hd_core.files import write_file_atomically
 

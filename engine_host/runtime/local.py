@@ -31,7 +31,6 @@ from pathlib import Path
 
 from engine_host.cache.cached_tables import CachedTables
 from engine_host.cache.object_cache import ObjectCache
-from engine_host.credentials import EngineCredentials
 from engine_host.devmode.control_server import ControlApiServer
 from engine_host.devmode.demo import write_demo_dataset
 from engine_host.devmode.demo_policies import ACME, install_demo
@@ -56,9 +55,10 @@ from engine_host.runtime.local_state import (
     refuse_missing_store,
     start_afresh,
 )
-from engine_host.tls import ensure_self_signed_certificate, server_ssl_context
 from engine_host.wire.admission import ConnectionLimits
+from engine_host.wire.credentials import EngineCredentials
 from engine_host.wire.server import PgServer
+from engine_host.wire.tls import ensure_self_signed_certificate, server_ssl_context
 from functions.audit.handler import write_due_checkpoints
 from functions.shared.settings import ControlApiSettings
 from functions.shared.wiring import ControlServices, assemble_services, install_services

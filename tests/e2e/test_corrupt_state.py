@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from engine_host.tls import ensure_self_signed_certificate
+from engine_host.wire.tls import ensure_self_signed_certificate
 from hd_core.adapters.sqlite_store import SqliteControlStore
 from tests.harness import start_engine_host
 
@@ -138,7 +138,7 @@ def test_a_certificate_with_someone_elses_key_is_refused_not_replaced(state: Pat
 
 def test_an_expired_certificate_is_refused_not_replaced(state: Path, monkeypatch: pytest.MonkeyPatch,
                                                         tmp_path: Path) -> None:
-    from engine_host import tls
+    from engine_host.wire import tls
 
     monkeypatch.setattr(tls, "CERT_LIFETIME", -tls.CLOCK_SKEW / 2)  # ended a few minutes ago
     for name in ("server.crt", "server.key"):

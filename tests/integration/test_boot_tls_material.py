@@ -14,7 +14,7 @@ from moto import mock_aws
 
 from engine_host.boot.config import EngineConfig
 from engine_host.boot.tls_material import TlsMaterialInvalid, install_tls_material
-from engine_host.tls import ensure_self_signed_certificate, server_ssl_context
+from engine_host.wire.tls import ensure_self_signed_certificate, server_ssl_context
 from tests.unit.boot.fakes import REGION, config_data
 
 log = logging.getLogger("test.boot.tls")

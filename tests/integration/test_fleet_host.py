@@ -30,7 +30,7 @@ from engine_host.boot.imds import InstanceIdentity
 from engine_host.engine.masking import mask_hash
 from engine_host.runtime.fleet import AwsClients, CacheNotMounted, FleetEngineHost, HeartbeatNotConfigured
 from engine_host.runtime.heartbeat_loop import InProcessHeartbeat, host_report
-from engine_host.tls import TlsFilesUnusable
+from engine_host.wire.tls import TlsFilesUnusable
 from hd_core.adapters.dynamodb_schema import create_table_kwargs
 from hd_core.adapters.dynamodb_store import DynamoDbControlStore
 from hd_core.adapters.kms_keys import KmsKeyProvider

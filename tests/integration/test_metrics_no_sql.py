@@ -18,12 +18,12 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine_host.credentials import EngineCredentials
 from engine_host.ops.health_server import HealthServer
 from engine_host.ops.metrics import HostMetrics, gate_reading
 from engine_host.ops.quota_utilisation import quota_reader
 from engine_host.pipeline.governor import AuditWriter
 from engine_host.runtime.local import LocalConfig, LocalEngineHost
+from engine_host.wire.credentials import EngineCredentials
 from hd_core.api_keys import ApiKeyAuthenticator
 from hd_core.bootstrap import ensure_pepper
 from hd_core.policies import QuotaLimit

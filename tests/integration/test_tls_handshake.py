@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_host.tls import TLS13_CIPHER_SUITES, ensure_self_signed_certificate, server_ssl_context
+from engine_host.wire.tls import TLS13_CIPHER_SUITES, ensure_self_signed_certificate, server_ssl_context
 
 ROOT = Path(__file__).resolve().parents[2]
 OPENSSL = shutil.which("openssl")
@@ -171,7 +171,7 @@ def test_an_openssl_configuration_that_changes_the_suites_makes_startup_fail(tmp
     script = textwrap.dedent(
         f"""\
         from pathlib import Path
-        from engine_host.tls import TlsConfigurationError, ensure_self_signed_certificate, server_ssl_context
+        from engine_host.wire.tls import TlsConfigurationError, ensure_self_signed_certificate, server_ssl_context
         cert, key = ensure_self_signed_certificate(Path({str(tmp_path / "tls")!r}))
         try:
             server_ssl_context(cert, key)

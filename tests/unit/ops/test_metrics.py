@@ -14,7 +14,6 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine_host.cache import ObjectCache
-from engine_host.credentials import EngineCredentials
 from engine_host.ops import metrics as metrics_module
 from engine_host.ops.metrics import HostMetrics, gate_reading, statement_outcome
 from engine_host.ops.quota_utilisation import OrgQuotaUse, quota_reader, quota_utilisation
@@ -22,6 +21,7 @@ from engine_host.pipeline.errors import QueryError
 from engine_host.pipeline.gates import ConcurrencyGate
 from engine_host.pipeline.governor import AuditWriter, StatementAudit
 from engine_host.pipeline.policy_state import PolicyState
+from engine_host.wire.credentials import EngineCredentials
 from hd_core.adapters.local_objects import LocalFolderObjectSource
 from hd_core.adapters.sqlite_store import SqliteControlStore
 from hd_core.api_keys import ApiKeyAuthenticator, ApiKeyHasher

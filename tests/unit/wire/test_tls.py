@@ -14,8 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from engine_host import tls
-from engine_host.tls import (
+from engine_host.wire import tls
+from engine_host.wire.tls import (
     TLS13_CIPHER_SUITES,
     TlsFilesUnusable,
     ensure_self_signed_certificate,
@@ -97,7 +97,7 @@ def test_certificate_within_seven_days_of_expiry_is_kept_with_a_warning(
     before = cert.read_bytes()
     monkeypatch.undo()
 
-    with caplog.at_level(logging.WARNING, logger="engine_host.tls"):
+    with caplog.at_level(logging.WARNING, logger="engine_host.wire.tls"):
         ensure_self_signed_certificate(tmp_path / "tls")
 
     assert cert.read_bytes() == before
@@ -148,7 +148,7 @@ def test_a_certificate_without_the_local_names_is_served_with_a_warning(
     cert, _ = ensure_self_signed_certificate(tmp_path / "tls", hostnames=("engine.internal",))
     before = cert.read_bytes()
 
-    with caplog.at_level(logging.WARNING, logger="engine_host.tls"):
+    with caplog.at_level(logging.WARNING, logger="engine_host.wire.tls"):
         ensure_self_signed_certificate(tmp_path / "tls")
 
     assert cert.read_bytes() == before
