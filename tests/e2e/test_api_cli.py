@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 from engine_host.cli import main
-from engine_host.cli_tables import Column, render_table
+from engine_host.cli.listing import Column, render_table
 from tests.harness import EngineHostProcess, start_engine_host
 
 ANALYST = "usr_demo_acme_analyst"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_host.owner_password_cli import run_set_owner_password
+from engine_host.cli.owner_password import run_set_owner_password
 from hd_core.adapters.local_keys import LocalKeyFile
 from hd_core.adapters.sqlite_store import SqliteControlStore
 from hd_core.api_keys import ApiKeyHasher

@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from engine_host.api_client import (
+from engine_host.cli.api_client import (
     DEFAULT_API_URL,
     ControlApiClient,
     ControlApiError,
@@ -32,7 +32,7 @@ from engine_host.api_client import (
     resolve_credential,
     text_field,
 )
-from engine_host.cli_tables import Column, cell_text, printable, render_listing, render_record
+from engine_host.cli.listing import Column, cell_text, printable, render_listing, render_record
 from hd_core.errors import HdError, NotFound, PolicyInvalid
 from hd_core.models import KeyEnv, Role, UserStatus, utc_now
 from hd_core.policies import PolicyKind

@@ -10,14 +10,14 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from engine_host.api_cli import API_COMMANDS, add_api_commands, run_api_command
 from engine_host.boot.cli import add_boot_arguments, run_boot
+from engine_host.cli.api import API_COMMANDS, add_api_commands, run_api_command
+from engine_host.cli.owner_bootstrap import add_bootstrap_arguments, run_bootstrap
+from engine_host.cli.owner_key import add_reissue_owner_key_command, run_reissue_owner_key
+from engine_host.cli.owner_password import add_set_owner_password_command, run_set_owner_password
+from engine_host.cli.policy_file import add_policy_commands, run_policy_command
 from engine_host.engine.duckdb_engine import DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_VALUE_BYTES, EngineMemory
-from engine_host.owner_bootstrap import add_bootstrap_arguments, run_bootstrap
-from engine_host.owner_key_cli import add_reissue_owner_key_command, run_reissue_owner_key
-from engine_host.owner_password_cli import add_set_owner_password_command, run_set_owner_password
 from engine_host.pipeline.governor import HostLimits
-from engine_host.policy_cli import add_policy_commands, run_policy_command
 from engine_host.runtime.local import LocalConfig, default_state_dir, run_local
 from engine_host.wire.admission import ConnectionLimits
 from hd_core.errors import HdError

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from engine_host.cli_tables import ELLIPSIS, Column, cell_text, fit, printable, render_listing, render_record
+from engine_host.cli.listing import ELLIPSIS, Column, cell_text, fit, printable, render_listing, render_record
 
 # --- cells ----------------------------------------------------------------------------------------
 
