@@ -20,12 +20,15 @@ listens on 127.0.0.1:8080 and shares the control store with the engine host.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import shutil
 import signal
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,13 +72,49 @@ from hd_core.adapters.s3_objects import s3_source_from_url
 from hd_core.adapters.sqlite_store import ControlStoreUnusable, SqliteControlStore
 from hd_core.api_keys import ApiKeyHasher
 from hd_core.bootstrap import BootstrapRefused, bootstrap_local_owner, ensure_environments
-from hd_core.errors import KeyUnavailable
+from hd_core.errors import HdError, KeyUnavailable
 from hd_core.policy_codec import load_policy_file
 from hd_core.ports import AuditSink
 
 log = logging.getLogger(__name__)
 
 DATABASE_NAME = "hd"
+
+
+class PortInUse(HdError):
+    """A port `hd dev` was asked to listen on is taken; the message names it and the flag that moves it."""
+
+    code = "HD_ERR_PORT_IN_USE"
+
+
+def _port_in_use(host: str, port: int, flag: str, what: str) -> PortInUse:
+    return PortInUse(f"port {port} on {host} ({what}) is already in use, perhaps by another `hd dev`: stop that, or "
+                     f"choose another port with {flag} N (0 = any free port)")
+
+
+@contextmanager
+def _listening(host: str, port: int, flag: str, what: str) -> Iterator[None]:
+    """Turn an 'address in use' from binding `port` into `PortInUse` (another process won the race)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise _port_in_use(host, port, flag, what) from None
+        raise
+
+
+def refuse_taken_ports(host: str, ports: list[tuple[int | None, str, str]]) -> None:
+    """Raise `PortInUse` for the first of (port, flag, what) another process listens on, before anything is written.
+
+    Bound as the servers bind (SO_REUSEADDR), so a port left in TIME_WAIT by a stopped `hd dev` is free.
+    """
+    for port, flag, what in ports:
+        if not port:  # None: not served; 0: any free port
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with _listening(host, port, flag, what):
+                probe.bind((host, port))
 
 
 def default_state_dir() -> Path:
@@ -116,6 +155,8 @@ class Banner:
     environments: tuple[tuple[str, str], ...] = ()  # (name, env id) of the Owner's organisation
     metrics_port: int | None = None
     key_file_missing: bool = False  # the Owner is recorded but its key file was deleted
+    owner_email: str = ""
+    owner_has_password: bool = True
 
     def render(self) -> str:
         psql = (f'PGPASSWORD="$(cat {self.key_file})" psql '
@@ -124,6 +165,7 @@ class Banner:
             f"Hardened Duck engine host listening on 127.0.0.1:{self.port} (TLS 1.3 only"
             + (", plaintext allowed on loopback)" if self.plaintext_allowed else ")"),
             self._key_line(),
+            *self._password_lines(),
             "Connect with:",
             f"  {psql}",
         ]
@@ -148,7 +190,15 @@ class Banner:
             return (f"Owner API key file {self.key_file} is missing: run `hd reissue-owner-key --state-dir "
                     f"{self.key_file.parent}` to revoke the lost key and write a new one (recorded in the IAM audit "
                     "trail)")
-        return f"Owner API key {'created and ' if self.new_key else ''}stored in {self.key_file} (mode 0600)"
+        return (f"Owner API key {'created and ' if self.new_key else ''}stored in {self.key_file} (mode 0600; "
+                f"lost or leaked: `hd reissue-owner-key --state-dir {self.key_file.parent}`)")
+
+    def _password_lines(self) -> list[str]:
+        if self.owner_has_password:
+            return []
+        return [f"The Owner is {self.owner_email} with no password (the API key is its only credential); to log in "
+                "to the control API with a password, set one with:",
+                f"  hd set-owner-password --state-dir {self.key_file.parent}"]
 
 
 class LocalEngineHost:
@@ -174,7 +224,12 @@ class LocalEngineHost:
         return self.engine.server if self.engine is not None else None
 
     async def start(self) -> Banner:
-        """Check the state folder (refusing, with what to do, anything damaged or inconsistent), then serve."""
+        """Check the ports and the state folder (refusing, with what to do, anything taken, damaged or
+        inconsistent), then serve."""
+        host = self.config.host
+        refuse_taken_ports(host, [(self.config.port, "--port", "the Postgres port"),
+                                  (self.config.api_port, "--api-port", "the control API"),
+                                  (self.config.metrics_port, "--metrics-port", "the metrics endpoint")])
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         found = earlier_state(self.state_dir)
         store_path = self.state_dir / "control.sqlite3"
@@ -235,10 +290,12 @@ class LocalEngineHost:
         )
         engine = self.engine
         if self.metrics is not None and self.config.metrics_port is not None:
-            self.health = HealthServer(self.metrics, self.config.host, self.config.metrics_port,
-                                       readiness={"policy_snapshot": lambda: engine.ready})
+            with _listening(host, self.config.metrics_port, "--metrics-port", "the metrics endpoint"):
+                self.health = HealthServer(self.metrics, self.config.host, self.config.metrics_port,
+                                           readiness={"policy_snapshot": lambda: engine.ready})
             self.health.start()
-        await self.engine.start()
+        with _listening(host, self.config.port, "--port", "the Postgres port"):
+            await self.engine.start()
         environments = tuple((env.name, env.env_id) for env in ensure_environments(store, owner.org.org_id))
         for org in store.list_orgs():
             ensure_environments(store, org.org_id)
@@ -250,7 +307,8 @@ class LocalEngineHost:
                              api_port=self.control_api.port if self.control_api else None,
                              org_id=owner.org.org_id, environments=environments,
                              metrics_port=self.health.port if self.health else None,
-                             key_file_missing=not key_file.exists())
+                             key_file_missing=not key_file.exists(), owner_email=owner.user.email,
+                             owner_has_password=owner.user.password_hash is not None)
         return self.banner
 
     def _table_source(self) -> TableSource:
@@ -270,7 +328,8 @@ class LocalEngineHost:
         # neither, and they would only clutter the terminal and slow the start.
         os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
         os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
-        server = ControlApiServer(self.config.host, port)
+        with _listening(self.config.host, port, "--api-port", "the control API"):
+            server = ControlApiServer(self.config.host, port)
         install_services(control)
         server.start()
         self.control_api = server
