@@ -11,18 +11,17 @@ import argparse
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import boto3
 
 from engine_host.boot.binding import EnvironmentMismatch
 from engine_host.boot.config import EngineConfig, EngineConfigInvalid, load_config_file, load_config_from_ssm
-from engine_host.boot.imds import DEFAULT_IMDS_URL, ImdsClient, InstanceIdentity
+from engine_host.boot.imds import ImdsClient, InstanceIdentity
+from engine_host.boot.options import CONFIG_PARAMETER_ENV
 from engine_host.boot.runner import CommandRunner, SubprocessRunner
 from engine_host.boot.sequence import boot
 from hd_core.errors import HdError, KeyUnavailable
 
-CONFIG_PARAMETER_ENV = "HD_ENGINE_CONFIG_PARAMETER"
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_REFUSED = 2
@@ -30,18 +29,6 @@ EXIT_KEY_UNAVAILABLE = 3
 EXIT_FAILED = 4
 
 log = logging.getLogger("engine_host.boot")
-
-
-def add_boot_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `hd engine boot`."""
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--config-file", type=Path, default=None,
-                        help="the provisioned engine configuration as a JSON file")
-    source.add_argument("--config-parameter", default=None, metavar="NAME",
-                        help=f"SSM parameter holding the configuration JSON (default ${CONFIG_PARAMETER_ENV})")
-    parser.add_argument("--imds-url", default=DEFAULT_IMDS_URL, help="instance metadata service (IMDSv2 only)")
-    parser.add_argument("--region", default=None,
-                        help="region of the SSM parameter (default: this instance's region)")
 
 
 def run_boot(args: argparse.Namespace, *, runner: CommandRunner | None = None) -> int:

@@ -17,7 +17,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from engine_host.runtime.local import default_state_dir
+from engine_host.runtime.state_dir import default_state_dir
 from hd_core.errors import HdError, InvalidRequest
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"

@@ -1,4 +1,8 @@
-"""The `hd` command line."""
+"""The `hd` command line: the parser of every command group, and dispatch to the one asked for.
+
+Nothing here imports engine code (DuckDB, pyarrow, sqlglot, Powertools): `hd --help` and the API
+commands stay fast, and a command that needs the engine imports it when it runs.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,20 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from engine_host.boot.cli import add_boot_arguments, run_boot
 from engine_host.cli.api import API_COMMANDS, add_api_commands, run_api_command
-from engine_host.cli.owner_bootstrap import add_bootstrap_arguments, run_bootstrap
+from engine_host.cli.engine import add_engine_commands, run_engine_command
 from engine_host.cli.owner_key import add_reissue_owner_key_command, run_reissue_owner_key
 from engine_host.cli.owner_password import add_set_owner_password_command, run_set_owner_password
 from engine_host.cli.policy_file import add_policy_commands, run_policy_command
-from engine_host.engine.duckdb_engine import DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_VALUE_BYTES, EngineMemory
-from engine_host.pipeline.governor import HostLimits
-from engine_host.runtime.local import LocalConfig, default_state_dir, run_local
-from engine_host.wire.admission import ConnectionLimits
+from engine_host.engine.memory import DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_VALUE_BYTES
+from engine_host.runtime.state_dir import default_state_dir
+from engine_host.wire.limits import ConnectionLimits
 from hd_core.errors import HdError
+
+if TYPE_CHECKING:
+    from engine_host.runtime.local import LocalConfig
 
 STATE_DIR_HELP = "where control state, keys, TLS files and data live (default $HD_STATE_DIR or ~/.hd)"
 
@@ -127,19 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_reissue_owner_key_command(commands, STATE_DIR_HELP)
     add_set_owner_password_command(commands, STATE_DIR_HELP)
     add_api_commands(commands)
-    engine = commands.add_parser("engine", help="run as an engine fleet member on EC2 (boot, then serve)")
-    engine_commands = engine.add_subparsers(dest="engine_command", required=True)
-    add_boot_arguments(engine_commands.add_parser(
-        "boot", help="check this instance against its provisioned environment and unlock the encrypted NVMe cache"))
-    add_boot_arguments(engine_commands.add_parser(
-        "serve", help="serve governed SQL on 5439 and metrics on 9090 (after `hd engine boot`)"))
-    add_bootstrap_arguments(engine_commands.add_parser(
-        "bootstrap-owner", help="create a fresh deployment's first organisation, Owner and API key (once)"))
+    add_engine_commands(commands)
     return parser
 
 
 def _run_dev(config: LocalConfig, announce: Callable[[str], None]) -> int:
     """Run `hd dev`; a failure is one line on stderr (what failed and what to do) and an exit code, no traceback."""
+    from engine_host.runtime.local import run_local
+
     try:
         asyncio.run(run_local(config, announce))
     except HdError as exc:
@@ -158,6 +159,36 @@ def _run_dev(config: LocalConfig, announce: Callable[[str], None]) -> int:
     return 0
 
 
+def _dev_config(args: argparse.Namespace) -> LocalConfig:
+    """`hd dev`'s options as the local host's configuration (the engine's modules load here, not at `hd --help`)."""
+    from engine_host.engine.memory import EngineMemory
+    from engine_host.pipeline.governor import HostLimits
+    from engine_host.runtime.local import LocalConfig
+
+    return LocalConfig(
+        state_dir=args.state_dir or default_state_dir(),
+        port=args.port,
+        demo=args.demo,
+        insecure_plaintext=args.insecure_plaintext,
+        shutdown_grace_seconds=args.shutdown_grace,
+        limits=HostLimits(max_concurrent_statements=args.max_concurrent_statements,
+                          max_queued_statements=args.max_queued_statements,
+                          queue_wait_seconds=args.queue_wait,
+                          statement_timeout_seconds=args.statement_timeout),
+        connections=ConnectionLimits(
+            max_connections=args.max_connections, max_connections_per_org=args.max_connections_per_org,
+            idle_session_timeout_seconds=args.idle_session_timeout, auth_threads=args.auth_threads,
+            auth_queue=args.auth_queue, max_startups_per_address=args.max_startups_per_address,
+            auth_failures_per_address=args.auth_failures_per_address),
+        api_port=None if args.no_api else args.api_port,
+        data_source=args.data_source,
+        cache_capacity_bytes=args.cache_capacity,
+        memory=EngineMemory(memory_limit_bytes=args.memory_limit, temp_directory=args.temp_directory,
+                            max_result_bytes=args.max_result_size, max_value_bytes=args.max_value_size),
+        metrics_port=args.metrics_port,
+    )
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -167,28 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     if args.command == "dev":
-        config = LocalConfig(
-            state_dir=args.state_dir or default_state_dir(),
-            port=args.port,
-            demo=args.demo,
-            insecure_plaintext=args.insecure_plaintext,
-            shutdown_grace_seconds=args.shutdown_grace,
-            limits=HostLimits(max_concurrent_statements=args.max_concurrent_statements,
-                              max_queued_statements=args.max_queued_statements,
-                              queue_wait_seconds=args.queue_wait,
-                              statement_timeout_seconds=args.statement_timeout),
-            connections=ConnectionLimits(
-                max_connections=args.max_connections, max_connections_per_org=args.max_connections_per_org,
-                idle_session_timeout_seconds=args.idle_session_timeout, auth_threads=args.auth_threads,
-                auth_queue=args.auth_queue, max_startups_per_address=args.max_startups_per_address,
-                auth_failures_per_address=args.auth_failures_per_address),
-            api_port=None if args.no_api else args.api_port,
-            data_source=args.data_source,
-            cache_capacity_bytes=args.cache_capacity,
-            memory=EngineMemory(memory_limit_bytes=args.memory_limit, temp_directory=args.temp_directory,
-                                max_result_bytes=args.max_result_size, max_value_bytes=args.max_value_size),
-            metrics_port=args.metrics_port,
-        )
+        config = _dev_config(args)
 
         def announce(text: str) -> None:
             print(text, flush=True)
@@ -203,11 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in API_COMMANDS:
         return run_api_command(args)
     if args.command == "engine":
-        from engine_host.runtime.fleet import run_serve  # boto3 and the AWS adapters load only on a fleet host
-
-        if args.engine_command == "bootstrap-owner":
-            return run_bootstrap(args)
-        return run_boot(args) if args.engine_command == "boot" else run_serve(args)
+        return run_engine_command(args)
     return 2
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hd_core.adapters.dynamodb_store import DynamoDbControlStore
 from hd_core.api_keys import ApiKeyHasher
 from hd_core.bootstrap import bootstrap_local_owner, ensure_environments
 from hd_core.errors import HdError
@@ -28,6 +27,8 @@ def add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
 def run_bootstrap(args: argparse.Namespace) -> int:
     """Create the Owner once and print the key; 0 on success, 1 if one already exists, 2 on an AWS error."""
     import boto3
+
+    from hd_core.adapters.dynamodb_store import DynamoDbControlStore
 
     store = DynamoDbControlStore(args.table, client=boto3.client("dynamodb", region_name=args.region))
     try:

@@ -32,8 +32,8 @@ from engine_host.boot.config import EngineConfig
 from engine_host.boot.imds import ImdsClient, InstanceIdentity
 from engine_host.cache.cached_tables import CachedTables
 from engine_host.cache.object_cache import ObjectCache
-from engine_host.engine.duckdb_engine import EngineMemory
 from engine_host.engine.masking import ensure_mask_keys
+from engine_host.engine.memory import EngineMemory
 from engine_host.ops.health_server import HealthServer, heartbeat_check
 from engine_host.ops.metrics import HostMetrics
 from engine_host.runtime.heartbeat_loop import ControlPlaneHeartbeat, HeartbeatChannel, HeartbeatLoop, host_report

@@ -27,8 +27,9 @@ import duckdb
 from engine_host.cache.cached_tables import CachedTables
 from engine_host.cache.object_cache import ObjectCache
 from engine_host.engine.catalog import CatalogResponder
-from engine_host.engine.duckdb_engine import DATA_CATALOG, Database, EngineMemory
+from engine_host.engine.duckdb_engine import DATA_CATALOG, Database
 from engine_host.engine.masking import install_mask_macros
+from engine_host.engine.memory import EngineMemory
 from engine_host.engine.table_catalog import TableCatalog
 from engine_host.engine.tables import register_parquet_tables
 from engine_host.ops.metrics import HostMetrics, gate_reading
@@ -36,7 +37,7 @@ from engine_host.ops.quota_utilisation import quota_reader
 from engine_host.pipeline.governor import AuditWriter, Governor, HostLimits
 from engine_host.pipeline.pipeline import StatementPipeline, TableData
 from engine_host.pipeline.policy_state import PolicyState
-from engine_host.wire.admission import ConnectionLimits
+from engine_host.wire.limits import ConnectionLimits
 from engine_host.wire.server import Admission, Authenticate, PgServer
 from hd_core.metering import UsageMeter
 from hd_core.ports import AuditSink, ControlStore

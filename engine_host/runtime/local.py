@@ -37,8 +37,8 @@ from engine_host.cache.object_cache import ObjectCache
 from engine_host.devmode.control_server import ControlApiServer
 from engine_host.devmode.demo import write_demo_dataset
 from engine_host.devmode.demo_policies import ACME, install_demo
-from engine_host.engine.duckdb_engine import EngineMemory
 from engine_host.engine.masking import ensure_mask_keys
+from engine_host.engine.memory import EngineMemory
 from engine_host.ops.health_server import HealthServer
 from engine_host.ops.metrics import HostMetrics
 from engine_host.pipeline.governor import HostLimits
@@ -58,8 +58,8 @@ from engine_host.runtime.local_state import (
     refuse_missing_store,
     start_afresh,
 )
-from engine_host.wire.admission import ConnectionLimits
 from engine_host.wire.credentials import EngineCredentials
+from engine_host.wire.limits import ConnectionLimits
 from engine_host.wire.server import PgServer
 from engine_host.wire.tls import ensure_self_signed_certificate, server_ssl_context
 from functions.audit.handler import write_due_checkpoints
@@ -115,10 +115,6 @@ def refuse_taken_ports(host: str, ports: list[tuple[int | None, str, str]]) -> N
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             with _listening(host, port, flag, what):
                 probe.bind((host, port))
-
-
-def default_state_dir() -> Path:
-    return Path(os.environ.get("HD_STATE_DIR") or Path.home() / ".hd")
 
 
 @dataclass(frozen=True)

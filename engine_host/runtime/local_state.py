@@ -12,9 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
-
-from engine_host.engine.tables import sql_string
 from hd_core.errors import HdError
 
 # What a start of `hd dev` writes besides the control store (STATE_DIR/<name>); folders count when not empty.
@@ -65,6 +62,10 @@ def check_engine_database(path: Path) -> None:
     """Raise `StateRefused` unless DuckDB can attach `path` (if present) read-only; the file is not modified."""
     if not path.exists():
         return
+    import duckdb  # here, not at import: `hd reissue-owner-key` and friends load this module without the engine
+
+    from engine_host.engine.tables import sql_string
+
     probe = duckdb.connect(":memory:")
     try:
         # READ_ONLY replays a leftover WAL in memory only, so a crash-consistent file passes untouched.

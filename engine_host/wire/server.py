@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from engine_host.pipeline.pipeline import StatementPipeline
-from engine_host.wire.admission import ConnectionAdmission, ConnectionLimits, ConnectionRefused, RateLimitedLog
+from engine_host.wire.admission import ConnectionAdmission, ConnectionRefused, RateLimitedLog
 from engine_host.wire.connection import PgConnection
+from engine_host.wire.limits import ConnectionLimits
 from engine_host.wire.verifier import Authenticate, CredentialVerifier
 
 __all__ = ["Admission", "Authenticate", "PgServer"]

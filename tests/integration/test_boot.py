@@ -24,9 +24,10 @@ from moto import mock_aws
 
 from engine_host.boot.binding import EnvironmentMismatch
 from engine_host.boot.cache_volume import CacheKeyUnavailable, CacheState
-from engine_host.boot.cli import add_boot_arguments, run_boot
+from engine_host.boot.cli import run_boot
 from engine_host.boot.config import EngineConfig
 from engine_host.boot.imds import ImdsClient, ImdsUnavailable
+from engine_host.boot.options import add_boot_arguments
 from engine_host.boot.sequence import boot
 from engine_host.runtime.fleet import run_serve
 from tests.unit.boot.fakes import (

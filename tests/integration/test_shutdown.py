@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from engine_host.runtime.local import LocalConfig, LocalEngineHost
-from engine_host.wire.admission import ConnectionLimits
+from engine_host.wire.limits import ConnectionLimits
 from tests.e2e.rawpg import RawClient, cstr, message, startup_packet
 from tests.harness import BackgroundLoop, SwitchableAuditSink
 

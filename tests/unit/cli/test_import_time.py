@@ -1,0 +1,43 @@
+"""`hd --help` and the API commands start fast: the command line imports no engine code until a command runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+ENGINE_MODULES = ("duckdb", "pyarrow", "sqlglot", "aws_lambda_powertools")
+BUDGET_MICROSECONDS = 300_000
+
+
+def _import_times(*argv: str) -> dict[str, int]:
+    """Run `python -X importtime -m engine_host.cli ARGV`; each top-level package imported, with its cumulative µs."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "engine_host.cli", *argv],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    times: dict[str, int] = {}
+    for line in result.stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = line.removeprefix("import time:").split("|")
+        if cumulative.strip().isdigit():
+            times[name.strip()] = max(times.get(name.strip(), 0), int(cumulative))
+    return times
+
+
+@pytest.mark.parametrize("argv", [("--help",), ("keys", "list", "--help")])
+def test_the_command_line_imports_no_engine_code_for_help(argv: tuple[str, ...]) -> None:
+    imported = _import_times(*argv)
+
+    assert "engine_host.cli" in imported
+    assert not [name for name in imported if name.split(".")[0] in ENGINE_MODULES]
+
+
+def test_importing_the_command_line_takes_under_300_ms() -> None:
+    # Best of three, so a busy test machine does not fail it; one slow import is still caught.
+    best = min(_import_times("--help")["engine_host.cli"] for _ in range(3))
+
+    assert best < BUDGET_MICROSECONDS, f"importing engine_host.cli took {best / 1000:.0f} ms"
