@@ -1,6 +1,6 @@
 """`hd keys|users|policies|audit`: administer an installation through its control API.
 
-Unlike `hd policy`, which edits a local state directory offline, these commands speak HTTP to the
+Unlike `hd local-policy`, which edits a local state directory offline, these commands speak HTTP to the
 control API (locally the one `hd dev` serves on 127.0.0.1:8080), so every change passes the same
 authentication, authorisation and IAM audit trail as any other client's. Output is a readable
 table, or with `--json` the API's JSON as it came, for scripts.

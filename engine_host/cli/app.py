@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING
 
 from engine_host.cli.api import API_COMMANDS, add_api_commands, run_api_command
 from engine_host.cli.engine import add_engine_commands, run_engine_command
+from engine_host.cli.local_policy import COMMAND as LOCAL_POLICY
+from engine_host.cli.local_policy import DEPRECATED_ALIAS as LOCAL_POLICY_ALIAS
+from engine_host.cli.local_policy import add_policy_commands, run_policy_command
 from engine_host.cli.owner_key import add_reissue_owner_key_command, run_reissue_owner_key
 from engine_host.cli.owner_password import add_set_owner_password_command, run_set_owner_password
-from engine_host.cli.policy_file import add_policy_commands, run_policy_command
 from engine_host.engine.memory import DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_VALUE_BYTES
 from engine_host.runtime.state_dir import default_state_dir
 from engine_host.wire.limits import ConnectionLimits
@@ -208,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_reissue_owner_key(args.state_dir or default_state_dir())
     if args.command == "set-owner-password":
         return run_set_owner_password(args.state_dir or default_state_dir(), replace=args.replace)
-    if args.command == "policy":
+    if args.command in (LOCAL_POLICY, LOCAL_POLICY_ALIAS):
         return run_policy_command(args, args.state_dir or default_state_dir())
     if args.command in API_COMMANDS:
         return run_api_command(args)

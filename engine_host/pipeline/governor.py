@@ -416,7 +416,8 @@ class Governor:
                     log.error("row filter %s on %s cannot be applied: %s", rule.rule_id, table, exc)
                     raise QueryError("55000", exc.code,
                                      f"a row filter on {table} is invalid, so the table cannot be read",
-                                     hint="Ask an admin to fix or replace the row filter (hd policy list).") from None
+                                     hint="Ask an admin to fix or replace the row filter "
+                                          "(hd local-policy list).") from None
             conditions.append(exp.Paren(this=resolve_row_filter(parsed, values)))  # type: ignore[arg-type]
         row_filter = exp.and_(*conditions) if conditions else None
         return TablePolicy(table=table, columns=columns, masks=masks, row_filter=row_filter)

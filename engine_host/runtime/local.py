@@ -12,7 +12,7 @@ State directory layout (default `~/.hd`, or `HD_STATE_DIR`):
     demo-keys/<name>.key     with --demo: API keys of the demo people (see engine_host/devmode/demo_policies.py)
     policies.json            optional: policies loaded at every start (format: hd_core/policy_codec.py)
 
-Policies live in the control store; `hd policy add/list/remove` edits them, and a running host
+Policies live in the control store; `hd local-policy add/list/remove` edits them, and a running host
 picks up every change within about a second. The control API (the same Lambda handlers as in AWS)
 listens on 127.0.0.1:8080 and shares the control store with the engine host.
 """

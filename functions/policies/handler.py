@@ -1,6 +1,6 @@
 """Policies Lambda: CRUD for masking rules, row filters, ABAC policies, column tags, PHI grants and bindings.
 
-Documents are the `hd_core.policy_codec` JSON form (the same as `hd policy add --json`) and pass the
+Documents are the `hd_core.policy_codec` JSON form (the same as `hd local-policy add --json`) and pass the
 validator the engine uses; every change bumps the policy version the engine hosts watch.
 """
 

@@ -543,7 +543,7 @@ def test_asyncpg_prepared_statements_mask_and_filter(engine_host: EngineHostProc
 
 
 def hd_policy(host: EngineHostProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine_host.cli", "policy", "--state-dir", str(host.state_dir),
+    return subprocess.run([sys.executable, "-m", "engine_host.cli", "local-policy", "--state-dir", str(host.state_dir),
                            *args], capture_output=True, text=True, timeout=60, check=False)
 
 

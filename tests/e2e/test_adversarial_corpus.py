@@ -24,7 +24,7 @@ are ordinary SQL underneath (marked A0/A1/A2/ANSWER) must also answer, so the su
 engine that refuses everything. Nothing here is xfail: a failing case is an open hole of the engine.
 
 Hosts: the session's `engine_host` (Parquet kind) and one more for the session (tests/e2e/adversarial_support.py:
-`wpeople` and `wsink` of org_acme with policies added by `hd policy add --json`, and `globex_notes` created by
+`wpeople` and `wsink` of org_acme with policies added by `hd local-policy add --json`, and `globex_notes` created by
 an Admin of org_globex, so it belongs to org_globex). Connections are shared per person and protocol.
 """
 

@@ -1,7 +1,7 @@
 """Policy changes reach a running engine host within seconds; writes obey row filters; gates refuse clearly.
 
 A host of its own (policies change here), started with a small concurrency limit so the gate can
-be filled on purpose. Policies are changed with the `hd policy` command, as a user would.
+be filled on purpose. Policies are changed with the `hd local-policy` command, as a user would.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineHostProcess
 
 
 def hd_policy(host: EngineHostProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine_host.cli", "policy", "--state-dir", str(host.state_dir),
+    return subprocess.run([sys.executable, "-m", "engine_host.cli", "local-policy", "--state-dir", str(host.state_dir),
                            *args], capture_output=True, text=True, timeout=60, check=False)
 
 

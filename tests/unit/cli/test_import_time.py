@@ -28,7 +28,7 @@ def _import_times(*argv: str) -> dict[str, int]:
     return times
 
 
-@pytest.mark.parametrize("argv", [("--help",), ("keys", "list", "--help")])
+@pytest.mark.parametrize("argv", [("--help",), ("keys", "list", "--help"), ("local-policy", "--help")])
 def test_the_command_line_imports_no_engine_code_for_help(argv: tuple[str, ...]) -> None:
     imported = _import_times(*argv)
 

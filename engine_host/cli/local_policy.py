@@ -1,8 +1,11 @@
-"""`hd policy`: add, list and remove governance policies of a local install before the control API exists.
+"""`hd local-policy`: add, list and remove governance policies of a local install before the control API exists.
 
 Policies are written straight to the local control store (`<state>/control.sqlite3`), validated
 by the same validator the engine and the control API use; a running `hd dev` picks each change
 up within about a second. Documents are JSON in the format of `hd_core/policy_codec.py`.
+
+It was `hd policy`, one letter from `hd policies` (the control API's, online and audited); that name
+still works, says it is deprecated, and will be removed.
 """
 
 from __future__ import annotations
@@ -18,10 +21,15 @@ from hd_core.policies import PolicyKind
 from hd_core.policy_codec import from_document, load_policy_file, to_document
 from hd_core.policy_validation import validate_policy
 
+COMMAND = "local-policy"
+DEPRECATED_ALIAS = "policy"
+
 
 def add_policy_commands(commands: argparse._SubParsersAction, state_dir_help: str) -> None:
-    """Register `hd policy add|list|remove` on the top-level parser."""
-    policy = commands.add_parser("policy", help="add, list and remove governance policies (local mode)")
+    """Register `hd local-policy add|list|remove` on the top-level parser."""
+    policy = commands.add_parser(COMMAND, aliases=[DEPRECATED_ALIAS],
+                                 help="add, list and remove governance policies of the local install, offline "
+                                      f"(`{DEPRECATED_ALIAS}`: deprecated name)")
     policy.add_argument("--state-dir", type=Path, default=None, help=state_dir_help)
     actions = policy.add_subparsers(dest="policy_command", required=True)
     add = actions.add_parser("add", help="add or replace policies from a JSON document or policy file")
@@ -37,10 +45,13 @@ def add_policy_commands(commands: argparse._SubParsersAction, state_dir_help: st
 
 
 def run_policy_command(args: argparse.Namespace, state_dir: Path) -> int:
-    """Run one `hd policy` sub-command; returns the exit status (errors are one line on stderr)."""
+    """Run one `hd local-policy` sub-command; returns the exit status (errors are one line on stderr)."""
+    if args.command == DEPRECATED_ALIAS:
+        print(f"hd {DEPRECATED_ALIAS}: deprecated, use `hd {COMMAND}` (the same command; `hd policies` is the control "
+              "API's)", file=sys.stderr)
     path = state_dir.expanduser() / "control.sqlite3"
     if not path.exists():
-        print(f"hd policy: no local install at {state_dir} (run `hd dev` once first)", file=sys.stderr)
+        print(f"hd local-policy: no local install at {state_dir} (run `hd dev` once first)", file=sys.stderr)
         return 1
     with SqliteControlStore(path) as store:
         try:
@@ -59,10 +70,10 @@ def run_policy_command(args: argparse.Namespace, state_dir: Path) -> int:
                 version = store.delete_policy(PolicyKind(args.kind), args.policy_id)
                 print(json.dumps({"removed": args.policy_id, "policy_version": version}))
         except json.JSONDecodeError as exc:
-            print(f"hd policy: not valid JSON: {exc}", file=sys.stderr)
+            print(f"hd local-policy: not valid JSON: {exc}", file=sys.stderr)
             return 2
         except (HdError, OSError) as exc:
             code = getattr(exc, "code", "HD_ERR_IO")
-            print(f"hd policy: {code}: {exc}", file=sys.stderr)
+            print(f"hd local-policy: {code}: {exc}", file=sys.stderr)
             return 2
     return 0
