@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def _login(api_url: str, password: str) -> int:
                                      data=json.dumps({"email": "owner@localhost", "password": password}).encode(),
                                      headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (our own loopback server)
+        with urllib.request.urlopen(request, timeout=30) as response:
             return int(response.status)
     except urllib.error.HTTPError as refused:
         return refused.code
@@ -77,3 +78,43 @@ def test_the_banner_says_the_owner_has_no_password_and_how_to_set_one(tmp_path: 
         assert "no password" not in "".join(again.output)
     finally:
         again.stop()
+
+
+# Import names of what only the extras install ([aws], [cdk], [dev]); the base install has none of them.
+EXTRAS_ONLY = ("aws_xray_sdk", "aws_cdk", "constructs", "cdk_nag", "cfnlint", "moto", "pytest", "hypothesis",
+               "schemathesis", "psycopg", "asyncpg", "pg8000", "sqlalchemy", "mypy", "pytz")
+# As if not installed: importing fails and importlib.util.find_spec answers None.
+_WITHOUT_EXTRAS = """
+import importlib.abc, importlib.util, sys
+blocked = {blocked!r}
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in blocked:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (not in the base install)")
+sys.meta_path.insert(0, Missing())
+find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: (
+    None if name.split(".")[0] in blocked else find_spec(name, package))
+from engine_host.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_hd_dev_demo_starts_on_the_base_install_without_any_extra(tmp_path: Path) -> None:
+    """`pip install .` (no extras) runs `hd dev --demo`: nothing on its path imports what only an extra installs."""
+    code = _WITHOUT_EXTRAS.format(blocked=set(EXTRAS_ONLY))
+    process = subprocess.Popen([sys.executable, "-c", code, "dev", "--demo", "--state-dir", str(tmp_path / "state"),
+                                "--port", "0", "--api-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env={k: v for k, v in os.environ.items() if k != "POWERTOOLS_TRACE_DISABLED"})
+    output = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith("HD_READY"):
+                break
+    finally:
+        process.terminate()
+        process.wait(60)
+    assert any(line.startswith("HD_READY") for line in output), "".join(output)
+    assert "Traceback" not in "".join(output)
