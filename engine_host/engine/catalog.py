@@ -54,7 +54,8 @@ Known limits
   "visible" objects is the constructor's `search_path` (default `main`).
 - Types: DuckDB types map to the nearest PostgreSQL type (VARCHAR -> character varying, HUGEINT
   and UBIGINT -> numeric, unsigned integers -> the next wider integer, TIMESTAMP_NS -> timestamp,
-  STRUCT/MAP/UNION/ENUM -> text). VARCHAR length limits are not kept by DuckDB, so none is shown.
+  STRUCT/MAP/UNION -> json, ENUM -> text, as the wire sends them; one type table,
+  engine_host/pgcompat/types/table.py). VARCHAR length limits are not kept by DuckDB, so none is shown.
 - Index access methods are reported as btree (DuckDB's ART has btree semantics); primary key and
   unique constraints are backed by synthetic index rows. Index columns have no pg_attribute rows.
 - Always empty: triggers, rules, policies, inheritance, publications, extensions, statistics
@@ -90,6 +91,15 @@ from sqlglot.tokens import TokenType
 
 from engine_host.engine.duckdb_engine import DATA_CATALOG
 from engine_host.engine.tables import PARQUET_VIEW_MARKERS
+from engine_host.pgcompat.types.table import (
+    BUILTIN_TYPES,
+    DUCKDB_SCALARS,
+    JSON,
+    NUMERIC,
+    TEXT,
+    TYPE_BY_NAME,
+    catalog_type_oid_for_duckdb,
+)
 
 SCHEMA = "hd_pg"
 PG_CATALOG_OID = 11
@@ -123,124 +133,6 @@ _OWNER_COLUMNS = ("hd_schema", "hd_table")
 _REF_COLUMNS = ("hd_ref_table",)
 
 
-# PostgreSQL 15 builtin types (scalar, pseudo, range, multirange) as initdb creates them in pg_catalog:
-# oid typname typlen typbyval typtype typcategory typispreferred typdelim typelem typarray typinput
-# typalign typstorage typcollation. Array types are derived from these rows (see _builtin_types).
-_PG_TYPES = """
-16 bool 1 t b B t , 0 1000 boolin c p 0
-17 bytea -1 f b U f , 0 1001 byteain i x 0
-18 char 1 t b Z f , 0 1002 charin c p 0
-19 name 64 f b S f , 18 1003 namein c p 950
-20 int8 8 t b N f , 0 1016 int8in d p 0
-21 int2 2 t b N f , 0 1005 int2in s p 0
-22 int2vector -1 f b A f , 21 1006 int2vectorin i p 0
-23 int4 4 t b N f , 0 1007 int4in i p 0
-24 regproc 4 t b N f , 0 1008 regprocin i p 0
-25 text -1 f b S t , 0 1009 textin i x 100
-26 oid 4 t b N t , 0 1028 oidin i p 0
-27 tid 6 f b U f , 0 1010 tidin s p 0
-28 xid 4 t b U f , 0 1011 xidin i p 0
-29 cid 4 t b U f , 0 1012 cidin i p 0
-30 oidvector -1 f b A f , 26 1013 oidvectorin i p 0
-32 pg_ddl_command 8 t p P f , 0 0 pg_ddl_command_in d p 0
-114 json -1 f b U f , 0 199 json_in i x 0
-142 xml -1 f b U f , 0 143 xml_in i x 0
-194 pg_node_tree -1 f b Z f , 0 0 pg_node_tree_in i x 100
-269 table_am_handler 4 t p P f , 0 0 table_am_handler_in i p 0
-325 index_am_handler 4 t p P f , 0 0 index_am_handler_in i p 0
-600 point 16 f b G f , 701 1017 point_in d p 0
-601 lseg 32 f b G f , 600 1018 lseg_in d p 0
-602 path -1 f b G f , 0 1019 path_in d x 0
-603 box 32 f b G f ; 600 1020 box_in d p 0
-604 polygon -1 f b G f , 0 1027 poly_in d x 0
-628 line 24 f b G f , 701 629 line_in d p 0
-650 cidr -1 f b I f , 0 651 cidr_in i m 0
-700 float4 4 t b N f , 0 1021 float4in i p 0
-701 float8 8 t b N t , 0 1022 float8in d p 0
-705 unknown -2 f p X f , 0 0 unknownin c p 0
-718 circle 24 f b G f , 0 719 circle_in d p 0
-774 macaddr8 8 f b U f , 0 775 macaddr8_in i p 0
-790 money 8 t b N f , 0 791 cash_in d p 0
-829 macaddr 6 f b U f , 0 1040 macaddr_in i p 0
-869 inet -1 f b I t , 0 1041 inet_in i m 0
-1033 aclitem 12 f b U f , 0 1034 aclitemin i p 0
-1042 bpchar -1 f b S f , 0 1014 bpcharin i x 100
-1043 varchar -1 f b S f , 0 1015 varcharin i x 100
-1082 date 4 t b D f , 0 1182 date_in i p 0
-1083 time 8 t b D f , 0 1183 time_in d p 0
-1114 timestamp 8 t b D f , 0 1115 timestamp_in d p 0
-1184 timestamptz 8 t b D t , 0 1185 timestamptz_in d p 0
-1186 interval 16 f b T t , 0 1187 interval_in d p 0
-1266 timetz 12 f b D f , 0 1270 timetz_in d p 0
-1560 bit -1 f b V f , 0 1561 bit_in i x 0
-1562 varbit -1 f b V t , 0 1563 varbit_in i x 0
-1700 numeric -1 f b N f , 0 1231 numeric_in i m 0
-1790 refcursor -1 f b U f , 0 2201 textin i x 0
-2202 regprocedure 4 t b N f , 0 2207 regprocedurein i p 0
-2203 regoper 4 t b N f , 0 2208 regoperin i p 0
-2204 regoperator 4 t b N f , 0 2209 regoperatorin i p 0
-2205 regclass 4 t b N f , 0 2210 regclassin i p 0
-2206 regtype 4 t b N f , 0 2211 regtypein i p 0
-2249 record -1 f p P f , 0 2287 record_in d x 0
-2275 cstring -2 f p P f , 0 1263 cstring_in c p 0
-2276 any 4 t p P f , 0 0 any_in i p 0
-2277 anyarray -1 f p P f , 0 0 anyarray_in d x 0
-2278 void 4 t p P f , 0 0 void_in i p 0
-2279 trigger 4 t p P f , 0 0 trigger_in i p 0
-2280 language_handler 4 t p P f , 0 0 language_handler_in i p 0
-2281 internal 8 t p P f , 0 0 internal_in d p 0
-2283 anyelement 4 t p P f , 0 0 anyelement_in i p 0
-2287 _record -1 f p P f , 2249 0 array_in d x 0
-2776 anynonarray 4 t p P f , 0 0 anynonarray_in i p 0
-2950 uuid 16 f b U f , 0 2951 uuid_in c p 0
-2970 txid_snapshot -1 f b U f , 0 2949 txid_snapshot_in d x 0
-3115 fdw_handler 4 t p P f , 0 0 fdw_handler_in i p 0
-3220 pg_lsn 8 t b U f , 0 3221 pg_lsn_in d p 0
-3310 tsm_handler 4 t p P f , 0 0 tsm_handler_in i p 0
-3361 pg_ndistinct -1 f b Z f , 0 0 pg_ndistinct_in i x 100
-3402 pg_dependencies -1 f b Z f , 0 0 pg_dependencies_in i x 100
-3500 anyenum 4 t p P f , 0 0 anyenum_in i p 0
-3614 tsvector -1 f b U f , 0 3643 tsvectorin i x 0
-3615 tsquery -1 f b U f , 0 3645 tsqueryin i p 0
-3642 gtsvector -1 f b U f , 0 3644 gtsvectorin i p 0
-3734 regconfig 4 t b N f , 0 3735 regconfigin i p 0
-3769 regdictionary 4 t b N f , 0 3770 regdictionaryin i p 0
-3802 jsonb -1 f b U f , 0 3807 jsonb_in i x 0
-3831 anyrange -1 f p P f , 0 0 anyrange_in d x 0
-3838 event_trigger 4 t p P f , 0 0 event_trigger_in i p 0
-3904 int4range -1 f r R f , 0 3905 range_in i x 0
-3906 numrange -1 f r R f , 0 3907 range_in i x 0
-3908 tsrange -1 f r R f , 0 3909 range_in d x 0
-3910 tstzrange -1 f r R f , 0 3911 range_in d x 0
-3912 daterange -1 f r R f , 0 3913 range_in i x 0
-3926 int8range -1 f r R f , 0 3927 range_in d x 0
-4072 jsonpath -1 f b U f , 0 4073 jsonpath_in i x 0
-4089 regnamespace 4 t b N f , 0 4090 regnamespacein i p 0
-4096 regrole 4 t b N f , 0 4097 regrolein i p 0
-4191 regcollation 4 t b N f , 0 4192 regcollationin i p 0
-4451 int4multirange -1 f m R f , 0 6150 multirange_in i x 0
-4532 nummultirange -1 f m R f , 0 6151 multirange_in i x 0
-4533 tsmultirange -1 f m R f , 0 6152 multirange_in d x 0
-4534 tstzmultirange -1 f m R f , 0 6153 multirange_in d x 0
-4535 datemultirange -1 f m R f , 0 6155 multirange_in i x 0
-4536 int8multirange -1 f m R f , 0 6157 multirange_in d x 0
-4537 anymultirange -1 f p P f , 0 0 anymultirange_in d x 0
-4538 anycompatiblemultirange -1 f p P f , 0 0 anycompatiblemultirange_in d x 0
-4600 pg_brin_bloom_summary -1 f b Z f , 0 0 brin_bloom_summary_in i x 100
-4601 pg_brin_minmax_multi_summary -1 f b Z f , 0 0 brin_minmax_multi_summary_in i x 100
-5017 pg_mcv_list -1 f b Z f , 0 0 pg_mcv_list_in i x 100
-5038 pg_snapshot -1 f b U f , 0 5039 pg_snapshot_in d x 0
-5069 xid8 8 t b U f , 0 271 xid8in d p 0
-5077 anycompatible 4 t p P f , 0 0 anycompatible_in i p 0
-5078 anycompatiblearray -1 f p P f , 0 0 anycompatiblearray_in d x 0
-5079 anycompatiblenonarray 4 t p P f , 0 0 anycompatiblenonarray_in i p 0
-5080 anycompatiblerange -1 f p P f , 0 0 anycompatiblerange_in d x 0
-"""
-
-# Every catalog relation this module answers for, with its PostgreSQL 15 OID, relkind and columns
-# (name and PostgreSQL type, in order). The views are generated from this list, so their shape
-# matches PostgreSQL by construction; relations without a populated definition in
-# `_CatalogBuilder` are empty (PostgreSQL features DuckDB does not have).
 _CATALOG_COLUMNS = """
 pg_aggregate 2600 r
     aggfnoid regproc, aggkind char, aggnumdirectargs int2, aggtransfn regproc, aggfinalfn regproc,
@@ -560,56 +452,6 @@ information_schema.views 13483 v
 
 
 @dataclass(frozen=True)
-class _BuiltinType:
-    """One row of PostgreSQL's pg_type for a builtin type."""
-
-    oid: int
-    name: str
-    typlen: int
-    byval: bool
-    typtype: str
-    category: str
-    preferred: bool
-    delim: str
-    elem: int
-    array: int
-    typinput: str
-    align: str
-    storage: str
-    collation: int
-    display: str  # what format_type() prints without a type modifier
-
-
-# format_type() prints SQL-standard names for these, and the catalog name for every other type.
-_SQL_TYPE_NAMES = {
-    "bool": "boolean", "int2": "smallint", "int4": "integer", "int8": "bigint", "float4": "real",
-    "float8": "double precision", "varchar": "character varying", "timestamp": "timestamp without time zone",
-    "timestamptz": "timestamp with time zone", "time": "time without time zone",
-    "timetz": "time with time zone", "varbit": "bit varying", "char": '"char"',
-}
-
-
-def _builtin_types() -> list[_BuiltinType]:
-    """PostgreSQL's builtin types: the rows of _PG_TYPES plus their array types."""
-    base = []
-    for line in _PG_TYPES.strip().splitlines():
-        oid, name, typlen, byval, typtype, cat, pref, delim, elem, array, typinput, align, storage, coll = (
-            line.split()
-        )
-        base.append(_BuiltinType(
-            int(oid), name, int(typlen), byval == "t", typtype, cat, pref == "t", delim, int(elem), int(array),
-            typinput, align, storage, int(coll), _SQL_TYPE_NAMES.get(name, name),
-        ))
-    known = {t.oid for t in base}
-    arrays = [
-        _BuiltinType(t.array, "_" + t.name, -1, False, "b", "A", False, t.delim, t.oid, 0, "array_in",
-                     "d" if t.align == "d" else "i", "x", t.collation, t.display + "[]")
-        for t in base if t.array and t.array not in known
-    ]
-    return base + arrays
-
-
-@dataclass(frozen=True)
 class _RelationSpec:
     """A catalog relation as PostgreSQL 15 defines it: OID, kind and ordered (column, type) pairs."""
 
@@ -655,8 +497,8 @@ def _relation_specs() -> dict[str, _RelationSpec]:
     return specs
 
 
-_TYPES = _builtin_types()
-_TYPE_BY_NAME = {t.name: t for t in _TYPES}
+_TYPES = BUILTIN_TYPES
+_TYPE_BY_NAME = TYPE_BY_NAME
 _SPECS = _relation_specs()
 _SPEC_BY_VIEW = {spec.view: spec for spec in _SPECS.values()}
 
@@ -802,10 +644,10 @@ class _CatalogBuilder:
             m + "duck_elem(dt) AS regexp_replace(dt, '(\\[[0-9]*\\])+$', '')",
             m + f"duck_dims(dt) AS length(substr(dt, length({SCHEMA}.duck_elem(dt)) + 1)) "
             f"- length(replace(substr(dt, length({SCHEMA}.duck_elem(dt)) + 1), '[', ''))",
-            # Nested types are sent as json by the wire layer (engine/pgtypes.py), so described as json.
-            m + f"duck_base_oid(e) AS CAST(CASE WHEN starts_with(e, 'DECIMAL') THEN 1700 "
+            # Nested types are sent as json by the wire layer (pgcompat/types/table.py), so described as json.
+            m + f"duck_base_oid(e) AS CAST(CASE WHEN starts_with(e, 'DECIMAL') THEN {NUMERIC.oid} "
             "WHEN starts_with(e, 'STRUCT') OR starts_with(e, 'MAP(') OR starts_with(e, 'UNION(') "
-            f"OR e = 'VARIANT' THEN 114 ELSE coalesce({base_oid}[e], 25) END AS UINTEGER)",
+            f"OR e = 'VARIANT' THEN {JSON.oid} ELSE coalesce({base_oid}[e], {TEXT.oid}) END AS UINTEGER)",
             m + f"duck_type_oid(dt) AS CAST(CASE WHEN {SCHEMA}.duck_elem(dt) <> dt THEN "
             f"coalesce({array_oid}[{SCHEMA}.duck_base_oid({SCHEMA}.duck_elem(dt))], 1009) "
             f"ELSE {SCHEMA}.duck_base_oid(dt) END AS UINTEGER)",
@@ -1326,16 +1168,11 @@ def _setting_type(value: str) -> str:
     return "integer" if value.lstrip("-").isdigit() else "string"
 
 
-# DuckDB type names (element type of a column, upper case) -> PostgreSQL type OID, as engine/pgtypes.py
-# sends values (except VARCHAR, described as character varying like PostgreSQL's own catalogs show a
-# declared string column); DECIMAL(p,s) is numeric, nested types json, anything else text.
-_DUCK_BASE_TYPES = (
-    ("BOOLEAN", 16), ("TINYINT", 21), ("SMALLINT", 21), ("UTINYINT", 21), ("INTEGER", 23), ("USMALLINT", 23),
-    ("BIGINT", 20), ("UINTEGER", 20), ("HUGEINT", 1700), ("UBIGINT", 1700), ("UHUGEINT", 1700),
-    ("BIGNUM", 1700), ("VARINT", 1700), ("FLOAT", 700), ("DOUBLE", 701), ("VARCHAR", 1043), ("BLOB", 17),
-    ("DATE", 1082), ("TIME", 1083), ("TIME_NS", 1083), ("TIME WITH TIME ZONE", 1266), ("TIMESTAMP", 1114),
-    ("TIMESTAMP_S", 1114), ("TIMESTAMP_MS", 1114), ("TIMESTAMP_NS", 1114), ("TIMESTAMP WITH TIME ZONE", 1184),
-    ("INTERVAL", 1186), ("UUID", 2950), ("JSON", 114), ("BIT", 1562),
+# DuckDB type names (element type of a column, upper case) -> PostgreSQL type OID, from the one type
+# table the wire sends by (pgcompat/types/table.py): declared VARCHAR is character varying, DECIMAL(p,s)
+# numeric, nested types json, anything else text.
+_DUCK_BASE_TYPES = tuple(
+    (duck, oid) for duck in DUCKDB_SCALARS if (oid := catalog_type_oid_for_duckdb(duck)) is not None
 )
 
 # pg_range: (range type, subtype, multirange type) for PostgreSQL's builtin range types.

@@ -42,13 +42,42 @@ import re
 import struct
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as _typed_pc
+
+from engine_host.pgcompat.types.table import (  # the one type table; encoding and decoding live here
+    BOOL,
+    BYTEA,
+    DATE,
+    ELEMENT_OF_ARRAY,
+    FLOAT4,
+    FLOAT8,
+    INT2,
+    INT4,
+    INT8,
+    INTERVAL,
+    JSON,
+    MAX_NUMERIC_PRECISION,
+    NUMERIC,
+    TEXT,
+    TIME,
+    TIMESTAMP,
+    TIMESTAMPTZ,
+    TIMETZ,
+    UUID,
+    VARBIT,
+    WIRE_TYPE_BY_OID,
+    PgType,
+    array_of,
+    duckdb_type_for_oid,
+    numeric_type,
+    pg_type_by_oid,
+    pg_type_for_duckdb,
+)
 
 # pyarrow-stubs' overloads reject valid calls that mix scalars, Python literals and arrays of
 # different (large/view) layouts, and miss attributes of nested/extension arrays; the compute
@@ -69,155 +98,6 @@ __all__ = [
 
 class ParameterFormatError(ValueError):
     """A Bind parameter is not a valid value of its declared type (SQLSTATE 22P02)."""
-
-
-@dataclass(frozen=True)
-class PgType:
-    """A PostgreSQL type as announced in RowDescription / ParameterDescription."""
-
-    oid: int
-    name: str
-    size: int
-    modifier: int = -1
-    element: PgType | None = None
-
-
-# --- the type catalogue ---------------------------------------------------------------------
-
-# (typname, oid, typlen, array oid, DuckDB type used to CAST a parameter of this type)
-_CATALOGUE: tuple[tuple[str, int, int, int, str | None], ...] = (
-    ("bool", 16, 1, 1000, "BOOLEAN"),
-    ("bytea", 17, -1, 1001, "BLOB"),
-    ("char", 18, 1, 1002, "VARCHAR"),
-    ("name", 19, 64, 1003, "VARCHAR"),
-    ("int8", 20, 8, 1016, "BIGINT"),
-    ("int2", 21, 2, 1005, "SMALLINT"),
-    ("int4", 23, 4, 1007, "INTEGER"),
-    ("text", 25, -1, 1009, "VARCHAR"),
-    ("oid", 26, 4, 1028, "UINTEGER"),
-    ("json", 114, -1, 199, "JSON"),
-    ("float4", 700, 4, 1021, "FLOAT"),
-    ("float8", 701, 8, 1022, "DOUBLE"),
-    ("bpchar", 1042, -1, 1014, "VARCHAR"),
-    ("varchar", 1043, -1, 1015, "VARCHAR"),
-    ("date", 1082, 4, 1182, "DATE"),
-    ("time", 1083, 8, 1183, "TIME"),
-    ("timestamp", 1114, 8, 1115, "TIMESTAMP"),
-    ("timestamptz", 1184, 8, 1185, "TIMESTAMP WITH TIME ZONE"),
-    ("interval", 1186, 16, 1187, "INTERVAL"),
-    ("timetz", 1266, 12, 1270, "TIME WITH TIME ZONE"),
-    ("bit", 1560, -1, 1561, "BIT"),
-    ("varbit", 1562, -1, 1563, "BIT"),
-    # An unconstrained numeric has no DuckDB equivalent (DECIMAL has a fixed scale); the Decimal
-    # value itself binds at its own precision, so no CAST is offered.
-    ("numeric", 1700, -1, 1231, None),
-    ("uuid", 2950, 16, 2951, "UUID"),
-    ("jsonb", 3802, -1, 3807, "JSON"),
-)
-
-_SCALAR: dict[str, PgType] = {name: PgType(oid, name, size) for name, oid, size, _, _ in _CATALOGUE}
-_ARRAY_OID: dict[int, int] = {oid: array_oid for _, oid, _, array_oid, _ in _CATALOGUE}
-_DUCKDB_CAST: dict[int, str | None] = {oid: duck for _, oid, _, _, duck in _CATALOGUE}
-_BY_OID: dict[int, PgType] = {t.oid: t for t in _SCALAR.values()}
-for _t in list(_SCALAR.values()):
-    _BY_OID[_ARRAY_OID[_t.oid]] = PgType(_ARRAY_OID[_t.oid], "_" + _t.name, -1, -1, _t)
-_ELEMENT_OF_ARRAY: dict[int, PgType] = {a.oid: a.element for a in _BY_OID.values() if a.element is not None}
-
-BOOL = _SCALAR["bool"]
-BYTEA = _SCALAR["bytea"]
-INT2 = _SCALAR["int2"]
-INT4 = _SCALAR["int4"]
-INT8 = _SCALAR["int8"]
-TEXT = _SCALAR["text"]
-JSON = _SCALAR["json"]
-FLOAT4 = _SCALAR["float4"]
-FLOAT8 = _SCALAR["float8"]
-DATE = _SCALAR["date"]
-TIME = _SCALAR["time"]
-TIMESTAMP = _SCALAR["timestamp"]
-TIMESTAMPTZ = _SCALAR["timestamptz"]
-INTERVAL = _SCALAR["interval"]
-TIMETZ = _SCALAR["timetz"]
-VARBIT = _SCALAR["varbit"]
-NUMERIC = _SCALAR["numeric"]
-UUID = _SCALAR["uuid"]
-
-_MAX_NUMERIC_PRECISION = 1000
-
-
-def numeric_type(precision: int, scale: int) -> PgType:
-    """numeric(precision, scale), with the atttypmod PostgreSQL reports for it."""
-    return PgType(NUMERIC.oid, "numeric", -1, ((precision << 16) | (scale & 0xFFFF)) + 4)
-
-
-def array_of(element: PgType) -> PgType:
-    """The array type over `element`; arrays of arrays are PostgreSQL multi-dimensional arrays."""
-    if element.element is not None:
-        return element
-    base = _BY_OID[_ARRAY_OID[element.oid]]
-    return PgType(base.oid, base.name, -1, element.modifier, element)
-
-
-def pg_type_by_oid(oid: int) -> PgType | None:
-    """The type for a declared parameter OID; None for 0, `unknown` and types this server does not know."""
-    return _BY_OID.get(oid)
-
-
-def duckdb_type_for_oid(oid: int) -> str | None:
-    """The DuckDB type to CAST a parameter declared as `oid` to, or None when no cast should be added."""
-    element = _ELEMENT_OF_ARRAY.get(oid)
-    if element is not None:
-        inner = _DUCKDB_CAST.get(element.oid)
-        return f"{inner}[]" if inner else None
-    return _DUCKDB_CAST.get(oid)
-
-
-# --- DuckDB and Arrow types -> PostgreSQL types ---------------------------------------------------
-
-_DUCKDB_SCALARS: dict[str, PgType] = {
-    "BOOLEAN": BOOL, "BOOL": BOOL, "LOGICAL": BOOL,
-    "TINYINT": INT2, "INT1": INT2, "SMALLINT": INT2, "INT2": INT2, "SHORT": INT2, "UTINYINT": INT2,
-    "INTEGER": INT4, "INT": INT4, "INT4": INT4, "SIGNED": INT4, "USMALLINT": INT4,
-    "BIGINT": INT8, "INT8": INT8, "LONG": INT8, "UINTEGER": INT8,
-    "UBIGINT": NUMERIC, "HUGEINT": NUMERIC, "INT128": NUMERIC, "UHUGEINT": NUMERIC, "UINT128": NUMERIC,
-    "VARINT": NUMERIC, "BIGNUM": NUMERIC,
-    "FLOAT": FLOAT4, "FLOAT4": FLOAT4, "REAL": FLOAT4,
-    "DOUBLE": FLOAT8, "FLOAT8": FLOAT8,
-    "VARCHAR": TEXT, "TEXT": TEXT, "STRING": TEXT, "CHAR": TEXT, "BPCHAR": TEXT, "ENUM": TEXT,
-    "BLOB": BYTEA, "BYTEA": BYTEA, "BINARY": BYTEA, "VARBINARY": BYTEA,
-    "DATE": DATE,
-    "TIME": TIME, "TIME_NS": TIME,
-    "TIMESTAMP": TIMESTAMP, "DATETIME": TIMESTAMP, "TIMESTAMP_US": TIMESTAMP, "TIMESTAMP_S": TIMESTAMP,
-    "TIMESTAMP_MS": TIMESTAMP, "TIMESTAMP_NS": TIMESTAMP,
-    "TIMESTAMP WITH TIME ZONE": TIMESTAMPTZ, "TIMESTAMPTZ": TIMESTAMPTZ,
-    "TIME WITH TIME ZONE": TIMETZ, "TIMETZ": TIMETZ,
-    "INTERVAL": INTERVAL,
-    "UUID": UUID,
-    "JSON": JSON, "STRUCT": JSON, "ROW": JSON, "MAP": JSON, "UNION": JSON, "VARIANT": JSON,
-    "BIT": VARBIT, "BITSTRING": VARBIT,
-}
-_ARRAY_SUFFIX = re.compile(r"\[\d*\]$")
-_DECIMAL_ARGS = re.compile(r"^\s*(\d+)\s*(?:,\s*(\d+)\s*)?$")
-
-
-def pg_type_for_duckdb(duckdb_type: object) -> PgType:
-    """The PostgreSQL type a DuckDB type (a DuckDBPyType or its string) is sent as."""
-    name = str(duckdb_type).strip()
-    if len(name) >= 2 and name[0] == '"' and name[-1] == '"':  # DuckDB quotes the type named "NULL"
-        name = name[1:-1]
-    suffix = _ARRAY_SUFFIX.search(name)
-    if suffix:
-        return array_of(pg_type_for_duckdb(name[: suffix.start()]))
-    base, _, args = name.partition("(")
-    base = base.strip().upper()
-    if base in ("DECIMAL", "NUMERIC"):
-        match = _DECIMAL_ARGS.match(args.rstrip(")")) if args else None
-        if not args:
-            return numeric_type(18, 3)  # DuckDB's default DECIMAL
-        if match:
-            return numeric_type(int(match.group(1)), int(match.group(2) or 0))
-        return NUMERIC
-    return _DUCKDB_SCALARS.get(base, TEXT)
 
 
 _OPAQUE_TYPES: dict[str, PgType] = {
@@ -257,7 +137,7 @@ def pg_type_for_arrow(arrow_type: pa.DataType) -> PgType:
     if pa.types.is_float64(t):
         return FLOAT8
     if pa.types.is_decimal(t):
-        precision = min(t.precision, _MAX_NUMERIC_PRECISION)
+        precision = min(t.precision, MAX_NUMERIC_PRECISION)
         return numeric_type(precision, t.scale) if 0 <= t.scale <= precision else NUMERIC
     if _is_string(t):
         return TEXT
@@ -826,7 +706,7 @@ def numeric_send(value: Decimal, dscale: int | None = None) -> bytes:
     sign, _, exponent = value.as_tuple()
     assert isinstance(exponent, int)
     scale = max(0, -exponent) if dscale is None else dscale
-    magnitude = int(value.copy_abs().scaleb(scale, Context(prec=_MAX_NUMERIC_PRECISION * 2)))
+    magnitude = int(value.copy_abs().scaleb(scale, Context(prec=MAX_NUMERIC_PRECISION * 2)))
     return _numeric_send_scaled(magnitude, sign == 1, scale)
 
 
@@ -1921,10 +1801,10 @@ def decode_parameter(data: bytes | None, oid: int, binary: bool) -> object:
     """A Bind parameter as a Python value DuckDB binds; ParameterFormatError for malformed input."""
     if data is None:
         return None
-    element = _ELEMENT_OF_ARRAY.get(oid)
+    element = ELEMENT_OF_ARRAY.get(oid)
     if element is not None:
         return _decode_array_binary(data, element) if binary else _decode_array_text(_utf8(data, "array"), element)
-    pgtype = _BY_OID.get(oid)
+    pgtype = WIRE_TYPE_BY_OID.get(oid)
     if pgtype is None:
         if binary:
             return bytes(data)
@@ -2531,9 +2411,9 @@ def _binary_numeric(data: bytes) -> object:
     for d in digits:
         magnitude = magnitude * 10_000 + d
     exponent = 4 * (weight - ndigits + 1)
-    value = Decimal(magnitude).scaleb(exponent, Context(prec=_MAX_NUMERIC_PRECISION * 2))
+    value = Decimal(magnitude).scaleb(exponent, Context(prec=MAX_NUMERIC_PRECISION * 2))
     quantum = Decimal(1).scaleb(-dscale)
-    value = value.quantize(quantum, context=Context(prec=_MAX_NUMERIC_PRECISION * 2))
+    value = value.quantize(quantum, context=Context(prec=MAX_NUMERIC_PRECISION * 2))
     return value.copy_negate() if sign == 0x4000 else value
 
 

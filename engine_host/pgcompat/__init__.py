@@ -1,0 +1,1 @@
+"""PostgreSQL compatibility: the type table, value encoding and decoding, and the pg_catalog answers."""
