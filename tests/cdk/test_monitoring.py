@@ -28,7 +28,7 @@ from hd_cdk.monitoring import (
 )
 from tests.cdk.test_engine_fleet import FleetSynth, fleet_synth, ref
 
-ENGINE_METRICS_SOURCE = Path(__file__).resolve().parents[2] / "engine_host" / "metrics.py"
+ENGINE_METRICS_SOURCE = Path(__file__).resolve().parents[2] / "engine_host" / "ops" / "metrics.py"
 
 
 @pytest.fixture(scope="module")
