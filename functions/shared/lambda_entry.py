@@ -101,6 +101,8 @@ class OutsideLambdaContext:
 class UnhandledFailure(RuntimeError):
     """What X-Ray sees of an exception that left a handler: its type, never its message."""
 
+    original: Exception  # raised again once the subsegment is closed
+
 
 def traced(handler: Callable[[Any, Any], Any], service: str, *, log_failures: bool = True) -> Callable[[Any, Any], Any]:
     """`handler` in an X-Ray subsegment that records neither its response nor an exception's message.
@@ -121,9 +123,21 @@ def traced(handler: Callable[[Any, Any], Any], service: str, *, log_failures: bo
         except Exception as error:
             if log_failures:
                 logger.exception("unhandled error")
-            raise UnhandledFailure(f"unhandled {type(error).__name__}; the function's log has the details") from None
+            failure = UnhandledFailure(f"unhandled {type(error).__name__}; the function's log has the details")
+            failure.original = error
+            raise failure from None
 
-    return Tracer(service=service).capture_lambda_handler(handle, capture_response=False, capture_error=False)
+    subsegment = Tracer(service=service).capture_lambda_handler(handle, capture_response=False, capture_error=False)
+
+    @functools.wraps(handler)
+    def entry(event: Any, context: Any) -> Any:
+        try:
+            return subsegment(event, context)
+        except UnhandledFailure as failure:
+            # Past the subsegment: the runtime (its retries, its log) gets the error that was raised.
+            raise failure.original from None
+
+    return entry
 
 
 def tracing_enabled() -> bool:

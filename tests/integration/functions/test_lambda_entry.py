@@ -73,9 +73,9 @@ def test_traces_never_hold_a_response_body_or_an_exception_message() -> None:
                 "LAMBDA_TASK_ROOT": "/var/task", "AWS_LAMBDA_FUNCTION_NAME": "hd-probe",
                 "_X_AMZN_TRACE_ID": "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"})
     out = subprocess.run([sys.executable, "-c", _SEGMENT_PROBE], check=True, capture_output=True, text=True, env=env)
-    # Both invocations were traced (two subsegments), the failure reached the runtime, and no
-    # segment holds the secret the response carried or the exception quoted.
-    assert out.stderr.strip().splitlines()[-1] == "200 UnhandledFailure 2 False"
+    # Both invocations were traced (two subsegments), the failure reached the runtime as itself,
+    # and no segment holds the secret the response carried or the exception quoted.
+    assert out.stderr.strip().splitlines()[-1] == "200 RuntimeError 2 False"
 
 
 # --- structured logs: every line of an invocation carries its request and correlation ids ----------
