@@ -10,12 +10,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hd_core.errors import HdError
+
+if TYPE_CHECKING:
+    from engine_host.runtime.local import LocalEngineHost
 
 READY_TIMEOUT_SECONDS = 90
 
@@ -170,3 +174,22 @@ class SwitchableAuditSink:
         if self.failing:
             raise AuditStorageDown("audit storage unavailable")
         self.records.append(record)
+
+
+@contextmanager
+def in_process_host(state_dir: Path) -> Iterator[tuple[LocalEngineHost, SwitchableAuditSink, str]]:
+    """A local engine host in this process (plaintext, any free port) auditing to a switchable sink.
+
+    Yields the host, its audit sink and the Owner's key; stops the host and its loop at the end.
+    """
+    from engine_host.runtime.local import LocalConfig, LocalEngineHost
+
+    loop = BackgroundLoop()
+    sink = SwitchableAuditSink()
+    engine = LocalEngineHost(LocalConfig(state_dir=state_dir, port=0, insecure_plaintext=True), audit_sink=sink)
+    loop.run(engine.start())
+    try:
+        yield engine, sink, (state_dir / "owner.key").read_text().strip()
+    finally:
+        loop.run(engine.stop())
+        loop.close()

@@ -9,14 +9,13 @@ the in-process host.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from engine_host.runtime.local import LocalConfig, LocalEngineHost
+from engine_host.runtime.local import LocalEngineHost
 from tests.e2e.rawpg import RawClient, cstr, message, startup_packet
-from tests.harness import BackgroundLoop, SwitchableAuditSink
+from tests.harness import SwitchableAuditSink, in_process_host
 
 
 class _Host:
@@ -43,16 +42,8 @@ class _Host:
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Host]:
-    loop = BackgroundLoop()
-    state: Path = tmp_path_factory.mktemp("hd-statement-audit")
-    sink = SwitchableAuditSink()
-    engine = LocalEngineHost(LocalConfig(state_dir=state, port=0, insecure_plaintext=True), audit_sink=sink)
-    loop.run(engine.start())
-    try:
-        yield _Host(engine, sink, (state / "owner.key").read_text().strip())
-    finally:
-        loop.run(engine.stop())
-        loop.close()
+    with in_process_host(tmp_path_factory.mktemp("hd-statement-audit")) as (engine, sink, key):
+        yield _Host(engine, sink, key)
 
 
 def _code(record: dict) -> str | None:

@@ -15,14 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from engine_host.pipeline.governor import Governor
-from engine_host.runtime.local import LocalConfig, LocalEngineHost
+from engine_host.runtime.local import LocalEngineHost
 from tests.e2e.rawpg import RawClient, cstr, message
-from tests.harness import BackgroundLoop, SwitchableAuditSink
+from tests.harness import SwitchableAuditSink, in_process_host
 
 SLOW_QUERY = "SELECT count(*) FROM range(100000000000) t(i) WHERE i % 7 = 3"
 
@@ -46,16 +45,8 @@ class _Host:
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Host]:
-    loop = BackgroundLoop()
-    state: Path = tmp_path_factory.mktemp("hd-timeouts")
-    sink = SwitchableAuditSink()
-    engine = LocalEngineHost(LocalConfig(state_dir=state, port=0, insecure_plaintext=True), audit_sink=sink)
-    loop.run(engine.start())
-    try:
-        yield _Host(engine, sink, (state / "owner.key").read_text().strip())
-    finally:
-        loop.run(engine.stop())
-        loop.close()
+    with in_process_host(tmp_path_factory.mktemp("hd-timeouts")) as (engine, sink, key):
+        yield _Host(engine, sink, key)
 
 
 def _times_out(host: _Host) -> None:
