@@ -27,8 +27,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from moto.server import ThreadedMotoServer
 
-from engine_host.cache.cached_tables import CachedTables
-from engine_host.cache.object_cache import ObjectCache
+from engine_host.data.cached_tables import CachedTables
+from engine_host.data.object_cache import ObjectCache
 from engine_host.engine.duckdb_engine import Database
 from hd_core.adapters.s3_objects import S3ObjectSource
 

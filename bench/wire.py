@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 import psycopg
 
-from engine_host.engine.tables import register_parquet_tables
+from engine_host.data.parquet_tables import register_parquet_tables
 from tests.harness import start_engine_host
 
 BIG_QUERY = "SELECT range AS i, range*2 AS j, 'x'||range::VARCHAR AS s FROM range({rows})"

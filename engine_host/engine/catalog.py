@@ -90,7 +90,7 @@ from sqlglot.optimizer.scope import traverse_scope
 from sqlglot.tokens import TokenType
 
 from engine_host.engine.duckdb_engine import DATA_CATALOG
-from engine_host.engine.tables import PARQUET_VIEW_MARKERS
+from engine_host.engine.views import PARQUET_VIEW_MARKERS
 from engine_host.pgcompat.types.table import (
     BUILTIN_TYPES,
     DUCKDB_SCALARS,

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as _typed_pc
 
 from engine_host.engine.memory import EngineMemory
-from engine_host.engine.tables import sql_string
+from engine_host.engine.views import sql_string
 
 log = logging.getLogger(__name__)
 # pyarrow-stubs' overloads of binary_length do not cover every string layout; used untyped.

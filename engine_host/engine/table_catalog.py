@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import duckdb
 
 from engine_host.engine.duckdb_engine import DATA_CATALOG
-from engine_host.engine.tables import PARQUET_VIEW_MARKERS, quote_identifier
+from engine_host.engine.views import PARQUET_VIEW_MARKERS, quote_identifier
 
 # A table's row estimate by canonical name, or None when the catalog should count the rows itself.
 RowEstimates = Callable[[str], int | None]

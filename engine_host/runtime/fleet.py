@@ -30,14 +30,15 @@ from engine_host.boot.cache_volume import describe_cache_key, require_usable_key
 from engine_host.boot.cli import KnownIdentity, load_engine_config, run_engine_command
 from engine_host.boot.config import EngineConfig
 from engine_host.boot.imds import ImdsClient, InstanceIdentity
-from engine_host.cache.cached_tables import CachedTables
-from engine_host.cache.object_cache import ObjectCache
+from engine_host.data.cached_tables import CachedTables
+from engine_host.data.object_cache import ObjectCache
+from engine_host.data.table_sources import ObjectStoreTables
 from engine_host.engine.masking import ensure_mask_keys
 from engine_host.engine.memory import EngineMemory
 from engine_host.ops.health_server import HealthServer, heartbeat_check
 from engine_host.ops.metrics import HostMetrics
 from engine_host.runtime.heartbeat_loop import ControlPlaneHeartbeat, HeartbeatChannel, HeartbeatLoop, host_report
-from engine_host.runtime.host import EngineHost, HostHooks, HostSettings, ObjectStoreTables
+from engine_host.runtime.host import EngineHost, HostHooks, HostSettings
 from engine_host.wire.credentials import EngineCredentials
 from engine_host.wire.tls import TlsFilesUnusable, ensure_self_signed_certificate, server_ssl_context
 from functions.shared.settings import ControlApiSettings

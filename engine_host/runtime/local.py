@@ -32,8 +32,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine_host.cache.cached_tables import CachedTables
-from engine_host.cache.object_cache import ObjectCache
+from engine_host.data.cached_tables import CachedTables
+from engine_host.data.object_cache import ObjectCache
+from engine_host.data.table_sources import LocalFolderTables, ObjectStoreTables, TableSource
 from engine_host.devmode.control_server import ControlApiServer
 from engine_host.devmode.demo import write_demo_dataset
 from engine_host.devmode.demo_policies import ACME, install_demo
@@ -42,14 +43,7 @@ from engine_host.engine.memory import EngineMemory
 from engine_host.ops.health_server import HealthServer
 from engine_host.ops.metrics import HostMetrics
 from engine_host.pipeline.governor import HostLimits
-from engine_host.runtime.host import (
-    EngineHost,
-    HostHooks,
-    HostSettings,
-    LocalFolderTables,
-    ObjectStoreTables,
-    TableSource,
-)
+from engine_host.runtime.host import EngineHost, HostHooks, HostSettings
 from engine_host.runtime.local_state import (
     StateRefused,
     check_engine_database,

@@ -64,7 +64,7 @@ def check_engine_database(path: Path) -> None:
         return
     import duckdb  # here, not at import: `hd reissue-owner-key` and friends load this module without the engine
 
-    from engine_host.engine.tables import sql_string
+    from engine_host.engine.views import sql_string
 
     probe = duckdb.connect(":memory:")
     try:

@@ -1,4 +1,4 @@
-"""Tables in S3 (moto), served to a locked-down DuckDB through the object cache (engine_host/cache/cached_tables.py)."""
+"""Tables in S3 (moto), served to a locked-down DuckDB through the object cache (engine_host/data/cached_tables.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from moto import mock_aws
 
-from engine_host.cache.cached_tables import CachedTables, TableDataUnavailable, discover_cached_tables
-from engine_host.cache.object_cache import ObjectCache
+from engine_host.data.cached_tables import CachedTables, TableDataUnavailable, discover_cached_tables
+from engine_host.data.object_cache import ObjectCache
 from engine_host.engine.duckdb_engine import Database
 from engine_host.engine.table_catalog import TableCatalog
 from hd_core.adapters.s3_objects import S3ObjectSource

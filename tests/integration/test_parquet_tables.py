@@ -14,9 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from engine_host.data import parquet_tables as tables
+from engine_host.data.parquet_tables import TableRef, register_parquet_tables
 from engine_host.devmode.demo import DEMO_ORGS, luhn_check_digit, write_demo_dataset
-from engine_host.engine import tables
-from engine_host.engine.tables import VIEW_MARKER, TableRef, register_parquet_tables
+from engine_host.engine.views import VIEW_MARKER
 
 PERMISSION_DENIED = r"Permission Error|disabled by configuration"
 
@@ -193,7 +194,7 @@ def test_objects_the_registry_did_not_create_are_left_alone(
     con.execute("CREATE TABLE crm.customers AS SELECT 42 AS answer")
     con.execute("CREATE VIEW main.handmade AS SELECT 1 AS one")
 
-    with caplog.at_level(logging.WARNING, logger="engine_host.engine.tables"):
+    with caplog.at_level(logging.WARNING, logger="engine_host.data.parquet_tables"):
         refs = register_parquet_tables(con, data_dir)
 
     assert [r.qualified_name for r in refs] == ["sales.orders"]
@@ -220,7 +221,7 @@ def test_directories_with_invalid_names_are_skipped_with_a_warning_naming_the_pa
     schema, table = relative.split("/")
     write_table(root, schema, table, {"a": [1]})
 
-    with caplog.at_level(logging.WARNING, logger="engine_host.engine.tables"):
+    with caplog.at_level(logging.WARNING, logger="engine_host.data.parquet_tables"):
         refs = register_parquet_tables(con, root)
 
     assert refs == []
@@ -236,7 +237,7 @@ def test_stray_files_and_empty_tables_are_skipped_with_a_warning(
     (data_dir / "crm" / "empty").mkdir()
     (data_dir / ".hidden").mkdir()
 
-    with caplog.at_level(logging.WARNING, logger="engine_host.engine.tables"):
+    with caplog.at_level(logging.WARNING, logger="engine_host.data.parquet_tables"):
         refs = register_parquet_tables(con, data_dir)
 
     assert [r.qualified_name for r in refs] == ["crm.customers", "sales.orders"]
@@ -251,7 +252,7 @@ def test_a_table_with_a_symlink_escaping_the_data_directory_is_skipped(
     outside = write_table(tmp_path / "elsewhere", "x", "y", {"id": [99], "org_id": ["z"]})
     os.symlink(outside, data_dir / "crm" / "customers" / "part-9.parquet")
 
-    with caplog.at_level(logging.WARNING, logger="engine_host.engine.tables"):
+    with caplog.at_level(logging.WARNING, logger="engine_host.data.parquet_tables"):
         refs = register_parquet_tables(con, data_dir)
 
     assert [r.qualified_name for r in refs] == ["sales.orders"]

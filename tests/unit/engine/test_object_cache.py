@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_host.cache import ObjectCache
+from engine_host.data import ObjectCache
 from hd_core.adapters.local_objects import LocalFolderObjectSource
 from hd_core.object_source import ObjectInfo, ObjectMissing, UnsafeObjectKey
 
@@ -297,7 +297,7 @@ def test_misses_and_evictions_are_logged_without_object_contents(source: Recordi
         _put(bucket, f"t/{name}.parquet", b"SECRET-ROW-" + name.encode() * 239)
     cache = _cache(source, tmp_path, clock, capacity=1000)
 
-    with caplog.at_level("INFO", logger="engine_host.cache.object_cache"):
+    with caplog.at_level("INFO", logger="engine_host.data.object_cache"):
         for name in "abcd":
             cache.path_for(f"t/{name}.parquet")
 

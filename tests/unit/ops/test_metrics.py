@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine_host.cache import ObjectCache
+from engine_host.data import ObjectCache
 from engine_host.ops import metrics as metrics_module
 from engine_host.ops.metrics import HostMetrics, gate_reading, statement_outcome
 from engine_host.ops.quota_utilisation import OrgQuotaUse, quota_reader, quota_utilisation

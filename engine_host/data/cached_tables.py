@@ -33,13 +33,11 @@ from pathlib import PurePosixPath
 import duckdb
 import pyarrow.parquet as pq
 
-from engine_host.cache.object_cache import ObjectCache
+from engine_host.data.object_cache import ObjectCache
+from engine_host.data.parquet_tables import GLOB_METACHARACTERS, IDENTIFIER, RESERVED_SCHEMAS
 from engine_host.engine.duckdb_engine import DATA_CATALOG
-from engine_host.engine.tables import (
+from engine_host.engine.views import (
     CACHED_VIEW_MARKER,
-    GLOB_METACHARACTERS,
-    IDENTIFIER,
-    RESERVED_SCHEMAS,
     create_marked_view,
     existing_objects,
     qualified,
