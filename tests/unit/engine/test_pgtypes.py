@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from engine_host.engine import pgtypes
 from engine_host.engine.pgtypes import (
     ParameterFormatError,
     PgType,
@@ -36,6 +35,7 @@ from engine_host.engine.pgtypes import (
     pg_type_for_arrow,
     pg_type_for_duckdb,
 )
+from engine_host.pgcompat.types import encoding
 from engine_host.wire.datarow import frame_data_rows, frame_data_rows_small
 
 UTC = dt.UTC
@@ -861,7 +861,7 @@ def test_encoded_duckdb_batch_frames_like_the_reference() -> None:
 
 # --- the small-batch path ---------------------------------------------------------------------------
 #
-# Up to pgtypes.SMALL_BATCH_ROWS rows, encode_column encodes value by value in Python instead of with the
+# Up to encoding.SMALL_BATCH_ROWS rows, encode_column encodes value by value in Python instead of with the
 # column kernels. The two must never differ: every pool below (per type and Arrow layout, with edge values
 # and NULLs) is encoded whole with the small path switched off, then in many small selections (taken,
 # sliced, chunked) with it on, and each value must come out byte for byte the same in both formats.
@@ -1090,7 +1090,7 @@ def _select(array: pa.Array, rows: list[int]) -> pa.Array:
 
 def _vectorised(array: pa.Array, pgtype: PgType, binary: bool, monkeypatch: pytest.MonkeyPatch) -> object:
     with monkeypatch.context() as patch:
-        patch.setattr(pgtypes, "SMALL_BATCH_ROWS", -1)
+        patch.setattr(encoding, "SMALL_BATCH_ROWS", -1)
         return _encoded_or_error(array, pgtype, binary)
 
 
@@ -1099,7 +1099,7 @@ def _vectorised(array: pa.Array, pgtype: PgType, binary: bool, monkeypatch: pyte
 def test_small_batches_encode_exactly_like_the_column_kernels(pool: str, binary: bool,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(pool)
-    limit = pgtypes.SMALL_BATCH_ROWS
+    limit = encoding.SMALL_BATCH_ROWS
     for array, pgtype in SMALL_PATH_POOLS[pool]:
         n = len(array)
         whole = _vectorised(array, pgtype, binary, monkeypatch)
@@ -1125,7 +1125,7 @@ def test_small_batches_encode_exactly_like_the_column_kernels(pool: str, binary:
 
 
 def test_small_path_threshold_is_a_small_batch() -> None:
-    assert 1 <= pgtypes.SMALL_BATCH_ROWS <= 64
+    assert 1 <= encoding.SMALL_BATCH_ROWS <= 64
 
 
 POINT_LOOKUP_SQL = (
@@ -1147,7 +1147,7 @@ def test_one_row_results_of_common_types_are_encoded_value_by_value(binary: bool
         pgtype = pg_type_for_arrow(column.type)
         if name in ("by",) and binary:  # binary bytea is the stored bytes, passed through as they are
             continue
-        assert pgtypes._encode_small(column, pgtype, binary) is not None, name
+        assert encoding._encode_small(column, pgtype, binary) is not None, name
 
 
 @pytest.mark.parametrize(("array", "oid", "binary", "message"), [
