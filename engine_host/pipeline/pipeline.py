@@ -21,14 +21,10 @@ import duckdb
 import pyarrow as pa
 
 from engine_host.engine.duckdb_engine import Database, EngineSession, ResultStream, StatementShape
-from engine_host.engine.pgtypes import (
-    ParameterFormatError,
-    PgType,
-    decode_parameter,
-    pg_type_by_oid,
-    pg_type_for_arrow,
-    pg_type_for_duckdb,
-)
+from engine_host.pgcompat.types.arrow_types import pg_type_for_arrow
+from engine_host.pgcompat.types.decoding import decode_parameter
+from engine_host.pgcompat.types.parameter_format import ParameterFormatError
+from engine_host.pgcompat.types.table import PgType, pg_type_by_oid, pg_type_for_duckdb
 from engine_host.pipeline import errors
 from engine_host.pipeline.errors import QueryError
 from engine_host.pipeline.execution import Execution, GovernedRows

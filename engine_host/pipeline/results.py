@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from engine_host.engine.duckdb_engine import EngineSession, ResultStream
-from engine_host.engine.pgtypes import PgType
+from engine_host.pgcompat.types.table import PgType
 
 
 def format_code(formats: Sequence[int], index: int) -> int:

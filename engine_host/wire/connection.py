@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import duckdb
 import pyarrow as pa
 
-from engine_host.engine.pgtypes import encode_column
+from engine_host.pgcompat.types.encoding import encode_column
 from engine_host.pipeline.errors import QueryError, from_engine_error
 from engine_host.pipeline.pipeline import Kind, PreparedStatement
 from engine_host.pipeline.results import Column, Outcome, RowSource, format_code

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as _typed_pc
 
-from engine_host.engine.pgtypes import as_plain_binary
+from engine_host.pgcompat.types.buffers import as_plain_binary
 
 # pyarrow-stubs' overloads reject binary_join_element_wise over mixed binary layouts; used untyped.
 pc: Any = _typed_pc

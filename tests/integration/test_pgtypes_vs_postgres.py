@@ -27,13 +27,10 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from engine_host.engine.pgtypes import (
-    decode_parameter,
-    encode_column,
-    pg_type_by_oid,
-    pg_type_for_arrow,
-    pg_type_for_duckdb,
-)
+from engine_host.pgcompat.types.arrow_types import pg_type_for_arrow
+from engine_host.pgcompat.types.decoding import decode_parameter
+from engine_host.pgcompat.types.encoding import encode_column
+from engine_host.pgcompat.types.table import pg_type_by_oid, pg_type_for_duckdb
 from tests.harness import DEFAULT_PG_DSN, reference_postgres_dsn
 
 PgConnection = psycopg.Connection[Any]

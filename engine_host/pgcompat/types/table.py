@@ -1,7 +1,7 @@
 """PostgreSQL's types, once: the pg_type rows the catalog serves, the subset the wire sends and decodes,
 and how each DuckDB type maps to them.
 
-Every other part asks this module: the wire's RowDescription and parameter casts (pgtypes), and the
+Every other part asks this module: the wire's RowDescription and parameter casts (encoding, decoding), and the
 pg_catalog views' pg_type rows and column types (catalog). The catalog describes a declared VARCHAR
 column as `character varying`, as PostgreSQL's catalogs do, where the wire sends its values as text;
 that one difference is `CATALOG_DESCRIBES_AS_VARCHAR`.

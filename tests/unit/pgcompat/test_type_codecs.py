@@ -22,20 +22,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from engine_host.engine.pgtypes import (
-    ParameterFormatError,
-    PgType,
-    decode_parameter,
-    duckdb_type_for_oid,
-    encode_column,
-    float_text,
-    interval_text,
-    numeric_send,
-    pg_type_by_oid,
-    pg_type_for_arrow,
-    pg_type_for_duckdb,
-)
 from engine_host.pgcompat.types import encoding
+from engine_host.pgcompat.types.arrow_types import pg_type_for_arrow
+from engine_host.pgcompat.types.datetime import interval_text
+from engine_host.pgcompat.types.decoding import decode_parameter
+from engine_host.pgcompat.types.encoding import encode_column
+from engine_host.pgcompat.types.numeric import float_text, numeric_send
+from engine_host.pgcompat.types.parameter_format import ParameterFormatError
+from engine_host.pgcompat.types.table import PgType, duckdb_type_for_oid, pg_type_by_oid, pg_type_for_duckdb
 from engine_host.wire.datarow import frame_data_rows, frame_data_rows_small
 
 UTC = dt.UTC
