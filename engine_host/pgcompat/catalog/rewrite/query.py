@@ -1,0 +1,375 @@
+"""The rewrite of one catalog query: each AST node handed to the rule for its kind."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import sqlglot
+from sqlglot import exp
+
+from engine_host.pgcompat.catalog.relations import SCHEMA, _RelationSpec
+from engine_host.pgcompat.catalog.rewrite.arrays import _array_literal
+from engine_host.pgcompat.catalog.rewrite.casts import _CAST_TYPES
+from engine_host.pgcompat.catalog.rewrite.functions import (
+    _CONSTANTS,
+    _MACRO_NAMES,
+    _MACROS,
+    _SESSION_PID,
+    _SESSION_SETTING,
+    _SESSION_USER,
+    _TEMPLATE_ARG,
+    _TEMPLATES,
+)
+from engine_host.pgcompat.catalog.rewrite.nodes import (
+    _REG_TYPES,
+    _call,
+    _cast_target,
+    _func_name,
+    _holds_oid,
+    _in_output_position,
+    _length,
+    _literal_int,
+    _parameters,
+    _varchar,
+    _zero_based,
+)
+from engine_host.pgcompat.catalog.rewrite.operators import _OPERATORS
+from engine_host.pgcompat.catalog.rewrite.output_names import name_outputs
+from engine_host.pgcompat.catalog.rewrite.parameters import _parameter_types
+from engine_host.pgcompat.catalog.rewrite.recognise import _Classification
+from engine_host.pgcompat.catalog.sql_text import _lit
+
+if TYPE_CHECKING:
+    from engine_host.pgcompat.catalog.responder import CatalogResponder
+
+
+@dataclass
+class _Translation:
+    """A catalog query rewritten for DuckDB, before session values and visibility are applied."""
+
+    tree: exp.Expr
+    session_dependent: bool
+    parameter_types: dict[int, int] = field(default_factory=dict)
+    plain_sql: str | None = None
+
+
+class _Translator:
+    """Recognises catalog queries and turns them into DuckDB SQL over the hd_pg views (thread-safe)."""
+
+    def __init__(self, responder: CatalogResponder):
+        self._r = responder
+        self.templates = {name: sqlglot.parse_one(sql, read="duckdb") for name, sql in _TEMPLATES.items()}
+
+    # classification
+
+    # translation
+
+    def translate(self, tree: exp.Expr, found: _Classification) -> _Translation:
+        if found.unsupported:
+            names = ", ".join(sorted(set(found.unsupported)))
+            message = f"catalog relation {names} is not available in Hardened Duck"
+            return _Translation(sqlglot.parse_one(f"SELECT error({_lit(message)})", read="duckdb"), False)
+        return _QueryRewrite(self._r, self.templates, found.catalog_tables).run(tree)
+
+
+class _QueryRewrite:
+    """The AST transformation of one catalog query (one instance per query: it carries state)."""
+
+    def __init__(self, responder: CatalogResponder, templates: Mapping[str, exp.Expr],
+                 catalog_tables: Mapping[int, _RelationSpec]):
+        self._r = responder
+        self._templates = templates
+        self._catalog_tables = catalog_tables
+        self._session_dependent = False
+
+    def run(self, tree: exp.Expr) -> _Translation:
+        parameter_types = _parameter_types(tree)
+        name_outputs(tree)
+        # Children before parents, so each handler sees already-translated arguments but the
+        # original parent (which decides e.g. whether a ::regclass is printed or compared).
+        for node in reversed(list(tree.walk(bfs=False))):
+            self._rewrite(node)
+        return _Translation(tree, self._session_dependent, parameter_types)
+
+
+    def _rewrite(self, node: exp.Expr) -> None:
+        if isinstance(node, exp.Table):
+            self._table(node)
+        elif isinstance(node, exp.Column):
+            self._column(node)
+        elif isinstance(node, exp.Dot):
+            if isinstance(node.this, exp.Identifier) and node.this.name.lower() == "pg_catalog":
+                node.replace(node.expression)
+        elif isinstance(node, exp.Collate):
+            node.replace(node.this)  # PostgreSQL collation names mean nothing to DuckDB
+        elif isinstance(node, exp.Operator):
+            self._operator(node)
+        elif isinstance(node, exp.Cast):
+            self._cast(node)
+        elif isinstance(node, exp.Bracket):
+            self._subscript(node)
+        elif isinstance(node, exp.EQ | exp.NEQ | exp.Coalesce):
+            self._array_literal_operands(node)
+        if isinstance(node, exp.Func) and not isinstance(node.parent, exp.Table):
+            self._function(node)
+
+    # relations
+
+    def _table(self, table: exp.Table) -> None:
+        if isinstance(table.this, exp.Func):
+            self._table_function(table)
+            return
+        spec = self._catalog_tables.get(id(table))
+        if spec is None:
+            return
+        alias = table.alias or spec.relname
+        table.set("catalog", None)
+        table.set("db", exp.to_identifier(SCHEMA))
+        table.set("this", exp.to_identifier(spec.view))
+        if not table.alias:
+            table.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+
+    def _table_function(self, table: exp.Table) -> None:
+        func = table.this
+        name = _func_name(func)
+        alias = table.args.get("alias")
+        table.set("db", None)
+        table.set("catalog", None)
+        if name in ("pg_get_keywords", "pg_show_all_settings"):
+            view = "pg_get_keywords" if name == "pg_get_keywords" else "pg_settings"
+            table.set("this", exp.to_identifier(view))
+            table.set("db", exp.to_identifier(SCHEMA))
+            if not alias:
+                table.set("alias", exp.TableAlias(this=exp.to_identifier(name)))
+            return
+        if name == "pg_partition_ancestors":
+            # No partitioning in DuckDB: a relation's only ancestor is itself.
+            args = func.expressions
+            columns = [c.name for c in (alias.columns if alias else [])] or ["relid"]
+            select = exp.select(exp.alias_(self._regclass_oid(args[0]), columns[0]))
+            if table.args.get("ordinality"):
+                select = select.select(exp.alias_(exp.Literal.number(1), columns[1] if len(columns) > 1 else "n"))
+            new_alias = exp.TableAlias(this=exp.to_identifier(alias.name if alias else name))
+            table.replace(exp.Subquery(this=select, alias=new_alias))
+            return
+        if name == "generate_subscripts":
+            low, high = self._subscript_bounds(func)
+            table.set("this", _call("generate_series", low, high))
+        if alias is not None and not alias.columns:
+            # PostgreSQL names the single column of `FROM f(...) AS x` x as well; DuckDB would not.
+            alias.set("columns", [alias.this.copy()])
+
+    def _column(self, column: exp.Column) -> None:
+        if column.args.get("db") and column.db.lower() in ("pg_catalog", "information_schema"):
+            column.set("db", None)
+            column.set("catalog", None)
+        elif not column.table and not column.this.args.get("quoted") and column.name.lower() == "current_role":
+            column.replace(self._session_user())
+
+    # expressions
+
+    def _operator(self, node: exp.Operator) -> None:
+        op = str(node.args.get("operator") or "").strip()
+        op = op.split(".", 1)[1] if op.lower().startswith("pg_catalog.") else op
+        build = _OPERATORS.get(op)
+        if build is not None:
+            node.replace(exp.Paren(this=build(node.this, node.expression)))
+
+    def _cast(self, cast: exp.Cast) -> None:
+        target = _cast_target(cast.to)
+        if target is None:
+            literal = cast.this
+            if cast.to.this == exp.DType.ARRAY and isinstance(literal, exp.Literal) and literal.is_string:
+                array = _array_literal(literal.name)
+                if array is not None:
+                    cast.set("this", array)
+            return
+        value = cast.this
+        base = target[:-2] if target.endswith("[]") else target
+        if base in _REG_TYPES and not target.endswith("[]"):
+            cast.replace(self._reg_cast(base, value, _in_output_position(cast)))
+            return
+        duck = _CAST_TYPES.get(base) or ("UINTEGER" if base in _REG_TYPES else None)
+        if duck is None:
+            return
+        if isinstance(value, exp.Literal) and value.is_string and target.endswith("[]"):
+            array = _array_literal(value.name)
+            if array is not None:
+                cast.set("this", array)
+        cast.set("to", exp.DataType.build(duck + ("[]" if target.endswith("[]") else ""), dialect="duckdb"))
+
+    def _regclass_oid(self, value: exp.Expr) -> exp.Expr:
+        """The OID a relation name or number stands for; numbers need no catalog lookup."""
+        if _holds_oid(value):
+            return self._uint(value)
+        return self._template("regclass_oid", value)
+
+    def _reg_cast(self, kind: str, value: exp.Expr, as_name: bool) -> exp.Expr:
+        """`value::regclass` and friends: an OID where compared, a name where printed."""
+        holds_oid = _holds_oid(value)
+        if kind == "regclass":
+            oid = self._regclass_oid(value)
+            return self._template("regclass_name", oid) if as_name else oid
+        if kind == "regtype":
+            oid = self._uint(value) if holds_oid else _call("regtype_oid", _varchar(value), schema=SCHEMA)
+            return _call("format_type", oid, exp.null(), schema=SCHEMA) if as_name else oid
+        if kind == "regnamespace":
+            oid = self._uint(value) if holds_oid else _call("regnamespace_oid", _varchar(value), schema=SCHEMA)
+            return _call("regnamespace_name", oid, schema=SCHEMA) if as_name else oid
+        if kind == "regrole":
+            oid = self._uint(value) if holds_oid else _call("regrole_oid", _varchar(value), schema=SCHEMA)
+            return _call("pg_get_userbyid", oid, schema=SCHEMA) if as_name else oid
+        # regproc/regprocedure: catalog columns of these types already hold names.
+        if isinstance(value, exp.Literal) and value.is_string:
+            return exp.Literal.string(re.sub(r"(?i)^pg_catalog\.", "", value.name))
+        if isinstance(value, exp.Column) and value.name.lower().endswith("oid"):
+            return _call("regproc_name", self._uint(value), schema=SCHEMA)
+        return _varchar(value)
+
+    def _uint(self, value: exp.Expr) -> exp.Expr:
+        return exp.Cast(this=value, to=exp.DataType.build("UINTEGER", dialect="duckdb"))
+
+    def _subscript(self, node: exp.Bracket) -> None:
+        if not _zero_based(node.this) or len(node.expressions) != 1:
+            return
+        index = node.expressions[0]
+        value = _literal_int(index)
+        # sqlglot stores PostgreSQL literal subscripts shifted to 0-based; other expressions as written.
+        position = exp.Literal.number(value + 2) if value is not None else exp.Add(
+            this=exp.Paren(this=index.copy()), expression=exp.Literal.number(1))
+        node.replace(_call("list_extract", node.this.copy(), position))
+
+    def _array_literal_operands(self, node: exp.Expr) -> None:
+        """`conkey = '{1}'` and `coalesce(a, '{}')`: PostgreSQL array literals DuckDB cannot cast."""
+        operands = node.expressions if isinstance(node, exp.Coalesce) else [node.this, node.expression]
+        if isinstance(node, exp.Coalesce):
+            operands = [node.this, *operands]
+        if all(isinstance(o, exp.Literal) and o.is_string for o in operands):
+            return
+        for operand in operands:
+            if isinstance(operand, exp.Literal) and operand.is_string:
+                array = _array_literal(operand.name)
+                if array is not None:
+                    operand.replace(array)
+
+    def _subscript_bounds(self, func: exp.Expr) -> tuple[exp.Expr, exp.Expr]:
+        args = func.expressions if isinstance(func, exp.Anonymous) else [func.this, func.expression]
+        arr, dim = args[0], args[1] if len(args) > 1 else exp.Literal.number(1)
+        offset = 0 if _zero_based(arr) else 1
+        high = exp.Case(ifs=[exp.If(
+            this=exp.EQ(this=dim.copy(), expression=exp.Literal.number(1)),
+            true=exp.Add(this=_length(arr), expression=exp.Literal.number(offset - 1)),
+        )])
+        return exp.Literal.number(offset), high
+
+    # functions
+
+    def _function(self, node: exp.Func) -> None:
+        name = _func_name(node)
+        if name is None:
+            return
+        args = list(node.expressions) if isinstance(node, exp.Anonymous) else [
+            a for a in (node.args.get("this"), node.args.get("expression")) if isinstance(a, exp.Expr)
+        ]
+        new = self._answer(name, node, args)
+        if new is None:
+            return
+        lost = [a for a in args if _parameters(a) - _parameters(new)]
+        if lost:
+            # Every $n must stay in the statement or the client's Bind no longer matches it.
+            keep = exp.and_(*[exp.NullSafeEQ(this=a.copy(), expression=a.copy()) for a in lost])
+            new = exp.Case(ifs=[exp.If(this=keep, true=new)])
+        node.replace(new)
+
+    def _answer(self, name: str, node: exp.Func, args: list[exp.Expr]) -> exp.Expr | None:
+        r = self._r
+        if name == "version":
+            return exp.Literal.string(r.version_text)
+        if name in ("current_database", "current_catalog"):
+            return exp.Literal.string(r.database_name)
+        if name in ("current_user", "session_user", "current_role", "user", "getpgusername"):
+            return self._session_user()
+        if name == "current_schemas":
+            implicit = bool(args) and isinstance(args[0], exp.Boolean) and args[0].this
+            schemas = (["pg_catalog"] if implicit else []) + list(r.search_path)
+            return exp.Array(expressions=[exp.Literal.string(s) for s in schemas])
+        if name == "current_setting":
+            if args and isinstance(args[0], exp.Literal) and args[0].is_string:
+                self._session_dependent = True
+                return _call(_SESSION_SETTING, args[0].copy())
+            return _call("current_setting", args[0].copy(), schema=SCHEMA) if args else None
+        if name == "pg_backend_pid":
+            self._session_dependent = True
+            return _call(_SESSION_PID)
+        if name in ("txid_current", "pg_current_xact_id"):
+            return _call("txid_current")
+        if name in ("pg_postmaster_start_time", "pg_conf_load_time"):
+            return exp.Cast(this=exp.Literal.string(r.started_at), to=exp.DataType.build("TIMESTAMPTZ"))
+        if name in _CONSTANTS:
+            return sqlglot.parse_one(_CONSTANTS[name], read="duckdb")
+        if name.startswith("pg_stat_get_"):
+            return exp.Cast(this=exp.null(), to=exp.DataType.build("BIGINT"))  # no statistics collector
+        if name.startswith("has_") and name.endswith("_privilege"):
+            return exp.true()  # what a session may see is decided by the visibility filter
+        if name == "pg_get_expr":
+            return _varchar(args[0]) if args else None
+        if name in _TEMPLATES:
+            if name == "pg_get_indexdef" and len(args) < 2:
+                args = [args[0], exp.Literal.number(0)]
+            if name in ("pg_get_viewdef", "obj_description") and args and not isinstance(args[0], exp.Column):
+                args = [self._regclass_oid(args[0]), *args[1:]]
+            return self._template(name, *args)
+        if name == "to_regclass":
+            return self._regclass_oid(args[0]) if args else None
+        if name in _MACROS:
+            wanted = _MACROS[name]
+            call_args = [a.copy() for a in args[:wanted]]
+            while len(call_args) < wanted:
+                call_args.append(exp.null())
+            return _call(_MACRO_NAMES.get(name, name), *call_args, schema=SCHEMA)
+        if name in ("json_build_object", "jsonb_build_object"):
+            return _call("json_object", *[a.copy() for a in args])
+        if name in ("array_upper", "array_lower", "array_length", "cardinality", "array_ndims"):
+            return self._array_bound(name, args)
+        if name == "generate_subscripts":
+            low, high = self._subscript_bounds(node)
+            return exp.Unnest(expressions=[_call("generate_series", low, high)])
+        if name == "pg_partition_ancestors":
+            return exp.Unnest(expressions=[exp.Array(expressions=[self._regclass_oid(args[0])])])
+        if name == "pg_partition_root":
+            return self._regclass_oid(args[0])
+        return None
+
+    def _array_bound(self, name: str, args: list[exp.Expr]) -> exp.Expr:
+        arr = args[0]
+        offset = 0 if _zero_based(arr) else 1
+        if name == "cardinality":
+            return _length(arr)
+        non_empty: exp.Expr = exp.GT(this=_length(arr), expression=exp.Literal.number(0))
+        if len(args) > 1:
+            non_empty = exp.and_(exp.EQ(this=args[1].copy(), expression=exp.Literal.number(1)), non_empty)
+        value: exp.Expr
+        if name == "array_upper":
+            value = exp.Add(this=_length(arr), expression=exp.Literal.number(offset - 1))
+        elif name == "array_lower":
+            value = exp.Literal.number(offset)
+        elif name == "array_ndims":
+            value = exp.Literal.number(1)
+        else:
+            value = _length(arr)
+        return exp.Case(ifs=[exp.If(this=non_empty, true=value)])
+
+    def _template(self, name: str, *args: exp.Expr) -> exp.Expr:
+        tree = self._templates[name].copy()
+        for column in list(tree.find_all(exp.Column)):
+            match = _TEMPLATE_ARG.match(column.name)
+            if match and not column.table:
+                column.replace(args[int(match.group(1))].copy())
+        return exp.Paren(this=tree)
+
+    def _session_user(self) -> exp.Expr:
+        self._session_dependent = True
+        return _call(_SESSION_USER)
