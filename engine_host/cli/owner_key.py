@@ -17,12 +17,12 @@ from contextlib import suppress
 from pathlib import Path
 
 from engine_host.runtime.local_state import damaged_store_advice
-from functions.shared.settings import ControlApiSettings
 from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile
 from hd_core.adapters.sqlite_store import ControlStoreDamaged, SqliteControlStore
 from hd_core.api_keys import ApiKeyHasher
 from hd_core.bootstrap import reissue_local_owner_key
+from hd_core.control_settings import ControlApiSettings
 from hd_core.errors import HdError
 from hd_core.iam_audit import IamAuditTrail
 from hd_core.models import new_id

@@ -20,6 +20,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from functions.openapi import DOCUMENT_PATH, FUNCTION_MODULES
+from functions.shared.wiring import install_services
+from hd_core.services import ControlServices
 
 log = logging.getLogger(__name__)
 
@@ -178,14 +180,17 @@ class ControlApiServer:
     def port(self) -> int:
         return int(self._http.server_address[1])
 
-    def start(self) -> None:
-        """Serve in a background thread."""
+    def start(self, control: ControlServices | None = None) -> None:
+        """Serve in a background thread; with `control`, every function answers from those services."""
+        if control is not None:
+            install_services(control)
         threading.Thread(target=self._http.serve_forever, name="control-api", daemon=True).start()
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving and close the socket; the functions forget the services `start` gave them."""
         self._http.shutdown()
         self._http.server_close()
+        install_services(None)
 
 
 def proxy_event(

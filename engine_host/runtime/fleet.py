@@ -41,14 +41,14 @@ from engine_host.runtime.heartbeat_loop import ControlPlaneHeartbeat, HeartbeatC
 from engine_host.runtime.host import EngineHost, HostHooks, HostSettings
 from engine_host.wire.credentials import EngineCredentials
 from engine_host.wire.tls import TlsFilesUnusable, ensure_self_signed_certificate, server_ssl_context
-from functions.shared.settings import ControlApiSettings
-from functions.shared.wiring import assemble_services
 from hd_core.adapters.dynamodb_store import DynamoDbControlStore
 from hd_core.adapters.kms_keys import KmsKeyProvider
 from hd_core.adapters.s3_audit import S3AuditArchive, S3AuditSink
 from hd_core.adapters.s3_checkpoints import S3CheckpointStore
 from hd_core.adapters.s3_objects import S3ObjectSource
+from hd_core.control_settings import ControlApiSettings
 from hd_core.errors import HdError
+from hd_core.services import assemble_services
 
 log = logging.getLogger(__name__)
 

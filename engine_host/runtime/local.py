@@ -56,9 +56,6 @@ from engine_host.wire.credentials import EngineCredentials
 from engine_host.wire.limits import ConnectionLimits
 from engine_host.wire.server import PgServer
 from engine_host.wire.tls import ensure_self_signed_certificate, server_ssl_context
-from functions.audit.handler import write_due_checkpoints
-from functions.shared.settings import ControlApiSettings
-from functions.shared.wiring import ControlServices, assemble_services, install_services
 from hd_core.adapters.local_audit import LocalFolderAuditArchive, LocalFolderAuditSink
 from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile
@@ -66,9 +63,11 @@ from hd_core.adapters.s3_objects import s3_source_from_url
 from hd_core.adapters.sqlite_store import ControlStoreUnusable, SqliteControlStore
 from hd_core.api_keys import ApiKeyHasher
 from hd_core.bootstrap import BootstrapRefused, bootstrap_local_owner, ensure_environments
+from hd_core.control_settings import ControlApiSettings
 from hd_core.errors import HdError, KeyUnavailable
 from hd_core.policy_codec import load_policy_file
 from hd_core.ports import AuditSink
+from hd_core.services import ControlServices, assemble_services, write_due_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +205,7 @@ class LocalEngineHost:
         self.control_api: ControlApiServer | None = None
         self.metrics: HostMetrics | None = None
         self.health: HealthServer | None = None
+        self._control: ControlServices | None = None
         self._checkpointer: threading.Thread | None = None
         self._stopping = threading.Event()
 
@@ -320,9 +320,9 @@ class LocalEngineHost:
         os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
         with _listening(self.config.host, port, "--api-port", "the control API"):
             server = ControlApiServer(self.config.host, port)
-        install_services(control)
-        server.start()
+        server.start(control)
         self.control_api = server
+        self._control = control
         self._checkpointer = threading.Thread(target=self._checkpoint_chains, name="hd-iam-checkpoints", daemon=True)
         self._checkpointer.start()
 
@@ -333,8 +333,10 @@ class LocalEngineHost:
             self._write_due_checkpoints()
 
     def _write_due_checkpoints(self) -> None:
+        if self._control is None:
+            return
         try:
-            write_due_checkpoints()
+            write_due_checkpoints(self._control)
         except Exception:  # the next tick (or the next append) retries
             log.exception("IAM chain checkpoint failed")
 
@@ -356,8 +358,8 @@ class LocalEngineHost:
             if self._checkpointer is not None:
                 self._checkpointer.join(timeout=5)
             self._write_due_checkpoints()  # seal the tail: nothing appended today goes unsigned
-            install_services(None)
             self.control_api = None
+            self._control = None
         if self.engine is not None:
             await self.engine.stop()
             if isinstance(self.engine.audit_sink, LocalFolderAuditSink):

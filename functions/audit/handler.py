@@ -16,6 +16,7 @@ from functions.shared.wiring import services
 from hd_core.audit_search import QueryAuditFilter, search_query_audit
 from hd_core.client_values import ID_PATTERN, NON_BLANK_PATTERN
 from hd_core.models import ApiScope, ChangeContext, IamEvent
+from hd_core.services import write_due_checkpoints as checkpoint_grown_chains
 
 SERVICE = "hd-audit"
 
@@ -133,8 +134,7 @@ _api_handler = lambda_entry(app, SERVICE)
 
 def write_due_checkpoints() -> int:
     """Checkpoint every organisation's chain that grew since its last checkpoint; returns how many."""
-    svc = services()
-    return sum(svc.trail.checkpoint_if_behind(org.org_id) is not None for org in svc.store.list_orgs())
+    return checkpoint_grown_chains(services())
 
 
 _scheduled_handler = scheduled_entry(lambda event, context: {"checkpoints_written": write_due_checkpoints()}, SERVICE)

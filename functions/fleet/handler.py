@@ -18,10 +18,10 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from functions.shared.http import build_app, documented, error_response, request_id
 from functions.shared.lambda_entry import function_logger, lambda_entry
-from functions.shared.settings import settings
 from functions.shared.wiring import services
 from hd_core import fleet
 from hd_core.client_values import ID_PATTERN
+from hd_core.control_settings import settings
 from hd_core.heartbeat import HeartbeatReport
 from hd_core.models import utc_now
 

@@ -15,10 +15,10 @@ import pytest
 from aws_cdk import App, Stack
 
 from functions.shared.lambda_entry import METRICS_NAMESPACE
-from functions.shared.settings import ControlApiSettings
 from hd_cdk import constants
 from hd_cdk.wipe_hook import LIFECYCLE_DETAIL_TYPE, WIPE_ROLE_ACTIONS, _wipe_hook_code
 from hd_core.adapters.aws_lifecycle import ERASE_DOCUMENT_DEVICE_PARAMETER, SHELL_DOCUMENT
+from hd_core.control_settings import ControlApiSettings
 from hd_core.wipe import DEVICE_PATTERN, TERMINATING_TRANSITION, parse_lifecycle_event
 from tests.cdk.test_engine_fleet import (
     ACCOUNT,

@@ -22,14 +22,15 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from functions.shared.settings import ControlApiSettings
-from functions.shared.wiring import ControlServices, assemble_services, install_services
+from functions.shared.wiring import install_services
 from hd_core.adapters.aws_lifecycle import SHELL_DOCUMENT, AutoScalingLifecycle, SsmRunCommand
 from hd_core.adapters.local_audit import LocalFolderAuditArchive
 from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile
 from hd_core.adapters.sqlite_store import SqliteControlStore
+from hd_core.control_settings import ControlApiSettings
 from hd_core.errors import InvalidRequest
+from hd_core.services import ControlServices, assemble_services
 from hd_core.wipe import (
     DEPLOYMENT_CHAIN_ID,
     CommandState,

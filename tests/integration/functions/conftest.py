@@ -17,10 +17,11 @@ import pytest
 from moto import mock_aws
 
 from engine_host.devmode.control_server import ControlApiDispatcher, HttpReply
-from functions.shared.settings import ControlApiSettings
-from functions.shared.wiring import ControlServices, assemble_services, install_services
+from functions.shared.wiring import install_services
 from hd_core.bootstrap import bootstrap_local_owner, ensure_environments
+from hd_core.control_settings import ControlApiSettings
 from hd_core.ports import AuditSink
+from hd_core.services import ControlServices, assemble_services
 
 AUDIT_BUCKET = "hd-audit-test"
 

@@ -17,10 +17,11 @@ import pytest
 
 import hd_core.api_keys as api_keys_module
 from engine_host.devmode.control_server import HttpReply
-from functions.shared.settings import ControlApiSettings
-from functions.shared.wiring import assemble_services, install_services
+from functions.shared.wiring import install_services
 from hd_core.auth_throttle import ThrottleSubject
+from hd_core.control_settings import ControlApiSettings
 from hd_core.ports import CheckpointStore
+from hd_core.services import assemble_services
 from hd_core.wipe import DEPLOYMENT_CHAIN_ID
 from tests.clocks import HandWoundClock
 from tests.integration.functions.conftest import AUDIT_BUCKET, ControlApi

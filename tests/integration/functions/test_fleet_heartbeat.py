@@ -25,8 +25,8 @@ from moto import mock_aws
 
 from engine_host.devmode.control_server import LocalLambdaContext, proxy_event
 from functions.fleet import handler
-from functions.shared.settings import settings
 from hd_core.adapters.ec2_fleet import Ec2FleetMembership
+from hd_core.control_settings import settings
 from hd_core.fleet import ASG_NAME_TAG, FleetLookupUnavailable
 from hd_core.heartbeat import environment_fingerprint
 from hd_core.models import OrgStatus

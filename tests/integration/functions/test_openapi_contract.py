@@ -32,8 +32,7 @@ from engine_host.devmode.control_server import ControlApiServer
 from functions.jit.handler import ElevatableRole
 from functions.openapi import DOCUMENT_PATH, openapi_document, render
 from functions.policies.handler import ManagedKind
-from functions.shared.settings import ControlApiSettings
-from functions.shared.wiring import assemble_services, install_services
+from functions.shared.wiring import install_services
 from hd_core.adapters.local_audit import LocalFolderAuditArchive
 from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile
@@ -41,8 +40,10 @@ from hd_core.adapters.sqlite_store import SqliteControlStore
 from hd_core.api_keys import ApiKeyHasher
 from hd_core.audit_search import MAX_RANGE_DAYS
 from hd_core.bootstrap import bootstrap_local_owner, ensure_environments
+from hd_core.control_settings import ControlApiSettings
 from hd_core.models import Role
 from hd_core.policy_admin import MANAGED_KINDS
+from hd_core.services import assemble_services
 
 schema = schemathesis.openapi.from_dict(json.loads(DOCUMENT_PATH.read_text(encoding="utf-8")))
 

@@ -1,0 +1,178 @@
+"""The one place that chooses adapters: DynamoDB, KMS and S3 in AWS; SQLite and local files in `hd dev`.
+
+The control plane's services (`ControlServices`) are wired here for every process that needs them:
+a Lambda container builds them on first use (functions/shared/wiring.py keeps them for warm starts),
+`hd dev` and a fleet instance assemble them around the store their engine host already uses.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from hd_core.api_keys import ApiKeyAuthenticator, ApiKeyHasher
+from hd_core.auth_throttle import AuthThrottle
+from hd_core.bootstrap import ensure_pepper
+from hd_core.control_settings import ControlApiSettings
+from hd_core.federation import FederatedIssuer, OidcFederation
+from hd_core.iam_audit import IamAuditTrail
+from hd_core.lockout_audit import record_lockout
+from hd_core.models import utc_now
+from hd_core.ports import CheckpointStore, ControlStore, KeyProvider, QueryAuditArchive
+from hd_core.request_auth import RequestAuthenticator
+from hd_core.sealed_secrets import SecretSealer
+from hd_core.tokens import JwtIssuer, JwtVerifier
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer
+
+# Idempotency records share the control table under a partition of their own (functions/shared/idempotency).
+IDEMPOTENCY_PARTITION = "IDEMPOTENCY#control-api"
+
+
+@dataclass(frozen=True)
+class ControlServices:
+    """Everything a control-plane route may need, built once per process."""
+
+    store: ControlStore
+    keys: KeyProvider
+    trail: IamAuditTrail
+    hasher: ApiKeyHasher
+    api_keys: ApiKeyAuthenticator
+    jwt_issuer: JwtIssuer
+    jwt_verifier: JwtVerifier
+    requests: RequestAuthenticator
+    query_audit: QueryAuditArchive
+    federation: OidcFederation
+    secrets: SecretSealer  # TOTP seeds are stored sealed with a data key of `keys`
+    auth_throttle: AuthThrottle  # brute-force limits of logins; the API key authenticator holds the same one
+    # The first answers of retried creates, opened on first use: engine hosts assemble these services too.
+    idempotency: Callable[[], BasePersistenceLayer]
+
+
+def assemble_services(
+    config: ControlApiSettings,
+    *,
+    store: ControlStore,
+    keys: KeyProvider,
+    checkpoints: CheckpointStore,
+    query_audit: QueryAuditArchive,
+    api_keys: ApiKeyAuthenticator | None = None,
+    idempotency: BasePersistenceLayer | None = None,
+    now: Callable[[], datetime] = utc_now,
+) -> ControlServices:
+    """Wire the domain objects around already-chosen adapters (shared by Lambda and `hd dev`).
+
+    `idempotency` defaults to the records' place that goes with `store` (`idempotency_records_for`).
+    `now` is the clock credential checks and their throttle read (tests wind it by hand).
+    """
+    hasher = ApiKeyHasher()
+    trail = IamAuditTrail(
+        store,
+        checkpoints,
+        keys,
+        checkpoint_every=config.checkpoint_every,
+        checkpoint_interval=timedelta(minutes=config.checkpoint_interval_minutes),
+    )
+    throttle = AuthThrottle(
+        store, config.throttle_policy(), now=now, on_lockout=lambda lockout: record_lockout(store, trail, lockout)
+    )
+    authenticator = api_keys or ApiKeyAuthenticator(
+        store, ensure_pepper(store), hasher=hasher, now=now, throttle=throttle
+    )
+    verifier = JwtVerifier(keys, issuer=config.jwt_issuer, audience=config.jwt_audience)
+    issuers = [FederatedIssuer(**item) for item in json.loads(config.federation_issuers)]
+    return ControlServices(
+        store=store,
+        keys=keys,
+        trail=trail,
+        hasher=hasher,
+        api_keys=authenticator,
+        jwt_issuer=JwtIssuer(keys, issuer=config.jwt_issuer, audience=config.jwt_audience),
+        jwt_verifier=verifier,
+        requests=RequestAuthenticator(store, authenticator, verifier),
+        query_audit=query_audit,
+        federation=OidcFederation(issuers),
+        secrets=SecretSealer(keys),
+        auth_throttle=throttle,
+        idempotency=(lambda: idempotency) if idempotency is not None else functools.cache(
+            functools.partial(idempotency_records_for, store)),
+    )
+
+
+def idempotency_records_for(store: ControlStore) -> BasePersistenceLayer:
+    """Where retried creates keep their first answers: the DynamoDB control table, or a file beside SQLite's."""
+    table_name = getattr(store, "table_name", None)
+    if table_name is not None:
+        from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+        from hd_core.adapters.dynamodb_schema import PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE
+
+        # The table's own TTL deletes expired records; the functions that create already write to the table.
+        return DynamoDBPersistenceLayer(
+            table_name=table_name, key_attr=PARTITION_KEY, sort_key_attr=SORT_KEY,
+            static_pk_value=IDEMPOTENCY_PARTITION, expiry_attr=TTL_ATTRIBUTE,
+        )
+    from hd_core.adapters.sqlite_idempotency import SqliteIdempotencyStore, idempotency_path_for
+
+    return SqliteIdempotencyStore(idempotency_path_for(getattr(store, "path", ":memory:")))
+
+
+def build_services(config: ControlApiSettings) -> ControlServices:
+    """Choose the adapters the settings name and wire them."""
+    if config.store == "dynamodb" or config.keys == "kms" or config.audit == "s3":
+        return _build_aws_services(config)
+    return _build_local_services(config)
+
+
+def _build_local_services(config: ControlApiSettings) -> ControlServices:
+    from hd_core.adapters.local_audit import LocalFolderAuditArchive
+    from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
+    from hd_core.adapters.local_keys import LocalKeyFile
+    from hd_core.adapters.sqlite_store import SqliteControlStore
+
+    return assemble_services(
+        config,
+        store=SqliteControlStore(config.sqlite_path),
+        keys=LocalKeyFile(config.local_key_file),
+        checkpoints=LocalFolderCheckpointStore(config.audit_dir),
+        query_audit=LocalFolderAuditArchive(config.audit_dir),
+    )
+
+
+def _build_aws_services(config: ControlApiSettings) -> ControlServices:
+    # boto3 is imported only here: the local path never pays for it at cold start.
+    import boto3
+
+    from hd_core.adapters.dynamodb_store import DynamoDbControlStore
+    from hd_core.adapters.kms_keys import KmsKeyProvider
+    from hd_core.adapters.s3_audit import S3AuditArchive
+    from hd_core.adapters.s3_checkpoints import S3CheckpointStore
+
+    if config.store != "dynamodb" or config.keys != "kms" or config.audit != "s3":
+        raise ValueError("in AWS the control API needs HD_STORE=dynamodb, HD_KEYS=kms and HD_AUDIT=s3 together")
+    s3 = boto3.client("s3")
+    return assemble_services(
+        config,
+        store=DynamoDbControlStore(config.dynamodb_table),
+        keys=KmsKeyProvider(
+            boto3.client("kms"),
+            jwt_key_ids=[key.strip() for key in config.kms_jwt_key_ids.split(",") if key.strip()],
+            checkpoint_key_id=config.kms_checkpoint_key_id,
+            data_key_id=config.kms_data_key_id,
+        ),
+        checkpoints=S3CheckpointStore(s3, config.audit_bucket),
+        query_audit=S3AuditArchive(s3, config.audit_bucket),
+    )
+
+
+def write_due_checkpoints(control: ControlServices) -> int:
+    """Checkpoint every organisation's chain that grew since its last checkpoint; returns how many.
+
+    What the EventBridge schedule runs in AWS (functions/audit) and `hd dev` runs every interval.
+    """
+    return sum(control.trail.checkpoint_if_behind(org.org_id) is not None for org in control.store.list_orgs())
