@@ -27,9 +27,9 @@ from typing import TypeVar
 
 from sqlglot import exp
 
-from engine_host.engine.catalog import parseable_catalog_text
 from engine_host.engine.masking import ENVIRONMENTS, macro_name
 from engine_host.engine.table_catalog import TableCatalog, TableInfo
+from engine_host.pgcompat.catalog import parseable_catalog_text
 from engine_host.pipeline.errors import QueryError, unknown_relation
 from engine_host.pipeline.gates import ConcurrencyGate, RateLimiter, Watchdog
 from engine_host.pipeline.governance.columns import referenced_columns

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine_host.data.table_sources import TableSource
-from engine_host.engine.catalog import CatalogResponder
 from engine_host.engine.duckdb_engine import Database
 from engine_host.engine.masking import install_mask_macros
 from engine_host.engine.memory import EngineMemory
 from engine_host.engine.table_catalog import TableCatalog
 from engine_host.ops.metrics import HostMetrics, gate_reading
 from engine_host.ops.quota_utilisation import quota_reader
+from engine_host.pgcompat.catalog import CatalogResponder
 from engine_host.pipeline.governor import AuditWriter, Governor, HostLimits
 from engine_host.pipeline.pipeline import StatementPipeline
 from engine_host.pipeline.policy_state import PolicyState

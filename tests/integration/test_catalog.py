@@ -19,8 +19,9 @@ from typing import Any
 import duckdb
 import pytest
 
-from engine_host.engine.catalog import _SPECS, CatalogResponder
 from engine_host.engine.duckdb_engine import DATA_CATALOG
+from engine_host.pgcompat.catalog import CatalogResponder
+from engine_host.pgcompat.catalog.relations import _SPECS
 
 QUERIES = Path(__file__).parent / "catalog_queries"
 

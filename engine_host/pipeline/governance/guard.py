@@ -32,7 +32,7 @@ INTERNAL_PREFIX = "hd_"
 _DUCKDB_CATALOGS = frozenset({"memory", "system", "temp"})
 # Schemas a function may be qualified with (DuckDB built-ins live in both).
 FUNCTION_SCHEMAS = frozenset({"main", "pg_catalog"})
-# Functions the catalog layer answers for driver catalog queries (engine/catalog.py), besides any
+# Functions the catalog layer answers for driver catalog queries (pgcompat/catalog/), besides any
 # pg_* or has_*_privilege name: allowed in catalog statements only, which run our SQL, not DuckDB's.
 _CATALOG_FUNCTIONS = frozenset({
     "current_setting", "set_config", "version", "format_type", "obj_description", "col_description",

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import duckdb
 import pytest
 
-from engine_host.engine.catalog import CatalogResponder
 from engine_host.engine.duckdb_engine import DATA_CATALOG
+from engine_host.pgcompat.catalog import CatalogResponder
 from engine_host.pgcompat.types.arrow_types import pg_type_for_arrow
 from engine_host.pgcompat.types.table import TYPE_BY_NAME, WIRE_TYPE_BY_OID, pg_type_for_duckdb
 
