@@ -32,7 +32,7 @@ from engine_host.cli.api_client import (
     resolve_credential,
     text_field,
 )
-from engine_host.cli.listing import Column, cell_text, printable, render_listing, render_record
+from engine_host.cli.listing import ListingColumn, cell_text, printable, render_listing, render_record
 from hd_core.errors import HdError, NotFound, PolicyInvalid
 from hd_core.models import KeyEnv, Role, UserStatus, utc_now
 from hd_core.policies import PolicyKind
@@ -57,7 +57,7 @@ def _to_stderr(line: str) -> None:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class CommandOutput:
     """What a command produced: the API's JSON (for `--json`), its readable form and an exit status."""
 
     data: Any
@@ -106,19 +106,19 @@ def open_session(args: argparse.Namespace, now: Callable[[], datetime] = utc_now
     return ApiSession(client, org=getattr(args, "org", None), now=now)
 
 
-Command = Callable[[ApiSession, argparse.Namespace], Outcome]
+Command = Callable[[ApiSession, argparse.Namespace], CommandOutput]
 
 # --- hd keys --------------------------------------------------------------------------------------
 
 KEY_COLUMNS = (
-    Column("KEY_ID", "key_id", 30),
-    Column("USER_ID", "user_id", 30),
-    Column("ENV", "env", 4),
-    Column("NAME", "name", 20),
-    Column("SCOPES", "scopes", 36),
-    Column("STATUS", "status", 8),
-    Column("CREATED", "created_at", 20),
-    Column("EXPIRES", "expires_at", 20),
+    ListingColumn("KEY_ID", "key_id", 30),
+    ListingColumn("USER_ID", "user_id", 30),
+    ListingColumn("ENV", "env", 4),
+    ListingColumn("NAME", "name", 20),
+    ListingColumn("SCOPES", "scopes", 36),
+    ListingColumn("STATUS", "status", 8),
+    ListingColumn("CREATED", "created_at", 20),
+    ListingColumn("EXPIRES", "expires_at", 20),
 )
 KEY_FIELDS = (
     ("key id", "key_id"), ("organization", "org_id"), ("user", "user_id"), ("env", "env"), ("name", "name"),
@@ -157,14 +157,14 @@ def _issued_key_text(issued: Mapping[str, Any]) -> str:
     return f"{render_record(KEY_FIELDS, issued['key'])}\n\napi key     {issued['api_key']}"
 
 
-def keys_list(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def keys_list(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd keys list`."""
     keys = session.org_call("GET", "api-keys", query={"user_id": args.user, "include_revoked": not args.active})
     rows = [_with_status(key, session.now()) for key in keys]
-    return Outcome(keys, render_listing(KEY_COLUMNS, rows, empty="no API keys"))
+    return CommandOutput(keys, render_listing(KEY_COLUMNS, rows, empty="no API keys"))
 
 
-def keys_create(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def keys_create(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd keys create`: the plaintext key is printed this once."""
     body: dict[str, object] = {"env": args.env, "name": args.name, "allowed_cidrs": args.cidrs or []}
     if args.user:
@@ -174,16 +174,16 @@ def keys_create(session: ApiSession, args: argparse.Namespace) -> Outcome:
     if args.expires_in_days is not None:
         body["expires_at"] = (session.now() + timedelta(days=args.expires_in_days)).isoformat()
     created = session.org_call("POST", "api-keys", body=body)
-    return Outcome(created, _issued_key_text(created), warning=SHOWN_ONCE)
+    return CommandOutput(created, _issued_key_text(created), warning=SHOWN_ONCE)
 
 
-def keys_get(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def keys_get(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd keys get KEY_ID`."""
     key = session.org_call("GET", "api-keys", args.key_id)
-    return Outcome(key, render_record((*KEY_FIELDS, ("status", "status")), _with_status(key, session.now())))
+    return CommandOutput(key, render_record((*KEY_FIELDS, ("status", "status")), _with_status(key, session.now())))
 
 
-def keys_rotate(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def keys_rotate(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd keys rotate KEY_ID`: a new key now; the old one keeps working until its grace period ends."""
     rotated = session.org_call("POST", "api-keys", args.key_id, "rotate")
     previous = rotated["previous"]
@@ -191,26 +191,26 @@ def keys_rotate(session: ApiSession, args: argparse.Namespace) -> Outcome:
         f"{_issued_key_text(rotated)}\n\n"
         f"the previous key {previous['key_id']} keeps working until {cell_text(previous['expires_at'])}"
     )
-    return Outcome(rotated, text, warning=SHOWN_ONCE)
+    return CommandOutput(rotated, text, warning=SHOWN_ONCE)
 
 
-def keys_revoke(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def keys_revoke(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd keys revoke KEY_ID`: refused from now on, by the API and the engine."""
     key = session.org_call("DELETE", "api-keys", args.key_id)
-    return Outcome(key, f"revoked {key['key_id']}\n\n{render_record(KEY_FIELDS, key)}")
+    return CommandOutput(key, f"revoked {key['key_id']}\n\n{render_record(KEY_FIELDS, key)}")
 
 
 # --- hd users -------------------------------------------------------------------------------------
 
 USER_COLUMNS = (
-    Column("USER_ID", "user_id", 30),
-    Column("EMAIL", "email", 32),
-    Column("NAME", "name", 20),
-    Column("ROLE", "role", 14),
-    Column("STATUS", "status", 9),
-    Column("DEPARTMENT", "department", 16),
-    Column("REGION", "region", 12),
-    Column("MFA", "mfa_enabled", 3),
+    ListingColumn("USER_ID", "user_id", 30),
+    ListingColumn("EMAIL", "email", 32),
+    ListingColumn("NAME", "name", 20),
+    ListingColumn("ROLE", "role", 14),
+    ListingColumn("STATUS", "status", 9),
+    ListingColumn("DEPARTMENT", "department", 16),
+    ListingColumn("REGION", "region", 12),
+    ListingColumn("MFA", "mfa_enabled", 3),
 )
 USER_FIELDS = (
     ("user id", "user_id"), ("organization", "org_id"), ("email", "email"), ("name", "name"), ("role", "role"),
@@ -219,41 +219,41 @@ USER_FIELDS = (
 )
 
 
-def users_list(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def users_list(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd users list`."""
     query = {"role": args.role, "status": args.status, "email_contains": args.email_contains,
              "department": args.department}
     users = session.org_call("GET", "users", query=query)
-    return Outcome(users, render_listing(USER_COLUMNS, users, empty="no matching users"))
+    return CommandOutput(users, render_listing(USER_COLUMNS, users, empty="no matching users"))
 
 
-def users_invite(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def users_invite(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd users invite`."""
     body = {"email": args.email, "role": args.role, "name": args.name, "department": args.department,
             "region": args.region}
     return _user_outcome("invited", session.org_call("POST", "users", body=body))
 
 
-def _user_outcome(verb: str, user: Mapping[str, Any]) -> Outcome:
-    return Outcome(user, f"{verb} {user['email']}\n\n{render_record(USER_FIELDS, user)}")
+def _user_outcome(verb: str, user: Mapping[str, Any]) -> CommandOutput:
+    return CommandOutput(user, f"{verb} {user['email']}\n\n{render_record(USER_FIELDS, user)}")
 
 
-def users_suspend(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def users_suspend(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd users suspend USER_ID`: their keys and sessions stop working."""
     return _user_outcome("suspended", session.org_call("POST", "users", args.user_id, "suspend"))
 
 
-def users_reactivate(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def users_reactivate(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd users reactivate USER_ID`."""
     return _user_outcome("reactivated", session.org_call("POST", "users", args.user_id, "reactivate"))
 
 
-def users_remove(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def users_remove(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd users remove USER_ID`: the user is kept, as removed, for the audit trail."""
     return _user_outcome("removed", session.org_call("DELETE", "users", args.user_id))
 
 
-def users_role(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def users_role(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd users role USER_ID ROLE`."""
     user = session.org_call("PUT", "users", args.user_id, "role", body={"role": args.role})
     return _user_outcome(f"{user['role']} is now the role of", user)
@@ -262,10 +262,10 @@ def users_role(session: ApiSession, args: argparse.Namespace) -> Outcome:
 # --- hd policies ----------------------------------------------------------------------------------
 
 POLICY_COLUMNS = (
-    Column("KIND", "kind", 13),
-    Column("ID", "id", 30),
-    Column("TARGET", "target", 36),
-    Column("DOCUMENT", "details", 60),
+    ListingColumn("KIND", "kind", 13),
+    ListingColumn("ID", "id", 30),
+    ListingColumn("TARGET", "target", 36),
+    ListingColumn("DOCUMENT", "details", 60),
 )
 
 
@@ -298,14 +298,14 @@ def _policy_row(policy: Mapping[str, Any]) -> dict[str, Any]:
     return {**policy, "target": target, "details": details}
 
 
-def policies_list(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def policies_list(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd policies list`."""
     policies = session.org_call("GET", "policies", query={"kind": args.kind})
     rows = [_policy_row(policy) for policy in policies]
-    return Outcome(policies, render_listing(POLICY_COLUMNS, rows, empty="no policies"))
+    return CommandOutput(policies, render_listing(POLICY_COLUMNS, rows, empty="no policies"))
 
 
-def policies_add(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def policies_add(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd policies add`: POST each document in order, stopping at the first one refused."""
     if args.file is not None:
         try:
@@ -325,7 +325,7 @@ def policies_add(session: ApiSession, args: argparse.Namespace) -> Outcome:
             message = f"policy {number} of {len(documents)} refused ({len(added)} added before it): {error}"
             raise ControlApiError(message, code=error.code, request_id=error.request_id) from None
     lines = [f"added {_policy_heading(policy)}" for policy in added]
-    return Outcome(added, "\n".join(lines) or "the document holds no policies")
+    return CommandOutput(added, "\n".join(lines) or "the document holds no policies")
 
 
 def _require_same_org(document: Mapping[str, Any], org_id: str, number: int) -> None:
@@ -336,16 +336,17 @@ def _require_same_org(document: Mapping[str, Any], org_id: str, number: int) -> 
         raise PolicyInvalid(f"policy {number} is for organization {named}, not {org_id}; pass --org {named}")
 
 
-def policies_get(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def policies_get(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd policies get KIND ID`."""
     policy = session.org_call("GET", "policies", args.kind, args.policy_id)
-    return Outcome(policy, f"{_policy_heading(policy)}\n{json.dumps(policy['document'], indent=2, sort_keys=True)}")
+    document = json.dumps(policy["document"], indent=2, sort_keys=True)
+    return CommandOutput(policy, f"{_policy_heading(policy)}\n{document}")
 
 
-def policies_remove(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def policies_remove(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd policies remove KIND ID`."""
     removed = session.org_call("DELETE", "policies", args.kind, args.policy_id)
-    return Outcome(removed, f"removed {_policy_heading(removed)}")
+    return CommandOutput(removed, f"removed {_policy_heading(removed)}")
 
 
 def _policy_heading(policy: Mapping[str, Any]) -> str:
@@ -355,23 +356,23 @@ def _policy_heading(policy: Mapping[str, Any]) -> str:
 # --- hd audit -------------------------------------------------------------------------------------
 
 QUERY_COLUMNS = (
-    Column("TIME", "ts", 20),
-    Column("USER_ID", "user_id", 26),
-    Column("AGENT", "agent_id", 16),
-    Column("KIND", "statement_kind", 8),
-    Column("TABLES", "tables", 28),
-    Column("ROWS", "rows_returned", 8),
-    Column("MS", "total_ms", 9),
-    Column("OUTCOME", "outcome", 24),
-    Column("SQL", "sql_redacted", 60),
+    ListingColumn("TIME", "ts", 20),
+    ListingColumn("USER_ID", "user_id", 26),
+    ListingColumn("AGENT", "agent_id", 16),
+    ListingColumn("KIND", "statement_kind", 8),
+    ListingColumn("TABLES", "tables", 28),
+    ListingColumn("ROWS", "rows_returned", 8),
+    ListingColumn("MS", "total_ms", 9),
+    ListingColumn("OUTCOME", "outcome", 24),
+    ListingColumn("SQL", "sql_redacted", 60),
 )
 IAM_COLUMNS = (
-    Column("SEQ", "seq", 6),
-    Column("TIME", "at", 20),
-    Column("EVENT", "event_type", 26),
-    Column("ACTOR", "actor", 28),
-    Column("TARGET", "target", 32),
-    Column("REQUEST_ID", "request_id", 40),
+    ListingColumn("SEQ", "seq", 6),
+    ListingColumn("TIME", "at", 20),
+    ListingColumn("EVENT", "event_type", 26),
+    ListingColumn("ACTOR", "actor", 28),
+    ListingColumn("TARGET", "target", 32),
+    ListingColumn("REQUEST_ID", "request_id", 40),
 )
 CHAIN_FIELDS = (
     ("chain valid", "chain_valid"), ("entries", "entry_count"), ("first entry hash", "first_entry_hash"),
@@ -386,7 +387,7 @@ def _query_row(record: Mapping[str, Any]) -> dict[str, Any]:
     return {**record, "total_ms": None if total is None else f"{total:.1f}", "outcome": outcome}
 
 
-def audit_queries(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def audit_queries(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd audit queries`: one page, or with `--all` every page, following `next_cursor`."""
     env_id = session.env_id(args.env)
     query: dict[str, object] = {"start": args.start, "end": args.end, "user_id": args.user, "agent_id": args.agent,
@@ -408,10 +409,10 @@ def audit_queries(session: ApiSession, args: argparse.Namespace) -> Outcome:
     rows = [_query_row(record) for record in records]
     text = render_listing(QUERY_COLUMNS, rows, empty="no matching query audit records")
     warning = f"hd: more records match: add --all, or --cursor {next_cursor}" if next_cursor else None
-    return Outcome(data, text, warning=warning)
+    return CommandOutput(data, text, warning=warning)
 
 
-def audit_iam(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def audit_iam(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd audit iam`: the IAM audit trail in chain order; `--all` reads on to its head."""
     env_id = session.env_id(args.env)
     events: list[Any] = []
@@ -427,20 +428,20 @@ def audit_iam(session: ApiSession, args: argparse.Namespace) -> Outcome:
         session.progress(f"hd: {len(events)} events so far, fetching the next page…")
     text = render_listing(IAM_COLUMNS, events, empty="no IAM audit events")
     warning = f"hd: more events may follow: add --all, or --after-seq {events[-1]['seq']}" if more else None
-    return Outcome(events, text, warning=warning)
+    return CommandOutput(events, text, warning=warning)
 
 
-def audit_verify_chain(session: ApiSession, args: argparse.Namespace) -> Outcome:
+def audit_verify_chain(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
     """`hd audit verify-chain`: re-hash the IAM audit chain; exit status 3 when it is broken."""
     env_id = session.env_id(args.env)
     report = session.client.call("GET", api_path("environments", env_id, "audit", "admin", "verify-chain"))
     text = render_record(CHAIN_FIELDS, report)
     if report.get("chain_valid") is True:
-        return Outcome(report, text)
+        return CommandOutput(report, text)
     broken = report.get("first_break") or {}
     where = (f"the IAM audit chain is broken at position {broken.get('position')} ({broken.get('kind')}): "
              f"{printable(str(broken.get('detail')))}")
-    return Outcome(report, f"{text}\nfirst break       {where}", warning=f"hd: {where}",
+    return CommandOutput(report, f"{text}\nfirst break       {where}", warning=f"hd: {where}",
                    status=CHAIN_BROKEN_EXIT_STATUS)
 
 
@@ -608,7 +609,7 @@ def add_api_commands(commands: argparse._SubParsersAction) -> None:
 def run_api_command(args: argparse.Namespace, *, now: Callable[[], datetime] = utc_now) -> int:
     """Run one parsed API command; returns its exit status. Errors are one line on stderr, never a traceback."""
     try:
-        outcome: Outcome = args.api_command(open_session(args, now), args)
+        outcome: CommandOutput = args.api_command(open_session(args, now), args)
     except HdError as error:
         return _report_failure(error)
     except (KeyError, TypeError, IndexError) as error:

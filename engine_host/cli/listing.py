@@ -19,7 +19,7 @@ _ISO_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
 
 
 @dataclass(frozen=True)
-class Column:
+class ListingColumn:
     """One table column: its header, the row field it shows and the width beyond which values are cut."""
 
     header: str
@@ -27,7 +27,7 @@ class Column:
     max_width: int = 32
 
 
-def render_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> str:
+def render_table(columns: Sequence[ListingColumn], rows: Sequence[Mapping[str, Any]]) -> str:
     """Fixed-width columns under a header row; values longer than their column's width end in `…`."""
     cells = [[fit(cell_text(row.get(column.key)), column.max_width) for column in columns] for row in rows]
     widths = [max([len(column.header), *(len(row[i]) for row in cells)]) for i, column in enumerate(columns)]
@@ -36,7 +36,7 @@ def render_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -
                      for line in lines)
 
 
-def render_listing(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], *, empty: str) -> str:
+def render_listing(columns: Sequence[ListingColumn], rows: Sequence[Mapping[str, Any]], *, empty: str) -> str:
     """The table of `rows`, or the sentence `empty` when there are none (a bare header row reads as a fault)."""
     return render_table(columns, rows) if rows else empty
 

@@ -66,7 +66,7 @@ GLOB_METACHARACTERS = frozenset("*?[]{}")
 
 
 @dataclass(frozen=True)
-class TableRef:
+class ParquetTable:
     """A Parquet-backed table: its SQL name and the directory holding its files."""
 
     schema: str
@@ -80,7 +80,7 @@ class TableRef:
 
 
 def register_parquet_tables(con: duckdb.DuckDBPyConnection, data_dir: Path,
-                            catalog: str | None = None) -> list[TableRef]:
+                            catalog: str | None = None) -> list[ParquetTable]:
     """Create or refresh one view per Parquet table under `data_dir`; return the tables now registered.
 
     The views go into `catalog` (the engine passes its data catalog; default: the current database).
@@ -123,7 +123,7 @@ def register_parquet_tables(con: duckdb.DuckDBPyConnection, data_dir: Path,
     return registered
 
 
-def discover_parquet_tables(data_dir: Path) -> list[TableRef]:
+def discover_parquet_tables(data_dir: Path) -> list[ParquetTable]:
     """The `<schema>/<table>/*.parquet` tables under `data_dir`, sorted; bad entries are skipped with a warning."""
     root = data_dir.resolve(strict=True)
     tables = []
@@ -154,7 +154,7 @@ def _subdirectories(parent: Path, *, level: str) -> list[Path]:
     return children
 
 
-def _table_ref(root: Path, schema: str, table_dir: Path) -> TableRef | None:
+def _table_ref(root: Path, schema: str, table_dir: Path) -> ParquetTable | None:
     if not _resolves_inside(table_dir, root):
         log.warning("skipping %s: it resolves outside the data directory %s", table_dir, root)
         return None
@@ -171,7 +171,7 @@ def _table_ref(root: Path, schema: str, table_dir: Path) -> TableRef | None:
     if not entries:
         log.warning("skipping %s: no %s files", table_dir, PARQUET_GLOB)
         return None
-    return TableRef(schema=schema, table=table_dir.name, path=table_dir, file_count=len(entries))
+    return ParquetTable(schema=schema, table=table_dir.name, path=table_dir, file_count=len(entries))
 
 
 def _resolves_inside(path: Path, root: Path) -> bool:

@@ -32,7 +32,7 @@ from engine_host.pipeline.governance.guard import MAX_STATEMENT_CHARS
 from engine_host.pipeline.governance.plan_check import check_bound_plan, statement_shape
 from engine_host.pipeline.governor import SUPPORTED_DIALECTS, GovernedPlan, Governor, StatementAudit
 from engine_host.pipeline.recently_used import RecentlyUsed
-from engine_host.pipeline.results import Column, Outcome, RowSource, SqlCursor, format_code
+from engine_host.pipeline.results import Outcome, ResultColumn, RowSource, SqlCursor, format_code
 from engine_host.pipeline.session import FAILED_TRANSACTION, IN_TRANSACTION, Session
 from engine_host.pipeline.settings import (
     SessionSettings,
@@ -397,7 +397,7 @@ class StatementPipeline:
 
     def result_columns(self, session: Session, prepared: PreparedStatement,
                        params: Sequence[bytes | None] | None = None,
-                       param_formats: Sequence[int] = ()) -> list[Column] | None:
+                       param_formats: Sequence[int] = ()) -> list[ResultColumn] | None:
         """The columns the statement will return, or None if it returns no rows. Never executes it.
 
         With `params` (Describe of a bound portal) the types are those of the statement as it will run.
@@ -427,7 +427,7 @@ class StatementPipeline:
         if not shape.returns_rows:
             return None
         to_pg = _catalog_type if prepared.is_catalog else pg_type_for_duckdb
-        return [Column(name, to_pg(t)) for name, t in zip(shape.column_names, shape.column_types, strict=True)]
+        return [ResultColumn(name, to_pg(t)) for name, t in zip(shape.column_names, shape.column_types, strict=True)]
 
     # --- execution --------------------------------------------------------------------------
 
@@ -598,7 +598,7 @@ class StatementPipeline:
             if stype in ("SELECT", "EXPLAIN") or returning or (stype not in _ROWS_TAGS
                                                                 and _has_result_rows(stream.schema)):
                 to_pg = _catalog_type if prepared.is_catalog else pg_type_for_arrow
-                columns = [Column(f.name, to_pg(f.type)) for f in stream.schema]
+                columns = [ResultColumn(f.name, to_pg(f.type)) for f in stream.schema]
             if columns is not None and not own_transaction:
                 max_rows = self.governor.max_rows(session.principal.org_id)
                 governed = GovernedRows(rows, execution, max_rows=max_rows)
@@ -827,7 +827,7 @@ class StatementPipeline:
             self._abandon(session, False, execution, error)
             raise _Audited(error) from None
         execution.on_finish(stream.close)
-        columns = [Column(f.name, pg_type_for_arrow(f.type)) for f in stream.schema]
+        columns = [ResultColumn(f.name, pg_type_for_arrow(f.type)) for f in stream.schema]
         rows = GovernedRows(RowSource(stream), execution, max_rows=self.governor.max_rows(session.principal.org_id))
         session.cursors[name] = SqlCursor(name, columns, rows, engine, bool(m.group("binary")))
         return Outcome(tag="DECLARE CURSOR")
@@ -838,13 +838,13 @@ class StatementPipeline:
             raise QueryError("34000", "HD_ERR_NO_SUCH_CURSOR", f'cursor "{name}" does not exist')
         return cursor
 
-    def _cursor_fetch_columns(self, session: Session, text: str) -> list[Column] | None:
+    def _cursor_fetch_columns(self, session: Session, text: str) -> list[ResultColumn] | None:
         m = _FETCH.match(text)
         if m and leading_words(text, 1)[0] == "FETCH":
             return self._cursor(session, _cursor_name(m, text)).columns
         return None
 
-    def describe_cursor(self, session: Session, name: str) -> list[Column] | None:
+    def describe_cursor(self, session: Session, name: str) -> list[ResultColumn] | None:
         """Columns of a DECLAREd cursor (drivers Describe it as a portal), or None if there is none."""
         cursor = session.cursors.get(name)
         return cursor.columns if cursor is not None else None
@@ -988,13 +988,13 @@ def _text() -> PgType:
     return pgtype
 
 
-def _show_columns(name: str) -> list[Column]:
+def _show_columns(name: str) -> list[ResultColumn]:
     if name.strip().upper() == "ALL":
-        return [Column("name", _text()), Column("setting", _text()), Column("description", _text())]
+        return [ResultColumn("name", _text()), ResultColumn("setting", _text()), ResultColumn("description", _text())]
     label = "_".join(name.lower().split())
     if label == "transaction_isolation_level":
         label = "transaction_isolation"
-    return [Column(label, _text())]
+    return [ResultColumn(label, _text())]
 
 
 class _BatchStream:
@@ -1035,7 +1035,7 @@ def _client_explain(stream: ResultStream, *, hide_estimates: bool) -> _BatchStre
     return _BatchStream([batch], stream.schema)
 
 
-def _static_rows(columns: list[Column], rows: list[list[str]], row_tag: str) -> Outcome:
+def _static_rows(columns: list[ResultColumn], rows: list[list[str]], row_tag: str) -> Outcome:
     arrays = [pa.array([row[i] for row in rows], pa.string()) for i in range(len(columns))]
     batch = pa.RecordBatch.from_arrays(arrays, names=[c.name for c in columns])
     source = RowSource(_BatchStream([batch]))  # type: ignore[arg-type]

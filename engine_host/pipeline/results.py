@@ -21,7 +21,7 @@ def format_code(formats: Sequence[int], index: int) -> int:
 
 
 @dataclass(frozen=True)
-class Column:
+class ResultColumn:
     """One result column: its name and the Postgres type it is sent as."""
 
     name: str
@@ -82,7 +82,7 @@ class Outcome:
     """The result of executing one statement."""
 
     tag: str
-    columns: list[Column] | None = None
+    columns: list[ResultColumn] | None = None
     rows: RowSource | None = None
     # "SELECT", "INSERT 0", "FETCH"...: the tag is `f"{row_tag} {count}"` once the rows are sent.
     row_tag: str | None = None
@@ -100,7 +100,7 @@ class SqlCursor:
     """A cursor opened with DECLARE: its own DuckDB connection, so FETCH can interleave with other statements."""
 
     name: str
-    columns: list[Column]
+    columns: list[ResultColumn]
     rows: RowSource
     engine: EngineSession
     binary: bool = False

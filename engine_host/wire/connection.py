@@ -25,7 +25,7 @@ import pyarrow as pa
 from engine_host.pgcompat.types.encoding import encode_column
 from engine_host.pipeline.errors import QueryError, from_engine_error
 from engine_host.pipeline.pipeline import Kind, PreparedStatement
-from engine_host.pipeline.results import Column, Outcome, RowSource, format_code
+from engine_host.pipeline.results import Outcome, ResultColumn, RowSource, format_code
 from engine_host.pipeline.session import IDLE, Session
 from engine_host.wire import messages as m
 from engine_host.wire.datarow import frame_data_rows, frame_data_rows_small
@@ -63,7 +63,7 @@ class Portal:
     params: tuple[bytes | None, ...]
     param_formats: tuple[int, ...]
     result_formats: tuple[int, ...]
-    described: list[Column] | None = None
+    described: list[ResultColumn] | None = None
     outcome: Outcome | None = None
     rows_sent: int = 0
     done: bool = False
@@ -524,7 +524,7 @@ class PgConnection:
         for name, value in outcome.parameter_status:
             self._send(m.parameter_status(name, value))
 
-    def _send_rows(self, rows: RowSource, columns: list[Column], formats: Sequence[int],
+    def _send_rows(self, rows: RowSource, columns: list[ResultColumn], formats: Sequence[int],
                    limit: int | None) -> Generator[None, None, tuple[int, bool]]:
         """Send up to `limit` rows as DataRows, yielding whenever the buffer is full.
 
@@ -727,14 +727,14 @@ def _prefix(sql: bytes) -> str:
     return sql[:4096].decode("utf-8", "replace")
 
 
-def _fields(columns: list[Column] | None, formats: Sequence[int]) -> list[m.FieldDescription]:
+def _fields(columns: list[ResultColumn] | None, formats: Sequence[int]) -> list[m.FieldDescription]:
     return [
         m.FieldDescription(c.name, c.pgtype.oid, c.pgtype.size, c.pgtype.modifier, format_code(formats, i))
         for i, c in enumerate(columns or [])
     ]
 
 
-def _consistent_columns(described: list[Column] | None, produced: list[Column]) -> list[Column]:
+def _consistent_columns(described: list[ResultColumn] | None, produced: list[ResultColumn]) -> list[ResultColumn]:
     """Encode with the types the client was told at Describe, when it was told."""
     if described is not None and len(described) == len(produced):
         return described
@@ -745,7 +745,7 @@ def _consistent_columns(described: list[Column] | None, produced: list[Column]) 
 SMALL_BATCH_ROWS = 16
 
 
-def _encode(batch: pa.RecordBatch, columns: list[Column], binary: list[bool]) -> bytes:
+def _encode(batch: pa.RecordBatch, columns: list[ResultColumn], binary: list[bool]) -> bytes:
     """Encode one batch to DataRow messages."""
     encoded = [encode_column(batch.column(i), col.pgtype, binary[i]) for i, col in enumerate(columns)]
     if batch.num_rows <= SMALL_BATCH_ROWS and encoded:

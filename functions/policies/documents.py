@@ -30,7 +30,7 @@ _TIMEZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(?:/[A-Za-z0-9_+-]+){0,2}$"
 
 ObjectId = Annotated[str, Field(pattern=ID_PATTERN)]
 Table = Annotated[str, Field(pattern=TABLE_PATTERN, max_length=257)]
-Column = Annotated[str, Field(pattern=COLUMN_PATTERN, max_length=128)]
+ColumnName = Annotated[str, Field(pattern=COLUMN_PATTERN, max_length=128)]
 # Agent ids and frameworks are names an agent reports for itself: one id each.
 AgentName = Annotated[str, Field(pattern=ID_PATTERN)]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun", "MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"]
@@ -48,7 +48,7 @@ class MaskDocument(_Document):
     kind: Literal["mask"]
     rule_id: ObjectId | None = None
     table: Table
-    column: Column
+    column: ColumnName
     function: MaskFunction
     visible_chars: int = Field(default=4, ge=0, le=64)
     exempt_roles: list[Role] = Field(default_factory=list, max_length=6)
@@ -105,7 +105,7 @@ class ColumnTagDocument(_Document):
     kind: Literal["column_tag"]
     tag_id: ObjectId | None = None
     table: Table
-    column: Column
+    column: ColumnName
     pii_type: PiiType
 
 
@@ -122,7 +122,7 @@ class TableBindingDocument(_Document):
     kind: Literal["table_binding"]
     binding_id: ObjectId | None = None
     table: Table
-    tenant_column: Column | None = None
+    tenant_column: ColumnName | None = None
 
 
 PolicyDocument = Annotated[

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 from engine_host.cli import main
-from engine_host.cli.listing import Column, render_table
+from engine_host.cli.listing import ListingColumn, render_table
 from tests.harness import EngineHostProcess, start_engine_host
 
 ANALYST = "usr_demo_acme_analyst"
@@ -359,7 +359,7 @@ def test_as_a_subprocess_it_reads_url_and_owner_key_from_the_environment(host: E
 
 
 def test_tables_have_a_header_fixed_width_columns_and_cut_long_values_with_an_ellipsis() -> None:
-    columns = (Column("ID", "id", 6), Column("NAME", "name", 10), Column("SCOPES", "scopes", 40))
+    columns = (ListingColumn("ID", "id", 6), ListingColumn("NAME", "name", 10), ListingColumn("SCOPES", "scopes", 40))
     rows: list[dict[str, Any]] = [
         {"id": "k1", "name": "a rather long key name", "scopes": ["query:read", "tables:list"]},
         {"id": "key_123456789", "name": None, "scopes": []},
@@ -373,6 +373,6 @@ def test_tables_have_a_header_fixed_width_columns_and_cut_long_values_with_an_el
 
 
 def test_table_cells_cannot_carry_terminal_control_characters() -> None:
-    table = render_table([Column("NAME", "name")], [{"name": "evil\x1b]0;owned\x07\nname"}])
+    table = render_table([ListingColumn("NAME", "name")], [{"name": "evil\x1b]0;owned\x07\nname"}])
 
     assert "\x1b" not in table and "\x07" not in table and len(table.splitlines()) == 2

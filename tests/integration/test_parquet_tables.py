@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine_host.data import parquet_tables as tables
-from engine_host.data.parquet_tables import TableRef, register_parquet_tables
+from engine_host.data.parquet_tables import ParquetTable, register_parquet_tables
 from engine_host.devmode.demo import DEMO_ORGS, luhn_check_digit, write_demo_dataset
 from engine_host.engine.views import VIEW_MARKER
 
@@ -63,8 +63,8 @@ def test_registration_returns_one_ref_per_table_directory(con: duckdb.DuckDBPyCo
     refs = register_parquet_tables(con, data_dir)
 
     assert refs == [
-        TableRef("crm", "customers", data_dir.resolve() / "crm" / "customers", 1),
-        TableRef("sales", "orders", data_dir.resolve() / "sales" / "orders", 1),
+        ParquetTable("crm", "customers", data_dir.resolve() / "crm" / "customers", 1),
+        ParquetTable("sales", "orders", data_dir.resolve() / "sales" / "orders", 1),
     ]
     assert [r.qualified_name for r in refs] == ["crm.customers", "sales.orders"]
 

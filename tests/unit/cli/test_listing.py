@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from engine_host.cli.listing import ELLIPSIS, Column, cell_text, fit, printable, render_listing, render_record
+from engine_host.cli.listing import ELLIPSIS, ListingColumn, cell_text, fit, printable, render_listing, render_record
 
 # --- cells ----------------------------------------------------------------------------------------
 
@@ -63,14 +63,14 @@ def test_text_one_character_too_long_ends_in_an_ellipsis_at_exactly_the_width() 
 def test_a_column_is_as_wide_as_its_header_when_every_value_is_shorter() -> None:
     rows: list[dict[str, Any]] = [{"id": "k1"}, {"id": "k22"}]
 
-    header, first, second = render_listing([Column("KEY_ID", "id"), Column("ENV", "env")], rows,
+    header, first, second = render_listing([ListingColumn("KEY_ID", "id"), ListingColumn("ENV", "env")], rows,
                                            empty="none").splitlines()
 
     assert (header, first, second) == ("KEY_ID  ENV", "k1      -", "k22     -")
 
 
 def test_a_listing_without_rows_is_the_sentence_given_not_a_bare_header() -> None:
-    assert render_listing([Column("KEY_ID", "id")], [], empty="no API keys") == "no API keys"
+    assert render_listing([ListingColumn("KEY_ID", "id")], [], empty="no API keys") == "no API keys"
 
 
 def test_a_record_aligns_its_values_after_the_longest_label_and_never_cuts_them() -> None:
