@@ -33,7 +33,7 @@ from hd_core.errors import AuthenticationFailed, HdError
 
 if TYPE_CHECKING:
     from engine_host.wire.admission import ConnectionRefused, ConnectionTicket
-    from engine_host.wire.server import PgServer
+    from engine_host.wire.connection_services import ConnectionServices
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,11 +84,11 @@ class ConnectionState:
 class PgConnection:
     """Serves one client socket until it disconnects, terminates or the server shuts down."""
 
-    def __init__(self, server: PgServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.server = server
+    def __init__(self, services: ConnectionServices, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.services = services
         self.reader = reader
         self.writer = writer
-        self.process_id = server.next_process_id()
+        self.process_id = services.registry.next_process_id()
         self.secret_key = secrets.randbits(31)
         self.session: Session | None = None
         self.busy = False
@@ -124,7 +124,7 @@ class PgConnection:
             await self._cleanup()
 
     async def _cleanup(self) -> None:
-        self.server.forget(self)
+        self.services.registry.forget(self)
         try:
             await self._blocking(self._release)
         except RuntimeError:  # the worker pool has already stopped (server shutdown): release here
@@ -132,7 +132,7 @@ class PgConnection:
         self.writer.close()
         try:
             # A client that reads nothing would keep buffered output (and this task) forever: drop it.
-            async with asyncio.timeout(0 if self.server.stopping else CLOSE_TIMEOUT_SECONDS):
+            async with asyncio.timeout(0 if self.services.registry.stopping else CLOSE_TIMEOUT_SECONDS):
                 await self.writer.wait_closed()
         except TimeoutError:
             self.writer.transport.abort()
@@ -177,7 +177,7 @@ class PgConnection:
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run DuckDB (or Argon2) work on the worker pool so the event loop keeps serving others."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.server.executor, functools.partial(fn, *args))
+        return await loop.run_in_executor(self.services.executor, functools.partial(fn, *args))
 
     def _send(self, data: bytes) -> None:
         self._out += data
@@ -237,19 +237,19 @@ class PgConnection:
             if isinstance(message, m.SslRequest):
                 if tls:
                     raise m.ProtocolViolation("duplicate SSLRequest")
-                if self.server.ssl_context is None:
+                if self.services.ssl_context is None:
                     self.writer.write(b"N")
                     continue
                 self.writer.write(b"S")
                 await self.writer.drain()
-                await self.writer.start_tls(self.server.ssl_context)
+                await self.writer.start_tls(self.services.ssl_context)
                 tls = True
                 continue
             if isinstance(message, m.GssEncRequest):
                 self.writer.write(b"N")  # no GSSAPI: the client falls back to TLS or plaintext
                 continue
             if isinstance(message, m.CancelRequest):
-                self.server.cancel(message.process_id, message.secret_key)
+                self.services.registry.cancel(message.process_id, message.secret_key)
                 return False
             if refusal is not None:
                 await self._fatal(refusal.sqlstate, refusal.code, refusal.message, refusal.hint)
@@ -257,7 +257,7 @@ class PgConnection:
             return await self._authenticate(message, tls)
 
     def _plaintext_allowed(self) -> bool:
-        if not self.server.allow_plaintext:
+        if not self.services.allow_plaintext:
             return False
         try:
             return ipaddress.ip_address(self.peer_host.split("%")[0]).is_loopback
@@ -265,13 +265,13 @@ class PgConnection:
             return False
 
     async def _authenticate(self, startup: m.StartupMessage, tls: bool) -> bool:
-        if not self.server.pipeline.ready:
+        if not self.services.pipeline.ready:
             await self._fatal("57P03", "HD_ERR_STARTING_UP",
                               "the database system is starting up (policies are still loading)")
             return False
-        if self.server.admission is not None:
+        if self.services.admission is not None:
             try:
-                self.server.admission()
+                self.services.admission()
             except HdError as exc:
                 await self._fatal(getattr(exc, "sqlstate", "08004"), exc.code, str(exc))
                 return False
@@ -292,15 +292,15 @@ class PgConnection:
             raise m.ProtocolViolation("expected a password message")
         password = m.parse_frontend(kind, body)
         assert isinstance(password, m.PasswordMessage)
-        if self.server.stopping:  # the host is shutting down: no new session, and no new work on its pools
+        if self.services.registry.stopping:  # the host is shutting down: no new session, and no new work on its pools
             await self._fatal("57P03", "HD_ERR_SHUTDOWN", "the database system is shutting down")
             return False
         try:
-            principal = await self.server.verifier.verify(user, password.password, self.peer_host)
+            principal = await self.services.verifier.verify(user, password.password, self.peer_host)
             if self.ticket is not None:
                 self.ticket.authenticated(principal.org_id)  # the organisation's connection cap
         except AuthenticationFailed:
-            self.server.connections.failed(self.peer_host)
+            self.services.connection_admission.failed(self.peer_host)
             await self._fatal("28P01", "HD_ERR_AUTH_FAILED", f'password authentication failed for user "{user}"')
             return False
         except QueryError as exc:  # too many checks pending, or the organisation's cap
@@ -308,7 +308,7 @@ class PgConnection:
             return False
         try:
             self.session = await self._blocking(
-                self.server.pipeline.open_session, principal, self.peer_host, dict(startup.params), self.process_id
+                self.services.pipeline.open_session, principal, self.peer_host, dict(startup.params), self.process_id
             )
         except QueryError as exc:
             await self._fatal(exc.sqlstate, exc.code, exc.message)
@@ -319,7 +319,7 @@ class PgConnection:
         self._send(m.backend_key_data(self.process_id, self.secret_key))
         self._send(m.ready_for_query(IDLE))
         await self._flush()
-        self.server.register(self)
+        self.services.registry.register(self)
         return True
 
     # --- message loop -------------------------------------------------------------------------
@@ -367,7 +367,7 @@ class PgConnection:
 
         As Postgres's idle_session_timeout: FATAL 57P05, and a session in a transaction is never ended here.
         """
-        timeout = self.server.limits.idle_session_timeout_seconds
+        timeout = self.services.limits.idle_session_timeout_seconds
         if not timeout or self.session is None or self.session.in_transaction:
             return await self.reader.read(READ_CHUNK)
         try:
@@ -390,7 +390,7 @@ class PgConnection:
         if not texts:
             return True
         try:
-            await self.server.pipeline.enter_gate(session)
+            await self.services.pipeline.enter_gate(session)
         except QueryError as exc:
             await self._refuse_batch(session, messages, texts, exc)
             return False
@@ -398,11 +398,11 @@ class PgConnection:
 
     def _leave_gate(self) -> None:
         if self.session is not None:
-            self.server.pipeline.leave_gate(self.session)
+            self.services.pipeline.leave_gate(self.session)
 
     def _statements_run_by(self, messages: deque[tuple[bytes, bytes]]) -> list[bytes]:
         """The SQL (raw) of each statement the batch runs in the engine: a Query, or an Execute of one."""
-        takes_slot = self.server.pipeline.takes_slot
+        takes_slot = self.services.pipeline.takes_slot
         parsed: dict[bytes, bytes] = {}
         bound: dict[bytes, bytes | None] = {}
         texts: list[bytes] = []
@@ -438,7 +438,7 @@ class PgConnection:
         session.statement_failed()
         loop = asyncio.get_running_loop()
         for raw in texts:  # audited off the worker pool, so a refusal never waits behind statements
-            await loop.run_in_executor(self.server.side_executor, self.server.pipeline.record_refusal,
+            await loop.run_in_executor(self.services.side_executor, self.services.pipeline.record_refusal,
                                        session, raw.decode("utf-8", "replace"), error)
         state = self._state
         for kind, _ in messages:
@@ -549,7 +549,7 @@ class PgConnection:
 
     def _simple_query(self, sql: str, *, last: bool = True) -> Iterator[None]:
         session = self._session()
-        pipeline = self.server.pipeline
+        pipeline = self.services.pipeline
         try:
             # Splitting costs a parse; a string without an inner ';' is one statement (or none).
             if ";" in sql.strip().rstrip(";"):
@@ -616,7 +616,7 @@ class PgConnection:
     def _parse(self, session: Session, sql: str, oids: Sequence[int]) -> PreparedStatement:
         if not sql.strip(" \t\r\n;"):
             return PreparedStatement(text="", kind=Kind.ENGINE, engine_sql="", statement_type="EMPTY")
-        pipeline = self.server.pipeline
+        pipeline = self.services.pipeline
         prepared = pipeline.prepare(session, sql, oids)
         pipeline.parameter_types(session, prepared)  # binds now so errors surface at Parse, as in Postgres
         return prepared
@@ -637,7 +637,7 @@ class PgConnection:
         self._send(m.bind_complete())
 
     def _describe(self, session: Session, message: m.Describe) -> None:
-        pipeline = self.server.pipeline
+        pipeline = self.services.pipeline
         if message.kind == "S":
             prepared = self._state.statements.get(message.name)
             if prepared is None:
@@ -678,7 +678,7 @@ class PgConnection:
             self._send(m.command_complete(portal.complete_tag or ""))
             return
         if portal.outcome is None:
-            portal.outcome = self.server.pipeline.execute(session, portal.statement, portal.params,
+            portal.outcome = self.services.pipeline.execute(session, portal.statement, portal.params,
                                                           portal.param_formats)
             self._apply_outcome(portal.outcome)
         outcome = portal.outcome

@@ -14,16 +14,13 @@ from typing import Any
 from engine_host.pipeline.pipeline import StatementPipeline
 from engine_host.wire.admission import ConnectionAdmission, ConnectionRefused, RateLimitedLog
 from engine_host.wire.connection import PgConnection
+from engine_host.wire.connection_services import Admission, ConnectionServices
 from engine_host.wire.limits import ConnectionLimits
 from engine_host.wire.verifier import Authenticate, CredentialVerifier
 
 __all__ = ["Admission", "Authenticate", "PgServer"]
 
 log = logging.getLogger(__name__)
-
-# Called for each new connection before authentication; raises an HdError with a `sqlstate` to refuse it
-# (the heartbeat's ServiceGate.check_new_connection once the grace period has run out).
-Admission = Callable[[], None]
 
 # Refusals answered after the client's startup packet (as Postgres does, so the client sees why);
 # beyond this many at once, further ones are closed without a word rather than hold descriptors.
@@ -77,6 +74,12 @@ class PgServer:
         # Set when shutdown begins: a login that completes after it is refused (57P03), not started.
         self.stopping = False
         self._next_pid = secrets.randbelow(1 << 20) + 1000
+        # What each connection gets of this server; the server answers for the registry itself.
+        self.connection_services = ConnectionServices(
+            pipeline=pipeline, verifier=self.verifier, ssl_context=ssl_context, allow_plaintext=allow_plaintext,
+            admission=admission, limits=self.limits, connection_admission=self.connections,
+            executor=self.executor, side_executor=self.side_executor, registry=self,
+        )
 
     def next_process_id(self) -> int:
         self._next_pid += 1
@@ -95,7 +98,7 @@ class PgServer:
                  "TLS 1.3" if self.ssl_context else "PLAINTEXT - loopback only")
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = PgConnection(self, reader, writer)
+        connection = PgConnection(self.connection_services, reader, writer)
         try:
             ticket = self.connections.admit(connection.peer_host)
         except ConnectionRefused as refusal:

@@ -11,7 +11,7 @@ from engine_host.wire.connection import PgConnection
 
 def _connection(peer: str, allow: bool) -> PgConnection:
     conn = PgConnection.__new__(PgConnection)
-    conn.server = SimpleNamespace(allow_plaintext=allow)  # type: ignore[assignment]
+    conn.services = SimpleNamespace(allow_plaintext=allow)  # type: ignore[assignment]
     conn.peer_host = peer
     return conn
 
