@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from functions.shared.http import authorize, build_app, documented
 from functions.shared.idempotency import RETRY_HELP, idempotent_create
 from functions.shared.lambda_entry import lambda_entry
-from functions.shared.request_fields import MultilineText, PathId
+from functions.shared.request_fields import MultilineText, NonBlankMultilineText, PathId
 from functions.shared.wiring import services
 from hd_core import jit
 from hd_core.models import ApiScope, JitRequest, JitStatus, Role
@@ -29,7 +29,7 @@ ElevatableRole = Literal["Admin", "Developer", "Analyst", "ServiceAccount", "Aud
 
 class ElevationIn(BaseModel):
     role: ElevatableRole
-    reason: MultilineText = Field(min_length=1, max_length=1000)
+    reason: NonBlankMultilineText = Field(min_length=1, max_length=1000)
     duration_seconds: int = Field(ge=60, le=8 * 3600)
 
 

@@ -50,6 +50,12 @@ def _non_blank(value: str) -> str:
     return _single_line(value)
 
 
+def _non_blank_multiline(value: str) -> str:
+    if not value.strip():
+        raise ValueError("the text must not be blank")
+    return _multiline(value)
+
+
 def _email(value: str) -> str:
     problem = email_problem(value)
     if problem is not None:
@@ -76,10 +82,18 @@ def _document_multiline(schema: dict[str, Any]) -> None:
     schema["pattern"] = plain_text_pattern(multiline=True)
 
 
-def _document_non_blank(schema: dict[str, Any]) -> None:
-    hidden = plain_text_pattern()[3:-3]  # the excluded ranges of `^[^...]*$`
+def _non_blank_pattern(*, multiline: bool) -> str:
+    hidden = plain_text_pattern(multiline=multiline)[3:-3]  # the excluded ranges of `^[^...]*$`
     blank = NON_BLANK_PATTERN[2:-1]  # the blanks `[^...]` excludes
-    schema["pattern"] = rf"^[^{hidden}]*[^{blank}{hidden}][^{hidden}]*$"
+    return rf"^[^{hidden}]*[^{blank}{hidden}][^{hidden}]*$"
+
+
+def _document_non_blank(schema: dict[str, Any]) -> None:
+    schema["pattern"] = _non_blank_pattern(multiline=False)
+
+
+def _document_non_blank_multiline(schema: dict[str, Any]) -> None:
+    schema["pattern"] = _non_blank_pattern(multiline=True)
 
 
 def _document_email(schema: dict[str, Any]) -> None:
@@ -91,6 +105,10 @@ PlainText = Annotated[str, AfterValidator(_single_line), Field(json_schema_extra
 MultilineText = Annotated[str, AfterValidator(_multiline), Field(json_schema_extra=_document_multiline)]
 # Plain text with at least one character that is not a blank (a name that shows as something).
 NonBlankText = Annotated[str, AfterValidator(_non_blank), Field(json_schema_extra=_document_non_blank)]
+# The same over several lines (a reason someone must give).
+NonBlankMultilineText = Annotated[
+    str, AfterValidator(_non_blank_multiline), Field(json_schema_extra=_document_non_blank_multiline)
+]
 EmailAddress = Annotated[
     str,
     AfterValidator(_email),

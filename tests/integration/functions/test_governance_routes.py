@@ -195,3 +195,11 @@ def test_a_reason_with_a_bidi_override_is_refused(control: ControlApi) -> None:
     reply = control.call("POST", f"{_org(control)}/jit-requests",
                          {"role": "Admin", "reason": "routine \u202ekcatta", "duration_seconds": 600})
     assert reply.status == 422 and "U+202E" in reply.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("reason", ["\u00a0", " \t\n", "\u3000"])
+def test_a_blank_jit_reason_breaks_the_documented_schema_not_a_later_check(control: ControlApi, reason: str) -> None:
+    """The document says what the route accepts: a reason that is only blanks is a 422, as the schema promises."""
+    reply = control.call("POST", f"/v1/organizations/{control.org_id}/jit-requests",
+                         {"role": "Developer", "reason": reason, "duration_seconds": 600})
+    assert reply.status == 422 and reply.json()["error"]["code"] == "HD_ERR_VALIDATION"
