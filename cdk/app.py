@@ -18,7 +18,13 @@ CDK_DIR = Path(__file__).resolve().parent
 if str(CDK_DIR) not in sys.path:  # `hd_cdk` lives next to this file
     sys.path.insert(0, str(CDK_DIR))
 
-from aws_cdk import App, Environment  # noqa: E402
+try:
+    from aws_cdk import App, Environment
+except ImportError:  # the usual cause: a Python other than the one this repository was installed into
+    if __name__ != "__main__":
+        raise
+    sys.exit(f"cdk/app.py: the AWS CDK libraries are not installed for {sys.executable}: run "
+             "`.venv/bin/pip install -e '.[cdk]'`, then `.venv/bin/python cdk/app.py`")
 
 from hd_cdk import constants  # noqa: E402
 from hd_cdk.nag import apply_packs  # noqa: E402
@@ -94,5 +100,17 @@ def build_app(context: dict[str, Any] | None = None, outdir: str | None = None) 
     return app
 
 
+def main() -> None:
+    """Synthesize into `$CDK_OUTDIR` (set by the CDK CLI) or, run directly, `cdk.out/`, and say what was written."""
+    cli_outdir = os.environ.get("CDK_OUTDIR")
+    outdir = cli_outdir or str(CDK_DIR.parent / "cdk.out")
+    assembly = build_app(outdir=outdir).synth()
+    if cli_outdir:
+        return  # the CDK CLI reports the assembly itself
+    for stack in assembly.stacks:
+        resources = len(stack.template.get("Resources", {}))
+        print(f"wrote {Path(outdir) / stack.template_file} ({resources} resources)")
+
+
 if __name__ == "__main__":
-    build_app().synth()
+    main()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -122,3 +125,15 @@ def test_outputs_name_what_the_next_steps_need(synthesized_app: Any) -> None:
             "EngineConfigParameter"} <= set(outputs)
     service = outputs["EndpointServiceName"]["Value"]["Fn::Join"][1]
     assert service[0] == "com.amazonaws.vpce.eu-west-1." and "Ref" in service[1]
+
+
+def test_run_by_a_python_without_the_cdk_it_says_which_install_to_use(tmp_path: Path) -> None:
+    shadow = tmp_path / "aws_cdk"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('not installed for this interpreter')\n")
+    result = subprocess.run([sys.executable, str(CDK_DIR / "app.py")], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"cdk/app.py: the AWS CDK libraries are not installed for {sys.executable}: run "
+        "`.venv/bin/pip install -e '.[cdk]'`, then `.venv/bin/python cdk/app.py`"]
