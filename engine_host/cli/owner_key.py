@@ -10,21 +10,15 @@ never overwritten, so the command refuses while one is there.
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 from contextlib import suppress
 from pathlib import Path
 
-from engine_host.runtime.local_state import damaged_store_advice
-from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
-from hd_core.adapters.local_keys import LocalKeyFile
-from hd_core.adapters.sqlite_store import ControlStoreDamaged, SqliteControlStore
+from engine_host.cli.offline_audit import local_trail, operator_actor
 from hd_core.api_keys import ApiKeyHasher
 from hd_core.bootstrap import reissue_local_owner_key
-from hd_core.control_settings import ControlApiSettings
 from hd_core.errors import HdError
-from hd_core.iam_audit import IamAuditTrail
 from hd_core.models import new_id
 
 COMMAND = "hd reissue-owner-key"
@@ -67,28 +61,10 @@ def run_reissue_owner_key(state_dir: Path) -> int:
 
 def _reissue(state_dir: Path) -> tuple[str, str]:
     """The new key's plaintext and what to tell the operator; the store is closed again."""
-    store_path = state_dir / "control.sqlite3"
-    try:
-        store = SqliteControlStore(store_path, create=False)
-    except ControlStoreDamaged as exc:
-        raise ControlStoreDamaged(f"{exc}: {damaged_store_advice(store_path)}") from None
-    with store:
-        keys = LocalKeyFile(state_dir / "keys" / "local-keys.json", create_missing=False)
-        keys.check()
-        settings = ControlApiSettings()
-        trail = IamAuditTrail(store, LocalFolderCheckpointStore(state_dir), keys,
-                              checkpoint_every=settings.checkpoint_every)
-        reissued = reissue_local_owner_key(store, trail, ApiKeyHasher(), actor=f"local:{_operator()}",
+    with local_trail(state_dir) as (store, trail):
+        reissued = reissue_local_owner_key(store, trail, ApiKeyHasher(), actor=operator_actor(),
                                            request_id=new_id("req"))
     revoked = ", ".join(reissued.revoked_key_ids) or "none"
     return reissued.api_key_plaintext, (
         f"new Owner API key {reissued.record.key_id} written to {state_dir / 'owner.key'} (mode 0600); "
         f"revoked earlier Owner keys: {revoked}; recorded in the IAM audit trail of {reissued.record.org_id}")
-
-
-def _operator() -> str:
-    """Who ran the command, as the operating system says (the audit actor; there is no API credential)."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid-{os.getuid()}"

@@ -14,20 +14,14 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import sys
 from pathlib import Path
 from typing import TextIO
 
-from engine_host.runtime.local_state import damaged_store_advice
-from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
-from hd_core.adapters.local_keys import LocalKeyFile
-from hd_core.adapters.sqlite_store import ControlStoreDamaged, SqliteControlStore
+from engine_host.cli.offline_audit import local_trail, operator_actor
 from hd_core.api_keys import ApiKeyHasher
 from hd_core.bootstrap import set_local_owner_password
-from hd_core.control_settings import ControlApiSettings
 from hd_core.errors import AuthenticationFailed, Conflict, HdError
-from hd_core.iam_audit import IamAuditTrail
 from hd_core.models import new_id
 
 COMMAND = "hd set-owner-password"
@@ -88,24 +82,7 @@ def _read_passwords(stream: TextIO, *, replace: bool) -> tuple[str | None, str]:
 
 def _set(state_dir: Path, current: str | None, new: str) -> str:
     """Set the password in the store and record it; the Owner's email. The store is closed again."""
-    store_path = state_dir / "control.sqlite3"
-    try:
-        store = SqliteControlStore(store_path, create=False)
-    except ControlStoreDamaged as exc:
-        raise ControlStoreDamaged(f"{exc}: {damaged_store_advice(store_path)}") from None
-    with store:
-        keys = LocalKeyFile(state_dir / "keys" / "local-keys.json", create_missing=False)
-        keys.check()
-        trail = IamAuditTrail(store, LocalFolderCheckpointStore(state_dir), keys,
-                              checkpoint_every=ControlApiSettings().checkpoint_every)
+    with local_trail(state_dir) as (store, trail):
         owner = set_local_owner_password(store, trail, ApiKeyHasher(), new_password=new, current_password=current,
-                                         actor=f"local:{_operator()}", request_id=new_id("req"))
+                                         actor=operator_actor(), request_id=new_id("req"))
     return owner.email
-
-
-def _operator() -> str:
-    """Who ran the command, as the operating system says (the audit actor; there is no API credential)."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid-{os.getuid()}"
