@@ -26,20 +26,22 @@ from engine_host.pgcompat.types.decoding import decode_parameter
 from engine_host.pgcompat.types.parameter_format import ParameterFormatError
 from engine_host.pgcompat.types.table import PgType, pg_type_by_oid, pg_type_for_duckdb
 from engine_host.pipeline import errors
+from engine_host.pipeline.cursors import IDENT, Audited, Cursors, cursor_name, declares_cursor
 from engine_host.pipeline.errors import QueryError
 from engine_host.pipeline.execution import Execution, GovernedRows
 from engine_host.pipeline.governance.guard import MAX_STATEMENT_CHARS
 from engine_host.pipeline.governance.plan_check import check_bound_plan, statement_shape
 from engine_host.pipeline.governor import SUPPORTED_DIALECTS, GovernedPlan, Governor, StatementAudit
 from engine_host.pipeline.recently_used import RecentlyUsed
-from engine_host.pipeline.results import Outcome, ResultColumn, RowSource, SqlCursor, format_code
-from engine_host.pipeline.session import FAILED_TRANSACTION, IN_TRANSACTION, Session
+from engine_host.pipeline.results import Outcome, ResultColumn, RowSource, format_code
+from engine_host.pipeline.session import FAILED_TRANSACTION, Session
 from engine_host.pipeline.settings import (
     SessionSettings,
     SettingCommand,
     check_transaction_mode,
     parse_setting_command,
 )
+from engine_host.pipeline.transactions import Transactions, ends_transaction
 from hd_core.errors import HdError
 from hd_core.models import Principal
 from hd_core.policy_eval import Subject
@@ -162,6 +164,8 @@ class StatementPipeline:
         self._verified: RecentlyUsed[Hashable, bool] = RecentlyUsed(governor.limits.plan_cache_entries)
         self.stages: list[Stage] = (list(stages) if stages is not None
                                     else [self.classify, self.answer_catalog, self.govern])
+        self._transactions = Transactions(self)
+        self._cursors = Cursors(self)
 
     @property
     def ready(self) -> bool:
@@ -408,7 +412,7 @@ class StatementPipeline:
                 return _show_columns(setting.name)
             return None
         if prepared.kind is Kind.CURSOR:
-            return self._cursor_fetch_columns(session, prepared.text)
+            return self._cursors.fetch_columns(session, prepared.text)
         if prepared.kind is not Kind.ENGINE:
             return None
         shape = self._shape(session, prepared)
@@ -474,19 +478,19 @@ class StatementPipeline:
         # Recorded as the session was when the statement came: a SET of hd.request_id belongs to the request before.
         subject, settings = self.subject(session), _settings_map(session)
         try:
-            if session.transaction_status == FAILED_TRANSACTION and not _ends_transaction(prepared):
+            if session.transaction_status == FAILED_TRANSACTION and not ends_transaction(prepared):
                 raise errors.transaction_aborted()
             if prepared.kind is Kind.SETTING:
                 outcome = self._run_setting(session, prepared)
             elif prepared.kind is Kind.TRANSACTION:
-                outcome = self._run_transaction(session, prepared.text)
+                outcome = self._transactions.run(session, prepared.text)
             elif prepared.kind is Kind.CURSOR:
-                outcome = self._run_cursor(session, prepared.text)
+                outcome = self._cursors.run(session, prepared.text)
             elif prepared.kind is Kind.DISCARD:
                 outcome = self._run_discard(session)
             else:
                 outcome = _deallocate(prepared.text)
-        except _Audited as done:  # a DECLARE whose query was refused or failed: that record stands for it
+        except Audited as done:  # a DECLARE whose query was refused or failed: that record stands for it
             session.statement_failed()
             raise done.error from None
         except QueryError as exc:
@@ -501,7 +505,7 @@ class StatementPipeline:
         except Exception as exc:  # noqa: BLE001 - a bug in a settings, transaction or cursor statement
             session.statement_failed()
             raise self._refuse_unexpected(session, audit, exc) from None
-        if not _declares_cursor(prepared):  # a DECLARE's record is its query's, written by its Execution
+        if not declares_cursor(prepared):  # a DECLARE's record is its query's, written by its Execution
             self._record_control(session, audit, as_of=(subject, settings))
         return outcome
 
@@ -679,73 +683,6 @@ class StatementPipeline:
         status = [(reported, settings.get(reported))] if reported else []
         return Outcome(tag="SET", parameter_status=status)
 
-    def _run_transaction(self, session: Session, text: str) -> Outcome:
-        words = leading_words(text, 4)
-        verb = words[0]
-        if verb in ("SAVEPOINT", "RELEASE") or (verb in ("ROLLBACK", "ABORT") and "TO" in words[1:3]):
-            return self._run_savepoint(session, text, verb)
-        if verb in _TX_BEGIN:
-            check_transaction_mode(text)
-            if session.in_transaction:
-                return Outcome(tag="BEGIN" if verb == "BEGIN" else "START TRANSACTION",
-                               notices=["there is already a transaction in progress"])
-            self._engine_command(session, "BEGIN TRANSACTION")
-            session.transaction_status = IN_TRANSACTION
-            return Outcome(tag="BEGIN" if verb == "BEGIN" else "START TRANSACTION")
-        if not session.in_transaction:
-            tag = "COMMIT" if verb in ("COMMIT", "END") else "ROLLBACK"
-            return Outcome(tag=tag, notices=["there is no transaction in progress"])
-        failed = session.transaction_status == FAILED_TRANSACTION
-        commit = verb in ("COMMIT", "END") and not failed
-        session.transaction_ended()
-        pending, session.pending_ddl = session.pending_ddl, []
-        self._engine_command(session, "COMMIT" if commit else "ROLLBACK")
-        if commit:
-            for plan in pending:
-                self.governor.schema_changed(self.subject(session), plan)
-        return Outcome(tag="COMMIT" if commit else "ROLLBACK")
-
-    def _run_savepoint(self, session: Session, text: str, verb: str) -> Outcome:
-        """Savepoints, emulated where the result is exactly what Postgres would do.
-
-        DuckDB has no savepoints. Rolling back to a savepoint is exact when nothing ran since it, or
-        when it was taken before the transaction's first statement (then it is ROLLBACK + BEGIN);
-        anything else is refused rather than silently undoing too much or too little.
-        """
-        m = _SAVEPOINT.match(text)
-        if m is None:
-            raise errors.syntax_error("could not parse this savepoint statement")
-        name = _cursor_name(m, text)
-        if not session.in_transaction:
-            raise QueryError("25P01", "HD_ERR_NO_TRANSACTION",
-                             f"{verb} can only be used in transaction blocks")
-        if verb == "SAVEPOINT":
-            session.savepoints.append((name, session.transaction_statements))
-            return Outcome(tag="SAVEPOINT")
-        index = next((i for i in range(len(session.savepoints) - 1, -1, -1) if session.savepoints[i][0] == name),
-                     None)
-        if index is None:
-            raise QueryError("3B001", "HD_ERR_NO_SUCH_SAVEPOINT", f'savepoint "{name}" does not exist')
-        if verb == "RELEASE":
-            del session.savepoints[index:]
-            return Outcome(tag="RELEASE")
-        taken_at = session.savepoints[index][1]
-        del session.savepoints[index + 1:]
-        failed = session.transaction_status == FAILED_TRANSACTION
-        if taken_at == 0 and (failed or session.transaction_statements > 0):
-            self._engine_command(session, "ROLLBACK")
-            self._engine_command(session, "BEGIN TRANSACTION")
-            session.local_tables, session.pending_ddl = None, []
-        elif failed or session.transaction_statements != taken_at:
-            session.transaction_status = FAILED_TRANSACTION
-            raise errors.unsupported(
-                "rolling back to a savepoint taken after other statements is not supported",
-                hint="Roll back the whole transaction, or take the savepoint before the transaction's first statement.",
-            )
-        session.transaction_status = IN_TRANSACTION
-        session.transaction_statements = taken_at
-        return Outcome(tag="ROLLBACK")
-
     def _engine_command(self, session: Session, sql: str) -> None:
         try:
             session.engine.run(sql).close()
@@ -761,114 +698,12 @@ class StatementPipeline:
         changed = session.settings.reset_all()
         return Outcome(tag="DISCARD ALL", parameter_status=[(n, session.settings.get(n)) for n in changed])
 
-    # --- SQL cursors (DECLARE / FETCH / MOVE / CLOSE) -------------------------------------------
-
-    def _run_cursor(self, session: Session, text: str) -> Outcome:
-        verb = leading_words(text, 1)[0]
-        if verb == "DECLARE":
-            return self._declare(session, text)
-        if verb == "CLOSE":
-            name = _cursor_name(_CLOSE.match(text), text)
-            if name.upper() == "ALL":
-                for cursor in session.cursors.values():
-                    cursor.close()
-                session.cursors.clear()
-            else:
-                self._cursor(session, name).close()
-                session.cursors.pop(name, None)
-            return Outcome(tag="CLOSE CURSOR")
-        m = _FETCH.match(text)
-        if not m:
-            raise errors.syntax_error("could not parse this FETCH/MOVE statement")
-        cursor = self._cursor(session, _cursor_name(m, text))
-        count = _fetch_count(m)
-        if verb == "MOVE":
-            moved = _skip_rows(cursor.rows, count)
-            return Outcome(tag=f"MOVE {moved}")
-        return Outcome(tag="", columns=cursor.columns, rows=_LimitedRows(cursor.rows, count), row_tag="FETCH")
-
-    def _declare(self, session: Session, text: str) -> Outcome:
-        m = _DECLARE.match(text)
-        if not m:
-            raise errors.syntax_error("could not parse this DECLARE statement")
-        name = _cursor_name(m, text)
-        if name in session.cursors:
-            raise QueryError("42P03", "HD_ERR_DUPLICATE_CURSOR", f'cursor "{name}" already exists')
-        if m.group("scroll") and "NO" not in m.group("scroll").upper():
-            raise errors.unsupported("scrollable cursors are not supported", hint="Declare the cursor NO SCROLL.")
-        not_a_select = QueryError("42601", "HD_ERR_SYNTAX", "DECLARE CURSOR can only be used with a SELECT query")
-        if statement_kind(m.group("query")) is not Kind.ENGINE:
-            raise not_a_select
-        try:
-            query = self.prepare(session, m.group("query"))  # refusals are audited by its `govern` stage
-        except QueryError as exc:
-            raise _Audited(exc) from None
-        if query.statement_type != "SELECT":
-            raise not_a_select
-        # A cursor reads on a connection of its own so the session can run statements between FETCHes;
-        # it takes no concurrency slot, since a client may keep it open between FETCHes indefinitely.
-        engine = self._database.session()
-        try:
-            execution = self._admit(session, query, take_slot=False, engine=engine)
-        except QueryError as exc:
-            engine.close()
-            raise _Audited(exc) from None
-        try:
-            execution.on_finish(self._hold_data(query.plan).release)
-        except QueryError as exc:
-            engine.close()
-            self._abandon(session, False, execution, exc)
-            raise _Audited(exc) from None
-        try:
-            stream = engine.run(query.engine_sql)
-        except duckdb.Error as exc:
-            engine.close()
-            error = execution.engine_error(exc)
-            self._abandon(session, False, execution, error)
-            raise _Audited(error) from None
-        execution.on_finish(stream.close)
-        columns = [ResultColumn(f.name, pg_type_for_arrow(f.type)) for f in stream.schema]
-        rows = GovernedRows(RowSource(stream), execution, max_rows=self.governor.max_rows(session.principal.org_id))
-        session.cursors[name] = SqlCursor(name, columns, rows, engine, bool(m.group("binary")))
-        return Outcome(tag="DECLARE CURSOR")
-
-    def _cursor(self, session: Session, name: str) -> SqlCursor:
-        cursor = session.cursors.get(name)
-        if cursor is None:
-            raise QueryError("34000", "HD_ERR_NO_SUCH_CURSOR", f'cursor "{name}" does not exist')
-        return cursor
-
-    def _cursor_fetch_columns(self, session: Session, text: str) -> list[ResultColumn] | None:
-        m = _FETCH.match(text)
-        if m and leading_words(text, 1)[0] == "FETCH":
-            return self._cursor(session, _cursor_name(m, text)).columns
-        return None
-
     def describe_cursor(self, session: Session, name: str) -> list[ResultColumn] | None:
         """Columns of a DECLAREd cursor (drivers Describe it as a portal), or None if there is none."""
-        cursor = session.cursors.get(name)
-        return cursor.columns if cursor is not None else None
+        return self._cursors.describe(session, name)
 
 
 # --- module helpers ------------------------------------------------------------------------------
-
-_IDENT = r'(?:"(?P<qname>(?:[^"]|"")+)"|(?P<name>[A-Za-z_][\w$]*))'
-_DECLARE = re.compile(
-    r"^\s*DECLARE\s+" + _IDENT + r"\s+(?P<binary>BINARY\s+)?(?:(?:ASENSITIVE|INSENSITIVE)\s+)?"
-    r"(?P<scroll>(?:NO\s+)?SCROLL\s+)?CURSOR\s+(?:(?:WITH|WITHOUT)\s+HOLD\s+)?FOR\s+(?P<query>.+?)\s*;?\s*$",
-    re.IGNORECASE | re.DOTALL,
-)
-_FETCH = re.compile(
-    r"^\s*(?:FETCH|MOVE)\s+(?:(?P<dir>NEXT|FORWARD\s+ALL|FORWARD\s+\d+|FORWARD|ALL|\d+)\s+)?(?:FROM\s+|IN\s+)?"
-    + _IDENT + r"\s*;?\s*$",
-    re.IGNORECASE | re.DOTALL,
-)
-_SAVEPOINT = re.compile(
-    r"^\s*(?:SAVEPOINT|RELEASE(?:\s+SAVEPOINT)?|(?:ROLLBACK|ABORT)(?:\s+(?:WORK|TRANSACTION))?\s+TO(?:\s+SAVEPOINT)?)\s+"
-    + _IDENT + r"\s*;?\s*$",
-    re.IGNORECASE | re.DOTALL,
-)
-_CLOSE = re.compile(r"^\s*CLOSE\s+" + _IDENT + r"\s*;?\s*$", re.IGNORECASE | re.DOTALL)
 
 
 class _NothingHeld(AbstractContextManager["_NothingHeld"]):
@@ -882,50 +717,7 @@ class _NothingHeld(AbstractContextManager["_NothingHeld"]):
 _NOTHING_HELD = _NothingHeld()
 
 
-def _cursor_name(m: re.Match[str] | None, text: str) -> str:
-    if m is None:
-        raise errors.syntax_error(f"could not parse cursor statement: {text[:60]!r}")
-    return m.group("qname").replace('""', '"') if m.group("qname") else m.group("name").lower()
-
-
-def _fetch_count(m: re.Match[str]) -> int | None:
-    direction = " ".join((m.group("dir") or "NEXT").upper().split())
-    if direction in ("ALL", "FORWARD ALL"):
-        return None
-    if direction in ("NEXT", "FORWARD"):
-        return 1
-    return int(direction.split()[-1])
-
-
-class _LimitedRows(RowSource):
-    """At most `limit` rows of a cursor's rows, leaving the cursor open for the next FETCH."""
-
-    def __init__(self, inner: RowSource, limit: int | None):
-        self._inner = inner
-        self._left = limit
-
-    @property
-    def exhausted(self) -> bool:
-        return self._left == 0 or self._inner.exhausted
-
-    def at_end(self) -> bool:
-        return self._left == 0 or self._inner.at_end()
-
-    def read(self, limit: int | None = None) -> object:  # type: ignore[override]
-        if self._left == 0:
-            return None
-        want = limit if self._left is None else (self._left if limit is None else min(limit, self._left))
-        batch = self._inner.read(want)
-        if batch is not None and self._left is not None:
-            self._left -= batch.num_rows
-        return batch
-
-    def close(self) -> None:
-        # Closing a FETCH result leaves the cursor itself open; CLOSE or the session end closes it.
-        self._left = 0
-
-
-_DEALLOCATE = re.compile(r"^\s*DEALLOCATE\s+(?:PREPARE\s+)?(?:(?P<all>ALL)|" + _IDENT + r")\s*;?\s*$",
+_DEALLOCATE = re.compile(r"^\s*DEALLOCATE\s+(?:PREPARE\s+)?(?:(?P<all>ALL)|" + IDENT + r")\s*;?\s*$",
                          re.IGNORECASE | re.DOTALL)
 
 
@@ -936,33 +728,7 @@ def _deallocate(text: str) -> Outcome:
         raise errors.syntax_error("could not parse this DEALLOCATE statement")
     if m.group("all"):
         return Outcome(tag="DEALLOCATE ALL", deallocate="*")
-    return Outcome(tag="DEALLOCATE", deallocate=_cursor_name(m, text))
-
-
-def _skip_rows(rows: RowSource, count: int | None) -> int:
-    moved = 0
-    while count is None or moved < count:
-        batch = rows.read(None if count is None else count - moved)
-        if batch is None:
-            break
-        moved += batch.num_rows
-    return moved
-
-
-class _Audited(Exception):
-    """A statement's error whose audit record is already written (by the Execution of a DECLARE's query)."""
-
-    def __init__(self, error: QueryError):
-        super().__init__(error.message)
-        self.error = error
-
-
-def _declares_cursor(prepared: PreparedStatement) -> bool:
-    return prepared.kind is Kind.CURSOR and leading_words(prepared.text, 1)[0] == "DECLARE"
-
-
-def _ends_transaction(prepared: PreparedStatement) -> bool:
-    return prepared.kind is Kind.TRANSACTION and leading_words(prepared.text, 1)[0] in _TX_END
+    return Outcome(tag="DEALLOCATE", deallocate=cursor_name(m, text))
 
 
 def _catalog_type(source: object) -> PgType:
@@ -1120,4 +886,3 @@ def _read_all(rows: RowSource) -> list[pa.RecordBatch]:
     while (batch := rows.read()) is not None:
         batches.append(batch)
     return batches
-
