@@ -138,7 +138,17 @@ class EngineHost:
         self._flusher.start()
 
     def _record_registered_owners(self, names: list[str]) -> None:
-        """Tables registered from Parquet or an S3 prefix belong to the deployment's organisation (see README)."""
+        """Tables registered from Parquet or an S3 prefix belong to the deployment's organisation (see README).
+
+        Runs after every catalog change, DDL included: names the loaded snapshot already binds (a table
+        created over the wire was claimed before it ran) cost no read of the store.
+        """
+        policies = self.policies
+        if policies is not None and policies.ready:
+            bound = {binding.table for binding in policies.snapshot.table_bindings}
+            names = [name for name in names if name not in bound]
+            if not names:
+                return
         recorded = record_registered_owners(self.store, names, self._default_org_id)
         if recorded:
             log.info("recorded the deployment's organisation as owner of %d table(s)", len(recorded))
