@@ -16,15 +16,18 @@ class QueryError(Exception):
     """A statement failed; the wire layer turns this into an ErrorResponse.
 
     `code` is the stable HD_ERR_* identifier sent in DETAIL so tools can branch on it; `message`
-    is safe to show the client (no internal detail), `hint` says what to do next.
+    is safe to show the client (no internal detail), `hint` says what to do next. `position` is
+    the 1-based character in the statement the error points at (PostgreSQL's `P` field), if any.
     """
 
-    def __init__(self, sqlstate: str, code: str, message: str, *, hint: str | None = None):
+    def __init__(self, sqlstate: str, code: str, message: str, *, hint: str | None = None,
+                 position: int | None = None):
         super().__init__(message)
         self.sqlstate = sqlstate
         self.code = code
         self.message = message
         self.hint = hint
+        self.position = position
 
     @property
     def detail(self) -> str:
@@ -33,6 +36,25 @@ class QueryError(Exception):
 
 def syntax_error(message: str) -> QueryError:
     return QueryError("42601", "HD_ERR_SYNTAX", message)
+
+
+SYNTAX_HINT = "Check the statement's syntax; send one statement per query."
+# How much of the offending text a syntax error quotes: PostgreSQL quotes the whole token, which for an
+# unterminated string is the rest of the statement.
+_NEAR_CHARS = 64
+
+
+def syntax_error_near(text: str, offset: int, what: str = "syntax error") -> QueryError:
+    """PostgreSQL's `syntax error at or near "tok"`, pointing at `offset` (0-based) in the statement."""
+    shown = text if len(text) <= _NEAR_CHARS else text[:_NEAR_CHARS - 3] + "..."
+    return QueryError("42601", "HD_ERR_SYNTAX", f'{what} at or near "{shown}"', hint=SYNTAX_HINT,
+                      position=offset + 1)
+
+
+def syntax_error_at_end(length: int) -> QueryError:
+    """PostgreSQL's `syntax error at end of input`, pointing just past the statement's `length` characters."""
+    return QueryError("42601", "HD_ERR_SYNTAX", "syntax error at end of input", hint=SYNTAX_HINT,
+                      position=length + 1)
 
 
 def transaction_aborted() -> QueryError:

@@ -509,7 +509,8 @@ class PgConnection:
         return self.session
 
     def _send_error(self, exc: QueryError) -> None:
-        self._send(m.error_response(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint))
+        self._send(m.error_response(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint,
+                                    position=exc.position))
 
     def _apply_outcome(self, outcome: Outcome) -> None:
         """Send an outcome's notices and setting changes, and drop what DEALLOCATE names."""

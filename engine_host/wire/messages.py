@@ -363,7 +363,8 @@ def row_description(fields: Iterable[FieldDescription]) -> bytes:
     return _message(b"T", bytes(body))
 
 
-def _fields(severity: str, sqlstate: str, message: str, detail: str | None, hint: str | None) -> bytes:
+def _fields(severity: str, sqlstate: str, message: str, detail: str | None, hint: str | None,
+            position: int | None = None) -> bytes:
     body = bytearray()
     for code, value in (
         (b"S", severity),
@@ -372,6 +373,7 @@ def _fields(severity: str, sqlstate: str, message: str, detail: str | None, hint
         (b"M", message),
         (b"D", detail),
         (b"H", hint),
+        (b"P", str(position) if position else None),
     ):
         if value:
             body += code + _cstr(value)
@@ -380,8 +382,8 @@ def _fields(severity: str, sqlstate: str, message: str, detail: str | None, hint
 
 
 def error_response(sqlstate: str, message: str, *, detail: str | None = None, hint: str | None = None,
-                   severity: str = "ERROR") -> bytes:
-    return _message(b"E", _fields(severity, sqlstate, message, detail, hint))
+                   severity: str = "ERROR", position: int | None = None) -> bytes:
+    return _message(b"E", _fields(severity, sqlstate, message, detail, hint, position))
 
 
 def notice_response(message: str, *, sqlstate: str = "00000", detail: str | None = None,

@@ -9,9 +9,10 @@ catalog behind the policies' back.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import sqlglot
@@ -19,7 +20,14 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
-from engine_host.pipeline.errors import QueryError, statement_too_complex, unknown_relation
+from engine_host.pipeline.errors import (
+    SYNTAX_HINT,
+    QueryError,
+    statement_too_complex,
+    syntax_error_at_end,
+    syntax_error_near,
+    unknown_relation,
+)
 from hd_core.sql_calls import BARE_FUNCTIONS
 from hd_core.sql_functions import ALLOWED_FUNCTIONS, ALLOWED_TABLE_FUNCTIONS, REFUSED, SYNTAX_FORMS
 
@@ -53,7 +61,6 @@ _EXPLAIN = re.compile(r"explain(?![\w$])", re.IGNORECASE)
 _EXPLAIN_OPTIONS = re.compile(r"(analy[sz]e|verbose|costs|format|using|query\s+plan|plan)(?![\w$])|\(",
                               re.IGNORECASE)
 
-_SYNTAX_HINT = "Check the statement's syntax; send one statement per query."
 
 
 @dataclass(frozen=True)
@@ -194,20 +201,24 @@ _IDENTIFIER_BODY = re.compile(r'(?:[^"]++|"")*+')
 _BLOCK_COMMENT_EDGE = re.compile(r"/\*|\*/")
 
 
-def space_parameters(sql: str) -> str:
-    """`sql` with a space after every `$n` placeholder that a character other than whitespace follows.
+@dataclass(frozen=True)
+class _Lexeme:
+    """One lexeme `space_parameters` and the syntax errors care about: where it starts and ends, and
+    for a string, quoted name, comment or dollar quote whether its closing delimiter was found."""
 
-    sqlglot's tokenizer reads `$1,$2` as the start of a dollar-quoted string tagged `1,` and fails
-    ("Error tokenizing"), though PostgreSQL and DuckDB read two parameters, and psycopg turns
-    `%s,%s` into exactly that. A `$` followed by a digit never opens a dollar quote in PostgreSQL,
-    so the space changes nothing but sqlglot's reading. Text inside strings, quoted names, comments
-    and dollar quotes is left as it is. One pass, linear in the length of `sql`.
-    """
-    pieces: list[str] = []
-    last = pos = 0
+    text: str
+    start: int
+    end: int
+    closed: bool = True
+
+
+def _lexemes(sql: str) -> Iterator[_Lexeme]:
+    """Comments, strings, quoted names, dollar quotes, words and parameters of `sql`, in order (one pass)."""
+    pos = 0
     n = len(sql)
     while (match := _LEXEME.search(sql, pos)) is not None:
-        lexeme, pos = match.group(), match.end()
+        lexeme, start, pos = match.group(), match.start(), match.end()
+        closed = True
         if lexeme == "--":
             end = sql.find("\n", pos)
             pos = n if end < 0 else end + 1
@@ -218,21 +229,46 @@ def space_parameters(sql: str) -> str:
                 pos = edge.end()
                 if depth == 0:
                     break
-            else:
-                pos = n
-        elif lexeme in ("'", "E'", "e'"):
-            body = (_STRING_BODY if lexeme == "'" else _ESCAPE_STRING_BODY).match(sql, pos)
+            closed, pos = depth == 0, pos if depth == 0 else n
+        elif lexeme in ("'", "E'", "e'", '"'):
+            body_pattern = (_STRING_BODY if lexeme == "'" else _IDENTIFIER_BODY if lexeme == '"'
+                            else _ESCAPE_STRING_BODY)
+            body = body_pattern.match(sql, pos)
             pos = (body.end() if body else pos) + 1
-        elif lexeme == '"':
-            body = _IDENTIFIER_BODY.match(sql, pos)
-            pos = (body.end() if body else pos) + 1
+            closed, pos = pos <= n, min(pos, n)
         elif lexeme[0] == "$" and lexeme[-1] == "$" and len(lexeme) > 1:
             end = sql.find(lexeme, pos)
-            pos = n if end < 0 else end + len(lexeme)
-        elif lexeme[0] == "$" and pos < n and not sql[pos].isspace():
-            pieces += (sql[last:pos], " ")
-            last = pos
-    return "".join(pieces) + sql[last:] if pieces else sql
+            closed, pos = end >= 0, n if end < 0 else end + len(lexeme)
+        yield _Lexeme(lexeme, start, pos, closed)
+
+
+def parameter_gaps(sql: str) -> list[int]:
+    """Offsets in `sql` right after each `$n` placeholder that a character other than whitespace follows.
+
+    Text inside strings, quoted names, comments and dollar quotes is stepped over.
+    """
+    n = len(sql)
+    return [lexeme.end for lexeme in _lexemes(sql)
+            if lexeme.text[0] == "$" and lexeme.text[-1] != "$" and lexeme.end < n and not sql[lexeme.end].isspace()]
+
+
+def space_parameters(sql: str) -> str:
+    """`sql` with a space after every `$n` placeholder that a character other than whitespace follows.
+
+    sqlglot's tokenizer reads `$1,$2` as the start of a dollar-quoted string tagged `1,` and fails
+    ("Error tokenizing"), or, when the text further on happens to hold `$1,$` (in a string, say),
+    reads everything up to it as one string; PostgreSQL and DuckDB read two parameters, and psycopg
+    turns `%s,%s` into exactly that. A `$` followed by a digit never opens a dollar quote in
+    PostgreSQL, so the space changes nothing but sqlglot's reading.
+    """
+    gaps = parameter_gaps(sql)
+    if not gaps:
+        return sql
+    pieces, last = [], 0
+    for gap in gaps:
+        pieces += (sql[last:gap], " ")
+        last = gap
+    return "".join(pieces) + sql[last:]
 
 
 def parse_statement(sql: str, dialect: str = "postgres") -> ParsedStatement:
@@ -244,33 +280,35 @@ def parse_statement(sql: str, dialect: str = "postgres") -> ParsedStatement:
     _check_size(sql)
     start = _skip_comments(sql)
     explain = False
+    offset = 0  # where the parsed text starts in the client's
     match = _EXPLAIN.match(sql, start)
     if match:
         after = _skip_comments(sql, match.end())
         if _EXPLAIN_OPTIONS.match(sql, after):
             raise not_allowed("EXPLAIN with options (ANALYZE, VERBOSE, FORMAT, ...)",
                               hint="Use plain EXPLAIN <statement>; EXPLAIN ANALYZE runs the statement.")
-        explain, sql = True, sql[after:]
+        explain, sql, offset = True, sql[after:], after
     reader = sqlglot.Dialect.get_or_raise(dialect)
+    written = sql
+    gaps = parameter_gaps(sql) if "$" in sql else []
+    if gaps:
+        sql = space_parameters(sql)
     try:
         # Tokenized once: the nesting check reads the tokens the parser then parses (as sqlglot.parse does).
-        try:
-            tokens = reader.tokenize(sql)
-        except TokenError:
-            spaced = space_parameters(sql)
-            if spaced == sql:
-                raise
-            sql, tokens = spaced, reader.tokenize(spaced)
+        tokens = reader.tokenize(sql)
         _check_nesting(tokens)
         statements = [s for s in reader.parser().parse(tokens, sql) if s is not None]
-    except (ParseError, TokenError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "syntax error"
-        raise QueryError("42601", "HD_ERR_SYNTAX", f"syntax error: {first}", hint=_SYNTAX_HINT) from None
+    except TokenError:
+        raise _token_error(written, offset) from None
+    except ParseError as exc:
+        raise _parse_error(exc, sql, written, offset, gaps) from None
     except RecursionError:  # a nesting the check does not count (a chain of NOT or unary minus)
         log.warning("statement refused: too deeply nested to parse (RecursionError)")
         raise statement_too_complex(
             f"statement too deeply nested to parse (the limit is {MAX_NESTING_DEPTH} levels; "
             "chains of NOT or unary operators count as nesting)") from None
+    for statement in statements:
+        _read_all_as_quantifier(statement)
     if not statements:
         raise QueryError("42601", "HD_ERR_SYNTAX", "empty statement", hint="Send one SQL statement.")
     if len(statements) > 1:
@@ -278,6 +316,51 @@ def parse_statement(sql: str, dialect: str = "postgres") -> ParsedStatement:
                          f"one statement per query is allowed, got {len(statements)}",
                          hint="Send the statements one at a time.")
     return ParsedStatement(tree=statements[0], dialect=dialect, explain=explain, text=sql)
+
+
+def _read_all_as_quantifier(tree: exp.Expr) -> None:
+    """`x op ALL(array)` as the quantified comparison it is in PostgreSQL (sqlglot reads a call of `all`)."""
+    for node in list(tree.find_all(exp.Anonymous)):
+        parent = node.parent
+        if (node.name.lower() == "all" and len(node.expressions) == 1 and isinstance(parent, exp.Binary)
+                and parent.expression is node and not isinstance(parent, (exp.Connector, exp.Dot))):
+            node.replace(exp.All(this=exp.Paren(this=node.expressions[0])))
+
+
+def _original_offset(spaced: int, gaps: Sequence[int]) -> int:
+    """An offset in the text `space_parameters` returned, as an offset in the text it was given."""
+    return spaced - bisect.bisect_left([gap + i for i, gap in enumerate(gaps)], spaced)
+
+
+def _parse_error(exc: ParseError, sql: str, written: str, offset: int, gaps: Sequence[int]) -> QueryError:
+    """PostgreSQL's words for a statement sqlglot could not parse: the token, or the end of the input.
+
+    sqlglot's own message names its token classes and expression classes; the client sees neither.
+    """
+    first = exc.errors[0] if exc.errors else {}
+    highlight = str(first.get("highlight") or "")
+    line, col = int(first.get("line") or 0), int(first.get("col") or 0)
+    if not highlight or not line:
+        return syntax_error_at_end(offset + len(written))
+    line_start = sum(len(part) + 1 for part in sql.split("\n")[:line - 1])
+    start = _original_offset(max(line_start + col - len(highlight), 0), gaps)
+    if highlight.isdigit() and start > 0 and written[start - 1] == "$":  # sqlglot's token of `$n` is `n`
+        start, highlight = start - 1, "$" + highlight
+    end = start + len(highlight)
+    unexpected = str(first.get("description") or "").startswith("Invalid expression / Unexpected token")
+    if not unexpected and _skip_comments(written, end) >= len(written.rstrip(" \t\r\n;")):
+        return syntax_error_at_end(offset + len(written))
+    return syntax_error_near(written[start:end] or highlight, offset + start)
+
+
+def _token_error(written: str, offset: int) -> QueryError:
+    """PostgreSQL's words for text sqlglot could not split into tokens: what is left open, where."""
+    for lexeme in _lexemes(written):
+        if not lexeme.closed:
+            what = {"'": "quoted string", "E'": "quoted string", "e'": "quoted string", '"': "quoted identifier",
+                    "/*": "/* comment"}.get(lexeme.text, "dollar-quoted string")
+            return syntax_error_near(written[lexeme.start:], offset + lexeme.start, f"unterminated {what}")
+    return syntax_error_at_end(offset + len(written))
 
 
 # --- statement kinds ------------------------------------------------------------------------------------
@@ -300,7 +383,7 @@ def _is_temporary(node: exp.Create) -> bool:
     return props is not None and any(isinstance(p, exp.TemporaryProperty) for p in props.expressions)
 
 
-def _statement_kind(node: exp.Expr) -> str:
+def _statement_kind(node: exp.Expr, text: str = "") -> str:
     if isinstance(node, (exp.Query, exp.Values)) or (
             isinstance(node, exp.Subquery) and isinstance(node.unnest(), (exp.Query, exp.Values))):
         return "select"
@@ -323,8 +406,9 @@ def _statement_kind(node: exp.Expr) -> str:
     if isinstance(node, exp.Condition | exp.Alias) and _first_word(node) not in _STATEMENT_WORDS:
         # sqlglot reads some garbage as a bare expression (`SELEC x` is a column aliased x):
         # to a client that is a syntax error, as Postgres reports it.
-        raise QueryError("42601", "HD_ERR_SYNTAX", "syntax error: the text is not a SQL statement",
-                         hint=_SYNTAX_HINT)
+        start = _skip_comments(text)
+        word = re.match(r"[^\s(;]+", text[start:])
+        raise syntax_error_near(word.group() if word else text[start:start + 1], start)
     raise not_allowed(_kind_name(node))
 
 
@@ -515,7 +599,7 @@ _NESTED_STATEMENTS = (exp.Insert, exp.Update, exp.Delete, exp.Create, exp.Drop, 
 def check_statement(parsed: ParsedStatement, *, catalog: bool = False) -> StatementInfo:
     """Refuse any statement kind, function or relation that could escape the policies (allow lists)."""
     tree = parsed.tree
-    kind = _statement_kind(tree)
+    kind = _statement_kind(tree, parsed.text)
     for node in tree.walk():
         if node is tree:
             continue
