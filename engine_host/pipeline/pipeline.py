@@ -39,6 +39,7 @@ from engine_host.pipeline.settings import (
     SessionSettings,
     SettingCommand,
     check_transaction_mode,
+    duration_milliseconds,
     parse_setting_command,
 )
 from engine_host.pipeline.transactions import Transactions, ends_transaction
@@ -574,8 +575,8 @@ class StatementPipeline:
         """The session's statement_timeout (ms, 0 = none), capped by the host's limit."""
         host = self.governor.limits.statement_timeout_seconds
         try:
-            own = int(session.settings.get("statement_timeout")) / 1000
-        except (QueryError, ValueError):
+            own = duration_milliseconds(session.settings.get("statement_timeout")) / 1000
+        except QueryError:
             own = 0
         return min(own, host) if own > 0 else host
 

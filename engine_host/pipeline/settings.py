@@ -14,10 +14,18 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine_host.pgcompat.gucs import (
+    InvalidSetting,
+    join_identifiers,
+    parse_duration,
+    show_duration,
+    split_identifiers,
+)
 from engine_host.pipeline.errors import QueryError
 
 SERVER_VERSION = "15.8"
 SERVER_VERSION_NUM = "150008"
+DEFAULT_SEARCH_PATH = "main"
 
 # Settings Postgres reports to the client with ParameterStatus at startup and on change.
 REPORTED = (
@@ -63,6 +71,39 @@ def _integer(value: str) -> str:
         raise QueryError("22023", "HD_ERR_INVALID_SETTING", f"invalid integer value {value!r}") from None
 
 
+def _duration(name: str) -> Callable[[str], str]:
+    """A timeout in PostgreSQL's units (`'1s'`, `'500ms'`, `'2min'`, `1000`), kept as SHOW prints it."""
+
+    def check(value: str) -> str:
+        try:
+            return show_duration(parse_duration(name, value))
+        except InvalidSetting as exc:
+            raise QueryError("22023", "HD_ERR_INVALID_SETTING", exc.message, hint=exc.hint) from None
+
+    return check
+
+
+def duration_milliseconds(value: str) -> int:
+    """Milliseconds of a duration setting's stored value (0 for none)."""
+    try:
+        return parse_duration("", value)
+    except InvalidSetting:
+        return 0
+
+
+def _identifier_list(name: str) -> Callable[[str], str]:
+    """A list of identifiers (search_path): checked as PostgreSQL splits it, kept as written."""
+
+    def check(value: str) -> str:
+        try:
+            split_identifiers(name, value)
+        except InvalidSetting as exc:
+            raise QueryError("22023", "HD_ERR_INVALID_SETTING", exc.message, hint=exc.hint) from None
+        return value
+
+    return check
+
+
 def _datestyle(value: str) -> str:
     parts = [p.strip().upper() for p in value.split(",")]
     if "ISO" not in parts and not all(p in ("MDY", "DMY", "YMD") for p in parts):
@@ -97,7 +138,8 @@ SPECS: dict[str, SettingSpec] = {
     "standard_conforming_strings": SettingSpec("on", _only("on")),
     "TimeZone": SettingSpec("UTC", _only("UTC", "Etc/UTC", "GMT", "Z", "+00", "00:00")),
     "extra_float_digits": SettingSpec("1", _integer),
-    "search_path": SettingSpec('"$user", public', _any),
+    # `main` is the schema unqualified names have always meant here; there is no `public` schema.
+    "search_path": SettingSpec(DEFAULT_SEARCH_PATH, _identifier_list("search_path")),
     "transaction_isolation": SettingSpec("repeatable read", _any, read_only=True),
     "default_transaction_isolation": SettingSpec("repeatable read", _any, read_only=True),
     "transaction_read_only": SettingSpec("off", _any, read_only=True),
@@ -105,9 +147,10 @@ SPECS: dict[str, SettingSpec] = {
     "max_identifier_length": SettingSpec("63", _any, read_only=True),
     "bytea_output": SettingSpec("hex", _only("hex")),
     "client_min_messages": SettingSpec("notice", _any),
-    "statement_timeout": SettingSpec("0", _integer),
-    "lock_timeout": SettingSpec("0", _integer),
-    "idle_in_transaction_session_timeout": SettingSpec("0", _integer),
+    "statement_timeout": SettingSpec("0", _duration("statement_timeout")),
+    "lock_timeout": SettingSpec("0", _duration("lock_timeout")),
+    "idle_in_transaction_session_timeout": SettingSpec("0", _duration("idle_in_transaction_session_timeout")),
+    "idle_session_timeout": SettingSpec("0", _duration("idle_session_timeout")),
     "row_security": SettingSpec("on", _only("on")),
     "in_hot_standby": SettingSpec("off", _any, read_only=True),
     "TimeZone_abbreviations": SettingSpec("Default", _any, read_only=True),
@@ -287,6 +330,24 @@ def _unquote_value(raw: str) -> str:
     return ", ".join(parts)
 
 
+# Settings whose SET values are identifiers, shown quoted where needed (PostgreSQL's GUC_LIST_QUOTE).
+_LIST_SETTINGS = frozenset({"search_path"})
+
+
+def _identifier_values(raw: str) -> str:
+    """`crm, 'Foo', "$user"` -> `crm, "Foo", "$user"`: each value one identifier, as PostgreSQL flattens SET."""
+    idents = []
+    for item in _split_list(raw):
+        item = item.strip()
+        if len(item) >= 2 and item[0] == item[-1] == "'":
+            idents.append(item[1:-1].replace("''", "'"))
+        elif len(item) >= 2 and item[0] == item[-1] == '"':
+            idents.append(item[1:-1].replace('""', '"'))
+        else:
+            idents.append(item.lower())
+    return join_identifiers(idents)
+
+
 def _split_list(raw: str) -> list[str]:
     items, current, quote = [], [], ""
     for ch in raw:
@@ -319,6 +380,8 @@ def parse_setting_command(sql: str) -> SettingCommand | None:
         value = m.group("value")
         if value.upper() == "DEFAULT":
             return SettingCommand("RESET", m.group("name"))
+        if m.group("name").lower() in _LIST_SETTINGS:
+            return SettingCommand("SET", m.group("name"), _identifier_values(value))
         return SettingCommand("SET", m.group("name"), _unquote_value(value))
     if head.startswith("SHOW"):
         m = _SHOW.match(sql)
