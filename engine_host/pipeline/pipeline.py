@@ -32,6 +32,7 @@ from engine_host.pipeline.execution import Execution, GovernedRows
 from engine_host.pipeline.governance.guard import MAX_STATEMENT_CHARS
 from engine_host.pipeline.governance.plan_check import check_bound_plan, statement_shape
 from engine_host.pipeline.governor import SUPPORTED_DIALECTS, GovernedPlan, Governor, StatementAudit
+from engine_host.pipeline.quantified_parameters import array_of, quantified_probe
 from engine_host.pipeline.recently_used import RecentlyUsed
 from engine_host.pipeline.results import Outcome, ResultColumn, RowSource, format_code
 from engine_host.pipeline.session import FAILED_TRANSACTION, Session
@@ -384,7 +385,7 @@ class StatementPipeline:
         count = len(prepared.declared_oids)
         inferred: tuple[str, ...] = ()
         if prepared.kind is Kind.ENGINE:
-            inferred = self._shape(session, prepared).parameter_types
+            inferred = self._quantified_types(session, prepared, self._shape(session, prepared).parameter_types)
             count = max(count, len(inferred))
         catalog_casts = self._catalog.parameter_types(prepared.text) if prepared.is_catalog and self._catalog else {}
         types = []
@@ -399,6 +400,26 @@ class StatementPipeline:
             else:
                 types.append(_text())
         return types
+
+    def _quantified_types(self, session: Session, prepared: PreparedStatement,
+                          inferred: tuple[str, ...]) -> tuple[str, ...]:
+        """`inferred`, with an array type for each parameter DuckDB left UNKNOWN as the operand of ANY/ALL."""
+        if "UNKNOWN" not in inferred:
+            return inferred
+        probe = quantified_probe(prepared.engine_sql)
+        if probe is None:
+            return inferred
+        sql, numbers = probe
+        try:
+            with self._hold_data(prepared.plan):
+                probed = session.engine.describe(sql).parameter_types
+        except duckdb.Error:
+            return inferred  # the probe is a guess; the statement's own binding stands
+        types = list(inferred)
+        for number in numbers:
+            if 0 < number <= min(len(types), len(probed)) and types[number - 1] == "UNKNOWN":
+                types[number - 1] = array_of(probed[number - 1]) or "UNKNOWN"
+        return tuple(types)
 
     def result_columns(self, session: Session, prepared: PreparedStatement,
                        params: Sequence[bytes | None] | None = None,
@@ -437,8 +458,10 @@ class StatementPipeline:
     # --- execution --------------------------------------------------------------------------
 
     def execute(self, session: Session, prepared: PreparedStatement,
-                params: Sequence[bytes | None] = (), param_formats: Sequence[int] = ()) -> Outcome:
+                params: Sequence[bytes | None] | None = None, param_formats: Sequence[int] = ()) -> Outcome:
         """Execute a prepared statement; blocking. Raises QueryError; the session state stays consistent.
+
+        `params` is None for a simple query (no Bind), the Bind message's values otherwise.
 
         Every statement gets exactly one audit record: an engine statement from its Execution (or its
         refusal before one), every other kind (SET, SHOW, BEGIN, COMMIT, FETCH...) from `_run_control`.
@@ -519,10 +542,18 @@ class StatementPipeline:
         self.governor.record_denial(subject, settings, audit)
 
     def _decode_parameters(self, session: Session, prepared: PreparedStatement,
-                           params: Sequence[bytes | None], formats: Sequence[int]) -> list[object]:
+                           params: Sequence[bytes | None] | None, formats: Sequence[int]) -> list[object]:
         if not params:
-            if prepared.kind is Kind.ENGINE and prepared.declared_oids:
-                raise QueryError("08P01", "HD_ERR_PROTOCOL", "bind message supplies 0 parameters")
+            required = len(prepared.declared_oids)
+            if prepared.kind is Kind.ENGINE and not required and "$" in prepared.engine_sql:
+                required = len(self._shape(session, prepared).parameter_types)
+            if required and params is None:  # a simple query: `$n` names nothing (PostgreSQL's 42P02)
+                raise QueryError("42P02", "HD_ERR_UNDEFINED_PARAMETER", "there is no parameter $1",
+                                 hint="Send the values with the extended protocol (your driver's parameters), "
+                                      "or write them into the statement.")
+            if required:
+                raise QueryError("08P01", "HD_ERR_PROTOCOL",
+                                 f"bind message supplies 0 parameters, but prepared statement requires {required}")
             return []
         types = self.parameter_types(session, prepared)
         if len(params) != len(types):

@@ -21,7 +21,6 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
 from engine_host.pipeline.errors import (
-    SYNTAX_HINT,
     QueryError,
     statement_too_complex,
     syntax_error_at_end,
@@ -318,12 +317,18 @@ def parse_statement(sql: str, dialect: str = "postgres") -> ParsedStatement:
     return ParsedStatement(tree=statements[0], dialect=dialect, explain=explain, text=sql)
 
 
+def _is_all_quantifier(node: exp.Expr) -> bool:
+    """Whether `node` is the ALL of `x op ALL(array)`, which sqlglot reads as a call of a function `all`."""
+    parent = node.parent
+    return (isinstance(node, exp.Anonymous) and node.name.lower() == "all" and len(node.expressions) == 1
+            and isinstance(parent, exp.Binary) and parent.expression is node
+            and not isinstance(parent, (exp.Connector, exp.Dot)))
+
+
 def _read_all_as_quantifier(tree: exp.Expr) -> None:
-    """`x op ALL(array)` as the quantified comparison it is in PostgreSQL (sqlglot reads a call of `all`)."""
+    """`x op ALL(array)` as the quantified comparison it is in PostgreSQL and DuckDB."""
     for node in list(tree.find_all(exp.Anonymous)):
-        parent = node.parent
-        if (node.name.lower() == "all" and len(node.expressions) == 1 and isinstance(parent, exp.Binary)
-                and parent.expression is node and not isinstance(parent, (exp.Connector, exp.Dot))):
+        if _is_all_quantifier(node):
             node.replace(exp.All(this=exp.Paren(this=node.expressions[0])))
 
 
@@ -521,7 +526,7 @@ def check_functions(tree: exp.Expr, text: str, *, catalog: bool = False, generat
     rewrite's own `schema.name` macros and plain names).
     """
     for node in tree.find_all(exp.Func):
-        if isinstance(node, exp.Command):
+        if isinstance(node, exp.Command) or _is_all_quantifier(node):
             continue
         name = duckdb_call_name(node, text) if generated else written_name(node, text)
         if name is None:
