@@ -49,6 +49,7 @@ class TableCatalog:
         self._lock = threading.Lock()
         self._aliases = {a.lower() for a in database_aliases}
         self._tables: dict[str, TableInfo] = {}
+        self._schemas: frozenset[str] = frozenset()
         self._default_schema = "main"
         self.version = 0
         # Called with the table names after every refresh that changed them (the host records owners).
@@ -59,9 +60,12 @@ class TableCatalog:
         """Re-read the catalog (after DDL, or when Parquet tables were registered)."""
         with self._lock:
             tables = read_tables(self._cursor, self._tables, self.row_estimates, self.data_catalog)
+            schemas = read_schemas(self._cursor, self.data_catalog)
             changed = tables != self._tables
-            if changed:
-                self._tables = tables
+            # A new empty schema changes where an unqualified CREATE TABLE goes (search_path): plans keyed
+            # on the version must see it.
+            if changed or schemas != self._schemas:
+                self._tables, self._schemas = tables, schemas
                 self.version += 1
         if changed:
             names = self.names()
@@ -88,6 +92,10 @@ class TableCatalog:
 
     def names(self) -> list[str]:
         return sorted(self._tables)
+
+    def schemas(self) -> frozenset[str]:
+        """The schemas that hold user tables, empty ones included (what search_path can name)."""
+        return self._schemas
 
     def close(self) -> None:
         with self._lock:
@@ -137,6 +145,14 @@ def read_tables(con: duckdb.DuckDBPyConnection, previous: Mapping[str, TableInfo
         else:
             tables[name] = TableInfo(name, tuple(cols), sizes.get(name, 0), writable=True)
     return tables
+
+
+def read_schemas(con: duckdb.DuckDBPyConnection, database: str = DATA_CATALOG) -> frozenset[str]:
+    """The user schemas of catalog `database` (lower-cased)."""
+    return frozenset(
+        schema.lower() for (schema,) in con.execute(
+            "SELECT schema_name FROM duckdb_schemas() WHERE database_name = $1 AND schema_name NOT IN $2",
+            [database, list(_INTERNAL_SCHEMAS)]).fetchall())
 
 
 def _count_rows(con: duckdb.DuckDBPyConnection, database: str, name: str) -> int:

@@ -5,19 +5,56 @@ this module classifies every `exp.Table` node itself: a reference to a visible C
 table function, or a base table (which must exist). A CTE is visible from the statement body, from
 later sibling CTEs, and (WITH RECURSIVE only) from itself and earlier siblings; a schema-qualified
 name is never a CTE.
+
+An unqualified name is looked up in the session's search_path, in order, as PostgreSQL does: the
+first schema holding a table of that name wins, and the reference is qualified with it in the
+parsed tree, so every later stage (policies, tenancy, the rewrite, the audit) sees that one table.
+A table of another organisation is not there for the lookup: it neither wins nor shadows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from sqlglot import exp
 
+from engine_host.pipeline.errors import QueryError
 from engine_host.pipeline.governance.guard import ParsedStatement, unknown_table, unsupported
 from hd_core.policies import Action
 
 Resolver = Callable[[str | None, str | None, str], str | None]
+
+
+def _nothing_hidden(name: str) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class NameLookup:
+    """Where unqualified names are looked up: the session's search_path, `"$user"` already expanded.
+
+    `existing` are the schemas that exist (None: every schema of the path does); `hidden` says which
+    canonical names belong to another organisation, which the lookup passes over as if missing.
+    """
+
+    schemas: tuple[str, ...] = ("main",)
+    existing: Collection[str] | None = None
+    hidden: Callable[[str], bool] = _nothing_hidden
+
+    def creation_schema(self) -> str | None:
+        """Where an unqualified CREATE TABLE goes: the first schema of the path that exists."""
+        return next((s for s in self.schemas if self.existing is None or s in self.existing), None)
+
+
+DEFAULT_LOOKUP = NameLookup()
+
+
+def no_schema_selected() -> QueryError:
+    """PostgreSQL's answer to an unqualified CREATE when no schema of the search_path exists."""
+    return QueryError("3F000", "HD_ERR_NO_SCHEMA_SELECTED", "no schema has been selected to create in",
+                      hint="Qualify the name (schema.table), or SET search_path to a schema that exists "
+                           "(\\dn lists them).")
 
 
 @dataclass(frozen=True)
@@ -83,8 +120,27 @@ def _is_drop_target(tree: exp.Expr, table: exp.Table) -> bool:
     return table is tree.this or any(table is t for t in tree.args.get("tables") or [])
 
 
-def extract_tables(parsed: ParsedStatement, resolve: Resolver) -> list[TableRef]:
-    """Every base-table reference with its action; unknown tables raise 42P01 HD_ERR_UNKNOWN_TABLE."""
+def _qualify(table: exp.Table, schema: str) -> None:
+    table.set("db", exp.to_identifier(schema, quoted=True))
+
+
+def _lookup(table: exp.Table, resolve: Resolver, lookup: NameLookup) -> str | None:
+    """The canonical name a reference stands for: as qualified, or the first match along the search_path."""
+    if table.args.get("db") is not None or table.args.get("catalog") is not None:
+        parts = [p.lower() if p else None for p in (table.catalog, table.db)]
+        return resolve(parts[0], parts[1], table.name.lower())
+    for schema in lookup.schemas:
+        name = resolve(None, schema, table.name.lower())
+        if name is not None and not lookup.hidden(name):
+            return name
+    return None
+
+
+def extract_tables(parsed: ParsedStatement, resolve: Resolver, lookup: NameLookup = DEFAULT_LOOKUP) -> list[TableRef]:
+    """Every base-table reference with its action; unknown tables raise 42P01 HD_ERR_UNKNOWN_TABLE.
+
+    Unqualified references are qualified in `parsed.tree` with the schema the lookup chose.
+    """
     tree = parsed.tree
     target = _target(tree)
     refs: list[TableRef] = []
@@ -98,15 +154,23 @@ def extract_tables(parsed: ParsedStatement, resolve: Resolver) -> list[TableRef]
         is_target = table is target or _is_drop_target(tree, table)
         if not is_target and find_cte(table) is not None:
             continue
-        parts = [p.lower() if p else None for p in (table.catalog, table.db)]
-        name = resolve(parts[0], parts[1], table.name.lower())
+        unqualified = table.args.get("db") is None and table.args.get("catalog") is None
+        name = _lookup(table, resolve, lookup)
         action = _target_action(tree) if is_target else Action.SELECT
         if name is None:
-            if is_target and isinstance(tree, exp.Create):
-                continue  # a new table: the statement creates it
-            if is_target and isinstance(tree, exp.Drop) and tree.args.get("exists"):
-                continue  # DROP TABLE IF EXISTS of a table that is not there is a no-op
+            creates = is_target and isinstance(tree, exp.Create)
+            if creates or (is_target and isinstance(tree, exp.Drop) and tree.args.get("exists")):
+                # A new table (or DROP IF EXISTS of one that is not there, a no-op): it belongs in the
+                # first schema of the path that exists, never in one the path does not name.
+                schema = lookup.creation_schema() or (None if creates else next(iter(lookup.schemas), None))
+                if unqualified and schema is None:
+                    raise no_schema_selected() if creates else unknown_table(table)
+                if unqualified:
+                    _qualify(table, schema)  # type: ignore[arg-type]
+                continue
             raise unknown_table(table)
+        if unqualified:
+            _qualify(table, name.split(".", 1)[0])
         if is_target and isinstance(tree, exp.Create) and tree.args.get("replace"):
             raise unsupported(f"CREATE OR REPLACE TABLE {name} would drop an existing table",
                               hint="DROP TABLE it first, then CREATE TABLE.")
