@@ -13,6 +13,10 @@ fake by construction, never merely unlikely:
 
 Each table has `rows_per_org` rows for each organisation, so a row filter on `org_id` visibly
 halves every count.
+
+Parquet tables are read-only. So that writes under a row filter can be tried (README, Governance),
+one table, `sales.leads`, is a table of the engine's own database (`create_writable_demo_table`):
+created once, then left as the user changed it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -203,6 +208,50 @@ def write_demo_dataset(data_dir: Path, *, rows_per_org: int = 500, seed: int = 7
         _write_parquet_if_changed(data_dir / schema / table / FILE_NAME, table_data)
         written.append((schema, table))
     return written
+
+
+WRITABLE_DEMO_TABLE = ("sales", "leads")
+_LEAD_STAGES = {"new": 40, "qualified": 30, "proposal": 20, "won": 6, "lost": 4}
+_LEADS_PER_ORG = 40
+
+
+def create_writable_demo_table(database_path: Path, *, seed: int = 7) -> bool:
+    """Create `sales.leads` in the engine's database file if it is not there yet; True if it was created.
+
+    Runs before the engine host opens the file. A table the user changed or dropped is not recreated
+    while the file keeps it; a fresh state directory starts from the same rows again.
+    """
+    schema, table = WRITABLE_DEMO_TABLE
+    rows = [lead for org in DEMO_ORGS for lead in _generate(_lead, org, _LEADS_PER_ORG, seed, "leads")]
+    con = duckdb.connect(str(database_path))
+    try:
+        exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                             "AND schema_name = ? AND table_name = ?", [schema, table]).fetchone()
+        if exists is not None and exists[0]:
+            return False
+        con.execute("BEGIN TRANSACTION")
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        con.execute(f"CREATE TABLE {schema}.{table} (lead_id BIGINT NOT NULL, org_id VARCHAR NOT NULL, "
+                    "region VARCHAR NOT NULL, company VARCHAR NOT NULL, stage VARCHAR NOT NULL, "
+                    "value DECIMAL(12,2) NOT NULL)")
+        con.executemany(f"INSERT INTO {schema}.{table} VALUES (?, ?, ?, ?, ?, ?)",
+                        [[r["lead_id"], r["org_id"], r["region"], r["company"], r["stage"], r["value"]]
+                         for r in rows])
+        con.execute("COMMIT")
+        return True
+    finally:
+        con.close()
+
+
+def _lead(rng: random.Random, org: DemoOrg, i: int) -> Row:
+    return {
+        "lead_id": org.id_base + 900_000 + i,
+        "org_id": org.org_id,
+        "region": _region(rng, org),
+        "company": f"{rng.choice(_LAST_NAMES)} {rng.choice(('Labs', 'Logistics', 'Foods', 'Partners', 'Works'))}",
+        "stage": _weighted(rng, _LEAD_STAGES),
+        "value": _money(rng, 1_000, 90_000),
+    }
 
 
 def _rng(seed: int, org: DemoOrg, table: str) -> random.Random:

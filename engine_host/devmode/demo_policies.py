@@ -8,6 +8,8 @@ its own organisation's rows only, whatever its role. On top of that:
   `email` shows the last 4 to people and is fully masked for agents; Owners and Admins are exempt.
 - hr.employees: Analysts see their own department only; `salary` reads as NULL except for
   Owners/Admins; `ssn` fully masked.
+- sales.leads (the one writable demo table): Analysts see, update and delete the leads of their own
+  region only, and cannot insert or move a lead into another region (the write aborts).
 - clinical.encounters: `patient_name` and `diagnosis` are tagged PHI (reading them unmasked needs a
   phi_access grant), `mrn` is tagged mrn and shows its last 4.
 - ABAC: agents may not UPDATE or DELETE anything; agents of framework `untrusted` may not read
@@ -24,6 +26,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine_host.devmode.demo import create_writable_demo_table
 from hd_core.api_keys import ApiKeyHasher, issue_api_key
 from hd_core.models import KeyEnv, Organization, OrgStatus, Role, User, UserStatus, utc_now
 from hd_core.permissions import ROLE_SCOPES, SCOPE_BUNDLES
@@ -43,8 +46,9 @@ from hd_core.ports import ControlStore
 
 ACME = "org_acme"
 GLOBEX = "org_globex"
-DEMO_TABLES = ("crm.customers", "hr.employees", "sales.orders", "clinical.encounters")
+DEMO_TABLES = ("crm.customers", "hr.employees", "sales.orders", "clinical.encounters", "sales.leads")
 _CREATED_SETTING = "demo.policies_created"
+ENGINE_DATABASE_FILE = "engine.duckdb"  # the engine's own database in the state directory (runtime/local.py)
 _ADMINS = (Role.OWNER, Role.ADMIN)
 
 
@@ -87,6 +91,8 @@ def demo_policies() -> list[PolicyObject]:
             MaskRule(f"msk_{org}_enc_mrn", org, "clinical.encounters", "mrn", MaskFunction.PARTIAL, 4),
             RowFilter(f"rls_{org}_emp_department", org, "hr.employees", "department = {department}",
                       exempt_roles=(*_ADMINS, Role.AUDITOR)),
+            RowFilter(f"rls_{org}_leads_region", org, "sales.leads", "region = {region}",
+                      exempt_roles=(*_ADMINS, Role.AUDITOR)),
             ColumnTag(f"tag_{org}_enc_patient", org, "clinical.encounters", "patient_name", PiiType.PHI),
             ColumnTag(f"tag_{org}_enc_diagnosis", org, "clinical.encounters", "diagnosis", PiiType.PHI),
             ColumnTag(f"tag_{org}_enc_mrn", org, "clinical.encounters", "mrn", PiiType.MRN),
@@ -128,6 +134,9 @@ def install_demo(store: ControlStore, hasher: ApiKeyHasher, state_dir: Path) -> 
         _write_secret(files[person.name], plaintext + "\n")
     for obj in demo_policies():
         store.put_policy(obj)
+    # Created with its policies and only then: a writable copy of both tenants' rows must never exist
+    # without the tenant binding and row filter that govern it.
+    create_writable_demo_table(state_dir / ENGINE_DATABASE_FILE)
     store.put_setting(_CREATED_SETTING, now.isoformat())
     return files
 

@@ -90,6 +90,14 @@ def unknown_relation(name: str) -> QueryError:
                       hint="Check the table name and schema; list the tables you can see with \\dt.")
 
 
+def read_only_table(name: str, action: str) -> QueryError:
+    """A change to a table whose data are read-only files (Parquet, local or in the object store)."""
+    verb = {"insert": "insert into", "delete": "delete from"}.get(action, action)
+    return QueryError("42809", "HD_ERR_READ_ONLY_TABLE",
+                      f'cannot {verb} table "{name}": it is read-only (its data are Parquet files)',
+                      hint=f"Make a writable copy and change that: CREATE TABLE my_copy AS SELECT * FROM {name}")
+
+
 def statement_too_complex(message: str) -> QueryError:
     """A statement over a size or nesting limit (54001, Postgres' statement_too_complex)."""
     return QueryError("54001", "HD_ERR_STATEMENT_TOO_COMPLEX", message,
@@ -205,6 +213,8 @@ def from_engine_error_redacted(exc: Exception, reference: str) -> tuple[QueryErr
     """
     error = from_engine_error(exc)
     detail = redact_error_detail(f"{type(exc).__name__}: {exc}")
+    if error.code == "HD_ERR_DIVISION_BY_ZERO":  # PostgreSQL's words, which quote no value
+        return QueryError(error.sqlstate, error.code, "division by zero"), detail
     if type(exc).__name__ in _VALUE_BEARING or error.code == "HD_ERR_ENGINE":
         message = (f"the statement failed while processing a value (reference {reference}); "
                    "the details are in the audit record")

@@ -30,7 +30,7 @@ from sqlglot import exp
 from engine_host.engine.masking import ENVIRONMENTS, macro_name
 from engine_host.engine.table_catalog import TableCatalog, TableInfo
 from engine_host.pgcompat.catalog import parseable_catalog_text
-from engine_host.pipeline.errors import QueryError, unknown_relation
+from engine_host.pipeline.errors import QueryError, read_only_table, unknown_relation
 from engine_host.pipeline.gates import ConcurrencyGate, RateLimiter, Watchdog
 from engine_host.pipeline.governance.columns import referenced_columns
 from engine_host.pipeline.governance.guard import (
@@ -40,8 +40,9 @@ from engine_host.pipeline.governance.guard import (
     parse_statement,
     unknown_table,
 )
+from engine_host.pipeline.governance.pg_semantics import PgSession
 from engine_host.pipeline.governance.rewrite import MaskSpec, TablePolicy, apply_policies
-from engine_host.pipeline.governance.tables import TableRef, extract_tables
+from engine_host.pipeline.governance.tables import NameLookup, TableRef, extract_tables
 from engine_host.pipeline.governance.transpile import to_duckdb
 from engine_host.pipeline.policy_state import PolicyState
 from engine_host.pipeline.recently_used import RecentlyUsed
@@ -109,6 +110,8 @@ class GovernedPlan:
 
 
 # Statement kinds whose bound plan is checked: those that read or write rows (DDL without a query reads none).
+# What a statement may do only to a table whose data the engine holds (not to a Parquet-backed one).
+_CHANGES = frozenset({Action.INSERT, Action.UPDATE, Action.DELETE, Action.ALTER, Action.DROP})
 _BOUND_KINDS = frozenset({"select", "insert", "update", "delete", "create_table_as", "catalog"})
 
 _DUCKDB_STATEMENT_TYPES = {
@@ -247,10 +250,12 @@ class Governor:
     def plan(self, subject: policy_eval.Subject, scopes: tuple[str, ...], sql: str, dialect: str,
              audit: StatementAudit, *, catalog_sql: str | None = None,
              overlay: Mapping[str, TableInfo] | None = None,
-             verify: Callable[[GovernedPlan], None] | None = None) -> GovernedPlan:
+             verify: Callable[[GovernedPlan], None] | None = None,
+             pg_session: PgSession | None = None) -> GovernedPlan:
         """Run parse/guard, table extract, policy check, rewrite, transpile and `verify` (cached).
 
         `overlay` is the session's own table list while its transaction holds uncommitted DDL.
+        `pg_session` holds the values PostgreSQL's session functions return (current_user, ...).
         `verify` is the bound-plan check; a plan is cached only once it passed.
         """
         snapshot = self.policies.snapshot
@@ -260,7 +265,7 @@ class Governor:
         key = (sql, dialect, catalog_sql is not None, snapshot.version, self.tables.version, subject.org_id,
                subject.user_id, role, subject.agent_id, subject.agent_framework, subject.department,
                subject.region, subject.env, scopes, phi,
-               None if overlay is None else tuple(sorted((k, v.columns) for k, v in overlay.items())))
+               None if overlay is None else tuple(sorted((k, v.columns) for k, v in overlay.items())), pg_session)
         cached = self._plans.get(key)
         if cached is not None:
             audit.allow("plan", "rewrite cache hit")
@@ -276,9 +281,12 @@ class Governor:
             def resolve(catalog: str | None, schema: str | None, table: str) -> str | None:
                 return self.tables.resolve(catalog, schema, table, overlay)
 
-            refs = self._stage(audit, "tables", lambda: extract_tables(parsed, resolve))
+            # Unqualified names are looked up along the session's search_path (its existing schemas).
+            lookup = NameLookup(pg_session.schemas if pg_session is not None else ("main",),
+                                hidden=lambda name: self._belongs_elsewhere(snapshot, subject.org_id, name))
+            refs = self._stage(audit, "tables", lambda: extract_tables(parsed, resolve, lookup))
             plan = self._stage(audit, "policy", lambda: self._policy_plan(
-                snapshot, subject, role, scopes, phi, parsed, info, refs, overlay))
+                snapshot, subject, role, scopes, phi, parsed, info, refs, overlay, pg_session))
         audit.timings_ms["plan"] = round((time.perf_counter() - started) * 1000, 3)
         if verify is not None:
             checked = time.perf_counter()
@@ -302,12 +310,14 @@ class Governor:
 
     def _policy_plan(self, snapshot: PolicySnapshot, subject: policy_eval.Subject, role: Role,
                      scopes: tuple[str, ...], phi: bool, parsed: ParsedStatement, info: StatementInfo,
-                     refs: list[TableRef], overlay: Mapping[str, TableInfo] | None) -> GovernedPlan:
+                     refs: list[TableRef], overlay: Mapping[str, TableInfo] | None,
+                     pg_session: PgSession | None = None) -> GovernedPlan:
         kind = info.kind
         # Tenancy first: another organisation's table must answer exactly like a missing one, before
         # any other check could answer differently for it.
         tenant_columns = {ref.name: self._check_tenancy(snapshot, subject.org_id, ref) for ref in refs}
         self._check_role_and_scopes(role, scopes, kind, refs)
+        self._check_writable(refs, overlay)
         policies: dict[str, TablePolicy] = {}
         filtered: list[str] = []
         for name, tenant_column in tenant_columns.items():
@@ -322,7 +332,8 @@ class Governor:
         if not phi:
             self._check_phi(snapshot, subject.org_id, read, policies)
         tree = apply_policies(parsed, refs, policies)
-        bound_sql = to_duckdb(tree, parsed)
+        column_types = {name: table.columns for name in policies if (table := self.tables.get(name, overlay))}
+        bound_sql = to_duckdb(tree, parsed, session=pg_session, column_types=column_types)
         engine_sql = f"EXPLAIN {bound_sql}" if parsed.explain else bound_sql
         created = next((r.name for r in refs if r.action is Action.CREATE), None)
         if created is None and kind in ("create_table", "create_table_as"):
@@ -349,6 +360,20 @@ class Governor:
             sources.add((ref.name, info is not None and not info.writable))
         return tuple(sorted(sources))
 
+    def _check_writable(self, refs: list[TableRef], overlay: Mapping[str, TableInfo] | None) -> None:
+        """Refuse a change to a read-only (Parquet-backed) table in one line that says how to get a writable copy.
+
+        42809 (wrong_object_type) is what PostgreSQL answers for ALTER, DROP or TRUNCATE of a relation
+        that is not a table it can change; 25006 would tell clients the *transaction* is read-only, and
+        some retry such errors on another server.
+        """
+        for ref in refs:
+            if ref.action not in _CHANGES:
+                continue
+            info = self.tables.get(ref.name, overlay)
+            if info is not None and not info.writable:
+                raise read_only_table(ref.name, ref.action)
+
     @staticmethod
     def _check_role_and_scopes(role: Role, scopes: tuple[str, ...], kind: str, refs: list[TableRef]) -> None:
         actions = {r.action for r in refs} or {Action.SELECT}
@@ -374,11 +399,18 @@ class Governor:
         binding = policy_eval.binding_for(snapshot, ref.name)
         if binding is not None and binding.tenant_column:
             return binding.tenant_column
-        owner = binding.org_id if binding is not None and binding.org_id else self.default_org_id
-        if owner != org_id:
+        if self._belongs_elsewhere(snapshot, org_id, ref.name):
             raise HiddenRefusal(unknown_table(ref.node), "HD_ERR_CROSS_TENANT",
                                 f"cross_tenant: {ref.name} belongs to another organisation")
         return None
+
+    def _belongs_elsewhere(self, snapshot: PolicySnapshot, org_id: str, table: str) -> bool:
+        """Whether `table` is another organisation's (a shared table with a tenant column is everyone's)."""
+        binding = policy_eval.binding_for(snapshot, table)
+        if binding is not None and binding.tenant_column:
+            return False
+        owner = binding.org_id if binding is not None and binding.org_id else self.default_org_id
+        return owner != org_id
 
     def _claim(self, org_id: str, table: str) -> None:
         """Record `org_id` as the owner of a table it is about to create, before the CREATE runs.
