@@ -21,11 +21,13 @@ import duckdb
 import pyarrow as pa
 
 from engine_host.engine.duckdb_engine import Database, EngineSession, ResultStream, StatementShape
+from engine_host.pgcompat.copy.parse import CopyStatement
 from engine_host.pgcompat.types.arrow_types import pg_type_for_arrow
 from engine_host.pgcompat.types.decoding import decode_parameter
 from engine_host.pgcompat.types.parameter_format import ParameterFormatError
 from engine_host.pgcompat.types.table import PgType, pg_type_by_oid, pg_type_for_duckdb
 from engine_host.pipeline import errors
+from engine_host.pipeline.copy import CopyStatements, parse_copy_statement
 from engine_host.pipeline.cursors import IDENT, Audited, Cursors, cursor_name, declares_cursor
 from engine_host.pipeline.errors import QueryError
 from engine_host.pipeline.execution import Execution, GovernedRows
@@ -82,6 +84,7 @@ class Kind(Enum):
     CURSOR = "cursor"
     DISCARD = "discard"
     DEALLOCATE = "deallocate"
+    COPY = "copy"
     ENGINE = "engine"
 
 
@@ -112,6 +115,7 @@ class PreparedStatement:
     declared_oids: tuple[int, ...] = ()
     is_catalog: bool = False
     setting: SettingCommand | None = None
+    copy: CopyStatement | None = None
     shape: StatementShape | None = field(default=None, repr=False)
     plan: GovernedPlan | None = field(default=None, repr=False)
 
@@ -149,6 +153,8 @@ def statement_kind(sql: str) -> Kind:
         return Kind.DISCARD
     if first == "DEALLOCATE":
         return Kind.DEALLOCATE
+    if first == "COPY":
+        return Kind.COPY
     return Kind.ENGINE
 
 
@@ -168,6 +174,7 @@ class StatementPipeline:
                                     else [self.classify, self.answer_catalog, self.govern])
         self._transactions = Transactions(self)
         self._cursors = Cursors(self)
+        self._copies = CopyStatements(self)
 
     @property
     def ready(self) -> bool:
@@ -194,7 +201,7 @@ class StatementPipeline:
     @staticmethod
     def takes_slot(sql: str) -> bool:
         """Whether running `sql` takes a concurrency slot: what DuckDB runs does; SET, BEGIN, FETCH... do not."""
-        return bool(sql.strip(" \t\r\n;")) and statement_kind(sql) is Kind.ENGINE
+        return bool(sql.strip(" \t\r\n;")) and statement_kind(sql) in (Kind.ENGINE, Kind.COPY)
 
     async def enter_gate(self, session: Session) -> None:
         """Take a slot for the statements `session` is about to run, waiting on the event loop; raises 53300."""
@@ -346,6 +353,15 @@ class StatementPipeline:
                 audit.statement_kind = ctx.kind.value
                 self._record_control(session, audit, error)
                 raise error
+        elif ctx.kind is Kind.COPY:
+            try:
+                prepared.copy = parse_copy_statement(sql)
+            except QueryError as error:
+                audit = self.governor.new_audit(sql, _dialect(session))
+                audit.statement_kind = ctx.kind.value
+                audit.deny("guard", error)
+                self._record_control(session, audit, error)
+                raise
         elif ctx.kind is Kind.ENGINE:
             prepared.statement_type = (ctx.plan.statement_type if ctx.plan is not None
                                        else self._statement_type(session, ctx.engine_sql))
@@ -466,6 +482,8 @@ class StatementPipeline:
         Every statement gets exactly one audit record: an engine statement from its Execution (or its
         refusal before one), every other kind (SET, SHOW, BEGIN, COMMIT, FETCH...) from `_run_control`.
         """
+        if prepared.kind is Kind.COPY:
+            return self._run_copy(session, prepared)
         if prepared.kind is not Kind.ENGINE:
             return self._run_control(session, prepared)
         try:
@@ -489,6 +507,25 @@ class StatementPipeline:
             session.statement_failed()
             audit = self.governor.new_audit(prepared.text, _dialect(session))
             raise self._refuse_unexpected(session, audit, exc) from None
+
+    def _run_copy(self, session: Session, prepared: PreparedStatement) -> Outcome:
+        """COPY TO STDOUT / FROM STDIN (pipeline/copy.py): a governed SELECT or INSERT, audited as one COPY."""
+        try:
+            if session.transaction_status == FAILED_TRANSACTION:
+                error = errors.transaction_aborted()
+                audit = self.governor.new_audit(prepared.text, _dialect(session))
+                audit.statement_kind = Kind.COPY.value
+                self._record_control(session, audit, error)
+                raise error
+            if session.in_transaction:
+                session.transaction_statements += 1
+            return self._copies.run(session, prepared)
+        except QueryError:
+            session.statement_failed()
+            raise
+        except duckdb.Error as exc:
+            session.statement_failed()
+            raise errors.from_engine_error(exc) from None
 
     def _run_control(self, session: Session, prepared: PreparedStatement) -> Outcome:
         """Run a statement DuckDB does not answer (SET, SHOW, BEGIN, COMMIT, FETCH...) and audit it once.
@@ -571,15 +608,24 @@ class StatementPipeline:
         return values
 
     def _admit(self, session: Session, prepared: PreparedStatement, *, take_slot: bool,
-               engine: EngineSession | None = None) -> Execution:
-        """Re-check the statement against current policy and admit it; the Execution tracks it from here."""
+               engine: EngineSession | None = None, audited_as: tuple[str, str] | None = None) -> Execution:
+        """Re-check the statement against current policy and admit it; the Execution tracks it from here.
+
+        `audited_as` (text, kind): the statement the client sent when `prepared` is what it runs as
+        (a COPY's SELECT or INSERT); its record carries that text and kind.
+        """
         slot_held = take_slot and session.slot_held  # taken by `enter_gate` for this statement: not again
         take_slot = take_slot and not slot_held
         subject = self.subject(session)
         settings = _settings_map(session)
-        audit = self._statement_audit(session, prepared.text, engine)
+        audit = self._statement_audit(session, audited_as[0] if audited_as else prepared.text, engine)
         try:
-            plan = self._plan(session, prepared.text, audit, prepared.engine_sql if prepared.is_catalog else None)
+            try:
+                plan = self._plan(session, prepared.text, audit,
+                                  prepared.engine_sql if prepared.is_catalog else None)
+            finally:
+                if audited_as is not None:
+                    audit.statement_kind = audited_as[1]
             if plan.engine_sql != prepared.engine_sql:  # the policy changed since Parse
                 prepared.engine_sql, prepared.shape = plan.engine_sql, None
             prepared.plan = audit.plan = plan

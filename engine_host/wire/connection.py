@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import duckdb
 import pyarrow as pa
 
+from engine_host.pgcompat.copy.encode import Payloads
 from engine_host.pgcompat.types.encoding import encode_column
+from engine_host.pipeline.copy import CopyIn, CopyOut, CopyOutcome
 from engine_host.pipeline.errors import QueryError, from_engine_error
 from engine_host.pipeline.pipeline import Kind, PreparedStatement
 from engine_host.pipeline.results import Outcome, ResultColumn, RowSource, format_code
@@ -99,6 +101,9 @@ class PgConnection:
         self._state = ConnectionState()
         # The handler running (or suspended mid-result) on a worker thread, and the lock it runs under.
         self._work: Generator[None, None, None] | None = None
+        # The messages the running handler works through; a COPY FROM STDIN asks for more (`_want_input`).
+        self._batch: deque[tuple[bytes, bytes]] = deque()
+        self._want_input = False
         self._handling = threading.Lock()
         peer = writer.get_extra_info("peername")
         self.peer_host = str(peer[0]) if peer else "unknown"
@@ -338,9 +343,13 @@ class PgConnection:
                 continue
             self.busy = True
             try:
+                self._batch = messages
                 self._work = work = self._handle(messages)
                 while await self._blocking(self._advance, work):
                     await self._flush()
+                    if self._want_input:  # COPY FROM STDIN has used up what came: read the client's next data
+                        self._want_input = False
+                        messages.extend(await self._read_batch())
                 self._work = None
                 self._leave_gate()  # before the last ReadyForQuery goes out: a client told "done" holds no slot
                 await self._flush()
@@ -484,6 +493,8 @@ class PgConnection:
                 raise m.ProtocolViolation("unexpected password message")
             if self._state.skipping_to_sync and not isinstance(message, m.Sync | m.Flush):
                 continue
+            if isinstance(message, m.CopyData | m.CopyDone | m.CopyFail):
+                continue  # the rest of a COPY FROM STDIN that failed: ignored, as PostgreSQL does
             if isinstance(message, m.Query):
                 yield from self._simple_query(message.sql, last=not messages)
             elif isinstance(message, m.Sync):
@@ -546,6 +557,72 @@ class PgConnection:
         except (duckdb.Error, pa.ArrowException) as exc:  # a statement can fail mid-stream (e.g. a cast)
             raise _engine_error(exc) from None
 
+    # --- COPY ------------------------------------------------------------------------------------
+
+    def _copy(self, outcome: CopyOutcome) -> Generator[None, None, str]:
+        """Run a COPY's data exchange; its command tag (via StopIteration)."""
+        if outcome.copy_out is not None:
+            return (yield from self._copy_out(outcome.copy_out))
+        assert outcome.copy_in is not None
+        return (yield from self._copy_in(outcome.copy_in))
+
+    def _copy_out(self, copy: CopyOut) -> Generator[None, None, str]:
+        """CopyOutResponse, a CopyData per row (as PostgreSQL sends them), CopyDone."""
+        encoder = copy.encoder
+        rows = 0
+        try:
+            # Rows are read (and so audited) before CopyOutResponse: a refusal comes as an error alone.
+            batch = copy.rows.read()
+            self._send(m.copy_out_response(encoder.options.binary, len(encoder.names)))
+            self._send_payloads(encoder.start())
+            while batch is not None:
+                self._send_payloads(encoder.encode(batch))
+                rows += batch.num_rows
+                if len(self._out) >= FLUSH_THRESHOLD:
+                    yield
+                batch = copy.rows.read()
+            self._send_payloads(encoder.finish())
+        except (duckdb.Error, pa.ArrowException) as exc:  # a statement can fail mid-stream (e.g. a cast)
+            raise _engine_error(exc) from None
+        finally:
+            copy.rows.close()
+        self._send(m.copy_done())
+        return f"COPY {rows}"
+
+    def _send_payloads(self, payloads: list[Payloads]) -> None:
+        for payload in payloads:
+            self._out += m.copy_data(payload) if isinstance(payload, bytes) else m.copy_data_frames(payload)
+
+    def _copy_in(self, sink: CopyIn) -> Generator[None, None, str]:
+        """CopyInResponse, then CopyData until CopyDone (the tag) or CopyFail (57014, rolled back)."""
+        self._send(m.copy_in_response(sink.binary, sink.columns))
+        messages = self._batch
+        try:
+            while True:
+                if not messages:
+                    self._want_input = True
+                    yield
+                    continue
+                kind, body = messages.popleft()
+                if kind == b"d":
+                    sink.write(body)
+                elif kind == b"c":
+                    return sink.done()
+                elif kind == b"f":
+                    message = m.parse_frontend(kind, body)
+                    assert isinstance(message, m.CopyFail)
+                    raise sink.fail(message.message)
+                elif kind in (b"H", b"S"):
+                    continue  # PostgreSQL ignores Flush and Sync during COPY FROM STDIN
+                elif kind == b"X":
+                    self._terminated = True
+                    raise ConnectionClosing()
+                else:
+                    raise sink.abort(QueryError("08P01", "HD_ERR_PROTOCOL",
+                                                f"unexpected message type 0x{kind[0]:02X} during COPY from stdin"))
+        finally:
+            sink.abandon()  # a no-op once it ended; else the connection ended mid-COPY
+
     # --- simple query ---------------------------------------------------------------------------
 
     def _simple_query(self, sql: str, *, last: bool = True) -> Iterator[None]:
@@ -569,7 +646,10 @@ class PgConnection:
                 prepared = pipeline.prepare(session, text)
                 outcome = pipeline.execute(session, prepared)
                 self._apply_outcome(outcome)
-                if outcome.rows is not None and outcome.columns is not None:
+                if isinstance(outcome, CopyOutcome):
+                    tag = yield from self._copy(outcome)
+                    self._send(m.command_complete(tag))
+                elif outcome.rows is not None and outcome.columns is not None:
                     self._send(m.row_description(_fields(outcome.columns, ())))
                     sent, _ = yield from self._send_rows(outcome.rows, outcome.columns, (), None)
                     self._send(m.command_complete(outcome.command_tag(sent)))
@@ -683,6 +763,15 @@ class PgConnection:
                                                           portal.param_formats)
             self._apply_outcome(portal.outcome)
         outcome = portal.outcome
+        if isinstance(outcome, CopyOutcome):
+            try:
+                tag = yield from self._copy(outcome)
+            except QueryError:
+                session.statement_failed()
+                raise
+            portal.done, portal.complete_tag = True, tag
+            self._send(m.command_complete(tag))
+            return
         if outcome.rows is None or outcome.columns is None:
             portal.done, portal.complete_tag = True, outcome.tag
             self._send(m.command_complete(outcome.tag))

@@ -10,6 +10,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as _typed_pc
+
+# pyarrow-stubs' overloads reject binary_join_element_wise over mixed binary layouts; used untyped.
+pc: Any = _typed_pc
 
 PROTOCOL_VERSION_3 = 196608  # 3.0
 SSL_REQUEST_CODE = 80877103
@@ -94,11 +102,27 @@ class Terminate:
 
 
 @dataclass(frozen=True)
+class CopyData:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class CopyDone:
+    pass
+
+
+@dataclass(frozen=True)
+class CopyFail:
+    message: str
+
+
+@dataclass(frozen=True)
 class PasswordMessage:
     password: str
 
 
-FrontendMessage = Query | Parse | Bind | Describe | Execute | Close | Sync | Flush | Terminate | PasswordMessage
+FrontendMessage = (Query | Parse | Bind | Describe | Execute | Close | Sync | Flush | Terminate | PasswordMessage
+                   | CopyData | CopyDone | CopyFail)
 
 
 @dataclass(frozen=True)
@@ -255,6 +279,12 @@ def parse_frontend(kind: bytes, body: bytes) -> FrontendMessage:
         message = Terminate()
     elif kind == b"p":
         message = PasswordMessage(reader.cstring())
+    elif kind == b"d":
+        return CopyData(body)
+    elif kind == b"c":
+        message = CopyDone()
+    elif kind == b"f":
+        message = CopyFail(reader.cstring())
     else:
         raise ProtocolViolation(f"unknown message type {kind!r}")
     reader.end()
@@ -313,6 +343,44 @@ def close_complete() -> bytes:
 
 def no_data() -> bytes:
     return _message(b"n")
+
+
+def copy_out_response(binary: bool, columns: int) -> bytes:
+    """CopyOutResponse: the overall format and each column's (the same for every column, as PostgreSQL sends)."""
+    fmt = 1 if binary else 0
+    return _message(b"H", bytes([fmt]) + _INT16.pack(columns) + _INT16.pack(fmt) * columns)
+
+
+def copy_in_response(binary: bool, columns: int) -> bytes:
+    """CopyInResponse: the overall format and each column's."""
+    fmt = 1 if binary else 0
+    return _message(b"G", bytes([fmt]) + _INT16.pack(columns) + _INT16.pack(fmt) * columns)
+
+
+def copy_data(payload: bytes) -> bytes:
+    return _message(b"d", payload)
+
+
+def copy_data_frames(payloads: pa.Array) -> bytes:
+    """One CopyData message per value of a BinaryArray, framed together (vectorised: no per-row Python)."""
+    n = len(payloads)
+    if n == 0:
+        return b""
+    lengths = pc.binary_length(payloads).to_numpy(zero_copy_only=False).astype(np.int64)
+    headers = np.empty(n, dtype=[("type", "u1"), ("length", ">i4")])
+    headers["type"] = ord("d")
+    headers["length"] = lengths + 4
+    fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(5), n, [None, pa.py_buffer(headers.tobytes())])
+    large = int(lengths.sum()) + 5 * n > 2**31 - 1
+    kind = pa.large_binary() if large else pa.binary()
+    framed = pc.binary_join_element_wise(fixed.cast(kind), payloads.cast(kind), b"")
+    offsets = np.frombuffer(framed.buffers()[1], dtype=np.int64 if large else np.int32,
+                            count=n + 1, offset=framed.offset * (8 if large else 4))
+    return framed.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_pybytes()
+
+
+def copy_done() -> bytes:
+    return _message(b"c")
 
 
 def empty_query_response() -> bytes:
