@@ -22,6 +22,10 @@ INT_MAX = 2**31 - 1
 # guc.c's memory-free time units for a setting whose base unit is ms, largest first.
 _MS_UNITS = (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000), ("ms", 1))
 _MS_INPUT_UNITS = {**dict(_MS_UNITS), "us": 0.001}
+# The duration settings sessions may set, whose base unit is the millisecond.
+DURATION_SETTINGS = frozenset({
+    "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout",
+})
 UNITS_HINT = 'Valid units for this parameter are "us", "ms", "s", "min", "h", and "d".'
 
 _STRTOL = re.compile(r"\s*[+-]?(?:0[xX][0-9a-fA-F]+|[1-9][0-9]*|0[0-7]*)")

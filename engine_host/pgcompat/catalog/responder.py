@@ -58,8 +58,9 @@ class CatalogResponder:
             "block_size": "8192", "default_table_access_method": "heap", "jit": "off",
             "transaction_isolation": "repeatable read", "default_transaction_isolation": "repeatable read",
             "transaction_read_only": "off", "default_transaction_read_only": "off", "application_name": "",
-            "search_path": '"$user", public', "lc_collate": "C", "lc_ctype": "C", "max_connections": "100",
+            "search_path": ", ".join(self.search_path), "lc_collate": "C", "lc_ctype": "C", "max_connections": "100",
             "is_superuser": "off", "bytea_output": "hex", "extra_float_digits": "1", "statement_timeout": "0",
+            "lock_timeout": "0", "idle_in_transaction_session_timeout": "0", "idle_session_timeout": "0",
             "row_security": "on", "default_tablespace": "", "data_checksums": "off",
         }
 
@@ -130,7 +131,7 @@ class CatalogResponder:
     def _finish(self, tree: exp.Expr, pairs: list[tuple[str, str]] | None, user: str | None,
                 settings: Mapping[str, str] | None, backend_pid: int | None) -> str:
         tree = tree.copy()
-        fill_session_values(tree, self.owner, user, settings, backend_pid)
+        fill_session_values(tree, self.owner, user, settings, backend_pid, self.search_path)
         wrap_visible(tree, pairs)
         return tree.sql(dialect="duckdb")
 

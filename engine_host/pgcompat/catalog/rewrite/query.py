@@ -40,10 +40,45 @@ from engine_host.pgcompat.catalog.rewrite.operators import _OPERATORS
 from engine_host.pgcompat.catalog.rewrite.output_names import name_outputs
 from engine_host.pgcompat.catalog.rewrite.parameters import _parameter_types
 from engine_host.pgcompat.catalog.rewrite.recognise import _Classification
+from engine_host.pgcompat.catalog.rewrite.session import SESSION_SEARCH_PATH, SESSION_SETTINGS_MAP
 from engine_host.pgcompat.catalog.sql_text import _lit
 
 if TYPE_CHECKING:
     from engine_host.pgcompat.catalog.responder import CatalogResponder
+
+# The session's search_path (filled in per session by rewrite/session.py), and what is read from it:
+# PostgreSQL looks a relation name up in pg_catalog first (unless the path places it), then along the
+# path; a relation is visible when no relation of its name comes earlier (namespace.c).
+_PATH = f"{SESSION_SEARCH_PATH}()"
+_NAMESPACES = f"(SELECT nspname FROM {SCHEMA}.pg_namespace)"
+_EXISTING_PATH = (f"(SELECT coalesce(list(__hd_p.s ORDER BY __hd_p.i), CAST([] AS VARCHAR[])) FROM (SELECT "
+                  f"unnest({_PATH}) AS s, generate_subscripts({_PATH}, 1) AS i) AS __hd_p "
+                  f"WHERE __hd_p.s IN {_NAMESPACES})")
+_WITH_CATALOG = (f"CASE WHEN list_contains({_EXISTING_PATH}, 'pg_catalog') THEN {_EXISTING_PATH} "
+                 f"ELSE list_prepend('pg_catalog', {_EXISTING_PATH}) END")
+
+
+def _rank(nsp: str) -> str:
+    return (f"CASE WHEN {nsp} = 'pg_catalog' AND NOT list_contains({_PATH}, 'pg_catalog') THEN 0 "
+            f"ELSE list_position({_PATH}, {nsp}) END")
+
+
+_CLASS_NAMES = f"SELECT oid AS __hd_oid, relname AS __hd_relname, relnamespace AS __hd_nsp FROM {SCHEMA}.pg_class"
+_NAMESPACE_NAMES = f"SELECT oid AS __hd_oid, nspname AS __hd_nspname FROM {SCHEMA}.pg_namespace"
+_TABLE_IS_VISIBLE = f"""(SELECT any_value({_rank("__hd_n.__hd_nspname")} IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM ({_CLASS_NAMES}) AS __hd_c2
+        JOIN ({_NAMESPACE_NAMES}) AS __hd_n2 ON __hd_n2.__hd_oid = __hd_c2.__hd_nsp
+        WHERE __hd_c2.__hd_relname = __hd_c.__hd_relname
+        AND {_rank("__hd_n2.__hd_nspname")} < {_rank("__hd_n.__hd_nspname")}))
+    FROM ({_CLASS_NAMES}) AS __hd_c JOIN ({_NAMESPACE_NAMES}) AS __hd_n ON __hd_n.__hd_oid = __hd_c.__hd_nsp
+    WHERE __hd_c.__hd_oid = __hd_arg0)"""
+# The hd_pg macros that read the search_path installed with the catalog, and their per-session forms.
+_PATH_MACROS = {
+    "is_visible_schema": f"(__hd_arg0 = 'pg_catalog' OR list_contains({_PATH}, __hd_arg0))",
+    "qualified_name": f"CASE WHEN __hd_arg0 = 'pg_catalog' OR list_contains({_PATH}, __hd_arg0) "
+                      f"THEN {SCHEMA}.quote_ident(__hd_arg1) "
+                      f"ELSE {SCHEMA}.quote_ident(__hd_arg0) || '.' || {SCHEMA}.quote_ident(__hd_arg1) END",
+}
 
 
 @dataclass
@@ -62,6 +97,10 @@ class _Translator:
     def __init__(self, responder: CatalogResponder):
         self._r = responder
         self.templates = {name: sqlglot.parse_one(sql, read="duckdb") for name, sql in _TEMPLATES.items()}
+        self.templates["pg_table_is_visible"] = sqlglot.parse_one(_TABLE_IS_VISIBLE, read="duckdb")
+        self.templates.update({name: sqlglot.parse_one(sql, read="duckdb") for name, sql in _PATH_MACROS.items()})
+        self.templates["current_schemas_true"] = sqlglot.parse_one(_WITH_CATALOG, read="duckdb")
+        self.templates["current_schemas_false"] = sqlglot.parse_one(_EXISTING_PATH, read="duckdb")
 
     # classification
 
@@ -113,7 +152,11 @@ class _QueryRewrite:
             self._subscript(node)
         elif isinstance(node, exp.EQ | exp.NEQ | exp.Coalesce):
             self._array_literal_operands(node)
-        if isinstance(node, exp.Func) and not isinstance(node.parent, exp.Table):
+        if isinstance(node, exp.CurrentSchema):
+            # The first schema of the path that exists (NULL when none does), as PostgreSQL answers.
+            node.replace(exp.Bracket(this=self._template("current_schemas_false"),
+                                     expressions=[exp.Literal.number(1)], offset=1))
+        elif isinstance(node, exp.Func) and not isinstance(node.parent, exp.Table):
             self._function(node)
 
     # relations
@@ -131,6 +174,17 @@ class _QueryRewrite:
         table.set("this", exp.to_identifier(spec.view))
         if not table.alias:
             table.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+        if spec.view == "pg_settings":
+            self._session_settings(table)
+
+    def _session_settings(self, table: exp.Table) -> None:
+        """pg_settings shows the session's values (a SET statement_timeout = '2min' reads 120000)."""
+        self._session_dependent = True
+        setting = exp.Coalesce(this=exp.Bracket(this=_call(SESSION_SETTINGS_MAP), expressions=[exp.column("name")]),
+                               expressions=[exp.column("setting")])
+        inner = exp.Select(expressions=[exp.Star(replace=[exp.alias_(setting, "setting")])]).from_(
+            exp.Table(this=exp.to_identifier("pg_settings"), db=exp.to_identifier(SCHEMA)))
+        table.replace(exp.Subquery(this=inner, alias=table.args["alias"].copy()))
 
     def _table_function(self, table: exp.Table) -> None:
         func = table.this
@@ -293,9 +347,10 @@ class _QueryRewrite:
         if name in ("current_user", "session_user", "current_role", "user", "getpgusername"):
             return self._session_user()
         if name == "current_schemas":
-            implicit = bool(args) and isinstance(args[0], exp.Boolean) and args[0].this
-            schemas = (["pg_catalog"] if implicit else []) + list(r.search_path)
-            return exp.Array(expressions=[exp.Literal.string(s) for s in schemas])
+            if not args:
+                return None
+            return exp.If(this=args[0].copy(), true=self._template("current_schemas_true"),
+                          false=self._template("current_schemas_false"))
         if name == "current_setting":
             if args and isinstance(args[0], exp.Literal) and args[0].is_string:
                 self._session_dependent = True
@@ -368,7 +423,18 @@ class _QueryRewrite:
             match = _TEMPLATE_ARG.match(column.name)
             if match and not column.table:
                 column.replace(args[int(match.group(1))].copy())
+        self._per_session_path(tree)
         return exp.Paren(this=tree)
+
+    def _per_session_path(self, tree: exp.Expr) -> None:
+        """Read the session's search_path where a template reads the one installed with the catalog."""
+        for dot in list(tree.find_all(exp.Dot)):
+            call = dot.expression
+            if (isinstance(dot.this, exp.Identifier) and dot.this.name == SCHEMA and isinstance(call, exp.Anonymous)
+                    and call.name in _PATH_MACROS):
+                dot.replace(self._template(call.name, *call.expressions))
+        if any(isinstance(c, exp.Anonymous) and c.name == SESSION_SEARCH_PATH for c in tree.find_all(exp.Anonymous)):
+            self._session_dependent = True
 
     def _session_user(self) -> exp.Expr:
         self._session_dependent = True

@@ -1,0 +1,423 @@
+"""Served tables materialised into DuckDB's own format on the cache volume, with Parquet as the fallback.
+
+DuckDB reads its own tables about 2.8x faster than Parquet files (FIELD-NOTES: TPC-H SF1), and a point
+lookup costs 0.8 ms instead of 8-11 ms. So every table a source serves is copied, in the background,
+into a DuckDB database file of its own under `<cache>/native/`, and the table's view in the data
+catalog (`hd_data.<schema>.<table>`, where the governance rewrite points) is switched from
+`read_parquet(...)` to that copy. The view keeps its name, columns and marker, so the rewrite, the
+table catalog and the PostgreSQL catalog see no difference; the bound-plan check accepts a scan of
+`hd_native_<n>.<schema>.<table>` exactly when the governed plan lists `<schema>.<table>` as a
+read-only table (engine_host/pipeline/governance/plan_check.py).
+
+Why one database file per table version rather than one cache database:
+- a new version is built in a separate DuckDB instance and attached READ_ONLY when complete, so a
+  reader never sees a half-built table and no session can write to a cached copy;
+- the swap is one `CREATE OR REPLACE VIEW` (atomic in DuckDB's catalog); the old file stays attached
+  until the last statement that could have bound it has released its lease, then it is detached and
+  deleted;
+- eviction frees exactly the bytes the budget counted (DuckDB does not shrink a file when a table
+  is dropped from it).
+
+A version is keyed by the source's fingerprint of the table (file names with mtimes and sizes for a
+folder, keys with ETags and versions for an object store). `hold` re-checks the fingerprint of a
+table whose last check is older than `max_staleness_seconds`; a changed table is switched back to
+its Parquet view at once (so a reader is never served data older than that bound) and rebuilt in
+the background. Nothing is ever materialised on a statement's path: until a table's copy is ready,
+and for a table whose copy would not fit the byte budget, statements read the Parquet view.
+
+Lease rule: every change of a table's view (to a copy, or back to Parquet) starts a new epoch. A
+statement that took its lease at epoch `h` may bind the view of any epoch from `h` on, so a version
+that stopped being current at epoch `s` is retired only when no lease with `h < s` is outstanding.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from engine_host.engine.duckdb_engine import DATA_CATALOG
+from engine_host.engine.views import (
+    NATIVE_CATALOG_PREFIX,
+    create_marked_view,
+    quote_identifier,
+    rollback,
+    sql_string,
+)
+
+log = logging.getLogger(__name__)
+
+# A table's identity at the source: equal fingerprints mean equal data.
+Fingerprint = Hashable
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """One served table as its source describes it now."""
+
+    schema: str
+    table: str
+    fingerprint: Fingerprint
+    files: tuple[Path, ...]  # local Parquet files to materialise from
+    source_bytes: int
+    fallback_sql: str  # the view's source while no copy is current: `read_parquet(...)`
+    marker: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+@dataclass
+class _Version:
+    catalog: str
+    path: Path
+    size: int
+    fingerprint: Fingerprint
+    retired_at_epoch: int | None = None
+
+
+@dataclass
+class _Table:
+    source: SourceTable
+    checked_at: float
+    epoch: int = 0
+    current: _Version | None = None
+    superseded: list[_Version] = field(default_factory=list)
+    pins: Counter[int] = field(default_factory=Counter)
+    last_used: float = 0.0
+    too_large: Fingerprint | None = None
+    queued: bool = False
+
+
+class NativeLease:
+    """What one statement holds on native table versions; `release` exactly once when it ends."""
+
+    def __init__(self, owner: NativeTables | None, epochs: dict[str, int]) -> None:
+        self._owner = owner
+        self._epochs = epochs
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            epochs, self._epochs = self._epochs, {}
+        if epochs and self._owner is not None:
+            self._owner._unpin(epochs)
+
+    def __enter__(self) -> NativeLease:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+NO_VERSIONS = NativeLease(None, {})
+
+
+class NativeTables:
+    """Native copies of the served tables: built in the background, swapped in atomically, evicted by LRU."""
+
+    def __init__(self, native_dir: Path, capacity_bytes: int, *, describe: Callable[[str], SourceTable | None],
+                 max_staleness_seconds: float = 60.0, build_memory: str = "1GiB",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`describe(name)` re-reads one table from its source (None: it is gone)."""
+        if capacity_bytes <= 0:
+            raise ValueError("need capacity_bytes > 0")
+        self._capacity = capacity_bytes
+        self._describe = describe
+        self._staleness = max_staleness_seconds
+        self._build_memory = build_memory
+        self._clock = clock
+        self._lock = threading.RLock()  # guards the tables and the DDL cursor
+        self._tables: dict[str, _Table] = {}
+        self._usage = 0
+        self._serial = itertools.count(1)
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._counters = {"builds": 0, "build_failures": 0, "swaps": 0, "fallbacks": 0, "evictions": 0,
+                          "retired": 0, "too_large": 0}
+        shutil.rmtree(native_dir, ignore_errors=True)  # disposable, like the object cache
+        native_dir.mkdir(parents=True, mode=0o700)
+        self.native_dir = native_dir.resolve()  # what DuckDB's allowed_directories is compared with
+
+    # --- life cycle ---------------------------------------------------------------------------------
+
+    def start(self, con: duckdb.DuckDBPyConnection, tables: Iterable[SourceTable]) -> None:
+        """Track `tables` (whose Parquet views exist) and materialise them in the background."""
+        self._con = con
+        now = self._clock()
+        with self._lock:
+            for source in tables:
+                self._tables[source.name] = _Table(source=source, checked_at=now)
+                self._enqueue(source.name)
+        self._thread = threading.Thread(target=self._run, name="hd-native-tables", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop building and point every view back at its Parquet files (a database file keeps no view
+        over a copy that the next start would not attach)."""
+        self._stopping.set()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        with self._lock:
+            if self._con is None:
+                return
+            for table in self._tables.values():
+                if table.current is not None:
+                    self._swap(table, None)
+                table.pins.clear()  # the host has finished every statement before it closes its sources
+                self._retire_unreachable(table)
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Block until no build is queued or running (tests and benches); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._queue.unfinished_tasks == 0:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    # --- leases ---------------------------------------------------------------------------------------
+
+    def hold(self, names: Iterable[str]) -> NativeLease:
+        """Pin the current view epoch of each named table (others are ignored), re-checking stale ones."""
+        now = self._clock()
+        epochs: dict[str, int] = {}
+        with self._lock:
+            for name in sorted(set(names)):
+                table = self._tables.get(name)
+                if table is None:
+                    continue
+                if now - table.checked_at >= self._staleness:
+                    self._recheck(table, now)
+                table.pins[table.epoch] += 1
+                table.last_used = now
+                epochs[name] = table.epoch
+        return NativeLease(self, epochs) if epochs else NO_VERSIONS
+
+    def _unpin(self, epochs: dict[str, int]) -> None:
+        with self._lock:
+            for name, epoch in epochs.items():
+                table = self._tables.get(name)
+                if table is None:
+                    continue
+                table.pins[epoch] -= 1
+                if not table.pins[epoch]:
+                    del table.pins[epoch]
+                self._retire_unreachable(table)
+
+    def _recheck(self, table: _Table, now: float) -> None:
+        """Compare the source with what is served; a change falls back to Parquet now and rebuilds later."""
+        source = self._describe(table.source.name)
+        table.checked_at = now
+        if source is None or source.fingerprint == table.source.fingerprint:
+            return
+        log.info("table %s changed at its source; serving its Parquet files until the copy is rebuilt",
+                 table.source.name)
+        table.source = source
+        if table.current is not None:
+            self._swap(table, None)
+            self._counters["fallbacks"] += 1
+        self._enqueue(source.name)
+
+    # --- background building --------------------------------------------------------------------------
+
+    def _enqueue(self, name: str) -> None:
+        table = self._tables[name]
+        if not table.queued:
+            table.queued = True
+            self._queue.put(name)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                name = self._queue.get(timeout=self._staleness)
+            except queue.Empty:
+                self._recheck_all()
+                continue
+            try:
+                if name is not None:
+                    self._materialise(name)
+            except Exception:
+                log.exception("materialising %s failed; it stays served from Parquet", name)
+                self._counters["build_failures"] += 1
+            finally:
+                self._queue.task_done()
+
+    def _recheck_all(self) -> None:
+        """Keep tables nobody reads fresh too, so a later reader finds a current copy."""
+        now = self._clock()
+        with self._lock:
+            for table in list(self._tables.values()):
+                if now - table.checked_at >= self._staleness:
+                    self._recheck(table, now)
+
+    def _materialise(self, name: str) -> None:
+        with self._lock:
+            table = self._tables.get(name)
+            if table is None:
+                return
+            table.queued = False
+            source = table.source
+            if table.current is not None and table.current.fingerprint == source.fingerprint:
+                return
+            if table.too_large == source.fingerprint:
+                return
+            if source.source_bytes > self._capacity:
+                self._refuse_too_large(table, source)
+                return
+            serial = next(self._serial)
+        catalog = f"{NATIVE_CATALOG_PREFIX}{serial}"
+        path = self.native_dir / f"{catalog}.duckdb"
+        started = time.monotonic()
+        size = self._build(source, path)
+        with self._lock:
+            if table.source.fingerprint != source.fingerprint or self._stopping.is_set():
+                path.unlink(missing_ok=True)  # changed again while building: the queued rebuild follows
+                return
+            if size > self._capacity:
+                path.unlink(missing_ok=True)
+                self._refuse_too_large(table, source)
+                return
+            if not self._make_room(size, keep=name):
+                path.unlink(missing_ok=True)
+                log.info("no room for a native copy of %s (%d bytes) now; it stays on Parquet", name, size)
+                return
+            version = _Version(catalog=catalog, path=path, size=size,
+                               fingerprint=source.fingerprint)
+            self._usage += size
+            try:
+                self._attach(version)
+                self._swap(table, version)
+            except duckdb.Error:
+                self._usage -= size
+                self._detach(version)
+                raise
+            self._counters["builds"] += 1
+        log.info("table %s now served from a native copy (%d bytes, built in %.1f s)", name, size,
+                 time.monotonic() - started)
+
+    def _refuse_too_large(self, table: _Table, source: SourceTable) -> None:
+        table.too_large = source.fingerprint
+        self._counters["too_large"] += 1
+        log.info("table %s is larger than the native cache (%d bytes); it stays on Parquet", source.name,
+                 self._capacity)
+
+    def _build(self, source: SourceTable, path: Path) -> int:
+        """Copy the table into a new database file, in a DuckDB instance of its own; its size in bytes."""
+        partial = path.with_suffix(".partial")  # its stem is the builder's catalog name: never a schema name
+        partial.unlink(missing_ok=True)
+        files = ", ".join(sql_string(str(f)) for f in source.files)
+        target = ".".join(quote_identifier(part) for part in (partial.stem, source.schema, source.table))
+        builder = duckdb.connect(str(partial), config={"memory_limit": self._build_memory,
+                                                       "autoinstall_known_extensions": False,
+                                                       "autoload_known_extensions": False})
+        try:
+            builder.execute(f"CREATE SCHEMA {quote_identifier(partial.stem)}.{quote_identifier(source.schema)}")
+            builder.execute(f"CREATE TABLE {target} AS SELECT * FROM read_parquet([{files}])")
+            builder.execute("CHECKPOINT")
+        except BaseException:
+            builder.close()
+            partial.unlink(missing_ok=True)
+            raise
+        builder.close()
+        partial.replace(path)
+        os.chmod(path, 0o600)
+        return path.stat().st_size
+
+    # --- the view, attach and detach (caller holds the lock) -------------------------------------------
+
+    def _swap(self, table: _Table, version: _Version | None) -> None:
+        """Point the table's view at `version` (None: its Parquet files) and start a new epoch."""
+        con = self._cursor()
+        source = table.source
+        target = (f"{quote_identifier(version.catalog)}.{quote_identifier(source.schema)}."
+                  f"{quote_identifier(source.table)}" if version is not None else source.fallback_sql)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            create_marked_view(con, DATA_CATALOG, source.schema, source.table, target, source.marker)
+            con.execute("COMMIT")
+        except BaseException:
+            rollback(con)
+            raise
+        table.epoch += 1
+        if table.current is not None:
+            table.current.retired_at_epoch = table.epoch
+            table.superseded.append(table.current)
+        table.current = version
+        if version is not None:
+            self._counters["swaps"] += 1
+        self._retire_unreachable(table)
+
+    def _retire_unreachable(self, table: _Table) -> None:
+        oldest_pin = min(table.pins) if table.pins else None
+        for version in list(table.superseded):
+            assert version.retired_at_epoch is not None
+            if oldest_pin is None or oldest_pin >= version.retired_at_epoch:
+                table.superseded.remove(version)
+                self._detach(version)
+                self._usage -= version.size
+                self._counters["retired"] += 1
+
+    def _make_room(self, size: int, keep: str) -> bool:
+        """Fall back least recently used tables to Parquet until `size` more bytes fit; False if they cannot."""
+        if self._usage + size <= self._capacity:
+            return True
+        candidates = sorted((t for n, t in self._tables.items() if n != keep and t.current is not None),
+                            key=lambda t: t.last_used)
+        for table in candidates:
+            log.info("evicting the native copy of %s to make room", table.source.name)
+            self._swap(table, None)
+            self._counters["evictions"] += 1
+            if self._usage + size <= self._capacity:
+                return True
+        return self._usage + size <= self._capacity
+
+    def _attach(self, version: _Version) -> None:
+        self._cursor().execute(f"ATTACH {sql_string(str(version.path))} AS {quote_identifier(version.catalog)} "
+                               "(READ_ONLY)")
+
+    def _detach(self, version: _Version) -> None:
+        try:
+            self._cursor().execute(f"DETACH DATABASE IF EXISTS {quote_identifier(version.catalog)}")
+        except duckdb.Error as exc:
+            log.error("detaching %s failed: %s", version.catalog, exc)
+            return
+        version.path.unlink(missing_ok=True)
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise RuntimeError("native tables are not started")
+        return self._con
+
+    # --- what tests, metrics and benches read ------------------------------------------------------------
+
+    def served_from(self, name: str) -> str | None:
+        """The attached catalog serving `name` now (None: its Parquet files)."""
+        with self._lock:
+            table = self._tables.get(name)
+            return table.current.catalog if table is not None and table.current is not None else None
+
+    def attached(self) -> Sequence[str]:
+        """Every attached native catalog, current or awaiting retirement."""
+        with self._lock:
+            return sorted(v.catalog for t in self._tables.values()
+                          for v in ([t.current] if t.current else []) + t.superseded)
+
+    def stats(self) -> dict[str, float]:
+        with self._lock:
+            return {**self._counters, "usage_bytes": self._usage, "saturation": self._usage / self._capacity}
