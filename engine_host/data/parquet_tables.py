@@ -107,8 +107,7 @@ def register_parquet_tables(con: duckdb.DuckDBPyConnection, data_dir: Path,
             if kind is not None and kind != "ours":
                 log.warning("skipping %s: %s.%s already exists as a %s", ref.path, ref.schema, ref.table, kind)
                 continue
-            create_marked_view(con, catalog, ref.schema, ref.table,
-                               f"read_parquet({sql_string(f'{ref.path}/{PARQUET_GLOB}')})", VIEW_MARKER)
+            create_marked_view(con, catalog, ref.schema, ref.table, parquet_view_source(ref), VIEW_MARKER)
             registered.append(ref)
         current = {(ref.schema, ref.table) for ref in registered}
         for (schema, table), kind in existing.items():
@@ -121,6 +120,20 @@ def register_parquet_tables(con: duckdb.DuckDBPyConnection, data_dir: Path,
         raise
     log.info("registered %d Parquet table(s) from %s", len(registered), root)
     return registered
+
+
+def parquet_view_source(ref: ParquetTable) -> str:
+    """What the table's view selects from: every Parquet file of its directory, expanded on each query."""
+    return f"read_parquet({sql_string(f'{ref.path}/{PARQUET_GLOB}')})"
+
+
+def rediscover_parquet_table(data_dir: Path, schema: str, table: str) -> ParquetTable | None:
+    """One table as `discover_parquet_tables` would find it now (None: gone or no longer usable)."""
+    root = data_dir.resolve(strict=True)
+    table_dir = root / schema / table
+    if not table_dir.is_dir():
+        return None
+    return _table_ref(root, schema, table_dir)
 
 
 def discover_parquet_tables(data_dir: Path) -> list[ParquetTable]:

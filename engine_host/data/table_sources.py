@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import duckdb
 
 from engine_host.data.cached_tables import CachedTables
+from engine_host.data.native_tables import NativeTables, SourceTable
 from engine_host.data.object_cache import ObjectCache
-from engine_host.data.parquet_tables import register_parquet_tables
+from engine_host.data.parquet_tables import (
+    PARQUET_GLOB,
+    ParquetTable,
+    parquet_view_source,
+    rediscover_parquet_table,
+    register_parquet_tables,
+)
 from engine_host.engine.duckdb_engine import DATA_CATALOG
 from engine_host.engine.table_catalog import TableCatalog
+from engine_host.engine.views import VIEW_MARKER
 from engine_host.pipeline.pipeline import TableData
 
 log = logging.getLogger(__name__)
@@ -52,32 +61,72 @@ class TableSource(Protocol):
     def close(self) -> None: ...
 
 
-class LocalFolderTables:
-    """`<data_dir>/<schema>/<table>/*.parquet`, read in place (local mode)."""
+@dataclass(frozen=True)
+class NativeCache:
+    """Where native copies of the served tables go (a folder of the cache volume) and how many bytes they may use."""
 
-    def __init__(self, data_dir: Path) -> None:
+    cache_dir: Path
+    capacity_bytes: int
+    # How old a table's last look at its files may be when a statement reads it (a stat of each file).
+    max_staleness_seconds: float = 1.0
+
+    @property
+    def native_dir(self) -> Path:
+        return self.cache_dir / "native"
+
+
+class LocalFolderTables:
+    """`<data_dir>/<schema>/<table>/*.parquet`, read in place (local mode), copied into DuckDB's format when
+    `native` says where: Parquet views until each copy is ready (engine_host/data/native_tables.py)."""
+
+    def __init__(self, data_dir: Path, native: NativeCache | None = None) -> None:
         self.data_dir = data_dir
+        self.native: NativeTables | None = None
+        self._registered: list[ParquetTable] = []
+        if native is not None:
+            self.native = NativeTables(native.native_dir, native.capacity_bytes, describe=self._describe,
+                                       max_staleness_seconds=native.max_staleness_seconds)
 
     @property
     def allowed_directories(self) -> list[Path]:
-        return [self.data_dir]
+        return [self.data_dir] + ([self.native.native_dir] if self.native is not None else [])
 
     @property
     def table_data(self) -> TableData | None:
-        return None
+        return self.native
 
     @property
     def cache_stats(self) -> Callable[[], Mapping[str, float]] | None:
-        return None
+        return self.native.stats if self.native is not None else None
 
     def register(self, con: duckdb.DuckDBPyConnection) -> None:
-        register_parquet_tables(con, self.data_dir, DATA_CATALOG)  # logs what it registered
+        self._registered = register_parquet_tables(con, self.data_dir, DATA_CATALOG)  # logs what it registered
 
     def attach(self, con: duckdb.DuckDBPyConnection, catalog: TableCatalog) -> None:
-        return None
+        if self.native is not None:
+            self.native.start(con.cursor(), [local_source_table(ref) for ref in self._registered])
+
+    def _describe(self, name: str) -> SourceTable | None:
+        schema, table = name.split(".", 1)
+        try:
+            ref = rediscover_parquet_table(self.data_dir, schema, table)
+            return local_source_table(ref) if ref is not None else None
+        except OSError as exc:  # a file removed between listing and stat: look again at the next check
+            log.info("cannot read the files of %s now: %s", name, exc)
+            return None
 
     def close(self) -> None:
-        return None
+        if self.native is not None:
+            self.native.stop()
+
+
+def local_source_table(ref: ParquetTable) -> SourceTable:
+    """A folder table for native copying: its files, keyed by name, size and modification time."""
+    files = sorted(ref.path.glob(PARQUET_GLOB))
+    stats = [(f.name, st.st_size, st.st_mtime_ns) for f in files for st in [f.stat()]]
+    return SourceTable(schema=ref.schema, table=ref.table, fingerprint=tuple(stats), files=tuple(files),
+                       source_bytes=sum(size for _, size, _ in stats), fallback_sql=parquet_view_source(ref),
+                       marker=VIEW_MARKER)
 
 
 class ObjectStoreTables:

@@ -18,6 +18,10 @@ VIEW_MARKER = "hardened-duck:parquet-table"
 CACHED_VIEW_MARKER = "hardened-duck:cached-table"
 # Every marker of a read-only, Parquet-backed view.
 PARQUET_VIEW_MARKERS = frozenset({VIEW_MARKER, CACHED_VIEW_MARKER})
+# Attached, read-only database files holding native copies of those tables (engine_host/data/native_tables.py)
+# are named this prefix and a serial number; each holds one table under its own `<schema>.<table>`. Clients
+# cannot write the name: the guard refuses every `hd_` name.
+NATIVE_CATALOG_PREFIX = "hd_native_"
 
 
 def rollback(con: duckdb.DuckDBPyConnection) -> None:

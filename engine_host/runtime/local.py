@@ -34,7 +34,7 @@ from pathlib import Path
 
 from engine_host.data.cached_tables import CachedTables
 from engine_host.data.object_cache import ObjectCache
-from engine_host.data.table_sources import LocalFolderTables, ObjectStoreTables, TableSource
+from engine_host.data.table_sources import LocalFolderTables, NativeCache, ObjectStoreTables, TableSource
 from engine_host.devmode.control_server import ControlApiServer
 from engine_host.devmode.demo import write_demo_dataset
 from engine_host.devmode.demo_policies import ACME, install_demo
@@ -303,12 +303,12 @@ class LocalEngineHost:
 
     def _table_source(self) -> TableSource:
         """The data folder, or with `--data-source s3://...` the bucket through a cache in the state directory."""
-        if self.config.data_source is None:
-            return LocalFolderTables(self.data_dir)
-        source = s3_source_from_url(self.config.data_source)
         cache_dir = self.state_dir / "cache"
         cache_dir.mkdir(mode=0o700, exist_ok=True)
         capacity = self.config.cache_capacity_bytes or shutil.disk_usage(cache_dir).free // 2
+        if self.config.data_source is None:
+            return LocalFolderTables(self.data_dir, NativeCache(cache_dir, capacity))
+        source = s3_source_from_url(self.config.data_source)
         cache = ObjectCache(source, cache_dir, capacity)
         return ObjectStoreTables(CachedTables(source, cache), cache)
 

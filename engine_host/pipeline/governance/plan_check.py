@@ -8,6 +8,10 @@ could fold a scan away) and every scan in that plan is checked:
   tables the audit record lists);
 - a Parquet scan is allowed only when the governed plan reads a Parquet-backed table (the scan
   of a view over Parquet files does not carry the view's name, so it is checked by kind);
+- a scan of `hd_native_<n>.<schema>.<table>` (the native copy such a table's view reads once it is
+  materialised, engine_host/data/native_tables.py) is allowed only when the governed plan lists
+  `<schema>.<table>` as a Parquet-backed table: each attached copy holds exactly one table, under
+  that table's own name;
 - any other source must be one of a short allow list of operators that read no stored data
   (constants, VALUES, CTE scans, `range`, `generate_series`, `unnest`, ...).
 
@@ -23,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from engine_host.engine.duckdb_engine import DATA_CATALOG
+from engine_host.engine.views import NATIVE_CATALOG_PREFIX
 from engine_host.pipeline.errors import QueryError
 
 # Plan sources that read no stored relation.
@@ -110,10 +115,16 @@ def _check_table(table: str, tables: Mapping[str, bool], catalog: bool) -> None:
         if catalog or name not in tables:
             raise plan_rejected(f"a table the statement does not name: {name}")
         return
+    if len(parts) == 3 and _NATIVE_CATALOG.fullmatch(parts[0]):
+        name = f"{parts[1]}.{parts[2]}".lower()
+        if catalog or not tables.get(name, False):
+            raise plan_rejected(f"a table copy the statement does not name: {name}")
+        return
     if not catalog:
         raise plan_rejected(f"a relation outside the warehouse's tables: {table}")
 
 
+_NATIVE_CATALOG = re.compile(re.escape(NATIVE_CATALOG_PREFIX) + r"[1-9][0-9]*")
 # One part of a qualified name as DuckDB prints it: "quoted" (doubled quotes inside) or bare.
 _NAME_PART = re.compile(r'"(?:[^"]|"")*"|[^."]+')
 
