@@ -87,7 +87,8 @@ def shutting_down() -> QueryError:
 def unknown_relation(name: str) -> QueryError:
     """What every relation name that does not resolve for the client gets, whatever the reason."""
     return QueryError("42P01", "HD_ERR_UNKNOWN_TABLE", f'relation "{name}" does not exist',
-                      hint="Check the table name and schema; list the tables you can see with \\dt.")
+                      hint="Check the name and its schema: \\dt *.* in psql lists every table you can read; "
+                           "qualify the name (schema.table) or SET search_path to its schema.")
 
 
 def read_only_table(name: str, action: str) -> QueryError:
