@@ -200,6 +200,8 @@ class ResultStream:
         except StopIteration:
             self.close()
             return None
+        except OSError as exc:  # a failure mid-stream reaches Arrow's reader as OSError("INTERRUPT Error: ...")
+            raise _stream_error(exc) from None
         self._checked(batch)
         return batch
 
@@ -236,6 +238,17 @@ class ResultStream:
             self._reader.close()
             self._reader = None
             self._session._finished(self)
+
+
+_STREAM_ERRORS = {"INTERRUPT": duckdb.InterruptException, "Conversion": duckdb.ConversionException,
+                  "Invalid Input": duckdb.InvalidInputException, "Out of Range": duckdb.OutOfRangeException,
+                  "Out of Memory": duckdb.OutOfMemoryException}
+
+
+def _stream_error(exc: OSError) -> duckdb.Error:
+    """DuckDB's own exception class for an error its Arrow stream reported as "<Kind> Error: message"."""
+    kind, _, message = str(exc).partition(" Error: ")
+    return _STREAM_ERRORS.get(kind, duckdb.Error)(message or str(exc))
 
 
 class EngineSession:

@@ -261,6 +261,7 @@ class CopyIn:
         self.ended = True
         self._session.statement_failed()
         self._pipeline._abandon(self._session, self._own_transaction, self._execution, error)
+        self._unregister()
 
     def _insert(self, columns: Sequence[pa.Array] | None) -> None:
         if not columns:
@@ -277,8 +278,15 @@ class CopyIn:
             finally:
                 stream.close()
         finally:
-            engine.apply(lambda cursor: cursor.unregister(self._source))
+            self._unregister()
         self._execution.audit.checkpoint()
+
+    def _unregister(self) -> None:
+        """Drop the chunk's registration; in a failed transaction DuckDB refuses until the rollback."""
+        try:
+            self._session.engine.apply(lambda cursor: cursor.unregister(self._source))
+        except duckdb.Error:
+            pass  # `_abandon` unregisters again after its rollback; the failing statement's error stands
 
 
 def _table_name(statement: CopyStatement) -> str:
