@@ -262,7 +262,7 @@ class Governor:
         now = self._now()
         role = policy_eval.effective_role(snapshot, subject, now)
         phi = policy_eval.phi_access(snapshot, subject, now)
-        key = (sql, dialect, catalog_sql is not None, snapshot.version, self.tables.version, subject.org_id,
+        key = (sql, dialect, catalog_sql, snapshot.version, self.tables.version, subject.org_id,
                subject.user_id, role, subject.agent_id, subject.agent_framework, subject.department,
                subject.region, subject.env, scopes, phi,
                None if overlay is None else tuple(sorted((k, v.columns) for k, v in overlay.items())), pg_session)
