@@ -32,6 +32,7 @@ from engine_host.pipeline.cursors import IDENT, Audited, Cursors, cursor_name, d
 from engine_host.pipeline.errors import QueryError
 from engine_host.pipeline.execution import Execution, GovernedRows
 from engine_host.pipeline.governance.guard import MAX_STATEMENT_CHARS
+from engine_host.pipeline.governance.pg_semantics import PgSession, search_path_schemas
 from engine_host.pipeline.governance.plan_check import check_bound_plan, statement_shape
 from engine_host.pipeline.governor import SUPPORTED_DIALECTS, GovernedPlan, Governor, StatementAudit
 from engine_host.pipeline.quantified_parameters import array_of, quantified_probe
@@ -57,6 +58,8 @@ OID_ARRAY = 1028
 
 class CatalogAnswers(Protocol):
     """Rewrites driver catalog probes (pg_catalog, information_schema) into SQL DuckDB can answer."""
+
+    database_name: str  # what current_database() answers
 
     def rewrite(self, sql: str, *, visible: Callable[[str, str], bool] | None = None, user: str | None = None,
                 settings: Mapping[str, str] | None = None, backend_pid: int | None = None) -> str | None: ...
@@ -279,7 +282,15 @@ class StatementPipeline:
             raise
         return self.governor.plan(self.subject(session), scopes, text, audit.dialect, audit,
                                   catalog_sql=catalog_sql, overlay=session.local_tables,
-                                  verify=lambda plan: self.verify_plan(session, plan))
+                                  verify=lambda plan: self.verify_plan(session, plan),
+                                  pg_session=self._pg_session(session))
+
+    def _pg_session(self, session: Session) -> PgSession:
+        """What current_user, current_database() and current_schema return for `session`."""
+        user = session.principal.user_id
+        database = self._catalog.database_name if self._catalog is not None else "hd"
+        schemas = search_path_schemas(session.settings.get("search_path"), user, self.governor.tables.schemas())
+        return PgSession(user=user, database=database, schemas=schemas)
 
     def verify_plan(self, session: Session, plan: GovernedPlan) -> None:
         """Bind the governed SQL in DuckDB and check every scan against the plan (governance/plan_check.py).
@@ -419,7 +430,8 @@ class StatementPipeline:
 
     def _quantified_types(self, session: Session, prepared: PreparedStatement,
                           inferred: tuple[str, ...]) -> tuple[str, ...]:
-        """`inferred`, with an array type for each parameter DuckDB left UNKNOWN as the operand of ANY/ALL."""
+        """`inferred`, with an array type for each parameter DuckDB left UNKNOWN as the operand of ANY/ALL
+        (and the type the probe gives any other parameter it left UNKNOWN)."""
         if "UNKNOWN" not in inferred:
             return inferred
         probe = quantified_probe(prepared.engine_sql)
@@ -432,9 +444,9 @@ class StatementPipeline:
         except duckdb.Error:
             return inferred  # the probe is a guess; the statement's own binding stands
         types = list(inferred)
-        for number in numbers:
-            if 0 < number <= min(len(types), len(probed)) and types[number - 1] == "UNKNOWN":
-                types[number - 1] = array_of(probed[number - 1]) or "UNKNOWN"
+        for i, probed_type in enumerate(probed[:len(types)]):
+            if types[i] == "UNKNOWN":  # the others too: DuckDB types `$2::int` once ANY no longer hides it
+                types[i] = (array_of(probed_type) if i + 1 in numbers else probed_type) or "UNKNOWN"
         return tuple(types)
 
     def result_columns(self, session: Session, prepared: PreparedStatement,

@@ -13,8 +13,9 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-# DuckDB's names for the type of an untyped literal: as an array element they are text, as in PostgreSQL.
-_LITERAL_TYPES = {"STRING_LITERAL": "VARCHAR", "INTEGER_LITERAL": "INTEGER"}
+# DuckDB's names for the type of an untyped literal, and UNKNOWN (both sides untyped, `$1 = any($2)`):
+# as an array element each is what PostgreSQL resolves it to, text for a string or an unknown.
+_ELEMENT_TYPES = {"STRING_LITERAL": "VARCHAR", "INTEGER_LITERAL": "INTEGER", "UNKNOWN": "VARCHAR"}
 
 
 def quantified_probe(engine_sql: str) -> tuple[str, frozenset[int]] | None:
@@ -49,8 +50,8 @@ def quantified_probe(engine_sql: str) -> tuple[str, frozenset[int]] | None:
 
 
 def array_of(element: str) -> str | None:
-    """The DuckDB array type of a probed element type, or None when DuckDB could not type it either."""
-    element = _LITERAL_TYPES.get(element, element)
-    if element in ("UNKNOWN", "NULL", "ANY"):
+    """The DuckDB array type of a probed element type, or None when the probe gave no usable type."""
+    element = _ELEMENT_TYPES.get(element, element)
+    if element in ("NULL", "ANY"):
         return None
     return f"{element}[]"
