@@ -210,6 +210,15 @@ SYNTAX_FORMS: frozenset[str] = _words("""
     localtime localtimestamp try_cast
 """)
 
+# PostgreSQL's session functions, which a client statement may name although DuckDB's own stay refused
+# (they are in _CATALOG): for a PostgreSQL client the transpile step replaces each by the session's
+# value as a literal (engine_host/pipeline/governance/pg_semantics.py), so DuckDB never calls them;
+# in any other dialect the check of the generated SQL still refuses them.
+SESSION_VALUE_FUNCTIONS: frozenset[str] = _words("""
+    current_catalog current_database current_role current_schema current_schemas current_user
+    session_user user
+""")
+
 
 # --- refused, by reason ---------------------------------------------------------------------------
 

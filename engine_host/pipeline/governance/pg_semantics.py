@@ -1,0 +1,278 @@
+"""PostgreSQL's meaning for what a PostgreSQL client writes, where DuckDB's differs, rewritten into the governed tree.
+
+Runs in the transpile step, on the tree the policy rewrite produced, so the guard, the table extract
+and the policy checks saw the client's statement unchanged. Each rewrite only calls functions on the
+allow list (hd_core/sql_functions.py) or the rewrite's own `error()`:
+
+- SQL value functions without parentheses (`current_date`, `current_timestamp(0)`, `localtime`, ...)
+  become DuckDB calls of the same type (DuckDB reads a bare `current_date` as a column and binds it
+  to the output alias PostgreSQL's name gives it);
+- the session functions (`current_user`, `current_database()`, `current_schema`, ...) become the
+  session's own values as escaped literals: DuckDB's would name the engine's process user and catalog;
+- `/` divides integers as integers (truncating toward zero) and raises 22012 on zero for every type,
+  as PostgreSQL does (DuckDB returns a double, and Infinity for a float or numeric divided by zero);
+- aggregates and functions whose DuckDB type differs from PostgreSQL's are cast to PostgreSQL's
+  (`sum(int4)` is int8, not DuckDB's HUGEINT served as numeric; `length()` is int4).
+
+The types come from sqlglot's annotation of a qualified copy of the tree, with the columns of the
+governed tables as the table catalog has them; where a type cannot be known the node keeps DuckDB's
+meaning (nothing is read that the governed tree did not already read).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+from sqlglot.optimizer.annotate_types import annotate_types
+from sqlglot.optimizer.qualify import qualify
+
+from engine_host.engine.duckdb_engine import DATA_CATALOG
+from engine_host.pgcompat.gucs import InvalidSetting, split_identifiers
+from engine_host.pipeline.governance.output_names import SQL_VALUE_KEYWORDS
+
+log = logging.getLogger(__name__)
+
+# What `error()` raises for a division by zero: pipeline/errors.py maps the text to 22012.
+DIVISION_BY_ZERO_MESSAGE = "Division by zero"
+_MARK = "hd_typed"
+_INTEGERS = frozenset({exp.DType.TINYINT, exp.DType.SMALLINT, exp.DType.INT, exp.DType.BIGINT,
+                       exp.DType.UTINYINT, exp.DType.USMALLINT, exp.DType.UINT, exp.DType.UBIGINT,
+                       exp.DType.INT128, exp.DType.UINT128})
+# Integers PostgreSQL's sum() adds up in an int8 (int2, int4); a sum of int8 is numeric, as DuckDB's HUGEINT is served.
+_SUMMED_AS_INT8 = frozenset({exp.DType.TINYINT, exp.DType.SMALLINT, exp.DType.INT, exp.DType.UTINYINT,
+                             exp.DType.USMALLINT})
+_FLOATS = frozenset({exp.DType.FLOAT, exp.DType.DOUBLE})
+_DECIMALS = frozenset({exp.DType.DECIMAL, exp.DType.BIGDECIMAL})
+# PostgreSQL's functions that return int4 where DuckDB's return BIGINT.
+_INT4_FUNCTIONS: tuple[type[exp.Expr], ...] = (exp.Length, exp.StrPosition, exp.ArraySize, exp.BitLength)
+
+
+@dataclass(frozen=True)
+class PgSession:
+    """What PostgreSQL's session functions return for one session."""
+
+    user: str
+    database: str
+    # The schemas of the session's search_path that exist, in order (current_schemas(false)).
+    schemas: tuple[str, ...]
+
+    @property
+    def current_schema(self) -> str | None:
+        return self.schemas[0] if self.schemas else None
+
+
+def search_path_schemas(search_path: str, user: str, existing: Collection[str]) -> tuple[str, ...]:
+    """The schemas of `search_path` (a setting's text) that exist, in order, `$user` read as `user`.
+
+    As PostgreSQL's fetch_search_path does: a schema that does not exist is skipped, and so is a repeat.
+    """
+    try:
+        items = split_identifiers("search_path", search_path)
+    except InvalidSetting:  # refused when it was SET; nothing to resolve
+        return ()
+    found: list[str] = []
+    for item in items:
+        schema = user if item == "$user" else item
+        if schema in existing and schema not in found:
+            found.append(schema)
+    return tuple(found)
+
+
+def apply_pg_semantics(tree: exp.Expr, session: PgSession | None,
+                       column_types: Mapping[str, Sequence[tuple[str, str]]]) -> None:
+    """Rewrite `tree` (the governed tree, the caller's to change) to PostgreSQL's meaning, in place.
+
+    `column_types` maps each governed table (`schema.table`) to its (column, DuckDB type) pairs.
+    """
+    if session is not None:
+        _session_values(tree, session)
+    _clock_functions(tree)
+    _typed_rewrites(tree, column_types)
+
+
+# --- session values -----------------------------------------------------------------------------
+
+
+def _session_values(tree: exp.Expr, session: PgSession) -> None:
+    for node in list(tree.find_all(exp.CurrentUser, exp.SessionUser, exp.CurrentDatabase, exp.CurrentCatalog,
+                                   exp.CurrentSchema, exp.CurrentSchemas, exp.Column)):
+        value = _session_value(node, session)
+        if value is not None:
+            node.replace(value)
+
+
+def _session_value(node: exp.Expr, session: PgSession) -> exp.Expr | None:
+    keyword = _value_keyword(node)
+    if isinstance(node, (exp.CurrentUser, exp.SessionUser)) or keyword in (
+            "user", "current_user", "session_user", "current_role"):
+        return exp.Literal.string(session.user)
+    if isinstance(node, (exp.CurrentDatabase, exp.CurrentCatalog)) or keyword == "current_catalog":
+        return exp.Literal.string(session.database)
+    if isinstance(node, exp.CurrentSchema) or keyword == "current_schema":
+        schema = session.current_schema
+        return exp.Literal.string(schema) if schema is not None else exp.cast(exp.null(), exp.DType.VARCHAR)
+    if isinstance(node, exp.CurrentSchemas):
+        implicit = _text_array(("pg_catalog", *(s for s in session.schemas if s != "pg_catalog")))
+        explicit = _text_array(session.schemas)
+        flag = node.this
+        if isinstance(flag, exp.Boolean):
+            return implicit if flag.this else explicit
+        return exp.Case(ifs=[exp.If(this=flag.copy(), true=implicit)], default=explicit)
+    return None
+
+
+def _value_keyword(node: exp.Expr) -> str | None:
+    if isinstance(node, exp.Column) and not node.table and isinstance(node.this, exp.Identifier) and (
+            not node.this.quoted and node.name.lower() in SQL_VALUE_KEYWORDS):
+        return node.name.lower()
+    return None
+
+
+def _text_array(values: Sequence[str]) -> exp.Expr:
+    array = exp.Array(expressions=[exp.Literal.string(v) for v in values])
+    return exp.cast(array, exp.DataType.build("VARCHAR[]", dialect="duckdb"))
+
+
+# --- current_date, current_timestamp, localtime, ... --------------------------------------------
+
+_CLOCKS: dict[type[exp.Expr], str] = {
+    exp.CurrentDate: "current_date", exp.CurrentTimestamp: "get_current_timestamp",
+    exp.Localtimestamp: "current_localtimestamp", exp.CurrentTime: "get_current_time",
+    exp.Localtime: "current_localtime",
+}
+
+
+def _clock_functions(tree: exp.Expr) -> None:
+    for node in list(tree.find_all(*_CLOCKS)):
+        precision = node.args.get("this")
+        call = exp.Anonymous(this=_CLOCKS[type(node)], expressions=[])
+        if isinstance(precision, exp.Literal) and not precision.is_string and type(node) is not exp.CurrentDate:
+            node.replace(_rounded(type(node), int(precision.to_py())))
+        else:
+            node.replace(call)
+
+
+def _rounded(kind: type[exp.Expr], precision: int) -> exp.Expr:
+    """The clock read at `precision` fractional digits, rounded as PostgreSQL rounds (half away from zero)."""
+    step = 10 ** (6 - max(0, min(precision, 6)))
+    micros = exp.Anonymous(this="epoch_us", expressions=[exp.Anonymous(this="get_current_timestamp", expressions=[])])
+    half_up = exp.Paren(this=exp.Add(this=micros, expression=exp.Literal.number(step // 2)))
+    rounded = exp.Mul(this=exp.Paren(this=exp.IntDiv(this=half_up, expression=exp.Literal.number(step))),
+                      expression=exp.Literal.number(step))
+    instant = exp.Anonymous(this="make_timestamptz", expressions=[rounded])
+    target = {exp.CurrentTimestamp: "TIMESTAMPTZ", exp.Localtimestamp: "TIMESTAMP", exp.CurrentTime: "TIMETZ",
+              exp.Localtime: "TIME"}[kind]
+    return exp.cast(instant, exp.DataType.build(target, dialect="duckdb"))
+
+
+# --- typed rewrites: division, aggregate and function result types ------------------------------
+
+_TYPED_NODES: tuple[type[exp.Expr], ...] = (exp.Div, exp.Sum, exp.Avg, *_INT4_FUNCTIONS)
+
+
+def _typed_rewrites(tree: exp.Expr, column_types: Mapping[str, Sequence[tuple[str, str]]]) -> None:
+    targets = [node for node in tree.find_all(*_TYPED_NODES) if not isinstance(node, exp.Func) or (
+        type(node) in _TYPED_NODES)]
+    if not targets:
+        return
+    types = _annotate(tree, targets, column_types)
+    # Innermost first, so an outer node's rewrite wraps its operands' rewritten forms.
+    for index, node in reversed(list(enumerate(targets))):
+        operand_types = types.get(index)
+        if operand_types is None:
+            continue
+        replacement = _pg_form(node, operand_types)
+        if replacement is not None:
+            node.replace(replacement)
+
+
+def _annotate(tree: exp.Expr, targets: list[exp.Expr],
+              column_types: Mapping[str, Sequence[tuple[str, str]]]) -> dict[int, tuple[exp.DType | None, ...]]:
+    """The types of each target's operands, found on a qualified, annotated copy of `tree`."""
+    for index, node in enumerate(targets):
+        node.meta[_MARK] = index
+    try:
+        schema = _schema(column_types)
+        copy = tree.copy()
+        try:
+            qualified = qualify(copy, schema=schema, dialect="duckdb", validate_qualify_columns=False,
+                                quote_identifiers=False, identify=False, expand_stars=False)
+            annotated = annotate_types(qualified, schema=schema, dialect="duckdb")
+        except (SqlglotError, KeyError, ValueError, AttributeError, TypeError) as exc:
+            log.debug("types not known for PostgreSQL semantics: %s", exc)
+            return {}
+        found: dict[int, tuple[exp.DType | None, ...]] = {}
+        for node in annotated.walk():
+            index = node.meta.get(_MARK)
+            if isinstance(index, int) and index not in found:
+                found[index] = _operand_types(node)
+        return found
+    finally:
+        for node in targets:
+            node.meta.pop(_MARK, None)
+
+
+def _operand_types(node: exp.Expr) -> tuple[exp.DType | None, ...]:
+    if isinstance(node, exp.Div):
+        return _type_of(node.this), _type_of(node.expression)
+    argument = node.this
+    if isinstance(argument, exp.Distinct) and argument.expressions:
+        argument = argument.expressions[0]
+    return (_type_of(argument),)
+
+
+def _type_of(node: exp.Expr | None) -> exp.DType | None:
+    kind = node.type if node is not None else None
+    if kind is None or kind.this in (exp.DType.UNKNOWN, exp.DType.NULL):
+        return None
+    return kind.this
+
+
+def _schema(column_types: Mapping[str, Sequence[tuple[str, str]]]) -> dict[str, object] | None:
+    schema: dict[str, dict[str, dict[str, str]]] = {}
+    for name, columns in column_types.items():
+        database, table = name.split(".", 1)
+        schema.setdefault(database, {})[table] = {column: kind for column, kind in columns}
+    return {DATA_CATALOG: schema} if schema else None
+
+
+def _pg_form(node: exp.Expr, types: tuple[exp.DType | None, ...]) -> exp.Expr | None:
+    if isinstance(node, exp.Div):
+        return _division(node, types[0], types[1])
+    argument = types[0]
+    if isinstance(node, exp.Sum) and argument in _SUMMED_AS_INT8:
+        return exp.cast(node.copy(), exp.DType.BIGINT)
+    if isinstance(node, exp.Sum) and argument is exp.DType.FLOAT:
+        return exp.cast(node.copy(), exp.DType.FLOAT)
+    if isinstance(node, _INT4_FUNCTIONS):
+        return exp.cast(node.copy(), exp.DType.INT)
+    return None
+
+
+def _division(node: exp.Div, left: exp.DType | None, right: exp.DType | None) -> exp.Expr | None:
+    """PostgreSQL's `/`: integer division for two integers (DuckDB's `//` truncates and raises on zero),
+    else the quotient with a division by zero raising 22012 instead of DuckDB's Infinity."""
+    if left is None or right is None:
+        return None
+    dividend, divisor = _int4_literal(node.this.copy()), _int4_literal(node.expression.copy())
+    if left in _INTEGERS and right in _INTEGERS:
+        return exp.IntDiv(this=dividend, expression=divisor)
+    if exp.DType.FLOAT in (left, right) and left is not right:  # float4 with another type divides as float8
+        dividend = exp.cast(dividend, exp.DType.DOUBLE)
+    if not ({left, right} <= _INTEGERS | _FLOATS | _DECIMALS):
+        return None
+    raised = exp.Anonymous(this="error", expressions=[exp.Literal.string(DIVISION_BY_ZERO_MESSAGE)])
+    zero = exp.EQ(this=divisor.copy(), expression=exp.Literal.number(0))
+    return exp.Case(ifs=[exp.If(this=zero, true=raised)],
+                    default=exp.Div(this=dividend, expression=divisor, typed=False, safe=False))
+
+
+def _int4_literal(node: exp.Expr) -> exp.Expr:
+    """An integer literal typed int4 as PostgreSQL types it (DuckDB narrows `2` to the other operand's type)."""
+    if isinstance(node, exp.Literal) and not node.is_string and node.this.isdigit() and int(node.this) < 2 ** 31:
+        return exp.cast(node, exp.DType.INT)
+    return node

@@ -1,0 +1,65 @@
+"""The PostgreSQL-semantics rewrite of the transpile step, on generated DuckDB SQL (no engine)."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from engine_host.pipeline.governance.guard import parse_statement
+from engine_host.pipeline.governance.pg_semantics import PgSession, apply_pg_semantics, search_path_schemas
+from engine_host.pipeline.governance.transpile import to_duckdb
+
+SESSION = PgSession(user="usr_o'brien", database="hd", schemas=("crm", "main"))
+
+
+def _duckdb_sql(sql: str, session: PgSession | None = SESSION) -> str:
+    parsed = parse_statement(sql)
+    return to_duckdb(parsed.tree.copy(), parsed, session=session)
+
+
+def _run(sql: str) -> list[tuple[object, ...]]:
+    return duckdb.connect().sql(_duckdb_sql(sql)).fetchall()
+
+
+def test_session_functions_become_escaped_literals_of_the_session() -> None:
+    assert _run("SELECT current_user, user, session_user, current_role, current_database(), current_catalog, "
+                "current_schema, current_schema(), current_schemas(false), current_schemas(true)") == [
+        ("usr_o'brien",) * 4 + ("hd", "hd", "crm", "crm", ["crm", "main"], ["pg_catalog", "crm", "main"])]
+
+
+def test_a_quoted_user_is_a_column_not_the_session_user() -> None:
+    tree = parse_statement('SELECT "user", t.user, user FROM t').tree
+    apply_pg_semantics(tree, SESSION, {})
+    assert tree.sql(dialect="duckdb") == 'SELECT "user", t."user", \'usr_o\'\'brien\' FROM t'
+
+
+@pytest.mark.parametrize(("search_path", "expected"), [
+    ("main", ("main",)), ('"$user", crm', ("usr_x", "crm")), ("nosuch, CRM, main, crm", ("crm", "main")),
+    ('"CRM"', ()), ("", ())])
+def test_search_path_keeps_the_existing_schemas_in_order(search_path: str, expected: tuple[str, ...]) -> None:
+    assert search_path_schemas(search_path, "usr_x", {"main", "crm", "usr_x"}) == expected
+
+
+def test_integer_division_truncates_and_other_division_by_zero_raises() -> None:
+    assert _run("SELECT 7/2, -7/2, 7/-2, 1.5::float8/2") == [(3, -3, -3, 0.75)]
+    for sql in ("SELECT 1/0", "SELECT 1.0/0", "SELECT 2.5::float8/0"):
+        with pytest.raises(duckdb.InvalidInputException, match="Division by zero"):
+            _run(sql)
+
+
+def test_sum_of_int4_is_int8_and_length_int4() -> None:
+    con = duckdb.connect()
+    assert con.sql(f"SELECT typeof(s), typeof(l) FROM ({_duckdb_sql('SELECT sum(1::int) AS s, length(1::text) AS l')})"
+                   ).fetchall() == [("BIGINT", "INTEGER")]
+
+
+def test_clock_functions_without_parentheses_bind_and_round_to_their_precision() -> None:
+    (date, stamp, rounded), = _run("SELECT current_date, current_timestamp, localtimestamp(0)")
+    assert rounded.microsecond == 0 and stamp.date() == date
+
+
+def test_output_names_follow_postgres() -> None:
+    con = duckdb.connect()
+    names = [d[0] for d in con.sql(_duckdb_sql(
+        "SELECT string_agg('a', ','), 1::int, 'x'::text, substr('a', 1), current_date, user, now()")).description]
+    assert names == ["string_agg", "int4", "text", "substr", "current_date", "user", "now"]
