@@ -218,7 +218,7 @@ def test_psql_describe_table_header(catalog: Catalog) -> None:
 def test_psql_describe_lists_indexes_with_their_definitions(catalog: Catalog) -> None:
     rows = _run_captured(catalog, "psql \\d customers #4")
     assert [(r[0], r[1], r[2], r[5], r[6], r[7]) for r in rows] == [
-        ("orders_id_pkey", True, True, "CREATE UNIQUE INDEX orders_id_pkey ON sales.orders USING btree (id)",
+        ("orders_pkey", True, True, "CREATE UNIQUE INDEX orders_pkey ON sales.orders USING btree (id)",
          "PRIMARY KEY (id)", "p"),
         ("orders_account_idx", False, False,
          "CREATE INDEX orders_account_idx ON sales.orders USING btree (account_id)", None, None),
@@ -231,13 +231,13 @@ def test_psql_describe_lists_check_and_foreign_key_constraints(catalog: Catalog)
     assert _run_captured(catalog, "psql \\d sales.orders #5") == [("orders_amount_check", "CHECK ((amount >= 0))")]
     fks = _run_captured(catalog, "psql \\d customers #5")
     assert [(r[1], r[2], r[3]) for r in fks] == [
-        ("orders_account_id_id_fkey", "FOREIGN KEY (account_id) REFERENCES sales.accounts(id)", "sales.orders")]
+        ("orders_account_id_fkey", "FOREIGN KEY (account_id) REFERENCES sales.accounts(id)", "sales.orders")]
 
 
 def test_psql_describe_lists_referencing_tables(catalog: Catalog) -> None:
     sql = _query("psql \\d customers #6").sql.replace("{oid}", str(catalog.oid("sales.accounts")))
     _, rows = catalog.run(sql)
-    assert rows == [("orders_account_id_id_fkey", "sales.orders",
+    assert rows == [("orders_account_id_fkey", "sales.orders",
                      "FOREIGN KEY (account_id) REFERENCES sales.accounts(id)")]
 
 
@@ -266,7 +266,7 @@ def test_psql_dv_and_di_and_du(catalog: Catalog) -> None:
     assert _run_captured(catalog, "psql \\dv sales.* #1") == [("sales", "big_orders", "view", "hd")]
     assert _run_captured(catalog, "psql \\di #1") == [
         ("main", "customers_email_key", "index", "hd", "customers"),
-        ("main", "customers_id_pkey", "index", "hd", "customers")]
+        ("main", "customers_pkey", "index", "hd", "customers")]
     assert [r[0] for r in _run_captured(catalog, "psql \\du #1")] == ["hd"]
 
 
@@ -302,9 +302,9 @@ def test_sqlalchemy_reflects_columns(catalog: Catalog) -> None:
 def test_sqlalchemy_reflects_keys_indexes_and_comments(catalog: Catalog) -> None:
     orders = catalog.oid("sales.orders")
     assert _run_captured(catalog, "sqlalchemy get_pk_constraint #2") == [
-        (orders, ["id"], "orders_id_pkey", None, 1, False)]
+        (orders, ["id"], "orders_pkey", None, 1, False)]
     assert [(r[1], r[2], r[3]) for r in _run_captured(catalog, "sqlalchemy get_foreign_keys #1")] == [
-        ("orders_account_id_id_fkey", "FOREIGN KEY (account_id) REFERENCES sales.accounts(id)", "sales")]
+        ("orders_account_id_fkey", "FOREIGN KEY (account_id) REFERENCES sales.accounts(id)", "sales")]
     indexes = _run_captured(catalog, "sqlalchemy get_indexes #3")
     assert [(r[1], r[2], r[11]) for r in indexes] == [
         ("orders_account_idx", False, ["account_id"]), ("orders_status_placed_uq", True, ["status", "placed_at"])]
@@ -480,7 +480,7 @@ def test_hidden_tables_disappear_from_every_catalog_answer(catalog: Catalog, vis
         return {r[0] for r in catalog.run(sql, visible=visible)[1]}
 
     assert "salaries" not in names("SELECT relname FROM pg_catalog.pg_class")
-    assert "salaries_emp_id_pkey" not in names("SELECT relname FROM pg_catalog.pg_class")
+    assert "salaries_pkey" not in names("SELECT relname FROM pg_catalog.pg_class")
     assert "salaries" not in names("SELECT tablename FROM pg_tables")
     assert "salary_view" not in names("SELECT viewname FROM pg_views")
     assert "salaries" not in names("SELECT table_name FROM information_schema.tables")
@@ -493,8 +493,8 @@ def test_hidden_tables_disappear_from_every_catalog_answer(catalog: Catalog, vis
     assert names(f"SELECT obj_description({salaries}, 'pg_class')") == {None}
     assert names(f"SELECT pg_get_viewdef({view})") == {None}
     # A visible table's foreign key into a hidden one would name it, so it is hidden too.
-    assert "payslips_emp_id_emp_id_fkey" not in names("SELECT conname FROM pg_constraint")
-    assert "payslips_emp_id_emp_id_fkey" not in names(
+    assert "payslips_emp_id_fkey" not in names("SELECT conname FROM pg_constraint")
+    assert "payslips_emp_id_fkey" not in names(
         "SELECT constraint_name FROM information_schema.table_constraints")
     _, rows = catalog.run(_bind(catalog, _query("psql \\dt sales.* #1"))[0].replace("sales", "hr"), visible=visible)
     assert [r[1] for r in rows] == ["employees", "payslips"]

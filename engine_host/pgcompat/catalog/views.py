@@ -162,6 +162,10 @@ class _CatalogBuilder:
             "WHEN abs(b) < 10737418240 THEN round(b / 1048576) || ' MB' "
             "WHEN abs(b) < 10995116277760 THEN round(b / 1073741824) || ' GB' "
             "ELSE round(b / 1099511627776) || ' TB' END",
+            # information_schema._pg_expandarray(anyarray): one (x, n) row per element, x the element and
+            # n its 1-based position (pgjdbc's getPrimaryKeys and getIndexInfo read `(...).n` and `.x`).
+            m + "_pg_expandarray(a) AS unnest(list_transform(a, lambda __hd_e, __hd_i: "
+            "struct_pack(x := __hd_e, n := CAST(__hd_i AS INTEGER))))",
             # The body of `CREATE VIEW name AS body;`, which is what PostgreSQL stores as the definition.
             m + "view_body(s) AS regexp_replace(regexp_replace(s, "
             "'^\\s*CREATE\\s+(?:OR\\s+REPLACE\\s+)?(?:TEMP(?:ORARY)?\\s+)?VIEW\\s+.*?\\s+AS\\s+', '', 'is'), "
@@ -185,7 +189,13 @@ class _CatalogBuilder:
             # Constraints DuckDB reports, numbered per table for stable synthetic OIDs. Kept free of
             # macros: every view is re-bound on each use, and pg_class reads this one.
             v + f"""hd_con_base AS
-            SELECT {_synthetic_oid('c.table_oid', 'c.ord')} AS oid, c.constraint_name AS conname,
+            SELECT {_synthetic_oid('c.table_oid', 'c.ord')} AS oid,
+                -- PostgreSQL's names (DuckDB says t_id_pkey and t_a_id_fkey, the second with the
+                -- referenced columns too): clients show them and compare them with the index names.
+                CASE c.constraint_type WHEN 'PRIMARY KEY' THEN c.table_name || '_pkey'
+                    WHEN 'FOREIGN KEY' THEN c.table_name || '_' || array_to_string(c.constraint_column_names, '_')
+                        || '_fkey'
+                    ELSE c.constraint_name END AS conname,
                 CAST(c.schema_oid AS UINTEGER) AS connamespace,
                 CASE c.constraint_type WHEN 'PRIMARY KEY' THEN 'p' WHEN 'UNIQUE' THEN 'u'
                     WHEN 'FOREIGN KEY' THEN 'f' ELSE 'c' END AS contype,
@@ -213,7 +223,15 @@ class _CatalogBuilder:
                     WHEN 'f' THEN 'FOREIGN KEY (' || {s}.ident_list(k.column_names) || ') REFERENCES '
                         || {s}.qualified_name(k.hd_schema, k.referenced_table)
                         || '(' || {s}.ident_list(k.ref_column_names) || ')'
-                    ELSE 'CHECK (' || k.check_expr || ')' END AS condef
+                    ELSE 'CHECK (' || k.check_expr || ')' END AS condef,
+                -- The index a constraint uses: its own for PRIMARY KEY/UNIQUE, for a foreign key the
+                -- referenced table's PRIMARY KEY/UNIQUE index on the referenced columns (as in PostgreSQL).
+                CAST(CASE WHEN k.contype IN ('p', 'u') THEN k.oid WHEN k.contype = 'f' THEN coalesce((
+                    SELECT min(u.oid) FROM {s}.hd_con_base AS u
+                    WHERE u.conrelid = ref.table_oid AND u.contype IN ('p', 'u')
+                    AND list_transform(u.column_names, lambda x: lower(x))
+                        = list_transform(k.ref_column_names, lambda x: lower(x))), 0) ELSE 0 END AS UINTEGER)
+                    AS conindid
             FROM {s}.hd_con_base AS k
             LEFT JOIN tabs AS ref ON ref.schema_name = k.hd_schema AND ref.table_name = k.referenced_table
             LEFT JOIN cols AS rc ON rc.table_oid = ref.table_oid""",
@@ -399,7 +417,7 @@ class _CatalogBuilder:
             r("pg_constraint", f"{s}.hd_con AS k", {
                 "oid": "k.oid", "conname": "k.conname", "connamespace": "k.connamespace", "contype": "k.contype",
                 "condeferrable": "false", "condeferred": "false", "convalidated": "true", "conrelid": "k.conrelid",
-                "contypid": "0", "conindid": "CASE WHEN k.contype IN ('p', 'u') THEN k.oid ELSE 0 END",
+                "contypid": "0", "conindid": "k.conindid",
                 "conparentid": "0", "confrelid": "k.confrelid",
                 "confupdtype": "CASE WHEN k.contype = 'f' THEN 'a' ELSE ' ' END",
                 "confdeltype": "CASE WHEN k.contype = 'f' THEN 'a' ELSE ' ' END",

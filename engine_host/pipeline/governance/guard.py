@@ -28,7 +28,13 @@ from engine_host.pipeline.errors import (
     unknown_relation,
 )
 from hd_core.sql_calls import BARE_FUNCTIONS
-from hd_core.sql_functions import ALLOWED_FUNCTIONS, ALLOWED_TABLE_FUNCTIONS, REFUSED, SYNTAX_FORMS
+from hd_core.sql_functions import (
+    ALLOWED_FUNCTIONS,
+    ALLOWED_TABLE_FUNCTIONS,
+    REFUSED,
+    SESSION_VALUE_FUNCTIONS,
+    SYNTAX_FORMS,
+)
 
 # Relations in these schemas are machinery (our macros, DuckDB's and Postgres' catalogs, temp objects).
 DENIED_SCHEMAS = frozenset({"hd_pg", "hd_keys", "pg_catalog", "information_schema", "system", "temp"})
@@ -48,7 +54,7 @@ _CATALOG_FUNCTIONS = frozenset({
     "current_role", "user", "txid_current", "inet_server_addr", "inet_server_port", "inet_client_addr",
     "inet_client_port", "getdatabaseencoding", "generate_subscripts", "getpgusername", "quote_ident",
     "json_build_object", "jsonb_build_object", "array_upper", "array_lower", "array_length", "array_ndims",
-    "cardinality",
+    "cardinality", "_pg_expandarray", "all",
 })
 # sqlglot function classes that DuckDB reads as syntax, not as a call of that name.
 _SYNTAX_NODES: tuple[type[exp.Expr], ...] = (
@@ -535,7 +541,8 @@ def check_functions(tree: exp.Expr, text: str, *, catalog: bool = False, generat
         if isinstance(parent, exp.Dot) and parent.expression is node:
             qualifier = parent.this
             schema = qualifier.name.lower() if isinstance(qualifier, (exp.Identifier, exp.Column)) else ""
-            if not (isinstance(qualifier, exp.Identifier) and schema in FUNCTION_SCHEMAS):
+            if not (isinstance(qualifier, exp.Identifier) and (schema in FUNCTION_SCHEMAS or (
+                    catalog and schema == "information_schema" and _catalog_answered(name)))):
                 if f"{schema}.{name}" in internal:
                     continue
                 raise function_not_allowed(f"{qualifier.sql()}.{written_name(node, text)}")
@@ -545,7 +552,8 @@ def check_functions(tree: exp.Expr, text: str, *, catalog: bool = False, generat
         elif isinstance(node, exp.Anonymous):
             if not may_call(name, catalog=catalog):
                 raise function_not_allowed(name)
-        elif any(not (catalog and _catalog_answered(n)) for n in _function_names(node, text) & REFUSED):
+        elif any(not (catalog and _catalog_answered(n))
+                 for n in _function_names(node, text) & REFUSED - SESSION_VALUE_FUNCTIONS):
             raise function_not_allowed(name)
     if generated:
         for column in tree.find_all(exp.Column):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 
+from sqlglot import exp
+
 from engine_host.pgcompat.catalog.relations import SCHEMA
+from engine_host.pgcompat.catalog.rewrite.nodes import _literal_int
 
 # Functions answered by an inline subquery over catalog views (so visibility applies to them too).
 # `__hd_argN` stands for the Nth argument. Every inner source is a subquery whose columns are renamed
@@ -66,7 +69,7 @@ _MACROS = {
     "format_type": 2, "pg_get_userbyid": 1, "pg_encoding_to_char": 1, "pg_size_pretty": 1, "quote_ident": 1,
     "set_config": 3, "pg_function_is_visible": 1, "pg_get_function_result": 1, "pg_get_function_arguments": 1,
     "pg_get_function_identity_arguments": 1, "pg_get_functiondef": 1, "to_regtype": 1, "to_regnamespace": 1,
-    "to_regrole": 1,
+    "to_regrole": 1, "_pg_expandarray": 1,
 }
 _MACRO_NAMES = {"pg_get_function_identity_arguments": "pg_get_function_arguments", "to_regtype": "regtype_oid",
                 "to_regnamespace": "regnamespace_oid", "to_regrole": "regrole_oid"}
@@ -74,3 +77,22 @@ _MACRO_NAMES = {"pg_get_function_identity_arguments": "pg_get_function_arguments
 _SESSION_USER = "__hd_session_user"
 _SESSION_SETTING = "__hd_session_setting"
 _SESSION_PID = "__hd_session_pid"
+
+_INT4 = range(-(2**31), 2**31)
+
+
+def int4_series(func: exp.Expr) -> exp.Expr | None:
+    """`generate_series(1, 32)` with integer bounds, typed integer as PostgreSQL types it.
+
+    DuckDB's generate_series is bigint-only; pgjdbc's getImportedKeys reads KEY_SEQ from
+    `generate_series(1, 32) pos(n)`, and PostgreSQL answers it as int4. None when any bound is not
+    an int4 literal (PostgreSQL then picks bigint or numeric, and so does DuckDB).
+    """
+    bounds = [func.args.get(key) for key in ("start", "end", "step")] if isinstance(
+        func, exp.GenerateSeries | exp.ExplodingGenerateSeries) else list(func.expressions)
+    given = [b for b in bounds if b is not None]
+    values = [_literal_int(b) for b in given]
+    if not given or any(v is None or v not in _INT4 for v in values):
+        return None
+    series = exp.Anonymous(this="generate_series", expressions=[b.copy() for b in given])
+    return exp.Unnest(expressions=[exp.Cast(this=series, to=exp.DataType.build("INTEGER[]", dialect="duckdb"))])

@@ -41,8 +41,21 @@ def _pg_column_name(node: exp.Expr) -> tuple[str | None, int]:
     return None, 0
 
 
+def fold_identifiers(tree: exp.Expr) -> None:
+    """Lower-case every unquoted identifier, as PostgreSQL does before anything else sees it.
+
+    DuckDB keeps an alias's spelling, so without this `SELECT NULL AS PKTABLE_CAT` (pgjdbc's
+    getImportedKeys) would answer a column named PKTABLE_CAT where PostgreSQL answers pktable_cat.
+    """
+    for identifier in tree.find_all(exp.Identifier):
+        if not identifier.args.get("quoted") and isinstance(identifier.this, str):
+            identifier.set("this", identifier.this.lower())
+
+
 def name_outputs(tree: exp.Expr) -> None:
-    """Give unaliased select items the column name PostgreSQL would (clients read them by name)."""
+    """Give unaliased select items the column name PostgreSQL would (clients read them by name);
+    unquoted identifiers are folded to lower case first, as PostgreSQL folds them."""
+    fold_identifiers(tree)
     select = tree
     while isinstance(select, exp.SetOperation):
         select = select.this

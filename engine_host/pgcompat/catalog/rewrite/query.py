@@ -22,6 +22,7 @@ from engine_host.pgcompat.catalog.rewrite.functions import (
     _SESSION_USER,
     _TEMPLATE_ARG,
     _TEMPLATES,
+    int4_series,
 )
 from engine_host.pgcompat.catalog.rewrite.nodes import (
     _REG_TYPES,
@@ -140,7 +141,7 @@ class _QueryRewrite:
         elif isinstance(node, exp.Column):
             self._column(node)
         elif isinstance(node, exp.Dot):
-            if isinstance(node.this, exp.Identifier) and node.this.name.lower() == "pg_catalog":
+            if isinstance(node.this, exp.Identifier) and node.this.name.lower() in ("pg_catalog", "information_schema"):
                 node.replace(node.expression)
         elif isinstance(node, exp.Collate):
             node.replace(node.this)  # PostgreSQL collation names mean nothing to DuckDB
@@ -209,6 +210,8 @@ class _QueryRewrite:
             new_alias = exp.TableAlias(this=exp.to_identifier(alias.name if alias else name))
             table.replace(exp.Subquery(this=select, alias=new_alias))
             return
+        if name == "generate_series":
+            table.set("this", int4_series(func) or func)
         if name == "generate_subscripts":
             low, high = self._subscript_bounds(func)
             table.set("this", _call("generate_series", low, high))
