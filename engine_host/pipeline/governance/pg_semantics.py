@@ -163,7 +163,8 @@ def _rounded(kind: type[exp.Expr], precision: int) -> exp.Expr:
     half_up = exp.Paren(this=exp.Add(this=micros, expression=exp.Literal.number(step // 2)))
     rounded = exp.Mul(this=exp.Paren(this=exp.IntDiv(this=half_up, expression=exp.Literal.number(step))),
                       expression=exp.Literal.number(step))
-    instant = exp.Anonymous(this="make_timestamptz", expressions=[rounded])
+    local = kind in (exp.Localtimestamp, exp.Localtime)  # DuckDB casts no TIMESTAMPTZ to TIME
+    instant = exp.Anonymous(this="make_timestamp" if local else "make_timestamptz", expressions=[rounded])
     target = {exp.CurrentTimestamp: "TIMESTAMPTZ", exp.Localtimestamp: "TIMESTAMP", exp.CurrentTime: "TIMETZ",
               exp.Localtime: "TIME"}[kind]
     return exp.cast(instant, exp.DataType.build(target, dialect="duckdb"))
