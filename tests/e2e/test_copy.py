@@ -199,8 +199,8 @@ def test_copy_from_stdin_inside_the_row_filter_inserts_and_tags_the_count(engine
                           ) as copy:
                 copy.write(b'3900011,org_acme,us-east,"Quote ""Co""",new,10.50\n3900012,org_acme,us-east,B,won,1\n')
             assert cur.statusmessage == "COPY 2"
-            assert cur.execute("SELECT company, value FROM sales.leads WHERE lead_id >= 3900011 ORDER BY 1"
-                               ).fetchall() == [("B", decimal.Decimal("1.00")), ('Quote "Co"', decimal.Decimal("10.50"))]
+            copied = cur.execute("SELECT company, value FROM sales.leads WHERE lead_id >= 3900011 ORDER BY 1")
+            assert copied.fetchall() == [("B", decimal.Decimal("1.00")), ('Quote "Co"', decimal.Decimal("10.50"))]
         conn.rollback()
 
 
@@ -294,7 +294,8 @@ def _psql(dsn: str, command: str) -> subprocess.CompletedProcess[str]:
 def test_psql_backslash_copy_to_a_file_matches_postgres(engine_host, reference_pg, typed_table, tmp_path):
     ours, theirs = tmp_path / "ours.csv", tmp_path / "theirs.csv"
     query = "select * from {} order by id"
-    done = _psql(engine_host.demo_dsn("acme-admin"), f"\\copy ({query.format(typed_table['engine'])}) to '{ours}' csv header")
+    admin = engine_host.demo_dsn("acme-admin")
+    done = _psql(admin, f"\\copy ({query.format(typed_table['engine'])}) to '{ours}' csv header")
     assert done.returncode == 0, done.stderr
     assert _psql(reference_pg, f"\\copy ({query.format(typed_table['pg'])}) to '{theirs}' csv header").returncode == 0
     assert ours.read_bytes() == theirs.read_bytes()

@@ -1,0 +1,11 @@
+"""`bench.copy_load` runs end to end with a small N so the COPY benchmark cannot rot."""
+
+from __future__ import annotations
+
+from bench import copy_load
+
+
+def test_copy_load_bench_loads_every_row_three_ways() -> None:
+    results = copy_load.main(["--rows", "2000"])
+    assert [r.rows for r in results] == [2000, 2000, 2000]
+    assert all(r.rate > 0 for r in results)
