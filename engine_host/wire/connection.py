@@ -29,6 +29,7 @@ from engine_host.pipeline.errors import QueryError, from_engine_error
 from engine_host.pipeline.pipeline import Kind, PreparedStatement
 from engine_host.pipeline.results import Outcome, ResultColumn, RowSource, format_code
 from engine_host.pipeline.session import IDLE, Session
+from engine_host.pipeline.settings import duration_milliseconds
 from engine_host.wire import messages as m
 from engine_host.wire.datarow import frame_data_rows, frame_data_rows_small
 from hd_core.errors import AuthenticationFailed, HdError
@@ -372,20 +373,35 @@ class PgConnection:
             self._inbox += chunk
 
     async def _read_while_idle(self) -> bytes:
-        """Read what the client sends next; a session idle outside a transaction ends at the idle timeout.
+        """Read what the client sends next; a session idle past its idle timeout ends, as in PostgreSQL.
 
-        As Postgres's idle_session_timeout: FATAL 57P05, and a session in a transaction is never ended here.
+        Outside a transaction: idle_session_timeout (the host's --idle-session-timeout, or the session's
+        own if shorter), FATAL 57P05. Inside one: the session's idle_in_transaction_session_timeout,
+        FATAL 25P03 (the transaction is rolled back as the connection closes).
         """
-        timeout = self.services.limits.idle_session_timeout_seconds
-        if not timeout or self.session is None or self.session.in_transaction:
+        session = self.session
+        if session is None:
+            return await self.reader.read(READ_CHUNK)
+        if session.in_transaction:
+            timeout = duration_milliseconds(session.settings.get("idle_in_transaction_session_timeout")) / 1000
+            refusal = ("25P03", "HD_ERR_IDLE_IN_TRANSACTION_TIMEOUT",
+                       "terminating connection due to idle-in-transaction timeout",
+                       f"A transaction left idle for {timeout:g} s is ended (idle_in_transaction_session_timeout); "
+                       "reconnect, and COMMIT or ROLLBACK promptly.")
+        else:
+            host = self.services.limits.idle_session_timeout_seconds
+            own = duration_milliseconds(session.settings.get("idle_session_timeout")) / 1000
+            timeout = min(host, own) if host and own else (host or own)
+            refusal = ("57P05", "HD_ERR_IDLE_SESSION_TIMEOUT", "terminating connection due to idle-session timeout",
+                       f"Sessions idle for {timeout:g} s are closed (idle_session_timeout, --idle-session-timeout); "
+                       "reconnect.")
+        if not timeout:
             return await self.reader.read(READ_CHUNK)
         try:
             async with asyncio.timeout(timeout):
                 return await self.reader.read(READ_CHUNK)
         except TimeoutError:
-            await self._fatal("57P05", "HD_ERR_IDLE_SESSION_TIMEOUT",
-                              "terminating connection due to idle-session timeout",
-                              f"Sessions idle for {timeout:g} s are closed (--idle-session-timeout); reconnect.")
+            await self._fatal(*refusal)
             raise ConnectionClosing() from None
 
     # --- concurrency admission: decided here, on the event loop, before a worker thread is taken ---
