@@ -81,6 +81,7 @@ _TOKEN = re.compile(r"""
   | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
   | (?P<number>[-+]?\d+(?:\.\d+)?)
   | (?P<punct>[(),;.*=])
+  | (?P<other>.)
 """, re.VERBOSE | re.DOTALL)
 
 
