@@ -343,11 +343,26 @@ def _original_offset(spaced: int, gaps: Sequence[int]) -> int:
     return spaced - bisect.bisect_left([gap + i for i, gap in enumerate(gaps)], spaced)
 
 
+_FIRST_WORD = re.compile(r"[A-Za-z_]\w*")
+# The words a PostgreSQL statement can begin with (gram.y's stmt alternatives).
+_STATEMENT_STARTS = frozenset({
+    "ABORT", "ALTER", "ANALYZE", "ANALYSE", "BEGIN", "CALL", "CHECKPOINT", "CLOSE", "CLUSTER", "COMMENT", "COMMIT",
+    "COPY", "CREATE", "DEALLOCATE", "DECLARE", "DELETE", "DISCARD", "DO", "DROP", "END", "EXECUTE", "EXPLAIN",
+    "FETCH", "GRANT", "IMPORT", "INSERT", "LISTEN", "LOAD", "LOCK", "MERGE", "MOVE", "NOTIFY", "PREPARE",
+    "REASSIGN", "REFRESH", "REINDEX", "RELEASE", "RESET", "REVOKE", "ROLLBACK", "SAVEPOINT", "SECURITY", "SELECT",
+    "SET", "SHOW", "START", "TABLE", "TRUNCATE", "UNLISTEN", "UPDATE", "VACUUM", "VALUES", "WITH",
+})
+
+
 def _parse_error(exc: ParseError, sql: str, written: str, offset: int, gaps: Sequence[int]) -> QueryError:
     """PostgreSQL's words for a statement sqlglot could not parse: the token, or the end of the input.
 
     sqlglot's own message names its token classes and expression classes; the client sees neither.
     """
+    begin = _skip_comments(written)
+    word = _FIRST_WORD.match(written, begin)
+    if word is not None and word.group().upper() not in _STATEMENT_STARTS:
+        return syntax_error_near(word.group(), offset + begin)  # PostgreSQL's grammar fails on the first word
     first = exc.errors[0] if exc.errors else {}
     highlight = str(first.get("highlight") or "")
     line, col = int(first.get("line") or 0), int(first.get("col") or 0)
