@@ -41,9 +41,8 @@ class Kind(Enum):
     TO_SQL = "to_sql"  # DataFrame.to_sql into {t}, then read back
 
 
-# The demo's schemas, mirrored into the reference PostgreSQL from what the Owner reads on the engine.
-DEMO_TABLES = ("crm.customers", "hr.employees", "sales.orders", "clinical.encounters")
-DEMO_SCHEMAS = tuple(sorted({name.split(".")[0] for name in DEMO_TABLES}))
+# The demo's schemas; their tables are mirrored into the reference PostgreSQL from what the Owner reads.
+DEMO_SCHEMAS = ("clinical", "crm", "hr", "sales")
 # Where the matrix creates its writable tables on both sides.
 WRITE_SCHEMA = "main"
 
@@ -287,8 +286,7 @@ FRAME_CASES = [
          "ORDER BY employee_id", kind=Kind.READ_SQL),
     Case("read_sql_with_params", "SELECT order_id, amount FROM sales.orders WHERE status = $1 ORDER BY order_id",
          ("paid",), kind=Kind.READ_SQL),
-    Case("read_sql_table_orders", "sales.orders", kind=Kind.READ_SQL_TABLE),
-    Case("read_sql_table_customers", "crm.customers", kind=Kind.READ_SQL_TABLE),
+    Case("read_sql_table_orders", "sales.orders", kind=Kind.READ_SQL_TABLE, expect=Expect.SAME_ROWS_ANY_ORDER),
     Case("to_sql_round_trip", "{t}", kind=Kind.TO_SQL,
          columns=("id", "name", "score", "active", "seen_at"),
          rows=((1, "a", 0.5, True, dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)),

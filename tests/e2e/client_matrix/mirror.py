@@ -2,7 +2,7 @@
 
 The demo data exists only on the engine. The Owner reads each table once (what the Owner may see is what
 the matrix's statements see), and the rows go into a database of their own on PostgreSQL with COPY,
-under the same schema and table names and the column types the engine describes. The scratch database
+under the same schema, table and column names and the column types the engine's catalog lists. The scratch database
 carries the engine's session defaults (UTC, ISO dates) so values print alike, and is dropped at the end.
 """
 
@@ -16,19 +16,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tests.e2e.client_matrix.cases import DEMO_SCHEMAS, DEMO_TABLES, WRITE_SCHEMA
+from tests.e2e.client_matrix.cases import DEMO_SCHEMAS, WRITE_SCHEMA
 
 # The engine announces these in ParameterStatus; PostgreSQL's own defaults differ (Etc/UTC, say).
 SESSION_DEFAULTS = {"TimeZone": "UTC", "DateStyle": "ISO, MDY", "IntervalStyle": "postgres"}
-
-
-def _column_type(column: Any) -> str:
-    """The column's type as PostgreSQL spells it, with numeric's precision and scale."""
-    info = psycopg.adapters.types.get(column.type_code)
-    assert info is not None, f"the engine described {column.name} with an OID psycopg does not know"
-    if info.name == "numeric" and column.precision is not None:
-        return f"numeric({column.precision},{column.scale or 0})"
-    return info.name
 
 
 @contextmanager
@@ -46,7 +37,7 @@ def scratch_database(admin_dsn: str, engine_dsn: str) -> Iterator[str]:
         with psycopg.connect(engine_dsn) as engine, psycopg.connect(dsn, autocommit=True) as pg:
             for schema in (*DEMO_SCHEMAS, WRITE_SCHEMA):
                 pg.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-            for table in DEMO_TABLES:
+            for table in demo_tables(engine):
                 _mirror_table(engine, pg, table)
         yield dsn
     finally:
@@ -54,39 +45,53 @@ def scratch_database(admin_dsn: str, engine_dsn: str) -> Iterator[str]:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def demo_tables(engine: psycopg.Connection[Any]) -> list[str]:
+    """Every table of the demo's schemas the Owner sees on the engine, as schema.name."""
+    # A literal IN list: array parameters are one of the things the matrix tests, not something it leans on.
+    query = sql.SQL("SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema IN ({}) "
+                    "ORDER BY 1, 2").format(sql.SQL(", ").join(map(sql.Literal, DEMO_SCHEMAS)))
+    listed = engine.execute(query).fetchall()
+    assert listed, "the engine lists no table in the demo's schemas"
+    return [f"{schema}.{name}" for schema, name in listed]
+
+
 def _mirror_table(engine: psycopg.Connection[Any], pg: psycopg.Connection[Any], table: str) -> None:
-    columns = _readable_columns(engine, table)
-    source = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(map(sql.Identifier, columns)),
-                                                 sql.Identifier(*table.split(".")))
+    schema, name = table.split(".")
+    listed = engine.execute("SELECT column_name, data_type, numeric_precision, numeric_scale "
+                            "FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+                            "ORDER BY ordinal_position", (schema, name)).fetchall()
+    readable = [column for column, *_ in listed if _owner_may_read(engine, table, column)]
+    source = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(map(sql.Identifier, readable)),
+                                                 sql.Identifier(schema, name))
     with engine.cursor(binary=True) as cur:
         cur.execute(source)
-        assert cur.description is not None
-        described = cur.description
         rows = cur.fetchall()
-    assert rows, f"the Owner reads no rows from {table} on the engine; the mirror would be empty"
-    target = sql.Identifier(*table.split("."))
+    target = sql.Identifier(schema, name)
     definition = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(_column_type(c))) for c in described)
+        sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(_listed_type(data_type, precision, scale)))
+        for column, data_type, precision, scale in listed)
     pg.execute(sql.SQL("CREATE TABLE {} ({})").format(target, definition))
-    with pg.cursor() as cur, cur.copy(sql.SQL("COPY {} FROM STDIN").format(target)) as copy:
+    columns = sql.SQL(", ").join(map(sql.Identifier, readable))
+    with pg.cursor() as cur, cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(target, columns)) as copy:
         for row in rows:
             copy.write_row(row)
 
 
-def _readable_columns(engine: psycopg.Connection[Any], table: str) -> list[str]:
-    """The table's columns the Owner may read: PHI columns need a grant the Owner does not hold, so no case reads
-    them and the mirror leaves them out."""
-    schema, name = table.split(".")
-    listed = engine.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
-                            "AND table_name = %s ORDER BY ordinal_position", (schema, name)).fetchall()
-    readable = []
-    for (column,) in listed:
-        try:
-            engine.execute(sql.SQL("SELECT {} FROM {} LIMIT 1").format(sql.Identifier(column),
-                                                                      sql.Identifier(schema, name)))
-        except psycopg.errors.InsufficientPrivilege:
-            engine.rollback()
-            continue
-        readable.append(column)
-    assert readable, f"the Owner may read no column of {table}"
-    return readable
+def _listed_type(data_type: str, precision: int | None, scale: int | None) -> str:
+    """A column's type as the engine's catalog lists it (a masked column's values may come back as another type;
+    the table's definition is what the mirror copies)."""
+    if data_type == "numeric" and precision is not None:
+        return f"numeric({precision},{scale or 0})"
+    return data_type
+
+
+def _owner_may_read(engine: psycopg.Connection[Any], table: str, column: str) -> bool:
+    """PHI columns need a grant the Owner does not hold: the mirror keeps them (the catalogs list them) but NULL,
+    and no case reads them."""
+    try:
+        engine.execute(sql.SQL("SELECT {} FROM {} LIMIT 1").format(sql.Identifier(column),
+                                                                  sql.Identifier(*table.split("."))))
+    except psycopg.errors.InsufficientPrivilege:
+        engine.rollback()
+        return False
+    return True

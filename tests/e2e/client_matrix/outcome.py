@@ -86,6 +86,9 @@ def _result_mismatches(case: Case, index: int, mine: Result, truth: Result) -> l
 
 def _first_row_difference(mine: list[tuple[Any, ...]], truth: list[tuple[Any, ...]]) -> str:
     if len(mine) != len(truth):
-        return f"{len(mine)} row(s) from the engine, {len(truth)} from PostgreSQL; first rows {mine[:2]} vs {truth[:2]}"
+        extra = [r for r in mine if r not in truth][:3]
+        missing = [r for r in truth if r not in mine][:3]
+        return (f"{len(mine)} row(s) from the engine, {len(truth)} from PostgreSQL; only the engine's: {extra}, "
+                f"only PostgreSQL's: {missing}")
     at = next(i for i, (a, b) in enumerate(zip(mine, truth, strict=True)) if a != b)
     return f"row {at}: engine {mine[at]}, PostgreSQL {truth[at]}"

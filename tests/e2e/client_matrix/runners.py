@@ -61,14 +61,22 @@ class Endpoint:
 
 
 def positional(sql: str, params: Sequence[Any], marker: str) -> tuple[str, tuple[Any, ...]]:
-    """`$n` placeholders as `%s`-style markers (psycopg, pg8000 dbapi), with the parameters in marker order."""
+    """`$n` placeholders as `%s`-style markers (psycopg, pg8000 dbapi), with the parameters in marker order.
+
+    Without parameters the statement goes as written (`$1` inside PREPARE is the server's, not the client's).
+    """
+    if not params:
+        return sql, ()
     order = [int(n) for n in _PLACEHOLDER.findall(sql)]
     return _PLACEHOLDER.sub(lambda _: marker, sql.replace("%", "%%")), tuple(params[n - 1] for n in order)
 
 
 def named(sql: str, params: Sequence[Any]) -> tuple[str, dict[str, Any]]:
-    """`$n` placeholders as `:pn` (pg8000 native, SQLAlchemy text())."""
-    return _PLACEHOLDER.sub(lambda m: f":p{m.group(1)}", sql), {f"p{i}": v for i, v in enumerate(params, 1)}
+    """`$n` placeholders as `(:pn)` (pg8000 native, SQLAlchemy text()); parenthesised because SQLAlchemy takes
+    `:p1::integer` for a literal colon, not a bind followed by a cast."""
+    if not params:
+        return sql, {}
+    return _PLACEHOLDER.sub(lambda m: f"(:p{m.group(1)})", sql), {f"p{i}": v for i, v in enumerate(params, 1)}
 
 
 def copy_data(rows: Sequence[tuple[Any, ...]], copy_format: str) -> bytes:
@@ -152,45 +160,100 @@ class Runner:
 # --- psql ---------------------------------------------------------------------------------------------
 
 _PSQL_SEPARATOR = "\x1f"
-_PSQL_MARK = "--matrix-mark--"
 _PSQL_ERROR = re.compile(r"^psql:<stdin>:(\d+): ERROR:\s+([0-9A-Z]{5})", re.MULTILINE)
 
 
+class PsqlSession:
+    """One long-lived psql process reading a script from its stdin.
+
+    Each compared statement's output goes to a file of its own (`\\o file`), and `\\warn` writes a mark
+    to stderr, which psql does not buffer: once the mark is read, every line before it has run and its
+    output file is closed. Errors are told apart by the script line psql names on stderr.
+    """
+
+    def __init__(self, endpoint: Endpoint, scratch: Path) -> None:
+        env = {**os.environ, "PGPASSWORD": endpoint.password, "PGSSLMODE": "require" if endpoint.tls else "disable",
+               "PGCONNECT_TIMEOUT": "10"}
+        self.process = subprocess.Popen(
+            ["psql", "-X", "-A", "-F", _PSQL_SEPARATOR, "-v", "VERBOSITY=sqlstate", "-h", endpoint.host,
+             "-p", str(endpoint.port), "-U", endpoint.user, "-d", endpoint.dbname, "-f", "-"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        self.scratch = scratch
+        self.lines_sent = 0
+        self.marks = 0
+
+    def run(self, lines: Sequence[str]) -> tuple[int, str]:
+        """Send script lines; returns the line number before the first of them and psql's stderr for them."""
+        assert self.process.stdin is not None and self.process.stderr is not None
+        self.marks += 1
+        mark = f"matrix-mark-{self.marks}"
+        base = self.lines_sent
+        script = [*lines, f"\\warn {mark}"]
+        self.process.stdin.write(("\n".join(script) + "\n").encode())
+        self.process.stdin.flush()
+        self.lines_sent += len(script)
+        errors = []
+        while (line := self.process.stderr.readline()) and line.decode(errors="replace").strip() != mark:
+            errors.append(line.decode(errors="replace"))
+        if not line:
+            raise RuntimeError("psql exited: " + "".join(errors))
+        return base, "".join(errors)
+
+    def output_file(self, name: str) -> Path:
+        return self.scratch / name
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(10)
+
+
 class PsqlRunner(Runner):
-    """The psql binary, `-X -A -F`, one session per case; output compared as text, line by line."""
+    """The psql binary, `-X -A -F`, one session per side; each statement's output compared as text, line by line."""
 
     name = "psql"
     kinds = frozenset({Kind.QUERY, Kind.COPY_OUT, Kind.COPY_IN, Kind.META})
     binds = False
 
+    def __init__(self, endpoints: dict[Side, Endpoint]) -> None:
+        super().__init__(endpoints)
+        self.scratch = tempfile.TemporaryDirectory(prefix="hd-matrix-psql-")
+        self.sessions = {side: PsqlSession(e, Path(self.scratch.name) / side) for side, e in endpoints.items()}
+        for session in self.sessions.values():
+            session.scratch.mkdir()
+
+    def close(self) -> None:
+        for session in self.sessions.values():
+            session.close()
+        self.scratch.cleanup()
+
     def run(self, side: Side, case: Case, table: str) -> Outcome:
+        session = self.sessions[side]
         sub: Callable[[str], str] = lambda sql: " ".join(sql.replace("{t}", table).split())  # noqa: E731
-        with tempfile.TemporaryDirectory() as scratch:
-            main = self._main_line(case, table, Path(scratch))
-            steps = [sub(s) + ";" for s in case.setup]
-            compared = [main] + ([sub(case.check) + ";"] if case.check else [])
-            cleanup = [sub(s) + ";" for s in case.teardown] + ([f"DROP TABLE IF EXISTS {table};"] if case.writes else [])
-            lines = ["\\o /dev/null", *steps, "\\o"]
-            first_compared = len(lines) + 2  # 1-based line of the first compared statement, after its mark
-            for statement in compared:
-                lines += [f"\\echo {_PSQL_MARK}", statement]
-            lines += ["\\o /dev/null", *cleanup]
-            out, err = self._psql(side, "\n".join(lines) + "\n")
-        failed = {int(line): state for line, state in _PSQL_ERROR.findall(err)}
+        steps = [sub(s) + ";" for s in case.setup]
+        compared = [self._main_line(case, table, session.scratch)] + ([sub(case.check) + ";"] if case.check else [])
+        cleanup = [sub(s) + ";" for s in case.teardown] + ([f"DROP TABLE IF EXISTS {table};"] if case.writes else [])
+        outputs = [session.output_file(f"out-{i}") for i in range(len(compared))]
+        lines = ["\\o /dev/null", *steps]
+        compared_lines = []
+        for statement, output in zip(compared, outputs, strict=True):
+            lines.append(f"\\o {output}")
+            lines.append(statement)
+            compared_lines.append(len(lines))
+        lines += ["\\o /dev/null", *cleanup, "\\o"]
+        base, err = session.run(lines)
+        failed = {int(line) - base: state for line, state in _PSQL_ERROR.findall(err)}
         states = tuple(failed.get(2 + i) for i in range(len(steps)))
-        chunks = out.split(f"{_PSQL_MARK}\n".encode())[1:]
-        if not chunks:  # psql never got as far as the statement (no connection, say)
-            return Outcome(states, (Result(sqlstate="?????", message=err.strip()),))
         results = []
-        for i, chunk in enumerate(chunks):
-            state = failed.get(first_compared + 2 * i)
-            if state is not None:
+        for i, (line, output) in enumerate(zip(compared_lines, outputs, strict=True)):
+            data = output.read_bytes()
+            if (state := failed.get(line)) is not None:
                 results.append(Result(sqlstate=state, message=err.strip()))
             elif case.kind is Kind.COPY_OUT and i == 0:
-                results.append(copy_result(chunk, case.copy_format))
+                results.append(copy_result(data, case.copy_format))
             else:
-                text = chunk.decode()
-                results.append(Result(rows=tuple(tuple(line.split(_PSQL_SEPARATOR)) for line in text.splitlines())))
+                rows = tuple(tuple(line.split(_PSQL_SEPARATOR)) for line in data.decode().splitlines())
+                results.append(Result(rows=rows))
         return Outcome(states, tuple(results))
 
     @staticmethod
@@ -204,17 +267,6 @@ class PsqlRunner(Runner):
         if case.kind is Kind.META:
             return case.sql
         return " ".join(case.sql.replace("{t}", table).split()) + ";"
-
-    def _psql(self, side: Side, script: str) -> tuple[bytes, str]:
-        endpoint = self.endpoints[side]
-        env = {**os.environ, "PGPASSWORD": endpoint.password, "PGSSLMODE": "require" if endpoint.tls else "disable",
-               "PGCONNECT_TIMEOUT": "10", "PGTZ": "UTC"}
-        done = subprocess.run(
-            ["psql", "-X", "-A", "-F", _PSQL_SEPARATOR, "-v", "VERBOSITY=sqlstate", "-h", endpoint.host,
-             "-p", str(endpoint.port), "-U", endpoint.user, "-d", endpoint.dbname, "-f", "-"],
-            input=script.encode(), capture_output=True, env=env, timeout=60, check=False,
-        )
-        return done.stdout, done.stderr.decode(errors="replace")
 
 
 # --- psycopg 3 -------------------------------------------------------------------------------------
@@ -383,7 +435,7 @@ class AsyncpgRunner(Runner):
         self.conns = {
             side: self.loop.run_until_complete(asyncpg.connect(
                 host=e.host, port=e.port, user=e.user, password=e.password, database=e.dbname,
-                ssl=e.ssl_context() or False, statement_cache_size=0))
+                ssl=e.ssl_context() or False))
             for side, e in endpoints.items()
         }
 
@@ -708,7 +760,7 @@ class PgcliRunner(Runner):
     def _run(self, side: Side, sql: str, *, special: bool) -> Result:
         executor = self.executors[side]
         try:
-            title, cur, headers, status, *_ = next(executor.run(sql, pgspecial=self.special if special else None))
+            _title, cur, headers, status, *_ = next(executor.run(sql, pgspecial=self.special if special else None))
         except psycopg.Error as error:
             return _psycopg_error(error)
         if cur is None:
