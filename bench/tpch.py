@@ -66,8 +66,7 @@ def load_queries() -> dict[str, str]:
     """The 22 TPC-H queries in PostgreSQL syntax, from the test suite's one copy."""
     from tests.e2e import tpch_queries
 
-    queries = tpch_queries.QUERIES
-    return {str(name): str(sql) for name, sql in dict(queries).items()}
+    return {f"q{number}": sql for number, sql in tpch_queries.QUERIES.items()}
 
 
 def qualify(sql: str, schema: str) -> str:
