@@ -1,8 +1,9 @@
 // Calls the PostgreSQL JDBC driver's DatabaseMetaData methods and a few plain queries, printing one JSON
 // line per call, so tests/e2e/test_jdbc_metadata.py can compare the engine's answers with PostgreSQL's.
 //
-// Usage: java -cp postgresql.jar:DIR MetadataProbe URL USER PASSWORD SCHEMA PARENT CHILD [tables-only]
-// Each line: {"call": name, "columns": [label...], "types": [jdbc type name...], "rows": [[value...]...]}
+// Usage: java -cp postgresql.jar:DIR MetadataProbe URL USER PASSWORD SCHEMA PARENT CHILD [visibility]
+// Each line: {"call": name, "columns": [label...], "types": [java.sql.Types code...], "type_names": [...],
+// "rows": [[value...]...], "ms": milliseconds the call took}
 // for a ResultSet, {"call": name, "value": v} for a scalar, {"call": name, "error": sqlstate, "message": m}
 // when the call threw. Values are printed as the driver's getString() gives them (null as JSON null).
 
@@ -34,12 +35,16 @@ public final class MetadataProbe {
         String schema = args[3];
         String parent = args[4];
         String child = args[5];
-        boolean tablesOnly = args.length > 6 && args[6].equals("tables-only");
+        // "visibility": only what a visibility test needs (what the session is shown of the tables).
+        boolean visibilityOnly = args.length > 6 && args[6].equals("visibility");
         try (Connection conn = DriverManager.getConnection(args[0], props)) {
             DatabaseMetaData md = conn.getMetaData();
             probe("getTables(null,null,%,[TABLE])",
                 () -> md.getTables(null, null, "%", new String[] {"TABLE"}));
-            if (tablesOnly) {
+            if (visibilityOnly) {
+                probe("getColumns(null,schema,parent,%)", () -> md.getColumns(null, schema, parent, "%"));
+                probe("getPrimaryKeys(null,schema,parent)", () -> md.getPrimaryKeys(null, schema, parent));
+                probe("getImportedKeys(null,schema,child)", () -> md.getImportedKeys(null, schema, child));
                 return;
             }
             probeSetup(md);
@@ -166,8 +171,7 @@ public final class MetadataProbe {
             List<String> types = new ArrayList<>();
             ResultSetMetaData meta = rs.getMetaData();
             for (int i = 1; i <= meta.getColumnCount(); i++) {
-                types.add(meta.getColumnTypeName(i) + "/" + meta.getColumnType(i) + "/"
-                    + meta.getColumnClassName(i));
+                types.add(meta.getColumnType(i) + "/" + meta.getColumnClassName(i));
             }
             System.out.println("{\"call\": \"getters\", \"types\": " + json(types) + ", \"rows\": ["
                 + json(row) + "]}");
@@ -202,14 +206,17 @@ public final class MetadataProbe {
     }
 
     private static void probe(String name, Call call) {
+        long started = System.nanoTime();
         try (ResultSet rs = (ResultSet) call.run()) {
             ResultSetMetaData meta = rs.getMetaData();
             int n = meta.getColumnCount();
             List<Object> labels = new ArrayList<>();
             List<Object> types = new ArrayList<>();
+            List<Object> typeNames = new ArrayList<>();
             for (int i = 1; i <= n; i++) {
                 labels.add(meta.getColumnLabel(i));
-                types.add(meta.getColumnTypeName(i));
+                types.add(meta.getColumnType(i));
+                typeNames.add(meta.getColumnTypeName(i));
             }
             StringBuilder rows = new StringBuilder("[");
             while (rs.next()) {
@@ -221,7 +228,8 @@ public final class MetadataProbe {
             }
             rows.append(']');
             System.out.println("{\"call\": " + json(name) + ", \"columns\": " + json(labels) + ", \"types\": "
-                + json(types) + ", \"rows\": " + rows + "}");
+                + json(types) + ", \"type_names\": " + json(typeNames) + ", \"rows\": " + rows + ", \"ms\": "
+                + (System.nanoTime() - started) / 1000000 + "}");
         } catch (SQLException e) {
             error(name, e);
         }
