@@ -79,7 +79,7 @@ def postgres_name(node: exp.Expr, text: str) -> str:
 def _figure_name(node: exp.Expr, text: str) -> str | None:
     while isinstance(node, (exp.Paren, exp.Window, exp.Filter, exp.WithinGroup)):
         node = node.this
-    if type(node) in (exp.Cast, exp.TryCast):
+    if isinstance(node, exp.Cast) and type(node) in (exp.Cast, exp.TryCast):
         inner = _figure_name(node.this, text)
         return inner if inner is not None else _type_name(node.to)
     if isinstance(node, exp.Column):

@@ -165,8 +165,9 @@ def _rounded(kind: type[exp.Expr], precision: int) -> exp.Expr:
                       expression=exp.Literal.number(step))
     local = kind in (exp.Localtimestamp, exp.Localtime)  # DuckDB casts no TIMESTAMPTZ to TIME
     instant = exp.Anonymous(this="make_timestamp" if local else "make_timestamptz", expressions=[rounded])
-    target = {exp.CurrentTimestamp: "TIMESTAMPTZ", exp.Localtimestamp: "TIMESTAMP", exp.CurrentTime: "TIMETZ",
-              exp.Localtime: "TIME"}[kind]
+    targets: dict[type[exp.Expr], str] = {exp.CurrentTimestamp: "TIMESTAMPTZ", exp.Localtimestamp: "TIMESTAMP",
+                                          exp.CurrentTime: "TIMETZ", exp.Localtime: "TIME"}
+    target = targets[kind]
     return exp.cast(instant, exp.DataType.build(target, dialect="duckdb"))
 
 
@@ -208,9 +209,9 @@ def _annotate(tree: exp.Expr, targets: list[exp.Expr],
             return {}
         found: dict[int, tuple[exp.DType | None, ...]] = {}
         for node in annotated.walk():
-            index = node.meta.get(_MARK)
-            if isinstance(index, int) and index not in found:
-                found[index] = _operand_types(node)
+            mark = node.meta.get(_MARK)
+            if isinstance(mark, int) and mark not in found:
+                found[mark] = _operand_types(node)
         return found
     finally:
         for node in targets:

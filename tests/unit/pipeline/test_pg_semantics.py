@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import duckdb
 import pytest
 
@@ -55,6 +57,7 @@ def test_sum_of_int4_is_int8_and_length_int4() -> None:
 
 def test_clock_functions_without_parentheses_bind_and_round_to_their_precision() -> None:
     (date, stamp, rounded), = _run("SELECT current_date, current_timestamp, localtimestamp(0)")
+    assert isinstance(stamp, dt.datetime) and isinstance(rounded, dt.datetime)
     assert rounded.microsecond == 0 and stamp.date() == date
 
 
