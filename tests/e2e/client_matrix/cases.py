@@ -68,6 +68,8 @@ class Case:
     copy_format: str = "text"
     # Result columns (by position) whose values legitimately differ; compared by type and shape, and why.
     shape_only: Mapping[int, str] = field(default_factory=dict)
+    # Errors: the P field (position in the statement) must match too, for clients that report it.
+    error_position: bool = False
     # The clients this case is for; None is every client that can run its kind.
     clients: frozenset[str] | None = None
 
@@ -76,11 +78,18 @@ class Case:
         return "{t}" in " ".join((self.sql, *self.setup, self.check or ""))
 
     @property
+    def answers_with_rows(self) -> bool:
+        """The statement's own answer is rows (a query, COPY out, a listing), never an empty result."""
+        return self.kind in _ROW_KINDS or self.returns_rows
+
+    @property
     def returns_rows(self) -> bool:
         """A plain query a cursor can page through (server-side cursors, DECLARE)."""
         head = self.sql.lstrip().split(None, 1)[0].upper()
         return self.kind is Kind.QUERY and head in {"SELECT", "WITH", "VALUES", "TABLE"}
 
+
+_ROW_KINDS = frozenset({Kind.COPY_OUT, Kind.META, Kind.CATALOG, Kind.READ_SQL, Kind.READ_SQL_TABLE, Kind.TO_SQL})
 
 NOW_VALUE = "the clock moves between the two runs; its type and shape must match"
 USER_VALUE = "the engine's user is the Owner's id, PostgreSQL's is postgres"
@@ -262,7 +271,11 @@ SESSION_CASES = [
          check="SELECT id, name FROM {t} ORDER BY id"),
     Case("error_undefined_table", "SELECT * FROM sales.no_such_table", expect=Expect.SAME_ERROR),
     Case("error_undefined_column", "SELECT no_such_column FROM sales.orders", expect=Expect.SAME_ERROR),
-    Case("error_syntax", "SELEC 1", expect=Expect.SAME_ERROR),
+    Case("error_syntax", "SELEC 1", expect=Expect.SAME_ERROR, error_position=True),
+    Case("error_syntax_at_end", "SELECT order_id FROM sales.orders WHERE", expect=Expect.SAME_ERROR,
+         error_position=True),
+    Case("error_syntax_bad_token", "SELECT order_id FROM sales.orders WHERE order_id = = 1", expect=Expect.SAME_ERROR,
+         error_position=True),
     Case("error_invalid_text", "SELECT CAST('abc' AS INTEGER)", expect=Expect.SAME_ERROR),
     Case("error_then_next_statement_works", "SELECT 2 AS ok", setup=("SELECT * FROM sales.no_such_table",)),
 ]
@@ -272,6 +285,8 @@ SESSION_CASES = [
 DISCOVERY_CASES = [
     Case("meta_dt_crm", "\\dt crm.*", kind=Kind.META, shape_only={3: OWNER_VALUE}),
     Case("meta_dt_sales", "\\dt sales.*", kind=Kind.META, shape_only={3: OWNER_VALUE}),
+    Case("meta_d_table", "\\d sales.orders", kind=Kind.META),
+    Case("meta_dn", "\\dn", kind=Kind.META, shape_only={1: OWNER_VALUE}),
     Case("pgcli_tables", "tables", kind=Kind.CATALOG, expect=Expect.SAME_ROWS_ANY_ORDER),
     Case("pgcli_table_columns", "table_columns", kind=Kind.CATALOG, expect=Expect.SAME_ROWS_ANY_ORDER),
     Case("pgcli_schemata", "schemata", kind=Kind.CATALOG, expect=Expect.SAME_ROWS_ANY_ORDER),

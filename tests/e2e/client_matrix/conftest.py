@@ -18,7 +18,7 @@ def matrix_endpoints(engine_host: EngineHostProcess, reference_pg: str) -> Itera
     engine = Endpoint("127.0.0.1", engine_host.port, engine_host.user, engine_host.password, "hd", tls=True)
     with scratch_database(reference_pg, engine.conninfo()) as dsn:
         params = psycopg.conninfo.conninfo_to_dict(dsn)
-        pg = Endpoint(str(params.get("host", "127.0.0.1")), int(params.get("port", 5432)),
+        pg = Endpoint(str(params.get("host", "127.0.0.1")), int(str(params.get("port", 5432))),
                       str(params.get("user", "postgres")), str(params.get("password", "")), str(params["dbname"]),
                       tls=False)
         yield {"engine": engine, "pg": pg}

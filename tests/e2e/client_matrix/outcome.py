@@ -21,6 +21,7 @@ class Result:
     rows: tuple[tuple[Any, ...], ...] = ()
     sqlstate: str | None = None
     message: str = ""
+    position: int | None = None  # an error's P field: where in the statement it happened, 1-based
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,12 @@ def _result_mismatches(case: Case, index: int, mine: Result, truth: Result) -> l
         assert truth.sqlstate is not None, f"the case expects an error but PostgreSQL answered {_describe(truth)}"
         if mine.sqlstate != truth.sqlstate:
             return [f"PostgreSQL raised {truth.sqlstate} ({truth.message}); the engine gave {_describe(mine)}"]
+        if case.error_position and mine.position != truth.position:
+            return [f"error position: engine {mine.position}, PostgreSQL {truth.position} ({truth.message})"]
         return []
     assert truth.sqlstate is None, f"the case is wrong: PostgreSQL itself failed with {_describe(truth)}"
+    if index == 0 and case.answers_with_rows:
+        assert truth.rows, "the case is wrong: PostgreSQL answered no rows, so matching it would prove nothing"
     if mine.sqlstate is not None:
         return [f"the engine failed with {_describe(mine)}"]
     problems = []

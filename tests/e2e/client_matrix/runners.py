@@ -280,7 +280,9 @@ def _psycopg_result(cur: psycopg.Cursor[Any]) -> Result:
 
 
 def _psycopg_error(error: psycopg.Error) -> Result:
-    return Result(sqlstate=error.sqlstate or "?????", message=str(error).splitlines()[0] if str(error) else "")
+    position = error.diag.statement_position
+    return Result(sqlstate=error.sqlstate or "?????", message=str(error).splitlines()[0] if str(error) else "",
+                  position=int(position) if position else None)
 
 
 class PsycopgRunner(Runner):
@@ -418,7 +420,9 @@ class PsycopgServerCursorRunner(PsycopgRunner):
 
 
 def _asyncpg_error(error: Exception) -> Result:
-    return Result(sqlstate=getattr(error, "sqlstate", None) or "?????", message=str(error))
+    position = getattr(error, "position", None)
+    return Result(sqlstate=getattr(error, "sqlstate", None) or "?????", message=str(error),
+                  position=int(position) if position else None)
 
 
 class AsyncpgRunner(Runner):
@@ -550,7 +554,9 @@ class AsyncpgCursorRunner(AsyncpgRunner):
 
 def _pg8000_error(error: Exception) -> Result:
     fields = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
-    return Result(sqlstate=fields.get("C", "?????"), message=fields.get("M", str(error)))
+    position = fields.get("P")
+    return Result(sqlstate=fields.get("C", "?????"), message=fields.get("M", str(error)),
+                  position=int(position) if position else None)
 
 
 class Pg8000NativeRunner(Runner):
@@ -651,7 +657,9 @@ def _sqlalchemy_engine(endpoint: Endpoint) -> Any:
 
 def _sqlalchemy_error(error: Exception) -> Result:
     original = getattr(error, "orig", None)
-    return Result(sqlstate=getattr(original, "sqlstate", None) or "?????", message=str(original or error))
+    if isinstance(original, psycopg.Error):
+        return _psycopg_error(original)
+    return Result(sqlstate="?????", message=str(error))
 
 
 class SqlAlchemyRunner(Runner):
