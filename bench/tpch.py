@@ -25,7 +25,6 @@ import datetime
 import io
 import math
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -42,6 +41,8 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import sqlglot
+from sqlglot import expressions as exp
 
 from tests.harness import EngineHostProcess, reference_postgres_dsn, start_engine_host
 
@@ -59,7 +60,6 @@ FOREIGN_KEYS = {
 }
 POINT_LOOKUP = "SELECT * FROM customer WHERE c_custkey = 42"  # tpch.customer once qualified
 SYSTEMS = ("engine", "parquet", "native", "postgres")
-_TABLE_NAME = re.compile(r"\b(" + "|".join(TABLES) + r")\b(?!\s*\()", re.IGNORECASE)
 
 
 def load_queries() -> dict[str, str]:
@@ -70,8 +70,15 @@ def load_queries() -> dict[str, str]:
 
 
 def qualify(sql: str, schema: str) -> str:
-    """Table names written bare, qualified with `schema` (until the engine honours SET search_path)."""
-    return _TABLE_NAME.sub(lambda m: f"{schema}.{m.group(1).lower()}", sql)
+    """Table references written bare, qualified with `schema` (until the engine honours SET search_path).
+
+    Parsed, not matched as words: TPC-H uses `nation` as a column alias too (Q9).
+    """
+    tree = sqlglot.parse_one(sql, read="postgres")
+    for table in tree.find_all(exp.Table):
+        if not table.args.get("db") and table.name.lower() in TABLES:
+            table.set("db", exp.to_identifier(schema))
+    return tree.sql(dialect="postgres")
 
 
 # --- data ------------------------------------------------------------------------------------------------
