@@ -53,7 +53,8 @@ def _varchar_list(items: Sequence[str]) -> exp.Expr:
 
 def _settings_map(settings: Mapping[str, str]) -> exp.Expr:
     """pg_settings' `setting` column for this session: durations in their base unit (ms), as PostgreSQL."""
-    keys, values = [], []
+    keys: list[exp.Expr] = []
+    values: list[exp.Expr] = []
     for name, value in settings.items():
         if name.lower() in DURATION_SETTINGS:
             try:
