@@ -18,7 +18,11 @@ def wrap_visible(tree: exp.Expr, pairs: list[tuple[str, str]] | None) -> None:
         if pairs is not None:
             inner = inner.where(_visibility_condition(pairs, table.name in _REF_VIEWS))
         alias = table.args.get("alias") or exp.TableAlias(this=exp.to_identifier(table.name))
-        table.replace(exp.Subquery(this=inner, alias=alias.copy()))
+        wrapped = exp.Subquery(this=inner, alias=alias.copy())
+        # `(a JOIN b ON ...)` hangs b's join on a's node: it must move to the subquery, not vanish.
+        if table.args.get("joins"):
+            wrapped.set("joins", table.args["joins"])
+        table.replace(wrapped)
 
 
 def _visibility_condition(pairs: list[tuple[str, str]], with_ref: bool) -> exp.Expr:
