@@ -9,8 +9,10 @@ temporary table of the test's connection.
 from __future__ import annotations
 
 import datetime as dt
+import random
 import uuid
 from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import psycopg
@@ -79,6 +81,17 @@ SAME_AS_POSTGRES = [
     "(SELECT 1 AS z), 1, 'text', NULL::int",
     "SELECT max(i) OVER (), row_number() OVER (ORDER BY s), count(*) FILTER (WHERE ok) OVER () FROM {t} ORDER BY s",
 ]
+
+
+# numeric division and avg() with PostgreSQL's result scale (select_div_scale), values and types
+NUMERIC_DIVISIONS = [
+    "SELECT 1.0/3, 10.0/3, -1.5/2, 2/3.0, 1/3::numeric, 100000.0/7, 0.0001/3, 1/0.0003, 123456789.123/0.7",
+    "SELECT n / 3, i / 2.0, n / i, n / n, 1.0 / i FROM {t} WHERE i <> 0 ORDER BY s",
+    "SELECT avg(i), avg(n), avg(s), avg(b), avg(DISTINCT i), avg(f) FROM {t}",
+    "SELECT ok, avg(i), avg(n) FROM {t} GROUP BY ok ORDER BY ok",
+    "SELECT avg(i), avg(n) FROM {t} WHERE false",
+]
+SAME_AS_POSTGRES += NUMERIC_DIVISIONS
 
 
 @pytest.mark.parametrize("sql", SAME_AS_POSTGRES)
@@ -160,3 +173,54 @@ def test_current_schema_follows_the_search_path(engine_host: EngineHostProcess) 
         conn.execute("SET search_path = nosuchschema")
         assert conn.execute("SELECT current_schema(), current_schemas(true) FROM crm.customers LIMIT 1"
                             ).fetchone() == (None, ["pg_catalog"])
+
+
+VALUES_TABLE = f"pgsem_values_{uuid.uuid4().hex[:8]}"
+
+
+def _many_values() -> list[tuple[str, int]]:
+    """Seeded numeric(20,6) dividends and bigint divisors: negative, tiny, huge, and powers near 10000^k."""
+    rng = random.Random(16)
+    rows = [("0.000001", 3), ("-0.000001", 7), ("99999999999999.999999", 1), ("9999.999999", 9999),
+            ("10000", 10000), ("1", 1000000000), ("-5", 2), ("0", 5), ("0.5", -3), ("12345678.9", 987654321)]
+    for _ in range(60):
+        whole = rng.randint(0, 10 ** rng.randint(0, 13))
+        rows.append((f"{rng.choice(['', '-'])}{whole}.{rng.randint(0, 999999):06d}",
+                     rng.choice([1, -1]) * rng.randint(1, 10 ** rng.randint(0, 9))))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def values_on_both(engine: PgConnection, postgres: PgConnection) -> Iterator[None]:
+    rows = ", ".join(f"({k}, {a}, {b})" for k, (a, b) in enumerate(_many_values()))
+    engine.execute(f"CREATE TABLE {VALUES_TABLE} (k integer, a numeric(20,6), b bigint)")
+    engine.execute(f"INSERT INTO {VALUES_TABLE} VALUES {rows}")
+    postgres.execute(f"CREATE TEMPORARY TABLE {VALUES_TABLE} (k integer, a numeric(20,6), b bigint)")
+    postgres.execute(f"INSERT INTO {VALUES_TABLE} VALUES {rows}")
+    yield
+    engine.execute(f"DROP TABLE {VALUES_TABLE}")
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT k, a / b, a / 7, k / 3.5, a / 0.3, 1.0 / b, b / a FROM {v} WHERE a <> 0 ORDER BY k",
+    "SELECT avg(a), avg(b), avg(k), avg(DISTINCT b) FROM {v}",
+    "SELECT k % 3 AS g, avg(a), avg(b) FROM {v} GROUP BY k % 3 ORDER BY g",
+])
+def test_numeric_division_matches_postgres_value_by_value(
+        engine: PgConnection, postgres: PgConnection, values_on_both: None, sql: str) -> None:
+    sql = sql.replace("{v}", VALUES_TABLE)
+    ours, theirs = _run(engine, sql), _run(postgres, sql)
+    assert ours[0] == theirs[0]
+    for mine, reference in zip(ours[1], theirs[1], strict=True):
+        for value, expected in zip(mine, reference, strict=True):
+            assert _same_number_within_column_scale(value, expected), (mine, reference)
+
+
+def _same_number_within_column_scale(value: Any, expected: Any) -> bool:
+    """Equal as numbers (our column pads every value to one scale); a value whose PostgreSQL scale passes the
+    column's (a tiny quotient: DuckDB's DECIMAL holds 38 digits) is PostgreSQL's rounded half away at it."""
+    if value == expected or not isinstance(value, Decimal) or not isinstance(expected, Decimal):
+        return bool(value == expected)
+    scale = -int(value.as_tuple().exponent)
+    return -int(expected.as_tuple().exponent) > scale and expected.quantize(
+        Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP) == value

@@ -32,6 +32,7 @@ from sqlglot.optimizer.qualify import qualify
 
 from engine_host.engine.duckdb_engine import DATA_CATALOG
 from engine_host.pgcompat.gucs import InvalidSetting, split_identifiers
+from engine_host.pipeline.governance import pg_numeric
 from engine_host.pipeline.governance.output_names import SQL_VALUE_KEYWORDS
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ def _typed_rewrites(tree: exp.Expr, column_types: Mapping[str, Sequence[tuple[st
 
 
 def _annotate(tree: exp.Expr, targets: list[exp.Expr],
-              column_types: Mapping[str, Sequence[tuple[str, str]]]) -> dict[int, tuple[exp.DType | None, ...]]:
+              column_types: Mapping[str, Sequence[tuple[str, str]]]) -> dict[int, tuple[exp.DataType | None, ...]]:
     """The types of each target's operands, found on a qualified, annotated copy of `tree`."""
     for index, node in enumerate(targets):
         node.meta[_MARK] = index
@@ -207,7 +208,7 @@ def _annotate(tree: exp.Expr, targets: list[exp.Expr],
         except (SqlglotError, KeyError, ValueError, AttributeError, TypeError) as exc:
             log.debug("types not known for PostgreSQL semantics: %s", exc)
             return {}
-        found: dict[int, tuple[exp.DType | None, ...]] = {}
+        found: dict[int, tuple[exp.DataType | None, ...]] = {}
         for node in annotated.walk():
             mark = node.meta.get(_MARK)
             if isinstance(mark, int) and mark not in found:
@@ -218,7 +219,7 @@ def _annotate(tree: exp.Expr, targets: list[exp.Expr],
             node.meta.pop(_MARK, None)
 
 
-def _operand_types(node: exp.Expr) -> tuple[exp.DType | None, ...]:
+def _operand_types(node: exp.Expr) -> tuple[exp.DataType | None, ...]:
     if isinstance(node, exp.Div):
         return _type_of(node.this), _type_of(node.expression)
     argument = node.this
@@ -227,11 +228,11 @@ def _operand_types(node: exp.Expr) -> tuple[exp.DType | None, ...]:
     return (_type_of(argument),)
 
 
-def _type_of(node: exp.Expr | None) -> exp.DType | None:
+def _type_of(node: exp.Expr | None) -> exp.DataType | None:
     kind = node.type if node is not None else None
     if kind is None or kind.this in (exp.DType.UNKNOWN, exp.DType.NULL):
         return None
-    return kind.this
+    return kind
 
 
 def _schema(column_types: Mapping[str, Sequence[tuple[str, str]]]) -> dict[str, object] | None:
@@ -242,10 +243,13 @@ def _schema(column_types: Mapping[str, Sequence[tuple[str, str]]]) -> dict[str, 
     return {DATA_CATALOG: schema} if schema else None
 
 
-def _pg_form(node: exp.Expr, types: tuple[exp.DType | None, ...]) -> exp.Expr | None:
+def _pg_form(node: exp.Expr, full_types: tuple[exp.DataType | None, ...]) -> exp.Expr | None:
+    types = tuple(t.this if t is not None else None for t in full_types)
     if isinstance(node, exp.Div):
-        return _division(node, types[0], types[1])
+        return _division(node, types[0], types[1], full_types)
     argument = types[0]
+    if isinstance(node, exp.Avg):
+        return _average(node, full_types[0])
     if isinstance(node, exp.Sum) and argument in _SUMMED_AS_INT8:
         return exp.cast(node.copy(), exp.DType.BIGINT)
     if isinstance(node, exp.Sum) and argument is exp.DType.FLOAT:
@@ -255,14 +259,22 @@ def _pg_form(node: exp.Expr, types: tuple[exp.DType | None, ...]) -> exp.Expr | 
     return None
 
 
-def _division(node: exp.Div, left: exp.DType | None, right: exp.DType | None) -> exp.Expr | None:
+def _division(node: exp.Div, left: exp.DType | None, right: exp.DType | None,
+              full_types: tuple[exp.DataType | None, ...] = (None, None)) -> exp.Expr | None:
     """PostgreSQL's `/`: integer division for two integers (DuckDB's `//` truncates and raises on zero),
+    numeric division with PostgreSQL's result scale when an operand is numeric (governance/pg_numeric.py),
     else the quotient with a division by zero raising 22012 instead of DuckDB's Infinity."""
+    if _is_decimal_literal(node.this) or _is_decimal_literal(node.expression):  # sqlglot types `1.0` a double
+        left = exp.DType.DECIMAL if _is_decimal_literal(node.this) else left
+        right = exp.DType.DECIMAL if _is_decimal_literal(node.expression) else right
     if left is None or right is None:
         return None
     dividend, divisor = _int4_literal(node.this.copy()), _int4_literal(node.expression.copy())
     if left in _INTEGERS and right in _INTEGERS:
         return exp.IntDiv(this=dividend, expression=divisor)
+    numeric = _numeric_division(node, left, right, full_types)
+    if numeric is not None:
+        return numeric
     if exp.DType.FLOAT in (left, right) and left is not right:  # float4 with another type divides as float8
         dividend = exp.cast(dividend, exp.DType.DOUBLE)
     if not ({left, right} <= _INTEGERS | _FLOATS | _DECIMALS):
@@ -278,3 +290,48 @@ def _int4_literal(node: exp.Expr) -> exp.Expr:
     if isinstance(node, exp.Literal) and not node.is_string and node.this.isdigit() and int(node.this) < 2 ** 31:
         return exp.cast(node, exp.DType.INT)
     return node
+
+
+def _is_decimal_literal(node: exp.Expr) -> bool:
+    value = pg_numeric.literal_value(node)
+    return value is not None and "." in str(value)
+
+
+def _numeric_division(node: exp.Div, left: exp.DType, right: exp.DType,
+                      full_types: tuple[exp.DataType | None, ...]) -> exp.Expr | None:
+    """numeric / numeric (an integer side is numeric too) as PostgreSQL computes it; None if a scale is unknown."""
+    if not ({left, right} <= _INTEGERS | _DECIMALS) or exp.DType.DECIMAL not in (left, right):
+        return None
+    a = pg_numeric.operand(node.this, full_types[0])
+    b = pg_numeric.operand(node.expression, full_types[1])
+    if a is None or b is None:
+        return None
+    constant_a, constant_b = pg_numeric.literal_value(node.this), pg_numeric.literal_value(node.expression)
+    if constant_a is not None and constant_b is not None and constant_b != 0:
+        constant = pg_numeric.constant_quotient(constant_a, constant_b)
+        if constant is not None:
+            return constant
+    quotient = pg_numeric.quotient(node.this, a, node.expression, b)
+    return _raising_on_zero(node.expression.copy(), quotient)
+
+
+def _raising_on_zero(divisor: exp.Expr, quotient: exp.Expr) -> exp.Expr:
+    raised = exp.Anonymous(this="error", expressions=[exp.Literal.string(DIVISION_BY_ZERO_MESSAGE)])
+    zero = exp.EQ(this=divisor, expression=exp.Literal.number(0))
+    return exp.Case(ifs=[exp.If(this=zero, true=raised)], default=quotient)
+
+
+def _average(node: exp.Avg, argument: exp.DataType | None) -> exp.Expr | None:
+    """avg() of an integer or numeric is numeric in PostgreSQL (its sum divided by its count, as numeric_div)."""
+    if argument is None or isinstance(node.parent, (exp.Window, exp.Filter)):
+        return None
+    value = node.this
+    operand = pg_numeric.operand(value.expressions[0] if isinstance(value, exp.Distinct) else value, argument)
+    if operand is None or argument.this not in _INTEGERS | _DECIMALS:
+        return None
+    total, count = exp.Sum(this=value.copy()), exp.Count(this=value.copy())
+    summed = pg_numeric.NumericOperand(operand.scale, pg_numeric.MAX_DECIMAL_DIGITS - operand.scale, operand.integer)
+    counted = pg_numeric.NumericOperand(0, 19, True)
+    # An empty group's count is 0 and its average NULL, as PostgreSQL's (no division by zero).
+    divisor = exp.Nullif(this=count, expression=exp.Literal.number(0))
+    return pg_numeric.quotient(total, summed, divisor, counted, integer_digits=operand.integer_digits)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 
 import duckdb
 import pytest
@@ -66,3 +67,31 @@ def test_output_names_follow_postgres() -> None:
     names = [d[0] for d in con.sql(_duckdb_sql(
         "SELECT string_agg('a', ','), 1::int, 'x'::text, substr('a', 1), current_date, user, now()")).description]
     assert names == ["string_agg", "int4", "text", "substr", "current_date", "user", "now"]
+
+
+def test_numeric_division_sql_computes_postgres_rule_for_every_value() -> None:
+    """The generated DECIMAL arithmetic agrees with pg_numeric.divide (select_div_scale, half away from zero)."""
+    import random
+
+    from sqlglot import exp
+
+    from engine_host.pipeline.governance import pg_numeric
+
+    sql = pg_numeric.quotient(exp.column("a"), pg_numeric.NumericOperand(2, 8, False),
+                              exp.column("b"), pg_numeric.NumericOperand(0, 10, True)).sql(dialect="duckdb")
+    rng = random.Random(4)
+    cases = [(Decimal("1.00"), 3), (Decimal("-7.25"), 2), (Decimal("9999.99"), 9999), (Decimal("0.00"), 5),
+             (Decimal("0.01"), 2147483647), (Decimal("99999999.99"), -1)]
+    cases += [(Decimal(rng.randint(-10 ** 10, 10 ** 10)).scaleb(-2), rng.choice([1, -1]) * rng.randint(1, 10 ** 9))
+              for _ in range(200)]
+    con = duckdb.connect()
+    for a, b in cases:
+        got = con.execute(f"SELECT {sql} FROM (SELECT CAST(? AS DECIMAL(10,2)) a, CAST(? AS INTEGER) b)",
+                          [a, b]).fetchone()
+        assert got is not None and got[0] == pg_numeric.divide(a, Decimal(b)), (a, b)
+
+
+def test_constant_numeric_division_is_postgres_literal() -> None:
+    assert _run("SELECT 1.0/3, 10.0/3, 1/0.0003") == [(
+        Decimal("0.33333333333333333333"), Decimal("3.3333333333333333"),
+        Decimal("3333.3333333333333333"))]

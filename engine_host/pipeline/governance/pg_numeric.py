@@ -1,0 +1,193 @@
+"""PostgreSQL's numeric division (`/` with a numeric operand, avg() of integers and numerics) in DuckDB's DECIMAL.
+
+PostgreSQL divides numerics exactly and rounds the quotient half away from zero at the scale its
+select_div_scale (numeric.c) picks from the operands' values: at least NUMERIC_MIN_SIG_DIGITS (16)
+significant digits from the estimated weight of the quotient (in base-10000 digits), and no fewer
+than either operand's display scale. DuckDB's `/` returns a double instead. Here the quotient is
+computed from the operands' unscaled integers (HUGEINT) with that scale chosen per value, so each
+value is PostgreSQL's: a constant quotient becomes a literal computed here; any other one an
+expression of integer arithmetic over the operands.
+
+What can still differ, and why:
+- DuckDB's DECIMAL has one scale per column, PostgreSQL's numeric one per value: a column's values
+  are PostgreSQL's numbers, printed with trailing zeros up to the column's scale (38 digits minus
+  the integer digits the operands' types allow); a value needing more fractional digits than that
+  (a quotient below about 1e-20 of an int4 division) is rounded at the column's scale.
+- A quotient whose unscaled integer (or the dividend scaled to it) passes DuckDB's 38 digits is an
+  out-of-range error (22003) where PostgreSQL, with up to 1000 digits, answers.
+- `x::numeric` is DuckDB's DECIMAL(18,3): its display scale is 3 where PostgreSQL's is x's own, so
+  a quotient of 10^13 and more keeps 3 fractional digits where PostgreSQL's keeps fewer.
+- avg() as a window function or with FILTER keeps DuckDB's double.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+
+import sqlglot
+from sqlglot import exp
+
+NUMERIC_MIN_SIG_DIGITS = 16
+NUMERIC_MAX_DISPLAY_SCALE = 1000
+MAX_DECIMAL_DIGITS = 38
+_DEC_DIGITS = 4  # decimal digits per base-10000 digit of PostgreSQL's numeric
+
+# Decimal digits an integer type holds: a bound on the quotient's integer digits.
+INTEGER_DIGITS: dict[exp.DType, int] = {
+    exp.DType.TINYINT: 3, exp.DType.UTINYINT: 3, exp.DType.SMALLINT: 5, exp.DType.USMALLINT: 5,
+    exp.DType.INT: 10, exp.DType.UINT: 10, exp.DType.BIGINT: 19, exp.DType.UBIGINT: 20,
+    exp.DType.INT128: 38, exp.DType.UINT128: 38,
+}
+_PLAIN_NUMBER = re.compile(r"^(\d*)(?:\.(\d*))?$")
+
+
+@dataclass(frozen=True)
+class NumericOperand:
+    """An operand of a numeric division: its display scale and how many integer digits its type holds."""
+
+    scale: int
+    integer_digits: int
+    integer: bool  # an integer type (its unscaled value is itself)
+
+
+def operand(node: exp.Expr, kind: exp.DataType | None) -> NumericOperand | None:
+    """`node`'s scale and size for numeric division, or None when they are not known exactly."""
+    literal = literal_value(node)
+    if literal is not None:
+        digits, scale = _literal_shape(node)
+        return NumericOperand(scale, max(digits - scale, 1), scale == 0 and "." not in _literal_text(node))
+    if kind is None:
+        return None
+    if kind.this in INTEGER_DIGITS:
+        return NumericOperand(0, INTEGER_DIGITS[kind.this], True)
+    if kind.this is exp.DType.DECIMAL:
+        params = [p.this for p in kind.expressions if isinstance(p, exp.DataTypeParam)]
+        if len(params) == 2 and all(isinstance(p, exp.Literal) for p in params):
+            precision, scale = int(params[0].to_py()), int(params[1].to_py())
+            return NumericOperand(scale, precision - scale, False)
+        if not params and isinstance(node, exp.Cast):  # `::numeric` is DuckDB's default DECIMAL(18,3)
+            return NumericOperand(3, 15, False)
+    return None
+
+
+def literal_value(node: exp.Expr) -> Decimal | None:
+    """The value of a plain number literal (optionally negated), else None."""
+    text = _literal_text(node)
+    if not text or _PLAIN_NUMBER.match(text.lstrip("-")) is None or text.lstrip("-") in ("", "."):
+        return None
+    return Decimal(text)
+
+
+def _literal_text(node: exp.Expr) -> str:
+    sign = ""
+    while isinstance(node, (exp.Neg, exp.Paren)):
+        if isinstance(node, exp.Neg):
+            sign = "" if sign else "-"
+        node = node.this
+    if isinstance(node, exp.Literal) and not node.is_string:
+        return sign + str(node.this)
+    return ""
+
+
+def _literal_shape(node: exp.Expr) -> tuple[int, int]:
+    match = _PLAIN_NUMBER.match(_literal_text(node).lstrip("-"))
+    assert match is not None
+    whole, fraction = match.group(1).lstrip("0"), match.group(2) or ""
+    return len(whole) + len(fraction), len(fraction)
+
+
+# --- PostgreSQL's rule, for constants and as the specification of the SQL below -----------------
+
+
+def _weight_and_first_digit(unscaled: int, scale: int) -> tuple[int, int]:
+    if unscaled == 0:
+        return 0, 0
+    digits = str(abs(unscaled))
+    exponent = len(digits) - 1 - scale  # of the leading decimal digit
+    weight = exponent // _DEC_DIGITS
+    width = exponent - _DEC_DIGITS * weight + 1  # decimal digits of the leading base-10000 digit
+    return weight, int(digits[:width].ljust(width, "0"))
+
+
+def division_scale(dividend: int, scale1: int, divisor: int, scale2: int) -> int:
+    """select_div_scale: the scale of PostgreSQL's quotient of two numerics given unscaled and scale."""
+    weight1, first1 = _weight_and_first_digit(dividend, scale1)
+    weight2, first2 = _weight_and_first_digit(divisor, scale2)
+    quotient_weight = weight1 - weight2 - (1 if first1 <= first2 else 0)
+    scale = max(NUMERIC_MIN_SIG_DIGITS - quotient_weight * _DEC_DIGITS, scale1, scale2, 0)
+    return min(scale, NUMERIC_MAX_DISPLAY_SCALE)
+
+
+def divide(dividend: Decimal, divisor: Decimal) -> Decimal:
+    """PostgreSQL's `dividend / divisor` for numerics (display scale: each operand's exponent)."""
+    scale1, scale2 = max(0, -int(dividend.as_tuple().exponent)), max(0, -int(divisor.as_tuple().exponent))
+    unscaled1, unscaled2 = int(dividend.scaleb(scale1)), int(divisor.scaleb(scale2))
+    scale = division_scale(unscaled1, scale1, unscaled2, scale2)
+    quotient, remainder = divmod(abs(unscaled1) * 10 ** (scale2 - scale1 + scale), abs(unscaled2))
+    rounded = quotient + (1 if 2 * remainder >= abs(unscaled2) else 0)
+    negative = (unscaled1 < 0) != (unscaled2 < 0)
+    return Decimal(-rounded if negative else rounded).scaleb(-scale)
+
+
+# --- the DuckDB expression ---------------------------------------------------------------------
+
+
+def constant_quotient(dividend: Decimal, divisor: Decimal) -> exp.Expr | None:
+    """PostgreSQL's quotient of two constants as a DECIMAL literal, or None if DuckDB cannot hold it."""
+    value = divide(dividend, divisor)
+    scale = max(0, -int(value.as_tuple().exponent))
+    precision = max(len(value.as_tuple().digits), scale + 1)
+    if precision > MAX_DECIMAL_DIGITS:
+        return None
+    return exp.cast(exp.Literal.string(str(value)), exp.DataType.build(f"DECIMAL({precision}, {scale})"))
+
+
+def quotient(dividend: exp.Expr, left: NumericOperand, divisor: exp.Expr, right: NumericOperand,
+             integer_digits: int | None = None) -> exp.Expr:
+    """PostgreSQL's numeric quotient of two expressions, as DuckDB DECIMAL(38, S).
+
+    S leaves room for the quotient's largest integer part (`integer_digits`, by default the
+    dividend's integer digits plus the divisor's scale) and is never below an operand's scale.
+    """
+    whole = integer_digits if integer_digits is not None else left.integer_digits + right.scale
+    column_scale = min(MAX_DECIMAL_DIGITS, max(MAX_DECIMAL_DIGITS - whole, left.scale, right.scale))
+    a, b = _unscaled("__hd_dividend", left), _unscaled("__hd_divisor", right)
+    s1, s2 = left.scale, right.scale
+    weight_a, first_a = _weight_sql(a, s1)
+    weight_b, first_b = _weight_sql(b, s2)
+    scale = (f"least(greatest({NUMERIC_MIN_SIG_DIGITS} - {_DEC_DIGITS} * ({weight_a} - {weight_b} - "
+             f"CASE WHEN {first_a} <= {first_b} THEN 1 ELSE 0 END), {s1}, {s2}, 0), {column_scale})")
+    dividend_scaled = f"abs({a}) * CAST(rpad('1', CAST({s2 - s1} + {scale} + 1 AS INTEGER), '0') AS HUGEINT)"
+    rounded = (f"(({dividend_scaled}) // abs({b}) + CASE WHEN 2 * (({dividend_scaled}) % abs({b})) >= abs({b}) "
+               f"THEN 1 ELSE 0 END) * sign({a}) * sign({b})")
+    widened = f"({rounded}) * CAST(rpad('1', CAST({column_scale} - {scale} + 1 AS INTEGER), '0') AS HUGEINT)"
+    unit = "0." + "0" * (column_scale - 1) + "1" if column_scale else "1"
+    sql = (f"CAST({widened} AS DECIMAL(38, 0)) * CAST('{unit}' AS DECIMAL({MAX_DECIMAL_DIGITS}, {column_scale}))")
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    for placeholder in list(tree.find_all(exp.Column)):
+        if placeholder.name == "__hd_dividend":
+            placeholder.replace(exp.Paren(this=dividend.copy()))
+        elif placeholder.name == "__hd_divisor":
+            placeholder.replace(exp.Paren(this=divisor.copy()))
+    return exp.Paren(this=tree)
+
+
+def _unscaled(placeholder: str, side: NumericOperand) -> str:
+    """The operand's unscaled integer: itself for an integer, else its digits at its scale without the point."""
+    if side.integer:
+        return f"CAST({placeholder} AS HUGEINT)"
+    return (f"CAST(replace(CAST(CAST({placeholder} AS DECIMAL({MAX_DECIMAL_DIGITS}, {side.scale})) AS VARCHAR), "
+            f"'.', '') AS HUGEINT)")
+
+
+def _weight_sql(unscaled: str, scale: int) -> tuple[str, str]:
+    """SQL for the base-10000 weight and leading digit of a value (0 and 0 for zero), as _weight_and_first_digit."""
+    digits = f"CAST(abs({unscaled}) AS VARCHAR)"
+    exponent = f"(length({digits}) - 1 - {scale})"
+    weight = f"CASE WHEN {unscaled} = 0 THEN 0 ELSE ({exponent} + 4000) // 4 - 1000 END"
+    width = f"(({exponent} + 4000) % 4 + 1)"
+    width = f"CAST({width} AS INTEGER)"
+    first = f"CASE WHEN {unscaled} = 0 THEN 0 ELSE CAST(rpad(left({digits}, {width}), {width}, '0') AS INTEGER) END"
+    return weight, first
