@@ -68,6 +68,7 @@ SAME_AS_POSTGRES = [
     "SELECT sum(s), sum(i), sum(b), sum(n), sum(f), sum(r), count(*), count(t), max(i), min(n) FROM {t}",
     "SELECT length(t), strpos(t, 'b'), position('e' in t), upper(t), lower(t) FROM {t} ORDER BY s",
     "SELECT i + i, i * 2, s + s, b - 1 FROM {t} ORDER BY s",
+    "SELECT s + 1, 2 * s, s - 1, s % 2, s * s, s + s, -s, s + 1::int2 FROM {t} ORDER BY s",
     "SELECT sum(i) + 1, sum(i * 2) FROM {t}",
     # unaliased column names
     "SELECT string_agg(t, ',' ORDER BY t), array_agg(i ORDER BY i), bool_and(ok), bool_or(ok), count(DISTINCT i) "

@@ -174,7 +174,10 @@ def _rounded(kind: type[exp.Expr], precision: int) -> exp.Expr:
 
 # --- typed rewrites: division, aggregate and function result types ------------------------------
 
-_TYPED_NODES: tuple[type[exp.Expr], ...] = (exp.Div, exp.Sum, exp.Avg, *_INT4_FUNCTIONS)
+# Arithmetic whose int2 operand meets an integer literal: int4 in PostgreSQL, where DuckDB narrows the literal.
+_ARITHMETIC: tuple[type[exp.Expr], ...] = (exp.Add, exp.Sub, exp.Mul, exp.Mod)
+_TYPED_NODES: tuple[type[exp.Expr], ...] = (exp.Div, exp.Sum, exp.Avg, *_INT4_FUNCTIONS, *_ARITHMETIC)
+_SMALL_INTEGERS = frozenset({exp.DType.TINYINT, exp.DType.SMALLINT, exp.DType.UTINYINT})
 
 
 def _typed_rewrites(tree: exp.Expr, column_types: Mapping[str, Sequence[tuple[str, str]]]) -> None:
@@ -220,7 +223,7 @@ def _annotate(tree: exp.Expr, targets: list[exp.Expr],
 
 
 def _operand_types(node: exp.Expr) -> tuple[exp.DataType | None, ...]:
-    if isinstance(node, exp.Div):
+    if isinstance(node, (exp.Div, *_ARITHMETIC)):
         return _type_of(node.this), _type_of(node.expression)
     argument = node.this
     if isinstance(argument, exp.Distinct) and argument.expressions:
@@ -247,6 +250,8 @@ def _pg_form(node: exp.Expr, full_types: tuple[exp.DataType | None, ...]) -> exp
     types = tuple(t.this if t is not None else None for t in full_types)
     if isinstance(node, exp.Div):
         return _division(node, types[0], types[1], full_types)
+    if isinstance(node, _ARITHMETIC):
+        return _int4_arithmetic(node, types[0], types[1])
     argument = types[0]
     if isinstance(node, exp.Avg):
         return _average(node, full_types[0])
@@ -335,3 +340,16 @@ def _average(node: exp.Avg, argument: exp.DataType | None) -> exp.Expr | None:
     # An empty group's count is 0 and its average NULL, as PostgreSQL's (no division by zero).
     divisor = exp.Nullif(this=count, expression=exp.Literal.number(0))
     return pg_numeric.quotient(total, summed, divisor, counted, integer_digits=operand.integer_digits)
+
+
+def _int4_arithmetic(node: exp.Expr, left: exp.DType | None, right: exp.DType | None) -> exp.Expr | None:
+    """`int2_col + 1` is int4 in PostgreSQL (the literal is int4); DuckDB types the literal, and the sum, int2."""
+    if left in _SMALL_INTEGERS and _is_integer_literal(node.expression):
+        node.set("expression", _int4_literal(node.expression.copy()))
+    elif right in _SMALL_INTEGERS and _is_integer_literal(node.this):
+        node.set("this", _int4_literal(node.this.copy()))
+    return None
+
+
+def _is_integer_literal(node: exp.Expr) -> bool:
+    return isinstance(node, exp.Literal) and not node.is_string and node.this.isdigit()
