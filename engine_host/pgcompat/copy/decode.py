@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as _typed_pc
 import pyarrow.csv as pacsv
 
+from engine_host.pgcompat.copy.binary_rows import field_width, split_rows, vectorised_column
 from engine_host.pgcompat.copy.encode import BINARY_SIGNATURE
 from engine_host.pgcompat.copy.parse import CopyOptions, CopyRefused
 from engine_host.pgcompat.types.decoding import decode_parameter
@@ -55,6 +56,7 @@ class CopyDecoder:
         self._ended = False  # an end marker (text/csv `\.`, binary trailer) was read: the rest is ignored
         self._header_left = options.header and not options.binary
         self._binary_header_read = False
+        self._widths = [field_width(t) for t in self.types]
         self.lines = 0
 
     def feed(self, data: bytes) -> list[pa.Array] | None:
@@ -86,7 +88,7 @@ class CopyDecoder:
             return None
         chunk = bytes(buffer[:end])
         del buffer[:end]
-        marker = re.search(rb"(?:^|\n)\\\.\r?(?:\n|$)", chunk)
+        marker = _END_MARKER.search(chunk) if b"\\." in chunk else None  # a regex scan only where one may be
         if marker is not None:  # `\.` alone on a line ends the data
             chunk = chunk[:marker.start() + (1 if chunk[marker.start():marker.start() + 1] == b"\n" else 0)]
             self._ended = True
@@ -179,7 +181,8 @@ class CopyDecoder:
 
     def _text(self, chunk: bytes) -> list[pa.Array]:
         delimiter = self.options.delimiter.encode()
-        if b"\\" + delimiter in chunk or b"\r" in chunk.replace(b"\r\n", b""):
+        escapes = b"\\" in chunk
+        if (escapes and b"\\" + delimiter in chunk) or (b"\r" in chunk and b"\r" in chunk.replace(b"\r\n", b"")):
             return self._text_by_row(chunk)
         parse = pacsv.ParseOptions(delimiter=self.options.delimiter, quote_char=False, double_quote=False,
                                    escape_char=False, newlines_in_values=False, ignore_empty_lines=False)
@@ -187,12 +190,16 @@ class CopyDecoder:
         out = []
         for i in range(len(self.names)):
             raw = table.column(i).combine_chunks()
-            is_null = pc.equal(raw, self.options.null)
             values = raw
-            escaped = pc.match_substring(raw, "\\")
-            if pc.any(escaped).as_py():
-                values = _unescape_where(raw, escaped)
-            column = pc.if_else(is_null, pa.nulls(len(values), pa.string()), values)
+            if escapes:  # only a chunk holding a backslash needs a look at each value
+                escaped = pc.match_substring(raw, "\\")
+                if pc.any(escaped).as_py():
+                    values = _unescape_where(raw, escaped)
+            column = values
+            if escapes or "\\" not in self.options.null:  # a NULL marker needs its backslash, if it has one
+                is_null = pc.equal(raw, self.options.null)
+                if pc.any(is_null).as_py():
+                    column = pc.if_else(is_null, pa.nulls(len(values), pa.string()), values)
             out.append(self._typed(column, i))
         return out
 
@@ -275,17 +282,43 @@ class CopyDecoder:
                 return None
             pos = 19 + extension
             self._binary_header_read = True
+        snapshot = bytes(data)  # numpy reads an immutable copy; the bytearray stays resizable
+        rows = split_rows(snapshot, pos, self._widths)
+        columns: list[pa.Array] = []
+        if rows.count:
+            for i in range(len(self.types)):
+                column = vectorised_column(snapshot, rows.offsets[i], rows.lengths[i], self.types[i])
+                if column is None:
+                    column = self._exact_column(snapshot, rows.offsets[i], rows.lengths[i], i)
+                columns.append(column)
+            pos = rows.end
+        pos, rest = self._binary_rows_exactly(snapshot, pos)
+        del data[:pos]
+        if final and data:
+            raise bad_copy_data("unexpected EOF in COPY data")
+        if rest and rest[0]:  # rows the vectorised split left (it stops where a row is not well formed)
+            if columns:
+                rest = [c.to_pylist() + values for c, values in zip(columns, rest, strict=True)]
+            return [_python_array(values) for values in rest]
+        return columns or None
+
+    def _exact_column(self, data: bytes, offsets: np.ndarray, lengths: np.ndarray, i: int) -> pa.Array:
+        """One column of split rows, decoded value by value (types and values the vectorised reader leaves)."""
+        pgtype = self.types[i]
+        return _python_array([None if size < 0 else self._decode(data[at:at + size], pgtype, True, i)
+                              for at, size in zip(offsets.tolist(), lengths.tolist(), strict=True)])
+
+    def _binary_rows_exactly(self, data: bytes, pos: int) -> tuple[int, list[list[object]]]:
+        """Rows from `pos` read one value at a time: the trailer, a row cut short, or PostgreSQL's refusal."""
         count = len(self.types)
         columns: list[list[object]] = [[] for _ in range(count)]
-        view = memoryview(data)
         n = len(data)
         unpack_short, unpack_int = struct.Struct("!h").unpack_from, struct.Struct("!i").unpack_from
         while pos + 2 <= n:
-            fields = unpack_short(view, pos)[0]
+            fields = unpack_short(data, pos)[0]
             if fields == -1:
                 self._ended = True
-                pos = n
-                break
+                return n, columns
             if fields != count:
                 raise bad_copy_data(f"row field count is {fields}, expected {count}")
             at = pos + 2
@@ -293,7 +326,7 @@ class CopyDecoder:
             for i in range(count):
                 if at + 4 > n:
                     break
-                size = unpack_int(view, at)[0]
+                size = unpack_int(data, at)[0]
                 at += 4
                 if size == -1:
                     values.append(None)
@@ -302,46 +335,49 @@ class CopyDecoder:
                     raise bad_copy_data("invalid field size")
                 if at + size > n:
                     break
-                values.append(self._decode(bytes(view[at:at + size]), self.types[i], True, i))
+                values.append(self._decode(data[at:at + size], self.types[i], True, i))
                 at += size
             if len(values) < count:
                 break  # the row continues in the next CopyData
             for i, value in enumerate(values):
                 columns[i].append(value)
             pos = at
-        view.release()
-        del data[:pos]
-        if final and data:
-            raise bad_copy_data("unexpected EOF in COPY data")
-        if final and not self._ended and self._binary_header_read is False:
-            raise bad_copy_data("COPY file signature not recognized")
-        if not columns or not columns[0]:
-            return None
-        return [_python_array(values) for values in columns]
+        return pos, columns
 
 
 def _not_utf8() -> CopyRefused:
     return CopyRefused("22021", "HD_ERR_COPY_DATA", 'invalid byte sequence for encoding "UTF8"')
 
 
-_TEXT_ESCAPE = re.compile(r"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|(.))", re.DOTALL)
-_LETTERS = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+_END_MARKER = re.compile(rb"(?:^|\n)\\\.\r?(?:\n|$)")
+_TEXT_ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|(.))", re.DOTALL)
+_LETTERS = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
 
 
 def _unescape(value: str) -> str:
-    """CopyReadAttributesText's de-escaping: \\b \\f \\n \\r \\t \\v, octal, \\x hex, else the character."""
+    """CopyReadAttributesText's de-escaping: \\b \\f \\n \\r \\t \\v, octal, \\x hex, else the character.
+
+    Octal and hex escapes are bytes, as in PostgreSQL: `\\303\\251` is the two bytes of UTF-8 é, and a
+    value whose bytes are not valid UTF-8 (or hold NUL) is refused with 22021, as PostgreSQL refuses it.
+    """
     if "\\" not in value:
         return value
 
-    def one(m: re.Match[str]) -> str:
+    def one(m: re.Match[bytes]) -> bytes:
         octal, hexa, other = m.groups()
         if octal is not None:
-            return chr(int(octal, 8) & 0xFF)
+            return bytes([int(octal, 8) & 0xFF])
         if hexa is not None:
-            return chr(int(hexa, 16))
+            return bytes([int(hexa, 16)])
         return _LETTERS.get(other, other)
 
-    return _TEXT_ESCAPE.sub(one, value)
+    raw = _TEXT_ESCAPE.sub(one, value.encode())
+    if b"\x00" in raw:
+        raise CopyRefused("22021", "HD_ERR_COPY_DATA", 'invalid byte sequence for encoding "UTF8": 0x00')
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _not_utf8() from None
 
 
 def _unescape_where(raw: pa.Array, escaped: pa.Array) -> pa.Array:
@@ -354,5 +390,5 @@ def _unescape_where(raw: pa.Array, escaped: pa.Array) -> pa.Array:
 def _python_array(values: list[object]) -> pa.Array:
     try:
         return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):  # e.g. numeric Infinity
         return pa.array([None if v is None else str(v) for v in values], pa.string())
