@@ -269,7 +269,8 @@ def space_parameters(sql: str) -> str:
     gaps = parameter_gaps(sql)
     if not gaps:
         return sql
-    pieces, last = [], 0
+    pieces: list[str] = []
+    last = 0
     for gap in gaps:
         pieces += (sql[last:gap], " ")
         last = gap
