@@ -9,7 +9,9 @@ N rows three ways, each timed on its own:
 - psycopg 3 `cursor.copy("COPY ... FROM STDIN (FORMAT binary)")` with `set_types`, rows written with write_row;
 - psycopg 3 `cursor.copy("COPY ... FROM STDIN")` in text format, the same rows pre-rendered as lines;
 - in-process DuckDB: `INSERT INTO t SELECT * FROM arrow_table` from an Arrow table of the same rows
-  (no wire, no governance: the floor the engine is measured against).
+  (no wire, no governance: the floor the engine is measured against);
+- the client's own floor: the same two psycopg COPYs against a server that answers the protocol and
+  discards every CopyData (what psycopg and the socket cost before any server work).
 
 It prints rows/s for each and the ratio of each COPY to the in-process insert, and checks that each
 load stored N rows (a short load fails the run rather than report a rate).
@@ -20,7 +22,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import decimal
+import socket
+import struct
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +60,81 @@ def _rows(start: int, count: int) -> list[tuple[object, ...]]:
 
 def _text_block(rows: list[tuple[object, ...]]) -> bytes:
     return "".join(f"{a}\t{b}\t{c!r}\t{d}\t{e}\t{f.isoformat(' ')}\n" for a, b, c, d, e, f in rows).encode()
+
+
+def _discarding_server() -> tuple[socket.socket, int]:
+    """A PostgreSQL protocol server that accepts any login and any COPY FROM STDIN, and keeps nothing."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve(conn: socket.socket) -> None:
+        def read(n: int) -> bytes:
+            data = bytearray()
+            while len(data) < n:
+                part = conn.recv(min(n - len(data), 1 << 20))
+                if not part:
+                    raise ConnectionError
+                data += part
+            return bytes(data)
+
+        def send(kind: bytes, body: bytes) -> None:
+            conn.sendall(kind + struct.pack("!i", len(body) + 4) + body)
+
+        with conn:
+            read(struct.unpack("!i", read(4))[0] - 4)  # StartupMessage
+            send(b"R", struct.pack("!i", 0))
+            for name, value in (("server_version", "15.0"), ("client_encoding", "UTF8"), ("DateStyle", "ISO, MDY"),
+                                ("integer_datetimes", "on"), ("standard_conforming_strings", "on")):
+                send(b"S", name.encode() + b"\0" + value.encode() + b"\0")
+            send(b"K", struct.pack("!ii", 1, 1))
+            send(b"Z", b"I")
+            try:
+                while True:
+                    kind = read(1)
+                    body = read(struct.unpack("!i", read(4))[0] - 4)
+                    if kind == b"X":
+                        return
+                    if kind == b"Q":
+                        binary = b"binary" in body.lower()
+                        formats = struct.pack("!h", int(binary)) * len(TYPES)
+                        send(b"G", struct.pack("!bh", int(binary), len(TYPES)) + formats)
+                    elif kind == b"c":
+                        send(b"C", b"COPY 0\0")
+                        send(b"Z", b"I")
+            except ConnectionError:
+                return
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener, listener.getsockname()[1]
+
+
+def _client_floor(port: int, total: int, *, binary: bool) -> Result:
+    """psycopg's COPY of the same rows to the discarding server: the client and socket cost alone."""
+    blocks = [(_rows(s, min(BLOCK, total - s))) for s in range(0, total, BLOCK)]
+    payloads = None if binary else [_text_block(b) for b in blocks]
+    with psycopg.connect(f"host=127.0.0.1 port={port} user=x dbname=x sslmode=disable", autocommit=True) as conn:
+        with conn.cursor() as cur:
+            started = time.perf_counter()
+            with cur.copy(f"COPY t FROM STDIN {'(FORMAT binary)' if binary else ''}") as copy:
+                if binary:
+                    copy.set_types(TYPES)
+                    for block in blocks:
+                        for row in block:
+                            copy.write_row(row)
+                else:
+                    assert payloads is not None
+                    for payload in payloads:
+                        copy.write(payload)
+            seconds = time.perf_counter() - started
+    return Result(f"client floor: the same COPY ({'binary' if binary else 'text'}) to a discarding server", total,
+                  seconds)
 
 
 def _copy(dsn: str, table: str, total: int, *, binary: bool) -> Result:
@@ -110,12 +190,17 @@ def main(argv: list[str] | None = None) -> list[Result]:
                        _copy(dsn, "crm.copy_bench", options.rows, binary=False)]
         finally:
             host.stop()
+    listener, port = _discarding_server()
+    try:
+        results += [_client_floor(port, options.rows, binary=True), _client_floor(port, options.rows, binary=False)]
+    finally:
+        listener.close()
     floor = _in_process(options.rows)
     results.append(floor)
     print(f"{options.rows:,} rows of ({COLUMNS})")
     for result in results:
         ratio = floor.rate / result.rate if result.rate else float("inf")
-        print(f"  {result.name:<58} {result.seconds:8.2f} s {result.rate:>12,.0f} rows/s"
+        print(f"  {result.name:<68} {result.seconds:8.2f} s {result.rate:>12,.0f} rows/s"
               f"   in-process is {ratio:,.1f}x faster")
     return results
 

@@ -362,3 +362,35 @@ def test_asyncpg_copy_functions_match_postgres(engine_host, reference_pg, typed_
     ours = asyncio.run(run(engine_host.demo_dsn("acme-admin"), typed_table["engine"], "crm"))
     theirs = asyncio.run(run(reference_pg, typed_table["pg"], "public"))
     assert ours == theirs
+
+
+# --- the protocol, message by message ----------------------------------------------------------------
+
+
+def test_copy_fail_is_answered_with_57014_and_rolled_back_over_the_raw_protocol(engine_host):
+    """CopyFail mid-COPY: ErrorResponse 57014 'COPY from stdin failed: <reason>' (PostgreSQL's), then ReadyForQuery."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from tests.e2e.rawpg import RawClient, cstr, message
+
+    admin = conninfo_to_dict(engine_host.demo_dsn("acme-admin"))
+    table = f"crm.copy_fail_raw_{uuid.uuid4().hex[:8]}"
+    with _pg(engine_host.demo_dsn("acme-admin")) as conn:
+        conn.execute(f"CREATE TABLE {table} (a integer)")
+    client = RawClient(engine_host.port)
+    try:
+        client.login(str(admin["user"]), str(admin["password"]))
+        client.send(message(b"Q", cstr(f"COPY {table} FROM STDIN")))
+        response = client.read()
+        assert response is not None and response.kind == b"G"
+        client.send(message(b"d", b"1\n2\n") + message(b"f", cstr("client gave up")))
+        answer = client.read_until(b"Z")
+        errors = [m.error_fields() for m in answer if m.kind == b"E"]
+        assert [(e["C"], e["M"]) for e in errors] == [("57014", "COPY from stdin failed: client gave up")]
+        assert answer[-1].body == b"I"  # not in a failed transaction: the COPY's own was rolled back
+        counted = [m for m in client.query(f"SELECT count(*) FROM {table}") if m.kind == b"D"]
+        assert counted and counted[0].body.endswith(b"0")
+    finally:
+        client.close()
+        with _pg(engine_host.demo_dsn("acme-admin")) as conn:
+            conn.execute(f"DROP TABLE {table}")
