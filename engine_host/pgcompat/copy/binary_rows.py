@@ -158,7 +158,7 @@ def vectorised_column(buffer: bytes | bytearray, offsets: np.ndarray, lengths: n
 def _fixed_column(data: np.ndarray, offsets: np.ndarray, nulls: np.ndarray, name: str) -> pa.Array | None:
     _, kind, arrow_type = _FIXED[name]
     if nulls.all():
-        return pa.nulls(len(nulls), arrow_type)
+        return pa.nulls(len(nulls)).cast(arrow_type)
     values = _big_endian(data, np.where(nulls, offsets[~nulls][0], offsets), kind)
     if name == "bool":
         return pa.array(values != 0, mask=nulls)
@@ -200,8 +200,9 @@ def _string_column(data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, n
     text = data[index]
     if (text == 0).any():  # PostgreSQL refuses NUL in text: the exact decoder says so
         return None
-    validity = pa.py_buffer(np.packbits(~nulls, bitorder="little")) if nulls.any() else None
-    column = pa.Array.from_buffers(pa.string(), len(sizes), [validity, pa.py_buffer(bounds), pa.py_buffer(text)])
+    validity = pa.py_buffer(np.packbits(~nulls, bitorder="little").tobytes()) if nulls.any() else None
+    buffers = [validity, pa.py_buffer(bounds.tobytes()), pa.py_buffer(text.tobytes())]
+    column = pa.Array.from_buffers(pa.string(), len(sizes), buffers)
     try:
         column.validate(full=True)  # UTF-8
     except pa.ArrowInvalid:
@@ -219,7 +220,7 @@ def _numeric_column(data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, 
         return None
     count = len(nulls)
     if nulls.all():
-        return pa.nulls(count, pa.decimal128(precision, scale))
+        return pa.nulls(count).cast(pa.decimal128(precision, scale))
     present = ~nulls
     at = np.where(nulls, offsets[present][0], offsets)
     sizes = np.where(nulls, 8, lengths)
@@ -254,5 +255,5 @@ def _numeric_column(data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, 
     words = np.empty((count, 2), dtype=np.int64)
     words[:, 0] = value
     words[:, 1] = np.where(value < 0, -1, 0)
-    validity = pa.py_buffer(np.packbits(present, bitorder="little")) if nulls.any() else None
-    return pa.Array.from_buffers(pa.decimal128(precision, scale), count, [validity, pa.py_buffer(words)])
+    validity = pa.py_buffer(np.packbits(present, bitorder="little").tobytes()) if nulls.any() else None
+    return pa.Array.from_buffers(pa.decimal128(precision, scale), count, [validity, pa.py_buffer(words.tobytes())])
