@@ -7,6 +7,7 @@ connection of its own; FETCH and MOVE read its rows a slice at a time.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -28,11 +29,13 @@ class Cursors:
     def __init__(self, pipeline: StatementPipeline):
         self._pipeline = pipeline
 
-    def run(self, session: Session, text: str) -> Outcome:
+    def run(self, session: Session, text: str, params: Sequence[bytes | None] | None = None,
+            param_formats: Sequence[int] = (), declared_oids: Sequence[int] = ()) -> Outcome:
+        """Run a cursor statement; a DECLARE's `params` are its query's `$n` values (psycopg's server-side cursors)."""
         from engine_host.pipeline.pipeline import leading_words  # imported here: the pipeline module imports this one
         verb = leading_words(text, 1)[0]
         if verb == "DECLARE":
-            return self._declare(session, text)
+            return self._declare(session, text, params, param_formats, declared_oids)
         if verb == "CLOSE":
             name = cursor_name(_CLOSE.match(text), text)
             if name.upper() == "ALL":
@@ -53,7 +56,18 @@ class Cursors:
             return Outcome(tag=f"MOVE {moved}")
         return Outcome(tag="", columns=cursor.columns, rows=_LimitedRows(cursor.rows, count), row_tag="FETCH")
 
-    def _declare(self, session: Session, text: str) -> Outcome:
+    def query_of(self, session: Session, text: str, declared_oids: Sequence[int] = ()) -> PreparedStatement | None:
+        """The prepared query of a DECLARE (None for any other cursor statement), for its parameter types."""
+        m = _DECLARE.match(text)
+        if m is None:
+            return None
+        try:
+            return self._pipeline.prepare(session, m.group("query"), declared_oids)
+        except QueryError as exc:
+            raise _at_query(exc, m) from None
+
+    def _declare(self, session: Session, text: str, params: Sequence[bytes | None] | None,
+                 param_formats: Sequence[int], declared_oids: Sequence[int]) -> Outcome:
         from engine_host.pipeline.pipeline import (  # imported here: the pipeline module imports this one
             Kind,
             statement_kind,
@@ -70,11 +84,17 @@ class Cursors:
         if statement_kind(m.group("query")) is not Kind.ENGINE:
             raise not_a_select
         try:
-            query = self._pipeline.prepare(session, m.group("query"))  # refusals are audited by its `govern` stage
+            # Refusals are audited by its `govern` stage; positions count from the DECLARE, as the client sent it.
+            query = self._pipeline.prepare(session, m.group("query"), declared_oids)
         except QueryError as exc:
-            raise Audited(exc) from None
+            raise Audited(_at_query(exc, m)) from None
         if query.statement_type != "SELECT":
             raise not_a_select
+        try:
+            values = self._pipeline._decode_parameters(session, query, params, param_formats)
+        except QueryError as exc:  # before admission: no Execution records it
+            self._pipeline.record_unadmitted(session, query.text, exc)
+            raise Audited(exc) from None
         # A cursor reads on a connection of its own so the session can run statements between FETCHes;
         # it takes no concurrency slot, since a client may keep it open between FETCHes indefinitely.
         engine = self._pipeline._database.session()
@@ -90,7 +110,7 @@ class Cursors:
             self._pipeline._abandon(session, False, execution, exc)
             raise Audited(exc) from None
         try:
-            stream = engine.run(query.engine_sql)
+            stream = engine.run(query.engine_sql, values or None)
         except duckdb.Error as exc:
             engine.close()
             error = execution.engine_error(exc)
@@ -133,6 +153,13 @@ _FETCH = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _CLOSE = re.compile(r"^\s*CLOSE\s+" + IDENT + r"\s*;?\s*$", re.IGNORECASE | re.DOTALL)
+
+
+def _at_query(error: QueryError, m: re.Match[str]) -> QueryError:
+    """`error` (raised for a DECLARE's query) with its position counted from the start of the DECLARE."""
+    if error.position is not None:
+        error.position += m.start("query")
+    return error
 
 
 def cursor_name(m: re.Match[str] | None, text: str) -> str:

@@ -409,6 +409,10 @@ class StatementPipeline:
 
     def parameter_types(self, session: Session, prepared: PreparedStatement) -> list[PgType]:
         """Declared parameter types where given, DuckDB's inferred ones elsewhere (text when unknown)."""
+        if prepared.kind is Kind.CURSOR:  # a DECLARE's parameters are its query's
+            query = self._cursors.query_of(session, prepared.text, prepared.declared_oids)
+            if query is not None:
+                return self.parameter_types(session, query)
         count = len(prepared.declared_oids)
         inferred: tuple[str, ...] = ()
         if prepared.kind is Kind.ENGINE:
@@ -497,14 +501,14 @@ class StatementPipeline:
         if prepared.kind is Kind.COPY:
             return self._run_copy(session, prepared)
         if prepared.kind is not Kind.ENGINE:
-            return self._run_control(session, prepared)
+            return self._run_control(session, prepared, params, param_formats)
         try:
             try:
                 if session.transaction_status == FAILED_TRANSACTION:
                     raise errors.transaction_aborted()
                 values = self._decode_parameters(session, prepared, params, param_formats)
-            except QueryError as exc:  # refused before admission: no Execution records it
-                self._record_control(session, self.governor.new_audit(prepared.text, _dialect(session)), exc)
+            except QueryError as exc:
+                self.record_unadmitted(session, prepared.text, exc)
                 raise
             if session.in_transaction:
                 session.transaction_statements += 1
@@ -539,7 +543,12 @@ class StatementPipeline:
             session.statement_failed()
             raise errors.from_engine_error(exc) from None
 
-    def _run_control(self, session: Session, prepared: PreparedStatement) -> Outcome:
+    def record_unadmitted(self, session: Session, text: str, error: QueryError) -> None:
+        """Audit a statement refused before admission (its parameters, an aborted transaction): no Execution will."""
+        self._record_control(session, self.governor.new_audit(text, _dialect(session)), error)
+
+    def _run_control(self, session: Session, prepared: PreparedStatement,
+                     params: Sequence[bytes | None] = (), param_formats: Sequence[int] = ()) -> Outcome:
         """Run a statement DuckDB does not answer (SET, SHOW, BEGIN, COMMIT, FETCH...) and audit it once.
 
         Its record is written after it ran, with its outcome. These statements read no table data
@@ -558,7 +567,7 @@ class StatementPipeline:
             elif prepared.kind is Kind.TRANSACTION:
                 outcome = self._transactions.run(session, prepared.text)
             elif prepared.kind is Kind.CURSOR:
-                outcome = self._cursors.run(session, prepared.text)
+                outcome = self._cursors.run(session, prepared.text, params, param_formats, prepared.declared_oids)
             elif prepared.kind is Kind.DISCARD:
                 outcome = self._run_discard(session)
             else:

@@ -521,6 +521,8 @@ class PgConnection:
                 try:
                     yield from self._extended(message)
                 except QueryError as exc:
+                    # Any error poisons an open transaction, a Parse or Bind refusal too, as in PostgreSQL.
+                    self._session().statement_failed()
                     self._send_error(exc)
                     self._state.skipping_to_sync = True
                     yield  # Postgres sends an error at once; drivers that sent Flush (not Sync) wait for it

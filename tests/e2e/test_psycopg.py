@@ -121,6 +121,39 @@ def test_server_side_cursor_streams_in_chunks(engine_host):
         assert total == 25000
 
 
+SERVER_CURSOR_QUERIES = [
+    ("SELECT i, i * 2 AS j FROM range(1000) t(i) WHERE i >= %s AND i < %s ORDER BY i", (10, 500)),
+    ("SELECT i FROM range(50) t(i) WHERE i = any(%s) ORDER BY i", ([3, 7, 42],)),
+    ("SELECT %s::text || 'x' AS s, %s::date AS d", ("a'b", dt.date(2024, 2, 29))),
+]
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+@pytest.mark.parametrize(("sql", "params"), SERVER_CURSOR_QUERIES, ids=["range", "any-list", "typed"])
+def test_server_side_cursor_with_parameters_matches_postgres(engine_host, reference_pg, sql, params, binary):
+    # psycopg sends `DECLARE "c" CURSOR FOR <query with $n>` through Bind: the values belong to the query.
+    def read(dsn: str) -> list[tuple]:
+        with psycopg.connect(dsn) as conn, conn.cursor(name="c", binary=binary) as cur:
+            cur.execute(sql.replace("range(1000) t(i)", "generate_series(0, 999) t(i)").replace(
+                "range(50) t(i)", "generate_series(0, 49) t(i)") if dsn == reference_pg else sql, params)
+            return cur.fetchall()
+
+    rows = read(engine_host.dsn())
+    assert rows and rows == read(reference_pg)
+
+
+def test_server_side_cursor_error_keeps_postgres_position_and_aborts_transaction(engine_host, reference_pg):
+    # The position counts from the DECLARE the client sent, and the failed DECLARE poisons the transaction,
+    # so psycopg does not ask pg_cursors whether the cursor exists (and the syntax error reaches the caller).
+    def fail(dsn: str) -> tuple[str | None, int | None, object]:
+        with psycopg.connect(dsn) as conn:
+            with pytest.raises(psycopg.errors.SyntaxError) as caught, conn.cursor(name="c") as cur:
+                cur.execute("SELECT 1 FROM")
+            return caught.value.sqlstate, caught.value.diag.statement_position, conn.info.transaction_status
+
+    assert fail(engine_host.dsn()) == fail(reference_pg)
+
+
 @pytest.mark.parametrize("autocommit", [True, False], ids=["autocommit", "implicit-transaction"])
 def test_transaction_rollback_discards_and_commit_keeps(engine_host, autocommit):
     # Without autocommit psycopg wraps transaction() blocks in SAVEPOINTs inside its own BEGIN.
