@@ -17,6 +17,7 @@ Either way the statement leaves one audit record, with statement kind `copy` and
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -200,6 +201,15 @@ class CopyIn:
         self.columns = len(decoder.names)
         self.ended = False
 
+    def seconds_left(self) -> float | None:
+        """How long the COPY may still wait for the client's data (None: no statement_timeout)."""
+        deadline = self._execution.audit.deadline
+        return None if deadline is None else max(0.0, deadline - time.perf_counter())
+
+    def checkpoint(self) -> None:
+        """End the COPY with 57014 if it was cancelled or its statement_timeout passed (rolled back, audited)."""
+        self._guarded(lambda: None)
+
     def write(self, data: bytes) -> None:
         """One CopyData's bytes; raises QueryError (the COPY is then over, rolled back and audited)."""
         self._guarded(lambda: self._insert(self._decoder.feed(data)))
@@ -240,7 +250,7 @@ class CopyIn:
         if self.ended:
             return
         try:
-            self._execution.audit.checkpoint()  # statement_timeout and cancel, between chunks
+            self._stopped()  # statement_timeout and cancel, between chunks
             step()
         except CopyRefused as exc:
             error = refusal(exc)
@@ -254,6 +264,14 @@ class CopyIn:
             return
         self._abandon(error)
         raise error
+
+    def _stopped(self) -> None:
+        """Raise 57014 if a cancel or the statement's deadline came (the watchdog's interrupt is a timeout)."""
+        audit = self._execution.audit
+        if self._execution.timed_out or (audit.deadline is not None and time.perf_counter() > audit.deadline):
+            raise QueryError("57014", "HD_ERR_STATEMENT_TIMEOUT", "canceling statement due to statement timeout",
+                             hint="Load in smaller pieces, or raise statement_timeout for this session.")
+        audit.checkpoint()
 
     def _abandon(self, error: QueryError) -> None:
         if self.ended:
@@ -279,7 +297,7 @@ class CopyIn:
                 stream.close()
         finally:
             self._unregister()
-        self._execution.audit.checkpoint()
+        self._stopped()
 
     def _unregister(self) -> None:
         """Drop the chunk's registration; in a failed transaction DuckDB refuses until the rollback."""

@@ -7,6 +7,7 @@ pipeline's outcomes back into messages. It never interprets SQL itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import logging
@@ -105,6 +106,9 @@ class PgConnection:
         # The messages the running handler works through; a COPY FROM STDIN asks for more (`_want_input`).
         self._batch: deque[tuple[bytes, bytes]] = deque()
         self._want_input = False
+        # Set by a CancelRequest while a COPY FROM STDIN waits for the client's data (nothing runs to interrupt).
+        self._copy_waiting: CopyIn | None = None
+        self._copy_cancelled = asyncio.Event()
         self._handling = threading.Lock()
         peer = writer.get_extra_info("peername")
         self.peer_host = str(peer[0]) if peer else "unknown"
@@ -170,6 +174,8 @@ class PgConnection:
         """Interrupt the statement this connection is running, if any (CancelRequest)."""
         if self.busy and self.session is not None:
             self.session.engine.interrupt()
+            if self._copy_waiting is not None:
+                self._copy_cancelled.set()
 
     async def terminate_idle(self) -> None:
         """Server shutdown: tell an idle client why it is disconnected and close."""
@@ -350,7 +356,7 @@ class PgConnection:
                     await self._flush()
                     if self._want_input:  # COPY FROM STDIN has used up what came: read the client's next data
                         self._want_input = False
-                        messages.extend(await self._read_batch())
+                        messages.extend(await self._read_copy_input())
                 self._work = None
                 self._leave_gate()  # before the last ReadyForQuery goes out: a client told "done" holds no slot
                 await self._flush()
@@ -371,6 +377,31 @@ class PgConnection:
             if not chunk:
                 raise ConnectionClosing()
             self._inbox += chunk
+
+    async def _read_copy_input(self) -> deque[tuple[bytes, bytes]]:
+        """The client's next messages during COPY FROM STDIN; none if a cancel or the statement's deadline came first.
+
+        Nothing runs in the engine while the server waits for CopyData, so a CancelRequest or
+        statement_timeout has nothing to interrupt: the wait itself ends, and the COPY's next step
+        (its checkpoint) fails it with 57014, as PostgreSQL ends a COPY whose client stalls.
+        """
+        sink = self._copy_waiting
+        if sink is None:
+            return await self._read_batch()
+        read = asyncio.ensure_future(self._read_batch())
+        cancelled = asyncio.ensure_future(self._copy_cancelled.wait())
+        try:
+            await asyncio.wait((read, cancelled), timeout=sink.seconds_left(),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+            if not read.done():
+                read.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await read
+        if read.cancelled():
+            return deque()
+        return read.result()
 
     async def _read_while_idle(self) -> bytes:
         """Read what the client sends next; a session idle past its idle timeout ends, as in PostgreSQL.
@@ -615,9 +646,12 @@ class PgConnection:
         """CopyInResponse, then CopyData until CopyDone (the tag) or CopyFail (57014, rolled back)."""
         self._send(m.copy_in_response(sink.binary, sink.columns))
         messages = self._batch
+        self._copy_cancelled.clear()
+        self._copy_waiting = sink
         try:
             while True:
                 if not messages:
+                    sink.checkpoint()  # a cancel or the statement's deadline may have ended the wait
                     self._want_input = True
                     yield
                     continue
@@ -639,6 +673,7 @@ class PgConnection:
                     raise sink.abort(QueryError("08P01", "HD_ERR_PROTOCOL",
                                                 f"unexpected message type 0x{kind[0]:02X} during COPY from stdin"))
         finally:
+            self._copy_waiting = None
             sink.abandon()  # a no-op once it ended; else the connection ended mid-COPY
 
     # --- simple query ---------------------------------------------------------------------------

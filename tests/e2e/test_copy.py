@@ -394,3 +394,105 @@ def test_copy_fail_is_answered_with_57014_and_rolled_back_over_the_raw_protocol(
         client.close()
         with _pg(engine_host.demo_dsn("acme-admin")) as conn:
             conn.execute(f"DROP TABLE {table}")
+
+
+# --- cancel and statement_timeout while the server waits for the client's data ------------------------
+
+
+def _raw_copy_in(engine_host, table: str):
+    """A raw client logged in as the admin, in COPY FROM STDIN on `table` with two rows sent (no CopyDone)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from tests.e2e.rawpg import RawClient, cstr, message
+
+    admin = conninfo_to_dict(engine_host.demo_dsn("acme-admin"))
+    client = RawClient(engine_host.port, timeout=5.0)
+    client.login(str(admin["user"]), str(admin["password"]))
+    return client, cstr, message
+
+
+def _cancel(port: int, backend_key: tuple[int, int] | None) -> None:
+    import socket
+    import struct
+
+    assert backend_key is not None
+    with socket.create_connection(("127.0.0.1", port), timeout=5.0) as sock:
+        sock.sendall(struct.pack("!iiii", 16, 80877102, *backend_key))
+        sock.recv(1)  # the server closes the cancel connection once it is served
+
+
+@pytest.fixture()
+def copy_target(engine_host):
+    table = f"crm.copy_stop_{uuid.uuid4().hex[:8]}"
+    with _pg(engine_host.demo_dsn("acme-admin")) as conn:
+        conn.execute(f"CREATE TABLE {table} (a integer)")
+    yield table
+    with _pg(engine_host.demo_dsn("acme-admin")) as conn:
+        conn.execute(f"DROP TABLE {table}")
+
+
+def _copy_records(engine_host, table: str) -> list[dict]:
+    return [r for r in _audit_records(engine_host.state_dir)
+            if r.get("statement_kind") == "copy" and table in r.get("sql_redacted", "")]
+
+
+def _count(engine_host, table: str) -> int:
+    with _pg(engine_host.demo_dsn("acme-admin")) as conn:
+        row = conn.execute(f"SELECT count(*)::integer AS n FROM {table}").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("stop", ["cancel", "statement_timeout"])
+def test_a_copy_from_waiting_for_data_ends_at_once_on_cancel_or_timeout(engine_host, copy_target, stop):
+    """PostgreSQL ends a COPY FROM whose client stalls: 57014 at once, rolled back, one audit record, usable."""
+    client, cstr, message = _raw_copy_in(engine_host, copy_target)
+    try:
+        if stop == "statement_timeout":
+            client.query("SET statement_timeout = 300")
+        client.send(message(b"Q", cstr(f"COPY {copy_target} FROM STDIN")))
+        response = client.read()
+        assert response is not None and response.kind == b"G"
+        client.send(message(b"d", b"1\n2\n"))
+        if stop == "cancel":
+            _cancel(engine_host.port, client.backend_key)
+        answer = client.read_until(b"Z")  # nothing more is sent: the old server waited here for CopyData
+        errors = [m.error_fields() for m in answer if m.kind == b"E"]
+        expected = {"cancel": "canceling statement due to user request",
+                    "statement_timeout": "canceling statement due to statement timeout"}[stop]
+        assert [(e["C"], e["M"]) for e in errors] == [("57014", expected)]
+        assert answer[-1].body == b"I"
+        client.send(message(b"c"))  # the client's late CopyDone is ignored, as PostgreSQL ignores it
+        assert [m.kind for m in client.query("SELECT 1 AS one")][-1] == b"Z"
+    finally:
+        client.close()
+    assert _count(engine_host, copy_target) == 0
+    records = _copy_records(engine_host, copy_target)
+    assert len(records) == 1 and records[0]["error"]["sqlstate"] == "57014"
+
+
+def test_psycopg_cancel_during_copy_from_rolls_back_and_keeps_the_connection(engine_host, copy_target):
+    with _pg(engine_host.demo_dsn("acme-admin")) as conn:
+        with pytest.raises(psycopg.errors.QueryCanceled), conn.cursor() as cur:
+            with cur.copy(f"COPY {copy_target} FROM STDIN") as copy:
+                copy.write(b"1\n2\n")
+                conn.cancel()
+        assert conn.execute("SELECT 1 AS one").fetchone() == (1,)
+    assert _count(engine_host, copy_target) == 0
+
+
+def test_cancel_during_a_long_copy_to_ends_it_with_57014(engine_host):
+    marker = uuid.uuid4().hex
+    with _pg(engine_host.demo_dsn("acme-admin")) as conn:
+        with pytest.raises(psycopg.errors.QueryCanceled), conn.cursor() as cur:
+            with cur.copy(f"COPY (SELECT a.range * b.range AS m_{marker} FROM range(100000) a, range(100000) b) "
+                          "TO STDOUT") as copy:
+                first = copy.read()
+                assert first
+                conn.cancel()
+                while copy.read():
+                    pass
+        assert conn.execute("SELECT 1 AS one").fetchone() == (1,)
+    records = [r for r in _audit_records(engine_host.state_dir) if marker in r.get("sql_redacted", "")]
+    assert records and all(r["statement_kind"] == "copy" for r in records)
+    assert records[-1]["error"]["sqlstate"] == "57014"
