@@ -218,7 +218,7 @@ class CopyIn:
         """CopyDone: insert what is left, store the audit record, commit; the command tag."""
         def finish() -> None:
             self._insert(self._decoder.finish())
-            self._execution.audit.rows = self.rows
+            self._execution.audit.rows_written = self.rows
             self._execution.finish()
         self._guarded(finish)
         self.ended = True

@@ -135,6 +135,7 @@ class StatementAudit:
     credits: float = 0.0
     rows: int = 0
     bytes: int = 0
+    rows_written: int = 0
     error: dict[str, str] | None = None
     engine_error_detail: str | None = None
     statement_kind: str = ""
@@ -611,7 +612,8 @@ class AuditWriter:
             dialect=audit.dialect, sql_redacted=_redacted(audit.sql, audit.dialect),
             statement_kind=audit.statement_kind or (plan.kind if plan else None),
             tables=sorted({t for t, _ in plan.tables}) if plan else [], rows_returned=audit.rows,
-            bytes_returned=audit.bytes, masked_columns=list(plan.masked_columns) if plan else [],
+            bytes_returned=audit.bytes, rows_written=audit.rows_written,
+            masked_columns=list(plan.masked_columns) if plan else [],
             row_filters_applied=list(plan.filtered_tables) if plan else [], timings_ms=dict(audit.timings_ms),
             credits=audit.credits,
         )

@@ -714,6 +714,8 @@ class StatementPipeline:
             else:
                 count = _read_count(rows)
                 execution.audit.rows = 0
+            if stype in _ROWS_TAGS:
+                execution.audit.rows_written = count
             execution.finish()
         except duckdb.Error as exc:
             error = execution.engine_error(exc)

@@ -496,3 +496,19 @@ def test_cancel_during_a_long_copy_to_ends_it_with_57014(engine_host):
     records = [r for r in _audit_records(engine_host.state_dir) if marker in r.get("sql_redacted", "")]
     assert records and all(r["statement_kind"] == "copy" for r in records)
     assert records[-1]["error"]["sqlstate"] == "57014"
+
+
+def test_a_copy_from_records_its_rows_as_written_like_the_insert_update_and_delete(engine_host, copy_target):
+    """rows_written is the command tag's count for INSERT, UPDATE, DELETE and COPY FROM; rows_returned stays 0."""
+    with _pg(engine_host.demo_dsn("acme-admin")) as conn, conn.cursor() as cur:
+        with cur.copy(f"COPY {copy_target} FROM STDIN") as copy:
+            copy.write(b"1\n2\n3\n")
+        assert cur.statusmessage == "COPY 3"
+        cur.execute(f"INSERT INTO {copy_target} VALUES (4), (5)")
+        cur.execute(f"UPDATE {copy_target} SET a = a + 10 WHERE a > 1")
+        cur.execute(f"DELETE FROM {copy_target} WHERE a > 13")
+        assert cur.statusmessage == "DELETE 2"
+    records = [r for r in _audit_records(engine_host.state_dir) if copy_target in r.get("sql_redacted", "")
+               and r.get("statement_kind") in ("copy", "insert", "update", "delete")]
+    assert [(r["statement_kind"], r["rows_written"], r["rows_returned"]) for r in records] == [
+        ("copy", 3, 0), ("insert", 2, 0), ("update", 4, 0), ("delete", 2, 0)]

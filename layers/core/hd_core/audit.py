@@ -73,6 +73,8 @@ class QueryAuditRecord:
     tables: list[str] = field(default_factory=list)
     rows_returned: int = 0
     bytes_returned: int = 0
+    # Rows an INSERT, UPDATE, DELETE, MERGE or COPY FROM stored, changed or removed (its command tag's count).
+    rows_written: int = 0
     masked_columns: list[str] = field(default_factory=list)
     row_filters_applied: list[str] = field(default_factory=list)
     verdicts: list[PolicyVerdict] = field(default_factory=list)

@@ -84,6 +84,7 @@ def test_json_line_has_every_field_sorted_on_one_line() -> None:
         "tables",
         "rows_returned",
         "bytes_returned",
+        "rows_written",
         "masked_columns",
         "row_filters_applied",
         "verdicts",
