@@ -220,6 +220,8 @@ class StatementPipeline:
     def record_refusal(self, session: Session, sql: str, error: QueryError) -> None:
         """Audit a statement the gate refused before it was prepared; the refusal stands either way."""
         audit = self.governor.new_audit(sql, _dialect(session))
+        if statement_kind(sql) is Kind.COPY:
+            audit.statement_kind = Kind.COPY.value  # as the COPY's record says when it runs
         audit.deny("concurrency", error)
         self.governor.record_denial(self.subject(session), _settings_map(session), audit)
 

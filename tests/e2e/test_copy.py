@@ -512,3 +512,72 @@ def test_a_copy_from_records_its_rows_as_written_like_the_insert_update_and_dele
                and r.get("statement_kind") in ("copy", "insert", "update", "delete")]
     assert [(r["statement_kind"], r["rows_written"], r["rows_returned"]) for r in records] == [
         ("copy", 3, 0), ("insert", 2, 0), ("update", 4, 0), ("delete", 2, 0)]
+
+
+# --- admission and quotas: a COPY stands for its SELECT or INSERT ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_slot_host(tmp_path_factory):
+    """A host that runs one statement at a time and queues none (its own: quotas are changed on it)."""
+    from tests.harness import start_engine_host
+
+    process = start_engine_host(tmp_path_factory.mktemp("hd-copy-admission"), "--demo", "--insecure-plaintext",
+                                "--max-concurrent-statements", "1", "--max-queued-statements", "0")
+    yield process
+    process.stop()
+
+
+def test_a_copy_waiting_for_data_holds_its_slot_and_a_second_copy_gets_53300(one_slot_host):
+    admin = one_slot_host.demo_dsn("acme-admin")
+    table = f"crm.copy_gate_{uuid.uuid4().hex[:8]}"
+    with _pg(admin) as conn:
+        conn.execute(f"CREATE TABLE {table} (a integer)")
+    with _pg(admin) as loading, loading.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN") as copy:
+        copy.write(b"1\n")
+        with _pg(admin) as other:
+            for statement in (f"COPY {table} TO STDOUT", f"COPY {table} FROM STDIN"):
+                with pytest.raises(psycopg.Error) as raised, other.cursor() as cur2:
+                    with cur2.copy(statement) as refused:
+                        refused.write(b"2\n") if "FROM" in statement else list(refused)
+                assert raised.value.sqlstate == "53300"
+                assert raised.value.diag.message_detail.startswith("HD_ERR_")
+    with _pg(admin) as conn:  # the load finished once its slot was free again; the refused COPYs stored nothing
+        assert conn.execute(f"SELECT a FROM {table}").fetchall() == [(1,)]
+    refused_records = [r for r in _audit_records(one_slot_host.state_dir) if r.get("statement_kind") == "copy"
+                       and table in r.get("sql_redacted", "") and r.get("error")]
+    assert [r["error"]["sqlstate"] for r in refused_records] == ["53300", "53300"]
+
+
+def test_a_copy_is_refused_once_the_organisation_has_used_its_credit_quota(one_slot_host):
+    import json as _json
+    import subprocess as _subprocess
+    import sys
+    import time
+
+    admin = one_slot_host.demo_dsn("acme-admin")
+    table = f"crm.copy_quota_{uuid.uuid4().hex[:8]}"
+    with _pg(admin) as conn:
+        conn.execute(f"CREATE TABLE {table} (a integer)")
+    quota = {"kind": "quota", "quota_id": "quota_org_acme_copy", "org_id": "org_acme", "monthly_credits": 0.0}
+    done = _subprocess.run([sys.executable, "-m", "engine_host.cli", "local-policy", "--state-dir",
+                            str(one_slot_host.state_dir), "add", "--json", _json.dumps(quota)],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    with _pg(admin) as conn:
+        deadline = time.monotonic() + 10
+        while True:  # the policy reaches the host within about a second
+            try:
+                conn.execute(f"SELECT a FROM {table}")
+            except psycopg.Error as exc:
+                assert exc.diag.message_detail == "HD_ERR_QUOTA_EXCEEDED"
+                break
+            assert time.monotonic() < deadline, "the quota did not reach the engine host in time"
+            time.sleep(0.2)
+        for statement in (f"COPY {table} TO STDOUT", f"COPY {table} FROM STDIN"):
+            with pytest.raises(psycopg.Error) as raised, conn.cursor() as cur, cur.copy(statement) as copy:
+                copy.write(b"1\n") if "FROM" in statement else list(copy)
+            assert (raised.value.sqlstate, raised.value.diag.message_detail) == ("53400", "HD_ERR_QUOTA_EXCEEDED")
+    refused = [r for r in _audit_records(one_slot_host.state_dir) if r.get("statement_kind") == "copy"
+               and table in r.get("sql_redacted", "")]
+    assert [r["error"]["code"] for r in refused] == ["HD_ERR_QUOTA_EXCEEDED", "HD_ERR_QUOTA_EXCEEDED"]
