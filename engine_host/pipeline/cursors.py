@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from engine_host.pgcompat.types.arrow_types import pg_type_for_arrow
+from engine_host.pgcompat.types.declared import with_declared
 from engine_host.pipeline import errors
 from engine_host.pipeline.errors import QueryError
 from engine_host.pipeline.execution import GovernedRows
@@ -117,7 +118,9 @@ class Cursors:
             self._pipeline._abandon(session, False, execution, error)
             raise Audited(error) from None
         execution.on_finish(stream.close)
-        columns = [ResultColumn(f.name, pg_type_for_arrow(f.type)) for f in stream.schema]
+        declared = query.plan.declared_types if query.plan is not None else ()
+        types = with_declared([pg_type_for_arrow(f.type) for f in stream.schema], declared)
+        columns = [ResultColumn(f.name, t) for f, t in zip(stream.schema, types, strict=True)]
         max_rows = self._pipeline.governor.max_rows(session.principal.org_id)
         rows = GovernedRows(RowSource(stream), execution, max_rows=max_rows)
         session.cursors[name] = SqlCursor(name, columns, rows, engine, bool(m.group("binary")))

@@ -30,6 +30,7 @@ from sqlglot import exp
 from engine_host.engine.masking import ENVIRONMENTS, macro_name
 from engine_host.engine.table_catalog import TableCatalog, TableInfo
 from engine_host.pgcompat.catalog import parseable_catalog_text
+from engine_host.pgcompat.types.table import PgType
 from engine_host.pipeline.errors import QueryError, read_only_table, unknown_relation
 from engine_host.pipeline.gates import ConcurrencyGate, RateLimiter, Watchdog
 from engine_host.pipeline.governance.columns import referenced_columns
@@ -43,7 +44,7 @@ from engine_host.pipeline.governance.guard import (
 from engine_host.pipeline.governance.pg_semantics import PgSession
 from engine_host.pipeline.governance.rewrite import MaskSpec, TablePolicy, apply_policies
 from engine_host.pipeline.governance.tables import NameLookup, TableRef, extract_tables
-from engine_host.pipeline.governance.transpile import to_duckdb
+from engine_host.pipeline.governance.transpile import transpile
 from engine_host.pipeline.policy_state import PolicyState
 from engine_host.pipeline.recently_used import RecentlyUsed
 from hd_core import policy_eval
@@ -102,6 +103,9 @@ class GovernedPlan:
     bound_sql: str = ""
     # Each table the plan reads, and whether it is Parquet-backed (for the bound-plan check).
     table_sources: tuple[tuple[str, bool], ...] = ()
+    # Per result column, the PostgreSQL type to declare where the result's own (Arrow) type says text but
+    # PostgreSQL declares varchar, name, name[] or regtype (governance/result_types.py); () when none differs.
+    declared_types: tuple[PgType | None, ...] = ()
 
     @property
     def statement_type(self) -> str:
@@ -334,7 +338,8 @@ class Governor:
             self._check_phi(snapshot, subject.org_id, read, policies)
         tree = apply_policies(parsed, refs, policies)
         column_types = {name: table.columns for name in policies if (table := self.tables.get(name, overlay))}
-        bound_sql = to_duckdb(tree, parsed, session=pg_session, column_types=column_types)
+        transpiled = transpile(tree, parsed, session=pg_session, column_types=column_types)
+        bound_sql = transpiled.sql
         engine_sql = f"EXPLAIN {bound_sql}" if parsed.explain else bound_sql
         created = next((r.name for r in refs if r.action is Action.CREATE), None)
         if created is None and kind in ("create_table", "create_table_as"):
@@ -350,6 +355,7 @@ class Governor:
             schema_changed=kind in ("create_table", "create_table_as", "create_schema", "drop_table", "alter_table"),
             bound_sql=bound_sql if (info.explained or kind) in _BOUND_KINDS else "",
             table_sources=self._table_sources(refs, overlay),
+            declared_types=transpiled.declared_types,
         )
 
     def _table_sources(self, refs: list[TableRef], overlay: Mapping[str, TableInfo] | None) -> tuple[

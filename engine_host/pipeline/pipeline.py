@@ -23,6 +23,7 @@ import pyarrow as pa
 from engine_host.engine.duckdb_engine import Database, EngineSession, ResultStream, StatementShape
 from engine_host.pgcompat.copy.parse import CopyStatement
 from engine_host.pgcompat.types.arrow_types import pg_type_for_arrow
+from engine_host.pgcompat.types.declared import with_declared
 from engine_host.pgcompat.types.decoding import decode_parameter
 from engine_host.pgcompat.types.parameter_format import ParameterFormatError
 from engine_host.pgcompat.types.table import PgType, pg_type_by_oid, pg_type_for_duckdb
@@ -487,7 +488,8 @@ class StatementPipeline:
         if not shape.returns_rows:
             return None
         to_pg = _catalog_type if prepared.is_catalog else pg_type_for_duckdb
-        return [ResultColumn(name, to_pg(t)) for name, t in zip(shape.column_names, shape.column_types, strict=True)]
+        types = with_declared([to_pg(t) for t in shape.column_types], _declared(prepared.plan))
+        return [ResultColumn(name, t) for name, t in zip(shape.column_names, types, strict=True)]
 
     # --- execution --------------------------------------------------------------------------
 
@@ -703,7 +705,8 @@ class StatementPipeline:
             if stype in ("SELECT", "EXPLAIN") or returning or (stype not in _ROWS_TAGS
                                                                 and _has_result_rows(stream.schema)):
                 to_pg = _catalog_type if prepared.is_catalog else pg_type_for_arrow
-                columns = [ResultColumn(f.name, to_pg(f.type)) for f in stream.schema]
+                types = with_declared([to_pg(f.type) for f in stream.schema], plan.declared_types)
+                columns = [ResultColumn(f.name, t) for f, t in zip(stream.schema, types, strict=True)]
             if columns is not None and not own_transaction:
                 max_rows = self.governor.max_rows(session.principal.org_id)
                 governed = GovernedRows(rows, execution, max_rows=max_rows)
@@ -832,6 +835,10 @@ def _deallocate(text: str) -> Outcome:
     if m.group("all"):
         return Outcome(tag="DEALLOCATE ALL", deallocate="*")
     return Outcome(tag="DEALLOCATE", deallocate=cursor_name(m, text))
+
+
+def _declared(plan: GovernedPlan | None) -> tuple[PgType | None, ...]:
+    return plan.declared_types if plan is not None else ()
 
 
 def _catalog_type(source: object) -> PgType:

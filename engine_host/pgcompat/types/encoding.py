@@ -36,6 +36,7 @@ from engine_host.pgcompat.types.datetime import (
     _small_timestamp,
     _timetz_values,
 )
+from engine_host.pgcompat.types.declared import enc_regtype
 from engine_host.pgcompat.types.json import _enc_json, _small_json
 from engine_host.pgcompat.types.numeric import (
     _enc_float,
@@ -131,4 +132,5 @@ _ENCODERS: dict[str, tuple[_Kernel, _Small | None]] = {
     "uuid": (_enc_uuid, _small_uuid),
     "json": (_enc_json, _small_json), "jsonb": (_enc_json, _small_json),
     "varbit": (_enc_varbit, _varbit_values), "bit": (_enc_varbit, _varbit_values),
+    "regtype": (enc_regtype, None),
 }

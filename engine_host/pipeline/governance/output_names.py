@@ -14,6 +14,8 @@ from sqlglot import exp
 from engine_host.pipeline.governance.guard import written_name
 
 UNKNOWN_COLUMN_NAME = "?column?"
+# Set on an Extract node the client wrote as date_part(...) (sqlglot parses both spellings to Extract).
+DATE_PART_MARK = "hd_date_part"
 
 # Syntax PostgreSQL parses into a node of its own, named by a keyword, not by how it was written.
 _KEYWORD_NAMES: dict[type[exp.Expr], str] = {
@@ -100,6 +102,8 @@ def _figure_name(node: exp.Expr, text: str) -> str | None:
         return None
     if isinstance(node, exp.Func) and node.meta.get("start") is not None:
         return written_name(node, text)  # called by name: `substr`, `strpos`, `now`, `btrim`
+    if isinstance(node, exp.Extract) and node.meta.get(DATE_PART_MARK):
+        return "date_part"
     keyword = _KEYWORD_NAMES.get(type(node))
     if keyword is not None:
         return keyword

@@ -24,16 +24,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.annotate_types import annotate_types
 from sqlglot.optimizer.qualify import qualify
+from sqlglot.tokens import Tokenizer, TokenType
 
 from engine_host.engine.duckdb_engine import DATA_CATALOG
 from engine_host.pgcompat.gucs import InvalidSetting, split_identifiers
+from engine_host.pgcompat.types.table import DUCKDB_SCALARS, SQL_TYPE_NAMES
 from engine_host.pipeline.governance import pg_numeric
-from engine_host.pipeline.governance.output_names import SQL_VALUE_KEYWORDS
+from engine_host.pipeline.governance.output_names import DATE_PART_MARK, SQL_VALUE_KEYWORDS
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +87,14 @@ def search_path_schemas(search_path: str, user: str, existing: Collection[str]) 
 
 
 def apply_pg_semantics(tree: exp.Expr, session: PgSession | None,
-                       column_types: Mapping[str, Sequence[tuple[str, str]]]) -> None:
+                       column_types: Mapping[str, Sequence[tuple[str, str]]], text: str = "") -> None:
     """Rewrite `tree` (the governed tree, the caller's to change) to PostgreSQL's meaning, in place.
 
-    `column_types` maps each governed table (`schema.table`) to its (column, DuckDB type) pairs.
+    `column_types` maps each governed table (`schema.table`) to its (column, DuckDB type) pairs; `text`
+    is what the client wrote (it tells `date_part(...)` from `extract(...)`, one node in sqlglot's tree).
     """
+    _type_names(tree)
+    mark_date_parts(tree, text)
     if session is not None:
         _session_values(tree, session)
     _clock_functions(tree)
@@ -138,6 +144,51 @@ def _text_array(values: Sequence[str]) -> exp.Expr:
     return exp.cast(array, exp.DataType.build("VARCHAR[]", dialect="duckdb"))
 
 
+# --- pg_typeof() and ::name -----------------------------------------------------------------------
+
+# PostgreSQL's name (format_type) for each DuckDB base type typeof() prints, as the wire declares it.
+_PG_TYPE_NAMES: dict[str, str] = {duck: SQL_TYPE_NAMES.get(pg.name, pg.name) for duck, pg in DUCKDB_SCALARS.items()}
+_PG_TYPE_NAMES["DECIMAL"] = "numeric"
+_SESSION_NODES: tuple[type[exp.Expr], ...] = (exp.CurrentUser, exp.SessionUser, exp.CurrentDatabase,
+                                              exp.CurrentCatalog, exp.CurrentSchema)
+
+
+def _type_names(tree: exp.Expr) -> None:
+    """`pg_typeof(x)` names PostgreSQL's type of x, not DuckDB's; `x::name` is a string (DuckDB has no name)."""
+    for cast in list(tree.find_all(exp.Cast)):
+        if cast.to.this is exp.DType.NAME:
+            cast.set("to", exp.DataType.build("VARCHAR", dialect="duckdb"))
+    for node in list(tree.find_all(exp.Anonymous)):
+        if str(node.name).lower() == "pg_typeof" and len(node.expressions) == 1:
+            node.replace(_pg_typeof(node.expressions[0]))
+
+
+def _pg_typeof(argument: exp.Expr) -> exp.Expr:
+    """The type name PostgreSQL's pg_typeof gives: known from the tree for the session functions and casts to
+    varchar or name; else DuckDB's typeof() of the (rewritten) argument mapped to PostgreSQL's name. A string
+    column reference is `character varying`, as the catalog declares the tables' string columns."""
+    inner = argument.unnest() if isinstance(argument, exp.Paren) else argument
+    if isinstance(inner, _SESSION_NODES) or _value_keyword(inner) is not None:
+        return exp.Literal.string("name")
+    if isinstance(inner, exp.CurrentSchemas):
+        return exp.Literal.string("name[]")
+    if isinstance(inner, exp.Cast) and inner.to.this is exp.DType.NAME:
+        return exp.Literal.string("name")
+    if isinstance(inner, exp.Cast) and inner.to.this is exp.DType.VARCHAR:
+        return exp.Literal.string("character varying")
+    names = dict(_PG_TYPE_NAMES)
+    if isinstance(inner, exp.Column):
+        names["VARCHAR"] = "character varying"
+    duck = exp.Anonymous(this="typeof", expressions=[argument.copy()])
+    base = exp.Anonymous(this="regexp_replace", expressions=[duck, exp.Literal.string(r"[(\[].*$"),
+                                                             exp.Literal.string("")])
+    named = exp.Case(this=base, ifs=[exp.If(this=exp.Literal.string(d), true=exp.Literal.string(p))
+                                     for d, p in sorted(names.items())], default=exp.Literal.string("text"))
+    is_array = exp.Anonymous(this="ends_with", expressions=[duck.copy(), exp.Literal.string("]")])
+    suffix = exp.Case(ifs=[exp.If(this=is_array, true=exp.Literal.string("[]"))], default=exp.Literal.string(""))
+    return exp.DPipe(this=named, expression=suffix, safe=True)
+
+
 # --- current_date, current_timestamp, localtime, ... --------------------------------------------
 
 _CLOCKS: dict[type[exp.Expr], str] = {
@@ -176,7 +227,7 @@ def _rounded(kind: type[exp.Expr], precision: int) -> exp.Expr:
 
 # Arithmetic whose int2 operand meets an integer literal: int4 in PostgreSQL, where DuckDB narrows the literal.
 _ARITHMETIC: tuple[type[exp.Expr], ...] = (exp.Add, exp.Sub, exp.Mul, exp.Mod)
-_TYPED_NODES: tuple[type[exp.Expr], ...] = (exp.Div, exp.Sum, exp.Avg, *_INT4_FUNCTIONS, *_ARITHMETIC)
+_TYPED_NODES: tuple[type[exp.Expr], ...] = (exp.Div, exp.Sum, exp.Avg, exp.Extract, *_INT4_FUNCTIONS, *_ARITHMETIC)
 _SMALL_INTEGERS = frozenset({exp.DType.TINYINT, exp.DType.SMALLINT, exp.DType.UTINYINT})
 
 
@@ -225,6 +276,8 @@ def _annotate(tree: exp.Expr, targets: list[exp.Expr],
 def _operand_types(node: exp.Expr) -> tuple[exp.DataType | None, ...]:
     if isinstance(node, (exp.Div, *_ARITHMETIC)):
         return _type_of(node.this), _type_of(node.expression)
+    if isinstance(node, exp.Extract):
+        return (_type_of(node.expression),)
     argument = node.this
     if isinstance(argument, exp.Distinct) and argument.expressions:
         argument = argument.expressions[0]
@@ -236,6 +289,11 @@ def _type_of(node: exp.Expr | None) -> exp.DataType | None:
     if kind is None or kind.this in (exp.DType.UNKNOWN, exp.DType.NULL):
         return None
     return kind
+
+
+def table_schema(column_types: Mapping[str, Sequence[tuple[str, str]]]) -> dict[str, object] | None:
+    """The tables' columns as sqlglot's schema (catalog, schema, table, column -> type) for qualify()."""
+    return _schema(column_types)
 
 
 def _schema(column_types: Mapping[str, Sequence[tuple[str, str]]]) -> dict[str, object] | None:
@@ -253,6 +311,8 @@ def _pg_form(node: exp.Expr, full_types: tuple[exp.DataType | None, ...]) -> exp
     if isinstance(node, _ARITHMETIC):
         return _int4_arithmetic(node, types[0], types[1])
     argument = types[0]
+    if isinstance(node, exp.Extract):
+        return _extract(node, argument)
     if isinstance(node, exp.Avg):
         return _average(node, full_types[0])
     if isinstance(node, exp.Sum) and argument in _SUMMED_AS_INT8:
@@ -353,3 +413,74 @@ def _int4_arithmetic(node: exp.Expr, left: exp.DType | None, right: exp.DType | 
 
 def _is_integer_literal(node: exp.Expr) -> bool:
     return isinstance(node, exp.Literal) and not node.is_string and node.this.isdigit()
+
+
+# --- extract() and date_part() ------------------------------------------------------------------
+
+# PostgreSQL 15's extract() is numeric: these fields with a fraction of microseconds (scale), the others whole.
+_FRACTIONAL_FIELDS = {"second": 6, "seconds": 6, "millisecond": 3, "milliseconds": 3, "microsecond": 0,
+                      "microseconds": 0}
+_WHOLE_FIELDS = frozenset({"year", "month", "day", "hour", "minute", "dow", "isodow", "doy", "quarter", "week",
+                           "isoyear", "decade", "century", "millennium", "timezone", "timezone_hour",
+                           "timezone_minute", "years", "months", "days", "hours", "minutes"})
+_DATE_TIME_TYPES = frozenset({exp.DType.DATE, exp.DType.TIMESTAMP, exp.DType.TIMESTAMPTZ, exp.DType.TIMESTAMPNTZ,
+                              exp.DType.TIMESTAMPLTZ, exp.DType.TIMESTAMP_S, exp.DType.TIMESTAMP_MS,
+                              exp.DType.TIMESTAMP_NS, exp.DType.TIME, exp.DType.TIMETZ, exp.DType.INTERVAL,
+                              exp.DType.DATETIME})
+
+
+def mark_date_parts(tree: exp.Expr, text: str) -> None:
+    """Mark the Extract nodes the client wrote as `date_part(...)` (double precision, not numeric).
+
+    sqlglot parses both spellings to one node; the client's text has them in the tree's depth-first order.
+    When the counts disagree (a policy's filter added one), no node is marked and all read as extract.
+    """
+    nodes = list(tree.find_all(exp.Extract, bfs=False))
+    if not nodes or not text or any(DATE_PART_MARK in node.meta for node in nodes):
+        return
+    try:
+        tokens = Tokenizer().tokenize(text)
+    except SqlglotError:
+        return
+    spelled = [t.text.lower() for t, following in pairwise(tokens)
+               if following.token_type is TokenType.L_PAREN and t.text.lower() in ("extract", "date_part")]
+    if len(spelled) != len(nodes):
+        return
+    for node, name in zip(nodes, spelled, strict=True):
+        node.meta[DATE_PART_MARK] = name == "date_part"
+
+
+def _extract(node: exp.Extract, argument: exp.DType | None) -> exp.Expr | None:
+    """extract(field from x) as PostgreSQL 15's numeric, date_part(field, x) as its double precision."""
+    field = node.name.lower()
+    if argument not in _DATE_TIME_TYPES or not isinstance(node.this, (exp.Var, exp.Literal)):
+        return None
+    value = node.expression.copy()
+    if field in _FRACTIONAL_FIELDS:
+        micros = exp.Anonymous(this="date_part", expressions=[exp.Literal.string("microseconds"), value])
+        scale = _FRACTIONAL_FIELDS[field]
+        numeric = _scaled(micros, scale)
+    elif field == "epoch" and argument is not exp.DType.TIME and argument is not exp.DType.TIMETZ:
+        micros = exp.Anonymous(this="epoch_us", expressions=[value])
+        if argument is exp.DType.DATE:  # a date's epoch is whole seconds (scale 0) in PostgreSQL
+            micros = exp.IntDiv(this=micros, expression=exp.Literal.number(1_000_000))
+            numeric = _scaled(micros, 0)
+        else:
+            numeric = _scaled(micros, 6)
+    elif field in _WHOLE_FIELDS:
+        numeric = exp.cast(node.copy(), exp.DataType.build("DECIMAL(18, 0)", dialect="duckdb"))
+    else:
+        return None
+    if node.meta.get(DATE_PART_MARK):
+        return exp.cast(numeric, exp.DType.DOUBLE)
+    return numeric
+
+
+def _scaled(micros: exp.Expr, scale: int) -> exp.Expr:
+    """A count of microseconds as an exact numeric of `scale` fractional digits of a second (DuckDB's DECIMAL)."""
+    whole = exp.cast(micros, exp.DataType.build("DECIMAL(38, 0)", dialect="duckdb"))
+    if scale == 0:
+        return exp.cast(whole, exp.DataType.build("DECIMAL(18, 0)", dialect="duckdb"))
+    step = {6: "0.000001", 3: "0.001"}[scale]  # seconds, milliseconds per microsecond
+    product = exp.Mul(this=whole, expression=exp.Literal.number(step))
+    return exp.cast(product, exp.DataType.build(f"DECIMAL(38, {scale})", dialect="duckdb"))
