@@ -126,12 +126,6 @@ BI_CONNECT_QUERIES = (
             ("nspname", "relname", "attname", "atttypid", "typname", "attnum", "attlen", "atttypmod", "attnotnull")),
 )
 
-# Queries the engine does not answer yet, and why (the test expects them to fail until they are).
-NOT_YET_ANSWERED = {
-    "datasource/postgres: tables on the search_path setting":
-        "a scalar function in FROM (`string_to_array(...) s`) is not a table function the catalog rewrite knows",
-}
-
 # Tableau reads results through psqlODBC's declare/fetch mode: a cursor WITH HOLD in a transaction.
 TABLEAU_CURSOR_SESSION = (
     "SET DateStyle = 'ISO'",

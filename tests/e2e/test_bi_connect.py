@@ -15,7 +15,6 @@ import pytest
 
 from tests.e2e.bi_connect_queries import (
     BI_CONNECT_QUERIES,
-    NOT_YET_ANSWERED,
     SCHEMA,
     TABLEAU_CURSOR_SESSION,
     BiQuery,
@@ -65,9 +64,7 @@ def _project(columns: list[str], rows: list[tuple], wanted: tuple[str, ...]) -> 
 
 
 def _cases() -> list:
-    return [pytest.param(q, id=f"{q.tool}: {q.source}", marks=[pytest.mark.xfail(
-        strict=True, reason=NOT_YET_ANSWERED[q.source])] if q.source in NOT_YET_ANSWERED else [])
-        for q in BI_CONNECT_QUERIES]
+    return [pytest.param(q, id=f"{q.tool}: {q.source}") for q in BI_CONNECT_QUERIES]
 
 
 @pytest.mark.parametrize("query", _cases())

@@ -402,6 +402,45 @@ def test_cte_over_the_catalog_is_answered(catalog: Catalog) -> None:
     assert rows == [("big_orders",), ("customer_names",), ("salary_view",)]
 
 
+def test_array_literal_under_any_is_an_array(catalog: Catalog) -> None:
+    # pgspecial's \dt binds its relkind list client-side: `c.relkind = ANY('{r,p,""}')`.
+    _, rows = catalog.run("SELECT n.nspname, c.relname FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n "
+                          "ON n.oid = c.relnamespace WHERE c.relkind = ANY('{r,p,\"\"}') AND n.nspname ~ '^(hr)$' "
+                          "ORDER BY 1, 2")
+    assert rows == [("hr", "employees"), ("hr", "payslips"), ("hr", "salaries")]
+    _, rows = catalog.run("SELECT count(*) FROM pg_class WHERE relkind <> ALL('{r,i,S,v}') AND relnamespace > 99")
+    assert rows == [(0,)]
+
+
+def test_unaliased_columns_of_ctes_are_named_as_postgres_names_them(catalog: Catalog) -> None:
+    # pgcli's casing query orders by a CTE's `count` column and filters on another's `row_number`.
+    _, rows = catalog.run(
+        "WITH words AS (SELECT relname AS word, COUNT(1) FROM pg_catalog.pg_class WHERE relname LIKE '%orders' "
+        "GROUP BY word), ranked AS (SELECT word, ROW_NUMBER() OVER (PARTITION BY LOWER(word) ORDER BY Count DESC) "
+        "FROM words) SELECT word FROM ranked WHERE Row_Number = 1 ORDER BY 1")
+    assert rows == [("big_orders",), ("orders",)]
+
+
+def test_scalar_function_in_from_is_one_row_named_by_its_alias(catalog: Catalog) -> None:
+    _, rows = catalog.run("SELECT s, s[2] FROM string_to_array(current_setting('search_path'), ',') s",
+                          settings={"search_path": "sales,main"})
+    assert rows == [(["sales", "main"], "main")]
+    columns, rows = catalog.run("SELECT * FROM current_setting('search_path')", settings={"search_path": "hr"})
+    assert (columns, rows) == (["current_setting"], [("hr",)])
+
+
+def test_grafana_tables_on_the_search_path(catalog: Catalog) -> None:
+    sql = ("SELECT quote_ident(table_name) AS \"table\" FROM information_schema.tables WHERE table_schema IN ("
+           "SELECT CASE WHEN trim(s[i]) = '\"$user\"' THEN user ELSE trim(s[i]) END "
+           "FROM generate_series(array_lower(string_to_array(current_setting('search_path'), ','), 1), "
+           "array_upper(string_to_array(current_setting('search_path'), ','), 1)) AS i, "
+           "string_to_array(current_setting('search_path'), ',') s) ORDER BY 1")
+    _, rows = catalog.run(sql, user="hr", settings={"search_path": '"$user", nowhere'})
+    assert rows == [("employees",), ("payslips",), ("salaries",), ("salary_view",)]
+    _, rows = catalog.run(sql, user="alice", settings={"search_path": "hr"}, visible=_hide_salaries)
+    assert rows == [("employees",), ("payslips",)]
+
+
 def test_parameters_survive_the_rewrite(catalog: Catalog) -> None:
     entry = _query("sqlalchemy get_columns #1")
     rewritten = catalog.responder.rewrite(entry.sql)

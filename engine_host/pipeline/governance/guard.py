@@ -586,8 +586,8 @@ def _check_relation(table: exp.Table, text: str, catalog: bool) -> None:
         name = written_name(target, text)
         is_allowed = bool(names & ALLOWED_TABLE_FUNCTIONS) or isinstance(
             target, (exp.GenerateSeries, exp.ExplodingGenerateSeries, exp.Unnest))
-        if catalog and name.startswith("pg_"):
-            is_allowed = True
+        if catalog and (name.startswith("pg_") or may_call(name, catalog=True)):
+            is_allowed = True  # the catalog layer answers a callable scalar in FROM as one row
         if not is_allowed or (table.args.get("db") is not None and table.db.lower() not in FUNCTION_SCHEMAS):
             raise function_not_allowed(name)
         return

@@ -10,6 +10,7 @@ _TYPED_FUNCTIONS = {
     "CurrentUser": "current_user", "SessionUser": "session_user", "CurrentRole": "current_role",
     "CurrentSchemas": "current_schemas", "ArraySize": "array_length", "ExplodingGenerateSeries": "generate_series",
     "GenerateSeries": "generate_series", "Explode": "unnest", "Unnest": "unnest",
+    "StringToArray": "string_to_array", "CurrentSchema": "current_schema",
 }
 
 # int2vector/oidvector columns: PostgreSQL subscripts them from 0, DuckDB lists from 1.

@@ -26,7 +26,7 @@ def _pg_column_name(node: exp.Expr) -> tuple[str | None, int]:
         default = node.args.get("default")
         name, strength = _pg_column_name(default) if default is not None else (None, 0)
         return (name, strength) if strength > 1 else ("case", 1)
-    if isinstance(node, exp.Paren):
+    if isinstance(node, exp.Paren | exp.Window):
         return _pg_column_name(node.this)
     if isinstance(node, exp.Dot) and isinstance(node.expression, exp.Func):
         return _pg_column_name(node.expression)
@@ -54,13 +54,18 @@ def fold_identifiers(tree: exp.Expr) -> None:
 
 def name_outputs(tree: exp.Expr) -> None:
     """Give unaliased select items the column name PostgreSQL would (clients read them by name);
-    unquoted identifiers are folded to lower case first, as PostgreSQL folds them."""
+    unquoted identifiers are folded to lower case first, as PostgreSQL folds them.
+
+    Every SELECT of the statement is named, not only the outermost: a query may refer to the name
+    PostgreSQL gave a CTE's or a subquery's column (pgcli's casing query orders by `count` and filters
+    on `row_number` of its CTEs).
+    """
     fold_identifiers(tree)
-    select = tree
-    while isinstance(select, exp.SetOperation):
-        select = select.this
-    if not isinstance(select, exp.Select):
-        return
+    for select in list(tree.find_all(exp.Select)):
+        _name_items(select)
+
+
+def _name_items(select: exp.Select) -> None:
     for item in list(select.expressions):
         if isinstance(item, exp.Alias | exp.Star | exp.Column) or (
             isinstance(item, exp.Column) and isinstance(item.this, exp.Star)

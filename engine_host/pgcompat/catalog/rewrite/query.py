@@ -40,7 +40,7 @@ from engine_host.pgcompat.catalog.rewrite.nodes import (
 from engine_host.pgcompat.catalog.rewrite.operators import _OPERATORS
 from engine_host.pgcompat.catalog.rewrite.output_names import name_outputs
 from engine_host.pgcompat.catalog.rewrite.parameters import _parameter_types
-from engine_host.pgcompat.catalog.rewrite.recognise import _Classification
+from engine_host.pgcompat.catalog.rewrite.recognise import SCALAR_FUNCTIONS_IN_FROM, _Classification
 from engine_host.pgcompat.catalog.rewrite.session import SESSION_SEARCH_PATH, SESSION_SETTINGS_MAP
 from engine_host.pgcompat.catalog.sql_text import _lit
 
@@ -80,6 +80,10 @@ _PATH_MACROS = {
                       f"THEN {SCHEMA}.quote_ident(__hd_arg1) "
                       f"ELSE {SCHEMA}.quote_ident(__hd_arg0) || '.' || {SCHEMA}.quote_ident(__hd_arg1) END",
 }
+
+
+# SQL keywords that stand for the session's user; sqlglot reads some of them (`user`) as column names.
+_USER_KEYWORDS = frozenset({"user", "current_user", "session_user", "current_role"})
 
 
 @dataclass
@@ -153,6 +157,8 @@ class _QueryRewrite:
             self._subscript(node)
         elif isinstance(node, exp.EQ | exp.NEQ | exp.Coalesce):
             self._array_literal_operands(node)
+        elif isinstance(node, exp.Any | exp.All) or (isinstance(node, exp.Anonymous) and node.name.lower() == "all"):
+            self._quantified_array_literal(node)
         if isinstance(node, exp.CurrentSchema):
             # The first schema of the path that exists (NULL when none does), as PostgreSQL answers.
             node.replace(exp.Bracket(this=self._template("current_schemas_false"),
@@ -200,6 +206,9 @@ class _QueryRewrite:
             if not alias:
                 table.set("alias", exp.TableAlias(this=exp.to_identifier(name)))
             return
+        if name in SCALAR_FUNCTIONS_IN_FROM:
+            self._scalar_relation(table, func, name)
+            return
         if name == "pg_partition_ancestors":
             # No partitioning in DuckDB: a relation's only ancestor is itself.
             args = func.expressions
@@ -219,11 +228,20 @@ class _QueryRewrite:
             # PostgreSQL names the single column of `FROM f(...) AS x` x as well; DuckDB would not.
             alias.set("columns", [alias.this.copy()])
 
+    def _scalar_relation(self, table: exp.Table, func: exp.Func, name: str) -> None:
+        """`FROM f(...) AS s` for a scalar f: PostgreSQL's one row, its column named s (or f)."""
+        alias = table.args.get("alias")
+        relation = alias.name if alias is not None and alias.name else name
+        column = alias.columns[0].name if alias is not None and alias.columns else relation
+        select = exp.select(exp.alias_(func, column, quoted=True, copy=False))
+        table.replace(exp.Subquery(this=select, alias=exp.TableAlias(this=exp.to_identifier(relation, quoted=True))))
+        self._function(func)
+
     def _column(self, column: exp.Column) -> None:
         if column.args.get("db") and column.db.lower() in ("pg_catalog", "information_schema"):
             column.set("db", None)
             column.set("catalog", None)
-        elif not column.table and not column.this.args.get("quoted") and column.name.lower() == "current_role":
+        elif not column.table and not column.this.args.get("quoted") and column.name.lower() in _USER_KEYWORDS:
             column.replace(self._session_user())
 
     # expressions
@@ -311,6 +329,18 @@ class _QueryRewrite:
                 array = _array_literal(operand.name)
                 if array is not None:
                     operand.replace(array)
+
+    def _quantified_array_literal(self, node: exp.Expr) -> None:
+        """`relkind = ANY('{r,p}')`: psycopg's client-side binding (pgspecial's \\dt) writes lists so.
+
+        sqlglot reads `ALL('{...}')` as a call of a function named ALL, hence the Anonymous case.
+        """
+        operand = node.expressions[0] if isinstance(node, exp.Anonymous) and len(node.expressions) == 1 else node.this
+        operand = operand.this if isinstance(operand, exp.Paren) else operand
+        if isinstance(operand, exp.Literal) and operand.is_string:
+            array = _array_literal(operand.name)
+            if array is not None:
+                operand.replace(array)
 
     def _subscript_bounds(self, func: exp.Expr) -> tuple[exp.Expr, exp.Expr]:
         args = func.expressions if isinstance(func, exp.Anonymous) else [func.this, func.expression]

@@ -56,6 +56,13 @@ _TABLE_FUNCTIONS = frozenset({
     "generate_subscripts",
 })
 
+# Scalar functions PostgreSQL also accepts in FROM, as a one-row relation whose one column is named by
+# the alias (Grafana reads its search_path as `FROM string_to_array(current_setting('search_path'), ',') s`).
+SCALAR_FUNCTIONS_IN_FROM = frozenset({
+    "string_to_array", "regexp_split_to_array", "current_setting", "current_schemas", "current_schema",
+    "current_database", "current_user", "session_user", "version",
+})
+
 _UNQUALIFIED = frozenset(spec.relname for spec in _SPECS.values() if spec.schema == "pg_catalog")
 
 
@@ -99,7 +106,7 @@ def classify(tree: exp.Expr, database_name: str) -> _Classification | None:
             continue
         if isinstance(table.this, exp.Func):
             name = _func_name(table.this)
-            if name not in _TABLE_FUNCTIONS:
+            if name not in _TABLE_FUNCTIONS and name not in SCALAR_FUNCTIONS_IN_FROM:
                 return None
             found.has_marker = found.has_marker or bool(name and name.startswith("pg_"))
             continue
