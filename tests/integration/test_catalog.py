@@ -441,6 +441,29 @@ def test_grafana_tables_on_the_search_path(catalog: Catalog) -> None:
     assert rows == [("employees",), ("payslips",)]
 
 
+def test_pg_proc_lists_exactly_the_callable_builtins_with_postgres_types(catalog: Catalog) -> None:
+    from hd_core.sql_functions import ALLOWED_FUNCTIONS
+
+    _, names = catalog.run("SELECT DISTINCT proname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n "
+                           "ON n.oid = p.pronamespace WHERE n.nspname = 'pg_catalog'")
+    listed = {name for (name,) in names}
+    assert listed <= ALLOWED_FUNCTIONS
+    assert {"lower", "string_agg", "sum", "row_number", "regexp_replace", "date_trunc"} <= listed
+    assert not listed & {"read_csv", "getenv", "query", "current_setting", "json_serialize_plan", "error"}
+    _, rows = catalog.run(
+        "SELECT p.proname, pg_get_function_arguments(p.oid), pg_get_function_result(p.oid), p.prokind, "
+        "p.prorettype::regtype::text, COALESCE(p.proallargtypes::regtype[], p.proargtypes::regtype[])::text[], "
+        "p.proargmodes FROM pg_catalog.pg_proc p WHERE p.proname IN ('lower', 'row_number', 'concat') "
+        "OR (p.proname = 'string_agg' AND p.pronargs = 2) ORDER BY 1")
+    assert rows == [
+        ("concat", "value anyelement, VARIADIC variadic anyarray", "anyelement", "f", "anyelement",
+         ["anyelement", "anyarray"], ["i", "v"]),
+        ("lower", "string text", "text", "f", "text", ["text"], None),
+        ("row_number", "", "bigint", "w", "bigint", [], None),
+        ("string_agg", "str anyelement, arg text", "text", "a", "text", ["anyelement", "text"], None),
+    ]
+
+
 def test_parameters_survive_the_rewrite(catalog: Catalog) -> None:
     entry = _query("sqlalchemy get_columns #1")
     rewritten = catalog.responder.rewrite(entry.sql)

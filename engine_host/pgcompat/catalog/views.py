@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import duckdb
 
 from engine_host.engine.views import PARQUET_VIEW_MARKERS
+from engine_host.pgcompat.catalog.builtin_functions import callable_builtins, insert_builtins
 from engine_host.pgcompat.catalog.relations import (
     _SPECS,
     _USER_SCOPE,
@@ -100,6 +101,10 @@ class _CatalogBuilder:
             " AS t(name, setting, vartype)",
             f"CREATE OR REPLACE TABLE {SCHEMA}.keywords AS SELECT * FROM (VALUES {_values(self.cfg.keywords)})"
             " AS t(word, catcode)",
+            # Filled by install_catalog (builtin_functions.insert_builtins).
+            f"CREATE OR REPLACE TABLE {SCHEMA}.builtin_proc (oid UINTEGER, proname VARCHAR, prokind VARCHAR, "
+            "provolatile VARCHAR, prorettype UINTEGER, proargtypes UINTEGER[], proargnames VARCHAR[], "
+            "provariadic UINTEGER)",
         ]
 
     # macros that only compute (no catalog reads), needed by the views
@@ -334,14 +339,24 @@ class _CatalogBuilder:
             SELECT CAST(sequence_oid AS UINTEGER) AS oid, schema_name, sequence_name, start_value, min_value,
                 max_value, increment_by, cycle, last_value, schema_name AS hd_schema, sequence_name AS hd_table
             FROM duckdb_sequences() WHERE {_USER_SCOPE}""",
+            # User macros (SQL functions of unknown argument types), then the callable builtins
+            # (builtin_functions.py), which are pg_catalog's.
             v + f"""hd_proc AS
             SELECT CAST(f.function_oid AS UINTEGER) AS oid, f.function_name AS proname,
                 CAST(s.oid AS UINTEGER) AS pronamespace, f.function_type = 'table_macro' AS proretset,
                 CAST(len(f.parameters) AS SMALLINT) AS pronargs, f.parameters AS proargnames,
-                f.macro_definition AS prosrc, s.schema_name AS nspname
+                f.macro_definition AS prosrc, s.schema_name AS nspname, 'f' AS prokind, 'v' AS provolatile,
+                CAST(CASE WHEN f.function_type = 'table_macro' THEN 2249 ELSE 2283 END AS UINTEGER) AS prorettype,
+                CAST(list_transform(f.parameters, lambda x: 2283) AS UINTEGER[]) AS proargtypes,
+                CAST(14 AS UINTEGER) AS prolang, CAST(0 AS UINTEGER) AS provariadic
             FROM duckdb_functions() AS f JOIN duckdb_schemas() AS s
                 ON s.database_name = f.database_name AND s.schema_name = f.schema_name
-            WHERE NOT f.internal AND {_user_scope('f')}""",
+            WHERE NOT f.internal AND {_user_scope('f')}
+            UNION ALL
+            SELECT b.oid, b.proname, CAST({PG_CATALOG_OID} AS UINTEGER), false, CAST(len(b.proargtypes) AS SMALLINT),
+                b.proargnames, b.proname, 'pg_catalog', b.prokind, b.provolatile, b.prorettype, b.proargtypes,
+                CAST(12 AS UINTEGER), b.provariadic
+            FROM {s}.builtin_proc AS b""",
             v + f"""hd_types AS
             SELECT CAST(oid AS UINTEGER) AS oid, typname, CAST({PG_CATALOG_OID} AS UINTEGER) AS typnamespace,
                 typlen, typbyval, typtype, typcategory, typispreferred, typdelim, CAST(typelem AS UINTEGER)
@@ -502,13 +517,15 @@ class _CatalogBuilder:
                 "cache_size": "1", "last_value": "q.last_value"}, owner="q"),
             r("pg_proc", f"{s}.hd_proc AS p", {
                 "oid": "p.oid", "proname": "p.proname", "pronamespace": "p.pronamespace",
-                "proowner": str(OWNER_ROLE_OID), "prolang": "14", "procost": "100", "prorows": "0",
-                "provariadic": "0", "prosupport": "'-'", "prokind": "'f'", "prosecdef": "false",
+                "proowner": str(OWNER_ROLE_OID), "prolang": "p.prolang", "procost": "1", "prorows": "0",
+                "provariadic": "p.provariadic", "prosupport": "'-'", "prokind": "p.prokind", "prosecdef": "false",
                 "proleakproof": "false", "proisstrict": "false", "proretset": "p.proretset",
-                "provolatile": "'v'", "proparallel": "'u'", "pronargs": "p.pronargs", "pronargdefaults": "0",
-                "prorettype": "CASE WHEN p.proretset THEN 2249 ELSE 2283 END",
-                "proargtypes": "list_transform(p.proargnames, lambda x: 2283)", "proargnames": "p.proargnames",
-                "prosrc": "p.prosrc"}),
+                "provolatile": "p.provolatile", "proparallel": "'u'", "pronargs": "p.pronargs",
+                "pronargdefaults": "0", "prorettype": "p.prorettype", "proargtypes": "p.proargtypes",
+                "proallargtypes": "CASE WHEN p.provariadic <> 0 THEN p.proargtypes END",
+                "proargmodes": "CASE WHEN p.provariadic <> 0 THEN list_transform(p.proargtypes, lambda x, i: "
+                               "CASE WHEN i = len(p.proargtypes) THEN 'v' ELSE 'i' END) END",
+                "proargnames": "p.proargnames", "prosrc": "p.prosrc"}),
             r("pg_settings", f"{s}.settings AS g", {
                 "name": "g.name", "setting": "g.setting", "category": "'Hardened Duck'", "short_desc": "''",
                 "context": "'user'", "vartype": "g.vartype", "source": "'default'", "boot_val": "g.setting",
@@ -599,7 +616,8 @@ class _CatalogBuilder:
         ]
         return {name: sql for name, sql in zip(_POPULATED, views, strict=True)}
 
-    # macros that read the catalog views (created last, after what they read)
+    # macros that read the catalog views (created last, after what they read); their own aliases are
+    # __hd_ names, since a macro's argument is expanded in place (`p.oid` would bind to an inner `p`)
 
     def _lookup_macros(self) -> list[str]:
         s = SCHEMA
@@ -633,23 +651,29 @@ class _CatalogBuilder:
             f"{s}.ident_part(s, 2)) END",
             m + f"regnamespace_name(o) AS coalesce((SELECT any_value({s}.quote_ident(n.nspname)) FROM {s}.hd_ns "
             "AS n WHERE n.oid = o), CAST(o AS VARCHAR))",
-            m + f"regproc_name(o) AS coalesce((SELECT any_value(p.proname) FROM {s}.hd_proc AS p WHERE "
-            "p.oid = o), CAST(o AS VARCHAR))",
+            m + f"regproc_name(o) AS coalesce((SELECT any_value(__hd_p.proname) FROM {s}.hd_proc AS __hd_p WHERE "
+            "__hd_p.oid = o), CAST(o AS VARCHAR))",
             m + f"regrole_oid(s) AS CASE WHEN {s}.ident_part(s, 2) = {_lit(self.cfg.owner.lower())} OR "
             f"{s}.ident_part(s, 2) = {_lit(self.cfg.owner)} THEN CAST({OWNER_ROLE_OID} AS UINTEGER) END",
             m + f"current_setting(n) AS coalesce((SELECT any_value(g.setting) FROM {s}.settings AS g "
             "WHERE lower(g.name) = lower(n)), error('unrecognized configuration parameter \"' || n || '\"'))",
             m + "set_config(n, v, is_local) AS CASE WHEN lower(n) IN ('jit') THEN v ELSE error("
             "'set_config(''' || n || ''') is not supported by Hardened Duck; use SET') END",
-            m + f"pg_function_is_visible(o) AS coalesce((SELECT any_value({s}.is_visible_schema(p.nspname)) "
-            f"FROM {s}.hd_proc AS p WHERE p.oid = o), false)",
-            m + f"pg_get_function_result(o) AS (SELECT any_value(CASE WHEN p.proretset THEN 'TABLE' "
-            f"ELSE 'anyelement' END) FROM {s}.hd_proc AS p WHERE p.oid = o)",
-            m + f"pg_get_function_arguments(o) AS (SELECT any_value(array_to_string(list_transform("
-            f"p.proargnames, lambda x: x || ' anyelement'), ', ')) FROM {s}.hd_proc AS p WHERE p.oid = o)",
-            m + f"pg_get_functiondef(o) AS (SELECT any_value('CREATE MACRO ' || {s}.quote_ident(p.nspname) || '.' "
-            f"|| {s}.quote_ident(p.proname) || '(' || array_to_string(p.proargnames, ', ') || ') AS ' || "
-            f"CASE WHEN p.proretset THEN 'TABLE ' ELSE '' END || p.prosrc) FROM {s}.hd_proc AS p WHERE p.oid = o)",
+            m + f"pg_function_is_visible(o) AS coalesce((SELECT any_value({s}.is_visible_schema(__hd_p.nspname)) "
+            f"FROM {s}.hd_proc AS __hd_p WHERE __hd_p.oid = o), false)",
+            m + f"pg_get_function_result(o) AS (SELECT any_value(CASE WHEN __hd_p.proretset THEN 'TABLE' "
+            f"ELSE {s}.format_type(__hd_p.prorettype, NULL) END) FROM {s}.hd_proc AS __hd_p WHERE __hd_p.oid = o)",
+            # Not list_transform: DuckDB binds no subquery (format_type's) inside a lambda.
+            m + "pg_get_function_arguments(o) AS coalesce((SELECT string_agg(CASE WHEN __hd_a.variadic <> 0 "
+            "AND __hd_a.i = __hd_a.k THEN 'VARIADIC ' ELSE '' END || __hd_a.n || ' ' "
+            f"|| {s}.format_type(__hd_a.t, NULL), ', ' ORDER BY __hd_a.i) FROM (SELECT "
+            "unnest(__hd_p.proargnames) AS n, unnest(__hd_p.proargtypes) AS t, "
+            "generate_subscripts(__hd_p.proargnames, 1) AS i, len(__hd_p.proargnames) AS k, "
+            f"__hd_p.provariadic AS variadic FROM {s}.hd_proc AS __hd_p WHERE __hd_p.oid = o) AS __hd_a), '')",
+            m + f"pg_get_functiondef(o) AS (SELECT any_value('CREATE MACRO ' || {s}.quote_ident(__hd_p.nspname) "
+            f"|| '.' || {s}.quote_ident(__hd_p.proname) || '(' || array_to_string(__hd_p.proargnames, ', ') "
+            "|| ') AS ' || CASE WHEN __hd_p.proretset THEN 'TABLE ' ELSE '' END || __hd_p.prosrc) "
+            f"FROM {s}.hd_proc AS __hd_p WHERE __hd_p.oid = o)",
             f"CREATE OR REPLACE VIEW {s}.pg_get_keywords AS SELECT word, catcode, catcode <> 'R' AS barelabel, "
             "CASE catcode WHEN 'U' THEN 'unreserved' WHEN 'C' THEN 'unreserved (cannot be function or type "
             "name)' WHEN 'T' THEN 'reserved (can be function or type name)' ELSE 'reserved' END AS catdesc, "
@@ -713,3 +737,4 @@ def install_catalog(con: duckdb.DuckDBPyConnection, server_version: str, databas
     cfg = _Settings(server_version, database_name, owner, search_path, version_text, settings, keywords)
     for statement in _CatalogBuilder(cfg).statements():
         con.execute(statement)
+    insert_builtins(con, f"{SCHEMA}.builtin_proc", callable_builtins(con))

@@ -119,6 +119,18 @@ class _Translator:
         return _QueryRewrite(self._r, self.templates, found.catalog_tables).run(tree)
 
 
+def _printed_as_text(node: exp.Expr) -> bool:
+    """Whether a reg*[] value ends up cast to text or text[] (through COALESCE), or is a select item."""
+    while isinstance(node.parent, exp.Coalesce | exp.Paren):
+        node = node.parent
+    parent = node.parent
+    if isinstance(parent, exp.Cast):
+        to = parent.to
+        element = to.expressions[0] if to.this == exp.DType.ARRAY and to.expressions else to
+        return element.this in (exp.DType.TEXT, exp.DType.VARCHAR, exp.DType.NAME)
+    return _in_output_position(node)
+
+
 class _QueryRewrite:
     """The AST transformation of one catalog query (one instance per query: it carries state)."""
 
@@ -264,6 +276,9 @@ class _QueryRewrite:
             return
         value = cast.this
         base = target[:-2] if target.endswith("[]") else target
+        if target == "regtype[]" and _printed_as_text(cast):
+            cast.replace(self._type_names(value))
+            return
         if base in _REG_TYPES and not target.endswith("[]"):
             cast.replace(self._reg_cast(base, value, _in_output_position(cast)))
             return
@@ -275,6 +290,18 @@ class _QueryRewrite:
             if array is not None:
                 cast.set("this", array)
         cast.set("to", exp.DataType.build(duck + ("[]" if target.endswith("[]") else ""), dialect="duckdb"))
+
+    def _type_names(self, oids: exp.Expr) -> exp.Expr:
+        """`oids::regtype[]` printed: the list of type names (no lambda: format_type reads a table)."""
+        names = sqlglot.parse_one(
+            f"CASE WHEN __hd_arg0 IS NULL THEN NULL ELSE coalesce((SELECT list({SCHEMA}.format_type(__hd_u.t, NULL) "
+            "ORDER BY __hd_u.i) FROM (SELECT unnest(CAST(__hd_arg0 AS UINTEGER[])) AS t, "
+            "generate_subscripts(CAST(__hd_arg0 AS UINTEGER[]), 1) AS i) AS __hd_u), CAST([] AS VARCHAR[])) END",
+            read="duckdb")
+        for column in list(names.find_all(exp.Column)):
+            if column.name == "__hd_arg0" and not column.table:
+                column.replace(oids.copy())
+        return exp.Paren(this=names)
 
     def _regclass_oid(self, value: exp.Expr) -> exp.Expr:
         """The OID a relation name or number stands for; numbers need no catalog lookup."""
