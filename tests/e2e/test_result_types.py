@@ -148,3 +148,17 @@ def _url_parts(dsn: str) -> dict[str, Any]:
     if info.get("sslmode"):
         parts["query"] = {"sslmode": str(info["sslmode"])}
     return parts
+
+
+def test_masked_string_columns_keep_their_declared_type(engine_host: EngineHostProcess) -> None:
+    # A mask is an expression inside the governed subquery; the client still asked for a varchar column, and
+    # the catalog (information_schema.columns) says so, whether or not a mask applies to this session.
+    def described(person: str | None) -> dict[str, int]:
+        dsn = engine_host.demo_dsn(person) if person else engine_host.dsn()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            cur = conn.execute("SELECT email, ssn, full_name, lower(email) AS e FROM crm.customers LIMIT 1")
+            assert cur.description is not None
+            return {d.name: d.type_code for d in cur.description}
+
+    owner, analyst = described(None), described("acme-analyst")
+    assert owner == analyst == {"email": 1043, "ssn": 1043, "full_name": 1043, "e": 25}

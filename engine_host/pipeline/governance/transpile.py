@@ -44,7 +44,9 @@ def transpile(tree: exp.Expr, parsed: ParsedStatement, *, session: PgSession | N
     if parsed.dialect == "postgres" and isinstance(tree, exp.Query):
         mark_date_parts(tree, parsed.text)
         name_outputs(tree, parsed.text)
-        declared = declared_types(tree, column_types or {})
+        # From the client's tree, not the governed one: a masked column keeps the type its table declares
+        # (the mask is an expression in the governed subquery, which would read as text).
+        declared = declared_types(parsed.tree, column_types or {})
     return Transpiled(to_duckdb(tree, parsed, session=session, column_types=column_types, named=True), declared)
 
 
