@@ -96,7 +96,9 @@ USER_VALUE = "the engine's user is the Owner's id, PostgreSQL's is postgres"
 DATABASE_VALUE = "the engine's database is hd, the reference's is a scratch database"
 OWNER_VALUE = "tables belong to the Owner on the engine and to postgres on the reference"
 
-PRODUCT_TABLE = "CREATE TABLE {t} (id integer, name text)"
+# varchar, not text: DuckDB keeps one string type, so the engine describes every string column of a table as
+# character varying, in its catalog and its RowDescription alike (README, "Postgres compatibility").
+PRODUCT_TABLE = "CREATE TABLE {t} (id integer, name varchar)"
 ORDERS_FIRST_TEN = "SELECT order_id, status, amount FROM sales.orders WHERE order_id < 1000011 ORDER BY order_id"
 
 
