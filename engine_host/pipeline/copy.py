@@ -175,7 +175,7 @@ class CopyStatements:
         except QueryError as exc:
             pipeline._abandon(session, False, execution, exc)
             raise
-        decoder = CopyDecoder(names, pgtypes, options)
+        decoder = CopyDecoder(names, pgtypes, options, engine_types=types, table=statement.table)
         return CopyOutcome(copy_in=CopyIn(pipeline, session, execution, decoder, sql, source, own_transaction))
 
     @staticmethod

@@ -581,3 +581,79 @@ def test_a_copy_is_refused_once_the_organisation_has_used_its_credit_quota(one_s
     refused = [r for r in _audit_records(one_slot_host.state_dir) if r.get("statement_kind") == "copy"
                and table in r.get("sql_redacted", "")]
     assert [r["error"]["code"] for r in refused] == ["HD_ERR_QUOTA_EXCEEDED", "HD_ERR_QUOTA_EXCEEDED"]
+
+
+# --- text input read by PostgreSQL's rules ---------------------------------------------------------------
+
+INPUT_COLUMNS = ("i2 smallint, i4 integer, i8 bigint, f4 real, f8 double precision, n numeric(5,2), b boolean, "
+                 "u uuid, d date, t time, ts timestamp")
+
+INPUT_CASES = [
+    ("i4", "1.5"), ("i4", " 1 "), ("i4", "abc"), ("i4", "2147483648"), ("i4", "-2147483648"), ("i4", "+7"),
+    ("i4", ""), ("i2", "32768"), ("i2", "-32768"), ("i8", "9223372036854775808"), ("i8", "-9223372036854775808"),
+    ("n", "1000"), ("n", "999.995"), ("n", "999.994"), ("n", "1e2"), ("n", " 12.5 "), ("n", "abc"),
+    ("n", "-0.005"), ("n", "12.345"), ("f8", "1e400"), ("f8", "abc"), ("f8", " 1.5 "), ("f8", "Infinity"),
+    ("f8", "-inf"), ("f8", "1e-5"), ("f4", "1e39"), ("f4", "3.5"),
+    ("b", "yes"), ("b", "maybe"), ("b", " TRUE "), ("b", "o"), ("b", "of"), ("b", "1"), ("b", "t"),
+    ("u", "abc"), ("u", "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"), ("u", "{a0eebc99-9c0b4ef8-bb6d6bb9-bd380a11}"),
+    ("u", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1"), ("d", "2024-02-30"), ("d", "2023-02-29"), ("d", "garbage"),
+    ("d", "2024-02-29"), ("t", "24:00:01"), ("t", "24:00:00"), ("t", "12:30"), ("t", "25:00"),
+    ("ts", "2024-01-01 24:00:00"), ("ts", "2024-01-01 25:00:00"), ("ts", "2024-13-01 00:00"),
+    ("ts", "2024-01-01 10:00:00.5"),
+]
+
+
+@pytest.fixture(scope="module")
+def input_tables(engine_host, reference_pg):
+    name = f"copy_input_{uuid.uuid4().hex[:8]}"
+    pairs = ((engine_host.demo_dsn("acme-admin"), f"crm.{name}"), (reference_pg, name))
+    for dsn, table in pairs:
+        with _pg(dsn) as conn:
+            conn.execute(f"CREATE TABLE {table} ({INPUT_COLUMNS})")
+    yield pairs
+    for dsn, table in pairs:
+        with _pg(dsn) as conn:
+            conn.execute(f"DROP TABLE {table}")
+
+
+def _load(dsn: str, table: str, column: str, data: bytes, options: str = "") -> tuple[str, ...] | list:
+    """The rows stored by COPY (read back), or (sqlstate, message) when it is refused; nothing is left behind."""
+    with psycopg.connect(dsn, options="-c TimeZone=UTC") as conn:
+        try:
+            with conn.cursor() as cur, cur.copy(f"COPY {table} ({column}) FROM STDIN {options}") as copy:
+                copy.write(data)
+        except psycopg.Error as exc:
+            return (str(exc.sqlstate), exc.diag.message_primary or "")
+        # time's 24:00:00 has no Python value: read as text (the engine's text of a time is PostgreSQL's)
+        rows = conn.execute(f"SELECT {column}{'::text' if column == 't' else ''} FROM {table}").fetchall()
+        conn.rollback()
+        return rows
+
+
+@pytest.mark.parametrize("column, value", INPUT_CASES, ids=[f"{c}-{v!r}" for c, v in INPUT_CASES])
+def test_copy_from_text_reads_each_value_as_postgres_does(input_tables, column, value):
+    (ours_dsn, ours_table), (pg_dsn, pg_table) = input_tables
+    data = f"{value}\n".encode()
+    ours, theirs = _load(ours_dsn, ours_table, column, data), _load(pg_dsn, pg_table, column, data)
+    if isinstance(theirs, tuple):  # refused: the same SQLSTATE, PostgreSQL's message, its COPY context
+        assert isinstance(ours, tuple), f"PostgreSQL refuses {value!r} ({theirs}); the engine stored {ours}"
+        assert ours[0] == theirs[0]
+        assert ours[1].startswith(theirs[1]), (ours, theirs)
+        assert f'line 1, column {column}: "{value}"' in ours[1]
+    else:
+        assert ours == theirs
+
+
+@pytest.mark.parametrize("options", ["", "(FORMAT csv, HEADER)"])
+def test_a_refused_value_names_its_line_and_column_as_postgres_does(input_tables, options):
+    (ours_dsn, ours_table), (pg_dsn, pg_table) = input_tables
+    data = (b"i4\n" if options else b"") + b"1\n2\n1.5\n4\n"
+    ours = _load(ours_dsn, ours_table, "i4", data, options)
+    with psycopg.connect(pg_dsn) as conn:
+        with pytest.raises(psycopg.Error) as raised, conn.cursor() as cur:
+            with cur.copy(f"COPY {pg_table} (i4) FROM STDIN {options}") as copy:
+                copy.write(data)
+    line = 4 if options else 3
+    assert raised.value.diag.context == f'COPY {pg_table}, line {line}, column i4: "1.5"'
+    assert ours == ("22P02", f'invalid input syntax for type integer: "1.5" (COPY {ours_table.split(".")[1]}, '
+                             f'line {line}, column i4: "1.5")')

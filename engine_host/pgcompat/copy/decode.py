@@ -26,6 +26,7 @@ import pyarrow.csv as pacsv
 from engine_host.pgcompat.copy.binary_rows import field_width, split_rows, vectorised_column
 from engine_host.pgcompat.copy.encode import BINARY_SIGNATURE
 from engine_host.pgcompat.copy.parse import CopyOptions, CopyRefused
+from engine_host.pgcompat.copy.text_input import CHECKED, checked_column
 from engine_host.pgcompat.types.decoding import decode_parameter
 from engine_host.pgcompat.types.parameter_format import ParameterFormatError
 from engine_host.pgcompat.types.table import PgType
@@ -34,7 +35,8 @@ pc: Any = _typed_pc
 
 CHUNK_BYTES = 4 * 1024 * 1024
 
-# Types whose PostgreSQL text form DuckDB's VARCHAR cast reads as PostgreSQL does.
+# Types whose text the engine casts: those in text_input.CHECKED once checked by PostgreSQL's input rules,
+# the others (text, json) as they are.
 _CAST_IN_ENGINE = frozenset({
     "int2", "int4", "int8", "oid", "float4", "float8", "numeric", "text", "varchar", "bpchar", "name", "char",
     "date", "time", "timestamp", "timestamptz", "uuid", "json", "jsonb", "bool",
@@ -48,9 +50,12 @@ def bad_copy_data(message: str, hint: str | None = None) -> CopyRefused:
 class CopyDecoder:
     """Turns the bytes of one COPY FROM into chunks of rows: one Arrow array per column."""
 
-    def __init__(self, names: Sequence[str], types: Sequence[PgType], options: CopyOptions):
+    def __init__(self, names: Sequence[str], types: Sequence[PgType], options: CopyOptions, *,
+                 engine_types: Sequence[str] = (), table: str = "stdin"):
         self.names = list(names)
         self.types = list(types)
+        self.engine_types = list(engine_types) or [t.name for t in self.types]  # DECIMAL(p,s): numeric's typmod
+        self.table = table
         self.options = options
         self._buffer = bytearray()
         self._ended = False  # an end marker (text/csv `\.`, binary trailer) was read: the rest is ignored
@@ -250,6 +255,10 @@ class CopyDecoder:
     def _typed(self, strings: pa.Array, i: int) -> pa.Array:
         """A column of PostgreSQL text forms as the engine receives it (strings, or decoded values)."""
         pgtype = self.types[i]
+        if pgtype.element is None and pgtype.name in CHECKED:
+            first = self.lines + 1
+            return checked_column(strings, pgtype, self.engine_types[i], self.names[i], lambda row: first + row,
+                                  self.table)
         if pgtype.element is None and pgtype.name in _CAST_IN_ENGINE:
             return strings
         values = []
