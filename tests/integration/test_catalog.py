@@ -464,6 +464,20 @@ def test_pg_proc_lists_exactly_the_callable_builtins_with_postgres_types(catalog
     ]
 
 
+def test_finished_answers_are_reused_only_for_the_same_session_values(catalog: Catalog) -> None:
+    sql = "SELECT current_user, relname FROM pg_class WHERE relname IN ('salaries', 'accounts') ORDER BY 2"
+    _, rows = catalog.run(sql, user="alice", visible=_hide_salaries)
+    assert rows == [("alice", "accounts")]
+    assert catalog.run(sql, user="alice", visible=_hide_salaries)[1] == rows
+    assert catalog.run(sql, user="bob", visible=_hide_salaries)[1] == [("bob", "accounts")]
+    everything = catalog.run(sql, user="alice", visible=lambda s, t: True)[1]
+    assert everything == [("alice", "accounts"), ("alice", "salaries")]
+    first = catalog.responder.rewrite(sql, user="carol", settings={"search_path": "hr"}, visible=_hide_salaries)
+    started = time.perf_counter()
+    again = catalog.responder.rewrite(sql, user="carol", settings={"search_path": "hr"}, visible=_hide_salaries)
+    assert again == first and time.perf_counter() - started < 0.02
+
+
 def test_parameters_survive_the_rewrite(catalog: Catalog) -> None:
     entry = _query("sqlalchemy get_columns #1")
     rewritten = catalog.responder.rewrite(entry.sql)

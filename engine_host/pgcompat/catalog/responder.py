@@ -43,6 +43,7 @@ class CatalogResponder:
         self._settings = {**self._default_settings(), **(settings or {})}
         self._translator = _Translator(self)
         self._cache: OrderedDict[str, _Translation | None] = OrderedDict()
+        self._finished: OrderedDict[tuple[object, ...], str] = OrderedDict()
         self._lock = threading.Lock()
         self._names_cursor: duckdb.DuckDBPyConnection | None = None
         self._names_lock = threading.Lock()
@@ -92,7 +93,22 @@ class CatalogResponder:
             if translation.plain_sql is None:
                 translation.plain_sql = self._finish(translation.tree, None, None, None, None)
             return translation.plain_sql
-        return self._finish(translation.tree, pairs, user, settings, backend_pid)
+        # Finishing copies and regenerates the whole tree (tens of ms for a driver's big query), and
+        # drivers repeat the same query per table with other parameters: keep the finished text per
+        # everything it depends on.
+        key = (sql, None if pairs is None else tuple(pairs), user,
+               None if settings is None else tuple(sorted(settings.items())), backend_pid)
+        with self._lock:
+            finished = self._finished.get(key)
+            if finished is not None:
+                self._finished.move_to_end(key)
+                return finished
+        finished = self._finish(translation.tree, pairs, user, settings, backend_pid)
+        with self._lock:
+            self._finished[key] = finished
+            if len(self._finished) > self._CACHE_SIZE:
+                self._finished.popitem(last=False)
+        return finished
 
     def parameter_types(self, sql: str) -> dict[int, int]:
         """PostgreSQL type OIDs a catalog query casts its parameters to (`{n: oid}` for `$n::type`).
