@@ -37,10 +37,12 @@ RESULT_ROW_BUCKETS = (0, 1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_0
 RESULT_BYTE_BUCKETS = tuple(float(1024 * 4**n) for n in range(11))  # 1 KiB .. 1 GiB, x4 apart
 
 # Statement kinds the guard can produce (engine_host/pipeline/governance/guard.py), "catalog", and the
-# statements the pipeline answers itself (pipeline.Kind: SET/SHOW, BEGIN/COMMIT, FETCH, DISCARD, DEALLOCATE).
+# statements the pipeline answers itself (pipeline.Kind: SET/SHOW, BEGIN/COMMIT, FETCH, DISCARD, DEALLOCATE,
+# PREPARE, and an EXECUTE refused before the statement it names runs).
 STATEMENT_KINDS = frozenset({
     "select", "insert", "update", "delete", "create_table", "create_table_as", "create_schema", "drop_table",
     "alter_table", "explain", "catalog", "setting", "transaction", "cursor", "discard", "deallocate",
+    "prepare", "execute",
 })
 # Stages that write a deny verdict (Governor._stage), and the stages derived here from error codes.
 STAGES = frozenset({

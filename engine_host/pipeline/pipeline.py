@@ -29,7 +29,7 @@ from engine_host.pgcompat.types.parameter_format import ParameterFormatError
 from engine_host.pgcompat.types.table import PgType, pg_type_by_oid, pg_type_for_duckdb
 from engine_host.pipeline import errors
 from engine_host.pipeline.copy import CopyStatements, parse_copy_statement
-from engine_host.pipeline.cursors import IDENT, Audited, Cursors, cursor_name, declares_cursor
+from engine_host.pipeline.cursors import Audited, Cursors, declares_cursor
 from engine_host.pipeline.errors import QueryError
 from engine_host.pipeline.execution import Execution, GovernedRows
 from engine_host.pipeline.governance.guard import MAX_STATEMENT_CHARS
@@ -47,6 +47,7 @@ from engine_host.pipeline.settings import (
     duration_milliseconds,
     parse_setting_command,
 )
+from engine_host.pipeline.sql_prepared import SqlPreparedStatements, deallocate_all
 from engine_host.pipeline.transactions import Transactions, ends_transaction
 from hd_core.errors import HdError
 from hd_core.models import Principal
@@ -88,6 +89,8 @@ class Kind(Enum):
     CURSOR = "cursor"
     DISCARD = "discard"
     DEALLOCATE = "deallocate"
+    PREPARE = "prepare"
+    EXECUTE = "execute"
     COPY = "copy"
     ENGINE = "engine"
 
@@ -157,6 +160,10 @@ def statement_kind(sql: str) -> Kind:
         return Kind.DISCARD
     if first == "DEALLOCATE":
         return Kind.DEALLOCATE
+    if first == "PREPARE":
+        return Kind.PREPARE
+    if first == "EXECUTE":
+        return Kind.EXECUTE
     if first == "COPY":
         return Kind.COPY
     return Kind.ENGINE
@@ -179,6 +186,7 @@ class StatementPipeline:
         self._transactions = Transactions(self)
         self._cursors = Cursors(self)
         self._copies = CopyStatements(self)
+        self._sql_prepared = SqlPreparedStatements(self)
 
     @property
     def ready(self) -> bool:
@@ -205,7 +213,7 @@ class StatementPipeline:
     @staticmethod
     def takes_slot(sql: str) -> bool:
         """Whether running `sql` takes a concurrency slot: what DuckDB runs does; SET, BEGIN, FETCH... do not."""
-        return bool(sql.strip(" \t\r\n;")) and statement_kind(sql) in (Kind.ENGINE, Kind.COPY)
+        return bool(sql.strip(" \t\r\n;")) and statement_kind(sql) in (Kind.ENGINE, Kind.COPY, Kind.EXECUTE)
 
     async def enter_gate(self, session: Session) -> None:
         """Take a slot for the statements `session` is about to run, waiting on the event loop; raises 53300."""
@@ -470,6 +478,8 @@ class StatementPipeline:
             return None
         if prepared.kind is Kind.CURSOR:
             return self._cursors.fetch_columns(session, prepared.text)
+        if prepared.kind is Kind.EXECUTE:
+            return self._sql_prepared.result_columns(session, prepared)
         if prepared.kind is not Kind.ENGINE:
             return None
         shape = self._shape(session, prepared)
@@ -504,6 +514,8 @@ class StatementPipeline:
         """
         if prepared.kind is Kind.COPY:
             return self._run_copy(session, prepared)
+        if prepared.kind is Kind.EXECUTE:  # the statement it names is audited as it runs
+            return self._sql_prepared.execute(session, prepared)
         if prepared.kind is not Kind.ENGINE:
             return self._run_control(session, prepared, params, param_formats)
         try:
@@ -547,9 +559,11 @@ class StatementPipeline:
             session.statement_failed()
             raise errors.from_engine_error(exc) from None
 
-    def record_unadmitted(self, session: Session, text: str, error: QueryError) -> None:
+    def record_unadmitted(self, session: Session, text: str, error: QueryError, *, kind: str = "") -> None:
         """Audit a statement refused before admission (its parameters, an aborted transaction): no Execution will."""
-        self._record_control(session, self.governor.new_audit(text, _dialect(session)), error)
+        audit = self.governor.new_audit(text, _dialect(session))
+        audit.statement_kind = kind
+        self._record_control(session, audit, error)
 
     def _run_control(self, session: Session, prepared: PreparedStatement,
                      params: Sequence[bytes | None] = (), param_formats: Sequence[int] = ()) -> Outcome:
@@ -574,9 +588,11 @@ class StatementPipeline:
                 outcome = self._cursors.run(session, prepared.text, params, param_formats, prepared.declared_oids)
             elif prepared.kind is Kind.DISCARD:
                 outcome = self._run_discard(session)
+            elif prepared.kind is Kind.PREPARE:
+                outcome = self._sql_prepared.prepare(session, prepared.text)
             else:
-                outcome = _deallocate(prepared.text)
-        except Audited as done:  # a DECLARE whose query was refused or failed: that record stands for it
+                outcome = self._sql_prepared.deallocate(session, prepared.text)
+        except Audited as done:  # a DECLARE or PREPARE whose query was refused or failed: that record stands for it
             session.statement_failed()
             raise done.error from None
         except QueryError as exc:
@@ -801,6 +817,7 @@ class StatementPipeline:
         for cursor in session.cursors.values():
             cursor.close()
         session.cursors.clear()
+        deallocate_all(session)
         changed = session.settings.reset_all()
         return Outcome(tag="DISCARD ALL", parameter_status=[(n, session.settings.get(n)) for n in changed])
 
@@ -821,20 +838,6 @@ class _NothingHeld(AbstractContextManager["_NothingHeld"]):
 
 
 _NOTHING_HELD = _NothingHeld()
-
-
-_DEALLOCATE = re.compile(r"^\s*DEALLOCATE\s+(?:PREPARE\s+)?(?:(?P<all>ALL)|" + IDENT + r")\s*;?\s*$",
-                         re.IGNORECASE | re.DOTALL)
-
-
-def _deallocate(text: str) -> Outcome:
-    """DEALLOCATE drops protocol-level prepared statements, which the connection holds."""
-    m = _DEALLOCATE.match(text)
-    if m is None:
-        raise errors.syntax_error("could not parse this DEALLOCATE statement")
-    if m.group("all"):
-        return Outcome(tag="DEALLOCATE ALL", deallocate="*")
-    return Outcome(tag="DEALLOCATE", deallocate=cursor_name(m, text))
 
 
 def _declared(plan: GovernedPlan | None) -> tuple[PgType | None, ...]:

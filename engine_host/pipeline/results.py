@@ -88,8 +88,6 @@ class Outcome:
     row_tag: str | None = None
     notices: list[str] = field(default_factory=list)
     parameter_status: list[tuple[str, str]] = field(default_factory=list)
-    # DEALLOCATE: the prepared statement name the connection must drop, or "*" for all of them.
-    deallocate: str | None = None
 
     def command_tag(self, rows_sent: int) -> str:
         return f"{self.row_tag} {rows_sent}" if self.row_tag else self.tag

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from engine_host.engine.table_catalog import TableInfo
     from engine_host.pipeline.execution import Execution
     from engine_host.pipeline.governor import GovernedPlan
+    from engine_host.pipeline.pipeline import PreparedStatement
     from engine_host.pipeline.results import SqlCursor
 
 IDLE, IN_TRANSACTION, FAILED_TRANSACTION = "I", "T", "E"
@@ -33,6 +34,9 @@ class Session:
     slot_held: bool = False
     transaction_status: str = IDLE
     cursors: dict[str, SqlCursor] = field(default_factory=dict)
+    # Prepared statements by name: one namespace, as in PostgreSQL, for the protocol's Parse (the wire
+    # holds this very dict) and SQL's PREPARE (pipeline/sql_prepared.py); "" is the unnamed statement.
+    statements: dict[str, PreparedStatement] = field(default_factory=dict)
     # Statements run in the current transaction, and (name, statements before it) per savepoint:
     # enough to emulate the savepoint patterns drivers use without DuckDB having savepoints.
     transaction_statements: int = 0

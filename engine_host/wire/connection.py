@@ -325,6 +325,8 @@ class PgConnection:
         except QueryError as exc:
             await self._fatal(exc.sqlstate, exc.code, exc.message)
             return False
+        # PostgreSQL has one namespace for Parse'd and PREPAREd statements: the session's.
+        self._state.statements = self.session.statements
         self._send(m.authentication_ok())
         for name, value in self.session.settings.reported():
             self._send(m.parameter_status(name, value))
@@ -573,13 +575,7 @@ class PgConnection:
                                     position=exc.position))
 
     def _apply_outcome(self, outcome: Outcome) -> None:
-        """Send an outcome's notices and setting changes, and drop what DEALLOCATE names."""
-        if outcome.deallocate == "*":
-            self._state.statements.clear()
-        elif outcome.deallocate is not None:
-            if self._state.statements.pop(outcome.deallocate, None) is None:
-                raise QueryError("26000", "HD_ERR_NO_SUCH_STATEMENT",
-                                 f'prepared statement "{outcome.deallocate}" does not exist')
+        """Send an outcome's notices and setting changes."""
         for note in outcome.notices:
             self._send(m.notice_response(note, severity="WARNING", sqlstate="25001"))
         for name, value in outcome.parameter_status:
