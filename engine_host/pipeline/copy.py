@@ -286,7 +286,7 @@ class CopyIn:
             return
         table = pa.Table.from_arrays(list(columns), names=[f"c{i}" for i in range(len(columns))])
         engine = self._session.engine
-        engine.apply(lambda cursor: cursor.register(self._source, table))
+        engine.apply(lambda cursor: _discard(cursor.register(self._source, table)))
         try:
             stream = engine.run(self._sql)
             try:
@@ -302,7 +302,7 @@ class CopyIn:
     def _unregister(self) -> None:
         """Drop the chunk's registration; in a failed transaction DuckDB refuses until the rollback."""
         try:
-            self._session.engine.apply(lambda cursor: cursor.unregister(self._source))
+            self._session.engine.apply(lambda cursor: _discard(cursor.unregister(self._source)))
         except duckdb.Error:
             pass  # `_abandon` unregisters again after its rollback; the failing statement's error stands
 
@@ -311,3 +311,7 @@ def _table_name(statement: CopyStatement) -> str:
     assert statement.table is not None
     table = quote_identifier(statement.table)
     return f"{quote_identifier(statement.schema)}.{table}" if statement.schema else table
+
+
+def _discard(_: object) -> None:
+    """A setup step returns nothing: DuckDB's register/unregister return the connection, unused here."""

@@ -566,7 +566,7 @@ class StatementPipeline:
         self._record_control(session, audit, error)
 
     def _run_control(self, session: Session, prepared: PreparedStatement,
-                     params: Sequence[bytes | None] = (), param_formats: Sequence[int] = ()) -> Outcome:
+                     params: Sequence[bytes | None] | None = None, param_formats: Sequence[int] = ()) -> Outcome:
         """Run a statement DuckDB does not answer (SET, SHOW, BEGIN, COMMIT, FETCH...) and audit it once.
 
         Its record is written after it ran, with its outcome. These statements read no table data

@@ -392,7 +392,9 @@ def _unescape(value: str) -> str:
 def _unescape_where(raw: pa.Array, escaped: pa.Array) -> pa.Array:
     values = raw.to_pylist()
     for i in np.flatnonzero(escaped.fill_null(False).to_numpy(zero_copy_only=False)):
-        values[i] = _unescape(values[i])
+        value = values[i]
+        if value is not None:  # an escaped value is never NULL (NULL is its own marker); checked for the type
+            values[i] = _unescape(value)
     return pa.array(values, pa.string())
 
 

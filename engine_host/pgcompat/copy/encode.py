@@ -114,6 +114,7 @@ class CopyEncoder:
 
     def _csv_column(self, values: pa.Array, *, forced: bool) -> pa.Array:
         """CopyAttributeOutCSV over a column; NULL becomes the NULL string, never quoted."""
+        inner: pa.Array
         o = self.options
         if forced:
             quote = pc.is_valid(values)
@@ -135,6 +136,7 @@ class CopyEncoder:
         return pc.if_else(quote, quoted, values).fill_null(o.null)
 
     def _join(self, cells: list[pa.Array], n: int) -> pa.Array:
+        line: pa.Array
         if not cells:
             line = pa.array([""] * n, pa.string())
         else:
@@ -159,6 +161,6 @@ class CopyEncoder:
 def _fixed(matrix: np.ndarray) -> pa.Array:
     """An (n, w) uint8 matrix as a BinaryArray of n values of w bytes each."""
     n, width = matrix.shape
-    data = pa.py_buffer(np.ascontiguousarray(matrix))
+    data = pa.py_buffer(np.ascontiguousarray(matrix).tobytes())
     fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, data])
     return fixed.cast(pa.binary())

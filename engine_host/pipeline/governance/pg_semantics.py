@@ -456,6 +456,7 @@ def _extract(node: exp.Extract, argument: exp.DType | None) -> exp.Expr | None:
     if argument not in _DATE_TIME_TYPES or not isinstance(node.this, (exp.Var, exp.Literal)):
         return None
     value = node.expression.copy()
+    micros: exp.Expr
     if field in _FRACTIONAL_FIELDS:
         micros = exp.Anonymous(this="date_part", expressions=[exp.Literal.string("microseconds"), value])
         scale = _FRACTIONAL_FIELDS[field]
