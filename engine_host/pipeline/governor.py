@@ -183,6 +183,12 @@ class HiddenRefusal(QueryError):
         self.audit_reason = audit_reason
 
 
+def _cross_tenant(name: str, node: exp.Table) -> HiddenRefusal:
+    """Another organisation's table, answered exactly like a missing one; the audit record says why."""
+    return HiddenRefusal(unknown_table(node), "HD_ERR_CROSS_TENANT",
+                         f"cross_tenant: {name} belongs to another organisation")
+
+
 class Governor:
     """Holds the host's governance state: policy snapshot, table catalog, gates, meter and audit sink."""
 
@@ -288,7 +294,8 @@ class Governor:
 
             # Unqualified names are looked up along the session's search_path (its existing schemas).
             lookup = NameLookup(pg_session.schemas if pg_session is not None else ("main",),
-                                hidden=lambda name: self._belongs_elsewhere(snapshot, subject.org_id, name))
+                                hidden=lambda name: self._belongs_elsewhere(snapshot, subject.org_id, name),
+                                refuse_hidden=_cross_tenant)
             refs = self._stage(audit, "tables", lambda: extract_tables(parsed, resolve, lookup))
             plan = self._stage(audit, "policy", lambda: self._policy_plan(
                 snapshot, subject, role, scopes, phi, parsed, info, refs, overlay, pg_session))
@@ -407,8 +414,7 @@ class Governor:
         if binding is not None and binding.tenant_column:
             return binding.tenant_column
         if self._belongs_elsewhere(snapshot, org_id, ref.name):
-            raise HiddenRefusal(unknown_table(ref.node), "HD_ERR_CROSS_TENANT",
-                                f"cross_tenant: {ref.name} belongs to another organisation")
+            raise _cross_tenant(ref.name, ref.node)
         return None
 
     def _belongs_elsewhere(self, snapshot: PolicySnapshot, org_id: str, table: str) -> bool:

@@ -35,12 +35,15 @@ class NameLookup:
     """Where unqualified names are looked up: the session's search_path, `"$user"` already expanded.
 
     `existing` are the schemas that exist (None: every schema of the path does); `hidden` says which
-    canonical names belong to another organisation, which the lookup passes over as if missing.
+    canonical names belong to another organisation, which the lookup passes over as if missing;
+    `refuse_hidden` makes the refusal of a name that only such a table matched (the client must see
+    what a missing table gets, the audit record the real reason).
     """
 
     schemas: tuple[str, ...] = ("main",)
     existing: Collection[str] | None = None
     hidden: Callable[[str], bool] = _nothing_hidden
+    refuse_hidden: Callable[[str, exp.Table], QueryError] | None = None
 
     def creation_schema(self) -> str | None:
         """Where an unqualified CREATE TABLE goes: the first schema of the path that exists."""
@@ -124,16 +127,19 @@ def _qualify(table: exp.Table, schema: str) -> None:
     table.set("db", exp.to_identifier(schema, quoted=True))
 
 
-def _lookup(table: exp.Table, resolve: Resolver, lookup: NameLookup) -> str | None:
-    """The canonical name a reference stands for: as qualified, or the first match along the search_path."""
+def _lookup(table: exp.Table, resolve: Resolver, lookup: NameLookup) -> tuple[str | None, str | None]:
+    """The canonical name a reference stands for (as qualified, or the first match along the search_path),
+    and the first hidden name the search passed over."""
     if table.args.get("db") is not None or table.args.get("catalog") is not None:
         parts = [p.lower() if p else None for p in (table.catalog, table.db)]
-        return resolve(parts[0], parts[1], table.name.lower())
+        return resolve(parts[0], parts[1], table.name.lower()), None
+    passed_over = None
     for schema in lookup.schemas:
         name = resolve(None, schema, table.name.lower())
         if name is not None and not lookup.hidden(name):
-            return name
-    return None
+            return name, None
+        passed_over = passed_over or name
+    return None, passed_over
 
 
 def extract_tables(parsed: ParsedStatement, resolve: Resolver, lookup: NameLookup = DEFAULT_LOOKUP) -> list[TableRef]:
@@ -155,7 +161,7 @@ def extract_tables(parsed: ParsedStatement, resolve: Resolver, lookup: NameLooku
         if not is_target and find_cte(table) is not None:
             continue
         unqualified = table.args.get("db") is None and table.args.get("catalog") is None
-        name = _lookup(table, resolve, lookup)
+        name, passed_over = _lookup(table, resolve, lookup)
         action = _target_action(tree) if is_target else Action.SELECT
         if name is None:
             creates = is_target and isinstance(tree, exp.Create)
@@ -168,6 +174,8 @@ def extract_tables(parsed: ParsedStatement, resolve: Resolver, lookup: NameLooku
                 if unqualified:
                     _qualify(table, schema)  # type: ignore[arg-type]
                 continue
+            if passed_over is not None and lookup.refuse_hidden is not None:
+                raise lookup.refuse_hidden(passed_over, table)
             raise unknown_table(table)
         if unqualified:
             _qualify(table, name.split(".", 1)[0])
