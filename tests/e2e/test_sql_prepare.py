@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -231,3 +233,36 @@ def test_psql_prepares_executes_and_deallocates_as_with_postgres(engine_host, re
     assert engine.stdout == pg.stdout == "PREPARE\n42|ABC\n0|\nDEALLOCATE\n"
     assert 'prepared statement "p" does not exist' in engine.stderr
     assert 'prepared statement "p" does not exist' in pg.stderr
+
+
+# --- a policy change between PREPARE and EXECUTE ---------------------------------------------------
+
+
+def _local_policy(engine_host, *args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "engine_host.cli", "local-policy", "--state-dir",
+                           str(engine_host.state_dir), *args], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def _eventually(check, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail("the policy change did not reach the engine host in time")
+        time.sleep(0.2)
+
+
+def test_an_execute_after_a_policy_change_runs_under_the_new_policy(engine_host):
+    """The statement is re-planned at EXECUTE, as an Execute of a Parse'd statement is: a mask added since applies."""
+    rule = f"msk_prepare_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(engine_host.demo_dsn("acme-analyst"), autocommit=True) as conn:
+        conn.execute("PREPARE replanned AS SELECT DISTINCT status FROM sales.orders")
+        assert ("***",) not in conn.execute("EXECUTE replanned").fetchall()
+        _local_policy(engine_host, "add", "--json", json.dumps({
+            "kind": "mask", "rule_id": rule, "org_id": "org_acme", "table": "sales.orders", "column": "status",
+            "function": "full"}))
+        try:
+            _eventually(lambda: conn.execute("EXECUTE replanned").fetchall() == [("***",)])
+        finally:
+            _local_policy(engine_host, "remove", "mask", rule)
+        _eventually(lambda: conn.execute("EXECUTE replanned").fetchall() != [("***",)])
