@@ -42,6 +42,7 @@ from engine_host.pipeline.governance.guard import (
     unknown_table,
 )
 from engine_host.pipeline.governance.pg_semantics import PgSession
+from engine_host.pipeline.governance.result_types import declared_types
 from engine_host.pipeline.governance.rewrite import MaskSpec, TablePolicy, apply_policies
 from engine_host.pipeline.governance.tables import NameLookup, TableRef, extract_tables
 from engine_host.pipeline.governance.transpile import transpile
@@ -286,8 +287,10 @@ class Governor:
         info = self._stage(audit, "guard", lambda: check_statement(parsed, catalog=catalog_sql is not None))
         audit.statement_kind = info.kind
         if catalog_sql is not None:
+            # Its session functions are `name` typed as PostgreSQL declares them (SELECT current_user).
             plan = GovernedPlan(engine_sql=catalog_sql, kind="catalog", tables=(), masked_columns=(),
-                                filtered_tables=(), scan_estimate=0, bound_sql=catalog_sql)
+                                filtered_tables=(), scan_estimate=0, bound_sql=catalog_sql,
+                                declared_types=declared_types(parsed.tree, {}))
         else:
             def resolve(catalog: str | None, schema: str | None, table: str) -> str | None:
                 return self.tables.resolve(catalog, schema, table, overlay)

@@ -254,7 +254,10 @@ class _QueryRewrite:
             column.set("db", None)
             column.set("catalog", None)
         elif not column.table and not column.this.args.get("quoted") and column.name.lower() in _USER_KEYWORDS:
-            column.replace(self._session_user())
+            user = self._session_user()
+            if isinstance(column.parent, exp.Select) and column.arg_key == "expressions":
+                user = exp.alias_(user, column.name.lower(), quoted=True)  # `SELECT user` is named user
+            column.replace(user)
 
     # expressions
 
