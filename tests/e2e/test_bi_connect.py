@@ -19,6 +19,7 @@ from tests.e2e.bi_connect_queries import (
     TABLEAU_CURSOR_SESSION,
     BiQuery,
 )
+from tests.e2e.side_by_side import create_schema_tables
 
 TABLES_DDL = (
     f"CREATE TABLE {SCHEMA}.parent (id INTEGER PRIMARY KEY, name VARCHAR NOT NULL, score NUMERIC(12,2), "
@@ -29,15 +30,7 @@ TABLES_DDL = (
 
 
 def _create_tables(dsn: str, *, fresh_schema: bool) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        if fresh_schema:
-            conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-        else:  # the engine allows DROP TABLE, not DROP SCHEMA
-            conn.execute(f"DROP TABLE IF EXISTS {SCHEMA}.child")
-            conn.execute(f"DROP TABLE IF EXISTS {SCHEMA}.parent")
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-        for statement in TABLES_DDL:
-            conn.execute(statement)
+    create_schema_tables(dsn, SCHEMA, TABLES_DDL, ("child", "parent"), fresh_schema=fresh_schema)
 
 
 @pytest.fixture(scope="module")

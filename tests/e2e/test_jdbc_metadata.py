@@ -33,6 +33,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.e2e.side_by_side import create_schema_tables
+
 PROBE_SOURCE = Path(__file__).parent / "jdbc" / "MetadataProbe.java"
 DRIVER_JAR = Path("/usr/share/java/postgresql.jar")
 SCHEMA = "jdbc_probe"
@@ -89,15 +91,7 @@ def _engine_url(engine_host) -> str:
 
 
 def _create_tables(dsn: str, *, fresh_schema: bool) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        if fresh_schema:
-            conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-        else:  # the engine allows DROP TABLE, not DROP SCHEMA
-            conn.execute(f"DROP TABLE IF EXISTS {SCHEMA}.child")
-            conn.execute(f"DROP TABLE IF EXISTS {SCHEMA}.parent")
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-        for statement in TABLES_DDL:
-            conn.execute(statement)
+    create_schema_tables(dsn, SCHEMA, TABLES_DDL, ("child", "parent"), fresh_schema=fresh_schema)
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.e2e.side_by_side import PgConnection, engine_table, postgres_table
 from tests.harness import EngineHostProcess
-
-PgConnection = psycopg.Connection[Any]
 
 TABLE = f"pgsem_numbers_{uuid.uuid4().hex[:8]}"
 COLUMNS = "s smallint, i integer, b bigint, n numeric(10,2), f double precision, r real, t text, ok boolean"
@@ -30,19 +29,13 @@ ROWS = "(1, 7, 10000000000, 2.50, 1.5, 0.5, 'abc', true), (2, -7, 3, -1.25, 2.25
 
 @pytest.fixture(scope="module")
 def engine(engine_host: EngineHostProcess) -> Iterator[PgConnection]:
-    with psycopg.connect(engine_host.dsn(sslmode="disable"), autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE {TABLE} ({COLUMNS})")
-        conn.execute(f"INSERT INTO {TABLE} VALUES {ROWS}")
+    with engine_table(engine_host, TABLE, COLUMNS, ROWS) as conn:
         yield conn
-        conn.execute(f"DROP TABLE {TABLE}")
 
 
 @pytest.fixture(scope="module")
 def postgres(reference_pg: str) -> Iterator[PgConnection]:
-    with psycopg.connect(reference_pg, autocommit=True) as conn:
-        conn.execute("SET TimeZone = 'UTC'")
-        conn.execute(f"CREATE TEMPORARY TABLE {TABLE} ({COLUMNS})")
-        conn.execute(f"INSERT INTO {TABLE} VALUES {ROWS}")
+    with postgres_table(reference_pg, TABLE, COLUMNS, ROWS) as conn:
         yield conn
 
 

@@ -14,9 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.e2e.side_by_side import PgConnection, engine_table, postgres_table
 from tests.harness import EngineHostProcess
-
-PgConnection = psycopg.Connection[Any]
 
 TABLE = f"rtypes_{uuid.uuid4().hex[:8]}"
 COLUMNS = "k integer, v varchar, ts timestamp, d date, n numeric(10,2)"
@@ -26,19 +25,13 @@ ROWS = "(1, 'abc', '2024-01-01 10:00:05.25', '2024-03-01', 2.50), (2, 'de', '199
 
 @pytest.fixture(scope="module")
 def engine(engine_host: EngineHostProcess) -> Iterator[PgConnection]:
-    with psycopg.connect(engine_host.dsn(sslmode="disable"), autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE {TABLE} ({COLUMNS})")
-        conn.execute(f"INSERT INTO {TABLE} VALUES {ROWS}")
+    with engine_table(engine_host, TABLE, COLUMNS, ROWS) as conn:
         yield conn
-        conn.execute(f"DROP TABLE {TABLE}")
 
 
 @pytest.fixture(scope="module")
 def postgres(reference_pg: str) -> Iterator[PgConnection]:
-    with psycopg.connect(reference_pg, autocommit=True) as conn:
-        conn.execute("SET TimeZone = 'UTC'")
-        conn.execute(f"CREATE TEMPORARY TABLE {TABLE} ({COLUMNS})")
-        conn.execute(f"INSERT INTO {TABLE} VALUES {ROWS}")
+    with postgres_table(reference_pg, TABLE, COLUMNS, ROWS) as conn:
         yield conn
 
 
