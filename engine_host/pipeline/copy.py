@@ -99,7 +99,7 @@ class CopyStatements:
         execution = pipeline._admit(session, query, take_slot=True, audited_as=(prepared.text, AUDIT_KIND))
         plan = query.plan
         assert plan is not None
-        try:
+        with pipeline.ending_on_failure(session, execution):
             if plan.kind != "select":
                 raise errors.unsupported("COPY (query) TO supports only a SELECT query")
             execution.on_finish(pipeline._hold_data(plan).release)
@@ -112,13 +112,6 @@ class CopyStatements:
             except KeyError as exc:
                 raise QueryError("42P10", "HD_ERR_COPY_OPTION",
                                  f'FORCE_QUOTE column "{exc.args[0]}" not referenced by COPY') from None
-        except duckdb.Error as exc:
-            error = execution.engine_error(exc)
-            pipeline._abandon(session, False, execution, error)
-            raise error from None
-        except QueryError as exc:
-            pipeline._abandon(session, False, execution, exc)
-            raise
         rows = GovernedRows(RowSource(stream), execution, max_rows=pipeline.governor.max_rows(session.principal.org_id))
         return CopyOutcome(copy_out=CopyOut(encoder, rows))
 
@@ -142,7 +135,7 @@ class CopyStatements:
         plan = query.plan
         assert plan is not None
         own_transaction = not session.in_transaction
-        try:
+        with pipeline.ending_on_failure(session, execution):  # its own transaction begins last, if at all
             if plan.kind != "insert":
                 raise errors.unsupported("COPY FROM needs a table the session may insert into")
             missing = [c for c in names if c.lower() not in known]
@@ -168,13 +161,6 @@ class CopyStatements:
             execution.on_finish(pipeline._hold_data(plan).release)
             if own_transaction:
                 pipeline._engine_command(session, "BEGIN TRANSACTION")
-        except duckdb.Error as exc:
-            error = execution.engine_error(exc)
-            pipeline._abandon(session, False, execution, error)
-            raise error from None
-        except QueryError as exc:
-            pipeline._abandon(session, False, execution, exc)
-            raise
         decoder = CopyDecoder(names, pgtypes, options, engine_types=types, table=statement.table)
         return CopyOutcome(copy_in=CopyIn(pipeline, session, execution, decoder, sql, source, own_transaction))
 

@@ -11,8 +11,8 @@ All methods block (they call DuckDB); the wire layer runs them on worker threads
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -698,6 +698,25 @@ class StatementPipeline:
             own = 0
         return min(own, host) if own > 0 else host
 
+    @contextmanager
+    def ending_on_failure(self, session: Session, execution: Execution, own_transaction: bool = False
+                          ) -> Iterator[None]:
+        """End `execution` with whatever escapes the block (rolled back, slot released, one record), and
+        raise it as the client's error: DuckDB's mapped, ours as it is, anything else (a bug) as XX000."""
+        try:
+            yield
+        except duckdb.Error as exc:
+            error = execution.engine_error(exc)
+            self._abandon(session, own_transaction, execution, error)
+            raise error from None
+        except QueryError as exc:
+            self._abandon(session, own_transaction, execution, exc)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug: release the slot, write the record, as any failure
+            error = errors.unexpected_failure(exc, execution.audit.query_id)
+            self._abandon(session, own_transaction, execution, error)
+            raise error from None
+
     def _run_engine(self, session: Session, prepared: PreparedStatement, values: list[object]) -> Outcome:
         execution = self._admit(session, prepared, take_slot=True)
         plan = prepared.plan
@@ -705,7 +724,7 @@ class StatementPipeline:
         # A write outside a transaction block runs in one of its own, committed only once its audit
         # record is stored: a write whose record cannot be written is rolled back (fail closed).
         own_transaction = plan.kind not in ("select", "explain", "catalog") and not session.in_transaction
-        try:
+        with self.ending_on_failure(session, execution, own_transaction):
             execution.on_finish(self._hold_data(plan).release)  # the lease lasts until the rows are sent
             if own_transaction:
                 self._engine_command(session, "BEGIN TRANSACTION")
@@ -738,17 +757,6 @@ class StatementPipeline:
             if stype in _ROWS_TAGS:
                 execution.audit.rows_written = count
             execution.finish()
-        except duckdb.Error as exc:
-            error = execution.engine_error(exc)
-            self._abandon(session, own_transaction, execution, error)
-            raise error from None
-        except QueryError as exc:
-            self._abandon(session, own_transaction, execution, exc)
-            raise
-        except Exception as exc:  # noqa: BLE001 - a bug: release the slot, write the record, as any failure
-            error = errors.unexpected_failure(exc, execution.audit.query_id)
-            self._abandon(session, own_transaction, execution, error)
-            raise error from None
         if own_transaction:
             self._engine_command(session, "COMMIT")
         if plan.schema_changed:
