@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from tests.e2e.client_matrix.cases import Case, Expect
@@ -41,6 +43,33 @@ def _comparable_row(row: tuple[Any, ...], shape_only: set[int]) -> tuple[Any, ..
     return tuple(_shape(v) if i in shape_only else (type(v).__name__, v) for i, v in enumerate(row))
 
 
+_NAME_AS_TEXT = {19: 25, 1003: 1009}  # name -> text, name[] -> text[]
+
+
+def _expected_types(case: Case, types: tuple[object, ...] | None) -> tuple[object, ...] | None:
+    """PostgreSQL's types, with the differences the case states applied (README's compatibility table)."""
+    if types is None or not case.name_as_text:
+        return types
+    return tuple(_NAME_AS_TEXT.get(t, t) if isinstance(t, int) else t for t in types)
+
+
+def _numbers(case: Case, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """With `numeric_scale`, text that is a decimal number is compared as the number (trailing zeros aside)."""
+    if not case.numeric_scale:
+        return row
+    return tuple(_as_number(v) if isinstance(v, str) else v for v in row)
+
+
+def _as_number(text: str) -> Any:
+    try:
+        return Decimal(text).normalize() if _DECIMAL.fullmatch(text) else text
+    except InvalidOperation:
+        return text
+
+
+_DECIMAL = re.compile(r"-?\d+\.\d+")
+
+
 def _describe(result: Result) -> str:
     if result.sqlstate is not None:
         return f"error {result.sqlstate}: {result.message}"
@@ -76,11 +105,11 @@ def _result_mismatches(case: Case, index: int, mine: Result, truth: Result) -> l
     problems = []
     if mine.columns != truth.columns:
         problems.append(f"column names: engine {mine.columns}, PostgreSQL {truth.columns}")
-    if mine.types != truth.types:
+    if _expected_types(case, truth.types) != mine.types:
         problems.append(f"types: engine {mine.types}, PostgreSQL {truth.types}")
     shape_only = set(case.shape_only)
-    mine_rows = [_comparable_row(r, shape_only) for r in mine.rows]
-    truth_rows = [_comparable_row(r, shape_only) for r in truth.rows]
+    mine_rows = [_comparable_row(_numbers(case, r), shape_only) for r in mine.rows]
+    truth_rows = [_comparable_row(_numbers(case, r), shape_only) for r in truth.rows]
     if case.expect is Expect.SAME_ROWS_ANY_ORDER:
         mine_rows.sort(key=repr)
         truth_rows.sort(key=repr)
