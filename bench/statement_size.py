@@ -39,7 +39,7 @@ from tests.harness import DEFAULT_PG_DSN, reference_postgres_dsn
 STAGES = {
     "guard": (governor_module, "_parse"),
     "rewrite": (governor_module, "apply_policies"),
-    "transpile": (governor_module, "to_duckdb"),
+    "transpile": (governor_module, "transpile"),
     "columns": (governor_module, "referenced_columns"),
     "plan_check": (pipeline_module.StatementPipeline, "bind_and_check"),
     "audit": (governor_module.AuditWriter, "write"),

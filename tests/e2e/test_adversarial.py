@@ -383,6 +383,7 @@ def test_department_row_filter_holds(engine_host: EngineHostProcess, truth: Trut
 FN = ("42501", "HD_ERR_FUNCTION_NOT_ALLOWED")
 STMT = ("42501", "HD_ERR_STATEMENT_NOT_ALLOWED")
 SYNTAX = ("42601", "HD_ERR_SYNTAX")
+COPY_FILE = ("42501", "HD_ERR_COPY_SERVER_FILE")
 MULTI = ("42601", "HD_ERR_MULTIPLE_STATEMENTS")
 
 ESCAPES = [
@@ -412,8 +413,9 @@ ESCAPES = [
                  id="current_setting-in-user-query"),
     pytest.param("ATTACH 'control.sqlite3' AS ctl", SYNTAX, id="attach"),
     pytest.param("DETACH hd", STMT, id="detach"),
-    pytest.param("COPY crm.customers TO '/tmp/hd-stolen.csv'", STMT, id="copy-to"),
-    pytest.param("COPY (SELECT 1) TO STDOUT", STMT, id="copy-to-stdout"),
+    pytest.param("COPY crm.customers TO '/tmp/hd-stolen.csv'", COPY_FILE, id="copy-to"),
+    pytest.param("COPY crm.customers FROM '/etc/passwd'", COPY_FILE, id="copy-from-file"),
+    pytest.param("COPY (SELECT 1) TO PROGRAM 'id'", COPY_FILE, id="copy-to-program"),
     pytest.param("EXPORT DATABASE '/tmp/hd-export'", SYNTAX, id="export-database"),
     pytest.param("INSTALL httpfs", STMT, id="install"),
     pytest.param("LOAD httpfs", STMT, id="load"),
@@ -491,7 +493,7 @@ def test_current_setting_does_not_reveal_engine_configuration(engine_host: Engin
                 assert found in ([(None,)], [("",)]), found
 
 
-def test_psql_simple_protocol_multi_statement_and_copy(engine_host: EngineHostProcess) -> None:
+def test_psql_simple_protocol_multi_statement_and_governed_copy(engine_host: EngineHostProcess) -> None:
     if shutil.which("psql") is None:
         pytest.skip("psql is not installed")
     key = (engine_host.state_dir / "demo-keys" / f"{ANALYST}.key").read_text().strip()
@@ -504,8 +506,12 @@ def test_psql_simple_protocol_multi_statement_and_copy(engine_host: EngineHostPr
 
     multi = psql("-c", "SELECT 1; SELECT ssn FROM crm.customers")
     assert multi.returncode != 0 and "one statement" in multi.stderr
-    copy = psql("-c", "\\copy crm.customers TO STDOUT")
-    assert copy.returncode != 0 and "COPY" in copy.stderr and "-" not in copy.stdout
+    # \copy is COPY ... TO STDOUT, served as the governed SELECT: the analyst's masks hold in it.
+    copy = psql("-c", "\\copy crm.customers (customer_id, ssn) TO STDOUT")
+    assert copy.returncode == 0, copy.stderr
+    rows = [line.split("\t") for line in copy.stdout.splitlines()]
+    assert rows and {ssn for _, ssn in rows} == {"***"}
+    assert not re.search(r"\d{3}-\d{2}-\d{4}", copy.stdout)
     ok = psql("-c", "SELECT DISTINCT ssn FROM crm.customers")
     assert ok.returncode == 0 and ok.stdout.split() == ["***"]
 

@@ -66,8 +66,9 @@ def typed_table(engine_host, reference_pg):
             with conn.cursor() as cur:
                 cur.executemany(f"INSERT INTO {table} VALUES ({placeholders})", ROWS)
     yield {"engine": pairs[0][1], "pg": pairs[1][1], "name": name}
-    with _pg(reference_pg) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {name}")
+    for dsn, table in pairs:  # the engine host is shared: other tests list crm's tables
+        with _pg(dsn) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def _copy_out_messages(dsn: str, statement: str) -> list[bytes]:

@@ -62,7 +62,7 @@ def demo_tables(engine: psycopg.Connection[Any]) -> list[str]:
 
 def _mirror_table(engine: psycopg.Connection[Any], pg: psycopg.Connection[Any], table: str) -> None:
     schema, name = table.split(".")
-    listed = engine.execute("SELECT column_name, data_type, numeric_precision, numeric_scale "
+    listed = engine.execute("SELECT column_name, data_type, numeric_precision, numeric_scale, udt_name "
                             "FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
                             "ORDER BY ordinal_position", (schema, name)).fetchall()
     readable = [column for column, *_ in listed if _owner_may_read(engine, table, column)]
@@ -73,8 +73,8 @@ def _mirror_table(engine: psycopg.Connection[Any], pg: psycopg.Connection[Any], 
         rows = cur.fetchall()
     target = sql.Identifier(schema, name)
     definition = sql.SQL(", ").join(
-        sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(_listed_type(data_type, precision, scale)))
-        for column, data_type, precision, scale in listed)
+        sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(_listed_type(data_type, precision, scale, udt)))
+        for column, data_type, precision, scale, udt in listed)
     pg.execute(sql.SQL("CREATE TABLE {} ({})").format(target, definition))
     columns = sql.SQL(", ").join(map(sql.Identifier, readable))
     with pg.cursor() as cur, cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(target, columns)) as copy:
@@ -82,9 +82,11 @@ def _mirror_table(engine: psycopg.Connection[Any], pg: psycopg.Connection[Any], 
             copy.write_row(row)
 
 
-def _listed_type(data_type: str, precision: int | None, scale: int | None) -> str:
+def _listed_type(data_type: str, precision: int | None, scale: int | None, udt: str) -> str:
     """A column's type as the engine's catalog lists it (a masked column's values may come back as another type;
     the table's definition is what the mirror copies)."""
+    if data_type == "ARRAY":  # information_schema says ARRAY; udt_name is the array type, `_int4` for int4[]
+        return f"{udt.removeprefix('_')}[]"
     if data_type == "numeric" and precision is not None:
         return f"numeric({precision},{scale or 0})"
     return data_type
