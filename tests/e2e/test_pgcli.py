@@ -5,8 +5,9 @@ functions, types, casing, search_path, foreign keys) and lists objects through p
 commands, which send their own catalog queries (some with client-side bound lists). Each call runs on the
 engine and on the reference PostgreSQL, where the demo's tables are mirrored into a scratch database under
 the same schema, table and column names and types (tests/e2e/client_matrix/mirror.py; `main` in place
-of `public`, as the engine has it). User relations are compared on the demo's schemas (other modules add
-tables to the shared engine host); catalog relations on the ones both servers list, with PostgreSQL's
+of `public`, as the engine has it). The module has a host of its own: casing() and foreignkeys() read every
+name and key a host holds, so tables other modules leave on the shared host would differ from the mirror.
+User relations are compared on the demo's schemas; catalog relations on the ones both servers list, with PostgreSQL's
 shape. What must differ is named where it is compared: owners (`hd` vs `postgres`), the database list.
 """
 
@@ -23,8 +24,17 @@ from pgspecial.main import PGSpecial
 
 from tests.e2e.client_matrix.cases import DEMO_SCHEMAS
 from tests.e2e.client_matrix.mirror import scratch_database
+from tests.harness import EngineHostProcess, start_engine_host
 
 CATALOG_SCHEMAS = ("pg_catalog", "information_schema")
+
+
+@pytest.fixture(scope="module")
+def engine_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineHostProcess]:
+    """This module's own `hd dev --demo` host (it overrides the session's shared one here)."""
+    host = start_engine_host(tmp_path_factory.mktemp("hd-pgcli"), "--demo", "--insecure-plaintext")
+    yield host
+    host.stop()
 
 
 def _connect(dsn: str) -> PGExecute:
