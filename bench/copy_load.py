@@ -27,8 +27,10 @@ import struct
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import psycopg
@@ -115,33 +117,13 @@ def _discarding_server() -> tuple[socket.socket, int]:
     return listener, listener.getsockname()[1]
 
 
-def _client_floor(port: int, total: int, *, binary: bool) -> Result:
-    """psycopg's COPY of the same rows to the discarding server: the client and socket cost alone."""
+def _prepared_copy(total: int, *, binary: bool) -> Callable[[psycopg.Cursor[Any], str], float]:
+    """The rows built (text payloads encoded) before timing starts; the returned call COPYs them into a table
+    through a cursor and gives the seconds it took. The engine and the discarding server get the same bytes."""
     blocks = [(_rows(s, min(BLOCK, total - s))) for s in range(0, total, BLOCK)]
-    payloads = None if binary else [_text_block(b) for b in blocks]
-    with psycopg.connect(f"host=127.0.0.1 port={port} user=x dbname=x sslmode=disable", autocommit=True) as conn:
-        with conn.cursor() as cur:
-            started = time.perf_counter()
-            with cur.copy(f"COPY t FROM STDIN {'(FORMAT binary)' if binary else ''}") as copy:
-                if binary:
-                    copy.set_types(TYPES)
-                    for block in blocks:
-                        for row in block:
-                            copy.write_row(row)
-                else:
-                    assert payloads is not None
-                    for payload in payloads:
-                        copy.write(payload)
-            seconds = time.perf_counter() - started
-    return Result(f"client floor: the same COPY ({'binary' if binary else 'text'}) to a discarding server", total,
-                  seconds)
+    payloads = [] if binary else [_text_block(b) for b in blocks]
 
-
-def _copy(dsn: str, table: str, total: int, *, binary: bool) -> Result:
-    blocks = [(_rows(s, min(BLOCK, total - s))) for s in range(0, total, BLOCK)]
-    payloads = None if binary else [_text_block(b) for b in blocks]
-    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute(f"DELETE FROM {table}")
+    def send(cur: psycopg.Cursor[Any], table: str) -> float:
         started = time.perf_counter()
         with cur.copy(f"COPY {table} FROM STDIN {'(FORMAT binary)' if binary else ''}") as copy:
             if binary:
@@ -149,11 +131,28 @@ def _copy(dsn: str, table: str, total: int, *, binary: bool) -> Result:
                 for block in blocks:
                     for row in block:
                         copy.write_row(row)
-            else:
-                assert payloads is not None
-                for payload in payloads:
-                    copy.write(payload)
-        seconds = time.perf_counter() - started
+            for payload in payloads:
+                copy.write(payload)
+        return time.perf_counter() - started
+
+    return send
+
+
+def _client_floor(port: int, total: int, *, binary: bool) -> Result:
+    """psycopg's COPY of the same rows to the discarding server: the client and socket cost alone."""
+    send = _prepared_copy(total, binary=binary)
+    with psycopg.connect(f"host=127.0.0.1 port={port} user=x dbname=x sslmode=disable", autocommit=True) as conn:
+        with conn.cursor() as cur:
+            seconds = send(cur, "t")
+    return Result(f"client floor: the same COPY ({'binary' if binary else 'text'}) to a discarding server", total,
+                  seconds)
+
+
+def _copy(dsn: str, table: str, total: int, *, binary: bool) -> Result:
+    send = _prepared_copy(total, binary=binary)
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(f"DELETE FROM {table}")
+        seconds = send(cur, table)
         stored = cur.execute(f"SELECT count(*) FROM {table}").fetchone()
     if stored != (total,):
         raise SystemExit(f"COPY ({'binary' if binary else 'text'}) stored {stored}, expected {total}")
