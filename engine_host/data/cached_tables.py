@@ -215,6 +215,12 @@ class CachedTables:
                 raise TableDataUnavailable(f"a file of {', '.join(sorted(wanted))} vanished from the object store "
                                            "while it was being read; retry the statement") from exc
 
+    def hold_snapshot(self) -> DataLease:
+        """Nothing more than each statement's own lease: a view over cache files changes only when the
+        source's listing does, and a transaction still binding an older listing whose files have left the
+        cache fails on the missing file; it never reads rows of another listing or table."""
+        return NO_DATA
+
     def _keys_of(self, names: Collection[str]) -> tuple[str, ...]:
         with self._lock:
             return tuple(key for name in sorted(names) if (t := self._tables.get(name)) for key in t.keys)

@@ -209,6 +209,19 @@ class NativeTables:
                 epochs[name] = table.epoch
         return NativeLease(self, epochs) if epochs else NO_VERSIONS
 
+    def hold_snapshot(self) -> NativeLease:
+        """Pin the current view epoch of every table, for an explicit transaction from its BEGIN to its end.
+
+        DuckDB binds a view as of the transaction's start, so a statement late in a transaction that
+        began before a swap still reads the copy that was current then: that copy must stay attached
+        until the transaction ends, not only while one of its statements runs.
+        """
+        with self._lock:
+            epochs = {name: table.epoch for name, table in self._tables.items()}
+            for name, epoch in epochs.items():
+                self._tables[name].pins[epoch] += 1
+        return NativeLease(self, epochs) if epochs else NO_VERSIONS
+
     def _unpin(self, epochs: dict[str, int]) -> None:
         with self._lock:
             for name, epoch in epochs.items():

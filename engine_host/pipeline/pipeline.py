@@ -82,6 +82,10 @@ class TableData(Protocol):
         """Make the files of these tables (canonical `schema.table`) readable until the lease is released."""
         ...
 
+    def hold_snapshot(self) -> DataLease:
+        """What an explicit transaction holds from BEGIN to its end: every table version it may still bind."""
+        ...
+
 
 class Kind(Enum):
     SETTING = "setting"
@@ -417,6 +421,11 @@ class StatementPipeline:
             raise QueryError("58030", exc.code, str(exc),
                              hint="The table's files could not be read from the object store; "
                                   "retry, and ask an operator to check the data bucket if it persists.") from None
+
+    def hold_snapshot(self) -> DataLease:
+        """For an explicit transaction, taken before its BEGIN: DuckDB binds views as of the transaction's
+        start, so the table versions current then must stay readable until it ends (pipeline/transactions.py)."""
+        return _NOTHING_HELD if self._table_data is None else self._table_data.hold_snapshot()
 
     def parameter_types(self, session: Session, prepared: PreparedStatement) -> list[PgType]:
         """Declared parameter types where given, DuckDB's inferred ones elsewhere (text when unknown)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from engine_host.engine.duckdb_engine import EngineSession
 from engine_host.pipeline import errors
@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from engine_host.pipeline.results import SqlCursor
 
 IDLE, IN_TRANSACTION, FAILED_TRANSACTION = "I", "T", "E"
+
+
+class Releasable(Protocol):
+    def release(self) -> None: ...
 
 
 @dataclass
@@ -48,6 +52,8 @@ class Session:
     # Statements admitted and not yet finished (a result still being sent, an open cursor). Each
     # leaves when it finishes; whatever is left when the session closes is finished then.
     running: set[Execution] = field(default_factory=set)
+    # What the open explicit transaction holds on table versions (pipeline/transactions.py), released when it ends.
+    transaction_lease: Releasable | None = None
 
     @property
     def in_transaction(self) -> bool:
@@ -58,6 +64,12 @@ class Session:
         self.transaction_statements = 0
         self.savepoints.clear()
         self.local_tables = None
+        self._release_transaction_lease()
+
+    def _release_transaction_lease(self) -> None:
+        lease, self.transaction_lease = self.transaction_lease, None
+        if lease is not None:
+            lease.release()
 
     def statement_failed(self) -> None:
         """A failed statement poisons an explicit transaction until ROLLBACK, as in Postgres."""
@@ -87,4 +99,7 @@ class Session:
                 for cursor in cursors:
                     cursor.close()
             finally:
-                self.engine.close()
+                try:
+                    self.engine.close()  # ends an open transaction, so what it held can go
+                finally:
+                    self._release_transaction_lease()

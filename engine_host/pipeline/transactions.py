@@ -36,7 +36,13 @@ class Transactions:
             if session.in_transaction:
                 return Outcome(tag="BEGIN" if verb == "BEGIN" else "START TRANSACTION",
                                notices=["there is already a transaction in progress"])
-            self._pipeline._engine_command(session, "BEGIN TRANSACTION")
+            lease = self._pipeline.hold_snapshot()  # before BEGIN: DuckDB's snapshot cannot predate it
+            try:
+                self._pipeline._engine_command(session, "BEGIN TRANSACTION")
+            except BaseException:
+                lease.release()
+                raise
+            session.transaction_lease = lease
             session.transaction_status = IN_TRANSACTION
             return Outcome(tag="BEGIN" if verb == "BEGIN" else "START TRANSACTION")
         if not session.in_transaction:
@@ -44,9 +50,14 @@ class Transactions:
             return Outcome(tag=tag, notices=["there is no transaction in progress"])
         failed = session.transaction_status == FAILED_TRANSACTION
         commit = verb in ("COMMIT", "END") and not failed
+        lease, session.transaction_lease = session.transaction_lease, None
         session.transaction_ended()
         pending, session.pending_ddl = session.pending_ddl, []
-        self._pipeline._engine_command(session, "COMMIT" if commit else "ROLLBACK")
+        try:
+            self._pipeline._engine_command(session, "COMMIT" if commit else "ROLLBACK")
+        finally:
+            if lease is not None:  # held until DuckDB's transaction has ended
+                lease.release()
         if commit:
             for plan in pending:
                 self._pipeline.governor.schema_changed(self._pipeline.subject(session), plan)

@@ -245,3 +245,68 @@ def test_clients_cannot_name_a_native_copy(engine_host: EngineHostProcess) -> No
             with pytest.raises(psycopg.Error) as caught:
                 conn.execute(sql)
             assert caught.value.sqlstate in ("42P01", "42501", "0A000", "42601"), (sql, caught.value)
+
+
+def _ids(session: Any, sql: str) -> list[int]:
+    stream = session.run(sql)
+    found: list[int] = []
+    while (batch := stream.next_batch()) is not None:
+        found += batch.column(0).to_pylist()
+    stream.close()
+    return found
+
+
+def test_a_transaction_keeps_every_copy_current_at_its_begin_until_it_ends(served: Served) -> None:
+    """DuckDB binds a view as of the transaction's start: a statement late in a transaction that began before
+    a swap binds the old copy, so the copy stays attached until the transaction ends (not one statement)."""
+    old = served.native.served_from("crm.customers")
+    assert old is not None
+    reader = served.database.session()
+    snapshot = served.native.hold_snapshot()  # what the pipeline takes before BEGIN (pipeline/transactions.py)
+    reader.run("BEGIN TRANSACTION").close()
+    with served.native.hold(["sales.orders"]):  # the transaction's first statement reads another table
+        assert _ids(reader, f"SELECT count(*) FROM {DATA_CATALOG}.sales.orders") == [len(ORDER_IDS)]
+
+    write_table(served.data_dir, "crm", "customers", [1, 2])
+    served.clock.now += 61
+    with served.native.hold(["crm.customers"]):  # another session sees the change and triggers the rebuild
+        assert served.query(f"SELECT count(*) FROM {DATA_CATALOG}.crm.customers") == [(2,)]
+    assert served.native.wait_idle()
+    assert served.native.served_from("crm.customers") not in (None, old)
+    assert old in served.native.attached()  # the open transaction still holds it
+
+    with served.native.hold(["crm.customers"]):
+        assert _ids(reader, f"SELECT id FROM {DATA_CATALOG}.crm.customers ORDER BY id") == [1, 2, 3]
+    reader.run("COMMIT").close()
+    snapshot.release()
+    assert old not in served.native.attached()
+    assert not (served.native.native_dir / f"{old}.duckdb").exists()
+    with served.native.hold(["crm.customers"]):
+        assert _ids(reader, f"SELECT id FROM {DATA_CATALOG}.crm.customers ORDER BY id") == [1, 2]
+    reader.close()
+
+
+def test_a_transaction_over_the_wire_reads_one_version_of_a_table_that_changes_during_it(tmp_path: Path) -> None:
+    from tests.harness import in_process_host
+
+    write_table(tmp_path / "data", "crm", "accounts", [1, 2, 3])
+    with in_process_host(tmp_path) as (host, _, key):
+        assert host.engine is not None and host.engine.table_source is not None
+        native = host.engine.table_source.table_data
+        assert isinstance(native, NativeTables) and native.wait_idle()
+        old = native.served_from("crm.accounts")
+        assert old is not None
+        assert host.banner is not None
+        dsn = f"host=127.0.0.1 port={host.banner.port} dbname=hd user={host.banner.user} password={key} sslmode=disable"
+        with psycopg.connect(dsn) as inside, psycopg.connect(dsn, autocommit=True) as other:
+            assert inside.execute("SELECT count(*) FROM crm.accounts").fetchone() == (3,)  # psycopg sent BEGIN
+            write_table(tmp_path / "data", "crm", "accounts", [1, 2])
+            native._clock = lambda: 1e12  # past the freshness bound: the next reader looks at the files
+            assert other.execute("SELECT count(*) FROM crm.accounts").fetchone() == (2,)
+            assert native.wait_idle() and native.served_from("crm.accounts") not in (None, old)
+            assert old in native.attached()
+            assert inside.execute("SELECT id FROM crm.accounts ORDER BY id").fetchall() == [(1,), (2,), (3,)]
+            inside.commit()
+            assert old not in native.attached()
+            assert inside.execute("SELECT id FROM crm.accounts ORDER BY id").fetchall() == [(1,), (2,)]
+            inside.rollback()
