@@ -33,6 +33,8 @@ NUMERIC_MIN_SIG_DIGITS = 16
 NUMERIC_MAX_DISPLAY_SCALE = 1000
 MAX_DECIMAL_DIGITS = 38
 _DEC_DIGITS = 4  # decimal digits per base-10000 digit of PostgreSQL's numeric
+# The lambda parameter of the quotient's steps (a name no client table column can shadow inside a lambda).
+_STEP = "__hd_q"
 
 # Decimal digits an integer type holds: a bound on the quotient's integer digits.
 INTEGER_DIGITS: dict[exp.DType, int] = {
@@ -150,21 +152,36 @@ def quotient(dividend: exp.Expr, left: NumericOperand, divisor: exp.Expr, right:
 
     S leaves room for the quotient's largest integer part (`integer_digits`, by default the
     dividend's integer digits plus the divisor's scale) and is never below an operand's scale.
+
+    Each operand, and each value derived from it (its digits, the quotient's scale), is written once:
+    the steps are lambdas over a one-element list, each reading the previous step's struct. Written
+    inline, the operands were repeated ~10 times each, nested: DuckDB spent ~15 ms binding and
+    optimising one TPC-H avg() (44 ms for Q1's three) and evaluated the repeats per row.
     """
     whole = integer_digits if integer_digits is not None else left.integer_digits + right.scale
     column_scale = min(MAX_DECIMAL_DIGITS, max(MAX_DECIMAL_DIGITS - whole, left.scale, right.scale))
-    a, b = _unscaled("__hd_dividend", left), _unscaled("__hd_divisor", right)
     s1, s2 = left.scale, right.scale
-    weight_a, first_a = _weight_sql(a, s1)
-    weight_b, first_b = _weight_sql(b, s2)
+    q = _STEP
+    operands = f"[{{'a': {_unscaled('__hd_dividend', left)}, 'b': {_unscaled('__hd_divisor', right)}}}]"
+    digits = (f"LAMBDA {q}: {{'a': {q}.a, 'b': {q}.b, 'da': CAST(abs({q}.a) AS VARCHAR), "
+              f"'db': CAST(abs({q}.b) AS VARCHAR)}}")
+    weight_a, first_a = _weight_sql(f"{q}.a", f"{q}.da", s1)
+    weight_b, first_b = _weight_sql(f"{q}.b", f"{q}.db", s2)
     scale = (f"least(greatest({NUMERIC_MIN_SIG_DIGITS} - {_DEC_DIGITS} * ({weight_a} - {weight_b} - "
              f"CASE WHEN {first_a} <= {first_b} THEN 1 ELSE 0 END), {s1}, {s2}, 0), {column_scale})")
-    dividend_scaled = f"abs({a}) * CAST(rpad('1', CAST({s2 - s1} + {scale} + 1 AS INTEGER), '0') AS HUGEINT)"
-    rounded = (f"(({dividend_scaled}) // abs({b}) + CASE WHEN 2 * (({dividend_scaled}) % abs({b})) >= abs({b}) "
-               f"THEN 1 ELSE 0 END) * sign({a}) * sign({b})")
-    widened = f"({rounded}) * CAST(rpad('1', CAST({column_scale} - {scale} + 1 AS INTEGER), '0') AS HUGEINT)"
+    scaled = (f"LAMBDA {q}: {{'a': {q}.a, 'b': {q}.b, 'sc': {scale}}}")
+    # n: |dividend| scaled so that n // |divisor| is the quotient's unscaled integer at scale sc.
+    dividend_scaled = (f"LAMBDA {q}: {{'g': sign({q}.a) * sign({q}.b), 'b': abs({q}.b), 'sc': {q}.sc, "
+                       f"'n': abs({q}.a) * CAST(rpad('1', CAST({s2 - s1} + {q}.sc + 1 AS INTEGER), '0') AS HUGEINT)}}")
+    # Rounded half away from zero, then widened to the column's scale.
+    rounded = (f"LAMBDA {q}: ({q}.n // {q}.b + CASE WHEN 2 * ({q}.n % {q}.b) >= {q}.b THEN 1 ELSE 0 END) "
+               f"* {q}.g * CAST(rpad('1', CAST({column_scale} - {q}.sc + 1 AS INTEGER), '0') AS HUGEINT)")
+    steps = operands
+    for step in (digits, scaled, dividend_scaled, rounded):
+        steps = f"list_transform({steps}, {step})"
     unit = "0." + "0" * (column_scale - 1) + "1" if column_scale else "1"
-    sql = (f"CAST({widened} AS DECIMAL(38, 0)) * CAST('{unit}' AS DECIMAL({MAX_DECIMAL_DIGITS}, {column_scale}))")
+    sql = (f"CAST({steps}[1] AS DECIMAL(38, 0)) "
+           f"* CAST('{unit}' AS DECIMAL({MAX_DECIMAL_DIGITS}, {column_scale}))")
     tree = sqlglot.parse_one(sql, read="duckdb")
     for placeholder in list(tree.find_all(exp.Column)):
         if placeholder.name == "__hd_dividend":
@@ -182,12 +199,12 @@ def _unscaled(placeholder: str, side: NumericOperand) -> str:
             f"'.', '') AS HUGEINT)")
 
 
-def _weight_sql(unscaled: str, scale: int) -> tuple[str, str]:
-    """SQL for the base-10000 weight and leading digit of a value (0 and 0 for zero), as _weight_and_first_digit."""
-    digits = f"CAST(abs({unscaled}) AS VARCHAR)"
+def _weight_sql(unscaled: str, digits: str, scale: int) -> tuple[str, str]:
+    """SQL for the base-10000 weight and leading digit of a value (0 and 0 for zero), as _weight_and_first_digit.
+
+    `digits` is the value's absolute value as text."""
     exponent = f"(length({digits}) - 1 - {scale})"
     weight = f"CASE WHEN {unscaled} = 0 THEN 0 ELSE ({exponent} + 4000) // 4 - 1000 END"
-    width = f"(({exponent} + 4000) % 4 + 1)"
-    width = f"CAST({width} AS INTEGER)"
+    width = f"CAST((({exponent} + 4000) % 4 + 1) AS INTEGER)"
     first = f"CASE WHEN {unscaled} = 0 THEN 0 ELSE CAST(rpad(left({digits}, {width}), {width}, '0') AS INTEGER) END"
     return weight, first
