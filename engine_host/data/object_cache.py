@@ -8,6 +8,18 @@ Freshness: an entry is revalidated against the source (head: ETag and version) a
 `max_staleness_seconds`, which is therefore the bound on how long a replaced object can still be
 served. A changed object is fetched again and renamed over the old copy; a reader that already has
 the old file open keeps reading the old bytes.
+
+One byte budget for the cache volume: `capacity_bytes` is what the volume may hold of table data,
+objects and native DuckDB copies of tables (engine_host/data/native_tables.py) together. The native
+copies take their share with `reserve_bytes` / `release_bytes`; the rule, on the one lock:
+- objects are evicted (least recently used first, never a pinned one) when objects + reservations
+  pass the high-water mark, down to low water: reserved bytes squeeze the objects, never the reverse;
+- a reservation is granted only if objects + reservations stay at or under the high-water mark,
+  evicting unpinned objects to get there (nothing is evicted when even that would not be enough),
+  so the copies never take the room statements need to fetch what they read (capacity - high water
+  at least). A refused reservation is the native side's cue to evict its own least recently used
+  copies, or to leave the table on its Parquet files;
+- once a table is served from its copy, its objects are `demote`d: first in line for eviction.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +79,8 @@ class ObjectCache:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
         self._key_locks: dict[str, threading.Lock] = {}
         self._busy: dict[str, int] = {}  # keys being resolved: never evicted under a resolver
-        self._usage = 0
+        self._usage = 0  # bytes of cached objects
+        self._reserved = 0  # bytes granted to native copies (reserve_bytes)
         self._counters = {"hits": 0, "misses": 0, "bytes_fetched": 0, "evictions": 0, "refetches": 0}
         for folder in (self._objects_dir, self._incoming_dir):
             shutil.rmtree(folder, ignore_errors=True)
@@ -77,6 +90,27 @@ class ObjectCache:
     def objects_dir(self) -> Path:
         """The directory holding every cached copy (what DuckDB is allowed to read)."""
         return self._objects_dir
+
+    @property
+    def cache_dir(self) -> Path:
+        return self._objects_dir.parent
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self._capacity
+
+    @property
+    def reservable_bytes(self) -> int:
+        """The most `reserve_bytes` can ever grant (the high-water mark)."""
+        return int(self._high_bytes)
+
+    @property
+    def max_staleness_seconds(self) -> float:
+        return self._max_staleness
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
 
     def local_path(self, key: str) -> Path:
         """Where the object's copy lives when it is cached (nothing is fetched or checked)."""
@@ -105,9 +139,14 @@ class ObjectCache:
         """
         return self._resolve(key, pin=False)
 
-    def acquire(self, key: str) -> Path:
-        """Like `path_for`, and the file is not evicted until a matching `release(key)`."""
-        return self._resolve(key, pin=True)
+    def acquire(self, key: str, *, etag: str | None = None) -> Path:
+        """Like `path_for`, and the file is not evicted until a matching `release(key)`.
+
+        With `etag` (what a listing said the object is now), a copy cached under another ETag is
+        revalidated at once instead of being served until the staleness bound: the copy returned is
+        that version or a newer one, never an older one.
+        """
+        return self._resolve(key, pin=True, etag=etag)
 
     def release(self, key: str) -> None:
         """Undo one `acquire(key)`."""
@@ -125,28 +164,62 @@ class ObjectCache:
         finally:
             self.release(key)
 
-    def stats(self) -> dict[str, float]:
-        """Counters since start, plus current usage in bytes and saturation (usage / capacity)."""
+    def reserve_bytes(self, size: int) -> bool:
+        """Grant `size` bytes of the volume to a native copy, evicting unpinned objects if that makes it fit.
+
+        False (and nothing evicted) when objects that cannot be evicted plus what is already reserved
+        leave no room for `size` under the high-water mark.
+        """
+        if size < 0:
+            raise ValueError("size must be >= 0")
         with self._lock:
-            return {**self._counters, "usage_bytes": self._usage, "saturation": self._usage / self._capacity}
+            limit = self._high_bytes
+            if self._usage + self._reserved + size > limit:
+                evictable = sum(entry.info.size for key, entry in self._entries.items()
+                                if not entry.pins and key not in self._busy)
+                if self._usage - evictable + self._reserved + size > limit:
+                    return False
+                self._evict_until(limit - self._reserved - size + 1)  # sizes are whole bytes: usage <= target
+            self._reserved += size
+            return True
+
+    def release_bytes(self, size: int) -> None:
+        """Give back bytes granted by `reserve_bytes` (a native copy was deleted or came out smaller)."""
+        with self._lock:
+            self._reserved = max(0, self._reserved - size)
+
+    def demote(self, keys: Iterable[str]) -> None:
+        """Put these objects first in line for eviction (their table is served from a native copy now)."""
+        with self._lock:
+            for key in keys:
+                if key in self._entries:
+                    self._entries.move_to_end(key, last=False)
+
+    def stats(self) -> dict[str, float]:
+        """Counters since start, the volume's usage in bytes (objects + native copies' reservations) and
+        saturation (usage / capacity)."""
+        with self._lock:
+            usage = self._usage + self._reserved
+            return {**self._counters, "usage_bytes": usage, "object_bytes": self._usage,
+                    "reserved_bytes": self._reserved, "saturation": usage / self._capacity}
 
     # --- resolution: one resolver per key at a time, other keys in parallel --------------------------
 
-    def _resolve(self, key: str, *, pin: bool) -> Path:
+    def _resolve(self, key: str, *, pin: bool, etag: str | None = None) -> Path:
         relative = safe_relative_path(key)
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
             self._busy[key] = self._busy.get(key, 0) + 1
         try:
             with key_lock:
-                return self._resolve_locked(key, self._objects_dir / relative, pin)
+                return self._resolve_locked(key, self._objects_dir / relative, pin, etag)
         finally:
             with self._lock:
                 self._busy[key] -= 1
                 if not self._busy[key]:
                     del self._busy[key]
 
-    def _resolve_locked(self, key: str, path: Path, pin: bool) -> Path:
+    def _resolve_locked(self, key: str, path: Path, pin: bool, etag: str | None = None) -> Path:
         with self._lock:
             entry = self._entries.get(key)
         if entry is not None and not entry.path.exists():
@@ -155,7 +228,8 @@ class ObjectCache:
             entry = None
         if entry is None:
             self._fetch(key, path, pin, refetch=False)
-        elif self._clock() - entry.validated_at >= self._max_staleness:
+        elif self._clock() - entry.validated_at >= self._max_staleness or (etag is not None
+                                                                            and etag != entry.info.etag):
             self._revalidate(key, entry, pin)
         else:
             self._record_hit(key, entry, pin)
@@ -235,11 +309,16 @@ class ObjectCache:
     # --- eviction ---------------------------------------------------------------------------------------
 
     def _evict_over_high_water(self) -> None:
-        """Drop least recently used, unpinned, idle entries until usage is below low water. Caller holds the lock."""
-        if self._usage <= self._high_bytes:
+        """Drop least recently used, unpinned, idle entries until objects + reservations are below low water.
+        Caller holds the lock."""
+        if self._usage + self._reserved <= self._high_bytes:
             return
+        self._evict_until(self._low_bytes - self._reserved)
+
+    def _evict_until(self, object_bytes: float) -> None:
+        """Drop least recently used, unpinned, idle entries until objects use less than `object_bytes`."""
         for key in list(self._entries):
-            if self._usage < self._low_bytes:
+            if self._usage < object_bytes:
                 break
             entry = self._entries[key]
             if entry.pins or key in self._busy:

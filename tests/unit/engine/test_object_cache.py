@@ -305,3 +305,79 @@ def test_misses_and_evictions_are_logged_without_object_contents(source: Recordi
     assert sum("cache miss for t/" in message for message in messages) == 4
     assert sum(message.startswith("evicted t/") for message in messages) == 2
     assert not any("SECRET-ROW" in message for message in messages)
+
+
+# --- one budget with native copies (reserve_bytes / release_bytes / demote) ------------------------------------
+
+
+def test_a_reservation_evicts_unpinned_objects_least_recently_used_first(
+        source: RecordingSource, bucket: Path, tmp_path: Path, clock: FakeClock) -> None:
+    for name in "abc":
+        _put(bucket, f"t/{name}.parquet", name.encode() * 200)
+    cache = _cache(source, tmp_path, clock, capacity=1000)  # reservations may take up to high water, 800
+    paths = {name: cache.path_for(f"t/{name}.parquet") for name in "abc"}
+    cache.path_for("t/a.parquet")  # b is the least recently used now
+
+    assert cache.reserve_bytes(300)  # 600 + 300 > 800: b goes
+    assert not paths["b"].exists() and paths["a"].exists() and paths["c"].exists()
+    stats = cache.stats()
+    assert (stats["object_bytes"], stats["reserved_bytes"], stats["usage_bytes"]) == (400, 300, 700)
+    assert stats["saturation"] == pytest.approx(0.7)
+
+
+def test_a_reservation_that_cannot_fit_is_refused_without_evicting_anything(
+        source: RecordingSource, bucket: Path, tmp_path: Path, clock: FakeClock) -> None:
+    for name in "ab":
+        _put(bucket, f"t/{name}.parquet", name.encode() * 300)
+    cache = _cache(source, tmp_path, clock, capacity=1000)
+    with cache.pin("t/a.parquet") as pinned:
+        other = cache.path_for("t/b.parquet")
+        assert not cache.reserve_bytes(600)  # 300 pinned + 600 > 800 even with b evicted
+        assert pinned.exists() and other.exists()
+        assert cache.stats()["evictions"] == 0
+        assert cache.reserve_bytes(500)  # evicting b is enough for this one
+        assert not other.exists()
+    assert not cache.reserve_bytes(cache.reservable_bytes)  # past the high-water mark with what is reserved
+    cache.release_bytes(500)
+    assert cache.stats()["reserved_bytes"] == 0
+
+
+def test_reserved_bytes_squeeze_the_objects_not_the_reverse(
+        source: RecordingSource, bucket: Path, tmp_path: Path, clock: FakeClock) -> None:
+    for name in "abc":
+        _put(bucket, f"t/{name}.parquet", name.encode() * 200)
+    cache = _cache(source, tmp_path, clock, capacity=1000)  # high water 800, low water 700
+    assert cache.reserve_bytes(400)
+    cache.path_for("t/a.parquet")
+    cache.path_for("t/b.parquet")  # 400 + 400 = 800: at high water, nothing to do
+    assert cache.stats()["evictions"] == 0
+    cache.path_for("t/c.parquet")  # 1000 > 800: objects go down to below low water (700 - 400 reserved)
+    stats = cache.stats()
+    assert (stats["evictions"], stats["object_bytes"], stats["reserved_bytes"]) == (2, 200, 400)
+
+
+def test_demoted_objects_are_evicted_first(source: RecordingSource, bucket: Path, tmp_path: Path,
+                                           clock: FakeClock) -> None:
+    for name in "abc":
+        _put(bucket, f"t/{name}.parquet", name.encode() * 200)
+    cache = _cache(source, tmp_path, clock, capacity=1000)
+    paths = {name: cache.path_for(f"t/{name}.parquet") for name in "abc"}  # a is the least recently used
+    cache.demote(["t/c.parquet", "t/not-cached.parquet"])  # c's table is served from a native copy now
+
+    assert cache.reserve_bytes(400)  # 600 + 400 > 800: one object goes, the demoted one
+    assert not paths["c"].exists() and paths["a"].exists() and paths["b"].exists()
+
+
+def test_acquire_at_a_listed_etag_does_not_serve_an_older_copy_within_the_bound(
+        source: RecordingSource, bucket: Path, tmp_path: Path, clock: FakeClock) -> None:
+    _put(bucket, "t/part-0.parquet", b"version 1")
+    cache = _cache(source, tmp_path, clock)
+    cache.path_for("t/part-0.parquet")
+    _put(bucket, "t/part-0.parquet", b"version 2")
+    listed = source.head("t/part-0.parquet")
+
+    assert cache.acquire("t/part-0.parquet").read_bytes() == b"version 1"  # within the bound, as before
+    cache.release("t/part-0.parquet")
+    assert cache.acquire("t/part-0.parquet", etag=listed.etag).read_bytes() == b"version 2"
+    cache.release("t/part-0.parquet")
+    assert cache.stats()["refetches"] == 1
