@@ -19,6 +19,18 @@ file; the others are fetched by the first statement that reads the table (see `_
 So the bounds a reader can rely on are: a replaced object is never served more than the cache's
 staleness bound after the change, and a new or removed file or table shows within one listing
 interval.
+
+Native copies (`use_native`, engine_host/data/native_tables.py): each table is also copied into
+DuckDB's own format in the background, from the cache's copies of its objects, and its view is
+switched to the copy. The table's fingerprint is its object keys with their ETags (and version ids
+where the source gives them), so:
+- the view is created, replaced and dropped by `NativeTables` (`track`/`forget`), which the listing
+  drives; `describe` re-lists one table's prefix when a statement finds its last look older than the
+  cache's staleness bound: a replaced object falls the table back to its Parquet view at once (its
+  objects fetched at their new ETags first) and rebuilds it; added or vanished files re-list the
+  source there and then, so a table whose objects are gone is dropped before the statement binds;
+- `hold` pins both what a statement may bind: the native epoch (NativeTables.hold) and, when the
+  statement may bind the Parquet view, the cached files; the one lease releases both, once.
 """
 
 from __future__ import annotations
@@ -29,10 +41,12 @@ from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import cast
 
 import duckdb
 import pyarrow.parquet as pq
 
+from engine_host.data.native_tables import NO_VERSIONS, NativeLease, NativeTables, SourceTable
 from engine_host.data.object_cache import ObjectCache
 from engine_host.data.parquet_tables import GLOB_METACHARACTERS, IDENTIFIER, RESERVED_SCHEMAS
 from engine_host.engine.duckdb_engine import DATA_CATALOG
@@ -66,6 +80,9 @@ class CachedTable:
     table: str
     keys: tuple[str, ...]
     sizes: tuple[int, ...] = field(default=(), compare=False)
+    # What the listing said each object is: a replaced object (same key) makes a changed table.
+    etags: tuple[str, ...] = ()
+    versions: tuple[str | None, ...] = ()
 
     @property
     def name(self) -> str:
@@ -73,18 +90,30 @@ class CachedTable:
 
 
 class DataLease:
-    """Pins on the cached files of the tables one statement reads; `release` exactly once when it ends."""
+    """Pins on the cached files (and native copies) of the tables one statement reads; `release` exactly once
+    when it ends: a second call releases nothing."""
 
-    def __init__(self, cache: ObjectCache | None, keys: tuple[str, ...]) -> None:
+    def __init__(self, cache: ObjectCache | None, keys: tuple[str, ...], native: NativeLease = NO_VERSIONS) -> None:
         self._cache = cache
         self._keys = keys
+        self._native = native
         self._lock = threading.Lock()
 
     def release(self) -> None:
         with self._lock:
             keys, self._keys = self._keys, ()
-        for key in keys:
-            self._cache.release(key)  # type: ignore[union-attr]
+            native, self._native = self._native, NO_VERSIONS
+        try:
+            for key in keys:
+                self._cache.release(key)  # type: ignore[union-attr]
+        finally:
+            native.release()
+
+    def joined(self, native: NativeLease) -> DataLease:
+        """A lease holding these pins and `native`, released together (this one is left holding nothing)."""
+        with self._lock:
+            keys, self._keys = self._keys, ()
+        return DataLease(self._cache, keys, native)
 
     def __enter__(self) -> DataLease:
         return self
@@ -117,6 +146,11 @@ class CachedTables:
         self._on_change: Callable[[], None] = lambda: None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.native: NativeTables | None = None
+
+    def use_native(self, native: NativeTables) -> None:
+        """Serve every table from a native copy too (`native` creates, swaps and drops the views from now on)."""
+        self.native = native
 
     # --- catalog ----------------------------------------------------------------------------------
 
@@ -154,7 +188,10 @@ class CachedTables:
                         if kind == "ours" and f"{schema}.{name}" not in registered]
             for schema, name in vanished:
                 log.info("dropping cached table %s.%s: it is no longer in the source", schema, name)
-                con.execute(f"DROP VIEW IF EXISTS {qualified(catalog, schema, name)}")
+                if self.native is not None:
+                    self.native.forget(f"{schema}.{name}")
+                else:
+                    con.execute(f"DROP VIEW IF EXISTS {qualified(catalog, schema, name)}")
             with self._lock:
                 self._tables = registered
                 self._estimates = {name: rows for name, rows in self._estimates.items() if name in registered}
@@ -170,17 +207,70 @@ class CachedTables:
             for key in rest:
                 self._cache.reserve(key)
             self._estimates[table.name] = self._estimate_rows(table)
-            files = ", ".join(sql_string(str(self._cache.local_path(key))) for key in table.keys)
-            con.execute("BEGIN TRANSACTION")
-            try:
-                create_marked_view(con, catalog, table.schema, table.table, f"read_parquet([{files}])",
-                                   CACHED_VIEW_MARKER)
-                con.execute("COMMIT")
-            except BaseException:
-                rollback(con)
-                raise
+            if self.native is not None:
+                self.native.track(self.source_table(table))
+            else:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    create_marked_view(con, catalog, table.schema, table.table, self._view_source(table),
+                                       CACHED_VIEW_MARKER)
+                    con.execute("COMMIT")
+                except BaseException:
+                    rollback(con)
+                    raise
             on_change()
         log.info("registered cached table %s (%d file(s))", table.name, len(table.keys))
+
+    def _view_source(self, table: CachedTable) -> str:
+        files = ", ".join(sql_string(str(self._cache.local_path(key))) for key in table.keys)
+        return f"read_parquet([{files}])"
+
+    def source_table(self, table: CachedTable) -> SourceTable:
+        """The table for native copying: the cache's copies of its objects, keyed by key, ETag, version and size."""
+        versions = table.versions or (None,) * len(table.keys)
+        return SourceTable(schema=table.schema, table=table.table,
+                           fingerprint=tuple(zip(table.keys, table.etags, versions, table.sizes, strict=True)),
+                           files=tuple(self._cache.local_path(key) for key in table.keys),
+                           source_bytes=sum(table.sizes), fallback_sql=self._view_source(table),
+                           marker=CACHED_VIEW_MARKER)
+
+    def describe(self, name: str) -> SourceTable | None:
+        """The table as its prefix in the source lists now, for NativeTables' freshness check.
+
+        Files added or removed (or the whole table gone) re-list the source here, which re-registers or
+        drops the table through `track`/`forget`: then None, nothing left to compare. None too when the
+        source cannot be listed: the copy keeps serving until the next check, as the cache does for a
+        file it cannot revalidate.
+        """
+        schema, table_name = name.split(".", 1)
+        try:
+            found = [t for t in discover_cached_tables(self._source.list(f"{schema}/{table_name}/")) if t.name == name]
+        except HdError as exc:
+            log.error("cannot list the files of %s to check them: %s", name, exc)
+            return None
+        with self._lock:
+            registered = self._tables.get(name)
+        if registered is None or not found or found[0].keys != registered.keys:
+            log.info("the files of %s changed at the source; re-listing", name)
+            self._resync()
+            return None
+        return self.source_table(found[0])
+
+    # --- the files of a table being copied, or whose Parquet view may be bound (NativeTables' SourceFiles) --
+
+    def hold_files(self, source: SourceTable, *, every_file: bool) -> DataLease:
+        """Fetch and pin the table's objects at (at least) the ETags it was described with; without
+        `every_file`, only the first (what the view binds from) and placeholders for the others."""
+        entries = _objects_of(source)
+        if not every_file:
+            for key, *_ in entries[1:]:
+                self._cache.reserve(key)
+            entries = entries[:1]
+        return self._lease(tuple(key for key, *_ in entries), tuple(etag for _, etag, *_ in entries))
+
+    def copied(self, source: SourceTable) -> None:
+        """The table is served from its copy: its objects go first when the cache needs room."""
+        self._cache.demote(key for key, *_ in _objects_of(source))
 
     def _estimate_rows(self, table: CachedTable) -> int:
         """Rows of the first file scaled by the table's bytes: an estimate that needs no other file."""
@@ -201,8 +291,28 @@ class CachedTables:
     # --- leases -----------------------------------------------------------------------------------
 
     def hold(self, names: Iterable[str]) -> DataLease:
-        """Pin the cached files of the named tables (others are ignored); raises `TableDataUnavailable`."""
+        """Pin what the named tables' statement may read (others are ignored); raises `TableDataUnavailable`.
+
+        With native copies: the native epoch of each table, and the cached files of those whose Parquet
+        view the statement may bind (`NativeLease.reads_files`); one `release` frees both.
+        """
         wanted = set(names)
+        native = self.native.hold(wanted) if self.native is not None else NO_VERSIONS
+        try:
+            files = self._hold_files_of({name for name in wanted if native.reads_files(name)})
+        except BaseException:
+            native.release()
+            raise
+        return files.joined(native)
+
+    def hold_snapshot(self) -> DataLease:
+        """What an explicit transaction holds from BEGIN to its end: the native copies current then. Each of
+        its statements pins the files it may read with `hold` (an older lease out makes that every file).
+        Without copies, nothing: a view over cache files changes only when the listing does, and a
+        transaction still binding an older listing whose files left the cache fails on the missing file."""
+        return DataLease(None, (), self.native.hold_snapshot()) if self.native is not None else NO_DATA
+
+    def _hold_files_of(self, wanted: set[str]) -> DataLease:
         try:
             return self._lease(self._keys_of(wanted))
         except ObjectMissing:
@@ -215,20 +325,15 @@ class CachedTables:
                 raise TableDataUnavailable(f"a file of {', '.join(sorted(wanted))} vanished from the object store "
                                            "while it was being read; retry the statement") from exc
 
-    def hold_snapshot(self) -> DataLease:
-        """Nothing more than each statement's own lease: a view over cache files changes only when the
-        source's listing does, and a transaction still binding an older listing whose files have left the
-        cache fails on the missing file; it never reads rows of another listing or table."""
-        return NO_DATA
-
     def _keys_of(self, names: Collection[str]) -> tuple[str, ...]:
         with self._lock:
             return tuple(key for name in sorted(names) if (t := self._tables.get(name)) for key in t.keys)
 
-    def _lease(self, keys: tuple[str, ...]) -> DataLease:
+    def _lease(self, keys: tuple[str, ...], etags: tuple[str | None, ...] = ()) -> DataLease:
         if not keys:
-            return NO_DATA
-        futures = [self._pool.submit(self._cache.acquire, key) for key in keys]
+            return DataLease(None, ())
+        futures = [self._pool.submit(self._cache.acquire, key, etag=etag)
+                   for key, etag in zip(keys, etags or (None,) * len(keys), strict=True)]
         acquired: list[str] = []
         failure: Exception | None = None
         for key, future in zip(keys, futures, strict=True):
@@ -273,9 +378,14 @@ class CachedTables:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _objects_of(source: SourceTable) -> tuple[tuple[str, str, str | None, int], ...]:
+    """(key, ETag, version id, size) of each object of a table `CachedTables.source_table` described."""
+    return cast(tuple[tuple[str, str, str | None, int], ...], source.fingerprint)
+
+
 def discover_cached_tables(objects: Iterable[ObjectInfo]) -> list[CachedTable]:
     """Group listed objects (`ObjectInfo`) into `<schema>/<table>/<file>.parquet` tables; others are skipped."""
-    files: dict[tuple[str, str], list[tuple[str, int]]] = {}
+    files: dict[tuple[str, str], list[tuple[str, int, str, str | None]]] = {}
     for info in objects:
         key = info.key
         parts = PurePosixPath(key).parts
@@ -292,10 +402,11 @@ def discover_cached_tables(objects: Iterable[ObjectInfo]) -> list[CachedTable]:
         if GLOB_METACHARACTERS & set(name):
             log.warning("skipping object %s: glob characters in a file name", key)
             continue
-        files.setdefault((schema, table), []).append((key, info.size))
+        files.setdefault((schema, table), []).append((key, info.size, info.etag, info.version_id))
     tables = []
     for (schema, table), entries in sorted(files.items()):
-        entries.sort()
-        tables.append(CachedTable(schema, table, tuple(k for k, _ in entries), tuple(n for _, n in entries)))
+        entries.sort(key=lambda entry: entry[0])
+        tables.append(CachedTable(schema, table, tuple(e[0] for e in entries), tuple(e[1] for e in entries),
+                                  tuple(e[2] for e in entries), tuple(e[3] for e in entries)))
     return tables
 

@@ -25,6 +25,16 @@ its Parquet view at once (so a reader is never served data older than that bound
 the background. Nothing is ever materialised on a statement's path: until a table's copy is ready,
 and for a table whose copy would not fit the byte budget, statements read the Parquet view.
 
+Object-store tables (engine_host/data/cached_tables.py) come with `files` and `budget` hooks. Their
+files are the cache's local copies of the objects: `files.hold` fetches and pins them while a copy is
+built (at the listed ETags, never an older cached version) and while a fallback view may be bound,
+and `files.copied` lets the cache evict them first once the copy serves the table. The budget is
+the object cache's own (`reserve_bytes`/`release_bytes`): a copy reserves its bytes before it is built
+(the source's size, topped up to the built size), the cache evicts unpinned objects to grant it, and
+when it cannot, the least recently used copies no statement holds are evicted before the table is
+left on Parquet. Such tables are added, changed and dropped by the object listing (`track`,
+`forget`), which owns their file lists; `describe` catches replaced objects within the bound.
+
 Lease rule: every change of a table's view (to a copy, or back to Parquet) starts a new epoch. A
 statement that took its lease at epoch `h` may bind the view of any epoch from `h` on, so a version
 that stopped being current at epoch `s` is retired only when no lease with `h < s` is outstanding.
@@ -43,6 +53,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import duckdb
 
@@ -50,6 +61,7 @@ from engine_host.engine.duckdb_engine import DATA_CATALOG
 from engine_host.engine.views import (
     NATIVE_CATALOG_PREFIX,
     create_marked_view,
+    qualified,
     quote_identifier,
     rollback,
     sql_string,
@@ -78,6 +90,47 @@ class SourceTable:
         return f"{self.schema}.{self.table}"
 
 
+class Releasable(Protocol):
+    def release(self) -> None: ...
+
+
+class SourceFiles(Protocol):
+    """A table's files when they are not simply there: an object store's, through the local cache."""
+
+    def hold(self, source: SourceTable, *, every_file: bool) -> Releasable:
+        """Bring the table's files into place until `release`: every one, or the first (what its view binds from)."""
+        ...
+
+    def copied(self, source: SourceTable) -> None:
+        """The table is served from its copy now: its files may be evicted first."""
+        ...
+
+
+class ByteBudget(Protocol):
+    """Where the copies' bytes come from (the object cache's volume, or a budget of their own)."""
+
+    def reserve_bytes(self, size: int) -> bool: ...
+
+    def release_bytes(self, size: int) -> None: ...
+
+
+class _OwnBudget:
+    """`capacity_bytes` for the copies alone (a local folder's tables); used under the NativeTables lock."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._used = 0
+
+    def reserve_bytes(self, size: int) -> bool:
+        if self._used + size > self._capacity:
+            return False
+        self._used += size
+        return True
+
+    def release_bytes(self, size: int) -> None:
+        self._used = max(0, self._used - size)
+
+
 @dataclass
 class _Version:
     catalog: str
@@ -85,6 +138,7 @@ class _Version:
     size: int
     fingerprint: Fingerprint
     retired_at_epoch: int | None = None
+    fallback_files: Releasable | None = None  # the Parquet view's files, pinned for leases that may bind it
 
 
 @dataclass
@@ -98,15 +152,24 @@ class _Table:
     last_used: float = 0.0
     too_large: Fingerprint | None = None
     queued: bool = False
+    dropped: bool = False  # gone from its source (`forget`); kept so epochs never restart under old leases
 
 
 class NativeLease:
     """What one statement holds on native table versions; `release` exactly once when it ends."""
 
-    def __init__(self, owner: NativeTables | None, epochs: dict[str, int]) -> None:
+    def __init__(self, owner: NativeTables | None, epochs: dict[str, int],
+                 may_read_files: frozenset[str] = frozenset()) -> None:
         self._owner = owner
         self._epochs = epochs
+        self._may_read_files = may_read_files
         self._lock = threading.Lock()
+
+    def reads_files(self, name: str) -> bool:
+        """Whether the statement may bind `name`'s Parquet view (so it needs the table's files): the table has
+        no copy here, its view was Parquet at the pinned epoch, or an older lease is out (a transaction binds
+        the view of its BEGIN)."""
+        return name not in self._epochs or name in self._may_read_files
 
     def release(self) -> None:
         with self._lock:
@@ -129,11 +192,16 @@ class NativeTables:
 
     def __init__(self, native_dir: Path, capacity_bytes: int, *, describe: Callable[[str], SourceTable | None],
                  max_staleness_seconds: float = 60.0, build_memory: str = "1GiB",
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """`describe(name)` re-reads one table from its source (None: it is gone)."""
+                 clock: Callable[[], float] = time.monotonic, files: SourceFiles | None = None,
+                 budget: ByteBudget | None = None) -> None:
+        """`describe(name)` re-reads one table from its source (None: unchanged as far as it can tell, or
+        handled by `track`/`forget`); it is called without the lock held. `budget` defaults to
+        `capacity_bytes` of the copies' own; with a shared one, `capacity_bytes` is the most it can grant."""
         if capacity_bytes <= 0:
             raise ValueError("need capacity_bytes > 0")
         self._capacity = capacity_bytes
+        self._files = files
+        self._budget: ByteBudget = budget if budget is not None else _OwnBudget(capacity_bytes)
         self._describe = describe
         self._staleness = max_staleness_seconds
         self._build_memory = build_memory
@@ -176,9 +244,11 @@ class NativeTables:
             if self._con is None:
                 return
             for table in self._tables.values():
-                if table.current is not None:
-                    self._swap(table, None)
                 table.pins.clear()  # the host has finished every statement before it closes its sources
+                if table.current is not None and self._files is not None:
+                    self._drop_view(table)  # its files may be gone: the next start lists the store and registers it
+                elif table.current is not None:
+                    self._swap(table, None)
                 self._retire_unreachable(table)
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
@@ -196,18 +266,25 @@ class NativeTables:
     def hold(self, names: Iterable[str]) -> NativeLease:
         """Pin the current view epoch of each named table (others are ignored), re-checking stale ones."""
         now = self._clock()
-        epochs: dict[str, int] = {}
+        wanted = sorted(set(names))
         with self._lock:
-            for name in sorted(set(names)):
+            stale = [name for name in wanted if (table := self._tables.get(name)) is not None
+                     and not table.dropped and now - table.checked_at >= self._staleness]
+        for name in stale:
+            self._recheck(name, now)
+        epochs: dict[str, int] = {}
+        may_read_files = set()
+        with self._lock:
+            for name in wanted:
                 table = self._tables.get(name)
-                if table is None:
+                if table is None or table.dropped:
                     continue
-                if now - table.checked_at >= self._staleness:
-                    self._recheck(table, now)
                 table.pins[table.epoch] += 1
                 table.last_used = now
                 epochs[name] = table.epoch
-        return NativeLease(self, epochs) if epochs else NO_VERSIONS
+                if table.current is None or min(table.pins) < table.epoch:
+                    may_read_files.add(name)
+        return NativeLease(self, epochs, frozenset(may_read_files)) if epochs else NO_VERSIONS
 
     def hold_snapshot(self) -> NativeLease:
         """Pin the current view epoch of every table, for an explicit transaction from its BEGIN to its end.
@@ -233,19 +310,73 @@ class NativeTables:
                     del table.pins[epoch]
                 self._retire_unreachable(table)
 
-    def _recheck(self, table: _Table, now: float) -> None:
-        """Compare the source with what is served; a change falls back to Parquet now and rebuilds later."""
-        source = self._describe(table.source.name)
-        table.checked_at = now
-        if source is None or source.fingerprint == table.source.fingerprint:
+    def _recheck(self, name: str, now: float) -> None:
+        """Compare the source with what is served; a change falls back to Parquet now and rebuilds later.
+
+        The source is described without the lock (an object store answers over the network), and the
+        changed table's files are brought into place before the swap: its Parquet view binds from them.
+        """
+        with self._lock:
+            table = self._tables.get(name)
+            if table is None or table.dropped:
+                return
+            known = table.source.fingerprint
+        source = self._describe(name)
+        if source is None or source.fingerprint == known:
+            with self._lock:
+                table.checked_at = max(table.checked_at, now)
             return
-        log.info("table %s changed at its source; serving its Parquet files until the copy is rebuilt",
-                 table.source.name)
-        table.source = source
+        held = self._files.hold(source, every_file=True) if self._files is not None else None
+        try:
+            with self._lock:
+                table.checked_at = max(table.checked_at, now)
+                if table.dropped or table.source.fingerprint != known:
+                    return  # the listing got there first (`track`)
+                log.info("table %s changed at its source; serving its Parquet files until the copy is rebuilt", name)
+                table.source = source
+                if table.current is not None:
+                    self._fall_back(table, held)
+                    held = None
+                    self._counters["fallbacks"] += 1
+                self._enqueue(name)
+        finally:
+            if held is not None:
+                held.release()
+
+    # --- tables the object listing adds, changes and removes ------------------------------------------
+
+    def track(self, source: SourceTable) -> None:
+        """Serve `source`, a new table or one whose files changed: from its Parquet view now (created or replaced
+        here, under the lock every swap of the view takes), from a copy once one is built."""
+        with self._lock:
+            table = self._tables.get(source.name)
+            if table is None:
+                table = _Table(source=source, checked_at=self._clock())
+                self._tables[source.name] = table
+            elif not table.dropped and table.source == source and table.epoch:
+                return
+            table.source, table.dropped, table.checked_at = source, False, self._clock()
+            self._fall_back(table)
+            self._enqueue(source.name)
+
+    def forget(self, name: str) -> None:
+        """The table is gone from its source: drop its view now; its copy goes once no statement can bind it."""
+        with self._lock:
+            table = self._tables.get(name)
+            if table is None or table.dropped:
+                return
+            self._drop_view(table)
+            table.dropped = True
+
+    def _drop_view(self, table: _Table) -> None:
+        source = table.source
+        self._cursor().execute(f"DROP VIEW IF EXISTS {qualified(DATA_CATALOG, source.schema, source.table)}")
+        table.epoch += 1
         if table.current is not None:
-            self._swap(table, None)
-            self._counters["fallbacks"] += 1
-        self._enqueue(source.name)
+            table.current.retired_at_epoch = table.epoch
+            table.superseded.append(table.current)
+            table.current = None
+        self._retire_unreachable(table)
 
     # --- background building --------------------------------------------------------------------------
 
@@ -275,9 +406,13 @@ class NativeTables:
         """Keep tables nobody reads fresh too, so a later reader finds a current copy."""
         now = self._clock()
         with self._lock:
-            for table in list(self._tables.values()):
-                if now - table.checked_at >= self._staleness:
-                    self._recheck(table, now)
+            stale = [name for name, table in self._tables.items()
+                     if not table.dropped and now - table.checked_at >= self._staleness]
+        for name in stale:
+            try:
+                self._recheck(name, now)
+            except Exception:
+                log.exception("re-checking %s at its source failed; the next check tries again", name)
 
     def _materialise(self, name: str) -> None:
         with self._lock:
@@ -286,41 +421,59 @@ class NativeTables:
                 return
             table.queued = False
             source = table.source
-            if table.current is not None and table.current.fingerprint == source.fingerprint:
+            if table.dropped or (table.current is not None and table.current.fingerprint == source.fingerprint):
                 return
             if table.too_large == source.fingerprint:
                 return
             if source.source_bytes > self._capacity:
                 self._refuse_too_large(table, source)
                 return
+            # The build's own file counts against the budget too: reserve the source's size up front.
+            if not self._make_room(source.source_bytes, keep=name):
+                log.info("no room for a native copy of %s now; it stays on Parquet", name)
+                return
+            reserved = source.source_bytes
             serial = next(self._serial)
         catalog = f"{NATIVE_CATALOG_PREFIX}{serial}"
         path = self.native_dir / f"{catalog}.duckdb"
         started = time.monotonic()
-        size = self._build(source, path)
-        with self._lock:
-            if table.source.fingerprint != source.fingerprint or self._stopping.is_set():
-                path.unlink(missing_ok=True)  # changed again while building: the queued rebuild follows
-                return
-            if size > self._capacity:
-                path.unlink(missing_ok=True)
-                self._refuse_too_large(table, source)
-                return
-            if not self._make_room(size, keep=name):
-                path.unlink(missing_ok=True)
-                log.info("no room for a native copy of %s (%d bytes) now; it stays on Parquet", name, size)
-                return
-            version = _Version(catalog=catalog, path=path, size=size,
-                               fingerprint=source.fingerprint)
-            self._usage += size
-            try:
-                self._attach(version)
-                self._swap(table, version)
-            except duckdb.Error:
-                self._usage -= size
-                self._detach(version)
-                raise
-            self._counters["builds"] += 1
+        held: Releasable | None = None
+        try:
+            held = self._files.hold(source, every_file=True) if self._files is not None else None
+            size = self._build(source, path)
+            with self._lock:
+                if table.source.fingerprint != source.fingerprint or table.dropped or self._stopping.is_set():
+                    path.unlink(missing_ok=True)  # changed again while building: the queued rebuild follows
+                    return
+                if size > self._capacity:
+                    path.unlink(missing_ok=True)
+                    self._refuse_too_large(table, source)
+                    return
+                if size > reserved and not self._make_room(size - reserved, keep=name):
+                    path.unlink(missing_ok=True)
+                    log.info("no room for a native copy of %s (%d bytes) now; it stays on Parquet", name, size)
+                    return
+                self._budget.release_bytes(max(0, reserved - size))
+                reserved = 0  # the version owns its `size` bytes from here
+                version = _Version(catalog=catalog, path=path, size=size,
+                                   fingerprint=source.fingerprint)
+                self._usage += size
+                try:
+                    self._attach(version)
+                    self._swap(table, version)
+                except duckdb.Error:
+                    self._usage -= size
+                    self._budget.release_bytes(size)
+                    self._detach(version)
+                    raise
+                if self._files is not None:
+                    self._files.copied(source)
+                self._counters["builds"] += 1
+        finally:
+            if reserved:
+                self._budget.release_bytes(reserved)
+            if held is not None:
+                held.release()
         log.info("table %s now served from a native copy (%d bytes, built in %.1f s)", name, size,
                  time.monotonic() - started)
 
@@ -376,6 +529,28 @@ class NativeTables:
             self._counters["swaps"] += 1
         self._retire_unreachable(table)
 
+    def _fall_back(self, table: _Table, held: Releasable | None = None) -> None:
+        """Point the table's view at its Parquet files (caller holds the lock).
+
+        With object-store files the view binds from the table's first file, and a statement holding an
+        earlier epoch may bind it from now on: so the files (every one while such a lease is out) stay
+        pinned until the copy being replaced retires. `held` is such a pin taken by the caller.
+        """
+        if held is None and self._files is not None:
+            held = self._files.hold(table.source, every_file=bool(table.pins))
+        version = table.current
+        try:
+            self._swap(table, None)
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
+        if held is not None:
+            if version is not None and version in table.superseded:
+                version.fallback_files = held
+            else:
+                held.release()
+
     def _retire_unreachable(self, table: _Table) -> None:
         oldest_pin = min(table.pins) if table.pins else None
         for version in list(table.superseded):
@@ -384,21 +559,25 @@ class NativeTables:
                 table.superseded.remove(version)
                 self._detach(version)
                 self._usage -= version.size
+                self._budget.release_bytes(version.size)
+                if version.fallback_files is not None:
+                    version.fallback_files.release()
                 self._counters["retired"] += 1
 
     def _make_room(self, size: int, keep: str) -> bool:
-        """Fall back least recently used tables to Parquet until `size` more bytes fit; False if they cannot."""
-        if self._usage + size <= self._capacity:
+        """Reserve `size` bytes of the budget, falling back least recently used tables to Parquet until they
+        fit; False if they cannot. A copy a statement holds is not evicted: its bytes stay in use until then."""
+        if self._budget.reserve_bytes(size):
             return True
-        candidates = sorted((t for n, t in self._tables.items() if n != keep and t.current is not None),
-                            key=lambda t: t.last_used)
+        candidates = sorted((t for n, t in self._tables.items() if n != keep and t.current is not None
+                             and not t.pins), key=lambda t: t.last_used)
         for table in candidates:
             log.info("evicting the native copy of %s to make room", table.source.name)
-            self._swap(table, None)
+            self._fall_back(table)
             self._counters["evictions"] += 1
-            if self._usage + size <= self._capacity:
+            if self._budget.reserve_bytes(size):
                 return True
-        return self._usage + size <= self._capacity
+        return False
 
     def _attach(self, version: _Version) -> None:
         self._cursor().execute(f"ATTACH {sql_string(str(version.path))} AS {quote_identifier(version.catalog)} "

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import duckdb
 
-from engine_host.data.cached_tables import CachedTables
+from engine_host.data.cached_tables import CachedTables, DataLease
 from engine_host.data.native_tables import NativeTables, SourceTable
 from engine_host.data.object_cache import ObjectCache
 from engine_host.data.parquet_tables import (
@@ -130,15 +130,26 @@ def local_source_table(ref: ParquetTable) -> SourceTable:
 
 
 class ObjectStoreTables:
-    """Tables in an object store, read through the local cache; DuckDB sees only the cache's copies."""
+    """Tables in an object store, read through the local cache; DuckDB sees only the cache's copies.
 
-    def __init__(self, tables: CachedTables, cache: ObjectCache) -> None:
+    With `native` (the default) every table is also copied into DuckDB's format under `<cache>/native/`,
+    in the same byte budget as the cached objects (engine_host/data/object_cache.py states the rule):
+    Parquet views until each copy is ready, and for tables the budget cannot hold.
+    """
+
+    def __init__(self, tables: CachedTables, cache: ObjectCache, *, native: bool = True) -> None:
         self.tables = tables
         self.cache = cache
+        self.native: NativeTables | None = None
+        if native:
+            self.native = NativeTables(cache.cache_dir / "native", cache.reservable_bytes, describe=tables.describe,
+                                       max_staleness_seconds=cache.max_staleness_seconds, clock=cache.clock,
+                                       files=_CachedFiles(tables), budget=cache)
+            tables.use_native(self.native)
 
     @property
     def allowed_directories(self) -> list[Path]:
-        return [self.cache.objects_dir]
+        return [self.cache.objects_dir] + ([self.native.native_dir] if self.native is not None else [])
 
     @property
     def table_data(self) -> TableData | None:
@@ -153,9 +164,26 @@ class ObjectStoreTables:
 
     def attach(self, con: duckdb.DuckDBPyConnection, catalog: TableCatalog) -> None:
         catalog.row_estimates = self.tables.estimated_rows  # counting would need every file in the cache
+        if self.native is not None:
+            self.native.start(con.cursor(), [])  # the listing hands it each table (`track`)
         registered = self.tables.sync(con.cursor(), catalog.refresh)
         log.info("serving %d table(s) from the object store", len(registered))
         self.tables.start()
 
     def close(self) -> None:
+        if self.native is not None:
+            self.native.stop()  # before the listing's fetch threads go: it may still pin files
         self.tables.stop()
+
+
+class _CachedFiles:
+    """NativeTables' view of an object-store table's files: the cache's copies, pinned through CachedTables."""
+
+    def __init__(self, tables: CachedTables) -> None:
+        self._tables = tables
+
+    def hold(self, source: SourceTable, *, every_file: bool) -> DataLease:
+        return self._tables.hold_files(source, every_file=every_file)
+
+    def copied(self, source: SourceTable) -> None:
+        self._tables.copied(source)
