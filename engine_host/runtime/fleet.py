@@ -5,7 +5,8 @@ identity (IMDSv2), re-checked against each other at every start, so a host moved
 account, VPC or security group refuses to serve even if its disk came along:
 
 - control state in DynamoDB, keys in KMS, query audit records group-committed to the audit bucket;
-- table data from the data bucket through the object cache on the encrypted NVMe mount, the DuckDB
+- table data from the data bucket through the object cache on the encrypted NVMe mount, with native
+  DuckDB copies of the tables beside it in the same byte budget (`tables/native/`), the DuckDB
   database file (and so its spill directory) on that mount too, DuckDB allowed to read nothing else;
 - the heartbeat to the customer's own control plane (the only destination it reports to), driving
   the gate that refuses new connections once the 4-hour grace period is over;
