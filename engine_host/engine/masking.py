@@ -14,6 +14,12 @@ macros (which would let it test guesses) or read their definitions. Constant key
 pushed down into scans (a `getvariable()` key blocked that and tripled the cost of a point lookup).
 EXPLAIN prints plan constants, so EXPLAIN statements use `hd_mask_hash_redacted`, the same
 construction over an all-zero key.
+
+Next to each hash macro, `hd_keys.hd_mask_key_id_<env>()` returns an identifier of the key it embeds
+(an HMAC of a fixed label under the key: it names the key version without revealing anything that
+tests a guess). Hash values precomputed into a native copy (engine_host/data/stored_masks.py) are
+read only while this identifier still equals the one they were computed under, so a changed key
+falls back to computing the hash in the query at once.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from hd_core.ports import KeyProvider, SettingsStore
 
 CATALOG = "hd_keys"
 MACRO = "hd_mask_hash"
+KEY_ID_MACRO = "hd_mask_key_id"
 _BLOCK = 64  # SHA-256 block size in bytes
 _KEY_BYTES = 32
 ENVIRONMENTS = ("live", "test")
@@ -39,6 +46,17 @@ def macro_name(env: str) -> str:
     if env not in ENVIRONMENTS:
         raise ValueError(f"unknown environment {env!r}")
     return f"{MACRO}_{env}"
+
+
+def key_id_macro_name(env: str) -> str:
+    """The macro returning the identifier of one environment's current key."""
+    macro_name(env)  # validates env
+    return f"{KEY_ID_MACRO}_{env}"
+
+
+def key_id(key: bytes) -> str:
+    """A key's identifier: equal for equal keys, and no help in testing a guess of a masked value."""
+    return hmac.new(key, b"hd-mask-key-id", hashlib.sha256).hexdigest()[:32]
 
 
 def _hmac_sql(key: bytes) -> str:
@@ -54,9 +72,17 @@ def install_mask_macros(con: duckdb.DuckDBPyConnection, keys: Mapping[str, bytes
     attached = {row[0] for row in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
     if CATALOG not in attached:
         con.execute(f"ATTACH ':memory:' AS {CATALOG}")
-    for env, key in keys.items():
-        con.execute(f"CREATE OR REPLACE MACRO {CATALOG}.main.{macro_name(env)}(v) AS {_hmac_sql(key)}")
-    con.execute(f"CREATE OR REPLACE MACRO {CATALOG}.main.{MACRO}_redacted(v) AS {_hmac_sql(b'')}")
+    # One transaction: no statement sees a key's macro without the identifier that names it.
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for env, key in keys.items():
+            con.execute(f"CREATE OR REPLACE MACRO {CATALOG}.main.{macro_name(env)}(v) AS {_hmac_sql(key)}")
+            con.execute(f"CREATE OR REPLACE MACRO {CATALOG}.main.{key_id_macro_name(env)}() AS '{key_id(key)}'")
+        con.execute(f"CREATE OR REPLACE MACRO {CATALOG}.main.{MACRO}_redacted(v) AS {_hmac_sql(b'')}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def mask_hash(key: bytes, value: str) -> str:

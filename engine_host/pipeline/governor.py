@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from sqlglot import exp
 
+from engine_host.data.stored_masks import HashColumn, StoredMasks
 from engine_host.engine.masking import ENVIRONMENTS, macro_name
 from engine_host.engine.table_catalog import TableCatalog, TableInfo
 from engine_host.pgcompat.catalog import parseable_catalog_text
@@ -43,7 +44,7 @@ from engine_host.pipeline.governance.guard import (
 )
 from engine_host.pipeline.governance.pg_semantics import PgSession
 from engine_host.pipeline.governance.result_types import declared_types
-from engine_host.pipeline.governance.rewrite import MaskSpec, TablePolicy, apply_policies
+from engine_host.pipeline.governance.rewrite import MaskSpec, StoredHashes, TablePolicy, apply_policies
 from engine_host.pipeline.governance.tables import NameLookup, TableRef, extract_tables
 from engine_host.pipeline.governance.transpile import transpile
 from engine_host.pipeline.policy_state import PolicyState
@@ -54,7 +55,7 @@ from hd_core.errors import HdError, RowFilterInvalid
 from hd_core.metering import UsageMeter, check_quota, credits_for, estimate_credits
 from hd_core.models import OrgStatus, Principal, Role, UserStatus, utc_now
 from hd_core.permissions import ROLE_SCOPES, effective_scopes, scopes_for_action
-from hd_core.policies import Action, PiiType, PolicyKind, PolicySnapshot
+from hd_core.policies import Action, MaskFunction, PiiType, PolicyKind, PolicySnapshot
 from hd_core.ports import AuditSink, ControlStore
 from hd_core.redaction import redact_sql
 from hd_core.row_filters import parse_row_filter, resolve_row_filter
@@ -195,8 +196,11 @@ class Governor:
 
     def __init__(self, *, policies: PolicyState, tables: TableCatalog, store: ControlStore, audit: AuditWriter,
                  meter: UsageMeter, default_org_id: str, limits: HostLimits | None = None,
-                 on_schema_change: Callable[[], None] | None = None, now: Callable[[], datetime] = utc_now):
+                 on_schema_change: Callable[[], None] | None = None, now: Callable[[], datetime] = utc_now,
+                 stored_masks: StoredMasks | None = None):
+        """`stored_masks`: hash masks the native copies precompute (engine_host/data/stored_masks.py)."""
         self.policies = policies
+        self.stored_masks = stored_masks
         self.tables = tables
         self.store = store
         self.audit = audit
@@ -277,7 +281,9 @@ class Governor:
         key = (sql, dialect, catalog_sql, snapshot.version, self.tables.version, subject.org_id,
                subject.user_id, role, subject.agent_id, subject.agent_framework, subject.department,
                subject.region, subject.env, scopes, phi,
-               None if overlay is None else tuple(sorted((k, v.columns) for k, v in overlay.items())), pg_session)
+               None if overlay is None else tuple(sorted((k, v.columns) for k, v in overlay.items())), pg_session,
+               # More precomputed hash columns readable: plans made before may read them now.
+               self.stored_masks.version if self.stored_masks is not None else 0)
         cached = self._plans.get(key)
         if cached is not None:
             audit.allow("plan", "rewrite cache hit")
@@ -443,9 +449,16 @@ class Governor:
                       tenant_column: str | None, overlay: Mapping[str, TableInfo] | None) -> TablePolicy:
         info = self.tables.get(table, overlay)
         columns = info.columns if info is not None else ()
-        hash_macro = macro_name(subject.env if subject.env in ENVIRONMENTS else "live")
+        env = subject.env if subject.env in ENVIRONMENTS else "live"
+        hash_macro = macro_name(env)
         masks = {column: MaskSpec(rule.function, rule.visible_chars, hash_macro)
                  for column, rule in policy_eval.masks_for(snapshot, subject, role, table).items()}
+        stored = None
+        hashed = [column for column, spec in masks.items() if spec.function is MaskFunction.HASH]
+        if hashed and self.stored_masks is not None and info is not None and not info.writable:
+            found = self.stored_masks.lookup(table, [HashColumn(column, env) for column in hashed])
+            if found is not None:
+                stored = StoredHashes(found.catalog, {m.column: name for m, name in found.columns.items()})
         conditions: list[exp.Expr] = []
         if tenant_column:
             conditions.append(exp.EQ(this=exp.column(tenant_column), expression=exp.Literal.string(subject.org_id)))
@@ -468,7 +481,7 @@ class Governor:
                                           "(hd local-policy list).") from None
             conditions.append(exp.Paren(this=resolve_row_filter(parsed, values)))  # type: ignore[arg-type]
         row_filter = exp.and_(*conditions) if conditions else None
-        return TablePolicy(table=table, columns=columns, masks=masks, row_filter=row_filter)
+        return TablePolicy(table=table, columns=columns, masks=masks, row_filter=row_filter, stored=stored)
 
     @staticmethod
     def _check_phi(snapshot: PolicySnapshot, org_id: str, read: Mapping[str, set[str]],

@@ -112,8 +112,11 @@ class EngineHost:
         metrics = self._hooks.metrics
         writer = AuditWriter(self.audit_sink, on_record=metrics.observe_statement if metrics else None,
                              on_write_failure=metrics.audit_write_failed if metrics else None)
+        # The native copies' precomputed hash masks, where the table source keeps copies (data/stored_masks.py).
+        stored_masks = getattr(self.table_source.table_data, "stored_masks", None)
         governor = Governor(policies=self.policies, tables=self.tables, store=self.store, audit=writer,
-                            meter=self.meter, default_org_id=self._default_org_id, limits=self.settings.limits)
+                            meter=self.meter, default_org_id=self._default_org_id, limits=self.settings.limits,
+                            stored_masks=stored_masks)
         self.pipeline = StatementPipeline(database, governor, catalog, table_data=self.table_source.table_data)
         self.server = PgServer(
             self.pipeline,

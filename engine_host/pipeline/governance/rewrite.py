@@ -5,6 +5,11 @@ filter>) AS <its alias>`, so every expression of the query (aliases, functions, 
 grouping, windows, set operations, recursion) only ever sees masked values of permitted rows.
 Masking the result by column name afterwards is bypassable; masking inside the plan is not.
 
+A hashed column of a table whose native copy stores its hash values (engine_host/data/stored_masks.py)
+is read from the table's mask view instead: the same subquery, row filter and alias, over
+`hd_masks_<n>.<schema>.<table>` (the table's own columns plus the precomputed ones), projecting the
+stored column under the masked column's name. EXPLAIN keeps computing the redacted macro.
+
 Data-changing statements keep their target table, but evaluate their predicates, SET and RETURNING
 expressions on masked values, only touch rows inside the row filter, and abort (atomically, with an
 `HD_ERR_ROW_FILTER_CHECK` error raised inside DuckDB) when a new or updated row would leave it.
@@ -49,6 +54,14 @@ class MaskSpec:
 
 
 @dataclass(frozen=True)
+class StoredHashes:
+    """Where a table's hash masks are precomputed: its mask view's catalog, and the column of each masked column."""
+
+    catalog: str
+    columns: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class TablePolicy:
     """The masks and row filter that apply to one table for one session."""
 
@@ -56,6 +69,8 @@ class TablePolicy:
     columns: tuple[tuple[str, str], ...]
     masks: Mapping[str, MaskSpec] = field(default_factory=dict)
     row_filter: exp.Expr | None = None
+    # Hash masks to read precomputed rather than compute (SELECT only; never for EXPLAIN).
+    stored: StoredHashes | None = None
 
     @property
     def governed(self) -> bool:
@@ -107,6 +122,7 @@ def _qualify(expr: exp.Expr, qualifier: str) -> exp.Expr:
 def governed_select(policy: TablePolicy, *, explain: bool = False) -> exp.Select:
     """`SELECT <masked columns> FROM schema.table AS __hd_src WHERE <row filter>` for one table."""
     schema, table = policy.table.split(".", 1)
+    stored = policy.stored if policy.stored is not None and policy.columns and not explain else None
     if not policy.columns:
         if policy.masks:
             raise unsupported(f"the columns of {policy.table} are unknown, so its masks cannot be applied",
@@ -117,10 +133,16 @@ def governed_select(policy: TablePolicy, *, explain: bool = False) -> exp.Select
         for name, data_type in policy.columns:
             column = exp.Column(this=_ident(name), table=_ident(SOURCE_ALIAS))
             spec = policy.masks.get(name)
-            projections.append(column if spec is None else
-                               exp.alias_(mask_expression(column, spec, data_type, explain=explain), _ident(name)))
+            if spec is None:
+                projections.append(column)
+            elif stored is not None and spec.function is MaskFunction.HASH and name in stored.columns:
+                precomputed = exp.Column(this=_ident(stored.columns[name]), table=_ident(SOURCE_ALIAS))
+                projections.append(exp.alias_(precomputed, _ident(name)))
+            else:
+                projections.append(exp.alias_(mask_expression(column, spec, data_type, explain=explain),
+                                              _ident(name)))
     select = exp.Select(expressions=projections).from_(
-        exp.Table(this=_ident(table), db=_ident(schema), catalog=_ident(DATA_CATALOG),
+        exp.Table(this=_ident(table), db=_ident(schema), catalog=_ident(stored.catalog if stored else DATA_CATALOG),
                   alias=exp.TableAlias(this=_ident(SOURCE_ALIAS))))
     if policy.row_filter is not None:
         select = select.where(_qualify(policy.row_filter, SOURCE_ALIAS))
