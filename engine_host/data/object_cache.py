@@ -188,6 +188,12 @@ class ObjectCache:
         with self._lock:
             self._reserved = max(0, self._reserved - size)
 
+    def available_bytes(self) -> int:
+        """What `reserve_bytes` could grant now: the high-water mark less pinned or busy objects and reservations."""
+        with self._lock:
+            held = sum(entry.info.size for key, entry in self._entries.items() if entry.pins or key in self._busy)
+            return max(0, int(self._high_bytes) - held - self._reserved)
+
     def demote(self, keys: Iterable[str]) -> None:
         """Put these objects first in line for eviction (their table is served from a native copy now)."""
         with self._lock:

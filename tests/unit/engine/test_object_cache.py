@@ -381,3 +381,16 @@ def test_acquire_at_a_listed_etag_does_not_serve_an_older_copy_within_the_bound(
     assert cache.acquire("t/part-0.parquet", etag=listed.etag).read_bytes() == b"version 2"
     cache.release("t/part-0.parquet")
     assert cache.stats()["refetches"] == 1
+
+
+def test_available_bytes_counts_what_a_reservation_could_evict(source: RecordingSource, bucket: Path,
+                                                                tmp_path: Path, clock: FakeClock) -> None:
+    for name in "ab":
+        _put(bucket, f"t/{name}.parquet", name.encode() * 300)
+    cache = _cache(source, tmp_path, clock, capacity=1000)
+    with cache.pin("t/a.parquet"):
+        cache.path_for("t/b.parquet")
+        assert cache.reserve_bytes(100)
+        assert cache.available_bytes() == 800 - 300 - 100  # b could go; a is pinned
+        assert cache.reserve_bytes(cache.available_bytes())
+        assert cache.available_bytes() == 0 and not cache.reserve_bytes(1)
