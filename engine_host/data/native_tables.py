@@ -57,6 +57,7 @@ from typing import Protocol
 
 import duckdb
 
+from engine_host.data.stored_masks import CopyLayout, StoredMasks, Target, read_key_material
 from engine_host.engine.duckdb_engine import DATA_CATALOG
 from engine_host.engine.views import (
     NATIVE_CATALOG_PREFIX,
@@ -145,6 +146,7 @@ class _Version:
     size: int
     fingerprint: Fingerprint
     retired_at_epoch: int | None = None
+    layout: CopyLayout | None = None  # the hash masks it stores (engine_host/data/stored_masks.py)
     fallback_files: Releasable | None = None  # the Parquet view's files, pinned for leases that may bind it
 
 
@@ -221,6 +223,9 @@ class NativeTables:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        # Hash masks computed once per copy (stored_masks.py); the layout of each copy built, until attached.
+        self.stored_masks = StoredMasks(on_wanted=self._masks_wanted)
+        self._layouts: dict[Path, CopyLayout] = {}
         self._counters = {"builds": 0, "build_failures": 0, "swaps": 0, "fallbacks": 0, "evictions": 0,
                           "retired": 0, "too_large": 0}
         shutil.rmtree(native_dir, ignore_errors=True)  # disposable, like the object cache
@@ -393,6 +398,16 @@ class NativeTables:
             table.queued = True
             self._queue.put(name)
 
+    def _masks_wanted(self, name: str) -> None:
+        """A plan asked for a hash this table's copy does not store: build one that does."""
+        with self._lock:
+            if name in self._tables:
+                self._enqueue(name)
+
+    def _stores_wanted(self, name: str, version: _Version) -> bool:
+        considered = version.layout.considered if version.layout is not None else frozenset()
+        return self.stored_masks.wanted(name) <= considered
+
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -428,7 +443,8 @@ class NativeTables:
                 return
             table.queued = False
             source = table.source
-            if table.dropped or (table.current is not None and table.current.fingerprint == source.fingerprint):
+            if table.dropped or (table.current is not None and table.current.fingerprint == source.fingerprint
+                                 and self._stores_wanted(name, table.current)):
                 return
             if table.too_large == source.fingerprint:
                 return
@@ -448,6 +464,7 @@ class NativeTables:
         try:
             held = self._files.hold(source, every_file=True) if self._files is not None else None
             size = self._build(source, path)
+            layout = self._layouts.pop(path, None)
             with self._lock:
                 if table.source.fingerprint != source.fingerprint or table.dropped or self._stopping.is_set():
                     path.unlink(missing_ok=True)  # changed again while building: the queued rebuild follows
@@ -463,7 +480,7 @@ class NativeTables:
                 self._budget.release_bytes(max(0, reserved - size))
                 reserved = 0  # the version owns its `size` bytes from here
                 version = _Version(catalog=catalog, path=path, size=size,
-                                   fingerprint=source.fingerprint)
+                                   fingerprint=source.fingerprint, layout=layout)
                 self._usage += size
                 try:
                     self._attach(version)
@@ -496,16 +513,29 @@ class NativeTables:
         partial.unlink(missing_ok=True)
         files = ", ".join(sql_string(str(f)) for f in source.files)
         target = ".".join(quote_identifier(part) for part in (partial.stem, source.schema, source.table))
+        wanted = self.stored_masks.wanted(source.name)
+        keys = None
+        if wanted:
+            with self._lock:  # the engine's cursor is shared with swaps
+                keys = read_key_material(self._cursor())
         builder = duckdb.connect(str(partial), config={"memory_limit": self._build_memory,
                                                        "autoinstall_known_extensions": False,
                                                        "autoload_known_extensions": False})
         try:
             builder.execute(f"CREATE SCHEMA {quote_identifier(partial.stem)}.{quote_identifier(source.schema)}")
-            builder.execute(f"CREATE TABLE {target} AS SELECT * FROM read_parquet([{files}])")
+            stored = ""
+            if keys is not None:  # hash masks computed once, with the engine's own macros (stored_masks.py)
+                columns = builder.execute(f"DESCRIBE SELECT * FROM read_parquet([{files}])").fetchall()
+                layout = self.stored_masks.layout(source.name, [(str(r[0]), str(r[1])) for r in columns], keys)
+                self.stored_masks.prepare_builder(builder, keys)
+                stored = self.stored_masks.stored_select(layout)
+                self._layouts[path] = layout
+            builder.execute(f"CREATE TABLE {target} AS SELECT *{stored} FROM read_parquet([{files}])")
             builder.execute("CHECKPOINT")
         except BaseException:
             builder.close()
             partial.unlink(missing_ok=True)
+            self._layouts.pop(path, None)
             raise
         builder.close()
         partial.replace(path)
@@ -520,12 +550,19 @@ class NativeTables:
         source = table.source
         target = (f"{quote_identifier(version.catalog)}.{quote_identifier(source.schema)}."
                   f"{quote_identifier(source.table)}" if version is not None else source.fallback_sql)
+        if version is not None:  # a copy with stored hash columns: the data view shows the own columns only
+            target = StoredMasks.data_view_source(version.catalog, source.schema, source.table,
+                                                  version.layout) or target
+        # The mask views first (each its own database, so not in the data view's transaction): a statement
+        # binding between the two reads the new copy through one and the old through the other, both attached.
+        self.stored_masks.repoint(con, source.name, self._mask_target(source, version))
         con.execute("BEGIN TRANSACTION")
         try:
             create_marked_view(con, DATA_CATALOG, source.schema, source.table, target, source.marker)
             con.execute("COMMIT")
         except BaseException:
             rollback(con)
+            self.stored_masks.repoint(con, source.name, self._mask_target(source, table.current))
             raise
         table.epoch += 1
         if table.current is not None:
@@ -557,6 +594,12 @@ class NativeTables:
                 version.fallback_files = held
             else:
                 held.release()
+
+    @staticmethod
+    def _mask_target(source: SourceTable, version: _Version | None) -> Target:
+        return Target(schema=source.schema, table=source.table, fallback_sql=source.fallback_sql,
+                      catalog=version.catalog if version is not None else None,
+                      layout=version.layout if version is not None else None)
 
     def _retire_unreachable(self, table: _Table) -> None:
         oldest_pin = min(table.pins) if table.pins else None
