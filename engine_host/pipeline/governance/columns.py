@@ -18,8 +18,10 @@ from collections.abc import Mapping, Sequence
 from sqlglot import exp
 from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.scope import traverse_scope
+from sqlglot.schema import MappingSchema
 
 from engine_host.pipeline.governance.guard import ParsedStatement
+from engine_host.pipeline.governance.pg_semantics import SCHEMAS
 from engine_host.pipeline.governance.tables import TableRef
 from hd_core.policies import Action
 
@@ -62,7 +64,7 @@ def _qualified_columns(parsed: ParsedStatement, query: exp.Expr, refs: Sequence[
     query = copies[id(query)]
     # Each base reference is renamed to a unique table so that every column maps back to exactly one ref.
     names: dict[str, str] = {}
-    schema: dict[str, object] = {}
+    schema: dict[str, dict[str, str]] = {}
     known: dict[str, set[str]] = {}
     renamed: dict[str, dict[str, str]] = {}
     for i, ref in enumerate(refs):
@@ -90,7 +92,10 @@ def _qualified_columns(parsed: ParsedStatement, query: exp.Expr, refs: Sequence[
     for column in query.find_all(exp.Column):  # crm.customers.ssn -> customers.ssn
         column.set("db", None)
         column.set("catalog", None)
-    qualified = qualify(query, schema=schema, dialect=parsed.dialect, validate_qualify_columns=True,
+    # The schema depends only on the dialect and each ref's columns in order: built once for all statements alike.
+    key = ("columns", parsed.dialect, tuple((name, tuple(columns)) for name, columns in schema.items()))
+    mapping = SCHEMAS.get(key, lambda: MappingSchema(dict(schema), dialect=parsed.dialect))
+    qualified = qualify(query, schema=mapping, dialect=parsed.dialect, validate_qualify_columns=True,
                         expand_stars=True, quote_identifiers=False)
     result: dict[str, set[str]] = {r.name: set() for r in refs}
     for scope in traverse_scope(qualified):

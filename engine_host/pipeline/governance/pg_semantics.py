@@ -22,7 +22,9 @@ meaning (nothing is read that the governed tree did not already read).
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -30,6 +32,7 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.annotate_types import annotate_types
 from sqlglot.optimizer.qualify import qualify
+from sqlglot.schema import MappingSchema
 from sqlglot.tokens import Tokenizer, TokenType
 
 from engine_host.engine.duckdb_engine import DATA_CATALOG
@@ -253,7 +256,7 @@ def _annotate(tree: exp.Expr, targets: list[exp.Expr],
     for index, node in enumerate(targets):
         node.meta[_MARK] = index
     try:
-        schema = _schema(column_types)
+        schema = table_schema(column_types)
         copy = tree.copy()
         try:
             qualified = qualify(copy, schema=schema, dialect="duckdb", validate_qualify_columns=False,
@@ -291,9 +294,46 @@ def _type_of(node: exp.Expr | None) -> exp.DataType | None:
     return kind
 
 
-def table_schema(column_types: Mapping[str, Sequence[tuple[str, str]]]) -> dict[str, object] | None:
+class SchemaCache:
+    """sqlglot MappingSchemas by their content, built once and shared by the statements that read the same tables.
+
+    Building one normalises every table and column name and parses no type yet; each statement built two
+    or three from the same columns (~8% of planning a new statement). A schema is read-only to qualify()
+    and annotate_types(), but memoises lookups keyed by each statement's table nodes, so it serves at most
+    `uses` statements before it is built anew; at most `capacity` are kept (least recently used go first).
+    """
+
+    def __init__(self, capacity: int = 64, uses: int = 1000):
+        self._capacity = capacity
+        self._uses = uses
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[Hashable, tuple[MappingSchema, int]] = OrderedDict()
+
+    def get(self, key: Hashable, build: Callable[[], MappingSchema]) -> MappingSchema:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[1] < self._uses:
+                self._entries[key] = (entry[0], entry[1] + 1)
+                self._entries.move_to_end(key)
+                return entry[0]
+        schema = build()
+        with self._lock:
+            self._entries[key] = (schema, 1)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+        return schema
+
+
+SCHEMAS = SchemaCache()
+
+
+def table_schema(column_types: Mapping[str, Sequence[tuple[str, str]]]) -> MappingSchema | None:
     """The tables' columns as sqlglot's schema (catalog, schema, table, column -> type) for qualify()."""
-    return _schema(column_types)
+    if not column_types:
+        return None
+    key = ("duckdb", tuple(sorted((name, tuple(columns)) for name, columns in column_types.items())))
+    return SCHEMAS.get(key, lambda: MappingSchema(_schema(column_types), dialect="duckdb"))
 
 
 def _schema(column_types: Mapping[str, Sequence[tuple[str, str]]]) -> dict[str, object] | None:

@@ -43,7 +43,7 @@ def declared_types(tree: exp.Expr, column_types: Mapping[str, Sequence[tuple[str
 
     `column_types` maps each governed table (`schema.table`) to its (column, DuckDB type) pairs.
     """
-    if not isinstance(tree, exp.Query):
+    if not isinstance(tree, exp.Query) or not _may_declare(tree, column_types):
         return ()
     schema = table_schema(column_types)
     try:
@@ -57,6 +57,20 @@ def declared_types(tree: exp.Expr, column_types: Mapping[str, Sequence[tuple[str
         return ()
     declared = _scope_types(root, column_types, 0)
     return declared if any(t is not None for t in declared) else ()
+
+
+def _may_declare(tree: exp.Expr, column_types: Mapping[str, Sequence[tuple[str, str]]]) -> bool:
+    """Whether any output column could be declared: a varchar column in a read table, or a node below that
+    _expression_type declares (cheap to find; qualifying a copy of the tree is not)."""
+    if any(str(kind).upper() == "VARCHAR" for columns in column_types.values() for _, kind in columns):
+        return True
+    for node in tree.walk():
+        if isinstance(node, (*_NAME_FUNCTIONS, exp.CurrentSchemas)) or (
+                type(node) is exp.Cast and _cast_type(node.to) is not None) or (
+                isinstance(node, exp.Anonymous) and str(node.name).lower() == "pg_typeof") or (
+                isinstance(node, exp.Column) and node.name.lower() in SQL_VALUE_KEYWORDS):
+            return True
+    return False
 
 
 def _scope_types(scope: Scope, column_types: Mapping[str, Sequence[tuple[str, str]]],
