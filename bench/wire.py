@@ -1,6 +1,7 @@
 """Wire-protocol benchmark: the engine host over TLS versus in-process DuckDB, measured side by side.
 
 Run from the repository root:  .venv/bin/python -m bench.wire [--rows 1000000] [--clients 100] [--only small]
+                                   [--baseline REV]  (small statements of REV's code interleaved with this tree's)
 
 Prints:
   1. fetching N rows through psycopg over TLS vs DuckDB `fetchall()` in process (target <= 1.3x)
@@ -13,11 +14,15 @@ Prints:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import duckdb
@@ -109,40 +114,61 @@ def _native_copy(data_dir: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def small_queries(host: EngineHostProcess, count: int) -> None:
+def small_queries(hosts: list[tuple[str, EngineHostProcess]], count: int, rounds: int = 5) -> None:
     """p50/p95 of small statements over TLS through the full pipeline, next to in-process DuckDB.
 
     `SELECT 1` as the Owner, simple (Query) and prepared (named statement: Bind/Execute/Sync); a point
     lookup on crm.customers (tenant filter + four masks, served from the native cache) as the demo
-    analyst, unnamed (Parse/Bind/Describe/Execute/Sync each time, psycopg's default) and prepared.
+    analyst, unnamed (Parse/Bind/Describe/Execute/Sync each time) and prepared. `prepare=False` keeps
+    psycopg from preparing a statement by itself after its fifth run (its prepare_threshold).
     In process: the same client SQL on a native copy of the table, same parameter.
+
+    With more than one host (`--baseline`), each case runs on every host in `rounds` interleaved
+    rounds, so the machine's load falls on all of them alike.
     """
-    local = _native_copy(host.state_dir / "data")
-    with psycopg.connect(host.dsn(), autocommit=True) as owner:
-        native = _wait_native(owner, "crm.customers")
-    with psycopg.connect(host.demo_dsn("acme-analyst"), autocommit=True) as analyst:
-        key = analyst.execute("SELECT customer_id FROM crm.customers ORDER BY customer_id LIMIT 1").fetchone()[0]
-        masked = analyst.execute(LOOKUP_SQL, [key]).fetchone()
-        print(f"[small] crm.customers served {'natively' if native else 'FROM PARQUET (native copy not ready)'};"
-              f" analyst row masked: {masked}")
+    first = hosts[0][1]
+    local = _native_copy(first.state_dir / "data")
+    for name, host in hosts:
+        with psycopg.connect(host.dsn(), autocommit=True) as owner:
+            native = _wait_native(owner, "crm.customers")
+        with psycopg.connect(host.demo_dsn("acme-analyst"), autocommit=True) as analyst:
+            key = analyst.execute("SELECT customer_id FROM crm.customers ORDER BY customer_id LIMIT 1").fetchone()[0]
+            masked = analyst.execute(LOOKUP_SQL, [key]).fetchone()
+        print(f"[small] {name}: crm.customers served "
+              f"{'natively' if native else 'FROM PARQUET (native copy not ready)'}; analyst row masked: {masked}")
     cases = (
         ("SELECT 1 simple", None, "SELECT 1", None, False),
         ("SELECT 1 prepared", None, "SELECT 1", None, True),
         ("masked lookup unnamed", "acme-analyst", LOOKUP_SQL, [key], False),
         ("masked lookup prepared", "acme-analyst", LOOKUP_SQL, [key], True),
     )
+    per_round = max(1, count // rounds)
     for label, person, sql, params, prepare in cases:
-        dsn = host.demo_dsn(person) if person else host.dsn()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            def over_wire(conn=conn, sql=sql, params=params, prepare=prepare) -> None:
-                conn.execute(sql, params, prepare=prepare).fetchall()
+        wire: dict[str, list[float]] = {name: [] for name, _ in hosts}
+        conns = {name: psycopg.connect(host.demo_dsn(person) if person else host.dsn(), autocommit=True)
+                 for name, host in hosts}
+        try:
+            for round_ in range(rounds):
+                for name, _ in hosts:
+                    def over_wire(conn=conns[name], sql=sql, params=params, prepare=prepare) -> None:
+                        conn.execute(sql, params, prepare=prepare).fetchall()
 
-            wire = _timings(over_wire, count, warmup=50, interval=SMALL_PACE_SECONDS)
+                    wire[name] += _timings(over_wire, per_round, warmup=50 if round_ == 0 else 5,
+                                           interval=SMALL_PACE_SECONDS)
+        finally:
+            for conn in conns.values():
+                conn.close()
         local_sql = sql.replace("%s", "$1")
-        in_process = _timings(lambda s=local_sql, p=params: local.execute(s, p).fetchall(), count, warmup=50)
-        (w50, w95), (l50, l95) = _p50_p95(wire), _p50_p95(in_process)
-        print(f"[small] {label:24s} n={count}  over TLS p50 {w50:6.3f} ms p95 {w95:6.3f} ms"
-              f"  | in-process DuckDB p50 {l50:6.3f} ms p95 {l95:6.3f} ms  ratio {w50 / l50:5.2f}x")
+        in_process = _timings(lambda s=local_sql, p=params: local.execute(s, p).fetchall(), count, warmup=50,
+                              interval=SMALL_PACE_SECONDS)  # paced alike: idle gaps cool caches on both sides
+        l50, l95 = _p50_p95(in_process)
+        for name, _ in hosts:
+            w50, w95 = _p50_p95(wire[name])
+            versus = ""
+            if len(hosts) > 1 and name != hosts[0][0]:
+                versus = f"  {name}/{hosts[0][0]} {w50 / _p50_p95(wire[hosts[0][0]])[0]:5.2f}x"
+            print(f"[small] {label:24s} {name:8s} n={len(wire[name])}  over TLS p50 {w50:6.3f} ms p95 {w95:6.3f} ms"
+                  f"  | in-process DuckDB p50 {l50:6.3f} ms p95 {l95:6.3f} ms  ratio {w50 / l50:5.2f}x{versus}")
 
 
 def _p50_p95(samples: list[float]) -> tuple[float, float]:
@@ -185,6 +211,25 @@ def concurrent_clients(dsn: str, clients: int, per_client: int) -> None:
         print("  error:", err)
 
 
+@contextmanager
+def _baseline_host(revision: str, state: Path) -> Iterator[EngineHostProcess]:
+    """An engine host running the code of `revision` (a `git archive` of it, with its own hd_core)."""
+    tree = state / "tree"
+    tree.mkdir()
+    archive = subprocess.run(["git", "archive", "--format=tar", revision], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    here = os.getcwd()
+    os.chdir(tree)  # `python -m engine_host.cli` imports the package from the working directory
+    try:
+        host = start_engine_host(state / "host", "--demo", env={"PYTHONPATH": str(tree / "layers" / "core")})
+    finally:
+        os.chdir(here)
+    try:
+        yield host
+    finally:
+        host.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -194,20 +239,26 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=100)
     parser.add_argument("--only", choices=("bulk", "small", "concurrent"), action="append",
                         help="run only these sections (repeatable); default: all")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run the small statements on a host built from git revision REV, interleaved "
+                             "with this tree's (before/after from one run)")
     args = parser.parse_args()
     sections = set(args.only or ("bulk", "small", "concurrent"))
-    with tempfile.TemporaryDirectory() as state:
-        host = start_engine_host(Path(state), "--demo")
-        try:
-            dsn = host.dsn()
-            if "bulk" in sections:
-                bulk_fetch(dsn, args.rows, args.runs)
-            if "small" in sections:
-                small_queries(host, args.small)
-            if "concurrent" in sections:
-                concurrent_clients(dsn, args.clients, args.per_client)
-        finally:
-            host.stop()
+    with tempfile.TemporaryDirectory() as state, ExitStack() as stack:
+        host = start_engine_host(Path(state) / "host", "--demo")
+        stack.callback(host.stop)
+        dsn = host.dsn()
+        if "bulk" in sections:
+            bulk_fetch(dsn, args.rows, args.runs)
+        if "small" in sections:
+            hosts = [("this", host)]
+            if args.baseline:
+                (Path(state) / "baseline").mkdir()
+                hosts.insert(0, ("baseline", stack.enter_context(_baseline_host(args.baseline,
+                                                                                 Path(state) / "baseline"))))
+            small_queries(hosts, args.small)
+        if "concurrent" in sections:
+            concurrent_clients(dsn, args.clients, args.per_client)
 
 
 if __name__ == "__main__":

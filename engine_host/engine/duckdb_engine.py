@@ -65,8 +65,10 @@ def _size_text(size: int) -> str:
 
 def _check_batch(batch: pa.RecordBatch, memory: EngineMemory, total: int) -> int:
     """`total` + this batch's bytes; raises ResultLimitExceeded before a value or result over its cap is sent."""
-    if memory.max_value_bytes:
+    if memory.max_value_bytes and batch.nbytes > memory.max_value_bytes:
         for index, column in enumerate(batch.columns):
+            if column.nbytes <= memory.max_value_bytes:
+                continue  # no value can be larger than all of its column's buffers together
             kind = column.type
             if not (pa.types.is_string(kind) or pa.types.is_binary(kind) or pa.types.is_large_string(kind)
                     or pa.types.is_large_binary(kind)):

@@ -193,7 +193,8 @@ class Watchdog:
                 self._thread = threading.Thread(target=self._run, name="hd-statement-watchdog", daemon=True)
                 self._thread.start()
             heapq.heappush(self._heap, deadline)
-            self._cond.notify()
+            if self._heap[0] is deadline:  # otherwise the thread already wakes earlier than this one is due
+                self._cond.notify()
         return deadline
 
     @staticmethod

@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import lru_cache
 from typing import Protocol
 
 import duckdb
@@ -35,7 +36,13 @@ from engine_host.pipeline.execution import Execution, GovernedRows
 from engine_host.pipeline.governance.guard import MAX_STATEMENT_CHARS
 from engine_host.pipeline.governance.pg_semantics import PgSession, search_path_schemas
 from engine_host.pipeline.governance.plan_check import check_bound_plan, statement_shape
-from engine_host.pipeline.governor import SUPPORTED_DIALECTS, GovernedPlan, Governor, StatementAudit
+from engine_host.pipeline.governor import (
+    PLAN_CACHE_MAX_CHARS,
+    SUPPORTED_DIALECTS,
+    GovernedPlan,
+    Governor,
+    StatementAudit,
+)
 from engine_host.pipeline.quantified_parameters import array_of, quantified_probe
 from engine_host.pipeline.recently_used import RecentlyUsed
 from engine_host.pipeline.results import Outcome, ResultColumn, RowSource, format_code
@@ -110,6 +117,7 @@ class StatementContext:
     statement_type: str = ""
     is_catalog: bool = False
     plan: GovernedPlan | None = None
+    audit: StatementAudit | None = None  # opened by `govern`; an engine statement's record when it runs at once
 
 
 Stage = Callable[[StatementContext], None]
@@ -129,6 +137,12 @@ class PreparedStatement:
     copy: CopyStatement | None = None
     shape: StatementShape | None = field(default=None, repr=False)
     plan: GovernedPlan | None = field(default=None, repr=False)
+    # Set by `prepare(..., run_now=True)`: the audit its planning opened and the policy and table
+    # versions it planned against. The execution that follows at once takes both over instead of
+    # planning the statement a second time (`_admit`); any other execution plans afresh.
+    fresh: tuple[StatementAudit, tuple[int, int]] | None = field(default=None, repr=False)
+    # The result columns of its last execution, for the plan and Arrow schema they were made for.
+    result_types: tuple[GovernedPlan, pa.Schema, tuple[ResultColumn, ...]] | None = field(default=None, repr=False)
 
 
 _COMMENTS = re.compile(r"\s*(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*", re.DOTALL)
@@ -185,6 +199,10 @@ class StatementPipeline:
         self.governor = governor
         # Statement shapes whose bound plan passed the check (see `verify_plan`).
         self._verified: RecentlyUsed[Hashable, bool] = RecentlyUsed(governor.limits.plan_cache_entries)
+        self._pg_sessions: RecentlyUsed[tuple[str, str, str, int], PgSession] = RecentlyUsed(256)
+        # Bound statement shapes by (engine SQL, table catalog version), weighed by their text (see `_shape`).
+        self._shapes: RecentlyUsed[tuple[str, int], StatementShape] = RecentlyUsed(
+            governor.limits.plan_cache_entries, max_weight=PLAN_CACHE_MAX_CHARS, weight=lambda key, _: len(key[0]))
         self.stages: list[Stage] = (list(stages) if stages is not None
                                     else [self.classify, self.answer_catalog, self.govern])
         self._transactions = Transactions(self)
@@ -272,7 +290,7 @@ class StatementPipeline:
         if ctx.kind is not Kind.ENGINE:
             return
         session = ctx.session
-        audit = self._statement_audit(session, ctx.text)
+        audit = ctx.audit = self._statement_audit(session, ctx.text)
         try:
             ctx.plan = self._plan(session, ctx.text, audit, ctx.engine_sql if ctx.is_catalog else None)
         except QueryError:
@@ -289,13 +307,14 @@ class StatementPipeline:
         self.governor.record_denial(self.subject(session), _settings_map(session), audit)
         return error
 
-    def _plan(self, session: Session, text: str, audit: StatementAudit, catalog_sql: str | None) -> GovernedPlan:
+    def _plan(self, session: Session, text: str, audit: StatementAudit, catalog_sql: str | None,
+              subject: Subject | None = None) -> GovernedPlan:
         try:
             scopes = self.governor.current_scopes(session.principal)
         except QueryError as exc:  # revoked key, suspended user or organisation: a denial the record must show
             audit.deny("credential", exc)
             raise
-        return self.governor.plan(self.subject(session), scopes, text, audit.dialect, audit,
+        return self.governor.plan(subject or self.subject(session), scopes, text, audit.dialect, audit,
                                   catalog_sql=catalog_sql, overlay=session.local_tables,
                                   verify=lambda plan: self.verify_plan(session, plan),
                                   pg_session=self._pg_session(session))
@@ -304,8 +323,15 @@ class StatementPipeline:
         """What current_user, current_database() and current_schema return for `session`."""
         user = session.principal.user_id
         database = self._catalog.database_name if self._catalog is not None else "hd"
-        schemas = search_path_schemas(session.settings.get("search_path"), user, self.governor.tables.schemas())
-        return PgSession(user=user, database=database, schemas=schemas)
+        search_path, tables = session.settings.get("search_path"), self.governor.tables
+        # Asked for every statement, and the answer changes only with these: built once per combination.
+        key = (user, database, search_path, tables.version)
+        found = self._pg_sessions.get(key)
+        if found is None:
+            schemas = search_path_schemas(search_path, user, tables.schemas())
+            found = PgSession(user=user, database=database, schemas=schemas)
+            self._pg_sessions.put(key, found)
+        return found
 
     def verify_plan(self, session: Session, plan: GovernedPlan) -> None:
         """Bind the governed SQL in DuckDB and check every scan against the plan (governance/plan_check.py).
@@ -357,8 +383,13 @@ class StatementPipeline:
             raise error
         return parts
 
-    def prepare(self, session: Session, sql: str, declared_oids: Sequence[int] = ()) -> PreparedStatement:
-        """Run the preparation stages; raises QueryError if the statement may not or cannot run."""
+    def prepare(self, session: Session, sql: str, declared_oids: Sequence[int] = (), *,
+                run_now: bool = False) -> PreparedStatement:
+        """Run the preparation stages; raises QueryError if the statement may not or cannot run.
+
+        `run_now`: the caller executes the statement next, before anything else runs on the session
+        (a simple query): its execution keeps the audit and plan made here rather than planning again.
+        """
         ctx = StatementContext(session=session, text=sql)
         try:
             for stage in self.stages:
@@ -391,7 +422,13 @@ class StatementPipeline:
         elif ctx.kind is Kind.ENGINE:
             prepared.statement_type = (ctx.plan.statement_type if ctx.plan is not None
                                        else self._statement_type(session, ctx.engine_sql))
+            if run_now and ctx.audit is not None and ctx.plan is not None:
+                prepared.fresh = (ctx.audit, self._plan_versions())
         return prepared
+
+    def _plan_versions(self) -> tuple[int, int]:
+        """The policy snapshot and table catalog a plan was made against (part of every plan's cache key)."""
+        return self.governor.policies.snapshot.version, self.governor.tables.version
 
     def _statement_type(self, session: Session, sql: str) -> str:
         try:
@@ -403,12 +440,28 @@ class StatementPipeline:
         return kinds[0][0]
 
     def _shape(self, session: Session, prepared: PreparedStatement) -> StatementShape:
+        """What DuckDB's binder says about the statement, bound once per text and table catalog version.
+
+        Drivers send the same unnamed statement for every execution (Parse, Bind, Describe, Execute): its
+        shape is bound once, not at every Parse as well as when it runs. The shape depends only on the
+        SQL and the catalog it binds against; a session with uncommitted DDL binds against its own
+        tables, and one whose transaction failed gets DuckDB's refusal: neither reads the cache. Only a
+        statement outside a transaction block stores its shape: it bound against the latest catalog,
+        the one the version names (a transaction binds against the catalog as of its start).
+        """
         if prepared.shape is None:
-            try:
-                with self._hold_data(prepared.plan):
-                    prepared.shape = session.engine.describe(prepared.engine_sql)
-            except duckdb.Error as exc:
-                raise errors.from_engine_error(exc) from None
+            key = None
+            if session.local_tables is None and session.transaction_status != FAILED_TRANSACTION:
+                key = (prepared.engine_sql, self.governor.tables.version)
+                prepared.shape = self._shapes.get(key)
+            if prepared.shape is None:
+                try:
+                    with self._hold_data(prepared.plan):
+                        prepared.shape = session.engine.describe(prepared.engine_sql)
+                except duckdb.Error as exc:
+                    raise errors.from_engine_error(exc) from None
+                if key is not None and not session.in_transaction:
+                    self._shapes.put(key, prepared.shape)
         return prepared.shape
 
     def _hold_data(self, plan: GovernedPlan | None) -> DataLease:
@@ -666,13 +719,24 @@ class StatementPipeline:
         """
         slot_held = take_slot and session.slot_held  # taken by `enter_gate` for this statement: not again
         take_slot = take_slot and not slot_held
-        subject = self.subject(session)
         settings = _settings_map(session)
-        audit = self._statement_audit(session, audited_as[0] if audited_as else prepared.text, engine)
+        subject = self.governor.subject(session.principal, settings, _peer_ip(session.client_address))
+        timeout = self._timeout(session)
+        fresh, prepared.fresh = prepared.fresh, None
+        if (fresh is not None and audited_as is None and engine is None and prepared.plan is not None
+                and fresh[1] == self._plan_versions()):
+            # Planned a moment ago for this very execution (a simple query), against the policy and
+            # tables still current: that audit (its stages' verdicts, start and deadline) is this
+            # statement's one record, and planning it again would only find the same plan.
+            audit, replan = fresh[0], False
+        else:
+            audit, replan = self._statement_audit(session, audited_as[0] if audited_as else prepared.text, engine,
+                                                  timeout), True
         try:
             try:
-                plan = self._plan(session, prepared.text, audit,
-                                  prepared.engine_sql if prepared.is_catalog else None)
+                plan = (self._plan(session, prepared.text, audit, prepared.engine_sql if prepared.is_catalog else None,
+                                   subject) if replan else prepared.plan)
+                assert plan is not None
             finally:
                 if audited_as is not None:
                     audit.statement_kind = audited_as[1]
@@ -687,22 +751,24 @@ class StatementPipeline:
             raise self._refuse_unexpected(session, audit, exc) from None
         execution = Execution(self.governor, subject, settings, audit, holds_slot=take_slot,
                               on_timeout=(engine or session.engine).interrupt,
-                              timeout_seconds=audit.remaining_seconds(self._timeout(session)))
+                              timeout_seconds=audit.remaining_seconds(timeout))
         session.track(execution)
         return execution
 
-    def _statement_audit(self, session: Session, text: str, engine: EngineSession | None = None) -> StatementAudit:
+    def _statement_audit(self, session: Session, text: str, engine: EngineSession | None = None,
+                         timeout: float | None = None) -> StatementAudit:
         """A statement's audit, with its timeout counting from now and cancels of `engine` noticed between stages."""
         engine = engine or session.engine
         mark = engine.interrupts
-        return self.governor.new_audit(text, _dialect(session), timeout_seconds=self._timeout(session),
+        return self.governor.new_audit(text, _dialect(session),
+                                       timeout_seconds=self._timeout(session) if timeout is None else timeout,
                                        interrupted=lambda: engine.interrupts != mark)
 
     def _timeout(self, session: Session) -> float:
         """The session's statement_timeout (ms, 0 = none), capped by the host's limit."""
         host = self.governor.limits.statement_timeout_seconds
         try:
-            own = duration_milliseconds(session.settings.get("statement_timeout")) / 1000
+            own = _duration_ms(session.settings.get("statement_timeout")) / 1000
         except QueryError:
             own = 0
         return min(own, host) if own > 0 else host
@@ -748,9 +814,7 @@ class StatementPipeline:
             columns = None
             if stype in ("SELECT", "EXPLAIN") or returning or (stype not in _ROWS_TAGS
                                                                 and _has_result_rows(stream.schema)):
-                to_pg = _catalog_type if prepared.is_catalog else pg_type_for_arrow
-                types = with_declared([to_pg(f.type) for f in stream.schema], plan.declared_types)
-                columns = [ResultColumn(f.name, t) for f, t in zip(stream.schema, types, strict=True)]
+                columns = _result_columns(prepared, plan, stream.schema)
             if columns is not None and not own_transaction:
                 max_rows = self.governor.max_rows(session.principal.org_id)
                 governed = GovernedRows(rows, execution, max_rows=max_rows)
@@ -938,6 +1002,18 @@ def _static_rows(columns: list[ResultColumn], rows: list[list[str]], row_tag: st
     return Outcome(tag="", columns=columns, rows=source, row_tag=row_tag)
 
 
+def _result_columns(prepared: PreparedStatement, plan: GovernedPlan, schema: pa.Schema) -> list[ResultColumn]:
+    """The result columns of `schema` as PostgreSQL types; kept on `prepared` while its plan and schema stay."""
+    known = prepared.result_types
+    if known is not None and known[0] is plan and known[1].equals(schema):
+        return list(known[2])
+    to_pg = _catalog_type if prepared.is_catalog else pg_type_for_arrow
+    types = with_declared([to_pg(f.type) for f in schema], plan.declared_types)
+    columns = [ResultColumn(f.name, t) for f, t in zip(schema, types, strict=True)]
+    prepared.result_types = (plan, schema, tuple(columns))
+    return columns
+
+
 def _has_result_rows(schema: object) -> bool:
     names = list(getattr(schema, "names", []))
     return names not in (["Count"], ["Success"], [])
@@ -991,6 +1067,12 @@ def _check_session_setting(name: str, value: str | None) -> None:
 def _bad_dialect(value: str) -> QueryError:
     return QueryError("22023", "HD_ERR_UNKNOWN_DIALECT", f"unknown SQL dialect {value!r}",
                       hint=f"Use one of: {', '.join(SUPPORTED_DIALECTS)}.")
+
+
+@lru_cache(maxsize=256)
+def _duration_ms(value: str) -> int:
+    """`duration_milliseconds`, remembered: every statement reads its session's statement_timeout."""
+    return duration_milliseconds(value)
 
 
 def _settings_map(session: Session) -> dict[str, str]:

@@ -692,7 +692,7 @@ class PgConnection:
         for text in statements:
             outcome: Outcome | None = None
             try:
-                prepared = pipeline.prepare(session, text)
+                prepared = pipeline.prepare(session, text, run_now=True)
                 outcome = pipeline.execute(session, prepared)
                 self._apply_outcome(outcome)
                 if isinstance(outcome, CopyOutcome):

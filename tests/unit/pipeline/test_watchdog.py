@@ -68,3 +68,18 @@ def test_a_stopped_watchdog_arms_nothing_and_raises_nothing() -> None:
     fired = threading.Event()
     dog.arm(0.0, fired.set)  # a statement admitted while the host stops must not fail on its timeout
     assert not fired.wait(0.1)
+
+
+def test_an_earlier_deadline_armed_after_a_later_one_still_fires_on_time() -> None:
+    """The thread is woken only for a deadline that comes before every one it waits for (issue 17 item 3)."""
+    dog = Watchdog()
+    fired: list[str] = []
+    early, later = threading.Event(), threading.Event()
+    try:
+        dog.arm(30, lambda: fired.append("far"))
+        dog.arm(0.2, lambda: (fired.append("later"), later.set()))  # after the far one: no wake needed
+        dog.arm(0.05, lambda: (fired.append("early"), early.set()))  # before both: wakes the thread
+        assert early.wait(2) and later.wait(2)
+        assert fired == ["early", "later"]
+    finally:
+        dog.stop()
