@@ -146,7 +146,7 @@ class _Version:
     size: int
     fingerprint: Fingerprint
     retired_at_epoch: int | None = None
-    layout: CopyLayout | None = None  # the hash masks it stores (engine_host/data/stored_masks.py)
+    layout: CopyLayout | None = None  # the masks it stores (engine_host/data/stored_masks.py)
     fallback_files: Releasable | None = None  # the Parquet view's files, pinned for leases that may bind it
 
 
@@ -223,7 +223,7 @@ class NativeTables:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        # Hash masks computed once per copy (stored_masks.py); the layout of each copy built, until attached.
+        # Masks computed once per copy (stored_masks.py); the layout of each copy built, until attached.
         self.stored_masks = StoredMasks(on_wanted=self._masks_wanted)
         self._layouts: dict[Path, CopyLayout] = {}
         self._counters = {"builds": 0, "build_failures": 0, "swaps": 0, "fallbacks": 0, "evictions": 0,
@@ -399,7 +399,7 @@ class NativeTables:
             self._queue.put(name)
 
     def _masks_wanted(self, name: str) -> None:
-        """A plan asked for a hash this table's copy does not store: build one that does."""
+        """A plan asked for a mask this table's copy does not store: build one that does."""
         with self._lock:
             if name in self._tables:
                 self._enqueue(name)
@@ -523,14 +523,15 @@ class NativeTables:
                                                        "autoload_known_extensions": False})
         try:
             builder.execute(f"CREATE SCHEMA {quote_identifier(partial.stem)}.{quote_identifier(source.schema)}")
-            stored = ""
-            if keys is not None:  # hash masks computed once, with the engine's own macros (stored_masks.py)
+            if keys is None:
+                builder.execute(f"CREATE TABLE {target} AS SELECT * FROM read_parquet([{files}])")
+            else:  # masks computed once, with the engine's own macros (stored_masks.py)
                 columns = builder.execute(f"DESCRIBE SELECT * FROM read_parquet([{files}])").fetchall()
                 layout = self.stored_masks.layout(source.name, [(str(r[0]), str(r[1])) for r in columns], keys)
                 self.stored_masks.prepare_builder(builder, keys)
-                stored = self.stored_masks.stored_select(layout)
+                for statement in self.stored_masks.copy_statements(target, f"read_parquet([{files}])", layout):
+                    builder.execute(statement)
                 self._layouts[path] = layout
-            builder.execute(f"CREATE TABLE {target} AS SELECT *{stored} FROM read_parquet([{files}])")
             builder.execute("CHECKPOINT")
         except BaseException:
             builder.close()
@@ -550,7 +551,7 @@ class NativeTables:
         source = table.source
         target = (f"{quote_identifier(version.catalog)}.{quote_identifier(source.schema)}."
                   f"{quote_identifier(source.table)}" if version is not None else source.fallback_sql)
-        if version is not None:  # a copy with stored hash columns: the data view shows the own columns only
+        if version is not None:  # a copy with stored mask columns: the data view shows the own columns only
             target = StoredMasks.data_view_source(version.catalog, source.schema, source.table,
                                                   version.layout) or target
         # The mask views first (each its own database, so not in the data view's transaction): a statement

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine_host.data.native_tables import NativeTables
 from engine_host.data.table_sources import TableSource
 from engine_host.engine.duckdb_engine import Database
 from engine_host.engine.masking import install_mask_macros
@@ -113,7 +114,8 @@ class EngineHost:
         writer = AuditWriter(self.audit_sink, on_record=metrics.observe_statement if metrics else None,
                              on_write_failure=metrics.audit_write_failed if metrics else None)
         # The native copies' precomputed hash masks, where the table source keeps copies (data/stored_masks.py).
-        stored_masks = getattr(self.table_source.table_data, "stored_masks", None)
+        native = getattr(self.table_source, "native", None)
+        stored_masks = native.stored_masks if isinstance(native, NativeTables) else None
         governor = Governor(policies=self.policies, tables=self.tables, store=self.store, audit=writer,
                             meter=self.meter, default_org_id=self._default_org_id, limits=self.settings.limits,
                             stored_masks=stored_masks)

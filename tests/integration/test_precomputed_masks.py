@@ -9,6 +9,7 @@ compares with what the macro computes, NULLs included, and with HMAC-SHA256 comp
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import re
 import time
 from collections.abc import Iterator
@@ -36,8 +37,10 @@ from hd_core.policies import MaskFunction, MaskRule, RowFilter
 from tests.harness import BackgroundLoop
 
 ROWS = 3000
-HASHED = ("email", "ssn", "score", "born", "seen")  # `seen` is TIMESTAMPTZ: its text depends on TimeZone
-SELECT_ALL = "SELECT id, region, email, ssn, score, born, seen, nickname FROM pii.people ORDER BY id"
+HASHED = ("email", "ssn", "score", "born", "balance", "seen")  # `seen` is TIMESTAMPTZ: its text depends on TimeZone
+PARTIAL = {"card": 4, "region": 1}  # `region` is also what the row filter reads (raw)
+COLUMNS = ("id", "region", "email", "ssn", "score", "born", "balance", "seen", "card", "nickname")
+SELECT_ALL = f"SELECT {', '.join(COLUMNS)} FROM pii.people ORDER BY id"
 
 
 def people(ids: range, salt: str = "") -> pa.Table:
@@ -48,8 +51,10 @@ def people(ids: range, salt: str = "") -> pa.Table:
         "ssn": [None if i % 11 == 0 else f"{900 + i % 100:03d}-{i % 97:02d}-{i:04d}" for i in ids],
         "score": pa.array([None if i % 13 == 0 else i * 0.25 for i in ids], pa.float64()),
         "born": [dt.date(1950, 1, 1) + dt.timedelta(days=i) for i in ids],
+        "balance": pa.array([None if i % 17 == 0 else decimal.Decimal(i * 7) / 4 for i in ids], pa.decimal128(12, 2)),
         "seen": pa.array([dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i) for i in ids],
                          pa.timestamp("us", tz="UTC")),
+        "card": [None if i % 9 == 0 else f"4111-{i:012d}" for i in ids],
         "nickname": [None if i % 5 == 0 else f"nick{i}" for i in ids],
     })
 
@@ -125,6 +130,9 @@ def start_host(state: Path) -> Host:
         for column in HASHED:
             store.put_policy(MaskRule(f"msk_{table}_{column}", org, table, column, MaskFunction.HASH,
                                       exempt_roles=(Role.OWNER,)))
+        for column, visible in PARTIAL.items():
+            store.put_policy(MaskRule(f"msk_{table}_{column}", org, table, column, MaskFunction.PARTIAL, visible,
+                                      exempt_roles=(Role.OWNER,)))
         store.put_policy(RowFilter(f"rls_{table}", org, table, "region = 'eu'", exempt_roles=(Role.OWNER,)))
     policies.load()
     native = local.engine.table_source.native  # type: ignore[attr-defined]
@@ -151,22 +159,26 @@ def test_a_stored_hash_equals_the_macro_for_every_row_nulls_included(host: Host)
     governed = stored_read(host, host.analyst, SELECT_ALL)
     assert re.search(r'FROM "hd_masks_\d+"\."pii"\."people" AS "__hd_src"', governed), governed
     env = host.analyst.principal.env
-    for column in ("email", "ssn", "score", "born"):
+    for column in ("email", "ssn", "score", "born", "balance"):
         assert f'"__hd_src"."__hd_mask {env} {column}" AS "{column}"' in governed
+    for column, visible in PARTIAL.items():
+        assert f'"__hd_src"."__hd_mask partial {visible} {column}" AS "{column}"' in governed
     # TIMESTAMPTZ's text depends on the session's TimeZone: never stored, computed as before.
     assert 'hd_mask_hash_' in governed and '"__hd_mask ' + f'{env} seen"' not in governed
+    assert "\"__hd_src\".region = 'eu'" in governed  # the row filter reads the raw column
 
     stored = host.rows(host.analyst, SELECT_ALL)
     assert stored == computed
     assert len(stored) == len([i for i in range(ROWS) if i % 3 == 0])  # the row filter still applies
-    assert {r["region"] for r in stored} == {"eu"}
+    assert {r["region"] for r in stored} == {"***u"}
     expected = host.macro_values("pii.people", HASHED, "region = 'eu'")
     assert [{k: r[k] for k in ("id", *HASHED)} for r in stored] == expected
     assert any(r["email"] is None for r in stored) and any(r["score"] is None for r in stored)
-    raw = {r["id"]: r["ssn"] for r in host.rows(host.owner, "SELECT id, ssn FROM pii.people")}
-    keys = read_key_material(host.local.engine.database.connection.cursor())  # type: ignore[union-attr]
-    assert keys.key_ids  # the stored values are HMAC-SHA256 of the text under the environment's key:
-    assert all(r["ssn"] is None if raw[r["id"]] is None else len(r["ssn"]) == 64 for r in stored)
+    raw = {r["id"]: r for r in host.rows(host.owner, "SELECT id, ssn, card FROM pii.people")}
+    assert [r["card"] for r in stored] == [None if raw[r["id"]]["card"] is None else "***" + raw[r["id"]]["card"][-4:]
+                                           for r in stored]
+    assert any(r["card"] is None for r in stored)
+    assert all(r["ssn"] is None if raw[r["id"]]["ssn"] is None else len(r["ssn"]) == 64 for r in stored)
     # Unmasked columns and the Owner (exempt) read raw values, as before.
     assert host.rows(host.owner, "SELECT count(*) AS n FROM pii.people") == [{"n": ROWS}]
     assert "hd_masks_" not in host.governed_sql(host.owner, SELECT_ALL)
@@ -174,7 +186,7 @@ def test_a_stored_hash_equals_the_macro_for_every_row_nulls_included(host: Host)
 
 def test_clients_see_only_the_tables_own_columns(host: Host) -> None:
     stored_read(host, host.analyst, SELECT_ALL)
-    own = ["id", "region", "email", "ssn", "score", "born", "seen", "nickname"]
+    own = list(COLUMNS)
     for session in (host.owner, host.analyst):
         assert list(host.rows(session, "SELECT * FROM pii.people LIMIT 1")[0]) == own
     env = host.analyst.principal.env

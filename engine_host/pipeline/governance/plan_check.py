@@ -11,7 +11,11 @@ could fold a scan away) and every scan in that plan is checked:
 - a scan of `hd_native_<n>.<schema>.<table>` (the native copy such a table's view reads once it is
   materialised, engine_host/data/native_tables.py) is allowed only when the governed plan lists
   `<schema>.<table>` as a Parquet-backed table: each attached copy holds exactly one table, under
-  that table's own name;
+  that table's own name. A governed read of precomputed hash masks goes through the table's mask
+  view (`hd_masks_<n>.<schema>.<table>`, engine_host/data/stored_masks.py); the binder inlines the
+  view, so what is checked is the scan it resolves to - that same copy, or the table's Parquet files -
+  and a mask view of a table the plan does not list fails exactly like that table would. The mask
+  view's extra columns are the copy's own stored columns: no extra source, nothing more to allow;
 - any other source must be one of a short allow list of operators that read no stored data
   (constants, VALUES, CTE scans, `range`, `generate_series`, `unnest`, ...).
 

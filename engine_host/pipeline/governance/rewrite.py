@@ -5,10 +5,11 @@ filter>) AS <its alias>`, so every expression of the query (aliases, functions, 
 grouping, windows, set operations, recursion) only ever sees masked values of permitted rows.
 Masking the result by column name afterwards is bypassable; masking inside the plan is not.
 
-A hashed column of a table whose native copy stores its hash values (engine_host/data/stored_masks.py)
-is read from the table's mask view instead: the same subquery, row filter and alias, over
-`hd_masks_<n>.<schema>.<table>` (the table's own columns plus the precomputed ones), projecting the
-stored column under the masked column's name. EXPLAIN keeps computing the redacted macro.
+A hash- or partial-masked column of a table whose native copy stores its masked values
+(engine_host/data/stored_masks.py) is read from the table's mask view instead: the same subquery,
+row filter and alias, over `hd_masks_<n>.<schema>.<table>` (the table's own columns plus the
+precomputed ones), projecting the stored column under the masked column's name. EXPLAIN keeps
+computing the redacted macro.
 
 Data-changing statements keep their target table, but evaluate their predicates, SET and RETURNING
 expressions on masked values, only touch rows inside the row filter, and abort (atomically, with an
@@ -54,8 +55,8 @@ class MaskSpec:
 
 
 @dataclass(frozen=True)
-class StoredHashes:
-    """Where a table's hash masks are precomputed: its mask view's catalog, and the column of each masked column."""
+class StoredMaskColumns:
+    """Where a table's masks are precomputed: its mask view's catalog, and the column of each masked column."""
 
     catalog: str
     columns: Mapping[str, str]
@@ -69,8 +70,8 @@ class TablePolicy:
     columns: tuple[tuple[str, str], ...]
     masks: Mapping[str, MaskSpec] = field(default_factory=dict)
     row_filter: exp.Expr | None = None
-    # Hash masks to read precomputed rather than compute (SELECT only; never for EXPLAIN).
-    stored: StoredHashes | None = None
+    # Masks to read precomputed rather than compute (SELECT only; never for EXPLAIN).
+    stored: StoredMaskColumns | None = None
 
     @property
     def governed(self) -> bool:
@@ -135,7 +136,7 @@ def governed_select(policy: TablePolicy, *, explain: bool = False) -> exp.Select
             spec = policy.masks.get(name)
             if spec is None:
                 projections.append(column)
-            elif stored is not None and spec.function is MaskFunction.HASH and name in stored.columns:
+            elif stored is not None and name in stored.columns:
                 precomputed = exp.Column(this=_ident(stored.columns[name]), table=_ident(SOURCE_ALIAS))
                 projections.append(exp.alias_(precomputed, _ident(name)))
             else:
