@@ -359,17 +359,28 @@ class NativeTables:
 
     def track(self, source: SourceTable) -> None:
         """Serve `source`, a new table or one whose files changed: from its Parquet view now (created or replaced
-        here, under the lock every swap of the view takes), from a copy once one is built."""
-        with self._lock:
-            table = self._tables.get(source.name)
-            if table is None:
-                table = _Table(source=source, checked_at=self._clock())
-                self._tables[source.name] = table
-            elif not table.dropped and table.source == source and table.epoch:
-                return
-            table.source, table.dropped, table.checked_at = source, False, self._clock()
-            self._fall_back(table)
-            self._enqueue(source.name)
+        here, under the lock every swap of the view takes), from a copy once one is built. While statements
+        hold the table, every file of the new view is fetched first, outside the lock."""
+        held: Releasable | None = None
+        try:
+            while True:
+                with self._lock:
+                    table = self._tables.get(source.name)
+                    if table is None:
+                        table = _Table(source=source, checked_at=self._clock())
+                        self._tables[source.name] = table
+                    elif not table.dropped and table.source == source and table.epoch:
+                        return
+                    if held is not None or self._files is None or not table.pins:
+                        table.source, table.dropped, table.checked_at = source, False, self._clock()
+                        self._fall_back(table, held)
+                        held = None
+                        self._enqueue(source.name)
+                        return
+                held = self._files.hold(source, every_file=True)
+        finally:
+            if held is not None:
+                held.release()
 
     def forget(self, name: str) -> None:
         """The table is gone from its source: drop its view now; its copy goes once no statement can bind it."""

@@ -216,6 +216,21 @@ def test_a_statement_holding_its_lease_across_a_swap_reads_its_version(served: N
     assert (served.object_pins(), served.native_pins()) == (0, 0)
 
 
+def test_a_file_added_by_the_listing_while_a_statement_holds_the_copy(served: NativeServed) -> None:
+    old = served.native.served_from("sales.orders")
+    lease = served.tables.hold(["sales.orders"])
+    served.put("sales/orders/part-2.parquet", orders_bytes(range(150_000, 150_005)))
+    served.tables.sync(served.database.connection.cursor(), served.catalog.refresh)  # the next listing
+
+    assert served.native.wait_idle() and served.native.served_from("sales.orders") not in (None, old)
+    # The holder may still bind the Parquet view that replaced its copy: all three files stay pinned for it.
+    assert served.object_pins() == 3 and old in served.native.attached()
+    assert served.query(f"SELECT count(*) FROM {DATA_CATALOG}.sales.orders", ["sales.orders"]) == [(150_005,)]
+    lease.release()
+    assert old not in served.native.attached()
+    assert (served.object_pins(), served.native_pins()) == (0, 0)
+
+
 def test_a_transaction_begun_on_parquet_pins_the_files_its_statements_bind(served: NativeServed) -> None:
     go = threading.Event()
     build = served.native._build
