@@ -27,7 +27,7 @@ from typing import TypeVar
 
 from sqlglot import exp
 
-from engine_host.data.stored_masks import HashColumn, StoredMasks
+from engine_host.data.stored_masks import StoredMask, StoredMasks
 from engine_host.engine.masking import ENVIRONMENTS, macro_name
 from engine_host.engine.table_catalog import TableCatalog, TableInfo
 from engine_host.pgcompat.catalog import parseable_catalog_text
@@ -44,7 +44,7 @@ from engine_host.pipeline.governance.guard import (
 )
 from engine_host.pipeline.governance.pg_semantics import PgSession
 from engine_host.pipeline.governance.result_types import declared_types
-from engine_host.pipeline.governance.rewrite import MaskSpec, StoredHashes, TablePolicy, apply_policies
+from engine_host.pipeline.governance.rewrite import MaskSpec, StoredMaskColumns, TablePolicy, apply_policies
 from engine_host.pipeline.governance.tables import NameLookup, TableRef, extract_tables
 from engine_host.pipeline.governance.transpile import transpile
 from engine_host.pipeline.policy_state import PolicyState
@@ -198,7 +198,7 @@ class Governor:
                  meter: UsageMeter, default_org_id: str, limits: HostLimits | None = None,
                  on_schema_change: Callable[[], None] | None = None, now: Callable[[], datetime] = utc_now,
                  stored_masks: StoredMasks | None = None):
-        """`stored_masks`: hash masks the native copies precompute (engine_host/data/stored_masks.py)."""
+        """`stored_masks`: masks the native copies precompute (engine_host/data/stored_masks.py)."""
         self.policies = policies
         self.stored_masks = stored_masks
         self.tables = tables
@@ -282,7 +282,7 @@ class Governor:
                subject.user_id, role, subject.agent_id, subject.agent_framework, subject.department,
                subject.region, subject.env, scopes, phi,
                None if overlay is None else tuple(sorted((k, v.columns) for k, v in overlay.items())), pg_session,
-               # More precomputed hash columns readable: plans made before may read them now.
+               # More precomputed mask columns readable: plans made before may read them now.
                self.stored_masks.version if self.stored_masks is not None else 0)
         cached = self._plans.get(key)
         if cached is not None:
@@ -454,11 +454,13 @@ class Governor:
         masks = {column: MaskSpec(rule.function, rule.visible_chars, hash_macro)
                  for column, rule in policy_eval.masks_for(snapshot, subject, role, table).items()}
         stored = None
-        hashed = [column for column, spec in masks.items() if spec.function is MaskFunction.HASH]
-        if hashed and self.stored_masks is not None and info is not None and not info.writable:
-            found = self.stored_masks.lookup(table, [HashColumn(column, env) for column in hashed])
+        storable = [StoredMask.hash(column, env) if spec.function is MaskFunction.HASH
+                    else StoredMask.partial(column, spec.visible_chars)
+                    for column, spec in masks.items() if spec.function in (MaskFunction.HASH, MaskFunction.PARTIAL)]
+        if storable and self.stored_masks is not None and info is not None and not info.writable:
+            found = self.stored_masks.lookup(table, storable)
             if found is not None:
-                stored = StoredHashes(found.catalog, {m.column: name for m, name in found.columns.items()})
+                stored = StoredMaskColumns(found.catalog, {m.column: name for m, name in found.columns.items()})
         conditions: list[exp.Expr] = []
         if tenant_column:
             conditions.append(exp.EQ(this=exp.column(tenant_column), expression=exp.Literal.string(subject.org_id)))

@@ -569,6 +569,8 @@ def _redacted(names: Sequence[str], row: Row, redact: Redactor) -> dict[str, Any
 
 def _number_close(a: Any, b: Any, rel_tol: float) -> bool:
     a, b = _canonical_number(a), _canonical_number(b)
+    if isinstance(a, int) and isinstance(b, int):  # two integral values compare exactly, as in the hash
+        return a == b
     if isinstance(a, float) or isinstance(b, float):  # NaN and the infinities
         if isinstance(a, float) and isinstance(b, float):
             return (math.isnan(a) and math.isnan(b)) or a == b
