@@ -538,7 +538,7 @@ def compare_digests(reference: ResultDigest, engine: ResultDigest, *, options: C
     else:
         if same_shape and hashes["strict"] == other["strict"]:
             return Comparison("exact", ordered, *counts)
-        within = "equal after normalisation (numeric values within tolerance)"
+        within = "equal after normalisation"
         if hashes["tolerant"] == other["tolerant"]:
             return Comparison("semantic", ordered, *counts, notes=(*notes, within))
         complete = reference.complete and engine.complete
