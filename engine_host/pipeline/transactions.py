@@ -50,14 +50,14 @@ class Transactions:
             return Outcome(tag=tag, notices=["there is no transaction in progress"])
         failed = session.transaction_status == FAILED_TRANSACTION
         commit = verb in ("COMMIT", "END") and not failed
-        lease, session.transaction_lease = session.transaction_lease, None
+        held, session.transaction_lease = session.transaction_lease, None
         session.transaction_ended()
         pending, session.pending_ddl = session.pending_ddl, []
         try:
             self._pipeline._engine_command(session, "COMMIT" if commit else "ROLLBACK")
         finally:
-            if lease is not None:  # held until DuckDB's transaction has ended
-                lease.release()
+            if held is not None:  # held until DuckDB's transaction has ended
+                held.release()
         if commit:
             for plan in pending:
                 self._pipeline.governor.schema_changed(self._pipeline.subject(session), plan)
