@@ -10,44 +10,26 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import io
-import shutil
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pyarrow as pa
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 import pytest
 
 from tests.e2e.tpch_queries import QUERIES
 from tests.harness import EngineHostProcess, start_engine_host
-
-TPCH_TABLES = ("region", "nation", "supplier", "customer", "part", "partsupp", "orders", "lineitem")
-
-
-def _tpchgen() -> str:
-    found = shutil.which("tpchgen-cli") or str(Path(sys.executable).with_name("tpchgen-cli"))
-    if not Path(found).exists():
-        pytest.skip("tpchgen-cli is not installed (pip install -e '.[dev]')")
-    return found
+from tests.tpch_data import TPCH_TABLES, drop_schema, generate_tpch, load_tpch_into_postgres
 
 
 @pytest.fixture(scope="module")
 def tpch_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SF0.01 as <schema>/<table>/*.parquet under a host's data folder."""
     state = tmp_path_factory.mktemp("hd-tpch")
-    generated = state / "generated"
-    subprocess.run([_tpchgen(), "parquet", "-s", "0.01", f"--output-dir={generated}"], check=True,
-                   capture_output=True, timeout=120)
-    for table in TPCH_TABLES:
+    for table, generated in generate_tpch(state / "generated", 0.01).items():
         folder = state / "data" / "tpch" / table
         folder.mkdir(parents=True)
-        (generated / f"{table}.parquet").rename(folder / f"{table}.parquet")
+        generated.rename(folder / f"{table}.parquet")
     return state
 
 
@@ -58,39 +40,14 @@ def tpch_host(tpch_data: Path) -> Iterator[EngineHostProcess]:
     host.stop()
 
 
-def _pg_type(arrow_type: object) -> str:
-    text = str(arrow_type)
-    if text.startswith("decimal"):
-        return "numeric" + text[len("decimal128"):]
-    return {"int64": "bigint", "int32": "integer", "date32[day]": "date"}.get(text, "text")
-
-
 @pytest.fixture(scope="module")
 def tpch_pg(reference_pg: str, tpch_data: Path) -> Iterator[str]:
     """The same data in PostgreSQL, schema tpch_<random> (so parallel runs do not collide)."""
     schema = f"tpch_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(reference_pg, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-        for table in TPCH_TABLES:
-            data = pq.read_table(tpch_data / "data" / "tpch" / table / f"{table}.parquet")
-            data = data.cast(pa.schema([pa.field(f.name, pa.string() if pa.types.is_string_view(f.type) else f.type)
-                                        for f in data.schema]))
-            columns = ", ".join(f"{f.name} {_pg_type(f.type)}" for f in data.schema)
-            conn.execute(f"CREATE TABLE {schema}.{table} ({columns})")
-            buffer = io.BytesIO()
-            pa_csv.write_csv(data, buffer, pa_csv.WriteOptions(include_header=False))
-            with conn.cursor().copy(f"COPY {schema}.{table} FROM STDIN (FORMAT csv)") as copy:
-                copy.write(buffer.getvalue())
-        # Without them PostgreSQL takes minutes over Q17/Q20's correlated subqueries.
-        for index in ("lineitem (l_partkey, l_suppkey)", "lineitem (l_orderkey)", "orders (o_orderkey)",
-                      "part (p_partkey)", "partsupp (ps_partkey, ps_suppkey)", "customer (c_custkey)",
-                      "supplier (s_suppkey)"):
-            conn.execute(f"CREATE INDEX ON {schema}.{index}")
-        for table in TPCH_TABLES:
-            conn.execute(f"ANALYZE {schema}.{table}")
+    load_tpch_into_postgres(reference_pg, schema, {
+        table: tpch_data / "data" / "tpch" / table / f"{table}.parquet" for table in TPCH_TABLES})
     yield schema
-    with psycopg.connect(reference_pg, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    drop_schema(reference_pg, schema)
 
 
 def _normalised(rows: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
