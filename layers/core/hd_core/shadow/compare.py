@@ -35,7 +35,16 @@ sample whose hashes differ only that way is reported as `mismatch` with the note
 difference could not be verified: a false `mismatch` is possible, a false `semantic` is not. The
 tolerance is relative (|a - b| <= rel_tol * max(|a|, |b|)); with `rel_tol=0` numerics compare exactly.
 When the encodings coincide (no numeric, float, timestamptz, bpchar or json column) one hash serves
-both tiers, so a plain result costs one hash per row.
+both tiers, so a plain result costs one hash per row. A statement whose rows are not fully determined
+(LIMIT without ORDER BY, or an ORDER BY ... LIMIT that cuts through ties) may return different rows
+on each side: that is reported as a mismatch, since the rows do differ.
+
+What a digest holds. Counts, hashes and two bounded samples of raw rows: the first `sample_rows`
+(for ordered reports and small results) and the `hash_sample_rows` rows with the smallest tolerant
+hashes (a sample both sides draw alike, so rows present on one side only show up in it even when the
+result is far larger than any sample). The samples are raw values: a digest stays in the memory of
+the process that compares and is never stored; only the redacted `Comparison` is. An error raised
+while reading a side's batches propagates; the caller records it as that side's `SideError`.
 
 Rows that reach a report pass through the caller's `redact(column, value)` (the engine's masking
 rules); the default keeps only NULL-ness and the Python type. Error messages are redacted with
