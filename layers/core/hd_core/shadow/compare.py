@@ -560,6 +560,8 @@ def compare_digests(reference: ResultDigest, engine: ResultDigest, *, options: C
             notes.append(f"the results exceed the {options.sample_rows}-row sample: a difference within the "
                          "tolerance cannot be told from a real one there, so it counts as a mismatch")
     ref_only, eng_only = _differing_rows(reference, engine, options)
+    if not ref_only and not eng_only:
+        notes.append("the differing rows are outside the bounded samples")
     return Comparison("mismatch", ordered, *counts, notes=tuple(notes),
                       reference_only=tuple(_redacted(ref_cols.names, row, redact) for row in ref_only),
                       engine_only=tuple(_redacted(eng_cols.names, row, redact) for row in eng_only))

@@ -253,8 +253,21 @@ def test_two_million_rows_are_compared_in_bounded_memory():
     finally:
         tracemalloc.stop()
     assert (verdict.verdict, verdict.reference_rows, verdict.engine_rows) == ("mismatch", rows, rows)
+    assert "the differing rows are outside the bounded samples" in verdict.notes  # 1 row in 2M: not sampled
     # Holding the rows would take hundreds of MB; the digests keep two batches and the samples.
     assert peak < 24 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_rows_on_one_side_only_are_found_through_the_hash_samples_of_a_result_larger_than_the_head():
+    options = CompareOptions(sample_rows=100, hash_sample_rows=200, max_report_rows=5)
+    rows = [(i, f"customer-{i}") for i in range(20_000)]
+    changed = [(i, "changed" if i % 10 == 0 else name) for i, name in rows]
+    verdict = compare_results("SELECT id, name FROM t", side("id,name", (INT8, TEXT), rows, batch=1000),
+                              side("id,name", (INT8, TEXT), changed[::-1], batch=1000), options=options,
+                              redact=lambda column, value: value)
+    assert verdict.verdict == "mismatch" and len(verdict.reference_only) == len(verdict.engine_only) == 5
+    assert all(row["id"] % 10 == 0 and row["name"] != "changed" for row in verdict.reference_only)
+    assert all(row["name"] == "changed" for row in verdict.engine_only)
 
 
 def test_a_digest_keeps_bounded_samples_whatever_the_result_size():
