@@ -199,6 +199,10 @@ def values_on_both(engine: PgConnection, postgres: PgConnection) -> Iterator[Non
     "SELECT k, a / b, a / 7, k / 3.5, a / 0.3, 1.0 / b, b / a FROM {v} WHERE a <> 0 ORDER BY k",
     "SELECT avg(a), avg(b), avg(k), avg(DISTINCT b) FROM {v}",
     "SELECT k % 3 AS g, avg(a), avg(b) FROM {v} GROUP BY k % 3 ORDER BY g",
+    # A product's scale is the sum of its operands' (sqlglot types it as its left operand's).
+    "SELECT k, a * 0.25 / b, (a - 1.125) / 3, (0.5 * a) / 7 FROM {v} ORDER BY k",
+    "SELECT k % 3 AS g, sum(a * 0.25) / sum(b), avg(a * 0.5), sum(CASE WHEN b > 0 THEN a * 0.5 ELSE 0 END) / 3 "
+    "FROM {v} GROUP BY k % 3 ORDER BY g",
 ])
 def test_numeric_division_matches_postgres_value_by_value(
         engine: PgConnection, postgres: PgConnection, values_on_both: None, sql: str) -> None:

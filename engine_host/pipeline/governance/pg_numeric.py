@@ -23,6 +23,7 @@ What can still differ, and why:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -42,6 +43,8 @@ INTEGER_DIGITS: dict[exp.DType, int] = {
     exp.DType.INT: 10, exp.DType.UINT: 10, exp.DType.BIGINT: 19, exp.DType.UBIGINT: 20,
     exp.DType.INT128: 38, exp.DType.UINT128: 38,
 }
+# How deep decimal_scale follows an expression (operands, and columns into their subqueries).
+_MAX_DEPTH = 64
 _PLAIN_NUMBER = re.compile(r"^(\d*)(?:\.(\d*))?$")
 
 
@@ -72,6 +75,66 @@ def operand(node: exp.Expr, kind: exp.DataType | None) -> NumericOperand | None:
         if not params and isinstance(node, exp.Cast):  # `::numeric` is DuckDB's default DECIMAL(18,3)
             return NumericOperand(3, 15, False)
     return None
+
+
+def decimal_scale(node: exp.Expr, source: Callable[[exp.Column], exp.Expr | None] = lambda _: None,
+                  depth: int = 0) -> int | None:
+    """The scale of `node`'s DECIMAL value in DuckDB, which is PostgreSQL's display scale for these forms, read
+    from a qualified, annotated tree; None if not a number whose scale is known.
+
+    sqlglot types `a * b` (and `a + b`, `sum(a * b)` ...) as its left operand's type, so `price * (1 - discount)`
+    read as scale 2 where DuckDB and PostgreSQL have 4: cast to that scale the operand was rounded before it
+    was divided (TPC-H Q8's market share differed from PostgreSQL's in the 9th digit). The arithmetic follows
+    both systems' rules (a product's scale is the sum of its operands', a sum's or difference's the larger);
+    a form not listed keeps the annotated type's scale. `source` gives the expression a column of a derived
+    table or CTE stands for (sqlglot carried its wrong type through the subquery too).
+    """
+    if depth > _MAX_DEPTH:
+        return None
+    while isinstance(node, (exp.Paren, exp.Neg, exp.Abs)):
+        node = node.this
+    if literal_value(node) is not None:
+        return _literal_shape(node)[1]
+    if isinstance(node, (exp.Add, exp.Sub, exp.Mul)):  # before the type: sqlglot's is the left operand's
+        left, right = decimal_scale(node.this, source, depth + 1), decimal_scale(node.expression, source, depth + 1)
+        if left is None or right is None:
+            return None
+        return left + right if isinstance(node, exp.Mul) else max(left, right)
+    kind = node.type
+    if kind is not None and kind.this in INTEGER_DIGITS:
+        return 0
+    if isinstance(node, (exp.Sum, exp.Min, exp.Max, exp.AnyValue)):
+        argument = node.this
+        if isinstance(argument, exp.Distinct) and argument.expressions:
+            argument = argument.expressions[0]
+        return decimal_scale(argument, source, depth + 1)
+    if isinstance(node, (exp.Case, exp.If, exp.Coalesce, exp.Nullif)):
+        values = _branch_values(node)
+        scales = [decimal_scale(v, source, depth + 1) for v in values if not isinstance(v, exp.Null)]
+        known = [sc for sc in scales if sc is not None]
+        return max(known) if known and len(known) == len(scales) else None
+    if isinstance(node, exp.Column) and (defined := source(node)) is not None:
+        return decimal_scale(defined, source, depth + 1)
+    if kind is None or kind.this is not exp.DType.DECIMAL:
+        return None
+    if isinstance(node, exp.Cast) and not kind.expressions:
+        return 3  # `::numeric` is DuckDB's default DECIMAL(18,3)
+    params = [p.this for p in kind.expressions if isinstance(p, exp.DataTypeParam)]
+    if len(params) == 2 and isinstance(params[1], exp.Literal):
+        return int(params[1].to_py())
+    return None
+
+
+def _branch_values(node: exp.Expr) -> list[exp.Expr]:
+    """The expressions whose value a conditional returns."""
+    if isinstance(node, exp.Case):
+        return [i.args["true"] for i in node.args.get("ifs") or []] + (
+            [node.args["default"]] if node.args.get("default") is not None else [])
+    if isinstance(node, exp.If):
+        return [v for v in (node.args.get("true"), node.args.get("false")) if v is not None]
+    if isinstance(node, exp.Nullif):
+        return [node.this]
+    return [node.this, *node.expressions]
 
 
 def literal_value(node: exp.Expr) -> Decimal | None:

@@ -21,6 +21,7 @@ meaning (nothing is read that the governed tree did not already read).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
@@ -32,6 +33,7 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.optimizer.annotate_types import annotate_types
 from sqlglot.optimizer.qualify import qualify
+from sqlglot.optimizer.scope import Scope, build_scope
 from sqlglot.schema import MappingSchema
 from sqlglot.tokens import Tokenizer, TokenType
 
@@ -266,25 +268,75 @@ def _annotate(tree: exp.Expr, targets: list[exp.Expr],
             log.debug("types not known for PostgreSQL semantics: %s", exc)
             return {}
         found: dict[int, tuple[exp.DataType | None, ...]] = {}
+        sources = _DerivedColumns(annotated)
         for node in annotated.walk():
             mark = node.meta.get(_MARK)
             if isinstance(mark, int) and mark not in found:
-                found[mark] = _operand_types(node)
+                found[mark] = _operand_types(node, sources)
         return found
     finally:
         for node in targets:
             node.meta.pop(_MARK, None)
 
 
-def _operand_types(node: exp.Expr) -> tuple[exp.DataType | None, ...]:
-    if isinstance(node, (exp.Div, *_ARITHMETIC)):
+class _DerivedColumns:
+    """What a column of a derived table or CTE stands for: its projection in the subquery (built on first use)."""
+
+    def __init__(self, tree: exp.Expr):
+        self._tree = tree
+        self._defined: dict[int, exp.Expr] | None = None
+
+    def __call__(self, column: exp.Column) -> exp.Expr | None:
+        if self._defined is None:
+            self._defined = {}
+            with contextlib.suppress(SqlglotError, KeyError, ValueError, AttributeError, TypeError):
+                self._collect()
+        return self._defined.get(id(column))
+
+    def _collect(self) -> None:
+        assert self._defined is not None
+        root = build_scope(self._tree)
+        for scope in root.traverse() if root is not None else ():
+            for column in scope.columns:
+                source = scope.sources.get(column.table)
+                if isinstance(source, Scope) and isinstance(source.expression, exp.Select):
+                    named = [p for p in source.expression.selects if p.alias_or_name == column.name]
+                    if len(named) == 1:
+                        self._defined[id(column)] = named[0].unalias()
+
+
+def _operand_types(node: exp.Expr, sources: Callable[[exp.Column], exp.Expr | None] = lambda _: None,
+                   ) -> tuple[exp.DataType | None, ...]:
+    if isinstance(node, exp.Div):
+        return _numeric_type(node.this, sources), _numeric_type(node.expression, sources)
+    if isinstance(node, _ARITHMETIC):
         return _type_of(node.this), _type_of(node.expression)
     if isinstance(node, exp.Extract):
         return (_type_of(node.expression),)
     argument = node.this
     if isinstance(argument, exp.Distinct) and argument.expressions:
         argument = argument.expressions[0]
-    return (_type_of(argument),)
+    return (_numeric_type(argument, sources) if isinstance(node, exp.Avg) else _type_of(argument),)
+
+
+def _numeric_type(node: exp.Expr, sources: Callable[[exp.Column], exp.Expr | None]) -> exp.DataType | None:
+    """`node`'s annotated type, a DECIMAL's scale corrected to the value's own (pg_numeric.decimal_scale).
+
+    The precision keeps the annotated integer digits: they size the quotient's column, as before."""
+    kind = _type_of(node)
+    if kind is None or kind.this is not exp.DType.DECIMAL:
+        return kind
+    params = [p.this for p in kind.expressions if isinstance(p, exp.DataTypeParam)]
+    scale = pg_numeric.decimal_scale(node, sources)
+    if scale is None or len(params) != 2 or not all(isinstance(p, exp.Literal) for p in params):
+        return kind
+    precision, annotated_scale = int(params[0].to_py()), int(params[1].to_py())
+    if scale == annotated_scale:
+        return kind
+    integer_digits = max(precision - annotated_scale, 1)
+    if integer_digits + scale > pg_numeric.MAX_DECIMAL_DIGITS:
+        return None  # not a DECIMAL DuckDB holds: keep DuckDB's own division
+    return exp.DataType.build(f"DECIMAL({integer_digits + scale}, {scale})", dialect="duckdb")
 
 
 def _type_of(node: exp.Expr | None) -> exp.DataType | None:

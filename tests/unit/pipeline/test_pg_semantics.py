@@ -122,3 +122,15 @@ def test_average_of_numeric_is_postgres_value_with_an_empty_group_null() -> None
     con.execute("CREATE TABLE t AS SELECT * FROM (VALUES (1, 1.00::DECIMAL(15,2)), (1, 2.00), (1, 2.00), "
                 "(2, NULL::DECIMAL(15,2))) v(g, v)")
     assert con.execute(sql).fetchall() == [(Decimal("1.6666666666666667"),), (None,)]
+
+
+def test_a_product_divides_at_its_own_scale_not_its_left_operands() -> None:
+    """`a * 0.25` has scale 4 (sqlglot types it as a's scale 2): cast to 2 it was rounded to 0.00 before dividing."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT 0.01::DECIMAL(15,2) a, 0.07::DECIMAL(15,2) b")
+    answers = []
+    for text in ("SELECT a * 0.25 / 3 FROM t", "SELECT sum(a * (1 - b)) / sum(a) FROM t"):
+        parsed = parse_statement(text)
+        answers += con.execute(to_duckdb(parsed.tree.copy(), parsed, session=SESSION, column_types={
+            "main.t": (("a", "DECIMAL(15,2)"), ("b", "DECIMAL(15,2)"))})).fetchall()
+    assert answers == [(Decimal("0.00083333333333333333"),), (Decimal("0.93"),)]
