@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 import duckdb
 import pyarrow as pa
 
+from engine_host.engine.duckdb_engine import batch_nbytes
 from engine_host.pipeline.errors import QueryError, from_engine_error_redacted
 from engine_host.pipeline.governance.rewrite import is_row_filter_violation
 from engine_host.pipeline.governor import Governor, StatementAudit
@@ -145,7 +146,7 @@ class GovernedRows(RowSource):
                 break
             self._held.append(batch)
             held_rows += batch.num_rows
-            held_bytes += batch.nbytes
+            held_bytes += batch_nbytes(batch)
             if self._max_rows is not None and held_rows > self._max_rows:
                 self._fail(QueryError(
                     "53400", "HD_ERR_MAX_ROWS_EXCEEDED",
@@ -208,7 +209,7 @@ class GovernedRows(RowSource):
             self._finish_ok()
             return None
         self._execution.audit.rows += batch.num_rows
-        self._execution.audit.bytes += batch.nbytes
+        self._execution.audit.bytes += batch_nbytes(batch)
         return batch
 
     def at_end(self) -> bool:

@@ -17,7 +17,9 @@ the record is stored (see `GovernedRows`).
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -174,6 +176,33 @@ class StatementAudit:
             reason, code = f"{error.code}: {error.message}", error.code
         self.verdicts.append({"stage": stage, "decision": "deny", "reason": reason})
         self.error = {"sqlstate": error.sqlstate, "code": code, "message": error.message}
+
+
+class _QueryIds:
+    """Query ids (`q_` + 80 random bits from the OS), the random bytes read 256 ids at a time.
+
+    One os.urandom call per statement is a system call that gives up the GIL, and with it the
+    statement's thread, to whichever thread is waiting; the bytes are the same either way.
+    """
+
+    _BATCH = 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool = b""
+        self._next = 0
+        self._pid = os.getpid()
+
+    def next(self) -> str:
+        with self._lock:
+            if self._next >= len(self._pool) or self._pid != os.getpid():  # a forked child draws its own
+                self._pool, self._next, self._pid = secrets.token_bytes(10 * self._BATCH), 0, os.getpid()
+            chunk = self._pool[self._next:self._next + 10]
+            self._next += 10
+        return "q_" + chunk.hex()
+
+
+_QUERY_IDS = _QueryIds()
 
 
 class HiddenRefusal(QueryError):
@@ -592,7 +621,7 @@ class Governor:
         """The audit of a statement starting now; `timeout_seconds` (0: none) counts from now."""
         started = time.perf_counter()
         # A query id is a correlation reference, not a credential: 80 random bits, cheaply made.
-        return StatementAudit(query_id=f"q_{secrets.token_hex(10)}", sql=sql, dialect=dialect, started=started,
+        return StatementAudit(query_id=_QUERY_IDS.next(), sql=sql, dialect=dialect, started=started,
                               deadline=started + timeout_seconds if timeout_seconds > 0 else None,
                               interrupted=interrupted)
 

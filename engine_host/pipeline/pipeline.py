@@ -203,6 +203,10 @@ class StatementPipeline:
         # Bound statement shapes by (engine SQL, table catalog version), weighed by their text (see `_shape`).
         self._shapes: RecentlyUsed[tuple[str, int], StatementShape] = RecentlyUsed(
             governor.limits.plan_cache_entries, max_weight=PLAN_CACHE_MAX_CHARS, weight=lambda key, _: len(key[0]))
+        # Result columns per shape (kept in the value, so an id is never taken for another shape's).
+        self._described: RecentlyUsed[tuple[int, bool, tuple[PgType | None, ...]],
+                                      tuple[StatementShape, tuple[ResultColumn, ...]]] = RecentlyUsed(
+            governor.limits.plan_cache_entries)
         self.stages: list[Stage] = (list(stages) if stages is not None
                                     else [self.classify, self.answer_catalog, self.govern])
         self._transactions = Transactions(self)
@@ -559,9 +563,17 @@ class StatementPipeline:
                 raise errors.from_engine_error(exc) from None
         if not shape.returns_rows:
             return None
+        # Drivers Describe every execution; the columns follow from the shape and the plan's declared types.
+        key = (id(shape), prepared.is_catalog, _declared(prepared.plan))
+        known = self._described.get(key)
+        if known is not None and known[0] is shape:
+            return list(known[1])
         to_pg = _catalog_type if prepared.is_catalog else pg_type_for_duckdb
         types = with_declared([to_pg(t) for t in shape.column_types], _declared(prepared.plan))
-        return [ResultColumn(name, t) for name, t in zip(shape.column_names, types, strict=True)]
+        columns = [ResultColumn(name, t) for name, t in zip(shape.column_names, types, strict=True)]
+        if shape is prepared.shape:  # not a shape bound just now with this portal's values
+            self._described.put(key, (shape, tuple(columns)))
+        return columns
 
     # --- execution --------------------------------------------------------------------------
 
