@@ -393,6 +393,7 @@ class NativeTables:
 
     def _drop_view(self, table: _Table) -> None:
         source = table.source
+        self.stored_masks.drop(self._cursor(), source.schema, source.table)  # a plan over them: "no such table"
         self._cursor().execute(f"DROP VIEW IF EXISTS {qualified(DATA_CATALOG, source.schema, source.table)}")
         table.epoch += 1
         if table.current is not None:

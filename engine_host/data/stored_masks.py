@@ -277,6 +277,15 @@ class StoredMasks:
                 masks.views.append(created)
                 self._version += 1
 
+    def drop(self, con: duckdb.DuckDBPyConnection, schema: str, table: str) -> None:
+        """The table is gone: drop its mask views (a later `repoint` creates them again), so a plan that
+        still reads one fails as a missing table, never on a copy detached under it."""
+        with self._lock:
+            masks = self._tables.get(f"{schema}.{table}")
+            catalogs = [v.catalog for v in masks.views] if masks is not None else []
+        for catalog in catalogs:
+            con.execute(f"DROP VIEW IF EXISTS {_qualified(catalog, schema, table)}")
+
     def views(self, name: str) -> list[str]:
         """The mask view catalogs of `name` (tests)."""
         with self._lock:

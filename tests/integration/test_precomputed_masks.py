@@ -310,3 +310,22 @@ def test_a_changed_key_is_computed_in_the_query_at_once(tmp_path: Path) -> None:
                                                for r in after]
     finally:
         own.close()
+
+
+def test_a_table_gone_from_its_source_answers_as_missing_through_a_plan_that_read_its_mask_view(
+        tmp_path: Path) -> None:
+    own = start_host(tmp_path)
+    try:
+        sql = "SELECT id, email, card FROM pii.changing ORDER BY id"
+        stored_read(own, own.analyst, sql)
+        prepared = own.pipeline.prepare(own.analyst, sql)
+        assert "hd_masks_" in prepared.engine_sql
+        own.native.forget("pii.changing")  # what an object listing does when the table's prefix is gone
+        with pytest.raises(QueryError) as caught:
+            outcome = own.pipeline.execute(own.analyst, prepared)
+            while outcome.rows is not None and outcome.rows.read() is not None:
+                pass
+        assert caught.value.sqlstate == "42P01", caught.value
+        assert "hd_native" not in caught.value.message and "hd_masks" not in caught.value.message
+    finally:
+        own.close()
