@@ -539,7 +539,10 @@ class NativeTables:
                 builder.execute(f"CREATE TABLE {target} AS SELECT * FROM read_parquet([{files}])")
             else:  # masks computed once, with the engine's own macros (stored_masks.py)
                 columns = builder.execute(f"DESCRIBE SELECT * FROM read_parquet([{files}])").fetchall()
-                layout = self.stored_masks.layout(source.name, [(str(r[0]), str(r[1])) for r in columns], keys)
+                counted = builder.execute(f"SELECT count(*) FROM read_parquet([{files}])").fetchone()
+                layout = self.stored_masks.layout(source.name, [(str(r[0]), str(r[1])) for r in columns], keys,
+                                                  rows=int(counted[0]) if counted else 0,
+                                                  room=self._capacity - source.source_bytes)
                 self.stored_masks.prepare_builder(builder, keys)
                 for statement in self.stored_masks.copy_statements(target, f"read_parquet([{files}])", layout):
                     builder.execute(statement)

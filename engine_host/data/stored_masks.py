@@ -224,13 +224,24 @@ class StoredMasks:
         for env, body in keys.definitions.items():
             builder.execute(f"CREATE MACRO {KEYS_CATALOG}.main.{macro_name(env)}(v) AS {body}")
 
-    def layout(self, table: str, columns: Sequence[tuple[str, str]], keys: KeyMaterial) -> CopyLayout:
-        """What a copy of `table` with these own (name, type) columns stores: each wanted, storable mask."""
+    def layout(self, table: str, columns: Sequence[tuple[str, str]], keys: KeyMaterial, *, rows: int,
+               room: int) -> CopyLayout:
+        """What a copy of `table` with these own (name, type) columns and `rows` rows stores: each wanted,
+        storable mask, as long as their bytes fit in `room` (so storing masks never costs a table its copy;
+        the cheapest first, and those left out are computed in the query)."""
         types = dict(columns)
         considered = self.wanted(table)
-        stored = {m: stored_column_name(m) for m in sorted(considered)
-                  if (not m.keyed or m.env in keys.definitions) and _storable(types.get(m.column))
-                  and stored_column_name(m) not in types}
+        candidates = sorted((m for m in considered if (not m.keyed or m.env in keys.definitions)
+                             and _storable(types.get(m.column)) and stored_column_name(m) not in types),
+                            key=lambda m: (_stored_width(m), m))
+        stored: dict[StoredMask, str] = {}
+        for mask in candidates:
+            room -= rows * _stored_width(mask)
+            if room < 0:
+                log.info("%s: %d masked column(s) not stored: the copy would outgrow the native cache",
+                         table, len(candidates) - len(stored))
+                break
+            stored[mask] = stored_column_name(mask)
         return CopyLayout(columns=tuple(c for c, _ in columns), stored=stored,
                           key_ids={m.env: keys.key_ids[m.env] for m in stored if m.keyed}, considered=considered)
 
@@ -291,6 +302,11 @@ class StoredMasks:
         with self._lock:
             masks = self._tables.get(name)
             return [v.catalog for v in masks.views] if masks is not None else []
+
+
+def _stored_width(mask: StoredMask) -> int:
+    """Bytes per row a stored mask takes, uncompressed (the string, its length and offset)."""
+    return (64 if mask.keyed else 3 + mask.visible_chars) + 8
 
 
 def _storable(type_name: str | None) -> bool:

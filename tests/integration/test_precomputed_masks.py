@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine_host.data.native_tables import NativeTables
-from engine_host.data.stored_masks import read_key_material
+from engine_host.data.stored_masks import KeyMaterial, StoredMask, StoredMasks, read_key_material
 from engine_host.engine.masking import install_mask_macros, macro_name, mask_hash
 from engine_host.pipeline.errors import QueryError
 from engine_host.pipeline.governance.plan_check import check_bound_plan
@@ -329,3 +329,20 @@ def test_a_table_gone_from_its_source_answers_as_missing_through_a_plan_that_rea
         assert "hd_native" not in caught.value.message and "hd_masks" not in caught.value.message
     finally:
         own.close()
+
+
+def test_masks_are_stored_only_where_the_text_is_fixed_and_while_the_copy_fits() -> None:
+    asked: list[str] = []
+    masks = StoredMasks(on_wanted=asked.append)
+    wanted = {StoredMask.hash("ssn", "live"), StoredMask.partial("card", 4), StoredMask.hash("seen", "live"),
+              StoredMask.hash("email", "test")}
+    assert masks.lookup("s.t", wanted) is None and asked == ["s.t"]
+    assert masks.lookup("s.t", wanted) is None and asked == ["s.t"]  # asked once per new mask
+    columns = [("ssn", "VARCHAR"), ("card", "VARCHAR"), ("seen", "TIMESTAMP WITH TIME ZONE"), ("email", "VARCHAR")]
+    keys = KeyMaterial({"live": "body"}, {"live": "id-live"})  # no `test` key here: its hash is not stored
+    roomy = masks.layout("s.t", columns, keys, rows=1000, room=10**9)
+    assert set(roomy.stored) == {StoredMask.hash("ssn", "live"), StoredMask.partial("card", 4)}
+    assert roomy.considered == wanted and roomy.key_ids == {"live": "id-live"}
+    tight = masks.layout("s.t", columns, keys, rows=1000, room=1000 * 20)  # the partial fits, the hash does not
+    assert set(tight.stored) == {StoredMask.partial("card", 4)} and tight.considered == wanted
+    assert not masks.layout("s.t", columns, keys, rows=1000, room=0).stored
