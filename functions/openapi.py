@@ -26,6 +26,7 @@ FUNCTION_MODULES: dict[str, str] = {
     "quotas": "functions.quotas.handler",
     "audit": "functions.audit.handler",
     "fleet": "functions.fleet.handler",
+    "shadow": "functions.shadow.handler",
 }
 DOCUMENT_PATH = Path(__file__).resolve().parent / "openapi.json"
 TITLE = "Hardened Duck control API"

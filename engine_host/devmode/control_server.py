@@ -20,8 +20,10 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from functions.openapi import DOCUMENT_PATH, FUNCTION_MODULES
+from functions.shadow.wiring import install_shadow_services
 from functions.shared.wiring import install_services
 from hd_core.services import ControlServices
+from hd_core.shadow.replay import ReplayServices
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +182,13 @@ class ControlApiServer:
     def port(self) -> int:
         return int(self._http.server_address[1])
 
-    def start(self, control: ControlServices | None = None) -> None:
-        """Serve in a background thread; with `control`, every function answers from those services."""
+    def start(self, control: ControlServices | None = None, *, shadow: ReplayServices | None = None) -> None:
+        """Serve in a background thread; with `control`, every function answers from those services, and
+        the shadow function from `shadow` (the state folder, the local interpreter, this host's engine)."""
         if control is not None:
             install_services(control)
+        if shadow is not None:
+            install_shadow_services(shadow)
         threading.Thread(target=self._http.serve_forever, name="control-api", daemon=True).start()
 
     def stop(self) -> None:
@@ -191,6 +196,7 @@ class ControlApiServer:
         self._http.shutdown()
         self._http.server_close()
         install_services(None)
+        install_shadow_services(None)
 
 
 def proxy_event(

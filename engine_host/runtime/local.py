@@ -59,6 +59,7 @@ from engine_host.wire.tls import ensure_self_signed_certificate, server_ssl_cont
 from hd_core.adapters.local_audit import LocalFolderAuditArchive, LocalFolderAuditSink
 from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile
+from hd_core.adapters.local_shadow import local_replay_services
 from hd_core.adapters.s3_objects import s3_source_from_url
 from hd_core.adapters.sqlite_store import ControlStoreUnusable, SqliteControlStore
 from hd_core.api_keys import ApiKeyHasher
@@ -68,6 +69,7 @@ from hd_core.errors import HdError, KeyUnavailable
 from hd_core.policy_codec import load_policy_file
 from hd_core.ports import AuditSink
 from hd_core.services import ControlServices, assemble_services, write_due_checkpoints
+from hd_core.shadow.replay import EngineEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +322,12 @@ class LocalEngineHost:
         os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
         with _listening(self.config.host, port, "--api-port", "the control API"):
             server = ControlApiServer(self.config.host, port)
-        server.start(control)
+        assert self.engine is not None and self.engine.server is not None
+        # Shadow replays reach this host's engine over the wire like any client (governance and audit apply).
+        wildcard = self.config.host in ("0.0.0.0", "::", "")  # noqa: S104 - recognising one, not binding
+        engine = EngineEndpoint("127.0.0.1" if wildcard else self.config.host, self.engine.server.port,
+                                sslmode="disable" if self.config.insecure_plaintext else "require")
+        server.start(control, shadow=local_replay_services(self.state_dir, control.keys, engine))
         self.control_api = server
         self._control = control
         self._checkpointer = threading.Thread(target=self._checkpoint_chains, name="hd-iam-checkpoints", daemon=True)

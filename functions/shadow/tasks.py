@@ -1,0 +1,33 @@
+"""The shadow state machine's task Lambdas: Prepare, ReplayBatch and WriteReport (`hd_core.shadow.replay`).
+
+Step Functions invokes each with the state's input (`hd_core.shadow.state_machine`); `hd dev` runs the
+same functions through the local interpreter. An exception leaves as its type and a message that
+names no secret, so the execution history (where Step Functions keeps a failure's cause) holds none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from functions.shadow.wiring import shadow_services
+from functions.shared.lambda_entry import scheduled_entry
+from hd_core.shadow import replay
+
+SERVICE = "hd-shadow-replay"
+
+
+def _prepare(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return replay.prepare(event, shadow_services())
+
+
+def _replay_batch(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return replay.replay_batch(event, shadow_services())
+
+
+def _write_report(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return replay.write_report(event, shadow_services())
+
+
+prepare_handler = scheduled_entry(_prepare, SERVICE)
+replay_batch_handler = scheduled_entry(_replay_batch, SERVICE)
+write_report_handler = scheduled_entry(_write_report, SERVICE)

@@ -1,0 +1,80 @@
+"""The shadow replay's services for this process: AWS adapters from `HD_SHADOW_*` settings, or `hd dev`'s.
+
+In AWS, the API function and the state machine's task functions build `ReplayServices` on first use
+from the settings below (read once). `hd dev` installs its own (`install_shadow_services`): the state
+folder, sealed local secrets, its engine host's address and the local ASL interpreter.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hd_core.errors import HdError
+from hd_core.shadow.replay import EngineEndpoint, ReplayServices
+
+_lock = threading.Lock()
+_services: ReplayServices | None = None
+
+
+class ShadowUnavailable(HdError):
+    """This deployment has no shadow replay configured."""
+
+    code = "HD_ERR_SHADOW_UNAVAILABLE"
+
+
+class ShadowSettings(BaseSettings):
+    """Where a shadow replay keeps its documents and secrets, which state machine runs it, how it reaches the engine."""
+
+    model_config = SettingsConfigDict(env_prefix="HD_SHADOW_", extra="ignore")
+
+    bucket: str = ""  # the data bucket; documents go under shadow/
+    state_machine_arn: str = ""  # empty in the task functions: they start nothing
+    secrets_kms_key_id: str = ""  # the key Secrets Manager encrypts replay secrets with (default: aws/secretsmanager)
+    engine_host: str = ""  # the engine's internal load balancer, reached through the VPC
+    engine_port: int = 5432
+    engine_dbname: str = "hd"
+    engine_sslmode: str = "verify-full"
+    engine_ca_file: str = ""  # the CA bundle the engine's certificate chains to
+
+
+@lru_cache(maxsize=1)
+def shadow_settings() -> ShadowSettings:
+    return ShadowSettings()
+
+
+def shadow_services() -> ReplayServices:
+    """This process's replay services, built from the settings on first use."""
+    global _services
+    with _lock:
+        if _services is None:
+            _services = _build_aws(shadow_settings())
+        return _services
+
+
+def install_shadow_services(value: ReplayServices | None) -> None:
+    """Use `value` for every later request in this process (`hd dev`, tests); None forgets them."""
+    global _services
+    with _lock:
+        _services = value
+
+
+def _build_aws(config: ShadowSettings) -> ReplayServices:
+    if not config.bucket or not config.engine_host:
+        raise ShadowUnavailable("shadow replay is not configured in this deployment (HD_SHADOW_BUCKET, "
+                                "HD_SHADOW_ENGINE_HOST)")
+    import boto3
+
+    from hd_core.adapters.aws_shadow import S3ShadowArtefacts, SecretsManagerShadowSecrets, StepFunctionsExecutions
+
+    executions = (StepFunctionsExecutions(boto3.client("stepfunctions"), config.state_machine_arn)
+                  if config.state_machine_arn else None)
+    return ReplayServices(
+        artefacts=S3ShadowArtefacts(boto3.client("s3"), config.bucket),
+        secrets=SecretsManagerShadowSecrets(boto3.client("secretsmanager"), config.secrets_kms_key_id or None),
+        engine=EngineEndpoint(config.engine_host, config.engine_port, config.engine_dbname, config.engine_sslmode,
+                              config.engine_ca_file or None),
+        executions=executions,
+    )
