@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
 
 import sqlglot
 from sqlglot import exp
@@ -223,9 +224,24 @@ def quotient(dividend: exp.Expr, left: NumericOperand, divisor: exp.Expr, right:
     """
     whole = integer_digits if integer_digits is not None else left.integer_digits + right.scale
     column_scale = min(MAX_DECIMAL_DIGITS, max(MAX_DECIMAL_DIGITS - whole, left.scale, right.scale))
+    operands = {_DIVIDEND: dividend, _DIVISOR: divisor}
+    sql = "".join(f"({operands[part].sql(dialect='duckdb', comments=False)})" if part in operands else part
+                  for part in _quotient_template(left, right, column_scale))
+    # The template is text sqlglot generated, the operands too: kept as text, not a tree of ~350 nodes to copy
+    # and generate again (that cost more than the rest of planning a statement with an avg()). transpile's
+    # check parses the whole statement's SQL, this included, and checks its functions as any other.
+    return exp.Paren(this=exp.Var(this=sql))
+
+
+_DIVIDEND, _DIVISOR = "__hd_dividend", "__hd_divisor"
+
+
+@lru_cache(maxsize=256)
+def _quotient_template(left: NumericOperand, right: NumericOperand, column_scale: int) -> tuple[str, ...]:
+    """The quotient's DuckDB SQL for one shape of operands, split around the two operands' places."""
     s1, s2 = left.scale, right.scale
     q = _STEP
-    operands = f"[{{'a': {_unscaled('__hd_dividend', left)}, 'b': {_unscaled('__hd_divisor', right)}}}]"
+    operands = f"[{{'a': {_unscaled(_DIVIDEND, left)}, 'b': {_unscaled(_DIVISOR, right)}}}]"
     digits = (f"LAMBDA {q}: {{'a': {q}.a, 'b': {q}.b, 'da': CAST(abs({q}.a) AS VARCHAR), "
               f"'db': CAST(abs({q}.b) AS VARCHAR)}}")
     weight_a, first_a = _weight_sql(f"{q}.a", f"{q}.da", s1)
@@ -245,13 +261,8 @@ def quotient(dividend: exp.Expr, left: NumericOperand, divisor: exp.Expr, right:
     unit = "0." + "0" * (column_scale - 1) + "1" if column_scale else "1"
     sql = (f"CAST({steps}[1] AS DECIMAL(38, 0)) "
            f"* CAST('{unit}' AS DECIMAL({MAX_DECIMAL_DIGITS}, {column_scale}))")
-    tree = sqlglot.parse_one(sql, read="duckdb")
-    for placeholder in list(tree.find_all(exp.Column)):
-        if placeholder.name == "__hd_dividend":
-            placeholder.replace(exp.Paren(this=dividend.copy()))
-        elif placeholder.name == "__hd_divisor":
-            placeholder.replace(exp.Paren(this=divisor.copy()))
-    return exp.Paren(this=tree)
+    generated = sqlglot.parse_one(sql, read="duckdb").sql(dialect="duckdb")
+    return tuple(re.split(f"({_DIVIDEND}|{_DIVISOR})", generated))
 
 
 def _unscaled(placeholder: str, side: NumericOperand) -> str:
