@@ -1,0 +1,104 @@
+"""Starting a shadow replay in AWS (moto): the query set in S3, the DSN in Secrets Manager, one StartExecution.
+
+The execution goes to the state machine created from `state_machine.definition()`, named after the
+replay, and its input names the comparison database by secret ARN only: the DSN's password is in
+no execution input and no S3 object, and the secret gives back the DSN exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from hd_core import directory
+from hd_core.adapters.aws_shadow import S3ShadowArtefacts, SecretsManagerShadowSecrets, StepFunctionsExecutions
+from hd_core.adapters.local_keys import LocalKeyFile
+from hd_core.errors import NotFound
+from hd_core.models import KeyEnv, Role
+from hd_core.shadow import replay, state_machine
+from hd_core.shadow.replay import EngineEndpoint, ReplayOptions, ReplayServices
+from tests.unit.core.test_directory import ControlPlane, make_control_plane
+
+REGION = "eu-west-1"
+BUCKET = "hd-data-test"
+PASSWORD = "pw-never-leaves-secrets-manager-7f3a"
+DSN = f"host=db.internal port=5432 dbname=warehouse user=reader password={PASSWORD}"
+
+
+@pytest.fixture
+def aws(aws_credentials: None) -> Iterator[dict[str, Any]]:
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        sfn = boto3.client("stepfunctions", region_name=REGION)
+        arns = {name: f"arn:aws:lambda:{REGION}:123456789012:function:hd-shadow-{name.lower()}"
+                for name in state_machine.FUNCTIONS}
+        machine = sfn.create_state_machine(
+            name="hd-shadow-replay", definition=json.dumps(state_machine.definition(arns)),
+            roleArn="arn:aws:iam::123456789012:role/hd-shadow-replay")
+        yield {"s3": s3, "sfn": sfn, "secrets": boto3.client("secretsmanager", region_name=REGION),
+               "machine_arn": machine["stateMachineArn"], "arns": arns}
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> ControlPlane:
+    return make_control_plane(tmp_path, LocalKeyFile(tmp_path / "keys.json"))
+
+
+def test_a_replay_starts_the_definitions_state_machine_with_no_password_in_its_input(
+        aws: dict[str, Any], plane: ControlPlane) -> None:
+    services = ReplayServices(
+        artefacts=S3ShadowArtefacts(aws["s3"], BUCKET), secrets=SecretsManagerShadowSecrets(aws["secrets"]),
+        engine=EngineEndpoint("engine.internal", 5432), executions=StepFunctionsExecutions(aws["sfn"],
+                                                                                           aws["machine_arn"]))
+    ctx = plane.ctx(plane.owner)
+    env = directory.create_environment(plane.store, plane.trail, ctx, plane.org.org_id, "staging", KeyEnv.TEST)
+    query_set = replay.upload_query_set(services, env, b"select 1;\nselect 2;\ndelete from t;\n", "sql")
+    assert [r.line for r in query_set.rejected] == [3]
+
+    replay_id = replay.start_replay(services, plane.store, plane.trail, plane.hasher, ctx, env, query_set.id,
+                                    comparison_dsn=DSN, comparison_secret_arn=None,
+                                    options=ReplayOptions(concurrency=7, timeout_seconds=30))
+
+    executions = aws["sfn"].list_executions(stateMachineArn=aws["machine_arn"])["executions"]
+    assert [e["name"] for e in executions] == [replay_id]
+    described = aws["sfn"].describe_execution(executionArn=executions[0]["executionArn"])
+    assert PASSWORD not in described["input"]
+    execution_input = json.loads(described["input"])
+    assert execution_input["concurrency"] == 7 and execution_input["query_set_id"] == query_set.id
+    assert aws["secrets"].get_secret_value(SecretId=execution_input["comparison_secret_arn"])["SecretString"] == DSN
+    definition = aws["sfn"].describe_state_machine(stateMachineArn=aws["machine_arn"])["definition"]
+    assert json.loads(definition) == state_machine.definition(aws["arns"])
+    for item in aws["s3"].list_objects_v2(Bucket=BUCKET)["Contents"]:
+        assert PASSWORD.encode() not in aws["s3"].get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+    assert replay.replay_progress(services, env, replay_id).status == "RUNNING"
+    # The engine side runs as the organisation's shadow ServiceAccount, with a key of its own.
+    record = services.artefacts.get_json(f"{replay.replay_prefix(replay_id)}replay.json")
+    assert record is not None
+    user = plane.store.get_user(record["engine_user"])
+    assert user is not None and user.role is Role.SERVICE_ACCOUNT
+    key = plane.store.get_api_key(record["engine_key_id"])
+    assert key is not None and key.user_id == user.user_id and key.expires_at is not None
+
+
+def test_a_replay_of_another_environment_is_not_found(aws: dict[str, Any], plane: ControlPlane) -> None:
+    services = ReplayServices(S3ShadowArtefacts(aws["s3"], BUCKET), SecretsManagerShadowSecrets(aws["secrets"]),
+                              EngineEndpoint("engine.internal", 5432),
+                              StepFunctionsExecutions(aws["sfn"], aws["machine_arn"]))
+    ctx = plane.ctx(plane.owner)
+    staging = directory.create_environment(plane.store, plane.trail, ctx, plane.org.org_id, "staging", KeyEnv.TEST)
+    prod = directory.create_environment(plane.store, plane.trail, ctx, plane.org.org_id, "prod", KeyEnv.LIVE)
+    query_set = replay.upload_query_set(services, staging, b"select 1", None)
+    replay_id = replay.start_replay(services, plane.store, plane.trail, plane.hasher, ctx, staging, query_set.id,
+                                    comparison_dsn=DSN, comparison_secret_arn=None, options=ReplayOptions())
+    with pytest.raises(NotFound):
+        replay.replay_progress(services, prod, replay_id)
+    with pytest.raises(NotFound):
+        replay.start_replay(services, plane.store, plane.trail, plane.hasher, ctx, prod, query_set.id,
+                            comparison_dsn=DSN, comparison_secret_arn=None, options=ReplayOptions())

@@ -1,0 +1,119 @@
+"""The local ASL interpreter runs the replay's one definition as Step Functions would, and refuses anything else."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any
+
+import pytest
+
+from hd_core.shadow import state_machine
+from hd_core.shadow.asl_local import AslUnsupported, ExecutionFailed, LocalStateMachine
+
+DEFINITION = state_machine.definition({name: name for name in state_machine.FUNCTIONS})
+
+
+class Flaky(Exception):
+    pass
+
+
+def handlers(replay_batch: Any, calls: list[Any]) -> dict[str, Any]:
+    def prepare(event: dict[str, Any]) -> dict[str, Any]:
+        calls.append(("prepare", event))
+        return {"batches": [{"replay_id": event["replay_id"], "batch": n} for n in range(6)]}
+
+    def write_report(event: dict[str, Any]) -> dict[str, Any]:
+        calls.append(("write_report", event))
+        return {"batches": len(event["batch_results"])}
+
+    return {state_machine.PREPARE: prepare, state_machine.REPLAY_BATCH: replay_batch,
+            state_machine.WRITE_REPORT: write_report}
+
+
+def test_every_batch_runs_once_with_the_inputs_concurrency_and_write_report_gets_every_result() -> None:
+    calls: list[Any] = []
+    lock, running, peak = threading.Lock(), [0], [0]
+    together = threading.Barrier(2, timeout=10)  # breaks (failing the batch) unless two run at once
+    progress: list[tuple[int, int]] = []
+
+    def replay_batch(event: dict[str, Any]) -> dict[str, Any]:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        together.wait()
+        with lock:
+            running[0] -= 1
+        return {"replay_id": event["replay_id"], "batch": event["batch"], "status": "done"}
+
+    machine = LocalStateMachine(DEFINITION, handlers(replay_batch, calls),
+                                on_progress=lambda done, total: progress.append((done, total)))
+    output = machine.run({"replay_id": "rp_1", "concurrency": 2, "comparison_secret_id": "shsec_x"})
+
+    assert peak[0] == 2
+    assert progress[0] == (0, 6) and progress[-1] == (6, 6)
+    assert output["report"] == {"batches": 6}
+    write_report = next(event for name, event in calls if name == "write_report")
+    assert write_report == {"replay_id": "rp_1", "batch_results": [
+        {"replay_id": "rp_1", "batch": n, "status": "done"} for n in range(6)]}
+    assert output["comparison_secret_id"] == "shsec_x" and output["prepared"]["batches"][5]["batch"] == 5
+
+
+def test_a_batch_is_retried_with_backoff_and_succeeds_on_its_last_attempt() -> None:
+    attempts: list[int] = []
+    waits: list[float] = []
+
+    def replay_batch(event: dict[str, Any]) -> dict[str, Any]:
+        if event["batch"] == 3 and len(attempts) < state_machine.RETRY_MAX_ATTEMPTS:
+            attempts.append(1)
+            raise Flaky("try again")
+        return {"replay_id": event["replay_id"], "batch": event["batch"], "status": "done"}
+
+    output = LocalStateMachine(DEFINITION, handlers(replay_batch, []), sleep=waits.append).run(
+        {"replay_id": "rp_1", "concurrency": 1})
+    assert waits == [1.0, 2.0] and output["report"] == {"batches": 6}
+    assert all(item["status"] == "done" for item in output["batch_results"])
+
+
+def test_a_batch_failing_every_attempt_is_caught_as_an_error_record_and_the_run_goes_on() -> None:
+    def replay_batch(event: dict[str, Any]) -> dict[str, Any]:
+        if event["batch"] == 4:
+            raise Flaky("the comparison database is down")
+        return {"replay_id": event["replay_id"], "batch": event["batch"], "status": "done"}
+
+    output = LocalStateMachine(DEFINITION, handlers(replay_batch, []), sleep=lambda _: None).run(
+        {"replay_id": "rp_1", "concurrency": 3})
+    assert output["batch_results"][4] == {"replay_id": "rp_1", "batch": 4, "status": "error", "error": "Flaky"}
+    assert [item["status"] for item in output["batch_results"]].count("done") == 5
+
+
+def test_a_failing_prepare_fails_the_execution_after_its_retries() -> None:
+    def failing(event: dict[str, Any]) -> dict[str, Any]:
+        raise Flaky("no query set")
+
+    machine = LocalStateMachine(DEFINITION, {**handlers(lambda e: e, []), state_machine.PREPARE: failing},
+                                sleep=lambda _: None)
+    with pytest.raises(ExecutionFailed) as failed:
+        machine.run({"replay_id": "rp_1", "concurrency": 1})
+    assert failed.value.error == "Flaky"
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d["States"]["Prepare"].update(TimeoutSeconds=30),
+    lambda d: d["States"].update(Wait={"Type": "Wait", "Seconds": 1, "Next": "Done"}),
+    lambda d: d["States"]["WriteReport"]["Parameters"].update({"x.$": "States.Format('{}', $.a)"}),
+    lambda d: d["States"]["WriteReport"]["Parameters"].update({"x.$": "$$.Execution.Id"}),
+    lambda d: d["States"]["ReplayBatches"]["ItemProcessor"]["ProcessorConfig"].update(Mode="DISTRIBUTED"),
+    lambda d: d["States"]["ReplayBatches"].update(ItemSelector={"a.$": "$.b"}),
+    lambda d: d["States"]["Prepare"].update(Resource="arn:aws:lambda:eu-west-1:1:function:other"),
+])
+def test_anything_outside_the_interpreted_subset_is_refused_up_front(change: Any) -> None:
+    definition = copy.deepcopy(DEFINITION)
+    change(definition)
+    with pytest.raises(AslUnsupported):
+        LocalStateMachine(definition, handlers(lambda e: e, []))
+
+
+def test_the_definition_needs_every_function() -> None:
+    with pytest.raises(ValueError, match="WriteReport"):
+        state_machine.definition({state_machine.PREPARE: "a", state_machine.REPLAY_BATCH: "b"})
