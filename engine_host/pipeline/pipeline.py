@@ -283,7 +283,7 @@ class StatementPipeline:
             return decided[0](schema, table)
 
         rewritten = self._catalog.rewrite(ctx.text, visible=visible, user=session.principal.user_id,
-                                          settings=dict(session.settings.all()),
+                                          settings=_SettingsView(session.settings),
                                           backend_pid=session.backend_pid)
         if rewritten is not None:
             ctx.engine_sql = rewritten
@@ -920,6 +920,31 @@ class StatementPipeline:
 
 
 # --- module helpers ------------------------------------------------------------------------------
+
+
+class _SettingsView(Mapping[str, str]):
+    """A session's settings (name -> value, sorted by name), read only if something asks.
+
+    The catalog answers read them only for a catalog query; most statements are not one.
+    """
+
+    def __init__(self, settings: SessionSettings):
+        self._settings = settings
+        self._values: dict[str, str] | None = None
+
+    def _read(self) -> dict[str, str]:
+        if self._values is None:
+            self._values = dict(self._settings.all())
+        return self._values
+
+    def __getitem__(self, name: str) -> str:
+        return self._read()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
 
 
 class _NothingHeld(AbstractContextManager["_NothingHeld"]):

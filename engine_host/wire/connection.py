@@ -699,7 +699,7 @@ class PgConnection:
                     tag = yield from self._copy(outcome)
                     self._send(m.command_complete(tag))
                 elif outcome.rows is not None and outcome.columns is not None:
-                    self._send(m.row_description(_fields(outcome.columns, ())))
+                    self._send(_row_description(tuple(outcome.columns), ()))
                     sent, _ = yield from self._send_rows(outcome.rows, outcome.columns, (), None)
                     self._send(m.command_complete(outcome.command_tag(sent)))
                 else:
@@ -780,21 +780,21 @@ class PgConnection:
             types = pipeline.parameter_types(session, prepared)
             columns = pipeline.result_columns(session, prepared)
             self._send(m.parameter_description([t.oid for t in types]))
-            self._send(m.row_description(_fields(columns, ())) if columns else m.no_data())
+            self._send(_row_description(tuple(columns), ()) if columns else m.no_data())
             return
         portal = self._state.portals.get(message.name)
         if portal is None:
             cursor_columns = pipeline.describe_cursor(session, message.name)
             if cursor_columns is None:
                 raise QueryError("34000", "HD_ERR_NO_SUCH_CURSOR", f'portal "{message.name}" does not exist')
-            self._send(m.row_description(_fields(cursor_columns, ())))
+            self._send(_row_description(tuple(cursor_columns), ()))
             return
         if portal.statement.statement_type == "EMPTY":
             self._send(m.no_data())
             return
         columns = pipeline.result_columns(session, portal.statement, portal.params, portal.param_formats)
         portal.described = columns
-        self._send(m.row_description(_fields(columns, portal.result_formats)) if columns else m.no_data())
+        self._send(_row_description(tuple(columns), tuple(portal.result_formats)) if columns else m.no_data())
 
     def _execute(self, session: Session, message: m.Execute) -> Iterator[None]:
         portal = self._state.portals.get(message.portal)
@@ -871,6 +871,12 @@ def _fields(columns: list[ResultColumn] | None, formats: Sequence[int]) -> list[
         m.FieldDescription(c.name, c.pgtype.oid, c.pgtype.size, c.pgtype.modifier, format_code(formats, i))
         for i, c in enumerate(columns or [])
     ]
+
+
+@functools.lru_cache(maxsize=1024)
+def _row_description(columns: tuple[ResultColumn, ...], formats: tuple[int, ...]) -> bytes:
+    """The RowDescription message for these columns and formats (drivers Describe every execution)."""
+    return m.row_description(_fields(list(columns), formats))
 
 
 def _consistent_columns(described: list[ResultColumn] | None, produced: list[ResultColumn]) -> list[ResultColumn]:
