@@ -81,3 +81,16 @@ JWT_ISSUER: Final = "urn:hardened-duck:control-api"
 JWT_AUDIENCE: Final = "hardened-duck"
 # Context key overriding the engine code hash the control plane allows (default: computed when bundling).
 CONTEXT_ENGINE_CODE_HASH: Final = "hd:engineCodeHash"
+
+# --- shadow replay (issue 18; shadow.py) ------------------------------------------------------------------
+# Secrets Manager names the control API stores comparison DSNs under; the replay Lambda reads only these.
+SHADOW_SECRET_PREFIX: Final = "hd/shadow/"  # noqa: S105 - a name prefix, not a secret
+SHADOW_DATA_PREFIX: Final = "shadow/"  # data-bucket prefix of query sets, batch results and reports
+SHADOW_COMPARISON_PORT_DEFAULT: Final = 5432
+# The customer's comparison PostgreSQL, reached from the isolated subnets over peering, a Transit Gateway or a
+# PrivateLink endpoint (the routes are the customer's): CIDRs (a list, or one comma-separated string) and port.
+CONTEXT_SHADOW_COMPARISON_CIDRS: Final = "hd:shadowComparisonCidrs"
+CONTEXT_SHADOW_COMPARISON_PORT: Final = "hd:shadowComparisonPort"
+# The engine's name as its TLS certificate states it, resolving inside the VPC to the engine NLB (a private hosted
+# zone record): the replay verifies the engine's certificate (verify-full). Default: the NLB's own DNS name.
+CONTEXT_SHADOW_ENGINE_HOST: Final = "hd:shadowEngineHost"

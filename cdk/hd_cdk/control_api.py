@@ -107,6 +107,9 @@ FUNCTION_ACCESS: Final[Mapping[str, FunctionAccess]] = {
         writes_table=False, verifies_tokens=False, records_iam_events=False, describes_instances=True,
         reserved_concurrency=20,
     ),
+    # Shadow mode: issues a replay's ServiceAccount key (an IAM event); parses uploads with sqlglot (CPU, so more
+    # memory). Its grants on the state machine, the replay secrets and the shadow prefix are in shadow.py.
+    "shadow": FunctionAccess(reserved_concurrency=5, memory_mb=1024, timeout_seconds=29),
 }
 
 _DYNAMODB_READS: Final = ("dynamodb:GetItem", "dynamodb:Query")
@@ -150,8 +153,9 @@ class ControlApi(Construct):
     """The control-plane Lambdas and the REST API in front of them.
 
     Attributes: `api` (RestApi), `url` (the stage's invoke URL, referencing only the RestApi),
-    `functions` (function name -> Function), `heartbeat_path_arn` (execute-api ARN of POST
-    /v1/fleet/heartbeat, for the fleet role's execute-api:Invoke), `dead_letter_queue`, `api_endpoint`
+    `functions` (function name -> Function), `roles` (function name -> its Role: shadow mode adds a policy),
+    `heartbeat_path_arn` (execute-api ARN of POST /v1/fleet/heartbeat, for the fleet role's execute-api:Invoke),
+    `dead_letter_queue`, `api_endpoint`
     (the execute-api VPC endpoint, None when the API is regional), `schedules` (rule name -> Rule).
     """
 
@@ -251,6 +255,7 @@ class ControlApi(Construct):
             "HD_ALLOWED_CODE_HASHES": allowed_code_hashes,
         }
         self.functions: dict[str, lambda_.Function] = {}
+        self.roles: dict[str, iam.Role] = {}  # the functions' own roles (their `role` is an immutable view)
         for name, access in FUNCTION_ACCESS.items():
             extra = fleet_environment if access.describes_instances else {}
             self.functions[name] = self._function(
@@ -309,6 +314,7 @@ class ControlApi(Construct):
             description=f"Hardened Duck control API: the {name} function",
             managed_policies=[policy],
         )
+        self.roles[name] = role
         function = lambda_.Function(
             self,
             construct_id,

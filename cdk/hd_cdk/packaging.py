@@ -54,6 +54,11 @@ RUNTIME_REQUIREMENTS: Final[tuple[str, ...]] = (
     "tzdata",
 )
 
+# What shadow replay adds (issue 18), in a layer of its own so the other functions do not carry it: the
+# query-set parser and the result comparison parse SQL with sqlglot (pure Python), and the replay talks to
+# PostgreSQL and to the engine over the Postgres wire with psycopg (binary wheels: no libpq on Lambda).
+SHADOW_REQUIREMENTS: Final[tuple[str, ...]] = ("sqlglot", "psycopg[binary]")
+
 # Never shipped: byte code is rebuilt for the runtime's interpreter, and caches are local state.
 _COPY_IGNORE: Final = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".mypy_cache", ".pytest_cache")
 # CDK only uses the image when local bundling declines; ours never does, so no Docker image is pulled.
@@ -187,9 +192,14 @@ def core_layer(scope: Construct, construct_id: str) -> lambda_.LayerVersion:
     return _layer(scope, construct_id, code, "hd_core: the control plane's domain code and adapters")
 
 
-def dependency_layer(scope: Construct, construct_id: str) -> lambda_.LayerVersion:
+def dependency_layer(
+    scope: Construct,
+    construct_id: str,
+    requirements: Sequence[str] = RUNTIME_REQUIREMENTS,
+    description: str = "Third-party runtime packages of the control-plane Lambdas",
+) -> lambda_.LayerVersion:
     """The Lambdas' third-party packages as a layer, pinned to the versions installed here."""
-    bundler = PipLayerBundling(pinned_requirements())
+    bundler = PipLayerBundling(pinned_requirements(requirements))
     if bundling_enabled(scope):
         code = lambda_.Code.from_asset(
             str(Path(__file__).resolve().parent),  # unread: the custom hash stands in for the source
@@ -203,7 +213,7 @@ def dependency_layer(scope: Construct, construct_id: str) -> lambda_.LayerVersio
         folder.mkdir(exist_ok=True)
         (folder / "requirements.txt").write_text("\n".join(bundler.requirements) + "\n", encoding="utf-8")
         code = lambda_.Code.from_asset(str(folder))
-    return _layer(scope, construct_id, code, "Third-party runtime packages of the control-plane Lambdas")
+    return _layer(scope, construct_id, code, description)
 
 
 def _layer(scope: Construct, construct_id: str, code: lambda_.Code, description: str) -> lambda_.LayerVersion:

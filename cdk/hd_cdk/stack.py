@@ -15,6 +15,7 @@ from hd_cdk.engine_fleet import EngineFleet
 from hd_cdk.keys import KEY_ARN_PATTERN, Keys
 from hd_cdk.monitoring import Monitoring
 from hd_cdk.network import Network
+from hd_cdk.shadow import ShadowReplay, comparison_network
 from hd_cdk.storage import Storage
 from hd_cdk.wipe_hook import WipeHook
 
@@ -73,7 +74,8 @@ class HardenedDuckStack(Stack):
         self._compose_services(engine_code_hash)
 
     def _compose_services(self, engine_code_hash: str) -> None:
-        """The control API, the engine fleet, the wipe hook and monitoring, around network, keys and storage."""
+        """The control API, the engine fleet, the wipe hook, shadow replay and monitoring, around network, keys
+        and storage."""
         p, n, k, s = self.parameters, self.network, self.keys, self.storage
         # Fixed names, passed as plain strings: the fleet's configuration holds the API's URL, so the API's
         # fleet settings must not reference the fleet's resources back (that would be a dependency cycle).
@@ -110,12 +112,24 @@ class HardenedDuckStack(Stack):
             notification_key=k.notifications, vpc=n.vpc, subnets=n.subnets, security_group=n.lambda_sg,
             code=code, layers=layers,
         )
+        engine_host = self.node.try_get_context(constants.CONTEXT_SHADOW_ENGINE_HOST)
+        self.shadow = ShadowReplay(
+            self, "ShadowReplay", vpc=n.vpc, subnets=n.subnets, lambda_sg=n.lambda_sg, endpoint_sg=n.endpoint_sg,
+            engine_nlb_sg=self.fleet.nlb_security_group,
+            engine_host=str(engine_host or self.fleet.nlb.load_balancer_dns_name),
+            data_bucket=s.data_bucket, data_key=k.data, logs_key=k.logs, alarm_topic=self.wipe_hook.alarm_topic,
+            code=code, layers=layers, comparison=comparison_network(self),
+            api_function=self.control_api.functions.get("shadow"),
+            api_role=self.control_api.roles.get("shadow"),
+        )
         self.monitoring = Monitoring(
             self, "Monitoring", nlb=self.fleet.nlb, target_group=self.fleet.target_group, asg=self.fleet.asg,
-            functions={**self.control_api.functions, "wipe_hook": self.wipe_hook.function},
+            functions={**self.control_api.functions, "wipe_hook": self.wipe_hook.function,
+                       **{f"shadow_{name}": function for name, function in self.shadow.functions.items()}},
             api=self.control_api.api, api_stage_name=constants.CONTROL_API_STAGE, notification_key=k.notifications,
             alarm_topic=self.wipe_hook.alarm_topic,
-            extra_metrics={"WipeFailed": self.wipe_hook.wipe_failed_alarm.metric},
+            extra_metrics={"WipeFailed": self.wipe_hook.wipe_failed_alarm.metric,
+                           "ShadowReplayFailed": self.shadow.failed_alarm.metric},
         )
         self._outputs()
 

@@ -27,6 +27,7 @@ from functions.openapi import FUNCTION_MODULES
 from hd_cdk import packaging
 from hd_cdk.packaging import (
     RUNTIME_REQUIREMENTS,
+    SHADOW_REQUIREMENTS,
     BundlingFailed,
     CopyTreeBundling,
     PipLayerBundling,
@@ -73,9 +74,32 @@ def test_requirements_are_pinned_to_the_installed_versions() -> None:
     assert pinned_requirements(["surely-not-installed-hd-package"]) == ["surely-not-installed-hd-package"]
 
 
+# The shadow function of the control API and the state machine's tasks also carry the shadow layer (shadow.py).
+SHADOW_MODULES = ["functions.shadow.handler", "functions.shadow.tasks", "hd_core.adapters.aws_shadow"]
+# This environment's compiled overlay of sqlglot's own modules (sqlglotc, and the mypy-extensions it loads) is
+# optional: the layer's pure-Python sqlglot parses the same, only slower.
+OPTIONAL_ACCELERATORS = {"sqlglotc", "mypy-extensions"}
+
+
 def test_layer_covers_every_third_party_module_the_handlers_import() -> None:
     """In a fresh interpreter, import every handler and AWS adapter; each third-party package loaded is in the layer."""
-    modules = [*FUNCTION_MODULES.values(), *AWS_ADAPTERS]
+    modules = [m for m in [*FUNCTION_MODULES.values(), *AWS_ADAPTERS] if m not in SHADOW_MODULES]
+    loaded = _third_party_imports(modules)
+    assert {"pydantic", "aws-lambda-powertools", "pyjwt", "argon2-cffi", "pyotp"} <= loaded  # the check sees them
+    missing = loaded - LAMBDA_RUNTIME_PROVIDED - INCIDENTAL_IMPORTS - _closure(RUNTIME_REQUIREMENTS)
+    assert not missing, f"imported by the handlers but not in the dependency layer: {sorted(missing)}"
+
+
+def test_shadow_layers_cover_every_third_party_module_the_shadow_functions_import() -> None:
+    loaded = _third_party_imports(SHADOW_MODULES)
+    assert {"sqlglot", "psycopg", "pydantic"} <= loaded  # the check sees them
+    layers = _closure(RUNTIME_REQUIREMENTS + SHADOW_REQUIREMENTS)
+    missing = loaded - LAMBDA_RUNTIME_PROVIDED - INCIDENTAL_IMPORTS - OPTIONAL_ACCELERATORS - layers
+    assert not missing, f"imported by the shadow functions but not in their layers: {sorted(missing)}"
+
+
+def _third_party_imports(modules: list[str]) -> set[str]:
+    """The distributions a fresh interpreter loads to import `modules` (this project's own left out)."""
     script = "import importlib, json, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules) + (
         "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))"
     )
@@ -83,10 +107,7 @@ def test_layer_covers_every_third_party_module_the_handlers_import() -> None:
                             cwd=Path(__file__).resolve().parents[2])
     top_level = set(json.loads(result.stdout)) - set(sys.stdlib_module_names)
     distributions = packages_distributions()
-    loaded = {_normal(dist) for top in top_level for dist in distributions.get(top, [])} - {"hardened-duck"}
-    assert {"pydantic", "aws-lambda-powertools", "pyjwt", "argon2-cffi", "pyotp"} <= loaded  # the check sees them
-    missing = loaded - LAMBDA_RUNTIME_PROVIDED - INCIDENTAL_IMPORTS - _closure(RUNTIME_REQUIREMENTS)
-    assert not missing, f"imported by the handlers but not in the dependency layer: {sorted(missing)}"
+    return {_normal(dist) for top in top_level for dist in distributions.get(top, [])} - {"hardened-duck"}
 
 
 def _normal(name: str) -> str:

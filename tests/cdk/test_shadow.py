@@ -1,0 +1,409 @@
+"""Shadow replay in the CDK app: the one definition, logging, IAM scoped to the prefix and the state machine,
+the network paths, the alarm. Uses the session's one synthesized app (tests/cdk/conftest.py), whose context
+places the comparison PostgreSQL at 10.30.0.0/24 port 6432."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aws_cdk import App
+from aws_cdk.assertions import Match, Template
+
+from functions.openapi import FUNCTION_MODULES
+from hd_cdk import constants
+from hd_cdk.packaging import SHADOW_REQUIREMENTS
+from hd_cdk.shadow import REPLAY_FUNCTIONS, ComparisonNetwork, comparison_network
+from hd_core.shadow import state_machine
+from tests.cdk.conftest import TEST_CONTEXT, SynthesizedApp
+
+SECRET_PATTERN = f"arn:aws:secretsmanager:eu-west-1:123456789012:secret:{constants.SHADOW_SECRET_PREFIX}*"
+COMPARISON_CIDR = TEST_CONTEXT[constants.CONTEXT_SHADOW_COMPARISON_CIDRS][0]
+COMPARISON_PORT = TEST_CONTEXT[constants.CONTEXT_SHADOW_COMPARISON_PORT]
+
+
+@pytest.fixture(scope="module")
+def resources(synthesized_app: SynthesizedApp) -> dict[str, dict[str, Any]]:
+    """The main stack's resources (logical id -> resource)."""
+    resources: dict[str, dict[str, Any]] = synthesized_app.template()["Resources"]
+    return resources
+
+
+def of_type(resources: dict[str, dict[str, Any]], kind: str, prefix: str = "") -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in resources.items() if r["Type"] == kind and name.startswith(prefix)}
+
+
+def one(found: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    assert len(found) == 1, sorted(found)
+    return next(iter(found.items()))
+
+
+@pytest.fixture(scope="module")
+def functions(resources: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Logical name of the definition -> logical id of its Lambda, found by handler."""
+    by_handler = {r["Properties"]["Handler"]: name for name, r in of_type(resources, "AWS::Lambda::Function").items()}
+    return {name: by_handler[spec.handler] for name, spec in REPLAY_FUNCTIONS.items()}
+
+
+@pytest.fixture(scope="module")
+def machine(resources: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    return one(of_type(resources, "AWS::StepFunctions::StateMachine"))
+
+
+def statements(resources: dict[str, dict[str, Any]], policy_id: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = resources[policy_id]["Properties"]["PolicyDocument"]["Statement"]
+    return found
+
+
+def role_policies(resources: dict[str, dict[str, Any]], role_id: str) -> list[str]:
+    """The managed policies (logical ids) attached to a role, from either side of the attachment."""
+    attached = [ref["Ref"] for ref in resources[role_id]["Properties"].get("ManagedPolicyArns", []) if "Ref" in ref]
+    attached += [name for name, r in of_type(resources, "AWS::IAM::ManagedPolicy").items()
+                 if {"Ref": role_id} in r["Properties"].get("Roles", [])]
+    return attached
+
+
+def function_statements(resources: dict[str, dict[str, Any]], function_id: str) -> list[dict[str, Any]]:
+    role_id = resources[function_id]["Properties"]["Role"]["Fn::GetAtt"][0]
+    assert not of_type(resources, "AWS::IAM::Policy") or not any(
+        {"Ref": role_id} in r["Properties"].get("Roles", []) for r in of_type(resources, "AWS::IAM::Policy").values()
+    ), "no inline policy may reach a shadow role"
+    return [s for policy in role_policies(resources, role_id) for s in statements(resources, policy)]
+
+
+def listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def actions_on(found: list[dict[str, Any]], action: str) -> list[Any]:
+    """Every resource `action` is allowed on in these statements."""
+    return [resource for s in found if s["Effect"] == "Allow" and action in listed(s["Action"])
+            for resource in listed(s["Resource"])]
+
+
+def rendered(node: Any) -> str:
+    """A Fn::Join'ed string with each GetAtt/Ref written as <LogicalId[.Attr]> (to compare documents)."""
+    if isinstance(node, str):
+        return node
+    if "Fn::Join" in node:
+        separator, parts = node["Fn::Join"]
+        return str(separator).join(rendered(part) for part in parts)
+    if "Fn::GetAtt" in node:
+        return "<{}.{}>".format(*node["Fn::GetAtt"])
+    if "Ref" in node:
+        return f"<{node['Ref']}>"
+    return json.dumps(node, sort_keys=True)  # other intrinsics (Fn::If): compared as they are
+
+
+def iter_statements(resources: dict[str, dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every IAM statement of every policy in the template, with its policy's logical id."""
+    for name, resource in resources.items():
+        if resource["Type"] in ("AWS::IAM::ManagedPolicy", "AWS::IAM::Policy"):
+            for statement in resource["Properties"]["PolicyDocument"]["Statement"]:
+                yield name, statement
+        if resource["Type"] == "AWS::IAM::Role":
+            for policy in resource["Properties"].get("Policies", []):
+                for statement in policy["PolicyDocument"]["Statement"]:
+                    yield name, statement
+
+
+# --- the state machine --------------------------------------------------------------------------------
+
+
+def test_state_machine_runs_the_one_definition_with_the_lambda_arns(
+    machine: tuple[str, dict[str, Any]], functions: dict[str, str]
+) -> None:
+    _, resource = machine
+    document = json.loads(rendered(resource["Properties"]["DefinitionString"]))
+    assert document == state_machine.definition({name: f"<{lid}.Arn>" for name, lid in functions.items()})
+
+
+def test_state_machine_logs_every_event_but_never_execution_data_to_an_encrypted_group(
+    stack_template: Template, machine: tuple[str, dict[str, Any]], resources: dict[str, dict[str, Any]]
+) -> None:
+    _, resource = machine
+    stack_template.has_resource_properties("AWS::StepFunctions::StateMachine", {
+        "StateMachineType": "STANDARD",
+        "TracingConfiguration": {"Enabled": True},
+        "LoggingConfiguration": {
+            "Level": "ALL",
+            "IncludeExecutionData": False,
+            "Destinations": [{"CloudWatchLogsLogGroup": {"LogGroupArn": {"Fn::GetAtt": [Match.any_value(), "Arn"]}}}],
+        },
+    })
+    destination = resource["Properties"]["LoggingConfiguration"]["Destinations"][0]
+    group = resources[destination["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0]]["Properties"]
+    assert group["KmsKeyId"] == {"Fn::GetAtt": [_logs_key(resources), "Arn"]}
+    assert group["LogGroupName"].startswith("/aws/vendedlogs/states/")
+    assert group["RetentionInDays"] == 365
+
+
+def test_state_machine_role_invokes_the_three_lambdas_and_nothing_else(
+    resources: dict[str, dict[str, Any]], machine: tuple[str, dict[str, Any]], functions: dict[str, str]
+) -> None:
+    role_id = machine[1]["Properties"]["RoleArn"]["Fn::GetAtt"][0]
+    trust = resources[role_id]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert [s["Principal"] for s in trust] == [{"Service": "states.amazonaws.com"}]
+    found = [s for p in role_policies(resources, role_id) for s in statements(resources, p)]
+    invoked = actions_on(found, "lambda:InvokeFunction")
+    assert sorted(map(rendered, invoked)) == sorted(f"<{lid}.Arn>" for lid in functions.values())
+    for statement in found:  # '*' only for what has no resource-level permissions
+        if "*" in listed(statement["Resource"]):
+            assert all(a.startswith(("logs:", "xray:")) for a in listed(statement["Action"])), statement
+            assert not any(a.startswith(("logs:PutLogEvents", "lambda:")) for a in listed(statement["Action"]))
+
+
+def test_failed_or_timed_out_executions_alarm_to_the_notifications_topic(
+    resources: dict[str, dict[str, Any]], machine: tuple[str, dict[str, Any]]
+) -> None:
+    _, alarm = one(of_type(resources, "AWS::CloudWatch::Alarm", "ShadowReplay"))
+    props = alarm["Properties"]
+    watched = {m["MetricStat"]["Metric"]["MetricName"]: m["MetricStat"]["Metric"]
+               for m in props["Metrics"] if "MetricStat" in m}
+    assert set(watched) == {"ExecutionsFailed", "ExecutionsTimedOut"}
+    for metric in watched.values():
+        assert metric["Namespace"] == "AWS/States"
+        assert metric["Dimensions"] == [{"Name": "StateMachineArn", "Value": {"Ref": machine[0]}}]
+    assert (props["Threshold"], props["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+    (topic,) = props["AlarmActions"]
+    assert resources[topic["Ref"]]["Type"] == "AWS::SNS::Topic"
+    assert resources[topic["Ref"]]["Properties"]["KmsMasterKeyId"] == {"Fn::GetAtt": [_notifications_key(resources),
+                                                                                     "Arn"]}
+
+
+# --- the Lambdas ---------------------------------------------------------------------------------------
+
+
+def test_lambdas_run_in_the_isolated_subnets_traced_with_encrypted_logs(
+    resources: dict[str, dict[str, Any]], functions: dict[str, str]
+) -> None:
+    isolated = sorted(name for name, r in of_type(resources, "AWS::EC2::Subnet").items()
+                      if not r["Properties"].get("MapPublicIpOnLaunch", False))
+    lambda_sg = _security_group(resources, "NetworkLambdaSg")
+    replay_sg = _security_group(resources, "ShadowReplayReplaySg")
+    layer = one(of_type(resources, "AWS::Lambda::LayerVersion", "ShadowReplayDependencyLayer"))[0]
+    for name, lid in functions.items():
+        props = resources[lid]["Properties"]
+        vpc = props["VpcConfig"]
+        assert sorted(s["Ref"] for s in vpc["SubnetIds"]) == isolated, name
+        groups = [g["Fn::GetAtt"][0] for g in vpc["SecurityGroupIds"]]
+        expected = [lambda_sg, replay_sg] if REPLAY_FUNCTIONS[name].reaches_databases else [lambda_sg]
+        assert groups == expected, name
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        assert props["ReservedConcurrentExecutions"] == REPLAY_FUNCTIONS[name].reserved_concurrency
+        assert {"Ref": layer} in props["Layers"]
+        log_group = resources[props["LoggingConfig"]["LogGroup"]["Ref"]]["Properties"]
+        assert log_group["KmsKeyId"] == {"Fn::GetAtt": [_logs_key(resources), "Arn"]}
+    assert REPLAY_FUNCTIONS[state_machine.REPLAY_BATCH].reaches_databases
+    # As many batches may run at once as the API lets a replay ask for.
+    assert REPLAY_FUNCTIONS[state_machine.REPLAY_BATCH].reserved_concurrency == state_machine.MAX_CONCURRENCY
+
+
+def test_replay_batch_reaches_the_engine_nlb_and_the_comparison_database_only(
+    resources: dict[str, dict[str, Any]]
+) -> None:
+    replay_sg = _security_group(resources, "ShadowReplayReplaySg")
+    nlb_sg = _security_group(resources, "EngineFleetNlbSecurityGroup")
+    group = resources[replay_sg]["Properties"]
+    inline = [(r.get("CidrIp"), r.get("DestinationSecurityGroupId"), r["FromPort"], r["ToPort"])
+              for r in group.get("SecurityGroupEgress", []) if r.get("CidrIp") != "255.255.255.255/32"]
+    separate = [(r["Properties"].get("CidrIp"), r["Properties"].get("DestinationSecurityGroupId"),
+                 r["Properties"]["FromPort"], r["Properties"]["ToPort"])
+                for r in of_type(resources, "AWS::EC2::SecurityGroupEgress").values()
+                if r["Properties"]["GroupId"] == {"Fn::GetAtt": [replay_sg, "GroupId"]}]
+    pgwire = constants.PGWIRE_PORT
+    assert sorted(inline + separate, key=str) == sorted([
+        (COMPARISON_CIDR, None, COMPARISON_PORT, COMPARISON_PORT),
+        (None, {"Fn::GetAtt": [nlb_sg, "GroupId"]}, pgwire, pgwire),
+    ], key=str)
+    ingress = [r["Properties"] for r in of_type(resources, "AWS::EC2::SecurityGroupIngress").values()
+               if r["Properties"].get("SourceSecurityGroupId") == {"Fn::GetAtt": [replay_sg, "GroupId"]}]
+    assert [(i["GroupId"], i["FromPort"], i["ToPort"]) for i in ingress] == [
+        ({"Fn::GetAtt": [nlb_sg, "GroupId"]}, pgwire, pgwire)]
+
+
+def test_replay_batch_is_told_where_the_engine_is(
+    resources: dict[str, dict[str, Any]], functions: dict[str, str]
+) -> None:
+    """functions/shadow/wiring.py ShadowSettings: the bucket and the engine NLB (each task builds the services)."""
+    nlb = one(of_type(resources, "AWS::ElasticLoadBalancingV2::LoadBalancer"))[0]
+    bucket = one(of_type(resources, "AWS::S3::Bucket", "StorageData"))[0]
+    for name, lid in functions.items():
+        variables = resources[lid]["Properties"]["Environment"]["Variables"]
+        assert variables["HD_SHADOW_ENGINE_HOST"] == {"Fn::GetAtt": [nlb, "DNSName"]}, name
+        assert variables["HD_SHADOW_ENGINE_PORT"] == str(constants.PGWIRE_PORT)
+        assert variables["HD_SHADOW_BUCKET"] == {"Ref": bucket}
+        assert "HD_SHADOW_STATE_MACHINE_ARN" not in variables  # only the API starts executions
+
+
+# --- IAM: secrets and data --------------------------------------------------------------------------------
+
+
+def test_only_replay_batch_reads_shadow_secrets_and_only_under_the_prefix(
+    resources: dict[str, dict[str, Any]], functions: dict[str, str]
+) -> None:
+    for name, lid in functions.items():
+        found = function_statements(resources, lid)
+        readable = actions_on(found, "secretsmanager:GetSecretValue")
+        if name == state_machine.REPLAY_BATCH:
+            assert list(map(rendered, readable)) == [SECRET_PATTERN]
+            (decrypt,) = [s for s in found if "kms:Decrypt" in listed(s["Action"])
+                          and "kms:ViaService" in json.dumps(s.get("Condition", {}))
+                          and "secretsmanager" in json.dumps(s["Condition"])]
+            assert decrypt["Condition"]["StringLike"] == {"kms:EncryptionContext:SecretARN": SECRET_PATTERN}
+            assert decrypt["Resource"] == _data_key_arn(resources)
+        else:
+            assert readable == [], name
+        assert not any(a.startswith("secretsmanager:") and a != "secretsmanager:GetSecretValue"
+                       for s in found for a in listed(s["Action"])), name
+    readers = {policy for policy, s in iter_statements(resources)
+               if any(rendered(r) == SECRET_PATTERN for r in listed(s["Resource"]))}
+    allowed = {p for lid in functions.values()
+               for p in role_policies(resources, resources[lid]["Properties"]["Role"]["Fn::GetAtt"][0])}
+    assert readers <= allowed | _api_policies(resources)
+
+
+def test_lambdas_touch_the_data_bucket_only_under_the_shadow_prefix_and_never_delete(
+    resources: dict[str, dict[str, Any]], functions: dict[str, str]
+) -> None:
+    bucket = one(of_type(resources, "AWS::S3::Bucket", "StorageData"))[0]
+    for name, lid in functions.items():
+        found = function_statements(resources, lid)
+        s3_resources = {rendered(r) for s in found if any(a.startswith("s3:") for a in listed(s["Action"]))
+                        for r in listed(s["Resource"])}
+        assert s3_resources == {f"<{bucket}.Arn>", f"<{bucket}.Arn>/{constants.SHADOW_DATA_PREFIX}*"}, name
+        (listing,) = [s for s in found if "s3:ListBucket" in listed(s["Action"])]
+        assert listing["Condition"] == {"StringLike": {"s3:prefix": [f"{constants.SHADOW_DATA_PREFIX}*"]}}
+        actions = {a for s in found for a in listed(s["Action"])}
+        assert not {a for a in actions if a.endswith("*")
+                    or (a.startswith(("s3:", "secretsmanager:", "kms:")) and ("Delete" in a or "Schedule" in a))}, name
+        assert not any(a.startswith(("dynamodb:", "states:", "lambda:")) for a in actions), name
+
+
+def test_no_role_outside_shadow_mode_may_start_the_state_machine(
+    resources: dict[str, dict[str, Any]], machine: tuple[str, dict[str, Any]]
+) -> None:
+    starters = {policy for policy, s in iter_statements(resources) if s["Effect"] == "Allow"
+                and any(a in ("states:StartExecution", "states:*", "*") for a in listed(s["Action"]))}
+    assert starters <= _api_policies(resources)
+    for _, statement in iter_statements(resources):
+        if "states:StartExecution" in listed(statement["Action"]):
+            assert listed(statement["Resource"]) == [{"Ref": machine[0]}]
+
+
+# --- the control API's shadow function ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api_statements(resources: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return statements(resources, _api_policy(resources))
+
+
+def test_api_function_starts_only_this_state_machine_and_reads_only_its_executions(
+    resources: dict[str, dict[str, Any]], api_statements: list[dict[str, Any]], machine: tuple[str, dict[str, Any]]
+) -> None:
+    assert actions_on(api_statements, "states:StartExecution") == [{"Ref": machine[0]}]
+    name = machine[1]["Properties"]["StateMachineName"]
+    assert list(map(rendered, actions_on(api_statements, "states:DescribeExecution"))) == [
+        f"arn:aws:states:eu-west-1:123456789012:execution:{name}:*"]
+    props = resources[_api_function(resources)]["Properties"]
+    assert props["Environment"]["Variables"]["HD_SHADOW_STATE_MACHINE_ARN"] == {"Ref": machine[0]}
+    assert props["Environment"]["Variables"]["HD_SHADOW_ENGINE_HOST"]  # ShadowSettings refuses to start without it
+    layer = one(of_type(resources, "AWS::Lambda::LayerVersion", "ShadowReplayDependencyLayer"))[0]
+    assert {"Ref": layer} in props["Layers"]  # the upload parses statements with sqlglot
+
+
+def test_api_function_creates_secrets_only_under_the_prefix_and_with_the_data_key(
+    resources: dict[str, dict[str, Any]], api_statements: list[dict[str, Any]]
+) -> None:
+    data_key = _data_key_arn(resources)
+    (create,) = [s for s in api_statements if "secretsmanager:CreateSecret" in listed(s["Action"])]
+    assert rendered(create["Resource"]) == SECRET_PATTERN
+    assert create["Condition"] == {"StringEquals": {"secretsmanager:KmsKeyArn": data_key}}
+    assert actions_on(api_statements, "secretsmanager:GetSecretValue") == []
+    (key,) = [s for s in api_statements if "kms:GenerateDataKey" in listed(s["Action"])
+              and "secretsmanager" in json.dumps(s["Condition"])]
+    assert key["Condition"]["StringLike"] == {"kms:EncryptionContext:SecretARN": SECRET_PATTERN}
+    variables = resources[_api_function(resources)]["Properties"]["Environment"]["Variables"]
+    assert variables["HD_SHADOW_SECRETS_KMS_KEY_ID"] == data_key
+    (tagging,) = [s for s in api_statements if "secretsmanager:TagResource" in listed(s["Action"])]
+    assert rendered(tagging["Resource"]) == SECRET_PATTERN
+    assert tagging["Condition"] == {"StringEquals": {"aws:RequestTag/hd:purpose": "shadow-replay"},
+                                    "ForAllValues:StringEquals": {"aws:TagKeys": ["hd:purpose"]}}
+
+
+def test_step_functions_endpoint_serves_this_state_machine_only(
+    resources: dict[str, dict[str, Any]], machine: tuple[str, dict[str, Any]]
+) -> None:
+    _, endpoint = one(of_type(resources, "AWS::EC2::VPCEndpoint", "ShadowReplay"))
+    props = endpoint["Properties"]
+    assert props["PrivateDnsEnabled"] is True
+    granted = {(a, rendered(r)) for s in props["PolicyDocument"]["Statement"] for a in listed(s["Action"])
+               for r in listed(s["Resource"])}
+    name = machine[1]["Properties"]["StateMachineName"]
+    assert granted == {("states:StartExecution", f"<{machine[0]}>"),
+                       ("states:DescribeExecution",
+                        f"arn:aws:states:eu-west-1:123456789012:execution:{name}:*")}
+
+
+# --- context and packaging ---------------------------------------------------------------------------------
+
+
+def test_comparison_network_comes_from_context_and_refuses_the_world() -> None:
+    def network(**context: Any) -> ComparisonNetwork:
+        return comparison_network(App(context=context))
+
+    assert network() == ComparisonNetwork(cidrs=(), port=5432)
+    assert network(**{constants.CONTEXT_SHADOW_COMPARISON_CIDRS: "10.1.0.0/16, 192.168.4.0/24"}) == ComparisonNetwork(
+        cidrs=("10.1.0.0/16", "192.168.4.0/24"), port=5432)
+    assert network(**{constants.CONTEXT_SHADOW_COMPARISON_CIDRS: ["10.1.0.0/16"],
+                      constants.CONTEXT_SHADOW_COMPARISON_PORT: "6432"}).port == 6432
+    with pytest.raises(ValueError, match="every address"):
+        network(**{constants.CONTEXT_SHADOW_COMPARISON_CIDRS: ["0.0.0.0/0"]})
+    with pytest.raises(ValueError, match="not a valid network"):
+        network(**{constants.CONTEXT_SHADOW_COMPARISON_CIDRS: ["10.1.0.1/16"]})
+    with pytest.raises(ValueError, match="TCP port"):
+        network(**{constants.CONTEXT_SHADOW_COMPARISON_PORT: 70000})
+
+
+def test_shadow_layer_carries_sql_parsing_and_the_postgres_driver() -> None:
+    assert {requirement.split("[")[0] for requirement in SHADOW_REQUIREMENTS} == {"sqlglot", "psycopg"}
+    assert "psycopg[binary]" in SHADOW_REQUIREMENTS  # no libpq on Lambda: the driver brings its own
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+
+def _security_group(resources: dict[str, dict[str, Any]], prefix: str) -> str:
+    return one(of_type(resources, "AWS::EC2::SecurityGroup", prefix))[0]
+
+
+def _logs_key(resources: dict[str, dict[str, Any]]) -> str:
+    return one(of_type(resources, "AWS::KMS::Key", "KeysLogs"))[0]
+
+
+def _notifications_key(resources: dict[str, dict[str, Any]]) -> str:
+    return one(of_type(resources, "AWS::KMS::Key", "KeysNotifications"))[0]
+
+
+def _data_key_arn(resources: dict[str, dict[str, Any]]) -> Any:
+    """The data key's ARN as the stack writes it (ours, or the customer's when the parameter names one)."""
+    bucket = one(of_type(resources, "AWS::S3::Bucket", "StorageData"))[1]
+    rule = bucket["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    return rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"]
+
+
+def _api_policy(resources: dict[str, dict[str, Any]]) -> str:
+    return one(of_type(resources, "AWS::IAM::ManagedPolicy", "ShadowReplayApiPolicy"))[0]
+
+
+def _api_policies(resources: dict[str, dict[str, Any]]) -> set[str]:
+    """The shadow API function's extra policy, when the control API serves shadow mode."""
+    return set(of_type(resources, "AWS::IAM::ManagedPolicy", "ShadowReplayApiPolicy"))
+
+
+def _api_function(resources: dict[str, dict[str, Any]]) -> str:
+    assert "shadow" in FUNCTION_MODULES, "the control API serves shadow mode (functions/shadow)"
+    return one(of_type(resources, "AWS::Lambda::Function", "ControlApiShadow"))[0]
