@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+import sqlglot
 from sqlglot.schema import MappingSchema
 
 from engine_host.pgcompat.types.declared import NAME, VARCHAR
-from engine_host.pipeline.governance.guard import parse_statement
+from engine_host.pipeline.errors import QueryError
+from engine_host.pipeline.governance.guard import check_functions, parse_statement
 from engine_host.pipeline.governance.pg_semantics import SchemaCache, table_schema
 from engine_host.pipeline.governance.result_types import declared_types
 
@@ -48,3 +51,13 @@ def test_declared_types_without_a_varchar_column_or_a_declaring_node_is_empty() 
     assert declared_types(parse_statement("SELECT current_user, 1").tree, {}) == (NAME, None)
     assert declared_types(parse_statement("SELECT k, user FROM main.n").tree, numbers) == (None, NAME)
     assert declared_types(parse_statement("SELECT full_name FROM crm.customers").tree, COLUMNS) == (VARCHAR,)
+
+
+def test_a_case_branch_is_not_a_call_but_what_it_holds_is_still_checked() -> None:
+    for sql in ("SELECT CASE WHEN (SELECT count(*) FROM read_csv('/etc/passwd')) > 0 THEN 1 END",
+                "SELECT CASE WHEN x = 0 THEN 0 ELSE CASE WHEN x = 1 THEN glob('*') END END FROM t"):
+        with pytest.raises(QueryError) as refused:
+            check_functions(sqlglot.parse_one(sql, read="duckdb"), sql, generated=True)
+        assert refused.value.code == "HD_ERR_FUNCTION_NOT_ALLOWED"
+    allowed = "SELECT CASE WHEN x = 0 THEN abs(x) ELSE CASE WHEN x = 1 THEN lower('A') END END FROM t"
+    check_functions(sqlglot.parse_one(allowed, read="duckdb"), allowed, generated=True)
