@@ -94,3 +94,6 @@ CONTEXT_SHADOW_COMPARISON_PORT: Final = "hd:shadowComparisonPort"
 # The engine's name as its TLS certificate states it, resolving inside the VPC to the engine NLB (a private hosted
 # zone record): the replay verifies the engine's certificate (verify-full). Default: the NLB's own DNS name.
 CONTEXT_SHADOW_ENGINE_HOST: Final = "hd:shadowEngineHost"
+# The root certificate(s) that verify it (libpq sslrootcert: a path in the function's code or layers, or "system"
+# for the trusted public roots). Without it the replay's verify-full has nothing to verify with and fails closed.
+CONTEXT_SHADOW_ENGINE_CA_FILE: Final = "hd:shadowEngineCaFile"

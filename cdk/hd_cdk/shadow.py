@@ -24,6 +24,10 @@ Security decisions visible here:
   subnets' route tables, or an interface endpoint to a PrivateLink service in front of it, whose addresses
   are then inside this VPC) and names its CIDRs in context `hd:shadowComparisonCidrs` (port:
   `hd:shadowComparisonPort`, 5432 by default). Without CIDRs ReplayBatch reaches no PostgreSQL at all;
+- ReplayBatch verifies the engine's certificate (verify-full, functions/shadow/wiring.py) before it sends the
+  replay's ServiceAccount key: the name it connects to must be in that certificate (context
+  `hd:shadowEngineHost`, a private DNS name for the NLB; default the NLB's DNS name) and the roots that sign
+  it given (`hd:shadowEngineCaFile`, e.g. "system"); without them the replay fails closed;
 - the API reaches Step Functions through an interface endpoint whose policy admits only this state
   machine's StartExecution and reads of its executions;
 - a failed or timed-out execution alarms to the notifications topic.
@@ -183,6 +187,7 @@ class ShadowReplay(Construct):
         endpoint_sg: ec2.ISecurityGroup,
         engine_nlb_sg: ec2.ISecurityGroup,
         engine_host: str,
+        engine_ca_file: str = "",
         data_bucket: s3.IBucket,
         data_key: kms.IKey,
         logs_key: kms.IKey,
@@ -193,9 +198,10 @@ class ShadowReplay(Construct):
         api_function: lambda_.Function | None = None,
         api_role: iam.IRole | None = None,
     ) -> None:
-        """`engine_host` is the engine NLB's DNS name; `engine_nlb_sg` its security group, which is opened to
-        ReplayBatch on 5439. `api_function`/`api_role` (the control API's shadow function and its real role)
-        are given StartExecution and the secret grants, and the settings to use them."""
+        """`engine_host` is the engine NLB's DNS name (or a name in the engine's certificate that resolves to it);
+        `engine_ca_file` the sslrootcert that verifies the engine; `engine_nlb_sg` the NLB's security group, which
+        is opened to ReplayBatch on 5439. `api_function`/`api_role` (the control API's shadow function and its
+        real role) are given StartExecution and the secret grants, and the settings to use them."""
         super().__init__(scope, id)
         if (api_function is None) != (api_role is None):
             raise ValueError("give the control API's shadow function together with its role, or neither")
@@ -220,6 +226,7 @@ class ShadowReplay(Construct):
             "HD_SHADOW_BUCKET": data_bucket.bucket_name,
             "HD_SHADOW_ENGINE_HOST": engine_host,
             "HD_SHADOW_ENGINE_PORT": str(constants.PGWIRE_PORT),
+            **({"HD_SHADOW_ENGINE_CA_FILE": engine_ca_file} if engine_ca_file else {}),
         }
         environment = {
             **self._settings,

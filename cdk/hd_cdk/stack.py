@@ -117,6 +117,7 @@ class HardenedDuckStack(Stack):
             self, "ShadowReplay", vpc=n.vpc, subnets=n.subnets, lambda_sg=n.lambda_sg, endpoint_sg=n.endpoint_sg,
             engine_nlb_sg=self.fleet.nlb_security_group,
             engine_host=str(engine_host or self.fleet.nlb.load_balancer_dns_name),
+            engine_ca_file=str(self.node.try_get_context(constants.CONTEXT_SHADOW_ENGINE_CA_FILE) or ""),
             data_bucket=s.data_bucket, data_key=k.data, logs_key=k.logs, alarm_topic=self.wipe_hook.alarm_topic,
             code=code, layers=layers, comparison=comparison_network(self),
             api_function=self.control_api.functions.get("shadow"),

@@ -25,9 +25,10 @@ if str(CDK_DIR) not in sys.path:
     sys.path.insert(0, str(CDK_DIR))
 
 # Context of the shared synth: bundling off (no pip downloads), one approved client network, and where shadow
-# replay's comparison PostgreSQL is (a peered network, on a port other than the default).
+# replay's comparison PostgreSQL is (a peered network, on a port other than the default) and how it verifies the engine.
 TEST_CONTEXT: dict[str, Any] = {"hd:bundling": False, "hd:approvedCidrs": ["10.20.0.0/16"],
-                                "hd:shadowComparisonCidrs": ["10.30.0.0/24"], "hd:shadowComparisonPort": 6432}
+                                "hd:shadowComparisonCidrs": ["10.30.0.0/24"], "hd:shadowComparisonPort": 6432,
+                                "hd:shadowEngineCaFile": "system"}
 STACK_NAME = "HardenedDuck"
 
 

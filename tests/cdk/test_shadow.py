@@ -235,6 +235,8 @@ def test_replay_batch_is_told_where_the_engine_is(
         assert variables["HD_SHADOW_ENGINE_HOST"] == {"Fn::GetAtt": [nlb, "DNSName"]}, name
         assert variables["HD_SHADOW_ENGINE_PORT"] == str(constants.PGWIRE_PORT)
         assert variables["HD_SHADOW_BUCKET"] == {"Ref": bucket}
+        # The roots that verify the engine's certificate, from context (verify-full is the replay's default).
+        assert variables["HD_SHADOW_ENGINE_CA_FILE"] == TEST_CONTEXT[constants.CONTEXT_SHADOW_ENGINE_CA_FILE]
         assert "HD_SHADOW_STATE_MACHINE_ARN" not in variables  # only the API starts executions
 
 
