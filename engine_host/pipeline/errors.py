@@ -185,8 +185,10 @@ def from_engine_error(exc: Exception) -> QueryError:
 
 # DuckDB's "Table with name x does not exist!" / "... \"s.x\" does not exist because schema ..." first lines.
 _MISSING_TABLE = re.compile(r'Table with name (?:"([^"]+)"|(\S+?)) does not exist')
-# The engine's own catalog and alias names, as DuckDB may print them in a message.
-_INTERNAL_NAME = re.compile(r'"?(?:hd_data|hd_keys|memory)"?\.|"?__hd_src"?\.?')
+# The engine's own catalog and alias names, as DuckDB may print them in a message: every `hd_...` catalog
+# (hd_data, hd_keys, a native copy's hd_native_<n>, a mask view's hd_masks_<n>, any added later; clients
+# can name none, the guard refuses `hd_` names), the in-memory `memory`, and the rewrite's alias.
+_INTERNAL_NAME = re.compile(r'"?(?:hd_\w+|memory)"?\.|"?__hd_src"?\.?')
 
 
 def _internal_names(text: str) -> str:
