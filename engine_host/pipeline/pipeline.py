@@ -118,6 +118,8 @@ class StatementContext:
     is_catalog: bool = False
     plan: GovernedPlan | None = None
     audit: StatementAudit | None = None  # opened by `govern`; an engine statement's record when it runs at once
+    subject: Subject | None = None  # who asks, and their hd.* settings, as `govern` found them
+    settings: dict[str, str] | None = None
 
 
 Stage = Callable[[StatementContext], None]
@@ -140,9 +142,7 @@ class PreparedStatement:
     # Set by `prepare(..., run_now=True)`: the audit its planning opened and the policy and table
     # versions it planned against. The execution that follows at once takes both over instead of
     # planning the statement a second time (`_admit`); any other execution plans afresh.
-    fresh: tuple[StatementAudit, tuple[int, int]] | None = field(default=None, repr=False)
-    # The result columns of its last execution, for the plan and Arrow schema they were made for.
-    result_types: tuple[GovernedPlan, pa.Schema, tuple[ResultColumn, ...]] | None = field(default=None, repr=False)
+    fresh: tuple[StatementAudit, tuple[int, int], Subject, dict[str, str]] | None = field(default=None, repr=False)
 
 
 _COMMENTS = re.compile(r"\s*(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*", re.DOTALL)
@@ -203,7 +203,10 @@ class StatementPipeline:
         # Bound statement shapes by (engine SQL, table catalog version), weighed by their text (see `_shape`).
         self._shapes: RecentlyUsed[tuple[str, int], StatementShape] = RecentlyUsed(
             governor.limits.plan_cache_entries, max_weight=PLAN_CACHE_MAX_CHARS, weight=lambda key, _: len(key[0]))
-        # Result columns per shape (kept in the value, so an id is never taken for another shape's).
+        # Result columns per executed plan and per bound shape (each kept in its value, so an id is
+        # never taken for another's).
+        self._result_types: RecentlyUsed[tuple[int, bool], tuple[GovernedPlan, pa.Schema, tuple[ResultColumn, ...]]] = (
+            RecentlyUsed(governor.limits.plan_cache_entries))
         self._described: RecentlyUsed[tuple[int, bool, tuple[PgType | None, ...]],
                                       tuple[StatementShape, tuple[ResultColumn, ...]]] = RecentlyUsed(
             governor.limits.plan_cache_entries)
@@ -294,11 +297,13 @@ class StatementPipeline:
         if ctx.kind is not Kind.ENGINE:
             return
         session = ctx.session
-        audit = ctx.audit = self._statement_audit(session, ctx.text)
+        settings = ctx.settings = _settings_map(session)
+        subject = ctx.subject = self.governor.subject(session.principal, settings, _peer_ip(session.client_address))
+        audit = ctx.audit = self._statement_audit(session, ctx.text, dialect=_dialect_in(settings))
         try:
-            ctx.plan = self._plan(session, ctx.text, audit, ctx.engine_sql if ctx.is_catalog else None)
+            ctx.plan = self._plan(session, ctx.text, audit, ctx.engine_sql if ctx.is_catalog else None, subject)
         except QueryError:
-            self.governor.record_denial(self.subject(session), _settings_map(session), audit)
+            self.governor.record_denial(subject, settings, audit)
             raise
         except Exception as exc:  # noqa: BLE001 - a bug, or nesting sqlglot cannot follow: an audited refusal
             raise self._refuse_unexpected(session, audit, exc) from None
@@ -427,7 +432,8 @@ class StatementPipeline:
             prepared.statement_type = (ctx.plan.statement_type if ctx.plan is not None
                                        else self._statement_type(session, ctx.engine_sql))
             if run_now and ctx.audit is not None and ctx.plan is not None:
-                prepared.fresh = (ctx.audit, self._plan_versions())
+                assert ctx.subject is not None and ctx.settings is not None
+                prepared.fresh = (ctx.audit, self._plan_versions(), ctx.subject, ctx.settings)
         return prepared
 
     def _plan_versions(self) -> tuple[int, int]:
@@ -731,19 +737,22 @@ class StatementPipeline:
         """
         slot_held = take_slot and session.slot_held  # taken by `enter_gate` for this statement: not again
         take_slot = take_slot and not slot_held
-        settings = _settings_map(session)
-        subject = self.governor.subject(session.principal, settings, _peer_ip(session.client_address))
         timeout = self._timeout(session)
         fresh, prepared.fresh = prepared.fresh, None
         if (fresh is not None and audited_as is None and engine is None and prepared.plan is not None
                 and fresh[1] == self._plan_versions()):
             # Planned a moment ago for this very execution (a simple query), against the policy and
             # tables still current: that audit (its stages' verdicts, start and deadline) is this
-            # statement's one record, and planning it again would only find the same plan.
-            audit, replan = fresh[0], False
+            # statement's one record, and planning it again would only find the same plan. Nothing
+            # ran on the session in between, so who asks and their settings are as they were.
+            audit, _, subject, settings = fresh
+            replan = False
         else:
-            audit, replan = self._statement_audit(session, audited_as[0] if audited_as else prepared.text, engine,
-                                                  timeout), True
+            settings = _settings_map(session)
+            subject = self.governor.subject(session.principal, settings, _peer_ip(session.client_address))
+            audit = self._statement_audit(session, audited_as[0] if audited_as else prepared.text, engine,
+                                          timeout, dialect=_dialect_in(settings))
+            replan = True
         try:
             try:
                 plan = (self._plan(session, prepared.text, audit, prepared.engine_sql if prepared.is_catalog else None,
@@ -768,11 +777,11 @@ class StatementPipeline:
         return execution
 
     def _statement_audit(self, session: Session, text: str, engine: EngineSession | None = None,
-                         timeout: float | None = None) -> StatementAudit:
+                         timeout: float | None = None, *, dialect: str | None = None) -> StatementAudit:
         """A statement's audit, with its timeout counting from now and cancels of `engine` noticed between stages."""
         engine = engine or session.engine
         mark = engine.interrupts
-        return self.governor.new_audit(text, _dialect(session),
+        return self.governor.new_audit(text, dialect or _dialect(session),
                                        timeout_seconds=self._timeout(session) if timeout is None else timeout,
                                        interrupted=lambda: engine.interrupts != mark)
 
@@ -826,7 +835,7 @@ class StatementPipeline:
             columns = None
             if stype in ("SELECT", "EXPLAIN") or returning or (stype not in _ROWS_TAGS
                                                                 and _has_result_rows(stream.schema)):
-                columns = _result_columns(prepared, plan, stream.schema)
+                columns = _result_columns(prepared, plan, stream.schema, self._result_types)
             if columns is not None and not own_transaction:
                 max_rows = self.governor.max_rows(session.principal.org_id)
                 governed = GovernedRows(rows, execution, max_rows=max_rows)
@@ -1039,15 +1048,18 @@ def _static_rows(columns: list[ResultColumn], rows: list[list[str]], row_tag: st
     return Outcome(tag="", columns=columns, rows=source, row_tag=row_tag)
 
 
-def _result_columns(prepared: PreparedStatement, plan: GovernedPlan, schema: pa.Schema) -> list[ResultColumn]:
-    """The result columns of `schema` as PostgreSQL types; kept on `prepared` while its plan and schema stay."""
-    known = prepared.result_types
-    if known is not None and known[0] is plan and known[1].equals(schema):
-        return list(known[2])
+def _result_columns(prepared: PreparedStatement, plan: GovernedPlan, schema: pa.Schema,
+                    known: RecentlyUsed[tuple[int, bool], tuple[GovernedPlan, pa.Schema, tuple[ResultColumn, ...]]]
+                    ) -> list[ResultColumn]:
+    """The result columns of `schema` as PostgreSQL types, kept per plan (the cache's plans) while the schema stays."""
+    key = (id(plan), prepared.is_catalog)
+    found = known.get(key)
+    if found is not None and found[0] is plan and found[1].equals(schema):
+        return list(found[2])
     to_pg = _catalog_type if prepared.is_catalog else pg_type_for_arrow
     types = with_declared([to_pg(f.type) for f in schema], plan.declared_types)
     columns = [ResultColumn(f.name, t) for f, t in zip(schema, types, strict=True)]
-    prepared.result_types = (plan, schema, tuple(columns))
+    known.put(key, (plan, schema, tuple(columns)))  # the plan is kept with them, so its id is not reused
     return columns
 
 
@@ -1118,6 +1130,11 @@ def _settings_map(session: Session) -> dict[str, str]:
 
 def _dialect(session: Session) -> str:
     return _dialect_of(session.settings)
+
+
+def _dialect_in(settings: Mapping[str, str]) -> str:
+    """The dialect in a session's `hd.*` settings (`_settings_map`), as `_dialect_of` reads it."""
+    return settings.get("hd.dialect", "postgres").strip().lower()
 
 
 def _dialect_of(settings: SessionSettings) -> str:
