@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Query
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from aws_lambda_powertools.event_handler.openapi.params import Body, Query
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from functions.shadow.wiring import shadow_services
 from functions.shared.http import authorize_environment, build_app, documented
@@ -50,23 +50,31 @@ class UploadOut(BaseModel):
     rejected: list[RejectedLineOut]
 
 
-class ReplayIn(BaseModel):
+class _ReplayOptionsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     query_set_id: PathId
-    comparison_dsn: SecretStr | None = Field(
-        default=None, description="libpq DSN or URI of the comparison PostgreSQL; stored as a secret at once")
-    comparison_secret_arn: str | None = Field(default=None, pattern=_SECRET_ARN_PATTERN, max_length=2048,
-                                              description="A Secrets Manager secret holding the DSN instead")
-    sample_rate: float = Field(default=1.0, gt=0, le=1)
-    timeout_seconds: float = Field(default=60.0, gt=0, le=600)
-    concurrency: int = Field(default=4, ge=1, le=MAX_CONCURRENCY)
+    sample_rate: float = Field(default=1.0, gt=0, le=1, description="The share of statements replayed")
+    timeout_seconds: float = Field(default=60.0, gt=0, le=600, description="Per statement, on each side")
+    concurrency: int = Field(default=4, ge=1, le=MAX_CONCURRENCY, description="Batches replayed at once")
     search_path: str | None = Field(default=None, max_length=512, pattern=_SEARCH_PATH_PATTERN,
                                     description="The engine session's search_path (the comparison's: its DSN's)")
 
-    @model_validator(mode="after")
-    def _one_comparison(self) -> ReplayIn:
-        if (self.comparison_dsn is None) == (self.comparison_secret_arn is None):
-            raise ValueError("give exactly one of comparison_dsn and comparison_secret_arn")
-        return self
+
+class ReplayWithDsnIn(_ReplayOptionsIn):
+    comparison_dsn: SecretStr = Field(min_length=1, max_length=4096, description=(
+        "libpq connection string or URI of the comparison PostgreSQL; stored as a secret at once, and only "
+        "the secret's reference goes on"))
+
+
+class ReplayWithSecretIn(_ReplayOptionsIn):
+    comparison_secret_arn: str = Field(pattern=_SECRET_ARN_PATTERN, max_length=2048, description=(
+        "A Secrets Manager secret holding the DSN (or an RDS-style JSON secret) instead"))
+
+
+ReplayIn = ReplayWithDsnIn | ReplayWithSecretIn
+_REPORT_RESPONSES = documented(200, dict[str, Any], "The report (JSON, or Markdown with format=markdown)")
+_REPORT_RESPONSES[200]["content"]["text/markdown"] = {"schema": {"type": "string"}}
 
 
 class ReplayOut(BaseModel):
@@ -93,13 +101,13 @@ def upload(env_id: PathId, body: UploadIn) -> tuple[UploadOut, int]:
 
 @router.post("/v1/environments/<env_id>/shadow-mode/replay",
              responses=documented(202, ReplayOut, "The replay, started"))
-def start_replay(env_id: PathId, body: ReplayIn) -> tuple[ReplayOut, int]:
+def start_replay(env_id: PathId, body: Annotated[ReplayIn, Body()]) -> tuple[ReplayOut, int]:
     env, ctx = authorize_environment(router, env_id, scope=_SCOPE)
     svc = services()
     replay_id = replay.start_replay(
         shadow_services(), svc.store, svc.trail, svc.hasher, ctx, env, body.query_set_id,
-        comparison_dsn=body.comparison_dsn.get_secret_value() if body.comparison_dsn is not None else None,
-        comparison_secret_arn=body.comparison_secret_arn,
+        comparison_dsn=body.comparison_dsn.get_secret_value() if isinstance(body, ReplayWithDsnIn) else None,
+        comparison_secret_arn=body.comparison_secret_arn if isinstance(body, ReplayWithSecretIn) else None,
         options=replay.ReplayOptions(sample_rate=body.sample_rate, timeout_seconds=body.timeout_seconds,
                                      concurrency=body.concurrency, search_path=body.search_path))
     return ReplayOut(replay_id=replay_id, status="RUNNING"), 202
@@ -115,7 +123,7 @@ def replay_status(env_id: PathId, replay_id: PathId) -> ReplayStatusOut:
 
 
 @router.get("/v1/environments/<env_id>/shadow-mode/reports/<replay_id>",
-            responses=documented(200, dict[str, Any], "The report (JSON, or Markdown with format=markdown)"))
+            responses=_REPORT_RESPONSES)
 def report(env_id: PathId, replay_id: PathId,
            format: Annotated[Literal["json", "markdown"], Query()] = "json") -> Response[str]:
     env, _ = authorize_environment(router, env_id, scope=_SCOPE)

@@ -48,6 +48,9 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/organizations/{org_id}/users/{user_id}/identities"): {"external_id": "https://idp.example#probe"},
     ("PUT", "/v1/organizations/{org_id}/users/{user_id}/role"): {"role": "Developer"},
     ("PUT", "/v1/organizations/{org_id}/users/{user_id}/password"): {"password": "a probe reset passphrase"},
+    ("POST", "/v1/environments/{env_id}/shadow-mode/upload"): {"text": "select 1", "format": "sql"},
+    ("POST", "/v1/environments/{env_id}/shadow-mode/replay"): {"query_set_id": "qs_" + "0" * 32,
+                                                               "comparison_dsn": "host=db.example"},
 }
 QUERIES: dict[tuple[str, str], str] = {
     ("GET", "/v1/environments/{env_id}/audit/queries"): f"start={TODAY}&end={TODAY}",

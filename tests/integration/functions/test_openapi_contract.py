@@ -36,6 +36,7 @@ from functions.shared.wiring import install_services
 from hd_core.adapters.local_audit import LocalFolderAuditArchive
 from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile
+from hd_core.adapters.local_shadow import local_replay_services
 from hd_core.adapters.sqlite_store import SqliteControlStore
 from hd_core.api_keys import ApiKeyHasher
 from hd_core.audit_search import MAX_RANGE_DAYS
@@ -44,6 +45,7 @@ from hd_core.control_settings import ControlApiSettings
 from hd_core.models import Role
 from hd_core.policy_admin import MANAGED_KINDS
 from hd_core.services import assemble_services
+from hd_core.shadow.replay import EngineEndpoint
 
 schema = schemathesis.openapi.from_dict(json.loads(DOCUMENT_PATH.read_text(encoding="utf-8")))
 
@@ -52,6 +54,7 @@ STATEFUL_STEPS = 200
 MAX_STATEFUL_RUNS = 6
 POLICY_WRITES = {("POST", "/v1/organizations/{org_id}/policies"),
                  ("PUT", "/v1/organizations/{org_id}/policies/{kind}/{object_id}")}
+SHADOW_CONTENT_CODES = {"HD_ERR_QUERY_SET_UNREADABLE", "HD_ERR_QUERY_SET_TOO_LARGE", "HD_ERR_COMPARISON_DSN_INVALID"}
 
 
 def schema_valid_requests_are_accepted(ctx: Any, response: Any, case: schemathesis.Case) -> bool | None:
@@ -65,6 +68,9 @@ def schema_valid_requests_are_accepted(ctx: Any, response: Any, case: schemathes
     if (case.method.upper(), case.operation.path) in POLICY_WRITES and response.status_code == 400:
         if response.json()["error"]["code"] == "HD_ERR_POLICY_INVALID":
             return None
+    # Whether an upload holds a statement at all, and whether a DSN parses, are libpq's and sqlglot's to say.
+    if response.status_code == 400 and response.json()["error"]["code"] in SHADOW_CONTENT_CODES:
+        return None
     return positive_data_acceptance(ctx, response, case)
 
 
@@ -180,7 +186,9 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
         query_audit=LocalFolderAuditArchive(root),
     ))
     server = ControlApiServer("127.0.0.1", 0)
-    server.start()
+    # Shadow replays started by the run find no engine there: their batches end as errors, in the background.
+    server.start(shadow=local_replay_services(root, LocalKeyFile(root / "keys" / "local-keys.json"),
+                                              EngineEndpoint("127.0.0.1", 9, sslmode="disable")))
     assert owner.api_key_plaintext is not None
     base_url = f"http://127.0.0.1:{server.port}"
     try:

@@ -129,6 +129,12 @@ class ReplayServices:
     executions: ReplayExecutions | None = None  # only the API starts executions
 
 
+class ComparisonDsnInvalid(InvalidRequest):
+    """The comparison DSN does not parse as a libpq connection string or URI."""
+
+    code = "HD_ERR_COMPARISON_DSN_INVALID"
+
+
 class ReplayBatchFailed(Exception):
     """A batch could not run (a side unreachable, its results not stored): the state machine retries it."""
 
@@ -228,7 +234,7 @@ def _check_dsn(dsn: str) -> None:
         psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         # The parser's message may quote the DSN, password included: none of it goes back.
-        raise InvalidRequest("comparison_dsn is not a PostgreSQL connection string or URI") from None
+        raise ComparisonDsnInvalid("comparison_dsn is not a PostgreSQL connection string or URI") from None
 
 
 def _service_account(store: ControlStore, trail: IamAuditTrail, ctx: ChangeContext, org_id: str) -> str:
