@@ -34,6 +34,8 @@ from tests.harness import EngineHostProcess, start_engine_host
 from tests.tpch_data import TPCH_TABLES, drop_schema, generate_tpch, load_tpch_into_postgres
 
 WRITE_STATEMENT = "DELETE FROM lineitem WHERE l_orderkey = 1"
+# The one statement the two sides answer differently: its rows reach the report, redacted.
+DIFFERING_STATEMENT = "select version() as server_version"
 REPLAY_SECONDS = 90.0
 
 
@@ -117,6 +119,7 @@ def _upload_text() -> tuple[str, int]:
         parts.append(f"-- TPC-H Q{number}\n{sql.strip()};\n")
         if number == 7:
             parts.append(f"{WRITE_STATEMENT};\n")
+    parts.append(f"{DIFFERING_STATEMENT};\n")
     text = "".join(parts)
     line = text[:text.index(WRITE_STATEMENT)].count("\n") + 1
     return text, line
@@ -144,23 +147,30 @@ def replayed(host: EngineHostProcess, comparison: Comparison) -> Replayed:
 
 
 def test_the_22_tpch_queries_replay_exact_or_semantic_and_the_write_is_rejected_with_its_line(
-        host: EngineHostProcess, replayed: Replayed) -> None:
+        host: EngineHostProcess, replayed: Replayed, reference_pg: str) -> None:
     _, write_line = _upload_text()
-    assert replayed.upload["statement_count"] == 22
+    assert replayed.upload["statement_count"] == 23
     assert [r["line"] for r in replayed.upload["rejected"]] == [write_line]
     assert replayed.final["status"] == "SUCCEEDED", replayed.progress
     assert replayed.final["batches_done"] == replayed.final["batches_total"] >= 2
-    assert replayed.final["statements_total"] == 22
-    report = api_json(host, "GET", f"/v1/environments/{replayed.env_id}/shadow-mode/reports/{replayed.replay_id}")
-    problems = {s["index"]: s for s in report["statements"] if s["verdict"] not in ("exact", "semantic")}
+    assert replayed.final["statements_total"] == 23
+    assert all(p["batches_done"] <= (p["batches_total"] or 0) for p in replayed.progress)
+    report_path = f"/v1/environments/{replayed.env_id}/shadow-mode/reports/{replayed.replay_id}"
+    report = api_json(host, "GET", report_path)
+    tpch = [s for s in report["statements"] if s["index"] <= 22]
+    problems = {s["index"]: s for s in tpch if s["verdict"] not in ("exact", "semantic")}
     assert not problems, problems
-    assert report["query_count"] == report["exact"] + report["semantic"] == 22
-    assert all(s["reference_rows"] for s in report["statements"]), "a query answered no rows: it proves nothing"
-    assert report["engine"]["count"] == report["reference"]["count"] == 22 and report["speedup_p50"] is not None
-    status, markdown = api(host, "GET",
-                           f"/v1/environments/{replayed.env_id}/shadow-mode/reports/{replayed.replay_id}"
-                           "?format=markdown")
+    assert report["query_count"] == 23 and report["exact"] + report["semantic"] == 22 and report["mismatch"] == 1
+    assert all(s["reference_rows"] for s in tpch), "a query answered no rows: it proves nothing"
+    assert report["engine"]["count"] == report["reference"]["count"] == 23 and report["speedup_p50"] is not None
+    # The differing rows are shown redacted (NULL-ness and type), never as the values either side returned.
+    (differing,) = [s for s in report["statements"] if s["verdict"] == "mismatch"]
+    assert differing["reference_only"] == [{"server_version": "<str>"}]
+    with psycopg.connect(reference_pg) as conn:
+        (version,) = conn.execute("select version()").fetchone() or ("",)
+    status, markdown = api(host, "GET", f"{report_path}?format=markdown")
     assert status == 200 and markdown.decode().startswith("# Shadow replay report")
+    assert version and version not in json.dumps(report) and version not in markdown.decode()
 
 
 def test_the_engine_side_ran_as_the_replays_service_account_and_was_audited(
@@ -224,7 +234,9 @@ def test_a_batch_failing_every_attempt_is_reported_as_error_and_the_run_complete
     report = replay.read_report(services, _environment(host, replayed.env_id), replay_id).to_dict()
     assert output["report"]["error"] == report["error"] == len(failed) >= 1
     assert {s["index"] for s in report["statements"] if s["verdict"] == "error"} == failed
-    assert report["exact"] + report["semantic"] == 22 - len(failed)
+    first = api_json(host, "GET", f"/v1/environments/{replayed.env_id}/shadow-mode/reports/{replayed.replay_id}")
+    assert {s["index"]: s["verdict"] for s in report["statements"] if s["index"] not in failed} == {
+        s["index"]: s["verdict"] for s in first["statements"] if s["index"] not in failed}
     assert all("ReplayBatchFailed" in " ".join(s["notes"]) for s in report["statements"] if s["index"] in failed)
 
 
