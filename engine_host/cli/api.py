@@ -28,11 +28,12 @@ from engine_host.cli.audit import add_audit_commands
 from engine_host.cli.keys import add_keys_commands
 from engine_host.cli.listing import printable
 from engine_host.cli.policies import add_policies_commands
+from engine_host.cli.shadow import add_shadow_commands
 from engine_host.cli.users import add_users_commands
 from hd_core.errors import HdError
 from hd_core.models import utc_now
 
-API_COMMANDS = frozenset({"keys", "users", "policies", "audit"})
+API_COMMANDS = frozenset({"keys", "users", "policies", "audit", "shadow"})
 
 
 def error_line(error: HdError) -> str:
@@ -48,6 +49,7 @@ def add_api_commands(commands: argparse._SubParsersAction) -> None:
     add_users_commands(commands)
     add_policies_commands(commands)
     add_audit_commands(commands)
+    add_shadow_commands(commands)
 
 
 def run_api_command(args: argparse.Namespace, *, now: Callable[[], datetime] = utc_now) -> int:

@@ -248,3 +248,36 @@ def _environment(host: EngineHostProcess, env_id: str) -> Any:
         return store.get_environment(env_id)
     finally:
         store.close()
+
+
+def test_hd_shadow_uploads_replays_with_a_progress_bar_and_prints_the_report(
+        host: EngineHostProcess, replayed: Replayed, comparison: Comparison, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine_host.cli import main
+
+    def hd(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        status = main(["--log-level", "ERROR", *argv, "--api-url", host.api_url, "--api-key", host.password,
+                       "--env", replayed.env_id])
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    upload_file = tmp_path / "queries.sql"
+    upload_file.write_text(f"{QUERIES[1]};\n{QUERIES[6]};\n{WRITE_STATEMENT};\n")
+    status, out, _ = hd("shadow", "upload", str(upload_file))
+    assert status == 0 and "2 statements accepted, 1 rejected" in out
+    query_set_id = out.split()[2].rstrip(":")
+    monkeypatch.setenv("HD_COMPARISON_DSN", comparison.dsn)
+    status, out, err = hd("shadow", "replay", query_set_id, "--search-path", "tpch", "--wait")
+    assert status == 0, err
+    # stderr is no terminal here: one progress line per change, the last one the full bar.
+    assert err.strip().splitlines()[-1] == "[" + "#" * 30 + "] 1/1 batches (2 statements) succeeded", err
+    assert "speedup at p50" in out and "statements" in out
+    table = out.split("\n\n", 1)[1].splitlines()
+    assert table[0].split()[:3] == ["#", "LINE", "VERDICT"]
+    assert len(table) == 3 and all(line.split()[2] in ("exact", "semantic") for line in table[1:]), out
+    assert comparison.password not in out + err
+    status, out, _ = hd("shadow", "report", replayed.replay_id, "--markdown")
+    assert status == 0 and out.startswith("# Shadow replay report") and "## Statements" in out
+    status, out, _ = hd("shadow", "status", replayed.replay_id, "--json")
+    assert status == 0 and json.loads(out)["status"] == "SUCCEEDED"
