@@ -175,7 +175,7 @@ def test_the_22_tpch_queries_replay_exact_or_semantic_and_the_write_is_rejected_
 
 def test_the_engine_side_ran_as_the_replays_service_account_and_was_audited(
         host: EngineHostProcess, replayed: Replayed) -> None:
-    record = json.loads((host.state_dir / "shadow" / "shadow" / "replays" / replayed.replay_id
+    record = json.loads((host.state_dir / "shadow" / "replays" / replayed.replay_id
                          / "replay.json").read_text())
     user = record["engine_user"]
     audited = [json.loads(line) for path in sorted(host.state_dir.rglob("*.jsonl"))
@@ -189,7 +189,7 @@ def test_the_comparison_password_is_in_no_stored_artefact(
     secret = comparison.password.encode()
     leaking = [path for path in host.state_dir.rglob("*") if path.is_file() and secret in path.read_bytes()]
     assert not leaking
-    execution = json.loads((host.state_dir / "shadow" / "shadow" / "replays" / replayed.replay_id
+    execution = json.loads((host.state_dir / "shadow" / "replays" / replayed.replay_id
                             / "execution.json").read_text())
     assert execution["input"]["comparison_secret_id"].startswith("shsec_")
     assert comparison.password not in json.dumps(execution)
@@ -202,10 +202,9 @@ def test_the_comparison_password_is_in_no_stored_artefact(
 def test_a_batch_failing_every_attempt_is_reported_as_error_and_the_run_completes(
         host: EngineHostProcess, replayed: Replayed) -> None:
     """The same definition and handlers, run here on the host's state folder, with batch 1 always failing."""
-    root = host.state_dir / "shadow"
-    services = ReplayServices(LocalFolderShadowArtefacts(root),
-                              LocalSealedShadowSecrets(root / "secrets", LocalKeyFile(host.state_dir / "keys"
-                                                                                      / "local-keys.json")),
+    keys = LocalKeyFile(host.state_dir / "keys" / "local-keys.json")
+    services = ReplayServices(LocalFolderShadowArtefacts(host.state_dir),
+                              LocalSealedShadowSecrets(host.state_dir / "shadow" / "secrets", keys),
                               EngineEndpoint("127.0.0.1", host.port, sslmode="disable"))
     record = services.artefacts.get_json(f"{replay.replay_prefix(replayed.replay_id)}replay.json")
     assert record is not None
@@ -281,3 +280,25 @@ def test_hd_shadow_uploads_replays_with_a_progress_bar_and_prints_the_report(
     assert status == 0 and out.startswith("# Shadow replay report") and "## Statements" in out
     status, out, _ = hd("shadow", "status", replayed.replay_id, "--json")
     assert status == 0 and json.loads(out)["status"] == "SUCCEEDED"
+
+
+def test_a_jsonl_history_with_parameters_replays_with_its_values_bound_on_both_sides(
+        host: EngineHostProcess, replayed: Replayed, comparison: Comparison) -> None:
+    history = "\n".join(json.dumps(line) for line in (
+        {"sql": "select count(*) as n from lineitem where l_quantity > $1 and l_returnflag = $2", "params": [10, "R"]},
+        {"query": "select n_name from nation where n_nationkey = $1", "params": [7]},
+        {"sql": "select n_name from nation where n_name like $1 order by n_name", "params": ["%A%"]},
+    ))
+    base = f"/v1/environments/{replayed.env_id}/shadow-mode"
+    upload = api_json(host, "POST", f"{base}/upload", {"text": history, "format": "jsonl"})
+    assert upload["statement_count"] == 3 and upload["rejected"] == []
+    replay_id = api_json(host, "POST", f"{base}/replay", {
+        "query_set_id": upload["query_set_id"], "comparison_dsn": comparison.dsn, "search_path": "tpch"})["replay_id"]
+    deadline = time.monotonic() + REPLAY_SECONDS
+    while api_json(host, "GET", f"{base}/replays/{replay_id}")["status"] == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    report = api_json(host, "GET", f"{base}/reports/{replay_id}")
+    # Text columns are text in PostgreSQL and varchar on the engine: equivalent types, so semantic.
+    assert all(s["verdict"] in ("exact", "semantic") for s in report["statements"]), report["statements"]
+    assert [s["reference_rows"] for s in report["statements"]] == [1, 1, report["statements"][2]["engine_rows"]]
+    assert report["statements"][2]["reference_rows"] > 1

@@ -1,8 +1,9 @@
 """Shadow replay's ports in `hd dev`: JSON documents under the state folder, secrets sealed with the local key
 file, executions run by the local ASL interpreter.
 
-Documents live in `<state>/shadow/` (mode 0700), written to a temporary file and renamed into place so a
-reader never sees half a document and a re-run batch replaces its own result. Secrets are sealed with the
+Documents live in `<state>/shadow/` (mode 0700; their keys all start with `shadow/`), written to a
+temporary file and renamed into place so a reader never sees half a document and a re-run batch
+replaces its own result. Secrets are sealed with the
 deployment's `KeyProvider` (`SecretSealer`, purpose `shadow-secret`, owner = the secret id), so the state
 folder holds no DSN password in the clear; a secret id (`shsec_...`) is all the replay's record holds.
 """
@@ -172,10 +173,11 @@ class LocalInterpreterExecutions:
 
 
 def local_replay_services(state_dir: Path, keys: KeyProvider, engine: EngineEndpoint) -> ReplayServices:
-    """`hd dev`'s replay services: documents and sealed secrets under `<state>/shadow`, the local interpreter."""
-    root = Path(state_dir) / "shadow"
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tasks = ReplayServices(artefacts=LocalFolderShadowArtefacts(root),
-                           secrets=LocalSealedShadowSecrets(root / "secrets", keys), engine=engine)
+    """`hd dev`'s replay services: documents (keys `shadow/...`) and sealed secrets (`shadow/secrets/`) in the
+    state folder, executions by the local interpreter."""
+    (Path(state_dir) / "shadow").mkdir(mode=0o700, parents=True, exist_ok=True)
+    tasks = ReplayServices(artefacts=LocalFolderShadowArtefacts(state_dir),
+                           secrets=LocalSealedShadowSecrets(Path(state_dir) / "shadow" / "secrets", keys),
+                           engine=engine)
     return ReplayServices(artefacts=tasks.artefacts, secrets=tasks.secrets, engine=engine,
                           executions=LocalInterpreterExecutions(tasks))
