@@ -25,6 +25,7 @@ ports below (`hd_core.adapters.local_shadow`, `hd_core.adapters.aws_shadow`).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import re
@@ -33,14 +34,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal, Protocol
-
-import psycopg
-from psycopg import sql as pgsql
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from hd_core import directory, key_admin
 from hd_core.api_keys import ApiKeyHasher
-from hd_core.errors import Conflict, InvalidRequest, NotFound
+from hd_core.errors import Conflict, HdError, InvalidRequest, NotFound
 from hd_core.iam_audit import IamAuditTrail
 from hd_core.models import ChangeContext, Environment, Role, UserStatus, utc_now
 from hd_core.ports import ControlStore
@@ -63,6 +61,9 @@ from hd_core.shadow.query_set import QuerySet, UploadFormat, parse_query_set
 from hd_core.shadow.report import ShadowReport, StatementResult, build_report
 from hd_core.shadow.state_machine import ExecutionInput
 from hd_core.text_redaction import redact_error_message
+
+if TYPE_CHECKING:  # psycopg is imported where a replay runs: `hd dev` starts without it (it is not a base dependency)
+    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,17 @@ class ComparisonDsnInvalid(InvalidRequest):
     code = "HD_ERR_COMPARISON_DSN_INVALID"
 
 
+class ReplayClientMissing(HdError):
+    """This installation has no PostgreSQL client library to replay with."""
+
+    code = "HD_ERR_SHADOW_UNAVAILABLE"
+
+
+def _require_client() -> None:
+    if importlib.util.find_spec("psycopg") is None:
+        raise ReplayClientMissing("shadow replay needs the psycopg package: pip install 'psycopg[binary]'")
+
+
 class ReplayBatchFailed(Exception):
     """A batch could not run (a side unreachable, its results not stored): the state machine retries it."""
 
@@ -188,6 +200,7 @@ def start_replay(services: ReplayServices, store: ControlStore, trail: IamAuditT
     """Record a replay, issue its ServiceAccount key, store the secrets and start the execution; returns its id."""
     if services.executions is None:
         raise RuntimeError("these replay services cannot start executions")
+    _require_client()
     if (comparison_dsn is None) == (comparison_secret_arn is None):
         raise InvalidRequest("give exactly one of comparison_dsn and comparison_secret_arn")
     document = services.artefacts.get_json(query_set_key(env.env_id, query_set_id))
@@ -230,6 +243,8 @@ def start_replay(services: ReplayServices, store: ControlStore, trail: IamAuditT
 
 
 def _check_dsn(dsn: str) -> None:
+    import psycopg
+
     try:
         psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
@@ -398,6 +413,8 @@ def _query_set(services: ReplayServices, record: Mapping[str, Any]) -> QuerySet:
 
 def _comparison_dsn(secret: str) -> str:
     """A DSN or URI as stored, or an RDS-style JSON secret ({host, port, username, password, dbname})."""
+    import psycopg
+
     text = secret.strip()
     if not text.startswith("{"):
         return text
@@ -419,6 +436,8 @@ class _Connection:
         self._conn: psycopg.Connection[Any] | None = None
 
     def __enter__(self) -> psycopg.Connection[Any]:
+        import psycopg
+
         try:
             self._conn = self._connect()
         except psycopg.Error as error:
@@ -437,6 +456,8 @@ def _first_line(error: BaseException) -> str:
 
 def _reference_connection(dsn: str) -> _Connection:
     def connect() -> psycopg.Connection[Any]:
+        import psycopg
+
         conn = psycopg.connect(dsn, connect_timeout=15)
         conn.read_only = True  # every transaction begins with BEGIN READ ONLY
         return conn
@@ -446,6 +467,9 @@ def _reference_connection(dsn: str) -> _Connection:
 
 def _engine_connection(engine: EngineEndpoint, record: Mapping[str, Any], key: str, timeout: float) -> _Connection:
     def connect() -> psycopg.Connection[Any]:
+        import psycopg
+        from psycopg import sql as pgsql
+
         params: dict[str, Any] = {"host": engine.host, "port": engine.port, "dbname": engine.dbname,
                                   "user": record["engine_user"], "password": key, "sslmode": engine.sslmode,
                                   "connect_timeout": 15, "application_name": f"hd-shadow-{record['replay_id']}"}
@@ -515,6 +539,9 @@ def _side_error(error: psycopg.Error) -> SideError:
 def _digest_reference(conn: psycopg.Connection[Any], sql: str, params: Sequence[Any], timeout: float, clock: _Clock,
                       ordering: Callable[[Sequence[str]], Ordering], options: CompareOptions) -> ResultDigest:
     """The comparison database's result, read through a server-side cursor in a READ ONLY transaction."""
+    import psycopg
+    from psycopg import sql as pgsql
+
     try:
         conn.execute(pgsql.SQL("SET LOCAL statement_timeout = {}").format(pgsql.Literal(f"{int(timeout * 1000)}ms")))
         conn.execute("SET LOCAL TimeZone = 'UTC'")
@@ -534,6 +561,8 @@ def _digest_reference(conn: psycopg.Connection[Any], sql: str, params: Sequence[
 def _digest_engine(conn: psycopg.Connection[Any], sql: str, params: Sequence[Any], clock: _Clock,
                    ordering: Callable[[Sequence[str]], Ordering], options: CompareOptions) -> ResultDigest:
     """The engine's result, streamed row by row over the wire (the engine sees an ordinary client)."""
+    import psycopg
+
     cursor = psycopg.RawCursor(conn) if params else conn.cursor()
     try:
         rows = cursor.stream(sql, tuple(params) or None)
