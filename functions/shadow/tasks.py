@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# ReplayBatch's PostgreSQL client, loaded at cold start here; hd_core.shadow.replay imports it only where a
+# replay runs, so `hd dev` on the base install (no psycopg) still starts.
+import psycopg  # noqa: F401
+
 from functions.shadow.wiring import shadow_services
 from functions.shared.lambda_entry import scheduled_entry
 from hd_core.shadow import replay
