@@ -302,3 +302,20 @@ def test_a_jsonl_history_with_parameters_replays_with_its_values_bound_on_both_s
     assert all(s["verdict"] in ("exact", "semantic") for s in report["statements"]), report["statements"]
     assert [s["reference_rows"] for s in report["statements"]] == [1, 1, report["statements"][2]["engine_rows"]]
     assert report["statements"][2]["reference_rows"] > 1
+
+
+def test_shadow_mode_takes_keys_manage_which_an_analyst_lacks(host: EngineHostProcess, replayed: Replayed) -> None:
+    org_id = api_json(host, "GET", "/v1/auth/whoami")["org_id"]
+    analyst = api_json(host, "POST", f"/v1/organizations/{org_id}/users",
+                       {"email": f"analyst-{uuid.uuid4().hex[:8]}@example.com", "role": "Analyst"})
+    key = api_json(host, "POST", f"/v1/organizations/{org_id}/api-keys",
+                   {"user_id": analyst["user_id"], "scopes": ["read_only"], "env": "test"})["api_key"]
+    base = f"{host.api_url}/v1/environments/{replayed.env_id}/shadow-mode"
+    for method, url, body in (("POST", f"{base}/upload", {"text": "select 1"}),
+                              ("GET", f"{base}/reports/{replayed.replay_id}", None)):
+        request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                         method=method, headers={"X-API-Key": key, "Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 403
+        assert json.loads(refused.value.read())["error"]["message"].startswith("this action needs the keys:manage")
