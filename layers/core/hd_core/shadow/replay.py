@@ -279,6 +279,8 @@ def replay_record(services: ReplayServices, env: Environment, replay_id: str) ->
 
 @dataclass(frozen=True)
 class ReplayProgress:
+    """A replay's state and how many of its planned batches have stored results (totals None before Prepare)."""
+
     replay_id: str
     status: str  # RUNNING, SUCCEEDED, FAILED
     batches_done: int
