@@ -21,6 +21,7 @@ from hd_core.models import (
     User,
 )
 from hd_core.policies import PolicyKind, PolicyObject, PolicySnapshot
+from hd_core.webhook_models import WebhookDelivery, WebhookEndpoint
 
 # The control store as one protocol per kind of state: a consumer is typed against the narrowest it
 # needs (the throttle against `AuthFailureStore`, an engine host's policy watcher against
@@ -295,6 +296,50 @@ class UsageStore(Protocol):
         ...
 
 
+class WebhookStore(Protocol):
+    """Webhook endpoints and the outbox of their deliveries (hd_core.webhooks)."""
+
+    def put_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        """Store a new endpoint; raises `Conflict` if its id exists."""
+        ...
+
+    def update_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        """Replace a stored endpoint (same id); raises `NotFound` if absent."""
+        ...
+
+    def get_webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
+        """The endpoint with this id, or None."""
+        ...
+
+    def list_webhook_endpoints(self, org_id: str) -> list[WebhookEndpoint]:
+        """Every endpoint of one organisation (disabled ones included), oldest first."""
+        ...
+
+    def put_webhook_delivery(self, delivery: WebhookDelivery) -> None:
+        """Record a new delivery; raises `Conflict` if the endpoint already has this event id (and changes nothing)."""
+        ...
+
+    def get_webhook_delivery(self, endpoint_id: str, event_id: str) -> WebhookDelivery | None:
+        """The delivery of one event to one endpoint, or None."""
+        ...
+
+    def update_webhook_delivery(self, delivery: WebhookDelivery, *, from_attempt: int) -> None:
+        """Replace a delivery whose stored `attempt` is `from_attempt` with `delivery`, atomically.
+
+        Raises `Conflict` if another worker moved it first (its attempt differs), `NotFound` if absent:
+        of two workers claiming one attempt exactly one succeeds.
+        """
+        ...
+
+    def list_webhook_deliveries(self, endpoint_id: str, limit: int | None = None) -> list[WebhookDelivery]:
+        """The deliveries of one endpoint, newest first, at most `limit`."""
+        ...
+
+    def due_webhook_deliveries(self, at: datetime, limit: int = 100) -> list[WebhookDelivery]:
+        """Pending deliveries whose `next_attempt_at` is at or before `at`, earliest first, at most `limit`."""
+        ...
+
+
 class ControlStore(
     OrgStore,
     EnvironmentStore,
@@ -307,6 +352,7 @@ class ControlStore(
     SettingsStore,
     PolicyStore,
     UsageStore,
+    WebhookStore,
     Protocol,
 ):
     """Durable control state, all of it: what a store adapter implements (SQLite, DynamoDB).

@@ -14,6 +14,8 @@ string keys `PK`/`SK`; items that appear in a list also carry `GSI1PK`/`GSI1SK`:
     revoked token family  FAMILY#<family_id>   REVOKED                     -                  -
     auth failures         AUTHFAIL#<subject>   AUTHFAIL                    -                  -
     JIT request           JIT#<request_id>     JIT                         JITS#<org_id>      <requested_at>#<id>
+    webhook endpoint      WEBHOOK#<id>         WEBHOOK                     WEBHOOKS#<org_id>  <created_at>#<id>
+    webhook delivery      WHDELIVERY#<endp.>   EVT#<event_id>              WHDUE (pending)    <next_attempt_at>#...
     IAM event             CHAIN#<chain_id>     EVT#<seq, 12 digits>        -                  -
     setting               SETTING#<name>       SETTING                     -                  -
     policy object         POLICIES             <kind>#<object_id>          POLICIES#<org_id>  <kind>#<object_id>
@@ -32,6 +34,9 @@ a usage bucket holds `org_id`, `day`, `user_id`, `agent_id` (absent for no agent
 are converted at this boundary.
 An auth failure record also carries the table's TTL attribute (`dynamodb_schema.TTL_ATTRIBUTE`,
 epoch seconds of its `expires_at`), so DynamoDB deletes it once it no longer matters.
+A webhook delivery is in the sparse `WHDUE` listing only while pending (the local delivery thread's
+"what is due" query); a delivered or failed one carries the TTL attribute instead, 30 days after its
+creation, so the delivery log keeps a month.
 
 Uniqueness is a claim item written in the same TransactWriteItems as the entity (emails, external
 ids), or a conditional write on the entity's own key (API keys, refresh tokens, JIT requests, IAM
@@ -46,7 +51,7 @@ import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -92,6 +97,13 @@ from hd_core.records import (
     decode_time,
     encode_time,
 )
+from hd_core.webhook_models import (
+    WEBHOOK_DELIVERIES,
+    WEBHOOK_ENDPOINTS,
+    DeliveryStatus,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 Item = dict[str, Any]  # an item in plain Python values (keys included)
 Key = tuple[str, str]  # (PK, SK)
@@ -103,6 +115,8 @@ _MAX_TRANSACTION_ITEMS = 100
 _SEQ_DIGITS = 12
 _POLICY_PARTITION = "POLICIES"
 _POLICY_VERSION_KEY: Key = ("POLICY_VERSION", "POLICY_VERSION")
+_DUE_PARTITION = "WHDUE"  # GSI1 partition of pending webhook deliveries, by next attempt time
+_DELIVERY_LOG_KEPT = timedelta(days=30)  # finished deliveries expire (TTL) this long after creation
 
 _SERIALIZER = TypeSerializer()
 _DESERIALIZER = TypeDeserializer()
@@ -367,6 +381,73 @@ class DynamoDbControlStore:
         if self._get(_jit_key(request.request_id)) is None:
             raise NotFound(f"jit request {request.request_id} not found")
         raise Conflict(f"jit request {request.request_id} is no longer {JitStatus(from_status).value}")
+
+    # --- webhooks ---------------------------------------------------------------------------
+
+    def put_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        """Store a new endpoint; raises `Conflict` if its id exists."""
+        if not self._put(_webhook_endpoint_item(endpoint), condition="attribute_not_exists(PK)"):
+            raise Conflict(f"webhook endpoint {endpoint.endpoint_id} already exists")
+
+    def update_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        """Replace a stored endpoint; raises `NotFound` if absent."""
+        if not self._put(_webhook_endpoint_item(endpoint), condition="attribute_exists(PK)"):
+            raise NotFound(f"webhook endpoint {endpoint.endpoint_id} not found")
+
+    def get_webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
+        """The endpoint with this id, or None."""
+        item = self._get(_webhook_endpoint_key(endpoint_id))
+        return None if item is None else WEBHOOK_ENDPOINTS.decode(item)
+
+    def list_webhook_endpoints(self, org_id: str) -> list[WebhookEndpoint]:
+        """Every endpoint of one organisation, oldest first."""
+        return [WEBHOOK_ENDPOINTS.decode(item) for item in self._query_index("WEBHOOKS#" + org_id)]
+
+    def put_webhook_delivery(self, delivery: WebhookDelivery) -> None:
+        """Record a new delivery; raises `Conflict` if the endpoint already has this event id."""
+        if not self._put(_webhook_delivery_item(delivery), condition="attribute_not_exists(PK)"):
+            raise Conflict(f"event {delivery.event_id} is already recorded for {delivery.endpoint_id}")
+
+    def get_webhook_delivery(self, endpoint_id: str, event_id: str) -> WebhookDelivery | None:
+        """The delivery of one event to one endpoint, or None."""
+        item = self._get(_webhook_delivery_key(endpoint_id, event_id))
+        return None if item is None else WEBHOOK_DELIVERIES.decode(item)
+
+    def update_webhook_delivery(self, delivery: WebhookDelivery, *, from_attempt: int) -> None:
+        """Replace a delivery still at attempt `from_attempt`; `Conflict` if it moved on, `NotFound` if absent."""
+        stored = self._put(
+            _webhook_delivery_item(delivery),
+            condition="attribute_exists(PK) AND attempt = :from",
+            values={":from": from_attempt},
+        )
+        if stored:
+            return
+        if self._get(_webhook_delivery_key(delivery.endpoint_id, delivery.event_id)) is None:
+            raise NotFound(f"delivery of {delivery.event_id} to {delivery.endpoint_id} not found")
+        raise Conflict(f"delivery of {delivery.event_id} is no longer at attempt {from_attempt}")
+
+    def list_webhook_deliveries(self, endpoint_id: str, limit: int | None = None) -> list[WebhookDelivery]:
+        """The deliveries of one endpoint, newest first, at most `limit` (the log keeps about 30 days)."""
+        items = self._query_table("PK = :pk", {":pk": "WHDELIVERY#" + endpoint_id})
+        deliveries = sorted(
+            (WEBHOOK_DELIVERIES.decode(item) for item in items),
+            key=lambda delivery: (delivery.created_at, delivery.event_id),
+            reverse=True,
+        )
+        return deliveries if limit is None else deliveries[:limit]
+
+    def due_webhook_deliveries(self, at: datetime, limit: int = 100) -> list[WebhookDelivery]:
+        """Pending deliveries due at or before `at`, earliest first, at most `limit` (read from GSI1, so may lag)."""
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "IndexName": GSI1_NAME,
+            "KeyConditionExpression": "#pk = :pk AND #sk <= :upto",
+            "ExpressionAttributeNames": {"#pk": GSI1_PARTITION_KEY, "#sk": GSI1_SORT_KEY},
+            # Every sort key of a delivery due at `at` starts with its ISO time, so it sorts below this one.
+            "ExpressionAttributeValues": _serialize({":pk": _DUE_PARTITION, ":upto": encode_time(at) + "#\uffff"}),
+        }
+        due = [WEBHOOK_DELIVERIES.decode(item) for item in self._paginate(request, limit)]
+        return [delivery for delivery in due if delivery.status == DeliveryStatus.PENDING]
 
     # --- IAM audit chain --------------------------------------------------------------------
 
@@ -685,6 +766,14 @@ def _jit_key(request_id: str) -> Key:
     return ("JIT#" + request_id, "JIT")
 
 
+def _webhook_endpoint_key(endpoint_id: str) -> Key:
+    return ("WEBHOOK#" + endpoint_id, "WEBHOOK")
+
+
+def _webhook_delivery_key(endpoint_id: str, event_id: str) -> Key:
+    return ("WHDELIVERY#" + endpoint_id, "EVT#" + event_id)
+
+
 def _setting_key(name: str) -> Key:
     return ("SETTING#" + name, "SETTING")
 
@@ -787,6 +876,23 @@ def _jit_item(request: JitRequest) -> Item:
     return _keyed(
         _jit_key(request.request_id), record, "JITS#" + request.org_id, f"{record['requested_at']}#{request.request_id}"
     )
+
+
+def _webhook_endpoint_item(endpoint: WebhookEndpoint) -> Item:
+    record = WEBHOOK_ENDPOINTS.encode(endpoint)
+    return _keyed(
+        _webhook_endpoint_key(endpoint.endpoint_id), record, "WEBHOOKS#" + endpoint.org_id,
+        f"{record['created_at']}#{endpoint.endpoint_id}",
+    )
+
+
+def _webhook_delivery_item(delivery: WebhookDelivery) -> Item:
+    record: Item = dict(WEBHOOK_DELIVERIES.encode(delivery))
+    key = _webhook_delivery_key(delivery.endpoint_id, delivery.event_id)
+    if delivery.status == DeliveryStatus.PENDING and delivery.next_attempt_at is not None:
+        due_at = f"{record['next_attempt_at']}#{delivery.endpoint_id}#{delivery.event_id}"
+        return _keyed(key, record, _DUE_PARTITION, due_at)
+    return _keyed(key, record | {TTL_ATTRIBUTE: _epoch(delivery.created_at + _DELIVERY_LOG_KEPT)})
 
 
 def _iam_event_item(event: IamEvent) -> Item:

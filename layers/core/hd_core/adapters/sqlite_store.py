@@ -58,6 +58,13 @@ from hd_core.records import (
     RecordCodec,
     encode_time,
 )
+from hd_core.webhook_models import (
+    WEBHOOK_DELIVERIES,
+    WEBHOOK_ENDPOINTS,
+    DeliveryStatus,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 # MIGRATIONS[n] takes a database from schema version n to n + 1; never edit one that has shipped.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -221,6 +228,41 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             expires_at TEXT NOT NULL
         )""",
         "CREATE INDEX auth_failures_by_expiry ON auth_failures (expires_at)",
+    ),
+    (
+        # Issue 19: webhook endpoints and the outbox of their deliveries (one row per event and endpoint;
+        # the primary key makes a re-emitted event id a no-op). Due deliveries are found by status and time.
+        """CREATE TABLE webhook_endpoints (
+            endpoint_id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL,
+            url TEXT NOT NULL,
+            events TEXT NOT NULL,
+            secret_sealed TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            description TEXT NOT NULL,
+            disabled INTEGER NOT NULL,
+            disabled_at TEXT
+        )""",
+        "CREATE INDEX webhook_endpoints_by_org ON webhook_endpoints (org_id, created_at)",
+        """CREATE TABLE webhook_deliveries (
+            endpoint_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            org_id TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            body TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            next_attempt_at TEXT,
+            last_attempt_at TEXT,
+            status_code INTEGER,
+            error TEXT NOT NULL,
+            delivered_at TEXT,
+            PRIMARY KEY (endpoint_id, event_id)
+        )""",
+        "CREATE INDEX webhook_deliveries_by_endpoint ON webhook_deliveries (endpoint_id, created_at)",
+        "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -551,6 +593,91 @@ class SqliteControlStore:
                 if exists.fetchone() is None:
                     raise NotFound(f"jit request {request.request_id} not found")
                 raise Conflict(f"jit request {request.request_id} is no longer {JitStatus(from_status).value}")
+
+    # --- webhooks ---------------------------------------------------------------------------
+
+    def put_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        """Store a new endpoint; raises `Conflict` if its id exists."""
+        try:
+            with self._transaction() as db:
+                db.execute(_insert_sql("webhook_endpoints", WEBHOOK_ENDPOINTS), _row(WEBHOOK_ENDPOINTS, endpoint))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"webhook endpoint {endpoint.endpoint_id} already exists") from None
+
+    def update_webhook_endpoint(self, endpoint: WebhookEndpoint) -> None:
+        """Replace a stored endpoint; raises `NotFound` if absent."""
+        with self._transaction() as db:
+            updated = db.execute(
+                f"UPDATE webhook_endpoints SET {_assignments(WEBHOOK_ENDPOINTS, 'endpoint_id')}"
+                " WHERE endpoint_id = :endpoint_id",
+                _row(WEBHOOK_ENDPOINTS, endpoint),
+            )
+            if updated.rowcount == 0:
+                raise NotFound(f"webhook endpoint {endpoint.endpoint_id} not found")
+
+    def get_webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
+        """The endpoint with this id, or None."""
+        row = self._fetch_one("SELECT * FROM webhook_endpoints WHERE endpoint_id = ?", (endpoint_id,))
+        return None if row is None else _entity(WEBHOOK_ENDPOINTS, row)
+
+    def list_webhook_endpoints(self, org_id: str) -> list[WebhookEndpoint]:
+        """Every endpoint of one organisation, oldest first."""
+        rows = self._fetch_all(
+            "SELECT * FROM webhook_endpoints WHERE org_id = ? ORDER BY created_at, endpoint_id", (org_id,)
+        )
+        return [_entity(WEBHOOK_ENDPOINTS, row) for row in rows]
+
+    def put_webhook_delivery(self, delivery: WebhookDelivery) -> None:
+        """Record a new delivery; raises `Conflict` if the endpoint already has this event id."""
+        try:
+            with self._transaction() as db:
+                db.execute(_insert_sql("webhook_deliveries", WEBHOOK_DELIVERIES), _row(WEBHOOK_DELIVERIES, delivery))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"event {delivery.event_id} is already recorded for {delivery.endpoint_id}") from None
+
+    def get_webhook_delivery(self, endpoint_id: str, event_id: str) -> WebhookDelivery | None:
+        """The delivery of one event to one endpoint, or None."""
+        row = self._fetch_one(
+            "SELECT * FROM webhook_deliveries WHERE endpoint_id = ? AND event_id = ?", (endpoint_id, event_id)
+        )
+        return None if row is None else _entity(WEBHOOK_DELIVERIES, row)
+
+    def update_webhook_delivery(self, delivery: WebhookDelivery, *, from_attempt: int) -> None:
+        """Replace a delivery still at attempt `from_attempt`; `Conflict` if it moved on, `NotFound` if absent."""
+        columns = ", ".join(
+            f"{name} = :{name}" for name in WEBHOOK_DELIVERIES.names if name not in ("endpoint_id", "event_id")
+        )
+        with self._transaction() as db:
+            updated = db.execute(
+                f"UPDATE webhook_deliveries SET {columns}"
+                " WHERE endpoint_id = :endpoint_id AND event_id = :event_id AND attempt = :from_attempt",
+                _row(WEBHOOK_DELIVERIES, delivery) | {"from_attempt": from_attempt},
+            )
+            if updated.rowcount == 0:
+                exists = db.execute(
+                    "SELECT 1 FROM webhook_deliveries WHERE endpoint_id = ? AND event_id = ?",
+                    (delivery.endpoint_id, delivery.event_id),
+                )
+                if exists.fetchone() is None:
+                    raise NotFound(f"delivery of {delivery.event_id} to {delivery.endpoint_id} not found")
+                raise Conflict(f"delivery of {delivery.event_id} is no longer at attempt {from_attempt}")
+
+    def list_webhook_deliveries(self, endpoint_id: str, limit: int | None = None) -> list[WebhookDelivery]:
+        """The deliveries of one endpoint, newest first, at most `limit`."""
+        rows = self._fetch_all(
+            "SELECT * FROM webhook_deliveries WHERE endpoint_id = ? ORDER BY created_at DESC, event_id DESC LIMIT ?",
+            (endpoint_id, -1 if limit is None else limit),
+        )
+        return [_entity(WEBHOOK_DELIVERIES, row) for row in rows]
+
+    def due_webhook_deliveries(self, at: datetime, limit: int = 100) -> list[WebhookDelivery]:
+        """Pending deliveries due at or before `at`, earliest first, at most `limit`."""
+        rows = self._fetch_all(
+            "SELECT * FROM webhook_deliveries WHERE status = ? AND next_attempt_at <= ?"
+            " ORDER BY next_attempt_at, endpoint_id, event_id LIMIT ?",
+            (DeliveryStatus.PENDING.value, encode_time(at), limit),
+        )
+        return [_entity(WEBHOOK_DELIVERIES, row) for row in rows]
 
     # --- IAM audit chain --------------------------------------------------------------------
 
