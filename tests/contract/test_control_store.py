@@ -502,6 +502,29 @@ def test_update_api_key_replaces_every_field_but_the_id(store: ControlStore) -> 
     assert store.list_api_keys(org.org_id) == [rotated]
 
 
+def test_a_keys_rotation_policy_delivery_target_and_notices_round_trip_and_update(store: ControlStore) -> None:
+    org = _org()
+    record = replace(
+        _key(org, _user(org)), rotate_every_days=90, delivery_secret=f"hd/keys/{org.org_id}/ci",
+        lifecycle_notices=("expiry:7d:2026-05-30T12:00:00.000000+00:00", "rotation_due:2026-05-30"),
+    )
+    store.put_api_key(record)
+    assert store.get_api_key(record.key_id) == record
+    cleared = replace(record, rotate_every_days=None, delivery_secret=None, lifecycle_notices=())
+    store.update_api_key(cleared)
+    assert store.get_api_key(record.key_id) == cleared
+    assert store.list_api_keys(org.org_id) == [cleared]
+
+
+def test_a_key_stored_without_lifecycle_fields_reads_without_policy_target_or_notices(store: ControlStore) -> None:
+    org = _org()
+    record = _key(org, _user(org))
+    store.put_api_key(record)
+    read = store.get_api_key(record.key_id)
+    assert read is not None
+    assert (read.rotate_every_days, read.delivery_secret, read.lifecycle_notices) == (None, None, ())
+
+
 def test_update_api_key_of_an_unknown_key_is_not_found_and_creates_nothing(store: ControlStore) -> None:
     org = _org()
     record = _key(org, _user(org))

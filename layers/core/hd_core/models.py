@@ -172,6 +172,15 @@ class ApiKeyRecord:
     allowed_cidrs: tuple[str, ...] = ()  # empty: any source address; else the caller's address must be inside one
     rotated_to: str | None = None  # the key id that replaced this one; this key stops at `expires_at` (grace)
     expiry_recorded_at: datetime | None = None  # when the `api_key.expired` IAM event was written
+    # Rotation policy (issue 19): the daily key lifecycle job gives the key a successor this many days
+    # after its creation; None: no scheduled rotation.
+    rotate_every_days: int | None = None
+    # A Secrets Manager secret (name or ARN, under hd/keys/<org_id>/) the successor's plaintext is written
+    # to; None: the owner is told the key is due and rotates it themself.
+    delivery_secret: str | None = None
+    # What the lifecycle job already announced about this key (warnings per threshold and expiry,
+    # the rotation due notice), so a rerun sends nothing twice.
+    lifecycle_notices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -264,6 +264,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX webhook_deliveries_by_endpoint ON webhook_deliveries (endpoint_id, created_at)",
         "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at)",
     ),
+    (
+        # Issue 19: a key's rotation policy, where its successor is delivered, and which lifecycle
+        # notices were sent; keys stored before read as before (no policy, no target, nothing sent).
+        "ALTER TABLE api_keys ADD COLUMN rotate_every_days INTEGER",
+        "ALTER TABLE api_keys ADD COLUMN delivery_secret TEXT",
+        "ALTER TABLE api_keys ADD COLUMN lifecycle_notices TEXT NOT NULL DEFAULT '[]'",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
