@@ -102,3 +102,18 @@ def test_a_replay_of_another_environment_is_not_found(aws: dict[str, Any], plane
     with pytest.raises(NotFound):
         replay.start_replay(services, plane.store, plane.trail, plane.hasher, ctx, prod, query_set.id,
                             comparison_dsn=DSN, comparison_secret_arn=None, options=ReplayOptions())
+
+
+def test_a_query_set_whose_every_statement_was_rejected_is_a_conflict_to_replay(
+        aws: dict[str, Any], plane: ControlPlane) -> None:
+    services = ReplayServices(S3ShadowArtefacts(aws["s3"], BUCKET), SecretsManagerShadowSecrets(aws["secrets"]),
+                              EngineEndpoint("engine.internal", 5432),
+                              StepFunctionsExecutions(aws["sfn"], aws["machine_arn"]))
+    ctx = plane.ctx(plane.owner)
+    env = directory.create_environment(plane.store, plane.trail, ctx, plane.org.org_id, "staging", KeyEnv.TEST)
+    query_set = replay.upload_query_set(services, env, b"delete from t;\ndrop table t;\n", "sql")
+    assert query_set.statements == () and len(query_set.rejected) == 2
+    with pytest.raises(replay.QuerySetEmpty):
+        replay.start_replay(services, plane.store, plane.trail, plane.hasher, ctx, env, query_set.id,
+                            comparison_dsn=DSN, comparison_secret_arn=None, options=ReplayOptions())
+    assert aws["sfn"].list_executions(stateMachineArn=aws["machine_arn"])["executions"] == []

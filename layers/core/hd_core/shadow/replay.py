@@ -136,6 +136,12 @@ class ComparisonDsnInvalid(InvalidRequest):
     code = "HD_ERR_COMPARISON_DSN_INVALID"
 
 
+class QuerySetEmpty(Conflict):
+    """The query set kept no statement (each was rejected at upload): the state of the set, not the request."""
+
+    code = "HD_ERR_QUERY_SET_EMPTY"
+
+
 class ReplayClientMissing(HdError):
     """This installation has no PostgreSQL client library to replay with."""
 
@@ -207,7 +213,7 @@ def start_replay(services: ReplayServices, store: ControlStore, trail: IamAuditT
     if document is None:
         raise NotFound("query set not found")
     if not document["statements"]:
-        raise InvalidRequest("the query set holds no statement to replay")
+        raise QuerySetEmpty("every statement of this query set was rejected at upload: there is nothing to replay")
     replay_id = "rp_" + random_tokens.token_hex(16)
     if comparison_dsn is not None:
         _check_dsn(comparison_dsn)
