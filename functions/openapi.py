@@ -27,6 +27,7 @@ FUNCTION_MODULES: dict[str, str] = {
     "audit": "functions.audit.handler",
     "fleet": "functions.fleet.handler",
     "shadow": "functions.shadow.handler",
+    "webhooks": "functions.webhooks.handler",
 }
 DOCUMENT_PATH = Path(__file__).resolve().parent / "openapi.json"
 TITLE = "Hardened Duck control API"

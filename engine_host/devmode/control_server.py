@@ -14,6 +14,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import import_module
 from typing import Any
@@ -24,6 +25,9 @@ from functions.shadow.wiring import install_shadow_services
 from functions.shared.wiring import install_services
 from hd_core.services import ControlServices
 from hd_core.shadow.replay import ReplayServices
+from hd_core.webhook_admin import secret_sealer
+from hd_core.webhook_delivery import DeliveryOptions, LocalDeliveryWorker, set_default_options
+from hd_core.webhooks import set_dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +140,13 @@ class ControlApiDispatcher:
 class ControlApiServer:
     """A threaded HTTP server in front of a `ControlApiDispatcher`."""
 
+    # Webhooks in `hd dev`: local mode (http and loopback receivers allowed), a delivery round every
+    # `webhook_interval` seconds and at once on every new event. Tests set a CA file and a clock here.
+    webhook_options: DeliveryOptions = DeliveryOptions(local_mode=True)
+    webhook_interval: float = 2.0
+    webhook_clock: Callable[[], datetime] | None = None
+    webhook_worker: LocalDeliveryWorker | None = None
+
     def __init__(self, host: str = "127.0.0.1", port: int = 8080) -> None:
         dispatcher = ControlApiDispatcher()
 
@@ -187,16 +198,34 @@ class ControlApiServer:
         the shadow function from `shadow` (the state folder, the local interpreter, this host's engine)."""
         if control is not None:
             install_services(control)
+            self._start_webhook_delivery(control)
         if shadow is not None:
             install_shadow_services(shadow)
         threading.Thread(target=self._http.serve_forever, name="control-api", daemon=True).start()
 
     def stop(self) -> None:
         """Stop serving and close the socket; the functions forget the services `start` gave them."""
+        self._stop_webhook_delivery()
         self._http.shutdown()
         self._http.server_close()
         install_services(None)
         install_shadow_services(None)
+
+    def _start_webhook_delivery(self, control: ControlServices) -> None:
+        set_default_options(self.webhook_options)
+        extra: dict[str, Any] = {} if self.webhook_clock is None else {"clock": self.webhook_clock}
+        self.webhook_worker = LocalDeliveryWorker(
+            control.store, secret_sealer(control.keys), interval=self.webhook_interval, options=self.webhook_options,
+            **extra,
+        ).start()
+        set_dispatcher(self.webhook_worker.wake)
+
+    def _stop_webhook_delivery(self) -> None:
+        if self.webhook_worker is not None:
+            set_dispatcher(None)
+            self.webhook_worker.stop()
+            self.webhook_worker = None
+            set_default_options(DeliveryOptions())
 
 
 def proxy_event(

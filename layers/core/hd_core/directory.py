@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
+from hd_core import webhook_events
 from hd_core.api_keys import ApiKeyHasher, revoke_api_key
 from hd_core.client_values import EXTERNAL_ID_PATTERN, check_plain_text, email_problem
 from hd_core.errors import Conflict, Forbidden, InvalidRequest, NotFound
@@ -432,6 +433,7 @@ def remove_user(
         if key.user_id == user_id and key.revoked_at is None:
             revoked = revoke_api_key(store, None, key.key_id, now=now)
             _record(trail, ctx, org_id, IamEventType.API_KEY_REVOKED, key.key_id, key, revoked)
+            webhook_events.key_revoked(store, ctx, revoked)
     if on_deprovisioned is not None:
         on_deprovisioned(user_id)
     return removed
@@ -455,6 +457,7 @@ def change_role(
     changed = replace(user, role=wanted)
     store.put_user(changed)
     _record(trail, ctx, org_id, IamEventType.USER_ROLE_CHANGED, user_id, user, changed)
+    webhook_events.user_role_changed(store, ctx, user, changed)
     return changed
 
 

@@ -55,6 +55,9 @@ class IamEventType(StrEnum):
     REFRESH_TOKEN_REUSED = "auth.refresh_token_reused"  # noqa: S105 (an event name, not a token)
     # Brute-force throttling locked an account's sign-in or an API key id (once per lockout, not per attempt)
     AUTH_LOCKOUT = "auth.lockout"
+    # Webhook endpoints (issue 19); their secrets are never part of the event
+    WEBHOOK_CREATED = "webhook.created"
+    WEBHOOK_DELETED = "webhook.deleted"
     # Engine host lifecycle (the termination wipe hook)
     INSTANCE_WIPED = "instance.wiped"
     INSTANCE_WIPE_FAILED = "instance.wipe_failed"

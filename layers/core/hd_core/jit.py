@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from hd_core import webhook_events
 from hd_core.directory import PRIVILEGED_ROLES, get_member, parse_role, require_may_grant, require_own_org
 from hd_core.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from hd_core.iam_audit import IamAuditTrail
@@ -107,6 +108,7 @@ def request_elevation(
     )
     store.put_jit_request(request)
     _record(trail, ctx, IamEventType.JIT_REQUESTED, None, request)
+    webhook_events.jit_event(store, ctx, webhook_events.WebhookEventType.JIT_REQUESTED, request)
     return request
 
 
@@ -174,6 +176,7 @@ def approve(
     store.decide_jit_request(decided)
     store.put_policy(grant)
     _record(trail, ctx, IamEventType.JIT_APPROVED, request, decided)
+    webhook_events.jit_event(store, ctx, webhook_events.WebhookEventType.JIT_APPROVED, decided)
     return decided
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from hd_core import webhook_events
 from hd_core.api_keys import (
     DEFAULT_ROTATION_GRACE,
     ApiKeyAuthenticator,
@@ -224,6 +225,7 @@ def revoke_key(
     revoked = revoke_api_key(store, authenticator, key_id, now=now)
     if old.revoked_at is None:
         _record(trail, ctx, org_id, IamEventType.API_KEY_REVOKED, key_id, old, revoked)
+        webhook_events.key_revoked(store, ctx, revoked)
     return revoked
 
 

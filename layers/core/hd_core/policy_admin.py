@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from hd_core import binding_admin
+from hd_core import binding_admin, webhook_events
 from hd_core.directory import require_own_org
 from hd_core.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from hd_core.iam_audit import IamAuditTrail
@@ -151,6 +151,7 @@ def create_policy(
         raise Conflict(f"{_target(kind, oid)} is already taken (policy ids are unique across organisations); "
                        "choose another id, or replace the policy if it is yours") from None
     _record(trail, ctx, IamEventType.POLICY_CREATED, kind, oid, None, obj)
+    webhook_events.policy_changed(store, ctx, "created", kind, oid)
     return obj
 
 
@@ -184,6 +185,7 @@ def replace_policy(
     _validate(store, new, now())
     store.put_policy(new)
     _record(trail, ctx, IamEventType.POLICY_UPDATED, wanted, object_id, old, new)
+    webhook_events.policy_changed(store, ctx, "updated", wanted, object_id)
     return new
 
 
@@ -198,6 +200,7 @@ def delete_policy(
     old = _existing(store, ctx, wanted, object_id)
     store.delete_policy(wanted, object_id)
     _record(trail, ctx, IamEventType.POLICY_DELETED, wanted, object_id, old, None)
+    webhook_events.policy_changed(store, ctx, "deleted", wanted, object_id)
     return old
 
 

@@ -82,6 +82,21 @@ def set_dispatcher(dispatcher: Dispatcher | None) -> Dispatcher | None:
     return previous
 
 
+_from_environment_checked = False
+
+
+def _current_dispatcher() -> Dispatcher | None:
+    """The installed dispatcher; in a Lambda without one, the SQS queue `HD_WEBHOOK_QUEUE_URL` names (built once)."""
+    global _dispatcher, _from_environment_checked
+    with _dispatcher_lock:
+        if _dispatcher is None and not _from_environment_checked:
+            _from_environment_checked = True
+            from hd_core.webhook_sqs import queue_from_environment
+
+            _dispatcher = queue_from_environment()
+        return _dispatcher
+
+
 def new_event_id() -> str:
     """A fresh event id (`evt_` and 128 random bits)."""
     return "evt_" + secrets.token_hex(16)
@@ -136,7 +151,7 @@ def emit(
         except Conflict:
             continue  # this event was already recorded for this endpoint: at-least-once, not twice
         recorded.append(delivery)
-    dispatcher = _dispatcher
+    dispatcher = _current_dispatcher()
     if recorded and dispatcher is not None:
         try:
             dispatcher(recorded)

@@ -1,0 +1,47 @@
+"""The webhook events administrative changes announce: one call each at the place the change happens.
+
+The data are ids and names only, never secrets or policy bodies (a receiver that needs more reads
+the API with its own credential). Emitting follows the IAM event of the change.
+"""
+
+from __future__ import annotations
+
+from hd_core.models import ApiKeyRecord, ChangeContext, JitRequest, User
+from hd_core.policies import PolicyKind
+from hd_core.ports import ControlStore
+from hd_core.records import encode_time
+from hd_core.webhooks import WebhookEventType, emit
+
+
+def policy_changed(store: ControlStore, ctx: ChangeContext, change: str, kind: PolicyKind, object_id: str) -> str:
+    """`policy.changed`: a policy object was `created`, `updated` or `deleted`."""
+    data = {"change": change, "kind": PolicyKind(kind).value, "id": object_id, "actor": ctx.actor.user_id,
+            "request_id": ctx.request_id}
+    return emit(store, ctx.actor.org_id, WebhookEventType.POLICY_CHANGED, data)
+
+
+def user_role_changed(store: ControlStore, ctx: ChangeContext, before: User, after: User) -> str:
+    """`user.role_changed`: who, from which role to which, by whom."""
+    data = {"user_id": after.user_id, "from_role": before.role.value, "to_role": after.role.value,
+            "actor": ctx.actor.user_id, "request_id": ctx.request_id}
+    return emit(store, after.org_id, WebhookEventType.USER_ROLE_CHANGED, data)
+
+
+def jit_event(store: ControlStore, ctx: ChangeContext, event_type: WebhookEventType, request: JitRequest) -> str:
+    """`jit.requested` or `jit.approved` of one request."""
+    data: dict[str, object] = {
+        "request_id": request.request_id, "user_id": request.user_id, "role": request.role.value,
+        "duration_seconds": request.duration_seconds, "reason": request.reason, "status": request.status.value,
+        "actor": ctx.actor.user_id,
+    }
+    if request.decided_at is not None:
+        data |= {"decided_by": request.decided_by, "decided_at": encode_time(request.decided_at),
+                 "grant_id": request.grant_id}
+    return emit(store, request.org_id, event_type, data)
+
+
+def key_revoked(store: ControlStore, ctx: ChangeContext, key: ApiKeyRecord) -> str:
+    """`key.revoked`: a key revoked through the API (its owner's removal included)."""
+    data = {"key_id": key.key_id, "user_id": key.user_id, "name": key.name, "actor": ctx.actor.user_id,
+            "revoked_at": None if key.revoked_at is None else encode_time(key.revoked_at)}
+    return emit(store, key.org_id, WebhookEventType.KEY_REVOKED, data)
