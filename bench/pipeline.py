@@ -161,6 +161,11 @@ def statement_overhead(bench: Bench, samples: int, warmup: int) -> None:
             "SELECT c.region, count(*) AS orders, sum(o.amount) AS revenue FROM sales.orders o "
             f"JOIN crm.customers c ON c.customer_id = o.customer_id WHERE o.order_id <> {next(_FRESH)} "
             "GROUP BY c.region ORDER BY c.region")),
+        # PostgreSQL's numeric division and avg() are rewritten into exact DECIMAL arithmetic (pg_numeric.py).
+        ("avg() and numeric division", lambda: (
+            "SELECT c.region, avg(o.amount) AS mean, sum(o.amount) / count(*) AS ratio FROM sales.orders o "
+            f"JOIN crm.customers c ON c.customer_id = o.customer_id WHERE o.order_id <> {next(_FRESH)} "
+            "GROUP BY c.region ORDER BY c.region")),
     ]
     print(f"[statements] as {GOVERNED_PERSON} (masks + tenant row filter), in process, p50 of {samples} "
           f"(+{warmup} warm-up), us; ratio = pipeline / direct")
