@@ -111,7 +111,7 @@ def address_refusal(address: str, *, allow_loopback: bool = False) -> str | None
     candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
-            candidates.append(ip.ipv4_mapped)
+            candidates = [ip.ipv4_mapped]  # the IPv4 address it is, whatever ::ffff:0:0/96 counts as
         if ip.sixtofour is not None:
             candidates.append(ip.sixtofour)
         if ip.teredo is not None:
