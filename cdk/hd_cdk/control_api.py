@@ -82,6 +82,7 @@ class FunctionAccess:
     records_iam_events: bool = True  # IAM trail: signs and stores checkpoints in the audit bucket
     verifies_checkpoints: bool = False  # kms:GetPublicKey on the checkpoint key
     seals_secrets: bool = False  # TOTP seeds: data keys under the sealed-secret encryption context
+    sealed_purpose: str = SEALED_SECRET_PURPOSE  # that context's purpose (webhook secrets have their own)
     reads_query_audit: bool = False  # lists and reads the query audit partitions
     describes_instances: bool = False  # ec2:DescribeInstances (fleet membership)
     reserved_concurrency: int = 10
@@ -110,6 +111,8 @@ FUNCTION_ACCESS: Final[Mapping[str, FunctionAccess]] = {
     # Shadow mode: issues a replay's ServiceAccount key (an IAM event); parses uploads with sqlglot (CPU, so more
     # memory). Its grants on the state machine, the replay secrets and the shadow prefix are in shadow.py.
     "shadow": FunctionAccess(reserved_concurrency=5, memory_mb=1024, timeout_seconds=29),
+    # Webhook endpoints (issue 19): seals each endpoint's signing secret under its own purpose.
+    "webhooks": FunctionAccess(seals_secrets=True, sealed_purpose="webhook-secret"),
 }
 
 _DYNAMODB_READS: Final = ("dynamodb:GetItem", "dynamodb:Query")
@@ -379,7 +382,7 @@ class ControlApi(Construct):
             statements.extend(self._audit_prefix(constants.AUDIT_QUERIES_PREFIX, write=False))
         if access.seals_secrets:
             statements.append(_allow(["kms:GenerateDataKey", "kms:Decrypt"], [self._data_key.key_arn], {
-                "StringEquals": {"kms:EncryptionContext:purpose": SEALED_SECRET_PURPOSE}}))
+                "StringEquals": {"kms:EncryptionContext:purpose": access.sealed_purpose}}))
         if access.describes_instances:
             statements.append(_allow(["ec2:DescribeInstances"], ["*"]))
         return statements

@@ -32,7 +32,9 @@ _MANAGE = ApiScope.WEBHOOKS_MANAGE.value
 
 
 class EndpointIn(BaseModel):
-    url: str = Field(min_length=8, max_length=2048, description="https URL (plain http only to loopback in hd dev)")
+    url: str = Field(min_length=8, max_length=2048, pattern=r"^[hH][tT][tT][pP][sS]?://[!-~]+$",
+                     description="https URL (plain http only to loopback in hd dev); its host must resolve to "
+                     "public addresses only")
     events: list[WebhookEventType] = Field(min_length=1, max_length=len(WebhookEventType))
     description: MultilineText = Field(default="", max_length=webhook_admin.MAX_DESCRIPTION_LENGTH)
 

@@ -200,12 +200,16 @@ def test_the_routes_need_webhooks_manage_and_stay_in_the_org(
     "https://[fd00::1]/hook",  # IPv6 ULA
     "https://[::ffff:192.168.1.1]/hook",  # IPv4-mapped private
     "https://user:pw@127.0.0.1/hook",  # credentials in the URL
-    "ftp://127.0.0.1/hook",
 ])
 def test_unsafe_urls_are_refused_at_creation(control: ControlApi, url: str, local_options: DeliveryOptions) -> None:
     reply = control.call("POST", _hooks(control), {"url": url, "events": ["key.revoked"]})
     assert reply.status == 400, reply.body
     assert reply.json()["error"]["code"] == "HD_ERR_WEBHOOK_TARGET_REFUSED"
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/hook", "https://127.0.0.1/a b", "https://hooks.tést/"])
+def test_urls_the_document_excludes_are_422(control: ControlApi, url: str) -> None:
+    assert control.call("POST", _hooks(control), {"url": url, "events": ["key.revoked"]}).status == 422
 
 
 def test_loopback_is_refused_outside_local_mode(control: ControlApi, receiver: WebhookReceiver) -> None:
