@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import import_module
 from typing import Any
@@ -23,6 +23,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from functions.openapi import DOCUMENT_PATH, FUNCTION_MODULES
 from functions.shadow.wiring import install_shadow_services
 from functions.shared.wiring import install_services
+from hd_core.key_lifecycle import run_key_lifecycle
+from hd_core.models import utc_now
 from hd_core.services import ControlServices
 from hd_core.shadow.replay import ReplayServices
 from hd_core.webhook_admin import secret_sealer
@@ -32,6 +34,7 @@ from hd_core.webhooks import set_dispatcher
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+LIFECYCLE_INTERVAL = timedelta(days=1)  # the key lifecycle job's schedule in `hd dev` (EventBridge's in AWS)
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,43 @@ class ControlApiDispatcher:
         return None
 
 
+class LifecycleTimer:
+    """`hd dev`'s stand-in for the daily EventBridge rule: the key lifecycle job at start, then every `interval`.
+
+    A failed run is logged and the timer keeps its schedule, as a failed scheduled Lambda would be
+    retried on the next day's event.
+    """
+
+    def __init__(
+        self, control: ControlServices, interval: timedelta = LIFECYCLE_INTERVAL,
+        now: Callable[[], datetime] = utc_now,
+    ) -> None:
+        if interval <= timedelta(0):
+            raise ValueError("the lifecycle interval must be positive")
+        self._control = control
+        self._interval = interval
+        self._now = now
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="key-lifecycle", daemon=True)
+        self.runs = 0  # completed runs, failed or not
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                run_key_lifecycle(self._control, self._now())
+            except Exception:  # logged; the next run comes on schedule
+                log.exception("the key lifecycle run failed")
+            self.runs += 1
+            self._stopped.wait(self._interval.total_seconds())
+
+
 class ControlApiServer:
     """A threaded HTTP server in front of a `ControlApiDispatcher`."""
 
@@ -188,23 +228,39 @@ class ControlApiServer:
 
         self._http = ThreadingHTTPServer((host, port), _Handler)
         self._http.daemon_threads = True
+        self.lifecycle: LifecycleTimer | None = None
 
     @property
     def port(self) -> int:
         return int(self._http.server_address[1])
 
-    def start(self, control: ControlServices | None = None, *, shadow: ReplayServices | None = None) -> None:
+    def start(
+        self,
+        control: ControlServices | None = None,
+        *,
+        shadow: ReplayServices | None = None,
+        lifecycle_interval: timedelta | None = LIFECYCLE_INTERVAL,
+        lifecycle_now: Callable[[], datetime] = utc_now,
+    ) -> None:
         """Serve in a background thread; with `control`, every function answers from those services, and
-        the shadow function from `shadow` (the state folder, the local interpreter, this host's engine)."""
+        the shadow function from `shadow` (the state folder, the local interpreter, this host's engine).
+
+        With `control`, the key lifecycle job also runs now and then every `lifecycle_interval` (None: never)."""
         if control is not None:
             install_services(control)
             self._start_webhook_delivery(control)
+            if lifecycle_interval is not None:
+                self.lifecycle = LifecycleTimer(control, lifecycle_interval, lifecycle_now)
+                self.lifecycle.start()
         if shadow is not None:
             install_shadow_services(shadow)
         threading.Thread(target=self._http.serve_forever, name="control-api", daemon=True).start()
 
     def stop(self) -> None:
         """Stop serving and close the socket; the functions forget the services `start` gave them."""
+        if self.lifecycle is not None:
+            self.lifecycle.stop()
+            self.lifecycle = None
         self._stop_webhook_delivery()
         self._http.shutdown()
         self._http.server_close()

@@ -288,8 +288,15 @@ def issue_api_key(
     expires_at: datetime | None = None,
     allowed_cidrs: Iterable[str] = (),
     now: Callable[[], datetime] = utc_now,
+    rotate_every_days: int | None = None,
+    delivery_secret: str | None = None,
+    before_store: Callable[[str, ApiKeyRecord], None] | None = None,
 ) -> tuple[str, ApiKeyRecord]:
     """Create and store a key for an active user of an active organisation; returns (plaintext, record).
+
+    `rotate_every_days` and `delivery_secret` are the key's rotation policy and where a scheduled
+    successor is delivered (`hd_core.key_lifecycle`). `before_store`, if given, receives the plaintext
+    and the record before the record is stored: if it raises, nothing is stored.
 
     `scopes` may name scope bundles (`read_only`, `agent`, ...) and must all belong to the user's
     role. `allowed_cidrs` (IPv4/IPv6 networks or single addresses) restricts where the key may be
@@ -325,7 +332,11 @@ def issue_api_key(
             revoked_at=None,
             name=name,
             allowed_cidrs=networks,
+            rotate_every_days=rotate_every_days,
+            delivery_secret=delivery_secret,
         )
+        if before_store is not None:
+            before_store(plaintext, record)
         try:
             store.put_api_key(record)
         except Conflict:
@@ -341,13 +352,16 @@ def rotate_api_key(
     *,
     grace: timedelta = DEFAULT_ROTATION_GRACE,
     now: Callable[[], datetime] = utc_now,
+    before_store: Callable[[str, ApiKeyRecord], None] | None = None,
 ) -> tuple[str, ApiKeyRecord, ApiKeyRecord]:
     """Replace a key with a new one; the old key keeps working for `grace` so clients can switch over.
 
     The new key has the old one's user, organisation, environment, name, allowlist and expiry, and
     its scopes as the user's current role still allows them (what the old key could do today). The
     old key then expires at the earlier of its own expiry and now + `grace`, and records the new key
-    id in `rotated_to`. Returns (new plaintext, new record, old record after rotation). Raises
+    id in `rotated_to`. The new key keeps the old one's rotation policy and delivery target;
+    `before_store` is handed to `issue_api_key` (a failure there leaves both keys as they were).
+    Returns (new plaintext, new record, old record after rotation). Raises
     `NotFound` for an unknown key and `Conflict` for a revoked, expired or already rotated one.
     """
     if grace < timedelta(0):
@@ -374,6 +388,9 @@ def rotate_api_key(
         expires_at=old.expires_at,
         allowed_cidrs=old.allowed_cidrs,
         now=lambda: rotated_at,
+        rotate_every_days=old.rotate_every_days,
+        delivery_secret=old.delivery_secret,
+        before_store=before_store,
     )
     grace_end = rotated_at + grace
     retired = replace(

@@ -40,6 +40,9 @@ class IamEventType(StrEnum):
     API_KEY_ROTATED = "api_key.rotated"
     API_KEY_REVOKED = "api_key.revoked"
     API_KEY_EXPIRED = "api_key.expired"
+    API_KEY_EXPIRING = "api_key.expiring"  # a warning 7, 3 or 1 days before an expiry or a grace period's end
+    API_KEY_ROTATION_DUE = "api_key.rotation_due"  # its rotation policy is due and it has no delivery target
+    API_KEY_LIFECYCLE_CHANGED = "api_key.lifecycle_changed"  # its rotation policy or delivery target changed
     # Governance policies (masks, row filters, ABAC, column tags, PHI grants, bindings)
     POLICY_CREATED = "policy.created"
     POLICY_UPDATED = "policy.updated"

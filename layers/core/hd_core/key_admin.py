@@ -9,7 +9,9 @@ event recorded second, and a key of another organisation is reported as `NotFoun
 
 from __future__ import annotations
 
+import enum
 import ipaddress
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -25,12 +27,63 @@ from hd_core.api_keys import (
     rotate_api_key,
 )
 from hd_core.directory import get_member, require_may_manage, require_own_org
-from hd_core.errors import Forbidden, InvalidRequest, NotFound
+from hd_core.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from hd_core.iam_audit import IamAuditTrail
 from hd_core.iam_events import SYSTEM_ACTOR, IamEventType
-from hd_core.models import ApiKeyRecord, ApiScope, ChangeContext, KeyEnv, utc_now
+from hd_core.models import ApiKeyRecord, ApiScope, ChangeContext, KeyEnv, Role, utc_now
 from hd_core.permissions import effective_scopes, expand_scopes
 from hd_core.ports import ControlStore
+
+# Issue 19: ServiceAccount keys rotate on a schedule unless their creator says otherwise; other keys do not.
+DEFAULT_SERVICE_ACCOUNT_ROTATION_DAYS = 90
+MAX_ROTATE_EVERY_DAYS = 3650
+# A Secrets Manager secret name (its character set), or the ARN of one.
+_SECRET_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
+_SECRET_ARN = re.compile(r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:([A-Za-z0-9/_+=.@-]{1,512})")
+
+
+class DeliverySecretInvalid(InvalidRequest):
+    """A delivery target outside the organisation's secret names (`hd/keys/<org_id>/...`), or no secret name."""
+
+    code = "HD_ERR_DELIVERY_SECRET_INVALID"
+
+
+class Unset(enum.Enum):
+    """A rotation policy left to the default (`DEFAULT`), as opposed to None (no scheduled rotation)."""
+
+    DEFAULT = "default"
+
+
+def default_rotation_days(role: Role) -> int | None:
+    """The rotation policy a key of a user in `role` gets when its creator names none."""
+    return DEFAULT_SERVICE_ACCOUNT_ROTATION_DAYS if role == Role.SERVICE_ACCOUNT else None
+
+
+def validate_rotate_every_days(days: int | None) -> int | None:
+    """`days` if it is None or a whole number of days from 1 to 3650; else `InvalidRequest`."""
+    if days is None:
+        return None
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_ROTATE_EVERY_DAYS:
+        raise InvalidRequest(f"rotate_every_days must be a whole number from 1 to {MAX_ROTATE_EVERY_DAYS}, or null")
+    return days
+
+
+def validate_delivery_secret(org_id: str, secret: str | None) -> str | None:
+    """A delivery target: a Secrets Manager secret name, or ARN, whose name lies under `hd/keys/<org_id>/`.
+
+    The prefix keeps one organisation from naming another's secret: a successor's plaintext is only
+    ever written where its own organisation's names live. Else `InvalidRequest`.
+    """
+    if secret is None:
+        return None
+    found = _SECRET_ARN.fullmatch(secret)
+    name = found.group(1) if found else secret
+    prefix = f"hd/keys/{org_id}/"
+    if _SECRET_NAME.fullmatch(name) is None or not name.startswith(prefix) or len(name) == len(prefix):
+        raise DeliverySecretInvalid(
+            f"delivery_secret must be a Secrets Manager secret name or ARN whose name starts with {prefix}"
+        )
+    return secret
 
 
 def _may_manage_others(ctx: ChangeContext) -> bool:
@@ -128,16 +181,27 @@ def create_key(
     allowed_cidrs: Iterable[str] = (),
     expires_at: datetime | None = None,
     now: Callable[[], datetime] = utc_now,
+    rotate_every_days: int | Unset | None = Unset.DEFAULT,
+    delivery_secret: str | None = None,
 ) -> tuple[str, ApiKeyRecord]:
     """Issue a key for an active user of the actor's organisation: API_KEY_CREATED; returns (plaintext, record).
+
+    `rotate_every_days` is the key's rotation policy (None: none); left to its default, a
+    ServiceAccount's key rotates every 90 days and other keys never. `delivery_secret` names the
+    Secrets Manager secret a scheduled successor is written to (see `validate_delivery_secret`).
 
     The plaintext exists only in the return value. The scopes must belong to the user's role
     (`ScopeNotAllowed`) and to the actor's own credential (`Forbidden`); a key made with a key also
     inherits that key's expiry (no later) and allow list (a subset), so it cannot outlast or outreach it.
     """
     require_own_org(ctx, org_id)
-    get_member(store, org_id, user_id)
+    member = get_member(store, org_id, user_id)
     _require_key_owner_access(store, ctx, org_id, user_id)
+    rotation = (
+        default_rotation_days(member.role) if rotate_every_days is Unset.DEFAULT
+        else validate_rotate_every_days(rotate_every_days)
+    )
+    target = validate_delivery_secret(org_id, delivery_secret)
     granted = _requested_scopes(ctx, scopes)
     try:
         key_env = KeyEnv(env)
@@ -146,7 +210,8 @@ def create_key(
     expires_at, bounded_cidrs = _bounded_by_actor_key(store, ctx, expires_at, allowed_cidrs)
     plaintext, record = issue_api_key(
         store, hasher, org_id=org_id, user_id=user_id, env=key_env, scopes=granted, name=name,
-        allowed_cidrs=bounded_cidrs, expires_at=expires_at, now=now,
+        allowed_cidrs=bounded_cidrs, expires_at=expires_at, now=now, rotate_every_days=rotation,
+        delivery_secret=target,
     )
     _record(trail, ctx, org_id, IamEventType.API_KEY_CREATED, record.key_id, None, record)
     return plaintext, record
@@ -207,6 +272,36 @@ def rotate_key(
     plaintext, new, old_after = rotate_api_key(store, hasher, key_id, grace=grace, now=now)
     _record(trail, ctx, org_id, IamEventType.API_KEY_ROTATED, key_id, old, {"old": old_after, "new": new})
     return plaintext, new
+
+
+def set_key_lifecycle(
+    store: ControlStore,
+    trail: IamAuditTrail,
+    ctx: ChangeContext,
+    org_id: str,
+    key_id: str,
+    *,
+    rotate_every_days: int | Unset | None = Unset.DEFAULT,
+    delivery_secret: str | Unset | None = Unset.DEFAULT,
+) -> ApiKeyRecord:
+    """Change a key's rotation policy and/or delivery target (`Unset.DEFAULT`: leave it): API_KEY_LIFECYCLE_CHANGED.
+
+    Only a key still in use (not revoked, not rotated) takes a policy; None clears either. No event
+    is recorded when nothing changes.
+    """
+    old = _key_in_org(store, ctx, org_id, key_id)
+    _require_key_owner_access(store, ctx, org_id, old.user_id)
+    if old.revoked_at is not None or old.rotated_to is not None:
+        raise Conflict("a revoked or rotated api key takes no rotation policy; change its successor's")
+    updated = old
+    if rotate_every_days is not Unset.DEFAULT:
+        updated = replace(updated, rotate_every_days=validate_rotate_every_days(rotate_every_days))
+    if delivery_secret is not Unset.DEFAULT:
+        updated = replace(updated, delivery_secret=validate_delivery_secret(org_id, delivery_secret))
+    if updated != old:
+        store.update_api_key(updated)
+        _record(trail, ctx, org_id, IamEventType.API_KEY_LIFECYCLE_CHANGED, key_id, old, updated)
+    return updated
 
 
 def revoke_key(
