@@ -15,12 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from moto import mock_aws
 
 from engine_host.data.cached_tables import CachedTables
 from engine_host.data.native_tables import NativeTables
@@ -29,17 +27,11 @@ from engine_host.data.table_sources import ObjectStoreTables
 from engine_host.engine.duckdb_engine import DATA_CATALOG, Database
 from engine_host.engine.table_catalog import TableCatalog
 from hd_core.adapters.s3_objects import S3ObjectSource
-from tests.integration.test_cached_tables import BUCKET, PREFIX, Clock, parquet_bytes
+from tests.integration.test_cached_tables import BUCKET, PREFIX, Clock, parquet_bytes, s3
+
+__all__ = ["s3"]  # the moto bucket fixture, imported so pytest finds it in this module
 
 ORDER_IDS = range(150_000)  # more than one streamed batch
-
-
-@pytest.fixture
-def s3(aws_credentials: None) -> Iterator[Any]:
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
 
 
 class NativeServed:
