@@ -24,9 +24,10 @@ from hd_core.api_keys import issue_api_key
 from hd_core.bootstrap import ensure_environments
 from hd_core.models import ALL_SCOPES, BASE62_ALPHABET, Organization, OrgStatus, Role, User, UserStatus, new_id, utc_now
 from hd_core.table_owners import record_owner
+from hd_core.webhook_models import WebhookEndpoint
 from tests.integration.functions.conftest import ControlApi
 
-ID_PARAMETERS = ("org_id", "env_id", "user_id", "key_id", "object_id", "request_id")
+ID_PARAMETERS = ("org_id", "env_id", "user_id", "key_id", "object_id", "request_id", "endpoint_id")
 TODAY = date.today().isoformat()
 MASK = {"kind": "mask", "table": "main.patients", "column": "ssn", "function": "full"}
 
@@ -44,6 +45,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/organizations/{org_id}/policies"): {**MASK, "rule_id": "probe_mask", "column": "phone"},
     ("PUT", "/v1/organizations/{org_id}/policies/{kind}/{object_id}"): MASK,
     ("PUT", "/v1/organizations/{org_id}/quota"): {"monthly_credits": 10},
+    ("POST", "/v1/organizations/{org_id}/webhooks"): {"url": "https://hooks.example.com/hd", "events": ["key.revoked"]},
     ("POST", "/v1/organizations/{org_id}/users"): {"email": "probe@example.com", "role": "Analyst"},
     ("POST", "/v1/organizations/{org_id}/users/{user_id}/identities"): {"external_id": "https://idp.example#probe"},
     ("PUT", "/v1/organizations/{org_id}/users/{user_id}/role"): {"role": "Developer"},
@@ -70,6 +72,7 @@ class Tenant:
     key_id: str
     object_id: str
     request_id: str
+    endpoint_id: str
     owner_key: str
     member_key: str
 
@@ -113,7 +116,13 @@ def _other_tenant(control: ControlApi) -> Tenant:
     control.ok("POST", f"{path}/policies", {**MASK, "rule_id": "globex_mask"}, key=owner_key)
     request = control.ok("POST", f"{path}/jit-requests",
                          {"role": "Developer", "reason": "theirs", "duration_seconds": 600}, key=member_key)
-    return Tenant(org.org_id, env_id, user_id, key_id, "globex_mask", request["request_id"], owner_key, member_key)
+    # Their webhook endpoint, stored directly: creating one through the API would resolve its host.
+    endpoint = WebhookEndpoint(endpoint_id=new_id("whk"), org_id=org.org_id, url="https://hooks.globex.example/",
+                               events=("key.revoked",), secret_sealed="hdsealed:v1:x:y", created_at=utc_now(),
+                               created_by=owner.user_id)
+    store.put_webhook_endpoint(endpoint)
+    return Tenant(org.org_id, env_id, user_id, key_id, "globex_mask", request["request_id"], endpoint.endpoint_id,
+                  owner_key, member_key)
 
 
 def _url(method: str, template: str, ids: dict[str, str]) -> str:
