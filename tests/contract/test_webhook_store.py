@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ def _endpoint(endpoint_id: str = "we_1", org_id: str = "org_1", created_at: date
 def _delivery(event_id: str = "evt_1", endpoint_id: str = "we_1", created_at: datetime = T0) -> WebhookDelivery:
     return WebhookDelivery(
         endpoint_id=endpoint_id, event_id=event_id, org_id="org_1", event_type="policy.changed",
-        body='{"data":{},"id":"%s"}' % event_id, status=DeliveryStatus.PENDING, created_at=created_at,
+        body=json.dumps({"data": {}, "id": event_id}), status=DeliveryStatus.PENDING, created_at=created_at,
         next_attempt_at=created_at,
     )
 

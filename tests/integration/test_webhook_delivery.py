@@ -98,7 +98,7 @@ def test_a_name_that_resolves_to_any_private_address_is_refused() -> None:
 
 @pytest.mark.parametrize("url", ["http://hooks.example.com/", "http://127.0.0.1:9/", "https://u:p@ok.example.com/",
                                  "https://ok.example.com/#frag", "https:///nohost", "gopher://ok.example.com/",
-                                 "https://ok.example.com/a b"])
+                                 "https://ok.example.com/a b", "https://ok.example.com/\u00e9", "https://h\u00e9.test/"])
 def test_url_rules(url: str) -> None:
     options = DeliveryOptions(resolver=_resolver({"ok.example.com": ["93.184.216.34"]}))
     with pytest.raises(UnsafeWebhookTarget):

@@ -160,8 +160,9 @@ def check_url(url: str, *, local_mode: bool = False) -> tuple[str, str, int, str
 
     Only the syntax and scheme: `resolve_target` checks the addresses (at creation and at every attempt).
     """
-    if not isinstance(url, str) or len(url) > 2048 or any(ord(char) < 33 or ord(char) == 127 for char in url):
-        raise UnsafeWebhookTarget("a webhook URL is at most 2048 printable characters without spaces")
+    if not isinstance(url, str) or len(url) > 2048 or any(not 33 <= ord(char) <= 126 for char in url):
+        raise UnsafeWebhookTarget("a webhook URL is at most 2048 printable ASCII characters without spaces "
+                                  "(an international host name in its xn-- form)")
     try:
         parts = urlsplit(url)
         port = parts.port
