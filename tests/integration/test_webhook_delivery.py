@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import random
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -155,6 +157,31 @@ def test_loopback_is_refused_outside_local_mode_at_attempt_time(receiver: Webhoo
                          DeliveryOptions(local_mode=False, ca_file=str(receiver.cert_path)))
     assert result.status_code is None and "loopback" in result.error
     assert receiver.received == []
+
+
+def test_a_receiver_that_drips_its_answer_is_cut_off_at_the_attempt_deadline() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 200:  # one byte well inside every read timeout
+                if stop.wait(0.2):
+                    return
+                connection.sendall(bytes([byte]))
+
+    threading.Thread(target=drip, daemon=True).start()
+    options = DeliveryOptions(local_mode=True, read_timeout=1.0, total_timeout=1.5)
+    started = time.monotonic()
+    try:
+        result = post_signed(f"http://127.0.0.1:{listener.getsockname()[1]}/h", "whsec_x", "evt_slow", "{}", options)
+    finally:
+        stop.set()
+        listener.close()
+    assert time.monotonic() - started < 5
+    assert result.status_code is None and "longer than 1.5 s" in result.error
 
 
 # --- retries until the dead letter ---------------------------------------------------------------

@@ -14,7 +14,8 @@ mode, link-local incl. 169.254.169.254, multicast, reserved, unspecified, shared
 ranges, IPv6 ULA/link-local/site-local, nor any of these inside IPv4-mapped, 6to4 or Teredo IPv6);
 the connection goes to the address that was checked (no second resolution a DNS rebinding could
 answer differently) with the host name kept for SNI, certificate checking and `Host`; redirects are
-not followed (a 3xx is a failed attempt); timeouts are short and at most 64 KiB of an answer is read.
+not followed (a 3xx is a failed attempt); timeouts are short (5 s to connect, 10 s per read, 15 s for
+the whole attempt) and at most 64 KiB of an answer is read.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ BACKOFF_CAP_SECONDS = 3600.0
 CLAIM_LEASE = timedelta(seconds=120)  # an attempt's worker that vanished is retried after this
 CONNECT_TIMEOUT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 10.0
+TOTAL_TIMEOUT_SECONDS = 15.0
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_ERROR_CHARS = 500
 USER_AGENT = "HardenedDuck-Webhooks/1"
@@ -69,7 +71,8 @@ class DeliveryOptions:
     ca_file: str | None = None  # tests only: a CA bundle trusted instead of the system's (never verify=False)
     resolver: Resolver | None = None  # None: the system resolver (getaddrinfo)
     connect_timeout: float = CONNECT_TIMEOUT_SECONDS
-    read_timeout: float = READ_TIMEOUT_SECONDS
+    read_timeout: float = READ_TIMEOUT_SECONDS  # per socket operation
+    total_timeout: float = TOTAL_TIMEOUT_SECONDS  # the whole attempt: a receiver dripping bytes is cut off
 
 
 _default_options = DeliveryOptions()
@@ -280,20 +283,39 @@ def post_signed(url: str, secret: str, event_id: str, body: str, options: Delive
     else:
         connection = _PinnedHttpConnection(target.host, target.port, target.address,
                                            connect_timeout=options.connect_timeout, read_timeout=options.read_timeout)
+    # Per-operation timeouts do not bound a receiver that sends one byte just inside each: past the
+    # attempt's deadline the watchdog shuts the socket, and whatever is blocked in it returns.
+    cut_off = threading.Event()
+    watchdog = threading.Timer(options.total_timeout, _cut_off, args=(connection, cut_off))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         connection.request("POST", target.path, body=body.encode("utf-8"), headers=headers)
         response = connection.getresponse()
         response.read(MAX_RESPONSE_BYTES)  # drained up to the cap, never kept
         status = response.status
     except (OSError, http.client.HTTPException, ssl.SSLError) as error:
+        if cut_off.is_set():
+            return AttemptResult(None, f"the receiver took longer than {options.total_timeout:g} s")
         return AttemptResult(None, f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS])
     finally:
+        watchdog.cancel()
         connection.close()
     if 200 <= status < 300:
         return AttemptResult(status, "")
     if 300 <= status < 400:
         return AttemptResult(status, "the receiver answered with a redirect, which is not followed")
     return AttemptResult(status, f"the receiver answered {status}")
+
+
+def _cut_off(connection: http.client.HTTPConnection, cut_off: threading.Event) -> None:
+    cut_off.set()
+    sock = connection.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
 
 
 # --- retries ------------------------------------------------------------------------------
