@@ -36,6 +36,7 @@ MASK = {"kind": "mask", "table": "main.patients", "column": "ssn", "function": "
 BODIES: dict[tuple[str, str], Any] = {
     ("PATCH", "/v1/organizations/{org_id}"): {"mfa_required": False},
     ("POST", "/v1/organizations/{org_id}/api-keys"): {"scopes": ["read_only"], "env": "test"},
+    ("PATCH", "/v1/organizations/{org_id}/api-keys/{key_id}"): {"rotate_every_days": 30},
     ("POST", "/v1/organizations/{org_id}/environments"): {"name": "probe", "key_env": "test"},
     ("POST", "/v1/organizations/{org_id}/jit-requests"): {"role": "Developer", "reason": "probe",
                                                           "duration_seconds": 600},
