@@ -25,6 +25,7 @@ SMOKE_RUNS = [
     ("bench.redaction", ["--megabytes", "0.05", "--statements", "20"], ["MB/s"]),
     ("bench.tpch", ["--scale", "0.01", "--rounds", "1", "--lookups", "2"],
      ["[tpch]", "geomean engine/native", "results equal across", "[point lookup]"]),
+    ("bench.shadow", ["--smoke"], ["[shadow] SF0.01", "[latency]", "[goal]"]),
     ("bench.statement_size", ["--max-tokens", "200", "--shapes", "2"], ["tokens"]),
     ("bench.wire", ["--rows", "2000", "--runs", "1", "--small", "5", "--clients", "3", "--per-client", "3"],
      ["[bulk]", "[small]", "[concurrent] 3 clients x 3 queries: 9 ok, 0 errors"]),
