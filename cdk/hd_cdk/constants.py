@@ -97,3 +97,8 @@ CONTEXT_SHADOW_ENGINE_HOST: Final = "hd:shadowEngineHost"
 # The root certificate(s) that verify it (libpq sslrootcert: a path in the function's code or layers, or "system"
 # for the trusted public roots). Without it the replay's verify-full has nothing to verify with and fails closed.
 CONTEXT_SHADOW_ENGINE_CA_FILE: Final = "hd:shadowEngineCaFile"
+
+# --- key lifecycle and webhooks (issue 19; lifecycle.py) ---------------------------------------------------
+# Secrets Manager names successor API keys are written to (hd/keys/<org_id>/..., checked by hd_core.key_admin).
+KEY_SECRET_PREFIX: Final = "hd/keys/"  # noqa: S105 - a name prefix, not a secret
+WEBHOOK_SWEEP_MINUTES: Final = 5  # the delivery Lambda re-enqueues due deliveries this often

@@ -264,6 +264,7 @@ class ControlApi(Construct):
             self.functions[name] = self._function(
                 name, access, concurrency[name], vpc, lambda_sg, code, layers, {**environment, **extra}
             )
+        self._worker_inputs = (vpc, lambda_sg, code, layers, environment)
 
         self.api_endpoint = self._execute_api_endpoint(vpc, endpoint_sg, private_api, execute_api_endpoint)
         self.api = self._rest_api(private_api, fleet_role_arn)
@@ -283,16 +284,30 @@ class ControlApi(Construct):
 
     # --- functions ------------------------------------------------------------------------------------
 
+    def worker(self, name: str, access: FunctionAccess, *, handler: str, in_vpc: bool = True) -> lambda_.Function:
+        """A control-plane Lambda no route serves (a scheduled job, a queue consumer), built like the API's own:
+        the same settings, its own role with exactly `access`, X-Ray, an encrypted log group, the dead-letter
+        queue. `in_vpc=False` leaves it outside the VPC (no network-interface grants): only for a function that
+        must reach the internet, which the isolated subnets cannot. Not added to `functions` (no route);
+        its role is in `roles`."""
+        if name in self.roles:
+            raise ValueError(f"a control-plane function named {name!r} exists already")
+        vpc, lambda_sg, code, layers, environment = self._worker_inputs
+        return self._function(name, access, access.reserved_concurrency, vpc if in_vpc else None, lambda_sg, code,
+                              layers, dict(environment), handler=handler)
+
     def _function(
         self,
         name: str,
         access: FunctionAccess,
         concurrency: int,
-        vpc: ec2.IVpc,
+        vpc: ec2.IVpc | None,
         lambda_sg: ec2.ISecurityGroup,
         code: lambda_.Code,
         layers: Sequence[lambda_.ILayerVersion],
         environment: dict[str, str],
+        *,
+        handler: str | None = None,
     ) -> lambda_.Function:
         construct_id = _pascal(name)
         log_group = logs.LogGroup(
@@ -306,7 +321,7 @@ class ControlApi(Construct):
             self,
             f"{construct_id}Policy",
             description=f"Hardened Duck control API: exactly what the {name} function's adapters call",
-            statements=self._statements(access, log_group),
+            statements=self._statements(access, log_group, in_vpc=vpc is not None),
         )
         for finding, reason in self._wildcard_findings(access).items():
             acknowledge(policy, f"AwsSolutions-IAM5[Resource::{finding}]", reason)
@@ -325,13 +340,13 @@ class ControlApi(Construct):
             runtime=LAMBDA_RUNTIME,
             architecture=LAMBDA_ARCHITECTURE,
             code=code,
-            handler=f"functions.{name}.handler.lambda_handler",
+            handler=handler or f"functions.{name}.handler.lambda_handler",
             layers=list(layers),
             # Grants CDK would add by itself (X-Ray, DLQ, logs) are dropped: the managed policy has them all.
             role=role.without_policy_updates(),
             vpc=vpc,
-            vpc_subnets=self._subnets,
-            security_groups=[lambda_sg],
+            vpc_subnets=self._subnets if vpc is not None else None,
+            security_groups=[lambda_sg] if vpc is not None else None,
             memory_size=access.memory_mb,
             timeout=Duration.seconds(access.timeout_seconds),
             reserved_concurrent_executions=concurrency,
@@ -346,12 +361,13 @@ class ControlApi(Construct):
         acknowledge(function, "AwsSolutions-L1", _L1_REASON)
         return function
 
-    def _statements(self, access: FunctionAccess, log_group: logs.LogGroup) -> list[iam.PolicyStatement]:
+    def _statements(self, access: FunctionAccess, log_group: logs.LogGroup, *, in_vpc: bool = True,
+                    ) -> list[iam.PolicyStatement]:
         stack = Stack.of(self)
         table_arns = [self._table.table_arn, f"{self._table.table_arn}/index/{_gsi_name()}"]
         statements = [
             _allow(["logs:CreateLogStream", "logs:PutLogEvents"], [log_group.log_group_arn]),
-            _allow(_VPC_ACCESS_ACTIONS, ["*"]),
+            *([_allow(_VPC_ACCESS_ACTIONS, ["*"])] if in_vpc else []),
             _allow(_XRAY_ACTIONS, ["*"]),
             _allow(["sqs:SendMessage"], [self.dead_letter_queue.queue_arn]),
             _allow(["kms:GenerateDataKey", "kms:Decrypt"], [self._dead_letter_key.key_arn],

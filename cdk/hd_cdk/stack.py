@@ -13,6 +13,7 @@ from hd_cdk import constants, packaging
 from hd_cdk.control_api import ControlApi
 from hd_cdk.engine_fleet import EngineFleet
 from hd_cdk.keys import KEY_ARN_PATTERN, Keys
+from hd_cdk.lifecycle import Lifecycle
 from hd_cdk.monitoring import Monitoring
 from hd_cdk.network import Network
 from hd_cdk.shadow import ShadowReplay, comparison_network
@@ -36,7 +37,8 @@ class DeploymentParameters:
 
 
 class HardenedDuckStack(Stack):
-    """Composes Network, Keys and Storage; ControlApi, EngineFleet, WipeHook and Monitoring are wired in below.
+    """Composes Network, Keys and Storage; ControlApi, EngineFleet, WipeHook, ShadowReplay, Lifecycle and Monitoring
+    are wired in below.
 
     Attributes for wiring: `parameters`, `network` (vpc, subnets, engine_sg, agent_sg, monitoring_sg,
     endpoint_sg, lambda_sg), `keys` (data, audit, control, signing, checkpoint, logs, notifications), `storage`
@@ -74,8 +76,8 @@ class HardenedDuckStack(Stack):
         self._compose_services(engine_code_hash)
 
     def _compose_services(self, engine_code_hash: str) -> None:
-        """The control API, the engine fleet, the wipe hook, shadow replay and monitoring, around network, keys
-        and storage."""
+        """The control API, the engine fleet, the wipe hook, shadow replay, the key lifecycle and webhook delivery,
+        and monitoring, around network, keys and storage."""
         p, n, k, s = self.parameters, self.network, self.keys, self.storage
         # Fixed names, passed as plain strings: the fleet's configuration holds the API's URL, so the API's
         # fleet settings must not reference the fleet's resources back (that would be a dependency cycle).
@@ -123,6 +125,10 @@ class HardenedDuckStack(Stack):
             api_function=self.control_api.functions.get("shadow"),
             api_role=self.control_api.roles.get("shadow"),
         )
+        self.lifecycle = Lifecycle(
+            self, "Lifecycle", control_api=self.control_api, queue_key=k.notifications,
+            alarm_topic=self.wipe_hook.alarm_topic,
+        )
         self.monitoring = Monitoring(
             self, "Monitoring", nlb=self.fleet.nlb, target_group=self.fleet.target_group, asg=self.fleet.asg,
             functions={**self.control_api.functions, "wipe_hook": self.wipe_hook.function,
@@ -130,7 +136,8 @@ class HardenedDuckStack(Stack):
             api=self.control_api.api, api_stage_name=constants.CONTROL_API_STAGE, notification_key=k.notifications,
             alarm_topic=self.wipe_hook.alarm_topic,
             extra_metrics={"WipeFailed": self.wipe_hook.wipe_failed_alarm.metric,
-                           "ShadowReplayFailed": self.shadow.failed_alarm.metric},
+                           "ShadowReplayFailed": self.shadow.failed_alarm.metric,
+                           "WebhookDeadLetters": self.lifecycle.alarms["WebhookDeadLetters"].metric},
         )
         self._outputs()
 

@@ -1,0 +1,243 @@
+"""Issue 19 in the synthesized app: the daily key lifecycle rule, the webhook queue, its consumer and alarms, IAM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Match
+
+from hd_cdk.lifecycle import (
+    BATCH_SIZE,
+    DELIVERY_TIMEOUT_SECONDS,
+    MAX_RECEIVE_COUNT,
+    QUEUE_URL_VARIABLE,
+)
+
+LIFECYCLE_HANDLER = "functions.key_lifecycle.handler.lambda_handler"
+DELIVERY_HANDLER = "functions.webhooks.delivery.lambda_handler"
+# Every function whose code emits webhook events or re-enqueues deliveries, read from the code (not from
+# lifecycle.py): hd_core.webhook_events is called by policy_admin (policies), directory (users), jit, key_admin
+# (api_keys) and key_lifecycle (api_keys on demand, the scheduled job).
+EMITTING_HANDLERS = {
+    *(f"functions.{name}.handler.lambda_handler" for name in ("policies", "users", "jit", "api_keys")),
+    LIFECYCLE_HANDLER, DELIVERY_HANDLER,
+}
+
+
+@pytest.fixture(scope="module")
+def template(synthesized_app: Any) -> dict[str, Any]:
+    result: dict[str, Any] = synthesized_app.template()
+    return result
+
+
+def _resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def _function_by_handler(template: dict[str, Any], handler: str) -> tuple[str, dict[str, Any]]:
+    found = [(name, r) for name, r in _resources(template, "AWS::Lambda::Function").items()
+             if r["Properties"].get("Handler") == handler]
+    assert len(found) == 1, f"{handler}: {[name for name, _ in found]}"
+    return found[0]
+
+
+def _role_of(function: dict[str, Any]) -> str:
+    role: str = function["Properties"]["Role"]["Fn::GetAtt"][0]
+    return role
+
+
+def _queue(template: dict[str, Any], *, dead_letter: bool) -> str:
+    found = [name for name in _resources(template, "AWS::SQS::Queue")
+             if name.startswith("LifecycleWebhook") and ("DeadLetter" in name) == dead_letter]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _key(template: dict[str, Any], prefix: str) -> str:
+    found = [name for name in _resources(template, "AWS::KMS::Key") if name.startswith(prefix)]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _statements(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    statements: list[dict[str, Any]] = policy["Properties"]["PolicyDocument"]["Statement"]
+    return statements
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    action = statement["Action"]
+    return [action] if isinstance(action, str) else list(action)
+
+
+def _roles_granted(template: dict[str, Any], action: str) -> dict[str, list[Any]]:
+    """Role logical id -> resources of every statement that allows `action` (managed and inline policies)."""
+    granted: dict[str, list[Any]] = {}
+    for kind in ("AWS::IAM::ManagedPolicy", "AWS::IAM::Policy"):
+        for policy in _resources(template, kind).values():
+            for statement in _statements(policy):
+                if statement["Effect"] == "Allow" and action in _actions(statement):
+                    for role in policy["Properties"].get("Roles", []):
+                        granted.setdefault(role["Ref"], []).append(statement["Resource"])
+    for name, role in _resources(template, "AWS::IAM::Role").items():
+        for reference in role["Properties"].get("ManagedPolicyArns", []):
+            policy = template["Resources"].get(reference.get("Ref", "") if isinstance(reference, dict) else "")
+            for statement in _statements(policy) if policy else []:
+                if statement["Effect"] == "Allow" and action in _actions(statement):
+                    granted.setdefault(name, []).append(statement["Resource"])
+    return granted
+
+
+def test_the_key_lifecycle_runs_daily_on_its_own_function(template: dict[str, Any], stack_template: Any) -> None:
+    function_name, function = _function_by_handler(template, LIFECYCLE_HANDLER)
+    rules = [r for r in _resources(template, "AWS::Events::Rule").values()
+             if any(t["Arn"] == {"Fn::GetAtt": [function_name, "Arn"]} for t in r["Properties"]["Targets"])]
+    assert len(rules) == 1
+    assert rules[0]["Properties"]["ScheduleExpression"] == "rate(1 day)"
+    assert rules[0]["Properties"]["State"] == "ENABLED"
+    target = rules[0]["Properties"]["Targets"][0]
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] == 2
+    # EventBridge may invoke it, from this rule only.
+    stack_template.has_resource_properties("AWS::Lambda::Permission", {
+        "Action": "lambda:InvokeFunction", "Principal": "events.amazonaws.com",
+        "FunctionName": {"Fn::GetAtt": [function_name, "Arn"]},
+        "SourceArn": {"Fn::GetAtt": [Match.string_like_regexp("^LifecycleKeyLifecycleDaily"), "Arn"]},
+    })
+    properties = function["Properties"]
+    # Like every control-plane function: isolated subnets, X-Ray, an encrypted log group, one run at a time.
+    assert properties["VpcConfig"]["SubnetIds"], "the lifecycle Lambda runs in the VPC"
+    assert properties["TracingConfig"] == {"Mode": "Active"}
+    assert properties["ReservedConcurrentExecutions"] == 1
+    log_group = template["Resources"][properties["LoggingConfig"]["LogGroup"]["Ref"]]
+    assert log_group["Properties"]["KmsKeyId"] == {"Fn::GetAtt": [_key(template, "KeysLogs"), "Arn"]}
+    assert properties["Environment"]["Variables"]["HD_STORE"] == "dynamodb"
+
+
+def test_the_webhook_queue_is_encrypted_tls_only_and_redrives_to_its_dead_letter_queue(
+        template: dict[str, Any]) -> None:
+    queue, dead_letters = _queue(template, dead_letter=False), _queue(template, dead_letter=True)
+    notifications = {"Fn::GetAtt": [_key(template, "KeysNotifications"), "Arn"]}
+    for name in (queue, dead_letters):
+        assert template["Resources"][name]["Properties"]["KmsMasterKeyId"] == notifications
+        policies = [p for p in _resources(template, "AWS::SQS::QueuePolicy").values()
+                    if p["Properties"]["Queues"] == [{"Ref": name}]]
+        assert len(policies) == 1
+        assert {"Effect": "Deny", "Action": "sqs:*", "Principal": {"AWS": "*"},
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                "Resource": {"Fn::GetAtt": [name, "Arn"]}} in _statements(policies[0])
+    properties = template["Resources"][queue]["Properties"]
+    assert properties["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": [dead_letters, "Arn"]}, "maxReceiveCount": MAX_RECEIVE_COUNT}
+    assert MAX_RECEIVE_COUNT == 5
+    # A message is never visible to a second consumer while a batch can still be working on it.
+    assert properties["VisibilityTimeout"] >= 6 * DELIVERY_TIMEOUT_SECONDS
+    assert template["Resources"][dead_letters]["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600
+
+
+def test_the_delivery_lambda_consumes_the_queue_with_partial_batch_failures(template: dict[str, Any]) -> None:
+    function_name, function = _function_by_handler(template, DELIVERY_HANDLER)
+    queue = _queue(template, dead_letter=False)
+    mappings = [m for m in _resources(template, "AWS::Lambda::EventSourceMapping").values()
+                if m["Properties"]["FunctionName"] == {"Ref": function_name}]
+    assert len(mappings) == 1
+    mapping = mappings[0]
+    assert mapping["Properties"]["EventSourceArn"] == {"Fn::GetAtt": [queue, "Arn"]}
+    assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["Properties"]["BatchSize"] == BATCH_SIZE
+    assert function["Properties"]["Timeout"] == DELIVERY_TIMEOUT_SECONDS
+    # The mapping is created only after the role may read the queue (Lambda checks it at creation).
+    consume = [p for p in mapping["DependsOn"] if "sqs:ReceiveMessage" in str(template["Resources"][p])]
+    assert len(consume) == 1
+    policy = template["Resources"][consume[0]]
+    assert policy["Properties"]["Roles"] == [{"Ref": _role_of(function)}]
+    receive = [s for s in _statements(policy) if "sqs:ReceiveMessage" in _actions(s)]
+    assert receive == [{"Effect": "Allow", "Resource": {"Fn::GetAtt": [queue, "Arn"]}, "Action": [
+        "sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]}]
+    # The sweep: every five minutes, the same function without records.
+    sweeps = [r for r in _resources(template, "AWS::Events::Rule").values()
+              if any(t["Arn"] == {"Fn::GetAtt": [function_name, "Arn"]} for t in r["Properties"]["Targets"])]
+    assert [r["Properties"]["ScheduleExpression"] for r in sweeps] == ["rate(5 minutes)"]
+
+
+def test_the_delivery_lambda_runs_outside_the_vpc_and_the_others_inside(template: dict[str, Any]) -> None:
+    """The isolated subnets have no internet route: the one function that must reach public HTTPS is outside,
+    with no network-interface grants; every other control-plane Lambda stays in the VPC."""
+    assert not _resources(template, "AWS::EC2::NatGateway"), "the design has no NAT: revisit lifecycle.py if so"
+    delivery_name, delivery = _function_by_handler(template, DELIVERY_HANDLER)
+    assert "VpcConfig" not in delivery["Properties"]
+    assert _role_of(delivery) not in _roles_granted(template, "ec2:CreateNetworkInterface")
+    for name, function in _resources(template, "AWS::Lambda::Function").items():
+        handler = function["Properties"].get("Handler", "")
+        if name != delivery_name and handler.startswith("functions."):
+            assert function["Properties"].get("VpcConfig", {}).get("SubnetIds"), f"{handler} left the VPC"
+
+
+def test_every_emitting_function_and_only_those_get_the_queue_and_may_send(template: dict[str, Any]) -> None:
+    queue = _queue(template, dead_letter=False)
+    senders = {_role_of(f) for f in _resources(template, "AWS::Lambda::Function").values()
+               if f["Properties"].get("Handler") in EMITTING_HANDLERS}
+    assert len(senders) == len(EMITTING_HANDLERS)
+    with_url = set()
+    for function in _resources(template, "AWS::Lambda::Function").values():
+        variables = function["Properties"].get("Environment", {}).get("Variables", {})
+        if QUEUE_URL_VARIABLE in variables:
+            assert variables[QUEUE_URL_VARIABLE] == {"Ref": queue}
+            with_url.add(function["Properties"]["Handler"])
+    assert with_url == EMITTING_HANDLERS
+    granted = _roles_granted(template, "sqs:SendMessage")
+    to_queue = {role for role, resources in granted.items() if {"Fn::GetAtt": [queue, "Arn"]} in resources}
+    assert to_queue == senders
+    # Nobody may send anywhere else than a queue named by ARN (no wildcard), and the webhooks API sends nothing.
+    assert all(isinstance(r, dict) for resources in granted.values() for r in resources)
+    _, webhooks_api = _function_by_handler(template, "functions.webhooks.handler.lambda_handler")
+    assert _role_of(webhooks_api) not in to_queue
+
+
+def test_successor_secrets_only_under_the_key_prefix_for_the_lifecycle_and_api_keys_functions(
+        template: dict[str, Any]) -> None:
+    granted = _roles_granted(template, "secretsmanager:PutSecretValue")
+    lifecycle = _role_of(_function_by_handler(template, LIFECYCLE_HANDLER)[1])
+    api_keys = _role_of(_function_by_handler(template, "functions.api_keys.handler.lambda_handler")[1])
+    assert set(granted) == {lifecycle, api_keys}
+    for resources in granted.values():
+        assert resources == ["arn:aws:secretsmanager:eu-west-1:123456789012:secret:hd/keys/*"]
+    # No create, read, describe or delete of those secrets for either role.
+    for action in ("secretsmanager:CreateSecret", "secretsmanager:GetSecretValue", "secretsmanager:DeleteSecret",
+                   "secretsmanager:*"):
+        assert not set(_roles_granted(template, action)) & {lifecycle, api_keys}, action
+    # The secret's KMS key only through Secrets Manager, for a secret under the prefix.
+    kms_statements = [s for p in _resources(template, "AWS::IAM::ManagedPolicy").values()
+                      if lifecycle in [r["Ref"] for r in p["Properties"].get("Roles", [])]
+                      for s in _statements(p) if s["Resource"] == "*" and "kms:GenerateDataKey" in _actions(s)]
+    assert kms_statements == [{
+        "Effect": "Allow", "Action": "kms:GenerateDataKey", "Resource": "*",
+        "Condition": {
+            "StringEquals": {"kms:ViaService": "secretsmanager.eu-west-1.amazonaws.com"},
+            "StringLike": {"kms:EncryptionContext:SecretARN":
+                           "arn:aws:secretsmanager:eu-west-1:123456789012:secret:hd/keys/*"},
+        },
+    }]
+
+
+def test_dead_letters_and_lifecycle_errors_alarm_to_the_notifications_topic(template: dict[str, Any]) -> None:
+    alarms = _resources(template, "AWS::CloudWatch::Alarm")
+    topics = [name for name in _resources(template, "AWS::SNS::Topic")]
+    assert len(topics) == 1
+    dead_letters = _queue(template, dead_letter=True)
+    lifecycle_name, _ = _function_by_handler(template, LIFECYCLE_HANDLER)
+
+    def alarm_on(metric: str, dimension: dict[str, Any]) -> dict[str, Any]:
+        found = [a["Properties"] for a in alarms.values()
+                 if a["Properties"].get("MetricName") == metric and dimension in a["Properties"].get("Dimensions", [])]
+        assert len(found) == 1, (metric, dimension)
+        return found[0]
+
+    depth = alarm_on("ApproximateNumberOfMessagesVisible",
+                     {"Name": "QueueName", "Value": {"Fn::GetAtt": [dead_letters, "QueueName"]}})
+    errors = alarm_on("Errors", {"Name": "FunctionName", "Value": {"Ref": lifecycle_name}})
+    for alarm in (depth, errors):
+        # One message or one error is enough: > 0.
+        assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+        assert alarm["EvaluationPeriods"] == 1
+        assert alarm["AlarmActions"] == [{"Ref": topics[0]}]
+    assert depth["Namespace"] == "AWS/SQS" and depth["Statistic"] == "Maximum"
