@@ -3,7 +3,9 @@
 Security decisions visible here:
 - every function runs Python 3.12 on arm64 inside the VPC's isolated subnets with the Lambda security
   group, with reserved concurrency, X-Ray tracing, a KMS-encrypted log group kept one year and a
-  KMS-encrypted dead-letter queue for failed asynchronous (EventBridge) invocations;
+  KMS-encrypted dead-letter queue for failed asynchronous (EventBridge) invocations. `worker` builds
+  route-less functions the same way (lifecycle.py); the one exception to the VPC is the webhook delivery
+  Lambda, which must reach public HTTPS endpoints that the isolated subnets cannot (lifecycle.py says why);
 - each function has its own role whose one customer-managed policy lists exactly what its adapters call
   (`FUNCTION_ACCESS`), on the named resources: DynamoDB item actions on the table and GSI1, KMS actions
   per key (data keys only with the TOTP encryption context), S3 only under the audit prefixes it reads or
@@ -131,6 +133,10 @@ _API_GATEWAY_LOGS_POLICY: Final = (
 _ANY_RESOURCE_REASON: Final = (
     "Resource '*' only for actions that have no resource-level permissions: X-Ray PutTraceSegments/"
     "PutTelemetryRecords and the network-interface actions Lambda needs to place the function in the VPC."
+)
+_XRAY_ONLY_REASON: Final = (
+    "Resource '*' only for X-Ray PutTraceSegments/PutTelemetryRecords, which have no resource-level permissions "
+    "(this function runs outside the VPC, so it has no network-interface actions)."
 )
 _DESCRIBE_INSTANCES_REASON: Final = (
     " Also ec2:DescribeInstances, which cannot be resource-scoped: the fleet function reads one instance's "
@@ -323,7 +329,7 @@ class ControlApi(Construct):
             description=f"Hardened Duck control API: exactly what the {name} function's adapters call",
             statements=self._statements(access, log_group, in_vpc=vpc is not None),
         )
-        for finding, reason in self._wildcard_findings(access).items():
+        for finding, reason in self._wildcard_findings(access, in_vpc=vpc is not None).items():
             acknowledge(policy, f"AwsSolutions-IAM5[Resource::{finding}]", reason)
         role = iam.Role(
             self,
@@ -403,9 +409,10 @@ class ControlApi(Construct):
             statements.append(_allow(["ec2:DescribeInstances"], ["*"]))
         return statements
 
-    def _wildcard_findings(self, access: FunctionAccess) -> dict[str, str]:
+    def _wildcard_findings(self, access: FunctionAccess, *, in_vpc: bool = True) -> dict[str, str]:
         """cdk-nag's IAM5 finding ids for this function's wildcard resources, each with why it is acceptable."""
-        any_resource = _ANY_RESOURCE_REASON + (_DESCRIBE_INSTANCES_REASON if access.describes_instances else "")
+        any_resource = (_ANY_RESOURCE_REASON if in_vpc else _XRAY_ONLY_REASON) + (
+            _DESCRIBE_INSTANCES_REASON if access.describes_instances else "")
         findings = {"*": any_resource}
         bucket = _nag_reference(Stack.of(self), self._audit_bucket.bucket_arn)
         prefixes = [
