@@ -4,7 +4,11 @@
 the local flow is the AWS one and not a second hand-written flow. Supported, with Step Functions'
 semantics: `Task` (Resource looked up in `handlers`; Parameters, ResultPath, Retry, Catch), `Map`
 (ItemsPath, MaxConcurrency / MaxConcurrencyPath, an INLINE ItemProcessor, ResultPath), `Pass`
-(Parameters, Result, ResultPath) and `Succeed`. Paths are reference paths (`$` or `$.a.b`).
+(Parameters, Result, ResultPath) and `Succeed`; the machine's `TimeoutSeconds` fails the execution
+with `States.Timeout` at the first state that starts after it has passed (a running task is not
+interrupted, where Step Functions would stop waiting for it). The check runs before a state, outside
+any Task's Retry and Catch, and only Tasks have those here, so nothing can catch it. Paths are
+reference paths (`$` or `$.a.b`).
 Anything else (another state type, a field not listed, a context path `$$`, intrinsic functions) is
 refused when the interpreter is built, so a definition that drifts from this subset fails at once
 instead of being run differently than Step Functions would run it.
@@ -57,23 +61,32 @@ class LocalStateMachine:
     """One ASL document bound to local handlers; `run(input)` executes it to the end."""
 
     def __init__(self, definition: Mapping[str, Any], handlers: Mapping[str, Handler], *,
-                 sleep: Callable[[float], None] = time.sleep, on_progress: ProgressListener | None = None) -> None:
+                 sleep: Callable[[float], None] = time.sleep, on_progress: ProgressListener | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._definition = copy.deepcopy(dict(definition))
         self._handlers = dict(handlers)
         self._sleep = sleep
+        self._clock = clock
+        self._deadline: float | None = None
         self._on_progress = on_progress
         self._check_machine(self._definition, top_level=True)
 
     def run(self, execution_input: Any) -> Any:
         """The execution's output; raises `ExecutionFailed` when the execution fails."""
+        timeout = self._definition.get("TimeoutSeconds")
+        self._deadline = None if timeout is None else self._clock() + float(timeout)
         return self._run_machine(self._definition, _json_copy(execution_input))
 
     # --- checking the document --------------------------------------------------------------------
 
     def _check_machine(self, machine: Mapping[str, Any], *, top_level: bool) -> None:
-        extra = set(machine) - {"StartAt", "States", "Comment"} - ({"ProcessorConfig"} if not top_level else set())
+        allowed = {"StartAt", "States", "Comment"} | ({"TimeoutSeconds"} if top_level else {"ProcessorConfig"})
+        extra = set(machine) - allowed
         if extra:
             raise AslUnsupported(f"unsupported state machine fields: {sorted(extra)}")
+        timeout = machine.get("TimeoutSeconds", 1)
+        if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
+            raise AslUnsupported("TimeoutSeconds must be a positive integer")
         if not top_level and machine.get("ProcessorConfig", {"Mode": "INLINE"}) != {"Mode": "INLINE"}:
             raise AslUnsupported("only INLINE Map processors are interpreted")
         states = machine.get("States")
@@ -115,6 +128,8 @@ class LocalStateMachine:
     def _run_machine(self, machine: Mapping[str, Any], data: Any) -> Any:
         name = machine["StartAt"]
         while True:
+            if self._deadline is not None and self._clock() >= self._deadline:
+                raise ExecutionFailed("States.Timeout", f"the execution ran past its TimeoutSeconds (state {name})")
             state = machine["States"][name]
             kind = state["Type"]
             if kind == "Succeed":

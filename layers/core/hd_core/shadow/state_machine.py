@@ -34,6 +34,9 @@ RETRY_INTERVAL_SECONDS = 1
 RETRY_MAX_ATTEMPTS = 2
 RETRY_BACKOFF_RATE = 2.0
 MAX_CONCURRENCY = 40
+# A replay that has not finished in a day has stopped making progress: Step Functions ends it as
+# TIMED_OUT (the deployment alarms on it) instead of letting it hold its key and secrets for a year.
+EXECUTION_TIMEOUT_SECONDS = 86_400
 """Upper bound the API accepts for `concurrency` (the Map's MaxConcurrencyPath reads the input)."""
 
 
@@ -69,6 +72,7 @@ def definition(functions: Mapping[str, str]) -> dict[str, Any]:
     return {
         "Comment": "Hardened Duck shadow replay: a query set on the comparison PostgreSQL and the engine",
         "StartAt": PREPARE,
+        "TimeoutSeconds": EXECUTION_TIMEOUT_SECONDS,
         "States": {
             PREPARE: {
                 "Type": "Task",

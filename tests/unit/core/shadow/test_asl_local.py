@@ -117,3 +117,26 @@ def test_anything_outside_the_interpreted_subset_is_refused_up_front(change: Any
 def test_the_definition_needs_every_function() -> None:
     with pytest.raises(ValueError, match="WriteReport"):
         state_machine.definition({state_machine.PREPARE: "a", state_machine.REPLAY_BATCH: "b"})
+
+
+def test_an_execution_past_its_timeout_fails_as_step_functions_times_it_out() -> None:
+    assert DEFINITION["TimeoutSeconds"] == state_machine.EXECUTION_TIMEOUT_SECONDS
+    now = [0.0]
+    reports: list[Any] = []
+
+    def replay_batch(event: dict[str, Any]) -> dict[str, Any]:
+        now[0] += state_machine.EXECUTION_TIMEOUT_SECONDS / 3  # each batch takes a third of a day
+        return {"replay_id": event["replay_id"], "batch": event["batch"], "status": "done"}
+
+    machine = LocalStateMachine(DEFINITION, handlers(replay_batch, reports), clock=lambda: now[0])
+    with pytest.raises(ExecutionFailed) as failed:
+        machine.run({"replay_id": "rp_1", "concurrency": 1})
+    assert failed.value.error == "States.Timeout"
+    assert not [call for call in reports if call[0] == "write_report"]
+
+
+def test_a_timeout_that_is_not_a_positive_integer_is_refused() -> None:
+    for timeout in (0, -5, 1.5, "60", True):
+        with pytest.raises(AslUnsupported):
+            LocalStateMachine({**DEFINITION, "TimeoutSeconds": timeout}, handlers(lambda e: e, []))
+
