@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +18,6 @@ import psycopg
 import pytest
 from moto import mock_aws
 
-from engine_host.cli import main
 from hd_core import key_admin
 from hd_core.adapters.local_audit import LocalFolderAuditArchive
 from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
@@ -31,40 +29,13 @@ from hd_core.key_lifecycle import run_key_lifecycle
 from hd_core.models import ALL_SCOPES, ChangeContext, KeyEnv, Principal, Role
 from hd_core.services import ControlServices, assemble_services
 from tests.clocks import HandWoundClock
-from tests.harness import EngineHostProcess, start_engine_host
+from tests.e2e.test_api_cli import hd, host
+from tests.harness import EngineHostProcess
+
+__all__ = ["hd", "host"]  # test_api_cli's host and in-process `hd`, imported so pytest finds them here
 
 ANALYST = "usr_demo_acme_analyst"
 ORG = "org_acme"
-
-
-@dataclass(frozen=True)
-class Run:
-    status: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineHostProcess]:
-    process = start_engine_host(tmp_path_factory.mktemp("hd"), "--demo", "--insecure-plaintext")
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def hd(host: EngineHostProcess, capsys: pytest.CaptureFixture[str]) -> Any:
-    def run(*argv: str) -> Run:
-        capsys.readouterr()
-        status = main(["--log-level", "ERROR", *argv, "--api-url", host.api_url, "--api-key", host.password])
-        captured = capsys.readouterr()
-        return Run(status, captured.out, captured.err)
-
-    return run
 
 
 @pytest.fixture
