@@ -53,8 +53,8 @@ from hd_cdk.nag import acknowledge
 # hd_core.webhook_sqs.QUEUE_URL_VARIABLE (the CDK app does not import the layer's runtime modules for a name).
 QUEUE_URL_VARIABLE: Final = "HD_WEBHOOK_QUEUE_URL"
 # The control API functions that emit webhook events (hd_core.webhook_events callers: policy_admin, directory,
-# jit, key_admin and key_lifecycle, per the handler that serves them).
-EMITTING_FUNCTIONS: Final[tuple[str, ...]] = ("policies", "users", "jit", "api_keys")
+# jit, key_admin and key_lifecycle, per the handler that serves them; audit's verify-chain reports a break).
+EMITTING_FUNCTIONS: Final[tuple[str, ...]] = ("policies", "users", "jit", "api_keys", "audit")
 # The api_keys function serves the on-demand lifecycle run, which writes successors like the schedule does.
 ON_DEMAND_LIFECYCLE_FUNCTION: Final = "api_keys"
 LIFECYCLE_SCHEDULE: Final = events.Schedule.rate(Duration.days(1))

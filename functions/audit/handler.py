@@ -13,6 +13,7 @@ from functions.shared.http import authorize_environment, build_app, documented
 from functions.shared.lambda_entry import lambda_entry, scheduled_entry
 from functions.shared.request_fields import PathId
 from functions.shared.wiring import services
+from hd_core import webhook_events
 from hd_core.audit_search import QueryAuditFilter, search_query_audit
 from hd_core.client_values import ID_PATTERN, NON_BLANK_PATTERN
 from hd_core.models import ApiScope, ChangeContext, IamEvent
@@ -125,7 +126,9 @@ def list_iam_events(
 )
 def verify_chain(env_id: PathId) -> ChainVerificationOut:
     ctx = _auditor_of(env_id)
-    return ChainVerificationOut.model_validate(services().trail.verify_chain(ctx.actor.org_id).to_dict())
+    verification = services().trail.verify_chain(ctx.actor.org_id)
+    webhook_events.chain_broken(services().store, verification)
+    return ChainVerificationOut.model_validate(verification.to_dict())
 
 
 app = build_app(router, service=SERVICE)

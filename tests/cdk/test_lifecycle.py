@@ -20,7 +20,7 @@ DELIVERY_HANDLER = "functions.webhooks.delivery.lambda_handler"
 # lifecycle.py): hd_core.webhook_events is called by policy_admin (policies), directory (users), jit, key_admin
 # (api_keys) and key_lifecycle (api_keys on demand, the scheduled job).
 EMITTING_HANDLERS = {
-    *(f"functions.{name}.handler.lambda_handler" for name in ("policies", "users", "jit", "api_keys")),
+    *(f"functions.{name}.handler.lambda_handler" for name in ("policies", "users", "jit", "api_keys", "audit")),
     LIFECYCLE_HANDLER, DELIVERY_HANDLER,
 }
 

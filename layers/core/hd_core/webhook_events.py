@@ -6,6 +6,9 @@ the API with its own credential). Emitting follows the IAM event of the change.
 
 from __future__ import annotations
 
+import hashlib
+
+from hd_core.iam_audit import ChainVerification
 from hd_core.models import ApiKeyRecord, ChangeContext, JitRequest, User
 from hd_core.policies import PolicyKind
 from hd_core.ports import ControlStore
@@ -45,3 +48,23 @@ def key_revoked(store: ControlStore, ctx: ChangeContext, key: ApiKeyRecord) -> s
     data = {"key_id": key.key_id, "user_id": key.user_id, "name": key.name, "actor": ctx.actor.user_id,
             "revoked_at": None if key.revoked_at is None else encode_time(key.revoked_at)}
     return emit(store, key.org_id, WebhookEventType.KEY_REVOKED, data)
+
+
+def chain_broken_event_id(chain_id: str, position: int) -> str:
+    """The event id of a break at `position` of `chain_id`: the same break found again is the same event."""
+    return "evt_" + hashlib.sha256(f"audit.chain_broken\n{chain_id}\n{position}".encode()).hexdigest()[:32]
+
+
+def chain_broken(store: ControlStore, verification: ChainVerification) -> str | None:
+    """`audit.chain_broken` for the break a verification found (None, nothing sent, for a valid chain).
+
+    Once per break: the event id is derived from the chain and the break's position, so verifying
+    the same broken chain again records nothing new for an endpoint that already has the event.
+    """
+    found = verification.first_break
+    if found is None:
+        return None
+    data = {"chain_id": verification.chain_id, "position": found.position, "kind": found.kind,
+            "entry_count": verification.entry_count, "verified_at": encode_time(verification.verified_at)}
+    return emit(store, verification.chain_id, WebhookEventType.AUDIT_CHAIN_BROKEN, data,
+                event_id=chain_broken_event_id(verification.chain_id, found.position))
