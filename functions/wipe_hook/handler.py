@@ -17,7 +17,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from functions.shared.lambda_entry import METRICS_NAMESPACE, function_logger, scheduled_entry
 from functions.shared.wiring import services
+from hd_core import webhook_events
+from hd_core.control_settings import settings
 from hd_core.errors import HdError
+from hd_core.ports import ControlStore
 from hd_core.wipe import (
     DEFAULT_COMMAND_TIMEOUT_SECONDS,
     DEFAULT_DEVICE,
@@ -64,6 +67,12 @@ def instance_control() -> tuple[RemoteCommands, LifecycleActions]:
     return commands, AutoScalingLifecycle(boto3.client("autoscaling"))
 
 
+def served_orgs(store: ControlStore) -> list[str]:
+    """The organisations the fleet's instances serve: HD_FLEET_ORG_ID's, or without it every one of the deployment."""
+    configured = settings().fleet_org_id
+    return [configured] if configured else [org.org_id for org in store.list_orgs()]
+
+
 def wipe(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """An EventBridge termination lifecycle event: wipe the instance's cache, then let the termination continue."""
     config = wipe_settings()
@@ -75,6 +84,7 @@ def wipe(event: dict[str, Any], context: Any) -> dict[str, Any]:
             request_id=getattr(context, "aws_request_id", None),
             heartbeat_timeout_seconds=config.heartbeat_timeout_seconds,
             command_timeout_seconds=config.command_timeout_seconds,
+            announce=lambda recorded: webhook_events.instance_wipe(svc.store, served_orgs(svc.store), recorded),
         )
     except HdError:
         metrics.add_metric(name="WipeFailed", unit=MetricUnit.Count, value=1)

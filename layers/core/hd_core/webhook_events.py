@@ -7,9 +7,11 @@ the API with its own credential). Emitting follows the IAM event of the change.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 from hd_core.iam_audit import ChainVerification
-from hd_core.models import ApiKeyRecord, ChangeContext, JitRequest, User
+from hd_core.iam_events import IamEventType
+from hd_core.models import ApiKeyRecord, ChangeContext, IamEvent, JitRequest, User
 from hd_core.policies import PolicyKind
 from hd_core.ports import ControlStore
 from hd_core.records import encode_time
@@ -68,3 +70,31 @@ def chain_broken(store: ControlStore, verification: ChainVerification) -> str | 
             "entry_count": verification.entry_count, "verified_at": encode_time(verification.verified_at)}
     return emit(store, verification.chain_id, WebhookEventType.AUDIT_CHAIN_BROKEN, data,
                 event_id=chain_broken_event_id(verification.chain_id, found.position))
+
+
+_WIPE_EVENTS = {
+    IamEventType.INSTANCE_WIPED.value: WebhookEventType.INSTANCE_WIPED,
+    IamEventType.INSTANCE_WIPE_FAILED.value: WebhookEventType.INSTANCE_WIPE_FAILED,
+}
+
+
+def instance_wipe(store: ControlStore, org_ids: Iterable[str], event: IamEvent) -> list[str]:
+    """`instance.wiped` / `instance.wipe_failed` to each organisation the instance served, from the IAM event the
+    wipe hook recorded (never the command's output); returns the event ids.
+
+    The id is derived from the IAM event's chain and position (and the organisation), so announcing the same
+    recorded wipe again records nothing twice. ValueError for an IAM event that is not a wipe's.
+    """
+    kind = _WIPE_EVENTS.get(event.event_type)
+    if kind is None:
+        raise ValueError(f"not a wipe's IAM event: {event.event_type!r}")
+    after = event.after or {}
+    data: dict[str, object] = {"instance_id": event.target, "command_id": after.get("command_id"),
+                               "device": after.get("device"), "request_id": event.request_id}
+    if kind is WebhookEventType.INSTANCE_WIPE_FAILED:
+        data["state"] = after.get("state")
+    ids = []
+    for org_id in dict.fromkeys(org_ids):
+        digest = hashlib.sha256(f"{kind.value}\n{event.chain_id}\n{event.seq}\n{org_id}".encode()).hexdigest()
+        ids.append(emit(store, org_id, kind, data, event_id="evt_" + digest[:32]))
+    return ids

@@ -15,6 +15,7 @@ INSTANCE_WIPE_FAILED event in the IAM trail, a raised `WipeFailed` and the WipeF
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import shlex
@@ -28,10 +29,11 @@ from typing import Any, Protocol
 from hd_core.errors import HdError, InvalidRequest
 from hd_core.iam_audit import IamAuditTrail, format_audit_time, parse_audit_time
 from hd_core.iam_events import SYSTEM_ACTOR, IamEventType
-from hd_core.models import utc_now
+from hd_core.models import IamEvent, utc_now
 from hd_core.ports import SettingsStore
 
 DEPLOYMENT_CHAIN_ID = "deployment"
+_log = logging.getLogger(__name__)
 DEFAULT_DEVICE = "/dev/nvme1n1"
 DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 300
 DEFAULT_COMMAND_TIMEOUT_SECONDS = 120
@@ -210,8 +212,11 @@ def wipe_instance(
     command_timeout_seconds: int = DEFAULT_COMMAND_TIMEOUT_SECONDS,
     now: Callable[[], datetime] = utc_now,
     sleep: Callable[[float], None] = time.sleep,
+    announce: Callable[[IamEvent], object] | None = None,
 ) -> WipeOutcome:
     """Erase the instance's cache, then let its termination continue; raises `WipeFailed` if the erase failed.
+
+    `announce` hears of each IAM event recorded (the webhook events); its failure is logged, never fails the wipe.
 
     Idempotent per lifecycle action token: a duplicate delivery of a finished wipe does nothing.
     """
@@ -228,15 +233,15 @@ def wipe_instance(
             commands, lifecycle, action, device, timeout, command_timeout_seconds, now=now, sleep=sleep
         )
         if result.state is CommandState.SUCCESS:
-            trail.record(
+            _announce(announce, trail.record(
                 DEPLOYMENT_CHAIN_ID, IamEventType.INSTANCE_WIPED, actor=SYSTEM_ACTOR, target=action.instance_id,
                 before=None, after={"command_id": command_id, "device": device}, request_id=audit_request_id,
-            )
+            ))
     except Exception:
         claim.release()  # whatever broke (even the audit write), a retry must be able to run the wipe
         raise
     if result.state is not CommandState.SUCCESS:
-        _record_failure(trail, claim, action, device, command_id, result, audit_request_id)
+        _announce(announce, _record_failure(trail, claim, action, device, command_id, result, audit_request_id))
         raise WipeFailed(
             f"cache wipe of {action.instance_id} ended {result.state.value}; its lifecycle hook is left pending"
         )
@@ -277,16 +282,25 @@ def _record_failure(
     command_id: str | None,
     result: CommandStatus,
     request_id: str,
-) -> None:
+) -> IamEvent:
     # Release first: if the audit write itself fails, a retry must still be able to run the wipe.
     claim.release()
-    trail.record(
+    return trail.record(
         DEPLOYMENT_CHAIN_ID, IamEventType.INSTANCE_WIPE_FAILED, actor=SYSTEM_ACTOR, target=action.instance_id,
         before=None,
         after={"command_id": command_id, "device": device, "state": result.state.value,
                "output": result.output[-_MAX_RECORDED_OUTPUT:]},
         request_id=request_id,
     )
+
+
+def _announce(announce: Callable[[IamEvent], object] | None, event: IamEvent) -> None:
+    if announce is None:
+        return
+    try:
+        announce(event)
+    except Exception:  # noqa: BLE001 - the wipe and its IAM event stand; a lost announcement must not undo them
+        _log.exception("webhook events of IAM event %s could not be recorded", event.event_id)
 
 
 def _await_command(
