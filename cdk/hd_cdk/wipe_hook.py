@@ -41,6 +41,7 @@ from constructs import Construct
 from hd_cdk import constants as c
 from hd_cdk.engine_fleet import nag_resource
 from hd_cdk.nag import acknowledge
+from hd_core.adapters.dynamodb_schema import GSI1_NAME
 
 # hd_core.wipe.DEVICE_PATTERN, spelled here because cdk/ does not import the runtime (a test keeps them equal).
 ERASE_DEVICE_PATTERN: Final = r"^/dev/[A-Za-z0-9/_-]+$"
@@ -188,6 +189,8 @@ class WipeHook(Construct):
             _allow(["ssm:GetCommandInvocation"], ["*"]),  # no resource-level permissions exist for it
             _allow(["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"], [group]),
             _allow(["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"], [table.table_arn]),
+            # The GSI (by name): the organisations and their webhook endpoints, for instance.wiped / wipe_failed.
+            _allow(["dynamodb:Query"], [f"{table.table_arn}/index/{GSI1_NAME}"]),
             _allow(["s3:PutObject", "s3:GetObject"], [checkpoints]),
             iam.PolicyStatement(
                 actions=["s3:ListBucket"], resources=[audit_bucket.bucket_arn],
