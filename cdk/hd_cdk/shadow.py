@@ -9,7 +9,10 @@ Security decisions visible here:
 - a replay's secrets (the comparison DSN, the ServiceAccount key it replays as on the engine) are Secrets
   Manager secrets named under `hd/shadow/` and encrypted with the data key: the API function may create
   secrets only under that prefix and only with that key, ReplayBatch may read only those, and no other role
-  may do either; the execution input names a secret, never a password. A secret the customer gives by ARN
+  may do either; the execution input names a secret, never a password. WriteReport alone may DeleteSecret
+  under the prefix, with a 7-day recovery window only: it deletes the replay's own secrets when it ends. (It
+  cannot revoke the replay's ServiceAccount key: no shadow Lambda has the control table, so the key expires
+  24 h after the replay started.) A secret the customer gives by ARN
   (`comparison_secret_arn`) is readable only if it too is named under the prefix and encrypted with the key;
 - each Lambda has its own role with one managed policy: objects under the data bucket's `shadow/` prefix
   (read, write, list; never delete, never another prefix), the data key only through S3 (and, for
@@ -56,6 +59,7 @@ from hd_cdk import constants, packaging
 from hd_cdk.nag import acknowledge
 from hd_cdk.network import validated_cidrs
 from hd_cdk.packaging import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME
+from hd_core.adapters.aws_shadow import SECRET_RECOVERY_DAYS
 from hd_core.shadow import state_machine
 
 LOG_RETENTION: Final = logs.RetentionDays.ONE_YEAR
@@ -79,6 +83,7 @@ class ReplayFunction:
     reserved_concurrency: int
     reads_secrets: bool = False  # comparison DSNs under the shadow secret prefix
     reaches_databases: bool = False  # the engine NLB and the comparison PostgreSQL
+    deletes_secrets: bool = False  # the replay's own secrets under the shadow prefix, when it ends
 
 
 # Keyed by the definition's logical names (state_machine.FUNCTIONS), so a renamed state fails here at import.
@@ -98,8 +103,8 @@ REPLAY_FUNCTIONS: Final[Mapping[str, ReplayFunction]] = {
     ),
     state_machine.WRITE_REPORT: ReplayFunction(
         handler="functions.shadow.tasks.write_report_handler",
-        description="assembles the replay's report from its batch results",
-        memory_mb=1024, timeout_seconds=300, reserved_concurrency=5,
+        description="assembles the replay's report from its batch results and deletes the replay's secrets",
+        memory_mb=1024, timeout_seconds=300, reserved_concurrency=5, deletes_secrets=True,
     ),
 }
 if set(REPLAY_FUNCTIONS) != set(state_machine.FUNCTIONS):
@@ -309,7 +314,8 @@ class ShadowReplay(Construct):
             statements=self._function_statements(spec, log_group),
         )
         self._acknowledge_wildcards(policy, {"*": _FUNCTION_ANY_RESOURCE_REASON,
-                                             **self._prefix_findings(secrets=spec.reads_secrets)})
+                                             **self._prefix_findings(
+                                                 secrets=spec.reads_secrets or spec.deletes_secrets)})
         role = iam.Role(
             self, f"{name}Role",
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
@@ -351,6 +357,10 @@ class ShadowReplay(Construct):
         ]
         if spec.reads_secrets:
             statements.extend(self._secret_statements(create=False))
+        if spec.deletes_secrets:
+            # hd_core.adapters.aws_shadow deletes with this window; no force-delete, no shorter window.
+            statements.append(_allow(["secretsmanager:DeleteSecret"], [self.secret_arn_pattern], {
+                "NumericEquals": {"secretsmanager:RecoveryWindowInDays": SECRET_RECOVERY_DAYS}}))
         return statements
 
     def _data_prefix_statements(self) -> list[iam.PolicyStatement]:

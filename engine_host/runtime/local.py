@@ -69,7 +69,7 @@ from hd_core.errors import HdError, KeyUnavailable
 from hd_core.policy_codec import load_policy_file
 from hd_core.ports import AuditSink
 from hd_core.services import ControlServices, assemble_services, write_due_checkpoints
-from hd_core.shadow.replay import EngineEndpoint
+from hd_core.shadow.replay import EngineEndpoint, control_key_revoker
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +327,9 @@ class LocalEngineHost:
         wildcard = self.config.host in ("0.0.0.0", "::", "")  # noqa: S104 - recognising one, not binding
         engine = EngineEndpoint("127.0.0.1" if wildcard else self.config.host, self.engine.server.port,
                                 sslmode="disable" if self.config.insecure_plaintext else "require")
-        server.start(control, shadow=local_replay_services(self.state_dir, control.keys, engine))
+        server.start(control, shadow=local_replay_services(
+            self.state_dir, control.keys, engine,
+            revoke_key=control_key_revoker(control.store, control.trail, control.api_keys)))
         self.control_api = server
         self._control = control
         self._checkpointer = threading.Thread(target=self._checkpoint_chains, name="hd-iam-checkpoints", daemon=True)

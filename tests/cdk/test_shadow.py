@@ -243,7 +243,7 @@ def test_replay_batch_is_told_where_the_engine_is(
 # --- IAM: secrets and data --------------------------------------------------------------------------------
 
 
-def test_only_replay_batch_reads_shadow_secrets_and_only_under_the_prefix(
+def test_only_replay_batch_reads_shadow_secrets_and_only_write_report_deletes_them(
     resources: dict[str, dict[str, Any]], functions: dict[str, str]
 ) -> None:
     for name, lid in functions.items():
@@ -258,7 +258,17 @@ def test_only_replay_batch_reads_shadow_secrets_and_only_under_the_prefix(
             assert decrypt["Resource"] == _data_key_arn(resources)
         else:
             assert readable == [], name
-        assert not any(a.startswith("secretsmanager:") and a != "secretsmanager:GetSecretValue"
+        # WriteReport deletes the replay's own secrets when it ends: under the prefix, a 7-day window only.
+        deletable = [s for s in found if "secretsmanager:DeleteSecret" in listed(s["Action"])]
+        if name == state_machine.WRITE_REPORT:
+            (delete,) = deletable
+            assert listed(delete["Action"]) == ["secretsmanager:DeleteSecret"]
+            assert list(map(rendered, listed(delete["Resource"]))) == [SECRET_PATTERN]
+            assert delete["Condition"] == {"NumericEquals": {"secretsmanager:RecoveryWindowInDays": 7}}
+        else:
+            assert deletable == [], name
+        assert not any(a.startswith("secretsmanager:") and a not in ("secretsmanager:GetSecretValue",
+                                                                     "secretsmanager:DeleteSecret")
                        for s in found for a in listed(s["Action"])), name
     readers = {policy for policy, s in iter_statements(resources)
                if any(rendered(r) == SECRET_PATTERN for r in listed(s["Resource"]))}
@@ -267,7 +277,7 @@ def test_only_replay_batch_reads_shadow_secrets_and_only_under_the_prefix(
     assert readers <= allowed | _api_policies(resources)
 
 
-def test_lambdas_touch_the_data_bucket_only_under_the_shadow_prefix_and_never_delete(
+def test_lambdas_touch_the_data_bucket_only_under_the_shadow_prefix_and_never_delete_objects(
     resources: dict[str, dict[str, Any]], functions: dict[str, str]
 ) -> None:
     bucket = one(of_type(resources, "AWS::S3::Bucket", "StorageData"))[0]
@@ -279,6 +289,8 @@ def test_lambdas_touch_the_data_bucket_only_under_the_shadow_prefix_and_never_de
         (listing,) = [s for s in found if "s3:ListBucket" in listed(s["Action"])]
         assert listing["Condition"] == {"StringLike": {"s3:prefix": [f"{constants.SHADOW_DATA_PREFIX}*"]}}
         actions = {a for s in found for a in listed(s["Action"])}
+        if name == state_machine.WRITE_REPORT:  # the replay's own secrets, when it ends (asserted above)
+            actions.discard("secretsmanager:DeleteSecret")
         assert not {a for a in actions if a.endswith("*")
                     or (a.startswith(("s3:", "secretsmanager:", "kms:")) and ("Delete" in a or "Schedule" in a))}, name
         assert not any(a.startswith(("dynamodb:", "states:", "lambda:")) for a in actions), name

@@ -199,8 +199,45 @@ def test_the_comparison_password_is_in_no_stored_artefact(
         assert status == 200 and secret not in body
 
 
-def test_a_batch_failing_every_attempt_is_reported_as_error_and_the_run_completes(
+def test_the_ended_replay_left_no_secret_and_its_key_was_revoked_as_an_iam_event(
         host: EngineHostProcess, replayed: Replayed) -> None:
+    record = json.loads((host.state_dir / "shadow" / "replays" / replayed.replay_id
+                         / "replay.json").read_text())
+    assert len(record["owned_secrets"]) == 2
+    secrets_folder = host.state_dir / "shadow" / "secrets"
+    assert secrets_folder.is_dir()
+    left = [path for path in secrets_folder.rglob("*") if path.is_file()
+            and (replayed.replay_id.encode() in path.read_bytes()
+                 or any(reference in path.name for reference in record["owned_secrets"]))]
+    assert left == []
+    org_id = api_json(host, "GET", "/v1/auth/whoami")["org_id"]
+    keys = api_json(host, "GET", f"/v1/organizations/{org_id}/api-keys?user_id={record['engine_user']}")
+    listed = keys["items"] if isinstance(keys, dict) else keys
+    (key,) = [k for k in listed if k["key_id"] == record["engine_key_id"]]
+    assert key["revoked_at"] is not None
+    from hd_core.adapters.sqlite_store import SqliteControlStore
+
+    store = SqliteControlStore(host.state_dir / "control.sqlite3")
+    try:
+        events = [e for e in store.list_iam_events(org_id) if e.event_type == "api_key.revoked"
+                  and e.target == record["engine_key_id"]]
+    finally:
+        store.close()
+    assert [e.request_id for e in events] == [f"shadow-replay-{replayed.replay_id}"]
+
+
+def test_a_replay_naming_a_secret_outside_the_shadow_prefix_is_refused_with_what_to_do(
+        host: EngineHostProcess, replayed: Replayed) -> None:
+    status, body = api(host, "POST", f"/v1/environments/{replayed.env_id}/shadow-mode/replay", {
+        "query_set_id": replayed.upload["query_set_id"],
+        "comparison_secret_arn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/warehouse-AbCdEf"})
+    assert status == 400, body
+    error = json.loads(body)["error"]
+    assert error["code"] == "HD_ERR_COMPARISON_SECRET_OUTSIDE_PREFIX" and "hd/shadow/" in error["message"]
+
+
+def test_a_batch_failing_every_attempt_is_reported_as_error_and_the_run_completes(
+        host: EngineHostProcess, replayed: Replayed, comparison: Comparison) -> None:
     """The same definition and handlers, run here on the host's state folder, with batch 1 always failing."""
     keys = LocalKeyFile(host.state_dir / "keys" / "local-keys.json")
     services = ReplayServices(LocalFolderShadowArtefacts(host.state_dir),
@@ -209,7 +246,15 @@ def test_a_batch_failing_every_attempt_is_reported_as_error_and_the_run_complete
     record = services.artefacts.get_json(f"{replay.replay_prefix(replayed.replay_id)}replay.json")
     assert record is not None
     replay_id = "rp_" + uuid.uuid4().hex
-    services.artefacts.put_json(f"{replay.replay_prefix(replay_id)}replay.json", {**record, "replay_id": replay_id})
+    # The first replay's secrets went when it ended: this one gets its own, a fresh key of the same account.
+    org_id = api_json(host, "GET", "/v1/auth/whoami")["org_id"]
+    issued = api_json(host, "POST", f"/v1/organizations/{org_id}/api-keys",
+                      {"user_id": record["engine_user"], "scopes": ["read_only"], "env": "test"})
+    owned = [services.secrets.put_secret(f"hd/shadow/{replay_id}/comparison", comparison.dsn),
+             services.secrets.put_secret(f"hd/shadow/{replay_id}/engine-key", issued["api_key"])]
+    services.artefacts.put_json(f"{replay.replay_prefix(replay_id)}replay.json", {
+        **record, "replay_id": replay_id, "comparison_secret": owned[0], "engine_key_secret": owned[1],
+        "engine_key_id": issued["key"]["key_id"], "owned_secrets": owned})
     attempts: list[int] = []
 
     def replay_batch(event: dict[str, Any]) -> dict[str, Any]:
@@ -237,6 +282,10 @@ def test_a_batch_failing_every_attempt_is_reported_as_error_and_the_run_complete
     assert {s["index"]: s["verdict"] for s in report["statements"] if s["index"] not in failed} == {
         s["index"]: s["verdict"] for s in first["statements"] if s["index"] not in failed}
     assert all("ReplayBatchFailed" in " ".join(s["notes"]) for s in report["statements"] if s["index"] in failed)
+    for reference in owned:  # deleted when this run ended too
+        with pytest.raises(replay.NotFound):
+            services.secrets.get_secret(reference)
+    api_json(host, "DELETE", f"/v1/organizations/{org_id}/api-keys/{issued['key']['key_id']}")
 
 
 def _environment(host: EngineHostProcess, env_id: str) -> Any:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from hd_core import directory
@@ -117,3 +119,70 @@ def test_a_query_set_whose_every_statement_was_rejected_is_a_conflict_to_replay(
         replay.start_replay(services, plane.store, plane.trail, plane.hasher, ctx, env, query_set.id,
                             comparison_dsn=DSN, comparison_secret_arn=None, options=ReplayOptions())
     assert aws["sfn"].list_executions(stateMachineArn=aws["machine_arn"])["executions"] == []
+
+
+def _moto_services(aws: dict[str, Any]) -> ReplayServices:
+    return ReplayServices(S3ShadowArtefacts(aws["s3"], BUCKET), SecretsManagerShadowSecrets(aws["secrets"]),
+                          EngineEndpoint("engine.internal", 5432),
+                          StepFunctionsExecutions(aws["sfn"], aws["machine_arn"]))
+
+
+def _scheduled_days(aws: dict[str, Any], arn: str) -> float:
+    described = aws["secrets"].describe_secret(SecretId=arn)
+    assert "DeletedDate" in described, f"{arn} is not scheduled for deletion"
+    return float((described["DeletedDate"] - datetime.now(UTC)).total_seconds() / 86400)
+
+
+def test_write_report_deletes_the_replays_own_secrets_with_a_7_day_recovery_window(
+        aws: dict[str, Any], plane: ControlPlane) -> None:
+    services = _moto_services(aws)
+    ctx = plane.ctx(plane.owner)
+    env = directory.create_environment(plane.store, plane.trail, ctx, plane.org.org_id, "staging", KeyEnv.TEST)
+    query_set = replay.upload_query_set(services, env, b"select 1;\nselect 2;\n", "sql")
+    customers = aws["secrets"].create_secret(Name="hd/shadow/customer/warehouse", SecretString=DSN)["ARN"]
+    by_dsn = replay.start_replay(services, plane.store, plane.trail, plane.hasher, ctx, env, query_set.id,
+                                 comparison_dsn=DSN, comparison_secret_arn=None, options=ReplayOptions())
+    by_arn = replay.start_replay(services, plane.store, plane.trail, plane.hasher, ctx, env, query_set.id,
+                                 comparison_dsn=None, comparison_secret_arn=customers, options=ReplayOptions())
+    records = {}
+    for replay_id in (by_dsn, by_arn):
+        record = services.artefacts.get_json(f"{replay.replay_prefix(replay_id)}replay.json")
+        assert record is not None
+        records[replay_id] = record
+        replay.prepare({"replay_id": replay_id}, services)
+        # Every batch failed (no database here): the report is all errors, and the replay has ended.
+        output = replay.write_report({"replay_id": replay_id, "batch_results": [
+            {"batch": 0, "status": "error", "error": "unreachable"}]}, services)
+        assert output["error"] == 2
+
+    assert set(records[by_dsn]["owned_secrets"]) == {records[by_dsn]["comparison_secret"],
+                                                     records[by_dsn]["engine_key_secret"]}
+    assert records[by_arn]["owned_secrets"] == [records[by_arn]["engine_key_secret"]]
+    for arn in (*records[by_dsn]["owned_secrets"], *records[by_arn]["owned_secrets"]):
+        assert 6.9 < _scheduled_days(aws, arn) <= 7.0
+        with pytest.raises(ClientError):
+            aws["secrets"].get_secret_value(SecretId=arn)
+    # The customer's own secret is theirs: a replay that only read it leaves it alone.
+    assert aws["secrets"].get_secret_value(SecretId=customers)["SecretString"] == DSN
+    # A retried WriteReport meets secrets already scheduled for deletion: no error.
+    replay.write_report({"replay_id": by_dsn, "batch_results": []}, services)
+
+
+def test_a_comparison_secret_outside_the_shadow_prefix_is_refused_before_anything_starts(
+        aws: dict[str, Any], plane: ControlPlane) -> None:
+    services = _moto_services(aws)
+    ctx = plane.ctx(plane.owner)
+    env = directory.create_environment(plane.store, plane.trail, ctx, plane.org.org_id, "staging", KeyEnv.TEST)
+    query_set = replay.upload_query_set(services, env, b"select 1", None)
+    elsewhere = aws["secrets"].create_secret(Name="prod/warehouse/dsn", SecretString=DSN)["ARN"]
+    for arn in (elsewhere, elsewhere.replace(":secret:prod/", ":secret:hd/shadowy/"),
+                elsewhere.replace(":secret:prod/warehouse/", f":secret:hd/shadow/rp_{'0' * 32}/"),
+                "arn:aws:ssm:eu-west-1:123456789012:parameter:hd/shadow/x"):
+        with pytest.raises(replay.ComparisonSecretOutsidePrefix) as refused:
+            replay.start_replay(services, plane.store, plane.trail, plane.hasher, ctx, env, query_set.id,
+                                comparison_dsn=None, comparison_secret_arn=arn, options=ReplayOptions())
+        assert refused.value.code == "HD_ERR_COMPARISON_SECRET_OUTSIDE_PREFIX"
+        assert "hd/shadow/" in str(refused.value) and "comparison_dsn" in str(refused.value)
+    assert aws["sfn"].list_executions(stateMachineArn=aws["machine_arn"])["executions"] == []
+    assert [s["Name"] for s in aws["secrets"].list_secrets()["SecretList"]] == ["prod/warehouse/dsn"]
+    assert plane.store.get_user_by_email(f"shadow-replay@{plane.org.org_id.replace('_', '-')}.hd.invalid") is None

@@ -7,6 +7,7 @@ input), and its input is the `ExecutionInput` the API built: secret ARNs, never 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -15,6 +16,11 @@ from botocore.exceptions import ClientError
 from hd_core.errors import NotFound
 from hd_core.shadow.replay import ExecutionStatus
 from hd_core.shadow.state_machine import ExecutionInput
+
+SECRET_RECOVERY_DAYS = 7  # a replay's secret, deleted when it ends, can be restored for a week
+# DeleteSecret on a secret already scheduled for deletion: "...because it was marked for deletion" (AWS),
+# "...currently marked deleted" (moto).
+_MARKED_DELETED = re.compile(r"marked (for )?delet", re.IGNORECASE)
 
 
 class S3ShadowArtefacts:
@@ -64,6 +70,18 @@ class SecretsManagerShadowSecrets:
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
                 raise NotFound("secret not found") from None
+            raise
+
+
+    def delete_secret(self, reference: str) -> None:
+        try:
+            self._client.delete_secret(SecretId=reference, RecoveryWindowInDays=SECRET_RECOVERY_DAYS)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code")
+            # Already gone, or already scheduled for deletion (a retried WriteReport): nothing left to do.
+            if code == "ResourceNotFoundException" or (
+                    code == "InvalidRequestException" and _MARKED_DELETED.search(str(error))):
+                return
             raise
 
 

@@ -30,6 +30,7 @@ from hd_core.shadow.asl_local import ExecutionFailed, LocalStateMachine
 from hd_core.shadow.replay import (
     EngineEndpoint,
     ExecutionStatus,
+    ReplayKeyRevoker,
     ReplayServices,
     prepare,
     replay_batch,
@@ -105,6 +106,11 @@ class LocalSealedShadowSecrets:
             raise NotFound("secret not found") from None
         return self._sealer.unseal(reference, stored["sealed"])
 
+    def delete_secret(self, reference: str) -> None:
+        if not _SECRET_ID_RE.match(reference):
+            raise NotFound("secret not found")
+        (self._root / f"{reference}.json").unlink(missing_ok=True)
+
 
 class LocalInterpreterExecutions:
     """`ReplayExecutions` in `hd dev`: the state machine's one definition run by `asl_local` on a background thread.
@@ -172,12 +178,14 @@ class LocalInterpreterExecutions:
             self._running.pop(replay_id, None)
 
 
-def local_replay_services(state_dir: Path, keys: KeyProvider, engine: EngineEndpoint) -> ReplayServices:
+def local_replay_services(state_dir: Path, keys: KeyProvider, engine: EngineEndpoint,
+                          revoke_key: ReplayKeyRevoker | None = None) -> ReplayServices:
     """`hd dev`'s replay services: documents (keys `shadow/...`) and sealed secrets (`shadow/secrets/`) in the
-    state folder, executions by the local interpreter."""
+    state folder, executions by the local interpreter. `revoke_key` (`control_key_revoker` over the host's
+    control store) lets WriteReport revoke the replay's key when it ends."""
     (Path(state_dir) / "shadow").mkdir(mode=0o700, parents=True, exist_ok=True)
     tasks = ReplayServices(artefacts=LocalFolderShadowArtefacts(state_dir),
                            secrets=LocalSealedShadowSecrets(Path(state_dir) / "shadow" / "secrets", keys),
-                           engine=engine)
+                           engine=engine, revoke_key=revoke_key)
     return ReplayServices(artefacts=tasks.artefacts, secrets=tasks.secrets, engine=engine,
-                          executions=LocalInterpreterExecutions(tasks))
+                          executions=LocalInterpreterExecutions(tasks), revoke_key=revoke_key)

@@ -12,7 +12,9 @@ input and the deployment's `ReplayServices`:
   holds raw sample rows and is never stored), compared and timed; only the redacted comparison is
   stored, as `batches/<n>.json`, which a re-run of the batch overwrites.
 - `write_report`: the report from the plan and the batch results; a batch missing from them (it
-  failed after its retries: the Map's Catch recorded it) reports its statements as `error`.
+  failed after its retries: the Map's Catch recorded it) reports its statements as `error`. Then, whether
+  the report was stored or not, the replay is over: the secrets it created are deleted and (where the
+  services reach the control store, `hd dev`) its ServiceAccount key is revoked; see `_release_secrets`.
 
 Nothing raw leaves `replay_batch`: rows in a mismatch pass through `redact_all` (NULL-ness and type
 only), so no value of a masked, PII or PHI column, nor any other, reaches a stored artefact; error
@@ -24,6 +26,7 @@ ports below (`hd_core.adapters.local_shadow`, `hd_core.adapters.aws_shadow`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -37,10 +40,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from hd_core import directory, key_admin
-from hd_core.api_keys import ApiKeyHasher
+from hd_core.api_keys import ApiKeyAuthenticator, ApiKeyHasher
 from hd_core.errors import Conflict, HdError, InvalidRequest, NotFound
 from hd_core.iam_audit import IamAuditTrail
-from hd_core.models import ChangeContext, Environment, Role, UserStatus, utc_now
+from hd_core.models import ChangeContext, Environment, Principal, Role, UserStatus, utc_now
 from hd_core.ports import ControlStore
 from hd_core.shadow.compare import (
     UNORDERED,
@@ -73,6 +76,7 @@ BATCH_SECONDS_BUDGET = 600  # a batch must end well inside a Lambda's 15 minutes
 ENGINE_KEY_LIFETIME = timedelta(hours=24)
 SERVICE_ACCOUNT_NAME = "Shadow replay"
 ExecutionStatus = Literal["RUNNING", "SUCCEEDED", "FAILED"]
+SECRET_PREFIX = "hd/shadow/"  # noqa: S105 - a name prefix, not a secret; cdk's SHADOW_SECRET_PREFIX, the one IAM grants
 _ID_RE = re.compile(r"^(qs|rp)_[0-9a-f]{16,64}$")
 
 
@@ -98,6 +102,9 @@ class ShadowSecrets(Protocol):
     def get_secret(self, reference: str) -> str:
         """The value behind `reference`; raises `NotFound`."""
 
+    def delete_secret(self, reference: str) -> None:
+        """Delete the secret behind `reference` (Secrets Manager: after its recovery window); gone already is fine."""
+
 
 class ReplayExecutions(Protocol):
     """Starts the state machine (Step Functions, or the local interpreter) and reports how it is doing."""
@@ -107,6 +114,33 @@ class ReplayExecutions(Protocol):
 
     def status(self, execution_id: str) -> ExecutionStatus:
         """RUNNING, SUCCEEDED or FAILED."""
+
+
+class ReplayKeyRevoker(Protocol):
+    """Revokes a replay's ServiceAccount key when the replay ends (where its task functions reach the control store)."""
+
+    def __call__(self, replay_id: str, org_id: str, key_id: str) -> None:
+        """Revoke `key_id` of `org_id` (already revoked is fine)."""
+
+
+def control_key_revoker(store: ControlStore, trail: IamAuditTrail,
+                        authenticator: ApiKeyAuthenticator | None) -> ReplayKeyRevoker:
+    """A `ReplayKeyRevoker` through `key_admin.revoke_key`, the API's path (API_KEY_REVOKED, the cache forgotten).
+
+    The actor is the key's own ServiceAccount (a user may always revoke their own key), under request id
+    `shadow-replay-<id>`, so the IAM event says which replay ended it.
+    """
+
+    def revoke(replay_id: str, org_id: str, key_id: str) -> None:
+        key = store.get_api_key(key_id)
+        if key is None or key.org_id != org_id or key.revoked_at is not None:
+            return
+        actor = Principal(user_id=key.user_id, org_id=org_id, role=Role.SERVICE_ACCOUNT, key_id=key_id,
+                          env=key.env, scopes=tuple(key.scopes), department=None, region=None)
+        key_admin.revoke_key(store, trail, ChangeContext(actor, f"shadow-replay-{replay_id}"), org_id, key_id,
+                             authenticator=authenticator)
+
+    return revoke
 
 
 @dataclass(frozen=True)
@@ -128,12 +162,20 @@ class ReplayServices:
     secrets: ShadowSecrets
     engine: EngineEndpoint
     executions: ReplayExecutions | None = None  # only the API starts executions
+    # Where WriteReport reaches the control store (`hd dev`); None in AWS, where the key expires instead.
+    revoke_key: ReplayKeyRevoker | None = None
 
 
 class ComparisonDsnInvalid(InvalidRequest):
     """The comparison DSN does not parse as a libpq connection string or URI."""
 
     code = "HD_ERR_COMPARISON_DSN_INVALID"
+
+
+class ComparisonSecretOutsidePrefix(InvalidRequest):
+    """A `comparison_secret_arn` names a secret outside `hd/shadow/`, which no replay role may read."""
+
+    code = "HD_ERR_COMPARISON_SECRET_OUTSIDE_PREFIX"
 
 
 class QuerySetEmpty(Conflict):
@@ -209,6 +251,8 @@ def start_replay(services: ReplayServices, store: ControlStore, trail: IamAuditT
     _require_client()
     if (comparison_dsn is None) == (comparison_secret_arn is None):
         raise InvalidRequest("give exactly one of comparison_dsn and comparison_secret_arn")
+    if comparison_secret_arn is not None:
+        _check_secret_arn(comparison_secret_arn)
     document = services.artefacts.get_json(query_set_key(env.env_id, query_set_id))
     if document is None:
         raise NotFound("query set not found")
@@ -226,10 +270,12 @@ def start_replay(services: ReplayServices, store: ControlStore, trail: IamAuditT
         store, trail, ctx, hasher, org_id=env.org_id, user_id=user_id, env=env.key_env, scopes=["read_only"],
         name=f"shadow replay {replay_id}", expires_at=utc_now() + ENGINE_KEY_LIFETIME)
     engine_ref = services.secrets.put_secret(f"hd/shadow/{replay_id}/engine-key", key)
+    # The secrets this replay created, deleted when it ends; a customer's own secret (by ARN) is not one of them.
+    owned = [engine_ref] if comparison_dsn is None else [comparison_ref, engine_ref]
     services.artefacts.put_json(f"{replay_prefix(replay_id)}replay.json", {
         "replay_id": replay_id, "environment": env.env_id, "org_id": env.org_id, "query_set_id": query_set_id,
         "comparison_secret": comparison_ref, "engine_key_secret": engine_ref, "engine_user": user_id,
-        "engine_key_id": record.key_id, "sample_rate": options.sample_rate,
+        "engine_key_id": record.key_id, "owned_secrets": owned, "sample_rate": options.sample_rate,
         "timeout_seconds": options.timeout_seconds, "concurrency": options.concurrency,
         "search_path": options.search_path, "started_by": ctx.actor.user_id, "started_at": utc_now().isoformat(),
     })
@@ -256,6 +302,22 @@ def _check_dsn(dsn: str) -> None:
     except psycopg.ProgrammingError:
         # The parser's message may quote the DSN, password included: none of it goes back.
         raise ComparisonDsnInvalid("comparison_dsn is not a PostgreSQL connection string or URI") from None
+
+
+def _check_secret_arn(arn: str) -> None:
+    """Refuse, before anything starts, a secret ReplayBatch could not read: its name must be under `hd/shadow/`."""
+    parts = arn.split(":", 6)
+    named = len(parts) == 7 and parts[2] == "secretsmanager" and parts[5] == "secret"
+    if not named or not parts[6].startswith(SECRET_PREFIX):
+        raise ComparisonSecretOutsidePrefix(
+            f"comparison_secret_arn must name a Secrets Manager secret whose name starts with {SECRET_PREFIX} "
+            f"(the only secrets a replay may read): store the DSN under that prefix, encrypted with the "
+            f"deployment's data key, or pass comparison_dsn instead")
+    if parts[6].startswith(f"{SECRET_PREFIX}rp_"):
+        # hd/shadow/rp_<id>/... are the secrets replays create for themselves (another organisation's among them).
+        raise ComparisonSecretOutsidePrefix(
+            f"comparison_secret_arn names a secret a replay created for itself ({SECRET_PREFIX}rp_...): store "
+            f"your DSN under another name below {SECRET_PREFIX}, or pass comparison_dsn instead")
 
 
 def _service_account(store: ControlStore, trail: IamAuditTrail, ctx: ChangeContext, org_id: str) -> str:
@@ -395,9 +457,40 @@ def write_report(event: Mapping[str, Any], services: ReplayServices) -> dict[str
                                            item["reference_ms"], item["engine_ms"]))
     report = build_report(record["query_set_id"], results)
     document = report.to_dict()
-    services.artefacts.put_json(f"{replay_prefix(replay_id)}report.json", document)
+    try:
+        services.artefacts.put_json(f"{replay_prefix(replay_id)}report.json", document)
+    finally:
+        _release_secrets(services, record)
     return {"replay_id": replay_id, "query_count": document["query_count"],
             **{verdict: document[verdict] for verdict in ("exact", "semantic", "mismatch", "error")}}
+
+
+def _release_secrets(services: ReplayServices, record: Mapping[str, Any]) -> None:
+    """The replay is over (its report written, or the write failed): delete the secrets it created and, where
+    the services can (`revoke_key`: `hd dev`), revoke its ServiceAccount key as the API would.
+
+    Each step is attempted; the first failure is raised after the rest were tried, so a retried WriteReport
+    finishes the job (a secret already gone, a key already revoked, is no error). In AWS the key is not
+    revoked here: the task Lambdas have no access to the control table (cdk/hd_cdk/shadow.py grants them the
+    data bucket's shadow/ prefix and the shadow secrets only), and widening that for one revocation is not
+    worth it; the key expires `ENGINE_KEY_LIFETIME` after the replay started, and with its secret deleted no
+    replay component holds it any more.
+    """
+    steps: list[Callable[[], None]] = [functools.partial(services.secrets.delete_secret, str(reference))
+                                       for reference in record.get("owned_secrets") or ()]
+    revoke = services.revoke_key
+    if revoke is not None and record.get("engine_key_id"):
+        steps.append(lambda: revoke(str(record["replay_id"]), str(record["org_id"]), str(record["engine_key_id"])))
+    failure: Exception | None = None
+    for step in steps:
+        try:
+            step()
+        except Exception as error:  # noqa: BLE001 - each step is attempted; the first failure re-raised below
+            log.warning("ending shadow replay %s: a clean-up step failed (%s)", record.get("replay_id"),
+                        type(error).__name__)
+            failure = failure or error
+    if failure is not None:
+        raise failure
 
 
 def _batch_error(reason: str) -> Comparison:
