@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import queue
 import signal
@@ -122,6 +123,18 @@ def start_engine_host(state_dir: Path, *extra: str, env: Mapping[str, str] | Non
     user = next(part.split("=", 1)[1] for line in output for part in line.split()
                 if part.startswith("user="))
     return EngineHostProcess(process, state_dir, port, user, key, output, api_port)
+
+
+def query_audit_records(state_dir: Path) -> list[dict[str, Any]]:
+    """Every complete query audit record a local host has written so far, oldest file first.
+
+    The host appends one JSON line per record while tests read: a line without its newline is still
+    being written and is left for the next read, never parsed half."""
+    records = []
+    for path in sorted((state_dir / "audit" / "queries").rglob("*.jsonl")):
+        complete = path.read_text().split("\n")[:-1]
+        records += [json.loads(line) for line in complete if line.strip()]
+    return records
 
 
 DEFAULT_PG_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=5"

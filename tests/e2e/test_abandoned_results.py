@@ -9,7 +9,6 @@ connection ended, and after far more drops than the host has slots it still serv
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import struct
@@ -24,7 +23,7 @@ import psycopg
 import pytest
 
 from tests.e2e.rawpg import RawClient, cstr, message, startup_packet
-from tests.harness import EngineHostProcess, start_engine_host
+from tests.harness import EngineHostProcess, query_audit_records, start_engine_host
 
 # ~220 MB of DataRows: far more than socket buffers and the audit read-ahead (65,536 rows) hold.
 LARGE = "SELECT range AS i, repeat('x', 100) AS s FROM range(2000000)"
@@ -59,9 +58,7 @@ def _wait_idle(host: EngineHostProcess, seconds: float = 10.0) -> float:
 
 
 def _records(state_dir: Path, request_id: str) -> list[dict]:
-    return [record for path in sorted((state_dir / "audit" / "queries").rglob("*.jsonl"))
-            for line in path.read_text().splitlines() if line.strip()
-            if (record := json.loads(line)).get("request_id") == request_id]
+    return [record for record in query_audit_records(state_dir) if record.get("request_id") == request_id]
 
 
 def _client(host: EngineHostProcess, request_id: str) -> RawClient:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import decimal
-import json
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import asyncpg
 import psycopg
 import pytest
+
+from tests.harness import query_audit_records
 
 COLUMNS = ("id integer, big bigint, amount numeric(12,3), ratio double precision, label text, flag boolean, "
            "day date, at timestamp, at_tz timestamptz, nums integer[], words text[], blob bytea")
@@ -116,9 +118,18 @@ def test_copy_through_the_extended_protocol(engine_host, reference_pg, typed_tab
 # --- governance ------------------------------------------------------------------------------------
 
 
-def _audit_records(state_dir: Path) -> list[dict]:
-    return [json.loads(line) for path in sorted((state_dir / "audit" / "queries").rglob("*.jsonl"))
-            for line in path.read_text().splitlines() if line.strip()]
+def _audit_records(state_dir: Path, marker: str | None = None, seconds: float = 10.0) -> list[dict]:
+    """The host's complete audit records; with `marker`, those whose SQL holds it, waiting up to `seconds` for one
+    (a cancelled statement's record is written as its execution finishes, which may follow the client's next read)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        records = query_audit_records(state_dir)
+        if marker is None:
+            return records
+        found = [r for r in records if marker in r.get("sql_redacted", "")]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 def test_copy_to_as_the_analyst_returns_the_masked_rows_of_its_select(engine_host):
@@ -161,7 +172,7 @@ def test_each_copy_leaves_one_audit_record_of_kind_copy(engine_host):
     statement = f"COPY (SELECT lead_id AS m_{marker} FROM sales.leads) TO STDOUT"
     with _pg(engine_host.demo_dsn("acme-analyst")) as conn, conn.cursor() as cur, cur.copy(statement) as copy:
         rows = list(copy.rows())
-    records = [r for r in _audit_records(engine_host.state_dir) if marker in r.get("sql_redacted", "")]
+    records = _audit_records(engine_host.state_dir, marker)
     assert len(records) == 1
     assert records[0]["statement_kind"] == "copy"
     assert records[0]["rows_returned"] == len(rows)
@@ -175,7 +186,7 @@ def test_copy_from_a_missing_table_is_refused_and_audited(engine_host):
             with cur.copy(f"COPY (SELECT 1 AS m_{marker} FROM crm.no_such_table) TO STDOUT") as copy:
                 list(copy.rows())
     assert raised.value.sqlstate == "42P01"
-    records = [r for r in _audit_records(engine_host.state_dir) if marker in r.get("sql_redacted", "")]
+    records = _audit_records(engine_host.state_dir, marker)
     assert len(records) == 1 and records[0]["statement_kind"] == "copy"
 
 
@@ -494,7 +505,7 @@ def test_cancel_during_a_long_copy_to_ends_it_with_57014(engine_host):
                 while copy.read():
                     pass
         assert conn.execute("SELECT 1 AS one").fetchone() == (1,)
-    records = [r for r in _audit_records(engine_host.state_dir) if marker in r.get("sql_redacted", "")]
+    records = _audit_records(engine_host.state_dir, marker)
     assert records and all(r["statement_kind"] == "copy" for r in records)
     assert records[-1]["error"]["sqlstate"] == "57014"
 
