@@ -197,24 +197,23 @@ def _get_text(session: ApiSession, path: str, query: Mapping[str, object]) -> st
         raise _refusal(error) from None
 
 
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError("must be more than 0 and at most 1")
-    return value
+def _number_up_to(most: float, kind: str) -> Callable[[str], float]:
+    """An argparse type: a number more than 0 and at most `most` (`kind` names it in the error)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if not 0 < value <= most:
+            raise argparse.ArgumentTypeError(f"must be more than 0 and at most {most:g}")
+        return value
+
+    return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 < value <= 600:
-        raise argparse.ArgumentTypeError("must be more than 0 and at most 600")
-    return value
+_rate = _number_up_to(1, "a number")
+_seconds = _number_up_to(600, "a number of seconds")
 
 
 def add_shadow_commands(commands: argparse._SubParsersAction) -> None:
