@@ -62,6 +62,7 @@ ENGINE_ROLE_ACTIONS: Final[frozenset[str]] = frozenset({
     "ssm:GetParameter",  # its own configuration parameter
     "secretsmanager:GetSecretValue",  # its TLS certificate and key (the one secret named in the config)
     "execute-api:Invoke",  # POST /v1/fleet/heartbeat, nothing else
+    "s3:GetBucketLocation", "dynamodb:DescribeTable",  # the region pin: both buckets and the table, at every start
 })
 # AWS's managed policy for Run Command, which the wipe hook uses to erase the cache at termination.
 SSM_MANAGED_INSTANCE_CORE: Final = "AmazonSSMManagedInstanceCore"
@@ -231,6 +232,9 @@ class EngineFleet(Construct):
             _allow(["dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem"],
                    [table.table_arn]),
             _allow(["dynamodb:Query"], [table_indexes]),  # GSI1 lists (organisations, policies)
+            # Where the buckets and the table are: boot and serve refuse any outside the region (region_pin.py).
+            _allow(["s3:GetBucketLocation"], [data_bucket.bucket_arn, audit_bucket.bucket_arn]),
+            _allow(["dynamodb:DescribeTable"], [table.table_arn]),
             _allow(["ssm:GetParameter"], [self.config_parameter.parameter_arn]),
             # The secret must be encrypted with the data key (README), which this role may already decrypt.
             _allow(["secretsmanager:GetSecretValue"], [tls_secret_arn]),

@@ -1,7 +1,8 @@
 """`hd engine boot`: run once per boot by user data, before `hd engine serve`.
 
-Exit codes: 0 booted; 2 refused (environment mismatch, invalid configuration); 3 the KMS key cannot
-unlock the cache; 4 a command, the cache volume or the metadata service failed; 1 anything unexpected.
+Exit codes: 0 booted; 2 refused (environment mismatch, a resource outside the pinned region, invalid
+configuration); 3 the KMS key cannot unlock the cache; 4 a command, the cache volume or the metadata
+service failed; 1 anything unexpected.
 A refusal is one log line with its `HD_ERR_*` code, never a traceback.
 """
 
@@ -18,9 +19,11 @@ from engine_host.boot.binding import EnvironmentMismatch
 from engine_host.boot.config import EngineConfig, EngineConfigInvalid, load_config_file, load_config_from_ssm
 from engine_host.boot.imds import ImdsClient, InstanceIdentity
 from engine_host.boot.options import CONFIG_PARAMETER_ENV
+from engine_host.boot.region_pin import aws_region_lookup
 from engine_host.boot.runner import CommandRunner, SubprocessRunner
 from engine_host.boot.sequence import boot
 from hd_core.errors import HdError, KeyUnavailable
+from hd_core.region_pinning import RegionMismatch
 
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
@@ -36,7 +39,8 @@ def run_boot(args: argparse.Namespace, *, runner: CommandRunner | None = None) -
     def steps() -> None:
         imds = KnownIdentity(ImdsClient(args.imds_url))
         config = load_engine_config(args, imds)
-        result = boot(config, imds=imds, kms=boto3.client("kms", region_name=config.region),
+        kms = boto3.client("kms", region_name=config.region)
+        result = boot(config, imds=imds, kms=kms, regions=aws_region_lookup(config.region, kms=kms),
                       runner=runner or SubprocessRunner(), log=log,
                       secrets=boto3.client("secretsmanager", region_name=config.region))
         log.info("hd engine boot done: instance %s, cache %s at %s", result.identity.instance_id,
@@ -49,7 +53,7 @@ def run_engine_command(command: str, steps: Callable[[], None]) -> int:
     """Run an `hd engine` command's steps; every failure becomes one log line and its exit code."""
     try:
         steps()
-    except (EnvironmentMismatch, EngineConfigInvalid) as error:
+    except (EnvironmentMismatch, RegionMismatch, EngineConfigInvalid) as error:
         return _refused(command, error, EXIT_REFUSED)
     except KeyUnavailable as error:
         return _refused(command, error, EXIT_KEY_UNAVAILABLE)

@@ -17,8 +17,10 @@ from engine_host.boot.cache_volume import (
 )
 from engine_host.boot.config import EngineConfig
 from engine_host.boot.imds import InstanceIdentity
+from engine_host.boot.region_pin import check_region_pin
 from engine_host.boot.runner import CommandRunner
 from engine_host.boot.tls_material import install_tls_material
+from hd_core.region_pinning import RegionLookup
 
 
 class IdentitySource(Protocol):
@@ -44,10 +46,13 @@ class BootResult:
 
 
 def boot(
-    config: EngineConfig, *, imds: IdentitySource, kms: Any, runner: CommandRunner, log: logging.Logger,
-    secrets: Any = None,
+    config: EngineConfig, *, imds: IdentitySource, kms: Any, regions: RegionLookup, runner: CommandRunner,
+    log: logging.Logger, secrets: Any = None,
 ) -> BootResult:
-    """Boot the engine host; raises the first step's `HdError` (nothing after it runs)."""
+    """Boot the engine host; raises the first step's `HdError` (nothing after it runs).
+
+    `regions` tells where the buckets and the control table are (the region pin, region_pin.py).
+    """
     identity = imds.identity()
     log.info("instance %s (%s) in %s, account %s, %s", identity.instance_id, identity.instance_type,
              identity.availability_zone, identity.account_id, identity.vpc_id)
@@ -59,6 +64,9 @@ def boot(
         raise
     check_binding(config, identity, key_metadata)
     log.info("environment binding holds: region, account, VPC, security groups and KMS key are as provisioned")
+    # Before the cache is opened: a host whose buckets, table or keys are elsewhere never holds their data.
+    check_region_pin(config, regions)
+    log.info("region pin holds: buckets, control table and keys are in %s", config.region)
     require_usable_key(key_metadata)
     state = prepare_cache_volume(config, identity, kms=kms, runner=runner, log=log)
     if config.tls_secret_arn is not None:

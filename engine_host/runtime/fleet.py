@@ -31,6 +31,7 @@ from engine_host.boot.cache_volume import describe_cache_key, require_usable_key
 from engine_host.boot.cli import KnownIdentity, load_engine_config, run_engine_command
 from engine_host.boot.config import EngineConfig
 from engine_host.boot.imds import ImdsClient, InstanceIdentity
+from engine_host.boot.region_pin import aws_region_lookup, check_region_pin
 from engine_host.data.cached_tables import CachedTables
 from engine_host.data.object_cache import ObjectCache
 from engine_host.data.table_sources import ObjectStoreTables
@@ -218,6 +219,8 @@ def run_serve(args: argparse.Namespace) -> int:
         clients = AwsClients.for_region(config.region)
         key_metadata = describe_cache_key(clients.kms, config.kms_key_arn)
         check_binding(config, identity, key_metadata)
+        check_region_pin(config, aws_region_lookup(config.region, s3=clients.s3, dynamodb=clients.dynamodb,
+                                                   kms=clients.kms))
         # A key disabled or scheduled for deletion since boot stops the host at its next start (seed 002).
         require_usable_key(key_metadata)
         asyncio.run(serve_until_signalled(FleetEngineHost(config, identity, clients), _announce))

@@ -28,8 +28,11 @@ from engine_host.boot.cli import run_boot
 from engine_host.boot.config import EngineConfig
 from engine_host.boot.imds import ImdsClient, ImdsUnavailable
 from engine_host.boot.options import add_boot_arguments
+from engine_host.boot.region_pin import aws_region_lookup
 from engine_host.boot.sequence import boot
 from engine_host.runtime.fleet import run_serve
+from hd_core.adapters.dynamodb_schema import create_table_kwargs
+from hd_core.region_pinning import RegionMismatch
 from tests.unit.boot.fakes import (
     INSTANCE_ID,
     MAC_A,
@@ -45,6 +48,14 @@ from tests.unit.boot.fakes import (
 )
 
 log = logging.getLogger("test.boot")
+
+
+def create_pinned_resources(config: EngineConfig, region: str) -> None:
+    """The buckets and control table `config` names, made in `region` (moto)."""
+    s3 = boto3.client("s3", region_name=region)
+    for bucket in (config.data_bucket, config.audit_bucket):
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    boto3.client("dynamodb", region_name=region).create_table(**create_table_kwargs(config.control_table))
 
 
 @dataclass
@@ -65,7 +76,7 @@ class Host:
 
     def boot(self, config: EngineConfig | None = None) -> Any:
         return boot(config or self.config, imds=ImdsClient(self.imds.url, timeout=1.0, sleep=lambda _: None),
-                    kms=self.kms, runner=self.runner, log=log)
+                    kms=self.kms, regions=aws_region_lookup(REGION, kms=self.kms), runner=self.runner, log=log)
 
 
 @pytest.fixture
@@ -76,6 +87,7 @@ def host(aws_credentials: None, tmp_path: Path) -> Iterator[Host]:
         config = EngineConfig.model_validate(config_data(
             kms_key_arn=arn, cache_mount=str(tmp_path / "cache"), cache_key_file=str(tmp_path / "cache-key.json"),
         ))
+        create_pinned_resources(config, REGION)
         yield Host(imds, kms, boto3.client("ssm", region_name=REGION), config, RecordingRunner(), tmp_path)
 
 
@@ -297,3 +309,72 @@ def test_serve_refuses_before_boot_has_mounted_the_cache(host: Host, caplog: pyt
     assert _serve(host, "--config-file", _config_file(host)) == 4
     assert "hd engine serve refused (HD_ERR_CACHE_NOT_MOUNTED)" in _refusal(caplog)
     assert "run `hd engine boot` first" in caplog.text
+
+
+# --- the region pin: buckets, control table and every key in the provisioned region ------------------
+
+OTHER_REGION = "us-east-1"
+
+
+def _bucket_elsewhere(name: str) -> str:
+    boto3.client("s3", region_name=OTHER_REGION).create_bucket(Bucket=name)
+    return name
+
+
+def _key_elsewhere() -> str:
+    return str(boto3.client("kms", region_name=OTHER_REGION).create_key()["KeyMetadata"]["Arn"])
+
+
+@pytest.mark.parametrize(("field", "make", "difference"), [
+    ("data_bucket", lambda: _bucket_elsewhere("acme-hd-data-us"),
+     "data bucket S3 bucket acme-hd-data-us is in us-east-1"),
+    ("audit_bucket", lambda: _bucket_elsewhere("acme-hd-audit-us"),
+     "audit bucket S3 bucket acme-hd-audit-us is in us-east-1"),
+    ("signing_key_arn", _key_elsewhere, "token signing key KMS key arn:aws:kms:us-east-1:"),
+    ("checkpoint_key_arn", _key_elsewhere, "checkpoint signing key KMS key arn:aws:kms:us-east-1:"),
+])
+def test_a_resource_in_another_region_stops_the_boot_before_the_cache_opens(
+    host: Host, field: str, make: Any, difference: str
+) -> None:
+    with pytest.raises(RegionMismatch, match=f"outside the pinned region eu-west-1, refusing to serve: .*{difference}"):
+        host.boot(host.config.model_copy(update={field: make()}))
+    assert host.runner.calls == []
+    assert not host.config.cache_key_file.exists()
+
+
+def test_a_control_table_only_in_another_region_stops_the_boot(host: Host) -> None:
+    """A table name resolves per region: from the pinned one, a table made elsewhere is not there at all."""
+    boto3.client("dynamodb", region_name=OTHER_REGION).create_table(**create_table_kwargs("hd-control-us"))
+    with pytest.raises(RegionMismatch, match="control table DynamoDB table hd-control-us: region cannot be confirmed "
+                                             r"\(DescribeTable failed: ResourceNotFoundException\)"):
+        host.boot(host.config.model_copy(update={"control_table": "hd-control-us"}))
+    assert host.runner.calls == []
+
+
+def test_a_bucket_that_does_not_exist_fails_the_pin_closed(host: Host) -> None:
+    with pytest.raises(RegionMismatch, match=r"data bucket S3 bucket acme-hd-gone: region cannot be confirmed "
+                                             r"\(GetBucketLocation failed: NoSuchBucket\)"):
+        host.boot(host.config.model_copy(update={"data_bucket": "acme-hd-gone"}))
+
+
+def test_every_resource_outside_the_region_is_named_at_once(host: Host) -> None:
+    config = host.config.model_copy(update={"data_bucket": _bucket_elsewhere("acme-hd-data-us"),
+                                            "checkpoint_key_arn": _key_elsewhere()})
+    with pytest.raises(RegionMismatch) as refused:
+        host.boot(config)
+    assert [line.split(" is in ")[1] for line in refused.value.differences] == ["us-east-1", "us-east-1"]
+
+
+def test_cli_exits_2_on_a_resource_outside_the_region(host: Host, caplog: pytest.LogCaptureFixture) -> None:
+    bucket = _bucket_elsewhere("acme-hd-audit-us")
+    assert _cli(host, "--config-file", _config_file(host, audit_bucket=bucket)) == 2
+    message = _refusal(caplog)
+    assert "hd engine boot refused (HD_ERR_REGION_MISMATCH): resources outside the pinned region eu-west-1" in message
+    assert "audit bucket S3 bucket acme-hd-audit-us is in us-east-1" in message
+    assert host.runner.calls == []
+
+
+def test_serve_refuses_a_resource_outside_the_region(host: Host, caplog: pytest.LogCaptureFixture) -> None:
+    bucket = _bucket_elsewhere("acme-hd-data-us")
+    assert _serve(host, "--config-file", _config_file(host, data_bucket=bucket)) == 2
+    assert "hd engine serve refused (HD_ERR_REGION_MISMATCH)" in _refusal(caplog)

@@ -1,0 +1,114 @@
+"""Region pinning: everything that holds or protects customer data sits in the one configured region.
+
+A deployment names a region; the data bucket, the audit bucket, the control table (and every replica
+of it) and every KMS key must be in it. One resource elsewhere (a bucket created in the wrong region,
+a global-table replica added later, a key ARN copied from another deployment) would move data, audit
+records or key use out of the region a customer was promised (GDPR data residency). The engine host
+refuses to start and the control plane refuses every request while that is so (`RegionMismatch`).
+
+How each region is learnt is a port (`RegionLookup`; `hd_core/adapters/aws_regions.py` asks AWS).
+A region that cannot be learnt counts as a mismatch: pinning fails closed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from hd_core.errors import HdError
+
+# arn:<partition>:kms:<region>:<account>:key/<id>: a key ARN names the only region its key material is used in.
+_KMS_ARN = re.compile(r"^arn:aws[-a-z]*:kms:(?P<region>[a-z]{2}(-[a-z]+)+-\d{1,2}):\d{12}:(key|alias)/.+$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
+
+
+class ResourceKind(StrEnum):
+    """The kinds of resource a deployment pins, each with its own way of telling its region."""
+
+    BUCKET = "S3 bucket"
+    TABLE = "DynamoDB table"
+    KEY = "KMS key"
+
+
+@dataclass(frozen=True)
+class PinnedResource:
+    """One resource that must be in the pinned region; `role` says what it is for ("audit bucket")."""
+
+    kind: ResourceKind
+    name: str
+    role: str
+
+
+class RegionMismatch(HdError):
+    """A pinned resource is outside the configured region, or its region could not be confirmed."""
+
+    code = "HD_ERR_REGION_MISMATCH"
+
+    def __init__(self, region: str, differences: Iterable[str]) -> None:
+        self.region = region
+        self.differences = tuple(differences)
+        super().__init__(f"resources outside the pinned region {region}, refusing to serve: "
+                         + "; ".join(self.differences))
+
+
+class RegionUnknown(Exception):
+    """A lookup could not learn a resource's region (denied, missing, unreachable); the message says why."""
+
+
+class RegionLookup(Protocol):
+    """Port: where a resource of each kind is."""
+
+    def bucket_region(self, bucket: str) -> str:
+        """The region of S3 bucket `bucket`; raises `RegionUnknown`."""
+        ...
+
+    def table_regions(self, table: str) -> tuple[str, ...]:
+        """The regions DynamoDB table `table` keeps data in: its own first, then any global-table replicas."""
+        ...
+
+    def key_region(self, key: str) -> str:
+        """The region of KMS key `key` (an ARN, a key id or an alias); raises `RegionUnknown`."""
+        ...
+
+
+def kms_arn_region(key: str) -> str | None:
+    """The region a KMS key or alias ARN names, or None when `key` is a bare key id or alias name."""
+    match = _KMS_ARN.fullmatch(key)
+    return match.group("region") if match else None
+
+
+def region_differences(region: str, resources: Iterable[PinnedResource], lookup: RegionLookup) -> list[str]:
+    """One line per resource that is not (or not provably) in `region`; empty when all are."""
+    differences: list[str] = []
+    for resource in resources:
+        label = f"{resource.role} {resource.kind.value} {resource.name}"
+        try:
+            regions = _regions_of(resource, lookup)
+        except RegionUnknown as unknown:
+            differences.append(f"{label}: region cannot be confirmed ({unknown})")
+            continue
+        outside = [found for found in regions if found != region]
+        if outside:
+            differences.append(f"{label} is in {', '.join(outside)}")
+    return differences
+
+
+def require_pinned(region: str, resources: Iterable[PinnedResource], lookup: RegionLookup) -> None:
+    """Raise `RegionMismatch` naming every resource outside `region` (and a malformed `region` itself)."""
+    if not _REGION.fullmatch(region or ""):
+        raise RegionMismatch(region or "(none)", ["no pinned region is configured (HD_REGION or AWS_REGION)"])
+    differences = region_differences(region, resources, lookup)
+    if differences:
+        raise RegionMismatch(region, differences)
+
+
+def _regions_of(resource: PinnedResource, lookup: RegionLookup) -> tuple[str, ...]:
+    if resource.kind is ResourceKind.BUCKET:
+        return (lookup.bucket_region(resource.name),)
+    if resource.kind is ResourceKind.TABLE:
+        return lookup.table_regions(resource.name)
+    # A key ARN is authoritative on its own (no call, no kms:DescribeKey grant needed).
+    return (kms_arn_region(resource.name) or lookup.key_region(resource.name),)
