@@ -192,12 +192,14 @@ class TableBinding:
     A table bound to one org (`tenant_column` None) is invisible and unreadable to every other org.
     A shared table (`org_id` None) holds several orgs' rows told apart by `tenant_column`; every
     session sees only rows whose `tenant_column` equals its own org id, with no role exempt.
+    `subject_column` names the column that identifies a data subject (GDPR erasure, hd_core/erasure.py).
     """
 
     binding_id: str
     table: str
     org_id: str | None = None
     tenant_column: str | None = None
+    subject_column: str | None = None
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ _ID_PREFIXES: dict[PolicyKind, str] = {
 
 # Names DuckDB folds to lower case, so policies compare them in lower case.
 _LOWER_CASE_FIELDS = frozenset(
-    {"table", "column", "tables", "resources", "actions", "weekdays", "tenant_column", "effect"}
+    {"table", "column", "tables", "resources", "actions", "weekdays", "tenant_column", "subject_column", "effect"}
 )
 
 
@@ -104,10 +104,18 @@ def object_id(obj: PolicyObject) -> str:
     return str(value)
 
 
+# Optional fields added after documents were first stored: left out while unset, so a document that
+# does not use one is stored byte for byte as before it existed (tests/contract/test_stored_state_compat.py).
+_OMITTED_WHEN_UNSET = frozenset({"subject_column"})
+
+
 def to_document(obj: PolicyObject) -> dict[str, Any]:
     """A JSON-ready dict of a policy object, with its `kind`."""
     document: dict[str, Any] = {"kind": kind_of(obj).value}
     document.update(_encode(obj))
+    for name in _OMITTED_WHEN_UNSET:
+        if document.get(name, "") is None:
+            del document[name]
     return document
 
 

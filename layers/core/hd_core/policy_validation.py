@@ -231,6 +231,11 @@ def _validate_table_binding(binding: TableBinding) -> None:
             f"tenant_column {binding.tenant_column!r} is not a column name (lower case letters, digits, _)",
             field="tenant_column",
         )
+    if binding.subject_column is not None and not IDENTIFIER.fullmatch(binding.subject_column):
+        raise PolicyInvalid(
+            f"subject_column {binding.subject_column!r} is not a column name (lower case letters, digits, _)",
+            field="subject_column",
+        )
 
 
 def _validate_quota(quota: QuotaLimit) -> None:

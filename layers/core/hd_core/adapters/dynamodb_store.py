@@ -15,6 +15,7 @@ string keys `PK`/`SK`; items that appear in a list also carry `GSI1PK`/`GSI1SK`:
     auth failures         AUTHFAIL#<subject>   AUTHFAIL                    -                  -
     JIT request           JIT#<request_id>     JIT                         JITS#<org_id>      <requested_at>#<id>
     webhook endpoint      WEBHOOK#<id>         WEBHOOK                     WEBHOOKS#<org_id>  <created_at>#<id>
+    forget request        FORGET#<request_id>  FORGET                      FORGETS#<org_id>   <requested_at>#<id>
     webhook delivery      WHDELIVERY#<endp.>   EVT#<event_id>              WHDUE (pending)    <next_attempt_at>#...
     IAM event             CHAIN#<chain_id>     EVT#<seq, 12 digits>        -                  -
     setting               SETTING#<name>       SETTING                     -                  -
@@ -67,6 +68,7 @@ from hd_core.adapters.dynamodb_schema import (
     SORT_KEY,
     TTL_ATTRIBUTE,
 )
+from hd_core.erasure_models import FORGET_REQUESTS, ForgetRequest, ForgetStatus
 from hd_core.errors import Conflict, InvalidRequest, NotFound
 from hd_core.models import (
     ApiKeyRecord,
@@ -381,6 +383,60 @@ class DynamoDbControlStore:
         if self._get(_jit_key(request.request_id)) is None:
             raise NotFound(f"jit request {request.request_id} not found")
         raise Conflict(f"jit request {request.request_id} is no longer {JitStatus(from_status).value}")
+
+    # --- forget requests (GDPR erasure) -------------------------------------------------------
+
+    def put_forget_request(self, request: ForgetRequest) -> None:
+        """Store a new forget request; raises `Conflict` if its id exists."""
+        if not self._put(_forget_item(request), condition="attribute_not_exists(PK)"):
+            raise Conflict(f"forget request {request.request_id} already exists")
+
+    def get_forget_request(self, request_id: str) -> ForgetRequest | None:
+        """The forget request with this id, or None."""
+        item = self._get(_forget_key(request_id))
+        return None if item is None else FORGET_REQUESTS.decode(item)
+
+    def list_forget_requests(self, org_id: str) -> list[ForgetRequest]:
+        """The forget requests of one organisation, oldest first."""
+        return [FORGET_REQUESTS.decode(item) for item in self._query_index("FORGETS#" + org_id)]
+
+    def list_unsettled_forget_requests(self) -> list[ForgetRequest]:
+        """Requests not completed, or completed with object versions still to purge: the items that carry
+        `_UNSETTLED_ATTRIBUTE` (a settled request loses it), read with a filtered Scan."""
+        items = self._scan_marked(_UNSETTLED_ATTRIBUTE)
+        requests = [FORGET_REQUESTS.decode(item) for item in items]
+        return sorted(requests, key=lambda request: (request.requested_at, request.request_id))
+
+    def update_forget_request(self, request: ForgetRequest, *, from_status: ForgetStatus) -> None:
+        """Replace a request still in `from_status`; `Conflict` if it moved on, `NotFound` if absent."""
+        stored = self._put(
+            _forget_item(request),
+            condition="attribute_exists(PK) AND #status = :from",
+            names={"#status": "status"},
+            values={":from": ForgetStatus(from_status).value},
+        )
+        if stored:
+            return
+        if self._get(_forget_key(request.request_id)) is None:
+            raise NotFound(f"forget request {request.request_id} not found")
+        raise Conflict(f"forget request {request.request_id} is no longer {ForgetStatus(from_status).value}")
+
+    def _scan_marked(self, attribute: str) -> list[Item]:
+        # Few requests are ever unsettled at once (days of them at most), and only the scheduled job
+        # reads them, so a filtered Scan costs less than an index kept for it.
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "FilterExpression": "attribute_exists(#marked)",
+            "ExpressionAttributeNames": {"#marked": attribute},
+            "ConsistentRead": True,
+        }
+        found: list[Item] = []
+        while True:
+            response = self._client.scan(**request)
+            found.extend(_deserialize(item) for item in response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                return found
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     # --- webhooks ---------------------------------------------------------------------------
 
@@ -876,6 +932,22 @@ def _jit_item(request: JitRequest) -> Item:
     return _keyed(
         _jit_key(request.request_id), record, "JITS#" + request.org_id, f"{record['requested_at']}#{request.request_id}"
     )
+
+
+def _forget_key(request_id: str) -> Key:
+    return ("FORGET#" + request_id, "FORGET")
+
+
+# Present while a forget request is unsettled (open, or completed with versions left to purge).
+_UNSETTLED_ATTRIBUTE = "forget_unsettled"
+
+
+def _forget_item(request: ForgetRequest) -> Item:
+    record: Item = dict(FORGET_REQUESTS.encode(request))
+    if request.status != ForgetStatus.COMPLETED or request.purge_versions:
+        record[_UNSETTLED_ATTRIBUTE] = True
+    return _keyed(_forget_key(request.request_id), record, "FORGETS#" + request.org_id,
+                  f"{record['requested_at']}#{request.request_id}")
 
 
 def _webhook_endpoint_item(endpoint: WebhookEndpoint) -> Item:

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from hd_core.erasure_models import FORGET_REQUESTS, ForgetRequest, ForgetStatus
 from hd_core.errors import Conflict, HdError, NotFound
 from hd_core.models import (
     ApiKeyRecord,
@@ -270,6 +271,30 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE api_keys ADD COLUMN rotate_every_days INTEGER",
         "ALTER TABLE api_keys ADD COLUMN delivery_secret TEXT",
         "ALTER TABLE api_keys ADD COLUMN lifecycle_notices TEXT NOT NULL DEFAULT '[]'",
+    ),
+    (
+        # Issue 20: GDPR forget requests (hd_core/erasure_models.py); the subject id is only ever sealed.
+        """CREATE TABLE forget_requests (
+            request_id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL,
+            subject_hmac TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            requested_by TEXT NOT NULL,
+            status TEXT NOT NULL,
+            requested_at TEXT NOT NULL,
+            sla_deadline TEXT NOT NULL,
+            subject_sealed TEXT,
+            started_at TEXT,
+            finished_at TEXT,
+            tables TEXT NOT NULL,
+            table_results TEXT NOT NULL,
+            rows_removed INTEGER NOT NULL,
+            error TEXT NOT NULL,
+            purge_after TEXT,
+            purge_versions TEXT NOT NULL
+        )""",
+        "CREATE INDEX forget_requests_by_org ON forget_requests (org_id, requested_at)",
+        "CREATE INDEX forget_requests_by_status ON forget_requests (status)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -600,6 +625,48 @@ class SqliteControlStore:
                 if exists.fetchone() is None:
                     raise NotFound(f"jit request {request.request_id} not found")
                 raise Conflict(f"jit request {request.request_id} is no longer {JitStatus(from_status).value}")
+
+    # --- forget requests (GDPR erasure) -------------------------------------------------------
+
+    def put_forget_request(self, request: ForgetRequest) -> None:
+        """Store a new forget request; raises `Conflict` if its id exists."""
+        try:
+            with self._transaction() as db:
+                db.execute(_insert_sql("forget_requests", FORGET_REQUESTS), _row(FORGET_REQUESTS, request))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"forget request {request.request_id} already exists") from None
+
+    def get_forget_request(self, request_id: str) -> ForgetRequest | None:
+        """The forget request with this id, or None."""
+        row = self._fetch_one("SELECT * FROM forget_requests WHERE request_id = ?", (request_id,))
+        return None if row is None else _entity(FORGET_REQUESTS, row)
+
+    def list_forget_requests(self, org_id: str) -> list[ForgetRequest]:
+        """The forget requests of one organisation, oldest first."""
+        rows = self._fetch_all(
+            "SELECT * FROM forget_requests WHERE org_id = ? ORDER BY requested_at, request_id", (org_id,))
+        return [_entity(FORGET_REQUESTS, row) for row in rows]
+
+    def list_unsettled_forget_requests(self) -> list[ForgetRequest]:
+        """Requests not completed, or completed with object versions still to purge, oldest first."""
+        rows = self._fetch_all(
+            "SELECT * FROM forget_requests WHERE status != ? OR purge_versions != '[]' ORDER BY requested_at, "
+            "request_id", (ForgetStatus.COMPLETED.value,))
+        return [_entity(FORGET_REQUESTS, row) for row in rows]
+
+    def update_forget_request(self, request: ForgetRequest, *, from_status: ForgetStatus) -> None:
+        """Replace a request still in `from_status`; `Conflict` if it moved on, `NotFound` if absent."""
+        with self._transaction() as db:
+            updated = db.execute(
+                f"UPDATE forget_requests SET {_assignments(FORGET_REQUESTS, 'request_id')}"
+                " WHERE request_id = :request_id AND status = :from_status",
+                _row(FORGET_REQUESTS, request) | {"from_status": ForgetStatus(from_status).value},
+            )
+            if updated.rowcount == 0:
+                exists = db.execute("SELECT 1 FROM forget_requests WHERE request_id = ?", (request.request_id,))
+                if exists.fetchone() is None:
+                    raise NotFound(f"forget request {request.request_id} not found")
+                raise Conflict(f"forget request {request.request_id} is no longer {ForgetStatus(from_status).value}")
 
     # --- webhooks ---------------------------------------------------------------------------
 
