@@ -59,7 +59,7 @@ from engine_host.wire.tls import ensure_self_signed_certificate, server_ssl_cont
 from hd_core.adapters.local_audit import LocalFolderAuditArchive, LocalFolderAuditSink
 from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile
-from hd_core.adapters.local_shadow import local_replay_services
+from hd_core.adapters.local_shadow import LocalInterpreterExecutions, local_replay_services
 from hd_core.adapters.s3_objects import s3_source_from_url
 from hd_core.adapters.sqlite_store import ControlStoreUnusable, SqliteControlStore
 from hd_core.api_keys import ApiKeyHasher
@@ -209,6 +209,7 @@ class LocalEngineHost:
         self.health: HealthServer | None = None
         self._control: ControlServices | None = None
         self._checkpointer: threading.Thread | None = None
+        self._shadow_executions: LocalInterpreterExecutions | None = None
         self._stopping = threading.Event()
 
     @property
@@ -327,9 +328,13 @@ class LocalEngineHost:
         wildcard = self.config.host in ("0.0.0.0", "::", "")  # noqa: S104 - recognising one, not binding
         engine = EngineEndpoint("127.0.0.1" if wildcard else self.config.host, self.engine.server.port,
                                 sslmode="disable" if self.config.insecure_plaintext else "require")
-        server.start(control, shadow=local_replay_services(
-            self.state_dir, control.keys, engine,
-            revoke_key=control_key_revoker(control.store, control.trail, control.api_keys)))
+        shadow = local_replay_services(self.state_dir, control.keys, engine,
+                                       revoke_key=control_key_revoker(control.store, control.trail, control.api_keys))
+        server.start(control, shadow=shadow)
+        if isinstance(shadow.executions, LocalInterpreterExecutions):
+            # A replay that was running when the last process stopped (or died) carries on where it was.
+            self._shadow_executions = shadow.executions
+            shadow.executions.resume()
         self.control_api = server
         self._control = control
         self._checkpointer = threading.Thread(target=self._checkpoint_chains, name="hd-iam-checkpoints", daemon=True)
@@ -362,6 +367,11 @@ class LocalEngineHost:
     async def stop(self) -> None:
         """Finish or cancel in-flight statements, then make everything written durable."""
         self._stopping.set()
+        if self._shadow_executions is not None:
+            # Replays stop before their next state and stay RUNNING on disk: the next start resumes them. Waited
+            # for off the loop, which serves the statements of the batches still under way.
+            await asyncio.to_thread(self._shadow_executions.stop, self.config.shutdown_grace_seconds)
+            self._shadow_executions = None
         if self.control_api is not None:
             self.control_api.stop()
             if self._checkpointer is not None:

@@ -17,6 +17,7 @@ import re
 import secrets
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -26,7 +27,7 @@ from hd_core.object_source import safe_relative_path
 from hd_core.ports import KeyProvider
 from hd_core.sealed_secrets import SecretSealer
 from hd_core.shadow import state_machine
-from hd_core.shadow.asl_local import ExecutionFailed, LocalStateMachine
+from hd_core.shadow.asl_local import ExecutionFailed, ExecutionStopped, LocalStateMachine
 from hd_core.shadow.replay import (
     EngineEndpoint,
     ExecutionStatus,
@@ -115,15 +116,22 @@ class LocalSealedShadowSecrets:
 class LocalInterpreterExecutions:
     """`ReplayExecutions` in `hd dev`: the state machine's one definition run by `asl_local` on a background thread.
 
-    The execution input and the outcome are kept in `shadow/replays/<id>/execution.json`, where Step
-    Functions would keep its history. An execution does not outlive the process: one found RUNNING
-    on disk but unknown to this process was cut short by a restart and reads FAILED.
+    The execution input, its start and its outcome are kept in `shadow/replays/<id>/execution.json`, where
+    Step Functions would keep its history, so an execution outlives the process that started it: `stop`
+    (the host shutting down) interrupts each run before its next state and leaves it RUNNING on disk, and
+    `resume` (the next start on the same state folder) runs every RUNNING one again from its input. The
+    tasks are idempotent (`prepare` keeps its plan, a stored batch is not replayed again), so a resumed run
+    replays only the batches that had not stored their results, and a process killed outright resumes the
+    same way. An execution RUNNING on disk that this process is not running (it was never resumed) reads
+    FAILED.
     """
 
-    def __init__(self, services: ReplayServices) -> None:
+    def __init__(self, services: ReplayServices, *, wall_clock: Callable[[], float] = time.time) -> None:
         self._services = services
         self._lock = threading.Lock()
         self._running: dict[str, threading.Thread] = {}
+        self._stopping = threading.Event()
+        self._wall_clock = wall_clock
         handlers: dict[str, Callable[[Any], Any]] = {
             state_machine.PREPARE: lambda event: prepare(event, services),
             state_machine.REPLAY_BATCH: lambda event: replay_batch(event, services),
@@ -134,20 +142,50 @@ class LocalInterpreterExecutions:
         LocalStateMachine(self._definition, handlers)  # refuses an uninterpretable definition at start
 
     def start(self, replay_id: str, execution_input: ExecutionInput) -> str:
-        key = f"{replay_prefix(replay_id)}execution.json"
+        key = _execution_key(replay_id)
         with self._lock:
             if replay_id in self._running or self._services.artefacts.get_json(key) is not None:
                 return f"local:{replay_id}"
-            self._services.artefacts.put_json(key, {"status": "RUNNING", "input": dict(execution_input)})
-            thread = threading.Thread(target=self._run, args=(replay_id, dict(execution_input)),
-                                      name=f"hd-shadow-{replay_id}", daemon=True)
-            self._running[replay_id] = thread
-        thread.start()
+            self._services.artefacts.put_json(key, {"status": "RUNNING", "input": dict(execution_input),
+                                                    "started_at": self._wall_clock()})
+            self._launch(replay_id, dict(execution_input), elapsed=0.0)
         return f"local:{replay_id}"
+
+    def resume(self) -> list[str]:
+        """Run again every execution the state folder holds as RUNNING that this process is not running (an
+        earlier process stopped or died during it); returns their replay ids."""
+        resumed = []
+        for key in self._services.artefacts.list_keys("shadow/replays/"):
+            if not key.endswith("/execution.json"):
+                continue
+            document = self._services.artefacts.get_json(key) or {}
+            replay_id = key.split("/")[2]
+            running = document.get("status") == "RUNNING" and isinstance(document.get("input"), dict)
+            if not running or not _is_replay_id(replay_id):
+                continue
+            started = document.get("started_at")
+            elapsed = self._wall_clock() - float(started) if isinstance(started, (int, float)) else 0.0
+            with self._lock:
+                if replay_id in self._running or self._stopping.is_set():
+                    continue
+                self._launch(replay_id, dict(document["input"]), elapsed=elapsed)
+            log.info("shadow replay %s resumed", replay_id)
+            resumed.append(replay_id)
+        return resumed
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Interrupt every run before its next state (a task under way finishes) and wait up to `timeout` for
+        them; they stay RUNNING on disk for `resume`. No execution starts or resumes afterwards."""
+        with self._lock:
+            self._stopping.set()
+            threads = list(self._running.values())
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def status(self, execution_id: str) -> ExecutionStatus:
         replay_id = execution_id.removeprefix("local:")
-        document = self._services.artefacts.get_json(f"{replay_prefix(replay_id)}execution.json") or {}
+        document = self._services.artefacts.get_json(_execution_key(replay_id)) or {}
         status = document.get("status")
         with self._lock:
             running = replay_id in self._running
@@ -162,20 +200,47 @@ class LocalInterpreterExecutions:
         if thread is not None:
             thread.join(timeout)
 
-    def _run(self, replay_id: str, execution_input: dict[str, Any]) -> None:
-        key = f"{replay_prefix(replay_id)}execution.json"
-        outcome: dict[str, Any] = {"status": "SUCCEEDED", "input": execution_input}
+    def _launch(self, replay_id: str, execution_input: dict[str, Any], *, elapsed: float) -> None:
+        """Start the run's thread; the caller holds the lock."""
+        if self._stopping.is_set():
+            return  # shutting down: the execution stays RUNNING on disk and the next start resumes it
+        thread = threading.Thread(target=self._run, args=(replay_id, execution_input, elapsed),
+                                  name=f"hd-shadow-{replay_id}", daemon=True)
+        self._running[replay_id] = thread
+        thread.start()
+
+    def _run(self, replay_id: str, execution_input: dict[str, Any], elapsed: float) -> None:
+        key = _execution_key(replay_id)
+        outcome: dict[str, Any] | None = None
         try:
-            LocalStateMachine(self._definition, self._handlers).run(execution_input)
+            machine = LocalStateMachine(self._definition, self._handlers, should_stop=self._stopping.is_set)
+            machine.run(execution_input, elapsed_seconds=elapsed)
+            outcome = {"status": "SUCCEEDED"}
+        except ExecutionStopped:
+            log.info("shadow replay %s interrupted; it resumes when hd dev starts again", replay_id)
         except ExecutionFailed as failure:
             log.warning("shadow replay %s failed: %s", replay_id, failure.error)
-            outcome = {**outcome, "status": "FAILED", "error": failure.error}
+            outcome = {"status": "FAILED", "error": failure.error}
         except Exception:
             log.exception("shadow replay %s failed", replay_id)
-            outcome = {**outcome, "status": "FAILED", "error": "States.Runtime"}
-        self._services.artefacts.put_json(key, outcome)
+            outcome = {"status": "FAILED", "error": "States.Runtime"}
+        if outcome is not None:
+            document = self._services.artefacts.get_json(key) or {"input": execution_input}
+            self._services.artefacts.put_json(key, {**document, **outcome})
         with self._lock:
             self._running.pop(replay_id, None)
+
+
+def _is_replay_id(value: str) -> bool:
+    try:
+        replay_prefix(value)
+    except NotFound:
+        return False
+    return True
+
+
+def _execution_key(replay_id: str) -> str:
+    return f"{replay_prefix(replay_id)}execution.json"
 
 
 def local_replay_services(state_dir: Path, keys: KeyProvider, engine: EngineEndpoint,

@@ -7,8 +7,11 @@ semantics: `Task` (Resource looked up in `handlers`; Parameters, ResultPath, Ret
 (Parameters, Result, ResultPath) and `Succeed`; the machine's `TimeoutSeconds` fails the execution
 with `States.Timeout` at the first state that starts after it has passed (a running task is not
 interrupted, where Step Functions would stop waiting for it). The check runs before a state, outside
-any Task's Retry and Catch, and only Tasks have those here, so nothing can catch it. Paths are
-reference paths (`$` or `$.a.b`).
+any Task's Retry and Catch, and only Tasks have those here, so nothing can catch it. `should_stop`
+(the host shutting down) is checked at the same place and ends the run with `ExecutionStopped`,
+which no Catch sees either: the execution is not over, and `run` again with the same input (and the
+time it already ran, so the timeout still counts from its start) resumes it, the tasks being
+idempotent. Paths are reference paths (`$` or `$.a.b`).
 Anything else (another state type, a field not listed, a context path `$$`, intrinsic functions) is
 refused when the interpreter is built, so a definition that drifts from this subset fails at once
 instead of being run differently than Step Functions would run it.
@@ -57,13 +60,19 @@ class ExecutionFailed(Exception):
         self.cause = cause
 
 
+class ExecutionStopped(Exception):
+    """`should_stop` said so before a state: the execution is interrupted, neither succeeded nor failed."""
+
+
 class LocalStateMachine:
     """One ASL document bound to local handlers; `run(input)` executes it to the end."""
 
     def __init__(self, definition: Mapping[str, Any], handlers: Mapping[str, Handler], *,
                  sleep: Callable[[float], None] = time.sleep, on_progress: ProgressListener | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         self._definition = copy.deepcopy(dict(definition))
+        self._should_stop = should_stop
         self._handlers = dict(handlers)
         self._sleep = sleep
         self._clock = clock
@@ -71,10 +80,12 @@ class LocalStateMachine:
         self._on_progress = on_progress
         self._check_machine(self._definition, top_level=True)
 
-    def run(self, execution_input: Any) -> Any:
-        """The execution's output; raises `ExecutionFailed` when the execution fails."""
+    def run(self, execution_input: Any, *, elapsed_seconds: float = 0.0) -> Any:
+        """The execution's output; raises `ExecutionFailed` when the execution fails, `ExecutionStopped` when
+        `should_stop` interrupted it. `elapsed_seconds`: how long the execution already ran before (a resumed
+        one), counted against its TimeoutSeconds."""
         timeout = self._definition.get("TimeoutSeconds")
-        self._deadline = None if timeout is None else self._clock() + float(timeout)
+        self._deadline = None if timeout is None else self._clock() + float(timeout) - max(0.0, elapsed_seconds)
         return self._run_machine(self._definition, _json_copy(execution_input))
 
     # --- checking the document --------------------------------------------------------------------
@@ -128,6 +139,8 @@ class LocalStateMachine:
     def _run_machine(self, machine: Mapping[str, Any], data: Any) -> Any:
         name = machine["StartAt"]
         while True:
+            if self._should_stop is not None and self._should_stop():
+                raise ExecutionStopped(f"stopped before state {name}")
             if self._deadline is not None and self._clock() >= self._deadline:
                 raise ExecutionFailed("States.Timeout", f"the execution ran past its TimeoutSeconds (state {name})")
             state = machine["States"][name]
@@ -151,6 +164,8 @@ class LocalStateMachine:
                 effective = _parameters(state["Parameters"], data) if "Parameters" in state else data
                 result = self._task(state, effective) if state["Type"] == "Task" else self._map(state, effective)
                 return _apply_result(data, result, state.get("ResultPath", "$")), state.get("Next")
+            except ExecutionStopped:
+                raise  # an interruption, not a task error: no Retry or Catch applies
             except Exception as failure:  # noqa: BLE001 - any handler exception is a task error, as in Lambda
                 error, cause = _error_of(failure)
             delay = _retry_delay(state.get("Retry", ()), error, attempts)

@@ -4,13 +4,14 @@ The flow is `state_machine.definition()`; each of its Tasks calls one function h
 input and the deployment's `ReplayServices`:
 
 - `prepare`: read the replay's record and query set, pick the sampled statements and cut them into
-  batches (`plan.json`); the Map gets only `{replay_id, batch}` per batch.
+  batches (`plan.json`, kept if there already is one); the Map gets only `{replay_id, batch}` per batch.
 - `replay_batch`: each statement of the batch runs on the comparison PostgreSQL inside `BEGIN READ
   ONLY` with `SET LOCAL statement_timeout` (a server-side cursor, read `BATCH_ROWS` at a time), and
   on the engine host over the Postgres wire as the replay's ServiceAccount key, so the engine's
   governance and audit apply (rows streamed). Both sides are digested in this one process (a digest
   holds raw sample rows and is never stored), compared and timed; only the redacted comparison is
-  stored, as `batches/<n>.json`, which a re-run of the batch overwrites.
+  stored, as `batches/<n>.json` in one write; a batch already stored is not run again (a retried or
+  resumed execution), so each statement of a replay runs once per side however often its batch is called.
 - `write_report`: the report from the plan and the batch results; a batch missing from them (it
   failed after its retries: the Map's Catch recorded it) reports its statements as `error`. Then, whether
   the report was stored or not, the replay is over: the secrets it created are deleted and (where the
@@ -386,14 +387,17 @@ def prepare(event: Mapping[str, Any], services: ReplayServices) -> dict[str, Any
     """Prepare: the plan (sampled statements in batches), stored; returns the Map's items."""
     replay_id = str(event["replay_id"])
     record = _record(services, replay_id)
-    query_set = _query_set(services, record)
-    rate = float(record["sample_rate"])
-    chosen = [s.index for s in query_set.statements if _sampled(replay_id, s.index, rate)]
-    size = batch_size(float(record["timeout_seconds"]))
-    batches = [chosen[i:i + size] for i in range(0, len(chosen), size)]
-    services.artefacts.put_json(f"{replay_prefix(replay_id)}plan.json", {"batches": batches, "batch_size": size})
+    plan = services.artefacts.get_json(f"{replay_prefix(replay_id)}plan.json")
+    if plan is None:  # else a resumed or retried execution: the batches already stored keep their numbers
+        query_set = _query_set(services, record)
+        rate = float(record["sample_rate"])
+        chosen = [s.index for s in query_set.statements if _sampled(replay_id, s.index, rate)]
+        size = batch_size(float(record["timeout_seconds"]))
+        plan = {"batches": [chosen[i:i + size] for i in range(0, len(chosen), size)], "batch_size": size}
+        services.artefacts.put_json(f"{replay_prefix(replay_id)}plan.json", plan)
+    batches = plan["batches"]
     return {"batches": [{"replay_id": replay_id, "batch": n} for n in range(len(batches))],
-            "statement_count": len(chosen)}
+            "statement_count": sum(len(batch) for batch in batches)}
 
 
 def batch_size(timeout_seconds: float) -> int:
@@ -416,6 +420,11 @@ def replay_batch(event: Mapping[str, Any], services: ReplayServices) -> dict[str
     plan = services.artefacts.get_json(f"{replay_prefix(replay_id)}plan.json")
     if plan is None or not 0 <= batch < len(plan["batches"]):
         raise ReplayBatchFailed(f"replay {replay_id} has no batch {batch}")
+    done = services.artefacts.get_json(_batch_key(replay_id, batch))
+    if done is not None:
+        # Stored whole or not at all: a resumed execution (or a retry after the store) replays nothing twice,
+        # and needs no secret, which WriteReport may have deleted already.
+        return {"replay_id": replay_id, "batch": batch, "status": "done", "statements": len(done["results"])}
     statements = {s.index: s for s in _query_set(services, record).statements}
     dsn = _comparison_dsn(services.secrets.get_secret(record["comparison_secret"]))
     key = services.secrets.get_secret(record["engine_key_secret"])

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from hd_core.shadow import state_machine
-from hd_core.shadow.asl_local import AslUnsupported, ExecutionFailed, LocalStateMachine
+from hd_core.shadow.asl_local import AslUnsupported, ExecutionFailed, ExecutionStopped, LocalStateMachine
 
 DEFINITION = state_machine.definition({name: name for name in state_machine.FUNCTIONS})
 
@@ -140,3 +140,32 @@ def test_a_timeout_that_is_not_a_positive_integer_is_refused() -> None:
         with pytest.raises(AslUnsupported):
             LocalStateMachine({**DEFINITION, "TimeoutSeconds": timeout}, handlers(lambda e: e, []))
 
+
+
+def test_a_stop_interrupts_the_run_before_its_next_state_and_no_catch_turns_it_into_an_error_record() -> None:
+    calls: list[Any] = []
+    stop = threading.Event()
+    ran: list[int] = []
+
+    def replay_batch(event: dict[str, Any]) -> dict[str, Any]:
+        ran.append(event["batch"])
+        if len(ran) == 2:
+            stop.set()  # the host shuts down while this batch runs: it finishes, nothing after it starts
+        return {"replay_id": event["replay_id"], "batch": event["batch"], "status": "done"}
+
+    machine = LocalStateMachine(DEFINITION, handlers(replay_batch, calls), should_stop=stop.is_set)
+    with pytest.raises(ExecutionStopped):
+        machine.run({"replay_id": "rp_1", "concurrency": 1})
+    assert ran == [0, 1]
+    assert not [call for call in calls if call[0] == "write_report"]  # not caught as BatchFailed, not reported
+
+
+def test_a_resumed_execution_counts_the_time_it_already_ran_against_its_timeout() -> None:
+    reports: list[Any] = []
+    done = lambda event: {"replay_id": event["replay_id"], "batch": event["batch"], "status": "done"}  # noqa: E731
+    machine = LocalStateMachine(DEFINITION, handlers(done, reports), clock=lambda: 0.0)
+    with pytest.raises(ExecutionFailed) as failed:
+        machine.run({"replay_id": "rp_1", "concurrency": 1}, elapsed_seconds=state_machine.EXECUTION_TIMEOUT_SECONDS)
+    assert failed.value.error == "States.Timeout" and reports == []
+    assert LocalStateMachine(DEFINITION, handlers(done, reports)).run(
+        {"replay_id": "rp_1", "concurrency": 1}, elapsed_seconds=60)["report"] == {"batches": 6}
