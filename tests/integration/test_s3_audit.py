@@ -19,6 +19,7 @@ from hd_core.adapters.s3_audit import S3AuditArchive, S3AuditSink
 from hd_core.audit import QueryAuditRecord, format_audit_ts
 from hd_core.errors import AuditWriteFailed, HdError
 from hd_core.ports import AuditSink
+from hd_core.query_audit_chain import CHAIN_FIELDS
 
 BUCKET = "hd-audit-test"
 T0 = datetime(2026, 3, 1, 23, 59, 59, 900000, tzinfo=UTC)
@@ -101,7 +102,9 @@ def test_objects_are_compact_ndjson_lines(s3: Any) -> None:
     assert stored["ContentType"] == "application/x-ndjson"
     assert body.endswith("\n") and body.count("\n") == 1
     assert "Zoë" in body and ", " not in body and '": ' not in body
-    assert json.loads(body) == {**record, "when": str(T0)}
+    stored_record = json.loads(body)
+    assert {name: stored_record.pop(name) for name in CHAIN_FIELDS}["chain_seq"] == 1
+    assert stored_record == {**record, "when": str(T0)}
 
 
 def test_a_batch_spanning_midnight_writes_one_object_per_day_partition(s3: Any) -> None:
@@ -149,6 +152,9 @@ class _RefusesOneDay:
         self._client = client
         self._refused = refused_partition
 
+    def get_paginator(self, name: str) -> Any:
+        return self._client.get_paginator(name)
+
     def put_object(self, **kwargs: Any) -> Any:
         if self._refused in kwargs["Key"]:
             raise ConnectionError("connection reset by peer")
@@ -166,7 +172,10 @@ def test_only_callers_whose_object_failed_are_told_so(s3: Any) -> None:
 
 
 class _StopsTheThread:
-    """An S3 client whose put ends the calling thread, as interpreter shutdown would."""
+    """An S3 client whose calls end the calling thread, as interpreter shutdown would."""
+
+    def get_paginator(self, name: str) -> Any:
+        raise SystemExit
 
     def put_object(self, **kwargs: Any) -> Any:
         raise SystemExit

@@ -16,6 +16,7 @@ from hd_core.adapters.local_audit import LocalFolderAuditSink
 from hd_core.audit import QueryAuditRecord, format_audit_ts
 from hd_core.errors import AuditWriteFailed, HdError
 from hd_core.ports import AuditSink
+from hd_core.query_audit_chain import chained_line
 
 T0 = datetime(2026, 3, 1, 23, 59, 59, 900000, tzinfo=UTC)
 
@@ -53,8 +54,8 @@ def test_a_written_record_is_a_sorted_json_line_and_flushed(tmp_path: Path) -> N
         sql="SELECT 'x'", org_id="o", user_id="u", key_id="k", role="Owner", source_ip=None, at=T0
     )
     sink.write(record.to_dict())
-    # Readable before close: every write is flushed to the file.
-    assert _day_file(tmp_path, "2026/03/01").read_text() == record.to_json_line() + "\n"
+    # Readable before close: every write is flushed to the file, chained as the day's first line.
+    assert _day_file(tmp_path, "2026/03/01").read_text() == chained_line(record.to_dict(), None)[0] + "\n"
     sink.close()
 
 

@@ -1,7 +1,10 @@
 """`AuditSink` on a local folder: `root/audit/queries/YYYY/MM/DD/<host_id>.jsonl`, one line per record.
 
 Each host appends to its own file, so one in-process lock is enough to keep lines whole. A write
-that cannot be stored raises `AuditWriteFailed` and leaves no partial line behind.
+that cannot be stored raises `AuditWriteFailed` and leaves no partial line behind. Each day file is
+one hash chain (hd_core/query_audit_chain.py): a line links to the line before it, the chain
+resumes from the file's last line when a file is reopened, and a `QueryChainCheckpointer`, when
+given, signs the heads in the background.
 `LocalFolderAuditArchive` reads the same folders back for audit search.
 """
 
@@ -13,9 +16,10 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 
-from hd_core.audit import audit_partition, to_json_line
+from hd_core.audit import audit_partition
 from hd_core.audit_search import records_from_jsonl
 from hd_core.errors import AuditWriteFailed, HdError
+from hd_core.query_audit_chain import ChainHead, QueryChainCheckpointer, chain_id_for, chained_line, head_of_line
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
@@ -32,6 +36,7 @@ class _DayFile:
         try:
             _drop_partial_last_line(self.fd)
             info = os.fstat(self.fd)
+            self.head = _last_head(self.fd)
         except OSError:
             os.close(self.fd)
             raise
@@ -83,6 +88,23 @@ def _drop_partial_last_line(fd: int) -> None:
     os.ftruncate(fd, 0)
 
 
+def _last_head(fd: int) -> ChainHead | None:
+    """The chain head the file's last line records (None for an empty file or one written before chaining)."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return None
+    end = size - 1  # the final newline
+    start = end
+    while start > 0:
+        begin = max(0, start - 65536)
+        newline = os.pread(fd, start - begin, begin).rfind(b"\n")
+        if newline >= 0:
+            start = begin + newline + 1
+            break
+        start = begin
+    return head_of_line(os.pread(fd, end - start, start))
+
+
 def _ensure_private_dirs(root: Path, relative: str) -> Path:
     """Create `root/relative` level by level with mode 0700 (existing levels are left as they are)."""
     levels = [root]
@@ -100,12 +122,14 @@ def _ensure_private_dirs(root: Path, relative: str) -> Path:
 class LocalFolderAuditSink:
     """Appends query audit records to date-partitioned JSONL files under a local folder."""
 
-    def __init__(self, root: Path, *, host_id: str, fsync: bool = False) -> None:
+    def __init__(self, root: Path, *, host_id: str, fsync: bool = False,
+                 checkpointer: QueryChainCheckpointer | None = None) -> None:
         if not host_id or "/" in host_id or host_id in (".", ".."):
             raise ValueError(f"host_id must be a plain file name, got {host_id!r}")
         self._root = Path(root)
         self._host_id = host_id
         self._fsync = fsync
+        self._checkpointer = checkpointer
         self._lock = threading.Lock()
         self._open: dict[date, _DayFile] = {}
         self._closed = False
@@ -118,22 +142,28 @@ class LocalFolderAuditSink:
         day = datetime.fromisoformat(ts)
         if day.tzinfo is None:
             raise ValueError(f"audit record ts must carry a UTC offset, got {ts!r}")
-        data = (to_json_line(dict(record)) + "\n").encode()
         with self._lock:
             if self._closed:
                 raise AuditWriteFailed("query audit sink is closed")
             try:
-                self._day_file(day).append(data, self._fsync)
+                handle = self._day_file(day)
+                line, head = chained_line(record, handle.head)
+                handle.append((line + "\n").encode(), self._fsync)
             except OSError as exc:
                 self._forget(day.astimezone(UTC).date())
                 raise AuditWriteFailed(f"query audit record could not be stored: {exc.strerror or exc}") from exc
+            handle.head = head
+        if self._checkpointer is not None:
+            self._checkpointer.advanced(chain_id_for(self._host_id, day.astimezone(UTC).date()), head)
 
     def close(self) -> None:
-        """Close the open day files; later writes raise `AuditWriteFailed`."""
+        """Close the open day files and sign the chains' final heads; later writes raise `AuditWriteFailed`."""
         with self._lock:
             self._closed = True
             for day in list(self._open):
                 self._forget(day)
+        if self._checkpointer is not None:
+            self._checkpointer.close()
 
     def __enter__(self) -> LocalFolderAuditSink:
         return self
@@ -181,6 +211,18 @@ class LocalFolderAuditArchive:
             raise HdError(f"query audit folder {folder} could not be read: {exc.strerror or exc}") from exc
         for path in files:
             yield from records_from_jsonl(_read_day_file(path), source=str(path))
+
+    def chain_segments(self, day: date) -> Iterator[tuple[str, bytes]]:
+        """(host id, the file's bytes) of every host's file of `day`: one chain each, for verification."""
+        folder = self._root / audit_partition(datetime.combine(day, time(), UTC))
+        try:
+            files = sorted(path for path in folder.iterdir() if path.suffix == ".jsonl" and path.is_file())
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise HdError(f"query audit folder {folder} could not be read: {exc.strerror or exc}") from exc
+        for path in files:
+            yield path.stem, _read_day_file(path)
 
 
 def _read_day_file(path: Path) -> bytes:

@@ -33,8 +33,10 @@ _FILE_MODE = 0o600
 class LocalFolderCheckpointStore:
     """Signed IAM chain checkpoints as JSON files under a local folder."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, folder: tuple[str, ...] = CHECKPOINTS_FOLDER) -> None:
+        """`folder`: where under `root` (the query audit chain keeps its checkpoints apart from the IAM chain's)."""
         self._root = Path(root)
+        self._folder = folder
 
     def put_checkpoint(self, checkpoint: ChainCheckpoint) -> None:
         """Store a checkpoint; raises `Conflict` if one with the same name exists, `AuditWriteFailed` on I/O errors."""
@@ -42,7 +44,7 @@ class LocalFolderCheckpointStore:
         final = folder / checkpoint_object_name(checkpoint)
         temporary = folder / f".{final.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
         try:
-            _ensure_private_dirs(self._root, (*CHECKPOINTS_FOLDER, checkpoint.chain_id))
+            _ensure_private_dirs(self._root, (*self._folder, checkpoint.chain_id))
             _write_new_file(temporary, checkpoint_to_json(checkpoint))
             os.link(temporary, final)
         except FileExistsError:
@@ -67,7 +69,7 @@ class LocalFolderCheckpointStore:
                 if name.startswith(prefix) and not name.startswith(".")]
 
     def _chain_folder(self, chain_id: str) -> Path:
-        return self._root.joinpath(*CHECKPOINTS_FOLDER, validate_chain_id(chain_id))
+        return self._root.joinpath(*self._folder, validate_chain_id(chain_id))
 
 
 def _read_checkpoint(path: Path) -> ChainCheckpoint:

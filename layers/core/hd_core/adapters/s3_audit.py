@@ -5,6 +5,10 @@ the records that concurrent `write` calls hand it within a short window into one
 day partition: `<prefix>YYYY/MM/DD/<host_id>-<unix_ms>-<random>.jsonl`. Each caller still returns
 only once the object carrying its record is stored, and gets `AuditWriteFailed` otherwise, so the
 statement it audits fails closed.
+
+A host's objects of one day form one hash chain (hd_core/query_audit_chain.py): the one flusher
+links each batch's lines after the previous batch's, advancing the head only once the object is
+stored, and resumes from the day's last stored object when the process starts again.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -22,6 +26,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from hd_core.audit_search import records_from_jsonl
 from hd_core.errors import AuditWriteFailed, HdError
 from hd_core.models import random_base62
+from hd_core.query_audit_chain import (
+    ChainHead,
+    QueryChainCheckpointer,
+    chain_id_for,
+    chained_line,
+    head_of_line,
+    last_line,
+)
 
 DEFAULT_PREFIX = "audit/queries/"
 _HOST_ID = re.compile(r"[A-Za-z0-9_.-]+")
@@ -33,11 +45,11 @@ _S3_READ_ERRORS = (BotoCoreError, ClientError, OSError)
 class _PendingRecord:
     """One caller's record on its way into a batch, and the outcome the caller waits for."""
 
-    __slots__ = ("arrived", "day", "done", "error", "line")
+    __slots__ = ("arrived", "day", "done", "error", "record")
 
-    def __init__(self, day: date, line: str) -> None:
+    def __init__(self, day: date, record: dict[str, object]) -> None:
         self.day = day
-        self.line = line
+        self.record = record
         self.arrived = time.monotonic()
         self.done = threading.Event()
         self.error: str | None = None
@@ -59,6 +71,7 @@ class S3AuditSink:
         prefix: str = DEFAULT_PREFIX,
         batch_window_seconds: float = 0.02,
         max_batch_records: int = 500,
+        checkpointer: QueryChainCheckpointer | None = None,
     ) -> None:
         if not _HOST_ID.fullmatch(host_id) or host_id in (".", ".."):
             raise ValueError(f"host_id must match [A-Za-z0-9_.-]+, got {host_id!r}")
@@ -71,6 +84,9 @@ class S3AuditSink:
         self._prefix = prefix
         self._window = batch_window_seconds
         self._max_records = max_batch_records
+        self._checkpointer = checkpointer
+        # Touched by the flusher thread only: each day's chain head (None: start a new chain).
+        self._heads: dict[date, ChainHead | None] = {}
         self._queue: list[_PendingRecord] = []
         self._closed = False
         self._wakeup = threading.Condition()
@@ -79,7 +95,7 @@ class S3AuditSink:
 
     def write(self, record: Mapping[str, object]) -> None:
         """Store one record; returns once the object carrying it is in S3, raises `AuditWriteFailed` otherwise."""
-        pending = _PendingRecord(_utc_day(record), _json_line(record))
+        pending = _PendingRecord(_utc_day(record), dict(record))
         with self._wakeup:
             if self._closed:
                 raise AuditWriteFailed("query audit sink is closed")
@@ -92,11 +108,13 @@ class S3AuditSink:
             raise AuditWriteFailed(f"query audit record could not be stored: {pending.error}")
 
     def close(self) -> None:
-        """Store what is queued, then stop the flusher; later writes raise `AuditWriteFailed`."""
+        """Store what is queued, stop the flusher and sign the chains' final heads; later writes fail."""
         with self._wakeup:
             self._closed = True
             self._wakeup.notify()
         self._flusher.join()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
 
     def __enter__(self) -> S3AuditSink:
         return self
@@ -151,14 +169,39 @@ class S3AuditSink:
             _settle([pending for pending in batch if not pending.done.is_set()], "the audit flusher stopped")
 
     def _put(self, day: date, records: list[_PendingRecord]) -> None:
+        head = self._heads[day] if day in self._heads else self._stored_head(day)
+        lines = []
+        for pending in records:
+            line, head = chained_line(pending.record, head, serialize=_json_line)
+            lines.append(line + "\n")
         unix_ms = time.time_ns() // 1_000_000
         key = f"{self._prefix}{day:%Y/%m/%d}/{self._host_id}-{unix_ms}-{random_base62(_OBJECT_RANDOM_CHARS)}.jsonl"
-        body = "".join(pending.line + "\n" for pending in records).encode()
+        body = "".join(lines).encode()
         # Object Lock buckets refuse uploads without a checksum; naming the algorithm keeps that true
         # even for a client configured with request_checksum_calculation="when_required".
         self._s3.put_object(
             Bucket=self._bucket, Key=key, Body=body, ContentType="application/x-ndjson", ChecksumAlgorithm="CRC32"
         )
+        # Only a stored object moves the head: a failed batch's positions are taken by the next one.
+        self._heads = {d: h for d, h in self._heads.items() if d >= day - timedelta(days=1)}
+        self._heads[day] = head
+        if self._checkpointer is not None and head is not None:
+            self._checkpointer.advanced(chain_id_for(self._host_id, day), head)
+
+    def _stored_head(self, day: date) -> ChainHead | None:
+        """Where this host's chain of `day` ended before this process (its latest object's last line)."""
+        paginator = self._s3.get_paginator("list_objects_v2")
+        latest: str | None = None
+        for page in paginator.paginate(Bucket=self._bucket, Prefix=f"{self._prefix}{day:%Y/%m/%d}/{self._host_id}-"):
+            for entry in page.get("Contents", []):
+                key = entry["Key"]
+                # Keys are `<host>-<unix_ms>-<random>`: the largest millisecond is the latest batch.
+                if key.endswith(".jsonl") and (latest is None or _object_ms(key) > _object_ms(latest)):
+                    latest = key
+        if latest is None:
+            return None
+        line = last_line(self._s3.get_object(Bucket=self._bucket, Key=latest)["Body"].read())
+        return head_of_line(line) if line is not None else None
 
 
 class S3AuditArchive:
@@ -177,6 +220,11 @@ class S3AuditArchive:
         """Every record in `day`'s partition (ListObjectsV2 paginated, GetObject each); a missing day is empty."""
         for key in self._day_keys(day):
             yield from records_from_jsonl(self._get(key), source=f"s3://{self._bucket}/{key}")
+
+    def chain_segments(self, day: date) -> Iterator[tuple[str, bytes]]:
+        """(host id, the object's bytes) of every object of `day`: each host's objects form its chain."""
+        for key in self._day_keys(day):
+            yield key.rsplit("/", 1)[-1].rsplit("-", 2)[0], self._get(key)
 
     def _day_keys(self, day: date) -> Iterator[str]:
         paginator = self._s3.get_paginator("list_objects_v2")
@@ -219,5 +267,12 @@ def _utc_day(record: Mapping[str, object]) -> date:
     return moment.astimezone(UTC).date()
 
 
-def _json_line(record: Mapping[str, object]) -> str:
-    return json.dumps(dict(record), separators=(",", ":"), ensure_ascii=False, default=str)
+def _json_line(record: dict[str, object]) -> str:
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _object_ms(key: str) -> int:
+    try:
+        return int(key.rsplit("-", 2)[-2])
+    except (IndexError, ValueError):
+        return -1

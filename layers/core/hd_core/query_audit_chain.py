@@ -1,0 +1,362 @@
+"""The hash chain over query audit records: one chain per engine host and UTC day, with signed checkpoints.
+
+Each stored record line carries `chain_seq` (its 1-based position), `prev_hash` (the previous
+line's `hash`, `GENESIS_HASH` for the first) and `hash`: SHA-256 hex of the line as serialized
+without its `hash` (the sorted, compact JSON of the record and the two chain fields). The hash is
+appended as the line's last member, so the verifier hashes the stored bytes themselves and never
+depends on re-serialising JSON. Hashing costs one SHA-256 over a few hundred bytes per statement.
+
+Signing is not per record: a `QueryChainCheckpointer` signs a chain's head in the background once
+`every_records` records or `every_seconds` seconds have passed since its last checkpoint, when a
+host starts a new chain (the day rolled over: the old day's final head is signed), and at close.
+Records after the latest checkpoint can be cut off without trace until the next one is signed;
+that window (at most `every_records` records or `every_seconds` seconds) is the price of keeping
+a KMS round trip off every statement.
+
+A checkpoint signature covers `QUERY_CHECKPOINT_MESSAGE_TYPE`, so it can never pass for an IAM
+checkpoint (or the reverse), and checkpoints live under their own prefix of the audit bucket.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
+
+from hd_core.audit import to_json_line
+from hd_core.iam_audit import GENESIS_HASH, ChainBreak, ChainVerification, canonical_json, format_audit_time
+from hd_core.models import ChainCheckpoint, utc_now
+from hd_core.ports import CheckpointStore, KeyProvider
+
+log = logging.getLogger(__name__)
+
+QUERY_CHECKPOINT_MESSAGE_TYPE = "hd.query_checkpoint.v1"
+CHAIN_FIELDS = ("chain_seq", "prev_hash", "hash")
+DEFAULT_CHECKPOINT_RECORDS = 1000
+DEFAULT_CHECKPOINT_SECONDS = 60.0
+# Where query chain checkpoints live: a prefix of their own in the audit bucket (and the local audit folder).
+CHECKPOINT_PREFIX = "audit/query-checkpoints/"
+CHECKPOINT_FOLDER = ("audit", "query-checkpoints")
+
+# `,"hash":"<64 hex>"}`: the fixed-length end of every chained line.
+_HASH_SUFFIX = re.compile(rb',"hash":"([0-9a-f]{64})"}$')
+_HASH_SUFFIX_LENGTH = len(b',"hash":""}') + 64
+_UNSAFE_CHAIN_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def chain_id_for(host_id: str, day: date) -> str:
+    """The chain id of one host's records of one UTC day: `q_YYYYMMDD_<host>` (other characters become `_`)."""
+    return f"q_{day:%Y%m%d}_{_UNSAFE_CHAIN_CHARS.sub('_', host_id)}"[:128]
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """The last record of a chain: its position and hash (what the next record links to)."""
+
+    seq: int
+    hash: str
+
+
+def chained_line(record: Mapping[str, object], head: ChainHead | None, *,
+                 serialize: Callable[[dict[str, object]], str] = to_json_line) -> tuple[str, ChainHead]:
+    """The stored line of `record` appended after `head` (None: the chain's first), and the new head.
+
+    `serialize` must give one compact JSON object on one line; the hash covers exactly its output.
+    """
+    if any(name in record for name in CHAIN_FIELDS):
+        raise ValueError("a query audit record must not carry chain fields before it is chained")
+    seq = 1 if head is None else head.seq + 1
+    body = serialize({**record, "chain_seq": seq, "prev_hash": GENESIS_HASH if head is None else head.hash})
+    if not body.endswith("}") or "\n" in body:
+        raise ValueError("a serialized query audit record must be one JSON object on one line")
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    return f'{body[:-1]},"hash":"{digest}"}}', ChainHead(seq, digest)
+
+
+def head_of_line(line: bytes) -> ChainHead | None:
+    """The chain position and hash a stored line claims (None if it carries none): for resuming a chain."""
+    found = _HASH_SUFFIX.search(line.rstrip(b"\n"))
+    if found is None:
+        return None
+    try:
+        seq = json.loads(line).get("chain_seq")
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return ChainHead(seq, found.group(1).decode()) if isinstance(seq, int) and seq > 0 else None
+
+
+def last_line(data: bytes) -> bytes | None:
+    """The last complete line of a JSONL file or object (None if it has none)."""
+    end = data.rfind(b"\n")
+    if end < 0:
+        return None
+    start = data.rfind(b"\n", 0, end) + 1
+    return data[start:end]
+
+
+def checkpoint_message(chain_id: str, size: int, head_hash: str, time: datetime) -> bytes:
+    """The canonical bytes a query chain checkpoint signature covers."""
+    statement = {"type": QUERY_CHECKPOINT_MESSAGE_TYPE, "chain_id": chain_id, "size": size, "head_hash": head_hash,
+                 "time": format_audit_time(time)}
+    return canonical_json(statement).encode()
+
+
+# --- signing checkpoints off the statement path ----------------------------------------------------
+
+
+class QueryChainCheckpointer:
+    """Signs chain heads into the checkpoint store from a background thread; sinks report heads with `advanced`.
+
+    `advanced` only records the head and, when a checkpoint is due, wakes the thread: no statement
+    waits for KMS or S3. A failed checkpoint is logged and retried on the next round.
+    """
+
+    def __init__(self, checkpoints: CheckpointStore, keys: KeyProvider, *,
+                 every_records: int = DEFAULT_CHECKPOINT_RECORDS, every_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
+                 now: Callable[[], datetime] = utc_now) -> None:
+        if every_records < 1 or every_seconds <= 0:
+            raise ValueError("every_records must be at least 1 and every_seconds positive")
+        self._checkpoints = checkpoints
+        self._keys = keys
+        self._every_records = every_records
+        self._every_seconds = every_seconds
+        self._now = now
+        self._wakeup = threading.Condition()
+        self._heads: dict[str, ChainHead] = {}
+        self._signed: dict[str, int] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="query-chain-checkpoints", daemon=True)
+        self._thread.start()
+
+    def advanced(self, chain_id: str, head: ChainHead) -> None:
+        """Note a chain's new head (called by the sink after the record is stored)."""
+        with self._wakeup:
+            new_chain = chain_id not in self._heads
+            self._heads[chain_id] = head
+            # A new chain means the day rolled over (or the host started): sign what the others reached now.
+            if new_chain or head.seq - self._signed.get(chain_id, 0) >= self._every_records:
+                self._wakeup.notify()
+
+    def flush(self) -> int:
+        """Sign every head not yet covered by a checkpoint now; returns how many were signed."""
+        return sum(self._sign(chain_id, head) for chain_id, head in self._unsigned())
+
+    def close(self) -> None:
+        """Stop the thread and sign the final heads (the host is stopping)."""
+        with self._wakeup:
+            if self._closed:
+                return
+            self._closed = True
+            self._wakeup.notify()
+        self._thread.join()
+        self.flush()
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                if self._closed:
+                    return
+                self._wakeup.wait(self._every_seconds)
+                if self._closed:
+                    return
+            self.flush()
+
+    def _unsigned(self) -> list[tuple[str, ChainHead]]:
+        with self._wakeup:
+            return [(chain_id, head) for chain_id, head in self._heads.items()
+                    if head.seq > self._signed.get(chain_id, 0)]
+
+    def _sign(self, chain_id: str, head: ChainHead) -> bool:
+        try:
+            at = self._now()
+            signature = self._keys.sign_checkpoint(checkpoint_message(chain_id, head.seq, head.hash, at))
+            self._checkpoints.put_checkpoint(ChainCheckpoint(
+                chain_id=chain_id, size=head.seq, head_hash=head.hash, time=at,
+                key_id=self._keys.checkpoint_key_id(), signature=base64.b64encode(signature).decode("ascii")))
+        # KMS, S3 or disk trouble must never reach a statement; the head stays owed and is retried.
+        except Exception:
+            log.warning("query audit checkpoint of %s at %d could not be written; retrying later", chain_id, head.seq,
+                        exc_info=True)
+            return False
+        with self._wakeup:
+            self._signed[chain_id] = max(head.seq, self._signed.get(chain_id, 0))
+            # Days older than yesterday get no more records: forget them once signed.
+            stale = [c for c, h in self._heads.items() if c != chain_id and self._signed.get(c, 0) >= h.seq]
+            for old in stale[: max(0, len(stale) - 4)]:
+                self._heads.pop(old, None)
+                self._signed.pop(old, None)
+        return True
+
+
+# --- verification ----------------------------------------------------------------------------------
+
+
+class QueryChainSource(Protocol):
+    """Stored query audit records as written: each file or object of a day with the host that wrote it."""
+
+    def chain_segments(self, day: date) -> Iterator[tuple[str, bytes]]:
+        """(host id, raw JSONL bytes) of every file or object in `day`'s partition."""
+        ...
+
+
+@dataclass(frozen=True)
+class QueryChainReport:
+    """The verification of one host's chain of one day."""
+
+    host_id: str
+    day: date
+    verification: ChainVerification
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON shape the audit API returns."""
+        return {"chain_id": self.verification.chain_id, "host_id": self.host_id, "day": self.day.isoformat(),
+                **self.verification.to_dict()}
+
+
+def verify_query_chains(source: QueryChainSource, checkpoints: CheckpointStore, keys: KeyProvider,
+                        days: Iterable[date], *, now: Callable[[], datetime] = utc_now) -> list[QueryChainReport]:
+    """Verify every host's chain of each day; a chain's first break is its earliest position that fails."""
+    reports = []
+    for day in days:
+        segments: dict[str, list[list[bytes]]] = {}
+        for host_id, data in source.chain_segments(day):
+            lines = [line for line in data.split(b"\n")[:-1] if line.strip()]
+            if lines:
+                segments.setdefault(host_id, []).append(lines)
+        for host_id in sorted(segments):
+            chain_id = chain_id_for(host_id, day)
+            # S3 holds a chain in several objects: put them in chain order by their first line's position.
+            ordered = sorted(segments[host_id], key=lambda lines: _claimed_seq(lines[0]))
+            lines = [line for segment in ordered for line in segment]
+            reports.append(QueryChainReport(host_id, day, _verify_lines(chain_id, lines, checkpoints, keys, now())))
+    return reports
+
+
+def _claimed_seq(line: bytes) -> int:
+    head = head_of_line(line)
+    return head.seq if head is not None else 0
+
+
+@dataclass(frozen=True)
+class _Line:
+    seq: int | None  # None: the line is not a chained record (edited beyond parsing, or never chained)
+    prev_hash: str | None
+    hash: str | None
+    hash_ok: bool
+
+
+def _parse_line(line: bytes) -> _Line:
+    found = _HASH_SUFFIX.search(line)
+    try:
+        document = json.loads(line)
+    except (UnicodeDecodeError, ValueError):
+        return _Line(None, None, None, False)
+    if not isinstance(document, dict):
+        return _Line(None, None, None, False)
+    seq, prev = document.get("chain_seq"), document.get("prev_hash")
+    if found is None or not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(prev, str):
+        return _Line(seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+                     prev if isinstance(prev, str) else None, None, False)
+    claimed = found.group(1).decode()
+    body = line[: -_HASH_SUFFIX_LENGTH] + b"}"
+    return _Line(seq, prev, claimed, hashlib.sha256(body).hexdigest() == claimed)
+
+
+def _verify_lines(chain_id: str, raw: list[bytes], checkpoints: CheckpointStore, keys: KeyProvider,
+                  verified_at: datetime) -> ChainVerification:
+    signed, forged = _sorted_checkpoints(chain_id, checkpoints, keys)
+    lines = [_parse_line(line) for line in raw]
+    present = {line.seq for line in lines if line.seq is not None}
+    first_break: ChainBreak | None = None
+    expected, previous_hash = 1, GENESIS_HASH
+    hashes: dict[int, str] = {}
+    for line in lines:
+        if first_break is None:
+            first_break = _line_break(line, expected, previous_hash, present)
+        if line.seq is not None and line.hash is not None:
+            hashes.setdefault(line.seq, line.hash)
+            expected, previous_hash = max(expected, line.seq + 1), line.hash
+        else:
+            expected += 1
+    count = len(lines)
+    if first_break is None and forged:
+        worst = min(forged, key=lambda c: (c.size, c.time))
+        first_break = ChainBreak(worst.size, "checkpoint_signature_invalid",
+                                 f"a stored checkpoint claiming size {worst.size} is not signed by checkpoint key "
+                                 f"{worst.key_id!r} for this chain ({len(forged)} such checkpoint(s) in all)")
+    if first_break is None:
+        first_break = _checkpoint_break(signed, hashes, count)
+    return ChainVerification(
+        chain_id=chain_id, entry_count=count, chain_valid=first_break is None,
+        first_entry_hash=next((line.hash for line in lines if line.hash), None),
+        last_entry_hash=next((line.hash for line in reversed(lines) if line.hash), None),
+        verified_at=verified_at, checkpoint_size=max((c.size for c in signed), default=None),
+        first_break=first_break,
+    )
+
+
+def _line_break(line: _Line, expected: int, previous_hash: str, present: set[int]) -> ChainBreak | None:
+    if line.seq is None or line.hash is None:
+        return ChainBreak(expected, "edited", f"the record at position {expected} carries no valid chain fields")
+    if line.seq > expected:
+        kind = "reordered" if expected in present else "deleted"
+        detail = (f"record {expected} is stored after record {line.seq}" if kind == "reordered"
+                  else f"positions {expected}..{line.seq - 1} are missing")
+        return ChainBreak(expected, kind, detail)
+    if line.seq < expected:
+        return ChainBreak(line.seq, "reordered", f"position {line.seq} appears again after position {expected - 1}")
+    if not line.hash_ok:
+        return ChainBreak(line.seq, "edited", f"record {line.seq} no longer matches its hash")
+    if line.prev_hash != previous_hash:
+        return ChainBreak(line.seq, "edited", f"record {line.seq} does not link to record {line.seq - 1}")
+    return None
+
+
+def _checkpoint_break(signed: list[ChainCheckpoint], hashes: Mapping[int, str], count: int) -> ChainBreak | None:
+    breaks = [ChainBreak(c.size, "checkpoint_mismatch",
+                         f"record {c.size} hashes to {hashes[c.size]} but a signed checkpoint says {c.head_hash}: "
+                         "the chain was rewritten")
+              for c in signed if c.size in hashes and hashes[c.size] != c.head_hash]
+    largest = max((c.size for c in signed), default=0)
+    if count < largest:
+        breaks.append(ChainBreak(count + 1, "truncated",
+                                 f"the chain has {count} records but a signed checkpoint covers {largest}"))
+    return min(breaks, key=lambda found: found.position, default=None)
+
+
+def _sorted_checkpoints(chain_id: str, checkpoints: CheckpointStore,
+                        keys: KeyProvider) -> tuple[list[ChainCheckpoint], list[ChainCheckpoint]]:
+    signed: list[ChainCheckpoint] = []
+    forged: list[ChainCheckpoint] = []
+    for checkpoint in checkpoints.list_checkpoints(chain_id):
+        (signed if _is_signed(chain_id, checkpoint, keys) else forged).append(checkpoint)
+    return signed, forged
+
+
+def _is_signed(chain_id: str, checkpoint: ChainCheckpoint, keys: KeyProvider) -> bool:
+    if checkpoint.chain_id != chain_id:
+        return False
+    message = checkpoint_message(chain_id, checkpoint.size, checkpoint.head_hash, checkpoint.time)
+    try:
+        signature = base64.b64decode(checkpoint.signature, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return bool(signature) and keys.verify_checkpoint(checkpoint.key_id, message, signature)
+
+
+def days_between(start: date, end: date) -> list[date]:
+    """Every UTC day from `start` to `end` inclusive."""
+    return [start + timedelta(days=offset) for offset in range((end - start).days + 1)]
+
+
+def today() -> date:
+    """The current UTC day."""
+    return datetime.now(UTC).date()
