@@ -88,9 +88,10 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def start_engine_host(state_dir: Path, *extra: str, env: Mapping[str, str] | None = None) -> EngineHostProcess:
+def start_engine_host(state_dir: Path, *extra: str, env: Mapping[str, str] | None = None,
+                      log_level: str = "WARNING") -> EngineHostProcess:
     """Start `hd dev` on a free port and wait until it says it is ready; `env` adds environment variables."""
-    cmd = [sys.executable, "-m", "engine_host.cli", "--log-level", "WARNING", "dev",
+    cmd = [sys.executable, "-m", "engine_host.cli", "--log-level", log_level, "dev",
            "--state-dir", str(state_dir), "--port", "0", "--api-port", "0", *extra]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})

@@ -38,6 +38,9 @@ class EngineCredentials:
             return self._authenticate(username, password, source_ip)
         except AuthenticationFailed as exc:
             self._report_failure(exc.code)
+            if exc.lockout is not None:
+                # The wire logs no other line for a refusal: the lockout it started is this one.
+                log.warning("authentication refused (%s): %s", exc.reason, exc.lockout)
             raise
 
     def _report_failure(self, code: str) -> None:

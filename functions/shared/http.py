@@ -181,8 +181,13 @@ def build_app(*routers: Router, service: str) -> APIGatewayRestResolver:
         if status >= 500:
             logger.error("request failed", extra={"code": error.code, "request_id": req_id})
         if isinstance(error, errors.AuthenticationFailed):
-            # The reason says which check failed: for our logs only, never for the caller.
-            logger.info("authentication refused", extra={"reason": error.reason, "request_id": req_id})
+            # The reason says which check failed: for our logs only, never for the caller. This is the
+            # refusal's only line: a lockout it started rides on it rather than on a line of its own.
+            extra = {"reason": error.reason, "request_id": req_id}
+            if error.lockout is not None:
+                logger.warning("authentication refused", extra={**extra, "lockout": error.lockout})
+            else:
+                logger.info("authentication refused", extra=extra)
         return error_response(status, error.code, str(error), req_id)
 
     @app.exception_handler(RequestValidationError)

@@ -196,12 +196,10 @@ class ApiKeyAuthenticator:
         if record is None:
             self._hasher.verify(self._dummy_hash, password)
             self._drop(digest)
-            attempt.failed()
-            raise AuthenticationFailed("unknown key id")
+            raise attempt.refused("unknown key id")
         if not self._recently_verified(digest, record):
             if not self._hasher.verify(record.key_hash, password):
-                attempt.failed()
-                raise AuthenticationFailed("wrong secret")
+                raise attempt.refused("wrong secret")
             attempt.succeeded()
             principal = self._admit(record, username, source_ip)
             self._remember(digest, record)

@@ -27,7 +27,7 @@ from typing import NoReturn, TypeVar
 import pyotp
 
 from hd_core.api_keys import ApiKeyHasher
-from hd_core.auth_throttle import AuthThrottle, ThrottleSubject
+from hd_core.auth_throttle import AuthThrottle, ThrottleSubject, with_lockout
 from hd_core.directory import record_user_change
 from hd_core.errors import AuthenticationFailed, Conflict, MfaRequired, NotFound, RefreshTokenReused
 from hd_core.iam_audit import IamAuditTrail
@@ -145,7 +145,7 @@ def throttled(
         result = check()
     except AuthenticationFailed as refused:
         if counts(refused):
-            attempt.failed()
+            with_lockout(refused, attempt.failed())
         raise
     attempt.succeeded()
     return result

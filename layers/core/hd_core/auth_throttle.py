@@ -123,6 +123,11 @@ class Lockout:
     until: datetime
     source_ip: str | None
 
+    def describe(self) -> str:
+        """One line for logs: who is locked, after how many failures, until when, from where."""
+        return (f"{self.subject.kind} {self.subject.key} locked after {self.failures} failures until "
+                f"{self.until.isoformat()} (source {self.source_ip})")
+
 
 class AuthThrottle:
     """Admits credential checks of subjects that are not blocked, and counts the ones that fail.
@@ -157,7 +162,7 @@ class AuthThrottle:
             )
         return ThrottledAttempt(self, subject, had_failures=failures is not None, source_ip=source_ip)
 
-    def _record_failure(self, attempt: ThrottledAttempt) -> None:
+    def _record_failure(self, attempt: ThrottledAttempt) -> Lockout | None:
         at = self._now()
         failures = self._store.record_auth_failure(
             attempt.subject.key,
@@ -166,21 +171,20 @@ class AuthThrottle:
             expires_at=at + self.policy.forget_after,
         )
         if not self.policy.starts_lockout(failures):
-            return
+            return None
         until = self.policy.blocked_until(failures)
         assert until is not None  # a count at the lockout threshold always blocks
         lockout = Lockout(attempt.subject, failures.count, at, until, attempt.source_ip)
-        log.warning(
-            "authentication lockout: %s %s locked after %d failures until %s (source %s)",
-            lockout.subject.kind, lockout.subject.key, lockout.failures, until.isoformat(), lockout.source_ip,
-        )
-        if self._on_lockout is None:
-            return
-        try:
-            self._on_lockout(lockout)
-        # Recording must not change the caller's answer: the refusal stays the generic one.
-        except Exception:
-            log.exception("the lockout of %s %s could not be recorded", lockout.subject.kind, lockout.subject.key)
+        # Not logged here: the refusal this failure ends in is logged once, by whoever answers it
+        # (the control API's error handler, the wire's credentials), with `describe()` attached.
+        if self._on_lockout is not None:
+            try:
+                self._on_lockout(lockout)
+            # Recording must not change the caller's answer: the refusal stays the generic one.
+            except Exception:
+                log.exception("the lockout of %s %s could not be recorded", lockout.subject.kind,
+                              lockout.subject.key)
+        return lockout
 
     def _record_success(self, attempt: ThrottledAttempt) -> None:
         if attempt.had_failures:
@@ -196,10 +200,21 @@ class ThrottledAttempt:
     had_failures: bool
     source_ip: str | None
 
-    def failed(self) -> None:
-        """The secret was wrong (or the name unknown): count it, and start a lockout if it is due."""
-        self.throttle._record_failure(self)
+    def failed(self) -> Lockout | None:
+        """The secret was wrong (or the name unknown): count it, and start a lockout if it is due (returned)."""
+        return self.throttle._record_failure(self)
+
+    def refused(self, reason: str) -> AuthenticationFailed:
+        """Count a failure and return the refusal to raise: its `lockout` says what lockout it started, if any."""
+        return with_lockout(AuthenticationFailed(reason), self.failed())
 
     def succeeded(self) -> None:
         """The secret was proven: forget the subject's failures (one write, only if it had any)."""
         self.throttle._record_success(self)
+
+
+def with_lockout(refusal: AuthenticationFailed, lockout: Lockout | None) -> AuthenticationFailed:
+    """`refusal`, carrying the description of the lockout it started (for its one log line)."""
+    if lockout is not None:
+        refusal.lockout = lockout.describe()
+    return refusal

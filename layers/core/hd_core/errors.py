@@ -23,6 +23,8 @@ class AuthenticationFailed(HdError):
     def __init__(self, reason: str = "unspecified") -> None:
         super().__init__(self.generic_message)
         self.reason = reason
+        # The brute-force lockout this refusal started, described for the same log line (else None).
+        self.lockout: str | None = None
 
 
 class InvalidApiKeyFormat(AuthenticationFailed):
