@@ -6,8 +6,12 @@ What a customer does before cutting over (issue 18), timed: TPC-H at `--scale` (
 `tpchgen-cli` into ~/.cache/hd-bench/tpch-sf<scale> on first use, reused later; bench/tpch.py's
 functions) sits in the data folder of an `hd dev --insecure-plaintext` host as tpch.<table> and in
 PostgreSQL ($HD_TEST_PG_DSN / 127.0.0.1:5432, schema tpch_bench, loaded once and reused when its row
-counts match). Once the host has built its native copies, the 22 queries (tests/e2e/tpch_queries.py,
-unqualified names) are uploaded `--rounds` times over as one SQL file with `hd shadow upload`, and
+counts match). The replay reads PostgreSQL as a customer would let it: as `hd_bench_shadow_reader`, a
+login role that is no superuser, may create nothing, is read-only by default and may only SELECT the
+bench's schema (created by the bench when absent, its grants and a fresh password set on every run;
+the bench checks it cannot write before replaying). Once the host has built its native copies, the 22
+queries (tests/e2e/tpch_queries.py, unqualified names) are uploaded `--rounds` times over as one SQL
+file with `hd shadow upload`, and
 `hd shadow replay --wait` replays them (progress bar on stderr) with the comparison DSN in a 0600
 temporary file (never on a command line, never printed), search_path tpch on the engine and
 tpch_bench on PostgreSQL, one batch at a time: each statement runs on PostgreSQL inside BEGIN READ
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -42,12 +47,14 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql as pgsql
 
 from bench import tpch
 from hd_core.shadow.report import LatencySummary
 from tests.harness import EngineHostProcess, reference_postgres_dsn, start_engine_host
 
 GOAL_SPEEDUP_P50 = 11.7  # the figure the seeds quote
+READER_ROLE = "hd_bench_shadow_reader"  # the comparison database's read-only role the replay connects as
 ENGINE_SCHEMA = "tpch"
 MATCHING = ("exact", "semantic")
 
@@ -64,6 +71,40 @@ class Planned:
 def pg_schema(scale: float) -> str:
     """The PostgreSQL schema bench/tpch.py loads the data into (shared, so SF1 is loaded once for both)."""
     return "tpch_bench" if scale == 1 else f"tpch_bench_sf{tpch.scale_label(scale)}"
+
+
+def reader_dsn(admin_dsn: str, schema: str) -> str:
+    """The DSN of `READER_ROLE` on `admin_dsn`'s database, reading `schema` only (the role made or reset here).
+
+    Made with the bench's own connection (which may create roles); the replay never sees that one. The
+    role is verified before use: no superuser, no writes (SystemExit otherwise).
+    """
+    password = secrets.token_urlsafe(24)
+    role = pgsql.Identifier(READER_ROLE)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (READER_ROLE,)).fetchone()
+        if exists is None:
+            conn.execute(pgsql.SQL("CREATE ROLE {} LOGIN").format(role))
+        conn.execute(pgsql.SQL("ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS "
+                               "PASSWORD {}").format(role, pgsql.Literal(password)))
+        conn.execute(pgsql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(role))
+        database = pgsql.Identifier(str(conn.info.dbname))
+        conn.execute(pgsql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, role))
+        conn.execute(pgsql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(pgsql.Identifier(schema), role))
+        conn.execute(pgsql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(pgsql.Identifier(schema), role))
+    dsn = psycopg.conninfo.make_conninfo(admin_dsn, user=READER_ROLE, password=password,
+                                         options=f"-c search_path={schema}")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        if superuser is None or superuser[0]:
+            raise SystemExit(f"{READER_ROLE} is a superuser: the replay must not read PostgreSQL as one")
+        try:
+            conn.execute(pgsql.SQL("CREATE TEMPORARY TABLE hd_bench_write_probe (x int)"))
+        except psycopg.errors.ReadOnlySqlTransaction:
+            pass
+        else:
+            raise SystemExit(f"{READER_ROLE} could write: the replay must read PostgreSQL read-only")
+    return dsn
 
 
 def upload_text(queries: dict[str, str], rounds: int) -> tuple[str, list[Planned]]:
@@ -232,7 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 engine_half(host, queries, args.rounds)
                 return 0
             text, planned = upload_text(queries, args.rounds)
-            comparison = psycopg.conninfo.make_conninfo(pg_dsn, options=f"-c search_path={schema}")
+            comparison = reader_dsn(pg_dsn, schema)
+            print(f"[postgres] replayed as {READER_ROLE}: read-only, no superuser, SELECT on {schema} only",
+                  flush=True)
             report = replay(host, text, comparison, args.timeout)
             matched = print_report(report, planned, args.rounds)
             print(f"[machine] loadavg after the replay {loadavg()}")
