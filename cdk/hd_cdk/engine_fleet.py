@@ -54,8 +54,9 @@ from hd_cdk.nag import acknowledge
 
 # Every IAM action the instance role may hold; a test compares the synthesized role with this set.
 ENGINE_ROLE_ACTIONS: Final[frozenset[str]] = frozenset({
-    "s3:GetObject", "s3:ListBucket",  # data bucket (seed 6.2) and the engine package object
-    "s3:PutObject",  # audit/queries/* only (seed 6.2)
+    "s3:GetObject", "s3:ListBucket",  # data bucket (seed 6.2), the engine package, its own latest audit object
+    "s3:PutObject",  # audit/queries/* (seed 6.2) and audit/query-checkpoints/*
+    "kms:Sign",  # checkpoint key: signs its query audit chain's checkpoints
     "kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey",  # data key: cache key, SSE-KMS reads; audit key: writes
     "kms:GetPublicKey",  # signing key: verify control-API JWTs presented as Postgres passwords
     "dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem",  # control state, usage
@@ -135,8 +136,8 @@ class EngineFleet(Construct):
         )
         self.role = self._instance_role(
             data_bucket=data_bucket, audit_bucket=audit_bucket, table=table, data_key=data_key,
-            signing_key=signing_key, audit_key=audit_key, heartbeat_path_arn=heartbeat_path_arn, package=package,
-            tls_secret_arn=tls_secret_arn, role_name=role_name,
+            signing_key=signing_key, checkpoint_key=checkpoint_key, audit_key=audit_key,
+            heartbeat_path_arn=heartbeat_path_arn, package=package, tls_secret_arn=tls_secret_arn, role_name=role_name,
         )
         volume_key = data_key_policy or (data_key if isinstance(data_key, kms.Key) else None)
         if volume_key is None:
@@ -206,8 +207,8 @@ class EngineFleet(Construct):
 
     def _instance_role(
         self, *, data_bucket: s3.IBucket, audit_bucket: s3.IBucket, table: dynamodb.ITable, data_key: kms.IKey,
-        signing_key: kms.IKey, audit_key: kms.IKey, heartbeat_path_arn: str, package: s3_assets.Asset,
-        tls_secret_arn: str, role_name: str | None,
+        signing_key: kms.IKey, checkpoint_key: kms.IKey, audit_key: kms.IKey, heartbeat_path_arn: str,
+        package: s3_assets.Asset, tls_secret_arn: str, role_name: str | None,
     ) -> iam.Role:
         role = iam.Role(
             self, "InstanceRole",
@@ -219,12 +220,19 @@ class EngineFleet(Construct):
         data_objects = data_bucket.arn_for_objects("*")
         query_audit_objects = audit_bucket.arn_for_objects(f"{c.AUDIT_QUERIES_PREFIX}*")
         table_indexes = f"{table.table_arn}/index/*"
-        self.wildcard_resources = (data_objects, query_audit_objects, table_indexes)
+        query_checkpoints = audit_bucket.arn_for_objects(f"{c.AUDIT_QUERY_CHECKPOINTS_PREFIX}*")
+        self.wildcard_resources = (data_objects, query_audit_objects, query_checkpoints, table_indexes)
         statements = [
             _allow(["s3:ListBucket"], [data_bucket.bucket_arn]),
             _allow(["s3:GetObject"], [data_objects, package.bucket.arn_for_objects(package.s3_object_key)]),
-            # Query audit only: IAM checkpoints are signed and written by the control plane, never by a host.
-            _allow(["s3:PutObject"], [query_audit_objects]),
+            # Query audit and its chain's checkpoints only: IAM checkpoints are the control plane's, never a host's.
+            _allow(["s3:PutObject"], [query_audit_objects, query_checkpoints]),
+            # A restarted host continues its day's query audit chain from its own latest object.
+            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[audit_bucket.bucket_arn],
+                                conditions={"StringLike": {"s3:prefix": [f"{c.AUDIT_QUERIES_PREFIX}*"]}}),
+            _allow(["s3:GetObject"], [query_audit_objects]),
+            # Signs its query audit chain's checkpoints (ECDSA, the key never leaves KMS).
+            _allow(["kms:Sign"], [checkpoint_key.key_arn]),
             _allow(["kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"], [data_key.key_arn]),
             # The audit bucket is SSE-KMS with the audit key: a PutObject needs a data key from it.
             _allow(["kms:GenerateDataKey"], [audit_key.key_arn]),
@@ -303,7 +311,8 @@ class EngineFleet(Construct):
         for resource in wildcard_resources:
             acknowledge(self.instance_policy, f"AwsSolutions-IAM5[Resource::{nag_resource(self, resource)}]",
                         "object keys under one bucket prefix or the table's own indexes: the engine reads any "
-                        "table file in the data bucket, writes one audit/queries/ object per batch and queries GSI1")
+                        "table file in the data bucket, writes one audit/queries/ object per batch (and reads its own latest), "
+                        "writes its query chain checkpoints under audit/query-checkpoints/ and queries GSI1")
         acknowledge(self.asg, "AwsSolutions-AS3",
                     "every termination already raises an EventBridge lifecycle event that the wipe hook handles and "
                     "alarms on; launches and capacity are in the group metrics the monitoring dashboard shows")

@@ -50,6 +50,8 @@ from hd_core.adapters.s3_checkpoints import S3CheckpointStore
 from hd_core.adapters.s3_objects import S3ObjectSource
 from hd_core.control_settings import ControlApiSettings
 from hd_core.errors import HdError
+from hd_core.query_audit_chain import CHECKPOINT_PREFIX as QUERY_CHECKPOINT_PREFIX
+from hd_core.query_audit_chain import QueryChainCheckpointer
 from hd_core.services import assemble_services
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,9 @@ class FleetEngineHost:
                 memory_limit_bytes=config.memory_limit_bytes, temp_directory=config.temp_directory,
                 max_result_bytes=config.max_result_bytes, max_value_bytes=config.max_value_bytes)),
             store=store, authenticate=credentials.authenticate,
-            audit_sink=S3AuditSink(self.clients.s3, config.audit_bucket, host_id=identity.instance_id),
+            audit_sink=S3AuditSink(self.clients.s3, config.audit_bucket, host_id=identity.instance_id,
+                                   checkpointer=QueryChainCheckpointer(S3CheckpointStore(
+                                       self.clients.s3, config.audit_bucket, prefix=QUERY_CHECKPOINT_PREFIX), keys)),
             tables=self._table_source(), database_path=Path(config.cache_mount) / "engine.duckdb",
             ssl_context=server_ssl_context(*self._tls_files(state_dir)), default_org_id=config.org_id,
             mask_keys=lambda: ensure_mask_keys(store, keys),

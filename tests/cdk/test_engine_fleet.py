@@ -305,8 +305,12 @@ def resources_for(statements: list[dict[str, Any]], action: str) -> list[str]:
 def test_instance_role_grants_each_action_on_its_own_resource_only(synth: FleetSynth) -> None:
     statements = role_statements(synth, "EngineInstanceRole")
     parameter_name, _ = synth.one("AWS::SSM::Parameter", "EngineConfig")
-    assert resources_for(statements, "s3:PutObject") == ["arn:aws:s3:::hd-audit-bucket/audit/queries/*"]
-    assert resources_for(statements, "s3:ListBucket") == ["arn:aws:s3:::hd-data-bucket"]
+    assert resources_for(statements, "s3:PutObject") == ["arn:aws:s3:::hd-audit-bucket/audit/queries/*",
+                                                         "arn:aws:s3:::hd-audit-bucket/audit/query-checkpoints/*"]
+    assert resources_for(statements, "s3:ListBucket") == ["arn:aws:s3:::hd-data-bucket", "arn:aws:s3:::hd-audit-bucket"]
+    listing = next(s for s in statements if "s3:ListBucket" in actions_of(s) and "Condition" in s)
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["audit/queries/*"]}}
+    assert resources_for(statements, "kms:Sign") == [key_arn("checkpoint")]
     assert resources_for(statements, "execute-api:Invoke") == [HEARTBEAT_ARN]
     assert resources_for(statements, "kms:GetPublicKey") == [key_arn("signing")]
     table = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/hd-control"
