@@ -13,9 +13,10 @@ from hd_cdk import constants, packaging
 from hd_cdk.control_api import ControlApi
 from hd_cdk.engine_fleet import EngineFleet
 from hd_cdk.keys import KEY_ARN_PATTERN, Keys
-from hd_cdk.lifecycle import Lifecycle
+from hd_cdk.lifecycle import DELIVERY_ACCESS, Lifecycle
 from hd_cdk.monitoring import Monitoring
 from hd_cdk.network import Network
+from hd_cdk.perimeter import Perimeter
 from hd_cdk.shadow import ShadowReplay, comparison_network
 from hd_cdk.storage import Storage
 from hd_cdk.wipe_hook import WipeHook
@@ -139,7 +140,22 @@ class HardenedDuckStack(Stack):
                            "ShadowReplayFailed": self.shadow.failed_alarm.metric,
                            "WebhookDeadLetters": self.lifecycle.alarms["WebhookDeadLetters"].metric},
         )
+        self._perimeter()
         self._outputs()
+
+    def _perimeter(self) -> None:
+        """Buckets, the control table's endpoint and the data-protecting keys answer only inside the VPC (issue 21)."""
+        n, k, s = self.network, self.keys, self.storage
+        self.perimeter = Perimeter(self, "Perimeter", vpc=n.vpc, s3_endpoint=n.s3_endpoint,
+                                   dynamodb_endpoint=n.dynamodb_endpoint)
+        for bucket in (s.data_bucket, s.audit_bucket, s.access_log_bucket):
+            self.perimeter.restrict_bucket(bucket)
+        self.perimeter.restrict_table_endpoint(s.table)
+        self.perimeter.restrict_key(k.audit)
+        self.perimeter.restrict_key(k.control)
+        if k.created_data_key is not None:  # a customer's own key's policy is its owner's
+            # The webhook delivery Lambda runs outside the VPC by design and seals webhook secrets with the data key.
+            self.perimeter.restrict_key(k.created_data_key, exempt_purposes=[DELIVERY_ACCESS.sealed_purpose])
 
     def _outputs(self) -> None:
         """What the README's next steps need: bootstrap the Owner, load data, connect agents."""
