@@ -1,19 +1,23 @@
 """The shadow replay's services for this process: AWS adapters from `HD_SHADOW_*` settings, or `hd dev`'s.
 
 In AWS, the API function and the state machine's task functions build `ReplayServices` on first use
-from the settings below (read once). `hd dev` installs its own (`install_shadow_services`): the state
-folder, sealed local secrets, its engine host's address and the local ASL interpreter.
+from the settings below (read once). WriteReport alone has `HD_SHADOW_REVOKE_KEYS` set, with the control
+plane's `HD_*` store, key and audit settings: it revokes the replay's key through the control table and
+records the IAM event (`control_key_revoker`), which no other shadow function can. `hd dev` installs its
+own (`install_shadow_services`): the state folder, sealed local secrets, its engine host's address and
+the local ASL interpreter.
 """
 
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from functools import lru_cache
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hd_core.errors import HdError
-from hd_core.shadow.replay import EngineEndpoint, ReplayServices
+from hd_core.shadow.replay import EngineEndpoint, ReplayKeyRevoker, ReplayServices, control_key_revoker
 
 _lock = threading.Lock()
 _services: ReplayServices | None = None
@@ -38,6 +42,7 @@ class ShadowSettings(BaseSettings):
     engine_dbname: str = "hd"
     engine_sslmode: str = "verify-full"
     engine_ca_file: str = ""  # the CA bundle the engine's certificate chains to
+    revoke_keys: bool = False  # WriteReport only: revoke the replay's key at its end (HD_* control settings)
 
 
 @lru_cache(maxsize=1)
@@ -77,4 +82,30 @@ def _build_aws(config: ShadowSettings) -> ReplayServices:
         engine=EngineEndpoint(config.engine_host, config.engine_port, config.engine_dbname, config.engine_sslmode,
                               config.engine_ca_file or None),
         executions=executions,
+        revoke_key=_control_key_revoker() if config.revoke_keys else None,
     )
+
+
+def _control_key_revoker() -> ReplayKeyRevoker:
+    """Revocation through the control table, the IAM trail (chain items, signed checkpoints) and nothing else:
+    no pepper, no token keys, no authenticator cache (a Lambda has none to forget; hosts re-read key records)."""
+    import boto3
+
+    from hd_core.adapters.dynamodb_store import DynamoDbControlStore
+    from hd_core.adapters.kms_keys import KmsKeyProvider
+    from hd_core.adapters.s3_checkpoints import S3CheckpointStore
+    from hd_core.control_settings import ControlApiSettings
+    from hd_core.iam_audit import IamAuditTrail
+
+    control = ControlApiSettings()
+    if control.store != "dynamodb" or control.keys != "kms" or control.audit != "s3" or not control.audit_bucket:
+        raise ShadowUnavailable("HD_SHADOW_REVOKE_KEYS needs HD_STORE=dynamodb, HD_KEYS=kms, HD_AUDIT=s3 and "
+                                "HD_AUDIT_BUCKET")
+    store = DynamoDbControlStore(control.dynamodb_table)
+    keys = KmsKeyProvider(boto3.client("kms"),
+                          jwt_key_ids=[k.strip() for k in control.kms_jwt_key_ids.split(",") if k.strip()],
+                          checkpoint_key_id=control.kms_checkpoint_key_id, data_key_id=control.kms_data_key_id)
+    trail = IamAuditTrail(store, S3CheckpointStore(boto3.client("s3"), control.audit_bucket), keys,
+                          checkpoint_every=control.checkpoint_every,
+                          checkpoint_interval=timedelta(minutes=control.checkpoint_interval_minutes))
+    return control_key_revoker(store, trail, None)

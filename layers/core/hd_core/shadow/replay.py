@@ -14,8 +14,8 @@ input and the deployment's `ReplayServices`:
   resumed execution), so each statement of a replay runs once per side however often its batch is called.
 - `write_report`: the report from the plan and the batch results; a batch missing from them (it
   failed after its retries: the Map's Catch recorded it) reports its statements as `error`. Then, whether
-  the report was stored or not, the replay is over: the secrets it created are deleted and (where the
-  services reach the control store, `hd dev`) its ServiceAccount key is revoked; see `_release_secrets`.
+  the report was stored or not, the replay is over: the secrets it created are deleted and its
+  ServiceAccount key is revoked (an API_KEY_REVOKED IAM event); see `_release_secrets`.
 
 Nothing raw leaves `replay_batch`: rows in a mismatch pass through `redact_all` (NULL-ness and type
 only), so no value of a masked, PII or PHI column, nor any other, reaches a stored artefact; error
@@ -129,12 +129,16 @@ def control_key_revoker(store: ControlStore, trail: IamAuditTrail,
     """A `ReplayKeyRevoker` through `key_admin.revoke_key`, the API's path (API_KEY_REVOKED, the cache forgotten).
 
     The actor is the key's own ServiceAccount (a user may always revoke their own key), under request id
-    `shadow-replay-<id>`, so the IAM event says which replay ended it.
+    `shadow-replay-<id>`, so the IAM event says which replay ended it. Only the key `start_replay` issued for
+    that replay is revoked (its name says so): a record naming any other key (a replay's documents are
+    writable by every replay function) raises `ReplayKeyMismatch` and revokes nothing.
     """
 
     def revoke(replay_id: str, org_id: str, key_id: str) -> None:
         key = store.get_api_key(key_id)
-        if key is None or key.org_id != org_id or key.revoked_at is not None:
+        if key is None or key.org_id != org_id or key.name != _engine_key_name(replay_id):
+            raise ReplayKeyMismatch(f"replay {replay_id} names a key that is not the one issued for it")
+        if key.revoked_at is not None:
             return
         actor = Principal(user_id=key.user_id, org_id=org_id, role=Role.SERVICE_ACCOUNT, key_id=key_id,
                           env=key.env, scopes=tuple(key.scopes), department=None, region=None)
@@ -142,6 +146,14 @@ def control_key_revoker(store: ControlStore, trail: IamAuditTrail,
                              authenticator=authenticator)
 
     return revoke
+
+
+class ReplayKeyMismatch(Exception):
+    """A replay's record names a key other than the one issued for that replay: nothing is revoked."""
+
+
+def _engine_key_name(replay_id: str) -> str:
+    return f"shadow replay {replay_id}"
 
 
 @dataclass(frozen=True)
@@ -163,7 +175,7 @@ class ReplayServices:
     secrets: ShadowSecrets
     engine: EngineEndpoint
     executions: ReplayExecutions | None = None  # only the API starts executions
-    # Where WriteReport reaches the control store (`hd dev`); None in AWS, where the key expires instead.
+    # How WriteReport revokes the replay's key (`control_key_revoker`: `hd dev`, and WriteReport's Lambda in AWS).
     revoke_key: ReplayKeyRevoker | None = None
 
 
@@ -269,7 +281,7 @@ def start_replay(services: ReplayServices, store: ControlStore, trail: IamAuditT
     user_id = _service_account(store, trail, ctx, env.org_id)
     key, record = key_admin.create_key(
         store, trail, ctx, hasher, org_id=env.org_id, user_id=user_id, env=env.key_env, scopes=["read_only"],
-        name=f"shadow replay {replay_id}", expires_at=utc_now() + ENGINE_KEY_LIFETIME)
+        name=_engine_key_name(replay_id), expires_at=utc_now() + ENGINE_KEY_LIFETIME)
     engine_ref = services.secrets.put_secret(f"hd/shadow/{replay_id}/engine-key", key)
     # The secrets this replay created, deleted when it ends; a customer's own secret (by ARN) is not one of them.
     owned = [engine_ref] if comparison_dsn is None else [comparison_ref, engine_ref]
@@ -475,15 +487,14 @@ def write_report(event: Mapping[str, Any], services: ReplayServices) -> dict[str
 
 
 def _release_secrets(services: ReplayServices, record: Mapping[str, Any]) -> None:
-    """The replay is over (its report written, or the write failed): delete the secrets it created and, where
-    the services can (`revoke_key`: `hd dev`), revoke its ServiceAccount key as the API would.
+    """The replay is over (its report written, or the write failed): delete the secrets it created and revoke
+    its ServiceAccount key as the API would (`revoke_key`; services without one, Prepare's and ReplayBatch's,
+    never end a replay).
 
     Each step is attempted; the first failure is raised after the rest were tried, so a retried WriteReport
-    finishes the job (a secret already gone, a key already revoked, is no error). In AWS the key is not
-    revoked here: the task Lambdas have no access to the control table (cdk/hd_cdk/shadow.py grants them the
-    data bucket's shadow/ prefix and the shadow secrets only), and widening that for one revocation is not
-    worth it; the key expires `ENGINE_KEY_LIFETIME` after the replay started, and with its secret deleted no
-    replay component holds it any more.
+    finishes the job (a secret already gone, a key already revoked, is no error). In AWS, WriteReport's role
+    may do exactly this much of the control table: read and update API key items and append to IAM chains
+    (cdk/hd_cdk/shadow.py), and `control_key_revoker` revokes only the key issued for this replay.
     """
     steps: list[Callable[[], None]] = [functools.partial(services.secrets.delete_secret, str(reference))
                                        for reference in record.get("owned_secrets") or ()]

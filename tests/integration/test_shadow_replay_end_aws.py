@@ -1,0 +1,170 @@
+"""A shadow replay's end in AWS (moto): WriteReport revokes the replay's ServiceAccount key as an IAM event.
+
+The control plane is the DynamoDB table, KMS keys and the object-locked audit bucket; the replay is started
+as the API does (its key issued, its secrets in Secrets Manager, one StartExecution). WriteReport then runs
+with the services its Lambda builds from its environment (`functions.shadow.wiring`, HD_SHADOW_REVOKE_KEYS
+and the control plane's HD_* settings, as cdk/hd_cdk/shadow.py sets them): the key is revoked in the table,
+API_KEY_REVOKED is appended to the organisation's chain under the replay's request id and signed in a
+checkpoint, and the secrets are scheduled for deletion. A retried WriteReport adds no event. A record that
+names another key (a replay's documents are writable by every replay function) revokes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from functions.shadow import wiring
+from hd_core.adapters.aws_shadow import S3ShadowArtefacts, SecretsManagerShadowSecrets, StepFunctionsExecutions
+from hd_core.adapters.dynamodb_schema import create_table_kwargs
+from hd_core.adapters.dynamodb_store import DynamoDbControlStore
+from hd_core.adapters.kms_keys import KmsKeyProvider
+from hd_core.adapters.s3_checkpoints import S3CheckpointStore
+from hd_core.api_keys import ApiKeyHasher
+from hd_core.bootstrap import bootstrap_local_owner, ensure_environments
+from hd_core.control_settings import ControlApiSettings
+from hd_core.iam_events import IamEventType
+from hd_core.models import ChangeContext, Environment, Principal, Role
+from hd_core.permissions import ROLE_SCOPES
+from hd_core.services import ControlServices, assemble_services
+from hd_core.shadow import replay, state_machine
+from hd_core.shadow.replay import EngineEndpoint, ReplayOptions, ReplayServices
+
+REGION = "us-east-1"
+TABLE = "hd-control-shadow"
+DATA_BUCKET = "hd-data-shadow"
+AUDIT_BUCKET = "hd-audit-shadow"
+DSN = "host=db.internal port=5432 dbname=warehouse user=reader password=pw-revoked-at-the-end-91c2"
+
+
+@dataclass
+class Deployment:
+    control: ControlServices
+    api: ReplayServices
+    owner: Principal
+    env: Environment
+    s3: Any
+    secrets: Any
+
+
+@pytest.fixture
+def deployment(aws_credentials: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployment]:
+    with mock_aws():
+        boto3.client("dynamodb").create_table(**create_table_kwargs(TABLE))
+        kms = boto3.client("kms")
+        jwt_key = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
+        checkpoint_key = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
+        data_key = kms.create_key()["KeyMetadata"]["Arn"]
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket=DATA_BUCKET)
+        s3.create_bucket(Bucket=AUDIT_BUCKET, ObjectLockEnabledForBucket=True)
+        sfn = boto3.client("stepfunctions")
+        machine = sfn.create_state_machine(
+            name="hd-shadow-replay", roleArn="arn:aws:iam::123456789012:role/hd-shadow-replay",
+            definition=json.dumps(state_machine.definition({name: f"arn:aws:lambda:{REGION}:123456789012:function:"
+                                                            f"{name}" for name in state_machine.FUNCTIONS})))
+        store = DynamoDbControlStore(TABLE)
+        control = assemble_services(
+            ControlApiSettings(), store=store,
+            keys=KmsKeyProvider(kms, jwt_key_ids=[jwt_key], checkpoint_key_id=checkpoint_key, data_key_id=data_key),
+            checkpoints=S3CheckpointStore(s3, AUDIT_BUCKET), query_audit=None)  # type: ignore[arg-type]
+        owner = bootstrap_local_owner(store, ApiKeyHasher(), org_name="Shadow Org", email="owner@example.com")
+        env = ensure_environments(store, owner.org.org_id)[0]
+        secrets = boto3.client("secretsmanager")
+        api = ReplayServices(S3ShadowArtefacts(s3, DATA_BUCKET), SecretsManagerShadowSecrets(secrets),
+                             EngineEndpoint("engine.internal", 5439),
+                             StepFunctionsExecutions(sfn, machine["stateMachineArn"]))
+        # WriteReport's environment, as cdk/hd_cdk/shadow.py sets it.
+        for name, value in {"HD_SHADOW_BUCKET": DATA_BUCKET, "HD_SHADOW_ENGINE_HOST": "engine.internal",
+                            "HD_SHADOW_REVOKE_KEYS": "true", "HD_STORE": "dynamodb", "HD_KEYS": "kms",
+                            "HD_AUDIT": "s3", "HD_DYNAMODB_TABLE": TABLE, "HD_AUDIT_BUCKET": AUDIT_BUCKET,
+                            "HD_KMS_JWT_KEY_IDS": jwt_key, "HD_KMS_CHECKPOINT_KEY_ID": checkpoint_key,
+                            "HD_KMS_DATA_KEY_ID": data_key}.items():
+            monkeypatch.setenv(name, value)
+        wiring.shadow_settings.cache_clear()
+        wiring.install_shadow_services(None)
+        principal = Principal(user_id=owner.user.user_id, org_id=owner.org.org_id, role=Role.OWNER, key_id="",
+                              env=env.key_env, scopes=tuple(sorted(ROLE_SCOPES[Role.OWNER])), department=None,
+                              region=None, auth_method="jwt")
+        try:
+            yield Deployment(control, api, principal, env, s3, secrets)
+        finally:
+            wiring.install_shadow_services(None)
+            wiring.shadow_settings.cache_clear()
+
+
+def _start(deployment: Deployment) -> dict[str, Any]:
+    d = deployment
+    query_set = replay.upload_query_set(d.api, d.env, b"select 1;\n", "sql")
+    replay_id = replay.start_replay(d.api, d.control.store, d.control.trail, d.control.hasher,
+                                    ChangeContext(d.owner, "req-start"), d.env, query_set.id, comparison_dsn=DSN,
+                                    comparison_secret_arn=None, options=ReplayOptions())
+    record = d.api.artefacts.get_json(f"{replay.replay_prefix(replay_id)}replay.json")
+    assert record is not None
+    return record
+
+
+def _revocations(deployment: Deployment) -> list[Any]:
+    return [e for e in deployment.control.trail.events(deployment.owner.org_id, limit=1000)
+            if e.event_type == IamEventType.API_KEY_REVOKED.value]
+
+
+def test_write_report_revokes_the_replays_key_in_the_control_table_as_a_signed_iam_event(
+        deployment: Deployment) -> None:
+    record = _start(deployment)
+    replay_id = record["replay_id"]
+    task = wiring.shadow_services()  # what WriteReport's Lambda builds from its environment
+    assert task.revoke_key is not None and task.executions is None
+    replay.prepare({"replay_id": replay_id}, task)
+
+    output = replay.write_report({"replay_id": replay_id, "batch_results": [
+        {"batch": 0, "status": "error", "error": "unreachable"}]}, task)
+
+    assert output["error"] == 1
+    key = deployment.control.store.get_api_key(record["engine_key_id"])
+    assert key is not None and key.revoked_at is not None
+    (event,) = _revocations(deployment)
+    assert (event.target, event.actor, event.request_id) == (
+        record["engine_key_id"], record["engine_user"], f"shadow-replay-{replay_id}")
+    # Signed like every IAM event: the chain's checkpoint covers the revocation.
+    verified = deployment.control.trail.verify_chain(deployment.owner.org_id)
+    assert verified.chain_valid and verified.checkpoint_size == event.seq
+    for arn in record["owned_secrets"]:
+        assert "DeletedDate" in deployment.secrets.describe_secret(SecretId=arn)
+    # A retried WriteReport finds the key revoked already: no second event.
+    replay.write_report({"replay_id": replay_id, "batch_results": []}, task)
+    assert len(_revocations(deployment)) == 1
+
+
+def test_a_record_naming_another_key_revokes_nothing_and_the_replay_ends_in_error(deployment: Deployment) -> None:
+    record = _start(deployment)
+    replay_id = record["replay_id"]
+    owners_key = next(k for k in deployment.control.store.list_api_keys(deployment.owner.org_id)
+                      if k.user_id == deployment.owner.user_id)
+    # Anything that can write the replay's documents could point WriteReport at another key of the organisation.
+    deployment.api.artefacts.put_json(f"{replay.replay_prefix(replay_id)}replay.json",
+                                      {**record, "engine_key_id": owners_key.key_id})
+    task = wiring.shadow_services()
+    replay.prepare({"replay_id": replay_id}, task)
+
+    with pytest.raises(replay.ReplayKeyMismatch):
+        replay.write_report({"replay_id": replay_id, "batch_results": []}, task)
+
+    untouched = deployment.control.store.get_api_key(owners_key.key_id)
+    assert untouched is not None and untouched.revoked_at is None
+    assert _revocations(deployment) == []
+    for arn in record["owned_secrets"]:  # the other steps still ran
+        assert "DeletedDate" in deployment.secrets.describe_secret(SecretId=arn)
+
+
+def test_prepare_and_replay_batch_build_no_revoker(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HD_SHADOW_REVOKE_KEYS")
+    wiring.shadow_settings.cache_clear()
+    wiring.install_shadow_services(None)
+    assert wiring.shadow_services().revoke_key is None
