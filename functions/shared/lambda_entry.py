@@ -18,6 +18,9 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from functions.shared.wiring import require_region_pin
+from hd_core.region_pinning import RegionMismatch
+
 METRICS_NAMESPACE = "HardenedDuck"
 _JSON_MEDIA_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json\s*(?:;.*)?$", re.IGNORECASE)
 
@@ -43,7 +46,7 @@ def lambda_entry(app: APIGatewayRestResolver, service: str) -> LambdaHandler:
     @metrics.log_metrics
     def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
-        response = refuse_non_json_body(event) or app.resolve(event, context)
+        response = region_refusal(event, logger) or refuse_non_json_body(event) or app.resolve(event, context)
         if response.get("statusCode", 500) >= 500:
             metrics.add_metric(name="ServerErrors", unit=MetricUnit.Count, value=1)
         return response
@@ -53,11 +56,14 @@ def lambda_entry(app: APIGatewayRestResolver, service: str) -> LambdaHandler:
     return traced(lambda_handler, service)
 
 
-def scheduled_entry(run: Callable[[dict[str, Any], LambdaContext], dict[str, Any]], service: str) -> LambdaHandler:
+def scheduled_entry(run: Callable[[dict[str, Any], LambdaContext], dict[str, Any]], service: str, *,
+                    region_pinned: bool = True) -> LambdaHandler:
     """The same wrapper for a non-HTTP entry point (an EventBridge schedule or event): logger, metrics, tracer.
 
     Its lines carry the function's request id and the EventBridge event id as `correlation_id`; a
     failure is logged here, with both, and re-raised so the asynchronous invocation is retried.
+    A run fails with `RegionMismatch` like a request while the region pin does not hold, unless
+    `region_pinned=False` (the wipe hook: erasing a cache must never wait for a configuration fix).
     """
     logger = function_logger(service)
     metrics = Metrics(namespace=METRICS_NAMESPACE, service=service)
@@ -67,6 +73,8 @@ def scheduled_entry(run: Callable[[dict[str, Any], LambdaContext], dict[str, Any
     def handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         metrics.add_metric(name="ScheduledRuns", unit=MetricUnit.Count, value=1)
         try:
+            if region_pinned:
+                require_region_pin()
             result = run(event, context)
         except Exception as error:
             metrics.add_metric(name="ScheduledFailures", unit=MetricUnit.Count, value=1)
@@ -153,6 +161,25 @@ def tracing_enabled() -> bool:
     return importlib.util.find_spec("aws_xray_sdk") is not None
 
 
+def region_refusal(event: dict[str, Any], logger: Logger) -> dict[str, Any] | None:
+    """A 503 `HD_ERR_REGION_MISMATCH` response while the container's resources are outside its pinned region.
+
+    503, not 500: the service is deliberately unavailable until an operator fixes the deployment (it
+    is not a fault in handling this request), and load balancers and monitors treat 503 as "down".
+    The body names no resource: the caller is not yet authenticated; the function's log has the list.
+    """
+    try:
+        require_region_pin()
+    except RegionMismatch as refused:
+        request_id = (event.get("requestContext") or {}).get("requestId") or "-"
+        logger.error("request refused: region pin", extra={"code": refused.code, "request_id": request_id,
+                                                            "region": refused.region,
+                                                            "differences": list(refused.differences)})
+        return _error(503, refused.code, "this deployment has resources outside its pinned region and refuses "
+                      "every request until that is fixed; the function's log names them", request_id)
+    return None
+
+
 def refuse_non_json_body(event: dict[str, Any]) -> dict[str, Any] | None:
     """A 415 response for a request whose body is not declared as JSON, before anything parses it."""
     if not event.get("body"):
@@ -161,7 +188,12 @@ def refuse_non_json_body(event: dict[str, Any]) -> dict[str, Any] | None:
     if _JSON_MEDIA_TYPE.match(headers.get("content-type", "")):
         return None
     request_id = (event.get("requestContext") or {}).get("requestId") or "-"
-    body = {"error": {"code": "HD_ERR_UNSUPPORTED_MEDIA_TYPE", "request_id": request_id,
-                      "message": "request bodies must be JSON: send Content-Type: application/json"}}
-    return {"statusCode": 415, "headers": {"Content-Type": "application/json"}, "body": json.dumps(body),
+    return _error(415, "HD_ERR_UNSUPPORTED_MEDIA_TYPE",
+                  "request bodies must be JSON: send Content-Type: application/json", request_id)
+
+
+def _error(status: int, code: str, message: str, request_id: str) -> dict[str, Any]:
+    """An API Gateway proxy response with the API's error body, for refusals made before routing."""
+    body = {"error": {"code": code, "request_id": request_id, "message": message}}
+    return {"statusCode": status, "headers": {"Content-Type": "application/json"}, "body": json.dumps(body),
             "isBase64Encoded": False}

@@ -96,4 +96,5 @@ def wipe(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return {"status": outcome.status, "instance_id": outcome.instance_id, "command_id": outcome.command_id}
 
 
-lambda_handler = scheduled_entry(wipe, SERVICE)
+# Not region-pinned: a wipe only destroys data, and refusing it would leave a terminated host's cache intact.
+lambda_handler = scheduled_entry(wipe, SERVICE, region_pinned=False)

@@ -370,7 +370,12 @@ def test_audit_bucket_access_is_scoped_to_prefixes_and_only_trail_writers_put(
     bucket_id = logical_id(stack, stack.node.find_child("AuditBucket"))
     for name in api.functions:
         statements = function_policy(template, stack, api, name)
-        s3_statements = [s for s in statements if any(a.startswith("s3:") for a in actions_of([s]))]
+        # The region pin asks every function's container where the audit bucket is, and nothing more of it.
+        location = statements_with(statements, "s3:GetBucketLocation")
+        assert [(actions_of([s]), s["Resource"]) for s in location] == [
+            ({"s3:GetBucketLocation"}, {"Fn::GetAtt": [bucket_id, "Arn"]})]
+        s3_statements = [s for s in statements if any(a.startswith("s3:") for a in actions_of([s]))
+                         and s not in location]
         object_prefixes = set()
         for statement in s3_statements:
             if "s3:ListBucket" in actions_of([statement]):
@@ -418,9 +423,12 @@ def test_table_access_is_item_level_on_the_table_and_its_index(
     for name in api.functions:
         dynamo = {a for a in actions_of(function_policy(template, stack, api, name)) if a.startswith("dynamodb:")}
         assert dynamo <= {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem",
-                          "dynamodb:DeleteItem", "dynamodb:ConditionCheckItem"}, name
+                          "dynamodb:DeleteItem", "dynamodb:ConditionCheckItem", "dynamodb:DescribeTable"}, name
         (reads,) = statements_with(function_policy(template, stack, api, name), "dynamodb:Query")
         assert reads["Resource"] == [table, {"Fn::Join": ["", [table, "/index/GSI1"]]}]
+        # The region pin reads the table's ARN and replicas: on the table itself, alone in its statement.
+        (describe,) = statements_with(function_policy(template, stack, api, name), "dynamodb:DescribeTable")
+        assert (describe["Action"], describe["Resource"]) == ("dynamodb:DescribeTable", table)
 
 
 # --- stage ----------------------------------------------------------------------------------------------

@@ -43,13 +43,18 @@ class PinnedResource:
 
 
 class RegionMismatch(HdError):
-    """A pinned resource is outside the configured region, or its region could not be confirmed."""
+    """A pinned resource is outside the configured region, or its region could not be confirmed.
+
+    `settled` is False when a region could not be learnt (a denial, a throttle, a network failure):
+    asking again later may succeed, whereas a resource seen elsewhere stays there until redeployed.
+    """
 
     code = "HD_ERR_REGION_MISMATCH"
 
-    def __init__(self, region: str, differences: Iterable[str]) -> None:
+    def __init__(self, region: str, differences: Iterable[str], *, settled: bool = True) -> None:
         self.region = region
         self.differences = tuple(differences)
+        self.settled = settled
         super().__init__(f"resources outside the pinned region {region}, refusing to serve: "
                          + "; ".join(self.differences))
 
@@ -80,29 +85,25 @@ def kms_arn_region(key: str) -> str | None:
     return match.group("region") if match else None
 
 
-def region_differences(region: str, resources: Iterable[PinnedResource], lookup: RegionLookup) -> list[str]:
-    """One line per resource that is not (or not provably) in `region`; empty when all are."""
+def require_pinned(region: str, resources: Iterable[PinnedResource], lookup: RegionLookup) -> None:
+    """Raise `RegionMismatch` naming every resource not (or not provably) in `region`, or a malformed `region`."""
+    if not _REGION.fullmatch(region or ""):
+        raise RegionMismatch(region or "(none)", ["no pinned region is configured (HD_REGION or AWS_REGION)"])
     differences: list[str] = []
+    settled = True
     for resource in resources:
         label = f"{resource.role} {resource.kind.value} {resource.name}"
         try:
             regions = _regions_of(resource, lookup)
         except RegionUnknown as unknown:
             differences.append(f"{label}: region cannot be confirmed ({unknown})")
+            settled = False
             continue
         outside = [found for found in regions if found != region]
         if outside:
             differences.append(f"{label} is in {', '.join(outside)}")
-    return differences
-
-
-def require_pinned(region: str, resources: Iterable[PinnedResource], lookup: RegionLookup) -> None:
-    """Raise `RegionMismatch` naming every resource outside `region` (and a malformed `region` itself)."""
-    if not _REGION.fullmatch(region or ""):
-        raise RegionMismatch(region or "(none)", ["no pinned region is configured (HD_REGION or AWS_REGION)"])
-    differences = region_differences(region, resources, lookup)
     if differences:
-        raise RegionMismatch(region, differences)
+        raise RegionMismatch(region, differences, settled=settled)
 
 
 def _regions_of(resource: PinnedResource, lookup: RegionLookup) -> tuple[str, ...]:
