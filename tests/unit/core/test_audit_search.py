@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
@@ -14,10 +15,13 @@ from hd_core.audit import format_audit_ts
 from hd_core.audit_search import (
     QueryAuditFilter,
     QueryAuditPage,
+    find_query_records,
+    outcome_of,
     records_from_jsonl,
+    resolve_window,
     search_query_audit,
 )
-from hd_core.errors import InvalidRequest
+from hd_core.errors import InvalidRequest, NotFound
 
 DAY1 = date(2026, 3, 1)
 DAY2 = date(2026, 3, 2)
@@ -325,3 +329,88 @@ def test_a_garbled_cursor_is_refused_with_a_restart_hint(cursor: str) -> None:
 def test_jsonl_reading_skips_a_torn_last_line_and_damaged_lines() -> None:
     data = b'{"query_id":"q1"}\n\nnot json\n[1,2]\n{"query_id":"q\xc3\xa9"}\n{"query_id":"half'
     assert [r["query_id"] for r in records_from_jsonl(data, source="test")] == ["q1", "qé"]
+
+
+# --- windows, outcomes, lookup by reference, bounded memory (issue 22) ---------------------------------
+
+
+def test_a_time_window_is_half_open_and_a_date_end_takes_the_whole_day() -> None:
+    archive = InMemoryArchive([_record("at-start", _at(DAY1, 10)), _record("inside", _at(DAY1, 11)),
+                               _record("at-end", _at(DAY1, 12)), _record("late", _at(DAY1, 23, 59))])
+    timed = _filter(start=_at(DAY1, 10), end=_at(DAY1, 12))
+    assert _ids(search_query_audit(archive, timed)) == ["at-start", "inside"]
+    assert _ids(search_query_audit(archive, _filter(start=DAY1, end=DAY1))) == ["at-start", "inside", "at-end", "late"]
+    # A window ending at midnight reads nothing of the day it ends on.
+    archive.reads.clear()
+    search_query_audit(archive, _filter(start=_at(DAY1, 0), end=_at(DAY2, 0)))
+    assert archive.reads == [DAY1]
+
+
+def test_a_naive_time_is_refused() -> None:
+    with pytest.raises(InvalidRequest, match="UTC offset"):
+        search_query_audit(InMemoryArchive(), _filter(start=datetime(2026, 3, 1, 12)))
+
+
+def test_the_default_window_is_the_last_24_hours_and_a_cursor_keeps_its_window() -> None:
+    now = _at(DAY2, 9)
+    assert resolve_window(None, None, cursor=None, now=now) == (now - timedelta(hours=24), now)
+    assert resolve_window(None, DAY1, cursor=None, now=now) == (_at(DAY1, 0), DAY1)
+    archive = InMemoryArchive([_record(f"q{n}", _at(DAY2, 1 + n)) for n in range(3)])
+    start, end = resolve_window(None, None, cursor=None, now=now)
+    cursor = search_query_audit(archive, _filter(start=start, end=end), limit=1).next_cursor
+    later = now + timedelta(hours=5)  # the next page is asked for later: its window must not move
+    assert resolve_window(None, None, cursor=cursor, now=later) == (start, end)
+    rest = search_query_audit(archive, _filter(start=start, end=end), limit=5, cursor=cursor)
+    assert _ids(rest) == ["q1", "q2"]
+
+
+def test_outcome_separates_successes_refusals_and_failures() -> None:
+    deny = [{"stage": "authorize", "decision": "deny", "reason": "HD_ERR_PERMISSION_DENIED: no"}]
+    archive = InMemoryArchive([
+        _record("ok", _at(DAY1, 1)),
+        _record("denied", _at(DAY1, 2)) | {"error": {"sqlstate": "42501", "code": "HD_ERR_PERMISSION_DENIED",
+                                                     "message": "m"}, "verdicts": deny},
+        _record("failed", _at(DAY1, 3)) | {"error": {"sqlstate": "57014", "code": "HD_ERR_STATEMENT_TIMEOUT",
+                                                     "message": "m"}},
+    ])
+    assert _ids(search_query_audit(archive, _filter(outcome="ok"))) == ["ok"]
+    assert _ids(search_query_audit(archive, _filter(outcome="denied"))) == ["denied"]
+    assert _ids(search_query_audit(archive, _filter(outcome="error"))) == ["failed"]
+    assert _ids(search_query_audit(archive, _filter(sqlstate="57014"))) == ["failed"]
+    assert _ids(search_query_audit(archive, _filter(error_code="hd_err_permission_denied"))) == ["denied"]
+    assert outcome_of({"error": None}) == "ok"
+
+
+def test_the_environment_filter_is_exact_and_records_without_one_are_in_none() -> None:
+    archive = InMemoryArchive([_record("live", _at(DAY1, 1)) | {"key_env": "live"},
+                               _record("test", _at(DAY1, 2)) | {"key_env": "test"},
+                               _record("unknown", _at(DAY1, 3))])
+    assert _ids(search_query_audit(archive, _filter(key_env="live"))) == ["live"]
+    assert _ids(search_query_audit(archive, _filter(key_env="test"))) == ["test"]
+
+
+def test_a_reference_is_found_newest_day_first_with_the_day_before_it() -> None:
+    archive = InMemoryArchive([_record("q_x", _at(DAY2, 0, 1)), _record("q_x", _at(DAY1, 23, 59)),
+                               _record("q_y", _at(DAY3, 5)), _record("q_x", _at(DAY1, 1), org_id="org_b")])
+    found = find_query_records(archive, _filter(start=date(2026, 2, 1), end=DAY3), "q_x")
+    assert [record["ts"] for record in found] == [format_audit_ts(_at(DAY1, 23, 59)), format_audit_ts(_at(DAY2, 0, 1))]
+    assert archive.reads == [DAY3, DAY2, DAY1]  # stops a day after the newest day holding it
+    with pytest.raises(NotFound, match="q_nope"):
+        find_query_records(archive, _filter(), "q_nope")
+
+
+def test_a_search_holds_a_page_of_a_day_not_the_whole_day() -> None:
+    class LargeDay:
+        def records(self, day: date) -> Iterator[dict[str, object]]:
+            for n in range(20_000):  # about 20 MB of records if a search kept them all
+                at = _at(DAY1, 0) + timedelta(seconds=(n * 7919) % 20_000)
+                yield _record(f"q{n:05}", at) | {"sql_redacted": "SELECT ? " + "x" * 1000}
+
+    tracemalloc.start()
+    try:
+        page = search_query_audit(LargeDay(), _filter(start=DAY1, end=DAY1), limit=10)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(page.records) == 10 and page.next_cursor is not None
+    assert peak < 2 * 1024 * 1024, f"peak {peak} bytes"
