@@ -666,7 +666,7 @@ class AuditWriter:
         record = QueryAuditRecord(
             ts=format_audit_ts(self._now()), query_id=audit.query_id, org_id=subject.org_id,
             user_id=subject.user_id, key_id=subject.key_id, role=str(subject.role), source_ip=subject.source_ip,
-            agent_id=subject.agent_id, agent_framework=subject.agent_framework,
+            key_env=subject.env, agent_id=subject.agent_id, agent_framework=subject.agent_framework,
             request_id=settings.get("hd.request_id") or None, priority=settings.get("hd.priority") or None,
             dialect=audit.dialect, sql_redacted=_redacted(audit.sql, audit.dialect),
             statement_kind=audit.statement_kind or (plan.kind if plan else None),

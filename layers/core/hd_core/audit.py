@@ -63,6 +63,8 @@ class QueryAuditRecord:
     key_id: str | None
     role: str | None
     source_ip: str | None
+    # The key environment (live/test) of the credential: which environment's audit search finds the record.
+    key_env: str | None = None
     agent_id: str | None = None
     agent_framework: str | None = None
     request_id: str | None = None
@@ -93,6 +95,7 @@ class QueryAuditRecord:
         key_id: str | None,
         role: str | None,
         source_ip: str | None,
+        key_env: str | None = None,
         dialect: str = "postgres",
         statement_kind: str | None = None,
         agent_id: str | None = None,
@@ -111,6 +114,7 @@ class QueryAuditRecord:
             key_id=key_id,
             role=role,
             source_ip=source_ip,
+            key_env=key_env,
             agent_id=agent_id,
             agent_framework=agent_framework,
             request_id=request_id,

@@ -74,6 +74,7 @@ def test_json_line_has_every_field_sorted_on_one_line() -> None:
         "key_id",
         "role",
         "source_ip",
+        "key_env",
         "agent_id",
         "agent_framework",
         "request_id",
