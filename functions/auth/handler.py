@@ -168,7 +168,7 @@ def federate(body: FederateIn) -> TokenPairOut:
 
 @router.get("/.well-known/jwks.json", responses=documented(200, JwksOut, "Current and previous signing keys"))
 def jwks() -> JwksOut:
-    return JwksOut.model_validate(jwks_document(services().keys))
+    return JwksOut.model_validate(jwks_document(services().jwt_keys))
 
 
 @router.get("/v1/openapi.json", responses=documented(200, dict[str, Any], "This API's OpenAPI document"))

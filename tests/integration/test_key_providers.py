@@ -60,7 +60,9 @@ def _enforce_key_state(client: Any) -> None:
     def refuse_disabled(model: Any, params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
         body = json.loads(params.get("body") or b"{}")
         key_id = body.get("KeyId")
-        if key_id is None or model.name == "DisableKey":
+        # Key management works on a disabled key in KMS too; only its use is refused.
+        if key_id is None or model.name in ("DisableKey", "DescribeKey", "ScheduleKeyDeletion", "CancelKeyDeletion",
+                                            "ListResourceTags"):
             return None
         if observer.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] != "Disabled":
             return None
@@ -109,6 +111,15 @@ def _compact_jws(provider: KeyProvider, claims: dict[str, object]) -> str:
     header = {"alg": "RS256", "typ": "JWT", "kid": provider.jwt_signing_kid()}
     signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
     return f"{signing_input}.{b64url(provider.sign_jwt(signing_input.encode('ascii')))}"
+
+
+def _compact_jws_with(provider: KeyProvider, kid: str, claims: dict[str, object]) -> str:
+    def b64url(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+    header = {"alg": "RS256", "typ": "JWT", "kid": kid}
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+    return f"{signing_input}.{b64url(provider.sign_jwt_with(kid, signing_input.encode('ascii')))}"
 
 
 def _claims() -> dict[str, object]:
@@ -227,26 +238,63 @@ def test_another_key_file_cannot_vouch_for_this_one(tmp_path: Path) -> None:
         mine.decrypt_data_key(theirs.generate_data_key(CONTEXT).ciphertext, CONTEXT)
 
 
-def test_rotation_keeps_the_previous_key_for_verification_and_drops_older_ones(tmp_path: Path) -> None:
+def test_a_new_jwt_key_gets_a_file_of_its_own_and_the_key_file_is_never_rewritten(tmp_path: Path) -> None:
     keys = LocalKeyFile(tmp_path / "dev-keys.json")
     first = keys.jwt_signing_kid()
-    old_token = _compact_jws(keys, _claims())
-    second = keys.rotate_jwt_key()
-    assert keys.jwt_signing_kid() == second != first
-    assert [k.kid for k in keys.jwt_public_keys()] == [second, first]
-    previous_pem = keys.jwt_public_keys()[1].public_pem
-    assert jwt.decode(old_token, key=previous_pem, algorithms=["RS256"], audience="hd-api")["sub"] == "usr_1"
-    third = keys.rotate_jwt_key()
-    assert [k.kid for k in keys.jwt_public_keys()] == [third, second]
-    assert stat.S_IMODE((tmp_path / "dev-keys.json").stat().st_mode) == 0o600
+    before = (tmp_path / "dev-keys.json").read_bytes()
+    second = keys.create_jwt_key()
+    third = keys.create_jwt_key()
+    assert len({first, second, third}) == 3
+    assert (tmp_path / "dev-keys.json").read_bytes() == before
+    assert keys.configured_jwt_kids() == [first]  # what seeds a ring: the key file's own keys
+    for kid in (second, third):
+        path = tmp_path / "jwt" / f"{kid}.json"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        token = _compact_jws_with(keys, kid, _claims())
+        claims = jwt.decode(token, key=keys.jwt_public_pem(kid), algorithms=["RS256"], audience="hd-api")
+        assert claims["sub"] == "usr_1"
 
 
-def test_a_rotation_by_another_process_is_picked_up(tmp_path: Path) -> None:
+def test_a_jwt_key_made_by_another_process_is_usable_here(tmp_path: Path) -> None:
     reader, rotator = LocalKeyFile(tmp_path / "k.json"), LocalKeyFile(tmp_path / "k.json")
-    before = reader.jwt_signing_kid()
-    new_kid = rotator.rotate_jwt_key()
-    assert reader.jwt_signing_kid() == new_kid
-    assert [k.kid for k in reader.jwt_public_keys()] == [new_kid, before]
+    reader.jwt_signing_kid()
+    new_kid = rotator.create_jwt_key()
+    token = _compact_jws_with(rotator, new_kid, _claims())
+    assert jwt.decode(token, key=reader.jwt_public_pem(new_kid), algorithms=["RS256"], audience="hd-api")
+
+
+def test_a_retired_local_jwt_key_is_disabled_then_deleted_only_after_its_date(tmp_path: Path) -> None:
+    clock = [datetime(2026, 1, 1, tzinfo=UTC)]
+    keys = LocalKeyFile(tmp_path / "k.json", now=lambda: clock[0])
+    kid = keys.create_jwt_key()
+    with pytest.raises(KeyUnavailable, match="not disabled"):
+        keys.schedule_jwt_key_deletion(kid, 7)
+    keys.disable_jwt_key(kid)
+    keys.disable_jwt_key(kid)  # again: harmless
+    with pytest.raises(KeyUnavailable, match="disabled"):
+        keys.sign_jwt_with(kid, b"h.c")
+    with pytest.raises(KeyUnavailable, match="disabled"):
+        keys.jwt_public_pem(kid)
+    delete_after = keys.schedule_jwt_key_deletion(kid, 7)
+    assert delete_after == clock[0] + timedelta(days=7)
+    clock[0] += timedelta(days=6)
+    with pytest.raises(KeyUnavailable, match="may not be deleted before"):
+        keys.purge_jwt_key(kid)
+    assert (tmp_path / "jwt" / f"{kid}.json").exists()
+    clock[0] += timedelta(days=1)
+    keys.purge_jwt_key(kid)
+    assert not (tmp_path / "jwt" / f"{kid}.json").exists()
+    assert keys.jwt_signing_kid() != kid  # the key file's own key is untouched
+
+
+def test_a_kid_that_is_not_a_local_key_id_never_reaches_the_file_system(tmp_path: Path) -> None:
+    keys = LocalKeyFile(tmp_path / "k.json")
+    (tmp_path / "secret.json").write_text("{}")
+    for kid in ("../secret", "local-jwt-../../x", "/etc/passwd", "local-jwt-" + "0" * 23):
+        with pytest.raises(KeyUnavailable, match="not a local JWT key id"):
+            keys.jwt_public_pem(kid)
+    with pytest.raises(KeyUnavailable, match="not in"):
+        keys.jwt_public_pem("local-jwt-" + "0" * 24)
 
 
 def _first_use_in_another_process(path: str) -> tuple[str, str]:
@@ -278,7 +326,7 @@ def test_a_key_file_that_must_exist_is_never_made_anew(tmp_path: Path) -> None:
     with pytest.raises(KeyUnavailable, match=r"missing; restore it from a backup"):
         keys.check()
     with pytest.raises(KeyUnavailable, match="missing"):
-        keys.rotate_jwt_key()
+        keys.create_jwt_key()
     assert not (tmp_path / "keys").exists()
 
 
@@ -350,3 +398,31 @@ def test_kms_provider_needs_a_jwt_key(kms_keys: KmsKeys) -> None:
     with pytest.raises(ValueError):
         KmsKeyProvider(kms_keys.client, jwt_key_ids=[], checkpoint_key_id=kms_keys.checkpoint,
                        data_key_id=kms_keys.data)
+
+
+def test_kms_jwt_keys_are_made_tagged_used_by_kid_disabled_and_scheduled_for_deletion(kms_keys: KmsKeys) -> None:
+    provider = KmsKeyProvider(
+        kms_keys.client, jwt_key_ids=[kms_keys.jwt_current], checkpoint_key_id=kms_keys.checkpoint,
+        data_key_id=kms_keys.data, new_key_tags={"hd:purpose": "jwt-signing", "hd:deployment": "hd-test"},
+    )
+    kid = provider.create_jwt_key()
+    metadata = kms_keys.client.describe_key(KeyId=kid)["KeyMetadata"]
+    assert (metadata["KeySpec"], metadata["KeyUsage"]) == ("RSA_2048", "SIGN_VERIFY")
+    tags = {t["TagKey"]: t["TagValue"] for t in kms_keys.client.list_resource_tags(KeyId=kid)["Tags"]}
+    assert tags == {"hd:purpose": "jwt-signing", "hd:deployment": "hd-test"}
+    token = _compact_jws_with(provider, kid, _claims())
+    assert jwt.decode(token, key=provider.jwt_public_pem(kid), algorithms=["RS256"], audience="hd-api")
+    provider.disable_jwt_key(kid)
+    with pytest.raises(KeyUnavailable, match="DisabledException"):
+        provider.sign_jwt_with(kid, b"h.c")
+    with pytest.raises(KeyUnavailable, match="should be deleted by now but is Disabled"):
+        provider.purge_jwt_key(kid)  # not scheduled: a purge must not pretend it is gone
+    deletion = provider.schedule_jwt_key_deletion(kid, 30)
+    assert kms_keys.client.describe_key(KeyId=kid)["KeyMetadata"]["KeyState"] == "PendingDeletion"
+    assert timedelta(days=29) < deletion - datetime.now(UTC) <= timedelta(days=30, minutes=1)
+    again = provider.schedule_jwt_key_deletion(kid, 30)  # asked again: the key's own date, no error
+    assert abs(again - deletion) < timedelta(seconds=1)
+    provider.purge_jwt_key(kid)  # pending deletion: KMS deletes it at its date
+    kms_keys.client.cancel_key_deletion(KeyId=kid)
+    with pytest.raises(KeyUnavailable, match="deletion was cancelled"):
+        provider.purge_jwt_key(kid)

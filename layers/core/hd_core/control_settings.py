@@ -29,6 +29,11 @@ class ControlApiSettings(BaseSettings):
     kms_jwt_key_ids: str = ""  # comma-separated, current first: the JWKS serves all of them
     kms_checkpoint_key_id: str = ""
     kms_data_key_id: str = ""
+    # JWT signing-key rotation (hd_core.signing_keys): a new key every N days; the ring is re-read this often;
+    # keys made by the rotation in AWS carry the tag hd:deployment=<this> (the deployment's IAM grants name it).
+    jwt_key_rotate_days: int = Field(default=90, ge=1, le=3650)
+    jwt_key_ring_refresh_seconds: float = Field(default=30.0, ge=0, le=3600)
+    kms_key_deployment_tag: str = ""
 
     audit: Literal["local", "s3"] = "local"
     audit_dir: Path = Path(".hd")

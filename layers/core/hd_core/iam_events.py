@@ -64,6 +64,11 @@ class IamEventType(StrEnum):
     # Engine host lifecycle (the termination wipe hook)
     INSTANCE_WIPED = "instance.wiped"
     INSTANCE_WIPE_FAILED = "instance.wipe_failed"
+    # Signing keys on their schedule (issue 19), on the deployment chain: a new current key, and the old
+    # one disabled (its deletion scheduled) once its tokens have expired, then deleted.
+    SIGNING_KEY_ROTATED = "signing_key.rotated"
+    SIGNING_KEY_DISABLED = "signing_key.disabled"
+    SIGNING_KEY_DELETED = "signing_key.deleted"
 
 
 SYSTEM_ACTOR = "system"

@@ -1,7 +1,8 @@
 """The daily API key lifecycle job (issue 19): scheduled rotation, expiry, and warnings before either ends a key.
 
 `run_key_lifecycle(services, now)` walks every key of every organisation (or of one, when an admin
-asks for a run) in three passes:
+asks for a run) in three passes; a scheduled run (every organisation) first rotates the deployment's JWT
+signing keys (hd_core.signing_keys):
 
 1. Expiry: a key past its `expires_at` (its own expiry, or the end of its rotation grace) that is
    not yet revoked is revoked; API_KEY_EXPIRED and `key.expired`.
@@ -42,6 +43,7 @@ from hd_core.key_admin import list_keys
 from hd_core.models import ApiKeyRecord, ChangeContext, Role
 from hd_core.records import encode_time
 from hd_core.services import ControlServices
+from hd_core.signing_keys import SigningKeyReport, rotate_jwt_signing_keys
 from hd_core.webhooks import WebhookEventType
 
 _log = logging.getLogger(__name__)
@@ -115,9 +117,11 @@ class LifecycleReport:
     rotation_due: list[str] = field(default_factory=list)  # owners told to rotate (no delivery target)
     rotation_failed: list[str] = field(default_factory=list)  # still due; the next run tries again
     warnings: list[tuple[str, str, int]] = field(default_factory=list)  # (key id, reason, days before)
+    signing_keys: SigningKeyReport | None = None  # the JWT signing keys' pass (scheduled runs only)
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "signing_keys": None if self.signing_keys is None else self.signing_keys.as_dict(),
             "expired": list(self.expired),
             "rotated": list(self.rotated),
             "successors": list(self.successors),
@@ -157,6 +161,12 @@ def run_key_lifecycle(
     run_id = request_id or f"lifecycle-{at:%Y%m%dT%H%M%SZ}"
     report = LifecycleReport()
     orgs = list(org_ids) if org_ids is not None else [org.org_id for org in services.store.list_orgs()]
+    if org_ids is None:
+        # The deployment's JWT signing keys rotate with the scheduled run, never with one organisation's.
+        report.signing_keys = rotate_jwt_signing_keys(
+            services.store, services.trail, services.keys, at, policy=services.signing_key_policy, request_id=run_id,
+        )
+        services.jwt_keys.invalidate()
     for org_id in orgs:
         for record in services.store.list_api_keys(org_id):
             _expire(services, record, at, run_id, report)

@@ -415,11 +415,8 @@ class JwtPublicKey:
     public_pem: bytes
 
 
-class KeyProvider(Protocol):
-    """Key material: KMS in AWS, a local key file in `hd dev` (dev only, loudly labelled).
-
-    Private keys never leave the provider: callers hand it bytes to sign.
-    """
+class JwtKeySet(Protocol):
+    """The JWT keys tokens are signed and verified with: one signs, every listed one verifies."""
 
     def jwt_signing_kid(self) -> str:
         """The key id (`kid`) new JWTs are signed with."""
@@ -431,6 +428,43 @@ class KeyProvider(Protocol):
 
     def jwt_public_keys(self) -> list[JwtPublicKey]:
         """The current and previous RS256 verification keys, current first."""
+        ...
+
+
+class KeyProvider(JwtKeySet, Protocol):
+    """Key material: KMS in AWS, a local key file in `hd dev` (dev only, loudly labelled).
+
+    Private keys never leave the provider: callers hand it bytes to sign. Its own JWT key set is the
+    one it was configured with; which keys sign and verify once keys rotate is the signing-key ring's
+    (hd_core.signing_keys), which creates, uses by kid, disables and deletes keys through the methods below.
+    """
+
+    def configured_jwt_kids(self) -> list[str]:
+        """The JWT key ids this provider was configured with, current first (they seed the ring)."""
+        ...
+
+    def create_jwt_key(self) -> str:
+        """Make a new RS256 signing key (never replacing an existing one); returns its kid."""
+        ...
+
+    def sign_jwt_with(self, kid: str, signing_input: bytes) -> bytes:
+        """RS256 signature with the key `kid`; raises `KeyUnavailable` for an unknown, disabled or deleted key."""
+        ...
+
+    def jwt_public_pem(self, kid: str) -> bytes:
+        """The PEM public key of `kid`; raises `KeyUnavailable` for an unknown, disabled or deleted key."""
+        ...
+
+    def disable_jwt_key(self, kid: str) -> None:
+        """Make `kid` unusable for signing and verifying (repeating it is harmless)."""
+        ...
+
+    def schedule_jwt_key_deletion(self, kid: str, pending_days: int) -> datetime:
+        """Ask for a disabled key's deletion after `pending_days`; returns when it will be gone."""
+        ...
+
+    def purge_jwt_key(self, kid: str) -> None:
+        """Once its deletion date has passed: delete the key (or confirm the provider did); raises `KeyUnavailable`."""
         ...
 
     def checkpoint_key_id(self) -> str:

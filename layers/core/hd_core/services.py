@@ -25,6 +25,7 @@ from hd_core.models import utc_now
 from hd_core.ports import CheckpointStore, ControlStore, KeyProvider, QueryAuditArchive
 from hd_core.request_auth import RequestAuthenticator
 from hd_core.sealed_secrets import SecretSealer
+from hd_core.signing_keys import JwtKeyRing, SigningKeyPolicy, kms_jwt_key_tags
 from hd_core.tokens import JwtIssuer, JwtVerifier
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class ControlServices:
     trail: IamAuditTrail
     hasher: ApiKeyHasher
     api_keys: ApiKeyAuthenticator
+    jwt_keys: JwtKeyRing  # the stored ring of JWT keys: the current one signs, every one not disabled verifies
+    signing_key_policy: SigningKeyPolicy
     jwt_issuer: JwtIssuer
     jwt_verifier: JwtVerifier
     requests: RequestAuthenticator
@@ -84,7 +87,13 @@ def assemble_services(
     authenticator = api_keys or ApiKeyAuthenticator(
         store, ensure_pepper(store), hasher=hasher, now=now, throttle=throttle
     )
-    verifier = JwtVerifier(keys, issuer=config.jwt_issuer, audience=config.jwt_audience)
+    jwt_keys = JwtKeyRing(store, keys, now=now, refresh=timedelta(seconds=config.jwt_key_ring_refresh_seconds))
+    issuer = JwtIssuer(jwt_keys, issuer=config.jwt_issuer, audience=config.jwt_audience)
+    verifier = JwtVerifier(jwt_keys, issuer=config.jwt_issuer, audience=config.jwt_audience)
+    signing_key_policy = SigningKeyPolicy(
+        rotate_every=timedelta(days=config.jwt_key_rotate_days), token_lifetime=issuer.ttl,
+        leeway=timedelta(seconds=verifier.leeway_seconds),
+    )
     issuers = [FederatedIssuer(**item) for item in json.loads(config.federation_issuers)]
     return ControlServices(
         store=store,
@@ -92,7 +101,9 @@ def assemble_services(
         trail=trail,
         hasher=hasher,
         api_keys=authenticator,
-        jwt_issuer=JwtIssuer(keys, issuer=config.jwt_issuer, audience=config.jwt_audience),
+        jwt_keys=jwt_keys,
+        signing_key_policy=signing_key_policy,
+        jwt_issuer=issuer,
         jwt_verifier=verifier,
         requests=RequestAuthenticator(store, authenticator, verifier),
         query_audit=query_audit,
@@ -164,6 +175,7 @@ def _build_aws_services(config: ControlApiSettings) -> ControlServices:
             jwt_key_ids=[key.strip() for key in config.kms_jwt_key_ids.split(",") if key.strip()],
             checkpoint_key_id=config.kms_checkpoint_key_id,
             data_key_id=config.kms_data_key_id,
+            new_key_tags=kms_jwt_key_tags(config.kms_key_deployment_tag),
         ),
         checkpoints=S3CheckpointStore(s3, config.audit_bucket),
         query_audit=S3AuditArchive(s3, config.audit_bucket),

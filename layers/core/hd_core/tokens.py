@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from hd_core.errors import AuthenticationFailed, KeyUnavailable
 from hd_core.models import KeyEnv, User, new_id, utc_now
-from hd_core.ports import JwtPublicKey, KeyProvider
+from hd_core.ports import JwtKeySet, JwtPublicKey
 
 ALGORITHM = "RS256"
 REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub")
@@ -42,11 +42,11 @@ def _json_segment(value: Mapping[str, Any]) -> str:
 
 
 class JwtIssuer:
-    """Signs access tokens for users with the key provider's current RS256 key."""
+    """Signs access tokens for users with the key set's current RS256 key (the signing-key ring's, in services)."""
 
     def __init__(
         self,
-        keys: KeyProvider,
+        keys: JwtKeySet,
         *,
         issuer: str,
         audience: str,
@@ -91,11 +91,11 @@ class JwtIssuer:
 
 
 class JwtVerifier:
-    """Verifies access tokens made by `JwtIssuer` against the current and previous public keys."""
+    """Verifies access tokens made by `JwtIssuer` against the key set's keys that still verify, picked by `kid`."""
 
     def __init__(
         self,
-        keys: KeyProvider,
+        keys: JwtKeySet,
         *,
         issuer: str,
         audience: str,
@@ -107,6 +107,11 @@ class JwtVerifier:
         self._audience = audience
         self._leeway = leeway_seconds
         self._now = now
+
+    @property
+    def leeway_seconds(self) -> int:
+        """How long past its `exp` a token is still accepted (clock skew between hosts)."""
+        return self._leeway
 
     def verify(self, token: str) -> dict[str, Any]:
         """The claims of a valid token; raises `AuthenticationFailed` (with the failed check as reason)."""
@@ -214,8 +219,8 @@ def _b64url_uint(value: int) -> str:
     return b64url(value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big"))
 
 
-def jwks_document(keys: KeyProvider) -> dict[str, Any]:
-    """The JWKS JSON (RFC 7517) of the current and previous RS256 verification keys, current first."""
+def jwks_document(keys: JwtKeySet) -> dict[str, Any]:
+    """The JWKS JSON (RFC 7517) of the RS256 keys that still verify (current and previous), current first."""
     entries = []
     for public_key in keys.jwt_public_keys():
         numbers = _rsa_public_key(public_key).public_numbers()

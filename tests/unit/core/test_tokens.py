@@ -6,9 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -16,7 +14,6 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from hd_core.adapters.local_keys import LocalKeyFile
 from hd_core.errors import AuthenticationFailed
 from hd_core.models import KeyEnv, Role, User, UserStatus, new_id
 from hd_core.ports import JwtPublicKey
@@ -273,18 +270,3 @@ def test_the_jwks_lists_current_then_previous_key_as_rsa_signing_keys(clock: Clo
         assert not entry["n"].startswith("AA")  # no leading zero byte (RFC 7518 section 6.3.1.1)
 
 
-@pytest.fixture
-def key_file(tmp_path: Path) -> Iterator[LocalKeyFile]:
-    yield LocalKeyFile(tmp_path / "keys.json")
-
-
-def test_tokens_from_the_local_key_file_survive_one_rotation(key_file: LocalKeyFile, clock: Clock) -> None:
-    issuer, verifier = _issuer(key_file, clock), _verifier(key_file, clock)
-    old_kid = key_file.jwt_signing_kid()
-    token = issuer.issue(_user(), "live")
-    new_kid = key_file.rotate_jwt_key()
-    assert verifier.verify(token)["iss"] == ISSUER
-    assert [entry["kid"] for entry in jwks_document(key_file)["keys"]] == [new_kid, old_kid]
-    assert jwt.get_unverified_header(issuer.issue(_user(), "live"))["kid"] == new_kid
-    key_file.rotate_jwt_key()
-    assert _refusal(verifier, token).reason == "jwt kid is not one of our signing keys"

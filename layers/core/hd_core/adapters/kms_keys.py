@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -46,6 +47,23 @@ KMS_ERROR_ADVICE = {
 _T = TypeVar("_T")
 
 
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "Unknown"))
+
+
+def _reraise(exc: ClientError) -> Callable[[], Any]:
+    """A request that fails as `exc` did, for `_call` to turn into `KeyUnavailable` with its advice."""
+
+    def request() -> Any:
+        raise exc
+
+    return request
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 class KmsKeyProvider:
     """Key material in KMS: RSA JWT signing keys (current first), an ECC checkpoint key and a data-key key."""
 
@@ -56,13 +74,18 @@ class KmsKeyProvider:
         jwt_key_ids: Sequence[str],
         checkpoint_key_id: str,
         data_key_id: str,
+        new_key_tags: Mapping[str, str] | None = None,
+        new_key_description: str = "Hardened Duck: signs API JWTs (RS256), made by the scheduled rotation",
     ) -> None:
+        """`new_key_tags` go on every JWT key `create_jwt_key` makes (the deployment's IAM conditions name them)."""
         if not jwt_key_ids:
             raise ValueError("at least one JWT signing key id is needed (the current one first)")
         self._kms = kms_client
         self._jwt_key_ids = tuple(jwt_key_ids)
         self._checkpoint_key_id = checkpoint_key_id
         self._data_key_id = data_key_id
+        self._new_key_tags = dict(new_key_tags or {})
+        self._new_key_description = new_key_description
         self._lock = threading.Lock()
         self._public_keys: dict[str, bytes] = {}  # key id -> DER SubjectPublicKeyInfo
 
@@ -79,6 +102,68 @@ class KmsKeyProvider:
     def jwt_public_keys(self) -> list[JwtPublicKey]:
         """The configured JWT keys' public halves as PEM, current first."""
         return [JwtPublicKey(kid=key_id, public_pem=self._public_pem(key_id)) for key_id in self._jwt_key_ids]
+
+    # --- JWT keys by kid, and their rotation (hd_core.signing_keys keeps the ring) ------------------------
+
+    def configured_jwt_kids(self) -> list[str]:
+        """The configured JWT key ids, current first: they seed the ring."""
+        return list(self._jwt_key_ids)
+
+    def create_jwt_key(self) -> str:
+        """A new RSA_2048 SIGN_VERIFY key, tagged so that IAM conditions on its tags admit its use; its key id."""
+        response = self._call(
+            "CreateKey", "(new)",
+            lambda: self._kms.create_key(
+                KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY", Description=self._new_key_description,
+                Tags=[{"TagKey": name, "TagValue": value} for name, value in sorted(self._new_key_tags.items())],
+            ),
+        )
+        key_id: str = response["KeyMetadata"]["KeyId"]
+        return key_id
+
+    def sign_jwt_with(self, kid: str, signing_input: bytes) -> bytes:
+        """RS256 signature made by KMS with the key `kid`."""
+        return self._sign(kid, signing_input, _JWT_ALGORITHM)
+
+    def jwt_public_pem(self, kid: str) -> bytes:
+        """The PEM public key of `kid` (fetched once per key)."""
+        return self._public_pem(kid)
+
+    def disable_jwt_key(self, kid: str) -> None:
+        """DisableKey: KMS refuses every further Sign and GetPublicKey with it."""
+        self._call("DisableKey", kid, lambda: self._kms.disable_key(KeyId=kid))
+
+    def schedule_jwt_key_deletion(self, kid: str, pending_days: int) -> datetime:
+        """ScheduleKeyDeletion after `pending_days`; a key already pending deletion answers its date."""
+        try:
+            response = self._kms.schedule_key_deletion(KeyId=kid, PendingWindowInDays=pending_days)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "KMSInvalidStateException":
+                return self._call("ScheduleKeyDeletion", kid, _reraise(exc))
+            metadata = self._describe(kid)
+            if metadata.get("KeyState") != "PendingDeletion":
+                return self._call("ScheduleKeyDeletion", kid, _reraise(exc))
+            return _utc(metadata["DeletionDate"])
+        return _utc(response["DeletionDate"])
+
+    def purge_jwt_key(self, kid: str) -> None:
+        """KMS deletes the key itself at its date: confirm that it is pending deletion or gone."""
+        try:
+            metadata = self._describe(kid)
+        except KeyUnavailable as error:
+            if isinstance(error.__cause__, ClientError) and _error_code(error.__cause__) == "NotFoundException":
+                return
+            raise
+        if metadata.get("KeyState") not in ("PendingDeletion", "PendingReplicaDeletion"):
+            raise KeyUnavailable(
+                f"KMS key {kid} should be deleted by now but is {metadata.get('KeyState')}: its deletion was "
+                "cancelled; schedule it again or find out who cancelled it"
+            )
+
+    def _describe(self, kid: str) -> dict[str, Any]:
+        metadata: dict[str, Any] = self._call("DescribeKey", kid, lambda: self._kms.describe_key(KeyId=kid))[
+            "KeyMetadata"]
+        return metadata
 
     # --- checkpoints --------------------------------------------------------------------------------
 
@@ -163,7 +248,7 @@ class KmsKeyProvider:
         try:
             return request()
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
+            code = _error_code(exc)
             advice = KMS_ERROR_ADVICE.get(code, "check the key's state, its key policy and this role's permissions")
             raise KeyUnavailable(f"KMS {operation} with key {key_id} failed ({code}): {advice}") from exc
         except BotoCoreError as exc:

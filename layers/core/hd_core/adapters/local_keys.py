@@ -1,29 +1,34 @@
 """`KeyProvider` on a local JSON key file, for `hd dev` only: the private keys sit on disk, not in KMS.
 
-The file (mode 0600) is created on first use and holds the RS256 JWT signing keys (current first,
-at most current and previous), the ECDSA P-256 checkpoint key and a 256-bit master key that wraps
+The file (mode 0600) is created on first use and holds the first RS256 JWT signing key(s), the
+ECDSA P-256 checkpoint key and a 256-bit master key that wraps
 data keys with AES-256-GCM. A data key's ciphertext is a version byte, a 96-bit nonce and the
 GCM output; the encryption context, as canonical JSON, is the GCM associated data, so a data
 key only unwraps under the context it was made for.
 
 Several processes may share the file (the engine host and the local control API): it is created
 by linking a complete temporary file into place, so racing creators end with one file, and it
-is re-read whenever it changes on disk, so a rotation in one process reaches the others.
+is re-read whenever it changes on disk.
+
+JWT keys made by the scheduled rotation (hd_core.signing_keys) get files of their own under `jwt/`
+beside it (`<kid>.json`), and their retirement adds markers there (`<kid>.disabled`, `<kid>.deletion`);
+no existing key file is ever rewritten, and a rotated-in key's file is removed once its deletion date passes.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -33,6 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hd_core.errors import KeyUnavailable
 from hd_core.iam_audit import canonical_json
+from hd_core.models import utc_now
 from hd_core.ports import DataKey, JwtPublicKey
 
 log = logging.getLogger(__name__)
@@ -45,7 +51,9 @@ _MASTER_KEY_BYTES = 32
 _DATA_KEY_BYTES = 32
 _NONCE_BYTES = 12
 _CIPHERTEXT_VERSION = b"\x01"
-_JWT_KEYS_KEPT = 2  # the current key signs; the previous one still verifies tokens issued before a rotation
+_JWT_DIR = "jwt"  # rotated-in JWT keys, one file each, beside the key file
+_JWT_FILE_WARNING = "DEV ONLY: a JWT signing key not protected by KMS. Do not copy this file anywhere."
+_LOCAL_JWT_KID = re.compile(r"local-jwt-[0-9a-f]{24}")
 _DEV_WARNING = (
     "DEV ONLY: signing and data-key master keys are in the local file %s, not in KMS; "
     "never use this key file for a shared or production deployment"
@@ -75,11 +83,14 @@ class _KeyMaterial:
 class LocalKeyFile:
     """Key material in a local file; creates the file with fresh keys on first use unless told not to."""
 
-    def __init__(self, path: Path, *, create_missing: bool = True) -> None:
+    def __init__(self, path: Path, *, create_missing: bool = True, now: Callable[[], datetime] = utc_now) -> None:
         """`create_missing=False` for a state folder that already has keys: a missing file is then an error,
-        never silently replaced by new keys that cannot open what the old ones sealed or signed."""
+        never silently replaced by new keys that cannot open what the old ones sealed or signed. `now` dates
+        a JWT key's scheduled deletion."""
         self._path = Path(path)
         self._create_missing = create_missing
+        self._now = now
+        self._jwt_files: dict[str, _JwtKey] = {}  # kid -> a rotated-in key from its own file under jwt/
         self._lock = threading.Lock()
         self._material: _KeyMaterial | None = None
         self._file_identity: tuple[int, int, int] | None = None
@@ -103,17 +114,112 @@ class LocalKeyFile:
         """The current and previous verification keys, current first."""
         return [JwtPublicKey(kid=key.kid, public_pem=key.public_pem) for key in self._keys().jwt_keys]
 
-    def rotate_jwt_key(self) -> str:
-        """Make a new current JWT key, keep the previous one for verification, drop older ones; returns the new kid."""
-        with self._lock, self._exclusive_file() as document:
-            new_key = _new_jwt_key_entry()
-            previous = document["jwt_keys"]
-            assert isinstance(previous, list)  # checked by `_exclusive_file`
-            document["jwt_keys"] = [new_key, *previous][:_JWT_KEYS_KEPT]
-            self._replace_file(document)
-            self._material = None
-        log.info("local JWT signing key rotated; new kid %s", new_key["kid"])
-        return str(new_key["kid"])
+    # --- JWT keys by kid, and their rotation (hd_core.signing_keys keeps the ring) ------------------------
+
+    def configured_jwt_kids(self) -> list[str]:
+        """The key file's own JWT keys, current first: they seed the ring."""
+        return [key.kid for key in self._keys().jwt_keys]
+
+    def create_jwt_key(self) -> str:
+        """A new RS256 key in a file of its own under `jwt/` (no existing key file is ever rewritten); its kid."""
+        self._keys()  # the key file first: a state folder that lost it must not grow new keys
+        entry = _new_jwt_key_entry()
+        kid = str(entry["kid"])
+        self._publish_new(self._jwt_dir / f"{kid}.json", {"format": _FORMAT, "warning": _JWT_FILE_WARNING, **entry})
+        log.info("local JWT signing key %s created", kid)
+        return kid
+
+    def sign_jwt_with(self, kid: str, signing_input: bytes) -> bytes:
+        """RS256 signature with the key `kid`; `KeyUnavailable` when it is unknown, disabled or deleted."""
+        return self._jwt_key(kid).private_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+
+    def jwt_public_pem(self, kid: str) -> bytes:
+        """The PEM public key of `kid`; `KeyUnavailable` when it is unknown, disabled or deleted."""
+        return self._jwt_key(kid).public_pem
+
+    def disable_jwt_key(self, kid: str) -> None:
+        """Mark `kid` disabled (a new marker file next to it): nothing signs or verifies with it any more."""
+        self._jwt_key(kid, allow_disabled=True)
+        self._publish_new(self._marker(kid, "disabled"), {"kid": kid, "disabled_at": self._stamp(self._now())},
+                          exist_ok=True)
+
+    def schedule_jwt_key_deletion(self, kid: str, pending_days: int) -> datetime:
+        """Record that the disabled key `kid` may be removed `pending_days` from now; returns that moment."""
+        if not self._marker(kid, "disabled").exists():
+            raise KeyUnavailable(f"JWT key {kid} is not disabled: only a disabled key is scheduled for deletion")
+        delete_after = self._now() + timedelta(days=pending_days)
+        self._publish_new(self._marker(kid, "deletion"), {"kid": kid, "delete_after": self._stamp(delete_after)},
+                          exist_ok=True)
+        return _parse_stamp(json.loads(self._marker(kid, "deletion").read_text())["delete_after"])
+
+    def purge_jwt_key(self, kid: str) -> None:
+        """Remove the key file of `kid` once its deletion date has passed.
+
+        A key kept in the main key file (the first one) stays there, disabled, since that file is never rewritten.
+        """
+        try:
+            delete_after = _parse_stamp(json.loads(self._marker(kid, "deletion").read_text())["delete_after"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise KeyUnavailable(f"JWT key {kid} has no readable deletion schedule: {exc}") from None
+        if self._now() < delete_after:
+            raise KeyUnavailable(f"JWT key {kid} may not be deleted before {self._stamp(delete_after)}")
+        with suppress(FileNotFoundError):
+            (self._jwt_dir / f"{_checked_kid(kid)}.json").unlink()
+        with self._lock:
+            self._jwt_files.pop(kid, None)
+        log.info("local JWT signing key %s deleted", kid)
+
+    @property
+    def _jwt_dir(self) -> Path:
+        return self._path.parent / _JWT_DIR
+
+    def _marker(self, kid: str, state: str) -> Path:
+        return self._jwt_dir / f"{_checked_kid(kid)}.{state}"
+
+    def _stamp(self, moment: datetime) -> str:
+        return moment.astimezone(UTC).isoformat()
+
+    def _jwt_key(self, kid: str, *, allow_disabled: bool = False) -> _JwtKey:
+        """The JWT key `kid`, from the key file or its own file under `jwt/`."""
+        if not allow_disabled and self._marker(kid, "disabled").exists():
+            raise KeyUnavailable(f"JWT key {kid} is disabled: every token it signed has expired")
+        for key in self._keys().jwt_keys:
+            if key.kid == kid:
+                return key
+        with self._lock:
+            cached = self._jwt_files.get(kid)
+        if cached is not None and (self._jwt_dir / f"{kid}.json").exists():
+            return cached
+        try:
+            document = json.loads((self._jwt_dir / f"{_checked_kid(kid)}.json").read_bytes())
+            key = _parse_jwt_key(document)
+        except FileNotFoundError:
+            raise KeyUnavailable(f"JWT key {kid} is not in {self._jwt_dir} (deleted, or never made here)") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise KeyUnavailable(f"JWT key file of {kid} in {self._jwt_dir} is damaged ({exc})") from None
+        if key.kid != kid:
+            raise KeyUnavailable(f"the JWT key file named {kid} holds key {key.kid}")
+        with self._lock:
+            self._jwt_files[kid] = key
+        return key
+
+    def _publish_new(self, target: Path, document: dict[str, object], *, exist_ok: bool = False) -> None:
+        """Link a complete owner-only file into place under a name that must be new (never overwrites)."""
+        try:
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KeyUnavailable(f"folder {target.parent} cannot be created: {exc.strerror}") from exc
+        temporary = self._write_temporary(document, folder=target.parent)
+        try:
+            os.link(temporary, target)
+        except FileExistsError:
+            if not exist_ok:
+                raise KeyUnavailable(f"{target} exists already; key files are never replaced") from None
+        except OSError as exc:
+            raise KeyUnavailable(f"{target} cannot be written: {exc.strerror}") from exc
+        finally:
+            with suppress(OSError):
+                temporary.unlink()
 
     # --- checkpoints --------------------------------------------------------------------------------
 
@@ -225,18 +331,9 @@ class LocalKeyFile:
             with suppress(OSError):
                 temporary.unlink()
 
-    def _replace_file(self, document: dict[str, object]) -> None:
-        temporary = self._write_temporary(document)
-        try:
-            os.replace(temporary, self._path)
-        except OSError as exc:
-            with suppress(OSError):
-                temporary.unlink()
-            raise KeyUnavailable(f"local key file {self._path} cannot be replaced: {exc.strerror}") from exc
-
-    def _write_temporary(self, document: dict[str, object]) -> Path:
-        """A complete, synced, owner-only copy of `document` next to the key file."""
-        temporary = self._path.with_name(f".{self._path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+    def _write_temporary(self, document: dict[str, object], *, folder: Path | None = None) -> Path:
+        """A complete, synced, owner-only copy of `document` next to the key file (or in `folder`)."""
+        temporary = (folder or self._path.parent) / f".{self._path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
             with os.fdopen(fd, "wb") as handle:
@@ -248,29 +345,6 @@ class LocalKeyFile:
                 temporary.unlink()
             raise KeyUnavailable(f"local key file {self._path} cannot be written: {exc.strerror}") from exc
         return temporary
-
-    @contextmanager
-    def _exclusive_file(self) -> Iterator[dict[str, object]]:
-        """The key file's document, under an exclusive lock so two processes never rotate over each other."""
-        if self._current_identity() is None:
-            self._create_or_refuse()
-        # A separate lock file: the key file itself is replaced on every rotation, and a lock on a
-        # replaced inode would let the next rotator in early.
-        lock_path = self._path.with_name(f".{self._path.name}.lock")
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
-        except OSError as exc:
-            raise KeyUnavailable(f"key file lock {lock_path} cannot be opened: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                data = self._path.read_bytes()
-            except OSError as exc:
-                raise KeyUnavailable(f"local key file {self._path} cannot be read: {exc.strerror}") from exc
-            _parse_material(data, self._path)
-            yield json.loads(data)
-        finally:
-            os.close(fd)
 
 
 def _warn_dev_only(path: Path) -> None:
@@ -341,6 +415,20 @@ def _parse_material(data: bytes, path: Path) -> _KeyMaterial:
             f"local key file {path} is damaged ({' '.join(str(exc).split())}); restore it from a backup (new keys "
             "cannot open MFA secrets or mask keys sealed with it, nor sign on from its IAM checkpoints)"
         ) from None
+
+
+def _checked_kid(kid: str) -> str:
+    """A kid made by this module (it names files: nothing else may reach the file system)."""
+    if not isinstance(kid, str) or not _LOCAL_JWT_KID.fullmatch(kid):
+        raise KeyUnavailable(f"{kid!r} is not a local JWT key id")
+    return kid
+
+
+def _parse_stamp(text: object) -> datetime:
+    value = datetime.fromisoformat(str(text))
+    if value.tzinfo is None:
+        raise ValueError("a time without a zone")
+    return value.astimezone(UTC)
 
 
 def _parse_jwt_key(entry: dict[str, object]) -> _JwtKey:
