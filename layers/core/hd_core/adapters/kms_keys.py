@@ -6,6 +6,10 @@ new key would give old tokens the wrong verification key). Checkpoints are signe
 an ECC_NIST_P256 key and verified here, with the public key fetched once, so verifying a long
 trail costs no KMS calls. Data keys are AES_256 keys from GenerateDataKey, bound to their
 encryption context. Every KMS failure becomes `KeyUnavailable`, saying what an operator should check.
+
+JWT keys rotate on a schedule (hd_core.signing_keys): `create_jwt_key` makes a tagged RSA_2048 key,
+`disable_jwt_key` and `schedule_jwt_key_deletion` retire one, and any key the ring names is used by its
+kid. `KmsRotationInspector` reports whether KMS rotates the deployment's symmetric keys.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from hd_core.errors import InvalidRequest, KeyUnavailable
+from hd_core.kms_rotation import KeyRotationStatus
 from hd_core.ports import DataKey, JwtPublicKey
 
 _JWT_ALGORITHM = "RSASSA_PKCS1_V1_5_SHA_256"
@@ -256,3 +261,29 @@ class KmsKeyProvider:
                 f"KMS {operation} with key {key_id} could not be sent ({exc}): check network access to KMS "
                 "(VPC endpoint, security groups) and the region"
             ) from exc
+
+
+class KmsRotationInspector:
+    """`KeyRotationInspector` on KMS: DescribeKey, then GetKeyRotationStatus for a symmetric customer-managed key."""
+
+    def __init__(self, kms_client: Any) -> None:
+        self._kms = kms_client
+
+    def rotation_status(self, key_id: str) -> KeyRotationStatus:
+        """What KMS says about `key_id`; a failed call is a status whose note names the error code."""
+        try:
+            metadata = self._kms.describe_key(KeyId=key_id)["KeyMetadata"]
+            spec = str(metadata.get("KeySpec") or metadata.get("CustomerMasterKeySpec") or "")
+            if metadata.get("KeyManager") != "CUSTOMER":
+                return KeyRotationStatus(key_id, None, spec, note="AWS-managed: KMS rotates it every year")
+            if spec != "SYMMETRIC_DEFAULT":
+                return KeyRotationStatus(key_id, None, spec,
+                                         note="asymmetric: KMS cannot rotate it (JWT keys rotate on hd's schedule)")
+            response = self._kms.get_key_rotation_status(KeyId=key_id)
+        except ClientError as exc:
+            return KeyRotationStatus(key_id, None, note=f"KMS refused the check ({_error_code(exc)})")
+        except BotoCoreError as exc:
+            return KeyRotationStatus(key_id, None, note=f"KMS could not be reached ({type(exc).__name__})")
+        period = response.get("RotationPeriodInDays")
+        return KeyRotationStatus(key_id, bool(response.get("KeyRotationEnabled")), spec,
+                                 rotation_period_days=int(period) if period is not None else None)
