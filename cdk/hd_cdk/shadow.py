@@ -10,10 +10,19 @@ Security decisions visible here:
   Manager secrets named under `hd/shadow/` and encrypted with the data key: the API function may create
   secrets only under that prefix and only with that key, ReplayBatch may read only those, and no other role
   may do either; the execution input names a secret, never a password. WriteReport alone may DeleteSecret
-  under the prefix, with a 7-day recovery window only: it deletes the replay's own secrets when it ends. (It
-  cannot revoke the replay's ServiceAccount key: no shadow Lambda has the control table, so the key expires
-  24 h after the replay started.) A secret the customer gives by ARN
-  (`comparison_secret_arn`) is readable only if it too is named under the prefix and encrypted with the key;
+  under the prefix, with a 7-day recovery window only: it deletes the replay's own secrets when it ends. A
+  secret the customer gives by ARN (`comparison_secret_arn`) is readable only if it too is named under the
+  prefix and encrypted with the key;
+- WriteReport alone also revokes the replay's ServiceAccount key when the replay ends, the way the API does
+  (`key_admin.revoke_key`: the key's record, an API_KEY_REVOKED IAM event, a signed checkpoint, `key.revoked`
+  webhook deliveries), so no replay key outlives its replay. It may touch only those items of the control
+  table, by their partition keys (`dynamodb:LeadingKeys`): read and update API key items (`APIKEY#`), read
+  and append IAM chain items (`CHAIN#`), list an organisation's webhook endpoints on the index (`WEBHOOKS#`)
+  and record deliveries (`WHDELIVERY#`); put IAM checkpoints (nothing else of the audit bucket) and Sign
+  with the checkpoint key. No delete, no scan, no other item kind. Which key it revokes is checked in code
+  (`control_key_revoker`: only the key issued for that replay, by its name), since IAM cannot name an item
+  that exists only at run time; the signing key is named in its settings only (the key provider's
+  constructor wants one) and granted nothing;
 - each Lambda has its own role with one managed policy: objects under the data bucket's `shadow/` prefix
   (read, write, list; never delete, never another prefix), the data key only through S3 (and, for
   ReplayBatch, through Secrets Manager for a shadow secret); the state machine's role may invoke these
@@ -45,6 +54,7 @@ from typing import Any, Final
 from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -60,6 +70,7 @@ from hd_cdk.nag import acknowledge
 from hd_cdk.network import validated_cidrs
 from hd_cdk.packaging import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME
 from hd_core.adapters.aws_shadow import SECRET_RECOVERY_DAYS
+from hd_core.adapters.dynamodb_schema import GSI1_NAME
 from hd_core.shadow import state_machine
 
 LOG_RETENTION: Final = logs.RetentionDays.ONE_YEAR
@@ -84,6 +95,7 @@ class ReplayFunction:
     reads_secrets: bool = False  # comparison DSNs under the shadow secret prefix
     reaches_databases: bool = False  # the engine NLB and the comparison PostgreSQL
     deletes_secrets: bool = False  # the replay's own secrets under the shadow prefix, when it ends
+    revokes_key: bool = False  # the replay's ServiceAccount key in the control table, when it ends
 
 
 # Keyed by the definition's logical names (state_machine.FUNCTIONS), so a renamed state fails here at import.
@@ -104,7 +116,7 @@ REPLAY_FUNCTIONS: Final[Mapping[str, ReplayFunction]] = {
     state_machine.WRITE_REPORT: ReplayFunction(
         handler="functions.shadow.tasks.write_report_handler",
         description="assembles the replay's report from its batch results and deletes the replay's secrets",
-        memory_mb=1024, timeout_seconds=300, reserved_concurrency=5, deletes_secrets=True,
+        memory_mb=1024, timeout_seconds=300, reserved_concurrency=5, deletes_secrets=True, revokes_key=True,
     ),
 }
 if set(REPLAY_FUNCTIONS) != set(state_machine.FUNCTIONS):
@@ -145,6 +157,29 @@ _L1_REASON: Final = (
 _SYNCHRONOUS_REASON: Final = (
     "Step Functions invokes this function synchronously: a failure returns to the state machine, whose Retry "
     "and Catch record the batch as an error; a dead-letter queue only ever receives asynchronous invocations."
+)
+
+
+@dataclass(frozen=True)
+class KeyRevocation:
+    """The control plane's resources WriteReport revokes a replay's key with (see the module docstring)."""
+
+    table: dynamodb.ITable
+    table_key: kms.IKey  # encrypts the table: used only through DynamoDB
+    audit_bucket: s3.IBucket  # IAM checkpoints only
+    audit_key: kms.IKey  # encrypts the audit bucket: used only through S3
+    checkpoint_key: kms.IKey  # signs the chain's checkpoints
+    signing_key: kms.IKey  # named in the settings, never granted
+
+
+# The control table's partitions WriteReport reaches (hd_core.adapters.dynamodb_store's item layout).
+_KEY_ITEMS: Final = "APIKEY#*"
+_CHAIN_ITEMS: Final = "CHAIN#*"
+_WEBHOOK_ENDPOINT_LISTS: Final = "WEBHOOKS#*"
+_WEBHOOK_DELIVERY_ITEMS: Final = "WHDELIVERY#*"
+_CHECKPOINTS_REASON: Final = (
+    "IAM checkpoints only: each revocation's IAM event is signed into a new checkpoint object named by its chain "
+    "and position, so the checkpoint prefix is the narrowest grant; PutObject only, no read, no delete."
 )
 
 
@@ -202,11 +237,14 @@ class ShadowReplay(Construct):
         comparison: ComparisonNetwork = ComparisonNetwork(),
         api_function: lambda_.Function | None = None,
         api_role: iam.IRole | None = None,
+        key_revocation: KeyRevocation | None = None,
     ) -> None:
         """`engine_host` is the engine NLB's DNS name (or a name in the engine's certificate that resolves to it);
         `engine_ca_file` the sslrootcert that verifies the engine; `engine_nlb_sg` the NLB's security group, which
         is opened to ReplayBatch on 5439. `api_function`/`api_role` (the control API's shadow function and its
-        real role) are given StartExecution and the secret grants, and the settings to use them."""
+        real role) are given StartExecution and the secret grants, and the settings to use them.
+        `key_revocation` lets WriteReport revoke each replay's key when it ends (without it the key expires
+        24 h after the replay started)."""
         super().__init__(scope, id)
         if (api_function is None) != (api_role is None):
             raise ValueError("give the control API's shadow function together with its role, or neither")
@@ -214,6 +252,7 @@ class ShadowReplay(Construct):
         self._data_bucket = data_bucket
         self._data_key = data_key
         self._logs_key = logs_key
+        self._revocation = key_revocation
         self.state_machine_name = f"{stack.stack_name}-shadow-replay"
         self.secret_arn_pattern: str = stack.format_arn(
             service="secretsmanager", resource="secret", resource_name=f"{constants.SHADOW_SECRET_PREFIX}*",
@@ -315,7 +354,8 @@ class ShadowReplay(Construct):
         )
         self._acknowledge_wildcards(policy, {"*": _FUNCTION_ANY_RESOURCE_REASON,
                                              **self._prefix_findings(
-                                                 secrets=spec.reads_secrets or spec.deletes_secrets)})
+                                                 secrets=spec.reads_secrets or spec.deletes_secrets),
+                                             **(self._revocation_findings() if self._revokes(spec) else {})})
         role = iam.Role(
             self, f"{name}Role",
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
@@ -341,7 +381,8 @@ class ShadowReplay(Construct):
             tracing=lambda_.Tracing.ACTIVE,
             log_group=log_group,
             logging_format=lambda_.LoggingFormat.JSON,
-            environment={**environment, "POWERTOOLS_SERVICE_NAME": f"hd-shadow-{name.lower()}"},
+            environment={**environment, **(self._revocation_settings() if self._revokes(spec) else {}),
+                         "POWERTOOLS_SERVICE_NAME": f"hd-shadow-{name.lower()}"},
         )
         acknowledge(function, "AwsSolutions-L1", _L1_REASON)
         for pack in ("HIPAA.Security", "NIST.800.53.R5"):
@@ -361,7 +402,55 @@ class ShadowReplay(Construct):
             # hd_core.adapters.aws_shadow deletes with this window; no force-delete, no shorter window.
             statements.append(_allow(["secretsmanager:DeleteSecret"], [self.secret_arn_pattern], {
                 "NumericEquals": {"secretsmanager:RecoveryWindowInDays": SECRET_RECOVERY_DAYS}}))
+        if self._revokes(spec):
+            statements.extend(self._revocation_statements())
         return statements
+
+    def _revokes(self, spec: ReplayFunction) -> bool:
+        return spec.revokes_key and self._revocation is not None
+
+    def _revocation_statements(self) -> list[iam.PolicyStatement]:
+        """What `key_admin.revoke_key` calls, item kind by item kind (partition keys), and nothing more."""
+        assert self._revocation is not None
+        r, region = self._revocation, Stack.of(self).region
+        table, index = r.table.table_arn, f"{r.table.table_arn}/index/{GSI1_NAME}"
+
+        def leading(*patterns: str) -> dict[str, Any]:
+            return {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(patterns)}}
+
+        return [
+            _allow(["dynamodb:GetItem", "dynamodb:UpdateItem"], [table], leading(_KEY_ITEMS)),  # read, set revoked_at
+            _allow(["dynamodb:Query", "dynamodb:PutItem"], [table], leading(_CHAIN_ITEMS)),  # the head, the append
+            _allow(["dynamodb:Query"], [index], leading(_WEBHOOK_ENDPOINT_LISTS)),  # who hears key.revoked
+            _allow(["dynamodb:PutItem"], [table], leading(_WEBHOOK_DELIVERY_ITEMS)),  # their pending deliveries
+            _allow(["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"], [r.table_key.key_arn],
+                   {"StringEquals": {"kms:ViaService": f"dynamodb.{region}.amazonaws.com"}}),
+            _allow(["kms:Sign"], [r.checkpoint_key.key_arn]),
+            _allow(["s3:PutObject"], [r.audit_bucket.arn_for_objects(f"{constants.AUDIT_IAM_CHECKPOINTS_PREFIX}*")]),
+            _allow(["kms:GenerateDataKey"], [r.audit_key.key_arn],
+                   {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}),
+        ]
+
+    def _revocation_findings(self) -> dict[str, str]:
+        assert self._revocation is not None
+        bucket = _nag_reference(Stack.of(self), self._revocation.audit_bucket.bucket_arn)
+        return {f"{bucket}/{constants.AUDIT_IAM_CHECKPOINTS_PREFIX}*": _CHECKPOINTS_REASON}
+
+    def _revocation_settings(self) -> dict[str, str]:
+        """functions/shadow/wiring.py: HD_SHADOW_REVOKE_KEYS and the control plane's `ControlApiSettings`."""
+        assert self._revocation is not None
+        r = self._revocation
+        return {
+            "HD_SHADOW_REVOKE_KEYS": "true",
+            "HD_STORE": "dynamodb",
+            "HD_KEYS": "kms",
+            "HD_AUDIT": "s3",
+            "HD_DYNAMODB_TABLE": r.table.table_name,
+            "HD_AUDIT_BUCKET": r.audit_bucket.bucket_name,
+            "HD_KMS_JWT_KEY_IDS": r.signing_key.key_arn,  # named only: the key provider's constructor wants one
+            "HD_KMS_CHECKPOINT_KEY_ID": r.checkpoint_key.key_arn,
+            "HD_KMS_DATA_KEY_ID": self._data_key.key_arn,  # likewise named only
+        }
 
     def _data_prefix_statements(self) -> list[iam.PolicyStatement]:
         """Read, write and list objects under the data bucket's shadow prefix, with the data key through S3."""

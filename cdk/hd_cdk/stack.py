@@ -17,7 +17,7 @@ from hd_cdk.lifecycle import DELIVERY_ACCESS, Lifecycle
 from hd_cdk.monitoring import Monitoring
 from hd_cdk.network import Network
 from hd_cdk.perimeter import Perimeter
-from hd_cdk.shadow import ShadowReplay, comparison_network
+from hd_cdk.shadow import KeyRevocation, ShadowReplay, comparison_network
 from hd_cdk.storage import Storage
 from hd_cdk.wipe_hook import WipeHook
 
@@ -125,6 +125,8 @@ class HardenedDuckStack(Stack):
             code=code, layers=layers, comparison=comparison_network(self),
             api_function=self.control_api.functions.get("shadow"),
             api_role=self.control_api.roles.get("shadow"),
+            key_revocation=KeyRevocation(table=s.table, table_key=k.control, audit_bucket=s.audit_bucket,
+                                         audit_key=k.audit, checkpoint_key=k.checkpoint, signing_key=k.signing),
         )
         self.lifecycle = Lifecycle(
             self, "Lifecycle", control_api=self.control_api, queue_key=k.notifications,

@@ -283,6 +283,8 @@ def test_lambdas_touch_the_data_bucket_only_under_the_shadow_prefix_and_never_de
     bucket = one(of_type(resources, "AWS::S3::Bucket", "StorageData"))[0]
     for name, lid in functions.items():
         found = function_statements(resources, lid)
+        if name == state_machine.WRITE_REPORT:  # the key's revocation, asserted statement by statement below
+            found = [s for s in found if _normalised(s) not in _revocation_statements(resources)]
         s3_resources = {rendered(r) for s in found if any(a.startswith("s3:") for a in listed(s["Action"]))
                         for r in listed(s["Resource"])}
         assert s3_resources == {f"<{bucket}.Arn>", f"<{bucket}.Arn>/{constants.SHADOW_DATA_PREFIX}*"}, name
@@ -294,6 +296,70 @@ def test_lambdas_touch_the_data_bucket_only_under_the_shadow_prefix_and_never_de
         assert not {a for a in actions if a.endswith("*")
                     or (a.startswith(("s3:", "secretsmanager:", "kms:")) and ("Delete" in a or "Schedule" in a))}, name
         assert not any(a.startswith(("dynamodb:", "states:", "lambda:")) for a in actions), name
+
+
+def _normalised(statement: dict[str, Any]) -> dict[str, Any]:
+    """A statement with its actions as a sorted list (CDK sorts and unwraps them as it likes)."""
+    return {**statement, "Action": sorted(listed(statement["Action"]))}
+
+
+def _revocation_statements(resources: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """WriteReport's grants for revoking the replay's key, as `ShadowReplay` must write them."""
+    table = one(of_type(resources, "AWS::DynamoDB::Table", "StorageControl"))[0]
+    audit = one(of_type(resources, "AWS::S3::Bucket", "StorageAudit"))[0]
+    control_key = one(of_type(resources, "AWS::KMS::Key", "KeysControl"))[0]
+    checkpoint_key = one(of_type(resources, "AWS::KMS::Key", "KeysCheckpoint"))[0]
+    audit_key = one(of_type(resources, "AWS::KMS::Key", "KeysAudit"))[0]
+    table_arn = {"Fn::GetAtt": [table, "Arn"]}
+
+    def leading(*patterns: str) -> dict[str, Any]:
+        return {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(patterns)}}
+
+    def allow(actions: list[str], resource: Any, condition: dict[str, Any] | None = None) -> dict[str, Any]:
+        return _normalised({"Action": actions, "Effect": "Allow", "Resource": resource,
+                            **({"Condition": condition} if condition else {})})
+
+    via = {"dynamodb": {"StringEquals": {"kms:ViaService": "dynamodb.eu-west-1.amazonaws.com"}},
+           "s3": {"StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}}}
+    return [
+        allow(["dynamodb:GetItem", "dynamodb:UpdateItem"], table_arn, leading("APIKEY#*")),
+        allow(["dynamodb:Query", "dynamodb:PutItem"], table_arn, leading("CHAIN#*")),
+        allow(["dynamodb:Query"], {"Fn::Join": ["", [table_arn, "/index/GSI1"]]}, leading("WEBHOOKS#*")),
+        allow(["dynamodb:PutItem"], table_arn, leading("WHDELIVERY#*")),
+        allow(["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"],
+              {"Fn::GetAtt": [control_key, "Arn"]}, via["dynamodb"]),
+        allow(["kms:Sign"], {"Fn::GetAtt": [checkpoint_key, "Arn"]}),
+        allow(["s3:PutObject"], {"Fn::Join": ["", [{"Fn::GetAtt": [audit, "Arn"]},
+                                                   f"/{constants.AUDIT_IAM_CHECKPOINTS_PREFIX}*"]]}),
+        allow(["kms:GenerateDataKey"], {"Fn::GetAtt": [audit_key, "Arn"]}, via["s3"]),
+    ]
+
+
+def test_only_write_report_may_revoke_the_replays_key_through_key_items_chains_and_checkpoints(
+    resources: dict[str, dict[str, Any]], functions: dict[str, str]
+) -> None:
+    expected = _revocation_statements(resources)
+    for name, lid in functions.items():
+        found = [_normalised(s) for s in function_statements(resources, lid)]
+        touching = [s for s in found if any(a.startswith("dynamodb:") or a == "kms:Sign" for a in listed(s["Action"]))
+                    or "audit" in json.dumps(s["Resource"]).lower()]
+        if name == state_machine.WRITE_REPORT:
+            assert [s for s in found if s in expected] == expected
+            assert touching == [s for s in expected if s in touching]  # nothing else of the control plane
+        else:
+            assert touching == [], name
+    environment = resources[functions[state_machine.WRITE_REPORT]]["Properties"]["Environment"]["Variables"]
+    assert environment["HD_SHADOW_REVOKE_KEYS"] == "true"
+    assert (environment["HD_STORE"], environment["HD_KEYS"], environment["HD_AUDIT"]) == ("dynamodb", "kms", "s3")
+    table = one(of_type(resources, "AWS::DynamoDB::Table", "StorageControl"))[0]
+    assert environment["HD_DYNAMODB_TABLE"] == {"Ref": table}
+    for name in (state_machine.PREPARE, state_machine.REPLAY_BATCH):
+        variables = resources[functions[name]]["Properties"]["Environment"]["Variables"]
+        assert not {"HD_SHADOW_REVOKE_KEYS", "HD_DYNAMODB_TABLE", "HD_KMS_CHECKPOINT_KEY_ID"} & set(variables), name
+    # The token signing key is only named (the key provider wants one): no shadow role may use it.
+    signing = one(of_type(resources, "AWS::KMS::Key", "KeysSigning"))[0]
+    for lid in functions.values():
+        assert not [s for s in function_statements(resources, lid) if signing in json.dumps(s["Resource"])]
 
 
 def test_no_role_outside_shadow_mode_may_start_the_state_machine(
