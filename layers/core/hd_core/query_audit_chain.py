@@ -32,6 +32,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
 from hd_core.audit import to_json_line
+from hd_core.errors import InvalidRequest
 from hd_core.iam_audit import GENESIS_HASH, ChainBreak, ChainVerification, canonical_json, format_audit_time
 from hd_core.models import ChainCheckpoint, utc_now
 from hd_core.ports import CheckpointStore, KeyProvider
@@ -45,6 +46,8 @@ DEFAULT_CHECKPOINT_SECONDS = 60.0
 # Where query chain checkpoints live: a prefix of their own in the audit bucket (and the local audit folder).
 CHECKPOINT_PREFIX = "audit/query-checkpoints/"
 CHECKPOINT_FOLDER = ("audit", "query-checkpoints")
+# Every record of every day is read and re-hashed: a month at a time keeps one request bounded.
+MAX_VERIFY_DAYS = 31
 
 # `,"hash":"<64 hex>"}`: the fixed-length end of every chained line.
 _HASH_SUFFIX = re.compile(rb',"hash":"([0-9a-f]{64})"}$')
@@ -208,6 +211,14 @@ class QueryChainSource(Protocol):
 
 
 @dataclass(frozen=True)
+class QueryChainStores:
+    """Where the query audit chain is read back from: the records and their checkpoints."""
+
+    records: QueryChainSource
+    checkpoints: CheckpointStore
+
+
+@dataclass(frozen=True)
 class QueryChainReport:
     """The verification of one host's chain of one day."""
 
@@ -352,11 +363,36 @@ def _is_signed(chain_id: str, checkpoint: ChainCheckpoint, keys: KeyProvider) ->
     return bool(signature) and keys.verify_checkpoint(checkpoint.key_id, message, signature)
 
 
-def days_between(start: date, end: date) -> list[date]:
-    """Every UTC day from `start` to `end` inclusive."""
-    return [start + timedelta(days=offset) for offset in range((end - start).days + 1)]
+@dataclass(frozen=True)
+class QueryTrailVerification:
+    """Every host chain of a range of days: valid only if each one is."""
+
+    start: date
+    end: date
+    chains: tuple[QueryChainReport, ...]
+
+    @property
+    def chain_valid(self) -> bool:
+        return all(report.verification.chain_valid for report in self.chains)
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON shape the audit API returns."""
+        return {"trail": "queries", "start": self.start.isoformat(), "end": self.end.isoformat(),
+                "chain_valid": self.chain_valid, "chains": [report.to_dict() for report in self.chains]}
 
 
-def today() -> date:
-    """The current UTC day."""
-    return datetime.now(UTC).date()
+def verify_query_trail(stores: QueryChainStores | None, keys: KeyProvider, *,
+                       start: date | None = None, end: date | None = None,
+                       now: Callable[[], datetime] = utc_now) -> QueryTrailVerification:
+    """Verify the query audit chains of `start`..`end` (UTC days, default today); raises `InvalidRequest`."""
+    if stores is None:
+        raise InvalidRequest("this control plane has no query audit chain to verify; use trail=iam")
+    today = now().astimezone(UTC).date()
+    first, last = start or end or today, end or start or today
+    if last < first:
+        raise InvalidRequest(f"end ({last}) is before start ({first})")
+    if (last - first).days + 1 > MAX_VERIFY_DAYS:
+        raise InvalidRequest(f"a query chain verification covers at most {MAX_VERIFY_DAYS} days; split the range")
+    days = [first + timedelta(days=offset) for offset in range((last - first).days + 1)]
+    reports = verify_query_chains(stores.records, stores.checkpoints, keys, days, now=now)
+    return QueryTrailVerification(first, last, tuple(reports))
