@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlglot import exp
 
@@ -60,6 +60,9 @@ from hd_core.permissions import ROLE_SCOPES, effective_scopes, scopes_for_action
 from hd_core.policies import Action, MaskFunction, PiiType, PolicyKind, PolicySnapshot
 from hd_core.ports import AuditSink, ControlStore
 from hd_core.redaction import redact_sql
+
+if TYPE_CHECKING:
+    from engine_host.ops.tracing import StatementTrace, StatementTracer
 from hd_core.row_filters import parse_row_filter, resolve_row_filter
 from hd_core.table_owners import record_owner
 from hd_core.text_redaction import redact_error_detail, redact_error_message
@@ -151,6 +154,8 @@ class StatementAudit:
     # host's shutdown) asked to cancel it: checked between the stages that run in Python.
     deadline: float | None = None
     interrupted: Callable[[], bool] | None = field(default=None, repr=False)
+    # Stage timings for the statement's spans; None unless HD_OTEL_ENDPOINT is set (engine_host/ops/tracing.py).
+    trace: StatementTrace | None = field(default=None, repr=False)
 
     def checkpoint(self) -> None:
         """Raise 57014 if the statement was cancelled or its statement_timeout has passed."""
@@ -226,9 +231,11 @@ class Governor:
     def __init__(self, *, policies: PolicyState, tables: TableCatalog, store: ControlStore, audit: AuditWriter,
                  meter: UsageMeter, default_org_id: str, limits: HostLimits | None = None,
                  on_schema_change: Callable[[], None] | None = None, now: Callable[[], datetime] = utc_now,
-                 stored_masks: StoredMasks | None = None):
-        """`stored_masks`: masks the native copies precompute (engine_host/data/stored_masks.py)."""
+                 stored_masks: StoredMasks | None = None, tracer: StatementTracer | None = None):
+        """`stored_masks`: masks the native copies precompute (engine_host/data/stored_masks.py);
+        `tracer`: spans of every statement (engine_host/ops/tracing.py), None when tracing is off."""
         self.policies = policies
+        self.tracer = tracer
         self.stored_masks = stored_masks
         self.tables = tables
         self.store = store
@@ -347,6 +354,8 @@ class Governor:
 
     @staticmethod
     def _stage(audit: StatementAudit, name: str, run: Callable[[], _T]) -> _T:
+        trace = audit.trace
+        began = time.time_ns() if trace is not None else 0
         try:
             # Each stage is linear in the statement's size (and the size is capped), so a check
             # before each one bounds how long a timed-out or cancelled statement keeps its thread.
@@ -354,8 +363,12 @@ class Governor:
             result = run()
         except QueryError as exc:
             audit.deny(name, exc)
+            if trace is not None:
+                trace.stage(name, began, exc)
             raise
         audit.allow(name)
+        if trace is not None:
+            trace.stage(name, began)
         return result
 
     def _policy_plan(self, snapshot: PolicySnapshot, subject: policy_eval.Subject, role: Role,
@@ -623,7 +636,7 @@ class Governor:
         # A query id is a correlation reference, not a credential: 80 random bits, cheaply made.
         return StatementAudit(query_id=_QUERY_IDS.next(), sql=sql, dialect=dialect, started=started,
                               deadline=started + timeout_seconds if timeout_seconds > 0 else None,
-                              interrupted=interrupted)
+                              interrupted=interrupted, trace=self.tracer.begin() if self.tracer is not None else None)
 
     def record(self, subject: policy_eval.Subject, settings: Mapping[str, str], audit: StatementAudit, *,
                final: bool = True) -> None:
@@ -635,6 +648,10 @@ class Governor:
         if final and audit.plan is not None and audit.error is None:
             self.meter.record(subject.org_id, subject.user_id, subject.agent_id, audit.credits, audit.rows,
                               audit.bytes, self._now())
+        if final and audit.trace is not None:  # the statement ends with this record: so does its trace
+            with audit.trace.recording(audit):
+                self.audit.write(subject, settings, audit)
+            return
         self.audit.write(subject, settings, audit)
 
 

@@ -815,6 +815,8 @@ class StatementPipeline:
 
     def _run_engine(self, session: Session, prepared: PreparedStatement, values: list[object]) -> Outcome:
         execution = self._admit(session, prepared, take_slot=True)
+        if execution.audit.trace is not None:
+            execution.audit.trace.open_stage("execute")  # DuckDB and the rows' way out, until the record
         plan = prepared.plan
         assert plan is not None
         # A write outside a transaction block runs in one of its own, committed only once its audit

@@ -29,6 +29,7 @@ from engine_host.engine.memory import EngineMemory
 from engine_host.engine.table_catalog import TableCatalog
 from engine_host.ops.metrics import HostMetrics, gate_reading
 from engine_host.ops.quota_utilisation import quota_reader
+from engine_host.ops.tracing import StatementTracer, statement_tracer_from_environment
 from engine_host.pgcompat.catalog import CatalogResponder
 from engine_host.pipeline.governor import AuditWriter, Governor, HostLimits
 from engine_host.pipeline.pipeline import StatementPipeline
@@ -91,6 +92,7 @@ class EngineHost:
         self.server: PgServer | None = None
         self._stopping = threading.Event()
         self._flusher: threading.Thread | None = None
+        self.tracer: StatementTracer | None = None  # HD_OTEL_ENDPOINT's spans; None (off) by default
 
     @property
     def ready(self) -> bool:
@@ -98,6 +100,7 @@ class EngineHost:
         return self.policies is not None and self.policies.ready
 
     async def start(self) -> None:
+        self.tracer = statement_tracer_from_environment()  # first: a bad HD_OTEL_ENDPOINT stops the start
         catalog = CatalogResponder()
         database = Database(self._database_path, allowed_directories=self.table_source.allowed_directories,
                             memory=self.settings.memory)
@@ -118,7 +121,7 @@ class EngineHost:
         stored_masks = native.stored_masks if isinstance(native, NativeTables) else None
         governor = Governor(policies=self.policies, tables=self.tables, store=self.store, audit=writer,
                             meter=self.meter, default_org_id=self._default_org_id, limits=self.settings.limits,
-                            stored_masks=stored_masks)
+                            stored_masks=stored_masks, tracer=self.tracer)
         self.pipeline = StatementPipeline(database, governor, catalog, table_data=self.table_source.table_data)
         self.server = PgServer(
             self.pipeline,
@@ -192,6 +195,9 @@ class EngineHost:
             self.policies.stop()
         if self.pipeline is not None:
             self.pipeline.governor.watchdog.stop()
+        if self.tracer is not None:  # after the last statement's record: its spans go out with the rest
+            self.tracer.shutdown()
+            self.tracer = None
         self.table_source.close()
         if self.tables is not None:
             self.tables.close()
