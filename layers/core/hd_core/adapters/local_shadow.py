@@ -158,7 +158,11 @@ class LocalInterpreterExecutions:
         for key in self._services.artefacts.list_keys("shadow/replays/"):
             if not key.endswith("/execution.json"):
                 continue
-            document = self._services.artefacts.get_json(key) or {}
+            try:
+                document = self._services.artefacts.get_json(key) or {}
+            except (OSError, ValueError):  # a damaged record must not keep hd dev from starting
+                log.warning("shadow execution record %s is unreadable; that replay is not resumed", key)
+                continue
             replay_id = key.split("/")[2]
             running = document.get("status") == "RUNNING" and isinstance(document.get("input"), dict)
             if not running or not _is_replay_id(replay_id):
