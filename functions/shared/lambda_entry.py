@@ -18,6 +18,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from functions.shared.otel_spans import REQUEST_SPAN, SCHEDULED_SPAN, http_outcome, invocation_span
 from functions.shared.wiring import require_region_pin
 from hd_core.region_pinning import RegionMismatch
 
@@ -46,7 +47,10 @@ def lambda_entry(app: APIGatewayRestResolver, service: str) -> LambdaHandler:
     @metrics.log_metrics
     def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
-        response = region_refusal(event, logger) or refuse_non_json_body(event) or app.resolve(event, context)
+        with invocation_span(REQUEST_SPAN, service, {"faas.trigger": "http",
+                                                     "http.request.method": event.get("httpMethod")}) as outcome:
+            response = region_refusal(event, logger) or refuse_non_json_body(event) or app.resolve(event, context)
+            outcome(http_outcome(response))
         if response.get("statusCode", 500) >= 500:
             metrics.add_metric(name="ServerErrors", unit=MetricUnit.Count, value=1)
         return response
@@ -73,9 +77,11 @@ def scheduled_entry(run: Callable[[dict[str, Any], LambdaContext], dict[str, Any
     def handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         metrics.add_metric(name="ScheduledRuns", unit=MetricUnit.Count, value=1)
         try:
-            if region_pinned:
-                require_region_pin()
-            result = run(event, context)
+            with invocation_span(SCHEDULED_SPAN, service, {"faas.trigger": "timer"}) as outcome:
+                if region_pinned:
+                    require_region_pin()
+                result = run(event, context)
+                outcome({"hd.outcome": "ok"})
         except Exception as error:
             metrics.add_metric(name="ScheduledFailures", unit=MetricUnit.Count, value=1)
             logger.exception("scheduled run failed", extra={"error_type": type(error).__name__,
