@@ -23,12 +23,14 @@ from collections.abc import Callable, Mapping
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine_host.engine.duckdb_engine import batch_nbytes
 from engine_host.pipeline.errors import QueryError, from_engine_error_redacted
 from engine_host.pipeline.governance.rewrite import is_row_filter_violation
 from engine_host.pipeline.governor import Governor, StatementAudit
 from engine_host.pipeline.results import RowSource
+from hd_core.phi_disclosures import DisclosedPatients
 from hd_core.policy_eval import Subject
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,7 @@ class GovernedRows(RowSource):
             batch = self._pull(limit_rows - held_rows)
             if batch is None:
                 break
+            self._note_patients(batch)
             self._held.append(batch)
             held_rows += batch.num_rows
             held_bytes += batch_nbytes(batch)
@@ -163,6 +166,25 @@ class GovernedRows(RowSource):
                 self._execution.record_now()
             except QueryError as exc:
                 self._fail(exc, write=False)
+
+    def _note_patients(self, batch: pa.RecordBatch) -> None:
+        """Record which patients' keys the batch carries (HMACs only), when the plan knows where they are."""
+        audit = self._execution.audit
+        plan = audit.plan
+        if plan is None or not plan.patient_key_outputs or batch.num_rows == 0:
+            return
+        if audit.patients is None:
+            key = self._execution.governor.audit.phi_key
+            if key is None:
+                return
+            audit.patients = DisclosedPatients(key)
+        for _, index in plan.patient_key_outputs:
+            try:
+                keys = pc.unique(batch.column(index)).drop_null().cast(pa.string())
+            except (IndexError, pa.ArrowException):
+                audit.patients.untraceable = True  # recorded as not traceable; never fails the statement
+                continue
+            audit.patients.add(value for value in keys.to_pylist() if value is not None)
 
     def _pull(self, limit: int | None) -> pa.RecordBatch | None:
         try:
@@ -208,6 +230,7 @@ class GovernedRows(RowSource):
             self._closed = True
             self._finish_ok()
             return None
+        self._note_patients(batch)
         self._execution.audit.rows += batch.num_rows
         self._execution.audit.bytes += batch_nbytes(batch)
         return batch

@@ -45,6 +45,7 @@ from engine_host.pipeline.governance.guard import (
     unknown_table,
 )
 from engine_host.pipeline.governance.pg_semantics import PgSession
+from engine_host.pipeline.governance.phi_outputs import patient_key_outputs
 from engine_host.pipeline.governance.result_types import declared_types
 from engine_host.pipeline.governance.rewrite import MaskSpec, StoredMaskColumns, TablePolicy, apply_policies
 from engine_host.pipeline.governance.tables import NameLookup, TableRef, extract_tables
@@ -57,6 +58,7 @@ from hd_core.errors import HdError, RowFilterInvalid
 from hd_core.metering import UsageMeter, check_quota, credits_for, estimate_credits
 from hd_core.models import OrgStatus, Principal, Role, UserStatus, utc_now
 from hd_core.permissions import ROLE_SCOPES, effective_scopes, scopes_for_action
+from hd_core.phi_disclosures import DisclosedPatients, disclosure_record
 from hd_core.policies import Action, MaskFunction, PiiType, PolicyKind, PolicySnapshot
 from hd_core.ports import AuditSink, ControlStore
 from hd_core.redaction import redact_sql
@@ -113,6 +115,13 @@ class GovernedPlan:
     # Per result column, the PostgreSQL type to declare where the result's own (Arrow) type says text but
     # PostgreSQL declares varchar, name, name[] or regtype (governance/result_types.py); () when none differs.
     declared_types: tuple[PgType | None, ...] = ()
+    # PHI accounting (hd_core/phi_disclosures.py): the PHI-tagged columns read unmasked, the (PHI, JIT) grants
+    # that allowed it, the tables among them that declare a patient key, and where each one's key is in the
+    # result (None: not traceable).
+    phi_columns: tuple[str, ...] = ()
+    phi_grants: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    patient_key_tables: tuple[str, ...] = ()
+    patient_key_outputs: tuple[tuple[str, int], ...] | None = None
 
     @property
     def statement_type(self) -> str:
@@ -156,6 +165,8 @@ class StatementAudit:
     interrupted: Callable[[], bool] | None = field(default=None, repr=False)
     # Stage timings for the statement's spans; None unless HD_OTEL_ENDPOINT is set (engine_host/ops/tracing.py).
     trace: StatementTrace | None = field(default=None, repr=False)
+    # The patients whose keys the result carried (HMACs only), when its plan can trace them.
+    patients: DisclosedPatients | None = field(default=None, repr=False)
 
     def checkpoint(self) -> None:
         """Raise 57014 if the statement was cancelled or its statement_timeout has passed."""
@@ -394,6 +405,12 @@ class Governor:
         masked = sorted(f"{t}.{c}" for t, cols in read.items() for c in cols if c in policies[t].masks)
         if not phi:
             self._check_phi(snapshot, subject.org_id, read, policies)
+        phi_read = self._phi_read(snapshot, subject.org_id, read, policies)
+        patient_keys = {t: key for t in phi_read
+                        if (key := policy_eval.patient_key_column(snapshot, subject.org_id, t)) is not None}
+        outputs = patient_key_outputs(
+            parsed, refs, tuple(sorted(patient_keys)), patient_keys, columns,
+            {t: tuple(policies[t].masks) for t in patient_keys}) if patient_keys else None
         tree = apply_policies(parsed, refs, policies)
         column_types = {name: table.columns for name in policies if (table := self.tables.get(name, overlay))}
         transpiled = transpile(tree, parsed, session=pg_session, column_types=column_types)
@@ -414,6 +431,9 @@ class Governor:
             bound_sql=bound_sql if (info.explained or kind) in _BOUND_KINDS else "",
             table_sources=self._table_sources(refs, overlay),
             declared_types=transpiled.declared_types,
+            phi_columns=tuple(sorted(f"{t}.{c}" for t, cols in phi_read.items() for c in cols)),
+            phi_grants=policy_eval.active_grant_ids(snapshot, subject, self._now()) if phi_read else ((), ()),
+            patient_key_tables=tuple(sorted(patient_keys)), patient_key_outputs=outputs,
         )
 
     def _table_sources(self, refs: list[TableRef], overlay: Mapping[str, TableInfo] | None) -> tuple[
@@ -526,6 +546,18 @@ class Governor:
             conditions.append(exp.Paren(this=resolve_row_filter(parsed, values)))  # type: ignore[arg-type]
         row_filter = exp.and_(*conditions) if conditions else None
         return TablePolicy(table=table, columns=columns, masks=masks, row_filter=row_filter, stored=stored)
+
+    @staticmethod
+    def _phi_read(snapshot: PolicySnapshot, org_id: str, read: Mapping[str, set[str]],
+                  policies: Mapping[str, TablePolicy]) -> dict[str, list[str]]:
+        """table -> the PHI-tagged columns the statement reads from it unmasked (what a disclosure names)."""
+        found = {}
+        for table, cols in read.items():
+            tags = policy_eval.column_tags_for(snapshot, org_id, table)
+            exposed = sorted(c for c in cols if tags.get(c) == PiiType.PHI and c not in policies[table].masks)
+            if exposed:
+                found[table] = exposed
+        return found
 
     @staticmethod
     def _check_phi(snapshot: PolicySnapshot, org_id: str, read: Mapping[str, set[str]],
@@ -672,8 +704,10 @@ class AuditWriter:
 
     def __init__(self, sink: AuditSink, now: Callable[[], datetime] = utc_now, *,
                  on_record: Callable[[Mapping[str, object]], None] | None = None,
-                 on_write_failure: Callable[[], None] | None = None):
+                 on_write_failure: Callable[[], None] | None = None, phi_key: bytes | None = None):
+        """`phi_key`: the HMAC key of patient keys (hd_core.phi_disclosures.disclosure_key); None records none."""
         self._sink = sink
+        self.phi_key = phi_key
         self._now = now
         self._on_record = on_record
         self._on_write_failure = on_write_failure
@@ -693,6 +727,11 @@ class AuditWriter:
             row_filters_applied=list(plan.filtered_tables) if plan else [], timings_ms=dict(audit.timings_ms),
             credits=audit.credits,
         )
+        if plan is not None and plan.phi_columns and audit.rows > 0:
+            record.phi_columns_returned = list(plan.phi_columns)
+            record.phi_disclosure = disclosure_record(
+                grant_ids=plan.phi_grants, traceable=plan.patient_key_outputs is not None,
+                has_patient_key=bool(plan.patient_key_tables), patients=audit.patients)
         # Reasons, messages and engine details can quote literals and row values: the record keeps their shape only.
         for verdict in audit.verdicts:
             reason = verdict["reason"]

@@ -37,6 +37,7 @@ from engine_host.pipeline.policy_state import PolicyState
 from engine_host.wire.limits import ConnectionLimits
 from engine_host.wire.server import Admission, Authenticate, PgServer
 from hd_core.metering import UsageMeter
+from hd_core.phi_disclosures import disclosure_key
 from hd_core.ports import AuditSink, ControlStore
 from hd_core.table_owners import record_registered_owners
 
@@ -115,7 +116,8 @@ class EngineHost:
         self.meter = UsageMeter(self.store)
         metrics = self._hooks.metrics
         writer = AuditWriter(self.audit_sink, on_record=metrics.observe_statement if metrics else None,
-                             on_write_failure=metrics.audit_write_failed if metrics else None)
+                             on_write_failure=metrics.audit_write_failed if metrics else None,
+                             phi_key=disclosure_key(mask_keys["live"]) if "live" in mask_keys else None)
         # The native copies' precomputed hash masks, where the table source keeps copies (data/stored_masks.py).
         native = getattr(self.table_source, "native", None)
         stored_masks = native.stored_masks if isinstance(native, NativeTables) else None

@@ -78,6 +78,10 @@ class QueryAuditRecord:
     # Rows an INSERT, UPDATE, DELETE, MERGE or COPY FROM stored, changed or removed (its command tag's count).
     rows_written: int = 0
     masked_columns: list[str] = field(default_factory=list)
+    # HIPAA accounting (hd_core/phi_disclosures.py): PHI-tagged columns read unmasked by a statement that
+    # returned rows, and the grants and patients (as HMACs) of that disclosure; [] and None otherwise.
+    phi_columns_returned: list[str] = field(default_factory=list)
+    phi_disclosure: dict[str, object] | None = None
     row_filters_applied: list[str] = field(default_factory=list)
     verdicts: list[PolicyVerdict] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -147,6 +151,8 @@ class QueryAuditRecord:
         values["verdicts"] = [{"stage": v.stage, "decision": v.decision, "reason": v.reason} for v in self.verdicts]
         values["tables"] = list(self.tables)
         values["masked_columns"] = list(self.masked_columns)
+        values["phi_columns_returned"] = list(self.phi_columns_returned)
+        values["phi_disclosure"] = None if self.phi_disclosure is None else dict(self.phi_disclosure)
         values["row_filters_applied"] = list(self.row_filters_applied)
         values["timings_ms"] = dict(self.timings_ms)
         error = self.error

@@ -168,6 +168,9 @@ class ColumnTag:
     table: str
     column: str
     pii_type: PiiType
+    # The column identifies the patient a row is about (at most one per table): PHI disclosures record its
+    # values, as keyed HMACs, so `audit/phi-disclosures` can answer for one patient.
+    patient_key: bool = False
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,25 @@ def column_tags_for(snapshot: PolicySnapshot, org_id: str, table: str) -> dict[s
     return tags
 
 
+def patient_key_column(snapshot: PolicySnapshot, org_id: str, table: str) -> str | None:
+    """The column `table` declares as its patient key in one organisation (a tag with `patient_key`), if any."""
+    table = table.lower()
+    return next((tag.column for tag in snapshot.column_tags
+                 if tag.patient_key and tag.org_id == org_id and tag.table == table), None)
+
+
+def active_grant_ids(snapshot: PolicySnapshot, subject: Subject,
+                     now: datetime) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(PHI grant ids, JIT grant ids) active for the subject at `now`: what an unmasked PHI read happened under."""
+    phi = tuple(sorted(grant.grant_id for grant in snapshot.phi_grants
+                       if grant.org_id == subject.org_id and grant.user_id == subject.user_id and grant.active(now)
+                       and (grant.agent_id is None or grant.agent_id == subject.agent_id)))
+    jit = tuple(sorted(grant.grant_id for grant in snapshot.jit_grants
+                       if grant.org_id == subject.org_id and grant.user_id == subject.user_id and grant.active(now)
+                       and grant.role != Role.OWNER))
+    return phi, jit
+
+
 def quota_for(snapshot: PolicySnapshot, org_id: str) -> QuotaLimit | None:
     """The organisation's limits; if several were stored, the strictest value of each."""
     quotas = [quota for quota in snapshot.quotas if quota.org_id == org_id]

@@ -191,6 +191,15 @@ def _validate_column_tag(tag: ColumnTag, snapshot: PolicySnapshot) -> None:
     _check_table(tag.table)
     _check_column(tag.column)
     pii_type = _enum(PiiType, tag.pii_type, "pii_type")
+    if not isinstance(tag.patient_key, bool):
+        raise PolicyInvalid("patient_key must be true or false", field="patient_key")
+    if tag.patient_key:
+        for other in snapshot.column_tags:
+            same_table = (other.org_id, other.table) == (tag.org_id, tag.table)
+            if other.patient_key and other.tag_id != tag.tag_id and same_table and other.column != tag.column:
+                raise PolicyInvalid(
+                    f"{tag.table} already declares {other.column} as its patient key ({other.tag_id}); a table has "
+                    "one patient-key column", field="patient_key")
     if pii_type not in HASH_UNSAFE_PII:
         return
     for rule in snapshot.masks:

@@ -87,6 +87,8 @@ def test_json_line_has_every_field_sorted_on_one_line() -> None:
         "bytes_returned",
         "rows_written",
         "masked_columns",
+        "phi_columns_returned",
+        "phi_disclosure",
         "row_filters_applied",
         "verdicts",
         "timings_ms",
