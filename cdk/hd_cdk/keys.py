@@ -3,10 +3,12 @@
 Security decisions visible here:
 - every key is customer-managed (seed 002: CMEK required, no AWS-managed keys anywhere);
 - symmetric keys rotate yearly; the two asymmetric signing keys cannot (KMS does not rotate asymmetric
-  keys): rotating them means a new key and a verifier that accepts both during the overlap;
+  keys): rotating them means a new key and a verifier that accepts both during the overlap (the JWT key is
+  replaced on a schedule by the lifecycle job, lifecycle.py: this one is its first);
 - key policies are CDK's default: the account root holds `kms:*` on its own key, as AWS recommends, so the
   key can never become unmanageable; every role gets key use through IAM grants on the key ARN, so no role
-  is ever given `kms:*` or `kms:ScheduleKeyDeletion` (the stacks' tests scan the whole template for that);
+  is ever given `kms:*`, nor `kms:ScheduleKeyDeletion` except the lifecycle job for retired JWT signing keys
+  only (the stacks' tests scan the whole template for that);
 - keys are retained when the stack is deleted: they protect Object-Locked audit records and retained data;
 - the data key can be the customer's own (a key ARN), in which case we create no data key at all.
 """

@@ -26,7 +26,16 @@ Security decisions visible here:
   DynamoDB, SQS and KMS (public AWS endpoints, SigV4, TLS) and public HTTPS. Its SSRF guard
   (hd_core.webhook_delivery) refuses private, loopback and link-local addresses, so it reaches nothing of the
   VPC's (and outside the VPC there is nothing private to reach). Putting it in the VPC would need a NAT gateway
-  and an internet route for the whole VPC, which the design excludes for the engine's sake.
+  and an internet route for the whole VPC, which the design excludes for the engine's sake;
+- JWT signing keys rotate on the daily run (hd_core.signing_keys): KMS cannot rotate asymmetric keys, so the job
+  creates a new RSA_2048 SIGN_VERIFY key. It may `kms:CreateKey` (and tag it) only with exactly the tags
+  hd:purpose=jwt-signing and hd:deployment=<stack>, that spec and usage, and KMS-made material; it may read,
+  disable and schedule the deletion (30-day window only) of keys carrying both tags, and of the stack's first
+  signing key by ARN. Every function that verifies tokens, and the engine hosts, may GetPublicKey, and the
+  functions that sign may Sign, with keys carrying both tags: keys made by the rotation and nothing else;
+- the daily run records whether KMS rotates the stack's symmetric keys (DescribeKey, GetKeyRotationStatus on
+  those key ARNs only); `KmsKeysWithoutRotation` >= 1 alarms, as does `KeyLifecycleFailures` >= 1 (a successor
+  or a signing key the run could not make, deliver or retire, which it retries without failing the invocation).
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from hd_cdk import constants
-from hd_cdk.control_api import ControlApi, FunctionAccess
+from hd_cdk.control_api import FUNCTION_ACCESS, ControlApi, FunctionAccess
 from hd_cdk.nag import acknowledge
 
 # hd_core.webhook_sqs.QUEUE_URL_VARIABLE (the CDK app does not import the layer's runtime modules for a name).
@@ -69,6 +78,15 @@ VISIBILITY_TIMEOUT: Final = Duration.seconds(6 * DELIVERY_TIMEOUT_SECONDS)
 # A message lives at most one SQS delay (15 min) plus its receives; two days leaves room for an outage.
 QUEUE_RETENTION: Final = Duration.days(2)
 ALARM_PERIOD: Final = Duration.minutes(constants.ALARM_PERIOD_MINUTES)
+LIFECYCLE_SERVICE: Final = "hd-key-lifecycle"  # functions/key_lifecycle/handler.py SERVICE: the metrics' dimension
+# functions/key_lifecycle/handler.py LifecycleSettings and hd_core.control_settings (names, not imports of handlers).
+ROTATION_KEYS_VARIABLE: Final = "HD_LIFECYCLE_KMS_ROTATION_KEY_IDS"
+DEPLOYMENT_TAG_VARIABLE: Final = "HD_KMS_KEY_DEPLOYMENT_TAG"
+# hd_core.signing_keys: the tags on every JWT key the rotation makes, and its deletion window (a test keeps them equal).
+PURPOSE_TAG: Final = "hd:purpose"
+JWT_KEY_PURPOSE: Final = "jwt-signing"
+DEPLOYMENT_TAG: Final = "hd:deployment"
+DELETION_PENDING_DAYS: Final = 30
 
 LIFECYCLE_ACCESS: Final = FunctionAccess(
     verifies_tokens=False, reserved_concurrency=1, timeout_seconds=900,  # one run at a time, over every org
@@ -85,6 +103,15 @@ _PREFIX_GRANT_REASON: Final = (
 _VIA_SECRETS_MANAGER_REASON: Final = (
     "KMS through Secrets Manager only, for a secret under hd/keys/ only (kms:ViaService and the SecretARN "
     "encryption context): the customer chooses the key of the delivery secret they create, so no key ARN is known."
+)
+_TAGGED_KEYS_REASON: Final = (
+    "JWT signing keys made by the scheduled rotation have ids known only at run time: the grant covers this "
+    "account's keys in this region that carry both hd:purpose=jwt-signing and hd:deployment=<this stack> "
+    "(aws:ResourceTag conditions), which only the rotation can create."
+)
+_CREATE_KEY_REASON: Final = (
+    "kms:CreateKey has no resource to name; the grant requires exactly the tags hd:purpose=jwt-signing and "
+    "hd:deployment=<this stack>, spec RSA_2048, usage SIGN_VERIFY and KMS-made key material."
 )
 _OUTSIDE_VPC_REASON: Final = (
     "The webhook delivery Lambda POSTs to customers' public HTTPS endpoints; the VPC's isolated subnets have no "
@@ -109,9 +136,15 @@ class Lifecycle(Construct):
         queue_key: kms.IKey,
         alarm_topic: sns.ITopic,
         emitting_functions: Sequence[str] = EMITTING_FUNCTIONS,
+        signing_key: kms.IKey | None = None,
+        token_verifiers: Sequence[iam.IRole] = (),
+        rotation_checked_keys: Sequence[kms.IKey] = (),
     ) -> None:
         """`control_api` builds the two Lambdas and holds the emitting functions and their roles; `queue_key`
-        encrypts both queues; `alarm_topic` receives the alarms. ValueError for an unknown emitting function."""
+        encrypts both queues; `alarm_topic` receives the alarms. `signing_key` is the stack's first JWT signing
+        key (retired by ARN once rotated); `token_verifiers` are roles outside the control API that verify JWTs
+        (the engine hosts'); `rotation_checked_keys` are the symmetric keys whose KMS rotation the daily run
+        checks. ValueError for an unknown emitting function."""
         super().__init__(scope, id)
         unknown = sorted(set(emitting_functions) - set(control_api.functions))
         if unknown:
@@ -147,6 +180,7 @@ class Lifecycle(Construct):
             "key_lifecycle": self.lifecycle_function, "webhook_delivery": self.delivery_function,
         }
 
+        self._lifecycle_role = control_api.roles["key_lifecycle"]
         self._grant_secrets([control_api.roles["key_lifecycle"], control_api.roles[ON_DEMAND_LIFECYCLE_FUNCTION]])
         senders = [*emitting_functions, "key_lifecycle", "webhook_delivery"]
         self._grant_send([control_api.roles[name] for name in senders])
@@ -155,6 +189,8 @@ class Lifecycle(Construct):
         for function in self.functions.values():
             function.add_environment(QUEUE_URL_VARIABLE, self.queue.queue_url)
         self._consume(control_api.roles["webhook_delivery"])
+        self._grant_signing_key_rotation(control_api, signing_key, token_verifiers)
+        self._grant_rotation_checks(rotation_checked_keys)
 
         self.lifecycle_rule = self._schedule(
             "KeyLifecycleDaily", self.lifecycle_function, LIFECYCLE_SCHEDULE, Duration.hours(6),
@@ -176,6 +212,16 @@ class Lifecycle(Construct):
         self._alarm("KeyLifecycleErrors", self.lifecycle_function.metric_errors(period=ALARM_PERIOD, statistic="Sum"),
                     "The daily key lifecycle run failed: rotations, expiry warnings and revocations are not done",
                     alarm_topic)
+        for metric_name, description in (
+            ("KeyLifecycleFailures", "The daily key lifecycle run could not make, deliver or retire a key (an API "
+                                     "key successor or a JWT signing key): it retries daily, see its log"),
+            ("KmsKeysWithoutRotation", "A customer-managed KMS key of this deployment does not rotate (or could not "
+                                       "be checked): turn its automatic rotation back on"),
+        ):
+            self._alarm(metric_name, cloudwatch.Metric(
+                namespace=constants.METRICS_NAMESPACE, metric_name=metric_name,
+                dimensions_map={"service": LIFECYCLE_SERVICE}, statistic="Maximum", period=ALARM_PERIOD,
+            ), description, alarm_topic)
         self._alarm("WebhookDeliveryErrors",
                     self.delivery_function.metric_errors(period=ALARM_PERIOD, statistic="Sum"),
                     "The webhook delivery Lambda raised (a sweep or a whole batch failed)", alarm_topic)
@@ -199,6 +245,66 @@ class Lifecycle(Construct):
         stack = Stack.of(self)
         _acknowledge_wildcards(policy, {_nag_reference(stack, self.secret_arn_pattern): _PREFIX_GRANT_REASON,
                                         "*": _VIA_SECRETS_MANAGER_REASON})
+
+    def _grant_signing_key_rotation(self, control_api: ControlApi, signing_key: kms.IKey | None,
+                                    token_verifiers: Sequence[iam.IRole]) -> None:
+        """The lifecycle job creates and retires tagged JWT keys; verifiers and signers may use tagged keys."""
+        stack = Stack.of(self)
+        tags = {f"aws:ResourceTag/{PURPOSE_TAG}": JWT_KEY_PURPOSE,
+                f"aws:ResourceTag/{DEPLOYMENT_TAG}": stack.stack_name}
+        requested = {f"aws:RequestTag/{PURPOSE_TAG}": JWT_KEY_PURPOSE,
+                     f"aws:RequestTag/{DEPLOYMENT_TAG}": stack.stack_name}
+        only_our_tags = {"ForAllValues:StringEquals": {"aws:TagKeys": [PURPOSE_TAG, DEPLOYMENT_TAG]}}
+        self.tagged_keys_arn = stack.format_arn(service="kms", resource="key", resource_name="*")
+        retire = ["kms:DescribeKey", "kms:GetPublicKey", "kms:DisableKey"]
+        pending = {"NumericEquals": {"kms:ScheduleKeyDeletionPendingWindowInDays": DELETION_PENDING_DAYS}}
+        statements = [
+            _allow(["kms:CreateKey"], ["*"], {
+                "StringEquals": {**requested, "kms:KeySpec": "RSA_2048", "kms:KeyUsage": "SIGN_VERIFY",
+                                 "kms:KeyOrigin": "AWS_KMS"},
+                "Bool": {"kms:BypassPolicyLockoutSafetyCheck": "false"}, **only_our_tags,
+            }),
+            _allow(["kms:TagResource"], [self.tagged_keys_arn], {"StringEquals": requested, **only_our_tags}),
+            _allow(retire, [self.tagged_keys_arn], {"StringEquals": tags}),
+            _allow(["kms:ScheduleKeyDeletion"], [self.tagged_keys_arn], {"StringEquals": tags, **pending}),
+        ]
+        if signing_key is not None:
+            statements += [_allow(retire, [signing_key.key_arn]),
+                           _allow(["kms:ScheduleKeyDeletion"], [signing_key.key_arn], pending)]
+        rotate = iam.ManagedPolicy(
+            self, "SigningKeyRotationPolicy", statements=statements, roles=[control_api.roles["key_lifecycle"]],
+            description="Hardened Duck: create, retire and delete this deployment's tagged JWT signing keys",
+        )
+        self.lifecycle_function.add_environment(DEPLOYMENT_TAG_VARIABLE, stack.stack_name)
+        verifiers = [role for name, role in control_api.roles.items()
+                     if (access := FUNCTION_ACCESS.get(name)) is not None and (access.verifies_tokens
+                                                                               or access.signs_tokens)]
+        signers = [control_api.roles[name] for name, access in FUNCTION_ACCESS.items()
+                   if access.signs_tokens and name in control_api.roles]
+        verify = iam.ManagedPolicy(
+            self, "RotatedSigningKeysVerifyPolicy", roles=[*verifiers, *token_verifiers],
+            statements=[_allow(["kms:GetPublicKey"], [self.tagged_keys_arn], {"StringEquals": tags})],
+            description="Hardened Duck: verify JWTs signed by the deployment's rotated signing keys",
+        )
+        sign = iam.ManagedPolicy(
+            self, "RotatedSigningKeysSignPolicy", roles=signers,
+            statements=[_allow(["kms:Sign"], [self.tagged_keys_arn], {"StringEquals": tags})],
+            description="Hardened Duck: sign JWTs with the deployment's current rotated signing key",
+        )
+        tagged = _nag_reference(stack, self.tagged_keys_arn)
+        _acknowledge_wildcards(rotate, {"*": _CREATE_KEY_REASON, tagged: _TAGGED_KEYS_REASON})
+        for policy in (verify, sign):
+            _acknowledge_wildcards(policy, {tagged: _TAGGED_KEYS_REASON})
+
+    def _grant_rotation_checks(self, keys: Sequence[kms.IKey]) -> None:
+        if not keys:
+            return
+        iam.ManagedPolicy(
+            self, "KeyRotationCheckPolicy", roles=[self._lifecycle_role],
+            statements=[_allow(["kms:DescribeKey", "kms:GetKeyRotationStatus"], [key.key_arn for key in keys])],
+            description="Hardened Duck: check that KMS rotates the deployment's symmetric keys",
+        )
+        self.lifecycle_function.add_environment(ROTATION_KEYS_VARIABLE, ",".join(key.key_arn for key in keys))
 
     def _grant_send(self, roles: Sequence[iam.IRole]) -> None:
         iam.ManagedPolicy(

@@ -130,8 +130,10 @@ class HardenedDuckStack(Stack):
         )
         self.lifecycle = Lifecycle(
             self, "Lifecycle", control_api=self.control_api, queue_key=k.notifications,
-            alarm_topic=self.wipe_hook.alarm_topic,
+            alarm_topic=self.wipe_hook.alarm_topic, signing_key=k.signing, token_verifiers=[self.fleet.role],
+            rotation_checked_keys=[k.data, k.audit, k.control, k.logs, k.notifications],
         )
+        self.wipe_hook.announce_on(self.lifecycle.queue)
         self.monitoring = Monitoring(
             self, "Monitoring", nlb=self.fleet.nlb, target_group=self.fleet.target_group, asg=self.fleet.asg,
             functions={**self.control_api.functions, "wipe_hook": self.wipe_hook.function,

@@ -1,7 +1,8 @@
 """The termination wipe: EventBridge hands each terminating engine host to a Lambda that erases its NVMe cache.
 
 Security decisions, all visible here:
-- The erase runs through SSM Run Command with a dedicated Command document whose one step is
+- The erase runs through SSM Run Command with a dedicated Command document whose one step stops the engine
+  (`systemctl stop hd-engine.service`: its drain, running statements finish within the grace) and then runs
   `cryptsetup luksErase --batch-mode {{ device }}`; its one parameter, `device`, must match the same pattern
   as `hd_core.wipe.DEVICE_PATTERN` (a /dev path of letters, digits, `/`, `_`, `-`), so the value SSM
   interpolates into the shell line cannot add shell syntax. The role may send THAT document (never
@@ -11,6 +12,8 @@ Security decisions, all visible here:
   audit bucket, Sign with the checkpoint key and the audit key for SSE-KMS. No delete, no `*` action.
 - Failed invocations are retried, then kept in a KMS-encrypted dead-letter queue; WipeFailed >= 1 in five
   minutes and any dead letter alarm to a KMS-encrypted SNS topic.
+- `announce_on` hands it the webhook delivery queue (SendMessage on that queue only), so instance.wiped and
+  instance.wipe_failed are delivered at once rather than at the next sweep.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ ERASE_DEVICE_PARAMETER: Final = "device"
 LIFECYCLE_DETAIL_TYPE: Final = "EC2 Instance-terminate Lifecycle Action"
 WIPE_SERVICE: Final = "hd-wipe-hook"  # functions/wipe_hook/handler.py SERVICE: the metrics' `service` dimension
 WIPE_HANDLER: Final = "functions.wipe_hook.handler.lambda_handler"
+ENGINE_SERVICE: Final = "hd-engine.service"  # engine_fleet.engine_user_data's unit for `hd engine serve`
+# hd_core.webhook_sqs.QUEUE_URL_VARIABLE: where the function's webhook events are enqueued (see `announce_on`).
+WEBHOOK_QUEUE_URL_VARIABLE: Final = "HD_WEBHOOK_QUEUE_URL"
 # Every IAM action the wipe Lambda's role may hold; a test compares the synthesized role with this set.
 WIPE_ROLE_ACTIONS: Final[frozenset[str]] = frozenset({
     "ssm:SendCommand", "ssm:GetCommandInvocation",
@@ -58,7 +64,7 @@ WIPE_ROLE_ACTIONS: Final[frozenset[str]] = frozenset({
     "s3:PutObject", "s3:GetObject", "s3:ListBucket",  # IAM checkpoints only
     "kms:Sign",  # checkpoint key
     "kms:GenerateDataKey", "kms:Decrypt",  # audit key (SSE-KMS) and the dead-letter queue's key
-    "sqs:SendMessage",  # its dead-letter queue
+    "sqs:SendMessage",  # its dead-letter queue and the webhook delivery queue
     "logs:CreateLogStream", "logs:PutLogEvents",  # its own log group
     "ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DeleteNetworkInterface",
     "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses",  # Lambda in the VPC
@@ -207,6 +213,13 @@ class WipeHook(Construct):
                                         description="Wipe hook: Run Command erase, lifecycle action, IAM audit")
         return [instances, group, checkpoints, "*", self.log_group.log_group_arn]
 
+    def announce_on(self, queue: sqs.IQueue) -> None:
+        """Hand the function the webhook delivery queue: its instance.wiped / instance.wipe_failed deliveries are
+        enqueued as they are recorded instead of waiting for the delivery Lambda's next sweep. The queue's key is
+        the notifications key, which the role may already use (its dead-letter queue)."""
+        self.function.add_environment(WEBHOOK_QUEUE_URL_VARIABLE, queue.queue_url)
+        self.policy.add_statements(_allow(["sqs:SendMessage"], [queue.queue_arn]))
+
     def _alarms(self) -> None:
         action = cloudwatch_actions.SnsAction(self.alarm_topic)
         wipe_failed = cloudwatch.Metric(
@@ -275,7 +288,12 @@ def _erase_document(scope: Construct) -> ssm.CfnDocument:
                 "action": "aws:runShellScript",
                 "name": "luksErase",
                 "inputs": {
-                    "runCommand": [f"cryptsetup luksErase --batch-mode {{{{ {ERASE_DEVICE_PARAMETER} }}}}"],
+                    "runCommand": [
+                        # The drain first (issue 21): systemd's stop waits for the engine to let running statements
+                        # finish (bounded by TimeoutStopSec). The erase runs whatever the stop says: never skipped.
+                        f"systemctl stop {ENGINE_SERVICE} || true",
+                        f"cryptsetup luksErase --batch-mode {{{{ {ERASE_DEVICE_PARAMETER} }}}}",
+                    ],
                     # The wipe's own command timeout (HD_WIPE_COMMAND_TIMEOUT_SECONDS) bounds the step.
                     "timeoutSeconds": c.WIPE_COMMAND_TIMEOUT_SECONDS,
                 },

@@ -108,7 +108,7 @@ def _allow_statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any
     return [(logical_id, s) for logical_id, d in documents for s in d["Statement"] if s["Effect"] == "Allow"]
 
 
-def test_no_role_may_use_wildcard_actions_delete_objects_or_schedule_key_deletion(synthesized_app: Any) -> None:
+def test_no_role_may_use_wildcard_actions_delete_objects_or_schedule_key_deletion_but_jwt_key_retirement(synthesized_app: Any) -> None:
     statements = _allow_statements(synthesized_app.template())
     assert statements, "expected at least the flow-log delivery policy"
     for logical_id, statement in statements:
@@ -116,7 +116,14 @@ def test_no_role_may_use_wildcard_actions_delete_objects_or_schedule_key_deletio
         for action in actions:
             assert "*" not in action, (logical_id, action)
             assert not action.startswith("s3:DeleteObject"), (logical_id, action)
-            assert action != "kms:ScheduleKeyDeletion", (logical_id, action)
+            if action == "kms:ScheduleKeyDeletion":
+                # One exception (issue 19): the lifecycle job retires JWT signing keys, only those (the stack's
+                # first by ARN, rotated ones by their tags), only with KMS's longest pending window.
+                assert logical_id.startswith("LifecycleSigningKeyRotationPolicy"), (logical_id, action)
+                assert statement["Resource"] != "*", (logical_id, statement)
+                assert statement["Condition"]["NumericEquals"] == {"kms:ScheduleKeyDeletionPendingWindowInDays": 30}
+                if isinstance(statement["Resource"], str):
+                    assert statement["Condition"]["StringEquals"]["aws:ResourceTag/hd:purpose"] == "jwt-signing"
 
 
 def test_outputs_name_what_the_next_steps_need(synthesized_app: Any) -> None:

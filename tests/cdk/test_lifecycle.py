@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -18,10 +19,11 @@ LIFECYCLE_HANDLER = "functions.key_lifecycle.handler.lambda_handler"
 DELIVERY_HANDLER = "functions.webhooks.delivery.lambda_handler"
 # Every function whose code emits webhook events or re-enqueues deliveries, read from the code (not from
 # lifecycle.py): hd_core.webhook_events is called by policy_admin (policies), directory (users), jit, key_admin
-# (api_keys) and key_lifecycle (api_keys on demand, the scheduled job).
+# (api_keys) and key_lifecycle (api_keys on demand, the scheduled job); the wipe hook announces instance.wiped.
+WIPE_HANDLER = "functions.wipe_hook.handler.lambda_handler"
 EMITTING_HANDLERS = {
     *(f"functions.{name}.handler.lambda_handler" for name in ("policies", "users", "jit", "api_keys", "audit")),
-    LIFECYCLE_HANDLER, DELIVERY_HANDLER,
+    LIFECYCLE_HANDLER, DELIVERY_HANDLER, WIPE_HANDLER,
 }
 
 
@@ -185,10 +187,12 @@ def test_every_emitting_function_and_only_those_get_the_queue_and_may_send(templ
             with_url.add(function["Properties"]["Handler"])
     assert with_url == EMITTING_HANDLERS
     granted = _roles_granted(template, "sqs:SendMessage")
-    to_queue = {role for role, resources in granted.items() if {"Fn::GetAtt": [queue, "Arn"]} in resources}
+    named = {role: [r for resource in resources for r in (resource if isinstance(resource, list) else [resource])]
+             for role, resources in granted.items()}
+    to_queue = {role for role, resources in named.items() if {"Fn::GetAtt": [queue, "Arn"]} in resources}
     assert to_queue == senders
     # Nobody may send anywhere else than a queue named by ARN (no wildcard), and the webhooks API sends nothing.
-    assert all(isinstance(r, dict) for resources in granted.values() for r in resources)
+    assert all(isinstance(r, dict) for resources in named.values() for r in resources)
     _, webhooks_api = _function_by_handler(template, "functions.webhooks.handler.lambda_handler")
     assert _role_of(webhooks_api) not in to_queue
 
@@ -241,3 +245,107 @@ def test_dead_letters_and_lifecycle_errors_alarm_to_the_notifications_topic(temp
         assert alarm["EvaluationPeriods"] == 1
         assert alarm["AlarmActions"] == [{"Ref": topics[0]}]
     assert depth["Namespace"] == "AWS/SQS" and depth["Statistic"] == "Maximum"
+
+
+# --- JWT signing-key rotation, KMS rotation checks, the job's failure alarms ---------------------------------
+
+TAGGED_KEYS = "arn:aws:kms:eu-west-1:123456789012:key/*"  # this account's keys in this region, by tag only
+
+
+def _tag_conditions(prefix: str, stack_name: str) -> dict[str, str]:
+    return {f"{prefix}/hd:purpose": "jwt-signing", f"{prefix}/hd:deployment": stack_name}
+
+
+def _policy_granting(template: dict[str, Any], action: str, resource: Any) -> list[dict[str, Any]]:
+    """Every (statement, roles) of a managed policy that allows `action` on exactly `resource`."""
+    found = []
+    for policy in _resources(template, "AWS::IAM::ManagedPolicy").values():
+        for statement in _statements(policy):
+            if statement["Effect"] == "Allow" and action in _actions(statement) and statement["Resource"] == resource:
+                found.append({"statement": statement, "roles": policy["Properties"].get("Roles", [])})
+    return found
+
+
+def test_only_the_lifecycle_job_creates_tagged_jwt_keys_and_retires_only_tagged_ones(
+    template: dict[str, Any], synthesized_app: Any,
+) -> None:
+    lifecycle_name, lifecycle = _function_by_handler(template, LIFECYCLE_HANDLER)
+    role = {"Ref": _role_of(lifecycle)}
+    stack_name = lifecycle["Properties"]["Environment"]["Variables"]["HD_KMS_KEY_DEPLOYMENT_TAG"]
+    assert isinstance(stack_name, str) and stack_name
+    [create] = _policy_granting(template, "kms:CreateKey", "*")
+    assert create["roles"] == [role]
+    assert create["statement"]["Condition"] == {
+        "StringEquals": {**_tag_conditions("aws:RequestTag", stack_name), "kms:KeySpec": "RSA_2048",
+                         "kms:KeyUsage": "SIGN_VERIFY", "kms:KeyOrigin": "AWS_KMS"},
+        "Bool": {"kms:BypassPolicyLockoutSafetyCheck": "false"},
+        "ForAllValues:StringEquals": {"aws:TagKeys": ["hd:purpose", "hd:deployment"]},
+    }
+    for action in ("kms:TagResource", "kms:DisableKey", "kms:ScheduleKeyDeletion"):
+        grants = _policy_granting(template, action, TAGGED_KEYS)
+        assert [g["roles"] for g in grants] == [[role]], action
+        conditions = grants[0]["statement"]["Condition"]
+        prefix = "aws:RequestTag" if action == "kms:TagResource" else "aws:ResourceTag"
+        assert conditions["StringEquals"] == _tag_conditions(prefix, stack_name), action
+    [schedule] = _policy_granting(template, "kms:ScheduleKeyDeletion", TAGGED_KEYS)
+    assert schedule["statement"]["Condition"]["NumericEquals"] == {"kms:ScheduleKeyDeletionPendingWindowInDays": 30}
+    # The stack's first signing key is retired by ARN, with the same 30-day window.
+    signing = {"Fn::GetAtt": [_key(template, "KeysSigning"), "Arn"]}
+    [first] = _policy_granting(template, "kms:ScheduleKeyDeletion", signing)
+    assert first["roles"] == [role]
+    # Nobody else may create, disable or delete a key in the whole template.
+    for action in ("kms:CreateKey", "kms:DisableKey", "kms:ScheduleKeyDeletion"):
+        assert set(_roles_granted(template, action)) == {_role_of(lifecycle)}, action
+    assert lifecycle_name
+
+
+def test_verifiers_and_the_engine_hosts_read_tagged_keys_and_only_signers_sign_with_them(
+    template: dict[str, Any],
+) -> None:
+    _, lifecycle = _function_by_handler(template, LIFECYCLE_HANDLER)
+    stack_name = lifecycle["Properties"]["Environment"]["Variables"]["HD_KMS_KEY_DEPLOYMENT_TAG"]
+    [verify] = [g for g in _policy_granting(template, "kms:GetPublicKey", TAGGED_KEYS)
+                if g["statement"]["Action"] == "kms:GetPublicKey"]
+    assert verify["statement"]["Condition"] == {"StringEquals": _tag_conditions("aws:ResourceTag", stack_name)}
+    verifiers = {role["Ref"] for role in verify["roles"]}
+    _, auth = _function_by_handler(template, "functions.auth.handler.lambda_handler")
+    _, users = _function_by_handler(template, "functions.users.handler.lambda_handler")
+    fleet_roles = [name for name, r in _resources(template, "AWS::IAM::Role").items() if name.startswith("EngineFleet")
+                   and "ec2.amazonaws.com" in json.dumps(r["Properties"]["AssumeRolePolicyDocument"])]
+    assert {_role_of(auth), _role_of(users), *fleet_roles} <= verifiers
+    assert _role_of(lifecycle) not in verifiers  # it checks new keys through its own policy
+    [sign] = _policy_granting(template, "kms:Sign", TAGGED_KEYS)
+    assert [role["Ref"] for role in sign["roles"]] == [_role_of(auth)]
+    assert sign["statement"]["Condition"] == {"StringEquals": _tag_conditions("aws:ResourceTag", stack_name)}
+
+
+def test_the_daily_run_checks_the_rotation_of_the_symmetric_keys_and_alarms_on_failures(
+    template: dict[str, Any],
+) -> None:
+    lifecycle_name, lifecycle = _function_by_handler(template, LIFECYCLE_HANDLER)
+    variables = lifecycle["Properties"]["Environment"]["Variables"]
+    checked = json.dumps(variables["HD_LIFECYCLE_KMS_ROTATION_KEY_IDS"])
+    for key in ("KeysAudit", "KeysControl", "KeysLogs", "KeysNotifications"):
+        assert _key(template, key) in checked, key
+    assert _key(template, "KeysSigning") not in checked  # asymmetric: rotated by the job itself
+    granted = _roles_granted(template, "kms:GetKeyRotationStatus")
+    assert set(granted) == {_role_of(lifecycle)}
+    alarms = _resources(template, "AWS::CloudWatch::Alarm").values()
+    topics = list(_resources(template, "AWS::SNS::Topic"))
+    for metric in ("KeyLifecycleFailures", "KmsKeysWithoutRotation"):
+        [alarm] = [a["Properties"] for a in alarms if a["Properties"].get("MetricName") == metric]
+        assert alarm["Namespace"] == "HardenedDuck"
+        assert alarm["Dimensions"] == [{"Name": "service", "Value": "hd-key-lifecycle"}]
+        assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+        assert alarm["AlarmActions"] == [{"Ref": topics[0]}]
+    assert lifecycle_name
+
+
+def test_the_cdk_spells_the_signing_key_tags_as_the_rotation_writes_them() -> None:
+    from hd_cdk import lifecycle
+    from hd_core import signing_keys
+
+    assert (lifecycle.PURPOSE_TAG, lifecycle.JWT_KEY_PURPOSE, lifecycle.DEPLOYMENT_TAG) == (
+        signing_keys.PURPOSE_TAG, signing_keys.JWT_KEY_PURPOSE, signing_keys.DEPLOYMENT_TAG)
+    assert lifecycle.DELETION_PENDING_DAYS == signing_keys.DEFAULT_PENDING_DAYS
+    assert lifecycle.LIFECYCLE_SERVICE == "hd-key-lifecycle"
