@@ -69,7 +69,7 @@ from hd_cdk import constants, packaging
 from hd_cdk.nag import acknowledge
 from hd_cdk.network import validated_cidrs
 from hd_cdk.packaging import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME
-from hd_core.adapters.aws_shadow import SECRET_RECOVERY_DAYS
+from hd_core.adapters.aws_shadow import KEY_REVOCATION_TABLE_ACCESS, SECRET_RECOVERY_DAYS
 from hd_core.adapters.dynamodb_schema import GSI1_NAME
 from hd_core.shadow import state_machine
 
@@ -172,11 +172,6 @@ class KeyRevocation:
     signing_key: kms.IKey  # named in the settings, never granted
 
 
-# The control table's partitions WriteReport reaches (hd_core.adapters.dynamodb_store's item layout).
-_KEY_ITEMS: Final = "APIKEY#*"
-_CHAIN_ITEMS: Final = "CHAIN#*"
-_WEBHOOK_ENDPOINT_LISTS: Final = "WEBHOOKS#*"
-_WEBHOOK_DELIVERY_ITEMS: Final = "WHDELIVERY#*"
 _CHECKPOINTS_REASON: Final = (
     "IAM checkpoints only: each revocation's IAM event is signed into a new checkpoint object named by its chain "
     "and position, so the checkpoint prefix is the narrowest grant; PutObject only, no read, no delete."
@@ -415,14 +410,10 @@ class ShadowReplay(Construct):
         r, region = self._revocation, Stack.of(self).region
         table, index = r.table.table_arn, f"{r.table.table_arn}/index/{GSI1_NAME}"
 
-        def leading(*patterns: str) -> dict[str, Any]:
-            return {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(patterns)}}
-
         return [
-            _allow(["dynamodb:GetItem", "dynamodb:UpdateItem"], [table], leading(_KEY_ITEMS)),  # read, set revoked_at
-            _allow(["dynamodb:Query", "dynamodb:PutItem"], [table], leading(_CHAIN_ITEMS)),  # the head, the append
-            _allow(["dynamodb:Query"], [index], leading(_WEBHOOK_ENDPOINT_LISTS)),  # who hears key.revoked
-            _allow(["dynamodb:PutItem"], [table], leading(_WEBHOOK_DELIVERY_ITEMS)),  # their pending deliveries
+            *(_allow(actions, [index if on_index else table],
+                     {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [partitions]}})
+              for actions, on_index, partitions in KEY_REVOCATION_TABLE_ACCESS),
             _allow(["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"], [r.table_key.key_arn],
                    {"StringEquals": {"kms:ViaService": f"dynamodb.{region}.amazonaws.com"}}),
             _allow(["kms:Sign"], [r.checkpoint_key.key_arn]),

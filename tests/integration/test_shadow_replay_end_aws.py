@@ -11,6 +11,7 @@ names another key (a replay's documents are writable by every replay function) r
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,10 +22,16 @@ import pytest
 from moto import mock_aws
 
 from functions.shadow import wiring
-from hd_core.adapters.aws_shadow import S3ShadowArtefacts, SecretsManagerShadowSecrets, StepFunctionsExecutions
+from hd_core.adapters.aws_shadow import (
+    KEY_REVOCATION_TABLE_ACCESS,
+    S3ShadowArtefacts,
+    SecretsManagerShadowSecrets,
+    StepFunctionsExecutions,
+)
 from hd_core.adapters.dynamodb_schema import create_table_kwargs
 from hd_core.adapters.dynamodb_store import DynamoDbControlStore
 from hd_core.adapters.kms_keys import KmsKeyProvider
+from hd_core.adapters.s3_checkpoints import DEFAULT_PREFIX as CHECKPOINT_PREFIX
 from hd_core.adapters.s3_checkpoints import S3CheckpointStore
 from hd_core.api_keys import ApiKeyHasher
 from hd_core.bootstrap import bootstrap_local_owner, ensure_environments
@@ -119,12 +126,21 @@ def test_write_report_revokes_the_replays_key_in_the_control_table_as_a_signed_i
         deployment: Deployment) -> None:
     record = _start(deployment)
     replay_id = record["replay_id"]
-    task = wiring.shadow_services()  # what WriteReport's Lambda builds from its environment
-    assert task.revoke_key is not None and task.executions is None
-    replay.prepare({"replay_id": replay_id}, task)
+    calls: list[tuple[str, str, dict[str, Any]]] = []
+    events = boto3._get_default_session().events  # clients made from here on report each call's parameters
+    events.register("before-parameter-build", lambda params, model, **_: calls.append(
+        (model.service_model.service_name, model.name, params)), unique_id="shadow-revocation-calls")
+    try:
+        task = wiring.shadow_services()  # what WriteReport's Lambda builds from its environment
+        assert task.revoke_key is not None and task.executions is None
+        replay.prepare({"replay_id": replay_id}, task)
+        calls.clear()
 
-    output = replay.write_report({"replay_id": replay_id, "batch_results": [
-        {"batch": 0, "status": "error", "error": "unreachable"}]}, task)
+        output = replay.write_report({"replay_id": replay_id, "batch_results": [
+            {"batch": 0, "status": "error", "error": "unreachable"}]}, task)
+    finally:
+        events.unregister("before-parameter-build", unique_id="shadow-revocation-calls")
+    _assert_within_write_reports_grants(calls)
 
     assert output["error"] == 1
     key = deployment.control.store.get_api_key(record["engine_key_id"])
@@ -140,6 +156,25 @@ def test_write_report_revokes_the_replays_key_in_the_control_table_as_a_signed_i
     # A retried WriteReport finds the key revoked already: no second event.
     replay.write_report({"replay_id": replay_id, "batch_results": []}, task)
     assert len(_revocations(deployment)) == 1
+
+
+def _assert_within_write_reports_grants(calls: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """Every control-plane call the revocation made is one cdk/hd_cdk/shadow.py grants WriteReport (the table
+    access from `KEY_REVOCATION_TABLE_ACCESS`, Sign with the checkpoint key, PutObject of IAM checkpoints)."""
+    table_calls = [(operation, params) for service, operation, params in calls if service == "dynamodb"]
+    assert {operation for operation, _ in table_calls} >= {"GetItem", "UpdateItem", "Query", "PutItem"}
+    for operation, params in table_calls:
+        assert params["TableName"] == TABLE
+        on_index = "IndexName" in params
+        partition = (params.get("Key") or params.get("Item") or {}).get("PK", {}).get("S") or params[
+            "ExpressionAttributeValues"][":pk"]["S"]
+        assert any(f"dynamodb:{operation}" in actions and on_index == index and fnmatch.fnmatchcase(partition, keys)
+                   for actions, index, keys in KEY_REVOCATION_TABLE_ACCESS), (operation, on_index, partition)
+    assert {operation for service, operation, _ in calls if service == "kms"} == {"Sign"}
+    audit = [(operation, params["Key"]) for service, operation, params in calls
+             if service == "s3" and params.get("Bucket") == AUDIT_BUCKET]
+    assert audit and all(operation == "PutObject" and key.startswith(CHECKPOINT_PREFIX)
+                         for operation, key in audit), audit
 
 
 def test_a_record_naming_another_key_revokes_nothing_and_the_replay_ends_in_error(deployment: Deployment) -> None:

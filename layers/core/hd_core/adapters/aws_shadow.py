@@ -23,6 +23,17 @@ SECRET_RECOVERY_DAYS = 7  # a replay's secret, deleted when it ends, can be rest
 _MARKED_DELETED = re.compile(r"marked (for )?delet", re.IGNORECASE)
 
 
+# What ending a replay calls on the control table to revoke its key (`key_admin.revoke_key` through
+# `dynamodb_store`), item kind by item kind: (actions, on the index?, partition keys). The CDK app grants
+# WriteReport exactly these (dynamodb:LeadingKeys); a moto test checks every call of a revocation against them.
+KEY_REVOCATION_TABLE_ACCESS: tuple[tuple[tuple[str, ...], bool, str], ...] = (
+    (("dynamodb:GetItem", "dynamodb:UpdateItem"), False, "APIKEY#*"),  # the key: read it, set revoked_at
+    (("dynamodb:Query", "dynamodb:PutItem"), False, "CHAIN#*"),  # the IAM chain: its head, the append
+    (("dynamodb:Query",), True, "WEBHOOKS#*"),  # the organisation's webhook endpoints (key.revoked)
+    (("dynamodb:PutItem",), False, "WHDELIVERY#*"),  # their pending deliveries
+)
+
+
 class S3ShadowArtefacts:
     """`ShadowArtefacts` as JSON objects in the data bucket (SSE as the bucket enforces)."""
 
