@@ -15,6 +15,7 @@ SQLSTATE and HD_ERR code; never SQL text, a literal, a key, an identity or a row
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hd_core.telemetry import span_attributes, traces_url
+
+log = logging.getLogger(__name__)
 
 TRACER_NAME = "hardened_duck.engine"
 SERVICE_NAME = "hardened-duck-engine"
@@ -89,10 +92,10 @@ class StatementTrace:
         except Exception as exc:
             refused = exc if hasattr(exc, "sqlstate") and hasattr(exc, "code") else None
             self.stage("audit", began, refused)
-            self._tracer.emit(self, statement, refused)
+            self._tracer.emit_safely(self, statement, refused)
             raise
         self.stage("audit", began)
-        self._tracer.emit(self, statement)
+        self._tracer.emit_safely(self, statement)
 
     @property
     def stages(self) -> tuple[_Stage, ...]:
@@ -120,6 +123,13 @@ class StatementTracer:
     def begin(self) -> StatementTrace:
         """The trace of a statement starting now."""
         return StatementTrace(self)
+
+    def emit_safely(self, trace: StatementTrace, statement: TracedStatement, refused: Refusal | None = None) -> None:
+        """`emit`, where a failure is logged by type and never changes the statement's outcome."""
+        try:
+            self.emit(trace, statement, refused)
+        except Exception as exc:  # noqa: BLE001 - tracing only watches; the statement has its record already
+            log.error("statement %s: its spans could not be made (%s)", statement.query_id, type(exc).__name__)
 
     def emit(self, trace: StatementTrace, statement: TracedStatement, refused: Refusal | None = None) -> None:
         """The statement's span and its stages' spans, handed to the batch exporter."""

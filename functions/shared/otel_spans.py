@@ -30,7 +30,9 @@ REQUEST_SPAN = "hd.request"
 SCHEDULED_SPAN = "hd.scheduled"
 TRACER_NAME = "hardened_duck.control"
 SERVICE_NAME = "hardened-duck-control"  # the resource; which function is the span's `hd.function`
-FLUSH_TIMEOUT_MILLIS = 2_000  # the collector extension is local; a slow one must not hold the response long
+# The collector (ADOT's extension) is local and answers in about a millisecond; one that is down or slow
+# must not hold every response for the exporter's own 10 s timeout. Spans not sent by then are dropped.
+FLUSH_TIMEOUT_MILLIS = 500
 
 _lock = threading.Lock()
 _current: tuple[str | None, InvocationSpans | None] | None = None  # (endpoint it was built for, spans)
