@@ -36,6 +36,7 @@ from engine_host.pipeline.pipeline import StatementPipeline
 from engine_host.pipeline.policy_state import PolicyState
 from engine_host.wire.limits import ConnectionLimits
 from engine_host.wire.server import Admission, Authenticate, PgServer
+from hd_core.catalog_schemas import CatalogRecorder
 from hd_core.metering import UsageMeter
 from hd_core.phi_disclosures import disclosure_key
 from hd_core.ports import AuditSink, ControlStore
@@ -93,6 +94,7 @@ class EngineHost:
         self.server: PgServer | None = None
         self._stopping = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._catalog_recorder: CatalogRecorder | None = None
         self.tracer: StatementTracer | None = None  # HD_OTEL_ENDPOINT's spans; None (off) by default
 
     @property
@@ -142,10 +144,21 @@ class EngineHost:
         tables = self.tables
         tables.on_change.append(self._record_registered_owners)  # tables an S3 prefix gains later
         await asyncio.get_running_loop().run_in_executor(None, self._record_registered_owners, tables.names())
+        # The control plane checks policies against the columns recorded here (hd_core/catalog_schemas.py).
+        self._catalog_recorder = CatalogRecorder(self.store)
+        tables.on_change.append(self._record_schemas)
+        await asyncio.get_running_loop().run_in_executor(None, self._record_schemas, tables.names())
         await asyncio.get_running_loop().run_in_executor(None, self.policies.load)
         self.policies.start()
         self._flusher = threading.Thread(target=self._flush_usage, name="hd-usage-flush", daemon=True)
         self._flusher.start()
+
+    def _record_schemas(self, names: list[str]) -> None:
+        """Every served table's columns and types, for the control plane's policy checks; dropped ones marked."""
+        tables, recorder = self.tables, self._catalog_recorder
+        if tables is None or recorder is None:
+            return
+        recorder.record({name: info.columns for name in names if (info := tables.get(name)) is not None})
 
     def _record_registered_owners(self, names: list[str]) -> None:
         """Tables registered from Parquet or an S3 prefix belong to the deployment's organisation (see README).

@@ -43,6 +43,7 @@ from engine_host.engine.memory import EngineMemory
 from engine_host.ops.health_server import HealthServer
 from engine_host.ops.metrics import HostMetrics
 from engine_host.pipeline.governor import HostLimits
+from engine_host.pipeline.policy_preview import EnginePolicyPreview
 from engine_host.runtime.host import EngineHost, HostHooks, HostSettings
 from engine_host.runtime.local_state import (
     StateRefused,
@@ -67,6 +68,7 @@ from hd_core.bootstrap import BootstrapRefused, bootstrap_local_owner, ensure_en
 from hd_core.control_settings import ControlApiSettings
 from hd_core.errors import HdError, KeyUnavailable
 from hd_core.policy_codec import load_policy_file
+from hd_core.policy_preview import install_policy_engine
 from hd_core.ports import AuditSink
 from hd_core.services import ControlServices, assemble_services, write_due_checkpoints
 from hd_core.shadow.replay import EngineEndpoint, control_key_revoker
@@ -330,6 +332,9 @@ class LocalEngineHost:
                                 sslmode="disable" if self.config.insecure_plaintext else "require")
         shadow = local_replay_services(self.state_dir, control.keys, engine,
                                        revoke_key=control_key_revoker(control.store, control.trail, control.api_keys))
+        # Dry runs count rows and explain plans statements on this host's engine (hd_core/policy_preview.py).
+        assert self.engine.pipeline is not None and self.engine.database is not None
+        install_policy_engine(EnginePolicyPreview(self.engine.pipeline.governor, self.engine.database))
         server.start(control, shadow=shadow)
         if isinstance(shadow.executions, LocalInterpreterExecutions):
             # A replay that was running when the last process stopped (or died) carries on where it was.
@@ -374,6 +379,7 @@ class LocalEngineHost:
             self._shadow_executions = None
         if self.control_api is not None:
             self.control_api.stop()
+            install_policy_engine(None)
             if self._checkpointer is not None:
                 self._checkpointer.join(timeout=5)
             self._write_due_checkpoints()  # seal the tail: nothing appended today goes unsigned

@@ -54,6 +54,8 @@ class MaskDocument(_Document):
     exempt_roles: list[Role] = Field(default_factory=list, max_length=6)
     agent_ids: list[AgentName] = Field(default_factory=list, max_length=100)
     agent_frameworks: list[AgentName] = Field(default_factory=list, max_length=100)
+    pending: bool = Field(default=False, description="The table does not exist yet: store the policy anyway "
+                          "(without it, a table or column the live catalog lacks is refused with 422)")
 
 
 class RowFilterDocument(_Document):
@@ -63,6 +65,8 @@ class RowFilterDocument(_Document):
     filter: PlainText = Field(min_length=1, max_length=4096, description="One SQL condition; `{user_id}`-style "
                               "placeholders are the session's values (see README, Governance)")
     exempt_roles: list[Role] = Field(default_factory=list, max_length=6)
+    pending: bool = Field(default=False, description="The table does not exist yet: store the policy anyway "
+                          "(without it, a table or column the live catalog lacks is refused with 422)")
 
 
 class TimeWindowDocument(BaseModel):
@@ -107,6 +111,8 @@ class ColumnTagDocument(_Document):
     table: Table
     column: ColumnName
     pii_type: PiiType
+    pending: bool = Field(default=False, description="The table does not exist yet: store the policy anyway "
+                          "(without it, a table or column the live catalog lacks is refused with 422)")
 
 
 class PhiGrantDocument(_Document):

@@ -10,16 +10,17 @@ from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from functions.policies.documents import PolicyDocument, as_document
-from functions.shared.http import authorize, build_app, documented
+from functions.shared.http import ErrorBody, authorize, build_app, documented
 from functions.shared.idempotency import RETRY_HELP, idempotent_create
 from functions.shared.lambda_entry import lambda_entry
 from functions.shared.request_fields import PathId
 from functions.shared.wiring import services
-from hd_core import policy_admin
-from hd_core.models import ApiScope
+from hd_core import policy_admin, policy_preview
+from hd_core.client_values import ID_PATTERN
+from hd_core.models import ApiScope, Role
 from hd_core.policies import PolicyKind, PolicyObject
 from hd_core.policy_codec import kind_of, object_id, to_document
 
@@ -30,6 +31,37 @@ _MANAGE = ApiScope.POLICIES_MANAGE.value
 # The kinds these routes manage (`hd_core.policy_admin.MANAGED_KINDS`): JIT grants and quotas have routes of their own.
 ManagedKind = Literal["mask", "row_filter", "abac", "column_tag", "phi_grant", "table_binding"]
 _DOCUMENT_HELP = "A policy document: `kind` plus the fields of that kind (see README, Governance)"
+_DRY_RUN_HELP = ("dry_run=true checks the policy as a create would and answers 200 with, per role, the rows "
+                 "visible and the columns masked before and after it, storing nothing. Rows are counted only "
+                 "where an engine runs beside the control API (hd dev); in AWS row_counts is \"unavailable\".")
+MAX_EXPLAIN_SQL = 100_000
+
+
+class ExemptionOut(BaseModel):
+    """Who a mask or row filter leaves out; no role is exempt unless `exempt_roles` names it."""
+
+    exempt_roles: list[Role]
+    note: str
+    warnings: list[str]
+
+
+class RoleEffectOut(BaseModel):
+    """One role's view of the policy's table before and after it (rows null: not counted, or refused)."""
+
+    role: Role
+    rows_before: int | None
+    rows_after: int | None
+    masked_before: list[str]
+    masked_after: list[str]
+
+
+class DryRunOut(BaseModel):
+    """What storing the policy would change, per role. Rows are counted only where an engine runs beside the API."""
+
+    table: str | None
+    row_counts: Literal["counted", "unavailable", "not_applicable"]
+    counted_as: str
+    effects: list[RoleEffectOut]
 
 
 class PolicyOut(BaseModel):
@@ -37,6 +69,44 @@ class PolicyOut(BaseModel):
     id: str
     document: dict[str, Any]
     policy_version: int
+    stored: bool = True
+    exemption: ExemptionOut | None = Field(default=None, description="Masks and row filters, on create and replace")
+    dry_run: DryRunOut | None = None
+
+
+class ExplainIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(pattern=ID_PATTERN, description="The user whose session is explained")
+    sql: str = Field(min_length=1, max_length=MAX_EXPLAIN_SQL, description="One statement, as the user would send it")
+
+
+class TableGovernanceOut(BaseModel):
+    table: str
+    action: str
+    row_filters: list[dict[str, str]]
+    masks: list[dict[str, Any]]
+
+
+class RefusalOut(BaseModel):
+    stage: str
+    sqlstate: str
+    code: str
+    message: str
+    hint: str | None = None
+
+
+class ExplanationOut(BaseModel):
+    """The governed plan of one statement for one user: the filters and masks per table, or what refuses it."""
+
+    user_id: str
+    role: Role
+    verdict: Literal["allowed", "refused"]
+    statement_kind: str | None
+    tables: list[TableGovernanceOut]
+    masked_columns: list[str]
+    governed_sql: str | None
+    refusal: RefusalOut | None
 
 
 class DeletedPolicyOut(BaseModel):
@@ -45,11 +115,16 @@ class DeletedPolicyOut(BaseModel):
     policy_version: int
 
 
-def policy_out(obj: PolicyObject, version: int | None = None) -> PolicyOut:
-    """The response for `obj`; `version` None reads the current one (a single object's route)."""
+def policy_out(obj: PolicyObject, version: int | None = None, *, caller_role: Role | None = None) -> PolicyOut:
+    """The response for `obj`; `version` None reads the current one (a single object's route).
+
+    With `caller_role` (create and replace) it says who a mask or row filter exempts.
+    """
     if version is None:
         version = services().store.policy_version()
-    return PolicyOut(kind=kind_of(obj), id=object_id(obj), document=to_document(obj), policy_version=version)
+    exempt = None if caller_role is None else policy_preview.exemption(obj, caller_role)
+    return PolicyOut(kind=kind_of(obj), id=object_id(obj), document=to_document(obj), policy_version=version,
+                     exemption=None if exempt is None else ExemptionOut.model_validate(policy_preview.as_json(exempt)))
 
 
 @router.get("/v1/organizations/<org_id>/policies", responses=documented(200, list[PolicyOut], "Policies"))
@@ -59,16 +134,36 @@ def list_policies(org_id: PathId, kind: Annotated[PolicyKind | None, Query()] = 
     return [policy_out(obj, listing.version) for obj in listing.objects]
 
 
-@router.post("/v1/organizations/<org_id>/policies", responses=documented(201, PolicyOut, "The new policy"),
-             description=RETRY_HELP)
+@router.post("/v1/organizations/<org_id>/policies",
+             responses={**documented(201, PolicyOut, "The new policy"),
+                        200: {"description": "With dry_run=true: what the policy would change; nothing stored",
+                              "content": {"application/json": {"model": PolicyOut}}}},
+             description=f"{RETRY_HELP} {_DRY_RUN_HELP}")
 @idempotent_create(router)
 def create_policy(
-    org_id: PathId, body: Annotated[PolicyDocument, Body(description=_DOCUMENT_HELP)]
+    org_id: PathId, body: Annotated[PolicyDocument, Body(description=_DOCUMENT_HELP)],
+    dry_run: Annotated[bool, Query(description=_DRY_RUN_HELP)] = False,
 ) -> tuple[PolicyOut, int]:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()
-    document = as_document(body)
-    return policy_out(policy_admin.create_policy(svc.store, svc.trail, ctx, {**document, "org_id": org_id})), 201
+    document = {**as_document(body), "org_id": org_id}
+    if dry_run:
+        obj = policy_admin.checked_new_policy(svc.store, ctx, document)
+        preview = policy_preview.as_json(policy_preview.dry_run(svc.store, ctx, obj))
+        out = policy_out(obj, caller_role=ctx.actor.role)
+        return out.model_copy(update={"stored": False, "dry_run": DryRunOut.model_validate(preview)}), 200
+    created = policy_admin.create_policy(svc.store, svc.trail, ctx, document)
+    return policy_out(created, caller_role=ctx.actor.role), 201
+
+
+@router.post("/v1/organizations/<org_id>/policies/explain",
+             responses={**documented(200, ExplanationOut, "The governed plan, or the refusal"),
+                        501: {"description": "No engine beside this control plane (AWS): explain with hd dev",
+                              "content": {"application/json": {"model": ErrorBody}}}})
+def explain_statement(org_id: PathId, body: ExplainIn) -> ExplanationOut:
+    ctx = authorize(router, org_id=org_id, scope=_MANAGE)
+    explanation = policy_preview.explain(services().store, ctx, org_id, body.user_id, body.sql)
+    return ExplanationOut.model_validate(policy_preview.as_json(explanation))
 
 
 @router.get("/v1/organizations/<org_id>/policies/<kind>/<object_id>", responses=documented(200, PolicyOut, "Policy"))
@@ -93,7 +188,7 @@ def replace_policy(
     if policy_kind is PolicyKind.TABLE_BINDING:
         pinned = {"org_id": org_id, **document}
     replaced = policy_admin.replace_policy(svc.store, svc.trail, ctx, policy_kind, object_id, pinned)
-    return policy_out(replaced)
+    return policy_out(replaced, caller_role=ctx.actor.role)
 
 
 @router.delete(

@@ -39,6 +39,8 @@ STATUS_OF: tuple[tuple[type[errors.HdError], int], ...] = (
     (errors.NotFound, 404),
     (errors.Conflict, 409),
     (errors.IdempotencyKeyReused, 422),
+    (errors.PolicyNameUnknown, 422),
+    (errors.EngineRequired, 501),
     (errors.InvalidRequest, 400),
     (errors.PolicyInvalid, 400),
     (errors.UnknownScope, 400),

@@ -86,6 +86,35 @@ class RowFilterInvalid(PolicyInvalid):
     code = "HD_ERR_ROW_FILTER_INVALID"
 
 
+class PolicyNameUnknown(HdError):
+    """A policy names a table or a column the live catalog does not have (the API's 422, with the name)."""
+
+    code = "HD_ERR_POLICY_UNKNOWN_NAME"
+
+    def __init__(self, message: str, *, field: str, name: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.name = name
+
+
+class UnknownTable(PolicyNameUnknown):
+    """The policy's table is not served (or is another organisation's); `"pending": true` allows that."""
+
+    code = "HD_ERR_UNKNOWN_TABLE"
+
+
+class UnknownColumn(PolicyNameUnknown):
+    """The policy's table exists but has no such column."""
+
+    code = "HD_ERR_UNKNOWN_COLUMN"
+
+
+class EngineRequired(HdError):
+    """The answer needs an engine (counting rows, planning a statement) and this control plane has none (501)."""
+
+    code = "HD_ERR_ENGINE_REQUIRED"
+
+
 # --- audit and metering -------------------------------------------------------------------------
 
 

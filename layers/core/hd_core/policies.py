@@ -78,6 +78,8 @@ class MaskRule:
     exempt_roles: tuple[Role, ...] = ()
     agent_ids: tuple[str, ...] = ()
     agent_frameworks: tuple[str, ...] = ()
+    # Written before its table exists (the control API refuses a name the catalog lacks otherwise).
+    pending: bool = False
 
     @property
     def agent_specific(self) -> bool:
@@ -93,6 +95,8 @@ class RowFilter:
     table: str
     filter: str
     exempt_roles: tuple[Role, ...] = ()
+    # Written before its table exists (the control API refuses a name the catalog lacks otherwise).
+    pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,8 @@ class ColumnTag:
     table: str
     column: str
     pii_type: PiiType
+    # Written before its table exists (the control API refuses a name the catalog lacks otherwise).
+    pending: bool = False
     # The column identifies the patient a row is about (at most one per table): PHI disclosures record its
     # values, as keyed HMACs, so `audit/phi-disclosures` can answer for one patient.
     patient_key: bool = False

@@ -22,6 +22,7 @@ from hd_core.iam_audit import IamAuditTrail
 from hd_core.iam_events import IamEventType
 from hd_core.models import ChangeContext, utc_now
 from hd_core.policies import PolicyKind, PolicyObject, TableBinding
+from hd_core.policy_catalog import check_against_catalog
 from hd_core.policy_codec import KIND_CLASSES, from_document, kind_of, to_document
 from hd_core.policy_codec import object_id as id_of
 from hd_core.policy_validation import validate_policy
@@ -106,7 +107,9 @@ def _check_binding_unique(store: ControlStore, obj: PolicyObject) -> None:
 
 
 def _validate(store: ControlStore, obj: PolicyObject, now: datetime) -> None:
-    validate_policy(obj, store.policy_snapshot(), now=now)
+    snapshot = store.policy_snapshot()
+    validate_policy(obj, snapshot, now=now)
+    check_against_catalog(store, snapshot, obj)
     _check_binding_unique(store, obj)
 
 
@@ -125,6 +128,20 @@ def _record(
     )
 
 
+def checked_new_policy(
+    store: ControlStore, ctx: ChangeContext, document: Mapping[str, Any], *, now: Callable[[], datetime] = utc_now
+) -> PolicyObject:
+    """The policy object `document` describes, passed through every check `create_policy` makes; nothing stored.
+
+    What a dry run previews (`hd_core.policy_preview.dry_run`): it is refused exactly as a create would be.
+    """
+    if isinstance(document, Mapping) and document.get("kind") == PolicyKind.TABLE_BINDING.value:
+        binding_admin.refuse_new_binding(store, ctx, document)  # tables are bound when they are created
+    obj = _decode(ctx, document)
+    _validate(store, obj, now())
+    return obj
+
+
 def create_policy(
     store: ControlStore,
     trail: IamAuditTrail,
@@ -138,10 +155,7 @@ def create_policy(
     Raises `PolicyInvalid` (with the field) for a bad or unsafe policy, `Forbidden` for a document
     naming another organisation or none, and `Conflict` if the kind and id already exist.
     """
-    if isinstance(document, Mapping) and document.get("kind") == PolicyKind.TABLE_BINDING.value:
-        binding_admin.refuse_new_binding(store, ctx, document)  # tables are bound when they are created
-    obj = _decode(ctx, document)
-    _validate(store, obj, now())
+    obj = checked_new_policy(store, ctx, document, now=now)
     kind, oid = kind_of(obj), id_of(obj)
     try:
         store.create_policy(obj)  # atomic: of two creators of one id, exactly one gets here

@@ -19,11 +19,17 @@ from moto import mock_aws
 from engine_host.devmode.control_server import ControlApiDispatcher, HttpReply
 from functions.shared.wiring import install_services
 from hd_core.bootstrap import bootstrap_local_owner, ensure_environments
+from hd_core.catalog_schemas import CatalogRecorder
 from hd_core.control_settings import ControlApiSettings
 from hd_core.ports import AuditSink
 from hd_core.services import ControlServices, assemble_services
 
 AUDIT_BUCKET = "hd-audit-test"
+# The tables the organisation's engine serves, as an engine host records them (hd_core.catalog_schemas).
+SERVED_TABLES = {
+    "main.patients": [("patient_id", "BIGINT"), ("name", "VARCHAR"), ("ssn", "VARCHAR"), ("email", "VARCHAR"),
+                      ("phone", "VARCHAR"), ("region", "VARCHAR"), ("diagnosis", "VARCHAR")],
+}
 
 
 @dataclass
@@ -132,6 +138,7 @@ def _control(backend: str, adapters: dict[str, Any]) -> Iterator[ControlApi]:
     owner = bootstrap_local_owner(store, ApiKeyHasher(), org_name="Test Org", email="owner@example.com")
     assert owner.api_key_plaintext is not None
     env = ensure_environments(store, owner.org.org_id)[0]
+    CatalogRecorder(store).record(SERVED_TABLES)  # what an engine host records: policies are checked against it
     services = assemble_services(
         ControlApiSettings(jwt_issuer="https://hd.test", jwt_audience="hardened-duck", checkpoint_every=5),
         store=store,

@@ -114,7 +114,8 @@ def _other_tenant(control: ControlApi) -> Tenant:
     env_id = ensure_environments(store, org.org_id)[0].env_id
     user_id, key_id, member_key = _member_key(control, org.org_id, owner_key, "analyst@globex.example")
     path = f"/v1/organizations/{org.org_id}"
-    control.ok("POST", f"{path}/policies", {**MASK, "rule_id": "globex_mask"}, key=owner_key)
+    # main.patients is the deployment organisation's table: to Globex it does not exist.
+    control.ok("POST", f"{path}/policies", {**MASK, "rule_id": "globex_mask", "pending": True}, key=owner_key)
     request = control.ok("POST", f"{path}/jit-requests",
                          {"role": "Developer", "reason": "theirs", "duration_seconds": 600}, key=member_key)
     # Their webhook endpoint, stored directly: creating one through the API would resolve its host.

@@ -67,7 +67,8 @@ def test_listing_policies_reads_the_store_the_same_number_of_times_however_many_
     control.ok("POST", f"{_org(control)}/policies", MASK)
     with_one = _store_calls_to_list_policies(control)
     for number in range(5):
-        control.ok("POST", f"{_org(control)}/policies", {**MASK, "rule_id": f"mask_{number}", "column": f"c{number}"})
+        control.ok("POST", f"{_org(control)}/policies", {**MASK, "rule_id": f"mask_{number}", "table": "main.later",
+                                                         "column": f"c{number}", "pending": True})
     with_six = _store_calls_to_list_policies(control)
     assert with_six == with_one
     assert with_six["policy_snapshot"] == 1 and with_six["policy_version"] == with_six["get_policy"] == 0

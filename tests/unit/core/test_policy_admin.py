@@ -11,6 +11,7 @@ import pytest
 
 from hd_core import policy_admin
 from hd_core.bootstrap import DEFAULT_ORG_SETTING
+from hd_core.catalog_schemas import CatalogRecorder
 from hd_core.errors import Conflict, Forbidden, InvalidRequest, NotFound, PolicyInvalid
 from hd_core.iam_events import IamEventType
 from hd_core.models import ChangeContext, Role
@@ -20,9 +21,17 @@ from hd_core.table_owners import record_owner
 from tests.unit.core.test_directory import ControlPlane, control_plane, only_event
 
 
+CUSTOMERS = {"crm.customers": [("customer_id", "BIGINT"), ("name", "VARCHAR"), ("ssn", "VARCHAR"),
+                                 ("email", "VARCHAR"), ("phone", "VARCHAR"), ("region", "VARCHAR")]}
+
+
 @pytest.fixture
 def plane(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    yield from control_plane(tmp_path, tmp_path_factory)
+    """A control plane whose engine serves crm.customers, the organisation's own table."""
+    for plane in control_plane(tmp_path, tmp_path_factory):
+        CatalogRecorder(plane.store).record(CUSTOMERS)
+        plane.store.put_setting_if_absent(DEFAULT_ORG_SETTING, plane.org.org_id)
+        yield plane
 
 
 def mask_document(org_id: str, **fields: Any) -> dict[str, Any]:
