@@ -20,7 +20,6 @@ from hd_core.policy_codec import to_document
 from hd_core.table_owners import record_owner
 from tests.unit.core.test_directory import ControlPlane, control_plane, only_event
 
-
 CUSTOMERS = {"crm.customers": [("customer_id", "BIGINT"), ("name", "VARCHAR"), ("ssn", "VARCHAR"),
                                  ("email", "VARCHAR"), ("phone", "VARCHAR"), ("region", "VARCHAR")]}
 
