@@ -204,3 +204,27 @@ def test_a_blank_jit_reason_breaks_the_documented_schema_not_a_later_check(contr
     reply = control.call("POST", f"/v1/organizations/{control.org_id}/jit-requests",
                          {"role": "Developer", "reason": reason, "duration_seconds": 600})
     assert reply.status == 422 and reply.json()["error"]["code"] == "HD_ERR_VALIDATION"
+
+
+def test_without_an_engine_a_dry_run_answers_masks_uncounted_and_explain_is_501(control: ControlApi) -> None:
+    """A control Lambda in AWS has no engine beside it (hd_core/policy_preview.py): what it can still answer."""
+    before = control.ok("GET", f"{_org(control)}/policies")
+    reply = control.call("POST", f"{_org(control)}/policies?dry_run=true", MASK)
+
+    assert reply.status == 200, reply.body
+    preview = reply.json()
+    assert preview["stored"] is False and preview["dry_run"]["row_counts"] == "unavailable"
+    effects = {effect["role"]: effect for effect in preview["dry_run"]["effects"]}
+    assert effects["Analyst"] == {"role": "Analyst", "rows_before": None, "rows_after": None,
+                                  "masked_before": [], "masked_after": ["ssn"]}
+    assert control.ok("GET", f"{_org(control)}/policies") == before
+
+    explain = control.call("POST", f"{_org(control)}/policies/explain",
+                           {"user_id": control.owner_id, "sql": "SELECT ssn FROM main.patients"})
+    assert explain.status == 501 and explain.json()["error"]["code"] == "HD_ERR_ENGINE_REQUIRED"
+
+
+def test_a_dry_run_is_refused_like_the_create_it_previews(control: ControlApi) -> None:
+    reply = control.call("POST", f"{_org(control)}/policies?dry_run=true", {**MASK, "column": "social"})
+
+    assert reply.status == 422 and reply.json()["error"]["code"] == "HD_ERR_UNKNOWN_COLUMN"
