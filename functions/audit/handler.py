@@ -1,22 +1,30 @@
-"""Audit Lambda: query audit search, the IAM audit trail, and verification of its hash chain."""
+"""Audit Lambda: query audit search, lookup by reference and export; the IAM audit trail and its hash chain."""
 
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from functions.shared.http import authorize_environment, build_app, documented
 from functions.shared.lambda_entry import lambda_entry, scheduled_entry
 from functions.shared.request_fields import PathId
 from functions.shared.wiring import services
 from hd_core import webhook_events
-from hd_core.audit_search import QueryAuditFilter, search_query_audit
+from hd_core.audit_export import export_query_audit
+from hd_core.audit_search import (
+    QueryAuditFilter,
+    find_query_records,
+    lookup_window,
+    resolve_window,
+    search_query_audit,
+)
 from hd_core.client_values import ID_PATTERN, NON_BLANK_PATTERN
-from hd_core.models import ApiScope, ChangeContext, IamEvent
+from hd_core.errors import AuditWriteFailed, InvalidRequest
+from hd_core.models import ApiScope, ChangeContext, Environment, IamEvent, utc_now
 from hd_core.services import write_due_checkpoints as checkpoint_grown_chains
 
 SERVICE = "hd-audit"
@@ -29,9 +37,37 @@ MAX_SEQ = 10**12 - 1
 MAX_DURATION_MS = 7 * 24 * 3600 * 1000
 
 
+# A date (YYYY-MM-DD: the whole day) or an RFC 3339 time with an offset, parsed by `_bound`: pydantic's own
+# date|datetime union would read 2026-03-01T00:00:00Z as a date (a whole day) and accept times without an offset.
+_BOUND_HELP = "YYYY-MM-DD (a whole day; as end, inclusive) or an RFC 3339 time with an offset (as end, exclusive)"
+_BOUND_SCHEMA = {"anyOf": [{"type": "string", "format": "date", "maxLength": 10},
+                           {"type": "string", "format": "date-time", "maxLength": 64}],
+                 "description": _BOUND_HELP}
+Bound = Annotated[str | None, Query(max_length=64, description=_BOUND_HELP), WithJsonSchema(_BOUND_SCHEMA)]
+
+
 class QueryAuditPageOut(BaseModel):
     records: list[dict[str, Any]]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page")
+    start: datetime = Field(description="The window searched starts here (inclusive)")
+    end: datetime = Field(description="and ends here (exclusive)")
+
+
+class QueryRecordsOut(BaseModel):
+    query_id: str
+    records: list[dict[str, Any]] = Field(description="Oldest first: a streamed result has a stream and a "
+                                          "completion record")
+
+
+class AuditExportOut(BaseModel):
+    export_id: str
+    format: Literal["jsonl", "csv"]
+    start: datetime
+    end: datetime
+    record_count: int
+    size_bytes: int
+    url: str = Field(description="Where to fetch the file: a presigned HTTPS URL in AWS, a file:// URL in hd dev")
+    expires_at: datetime | None = Field(description="When a presigned URL stops working; null for a local file")
 
 
 class IamEventOut(BaseModel):
@@ -84,30 +120,101 @@ def _auditor_of(env_id: str) -> ChangeContext:
     return authorize_environment(router, env_id, scope=_AUDIT)[1]
 
 
+def _audited_environment(env_id: str) -> tuple[Environment, ChangeContext]:
+    return authorize_environment(router, env_id, scope=_AUDIT)
+
+
+def _bound(text: str | None) -> date | datetime | None:
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text) if len(text) == 10 else datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(f"{text!r} is not a date or a time: use {_BOUND_HELP}") from None
+
+
+Outcome = Literal["ok", "denied", "error"]
+UserFilter = Annotated[str | None, Query(pattern=ID_PATTERN)]
+AgentFilter = Annotated[str | None, Query(max_length=128)]
+TableFilter = Annotated[str | None, Query(max_length=256, pattern=NON_BLANK_PATTERN)]
+DurationFilter = Annotated[float | None, Query(ge=0, le=MAX_DURATION_MS)]
+OutcomeFilter = Annotated[Outcome | None, Query(description="ok, denied (a policy stage refused it) or error")]
+SqlstateFilter = Annotated[str | None, Query(pattern=r"^[0-9A-Za-z]{5}$", description="the error's SQLSTATE")]
+CodeFilter = Annotated[str | None, Query(pattern=r"^HD_ERR_[A-Z0-9_]{1,64}$", description="the error's HD_ERR_ code")]
+
+
 @router.get("/v1/environments/<env_id>/audit/queries", responses=documented(200, QueryAuditPageOut, "A page"))
 def search_queries(
     env_id: PathId,
-    start: Annotated[date, Query()],
-    end: Annotated[date, Query()],
-    user_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
-    agent_id: Annotated[str | None, Query(max_length=128)] = None,
-    table: Annotated[str | None, Query(max_length=256, pattern=NON_BLANK_PATTERN)] = None,
-    min_duration_ms: Annotated[float | None, Query(ge=0, le=MAX_DURATION_MS)] = None,
+    start: Bound = None,
+    end: Bound = None,
+    user_id: UserFilter = None,
+    agent_id: AgentFilter = None,
+    table: TableFilter = None,
+    min_duration_ms: DurationFilter = None,
+    outcome: OutcomeFilter = None,
+    sqlstate: SqlstateFilter = None,
+    code: CodeFilter = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> QueryAuditPageOut:
-    ctx = _auditor_of(env_id)
+    env, ctx = _audited_environment(env_id)
+    first, last = resolve_window(_bound(start), _bound(end), cursor=cursor, now=utc_now())
     query = QueryAuditFilter(
-        org_id=ctx.actor.org_id,
-        start=start,
-        end=end,
-        user_id=user_id,
-        agent_id=agent_id,
-        table=table,
-        min_duration_ms=min_duration_ms,
+        org_id=ctx.actor.org_id, start=first, end=last, key_env=env.key_env.value, user_id=user_id,
+        agent_id=agent_id, table=table, min_duration_ms=min_duration_ms, outcome=outcome, sqlstate=sqlstate,
+        error_code=code,
     )
     page = search_query_audit(services().query_audit, query, limit=limit, cursor=cursor)
-    return QueryAuditPageOut(records=page.records, next_cursor=page.next_cursor)
+    window_start, window_end = query.window()
+    return QueryAuditPageOut(records=page.records, next_cursor=page.next_cursor, start=window_start, end=window_end)
+
+
+@router.get(
+    "/v1/environments/<env_id>/audit/queries/export",
+    responses=documented(200, AuditExportOut, "The stored export and where to fetch it"),
+)
+def export_queries(
+    env_id: PathId,
+    format: Annotated[Literal["jsonl", "csv"], Query()] = "jsonl",
+    start: Bound = None,
+    end: Bound = None,
+    user_id: UserFilter = None,
+    agent_id: AgentFilter = None,
+    table: TableFilter = None,
+    min_duration_ms: DurationFilter = None,
+    outcome: OutcomeFilter = None,
+    sqlstate: SqlstateFilter = None,
+    code: CodeFilter = None,
+) -> AuditExportOut:
+    env, ctx = _audited_environment(env_id)
+    exports = services().audit_exports
+    if exports is None:
+        raise AuditWriteFailed("this control API has no place to store audit exports")
+    first, last = resolve_window(_bound(start), _bound(end), cursor=None, now=utc_now())
+    query = QueryAuditFilter(
+        org_id=ctx.actor.org_id, start=first, end=last, key_env=env.key_env.value, user_id=user_id,
+        agent_id=agent_id, table=table, min_duration_ms=min_duration_ms, outcome=outcome, sqlstate=sqlstate,
+        error_code=code,
+    )
+    export = export_query_audit(services().query_audit, exports, services().trail, ctx, env_id=env.env_id,
+                                query=query, export_format=format)
+    return AuditExportOut(
+        export_id=export.export_id, format=export.format, start=export.start, end=export.end,
+        record_count=export.record_count, size_bytes=export.size_bytes, url=export.location.url,
+        expires_at=export.location.expires_at,
+    )
+
+
+@router.get(
+    "/v1/environments/<env_id>/audit/queries/<query_id>",
+    responses=documented(200, QueryRecordsOut, "The statement's records"),
+)
+def get_query_record(env_id: PathId, query_id: PathId, start: Bound = None, end: Bound = None) -> QueryRecordsOut:
+    env, ctx = _audited_environment(env_id)
+    first, last = lookup_window(_bound(start), _bound(end), now=utc_now())
+    query = QueryAuditFilter(org_id=ctx.actor.org_id, start=first, end=last, key_env=env.key_env.value)
+    return QueryRecordsOut(query_id=query_id, records=find_query_records(services().query_audit, query, query_id))
 
 
 @router.get("/v1/environments/<env_id>/audit/admin", responses=documented(200, list[IamEventOut], "IAM events"))

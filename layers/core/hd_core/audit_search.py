@@ -94,7 +94,7 @@ def resolve_window(
     if end is None:
         end = now.astimezone(UTC)
     if start is None:
-        start = _instant(end, end=True) - DEFAULT_WINDOW
+        start = _shifted(_instant(end, end=True), -DEFAULT_WINDOW)
     return start, end
 
 
@@ -141,11 +141,13 @@ def find_query_records(archive: QueryAuditArchive, query: QueryAuditFilter, quer
     first_day = start.date()
     day = _last_day(start, end)
     stop_after: date | None = None
-    while day >= first_day and (stop_after is None or day >= stop_after):
+    while stop_after is None or day >= stop_after:
         hits = [item for item in _matching(archive.records(day), query, None) if item[0][1] == query_id]
         found.extend(hits)
         if hits and stop_after is None:
-            stop_after = day - timedelta(days=1)
+            stop_after = max(first_day, day - timedelta(days=1)) if day > date.min else day
+        if day <= first_day:
+            break
         day -= timedelta(days=1)
     if not found:
         raise NotFound(f"no query audit record {query_id} in this environment between "
@@ -160,7 +162,7 @@ def lookup_window(
     if end is None:
         end = now.astimezone(UTC)
     if start is None:
-        start = _instant(end, end=True) - LOOKUP_LOOKBACK
+        start = _shifted(_instant(end, end=True), -LOOKUP_LOOKBACK)
     return start, end
 
 
@@ -226,14 +228,21 @@ def _instant(value: date | datetime, *, end: bool) -> datetime:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise InvalidRequest("start and end must carry a UTC offset (e.g. 2026-03-01T12:00:00Z) or be dates")
-        return value.astimezone(UTC)
+        return _shifted(value, timedelta(0))  # to UTC; an offset can push a time outside the calendar
     moment = datetime.combine(value, time(), UTC)
-    return moment + timedelta(days=1) if end else moment
+    return _shifted(moment, timedelta(days=1)) if end else moment
+
+
+def _shifted(moment: datetime, by: timedelta) -> datetime:
+    try:
+        return (moment + by).astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest("start and end must lie between the years 1 and 9999, with a day to spare") from None
 
 
 def _last_day(start: datetime, end: datetime) -> date:
     """The UTC day of the last instant before `end` (an end at midnight reads nothing of its own day)."""
-    return max(start, end - timedelta(microseconds=1)).date()
+    return max(start, _shifted(end, -timedelta(microseconds=1))).date()
 
 
 def _iso(moment: datetime) -> str:
@@ -362,9 +371,9 @@ def _position_of(record: dict[str, object]) -> _Position | None:
 def _parse_ts(ts: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(ts)
-    except ValueError:
+        return None if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):  # not a time, or one whose UTC instant falls outside the calendar
         return None
-    return None if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _page(page: list[tuple[_Position, dict[str, object]]], fingerprint: str, query: QueryAuditFilter) -> QueryAuditPage:

@@ -77,6 +77,7 @@ class ControlApi:
 
 def _local_adapters(tmp_path: Path) -> dict[str, Any]:
     from hd_core.adapters.local_audit import LocalFolderAuditArchive, LocalFolderAuditSink
+    from hd_core.adapters.local_audit_exports import LocalFolderAuditExports
     from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
     from hd_core.adapters.local_keys import LocalKeyFile
     from hd_core.adapters.sqlite_store import SqliteControlStore
@@ -87,6 +88,7 @@ def _local_adapters(tmp_path: Path) -> dict[str, Any]:
         "checkpoints": LocalFolderCheckpointStore(tmp_path),
         "query_audit": LocalFolderAuditArchive(tmp_path),
         "sink": LocalFolderAuditSink(tmp_path, host_id="test"),
+        "exports": LocalFolderAuditExports(tmp_path),
     }
 
 
@@ -95,6 +97,7 @@ def _aws_adapters() -> dict[str, Any]:
     from hd_core.adapters.dynamodb_store import DynamoDbControlStore
     from hd_core.adapters.kms_keys import KmsKeyProvider
     from hd_core.adapters.s3_audit import S3AuditArchive, S3AuditSink
+    from hd_core.adapters.s3_audit_exports import S3AuditExports
     from hd_core.adapters.s3_checkpoints import S3CheckpointStore
 
     boto3.client("dynamodb").create_table(**create_table_kwargs("hd-control-test"))
@@ -117,6 +120,7 @@ def _aws_adapters() -> dict[str, Any]:
         "checkpoints": S3CheckpointStore(s3, AUDIT_BUCKET),
         "query_audit": S3AuditArchive(s3, AUDIT_BUCKET),
         "sink": S3AuditSink(s3, AUDIT_BUCKET, host_id="test"),
+        "exports": S3AuditExports(s3, AUDIT_BUCKET),
     }
 
 
@@ -145,6 +149,7 @@ def _control(backend: str, adapters: dict[str, Any]) -> Iterator[ControlApi]:
         keys=adapters["keys"],
         checkpoints=adapters["checkpoints"],
         query_audit=adapters["query_audit"],
+        audit_exports=adapters["exports"],
     )
     install_services(services)
     try:

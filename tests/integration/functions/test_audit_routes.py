@@ -26,7 +26,7 @@ def _record(control: ControlApi, n: int, *, user: str, org: str | None = None, t
     ts = datetime.now(UTC) - timedelta(minutes=10) + timedelta(seconds=n)
     control.audit_sink.write({
         "ts": ts.isoformat().replace("+00:00", "Z"), "query_id": f"q_{n:04d}", "org_id": org or control.org_id,
-        "user_id": user, "agent_id": None, "sql_redacted": "SELECT ?", "tables": [table],
+        "user_id": user, "agent_id": None, "key_env": "live", "sql_redacted": "SELECT ?", "tables": [table],
         "timings_ms": {"total": float(n)}, "rows_returned": 1,
     })
 

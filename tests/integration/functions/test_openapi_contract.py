@@ -34,6 +34,7 @@ from functions.openapi import DOCUMENT_PATH, openapi_document, render
 from functions.policies.handler import ManagedKind
 from functions.shared.wiring import install_services
 from hd_core.adapters.local_audit import LocalFolderAuditArchive
+from hd_core.adapters.local_audit_exports import LocalFolderAuditExports
 from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile
 from hd_core.adapters.local_shadow import local_replay_services
@@ -118,7 +119,7 @@ class LiveApi:
         if case.method == "DELETE" and parameters.get("key_id") == self.owner_key_id:
             parameters["key_id"] = "key_not_the_runs_own"
         if case.query:
-            keep_documented_cross_field_rules(case.query)
+            keep_documented_cross_field_rules(case.query, case.operation.path)
         if isinstance(case.body, dict):
             keep_expiry_in_the_future(case.body)
             # A replaced policy keeps its kind: the document's `kind` names the one in the path.
@@ -132,7 +133,7 @@ class LiveApi:
         self.statuses[(f"{case.method.upper()} {case.operation.path}", status)] += 1
 
 
-def keep_documented_cross_field_rules(query: dict[str, Any]) -> None:
+def keep_documented_cross_field_rules(query: dict[str, Any], path: str = "") -> None:
     """Bring a generated query within the rules its parameters state in words, which JSON Schema cannot.
 
     A report or search range runs from `start` to `end` (not before it) over at most 366 days; a
@@ -140,12 +141,34 @@ def keep_documented_cross_field_rules(query: dict[str, Any]) -> None:
     forged token), so the stateless run leaves it out.
     """
     query.pop("cursor", None)
+    if "/audit/queries" in path:
+        keep_audit_window(query)
+        return
     try:
         first, last = sorted((date.fromisoformat(query["start"]), date.fromisoformat(query["end"])))
     except (KeyError, TypeError, ValueError):
         return  # not a range (a negative case's garbage is the server's to refuse)
     last = min(last, first + timedelta(days=MAX_RANGE_DAYS - 1))
     query["start"], query["end"] = first.isoformat(), last.isoformat()
+
+
+def keep_audit_window(query: dict[str, Any]) -> None:
+    """An audit window's bounds keep their generated form (a date or a time) but move into the last two days.
+
+    Without a start the window reaches back from its end (or now), so any pair must also fit an export's
+    31 days and the calendar: the bounds' values are the server's to refuse, in words, not their shapes.
+    """
+    now = datetime.now(UTC)
+    for name, moment in (("start", now - timedelta(days=2)), ("end", now)):
+        value = query.get(name)
+        if isinstance(value, str) and len(value) == 10:
+            query[name] = moment.date().isoformat()
+        elif isinstance(value, str):
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                continue  # not a time: garbage is the server's to refuse
+            query[name] = moment.isoformat()
 
 
 def keep_expiry_in_the_future(body: Any) -> None:
@@ -191,6 +214,7 @@ def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
         keys=LocalKeyFile(root / "keys" / "local-keys.json"),
         checkpoints=LocalFolderCheckpointStore(root),
         query_audit=LocalFolderAuditArchive(root),
+        audit_exports=LocalFolderAuditExports(root),
     ))
     server = ControlApiServer("127.0.0.1", 0)
     # Shadow replays started by the run find no engine there: their batches end as errors, in the background.
