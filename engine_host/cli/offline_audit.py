@@ -20,6 +20,7 @@ from hd_core.adapters.local_keys import LocalKeyFile
 from hd_core.adapters.sqlite_store import ControlStoreDamaged, SqliteControlStore
 from hd_core.control_settings import ControlApiSettings
 from hd_core.iam_audit import IamAuditTrail
+from hd_core.signing_keys import CheckpointKeyRing
 
 
 @contextmanager
@@ -33,7 +34,9 @@ def local_trail(state_dir: Path) -> Iterator[tuple[SqliteControlStore, IamAuditT
     with store:
         keys = LocalKeyFile(state_dir / "keys" / "local-keys.json", create_missing=False)
         keys.check()
-        yield store, IamAuditTrail(store, LocalFolderCheckpointStore(state_dir), keys,
+        checkpoints = LocalFolderCheckpointStore(state_dir)
+        # The rotated checkpoint keys too: signed with the ring's current key, verified against every proven one.
+        yield store, IamAuditTrail(store, checkpoints, CheckpointKeyRing(store, checkpoints, keys),
                                    checkpoint_every=ControlApiSettings().checkpoint_every)
 
 

@@ -130,7 +130,8 @@ def test_a_year_of_a_service_account_key(world: World, caplog: pytest.LogCapture
         world.clock.advance(days=1)
         assert world.run() == {"expired": [], "rotated": [], "successors": [], "rotation_due": [],
                                "rotation_failed": [], "warnings": [],
-                               "signing_keys": {"created": [], "disabled": [], "deleted": [], "failed": []}}
+                               "signing_keys": {"created": [], "disabled": [], "deleted": [], "failed": [],
+                                                "checkpoint_created": []}}
 
     # Day 90: a successor, its plaintext in the secret; the old key keeps its 72 hours of grace.
     world.clock.advance(days=1)

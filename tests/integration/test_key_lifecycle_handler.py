@@ -75,7 +75,8 @@ def test_the_daily_run_records_each_keys_rotation_and_counts_those_that_need_att
     metrics = _metric_values(capsys.readouterr().out)
     assert metrics["KmsKeysWithoutRotation"] == 2
     assert metrics["KeyLifecycleFailures"] == 0
-    assert result["signing_keys"] == {"created": [], "disabled": [], "deleted": [], "failed": []}
+    assert result["signing_keys"] == {"created": [], "disabled": [], "deleted": [], "failed": [],
+                                      "checkpoint_created": []}
 
 
 def test_a_signing_key_the_run_cannot_make_is_counted_as_a_failure(

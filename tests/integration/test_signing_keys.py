@@ -6,6 +6,7 @@ through the services' signing-key ring, as the API and the engine hosts use it.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,8 @@ from pathlib import Path
 import boto3
 import jwt
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from moto import mock_aws
 
 from hd_core.adapters.kms_keys import KmsKeyProvider
@@ -23,11 +26,13 @@ from hd_core.adapters.local_keys import LocalKeyFile
 from hd_core.adapters.sqlite_store import SqliteControlStore
 from hd_core.control_settings import ControlApiSettings
 from hd_core.errors import AuthenticationFailed
+from hd_core.iam_audit import GENESIS_HASH, IamAuditTrail, checkpoint_message, event_hash
+from hd_core.iam_events import IamEventType
 from hd_core.key_lifecycle import run_key_lifecycle
-from hd_core.models import Role, User, UserStatus, new_id
+from hd_core.models import ChainCheckpoint, IamEvent, Role, User, UserStatus, new_id
 from hd_core.ports import KeyProvider
 from hd_core.services import ControlServices, assemble_services
-from hd_core.signing_keys import JWT_RING_SETTING, SigningKeyRing
+from hd_core.signing_keys import JWT_RING_SETTING, CheckpointKeyRing, SigningKeyRing
 from hd_core.tokens import JwtIssuer, JwtVerifier, jwks_document
 from hd_core.wipe import DEPLOYMENT_CHAIN_ID
 from tests.clocks import HandWoundClock
@@ -209,7 +214,7 @@ def test_a_second_run_the_same_day_changes_nothing(local: Deployment) -> None:
     local.clock.at = T0 + timedelta(days=90)
     assert len(local.run()["created"]) == 1
     ring = local.ring()
-    assert local.run() == {"created": [], "disabled": [], "deleted": [], "failed": []}
+    assert local.run() == {"created": [], "disabled": [], "deleted": [], "failed": [], "checkpoint_created": []}
     assert local.ring() == ring
 
 
@@ -235,3 +240,83 @@ def test_an_on_demand_run_for_one_organisation_leaves_the_signing_keys_alone(loc
     local.clock.at = T0 + timedelta(days=200)
     report = run_key_lifecycle(local.services, local.clock(), org_ids=[])
     assert report.signing_keys is None and len(local.ring().keys) == 1
+
+
+# --- IAM checkpoint keys ----------------------------------------------------------------------------------
+
+
+def _record(d: Deployment, chain: str, n: int) -> None:
+    for index in range(n):
+        d.services.trail.record(chain, IamEventType.QUOTA_CHANGED, actor="usr_admin", target=f"quota_{index}",
+                                before=None, after={"limit": index}, request_id=f"req_{index}")
+
+
+def _signers(d: Deployment, chain: str) -> set[str]:
+    return {checkpoint.key_id for checkpoint in d.services.checkpoints.list_checkpoints(chain)}
+
+
+def _fresh_trail(d: Deployment) -> IamAuditTrail:
+    """What another process (verify-chain in a new Lambda container) builds: nothing learnt in memory."""
+    ring = CheckpointKeyRing(d.services.store, d.services.checkpoints, d.keys)
+    return IamAuditTrail(d.services.store, d.services.checkpoints, ring)
+
+
+@pytest.mark.parametrize("where", ["local", "on_kms"])
+def test_a_new_checkpoint_key_signs_after_rotation_and_old_checkpoints_stay_verifiable(
+    where: str, request: pytest.FixtureRequest,
+) -> None:
+    d: Deployment = request.getfixturevalue(where)
+    anchor = d.keys.checkpoint_key_id()
+    _record(d, "org_acme", 3)
+    assert _signers(d, "org_acme") == {anchor}
+    d.clock.advance(days=89)
+    assert d.run()["checkpoint_created"] == []
+    d.clock.advance(days=1)
+    [new_kid] = d.run()["checkpoint_created"]
+    assert new_kid != anchor
+    _record(d, "org_acme", 2)
+    assert _signers(d, "org_acme") == {anchor, new_kid}
+    # The introduction is in the deployment chain, with the new public key, signed by the key in force.
+    [added] = [e for e in d.services.store.list_iam_events(DEPLOYMENT_CHAIN_ID)
+               if e.event_type == "signing_key.checkpoint_key_added"]
+    assert added.after is not None and added.after["kid"] == new_kid and added.after["signed_by"] == anchor
+    assert base64.b64decode(str(added.after["public_key"])) == d.keys.checkpoint_public_key(new_kid)
+    for trail in (d.services.trail, _fresh_trail(d)):
+        for chain in ("org_acme", DEPLOYMENT_CHAIN_ID):
+            verdict = trail.verify_chain(chain)
+            assert verdict.chain_valid, (chain, verdict.first_break)
+            assert verdict.checkpoint_size == verdict.entry_count
+
+
+def test_a_key_introduced_without_a_trusted_signature_vouches_for_nothing(local: Deployment) -> None:
+    """An attacker who can write to the store and the checkpoint folder, but not sign with a trusted key."""
+    _record(local, "org_acme", 2)
+    attacker = ec.generate_private_key(ec.SECP256R1())
+    public = attacker.public_key().public_bytes(serialization.Encoding.DER,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+    kid = "local-checkpoint-" + "a" * 24
+    store, checkpoints = local.services.store, local.services.checkpoints
+    head = store.iam_chain_head(DEPLOYMENT_CHAIN_ID)
+    prev_hash, seq = (GENESIS_HASH, 1) if head is None else (head.hash, head.seq + 1)
+    at = datetime.now(UTC)
+    after = {"kid": kid, "public_key": base64.b64encode(public).decode(), "algorithm": "ECDSA_SHA_256",
+             "signed_by": kid}
+    digest = event_hash(prev_hash, "iamevt_forged", DEPLOYMENT_CHAIN_ID, "signing_key.checkpoint_key_added",
+                        "system", kid, None, after, at, "req_forged")
+    store.append_iam_event(IamEvent(DEPLOYMENT_CHAIN_ID, seq, "iamevt_forged", "signing_key.checkpoint_key_added",
+                                    "system", kid, None, after, at, "req_forged", prev_hash, digest))
+
+    def forge(chain: str, size: int, head_hash: str) -> None:
+        signature = attacker.sign(checkpoint_message(chain, size, head_hash, at), ec.ECDSA(hashes.SHA256()))
+        encoded = base64.b64encode(signature).decode()
+        checkpoints.put_checkpoint(ChainCheckpoint(chain, size, head_hash, at, kid, encoded))
+
+    forge(DEPLOYMENT_CHAIN_ID, seq, digest)  # the introduction "signed" by the key it introduces
+    org_head = store.iam_chain_head("org_acme")
+    assert org_head is not None
+    forge("org_acme", org_head.seq, org_head.hash)
+    for trail in (local.services.trail, _fresh_trail(local)):
+        verdict = trail.verify_chain("org_acme")
+        assert not verdict.chain_valid
+        assert verdict.first_break is not None and verdict.first_break.kind == "checkpoint_signature_invalid"
+    assert kid not in _fresh_trail(local)._keys.trusted_keys()  # type: ignore[attr-defined]

@@ -35,7 +35,7 @@ from typing import TypeVar
 from hd_core.errors import AuditWriteFailed, Conflict, HdError, InvalidRequest
 from hd_core.iam_events import IamEventType
 from hd_core.models import ChainCheckpoint, IamEvent, new_id, utc_now
-from hd_core.ports import CheckpointStore, IamChainStore, KeyProvider
+from hd_core.ports import CheckpointKeys, CheckpointStore, IamChainStore
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ class IamAuditTrail:
         self,
         store: IamChainStore,
         checkpoints: CheckpointStore,
-        keys: KeyProvider,
+        keys: CheckpointKeys,
         *,
         checkpoint_every: int = 1,
         checkpoint_interval: timedelta = timedelta(minutes=15),

@@ -61,8 +61,6 @@ class IamEventType(StrEnum):
     # Webhook endpoints (issue 19); their secrets are never part of the event
     WEBHOOK_CREATED = "webhook.created"
     WEBHOOK_DELETED = "webhook.deleted"
-    # An auditor exported a window of query audit records (issue 22): who, which environment, range and filters
-    AUDIT_EXPORTED = "audit.exported"
     # Engine host lifecycle (the termination wipe hook)
     INSTANCE_WIPED = "instance.wiped"
     INSTANCE_WIPE_FAILED = "instance.wipe_failed"
@@ -71,6 +69,8 @@ class IamEventType(StrEnum):
     SIGNING_KEY_ROTATED = "signing_key.rotated"
     SIGNING_KEY_DISABLED = "signing_key.disabled"
     SIGNING_KEY_DELETED = "signing_key.deleted"
+    # A new IAM checkpoint key: its public key, recorded here and signed by the key in force (the verifier's proof)
+    CHECKPOINT_KEY_ADDED = "signing_key.checkpoint_key_added"
 
 
 SYSTEM_ACTOR = "system"

@@ -43,7 +43,7 @@ from hd_core.key_admin import list_keys
 from hd_core.models import ApiKeyRecord, ChangeContext, Role
 from hd_core.records import encode_time
 from hd_core.services import ControlServices
-from hd_core.signing_keys import SigningKeyReport, rotate_jwt_signing_keys
+from hd_core.signing_keys import SigningKeyReport, rotate_checkpoint_key, rotate_jwt_signing_keys
 from hd_core.webhooks import WebhookEventType
 
 _log = logging.getLogger(__name__)
@@ -167,6 +167,7 @@ def run_key_lifecycle(
             services.store, services.trail, services.keys, at, policy=services.signing_key_policy, request_id=run_id,
         )
         services.jwt_keys.invalidate()
+        _rotate_checkpoint_key(services, at, run_id, report.signing_keys)
     for org_id in orgs:
         for record in services.store.list_api_keys(org_id):
             _expire(services, record, at, run_id, report)
@@ -181,6 +182,20 @@ def run_key_lifecycle(
             len(report.rotation_failed),
         )
     return report
+
+
+def _rotate_checkpoint_key(services: ControlServices, at: datetime, run_id: str, report: SigningKeyReport) -> None:
+    try:
+        kid = rotate_checkpoint_key(services.store, services.trail, services.checkpoints, services.keys, at,
+                                    rotate_every=services.signing_key_policy.rotate_every, request_id=run_id)
+    except HdError as error:
+        _log.warning("a new IAM checkpoint key could not be made: %s (%s); the next run tries again", error,
+                     error.code)
+        report.failed.append(services.checkpoint_keys.checkpoint_key_id())
+        return
+    services.checkpoint_keys.invalidate()
+    if kid is not None:
+        report.checkpoint_created.append(kid)
 
 
 def _event_id(key_id: str, notice: str) -> str:

@@ -431,7 +431,23 @@ class JwtKeySet(Protocol):
         ...
 
 
-class KeyProvider(JwtKeySet, Protocol):
+class CheckpointKeys(Protocol):
+    """What the IAM trail signs and verifies checkpoints with (the checkpoint-key ring in services)."""
+
+    def checkpoint_key_id(self) -> str:
+        """The id of the key checkpoints are signed with."""
+        ...
+
+    def sign_checkpoint(self, message: bytes) -> bytes:
+        """ECDSA P-256 / SHA-256 DER signature over `message`."""
+        ...
+
+    def verify_checkpoint(self, key_id: str, message: bytes, signature: bytes) -> bool:
+        """Whether `signature` over `message` was made by the checkpoint key `key_id`; never raises."""
+        ...
+
+
+class KeyProvider(JwtKeySet, CheckpointKeys, Protocol):
     """Key material: KMS in AWS, a local key file in `hd dev` (dev only, loudly labelled).
 
     Private keys never leave the provider: callers hand it bytes to sign. Its own JWT key set is the
@@ -467,16 +483,16 @@ class KeyProvider(JwtKeySet, Protocol):
         """Once its deletion date has passed: delete the key (or confirm the provider did); raises `KeyUnavailable`."""
         ...
 
-    def checkpoint_key_id(self) -> str:
-        """The id of the key checkpoints are signed with."""
+    def create_checkpoint_key(self) -> str:
+        """Make a new ECDSA P-256 checkpoint signing key (never replacing an existing one); returns its kid."""
         ...
 
-    def sign_checkpoint(self, message: bytes) -> bytes:
-        """ECDSA P-256 / SHA-256 DER signature over `message`."""
+    def checkpoint_public_key(self, kid: str) -> bytes:
+        """The DER SubjectPublicKeyInfo of the checkpoint key `kid`; raises `KeyUnavailable`."""
         ...
 
-    def verify_checkpoint(self, key_id: str, message: bytes, signature: bytes) -> bool:
-        """Whether `signature` over `message` was made by the checkpoint key `key_id`; never raises."""
+    def sign_checkpoint_with(self, kid: str, message: bytes) -> bytes:
+        """ECDSA P-256 / SHA-256 DER signature with the checkpoint key `kid`; raises `KeyUnavailable`."""
         ...
 
     def generate_data_key(self, context: Mapping[str, str]) -> DataKey:

@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from hd_core.api_keys import ApiKeyAuthenticator, ApiKeyHasher
-from hd_core.audit_export import AuditExportStore
 from hd_core.auth_throttle import AuthThrottle
 from hd_core.bootstrap import ensure_pepper
 from hd_core.control_settings import ControlApiSettings
@@ -26,7 +25,7 @@ from hd_core.models import utc_now
 from hd_core.ports import CheckpointStore, ControlStore, KeyProvider, QueryAuditArchive
 from hd_core.request_auth import RequestAuthenticator
 from hd_core.sealed_secrets import SecretSealer
-from hd_core.signing_keys import JwtKeyRing, SigningKeyPolicy, kms_jwt_key_tags
+from hd_core.signing_keys import CheckpointKeyRing, JwtKeyRing, SigningKeyPolicy, kms_jwt_key_tags
 from hd_core.tokens import JwtIssuer, JwtVerifier
 
 if TYPE_CHECKING:
@@ -46,6 +45,8 @@ class ControlServices:
     hasher: ApiKeyHasher
     api_keys: ApiKeyAuthenticator
     jwt_keys: JwtKeyRing  # the stored ring of JWT keys: the current one signs, every one not disabled verifies
+    checkpoints: CheckpointStore
+    checkpoint_keys: CheckpointKeyRing  # the trail's: the current checkpoint key signs, every proven one verifies
     signing_key_policy: SigningKeyPolicy
     jwt_issuer: JwtIssuer
     jwt_verifier: JwtVerifier
@@ -56,8 +57,6 @@ class ControlServices:
     auth_throttle: AuthThrottle  # brute-force limits of logins; the API key authenticator holds the same one
     # The first answers of retried creates, opened on first use: engine hosts assemble these services too.
     idempotency: Callable[[], BasePersistenceLayer]
-    # Where audit exports go (beside the query audit); None where this process serves no exports.
-    audit_exports: AuditExportStore | None = None
 
 
 def assemble_services(
@@ -70,7 +69,6 @@ def assemble_services(
     api_keys: ApiKeyAuthenticator | None = None,
     idempotency: BasePersistenceLayer | None = None,
     now: Callable[[], datetime] = utc_now,
-    audit_exports: AuditExportStore | None = None,
 ) -> ControlServices:
     """Wire the domain objects around already-chosen adapters (shared by Lambda and `hd dev`).
 
@@ -78,10 +76,12 @@ def assemble_services(
     `now` is the clock credential checks and their throttle read (tests wind it by hand).
     """
     hasher = ApiKeyHasher()
+    checkpoint_keys = CheckpointKeyRing(store, checkpoints, keys, now=now,
+                                        refresh=timedelta(seconds=config.jwt_key_ring_refresh_seconds))
     trail = IamAuditTrail(
         store,
         checkpoints,
-        keys,
+        checkpoint_keys,
         checkpoint_every=config.checkpoint_every,
         checkpoint_interval=timedelta(minutes=config.checkpoint_interval_minutes),
     )
@@ -106,6 +106,8 @@ def assemble_services(
         hasher=hasher,
         api_keys=authenticator,
         jwt_keys=jwt_keys,
+        checkpoints=checkpoints,
+        checkpoint_keys=checkpoint_keys,
         signing_key_policy=signing_key_policy,
         jwt_issuer=issuer,
         jwt_verifier=verifier,
@@ -116,7 +118,6 @@ def assemble_services(
         auth_throttle=throttle,
         idempotency=(lambda: idempotency) if idempotency is not None else functools.cache(
             functools.partial(idempotency_records_for, store)),
-        audit_exports=audit_exports,
     )
 
 
@@ -147,7 +148,6 @@ def build_services(config: ControlApiSettings) -> ControlServices:
 
 def _build_local_services(config: ControlApiSettings) -> ControlServices:
     from hd_core.adapters.local_audit import LocalFolderAuditArchive
-    from hd_core.adapters.local_audit_exports import LocalFolderAuditExports
     from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
     from hd_core.adapters.local_keys import LocalKeyFile
     from hd_core.adapters.sqlite_store import SqliteControlStore
@@ -158,7 +158,6 @@ def _build_local_services(config: ControlApiSettings) -> ControlServices:
         keys=LocalKeyFile(config.local_key_file),
         checkpoints=LocalFolderCheckpointStore(config.audit_dir),
         query_audit=LocalFolderAuditArchive(config.audit_dir),
-        audit_exports=LocalFolderAuditExports(config.audit_dir),
     )
 
 
@@ -169,7 +168,6 @@ def _build_aws_services(config: ControlApiSettings) -> ControlServices:
     from hd_core.adapters.dynamodb_store import DynamoDbControlStore
     from hd_core.adapters.kms_keys import KmsKeyProvider
     from hd_core.adapters.s3_audit import S3AuditArchive
-    from hd_core.adapters.s3_audit_exports import S3AuditExports
     from hd_core.adapters.s3_checkpoints import S3CheckpointStore
 
     if config.store != "dynamodb" or config.keys != "kms" or config.audit != "s3":
@@ -187,7 +185,6 @@ def _build_aws_services(config: ControlApiSettings) -> ControlServices:
         ),
         checkpoints=S3CheckpointStore(s3, config.audit_bucket),
         query_audit=S3AuditArchive(s3, config.audit_bucket),
-        audit_exports=S3AuditExports(s3, config.audit_bucket),
     )
 
 

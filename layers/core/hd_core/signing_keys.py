@@ -23,6 +23,8 @@ seeds the ring with the provider's configured keys (first writer wins).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import threading
@@ -31,11 +33,15 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from hd_core.errors import HdError, KeyUnavailable
-from hd_core.iam_audit import IamAuditTrail, format_audit_time, parse_audit_time
+from hd_core.iam_audit import IamAuditTrail, checkpoint_message, event_hash, format_audit_time, parse_audit_time
 from hd_core.iam_events import SYSTEM_ACTOR, IamEventType
-from hd_core.models import utc_now
-from hd_core.ports import JwtPublicKey, KeyProvider, SettingsStore
+from hd_core.models import ChainCheckpoint, IamEvent, utc_now
+from hd_core.ports import CheckpointStore, ControlStore, JwtPublicKey, KeyProvider, SettingsStore
 from hd_core.wipe import DEPLOYMENT_CHAIN_ID
 
 log = logging.getLogger(__name__)
@@ -136,19 +142,20 @@ class SigningKeyRing:
             ) from None
 
 
-def load_ring(store: SettingsStore, keys: KeyProvider, now: datetime) -> SigningKeyRing:
+def load_ring(store: SettingsStore, keys: KeyProvider, now: datetime, *, setting: str = JWT_RING_SETTING,
+              ) -> SigningKeyRing:
     """The stored ring; the first use seeds it with the provider's configured keys (the first writer wins)."""
-    stored = store.get_setting(JWT_RING_SETTING)
+    stored = store.get_setting(setting)
     if stored is None:
-        kids = keys.configured_jwt_kids()
+        kids = keys.configured_jwt_kids() if setting == JWT_RING_SETTING else [keys.checkpoint_key_id()]
         if not kids:
-            raise KeyUnavailable("no JWT signing key is configured: the ring cannot be seeded")
+            raise KeyUnavailable("no signing key is configured: the ring cannot be seeded")
         # The configured keys after the first are earlier ones: retired now, they verify until their tokens expire.
         seed = SigningKeyRing(tuple(
             SigningKey(kid=kid, created_at=now, retired_at=None if index == 0 else now)
             for index, kid in enumerate(dict.fromkeys(kids))
         ))
-        stored = store.put_setting_if_absent(JWT_RING_SETTING, seed.to_json())
+        stored = store.put_setting_if_absent(setting, seed.to_json())
     return SigningKeyRing.from_json(stored)
 
 
@@ -229,10 +236,11 @@ class SigningKeyReport:
     disabled: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # a provider call failed; the next run tries again
+    checkpoint_created: list[str] = field(default_factory=list)  # new IAM checkpoint keys
 
     def as_dict(self) -> dict[str, list[str]]:
         return {"created": list(self.created), "disabled": list(self.disabled), "deleted": list(self.deleted),
-                "failed": list(self.failed)}
+                "failed": list(self.failed), "checkpoint_created": list(self.checkpoint_created)}
 
 
 def rotate_jwt_signing_keys(
@@ -316,3 +324,164 @@ def _rotate(
     report.created.append(kid)
     log.info("JWT signing key rotated: %s signs now, %s verifies until its tokens expire", kid, previous.kid)
     return ring
+
+
+# --- IAM checkpoint keys ----------------------------------------------------------------------------------
+#
+# A checkpoint key rotates on the same schedule, but nothing it signed ever expires: old checkpoints must stay
+# verifiable for as long as the trail is kept. So no checkpoint key is ever disabled, and the verifier trusts
+# every key it ever used: the configured (first) key, and each later key whose public key was recorded in the
+# deployment chain (CHECKPOINT_KEY_ADDED) by an event that a checkpoint signed by an already trusted key covers.
+# Someone who can write to the store and the checkpoint bucket but cannot sign with a trusted key therefore
+# cannot introduce a key of their own: its introduction would carry no trusted signature.
+
+CHECKPOINT_RING_SETTING = "signing_keys.checkpoint"
+
+
+class CheckpointKeyRing:
+    """The `CheckpointKeys` the IAM trail uses: signs with the ring's current key, verifies with every trusted key."""
+
+    def __init__(
+        self, store: ControlStore, checkpoints: CheckpointStore, keys: KeyProvider, *,
+        now: Callable[[], datetime] = utc_now, refresh: timedelta = DEFAULT_RING_REFRESH,
+    ) -> None:
+        self._store = store
+        self._checkpoints = checkpoints
+        self._keys = keys
+        self._now = now
+        self._refresh = refresh
+        self._lock = threading.Lock()
+        self._current: tuple[str, datetime] | None = None
+        self._trusted: dict[str, bytes] = {}  # kid -> DER public key, proven by the chain (never forgotten)
+
+    @property
+    def anchor(self) -> str:
+        """The configured checkpoint key: trusted without proof, the root of every later key's introduction."""
+        return self._keys.checkpoint_key_id()
+
+    def checkpoint_key_id(self) -> str:
+        at = self._now()
+        with self._lock:
+            if self._current is not None and timedelta(0) <= at - self._current[1] < self._refresh:
+                return self._current[0]
+        kid = load_ring(self._store, self._keys, at, setting=CHECKPOINT_RING_SETTING).current.kid
+        with self._lock:
+            self._current = (kid, at)
+        return kid
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._current = None
+
+    def sign_checkpoint(self, message: bytes) -> bytes:
+        kid = self.checkpoint_key_id()
+        if kid == self.anchor:
+            return self._keys.sign_checkpoint(message)
+        return self._keys.sign_checkpoint_with(kid, message)
+
+    def verify_checkpoint(self, key_id: str, message: bytes, signature: bytes) -> bool:
+        """Whether a trusted checkpoint key `key_id` signed `message`; a key the chain never introduced fails."""
+        if key_id == self.anchor:
+            return self._keys.verify_checkpoint(key_id, message, signature)
+        with self._lock:
+            public = self._trusted.get(key_id)
+        if public is None:  # not proven yet in this process: read the chain's introductions again
+            public = self.trusted_keys().get(key_id)
+        return public is not None and _ecdsa_valid(public, message, signature)
+
+    def trusted_keys(self) -> dict[str, bytes]:
+        """Every introduced key whose introduction a trusted key signed, in chain order (re-read each call)."""
+        trusted = dict(self._trusted)
+        after_seq = 0
+        while True:
+            page = self._store.list_iam_events(DEPLOYMENT_CHAIN_ID, after_seq, 500)
+            for event in page:
+                if event.event_type == IamEventType.CHECKPOINT_KEY_ADDED.value:
+                    introduced = self._introduction(event, trusted)
+                    if introduced is not None:
+                        trusted.setdefault(*introduced)
+            if len(page) < 500:
+                break
+            after_seq = page[-1].seq
+        with self._lock:
+            self._trusted.update(trusted)
+        return trusted
+
+    def _introduction(self, event: IamEvent, trusted: dict[str, bytes]) -> tuple[str, bytes] | None:
+        """(kid, public key) of a key-introduction event that is intact and signed by a key trusted before it."""
+        after = event.after or {}
+        kid, public_b64 = after.get("kid"), after.get("public_key")
+        if not isinstance(kid, str) or not isinstance(public_b64, str):
+            return None
+        recomputed = event_hash(event.prev_hash, event.event_id, event.chain_id, event.event_type, event.actor,
+                                event.target, event.before, event.after, event.at, event.request_id)
+        if recomputed != event.hash:
+            return None  # edited after it was signed: verify-chain reports it; its key is not trusted
+        for checkpoint in self._checkpoints.list_checkpoints(DEPLOYMENT_CHAIN_ID, size=event.seq):
+            if checkpoint.size != event.seq or checkpoint.head_hash != event.hash or checkpoint.key_id == kid:
+                continue
+            message = checkpoint_message(DEPLOYMENT_CHAIN_ID, checkpoint.size, checkpoint.head_hash, checkpoint.time)
+            try:
+                signature = base64.b64decode(checkpoint.signature, validate=True)
+            except (binascii.Error, ValueError):
+                continue
+            signer = checkpoint.key_id
+            if (signer == self.anchor and self._keys.verify_checkpoint(signer, message, signature)) or (
+                    signer in trusted and _ecdsa_valid(trusted[signer], message, signature)):
+                try:
+                    return kid, base64.b64decode(public_b64, validate=True)
+                except (binascii.Error, ValueError):
+                    return None
+        return None
+
+
+def _ecdsa_valid(public_der: bytes, message: bytes, signature: bytes) -> bool:
+    try:
+        public_key = serialization.load_der_public_key(public_der)
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            return False
+        public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
+        return False
+    return True
+
+
+def rotate_checkpoint_key(
+    store: ControlStore, trail: IamAuditTrail, checkpoints: CheckpointStore, keys: KeyProvider, now: datetime, *,
+    rotate_every: timedelta = DEFAULT_ROTATE_EVERY, request_id: str = "signing-keys",
+) -> str | None:
+    """Make a new checkpoint key when the current one is older than `rotate_every`; returns its kid, else None.
+
+    The new key's public key is recorded in the deployment chain and that event is signed, as a checkpoint of
+    its own position, by the key in force, before the ring names the new key: from then on it signs, and the
+    verifier trusts it because of that signature. Raises `HdError` when the provider cannot make or use a key.
+    """
+    at = now.astimezone(UTC)
+    ring = load_ring(store, keys, at, setting=CHECKPOINT_RING_SETTING)
+    if at - ring.current.created_at < rotate_every:
+        return None
+    previous = ring.current.kid
+    kid = keys.create_checkpoint_key()
+    public = keys.checkpoint_public_key(kid)
+    event = trail.record(
+        DEPLOYMENT_CHAIN_ID, IamEventType.CHECKPOINT_KEY_ADDED, actor=SYSTEM_ACTOR, target=kid,
+        before={"kid": previous},
+        after={"kid": kid, "public_key": base64.b64encode(public).decode("ascii"), "algorithm": "ECDSA_SHA_256",
+               "signed_by": previous},
+        request_id=request_id,
+    )
+    message = checkpoint_message(DEPLOYMENT_CHAIN_ID, event.seq, event.hash, at)
+    signature = keys.sign_checkpoint(message) if previous == keys.checkpoint_key_id() else \
+        keys.sign_checkpoint_with(previous, message)
+    checkpoints.put_checkpoint(ChainCheckpoint(
+        chain_id=DEPLOYMENT_CHAIN_ID, size=event.seq, head_hash=event.hash, time=at, key_id=previous,
+        signature=base64.b64encode(signature).decode("ascii"),
+    ))
+    _save_to(store, CHECKPOINT_RING_SETTING, SigningKeyRing(
+        (SigningKey(kid=kid, created_at=at), replace(ring.current, retired_at=at), *ring.keys[1:])))
+    log.info("IAM checkpoint key rotated: %s signs now; %s stays trusted for the checkpoints it signed", kid, previous)
+    return kid
+
+
+def _save_to(store: SettingsStore, setting: str, ring: SigningKeyRing) -> None:
+    store.put_setting(setting, ring.to_json())

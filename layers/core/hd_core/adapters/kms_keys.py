@@ -31,6 +31,9 @@ from hd_core.ports import DataKey, JwtPublicKey
 _JWT_ALGORITHM = "RSASSA_PKCS1_V1_5_SHA_256"
 _CHECKPOINT_ALGORITHM = "ECDSA_SHA_256"
 _MAX_RAW_MESSAGE_BYTES = 4096  # KMS signs at most this much with MessageType RAW
+# hd_core.signing_keys.PURPOSE_TAG / CHECKPOINT_KEY_PURPOSE (adapters do not import the domain's rotation module).
+PURPOSE_TAG = "hd:purpose"
+CHECKPOINT_KEY_PURPOSE = "checkpoint-signing"
 
 # What an operator should look at, per KMS error code.
 KMS_ERROR_ADVICE = {
@@ -164,6 +167,30 @@ class KmsKeyProvider:
                 f"KMS key {kid} should be deleted by now but is {metadata.get('KeyState')}: its deletion was "
                 "cancelled; schedule it again or find out who cancelled it"
             )
+
+    # --- checkpoint keys by kid (hd_core.signing_keys rotates them) -------------------------------------
+
+    def create_checkpoint_key(self) -> str:
+        """A new ECC_NIST_P256 SIGN_VERIFY key, tagged like the JWT keys but for checkpoints; its key id."""
+        tags = {**self._new_key_tags, **({PURPOSE_TAG: CHECKPOINT_KEY_PURPOSE} if self._new_key_tags else {})}
+        response = self._call(
+            "CreateKey", "(new)",
+            lambda: self._kms.create_key(
+                KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY",
+                Description="Hardened Duck: signs IAM checkpoints (ES256), made by the scheduled rotation",
+                Tags=[{"TagKey": name, "TagValue": value} for name, value in sorted(tags.items())],
+            ),
+        )
+        key_id: str = response["KeyMetadata"]["KeyId"]
+        return key_id
+
+    def checkpoint_public_key(self, kid: str) -> bytes:
+        """The DER public key of the checkpoint key `kid` (fetched once per key)."""
+        return self._public_key_der(kid)
+
+    def sign_checkpoint_with(self, kid: str, message: bytes) -> bytes:
+        """ECDSA P-256 / SHA-256 DER signature made by KMS with the checkpoint key `kid`."""
+        return self._sign(kid, message, _CHECKPOINT_ALGORITHM)
 
     def _describe(self, kid: str) -> dict[str, Any]:
         metadata: dict[str, Any] = self._call("DescribeKey", kid, lambda: self._kms.describe_key(KeyId=kid))[

@@ -52,8 +52,10 @@ _DATA_KEY_BYTES = 32
 _NONCE_BYTES = 12
 _CIPHERTEXT_VERSION = b"\x01"
 _JWT_DIR = "jwt"  # rotated-in JWT keys, one file each, beside the key file
-_JWT_FILE_WARNING = "DEV ONLY: a JWT signing key not protected by KMS. Do not copy this file anywhere."
+_JWT_FILE_WARNING = "DEV ONLY: a signing key not protected by KMS. Do not copy this file anywhere."
 _LOCAL_JWT_KID = re.compile(r"local-jwt-[0-9a-f]{24}")
+_CHECKPOINT_DIR = "checkpoint"  # rotated-in checkpoint keys, one file each
+_LOCAL_CHECKPOINT_KID = re.compile(r"local-checkpoint-[0-9a-f]{24}")
 _DEV_WARNING = (
     "DEV ONLY: signing and data-key master keys are in the local file %s, not in KMS; "
     "never use this key file for a shared or production deployment"
@@ -168,6 +170,45 @@ class LocalKeyFile:
         with self._lock:
             self._jwt_files.pop(kid, None)
         log.info("local JWT signing key %s deleted", kid)
+
+    # --- checkpoint keys by kid (hd_core.signing_keys rotates them) -------------------------------------
+
+    def create_checkpoint_key(self) -> str:
+        """A new ECDSA P-256 key in a file of its own under `checkpoint/` (never rewriting a key file); its kid."""
+        self._keys()
+        key = ec.generate_private_key(ec.SECP256R1())
+        kid = _key_id("local-checkpoint", key.public_key())
+        document: dict[str, object] = {"format": _FORMAT, "warning": _JWT_FILE_WARNING, "kid": kid,
+                                       "private_pem": _private_pem(key)}
+        self._publish_new(self._path.parent / _CHECKPOINT_DIR / f"{kid}.json", document)
+        log.info("local checkpoint signing key %s created", kid)
+        return kid
+
+    def checkpoint_public_key(self, kid: str) -> bytes:
+        """The DER public key of the checkpoint key `kid`."""
+        return self._checkpoint_private(kid).public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def sign_checkpoint_with(self, kid: str, message: bytes) -> bytes:
+        """ECDSA P-256 / SHA-256 DER signature with the checkpoint key `kid`."""
+        return self._checkpoint_private(kid).sign(message, ec.ECDSA(hashes.SHA256()))
+
+    def _checkpoint_private(self, kid: str) -> ec.EllipticCurvePrivateKey:
+        keys = self._keys()
+        if kid == keys.checkpoint_kid:
+            return keys.checkpoint_key
+        if not isinstance(kid, str) or not _LOCAL_CHECKPOINT_KID.fullmatch(kid):
+            raise KeyUnavailable(f"{kid!r} is not a local checkpoint key id")
+        path = self._path.parent / _CHECKPOINT_DIR / f"{kid}.json"
+        try:
+            key = _load_private_key(json.loads(path.read_bytes())["private_pem"])
+        except FileNotFoundError:
+            raise KeyUnavailable(f"checkpoint key {kid} is not in {path.parent}") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise KeyUnavailable(f"checkpoint key file of {kid} is damaged ({exc})") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or _key_id("local-checkpoint", key.public_key()) != kid:
+            raise KeyUnavailable(f"the checkpoint key file named {kid} holds another key")
+        return key
 
     @property
     def _jwt_dir(self) -> Path:
