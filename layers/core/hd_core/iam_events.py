@@ -61,6 +61,8 @@ class IamEventType(StrEnum):
     # Webhook endpoints (issue 19); their secrets are never part of the event
     WEBHOOK_CREATED = "webhook.created"
     WEBHOOK_DELETED = "webhook.deleted"
+    # An auditor exported a window of query audit records (issue 22): who, which environment, range and filters
+    AUDIT_EXPORTED = "audit.exported"
     # Engine host lifecycle (the termination wipe hook)
     INSTANCE_WIPED = "instance.wiped"
     INSTANCE_WIPE_FAILED = "instance.wipe_failed"

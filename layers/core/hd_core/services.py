@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from hd_core.api_keys import ApiKeyAuthenticator, ApiKeyHasher
+from hd_core.audit_export import AuditExportStore
 from hd_core.auth_throttle import AuthThrottle
 from hd_core.bootstrap import ensure_pepper
 from hd_core.control_settings import ControlApiSettings
@@ -57,6 +58,8 @@ class ControlServices:
     auth_throttle: AuthThrottle  # brute-force limits of logins; the API key authenticator holds the same one
     # The first answers of retried creates, opened on first use: engine hosts assemble these services too.
     idempotency: Callable[[], BasePersistenceLayer]
+    # Where audit exports go (beside the query audit); None where this process serves no exports.
+    audit_exports: AuditExportStore | None = None
 
 
 def assemble_services(
@@ -69,6 +72,7 @@ def assemble_services(
     api_keys: ApiKeyAuthenticator | None = None,
     idempotency: BasePersistenceLayer | None = None,
     now: Callable[[], datetime] = utc_now,
+    audit_exports: AuditExportStore | None = None,
 ) -> ControlServices:
     """Wire the domain objects around already-chosen adapters (shared by Lambda and `hd dev`).
 
@@ -118,6 +122,7 @@ def assemble_services(
         auth_throttle=throttle,
         idempotency=(lambda: idempotency) if idempotency is not None else functools.cache(
             functools.partial(idempotency_records_for, store)),
+        audit_exports=audit_exports,
     )
 
 
@@ -148,6 +153,7 @@ def build_services(config: ControlApiSettings) -> ControlServices:
 
 def _build_local_services(config: ControlApiSettings) -> ControlServices:
     from hd_core.adapters.local_audit import LocalFolderAuditArchive
+    from hd_core.adapters.local_audit_exports import LocalFolderAuditExports
     from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
     from hd_core.adapters.local_keys import LocalKeyFile
     from hd_core.adapters.sqlite_store import SqliteControlStore
@@ -158,6 +164,7 @@ def _build_local_services(config: ControlApiSettings) -> ControlServices:
         keys=LocalKeyFile(config.local_key_file),
         checkpoints=LocalFolderCheckpointStore(config.audit_dir),
         query_audit=LocalFolderAuditArchive(config.audit_dir),
+        audit_exports=LocalFolderAuditExports(config.audit_dir),
     )
 
 
@@ -168,6 +175,7 @@ def _build_aws_services(config: ControlApiSettings) -> ControlServices:
     from hd_core.adapters.dynamodb_store import DynamoDbControlStore
     from hd_core.adapters.kms_keys import KmsKeyProvider
     from hd_core.adapters.s3_audit import S3AuditArchive
+    from hd_core.adapters.s3_audit_exports import S3AuditExports
     from hd_core.adapters.s3_checkpoints import S3CheckpointStore
 
     if config.store != "dynamodb" or config.keys != "kms" or config.audit != "s3":
@@ -185,6 +193,7 @@ def _build_aws_services(config: ControlApiSettings) -> ControlServices:
         ),
         checkpoints=S3CheckpointStore(s3, config.audit_bucket),
         query_audit=S3AuditArchive(s3, config.audit_bucket),
+        audit_exports=S3AuditExports(s3, config.audit_bucket),
     )
 
 
