@@ -56,9 +56,10 @@ CACHE_DEVICE: Final = "/dev/nvme1n1"  # the r6id NVMe instance store: encrypted 
 ROOT_VOLUME_GIB: Final = 30
 ENGINE_INSTALL_DIR: Final = "/opt/hardened-duck"
 WIPE_LIFECYCLE_HOOK_NAME: Final = "hd-cache-wipe"
-# Long enough for one SSM erase (120 s command timeout + polling); the wipe Lambda heartbeats it meanwhile.
+# Long enough for one SSM drain and erase (the command timeout below + polling); the wipe Lambda heartbeats it.
 WIPE_HEARTBEAT_TIMEOUT_SECONDS: Final = 300
-WIPE_COMMAND_TIMEOUT_SECONDS: Final = 120
+# The erase command first stops the engine (its drain: up to ENGINE_STOP_TIMEOUT_SECONDS), then erases.
+WIPE_COMMAND_TIMEOUT_SECONDS: Final = 210
 WIPE_RETRY_ATTEMPTS: Final = 2
 METRICS_NAMESPACE: Final = "HardenedDuck"  # functions/shared/lambda_entry.py METRICS_NAMESPACE
 ALARM_PERIOD_MINUTES: Final = 5
@@ -103,3 +104,21 @@ CONTEXT_SHADOW_ENGINE_CA_FILE: Final = "hd:shadowEngineCaFile"
 # Secrets Manager names successor API keys are written to (hd/keys/<org_id>/..., checked by hd_core.key_admin).
 KEY_SECRET_PREFIX: Final = "hd/keys/"  # noqa: S105 - a name prefix, not a secret
 WEBHOOK_SWEEP_MINUTES: Final = 5  # the delivery Lambda re-enqueues due deliveries this often
+
+# --- the deployed fleet (issue 21; engine_fleet.py, monitoring.py, perimeter.py) ----------------------------
+ENGINE_METRICS_NAMESPACE: Final = "HardenedDuck/Engine"  # engine_host/ops/cloudwatch.py ENGINE_NAMESPACE
+CPU_TARGET_PERCENT: Final = 60  # target tracking on the group's average CPU
+# Target tracking on the engines' ActiveConnections (average per host): the tier's concurrent statements
+# (engine_host/boot/sizing.py), so the fleet grows before sessions outnumber what one host runs at once.
+TIER_CONNECTIONS_TARGET: Final[dict[str, int]] = {"starter": 25, "standard": 50, "performance": 100,
+                                                  "high_memory": 200}
+SCALE_IN_COOLDOWN_SECONDS: Final = 600  # hosts warm their cache for minutes: do not give them back quickly
+DRAIN_GRACE_SECONDS: Final = 90  # EngineConfig.drain_grace_seconds: running statements' time to finish
+# systemd's stop timeout for hd-engine: the drain grace, then the interrupt and the audit flush.
+ENGINE_STOP_TIMEOUT_SECONDS: Final = DRAIN_GRACE_SECONDS + 60
+CERTIFICATE_ALARM_DAYS: Final = 30  # alarm this long before the served TLS certificate expires
+# Spot for non-production (seed 003: dev and staging): context hd:spot=true, allowed only with hd:environment
+# naming a non-production environment; production stays on-demand.
+CONTEXT_SPOT: Final = "hd:spot"
+CONTEXT_ENVIRONMENT: Final = "hd:environment"
+NON_PRODUCTION_ENVIRONMENTS: Final = frozenset({"dev", "development", "staging", "test", "sandbox"})

@@ -12,6 +12,10 @@ Security decisions, all visible here:
   `sslmode=verify-full` works against the name agents use. The endpoint service requires acceptance
   and admits only the allowed principals.
 - A termination lifecycle hook holds every instance until the wipe hook has erased its NVMe cache.
+- Scaling (issue 21): target tracking on CPU and on the engines' own ActiveConnections metric; each host keeps
+  itself protected from scale-in while it holds sessions and drains on a termination or Spot interruption notice
+  (engine_host/runtime/fleet_lifecycle.py). The role may put metrics only into the engine namespace and set
+  protection only on its own group. Spot only for non-production, behind a context flag.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from aws_cdk import (
     Token,
 )
 from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
@@ -64,6 +69,8 @@ ENGINE_ROLE_ACTIONS: Final[frozenset[str]] = frozenset({
     "secretsmanager:GetSecretValue",  # its TLS certificate and key (the one secret named in the config)
     "execute-api:Invoke",  # POST /v1/fleet/heartbeat, nothing else
     "s3:GetBucketLocation", "dynamodb:DescribeTable",  # the region pin: both buckets and the table, at every start
+    "cloudwatch:PutMetricData",  # fleet totals for scaling and alarms, only into the engine namespace
+    "autoscaling:SetInstanceProtection",  # scale-in protection while holding sessions, its own group only
 })
 # AWS's managed policy for Run Command, which the wipe hook uses to erase the cache at termination.
 SSM_MANAGED_INSTANCE_CORE: Final = "AmazonSSMManagedInstanceCore"
@@ -130,7 +137,7 @@ class EngineFleet(Construct):
                 org_id=org_id, vpc=vpc, engine_sg=engine_sg, data_key=data_key, data_bucket=data_bucket,
                 audit_bucket=audit_bucket, table=table, signing_key=signing_key, checkpoint_key=checkpoint_key,
                 control_api_url=control_api_url, jwt_issuer=jwt_issuer, jwt_audience=jwt_audience,
-                tls_secret_arn=tls_secret_arn,
+                tls_secret_arn=tls_secret_arn, auto_scaling_group_name=auto_scaling_group_name,
             )),
             tier=ssm.ParameterTier.STANDARD,
         )
@@ -167,11 +174,12 @@ class EngineFleet(Construct):
             )],
             user_data=engine_user_data(self.config_parameter.parameter_name, package.s3_object_url, stack.region),
         )
+        self.spot = spot_requested(self)
         self.asg = autoscaling.AutoScalingGroup(
             self, "Fleet",
             vpc=vpc,
             vpc_subnets=subnets,
-            launch_template=self.launch_template,
+            **_capacity(self.launch_template, spot=self.spot),
             auto_scaling_group_name=auto_scaling_group_name,
             min_capacity=min_capacity,
             max_capacity=max_capacity,
@@ -192,6 +200,7 @@ class EngineFleet(Construct):
             notification_metadata=stack.to_json_string(
                 {"heartbeat_timeout_seconds": c.WIPE_HEARTBEAT_TIMEOUT_SECONDS}),
         )
+        self._scaling(tier)
         self._load_balancer(vpc, subnets, engine_sg, client_peers, access_logs_bucket)
         self.endpoint_service = ec2.CfnVPCEndpointService(
             self, "EndpointService",
@@ -204,6 +213,35 @@ class EngineFleet(Construct):
             allowed_principals=list(allowed_principals),
         )
         self._acknowledge_findings(self.wildcard_resources)
+        for resource, why in zip(self._scaling_wildcards, (
+                "cloudwatch:PutMetricData has no resource-level permissions; the cloudwatch:namespace condition "
+                "limits the host to the HardenedDuck/Engine namespace (fleet totals for scaling and alarms)",
+                "the group's ARN carries a random id unknown until it exists: the name pins the host's own group, "
+                "where it sets scale-in protection on itself while it holds sessions"), strict=True):
+            acknowledge(self.instance_policy, f"AwsSolutions-IAM5[Resource::{nag_resource(self, resource)}]", why)
+
+    def _scaling(self, tier: str) -> None:
+        """Target tracking on CPU and on active connections per host; the hosts' own grants to take part."""
+        group = self.asg.auto_scaling_group_name
+        self.connections_metric = cloudwatch.Metric(
+            namespace=c.ENGINE_METRICS_NAMESPACE, metric_name="ActiveConnections", statistic="Average",
+            dimensions_map={"AutoScalingGroupName": group}, period=Duration.minutes(1))
+        cooldown = Duration.seconds(c.SCALE_IN_COOLDOWN_SECONDS)
+        self.cpu_scaling = self.asg.scale_on_cpu_utilization(
+            "CpuTarget", target_utilization_percent=c.CPU_TARGET_PERCENT, cooldown=cooldown)
+        self.connections_scaling = self.asg.scale_to_track_metric(
+            "ConnectionsTarget", metric=self.connections_metric, target_value=connections_target_for(self, tier),
+            cooldown=cooldown)
+        stack = Stack.of(self)
+        own_group = (f"arn:{stack.partition}:autoscaling:{stack.region}:{stack.account}:autoScalingGroup:*:"
+                     f"autoScalingGroupName/{group}")
+        self.instance_policy.add_statements(
+            # PutMetricData has no resource-level permissions: the namespace condition is the fence.
+            iam.PolicyStatement(actions=["cloudwatch:PutMetricData"], resources=["*"],
+                                conditions={"StringEquals": {"cloudwatch:namespace": c.ENGINE_METRICS_NAMESPACE}}),
+            _allow(["autoscaling:SetInstanceProtection"], [own_group]),
+        )
+        self._scaling_wildcards = ("*", own_group)
 
     def _instance_role(
         self, *, data_bucket: s3.IBucket, audit_bucket: s3.IBucket, table: dynamodb.ITable, data_key: kms.IKey,
@@ -311,7 +349,8 @@ class EngineFleet(Construct):
         for resource in wildcard_resources:
             acknowledge(self.instance_policy, f"AwsSolutions-IAM5[Resource::{nag_resource(self, resource)}]",
                         "object keys under one bucket prefix or the table's own indexes: the engine reads any "
-                        "table file in the data bucket, writes one audit/queries/ object per batch (and reads its own latest), "
+                        "table file in the data bucket, writes one audit/queries/ object per batch (and reads its "
+                        "own latest), "
                         "writes its query chain checkpoints under audit/query-checkpoints/ and queries GSI1")
         acknowledge(self.asg, "AwsSolutions-AS3",
                     "every termination already raises an EventBridge lifecycle event that the wipe hook handles and "
@@ -362,6 +401,48 @@ def instance_type_for(scope: Construct, tier: str) -> str:
     return chosen
 
 
+def connections_target_for(scope: Construct, tier: str) -> float:
+    """Active connections per host that target tracking aims at: the tier's concurrent statements."""
+    if not Token.is_unresolved(tier):
+        return float(c.TIER_CONNECTIONS_TARGET[tier])
+    *choices, (_, last) = c.TIER_CONNECTIONS_TARGET.items()
+    chosen: Any = last
+    for name, target in reversed(choices):
+        # The conditions instance_type_for made for the same parameter (Tier-<name>); numbers, not strings, in
+        # each branch, so TargetValue is a number as CloudFormation's schema says.
+        condition = scope.node.try_find_child(f"Tier-{name}")
+        assert isinstance(condition, CfnCondition), "instance_type_for(scope, tier) must run first"
+        chosen = Fn.condition_if(condition.logical_id, target, chosen)
+    return Token.as_number(chosen)
+
+
+def spot_requested(scope: Construct) -> bool:
+    """Context `hd:spot`: Spot capacity, refused unless `hd:environment` names a non-production environment."""
+    if str(scope.node.try_get_context(c.CONTEXT_SPOT) or "false").lower() != "true":
+        return False
+    environment = str(scope.node.try_get_context(c.CONTEXT_ENVIRONMENT) or "")
+    if environment not in c.NON_PRODUCTION_ENVIRONMENTS:
+        raise ValueError(
+            f"context {c.CONTEXT_SPOT}=true needs {c.CONTEXT_ENVIRONMENT} set to a non-production environment "
+            f"({', '.join(sorted(c.NON_PRODUCTION_ENVIRONMENTS))}), got {environment!r}: production stays on-demand")
+    return True
+
+
+def _capacity(launch_template: ec2.LaunchTemplate, *, spot: bool) -> dict[str, Any]:
+    """How the group gets instances: on-demand from the launch template, or Spot only (interruptions drain)."""
+    if not spot:
+        return {"launch_template": launch_template}
+    return {
+        "mixed_instances_policy": autoscaling.MixedInstancesPolicy(
+            launch_template=launch_template,
+            instances_distribution=autoscaling.InstancesDistribution(
+                on_demand_base_capacity=0, on_demand_percentage_above_base_capacity=0,
+                spot_allocation_strategy=autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED)),
+        # Replace a host EC2 says is at elevated risk before its interruption notice arrives.
+        "capacity_rebalance": True,
+    }
+
+
 def _allow(actions: list[str], resources: list[str]) -> iam.PolicyStatement:
     return iam.PolicyStatement(effect=iam.Effect.ALLOW, actions=actions, resources=resources)
 
@@ -370,6 +451,7 @@ def _engine_config(
     *, org_id: str, vpc: ec2.IVpc, engine_sg: ec2.ISecurityGroup, data_key: kms.IKey, data_bucket: s3.IBucket,
     audit_bucket: s3.IBucket, table: dynamodb.ITable, signing_key: kms.IKey, checkpoint_key: kms.IKey,
     control_api_url: str, jwt_issuer: str | None, jwt_audience: str | None, tls_secret_arn: str,
+    auto_scaling_group_name: str | None = None,
 ) -> dict[str, Any]:
     """The `EngineConfig` (engine_host/boot/config.py) of every host, as CloudFormation tokens."""
     config: dict[str, Any] = {
@@ -389,7 +471,12 @@ def _engine_config(
         "listen_port": c.PGWIRE_PORT,
         "metrics_port": c.METRICS_PORT,
         "tls_secret_arn": tls_secret_arn,
+        "drain_grace_seconds": c.DRAIN_GRACE_SECONDS,
     }
+    # Only a fixed name: a reference to the group would make the configuration depend on the group, whose
+    # launch template names the configuration (a cycle).
+    if auto_scaling_group_name is not None:
+        config["auto_scaling_group_name"] = auto_scaling_group_name
     if jwt_issuer is not None:
         config["jwt_issuer"] = jwt_issuer
     if jwt_audience is not None:
@@ -453,7 +540,7 @@ def engine_user_data(config_parameter: str, package_url: str, region: str) -> ec
         "Requires=hd-engine-boot.service\nAfter=hd-engine-boot.service\n"
         f"[Service]\nExecStart={hd} engine serve {args}\nRestart=on-failure\nRestartSec=5\n"
         "NoNewPrivileges=yes\nProtectSystem=strict\nReadWritePaths=/var/lib/hd\nPrivateTmp=yes\n"
-        "ProtectHome=yes\nTimeoutStopSec=120\n"
+        f"ProtectHome=yes\nTimeoutStopSec={c.ENGINE_STOP_TIMEOUT_SECONDS}\n"
         "[Install]\nWantedBy=multi-user.target\nUNIT",
         "systemctl daemon-reload",
         "systemctl enable --now hd-engine-boot.service hd-engine.service",

@@ -3,16 +3,20 @@
 What exists where (no alarm pretends to watch a metric CloudWatch never receives):
 - CloudWatch alarms (this construct): control API latency (p99) and 5xx rate, errors of every control-plane
   Lambda, engine hosts failing their NLB health check (/readyz) and no healthy host at all, TLS handshakes
-  the NLB could not complete with clients. The wipe hook's alarms live in wipe_hook.py.
+  the NLB could not complete with clients, dead letters of the control API; and, from the fleet totals the
+  hosts publish (engine_host/ops/cloudwatch.py, namespace HardenedDuck/Engine, no organisation id): engine error
+  rate, p99 statement latency, cache hit ratio, quota exhaustion, heartbeat grace entered, audit write failures
+  and the served certificate's expiry 30 days ahead. The wipe hook's (wipe failed, its DLQ) and the webhook
+  queue's alarms live next to them (wipe_hook.py, lifecycle.py), on the same topic.
 - Prometheus (the engine's own metrics on port 9090, scraped from inside the VPC by the customer's
-  Prometheus with `PROMETHEUS_SCRAPE_CONFIG`): statement latency, cache saturation, quota utilisation and the
-  heartbeat gate, alerted on by `PROMETHEUS_ALERT_RULES`. The hosts publish nothing to CloudWatch themselves:
-  their role has no cloudwatch:PutMetricData (seed 6.2), and the metrics carry organisation ids.
+  Prometheus with `PROMETHEUS_SCRAPE_CONFIG`): the same conditions per host and organisation, alerted on by
+  `deploy/prometheus-rules.yml` (`PROMETHEUS_ALERT_RULES`), which `promtool check rules` accepts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Final
 
 from aws_cdk import Aws, Duration
@@ -25,12 +29,16 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from hd_cdk import constants as c
 
 API_LATENCY_P99_MS: Final = 3000  # a control-API call (auth, policy change) slower than this is broken
 API_5XX_RATE: Final = 0.01  # 1% of requests
+ENGINE_ERROR_RATE: Final = 0.05  # 5% of statements failed (denials are policy working, not errors)
+ENGINE_P99_SECONDS: Final = 30
+CACHE_HIT_RATIO_MIN: Final = 0.5
 _PERIOD: Final = Duration.minutes(c.ALARM_PERIOD_MINUTES)
 _AT_LEAST: Final = cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
 
@@ -57,31 +65,9 @@ scrape_configs:
         target_label: instance_id
 """
 
-PROMETHEUS_ALERT_RULES: Final = """\
-groups:
-  - name: hardened-duck-engine
-    rules:
-      - alert: HardenedDuckCacheSaturated
-        expr: max by (instance_id) (hd_cache_saturation_ratio) > 0.9
-        for: 15m
-        annotations:
-          summary: "NVMe cache above 90% of capacity: evictions will rise; move to a larger tier"
-      - alert: HardenedDuckQuotaNearlyUsed
-        expr: max by (org_id) (hd_quota_utilisation_ratio) > 0.9
-        for: 5m
-        annotations:
-          summary: "An organisation has used 90% of its monthly credits"
-      - alert: HardenedDuckStatementLatencyHigh
-        expr: histogram_quantile(0.99, sum by (le) (rate(hd_statement_duration_seconds_bucket[5m]))) > 30
-        for: 10m
-        annotations:
-          summary: "p99 statement time above 30 s across the fleet"
-      - alert: HardenedDuckHeartbeatNotServing
-        expr: max by (instance_id) (hd_heartbeat_state{state!="serving"}) == 1
-        for: 5m
-        annotations:
-          summary: "A host is in its heartbeat grace period or refusing new connections"
-"""
+# The rules file ships in deploy/ (what a customer's Prometheus loads); this is its text, for tooling and tests.
+PROMETHEUS_RULES_FILE: Final = Path(__file__).resolve().parents[2] / "deploy" / "prometheus-rules.yml"
+PROMETHEUS_ALERT_RULES: Final = PROMETHEUS_RULES_FILE.read_text(encoding="utf-8")
 
 
 class Monitoring(Construct):
@@ -104,6 +90,7 @@ class Monitoring(Construct):
         notification_key: kms.IKey,
         alarm_topic: sns.ITopic | None = None,
         extra_metrics: Mapping[str, cloudwatch.IMetric] | None = None,
+        dead_letter_queues: Mapping[str, sqs.IQueue] | None = None,
     ) -> None:
         """`functions` maps a short name (e.g. "auth") to each control-plane Lambda; `alarm_topic` is shared with
         the wipe hook when given, else created here; `extra_metrics` adds graphs (the wipe hook's WipeFailed)."""
@@ -141,7 +128,40 @@ class Monitoring(Construct):
         client_tls = nlb.metrics.custom("ClientTLSNegotiationErrorCount", period=_PERIOD, statistic="Sum")
         self._alarm("ClientTlsFailures", client_tls, 10,
                     "Clients failing the TLS 1.3 handshake (old drivers, or sslmode without direct TLS)", periods=1)
+        for name, queue in sorted((dead_letter_queues or {}).items()):
+            self._alarm(f"DeadLetters-{name}", queue.metric_approximate_number_of_messages_visible(
+                period=_PERIOD, statistic="Maximum"), 1, f"{name}: messages in the dead-letter queue", periods=1)
+        self.engine = _EngineMetrics(asg.auto_scaling_group_name)
+        self._engine_alarms(self.engine)
         self.dashboard = self._dashboard(api_metrics, functions, target_group, nlb, asg, extra_metrics or {})
+
+    def _engine_alarms(self, engine: _EngineMetrics) -> None:
+        """The seeds' engine alarms, on the fleet totals the hosts publish (engine_host/ops/cloudwatch.py)."""
+        error_rate = cloudwatch.MathExpression(
+            expression="IF(statements > 0, errors / statements, 0)", period=_PERIOD, label="Engine error rate",
+            using_metrics={"errors": engine.metric("StatementErrors", "Sum"),
+                           "statements": engine.metric("Statements", "Sum")})
+        self._alarm("EngineErrorRate", error_rate, ENGINE_ERROR_RATE,
+                    "More than 5% of statements failed across the fleet for 15 minutes", periods=3)
+        self._alarm("EngineLatencyP99", engine.metric("StatementLatency", "p99"), ENGINE_P99_SECONDS,
+                    "p99 statement time above 30 s across the fleet for 15 minutes", periods=3)
+        hit_ratio = cloudwatch.MathExpression(
+            expression="IF(hits + misses > 0, hits / (hits + misses), 1)", period=_PERIOD, label="Cache hit ratio",
+            using_metrics={"hits": engine.metric("CacheHits", "Sum"), "misses": engine.metric("CacheMisses", "Sum")})
+        self._alarm("EngineCacheHitRatio", hit_ratio, CACHE_HIT_RATIO_MIN,
+                    "Fewer than half of cache lookups served locally for 30 minutes: the working set outgrows "
+                    "the tier", periods=6, comparison=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD)
+        self._alarm("EngineQuotaExhausted", engine.metric("QuotaDenials", "Sum"), 1,
+                    "Statements refused because an organisation's quota is used up", periods=1)
+        self._alarm("EngineHeartbeatGrace", engine.metric("HeartbeatGrace", "Maximum"), 1,
+                    "An engine host lost its control-plane heartbeat: it serves on its grace period, then refuses",
+                    periods=1)
+        self._alarm("EngineAuditWriteFailures", engine.metric("AuditWriteFailures", "Sum"), 1,
+                    "Audit records could not be stored (each failed its statement)", periods=1)
+        self._alarm("EngineCertificateExpiry", engine.metric("CertificateDaysToExpiry", "Minimum"),
+                    c.CERTIFICATE_ALARM_DAYS, f"The engine's TLS certificate expires within "
+                    f"{c.CERTIFICATE_ALARM_DAYS} days: rotate the TLS secret (hosts pick it up without a restart)",
+                    periods=1, comparison=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD)
 
     def _alarm(self, name: str, metric: cloudwatch.IMetric, threshold: float, description: str, *, periods: int,
                comparison: cloudwatch.ComparisonOperator = _AT_LEAST,
@@ -177,6 +197,16 @@ class Monitoring(Construct):
                 nlb.metrics.custom("ClientTLSNegotiationErrorCount", period=_PERIOD, statistic="Sum"),
                 nlb.metrics.custom("TargetTLSNegotiationErrorCount", period=_PERIOD, statistic="Sum")]),
         )
+        engine = self.engine
+        dashboard.add_widgets(
+            _graph("Engine sessions and statements (per host)", [engine.metric("ActiveConnections", "Average"),
+                                                                 engine.metric("StatementsInFlight", "Average")]),
+            _graph("Engine statements (fleet)", [engine.metric("Statements", "Sum"),
+                                                 engine.metric("StatementErrors", "Sum"),
+                                                 engine.metric("QuotaDenials", "Sum")]),
+            _graph("Engine statement latency (s)", [engine.metric("StatementLatency", "p50"),
+                                                    engine.metric("StatementLatency", "p99")]),
+        )
         if extra:
             dashboard.add_widgets(_graph("Operations", list(extra.values())))
         dashboard.add_widgets(cloudwatch.TextWidget(
@@ -186,6 +216,17 @@ class Monitoring(Construct):
                      "VPC; see the README's monitoring section for the scrape configuration and alert rules.",
         ))
         return dashboard
+
+
+class _EngineMetrics:
+    """The fleet totals engine hosts publish, for one Auto Scaling group."""
+
+    def __init__(self, group_name: str) -> None:
+        self._dimensions = {"AutoScalingGroupName": group_name}
+
+    def metric(self, name: str, statistic: str) -> cloudwatch.Metric:
+        return cloudwatch.Metric(namespace=c.ENGINE_METRICS_NAMESPACE, metric_name=name,
+                                 dimensions_map=self._dimensions, statistic=statistic, period=_PERIOD)
 
 
 class _ApiMetrics:

@@ -132,6 +132,7 @@ class HardenedDuckStack(Stack):
             self, "Lifecycle", control_api=self.control_api, queue_key=k.notifications,
             alarm_topic=self.wipe_hook.alarm_topic, signing_key=k.signing, token_verifiers=[self.fleet.role],
             rotation_checked_keys=[k.data, k.audit, k.control, k.logs, k.notifications],
+            iam_recorders=[self.wipe_hook.role, self.fleet.role],
         )
         self.wipe_hook.announce_on(self.lifecycle.queue)
         self.monitoring = Monitoring(
@@ -143,6 +144,7 @@ class HardenedDuckStack(Stack):
             extra_metrics={"WipeFailed": self.wipe_hook.wipe_failed_alarm.metric,
                            "ShadowReplayFailed": self.shadow.failed_alarm.metric,
                            "WebhookDeadLetters": self.lifecycle.alarms["WebhookDeadLetters"].metric},
+            dead_letter_queues={"control_api": self.control_api.dead_letter_queue},
         )
         self._perimeter()
         self._outputs()

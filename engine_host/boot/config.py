@@ -31,6 +31,7 @@ _TABLE = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 # Device-mapper names become /dev/mapper/<name>: no slashes, nothing a path or a shell could misread.
 _MAPPER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ORG_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ASG_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,255}$")
 _MAX_ERRORS_REPORTED = 5
 
 
@@ -111,6 +112,11 @@ class EngineConfig(BaseModel):
     # DuckDB's memory limit (None: half the instance's memory), where it spills (None: the cache
     # volume's duckdb-tmp), and the largest result and single value a statement may return (0: no cap).
     memory_limit_bytes: Annotated[int, Field(gt=0)] | None = None
+    # Concurrency; None: derived from the instance's vCPUs and memory (engine_host/boot/sizing.py, README table).
+    max_concurrent_statements: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    max_queued_statements: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    worker_threads: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    duckdb_threads: Annotated[int, Field(ge=1, le=1024)] | None = None
     temp_directory: AbsolutePath | None = None
     max_result_bytes: Annotated[int, Field(ge=0)] = 1 << 30
     max_value_bytes: Annotated[int, Field(ge=0)] = 256 << 20
@@ -130,6 +136,13 @@ class EngineConfig(BaseModel):
     # Shorter than the four-hour grace period, or one missed answer would already end service.
     heartbeat_interval_seconds: Annotated[int, Field(ge=1, lt=4 * 3600)] = 900
 
+    # The fleet's Auto Scaling group: the one dimension of the CloudWatch metrics the host publishes (scaling,
+    # alarms) and the group whose scale-in protection it sets while it holds sessions. None: neither.
+    auto_scaling_group_name: Annotated[str, _matching(_ASG_NAME, "an Auto Scaling group name")] | None = None
+    # How long a draining host (termination, Spot interruption, `systemctl stop`) lets running statements finish
+    # before interrupting them; the wipe hook's heartbeat timeout must exceed it.
+    drain_grace_seconds: Annotated[int, Field(ge=1, le=3600)] = 90
+
     listen_host: str = "0.0.0.0"  # noqa: S104 - the engine serves clients in the VPC; security groups fence it
     listen_port: Port = 5439
     metrics_host: str = "0.0.0.0"  # noqa: S104 - Prometheus scrapes from inside the VPC
@@ -148,6 +161,9 @@ class EngineConfig(BaseModel):
         # never sit beside the data it protects.
         if PurePosixPath(self.cache_key_file).is_relative_to(PurePosixPath(self.cache_mount)):
             raise ValueError("cache_key_file: must not be on the cache volume (cache_mount)")
+        if (self.worker_threads is not None and self.max_concurrent_statements is not None
+                and self.worker_threads < self.max_concurrent_statements):
+            raise ValueError("worker_threads: must be at least max_concurrent_statements")
         if self.listen_port == self.metrics_port:
             raise ValueError("metrics_port: must differ from listen_port")
         return self

@@ -110,6 +110,17 @@ class ImdsClient:
             security_group_ids=tuple(sorted(security_group_ids)),
         )
 
+    def read_optional(self, path: str) -> str | None:
+        """The text at metadata `path` (e.g. `/latest/meta-data/spot/instance-action`), None if it is absent
+        (404: no Spot interruption or lifecycle state to report); raises `ImdsUnavailable` otherwise."""
+        token = self._token()
+        try:
+            return self._request("GET", path, {TOKEN_HEADER: token}).strip()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise ImdsUnavailable(f"instance metadata GET {path} failed with HTTP {exc.code}") from None
+
     def _token(self) -> str:
         try:
             token = self._request("PUT", TOKEN_PATH, {TOKEN_TTL_HEADER: str(_TOKEN_TTL_SECONDS)})

@@ -77,6 +77,7 @@ GateReading = Callable[[], Mapping[str, float]]
 CacheReading = Callable[[], Mapping[str, float]]
 QuotaReading = Callable[[], Iterable[OrgQuotaUse]]
 HeartbeatReading = Callable[[], Mapping[str, object]]
+CertificateReading = Callable[[], datetime]
 
 
 def gate_reading(gate: ConcurrencyGate) -> GateReading:
@@ -185,6 +186,10 @@ class HostMetrics:
         """The heartbeat gate's status, e.g. `ServiceGate.status`."""
         self._readings.bind("heartbeat", fn)
 
+    def bind_certificate(self, fn: CertificateReading) -> None:
+        """When the served TLS certificate expires, e.g. `CertificateReloader.not_valid_after` (a property)."""
+        self._readings.bind("certificate", fn)
+
     # --- labels --------------------------------------------------------------------------------
 
     def _org_label(self, org_id: object) -> str:
@@ -224,7 +229,7 @@ class _Readings(Collector):
         self._now = now
         self._builders: dict[str, Callable[[object], Iterator[Metric]]] = {
             "sessions": self._sessions, "gate": self._gate, "cache": self._cache, "quota": self._quota,
-            "heartbeat": self._heartbeat,
+            "heartbeat": self._heartbeat, "certificate": self._certificate,
         }
 
     def bind(self, source: str, fn: Callable[[], object]) -> None:
@@ -311,6 +316,13 @@ class _Readings(Collector):
         if last_ok_at is not None:
             yield GaugeMetricFamily("hd_heartbeat_last_ok_timestamp_seconds", "When the control plane last "
                                     "answered positively (Unix time).", value=last_ok_at.timestamp())
+
+    @staticmethod
+    def _certificate(value: object) -> Iterator[Metric]:
+        if not isinstance(value, datetime):
+            raise TypeError("the certificate source must return the expiry as a datetime")
+        yield GaugeMetricFamily("hd_tls_certificate_expiry_timestamp_seconds", "When the TLS certificate served "
+                                "to new connections expires (Unix time).", value=value.timestamp())
 
 
 _CACHE_COUNTERS = {

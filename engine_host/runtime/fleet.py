@@ -10,7 +10,11 @@ account, VPC or security group refuses to serve even if its disk came along:
   database file (and so its spill directory) on that mount too, DuckDB allowed to read nothing else;
 - the heartbeat to the customer's own control plane (the only destination it reports to), driving
   the gate that refuses new connections once the 4-hour grace period is over;
-- Prometheus metrics, /healthz and /readyz on the metrics port.
+- Prometheus metrics, /healthz and /readyz on the metrics port; fleet totals to CloudWatch (scaling, alarms);
+- concurrency and memory sized from the instance (engine_host/boot/sizing.py) unless the configuration says;
+- a termination notice (scale-in, Spot interruption) drains the host; scale-in protection while it holds
+  sessions (engine_host/runtime/fleet_lifecycle.py);
+- a renewed certificate in the TLS secret is served to new connections without a restart.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import os
 import shutil
 import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +37,32 @@ from engine_host.boot.cli import KnownIdentity, load_engine_config, run_engine_c
 from engine_host.boot.config import EngineConfig
 from engine_host.boot.imds import ImdsClient, InstanceIdentity
 from engine_host.boot.region_pin import aws_region_lookup, check_region_pin
+from engine_host.boot.sizing import HostSizing, derive_sizing, this_machine
+from engine_host.boot.tls_material import install_tls_material
 from engine_host.data.cached_tables import CachedTables
 from engine_host.data.object_cache import ObjectCache
 from engine_host.data.table_sources import ObjectStoreTables
 from engine_host.engine.masking import ensure_mask_keys
 from engine_host.engine.memory import EngineMemory
+from engine_host.ops.cloudwatch import CloudWatchPublisher
 from engine_host.ops.health_server import HealthServer, heartbeat_check
 from engine_host.ops.metrics import HostMetrics
+from engine_host.pipeline.governor import HostLimits
+from engine_host.runtime.fleet_lifecycle import (
+    NOTICE_POLL_SECONDS,
+    NoticeWatcher,
+    ScaleInProtection,
+    termination_notice,
+)
 from engine_host.runtime.heartbeat_loop import ControlPlaneHeartbeat, HeartbeatChannel, HeartbeatLoop, host_report
 from engine_host.runtime.host import EngineHost, HostHooks, HostSettings
 from engine_host.wire.credentials import EngineCredentials
-from engine_host.wire.tls import TlsFilesUnusable, ensure_self_signed_certificate, server_ssl_context
+from engine_host.wire.tls import (
+    CertificateReloader,
+    TlsFilesUnusable,
+    ensure_self_signed_certificate,
+    server_ssl_context,
+)
 from hd_core.adapters.dynamodb_store import DynamoDbControlStore
 from hd_core.adapters.kms_keys import KmsKeyProvider
 from hd_core.adapters.s3_audit import S3AuditArchive, S3AuditSink
@@ -57,6 +77,8 @@ from hd_core.services import assemble_services
 log = logging.getLogger(__name__)
 
 HEARTBEAT_PATH = "/v1/fleet/heartbeat"
+# How often the host re-reads its TLS secret for a renewed certificate (rotation writes a new version).
+TLS_REFRESH_SECONDS = 600.0
 
 
 class CacheNotMounted(HdError):
@@ -78,13 +100,18 @@ class AwsClients:
     s3: Any
     kms: Any
     dynamodb: Any
+    cloudwatch: Any = None  # None: no CloudWatch metrics
+    autoscaling: Any = None  # None: no scale-in protection
+    secretsmanager: Any = None  # None: the TLS secret is not re-read for renewals
 
     @classmethod
     def for_region(cls, region: str) -> AwsClients:
         import boto3
 
         session = boto3.session.Session(region_name=region)
-        return cls(s3=session.client("s3"), kms=session.client("kms"), dynamodb=session.client("dynamodb"))
+        return cls(s3=session.client("s3"), kms=session.client("kms"), dynamodb=session.client("dynamodb"),
+                   cloudwatch=session.client("cloudwatch"), autoscaling=session.client("autoscaling"),
+                   secretsmanager=session.client("secretsmanager"))
 
 
 class FleetEngineHost:
@@ -92,17 +119,38 @@ class FleetEngineHost:
 
     def __init__(self, config: EngineConfig, identity: InstanceIdentity, clients: AwsClients, *,
                  heartbeat: HeartbeatChannel | None = None,
-                 cache_mounted: Callable[[Path], bool] = os.path.ismount) -> None:
-        """`heartbeat` replaces the SigV4 channel to `config.control_api_url` (tests use the in-process one)."""
+                 cache_mounted: Callable[[Path], bool] = os.path.ismount,
+                 notices: Callable[[], str | None] | None = None, machine: tuple[int, int] | None = None,
+                 tls_refresh_seconds: float = TLS_REFRESH_SECONDS,
+                 notice_poll_seconds: float = NOTICE_POLL_SECONDS) -> None:
+        """`heartbeat` replaces the SigV4 channel to `config.control_api_url` (tests use the in-process one);
+        `notices` reports a coming termination (default: none; `run_serve` passes the IMDS check); `machine` is
+        (vCPUs, memory bytes) to size from (default: this machine's)."""
         self.config = config
         self.identity = identity
         self.clients = clients
         self._heartbeat_channel = heartbeat
         self._cache_mounted = cache_mounted
+        self._notices = notices
+        self._tls_refresh_seconds = tls_refresh_seconds
+        self._notice_poll_seconds = notice_poll_seconds
+        vcpus, memory = machine or this_machine()
+        self.sizing: HostSizing = derive_sizing(
+            vcpus, memory, max_concurrent_statements=config.max_concurrent_statements,
+            max_queued_statements=config.max_queued_statements, worker_threads=config.worker_threads,
+            duckdb_threads=config.duckdb_threads, memory_limit_bytes=config.memory_limit_bytes)
         self.metrics = HostMetrics()
         self.engine: EngineHost | None = None
         self.heartbeat: HeartbeatLoop | None = None
         self.health: HealthServer | None = None
+        self.draining = False
+        self.drain_reason: str | None = None
+        self.drain_requested: asyncio.Event | None = None  # created on the serving loop by start()
+        self.certificate: CertificateReloader | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._background: list[Any] = []  # things with stop(): publisher, watchers
+        self._tls_stop = threading.Event()
+        self.protection: ScaleInProtection | None = None
 
     async def start(self) -> None:
         config, identity = self.config, self.identity
@@ -121,16 +169,27 @@ class FleetEngineHost:
         )
         credentials = EngineCredentials(control.api_keys, control.requests, on_failure=self.metrics.auth_failed)
         self.heartbeat = self._heartbeat_loop(store, state_dir)
+        self._loop = asyncio.get_running_loop()
+        self.drain_requested = asyncio.Event()
+        sizing = self.sizing
+        cert_file, key_file = self._tls_files(state_dir)
+        ssl_context = server_ssl_context(cert_file, key_file)
+        self.certificate = CertificateReloader(ssl_context, cert_file, key_file)
+        self.metrics.bind_certificate(lambda: self._served_certificate_expiry())
         self.engine = EngineHost(
             HostSettings(host=config.listen_host, port=config.listen_port, memory=EngineMemory(
-                memory_limit_bytes=config.memory_limit_bytes, temp_directory=config.temp_directory,
-                max_result_bytes=config.max_result_bytes, max_value_bytes=config.max_value_bytes)),
+                memory_limit_bytes=sizing.memory_limit_bytes, temp_directory=config.temp_directory,
+                max_result_bytes=config.max_result_bytes, max_value_bytes=config.max_value_bytes),
+                limits=HostLimits(max_concurrent_statements=sizing.max_concurrent_statements,
+                                  max_queued_statements=sizing.max_queued_statements),
+                shutdown_grace_seconds=float(config.drain_grace_seconds),
+                duckdb_threads=sizing.duckdb_threads, worker_threads=sizing.worker_threads),
             store=store, authenticate=credentials.authenticate,
             audit_sink=S3AuditSink(self.clients.s3, config.audit_bucket, host_id=identity.instance_id,
                                    checkpointer=QueryChainCheckpointer(S3CheckpointStore(
                                        self.clients.s3, config.audit_bucket, prefix=QUERY_CHECKPOINT_PREFIX), keys)),
             tables=self._table_source(), database_path=Path(config.cache_mount) / "engine.duckdb",
-            ssl_context=server_ssl_context(*self._tls_files(state_dir)), default_org_id=config.org_id,
+            ssl_context=ssl_context, default_org_id=config.org_id,
             mask_keys=lambda: ensure_mask_keys(store, keys),
             hooks=HostHooks(admission=self.heartbeat.gate.check_new_connection, metrics=self.metrics),
         )
@@ -139,13 +198,81 @@ class FleetEngineHost:
             "policy_snapshot": lambda: self.engine is not None and self.engine.ready,
             "cache_mounted": lambda: self._cache_mounted(config.cache_mount),
             "heartbeat": heartbeat_check(self.heartbeat.status),
+            # A draining host fails readiness, so the NLB stops sending it new connections.
+            "not_draining": lambda: not self.draining,
         })
         self.health.start()  # /healthz answers while the rest starts; /readyz says when it is ready
         self.heartbeat.start()
         await self.engine.start()
+        self._start_fleet_duties()
         log.info("engine host %s serving on %s:%s (metrics on %s:%s)", identity.instance_id, config.listen_host,
                  self.engine.server.port if self.engine.server else config.listen_port, config.metrics_host,
                  self.health.port)
+
+    def _start_fleet_duties(self) -> None:
+        """CloudWatch metrics, scale-in protection, termination notices and certificate refresh, as configured."""
+        config, clients = self.config, self.clients
+        group = config.auto_scaling_group_name
+        if group and clients.cloudwatch is not None:
+            publisher = CloudWatchPublisher(self.metrics.registry, clients.cloudwatch, auto_scaling_group=group)
+            publisher.start()
+            self._background.append(publisher)
+        if group and clients.autoscaling is not None:
+            server = self.engine.server if self.engine is not None else None
+            self.protection = ScaleInProtection(
+                clients.autoscaling, auto_scaling_group=group, instance_id=self.identity.instance_id,
+                sessions=lambda: server.connection_count if server is not None else 0)
+            self.protection.start()
+            self._background.append(self.protection)
+        if self._notices is not None:
+            watcher = NoticeWatcher(self._notices, self.request_drain, interval_seconds=self._notice_poll_seconds)
+            watcher.start()
+            self._background.append(watcher)
+        if config.tls_secret_arn is not None and clients.secretsmanager is not None:
+            thread = threading.Thread(target=self._refresh_certificate_forever, name="hd-tls-refresh", daemon=True)
+            thread.start()
+
+    def request_drain(self, reason: str) -> None:
+        """Begin the drain (any thread): fail /readyz, drop scale-in protection, then stop serving (`serve` waits
+        for it): no new connections, running statements get `drain_grace_seconds`."""
+        if self.draining:
+            return
+        self.draining, self.drain_reason = True, reason
+        log.warning("draining (%s): no new connections; running statements have %ss to finish", reason,
+                    self.config.drain_grace_seconds)
+        if self.protection is not None:
+            try:
+                self.protection.release()
+            except Exception:  # the drain goes on; Auto Scaling ends protection with the instance anyway
+                log.warning("could not release scale-in protection", exc_info=True)
+        if self._loop is not None and self.drain_requested is not None:
+            self._loop.call_soon_threadsafe(self.drain_requested.set)
+
+    def refresh_certificate(self) -> bool:
+        """Install the TLS secret's current version and serve it to new connections if it changed (any thread);
+        True when a renewed certificate is now served. A bad new version is logged and the old one kept."""
+        if self.certificate is None or self._loop is None:
+            return False
+        install_tls_material(self.config, self.clients.secretsmanager, log)
+        reloaded = asyncio.run_coroutine_threadsafe(self._reload_on_loop(), self._loop)
+        return reloaded.result(timeout=30)
+
+    async def _reload_on_loop(self) -> bool:
+        # On the loop: handshakes run here, so none sees the new certificate without its key.
+        assert self.certificate is not None
+        return self.certificate.reload_if_changed()
+
+    def _refresh_certificate_forever(self) -> None:
+        while not self._tls_stop.wait(self._tls_refresh_seconds):
+            try:
+                self.refresh_certificate()
+            except Exception:  # the current certificate stays; the expiry alarm speaks if this persists
+                log.warning("could not refresh the TLS certificate from %s", self.config.tls_secret_arn,
+                            exc_info=True)
+
+    def _served_certificate_expiry(self) -> Any:
+        assert self.certificate is not None
+        return self.certificate.not_valid_after
 
     def _heartbeat_loop(self, store: DynamoDbControlStore, state_dir: Path) -> HeartbeatLoop:
         config, identity = self.config, self.identity
@@ -185,6 +312,10 @@ class FleetEngineHost:
         return ensure_self_signed_certificate(state_dir / "tls")
 
     async def stop(self) -> None:
+        self._tls_stop.set()
+        for part in reversed(self._background):
+            part.stop()
+        self._background = []
         if self.engine is not None:
             await self.engine.stop()
             sink = self.engine.audit_sink
@@ -198,18 +329,25 @@ class FleetEngineHost:
             self.health = None
 
 
-async def serve_until_signalled(host: FleetEngineHost, announce: Callable[[str], None] = print) -> None:
-    """Run until SIGINT or SIGTERM (systemd's stop, or the ASG's termination), then shut down cleanly."""
+async def serve_until_signalled(host: FleetEngineHost, announce: Callable[[str], None] = print, *,
+                                handle_signals: bool = True) -> None:
+    """Run until SIGINT or SIGTERM (systemd's stop, which the wipe hook's erase document sends first) or a
+    termination notice, then drain and shut down cleanly. `handle_signals` False: a loop off the main thread."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM) if handle_signals else ():
         loop.add_signal_handler(sig, stop.set)
     try:
         await host.start()
         assert host.engine is not None and host.engine.server is not None and host.health is not None
+        assert host.drain_requested is not None
         announce(f"HD_READY port={host.engine.server.port} metrics_port={host.health.port}")
-        await stop.wait()
-        announce("shutting down: finishing in-flight statements")
+        signalled, drained = asyncio.create_task(stop.wait()), asyncio.create_task(host.drain_requested.wait())
+        await asyncio.wait({signalled, drained}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (signalled, drained):
+            task.cancel()
+        announce(f"draining ({host.drain_reason}): finishing in-flight statements" if host.draining
+                 else "shutting down: finishing in-flight statements")
     finally:
         await host.stop()
 
@@ -227,9 +365,15 @@ def run_serve(args: argparse.Namespace) -> int:
                                                    kms=clients.kms))
         # A key disabled or scheduled for deletion since boot stops the host at its next start (seed 002).
         require_usable_key(key_metadata)
-        asyncio.run(serve_until_signalled(FleetEngineHost(config, identity, clients), _announce))
+        notices = imds_notices(ImdsClient(args.imds_url))
+        asyncio.run(serve_until_signalled(FleetEngineHost(config, identity, clients, notices=notices), _announce))
 
     return run_engine_command("hd engine serve", steps)
+
+
+def imds_notices(imds: ImdsClient) -> Callable[[], str | None]:
+    """The termination-notice check of a fleet instance: Auto Scaling's lifecycle state and Spot's notice."""
+    return lambda: termination_notice(imds)
 
 
 def _announce(text: str) -> None:

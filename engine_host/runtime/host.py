@@ -58,6 +58,10 @@ class HostSettings:
     memory: EngineMemory = field(default_factory=EngineMemory)
     policy_poll_seconds: float = 1.0
     usage_flush_seconds: float = 5.0
+    # None: DuckDB's own default (every core) and PgServer's (the concurrency limit plus spare threads);
+    # a fleet host sets both from its size (engine_host/boot/sizing.py).
+    duckdb_threads: int | None = None
+    worker_threads: int | None = None
 
 
 @dataclass
@@ -106,7 +110,7 @@ class EngineHost:
         self.tracer = statement_tracer_from_environment()  # first: a bad HD_OTEL_ENDPOINT stops the start
         catalog = CatalogResponder()
         database = Database(self._database_path, allowed_directories=self.table_source.allowed_directories,
-                            memory=self.settings.memory)
+                            memory=self.settings.memory, threads=self.settings.duckdb_threads)
         mask_keys = self._mask_keys()
         database.open(setup=[self.table_source.register, catalog.install,
                              lambda con: install_mask_macros(con, mask_keys)])
@@ -134,6 +138,7 @@ class EngineHost:
             host=self.settings.host,
             port=self.settings.port,
             allow_plaintext=self.settings.allow_plaintext,
+            worker_threads=self.settings.worker_threads,
             admission=self._hooks.admission,
             limits=self.settings.connections,
         )

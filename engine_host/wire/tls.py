@@ -270,3 +270,43 @@ def _restrict_mode(path: Path, mode: int) -> None:
     if current & ~mode:
         log.warning("tightening permissions of %s from %o to %o", path, current, mode)
         path.chmod(mode)
+
+
+class CertificateReloader:
+    """Puts a renewed certificate into a live server context: new handshakes present it, no restart needed.
+
+    Connections already open keep the certificate they were made with (OpenSSL copies it into each connection
+    when the connection is created). A pair that fails the same checks as at startup (unparsable, key not
+    matching) is refused and the context keeps serving the previous one.
+    """
+
+    def __init__(self, context: ssl.SSLContext, cert: Path, key: Path) -> None:
+        self._context = context
+        self._cert = cert
+        self._key = key
+        self._loaded = cert.read_bytes()
+
+    @property
+    def not_valid_after(self) -> dt.datetime:
+        """When the certificate served now expires (UTC)."""
+        return x509.load_pem_x509_certificate(self._loaded).not_valid_after_utc
+
+    def reload_if_changed(self) -> bool:
+        """Load the files again if the certificate changed; True when a new one is now served.
+
+        Call it on the thread that runs the server's handshakes (the event loop), so no handshake sees a
+        certificate without its key. Raises TlsFilesUnusable (the old pair stays) for a pair that does not work.
+        """
+        current = self._cert.read_bytes()
+        if current == self._loaded:
+            return False
+        try:
+            server_ssl_context(self._cert, self._key)  # the startup checks, on a throwaway context first
+            self._context.load_cert_chain(certfile=str(self._cert), keyfile=str(self._key))
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            raise TlsFilesUnusable(f"the renewed TLS pair {self._cert} / {self._key} is unusable ({_reason(exc)}); "
+                                   "still serving the previous certificate") from None
+        self._loaded = current
+        log.info("serving the renewed TLS certificate from %s (valid until %s)", self._cert,
+                 self.not_valid_after.isoformat())
+        return True

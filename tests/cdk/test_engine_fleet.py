@@ -111,7 +111,8 @@ def fleet_synth() -> FleetSynth:
     Monitoring(stack, "Monitoring", nlb=fleet.nlb, target_group=fleet.target_group, asg=fleet.asg,
                functions={"auth": auth, "wipe": wipe.function}, api=api, api_stage_name="prod",
                notification_key=notification_key, alarm_topic=wipe.alarm_topic,
-               extra_metrics={"WipeFailed": wipe.wipe_failed_alarm.metric})
+               extra_metrics={"WipeFailed": wipe.wipe_failed_alarm.metric},
+               dead_letter_queues={"wipe": wipe.dead_letter_queue})
     assembly = app.synth()
     report = json.loads((Path(assembly.directory) / "validation-report.json").read_text(encoding="utf-8"))
     return FleetSynth(template=assembly.get_stack_by_name(STACK).template, report=report)
@@ -320,7 +321,14 @@ def test_instance_role_grants_each_action_on_its_own_resource_only(synth: FleetS
         f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter<{parameter_name}>"]
     data_key_name, _ = synth.one("AWS::KMS::Key", "DataKey")
     assert resources_for(statements, "kms:DescribeKey") == [f"<{data_key_name}.Arn>"]
-    assert "*" not in {r for s in statements for a in actions_of(s) for r in resources_for([s], a)}
+    # "*" only where IAM has no resource: PutMetricData, fenced by the namespace condition.
+    assert {a for s in statements for a in actions_of(s) if "*" in resources_for([s], a)} == {
+        "cloudwatch:PutMetricData"}
+    (metrics,) = [s for s in statements if "cloudwatch:PutMetricData" in actions_of(s)]
+    assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": "HardenedDuck/Engine"}}
+    (protection,) = resources_for(statements, "autoscaling:SetInstanceProtection")
+    group, _ = synth.one("AWS::AutoScaling::AutoScalingGroup")
+    assert protection == f"arn:aws:autoscaling:{REGION}:{ACCOUNT}:autoScalingGroup:*:autoScalingGroupName/<{group}>"
 
 
 def test_no_role_in_the_template_has_a_wildcard_or_destructive_action(synth: FleetSynth) -> None:
@@ -469,3 +477,101 @@ def test_cfn_lint_finds_no_errors_in_the_template(synth: FleetSynth) -> None:
 
     matches = lint(json.dumps(synth.template), config=ManualArgs(regions=[REGION]))
     assert [str(m) for m in matches if m.rule.id.startswith("E")] == []
+
+
+# --- scaling, drain and Spot (issue 21) --------------------------------------------------------------------
+
+
+def test_the_fleet_tracks_cpu_and_active_connections_per_host(synth: FleetSynth) -> None:
+    group, _ = synth.one("AWS::AutoScaling::AutoScalingGroup")
+    policies = [p["Properties"] for p in synth.resources("AWS::AutoScaling::ScalingPolicy").values()]
+    assert all(p["PolicyType"] == "TargetTrackingScaling" and p["AutoScalingGroupName"] == ref(group)
+               for p in policies) and len(policies) == 2
+    (cpu,) = [p for p in policies if "PredefinedMetricSpecification" in p["TargetTrackingConfiguration"]]
+    assert cpu["TargetTrackingConfiguration"]["PredefinedMetricSpecification"] == {
+        "PredefinedMetricType": "ASGAverageCPUUtilization"}
+    assert cpu["TargetTrackingConfiguration"]["TargetValue"] == constants.CPU_TARGET_PERCENT
+    (connections,) = [p for p in policies if "CustomizedMetricSpecification" in p["TargetTrackingConfiguration"]]
+    tracking = connections["TargetTrackingConfiguration"]
+    assert tracking["CustomizedMetricSpecification"] == {
+        "MetricName": "ActiveConnections", "Namespace": "HardenedDuck/Engine", "Statistic": "Average",
+        "Dimensions": [{"Name": "AutoScalingGroupName", "Value": ref(group)}]}
+    # The tier's concurrent statements, as numbers in every branch of the tier parameter's Fn::If chain.
+    targets, value = [], tracking["TargetValue"]
+    while isinstance(value, dict):
+        _, chosen, value = value["Fn::If"]
+        targets.append(chosen)
+    assert [*targets, value] == list(constants.TIER_CONNECTIONS_TARGET.values())
+
+
+def test_hosts_know_their_drain_grace_and_systemd_waits_for_the_drain(synth: FleetSynth) -> None:
+    assert engine_config(synth)["drain_grace_seconds"] == constants.DRAIN_GRACE_SECONDS
+    text = json.dumps(launch_data(synth)["UserData"])
+    assert f"TimeoutStopSec={constants.ENGINE_STOP_TIMEOUT_SECONDS}" in text
+    assert constants.ENGINE_STOP_TIMEOUT_SECONDS > constants.DRAIN_GRACE_SECONDS
+
+
+def test_a_named_group_is_in_the_hosts_configuration() -> None:
+    from hd_cdk.engine_fleet import _engine_config
+
+    stack = Stack(App())
+    vpc = ec2.Vpc.from_vpc_attributes(stack, "Vpc", vpc_id="vpc-0123456789abcdef0", availability_zones=["a"],
+                                      isolated_subnet_ids=["subnet-0aaaaaaaaaaaaaaa1"])
+    config = _engine_config(
+        org_id="acme", vpc=vpc, engine_sg=ec2.SecurityGroup.from_security_group_id(stack, "Sg", "sg-0123456789abcdef0"),
+        data_key=kms.Key.from_key_arn(stack, "K", key_arn("data")),
+        data_bucket=s3.Bucket.from_bucket_name(stack, "D", "hd-data"),
+        audit_bucket=s3.Bucket.from_bucket_name(stack, "A", "hd-audit"),
+        table=dynamodb.Table.from_table_name(stack, "T", "hd-control"),
+        signing_key=kms.Key.from_key_arn(stack, "S", key_arn("signing")),
+        checkpoint_key=kms.Key.from_key_arn(stack, "C", key_arn("checkpoint")), control_api_url=CONTROL_API_URL,
+        jwt_issuer=None, jwt_audience=None, tls_secret_arn=TLS_BUNDLE_ARN, auto_scaling_group_name="Hd-engine-fleet")
+    assert config["auto_scaling_group_name"] == "Hd-engine-fleet"
+
+
+def _spot_stack(context: dict[str, Any]) -> dict[str, Any]:
+    app = App(context={constants.CONTEXT_BUNDLING: "false", **context})
+    stack = Stack(app, "SpotTest", env=Environment(account=ACCOUNT, region=REGION))
+    vpc = ec2.Vpc.from_vpc_attributes(
+        stack, "Vpc", vpc_id="vpc-0123456789abcdef0", availability_zones=[f"{REGION}a", f"{REGION}b"],
+        isolated_subnet_ids=["subnet-0aaaaaaaaaaaaaaa1", "subnet-0aaaaaaaaaaaaaaa2"], vpc_cidr_block="10.42.0.0/16")
+    EngineFleet(
+        stack, "Engine", vpc=vpc, subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
+        engine_sg=ec2.SecurityGroup.from_security_group_id(stack, "EngineSg", "sg-0123456789abcdef0"),
+        data_bucket=s3.Bucket.from_bucket_name(stack, "DataBucket", "hd-data-bucket"),
+        audit_bucket=s3.Bucket.from_bucket_name(stack, "AuditBucket", "hd-audit-bucket"),
+        table=dynamodb.Table.from_table_arn(stack, "Table", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/hd-control"),
+        data_key=kms.Key(stack, "DataKey"), signing_key=kms.Key.from_key_arn(stack, "S", key_arn("signing")),
+        checkpoint_key=kms.Key.from_key_arn(stack, "C", key_arn("checkpoint")),
+        audit_key=kms.Key.from_key_arn(stack, "A", key_arn("audit")), tier="starter", min_capacity=1,
+        max_capacity=2, tls_secret_arn=TLS_BUNDLE_ARN, allowed_principals=[f"arn:aws:iam::{ACCOUNT}:root"],
+        control_api_url=CONTROL_API_URL, heartbeat_path_arn=HEARTBEAT_ARN, org_id="acme",
+        access_logs_bucket=s3.Bucket.from_bucket_name(stack, "AccessLogs", "hd-access-logs"))
+    return dict(Template.from_stack(stack).to_json())
+
+
+def test_spot_is_off_by_default_and_the_group_launches_on_demand_from_the_template() -> None:
+    template = _spot_stack({})
+    (group,) = [r["Properties"] for r in template["Resources"].values()
+                if r["Type"] == "AWS::AutoScaling::AutoScalingGroup"]
+    assert "MixedInstancesPolicy" not in group and "LaunchTemplate" in group
+    (policy,) = [r["Properties"] for r in template["Resources"].values()
+                 if r["Type"] == "AWS::AutoScaling::ScalingPolicy" and "Customized" in json.dumps(r)]
+    assert policy["TargetTrackingConfiguration"]["TargetValue"] == 25  # a concrete tier: its own number
+
+
+def test_spot_for_a_non_production_environment_uses_spot_only_with_capacity_rebalance() -> None:
+    template = _spot_stack({constants.CONTEXT_SPOT: "true", constants.CONTEXT_ENVIRONMENT: "staging"})
+    (group,) = [r["Properties"] for r in template["Resources"].values()
+                if r["Type"] == "AWS::AutoScaling::AutoScalingGroup"]
+    distribution = group["MixedInstancesPolicy"]["InstancesDistribution"]
+    assert (distribution["OnDemandBaseCapacity"], distribution["OnDemandPercentageAboveBaseCapacity"]) == (0, 0)
+    assert distribution["SpotAllocationStrategy"] == "price-capacity-optimized"
+    assert group["CapacityRebalance"] is True
+
+
+@pytest.mark.parametrize("environment", [None, "production", "prod", ""])
+def test_spot_is_refused_for_production_or_an_unnamed_environment(environment: str | None) -> None:
+    context = {constants.CONTEXT_SPOT: "true", **({constants.CONTEXT_ENVIRONMENT: environment} if environment else {})}
+    with pytest.raises(ValueError, match="production stays on-demand"):
+        _spot_stack(context)

@@ -45,7 +45,9 @@ def monitoring_alarms(synth: FleetSynth) -> dict[str, dict[str, Any]]:
 def test_the_alarms_that_exist_are_exactly_these(synth: FleetSynth) -> None:
     assert set(monitoring_alarms(synth)) == {
         "ApiLatencyP99", "Api5xxRate", "LambdaErrorsauth", "LambdaErrorswipe",
-        "EngineUnhealthyHosts", "EngineNoHealthyHost", "ClientTlsFailures"}
+        "EngineUnhealthyHosts", "EngineNoHealthyHost", "ClientTlsFailures", "DeadLetterswipe",
+        "EngineErrorRate", "EngineLatencyP99", "EngineCacheHitRatio", "EngineQuotaExhausted", "EngineHeartbeatGrace",
+        "EngineAuditWriteFailures", "EngineCertificateExpiry"}
 
 
 def test_api_latency_and_5xx_alarms_watch_the_api_stage(synth: FleetSynth) -> None:
@@ -131,6 +133,85 @@ def test_scrape_config_discovers_the_fleet_and_scrapes_the_metrics_port() -> Non
 def test_alert_rules_cover_cache_saturation_and_quota_with_metrics_the_engine_exports() -> None:
     rules = yaml.safe_load(PROMETHEUS_ALERT_RULES)["groups"][0]["rules"]
     exported = set(re.findall(r'"(hd_[a-z_]+)"', ENGINE_METRICS_SOURCE.read_text(encoding="utf-8")))
-    used = {re.sub(r"_bucket$", "", name) for rule in rules for name in re.findall(r"hd_[a-z_]+", rule["expr"])}
+    # Counters are exported with `_total`, histograms with `_bucket` (prometheus_client's naming).
+    used = {re.sub(r"_(bucket|total)$", "", name) for rule in rules for name in re.findall(r"hd_[a-z_]+", rule["expr"])}
     assert {"hd_cache_saturation_ratio", "hd_quota_utilisation_ratio"} <= used
     assert used <= exported, f"alert rules name metrics the engine does not export: {used - exported}"
+
+
+# --- the seeds' engine alarms (issue 21) ------------------------------------------------------------------
+
+
+def _engine_metric(alarm: dict[str, Any]) -> list[dict[str, Any]]:
+    """The engine metrics an alarm reads: its own metric, or each metric of its math expression."""
+    if "Metrics" in alarm:
+        return [m["MetricStat"]["Metric"] for m in alarm["Metrics"] if "MetricStat" in m]
+    return [{"Namespace": alarm["Namespace"], "MetricName": alarm["MetricName"], "Dimensions": alarm["Dimensions"]}]
+
+
+def test_engine_alarms_read_the_fleet_totals_of_the_group(synth: FleetSynth) -> None:
+    alarms = monitoring_alarms(synth)
+    group, _ = synth.one("AWS::AutoScaling::AutoScalingGroup")
+    expected = {"EngineErrorRate": {"StatementErrors", "Statements"}, "EngineLatencyP99": {"StatementLatency"},
+                "EngineCacheHitRatio": {"CacheHits", "CacheMisses"}, "EngineQuotaExhausted": {"QuotaDenials"},
+                "EngineHeartbeatGrace": {"HeartbeatGrace"}, "EngineAuditWriteFailures": {"AuditWriteFailures"},
+                "EngineCertificateExpiry": {"CertificateDaysToExpiry"}}
+    for name, metric_names in expected.items():
+        metrics = _engine_metric(alarms[name])
+        assert {m["MetricName"] for m in metrics} == metric_names, name
+        for metric in metrics:
+            assert metric["Namespace"] == "HardenedDuck/Engine"
+            assert metric["Dimensions"] == [{"Name": "AutoScalingGroupName", "Value": ref(group)}]
+
+
+def test_engine_alarm_thresholds(synth: FleetSynth) -> None:
+    alarms = monitoring_alarms(synth)
+    assert alarms["EngineLatencyP99"]["ExtendedStatistic"] == "p99" and alarms["EngineLatencyP99"]["Threshold"] == 30
+    (expression,) = [m for m in alarms["EngineErrorRate"]["Metrics"] if "Expression" in m]
+    assert expression["Expression"] == "IF(statements > 0, errors / statements, 0)"
+    assert alarms["EngineErrorRate"]["Threshold"] == 0.05
+    expiry = alarms["EngineCertificateExpiry"]
+    assert (expiry["Statistic"], expiry["ComparisonOperator"], expiry["Threshold"]) == (
+        "Minimum", "LessThanThreshold", constants.CERTIFICATE_ALARM_DAYS)
+    assert alarms["EngineCacheHitRatio"]["ComparisonOperator"] == "LessThanThreshold"
+    for name in ("EngineQuotaExhausted", "EngineHeartbeatGrace", "EngineAuditWriteFailures", "DeadLetterswipe"):
+        assert (alarms[name]["Threshold"], alarms[name]["EvaluationPeriods"]) == (1, 1), name
+
+
+def test_the_rules_file_is_what_the_module_ships() -> None:
+    from hd_cdk.monitoring import PROMETHEUS_RULES_FILE
+
+    assert PROMETHEUS_RULES_FILE == Path(__file__).resolve().parents[2] / "deploy" / "prometheus-rules.yml"
+    assert PROMETHEUS_RULES_FILE.read_text(encoding="utf-8") == PROMETHEUS_ALERT_RULES
+
+
+def test_prometheus_rules_cover_the_seeds_alerts() -> None:
+    rules = {rule["alert"]: rule["expr"] for rule in yaml.safe_load(PROMETHEUS_ALERT_RULES)["groups"][0]["rules"]}
+    needed = {"HardenedDuckErrorRateHigh": "hd_statements_total", "HardenedDuckStatementLatencyHigh": "0.99",
+              "HardenedDuckCacheHitRatioLow": "hd_cache_hits_total", "HardenedDuckQuotaExhausted": ">= 1",
+              "HardenedDuckHeartbeatGraceEntered": 'state="degraded"',
+              "HardenedDuckAuditWriteFailures": "hd_audit_write_failures_total",
+              "HardenedDuckCertificateExpiresSoon": "30 * 86400"}
+    for alert, fragment in needed.items():
+        assert fragment in rules[alert], alert
+
+
+def test_promtool_accepts_the_rules_file(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from hd_cdk.monitoring import PROMETHEUS_RULES_FILE
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package `prometheus`; .ci/run installs it)")
+    checked = subprocess.run([promtool, "check", "rules", str(PROMETHEUS_RULES_FILE)],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS" in checked.stdout
+    # And it really checks: a rule with a broken expression is refused.
+    broken = tmp_path / "broken.yml"
+    broken.write_text(PROMETHEUS_ALERT_RULES.replace("> 0.05", "> > 0.05", 1), encoding="utf-8")
+    refused = subprocess.run([promtool, "check", "rules", str(broken)], capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode != 0

@@ -221,7 +221,10 @@ def test_erase_document_runs_only_lukserase_on_its_one_device_parameter(synth: F
     assert list(content["parameters"]) == [ERASE_DOCUMENT_DEVICE_PARAMETER]
     (step,) = content["mainSteps"]
     assert step["action"] == "aws:runShellScript"
-    assert step["inputs"]["runCommand"] == ["cryptsetup luksErase --batch-mode {{ device }}"]
+    # The engine's drain first (systemd waits for it), then the erase, which runs whatever the stop returned.
+    assert step["inputs"]["runCommand"] == ["systemctl stop hd-engine.service || true",
+                                            "cryptsetup luksErase --batch-mode {{ device }}"]
+    assert constants.WIPE_COMMAND_TIMEOUT_SECONDS >= constants.ENGINE_STOP_TIMEOUT_SECONDS + 30
     # The step's execution timeout is the one the wipe waits for (its polling gives up after it).
     timeout = function(synth)["Environment"]["Variables"]["HD_WIPE_COMMAND_TIMEOUT_SECONDS"]
     assert step["inputs"]["timeoutSeconds"] == int(timeout)

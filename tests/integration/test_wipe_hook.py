@@ -54,7 +54,8 @@ ERASE_DOCUMENT: dict[str, Any] = {
     },
     "mainSteps": [{
         "action": "aws:runShellScript", "name": "luksErase",
-        "inputs": {"runCommand": ["cryptsetup luksErase --batch-mode {{ device }}"], "timeoutSeconds": 120},
+        "inputs": {"runCommand": ["systemctl stop hd-engine.service || true",
+                                  "cryptsetup luksErase --batch-mode {{ device }}"], "timeoutSeconds": 210},
     }],
 }
 
