@@ -58,6 +58,7 @@ from engine_host.wire.limits import ConnectionLimits
 from engine_host.wire.server import PgServer
 from engine_host.wire.tls import ensure_self_signed_certificate, server_ssl_context
 from hd_core.adapters.local_audit import LocalFolderAuditArchive, LocalFolderAuditSink
+from hd_core.adapters.local_audit_exports import LocalFolderAuditExports
 from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile
 from hd_core.adapters.local_shadow import LocalInterpreterExecutions, local_replay_services
@@ -367,6 +368,7 @@ class LocalEngineHost:
             keys=keys,
             checkpoints=LocalFolderCheckpointStore(self.state_dir),
             query_audit=LocalFolderAuditArchive(self.state_dir),
+            audit_exports=LocalFolderAuditExports(self.state_dir),
         )
 
     async def stop(self) -> None:
