@@ -103,6 +103,8 @@ class AbacDocument(_Document):
     )
     conditions: AbacConditionsDocument = Field(default_factory=AbacConditionsDocument)
     reason: PlainText = Field(default="", max_length=1000)
+    pending: bool = Field(default=False, description="A table the policy names does not exist yet: store it anyway "
+                          "(without it, a table the live catalog lacks is refused with 422)")
 
 
 class ColumnTagDocument(_Document):

@@ -143,6 +143,8 @@ class AbacPolicy:
     resources: tuple[str, ...]
     conditions: AbacConditions = field(default_factory=AbacConditions)
     reason: str = ""
+    # Names tables that do not exist yet (the control API refuses a name the catalog lacks otherwise).
+    pending: bool = False
 
 
 @dataclass(frozen=True)

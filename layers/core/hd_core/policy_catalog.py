@@ -4,7 +4,8 @@ The catalog is what the engine hosts record (`hd_core.catalog_schemas`). A mask,
 column tag naming a table the organisation cannot see, or a column that table lacks, is refused
 with the name (`UnknownTable`, `UnknownColumn`: HTTP 422). A policy written ahead of its table says
 so with `"pending": true`; its columns are checked once the table exists (a pending policy on an
-existing table is checked like any other).
+existing table is checked like any other). An ABAC deny's exact table names (resources and
+`conditions.tables`) are checked too: a misspelt one would deny nothing.
 
 Another organisation's table reads exactly like a missing one: the refusal must not tell an
 organisation which names its neighbours use.
@@ -15,7 +16,7 @@ from __future__ import annotations
 from hd_core.bootstrap import DEFAULT_ORG_SETTING
 from hd_core.catalog_schemas import TableSchema, table_schema
 from hd_core.errors import UnknownColumn, UnknownTable
-from hd_core.policies import ColumnTag, MaskRule, PolicyObject, PolicySnapshot, RowFilter
+from hd_core.policies import AbacPolicy, ColumnTag, MaskRule, PolicyObject, PolicySnapshot, RowFilter
 from hd_core.policy_codec import kind_of
 from hd_core.policy_eval import binding_for
 from hd_core.ports import ControlStore
@@ -37,6 +38,9 @@ def visible_schema(store: ControlStore, snapshot: PolicySnapshot, org_id: str, t
 
 def check_against_catalog(store: ControlStore, snapshot: PolicySnapshot, obj: PolicyObject) -> None:
     """Raise `UnknownTable` or `UnknownColumn` if `obj` names what its organisation's catalog lacks."""
+    if isinstance(obj, AbacPolicy):
+        _check_abac_tables(store, snapshot, obj)
+        return
     if not isinstance(obj, MaskRule | RowFilter | ColumnTag):
         return
     schema = visible_schema(store, snapshot, obj.org_id, obj.table)
@@ -64,3 +68,21 @@ def _columns_named(obj: CatalogChecked) -> list[str]:
 
         return sorted(referenced_columns(parse_row_filter(obj.filter)))
     return [obj.column]
+
+
+def _check_abac_tables(store: ControlStore, snapshot: PolicySnapshot, policy: AbacPolicy) -> None:
+    """The tables an ABAC deny names one by one: a misspelt one would deny nothing, silently.
+
+    Patterns (`schema.*`, `*`) match whatever exists when a statement runs, so they are not checked.
+    """
+    if policy.pending:
+        return
+    named = [("resources", r) for r in policy.resources if "*" not in r]
+    named += [("conditions.tables", t) for t in policy.conditions.tables]
+    for field, table in named:
+        if visible_schema(store, snapshot, policy.org_id, table) is None:
+            raise UnknownTable(
+                f"table {table} ({field}) does not exist: check the name (schema.table), or, to deny it "
+                "before the table is created, send \"pending\": true",
+                field=field, name=table,
+            )

@@ -11,7 +11,16 @@ from hd_core.adapters.sqlite_store import SqliteControlStore
 from hd_core.bootstrap import DEFAULT_ORG_SETTING
 from hd_core.catalog_schemas import CatalogRecorder, table_schema
 from hd_core.errors import UnknownColumn, UnknownTable
-from hd_core.policies import ColumnTag, MaskFunction, MaskRule, PiiType, RowFilter, TableBinding
+from hd_core.policies import (
+    AbacConditions,
+    AbacPolicy,
+    ColumnTag,
+    MaskFunction,
+    MaskRule,
+    PiiType,
+    RowFilter,
+    TableBinding,
+)
 from hd_core.policy_catalog import check_against_catalog
 
 DEPLOYMENT, OTHER = "org_deploy", "org_other"
@@ -84,3 +93,20 @@ def test_another_organisations_table_is_refused_exactly_like_a_missing_one_and_a
         check_against_catalog(store, snapshot, MaskRule("m1", OTHER, "sales.orderz", "amount", MaskFunction.FULL))
     assert str(theirs.value).replace("orders", "X") == str(missing.value).replace("orderz", "X")
     check_against_catalog(store, snapshot, MaskRule("m2", OTHER, "shared.events", "org_id", MaskFunction.FULL))
+
+
+def test_an_abac_deny_naming_a_missing_table_is_refused_unless_pending_and_patterns_are_not_checked(
+        store: CountingStore) -> None:
+    CatalogRecorder(store).record({"sales.orders": ORDERS})
+    snapshot = store.policy_snapshot()
+
+    def deny(resources: tuple[str, ...], tables: tuple[str, ...] = (), pending: bool = False) -> AbacPolicy:
+        return AbacPolicy("a1", DEPLOYMENT, "deny", "deny", ("select",), resources,
+                          AbacConditions(tables=tables), pending=pending)
+
+    with pytest.raises(UnknownTable, match=r"sales\.ordrs \(resources\)"):
+        check_against_catalog(store, snapshot, deny(("sales.ordrs",)))
+    with pytest.raises(UnknownTable, match=r"hr\.people \(conditions\.tables\)"):
+        check_against_catalog(store, snapshot, deny(("*",), ("hr.people",)))
+    check_against_catalog(store, snapshot, deny(("sales.orders", "hr.*", "*")))
+    check_against_catalog(store, snapshot, deny(("sales.ordrs",), pending=True))
