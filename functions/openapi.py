@@ -28,6 +28,7 @@ FUNCTION_MODULES: dict[str, str] = {
     "fleet": "functions.fleet.handler",
     "shadow": "functions.shadow.handler",
     "webhooks": "functions.webhooks.handler",
+    "forget": "functions.forget.handler",
 }
 DOCUMENT_PATH = Path(__file__).resolve().parent / "openapi.json"
 TITLE = "Hardened Duck control API"

@@ -115,6 +115,9 @@ FUNCTION_ACCESS: Final[Mapping[str, FunctionAccess]] = {
     "shadow": FunctionAccess(reserved_concurrency=5, memory_mb=1024, timeout_seconds=29),
     # Webhook endpoints (issue 19): seals each endpoint's signing secret under its own purpose.
     "webhooks": FunctionAccess(seals_secrets=True, sealed_purpose="webhook-secret"),
+    # GDPR forget requests (issue 20): seals each subject id, and wraps the erasure HMAC key, under one purpose;
+    # the work runs in the forget worker (erasure.py), which this function invokes.
+    "forget": FunctionAccess(seals_secrets=True, sealed_purpose="forget-subject"),
 }
 
 _DYNAMODB_READS: Final = ("dynamodb:GetItem", "dynamodb:Query")

@@ -25,6 +25,7 @@ from datetime import datetime
 from engine_host.cli.api_client import bad_response
 from engine_host.cli.api_session import CommandOutput, open_session
 from engine_host.cli.audit import add_audit_commands
+from engine_host.cli.forget import add_forget_command
 from engine_host.cli.keys import add_keys_commands
 from engine_host.cli.listing import printable
 from engine_host.cli.policies import add_policies_commands
@@ -33,7 +34,7 @@ from engine_host.cli.users import add_users_commands
 from hd_core.errors import HdError
 from hd_core.models import utc_now
 
-API_COMMANDS = frozenset({"keys", "users", "policies", "audit", "shadow"})
+API_COMMANDS = frozenset({"keys", "users", "policies", "audit", "shadow", "forget"})
 
 
 def error_line(error: HdError) -> str:
@@ -50,6 +51,7 @@ def add_api_commands(commands: argparse._SubParsersAction) -> None:
     add_policies_commands(commands)
     add_audit_commands(commands)
     add_shadow_commands(commands)
+    add_forget_command(commands)
 
 
 def run_api_command(args: argparse.Namespace, *, now: Callable[[], datetime] = utc_now) -> int:

@@ -268,6 +268,18 @@ class CachedTables:
             entries = entries[:1]
         return self._lease(tuple(key for key, *_ in entries), tuple(etag for _, etag, *_ in entries))
 
+    def invalidate(self, names: Iterable[str]) -> None:
+        """The named tables were rewritten at the source (an erasure): re-list it, make every cached file of
+        theirs revalidate at its next use, and have their native copies compared with the source now."""
+        wanted = sorted(set(names))
+        with self._lock:
+            keys = [key for name in wanted if (t := self._tables.get(name)) for key in t.keys]
+        self._cache.expire(keys)
+        self._resync()
+        if self.native is not None:
+            for name in wanted:
+                self.native.expire(name)
+
     def copied(self, source: SourceTable) -> None:
         """The table is served from its copy: its objects go first when the cache needs room."""
         self._cache.demote(key for key, *_ in _objects_of(source))

@@ -311,6 +311,16 @@ class NativeTables:
                 self._tables[name].pins[epoch] += 1
         return NativeLease(self, epochs) if epochs else NO_VERSIONS
 
+    def expire(self, name: str) -> None:
+        """Compare the table with its source now (an erasure rewrote it): a changed table falls back to its
+        Parquet files before this returns, instead of at its next check within the staleness bound."""
+        with self._lock:
+            table = self._tables.get(name)
+            if table is None or table.dropped:
+                return
+            table.checked_at = float("-inf")
+        self._recheck(name, self._clock())
+
     def _unpin(self, epochs: dict[str, int]) -> None:
         with self._lock:
             for name, epoch in epochs.items():

@@ -194,6 +194,15 @@ class ObjectCache:
             held = sum(entry.info.size for key, entry in self._entries.items() if entry.pins or key in self._busy)
             return max(0, int(self._high_bytes) - held - self._reserved)
 
+    def expire(self, keys: Iterable[str]) -> None:
+        """Revalidate these objects against the source at their next use, however recently they were checked
+        (an erasure rewrote them: the staleness bound must not keep serving the old bytes)."""
+        with self._lock:
+            for key in keys:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    entry.validated_at = float("-inf")
+
     def demote(self, keys: Iterable[str]) -> None:
         """Put these objects first in line for eviction (their table is served from a native copy now)."""
         with self._lock:

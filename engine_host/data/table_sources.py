@@ -58,6 +58,10 @@ class TableSource(Protocol):
         """Run once the database is locked down and its catalog is read."""
         ...
 
+    def invalidate(self, names: list[str]) -> None:
+        """These tables' files were rewritten (GDPR erasure): stop serving any copy older than them, now."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -105,6 +109,11 @@ class LocalFolderTables:
     def attach(self, con: duckdb.DuckDBPyConnection, catalog: TableCatalog) -> None:
         if self.native is not None:
             self.native.start(con.cursor(), [local_source_table(ref) for ref in self._registered])
+
+    def invalidate(self, names: list[str]) -> None:
+        if self.native is not None:
+            for name in names:
+                self.native.expire(name)
 
     def _describe(self, name: str) -> SourceTable | None:
         schema, table = name.split(".", 1)
@@ -169,6 +178,9 @@ class ObjectStoreTables:
         registered = self.tables.sync(con.cursor(), catalog.refresh)
         log.info("serving %d table(s) from the object store", len(registered))
         self.tables.start()
+
+    def invalidate(self, names: list[str]) -> None:
+        self.tables.invalidate(names)
 
     def close(self) -> None:
         if self.native is not None:

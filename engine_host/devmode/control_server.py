@@ -20,9 +20,11 @@ from importlib import import_module
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from functions.forget.wiring import Erasure, install_erasure, run_at_once
 from functions.openapi import DOCUMENT_PATH, FUNCTION_MODULES
 from functions.shadow.wiring import install_shadow_services
 from functions.shared.wiring import install_services
+from hd_core.erasure import ErasureServices
 from hd_core.key_lifecycle import run_key_lifecycle
 from hd_core.models import utc_now
 from hd_core.services import ControlServices
@@ -239,6 +241,7 @@ class ControlApiServer:
         control: ControlServices | None = None,
         *,
         shadow: ReplayServices | None = None,
+        erasure: ErasureServices | None = None,
         lifecycle_interval: timedelta | None = LIFECYCLE_INTERVAL,
         lifecycle_now: Callable[[], datetime] = utc_now,
     ) -> None:
@@ -254,6 +257,8 @@ class ControlApiServer:
                 self.lifecycle.start()
         if shadow is not None:
             install_shadow_services(shadow)
+        if erasure is not None:  # forget requests run before the API answers (AWS hands them to a worker)
+            install_erasure(Erasure(erasure, run_at_once(erasure)))
         threading.Thread(target=self._http.serve_forever, name="control-api", daemon=True).start()
 
     def stop(self) -> None:
@@ -266,6 +271,7 @@ class ControlApiServer:
         self._http.server_close()
         install_services(None)
         install_shadow_services(None)
+        install_erasure(None)
 
     def _start_webhook_delivery(self, control: ControlServices) -> None:
         set_default_options(self.webhook_options)

@@ -34,6 +34,7 @@ from engine_host.pgcompat.catalog import CatalogResponder
 from engine_host.pipeline.governor import AuditWriter, Governor, HostLimits
 from engine_host.pipeline.pipeline import StatementPipeline
 from engine_host.pipeline.policy_state import PolicyState
+from engine_host.runtime.erasure import ErasureWatcher
 from engine_host.wire.limits import ConnectionLimits
 from engine_host.wire.server import Admission, Authenticate, PgServer
 from hd_core.catalog_schemas import CatalogRecorder
@@ -98,6 +99,7 @@ class EngineHost:
         self.server: PgServer | None = None
         self._stopping = threading.Event()
         self._flusher: threading.Thread | None = None
+        self.erasure_watcher: ErasureWatcher | None = None
         self._catalog_recorder: CatalogRecorder | None = None
         self.tracer: StatementTracer | None = None  # HD_OTEL_ENDPOINT's spans; None (off) by default
 
@@ -155,6 +157,9 @@ class EngineHost:
         await asyncio.get_running_loop().run_in_executor(None, self._record_schemas, tables.names())
         await asyncio.get_running_loop().run_in_executor(None, self.policies.load)
         self.policies.start()
+        # Erasures run elsewhere (the forget Lambda, another host) announce the tables they rewrote here.
+        self.erasure_watcher = ErasureWatcher(self.store, self.table_source.invalidate)
+        self.erasure_watcher.start()
         self._flusher = threading.Thread(target=self._flush_usage, name="hd-usage-flush", daemon=True)
         self._flusher.start()
 
@@ -208,6 +213,8 @@ class EngineHost:
             await self.server.shutdown(self.settings.shutdown_grace_seconds)
             self.server = None
         self._stopping.set()
+        if self.erasure_watcher is not None:
+            self.erasure_watcher.stop()
         if self._flusher is not None:
             self._flusher.join(timeout=5)
         self._flush_meter()

@@ -44,6 +44,7 @@ from engine_host.ops.health_server import HealthServer
 from engine_host.ops.metrics import HostMetrics
 from engine_host.pipeline.governor import HostLimits
 from engine_host.pipeline.policy_preview import EnginePolicyPreview
+from engine_host.runtime.erasure import local_erasure_services
 from engine_host.runtime.host import EngineHost, HostHooks, HostSettings
 from engine_host.runtime.local_state import (
     StateRefused,
@@ -336,7 +337,9 @@ class LocalEngineHost:
         # Dry runs count rows and explain plans statements on this host's engine (hd_core/policy_preview.py).
         assert self.engine.pipeline is not None and self.engine.database is not None
         install_policy_engine(EnginePolicyPreview(self.engine.pipeline.governor, self.engine.database))
-        server.start(control, shadow=shadow)
+        # Forget requests run at once, on this host's data and writable tables (engine_host/runtime/erasure.py).
+        server.start(control, shadow=shadow,
+                     erasure=local_erasure_services(self.engine, control, self.data_dir, self.config.data_source))
         if isinstance(shadow.executions, LocalInterpreterExecutions):
             # A replay that was running when the last process stopped (or died) carries on where it was.
             self._shadow_executions = shadow.executions

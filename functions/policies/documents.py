@@ -131,6 +131,8 @@ class TableBindingDocument(_Document):
     binding_id: ObjectId | None = None
     table: Table
     tenant_column: ColumnName | None = None
+    subject_column: ColumnName | None = Field(
+        default=None, description="The column naming a data subject: forget requests erase its rows")
 
 
 PolicyDocument = Annotated[

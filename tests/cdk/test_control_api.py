@@ -356,8 +356,8 @@ def test_only_auth_signs_tokens_and_opens_sealed_secrets_under_their_encryption_
         signs_jwts = [s for s in statements_with(statements, "kms:Sign") if s["Resource"] == signing]
         data_key = [s for s in statements if s["Resource"] == data]
         assert bool(signs_jwts) == (name == "auth"), name
-        assert bool(data_key) == (name in ("auth", "webhooks")), name
-    for name, purpose in (("auth", "totp-secret"), ("webhooks", "webhook-secret")):
+        assert bool(data_key) == (name in ("auth", "webhooks", "forget")), name
+    for name, purpose in (("auth", "totp-secret"), ("webhooks", "webhook-secret"), ("forget", "forget-subject")):
         (sealing,) = [s for s in function_policy(template, stack, api, name) if s["Resource"] == data]
         assert sorted(sealing["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey"]
         assert sealing["Condition"] == {"StringEquals": {"kms:EncryptionContext:purpose": purpose}}

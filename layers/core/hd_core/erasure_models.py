@@ -9,7 +9,7 @@ completion no stored artefact can give the id back.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -117,11 +117,11 @@ class TableObjects(Protocol):
         """
         ...
 
-    def versions(self, key: str) -> list[str]:
+    def versions(self, key: str) -> tuple[str, ...]:
         """The ids of every version of the object other than the current one (none where there are no versions)."""
         ...
 
-    def delete_versions(self, key: str, version_ids: list[str]) -> int:
+    def delete_versions(self, key: str, version_ids: Sequence[str]) -> int:
         """Delete these versions of the object for good; returns how many went."""
         ...
 

@@ -63,6 +63,10 @@ class IamEventType(StrEnum):
     WEBHOOK_DELETED = "webhook.deleted"
     # An auditor exported a window of query audit records (issue 22): who, which environment, range and filters
     AUDIT_EXPORTED = "audit.exported"
+    # GDPR right to erasure: the event carries the subject's HMAC, never its id
+    FORGET_REQUESTED = "forget.requested"
+    FORGET_COMPLETED = "forget.completed"
+    FORGET_FAILED = "forget.failed"
     # Engine host lifecycle (the termination wipe hook)
     INSTANCE_WIPED = "instance.wiped"
     INSTANCE_WIPE_FAILED = "instance.wipe_failed"

@@ -76,6 +76,7 @@ class ApiScope(StrEnum):
     ORGS_MANAGE = "orgs:manage"
     BILLING_MANAGE = "billing:manage"
     WEBHOOKS_MANAGE = "webhooks:manage"
+    FORGET_MANAGE = "forget:manage"  # GDPR erasure requests (issue 20)
 
 
 ALL_SCOPES: tuple[str, ...] = tuple(scope.value for scope in ApiScope)

@@ -76,7 +76,7 @@ _BUILD_SCOPES = (
     ApiScope.BRANCHES_MERGE,
 )
 # Organisation-wide settings, held by those who manage the organisation's users and policies.
-_ADMINISTRATION_SCOPES = (ApiScope.ORGS_MANAGE, ApiScope.WEBHOOKS_MANAGE)
+_ADMINISTRATION_SCOPES = (ApiScope.ORGS_MANAGE, ApiScope.WEBHOOKS_MANAGE, ApiScope.FORGET_MANAGE)
 
 _ROLE_EXTRA_SCOPES: dict[Role, tuple[ApiScope, ...]] = {
     Role.OWNER: _BUILD_SCOPES + _ADMINISTRATION_SCOPES,

@@ -47,6 +47,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("PUT", "/v1/organizations/{org_id}/policies/{kind}/{object_id}"): MASK,
     ("PUT", "/v1/organizations/{org_id}/quota"): {"monthly_credits": 10},
     ("POST", "/v1/organizations/{org_id}/webhooks"): {"url": "https://hooks.example.com/hd", "events": ["key.revoked"]},
+    ("POST", "/v1/organizations/{org_id}/forget-requests"): {"subject_id": "probe-subject"},
     ("POST", "/v1/organizations/{org_id}/users"): {"email": "probe@example.com", "role": "Analyst"},
     ("POST", "/v1/organizations/{org_id}/users/{user_id}/identities"): {"external_id": "https://idp.example#probe"},
     ("PUT", "/v1/organizations/{org_id}/users/{user_id}/role"): {"role": "Developer"},

@@ -74,9 +74,9 @@ def test_role_scopes_agree_with_the_matrix(role: Role) -> None:
     assert all(type(scope) is str for scope in scopes)
 
 
-def test_owner_holds_all_22_scopes() -> None:
+def test_owner_holds_all_23_scopes() -> None:
     assert ROLE_SCOPES[Role.OWNER] == set(ALL_SCOPES)
-    assert len(ALL_SCOPES) == 22
+    assert len(ALL_SCOPES) == 23  # issue 20 added forget:manage
 
 
 def test_admin_holds_everything_but_billing() -> None:

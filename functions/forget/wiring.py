@@ -1,0 +1,97 @@
+"""The erasure's services for this process: AWS adapters from `HD_ERASURE_*` settings, or `hd dev`'s.
+
+In AWS the forget API function stores a request and hands it to the worker function with an
+asynchronous invoke (`LambdaDispatch`); the worker (functions/forget/worker.py) runs it against the
+table data bucket. `hd dev` installs its own (`install_erasure`): the state folder's data (or its
+S3 source), the running engine host for writable tables, and a dispatch that runs the request at once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from functions.shared.wiring import services
+from hd_core.erasure import ErasureServices, run
+
+_lock = threading.Lock()
+_installed: Erasure | None = None
+
+
+class ErasureSettings(BaseSettings):
+    """Where table data lives, how long replaced object versions are kept, and which function does the work."""
+
+    model_config = SettingsConfigDict(env_prefix="HD_ERASURE_", extra="ignore")
+
+    data_url: str = ""  # s3://<data bucket>/<tables prefix>/, as the engine hosts' table source
+    version_retention_hours: float = Field(default=0.0, ge=0, le=24 * 365)
+    worker_function: str = ""  # the worker's name, invoked asynchronously with {"request_id": ...}
+
+
+@lru_cache(maxsize=1)
+def erasure_settings() -> ErasureSettings:
+    return ErasureSettings()
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """The services a request runs with, and how a new request reaches them."""
+
+    services: ErasureServices
+    dispatch: Callable[[str], None]
+
+
+def erasure() -> Erasure:
+    """This process's erasure wiring, built from the settings on first use."""
+    global _installed
+    with _lock:
+        if _installed is None:
+            _installed = _build_aws(erasure_settings())
+        return _installed
+
+
+def install_erasure(value: Erasure | None) -> None:
+    """Use `value` for every later request in this process (`hd dev`, tests); None forgets it."""
+    global _installed
+    with _lock:
+        _installed = value
+
+
+def run_at_once(svc: ErasureServices) -> Callable[[str], None]:
+    """A dispatch that runs the request in this process before the API answers (`hd dev`)."""
+
+    def dispatch(request_id: str) -> None:
+        run(svc, request_id)
+
+    return dispatch
+
+
+def _build_aws(settings: ErasureSettings) -> Erasure:
+    import boto3
+
+    from hd_core.adapters.erasure_objects import s3_table_objects_from_url
+
+    control = services()
+    # Without a data location a request is still recorded and run: it completes when the organisation
+    # declares no subject column, and otherwise fails saying what is missing (never a silent success).
+    svc = ErasureServices(store=control.store, trail=control.trail, keys=control.keys,
+                          objects=s3_table_objects_from_url(settings.data_url) if settings.data_url else None,
+                          version_retention=timedelta(hours=settings.version_retention_hours))
+    worker = settings.worker_function
+    client = boto3.client("lambda") if worker else None
+
+    def dispatch(request_id: str) -> None:
+        if client is None:  # the worker itself: no second hop
+            run(svc, request_id)
+            return
+        client.invoke(FunctionName=worker, InvocationType="Event",
+                      Payload=json.dumps({"request_id": request_id}).encode("utf-8"))
+
+    return Erasure(services=svc, dispatch=dispatch)

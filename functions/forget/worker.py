@@ -1,0 +1,64 @@
+"""The forget worker Lambda: runs one forget request (asynchronous invoke), or the hourly sweep (EventBridge).
+
+`{"request_id": "fgt_..."}` runs that request (hd_core.erasure.run). The schedule's event:
+- runs again every request still pending after `STALE_PENDING` (its invoke was lost) or failed;
+- deletes the replaced object versions whose retention has passed;
+- emits `ForgetRequestsPastSla`, the number of requests still open past their 72 h deadline, which
+  the CloudWatch alarm of cdk/hd_cdk/erasure.py watches, and `ForgetRequestsOpen`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from aws_lambda_powertools import Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+from functions.forget.wiring import erasure
+from functions.shared.lambda_entry import METRICS_NAMESPACE, scheduled_entry
+from hd_core import erasure as erasure_domain
+from hd_core.client_values import is_client_id
+from hd_core.erasure_models import ForgetStatus
+from hd_core.errors import InvalidRequest
+
+SERVICE = "hd-forget-worker"
+STALE_PENDING = timedelta(minutes=15)
+PAST_SLA_METRIC = "ForgetRequestsPastSla"
+OPEN_METRIC = "ForgetRequestsOpen"
+
+_metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE)
+
+
+def sweep() -> dict[str, Any]:
+    """Retry stale and failed requests, purge due versions, and measure the SLA."""
+    svc = erasure().services
+    now = svc.now()
+    retried = []
+    for request in svc.store.list_unsettled_forget_requests():
+        stale = request.status is ForgetStatus.PENDING and now - request.requested_at >= STALE_PENDING
+        if stale or request.status is ForgetStatus.FAILED:
+            retried.append(erasure_domain.run(svc, request.request_id).request_id)
+    purged = erasure_domain.purge_due_versions(svc)
+    past_sla = erasure_domain.requests_past_sla(svc.store, svc.now())
+    open_requests = [r for r in svc.store.list_unsettled_forget_requests() if r.status is not ForgetStatus.COMPLETED]
+    _metrics.add_metric(name=PAST_SLA_METRIC, unit=MetricUnit.Count, value=len(past_sla))
+    _metrics.add_metric(name=OPEN_METRIC, unit=MetricUnit.Count, value=len(open_requests))
+    return {"retried": retried, "purged": purged, "past_sla": [r.request_id for r in past_sla],
+            "open": len(open_requests)}
+
+
+def run(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """One request (`{"request_id"}`) or the scheduled sweep; anything else is refused."""
+    request_id = event.get("request_id")
+    if request_id is not None:
+        if not isinstance(request_id, str) or not is_client_id(request_id):
+            raise InvalidRequest("request_id must be a forget request id")
+        done = erasure_domain.run(erasure().services, request_id)
+        return {"request_id": done.request_id, "status": done.status.value, "rows_removed": done.rows_removed}
+    if event.get("source") != "aws.events" or event.get("detail-type") != "Scheduled Event":
+        raise InvalidRequest("the forget worker takes {\"request_id\": ...} or its EventBridge schedule")
+    return sweep()  # the metrics go out with the entry point's own (Powertools shares one metric set)
+
+
+lambda_handler = scheduled_entry(run, SERVICE)
