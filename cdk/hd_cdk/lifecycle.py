@@ -33,6 +33,9 @@ Security decisions visible here:
   disable and schedule the deletion (30-day window only) of keys carrying both tags, and of the stack's first
   signing key by ARN. Every function that verifies tokens, and the engine hosts, may GetPublicKey, and the
   functions that sign may Sign, with keys carrying both tags: keys made by the rotation and nothing else;
+- IAM checkpoint keys rotate on the same run: the job may create ECC_NIST_P256 keys tagged
+  hd:purpose=checkpoint-signing and hd:deployment=<stack> and read their public keys; every role that records
+  IAM events may Sign with such keys. None is ever disabled or deleted (old checkpoints must stay verifiable);
 - the daily run records whether KMS rotates the stack's symmetric keys (DescribeKey, GetKeyRotationStatus on
   those key ARNs only); `KmsKeysWithoutRotation` >= 1 alarms, as does `KeyLifecycleFailures` >= 1 (a successor
   or a signing key the run could not make, deliver or retire, which it retries without failing the invocation).
@@ -85,6 +88,7 @@ DEPLOYMENT_TAG_VARIABLE: Final = "HD_KMS_KEY_DEPLOYMENT_TAG"
 # hd_core.signing_keys: the tags on every JWT key the rotation makes, and its deletion window (a test keeps them equal).
 PURPOSE_TAG: Final = "hd:purpose"
 JWT_KEY_PURPOSE: Final = "jwt-signing"
+CHECKPOINT_KEY_PURPOSE: Final = "checkpoint-signing"  # hd_core.adapters.kms_keys.CHECKPOINT_KEY_PURPOSE
 DEPLOYMENT_TAG: Final = "hd:deployment"
 DELETION_PENDING_DAYS: Final = 30
 
@@ -110,8 +114,9 @@ _TAGGED_KEYS_REASON: Final = (
     "(aws:ResourceTag conditions), which only the rotation can create."
 )
 _CREATE_KEY_REASON: Final = (
-    "kms:CreateKey has no resource to name; the grant requires exactly the tags hd:purpose=jwt-signing and "
-    "hd:deployment=<this stack>, spec RSA_2048, usage SIGN_VERIFY and KMS-made key material."
+    "kms:CreateKey has no resource to name; the grant requires exactly the tags hd:purpose (jwt-signing with spec "
+    "RSA_2048, or checkpoint-signing with ECC_NIST_P256) and hd:deployment=<this stack>, usage SIGN_VERIFY and "
+    "KMS-made key material."
 )
 _OUTSIDE_VPC_REASON: Final = (
     "The webhook delivery Lambda POSTs to customers' public HTTPS endpoints; the VPC's isolated subnets have no "
@@ -139,12 +144,14 @@ class Lifecycle(Construct):
         signing_key: kms.IKey | None = None,
         token_verifiers: Sequence[iam.IRole] = (),
         rotation_checked_keys: Sequence[kms.IKey] = (),
+        iam_recorders: Sequence[iam.IRole] = (),
     ) -> None:
         """`control_api` builds the two Lambdas and holds the emitting functions and their roles; `queue_key`
         encrypts both queues; `alarm_topic` receives the alarms. `signing_key` is the stack's first JWT signing
         key (retired by ARN once rotated); `token_verifiers` are roles outside the control API that verify JWTs
         (the engine hosts'); `rotation_checked_keys` are the symmetric keys whose KMS rotation the daily run
-        checks. ValueError for an unknown emitting function."""
+        checks; `iam_recorders` are roles outside the control API that record IAM events (the wipe hook's), which
+        sign checkpoints with the current checkpoint key. ValueError for an unknown emitting function."""
         super().__init__(scope, id)
         unknown = sorted(set(emitting_functions) - set(control_api.functions))
         if unknown:
@@ -190,6 +197,7 @@ class Lifecycle(Construct):
             function.add_environment(QUEUE_URL_VARIABLE, self.queue.queue_url)
         self._consume(control_api.roles["webhook_delivery"])
         self._grant_signing_key_rotation(control_api, signing_key, token_verifiers)
+        self._grant_checkpoint_key_rotation(control_api, iam_recorders)
         self._grant_rotation_checks(rotation_checked_keys)
 
         self.lifecycle_rule = self._schedule(
@@ -295,6 +303,39 @@ class Lifecycle(Construct):
         _acknowledge_wildcards(rotate, {"*": _CREATE_KEY_REASON, tagged: _TAGGED_KEYS_REASON})
         for policy in (verify, sign):
             _acknowledge_wildcards(policy, {tagged: _TAGGED_KEYS_REASON})
+
+    def _grant_checkpoint_key_rotation(self, control_api: ControlApi, iam_recorders: Sequence[iam.IRole]) -> None:
+        """The job creates tagged ECC checkpoint keys (never retires them: old checkpoints must stay verifiable, and
+        their public keys are in the chain); every role that records IAM events may sign with them."""
+        stack = Stack.of(self)
+        requested = {f"aws:RequestTag/{PURPOSE_TAG}": CHECKPOINT_KEY_PURPOSE,
+                     f"aws:RequestTag/{DEPLOYMENT_TAG}": stack.stack_name}
+        tags = {f"aws:ResourceTag/{PURPOSE_TAG}": CHECKPOINT_KEY_PURPOSE,
+                f"aws:ResourceTag/{DEPLOYMENT_TAG}": stack.stack_name}
+        only_our_tags = {"ForAllValues:StringEquals": {"aws:TagKeys": [PURPOSE_TAG, DEPLOYMENT_TAG]}}
+        create = iam.ManagedPolicy(
+            self, "CheckpointKeyRotationPolicy", roles=[self._lifecycle_role],
+            description="Hardened Duck: create this deployment's tagged IAM checkpoint signing keys",
+            statements=[
+                _allow(["kms:CreateKey"], ["*"], {
+                    "StringEquals": {**requested, "kms:KeySpec": "ECC_NIST_P256", "kms:KeyUsage": "SIGN_VERIFY",
+                                     "kms:KeyOrigin": "AWS_KMS"},
+                    "Bool": {"kms:BypassPolicyLockoutSafetyCheck": "false"}, **only_our_tags,
+                }),
+                _allow(["kms:TagResource"], [self.tagged_keys_arn], {"StringEquals": requested, **only_our_tags}),
+                _allow(["kms:GetPublicKey"], [self.tagged_keys_arn], {"StringEquals": tags}),
+            ],
+        )
+        recorders = [role for name, role in control_api.roles.items()
+                     if (access := FUNCTION_ACCESS.get(name)) is not None and access.records_iam_events]
+        sign = iam.ManagedPolicy(
+            self, "RotatedCheckpointKeysSignPolicy", roles=[*recorders, self._lifecycle_role, *iam_recorders],
+            statements=[_allow(["kms:Sign"], [self.tagged_keys_arn], {"StringEquals": tags})],
+            description="Hardened Duck: sign IAM checkpoints with the deployment's current rotated checkpoint key",
+        )
+        tagged = _nag_reference(stack, self.tagged_keys_arn)
+        _acknowledge_wildcards(create, {"*": _CREATE_KEY_REASON, tagged: _TAGGED_KEYS_REASON})
+        _acknowledge_wildcards(sign, {tagged: _TAGGED_KEYS_REASON})
 
     def _grant_rotation_checks(self, keys: Sequence[kms.IKey]) -> None:
         if not keys:

@@ -273,7 +273,8 @@ def test_only_the_lifecycle_job_creates_tagged_jwt_keys_and_retires_only_tagged_
     role = {"Ref": _role_of(lifecycle)}
     stack_name = lifecycle["Properties"]["Environment"]["Variables"]["HD_KMS_KEY_DEPLOYMENT_TAG"]
     assert isinstance(stack_name, str) and stack_name
-    [create] = _policy_granting(template, "kms:CreateKey", "*")
+    [create] = [g for g in _policy_granting(template, "kms:CreateKey", "*")
+                if g["statement"]["Condition"]["StringEquals"]["kms:KeySpec"] == "RSA_2048"]
     assert create["roles"] == [role]
     assert create["statement"]["Condition"] == {
         "StringEquals": {**_tag_conditions("aws:RequestTag", stack_name), "kms:KeySpec": "RSA_2048",
@@ -282,7 +283,8 @@ def test_only_the_lifecycle_job_creates_tagged_jwt_keys_and_retires_only_tagged_
         "ForAllValues:StringEquals": {"aws:TagKeys": ["hd:purpose", "hd:deployment"]},
     }
     for action in ("kms:TagResource", "kms:DisableKey", "kms:ScheduleKeyDeletion"):
-        grants = _policy_granting(template, action, TAGGED_KEYS)
+        grants = [g for g in _policy_granting(template, action, TAGGED_KEYS)
+                  if "jwt-signing" in json.dumps(g["statement"]["Condition"])]
         assert [g["roles"] for g in grants] == [[role]], action
         conditions = grants[0]["statement"]["Condition"]
         prefix = "aws:RequestTag" if action == "kms:TagResource" else "aws:ResourceTag"
@@ -305,7 +307,7 @@ def test_verifiers_and_the_engine_hosts_read_tagged_keys_and_only_signers_sign_w
     _, lifecycle = _function_by_handler(template, LIFECYCLE_HANDLER)
     stack_name = lifecycle["Properties"]["Environment"]["Variables"]["HD_KMS_KEY_DEPLOYMENT_TAG"]
     [verify] = [g for g in _policy_granting(template, "kms:GetPublicKey", TAGGED_KEYS)
-                if g["statement"]["Action"] == "kms:GetPublicKey"]
+                if g["statement"]["Action"] == "kms:GetPublicKey" and "jwt-signing" in json.dumps(g["statement"])]
     assert verify["statement"]["Condition"] == {"StringEquals": _tag_conditions("aws:ResourceTag", stack_name)}
     verifiers = {role["Ref"] for role in verify["roles"]}
     _, auth = _function_by_handler(template, "functions.auth.handler.lambda_handler")
@@ -314,7 +316,8 @@ def test_verifiers_and_the_engine_hosts_read_tagged_keys_and_only_signers_sign_w
                    and "ec2.amazonaws.com" in json.dumps(r["Properties"]["AssumeRolePolicyDocument"])]
     assert {_role_of(auth), _role_of(users), *fleet_roles} <= verifiers
     assert _role_of(lifecycle) not in verifiers  # it checks new keys through its own policy
-    [sign] = _policy_granting(template, "kms:Sign", TAGGED_KEYS)
+    [sign] = [g for g in _policy_granting(template, "kms:Sign", TAGGED_KEYS)
+              if "jwt-signing" in json.dumps(g["statement"]["Condition"])]
     assert [role["Ref"] for role in sign["roles"]] == [_role_of(auth)]
     assert sign["statement"]["Condition"] == {"StringEquals": _tag_conditions("aws:ResourceTag", stack_name)}
 
@@ -341,11 +344,42 @@ def test_the_daily_run_checks_the_rotation_of_the_symmetric_keys_and_alarms_on_f
     assert lifecycle_name
 
 
+def test_checkpoint_keys_are_created_tagged_by_the_job_and_signed_with_by_every_iam_recorder(
+    template: dict[str, Any],
+) -> None:
+    _, lifecycle = _function_by_handler(template, LIFECYCLE_HANDLER)
+    stack_name = lifecycle["Properties"]["Environment"]["Variables"]["HD_KMS_KEY_DEPLOYMENT_TAG"]
+    tags = {"aws:ResourceTag/hd:purpose": "checkpoint-signing", "aws:ResourceTag/hd:deployment": stack_name}
+    [create] = [g for g in _policy_granting(template, "kms:CreateKey", "*")
+                if g["statement"]["Condition"]["StringEquals"]["kms:KeySpec"] == "ECC_NIST_P256"]
+    assert create["roles"] == [{"Ref": _role_of(lifecycle)}]
+    assert create["statement"]["Condition"]["StringEquals"]["aws:RequestTag/hd:purpose"] == "checkpoint-signing"
+    [sign] = [g for g in _policy_granting(template, "kms:Sign", TAGGED_KEYS)
+              if "checkpoint-signing" in json.dumps(g["statement"]["Condition"])]
+    assert sign["statement"]["Condition"] == {"StringEquals": tags}
+    signers = {role["Ref"] for role in sign["roles"]}
+    # Every role that may sign with the stack's first checkpoint key may sign with the rotated ones too, but
+    # the shadow replay's, whose trail (functions/shadow/wiring.py) signs with the first key, trusted forever.
+    checkpoint_key = {"Fn::GetAtt": [_key(template, "KeysCheckpoint"), "Arn"]}
+    first = {role for role, resources in _roles_granted(template, "kms:Sign").items()
+             if checkpoint_key in [r for resource in resources
+                                   for r in (resource if isinstance(resource, list) else [resource])]}
+    assert {role for role in first - signers if not role.startswith("ShadowReplay")} == set()
+    assert _role_of(lifecycle) in signers and any(role.startswith("EngineFleet") for role in signers)
+    # Nobody may disable or delete a checkpoint key: no grant names that purpose with those actions.
+    for action in ("kms:DisableKey", "kms:ScheduleKeyDeletion"):
+        assert not [g for g in _policy_granting(template, action, TAGGED_KEYS)
+                    if "checkpoint-signing" in json.dumps(g["statement"].get("Condition", {}))]
+
+
 def test_the_cdk_spells_the_signing_key_tags_as_the_rotation_writes_them() -> None:
     from hd_cdk import lifecycle
     from hd_core import signing_keys
+    from hd_core.adapters import kms_keys
 
     assert (lifecycle.PURPOSE_TAG, lifecycle.JWT_KEY_PURPOSE, lifecycle.DEPLOYMENT_TAG) == (
         signing_keys.PURPOSE_TAG, signing_keys.JWT_KEY_PURPOSE, signing_keys.DEPLOYMENT_TAG)
     assert lifecycle.DELETION_PENDING_DAYS == signing_keys.DEFAULT_PENDING_DAYS
+    assert (lifecycle.PURPOSE_TAG, lifecycle.CHECKPOINT_KEY_PURPOSE) == (kms_keys.PURPOSE_TAG,
+                                                                       kms_keys.CHECKPOINT_KEY_PURPOSE)
     assert lifecycle.LIFECYCLE_SERVICE == "hd-key-lifecycle"
