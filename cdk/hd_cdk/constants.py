@@ -28,6 +28,7 @@ AUDIT_DEEP_ARCHIVE_AFTER_DAYS: Final = 365
 AUDIT_QUERIES_PREFIX: Final = "audit/queries/"
 AUDIT_IAM_CHECKPOINTS_PREFIX: Final = "audit/iam-checkpoints/"
 AUDIT_QUERY_CHECKPOINTS_PREFIX: Final = "audit/query-checkpoints/"  # hd_core.query_audit_chain.CHECKPOINT_PREFIX
+AUDIT_EXPORTS_PREFIX: Final = "audit/exports/"  # hd_core.adapters.s3_audit_exports.EXPORTS_PREFIX
 
 # --- network --------------------------------------------------------------------------------------------
 VPC_CIDR: Final = "10.42.0.0/16"

@@ -86,6 +86,7 @@ class FunctionAccess:
     seals_secrets: bool = False  # TOTP seeds: data keys under the sealed-secret encryption context
     sealed_purpose: str = SEALED_SECRET_PURPOSE  # that context's purpose (webhook secrets have their own)
     reads_query_audit: bool = False  # lists and reads the query audit partitions
+    stores_audit_exports: bool = False  # puts audit exports under audit/exports/ and presigns GETs of them
     describes_instances: bool = False  # ec2:DescribeInstances (fleet membership)
     reserved_concurrency: int = 10
     memory_mb: int = 512
@@ -103,7 +104,8 @@ FUNCTION_ACCESS: Final[Mapping[str, FunctionAccess]] = {
     "quotas": FunctionAccess(),
     # Reads the trail and the query audit, verifies the chain, and checkpoints every org on a schedule.
     "audit": FunctionAccess(
-        verifies_checkpoints=True, reads_query_audit=True, reserved_concurrency=5, timeout_seconds=300
+        verifies_checkpoints=True, reads_query_audit=True, stores_audit_exports=True, reserved_concurrency=5,
+        timeout_seconds=300,
     ),
     # Heartbeats: IAM-authenticated, no tokens and no IAM events; reads the org, asks EC2 about the host.
     "fleet": FunctionAccess(
@@ -153,6 +155,10 @@ _PREFIX_REASONS: Final[Mapping[str, str]] = {
     constants.AUDIT_QUERIES_PREFIX: (
         "Read-only access to objects under the query-audit prefix: engine hosts write one object per batch "
         "and day partition, so the audit search can only be granted the prefix."
+    ),
+    constants.AUDIT_EXPORTS_PREFIX: (
+        "Objects under the audit-export prefix only: each export is a new object named by organisation and export "
+        "id, which an auditor fetches through a presigned GET; Object Lock keeps what was handed out."
     ),
 }
 _L1_REASON: Final = (
@@ -408,6 +414,8 @@ class ControlApi(Construct):
                                                  versions=access.verifies_checkpoints))
         if access.reads_query_audit:
             statements.extend(self._audit_prefix(constants.AUDIT_QUERIES_PREFIX, write=False))
+        if access.stores_audit_exports:  # an export is too big for a Lambda answer: stored, then presigned
+            statements.extend(self._audit_prefix(constants.AUDIT_EXPORTS_PREFIX, write=True))
         if access.seals_secrets:
             statements.append(_allow(["kms:GenerateDataKey", "kms:Decrypt"], [self._data_key.key_arn], {
                 "StringEquals": {"kms:EncryptionContext:purpose": access.sealed_purpose}}))
@@ -425,6 +433,7 @@ class ControlApi(Construct):
             *([constants.AUDIT_IAM_CHECKPOINTS_PREFIX] if access.records_iam_events or access.verifies_checkpoints
               else []),
             *([constants.AUDIT_QUERIES_PREFIX] if access.reads_query_audit else []),
+            *([constants.AUDIT_EXPORTS_PREFIX] if access.stores_audit_exports else []),
         ]
         for prefix in prefixes:
             findings[f"{bucket}/{prefix}*"] = _PREFIX_REASONS[prefix]

@@ -381,7 +381,7 @@ def test_audit_bucket_access_is_scoped_to_prefixes_and_only_trail_writers_put(
             if "s3:ListBucket" in actions_of([statement]):
                 assert statement["Resource"] == {"Fn::GetAtt": [bucket_id, "Arn"]}
                 assert set(statement["Condition"]["StringLike"]["s3:prefix"]) <= {
-                    "audit/iam-checkpoints/*", "audit/queries/*"}
+                    "audit/iam-checkpoints/*", "audit/queries/*", "audit/exports/*"}
                 continue
             join = statement["Resource"]["Fn::Join"][1]
             assert join[0] == {"Fn::GetAtt": [bucket_id, "Arn"]}
@@ -390,8 +390,8 @@ def test_audit_bucket_access_is_scoped_to_prefixes_and_only_trail_writers_put(
         if name == "fleet":
             assert not s3_statements
         elif name == "audit":
-            assert object_prefixes == {"/audit/iam-checkpoints/*", "/audit/queries/*"}
-            assert writes == {"/audit/iam-checkpoints/*"}
+            assert object_prefixes == {"/audit/iam-checkpoints/*", "/audit/queries/*", "/audit/exports/*"}
+            assert writes == {"/audit/iam-checkpoints/*", "/audit/exports/*"}
             # verify-chain reads every version of every checkpoint: a delete marker must not hide one
             versioned = {join["Resource"]["Fn::Join"][1][1]
                          for join in statements_with(statements, "s3:GetObjectVersion")}
