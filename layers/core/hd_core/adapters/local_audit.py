@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 from hd_core.audit import audit_partition
-from hd_core.audit_search import records_from_jsonl
+from hd_core.audit_search import records_from_lines
 from hd_core.errors import AuditWriteFailed, HdError
 from hd_core.query_audit_chain import ChainHead, QueryChainCheckpointer, chain_id_for, chained_line, head_of_line
 
@@ -210,7 +210,7 @@ class LocalFolderAuditArchive:
         except OSError as exc:
             raise HdError(f"query audit folder {folder} could not be read: {exc.strerror or exc}") from exc
         for path in files:
-            yield from records_from_jsonl(_read_day_file(path), source=str(path))
+            yield from _stream_day_file(path)
 
     def chain_segments(self, day: date) -> Iterator[tuple[str, bytes]]:
         """(host id, the file's bytes) of every host's file of `day`: one chain each, for verification."""
@@ -223,6 +223,21 @@ class LocalFolderAuditArchive:
             raise HdError(f"query audit folder {folder} could not be read: {exc.strerror or exc}") from exc
         for path in files:
             yield path.stem, _read_day_file(path)
+
+
+def _stream_day_file(path: Path) -> Iterator[dict[str, object]]:
+    """A host's day file read line by line: a busy host's whole day never sits in memory at once."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return  # removed between listing and reading (retention clean-up): nothing left to read
+    except OSError as exc:
+        raise HdError(f"query audit file {path} could not be read: {exc.strerror or exc}") from exc
+    with handle:
+        try:
+            yield from records_from_lines(handle, source=str(path))
+        except OSError as exc:
+            raise HdError(f"query audit file {path} could not be read: {exc.strerror or exc}") from exc
 
 
 def _read_day_file(path: Path) -> bytes:
