@@ -108,7 +108,9 @@ def _allow_statements(template: dict[str, Any]) -> list[tuple[str, dict[str, Any
     return [(logical_id, s) for logical_id, d in documents for s in d["Statement"] if s["Effect"] == "Allow"]
 
 
-def test_no_role_may_use_wildcard_actions_delete_objects_or_schedule_key_deletion_but_jwt_key_retirement(synthesized_app: Any) -> None:
+def test_no_role_may_use_wildcard_actions_delete_objects_or_schedule_key_deletion_but_to_retire_jwt_keys(
+    synthesized_app: Any,
+) -> None:
     statements = _allow_statements(synthesized_app.template())
     assert statements, "expected at least the flow-log delivery policy"
     for logical_id, statement in statements:
