@@ -383,3 +383,36 @@ def test_the_cdk_spells_the_signing_key_tags_as_the_rotation_writes_them() -> No
     assert (lifecycle.PURPOSE_TAG, lifecycle.CHECKPOINT_KEY_PURPOSE) == (kms_keys.PURPOSE_TAG,
                                                                        kms_keys.CHECKPOINT_KEY_PURPOSE)
     assert lifecycle.LIFECYCLE_SERVICE == "hd-key-lifecycle"
+
+
+def test_the_synthesized_daily_rule_deploys_to_eventbridge_as_written(
+    template: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rule's schedule and target, as synthesized, accepted by EventBridge (moto) and read back unchanged."""
+    import boto3
+    from moto import mock_aws
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "eu-west-1")):
+        monkeypatch.setenv(name, value)
+    function_name, _ = _function_by_handler(template, LIFECYCLE_HANDLER)
+    [rule] = [r["Properties"] for r in _resources(template, "AWS::Events::Rule").values()
+              if any(t["Arn"] == {"Fn::GetAtt": [function_name, "Arn"]} for t in r["Properties"]["Targets"])]
+    [target] = rule["Targets"]
+    function_arn = "arn:aws:lambda:eu-west-1:123456789012:function:hd-key-lifecycle"
+    with mock_aws():
+        events = boto3.client("events")
+        events.put_rule(Name="KeyLifecycleDaily", ScheduleExpression=rule["ScheduleExpression"],
+                        State=rule["State"], Description=rule["Description"])
+        events.put_targets(Rule="KeyLifecycleDaily", Targets=[{
+            "Id": target["Id"], "Arn": function_arn,
+            "RetryPolicy": {"MaximumRetryAttempts": target["RetryPolicy"]["MaximumRetryAttempts"],
+                            "MaximumEventAgeInSeconds": target["RetryPolicy"]["MaximumEventAgeInSeconds"]},
+        }])
+        described = events.describe_rule(Name="KeyLifecycleDaily")
+        assert (described["ScheduleExpression"], described["State"]) == ("rate(1 day)", "ENABLED")
+        [deployed] = events.list_targets_by_rule(Rule="KeyLifecycleDaily")["Targets"]
+        assert deployed["Arn"] == function_arn
+        assert deployed["RetryPolicy"] == {"MaximumRetryAttempts": 2, "MaximumEventAgeInSeconds": 6 * 3600}
+        with pytest.raises(events.exceptions.ClientError):  # a malformed schedule would have been refused
+            events.put_rule(Name="Broken", ScheduleExpression="rate(1 days and a bit)")
