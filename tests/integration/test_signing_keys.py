@@ -32,7 +32,7 @@ from hd_core.key_lifecycle import run_key_lifecycle
 from hd_core.models import ChainCheckpoint, IamEvent, Role, User, UserStatus, new_id
 from hd_core.ports import KeyProvider
 from hd_core.services import ControlServices, assemble_services
-from hd_core.signing_keys import JWT_RING_SETTING, CheckpointKeyRing, SigningKeyRing
+from hd_core.signing_keys import JWT_RING_SETTING, CheckpointKeyRing, JwtKeyRing, SigningKeyRing
 from hd_core.tokens import JwtIssuer, JwtVerifier, jwks_document
 from hd_core.wipe import DEPLOYMENT_CHAIN_ID
 from tests.clocks import HandWoundClock
@@ -320,3 +320,21 @@ def test_a_key_introduced_without_a_trusted_signature_vouches_for_nothing(local:
         assert not verdict.chain_valid
         assert verdict.first_break is not None and verdict.first_break.kind == "checkpoint_signature_invalid"
     assert kid not in _fresh_trail(local)._keys.trusted_keys()  # type: ignore[attr-defined]
+
+
+def test_a_process_that_cannot_write_the_store_uses_the_configured_keys_until_a_writer_stores_the_ring(
+    local: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fresh = SqliteControlStore(tmp_path / "read-only.sqlite3")
+
+    def refuse(name: str, value: str) -> str:
+        raise PermissionError("AccessDeniedException: dynamodb:PutItem")
+
+    monkeypatch.setattr(fresh, "put_setting_if_absent", refuse)
+    ring = JwtKeyRing(fresh, local.keys, now=local.clock, refresh=timedelta(0))
+    issuer = JwtIssuer(ring, issuer=ISSUER, audience=AUDIENCE, now=local.clock)
+    verifier = JwtVerifier(ring, issuer=ISSUER, audience=AUDIENCE, now=local.clock)
+    token = issuer.issue(_user(), "live")
+    assert jwt.get_unverified_header(token)["kid"] == local.keys.configured_jwt_kids()[0]
+    assert verifier.verify(token)["sub"]
+    assert fresh.get_setting(JWT_RING_SETTING) is None

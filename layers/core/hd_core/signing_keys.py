@@ -155,7 +155,14 @@ def load_ring(store: SettingsStore, keys: KeyProvider, now: datetime, *, setting
             SigningKey(kid=kid, created_at=now, retired_at=None if index == 0 else now)
             for index, kid in enumerate(dict.fromkeys(kids))
         ))
-        stored = store.put_setting_if_absent(setting, seed.to_json())
+        try:
+            stored = store.put_setting_if_absent(setting, seed.to_json())
+        # A process that may only read the store (a read-only function, an engine host) verifies with the
+        # seed it would have written: the configured keys, exactly; the first writer stores it.
+        except Exception:  # noqa: BLE001 - any store refusal (AccessDenied, read-only file) is the same case
+            log.info("the %s ring is not stored yet and this process cannot store it: using the configured keys",
+                     setting)
+            return seed
     return SigningKeyRing.from_json(stored)
 
 
