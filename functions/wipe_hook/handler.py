@@ -3,6 +3,10 @@
 EventBridge delivers the "EC2 Instance-terminate Lifecycle Action" event; the wipe itself is
 `hd_core.wipe.wipe_instance`. A failed wipe raises, so the asynchronous invocation is retried and the
 WipeFailed metric (alarmed on) fires; the lifecycle hook is then left pending, never continued.
+
+The outcome is announced as `instance.wiped` / `instance.wipe_failed` webhooks: the deliveries are recorded
+in the control store and, where the deployment hands this function the webhook queue (HD_WEBHOOK_QUEUE_URL,
+cdk/hd_cdk/wipe_hook.py `announce_on`), enqueued at once by `hd_core.webhooks.emit`'s SQS dispatcher.
 """
 
 from __future__ import annotations
