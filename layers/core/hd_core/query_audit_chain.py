@@ -32,7 +32,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
 from hd_core.audit import to_json_line
-from hd_core.errors import InvalidRequest
+from hd_core.errors import InvalidRequest, NotFound
 from hd_core.iam_audit import GENESIS_HASH, ChainBreak, ChainVerification, canonical_json, format_audit_time
 from hd_core.models import ChainCheckpoint, utc_now
 from hd_core.ports import CheckpointStore, KeyProvider
@@ -46,8 +46,8 @@ DEFAULT_CHECKPOINT_SECONDS = 60.0
 # Where query chain checkpoints live: a prefix of their own in the audit bucket (and the local audit folder).
 CHECKPOINT_PREFIX = "audit/query-checkpoints/"
 CHECKPOINT_FOLDER = ("audit", "query-checkpoints")
-# Every record of every day is read and re-hashed: a month at a time keeps one request bounded.
-MAX_VERIFY_DAYS = 31
+# Every record of every day is read and re-hashed; the same bound as an audit search (a whole leap year).
+MAX_VERIFY_DAYS = 366
 
 # `,"hash":"<64 hex>"}`: the fixed-length end of every chained line.
 _HASH_SUFFIX = re.compile(rb',"hash":"([0-9a-f]{64})"}$')
@@ -386,7 +386,7 @@ def verify_query_trail(stores: QueryChainStores | None, keys: KeyProvider, *,
                        now: Callable[[], datetime] = utc_now) -> QueryTrailVerification:
     """Verify the query audit chains of `start`..`end` (UTC days, default today); raises `InvalidRequest`."""
     if stores is None:
-        raise InvalidRequest("this control plane has no query audit chain to verify; use trail=iam")
+        raise NotFound("this control plane keeps no query audit chain; verify trail=iam instead")
     today = now().astimezone(UTC).date()
     first, last = start or end or today, end or start or today
     if last < first:
