@@ -3,8 +3,11 @@
 A deployment names a region; the data bucket, the audit bucket, the control table (and every replica
 of it) and every KMS key must be in it. One resource elsewhere (a bucket created in the wrong region,
 a global-table replica added later, a key ARN copied from another deployment) would move data, audit
-records or key use out of the region a customer was promised (GDPR data residency). The engine host
-refuses to start and the control plane refuses every request while that is so (`RegionMismatch`).
+records or key use out of the region a customer was promised (GDPR data residency). So would a copy:
+a bucket's replication rule whose destination bucket is elsewhere (every object written is copied
+there), or a multi-region KMS key (`mrk-...`) with its primary or a replica elsewhere (what it
+encrypts can be decrypted there). The engine host refuses to start and the control plane refuses
+every request while that is so (`RegionMismatch`).
 
 How each region is learnt is a port (`RegionLookup`; `hd_core/adapters/aws_regions.py` asks AWS).
 A region that cannot be learnt counts as a mismatch: pinning fails closed.
@@ -70,12 +73,20 @@ class RegionLookup(Protocol):
         """The region of S3 bucket `bucket`; raises `RegionUnknown`."""
         ...
 
+    def bucket_replica_regions(self, bucket: str) -> tuple[str, ...]:
+        """The regions `bucket`'s enabled replication rules copy objects to (none without replication)."""
+        ...
+
     def table_regions(self, table: str) -> tuple[str, ...]:
         """The regions DynamoDB table `table` keeps data in: its own first, then any global-table replicas."""
         ...
 
     def key_region(self, key: str) -> str:
         """The region of KMS key `key` (an ARN, a key id or an alias); raises `RegionUnknown`."""
+        ...
+
+    def key_replica_regions(self, key: str) -> tuple[str, ...]:
+        """The regions of a multi-region key's primary and replicas (none for a single-region key)."""
         ...
 
 
@@ -94,22 +105,29 @@ def require_pinned(region: str, resources: Iterable[PinnedResource], lookup: Reg
     for resource in resources:
         label = f"{resource.role} {resource.kind.value} {resource.name}"
         try:
-            regions = _regions_of(resource, lookup)
+            placements = _placements(resource, lookup)
         except RegionUnknown as unknown:
             differences.append(f"{label}: region cannot be confirmed ({unknown})")
             settled = False
             continue
-        outside = [found for found in regions if found != region]
-        if outside:
-            differences.append(f"{label} is in {', '.join(outside)}")
+        outside: dict[str, list[str]] = {}
+        for how, found in placements:
+            if found != region:
+                outside.setdefault(how, []).append(found)
+        differences.extend(f"{label} {how} {', '.join(dict.fromkeys(found))}" for how, found in outside.items())
     if differences:
         raise RegionMismatch(region, differences, settled=settled)
 
 
-def _regions_of(resource: PinnedResource, lookup: RegionLookup) -> tuple[str, ...]:
+def _placements(resource: PinnedResource, lookup: RegionLookup) -> list[tuple[str, str]]:
+    """Where `resource` keeps data or key material: ("is in" | a copy's verb, region) pairs."""
     if resource.kind is ResourceKind.BUCKET:
-        return (lookup.bucket_region(resource.name),)
+        return [("is in", lookup.bucket_region(resource.name)),
+                *(("replicates to", found) for found in lookup.bucket_replica_regions(resource.name))]
     if resource.kind is ResourceKind.TABLE:
-        return lookup.table_regions(resource.name)
-    # A key ARN is authoritative on its own (no call, no kms:DescribeKey grant needed).
-    return (kms_arn_region(resource.name) or lookup.key_region(resource.name),)
+        return [("is in", found) for found in lookup.table_regions(resource.name)]
+    # A key ARN is authoritative on its own (no call, no kms:DescribeKey grant needed) unless the key is
+    # multi-region: then its primary and replicas are asked for (DescribeKey).
+    home = kms_arn_region(resource.name) or lookup.key_region(resource.name)
+    return [("is in", home), *(("has key material in", found) for found in lookup.key_replica_regions(resource.name))]
+

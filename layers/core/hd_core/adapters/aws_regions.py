@@ -1,8 +1,11 @@
-"""`RegionLookup` over AWS: S3 GetBucketLocation, DynamoDB DescribeTable, and KMS key ARNs.
+"""`RegionLookup` over AWS: S3 GetBucketLocation and GetBucketReplication, DynamoDB DescribeTable, KMS key ARNs.
 
-IAM: `s3:GetBucketLocation` on each bucket and `dynamodb:DescribeTable` on the table. A bare KMS
-key id or alias resolves only in the region of the endpoint asked, so its region is the KMS
-client's own; a key ARN names its region. Neither needs `kms:DescribeKey`.
+IAM: `s3:GetBucketLocation` and `s3:GetReplicationConfiguration` on each bucket (and GetBucketLocation
+on a replication rule's destination bucket: a destination whose region cannot be learnt counts as
+elsewhere), `dynamodb:DescribeTable` on the table. A bare KMS key id resolves only in the region of
+the endpoint asked, so its region is the KMS client's own; a key ARN names its region. Only a
+multi-region key (id `mrk-...`) or an alias (which may name one) is described (`kms:DescribeKey`),
+for the regions of its primary and replicas.
 """
 
 from __future__ import annotations
@@ -30,6 +33,20 @@ class AwsRegionLookup:
         location = response.get("LocationConstraint")
         return _LEGACY_LOCATIONS.get(location, location)
 
+    def bucket_replica_regions(self, bucket: str) -> tuple[str, ...]:
+        try:
+            configuration = self._s3.get_bucket_replication(Bucket=bucket)["ReplicationConfiguration"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ReplicationConfigurationNotFoundError":
+                return ()  # no replication: the objects stay in the bucket's own region
+            raise RegionUnknown(f"GetBucketReplication failed: {exc.response.get('Error', {}).get('Code')}") from None
+        except BotoCoreError as exc:
+            raise RegionUnknown(f"GetBucketReplication failed: {type(exc).__name__}") from None
+        destinations = [str(rule.get("Destination", {}).get("Bucket", "")) for rule in configuration.get("Rules", [])
+                        if rule.get("Status") == "Enabled"]
+        # arn:aws:s3:::<bucket>: a bucket ARN names no region, so the destination is asked where it is.
+        return tuple(dict.fromkeys(self.bucket_region(arn.rsplit(":", 1)[-1]) for arn in destinations))
+
     def table_regions(self, table: str) -> tuple[str, ...]:
         description = _call("DescribeTable", lambda: self._dynamodb.describe_table(TableName=table))["Table"]
         arn = str(description.get("TableArn", ""))
@@ -44,6 +61,18 @@ class AwsRegionLookup:
         if not region:
             raise RegionUnknown("the KMS client has no region")
         return str(region)
+
+
+    def key_replica_regions(self, key: str) -> tuple[str, ...]:
+        name = key.rsplit(":", 1)[-1]  # key/<id>, alias/<name> or a bare id
+        if not (name.startswith("alias/") or name.removeprefix("key/").startswith("mrk-")):
+            return ()  # a single-region key's material never leaves its region
+        metadata = _call("DescribeKey", lambda: self._kms.describe_key(KeyId=key))["KeyMetadata"]
+        if not metadata.get("MultiRegion"):
+            return ()
+        configuration = metadata.get("MultiRegionConfiguration", {})
+        keys = [configuration.get("PrimaryKey", {}), *configuration.get("ReplicaKeys", [])]
+        return tuple(dict.fromkeys(str(entry.get("Region", "")) for entry in keys if entry))
 
 
 def _call(operation: str, call: Any) -> Any:
