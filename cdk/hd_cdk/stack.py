@@ -10,6 +10,7 @@ from aws_cdk import CfnCondition, CfnOutput, CfnParameter, Fn, Stack
 from constructs import Construct
 
 from hd_cdk import constants, packaging
+from hd_cdk.certificates import CertificateRotation, private_ca_arn
 from hd_cdk.control_api import ControlApi
 from hd_cdk.engine_fleet import EngineFleet
 from hd_cdk.keys import KEY_ARN_PATTERN, Keys
@@ -147,6 +148,12 @@ class HardenedDuckStack(Stack):
             dead_letter_queues={"control_api": self.control_api.dead_letter_queue},
         )
         self._perimeter()
+        ca_arn = private_ca_arn(self)
+        if ca_arn is not None:  # else the documented import path: a new secret version from any CA
+            self.certificates = CertificateRotation(
+                self, "Certificates", secret_arn=p.tls_bundle_arn, ca_arn=ca_arn, data_key=k.data, vpc=n.vpc,
+                subnets=n.subnets, lambda_sg=n.lambda_sg, endpoint_sg=n.endpoint_sg, logs_key=k.logs, code=code,
+                layers=layers)
         self._outputs()
 
     def _perimeter(self) -> None:
