@@ -16,6 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hd_core.errors import HdError, InvalidRequest
+from hd_core.telemetry import OTEL_ENDPOINT_ENV, TelemetryMisconfigured, traces_url
 from hd_core.wipe import DEFAULT_DEVICE, luks_erase_commands
 
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
@@ -72,6 +73,16 @@ def _device(value: str) -> str:
         luks_erase_commands(value)
     except InvalidRequest as exc:
         raise ValueError(str(exc)) from exc
+    return value
+
+
+def _otlp_url(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            traces_url({OTEL_ENDPOINT_ENV: value})
+        except TelemetryMisconfigured:
+            raise ValueError("must be an OTLP/HTTP collector URL like http://10.0.0.5:4318 "
+                             "(http or https, no credentials, query or fragment)") from None
     return value
 
 
@@ -135,6 +146,8 @@ class EngineConfig(BaseModel):
     jwt_audience: str = "hardened-duck"
     # Shorter than the four-hour grace period, or one missed answer would already end service.
     heartbeat_interval_seconds: Annotated[int, Field(ge=1, lt=4 * 3600)] = 900
+    # Where statement spans go (engine_host/ops/tracing.py), ahead of HD_OTEL_ENDPOINT; None: that variable or off.
+    otel_endpoint: Annotated[str | None, AfterValidator(_otlp_url)] = None
 
     # The fleet's Auto Scaling group: the one dimension of the CloudWatch metrics the host publishes (scaling,
     # alarms) and the group whose scale-in protection it sets while it holds sessions. None: neither.

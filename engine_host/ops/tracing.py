@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hd_core.telemetry import span_attributes, traces_url
+from hd_core.telemetry import OTEL_ENDPOINT_ENV, span_attributes, traces_url
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +167,15 @@ class StatementTracer:
         self._provider.shutdown()
 
 
-def statement_tracer_from_environment(environ: Mapping[str, str] | None = None, *,
-                                      instance: str | None = None) -> StatementTracer | None:
-    """The tracer `HD_OTEL_ENDPOINT` asks for, or None (the default) when it is unset.
+def statement_tracer_from_environment(environ: Mapping[str, str] | None = None, *, instance: str | None = None,
+                                      configured: str | None = None) -> StatementTracer | None:
+    """The tracer `configured` (a fleet host's EngineConfig.otel_endpoint) or else `HD_OTEL_ENDPOINT` asks for,
+    or None (the default) when neither is set. The deployment's configuration wins over a process variable.
 
     Raises `TelemetryMisconfigured` for an endpoint that is not a URL or an install without `[otel]`.
     """
-    endpoint = traces_url(os.environ if environ is None else environ)
+    source = {OTEL_ENDPOINT_ENV: configured} if configured else os.environ if environ is None else environ
+    endpoint = traces_url(source)
     if endpoint is None:
         return None
     from hd_core.adapters.otlp_spans import otlp_tracer_provider

@@ -183,7 +183,8 @@ class FleetEngineHost:
                 limits=HostLimits(max_concurrent_statements=sizing.max_concurrent_statements,
                                   max_queued_statements=sizing.max_queued_statements),
                 shutdown_grace_seconds=float(config.drain_grace_seconds),
-                duckdb_threads=sizing.duckdb_threads, worker_threads=sizing.worker_threads),
+                duckdb_threads=sizing.duckdb_threads, worker_threads=sizing.worker_threads,
+                otel_endpoint=config.otel_endpoint),
             store=store, authenticate=credentials.authenticate,
             audit_sink=S3AuditSink(self.clients.s3, config.audit_bucket, host_id=identity.instance_id,
                                    checkpointer=QueryChainCheckpointer(S3CheckpointStore(

@@ -63,6 +63,8 @@ class HostSettings:
     # a fleet host sets both from its size (engine_host/boot/sizing.py).
     duckdb_threads: int | None = None
     worker_threads: int | None = None
+    # Where statement spans go (a fleet host's EngineConfig.otel_endpoint); None: HD_OTEL_ENDPOINT, or no tracing.
+    otel_endpoint: str | None = None
 
 
 @dataclass
@@ -109,7 +111,8 @@ class EngineHost:
         return self.policies is not None and self.policies.ready
 
     async def start(self) -> None:
-        self.tracer = statement_tracer_from_environment()  # first: a bad HD_OTEL_ENDPOINT stops the start
+        # First: a bad endpoint stops the start.
+        self.tracer = statement_tracer_from_environment(configured=self.settings.otel_endpoint)
         catalog = CatalogResponder()
         database = Database(self._database_path, allowed_directories=self.table_source.allowed_directories,
                             memory=self.settings.memory, threads=self.settings.duckdb_threads)

@@ -51,7 +51,9 @@ def test_every_field_can_be_set(tmp_path: Path) -> None:
         heartbeat_interval_seconds=60, listen_host="10.0.0.5", listen_port=15432, metrics_host="127.0.0.1",
         metrics_port=19090, tls_cert_file="/etc/tls/a.crt", tls_key_file="/etc/tls/a.key",
         cache_capacity_bytes=500 * 2**30, memory_limit_bytes=8 * 2**30, temp_directory="/srv/cache/spill",
-        max_result_bytes=2**30, max_value_bytes=0,
+        max_result_bytes=2**30, max_value_bytes=0, otel_endpoint="http://10.0.0.9:4318",
+        max_concurrent_statements=8, max_queued_statements=16, worker_threads=12, duckdb_threads=4,
+        auto_scaling_group_name="hd-engine-fleet", drain_grace_seconds=120,
     )
     config = load_config_file(write_json(tmp_path / "engine.json", data))
     assert config.model_dump(mode="json") == data
