@@ -10,6 +10,10 @@ limit, moves it to the dead-letter queue (alarmed on). A delivery that exhausts 
 
 An EventBridge-scheduled invocation (no `Records`) re-enqueues every due pending delivery: the
 safety net for deliveries whose first message was never sent.
+
+The region pin holds here as in every other function: while the control table, audit bucket or a key
+is outside the pinned region, an invocation fails before reading a delivery (SQS keeps the messages,
+then dead-letters them: alarmed), so no event leaves from data kept outside it.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from datetime import datetime
 from typing import Any
 
 from functions.shared.lambda_entry import function_logger
-from functions.shared.wiring import services
+from functions.shared.wiring import require_region_pin, services
 from hd_core.models import utc_now
+from hd_core.region_pinning import RegionMismatch
 from hd_core.webhook_admin import secret_sealer
 from hd_core.webhook_delivery import DeliveryOptions, deliver
 from hd_core.webhook_models import DeliveryStatus
@@ -72,6 +77,12 @@ def _sweep(queue: SqsWebhookQueue, clock: Callable[[], datetime]) -> int:
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    try:
+        require_region_pin()
+    except RegionMismatch as refused:
+        logger.error("webhook delivery refused: region pin", extra={
+            "code": refused.code, "region": refused.region, "differences": list(refused.differences)})
+        raise
     queue = queue_from_environment()
     if queue is None:
         raise RuntimeError("HD_WEBHOOK_QUEUE_URL is not set: the delivery function needs its queue")

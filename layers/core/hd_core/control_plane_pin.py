@@ -1,7 +1,9 @@
 """The control plane's region pin: which of its resources are pinned, and to which region.
 
 A Lambda container checks once (functions/shared/wiring.py) and refuses every request while any is
-outside; local adapters (`hd dev`) have nothing to pin.
+outside; local adapters (`hd dev`) have nothing to pin. Beside the control settings, shadow replay's
+functions name the data bucket their query sets, results and reports go to (`HD_SHADOW_BUCKET`) and
+the key their secrets are sealed with (`HD_SHADOW_SECRETS_KMS_KEY_ID`): pinned like the rest.
 """
 
 from __future__ import annotations
@@ -21,9 +23,24 @@ class PinnedRegionSettings(BaseSettings):
     region: str = Field(default="", validation_alias=AliasChoices("HD_REGION", "AWS_REGION"))
 
 
-def control_plane_resources(config: ControlApiSettings) -> list[PinnedResource]:
-    """The AWS resources `config` names (none with the local adapters)."""
+class ShadowPinSettings(BaseSettings):
+    """What shadow replay keeps data in (functions/shadow/wiring.py reads the same variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="HD_SHADOW_", extra="ignore")
+
+    bucket: str = ""
+    secrets_kms_key_id: str = ""
+
+
+def control_plane_resources(config: ControlApiSettings,
+                            shadow: ShadowPinSettings | None = None) -> list[PinnedResource]:
+    """The AWS resources `config` and the shadow settings (default: the environment's) name; none in `hd dev`."""
+    shadow = shadow if shadow is not None else ShadowPinSettings()
     resources: list[PinnedResource] = []
+    if shadow.bucket:
+        resources.append(PinnedResource(ResourceKind.BUCKET, shadow.bucket, "shadow data bucket"))
+    if shadow.secrets_kms_key_id:
+        resources.append(PinnedResource(ResourceKind.KEY, shadow.secrets_kms_key_id, "shadow secrets key"))
     if config.store == "dynamodb":
         resources.append(PinnedResource(ResourceKind.TABLE, config.dynamodb_table, "control table"))
     if config.audit == "s3":
