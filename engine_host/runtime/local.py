@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine_host.boot.region_pin import check_data_source_region
 from engine_host.data.cached_tables import CachedTables
 from engine_host.data.object_cache import ObjectCache
 from engine_host.data.table_sources import LocalFolderTables, NativeCache, ObjectStoreTables, TableSource
@@ -316,6 +317,7 @@ class LocalEngineHost:
         if self.config.data_source is None:
             return LocalFolderTables(self.data_dir, NativeCache(cache_dir, capacity))
         source = s3_source_from_url(self.config.data_source)
+        check_data_source_region(self.config.data_source)  # before a byte of it is cached here
         cache = ObjectCache(source, cache_dir, capacity)
         return ObjectStoreTables(CachedTables(source, cache), cache)
 

@@ -53,6 +53,7 @@ class RegionMismatch(HdError):
     """
 
     code = "HD_ERR_REGION_MISMATCH"
+    exit_code = 2  # as `hd engine boot` / `serve` exit when refused; `hd dev` exits with it too
 
     def __init__(self, region: str, differences: Iterable[str], *, settled: bool = True) -> None:
         self.region = region
