@@ -43,6 +43,9 @@ class ControlApiSettings(BaseSettings):
     jwt_audience: str = "hardened-duck"
     # JSON list of {"name", "issuer", "audience", "jwks_uri"} objects trusted for federated sign-in.
     federation_issuers: str = "[]"
+    # Verify federated tokens with the keys the refresh job pinned in the control store (hd_core.federation_keys),
+    # never fetching at sign-in: the control API's Lambdas have no internet route.
+    federation_pinned_keys: bool = False
 
     # IAM chain checkpoints. Every event is signed as it is recorded (1): events after the latest
     # checkpoint can be cut off the chain's tail without a trace, and admin changes are rare enough

@@ -132,7 +132,10 @@ class OidcFederation:
         jwks_cache_seconds: float = 300,
         leeway_seconds: int = DEFAULT_LEEWAY_SECONDS,
         now: Callable[[], datetime] = utc_now,
+        key_source: Callable[[FederatedIssuer, str], jwt.PyJWK] | None = None,
     ) -> None:
+        """`key_source` gives a token's signing key instead of fetching the issuer's JWKS (pinned keys, for hosts
+        without an internet route: hd_core.federation_keys.PinnedJwks)."""
         self._issuers: dict[str, FederatedIssuer] = {}
         for issuer in issuers:
             if issuer.issuer in self._issuers:
@@ -141,6 +144,7 @@ class OidcFederation:
         self._cache_seconds = jwks_cache_seconds
         self._leeway = leeway_seconds
         self._now = now
+        self._key_source = key_source
         self._clients: dict[str, jwt.PyJWKClient] = {}
         self._lock = threading.Lock()
 
@@ -156,7 +160,8 @@ class OidcFederation:
         if header.get("alg") not in issuer.algorithms:
             raise AuthenticationFailed(f"algorithm {header.get('alg')!r} not accepted from {issuer.name}")
         try:
-            signing_key = self._client(issuer).get_signing_key_from_jwt(token)
+            signing_key = (self._key_source(issuer, token) if self._key_source is not None
+                           else self._client(issuer).get_signing_key_from_jwt(token))
             # A PyJWK key is bound to its own algorithm: a token cannot make an RSA key verify as anything else.
             claims: dict[str, Any] = jwt.decode(
                 token,

@@ -20,6 +20,7 @@ from hd_core.auth_throttle import AuthThrottle
 from hd_core.bootstrap import ensure_pepper
 from hd_core.control_settings import ControlApiSettings
 from hd_core.federation import FederatedIssuer, OidcFederation
+from hd_core.federation_keys import PinnedJwks
 from hd_core.iam_audit import IamAuditTrail
 from hd_core.lockout_audit import record_lockout
 from hd_core.models import utc_now
@@ -117,7 +118,8 @@ def assemble_services(
         jwt_verifier=verifier,
         requests=RequestAuthenticator(store, authenticator, verifier),
         query_audit=query_audit,
-        federation=OidcFederation(issuers),
+        federation=OidcFederation(issuers, key_source=PinnedJwks(store).signing_key
+                                  if config.federation_pinned_keys else None),
         secrets=SecretSealer(keys),
         auth_throttle=throttle,
         idempotency=(lambda: idempotency) if idempotency is not None else functools.cache(
