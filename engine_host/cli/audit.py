@@ -19,6 +19,7 @@ from typing import Any
 from engine_host.cli.api_client import api_path, bad_response, text_field
 from engine_host.cli.api_session import ApiSession, CommandOutput, command_action, command_group, positive_int
 from engine_host.cli.listing import ListingColumn, printable, render_listing, render_record
+from hd_core.audit_search import outcome_of
 
 CHAIN_BROKEN_EXIT_STATUS = 3
 
@@ -72,10 +73,9 @@ def _record_view(record: Mapping[str, Any]) -> dict[str, Any]:
     raw_error, raw_verdicts = record.get("error"), record.get("verdicts")
     error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
     verdicts: list[Any] = raw_verdicts if isinstance(raw_verdicts, list) else []
-    denied = any(isinstance(v, dict) and v.get("decision") == "deny" for v in verdicts)
     return {
         **_query_row(record),
-        "outcome": "ok" if not error else ("denied" if denied else "error"),
+        "outcome": outcome_of(dict(record)),
         "sqlstate": error.get("sqlstate"), "error_code": error.get("code"), "error_message": error.get("message"),
         "verdict_lines": [f"{v.get('stage')}: {v.get('decision')} ({v.get('reason')})"
                           for v in verdicts if isinstance(v, dict)],
