@@ -28,10 +28,7 @@ if str(CDK_DIR) not in sys.path:
 # replay's comparison PostgreSQL is (a peered network, on a port other than the default) and how it verifies the engine.
 TEST_CONTEXT: dict[str, Any] = {"hd:bundling": False, "hd:approvedCidrs": ["10.20.0.0/16"],
                                 "hd:shadowComparisonCidrs": ["10.30.0.0/24"], "hd:shadowComparisonPort": 6432,
-                                "hd:shadowEngineCaFile": "system",
-                                # A private CA, so the TLS certificate's rotation function is in the stack.
-                                "hd:privateCaArn": "arn:aws:acm-pca:eu-west-1:123456789012:certificate-authority/"
-                                                   "12345678-1234-1234-1234-123456789012"}
+                                "hd:shadowEngineCaFile": "system"}
 STACK_NAME = "HardenedDuck"
 
 
