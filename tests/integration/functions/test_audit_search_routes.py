@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from hd_core import audit_export
+from hd_core.errors import AuditWriteFailed
 from tests.integration.functions.conftest import AUDIT_BUCKET, ControlApi
 
 
@@ -192,3 +193,22 @@ def test_an_analyst_can_neither_search_nor_export(control: ControlApi) -> None:
     key = control.ok("POST", f"{org}/api-keys", {"user_id": user["user_id"], "scopes": ["read_only"]})["api_key"]
     for path in ("", "/export", "/q_0123"):
         assert control.call("GET", f"{_queries(control)}{path}", key=key).status == 403, path
+
+
+def test_an_export_whose_iam_event_cannot_be_stored_is_discarded_and_no_url_is_given(
+    control: ControlApi, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _store(control, "q_a")
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AuditWriteFailed("the IAM trail cannot take an event")
+
+    monkeypatch.setattr(control.services.trail, "record", refuse)
+    reply = control.call("GET", f"{_queries(control)}/export")
+    assert reply.status == 503 and reply.json()["error"]["code"] == "HD_ERR_AUDIT_UNAVAILABLE"
+    assert "url" not in reply.body.decode()
+    if control.backend == "aws":
+        listed = boto3.client("s3").list_objects_v2(Bucket=AUDIT_BUCKET, Prefix="audit/exports/")
+        assert listed.get("KeyCount", 0) == 0  # only a delete marker is left of it
+    else:
+        assert list((tmp_path / "audit" / "exports").rglob("*.jsonl")) == []
