@@ -3,8 +3,9 @@
 The export is uploaded with the SDK's managed transfer (multipart above its threshold), so a
 large file never sits in memory; the URL is a SigV4 presigned GetObject that expires after
 `EXPORT_URL_TTL`. The bucket's Object Lock retention applies to exports as to every audit object:
-what was handed to an auditor stays on record, and `discard` can only hide an object behind a
-delete marker, never remove it.
+what was handed to an auditor stays on record. `discard` (the export's IAM event could not be
+stored, so its URL is never answered) tries to hide the object behind a delete marker; the CDK app
+grants the audit function no delete, so in AWS the object just stays, unreferenced and locked.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class S3AuditExports:
         return ExportLocation(url=url, key=key, expires_at=datetime.now(UTC) + EXPORT_URL_TTL)
 
     def discard(self, location: ExportLocation) -> None:
-        """Put a delete marker on the export (Object Lock keeps the version itself)."""
+        """Try to put a delete marker on the export (Object Lock keeps the version itself); best effort."""
         try:
             self._s3.delete_object(Bucket=self._bucket, Key=location.key)
         except (BotoCoreError, ClientError):
