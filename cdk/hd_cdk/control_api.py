@@ -388,9 +388,10 @@ class ControlApi(Construct):
             _allow(["kms:GenerateDataKey", "kms:Decrypt"], [self._dead_letter_key.key_arn],
                    {"StringEquals": {"kms:ViaService": f"sqs.{stack.region}.amazonaws.com"}}),
             _allow(_DYNAMODB_READS, table_arns),
-            # The region pin (functions/shared/wiring.py) asks where the table and the audit bucket are.
+            # The region pin (functions/shared/wiring.py) asks where the table and the audit bucket are, and
+            # where the bucket replicates to.
             _allow(["dynamodb:DescribeTable"], [self._table.table_arn]),
-            _allow(["s3:GetBucketLocation"], [self._audit_bucket.bucket_arn]),
+            _allow(["s3:GetBucketLocation", "s3:GetReplicationConfiguration"], [self._audit_bucket.bucket_arn]),
             # The table's key, only through DynamoDB.
             _allow(["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"], [self._table_key.key_arn],
                    {"StringEquals": {"kms:ViaService": f"dynamodb.{stack.region}.amazonaws.com"}}),

@@ -56,6 +56,7 @@ from constructs import Construct
 
 from hd_cdk import constants as c
 from hd_cdk.nag import acknowledge
+from hd_cdk.tracing import otel_endpoint
 
 # Every IAM action the instance role may hold; a test compares the synthesized role with this set.
 ENGINE_ROLE_ACTIONS: Final[frozenset[str]] = frozenset({
@@ -68,7 +69,8 @@ ENGINE_ROLE_ACTIONS: Final[frozenset[str]] = frozenset({
     "ssm:GetParameter",  # its own configuration parameter
     "secretsmanager:GetSecretValue",  # its TLS certificate and key (the one secret named in the config)
     "execute-api:Invoke",  # POST /v1/fleet/heartbeat, nothing else
-    "s3:GetBucketLocation", "dynamodb:DescribeTable",  # the region pin: both buckets and the table, at every start
+    # The region pin: where both buckets and the table are and where the buckets replicate to, at every start.
+    "s3:GetBucketLocation", "s3:GetReplicationConfiguration", "dynamodb:DescribeTable",
     "cloudwatch:PutMetricData",  # fleet totals for scaling and alarms, only into the engine namespace
     "autoscaling:SetInstanceProtection",  # scale-in protection while holding sessions, its own group only
 })
@@ -138,6 +140,7 @@ class EngineFleet(Construct):
                 audit_bucket=audit_bucket, table=table, signing_key=signing_key, checkpoint_key=checkpoint_key,
                 control_api_url=control_api_url, jwt_issuer=jwt_issuer, jwt_audience=jwt_audience,
                 tls_secret_arn=tls_secret_arn, auto_scaling_group_name=auto_scaling_group_name,
+                otel_endpoint=otel_endpoint(self),
             )),
             tier=ssm.ParameterTier.STANDARD,
         )
@@ -279,7 +282,8 @@ class EngineFleet(Construct):
                    [table.table_arn]),
             _allow(["dynamodb:Query"], [table_indexes]),  # GSI1 lists (organisations, policies)
             # Where the buckets and the table are: boot and serve refuse any outside the region (region_pin.py).
-            _allow(["s3:GetBucketLocation"], [data_bucket.bucket_arn, audit_bucket.bucket_arn]),
+            _allow(["s3:GetBucketLocation", "s3:GetReplicationConfiguration"],
+                   [data_bucket.bucket_arn, audit_bucket.bucket_arn]),
             _allow(["dynamodb:DescribeTable"], [table.table_arn]),
             _allow(["ssm:GetParameter"], [self.config_parameter.parameter_arn]),
             # The secret must be encrypted with the data key (README), which this role may already decrypt.
@@ -451,7 +455,7 @@ def _engine_config(
     *, org_id: str, vpc: ec2.IVpc, engine_sg: ec2.ISecurityGroup, data_key: kms.IKey, data_bucket: s3.IBucket,
     audit_bucket: s3.IBucket, table: dynamodb.ITable, signing_key: kms.IKey, checkpoint_key: kms.IKey,
     control_api_url: str, jwt_issuer: str | None, jwt_audience: str | None, tls_secret_arn: str,
-    auto_scaling_group_name: str | None = None,
+    auto_scaling_group_name: str | None = None, otel_endpoint: str | None = None,
 ) -> dict[str, Any]:
     """The `EngineConfig` (engine_host/boot/config.py) of every host, as CloudFormation tokens."""
     config: dict[str, Any] = {
@@ -481,6 +485,8 @@ def _engine_config(
         config["jwt_issuer"] = jwt_issuer
     if jwt_audience is not None:
         config["jwt_audience"] = jwt_audience
+    if otel_endpoint is not None:  # context hd:otelEndpoint (tracing.py): statement spans to that collector
+        config["otel_endpoint"] = otel_endpoint
     return config
 
 

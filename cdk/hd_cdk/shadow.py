@@ -399,7 +399,15 @@ class ShadowReplay(Construct):
                 "NumericEquals": {"secretsmanager:RecoveryWindowInDays": SECRET_RECOVERY_DAYS}}))
         if self._revokes(spec):
             statements.extend(self._revocation_statements())
+            statements.extend(self._region_pin_statements())
         return statements
+
+    def _region_pin_statements(self) -> list[iam.PolicyStatement]:
+        """With the control settings, WriteReport's region pin also places the control table and the audit bucket."""
+        assert self._revocation is not None
+        r = self._revocation
+        return [_allow(["dynamodb:DescribeTable"], [r.table.table_arn]),
+                _allow(["s3:GetBucketLocation", "s3:GetReplicationConfiguration"], [r.audit_bucket.bucket_arn])]
 
     def _revokes(self, spec: ReplayFunction) -> bool:
         return spec.revokes_key and self._revocation is not None
@@ -448,6 +456,8 @@ class ShadowReplay(Construct):
         region = Stack.of(self).region
         prefix = f"{constants.SHADOW_DATA_PREFIX}*"
         return [
+            # The region pin (hd_core.control_plane_pin): where the bucket is and where it replicates to.
+            _allow(["s3:GetBucketLocation", "s3:GetReplicationConfiguration"], [self._data_bucket.bucket_arn]),
             _allow(["s3:ListBucket"], [self._data_bucket.bucket_arn], {"StringLike": {"s3:prefix": [prefix]}}),
             _allow(["s3:GetObject", "s3:PutObject"], [self._data_bucket.arn_for_objects(prefix)]),
             _allow(["kms:Decrypt", "kms:GenerateDataKey"], [self._data_key.key_arn],

@@ -20,6 +20,7 @@ from hd_cdk.network import Network
 from hd_cdk.perimeter import Perimeter
 from hd_cdk.shadow import KeyRevocation, ShadowReplay, comparison_network
 from hd_cdk.storage import Storage
+from hd_cdk.tracing import Tracing
 from hd_cdk.wipe_hook import WipeHook
 
 
@@ -147,6 +148,8 @@ class HardenedDuckStack(Stack):
                            "WebhookDeadLetters": self.lifecycle.alarms["WebhookDeadLetters"].metric},
             dead_letter_queues={"control_api": self.control_api.dead_letter_queue},
         )
+        # Context hd:otelEndpoint / hd:otelCollectorLayerArn: spans from the Lambdas (the hosts' are in their config).
+        self.tracing = Tracing(self, "Tracing", security_groups=[n.engine_sg, n.lambda_sg])
         self._perimeter()
         ca_arn = private_ca_arn(self)
         if ca_arn is not None:  # else the documented import path: a new secret version from any CA

@@ -370,10 +370,10 @@ def test_audit_bucket_access_is_scoped_to_prefixes_and_only_trail_writers_put(
     bucket_id = logical_id(stack, stack.node.find_child("AuditBucket"))
     for name in api.functions:
         statements = function_policy(template, stack, api, name)
-        # The region pin asks every function's container where the audit bucket is, and nothing more of it.
+        # The region pin asks every function's container where the audit bucket is and replicates to, nothing more.
         location = statements_with(statements, "s3:GetBucketLocation")
         assert [(actions_of([s]), s["Resource"]) for s in location] == [
-            ({"s3:GetBucketLocation"}, {"Fn::GetAtt": [bucket_id, "Arn"]})]
+            ({"s3:GetBucketLocation", "s3:GetReplicationConfiguration"}, {"Fn::GetAtt": [bucket_id, "Arn"]})]
         s3_statements = [s for s in statements if any(a.startswith("s3:") for a in actions_of([s]))
                          and s not in location]
         object_prefixes = set()

@@ -299,14 +299,18 @@ def test_lambdas_touch_the_data_bucket_only_under_the_shadow_prefix_and_never_de
 
 
 def _normalised(statement: dict[str, Any]) -> dict[str, Any]:
-    """A statement with its actions as a sorted list (CDK sorts and unwraps them as it likes)."""
-    return {**statement, "Action": sorted(listed(statement["Action"]))}
+    """A statement with its actions and resources as sorted lists (CDK sorts, unwraps and, minimizing policies,
+    merges them as it likes)."""
+    return {**statement, "Action": sorted(listed(statement["Action"])),
+            "Resource": sorted(listed(statement["Resource"]), key=json.dumps)}
 
 
 def _revocation_statements(resources: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """WriteReport's grants for revoking the replay's key, as `ShadowReplay` must write them."""
+    """WriteReport's grants for revoking the replay's key (and placing what it touches), as `ShadowReplay` must
+    write them."""
     table = one(of_type(resources, "AWS::DynamoDB::Table", "StorageControl"))[0]
     audit = one(of_type(resources, "AWS::S3::Bucket", "StorageAudit"))[0]
+    data = one(of_type(resources, "AWS::S3::Bucket", "StorageData"))[0]
     control_key = one(of_type(resources, "AWS::KMS::Key", "KeysControl"))[0]
     checkpoint_key = one(of_type(resources, "AWS::KMS::Key", "KeysCheckpoint"))[0]
     audit_key = one(of_type(resources, "AWS::KMS::Key", "KeysAudit"))[0]
@@ -321,7 +325,12 @@ def _revocation_statements(resources: dict[str, dict[str, Any]]) -> list[dict[st
 
     via = {"dynamodb": {"StringEquals": {"kms:ViaService": "dynamodb.eu-west-1.amazonaws.com"}},
            "s3": {"StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}}}
+    # Its region pin places the control table and the audit bucket its control settings name (no data access);
+    # minimizing policies merges the bucket's statement into the data bucket's, which every shadow function has.
+    bucket_locations = allow(["s3:GetBucketLocation", "s3:GetReplicationConfiguration"],
+                             [{"Fn::GetAtt": [data, "Arn"]}, {"Fn::GetAtt": [audit, "Arn"]}])
     return [
+        bucket_locations,
         allow(["dynamodb:GetItem", "dynamodb:UpdateItem"], table_arn, leading("APIKEY#*")),
         allow(["dynamodb:Query", "dynamodb:PutItem"], table_arn, leading("CHAIN#*")),
         allow(["dynamodb:Query"], {"Fn::Join": ["", [table_arn, "/index/GSI1"]]}, leading("WEBHOOKS#*")),
@@ -332,6 +341,7 @@ def _revocation_statements(resources: dict[str, dict[str, Any]]) -> list[dict[st
         allow(["s3:PutObject"], {"Fn::Join": ["", [{"Fn::GetAtt": [audit, "Arn"]},
                                                    f"/{constants.AUDIT_IAM_CHECKPOINTS_PREFIX}*"]]}),
         allow(["kms:GenerateDataKey"], {"Fn::GetAtt": [audit_key, "Arn"]}, via["s3"]),
+        allow(["dynamodb:DescribeTable"], table_arn),
     ]
 
 
