@@ -13,7 +13,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from functions.policies.documents import PolicyDocument, as_document
-from functions.shared.http import ErrorBody, authorize, build_app, documented
+from functions.shared.http import authorize, build_app, documented
 from functions.shared.idempotency import RETRY_HELP, idempotent_create
 from functions.shared.lambda_entry import lambda_entry
 from functions.shared.request_fields import PathId
@@ -157,9 +157,9 @@ def create_policy(
 
 
 @router.post("/v1/organizations/<org_id>/policies/explain",
-             responses={**documented(200, ExplanationOut, "The governed plan, or the refusal"),
-                        501: {"description": "No engine beside this control plane (AWS): explain with hd dev",
-                              "content": {"application/json": {"model": ErrorBody}}}})
+             responses=documented(200, ExplanationOut, "The governed plan, or the refusal"),
+             description="409 HD_ERR_ENGINE_REQUIRED where no engine runs beside the control API (AWS): "
+                         "explain against hd dev")
 def explain_statement(org_id: PathId, body: ExplainIn) -> ExplanationOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     explanation = policy_preview.explain(services().store, ctx, org_id, body.user_id, body.sql)

@@ -40,7 +40,8 @@ STATUS_OF: tuple[tuple[type[errors.HdError], int], ...] = (
     (errors.Conflict, 409),
     (errors.IdempotencyKeyReused, 422),
     (errors.PolicyNameUnknown, 422),
-    (errors.EngineRequired, 501),
+    # No engine beside this control plane (a Lambda): a state of the deployment the caller can act on, not a fault.
+    (errors.EngineRequired, 409),
     (errors.InvalidRequest, 400),
     (errors.PolicyInvalid, 400),
     (errors.UnknownScope, 400),

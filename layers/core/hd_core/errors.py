@@ -110,7 +110,7 @@ class UnknownColumn(PolicyNameUnknown):
 
 
 class EngineRequired(HdError):
-    """The answer needs an engine (counting rows, planning a statement) and this control plane has none (501)."""
+    """The answer needs an engine (counting rows, planning a statement) and this control plane has none (409)."""
 
     code = "HD_ERR_ENGINE_REQUIRED"
 

@@ -4,7 +4,7 @@ Masks are decided by the policy set alone, so the control plane computes them pe
 it runs. Rows are counted and statements explained by an engine (`PolicyEngine`): the control
 plane never opens the data. `hd dev` runs its control API beside its engine host and installs one
 (engine_host/pipeline/policy_preview.py); a control-plane Lambda in AWS has none, so there a dry
-run answers masks with `row_counts: "unavailable"` and explain answers 501
+run answers masks with `row_counts: "unavailable"` and explain answers 409
 `HD_ERR_ENGINE_REQUIRED` (run `hd policies explain` against an `hd dev` that has the same tables).
 """
 

@@ -45,6 +45,7 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/organizations/{org_id}/jit-requests/{request_id}/revoke"): {},
     ("POST", "/v1/organizations/{org_id}/policies"): {**MASK, "rule_id": "probe_mask", "column": "phone"},
     ("PUT", "/v1/organizations/{org_id}/policies/{kind}/{object_id}"): MASK,
+    ("POST", "/v1/organizations/{org_id}/policies/explain"): {"user_id": "usr_probe", "sql": "SELECT 1"},
     ("PUT", "/v1/organizations/{org_id}/quota"): {"monthly_credits": 10},
     ("POST", "/v1/organizations/{org_id}/webhooks"): {"url": "https://hooks.example.com/hd", "events": ["key.revoked"]},
     ("POST", "/v1/organizations/{org_id}/forget-requests"): {"subject_id": "probe-subject"},

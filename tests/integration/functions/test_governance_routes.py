@@ -206,7 +206,7 @@ def test_a_blank_jit_reason_breaks_the_documented_schema_not_a_later_check(contr
     assert reply.status == 422 and reply.json()["error"]["code"] == "HD_ERR_VALIDATION"
 
 
-def test_without_an_engine_a_dry_run_answers_masks_uncounted_and_explain_is_501(control: ControlApi) -> None:
+def test_without_an_engine_a_dry_run_answers_masks_uncounted_and_explain_is_409(control: ControlApi) -> None:
     """A control Lambda in AWS has no engine beside it (hd_core/policy_preview.py): what it can still answer."""
     before = control.ok("GET", f"{_org(control)}/policies")
     reply = control.call("POST", f"{_org(control)}/policies?dry_run=true", MASK)
@@ -221,7 +221,7 @@ def test_without_an_engine_a_dry_run_answers_masks_uncounted_and_explain_is_501(
 
     explain = control.call("POST", f"{_org(control)}/policies/explain",
                            {"user_id": control.owner_id, "sql": "SELECT ssn FROM main.patients"})
-    assert explain.status == 501 and explain.json()["error"]["code"] == "HD_ERR_ENGINE_REQUIRED"
+    assert explain.status == 409 and explain.json()["error"]["code"] == "HD_ERR_ENGINE_REQUIRED"
 
 
 def test_a_dry_run_is_refused_like_the_create_it_previews(control: ControlApi) -> None:
