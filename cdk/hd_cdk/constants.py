@@ -104,6 +104,7 @@ CONTEXT_SHADOW_ENGINE_CA_FILE: Final = "hd:shadowEngineCaFile"
 # --- key lifecycle and webhooks (issue 19; lifecycle.py) ---------------------------------------------------
 # Secrets Manager names successor API keys are written to (hd/keys/<org_id>/..., checked by hd_core.key_admin).
 KEY_SECRET_PREFIX: Final = "hd/keys/"  # noqa: S105 - a name prefix, not a secret
+ERASURE_SWEEP_MINUTES: Final = 5  # the forget worker runs pending GDPR forget requests this often (erasure.py)
 WEBHOOK_SWEEP_MINUTES: Final = 5  # the delivery Lambda re-enqueues due deliveries this often
 
 # --- the deployed fleet (issue 21; engine_fleet.py, monitoring.py, perimeter.py) ----------------------------
@@ -123,11 +124,3 @@ CERTIFICATE_ALARM_DAYS: Final = 30  # alarm this long before the served TLS cert
 CONTEXT_SPOT: Final = "hd:spot"
 CONTEXT_ENVIRONMENT: Final = "hd:environment"
 NON_PRODUCTION_ENVIRONMENTS: Final = frozenset({"dev", "development", "staging", "test", "sandbox"})
-
-# --- OpenTelemetry (issue 20; tracing.py) -------------------------------------------------------------------
-# An OTLP/HTTP collector URL: the engine hosts' EngineConfig.otel_endpoint and the Lambdas' HD_OTEL_ENDPOINT.
-CONTEXT_OTEL_ENDPOINT: Final = "hd:otelEndpoint"
-# The networks (IPv4 CIDRs) of a collector in the VPC: the engine and Lambda groups may reach its port there only.
-CONTEXT_OTEL_COLLECTOR_CIDRS: Final = "hd:otelCollectorCidrs"
-# The ADOT collector Lambda layer version ARN (this region): the Lambdas send to its extension on localhost.
-CONTEXT_OTEL_COLLECTOR_LAYER: Final = "hd:otelCollectorLayerArn"

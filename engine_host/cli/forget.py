@@ -5,9 +5,9 @@
     hd forget --status REQUEST_ID                         one request
     hd forget --list                                      every request of the organisation
 
-A request is answered completed at once by `hd dev`; in AWS a worker runs it and `hd forget` polls
-until it settles. Exit status 3 when the request failed (the error is printed; it can be retried
-with `POST .../forget-requests/<id>/retry`).
+A request is answered completed at once by `hd dev`; in AWS the forget worker runs it within minutes
+and `hd forget` polls until it settles. Exit status 3 when the request failed (the error is printed;
+in AWS the worker tries it again hourly, in `hd dev` fix the cause and ask again).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Forget requests (GDPR right to erasure, issue 20): ask for a data subject's rows to be erased, and follow it.
 
 Every route needs `forget:manage` (Owners and Admins). A new request answers 202: in AWS it is
-pending while the worker function (functions/forget/worker.py) runs it, in `hd dev` it has already
-run. The subject id is never answered back or stored in the clear: a request shows its HMAC.
+pending until the worker function's next sweep (functions/forget/worker.py, every few minutes) runs
+it; in `hd dev` it has already run. The subject id is never answered back or stored in the clear: a
+request shows its HMAC.
+A failed request keeps its sealed id; in AWS the worker runs it again an hour after each attempt.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from functions.shared.lambda_entry import lambda_entry
 from functions.shared.request_fields import MultilineText, NonBlankText, PathId
 from hd_core import erasure as erasure_domain
 from hd_core.erasure_models import MAX_REASON_LENGTH, ForgetRequest, ForgetStatus
-from hd_core.errors import Conflict
 from hd_core.models import ApiScope
 
 SERVICE = "hd-forget"
@@ -103,18 +104,6 @@ def list_forget_requests(org_id: PathId) -> list[ForgetRequestOut]:
 def get_forget_request(org_id: PathId, request_id: PathId) -> ForgetRequestOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     return request_out(erasure_domain.get_request(erasure().services.store, ctx, org_id, request_id))
-
-
-@router.post("/v1/organizations/<org_id>/forget-requests/<request_id>/retry",
-             responses=documented(202, ForgetRequestOut, "The failed request, run again"))
-def retry_forget_request(org_id: PathId, request_id: PathId) -> tuple[ForgetRequestOut, int]:
-    ctx = authorize(router, org_id=org_id, scope=_MANAGE)
-    wiring = erasure()
-    request = erasure_domain.get_request(wiring.services.store, ctx, org_id, request_id)
-    if request.status is not ForgetStatus.FAILED:
-        raise Conflict(f"forget request {request_id} is {request.status.value}; only a failed one is run again")
-    wiring.dispatch(request_id)
-    return request_out(_settled(request_id)), 202
 
 
 app = build_app(router, service=SERVICE)

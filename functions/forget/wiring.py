@@ -1,14 +1,14 @@
 """The erasure's services for this process: AWS adapters from `HD_ERASURE_*` settings, or `hd dev`'s.
 
-In AWS the forget API function stores a request and hands it to the worker function with an
-asynchronous invoke (`LambdaDispatch`); the worker (functions/forget/worker.py) runs it against the
-table data bucket. `hd dev` installs its own (`install_erasure`): the state folder's data (or its
-S3 source), the running engine host for writable tables, and a dispatch that runs the request at once.
+In AWS the forget API function only records a request: the forget worker (functions/forget/worker.py)
+runs every pending request on its schedule (every few minutes), in the VPC like the API function, so
+no Lambda-to-Lambda call (and no Lambda VPC endpoint) is needed. `hd dev` installs its own
+(`install_erasure`): the state folder's data (or its S3 source), the running engine host for writable
+tables, and a dispatch that runs the request at once.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +32,6 @@ class ErasureSettings(BaseSettings):
 
     data_url: str = ""  # s3://<data bucket>/<tables prefix>/, as the engine hosts' table source
     version_retention_hours: float = Field(default=0.0, ge=0, le=24 * 365)
-    worker_function: str = ""  # the worker's name, invoked asynchronously with {"request_id": ...}
 
 
 @lru_cache(maxsize=1)
@@ -74,8 +73,6 @@ def run_at_once(svc: ErasureServices) -> Callable[[str], None]:
 
 
 def _build_aws(settings: ErasureSettings) -> Erasure:
-    import boto3
-
     from hd_core.adapters.erasure_objects import s3_table_objects_from_url
 
     control = services()
@@ -84,14 +81,8 @@ def _build_aws(settings: ErasureSettings) -> Erasure:
     svc = ErasureServices(store=control.store, trail=control.trail, keys=control.keys,
                           objects=s3_table_objects_from_url(settings.data_url) if settings.data_url else None,
                           version_retention=timedelta(hours=settings.version_retention_hours))
-    worker = settings.worker_function
-    client = boto3.client("lambda") if worker else None
+    return Erasure(services=svc, dispatch=_left_for_the_worker)
 
-    def dispatch(request_id: str) -> None:
-        if client is None:  # the worker itself: no second hop
-            run(svc, request_id)
-            return
-        client.invoke(FunctionName=worker, InvocationType="Event",
-                      Payload=json.dumps({"request_id": request_id}).encode("utf-8"))
 
-    return Erasure(services=svc, dispatch=dispatch)
+def _left_for_the_worker(request_id: str) -> None:
+    """AWS: the request stays pending until the worker's next scheduled sweep runs it."""

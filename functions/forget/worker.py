@@ -1,10 +1,12 @@
-"""The forget worker Lambda: runs one forget request (asynchronous invoke), or the hourly sweep (EventBridge).
+"""The forget worker Lambda: the EventBridge schedule (every `constants.ERASURE_SWEEP_MINUTES`) runs a sweep that
 
-`{"request_id": "fgt_..."}` runs that request (hd_core.erasure.run). The schedule's event:
-- runs again every request still pending after `STALE_PENDING` (its invoke was lost) or failed;
+- runs every pending forget request (the API function only records them), and again every failed one
+  whose last attempt is older than `RETRY_FAILED_AFTER`;
 - deletes the replaced object versions whose retention has passed;
-- emits `ForgetRequestsPastSla`, the number of requests still open past their 72 h deadline, which
-  the CloudWatch alarm of cdk/hd_cdk/erasure.py watches, and `ForgetRequestsOpen`.
+- emits `ForgetRequestsPastSla`, the number of requests still open past their 72 h deadline, which the
+  CloudWatch alarm of cdk/hd_cdk/erasure.py watches, and `ForgetRequestsOpen`.
+
+`{"request_id": "fgt_..."}` (a manual invoke) runs that one request.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from hd_core.erasure_models import ForgetStatus
 from hd_core.errors import InvalidRequest
 
 SERVICE = "hd-forget-worker"
-STALE_PENDING = timedelta(minutes=15)
+RETRY_FAILED_AFTER = timedelta(hours=1)
 PAST_SLA_METRIC = "ForgetRequestsPastSla"
 OPEN_METRIC = "ForgetRequestsOpen"
 
@@ -31,20 +33,21 @@ _metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE)
 
 
 def sweep() -> dict[str, Any]:
-    """Retry stale and failed requests, purge due versions, and measure the SLA."""
+    """Run pending requests and failed ones due a retry, purge due versions, and measure the SLA."""
     svc = erasure().services
     now = svc.now()
-    retried = []
+    ran = []
     for request in svc.store.list_unsettled_forget_requests():
-        stale = request.status is ForgetStatus.PENDING and now - request.requested_at >= STALE_PENDING
-        if stale or request.status is ForgetStatus.FAILED:
-            retried.append(erasure_domain.run(svc, request.request_id).request_id)
+        retry = request.status is ForgetStatus.FAILED and (
+            request.finished_at is None or now - request.finished_at >= RETRY_FAILED_AFTER)
+        if request.status is ForgetStatus.PENDING or retry:
+            ran.append(erasure_domain.run(svc, request.request_id).request_id)
     purged = erasure_domain.purge_due_versions(svc)
     past_sla = erasure_domain.requests_past_sla(svc.store, svc.now())
     open_requests = [r for r in svc.store.list_unsettled_forget_requests() if r.status is not ForgetStatus.COMPLETED]
     _metrics.add_metric(name=PAST_SLA_METRIC, unit=MetricUnit.Count, value=len(past_sla))
     _metrics.add_metric(name=OPEN_METRIC, unit=MetricUnit.Count, value=len(open_requests))
-    return {"retried": retried, "purged": purged, "past_sla": [r.request_id for r in past_sla],
+    return {"ran": ran, "purged": purged, "past_sla": [r.request_id for r in past_sla],
             "open": len(open_requests)}
 
 

@@ -242,3 +242,29 @@ def test_engine_hosts_invalidate_once_per_erasure_epoch(store: SqliteControlStor
         assert watcher.check() is False
     finally:
         watcher.stop()
+
+
+def test_the_worker_sweep_runs_pending_requests_retries_failed_ones_hourly_and_counts_the_sla(
+        store: SqliteControlStore, tmp_path: Path, clock: Clock) -> None:
+    from functions.forget import worker
+    from functions.forget.wiring import Erasure, install_erasure
+
+    store.put_policy(TableBinding("tbl_leads", "sales.leads", org_id=ORG, subject_column="lead_id"))
+    svc = _services(store, tmp_path, None, clock)  # no data location configured: declared tables are unreachable
+    install_erasure(Erasure(svc, lambda request_id: None))  # AWS: the API records, the sweep runs
+    try:
+        first = erasure.submit(svc, _ctx(), ORG, SUBJECT, "")
+        swept = worker.sweep()
+        assert swept["ran"] == [first.request_id] and swept["past_sla"] == []
+        failed = store.get_forget_request(first.request_id)
+        assert failed is not None and failed.status is ForgetStatus.FAILED
+        assert "HD_ERASURE_DATA_URL" in failed.error
+        clock.now = T0 + timedelta(minutes=30)
+        assert worker.sweep()["ran"] == []  # a failed request is retried an hour after its last attempt
+        clock.now = T0 + timedelta(hours=73)
+        swept = worker.sweep()
+        assert swept["ran"] == [first.request_id] and swept["past_sla"] == [first.request_id]
+        still = store.get_forget_request(first.request_id)
+        assert still is not None and still.subject_sealed == first.subject_sealed  # kept for the next attempt
+    finally:
+        install_erasure(None)
