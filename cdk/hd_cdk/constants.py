@@ -124,3 +124,11 @@ CERTIFICATE_ALARM_DAYS: Final = 30  # alarm this long before the served TLS cert
 CONTEXT_SPOT: Final = "hd:spot"
 CONTEXT_ENVIRONMENT: Final = "hd:environment"
 NON_PRODUCTION_ENVIRONMENTS: Final = frozenset({"dev", "development", "staging", "test", "sandbox"})
+
+# --- OpenTelemetry (issue 20; tracing.py) -------------------------------------------------------------------
+# An OTLP/HTTP collector URL: the engine hosts' EngineConfig.otel_endpoint and the Lambdas' HD_OTEL_ENDPOINT.
+CONTEXT_OTEL_ENDPOINT: Final = "hd:otelEndpoint"
+# The networks (IPv4 CIDRs) of a collector in the VPC: the engine and Lambda groups may reach its port there only.
+CONTEXT_OTEL_COLLECTOR_CIDRS: Final = "hd:otelCollectorCidrs"
+# The ADOT collector Lambda layer version ARN (this region): the Lambdas send to its extension on localhost.
+CONTEXT_OTEL_COLLECTOR_LAYER: Final = "hd:otelCollectorLayerArn"
