@@ -23,6 +23,11 @@ Security decisions visible here:
   (`control_key_revoker`: only the key issued for that replay, by its name), since IAM cannot name an item
   that exists only at run time; the signing key is named in its settings only (the key provider's
   constructor wants one) and granted nothing;
+- EndReplay runs in WriteReport's function (same grants) and ends a replay the same way when it will not
+  reach WriteReport: the definition's Catch calls it for a state that failed after its retries, and the
+  ExecutionEnded rule (Step Functions' "Execution Status Change" of this state machine only, statuses
+  FAILED, TIMED_OUT and ABORTED) invokes it for what no Catch sees (the execution's timeout, StopExecution);
+  it ends only the replay whose record names that execution. The function's errors are in the alarm;
 - each Lambda has its own role with one managed policy: objects under the data bucket's `shadow/` prefix
   (read, write, list; never delete, never another prefix), the data key only through S3 (and, for
   ReplayBatch, through Secrets Manager for a shadow secret); the state machine's role may invoke these
@@ -56,6 +61,8 @@ from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
@@ -115,11 +122,17 @@ REPLAY_FUNCTIONS: Final[Mapping[str, ReplayFunction]] = {
     ),
     state_machine.WRITE_REPORT: ReplayFunction(
         handler="functions.shadow.tasks.write_report_handler",
-        description="assembles the replay's report from its batch results and deletes the replay's secrets",
+        description="ends a replay: its report from its batch results (or why it did not finish), its secrets "
+                    "deleted and its key revoked",
         memory_mb=1024, timeout_seconds=300, reserved_concurrency=5, deletes_secrets=True, revokes_key=True,
     ),
 }
-if set(REPLAY_FUNCTIONS) != set(state_machine.FUNCTIONS):
+# Definition functions that run in another's Lambda. EndReplay ends a replay that will not reach WriteReport
+# (called by the definition's Catch, and by the ExecutionEnded rule for FAILED, TIMED_OUT and ABORTED) and needs
+# exactly WriteReport's grants, so it is WriteReport's function (functions.shadow.tasks dispatches on the event):
+# four more resources would push the stack past CloudFormation's 500.
+SHARED_FUNCTIONS: Final[Mapping[str, str]] = {state_machine.END_REPLAY: state_machine.WRITE_REPORT}
+if set(REPLAY_FUNCTIONS) | set(SHARED_FUNCTIONS) != set(state_machine.FUNCTIONS):
     raise ImportError(f"shadow Lambdas {sorted(REPLAY_FUNCTIONS)} differ from the definition's "
                       f"{sorted(state_machine.FUNCTIONS)}")
 
@@ -158,6 +171,15 @@ _SYNCHRONOUS_REASON: Final = (
     "Step Functions invokes this function synchronously: a failure returns to the state machine, whose Retry "
     "and Catch record the batch as an error; a dead-letter queue only ever receives asynchronous invocations."
 )
+_END_REPLAY_DLQ_REASON: Final = (
+    "Its asynchronous invocations come only from the ExecutionEnded rule (EndReplay), whose target retries for "
+    "24 hours; an invocation that still fails raises the ExecutionsFailed alarm (its Errors are in it), and the "
+    "replay's key expires by itself 24 hours after it was issued. Its synchronous invocations return to the "
+    "state machine."
+)
+# How long EventBridge keeps retrying EndReplay for an execution that ended: the replay key's own lifetime.
+END_REPLAY_EVENT_MAX_AGE: Final = Duration.hours(24)
+END_REPLAY_EVENT_RETRIES: Final = 185  # EventBridge's maximum: every attempt within the event's max age
 
 
 @dataclass(frozen=True)
@@ -208,7 +230,8 @@ class ShadowReplay(Construct):
     Attributes: `functions` (logical name of the definition -> Function), `roles` (same keys),
     `dependency_layer` (sqlglot and psycopg, also added to the API's shadow function),
     `state_machine`, `log_group` (execution logs), `security_group` (ReplayBatch's), `secret_arn_pattern`,
-    `step_functions_endpoint`, `failed_alarm`.
+    `step_functions_endpoint`, `failed_alarm`, `ended_rule` (an execution that ended FAILED, TIMED_OUT or
+    ABORTED -> EndReplay, for what the definition's Catch cannot see).
     """
 
     def __init__(
@@ -290,6 +313,7 @@ class ShadowReplay(Construct):
         self.state_machine = self._state_machine()
         self.step_functions_endpoint = self._step_functions_endpoint(vpc, subnets, endpoint_sg)
         self.failed_alarm = self._failed_alarm(alarm_topic)
+        self.ended_rule = self._ended_rule()
         if api_function is not None and api_role is not None:
             self._grant_api(api_function, api_role)
 
@@ -380,8 +404,9 @@ class ShadowReplay(Construct):
                          "POWERTOOLS_SERVICE_NAME": f"hd-shadow-{name.lower()}"},
         )
         acknowledge(function, "AwsSolutions-L1", _L1_REASON)
+        dlq_reason = _END_REPLAY_DLQ_REASON if name in SHARED_FUNCTIONS.values() else _SYNCHRONOUS_REASON
         for pack in ("HIPAA.Security", "NIST.800.53.R5"):
-            acknowledge(function, f"{pack}-LambdaDLQ", _SYNCHRONOUS_REASON)
+            acknowledge(function, f"{pack}-LambdaDLQ", dlq_reason)
         return function
 
     def _function_statements(self, spec: ReplayFunction, log_group: logs.LogGroup) -> list[iam.PolicyStatement]:
@@ -526,7 +551,8 @@ class ShadowReplay(Construct):
             description="Hardened Duck shadow replay: the state machine",
             managed_policies=[policy],
         )
-        document = state_machine.definition({name: function.function_arn for name, function in functions.items()})
+        document = state_machine.definition({name: self.function_of(name).function_arn
+                                             for name in state_machine.FUNCTIONS})
         machine = sfn.StateMachine(
             self, "StateMachine",
             state_machine_name=self.state_machine_name,  # so its executions' ARNs are known at synth
@@ -541,6 +567,10 @@ class ShadowReplay(Construct):
         machine.node.add_dependency(policy)
         return machine
 
+    def function_of(self, name: str) -> lambda_.Function:
+        """The Lambda that runs the definition's function `name` (EndReplay: WriteReport's)."""
+        return self.functions[SHARED_FUNCTIONS.get(name, name)]
+
     @property
     def execution_arn_pattern(self) -> str:
         """Every execution of this state machine (`arn:...:execution:<name>:*`)."""
@@ -552,11 +582,15 @@ class ShadowReplay(Construct):
     def _failed_alarm(self, topic: sns.ITopic) -> cloudwatch.Alarm:
         failed = self.state_machine.metric_failed(period=ALARM_PERIOD, statistic="Sum")
         timed_out = self.state_machine.metric_timed_out(period=ALARM_PERIOD, statistic="Sum")
+        # WriteReport's errors: a report or a replay's end (EndReplay, also invoked by the ExecutionEnded rule,
+        # where no execution status shows its failure) that failed, so its secrets or key may be left.
+        ending_failed = self.functions[state_machine.WRITE_REPORT].metric_errors(period=ALARM_PERIOD,
+                                                                                statistic="Sum")
         alarm = cloudwatch.Alarm(
             self, "ExecutionsFailed",
             metric=cloudwatch.MathExpression(
-                expression="FILL(failed, 0) + FILL(timedOut, 0)",
-                using_metrics={"failed": failed, "timedOut": timed_out},
+                expression="FILL(failed, 0) + FILL(timedOut, 0) + FILL(endingFailed, 0)",
+                using_metrics={"failed": failed, "timedOut": timed_out, "endingFailed": ending_failed},
                 label="Shadow replay executions failed or timed out",
                 period=ALARM_PERIOD,
             ),
@@ -565,10 +599,30 @@ class ShadowReplay(Construct):
             datapoints_to_alarm=1,
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-            alarm_description="A shadow replay execution failed or timed out (a failed batch alone does not fail it)",
+            alarm_description="A shadow replay execution failed or timed out (a failed batch alone does not fail "
+                              "it), or ending a replay failed",
         )
         alarm.add_alarm_action(cloudwatch_actions.SnsAction(topic))
         return alarm
+
+    def _ended_rule(self) -> events.Rule:
+        """Step Functions' "Execution Status Change" events of this state machine that end a replay without
+        WriteReport (its TimeoutSeconds, StopExecution, a failure no Catch saw) invoke EndReplay, which ends it."""
+        rule = events.Rule(
+            self, "ExecutionEnded",
+            description="Hardened Duck shadow replay: an execution that did not finish ends its replay "
+                        "(secrets deleted, key revoked)",
+            event_pattern=events.EventPattern(
+                source=["aws.states"],
+                detail_type=["Step Functions Execution Status Change"],
+                detail={"stateMachineArn": [self.state_machine.state_machine_arn],
+                        "status": list(state_machine.UNFINISHED_STATUSES)},
+            ),
+        )
+        rule.add_target(targets.LambdaFunction(self.function_of(state_machine.END_REPLAY),
+                                               retry_attempts=END_REPLAY_EVENT_RETRIES,
+                                               max_event_age=END_REPLAY_EVENT_MAX_AGE))
+        return rule
 
     # --- the control API's shadow function ------------------------------------------------------------
 

@@ -1,4 +1,9 @@
-"""The shadow state machine's task Lambdas: Prepare, ReplayBatch and WriteReport (`hd_core.shadow.replay`).
+"""The shadow state machine's task Lambdas: Prepare, ReplayBatch, WriteReport and EndReplay (`hd_core.shadow.replay`).
+
+EndReplay runs in WriteReport's function (the same grants; cdk/hd_cdk/shadow.py SHARED_FUNCTIONS), which
+tells them apart by the event: the EndReplay state's input has a `status`, and an EventBridge event (the
+rule on the state machine's executions that end FAILED, TIMED_OUT or ABORTED, which no Catch sees) has a
+`detail-type` and goes to `execution_ended`.
 
 Step Functions invokes each with the state's input (`hd_core.shadow.state_machine`); `hd dev` runs the
 same functions through the local interpreter. An exception leaves as its type and a message that
@@ -29,6 +34,10 @@ def _replay_batch(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def _write_report(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    if "detail-type" in event:
+        return replay.execution_ended(event, shadow_services()) or {"ignored": True}
+    if "status" in event:
+        return replay.end_replay(event, shadow_services())
     return replay.write_report(event, shadow_services())
 
 

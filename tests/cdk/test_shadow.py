@@ -15,7 +15,7 @@ from aws_cdk.assertions import Match, Template
 from functions.openapi import FUNCTION_MODULES
 from hd_cdk import constants
 from hd_cdk.packaging import SHADOW_REQUIREMENTS
-from hd_cdk.shadow import REPLAY_FUNCTIONS, ComparisonNetwork, comparison_network
+from hd_cdk.shadow import REPLAY_FUNCTIONS, SHARED_FUNCTIONS, ComparisonNetwork, comparison_network
 from hd_core.shadow import state_machine
 from tests.cdk.conftest import TEST_CONTEXT, SynthesizedApp
 
@@ -117,7 +117,10 @@ def test_state_machine_runs_the_one_definition_with_the_lambda_arns(
 ) -> None:
     _, resource = machine
     document = json.loads(rendered(resource["Properties"]["DefinitionString"]))
-    assert document == state_machine.definition({name: f"<{lid}.Arn>" for name, lid in functions.items()})
+    # EndReplay runs in WriteReport's Lambda (the same grants; the handler tells the events apart).
+    assert SHARED_FUNCTIONS == {state_machine.END_REPLAY: state_machine.WRITE_REPORT}
+    arns = {name: f"<{functions[SHARED_FUNCTIONS.get(name, name)]}.Arn>" for name in state_machine.FUNCTIONS}
+    assert document == state_machine.definition(arns)
 
 
 def test_state_machine_logs_every_event_but_never_execution_data_to_an_encrypted_group(
@@ -156,14 +159,19 @@ def test_state_machine_role_invokes_the_three_lambdas_and_nothing_else(
 
 
 def test_failed_or_timed_out_executions_alarm_to_the_notifications_topic(
-    resources: dict[str, dict[str, Any]], machine: tuple[str, dict[str, Any]]
+    resources: dict[str, dict[str, Any]], machine: tuple[str, dict[str, Any]], functions: dict[str, str]
 ) -> None:
-    _, alarm = one(of_type(resources, "AWS::CloudWatch::Alarm", "ShadowReplay"))
+    _, alarm = one(of_type(resources, "AWS::CloudWatch::Alarm", "ShadowReplayExecutionsFailed"))
     props = alarm["Properties"]
     watched = {m["MetricStat"]["Metric"]["MetricName"]: m["MetricStat"]["Metric"]
                for m in props["Metrics"] if "MetricStat" in m}
-    assert set(watched) == {"ExecutionsFailed", "ExecutionsTimedOut"}
-    for metric in watched.values():
+    assert set(watched) == {"ExecutionsFailed", "ExecutionsTimedOut", "Errors"}
+    for name, metric in watched.items():
+        if name == "Errors":  # WriteReport's: a report or a replay's end (EndReplay, also from the rule) failed
+            assert metric["Namespace"] == "AWS/Lambda"
+            assert metric["Dimensions"] == [{"Name": "FunctionName",
+                                             "Value": {"Ref": functions[state_machine.WRITE_REPORT]}}]
+            continue
         assert metric["Namespace"] == "AWS/States"
         assert metric["Dimensions"] == [{"Name": "StateMachineArn", "Value": {"Ref": machine[0]}}]
     assert (props["Threshold"], props["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
@@ -370,6 +378,26 @@ def test_only_write_report_may_revoke_the_replays_key_through_key_items_chains_a
     signing = one(of_type(resources, "AWS::KMS::Key", "KeysSigning"))[0]
     for lid in functions.values():
         assert not [s for s in function_statements(resources, lid) if signing in json.dumps(s["Resource"])]
+
+
+def test_an_execution_that_did_not_finish_invokes_end_replay_through_an_eventbridge_rule_of_this_machine(
+    resources: dict[str, dict[str, Any]], machine: tuple[str, dict[str, Any]], functions: dict[str, str]
+) -> None:
+    _, rule = one(of_type(resources, "AWS::Events::Rule", "ShadowReplayExecutionEnded"))
+    props = rule["Properties"]
+    assert props["EventPattern"] == {
+        "source": ["aws.states"], "detail-type": ["Step Functions Execution Status Change"],
+        "detail": {"stateMachineArn": [{"Ref": machine[0]}], "status": ["FAILED", "TIMED_OUT", "ABORTED"]}}
+    (target,) = props["Targets"]
+    end_replay = functions[SHARED_FUNCTIONS[state_machine.END_REPLAY]]  # WriteReport's Lambda
+    assert target["Arn"] == {"Fn::GetAtt": [end_replay, "Arn"]}
+    assert target["RetryPolicy"] == {"MaximumRetryAttempts": 185, "MaximumEventAgeInSeconds": 86_400}
+    rule_id = one(of_type(resources, "AWS::Events::Rule", "ShadowReplayExecutionEnded"))[0]
+    # Only this rule may invoke it (besides the state machine's role): no other resource policy.
+    permissions = [r["Properties"] for r in of_type(resources, "AWS::Lambda::Permission").values()
+                   if r["Properties"]["FunctionName"] == {"Fn::GetAtt": [end_replay, "Arn"]}]
+    assert [(p["Principal"], p["SourceArn"]) for p in permissions] == [
+        ("events.amazonaws.com", {"Fn::GetAtt": [rule_id, "Arn"]})]
 
 
 def test_no_role_outside_shadow_mode_may_start_the_state_machine(

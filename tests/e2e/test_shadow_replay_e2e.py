@@ -266,9 +266,7 @@ def test_a_batch_failing_every_attempt_is_reported_as_error_and_the_run_complete
     waits: list[float] = []
     machine = LocalStateMachine(
         state_machine.definition({name: name for name in state_machine.FUNCTIONS}),
-        {state_machine.PREPARE: lambda event: replay.prepare(event, services),
-         state_machine.REPLAY_BATCH: replay_batch,
-         state_machine.WRITE_REPORT: lambda event: replay.write_report(event, services)},
+        {**replay.task_handlers(services), state_machine.REPLAY_BATCH: replay_batch},
         sleep=waits.append)
     output = machine.run({"replay_id": replay_id, "concurrency": 2})
     assert len(attempts) == 1 + state_machine.RETRY_MAX_ATTEMPTS and waits == [1.0, 2.0]

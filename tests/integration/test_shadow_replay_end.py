@@ -75,9 +75,7 @@ def _setup(tmp_path: Path, artefacts: LocalFolderShadowArtefacts) -> tuple[Contr
 def _run(services: ReplayServices, execution_input: ExecutionInput) -> Any:
     machine = LocalStateMachine(
         state_machine.definition({name: name for name in state_machine.FUNCTIONS}),
-        {state_machine.PREPARE: lambda event: replay.prepare(event, services),
-         state_machine.REPLAY_BATCH: lambda event: replay.replay_batch(event, services),
-         state_machine.WRITE_REPORT: lambda event: replay.write_report(event, services)},
+        replay.task_handlers(services),
         sleep=lambda seconds: None)
     return machine.run(dict(execution_input))
 

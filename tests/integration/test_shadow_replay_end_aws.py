@@ -1,5 +1,9 @@
 """A shadow replay's end in AWS (moto): WriteReport revokes the replay's ServiceAccount key as an IAM event.
 
+An execution stopped with StopExecution (no Catch sees it) ends its replay the same way through the
+"Execution Status Change" event the ExecutionEnded rule hands WriteReport's function; an event naming another
+execution, or a status that is not an ending, ends nothing.
+
 The control plane is the DynamoDB table, KMS keys and the object-locked audit bucket; the replay is started
 as the API does (its key issued, its secrets in Secrets Manager, one StartExecution). WriteReport then runs
 with the services its Lambda builds from its environment (`functions.shadow.wiring`, HD_SHADOW_REVOKE_KEYS
@@ -203,3 +207,60 @@ def test_prepare_and_replay_batch_build_no_revoker(deployment: Deployment, monke
     wiring.shadow_settings.cache_clear()
     wiring.install_shadow_services(None)
     assert wiring.shadow_services().revoke_key is None
+
+
+def _status_change(deployment: Deployment, execution_arn: str) -> dict[str, Any]:
+    """The EventBridge event Step Functions sends when an execution's status changes (its detail from
+    DescribeExecution, as the service fills it)."""
+    described = boto3.client("stepfunctions").describe_execution(executionArn=execution_arn)
+    return {"version": "0", "id": "event-1", "source": "aws.states",
+            "detail-type": "Step Functions Execution Status Change",
+            "detail": {key: described.get(key) for key in ("executionArn", "stateMachineArn", "name", "status",
+                                                           "error")}}
+
+
+def test_a_stopped_execution_ends_its_replay_through_the_execution_status_event(deployment: Deployment) -> None:
+    from functions.shadow import tasks
+
+    record = _start(deployment)
+    replay_id = record["replay_id"]
+    boto3.client("stepfunctions").stop_execution(executionArn=record["execution"])
+    event = _status_change(deployment, record["execution"])
+    assert event["detail"]["status"] == "ABORTED" and event["detail"]["name"] == replay_id
+
+    # The rule's target is WriteReport's function; the handler hands the event to execution_ended.
+    ended = tasks._write_report(event, None)
+
+    assert ended == {"replay_id": replay_id, "status": "ABORTED", "error": "ABORTED"}  # StopExecution gave no error
+    key = deployment.control.store.get_api_key(record["engine_key_id"])
+    assert key is not None and key.revoked_at is not None
+    assert [(e.target, e.request_id) for e in _revocations(deployment)] == [
+        (record["engine_key_id"], f"shadow-replay-{replay_id}")]
+    for arn in record["owned_secrets"]:
+        assert "DeletedDate" in deployment.secrets.describe_secret(SecretId=arn)
+    report = replay.read_report(deployment.api, deployment.env, replay_id).to_dict()
+    assert report["ended"]["status"] == "ABORTED" and report["query_count"] == 0  # stopped before Prepare
+    stored = [deployment.s3.get_object(Bucket=DATA_BUCKET, Key=item["Key"])["Body"].read()
+              for item in deployment.s3.list_objects_v2(Bucket=DATA_BUCKET)["Contents"]]
+    assert not any(b"pw-revoked-at-the-end" in body for body in stored)
+    # The Catch path and the rule may both end it: a second event changes nothing.
+    assert tasks._write_report(event, None) == ended
+    assert len(_revocations(deployment)) == 1
+
+
+def test_a_status_event_of_another_execution_or_a_finished_one_ends_nothing(deployment: Deployment) -> None:
+    from functions.shadow import tasks
+
+    record = _start(deployment)
+    event = _status_change(deployment, record["execution"])
+    assert tasks._write_report(event, None) == {"ignored": True}  # RUNNING: not an ending
+    forged = {**event, "detail": {**event["detail"], "status": "FAILED",
+                                  "executionArn": record["execution"].replace(record["replay_id"], "other")}}
+    with pytest.raises(replay.ReplayExecutionMismatch):
+        tasks._write_report(forged, None)
+    with pytest.raises(replay.NotFound):
+        tasks._write_report({**forged, "detail": {**forged["detail"], "name": "../rp_x"}}, None)
+    key = deployment.control.store.get_api_key(record["engine_key_id"])
+    assert key is not None and key.revoked_at is None and _revocations(deployment) == []
+    for arn in record["owned_secrets"]:
+        assert "DeletedDate" not in deployment.secrets.describe_secret(SecretId=arn)

@@ -33,10 +33,9 @@ from hd_core.shadow.replay import (
     ExecutionStatus,
     ReplayKeyRevoker,
     ReplayServices,
-    prepare,
-    replay_batch,
+    end_replay,
     replay_prefix,
-    write_report,
+    task_handlers,
 )
 from hd_core.shadow.state_machine import ExecutionInput
 
@@ -132,11 +131,7 @@ class LocalInterpreterExecutions:
         self._running: dict[str, threading.Thread] = {}
         self._stopping = threading.Event()
         self._wall_clock = wall_clock
-        handlers: dict[str, Callable[[Any], Any]] = {
-            state_machine.PREPARE: lambda event: prepare(event, services),
-            state_machine.REPLAY_BATCH: lambda event: replay_batch(event, services),
-            state_machine.WRITE_REPORT: lambda event: write_report(event, services),
-        }
+        handlers = task_handlers(services)
         self._definition = state_machine.definition({name: name for name in state_machine.FUNCTIONS})
         self._handlers = handlers
         LocalStateMachine(self._definition, handlers)  # refuses an uninterpretable definition at start
@@ -228,11 +223,25 @@ class LocalInterpreterExecutions:
         except Exception:
             log.exception("shadow replay %s failed", replay_id)
             outcome = {"status": "FAILED", "error": "States.Runtime"}
+        if outcome is not None and outcome["status"] == "FAILED":
+            self._end(replay_id, outcome["error"])
         if outcome is not None:
             document = self._services.artefacts.get_json(key) or {"input": execution_input}
             self._services.artefacts.put_json(key, {**document, **outcome})
         with self._lock:
             self._running.pop(replay_id, None)
+
+
+    def _end(self, replay_id: str, error: str) -> None:
+        """What the AWS deployment's EventBridge rule does for a run that ended without WriteReport: `end_replay`
+        (its report says why, its secrets are deleted, its key revoked); a run its own Catch already ended finds
+        that done. Timing out is its own status in Step Functions (TIMED_OUT), as here."""
+        status = "TIMED_OUT" if error == "States.Timeout" else "FAILED"
+        try:
+            end_replay({"replay_id": replay_id, "status": status, "error": error}, self._services)
+        except Exception:
+            # Logged, never raised: the run is over either way; a key left unrevoked still expires in 24 h.
+            log.exception("ending shadow replay %s after its %s run failed", replay_id, status)
 
 
 def _is_replay_id(value: str) -> bool:

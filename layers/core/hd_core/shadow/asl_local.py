@@ -3,11 +3,11 @@
 `hd dev` runs `state_machine.definition()` here, with the same handler functions the Lambdas call, so
 the local flow is the AWS one and not a second hand-written flow. Supported, with Step Functions'
 semantics: `Task` (Resource looked up in `handlers`; Parameters, ResultPath, Retry, Catch), `Map`
-(ItemsPath, MaxConcurrency / MaxConcurrencyPath, an INLINE ItemProcessor, ResultPath), `Pass`
-(Parameters, Result, ResultPath) and `Succeed`; the machine's `TimeoutSeconds` fails the execution
-with `States.Timeout` at the first state that starts after it has passed (a running task is not
-interrupted, where Step Functions would stop waiting for it). The check runs before a state, outside
-any Task's Retry and Catch, and only Tasks have those here, so nothing can catch it. `should_stop`
+(ItemsPath, MaxConcurrency / MaxConcurrencyPath, an INLINE ItemProcessor, ResultPath, Catch), `Pass`
+(Parameters, Result, ResultPath), `Succeed` and `Fail` (Error, Cause); the machine's `TimeoutSeconds`
+fails the execution with `States.Timeout` at the first state that starts after it has passed (a
+running task is not interrupted, where Step Functions would stop waiting for it). The check runs
+before a state, outside any state's Retry and Catch, so nothing can catch it. `should_stop`
 (the host shutting down) is checked at the same place and ends the run with `ExecutionStopped`,
 which no Catch sees either: the execution is not over, and `run` again with the same input (and the
 time it already ran, so the timeout still counts from its start) resumes it, the tasks being
@@ -39,9 +39,10 @@ _PATH_RE = re.compile(r"^\$(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _COMMON = {"Type", "Comment", "Next", "End"}
 _ALLOWED_FIELDS: dict[str, set[str]] = {
     "Task": _COMMON | {"Resource", "Parameters", "ResultPath", "Retry", "Catch"},
-    "Map": _COMMON | {"ItemsPath", "MaxConcurrency", "MaxConcurrencyPath", "ItemProcessor", "ResultPath"},
+    "Map": _COMMON | {"ItemsPath", "MaxConcurrency", "MaxConcurrencyPath", "ItemProcessor", "ResultPath", "Catch"},
     "Pass": _COMMON | {"Parameters", "Result", "ResultPath"},
     "Succeed": {"Type", "Comment"},
+    "Fail": {"Type", "Comment", "Error", "Cause"},
 }
 _RETRY_FIELDS = {"ErrorEquals", "IntervalSeconds", "MaxAttempts", "BackoffRate"}
 _CATCH_FIELDS = {"ErrorEquals", "ResultPath", "Next"}
@@ -113,7 +114,7 @@ class LocalStateMachine:
         extra = set(state) - _ALLOWED_FIELDS[kind]
         if extra:
             raise AslUnsupported(f"state {name}: unsupported fields {sorted(extra)}")
-        if kind != "Succeed" and bool(state.get("End")) == ("Next" in state):
+        if kind not in ("Succeed", "Fail") and bool(state.get("End")) == ("Next" in state):
             raise AslUnsupported(f"state {name}: exactly one of Next and End")
         if "Next" in state and state["Next"] not in states:
             raise AslUnsupported(f"state {name}: Next names no state")
@@ -147,6 +148,8 @@ class LocalStateMachine:
             kind = state["Type"]
             if kind == "Succeed":
                 return data
+            if kind == "Fail":
+                raise ExecutionFailed(str(state.get("Error", "States.Fail")), str(state.get("Cause", "")))
             if kind == "Pass":
                 result = _parameters(state["Parameters"], data) if "Parameters" in state else state.get("Result", data)
                 data = _apply_result(data, result, state.get("ResultPath", "$"))

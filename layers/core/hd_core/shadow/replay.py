@@ -16,6 +16,10 @@ input and the deployment's `ReplayServices`:
   failed after its retries: the Map's Catch recorded it) reports its statements as `error`. Then, whether
   the report was stored or not, the replay is over: the secrets it created are deleted and its
   ServiceAccount key is revoked (an API_KEY_REVOKED IAM event); see `_release_secrets`.
+- `end_replay`: a replay that will not reach WriteReport (a state failed after its retries: the
+  definition's Catch; the execution timed out, was stopped or failed otherwise: `execution_ended`
+  from the EventBridge rule in AWS, `hd dev`'s executions locally) ends the same way, with a report
+  that keeps what was replayed and says why (`ended`). Idempotent.
 
 Nothing raw leaves `replay_batch`: rows in a mismatch pass through `redact_all` (NULL-ness and type
 only), so no value of a masked, PII or PHI column, nor any other, reaches a stored artefact; error
@@ -46,6 +50,7 @@ from hd_core.errors import Conflict, HdError, InvalidRequest, NotFound
 from hd_core.iam_audit import IamAuditTrail
 from hd_core.models import ChangeContext, Environment, Principal, Role, UserStatus, utc_now
 from hd_core.ports import ControlStore
+from hd_core.shadow import state_machine
 from hd_core.shadow.compare import (
     UNORDERED,
     CompareOptions,
@@ -62,8 +67,8 @@ from hd_core.shadow.compare import (
     result_order,
 )
 from hd_core.shadow.query_set import QuerySet, UploadFormat, parse_query_set
-from hd_core.shadow.report import ShadowReport, StatementResult, build_report
-from hd_core.shadow.state_machine import ExecutionInput
+from hd_core.shadow.report import ReplayEnding, ShadowReport, StatementResult, build_report
+from hd_core.shadow.state_machine import UNFINISHED_STATUSES, ExecutionInput
 from hd_core.text_redaction import redact_error_message
 
 if TYPE_CHECKING:  # psycopg is imported where a replay runs: `hd dev` starts without it (it is not a base dependency)
@@ -79,6 +84,7 @@ SERVICE_ACCOUNT_NAME = "Shadow replay"
 ExecutionStatus = Literal["RUNNING", "SUCCEEDED", "FAILED"]
 SECRET_PREFIX = "hd/shadow/"  # noqa: S105 - a name prefix, not a secret; cdk's SHADOW_SECRET_PREFIX, the one IAM grants
 _ID_RE = re.compile(r"^(qs|rp)_[0-9a-f]{16,64}$")
+_ERROR_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,79}$")  # Step Functions' error names: States.Timeout, ...
 
 
 class ShadowArtefacts(Protocol):
@@ -375,8 +381,9 @@ def replay_progress(services: ReplayServices, env: Environment, replay_id: str) 
     plan = services.artefacts.get_json(f"{replay_prefix(replay_id)}plan.json")
     done = len(services.artefacts.list_keys(f"{replay_prefix(replay_id)}batches/"))
     status: str = "RUNNING"
-    if services.artefacts.get_json(f"{replay_prefix(replay_id)}report.json") is not None:
-        status = "SUCCEEDED"
+    report = services.artefacts.get_json(f"{replay_prefix(replay_id)}report.json")
+    if report is not None:
+        status = "FAILED" if report.get("ended") else "SUCCEEDED"
     elif services.executions is not None and record.get("execution"):
         status = services.executions.status(record["execution"])
     return ReplayProgress(replay_id, status, done, None if plan is None else len(plan["batches"]),
@@ -462,20 +469,8 @@ def write_report(event: Mapping[str, Any], services: ReplayServices) -> dict[str
         raise ReplayBatchFailed(f"replay {replay_id} has no plan")
     failures = {int(item["batch"]): str(item.get("error") or "unknown error")
                 for item in event.get("batch_results") or () if item.get("status") == "error"}
-    statements = {s.index: s for s in _query_set(services, record).statements}
-    results: list[StatementResult] = []
-    for number, indexes in enumerate(plan["batches"]):
-        stored = None if number in failures else services.artefacts.get_json(_batch_key(replay_id, number))
-        if stored is None:
-            reason = failures.get(number, "its results were not stored")
-            for index in indexes:
-                s = statements[index]
-                results.append(StatementResult(index, s.line, s.sql, _batch_error(reason), None, None))
-            continue
-        for item in stored["results"]:
-            s = statements[item["index"]]
-            results.append(StatementResult(s.index, s.line, s.sql, comparison_from_dict(item["comparison"]),
-                                           item["reference_ms"], item["engine_ms"]))
+    results = _statement_results(services, record, plan, lambda number: _batch_error(
+        failures.get(number, "its results were not stored")), skip=set(failures))
     report = build_report(record["query_set_id"], results)
     document = report.to_dict()
     try:
@@ -484,6 +479,92 @@ def write_report(event: Mapping[str, Any], services: ReplayServices) -> dict[str
         _release_secrets(services, record)
     return {"replay_id": replay_id, "query_count": document["query_count"],
             **{verdict: document[verdict] for verdict in ("exact", "semantic", "mismatch", "error")}}
+
+
+def _statement_results(services: ReplayServices, record: Mapping[str, Any], plan: Mapping[str, Any],
+                       missing: Callable[[int], Comparison], skip: set[int] | None = None) -> list[StatementResult]:
+    """Each planned statement's stored result; a batch in `skip` or with no stored result gets `missing(batch)`."""
+    replay_id = str(record["replay_id"])
+    statements = {s.index: s for s in _query_set(services, record).statements}
+    results: list[StatementResult] = []
+    for number, indexes in enumerate(plan["batches"]):
+        stored = None if number in (skip or ()) else services.artefacts.get_json(_batch_key(replay_id, number))
+        if stored is None:
+            comparison = missing(number)
+            results += [StatementResult(i, statements[i].line, statements[i].sql, comparison, None, None)
+                        for i in indexes]
+            continue
+        for item in stored["results"]:
+            s = statements[item["index"]]
+            results.append(StatementResult(s.index, s.line, s.sql, comparison_from_dict(item["comparison"]),
+                                           item["reference_ms"], item["engine_ms"]))
+    return results
+
+
+def end_replay(event: Mapping[str, Any], services: ReplayServices) -> dict[str, Any]:
+    """EndReplay: a replay that will not reach WriteReport (a state failed after its retries, the execution timed
+    out, was stopped, or failed otherwise) still ends like one: its report, unless WriteReport stored one, holds
+    the batches already replayed and the others as errors, and says why (`ended`); then its secrets are deleted
+    and its key revoked exactly as WriteReport does (`_release_secrets`). Idempotent: the Catch path and the
+    EventBridge rule (or `hd dev`'s executions) may both call it for the same run.
+
+    `event`: `{replay_id, status (FAILED|TIMED_OUT|ABORTED), error}`; only the error's name is kept, never a
+    cause's text (it could quote a statement's values)."""
+    replay_id = str(event["replay_id"])
+    status = str(event.get("status") or "FAILED")
+    if status not in UNFINISHED_STATUSES:
+        raise InvalidRequest(f"a replay ends early only as {', '.join(UNFINISHED_STATUSES)}, not {status!r}")
+    ending = ReplayEnding(status, _error_name(event.get("error") or status))  # StopExecution may give none
+    record = _record(services, replay_id)
+    report_key = f"{replay_prefix(replay_id)}report.json"
+    try:
+        if services.artefacts.get_json(report_key) is None:
+            plan = services.artefacts.get_json(f"{replay_prefix(replay_id)}plan.json") or {"batches": []}
+            unreplayed = Comparison("error", False, None, None,
+                                    notes=(f"not replayed: {ending.describe()}",))
+            try:
+                results = _statement_results(services, record, plan, lambda number: unreplayed)
+            except ReplayBatchFailed:  # its query set is gone (what failed Prepare): no statement to list
+                results = []
+            services.artefacts.put_json(report_key, build_report(record["query_set_id"], results, ending).to_dict())
+    finally:
+        _release_secrets(services, record)
+    return {"replay_id": replay_id, "status": ending.status, "error": ending.error}
+
+
+class ReplayExecutionMismatch(Exception):
+    """An execution-status event names an execution other than the one the replay's record started: nothing ends."""
+
+
+def execution_ended(event: Mapping[str, Any], services: ReplayServices) -> dict[str, Any] | None:
+    """The EventBridge side of `end_replay`: a Step Functions "Execution Status Change" event of the replay state
+    machine. A status that does not end a replay early is ignored (None); an execution whose name is not a replay
+    id, or that is not the execution the replay's record names, ends nothing (fail closed)."""
+    detail = event.get("detail") or {}
+    status = detail.get("status")
+    if status not in UNFINISHED_STATUSES:
+        return None
+    replay_id = _checked_id(str(detail.get("name") or ""), "replay")
+    record = _record(services, replay_id)
+    if not detail.get("executionArn") or record.get("execution") != detail.get("executionArn"):
+        raise ReplayExecutionMismatch(f"replay {replay_id} was not run by execution {detail.get('executionArn')}")
+    return end_replay({"replay_id": replay_id, "status": status, "error": detail.get("error")}, services)
+
+
+def _error_name(value: Any) -> str:
+    text = str(value or "")
+    return text if _ERROR_NAME_RE.match(text) else "unknown error"
+
+
+def task_handlers(services: ReplayServices) -> dict[str, Callable[[Any], Any]]:
+    """The definition's Task functions bound to `services`, keyed by `state_machine.FUNCTIONS` (the local
+    interpreter's handlers; the Lambdas call the same functions)."""
+    return {
+        state_machine.PREPARE: lambda event: prepare(event, services),
+        state_machine.REPLAY_BATCH: lambda event: replay_batch(event, services),
+        state_machine.WRITE_REPORT: lambda event: write_report(event, services),
+        state_machine.END_REPLAY: lambda event: end_replay(event, services),
+    }
 
 
 def _release_secrets(services: ReplayServices, record: Mapping[str, Any]) -> None:
@@ -735,5 +816,7 @@ def report_from_dict(document: Mapping[str, Any]) -> ShadowReport:
     """The report `ShadowReport.to_dict` wrote (statements keep their redacted SQL)."""
     results = [StatementResult(s["index"], s["line"], s["sql"], comparison_from_dict(s), s["reference_ms"],
                                s["engine_ms"]) for s in document["statements"]]
-    return build_report(document["query_set_id"], results)
+    ended = document.get("ended")
+    return build_report(document["query_set_id"], results,
+                        ReplayEnding(str(ended["status"]), str(ended["error"])) if ended else None)
 

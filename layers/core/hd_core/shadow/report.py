@@ -64,13 +64,27 @@ def percentile(ordered: Sequence[float], q: float) -> float | None:
 
 
 @dataclass(frozen=True)
+class ReplayEnding:
+    """Why a replay ended without WriteReport: the execution's status (FAILED, TIMED_OUT, ABORTED) and the
+    error name Step Functions gave (a state's error, `States.Timeout`, ...); never a cause's text."""
+
+    status: str
+    error: str
+
+    def describe(self) -> str:
+        return f"the replay ended {self.status} ({self.error}) before its report was written"
+
+
+@dataclass(frozen=True)
 class ShadowReport:
-    """A replay's results; build it with `build_report`."""
+    """A replay's results; build it with `build_report`. `ended` is set when the replay did not finish: the
+    statements it had not replayed are errors, and the report says why."""
 
     query_set_id: str
     statements: tuple[StatementResult, ...]
     reference: LatencySummary
     engine: LatencySummary
+    ended: ReplayEnding | None = None
 
     @property
     def query_count(self) -> int:
@@ -96,6 +110,8 @@ class ShadowReport:
             "reference": _latency_dict(self.reference),
             "engine": _latency_dict(self.engine),
             "speedup_p50": _rounded(self.speedup_p50, 2),
+            "ended": None if self.ended is None else {"status": self.ended.status, "error": self.ended.error,
+                                                      "reason": self.ended.describe()},
             "statements": [
                 {
                     "index": result.index,
@@ -117,6 +133,7 @@ class ShadowReport:
         """The report as Markdown, for a customer to hand to their team."""
         lines = [f"# Shadow replay report: {_cell(self.query_set_id)}", "",
                  f"{self.query_count} statements replayed on the reference PostgreSQL and on Hardened Duck.", "",
+                 *([f"**Incomplete:** {self.ended.describe()}.", ""] if self.ended is not None else []),
                  "| verdict | statements |", "|---|---:|"]
         lines += [f"| {verdict} | {self.count(verdict)} |" for verdict in VERDICTS]
         lines += ["", "| side | statements | p50 ms | p95 ms | p99 ms | total ms |", "|---|---:|---:|---:|---:|---:|"]
@@ -139,14 +156,16 @@ class ShadowReport:
         return "\n".join(lines) + "\n"
 
 
-def build_report(query_set_id: str, results: Sequence[StatementResult]) -> ShadowReport:
-    """The report of a replay's statement results (in replay order)."""
+def build_report(query_set_id: str, results: Sequence[StatementResult],
+                 ended: ReplayEnding | None = None) -> ShadowReport:
+    """The report of a replay's statement results (in replay order); `ended` when the replay did not finish."""
     ordered = tuple(sorted(results, key=lambda result: result.index))
     return ShadowReport(
         query_set_id=query_set_id,
         statements=ordered,
         reference=LatencySummary.of([r.reference_ms for r in ordered if r.reference_ms is not None]),
         engine=LatencySummary.of([r.engine_ms for r in ordered if r.engine_ms is not None]),
+        ended=ended,
     )
 
 

@@ -7,6 +7,13 @@ written once:
     Prepare -> ReplayBatches (Map over batches, each: ReplayBatch, retried, caught as an error
     record) -> WriteReport
 
+A top-level state that still fails after its retries is caught and goes to EndReplay (the same
+clean-up WriteReport ends with, and a report that says why), then to ReplayFailed, so the execution
+still ends FAILED and the deployment's alarm sees it. What no Catch can see (the machine's
+TimeoutSeconds, StopExecution, EndReplay failing itself) ends the execution TIMED_OUT, ABORTED or
+FAILED; in AWS an EventBridge rule on those statuses invokes the same EndReplay function, and
+`hd dev`'s executions call it when a local run ends so. Ending a replay is idempotent.
+
 The execution input (`ExecutionInput`) never holds a password: the comparison database is named
 by `comparison_secret_arn` (Secrets Manager) or, locally, `comparison_secret_id` (the local secret
 store). Prepare stores the replay's plan (which statements go in which batch) under the replay id,
@@ -23,12 +30,17 @@ from typing import Any, TypedDict
 PREPARE = "Prepare"
 REPLAY_BATCH = "ReplayBatch"
 WRITE_REPORT = "WriteReport"
-FUNCTIONS = (PREPARE, REPLAY_BATCH, WRITE_REPORT)
+END_REPLAY = "EndReplay"
+FUNCTIONS = (PREPARE, REPLAY_BATCH, WRITE_REPORT, END_REPLAY)
 """Logical names of the Lambdas the definition calls; `definition()` maps each to an ARN/name."""
 
 BATCH_FAILED = "BatchFailed"
 REPLAY_BATCHES = "ReplayBatches"
 DONE = "Done"
+REPLAY_FAILED = "ReplayFailed"
+REPLAY_FAILED_ERROR = "HD.ShadowReplayFailed"
+# The execution statuses that end a replay without WriteReport (Step Functions' "Execution Status Change").
+UNFINISHED_STATUSES = ("FAILED", "TIMED_OUT", "ABORTED")
 
 RETRY_INTERVAL_SECONDS = 1
 RETRY_MAX_ATTEMPTS = 2
@@ -64,6 +76,11 @@ def _retry() -> list[dict[str, Any]]:
     ]
 
 
+def _to_end_replay() -> list[dict[str, Any]]:
+    """A top-level state's failure, after its retries, ends the replay (its Error and Cause in $.failure)."""
+    return [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.failure", "Next": END_REPLAY}]
+
+
 def definition(functions: Mapping[str, str]) -> dict[str, Any]:
     """The state machine for a shadow replay, calling `functions[name]` for each of FUNCTIONS."""
     missing = [name for name in FUNCTIONS if name not in functions]
@@ -79,6 +96,7 @@ def definition(functions: Mapping[str, str]) -> dict[str, Any]:
                 "Resource": functions[PREPARE],
                 "ResultPath": "$.prepared",
                 "Retry": _retry(),
+                "Catch": _to_end_replay(),
                 "Next": REPLAY_BATCHES,
             },
             REPLAY_BATCHES: {
@@ -115,6 +133,7 @@ def definition(functions: Mapping[str, str]) -> dict[str, Any]:
                     },
                 },
                 "ResultPath": "$.batch_results",
+                "Catch": _to_end_replay(),
                 "Next": WRITE_REPORT,
             },
             WRITE_REPORT: {
@@ -126,8 +145,26 @@ def definition(functions: Mapping[str, str]) -> dict[str, Any]:
                 },
                 "ResultPath": "$.report",
                 "Retry": _retry(),
+                "Catch": _to_end_replay(),
                 "Next": DONE,
             },
             DONE: {"Type": "Succeed"},
+            END_REPLAY: {
+                "Type": "Task",
+                "Resource": functions[END_REPLAY],
+                "Parameters": {
+                    "replay_id.$": "$.replay_id",
+                    "status": "FAILED",
+                    "error.$": "$.failure.Error",
+                },
+                "ResultPath": "$.ended",
+                "Retry": _retry(),
+                "Next": REPLAY_FAILED,
+            },
+            REPLAY_FAILED: {
+                "Type": "Fail",
+                "Error": REPLAY_FAILED_ERROR,
+                "Cause": "a state of the replay failed after its retries; its report says which error",
+            },
         },
     }

@@ -27,8 +27,12 @@ def handlers(replay_batch: Any, calls: list[Any]) -> dict[str, Any]:
         calls.append(("write_report", event))
         return {"batches": len(event["batch_results"])}
 
+    def end_replay(event: dict[str, Any]) -> dict[str, Any]:
+        calls.append(("end_replay", event))
+        return {"ended": event["status"]}
+
     return {state_machine.PREPARE: prepare, state_machine.REPLAY_BATCH: replay_batch,
-            state_machine.WRITE_REPORT: write_report}
+            state_machine.WRITE_REPORT: write_report, state_machine.END_REPLAY: end_replay}
 
 
 def test_every_batch_runs_once_with_the_inputs_concurrency_and_write_report_gets_every_result() -> None:
@@ -87,15 +91,53 @@ def test_a_batch_failing_every_attempt_is_caught_as_an_error_record_and_the_run_
     assert [item["status"] for item in output["batch_results"]].count("done") == 5
 
 
-def test_a_failing_prepare_fails_the_execution_after_its_retries() -> None:
+def test_a_failing_prepare_ends_the_replay_then_fails_the_execution_after_its_retries() -> None:
+    attempts: list[int] = []
+
     def failing(event: dict[str, Any]) -> dict[str, Any]:
+        attempts.append(1)
         raise Flaky("no query set")
 
-    machine = LocalStateMachine(DEFINITION, {**handlers(lambda e: e, []), state_machine.PREPARE: failing},
+    calls: list[Any] = []
+    machine = LocalStateMachine(DEFINITION, {**handlers(lambda e: e, calls), state_machine.PREPARE: failing},
                                 sleep=lambda _: None)
     with pytest.raises(ExecutionFailed) as failed:
         machine.run({"replay_id": "rp_1", "concurrency": 1})
-    assert failed.value.error == "Flaky"
+    assert len(attempts) == 1 + state_machine.RETRY_MAX_ATTEMPTS
+    # The Catch ran EndReplay with the error's name (never its cause), and the execution still ends FAILED.
+    assert calls == [("end_replay", {"replay_id": "rp_1", "status": "FAILED", "error": "Flaky"})]
+    assert failed.value.error == state_machine.REPLAY_FAILED_ERROR
+
+
+@pytest.mark.parametrize("failing_state", [state_machine.WRITE_REPORT, state_machine.REPLAY_BATCHES])
+def test_every_later_top_level_state_that_fails_ends_the_replay_too(failing_state: str) -> None:
+    calls: list[Any] = []
+    definition = copy.deepcopy(DEFINITION)
+    if failing_state == state_machine.REPLAY_BATCHES:  # the Map itself fails (its items are not an array)
+        definition["States"][failing_state]["ItemsPath"] = "$.replay_id"
+    table = handlers(lambda e: {**e, "status": "done"}, calls)
+    if failing_state == state_machine.WRITE_REPORT:
+        table[state_machine.WRITE_REPORT] = lambda event: (_ for _ in ()).throw(OSError("disk full"))
+    with pytest.raises(ExecutionFailed):
+        LocalStateMachine(definition, table, sleep=lambda _: None).run({"replay_id": "rp_1", "concurrency": 1})
+    ended = [event for name, event in calls if name == "end_replay"]
+    assert ended == [{"replay_id": "rp_1", "status": "FAILED",
+                      "error": "OSError" if failing_state == state_machine.WRITE_REPORT else "States.Runtime"}]
+
+
+def test_a_timeout_is_not_caught_so_end_replay_is_left_to_whoever_sees_the_status() -> None:
+    calls: list[Any] = []
+    now = [0.0]
+
+    def slow_prepare(event: dict[str, Any]) -> dict[str, Any]:
+        now[0] += state_machine.EXECUTION_TIMEOUT_SECONDS + 1
+        return {"batches": []}
+
+    machine = LocalStateMachine(DEFINITION, {**handlers(lambda e: e, calls), state_machine.PREPARE: slow_prepare},
+                                sleep=lambda _: None, clock=lambda: now[0])
+    with pytest.raises(ExecutionFailed) as failed:
+        machine.run({"replay_id": "rp_1", "concurrency": 1})
+    assert failed.value.error == "States.Timeout" and calls == []
 
 
 @pytest.mark.parametrize("change", [
