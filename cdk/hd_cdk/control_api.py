@@ -156,6 +156,10 @@ _PREFIX_REASONS: Final[Mapping[str, str]] = {
         "Read-only access to objects under the query-audit prefix: engine hosts write one object per batch "
         "and day partition, so the audit search can only be granted the prefix."
     ),
+    constants.AUDIT_QUERY_CHECKPOINTS_PREFIX: (
+        "Read-only access to every version under the query-chain checkpoint prefix: engine hosts write one "
+        "checkpoint per chain, size and time, so verify-chain?trail=queries can only be granted the prefix."
+    ),
     constants.AUDIT_EXPORTS_PREFIX: (
         "Objects under the audit-export prefix only: each export is a new object named by organisation and export "
         "id, which an auditor fetches through a presigned GET; Object Lock keeps what was handed out."
@@ -415,6 +419,9 @@ class ControlApi(Construct):
                                                  versions=access.verifies_checkpoints))
         if access.reads_query_audit:
             statements.extend(self._audit_prefix(constants.AUDIT_QUERIES_PREFIX, write=False))
+        if access.reads_query_audit and access.verifies_checkpoints:  # the query audit chain's checkpoints
+            statements.extend(self._audit_prefix(constants.AUDIT_QUERY_CHECKPOINTS_PREFIX, write=False,
+                                                 versions=True))
         if access.stores_audit_exports:  # an export is too big for a Lambda answer: stored, then presigned
             statements.extend(self._audit_prefix(constants.AUDIT_EXPORTS_PREFIX, write=True))
         if access.seals_secrets:
@@ -434,6 +441,8 @@ class ControlApi(Construct):
             *([constants.AUDIT_IAM_CHECKPOINTS_PREFIX] if access.records_iam_events or access.verifies_checkpoints
               else []),
             *([constants.AUDIT_QUERIES_PREFIX] if access.reads_query_audit else []),
+            *([constants.AUDIT_QUERY_CHECKPOINTS_PREFIX] if access.reads_query_audit and access.verifies_checkpoints
+              else []),
             *([constants.AUDIT_EXPORTS_PREFIX] if access.stores_audit_exports else []),
         ]
         for prefix in prefixes:

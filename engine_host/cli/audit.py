@@ -48,6 +48,13 @@ CHAIN_FIELDS = (
 )
 
 
+QUERY_CHAIN_COLUMNS = (
+    ListingColumn("DAY", "day"), ListingColumn("HOST", "host_id"), ListingColumn("VALID", "valid"),
+    ListingColumn("RECORDS", "entry_count"), ListingColumn("SIGNED", "checkpoint_size"),
+    ListingColumn("FIRST_BREAK", "break", 40),
+)
+
+
 RECORD_FIELDS = (
     ("query id", "query_id"), ("time", "ts"), ("environment", "key_env"), ("user", "user_id"), ("role", "role"),
     ("key", "key_id"), ("agent", "agent_id"), ("source ip", "source_ip"), ("request id", "request_id"),
@@ -179,9 +186,15 @@ def audit_iam(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
 
 
 def audit_verify_chain(session: ApiSession, args: argparse.Namespace) -> CommandOutput:
-    """`hd audit verify-chain`: re-hash the IAM audit chain; exit status 3 when it is broken."""
+    """`hd audit verify-chain [--trail iam|queries]`: re-hash an audit chain; exit status 3 when it is broken."""
     env_id = session.env_id(args.env)
-    report = session.client.call("GET", api_path("environments", env_id, "audit", "admin", "verify-chain"))
+    # The IAM trail has no days: the API ignores --start/--end for it.
+    query = {"trail": args.trail, **{name: value.isoformat() for name in ("start", "end")
+                                     if (value := getattr(args, name)) is not None}}
+    report = session.client.call("GET", api_path("environments", env_id, "audit", "admin", "verify-chain"),
+                                 query=query)
+    if args.trail == "queries":
+        return _query_chains_output(report)
     text = render_record(CHAIN_FIELDS, report)
     if report.get("chain_valid") is True:
         return CommandOutput(report, text)
@@ -190,6 +203,29 @@ def audit_verify_chain(session: ApiSession, args: argparse.Namespace) -> Command
              f"{printable(str(broken.get('detail')))}")
     return CommandOutput(report, f"{text}\nfirst break       {where}", warning=f"hd: {where}",
                          status=CHAIN_BROKEN_EXIT_STATUS)
+
+
+def _query_chains_output(report: Mapping[str, Any]) -> CommandOutput:
+    """One line per host chain of each day; the first broken one names its position."""
+    chains = report.get("chains") or []
+    rows = [{**chain, "valid": "yes" if chain.get("chain_valid") else "no",
+             "break": "" if not chain.get("first_break") else
+             f"{chain['first_break'].get('position')} ({chain['first_break'].get('kind')})"} for chain in chains]
+    text = render_listing(QUERY_CHAIN_COLUMNS, rows, empty="no query audit records in these days")
+    if report.get("chain_valid") is True:
+        return CommandOutput(report, text)
+    broken = next(chain for chain in chains if not chain.get("chain_valid"))
+    first = broken.get("first_break") or {}
+    where = (f"the query audit chain of {printable(str(broken.get('host_id')))} on {broken.get('day')} is broken at "
+             f"position {first.get('position')} ({first.get('kind')}): {printable(str(first.get('detail')))}")
+    return CommandOutput(report, text, warning=f"hd: {where}", status=CHAIN_BROKEN_EXIT_STATUS)
+
+
+def _utc_day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
 
 
 def _non_negative_float(text: str) -> float:
@@ -256,5 +292,9 @@ def add_audit_commands(commands: argparse._SubParsersAction) -> None:
     iam.add_argument("--limit", type=positive_int, default=100, help="events per page (default 100)")
     iam.add_argument("--all", action="store_true", help="read on to the head of the chain")
     verify = command_action(actions, "verify-chain", audit_verify_chain,
-                            "re-hash the IAM audit chain against its signed checkpoint (exit status 3 if broken)")
+                            "re-hash an audit chain against its signed checkpoints (exit status 3 if broken)")
     verify.add_argument("--env", help=env_help)
+    verify.add_argument("--trail", choices=("iam", "queries"), default="iam",
+                        help="iam: the IAM trail (default); queries: every engine host's daily query audit chain")
+    verify.add_argument("--start", type=_utc_day, metavar="YYYY-MM-DD", help="--trail queries: first day (today)")
+    verify.add_argument("--end", type=_utc_day, metavar="YYYY-MM-DD", help="--trail queries: last day, inclusive")

@@ -8,6 +8,7 @@ State directory layout (default `~/.hd`, or `HD_STATE_DIR`):
     engine.duckdb            DuckDB database file for writable tables
     audit/queries/YYYY/MM/DD/<host>.jsonl   one query audit record per statement
     audit/iam-checkpoints/<org>/             signed checkpoints of each organisation's IAM audit chain
+    audit/query-checkpoints/<chain>/         signed checkpoints of each host's daily query audit chain
     keys/local-keys.json     DEV ONLY stand-in for KMS: JWT signing keys, checkpoint key, data-key wrap key
     demo-keys/<name>.key     with --demo: API keys of the demo people (see engine_host/devmode/demo_policies.py)
     policies.json            optional: policies loaded at every start (format: hd_core/policy_codec.py)
@@ -73,6 +74,8 @@ from hd_core.errors import HdError, KeyUnavailable
 from hd_core.policy_codec import load_policy_file
 from hd_core.policy_preview import install_policy_engine
 from hd_core.ports import AuditSink
+from hd_core.query_audit_chain import CHECKPOINT_FOLDER as QUERY_CHECKPOINT_FOLDER
+from hd_core.query_audit_chain import QueryChainCheckpointer, QueryChainStores
 from hd_core.services import ControlServices, assemble_services, write_due_checkpoints
 from hd_core.shadow.replay import EngineEndpoint, control_key_revoker
 
@@ -280,7 +283,9 @@ class LocalEngineHost:
         )
         self.engine = EngineHost(
             settings, store=store, authenticate=credentials.authenticate,
-            audit_sink=self._audit_override or LocalFolderAuditSink(self.state_dir, host_id=f"local-{os.getpid()}"),
+            audit_sink=self._audit_override or LocalFolderAuditSink(
+                self.state_dir, host_id=f"local-{os.getpid()}", checkpointer=QueryChainCheckpointer(
+                    LocalFolderCheckpointStore(self.state_dir, QUERY_CHECKPOINT_FOLDER), keys)),
             tables=self._table_source(), database_path=self.state_dir / "engine.duckdb",
             ssl_context=server_ssl_context(cert, key), default_org_id=owner.org.org_id,
             mask_keys=lambda: ensure_mask_keys(store, control.keys, keep_legacy_plaintext=True),
@@ -374,6 +379,8 @@ class LocalEngineHost:
             checkpoints=LocalFolderCheckpointStore(self.state_dir),
             query_audit=LocalFolderAuditArchive(self.state_dir),
             audit_exports=LocalFolderAuditExports(self.state_dir),
+            query_chain=QueryChainStores(LocalFolderAuditArchive(self.state_dir),
+                                         LocalFolderCheckpointStore(self.state_dir, QUERY_CHECKPOINT_FOLDER)),
         )
 
     async def stop(self) -> None:

@@ -25,6 +25,8 @@ from hd_core.audit_search import (
 from hd_core.client_values import ID_PATTERN, NON_BLANK_PATTERN
 from hd_core.errors import AuditWriteFailed, InvalidRequest
 from hd_core.models import ApiScope, ChangeContext, Environment, IamEvent, utc_now
+from hd_core.phi_disclosures import MAX_PATIENT_KEY_LENGTH, lookup_phi_disclosures
+from hd_core.query_audit_chain import verify_query_trail
 from hd_core.services import write_due_checkpoints as checkpoint_grown_chains
 
 SERVICE = "hd-audit"
@@ -98,6 +100,44 @@ class ChainVerificationOut(BaseModel):
     verified_at: datetime
     checkpoint_size: int | None
     first_break: ChainBreakOut | None
+
+
+class QueryChainVerificationOut(ChainVerificationOut):
+    chain_id: str
+    host_id: str
+    day: date
+
+
+class QueryTrailVerificationOut(BaseModel):
+    trail: Literal["queries"]
+    start: date
+    end: date
+    chain_valid: bool = Field(description="True only if every host chain of every day verifies")
+    chains: list[QueryChainVerificationOut]
+
+
+class PhiDisclosureOut(BaseModel):
+    query_id: str
+    ts: str
+    user_id: str
+    role: str | None
+    key_id: str | None
+    agent_id: str | None
+    source_ip: str | None
+    phi_grant_ids: list[str] = Field(description="The PHI grants active for the user when it ran")
+    jit_grant_ids: list[str] = Field(description="The JIT elevations active for the user when it ran")
+    phi_columns: list[str]
+    rows_returned: int
+    match: Literal["recorded", "possible"] = Field(
+        description="recorded: the result carried this patient's key; possible: it returned PHI of a table with a "
+                    "patient key without recording which patients (too many, or the key was not in the result)")
+    reason: str
+
+
+class PhiDisclosuresOut(BaseModel):
+    start: date
+    end: date
+    disclosures: list[PhiDisclosureOut] = Field(description="Oldest first")
 
 
 def event_out(event: IamEvent) -> IamEventOut:
@@ -229,13 +269,41 @@ def list_iam_events(
 
 @router.get(
     "/v1/environments/<env_id>/audit/admin/verify-chain",
-    responses=documented(200, ChainVerificationOut, "The verification report"),
+    responses=documented(200, ChainVerificationOut | QueryTrailVerificationOut,
+                         "The verification report: the IAM chain's, or each host chain's of the query audit"),
 )
-def verify_chain(env_id: PathId) -> ChainVerificationOut:
+def verify_chain(
+    env_id: PathId,
+    trail: Annotated[Literal["iam", "queries"], Query(description="iam: the organisation's IAM chain; queries: "
+                                                               "every engine host's daily query audit chain")] = "iam",
+    start: Annotated[date | None, Query(description="queries only: first UTC day (default today)")] = None,
+    end: Annotated[date | None, Query(description="queries only: last UTC day, inclusive (at most 366 days)")] = None,
+) -> ChainVerificationOut | QueryTrailVerificationOut:
     ctx = _auditor_of(env_id)
+    if trail == "queries":
+        report = verify_query_trail(services().query_chain, services().keys, start=start, end=end)
+        return QueryTrailVerificationOut.model_validate(report.to_dict())
     verification = services().trail.verify_chain(ctx.actor.org_id)
     webhook_events.chain_broken(services().store, verification)
     return ChainVerificationOut.model_validate(verification.to_dict())
+
+
+@router.get(
+    "/v1/environments/<env_id>/audit/phi-disclosures",
+    responses=documented(200, PhiDisclosuresOut, "Who saw this patient's PHI, when, under which grant"),
+)
+def phi_disclosures(
+    env_id: PathId,
+    patient_key: Annotated[str, Query(min_length=1, max_length=MAX_PATIENT_KEY_LENGTH,
+                                      description="The value of the table's declared patient-key column")],
+    start: Annotated[date, Query()],
+    end: Annotated[date, Query(description="inclusive")],
+) -> PhiDisclosuresOut:
+    ctx = _auditor_of(env_id)
+    found = lookup_phi_disclosures(services().query_audit, services().store, services().keys,
+                                   org_id=ctx.actor.org_id, patient_key=patient_key, start=start, end=end)
+    return PhiDisclosuresOut(start=start, end=end,
+                             disclosures=[PhiDisclosureOut.model_validate(d.to_dict()) for d in found])
 
 
 app = build_app(router, service=SERVICE)

@@ -115,6 +115,8 @@ class ColumnTagDocument(_Document):
     pii_type: PiiType
     pending: bool = Field(default=False, description="The table does not exist yet: store the policy anyway "
                           "(without it, a table or column the live catalog lacks is refused with 422)")
+    patient_key: bool = Field(default=False, description="The column identifies the patient each row is about "
+                              "(one per table): PHI disclosures record its values as keyed HMACs")
 
 
 class PhiGrantDocument(_Document):

@@ -381,7 +381,7 @@ def test_audit_bucket_access_is_scoped_to_prefixes_and_only_trail_writers_put(
             if "s3:ListBucket" in actions_of([statement]):
                 assert statement["Resource"] == {"Fn::GetAtt": [bucket_id, "Arn"]}
                 assert set(statement["Condition"]["StringLike"]["s3:prefix"]) <= {
-                    "audit/iam-checkpoints/*", "audit/queries/*", "audit/exports/*"}
+                    "audit/iam-checkpoints/*", "audit/queries/*", "audit/query-checkpoints/*", "audit/exports/*"}
                 continue
             join = statement["Resource"]["Fn::Join"][1]
             assert join[0] == {"Fn::GetAtt": [bucket_id, "Arn"]}
@@ -390,14 +390,16 @@ def test_audit_bucket_access_is_scoped_to_prefixes_and_only_trail_writers_put(
         if name == "fleet":
             assert not s3_statements
         elif name == "audit":
-            assert object_prefixes == {"/audit/iam-checkpoints/*", "/audit/queries/*", "/audit/exports/*"}
+            assert object_prefixes == {"/audit/iam-checkpoints/*", "/audit/queries/*", "/audit/query-checkpoints/*",
+                                       "/audit/exports/*"}
             assert writes == {"/audit/iam-checkpoints/*", "/audit/exports/*"}
-            # verify-chain reads every version of every checkpoint: a delete marker must not hide one
+            # verify-chain reads every version of every checkpoint (both trails): a delete marker must not hide one
             versioned = {join["Resource"]["Fn::Join"][1][1]
                          for join in statements_with(statements, "s3:GetObjectVersion")}
-            assert versioned == {"/audit/iam-checkpoints/*"}
-            (listing,) = statements_with(statements, "s3:ListBucketVersions")
-            assert listing["Condition"]["StringLike"]["s3:prefix"] == ["audit/iam-checkpoints/*"]
+            assert versioned == {"/audit/iam-checkpoints/*", "/audit/query-checkpoints/*"}
+            listings = statements_with(statements, "s3:ListBucketVersions")
+            assert sorted(s["Condition"]["StringLike"]["s3:prefix"][0] for s in listings) == [
+                "audit/iam-checkpoints/*", "audit/query-checkpoints/*"]
         else:
             assert object_prefixes == writes == {"/audit/iam-checkpoints/*"}, name
 

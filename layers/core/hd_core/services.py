@@ -25,6 +25,9 @@ from hd_core.iam_audit import IamAuditTrail
 from hd_core.lockout_audit import record_lockout
 from hd_core.models import utc_now
 from hd_core.ports import CheckpointStore, ControlStore, KeyProvider, QueryAuditArchive
+from hd_core.query_audit_chain import CHECKPOINT_FOLDER as QUERY_CHECKPOINT_FOLDER
+from hd_core.query_audit_chain import CHECKPOINT_PREFIX as QUERY_CHECKPOINT_PREFIX
+from hd_core.query_audit_chain import QueryChainStores
 from hd_core.request_auth import RequestAuthenticator
 from hd_core.sealed_secrets import SecretSealer
 from hd_core.signing_keys import CheckpointKeyRing, JwtKeyRing, SigningKeyPolicy, kms_jwt_key_tags
@@ -61,6 +64,8 @@ class ControlServices:
     idempotency: Callable[[], BasePersistenceLayer]
     # Where audit exports go (beside the query audit); None where this process serves no exports.
     audit_exports: AuditExportStore | None = None
+    # The query audit chain's records and checkpoints, for verify-chain?trail=queries.
+    query_chain: QueryChainStores | None = None
 
 
 def assemble_services(
@@ -74,6 +79,7 @@ def assemble_services(
     idempotency: BasePersistenceLayer | None = None,
     now: Callable[[], datetime] = utc_now,
     audit_exports: AuditExportStore | None = None,
+    query_chain: QueryChainStores | None = None,
 ) -> ControlServices:
     """Wire the domain objects around already-chosen adapters (shared by Lambda and `hd dev`).
 
@@ -125,6 +131,7 @@ def assemble_services(
         idempotency=(lambda: idempotency) if idempotency is not None else functools.cache(
             functools.partial(idempotency_records_for, store)),
         audit_exports=audit_exports,
+        query_chain=query_chain,
     )
 
 
@@ -167,6 +174,8 @@ def _build_local_services(config: ControlApiSettings) -> ControlServices:
         checkpoints=LocalFolderCheckpointStore(config.audit_dir),
         query_audit=LocalFolderAuditArchive(config.audit_dir),
         audit_exports=LocalFolderAuditExports(config.audit_dir),
+        query_chain=QueryChainStores(LocalFolderAuditArchive(config.audit_dir),
+                                     LocalFolderCheckpointStore(config.audit_dir, QUERY_CHECKPOINT_FOLDER)),
     )
 
 
@@ -196,6 +205,8 @@ def _build_aws_services(config: ControlApiSettings) -> ControlServices:
         checkpoints=S3CheckpointStore(s3, config.audit_bucket),
         query_audit=S3AuditArchive(s3, config.audit_bucket),
         audit_exports=S3AuditExports(s3, config.audit_bucket),
+        query_chain=QueryChainStores(S3AuditArchive(s3, config.audit_bucket),
+                                     S3CheckpointStore(s3, config.audit_bucket, prefix=QUERY_CHECKPOINT_PREFIX)),
     )
 
 
