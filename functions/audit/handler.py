@@ -281,7 +281,7 @@ def verify_chain(
 ) -> ChainVerificationOut | QueryTrailVerificationOut:
     ctx = _auditor_of(env_id)
     if trail == "queries":
-        report = verify_query_trail(services().query_chain, services().keys, start=start, end=end)
+        report = verify_query_trail(services().query_chain, services().checkpoint_keys, start=start, end=end)
         return QueryTrailVerificationOut.model_validate(report.to_dict())
     verification = services().trail.verify_chain(ctx.actor.org_id)
     webhook_events.chain_broken(services().store, verification)

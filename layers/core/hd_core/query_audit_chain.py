@@ -202,6 +202,18 @@ class QueryChainCheckpointer:
 # --- verification ----------------------------------------------------------------------------------
 
 
+class CheckpointVerifier(Protocol):
+    """What verification needs of the keys: whether a trusted checkpoint key signed a message.
+
+    The control plane passes its checkpoint key ring, which trusts the configured key (the one
+    engine hosts sign with) and every key rotation introduced since.
+    """
+
+    def verify_checkpoint(self, key_id: str, message: bytes, signature: bytes) -> bool:
+        """Whether `signature` over `message` is valid for the trusted key `key_id`."""
+        ...
+
+
 class QueryChainSource(Protocol):
     """Stored query audit records as written: each file or object of a day with the host that wrote it."""
 
@@ -232,7 +244,7 @@ class QueryChainReport:
                 **self.verification.to_dict()}
 
 
-def verify_query_chains(source: QueryChainSource, checkpoints: CheckpointStore, keys: KeyProvider,
+def verify_query_chains(source: QueryChainSource, checkpoints: CheckpointStore, keys: CheckpointVerifier,
                         days: Iterable[date], *, now: Callable[[], datetime] = utc_now) -> list[QueryChainReport]:
     """Verify every host's chain of each day; a chain's first break is its earliest position that fails."""
     reports = []
@@ -281,7 +293,7 @@ def _parse_line(line: bytes) -> _Line:
     return _Line(seq, prev, claimed, hashlib.sha256(body).hexdigest() == claimed)
 
 
-def _verify_lines(chain_id: str, raw: list[bytes], checkpoints: CheckpointStore, keys: KeyProvider,
+def _verify_lines(chain_id: str, raw: list[bytes], checkpoints: CheckpointStore, keys: CheckpointVerifier,
                   verified_at: datetime) -> ChainVerification:
     signed, forged = _sorted_checkpoints(chain_id, checkpoints, keys)
     lines = [_parse_line(line) for line in raw]
@@ -344,7 +356,7 @@ def _checkpoint_break(signed: list[ChainCheckpoint], hashes: Mapping[int, str], 
 
 
 def _sorted_checkpoints(chain_id: str, checkpoints: CheckpointStore,
-                        keys: KeyProvider) -> tuple[list[ChainCheckpoint], list[ChainCheckpoint]]:
+                        keys: CheckpointVerifier) -> tuple[list[ChainCheckpoint], list[ChainCheckpoint]]:
     signed: list[ChainCheckpoint] = []
     forged: list[ChainCheckpoint] = []
     for checkpoint in checkpoints.list_checkpoints(chain_id):
@@ -352,7 +364,7 @@ def _sorted_checkpoints(chain_id: str, checkpoints: CheckpointStore,
     return signed, forged
 
 
-def _is_signed(chain_id: str, checkpoint: ChainCheckpoint, keys: KeyProvider) -> bool:
+def _is_signed(chain_id: str, checkpoint: ChainCheckpoint, keys: CheckpointVerifier) -> bool:
     if checkpoint.chain_id != chain_id:
         return False
     message = checkpoint_message(chain_id, checkpoint.size, checkpoint.head_hash, checkpoint.time)
@@ -381,7 +393,7 @@ class QueryTrailVerification:
                 "chain_valid": self.chain_valid, "chains": [report.to_dict() for report in self.chains]}
 
 
-def verify_query_trail(stores: QueryChainStores | None, keys: KeyProvider, *,
+def verify_query_trail(stores: QueryChainStores | None, keys: CheckpointVerifier, *,
                        start: date | None = None, end: date | None = None,
                        now: Callable[[], datetime] = utc_now) -> QueryTrailVerification:
     """Verify the query audit chains of `start`..`end` (UTC days, default today); raises `InvalidRequest`."""
