@@ -78,6 +78,7 @@ from hd_core.query_audit_chain import CHECKPOINT_FOLDER as QUERY_CHECKPOINT_FOLD
 from hd_core.query_audit_chain import QueryChainCheckpointer, QueryChainStores
 from hd_core.services import ControlServices, assemble_services, write_due_checkpoints
 from hd_core.shadow.replay import EngineEndpoint, control_key_revoker
+from hd_core.shadow.sample_masks import control_masking
 
 log = logging.getLogger(__name__)
 
@@ -339,8 +340,12 @@ class LocalEngineHost:
         wildcard = self.config.host in ("0.0.0.0", "::", "")  # noqa: S104 - recognising one, not binding
         engine = EngineEndpoint("127.0.0.1" if wildcard else self.config.host, self.engine.server.port,
                                 sslmode="disable" if self.config.insecure_plaintext else "require")
+        # A mismatch's rows are masked with the engine's rules and its mask keys (hd_core/shadow/sample_masks.py).
+        masking = control_masking(control.store, lambda env: ensure_mask_keys(
+            control.store, control.keys, keep_legacy_plaintext=True).get(env))
         shadow = local_replay_services(self.state_dir, control.keys, engine,
-                                       revoke_key=control_key_revoker(control.store, control.trail, control.api_keys))
+                                       revoke_key=control_key_revoker(control.store, control.trail, control.api_keys),
+                                       sample_masks=masking)
         # Dry runs count rows and explain plans statements on this host's engine (hd_core/policy_preview.py).
         assert self.engine.pipeline is not None and self.engine.database is not None
         install_policy_engine(EnginePolicyPreview(self.engine.pipeline.governor, self.engine.database))

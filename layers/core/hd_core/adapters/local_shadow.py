@@ -37,6 +37,7 @@ from hd_core.shadow.replay import (
     replay_prefix,
     task_handlers,
 )
+from hd_core.shadow.sample_masks import MaskingSource
 from hd_core.shadow.state_machine import ExecutionInput
 
 log = logging.getLogger(__name__)
@@ -257,13 +258,16 @@ def _execution_key(replay_id: str) -> str:
 
 
 def local_replay_services(state_dir: Path, keys: KeyProvider, engine: EngineEndpoint,
-                          revoke_key: ReplayKeyRevoker | None = None) -> ReplayServices:
+                          revoke_key: ReplayKeyRevoker | None = None,
+                          sample_masks: MaskingSource | None = None) -> ReplayServices:
     """`hd dev`'s replay services: documents (keys `shadow/...`) and sealed secrets (`shadow/secrets/`) in the
     state folder, executions by the local interpreter. `revoke_key` (`control_key_revoker` over the host's
-    control store) lets WriteReport revoke the replay's key when it ends."""
+    control store) lets WriteReport revoke the replay's key when it ends; `sample_masks`
+    (`sample_masks.control_masking`) masks a mismatch's rows with the engine's rules."""
     (Path(state_dir) / "shadow").mkdir(mode=0o700, parents=True, exist_ok=True)
     tasks = ReplayServices(artefacts=LocalFolderShadowArtefacts(state_dir),
                            secrets=LocalSealedShadowSecrets(Path(state_dir) / "shadow" / "secrets", keys),
-                           engine=engine, revoke_key=revoke_key)
+                           engine=engine, revoke_key=revoke_key, sample_masks=sample_masks)
     return ReplayServices(artefacts=tasks.artefacts, secrets=tasks.secrets, engine=engine,
-                          executions=LocalInterpreterExecutions(tasks), revoke_key=revoke_key)
+                          executions=LocalInterpreterExecutions(tasks), revoke_key=revoke_key,
+                          sample_masks=sample_masks)

@@ -21,8 +21,10 @@ input and the deployment's `ReplayServices`:
   from the EventBridge rule in AWS, `hd dev`'s executions locally) ends the same way, with a report
   that keeps what was replayed and says why (`ended`). Idempotent.
 
-Nothing raw leaves `replay_batch`: rows in a mismatch pass through `redact_all` (NULL-ness and type
-only), so no value of a masked, PII or PHI column, nor any other, reaches a stored artefact; error
+Nothing raw leaves `replay_batch`: rows in a mismatch are rendered with the engine's mask rules where
+`sample_masks` traces a result column to a base column (`hd_core.shadow.sample_masks`), and otherwise
+through `redact_all` (NULL-ness and type only), so no raw value of a masked, PII or PHI column reaches a
+stored artefact; error
 messages are redacted by `compare`. The comparison DSN and the engine key live only in the secret
 store (Secrets Manager, or sealed files locally); the execution input, the record and every
 artefact hold secret references. Storage, secrets and starting an execution go through the small
@@ -68,6 +70,7 @@ from hd_core.shadow.compare import (
 )
 from hd_core.shadow.query_set import QuerySet, UploadFormat, parse_query_set
 from hd_core.shadow.report import ReplayEnding, ShadowReport, StatementResult, build_report
+from hd_core.shadow.sample_masks import MaskingSource, ReplayMasking
 from hd_core.shadow.state_machine import UNFINISHED_STATUSES, ExecutionInput
 from hd_core.text_redaction import redact_error_message
 
@@ -183,6 +186,9 @@ class ReplayServices:
     executions: ReplayExecutions | None = None  # only the API starts executions
     # How WriteReport revokes the replay's key (`control_key_revoker`: `hd dev`, and WriteReport's Lambda in AWS).
     revoke_key: ReplayKeyRevoker | None = None
+    # How ReplayBatch masks the rows a mismatch shows (`sample_masks.control_masking`: `hd dev`); without it
+    # (AWS: ReplayBatch reaches no control store) every value is redacted to its type and NULL-ness.
+    sample_masks: MaskingSource | None = None
 
 
 class ComparisonDsnInvalid(InvalidRequest):
@@ -448,12 +454,13 @@ def replay_batch(event: Mapping[str, Any], services: ReplayServices) -> dict[str
     dsn = _comparison_dsn(services.secrets.get_secret(record["comparison_secret"]))
     key = services.secrets.get_secret(record["engine_key_secret"])
     timeout = float(record["timeout_seconds"])
+    masking = services.sample_masks(record) if services.sample_masks is not None else None
     results = []
     with _reference_connection(dsn) as reference, _engine_connection(services.engine, record, key, timeout) as engine:
         for index in plan["batches"][batch]:
             statement = statements[index]
             comparison, reference_ms, engine_ms = replay_statement(
-                reference, engine, statement.sql, statement.params, timeout)
+                reference, engine, statement.sql, statement.params, timeout, masking=masking)
             results.append({"index": index, "comparison": comparison.to_dict(),
                             "reference_ms": reference_ms, "engine_ms": engine_ms})
     services.artefacts.put_json(_batch_key(replay_id, batch), {"batch": batch, "results": results})
@@ -703,9 +710,10 @@ class _Clock:
 
 
 def replay_statement(reference: psycopg.Connection[Any], engine: psycopg.Connection[Any], sql: str,
-                     params: Sequence[Any], timeout_seconds: float,
-                     options: CompareOptions | None = None) -> tuple[Comparison, float, float]:
-    """One statement on both sides, digested in turn (bounded memory) and compared: (comparison, ref ms, engine ms)."""
+                     params: Sequence[Any], timeout_seconds: float, options: CompareOptions | None = None, *,
+                     masking: ReplayMasking | None = None) -> tuple[Comparison, float, float]:
+    """One statement on both sides, digested in turn (bounded memory) and compared: (comparison, ref ms, engine ms).
+    The rows a mismatch shows are masked by `masking` (the engine's mask rules), else redacted."""
     options = options or CompareOptions()
     reference_clock, engine_clock = _Clock(), _Clock()
     decided: list[Ordering] = []  # fixed by the first side that answers, so both digests agree
@@ -718,8 +726,10 @@ def replay_statement(reference: psycopg.Connection[Any], engine: psycopg.Connect
     reference_digest = _digest_reference(reference, sql, params, timeout_seconds, reference_clock, ordering, options)
     engine_digest = _digest_engine(engine, sql, params, engine_clock, ordering, options)
     final = decided[0] if decided else UNORDERED
+    columns = reference_digest.columns or engine_digest.columns
+    redact = redact_all if masking is None or columns is None else masking.for_statement(sql, columns.names)
     comparison = compare_digests(_with_ordering(reference_digest, final), _with_ordering(engine_digest, final),
-                                 options=options, redact=redact_all)
+                                 options=options, redact=redact)
     return comparison, reference_clock.ms, engine_clock.ms
 
 
