@@ -16,6 +16,7 @@ string keys `PK`/`SK`; items that appear in a list also carry `GSI1PK`/`GSI1SK`:
     JIT request           JIT#<request_id>     JIT                         JITS#<org_id>      <requested_at>#<id>
     webhook endpoint      WEBHOOK#<id>         WEBHOOK                     WEBHOOKS#<org_id>  <created_at>#<id>
     forget request        FORGET#<request_id>  FORGET                      FORGETS#<org_id>   <requested_at>#<id>
+    policy preview        PREVIEWS             <request_id>                -                  -
     webhook delivery      WHDELIVERY#<endp.>   EVT#<event_id>              WHDUE (pending)    <next_attempt_at>#...
     IAM event             CHAIN#<chain_id>     EVT#<seq, 12 digits>        -                  -
     setting               SETTING#<name>       SETTING                     -                  -
@@ -86,6 +87,9 @@ from hd_core.models import (
 )
 from hd_core.policies import PolicyKind, PolicyObject, PolicySnapshot
 from hd_core.policy_codec import from_document, kind_of, object_id, to_document
+from hd_core.policy_previews import CLAIMED as PREVIEW_CLAIMED
+from hd_core.policy_previews import PENDING as PREVIEW_PENDING
+from hd_core.policy_previews import PREVIEW_REQUESTS, PreviewRequest
 from hd_core.records import (
     API_KEYS,
     AUTH_FAILURES,
@@ -97,6 +101,7 @@ from hd_core.records import (
     USAGE,
     USERS,
     decode_time,
+    encode_json_object,
     encode_time,
 )
 from hd_core.webhook_models import (
@@ -117,6 +122,7 @@ _MAX_TRANSACTION_ITEMS = 100
 _SEQ_DIGITS = 12
 _POLICY_PARTITION = "POLICIES"
 _POLICY_VERSION_KEY: Key = ("POLICY_VERSION", "POLICY_VERSION")
+_PREVIEW_PARTITION = "PREVIEWS"  # every policy preview request, by id (minutes of them: TTL)
 _DUE_PARTITION = "WHDUE"  # GSI1 partition of pending webhook deliveries, by next attempt time
 _DELIVERY_LOG_KEPT = timedelta(days=30)  # finished deliveries expire (TTL) this long after creation
 
@@ -437,6 +443,54 @@ class DynamoDbControlStore:
             if "LastEvaluatedKey" not in response:
                 return found
             request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    # --- policy previews (hd_core/policy_previews.py) ---------------------------------------
+
+    def put_preview_request(self, request: PreviewRequest) -> None:
+        """Store a new pending request, with the TTL attribute of its expiry; `Conflict` if its id exists."""
+        if not self._put(_preview_item(request), condition="attribute_not_exists(PK)"):
+            raise Conflict(f"preview request {request.request_id} already exists")
+
+    def get_preview_request(self, request_id: str) -> PreviewRequest | None:
+        """The request with this id, or None."""
+        item = self._get(_preview_key(request_id))
+        return None if item is None else PREVIEW_REQUESTS.decode(item)
+
+    def pending_preview_requests(self, at: datetime) -> list[PreviewRequest]:
+        """Unclaimed requests not expired at `at`, oldest first: one Query of the previews partition.
+
+        Hosts ask every second; the partition holds only minutes of previews (TTL), so the read stays small.
+        """
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "PK = :pk",
+            "FilterExpression": "#status = :pending AND expires_at > :at",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": _serialize({":pk": _PREVIEW_PARTITION, ":pending": PREVIEW_PENDING,
+                                                     ":at": encode_time(at)}),
+            "ConsistentRead": True,
+        }
+        found = [PREVIEW_REQUESTS.decode(item) for item in self._paginate(request, None)]
+        return sorted(found, key=lambda pending: (pending.created_at, pending.request_id))
+
+    def claim_preview_request(self, request_id: str, host_id: str, at: datetime) -> PreviewRequest | None:
+        """Make a pending, unexpired request `host_id`'s (conditional update); None when another host won."""
+        updated = self._update(
+            _preview_key(request_id), "SET #status = :claimed, host_id = :host",
+            {":claimed": PREVIEW_CLAIMED, ":host": host_id, ":pending": PREVIEW_PENDING, ":at": encode_time(at)},
+            condition="attribute_exists(PK) AND #status = :pending AND expires_at > :at", names={"#status": "status"},
+        )
+        return None if updated is None else PREVIEW_REQUESTS.decode(updated)
+
+    def answer_preview_request(self, request_id: str, host_id: str, status: str, answer: dict[str, object]) -> bool:
+        """Store the answer of the host that claimed the request; False if it is not that host's claim."""
+        updated = self._update(
+            _preview_key(request_id), "SET #status = :status, answer = :answer",
+            {":status": status, ":answer": encode_json_object(answer), ":claimed": PREVIEW_CLAIMED,
+             ":host": host_id},
+            condition="#status = :claimed AND host_id = :host", names={"#status": "status"},
+        )
+        return updated is not None
 
     # --- webhooks ---------------------------------------------------------------------------
 
@@ -932,6 +986,15 @@ def _jit_item(request: JitRequest) -> Item:
     return _keyed(
         _jit_key(request.request_id), record, "JITS#" + request.org_id, f"{record['requested_at']}#{request.request_id}"
     )
+
+
+def _preview_key(request_id: str) -> Key:
+    return (_PREVIEW_PARTITION, request_id)
+
+
+def _preview_item(request: PreviewRequest) -> Item:
+    record = PREVIEW_REQUESTS.encode(request) | {TTL_ATTRIBUTE: _epoch(request.expires_at)}
+    return _keyed(_preview_key(request.request_id), record)
 
 
 def _forget_key(request_id: str) -> Key:

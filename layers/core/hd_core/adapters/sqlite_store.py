@@ -46,6 +46,9 @@ from hd_core.models import (
 )
 from hd_core.policies import PolicyKind, PolicyObject, PolicySnapshot
 from hd_core.policy_codec import from_document, kind_of, object_id, to_document
+from hd_core.policy_previews import CLAIMED as PREVIEW_CLAIMED
+from hd_core.policy_previews import PENDING as PREVIEW_PENDING
+from hd_core.policy_previews import PREVIEW_REQUESTS, PreviewRequest
 from hd_core.records import (
     API_KEYS,
     AUTH_FAILURES,
@@ -57,6 +60,7 @@ from hd_core.records import (
     USAGE,
     USERS,
     RecordCodec,
+    encode_json_object,
     encode_time,
 )
 from hd_core.webhook_models import (
@@ -295,6 +299,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX forget_requests_by_org ON forget_requests (org_id, requested_at)",
         "CREATE INDEX forget_requests_by_status ON forget_requests (status)",
+    ),
+    (
+        # Issue 22: policy previews a fleet host answers (hd_core/policy_previews.py); counts and plans only.
+        """CREATE TABLE preview_requests (
+            request_id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            requested_by TEXT NOT NULL,
+            question TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            status TEXT NOT NULL,
+            host_id TEXT,
+            answer TEXT NOT NULL
+        )""",
+        "CREATE INDEX preview_requests_by_status ON preview_requests (status, created_at)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -667,6 +687,48 @@ class SqliteControlStore:
                 if exists.fetchone() is None:
                     raise NotFound(f"forget request {request.request_id} not found")
                 raise Conflict(f"forget request {request.request_id} is no longer {ForgetStatus(from_status).value}")
+
+    # --- policy previews (hd_core/policy_previews.py) ---------------------------------------
+
+    def put_preview_request(self, request: PreviewRequest) -> None:
+        """Store a new pending request (expired ones are deleted first, as DynamoDB's TTL would)."""
+        try:
+            with self._transaction() as db:
+                db.execute("DELETE FROM preview_requests WHERE expires_at <= ?", (encode_time(request.created_at),))
+                db.execute(_insert_sql("preview_requests", PREVIEW_REQUESTS), _row(PREVIEW_REQUESTS, request))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"preview request {request.request_id} already exists") from None
+
+    def get_preview_request(self, request_id: str) -> PreviewRequest | None:
+        """The request with this id, or None."""
+        row = self._fetch_one("SELECT * FROM preview_requests WHERE request_id = ?", (request_id,))
+        return None if row is None else _entity(PREVIEW_REQUESTS, row)
+
+    def pending_preview_requests(self, at: datetime) -> list[PreviewRequest]:
+        """Unclaimed requests not expired at `at`, oldest first."""
+        rows = self._fetch_all(
+            "SELECT * FROM preview_requests WHERE status = ? AND expires_at > ? ORDER BY created_at, request_id",
+            (PREVIEW_PENDING, encode_time(at)))
+        return [_entity(PREVIEW_REQUESTS, row) for row in rows]
+
+    def claim_preview_request(self, request_id: str, host_id: str, at: datetime) -> PreviewRequest | None:
+        """Make a pending, unexpired request `host_id`'s; None when another host claimed it first (or it expired)."""
+        with self._transaction() as db:
+            claimed = db.execute(
+                "UPDATE preview_requests SET status = ?, host_id = ? WHERE request_id = ? AND status = ? "
+                "AND expires_at > ?", (PREVIEW_CLAIMED, host_id, request_id, PREVIEW_PENDING, encode_time(at)))
+            if claimed.rowcount == 0:
+                return None
+            row = db.execute("SELECT * FROM preview_requests WHERE request_id = ?", (request_id,)).fetchone()
+        return _entity(PREVIEW_REQUESTS, row)
+
+    def answer_preview_request(self, request_id: str, host_id: str, status: str, answer: dict[str, object]) -> bool:
+        """Store the answer of the host that claimed the request; False if it is not that host's claim."""
+        with self._transaction() as db:
+            answered = db.execute(
+                "UPDATE preview_requests SET status = ?, answer = ? WHERE request_id = ? AND status = ? "
+                "AND host_id = ?", (status, encode_json_object(answer), request_id, PREVIEW_CLAIMED, host_id))
+            return answered.rowcount == 1
 
     # --- webhooks ---------------------------------------------------------------------------
 
