@@ -107,8 +107,15 @@ class ErasureWatcher:
         self._seen = 0
 
     def start(self) -> None:
-        """Remember the epoch as it is now (copies built after it are current) and watch from there."""
-        self._seen = read_invalidation(self._store)[0]
+        """Remember the epoch as it is now (copies built after it are current) and watch from there.
+
+        A store that cannot be read now never stops the host: the first check that can read it then
+        invalidates the last erasure's tables once (a copy dropped needlessly is only rebuilt)."""
+        try:
+            self._seen = read_invalidation(self._store)[0]
+        except Exception:  # logged; the watch itself retries every interval
+            log.exception("cannot read the erasure epoch at start; watching from epoch 0")
+            self._seen = 0
         self._thread = threading.Thread(target=self._run, name="hd-erasure-watch", daemon=True)
         self._thread.start()
 

@@ -268,3 +268,24 @@ def test_the_worker_sweep_runs_pending_requests_retries_failed_ones_hourly_and_c
         assert still is not None and still.subject_sealed == first.subject_sealed  # kept for the next attempt
     finally:
         install_erasure(None)
+
+
+def test_a_host_whose_store_cannot_be_read_at_start_still_starts_and_catches_up(store: SqliteControlStore) -> None:
+    class Unreachable:
+        """The store as an engine host sees it while DynamoDB is unreachable, then again reachable."""
+
+        down = True
+
+        def get_setting(self, name: str) -> str | None:
+            if self.down:
+                raise OSError("control table unreachable")
+            return store.get_setting(name)
+
+    flaky = Unreachable()
+    seen: list[list[str]] = []
+    watcher = ErasureWatcher(flaky, seen.append, interval_seconds=3600)  # type: ignore[arg-type]
+    watcher.start()  # logged, not raised: erasure must never keep a host from serving
+    watcher.stop()
+    store.put_setting(erasure.INVALIDATION_SETTING, '{"epoch": 2, "tables": ["crm.people"]}')
+    flaky.down = False
+    assert watcher.check() is True and seen == [["crm.people"]]
