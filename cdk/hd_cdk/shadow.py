@@ -28,6 +28,11 @@ Security decisions visible here:
   ExecutionEnded rule (Step Functions' "Execution Status Change" of this state machine only, statuses
   FAILED, TIMED_OUT and ABORTED) invokes it for what no Catch sees (the execution's timeout, StopExecution);
   it ends only the replay whose record names that execution. The function's errors are in the alarm;
+- ReplayBatch masks the rows a mismatch shows with the engine's rules (`hd_core.shadow.sample_masks`), so
+  it may read, and only read, what that needs of the control table (`SAMPLE_MASK_TABLE_ACCESS` by
+  `dynamodb:LeadingKeys`: the policies and their version, API key items, recorded catalog tables, the
+  default organisation, the wrapped mask keys), and Decrypt with the data key only for the mask keys'
+  encryption context (`purpose` hd-mask-hash): no write, no other setting, no other data key use;
 - each Lambda has its own role with one managed policy: objects under the data bucket's `shadow/` prefix
   (read, write, list; never delete, never another prefix), the data key only through S3 (and, for
   ReplayBatch, through Secrets Manager for a shadow secret); the state machine's role may invoke these
@@ -76,9 +81,10 @@ from hd_cdk import constants, packaging
 from hd_cdk.nag import acknowledge
 from hd_cdk.network import validated_cidrs
 from hd_cdk.packaging import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME
-from hd_core.adapters.aws_shadow import KEY_REVOCATION_TABLE_ACCESS, SECRET_RECOVERY_DAYS
+from hd_core.adapters.aws_shadow import KEY_REVOCATION_TABLE_ACCESS, SAMPLE_MASK_TABLE_ACCESS, SECRET_RECOVERY_DAYS
 from hd_core.adapters.dynamodb_schema import GSI1_NAME
 from hd_core.shadow import state_machine
+from hd_core.shadow.sample_masks import MASK_KEY_PURPOSE
 
 LOG_RETENTION: Final = logs.RetentionDays.ONE_YEAR
 # Vended-log groups under this prefix keep Step Functions' log delivery within CloudWatch Logs' resource
@@ -103,6 +109,7 @@ class ReplayFunction:
     reaches_databases: bool = False  # the engine NLB and the comparison PostgreSQL
     deletes_secrets: bool = False  # the replay's own secrets under the shadow prefix, when it ends
     revokes_key: bool = False  # the replay's ServiceAccount key in the control table, when it ends
+    masks_samples: bool = False  # reads the engine's mask rules, catalog and mask keys (a mismatch's rows)
 
 
 # Keyed by the definition's logical names (state_machine.FUNCTIONS), so a renamed state fails here at import.
@@ -118,7 +125,7 @@ REPLAY_FUNCTIONS: Final[Mapping[str, ReplayFunction]] = {
         handler="functions.shadow.tasks.replay_batch_handler",
         description="runs one batch on the comparison PostgreSQL and the engine, and compares the results",
         memory_mb=1024, timeout_seconds=900, reserved_concurrency=state_machine.MAX_CONCURRENCY,
-        reads_secrets=True, reaches_databases=True,
+        reads_secrets=True, reaches_databases=True, masks_samples=True,
     ),
     state_machine.WRITE_REPORT: ReplayFunction(
         handler="functions.shadow.tasks.write_report_handler",
@@ -401,6 +408,7 @@ class ShadowReplay(Construct):
             log_group=log_group,
             logging_format=lambda_.LoggingFormat.JSON,
             environment={**environment, **(self._revocation_settings() if self._revokes(spec) else {}),
+                         **(self._sample_mask_settings() if self._masks(spec) else {}),
                          "POWERTOOLS_SERVICE_NAME": f"hd-shadow-{name.lower()}"},
         )
         acknowledge(function, "AwsSolutions-L1", _L1_REASON)
@@ -425,7 +433,41 @@ class ShadowReplay(Construct):
         if self._revokes(spec):
             statements.extend(self._revocation_statements())
             statements.extend(self._region_pin_statements())
+        if self._masks(spec):
+            statements.extend(self._sample_mask_statements())
         return statements
+
+    def _masks(self, spec: ReplayFunction) -> bool:
+        return spec.masks_samples and self._revocation is not None
+
+    def _sample_mask_statements(self) -> list[iam.PolicyStatement]:
+        """What `sample_masks.control_masking` reads (`SAMPLE_MASK_TABLE_ACCESS`, item kind by item kind) and the
+        mask keys' unwrapping: Decrypt with the data key for the mask-key purpose only; the table's region pin."""
+        assert self._revocation is not None
+        r, region = self._revocation, Stack.of(self).region
+        return [
+            *(_allow(actions, [r.table.table_arn], {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [partition]}})
+              for actions, _, partition in SAMPLE_MASK_TABLE_ACCESS),
+            _allow(["kms:Decrypt", "kms:DescribeKey"], [r.table_key.key_arn],
+                   {"StringEquals": {"kms:ViaService": f"dynamodb.{region}.amazonaws.com"}}),
+            _allow(["kms:Decrypt"], [self._data_key.key_arn],
+                   {"StringEquals": {"kms:EncryptionContext:purpose": MASK_KEY_PURPOSE}}),
+            _allow(["dynamodb:DescribeTable"], [r.table.table_arn]),
+        ]
+
+    def _sample_mask_settings(self) -> dict[str, str]:
+        """functions/shadow/wiring.py: HD_SHADOW_SAMPLE_MASKS and the control settings it reads with."""
+        assert self._revocation is not None
+        r = self._revocation
+        return {
+            "HD_SHADOW_SAMPLE_MASKS": "true",
+            "HD_STORE": "dynamodb",
+            "HD_KEYS": "kms",
+            "HD_DYNAMODB_TABLE": r.table.table_name,
+            "HD_KMS_JWT_KEY_IDS": r.signing_key.key_arn,  # named only: the key provider's constructor wants one
+            "HD_KMS_CHECKPOINT_KEY_ID": r.checkpoint_key.key_arn,  # likewise named only
+            "HD_KMS_DATA_KEY_ID": self._data_key.key_arn,  # unwraps the mask keys (their purpose only)
+        }
 
     def _region_pin_statements(self) -> list[iam.PolicyStatement]:
         """With the control settings, WriteReport's region pin also places the control table and the audit bucket."""

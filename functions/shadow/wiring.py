@@ -3,7 +3,8 @@
 In AWS, the API function and the state machine's task functions build `ReplayServices` on first use
 from the settings below (read once). WriteReport alone has `HD_SHADOW_REVOKE_KEYS` set, with the control
 plane's `HD_*` store, key and audit settings: it revokes the replay's key through the control table and
-records the IAM event (`control_key_revoker`), which no other shadow function can. `hd dev` installs its
+records the IAM event (`control_key_revoker`), which no other shadow function can. ReplayBatch alone has
+`HD_SHADOW_SAMPLE_MASKS`: it reads the policies, catalog and mask keys to mask a mismatch's rows. `hd dev` installs its
 own (`install_shadow_services`): the state folder, sealed local secrets, its engine host's address and
 the local ASL interpreter.
 """
@@ -18,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hd_core.errors import HdError
 from hd_core.shadow.replay import EngineEndpoint, ReplayKeyRevoker, ReplayServices, control_key_revoker
+from hd_core.shadow.sample_masks import MaskingSource, control_masking, stored_mask_key
 
 _lock = threading.Lock()
 _services: ReplayServices | None = None
@@ -43,6 +45,7 @@ class ShadowSettings(BaseSettings):
     engine_sslmode: str = "verify-full"
     engine_ca_file: str = ""  # the CA bundle the engine's certificate chains to
     revoke_keys: bool = False  # WriteReport only: revoke the replay's key at its end (HD_* control settings)
+    sample_masks: bool = False  # ReplayBatch only: mask a mismatch's rows with the engine's rules (HD_* settings)
 
 
 @lru_cache(maxsize=1)
@@ -83,7 +86,27 @@ def _build_aws(config: ShadowSettings) -> ReplayServices:
                               config.engine_ca_file or None),
         executions=executions,
         revoke_key=_control_key_revoker() if config.revoke_keys else None,
+        sample_masks=_control_masking() if config.sample_masks else None,
     )
+
+
+def _control_masking() -> MaskingSource:
+    """The engine's mask rules, catalog and mask keys, read from the control table and unwrapped with the data
+    key (read only: the grants are `SAMPLE_MASK_TABLE_ACCESS` and Decrypt for the mask-key purpose)."""
+    import boto3
+
+    from hd_core.adapters.dynamodb_store import DynamoDbControlStore
+    from hd_core.adapters.kms_keys import KmsKeyProvider
+    from hd_core.control_settings import ControlApiSettings
+
+    control = ControlApiSettings()
+    if control.store != "dynamodb" or control.keys != "kms" or not control.kms_data_key_id:
+        raise ShadowUnavailable("HD_SHADOW_SAMPLE_MASKS needs HD_STORE=dynamodb, HD_KEYS=kms and HD_KMS_DATA_KEY_ID")
+    store = DynamoDbControlStore(control.dynamodb_table)
+    keys = KmsKeyProvider(boto3.client("kms"),
+                          jwt_key_ids=[k.strip() for k in control.kms_jwt_key_ids.split(",") if k.strip()],
+                          checkpoint_key_id=control.kms_checkpoint_key_id, data_key_id=control.kms_data_key_id)
+    return control_masking(store, lambda env: stored_mask_key(store, keys, env))
 
 
 def _control_key_revoker() -> ReplayKeyRevoker:

@@ -16,6 +16,7 @@ from functions.openapi import FUNCTION_MODULES
 from hd_cdk import constants
 from hd_cdk.packaging import SHADOW_REQUIREMENTS
 from hd_cdk.shadow import REPLAY_FUNCTIONS, SHARED_FUNCTIONS, ComparisonNetwork, comparison_network
+from hd_core.adapters.aws_shadow import SAMPLE_MASK_TABLE_ACCESS
 from hd_core.shadow import state_machine
 from tests.cdk.conftest import TEST_CONTEXT, SynthesizedApp
 
@@ -293,6 +294,8 @@ def test_lambdas_touch_the_data_bucket_only_under_the_shadow_prefix_and_never_de
         found = function_statements(resources, lid)
         if name == state_machine.WRITE_REPORT:  # the key's revocation, asserted statement by statement below
             found = [s for s in found if _normalised(s) not in _revocation_statements(resources)]
+        if name == state_machine.REPLAY_BATCH:  # the mask rules' reads, asserted statement by statement below
+            found = [s for s in found if _normalised(s) not in _sample_mask_statements(resources)]
         s3_resources = {rendered(r) for s in found if any(a.startswith("s3:") for a in listed(s["Action"]))
                         for r in listed(s["Resource"])}
         assert s3_resources == {f"<{bucket}.Arn>", f"<{bucket}.Arn>/{constants.SHADOW_DATA_PREFIX}*"}, name
@@ -364,6 +367,9 @@ def test_only_write_report_may_revoke_the_replays_key_through_key_items_chains_a
         if name == state_machine.WRITE_REPORT:
             assert [s for s in found if s in expected] == expected
             assert touching == [s for s in expected if s in touching]  # nothing else of the control plane
+        elif name == state_machine.REPLAY_BATCH:  # reads for masking a mismatch's rows (asserted below), no more
+            masking = _sample_mask_statements(resources)
+            assert touching == [s for s in masking if s in touching] and touching
         else:
             assert touching == [], name
     environment = resources[functions[state_machine.WRITE_REPORT]]["Properties"]["Environment"]["Variables"]
@@ -371,9 +377,10 @@ def test_only_write_report_may_revoke_the_replays_key_through_key_items_chains_a
     assert (environment["HD_STORE"], environment["HD_KEYS"], environment["HD_AUDIT"]) == ("dynamodb", "kms", "s3")
     table = one(of_type(resources, "AWS::DynamoDB::Table", "StorageControl"))[0]
     assert environment["HD_DYNAMODB_TABLE"] == {"Ref": table}
-    for name in (state_machine.PREPARE, state_machine.REPLAY_BATCH):
-        variables = resources[functions[name]]["Properties"]["Environment"]["Variables"]
-        assert not {"HD_SHADOW_REVOKE_KEYS", "HD_DYNAMODB_TABLE", "HD_KMS_CHECKPOINT_KEY_ID"} & set(variables), name
+    variables = resources[functions[state_machine.PREPARE]]["Properties"]["Environment"]["Variables"]
+    assert not {"HD_SHADOW_REVOKE_KEYS", "HD_DYNAMODB_TABLE", "HD_KMS_CHECKPOINT_KEY_ID"} & set(variables)
+    variables = resources[functions[state_machine.REPLAY_BATCH]]["Properties"]["Environment"]["Variables"]
+    assert "HD_SHADOW_REVOKE_KEYS" not in variables and "HD_AUDIT_BUCKET" not in variables
     # The token signing key is only named (the key provider wants one): no shadow role may use it.
     signing = one(of_type(resources, "AWS::KMS::Key", "KeysSigning"))[0]
     for lid in functions.values():
@@ -398,6 +405,47 @@ def test_an_execution_that_did_not_finish_invokes_end_replay_through_an_eventbri
                    if r["Properties"]["FunctionName"] == {"Fn::GetAtt": [end_replay, "Arn"]}]
     assert [(p["Principal"], p["SourceArn"]) for p in permissions] == [
         ("events.amazonaws.com", {"Fn::GetAtt": [rule_id, "Arn"]})]
+
+
+def _sample_mask_statements(resources: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """ReplayBatch's reads for masking a mismatch's rows, as `ShadowReplay` must write them."""
+    table = one(of_type(resources, "AWS::DynamoDB::Table", "StorageControl"))[0]
+    control_key = one(of_type(resources, "AWS::KMS::Key", "KeysControl"))[0]
+    table_arn = {"Fn::GetAtt": [table, "Arn"]}
+
+    def allow(actions: list[str], resource: Any, condition: dict[str, Any] | None = None) -> dict[str, Any]:
+        return _normalised({"Action": actions, "Effect": "Allow", "Resource": resource,
+                            **({"Condition": condition} if condition else {})})
+
+    return [
+        *(allow(list(actions), table_arn, {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [partition]}})
+          for actions, _, partition in SAMPLE_MASK_TABLE_ACCESS),
+        allow(["kms:Decrypt", "kms:DescribeKey"], {"Fn::GetAtt": [control_key, "Arn"]},
+              {"StringEquals": {"kms:ViaService": "dynamodb.eu-west-1.amazonaws.com"}}),
+        allow(["kms:Decrypt"], _data_key_arn(resources), {"StringEquals": {"kms:EncryptionContext:purpose":
+                                                                             "hd-mask-hash"}}),
+        allow(["dynamodb:DescribeTable"], table_arn),
+    ]
+
+
+def test_replay_batch_only_reads_the_mask_rules_catalog_and_mask_keys_to_mask_a_mismatchs_rows(
+    resources: dict[str, dict[str, Any]], functions: dict[str, str]
+) -> None:
+    found = [_normalised(s) for s in function_statements(resources, functions[state_machine.REPLAY_BATCH])]
+    expected = _sample_mask_statements(resources)
+    assert [s for s in found if s in expected] == expected
+    assert not [a for s in found for a in listed(s["Action"])
+                if a.startswith("dynamodb:") and a not in ("dynamodb:GetItem", "dynamodb:Query",
+                                                           "dynamodb:DescribeTable")]
+    # Every other use of the data key by ReplayBatch is through S3 or Secrets Manager, never direct.
+    data_key = _data_key_arn(resources)
+    for statement in found:
+        if statement["Resource"] in (data_key, [data_key]) and statement not in expected:
+            assert "kms:ViaService" in statement["Condition"]["StringEquals"], statement
+    variables = resources[functions[state_machine.REPLAY_BATCH]]["Properties"]["Environment"]["Variables"]
+    assert variables["HD_SHADOW_SAMPLE_MASKS"] == "true" and variables["HD_KMS_DATA_KEY_ID"] == data_key
+    for name in (state_machine.PREPARE, state_machine.WRITE_REPORT):
+        assert "HD_SHADOW_SAMPLE_MASKS" not in resources[functions[name]]["Properties"]["Environment"]["Variables"]
 
 
 def test_no_role_outside_shadow_mode_may_start_the_state_machine(

@@ -28,6 +28,7 @@ from moto import mock_aws
 from functions.shadow import wiring
 from hd_core.adapters.aws_shadow import (
     KEY_REVOCATION_TABLE_ACCESS,
+    SAMPLE_MASK_TABLE_ACCESS,
     S3ShadowArtefacts,
     SecretsManagerShadowSecrets,
     StepFunctionsExecutions,
@@ -264,3 +265,60 @@ def test_a_status_event_of_another_execution_or_a_finished_one_ends_nothing(depl
     assert key is not None and key.revoked_at is None and _revocations(deployment) == []
     for arn in record["owned_secrets"]:
         assert "DeletedDate" not in deployment.secrets.describe_secret(SecretId=arn)
+
+
+def test_replay_batch_masks_with_the_engines_rules_and_key_read_within_its_grants(
+        deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ReplayBatch's environment (HD_SHADOW_SAMPLE_MASKS, as cdk/hd_cdk/shadow.py sets it) builds the masking from
+    the control table and the data key: the rules stored there, the catalog a host recorded, the mask key the
+    engine made (`ensure_mask_keys` through KMS); every call it makes is one of `SAMPLE_MASK_TABLE_ACCESS` or a
+    Decrypt with the mask-key purpose."""
+    from engine_host.engine.masking import ensure_mask_keys, mask_hash
+    from hd_core.bootstrap import DEFAULT_ORG_SETTING
+    from hd_core.catalog_schemas import CatalogRecorder
+    from hd_core.policies import MaskFunction, MaskRule
+    from hd_core.shadow.sample_masks import MASK_KEY_PURPOSE
+
+    store, org = deployment.control.store, deployment.owner.org_id
+    store.put_setting(DEFAULT_ORG_SETTING, org)
+    CatalogRecorder(store).record({"crm.customers": [("name", "VARCHAR"), ("ssn", "VARCHAR")]})
+    store.put_policy(MaskRule("m_ssn", org, "crm.customers", "ssn", MaskFunction.HASH))
+    engine_keys = ensure_mask_keys(store, deployment.control.keys)  # what every engine host does at start
+    record = _start(deployment)
+    monkeypatch.delenv("HD_SHADOW_REVOKE_KEYS")
+    monkeypatch.setenv("HD_SHADOW_SAMPLE_MASKS", "true")
+    wiring.shadow_settings.cache_clear()
+    wiring.install_shadow_services(None)
+    calls: list[tuple[str, str, dict[str, Any]]] = []
+    events = boto3._get_default_session().events
+    events.register("before-parameter-build", lambda params, model, **_: calls.append(
+        (model.service_model.service_name, model.name, params)), unique_id="shadow-mask-calls")
+    try:
+        task = wiring.shadow_services()  # what ReplayBatch's Lambda builds from its environment
+        assert task.revoke_key is None and task.sample_masks is not None
+        masking = task.sample_masks(record)
+    finally:
+        events.unregister("before-parameter-build", unique_id="shadow-mask-calls")
+
+    assert masking.hash_key == engine_keys[record_env(deployment, record)]
+    render = masking.for_statement("select name, ssn from crm.customers", ["name", "ssn"])
+    assert render("ssn", "078-05-1120") == mask_hash(masking.hash_key or b"", "078-05-1120")
+    assert render("name", "Maria") == "Maria"
+    table_calls = [(operation, params) for service, operation, params in calls if service == "dynamodb"]
+    assert table_calls
+    for operation, params in table_calls:
+        partition = (params.get("Key") or {}).get("PK", {}).get("S") or params[
+            "ExpressionAttributeValues"][":pk"]["S"]
+        assert "IndexName" not in params and any(
+            f"dynamodb:{operation}" in actions and fnmatch.fnmatchcase(partition, keys)
+            for actions, _, keys in SAMPLE_MASK_TABLE_ACCESS), (operation, partition)
+    kms_calls = [(operation, params) for service, operation, params in calls if service == "kms"]
+    assert kms_calls and all(operation == "Decrypt" and params["EncryptionContext"]["purpose"] == MASK_KEY_PURPOSE
+                             for operation, params in kms_calls)
+    assert not [c for c in calls if c[0] not in ("dynamodb", "kms")]
+
+
+def record_env(deployment: Deployment, record: dict[str, Any]) -> str:
+    key = deployment.control.store.get_api_key(record["engine_key_id"])
+    assert key is not None
+    return str(getattr(key.env, "value", key.env))

@@ -33,6 +33,18 @@ KEY_REVOCATION_TABLE_ACCESS: tuple[tuple[tuple[str, ...], bool, str], ...] = (
     (("dynamodb:PutItem",), False, "WHDELIVERY#*"),  # their pending deliveries
 )
 
+# What ReplayBatch reads of the control table to mask a mismatch's rows (`sample_masks.control_masking` through
+# `dynamodb_store`): the policies and their version, the replay's key, the recorded catalog, the default
+# organisation and the wrapped mask keys. Read only; the CDK app grants exactly these (dynamodb:LeadingKeys).
+SAMPLE_MASK_TABLE_ACCESS: tuple[tuple[tuple[str, ...], bool, str], ...] = (
+    (("dynamodb:Query",), False, "POLICIES"),
+    (("dynamodb:GetItem",), False, "POLICY_VERSION"),
+    (("dynamodb:GetItem",), False, "APIKEY#*"),
+    (("dynamodb:GetItem",), False, "SETTING#catalog.table.*"),
+    (("dynamodb:GetItem",), False, "SETTING#default_org_id"),
+    (("dynamodb:GetItem",), False, "SETTING#mask_hash_key_wrapped.*"),
+)
+
 
 class S3ShadowArtefacts:
     """`ShadowArtefacts` as JSON objects in the data bucket (SSE as the bucket enforces)."""

@@ -25,6 +25,7 @@ anything is stored:
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import hmac
@@ -42,10 +43,14 @@ from hd_core.models import Role, utc_now
 from hd_core.policies import MaskFunction, MaskRule, PolicySnapshot
 from hd_core.policy_catalog import visible_schema
 from hd_core.policy_eval import Subject, effective_role, masks_for
-from hd_core.ports import ControlStore
+from hd_core.ports import ControlStore, KeyProvider, SettingsStore
 from hd_core.shadow.compare import Redactor, redact_all
 
 DEFAULT_SEARCH_PATH = ("main",)  # the engine's (engine_host/pipeline/settings.py)
+# Where the engine keeps each environment's mask key, wrapped by the data key, and the KMS encryption context
+# that binds it (engine_host/engine/masking.py ensure_mask_keys; a test checks both agree).
+MASK_KEY_SETTING = "mask_hash_key_wrapped.{env}"
+MASK_KEY_PURPOSE = "hd-mask-hash"
 MASKED_TEXT = "***"
 
 SchemaLookup = Callable[[str], TableSchema | None]
@@ -211,3 +216,12 @@ def control_masking(store: ControlStore, mask_key: Callable[[str], bytes | None]
                              mask_key(env), path or DEFAULT_SEARCH_PATH)
 
     return masking
+
+
+def stored_mask_key(store: SettingsStore, keys: KeyProvider, env: str) -> bytes | None:
+    """The environment's mask key as the engine stored it (wrapped by the data key), unwrapped; None before any
+    engine made one. Reads only: a replay never makes a key."""
+    wrapped = store.get_setting(MASK_KEY_SETTING.format(env=env))
+    if wrapped is None:
+        return None
+    return keys.decrypt_data_key(base64.b64decode(wrapped, validate=True), {"purpose": MASK_KEY_PURPOSE, "env": env})
