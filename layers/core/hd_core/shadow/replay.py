@@ -186,8 +186,8 @@ class ReplayServices:
     executions: ReplayExecutions | None = None  # only the API starts executions
     # How WriteReport revokes the replay's key (`control_key_revoker`: `hd dev`, and WriteReport's Lambda in AWS).
     revoke_key: ReplayKeyRevoker | None = None
-    # How ReplayBatch masks the rows a mismatch shows (`sample_masks.control_masking`: `hd dev`); without it
-    # (AWS: ReplayBatch reaches no control store) every value is redacted to its type and NULL-ness.
+    # How ReplayBatch masks the rows a mismatch shows (`sample_masks.control_masking`: `hd dev`, and ReplayBatch's
+    # Lambda with HD_SHADOW_SAMPLE_MASKS); without it every value is redacted to its type and NULL-ness.
     sample_masks: MaskingSource | None = None
 
 
