@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -106,7 +107,9 @@ def test_a_rehashed_rewrite_is_found_by_the_checkpoint(tmp_path: Path, keys: Loc
         for n in range(3):
             forger.write(_record(n + 100))
     report = _verify(tmp_path, keys, checkpoints)
-    assert (report["first_break"]["position"], report["first_break"]["kind"]) == (3, "checkpoint_mismatch")
+    # The first signed head the forgery contradicts: the close's at 3, or one the background signed earlier.
+    earliest = min(checkpoint.size for checkpoint in checkpoints.list_checkpoints(chain_id_for("host-a", DAY)))
+    assert (report["first_break"]["position"], report["first_break"]["kind"]) == (earliest, "checkpoint_mismatch")
 
 
 def test_a_checkpoint_nobody_signed_is_reported(tmp_path: Path, keys: LocalKeyFile) -> None:
@@ -171,3 +174,71 @@ def test_a_deleted_s3_object_is_found(s3: Any, keys: LocalKeyFile) -> None:
     (report,) = verify_query_chains(S3AuditArchive(s3, BUCKET), checkpoints, keys, [DAY])
     assert report.verification.first_break is not None
     assert (report.verification.first_break.position, report.verification.first_break.kind) == (2, "deleted")
+
+
+def _unchained(n: int, at: datetime = T0) -> bytes:
+    """A record as a host wrote it before it chained its query audit: no chain fields at all."""
+    return json.dumps(_record(n, at), separators=(",", ":"), sort_keys=True).encode() + b"\n"
+
+
+def test_records_from_before_the_upgrade_are_counted_as_unchained_not_broken(
+    tmp_path: Path, keys: LocalKeyFile
+) -> None:
+    day_file = tmp_path / "audit" / "queries" / "2026" / "03" / "01" / "host-a.jsonl"
+    day_file.parent.mkdir(parents=True)
+    day_file.write_bytes(_unchained(0, T0 - timedelta(hours=2)) + _unchained(1, T0 - timedelta(hours=1)))
+    _, checkpoints = _local(tmp_path, keys, 3)  # the upgraded host appends to the same day file
+    (report,) = verify_query_chains(LocalFolderAuditArchive(tmp_path), checkpoints, keys, [DAY])
+    assert report.verification.chain_valid, report.verification.first_break
+    assert (report.verification.entry_count, report.unchained_count, report.verification.checkpoint_size) == (3, 2, 3)
+    assert report.to_dict()["unchained_count"] == 2
+
+
+def test_an_unchained_record_after_chained_ones_is_a_break(tmp_path: Path, keys: LocalKeyFile) -> None:
+    path, checkpoints = _local(tmp_path, keys, 3)
+    with path.open("ab") as day_file:
+        day_file.write(_unchained(9, T0 + timedelta(minutes=5)))
+    report = _verify(tmp_path, keys, checkpoints)
+    assert report["chain_valid"] is False and report["unchained_count"] == 0
+    assert (report["first_break"]["position"], report["first_break"]["kind"]) == (4, "inserted")
+
+
+def test_an_unchained_record_put_before_the_chain_but_dated_after_it_is_a_break(
+    tmp_path: Path, keys: LocalKeyFile
+) -> None:
+    path, checkpoints = _local(tmp_path, keys, 3)
+    path.write_bytes(_unchained(9, T0 + timedelta(minutes=5)) + path.read_bytes())
+    report = _verify(tmp_path, keys, checkpoints)
+    assert (report["first_break"]["position"], report["first_break"]["kind"]) == (1, "inserted")
+
+
+def test_a_hosts_whole_day_deleted_from_s3_is_found_from_its_checkpoints(s3: Any, keys: LocalKeyFile) -> None:
+    checkpoints = S3CheckpointStore(s3, BUCKET, prefix=CHECKPOINT_PREFIX)
+    for host in ("i-0abc", "i-0def"):
+        sink = S3AuditSink(s3, BUCKET, host_id=host, batch_window_seconds=0,
+                           checkpointer=QueryChainCheckpointer(checkpoints, keys))
+        for n in range(3):
+            sink.write(_record(n))
+        sink.close()
+    for entry in s3.list_objects_v2(Bucket=BUCKET, Prefix="audit/queries/")["Contents"]:
+        if "/i-0def-" in entry["Key"]:
+            s3.delete_object(Bucket=BUCKET, Key=entry["Key"])
+    intact, deleted = verify_query_chains(S3AuditArchive(s3, BUCKET), checkpoints, keys, [DAY])
+    assert (intact.host_id, intact.verification.chain_valid) == ("i-0abc", True)
+    assert (deleted.host_id, deleted.verification.entry_count, deleted.verification.checkpoint_size) == ("i-0def", 0, 3)
+    assert deleted.verification.first_break is not None
+    assert (deleted.verification.first_break.position, deleted.verification.first_break.kind) == (1, "deleted")
+
+
+def test_a_day_of_unchained_s3_objects_before_the_chain_verifies(s3: Any, keys: LocalKeyFile) -> None:
+    s3.put_object(Bucket=BUCKET, Key="audit/queries/2026/03/01/i-0abc-1772330000000-old.jsonl",
+                  Body=_unchained(0, T0 - timedelta(hours=1)))
+    checkpoints = S3CheckpointStore(s3, BUCKET, prefix=CHECKPOINT_PREFIX)
+    sink = S3AuditSink(s3, BUCKET, host_id="i-0abc", batch_window_seconds=0,
+                       checkpointer=QueryChainCheckpointer(checkpoints, keys))
+    for n in range(2):
+        sink.write(_record(n))
+    sink.close()
+    (report,) = verify_query_chains(S3AuditArchive(s3, BUCKET), checkpoints, keys, [DAY])
+    assert report.verification.chain_valid, report.verification.first_break
+    assert (report.verification.entry_count, report.unchained_count) == (2, 1)

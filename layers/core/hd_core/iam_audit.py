@@ -182,8 +182,8 @@ def checkpoint_name_prefix(size: int) -> str:
     return f"{size:012d}-"
 
 
-def checkpoint_to_json(checkpoint: ChainCheckpoint) -> bytes:
-    """The stored form of a checkpoint."""
+def checkpoint_to_json(checkpoint: ChainCheckpoint, message_type: str = CHECKPOINT_MESSAGE_TYPE) -> bytes:
+    """The stored form of a checkpoint; `message_type` names what its signature covers (IAM unless told)."""
     document = {
         "chain_id": checkpoint.chain_id,
         "size": checkpoint.size,
@@ -191,7 +191,7 @@ def checkpoint_to_json(checkpoint: ChainCheckpoint) -> bytes:
         "time": format_audit_time(checkpoint.time),
         "key_id": checkpoint.key_id,
         "signature": checkpoint.signature,
-        "message_type": CHECKPOINT_MESSAGE_TYPE,
+        "message_type": message_type,
     }
     return (canonical_json(document) + "\n").encode()
 

@@ -14,7 +14,14 @@ that window (at most `every_records` records or `every_seconds` seconds) is the 
 a KMS round trip off every statement.
 
 A checkpoint signature covers `QUERY_CHECKPOINT_MESSAGE_TYPE`, so it can never pass for an IAM
-checkpoint (or the reverse), and checkpoints live under their own prefix of the audit bucket.
+checkpoint (or the reverse), and checkpoints live under their own prefix of the audit bucket. Hosts
+sign with the checkpoint key ring's current key (hd_core/signing_keys.py), so a rotation in the
+middle of a day leaves checkpoints of both keys, each verified with the key it names.
+
+Verification reads the records and, separately, which chains have checkpoints: a (host, day) whose
+records are all gone still has its signed checkpoints, and is reported as deleted. Records a host
+wrote before it chained (an upgrade in the middle of a day) carry no chain fields at all; those
+before a chain's first record are counted as `unchained`, any after it is a break.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from hd_core.audit import to_json_line
 from hd_core.errors import InvalidRequest, NotFound
 from hd_core.iam_audit import GENESIS_HASH, ChainBreak, ChainVerification, canonical_json, format_audit_time
 from hd_core.models import ChainCheckpoint, utc_now
-from hd_core.ports import CheckpointStore, KeyProvider
+from hd_core.ports import CheckpointStore
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +60,18 @@ MAX_VERIFY_DAYS = 366
 _HASH_SUFFIX = re.compile(rb',"hash":"([0-9a-f]{64})"}$')
 _HASH_SUFFIX_LENGTH = len(b',"hash":""}') + 64
 _UNSAFE_CHAIN_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+# How many times a checkpoint is signed again when the ring's current key changed while signing it.
+_SIGN_ATTEMPTS = 3
 
 
 def chain_id_for(host_id: str, day: date) -> str:
     """The chain id of one host's records of one UTC day: `q_YYYYMMDD_<host>` (other characters become `_`)."""
-    return f"q_{day:%Y%m%d}_{_UNSAFE_CHAIN_CHARS.sub('_', host_id)}"[:128]
+    return f"{day_chain_prefix(day)}{_UNSAFE_CHAIN_CHARS.sub('_', host_id)}"[:128]
+
+
+def day_chain_prefix(day: date) -> str:
+    """What every chain id of `day` starts with."""
+    return f"q_{day:%Y%m%d}_"
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,22 @@ def checkpoint_message(chain_id: str, size: int, head_hash: str, time: datetime)
 # --- signing checkpoints off the statement path ----------------------------------------------------
 
 
+class CheckpointSigner(Protocol):
+    """What the checkpointer needs of the keys: the key that signs now, and a signature by it.
+
+    Hosts pass the checkpoint key ring (hd_core/signing_keys.CheckpointKeyRing): after a rotation the
+    ring's current key signs, and the verifier trusts it through its signed introduction.
+    """
+
+    def checkpoint_key_id(self) -> str:
+        """The id of the key `sign_checkpoint` signs with now."""
+        ...
+
+    def sign_checkpoint(self, message: bytes) -> bytes:
+        """A signature of `message` by the current checkpoint key."""
+        ...
+
+
 class QueryChainCheckpointer:
     """Signs chain heads into the checkpoint store from a background thread; sinks report heads with `advanced`.
 
@@ -122,7 +152,7 @@ class QueryChainCheckpointer:
     waits for KMS or S3. A failed checkpoint is logged and retried on the next round.
     """
 
-    def __init__(self, checkpoints: CheckpointStore, keys: KeyProvider, *,
+    def __init__(self, checkpoints: CheckpointStore, keys: CheckpointSigner, *,
                  every_records: int = DEFAULT_CHECKPOINT_RECORDS, every_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
                  now: Callable[[], datetime] = utc_now) -> None:
         if every_records < 1 or every_seconds <= 0:
@@ -180,10 +210,10 @@ class QueryChainCheckpointer:
     def _sign(self, chain_id: str, head: ChainHead) -> bool:
         try:
             at = self._now()
-            signature = self._keys.sign_checkpoint(checkpoint_message(chain_id, head.seq, head.hash, at))
+            key_id, signature = self._signed_by_one_key(checkpoint_message(chain_id, head.seq, head.hash, at))
             self._checkpoints.put_checkpoint(ChainCheckpoint(
                 chain_id=chain_id, size=head.seq, head_hash=head.hash, time=at,
-                key_id=self._keys.checkpoint_key_id(), signature=base64.b64encode(signature).decode("ascii")))
+                key_id=key_id, signature=base64.b64encode(signature).decode("ascii")))
         # KMS, S3 or disk trouble must never reach a statement; the head stays owed and is retried.
         except Exception:
             log.warning("query audit checkpoint of %s at %d could not be written; retrying later", chain_id, head.seq,
@@ -197,6 +227,17 @@ class QueryChainCheckpointer:
                 self._heads.pop(old, None)
                 self._signed.pop(old, None)
         return True
+
+
+    def _signed_by_one_key(self, message: bytes) -> tuple[str, bytes]:
+        """(key id, signature) where that key made the signature: a rotation landing between asking which key
+        signs and signing would otherwise name one key on another's signature (a checkpoint that looks forged)."""
+        for _ in range(_SIGN_ATTEMPTS):
+            key_id = self._keys.checkpoint_key_id()
+            signature = self._keys.sign_checkpoint(message)
+            if self._keys.checkpoint_key_id() == key_id:
+                return key_id, signature
+        raise RuntimeError("the current checkpoint key kept changing while a query checkpoint was signed")
 
 
 # --- verification ----------------------------------------------------------------------------------
@@ -222,12 +263,20 @@ class QueryChainSource(Protocol):
         ...
 
 
+class QueryCheckpointIndex(CheckpointStore, Protocol):
+    """The query checkpoint store, which can also say which chains have checkpoints at all."""
+
+    def chain_ids(self, prefix: str) -> list[str]:
+        """The ids of every chain with at least one stored checkpoint whose id starts with `prefix`."""
+        ...
+
+
 @dataclass(frozen=True)
 class QueryChainStores:
     """Where the query audit chain is read back from: the records and their checkpoints."""
 
     records: QueryChainSource
-    checkpoints: CheckpointStore
+    checkpoints: QueryCheckpointIndex
 
 
 @dataclass(frozen=True)
@@ -237,16 +286,21 @@ class QueryChainReport:
     host_id: str
     day: date
     verification: ChainVerification
+    unchained_count: int = 0  # records stored before the chain's first, written before the host chained
 
     def to_dict(self) -> dict[str, object]:
         """The JSON shape the audit API returns."""
         return {"chain_id": self.verification.chain_id, "host_id": self.host_id, "day": self.day.isoformat(),
-                **self.verification.to_dict()}
+                **self.verification.to_dict(), "unchained_count": self.unchained_count}
 
 
-def verify_query_chains(source: QueryChainSource, checkpoints: CheckpointStore, keys: CheckpointVerifier,
+def verify_query_chains(source: QueryChainSource, checkpoints: QueryCheckpointIndex, keys: CheckpointVerifier,
                         days: Iterable[date], *, now: Callable[[], datetime] = utc_now) -> list[QueryChainReport]:
-    """Verify every host's chain of each day; a chain's first break is its earliest position that fails."""
+    """Verify every host's chain of each day; a chain's first break is its earliest position that fails.
+
+    A chain with signed checkpoints but no stored record at all (the host's whole day deleted) is
+    reported too, under the host id its chain id carries.
+    """
     reports = []
     for day in days:
         segments: dict[str, list[list[bytes]]] = {}
@@ -254,12 +308,21 @@ def verify_query_chains(source: QueryChainSource, checkpoints: CheckpointStore, 
             lines = [line for line in data.split(b"\n")[:-1] if line.strip()]
             if lines:
                 segments.setdefault(host_id, []).append(lines)
+        day_reports = []
         for host_id in sorted(segments):
             chain_id = chain_id_for(host_id, day)
             # S3 holds a chain in several objects: put them in chain order by their first line's position.
             ordered = sorted(segments[host_id], key=lambda lines: _claimed_seq(lines[0]))
             lines = [line for segment in ordered for line in segment]
-            reports.append(QueryChainReport(host_id, day, _verify_lines(chain_id, lines, checkpoints, keys, now())))
+            verification, unchained = _verify_lines(chain_id, lines, checkpoints, keys, now())
+            day_reports.append(QueryChainReport(host_id, day, verification, unchained))
+        seen = {report.verification.chain_id for report in day_reports}
+        prefix = day_chain_prefix(day)
+        for chain_id in checkpoints.chain_ids(prefix):
+            if chain_id not in seen:
+                verification, _ = _verify_lines(chain_id, [], checkpoints, keys, now())
+                day_reports.append(QueryChainReport(chain_id[len(prefix):], day, verification))
+        reports.extend(sorted(day_reports, key=lambda report: report.host_id))
     return reports
 
 
@@ -274,6 +337,8 @@ class _Line:
     prev_hash: str | None
     hash: str | None
     hash_ok: bool
+    unchained: bool = False  # a JSON object with no chain field at all: written before its host chained
+    ts: str | None = None
 
 
 def _parse_line(line: bytes) -> _Line:
@@ -284,21 +349,27 @@ def _parse_line(line: bytes) -> _Line:
         return _Line(None, None, None, False)
     if not isinstance(document, dict):
         return _Line(None, None, None, False)
+    ts = document.get("ts") if isinstance(document.get("ts"), str) else None
+    if not any(name in document for name in CHAIN_FIELDS):
+        return _Line(None, None, None, False, unchained=True, ts=ts)
     seq, prev = document.get("chain_seq"), document.get("prev_hash")
     if found is None or not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(prev, str):
         return _Line(seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
-                     prev if isinstance(prev, str) else None, None, False)
+                     prev if isinstance(prev, str) else None, None, False, ts=ts)
     claimed = found.group(1).decode()
     body = line[: -_HASH_SUFFIX_LENGTH] + b"}"
-    return _Line(seq, prev, claimed, hashlib.sha256(body).hexdigest() == claimed)
+    return _Line(seq, prev, claimed, hashlib.sha256(body).hexdigest() == claimed, ts=ts)
 
 
 def _verify_lines(chain_id: str, raw: list[bytes], checkpoints: CheckpointStore, keys: CheckpointVerifier,
-                  verified_at: datetime) -> ChainVerification:
+                  verified_at: datetime) -> tuple[ChainVerification, int]:
+    """The chain's verification and how many unchained records precede it."""
     signed, forged = _sorted_checkpoints(chain_id, checkpoints, keys)
-    lines = [_parse_line(line) for line in raw]
+    parsed = [_parse_line(line) for line in raw]
+    leading = next((index for index, line in enumerate(parsed) if not line.unchained), len(parsed))
+    before, lines = parsed[:leading], parsed[leading:]
     present = {line.seq for line in lines if line.seq is not None}
-    first_break: ChainBreak | None = None
+    first_break: ChainBreak | None = _late_unchained(before, lines)
     expected, previous_hash = 1, GENESIS_HASH
     hashes: dict[int, str] = {}
     for line in lines:
@@ -323,10 +394,29 @@ def _verify_lines(chain_id: str, raw: list[bytes], checkpoints: CheckpointStore,
         last_entry_hash=next((line.hash for line in reversed(lines) if line.hash), None),
         verified_at=verified_at, checkpoint_size=max((c.size for c in signed), default=None),
         first_break=first_break,
-    )
+    ), len(before)
+
+
+def _late_unchained(before: list[_Line], lines: list[_Line]) -> ChainBreak | None:
+    """A break if a record stored before the chain is dated after the chain's first record.
+
+    Unchained records are only believed to predate chaining: one that claims a later time than
+    position 1 was written (or inserted) after the host chained, where nothing unchained belongs.
+    """
+    first_ts = lines[0].ts if lines else None
+    if first_ts is None:
+        return None
+    late = [line for line in before if line.ts is None or line.ts > first_ts]
+    if not late:
+        return None
+    return ChainBreak(1, "inserted", f"{len(late)} unchained record(s) stored before the chain are not dated "
+                                     f"before its first record ({first_ts}): records after chaining must be chained")
 
 
 def _line_break(line: _Line, expected: int, previous_hash: str, present: set[int]) -> ChainBreak | None:
+    if line.unchained:
+        return ChainBreak(expected, "inserted", f"an unchained record is stored at position {expected}, after the "
+                                                "chain began: records after chaining must be chained")
     if line.seq is None or line.hash is None:
         return ChainBreak(expected, "edited", f"the record at position {expected} carries no valid chain fields")
     if line.seq > expected:
@@ -349,7 +439,10 @@ def _checkpoint_break(signed: list[ChainCheckpoint], hashes: Mapping[int, str], 
                          "the chain was rewritten")
               for c in signed if c.size in hashes and hashes[c.size] != c.head_hash]
     largest = max((c.size for c in signed), default=0)
-    if count < largest:
+    if count == 0 and largest:
+        breaks.append(ChainBreak(1, "deleted", f"no record of this chain is stored but a signed checkpoint covers "
+                                              f"{largest}: the host's records of the day were deleted"))
+    elif count < largest:
         breaks.append(ChainBreak(count + 1, "truncated",
                                  f"the chain has {count} records but a signed checkpoint covers {largest}"))
     return min(breaks, key=lambda found: found.position, default=None)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hd_core.errors import AuditWriteFailed, Conflict, HdError
 from hd_core.iam_audit import (
+    CHECKPOINT_MESSAGE_TYPE,
     checkpoint_from_json,
     checkpoint_name_prefix,
     checkpoint_object_name,
@@ -33,10 +34,13 @@ _FILE_MODE = 0o600
 class LocalFolderCheckpointStore:
     """Signed IAM chain checkpoints as JSON files under a local folder."""
 
-    def __init__(self, root: Path, folder: tuple[str, ...] = CHECKPOINTS_FOLDER) -> None:
-        """`folder`: where under `root` (the query audit chain keeps its checkpoints apart from the IAM chain's)."""
+    def __init__(self, root: Path, folder: tuple[str, ...] = CHECKPOINTS_FOLDER, *,
+                 message_type: str = CHECKPOINT_MESSAGE_TYPE) -> None:
+        """`folder`: where under `root` (the query audit chain keeps its checkpoints apart from the IAM chain's);
+        `message_type`: what the stored documents say their signatures cover."""
         self._root = Path(root)
         self._folder = folder
+        self._message_type = message_type
 
     def put_checkpoint(self, checkpoint: ChainCheckpoint) -> None:
         """Store a checkpoint; raises `Conflict` if one with the same name exists, `AuditWriteFailed` on I/O errors."""
@@ -45,7 +49,7 @@ class LocalFolderCheckpointStore:
         temporary = folder / f".{final.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
         try:
             _ensure_private_dirs(self._root, (*self._folder, checkpoint.chain_id))
-            _write_new_file(temporary, checkpoint_to_json(checkpoint))
+            _write_new_file(temporary, checkpoint_to_json(checkpoint, self._message_type))
             os.link(temporary, final)
         except FileExistsError:
             raise Conflict(f"IAM checkpoint {final} already exists; checkpoints are never overwritten") from None
@@ -67,6 +71,17 @@ class LocalFolderCheckpointStore:
             raise HdError(f"IAM checkpoints in {folder} cannot be listed: {exc.strerror or exc}") from exc
         return [_read_checkpoint(folder / name) for name in sorted(names)
                 if name.startswith(prefix) and not name.startswith(".")]
+
+    def chain_ids(self, prefix: str) -> list[str]:
+        """The ids of every chain with a checkpoint folder whose id starts with `prefix`, sorted."""
+        folder = self._root.joinpath(*self._folder)
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise HdError(f"checkpoint folder {folder} cannot be listed: {exc.strerror or exc}") from exc
+        return sorted(name for name in names if name.startswith(prefix) and (folder / name).is_dir())
 
     def _chain_folder(self, chain_id: str) -> Path:
         return self._root.joinpath(*self._folder, validate_chain_id(chain_id))

@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from hd_core.errors import AuditWriteFailed, Conflict, HdError
 from hd_core.iam_audit import (
+    CHECKPOINT_MESSAGE_TYPE,
     checkpoint_from_json,
     checkpoint_name_prefix,
     checkpoint_object_name,
@@ -38,12 +39,15 @@ _READ_CONCURRENCY = 16
 class S3CheckpointStore:
     """Signed IAM chain checkpoints as JSON objects in an S3 bucket (the Object Lock audit bucket in AWS)."""
 
-    def __init__(self, s3_client: Any, bucket: str, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, s3_client: Any, bucket: str, prefix: str = DEFAULT_PREFIX, *,
+                 message_type: str = CHECKPOINT_MESSAGE_TYPE) -> None:
+        """`message_type`: what the stored documents say their signatures cover (the IAM chain's unless told)."""
         if prefix and not prefix.endswith("/"):
             raise ValueError(f"checkpoint prefix must end with '/', got {prefix!r}")
         self._s3 = s3_client
         self._bucket = bucket
         self._prefix = prefix
+        self._message_type = message_type
 
     def put_checkpoint(self, checkpoint: ChainCheckpoint) -> None:
         """Store a checkpoint; raises `Conflict` if its key exists, `AuditWriteFailed` if S3 refuses it."""
@@ -52,7 +56,7 @@ class S3CheckpointStore:
             self._s3.put_object(
                 Bucket=self._bucket,
                 Key=key,
-                Body=checkpoint_to_json(checkpoint),
+                Body=checkpoint_to_json(checkpoint, self._message_type),
                 ContentType="application/json",
                 IfNoneMatch="*",
             )
@@ -81,6 +85,24 @@ class S3CheckpointStore:
                 f"IAM checkpoints under s3://{self._bucket}/{prefix} cannot be read ({exc}): check this role's "
                 "s3:ListBucketVersions and s3:GetObjectVersion permissions"
             ) from exc
+
+    def chain_ids(self, prefix: str) -> list[str]:
+        """The ids of every chain with a stored checkpoint version whose id starts with `prefix`, sorted.
+
+        Versions, like `list_checkpoints`: a delete marker must not hide that a chain had checkpoints.
+        """
+        paginator = self._s3.get_paginator("list_object_versions")
+        found: set[str] = set()
+        try:
+            for page in paginator.paginate(Bucket=self._bucket, Prefix=self._prefix + prefix, Delimiter="/"):
+                found.update(entry["Prefix"][len(self._prefix):].rstrip("/")
+                             for entry in page.get("CommonPrefixes", []))
+        except (ClientError, BotoCoreError) as exc:
+            raise HdError(
+                f"checkpoints under s3://{self._bucket}/{self._prefix}{prefix} cannot be listed ({exc}): check this "
+                "role's s3:ListBucketVersions permission"
+            ) from exc
+        return sorted(found)
 
     def _versions_under(self, prefix: str) -> list[tuple[str, str]]:
         """(key, version id) of every object version under `prefix`; delete markers hide nothing."""
