@@ -106,6 +106,8 @@ class QueryChainVerificationOut(ChainVerificationOut):
     chain_id: str
     host_id: str
     day: date
+    unchained_count: int = Field(description="Records stored before the chain's first record without chain fields "
+                                             "(written before the host chained them): counted, not verified")
 
 
 class QueryTrailVerificationOut(BaseModel):
@@ -282,6 +284,8 @@ def verify_chain(
     ctx = _auditor_of(env_id)
     if trail == "queries":
         report = verify_query_trail(services().query_chain, services().checkpoint_keys, start=start, end=end)
+        for chain in report.chains:
+            webhook_events.query_chain_broken(services().store, ctx.actor.org_id, chain)
         return QueryTrailVerificationOut.model_validate(report.to_dict())
     verification = services().trail.verify_chain(ctx.actor.org_id)
     webhook_events.chain_broken(services().store, verification)

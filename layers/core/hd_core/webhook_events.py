@@ -14,6 +14,7 @@ from hd_core.iam_events import IamEventType
 from hd_core.models import ApiKeyRecord, ChangeContext, IamEvent, JitRequest, User
 from hd_core.policies import PolicyKind
 from hd_core.ports import ControlStore
+from hd_core.query_audit_chain import QueryChainReport
 from hd_core.records import encode_time
 from hd_core.webhooks import WebhookEventType, emit
 
@@ -69,6 +70,23 @@ def chain_broken(store: ControlStore, verification: ChainVerification) -> str | 
     data = {"chain_id": verification.chain_id, "position": found.position, "kind": found.kind,
             "entry_count": verification.entry_count, "verified_at": encode_time(verification.verified_at)}
     return emit(store, verification.chain_id, WebhookEventType.AUDIT_CHAIN_BROKEN, data,
+                event_id=chain_broken_event_id(verification.chain_id, found.position))
+
+
+def query_chain_broken(store: ControlStore, org_id: str, report: QueryChainReport) -> str | None:
+    """`audit.chain_broken` to `org_id` for the break found in one host's query chain of one day (None if valid).
+
+    Once per break, like the IAM chain's: the id comes from the query chain's id (`q_<day>_<host>`, never an
+    organisation's) and the break's position, so verifying the same range again sends nothing twice.
+    """
+    verification = report.verification
+    found = verification.first_break
+    if found is None:
+        return None
+    data = {"trail": "queries", "chain_id": verification.chain_id, "host_id": report.host_id,
+            "day": report.day.isoformat(), "position": found.position, "kind": found.kind,
+            "entry_count": verification.entry_count, "verified_at": encode_time(verification.verified_at)}
+    return emit(store, org_id, WebhookEventType.AUDIT_CHAIN_BROKEN, data,
                 event_id=chain_broken_event_id(verification.chain_id, found.position))
 
 
