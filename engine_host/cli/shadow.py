@@ -41,7 +41,7 @@ SUMMARY_FIELDS = (
     ("query set", "query_set_id"), ("statements", "query_count"), ("exact", "exact"), ("semantic", "semantic"),
     ("mismatch", "mismatch"), ("error", "error"), ("reference p50/p95/p99 ms", "reference_latency"),
     ("engine p50/p95/p99 ms", "engine_latency"), ("reference total ms", "reference_total"),
-    ("engine total ms", "engine_total"), ("speedup at p50", "speedup"),
+    ("engine total ms", "engine_total"), ("speedup at p50", "speedup"), ("incomplete", "incomplete"),
 )
 
 
@@ -167,7 +167,9 @@ def render_report(report: Mapping[str, Any]) -> str:
     summary = {**report, "reference_latency": latency(report["reference"]), "engine_latency": latency(report["engine"]),
                "reference_total": _ms(report["reference"].get("total_ms")),
                "engine_total": _ms(report["engine"].get("total_ms")),
-               "speedup": "n/a" if speedup is None else f"{speedup:.2f}x"}
+               "speedup": "n/a" if speedup is None else f"{speedup:.2f}x",
+               # A replay that failed, timed out or was stopped says why (hd_core.shadow.report.ReplayEnding).
+               "incomplete": (report.get("ended") or {}).get("reason") or "no"}
     rows = [{**statement, "notes": "; ".join(statement.get("notes") or ()) or _errors(statement),
              "reference_ms": _ms(statement.get("reference_ms")), "engine_ms": _ms(statement.get("engine_ms"))}
             for statement in report["statements"]]

@@ -76,3 +76,23 @@ def test_a_replay_without_engine_times_has_no_speedup():
     report = build_report("qs_2", [StatementResult(1, 1, "SELECT 1", comparison, 3.5, None)])
     assert report.speedup_p50 is None and json.loads(report.to_json())["speedup_p50"] is None
     assert "Speedup at p50: n/a" in report.to_markdown()
+
+
+def test_a_report_of_a_replay_that_did_not_finish_says_why_in_every_form() -> None:
+    from engine_host.cli.shadow import render_report
+    from hd_core.shadow.compare import Comparison
+    from hd_core.shadow.replay import report_from_dict
+    from hd_core.shadow.report import ReplayEnding, StatementResult, build_report
+
+    unreplayed = Comparison("error", False, None, None, notes=("not replayed",))
+    report = build_report("qs_1", [StatementResult(0, 1, "select 1", unreplayed, None, None)],
+                          ReplayEnding("TIMED_OUT", "States.Timeout"))
+    document = report.to_dict()
+    reason = "the replay ended TIMED_OUT (States.Timeout) before its report was written"
+    assert document["ended"] == {"status": "TIMED_OUT", "error": "States.Timeout", "reason": reason}
+    assert report_from_dict(document).to_dict() == document  # read back from storage unchanged
+    assert f"**Incomplete:** {reason}." in report.to_markdown()
+    assert reason in render_report(document)
+    finished = build_report("qs_1", []).to_dict()
+    assert finished["ended"] is None and "Incomplete" not in build_report("qs_1", []).to_markdown()
+    assert "incomplete" in render_report(finished) and reason not in render_report(finished)
