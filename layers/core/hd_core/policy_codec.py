@@ -106,15 +106,16 @@ def object_id(obj: PolicyObject) -> str:
 
 # Optional fields added after documents were first stored: left out while unset, so a document that
 # does not use one is stored byte for byte as before it existed (tests/contract/test_stored_state_compat.py).
-_OMITTED_WHEN_UNSET = frozenset({"subject_column"})
+# Each maps to the value that means unset (issue 20's subject column, issue 22's pending table).
+_OMITTED_WHEN_UNSET: Mapping[str, object] = {"subject_column": None, "pending": False}
 
 
 def to_document(obj: PolicyObject) -> dict[str, Any]:
     """A JSON-ready dict of a policy object, with its `kind`."""
     document: dict[str, Any] = {"kind": kind_of(obj).value}
     document.update(_encode(obj))
-    for name in _OMITTED_WHEN_UNSET:
-        if document.get(name, "") is None:
+    for name, unset in _OMITTED_WHEN_UNSET.items():
+        if name in document and document[name] is unset:
             del document[name]
     return document
 
