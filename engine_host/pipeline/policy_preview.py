@@ -8,11 +8,17 @@ run's counts are the admin's (its API call is in the control API's log).
 
 Statements that create tables are not explained: planning one claims the new name for its
 organisation (hd_core/table_owners.py), which an explanation must not do.
+
+In AWS the control API has no engine: a fleet host's `PreviewWorker` answers the preview requests
+the policies Lambda stores (hd_core/policy_previews.py) with this same code, always as a session of
+the organisation that asked, so an answer sees exactly what the in-process path would.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -21,10 +27,14 @@ from engine_host.pipeline.errors import QueryError
 from engine_host.pipeline.governance.guard import check_statement
 from engine_host.pipeline.governance.tables import NameLookup, TableRef, extract_tables
 from engine_host.pipeline.governor import GovernedPlan, Governor, _cross_tenant, _parse
-from hd_core import policy_eval
+from hd_core import policy_eval, policy_previews
 from hd_core.models import Role, utc_now
 from hd_core.policies import PolicySnapshot
-from hd_core.policy_preview import Explanation, TableGovernance
+from hd_core.policy_codec import from_document
+from hd_core.policy_preview import ROLES, Explanation, TableGovernance, as_json, session_subject, with_object
+from hd_core.policy_previews import PreviewRequest, PreviewRequestStore, question_field
+
+log = logging.getLogger(__name__)
 
 # Kinds whose planning records a table owner (Governor._claim): never planned for a preview.
 _CREATING = frozenset({"create_table", "create_table_as", "create_schema"})
@@ -126,3 +136,81 @@ class EnginePolicyPreview:
 
 def _quoted(table: str) -> str:
     return ".".join('"' + part.replace('"', '""') + '"' for part in table.split("."))
+
+
+def answer_preview(engine: EnginePolicyPreview, snapshot: PolicySnapshot, request: PreviewRequest) -> dict[str, object]:
+    """The answer to one fleet preview request: row counts per role, or an explanation; never a row value.
+
+    Every session is the requesting organisation's (`request.org_id`), as in the in-process path, so the
+    governor's tenant rules decide what is counted exactly as they would for a statement of that organisation.
+    """
+    org_id = request.org_id
+    if request.kind == policy_previews.DRY_RUN:
+        obj = from_document(question_field(request, "document"))
+        if getattr(obj, "org_id", None) != org_id:
+            raise ValueError("the candidate policy names another organisation than the request")
+        table = str(question_field(request, "table"))
+        after = with_object(snapshot, obj)
+        rows: dict[str, object] = {}
+        for role in ROLES:
+            subject = session_subject(str(question_field(request, "user_id")), org_id, role,
+                                      _text(request, "department"), _text(request, "region"),
+                                      _text(request, "source_ip"))
+            rows[role.value] = [engine.visible_rows(snapshot, subject, table),
+                                engine.visible_rows(after, subject, table)]
+        return {"rows": rows}
+    if request.kind == policy_previews.EXPLAIN:
+        subject = session_subject(str(question_field(request, "user_id")), org_id,
+                                  Role(question_field(request, "role")), _text(request, "department"),
+                                  _text(request, "region"))
+        answer: dict[str, object] = as_json(engine.explain(snapshot, subject, str(question_field(request, "sql"))))
+        return answer
+    raise ValueError(f"unknown preview kind {request.kind!r}")
+
+
+def _text(request: PreviewRequest, name: str) -> str | None:
+    value = request.question.get(name)
+    return None if value is None else str(value)
+
+
+class PreviewWorker:
+    """A fleet host's thread answering the policy previews the control API stores (hd_core/policy_previews.py).
+
+    It asks the store for pending requests every `interval_seconds` (one small Query) and answers those its
+    conditional claim wins, against the snapshot `snapshot()` gives (the store's current one).
+    """
+
+    def __init__(self, store: PreviewRequestStore, host_id: str, engine: EnginePolicyPreview,
+                 snapshot: Callable[[], PolicySnapshot], *,
+                 interval_seconds: float = policy_previews.POLL_INTERVAL_SECONDS) -> None:
+        self._store = store
+        self._host_id = host_id
+        self._engine = engine
+        self._snapshot = snapshot
+        self._interval = interval_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> int:
+        """Answer what is pending now; the number of requests this host answered."""
+        return policy_previews.serve_pending(
+            self._store, self._host_id, lambda request: answer_preview(self._engine, self._snapshot(), request))
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="hd-policy-previews", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._engine.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.tick()
+            except Exception:  # the store may be back next tick; a preview caller times out clearly meanwhile
+                log.warning("could not serve policy previews", exc_info=True)

@@ -14,7 +14,8 @@ account, VPC or security group refuses to serve even if its disk came along:
 - concurrency and memory sized from the instance (engine_host/boot/sizing.py) unless the configuration says;
 - a termination notice (scale-in, Spot interruption) drains the host; scale-in protection while it holds
   sessions (engine_host/runtime/fleet_lifecycle.py);
-- a renewed certificate in the TLS secret is served to new connections without a restart.
+- a renewed certificate in the TLS secret is served to new connections without a restart;
+- policy previews (dry runs, explain) the control API stores are answered here (hd_core/policy_previews.py).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from engine_host.ops.cloudwatch import CloudWatchPublisher
 from engine_host.ops.health_server import HealthServer, heartbeat_check
 from engine_host.ops.metrics import HostMetrics
 from engine_host.pipeline.governor import HostLimits
+from engine_host.pipeline.policy_preview import EnginePolicyPreview, PreviewWorker
 from engine_host.runtime.fleet_lifecycle import (
     NOTICE_POLL_SECONDS,
     NoticeWatcher,
@@ -71,7 +73,7 @@ from hd_core.adapters.s3_objects import S3ObjectSource
 from hd_core.control_settings import ControlApiSettings
 from hd_core.errors import HdError
 from hd_core.query_audit_chain import CHECKPOINT_PREFIX as QUERY_CHECKPOINT_PREFIX
-from hd_core.query_audit_chain import QueryChainCheckpointer
+from hd_core.query_audit_chain import QUERY_CHECKPOINT_MESSAGE_TYPE, QueryChainCheckpointer
 from hd_core.services import assemble_services
 
 log = logging.getLogger(__name__)
@@ -188,7 +190,9 @@ class FleetEngineHost:
             store=store, authenticate=credentials.authenticate,
             audit_sink=S3AuditSink(self.clients.s3, config.audit_bucket, host_id=identity.instance_id,
                                    checkpointer=QueryChainCheckpointer(S3CheckpointStore(
-                                       self.clients.s3, config.audit_bucket, prefix=QUERY_CHECKPOINT_PREFIX), keys)),
+                                       self.clients.s3, config.audit_bucket, prefix=QUERY_CHECKPOINT_PREFIX,
+                                       message_type=QUERY_CHECKPOINT_MESSAGE_TYPE),
+                                       control.checkpoint_keys)),  # the ring's current key, as rotation moves it
             tables=self._table_source(), database_path=Path(config.cache_mount) / "engine.duckdb",
             ssl_context=ssl_context, default_org_id=config.org_id,
             mask_keys=lambda: ensure_mask_keys(store, keys),
@@ -205,13 +209,14 @@ class FleetEngineHost:
         self.health.start()  # /healthz answers while the rest starts; /readyz says when it is ready
         self.heartbeat.start()
         await self.engine.start()
-        self._start_fleet_duties()
+        self._start_fleet_duties(store)
         log.info("engine host %s serving on %s:%s (metrics on %s:%s)", identity.instance_id, config.listen_host,
                  self.engine.server.port if self.engine.server else config.listen_port, config.metrics_host,
                  self.health.port)
 
-    def _start_fleet_duties(self) -> None:
-        """CloudWatch metrics, scale-in protection, termination notices and certificate refresh, as configured."""
+    def _start_fleet_duties(self, store: DynamoDbControlStore) -> None:
+        """CloudWatch metrics, scale-in protection, termination notices, certificate refresh (as configured) and
+        the answers to policy previews."""
         config, clients = self.config, self.clients
         group = config.auto_scaling_group_name
         if group and clients.cloudwatch is not None:
@@ -232,6 +237,14 @@ class FleetEngineHost:
         if config.tls_secret_arn is not None and clients.secretsmanager is not None:
             thread = threading.Thread(target=self._refresh_certificate_forever, name="hd-tls-refresh", daemon=True)
             thread.start()
+        engine = self.engine
+        if engine is not None and engine.pipeline is not None and engine.database is not None:
+            # Policy previews the control API's Lambda cannot answer without an engine (hd_core/policy_previews.py).
+            previews = PreviewWorker(store, self.identity.instance_id,
+                                     EnginePolicyPreview(engine.pipeline.governor, engine.database),
+                                     store.policy_snapshot)
+            previews.start()
+            self._background.append(previews)
 
     def request_drain(self, reason: str) -> None:
         """Begin the drain (any thread): fail /readyz, drop scale-in protection, then stop serving (`serve` waits

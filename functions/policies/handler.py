@@ -20,7 +20,7 @@ from functions.shared.request_fields import PathId
 from functions.shared.wiring import services
 from hd_core import policy_admin, policy_preview
 from hd_core.client_values import ID_PATTERN
-from hd_core.models import ApiScope, Role
+from hd_core.models import ApiScope, ChangeContext, Role
 from hd_core.policies import PolicyKind, PolicyObject
 from hd_core.policy_codec import kind_of, object_id, to_document
 
@@ -31,9 +31,14 @@ _MANAGE = ApiScope.POLICIES_MANAGE.value
 # The kinds these routes manage (`hd_core.policy_admin.MANAGED_KINDS`): JIT grants and quotas have routes of their own.
 ManagedKind = Literal["mask", "row_filter", "abac", "column_tag", "phi_grant", "table_binding"]
 _DOCUMENT_HELP = "A policy document: `kind` plus the fields of that kind (see README, Governance)"
+_COUNTED_WHERE = ("Rows are counted by the engine beside the control API (hd dev) or, in AWS, by an engine host of "
+                  "the fleet; 503 HD_ERR_PREVIEW_TIMEOUT when no host answers within 10 s (nothing stored). A "
+                  "control API with neither answers row_counts \"unavailable\".")
 _DRY_RUN_HELP = ("dry_run=true checks the policy as a create would and answers 200 with, per role, the rows "
-                 "visible and the columns masked before and after it, storing nothing. Rows are counted only "
-                 "where an engine runs beside the control API (hd dev); in AWS row_counts is \"unavailable\".")
+                 f"visible and the columns masked before and after it, storing nothing. {_COUNTED_WHERE}")
+_DRY_RUN_REPLACE_HELP = ("dry_run=true checks the new version as the replace would and answers, per role, the rows "
+                         "visible and the columns masked with the stored version and with the new one, storing "
+                         f"nothing. {_COUNTED_WHERE}")
 MAX_EXPLAIN_SQL = 100_000
 
 
@@ -148,18 +153,16 @@ def create_policy(
     svc = services()
     document = {**as_document(body), "org_id": org_id}
     if dry_run:
-        obj = policy_admin.checked_new_policy(svc.store, ctx, document)
-        preview = policy_preview.as_json(policy_preview.dry_run(svc.store, ctx, obj))
-        out = policy_out(obj, caller_role=ctx.actor.role)
-        return out.model_copy(update={"stored": False, "dry_run": DryRunOut.model_validate(preview)}), 200
+        return _previewed(policy_admin.checked_new_policy(svc.store, ctx, document), ctx), 200
     created = policy_admin.create_policy(svc.store, svc.trail, ctx, document)
     return policy_out(created, caller_role=ctx.actor.role), 201
 
 
 @router.post("/v1/organizations/<org_id>/policies/explain",
              responses=documented(200, ExplanationOut, "The governed plan, or the refusal"),
-             description="409 HD_ERR_ENGINE_REQUIRED where no engine runs beside the control API (AWS): "
-                         "explain against hd dev")
+             description="Planned by the engine beside the control API (hd dev) or, in AWS, by an engine host of "
+                         "the fleet (503 HD_ERR_PREVIEW_TIMEOUT when none answers within 10 s); 409 "
+                         "HD_ERR_ENGINE_REQUIRED where the control API has neither")
 def explain_statement(org_id: PathId, body: ExplainIn) -> ExplanationOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     explanation = policy_preview.explain(services().store, ctx, org_id, body.user_id, body.sql)
@@ -172,12 +175,15 @@ def get_policy(org_id: PathId, kind: ManagedKind, object_id: PathId) -> PolicyOu
     return policy_out(policy_admin.get_policy(services().store, ctx, org_id, PolicyKind(kind), object_id))
 
 
-@router.put("/v1/organizations/<org_id>/policies/<kind>/<object_id>", responses=documented(200, PolicyOut, "Policy"))
+@router.put("/v1/organizations/<org_id>/policies/<kind>/<object_id>",
+            responses=documented(200, PolicyOut, "Policy; with dry_run=true, what the replace would change"),
+            description=_DRY_RUN_REPLACE_HELP)
 def replace_policy(
     org_id: PathId,
     kind: ManagedKind,
     object_id: PathId,
     body: Annotated[PolicyDocument, Body(description=_DOCUMENT_HELP)],
+    dry_run: Annotated[bool, Query(description=_DRY_RUN_REPLACE_HELP)] = False,
 ) -> PolicyOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     svc = services()
@@ -187,8 +193,18 @@ def replace_policy(
     pinned = {**document, "org_id": org_id}
     if policy_kind is PolicyKind.TABLE_BINDING:
         pinned = {"org_id": org_id, **document}
+    if dry_run:
+        obj = policy_admin.checked_replacement(svc.store, ctx, policy_kind, object_id, pinned)
+        return _previewed(obj, ctx)
     replaced = policy_admin.replace_policy(svc.store, svc.trail, ctx, policy_kind, object_id, pinned)
     return policy_out(replaced, caller_role=ctx.actor.role)
+
+
+def _previewed(obj: PolicyObject, ctx: ChangeContext) -> PolicyOut:
+    """The dry run answer for `obj` (checked, not stored): per role, what storing it would change."""
+    preview = policy_preview.as_json(policy_preview.dry_run(services().store, ctx, obj))
+    out = policy_out(obj, caller_role=ctx.actor.role)
+    return out.model_copy(update={"stored": False, "dry_run": DryRunOut.model_validate(preview)})
 
 
 @router.delete(

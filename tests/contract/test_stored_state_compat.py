@@ -33,8 +33,9 @@ DYNAMODB_ITEMS: list[dict[str, Any]] = json.loads(
     (FIXTURES / "schema5_dynamodb_items.json").read_text(encoding="utf-8")
 )
 SCHEMA = 5
-# Tables added after schema 5 for entities schema 5 did not have (issue 19: webhooks; issue 20: forget requests).
-TABLES_ADDED_SINCE_SCHEMA_5 = ("webhook_endpoints", "webhook_deliveries", "forget_requests")
+# Tables added after schema 5 for entities schema 5 did not have (issue 19: webhooks; issue 20: forget requests;
+# issue 22: policy preview requests).
+TABLES_ADDED_SINCE_SCHEMA_5 = ("webhook_endpoints", "webhook_deliveries", "forget_requests", "preview_requests")
 # Fields added after schema 5, with the value an entity without them is written with (SQLite column, DynamoDB
 # attribute; None: the attribute is left out). Today's writers add exactly these to schema 5's rows and items.
 ADDED_SINCE_SCHEMA_5: dict[str, dict[str, Any]] = {

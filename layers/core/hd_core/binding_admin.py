@@ -26,7 +26,7 @@ from hd_core.errors import Conflict, Forbidden, InvalidRequest, NotFound, Policy
 from hd_core.iam_audit import IamAuditTrail
 from hd_core.iam_events import IamEventType
 from hd_core.models import ChangeContext, OrgStatus, Role
-from hd_core.policies import PolicyKind, TableBinding
+from hd_core.policies import PolicyKind, PolicySnapshot, TableBinding
 from hd_core.policy_codec import from_document, to_document
 from hd_core.policy_eval import binding_for
 from hd_core.policy_validation import validate_policy
@@ -90,6 +90,20 @@ def rebind(
 ) -> tuple[TableBinding, TableBinding]:
     """Replace a binding the actor's organisation owns (or, shared, the deployment's Owner); returns (old, new)."""
     snapshot = store.policy_snapshot()
+    old, new = checked_rebinding(store, ctx, binding_id, document, now=now, snapshot=snapshot)
+    store.put_policy(new, if_version=snapshot.version)  # Conflict if the policies moved under the decision
+    _record(trail, ctx, ctx.actor.org_id, old, new)
+    if new.org_id is not None and new.org_id != ctx.actor.org_id:
+        _record(trail, ctx, new.org_id, old, new)  # the receiving organisation learns it holds the table
+    return old, new
+
+
+def checked_rebinding(
+    store: ControlStore, ctx: ChangeContext, binding_id: str, document: Mapping[str, Any], *, now: datetime,
+    snapshot: PolicySnapshot | None = None,
+) -> tuple[TableBinding, TableBinding]:
+    """(old, new) of a rebinding that passed every check `rebind` makes; nothing stored (a dry run's too)."""
+    snapshot = snapshot if snapshot is not None else store.policy_snapshot()
     old = existing_binding(store, ctx, binding_id)
     if ctx.actor.role not in (Role.OWNER, Role.ADMIN):
         raise Forbidden("only an Owner or Admin of the organisation that owns a table may change its binding")
@@ -107,10 +121,6 @@ def rebind(
         if target is None or target.status is not OrgStatus.ACTIVE:
             raise PolicyInvalid(f"organisation {new.org_id} cannot receive a table (no active organisation "
                                 "has that id)", field="org_id")
-    store.put_policy(new, if_version=snapshot.version)  # Conflict if the policies moved under the decision
-    _record(trail, ctx, ctx.actor.org_id, old, new)
-    if new.org_id is not None and new.org_id != ctx.actor.org_id:
-        _record(trail, ctx, new.org_id, old, new)  # the receiving organisation learns it holds the table
     return old, new
 
 

@@ -189,6 +189,34 @@ def replace_policy(
         raise InvalidRequest("a policy document must be a JSON object")
     if wanted is PolicyKind.TABLE_BINDING:
         return binding_admin.rebind(store, trail, ctx, object_id, document, now=now())[1]
+    old, new = _checked_replacement(store, ctx, wanted, object_id, document, now())
+    store.put_policy(new)
+    _record(trail, ctx, IamEventType.POLICY_UPDATED, wanted, object_id, old, new)
+    webhook_events.policy_changed(store, ctx, "updated", wanted, object_id)
+    return new
+
+
+def checked_replacement(
+    store: ControlStore, ctx: ChangeContext, kind: PolicyKind | str, object_id: str, document: Mapping[str, Any],
+    *, now: Callable[[], datetime] = utc_now,
+) -> PolicyObject:
+    """The new version `replace_policy` would store, passed through every check it makes; nothing stored.
+
+    What a dry run of a replace previews: it is refused exactly as the replace would be.
+    """
+    wanted = _kind(kind)
+    _require_managed(wanted)
+    if not isinstance(document, Mapping):
+        raise InvalidRequest("a policy document must be a JSON object")
+    if wanted is PolicyKind.TABLE_BINDING:
+        return binding_admin.checked_rebinding(store, ctx, object_id, document, now=now())[1]
+    return _checked_replacement(store, ctx, wanted, object_id, document, now())[1]
+
+
+def _checked_replacement(
+    store: ControlStore, ctx: ChangeContext, wanted: PolicyKind, object_id: str, document: Mapping[str, Any],
+    now: datetime,
+) -> tuple[PolicyObject, PolicyObject]:
     old = _existing(store, ctx, wanted, object_id)
     id_field = dataclasses.fields(KIND_CLASSES[wanted])[0].name
     if document.get("kind") != wanted.value:
@@ -196,11 +224,8 @@ def replace_policy(
     if document.get(id_field) not in (None, object_id):
         raise InvalidRequest(f"the document's {id_field} must be {object_id!r}, the id being replaced")
     new = _decode(ctx, {**document, id_field: object_id})
-    _validate(store, new, now())
-    store.put_policy(new)
-    _record(trail, ctx, IamEventType.POLICY_UPDATED, wanted, object_id, old, new)
-    webhook_events.policy_changed(store, ctx, "updated", wanted, object_id)
-    return new
+    _validate(store, new, now)
+    return old, new
 
 
 def delete_policy(

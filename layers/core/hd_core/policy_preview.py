@@ -3,9 +3,10 @@
 Masks are decided by the policy set alone, so the control plane computes them per role wherever
 it runs. Rows are counted and statements explained by an engine (`PolicyEngine`): the control
 plane never opens the data. `hd dev` runs its control API beside its engine host and installs one
-(engine_host/pipeline/policy_preview.py); a control-plane Lambda in AWS has none, so there a dry
-run answers masks with `row_counts: "unavailable"` and explain answers 409
-`HD_ERR_ENGINE_REQUIRED` (run `hd policies explain` against an `hd dev` that has the same tables).
+(engine_host/pipeline/policy_preview.py). A control-plane Lambda in AWS has none: with
+`HD_POLICY_PREVIEWS=fleet` it asks an engine host of the fleet through the control store
+(hd_core/policy_previews.py); without it a dry run answers masks with `row_counts: "unavailable"`
+and explain answers 409 `HD_ERR_ENGINE_REQUIRED`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from hd_core import policy_previews
 from hd_core.directory import require_own_org
 from hd_core.errors import EngineRequired, NotFound
 from hd_core.models import ChangeContext, Role
@@ -141,19 +143,28 @@ def dry_run(store: ControlStore, ctx: ChangeContext, obj: PolicyObject) -> DryRu
     table = obj.table if isinstance(obj, MaskRule | RowFilter | ColumnTag) else None
     engine = policy_engine()
     actor = store.get_user(ctx.actor.user_id)
+    department, region = (actor.department, actor.region) if actor else (None, None)
     counted_as = f"{ctx.actor.user_id} (your own department, region and id, with each role in turn)"
     effects = []
+    counted = engine is not None
     if table is not None:
+        rows: dict[Role, tuple[int | None, int | None]] = {}
+        if engine is not None:
+            for role in ROLES:
+                subject = role_subject(ctx, role, department, region)
+                rows[role] = (engine.visible_rows(snapshot, subject, table), engine.visible_rows(after, subject, table))
+        elif policy_previews.fleet_enabled():
+            rows = _fleet_row_counts(store, ctx, obj, table, department, region)
+            counted = True
         for role in ROLES:
-            subject = role_subject(ctx, role, actor.department if actor else None, actor.region if actor else None)
+            subject = role_subject(ctx, role, department, region)
+            before, after_rows = rows.get(role, (None, None))
             effects.append(RoleEffect(
-                role=role,
-                rows_before=engine.visible_rows(snapshot, subject, table) if engine else None,
-                rows_after=engine.visible_rows(after, subject, table) if engine else None,
+                role=role, rows_before=before, rows_after=after_rows,
                 masked_before=tuple(sorted(masks_for(snapshot, subject, role, table))),
                 masked_after=tuple(sorted(masks_for(after, subject, role, table))),
             ))
-    row_counts = "not_applicable" if table is None else "counted" if engine is not None else "unavailable"
+    row_counts = "not_applicable" if table is None else "counted" if counted else "unavailable"
     return DryRun(kind=kind_of(obj).value, id=object_id(obj), document=to_document(obj), table=table,
                   row_counts=row_counts, counted_as=counted_as, effects=tuple(effects),
                   exemption=exemption(obj, ctx.actor.role))
@@ -161,9 +172,44 @@ def dry_run(store: ControlStore, ctx: ChangeContext, obj: PolicyObject) -> DryRu
 
 def role_subject(ctx: ChangeContext, role: Role, department: str | None, region: str | None) -> Subject:
     """The caller's own session attributes with `role` and that role's scopes: how a dry run counts."""
-    return Subject(user_id=ctx.actor.user_id, org_id=ctx.actor.org_id, role=role,
-                   scopes=tuple(sorted(ROLE_SCOPES[role])), key_id="", env="live",
-                   department=department, region=region, source_ip=ctx.source_ip)
+    return session_subject(ctx.actor.user_id, ctx.actor.org_id, role, department, region, ctx.source_ip)
+
+
+def session_subject(user_id: str, org_id: str, role: Role, department: str | None, region: str | None,
+                    source_ip: str | None = None) -> Subject:
+    """A preview's session: `user_id` of `org_id` with `role` and that role's scopes, in the live environment."""
+    return Subject(user_id=user_id, org_id=org_id, role=role, scopes=tuple(sorted(ROLE_SCOPES[role])), key_id="",
+                   env="live", department=department, region=region, source_ip=source_ip)
+
+
+def _fleet_row_counts(store: ControlStore, ctx: ChangeContext, obj: PolicyObject, table: str,
+                      department: str | None, region: str | None) -> dict[Role, tuple[int | None, int | None]]:
+    """Rows per role before and after `obj`, counted by an engine host of the fleet (hd_core/policy_previews.py)."""
+    question: dict[str, object] = {"document": to_document(obj), "table": table, "user_id": ctx.actor.user_id,
+                                   "department": department, "region": region, "source_ip": ctx.source_ip}
+    answer = policy_previews.ask_fleet(_preview_store(store), org_id=ctx.actor.org_id,
+                                       requested_by=ctx.actor.user_id, kind=policy_previews.DRY_RUN,
+                                       question=question)
+    counts = answer.get("rows")
+    if not isinstance(counts, Mapping):
+        raise policy_previews.PreviewFailed("the engine host's dry run answer holds no row counts")
+    rows: dict[Role, tuple[int | None, int | None]] = {}
+    for role in ROLES:
+        pair = counts.get(role.value)
+        if isinstance(pair, list) and len(pair) == 2:
+            rows[role] = (_count(pair[0]), _count(pair[1]))
+    return rows
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _preview_store(store: ControlStore) -> policy_previews.PreviewRequestStore:
+    # Both control stores keep preview requests; a store without them cannot reach the fleet.
+    if not hasattr(store, "put_preview_request"):
+        raise EngineRequired("this control store keeps no preview requests, so no engine host can answer here")
+    return store  # type: ignore[return-value]
 
 
 def with_object(snapshot: PolicySnapshot, obj: PolicyObject) -> PolicySnapshot:
@@ -180,6 +226,12 @@ def explain(store: ControlStore, ctx: ChangeContext, org_id: str, user_id: str, 
     if user is None or user.org_id != org_id:
         raise NotFound("user not found")
     engine = policy_engine()
+    if engine is None and policy_previews.fleet_enabled():
+        question: dict[str, object] = {"user_id": user.user_id, "role": user.role.value,
+                                       "department": user.department, "region": user.region, "sql": sql}
+        answer = policy_previews.ask_fleet(_preview_store(store), org_id=org_id, requested_by=ctx.actor.user_id,
+                                           kind=policy_previews.EXPLAIN, question=question)
+        return explanation_of(answer)
     if engine is None:
         raise EngineRequired("explaining a statement needs an engine host beside the control plane; run "
                              "`hd policies explain` against `hd dev` (see README, Governance)")
@@ -187,6 +239,20 @@ def explain(store: ControlStore, ctx: ChangeContext, org_id: str, user_id: str, 
                       scopes=tuple(sorted(ROLE_SCOPES[user.role])), key_id="", env="live",
                       department=user.department, region=user.region)
     return engine.explain(store.policy_snapshot(), subject, sql)
+
+
+def explanation_of(answer: Mapping[str, Any]) -> Explanation:
+    """The `Explanation` an engine host sent back as JSON (`as_json` of one)."""
+    try:
+        tables = tuple(TableGovernance(table=t["table"], action=t["action"], row_filters=tuple(t["row_filters"]),
+                                       masks=tuple(t["masks"])) for t in answer["tables"])
+        return Explanation(user_id=answer["user_id"], role=Role(answer["role"]), verdict=answer["verdict"],
+                           statement_kind=answer.get("statement_kind"), tables=tables,
+                           masked_columns=tuple(answer.get("masked_columns", ())),
+                           governed_sql=answer.get("governed_sql"), refusal=answer.get("refusal"),
+                           notes=tuple(answer.get("notes", ())))
+    except (KeyError, TypeError, ValueError):
+        raise policy_previews.PreviewFailed("the engine host's explanation is malformed") from None
 
 
 def as_json(value: Any) -> Any:

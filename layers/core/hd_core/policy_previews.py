@@ -111,13 +111,14 @@ def fleet_enabled() -> bool:
 
 def ask_fleet(
     store: PreviewRequestStore, *, org_id: str, requested_by: str, kind: str, question: dict[str, object],
-    wait_seconds: float = WAIT_SECONDS, now: Callable[[], datetime] = utc_now,
+    wait_seconds: float | None = None, now: Callable[[], datetime] = utc_now,
     sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, object]:
     """Store a preview request, wait (polling with backoff) for a host's answer and return it.
 
     Raises `PreviewTimeout` when no host answered within `wait_seconds`, `PreviewFailed` when the host failed.
     """
+    wait_seconds = WAIT_SECONDS if wait_seconds is None else wait_seconds
     created = now()
     request = PreviewRequest(request_id=f"prv_{secrets.token_hex(12)}", org_id=org_id, kind=kind,
                              requested_by=requested_by, question=question, created_at=created,
