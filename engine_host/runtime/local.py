@@ -75,7 +75,7 @@ from hd_core.policy_codec import load_policy_file
 from hd_core.policy_preview import install_policy_engine
 from hd_core.ports import AuditSink
 from hd_core.query_audit_chain import CHECKPOINT_FOLDER as QUERY_CHECKPOINT_FOLDER
-from hd_core.query_audit_chain import QueryChainCheckpointer, QueryChainStores
+from hd_core.query_audit_chain import QUERY_CHECKPOINT_MESSAGE_TYPE, QueryChainCheckpointer, QueryChainStores
 from hd_core.services import ControlServices, assemble_services, write_due_checkpoints
 from hd_core.shadow.replay import EngineEndpoint, control_key_revoker
 from hd_core.shadow.sample_masks import control_masking
@@ -286,7 +286,9 @@ class LocalEngineHost:
             settings, store=store, authenticate=credentials.authenticate,
             audit_sink=self._audit_override or LocalFolderAuditSink(
                 self.state_dir, host_id=f"local-{os.getpid()}", checkpointer=QueryChainCheckpointer(
-                    LocalFolderCheckpointStore(self.state_dir, QUERY_CHECKPOINT_FOLDER), keys)),
+                    LocalFolderCheckpointStore(self.state_dir, QUERY_CHECKPOINT_FOLDER,
+                                               message_type=QUERY_CHECKPOINT_MESSAGE_TYPE),
+                    control.checkpoint_keys)),  # the ring's current key: it follows checkpoint-key rotation
             tables=self._table_source(), database_path=self.state_dir / "engine.duckdb",
             ssl_context=server_ssl_context(cert, key), default_org_id=owner.org.org_id,
             mask_keys=lambda: ensure_mask_keys(store, control.keys, keep_legacy_plaintext=True),

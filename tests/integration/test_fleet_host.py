@@ -34,10 +34,16 @@ from engine_host.wire.tls import TlsFilesUnusable
 from hd_core.adapters.dynamodb_schema import create_table_kwargs
 from hd_core.adapters.dynamodb_store import DynamoDbControlStore
 from hd_core.adapters.kms_keys import KmsKeyProvider
+from hd_core.adapters.s3_audit import S3AuditArchive
+from hd_core.adapters.s3_checkpoints import S3CheckpointStore
 from hd_core.api_keys import ApiKeyHasher
 from hd_core.bootstrap import bootstrap_local_owner
+from hd_core.control_settings import ControlApiSettings
 from hd_core.models import OrgStatus
 from hd_core.policies import MaskFunction, MaskRule
+from hd_core.query_audit_chain import CHECKPOINT_PREFIX, QUERY_CHECKPOINT_MESSAGE_TYPE
+from hd_core.services import assemble_services
+from hd_core.signing_keys import rotate_checkpoint_key
 from hd_core.tokens import JwtIssuer
 from tests.harness import BackgroundLoop
 
@@ -266,3 +272,29 @@ def test_the_hash_mask_key_comes_from_kms_and_the_table_holds_it_only_wrapped(ac
     )["Plaintext"]
     assert seen == {mask_hash(key, "eu"), mask_hash(key, "us")}
     assert mask_hash(b"k" * 32, "eu") not in seen
+
+
+def test_a_fleet_host_signs_query_checkpoints_with_the_rotated_checkpoint_key_and_says_what_they_are(
+    account: Account, loop: BackgroundLoop
+) -> None:
+    """Issue 20: query checkpoints are signed by the checkpoint key ring's current key, not the configured one."""
+    keys = KmsKeyProvider(account.clients.kms, jwt_key_ids=[account.signing_key],
+                          checkpoint_key_id=account.config.checkpoint_key_arn, data_key_id=account.config.kms_key_arn)
+    control = assemble_services(ControlApiSettings(), store=account.store, keys=keys,
+                                checkpoints=S3CheckpointStore(account.clients.s3, "hd-audit-fleet"),
+                                query_audit=S3AuditArchive(account.clients.s3, "hd-audit-fleet"))
+    rotated = rotate_checkpoint_key(account.store, control.trail, control.checkpoints, keys, datetime.now(UTC),
+                                    rotate_every=timedelta(0))
+    assert rotated is not None and rotated != account.config.checkpoint_key_arn
+    host = account.host()
+    loop.run(host.start())
+    try:
+        with psycopg.connect(_dsn(host, account), autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM sales.orders").fetchone() == (40,)
+    finally:
+        loop.run(host.stop())  # signs the chain's final head
+    s3 = account.clients.s3
+    listed = s3.list_objects_v2(Bucket="hd-audit-fleet", Prefix=CHECKPOINT_PREFIX).get("Contents", [])
+    documents = [json.loads(s3.get_object(Bucket="hd-audit-fleet", Key=item["Key"])["Body"].read()) for item in listed]
+    assert documents
+    assert {(d["key_id"], d["message_type"]) for d in documents} == {(rotated, QUERY_CHECKPOINT_MESSAGE_TYPE)}
