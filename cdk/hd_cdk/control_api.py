@@ -51,6 +51,7 @@ from hd_cdk import constants
 from hd_cdk.nag import acknowledge
 from hd_cdk.packaging import LAMBDA_ARCHITECTURE, LAMBDA_RUNTIME
 from hd_core.adapters.dynamodb_schema import create_table_kwargs
+from hd_core.policy_previews import FLEET, PREVIEWS_ENV
 
 OPENAPI_DOCUMENT: Final = Path(__file__).resolve().parents[2] / "functions" / "openapi.json"
 STAGE_NAME: Final = constants.CONTROL_API_STAGE
@@ -88,6 +89,9 @@ class FunctionAccess:
     reads_query_audit: bool = False  # lists and reads the query audit partitions
     stores_audit_exports: bool = False  # puts audit exports under audit/exports/ and presigns GETs of them
     describes_instances: bool = False  # ec2:DescribeInstances (fleet membership)
+    # No engine beside the function: dry runs and explain go to the fleet through the control table
+    # (hd_core/policy_previews.py), whose hosts already read and update it; nothing more is granted.
+    asks_fleet_for_previews: bool = False
     reserved_concurrency: int = 10
     memory_mb: int = 512
     timeout_seconds: int = 20
@@ -99,7 +103,7 @@ FUNCTION_ACCESS: Final[Mapping[str, FunctionAccess]] = {
     "auth": FunctionAccess(signs_tokens=True, seals_secrets=True, reserved_concurrency=20, memory_mb=1024),
     "users": FunctionAccess(),
     "api_keys": FunctionAccess(),
-    "policies": FunctionAccess(),
+    "policies": FunctionAccess(asks_fleet_for_previews=True),
     "jit": FunctionAccess(),
     "quotas": FunctionAccess(),
     # Reads the trail and the query audit, verifies the chain, and checkpoints every org on a schedule.
@@ -280,6 +284,8 @@ class ControlApi(Construct):
         self.roles: dict[str, iam.Role] = {}  # the functions' own roles (their `role` is an immutable view)
         for name, access in FUNCTION_ACCESS.items():
             extra = fleet_environment if access.describes_instances else {}
+            if access.asks_fleet_for_previews:
+                extra = {**extra, PREVIEWS_ENV: FLEET}
             self.functions[name] = self._function(
                 name, access, concurrency[name], vpc, lambda_sg, code, layers, {**environment, **extra}
             )
