@@ -51,7 +51,7 @@ CHAIN_FIELDS = (
 QUERY_CHAIN_COLUMNS = (
     ListingColumn("DAY", "day"), ListingColumn("HOST", "host_id"), ListingColumn("VALID", "valid"),
     ListingColumn("RECORDS", "entry_count"), ListingColumn("SIGNED", "checkpoint_size"),
-    ListingColumn("FIRST_BREAK", "break", 40),
+    ListingColumn("UNCHAINED", "unchained_count"), ListingColumn("FIRST_BREAK", "break", 40),
 )
 
 

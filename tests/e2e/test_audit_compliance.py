@@ -206,3 +206,18 @@ def test_the_iam_trail_stays_the_default(host: EngineHostProcess) -> None:
     dated = api(host, "GET", f"/v1/environments/{_env(host)}/audit/admin/verify-chain?start=2026-01-01")
     assert "entry_count" in report and "chains" not in report
     assert dated.keys() == report.keys()  # days mean nothing to the IAM trail
+
+
+def test_hd_dev_query_checkpoints_say_they_are_query_checkpoints(
+    host: EngineHostProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(host.demo_dsn("acme-analyst", sslmode="disable"), autocommit=True) as conn:
+        conn.execute("SELECT 1 AS checkpoint_probe").fetchall()
+    folder = host.state_dir / "audit" / "query-checkpoints"
+    deadline = time.monotonic() + POLICY_WAIT_SECONDS
+    while not list(folder.rglob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # a new chain's first head is signed in the background at once
+    documents = [json.loads(path.read_bytes()) for path in folder.rglob("*.json")]
+    assert documents and {d["message_type"] for d in documents} == {"hd.query_checkpoint.v1"}
+    status, out, _ = _hd(host, capsys, "audit", "verify-chain", "--trail", "queries")
+    assert status == 0 and "UNCHAINED" in out.splitlines()[0]

@@ -226,7 +226,8 @@ class ChainBreak:
     """Where and how a chain stops being trustworthy.
 
     `kind` is one of "edited", "deleted", "reordered", "truncated", "checkpoint_mismatch",
-    "checkpoint_signature_invalid"; `position` is the 1-based seq where it shows (for a forged
+    "checkpoint_signature_invalid", and for the query audit chain "inserted" (a record without chain
+    fields where only chained ones belong); `position` is the 1-based seq where it shows (for a forged
     checkpoint, the size it claims).
     """
 
