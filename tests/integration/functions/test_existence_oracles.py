@@ -60,6 +60,7 @@ BODIES: dict[tuple[str, str], Any] = {
 QUERIES: dict[tuple[str, str], str] = {
     ("GET", "/v1/environments/{env_id}/audit/queries"): f"start={TODAY}&end={TODAY}",
     ("GET", "/v1/organizations/{org_id}/usage"): f"start={TODAY}&end={TODAY}",
+    ("GET", "/v1/environments/{env_id}/audit/phi-disclosures"): f"patient_key=p-1&start={TODAY}&end={TODAY}",
     ("DELETE", "/v1/organizations/{org_id}/users/{user_id}/identities"): "external_id=" + quote("https://idp.example#x"),
 }
 FIXED_PARAMETERS = {"kind": "mask"}
