@@ -46,7 +46,7 @@ MAX_POLL_SECONDS = 1.0
 TTL = timedelta(minutes=5)
 POLL_INTERVAL_SECONDS = 1.0  # how often a fleet host looks for pending requests
 _TIMEOUT_HINT = ("no engine host answered within {seconds:.0f}s: check that the fleet has healthy hosts "
-                 "(hd fleet status, the EngineHealthyHosts alarm) and retry, or preview against hd dev")
+                 "(the EngineNoHealthyHost alarm) and retry, or preview against hd dev")
 
 
 class PreviewTimeout(FleetLookupUnavailable):
