@@ -16,7 +16,7 @@ string keys `PK`/`SK`; items that appear in a list also carry `GSI1PK`/`GSI1SK`:
     JIT request           JIT#<request_id>     JIT                         JITS#<org_id>      <requested_at>#<id>
     webhook endpoint      WEBHOOK#<id>         WEBHOOK                     WEBHOOKS#<org_id>  <created_at>#<id>
     forget request        FORGET#<request_id>  FORGET                      FORGETS#<org_id>   <requested_at>#<id>
-    policy preview        PREVIEWS             <request_id>                -                  -
+    policy preview        PREVIEWS             <request_id>                PREVIEWS_PENDING   <created_at>#<id>
     webhook delivery      WHDELIVERY#<endp.>   EVT#<event_id>              WHDUE (pending)    <next_attempt_at>#...
     IAM event             CHAIN#<chain_id>     EVT#<seq, 12 digits>        -                  -
     setting               SETTING#<name>       SETTING                     -                  -
@@ -39,6 +39,8 @@ epoch seconds of its `expires_at`), so DynamoDB deletes it once it no longer mat
 A webhook delivery is in the sparse `WHDUE` listing only while pending (the local delivery thread's
 "what is due" query); a delivered or failed one carries the TTL attribute instead, 30 days after its
 creation, so the delivery log keeps a month.
+A policy preview request is in the sparse `PREVIEWS_PENDING` listing until a host claims it (the
+fleet's every-second "what is waiting" query) and carries the TTL attribute of its expiry.
 
 Uniqueness is a claim item written in the same TransactWriteItems as the entity (emails, external
 ids), or a conditional write on the entity's own key (API keys, refresh tokens, JIT requests, IAM
@@ -123,6 +125,7 @@ _SEQ_DIGITS = 12
 _POLICY_PARTITION = "POLICIES"
 _POLICY_VERSION_KEY: Key = ("POLICY_VERSION", "POLICY_VERSION")
 _PREVIEW_PARTITION = "PREVIEWS"  # every policy preview request, by id (minutes of them: TTL)
+_PREVIEW_PENDING_LISTING = "PREVIEWS_PENDING"  # GSI1 partition of requests no host has claimed yet
 _DUE_PARTITION = "WHDUE"  # GSI1 partition of pending webhook deliveries, by next attempt time
 _DELIVERY_LOG_KEPT = timedelta(days=30)  # finished deliveries expire (TTL) this long after creation
 
@@ -457,26 +460,20 @@ class DynamoDbControlStore:
         return None if item is None else PREVIEW_REQUESTS.decode(item)
 
     def pending_preview_requests(self, at: datetime) -> list[PreviewRequest]:
-        """Unclaimed requests not expired at `at`, oldest first: one Query of the previews partition.
+        """Unclaimed requests not expired at `at`, oldest first: one Query of the sparse pending listing.
 
-        Hosts ask every second; the partition holds only minutes of previews (TTL), so the read stays small.
+        Hosts ask every second; a claim takes the request out of the listing, so the read covers only
+        requests waiting now, however many answered ones wait for TTL. The index is eventually consistent:
+        a request claimed a moment ago may still be listed, and its claim then fails as it should.
         """
-        request: dict[str, Any] = {
-            "TableName": self.table_name,
-            "KeyConditionExpression": "PK = :pk",
-            "FilterExpression": "#status = :pending AND expires_at > :at",
-            "ExpressionAttributeNames": {"#status": "status"},
-            "ExpressionAttributeValues": _serialize({":pk": _PREVIEW_PARTITION, ":pending": PREVIEW_PENDING,
-                                                     ":at": encode_time(at)}),
-            "ConsistentRead": True,
-        }
-        found = [PREVIEW_REQUESTS.decode(item) for item in self._paginate(request, None)]
-        return sorted(found, key=lambda pending: (pending.created_at, pending.request_id))
+        found = [PREVIEW_REQUESTS.decode(item) for item in self._query_index(_PREVIEW_PENDING_LISTING)]
+        return [request for request in found if request.status == PREVIEW_PENDING and request.expires_at > at]
 
     def claim_preview_request(self, request_id: str, host_id: str, at: datetime) -> PreviewRequest | None:
         """Make a pending, unexpired request `host_id`'s (conditional update); None when another host won."""
         updated = self._update(
-            _preview_key(request_id), "SET #status = :claimed, host_id = :host",
+            _preview_key(request_id), f"SET #status = :claimed, host_id = :host REMOVE {GSI1_PARTITION_KEY}, "
+            f"{GSI1_SORT_KEY}",
             {":claimed": PREVIEW_CLAIMED, ":host": host_id, ":pending": PREVIEW_PENDING, ":at": encode_time(at)},
             condition="attribute_exists(PK) AND #status = :pending AND expires_at > :at", names={"#status": "status"},
         )
@@ -994,7 +991,9 @@ def _preview_key(request_id: str) -> Key:
 
 def _preview_item(request: PreviewRequest) -> Item:
     record = PREVIEW_REQUESTS.encode(request) | {TTL_ATTRIBUTE: _epoch(request.expires_at)}
-    return _keyed(_preview_key(request.request_id), record)
+    listed = request.status == PREVIEW_PENDING
+    return _keyed(_preview_key(request.request_id), record, _PREVIEW_PENDING_LISTING if listed else None,
+                  f"{record['created_at']}#{request.request_id}" if listed else None)
 
 
 def _forget_key(request_id: str) -> Key:
