@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from hd_core.models import new_id, utc_now
-from hd_core.redaction import redact_sql
 from hd_core.text_redaction import scrub_pii
 
 Decision = Literal["allow", "deny"]
@@ -110,6 +109,10 @@ class QueryAuditRecord:
         at: datetime | None = None,
     ) -> QueryAuditRecord:
         """A record for a statement starting now (or `at`); `sql` is redacted here and the raw text dropped."""
+        # Imported here: redaction parses with sqlglot, which the control-plane Lambdas that only write or
+        # verify audit records (through query_audit_chain) do not carry in their layer.
+        from hd_core.redaction import redact_sql
+
         return cls(
             ts=format_audit_ts(at or utc_now()),
             query_id=query_id or new_id("qry"),
