@@ -289,3 +289,41 @@ def test_a_host_whose_store_cannot_be_read_at_start_still_starts_and_catches_up(
     store.put_setting(erasure.INVALIDATION_SETTING, '{"epoch": 2, "tables": ["crm.people"]}')
     flaky.down = False
     assert watcher.check() is True and seen == [["crm.people"]]
+
+
+def test_a_request_failing_after_one_swap_still_tells_the_hosts_to_drop_the_table(
+        store: SqliteControlStore, tmp_path: Path, clock: Clock) -> None:
+    folder = tmp_path / "data" / "crm" / "people"
+    folder.mkdir(parents=True)
+    for part in ("a", "b"):
+        (folder / f"{part}.parquet").write_bytes(_parquet([{"person_id": SUBJECT}, {"person_id": f"keep-{part}"}]))
+    store.put_policy(TableBinding("tbl_people", "crm.people", org_id=ORG, subject_column="person_id"))
+
+    class WrittenMeanwhile(LocalFolderTableObjects):
+        """Someone writes b.parquet after the erasure read it and swapped a.parquet: its swap fails."""
+
+        def replace(self, key: str, data: bytes, *, if_match: str) -> Any:
+            if key.endswith("b.parquet"):
+                (folder / "b.parquet").write_bytes(_parquet([{"person_id": "written-meanwhile"}]))
+            return super().replace(key, data, if_match=if_match)
+
+    svc = _services(store, tmp_path, WrittenMeanwhile(tmp_path / "data"), clock)
+    failed = erasure.run(svc, erasure.submit(svc, _ctx(), ORG, SUBJECT, "").request_id)
+    assert failed.status is ForgetStatus.FAILED and "changed" in failed.error
+    assert _rows((folder / "a.parquet").read_bytes()) == [{"person_id": "keep-a"}]
+    # a.parquet was swapped: hosts holding a cached copy of the table must drop it, though the request failed.
+    assert erasure.read_invalidation(store) == (1, ["crm.people"])
+
+
+def test_a_file_the_erasure_cannot_filter_fails_the_request_before_any_object_changes(
+        store: SqliteControlStore, tmp_path: Path, clock: Clock) -> None:
+    folder = tmp_path / "data" / "crm" / "people"
+    folder.mkdir(parents=True)
+    first = _parquet([{"person_id": SUBJECT}, {"person_id": "keep"}])
+    (folder / "a.parquet").write_bytes(first)
+    (folder / "b.parquet").write_bytes(_parquet([{"email": "no subject column"}]))
+    store.put_policy(TableBinding("tbl_people", "crm.people", org_id=ORG, subject_column="person_id"))
+    svc = _services(store, tmp_path, LocalFolderTableObjects(tmp_path / "data"), clock)
+    failed = erasure.run(svc, erasure.submit(svc, _ctx(), ORG, SUBJECT, "").request_id)
+    assert failed.status is ForgetStatus.FAILED and "person_id" in failed.error
+    assert (folder / "a.parquet").read_bytes() == first and erasure.read_invalidation(store) == (0, [])

@@ -6,9 +6,9 @@ A table declares its subject column on its binding (`TableBinding.subject_column
 1. finds the organisation's declared tables: bound to it, or shared (then only its own rows, by the
    table's tenant column);
 2. for a table made of Parquet objects (S3 or the local data folder, through `TableObjects`), reads
-   each object and, where it holds the subject's rows, puts a copy without them in its place: one
-   atomic replace per object (same key), so a reader's listing never changes and each object is
-   read whole, old or new;
+   and filters every object first, then puts a copy without the subject's rows in place of each that
+   held some: one atomic replace per object (same key), so a reader's listing never changes and each
+   object is read whole, old or new (but a table of several such objects is swapped object by object);
 3. for a writable table, has the engine host delete the rows (`WritableTables`), in one DuckDB
    transaction per table, with a query audit record;
 4. tells the engine hosts to stop serving cached copies of the changed tables: directly in `hd dev`,
@@ -35,6 +35,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from hd_core.client_values import check_plain_text
 from hd_core.directory import require_own_org
@@ -205,14 +209,34 @@ def run(svc: ErasureServices, request_id: str, *, actor: str = SYSTEM_ACTOR) -> 
 def _erase(svc: ErasureServices, request: ForgetRequest, subject: str) -> ForgetRequest:
     tables = declared_tables(svc.store, request.org_id)
     results: dict[str, object] = {}
-    removed_total = 0
     purge: list[str] = []
     changed: list[str] = []
+    try:
+        removed_total = _erase_tables(svc, request, subject, tables, results, purge, changed)
+    finally:
+        # Also when the request fails part-way: a table whose objects were already swapped must not keep being
+        # served from a cached copy that still holds the subject (a retry would find nothing left to swap).
+        if changed:
+            _announce_invalidation(svc, changed)
+    now = svc.now()
+    done = replace(request, status=ForgetStatus.COMPLETED, finished_at=now, subject_sealed=None,
+                   tables=tuple(b.table for b in tables), table_results=results,
+                   rows_removed=removed_total,
+                   purge_versions=tuple(purge), purge_after=now + svc.version_retention if purge else None)
+    if purge and svc.version_retention <= timedelta(0):
+        done = _purge(svc, done)
+    return done
+
+
+def _erase_tables(svc: ErasureServices, request: ForgetRequest, subject: str, tables: list[TableBinding],
+                  results: dict[str, object], purge: list[str], changed: list[str]) -> int:
+    """Erase the subject from each declared table; `changed` names every table a swap or delete has touched."""
+    removed_total = 0
     for binding in tables:
         column = binding.subject_column
         assert column is not None
         tenant = (binding.tenant_column, request.org_id) if binding.org_id is None and binding.tenant_column else None
-        outcome = _erase_parquet(svc.objects, binding.table, column, subject, tenant, purge)
+        outcome = _erase_parquet(svc.objects, binding.table, column, subject, tenant, purge, changed)
         if outcome is None and svc.engine is not None:
             removed = svc.engine.delete_subject_rows(
                 binding.table, column, subject, tenant=tenant,
@@ -231,40 +255,40 @@ def _erase(svc: ErasureServices, request: ForgetRequest, subject: str) -> Forget
         results[binding.table] = outcome
         removed = int(outcome["rows_removed"])  # type: ignore[call-overload]
         removed_total += removed
-        if removed:
+        if removed and binding.table not in changed:
             changed.append(binding.table)
-    if changed:
-        _announce_invalidation(svc, changed)
-    now = svc.now()
-    done = replace(request, status=ForgetStatus.COMPLETED, finished_at=now, subject_sealed=None,
-                   tables=tuple(b.table for b in tables), table_results=results,
-                   rows_removed=removed_total,
-                   purge_versions=tuple(purge), purge_after=now + svc.version_retention if purge else None)
-    if purge and svc.version_retention <= timedelta(0):
-        done = _purge(svc, done)
-    return done
+    return removed_total
 
 
 def _erase_parquet(objects: TableObjects | None, table: str, column: str, subject: str,
-                   tenant: tuple[str, str] | None, purge: list[str]) -> dict[str, object] | None:
-    """Rewrite the table's objects that hold the subject's rows; None when the table has no objects."""
+                   tenant: tuple[str, str] | None, purge: list[str], changed: list[str]) -> dict[str, object] | None:
+    """Rewrite the table's objects that hold the subject's rows; None when the table has no objects.
+
+    Two phases: every object is read and filtered first (the new bytes of the ones that change are held in
+    memory), and only then are they swapped in. A file the erasure cannot filter (a missing column) so fails
+    the request before any object changed. The swaps are still one object at a time: a reader listing the
+    table between two of them sees some files old and some new (not atomic per table).
+    """
     if objects is None:
         return None
     schema, name = table.split(".", 1)
     keys = [info.key for info in objects.list(f"{schema}/{name}/") if _is_table_file(info.key)]
     if not keys:
         return None
-    removed = rewritten = 0
+    staged: list[tuple[str, bytes, str, int]] = []
     for key in keys:
         data, info = objects.read(key)
         kept, count = without_subject(data, column, subject, tenant)
-        if count == 0:
-            continue
-        objects.replace(key, kept, if_match=info.etag)
+        if count:
+            staged.append((key, kept, info.etag, count))
+    removed = 0
+    for key, kept, etag, count in staged:
+        objects.replace(key, kept, if_match=etag)
+        if table not in changed:
+            changed.append(table)
         removed += count
-        rewritten += 1
         purge.extend(f"{key}\t{version}" for version in objects.versions(key))
-    return {"storage": "parquet", "rows_removed": removed, "objects_rewritten": rewritten}
+    return {"storage": "parquet", "rows_removed": removed, "objects_rewritten": len(staged)}
 
 
 def _is_table_file(key: str) -> bool:
@@ -278,12 +302,6 @@ def without_subject(data: bytes, column: str, subject: str, tenant: tuple[str, s
     Values compare as text (an integer customer id 42 matches "42"); NULLs never match. The schema,
     including its metadata, is kept.
     """
-    # Imported here: only the forget worker rewrites Parquet (its layer carries pyarrow); the forget API function
-    # records requests and must not need pyarrow and numpy (functions/forget/handler.py imports this module).
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     table = pq.read_table(io.BytesIO(data))
     names = {name.lower(): name for name in table.column_names}
     if column not in names or (tenant is not None and tenant[0] not in names):
