@@ -4,7 +4,8 @@ Every route needs `forget:manage` (Owners and Admins). A new request answers 202
 pending until the worker function's next sweep (functions/forget/worker.py, every few minutes) runs
 it; in `hd dev` it has already run. The subject id is never answered back or stored in the clear: a
 request shows its HMAC.
-A failed request keeps its sealed id; in AWS the worker runs it again an hour after each attempt.
+A failed request keeps its sealed id; in AWS the worker runs it again an hour after each attempt, or at its next
+sweep once `POST .../retry` has put it back to pending (in `hd dev` the retry runs it at once).
 """
 
 from __future__ import annotations
@@ -104,6 +105,16 @@ def list_forget_requests(org_id: PathId) -> list[ForgetRequestOut]:
 def get_forget_request(org_id: PathId, request_id: PathId) -> ForgetRequestOut:
     ctx = authorize(router, org_id=org_id, scope=_MANAGE)
     return request_out(erasure_domain.get_request(erasure().services.store, ctx, org_id, request_id))
+
+
+@router.post("/v1/organizations/<org_id>/forget-requests/<request_id>/retry",
+             responses=documented(202, ForgetRequestOut, "The request, pending again (run already in hd dev)"))
+def retry_forget_request(org_id: PathId, request_id: PathId) -> tuple[ForgetRequestOut, int]:
+    ctx = authorize(router, org_id=org_id, scope=_MANAGE)
+    wiring = erasure()
+    erasure_domain.retry(wiring.services, ctx, org_id, request_id)
+    wiring.dispatch(request_id)
+    return request_out(_settled(request_id)), 202
 
 
 app = build_app(router, service=SERVICE)

@@ -219,3 +219,41 @@ def test_an_analyst_may_not_forget(host: EngineHostProcess) -> None:
              key=str(key["api_key"]))
     assert refused.value.code == 403
 
+
+
+def test_a_failed_request_is_retried_through_the_api_and_only_a_failed_one(host: EngineHostProcess,
+                                                                           bucket: tuple[str, Any]) -> None:
+    _, client = bucket
+    org = _org(host)
+    bad_key = PREFIX + "crm/visits/part-9.parquet"
+    # A file of crm.visits without the declared subject column: the erasure fails (and keeps the sealed id).
+    client.put_object(Bucket=BUCKET, Key=bad_key, Body=_parquet_without_subject())
+    _declare_subject_column(host, "crm.visits", "person_id")
+    try:
+        failed = _api(host, "POST", f"/v1/organizations/{org}/forget-requests", {"subject_id": SUBJECT})
+        assert failed["status"] == "failed" and "person_id" in failed["error"]
+        client.delete_object(Bucket=BUCKET, Key=bad_key)
+        retried = _api(host, "POST", f"/v1/organizations/{org}/forget-requests/{failed['request_id']}/retry")
+        assert retried["status"] == "completed" and retried["error"] == ""
+        # The failed attempt filtered every file before swapping any, so it changed nothing: the retry removes the row.
+        assert retried["table_results"]["crm.visits"] == {"storage": "parquet", "rows_removed": 1,
+                                                          "objects_rewritten": 1}
+        with _connect(host) as conn:
+            assert conn.execute("SELECT count(*) FROM crm.visits WHERE person_id = %s", (SUBJECT,)).fetchone() == (0,)
+        for settled in (retried["request_id"], "fgt_doesnotexist"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                _api(host, "POST", f"/v1/organizations/{org}/forget-requests/{settled}/retry")
+            body = json.loads(refused.value.read())
+            assert (refused.value.code, body["error"]["code"]) == (
+                (409, "HD_ERR_CONFLICT") if settled == retried["request_id"] else (404, "HD_ERR_NOT_FOUND"))
+        with sqlite3.connect(host.state_dir / "control.sqlite3") as db:
+            retries = db.execute("SELECT target FROM iam_events WHERE event_type = 'forget.retried'").fetchall()
+        assert retries == [(f"forget_request/{failed['request_id']}",)]
+    finally:
+        client.delete_object(Bucket=BUCKET, Key=bad_key)
+
+
+def _parquet_without_subject() -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"email": ["x@example.test"], "visits": [1]}), sink)
+    return sink.getvalue()

@@ -163,6 +163,22 @@ def list_requests(store: ForgetRequestStore, ctx: ChangeContext, org_id: str) ->
     return store.list_forget_requests(org_id)
 
 
+def retry(svc: ErasureServices, ctx: ChangeContext, org_id: str, request_id: str) -> ForgetRequest:
+    """Put a failed request of the actor's organisation back to pending, for the next run (`hd dev`: at once).
+
+    Only a failed request keeps its sealed subject id, so only it can run again; any other is 409.
+    """
+    stored = get_request(svc.store, ctx, org_id, request_id)
+    if stored.status is not ForgetStatus.FAILED or stored.subject_sealed is None:
+        raise Conflict(f"only a failed forget request can be retried; this one is {stored.status.value}")
+    pending = replace(stored, status=ForgetStatus.PENDING, error="")
+    svc.store.update_forget_request(pending, from_status=ForgetStatus.FAILED)  # Conflict if a worker took it
+    svc.trail.record(org_id, IamEventType.FORGET_RETRIED, actor=ctx.actor.user_id,
+                     target=f"forget_request/{request_id}", before=_audit_view(stored), after=_audit_view(pending),
+                     request_id=ctx.request_id)
+    return pending
+
+
 def declared_tables(store: ControlStore, org_id: str) -> list[TableBinding]:
     """The tables holding `org_id`'s rows that declare a subject column: its own, and shared ones."""
     bindings = store.policy_snapshot().table_bindings

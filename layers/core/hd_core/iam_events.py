@@ -67,6 +67,7 @@ class IamEventType(StrEnum):
     FORGET_REQUESTED = "forget.requested"
     FORGET_COMPLETED = "forget.completed"
     FORGET_FAILED = "forget.failed"
+    FORGET_RETRIED = "forget.retried"  # a caller asked a failed request to run again
     # Engine host lifecycle (the termination wipe hook)
     INSTANCE_WIPED = "instance.wiped"
     INSTANCE_WIPE_FAILED = "instance.wipe_failed"
