@@ -36,10 +36,6 @@ from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
 from hd_core.client_values import check_plain_text
 from hd_core.directory import require_own_org
 from hd_core.erasure_models import (
@@ -318,6 +314,12 @@ def without_subject(data: bytes, column: str, subject: str, tenant: tuple[str, s
     Values compare as text (an integer customer id 42 matches "42"); NULLs never match. The schema,
     including its metadata, is kept.
     """
+    # Imported here: only the forget worker rewrites Parquet (its layer carries pyarrow); the forget API function
+    # records requests and must not need pyarrow and numpy (functions/forget/handler.py imports this module).
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     table = pq.read_table(io.BytesIO(data))
     names = {name.lower(): name for name in table.column_names}
     if column not in names or (tenant is not None and tenant[0] not in names):
