@@ -12,7 +12,6 @@ import io
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +22,6 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from moto import mock_aws
 
 from engine_host.boot.config import EngineConfig, parse_config
 from engine_host.boot.imds import InstanceIdentity
@@ -107,19 +105,6 @@ class Account:
         options: dict[str, Any] = {"heartbeat": self.in_process_heartbeat(), "cache_mounted": lambda path: True}
         options.update(overrides)
         return FleetEngineHost(self.config, IDENTITY, self.clients, **options)
-
-
-@pytest.fixture
-def account(aws_credentials: None, tmp_path: Path) -> Iterator[Account]:
-    with mock_aws():
-        yield Account(tmp_path)
-
-
-@pytest.fixture
-def loop() -> Iterator[BackgroundLoop]:
-    runner = BackgroundLoop()
-    yield runner
-    runner.close()
 
 
 def _dsn(host: FleetEngineHost, account: Account) -> str:

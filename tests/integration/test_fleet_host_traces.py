@@ -5,30 +5,13 @@ the process environment, and a configured endpoint wins over the variable.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import psycopg
 import pytest
-from moto import mock_aws
 
 from engine_host.boot.config import EngineConfigInvalid, parse_config
 from tests.harness import BackgroundLoop
 from tests.integration.test_fleet_host import Account, _dsn
 from tests.otlp_receiver import otlp_receiver
-
-
-@pytest.fixture
-def account(aws_credentials: None, tmp_path: Path) -> Iterator[Account]:
-    with mock_aws():
-        yield Account(tmp_path)
-
-
-@pytest.fixture
-def loop() -> Iterator[BackgroundLoop]:
-    runner = BackgroundLoop()
-    yield runner
-    runner.close()
 
 
 def test_statement_spans_go_to_the_endpoint_the_engine_config_names(account: Account, loop: BackgroundLoop,

@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from moto import mock_aws
 
 from engine_host.devmode.control_server import ControlApiDispatcher, HttpReply
 from engine_host.runtime.fleet import FleetEngineHost
@@ -34,19 +32,6 @@ from tests.integration.test_fleet_host import ORG, Account
 
 FILTER = {"kind": "row_filter", "rule_id": "eu_only", "table": "sales.orders", "filter": "region = 'eu'",
           "exempt_roles": ["Owner"]}
-
-
-@pytest.fixture
-def account(aws_credentials: None, tmp_path: Path) -> Iterator[Account]:
-    with mock_aws():
-        yield Account(tmp_path)
-
-
-@pytest.fixture
-def loop() -> Iterator[BackgroundLoop]:
-    runner = BackgroundLoop()
-    yield runner
-    runner.close()
 
 
 class Lambda:

@@ -43,19 +43,6 @@ from tests.integration.test_fleet_host import REGION, Account, _dsn, _get
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
 
-@pytest.fixture
-def account(aws_credentials: None, tmp_path: Path) -> Iterator[Account]:
-    with mock_aws():
-        yield Account(tmp_path)
-
-
-@pytest.fixture
-def loop() -> Iterator[BackgroundLoop]:
-    runner = BackgroundLoop()
-    yield runner
-    runner.close()
-
-
 # --- drain -----------------------------------------------------------------------------------------------
 
 
