@@ -282,6 +282,8 @@ class ControlApi(Construct):
         }
         self.functions: dict[str, lambda_.Function] = {}
         self.roles: dict[str, iam.Role] = {}  # the functions' own roles (their `role` is an immutable view)
+        self.policies: dict[str, iam.ManagedPolicy] = {}  # each role's one policy: constructs add their grants there
+        self._invoked_async: set[str] = set()
         for name, access in FUNCTION_ACCESS.items():
             extra = fleet_environment if access.describes_instances else {}
             if access.asks_fleet_for_previews:
@@ -309,17 +311,29 @@ class ControlApi(Construct):
 
     # --- functions ------------------------------------------------------------------------------------
 
-    def worker(self, name: str, access: FunctionAccess, *, handler: str, in_vpc: bool = True) -> lambda_.Function:
+    def worker(self, name: str, access: FunctionAccess, *, handler: str, in_vpc: bool = True,
+               extra_layers: Sequence[lambda_.ILayerVersion] = ()) -> lambda_.Function:
         """A control-plane Lambda no route serves (a scheduled job, a queue consumer), built like the API's own:
         the same settings, its own role with exactly `access`, X-Ray, an encrypted log group, the dead-letter
         queue. `in_vpc=False` leaves it outside the VPC (no network-interface grants): only for a function that
-        must reach the internet, which the isolated subnets cannot. Not added to `functions` (no route);
-        its role is in `roles`."""
+        must reach the internet, which the isolated subnets cannot. `extra_layers` are added to the shared ones
+        (a package only this worker needs). Not added to `functions` (no route); its role is in `roles`."""
         if name in self.roles:
             raise ValueError(f"a control-plane function named {name!r} exists already")
         vpc, lambda_sg, code, layers, environment = self._worker_inputs
-        return self._function(name, access, access.reserved_concurrency, vpc if in_vpc else None, lambda_sg, code,
-                              layers, dict(environment), handler=handler)
+        function = self._function(name, access, access.reserved_concurrency, vpc if in_vpc else None, lambda_sg,
+                                  code, [*layers, *extra_layers], dict(environment), handler=handler)
+        self._invoke_async(name, function)
+        return function
+
+    def _invoke_async(self, name: str, function: lambda_.Function) -> None:
+        """Lambda's async queue for a function a schedule or queue invokes: 2 retries, then the dead-letter queue.
+        Only those get the setting (an EventInvokeConfig resource): API Gateway invokes the routes' functions
+        synchronously, where it does nothing, and the stack counts against CloudFormation's 500 resources."""
+        if name not in self._invoked_async:
+            self._invoked_async.add(name)
+            # A sweep or checkpoint older than an hour is superseded by the next.
+            function.configure_async_invoke(retry_attempts=2, max_event_age=Duration.hours(1))
 
     def _function(
         self,
@@ -358,6 +372,7 @@ class ControlApi(Construct):
             managed_policies=[policy],
         )
         self.roles[name] = role
+        self.policies[name] = policy
         function = lambda_.Function(
             self,
             construct_id,
@@ -379,8 +394,6 @@ class ControlApi(Construct):
             log_group=log_group,
             logging_format=lambda_.LoggingFormat.JSON,
             dead_letter_queue=self.dead_letter_queue,
-            retry_attempts=2,
-            max_event_age=Duration.hours(1),  # a sweep or checkpoint older than that is superseded by the next
             environment={**environment, "POWERTOOLS_SERVICE_NAME": f"hd-{name.replace('_', '-')}"},
         )
         acknowledge(function, "AwsSolutions-L1", _L1_REASON)
@@ -705,6 +718,7 @@ class ControlApi(Construct):
             schedule=events.Schedule.rate(every),
         )
         # Failed invocations land in the function's dead-letter queue after Lambda's own retries.
+        self._invoke_async(function, self.functions[function])
         rule.add_target(targets.LambdaFunction(self.functions[function], retry_attempts=2, max_event_age=every))
         return rule
 

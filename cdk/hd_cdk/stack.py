@@ -13,6 +13,9 @@ from hd_cdk import constants, packaging
 from hd_cdk.certificates import CertificateRotation, private_ca_arn
 from hd_cdk.control_api import ControlApi
 from hd_cdk.engine_fleet import EngineFleet
+from hd_cdk.erasure import WORKER as ERASURE_WORKER
+from hd_cdk.erasure import Erasure
+from hd_cdk.federation import Federation, issuers_from_context
 from hd_cdk.keys import KEY_ARN_PATTERN, Keys
 from hd_cdk.lifecycle import DELIVERY_ACCESS, Lifecycle
 from hd_cdk.monitoring import Monitoring
@@ -40,7 +43,8 @@ class DeploymentParameters:
 
 
 class HardenedDuckStack(Stack):
-    """Composes Network, Keys and Storage; ControlApi, EngineFleet, WipeHook, ShadowReplay, Lifecycle and Monitoring
+    """Composes Network, Keys and Storage; ControlApi, EngineFleet, WipeHook, Erasure, ShadowReplay, Lifecycle,
+    Monitoring and (context hd:federationIssuers) Federation
     are wired in below.
 
     Attributes for wiring: `parameters`, `network` (vpc, subnets, engine_sg, agent_sg, monitoring_sg,
@@ -117,6 +121,14 @@ class HardenedDuckStack(Stack):
             notification_key=k.notifications, vpc=n.vpc, subnets=n.subnets, security_group=n.lambda_sg,
             code=code, layers=layers,
         )
+        self.erasure = Erasure(
+            self, "Erasure", control_api=self.control_api, data_bucket=s.data_bucket, data_key=k.data, table=s.table,
+            alarm_topic=self.wipe_hook.alarm_topic,
+        )
+        issuers = issuers_from_context(self)
+        if issuers:  # else POST /v1/auth/federate accepts no issuer at all
+            self.federation = Federation(self, "Federation", control_api=self.control_api, issuers=issuers,
+                                         table=s.table, alarm_topic=self.wipe_hook.alarm_topic)
         engine_host = self.node.try_get_context(constants.CONTEXT_SHADOW_ENGINE_HOST)
         self.shadow = ShadowReplay(
             self, "ShadowReplay", vpc=n.vpc, subnets=n.subnets, lambda_sg=n.lambda_sg, endpoint_sg=n.endpoint_sg,
@@ -134,7 +146,7 @@ class HardenedDuckStack(Stack):
             self, "Lifecycle", control_api=self.control_api, queue_key=k.notifications,
             alarm_topic=self.wipe_hook.alarm_topic, signing_key=k.signing, token_verifiers=[self.fleet.role],
             rotation_checked_keys=[k.data, k.audit, k.control, k.logs, k.notifications],
-            iam_recorders=[self.wipe_hook.role, self.fleet.role],
+            iam_recorders=[self.wipe_hook.role, self.fleet.role, self.control_api.roles[ERASURE_WORKER]],
         )
         self.wipe_hook.announce_on(self.lifecycle.queue)
         self.monitoring = Monitoring(

@@ -25,10 +25,16 @@ if str(CDK_DIR) not in sys.path:
     sys.path.insert(0, str(CDK_DIR))
 
 # Context of the shared synth: bundling off (no pip downloads), one approved client network, and where shadow
-# replay's comparison PostgreSQL is (a peered network, on a port other than the default) and how it verifies the engine.
+# replay's comparison PostgreSQL is (a peered network, on a port other than the default) and how it verifies the engine,
+# one federation issuer (the key refresh job and its alarm are built only with one) and a private CA.
+# Every optional feature at once, against CloudFormation's resource limit: tests/cdk/test_resource_limit.py.
 TEST_CONTEXT: dict[str, Any] = {"hd:bundling": False, "hd:approvedCidrs": ["10.20.0.0/16"],
                                 "hd:shadowComparisonCidrs": ["10.30.0.0/24"], "hd:shadowComparisonPort": 6432,
-                                "hd:shadowEngineCaFile": "system"}
+                                "hd:shadowEngineCaFile": "system",
+                                "hd:federationIssuers": [{"preset": "gcp", "audience": "hardened-duck-test"}],
+                                # A private CA, so the TLS certificate's rotation function is in the stack.
+                                "hd:privateCaArn": "arn:aws:acm-pca:eu-west-1:123456789012:certificate-authority/"
+                                                   "12345678-1234-1234-1234-123456789012"}
 STACK_NAME = "HardenedDuck"
 
 

@@ -111,16 +111,9 @@ def test_no_context_means_no_rotation_function() -> None:
     assert private_ca_arn(App(context={CONTEXT_PRIVATE_CA_ARN: CA_ARN})) == CA_ARN
 
 
-def test_the_app_with_a_private_ca_synthesizes_with_the_rotation_cdk_nag_clean(tmp_path: Path) -> None:
-    """The whole app with context hd:privateCaArn: the stack wires the rotation, and every pack still passes
-    (one synth of its own: the shared session synth runs without a CA)."""
-    from tests.cdk.conftest import TEST_CONTEXT, load_app_module
-
-    app = load_app_module().build_app(context={**TEST_CONTEXT, CONTEXT_PRIVATE_CA_ARN: CA_ARN}, outdir=str(tmp_path))
-    try:
-        assembly = app.synth()
-    except RuntimeError as failure:  # cdk-nag's ValidationFailed, or CloudFormation's 500-resource limit
-        pytest.fail(f"synth with a private CA failed:\n{str(failure)[:3000]}")
-    template = assembly.get_stack_by_name("HardenedDuck").template
+def test_the_app_with_a_private_ca_synthesizes_with_the_rotation_cdk_nag_clean(synthesized_app: Any) -> None:
+    """The whole app with context hd:privateCaArn (the shared session synth has one): the stack wires the rotation,
+    and every pack still passes."""
+    template = synthesized_app.template()  # fails the test with the synth's error (cdk-nag) when it failed
     (schedule,) = _of(template, "AWS::SecretsManager::RotationSchedule")
     assert schedule["Properties"]["SecretId"] == {"Ref": "TlsCertificateBundleArn"}

@@ -17,6 +17,8 @@ from hd_cdk.lifecycle import (
 
 LIFECYCLE_HANDLER = "functions.key_lifecycle.handler.lambda_handler"
 DELIVERY_HANDLER = "functions.webhooks.delivery.lambda_handler"
+FEDERATION_REFRESH_HANDLER = "functions.federation_keys.handler.lambda_handler"
+CERTIFICATE_HANDLER = "functions.cert_rotation.handler.lambda_handler"
 # Every function whose code emits webhook events or re-enqueues deliveries, read from the code (not from
 # lifecycle.py): hd_core.webhook_events is called by policy_admin (policies), directory (users), jit, key_admin
 # (api_keys) and key_lifecycle (api_keys on demand, the scheduled job); the wipe hook announces instance.wiped.
@@ -162,15 +164,16 @@ def test_the_delivery_lambda_consumes_the_queue_with_partial_batch_failures(temp
 
 
 def test_the_delivery_lambda_runs_outside_the_vpc_and_the_others_inside(template: dict[str, Any]) -> None:
-    """The isolated subnets have no internet route: the one function that must reach public HTTPS is outside,
-    with no network-interface grants; every other control-plane Lambda stays in the VPC."""
+    """The isolated subnets have no internet route: the functions that must reach public HTTPS (webhook delivery,
+    and the federation key refresh, tested in test_federation.py) are outside, with no network-interface grants;
+    every other control-plane Lambda stays in the VPC."""
     assert not _resources(template, "AWS::EC2::NatGateway"), "the design has no NAT: revisit lifecycle.py if so"
     delivery_name, delivery = _function_by_handler(template, DELIVERY_HANDLER)
     assert "VpcConfig" not in delivery["Properties"]
     assert _role_of(delivery) not in _roles_granted(template, "ec2:CreateNetworkInterface")
     for name, function in _resources(template, "AWS::Lambda::Function").items():
         handler = function["Properties"].get("Handler", "")
-        if name != delivery_name and handler.startswith("functions."):
+        if name != delivery_name and handler.startswith("functions.") and handler != FEDERATION_REFRESH_HANDLER:
             assert function["Properties"].get("VpcConfig", {}).get("SubnetIds"), f"{handler} left the VPC"
 
 
@@ -202,6 +205,9 @@ def test_successor_secrets_only_under_the_key_prefix_for_the_lifecycle_and_api_k
     granted = _roles_granted(template, "secretsmanager:PutSecretValue")
     lifecycle = _role_of(_function_by_handler(template, LIFECYCLE_HANDLER)[1])
     api_keys = _role_of(_function_by_handler(template, "functions.api_keys.handler.lambda_handler")[1])
+    # The certificate rotation (context hd:privateCaArn) writes the TLS bundle's secret only, nothing under hd/keys/.
+    assert granted.pop(_role_of(_function_by_handler(template, CERTIFICATE_HANDLER)[1])) == [
+        {"Ref": "TlsCertificateBundleArn"}]
     assert set(granted) == {lifecycle, api_keys}
     for resources in granted.values():
         assert resources == ["arn:aws:secretsmanager:eu-west-1:123456789012:secret:hd/keys/*"]
