@@ -132,3 +132,9 @@ CONTEXT_OTEL_ENDPOINT: Final = "hd:otelEndpoint"
 CONTEXT_OTEL_COLLECTOR_CIDRS: Final = "hd:otelCollectorCidrs"
 # The ADOT collector Lambda layer version ARN (this region): the Lambdas send to its extension on localhost.
 CONTEXT_OTEL_COLLECTOR_LAYER: Final = "hd:otelCollectorLayerArn"
+
+# The `purpose` of the encryption context a host wraps and unwraps its hash-mask keys under
+# (engine_host/engine/masking.py): the only purpose a fleet host may use the data key for. The control plane
+# seals other secrets under the same key with purposes of their own (TOTP seeds, webhook secrets, erasure
+# subjects), which a host must not be able to open.
+HOST_DATA_KEY_PURPOSE: Final = "hd-mask-hash"

@@ -281,7 +281,13 @@ class EngineFleet(Construct):
             _allow(["s3:GetObject"], [query_audit_objects]),
             # Signs its query audit chain's checkpoints (ECDSA, the key never leaves KMS).
             _allow(["kms:Sign"], [checkpoint_key.key_arn]),
-            _allow(["kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"], [data_key.key_arn]),
+            # The data key: the cache volume's key (context hd:purpose), SSE-KMS reads (aws:s3:arn) and the hash-mask
+            # keys (purpose hd-mask-hash). A `purpose` other than the mask keys' is a secret sealed by the control
+            # plane (TOTP seeds, webhook secrets, erasure subjects): refused, so a host's credentials open none.
+            iam.PolicyStatement(actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[data_key.key_arn],
+                                conditions={"StringEqualsIfExists": {
+                                    "kms:EncryptionContext:purpose": c.HOST_DATA_KEY_PURPOSE}}),
+            _allow(["kms:DescribeKey"], [data_key.key_arn]),
             # The audit bucket is SSE-KMS with the audit key: a PutObject needs a data key from it.
             _allow(["kms:GenerateDataKey"], [audit_key.key_arn]),
             _allow(["kms:GetPublicKey"], [signing_key.key_arn]),

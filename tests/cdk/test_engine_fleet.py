@@ -26,6 +26,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk.assertions import Template
 
 from engine_host.boot.config import EngineConfig
+from engine_host.engine.masking import _context as mask_key_context
 from hd_cdk import constants
 from hd_cdk.engine_fleet import ENGINE_ROLE_ACTIONS, EngineFleet, instance_type_for
 from hd_cdk.monitoring import Monitoring
@@ -329,6 +330,20 @@ def test_instance_role_grants_each_action_on_its_own_resource_only(synth: FleetS
     (protection,) = resources_for(statements, "autoscaling:SetInstanceProtection")
     group, _ = synth.one("AWS::AutoScaling::AutoScalingGroup")
     assert protection == f"arn:aws:autoscaling:{REGION}:{ACCOUNT}:autoScalingGroup:*:autoScalingGroupName/<{group}>"
+
+
+def test_a_host_may_open_with_the_data_key_only_its_own_mask_keys_never_a_sealed_secret(synth: FleetSynth) -> None:
+    """The control plane seals TOTP seeds, webhook secrets and erasure subjects under the data key with a purpose of
+    their own; a host uses the key for its cache (hd:purpose), SSE-KMS reads and its hash-mask keys only."""
+    statements = role_statements(synth, "EngineInstanceRole")
+    data_key_name, _ = synth.one("AWS::KMS::Key", "DataKey")
+    data_key = f"<{data_key_name}.Arn>"
+    opening = [s for s in statements if {"kms:Decrypt", "kms:GenerateDataKey"} & set(actions_of(s))
+               and data_key in resources_for([s], actions_of(s)[0])]
+    (statement,) = opening
+    assert sorted(actions_of(statement)) == ["kms:Decrypt", "kms:GenerateDataKey"]
+    assert statement["Condition"] == {"StringEqualsIfExists": {"kms:EncryptionContext:purpose": "hd-mask-hash"}}
+    assert mask_key_context("live")["purpose"] == constants.HOST_DATA_KEY_PURPOSE
 
 
 def test_no_role_in_the_template_has_a_wildcard_or_destructive_action(synth: FleetSynth) -> None:
