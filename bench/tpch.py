@@ -206,6 +206,12 @@ def timed(run: Runner, sql: str) -> tuple[float, list[tuple[Any, ...]]]:
     return (time.perf_counter() - started) * 1000, rows
 
 
+def _rotated(systems: Sequence[str], by: int) -> list[str]:
+    """`systems` starting at position `by` (modulo their number), in the same cyclic order."""
+    start = by % len(systems)
+    return [*systems[start:], *systems[:start]]
+
+
 def geomean(values: Sequence[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values)) if values else float("nan")
 
@@ -263,8 +269,10 @@ def run(args: argparse.Namespace, queries: dict[str, str], host: EngineHostProce
     times: dict[tuple[str, str], list[float]] = {}
     results: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
     for round_number in range(args.rounds):
-        for name, sql in queries.items():
-            for system in systems:
+        for index, (name, sql) in enumerate(queries.items()):
+            # Each system follows each other in turn: a system timed right after PostgreSQL's multi-second
+            # scans (its parallel workers exiting, caches cold) would otherwise pay for them in every round.
+            for system in _rotated(systems, round_number + index):
                 elapsed, rows = timed(runners[system], sql)
                 times.setdefault((name, system), []).append(elapsed)
                 if round_number == 0:
@@ -295,8 +303,8 @@ def run(args: argparse.Namespace, queries: dict[str, str], host: EngineHostProce
         print(f"all {len(queries)} results equal across {', '.join(systems)}")
 
     lookups: dict[str, list[float]] = {}
-    for _ in range(args.lookups):
-        for system in systems:
+    for lookup in range(args.lookups):
+        for system in _rotated(systems, lookup):
             lookups.setdefault(system, []).append(timed(runners[system], POINT_LOOKUP)[0])
     print("[point lookup] " + qualify(POINT_LOOKUP, "tpch") + ": p50 " +
           ", ".join(f"{s} {statistics.median(v):.2f} ms" for s, v in lookups.items()))
