@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -207,3 +208,21 @@ def in_process_host(state_dir: Path) -> Iterator[tuple[LocalEngineHost, Switchab
     finally:
         loop.run(engine.stop())
         loop.close()
+
+
+def sqlite_root_page(data: bytes, table: str) -> int:
+    """The root page of `table` in the SQLite database image `data` (an interior page once it has many rows).
+
+    Found by name, not by offset: every migration that adds a table moves the pages after it.
+    """
+    image = sqlite3.connect(":memory:")
+    try:
+        image.deserialize(data[:18] + b"\x01\x01" + data[20:])  # header bytes 18-19: rollback journal, not WAL
+        return int(image.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0])
+    finally:
+        image.close()
+
+
+def overwrite_sqlite_page(data: bytes, page: int, size: int = 4096) -> bytes:
+    """`data` with page number `page` (1-based) overwritten by garbage: damage that only quick_check finds."""
+    return data[: (page - 1) * size] + b"\x5a" * size + data[page * size :]

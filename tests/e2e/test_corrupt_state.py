@@ -23,7 +23,7 @@ import pytest
 
 from engine_host.wire.tls import ensure_self_signed_certificate
 from hd_core.adapters.sqlite_store import SqliteControlStore
-from tests.harness import start_engine_host
+from tests.harness import overwrite_sqlite_page, sqlite_root_page, start_engine_host
 
 STATE_REFUSED, TLS_REFUSED = 3, 4
 
@@ -38,6 +38,11 @@ def original(tmp_path_factory: pytest.TempPathFactory) -> Path:
             conn.execute("INSERT INTO main.notes VALUES (1, 'kept')")
     finally:
         assert host.stop() == 0
+    # Enough settings that their table's root is an interior page: damage there is found by quick_check on
+    # open, where a fresh store's one-page tables would fail the first read as "malformed" instead.
+    with SqliteControlStore(state / "control.sqlite3") as store:
+        for number in range(200):
+            store.put_setting(f"test_padding_{number}", "x" * 500)
     return state
 
 
@@ -81,8 +86,9 @@ def _damage(path: Path, change: Callable[[bytes], bytes]) -> None:
 
 
 def _middle_overwritten(data: bytes) -> bytes:
-    middle = len(data) // 2
-    return data[:middle] + b"\x5a" * 4096 + data[middle + 4096 :]
+    """A page in the middle of the store overwritten: the settings table's root, so the schema still reads and only
+    quick_check finds it (a fixed offset lands on whatever page the latest migration moved there)."""
+    return overwrite_sqlite_page(data, sqlite_root_page(data, "settings"))
 
 
 # --- control.sqlite3 ---------------------------------------------------------------------------------

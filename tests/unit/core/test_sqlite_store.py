@@ -27,6 +27,7 @@ from hd_core.adapters.sqlite_store import (
 from hd_core.errors import Conflict
 from hd_core.models import ApiKeyRecord, IamEvent, KeyEnv, Organization, OrgStatus, Role, User, UserStatus, new_id
 from hd_core.policies import QuotaLimit
+from tests.harness import overwrite_sqlite_page, sqlite_root_page
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -230,29 +231,12 @@ def _filled_store(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _root_page(data: bytes, table: str) -> int:
-    """The root page of `table` in the database image `data`: an interior page once the table has many rows.
-
-    Found by name, not by offset, since every migration that adds a table moves the pages after it.
-    """
-    image = sqlite3.connect(":memory:")
-    try:
-        image.deserialize(data[:18] + b"\x01\x01" + data[20:])  # header bytes 18-19: rollback journal, not WAL
-        return int(image.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0])
-    finally:
-        image.close()
-
-
-def _overwrite_page(data: bytes, page: int, size: int = 4096) -> bytes:
-    return data[: (page - 1) * size] + b"\x5a" * size + data[page * size :]
-
-
 @pytest.mark.parametrize(
     ("damage", "finding"),
     [
         pytest.param(lambda data: b"\x13" * 100 + data[100:], "not a database", id="garbage-header"),
         pytest.param(lambda data: data[: len(data) // 2], "malformed", id="truncated"),
-        pytest.param(lambda data: _overwrite_page(data, _root_page(data, "settings")), "quick_check",
+        pytest.param(lambda data: overwrite_sqlite_page(data, sqlite_root_page(data, "settings")), "quick_check",
                      id="corrupt-middle-page"),
     ],
 )
