@@ -15,7 +15,6 @@ import os
 import tempfile
 import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,14 +42,6 @@ DATA_CATALOG = "hd_data"
 # Rows per Arrow batch pulled from DuckDB: large enough to amortise per-batch encoding, small enough
 # that a slow client holds at most a few MB per connection.
 STREAM_BATCH_ROWS = 65_536
-
-# DuckDB plans a statement's text afresh on every execution: binding and optimising the governed SQL of
-# a TPC-H query costs 1-15 ms (PostgreSQL's numeric division is many expressions), a large share of a
-# query that runs in 20-40 ms on native tables. A session keeps this many DuckDB prepared statements for
-# the parameterless reads it ran, most recently used first; DuckDB re-binds one by itself when a catalog
-# object it read was replaced (a table's new native copy, a mask macro), so a kept plan never reads
-# what a fresh one would not.
-PREPARED_PLANS_PER_SESSION = 32
 
 
 class ResultLimitExceeded(duckdb.Error):
@@ -131,42 +122,6 @@ class StatementShape:
     column_types: tuple[Any, ...]
     returns_rows: bool
     writes: bool
-
-
-class _PreparedPlans:
-    """The DuckDB prepared statements one session keeps, by statement text (least recently used dropped)."""
-
-    def __init__(self, cursor: duckdb.DuckDBPyConnection):
-        self._cursor = cursor
-        self._names: OrderedDict[str, str] = OrderedDict()
-        self._next = 0
-
-    def execution(self, sql: str) -> str:
-        """The text that runs `sql`: EXECUTE of its prepared statement, or `sql` itself if it cannot be prepared.
-
-        A PREPARE that fails (a bind error, an aborted transaction) is not kept: the statement then runs
-        as written, so the client gets the error a fresh execution gives. An interrupt is not swallowed.
-        """
-        name = self._names.get(sql)
-        if name is not None:
-            self._names.move_to_end(sql)
-            return f"EXECUTE {name}"
-        name = f"hd_plan_{self._next}"
-        self._next += 1
-        try:
-            self._cursor.execute(f"PREPARE {name} AS {sql}")
-        except duckdb.InterruptException:
-            raise
-        except duckdb.Error:
-            return sql
-        self._names[sql] = name
-        if len(self._names) > PREPARED_PLANS_PER_SESSION:
-            _, dropped = self._names.popitem(last=False)
-            try:
-                self._cursor.execute(f"DEALLOCATE {dropped}")
-            except duckdb.Error as exc:  # an aborted transaction refuses it; the name is never used again
-                log.debug("DEALLOCATE %s failed: %s", dropped, exc)
-        return f"EXECUTE {name}"
 
 
 class Database:
@@ -334,7 +289,6 @@ class EngineSession:
         self._open: ResultStream | None = None
         self._lock = threading.Lock()
         self._interrupts = 0
-        self._plans = _PreparedPlans(cursor)
 
     def apply(self, step: SetupStep) -> None:
         """Run a configuration step (e.g. setting session variables) on this connection."""
@@ -368,16 +322,10 @@ class EngineSession:
                 return plan if isinstance(plan, list) else [plan]
         raise RuntimeError("DuckDB returned no logical plan (explain_output must be 'all')")
 
-    def run(self, sql: str, values: Sequence[object] | None = None, *, reuse_plan: bool = False) -> ResultStream:
-        """Start a statement and return its result stream (DDL and DML stream a single Count/Success row).
-
-        `reuse_plan` (for reads only) runs a parameterless statement through the session's DuckDB
-        prepared statement for the same text, planned once (see PREPARED_PLANS_PER_SESSION).
-        """
+    def run(self, sql: str, values: Sequence[object] | None = None) -> ResultStream:
+        """Start a statement and return its result stream (DDL and DML stream a single Count/Success row)."""
         self._make_room()
         params = list(values) if values else None
-        if reuse_plan and params is None:
-            sql = self._plans.execution(sql)
         result = self._cursor._submit(sql, params, "stream", STREAM_BATCH_ROWS)
         with self._lock:
             self._open = ResultStream(result.arrow_reader(), self, self._memory)

@@ -829,8 +829,7 @@ class StatementPipeline:
             stype = prepared.statement_type
             # INSERT/UPDATE/DELETE return rows only with RETURNING; ask the binder before the statement runs.
             returning = stype in _ROWS_TAGS and self._shape(session, prepared).returns_rows
-            # A read without parameters runs the plan DuckDB keeps for its text, planned once per session.
-            stream = session.engine.run(prepared.engine_sql, values, reuse_plan=plan.kind == "select")
+            stream = session.engine.run(prepared.engine_sql, values)
             execution.on_finish(stream.close)  # closed before the lease is released
             rows: RowSource = RowSource(stream)
             if plan.kind == "explain":
