@@ -202,27 +202,23 @@ class LocalFolderAuditArchive:
 
     def records(self, day: date) -> Iterator[dict[str, object]]:
         """Every record of `day`'s partition; a missing day is empty, and a line still being appended is skipped."""
-        folder = self._root / audit_partition(datetime.combine(day, time(), UTC))
-        try:
-            files = sorted(path for path in folder.iterdir() if path.suffix == ".jsonl" and path.is_file())
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        except OSError as exc:
-            raise HdError(f"query audit folder {folder} could not be read: {exc.strerror or exc}") from exc
-        for path in files:
+        for path in self._day_files(day):
             yield from _stream_day_file(path)
 
     def chain_segments(self, day: date) -> Iterator[tuple[str, bytes]]:
         """(host id, the file's bytes) of every host's file of `day`: one chain each, for verification."""
+        for path in self._day_files(day):
+            yield path.stem, _read_day_file(path)
+
+    def _day_files(self, day: date) -> list[Path]:
+        """Every host's file of `day`'s partition, by name; none for a missing day."""
         folder = self._root / audit_partition(datetime.combine(day, time(), UTC))
         try:
-            files = sorted(path for path in folder.iterdir() if path.suffix == ".jsonl" and path.is_file())
+            return sorted(path for path in folder.iterdir() if path.suffix == ".jsonl" and path.is_file())
         except (FileNotFoundError, NotADirectoryError):
-            return
+            return []
         except OSError as exc:
             raise HdError(f"query audit folder {folder} could not be read: {exc.strerror or exc}") from exc
-        for path in files:
-            yield path.stem, _read_day_file(path)
 
 
 def _stream_day_file(path: Path) -> Iterator[dict[str, object]]:
