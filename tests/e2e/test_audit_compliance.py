@@ -8,7 +8,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +97,9 @@ def _record_of(host: EngineHostProcess, marker: str) -> dict[str, Any]:
 
 
 def _disclosures(host: EngineHostProcess, patient_key: str) -> list[dict[str, Any]]:
-    today = datetime.now(UTC).date().isoformat()
-    query = urllib.parse.urlencode({"patient_key": patient_key, "start": today, "end": today})
+    today = datetime.now(UTC).date()  # the statements ran moments ago, perhaps before midnight UTC
+    query = urllib.parse.urlencode({"patient_key": patient_key, "start": (today - timedelta(days=1)).isoformat(),
+                                    "end": today.isoformat()})
     return list(api(host, "GET", f"/v1/environments/{_env(host)}/audit/phi-disclosures?{query}")["disclosures"])
 
 

@@ -22,6 +22,13 @@ from tests.integration.functions.conftest import AUDIT_BUCKET, ControlApi
 TOP_NAME = "999999999999-9999999999999.json"  # sorts after every checkpoint name the store chooses
 
 
+def _days() -> str:
+    """The start and end days that hold every _record: its records are dated up to ten minutes ago, so a run
+    just after midnight UTC spans yesterday and today."""
+    now = datetime.now(UTC)
+    return f"start={(now - timedelta(minutes=11)).date().isoformat()}&end={now.date().isoformat()}"
+
+
 def _record(control: ControlApi, n: int, *, user: str, org: str | None = None, table: str = "main.patients") -> None:
     ts = datetime.now(UTC) - timedelta(minutes=10) + timedelta(seconds=n)
     control.audit_sink.write({
@@ -35,8 +42,7 @@ def test_query_audit_search_pages_through_every_match_once(control: ControlApi) 
     for n in range(25):
         _record(control, n, user="usr_a" if n % 2 else "usr_b")
     _record(control, 99, user="usr_a", org="org_other")
-    today = datetime.now(UTC).date().isoformat()
-    url = f"/v1/environments/{control.env_id}/audit/queries?start={today}&end={today}&user_id=usr_a&limit=5"
+    url = f"/v1/environments/{control.env_id}/audit/queries?{_days()}&user_id=usr_a&limit=5"
     seen: list[str] = []
     cursor = None
     while True:
@@ -51,8 +57,7 @@ def test_query_audit_search_pages_through_every_match_once(control: ControlApi) 
 def test_min_duration_and_table_filters(control: ControlApi) -> None:
     for n in range(10):
         _record(control, n, user="usr_a", table="main.visits" if n < 5 else "main.patients")
-    today = datetime.now(UTC).date().isoformat()
-    base = f"/v1/environments/{control.env_id}/audit/queries?start={today}&end={today}"
+    base = f"/v1/environments/{control.env_id}/audit/queries?{_days()}"
     slow = control.ok("GET", base + "&min_duration_ms=7")
     assert [r["query_id"] for r in slow["records"]] == ["q_0007", "q_0008", "q_0009"]
     visits = control.ok("GET", base + "&table=visits")
