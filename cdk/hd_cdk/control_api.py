@@ -418,6 +418,9 @@ class ControlApi(Construct):
             # The table's key, only through DynamoDB.
             _allow(["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"], [self._table_key.key_arn],
                    {"StringEquals": {"kms:ViaService": f"dynamodb.{stack.region}.amazonaws.com"}}),
+            # The region pin describes the data key (HD_KMS_DATA_KEY_ID) when it is a customer's multi-region
+            # `mrk-` key: where are its primary and replicas? Metadata only: no cryptographic use.
+            _allow(["kms:DescribeKey"], [self._data_key.key_arn]),
         ]
         if access.writes_table:
             statements.append(_allow(_DYNAMODB_WRITES, [self._table.table_arn]))

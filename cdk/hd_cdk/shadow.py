@@ -529,6 +529,9 @@ class ShadowReplay(Construct):
             _allow(["s3:GetObject", "s3:PutObject"], [self._data_bucket.arn_for_objects(prefix)]),
             _allow(["kms:Decrypt", "kms:GenerateDataKey"], [self._data_key.key_arn],
                    {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}),
+            # The region pin describes the key sealing the secrets when it is multi-region (`mrk-`: where are
+            # its primary and replicas?). Metadata only: no cryptographic use.
+            _allow(["kms:DescribeKey"], [self._data_key.key_arn]),
         ]
 
     def _secret_statements(self, *, create: bool) -> list[iam.PolicyStatement]:

@@ -354,11 +354,15 @@ def test_only_auth_signs_tokens_and_opens_sealed_secrets_under_their_encryption_
     for name in api.functions:
         statements = function_policy(template, stack, api, name)
         signs_jwts = [s for s in statements_with(statements, "kms:Sign") if s["Resource"] == signing]
-        data_key = [s for s in statements if s["Resource"] == data]
+        data_key = [s for s in statements if s["Resource"] == data and s["Action"] != "kms:DescribeKey"]
         assert bool(signs_jwts) == (name == "auth"), name
         assert bool(data_key) == (name in ("auth", "webhooks", "forget")), name
+        # Every function pins its region, which describes a multi-region data key: metadata, unconditioned.
+        (describe,) = [s for s in statements if s["Resource"] == data and s["Action"] == "kms:DescribeKey"]
+        assert "Condition" not in describe, name
     for name, purpose in (("auth", "totp-secret"), ("webhooks", "webhook-secret"), ("forget", "forget-subject")):
-        (sealing,) = [s for s in function_policy(template, stack, api, name) if s["Resource"] == data]
+        (sealing,) = [s for s in function_policy(template, stack, api, name)
+                      if s["Resource"] == data and s["Action"] != "kms:DescribeKey"]
         assert sorted(sealing["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey"]
         assert sealing["Condition"] == {"StringEquals": {"kms:EncryptionContext:purpose": purpose}}
 

@@ -286,6 +286,17 @@ def test_only_replay_batch_reads_shadow_secrets_and_only_write_report_deletes_th
     assert readers <= allowed | _api_policies(resources)
 
 
+def test_every_lambda_may_describe_the_data_key_its_region_pin_asks_about(
+    resources: dict[str, dict[str, Any]], functions: dict[str, str]
+) -> None:
+    # A customer's multi-region (`mrk-`) data key is placed by DescribeKey; without it the pin fails closed.
+    data_key = _data_key_arn(resources)
+    for name, lid in functions.items():
+        described = [s for s in function_statements(resources, lid)
+                     if "kms:DescribeKey" in listed(s["Action"]) and data_key in listed(s["Resource"])]
+        assert described and all("Condition" not in s for s in described), name
+
+
 def test_lambdas_touch_the_data_bucket_only_under_the_shadow_prefix_and_never_delete_objects(
     resources: dict[str, dict[str, Any]], functions: dict[str, str]
 ) -> None:
@@ -437,10 +448,13 @@ def test_replay_batch_only_reads_the_mask_rules_catalog_and_mask_keys_to_mask_a_
     assert not [a for s in found for a in listed(s["Action"])
                 if a.startswith("dynamodb:") and a not in ("dynamodb:GetItem", "dynamodb:Query",
                                                            "dynamodb:DescribeTable")]
-    # Every other use of the data key by ReplayBatch is through S3 or Secrets Manager, never direct.
+    # Every other use of the data key by ReplayBatch is through S3 or Secrets Manager, never direct; describing
+    # it (the region pin's question for a multi-region key) is metadata, not a use.
     data_key = _data_key_arn(resources)
     for statement in found:
         if statement["Resource"] in (data_key, [data_key]) and statement not in expected:
+            if statement["Action"] in ("kms:DescribeKey", ["kms:DescribeKey"]):
+                continue
             assert "kms:ViaService" in statement["Condition"]["StringEquals"], statement
     variables = resources[functions[state_machine.REPLAY_BATCH]]["Properties"]["Environment"]["Variables"]
     assert variables["HD_SHADOW_SAMPLE_MASKS"] == "true" and variables["HD_KMS_DATA_KEY_ID"] == data_key
