@@ -3,7 +3,8 @@
 A Lambda container checks once (functions/shared/wiring.py) and refuses every request while any is
 outside; local adapters (`hd dev`) have nothing to pin. Beside the control settings, shadow replay's
 functions name the data bucket their query sets, results and reports go to (`HD_SHADOW_BUCKET`) and
-the key their secrets are sealed with (`HD_SHADOW_SECRETS_KMS_KEY_ID`): pinned like the rest.
+the key their secrets are sealed with (`HD_SHADOW_SECRETS_KMS_KEY_ID`), and the functions that enqueue
+webhook deliveries their queue (`HD_WEBHOOK_QUEUE_URL`, placed by its URL): pinned like the rest.
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ class PinnedRegionSettings(BaseSettings):
     region: str = Field(default="", validation_alias=AliasChoices("HD_REGION", "AWS_REGION"))
 
 
+class WebhookQueuePinSettings(BaseSettings):
+    """The webhook retry queue (`HD_WEBHOOK_QUEUE_URL`, hd_core.webhook_sqs): its messages name deliveries only,
+    but a queue outside the region would still be a deployment resource living elsewhere."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    queue_url: str = Field(default="", validation_alias=AliasChoices("HD_WEBHOOK_QUEUE_URL"))
+
+
 class ShadowPinSettings(BaseSettings):
     """What shadow replay keeps data in (functions/shadow/wiring.py reads the same variables)."""
 
@@ -32,11 +42,15 @@ class ShadowPinSettings(BaseSettings):
     secrets_kms_key_id: str = ""
 
 
-def control_plane_resources(config: ControlApiSettings,
-                            shadow: ShadowPinSettings | None = None) -> list[PinnedResource]:
-    """The AWS resources `config` and the shadow settings (default: the environment's) name; none in `hd dev`."""
+def control_plane_resources(config: ControlApiSettings, shadow: ShadowPinSettings | None = None,
+                            webhooks: WebhookQueuePinSettings | None = None) -> list[PinnedResource]:
+    """The AWS resources `config`, the shadow settings and the webhook queue (default: the environment's) name;
+    none in `hd dev`."""
     shadow = shadow if shadow is not None else ShadowPinSettings()
+    webhooks = webhooks if webhooks is not None else WebhookQueuePinSettings()
     resources: list[PinnedResource] = []
+    if webhooks.queue_url.strip():
+        resources.append(PinnedResource(ResourceKind.QUEUE, webhooks.queue_url.strip(), "webhook queue"))
     if shadow.bucket:
         resources.append(PinnedResource(ResourceKind.BUCKET, shadow.bucket, "shadow data bucket"))
     if shadow.secrets_kms_key_id:

@@ -26,6 +26,10 @@ from hd_core.errors import HdError
 # arn:<partition>:kms:<region>:<account>:key/<id>: a key ARN names the only region its key material is used in.
 _KMS_ARN = re.compile(r"^arn:aws[-a-z]*:kms:(?P<region>[a-z]{2}(-[a-z]+)+-\d{1,2}):\d{12}:(key|alias)/.+$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
+# An SQS queue URL names its region in the host: https://sqs.<region>.amazonaws.com[.cn]/<account>/<name>
+# (or the legacy https://<region>.queue.amazonaws.com/...).
+_SQS_URL = re.compile(r"^https://(?:sqs\.(?P<region>[a-z]{2}(-[a-z]+)+-\d{1,2})|(?P<legacy>[a-z]{2}(-[a-z]+)+-\d{1,2})"
+                      r"\.queue)\.amazonaws\.com(\.cn)?/\d{12}/[A-Za-z0-9_-]{1,80}(\.fifo)?$")
 
 
 class ResourceKind(StrEnum):
@@ -34,6 +38,7 @@ class ResourceKind(StrEnum):
     BUCKET = "S3 bucket"
     TABLE = "DynamoDB table"
     KEY = "KMS key"
+    QUEUE = "SQS queue"
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,14 @@ def kms_arn_region(key: str) -> str | None:
     return match.group("region") if match else None
 
 
+def sqs_url_region(queue_url: str) -> str:
+    """The region an SQS queue URL names; raises `RegionUnknown` for anything that is not a queue URL."""
+    match = _SQS_URL.fullmatch(queue_url)
+    if match is None:
+        raise RegionUnknown("not an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/<queue>)")
+    return match.group("region") or match.group("legacy")
+
+
 def require_pinned(region: str, resources: Iterable[PinnedResource], lookup: RegionLookup) -> None:
     """Raise `RegionMismatch` naming every resource not (or not provably) in `region`, or a malformed `region`."""
     if not _REGION.fullmatch(region or ""):
@@ -127,6 +140,8 @@ def _placements(resource: PinnedResource, lookup: RegionLookup) -> list[tuple[st
                 *(("replicates to", found) for found in lookup.bucket_replica_regions(resource.name))]
     if resource.kind is ResourceKind.TABLE:
         return [("is in", found) for found in lookup.table_regions(resource.name)]
+    if resource.kind is ResourceKind.QUEUE:  # the URL is authoritative: a queue lives where its endpoint is
+        return [("is in", sqs_url_region(resource.name))]
     # A key ARN is authoritative on its own (no call, no kms:DescribeKey grant needed) unless the key is
     # multi-region: then its primary and replicas are asked for (DescribeKey).
     home = kms_arn_region(resource.name) or lookup.key_region(resource.name)

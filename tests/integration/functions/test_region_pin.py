@@ -124,6 +124,27 @@ def test_a_kms_key_in_another_region_refuses_every_request(deployment: Deploymen
     assert refusal["differences"] == [f"{refusal['differences'][0].split(' KMS key ')[0]} KMS key {arn} is in {OTHER}"]
 
 
+def test_a_webhook_queue_in_another_region_refuses_every_request(deployment: Deployment) -> None:
+    here = boto3.client("sqs", region_name=PINNED).create_queue(QueueName="hd-webhooks")["QueueUrl"]
+    deployment.env(HD_WEBHOOK_QUEUE_URL=here)
+    assert _list_users()["statusCode"] == 401  # a queue in the pinned region passes
+    elsewhere = boto3.client("sqs", region_name=OTHER).create_queue(QueueName="hd-webhooks")["QueueUrl"]
+    deployment.env(HD_WEBHOOK_QUEUE_URL=elsewhere)
+    install_services(None)
+    with log_lines("hd-users") as lines:
+        _refused(_list_users())
+    refusal = next(line for line in lines if line["message"] == "request refused: region pin")
+    assert refusal["differences"] == [f"webhook queue SQS queue {elsewhere} is in {OTHER}"]
+
+
+def test_a_webhook_queue_url_that_names_no_region_is_refused_as_unconfirmed(deployment: Deployment) -> None:
+    deployment.env(HD_WEBHOOK_QUEUE_URL="https://queue.example.com/123456789012/hd-webhooks")
+    with log_lines("hd-users") as lines:
+        _refused(_list_users())
+    refusal = next(line for line in lines if line["message"] == "request refused: region pin")
+    assert "region cannot be confirmed (not an SQS queue URL" in refusal["differences"][0]
+
+
 def test_a_mismatch_is_kept_for_the_container_but_an_unconfirmed_region_is_asked_again(
     deployment: Deployment,
 ) -> None:
