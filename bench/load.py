@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 
+from bench.gil_profile import GilProfile, GilSummary, describe, py_spy
 from tests.harness import DEFAULT_PG_DSN, EngineHostProcess, start_engine_host
 
 ACME, GLOBEX = "org_acme", "org_globex"
@@ -207,6 +208,7 @@ class LevelResult:
     loadavg: str = ""
     loop_lag_p99_ms: float = 0.0
     audit_records: int | None = None
+    gil: GilSummary | str | None = None  # --profile: where the engine held the GIL, or why that is not known
 
     @property
     def ok(self) -> int:
@@ -321,8 +323,11 @@ def _acquire_for(pool: ConnectionPool | None, opened: list[asyncpg.Connection | 
 
 
 async def run_level(target: Target, clients: int, seconds: float, grace: float, keys: DemoKeys, seed: int,
-                    tag: str) -> LevelResult:
-    """Connect, run `clients` clients for `seconds`, wait at most `grace` for the last answers, close."""
+                    tag: str, profiler: str | None = None) -> LevelResult:
+    """Connect, run `clients` clients for `seconds`, wait at most `grace` for the last answers, close.
+
+    `profiler`: the py-spy executable, to sample where the engine holds the GIL while the clients run.
+    """
     connections = min(clients, target.pooled) if target.pooled else clients
     result = LevelResult(target.name, clients, connections)
     opened: list[asyncpg.Connection | None] = [None] * connections
@@ -337,6 +342,7 @@ async def run_level(target: Target, clients: int, seconds: float, grace: float, 
         pool = ConnectionPool(live) if target.pooled else None
         samplers = Samplers(target.engine.process.pid if target.engine else None)
         samplers.start()
+        profile = GilProfile(profiler, target.engine.process.pid, seconds) if profiler and target.engine else None
         start = time.monotonic()
         deadline = start + seconds
         tasks = [asyncio.create_task(client_loop(i, acquire, target, keys, seed, deadline, result))
@@ -348,6 +354,8 @@ async def run_level(target: Target, clients: int, seconds: float, grace: float, 
             result.lost["cut off after grace"] += 1
         await asyncio.gather(*pending, return_exceptions=True)
         await samplers.stop(result)
+        if profile is not None:
+            result.gil = await asyncio.to_thread(profile.finish)
         return result
     finally:
         await close_all(opened)
@@ -530,6 +538,10 @@ def print_result(r: LevelResult) -> None:
     print(f"           {engine}load generator CPU {r.client_cpu:.2f} cores (loop lag p99 {r.loop_lag_p99_ms:.1f} ms), "
           f"machine busy {r.machine_busy:.0%} of {cores} cores (everything else {others:.2f} cores), "
           f"loadavg {r.loadavg}")
+    if isinstance(r.gil, GilSummary):
+        print(f"           {describe(r.gil, r.engine_cpu)}")
+    elif r.gil is not None:
+        print(f"           no GIL profile: {r.gil}")
     if r.client_cpu > 0.85:
         print("           WARNING: the load generator used most of a core; its figures are a floor, not the target's")
 
@@ -587,6 +599,7 @@ class Options:
     pg_dsn: str | None  # None: no PostgreSQL half
     pg_margin: int
     host_args: list[str]
+    profiler: str | None = None  # --profile: the py-spy executable
 
 
 async def run_levels(options: Options, host: EngineHostProcess, keys: DemoKeys,
@@ -596,7 +609,7 @@ async def run_levels(options: Options, host: EngineHostProcess, keys: DemoKeys,
         tag = f"hd-load-{os.getpid()}-{level}-{clients}"
         print(f"[load] {clients} clients for {options.seconds:g} s (request_id {tag})", flush=True)
         engine = await run_level(engine_target(host), clients, options.seconds, options.grace, keys,
-                                 options.seed, tag)
+                                 options.seed, tag, options.profiler)
         engine.audit_records = await settled_audit_count(host.state_dir, tag, engine.answered)
         print_result(engine)
         print_audit(engine)
@@ -652,7 +665,13 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
                         help="PostgreSQL connections left free for others sharing the server")
     parser.add_argument("--host-arg", action="append", default=[], help="an extra `hd dev` argument (repeatable)")
     parser.add_argument("--smoke", action="store_true", help="5 clients, 2 s, one level: checks the bench runs")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the engine with py-spy --gil during each level: how much of the time the GIL "
+                             "was held, and by which stage")
     args = parser.parse_args(argv)
+    profiler = py_spy() if args.profile else None
+    if args.profile and profiler is None:
+        print("[profile] py-spy not found (.venv/bin/pip install py-spy): no GIL profile")
     if args.smoke:
         args.clients, args.seconds, args.grace = [5], 2.0, 10.0
     pg_dsn = None
@@ -664,7 +683,8 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     else:
         pg_dsn = args.pg_dsn
         print(f"[postgres] comparing against {args.pg_dsn!r}")
-    return Options(args.clients, args.seconds, args.grace, args.seed, pg_dsn, args.pg_margin, args.host_arg)
+    return Options(args.clients, args.seconds, args.grace, args.seed, pg_dsn, args.pg_margin, args.host_arg,
+                   profiler)
 
 
 def main(argv: Sequence[str] | None = None) -> list[tuple[LevelResult, LevelResult | None]]:
