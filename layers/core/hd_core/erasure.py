@@ -7,8 +7,8 @@ A table declares its subject column on its binding (`TableBinding.subject_column
    table's tenant column);
 2. for a table made of Parquet objects (S3 or the local data folder, through `TableObjects`), reads
    and filters every object first, then puts a copy without the subject's rows in place of each that
-   held some: one atomic replace per object (same key), so a reader's listing never changes and each
-   object is read whole, old or new (but a table of several such objects is swapped object by object);
+   held some (same keys), all at once for readers: staged copies and one manifest first, so a reader
+   sees the table all old or all new (hd_core/table_swaps.py);
 3. for a writable table, has the engine host delete the rows (`WritableTables`), in one DuckDB
    transaction per table, with a query audit record;
 4. tells the engine hosts to stop serving cached copies of the changed tables: directly in `hd dev`,
@@ -33,9 +33,9 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from pathlib import PurePosixPath
 from typing import Any
 
+from hd_core import table_swaps
 from hd_core.client_values import check_plain_text
 from hd_core.directory import require_own_org
 from hd_core.erasure_models import (
@@ -65,7 +65,6 @@ _KEY_SETTING = "erasure.subject_key_wrapped"
 # the forget functions' KMS grant is conditioned on it (cdk/hd_cdk/control_api.py FUNCTION_ACCESS).
 _SEAL_PURPOSE = "forget-subject"
 _KEY_CONTEXT = {"purpose": _SEAL_PURPOSE, "owner": "erasure-hmac-key"}
-_PARQUET_SUFFIX = ".parquet"
 
 
 class ForgetRequestFailed(HdError):
@@ -276,36 +275,38 @@ def _erase_parquet(objects: TableObjects | None, table: str, column: str, subjec
                    tenant: tuple[str, str] | None, purge: list[str], changed: list[str]) -> dict[str, object] | None:
     """Rewrite the table's objects that hold the subject's rows; None when the table has no objects.
 
-    Two phases: every object is read and filtered first (the new bytes of the ones that change are held in
-    memory), and only then are they swapped in. A file the erasure cannot filter (a missing column) so fails
-    the request before any object changed. The swaps are still one object at a time: a reader listing the
-    table between two of them sees some files old and some new (not atomic per table).
+    A swap an earlier run left half done is finished first. Then every object is read and filtered (the
+    new bytes of the ones that change are held in memory), so a file the erasure cannot filter (a missing
+    column) fails the request before any object changed; only then are they swapped in, all at once for
+    readers (`table_swaps.swap_objects`).
     """
     if objects is None:
         return None
-    schema, name = table.split(".", 1)
-    keys = [info.key for info in objects.list(f"{schema}/{name}/") if _is_table_file(info.key)]
+    prefix = table_swaps.table_prefix(table)
+    leftover = table_swaps.read_manifest_object(objects, prefix)
+    if leftover is not None:
+        log.warning("finishing the swap %s an earlier erasure left in %s", leftover.swap_id, table)
+        if table not in changed:
+            changed.append(table)  # readers were served its stand-ins: their copies must go once it is done
+        table_swaps.finish_swap(objects, leftover, purge)
+    keys = [info.key for info in objects.list(prefix) if table_swaps.is_table_file(info.key)]
     if not keys:
         return None
-    staged: list[tuple[str, bytes, str, int]] = []
+    staged: list[tuple[str, str, bytes]] = []
+    removed = 0
     for key in keys:
         data, info = objects.read(key)
         kept, count = without_subject(data, column, subject, tenant)
         if count:
-            staged.append((key, kept, info.etag, count))
-    removed = 0
-    for key, kept, etag, count in staged:
-        objects.replace(key, kept, if_match=etag)
-        if table not in changed:
-            changed.append(table)
-        removed += count
-        purge.extend(f"{key}\t{version}" for version in objects.versions(key))
+            staged.append((key, info.etag, kept))
+            removed += count
+    if staged:
+        try:
+            table_swaps.swap_objects(objects, prefix, staged, purge)
+        finally:  # a swap that raised after its manifest was written may have changed what readers see
+            if table not in changed and table_swaps.read_manifest_object(objects, prefix) is None:
+                changed.append(table)
     return {"storage": "parquet", "rows_removed": removed, "objects_rewritten": len(staged)}
-
-
-def _is_table_file(key: str) -> bool:
-    parts = PurePosixPath(key).parts
-    return key.endswith(_PARQUET_SUFFIX) and len(parts) == 3 and not any(p.startswith(".") for p in parts)
 
 
 def without_subject(data: bytes, column: str, subject: str, tenant: tuple[str, str] | None) -> tuple[bytes, int]:

@@ -117,6 +117,14 @@ class TableObjects(Protocol):
         """
         ...
 
+    def put_new(self, key: str, data: bytes) -> ObjectInfo:
+        """Create the object in one atomic step; `ObjectChanged` if one is already there (never overwritten)."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object and any version of it; nothing happens when there is none."""
+        ...
+
     def versions(self, key: str) -> tuple[str, ...]:
         """The ids of every version of the object other than the current one (none where there are no versions)."""
         ...

@@ -7,6 +7,11 @@ never changes during an erasure and every object it reads is either the old or t
 - in S3, one PutObject with `If-Match` on the ETag read, so a concurrent writer makes the erasure
   fail instead of being overwritten. In a versioned bucket the replaced version stays as a noncurrent
   version until `delete_versions` removes it (the erasure's retention).
+
+A table of several objects is swapped for readers all at once through a manifest (hd_core/table_swaps.py):
+`put_new` creates the stand-ins and the manifest only where nothing is (a hard link locally, PutObject with
+If-None-Match in S3), so two swaps of one table cannot overlap, and `delete` removes them again, every
+version included.
 """
 
 from __future__ import annotations
@@ -72,6 +77,33 @@ class LocalFolderTableObjects:
             raise
         return self._source.head(key)
 
+    def put_new(self, key: str, data: bytes) -> ObjectInfo:
+        path = self._root / safe_relative_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=".hd-erasure-", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.link(temp, path)  # atomic, and fails where a file already is (os.replace would overwrite it)
+        except FileExistsError as exc:
+            raise ObjectChanged(f"object {key!r} already exists (another erasure is swapping this table)") from exc
+        finally:
+            Path(temp).unlink(missing_ok=True)
+        return self._source.head(key)
+
+    def delete(self, key: str) -> None:
+        path = self._root / safe_relative_path(key)
+        path.unlink(missing_ok=True)
+        for folder in path.parents:  # the swap's hidden staging folders, once empty; never the table's own folder
+            if folder == self._root or not any(part.startswith(".") for part in folder.relative_to(self._root).parts):
+                break
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
     def versions(self, key: str) -> tuple[str, ...]:
         return ()  # a replaced file is gone: a folder keeps no versions
 
@@ -110,6 +142,37 @@ class S3TableObjects:
         except (ClientError, BotoCoreError) as exc:
             raise self._translate(exc, key) from exc
         return self._source.head(key)
+
+    def put_new(self, key: str, data: bytes) -> ObjectInfo:
+        safe_relative_path(key)
+        try:
+            self._s3.put_object(Bucket=self._bucket, Key=self._prefix + key, Body=data, IfNoneMatch="*")
+        except (ClientError, BotoCoreError) as exc:
+            error = self._translate(exc, key)
+            if isinstance(error, ObjectChanged):
+                error = ObjectChanged(f"s3://{self._bucket}/{self._prefix}{key} already exists (another erasure "
+                                      "is swapping this table)")
+            raise error from exc
+        return self._source.head(key)
+
+    def delete(self, key: str) -> None:
+        """Remove the object and every version of it (a stand-in or manifest leaves nothing behind)."""
+        full = self._prefix + key
+        safe_relative_path(key)
+        try:
+            found = self.versions(key)
+            self._s3.delete_object(Bucket=self._bucket, Key=full)
+            found = tuple(dict.fromkeys((*found, *self.versions(key), *self._latest_version(full))))
+        except (ClientError, BotoCoreError) as exc:
+            raise S3ObjectUnavailable(f"cannot delete s3://{self._bucket}/{full}: {exc}") from exc
+        if found:
+            self.delete_versions(key, found)
+
+    def _latest_version(self, full: str) -> list[str]:
+        """The current version id of `full` (a delete marker after `delete_object` in a versioned bucket)."""
+        page = self._s3.list_object_versions(Bucket=self._bucket, Prefix=full)
+        return [entry["VersionId"] for entry in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
+                if entry["Key"] == full and entry.get("IsLatest") and entry.get("VersionId") not in (None, "null")]
 
     def versions(self, key: str) -> tuple[str, ...]:
         """Noncurrent versions of exactly this key (and its delete markers), oldest last."""
