@@ -20,6 +20,14 @@ So the bounds a reader can rely on are: a replaced object is never served more t
 staleness bound after the change, and a new or removed file or table shows within one listing
 interval.
 
+A statement reads a table as one listing saw it, never some objects older than others: each object is
+fetched at exactly the ETag listed (If-Match; `ObjectCache.acquire(exact=True)`), and one that no longer
+matches re-lists the source and tries again. Freshness comes from the listing: without native copies,
+a statement that finds the last listing older than the staleness bound re-lists first. A table an
+erasure is rewriting (hd_core/table_swaps.py) is listed first, then its swap manifest is read: a key still
+at its old ETag is read from its stand-in, so the table is all old or all new. A manifest that cannot be
+read fails the table's statements closed (SQLSTATE 58030, HD_ERR_SWAP_MANIFEST_INVALID).
+
 Native copies (`use_native`, engine_host/data/native_tables.py): each table is also copied into
 DuckDB's own format in the background, from the cache's copies of its objects, and its view is
 switched to the copy. The table's fingerprint is its object keys with their ETags (and version ids
@@ -37,9 +45,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import cast
 
@@ -59,11 +68,16 @@ from engine_host.engine.views import (
     sql_string,
 )
 from hd_core.errors import HdError
-from hd_core.object_source import ObjectInfo, ObjectMissing, ObjectSource
+from hd_core.object_source import ObjectChanged, ObjectInfo, ObjectMissing, ObjectSource
+from hd_core.table_swaps import SwapManifest, SwapManifestInvalid, read_manifest, resolve
 
 log = logging.getLogger(__name__)
 
+_NO_TIME = datetime.fromtimestamp(0, UTC)
+
 PARQUET_SUFFIX = ".parquet"
+# A statement whose objects changed under it (an erasure's swap) re-lists and tries this many times in all.
+_HOLD_ATTEMPTS = 3
 
 
 class TableDataUnavailable(HdError):
@@ -142,6 +156,11 @@ class CachedTables:
         self._sync_lock = threading.Lock()
         self._tables: dict[str, CachedTable] = {}
         self._estimates: dict[str, int] = {}
+        # Per table: everything listed under its prefix (swap files too) and the table as read through its
+        # swap manifest then; an unchanged listing needs no new read of the manifest.
+        self._resolved: dict[str, tuple[tuple[tuple[str, str], ...], CachedTable]] = {}
+        self._refused: dict[str, SwapManifestInvalid] = {}
+        self._listed_at = float("-inf")
         self._con: duckdb.DuckDBPyConnection | None = None
         self._on_change: Callable[[], None] = lambda: None
         self._stopping = threading.Event()
@@ -164,7 +183,8 @@ class CachedTables:
         """
         with self._sync_lock:
             self._con, self._on_change = con, on_change
-            found = discover_cached_tables(self._source.list())
+            listed_at = self._cache.clock()
+            found = self._read_tables(self._source.list())
             catalog = DATA_CATALOG
             existing = existing_objects(con, catalog, CACHED_VIEW_MARKER)
             with self._lock:
@@ -182,6 +202,8 @@ class CachedTables:
                     self._register(con, catalog, table, on_change)
                 except (HdError, duckdb.Error) as exc:
                     log.error("cannot register cached table %s: %s", table.name, exc)
+                    if kind == "ours" and table.name in current:  # keep serving what a statement can check
+                        registered[table.name] = current[table.name]
                     continue
                 registered[table.name] = table
             vanished = [(schema, name) for (schema, name), kind in existing.items()
@@ -195,9 +217,51 @@ class CachedTables:
             with self._lock:
                 self._tables = registered
                 self._estimates = {name: rows for name, rows in self._estimates.items() if name in registered}
+                self._listed_at = listed_at
+                self._resolved = {name: seen for name, seen in self._resolved.items() if name in registered}
             if vanished:
                 on_change()
             return sorted(registered.values(), key=lambda t: t.name)
+
+    def _read_tables(self, listed: list[ObjectInfo]) -> list[CachedTable]:
+        """The tables of a listing as statements must read them: each through its swap manifest, read after the
+        listing (hd_core/table_swaps.py). A table whose manifest is invalid is refused (kept as registered, so
+        its statements say why); one whose manifest cannot be fetched now keeps its registration, if any."""
+        under: dict[str, list[tuple[str, str]]] = {}
+        for info in listed:
+            parts = info.key.split("/", 2)
+            if len(parts) == 3:
+                under.setdefault(f"{parts[0]}.{parts[1]}", []).append((info.key, info.etag))
+        tables = []
+        for table in discover_cached_tables(listed):
+            seen = tuple(under.get(table.name, ()))
+            with self._lock:
+                known = self._resolved.get(table.name)
+                registered = self._tables.get(table.name)
+                refused = table.name in self._refused
+            if known is not None and known[0] == seen and not refused:
+                tables.append(known[1])
+                continue
+            try:
+                manifest = read_manifest(self._source, f"{table.schema}/{table.table}/")
+            except SwapManifestInvalid as exc:
+                log.error("not serving %s: %s", table.name, exc)
+                with self._lock:
+                    self._refused[table.name] = exc
+                if registered is not None:
+                    tables.append(registered)
+                continue
+            except HdError as exc:
+                log.error("cannot read the swap manifest of %s now: %s", table.name, exc)
+                if registered is not None:
+                    tables.append(registered)
+                continue
+            read = _through_swap(table, manifest)
+            with self._lock:
+                self._refused.pop(table.name, None)
+                self._resolved[table.name] = (seen, read)
+            tables.append(read)
+        return tables
 
     def _register(self, con: duckdb.DuckDBPyConnection, catalog: str, table: CachedTable,
                   on_change: Callable[[], None]) -> None:
@@ -244,12 +308,14 @@ class CachedTables:
         """
         schema, table_name = name.split(".", 1)
         try:
-            found = [t for t in discover_cached_tables(self._source.list(f"{schema}/{table_name}/")) if t.name == name]
+            found = [t for t in self._read_tables(self._source.list(f"{schema}/{table_name}/")) if t.name == name]
         except HdError as exc:
             log.error("cannot list the files of %s to check them: %s", name, exc)
             return None
         with self._lock:
             registered = self._tables.get(name)
+            if name in self._refused:
+                return None  # its statements are refused (`hold`) until its manifest reads again
         if registered is None or not found or found[0].keys != registered.keys:
             log.info("the files of %s changed at the source; re-listing", name)
             self._resync()
@@ -266,7 +332,7 @@ class CachedTables:
             for key, *_ in entries[1:]:
                 self._cache.reserve(key)
             entries = entries[:1]
-        return self._lease(tuple(key for key, *_ in entries), tuple(etag for _, etag, *_ in entries))
+        return self._lease(tuple(key for key, *_ in entries), tuple(etag for _, etag, *_ in entries), exact=True)
 
     def invalidate(self, names: Iterable[str]) -> None:
         """The named tables were rewritten at the source (an erasure): re-list it, make every cached file of
@@ -309,6 +375,25 @@ class CachedTables:
         view the statement may bind (`NativeLease.reads_files`); one `release` frees both.
         """
         wanted = set(names)
+        if self.native is None and self._cache.clock() - self._listed_at >= self._cache.max_staleness_seconds:
+            self._resync()  # the listing is what keeps exact reads fresh (native copies re-check on their own)
+        for attempt in range(1, _HOLD_ATTEMPTS + 1):
+            with self._lock:
+                refused = [self._refused[name] for name in sorted(wanted) if name in self._refused]
+            if refused:
+                raise refused[0]
+            try:
+                return self._hold_once(wanted)
+            except (ObjectChanged, ObjectMissing) as exc:
+                if attempt == _HOLD_ATTEMPTS:
+                    raise TableDataUnavailable(f"the files of {', '.join(sorted(wanted))} kept changing in the "
+                                               "object store while being read; retry the statement") from exc
+                log.info("an object of %s changed or went while being read (%s); re-listing", ", ".join(
+                    sorted(wanted)), exc)
+                self._resync()
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _hold_once(self, wanted: set[str]) -> DataLease:
         native = self.native.hold(wanted) if self.native is not None else NO_VERSIONS
         try:
             files = self._hold_files_of({name for name in wanted if native.reads_files(name)})
@@ -325,26 +410,17 @@ class CachedTables:
         return DataLease(None, (), self.native.hold_snapshot()) if self.native is not None else NO_DATA
 
     def _hold_files_of(self, wanted: set[str]) -> DataLease:
-        try:
-            return self._lease(self._keys_of(wanted))
-        except ObjectMissing:
-            # A file went away at the source: the table was probably rewritten under new file names.
-            log.info("a file of %s is gone from the source; re-listing", ", ".join(sorted(wanted)))
-            self._resync()
-            try:
-                return self._lease(self._keys_of(wanted))
-            except ObjectMissing as exc:
-                raise TableDataUnavailable(f"a file of {', '.join(sorted(wanted))} vanished from the object store "
-                                           "while it was being read; retry the statement") from exc
-
-    def _keys_of(self, names: Collection[str]) -> tuple[str, ...]:
+        """Pin every object of these tables at the ETag their listing gave (`ObjectChanged`/`ObjectMissing`:
+        the source moved on, re-list)."""
         with self._lock:
-            return tuple(key for name in sorted(names) if (t := self._tables.get(name)) for key in t.keys)
+            tables = [t for name in sorted(wanted) if (t := self._tables.get(name))]
+        return self._lease(tuple(key for t in tables for key in t.keys), tuple(e for t in tables for e in t.etags),
+                           exact=True)
 
-    def _lease(self, keys: tuple[str, ...], etags: tuple[str | None, ...] = ()) -> DataLease:
+    def _lease(self, keys: tuple[str, ...], etags: tuple[str | None, ...] = (), *, exact: bool = False) -> DataLease:
         if not keys:
             return DataLease(None, ())
-        futures = [self._pool.submit(self._cache.acquire, key, etag=etag)
+        futures = [self._pool.submit(self._cache.acquire, key, etag=etag, exact=exact and etag is not None)
                    for key, etag in zip(keys, etags or (None,) * len(keys), strict=True)]
         acquired: list[str] = []
         failure: Exception | None = None
@@ -358,7 +434,7 @@ class CachedTables:
         if failure is None:
             return lease
         lease.release()
-        if isinstance(failure, ObjectMissing):
+        if isinstance(failure, ObjectMissing | ObjectChanged):
             raise failure
         if isinstance(failure, HdError):
             raise TableDataUnavailable(f"table data could not be fetched from the object store: {failure}") from failure
@@ -393,6 +469,18 @@ class CachedTables:
 def _objects_of(source: SourceTable) -> tuple[tuple[str, str, str | None, int], ...]:
     """(key, ETag, version id, size) of each object of a table `CachedTables.source_table` described."""
     return cast(tuple[tuple[str, str, str | None, int], ...], source.fingerprint)
+
+
+def _through_swap(table: CachedTable, manifest: SwapManifest | None) -> CachedTable:
+    """`table` as listed, each key an erasure is swapping and still at its old ETag read from its stand-in."""
+    if manifest is None:
+        return table
+    versions = table.versions or (None,) * len(table.keys)
+    listed = [ObjectInfo(key=key, size=size, etag=etag, version_id=version, last_modified=_NO_TIME)
+              for key, size, etag, version in zip(table.keys, table.sizes, table.etags, versions, strict=True)]
+    read = resolve(listed, manifest)
+    return CachedTable(table.schema, table.table, tuple(i.key for i in read), tuple(i.size for i in read),
+                       tuple(i.etag for i in read), tuple(i.version_id for i in read))
 
 
 def discover_cached_tables(objects: Iterable[ObjectInfo]) -> list[CachedTable]:

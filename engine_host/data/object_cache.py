@@ -139,14 +139,18 @@ class ObjectCache:
         """
         return self._resolve(key, pin=False)
 
-    def acquire(self, key: str, *, etag: str | None = None) -> Path:
+    def acquire(self, key: str, *, etag: str | None = None, exact: bool = False) -> Path:
         """Like `path_for`, and the file is not evicted until a matching `release(key)`.
 
         With `etag` (what a listing said the object is now), a copy cached under another ETag is
         revalidated at once instead of being served until the staleness bound: the copy returned is
-        that version or a newer one, never an older one.
+        that version or a newer one, never an older one. With `exact` too, it is that version and no
+        other (fetched with If-Match, the listing being what keeps it fresh): `ObjectChanged` when the
+        source no longer has it. A table's objects are read so, all as one listing saw them.
         """
-        return self._resolve(key, pin=True, etag=etag)
+        if exact and etag is None:
+            raise ValueError("an exact acquire needs the etag")
+        return self._resolve(key, pin=True, etag=etag, exact=exact)
 
     def release(self, key: str) -> None:
         """Undo one `acquire(key)`."""
@@ -220,13 +224,15 @@ class ObjectCache:
 
     # --- resolution: one resolver per key at a time, other keys in parallel --------------------------
 
-    def _resolve(self, key: str, *, pin: bool, etag: str | None = None) -> Path:
+    def _resolve(self, key: str, *, pin: bool, etag: str | None = None, exact: bool = False) -> Path:
         relative = safe_relative_path(key)
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
             self._busy[key] = self._busy.get(key, 0) + 1
         try:
             with key_lock:
+                if exact and etag is not None:
+                    return self._resolve_exact(key, self._objects_dir / relative, pin, etag)
                 return self._resolve_locked(key, self._objects_dir / relative, pin, etag)
         finally:
             with self._lock:
@@ -250,6 +256,19 @@ class ObjectCache:
             self._record_hit(key, entry, pin)
         return path
 
+    def _resolve_exact(self, key: str, path: Path, pin: bool, etag: str) -> Path:
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and not entry.path.exists():
+            logger.info("cache file for %s vanished; fetching it again", key)
+            self._forget(key)
+            entry = None
+        if entry is not None and entry.info.etag == etag:
+            self._record_hit(key, entry, pin)
+        else:
+            self._fetch(key, path, pin, refetch=entry is not None, known_etag=etag, attempts=1)
+        return path
+
     def _revalidate(self, key: str, entry: _Entry, pin: bool) -> None:
         try:
             current = self._source.head(key)
@@ -264,7 +283,7 @@ class ObjectCache:
             self._record_hit(key, entry, pin)
             return
         logger.info("object %s changed (etag %s -> %s); fetching it again", key, entry.info.etag, current.etag)
-        self._fetch(key, entry.path, pin, refetch=True, known=current)
+        self._fetch(key, entry.path, pin, refetch=True, known_etag=current.etag)
 
     def _record_hit(self, key: str, entry: _Entry, pin: bool) -> None:
         with self._lock:
@@ -273,9 +292,10 @@ class ObjectCache:
             if pin:
                 entry.pins += 1
 
-    def _fetch(self, key: str, path: Path, pin: bool, *, refetch: bool, known: ObjectInfo | None = None) -> None:
+    def _fetch(self, key: str, path: Path, pin: bool, *, refetch: bool, known_etag: str | None = None,
+               attempts: int = _FETCH_ATTEMPTS) -> None:
         validated_at = self._clock()
-        info = self._download(key, path, known)
+        info = self._download(key, path, known_etag, attempts)
         with self._lock:
             previous = self._entries.pop(key, None)
             pins = previous.pins if previous is not None else 0
@@ -287,19 +307,20 @@ class ObjectCache:
         if not refetch:
             logger.info("cache miss for %s: fetched %d bytes", key, info.size)
 
-    def _download(self, key: str, path: Path, known: ObjectInfo | None) -> ObjectInfo:
-        """Fetch into `incoming/`, then rename into place; retries when the object is replaced mid-fetch."""
-        for attempt in range(1, _FETCH_ATTEMPTS + 1):
-            expected = known if known is not None else self._source.head(key)
-            known = None
+    def _download(self, key: str, path: Path, known_etag: str | None, attempts: int) -> ObjectInfo:
+        """Fetch into `incoming/`, then rename into place; retries (`attempts`) when the object is replaced
+        mid-fetch."""
+        for attempt in range(1, attempts + 1):
+            expected = known_etag if known_etag is not None else self._source.head(key).etag
+            known_etag = None
             temp = self._temp_file()
             try:
-                info = self._source.download(key, temp, if_match=expected.etag)
+                info = self._source.download(key, temp, if_match=expected)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 temp.replace(path)
                 return info
             except ObjectChanged:
-                if attempt == _FETCH_ATTEMPTS:
+                if attempt == attempts:
                     raise
             except OSError as exc:
                 raise CacheWriteFailed(f"cannot store {key!r} in the cache: {exc.strerror}") from exc
