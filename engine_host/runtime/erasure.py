@@ -7,6 +7,9 @@
 - `ErasureWatcher` polls the control store's erasure epoch (`hd_core.erasure.INVALIDATION_SETTING`)
   every few seconds and invalidates the tables the last erasure changed: how every host of a fleet
   learns of an erasure the forget Lambda ran against S3, without waiting for the cache's 60 s bound.
+  On a fleet host (`FleetErasureIdentity`) the same tick also does the host's part of forget requests
+  waiting for the fleet's writable tables (`hd_core.erasure_fleet.HostErasures`), and `start` does it
+  once before the host serves: the subject's rows leave this host's `engine.duckdb`, then it acks.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,8 +31,9 @@ from engine_host.engine.table_catalog import TableCatalog
 from engine_host.engine.views import qualified, quote_identifier, rollback
 from hd_core.audit import QueryAuditRecord
 from hd_core.erasure import ErasureServices, ForgetRequestFailed, read_invalidation
+from hd_core.erasure_fleet import HostErasures
 from hd_core.erasure_models import TableObjects
-from hd_core.ports import AuditSink, SettingsStore
+from hd_core.ports import AuditSink, KeyProvider, SettingsStore
 from hd_core.services import ControlServices
 
 if TYPE_CHECKING:
@@ -94,14 +99,33 @@ class HostWritableTables:
         self._tables.invalidate(tables)
 
 
+@dataclass(frozen=True)
+class FleetErasureIdentity:
+    """Who this fleet host is to forget requests: its instance id and organisation, and the keys that open subjects."""
+
+    host_id: str
+    org_id: str
+    keys: KeyProvider
+
+
+def host_erasures(identity: FleetErasureIdentity, store: object, database: Database, catalog: TableCatalog,
+                  tables: TableSource, audit: AuditSink) -> HostErasures:
+    """This host's part of forget requests, deleting from its own writable tables with a query audit record each."""
+    return HostErasures(store, identity.keys, host_id=identity.host_id, org_id=identity.org_id,
+                        tables=HostWritableTables(database, catalog, tables, audit))
+
+
 class ErasureWatcher:
-    """Invalidates the tables of every erasure another process ran, as the control store's epoch announces it."""
+    """Invalidates the tables of every erasure another process ran, as the control store's epoch announces it,
+    and on a fleet host erases the subject of every forget request waiting for the hosts (`host_erasures`)."""
 
     def __init__(self, store: SettingsStore, invalidate: Callable[[list[str]], None],
-                 interval_seconds: float = WATCH_INTERVAL_SECONDS) -> None:
+                 interval_seconds: float = WATCH_INTERVAL_SECONDS, *,
+                 host_erasures: HostErasures | None = None) -> None:
         self._store = store
         self._invalidate = invalidate
         self._interval = interval_seconds
+        self._host_erasures = host_erasures
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._seen = 0
@@ -110,17 +134,31 @@ class ErasureWatcher:
         """Remember the epoch as it is now (copies built after it are current) and watch from there.
 
         A store that cannot be read now never stops the host: the first check that can read it then
-        invalidates the last erasure's tables once (a copy dropped needlessly is only rebuilt)."""
+        invalidates the last erasure's tables once (a copy dropped needlessly is only rebuilt).
+        A fleet host then does its part of every forget request waiting for the hosts, before it serves
+        (a failure is logged and retried on every tick; the request's SLA alarm speaks if it persists)."""
         try:
             self._seen = read_invalidation(self._store)[0]
         except Exception:  # logged; the watch itself retries every interval
             log.exception("cannot read the erasure epoch at start; watching from epoch 0")
             self._seen = 0
+        if self._host_erasures is not None:
+            try:
+                self._host_erasures.apply_outstanding()
+            except Exception:  # logged; retried on every tick
+                log.exception("cannot do this host's part of waiting forget requests at start")
         self._thread = threading.Thread(target=self._run, name="hd-erasure-watch", daemon=True)
         self._thread.start()
 
     def check(self) -> bool:
-        """Invalidate once if the epoch moved since the last look; returns whether it did."""
+        """Invalidate once if the epoch moved since the last look (returns whether it did), then do this fleet
+        host's part of the forget requests waiting for the hosts."""
+        moved = self._check_epoch()
+        if self._host_erasures is not None:
+            self._host_erasures.apply_outstanding()
+        return moved
+
+    def _check_epoch(self) -> bool:
         epoch, tables = read_invalidation(self._store)
         if epoch == self._seen:
             return False

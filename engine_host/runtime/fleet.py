@@ -50,6 +50,7 @@ from engine_host.ops.health_server import HealthServer, heartbeat_check
 from engine_host.ops.metrics import HostMetrics
 from engine_host.pipeline.governor import HostLimits
 from engine_host.pipeline.policy_preview import EnginePolicyPreview, PreviewWorker
+from engine_host.runtime.erasure import FleetErasureIdentity
 from engine_host.runtime.fleet_lifecycle import (
     NOTICE_POLL_SECONDS,
     NoticeWatcher,
@@ -196,7 +197,8 @@ class FleetEngineHost:
             tables=self._table_source(), database_path=Path(config.cache_mount) / "engine.duckdb",
             ssl_context=ssl_context, default_org_id=config.org_id,
             mask_keys=lambda: ensure_mask_keys(store, keys),
-            hooks=HostHooks(admission=self.heartbeat.gate.check_new_connection, metrics=self.metrics),
+            hooks=HostHooks(admission=self.heartbeat.gate.check_new_connection, metrics=self.metrics,
+                            erasure=FleetErasureIdentity(identity.instance_id, config.org_id, keys)),
         )
         self.metrics.bind_heartbeat(self.heartbeat.status)
         self.health = HealthServer(self.metrics, config.metrics_host, config.metrics_port, readiness={

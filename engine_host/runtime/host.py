@@ -34,7 +34,7 @@ from engine_host.pgcompat.catalog import CatalogResponder
 from engine_host.pipeline.governor import AuditWriter, Governor, HostLimits
 from engine_host.pipeline.pipeline import StatementPipeline
 from engine_host.pipeline.policy_state import PolicyState
-from engine_host.runtime.erasure import ErasureWatcher
+from engine_host.runtime.erasure import ErasureWatcher, FleetErasureIdentity, host_erasures
 from engine_host.wire.limits import ConnectionLimits
 from engine_host.wire.server import Admission, Authenticate, PgServer
 from hd_core.catalog_schemas import CatalogRecorder
@@ -69,10 +69,12 @@ class HostSettings:
 
 @dataclass
 class HostHooks:
-    """Optional parts around the host: the heartbeat gate's admission check, and metrics."""
+    """Optional parts around the host: the heartbeat gate's admission check, metrics, and on a fleet host who it
+    is to GDPR forget requests (it erases its own writable tables for them)."""
 
     admission: Admission | None = None
     metrics: HostMetrics | None = None
+    erasure: FleetErasureIdentity | None = None
 
 
 class EngineHost:
@@ -158,11 +160,15 @@ class EngineHost:
         self._catalog_recorder = CatalogRecorder(self.store)
         tables.on_change.append(self._record_schemas)
         await asyncio.get_running_loop().run_in_executor(None, self._record_schemas, tables.names())
+        # Erasures run elsewhere (the forget Lambda, another host) announce the tables they rewrote here; a fleet
+        # host also erases its writable tables for waiting forget requests, once before the snapshot opens the gate.
+        identity = self._hooks.erasure
+        self.erasure_watcher = ErasureWatcher(self.store, self.table_source.invalidate, host_erasures=None if (
+            identity is None) else host_erasures(identity, self.store, database, tables, self.table_source,
+                                                 self.audit_sink))
+        await asyncio.get_running_loop().run_in_executor(None, self.erasure_watcher.start)
         await asyncio.get_running_loop().run_in_executor(None, self.policies.load)
         self.policies.start()
-        # Erasures run elsewhere (the forget Lambda, another host) announce the tables they rewrote here.
-        self.erasure_watcher = ErasureWatcher(self.store, self.table_source.invalidate)
-        self.erasure_watcher.start()
         self._flusher = threading.Thread(target=self._flush_usage, name="hd-usage-flush", daemon=True)
         self._flusher.start()
 

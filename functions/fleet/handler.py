@@ -3,7 +3,8 @@
 Deployed behind API Gateway with AWS_IAM authorisation: the caller is the SigV4-verified ARN in
 `requestContext.identity.userArn`, never anything the body says. No identity is a 401 and a wrong
 caller a 403; for the right one, a negative verdict is an answer (200), not an error, and is logged
-with its reason.
+with its reason. A positive one records the host as live in the fleet registry (GDPR erasure of the
+hosts' writable tables waits for every live host).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def heartbeat(body: HeartbeatIn) -> VerdictOut:
     # Checked here as well as in the domain so a refused caller never gets as far as building an EC2 client.
     fleet.verify_caller(caller, fleet_role_arn=config.fleet_role_arn, host_id=body.host_id)
     report = HeartbeatReport(**body.model_dump())
-    verdict = fleet.judge_heartbeat(
+    checked_at = utc_now()
+    verdict = fleet.accept_heartbeat(
         report,
         caller_arn=caller,
         fleet=fleet.FleetConfig(
@@ -91,6 +93,8 @@ def heartbeat(body: HeartbeatIn) -> VerdictOut:
         ),
         membership=fleet_membership(),
         store=services().store,
+        at=checked_at,
+        heartbeat_seconds=config.heartbeat_interval_seconds,
     )
     if not verdict.positive:
         logger.warning("negative heartbeat verdict", extra={
@@ -101,7 +105,7 @@ def heartbeat(body: HeartbeatIn) -> VerdictOut:
         allowed=verdict.allowed,
         org_active=verdict.org_active,
         reason=verdict.reason,
-        checked_at=utc_now(),
+        checked_at=checked_at,
         next_heartbeat_seconds=config.heartbeat_interval_seconds,
     )
 

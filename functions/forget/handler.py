@@ -2,8 +2,9 @@
 
 Every route needs `forget:manage` (Owners and Admins). A new request answers 202: in AWS it is
 pending until the worker function's next sweep (functions/forget/worker.py, every few minutes) runs
-it; in `hd dev` it has already run. The subject id is never answered back or stored in the clear: a
-request shows its HMAC.
+it, and `waiting_for_hosts` while the fleet hosts erase their writable tables (completed by a later
+sweep once every live host has); in `hd dev` it has already run. The subject id is never answered
+back or stored in the clear: a request shows its HMAC.
 A failed request keeps its sealed id; in AWS the worker runs it again an hour after each attempt, or at its next
 sweep once `POST .../retry` has put it back to pending (in `hd dev` the retry runs it at once).
 """
@@ -43,6 +44,8 @@ class TableResultOut(BaseModel):
     storage: str = Field(description="parquet (objects rewritten), writable (rows deleted) or absent")
     rows_removed: int
     objects_rewritten: int
+    hosts: dict[str, int] = Field(default_factory=dict, description="Rows each fleet host deleted from its own "
+                                  "writable copy of the table (AWS), by instance id")
 
 
 class ForgetRequestOut(BaseModel):
@@ -57,6 +60,8 @@ class ForgetRequestOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     tables: list[str]
+    host_tables: list[str] = Field(description="Writable tables each live fleet host erases from its own "
+                                   "engine.duckdb; the request is waiting_for_hosts until every live host has")
     table_results: dict[str, TableResultOut]
     rows_removed: int
     error: str
@@ -70,7 +75,7 @@ def request_out(request: ForgetRequest) -> ForgetRequestOut:
         request_id=request.request_id, org_id=request.org_id, subject_hmac=request.subject_hmac,
         reason=request.reason, requested_by=request.requested_by, status=request.status,
         requested_at=request.requested_at, sla_deadline=request.sla_deadline, started_at=request.started_at,
-        finished_at=request.finished_at, tables=list(request.tables),
+        finished_at=request.finished_at, tables=list(request.tables), host_tables=sorted(request.host_tables),
         table_results={name: TableResultOut.model_validate(value) for name, value in results.items()},
         rows_removed=request.rows_removed, error=request.error, old_versions_pending=len(request.purge_versions),
         old_versions_purge_after=request.purge_after,

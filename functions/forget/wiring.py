@@ -78,9 +78,12 @@ def _build_aws(settings: ErasureSettings) -> Erasure:
     control = services()
     # Without a data location a request is still recorded and run: it completes when the organisation
     # declares no subject column, and otherwise fails saying what is missing (never a silent success).
+    # No engine here: a writable table is erased by every live fleet host from its own engine.duckdb
+    # (hd_core/erasure_fleet.py); the request waits for them.
     svc = ErasureServices(store=control.store, trail=control.trail, keys=control.keys,
                           objects=s3_table_objects_from_url(settings.data_url) if settings.data_url else None,
-                          version_retention=timedelta(hours=settings.version_retention_hours))
+                          version_retention=timedelta(hours=settings.version_retention_hours),
+                          writable_on_hosts=True)
     return Erasure(services=svc, dispatch=_left_for_the_worker)
 
 

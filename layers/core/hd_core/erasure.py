@@ -10,12 +10,14 @@ A table declares its subject column on its binding (`TableBinding.subject_column
    held some (same keys), all at once for readers: staged copies and one manifest first, so a reader
    sees the table all old or all new (hd_core/table_swaps.py);
 3. for a writable table, has the engine host delete the rows (`WritableTables`), in one DuckDB
-   transaction per table, with a query audit record;
+   transaction per table, with a query audit record; where no engine is at hand (the forget worker in
+   AWS, `writable_on_hosts`), records the table in `host_tables` and leaves the request
+   `waiting_for_hosts`: every live fleet host deletes the rows itself (hd_core/erasure_fleet.py);
 4. tells the engine hosts to stop serving cached copies of the changed tables: directly in `hd dev`,
    and through the control store's erasure epoch (`INVALIDATION_SETTING`) that every host polls;
 5. deletes the object versions that still hold the subject's rows, at once with the default
    retention of 0, else at `purge_after` (`purge_due_versions`, run by the scheduled job);
-6. completes the request, dropping the sealed subject id.
+6. completes the request, dropping the sealed subject id (a waiting request keeps it until the hosts are done).
 
 The IAM trail gets `forget.requested` and `forget.completed`/`forget.failed` events carrying the
 subject HMAC, never the id. A failed request keeps its sealed id and can be run again.
@@ -78,7 +80,8 @@ class ErasureServices:
     """What a forget request's work needs, chosen where it runs: the forget Lambda in AWS, the control server in hd dev.
 
     `objects` None: no Parquet tables here; `engine` None: no writable tables reachable from here
-    (a declared table found in neither fails the request, so nothing is silently left behind).
+    (a declared table found in neither fails the request, so nothing is silently left behind), unless
+    `writable_on_hosts`: then each fleet host erases such a table from its own writable tables.
     """
 
     store: Any  # ControlStore + ForgetRequestStore; Any because Protocol intersections need a class
@@ -87,6 +90,7 @@ class ErasureServices:
     objects: TableObjects | None = None
     engine: WritableTables | None = None
     version_retention: timedelta = timedelta(0)
+    writable_on_hosts: bool = False
     now: Callable[[], datetime] = utc_now
 
 
@@ -138,7 +142,7 @@ def submit(svc: ErasureServices, ctx: ChangeContext, org_id: str, subject_id: st
     )
     svc.store.put_forget_request(request)
     svc.trail.record(org_id, IamEventType.FORGET_REQUESTED, actor=ctx.actor.user_id,
-                     target=f"forget_request/{request_id}", before=None, after=_audit_view(request),
+                     target=f"forget_request/{request_id}", before=None, after=audit_view(request),
                      request_id=ctx.request_id)
     return request
 
@@ -169,7 +173,7 @@ def retry(svc: ErasureServices, ctx: ChangeContext, org_id: str, request_id: str
     pending = replace(stored, status=ForgetStatus.PENDING, error="")
     svc.store.update_forget_request(pending, from_status=ForgetStatus.FAILED)  # Conflict if a worker took it
     svc.trail.record(org_id, IamEventType.FORGET_RETRIED, actor=ctx.actor.user_id,
-                     target=f"forget_request/{request_id}", before=_audit_view(stored), after=_audit_view(pending),
+                     target=f"forget_request/{request_id}", before=audit_view(stored), after=audit_view(pending),
                      request_id=ctx.request_id)
     return pending
 
@@ -200,20 +204,22 @@ def run(svc: ErasureServices, request_id: str, *, actor: str = SYSTEM_ACTOR) -> 
     except Conflict:
         return svc.store.get_forget_request(request_id) or stored  # another worker took it
     try:
-        subject = _sealer(svc).unseal(_seal_owner(stored.org_id, request_id), stored.subject_sealed)
+        subject = unseal_subject(svc.keys, stored)
         done = _erase(svc, running, subject)
     except Exception as exc:  # recorded on the request and in the trail; the request can be run again
         log.exception("forget request %s failed", request_id)
-        message = _safe_error(exc, locals().get("subject"))
+        message = safe_error(exc, locals().get("subject"))
         failed = replace(running, status=ForgetStatus.FAILED, finished_at=svc.now(), error=message)
         svc.store.update_forget_request(failed, from_status=ForgetStatus.RUNNING)
         svc.trail.record(stored.org_id, IamEventType.FORGET_FAILED, actor=actor,
-                         target=f"forget_request/{request_id}", before=None, after=_audit_view(failed),
+                         target=f"forget_request/{request_id}", before=None, after=audit_view(failed),
                          request_id=request_id)
         return failed
     svc.store.update_forget_request(done, from_status=ForgetStatus.RUNNING)
+    if done.status is ForgetStatus.WAITING_FOR_HOSTS:  # the worker's sweep completes it (hd_core/erasure_fleet.py)
+        return done
     svc.trail.record(stored.org_id, IamEventType.FORGET_COMPLETED, actor=actor, target=f"forget_request/{request_id}",
-                     before=None, after=_audit_view(done), request_id=request_id)
+                     before=None, after=audit_view(done), request_id=request_id)
     return done
 
 
@@ -222,8 +228,9 @@ def _erase(svc: ErasureServices, request: ForgetRequest, subject: str) -> Forget
     results: dict[str, object] = {}
     purge: list[str] = []
     changed: list[str] = []
+    on_hosts: dict[str, object] = {}
     try:
-        removed_total = _erase_tables(svc, request, subject, tables, results, purge, changed)
+        removed_total = _erase_tables(svc, request, subject, tables, results, purge, changed, on_hosts)
     finally:
         # Also when the request fails part-way: a table whose objects were already swapped must not keep being
         # served from a cached copy that still holds the subject (a retry would find nothing left to swap).
@@ -234,14 +241,19 @@ def _erase(svc: ErasureServices, request: ForgetRequest, subject: str) -> Forget
                    tables=tuple(b.table for b in tables), table_results=results,
                    rows_removed=removed_total,
                    purge_versions=tuple(purge), purge_after=now + svc.version_retention if purge else None)
+    if on_hosts:  # the hosts still have to delete: the sealed id stays for them, the sweep completes the request
+        done = replace(done, status=ForgetStatus.WAITING_FOR_HOSTS, finished_at=None,
+                       subject_sealed=request.subject_sealed, host_tables=on_hosts)
     if purge and svc.version_retention <= timedelta(0):
         done = _purge(svc, done)
     return done
 
 
 def _erase_tables(svc: ErasureServices, request: ForgetRequest, subject: str, tables: list[TableBinding],
-                  results: dict[str, object], purge: list[str], changed: list[str]) -> int:
-    """Erase the subject from each declared table; `changed` names every table a swap or delete has touched."""
+                  results: dict[str, object], purge: list[str], changed: list[str],
+                  on_hosts: dict[str, object]) -> int:
+    """Erase the subject from each declared table; `changed` names every table a swap or delete has touched,
+    `on_hosts` every table left to the fleet hosts' writable copies (`writable_on_hosts`)."""
     removed_total = 0
     for binding in tables:
         column = binding.subject_column
@@ -259,6 +271,9 @@ def _erase_tables(svc: ErasureServices, request: ForgetRequest, subject: str, ta
             if svc.objects is None and svc.engine is None:
                 raise ForgetRequestFailed(f"table {binding.table} cannot be reached: this deployment configures no "
                                           "table data location for erasures (HD_ERASURE_DATA_URL)")
+            if svc.engine is None and svc.writable_on_hosts:
+                on_hosts[binding.table] = {"column": column, "tenant_column": tenant[0] if tenant else None}
+                continue
             if svc.engine is None:
                 raise ForgetRequestFailed(f"table {binding.table} has no Parquet objects here and its writable "
                                           "copy is only reachable through an engine host")
@@ -395,18 +410,30 @@ def _sealer(svc: ErasureServices) -> SecretSealer:
     return SecretSealer(svc.keys, purpose=_SEAL_PURPOSE)
 
 
+def unseal_subject(keys: KeyProvider, request: ForgetRequest) -> str:
+    """The subject id sealed on an open request (`KeyUnavailable` if it does not open; `ForgetRequestFailed` if gone).
+
+    The forget worker opens it, and so does each fleet host for its writable tables (its KMS grant is
+    conditioned on this purpose and its organisation's request owners, cdk/hd_cdk/engine_fleet.py).
+    """
+    if request.subject_sealed is None:
+        raise ForgetRequestFailed(f"forget request {request.request_id} no longer holds its subject")
+    return SecretSealer(keys, purpose=_SEAL_PURPOSE).unseal(_seal_owner(request.org_id, request.request_id),
+                                                            request.subject_sealed)
+
+
 def _seal_owner(org_id: str, request_id: str) -> str:
     return f"{org_id}/{request_id}"
 
 
-def _audit_view(request: ForgetRequest) -> Mapping[str, object]:
+def audit_view(request: ForgetRequest) -> Mapping[str, object]:
     """What the IAM trail records of a request: never the sealed id, only its HMAC."""
     return {"request_id": request.request_id, "subject_hmac": request.subject_hmac, "status": request.status.value,
             "reason": request.reason, "tables": list(request.tables), "rows_removed": request.rows_removed,
             "error": request.error}
 
 
-def _safe_error(exc: Exception, subject: str | None) -> str:
+def safe_error(exc: Exception, subject: str | None) -> str:
     """The error to store: the exception's words with the subject id cut out (a driver may quote values)."""
     text = str(exc) if isinstance(exc, HdError) else f"{type(exc).__name__}: {exc}"
     if subject:

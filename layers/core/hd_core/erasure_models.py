@@ -10,6 +10,7 @@ completion no stored artefact can give the id back.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -25,15 +26,21 @@ MAX_REASON_LENGTH = 1000
 
 
 class ForgetStatus(StrEnum):
-    """Where a forget request is: waiting, being worked, done, or stopped by an error (retryable)."""
+    """Where a forget request is: waiting, being worked, done, or stopped by an error (retryable).
+
+    `waiting_for_hosts`: the worker did its part (Parquet objects) and each live fleet host still has to
+    delete the subject's rows from its own writable tables (hd_core/erasure_fleet.py).
+    """
 
     PENDING = "pending"
     RUNNING = "running"
+    WAITING_FOR_HOSTS = "waiting_for_hosts"
     COMPLETED = "completed"
     FAILED = "failed"
 
 
-OPEN_STATUSES = frozenset({ForgetStatus.PENDING, ForgetStatus.RUNNING, ForgetStatus.FAILED})
+OPEN_STATUSES = frozenset({ForgetStatus.PENDING, ForgetStatus.RUNNING, ForgetStatus.WAITING_FOR_HOSTS,
+                           ForgetStatus.FAILED})
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,10 @@ class ForgetRequest:
     """One erasure of one subject's rows from every table of an organisation that declares a subject column.
 
     `table_results` maps each declared table to `{"rows_removed": n, "objects_rewritten": m,
-    "storage": "parquet"|"writable"|"absent"}`. `purge_versions` lists `key\\tversion_id` of object
+    "storage": "parquet"|"writable"|"absent"}` (a table the fleet hosts erased also has `"hosts": {host id:
+    rows removed}`). `host_tables` maps each table whose writable copies live on the fleet hosts to
+    `{"column": subject column, "tenant_column": column or None}`: what every live host deletes from
+    its own `engine.duckdb` before the request completes. `purge_versions` lists `key\\tversion_id` of object
     versions that still hold the subject's rows and are deleted at `purge_after` (the retention the
     deployment sets; 0 purges them as soon as the new objects are in place).
     """
@@ -63,6 +73,7 @@ class ForgetRequest:
     error: str = ""
     purge_after: datetime | None = None
     purge_versions: tuple[str, ...] = ()
+    host_tables: dict[str, object] = field(default_factory=dict)
 
     def past_sla(self, at: datetime) -> bool:
         """Whether the request is still open past its deadline (what the SLA alarm counts)."""
@@ -99,6 +110,78 @@ class ForgetRequestStore(Protocol):
         ...
 
 
+# --- the fleet hosts' part (hd_core/erasure_fleet.py) ----------------------------------------------------
+
+# A host is live while its last accepted heartbeat is at most this many heartbeat intervals old: one
+# missed heartbeat (a slow network, a control-plane deploy) does not drop it, two do.
+HOST_LIVE_HEARTBEATS = 2
+
+
+@dataclass(frozen=True)
+class FleetHost:
+    """One engine host as its last accepted heartbeat left it in the registry."""
+
+    host_id: str
+    org_id: str
+    last_seen: datetime
+    heartbeat_seconds: int  # the interval the control plane gave the host with that heartbeat's verdict
+
+    def live(self, at: datetime) -> bool:
+        """Whether the host has heartbeated within `HOST_LIVE_HEARTBEATS` of its intervals before `at`."""
+        return at - self.last_seen <= timedelta(seconds=HOST_LIVE_HEARTBEATS * self.heartbeat_seconds)
+
+
+class AckStatus(StrEnum):
+    """How a host's part of a forget request ended: rows deleted (or none held), or an error to report."""
+
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ForgetHostAck:
+    """One host's answer to one forget request: what it deleted from each host table, or why it could not.
+
+    `attempt_started_at` is the request's `started_at` when the host worked on it, so a failure of an
+    earlier attempt does not fail a retried request. `table_results` maps each host table to
+    `{"storage": "writable"|"absent", "rows_removed": n}`.
+    """
+
+    request_id: str
+    host_id: str
+    org_id: str
+    status: AckStatus
+    acked_at: datetime
+    attempt_started_at: datetime | None = None
+    table_results: dict[str, object] = field(default_factory=dict)
+    rows_removed: int = 0
+    error: str = ""
+
+
+FLEET_HOSTS = RecordCodec(FleetHost)
+FORGET_HOST_ACKS = RecordCodec(ForgetHostAck)
+
+
+class FleetErasureStore(Protocol):
+    """The registry of fleet hosts and their forget acks (the control store: SQLite locally, DynamoDB in AWS)."""
+
+    def record_fleet_host(self, host: FleetHost) -> None:
+        """Create or replace the host's registry entry."""
+        ...
+
+    def list_fleet_hosts(self, org_id: str) -> list[FleetHost]:
+        """Every registered host of the organisation, live or not, by host id."""
+        ...
+
+    def put_forget_host_ack(self, ack: ForgetHostAck) -> bool:
+        """Store the ack unless a done ack of this request and host exists (then False, nothing written)."""
+        ...
+
+    def list_forget_host_acks(self, request_id: str) -> list[ForgetHostAck]:
+        """Every host's ack of the request, by host id."""
+        ...
+
+
 class TableObjects(Protocol):
     """Read-write access to table data objects (Parquet) for the erasure: S3 or a local folder."""
 
@@ -123,6 +206,11 @@ class TableObjects(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove the object and any version of it; nothing happens when there is none."""
+        ...
+
+    def replacing(self, prefix: str) -> AbstractContextManager[object]:
+        """Hold while the objects under `prefix` (one table) are replaced: keeps out readers that cannot
+        If-Match (a local folder's engine reads the files in place); raises `TableBusy` past its deadline."""
         ...
 
     def versions(self, key: str) -> tuple[str, ...]:

@@ -9,6 +9,9 @@ that role, or whose session is not the host it reports for, is refused outright 
 For an authenticated host the answer is a verdict, positive or negative. EC2 supplies the facts the
 host cannot forge: the instance exists, is pending or running, belongs to the fleet's Auto Scaling
 group, and its account, region and launch time give the environment fingerprint we expect from it.
+
+A positive verdict also records the host in the fleet registry (`accept_heartbeat`): the hosts that are
+live, which a GDPR forget request waits for (hd_core/erasure_fleet.py).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
+from hd_core.erasure_fleet import record_heartbeat
+from hd_core.erasure_models import FleetErasureStore
 from hd_core.errors import AuthenticationFailed, Forbidden, HdError
 from hd_core.heartbeat import HeartbeatReport, HeartbeatVerdict, environment_fingerprint, evaluate_report
 from hd_core.models import OrgStatus
@@ -158,3 +163,26 @@ def judge_heartbeat(
     if problem is None:
         return verdict
     return HeartbeatVerdict(allowed=False, org_active=verdict.org_active, reason=f"{problem}; {verdict.reason}")
+
+
+def accept_heartbeat(
+    report: HeartbeatReport,
+    *,
+    caller_arn: str | None,
+    fleet: FleetConfig,
+    membership: FleetMembership,
+    store: Any,  # OrgStore + FleetErasureStore
+    at: datetime,
+    heartbeat_seconds: int,
+) -> HeartbeatVerdict:
+    """`judge_heartbeat`, and for a positive verdict the host's entry in the fleet registry, seen `at`.
+
+    A registry write that fails raises (the host retries its heartbeat): a host serving unregistered would
+    not be waited for by a forget request.
+    """
+    verdict = judge_heartbeat(report, caller_arn=caller_arn, fleet=fleet, membership=membership, store=store)
+    if verdict.positive:
+        registry: FleetErasureStore = store
+        record_heartbeat(registry, org_id=report.org_id, host_id=report.host_id, at=at,
+                         heartbeat_seconds=heartbeat_seconds)
+    return verdict

@@ -16,6 +16,8 @@ string keys `PK`/`SK`; items that appear in a list also carry `GSI1PK`/`GSI1SK`:
     JIT request           JIT#<request_id>     JIT                         JITS#<org_id>      <requested_at>#<id>
     webhook endpoint      WEBHOOK#<id>         WEBHOOK                     WEBHOOKS#<org_id>  <created_at>#<id>
     forget request        FORGET#<request_id>  FORGET                      FORGETS#<org_id>   <requested_at>#<id>
+    forget host ack       FORGETACK#<req. id>  HOST#<host_id>              -                  -
+    fleet host            HOST#<host_id>       HOST                        HOSTS#<org_id>     <host_id>
     policy preview        PREVIEWS             <request_id>                PREVIEWS_PENDING   <created_at>#<id>
     webhook delivery      WHDELIVERY#<endp.>   EVT#<event_id>              WHDUE (pending)    <next_attempt_at>#...
     IAM event             CHAIN#<chain_id>     EVT#<seq, 12 digits>        -                  -
@@ -41,6 +43,9 @@ A webhook delivery is in the sparse `WHDUE` listing only while pending (the loca
 creation, so the delivery log keeps a month.
 A policy preview request is in the sparse `PREVIEWS_PENDING` listing until a host claims it (the
 fleet's every-second "what is waiting" query) and carries the TTL attribute of its expiry.
+A fleet host (hd_core/erasure_fleet.py) carries the TTL attribute a week after its last accepted
+heartbeat, so terminated hosts leave the registry; a forget host ack is written with a condition
+(no ack yet, or a failed one), so a host's done ack is never replaced.
 
 Uniqueness is a claim item written in the same TransactWriteItems as the entity (emails, external
 ids), or a conditional write on the entity's own key (API keys, refresh tokens, JIT requests, IAM
@@ -71,7 +76,16 @@ from hd_core.adapters.dynamodb_schema import (
     SORT_KEY,
     TTL_ATTRIBUTE,
 )
-from hd_core.erasure_models import FORGET_REQUESTS, ForgetRequest, ForgetStatus
+from hd_core.erasure_models import (
+    FLEET_HOSTS,
+    FORGET_HOST_ACKS,
+    FORGET_REQUESTS,
+    AckStatus,
+    FleetHost,
+    ForgetHostAck,
+    ForgetRequest,
+    ForgetStatus,
+)
 from hd_core.errors import Conflict, InvalidRequest, NotFound
 from hd_core.models import (
     ApiKeyRecord,
@@ -128,6 +142,7 @@ _PREVIEW_PARTITION = "PREVIEWS"  # every policy preview request, by id (minutes 
 _PREVIEW_PENDING_LISTING = "PREVIEWS_PENDING"  # GSI1 partition of requests no host has claimed yet
 _DUE_PARTITION = "WHDUE"  # GSI1 partition of pending webhook deliveries, by next attempt time
 _DELIVERY_LOG_KEPT = timedelta(days=30)  # finished deliveries expire (TTL) this long after creation
+_FLEET_HOST_KEPT = timedelta(days=7)  # a host's registry entry expires (TTL) this long after its last heartbeat
 
 _SERIALIZER = TypeSerializer()
 _DESERIALIZER = TypeDeserializer()
@@ -429,6 +444,31 @@ class DynamoDbControlStore:
         if self._get(_forget_key(request.request_id)) is None:
             raise NotFound(f"forget request {request.request_id} not found")
         raise Conflict(f"forget request {request.request_id} is no longer {ForgetStatus(from_status).value}")
+
+    # --- fleet hosts and their forget acks (hd_core/erasure_fleet.py) -------------------------
+
+    def record_fleet_host(self, host: FleetHost) -> None:
+        """Create or replace the host's registry entry (one PutItem)."""
+        record = FLEET_HOSTS.encode(host) | {TTL_ATTRIBUTE: _epoch(host.last_seen + _FLEET_HOST_KEPT)}
+        self._put(_keyed(("HOST#" + host.host_id, "HOST"), record, "HOSTS#" + host.org_id, host.host_id))
+
+    def list_fleet_hosts(self, org_id: str) -> list[FleetHost]:
+        """Every registered host of the organisation, by host id (a GSI1 query: eventually consistent)."""
+        return [FLEET_HOSTS.decode(item) for item in self._query_index("HOSTS#" + org_id)]
+
+    def put_forget_host_ack(self, ack: ForgetHostAck) -> bool:
+        """Store the ack unless a done ack of this request and host exists (False: nothing written)."""
+        return self._put(
+            _keyed(("FORGETACK#" + ack.request_id, "HOST#" + ack.host_id), dict(FORGET_HOST_ACKS.encode(ack))),
+            condition="attribute_not_exists(PK) OR #status = :replaceable",
+            names={"#status": "status"},
+            values={":replaceable": AckStatus.FAILED.value},
+        )
+
+    def list_forget_host_acks(self, request_id: str) -> list[ForgetHostAck]:
+        """Every host's ack of the request, by host id (one strongly consistent Query of its partition)."""
+        items = self._query_table("PK = :pk", {":pk": "FORGETACK#" + request_id})
+        return [FORGET_HOST_ACKS.decode(item) for item in items]
 
     def _scan_marked(self, attribute: str) -> list[Item]:
         # Few requests are ever unsettled at once (days of them at most), and only the scheduled job

@@ -28,7 +28,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from hd_core.erasure_models import FORGET_REQUESTS, ForgetRequest, ForgetStatus
+from hd_core.erasure_models import (
+    FLEET_HOSTS,
+    FORGET_HOST_ACKS,
+    FORGET_REQUESTS,
+    AckStatus,
+    FleetHost,
+    ForgetHostAck,
+    ForgetRequest,
+    ForgetStatus,
+)
 from hd_core.errors import Conflict, HdError, NotFound
 from hd_core.models import (
     ApiKeyRecord,
@@ -315,6 +324,30 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             answer TEXT NOT NULL
         )""",
         "CREATE INDEX preview_requests_by_status ON preview_requests (status, created_at)",
+    ),
+    (
+        # Issue 20: erasure of the fleet hosts' writable tables (hd_core/erasure_fleet.py): the tables a request
+        # leaves to the hosts, the registry of hosts whose heartbeats were accepted, and each host's ack.
+        "ALTER TABLE forget_requests ADD COLUMN host_tables TEXT NOT NULL DEFAULT '{}'",
+        """CREATE TABLE fleet_hosts (
+            host_id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL,
+            last_seen TEXT NOT NULL,
+            heartbeat_seconds INTEGER NOT NULL
+        )""",
+        "CREATE INDEX fleet_hosts_by_org ON fleet_hosts (org_id, host_id)",
+        """CREATE TABLE forget_host_acks (
+            request_id TEXT NOT NULL,
+            host_id TEXT NOT NULL,
+            org_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            acked_at TEXT NOT NULL,
+            attempt_started_at TEXT,
+            table_results TEXT NOT NULL,
+            rows_removed INTEGER NOT NULL,
+            error TEXT NOT NULL,
+            PRIMARY KEY (request_id, host_id)
+        )""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -687,6 +720,34 @@ class SqliteControlStore:
                 if exists.fetchone() is None:
                     raise NotFound(f"forget request {request.request_id} not found")
                 raise Conflict(f"forget request {request.request_id} is no longer {ForgetStatus(from_status).value}")
+
+    # --- fleet hosts and their forget acks (hd_core/erasure_fleet.py) -------------------------
+
+    def record_fleet_host(self, host: FleetHost) -> None:
+        """Create or replace the host's registry entry."""
+        with self._transaction() as db:
+            db.execute(_insert_sql("fleet_hosts", FLEET_HOSTS, replace=True), _row(FLEET_HOSTS, host))
+
+    def list_fleet_hosts(self, org_id: str) -> list[FleetHost]:
+        """Every registered host of the organisation, by host id."""
+        rows = self._fetch_all("SELECT * FROM fleet_hosts WHERE org_id = ? ORDER BY host_id", (org_id,))
+        return [_entity(FLEET_HOSTS, row) for row in rows]
+
+    def put_forget_host_ack(self, ack: ForgetHostAck) -> bool:
+        """Store the ack unless a done ack of this request and host exists (False: nothing written)."""
+        with self._transaction() as db:
+            written = db.execute(
+                _insert_sql("forget_host_acks", FORGET_HOST_ACKS)
+                + f" ON CONFLICT (request_id, host_id) DO UPDATE SET {_assignments(FORGET_HOST_ACKS, 'request_id')}"
+                " WHERE forget_host_acks.status = :replaceable",
+                _row(FORGET_HOST_ACKS, ack) | {"replaceable": AckStatus.FAILED.value},
+            )
+            return written.rowcount == 1
+
+    def list_forget_host_acks(self, request_id: str) -> list[ForgetHostAck]:
+        """Every host's ack of the request, by host id."""
+        rows = self._fetch_all("SELECT * FROM forget_host_acks WHERE request_id = ? ORDER BY host_id", (request_id,))
+        return [_entity(FORGET_HOST_ACKS, row) for row in rows]
 
     # --- policy previews (hd_core/policy_previews.py) ---------------------------------------
 
