@@ -76,6 +76,9 @@ ENGINE_ROLE_ACTIONS: Final[frozenset[str]] = frozenset({
 })
 # AWS's managed policy for Run Command, which the wipe hook uses to erase the cache at termination.
 SSM_MANAGED_INSTANCE_CORE: Final = "AmazonSSMManagedInstanceCore"
+# hd_core.erasure's KMS encryption-context purpose for sealed forget subjects (hd_cdk.erasure.SEALED_PURPOSE, which
+# imports this module, so the name is repeated here rather than imported).
+_ERASURE_SUBJECT_PURPOSE: Final = "forget-subject"
 _HEALTH_PATH: Final = "/readyz"
 
 
@@ -148,6 +151,7 @@ class EngineFleet(Construct):
             data_bucket=data_bucket, audit_bucket=audit_bucket, table=table, data_key=data_key,
             signing_key=signing_key, checkpoint_key=checkpoint_key, audit_key=audit_key,
             heartbeat_path_arn=heartbeat_path_arn, package=package, tls_secret_arn=tls_secret_arn, role_name=role_name,
+            org_id=org_id,
         )
         volume_key = data_key_policy or (data_key if isinstance(data_key, kms.Key) else None)
         if volume_key is None:
@@ -256,7 +260,7 @@ class EngineFleet(Construct):
     def _instance_role(
         self, *, data_bucket: s3.IBucket, audit_bucket: s3.IBucket, table: dynamodb.ITable, data_key: kms.IKey,
         signing_key: kms.IKey, checkpoint_key: kms.IKey, audit_key: kms.IKey, heartbeat_path_arn: str,
-        package: s3_assets.Asset, tls_secret_arn: str, role_name: str | None,
+        package: s3_assets.Asset, tls_secret_arn: str, role_name: str | None, org_id: str,
     ) -> iam.Role:
         role = iam.Role(
             self, "InstanceRole",
@@ -287,6 +291,15 @@ class EngineFleet(Construct):
             iam.PolicyStatement(actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[data_key.key_arn],
                                 conditions={"StringEqualsIfExists": {
                                     "kms:EncryptionContext:purpose": c.HOST_DATA_KEY_PURPOSE}}),
+            # GDPR erasure (issue 20), the one sealed secret a host opens: each live host deletes a forget request's
+            # subject from its own writable tables (engine.duckdb), which no control-plane function can reach, so
+            # it unseals the subject id. Decrypt only (it seals nothing), only under the erasure's purpose, and
+            # only for owners `<this fleet's org>/fgt_<request>`: never the erasure HMAC key (owner
+            # erasure-hmac-key), another organisation's request, a TOTP seed or a webhook secret. The worker drops
+            # the sealed id when the request completes, so a stolen credential opens only requests still open.
+            iam.PolicyStatement(actions=["kms:Decrypt"], resources=[data_key.key_arn], conditions={
+                "StringEquals": {"kms:EncryptionContext:purpose": _ERASURE_SUBJECT_PURPOSE},
+                "StringLike": {"kms:EncryptionContext:owner": f"{org_id}/fgt_*"}}),
             _allow(["kms:DescribeKey"], [data_key.key_arn]),
             # The audit bucket is SSE-KMS with the audit key: a PutObject needs a data key from it.
             _allow(["kms:GenerateDataKey"], [audit_key.key_arn]),

@@ -14,6 +14,9 @@ Security decisions visible here:
   HMAC key is wrapped under it too: both functions may use the data key with that context only;
 - `ForgetRequestsPastSla` (emitted by every sweep) >= 1 alarms to the notifications topic: a request still
   open 72 hours after it was made. A worker that stops running also ends there: its requests stay open.
+- writable tables live in each engine host's own `engine.duckdb`: the fleet function records every host whose
+  heartbeat it accepts (one PutItem, only on `HOST#` keys), and each live host erases the subject itself and
+  acks; the host's narrow `kms:Decrypt` of sealed subjects is in engine_fleet.py (hd_core/erasure_fleet.py);
 - the worker alone carries the pyarrow layer (`packaging.ERASURE_REQUIREMENTS`): only it rewrites Parquet.
 """
 
@@ -41,6 +44,8 @@ from hd_cdk.nag import acknowledge
 
 API_FUNCTION: Final = "forget"
 WORKER: Final = "forget_worker"
+FLEET_FUNCTION: Final = "fleet"  # records the live hosts (hd_core/erasure_fleet.py)
+FLEET_HOST_KEYS: Final = "HOST#*"  # hd_core DynamoDB adapter: a fleet host's partition key
 WORKER_SERVICE: Final = "hd-forget-worker"  # functions/forget/worker.py SERVICE: the metrics' dimension
 PAST_SLA_METRIC: Final = "ForgetRequestsPastSla"  # functions/forget/worker.py PAST_SLA_METRIC
 SEALED_PURPOSE: Final = "forget-subject"  # hd_core.erasure's KMS encryption-context purpose
@@ -95,6 +100,7 @@ class Erasure(Construct):
             for name, value in environment.items():
                 function.add_environment(name, value)
         self._grant_data(control_api.policies[WORKER], data_bucket, data_key, table)
+        self._grant_fleet_registry(control_api.policies[FLEET_FUNCTION], table)
 
         self.sweep_rule = events.Rule(self, "ForgetSweep", schedule=events.Schedule.rate(SWEEP_EVERY),
                                       description="Hardened Duck: runs pending GDPR forget requests (issue 20)")
@@ -120,6 +126,12 @@ class Erasure(Construct):
             # The sweep lists unsettled requests with a filtered Scan (hd_core DynamoDB adapter).
             _allow(["dynamodb:Scan"], [table.table_arn]))
         acknowledge(policy, f"AwsSolutions-IAM5[Resource::{nag_resource(self, objects)}]", _DATA_OBJECTS_REASON)
+
+    def _grant_fleet_registry(self, policy: iam.ManagedPolicy, table: dynamodb.ITable) -> None:
+        """The fleet function writes no other entity: it may put the registry items of the hosts whose heartbeats it
+        accepts (`HOST#<instance id>`), which the worker reads to know which hosts a forget request waits for."""
+        policy.add_statements(_allow(["dynamodb:PutItem"], [table.table_arn], {
+            "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [FLEET_HOST_KEYS]}}))
 
     def _alarm(self, name: str, metric: cloudwatch.IMetric, description: str, topic: sns.ITopic) -> None:
         alarm = cloudwatch.Alarm(

@@ -332,18 +332,25 @@ def test_instance_role_grants_each_action_on_its_own_resource_only(synth: FleetS
     assert protection == f"arn:aws:autoscaling:{REGION}:{ACCOUNT}:autoScalingGroup:*:autoScalingGroupName/<{group}>"
 
 
-def test_a_host_may_open_with_the_data_key_only_its_own_mask_keys_never_a_sealed_secret(synth: FleetSynth) -> None:
+def test_a_host_may_open_with_the_data_key_only_its_own_mask_keys_and_its_orgs_forget_subjects(
+        synth: FleetSynth) -> None:
     """The control plane seals TOTP seeds, webhook secrets and erasure subjects under the data key with a purpose of
-    their own; a host uses the key for its cache (hd:purpose), SSE-KMS reads and its hash-mask keys only."""
+    their own; a host uses the key for its cache (hd:purpose), SSE-KMS reads and its hash-mask keys, and may only
+    decrypt (never generate under) the forget subjects of its own organisation's requests (GDPR erasure of its
+    writable tables), never the erasure HMAC key (owner erasure-hmac-key)."""
     statements = role_statements(synth, "EngineInstanceRole")
     data_key_name, _ = synth.one("AWS::KMS::Key", "DataKey")
     data_key = f"<{data_key_name}.Arn>"
     opening = [s for s in statements if {"kms:Decrypt", "kms:GenerateDataKey"} & set(actions_of(s))
                and data_key in resources_for([s], actions_of(s)[0])]
-    (statement,) = opening
+    ((statement,), (forget,)) = ([s for s in opening if "kms:GenerateDataKey" in actions_of(s)],
+                                 [s for s in opening if "kms:GenerateDataKey" not in actions_of(s)])
     assert sorted(actions_of(statement)) == ["kms:Decrypt", "kms:GenerateDataKey"]
     assert statement["Condition"] == {"StringEqualsIfExists": {"kms:EncryptionContext:purpose": "hd-mask-hash"}}
     assert mask_key_context("live")["purpose"] == constants.HOST_DATA_KEY_PURPOSE
+    assert actions_of(forget) == ["kms:Decrypt"]
+    assert forget["Condition"] == {"StringEquals": {"kms:EncryptionContext:purpose": "forget-subject"},
+                                   "StringLike": {"kms:EncryptionContext:owner": "acme/fgt_*"}}
 
 
 def test_no_role_in_the_template_has_a_wildcard_or_destructive_action(synth: FleetSynth) -> None:

@@ -122,3 +122,22 @@ def test_only_the_worker_carries_the_pyarrow_layer(template: dict[str, Any]) -> 
     assert carrying == [WORKER_HANDLER]
     _, worker = _worker(template)
     assert len(worker["Properties"]["Layers"]) == 3  # hd_core, the control plane's dependencies, pyarrow
+
+
+def test_the_fleet_function_may_write_only_the_registry_of_hosts_whose_heartbeats_it_accepts(
+        template: dict[str, Any]) -> None:
+    """GDPR erasure of writable tables waits for every live host: the fleet function records them (`HOST#<id>`
+    items), and writes no other entity of the control table (beyond the pepper every read-only function may make)."""
+    (fleet,) = [r for r in _resources(template, "AWS::Lambda::Function").values()
+                if r["Properties"].get("Handler") == "functions.fleet.handler.lambda_handler"]
+    role = fleet["Properties"]["Role"]["Fn::GetAtt"][0]
+    statements = _statements_of_role(template, role)
+    writes = [s for s in statements if {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+                                        "dynamodb:BatchWriteItem"} & set(_actions(s))]
+    # Every write is fenced by its partition keys: the pepper setting (read-only functions) and the host registry.
+    assert all("dynamodb:LeadingKeys" in next(iter(s["Condition"].values())) for s in writes)
+    (registry,) = [s for s in writes if "HOST#*" in str(s["Condition"])]
+    assert _actions(registry) == ["dynamodb:PutItem"]
+    assert registry["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["HOST#*"]}}
+    table = next(n for n in _resources(template, "AWS::DynamoDB::Table") if n.startswith("StorageControl"))
+    assert registry["Resource"] == {"Fn::GetAtt": [table, "Arn"]}
