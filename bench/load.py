@@ -14,10 +14,11 @@ no governance and the same clients replay the same sequence.
 
 Per level and target it prints q/s (answered-ok statements over the wall time to the last answer),
 p50/p99 latency of ok statements, errors by SQLSTATE, connect time, the engine's peak RSS (VmRSS
-sampled every 100 ms; VmHWM for the process's life), CPU used by the engine, by this load generator and by
-the whole machine, the event-loop lag of the generator (its own p99 scheduling delay, the part of every
-latency that is ours), and the audit check: JSONL records under DIR/audit/queries carrying the level's
-request_id must equal the statements the engine answered, or a MISMATCH line says by how much.
+sampled every 100 ms; VmHWM for the process's life; both summed over the engine's process and any processes
+under it, as its CPU is), CPU used by the engine, by this load generator and by the whole machine, the
+event-loop lag of the generator (its own p99 scheduling delay, the part of every latency that is ours), and
+the audit check: JSONL records under DIR/audit/queries carrying the level's request_id must equal the
+statements the engine answered, or a MISMATCH line says by how much.
 
 PostgreSQL ($HD_TEST_PG_DSN, default 127.0.0.1:5432 database test) has `max_connections` (100 by default)
 shared with everyone else on it, so past what it has free the PostgreSQL clients share a pool of
@@ -202,7 +203,8 @@ class LevelResult:
     connect_seconds: list[float] = field(default_factory=list)
     rss_peak_kb: int | None = None
     hwm_kb: int | None = None
-    engine_cpu: float | None = None  # cores
+    engine_cpu: float | None = None  # cores, of the engine's process and every process under it
+    engine_processes: int = 1  # most seen at once (RSS and VmHWM are sums over them)
     client_cpu: float = 0.0  # cores
     machine_busy: float = 0.0  # share of all cores
     loadavg: str = ""
@@ -375,8 +377,35 @@ def _proc_status_kb(pid: int, field_name: str) -> int | None:
 
 
 def _proc_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    """CPU of the process and of its children it has waited for (utime + stime + cutime + cstime)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # it ended meanwhile: its parent's cutime has it once waited for
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process descended from it (an engine host that runs worker processes is all of them)."""
+    tree, index = [pid], 0
+    while index < len(tree):
+        for children in Path(f"/proc/{tree[index]}/task").glob("*/children"):
+            try:
+                tree.extend(int(child) for child in children.read_text().split())
+            except OSError:
+                continue
+        index += 1
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    return sum(_proc_cpu_seconds(p) for p in process_tree(pid))
+
+
+def tree_status_kb(pid: int, field_name: str) -> int | None:
+    """A /proc status field (VmRSS, VmHWM) summed over the process tree; None if the root has none."""
+    values = [_proc_status_kb(p, field_name) for p in process_tree(pid)]
+    return None if values[0] is None else sum(v or 0 for v in values)
 
 
 def _machine_ticks() -> tuple[int, int]:
@@ -390,20 +419,22 @@ class Samplers:
     def __init__(self, engine_pid: int | None) -> None:
         self.pid = engine_pid
         self.rss_peak = 0
+        self.processes = 1
         self.lags: list[float] = []
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
         self.wall = time.monotonic()
         self.client_cpu = time.process_time()
-        self.engine_cpu = _proc_cpu_seconds(self.pid) if self.pid else 0.0
+        self.engine_cpu = tree_cpu_seconds(self.pid) if self.pid else 0.0
         self.ticks = _machine_ticks()
         self._running = True
         self._tasks = [asyncio.create_task(self._sample_rss()), asyncio.create_task(self._sample_lag())]
 
     async def _sample_rss(self) -> None:
         while self._running and self.pid:
-            self.rss_peak = max(self.rss_peak, _proc_status_kb(self.pid, "VmRSS") or 0)
+            self.rss_peak = max(self.rss_peak, tree_status_kb(self.pid, "VmRSS") or 0)
+            self.processes = max(self.processes, len(process_tree(self.pid)))
             await asyncio.sleep(0.1)
 
     async def _sample_lag(self) -> None:
@@ -422,9 +453,10 @@ class Samplers:
         result.loadavg = " ".join(Path("/proc/loadavg").read_text().split()[:3])
         result.loop_lag_p99_ms = (sorted(self.lags)[int(len(self.lags) * 0.99)] * 1000) if self.lags else 0.0
         if self.pid:
-            result.engine_cpu = (_proc_cpu_seconds(self.pid) - self.engine_cpu) / wall
+            result.engine_cpu = (tree_cpu_seconds(self.pid) - self.engine_cpu) / wall
             result.rss_peak_kb = self.rss_peak
-            result.hwm_kb = _proc_status_kb(self.pid, "VmHWM")
+            result.hwm_kb = tree_status_kb(self.pid, "VmHWM")
+            result.engine_processes = self.processes
 
 
 def count_audit_records(state_dir: Path, tag: str) -> int:
@@ -530,7 +562,8 @@ def print_result(r: LevelResult) -> None:
                 f"max {max(r.error_latencies) * 1000:.0f} ms)" if r.error_latencies else "")
     print(f"           errors by SQLSTATE: {_counts(r.errors)}{refusals}; lost (client side): {_counts(r.lost)}; "
           f"connect errors: {_counts(r.connect_errors)}; {connect}")
-    engine = (f"engine RSS peak {r.rss_peak_kb / 1024:.0f} MB (VmHWM {r.hwm_kb / 1024:.0f} MB), "
+    processes = f" over {r.engine_processes} processes" if r.engine_processes > 1 else ""
+    engine = (f"engine RSS peak {r.rss_peak_kb / 1024:.0f} MB (VmHWM {r.hwm_kb / 1024:.0f} MB){processes}, "
               f"engine CPU {r.engine_cpu:.2f} cores, " if r.rss_peak_kb is not None and r.hwm_kb is not None
               and r.engine_cpu is not None else "")
     cores = os.cpu_count() or 1
