@@ -26,7 +26,7 @@ POLL_SECONDS = 2.0
 SETTLED = frozenset({"completed", "failed"})
 
 REQUEST_COLUMNS = (
-    ListingColumn("REQUEST", "request_id", 28), ListingColumn("STATUS", "status", 10),
+    ListingColumn("REQUEST", "request_id", 28), ListingColumn("STATUS", "status", 17),
     ListingColumn("ROWS", "rows_removed", 8), ListingColumn("REQUESTED", "requested_at", 32),
     ListingColumn("SLA DEADLINE", "sla_deadline", 32), ListingColumn("SUBJECT HMAC", "subject_hmac", 20),
 )
@@ -92,5 +92,7 @@ def _shown(request: dict[str, Any]) -> CommandOutput:
         lines.append(f"  {table}: {cell_text(result.get('rows_removed'))} row(s) removed "
                      f"({cell_text(result.get('storage'))}, {cell_text(result.get('objects_rewritten'))} object(s) "
                      "rewritten)")
+        for host, rows in sorted((result.get("hosts") or {}).items()):  # a fleet's writable table: host by host
+            lines.append(f"    host {host}: {cell_text(rows)} row(s) removed")
     return CommandOutput(request, "\n".join(lines),
                          status=FAILED_EXIT_STATUS if request["status"] == "failed" else 0)
