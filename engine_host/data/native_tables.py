@@ -202,14 +202,18 @@ class NativeTables:
     def __init__(self, native_dir: Path, capacity_bytes: int, *, describe: Callable[[str], SourceTable | None],
                  max_staleness_seconds: float = 60.0, build_memory: str = "1GiB",
                  clock: Callable[[], float] = time.monotonic, files: SourceFiles | None = None,
-                 budget: ByteBudget | None = None) -> None:
+                 budget: ByteBudget | None = None,
+                 build_guard: Callable[[SourceTable], Releasable | None] | None = None) -> None:
         """`describe(name)` re-reads one table from its source (None: unchanged as far as it can tell, or
         handled by `track`/`forget`); it is called without the lock held. `budget` defaults to
-        `capacity_bytes` of the copies' own; with a shared one, `capacity_bytes` is the most it can grant."""
+        `capacity_bytes` of the copies' own; with a shared one, `capacity_bytes` is the most it can grant.
+        `build_guard(source)` is held while a copy reads files that are read in place (a local folder's: an
+        erasure's swap must not replace them half way through a build)."""
         if capacity_bytes <= 0:
             raise ValueError("need capacity_bytes > 0")
         self._capacity = capacity_bytes
         self._files = files
+        self._build_guard = build_guard
         self._budget: ByteBudget = budget if budget is not None else _OwnBudget(capacity_bytes)
         self._describe = describe
         self._staleness = max_staleness_seconds
@@ -484,7 +488,10 @@ class NativeTables:
         started = time.monotonic()
         held: Releasable | None = None
         try:
-            held = self._files.hold(source, every_file=True) if self._files is not None else None
+            if self._files is not None:
+                held = self._files.hold(source, every_file=True)
+            elif self._build_guard is not None:
+                held = self._build_guard(source)
             size = self._build(source, path)
             layout = self._layouts.pop(path, None)
             with self._lock:

@@ -7,7 +7,7 @@ directories DuckDB may read, to register views before the lockdown, and to attac
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -15,9 +15,10 @@ from typing import Protocol
 import duckdb
 
 from engine_host.data.cached_tables import CachedTables, DataLease
-from engine_host.data.native_tables import NativeTables, SourceTable
+from engine_host.data.native_tables import NO_VERSIONS, NativeLease, NativeTables, SourceTable
 from engine_host.data.object_cache import ObjectCache
 from engine_host.data.parquet_tables import (
+    IDENTIFIER,
     PARQUET_GLOB,
     ParquetTable,
     parquet_view_source,
@@ -28,8 +29,12 @@ from engine_host.engine.duckdb_engine import DATA_CATALOG
 from engine_host.engine.table_catalog import TableCatalog
 from engine_host.engine.views import VIEW_MARKER
 from engine_host.pipeline.pipeline import TableData
+from hd_core.table_swaps import TableFolderLock
 
 log = logging.getLogger(__name__)
+
+# How long a statement waits for an erasure replacing a folder table's files (milliseconds, normally).
+FOLDER_LOCK_TIMEOUT_SECONDS = 30.0
 
 
 class TableSource(Protocol):
@@ -89,7 +94,9 @@ class LocalFolderTables:
         self._registered: list[ParquetTable] = []
         if native is not None:
             self.native = NativeTables(native.native_dir, native.capacity_bytes, describe=self._describe,
-                                       max_staleness_seconds=native.max_staleness_seconds)
+                                       max_staleness_seconds=native.max_staleness_seconds,
+                                       build_guard=lambda source: self._folder_lock(source.name))
+        self._reads = _FolderReads(self)
 
     @property
     def allowed_directories(self) -> list[Path]:
@@ -97,7 +104,18 @@ class LocalFolderTables:
 
     @property
     def table_data(self) -> TableData | None:
-        return self.native
+        return self._reads
+
+    def _folder_lock(self, name: str) -> TableFolderLock | None:
+        """The shared lock on a table's folder (None: not a folder table here): held while its files are read."""
+        schema, _, table = name.partition(".")
+        if not (IDENTIFIER.fullmatch(schema) and IDENTIFIER.fullmatch(table)):
+            return None
+        try:
+            return TableFolderLock(self.data_dir / schema / table, exclusive=False,
+                                   timeout_seconds=FOLDER_LOCK_TIMEOUT_SECONDS)
+        except OSError:  # no such folder (a writable table), or not one this host can open: nothing to hold
+            return None
 
     @property
     def cache_stats(self) -> Callable[[], Mapping[str, float]] | None:
@@ -127,6 +145,57 @@ class LocalFolderTables:
     def close(self) -> None:
         if self.native is not None:
             self.native.stop()
+
+
+class _FolderLease:
+    """What a statement over folder tables holds: the folders' shared locks and the native copies' epochs."""
+
+    def __init__(self, locks: list[TableFolderLock], native: NativeLease) -> None:
+        self._locks = locks
+        self._native = native
+
+    def release(self) -> None:
+        locks, self._locks = self._locks, []
+        try:
+            for lock in locks:
+                lock.release()
+        finally:
+            self._native.release()
+
+    def __enter__(self) -> _FolderLease:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+class _FolderReads:
+    """`TableData` of a local folder: DuckDB reads the files in place, where no If-Match tells a reader that a
+    file changed under it, so each statement holds its tables' folders shared until it ends and an erasure's
+    swap replaces their files holding them exclusively (hd_core/table_swaps.py): a statement sees a table all
+    old or all new. It also pins the native copies' epochs when there are copies."""
+
+    def __init__(self, tables: LocalFolderTables) -> None:
+        self._tables = tables
+
+    def hold(self, names: Iterable[str]) -> _FolderLease:
+        wanted = sorted(set(names))  # one order for every statement
+        locks: list[TableFolderLock] = []
+        try:
+            for name in wanted:
+                lock = self._tables._folder_lock(name)
+                if lock is not None:
+                    locks.append(lock)
+            native = self._tables.native.hold(wanted) if self._tables.native is not None else NO_VERSIONS
+        except BaseException:
+            for lock in locks:
+                lock.release()
+            raise
+        return _FolderLease(locks, native)
+
+    def hold_snapshot(self) -> _FolderLease:
+        native = self._tables.native
+        return _FolderLease([], native.hold_snapshot() if native is not None else NO_VERSIONS)
 
 
 def local_source_table(ref: ParquetTable) -> SourceTable:

@@ -1,5 +1,6 @@
-"""Statements over a table an erasure is rewriting see it all old or all new (issue 20), through the engine's
-object cache and native copies (engine_host/data/cached_tables.py, native_tables.py) over moto S3.
+"""Statements over a table an erasure is rewriting see it all old or all new (issue 20): through the engine's
+object cache and native copies over moto S3 (engine_host/data/cached_tables.py, native_tables.py), and over
+a local data folder read in place, with and without native copies (engine_host/data/table_sources.py).
 
 A reader counts the subject's rows in a 3-file table again and again while `hd_core.erasure.run` swaps
 the files (slowed down so the reader lands between every two of its steps); each count is the old total
@@ -23,11 +24,11 @@ from moto import mock_aws
 
 from engine_host.data.cached_tables import CachedTables
 from engine_host.data.object_cache import ObjectCache
-from engine_host.data.table_sources import ObjectStoreTables
+from engine_host.data.table_sources import LocalFolderTables, NativeCache, ObjectStoreTables
 from engine_host.engine.duckdb_engine import DATA_CATALOG, Database
 from engine_host.engine.table_catalog import TableCatalog
 from hd_core import erasure, table_swaps
-from hd_core.adapters.erasure_objects import S3TableObjects
+from hd_core.adapters.erasure_objects import LocalFolderTableObjects, S3TableObjects
 from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile
 from hd_core.adapters.s3_objects import S3ObjectSource
@@ -80,23 +81,32 @@ class Slowed:
 
 
 class Host:
-    """A locked-down database serving the bucket through the cache and native copies, as a fleet host does;
-    every statement re-checks the table's listing (staleness bound 0)."""
+    """A locked-down database serving the bucket through the cache and native copies, as a fleet host does
+    (or, with `folder`, a data folder read in place as `hd dev` does); every statement re-checks the table's
+    files (staleness bound 0)."""
 
-    def __init__(self, s3: Any, cache_dir: Path) -> None:
-        source = S3ObjectSource(s3, BUCKET, PREFIX)
-        self.cache = ObjectCache(source, cache_dir, 64 << 20, max_staleness_seconds=0.0)
-        self.tables = CachedTables(source, self.cache, listing_interval_seconds=3600)
-        self.served = ObjectStoreTables(self.tables, self.cache)
+    def __init__(self, s3: Any, cache_dir: Path, folder: Path | None = None, native: bool = True) -> None:
+        if folder is None:
+            source = S3ObjectSource(s3, BUCKET, PREFIX)
+            self.cache = ObjectCache(source, cache_dir, 64 << 20, max_staleness_seconds=0.0)
+            self.tables = CachedTables(source, self.cache, listing_interval_seconds=3600)
+            self.served: ObjectStoreTables | LocalFolderTables = ObjectStoreTables(self.tables, self.cache)
+        else:
+            self.served = LocalFolderTables(folder, NativeCache(cache_dir, 64 << 20, max_staleness_seconds=0.0)
+                                            if native else None)
         self.database = Database(None, allowed_directories=self.served.allowed_directories)
         self.database.open(setup=[self.served.register])
         self.catalog = TableCatalog(self.database.connection)
         self.served.attach(self.database.connection, self.catalog)
+        if self.served.native is not None:
+            assert self.served.native.wait_idle()
 
     def count(self) -> int:
         cursor = self.database.connection.cursor()
+        table_data = self.served.table_data
+        assert table_data is not None
         try:
-            with self.tables.hold([TABLE]):
+            with table_data.hold([TABLE]):
                 row = cursor.execute(COUNT_SQL).fetchone()
         finally:
             cursor.close()
@@ -127,6 +137,16 @@ def host(s3: Any, tmp_path: Path) -> Iterator[Host]:
     served.close()
 
 
+def _folder(s3: Any, tmp_path: Path) -> Path:
+    """The bucket's table copied into a data folder, as `hd dev` keeps it."""
+    root = tmp_path / "data"
+    for n in range(3):
+        path = root / "crm" / "people" / f"part-{n}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}crm/people/part-{n}.parquet")["Body"].read())
+    return root
+
+
 def _services(tmp_path: Path, objects: TableObjects) -> tuple[erasure.ErasureServices, SqliteControlStore]:
     store = SqliteControlStore(tmp_path / "control.sqlite3")
     keys = LocalKeyFile(tmp_path / "keys.json", create_missing=True)
@@ -141,10 +161,24 @@ def _ctx() -> ChangeContext:
     return ChangeContext(actor=principal, request_id="req_test")
 
 
+@pytest.mark.parametrize("storage", ["s3 through the cache", "folder with native copies", "folder in place"])
 def test_a_reader_counting_during_an_erasure_sees_the_old_total_or_the_new_one(
-        s3: Any, host: Host, tmp_path: Path) -> None:
+        s3: Any, tmp_path: Path, storage: str) -> None:
+    if storage == "s3 through the cache":
+        host = Host(s3, tmp_path / "cache")
+        objects = Slowed(S3TableObjects(s3, BUCKET, PREFIX))
+    else:
+        folder = _folder(s3, tmp_path)
+        host = Host(s3, tmp_path / "cache", folder, native=storage == "folder with native copies")
+        objects = Slowed(LocalFolderTableObjects(folder))
+    try:
+        _count_during_an_erasure(host, objects, tmp_path)
+    finally:
+        host.close()
+
+
+def _count_during_an_erasure(host: Host, objects: Slowed, tmp_path: Path) -> None:
     assert host.count() == 6
-    objects = Slowed(S3TableObjects(s3, BUCKET, PREFIX))
     svc, store = _services(tmp_path, objects)
     request = erasure.submit(svc, _ctx(), ORG, SUBJECT, "")
     counts: list[int] = []

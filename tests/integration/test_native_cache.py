@@ -292,8 +292,10 @@ def test_a_transaction_over_the_wire_reads_one_version_of_a_table_that_changes_d
     write_table(tmp_path / "data", "crm", "accounts", [1, 2, 3])
     with in_process_host(tmp_path) as (host, _, key):
         assert host.engine is not None and host.engine.table_source is not None
-        native = host.engine.table_source.table_data
-        assert isinstance(native, NativeTables) and native.wait_idle()
+        source = host.engine.table_source
+        assert isinstance(source, LocalFolderTables) and isinstance(source.native, NativeTables)
+        native = source.native
+        assert native.wait_idle()
         old = native.served_from("crm.accounts")
         assert old is not None
         assert host.banner is not None

@@ -26,7 +26,7 @@ from hd_core.adapters.local_objects import LocalFolderObjectSource
 from hd_core.adapters.s3_objects import S3ObjectSource
 from hd_core.erasure_models import TableObjects
 from hd_core.object_source import ObjectChanged, ObjectInfo, ObjectMissing, ObjectSource
-from hd_core.table_swaps import SwapManifestInvalid
+from hd_core.table_swaps import SwapManifestInvalid, TableBusy, TableFolderLock
 
 BUCKET = "hd-swap-data"
 PREFIX = "crm/people/"
@@ -249,3 +249,24 @@ def test_a_manifest_that_does_not_parse_fails_closed(text: bytes,
     with pytest.raises(SwapManifestInvalid, match="not served") as raised:
         table_swaps.read_manifest(source, PREFIX)
     assert raised.value.code == "HD_ERR_SWAP_MANIFEST_INVALID"
+
+
+def test_a_folder_swap_waits_for_statements_reading_the_files_in_place_and_a_later_run_finishes_it(
+        folder: tuple[TableObjects, ObjectSource], tmp_path: Path) -> None:
+    objects, _ = folder
+    assert isinstance(objects, LocalFolderTableObjects)
+    objects.lock_timeout_seconds = 0.2
+    etags = {info.key: info.etag for info in objects.list(PREFIX)}
+    reading = TableFolderLock(tmp_path / "data" / PREFIX, exclusive=False, timeout_seconds=1)  # a statement
+    try:
+        with pytest.raises(TableBusy, match="statements reading them") as busy:
+            table_swaps.swap_objects(objects, PREFIX, [(key, etags[key], NEW[key]) for key in KEYS], [])
+        assert busy.value.code == "HD_ERR_TABLE_BUSY"
+        assert {key: (tmp_path / "data" / key).read_bytes() for key in KEYS} == OLD  # nothing replaced
+    finally:
+        reading.release()
+    with objects.replacing(PREFIX), pytest.raises(TableBusy, match="an erasure replacing them"):
+        TableFolderLock(tmp_path / "data" / PREFIX, exclusive=False, timeout_seconds=0.1)  # the other way round
+
+    erasure._erase_parquet(objects, "crm.people", "person_id", "nobody", None, [], [])
+    assert {key: (tmp_path / "data" / key).read_bytes() for key in KEYS} == NEW

@@ -26,19 +26,28 @@ A manifest that cannot be parsed fails closed (`SwapManifestInvalid`): the table
 
 A swap that stopped after step 2 (a crash, a timeout) is rolled forward by the next erasure of the table
 (`finish_swap`): until then readers keep seeing it whole through the stand-ins.
+
+A local folder's engine reads a table's files in place (`hd dev`), where no If-Match can tell it that a
+file changed under it. There step 3 holds `TableFolderLock` exclusively on the table's folder and each
+statement reading the folder holds it shared, so a statement runs entirely before or after the
+replacements.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import tempfile
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hd_core.erasure_models import TableObjects
-from hd_core.errors import HdError
+from hd_core.errors import Conflict, HdError
 from hd_core.models import new_id
 from hd_core.object_source import ObjectChanged, ObjectInfo, ObjectMissing, ObjectSource, safe_relative_path
 
@@ -47,6 +56,50 @@ STAGING_DIR = ".hd-erasure"
 _VERSION = 1
 _MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 _ENTRY_FIELDS = {"key", "old_etag", "stand_in", "stand_in_etag", "stand_in_size"}
+
+
+class TableBusy(Conflict):
+    """A table's folder stayed locked past the deadline (statements reading it, or a swap replacing its files)."""
+
+    code = "HD_ERR_TABLE_BUSY"
+
+
+class TableFolderLock:
+    """A lock on a table's folder (flock on the directory): shared by each statement that reads the files in
+    place, exclusive while a swap replaces them. `release` exactly once; a second call does nothing."""
+
+    def __init__(self, folder: Path, *, exclusive: bool, timeout_seconds: float) -> None:
+        self._fd: int | None = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        self._lock = threading.Lock()
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        deadline = time.monotonic() + timeout_seconds
+        try:
+            while True:
+                try:
+                    fcntl.flock(self._fd, mode | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = "statements reading them" if exclusive else "an erasure replacing them"
+                        raise TableBusy(f"the files of table folder {folder.name} stayed locked for "
+                                        f"{timeout_seconds:g} s ({holder}); try again") from None
+                    time.sleep(0.005)
+        except BaseException:
+            os.close(self._fd)
+            self._fd = None
+            raise
+
+    def release(self) -> None:
+        with self._lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor of the open file releases its flock
+
+    def __enter__(self) -> TableFolderLock:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
 
 
 class SwapManifestInvalid(HdError):
@@ -211,21 +264,29 @@ def finish_swap(objects: TableObjects, manifest: SwapManifest, purge: list[str],
     key had been written by someone else (that key keeps the other writer's bytes)."""
     replaced = 0
     conflicts = []
+    contents = dict(new_bytes or {})
     for entry in manifest.entries:
-        data = (new_bytes or {}).get(entry.key)
-        try:
-            if data is None:
+        if entry.key not in contents:
+            try:
                 data, info = objects.read(entry.stand_in)
-                if info.etag != entry.stand_in_etag:
-                    raise SwapManifestInvalid(f"stand-in {entry.stand_in} is not the object its manifest names")
-            objects.replace(entry.key, data, if_match=entry.old_etag)
-        except (ObjectChanged, ObjectMissing) as exc:
-            now = [info for info in objects.list(entry.key) if info.key == entry.key]
-            if not (now and now[0].etag == entry.stand_in_etag):  # not already swapped by an earlier run
-                conflicts.append(str(exc))
-            continue
-        replaced += 1
-        purge.extend(f"{entry.key}\t{version}" for version in objects.versions(entry.key))
+            except ObjectMissing:
+                continue  # its key is checked below: already swapped, or a conflict
+            if info.etag != entry.stand_in_etag:
+                raise SwapManifestInvalid(f"stand-in {entry.stand_in} is not the object its manifest names")
+            contents[entry.key] = data
+    with objects.replacing(manifest.table_prefix):  # readers of the files in place wait, or it raises TableBusy
+        for entry in manifest.entries:
+            try:
+                if entry.key not in contents:
+                    raise ObjectMissing(f"stand-in {entry.stand_in} is gone")
+                objects.replace(entry.key, contents[entry.key], if_match=entry.old_etag)
+            except (ObjectChanged, ObjectMissing) as exc:
+                now = [info for info in objects.list(entry.key) if info.key == entry.key]
+                if not (now and now[0].etag == entry.stand_in_etag):  # not already swapped by an earlier run
+                    conflicts.append(str(exc))
+                continue
+            replaced += 1
+            purge.extend(f"{entry.key}\t{version}" for version in objects.versions(entry.key))
     objects.delete(manifest_key(manifest.table_prefix))
     for entry in manifest.entries:
         objects.delete(entry.stand_in)

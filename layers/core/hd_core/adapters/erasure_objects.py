@@ -11,7 +11,8 @@ never changes during an erasure and every object it reads is either the old or t
 A table of several objects is swapped for readers all at once through a manifest (hd_core/table_swaps.py):
 `put_new` creates the stand-ins and the manifest only where nothing is (a hard link locally, PutObject with
 If-None-Match in S3), so two swaps of one table cannot overlap, and `delete` removes them again, every
-version included.
+version included. Locally `replacing` locks the table's folder while its files are replaced, because the
+engine reads them in place.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +33,7 @@ from hd_core.adapters.local_objects import LocalFolderObjectSource
 from hd_core.adapters.s3_objects import S3ObjectSource, S3ObjectUnavailable
 from hd_core.errors import InvalidRequest
 from hd_core.object_source import ObjectChanged, ObjectInfo, ObjectMissing, safe_relative_path
+from hd_core.table_swaps import TableFolderLock
 
 _CHANGED_CODES = {"412", "PreconditionFailed", "ConditionalRequestConflict"}
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
@@ -40,9 +43,10 @@ _DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 class LocalFolderTableObjects:
     """The data folder of `hd dev` (`<state>/data/<schema>/<table>/*.parquet`) as rewritable objects."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, lock_timeout_seconds: float = 30.0) -> None:
         self._root = Path(root)
         self._source = LocalFolderObjectSource(self._root)
+        self.lock_timeout_seconds = lock_timeout_seconds
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         if not self._root.is_dir():
@@ -103,6 +107,11 @@ class LocalFolderTableObjects:
                 folder.rmdir()
             except OSError:
                 break
+
+    def replacing(self, prefix: str) -> AbstractContextManager[object]:
+        """The table folder's lock, exclusive: the engine's statements read these files in place (no If-Match)."""
+        return TableFolderLock(self._root / safe_relative_path(prefix.rstrip("/")), exclusive=True,
+                               timeout_seconds=self.lock_timeout_seconds)
 
     def versions(self, key: str) -> tuple[str, ...]:
         return ()  # a replaced file is gone: a folder keeps no versions
@@ -168,11 +177,14 @@ class S3TableObjects:
         if found:
             self.delete_versions(key, found)
 
-    def _latest_version(self, full: str) -> list[str]:
+    def _latest_version(self, full: str) -> builtins.list[str]:
         """The current version id of `full` (a delete marker after `delete_object` in a versioned bucket)."""
         page = self._s3.list_object_versions(Bucket=self._bucket, Prefix=full)
         return [entry["VersionId"] for entry in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]
                 if entry["Key"] == full and entry.get("IsLatest") and entry.get("VersionId") not in (None, "null")]
+
+    def replacing(self, prefix: str) -> AbstractContextManager[object]:
+        return nullcontext()  # readers fetch with If-Match: a replaced object fails theirs, nothing to hold
 
     def versions(self, key: str) -> tuple[str, ...]:
         """Noncurrent versions of exactly this key (and its delete markers), oldest last."""
