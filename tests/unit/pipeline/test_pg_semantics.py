@@ -134,3 +134,65 @@ def test_a_product_divides_at_its_own_scale_not_its_left_operands() -> None:
         answers += con.execute(to_duckdb(parsed.tree.copy(), parsed, session=SESSION, column_types={
             "main.t": (("a", "DECIMAL(15,2)"), ("b", "DECIMAL(15,2)"))})).fetchall()
     assert answers == [(Decimal("0.00083333333333333333"),), (Decimal("0.93"),)]
+
+
+def _postgres_quotient_in_column(a: Decimal, b: Decimal, column_scale: int) -> Decimal:
+    """pg_numeric.divide; when PostgreSQL's scale passes the column's, the exact quotient rounded half away
+    from zero at the column's scale (the module's documented difference)."""
+    from decimal import ROUND_HALF_UP, localcontext
+
+    from engine_host.pipeline.governance import pg_numeric
+
+    value = pg_numeric.divide(a, b)
+    if -int(value.as_tuple().exponent) <= column_scale:
+        return value
+    with localcontext() as context:
+        context.prec = 100
+        return (a / b).quantize(Decimal(1).scaleb(-column_scale), rounding=ROUND_HALF_UP)
+
+
+@pytest.mark.parametrize("dividend_scale", range(0, 7))
+def test_numeric_division_sql_agrees_with_postgres_at_every_pair_of_operand_scales(dividend_scale: int) -> None:
+    """The scale rule reads base-10000 digits aligned to each operand's scale (mod 4): every alignment of both
+    operands, zeros, powers of ten and the edges of a base-10000 digit (9999, 10000) give PostgreSQL's value."""
+    import random
+
+    from sqlglot import exp
+
+    from engine_host.pipeline.governance import pg_numeric
+
+    rng = random.Random(dividend_scale)
+    con = duckdb.connect()
+    for divisor_scale in range(0, 6):
+        types = [f"DECIMAL(15, {s})" if s else "INTEGER" for s in (dividend_scale, divisor_scale)]
+        left, right = (pg_numeric.NumericOperand(s, 15 - s, False) if s else pg_numeric.NumericOperand(0, 10, True)
+                       for s in (dividend_scale, divisor_scale))
+        sql = pg_numeric.quotient(exp.column("a"), left, exp.column("b"), right).sql(dialect="duckdb")
+        column_scale = min(38, max(38 - left.integer_digits - right.scale, left.scale, right.scale))
+        edges = [0, 1, 9, 10, 9999, 10000, 99999999, 100000000, 123456789]
+        units = [(a, b) for a in edges for b in edges[1:]]
+        units += [(rng.randint(0, 10 ** rng.randint(1, 9)), rng.randint(1, 10 ** rng.randint(1, 9))) for _ in range(60)]
+        cases = [(Decimal(rng.choice((1, -1)) * a).scaleb(-dividend_scale),
+                  Decimal(rng.choice((1, -1)) * b).scaleb(-divisor_scale)) for a, b in units]
+        rows = con.execute(
+            f"SELECT {sql} FROM (SELECT CAST(unnest($1) AS {types[0]}) a, CAST(unnest($2) AS {types[1]}) b)",
+            [[str(a) for a, _ in cases], [str(b) for _, b in cases]]).fetchall()
+        wrong = [(a, b, got) for (a, b), (got,) in zip(cases, rows, strict=True)
+                 if got != _postgres_quotient_in_column(a, b, column_scale)]
+        assert not wrong, (dividend_scale, divisor_scale, wrong[:3])
+
+
+def test_numeric_quotient_is_few_function_calls_for_duckdb_to_bind() -> None:
+    """DuckDB binds and optimises each call in tens of microseconds: TPC-H Q1's three avg()s took 14 ms in
+    DuckDB before a statement ran when each quotient was ~160 calls; the quotient stays under 120."""
+    import sqlglot
+    from sqlglot import exp
+
+    from engine_host.pipeline.governance import pg_numeric
+
+    for left, right in ((pg_numeric.NumericOperand(2, 8, False), pg_numeric.NumericOperand(0, 10, True)),
+                        (pg_numeric.NumericOperand(4, 30, False), pg_numeric.NumericOperand(1, 30, False))):
+        sql = pg_numeric.quotient(exp.column("a"), left, exp.column("b"), right).sql(dialect="duckdb")
+        calls = [n for n in sqlglot.parse_one(sql, read="duckdb").walk()
+                 if isinstance(n, (exp.Func, exp.Binary, exp.Cast, exp.Case))]
+        assert len(calls) < 120, len(calls)
