@@ -12,7 +12,11 @@ later). Four systems run the 22 queries in interleaved rounds, each on the same 
   primary keys and foreign-key indexes, loaded once and reused when its row counts match).
 Every result is compared across the systems (numbers rounded to 9 significant digits, rows sorted so
 ties in ORDER BY cannot differ); per-query medians, the p50 over queries, and the geomean ratios
-engine/native and postgres/engine are printed, then the point lookup on customer.
+engine/native and postgres/engine are printed, then the point lookup on customer. Next to the engine's
+time at the client, "server" is the median of its statements' audit records (`timings_ms.total`: from
+the statement's arrival through the pipeline and DuckDB to its audit record), so what the wire, TLS and
+the client add shows apart from what the pipeline and DuckDB cost. The load average before and after
+the rounds is printed: on a shared machine, ratios from one run side by side are what compare.
 
 The queries come from tests/e2e/tpch_queries.py (PostgreSQL syntax, unqualified table names); this bench
 qualifies the table names itself (tpch.<table>, tpch_bench.<table> in PostgreSQL).
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
+import json
 import math
 import os
 import shutil
@@ -212,6 +217,25 @@ def _rotated(systems: Sequence[str], by: int) -> list[str]:
     return [*systems[start:], *systems[:start]]
 
 
+def audit_totals(state_dir: Path) -> list[float]:
+    """`timings_ms.total` of every query audit record the host wrote so far, in the order it wrote them."""
+    totals = []
+    for path in sorted((state_dir / "audit" / "queries").rglob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            totals.append(float(json.loads(line).get("timings_ms", {}).get("total", math.nan)))
+    return totals
+
+
+def server_medians(order: Sequence[str], totals: Sequence[float]) -> dict[str, float]:
+    """Per query, the median audit-record total of its engine statements (`order`: one query per record)."""
+    if len(totals) != len(order):
+        raise SystemExit(f"expected {len(order)} query audit records from the timed rounds, found {len(totals)}")
+    per_query: dict[str, list[float]] = {}
+    for name, total in zip(order, totals, strict=True):
+        per_query.setdefault(name, []).append(total)
+    return {name: statistics.median(values) for name, values in per_query.items()}
+
+
 def geomean(values: Sequence[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values)) if values else float("nan")
 
@@ -222,12 +246,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--lookups", type=int, default=50, help="point lookups per system")
     parser.add_argument("--build-timeout", type=float, default=1200.0)
+    parser.add_argument("--skip-postgres", action="store_true",
+                        help="leave PostgreSQL out (faster while iterating; no postgres/engine ratio)")
     args = parser.parse_args(argv)
 
     queries = load_queries()
     data = ensure_data(args.scale)
     native_path = native_database(data)
-    pg_dsn = reference_postgres_dsn()
+    pg_dsn = None if args.skip_postgres else reference_postgres_dsn()
     pg_schema = "tpch_bench" if args.scale == 1 else f"tpch_bench_sf{scale_label(args.scale)}"
     if pg_dsn is not None:
         load_postgres(pg_dsn, data, pg_schema)
@@ -268,6 +294,9 @@ def run(args: argparse.Namespace, queries: dict[str, str], host: EngineHostProce
     systems = [s for s in SYSTEMS if s in runners]
     times: dict[tuple[str, str], list[float]] = {}
     results: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+    audited_before = len(audit_totals(host.state_dir))
+    engine_order: list[str] = []  # the query of each engine statement, in the order its records are written
+    load_before = os.getloadavg()
     for round_number in range(args.rounds):
         for index, (name, sql) in enumerate(queries.items()):
             # Each system follows each other in turn: a system timed right after PostgreSQL's multi-second
@@ -275,22 +304,30 @@ def run(args: argparse.Namespace, queries: dict[str, str], host: EngineHostProce
             for system in _rotated(systems, round_number + index):
                 elapsed, rows = timed(runners[system], sql)
                 times.setdefault((name, system), []).append(elapsed)
+                if system == "engine":
+                    engine_order.append(name)
                 if round_number == 0:
                     results[(name, system)] = normalised(rows)
+    load_after = os.getloadavg()
     unequal = [name for name in queries if any(results[(name, s)] != results[(name, "native")] for s in systems)]
+    server = server_medians(engine_order, audit_totals(host.state_dir)[audited_before:])
 
-    print(f"\n[tpch] SF{args.scale:g}, {len(queries)} queries, {args.rounds} interleaved rounds, medians in ms")
-    print("query  " + "".join(f"{s:>11}" for s in systems) + "   engine/native" + ("  postgres/engine" if pg else ""))
+    print(f"\n[tpch] SF{args.scale:g}, {len(queries)} queries, {args.rounds} interleaved rounds, medians in ms; "
+          f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print("query  " + "".join(f"{s:>11}" for s in systems) + f"{'server':>11}   engine/native  server/native"
+          + ("  postgres/engine" if pg else ""))
     medians = {key: statistics.median(values) for key, values in times.items()}
     for name in queries:
         row = "".join(f"{medians[(name, s)]:11.1f}" for s in systems)
         ratio = medians[(name, "engine")] / medians[(name, "native")]
         pg_ratio = f"{medians[(name, 'postgres')] / medians[(name, 'engine')]:17.1f}x" if pg else ""
-        print(f"{name:<7}{row}{ratio:15.2f}x{pg_ratio}")
+        print(f"{name:<7}{row}{server[name]:11.1f}{ratio:15.2f}x{server[name] / medians[(name, 'native')]:14.2f}x"
+              f"{pg_ratio}")
     p50 = {s: statistics.median(medians[(n, s)] for n in queries) for s in systems}
-    print("p50    " + "".join(f"{p50[s]:11.1f}" for s in systems))
+    print("p50    " + "".join(f"{p50[s]:11.1f}" for s in systems) + f"{statistics.median(server.values()):11.1f}")
     engine_vs_native = geomean([medians[(n, "engine")] / medians[(n, "native")] for n in queries])
-    print(f"geomean engine/native: {engine_vs_native:.2f}x (goal <= 1.15x); "
+    print(f"geomean engine/native: {engine_vs_native:.2f}x (goal <= 1.15x); server/native: "
+          f"{geomean([server[n] / medians[(n, 'native')] for n in queries]):.2f}x; "
           f"parquet/native: {geomean([medians[(n, 'parquet')] / medians[(n, 'native')] for n in queries]):.2f}x")
     if pg:
         print(f"postgres/engine: p50 {p50['postgres'] / p50['engine']:.1f}x (goal >= 11.7x), geomean "
