@@ -318,8 +318,8 @@ def _erase_parquet(objects: TableObjects | None, table: str, column: str, subjec
     if staged:
         try:
             table_swaps.swap_objects(objects, prefix, staged, purge)
-        finally:  # a swap that raised after its manifest was written may have changed what readers see
-            if table not in changed and table_swaps.read_manifest_object(objects, prefix) is None:
+        finally:  # also when it raised: once its manifest is written, readers may be served the new objects
+            if table not in changed:
                 changed.append(table)
     return {"storage": "parquet", "rows_removed": removed, "objects_rewritten": len(staged)}
 
