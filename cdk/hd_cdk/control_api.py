@@ -87,6 +87,9 @@ class FunctionAccess:
     seals_secrets: bool = False  # TOTP seeds: data keys under the sealed-secret encryption context
     sealed_purpose: str = SEALED_SECRET_PURPOSE  # that context's purpose (webhook secrets have their own)
     reads_query_audit: bool = False  # lists and reads the query audit partitions
+    # Creates query chain checkpoints (the heads hosts that stopped left unsigned); needs reads_query_audit and
+    # verifies_checkpoints, since it verifies a chain before signing its head.
+    signs_owed_query_checkpoints: bool = False
     stores_audit_exports: bool = False  # puts audit exports under audit/exports/ and presigns GETs of them
     describes_instances: bool = False  # ec2:DescribeInstances (fleet membership)
     # No engine beside the function: dry runs and explain go to the fleet through the control table
@@ -95,6 +98,11 @@ class FunctionAccess:
     reserved_concurrency: int = 10
     memory_mb: int = 512
     timeout_seconds: int = 20
+
+    def __post_init__(self) -> None:
+        if self.signs_owed_query_checkpoints and not (self.reads_query_audit and self.verifies_checkpoints):
+            raise ValueError("signing owed query checkpoints verifies the chain first: it needs reads_query_audit "
+                             "and verifies_checkpoints")
 
 
 # One entry per function of functions/openapi.py FUNCTION_MODULES, read from the handlers and their adapters.
@@ -106,10 +114,11 @@ FUNCTION_ACCESS: Final[Mapping[str, FunctionAccess]] = {
     "policies": FunctionAccess(asks_fleet_for_previews=True),
     "jit": FunctionAccess(),
     "quotas": FunctionAccess(),
-    # Reads the trail and the query audit, verifies the chain, and checkpoints every org on a schedule.
+    # Reads the trail and the query audit, verifies the chain, and on a schedule checkpoints every org and signs
+    # the query chain heads that hosts which stopped without signing them left owed.
     "audit": FunctionAccess(
-        verifies_checkpoints=True, reads_query_audit=True, stores_audit_exports=True, reserved_concurrency=5,
-        timeout_seconds=300,
+        verifies_checkpoints=True, reads_query_audit=True, signs_owed_query_checkpoints=True,
+        stores_audit_exports=True, reserved_concurrency=5, timeout_seconds=300,
     ),
     # Heartbeats: IAM-authenticated, no tokens and no IAM events; reads the org, asks EC2 about the host.
     "fleet": FunctionAccess(
@@ -161,8 +170,9 @@ _PREFIX_REASONS: Final[Mapping[str, str]] = {
         "and day partition, so the audit search can only be granted the prefix."
     ),
     constants.AUDIT_QUERY_CHECKPOINTS_PREFIX: (
-        "Read-only access to every version under the query-chain checkpoint prefix: engine hosts write one "
-        "checkpoint per chain, size and time, so verify-chain?trail=queries can only be granted the prefix."
+        "Every version under the query-chain checkpoint prefix: engine hosts write one checkpoint per chain, size "
+        "and time, so verify-chain?trail=queries can only be granted the prefix; the audit schedule also creates "
+        "(If-None-Match, Object Lock) the checkpoints of chains whose host stopped without signing its head."
     ),
     constants.AUDIT_EXPORTS_PREFIX: (
         "Objects under the audit-export prefix only: each export is a new object named by organisation and export "
@@ -306,7 +316,8 @@ class ControlApi(Construct):
             "SweepExpiredKeys": self._schedule("SweepExpiredKeys", "api_keys", SWEEP_EXPIRED_KEYS_EVERY,
                                                "Records expired API keys in the IAM trail"),
             "CheckpointAudit": self._schedule("CheckpointAudit", "audit", CHECKPOINT_EVERY,
-                                              "Signs a checkpoint of every IAM chain with new events"),
+                                              "Signs a checkpoint of every IAM chain with new events and of "
+                                              "every query chain head a stopped host left unsigned"),
         }
 
     # --- functions ------------------------------------------------------------------------------------
@@ -442,8 +453,8 @@ class ControlApi(Construct):
         if access.reads_query_audit:
             statements.extend(self._audit_prefix(constants.AUDIT_QUERIES_PREFIX, write=False))
         if access.reads_query_audit and access.verifies_checkpoints:  # the query audit chain's checkpoints
-            statements.extend(self._audit_prefix(constants.AUDIT_QUERY_CHECKPOINTS_PREFIX, write=False,
-                                                 versions=True))
+            statements.extend(self._audit_prefix(constants.AUDIT_QUERY_CHECKPOINTS_PREFIX,
+                                                 write=access.signs_owed_query_checkpoints, versions=True))
         if access.stores_audit_exports:  # an export is too big for a Lambda answer: stored, then presigned
             statements.extend(self._audit_prefix(constants.AUDIT_EXPORTS_PREFIX, write=True))
         if access.seals_secrets:

@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from engine_host.boot.region_pin import check_data_source_region
@@ -75,7 +76,13 @@ from hd_core.policy_codec import load_policy_file
 from hd_core.policy_preview import install_policy_engine
 from hd_core.ports import AuditSink
 from hd_core.query_audit_chain import CHECKPOINT_FOLDER as QUERY_CHECKPOINT_FOLDER
-from hd_core.query_audit_chain import QUERY_CHECKPOINT_MESSAGE_TYPE, QueryChainCheckpointer, QueryChainStores
+from hd_core.query_audit_chain import (
+    OWED_SETTLE,
+    QUERY_CHECKPOINT_MESSAGE_TYPE,
+    QueryChainCheckpointer,
+    QueryChainStores,
+    sign_owed_query_checkpoints,
+)
 from hd_core.services import ControlServices, assemble_services, write_due_checkpoints
 from hd_core.shadow.replay import EngineEndpoint, control_key_revoker
 from hd_core.shadow.sample_masks import control_masking
@@ -272,6 +279,9 @@ class LocalEngineHost:
         # The engine accepts API keys, and JWTs from the control API (verified with the same key file);
         # it shares the control API's key cache and brute-force throttle (HD_AUTH_* settings).
         control = self._control_services(store, keys)
+        # A host of this state folder that died (kill -9, a crash) left its chain's tail unsigned, and nothing
+        # else signs it: sign every such head now, before this host serves (or writes) anything.
+        self._sign_owed_query_checkpoints(control, settle=timedelta(0))
         authenticator = control.api_keys
         self.metrics = HostMetrics() if self.config.metrics_port is not None else None
         credentials = EngineCredentials(authenticator, control.requests,
@@ -376,6 +386,22 @@ class LocalEngineHost:
             write_due_checkpoints(self._control)
         except Exception:  # the next tick (or the next append) retries
             log.exception("IAM chain checkpoint failed")
+        self._sign_owed_query_checkpoints(self._control, settle=OWED_SETTLE)
+
+    @staticmethod
+    def _sign_owed_query_checkpoints(control: ControlServices, *, settle: timedelta) -> None:
+        """What the AWS schedule does for hosts that stopped without signing their query chain's head."""
+        if control.query_chain is None:
+            return
+        try:
+            owed = sign_owed_query_checkpoints(control.query_chain, control.checkpoint_keys, settle=settle)
+        except Exception:  # the folder could not even be listed: the next tick (or start) retries
+            log.exception("query audit checkpoints owed by stopped hosts could not be signed")
+            return
+        for item in owed:
+            if item.outcome == "signed":
+                log.warning("signed the query audit head %s at %d, which its host left unsigned", item.chain_id,
+                            item.size)
 
     def _control_services(self, store: SqliteControlStore, keys: LocalKeyFile) -> ControlServices:
         """The control plane's services on this host's store and state directory, configured by `HD_*` variables."""
@@ -387,7 +413,8 @@ class LocalEngineHost:
             query_audit=LocalFolderAuditArchive(self.state_dir),
             audit_exports=LocalFolderAuditExports(self.state_dir),
             query_chain=QueryChainStores(LocalFolderAuditArchive(self.state_dir),
-                                         LocalFolderCheckpointStore(self.state_dir, QUERY_CHECKPOINT_FOLDER)),
+                                         LocalFolderCheckpointStore(self.state_dir, QUERY_CHECKPOINT_FOLDER,
+                                                                    message_type=QUERY_CHECKPOINT_MESSAGE_TYPE)),
         )
 
     async def stop(self) -> None:

@@ -26,7 +26,7 @@ from hd_core.client_values import ID_PATTERN, NON_BLANK_PATTERN
 from hd_core.errors import AuditWriteFailed, InvalidRequest
 from hd_core.models import ApiScope, ChangeContext, Environment, IamEvent, utc_now
 from hd_core.phi_disclosures import MAX_PATIENT_KEY_LENGTH, lookup_phi_disclosures
-from hd_core.query_audit_chain import verify_query_trail
+from hd_core.query_audit_chain import sign_owed_query_checkpoints, verify_query_trail
 from hd_core.services import write_due_checkpoints as checkpoint_grown_chains
 
 SERVICE = "hd-audit"
@@ -315,15 +315,28 @@ _api_handler = lambda_entry(app, SERVICE)
 
 
 def write_due_checkpoints() -> int:
-    """Checkpoint every organisation's chain that grew since its last checkpoint; returns how many."""
-    return checkpoint_grown_chains(services())
+    """Checkpoint every organisation's IAM chain that grew since its last checkpoint, and sign the query audit
+    chain heads hosts that stopped without signing left owed; returns how many checkpoints were written.
+
+    Raises `AuditWriteFailed` when an owed head could not be signed (after doing the others): the run is
+    retried and counted as failed, rather than reporting success over an audit tail left unsigned.
+    """
+    control = services()
+    written = checkpoint_grown_chains(control)
+    if control.query_chain is None:
+        return written
+    owed = sign_owed_query_checkpoints(control.query_chain, control.checkpoint_keys)
+    failed = [item.chain_id for item in owed if item.outcome == "failed"]
+    if failed:
+        raise AuditWriteFailed(f"the checkpoints owed by query audit chains {failed} could not be signed")
+    return written + sum(item.outcome == "signed" for item in owed)
 
 
 _scheduled_handler = scheduled_entry(lambda event, context: {"checkpoints_written": write_due_checkpoints()}, SERVICE)
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """API Gateway requests, or the EventBridge schedule that checkpoints grown IAM chains."""
+    """API Gateway requests, or the EventBridge schedule that checkpoints grown IAM chains and owed query heads."""
     if event.get("source") == "aws.events":
         return _scheduled_handler(event, context)
     return _api_handler(event, context)

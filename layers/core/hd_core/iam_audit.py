@@ -193,6 +193,8 @@ def checkpoint_to_json(checkpoint: ChainCheckpoint, message_type: str = CHECKPOI
         "signature": checkpoint.signature,
         "message_type": message_type,
     }
+    if checkpoint.signed_by is not None:
+        document["signed_by"] = checkpoint.signed_by
     return (canonical_json(document) + "\n").encode()
 
 
@@ -207,6 +209,7 @@ def checkpoint_from_json(data: bytes, where: str) -> ChainCheckpoint:
             time=parse_audit_time(_typed(document["time"], str)),
             key_id=_typed(document["key_id"], str),
             signature=_typed(document["signature"], str),
+            signed_by=None if document.get("signed_by") is None else _typed(document["signed_by"], str),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise HdError(f"IAM checkpoint {where} is unreadable ({exc}); the audit evidence needs inspection") from exc

@@ -262,6 +262,9 @@ class ChainCheckpoint:
     time: datetime
     key_id: str
     signature: str  # base64 DER ECDSA P-256 / SHA-256 over `checkpoint_message(...)`
+    # Who signed, when not the chain's own writer (a query chain head the control plane signed for a host that
+    # stopped without signing it); covered by the signature of the query chain's checkpoint message.
+    signed_by: str | None = None
 
 
 @dataclass(frozen=True)

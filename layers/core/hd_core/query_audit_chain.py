@@ -13,6 +13,14 @@ Records after the latest checkpoint can be cut off without trace until the next 
 that window (at most `every_records` records or `every_seconds` seconds) is the price of keeping
 a KMS round trip off every statement.
 
+A host that dies without stopping (kill -9, a lost instance) leaves its tail unsigned, and no later
+record of its own will ever sign it. `sign_owed_query_checkpoints` closes that: the control plane's
+scheduled job (and `hd dev` at start) finds each host chain of the last days whose stored head is
+past its latest signed checkpoint and that nothing was written to for a settle period, verifies the
+chain up to that head, and signs the head itself. Its checkpoint names the signer
+(`signed_by: "control_plane"`, covered by the signature); the verifier trusts both kinds. A chain
+that does not verify is left unsigned: a checkpoint must never vouch for a broken chain.
+
 A checkpoint signature covers `QUERY_CHECKPOINT_MESSAGE_TYPE`, so it can never pass for an IAM
 checkpoint (or the reverse), and checkpoints live under their own prefix of the audit bucket. Hosts
 sign with the checkpoint key ring's current key (hd_core/signing_keys.py), so a rotation in the
@@ -36,7 +44,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Protocol
+from typing import Literal, Protocol
 
 from hd_core.audit import to_json_line
 from hd_core.errors import InvalidRequest, NotFound
@@ -45,6 +53,8 @@ from hd_core.models import ChainCheckpoint, utc_now
 from hd_core.ports import CheckpointStore
 
 log = logging.getLogger(__name__)
+
+OwedOutcome = Literal["signed", "broken", "failed"]
 
 QUERY_CHECKPOINT_MESSAGE_TYPE = "hd.query_checkpoint.v1"
 CHAIN_FIELDS = ("chain_seq", "prev_hash", "hash")
@@ -62,6 +72,15 @@ _HASH_SUFFIX_LENGTH = len(b',"hash":""}') + 64
 _UNSAFE_CHAIN_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 # How many times a checkpoint is signed again when the ring's current key changed while signing it.
 _SIGN_ATTEMPTS = 3
+# `signed_by` of a checkpoint the control plane signed for a host's chain; absent: the host signed its own.
+CONTROL_PLANE_SIGNER = "control_plane"
+_SIGNERS = (None, CONTROL_PLANE_SIGNER)
+# A chain nothing was written to for this long belongs to a host that stopped: a live one signs its own head
+# within DEFAULT_CHECKPOINT_SECONDS of its last record.
+OWED_SETTLE = timedelta(minutes=5)
+# The days whose chains the owed-checkpoint job looks at: today and the two before, so a chain cut at midnight
+# is still found when the job missed its runs for up to two days.
+OWED_LOOKBACK_DAYS = 2
 
 
 def chain_id_for(host_id: str, day: date) -> str:
@@ -119,10 +138,12 @@ def last_line(data: bytes) -> bytes | None:
     return data[start:end]
 
 
-def checkpoint_message(chain_id: str, size: int, head_hash: str, time: datetime) -> bytes:
-    """The canonical bytes a query chain checkpoint signature covers."""
-    statement = {"type": QUERY_CHECKPOINT_MESSAGE_TYPE, "chain_id": chain_id, "size": size, "head_hash": head_hash,
-                 "time": format_audit_time(time)}
+def checkpoint_message(chain_id: str, size: int, head_hash: str, time: datetime, signed_by: str | None = None) -> bytes:
+    """The canonical bytes a query chain checkpoint signature covers (`signed_by` only when not the host itself)."""
+    statement: dict[str, object] = {"type": QUERY_CHECKPOINT_MESSAGE_TYPE, "chain_id": chain_id, "size": size,
+                                    "head_hash": head_hash, "time": format_audit_time(time)}
+    if signed_by is not None:
+        statement["signed_by"] = signed_by
     return canonical_json(statement).encode()
 
 
@@ -228,16 +249,19 @@ class QueryChainCheckpointer:
                 self._signed.pop(old, None)
         return True
 
-
     def _signed_by_one_key(self, message: bytes) -> tuple[str, bytes]:
-        """(key id, signature) where that key made the signature: a rotation landing between asking which key
-        signs and signing would otherwise name one key on another's signature (a checkpoint that looks forged)."""
-        for _ in range(_SIGN_ATTEMPTS):
-            key_id = self._keys.checkpoint_key_id()
-            signature = self._keys.sign_checkpoint(message)
-            if self._keys.checkpoint_key_id() == key_id:
-                return key_id, signature
-        raise RuntimeError("the current checkpoint key kept changing while a query checkpoint was signed")
+        return _signed_by_one_key(self._keys, message)
+
+
+def _signed_by_one_key(keys: CheckpointSigner, message: bytes) -> tuple[str, bytes]:
+    """(key id, signature) where that key made the signature: a rotation landing between asking which key
+    signs and signing would otherwise name one key on another's signature (a checkpoint that looks forged)."""
+    for _ in range(_SIGN_ATTEMPTS):
+        key_id = keys.checkpoint_key_id()
+        signature = keys.sign_checkpoint(message)
+        if keys.checkpoint_key_id() == key_id:
+            return key_id, signature
+    raise RuntimeError("the current checkpoint key kept changing while a query checkpoint was signed")
 
 
 # --- verification ----------------------------------------------------------------------------------
@@ -255,11 +279,24 @@ class CheckpointVerifier(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class StoredChainTail:
+    """Where one host's stored chain of a day ends: what its last stored line claims, and when it was stored."""
+
+    host_id: str
+    head: ChainHead | None  # None: the last line carries no chain fields (written before the host chained)
+    stored_at: datetime
+
+
 class QueryChainSource(Protocol):
     """Stored query audit records as written: each file or object of a day with the host that wrote it."""
 
-    def chain_segments(self, day: date) -> Iterator[tuple[str, bytes]]:
-        """(host id, raw JSONL bytes) of every file or object in `day`'s partition."""
+    def chain_segments(self, day: date, host_id: str | None = None) -> Iterator[tuple[str, bytes]]:
+        """(host id, raw JSONL bytes) of every file or object in `day`'s partition (with `host_id`: that host's)."""
+        ...
+
+    def chain_tails(self, day: date) -> Iterator[StoredChainTail]:
+        """Each host's tail of `day`: read from its last file or object only, not the whole day."""
         ...
 
 
@@ -305,16 +342,14 @@ def verify_query_chains(source: QueryChainSource, checkpoints: QueryCheckpointIn
     for day in days:
         segments: dict[str, list[list[bytes]]] = {}
         for host_id, data in source.chain_segments(day):
-            lines = [line for line in data.split(b"\n")[:-1] if line.strip()]
+            lines = _split_lines(data)
             if lines:
                 segments.setdefault(host_id, []).append(lines)
         day_reports = []
         for host_id in sorted(segments):
             chain_id = chain_id_for(host_id, day)
-            # S3 holds a chain in several objects: put them in chain order by their first line's position.
-            ordered = sorted(segments[host_id], key=lambda lines: _claimed_seq(lines[0]))
-            lines = [line for segment in ordered for line in segment]
-            verification, unchained = _verify_lines(chain_id, lines, checkpoints, keys, now())
+            verification, unchained = _verify_lines(chain_id, _in_chain_order(segments[host_id]), checkpoints, keys,
+                                                    now())
             day_reports.append(QueryChainReport(host_id, day, verification, unchained))
         seen = {report.verification.chain_id for report in day_reports}
         prefix = day_chain_prefix(day)
@@ -324,6 +359,17 @@ def verify_query_chains(source: QueryChainSource, checkpoints: QueryCheckpointIn
                 day_reports.append(QueryChainReport(chain_id[len(prefix):], day, verification))
         reports.extend(sorted(day_reports, key=lambda report: report.host_id))
     return reports
+
+
+def _in_chain_order(segments: list[list[bytes]]) -> list[bytes]:
+    """One host's lines of a day: S3 holds a chain in several objects, put in order by their first line's position."""
+    ordered = sorted(segments, key=lambda lines: _claimed_seq(lines[0]))
+    return [line for segment in ordered for line in segment]
+
+
+def _split_lines(data: bytes) -> list[bytes]:
+    """The complete, non-blank lines of a file or object (a line still being written has no newline yet)."""
+    return [line for line in data.split(b"\n")[:-1] if line.strip()]
 
 
 def _claimed_seq(line: bytes) -> int:
@@ -458,9 +504,11 @@ def _sorted_checkpoints(chain_id: str, checkpoints: CheckpointStore,
 
 
 def _is_signed(chain_id: str, checkpoint: ChainCheckpoint, keys: CheckpointVerifier) -> bool:
-    if checkpoint.chain_id != chain_id:
+    # An unknown signer is refused: only the host itself (no `signed_by`) and the control plane sign query chains.
+    if checkpoint.chain_id != chain_id or checkpoint.signed_by not in _SIGNERS:
         return False
-    message = checkpoint_message(chain_id, checkpoint.size, checkpoint.head_hash, checkpoint.time)
+    message = checkpoint_message(chain_id, checkpoint.size, checkpoint.head_hash, checkpoint.time,
+                                 checkpoint.signed_by)
     try:
         signature = base64.b64decode(checkpoint.signature, validate=True)
     except (binascii.Error, ValueError):
@@ -501,3 +549,93 @@ def verify_query_trail(stores: QueryChainStores | None, keys: CheckpointVerifier
     days = [first + timedelta(days=offset) for offset in range((last - first).days + 1)]
     reports = verify_query_chains(stores.records, stores.checkpoints, keys, days, now=now)
     return QueryTrailVerification(first, last, tuple(reports))
+
+
+# --- checkpoints owed by hosts that stopped without signing their tail -----------------------------
+
+
+class CheckpointKeys(CheckpointSigner, CheckpointVerifier, Protocol):
+    """Keys that both sign and verify query checkpoints: the control plane's checkpoint key ring."""
+
+
+@dataclass(frozen=True)
+class OwedCheckpoint:
+    """What `sign_owed_query_checkpoints` did with one host chain whose stored head no checkpoint covered."""
+
+    chain_id: str
+    host_id: str
+    day: date
+    size: int  # the head signed, or how many records the chain held when it was found broken or not signed
+    outcome: OwedOutcome  # signed; broken: it does not verify, so it was left unsigned; failed: not signed, retried
+    detail: str = ""
+
+
+def sign_owed_query_checkpoints(stores: QueryChainStores, keys: CheckpointKeys, *, settle: timedelta = OWED_SETTLE,
+                                days: Iterable[date] | None = None,
+                                now: Callable[[], datetime] | None = None) -> list[OwedCheckpoint]:
+    """Sign the stored head of every host chain of `days` (default today and the `OWED_LOOKBACK_DAYS` before)
+    that no signed checkpoint covers and that was not written to for `settle`: what a host that crashed owes.
+
+    Only a chain's last file or object is read to find what is owed; an owed chain is read whole and verified
+    first, and one that does not verify is reported `broken`, never signed. A chain that could not be read or
+    signed is reported `failed` (the next run retries it); the others are still done.
+    """
+    if settle < timedelta(0):
+        raise ValueError("settle must not be negative")
+    now = now or utc_now  # looked up per call: the clock is this module's, which a test may move
+    at = now()
+    today = at.astimezone(UTC).date()
+    chosen = list(days) if days is not None else [today - timedelta(days=back)
+                                                   for back in range(OWED_LOOKBACK_DAYS, -1, -1)]
+    done = []
+    for day in chosen:
+        for tail in stores.records.chain_tails(day):
+            if tail.head is None or at - tail.stored_at < settle:
+                continue  # a chain from before chaining, or a host that may still sign its own head
+            outcome = _sign_owed_head(stores, keys, tail, day, now)
+            if outcome is not None:
+                done.append(outcome)
+    return done
+
+
+def _sign_owed_head(stores: QueryChainStores, keys: CheckpointKeys, tail: StoredChainTail, day: date,
+                    now: Callable[[], datetime]) -> OwedCheckpoint | None:
+    chain_id = chain_id_for(tail.host_id, day)
+    assert tail.head is not None
+    size = tail.head.seq
+    try:
+        if _head_is_signed(chain_id, tail.head, stores.checkpoints, keys):
+            return None
+        segments = [lines for _, data in stores.records.chain_segments(day, tail.host_id)
+                    if (lines := _split_lines(data))]
+        verification, _ = _verify_lines(chain_id, _in_chain_order(segments), stores.checkpoints, keys, now())
+        size = verification.entry_count
+        found = verification.first_break
+        if found is not None or verification.last_entry_hash is None:
+            detail = (f"{found.kind} at position {found.position}: {found.detail}" if found is not None
+                      else "no chained record")
+            log.warning("query audit chain %s is owed a checkpoint but does not verify (%s); left unsigned",
+                        chain_id, detail)
+            return OwedCheckpoint(chain_id, tail.host_id, day, size, "broken", detail)
+        head = ChainHead(size, verification.last_entry_hash)
+        if head != tail.head and _head_is_signed(chain_id, head, stores.checkpoints, keys):
+            return None  # the host came back and signed its own head meanwhile
+        signed_at = now()
+        key_id, signature = _signed_by_one_key(
+            keys, checkpoint_message(chain_id, head.seq, head.hash, signed_at, CONTROL_PLANE_SIGNER))
+        stores.checkpoints.put_checkpoint(ChainCheckpoint(
+            chain_id=chain_id, size=head.seq, head_hash=head.hash, time=signed_at, key_id=key_id,
+            signature=base64.b64encode(signature).decode("ascii"), signed_by=CONTROL_PLANE_SIGNER))
+    # Storage, KMS or a checkpoint that cannot be read: this chain stays owed and the next run retries it;
+    # the other chains must not wait for it.
+    except Exception as exc:
+        log.warning("the checkpoint owed by query audit chain %s could not be signed", chain_id, exc_info=True)
+        return OwedCheckpoint(chain_id, tail.host_id, day, size, "failed", str(exc) or type(exc).__name__)
+    log.info("signed the head (%d) of query audit chain %s, which its host left unsigned", head.seq, chain_id)
+    return OwedCheckpoint(chain_id, tail.host_id, day, head.seq, "signed")
+
+
+def _head_is_signed(chain_id: str, head: ChainHead, checkpoints: CheckpointStore, keys: CheckpointVerifier) -> bool:
+    """Whether a trusted signature covers exactly `head`: only the checkpoints filed under its size are read."""
+    return any(checkpoint.head_hash == head.hash and _is_signed(chain_id, checkpoint, keys)
+               for checkpoint in checkpoints.list_checkpoints(chain_id, size=head.seq))

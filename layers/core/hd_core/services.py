@@ -27,7 +27,7 @@ from hd_core.models import utc_now
 from hd_core.ports import CheckpointStore, ControlStore, KeyProvider, QueryAuditArchive
 from hd_core.query_audit_chain import CHECKPOINT_FOLDER as QUERY_CHECKPOINT_FOLDER
 from hd_core.query_audit_chain import CHECKPOINT_PREFIX as QUERY_CHECKPOINT_PREFIX
-from hd_core.query_audit_chain import QueryChainStores
+from hd_core.query_audit_chain import QUERY_CHECKPOINT_MESSAGE_TYPE, QueryChainStores
 from hd_core.request_auth import RequestAuthenticator
 from hd_core.sealed_secrets import SecretSealer
 from hd_core.signing_keys import CheckpointKeyRing, JwtKeyRing, SigningKeyPolicy, kms_jwt_key_tags
@@ -175,7 +175,8 @@ def _build_local_services(config: ControlApiSettings) -> ControlServices:
         query_audit=LocalFolderAuditArchive(config.audit_dir),
         audit_exports=LocalFolderAuditExports(config.audit_dir),
         query_chain=QueryChainStores(LocalFolderAuditArchive(config.audit_dir),
-                                     LocalFolderCheckpointStore(config.audit_dir, QUERY_CHECKPOINT_FOLDER)),
+                                     LocalFolderCheckpointStore(config.audit_dir, QUERY_CHECKPOINT_FOLDER,
+                                                                message_type=QUERY_CHECKPOINT_MESSAGE_TYPE)),
     )
 
 
@@ -206,7 +207,8 @@ def _build_aws_services(config: ControlApiSettings) -> ControlServices:
         query_audit=S3AuditArchive(s3, config.audit_bucket),
         audit_exports=S3AuditExports(s3, config.audit_bucket),
         query_chain=QueryChainStores(S3AuditArchive(s3, config.audit_bucket),
-                                     S3CheckpointStore(s3, config.audit_bucket, prefix=QUERY_CHECKPOINT_PREFIX)),
+                                     S3CheckpointStore(s3, config.audit_bucket, prefix=QUERY_CHECKPOINT_PREFIX,
+                                                       message_type=QUERY_CHECKPOINT_MESSAGE_TYPE)),
     )
 
 

@@ -19,12 +19,22 @@ from pathlib import Path
 from hd_core.audit import audit_partition
 from hd_core.audit_search import records_from_lines
 from hd_core.errors import AuditWriteFailed, HdError
-from hd_core.query_audit_chain import ChainHead, QueryChainCheckpointer, chain_id_for, chained_line, head_of_line
+from hd_core.query_audit_chain import (
+    ChainHead,
+    QueryChainCheckpointer,
+    StoredChainTail,
+    chain_id_for,
+    chained_line,
+    head_of_line,
+    last_line,
+)
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 # The current day and the one before stay open: statements that started before midnight finish after it.
 _OPEN_DAYS = 2
+# How much of a day file's end is read to find its last line (records are a few hundred bytes to a few KiB).
+_TAIL_BYTES = 65536
 
 
 class _DayFile:
@@ -205,10 +215,21 @@ class LocalFolderAuditArchive:
         for path in self._day_files(day):
             yield from _stream_day_file(path)
 
-    def chain_segments(self, day: date) -> Iterator[tuple[str, bytes]]:
-        """(host id, the file's bytes) of every host's file of `day`: one chain each, for verification."""
+    def chain_segments(self, day: date, host_id: str | None = None) -> Iterator[tuple[str, bytes]]:
+        """(host id, the file's bytes) of every host's file of `day` (or `host_id`'s): one chain each."""
         for path in self._day_files(day):
-            yield path.stem, _read_day_file(path)
+            if host_id is None or path.stem == host_id:
+                yield path.stem, _read_day_file(path)
+
+    def chain_tails(self, day: date) -> Iterator[StoredChainTail]:
+        """Each host's chain head of `day` from its file's last complete line, stored at the file's mtime."""
+        for path in self._day_files(day):
+            tail = _read_tail(path)
+            if tail is not None:
+                data, modified = tail
+                line = last_line(data)
+                yield StoredChainTail(path.stem, head_of_line(line) if line is not None else None,
+                                      datetime.fromtimestamp(modified, UTC))
 
     def _day_files(self, day: date) -> list[Path]:
         """Every host's file of `day`'s partition, by name; none for a missing day."""
@@ -234,6 +255,24 @@ def _stream_day_file(path: Path) -> Iterator[dict[str, object]]:
             yield from records_from_lines(handle, source=str(path))
         except OSError as exc:
             raise HdError(f"query audit file {path} could not be read: {exc.strerror or exc}") from exc
+
+
+def _read_tail(path: Path) -> tuple[bytes, float] | None:
+    """The end of a day file holding its last complete line (the whole file if need be), and its mtime."""
+    try:
+        with path.open("rb") as handle:
+            info = os.fstat(handle.fileno())
+            start = max(0, info.st_size - _TAIL_BYTES)
+            handle.seek(start)
+            data = handle.read()
+            if start > 0 and data.count(b"\n") < 2:  # a line longer than the tail read: read the whole file
+                handle.seek(0)
+                data = handle.read()
+    except FileNotFoundError:
+        return None  # removed between listing and reading (retention clean-up)
+    except OSError as exc:
+        raise HdError(f"query audit file {path} could not be read: {exc.strerror or exc}") from exc
+    return data, info.st_mtime
 
 
 def _read_day_file(path: Path) -> bytes:

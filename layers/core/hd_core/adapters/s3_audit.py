@@ -29,6 +29,7 @@ from hd_core.models import random_base62
 from hd_core.query_audit_chain import (
     ChainHead,
     QueryChainCheckpointer,
+    StoredChainTail,
     chain_id_for,
     chained_line,
     head_of_line,
@@ -221,21 +222,39 @@ class S3AuditArchive:
         for key in self._day_keys(day):
             yield from records_from_jsonl(self._get(key), source=f"s3://{self._bucket}/{key}")
 
-    def chain_segments(self, day: date) -> Iterator[tuple[str, bytes]]:
-        """(host id, the object's bytes) of every object of `day`: each host's objects form its chain."""
-        for key in self._day_keys(day):
-            yield key.rsplit("/", 1)[-1].rsplit("-", 2)[0], self._get(key)
+    def chain_segments(self, day: date, host_id: str | None = None) -> Iterator[tuple[str, bytes]]:
+        """(host id, the object's bytes) of every object of `day` (or `host_id`'s): a host's objects form its chain."""
+        for key in self._day_keys(day, host_id):
+            if host_id is None or _object_host(key) == host_id:
+                yield _object_host(key), self._get(key)
 
-    def _day_keys(self, day: date) -> Iterator[str]:
+    def chain_tails(self, day: date) -> Iterator[StoredChainTail]:
+        """Each host's chain head of `day` from its latest object's last line (one GET per host), stored when
+        that object was."""
+        latest: dict[str, tuple[int, str, datetime]] = {}
+        for key, modified in self._day_entries(day):
+            host, unix_ms = _object_host(key), _object_ms(key)
+            if host not in latest or unix_ms > latest[host][0]:
+                latest[host] = (unix_ms, key, modified)
+        for host in sorted(latest):
+            _, key, modified = latest[host]
+            line = last_line(self._get(key))
+            yield StoredChainTail(host, head_of_line(line) if line is not None else None, modified)
+
+    def _day_keys(self, day: date, host_id: str | None = None) -> Iterator[str]:
+        for key, _ in self._day_entries(day, host_id):
+            yield key
+
+    def _day_entries(self, day: date, host_id: str | None = None) -> Iterator[tuple[str, datetime]]:
+        """(key, last modified) of every JSONL object of `day` (with `host_id`: the keys that start with it)."""
         paginator = self._s3.get_paginator("list_objects_v2")
-        pages = paginator.paginate(
-            Bucket=self._bucket, Prefix=f"{self._prefix}{day:%Y/%m/%d}/", PaginationConfig={"PageSize": self._page_size}
-        )
+        prefix = f"{self._prefix}{day:%Y/%m/%d}/{'' if host_id is None else host_id + '-'}"
+        pages = paginator.paginate(Bucket=self._bucket, Prefix=prefix, PaginationConfig={"PageSize": self._page_size})
         try:
             for page in pages:
                 for entry in page.get("Contents", []):
                     if entry["Key"].endswith(".jsonl"):
-                        yield entry["Key"]
+                        yield entry["Key"], entry["LastModified"]
         except _S3_READ_ERRORS as exc:
             raise HdError(f"query audit partition {day} could not be listed: {exc}") from exc
 
@@ -269,6 +288,11 @@ def _utc_day(record: Mapping[str, object]) -> date:
 
 def _json_line(record: dict[str, object]) -> str:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _object_host(key: str) -> str:
+    """The host that wrote an object `<prefix>YYYY/MM/DD/<host>-<unix_ms>-<random>.jsonl`."""
+    return key.rsplit("/", 1)[-1].rsplit("-", 2)[0]
 
 
 def _object_ms(key: str) -> int:
