@@ -5,12 +5,12 @@ Layout in the source: `<schema>/<table>/<file>.parquet` becomes the view `<schem
 missing when a statement binds or runs is an error, never a silently shorter table.
 
 Life of a statement over such a table (engine_host/pipeline/pipeline.py calls `hold`):
-- `hold(tables)` pins every file of the tables it reads: a file not in the cache is fetched (in
-  parallel, one download per object however many statements want it), a cached one is revalidated
-  against the source when its last check is older than the cache's staleness bound (60 s by default),
-  and none is evicted until the statement finishes and the lease is released.
-- A file deleted at the source makes the lease re-list the source once and try again, so a table
-  that was rewritten (new file names) is served from its new files.
+- `hold(tables)` pins every file of the tables it reads, at the version listed: a file not in the
+  cache is fetched (in parallel, one download per object version however many statements want it),
+  the listing is taken again first when it is older than the cache's staleness bound (60 s by
+  default), and none is evicted until the statement finishes and the lease is released.
+- A file deleted or replaced at the source makes the lease re-list the source and try again, so a
+  table that was rewritten (new file names, or new bytes) is served from its new files.
 
 New, changed and removed tables appear through `sync`, which re-lists the source: at start, then every
 `listing_interval_seconds` from a background thread. Registering a table fetches only its first
@@ -21,7 +21,8 @@ staleness bound after the change, and a new or removed file or table shows withi
 interval.
 
 A statement reads a table as one listing saw it, never some objects older than others: each object is
-fetched at exactly the ETag listed (If-Match; `ObjectCache.acquire(exact=True)`), and one that no longer
+fetched at exactly the ETag listed (If-Match; `ObjectCache.acquire(exact=True)`) into a file of that
+version's own (`part-0@<etag>.parquet`, never replaced while a statement may read it), and one that no longer
 matches re-lists the source and tries again. Freshness comes from the listing: without native copies,
 a statement that finds the last listing older than the staleness bound re-lists first. A table an
 erasure is rewriting (hd_core/table_swaps.py) is listed first, then its swap manifest is read: a key still
@@ -266,10 +267,10 @@ class CachedTables:
     def _register(self, con: duckdb.DuckDBPyConnection, catalog: str, table: CachedTable,
                   on_change: Callable[[], None]) -> None:
         """Create the table's view having fetched only its first file (what DuckDB binds the view from)."""
-        first, rest = table.keys[0], table.keys[1:]
-        with self._lease((first,)):
-            for key in rest:
-                self._cache.reserve(key)
+        names = _version_names(table)
+        with self._lease(table.keys[:1], table.etags[:1], exact=True):
+            for name in names[1:]:
+                self._cache.reserve(name)
             self._estimates[table.name] = self._estimate_rows(table)
             if self.native is not None:
                 self.native.track(self.source_table(table))
@@ -286,7 +287,7 @@ class CachedTables:
         log.info("registered cached table %s (%d file(s))", table.name, len(table.keys))
 
     def _view_source(self, table: CachedTable) -> str:
-        files = ", ".join(sql_string(str(self._cache.local_path(key))) for key in table.keys)
+        files = ", ".join(sql_string(str(self._cache.local_path(name))) for name in _version_names(table))
         return f"read_parquet([{files}])"
 
     def source_table(self, table: CachedTable) -> SourceTable:
@@ -294,7 +295,7 @@ class CachedTables:
         versions = table.versions or (None,) * len(table.keys)
         return SourceTable(schema=table.schema, table=table.table,
                            fingerprint=tuple(zip(table.keys, table.etags, versions, table.sizes, strict=True)),
-                           files=tuple(self._cache.local_path(key) for key in table.keys),
+                           files=tuple(self._cache.local_path(name) for name in _version_names(table)),
                            source_bytes=sum(table.sizes), fallback_sql=self._view_source(table),
                            marker=CACHED_VIEW_MARKER)
 
@@ -329,31 +330,27 @@ class CachedTables:
         `every_file`, only the first (what the view binds from) and placeholders for the others."""
         entries = _objects_of(source)
         if not every_file:
-            for key, *_ in entries[1:]:
-                self._cache.reserve(key)
+            for key, etag, *_ in entries[1:]:
+                self._cache.reserve(ObjectCache.version_name(key, etag))
             entries = entries[:1]
         return self._lease(tuple(key for key, *_ in entries), tuple(etag for _, etag, *_ in entries), exact=True)
 
     def invalidate(self, names: Iterable[str]) -> None:
-        """The named tables were rewritten at the source (an erasure): re-list it, make every cached file of
-        theirs revalidate at its next use, and have their native copies compared with the source now."""
+        """The named tables were rewritten at the source (an erasure): re-list it now (statements read each
+        object at the ETag listed) and have their native copies compared with the source now."""
         wanted = sorted(set(names))
-        with self._lock:
-            keys = [key for name in wanted if (t := self._tables.get(name)) for key in t.keys]
-        self._cache.expire(keys)
-        self._resync()
+        self._resync()  # statements read objects at the ETags listed: a new listing is what they need
         if self.native is not None:
             for name in wanted:
                 self.native.expire(name)
 
     def copied(self, source: SourceTable) -> None:
         """The table is served from its copy: its objects go first when the cache needs room."""
-        self._cache.demote(key for key, *_ in _objects_of(source))
+        self._cache.demote(ObjectCache.version_name(key, etag) for key, etag, *_ in _objects_of(source))
 
     def _estimate_rows(self, table: CachedTable) -> int:
         """Rows of the first file scaled by the table's bytes: an estimate that needs no other file."""
-        first = table.keys[0]
-        rows = pq.read_metadata(self._cache.local_path(first)).num_rows
+        rows = pq.read_metadata(self._cache.local_path(_version_names(table)[0])).num_rows
         first_size = table.sizes[0]
         return round(rows * sum(table.sizes) / first_size) if first_size else rows
 
@@ -422,12 +419,14 @@ class CachedTables:
             return DataLease(None, ())
         futures = [self._pool.submit(self._cache.acquire, key, etag=etag, exact=exact and etag is not None)
                    for key, etag in zip(keys, etags or (None,) * len(keys), strict=True)]
+        names = [ObjectCache.version_name(key, etag) if exact and etag is not None else key
+                 for key, etag in zip(keys, etags or (None,) * len(keys), strict=True)]
         acquired: list[str] = []
         failure: Exception | None = None
-        for key, future in zip(keys, futures, strict=True):
+        for name, future in zip(names, futures, strict=True):
             try:
                 future.result()
-                acquired.append(key)
+                acquired.append(name)
             except Exception as exc:  # noqa: BLE001 - re-raised below, once every pin taken is released
                 failure = failure or exc
         lease = DataLease(self._cache, tuple(acquired))
@@ -464,6 +463,11 @@ class CachedTables:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _version_names(table: CachedTable) -> tuple[str, ...]:
+    """The cache's names of the table's objects at the ETags listed (`ObjectCache.version_name`)."""
+    return tuple(ObjectCache.version_name(key, etag) for key, etag in zip(table.keys, table.etags, strict=True))
 
 
 def _objects_of(source: SourceTable) -> tuple[tuple[str, str, str | None, int], ...]:

@@ -24,8 +24,10 @@ copies take their share with `reserve_bytes` / `release_bytes`; the rule, on the
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -34,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from hd_core.errors import HdError
 from hd_core.object_source import ObjectChanged, ObjectInfo, ObjectMissing, ObjectSource, safe_relative_path
@@ -43,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 # A download that races with a replacement of the same object is retried this many times.
 _FETCH_ATTEMPTS = 3
+_PLAIN_ETAG = re.compile(r"[A-Za-z0-9-]{1,128}")
 
 
 class CacheWriteFailed(HdError):
@@ -144,13 +147,29 @@ class ObjectCache:
 
         With `etag` (what a listing said the object is now), a copy cached under another ETag is
         revalidated at once instead of being served until the staleness bound: the copy returned is
-        that version or a newer one, never an older one. With `exact` too, it is that version and no
-        other (fetched with If-Match, the listing being what keeps it fresh): `ObjectChanged` when the
-        source no longer has it. A table's objects are read so, all as one listing saw them.
+        that version or a newer one, never an older one.
+
+        With `exact` too, it is that version and no other, kept under its own name
+        (`version_name(key, etag)`: release, reserve and demote it by that name) and never replaced:
+        fetched with If-Match (`ObjectChanged` when the source no longer has it), never revalidated (a
+        listing is what keeps it fresh). A table's objects are read so, all as one listing saw them, and a
+        statement still reading an older version is not switched to a newer one another statement fetched.
         """
-        if exact and etag is None:
+        if not exact:
+            return self._resolve(key, pin=True, etag=etag)
+        if etag is None:
             raise ValueError("an exact acquire needs the etag")
-        return self._resolve(key, pin=True, etag=etag, exact=exact)
+        return self._resolve(self.version_name(key, etag), pin=True, etag=etag, source_key=key)
+
+    @staticmethod
+    def version_name(key: str, etag: str) -> str:
+        """The cache's name for one version of an object: `a/b/part-0@<etag>.parquet` for `a/b/part-0.parquet`
+        (an ETag with other characters than letters, digits and '-' is hashed: the name stays a plain path,
+        and its last '@' tells versions of different keys apart)."""
+        if not _PLAIN_ETAG.fullmatch(etag):
+            etag = hashlib.sha256(etag.encode()).hexdigest()
+        path = PurePosixPath(key)
+        return str(path.with_name(f"{path.stem}@{etag}{path.suffix}"))
 
     def release(self, key: str) -> None:
         """Undo one `acquire(key)`."""
@@ -224,15 +243,16 @@ class ObjectCache:
 
     # --- resolution: one resolver per key at a time, other keys in parallel --------------------------
 
-    def _resolve(self, key: str, *, pin: bool, etag: str | None = None, exact: bool = False) -> Path:
+    def _resolve(self, key: str, *, pin: bool, etag: str | None = None, source_key: str | None = None) -> Path:
+        """`key` is the entry's name; with `source_key` it names that object's version `etag` (exact)."""
         relative = safe_relative_path(key)
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
             self._busy[key] = self._busy.get(key, 0) + 1
         try:
             with key_lock:
-                if exact and etag is not None:
-                    return self._resolve_exact(key, self._objects_dir / relative, pin, etag)
+                if source_key is not None and etag is not None:
+                    return self._resolve_exact(source_key, key, self._objects_dir / relative, pin, etag)
                 return self._resolve_locked(key, self._objects_dir / relative, pin, etag)
         finally:
             with self._lock:
@@ -256,17 +276,19 @@ class ObjectCache:
             self._record_hit(key, entry, pin)
         return path
 
-    def _resolve_exact(self, key: str, path: Path, pin: bool, etag: str) -> Path:
+    def _resolve_exact(self, key: str, name: str, path: Path, pin: bool, etag: str) -> Path:
         with self._lock:
-            entry = self._entries.get(key)
+            entry = self._entries.get(name)
         if entry is not None and not entry.path.exists():
-            logger.info("cache file for %s vanished; fetching it again", key)
-            self._forget(key)
+            logger.info("cache file for %s vanished; fetching it again", name)
+            self._forget(name)
             entry = None
-        if entry is not None and entry.info.etag == etag:
-            self._record_hit(key, entry, pin)
-        else:
-            self._fetch(key, path, pin, refetch=entry is not None, known_etag=etag, attempts=1)
+        if entry is not None:
+            self._record_hit(name, entry, pin)
+            return path
+        with self._lock:  # another version of the object is cached: this is the object fetched again
+            other = any(entry.info.key == key for entry in self._entries.values())
+        self._fetch(key, path, pin, refetch=other, known_etag=etag, attempts=1, name=name)
         return path
 
     def _revalidate(self, key: str, entry: _Entry, pin: bool) -> None:
@@ -293,14 +315,16 @@ class ObjectCache:
                 entry.pins += 1
 
     def _fetch(self, key: str, path: Path, pin: bool, *, refetch: bool, known_etag: str | None = None,
-               attempts: int = _FETCH_ATTEMPTS) -> None:
+               attempts: int = _FETCH_ATTEMPTS, name: str | None = None) -> None:
+        """Download `key` to `path` and keep it as the entry `name` (default: the key itself)."""
         validated_at = self._clock()
         info = self._download(key, path, known_etag, attempts)
+        name = name or key
         with self._lock:
-            previous = self._entries.pop(key, None)
+            previous = self._entries.pop(name, None)
             pins = previous.pins if previous is not None else 0
             self._usage += info.size - (previous.info.size if previous is not None else 0)
-            self._entries[key] = _Entry(info=info, path=path, validated_at=validated_at, pins=pins + int(pin))
+            self._entries[name] = _Entry(info=info, path=path, validated_at=validated_at, pins=pins + int(pin))
             self._counters["refetches" if refetch else "misses"] += 1
             self._counters["bytes_fetched"] += info.size
             self._evict_over_high_water()

@@ -66,6 +66,11 @@ class Served:
     def put(self, key: str, body: bytes) -> None:
         self.s3.put_object(Bucket=BUCKET, Key=PREFIX + key, Body=body)
 
+    def cached(self, key: str) -> Path:
+        """Where the cache keeps the object's version now in the bucket (each version has a file of its own)."""
+        etag = self.s3.head_object(Bucket=BUCKET, Key=PREFIX + key)["ETag"].strip('"')
+        return self.cache.local_path(ObjectCache.version_name(key, etag))
+
     def sync(self) -> list[str]:
         return [t.name for t in self.tables.sync(self.con, self.catalog.refresh)]
 
@@ -105,7 +110,7 @@ def test_registering_a_table_fetches_only_its_first_file(served: Served) -> None
     served.sync()
 
     assert served.cache.stats()["misses"] == 2  # one file of each of the two tables
-    placeholder = served.cache.local_path("sales/orders/part-1.parquet")
+    placeholder = served.cached("sales/orders/part-1.parquet")
     assert placeholder.stat().st_size == 0
     with pytest.raises(duckdb.InvalidInputException, match="too small to be a Parquet file"):
         served.database.connection.cursor().execute("SELECT count(*) FROM hd_data.sales.orders").fetchall()
@@ -124,7 +129,7 @@ def test_duckdb_reads_only_the_cache_directory(served: Served, tmp_path: Path) -
 
 def test_an_evicted_file_is_fetched_again_when_a_statement_holds_its_table(served: Served) -> None:
     served.sync()
-    path = served.cache.local_path("sales/orders/part-1.parquet")
+    path = served.cached("sales/orders/part-1.parquet")
     path.unlink()  # as if evicted, or the disk was replaced
 
     assert served.query("SELECT count(*) FROM hd_data.sales.orders", ["sales.orders"]) == [(25,)]
@@ -134,7 +139,7 @@ def test_an_evicted_file_is_fetched_again_when_a_statement_holds_its_table(serve
 def test_without_a_lease_a_missing_file_is_an_error_never_a_shorter_table(served: Served) -> None:
     served.sync()
     served.query("SELECT count(*) FROM hd_data.sales.orders", ["sales.orders"])
-    served.cache.local_path("sales/orders/part-1.parquet").unlink()  # evicted
+    served.cached("sales/orders/part-1.parquet").unlink()  # evicted
 
     with pytest.raises(duckdb.IOException, match="No files found"):
         served.database.connection.cursor().execute("SELECT count(*) FROM hd_data.sales.orders").fetchall()
@@ -149,7 +154,7 @@ def test_files_held_by_a_running_statement_are_not_evicted(s3: Any, tmp_path: Pa
         lease = small.tables.hold(["s.t0"])
         for n in (1, 2, 3):
             small.query(f"SELECT count(*) FROM hd_data.s.t{n}", [f"s.t{n}"])
-        assert small.cache.local_path("s/t0/f.parquet").exists()
+        assert small.cached("s/t0/f.parquet").exists()
         assert small.cache.stats()["evictions"] > 0
         lease.release()
     finally:
@@ -165,6 +170,22 @@ def test_a_replaced_object_is_served_new_once_the_staleness_bound_passes(served:
     served.clock.now += 61
     assert served.query("SELECT max(id) FROM hd_data.sales.orders", ["sales.orders"]) == [(99,)]
     assert served.cache.stats()["refetches"] == 1
+
+
+def test_a_statement_reading_an_old_version_keeps_it_while_a_later_one_reads_the_new_version(
+        served: Served) -> None:
+    served.sync()
+    keys = ["sales/orders/part-0.parquet", "sales/orders/part-1.parquet"]
+    old_files = ", ".join(f"'{served.cached(key)}'" for key in keys)
+    reading = served.tables.hold(["sales.orders"])  # a statement bound to the table as first listed
+    served.put("sales/orders/part-1.parquet", parquet_bytes(range(10, 100)))
+    served.clock.now += 61
+
+    assert served.query("SELECT max(id) FROM hd_data.sales.orders", ["sales.orders"]) == [(99,)]
+    # The first statement's files were neither replaced nor evicted under it: it still reads one version.
+    cursor = served.database.connection.cursor()
+    assert cursor.execute(f"SELECT max(id) FROM read_parquet([{old_files}])").fetchall() == [(24,)]
+    reading.release()
 
 
 def test_a_new_file_and_a_new_table_show_after_the_next_listing(served: Served) -> None:
@@ -187,9 +208,10 @@ def test_a_table_removed_from_the_bucket_is_dropped(served: Served) -> None:
 
 def test_a_table_rewritten_under_new_file_names_is_read_from_its_new_files(served: Served) -> None:
     served.sync()
+    cached = served.cached("crm/customers/all.parquet")
     served.s3.delete_object(Bucket=BUCKET, Key=PREFIX + "crm/customers/all.parquet")
     served.put("crm/customers/v2.parquet", parquet_bytes(range(7), "c"))
-    served.cache.local_path("crm/customers/all.parquet").unlink()  # not cached any more
+    cached.unlink()  # not cached any more
     served.clock.now += 61
 
     assert served.query("SELECT count(*) FROM hd_data.crm.customers", ["crm.customers"]) == [(7,)]
@@ -197,7 +219,7 @@ def test_a_table_rewritten_under_new_file_names_is_read_from_its_new_files(serve
 
 def test_an_unreadable_bucket_fails_the_statement_closed(served: Served) -> None:
     served.sync()
-    served.cache.local_path("sales/orders/part-0.parquet").unlink()
+    served.cached("sales/orders/part-0.parquet").unlink()
     for key in ("sales/orders/part-0.parquet", "sales/orders/part-1.parquet", "crm/customers/all.parquet"):
         served.s3.delete_object(Bucket=BUCKET, Key=PREFIX + key)
     served.s3.delete_bucket(Bucket=BUCKET)
@@ -211,7 +233,7 @@ def test_an_unreadable_bucket_fails_the_statement_closed(served: Served) -> None
 def test_concurrent_cold_statements_download_each_file_once(served: Served) -> None:
     served.sync()
     for key in ("sales/orders/part-0.parquet", "sales/orders/part-1.parquet"):
-        served.cache.local_path(key).unlink()
+        served.cached(key).unlink()
     before = served.cache.stats()["misses"]
     results: list[list[tuple[Any, ...]]] = []
     threads = [threading.Thread(target=lambda: results.append(
