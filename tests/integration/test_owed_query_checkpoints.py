@@ -27,15 +27,17 @@ from hd_core.adapters.s3_audit import S3AuditArchive, S3AuditSink
 from hd_core.adapters.s3_checkpoints import S3CheckpointStore
 from hd_core.audit import format_audit_ts
 from hd_core.iam_audit import checkpoint_to_json
-from hd_core.models import utc_now
+from hd_core.models import ChainCheckpoint, utc_now
 from hd_core.query_audit_chain import (
     CHECKPOINT_FOLDER,
     CHECKPOINT_PREFIX,
     CONTROL_PLANE_SIGNER,
     QUERY_CHECKPOINT_MESSAGE_TYPE,
+    ChainHead,
     QueryChainCheckpointer,
     QueryChainStores,
     chain_id_for,
+    chained_line,
     sign_owed_query_checkpoints,
     verify_query_chains,
 )
@@ -226,3 +228,50 @@ def test_a_stopped_s3_hosts_tail_is_signed_by_the_job_and_a_deleted_last_object_
         assert cut is not None and (cut.position, cut.kind) == (WRITTEN, "truncated")
     finally:
         sink.close()  # only now: the threads of the "dead" host are stopped
+
+
+def _put_batch(s3: Any, host: str, at: datetime, n: int, head: ChainHead | None) -> ChainHead:
+    """Store one batch object of `host` the way S3AuditSink names it, put at `at`, holding record `n`."""
+    line, head = chained_line(_record(n), head)
+    unix_ms = int(at.timestamp() * 1000)
+    s3.put_object(Bucket=BUCKET, Key=f"audit/queries/2026/03/01/{host}-{unix_ms}-r{n:09d}.jsonl",
+                  Body=(line + "\n").encode())
+    return head
+
+
+def test_finding_each_hosts_latest_object_lists_only_near_its_latest_checkpoint(s3: Any) -> None:
+    heads: dict[str, ChainHead] = {}
+    head = None
+    for n in range(19):  # a busy host: an object every 10 minutes from 09:00 to 12:00
+        head = _put_batch(s3, "i-0a", T0 - timedelta(hours=3) + timedelta(minutes=10 * n), n, head)
+    heads["i-0a"] = head
+    heads["i-0a-b"] = _put_batch(s3, "i-0a-b", T0 - timedelta(hours=5), 0, None)  # an id extending another's
+    heads["i-0c"] = _put_batch(s3, "i-0c", T0 - timedelta(hours=1), 0, None)
+    s3.put_object(Bucket=BUCKET, Key="audit/queries/2026/03/01/README.txt", Body=b"not a batch")
+    listed: list[int] = []
+    s3.meta.events.register("after-call.s3.ListObjectsV2",
+                            lambda parsed, **_: listed.append(len(parsed.get("Contents", []))))
+    archive = S3AuditArchive(s3, BUCKET)
+    hints = {"i-0a": T0 + timedelta(seconds=30), "i-0a-b": None, "i-0c": T0 + timedelta(days=3)}  # the last: forged
+    tails = {tail.host_id: tail for tail in archive.chain_tails(DAY, hints.get)}
+    assert {host: tail.head for host, tail in tails.items()} == heads
+    assert all(tail.stored_at.tzinfo is not None for tail in tails.values())
+    # 19 + 1 + 1 objects: the busy host's is found among its last few minutes; a wrong hint only widens the search.
+    assert sum(listed) <= 10, listed
+    listed.clear()
+    assert {tail.host_id: tail.head for tail in archive.chain_tails(DAY)} == heads  # no hints: every host listed
+    assert sum(listed) >= 21
+
+
+def test_both_checkpoint_stores_say_when_a_chains_latest_checkpoint_was_filed(
+    s3: Any, tmp_path: Path, keys: LocalKeyFile
+) -> None:
+    local = LocalFolderCheckpointStore(tmp_path, CHECKPOINT_FOLDER, message_type=QUERY_CHECKPOINT_MESSAGE_TYPE)
+    remote = S3CheckpointStore(s3, BUCKET, prefix=CHECKPOINT_PREFIX, message_type=QUERY_CHECKPOINT_MESSAGE_TYPE)
+    chain_id = chain_id_for(HOST, DAY)
+    for store in (local, remote):
+        assert store.latest_filed(chain_id) is None
+        for size, at in ((3, T0 + timedelta(hours=1)), (7, T0 + timedelta(minutes=5, milliseconds=250))):
+            store.put_checkpoint(ChainCheckpoint(chain_id, size, "0" * 64, at, keys.checkpoint_key_id(), "c2ln"))
+        assert store.latest_filed(chain_id) == T0 + timedelta(hours=1)  # by time, whatever the size
+        assert store.latest_filed(chain_id_for("another", DAY)) is None

@@ -175,6 +175,16 @@ def checkpoint_object_name(checkpoint: ChainCheckpoint) -> str:
     return f"{checkpoint_name_prefix(checkpoint.size)}{unix_ms}.json"
 
 
+def checkpoint_name_time(name: str) -> datetime | None:
+    """When a checkpoint named by `checkpoint_object_name` says it was signed (None for another name): an index
+    for narrowing a listing, never evidence."""
+    size, _, rest = name.partition("-")
+    unix_ms = rest.removesuffix(".json")
+    if not (size.isdigit() and unix_ms.isdigit() and rest.endswith(".json")):
+        return None
+    return _EPOCH + timedelta(milliseconds=int(unix_ms))
+
+
 def checkpoint_name_prefix(size: int) -> str:
     """The start of the object names of the checkpoints filed under `size`."""
     if not 1 <= size < 10**12:

@@ -295,8 +295,13 @@ class QueryChainSource(Protocol):
         """(host id, raw JSONL bytes) of every file or object in `day`'s partition (with `host_id`: that host's)."""
         ...
 
-    def chain_tails(self, day: date) -> Iterator[StoredChainTail]:
-        """Each host's tail of `day`: read from its last file or object only, not the whole day."""
+    def chain_tails(self, day: date, signed_since: Callable[[str], datetime | None] | None = None,
+                    ) -> Iterator[StoredChainTail]:
+        """Each host's tail of `day`, read from its last file or object only, not the whole day.
+
+        `signed_since(host)`: when the host's latest checkpoint of the day was signed (None: never), a hint
+        for where its last object is to be found; a wrong hint costs listing time, never a wrong answer.
+        """
         ...
 
 
@@ -305,6 +310,10 @@ class QueryCheckpointIndex(CheckpointStore, Protocol):
 
     def chain_ids(self, prefix: str) -> list[str]:
         """The ids of every chain with at least one stored checkpoint whose id starts with `prefix`."""
+        ...
+
+    def latest_filed(self, chain_id: str) -> datetime | None:
+        """The latest signing time the chain's checkpoints are filed under, by name only (an index, not evidence)."""
         ...
 
 
@@ -589,7 +598,10 @@ def sign_owed_query_checkpoints(stores: QueryChainStores, keys: CheckpointKeys, 
                                                    for back in range(OWED_LOOKBACK_DAYS, -1, -1)]
     done = []
     for day in chosen:
-        for tail in stores.records.chain_tails(day):
+        def signed_since(host_id: str, day: date = day) -> datetime | None:
+            return stores.checkpoints.latest_filed(chain_id_for(host_id, day))
+
+        for tail in stores.records.chain_tails(day, signed_since):
             if tail.head is None or at - tail.stored_at < settle:
                 continue  # a chain from before chaining, or a host that may still sign its own head
             outcome = _sign_owed_head(stores, keys, tail, day, now)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 
@@ -221,8 +221,12 @@ class LocalFolderAuditArchive:
             if host_id is None or path.stem == host_id:
                 yield path.stem, _read_day_file(path)
 
-    def chain_tails(self, day: date) -> Iterator[StoredChainTail]:
-        """Each host's chain head of `day` from its file's last complete line, stored at the file's mtime."""
+    def chain_tails(self, day: date, signed_since: Callable[[str], datetime | None] | None = None,
+                    ) -> Iterator[StoredChainTail]:
+        """Each host's chain head of `day` from its file's last complete line, stored at the file's mtime.
+
+        `signed_since` is not needed here: reading the end of one file costs the same whenever it was signed.
+        """
         for path in self._day_files(day):
             tail = _read_tail(path)
             if tail is not None:

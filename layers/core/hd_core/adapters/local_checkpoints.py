@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from contextlib import suppress
+from datetime import datetime
 from pathlib import Path
 
 from hd_core.errors import AuditWriteFailed, Conflict, HdError
@@ -20,6 +21,7 @@ from hd_core.iam_audit import (
     CHECKPOINT_MESSAGE_TYPE,
     checkpoint_from_json,
     checkpoint_name_prefix,
+    checkpoint_name_time,
     checkpoint_object_name,
     checkpoint_to_json,
     validate_chain_id,
@@ -71,6 +73,16 @@ class LocalFolderCheckpointStore:
             raise HdError(f"IAM checkpoints in {folder} cannot be listed: {exc.strerror or exc}") from exc
         return [_read_checkpoint(folder / name) for name in sorted(names)
                 if name.startswith(prefix) and not name.startswith(".")]
+
+    def latest_filed(self, chain_id: str) -> datetime | None:
+        """The latest signing time the chain's checkpoint files are named with (names are an index, not evidence)."""
+        try:
+            names = os.listdir(self._chain_folder(chain_id))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise HdError(f"checkpoints of {chain_id} cannot be listed: {exc.strerror or exc}") from exc
+        return max(filter(None, map(checkpoint_name_time, names)), default=None)
 
     def chain_ids(self, prefix: str) -> list[str]:
         """The ids of every chain with a checkpoint folder whose id starts with `prefix`, sorted."""

@@ -17,7 +17,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -41,6 +41,11 @@ _HOST_ID = re.compile(r"[A-Za-z0-9_.-]+")
 _OBJECT_RANDOM_CHARS = 10  # with the host and the millisecond, keeps two batches from ever sharing a key
 # What listing and reading objects can raise: S3 refusals, transport failures, and a body read cut short.
 _S3_READ_ERRORS = (BotoCoreError, ClientError, OSError)
+# Where a host's latest object is looked for, before its latest checkpoint's time: a live host signs within a
+# minute of storing (the first margin); one that died was signed by the control plane within about 20 minutes of
+# its last object (the second); then wider, and at last the host's whole day.
+_TAIL_SEARCH_MARGINS = (timedelta(minutes=2), timedelta(minutes=30), timedelta(hours=6))
+_LAST_MS = "9" * 13  # the largest 13-digit unix millisecond (the year 2286)
 
 
 class _PendingRecord:
@@ -228,35 +233,75 @@ class S3AuditArchive:
             if host_id is None or _object_host(key) == host_id:
                 yield _object_host(key), self._get(key)
 
-    def chain_tails(self, day: date) -> Iterator[StoredChainTail]:
-        """Each host's chain head of `day` from its latest object's last line (one GET per host), stored when
-        that object was."""
-        latest: dict[str, tuple[int, str, datetime]] = {}
-        for key, modified in self._day_entries(day):
-            host, unix_ms = _object_host(key), _object_ms(key)
-            if host not in latest or unix_ms > latest[host][0]:
-                latest[host] = (unix_ms, key, modified)
-        for host in sorted(latest):
-            _, key, modified = latest[host]
-            line = last_line(self._get(key))
-            yield StoredChainTail(host, head_of_line(line) if line is not None else None, modified)
+    def chain_tails(self, day: date, signed_since: Callable[[str], datetime | None] | None = None,
+                    ) -> Iterator[StoredChainTail]:
+        """Each host's chain head of `day` from its latest object's last line, stored when that object was.
+
+        A busy host stores tens of objects a second, so neither the day nor a host's part of it is listed
+        whole: hosts are found one listed key each (skipping past each host's keys), and a host's latest
+        object by listing from shortly before `signed_since(host)` (when its latest checkpoint was signed),
+        widening only when nothing is found there. One GET per host reads its latest object.
+        """
+        for host in self._day_hosts(day):
+            latest = self._latest_object(day, host, signed_since(host) if signed_since is not None else None)
+            if latest is not None:
+                key, modified = latest
+                line = last_line(self._get(key))
+                yield StoredChainTail(host, head_of_line(line) if line is not None else None, modified)
+
+    def _day_hosts(self, day: date) -> Iterator[str]:
+        """Every host with an object in `day`'s partition, in key order: one single-key listing per host."""
+        partition = f"{self._prefix}{day:%Y/%m/%d}/"
+        after = ""
+        while True:
+            try:
+                found = self._s3.list_objects_v2(Bucket=self._bucket, Prefix=partition, MaxKeys=1,
+                                                 **({"StartAfter": after} if after else {})).get("Contents", [])
+            except _S3_READ_ERRORS as exc:
+                raise HdError(f"query audit partition {day} could not be listed: {exc}") from exc
+            if not found:
+                return
+            key = found[0]["Key"]
+            if not key.endswith(".jsonl") or _object_ms(key) < 0:
+                after = key  # not a batch object: step over it alone
+                continue
+            host = _object_host(key)
+            yield host
+            # Past every `<host>-<13-digit unix ms>-<base62>.jsonl` of this host; another host's keys sort after.
+            after = f"{partition}{host}-{_LAST_MS}-~"
+
+    def _latest_object(self, day: date, host: str, signed_since: datetime | None) -> tuple[str, datetime] | None:
+        """(key, last modified) of `host`'s latest object of `day`, listing as little of its part as will do."""
+        host_prefix = f"{self._prefix}{day:%Y/%m/%d}/{host}-"
+        bounds = [] if signed_since is None else [signed_since - margin for margin in _TAIL_SEARCH_MARGINS]
+        for bound in [*bounds, None]:
+            # Keys carry the put time in milliseconds: listing after a time skips every older object.
+            after = None if bound is None else f"{host_prefix}{int(bound.timestamp() * 1000):013d}"
+            latest: tuple[str, datetime] | None = None
+            for key, modified in self._entries(host_prefix, after, f"query audit objects of {host} on {day}"):
+                if _object_host(key) == host and (latest is None or _object_ms(key) > _object_ms(latest[0])):
+                    latest = (key, modified)
+            if latest is not None:
+                return latest
+        return None
 
     def _day_keys(self, day: date, host_id: str | None = None) -> Iterator[str]:
-        for key, _ in self._day_entries(day, host_id):
+        prefix = f"{self._prefix}{day:%Y/%m/%d}/{'' if host_id is None else host_id + '-'}"
+        for key, _ in self._entries(prefix, None, f"query audit partition {day}"):
             yield key
 
-    def _day_entries(self, day: date, host_id: str | None = None) -> Iterator[tuple[str, datetime]]:
-        """(key, last modified) of every JSONL object of `day` (with `host_id`: the keys that start with it)."""
+    def _entries(self, prefix: str, after: str | None, what: str) -> Iterator[tuple[str, datetime]]:
+        """(key, last modified) of every JSONL object under `prefix` (after the key `after`, if given)."""
         paginator = self._s3.get_paginator("list_objects_v2")
-        prefix = f"{self._prefix}{day:%Y/%m/%d}/{'' if host_id is None else host_id + '-'}"
-        pages = paginator.paginate(Bucket=self._bucket, Prefix=prefix, PaginationConfig={"PageSize": self._page_size})
+        pages = paginator.paginate(Bucket=self._bucket, Prefix=prefix, PaginationConfig={"PageSize": self._page_size},
+                                   **({"StartAfter": after} if after else {}))
         try:
             for page in pages:
                 for entry in page.get("Contents", []):
                     if entry["Key"].endswith(".jsonl"):
                         yield entry["Key"], entry["LastModified"]
         except _S3_READ_ERRORS as exc:
-            raise HdError(f"query audit partition {day} could not be listed: {exc}") from exc
+            raise HdError(f"{what} could not be listed: {exc}") from exc
 
     def _get(self, key: str) -> bytes:
         try:

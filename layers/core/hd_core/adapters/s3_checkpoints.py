@@ -14,6 +14,7 @@ listing to one size; what a checkpoint says is judged from its signed content by
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -23,6 +24,7 @@ from hd_core.iam_audit import (
     CHECKPOINT_MESSAGE_TYPE,
     checkpoint_from_json,
     checkpoint_name_prefix,
+    checkpoint_name_time,
     checkpoint_object_name,
     checkpoint_to_json,
     validate_chain_id,
@@ -85,6 +87,16 @@ class S3CheckpointStore:
                 f"IAM checkpoints under s3://{self._bucket}/{prefix} cannot be read ({exc}): check this role's "
                 "s3:ListBucketVersions and s3:GetObjectVersion permissions"
             ) from exc
+
+    def latest_filed(self, chain_id: str) -> datetime | None:
+        """The latest signing time the chain's checkpoint objects (every version) are named with: an index for
+        narrowing a listing, not evidence. One listing, no object read."""
+        try:
+            versions = self._versions_under(self._chain_prefix(chain_id))
+        except (ClientError, BotoCoreError) as exc:
+            raise HdError(f"checkpoints of {chain_id} cannot be listed ({exc}): check this role's "
+                          "s3:ListBucketVersions permission") from exc
+        return max(filter(None, (checkpoint_name_time(key.rsplit("/", 1)[-1]) for key, _ in versions)), default=None)
 
     def chain_ids(self, prefix: str) -> list[str]:
         """The ids of every chain with a stored checkpoint version whose id starts with `prefix`, sorted.
