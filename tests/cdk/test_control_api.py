@@ -29,6 +29,7 @@ from hd_cdk.control_api import (
     HEARTBEAT_PATH,
     TLS_SECURITY_POLICY,
     ControlApi,
+    FunctionAccess,
     api_operations,
     draft4_schema,
 )
@@ -407,6 +408,15 @@ def test_audit_bucket_access_is_scoped_to_prefixes_and_only_trail_writers_put(
                 "audit/iam-checkpoints/*", "audit/query-checkpoints/*"]
         else:
             assert object_prefixes == writes == {"/audit/iam-checkpoints/*"}, name
+
+
+def test_signing_owed_query_checkpoints_is_only_granted_with_reading_and_verifying_the_chain() -> None:
+    """The job verifies a chain before it signs the head: a role that could sign without reading is refused."""
+    for access in ({}, {"reads_query_audit": True}, {"verifies_checkpoints": True}):
+        with pytest.raises(ValueError, match="reads_query_audit"):
+            FunctionAccess(signs_owed_query_checkpoints=True, **access)
+    assert FUNCTION_ACCESS["audit"].signs_owed_query_checkpoints
+    assert [name for name, access in FUNCTION_ACCESS.items() if access.signs_owed_query_checkpoints] == ["audit"]
 
 
 def test_fleet_reads_the_table_writes_only_the_pepper_and_describes_instances(
