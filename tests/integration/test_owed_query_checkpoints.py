@@ -20,12 +20,13 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from hd_core.adapters.local_audit import LocalFolderAuditArchive
+from hd_core.adapters.local_audit import LocalFolderAuditArchive, LocalFolderAuditSink
 from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.local_keys import LocalKeyFile
 from hd_core.adapters.s3_audit import S3AuditArchive, S3AuditSink
 from hd_core.adapters.s3_checkpoints import S3CheckpointStore
 from hd_core.audit import format_audit_ts
+from hd_core.errors import KeyUnavailable
 from hd_core.iam_audit import checkpoint_to_json
 from hd_core.models import ChainCheckpoint, utc_now
 from hd_core.query_audit_chain import (
@@ -81,6 +82,7 @@ _KILLED_HOST = textwrap.dedent("""
     from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
     from hd_core.adapters.local_keys import LocalKeyFile
     from hd_core.audit import format_audit_ts
+from hd_core.errors import KeyUnavailable
     from hd_core.query_audit_chain import (CHECKPOINT_FOLDER, QUERY_CHECKPOINT_MESSAGE_TYPE, QueryChainCheckpointer,
                                            chain_id_for)
     root, host, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
@@ -275,3 +277,38 @@ def test_both_checkpoint_stores_say_when_a_chains_latest_checkpoint_was_filed(
             store.put_checkpoint(ChainCheckpoint(chain_id, size, "0" * 64, at, keys.checkpoint_key_id(), "c2ln"))
         assert store.latest_filed(chain_id) == T0 + timedelta(hours=1)  # by time, whatever the size
         assert store.latest_filed(chain_id_for("another", DAY)) is None
+
+
+class _SignerDownFor:
+    """The real key file, except that signing a checkpoint of one chain fails (KMS refusing, throttled...)."""
+
+    def __init__(self, keys: LocalKeyFile, chain_id: str) -> None:
+        self._keys, self._chain_id = keys, chain_id
+
+    def checkpoint_key_id(self) -> str:
+        return self._keys.checkpoint_key_id()
+
+    def sign_checkpoint(self, message: bytes) -> bytes:
+        if json.loads(message)["chain_id"] == self._chain_id:
+            raise KeyUnavailable("the checkpoint key is unavailable")
+        return self._keys.sign_checkpoint(message)
+
+    def verify_checkpoint(self, key_id: str, message: bytes, signature: bytes) -> bool:
+        return self._keys.verify_checkpoint(key_id, message, signature)
+
+
+def test_a_host_that_never_signed_is_covered_and_one_chain_failing_does_not_hold_up_the_others(
+    tmp_path: Path, keys: LocalKeyFile
+) -> None:
+    for host in ("host-a", "host-b"):  # hosts whose own checkpoints never got stored at all
+        with LocalFolderAuditSink(tmp_path, host_id=host) as sink:
+            for n in range(3):
+                sink.write(_record(n))
+    stores = _local_stores(tmp_path)
+    failing = _SignerDownFor(keys, chain_id_for("host-a", DAY))
+    outcomes = {o.host_id: o for o in sign_owed_query_checkpoints(stores, failing, days=[DAY], now=_later(6))}
+    assert (outcomes["host-a"].outcome, outcomes["host-b"].outcome) == ("failed", "signed")
+    assert "unavailable" in outcomes["host-a"].detail
+    assert [o.host_id for o in sign_owed_query_checkpoints(stores, keys, days=[DAY], now=_later(6))] == ["host-a"]
+    reports = verify_query_chains(stores.records, stores.checkpoints, keys, [DAY])
+    assert [(r.host_id, r.verification.checkpoint_size) for r in reports] == [("host-a", 3), ("host-b", 3)]

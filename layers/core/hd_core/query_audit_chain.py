@@ -604,21 +604,21 @@ def sign_owed_query_checkpoints(stores: QueryChainStores, keys: CheckpointKeys, 
         for tail in stores.records.chain_tails(day, signed_since):
             if tail.head is None or at - tail.stored_at < settle:
                 continue  # a chain from before chaining, or a host that may still sign its own head
-            outcome = _sign_owed_head(stores, keys, tail, day, now)
+            outcome = _sign_owed_head(stores, keys, tail.host_id, tail.head, day, now)
             if outcome is not None:
                 done.append(outcome)
     return done
 
 
-def _sign_owed_head(stores: QueryChainStores, keys: CheckpointKeys, tail: StoredChainTail, day: date,
+def _sign_owed_head(stores: QueryChainStores, keys: CheckpointKeys, host_id: str, stored: ChainHead, day: date,
                     now: Callable[[], datetime]) -> OwedCheckpoint | None:
-    chain_id = chain_id_for(tail.host_id, day)
-    assert tail.head is not None
-    size = tail.head.seq
+    """Verify `host_id`'s chain of `day` and sign its head, unless a trusted checkpoint covers `stored` already."""
+    chain_id = chain_id_for(host_id, day)
+    size = stored.seq
     try:
-        if _head_is_signed(chain_id, tail.head, stores.checkpoints, keys):
+        if _head_is_signed(chain_id, stored, stores.checkpoints, keys):
             return None
-        segments = [lines for _, data in stores.records.chain_segments(day, tail.host_id)
+        segments = [lines for _, data in stores.records.chain_segments(day, host_id)
                     if (lines := _split_lines(data))]
         verification, _ = _verify_lines(chain_id, _in_chain_order(segments), stores.checkpoints, keys, now())
         size = verification.entry_count
@@ -628,9 +628,9 @@ def _sign_owed_head(stores: QueryChainStores, keys: CheckpointKeys, tail: Stored
                       else "no chained record")
             log.warning("query audit chain %s is owed a checkpoint but does not verify (%s); left unsigned",
                         chain_id, detail)
-            return OwedCheckpoint(chain_id, tail.host_id, day, size, "broken", detail)
+            return OwedCheckpoint(chain_id, host_id, day, size, "broken", detail)
         head = ChainHead(size, verification.last_entry_hash)
-        if head != tail.head and _head_is_signed(chain_id, head, stores.checkpoints, keys):
+        if head != stored and _head_is_signed(chain_id, head, stores.checkpoints, keys):
             return None  # the host came back and signed its own head meanwhile
         signed_at = now()
         key_id, signature = _signed_by_one_key(
@@ -642,9 +642,9 @@ def _sign_owed_head(stores: QueryChainStores, keys: CheckpointKeys, tail: Stored
     # the other chains must not wait for it.
     except Exception as exc:
         log.warning("the checkpoint owed by query audit chain %s could not be signed", chain_id, exc_info=True)
-        return OwedCheckpoint(chain_id, tail.host_id, day, size, "failed", str(exc) or type(exc).__name__)
+        return OwedCheckpoint(chain_id, host_id, day, size, "failed", str(exc) or type(exc).__name__)
     log.info("signed the head (%d) of query audit chain %s, which its host left unsigned", head.seq, chain_id)
-    return OwedCheckpoint(chain_id, tail.host_id, day, head.seq, "signed")
+    return OwedCheckpoint(chain_id, host_id, day, head.seq, "signed")
 
 
 def _head_is_signed(chain_id: str, head: ChainHead, checkpoints: CheckpointStore, keys: CheckpointVerifier) -> bool:

@@ -20,6 +20,7 @@ from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
 from hd_core.adapters.s3_audit import S3AuditArchive, S3AuditSink
 from hd_core.adapters.s3_checkpoints import S3CheckpointStore
 from hd_core.audit import format_audit_ts
+from hd_core.errors import AuditWriteFailed, KeyUnavailable
 from hd_core.models import utc_now
 from hd_core.query_audit_chain import (
     CHECKPOINT_FOLDER,
@@ -103,3 +104,33 @@ def test_the_schedule_signs_a_stopped_hosts_owed_head_once_it_settled_and_a_cut_
     cut = _verify(control)
     assert cut["chain_valid"] is False and cut["entry_count"] == 3
     assert (cut["first_break"]["position"], cut["first_break"]["kind"]) == (4, "truncated")
+
+
+class _CheckpointKeyDown:
+    """The control plane's checkpoint keys with signing refused (KMS unavailable); verification still works."""
+
+    def __init__(self, keys: Any) -> None:
+        self._keys = keys
+
+    def checkpoint_key_id(self) -> str:
+        return self._keys.checkpoint_key_id()  # type: ignore[no-any-return]
+
+    def sign_checkpoint(self, message: bytes) -> bytes:
+        raise KeyUnavailable("the checkpoint key is unavailable")
+
+    def verify_checkpoint(self, key_id: str, message: bytes, signature: bytes) -> bool:
+        return self._keys.verify_checkpoint(key_id, message, signature)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("control", ["sqlite"], indirect=True)  # the failure path is the handler's, not a backend's
+def test_a_scheduled_run_that_could_not_sign_an_owed_head_fails_so_it_is_retried(
+    control: ControlApi, stores: QueryChainStores, stopped_host: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from functions.audit.handler import lambda_handler
+
+    install_services(replace(control.services, query_chain=stores,
+                             checkpoint_keys=_CheckpointKeyDown(control.services.checkpoint_keys)))
+    monkeypatch.setattr(query_audit_chain, "utc_now", lambda: utc_now() + timedelta(minutes=10))
+    with pytest.raises(AuditWriteFailed, match=chain_id_for(HOST, utc_now().date())):
+        lambda_handler(SCHEDULE, None)
+    assert _verify(control)["checkpoint_size"] == 1
