@@ -82,7 +82,6 @@ _KILLED_HOST = textwrap.dedent("""
     from hd_core.adapters.local_checkpoints import LocalFolderCheckpointStore
     from hd_core.adapters.local_keys import LocalKeyFile
     from hd_core.audit import format_audit_ts
-from hd_core.errors import KeyUnavailable
     from hd_core.query_audit_chain import (CHECKPOINT_FOLDER, QUERY_CHECKPOINT_MESSAGE_TYPE, QueryChainCheckpointer,
                                            chain_id_for)
     root, host, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
