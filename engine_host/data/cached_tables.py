@@ -340,6 +340,12 @@ class CachedTables:
         object at the ETag listed) and have their native copies compared with the source now."""
         wanted = sorted(set(names))
         self._resync()  # statements read objects at the ETags listed: a new listing is what they need
+        with self._lock:
+            listed = {name: self._tables.get(name) for name in wanted}
+        for name, table in listed.items():
+            # Old versions of the table's objects may hold the erased rows: off the volume now, not when evicted.
+            schema, _, bare = name.partition(".")
+            self._cache.retire(f"{schema}/{bare}/", _version_names(table) if table is not None else ())
         if self.native is not None:
             for name in wanted:
                 self.native.expire(name)

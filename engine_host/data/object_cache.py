@@ -60,6 +60,7 @@ class _Entry:
     path: Path
     validated_at: float
     pins: int = 0
+    retired: bool = False  # a newer version of the object is cached: dropped once no statement holds it
 
 
 class ObjectCache:
@@ -172,11 +173,39 @@ class ObjectCache:
         return str(path.with_name(f"{path.stem}@{etag}{path.suffix}"))
 
     def release(self, key: str) -> None:
-        """Undo one `acquire(key)`."""
+        """Undo one `acquire(key)`; the last release of a retired version deletes its file."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None and entry.pins > 0:
                 entry.pins -= 1
+            if entry is not None and entry.retired and not entry.pins and key not in self._busy:
+                self._drop(key, entry)
+
+    def retire(self, prefix: str, keep: Iterable[str]) -> int:
+        """Delete every cached copy of an object under `prefix` whose name is not in `keep` (the version names a
+        fresh listing reads): an erasure rewrote the table, and an old version may still hold erased rows. A copy
+        a statement still holds is deleted when it is released. Returns how many copies were deleted now."""
+        kept = set(keep)
+        with self._lock:
+            return self._retire_locked(lambda name, entry: entry.info.key.startswith(prefix) and name not in kept)
+
+    def _retire_locked(self, retired: Callable[[str, _Entry], bool]) -> int:
+        dropped = 0
+        for name, entry in list(self._entries.items()):
+            if not retired(name, entry):
+                continue
+            if entry.pins or name in self._busy:
+                entry.retired = True
+            else:
+                self._drop(name, entry)
+                dropped += 1
+        return dropped
+
+    def _drop(self, name: str, entry: _Entry) -> None:
+        """Delete one entry and its file. Caller holds the lock."""
+        del self._entries[name]
+        entry.path.unlink(missing_ok=True)
+        self._usage -= entry.info.size
 
     @contextmanager
     def pin(self, key: str) -> Iterator[Path]:
@@ -259,6 +288,9 @@ class ObjectCache:
                 self._busy[key] -= 1
                 if not self._busy[key]:
                     del self._busy[key]
+                    entry = self._entries.get(key)
+                    if entry is not None and entry.retired and not entry.pins:
+                        self._drop(key, entry)
 
     def _resolve_locked(self, key: str, path: Path, pin: bool, etag: str | None = None) -> Path:
         with self._lock:
@@ -325,6 +357,8 @@ class ObjectCache:
             pins = previous.pins if previous is not None else 0
             self._usage += info.size - (previous.info.size if previous is not None else 0)
             self._entries[name] = _Entry(info=info, path=path, validated_at=validated_at, pins=pins + int(pin))
+            if name != key:  # an exact version, fetched with If-Match: the source's current one retires the others
+                self._retire_locked(lambda other, entry: entry.info.key == key and other != name)
             self._counters["refetches" if refetch else "misses"] += 1
             self._counters["bytes_fetched"] += info.size
             self._evict_over_high_water()
@@ -383,9 +417,7 @@ class ObjectCache:
             entry = self._entries[key]
             if entry.pins or key in self._busy:
                 continue
-            del self._entries[key]
-            entry.path.unlink(missing_ok=True)
-            self._usage -= entry.info.size
+            self._drop(key, entry)
             self._counters["evictions"] += 1
             logger.info("evicted %s (%d bytes); cache usage now %d of %d", key, entry.info.size, self._usage,
                         self._capacity)

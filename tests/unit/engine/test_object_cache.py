@@ -394,3 +394,51 @@ def test_available_bytes_counts_what_a_reservation_could_evict(source: Recording
         assert cache.available_bytes() == 800 - 300 - 100  # b could go; a is pinned
         assert cache.reserve_bytes(cache.available_bytes())
         assert cache.available_bytes() == 0 and not cache.reserve_bytes(1)
+
+
+def _etag(source: RecordingSource, key: str) -> str:
+    return source.head(key).etag
+
+
+def test_a_newer_version_fetched_deletes_the_old_one_at_once_or_when_its_last_reader_releases_it(
+        source: RecordingSource, bucket: Path, tmp_path: Path, clock: FakeClock) -> None:
+    # An erasure rewrote the object: the old version's file may hold erased rows, so it must not wait for eviction.
+    key = "crm/people/part-0.parquet"
+    _put(bucket, key, b"old rows with the subject")
+    cache = _cache(source, tmp_path, clock)
+    old_etag = _etag(source, key)
+    old = cache.acquire(key, etag=old_etag, exact=True)  # a running statement reads the old version
+    _put(bucket, key, b"new rows")
+    new_etag = _etag(source, key)
+    new = cache.acquire(key, etag=new_etag, exact=True)
+
+    assert old.read_bytes() == b"old rows with the subject"  # still held: kept for its reader
+    cache.release(ObjectCache.version_name(key, old_etag))
+    assert not old.exists() and new.read_bytes() == b"new rows"
+    assert cache.stats()["object_bytes"] == len(b"new rows")
+
+    _put(bucket, key, b"newest")
+    cache.release(ObjectCache.version_name(key, new_etag))  # nobody holds it now: the next version drops it at once
+    cache.acquire(key, etag=_etag(source, key), exact=True)
+    assert not new.exists()
+
+
+def test_retire_deletes_every_copy_under_the_table_a_listing_no_longer_reads(
+        source: RecordingSource, bucket: Path, tmp_path: Path, clock: FakeClock) -> None:
+    for key in ("crm/people/part-0.parquet", "crm/people/part-1.parquet", "crm/visits/part-0.parquet"):
+        _put(bucket, key, key.encode())
+    cache = _cache(source, tmp_path, clock)
+    paths = {key: cache.acquire(key, etag=_etag(source, key), exact=True)
+             for key in ("crm/people/part-0.parquet", "crm/people/part-1.parquet", "crm/visits/part-0.parquet")}
+    kept = ObjectCache.version_name("crm/people/part-0.parquet", _etag(source, "crm/people/part-0.parquet"))
+    held = ObjectCache.version_name("crm/people/part-1.parquet", _etag(source, "crm/people/part-1.parquet"))
+    cache.release(kept)
+
+    assert cache.retire("crm/people/", keep=[kept]) == 0  # part-1 is still read: deleted at its release
+    assert paths["crm/people/part-1.parquet"].exists()
+    cache.release(held)
+    assert not paths["crm/people/part-1.parquet"].exists()
+    assert paths["crm/people/part-0.parquet"].exists() and paths["crm/visits/part-0.parquet"].exists()
+    cache.release(ObjectCache.version_name("crm/visits/part-0.parquet", _etag(source, "crm/visits/part-0.parquet")))
+    assert cache.retire("crm/people/", keep=[]) == 1
+    assert not paths["crm/people/part-0.parquet"].exists() and paths["crm/visits/part-0.parquet"].exists()
