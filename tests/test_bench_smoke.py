@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # whole benchmarks, if on tiny inputs: CI runs them (`pytest -m slow`)
 
 # module, tiny arguments, lines every run must print (the comparisons the bench exists for)
 SMOKE_RUNS = [

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -19,6 +21,7 @@ def test_ruff_reports_no_problems() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow  # a minute of type checking; CI runs it (`pytest -m slow`)
 def test_mypy_reports_no_type_errors() -> None:
     result = _run("mypy")
     assert result.returncode == 0, result.stdout + result.stderr

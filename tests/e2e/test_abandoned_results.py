@@ -162,6 +162,7 @@ def test_suspended_portal_of_a_client_gone_is_finished_with_its_connection(host:
     assert record["error"]["code"] == "HD_ERR_CONNECTION_ENDED" and record["rows_returned"] >= 100_000
 
 
+@pytest.mark.slow  # drops results by the hundred: CI runs it (`pytest -m slow`)
 def test_many_dropped_results_leave_the_host_serving(host: EngineHostProcess) -> None:
     tag = f"many-{uuid.uuid4().hex[:8]}"
     plan = [(protocol, point) for protocol in ("simple", "extended") for point in DROP_POINTS]

@@ -240,6 +240,7 @@ def judge(outcome_sql: str, conn: psycopg.Connection, protocol: str, world: Worl
     probe.check(outcome.rows or [], table, mults)
 
 
+@pytest.mark.slow  # 600 fresh statements planned one by one: CI runs it (`pytest -m slow`)
 @settings(max_examples=300, deadline=None, derandomize=True, database=None, print_blob=False,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                  HealthCheck.data_too_large])

@@ -40,6 +40,7 @@ def unbounded_seconds(engine_host: EngineHostProcess) -> float:
         return _timed(conn, in_list(LONG) + " AND 0 = 0")
 
 
+@pytest.mark.slow  # times statements of 10x the size: CI runs it (`pytest -m slow`)
 def test_a_ten_times_longer_in_list_costs_at_most_about_ten_times_as_much(engine_host: EngineHostProcess) -> None:
     with psycopg.connect(engine_host.dsn(), autocommit=True) as conn:
         _timed(conn, in_list(1_000))  # warm-up: sqlglot's and DuckDB's first-use costs
@@ -50,6 +51,7 @@ def test_a_ten_times_longer_in_list_costs_at_most_about_ten_times_as_much(engine
     assert large < 25 * small + 1.0, (small, large)
 
 
+@pytest.mark.slow  # binds 65,535 parameters: CI runs it (`pytest -m slow`)
 def test_psycopg_executes_a_statement_with_65535_parameters(engine_host: EngineHostProcess) -> None:
     count = 65_535
     sql = "SELECT count(*), sum(x) FROM range(70000) AS t(x) WHERE x IN (" + ",".join(["%s"] * count) + ")"

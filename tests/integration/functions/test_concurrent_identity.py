@@ -72,6 +72,7 @@ def _wrong_answer(api: ControlApi, caller: Caller, n: int) -> str | None:
     return None
 
 
+@pytest.mark.slow  # twenty thousand requests: CI runs it (`pytest -m slow`)
 @pytest.mark.usefixtures("fast_thread_switches")
 def test_twenty_thousand_concurrent_requests_are_each_answered_as_their_sender(
     api: ControlApi, tmp_path: Path

@@ -242,6 +242,7 @@ def _fresh_batches(batches: int, changed_batch: int | None = None) -> Iterator[l
         yield rows
 
 
+@pytest.mark.slow  # 300k rows through the digest: CI runs it (`pytest -m slow`)
 def test_a_large_result_is_compared_in_bounded_memory():
     rows = 300_000  # ~45 MB if held; the digests keep two batches and the bounded samples
     columns = ResultColumns(("id", "name"), (INT8, TEXT))
