@@ -3,7 +3,8 @@
 `plan` (at Parse / simple-query time) runs the stages that depend only on the statement, the
 policy snapshot and the session's attributes: parse and guard, table extract, tenancy and policy
 check (role, scopes, PHI), row filters and masks rewritten into the plan, transpile to DuckDB.
-Its result is cached per (statement text, policy version, catalog version, session attributes).
+Its result is cached per (statement text, policy version, catalog version, the session attributes the
+snapshot's rules can read: governance/plan_subject.py), and concurrent misses on one key compute it once.
 
 `admit` (at every execution) re-checks what can change between executions of one prepared
 statement: organisation/user/key status, the rate limit, ABAC deny rules (time windows, source
@@ -46,12 +47,14 @@ from engine_host.pipeline.governance.guard import (
 )
 from engine_host.pipeline.governance.pg_semantics import PgSession
 from engine_host.pipeline.governance.phi_outputs import patient_key_outputs
+from engine_host.pipeline.governance.plan_subject import PolicyReadsCache, plan_subject
 from engine_host.pipeline.governance.result_types import declared_types
 from engine_host.pipeline.governance.rewrite import MaskSpec, StoredMaskColumns, TablePolicy, apply_policies
 from engine_host.pipeline.governance.tables import NameLookup, TableRef, extract_tables
 from engine_host.pipeline.governance.transpile import transpile
 from engine_host.pipeline.policy_state import PolicyState
 from engine_host.pipeline.recently_used import RecentlyUsed
+from engine_host.pipeline.single_flight import SingleFlight
 from hd_core import policy_eval
 from hd_core.audit import QueryAuditRecord, format_audit_ts
 from hd_core.errors import HdError, RowFilterInvalid
@@ -81,6 +84,8 @@ PLAN_CACHE_MAX_CHARS = 64 * 1024 * 1024
 # Statements longer than this are redacted for their audit record each time, not cached.
 _REDACTION_CACHED_CHARS = 16 * 1024
 _STATUS_TTL_SECONDS = 1.0
+# How long a statement waits for a concurrent statement computing the same plan before computing it itself.
+PLAN_WAIT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -264,6 +269,9 @@ class Governor:
         self._plans: RecentlyUsed[tuple[object, ...], GovernedPlan] = RecentlyUsed(
             self.limits.plan_cache_entries, max_weight=PLAN_CACHE_MAX_CHARS,
             weight=lambda key, plan: len(str(key[0])) + len(plan.engine_sql))
+        # Concurrent misses on one key compute it once; the others wait at most this long, then compute.
+        self._plan_flights: SingleFlight[tuple[object, ...], GovernedPlan] = SingleFlight(PLAN_WAIT_SECONDS)
+        self._policy_reads = PolicyReadsCache()
         self._filters: dict[tuple[int, str], object] = {}
         self._status: dict[str, tuple[float, tuple[str, ...] | QueryError]] = {}
 
@@ -323,6 +331,9 @@ class Governor:
         """
         snapshot = self.policies.snapshot
         now = self._now()
+        # The plan is computed from, and keyed by, only what the snapshot's plan-time rules can read of the
+        # session (governance/plan_subject.py): agents no policy names share the plan of a session with none.
+        subject = plan_subject(subject, self._policy_reads.reads(snapshot))
         role = policy_eval.effective_role(snapshot, subject, now)
         phi = policy_eval.phi_access(snapshot, subject, now)
         key = (sql, dialect, catalog_sql, snapshot.version, self.tables.version, subject.org_id,
@@ -335,6 +346,28 @@ class Governor:
         if cached is not None:
             audit.allow("plan", "rewrite cache hit")
             return cached
+
+        def compute() -> GovernedPlan:
+            # Another statement may have stored it between our lookup and our turn.
+            stored = self._plans.get(key)
+            if stored is not None:
+                audit.allow("plan", "rewrite cache hit")
+                return stored
+            return self._compute_plan(key, snapshot, subject, role, scopes, phi, sql, dialect, audit,
+                                      catalog_sql, overlay, verify, pg_session)
+
+        waited = time.perf_counter()
+        plan, shared = self._plan_flights.run(key, compute, audit.checkpoint)
+        if shared:
+            audit.timings_ms["plan_wait"] = round((time.perf_counter() - waited) * 1000, 3)
+            audit.allow("plan", "rewrite shared with a concurrent statement")
+        return plan
+
+    def _compute_plan(self, key: tuple[object, ...], snapshot: PolicySnapshot, subject: policy_eval.Subject,
+                      role: Role, scopes: tuple[str, ...], phi: bool, sql: str, dialect: str,
+                      audit: StatementAudit, catalog_sql: str | None, overlay: Mapping[str, TableInfo] | None,
+                      verify: Callable[[GovernedPlan], None] | None, pg_session: PgSession | None) -> GovernedPlan:
+        """The plan-time stages for one statement, and the plan cached under `key` once `verify` passed."""
         started = time.perf_counter()
         parsed = self._stage(audit, "guard", lambda: _parse(sql, dialect, catalog=catalog_sql is not None))
         info = self._stage(audit, "guard", lambda: check_statement(parsed, catalog=catalog_sql is not None))
