@@ -1,7 +1,10 @@
 """`AuditSink` on a local folder: `root/audit/queries/YYYY/MM/DD/<host_id>.jsonl`, one line per record.
 
-Each host appends to its own file, so one in-process lock is enough to keep lines whole. A write
-that cannot be stored raises `AuditWriteFailed` and leaves no partial line behind. Each day file is
+Each host appends to its own file, so one in-process lock is enough to keep lines whole. Writers
+queue their records (serialised outside the lock); whoever holds the lock chains and appends every
+queued record in one write, so under load the lock is taken once per batch, not once per statement.
+A write that cannot be stored raises `AuditWriteFailed` (for every record of its batch) and leaves no
+partial line behind. Each day file is
 one hash chain (hd_core/query_audit_chain.py): a line links to the line before it, the chain
 resumes from the file's last line when a file is reopened, and a `QueryChainCheckpointer`, when
 given, signs the heads in the background.
@@ -16,10 +19,11 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 
-from hd_core.audit import audit_partition
+from hd_core.audit import audit_partition, to_json_line
 from hd_core.audit_search import records_from_lines
 from hd_core.errors import AuditWriteFailed, HdError
 from hd_core.query_audit_chain import (
+    CHAIN_FIELDS,
     ChainHead,
     QueryChainCheckpointer,
     StoredChainTail,
@@ -129,6 +133,30 @@ def _ensure_private_dirs(root: Path, relative: str) -> Path:
     return levels[-1]
 
 
+class _Queued:
+    """One record waiting to be appended: its serialised parts, and, once its batch was written, any error."""
+
+    __slots__ = ("day", "done", "error", "parts", "record")
+
+    def __init__(self, record: Mapping[str, object], day: datetime) -> None:
+        if any(name in record for name in CHAIN_FIELDS):
+            raise ValueError("a query audit record must not carry chain fields before it is chained")
+        self.record = record
+        self.day = day
+        # The sorted members before `chain_seq`, between it and `prev_hash`, and after: the line is these
+        # with the two chain fields put in their sorted places, exactly as to_json_line would write it.
+        self.parts = tuple(to_json_line({k: v for k, v in record.items() if low <= k < high})[1:-1]
+                           for low, high in (("", "chain_seq"), ("chain_seq", "prev_hash"), ("prev_hash", "\uffff")))
+        self.error: AuditWriteFailed | None = None
+        self.done = False
+
+    def serialize(self, document: Mapping[str, object]) -> str:
+        seq = to_json_line(document["chain_seq"])
+        prev = to_json_line(document["prev_hash"])
+        members = (self.parts[0], f'"chain_seq":{seq}', self.parts[1], f'"prev_hash":{prev}', self.parts[2])
+        return "{" + ",".join(part for part in members if part) + "}"
+
+
 class LocalFolderAuditSink:
     """Appends query audit records to date-partitioned JSONL files under a local folder."""
 
@@ -140,7 +168,9 @@ class LocalFolderAuditSink:
         self._host_id = host_id
         self._fsync = fsync
         self._checkpointer = checkpointer
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while appending; the queue has its own
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Queued] = []
         self._open: dict[date, _DayFile] = {}
         self._closed = False
 
@@ -152,19 +182,50 @@ class LocalFolderAuditSink:
         day = datetime.fromisoformat(ts)
         if day.tzinfo is None:
             raise ValueError(f"audit record ts must carry a UTC offset, got {ts!r}")
+        queued = _Queued(record, day)
+        with self._queue_lock:
+            self._queue.append(queued)
         with self._lock:
-            if self._closed:
-                raise AuditWriteFailed("query audit sink is closed")
+            if not queued.done:  # else an earlier holder of the lock wrote it with its own batch
+                self._append_queued()
+        if queued.error is not None:
+            raise queued.error
+
+    def _append_queued(self) -> None:
+        """Chain and append every queued record, one write per day file (the caller holds `_lock`).
+
+        Each record's writer learns from its `_Queued` whether it was stored; a failed append fails
+        exactly the records it carried, and the chain goes on from the last stored line.
+        """
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        for day in dict.fromkeys(queued.day.astimezone(UTC).date() for queued in batch):
+            records = [queued for queued in batch if queued.day.astimezone(UTC).date() == day]
             try:
-                handle = self._day_file(day)
-                line, head = chained_line(record, handle.head)
-                handle.append((line + "\n").encode(), self._fsync)
+                if self._closed:
+                    raise AuditWriteFailed("query audit sink is closed")
+                handle = self._day_file(records[0].day)
+                head, lines = handle.head, []
+                for queued in records:
+                    line, head = chained_line(queued.record, head, serialize=queued.serialize)
+                    lines.append(line + "\n")
+                assert head is not None  # records is never empty
+                handle.append("".join(lines).encode(), self._fsync)
+                handle.head = head
+                if self._checkpointer is not None:  # under the lock, so the heads it sees only move forward
+                    self._checkpointer.advanced(chain_id_for(self._host_id, day), head)
             except OSError as exc:
-                self._forget(day.astimezone(UTC).date())
-                raise AuditWriteFailed(f"query audit record could not be stored: {exc.strerror or exc}") from exc
-            handle.head = head
-        if self._checkpointer is not None:
-            self._checkpointer.advanced(chain_id_for(self._host_id, day.astimezone(UTC).date()), head)
+                self._forget(day)
+                for queued in records:
+                    queued.error = AuditWriteFailed(
+                        f"query audit record could not be stored: {exc.strerror or exc}")
+                    queued.error.__cause__ = exc
+            except Exception as exc:  # noqa: BLE001 - a closed sink or anything unforeseen: each writer fails closed
+                for queued in records:
+                    queued.error = AuditWriteFailed(
+                        str(exc) if isinstance(exc, AuditWriteFailed) else f"query audit record not stored: {exc!r}")
+            for queued in records:
+                queued.done = True
 
     def close(self) -> None:
         """Close the open day files and sign the chains' final heads; later writes raise `AuditWriteFailed`."""
