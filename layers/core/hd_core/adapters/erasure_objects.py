@@ -68,33 +68,25 @@ class LocalFolderTableObjects:
         path = self._root / safe_relative_path(key)
         if self._source.head(key).etag != if_match:
             raise ObjectChanged(f"object {key!r} changed since it was read")
-        fd, temp = tempfile.mkstemp(prefix=".hd-erasure-", suffix=".tmp", dir=path.parent)
+        temp = _durable_temp_file(path.parent, data)
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
             os.chmod(temp, path.stat().st_mode & 0o777)
             os.replace(temp, path)
         except BaseException:
-            Path(temp).unlink(missing_ok=True)
+            temp.unlink(missing_ok=True)
             raise
         return self._source.head(key)
 
     def put_new(self, key: str, data: bytes) -> ObjectInfo:
         path = self._root / safe_relative_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=".hd-erasure-", suffix=".tmp", dir=path.parent)
+        temp = _durable_temp_file(path.parent, data)
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
             os.link(temp, path)  # atomic, and fails where a file already is (os.replace would overwrite it)
         except FileExistsError as exc:
             raise ObjectChanged(f"object {key!r} already exists (another erasure is swapping this table)") from exc
         finally:
-            Path(temp).unlink(missing_ok=True)
+            temp.unlink(missing_ok=True)
         return self._source.head(key)
 
     def delete(self, key: str) -> None:
@@ -241,3 +233,17 @@ def s3_table_objects_from_url(url: str, s3_client: Any = None) -> S3TableObjects
 
         s3_client = boto3.client("s3")
     return S3TableObjects(s3_client, parts.netloc, prefix)
+
+
+def _durable_temp_file(folder: Path, data: bytes) -> Path:
+    """`data` in a new hidden file in `folder`, flushed to disk: what a swap then renames or links into place."""
+    fd, name = tempfile.mkstemp(prefix=".hd-erasure-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
