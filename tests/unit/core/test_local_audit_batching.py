@@ -56,6 +56,21 @@ class _HeldAppends:
         monkeypatch.setattr(local_audit._DayFile, "append", append)
 
 
+class _CountingLock:
+    """A lock that counts how often it was taken."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self.taken += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+
 def _queued(sink: LocalFolderAuditSink) -> int:
     with sink._queue_lock:
         return len(sink._queue)
@@ -88,10 +103,12 @@ def test_records_queued_during_a_write_are_appended_together_and_chained_in_orde
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pool: ThreadPoolExecutor) -> None:
     held = _HeldAppends(monkeypatch)
     with LocalFolderAuditSink(tmp_path, host_id="h") as sink:
+        sink._lock = lock = _CountingLock()  # type: ignore[assignment]
         first, queued = _write_while_first_is_held(sink, held, pool, others=6)
         for future in [first, *queued]:
             future.result(5)
         assert held.calls == 2  # the first record, then the six queued behind it in one append
+        assert lock.taken == 2  # the six writers were woken by their batch, not handed the lock one by one
     lines = _lines(tmp_path)
     records = [json.loads(line) for line in lines]
     assert [r["chain_seq"] for r in records] == list(range(1, 8))

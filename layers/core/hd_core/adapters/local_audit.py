@@ -1,13 +1,13 @@
 """`AuditSink` on a local folder: `root/audit/queries/YYYY/MM/DD/<host_id>.jsonl`, one line per record.
 
 Each host appends to its own file, so one in-process lock is enough to keep lines whole. Writers
-queue their records (serialised outside the lock); whoever holds the lock chains and appends every
-queued record in one write, so under load the lock is taken once per batch, not once per statement.
-A write that cannot be stored raises `AuditWriteFailed` (for every record of its batch) and leaves no
-partial line behind. Each day file is
-one hash chain (hd_core/query_audit_chain.py): a line links to the line before it, the chain
-resumes from the file's last line when a file is reopened, and a `QueryChainCheckpointer`, when
-given, signs the heads in the background.
+serialise their records before queueing them; one writer at a time chains and appends everything
+queued in one write while the others wait for their batch, so under load the lock is taken once per
+batch, not once per statement. A write that cannot be stored raises `AuditWriteFailed` (for every
+record of its batch) and leaves no partial line behind. Each day file is one hash chain
+(hd_core/query_audit_chain.py): a line links to the line before it, the chain resumes from the
+file's last line when a file is reopened, and a `QueryChainCheckpointer`, when given, signs the
+heads in the background.
 `LocalFolderAuditArchive` reads the same folders back for audit search.
 """
 
@@ -136,7 +136,7 @@ def _ensure_private_dirs(root: Path, relative: str) -> Path:
 class _Queued:
     """One record waiting to be appended: its serialised parts, and, once its batch was written, any error."""
 
-    __slots__ = ("day", "done", "error", "parts", "record")
+    __slots__ = ("day", "done", "error", "parts", "record", "turn")
 
     def __init__(self, record: Mapping[str, object], day: datetime) -> None:
         if any(name in record for name in CHAIN_FIELDS):
@@ -149,6 +149,8 @@ class _Queued:
                            for low, high in (("", "chain_seq"), ("chain_seq", "prev_hash"), ("prev_hash", "\uffff")))
         self.error: AuditWriteFailed | None = None
         self.done = False
+        # Set once the record's batch was written (`done`), or when its writer is to write the queue itself.
+        self.turn = threading.Event()
 
     def serialize(self, document: Mapping[str, object]) -> str:
         seq = to_json_line(document["chain_seq"])
@@ -171,6 +173,7 @@ class LocalFolderAuditSink:
         self._lock = threading.Lock()  # held while appending; the queue has its own
         self._queue_lock = threading.Lock()
         self._queue: list[_Queued] = []
+        self._writing = False  # some writer is appending the queue, or has been handed the turn to
         self._open: dict[date, _DayFile] = {}
         self._closed = False
 
@@ -185,20 +188,42 @@ class LocalFolderAuditSink:
         queued = _Queued(record, day)
         with self._queue_lock:
             self._queue.append(queued)
-        with self._lock:
-            if not queued.done:  # else an earlier holder of the lock wrote it with its own batch
-                self._append_queued()
+            first = not self._writing
+            self._writing = True
+        # Waiters block on their own event, not on a lock: one batch wakes all its writers at once
+        # instead of handing a lock (and the GIL with it) from thread to thread.
+        if not first:
+            queued.turn.wait()
+        if not queued.done:  # it is this writer's turn to append the queue
+            self._append_queued()
         if queued.error is not None:
             raise queued.error
 
     def _append_queued(self) -> None:
-        """Chain and append every queued record, one write per day file (the caller holds `_lock`).
-
-        Each record's writer learns from its `_Queued` whether it was stored; a failed append fails
-        exactly the records it carried, and the chain goes on from the last stored line.
-        """
+        """Append every queued record, wake their writers, and hand the turn to the first record queued since."""
         with self._queue_lock:
             batch, self._queue = self._queue, []
+        try:
+            with self._lock:
+                self._append_batch(batch)
+        finally:
+            for queued in batch:
+                if not queued.done:  # fail closed whatever went wrong
+                    queued.error = queued.error or AuditWriteFailed("query audit record not stored")
+                    queued.done = True
+                queued.turn.set()
+            with self._queue_lock:
+                if self._queue:
+                    self._queue[0].turn.set()
+                else:
+                    self._writing = False
+
+    def _append_batch(self, batch: list[_Queued]) -> None:
+        """Chain and append `batch`, one write per day file (the caller holds `_lock`).
+
+        A failed append fails exactly the records it carried, and the chain goes on from the last
+        stored line.
+        """
         for day in dict.fromkeys(queued.day.astimezone(UTC).date() for queued in batch):
             records = [queued for queued in batch if queued.day.astimezone(UTC).date() == day]
             try:
