@@ -157,8 +157,9 @@ _XRAY_ONLY_REASON: Final = (
     "(this function runs outside the VPC, so it has no network-interface actions)."
 )
 _DESCRIBE_INSTANCES_REASON: Final = (
-    " Also ec2:DescribeInstances, which cannot be resource-scoped: the fleet function reads one instance's "
-    "Auto Scaling group membership to judge a heartbeat, read-only."
+    " Also ec2:DescribeInstances, which cannot be resource-scoped, read-only: the fleet function reads one "
+    "instance's Auto Scaling group membership to judge a heartbeat, and the forget worker whether a host that "
+    "stopped heartbeating was terminated."
 )
 _PREFIX_REASONS: Final[Mapping[str, str]] = {
     constants.AUDIT_IAM_CHECKPOINTS_PREFIX: (

@@ -57,6 +57,10 @@ ALARM_PERIOD: Final = Duration.minutes(constants.ALARM_PERIOD_MINUTES)
 
 WORKER_ACCESS: Final = FunctionAccess(
     verifies_tokens=False, seals_secrets=True, sealed_purpose=SEALED_PURPOSE,
+    # A request waits for every registered fleet host until it acks or its instance is gone: the sweep asks EC2
+    # about hosts whose heartbeats stopped (ec2:DescribeInstances, resource "*", acknowledged with the role's
+    # other wildcard, control_api.py _wildcard_findings).
+    describes_instances=True,
     reserved_concurrency=1, timeout_seconds=900, memory_mb=2048,  # whole Parquet objects are rewritten in memory
 )
 

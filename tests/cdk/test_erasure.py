@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from hd_cdk.erasure import PAST_SLA_METRIC, WORKER_SERVICE
+from hd_cdk.nag import acknowledgments
 from tests.cdk.conftest import SynthesizedApp
 
 WORKER_HANDLER = "functions.forget.worker.lambda_handler"
@@ -141,3 +142,16 @@ def test_the_fleet_function_may_write_only_the_registry_of_hosts_whose_heartbeat
     assert registry["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["HOST#*"]}}
     table = next(n for n in _resources(template, "AWS::DynamoDB::Table") if n.startswith("StorageControl"))
     assert registry["Resource"] == {"Fn::GetAtt": [table, "Arn"]}
+
+
+def test_the_worker_may_describe_instances_to_know_a_silent_fleet_host_gone(
+        template: dict[str, Any], synthesized_app: SynthesizedApp) -> None:
+    """A forget request waits for a host that stopped heartbeating until EC2 says its instance is gone."""
+    _, worker = _worker(template)
+    role = worker["Properties"]["Role"]["Fn::GetAtt"][0]
+    (describe,) = [s for s in _statements_of_role(template, role) if "ec2:DescribeInstances" in _actions(s)]
+    # CDK merges it with the other actions that have no resource-level permissions (X-Ray, the VPC's ENIs).
+    assert describe["Resource"] == "*" and "Condition" not in describe
+    reasons = [ack.reason for ack in acknowledgments(synthesized_app.app)
+               if ack.path.endswith("ForgetWorkerPolicy") and ack.rule_id == "AwsSolutions-IAM5[Resource::*]"]
+    assert reasons and all("ec2:DescribeInstances" in reason and "forget worker" in reason for reason in reasons)
