@@ -3,7 +3,7 @@
 Every route needs `forget:manage` (Owners and Admins). A new request answers 202: in AWS it is
 pending until the worker function's next sweep (functions/forget/worker.py, every few minutes) runs
 it, and `waiting_for_hosts` while the fleet hosts erase their writable tables (completed by a later
-sweep once every live host has); in `hd dev` it has already run. The subject id is never answered
+sweep once every fleet host has, or is gone); in `hd dev` it has already run. The subject id is never answered
 back or stored in the clear: a request shows its HMAC.
 A failed request keeps its sealed id; in AWS the worker runs it again an hour after each attempt, or at its next
 sweep once `POST .../retry` has put it back to pending (in `hd dev` the retry runs it at once).
@@ -60,8 +60,9 @@ class ForgetRequestOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     tables: list[str]
-    host_tables: list[str] = Field(description="Writable tables each live fleet host erases from its own "
-                                   "engine.duckdb; the request is waiting_for_hosts until every live host has")
+    host_tables: list[str] = Field(description="Writable tables each fleet host erases from its own "
+                                   "engine.duckdb; the request is waiting_for_hosts until every registered host "
+                                   "has, or its instance is gone (error names silent hosts it waits for)")
     table_results: dict[str, TableResultOut]
     rows_removed: int
     error: str

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from functions.shared.wiring import services
 from hd_core.erasure import ErasureServices, run
+from hd_core.fleet import FleetInstance, FleetMembership
 
 _lock = threading.Lock()
 _installed: Erasure | None = None
@@ -41,10 +42,15 @@ def erasure_settings() -> ErasureSettings:
 
 @dataclass(frozen=True)
 class Erasure:
-    """The services a request runs with, and how a new request reaches them."""
+    """The services a request runs with, how a new request reaches them, and who says a silent fleet host is gone.
+
+    `fleet_instances` (EC2 in AWS) is asked whether a host that stopped heartbeating was terminated; without it
+    (`hd dev`: no fleet hosts) no host is known gone, so a request never stops waiting for one.
+    """
 
     services: ErasureServices
     dispatch: Callable[[str], None]
+    fleet_instances: FleetMembership | None = None
 
 
 def erasure() -> Erasure:
@@ -78,13 +84,33 @@ def _build_aws(settings: ErasureSettings) -> Erasure:
     control = services()
     # Without a data location a request is still recorded and run: it completes when the organisation
     # declares no subject column, and otherwise fails saying what is missing (never a silent success).
-    # No engine here: a writable table is erased by every live fleet host from its own engine.duckdb
-    # (hd_core/erasure_fleet.py); the request waits for them.
+    # No engine here: a writable table is erased by every fleet host from its own engine.duckdb
+    # (hd_core/erasure_fleet.py); the request waits for each until it acks or EC2 says it is gone.
     svc = ErasureServices(store=control.store, trail=control.trail, keys=control.keys,
                           objects=s3_table_objects_from_url(settings.data_url) if settings.data_url else None,
                           version_retention=timedelta(hours=settings.version_retention_hours),
                           writable_on_hosts=True)
-    return Erasure(services=svc, dispatch=_left_for_the_worker)
+    return Erasure(services=svc, dispatch=_left_for_the_worker, fleet_instances=Ec2OnFirstUse())
+
+
+class Ec2OnFirstUse:
+    """`FleetMembership` over EC2, its client built when the worker first asks about a silent host.
+
+    The API function shares this wiring and never asks EC2, so it never builds the client.
+    """
+
+    def __init__(self) -> None:
+        self._membership: FleetMembership | None = None
+
+    def describe_instance(self, instance_id: str) -> FleetInstance | None:
+        """The instance, or None if EC2 does not know it; raises `FleetLookupUnavailable` if EC2 cannot answer."""
+        if self._membership is None:
+            import boto3
+
+            from hd_core.adapters.ec2_fleet import Ec2FleetMembership
+
+            self._membership = Ec2FleetMembership(boto3.client("ec2"))
+        return self._membership.describe_instance(instance_id)
 
 
 def _left_for_the_worker(request_id: str) -> None:

@@ -2,9 +2,10 @@
 
 - runs every pending forget request (the API function only records them), and again every failed one
   whose last attempt is older than `RETRY_FAILED_AFTER`;
-- settles the requests waiting for the fleet hosts' writable tables: completed once every live host has
-  acked, failed on a host's failure or past the SLA, and lists the ones still waiting for the hosts
-  (hd_core/erasure_fleet.py);
+- settles the requests waiting for the fleet hosts' writable tables: completed once every registered host
+  has acked or is gone (EC2 DescribeInstances, asked only about hosts whose heartbeats stopped), failed on a
+  host's failure or past the SLA while a live host has not acked, and lists the ones still waiting for the
+  hosts (hd_core/erasure_fleet.py);
 - deletes the replaced object versions whose retention has passed;
 - emits `ForgetRequestsPastSla`, the number of requests still open past their 72 h deadline, which the
   CloudWatch alarm of cdk/hd_cdk/erasure.py watches, and `ForgetRequestsOpen`.
@@ -38,7 +39,8 @@ _metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE)
 
 def sweep() -> dict[str, Any]:
     """Run pending requests and failed ones due a retry, purge due versions, and measure the SLA."""
-    svc = erasure().services
+    wiring = erasure()
+    svc = wiring.services
     now = svc.now()
     ran = []
     for request in svc.store.list_unsettled_forget_requests():
@@ -46,7 +48,8 @@ def sweep() -> dict[str, Any]:
             request.finished_at is None or now - request.finished_at >= RETRY_FAILED_AFTER)
         if request.status is ForgetStatus.PENDING or retry:
             ran.append(erasure_domain.run(svc, request.request_id).request_id)
-    settled = erasure_fleet.settle_all(svc)  # also those the runs above just left waiting (no live host: done)
+    # Also those the runs above just left waiting (no host to wait for: done at once).
+    settled = erasure_fleet.settle_all(svc, wiring.fleet_instances)
     purged = erasure_domain.purge_due_versions(svc)
     past_sla = erasure_domain.requests_past_sla(svc.store, svc.now())
     open_requests = [r for r in svc.store.list_unsettled_forget_requests() if r.status is not ForgetStatus.COMPLETED]

@@ -65,3 +65,16 @@ def test_a_request_waiting_for_hosts_keeps_its_host_tables_and_is_unsettled(stor
 
     assert store.get_forget_request("fgt_1") == waiting
     assert [r.request_id for r in store.list_unsettled_forget_requests()] == ["fgt_1"]
+
+
+def test_a_forgotten_host_leaves_the_registry_and_the_other_hosts_stay(store: Any) -> None:
+    store.record_fleet_host(_host("i-0aaaaaaaaaaaaaaaa"))
+    store.record_fleet_host(_host("i-0bbbbbbbbbbbbbbbb"))
+
+    store.forget_fleet_host("i-0aaaaaaaaaaaaaaaa")
+    store.forget_fleet_host("i-0aaaaaaaaaaaaaaaa")  # again: nothing there, nothing happens
+    store.forget_fleet_host("i-0cccccccccccccccc")  # never registered
+
+    assert store.list_fleet_hosts("org_1") == [_host("i-0bbbbbbbbbbbbbbbb")]
+    store.record_fleet_host(_host("i-0aaaaaaaaaaaaaaaa", seen=T0 + timedelta(days=30)))  # a later heartbeat: back
+    assert [host.host_id for host in store.list_fleet_hosts("org_1")] == ["i-0aaaaaaaaaaaaaaaa", "i-0bbbbbbbbbbbbbbbb"]

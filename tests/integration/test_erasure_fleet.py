@@ -19,6 +19,9 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.config import Config
+from botocore.exceptions import NoRegionError
+from botocore.stub import Stubber
 from moto import mock_aws
 
 from engine_host.data.table_sources import LocalFolderTables
@@ -26,8 +29,9 @@ from engine_host.engine.duckdb_engine import DATA_CATALOG, Database
 from engine_host.engine.table_catalog import TableCatalog
 from engine_host.runtime.erasure import ErasureWatcher, FleetErasureIdentity, host_erasures
 from hd_core import erasure, erasure_fleet, fleet
-from hd_core.adapters.dynamodb_schema import create_table_kwargs
+from hd_core.adapters.dynamodb_schema import TTL_ATTRIBUTE, create_table_kwargs
 from hd_core.adapters.dynamodb_store import DynamoDbControlStore
+from hd_core.adapters.ec2_fleet import Ec2FleetMembership
 from hd_core.adapters.erasure_objects import LocalFolderTableObjects
 from hd_core.adapters.kms_keys import KmsKeyProvider
 from hd_core.adapters.local_audit import LocalFolderAuditSink
@@ -195,8 +199,6 @@ def _trail_text(plane: ControlPlane) -> str:
 def test_writable_tables_wait_for_every_live_host_and_complete_with_each_hosts_rows(
         plane: ControlPlane, hosts: list[SimulatedHost], tmp_path: Path) -> None:
     host_a, host_b = SimulatedHost(plane, tmp_path, HOST_A), SimulatedHost(plane, tmp_path, HOST_B)
-    # Last seen more than two heartbeat intervals ago: not live, not waited for (and never asked).
-    SimulatedHost(plane, tmp_path, HOST_C, seen=T0 - timedelta(seconds=2 * HEARTBEAT + 1))
     hosts.extend([host_a, host_b])
     svc = plane.services()
 
@@ -292,9 +294,7 @@ def test_a_live_host_that_never_acks_fails_the_request_past_the_sla_and_the_alar
     assert erasure_fleet.read_host_work(plane.store) == []
 
 
-def test_with_no_live_host_the_request_completes_at_once_and_names_no_host(
-        plane: ControlPlane, hosts: list[SimulatedHost], tmp_path: Path) -> None:
-    hosts.append(SimulatedHost(plane, tmp_path, HOST_A, seen=T0 - timedelta(hours=1)))
+def test_with_no_registered_host_the_request_completes_at_once_and_names_no_host(plane: ControlPlane) -> None:
     waiting = _waiting(plane)
 
     (done,) = erasure_fleet.settle_all(plane.services())
@@ -302,7 +302,139 @@ def test_with_no_live_host_the_request_completes_at_once_and_names_no_host(
     assert done.request_id == waiting.request_id and done.status is ForgetStatus.COMPLETED
     assert done.table_results["crm.contacts"] == {"storage": "absent", "rows_removed": 0, "objects_rewritten": 0,
                                                   "hosts": {}}
-    assert hosts[0].rows("crm.contacts") == [1, 2, 3, 4]  # a host that is not live was not asked
+
+
+# --- hosts that stopped heartbeating: waited for until they ack or EC2 says they are gone ------------------
+
+SILENT_SINCE = T0 - timedelta(hours=1)  # four heartbeat intervals: not live
+
+
+@pytest.fixture(scope="module")
+def ec2(moto_clients: Any) -> Any:
+    """EC2 on moto, in the module's mock (the SQLite backend asks it as well: the worker always asks EC2)."""
+    return boto3.client("ec2", region_name=REGION)
+
+
+class CountingMembership(Ec2FleetMembership):
+    """The EC2 adapter, counting the instances it is asked about (a silent host is asked once per sweep)."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.asked: list[str] = []
+
+    def describe_instance(self, instance_id: str) -> Any:
+        self.asked.append(instance_id)
+        return super().describe_instance(instance_id)
+
+
+def _launch(ec2: Any) -> str:
+    return str(ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"])
+
+
+def test_a_silent_host_whose_instance_runs_keeps_the_request_waiting_past_the_sla_until_it_acks(
+        plane: ControlPlane, hosts: list[SimulatedHost], tmp_path: Path, ec2: Any) -> None:
+    live = SimulatedHost(plane, tmp_path, HOST_A)
+    silent = SimulatedHost(plane, tmp_path, _launch(ec2), seen=SILENT_SINCE)  # partitioned, still running
+    hosts.extend([live, silent])
+    svc, instances = plane.services(), CountingMembership(ec2)
+    first = _waiting(plane)
+    second = erasure.run(svc, erasure.submit(svc, _ctx(), ORG, "cust-7", "ticket 6").request_id)
+    erasure_fleet.publish_host_work(plane.store)
+    assert len(live.erasures.apply_outstanding()) == 2
+
+    assert erasure_fleet.settle_all(svc, instances) == []
+    assert instances.asked == [silent.host_id]  # once for both requests, and never about the live host
+    waiting = plane.store.get_forget_request(first.request_id)
+    assert waiting.status is ForgetStatus.WAITING_FOR_HOSTS and waiting.subject_sealed is not None
+    assert f"{silent.host_id} (last heartbeat {SILENT_SINCE.isoformat()}, instance running)" in waiting.error
+    assert HOST_A not in waiting.error and SUBJECT not in waiting.error
+    assert set(erasure_fleet.read_host_work(plane.store)) == {first.request_id, second.request_id}
+
+    plane.clock.now = first.sla_deadline + timedelta(minutes=1)
+    erasure_fleet.record_heartbeat(plane.store, org_id=ORG, host_id=HOST_A, at=plane.clock(),
+                                   heartbeat_seconds=HEARTBEAT)
+    assert erasure_fleet.settle_all(svc, instances) == []  # past the SLA: still waiting, never failed
+    assert plane.store.get_forget_request(first.request_id).status is ForgetStatus.WAITING_FOR_HOSTS
+    assert {r.request_id for r in erasure.requests_past_sla(plane.store, plane.clock())} == {
+        first.request_id, second.request_id}  # what the SLA alarm counts
+    assert silent.rows("crm.contacts") == [1, 2, 3, 4]
+
+    acks = silent.erasures.apply_outstanding()  # it reaches the control plane again: its erasure poll
+    assert {(ack.request_id, ack.status) for ack in acks} == {(first.request_id, AckStatus.DONE),
+                                                              (second.request_id, AckStatus.DONE)}
+    done = {r.request_id: r for r in erasure_fleet.settle_all(svc, instances)}
+
+    assert done[first.request_id].status is ForgetStatus.COMPLETED and done[first.request_id].error == ""
+    assert done[first.request_id].subject_sealed is None
+    assert done[first.request_id].table_results["crm.contacts"]["hosts"] == {  # type: ignore[index]
+        HOST_A: 2, silent.host_id: 2}
+    assert silent.rows("crm.contacts") == [4]  # both subjects' rows
+    assert erasure_fleet.read_host_work(plane.store) == []
+
+
+def test_a_silent_host_whose_instance_is_gone_is_dropped_from_the_registry_and_the_request_completes(
+        plane: ControlPlane, hosts: list[SimulatedHost], tmp_path: Path, ec2: Any) -> None:
+    live = SimulatedHost(plane, tmp_path, HOST_A)
+    terminated = SimulatedHost(plane, tmp_path, _launch(ec2), seen=SILENT_SINCE)
+    unknown = SimulatedHost(plane, tmp_path, HOST_C, seen=SILENT_SINCE)  # EC2 no longer knows it
+    stopped = SimulatedHost(plane, tmp_path, _launch(ec2), seen=SILENT_SINCE)  # its volumes outlive the stop
+    hosts.extend([live, terminated, unknown, stopped])
+    ec2.terminate_instances(InstanceIds=[terminated.host_id])
+    ec2.stop_instances(InstanceIds=[stopped.host_id])
+    svc, instances = plane.services(), CountingMembership(ec2)
+    waiting = _waiting(plane)
+    live.erasures.apply_outstanding()
+
+    assert erasure_fleet.settle_all(svc, instances) == []
+    assert "instance stopped" in plane.store.get_forget_request(waiting.request_id).error
+    assert [h.host_id for h in plane.store.list_fleet_hosts(ORG)] == sorted([HOST_A, stopped.host_id])
+    ec2.terminate_instances(InstanceIds=[stopped.host_id])
+    (done,) = erasure_fleet.settle_all(svc, instances)
+
+    assert done.status is ForgetStatus.COMPLETED and done.error == "" and done.subject_sealed is None
+    assert done.table_results["crm.contacts"]["hosts"] == {HOST_A: 2}  # type: ignore[index]
+    assert [h.host_id for h in plane.store.list_fleet_hosts(ORG)] == [HOST_A]
+    assert sorted(instances.asked) == sorted([terminated.host_id, unknown.host_id, stopped.host_id,
+                                              stopped.host_id])  # a gone host is never asked about again
+    for host in (terminated, unknown, stopped):
+        assert host.rows("crm.contacts") == [1, 2, 3, 4]  # never asked to erase: its instance is gone
+
+
+def test_an_ec2_that_cannot_be_asked_keeps_the_request_waiting_for_the_silent_host(
+        plane: ControlPlane, hosts: list[SimulatedHost], tmp_path: Path, ec2: Any) -> None:
+    gone = SimulatedHost(plane, tmp_path, _launch(ec2), seen=SILENT_SINCE)
+    hosts.append(gone)
+    ec2.terminate_instances(InstanceIds=[gone.host_id])
+    svc = plane.services()
+    waiting = _waiting(plane)
+    denied = boto3.client("ec2", region_name=REGION)
+    stubber = Stubber(denied)
+    stubber.add_client_error("describe_instances", service_error_code="UnauthorizedOperation", http_status_code=403)
+    config = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=1, read_timeout=1)
+    unreachable = boto3.client("ec2", region_name=REGION, endpoint_url="http://127.0.0.1:9", config=config)
+
+    for instances in (Ec2FleetMembership(denied), Ec2FleetMembership(unreachable), None):
+        with stubber:
+            assert erasure_fleet.settle_all(svc, instances) == []
+        still = plane.store.get_forget_request(waiting.request_id)
+        assert still.status is ForgetStatus.WAITING_FOR_HOSTS and still.subject_sealed is not None
+        why = "no EC2 to ask" if instances is None else "EC2 could not be asked"  # None: `hd dev`, no fleet
+        assert f"{gone.host_id} (last heartbeat {SILENT_SINCE.isoformat()}, {why})" in still.error
+    assert [h.host_id for h in plane.store.list_fleet_hosts(ORG)] == [gone.host_id]
+    (done,) = erasure_fleet.settle_all(svc, Ec2FleetMembership(ec2))  # EC2 answers again: terminated
+    assert done.status is ForgetStatus.COMPLETED and plane.store.list_fleet_hosts(ORG) == []
+
+
+def test_a_registry_entry_in_dynamodb_never_expires_on_its_own(moto_clients: Any) -> None:
+    dynamodb = moto_clients[0]
+    table = f"hd-control-{uuid.uuid4().hex[:12]}"
+    dynamodb.create_table(**create_table_kwargs(table))
+    erasure_fleet.record_heartbeat(DynamoDbControlStore(table, client=dynamodb), org_id=ORG, host_id=HOST_A,
+                                   at=T0, heartbeat_seconds=HEARTBEAT)
+
+    item = dynamodb.get_item(TableName=table, Key={"PK": {"S": f"HOST#{HOST_A}"}, "SK": {"S": "HOST"}})["Item"]
+
+    assert TTL_ATTRIBUTE not in item  # a stopped host may come back after days: only the worker removes it
 
 
 def test_an_accepted_heartbeat_registers_the_host_as_live_and_a_refused_one_does_not(plane: ControlPlane) -> None:
@@ -370,16 +502,17 @@ def test_two_hosts_watchers_erase_their_own_tables_and_the_request_completes_onl
 
 
 def test_the_workers_sweep_runs_publishes_and_then_completes_a_request_waiting_for_hosts(
-        plane: ControlPlane, hosts: list[SimulatedHost], tmp_path: Path) -> None:
+        plane: ControlPlane, hosts: list[SimulatedHost], tmp_path: Path, ec2: Any) -> None:
     from functions.forget import worker
     from functions.forget.wiring import Erasure, install_erasure
 
     host = SimulatedHost(plane, tmp_path, HOST_A)
-    hosts.append(host)
+    gone = SimulatedHost(plane, tmp_path, HOST_C, seen=SILENT_SINCE)  # EC2 does not know it: terminated long ago
+    hosts.extend([host, gone])
     _declare(plane.store)
     svc = plane.services()
     request = erasure.submit(svc, _ctx(), ORG, SUBJECT, "")
-    install_erasure(Erasure(svc, lambda request_id: None))
+    install_erasure(Erasure(svc, lambda request_id: None, fleet_instances=Ec2FleetMembership(ec2)))
     try:
         first = worker.sweep()
         assert (first["ran"], first["settled"], first["open"]) == ([request.request_id], [], 1)
@@ -390,5 +523,21 @@ def test_the_workers_sweep_runs_publishes_and_then_completes_a_request_waiting_f
         install_erasure(None)
 
     assert (second["ran"], second["settled"], second["open"]) == ([], [request.request_id], 0)
+    assert [h.host_id for h in plane.store.list_fleet_hosts(ORG)] == [HOST_A]
     assert plane.store.get_forget_request(request.request_id).status is ForgetStatus.COMPLETED
     assert erasure_fleet.read_host_work(plane.store) == []
+
+
+def test_the_workers_ec2_lookup_builds_its_client_only_when_first_asked(ec2: Any) -> None:
+    from functions.forget.wiring import Ec2OnFirstUse
+
+    gone = _launch(ec2)
+    ec2.terminate_instances(InstanceIds=[gone])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("AWS_DEFAULT_REGION")
+        patch.delenv("AWS_REGION", raising=False)
+        lookup = Ec2OnFirstUse()  # the API function builds this too, and may have no region: no client yet
+        with pytest.raises(NoRegionError):
+            lookup.describe_instance(gone)
+    found = lookup.describe_instance(gone)
+    assert found is not None and (found.instance_id, found.state) == (gone, "terminated")

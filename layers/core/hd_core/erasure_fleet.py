@@ -1,4 +1,4 @@
-"""GDPR erasure of the fleet hosts' writable tables: every live engine host deletes the subject's rows itself.
+"""GDPR erasure of the fleet hosts' writable tables: every engine host deletes the subject's rows itself.
 
 A writable table lives in each engine host's own `engine.duckdb`; the forget worker Lambda has no
 engine, so it cannot reach any of them. The work is split:
@@ -15,10 +15,15 @@ engine, so it cannot reach any of them. The work is split:
    organisation, deletes the rows from its writable tables (one query audit record per table) and
    stores a `ForgetHostAck`: once per request and host (a conditional write; a failed ack may be replaced
    by a later attempt, a done one never).
-4. The worker's sweep (`settle_waiting`) completes a waiting request once every live host of its
-   organisation has acked done (per-host rows in `table_results`), fails it when a live host's ack of
-   this attempt failed, and fails it past the SLA when a live host never acked. A host that is not
-   live is not waited for: it no longer heartbeats, so it is not serving within its grace period.
+4. The worker's sweep (`settle_waiting`) completes a waiting request once every registered host of its
+   organisation has acked done (per-host rows in `table_results`) or is known to be gone, fails it when a
+   host's ack of this attempt failed, and fails it past the SLA when a live host never acked.
+   A host that stopped heartbeating may still hold the rows and come back (a network partition, a stopped
+   instance), so it is waited for until it acks or EC2 says its instance is gone (`HostPresence`: asked only
+   about such stale hosts; terminated, shutting down or unknown to EC2). A gone host's registry entry is
+   deleted, so it is never asked about again; an EC2 that cannot be asked is not an answer (fail closed). A
+   request held by a stale host stays `waiting_for_hosts` past the SLA (the SLA alarm counts it), its `error`
+   naming the hosts; each applies the request on its erasure poll once it reaches the control store again.
 
 The IAM trail and the query audit keep only the subject HMAC; the sealed id is dropped at completion.
 """
@@ -30,7 +35,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hd_core.erasure import (
     ErasureServices,
@@ -48,9 +53,13 @@ from hd_core.erasure_models import (
     ForgetStatus,
     WritableTables,
 )
+from hd_core.errors import HdError
 from hd_core.iam_events import SYSTEM_ACTOR, IamEventType
 from hd_core.models import utc_now
 from hd_core.ports import KeyProvider, SettingsStore
+
+if TYPE_CHECKING:  # hd_core.fleet imports this module (it records accepted heartbeats here)
+    from hd_core.fleet import FleetMembership
 
 log = logging.getLogger(__name__)
 
@@ -93,28 +102,71 @@ def read_host_work(store: SettingsStore) -> list[str]:
     return [str(item) for item in json.loads(value)["requests"]] if value else []
 
 
-def settle_waiting(svc: ErasureServices, request: ForgetRequest, *, actor: str = SYSTEM_ACTOR) -> ForgetRequest:
-    """Complete a waiting request every live host has acked, fail it on a host's failure or past the SLA.
+# EC2 states of an instance that never serves again (its instance-store and root volumes go with it).
+GONE_INSTANCE_STATES = frozenset({"shutting-down", "terminated"})
 
-    Anything else (a live host still to ack, within the SLA) leaves it waiting; returns it as stored now.
+
+class HostPresence:
+    """Whether registered hosts that stopped heartbeating are gone for good: EC2 asked at most once per host.
+
+    One per sweep (a stale host is not asked again for each request waiting for it). `instances` None (no EC2
+    to ask) knows no host gone.
+    """
+
+    def __init__(self, instances: FleetMembership | None) -> None:
+        self._instances = instances
+        self._answers: dict[str, str | None] = {}
+
+    def waited_because(self, host_id: str) -> str | None:
+        """Why the host may still serve again (its instance's state, or that EC2 could not say); None when gone."""
+        if host_id not in self._answers:
+            self._answers[host_id] = self._ask(host_id)
+        return self._answers[host_id]
+
+    def _ask(self, host_id: str) -> str | None:
+        if self._instances is None:
+            return "no EC2 to ask"
+        try:
+            instance = self._instances.describe_instance(host_id)
+        except HdError as exc:  # FleetLookupUnavailable: fail closed, a host EC2 cannot tell about is still waited for
+            log.warning("could not ask EC2 whether silent host %s is gone: %s", host_id, exc)
+            return "EC2 could not be asked"
+        if instance is None or instance.state in GONE_INSTANCE_STATES:
+            return None
+        return f"instance {instance.state}"
+
+
+def settle_waiting(svc: ErasureServices, request: ForgetRequest, *, actor: str = SYSTEM_ACTOR,
+                   presence: HostPresence | None = None) -> ForgetRequest:
+    """Complete a waiting request every registered host not known gone has acked; fail it on a host's failure
+    or past the SLA while a live host has not acked.
+
+    A host whose heartbeats stopped is asked about (`presence`): a gone one is removed from the registry, any
+    other is waited for, and named in the request's `error`. Anything else (a host still to ack) leaves the
+    request waiting; returns it as stored now.
     """
     if request.status is not ForgetStatus.WAITING_FOR_HOSTS:
         return request
     now = svc.now()
-    hosts = live_hosts(svc.store, request.org_id, now)
+    presence = presence or HostPresence(None)
     acks = {ack.host_id: ack for ack in svc.store.list_forget_host_acks(request.request_id)}
-    failures = [f"host {ack.host_id}: {ack.error}" for host in hosts
+    waited, stale = _hosts_to_wait_for(svc.store, request.org_id, now, acks, presence)
+    failures = [f"host {ack.host_id}: {ack.error}" for host in waited
                 if (ack := acks.get(host.host_id)) is not None and ack.status is AckStatus.FAILED
                 and ack.attempt_started_at == request.started_at]
-    missing = [host.host_id for host in hosts
-               if (ack := acks.get(host.host_id)) is None or ack.status is not AckStatus.DONE]
+    missing_live = [host.host_id for host in waited if host.host_id not in stale]
     if failures:
         return _fail(svc, request, "; ".join(failures), actor)
-    if missing and now > request.sla_deadline:
-        return _fail(svc, request, f"live engine host(s) {', '.join(missing)} did not delete the subject's rows "
+    if missing_live and now > request.sla_deadline:
+        return _fail(svc, request, f"live engine host(s) {', '.join(missing_live)} did not delete the subject's rows "
                      "from their writable tables within the SLA; check their logs, then retry", actor)
-    if missing:
-        return request
+    if waited:
+        note = _stale_note(stale)
+        if note == request.error:
+            return request
+        noted = replace(request, error=note)
+        svc.store.update_forget_request(noted, from_status=ForgetStatus.WAITING_FOR_HOSTS)
+        return noted
     done = _completed(request, [ack for ack in acks.values() if ack.status is AckStatus.DONE], now)
     svc.store.update_forget_request(done, from_status=ForgetStatus.WAITING_FOR_HOSTS)
     svc.trail.record(request.org_id, IamEventType.FORGET_COMPLETED, actor=actor,
@@ -123,16 +175,54 @@ def settle_waiting(svc: ErasureServices, request: ForgetRequest, *, actor: str =
     return done
 
 
-def settle_all(svc: ErasureServices) -> list[ForgetRequest]:
-    """Settle every waiting request, then publish the ones still waiting to the hosts; returns those settled."""
+def settle_all(svc: ErasureServices, instances: FleetMembership | None = None) -> list[ForgetRequest]:
+    """Settle every waiting request, then publish the ones still waiting to the hosts; returns those settled.
+
+    `instances` tells whether a host that stopped heartbeating is gone (EC2 in AWS); without it none is.
+    """
+    presence = HostPresence(instances)
     settled = []
     for request in svc.store.list_unsettled_forget_requests():
         if request.status is ForgetStatus.WAITING_FOR_HOSTS:
-            after = settle_waiting(svc, request)
+            after = settle_waiting(svc, request, presence=presence)
             if after.status is not ForgetStatus.WAITING_FOR_HOSTS:
                 settled.append(after)
     publish_host_work(svc.store)
     return settled
+
+
+def _hosts_to_wait_for(store: FleetErasureStore, org_id: str, now: datetime, acks: Mapping[str, ForgetHostAck],
+                       presence: HostPresence) -> tuple[list[FleetHost], dict[str, str]]:
+    """The registered hosts without a done ack that are live or not known gone, and why each stale one is waited
+    for (`"<host>": "last heartbeat ..., instance stopped"`); a gone host's registry entry is deleted on the way."""
+    waited: list[FleetHost] = []
+    stale: dict[str, str] = {}
+    for host in store.list_fleet_hosts(org_id):
+        ack = acks.get(host.host_id)
+        if ack is not None and ack.status is AckStatus.DONE:
+            continue
+        if host.live(now):
+            waited.append(host)
+            continue
+        why = presence.waited_because(host.host_id)
+        if why is None:
+            log.info("engine host %s is gone (its instance is terminated or unknown): removed from the registry",
+                     host.host_id)
+            store.forget_fleet_host(host.host_id)
+            continue
+        waited.append(host)
+        stale[host.host_id] = f"last heartbeat {host.last_seen.isoformat(timespec='seconds')}, {why}"
+    return waited, stale
+
+
+def _stale_note(stale: Mapping[str, str]) -> str:
+    """What a request held by silent hosts says in its `error` (empty when none holds it)."""
+    if not stale:
+        return ""
+    hosts = "; ".join(f"{host_id} ({why})" for host_id, why in sorted(stale.items()))
+    return (f"waiting for engine host(s) that stopped heartbeating but are not known to be gone: {hosts}. Each "
+            "deletes the rows when it reaches the control plane again; terminate an instance that will not come "
+            "back and the next sweep stops waiting for it")[:500]
 
 
 def _completed(request: ForgetRequest, acks: Sequence[ForgetHostAck], now: datetime) -> ForgetRequest:

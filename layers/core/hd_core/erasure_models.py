@@ -28,8 +28,8 @@ MAX_REASON_LENGTH = 1000
 class ForgetStatus(StrEnum):
     """Where a forget request is: waiting, being worked, done, or stopped by an error (retryable).
 
-    `waiting_for_hosts`: the worker did its part (Parquet objects) and each live fleet host still has to
-    delete the subject's rows from its own writable tables (hd_core/erasure_fleet.py).
+    `waiting_for_hosts`: the worker did its part (Parquet objects) and each registered fleet host that is not
+    known to be gone still has to delete the subject's rows from its own writable tables (hd_core/erasure_fleet.py).
     """
 
     PENDING = "pending"
@@ -50,10 +50,10 @@ class ForgetRequest:
     `table_results` maps each declared table to `{"rows_removed": n, "objects_rewritten": m,
     "storage": "parquet"|"writable"|"absent"}` (a table the fleet hosts erased also has `"hosts": {host id:
     rows removed}`). `host_tables` maps each table whose writable copies live on the fleet hosts to
-    `{"column": subject column, "tenant_column": column or None}`: what every live host deletes from
-    its own `engine.duckdb` before the request completes. `purge_versions` lists `key\\tversion_id` of object
-    versions that still hold the subject's rows and are deleted at `purge_after` (the retention the
-    deployment sets; 0 purges them as soon as the new objects are in place).
+    `{"column": subject column, "tenant_column": column or None}`: what every registered host that is not
+    known to be gone deletes from its own `engine.duckdb` before the request completes. `purge_versions`
+    lists `key\\tversion_id` of object versions that still hold the subject's rows and are deleted at
+    `purge_after` (the retention the deployment sets; 0 purges them as soon as the new objects are in place).
     """
 
     request_id: str
@@ -119,7 +119,11 @@ HOST_LIVE_HEARTBEATS = 2
 
 @dataclass(frozen=True)
 class FleetHost:
-    """One engine host as its last accepted heartbeat left it in the registry."""
+    """One engine host as its last accepted heartbeat left it in the registry.
+
+    The entry stays until the forget worker finds the host's instance gone (hd_core/erasure_fleet.py): a host
+    that stopped heartbeating may come back with its `engine.duckdb`, so it never expires on its own.
+    """
 
     host_id: str
     org_id: str
@@ -171,6 +175,10 @@ class FleetErasureStore(Protocol):
 
     def list_fleet_hosts(self, org_id: str) -> list[FleetHost]:
         """Every registered host of the organisation, live or not, by host id."""
+        ...
+
+    def forget_fleet_host(self, host_id: str) -> None:
+        """Remove the host's registry entry (its instance is gone for good); nothing happens when there is none."""
         ...
 
     def put_forget_host_ack(self, ack: ForgetHostAck) -> bool:

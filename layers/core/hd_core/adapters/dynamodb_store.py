@@ -142,7 +142,6 @@ _PREVIEW_PARTITION = "PREVIEWS"  # every policy preview request, by id (minutes 
 _PREVIEW_PENDING_LISTING = "PREVIEWS_PENDING"  # GSI1 partition of requests no host has claimed yet
 _DUE_PARTITION = "WHDUE"  # GSI1 partition of pending webhook deliveries, by next attempt time
 _DELIVERY_LOG_KEPT = timedelta(days=30)  # finished deliveries expire (TTL) this long after creation
-_FLEET_HOST_KEPT = timedelta(days=7)  # a host's registry entry expires (TTL) this long after its last heartbeat
 
 _SERIALIZER = TypeSerializer()
 _DESERIALIZER = TypeDeserializer()
@@ -448,9 +447,17 @@ class DynamoDbControlStore:
     # --- fleet hosts and their forget acks (hd_core/erasure_fleet.py) -------------------------
 
     def record_fleet_host(self, host: FleetHost) -> None:
-        """Create or replace the host's registry entry (one PutItem)."""
-        record = FLEET_HOSTS.encode(host) | {TTL_ATTRIBUTE: _epoch(host.last_seen + _FLEET_HOST_KEPT)}
+        """Create or replace the host's registry entry (one PutItem).
+
+        No TTL: a host silent for days (a stopped instance) may come back with its writable tables, so only
+        the forget worker removes the entry, once EC2 says the instance is gone (`forget_fleet_host`).
+        """
+        record = FLEET_HOSTS.encode(host)
         self._put(_keyed(("HOST#" + host.host_id, "HOST"), record, "HOSTS#" + host.org_id, host.host_id))
+
+    def forget_fleet_host(self, host_id: str) -> None:
+        """Remove the host's registry entry (one DeleteItem; nothing happens when there is none)."""
+        self._client.delete_item(TableName=self.table_name, Key=_serialize_key(("HOST#" + host_id, "HOST")))
 
     def list_fleet_hosts(self, org_id: str) -> list[FleetHost]:
         """Every registered host of the organisation, by host id (a GSI1 query: eventually consistent)."""

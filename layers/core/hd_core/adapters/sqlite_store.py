@@ -733,6 +733,11 @@ class SqliteControlStore:
         rows = self._fetch_all("SELECT * FROM fleet_hosts WHERE org_id = ? ORDER BY host_id", (org_id,))
         return [_entity(FLEET_HOSTS, row) for row in rows]
 
+    def forget_fleet_host(self, host_id: str) -> None:
+        """Remove the host's registry entry (nothing happens when there is none)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM fleet_hosts WHERE host_id = ?", (host_id,))
+
     def put_forget_host_ack(self, ack: ForgetHostAck) -> bool:
         """Store the ack unless a done ack of this request and host exists (False: nothing written)."""
         with self._transaction() as db:
