@@ -81,6 +81,7 @@ def test_world_open_approved_cidr_is_refused_at_synth() -> None:
         app_module.build_app(context={**TEST_CONTEXT, constants.CONTEXT_APPROVED_CIDRS: "10.0.0.0/8,0.0.0.0/0"})
 
 
+@pytest.mark.slow  # cfn-lint over the whole template: CI runs it (`pytest -m slow`)
 def test_synthesized_template_has_no_cfn_lint_errors(synthesized_app: Any) -> None:
     from cfnlint.api import ManualArgs, lint_file
 

@@ -11,6 +11,8 @@ import pytest
 from bench import gil_profile, load
 from tests.harness import DEFAULT_PG_DSN
 
+pytestmark = pytest.mark.slow  # a whole benchmark run, if a short one: CI runs it (`pytest -m slow`)
+
 
 @pytest.fixture(scope="module")
 def smoke() -> list[tuple[load.LevelResult, load.LevelResult | None]]:

@@ -230,6 +230,7 @@ def test_failed_logins_from_one_address_are_limited(tmp_path: Path) -> None:
         host.stop()
 
 
+@pytest.mark.slow  # opens connections up to the descriptor limit: CI runs it (`pytest -m slow`)
 def test_at_the_file_descriptor_limit_new_connections_are_refused_cleanly(tmp_path: Path) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # inherited by the host process

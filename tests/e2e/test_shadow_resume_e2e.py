@@ -95,6 +95,7 @@ def _revocations(state: Path, key_id: str) -> list[str]:
         store.close()
 
 
+@pytest.mark.slow  # stops and restarts a host mid-replay, twice: CI runs it (`pytest -m slow`)
 @pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "terminated"])
 def test_a_replay_interrupted_by_the_host_stopping_resumes_on_the_next_start_and_replays_no_batch_twice(
         state: Path, reference_pg: str, stop_signal: int) -> None:

@@ -249,6 +249,7 @@ def run_as(conn: psycopg.Connection, persona: Persona, world: World, sql: str) -
     check_result(persona, world, sql, found)
 
 
+@pytest.mark.slow  # a property run: CI runs it (`pytest -m slow`)
 @settings(max_examples=120, deadline=None, derandomize=True, database=None, print_blob=False,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())

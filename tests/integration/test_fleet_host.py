@@ -131,7 +131,8 @@ def test_a_fleet_host_serves_bucket_tables_over_tls_and_audits_to_the_audit_buck
             rows = conn.execute("SELECT region, count(*) FROM sales.orders GROUP BY region ORDER BY region").fetchall()
             assert conn.info.pgconn.ssl_in_use
         assert rows == [("eu", 20), ("us", 20)]
-        assert (account.cache_mount / "tables" / "objects" / "sales" / "orders" / "part-0.parquet").exists()
+        # The cache keeps each version of an object in a file of its own (part-0@<etag>.parquet).
+        assert list((account.cache_mount / "tables" / "objects" / "sales" / "orders").glob("part-0@*.parquet"))
         assert _get(host, "/healthz")[0] == 200
         status, body = _get(host, "/readyz")
         assert status == 200, body

@@ -37,6 +37,7 @@ def _login(port: int, user: str, key: str, request_id: str) -> RawClient:
     return client
 
 
+@pytest.mark.slow  # hundreds of connections at shutdown: CI runs it (`pytest -m slow`)
 def test_shutdown_with_hundreds_of_connections_is_bounded_quiet_and_audited(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     loop = BackgroundLoop()

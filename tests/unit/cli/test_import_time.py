@@ -38,6 +38,7 @@ def test_the_command_line_imports_no_engine_code_for_help(argv: tuple[str, ...])
     assert not [name for name in imported if name.split(".")[0] in ENGINE_MODULES]
 
 
+@pytest.mark.slow  # imports the engine in fresh interpreters, several times: CI runs it (`pytest -m slow`)
 def test_importing_the_command_line_costs_a_fraction_of_importing_the_engine() -> None:
     # Best of three each, interleaved, so a busy test machine does not fail it; one slow import is still caught.
     cli, engine = [], []
