@@ -72,6 +72,7 @@ from hd_core.api_keys import ApiKeyHasher
 from hd_core.bootstrap import BootstrapRefused, bootstrap_local_owner, ensure_environments
 from hd_core.control_settings import ControlApiSettings
 from hd_core.errors import HdError, KeyUnavailable
+from hd_core.object_source import ObjectChanged
 from hd_core.policy_codec import load_policy_file
 from hd_core.policy_preview import install_policy_engine
 from hd_core.ports import AuditSink
@@ -268,6 +269,7 @@ class LocalEngineHost:
         except KeyUnavailable as exc:
             raise StateRefused(str(exc)) from None
         demo_keys = None
+        self._finish_interrupted_swaps()
         if self.config.demo:
             written = write_demo_dataset(self.data_dir)
             log.info("demo dataset ready: %s", ", ".join(f"{s}.{t}" for s, t in written))
@@ -387,6 +389,20 @@ class LocalEngineHost:
         except Exception:  # the next tick (or the next append) retries
             log.exception("IAM chain checkpoint failed")
         self._sign_owed_query_checkpoints(self._control, settle=OWED_SETTLE)
+
+    def _finish_interrupted_swaps(self) -> None:
+        """An erasure that stopped part-way through swapping a table's files in the data folder (a crash) left
+        its manifest: finish it before anything reads the folder in place (hd_core/table_swaps.py)."""
+        from hd_core.adapters.erasure_objects import LocalFolderTableObjects
+        from hd_core.table_swaps import SwapManifestInvalid, finish_interrupted_swaps
+
+        try:
+            finished = finish_interrupted_swaps(LocalFolderTableObjects(self.data_dir), self.data_dir)
+        except (SwapManifestInvalid, ObjectChanged) as exc:
+            raise StateRefused(f"an interrupted erasure left {self.data_dir} half swapped and it cannot be "
+                               f"finished: {exc}; run the failed forget request again (hd forget --list)") from None
+        for table in finished:
+            log.warning("finished the swap of %s that an interrupted erasure left in the data folder", table)
 
     @staticmethod
     def _sign_owed_query_checkpoints(control: ControlServices, *, settle: timedelta) -> None:

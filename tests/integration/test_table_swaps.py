@@ -270,3 +270,52 @@ def test_a_folder_swap_waits_for_statements_reading_the_files_in_place_and_a_lat
 
     erasure._erase_parquet(objects, "crm.people", "person_id", "nobody", None, [], [])
     assert {key: (tmp_path / "data" / key).read_bytes() for key in KEYS} == NEW
+
+
+class _Interrupted(Exception):
+    """The writer stopping dead (a crash) at a chosen step."""
+
+
+def _old_folder(root: Path) -> LocalFolderTableObjects:
+    for key in KEYS:
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(OLD[key])
+    return LocalFolderTableObjects(root)
+
+
+def test_a_swap_failing_once_its_manifest_is_stored_takes_the_manifest_back_before_its_stand_ins(
+        tmp_path: Path) -> None:
+    objects = _old_folder(tmp_path)
+
+    def fail_after_the_manifest(step: int) -> None:
+        if step == len(KEYS) + 1:  # the manifest's put succeeded, then failed (a timeout after the write)
+            raise _Interrupted
+
+    etags = {key: objects.read(key)[1].etag for key in KEYS}
+    with pytest.raises(_Interrupted):
+        table_swaps.swap_objects(Stepped(objects, fail_after_the_manifest), PREFIX,
+                                 [(k, etags[k], NEW[k]) for k in KEYS], [])
+    assert {key: (tmp_path / key).read_bytes() for key in KEYS} == OLD
+    assert sorted(p.name for p in (tmp_path / PREFIX).iterdir()) == sorted(k.rsplit("/", 1)[1] for k in KEYS)
+
+
+# The process dies during the in-place replacements (steps 5-7, after 3 stand-ins and the manifest): 1, 2 or 3
+# keys replaced, the manifest still there.
+@pytest.mark.parametrize("crash_after", [5, 6, 7])
+def test_hd_dev_start_finishes_a_swap_an_interrupted_erasure_left_in_the_data_folder(
+        tmp_path: Path, crash_after: int) -> None:
+    objects = _old_folder(tmp_path)
+
+    def crash(step: int) -> None:
+        if step == crash_after:
+            raise _Interrupted
+
+    etags = {key: objects.read(key)[1].etag for key in KEYS}
+    with pytest.raises(_Interrupted):
+        table_swaps.swap_objects(Stepped(objects, crash), PREFIX, [(k, etags[k], NEW[k]) for k in KEYS], [])
+    assert (tmp_path / PREFIX / table_swaps.MANIFEST_NAME).exists()  # left half done: some files old, some new
+
+    assert table_swaps.finish_interrupted_swaps(objects, tmp_path) == ["crm.people"]
+    assert {key: (tmp_path / key).read_bytes() for key in KEYS} == NEW
+    assert sorted(p.name for p in (tmp_path / PREFIX).iterdir()) == sorted(k.rsplit("/", 1)[1] for k in KEYS)
+    assert table_swaps.finish_interrupted_swaps(objects, tmp_path) == []  # nothing left: start-up is idempotent

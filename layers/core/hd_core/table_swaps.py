@@ -224,6 +224,21 @@ def read_manifest(source: ObjectSource, prefix: str) -> SwapManifest | None:
 # --- the writer (the erasure) ---------------------------------------------------------------------------------
 
 
+def finish_interrupted_swaps(objects: TableObjects, root: Path) -> list[str]:
+    """Finish every swap an erasure left in a local data folder `root` (it stopped between its in-place
+    replacements): a folder read in place would otherwise serve some of a table's files new and some old.
+    Returns the tables (`schema.table`) it finished; a manifest that does not parse raises
+    `SwapManifestInvalid` naming it."""
+    finished = []
+    for path in sorted(root.glob(f"*/*/{MANIFEST_NAME}")):
+        schema, name = path.parent.parent.name, path.parent.name
+        manifest = read_manifest_object(objects, f"{schema}/{name}/")
+        if manifest is not None:
+            finish_swap(objects, manifest, [])
+            finished.append(f"{schema}.{name}")
+    return finished
+
+
 def read_manifest_object(objects: TableObjects, prefix: str) -> SwapManifest | None:
     """The table's swap manifest through the erasure's objects (None: no swap in progress)."""
     try:
@@ -251,10 +266,22 @@ def swap_objects(objects: TableObjects, prefix: str, new_content: Sequence[tuple
         manifest = SwapManifest(prefix, swap_id, tuple(entries))
         objects.put_new(manifest_key(prefix), manifest.encode())
     except BaseException:
-        for entry in entries:
-            objects.delete(entry.stand_in)
+        _undo_staging(objects, prefix, swap_id, entries)
         raise
     finish_swap(objects, manifest, purge, {key: data for key, _, data in new_content})
+
+
+def _undo_staging(objects: TableObjects, prefix: str, swap_id: str, entries: list[SwapEntry]) -> None:
+    """Take back a swap that failed before any key was replaced: its manifest first, if it was stored after all
+    (a put that failed late), so readers never resolve a stand-in that is gone; then the stand-ins."""
+    try:
+        left = read_manifest_object(objects, prefix)
+    except SwapManifestInvalid:
+        left = None  # not ours to remove: the next erasure of the table reports it
+    if left is not None and left.swap_id == swap_id:
+        objects.delete(manifest_key(prefix))
+    for entry in entries:
+        objects.delete(entry.stand_in)
 
 
 def finish_swap(objects: TableObjects, manifest: SwapManifest, purge: list[str],
