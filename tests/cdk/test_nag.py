@@ -73,6 +73,7 @@ def test_app_synthesizes_with_every_finding_acknowledged(synthesized_app: Any) -
         assert report["violations"] == [], (name, report["violations"])
 
 
+@pytest.mark.slow  # walks every construct of the app for its acknowledgments: CI runs it (`pytest -m slow`)
 def test_every_acknowledgment_suppresses_a_real_finding(synthesized_app: Any) -> None:
     """No dead acknowledgments: each one in the tree matches a finding the packs reported at that construct."""
     suppressed = {
@@ -85,6 +86,7 @@ def test_every_acknowledgment_suppresses_a_real_finding(synthesized_app: Any) ->
     assert made - suppressed == set()
 
 
+@pytest.mark.slow  # walks every construct of the app for its acknowledgments: CI runs it (`pytest -m slow`)
 def test_acknowledgments_per_pack(synthesized_app: Any) -> None:
     counts = acknowledgments_per_pack(synthesized_app.app)
     suppressed = {

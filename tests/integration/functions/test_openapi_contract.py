@@ -249,6 +249,7 @@ def test_the_api_never_fails_and_always_matches_its_document(case: schemathesis.
     case.call_and_validate(**live_api.call_kwargs(), checks=CHECKS)
 
 
+@pytest.mark.slow  # a stateful property run (30 chains): CI runs it (`pytest -m slow`)
 def test_chains_of_calls_never_fail_and_always_match_the_document(live_api: LiveApi) -> None:
     class OwnerWorkflow(schema.as_state_machine()):  # type: ignore[misc]
         def before_call(self, case: schemathesis.Case) -> None:
